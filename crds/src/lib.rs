@@ -1,0 +1,27 @@
+//! sluice crds: the `StreamPipeline` API (group `sluice.dev`, version
+//! `v1alpha1`), its defaulting and validation, the compile step from a spec to
+//! the execution [`Plan`] that every runtime process runs, and the generated
+//! CustomResourceDefinition.
+//!
+//! This crate must not depend on any other sluice crate, perform I/O beyond
+//! reading a manifest file, or know how nodes are executed.
+//!
+//! # Layout
+//! - [`types`]: the resource types (kube `CustomResource` + schemars).
+//! - [`units`]: durations (`5s`) and sizes (`64Mi`) as they appear in specs.
+//! - [`validate`]: every rule a spec must satisfy, with field paths.
+//! - [`plan`]: the compiled, validated execution plan.
+//! - [`manifest`]: reading a StreamPipeline file for a local run.
+//! - [`crd`]: the generated CRD with the structural fixes and CEL rules.
+
+pub mod crd;
+pub mod manifest;
+pub mod plan;
+pub mod types;
+pub mod units;
+pub mod validate;
+
+pub use manifest::{load_manifest, parse_manifest, ManifestError};
+pub use plan::{compile, GroupPlan, InterfacePlan, Next, NodePlan, PipelineId, Plan};
+pub use types::*;
+pub use validate::{validate, FieldError};

@@ -1,0 +1,301 @@
+//! The execution plan: a validated spec with every default applied and every
+//! duration and size parsed, in the shape the runtime processes run.
+//!
+//! ```text
+//! StreamPipelineSpec ──validate──▶ FieldErrors (refused)
+//!          └──────────compile───▶ Plan ──▶ web-ingress / exec-worker
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::types::*;
+use crate::units::{parse_duration, parse_size};
+use crate::validate::{validate, FieldError};
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(2);
+pub const DEFAULT_ROTATE_EVERY: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_PAYLOAD: u64 = 1 << 20;
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 1024;
+pub const DEFAULT_MAX_QUEUE_DEPTH: u64 = 10_000;
+pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 64 << 20;
+pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+pub const DEFAULT_CONCURRENCY: u32 = 8;
+
+/// `namespace/name` of a pipeline; the hash tag of all its Redis keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PipelineId {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for PipelineId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What a pipeline runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub id: PipelineId,
+    pub backend: BackendKind,
+    pub interfaces: Vec<InterfacePlan>,
+    /// The one group with role `ingress`.
+    pub ingress_group: String,
+    pub groups: BTreeMap<String, GroupPlan>,
+    pub nodes: BTreeMap<String, NodePlan>,
+    pub limits: Limits,
+    pub security: Security,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InterfacePlan {
+    pub name: String,
+    pub kind: InterfaceKind,
+    pub path: String,
+    pub entry: String,
+    pub timeout: Duration,
+    pub max_in_flight: u32,
+    pub ordered: bool,
+    /// Worker groups whose queues a request of this interface may cross;
+    /// admission checks their backlog.
+    pub path_groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupPlan {
+    pub name: String,
+    pub role: GroupRole,
+    pub concurrency: u32,
+    /// Nodes placed on this group, sorted.
+    pub nodes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodePlan {
+    pub name: String,
+    pub group: String,
+    pub uses: String,
+    /// The `with` block, `Value::Null` when absent.
+    pub with: Value,
+    pub next: Next,
+}
+
+/// Where a node's output goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// The output is the reply.
+    Terminal,
+    To(String),
+    /// First route whose tag matches wins; `default` when none does.
+    Routes {
+        routes: Vec<(String, String)>,
+        default: Option<String>,
+    },
+}
+
+impl Next {
+    /// The node the output goes to, given the node's tag; `None` is terminal.
+    ///
+    /// # Errors
+    /// A tag that matches no route and no default (the caller gets a
+    /// permanent error naming the tag).
+    pub fn resolve(&self, tag: Option<&str>) -> Result<Option<&str>, String> {
+        match self {
+            Next::Terminal => Ok(None),
+            Next::To(n) => Ok(Some(n)),
+            Next::Routes { routes, default } => {
+                if let Some(t) = tag {
+                    if let Some((_, to)) = routes.iter().find(|(w, _)| w == t) {
+                        return Ok(Some(to));
+                    }
+                }
+                match default {
+                    Some(d) => Ok(Some(d)),
+                    None => Err(format!(
+                        "no route for tag {} and no default route",
+                        tag.map_or("<none>".to_string(), |t| format!("`{t}`"))
+                    )),
+                }
+            }
+        }
+    }
+
+    fn targets(&self) -> Vec<&str> {
+        match self {
+            Next::Terminal => vec![],
+            Next::To(n) => vec![n],
+            Next::Routes { routes, default } => routes
+                .iter()
+                .map(|(_, t)| t.as_str())
+                .chain(default.as_deref())
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_queue_depth: u64,
+    pub max_queue_bytes: u64,
+    pub max_deliveries: u32,
+    pub lease: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Security {
+    pub rotate_every: Duration,
+    pub clock_skew: Duration,
+    pub max_payload_bytes: u64,
+}
+
+impl Plan {
+    /// The worker groups (every group but the ingress), sorted.
+    pub fn worker_groups(&self) -> impl Iterator<Item = &GroupPlan> {
+        self.groups.values().filter(|g| g.role == GroupRole::Worker)
+    }
+
+    /// The longest interface timeout: bounds how long envelopes live.
+    pub fn max_timeout(&self) -> Duration {
+        self.interfaces
+            .iter()
+            .map(|i| i.timeout)
+            .max()
+            .unwrap_or(DEFAULT_TIMEOUT)
+    }
+}
+
+/// Validates `spec` and compiles it.
+///
+/// # Errors
+/// Every violated rule, each with its field path.
+pub fn compile(id: PipelineId, spec: &StreamPipelineSpec) -> Result<Plan, Vec<FieldError>> {
+    let errors = validate(spec);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // After validation, every parse below succeeds; the fallbacks are never used.
+    let dur = |v: &Option<String>, d: Duration| {
+        v.as_deref()
+            .and_then(|s| parse_duration(s).ok())
+            .unwrap_or(d)
+    };
+
+    let nodes: BTreeMap<String, NodePlan> = spec
+        .nodes
+        .iter()
+        .map(|n| {
+            let next = match &n.next {
+                None => Next::Terminal,
+                Some(NextSpec::One(t)) => Next::To(t.clone()),
+                Some(NextSpec::Routes(rs)) => Next::Routes {
+                    routes: rs
+                        .iter()
+                        .filter_map(|r| r.when.clone().map(|w| (w, r.to.clone())))
+                        .collect(),
+                    default: rs.iter().find(|r| r.when.is_none()).map(|r| r.to.clone()),
+                },
+            };
+            let plan = NodePlan {
+                name: n.name.clone(),
+                group: n.group.clone(),
+                uses: n.uses.clone(),
+                with: n.with.clone().unwrap_or(Value::Null),
+                next,
+            };
+            (n.name.clone(), plan)
+        })
+        .collect();
+
+    let groups: BTreeMap<String, GroupPlan> = spec
+        .groups
+        .iter()
+        .map(|g| {
+            let plan = GroupPlan {
+                name: g.name.clone(),
+                role: g.role,
+                concurrency: g.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+                nodes: nodes
+                    .values()
+                    .filter(|n| n.group == g.name)
+                    .map(|n| n.name.clone())
+                    .collect(),
+            };
+            (g.name.clone(), plan)
+        })
+        .collect();
+    let ingress_group = spec
+        .groups
+        .iter()
+        .find(|g| g.role == GroupRole::Ingress)
+        .map(|g| g.name.clone())
+        .unwrap_or_default();
+
+    let interfaces = spec
+        .interfaces
+        .iter()
+        .map(|i| InterfacePlan {
+            name: i.name.clone(),
+            kind: i.kind,
+            path: i.path.clone(),
+            entry: i.entry.clone(),
+            timeout: dur(&i.timeout, DEFAULT_TIMEOUT),
+            max_in_flight: i.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
+            ordered: i.ordered.unwrap_or(false),
+            path_groups: reachable_worker_groups(&i.entry, &nodes, &ingress_group),
+        })
+        .collect();
+
+    let l = &spec.limits;
+    let s = &spec.security;
+    Ok(Plan {
+        id,
+        backend: spec.backends.queue,
+        interfaces,
+        ingress_group,
+        groups,
+        nodes,
+        limits: Limits {
+            max_queue_depth: l.max_queue_depth.unwrap_or(DEFAULT_MAX_QUEUE_DEPTH),
+            max_queue_bytes: l
+                .max_queue_bytes
+                .as_deref()
+                .and_then(|b| parse_size(b).ok())
+                .unwrap_or(DEFAULT_MAX_QUEUE_BYTES),
+            max_deliveries: l.max_deliveries.unwrap_or(DEFAULT_MAX_DELIVERIES),
+            lease: dur(&l.lease, DEFAULT_LEASE),
+        },
+        security: Security {
+            rotate_every: dur(&s.rotate_every, DEFAULT_ROTATE_EVERY),
+            clock_skew: dur(&s.clock_skew, DEFAULT_CLOCK_SKEW),
+            max_payload_bytes: s.max_payload_bytes.unwrap_or(DEFAULT_MAX_PAYLOAD),
+        },
+    })
+}
+
+fn reachable_worker_groups(
+    entry: &str,
+    nodes: &BTreeMap<String, NodePlan>,
+    ingress: &str,
+) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    let mut groups = BTreeSet::new();
+    let mut todo = vec![entry];
+    while let Some(n) = todo.pop() {
+        if !seen.insert(n) {
+            continue;
+        }
+        if let Some(node) = nodes.get(n) {
+            if node.group != ingress {
+                groups.insert(node.group.clone());
+            }
+            todo.extend(node.next.targets());
+        }
+    }
+    groups.into_iter().collect()
+}

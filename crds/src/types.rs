@@ -1,0 +1,412 @@
+//! The `StreamPipeline` resource: what a user declares.
+//!
+//! Field names and shapes are the contract of DESIGN §3. Durations and sizes
+//! stay strings (see [`crate::units`]); defaults live in accessor methods so a
+//! spec read back from the API server shows only what the user wrote.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, Container, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::gen::SchemaGenerator;
+use schemars::schema::Schema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Desired state of a request/reply processing pipeline.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "StreamPipeline",
+    plural = "streampipelines",
+    shortname = "spl",
+    namespaced,
+    status = "StreamPipelineStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Groups","type":"string","jsonPath":".status.readyGroups"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","priority":1,"jsonPath":".status.ingressUrl"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamPipelineSpec {
+    /// Which adapters connect the groups. v1alpha1: all memory or all redis.
+    #[serde(default)]
+    pub backends: Backends,
+    /// Redis used when the backends are `redis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+    /// Envelope signing and verification.
+    #[serde(default)]
+    pub security: SecuritySpec,
+    /// How the ingress group is exposed on a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<ExposeSpec>,
+    /// The web interfaces the ingress serves.
+    pub interfaces: Vec<InterfaceSpec>,
+    /// Process groups: exactly one with role `ingress`, any number of workers.
+    pub groups: Vec<GroupSpec>,
+    /// Processing steps, each placed on a group.
+    pub nodes: Vec<NodeSpec>,
+    /// Queue, delivery and lease limits.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// When true, the operator stops changing the pipeline's workloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+}
+
+/// Adapter kind for one port.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// In-process adapters: every group runs inside the ingress process.
+    #[default]
+    Memory,
+    /// Redis Streams between separate ingress and worker processes.
+    Redis,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Memory => "memory",
+            BackendKind::Redis => "redis",
+        })
+    }
+}
+
+/// The adapters behind the three ports. Three keys exist for future adapters;
+/// v1alpha1 accepts only all-equal values.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backends {
+    #[serde(default)]
+    pub queue: BackendKind,
+    #[serde(default)]
+    pub kv: BackendKind,
+    #[serde(default)]
+    pub reply: BackendKind,
+}
+
+/// Redis for a pipeline with redis backends.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedisSpec {
+    /// `managed` (the operator runs a StatefulSet) or `external`.
+    #[serde(default)]
+    pub mode: RedisMode,
+    /// Persistence of managed Redis: `aof` (default) or `none`.
+    #[serde(default)]
+    pub persistence: Persistence,
+    /// PVC size of managed Redis (default `1Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+    /// Image of managed Redis (default from the operator's configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// External Redis: the Secret key holding the `redis://` or `rediss://` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    #[default]
+    Managed,
+    External,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Persistence {
+    #[default]
+    Aof,
+    None,
+}
+
+/// A key of a Secret in the pipeline's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// Envelope signing.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecuritySpec {
+    /// `generated` (the operator creates and rotates the key ring) or `secretRef`.
+    #[serde(default)]
+    pub keys: KeysSource,
+    /// With `keys: secretRef`: the Secret holding the ring in the DESIGN §6 layout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Rotation period of generated keys (default `24h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_every: Option<String>,
+    /// Accepted clock difference between signer and verifier (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew: Option<String>,
+    /// Largest request body and envelope payload (default 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_payload_bytes: Option<u64>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum KeysSource {
+    #[default]
+    Generated,
+    SecretRef,
+}
+
+/// Exposure of the ingress group.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExposeSpec {
+    #[serde(default)]
+    pub service_type: ServiceType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngressSpec {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret: Option<String>,
+}
+
+/// A web interface served by the ingress.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InterfaceSpec {
+    pub name: String,
+    /// Protocol. This release serves `http`; the others are reserved.
+    #[serde(default)]
+    pub kind: InterfaceKind,
+    /// URL path, starting with `/`.
+    pub path: String,
+    /// The node that receives the request body.
+    pub entry: String,
+    /// Time a caller waits for the answer (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Requests in flight on this interface per ingress process before `429` (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Streaming interfaces: answer in input order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordered: Option<bool>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InterfaceKind {
+    #[default]
+    Http,
+    Websocket,
+    Sse,
+    Graphql,
+}
+
+/// A process group.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GroupSpec {
+    pub name: String,
+    pub role: GroupRole,
+    /// Fixed replica count (ignored when `autoscale` is set; default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Envelopes a worker process works on at once (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Image override (a custom worker image built with the exec-worker SDK).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Extra containers in this group's pods (e.g. a service `builtin/http` calls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecars: Option<Vec<Container>>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupRole {
+    Ingress,
+    Worker,
+}
+
+/// Autoscaling of a worker group.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AutoscaleSpec {
+    /// `builtin` (default; backlog-driven by the operator), `hpa` (CPU) or `keda`.
+    #[serde(default)]
+    pub engine: AutoscaleEngine,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replicas: Option<i32>,
+    pub max_replicas: i32,
+    /// Backlog entries one replica should carry (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_backlog_per_replica: Option<u32>,
+    /// `hpa` engine: target average CPU utilisation in percent (default 70).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_cpu_utilization: Option<i32>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoscaleEngine {
+    #[default]
+    Builtin,
+    Hpa,
+    Keda,
+}
+
+/// A processing step.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: String,
+    /// The group whose processes run this node.
+    pub group: String,
+    /// Catalog name: `builtin/<name>` or `rust/<name>` (custom worker image).
+    pub uses: String,
+    /// Node configuration, interpreted by the node type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub with: Option<Value>,
+    /// Where the output goes: one node, or routes by tag. Absent: terminal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "next_schema")]
+    pub next: Option<NextSpec>,
+}
+
+/// A node's `next`: a node name, or routes evaluated in order where the first
+/// matching `when` wins and a route without `when` is the default.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(untagged)]
+pub enum NextSpec {
+    One(String),
+    Routes(Vec<RouteSpec>),
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Tag to match; absent means "any" (the default route, which must be last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    pub to: String,
+}
+
+/// Queue and delivery limits.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Backlog of any queue on a request's path above which the ingress answers 503 (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue_depth: Option<u64>,
+    /// Bytes queued on any queue of a request's path above which the ingress answers 503 (default `64Mi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue_bytes: Option<String>,
+    /// Deliveries of one envelope before it is dead-lettered (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deliveries: Option<u32>,
+    /// Lease a worker holds on an entry and renews while busy (default `2s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+}
+
+/// Observed state, written by the operator only when it changes.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamPipelineStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupStatus>,
+    /// `ready/total` groups, for the printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_groups: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_url: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupStatus {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale: Option<ScaleDecision>,
+}
+
+/// The autoscaler's last decision that changed replicas.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleDecision {
+    pub time: Time,
+    pub from: i32,
+    pub to: i32,
+    pub reason: String,
+}
+
+// === explicit schemas for fields kube's derive would make non-structural ===
+
+fn free_form_object(_: &mut SchemaGenerator) -> Schema {
+    schema_from_json(serde_json::json!({
+        "description": "Node configuration, interpreted by the node type (see docs/nodes.md).",
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    }))
+}
+
+fn next_schema(_: &mut SchemaGenerator) -> Schema {
+    // A string or a list of routes. An `anyOf` with types inside is not a
+    // structural schema, so the field is typeless with preserved unknown
+    // fields; the operator validates the shape (see `validate`).
+    schema_from_json(serde_json::json!({
+        "description": "Next node: a node name, or a list of {when, to} routes where the first match wins and a route without `when` is the default.",
+        "x-kubernetes-preserve-unknown-fields": true
+    }))
+}
+
+fn schema_from_json(v: Value) -> Schema {
+    // The literals above are valid JSON Schema objects; a failure here is a
+    // programming error caught by the CRD snapshot test.
+    serde_json::from_value(v).expect("static schema literal is valid")
+}

@@ -1,0 +1,143 @@
+//! The checked-in CRD matches the types, is a structural schema, and the
+//! examples compile.
+
+use serde_json::Value;
+
+#[test]
+fn checked_in_crd_matches_the_generated_one() {
+    let generated = sluice_crds::crd::crd_yaml();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/streampipeline.yaml");
+    let on_disk = std::fs::read_to_string(path).expect("crds/streampipeline.yaml exists");
+    assert!(
+        on_disk == generated,
+        "crds/streampipeline.yaml is stale: run `cargo run -p sluice-crds --bin crdgen crds/streampipeline.yaml`"
+    );
+}
+
+/// The structural-schema rules of apiextensions.k8s.io/v1 that kube's derive
+/// can break, checked on every node.
+fn structural_violations(v: &Value, path: &str, in_junctor: bool, out: &mut Vec<String>) {
+    let Some(o) = v.as_object() else { return };
+    let preserve = o.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    let int_or_string = o.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
+    if in_junctor {
+        for k in [
+            "type",
+            "nullable",
+            "default",
+            "description",
+            "additionalProperties",
+        ] {
+            if o.contains_key(k) {
+                out.push(format!("{path}: `{k}` inside a junctor"));
+            }
+        }
+    } else if !o.contains_key("type") && !preserve && !int_or_string {
+        out.push(format!("{path}: no type"));
+    }
+    if o.contains_key("$ref") {
+        out.push(format!("{path}: $ref"));
+    }
+    if o.contains_key("properties") && o.contains_key("additionalProperties") {
+        out.push(format!("{path}: both properties and additionalProperties"));
+    }
+    if o.get("type") == Some(&Value::String("object".into()))
+        && !o.contains_key("properties")
+        && !o.contains_key("additionalProperties")
+        && !preserve
+    {
+        out.push(format!(
+            "{path}: free-form object without x-kubernetes-preserve-unknown-fields"
+        ));
+    }
+    if let Some(Value::Object(props)) = o.get("properties") {
+        for (k, p) in props {
+            structural_violations(p, &format!("{path}.{k}"), false, out);
+        }
+    }
+    if let Some(items) = o.get("items") {
+        structural_violations(items, &format!("{path}[]"), false, out);
+    }
+    if let Some(ap @ Value::Object(_)) = o.get("additionalProperties") {
+        structural_violations(ap, &format!("{path}{{}}"), false, out);
+    }
+    for j in ["anyOf", "oneOf", "allOf"] {
+        if let Some(Value::Array(alts)) = o.get(j) {
+            for (i, a) in alts.iter().enumerate() {
+                structural_violations(a, &format!("{path}.{j}[{i}]"), true, out);
+            }
+        }
+    }
+    if let Some(n) = o.get("not") {
+        structural_violations(n, &format!("{path}.not"), true, out);
+    }
+}
+
+#[test]
+fn generated_crd_is_a_structural_schema() {
+    let crd = serde_json::to_value(sluice_crds::crd::crd()).unwrap();
+    let schema = crd
+        .pointer("/spec/versions/0/schema/openAPIV3Schema")
+        .unwrap();
+    let mut out = vec![];
+    structural_violations(schema, "", false, &mut out);
+    assert!(out.is_empty(), "non-structural nodes:\n{}", out.join("\n"));
+}
+
+#[test]
+fn the_structural_check_catches_a_free_form_field() {
+    // Guards the checker itself: a bare `{}` and an anyOf with types are refused.
+    let bad = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "with": {},
+            "next": {"anyOf": [{"type": "string"}, {"type": "array"}]}
+        }
+    });
+    let mut out = vec![];
+    structural_violations(&bad, "", false, &mut out);
+    assert!(out.iter().any(|e| e.contains(".with: no type")), "{out:?}");
+    assert!(
+        out.iter().any(|e| e.contains("inside a junctor")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn lists_carry_max_items_and_cel_rules_exist() {
+    let crd = serde_json::to_value(sluice_crds::crd::crd()).unwrap();
+    let spec = crd
+        .pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec")
+        .unwrap();
+    for list in ["interfaces", "groups", "nodes"] {
+        assert!(
+            spec.pointer(&format!("/properties/{list}/maxItems"))
+                .is_some(),
+            "{list} maxItems"
+        );
+    }
+    let rules = spec["x-kubernetes-validations"].as_array().unwrap();
+    assert!(rules
+        .iter()
+        .any(|r| r["message"].as_str().unwrap().contains("exactly one group")));
+    let sub = crd.pointer("/spec/versions/0/subresources/status");
+    assert!(sub.is_some(), "status subresource");
+}
+
+#[test]
+fn every_example_compiles() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        sluice_crds::load_manifest(&path).unwrap_or_else(|e| panic!("{e}"));
+        seen += 1;
+    }
+    assert!(
+        seen >= 2,
+        "expected at least hello and a multi-group example"
+    );
+}

@@ -1,0 +1,165 @@
+//! Each validation rule refuses what it should, with the field path.
+
+use sluice_crds::{parse_manifest, ManifestError, Next};
+
+const BASE: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata: { name: t, namespace: ns }
+spec:
+  interfaces:
+    - { name: api, path: /v1/x, entry: a, timeout: 5s }
+  groups:
+    - { name: web, role: ingress }
+    - { name: cpu, role: worker }
+  nodes:
+    - { name: a, group: web, uses: builtin/route, with: { field: /k }, next: [ { when: x, to: b }, { to: c } ] }
+    - { name: b, group: cpu, uses: builtin/echo, next: c }
+    - { name: c, group: cpu, uses: builtin/echo }
+"#;
+
+fn errors_of(yaml: &str) -> String {
+    match parse_manifest("test.yaml", yaml) {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_base_manifest_compiles_with_defaults_applied() {
+    let (sp, plan) = parse_manifest("t", BASE).unwrap();
+    assert_eq!(sp.metadata.namespace.as_deref(), Some("ns"));
+    assert_eq!(plan.id.to_string(), "ns/t");
+    assert_eq!(plan.ingress_group, "web");
+    assert_eq!(plan.interfaces[0].path_groups, vec!["cpu".to_string()]);
+    assert_eq!(plan.limits.max_deliveries, 5);
+    assert_eq!(plan.groups["cpu"].concurrency, 8);
+    assert_eq!(
+        plan.groups["cpu"].nodes,
+        vec!["b".to_string(), "c".to_string()]
+    );
+    match &plan.nodes["a"].next {
+        Next::Routes { routes, default } => {
+            assert_eq!(routes, &vec![("x".to_string(), "b".to_string())]);
+            assert_eq!(default.as_deref(), Some("c"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(plan.nodes["a"].next.resolve(Some("x")).unwrap(), Some("b"));
+    assert_eq!(plan.nodes["a"].next.resolve(Some("y")).unwrap(), Some("c"));
+    assert_eq!(plan.nodes["c"].next.resolve(None).unwrap(), None);
+}
+
+#[test]
+fn each_rule_is_reported_with_its_field_path() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "cycle",
+            "next: c }\n    - { name: c, group: cpu, uses: builtin/echo }",
+            "next: c }\n    - { name: c, group: cpu, uses: builtin/echo, next: b }",
+        ),
+        (
+            "unknown group",
+            "name: c, group: cpu",
+            "name: c, group: gpu",
+        ),
+        ("unknown node", "next: c }", "next: zz }"),
+        (
+            "exactly one group must have role ingress",
+            "role: worker",
+            "role: ingress",
+        ),
+        (
+            "unknown builtin",
+            "name: c, group: cpu, uses: builtin/echo",
+            "name: c, group: cpu, uses: builtin/nope",
+        ),
+        ("duplicate node name", "name: c, group", "name: b, group"),
+        (
+            "mixed backends",
+            "spec:\n",
+            "spec:\n  backends: { queue: redis, kv: memory, reply: redis }\n",
+        ),
+        ("not a duration", "timeout: 5s", "timeout: five"),
+        ("missing unit", "timeout: 5s", "timeout: \"5\""),
+        (
+            "well below every interface timeout",
+            "spec:\n",
+            "spec:\n  limits: { lease: 3s }\n",
+        ),
+        (
+            "default route",
+            "[ { when: x, to: b }, { to: c } ]",
+            "[ { to: c }, { when: x, to: b } ]",
+        ),
+        (
+            "nodes of worker groups may only forward",
+            "next: c }",
+            "next: a }",
+        ),
+        (
+            "not a size",
+            "spec:\n",
+            "spec:\n  limits: { maxQueueBytes: lots }\n",
+        ),
+        (
+            "served by the ingress itself",
+            "path: /v1/x",
+            "path: /healthz",
+        ),
+        (
+            "not served by this release",
+            "path: /v1/x,",
+            "path: /v1/x, kind: websocket,",
+        ),
+    ];
+    for (want, from, to) in cases {
+        assert!(
+            BASE.contains(from),
+            "case `{want}`: pattern {from:?} not in base"
+        );
+        let yaml = BASE.replacen(from, to, 1);
+        let errs = errors_of(&yaml);
+        assert!(errs.contains(want), "case `{want}`: got {errs:?}");
+        assert!(
+            errs.contains("spec."),
+            "case `{want}`: no field path in {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn a_cycle_names_its_nodes() {
+    let yaml = BASE.replacen(
+        "name: c, group: cpu, uses: builtin/echo }",
+        "name: c, group: cpu, uses: builtin/echo, next: b }",
+        1,
+    );
+    let errs = errors_of(&yaml);
+    assert!(
+        errs.contains("b → c → b") || errs.contains("c → b → c"),
+        "{errs}"
+    );
+}
+
+#[test]
+fn shape_errors_name_the_field_and_never_panic() {
+    let e = errors_of(&BASE.replacen("timeout: 5s", "timeout: 5s, colour: red", 1));
+    assert!(
+        e.contains("spec.interfaces[0]") && e.contains("colour"),
+        "{e}"
+    );
+    let e = errors_of(&BASE.replacen("role: worker", "role: boss", 1));
+    assert!(e.contains("spec.groups[1].role"), "{e}");
+    let e = errors_of("kind: Deployment\napiVersion: apps/v1\n");
+    assert!(e.contains("expected apiVersion sluice.dev/v1alpha1"), "{e}");
+    let e = errors_of(": : :");
+    assert!(!e.is_empty());
+    assert!(matches!(
+        parse_manifest(
+            "x",
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamPipeline\nspec: {}\n"
+        ),
+        Err(ManifestError::Parse { .. })
+    ));
+}
