@@ -1,1 +1,38 @@
-//! placeholder
+//! sluice platform: the contracts every sluice process shares.
+//!
+//! This crate must not depend on any other sluice crate and must not know
+//! about HTTP, pipelines' node graphs or Kubernetes: it moves signed,
+//! opaque envelopes between processes and says whether one is genuine.
+//!
+//! # Layout
+//! - [`keys`]: the Redis key layout of DESIGN §5 (`sluice:{ns/p}:…`).
+//! - [`envelope`]: the envelope and its stream-entry codec (`v`, `k`, `m`, `s`).
+//! - [`keyring`]: the HMAC key ring, loaded from a directory and reloaded.
+//! - [`signing`]: signing and the verification chain of DESIGN §6.
+//! - [`backend`]: the error every adapter reports and the fault injector.
+//! - [`queue`]: the `Queue` and `ReplyChannel` ports (streams with a consumer group).
+//! - [`kv`]: the `Kv` port (replay guard).
+//! - [`memory`]: the in-memory adapters of all three ports.
+//! - [`conformance`]: one suite per port, run against every adapter.
+//! - [`metrics`]: Prometheus families shared by the runtime processes.
+//! - [`clock`]: wall-clock milliseconds, the unit of `ts` and deadlines.
+
+pub mod backend;
+pub mod clock;
+pub mod conformance;
+pub mod envelope;
+pub mod keyring;
+pub mod keys;
+pub mod kv;
+pub mod memory;
+pub mod metrics;
+pub mod queue;
+pub mod signing;
+
+pub use backend::{BackendError, Faults};
+pub use envelope::{Envelope, Kind, ReplyError, StreamEntry, FORMAT_VERSION};
+pub use keyring::{KeyRing, KeyRingError, SharedKeyRing};
+pub use keys::Keys;
+pub use kv::Kv;
+pub use queue::{Delivery, Depth, Forward, Queue, ReplyChannel};
+pub use signing::{Rejection, Signer, Verifier, VerifyError};

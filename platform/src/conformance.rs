@@ -1,0 +1,361 @@
+//! Conformance suites, one per port, written once and run against every
+//! adapter (memory here, Redis in its own tests).
+//!
+//! Each suite takes a constructor so every case starts from a fresh adapter
+//! (or a fresh key namespace of a shared one). Panics describe the broken
+//! promise. Timing cases use real, short durations because a Redis server
+//! cannot follow a paused test clock.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::envelope::StreamEntry;
+use crate::kv::Kv;
+use crate::queue::{Forward, Queue, ReplyChannel};
+
+/// A recognisable entry; `n` goes into `m`.
+pub fn entry(n: usize) -> StreamEntry {
+    StreamEntry {
+        v: b"1".to_vec(),
+        k: b"kid".to_vec(),
+        m: format!("message-{n}").into_bytes(),
+        s: b"sig".to_vec(),
+    }
+}
+
+const NO_WAIT: Duration = Duration::from_millis(10);
+
+/// Runs every `Queue` case. `make` returns an adapter and a stream-name
+/// prefix unique to the case.
+pub async fn queue_suite<Q, F, Fut>(make: F)
+where
+    Q: Queue + ?Sized,
+    F: Fn() -> Fut,
+    Fut: Future<Output = (Arc<Q>, String)>,
+{
+    let (q, p) = make().await;
+    push_then_read_delivers_in_order_once(&*q, &p).await;
+    let (q, p) = make().await;
+    read_never_returns_more_than_max(&*q, &p).await;
+    let (q, p) = make().await;
+    complete_forwards_acks_and_deletes(&*q, &p).await;
+    let (q, p) = make().await;
+    lapsed_lease_is_reclaimed_with_a_higher_count(&*q, &p).await;
+    let (q, p) = make().await;
+    renewed_lease_is_not_reclaimed(&*q, &p).await;
+    let (q, p) = make().await;
+    blocking_read_wakes_on_push(q, &p).await;
+    let (q, p) = make().await;
+    ensure_group_is_idempotent_and_depth_counts_bytes(&*q, &p).await;
+}
+
+async fn push_then_read_delivers_in_order_once<Q: Queue + ?Sized>(q: &Q, p: &str) {
+    let s = format!("{p}:q:order");
+    q.ensure_group(&s).await.unwrap();
+    for i in 0..3 {
+        q.push(&s, entry(i)).await.unwrap();
+    }
+    let got = q.read(&s, "c1", 10, NO_WAIT).await.unwrap();
+    let ms: Vec<_> = got.iter().map(|d| d.entry.clone()).collect();
+    assert_eq!(
+        ms,
+        vec![entry(0), entry(1), entry(2)],
+        "entries come back in push order"
+    );
+    assert!(
+        got.iter().all(|d| d.deliveries == 1),
+        "first delivery counts 1"
+    );
+    let again = q.read(&s, "c2", 10, NO_WAIT).await.unwrap();
+    assert!(
+        again.is_empty(),
+        "a read entry is not handed to another consumer as new"
+    );
+    assert_eq!(q.pending(&s).await.unwrap(), 3, "read entries are pending");
+}
+
+async fn read_never_returns_more_than_max<Q: Queue + ?Sized>(q: &Q, p: &str) {
+    let s = format!("{p}:q:max");
+    q.ensure_group(&s).await.unwrap();
+    for i in 0..5 {
+        q.push(&s, entry(i)).await.unwrap();
+    }
+    assert_eq!(q.read(&s, "c", 2, NO_WAIT).await.unwrap().len(), 2);
+    assert_eq!(
+        q.read(&s, "c", 0, NO_WAIT).await.unwrap().len(),
+        0,
+        "max 0 reads nothing"
+    );
+    assert_eq!(q.read(&s, "c", 10, NO_WAIT).await.unwrap().len(), 3);
+}
+
+async fn complete_forwards_acks_and_deletes<Q: Queue + ?Sized>(q: &Q, p: &str) {
+    let a = format!("{p}:q:a");
+    let b = format!("{p}:q:b");
+    q.ensure_group(&a).await.unwrap();
+    q.ensure_group(&b).await.unwrap();
+    q.push(&a, entry(1)).await.unwrap();
+    let d = q.read(&a, "c", 1, NO_WAIT).await.unwrap().remove(0);
+    let fwd = Forward {
+        stream: b.clone(),
+        entry: entry(2),
+        must_exist: false,
+    };
+    assert!(q.complete(&a, &d.id, Some(fwd)).await.unwrap());
+    assert_eq!(
+        q.depth(&a).await.unwrap().entries,
+        0,
+        "completed entry is deleted"
+    );
+    assert_eq!(
+        q.pending(&a).await.unwrap(),
+        0,
+        "completed entry is acknowledged"
+    );
+    let next = q.read(&b, "c", 10, NO_WAIT).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].entry, entry(2), "forwarded entry arrives");
+
+    // A must-exist forward to a missing stream is dropped; the source still completes.
+    q.push(&a, entry(3)).await.unwrap();
+    let d = q.read(&a, "c", 1, NO_WAIT).await.unwrap().remove(0);
+    let gone = Forward {
+        stream: format!("{p}:r:nobody"),
+        entry: entry(4),
+        must_exist: true,
+    };
+    assert!(
+        !q.complete(&a, &d.id, Some(gone)).await.unwrap(),
+        "forward to a missing stream reports false"
+    );
+    assert_eq!(q.depth(&a).await.unwrap().entries, 0);
+    assert_eq!(
+        q.depth(&format!("{p}:r:nobody")).await.unwrap().entries,
+        0,
+        "must-exist never creates the stream"
+    );
+}
+
+async fn lapsed_lease_is_reclaimed_with_a_higher_count<Q: Queue + ?Sized>(q: &Q, p: &str) {
+    let s = format!("{p}:q:reclaim");
+    q.ensure_group(&s).await.unwrap();
+    q.push(&s, entry(7)).await.unwrap();
+    let first = q.read(&s, "dead", 1, NO_WAIT).await.unwrap().remove(0);
+    assert!(
+        q.reclaim(&s, "alive", Duration::from_millis(300), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a fresh lease is not reclaimed"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let got = q
+        .reclaim(&s, "alive", Duration::from_millis(300), 10)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "a lapsed lease is reclaimed");
+    assert_eq!(got[0].id, first.id);
+    assert_eq!(got[0].entry, entry(7));
+    assert_eq!(got[0].deliveries, 2, "reclaim increases the delivery count");
+}
+
+async fn renewed_lease_is_not_reclaimed<Q: Queue + ?Sized>(q: &Q, p: &str) {
+    let s = format!("{p}:q:renew");
+    q.ensure_group(&s).await.unwrap();
+    q.push(&s, entry(1)).await.unwrap();
+    let d = q.read(&s, "busy", 1, NO_WAIT).await.unwrap().remove(0);
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        q.renew(&s, "busy", std::slice::from_ref(&d.id))
+            .await
+            .unwrap();
+    }
+    let got = q
+        .reclaim(&s, "thief", Duration::from_millis(250), 10)
+        .await
+        .unwrap();
+    assert!(
+        got.is_empty(),
+        "a renewed lease (400ms total, renewed every 100ms) is not reclaimed at 250ms idle"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = q
+        .reclaim(&s, "thief", Duration::from_millis(250), 10)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].deliveries, 2, "renewals do not count as deliveries");
+}
+
+async fn blocking_read_wakes_on_push<Q: Queue + ?Sized>(q: Arc<Q>, p: &str) {
+    let s = format!("{p}:q:block");
+    q.ensure_group(&s).await.unwrap();
+    let reader = {
+        let q = q.clone();
+        let s = s.clone();
+        tokio::spawn(async move { q.read(&s, "c", 1, Duration::from_secs(5)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = std::time::Instant::now();
+    q.push(&s, entry(9)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(3), reader)
+        .await
+        .expect("a blocked read returns soon after a push")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+async fn ensure_group_is_idempotent_and_depth_counts_bytes<Q: Queue + ?Sized>(q: &Q, p: &str) {
+    let s = format!("{p}:q:depth");
+    q.ensure_group(&s).await.unwrap();
+    q.ensure_group(&s).await.unwrap();
+    assert_eq!(q.depth(&s).await.unwrap().entries, 0);
+    q.push(&s, entry(1)).await.unwrap();
+    q.push(&s, entry(2)).await.unwrap();
+    let d = q.depth(&s).await.unwrap();
+    assert_eq!(d.entries, 2);
+    assert!(
+        d.bytes >= 2 * entry(1).stored_len() as u64,
+        "depth counts at least the stored bytes"
+    );
+}
+
+/// Runs every `ReplyChannel` case. `make` returns the adapter as both ports
+/// (writers complete into reply streams through the queue) and a prefix.
+pub async fn reply_suite<A, F, Fut>(make: F)
+where
+    A: Queue + ReplyChannel + ?Sized,
+    F: Fn() -> Fut,
+    Fut: Future<Output = (Arc<A>, String)>,
+{
+    let (a, p) = make().await;
+    let r = format!("{p}:r:ing1");
+    let q = format!("{p}:q:w");
+    a.open(&r, Duration::from_secs(30)).await.unwrap();
+    a.ensure_group(&q).await.unwrap();
+    for i in 0..3 {
+        a.push(&q, entry(i)).await.unwrap();
+    }
+    for d in Queue::read(&*a, &q, "w", 10, NO_WAIT).await.unwrap() {
+        let fwd = Forward {
+            stream: r.clone(),
+            entry: entry(100 + d.deliveries as usize),
+            must_exist: true,
+        };
+        assert!(
+            a.complete(&q, &d.id, Some(fwd)).await.unwrap(),
+            "reply to an open stream is delivered"
+        );
+    }
+    let got = a.recv(&r, 10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(got.len(), 3, "every reply is received");
+    assert!(
+        a.recv(&r, 10, NO_WAIT).await.unwrap().is_empty(),
+        "replies are deleted once read"
+    );
+    assert_eq!(
+        Queue::depth(&*a, &r).await.unwrap().entries,
+        0,
+        "the reply stream stays empty"
+    );
+
+    // A stream that is not refreshed expires, and must-exist writes do not recreate it.
+    let (a, p) = make().await;
+    let r = format!("{p}:r:short");
+    let q = format!("{p}:q:w");
+    a.open(&r, Duration::from_millis(200)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    a.ensure_group(&q).await.unwrap();
+    a.push(&q, entry(1)).await.unwrap();
+    let d = Queue::read(&*a, &q, "w", 1, NO_WAIT)
+        .await
+        .unwrap()
+        .remove(0);
+    let fwd = Forward {
+        stream: r.clone(),
+        entry: entry(2),
+        must_exist: true,
+    };
+    assert!(
+        !a.complete(&q, &d.id, Some(fwd)).await.unwrap(),
+        "an expired reply stream is not recreated"
+    );
+    assert!(a.recv(&r, 10, NO_WAIT).await.unwrap().is_empty());
+
+    // Close removes the stream.
+    let (a, p) = make().await;
+    let r = format!("{p}:r:closed");
+    a.open(&r, Duration::from_secs(30)).await.unwrap();
+    a.close(&r).await.unwrap();
+    let q = format!("{p}:q:w");
+    a.push(&q, entry(1)).await.unwrap();
+    let d = Queue::read(&*a, &q, "w", 1, NO_WAIT)
+        .await
+        .unwrap()
+        .remove(0);
+    let fwd = Forward {
+        stream: r,
+        entry: entry(2),
+        must_exist: true,
+    };
+    assert!(
+        !a.complete(&q, &d.id, Some(fwd)).await.unwrap(),
+        "a closed stream is not recreated"
+    );
+}
+
+/// Runs every `Kv` case; `make` returns an adapter and a key prefix.
+pub async fn kv_suite<K, F, Fut>(make: F)
+where
+    K: Kv + ?Sized,
+    F: Fn() -> Fut,
+    Fut: Future<Output = (Arc<K>, String)>,
+{
+    let (kv, p) = make().await;
+    let k = format!("{p}:n:a");
+    assert_eq!(
+        kv.set_nx(&k, "1-0", Duration::from_secs(10)).await.unwrap(),
+        None,
+        "first set wins"
+    );
+    assert_eq!(
+        kv.set_nx(&k, "2-0", Duration::from_secs(10))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("1-0"),
+        "second set returns the existing value"
+    );
+    assert_eq!(
+        kv.get(&k).await.unwrap().as_deref(),
+        Some("1-0"),
+        "value unchanged by a losing set"
+    );
+    assert!(kv.delete(&k).await.unwrap());
+    assert!(
+        !kv.delete(&k).await.unwrap(),
+        "deleting twice reports absence"
+    );
+    assert_eq!(kv.get(&k).await.unwrap(), None);
+
+    let (kv, p) = make().await;
+    let k = format!("{p}:n:ttl");
+    kv.set_nx(&k, "x", Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(kv.get(&k).await.unwrap().as_deref(), Some("x"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        kv.get(&k).await.unwrap(),
+        None,
+        "a key expires after its TTL"
+    );
+    assert_eq!(
+        kv.set_nx(&k, "y", Duration::from_secs(1)).await.unwrap(),
+        None,
+        "an expired key can be set again"
+    );
+}

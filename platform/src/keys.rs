@@ -1,0 +1,72 @@
+//! The Redis key layout of DESIGN §5.
+//!
+//! Every key of pipeline `p` in namespace `ns` carries the hash tag `{ns/p}`,
+//! so one pipeline lives in one Redis Cluster slot (multi-key transactions
+//! work) and equally named pipelines in different namespaces never share keys.
+
+/// Key names of one pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys of pipeline `name` in `namespace`.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            prefix: format!("sluice:{{{namespace}/{name}}}"),
+        }
+    }
+
+    /// `sluice:{ns/p}:q:<group>`: work for a worker group.
+    pub fn queue(&self, group: &str) -> String {
+        format!("{}:q:{group}", self.prefix)
+    }
+
+    /// `sluice:{ns/p}:r:<ingress-id>`: replies for one ingress instance.
+    pub fn reply(&self, ingress_id: &str) -> String {
+        format!("{}:r:{ingress_id}", self.prefix)
+    }
+
+    /// `sluice:{ns/p}:n:<kid>:<nonce>`: replay guard of one envelope.
+    pub fn nonce(&self, kid: &str, nonce: &str) -> String {
+        format!("{}:n:{kid}:{nonce}", self.prefix)
+    }
+
+    /// `sluice:{ns/p}:dlq`: envelopes past `maxDeliveries`.
+    pub fn dead_letter(&self) -> String {
+        format!("{}:dlq", self.prefix)
+    }
+
+    /// `ns/p`, as carried in envelopes.
+    pub fn pipeline(&self) -> &str {
+        let inner = self.prefix.trim_start_matches("sluice:{");
+        inner.strip_suffix('}').unwrap_or(inner)
+    }
+}
+
+/// The consumer group every queue stream uses.
+pub const CONSUMER_GROUP: &str = "sluice";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        let k = Keys::new("prod", "enrich");
+        assert_eq!(k.queue("cpu"), "sluice:{prod/enrich}:q:cpu");
+        assert_eq!(k.reply("web-1"), "sluice:{prod/enrich}:r:web-1");
+        assert_eq!(k.nonce("k1", "abc"), "sluice:{prod/enrich}:n:k1:abc");
+        assert_eq!(k.dead_letter(), "sluice:{prod/enrich}:dlq");
+        assert_eq!(k.pipeline(), "prod/enrich");
+    }
+
+    #[test]
+    fn same_name_in_two_namespaces_never_shares_keys() {
+        assert_ne!(
+            Keys::new("a", "p").queue("g"),
+            Keys::new("b", "p").queue("g")
+        );
+    }
+}

@@ -1,0 +1,408 @@
+//! In-memory adapters of the three ports, for the memory profile and tests.
+//!
+//! They honour the same contracts as the Redis adapters (the conformance
+//! suites prove it): consumer-group semantics with pending entries, delivery
+//! counts and reclaim; atomic complete; reply streams that only their owner
+//! creates and that expire when not refreshed; keys with TTLs. Each adapter
+//! carries a [`Faults`] injector.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::backend::{Faults, Result};
+use crate::envelope::StreamEntry;
+use crate::kv::Kv;
+use crate::queue::{Delivery, Depth, Forward, Queue, ReplyChannel};
+
+#[derive(Default)]
+struct Stream {
+    seq: u64,
+    entries: BTreeMap<u64, StreamEntry>,
+    bytes: u64,
+    /// Highest id handed out by `read` (the group's last-delivered id).
+    last_delivered: u64,
+    pending: BTreeMap<u64, Pending>,
+    /// Reply streams: expiry, refreshed by `open`.
+    expires: Option<Instant>,
+}
+
+struct Pending {
+    consumer: String,
+    since: Instant,
+    count: u32,
+}
+
+impl Stream {
+    fn append(&mut self, entry: StreamEntry) -> u64 {
+        self.seq += 1;
+        self.bytes += entry.stored_len() as u64;
+        self.entries.insert(self.seq, entry);
+        self.seq
+    }
+
+    fn remove(&mut self, seq: u64) {
+        self.pending.remove(&seq);
+        if let Some(e) = self.entries.remove(&seq) {
+            self.bytes -= e.stored_len() as u64;
+        }
+    }
+}
+
+fn id_of(seq: u64) -> String {
+    format!("0-{seq}")
+}
+
+fn seq_of(id: &str) -> Option<u64> {
+    id.rsplit_once('-').and_then(|(_, s)| s.parse().ok())
+}
+
+/// Streams for both the `Queue` and the `ReplyChannel` ports, as one Redis
+/// holds both: a completion can forward to a reply stream atomically.
+#[derive(Default)]
+pub struct MemoryStreams {
+    streams: Mutex<HashMap<String, Stream>>,
+    /// Woken on every append; readers re-check their stream.
+    appended: Notify,
+    faults: Faults,
+}
+
+impl MemoryStreams {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The fault injector of this adapter.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Drops expired reply streams; returns the live stream, if any.
+    fn live<'a>(map: &'a mut HashMap<String, Stream>, name: &str) -> Option<&'a mut Stream> {
+        let expired = map
+            .get(name)
+            .and_then(|s| s.expires)
+            .is_some_and(|t| t <= Instant::now());
+        if expired {
+            map.remove(name);
+        }
+        map.get_mut(name)
+    }
+
+    /// Polls `take` until it yields something or `block` elapses.
+    async fn wait_for<T>(
+        &self,
+        block: Duration,
+        mut take: impl FnMut(&mut HashMap<String, Stream>) -> Vec<T>,
+    ) -> Vec<T> {
+        let deadline = Instant::now() + block;
+        loop {
+            // Register interest before looking, so an append between the
+            // look and the wait is not missed.
+            let notified = self.appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let got = take(&mut self.streams.lock());
+            if !got.is_empty() || Instant::now() >= deadline {
+                return got;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return take(&mut self.streams.lock());
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Queue for MemoryStreams {
+    async fn ensure_group(&self, stream: &str) -> Result<()> {
+        self.faults.check().await?;
+        self.streams.lock().entry(stream.to_string()).or_default();
+        Ok(())
+    }
+
+    async fn push(&self, stream: &str, entry: StreamEntry) -> Result<String> {
+        self.faults.check().await?;
+        let seq = self
+            .streams
+            .lock()
+            .entry(stream.to_string())
+            .or_default()
+            .append(entry);
+        self.appended.notify_waiters();
+        Ok(id_of(seq))
+    }
+
+    async fn read(
+        &self,
+        stream: &str,
+        consumer: &str,
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>> {
+        self.faults.check().await?;
+        if max == 0 {
+            return Ok(vec![]);
+        }
+        Ok(self
+            .wait_for(block, |map| {
+                let s = map.entry(stream.to_string()).or_default();
+                let fresh: Vec<u64> = s
+                    .entries
+                    .range(s.last_delivered + 1..)
+                    .take(max)
+                    .map(|(k, _)| *k)
+                    .collect();
+                let now = Instant::now();
+                fresh
+                    .into_iter()
+                    .map(|seq| {
+                        s.last_delivered = seq;
+                        s.pending.insert(
+                            seq,
+                            Pending {
+                                consumer: consumer.to_string(),
+                                since: now,
+                                count: 1,
+                            },
+                        );
+                        Delivery {
+                            id: id_of(seq),
+                            entry: s.entries[&seq].clone(),
+                            deliveries: 1,
+                        }
+                    })
+                    .collect()
+            })
+            .await)
+    }
+
+    async fn renew(&self, stream: &str, consumer: &str, ids: &[String]) -> Result<()> {
+        self.faults.check().await?;
+        let mut map = self.streams.lock();
+        if let Some(s) = map.get_mut(stream) {
+            let now = Instant::now();
+            for seq in ids.iter().filter_map(|i| seq_of(i)) {
+                if let Some(p) = s.pending.get_mut(&seq) {
+                    // XCLAIM … JUSTID: takes ownership, resets idle, keeps the count.
+                    p.consumer = consumer.to_string();
+                    p.since = now;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn reclaim(
+        &self,
+        stream: &str,
+        consumer: &str,
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Delivery>> {
+        self.faults.check().await?;
+        let mut map = self.streams.lock();
+        let Some(s) = map.get_mut(stream) else {
+            return Ok(vec![]);
+        };
+        let now = Instant::now();
+        let stale: Vec<u64> = s
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.since) >= min_idle)
+            .take(max)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = vec![];
+        for seq in stale {
+            let Some(entry) = s.entries.get(&seq).cloned() else {
+                // Deleted while pending (as XAUTOCLAIM does): forget it.
+                s.pending.remove(&seq);
+                continue;
+            };
+            // The loop only visits keys present in `pending`.
+            let p = s.pending.get_mut(&seq).expect("stale seq is pending");
+            p.consumer = consumer.to_string();
+            p.since = now;
+            p.count += 1;
+            out.push(Delivery {
+                id: id_of(seq),
+                entry,
+                deliveries: p.count,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn complete(&self, stream: &str, id: &str, forward: Option<Forward>) -> Result<bool> {
+        self.faults.check().await?;
+        let mut forwarded = true;
+        {
+            let mut map = self.streams.lock();
+            if let Some(f) = forward {
+                match Self::live(&mut map, &f.stream) {
+                    Some(target) => {
+                        target.append(f.entry);
+                    }
+                    None if f.must_exist => forwarded = false,
+                    None => {
+                        map.entry(f.stream).or_default().append(f.entry);
+                    }
+                }
+            }
+            if let (Some(s), Some(seq)) = (map.get_mut(stream), seq_of(id)) {
+                s.remove(seq);
+            }
+        }
+        self.appended.notify_waiters();
+        Ok(forwarded)
+    }
+
+    async fn depth(&self, stream: &str) -> Result<Depth> {
+        self.faults.check().await?;
+        let map = self.streams.lock();
+        Ok(map
+            .get(stream)
+            .map(|s| Depth {
+                entries: s.entries.len() as u64,
+                bytes: s.bytes,
+            })
+            .unwrap_or_default())
+    }
+
+    async fn pending(&self, stream: &str) -> Result<u64> {
+        self.faults.check().await?;
+        Ok(self
+            .streams
+            .lock()
+            .get(stream)
+            .map_or(0, |s| s.pending.len() as u64))
+    }
+}
+
+#[async_trait]
+impl ReplyChannel for MemoryStreams {
+    async fn open(&self, stream: &str, ttl: Duration) -> Result<()> {
+        self.faults.check().await?;
+        let mut map = self.streams.lock();
+        let s = match Self::live(&mut map, stream) {
+            Some(s) => s,
+            None => map.entry(stream.to_string()).or_default(),
+        };
+        s.expires = Some(Instant::now() + ttl);
+        Ok(())
+    }
+
+    async fn recv(
+        &self,
+        stream: &str,
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<(String, StreamEntry)>> {
+        self.faults.check().await?;
+        Ok(self
+            .wait_for(block, |map| {
+                let Some(s) = Self::live(map, stream) else {
+                    return vec![];
+                };
+                let seqs: Vec<u64> = s.entries.keys().take(max).copied().collect();
+                seqs.into_iter()
+                    .filter_map(|seq| {
+                        let e = s.entries.get(&seq).cloned();
+                        s.remove(seq);
+                        e.map(|e| (id_of(seq), e))
+                    })
+                    .collect()
+            })
+            .await)
+    }
+
+    async fn close(&self, stream: &str) -> Result<()> {
+        self.faults.check().await?;
+        self.streams.lock().remove(stream);
+        Ok(())
+    }
+}
+
+/// Keys with expiry.
+#[derive(Default)]
+pub struct MemoryKv {
+    map: Mutex<KvMap>,
+    faults: Faults,
+}
+
+#[derive(Default)]
+struct KvMap {
+    entries: HashMap<String, (String, Instant)>,
+    /// Size after the last sweep of expired keys; the next sweep runs when
+    /// the map has doubled, so the cost stays amortised O(1) per insert.
+    swept_at: usize,
+}
+
+impl MemoryKv {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Keys currently held, expired ones included until swept.
+    pub fn len(&self) -> usize {
+        self.map.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl Kv for MemoryKv {
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<String>> {
+        self.faults.check().await?;
+        let now = Instant::now();
+        let mut m = self.map.lock();
+        if m.entries.len() >= 2 * m.swept_at.max(512) {
+            m.entries.retain(|_, (_, exp)| *exp > now);
+            m.swept_at = m.entries.len();
+        }
+        match m.entries.get(key) {
+            Some((v, exp)) if *exp > now => Ok(Some(v.clone())),
+            _ => {
+                m.entries
+                    .insert(key.to_string(), (value.to_string(), now + ttl));
+                Ok(None)
+            }
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<String>> {
+        self.faults.check().await?;
+        let now = Instant::now();
+        Ok(self
+            .map
+            .lock()
+            .entries
+            .get(key)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(v, _)| v.clone()))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.faults.check().await?;
+        let now = Instant::now();
+        Ok(self
+            .map
+            .lock()
+            .entries
+            .remove(key)
+            .is_some_and(|(_, exp)| exp > now))
+    }
+}

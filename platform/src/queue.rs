@@ -1,0 +1,113 @@
+//! The `Queue` and `ReplyChannel` ports: streams of signed entries.
+//!
+//! A queue stream is consumed through one consumer group (`sluice`). Each
+//! read entry becomes *pending* for the reading consumer with a delivery
+//! count; the consumer renews its lease while busy, and entries whose lease
+//! lapsed (a dead consumer) are reclaimed by others with the count increased.
+//! A consumer finishes an entry with [`Queue::complete`], which atomically
+//! forwards the next envelope (if any), acknowledges and deletes the entry —
+//! so a stream's length is always backlog plus work in progress.
+//!
+//! A reply stream belongs to one ingress instance: only it creates the stream
+//! ([`ReplyChannel::open`]); workers write with "must exist" semantics, so the
+//! stream of a dead instance is never recreated.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::backend::Result;
+use crate::envelope::StreamEntry;
+
+/// One entry handed to a consumer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// Stream entry id (e.g. `1700000000000-0`).
+    pub id: String,
+    pub entry: StreamEntry,
+    /// How many times the entry has been delivered, this one included.
+    pub deliveries: u32,
+}
+
+/// What [`Queue::complete`] appends before acknowledging.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forward {
+    pub stream: String,
+    pub entry: StreamEntry,
+    /// Append only if the stream exists (replies: `NOMKSTREAM`).
+    pub must_exist: bool,
+}
+
+/// Size of a stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depth {
+    /// Entries in the stream: backlog plus pending work.
+    pub entries: u64,
+    /// Approximate bytes of those entries.
+    pub bytes: u64,
+}
+
+/// Work queues.
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// Creates the stream and its consumer group if absent. Idempotent.
+    async fn ensure_group(&self, stream: &str) -> Result<()>;
+
+    /// Appends an entry; returns its id.
+    async fn push(&self, stream: &str, entry: StreamEntry) -> Result<String>;
+
+    /// Up to `max` entries never delivered before, waiting up to `block` for
+    /// the first one. They become pending for `consumer`.
+    async fn read(
+        &self,
+        stream: &str,
+        consumer: &str,
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>>;
+
+    /// Resets the idle time of `consumer`'s pending entries `ids` (lease
+    /// renewal) without changing their delivery counts.
+    async fn renew(&self, stream: &str, consumer: &str, ids: &[String]) -> Result<()>;
+
+    /// Takes over up to `max` pending entries idle for at least `min_idle`,
+    /// increasing their delivery counts.
+    async fn reclaim(
+        &self,
+        stream: &str,
+        consumer: &str,
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Delivery>>;
+
+    /// Atomically: append `forward` (if any), acknowledge and delete `id`.
+    /// Returns false when a `must_exist` forward found no stream (the entry
+    /// is still acknowledged and deleted).
+    async fn complete(&self, stream: &str, id: &str, forward: Option<Forward>) -> Result<bool>;
+
+    /// Entries and bytes in the stream.
+    async fn depth(&self, stream: &str) -> Result<Depth>;
+
+    /// Entries delivered but not yet completed.
+    async fn pending(&self, stream: &str) -> Result<u64>;
+}
+
+/// Reply streams, read by the one ingress instance they belong to.
+#[async_trait]
+pub trait ReplyChannel: Send + Sync + 'static {
+    /// Creates the stream (or refreshes its expiry); called periodically by
+    /// its live ingress with `ttl` well above the period.
+    async fn open(&self, stream: &str, ttl: Duration) -> Result<()>;
+
+    /// Up to `max` entries not read before, waiting up to `block`; they are
+    /// deleted from the stream once returned.
+    async fn recv(
+        &self,
+        stream: &str,
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<(String, StreamEntry)>>;
+
+    /// Deletes the stream (clean shutdown).
+    async fn close(&self, stream: &str) -> Result<()>;
+}

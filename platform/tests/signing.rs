@@ -1,0 +1,361 @@
+//! The verification chain: every rejection reason, counted, and nothing
+//! decoded before the MAC verifies.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use proptest::prelude::*;
+use serde_json::json;
+use sluice_platform::clock::now_ms;
+use sluice_platform::memory::MemoryKv;
+use sluice_platform::metrics::Rejections;
+use sluice_platform::signing::ENVELOPE_OVERHEAD;
+use sluice_platform::*;
+
+const MAX_PAYLOAD: usize = 4096;
+
+fn ring(current: &str, kids: &[(&str, u8)]) -> KeyRing {
+    let raw: BTreeMap<String, Vec<u8>> = kids
+        .iter()
+        .map(|(k, b)| (k.to_string(), vec![*b; 32]))
+        .collect();
+    KeyRing::from_raw(current, &raw).unwrap()
+}
+
+struct Rig {
+    signer: Signer,
+    verifier: Verifier,
+    rejections: Rejections,
+}
+
+fn rig() -> Rig {
+    let shared = SharedKeyRing::fixed(ring("k1", &[("k1", 1)]));
+    let mut reg = Registry::default();
+    let rejections = Rejections::register(&mut reg);
+    let verifier = Verifier::new(
+        shared.clone(),
+        MemoryKv::new(),
+        Keys::new("ns", "p"),
+        Duration::from_secs(30),
+        MAX_PAYLOAD,
+        rejections.clone(),
+    );
+    Rig {
+        signer: Signer::new(shared),
+        verifier,
+        rejections,
+    }
+}
+
+fn request(dest: &str) -> Envelope {
+    Envelope {
+        kind: Kind::Request,
+        pipeline: "ns/p".into(),
+        dest: dest.into(),
+        cid: "c-1".into(),
+        rid: "r-1".into(),
+        trace: None,
+        ts: 0,
+        nonce: String::new(),
+        deadline: now_ms() + 10_000,
+        attempt: 1,
+        node: Some("n".into()),
+        reply_to: Some("ing-1".into()),
+        payload: json!({"hello": "world"}),
+        error: None,
+    }
+}
+
+async fn rejection(r: &Rig, e: &StreamEntry, id: &str, group: &str) -> Rejection {
+    match r.verifier.verify_request(e, id, group).await {
+        Err(VerifyError::Rejected(why)) => why,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_valid_request_verifies_and_decodes() {
+    let r = rig();
+    let mut env = request("cpu");
+    let e = r.signer.sign(&mut env);
+    let got = r.verifier.verify_request(&e, "1-0", "cpu").await.unwrap();
+    assert_eq!(got, env);
+}
+
+#[tokio::test]
+async fn each_forgery_is_rejected_with_its_own_reason_and_counted() {
+    let r = rig();
+    let good = r.signer.sign(&mut request("cpu"));
+
+    let mut bad_mac = good.clone();
+    bad_mac.m[3] ^= 1;
+    assert_eq!(
+        rejection(&r, &bad_mac, "1-0", "cpu").await,
+        Rejection::BadMac
+    );
+
+    let other = Signer::new(SharedKeyRing::fixed(ring("k9", &[("k9", 9)])));
+    let unknown = other.sign(&mut request("cpu"));
+    assert_eq!(
+        rejection(&r, &unknown, "1-0", "cpu").await,
+        Rejection::UnknownKid
+    );
+
+    let mut future = request("cpu");
+    future.ts = now_ms() + 120_000;
+    future.nonce = "f".into();
+    assert_eq!(
+        rejection(&r, &r.signer.sign_as_is(&future), "1-0", "cpu").await,
+        Rejection::FromFuture
+    );
+
+    let mut late = request("cpu");
+    late.ts = now_ms() - 5_000;
+    late.deadline = now_ms() - 1;
+    late.nonce = "l".into();
+    assert_eq!(
+        rejection(&r, &r.signer.sign_as_is(&late), "1-0", "cpu").await,
+        Rejection::Expired
+    );
+
+    let mut wrong_kind = request("cpu");
+    wrong_kind.kind = Kind::Reply;
+    // Signed with the *request* key (an insider holding it), but says reply.
+    let mut e = r.signer.sign(&mut request("cpu"));
+    e.m = serde_json::to_vec(&Envelope {
+        ts: now_ms(),
+        nonce: "wk".into(),
+        ..wrong_kind
+    })
+    .unwrap();
+    let resigned = forge_with_request_key(&e);
+    assert_eq!(
+        rejection(&r, &resigned, "1-0", "cpu").await,
+        Rejection::WrongKind
+    );
+
+    let wrong_dest = r.signer.sign(&mut request("io"));
+    assert_eq!(
+        rejection(&r, &wrong_dest, "2-0", "cpu").await,
+        Rejection::WrongDestination
+    );
+
+    let mut reply = request("ing-1");
+    reply.kind = Kind::Reply;
+    let reply_entry = r.signer.sign(&mut reply);
+    assert_eq!(
+        rejection(&r, &reply_entry, "3-0", "cpu").await,
+        Rejection::BadMac,
+        "a reply presented as a request fails the MAC: replies use a different derived key"
+    );
+
+    let mut bad_version = good.clone();
+    bad_version.v = b"2".to_vec();
+    assert_eq!(
+        rejection(&r, &bad_version, "1-0", "cpu").await,
+        Rejection::BadVersion
+    );
+
+    for why in [
+        Rejection::BadMac,
+        Rejection::UnknownKid,
+        Rejection::FromFuture,
+        Rejection::Expired,
+        Rejection::WrongKind,
+        Rejection::WrongDestination,
+        Rejection::BadVersion,
+    ] {
+        assert!(r.rejections.get(why) >= 1, "{why:?} counted");
+    }
+    assert_eq!(r.rejections.get(Rejection::BadMac), 2);
+}
+
+fn forge_with_request_key(e: &StreamEntry) -> StreamEntry {
+    // Re-sign the tampered message with k1's request key, the way a process
+    // holding that key could: derive exactly as the ring does.
+    use hkdf::Hkdf;
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+    let hk = Hkdf::<Sha256>::new(Some(b"sluice-ipc-v1"), &[1u8; 32]);
+    let mut key = [0u8; 32];
+    hk.expand(b"sluice/request", &mut key).unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(&e.v);
+    mac.update(&e.m);
+    let s: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    StreamEntry {
+        s: s.into_bytes(),
+        ..e.clone()
+    }
+}
+
+#[tokio::test]
+async fn redelivery_is_accepted_and_replay_is_rejected() {
+    let r = rig();
+    let e = r.signer.sign(&mut request("cpu"));
+    r.verifier.verify_request(&e, "5-0", "cpu").await.unwrap();
+    r.verifier
+        .verify_request(&e, "5-0", "cpu")
+        .await
+        .expect("the same entry id again is a redelivery");
+    assert_eq!(
+        rejection(&r, &e, "6-0", "cpu").await,
+        Rejection::Replay,
+        "same nonce, new entry id"
+    );
+    assert_eq!(r.rejections.get(Rejection::Replay), 1);
+}
+
+#[tokio::test]
+async fn oversized_entries_are_rejected_before_decoding() {
+    let r = rig();
+    let mut env = request("cpu");
+    env.payload = json!("x".repeat(MAX_PAYLOAD + ENVELOPE_OVERHEAD));
+    let e = r.signer.sign(&mut env);
+    let before = r.verifier.decoded();
+    assert_eq!(rejection(&r, &e, "1-0", "cpu").await, Rejection::Oversized);
+    assert_eq!(
+        r.verifier.decoded(),
+        before,
+        "the decoder was never reached"
+    );
+    // And a forged MAC is also refused before decoding.
+    let mut forged = r.signer.sign(&mut request("cpu"));
+    forged.s = vec![b'0'; 64];
+    assert_eq!(
+        rejection(&r, &forged, "1-0", "cpu").await,
+        Rejection::BadMac
+    );
+    assert_eq!(r.verifier.decoded(), before);
+}
+
+#[tokio::test]
+async fn replay_guard_backend_failure_is_not_a_rejection() {
+    let kv = MemoryKv::new();
+    let shared = SharedKeyRing::fixed(ring("k1", &[("k1", 1)]));
+    let v = Verifier::new(
+        shared.clone(),
+        kv.clone(),
+        Keys::new("ns", "p"),
+        Duration::from_secs(30),
+        MAX_PAYLOAD,
+        Rejections::default(),
+    );
+    let e = Signer::new(shared).sign(&mut request("cpu"));
+    kv.faults().fail_next(1);
+    assert!(matches!(
+        v.verify_request(&e, "1-0", "cpu").await,
+        Err(VerifyError::Backend(_))
+    ));
+    v.verify_request(&e, "1-0", "cpu")
+        .await
+        .expect("verifies once the backend answers");
+}
+
+#[tokio::test]
+async fn a_key_added_to_the_directory_is_picked_up_and_signing_follows_current() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let b64 = |b: u8| base64::engine::general_purpose::STANDARD.encode([b; 32]);
+    std::fs::write(dir.path().join("old"), b64(1)).unwrap();
+    std::fs::write(dir.path().join("current"), "old\n").unwrap();
+    let shared = SharedKeyRing::from_dir(dir.path()).unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let _watch = shared.watch(Duration::from_millis(50), cancel.clone());
+    let signer = Signer::new(shared.clone());
+    let old_entry = signer.sign(&mut request("cpu"));
+    assert_eq!(old_entry.k, b"old");
+
+    // Kubelet-style update: add the new key first, then switch `current`.
+    std::fs::write(dir.path().join("new"), b64(2)).unwrap();
+    std::fs::write(dir.path().join("current"), "new").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while shared.get().current() != "new" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watcher picked up the new current kid within 5s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let new_entry = signer.sign(&mut request("cpu"));
+    assert_eq!(new_entry.k, b"new", "signing follows current");
+    let v = Verifier::new(
+        shared,
+        MemoryKv::new(),
+        Keys::new("ns", "p"),
+        Duration::from_secs(30),
+        MAX_PAYLOAD,
+        Rejections::default(),
+    );
+    v.verify_request(&old_entry, "1-0", "cpu")
+        .await
+        .expect("the older kid still verifies");
+    v.verify_request(&new_entry, "2-0", "cpu")
+        .await
+        .expect("the new kid verifies");
+
+    // A broken update keeps the previous ring.
+    std::fs::write(dir.path().join("current"), "missing").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        signer.sign(&mut request("cpu")).k,
+        b"new",
+        "an invalid directory keeps the last good ring"
+    );
+    cancel.cancel();
+}
+
+fn arb_envelope() -> impl Strategy<Value = Envelope> {
+    (
+        "[a-z]{1,8}",
+        "[ -~]{0,40}",
+        any::<u32>(),
+        prop::option::of("[a-z]{1,8}"),
+        any::<i64>(),
+    )
+        .prop_map(|(dest, rid, attempt, node, n)| Envelope {
+            kind: Kind::Request,
+            pipeline: "ns/p".into(),
+            dest,
+            cid: "c".into(),
+            rid,
+            trace: None,
+            ts: now_ms(),
+            nonce: "n".into(),
+            deadline: now_ms() + 60_000,
+            attempt,
+            node,
+            reply_to: None,
+            payload: json!({"n": n, "list": [1, "two", null]}),
+            error: None,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn codec_round_trips(env in arb_envelope()) {
+        let m = sluice_platform::envelope::encode(&env);
+        prop_assert_eq!(sluice_platform::envelope::decode(&m).unwrap(), env);
+    }
+
+    #[test]
+    fn any_single_flipped_byte_fails_verification(env in arb_envelope(), field in 0usize..4, pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let r = rig();
+        let dest = env.dest.clone();
+        let mut e = r.signer.sign_as_is(&env);
+        let target = match field { 0 => &mut e.v, 1 => &mut e.k, 2 => &mut e.m, _ => &mut e.s };
+        let i = pos.index(target.len());
+        target[i] ^= 1 << bit;
+        let res = rt.block_on(r.verifier.verify_request(&e, "1-0", &dest));
+        prop_assert!(matches!(res, Err(VerifyError::Rejected(_))), "flipped field {} byte {} verified", field, i);
+    }
+}
