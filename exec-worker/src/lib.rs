@@ -1,14 +1,24 @@
 //! sluice exec-worker: the node contract, the built-in catalog, the registry
-//! and the worker loop. Also the SDK for custom worker images.
+//! and the worker loop. Also the SDK for custom worker images: depend on this
+//! crate, register `rust/<name>` nodes in a [`Registry`], and run the worker.
+//!
+//! This crate must not serve HTTP to callers, hold caller state, or trust
+//! anything read from a queue before it verifies.
 //!
 //! # Layout
 //! - [`node`]: the contract every node implements.
 //! - [`registry`]: `uses` name → node factory.
 //! - [`catalog`]: the `builtin/*` nodes.
+//! - [`executor`]: runs a group's nodes for one envelope.
+//! - [`worker`]: the queue consumer (lease, reclaim, hand-off, dead letters, drain).
 
 pub mod catalog;
+pub mod executor;
 pub mod node;
 pub mod registry;
+pub mod worker;
 
+pub use executor::{Executor, StepOutcome};
 pub use node::{ConfigError, Node, NodeConfig, NodeContext, NodeError, NodeOutput};
 pub use registry::Registry;
+pub use worker::{Worker, WorkerConfig, WorkerMetrics};

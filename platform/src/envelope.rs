@@ -143,3 +143,55 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
 pub fn decode(m: &[u8]) -> Result<Envelope, serde_json::Error> {
     serde_json::from_slice(m)
 }
+
+impl Envelope {
+    /// The next hop of this request: same identity, deadline, trace and
+    /// reply address; a new destination, node and payload. `ts` and nonce
+    /// are set when it is signed.
+    pub fn hop(&self, group: &str, node: &str, payload: Value) -> Envelope {
+        Envelope {
+            kind: Kind::Request,
+            dest: group.to_string(),
+            node: Some(node.to_string()),
+            attempt: 1,
+            payload,
+            error: None,
+            ts: 0,
+            nonce: String::new(),
+            ..self.clone()
+        }
+    }
+
+    /// The reply to this request, addressed to the waiting ingress.
+    pub fn reply(&self, result: Result<Value, ReplyError>) -> Envelope {
+        let (payload, error) = match result {
+            Ok(v) => (v, None),
+            Err(e) => (Value::Null, Some(e)),
+        };
+        Envelope {
+            kind: Kind::Reply,
+            pipeline: self.pipeline.clone(),
+            dest: self.reply_to.clone().unwrap_or_default(),
+            cid: self.cid.clone(),
+            rid: self.rid.clone(),
+            trace: self.trace.clone(),
+            ts: 0,
+            nonce: String::new(),
+            deadline: self.deadline,
+            attempt: self.attempt,
+            node: None,
+            reply_to: None,
+            payload,
+            error,
+        }
+    }
+}
+
+impl ReplyError {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! The worker loop of one group.
+//!
+//! ```text
+//! read (≤ free slots) ─▶ verify ─▶ execute group's nodes ─┬─ forward: XADD next queue ┐
+//!   ▲   reclaim lapsed leases                             ├─ reply:   XADD reply stream ├─ + XACK + XDEL (one MULTI)
+//!   │                                                     └─ drop (forged, expired)   ┘
+//!   └── lease renewal (every lease/3) for everything in flight
+//! ```
+//!
+//! # Guarantees
+//! - Never more entries in flight than `concurrency`.
+//! - An entry is acknowledged only together with its hand-off, so a crash
+//!   loses nothing: the entry's lease lapses and another consumer reclaims it.
+//! - Retryable failures are left pending (their lease is no longer renewed),
+//!   so they are redelivered after one lease; past `maxDeliveries` the
+//!   envelope is dead-lettered and the caller gets an error reply.
+//! - On shutdown the loop stops reading, finishes and hands off what it
+//!   holds, then returns.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use sluice_crds::Plan;
+use sluice_platform::clock::from_ms;
+use sluice_platform::{
+    Delivery, Envelope, Forward, Keys, Queue, Rejection, ReplyError, Signer, Verifier, VerifyError,
+};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::{Executor, StepOutcome};
+use crate::node::NodeContext;
+
+/// How one worker process consumes its group's queue.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub group: String,
+    /// Unique per process: pending entries are owned by consumer name.
+    pub consumer: String,
+    pub concurrency: usize,
+    pub lease: Duration,
+    pub max_deliveries: u32,
+    /// Longest wait of one blocking read; bounds shutdown latency.
+    pub block: Duration,
+}
+
+impl WorkerConfig {
+    /// The group's settings from the plan.
+    pub fn from_plan(plan: &Plan, group: &str, consumer: String) -> Self {
+        let concurrency = plan.groups.get(group).map_or(1, |g| g.concurrency as usize);
+        Self {
+            group: group.to_string(),
+            consumer,
+            concurrency,
+            lease: plan.limits.lease,
+            max_deliveries: plan.limits.max_deliveries,
+            block: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub group: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabel {
+    pub group: String,
+}
+
+/// The worker's metric families.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerMetrics {
+    /// `sluice_worker_entries_total{group,outcome}`: forwarded, replied,
+    /// failed, retried, dead_lettered, expired, rejected, reply_dropped.
+    pub entries: Family<OutcomeLabel, Counter>,
+    /// `sluice_worker_redeliveries_total{group}`: entries seen more than once.
+    pub redeliveries: Family<GroupLabel, Counter>,
+    /// `sluice_worker_in_flight{group}`.
+    pub in_flight: Family<GroupLabel, Gauge>,
+}
+
+impl WorkerMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "sluice_worker_entries",
+            "Queue entries handled, by outcome",
+            m.entries.clone(),
+        );
+        registry.register(
+            "sluice_worker_redeliveries",
+            "Entries delivered more than once (after a crash, a lapsed lease or a retryable failure)",
+            m.redeliveries.clone(),
+        );
+        registry.register(
+            "sluice_worker_in_flight",
+            "Entries being worked on",
+            m.in_flight.clone(),
+        );
+        m
+    }
+
+    fn outcome(&self, group: &str, outcome: &str) {
+        self.entries
+            .get_or_create(&OutcomeLabel {
+                group: group.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// The count for one outcome (tests).
+    pub fn count(&self, group: &str, outcome: &str) -> u64 {
+        self.entries
+            .get_or_create(&OutcomeLabel {
+                group: group.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .get()
+    }
+}
+
+/// One group's consumer.
+pub struct Worker {
+    cfg: WorkerConfig,
+    executor: Executor,
+    queue: Arc<dyn Queue>,
+    verifier: Verifier,
+    signer: Signer,
+    keys: Keys,
+    metrics: WorkerMetrics,
+    stream: String,
+    /// Entry ids being worked on: their leases are renewed.
+    held: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl Worker {
+    pub fn new(
+        cfg: WorkerConfig,
+        executor: Executor,
+        queue: Arc<dyn Queue>,
+        verifier: Verifier,
+        signer: Signer,
+        keys: Keys,
+        metrics: WorkerMetrics,
+    ) -> Arc<Self> {
+        let stream = keys.queue(&cfg.group);
+        Arc::new(Self {
+            cfg,
+            executor,
+            queue,
+            verifier,
+            signer,
+            keys,
+            metrics,
+            stream,
+            held: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Consumes until `shutdown`, then drains what it holds and returns.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.cfg.concurrency));
+        let renew_stop = CancellationToken::new();
+        let renewer = tokio::spawn(self.clone().renew_leases(renew_stop.clone()));
+        let mut backoff = Duration::from_millis(100);
+        let mut last_reclaim = tokio::time::Instant::now();
+        while !shutdown.is_cancelled() {
+            if let Err(e) = self.queue.ensure_group(&self.stream).await {
+                tracing::warn!(group = %self.cfg.group, error = %e, "cannot create consumer group; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            // Wait for one free slot, then take every other free one: never
+            // read more entries than can be worked on now.
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let mut permits = vec![first];
+            while let Ok(p) = slots.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            let reclaim_due = last_reclaim.elapsed() >= self.cfg.lease / 2;
+            let batch = if reclaim_due {
+                last_reclaim = tokio::time::Instant::now();
+                self.queue
+                    .reclaim(
+                        &self.stream,
+                        &self.cfg.consumer,
+                        self.cfg.lease,
+                        permits.len(),
+                    )
+                    .await
+            } else {
+                Ok(vec![])
+            };
+            let batch = match batch {
+                Ok(b) if !b.is_empty() => Ok(b),
+                Ok(_) => tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = self.queue.read(&self.stream, &self.cfg.consumer, permits.len(), self.cfg.block) => r,
+                },
+                Err(e) => Err(e),
+            };
+            match batch {
+                Ok(deliveries) => {
+                    backoff = Duration::from_millis(100);
+                    for d in deliveries {
+                        // `permits` holds one per requested entry, and no
+                        // read returns more than requested.
+                        let Some(permit) = permits.pop() else { break };
+                        self.held.lock().insert(d.id.clone());
+                        let this = self.clone();
+                        tokio::spawn(async move {
+                            this.handle(d).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(group = %self.cfg.group, error = %e, "queue read failed; retrying");
+                    drop(permits);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        // Drain: every slot back means every entry was handed off.
+        let _all = slots.acquire_many(self.cfg.concurrency as u32).await;
+        renew_stop.cancel();
+        let _ = renewer.await;
+        tracing::info!(group = %self.cfg.group, "worker drained");
+    }
+
+    async fn renew_leases(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.cfg.lease / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let ids: Vec<String> = self.held.lock().iter().cloned().collect();
+            if ids.is_empty() {
+                continue;
+            }
+            if let Err(e) = self
+                .queue
+                .renew(&self.stream, &self.cfg.consumer, &ids)
+                .await
+            {
+                tracing::warn!(group = %self.cfg.group, error = %e, "lease renewal failed");
+            }
+        }
+    }
+
+    fn release(&self, id: &str) {
+        self.held.lock().remove(id);
+    }
+
+    /// Handles one delivery to the end: hand-off, drop, or leave pending.
+    async fn handle(&self, d: Delivery) {
+        let g = self.cfg.group.clone();
+        let gauge = self
+            .metrics
+            .in_flight
+            .get_or_create(&GroupLabel { group: g.clone() })
+            .clone();
+        gauge.inc();
+        if d.deliveries > 1 {
+            self.metrics
+                .redeliveries
+                .get_or_create(&GroupLabel { group: g.clone() })
+                .inc();
+        }
+        self.handle_inner(&d).await;
+        self.release(&d.id);
+        gauge.dec();
+    }
+
+    async fn handle_inner(&self, d: &Delivery) {
+        let g = &self.cfg.group;
+        let env = match self.verifier.verify_request(&d.entry, &d.id, g).await {
+            Ok(env) => env,
+            Err(VerifyError::Rejected(why)) => {
+                let outcome = if why == Rejection::Expired {
+                    "expired"
+                } else {
+                    "rejected"
+                };
+                tracing::debug!(group = %g, id = %d.id, reason = why.reason(), "entry refused");
+                self.metrics.outcome(g, outcome);
+                self.finish(&d.id, None, outcome).await;
+                return;
+            }
+            Err(VerifyError::Backend(e)) => {
+                // The replay guard could not answer: leave the entry pending;
+                // it is reclaimed after its lease.
+                tracing::warn!(group = %g, id = %d.id, error = %e, "replay guard unavailable; entry left for redelivery");
+                return;
+            }
+        };
+        if d.deliveries > self.cfg.max_deliveries {
+            self.dead_letter(d, &env, "delivered too many times").await;
+            return;
+        }
+        let ctx = NodeContext {
+            request_id: env.rid.clone(),
+            correlation_id: env.cid.clone(),
+            node: String::new(),
+            deadline: from_ms(env.deadline),
+            attempt: d.deliveries,
+        };
+        let node = env.node.clone().unwrap_or_default();
+        let outcome = self.executor.run(&node, env.payload.clone(), &ctx).await;
+        match outcome {
+            StepOutcome::Done(value) => {
+                let reply = self.signer.sign(&mut env.reply(Ok(value)));
+                self.finish(&d.id, Some(self.reply_forward(&env, reply)), "replied")
+                    .await;
+            }
+            StepOutcome::Forward {
+                node,
+                group,
+                payload,
+            } => {
+                let next = self.signer.sign(&mut env.hop(&group, &node, payload));
+                let fwd = Forward {
+                    stream: self.keys.queue(&group),
+                    entry: next,
+                    must_exist: false,
+                };
+                self.finish(&d.id, Some(fwd), "forwarded").await;
+            }
+            StepOutcome::Failed(e) if e.is_retryable() => {
+                if d.deliveries >= self.cfg.max_deliveries {
+                    self.dead_letter(d, &env, e.message()).await;
+                } else {
+                    // Stop renewing: the lease lapses and the entry is redelivered.
+                    tracing::debug!(group = %g, id = %d.id, attempt = d.deliveries, error = %e, "retryable failure");
+                    self.metrics.outcome(g, "retried");
+                }
+            }
+            StepOutcome::Failed(e) => {
+                let err = ReplyError::new("node_failed", e.message());
+                let reply = self.signer.sign(&mut env.reply(Err(err)));
+                self.finish(&d.id, Some(self.reply_forward(&env, reply)), "failed")
+                    .await;
+            }
+            StepOutcome::Expired => {
+                self.metrics.outcome(g, "expired");
+                self.finish(&d.id, None, "expired").await;
+            }
+        }
+    }
+
+    fn reply_forward(&self, env: &Envelope, reply: sluice_platform::StreamEntry) -> Forward {
+        Forward {
+            stream: self.keys.reply(env.reply_to.as_deref().unwrap_or_default()),
+            entry: reply,
+            must_exist: true,
+        }
+    }
+
+    async fn dead_letter(&self, d: &Delivery, env: &Envelope, why: &str) {
+        let g = &self.cfg.group;
+        // Push first: a crash between the two steps duplicates the dead
+        // letter rather than losing it.
+        if let Err(e) = self
+            .queue
+            .push(&self.keys.dead_letter(), d.entry.clone())
+            .await
+        {
+            tracing::warn!(group = %g, error = %e, "dead-letter write failed; entry left for redelivery");
+            return;
+        }
+        tracing::warn!(group = %g, id = %d.id, deliveries = d.deliveries, cid = %env.cid, "dead-lettered: {why}");
+        let err = ReplyError::new(
+            "retries_exhausted",
+            format!("gave up after {} deliveries: {why}", d.deliveries),
+        );
+        let reply = self.signer.sign(&mut env.reply(Err(err)));
+        self.finish(&d.id, Some(self.reply_forward(env, reply)), "dead_lettered")
+            .await;
+    }
+
+    /// Hands off and acknowledges; on a backend error the entry stays
+    /// pending and is redelivered after its lease.
+    async fn finish(&self, id: &str, forward: Option<Forward>, outcome: &str) {
+        let g = &self.cfg.group;
+        let is_reply = forward.as_ref().is_some_and(|f| f.must_exist);
+        match self.queue.complete(&self.stream, id, forward).await {
+            Ok(true) => {
+                if outcome != "rejected" && outcome != "expired" {
+                    self.metrics.outcome(g, outcome);
+                }
+            }
+            Ok(false) if is_reply => {
+                tracing::debug!(group = %g, id, "reply stream gone (ingress restarted); reply dropped");
+                self.metrics.outcome(g, "reply_dropped");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(group = %g, id, error = %e, "hand-off failed; entry left for redelivery")
+            }
+        }
+    }
+}
