@@ -1,1 +1,28 @@
-//! placeholder
+//! sluice web-ingress: serves a StreamPipeline's interfaces.
+//!
+//! It admits requests (in-flight limit, backlog, payload size), registers a
+//! waiter per request, runs the ingress group's nodes, signs the envelope
+//! for the first worker group, and completes the waiter from the verified
+//! reply. In the memory profile it also runs every worker group inline, on
+//! threads of their own.
+//!
+//! It must not trust caller-chosen ids as keys, tell a caller why an
+//! envelope failed verification, or log key material.
+//!
+//! # Layout
+//! - [`config`]: flags and `SLUICE_*` variables.
+//! - [`server`]: router, admission and the request handler.
+//! - [`waiters`]: the waiter registry.
+//! - [`error`]: errors as HTTP responses.
+//! - [`metrics`]: the ingress's metric families.
+//! - [`runtime`]: start-up, reply listener, backlog sampler, inline workers, drain.
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod runtime;
+pub mod server;
+pub mod waiters;
+
+pub use config::{Cli, Command, Config, LogFormat};
+pub use runtime::{keygen, start, start_with, Ingress, StartError};

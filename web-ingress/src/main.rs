@@ -1,1 +1,59 @@
-fn main() {}
+//! `sluice-web-ingress`: the web ingress binary. See `--help`.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use sluice_web_ingress::{Cli, Command, Config, LogFormat};
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.context("installing the SIGINT handler")?,
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Keygen { dir }) = &cli.command {
+        let kid = sluice_web_ingress::keygen(dir)
+            .with_context(|| format!("writing a key ring into {}", dir.display()))?;
+        println!("wrote a key ring to {} (current kid: {kid})", dir.display());
+        return Ok(());
+    }
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let config = Config::resolve(&cli, &env)?;
+    init_tracing(config.log_format);
+    let ingress = sluice_web_ingress::start(config).await?;
+    shutdown_signal().await?;
+    ingress.begin_drain();
+    ingress.wait().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-web-ingress: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Command line and environment of `sluice-web-ingress`.
+//!
+//! Every flag has a `SLUICE_*` environment equivalent; a flag wins over its
+//! variable. The environment is passed in as a map, so tests never mutate
+//! the process environment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sluice_crds::BackendKind;
+
+pub const ENV_PIPELINE: &str = "SLUICE_PIPELINE";
+pub const ENV_LISTEN: &str = "SLUICE_LISTEN";
+pub const ENV_BACKEND: &str = "SLUICE_BACKEND";
+pub const ENV_REDIS_URL: &str = "SLUICE_REDIS_URL";
+pub const ENV_KEYS_DIR: &str = "SLUICE_KEYS_DIR";
+pub const ENV_SECRETS_DIR: &str = "SLUICE_SECRETS_DIR";
+pub const ENV_INGRESS_ID: &str = "SLUICE_INGRESS_ID";
+pub const ENV_DRAIN_GRACE: &str = "SLUICE_DRAIN_GRACE";
+pub const ENV_DRAIN_TIMEOUT: &str = "SLUICE_DRAIN_TIMEOUT";
+pub const ENV_INLINE_THREADS: &str = "SLUICE_INLINE_THREADS";
+pub const ENV_LOG_FORMAT: &str = "SLUICE_LOG_FORMAT";
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_SECRETS_DIR: &str = "/etc/sluice/secrets";
+
+/// Serves a StreamPipeline's web interfaces.
+///
+/// In the memory profile (the default) every worker group runs inside this
+/// process on its own threads; with redis backends the workers are separate
+/// `sluice-exec-worker` processes.
+#[derive(Debug, Parser)]
+#[command(name = "sluice-web-ingress", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// StreamPipeline manifest to serve [env: SLUICE_PIPELINE]
+    #[arg(long, value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
+
+    /// Address of the public HTTP listener [env: SLUICE_LISTEN] [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Override the manifest's backends: memory or redis [env: SLUICE_BACKEND]
+    #[arg(long, value_name = "memory|redis")]
+    pub backend: Option<String>,
+
+    /// Redis URL for redis backends, e.g. redis://:password@127.0.0.1:6379/0 [env: SLUICE_REDIS_URL]
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// Key ring directory (one base64 key file per kid and a `current` file);
+    /// required with redis backends, optional in the memory profile where a
+    /// fresh in-memory key is used otherwise [env: SLUICE_KEYS_DIR]
+    #[arg(long, value_name = "DIR")]
+    pub keys: Option<PathBuf>,
+
+    /// Where Secrets referenced by nodes are mounted, as <DIR>/<name>/<key>
+    /// [env: SLUICE_SECRETS_DIR] [default: /etc/sluice/secrets]
+    #[arg(long, value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
+
+    /// Identity of this ingress instance (names its reply stream) [env: SLUICE_INGRESS_ID] [default: host name and a random suffix]
+    #[arg(long, value_name = "ID")]
+    pub ingress_id: Option<String>,
+
+    /// On SIGTERM, keep serving this long with readiness failed so load
+    /// balancers stop sending [env: SLUICE_DRAIN_GRACE] [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    pub drain_grace: Option<String>,
+
+    /// After the grace, wait at most this long for requests in flight [env: SLUICE_DRAIN_TIMEOUT] [default: 20s]
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+
+    /// Threads running the in-process worker groups (memory profile) [env: SLUICE_INLINE_THREADS] [default: number of CPUs, at least 2]
+    #[arg(long, value_name = "N")]
+    pub inline_threads: Option<usize>,
+
+    /// Log format: text or json [env: SLUICE_LOG_FORMAT] [default: text]; the level comes from RUST_LOG (default info)
+    #[arg(long, value_name = "text|json")]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a fresh key ring (one random key, made current) into DIR
+    Keygen {
+        /// Directory to create; refused if it already holds a ring
+        dir: PathBuf,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The resolved configuration of one ingress process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub pipeline: PathBuf,
+    pub listen: SocketAddr,
+    pub backend: Option<BackendKind>,
+    pub redis: Option<String>,
+    pub keys: Option<PathBuf>,
+    pub secrets_dir: PathBuf,
+    pub ingress_id: String,
+    pub drain_grace: Duration,
+    pub drain_timeout: Duration,
+    pub inline_threads: usize,
+    pub log_format: LogFormat,
+}
+
+/// A flag or variable with an unusable value.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}: {message}")]
+pub struct ConfigError {
+    pub name: String,
+    pub message: String,
+}
+
+fn bad(name: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        name: name.to_string(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Resolves flags over environment variables over defaults.
+    ///
+    /// # Errors
+    /// A missing pipeline or a value that does not parse, naming the flag.
+    pub fn resolve(cli: &Cli, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let pick =
+            |flag: &Option<String>, var: &str| flag.clone().or_else(|| env.get(var).cloned());
+        let pipeline = cli
+            .pipeline
+            .clone()
+            .or_else(|| env.get(ENV_PIPELINE).map(PathBuf::from))
+            .ok_or_else(|| {
+                bad(
+                    "--pipeline",
+                    "required (a StreamPipeline manifest file), or set SLUICE_PIPELINE",
+                )
+            })?;
+        let listen_s = pick(&cli.listen, ENV_LISTEN).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = listen_s.parse().map_err(|_| {
+            bad(
+                "--listen",
+                format!("`{listen_s}` is not an address like 127.0.0.1:8080"),
+            )
+        })?;
+        let backend = match pick(&cli.backend, ENV_BACKEND).as_deref() {
+            None => None,
+            Some("memory") => Some(BackendKind::Memory),
+            Some("redis") => Some(BackendKind::Redis),
+            Some(other) => {
+                return Err(bad(
+                    "--backend",
+                    format!("`{other}`: expected memory or redis"),
+                ))
+            }
+        };
+        let duration =
+            |flag: &Option<String>, var: &str, name: &str, default: Duration| match pick(flag, var)
+            {
+                None => Ok(default),
+                Some(s) => sluice_crds::units::parse_duration(&s).map_err(|e| bad(name, e)),
+            };
+        let inline_threads = match cli.inline_threads {
+            Some(n) => n,
+            None => match env.get(ENV_INLINE_THREADS) {
+                Some(s) => s
+                    .parse()
+                    .map_err(|_| bad("--inline-threads", format!("`{s}` is not a number")))?,
+                None => std::thread::available_parallelism()
+                    .map_or(2, |n| n.get())
+                    .max(2),
+            },
+        };
+        if inline_threads == 0 {
+            return Err(bad("--inline-threads", "must be at least 1"));
+        }
+        let log_format = match pick(&cli.log_format, ENV_LOG_FORMAT).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(bad(
+                    "--log-format",
+                    format!("`{other}`: expected text or json"),
+                ))
+            }
+        };
+        let ingress_id = pick(&cli.ingress_id, ENV_INGRESS_ID).unwrap_or_else(default_ingress_id);
+        if ingress_id.is_empty()
+            || !ingress_id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+        {
+            return Err(bad("--ingress-id", "use letters, digits, '-', '_' and '.'"));
+        }
+        Ok(Self {
+            pipeline,
+            listen,
+            backend,
+            redis: pick(&cli.redis, ENV_REDIS_URL),
+            keys: cli
+                .keys
+                .clone()
+                .or_else(|| env.get(ENV_KEYS_DIR).map(PathBuf::from)),
+            secrets_dir: cli
+                .secrets_dir
+                .clone()
+                .or_else(|| env.get(ENV_SECRETS_DIR).map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SECRETS_DIR)),
+            ingress_id,
+            drain_grace: duration(
+                &cli.drain_grace,
+                ENV_DRAIN_GRACE,
+                "--drain-grace",
+                Duration::from_secs(5),
+            )?,
+            drain_timeout: duration(
+                &cli.drain_timeout,
+                ENV_DRAIN_TIMEOUT,
+                "--drain-timeout",
+                Duration::from_secs(20),
+            )?,
+            inline_threads,
+            log_format,
+        })
+    }
+
+    /// A configuration for tests and embedding: `pipeline` on an ephemeral
+    /// loopback port, short drain.
+    pub fn for_pipeline(pipeline: impl Into<PathBuf>) -> Self {
+        Self {
+            pipeline: pipeline.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            backend: None,
+            redis: None,
+            keys: None,
+            secrets_dir: PathBuf::from(DEFAULT_SECRETS_DIR),
+            ingress_id: default_ingress_id(),
+            drain_grace: Duration::from_millis(200),
+            drain_timeout: Duration::from_secs(10),
+            inline_threads: 2,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+fn default_ingress_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
+        })
+        .unwrap_or_else(|| "ingress".to_string());
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{host}-{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("sluice-web-ingress").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags_win_over_environment_over_defaults() {
+        let env: HashMap<String, String> = [
+            (ENV_PIPELINE.to_string(), "env.yaml".to_string()),
+            (ENV_LISTEN.to_string(), "127.0.0.1:9999".to_string()),
+        ]
+        .into();
+        let c = Config::resolve(&cli(&["--listen", "127.0.0.1:7000"]), &env).unwrap();
+        assert_eq!(c.pipeline, PathBuf::from("env.yaml"));
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.drain_grace, Duration::from_secs(5));
+        let c = Config::resolve(&cli(&["--pipeline", "p.yaml"]), &HashMap::new()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let e = Config::resolve(&cli(&[]), &HashMap::new()).unwrap_err();
+        assert_eq!(e.name, "--pipeline");
+        let e = Config::resolve(
+            &cli(&["--pipeline", "p", "--listen", "nowhere"]),
+            &HashMap::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.name, "--listen");
+        let e = Config::resolve(
+            &cli(&["--pipeline", "p", "--backend", "kafka"]),
+            &HashMap::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.name, "--backend");
+        let e = Config::resolve(
+            &cli(&["--pipeline", "p", "--drain-grace", "soon"]),
+            &HashMap::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.name, "--drain-grace");
+    }
+}

@@ -1,0 +1,68 @@
+//! The one place where failures become HTTP responses.
+//!
+//! Every error body is `{"error": {"code", "message", "request_id"}}` with a
+//! stable `code`. A verification failure is never described to a caller.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// A request that ends in an error response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub request_id: String,
+    /// Seconds for `Retry-After` (429 and 503).
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+        request_id: &str,
+    ) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            request_id: request_id.to_string(),
+            retry_after: None,
+        }
+    }
+
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message, "request_id": self.request_id}});
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from(s));
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        resp
+    }
+}
+
+/// Status of a reply error code from a worker.
+pub fn status_of_reply_code(code: &str) -> StatusCode {
+    match code {
+        // The node refused this input: the caller's request cannot succeed.
+        "node_failed" => StatusCode::UNPROCESSABLE_ENTITY,
+        // Every delivery failed transiently: an upstream problem.
+        "retries_exhausted" => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}

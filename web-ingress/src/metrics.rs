@@ -1,0 +1,100 @@
+//! The ingress's metric families.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    pub interface: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InterfaceLabel {
+    pub interface: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabel {
+    pub group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct IngressMetrics {
+    pub requests: Family<RequestLabel, Counter>,
+    pub duration: Family<InterfaceLabel, Histogram>,
+    pub in_flight: Family<InterfaceLabel, Gauge>,
+    pub timeouts: Family<InterfaceLabel, Counter>,
+    pub queue_depth: Family<GroupLabel, Gauge>,
+    pub queue_bytes: Family<GroupLabel, Gauge>,
+    pub replies_dropped: Family<ReasonLabel, Counter>,
+}
+
+impl IngressMetrics {
+    pub fn register(r: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+            in_flight: Family::default(),
+            timeouts: Family::default(),
+            queue_depth: Family::default(),
+            queue_bytes: Family::default(),
+            replies_dropped: Family::default(),
+        };
+        r.register(
+            "sluice_ingress_requests",
+            "Requests answered, by interface and status",
+            m.requests.clone(),
+        );
+        r.register(
+            "sluice_ingress_request_duration_seconds",
+            "Time from request to response, by interface",
+            m.duration.clone(),
+        );
+        r.register(
+            "sluice_ingress_in_flight",
+            "Requests waiting for their answer",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "sluice_ingress_timeouts",
+            "Requests answered 504 at their timeout",
+            m.timeouts.clone(),
+        );
+        r.register(
+            "sluice_ingress_queue_depth",
+            "Sampled entries in each worker group's queue",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "sluice_ingress_queue_bytes",
+            "Sampled bytes in each worker group's queue",
+            m.queue_bytes.clone(),
+        );
+        r.register(
+            "sluice_ingress_replies_dropped",
+            "Replies without a waiter: late (waiter gone) or duplicate",
+            m.replies_dropped.clone(),
+        );
+        m
+    }
+
+    pub fn dropped(&self, reason: &str) {
+        self.replies_dropped
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+}

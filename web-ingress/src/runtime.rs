@@ -1,0 +1,466 @@
+//! Start-up, background tasks and drain of one ingress process.
+//!
+//! ```text
+//! start: manifest → plan → key ring → adapters → executors → inline workers
+//!        → reply listener → backlog sampler → HTTP listener → startup summary
+//! drain: readiness fails → grace → stop accepting → in-flight answered (≤ budget)
+//!        → workers drain → background tasks stop
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use prometheus_client::registry::Registry;
+use sluice_crds::{BackendKind, Plan};
+use sluice_exec_worker::executor::node_durations;
+use sluice_exec_worker::{Executor, Registry as NodeRegistry, Worker, WorkerConfig, WorkerMetrics};
+use sluice_platform::memory::{MemoryKv, MemoryStreams};
+use sluice_platform::metrics::Rejections;
+use sluice_platform::{Keys, Kv, Queue, ReplyChannel, SharedKeyRing, Signer, Verifier};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::{GroupLabel, IngressMetrics};
+use crate::server::{router, AppState, Backlog};
+use crate::waiters::Delivered;
+
+/// How often the reply stream's expiry is refreshed, and the expiry itself:
+/// a dead instance's stream disappears within `REPLY_TTL`.
+const REPLY_REFRESH: Duration = Duration::from_secs(10);
+const REPLY_TTL: Duration = Duration::from_secs(60);
+/// How often queue backlogs are sampled for admission.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Why the ingress could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Manifest(#[from] sluice_crds::ManifestError),
+    #[error("key ring: {0}")]
+    Keys(#[from] sluice_platform::KeyRingError),
+    #[error("{0}")]
+    Nodes(#[from] sluice_exec_worker::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the worker threads: {0}")]
+    Threads(#[source] std::io::Error),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// A running ingress.
+pub struct Ingress {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    drain: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Ingress {
+    /// The bound public address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waiters currently registered (tests check it returns to 0).
+    pub fn waiters(&self) -> usize {
+        self.state.waiters.len()
+    }
+
+    /// Shared state (tests inspect metrics and the plan).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Starts the drain sequence; [`Ingress::wait`] returns when it is done.
+    pub fn begin_drain(&self) {
+        self.drain.cancel();
+    }
+
+    /// Waits until the process has drained.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+struct Inline {
+    cancel: CancellationToken,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Starts an ingress for `config`.
+///
+/// # Errors
+/// See [`StartError`]; each names what to fix.
+pub async fn start(config: Config) -> Result<Ingress, StartError> {
+    start_with(config, NodeRegistry::builtin()).await
+}
+
+/// Like [`start`], with a node registry holding custom `rust/*` nodes.
+///
+/// # Errors
+/// See [`StartError`].
+pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, StartError> {
+    let (_, plan) = sluice_crds::load_manifest(&config.pipeline)?;
+    let plan = Arc::new(plan);
+    let backend = config.backend.unwrap_or(plan.backend);
+    if backend == BackendKind::Redis {
+        return Err(StartError::Unsupported(
+            "the redis backend is not available in this build; run with --backend memory".into(),
+        ));
+    }
+    let background = CancellationToken::new();
+    let ring = match &config.keys {
+        Some(dir) => {
+            let ring = SharedKeyRing::from_dir(dir)?;
+            ring.watch(Duration::from_secs(2), background.clone());
+            ring
+        }
+        None => SharedKeyRing::fixed(sluice_platform::KeyRing::ephemeral()),
+    };
+    let streams = MemoryStreams::new();
+    let kv: Arc<dyn Kv> = MemoryKv::new();
+    let queue: Arc<dyn Queue> = streams.clone();
+    let replies: Arc<dyn ReplyChannel> = streams.clone();
+
+    let mut registry = Registry::default();
+    let rejections = Rejections::register(&mut registry);
+    let metrics = IngressMetrics::register(&mut registry);
+    let worker_metrics = WorkerMetrics::register(&mut registry);
+    let durations = node_durations();
+    registry.register(
+        "sluice_node_duration_seconds",
+        "Time spent in each node",
+        durations.clone(),
+    );
+
+    let keys = Keys::new(&plan.id.namespace, &plan.id.name);
+    let verifier = Verifier::new(
+        ring.clone(),
+        kv,
+        keys.clone(),
+        plan.security.clock_skew,
+        plan.security.max_payload_bytes as usize,
+        rejections,
+    );
+    let signer = Signer::new(ring.clone());
+    let executor = Executor::build(
+        plan.clone(),
+        &plan.ingress_group,
+        &nodes,
+        &config.secrets_dir,
+        durations.clone(),
+    )?;
+
+    let mut workers = vec![];
+    for g in plan.worker_groups() {
+        let exec = Executor::build(
+            plan.clone(),
+            &g.name,
+            &nodes,
+            &config.secrets_dir,
+            durations.clone(),
+        )?;
+        let cfg = WorkerConfig::from_plan(&plan, &g.name, format!("{}-inline", config.ingress_id));
+        workers.push(Worker::new(
+            cfg,
+            exec,
+            queue.clone(),
+            verifier.clone(),
+            signer.clone(),
+            keys.clone(),
+            worker_metrics.clone(),
+        ));
+    }
+    let inline = start_inline(workers, config.inline_threads)?;
+
+    let slots = plan
+        .interfaces
+        .iter()
+        .map(|i| {
+            (
+                i.name.clone(),
+                Arc::new(Semaphore::new(i.max_in_flight as usize)),
+            )
+        })
+        .collect();
+    let state = Arc::new(AppState {
+        plan: plan.clone(),
+        keys: keys.clone(),
+        ingress_id: config.ingress_id.clone(),
+        queue: queue.clone(),
+        signer,
+        executor,
+        waiters: Default::default(),
+        metrics,
+        registry,
+        ready: true.into(),
+        backlog: RwLock::new(Some(HashMap::new())),
+        slots,
+    });
+
+    let reply_stream = keys.reply(&config.ingress_id);
+    replies
+        .open(&reply_stream, REPLY_TTL)
+        .await
+        .map_err(|e| StartError::Unsupported(format!("cannot open the reply stream: {e}")))?;
+    tokio::spawn(listen_replies(
+        state.clone(),
+        replies.clone(),
+        verifier,
+        reply_stream.clone(),
+        background.clone(),
+    ));
+    tokio::spawn(sample_backlog(state.clone(), background.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let stop_accepting = CancellationToken::new();
+    let app = router(state.clone());
+    let server = {
+        let stop = stop_accepting.clone();
+        tokio::spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        })
+    };
+
+    summary(&config, &plan, backend, &ring, addr);
+
+    let drain = CancellationToken::new();
+    let done = tokio::spawn(drain_sequence(DrainParts {
+        state: state.clone(),
+        drain: drain.clone(),
+        grace: config.drain_grace,
+        budget: config.drain_timeout,
+        stop_accepting,
+        server,
+        inline,
+        background,
+        replies,
+        reply_stream,
+    }));
+    Ok(Ingress {
+        addr,
+        state,
+        drain,
+        done,
+    })
+}
+
+fn summary(
+    config: &Config,
+    plan: &Plan,
+    backend: BackendKind,
+    ring: &SharedKeyRing,
+    addr: SocketAddr,
+) {
+    let r = ring.get();
+    let interfaces: Vec<String> = plan
+        .interfaces
+        .iter()
+        .map(|i| format!("{} POST {}", i.name, i.path))
+        .collect();
+    let groups: Vec<String> = plan
+        .groups
+        .values()
+        .map(|g| format!("{} ({:?}, {} nodes)", g.name, g.role, g.nodes.len()).to_lowercase())
+        .collect();
+    tracing::info!(
+        pipeline = %plan.id,
+        profile = %backend,
+        listen = %addr,
+        ingress_id = %config.ingress_id,
+        interfaces = ?interfaces,
+        groups = ?groups,
+        signing_kid = r.current(),
+        kids = ?r.kids().collect::<Vec<_>>(),
+        keys = if config.keys.is_some() { "directory" } else { "ephemeral (memory profile)" },
+        "sluice-web-ingress started"
+    );
+}
+
+/// Runs the worker groups on their own runtime, so a node that blocks or
+/// burns CPU never stalls the threads accepting requests.
+fn start_inline(workers: Vec<Arc<Worker>>, threads: usize) -> Result<Inline, StartError> {
+    let cancel = CancellationToken::new();
+    let (tx, done) = tokio::sync::oneshot::channel();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("sluice-worker")
+        .enable_all()
+        .build()
+        .map_err(StartError::Threads)?;
+    let token = cancel.clone();
+    std::thread::Builder::new()
+        .name("sluice-inline".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let runs: Vec<_> = workers
+                    .into_iter()
+                    .map(|w| tokio::spawn(w.run(token.clone())))
+                    .collect();
+                for r in runs {
+                    let _ = r.await;
+                }
+            });
+            let _ = tx.send(());
+        })
+        .map_err(StartError::Threads)?;
+    Ok(Inline { cancel, done })
+}
+
+async fn listen_replies(
+    state: Arc<AppState>,
+    replies: Arc<dyn ReplyChannel>,
+    verifier: Verifier,
+    stream: String,
+    stop: CancellationToken,
+) {
+    let mut last_refresh = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        if last_refresh.elapsed() >= REPLY_REFRESH {
+            if let Err(e) = replies.open(&stream, REPLY_TTL).await {
+                tracing::warn!(error = %e, "reply stream refresh failed");
+            } else {
+                last_refresh = tokio::time::Instant::now();
+            }
+        }
+        let got = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = replies.recv(&stream, 256, Duration::from_millis(500)) => r,
+        };
+        match got {
+            Ok(entries) => {
+                backoff = Duration::from_millis(100);
+                for (_, entry) in entries {
+                    match verifier.verify_reply(&entry, &state.ingress_id).await {
+                        Ok(env) => match state.waiters.complete(env) {
+                            Delivered::Completed => {}
+                            Delivered::Duplicate => state.metrics.dropped("duplicate"),
+                            Delivered::Late => state.metrics.dropped("late"),
+                        },
+                        Err(e) => tracing::debug!(error = %e, "reply refused"),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reply read failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn sample_backlog(state: Arc<AppState>, stop: CancellationToken) {
+    let groups: Vec<String> = state.plan.worker_groups().map(|g| g.name.clone()).collect();
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut sample = HashMap::new();
+        let mut ok = true;
+        for g in &groups {
+            match state.queue.depth(&state.keys.queue(g)).await {
+                Ok(d) => {
+                    let label = GroupLabel { group: g.clone() };
+                    state
+                        .metrics
+                        .queue_depth
+                        .get_or_create(&label)
+                        .set(d.entries as i64);
+                    state
+                        .metrics
+                        .queue_bytes
+                        .get_or_create(&label)
+                        .set(d.bytes as i64);
+                    sample.insert(
+                        g.clone(),
+                        Backlog {
+                            entries: d.entries,
+                            bytes: d.bytes,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, group = %g, "backlog sample failed");
+                    ok = false;
+                }
+            }
+        }
+        *state.backlog.write() = ok.then_some(sample);
+    }
+}
+
+struct DrainParts {
+    state: Arc<AppState>,
+    drain: CancellationToken,
+    grace: Duration,
+    budget: Duration,
+    stop_accepting: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+    inline: Inline,
+    background: CancellationToken,
+    replies: Arc<dyn ReplyChannel>,
+    reply_stream: String,
+}
+
+async fn drain_sequence(p: DrainParts) {
+    p.drain.cancelled().await;
+    tracing::info!(grace = ?p.grace, "draining: readiness failed, still serving");
+    p.state.ready.store(false, Ordering::SeqCst);
+    tokio::time::sleep(p.grace).await;
+    tracing::info!(
+        waiting = p.state.waiters.len(),
+        "draining: no longer accepting"
+    );
+    p.stop_accepting.cancel();
+    if tokio::time::timeout(p.budget, p.server).await.is_err() {
+        tracing::warn!(
+            left = p.state.waiters.len(),
+            "drain budget exhausted with requests in flight"
+        );
+    }
+    p.inline.cancel.cancel();
+    if tokio::time::timeout(p.budget, p.inline.done).await.is_err() {
+        tracing::warn!("workers did not drain within the budget");
+    }
+    p.background.cancel();
+    let _ = p.replies.close(&p.reply_stream).await;
+    tracing::info!("drained");
+}
+
+/// Writes a fresh key ring into `dir` (the `keygen` subcommand).
+///
+/// # Errors
+/// As [`sluice_platform::keyring::write_new`].
+pub fn keygen(dir: &PathBuf) -> Result<String, sluice_platform::KeyRingError> {
+    sluice_platform::keyring::write_new(dir)
+}

@@ -1,0 +1,383 @@
+//! The HTTP surface: one POST route per interface, plus `/healthz`,
+//! `/readyz` and `/metrics`.
+//!
+//! ```text
+//! request ─▶ in-flight limit (429) ─▶ backlog/backend (503) ─▶ body ≤ limit (413) ─▶ JSON (400)
+//!         ─▶ register waiter ─▶ ingress-group nodes in process ─▶ sign + push to the first worker queue
+//!         ─▶ await reply until the timeout (504) ─▶ 200 with the terminal node's output
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use parking_lot::RwLock;
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+use sluice_crds::{InterfacePlan, Plan};
+use sluice_exec_worker::{Executor, NodeContext, StepOutcome};
+use sluice_platform::clock::{from_ms, now_ms};
+use sluice_platform::{Envelope, Keys, Kind, Queue, Signer};
+use tokio::sync::Semaphore;
+
+use crate::error::{status_of_reply_code, ApiError};
+use crate::metrics::{IngressMetrics, InterfaceLabel, RequestLabel};
+use crate::waiters::Waiters;
+
+/// Sampled size of one worker group's queue.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Backlog {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// Everything a request handler needs; shared by all requests.
+pub struct AppState {
+    pub plan: Arc<Plan>,
+    pub keys: Keys,
+    pub ingress_id: String,
+    pub queue: Arc<dyn Queue>,
+    pub signer: Signer,
+    /// Nodes placed on the ingress group, run in process.
+    pub executor: Executor,
+    pub waiters: Waiters,
+    pub metrics: IngressMetrics,
+    pub registry: Registry,
+    /// False once draining: load balancers stop sending.
+    pub ready: AtomicBool,
+    /// Last sampled backlog per worker group; `None` when the sample failed.
+    pub backlog: RwLock<Option<HashMap<String, Backlog>>>,
+    pub slots: HashMap<String, Arc<Semaphore>>,
+}
+
+/// Caller-supplied request ids are kept only when they are short printable
+/// ASCII, so they are safe in headers, logs and JSON.
+fn caller_request_id(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("x-request-id")?.to_str().ok()?;
+    (!v.is_empty() && v.len() <= 128 && v.bytes().all(|c| c.is_ascii_graphic()))
+        .then(|| v.to_string())
+}
+
+/// The router for `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut r = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    for it in &state.plan.interfaces {
+        let name = it.name.clone();
+        r = r.route(
+            &it.path,
+            post(
+                move |State(s): State<Arc<AppState>>, req: Request| async move {
+                    handle(s, &name, req).await
+                },
+            )
+            .fallback(method_not_allowed),
+        );
+    }
+    r.fallback(not_found).with_state(state)
+}
+
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    if s.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let body = sluice_platform::metrics::render(&s.registry);
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn not_found(req: Request) -> ApiError {
+    let rid = caller_request_id(req.headers()).unwrap_or_default();
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no interface at {}", req.uri().path()),
+        &rid,
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    let rid = caller_request_id(req.headers()).unwrap_or_default();
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "interfaces accept POST with a JSON body",
+        &rid,
+    )
+}
+
+async fn handle(s: Arc<AppState>, name: &str, req: Request) -> Response {
+    let started = Instant::now();
+    let cid = uuid::Uuid::new_v4().to_string();
+    let rid = caller_request_id(req.headers()).unwrap_or_else(|| cid.clone());
+    // Interfaces come from the same plan the routes were built from.
+    let it = s
+        .plan
+        .interfaces
+        .iter()
+        .find(|i| i.name == name)
+        .expect("route built from this plan");
+    let label = InterfaceLabel {
+        interface: it.name.clone(),
+    };
+    let result = serve(&s, it, &cid, &rid, req).await;
+    let mut resp = match result {
+        Ok(v) => (StatusCode::OK, Json(v)).into_response(),
+        Err(e) => e.into_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    s.metrics
+        .requests
+        .get_or_create(&RequestLabel {
+            interface: it.name.clone(),
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    s.metrics
+        .duration
+        .get_or_create(&label)
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn serve(
+    s: &AppState,
+    it: &InterfacePlan,
+    cid: &str,
+    rid: &str,
+    req: Request,
+) -> Result<Value, ApiError> {
+    // Admission, cheapest check first.
+    let slots = &s.slots[&it.name];
+    let Ok(_slot) = slots.try_acquire() else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!(
+                "more than {} requests in flight on this interface",
+                it.max_in_flight
+            ),
+            rid,
+        )
+        .retry_after(1));
+    };
+    admit_backlog(s, it, rid)?;
+    let label = InterfaceLabel {
+        interface: it.name.clone(),
+    };
+    let in_flight = s.metrics.in_flight.get_or_create(&label).clone();
+    in_flight.inc();
+    let _dec = scopeguard(move || {
+        in_flight.dec();
+    });
+
+    let limit = s.plan.security.max_payload_bytes as usize;
+    let body = read_body(req.into_body(), limit, rid).await?;
+    let input: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("body is not JSON: {e}"),
+                rid,
+            )
+        })?
+    };
+
+    let deadline = now_ms() + it.timeout.as_millis() as u64;
+    let mut env = Envelope {
+        kind: Kind::Request,
+        pipeline: s.keys.pipeline().to_string(),
+        dest: String::new(),
+        cid: cid.to_string(),
+        rid: rid.to_string(),
+        trace: None,
+        ts: 0,
+        nonce: String::new(),
+        deadline,
+        attempt: 1,
+        node: None,
+        reply_to: Some(s.ingress_id.clone()),
+        payload: Value::Null,
+        error: None,
+    };
+    let timeout = || {
+        s.metrics
+            .timeouts
+            .get_or_create(&InterfaceLabel {
+                interface: it.name.clone(),
+            })
+            .inc();
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("no answer within {:?}", it.timeout),
+            rid,
+        )
+    };
+
+    // Nodes on the ingress group run here, before the first hop.
+    let entry_group = &s.plan.nodes[&it.entry].group;
+    let (group, node, payload) = if *entry_group == s.plan.ingress_group {
+        let ctx = NodeContext {
+            request_id: rid.to_string(),
+            correlation_id: cid.to_string(),
+            node: String::new(),
+            deadline: from_ms(deadline),
+            attempt: 1,
+        };
+        match s.executor.run(&it.entry, input, &ctx).await {
+            StepOutcome::Done(v) => return Ok(v),
+            StepOutcome::Forward {
+                node,
+                group,
+                payload,
+            } => (group, node, payload),
+            StepOutcome::Failed(e) => {
+                let code = if e.is_retryable() {
+                    "retries_exhausted"
+                } else {
+                    "node_failed"
+                };
+                return Err(ApiError::new(
+                    status_of_reply_code(code),
+                    code,
+                    e.message(),
+                    rid,
+                ));
+            }
+            StepOutcome::Expired => return Err(timeout()),
+        }
+    } else {
+        (entry_group.clone(), it.entry.clone(), input)
+    };
+    env.dest = group.clone();
+    env.node = Some(node);
+    env.payload = payload;
+
+    // Register before pushing: the reply may arrive before push returns.
+    let mut waiter = s.waiters.register(cid);
+    let entry = s.signer.sign(&mut env);
+    if let Err(e) = s.queue.push(&s.keys.queue(&group), entry).await {
+        tracing::warn!(error = %e, group, "queue push failed");
+        return Err(unavailable(rid));
+    }
+    let left = Duration::from_millis(deadline.saturating_sub(now_ms()));
+    match tokio::time::timeout(left, &mut waiter.rx).await {
+        Err(_) | Ok(Err(_)) => Err(timeout()),
+        Ok(Ok(reply)) => match reply.error {
+            None => Ok(reply.payload),
+            Some(e) => Err(ApiError::new(
+                status_of_reply_code(&e.code),
+                static_code(&e.code),
+                e.message,
+                rid,
+            )),
+        },
+    }
+}
+
+/// Reply codes are few and known; anything else is reported generically.
+fn static_code(code: &str) -> &'static str {
+    match code {
+        "node_failed" => "node_failed",
+        "retries_exhausted" => "retries_exhausted",
+        _ => "worker_error",
+    }
+}
+
+fn unavailable(rid: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "backend_unavailable",
+        "the pipeline's backend is unavailable",
+        rid,
+    )
+    .retry_after(1)
+}
+
+fn admit_backlog(s: &AppState, it: &InterfacePlan, rid: &str) -> Result<(), ApiError> {
+    if it.path_groups.is_empty() {
+        return Ok(());
+    }
+    let guard = s.backlog.read();
+    let Some(sample) = guard.as_ref() else {
+        return Err(unavailable(rid));
+    };
+    let limits = &s.plan.limits;
+    for g in &it.path_groups {
+        let b = sample.get(g).copied().unwrap_or_default();
+        if b.entries >= limits.max_queue_depth || b.bytes >= limits.max_queue_bytes {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("the backlog of group `{g}` is at its limit"),
+                rid,
+            )
+            .retry_after(1));
+        }
+    }
+    Ok(())
+}
+
+async fn read_body(body: Body, limit: usize, rid: &str) -> Result<bytes::Bytes, ApiError> {
+    to_bytes(body, limit).await.map_err(|e| {
+        // axum reports an over-limit body as a length-limit error in the source chain.
+        let too_big = std::error::Error::source(&e)
+            .is_some_and(|s| s.to_string().contains("length limit"))
+            || e.to_string().contains("length limit");
+        if too_big {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("body exceeds {limit} bytes"),
+                rid,
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                "could not read the request body",
+                rid,
+            )
+        }
+    })
+}
+
+/// Runs `f` when dropped (the in-flight gauge must fall on every exit path,
+/// including a caller hanging up).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct G<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for G<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    G(Some(f))
+}
