@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -461,6 +461,6 @@ async fn drain_sequence(p: DrainParts) {
 ///
 /// # Errors
 /// As [`sluice_platform::keyring::write_new`].
-pub fn keygen(dir: &PathBuf) -> Result<String, sluice_platform::KeyRingError> {
+pub fn keygen(dir: &std::path::Path) -> Result<String, sluice_platform::KeyRingError> {
     sluice_platform::keyring::write_new(dir)
 }
