@@ -11,10 +11,12 @@
 //! - [`catalog`]: the `builtin/*` nodes.
 //! - [`executor`]: runs a group's nodes for one envelope.
 //! - [`worker`]: the queue consumer (lease, reclaim, hand-off, dead letters, drain).
+//! - [`process`]: the `sluice-exec-worker` process (flags, Redis, admin port, drain).
 
 pub mod catalog;
 pub mod executor;
 pub mod node;
+pub mod process;
 pub mod registry;
 pub mod worker;
 

@@ -181,16 +181,17 @@ impl Worker {
         let renewer = tokio::spawn(self.clone().renew_leases(renew_stop.clone()));
         let mut backoff = Duration::from_millis(100);
         let mut last_reclaim = tokio::time::Instant::now();
-        while !shutdown.is_cancelled() {
-            if let Err(e) = self.queue.ensure_group(&self.stream).await {
-                tracing::warn!(group = %self.cfg.group, error = %e, "cannot create consumer group; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
+        // The group is created once here; reads recreate it on NOGROUP
+        // (Redis restarted without persistence).
+        while let Err(e) = self.queue.ensure_group(&self.stream).await {
+            tracing::warn!(group = %self.cfg.group, error = %e, "cannot create consumer group; retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
             }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        while !shutdown.is_cancelled() {
             // Wait for one free slot, then take every other free one: never
             // read more entries than can be worked on now.
             let first = tokio::select! {

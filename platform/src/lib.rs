@@ -13,6 +13,7 @@
 //! - [`queue`]: the `Queue` and `ReplyChannel` ports (streams with a consumer group).
 //! - [`kv`]: the `Kv` port (replay guard).
 //! - [`memory`]: the in-memory adapters of all three ports.
+//! - [`redis`]: the Redis adapters of all three ports (fred), and a test server.
 //! - [`conformance`]: one suite per port, run against every adapter.
 //! - [`metrics`]: Prometheus families shared by the runtime processes.
 //! - [`clock`]: wall-clock milliseconds, the unit of `ts` and deadlines.
@@ -27,6 +28,7 @@ pub mod kv;
 pub mod memory;
 pub mod metrics;
 pub mod queue;
+pub mod redis;
 pub mod signing;
 
 pub use backend::{BackendError, Faults};
@@ -35,4 +37,5 @@ pub use keyring::{KeyRing, KeyRingError, SharedKeyRing};
 pub use keys::Keys;
 pub use kv::Kv;
 pub use queue::{Delivery, Depth, Forward, Queue, ReplyChannel};
+pub use redis::{RedisBackend, RedisConfig};
 pub use signing::{Rejection, Signer, Verifier, VerifyError};

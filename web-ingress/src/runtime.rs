@@ -21,6 +21,7 @@ use sluice_exec_worker::executor::node_durations;
 use sluice_exec_worker::{Executor, Registry as NodeRegistry, Worker, WorkerConfig, WorkerMetrics};
 use sluice_platform::memory::{MemoryKv, MemoryStreams};
 use sluice_platform::metrics::Rejections;
+use sluice_platform::redis::{RedisBackend, RedisConfig};
 use sluice_platform::{Keys, Kv, Queue, ReplyChannel, SharedKeyRing, Signer, Verifier};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -32,10 +33,14 @@ use crate::waiters::Delivered;
 
 /// How often the reply stream's expiry is refreshed, and the expiry itself:
 /// a dead instance's stream disappears within `REPLY_TTL`.
-const REPLY_REFRESH: Duration = Duration::from_secs(10);
-const REPLY_TTL: Duration = Duration::from_secs(60);
-/// How often queue backlogs are sampled for admission.
-const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// Short, so a Redis restart without persistence costs at most this long
+/// of dropped replies before the stream exists again.
+const REPLY_REFRESH: Duration = Duration::from_secs(2);
+const REPLY_TTL: Duration = Duration::from_secs(30);
+/// How often queue backlogs are sampled for admission: in process it is
+/// free; on Redis it is one XLEN and MEMORY USAGE per group per period.
+const SAMPLE_MEMORY: Duration = Duration::from_millis(100);
+const SAMPLE_REDIS: Duration = Duration::from_millis(250);
 
 /// Why the ingress could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +61,10 @@ pub enum StartError {
     Threads(#[source] std::io::Error),
     #[error("{0}")]
     Unsupported(String),
+    #[error("--redis: {0}")]
+    RedisUrl(#[from] sluice_platform::redis::ConfigError),
+    #[error("redis: {0}")]
+    Redis(#[from] sluice_platform::BackendError),
 }
 
 /// A running ingress.
@@ -93,6 +102,14 @@ impl Ingress {
     }
 }
 
+/// The adapters of one profile.
+struct Ports {
+    queue: Arc<dyn Queue>,
+    replies: Arc<dyn ReplyChannel>,
+    kv: Arc<dyn Kv>,
+    sample_every: Duration,
+}
+
 struct Inline {
     cancel: CancellationToken,
     done: tokio::sync::oneshot::Receiver<()>,
@@ -114,9 +131,11 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     let (_, plan) = sluice_crds::load_manifest(&config.pipeline)?;
     let plan = Arc::new(plan);
     let backend = config.backend.unwrap_or(plan.backend);
-    if backend == BackendKind::Redis {
+    if backend == BackendKind::Redis && config.keys.is_none() {
         return Err(StartError::Unsupported(
-            "the redis backend is not available in this build; run with --backend memory".into(),
+            "redis backends need --keys DIR (or SLUICE_KEYS_DIR): every process of the pipeline must share one key ring; \
+             create one with `sluice-web-ingress keygen DIR`"
+                .into(),
         ));
     }
     let background = CancellationToken::new();
@@ -128,10 +147,36 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         }
         None => SharedKeyRing::fixed(sluice_platform::KeyRing::ephemeral()),
     };
-    let streams = MemoryStreams::new();
-    let kv: Arc<dyn Kv> = MemoryKv::new();
-    let queue: Arc<dyn Queue> = streams.clone();
-    let replies: Arc<dyn ReplyChannel> = streams.clone();
+    let Ports {
+        queue,
+        replies,
+        kv,
+        sample_every,
+    } = match backend {
+        BackendKind::Memory => {
+            let streams = MemoryStreams::new();
+            Ports {
+                queue: streams.clone(),
+                replies: streams,
+                kv: MemoryKv::new(),
+                sample_every: SAMPLE_MEMORY,
+            }
+        }
+        BackendKind::Redis => {
+            let url = config.redis.as_deref().ok_or_else(|| {
+                StartError::Unsupported("redis backends need --redis URL (or SLUICE_REDIS_URL)".into())
+            })?;
+            // Lazy: the ingress starts (and stays ready) while Redis is down,
+            // answering 503 until it returns.
+            let redis = RedisBackend::connect_lazy(RedisConfig::from_url(url)?)?;
+            Ports {
+                queue: redis.clone(),
+                replies: redis.clone(),
+                kv: redis,
+                sample_every: SAMPLE_REDIS,
+            }
+        }
+    };
 
     let mut registry = Registry::default();
     let rejections = Rejections::register(&mut registry);
@@ -162,8 +207,10 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         durations.clone(),
     )?;
 
+    // Worker groups run in this process only in the memory profile; with
+    // Redis they are sluice-exec-worker processes.
     let mut workers = vec![];
-    for g in plan.worker_groups() {
+    for g in plan.worker_groups().filter(|_| backend == BackendKind::Memory) {
         let exec = Executor::build(
             plan.clone(),
             &g.name,
@@ -205,15 +252,17 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         metrics,
         registry,
         ready: true.into(),
+        replies_open: false.into(),
         backlog: RwLock::new(Some(HashMap::new())),
         slots,
     });
 
     let reply_stream = keys.reply(&config.ingress_id);
-    replies
-        .open(&reply_stream, REPLY_TTL)
-        .await
-        .map_err(|e| StartError::Unsupported(format!("cannot open the reply stream: {e}")))?;
+    match replies.open(&reply_stream, REPLY_TTL).await {
+        Ok(()) => state.replies_open.store(true, Ordering::SeqCst),
+        // Not fatal: the listener keeps trying while requests get 503.
+        Err(e) => tracing::warn!(error = %e, "cannot open the reply stream yet; retrying in the background"),
+    }
     tokio::spawn(listen_replies(
         state.clone(),
         replies.clone(),
@@ -221,7 +270,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         reply_stream.clone(),
         background.clone(),
     ));
-    tokio::spawn(sample_backlog(state.clone(), background.clone()));
+    tokio::spawn(sample_backlog(state.clone(), sample_every, background.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -340,13 +389,26 @@ async fn listen_replies(
     stop: CancellationToken,
 ) {
     let mut last_refresh = tokio::time::Instant::now();
+    let mut opened = state.replies_open.load(Ordering::SeqCst);
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
-        if last_refresh.elapsed() >= REPLY_REFRESH {
-            if let Err(e) = replies.open(&stream, REPLY_TTL).await {
-                tracing::warn!(error = %e, "reply stream refresh failed");
-            } else {
-                last_refresh = tokio::time::Instant::now();
+        if !opened || last_refresh.elapsed() >= REPLY_REFRESH {
+            match replies.open(&stream, REPLY_TTL).await {
+                Ok(()) => {
+                    if !opened {
+                        tracing::info!("reply stream open again");
+                    }
+                    opened = true;
+                    state.replies_open.store(true, Ordering::SeqCst);
+                    last_refresh = tokio::time::Instant::now();
+                }
+                Err(e) => {
+                    if opened {
+                        tracing::warn!(error = %e, "reply stream refresh failed");
+                    }
+                    opened = false;
+                    state.replies_open.store(false, Ordering::SeqCst);
+                }
             }
         }
         let got = tokio::select! {
@@ -376,9 +438,9 @@ async fn listen_replies(
     }
 }
 
-async fn sample_backlog(state: Arc<AppState>, stop: CancellationToken) {
+async fn sample_backlog(state: Arc<AppState>, every: Duration, stop: CancellationToken) {
     let groups: Vec<String> = state.plan.worker_groups().map(|g| g.name.clone()).collect();
-    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -52,6 +52,9 @@ pub struct AppState {
     pub registry: Registry,
     /// False once draining: load balancers stop sending.
     pub ready: AtomicBool,
+    /// Whether this instance's reply stream exists; until it does, work is
+    /// refused with 503 rather than sent off with nowhere to answer.
+    pub replies_open: AtomicBool,
     /// Last sampled backlog per worker group; `None` when the sample failed.
     pub backlog: RwLock<Option<HashMap<String, Backlog>>>,
     pub slots: HashMap<String, Arc<Semaphore>>,
@@ -323,6 +326,9 @@ fn unavailable(rid: &str) -> ApiError {
 fn admit_backlog(s: &AppState, it: &InterfacePlan, rid: &str) -> Result<(), ApiError> {
     if it.path_groups.is_empty() {
         return Ok(());
+    }
+    if !s.replies_open.load(Ordering::SeqCst) {
+        return Err(unavailable(rid));
     }
     let guard = s.backlog.read();
     let Some(sample) = guard.as_ref() else {

@@ -1,0 +1,390 @@
+//! The `sluice-exec-worker` process: one worker group of one pipeline,
+//! consuming its Redis stream, with health and metrics on an admin port.
+//!
+//! ```text
+//! flags/env → manifest → plan → key ring (watched) → Redis → executor → worker loop
+//!                                                   admin: /healthz /readyz /metrics
+//! SIGTERM → readiness fails → stop reading → finish + hand off in-flight → exit 0
+//! ```
+//!
+//! A custom worker image calls [`main_with`] with its own registry.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use clap::Parser;
+use prometheus_client::registry::Registry as Metrics;
+use sluice_crds::GroupRole;
+use sluice_platform::metrics::Rejections;
+use sluice_platform::redis::{RedisBackend, RedisConfig};
+use sluice_platform::{Keys, SharedKeyRing, Signer, Verifier};
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::{node_durations, Executor};
+use crate::registry::Registry;
+use crate::worker::{Worker, WorkerConfig, WorkerMetrics};
+
+pub const ENV_PIPELINE: &str = "SLUICE_PIPELINE";
+pub const ENV_GROUP: &str = "SLUICE_GROUP";
+pub const ENV_REDIS_URL: &str = "SLUICE_REDIS_URL";
+pub const ENV_KEYS_DIR: &str = "SLUICE_KEYS_DIR";
+pub const ENV_ADMIN: &str = "SLUICE_ADMIN";
+pub const ENV_CONCURRENCY: &str = "SLUICE_CONCURRENCY";
+pub const ENV_SECRETS_DIR: &str = "SLUICE_SECRETS_DIR";
+pub const ENV_DRAIN_TIMEOUT: &str = "SLUICE_DRAIN_TIMEOUT";
+pub const ENV_LOG_FORMAT: &str = "SLUICE_LOG_FORMAT";
+
+/// Runs one worker group of a StreamPipeline, consuming its Redis stream.
+#[derive(Debug, Parser)]
+#[command(name = "sluice-exec-worker", version, about, long_about = None)]
+pub struct Cli {
+    /// StreamPipeline manifest (the same file the ingress serves) [env: SLUICE_PIPELINE]
+    #[arg(long, value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
+    /// Worker group to run [env: SLUICE_GROUP]
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+    /// Redis URL, e.g. redis://:password@127.0.0.1:6379/0 [env: SLUICE_REDIS_URL]
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// Key ring directory (one base64 key file per kid and a `current` file) [env: SLUICE_KEYS_DIR]
+    #[arg(long, value_name = "DIR")]
+    pub keys: Option<PathBuf>,
+    /// Address of /healthz, /readyz and /metrics [env: SLUICE_ADMIN] [default: 127.0.0.1:9090]
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+    /// Envelopes worked on at once (overrides the group's `concurrency`) [env: SLUICE_CONCURRENCY]
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Where Secrets referenced by nodes are mounted, as <DIR>/<name>/<key> [env: SLUICE_SECRETS_DIR] [default: /etc/sluice/secrets]
+    #[arg(long, value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
+    /// On SIGTERM, wait at most this long for in-flight work [env: SLUICE_DRAIN_TIMEOUT] [default: 20s]
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+    /// Log format: text or json [env: SLUICE_LOG_FORMAT] [default: text]; level from RUST_LOG (default info)
+    #[arg(long, value_name = "text|json")]
+    pub log_format: Option<String>,
+}
+
+/// The resolved configuration of one worker process.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    pub pipeline: PathBuf,
+    pub group: String,
+    pub redis: String,
+    pub keys: PathBuf,
+    pub admin: SocketAddr,
+    pub concurrency: Option<usize>,
+    pub secrets_dir: PathBuf,
+    pub drain_timeout: Duration,
+    pub json_logs: bool,
+}
+
+/// Why the worker could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("{flag}: {message}")]
+    Config { flag: &'static str, message: String },
+    #[error(transparent)]
+    Manifest(#[from] sluice_crds::ManifestError),
+    #[error("key ring: {0}")]
+    Keys(#[from] sluice_platform::KeyRingError),
+    #[error("{0}")]
+    Nodes(#[from] crate::node::ConfigError),
+    #[error("redis: {0}")]
+    Redis(#[from] sluice_platform::BackendError),
+    #[error("--redis: {0}")]
+    RedisUrl(#[from] sluice_platform::redis::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn cfg_err(flag: &'static str, message: impl Into<String>) -> ProcessError {
+    ProcessError::Config {
+        flag,
+        message: message.into(),
+    }
+}
+
+impl ProcessConfig {
+    /// Flags over environment over defaults.
+    ///
+    /// # Errors
+    /// A missing required setting or a value that does not parse, naming the flag.
+    pub fn resolve(cli: &Cli, env: &HashMap<String, String>) -> Result<Self, ProcessError> {
+        let pick = |flag: &Option<String>, var: &str| flag.clone().or_else(|| env.get(var).cloned());
+        let path = |flag: &Option<PathBuf>, var: &str| flag.clone().or_else(|| env.get(var).map(PathBuf::from));
+        let pipeline = path(&cli.pipeline, ENV_PIPELINE).ok_or_else(|| cfg_err("--pipeline", "required, or set SLUICE_PIPELINE"))?;
+        let group = pick(&cli.group, ENV_GROUP).ok_or_else(|| cfg_err("--group", "required, or set SLUICE_GROUP"))?;
+        let redis = pick(&cli.redis, ENV_REDIS_URL)
+            .ok_or_else(|| cfg_err("--redis", "required (workers talk to the ingress through Redis), or set SLUICE_REDIS_URL"))?;
+        let keys = path(&cli.keys, ENV_KEYS_DIR).ok_or_else(|| {
+            cfg_err(
+                "--keys",
+                "required: the key ring directory (create one with `sluice-web-ingress keygen DIR`), or set SLUICE_KEYS_DIR",
+            )
+        })?;
+        let admin_s = pick(&cli.admin, ENV_ADMIN).unwrap_or_else(|| "127.0.0.1:9090".into());
+        let admin = admin_s
+            .parse()
+            .map_err(|_| cfg_err("--admin", format!("`{admin_s}` is not an address like 127.0.0.1:9090")))?;
+        let concurrency = match cli.concurrency {
+            Some(n) => Some(n),
+            None => match env.get(ENV_CONCURRENCY) {
+                Some(s) => Some(s.parse().map_err(|_| cfg_err("--concurrency", format!("`{s}` is not a number")))?),
+                None => None,
+            },
+        };
+        if concurrency == Some(0) {
+            return Err(cfg_err("--concurrency", "must be at least 1"));
+        }
+        let drain_timeout = match pick(&cli.drain_timeout, ENV_DRAIN_TIMEOUT) {
+            None => Duration::from_secs(20),
+            Some(s) => sluice_crds::units::parse_duration(&s).map_err(|e| cfg_err("--drain-timeout", e))?,
+        };
+        let json_logs = match pick(&cli.log_format, ENV_LOG_FORMAT).as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => return Err(cfg_err("--log-format", format!("`{other}`: expected text or json"))),
+        };
+        Ok(Self {
+            pipeline,
+            group,
+            redis,
+            keys,
+            admin,
+            concurrency,
+            secrets_dir: path(&cli.secrets_dir, ENV_SECRETS_DIR).unwrap_or_else(|| PathBuf::from("/etc/sluice/secrets")),
+            drain_timeout,
+            json_logs,
+        })
+    }
+}
+
+struct Admin {
+    ready: AtomicBool,
+    metrics: Metrics,
+}
+
+fn admin_router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(a): State<Arc<Admin>>| async move {
+                if a.ready.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "draining")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(a): State<Arc<Admin>>| async move {
+                (
+                    [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    sluice_platform::metrics::render(&a.metrics),
+                )
+                    .into_response()
+            }),
+        )
+        .with_state(admin)
+}
+
+/// A started worker process.
+pub struct Running {
+    pub admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops reading and drains; [`Running::wait`] returns when done.
+    pub fn begin_drain(&self) {
+        self.shutdown.cancel();
+    }
+
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+fn consumer_name(group: &str) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() { "worker".to_string() } else { host };
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{group}-{host}-{}-{suffix}", std::process::id())
+}
+
+/// Starts the worker for `cfg` with the nodes of `nodes`.
+///
+/// # Errors
+/// See [`ProcessError`]; each names what to fix.
+pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, ProcessError> {
+    let (_, plan) = sluice_crds::load_manifest(&cfg.pipeline)?;
+    let plan = Arc::new(plan);
+    match plan.groups.get(&cfg.group) {
+        None => {
+            return Err(cfg_err(
+                "--group",
+                format!(
+                    "`{}` is not a group of {}; worker groups: {}",
+                    cfg.group,
+                    plan.id,
+                    plan.worker_groups().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ))
+        }
+        Some(g) if g.role == GroupRole::Ingress => {
+            return Err(cfg_err("--group", format!("`{}` is the ingress group; it runs in sluice-web-ingress", cfg.group)))
+        }
+        Some(_) => {}
+    }
+    let background = CancellationToken::new();
+    let ring = SharedKeyRing::from_dir(&cfg.keys)?;
+    ring.watch(Duration::from_secs(2), background.clone());
+    // Lazy: a worker starts while Redis is down and finds it when it returns.
+    let redis_cfg = RedisConfig::from_url(&cfg.redis)?;
+    let redis_display = redis_cfg.to_string();
+    let redis = RedisBackend::connect_lazy(redis_cfg)?;
+
+    let mut metrics = Metrics::default();
+    let rejections = Rejections::register(&mut metrics);
+    let worker_metrics = WorkerMetrics::register(&mut metrics);
+    let durations = node_durations();
+    metrics.register("sluice_node_duration_seconds", "Time spent in each node", durations.clone());
+
+    let keys = Keys::new(&plan.id.namespace, &plan.id.name);
+    let verifier = Verifier::new(
+        ring.clone(),
+        redis.clone(),
+        keys.clone(),
+        plan.security.clock_skew,
+        plan.security.max_payload_bytes as usize,
+        rejections,
+    );
+    let executor = Executor::build(plan.clone(), &cfg.group, &nodes, &cfg.secrets_dir, durations)?;
+    let mut wcfg = WorkerConfig::from_plan(&plan, &cfg.group, consumer_name(&cfg.group));
+    if let Some(c) = cfg.concurrency {
+        wcfg.concurrency = c;
+    }
+    let consumer = wcfg.consumer.clone();
+    let concurrency = wcfg.concurrency;
+    let worker = Worker::new(wcfg, executor, redis.clone(), verifier, Signer::new(ring.clone()), keys, worker_metrics);
+
+    let admin = Arc::new(Admin {
+        ready: true.into(),
+        metrics,
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.admin)
+        .await
+        .map_err(|source| ProcessError::Listen { addr: cfg.admin, source })?;
+    let admin_addr = listener.local_addr().map_err(|source| ProcessError::Listen { addr: cfg.admin, source })?;
+    let admin_stop = background.clone();
+    let app = admin_router(admin.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(admin_stop.cancelled_owned()).await;
+    });
+
+    let r = ring.get();
+    tracing::info!(
+        pipeline = %plan.id,
+        group = %cfg.group,
+        consumer = %consumer,
+        concurrency,
+        lease = ?plan.limits.lease,
+        redis = %redis_display,
+        admin = %admin_addr,
+        signing_kid = r.current(),
+        kids = ?r.kids().collect::<Vec<_>>(),
+        "sluice-exec-worker started"
+    );
+
+    let shutdown = CancellationToken::new();
+    let run_token = CancellationToken::new();
+    let drain_timeout = cfg.drain_timeout;
+    let done = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let run = tokio::spawn(worker.run(run_token.clone()));
+            shutdown.cancelled().await;
+            admin.ready.store(false, Ordering::SeqCst);
+            tracing::info!("draining: no new entries; finishing in-flight work");
+            run_token.cancel();
+            if tokio::time::timeout(drain_timeout, run).await.is_err() {
+                tracing::warn!("drain budget exhausted; unfinished entries will be reclaimed by other workers");
+            }
+            background.cancel();
+            tracing::info!("drained");
+        })
+    };
+    Ok(Running {
+        admin_addr,
+        shutdown,
+        done,
+    })
+}
+
+/// The whole binary: parse flags, start, drain on SIGTERM/SIGINT. A custom
+/// worker image's `main` calls this with its registry.
+pub async fn main_with(nodes: Registry) -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let cfg = match ProcessConfig::resolve(&cli, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice-exec-worker: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_tracing(cfg.json_logs);
+    let running = match start(cfg, nodes).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice-exec-worker: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Err(e) = shutdown_signal().await {
+        eprintln!("sluice-exec-worker: {e}");
+    }
+    running.begin_drain();
+    running.wait().await;
+    std::process::ExitCode::SUCCESS
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => Ok(()),
+        r = tokio::signal::ctrl_c() => r,
+    }
+}

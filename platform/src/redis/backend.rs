@@ -1,0 +1,485 @@
+//! `RedisBackend`: the connections of the Redis adapters and the one way
+//! every command is sent (bounded in time, fail-fast while disconnected,
+//! errors mapped to [`BackendError`] without secrets).
+//!
+//! ```text
+//!   ordinary commands ──► Pool (pool_size clients, reconnect forever)
+//!                          fail fast while reconnecting; timeout = command_timeout
+//!
+//!   XREADGROUP / XREAD ──► Dedicated client, checked out for one read
+//!        BLOCK ms           timeout = block + command_timeout
+//!                           back to the idle list on success, dropped
+//!                           (connection closed) on any connection error
+//! ```
+//!
+//! Blocking reads never share a connection with other commands (DESIGN §5
+//! "Redis clients"): a blocked `XREADGROUP` would otherwise stall every
+//! command queued behind it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::clients::{Client, Pool};
+use fred::error::{Error as FredError, ErrorKind};
+use fred::interfaces::{ClientLike, EventInterface, TransactionInterface};
+use fred::types::config::{
+    ConnectionConfig, Options, PerformanceConfig, ReconnectPolicy, UnresponsiveConfig,
+};
+use fred::types::{ClusterHash, ConnectHandle, CustomCommand, Value};
+use fred::util::redis_keyslot;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::config::{redact_secret, RedisConfig};
+use crate::backend::{BackendError, Result};
+
+/// Slack on top of fred's own timeout before our outer `tokio::time::timeout`
+/// fires; fred's fires first in the normal case and says more.
+const TIMEOUT_MARGIN: Duration = Duration::from_millis(250);
+
+/// Reconnect backoff of the pooled clients: quick first retries so a
+/// restarted Redis is found within about a second, capped so a long outage
+/// costs one attempt per second per connection. fred keeps a client's state
+/// at "connected" until its first reconnect attempt, and commands sent in
+/// that window wait for their timeout instead of failing fast, so the first
+/// delay (and its jitter) is kept short.
+const RECONNECT_MIN_MS: u32 = 10;
+const RECONNECT_MAX_MS: u32 = 1000;
+const RECONNECT_JITTER_MS: u32 = 20;
+
+/// The Redis adapter of the `Queue`, `ReplyChannel` and `Kv` ports.
+///
+/// # Guarantees
+/// - Every command returns within its timeout (ordinary:
+///   `command_timeout`; blocking reads: block + `command_timeout`), plus a
+///   small margin; while Redis is unreachable commands fail at once with
+///   [`BackendError::Unavailable`] instead of queueing for the reconnect.
+/// - Pooled connections reconnect by themselves, forever, with backoff;
+///   dedicated connections are replaced on the next blocking read.
+/// - No error text contains the password.
+///
+/// # Assumptions
+/// One pipeline's keys share a hash tag (DESIGN §5), so a completion's
+/// `MULTI` touches one slot.
+pub struct RedisBackend {
+    cfg: RedisConfig,
+    /// Password, kept only to scrub it from error texts.
+    secret: Option<String>,
+    pool: Pool,
+    /// Tasks driving the pooled connections and watching their errors;
+    /// aborted on drop, which closes the connections.
+    tasks: Vec<ConnectHandle>,
+    /// Per pooled client: when its connection last broke, in ms since
+    /// `epoch` (0: never). See [`Self::pooled`].
+    lost_at: Vec<Arc<AtomicU64>>,
+    epoch: Instant,
+    /// Round-robin position over the pool.
+    next: AtomicUsize,
+    /// Idle dedicated connections for blocking reads.
+    idle_blocking: Mutex<Vec<Dedicated>>,
+    /// Reply streams: id of the last entry returned per stream, so a read
+    /// never returns an entry twice even if its `XDEL` failed.
+    pub(super) reply_cursors: Mutex<HashMap<String, String>>,
+}
+
+/// A connection used by one blocking read at a time.
+struct Dedicated {
+    client: Client,
+    task: ConnectHandle,
+}
+
+impl Dedicated {
+    /// Whether the connection can take a command. Without a reconnect
+    /// policy fred ends the routing task when the socket closes but may
+    /// leave the state at "connected"; a command sent then would wait for
+    /// its timeout, so the task is checked too.
+    fn alive(&self) -> bool {
+        self.client.is_connected() && !self.task.is_finished()
+    }
+}
+
+impl Drop for Dedicated {
+    fn drop(&mut self) {
+        // Ends the routing task, which closes the socket; a read that timed
+        // out client-side may still be blocked on the server otherwise.
+        self.task.abort();
+    }
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("config", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl RedisBackend: lifecycle ===
+
+impl RedisBackend {
+    /// Connects the pool and waits until every pooled connection is up.
+    ///
+    /// # Errors
+    /// [`BackendError::Unavailable`] when Redis cannot be reached (or refuses
+    /// the credentials) within `connect_timeout` + `command_timeout`; the
+    /// message carries the last connection error, without the password.
+    pub async fn connect(cfg: RedisConfig) -> Result<Arc<Self>> {
+        let backend = Self::connect_lazy(cfg)?;
+        let mut errors = backend.pool.clients()[0].error_rx();
+        let patience = backend.cfg.connect_timeout + backend.cfg.command_timeout;
+        let deadline = Instant::now() + patience;
+        while !backend.pool.clients().iter().all(|c| c.is_connected()) {
+            if Instant::now() >= deadline {
+                let mut last = None;
+                while let Ok((e, _)) = errors.try_recv() {
+                    last = Some(e);
+                }
+                let why = last.map_or("no answer".to_string(), |e| {
+                    redact_secret(&e.to_string(), backend.secret.as_deref())
+                });
+                return Err(BackendError::Unavailable(format!(
+                    "could not connect to {} within {patience:?}: {why}",
+                    backend.cfg.redacted_url()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(backend)
+    }
+
+    /// Starts connecting in the background and returns at once; commands
+    /// fail with [`BackendError::Unavailable`] until the connection is up.
+    /// For processes that must start (and answer 503) while Redis is down.
+    ///
+    /// Must be called inside a Tokio runtime (it spawns the connection tasks).
+    ///
+    /// # Errors
+    /// Only configuration errors fred detects before connecting.
+    pub fn connect_lazy(cfg: RedisConfig) -> Result<Arc<Self>> {
+        let secret = cfg.secret();
+        let mut fred_cfg = cfg.fred().clone();
+        // The first connection attempt follows the reconnect policy too, so
+        // a process started before Redis finds it once it comes up.
+        fred_cfg.fail_fast = false;
+        let mut policy = ReconnectPolicy::new_exponential(0, RECONNECT_MIN_MS, RECONNECT_MAX_MS, 2);
+        policy.set_jitter(RECONNECT_JITTER_MS);
+        let pool = Pool::new(
+            fred_cfg,
+            Some(Self::perf(&cfg)),
+            Some(Self::connection(&cfg, true)),
+            Some(policy),
+            cfg.pool_size.max(1),
+        )
+        .map_err(|e| BackendError::Unavailable(redact_secret(&e.to_string(), secret.as_deref())))?;
+        let mut tasks = pool.connect_pool();
+        let epoch = Instant::now();
+        let mut lost_at = vec![];
+        for (i, client) in pool.clients().iter().enumerate() {
+            let broke = Arc::new(AtomicU64::new(0));
+            lost_at.push(broke.clone());
+            // Logs the loss and the return of each connection once, not
+            // every failed attempt in between.
+            let down = Arc::new(AtomicBool::new(false));
+            let (url, secret, lost) = (cfg.redacted_url(), secret.clone(), down.clone());
+            tasks.push(client.on_error(move |(e, _server)| {
+                broke.store(millis_since(epoch).max(1), Ordering::Relaxed);
+                let why = redact_secret(&e.to_string(), secret.as_deref());
+                let first = !lost.swap(true, Ordering::Relaxed);
+                log_lost(&url, i, &why, first);
+                async { Ok(()) }
+            }));
+            let url = cfg.redacted_url();
+            tasks.push(client.on_reconnect(move |_server| {
+                if down.swap(false, Ordering::Relaxed) {
+                    tracing::info!(redis = %url, connection = i, "redis connection restored");
+                }
+                async { Ok(()) }
+            }));
+        }
+        Ok(Arc::new(Self {
+            cfg,
+            secret,
+            pool,
+            tasks,
+            lost_at,
+            epoch,
+            next: AtomicUsize::new(0),
+            idle_blocking: Mutex::new(Vec::new()),
+            reply_cursors: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The settings this backend was built from (password redacted in `Debug`).
+    pub fn config(&self) -> &RedisConfig {
+        &self.cfg
+    }
+
+    /// Whether every pooled connection is currently up. A hint for metrics
+    /// and logs, not for readiness (DESIGN §5: a Redis outage does not fail
+    /// `/readyz`).
+    pub fn is_connected(&self) -> bool {
+        self.pool.clients().iter().all(|c| c.is_connected())
+    }
+
+    fn perf(cfg: &RedisConfig) -> PerformanceConfig {
+        PerformanceConfig {
+            default_command_timeout: cfg.command_timeout,
+            ..PerformanceConfig::default()
+        }
+    }
+
+    fn connection(cfg: &RedisConfig, pooled: bool) -> ConnectionConfig {
+        let unresponsive = if pooled {
+            // Pooled connections never block, so an answer this late means
+            // the connection is dead (e.g. a peer gone without a FIN):
+            // close it and reconnect rather than wait for TCP to notice.
+            UnresponsiveConfig {
+                max_timeout: Some(cfg.command_timeout * 2),
+                interval: (cfg.command_timeout / 2).max(Duration::from_millis(100)),
+            }
+        } else {
+            UnresponsiveConfig::default()
+        };
+        ConnectionConfig {
+            connection_timeout: cfg.connect_timeout,
+            internal_command_timeout: cfg.command_timeout,
+            // A command is written once: a retry after a dropped connection
+            // could apply an XADD twice, and the caller retries anyway.
+            max_command_attempts: 1,
+            unresponsive,
+            ..ConnectionConfig::default()
+        }
+    }
+
+    /// Per-command options: bounded, written once, failing at once while
+    /// the connection is down instead of waiting in fred's reconnect buffer.
+    fn options(timeout: Duration) -> Options {
+        Options {
+            timeout: Some(timeout),
+            fail_fast: true,
+            max_attempts: Some(1),
+            ..Options::default()
+        }
+    }
+}
+
+// === impl RedisBackend: sending commands ===
+
+/// A command whose cluster slot is that of `key`.
+fn command(name: &'static str, key: &str, blocking: bool) -> CustomCommand {
+    CustomCommand::new_static(
+        name,
+        ClusterHash::Custom(redis_keyslot(key.as_bytes())),
+        blocking,
+    )
+}
+
+/// Whether `e` is the Redis error reply `code` (e.g. `NOGROUP`).
+pub(super) fn is_reply(e: &FredError, code: &str) -> bool {
+    e.details().starts_with(code)
+}
+
+fn timed_out() -> FredError {
+    FredError::new(ErrorKind::Timeout, "command timed out")
+}
+
+/// Awaits `fut` at most `limit` + margin.
+async fn bounded<T>(
+    limit: Duration,
+    fut: impl Future<Output = std::result::Result<T, FredError>>,
+) -> std::result::Result<T, FredError> {
+    tokio::time::timeout(limit + TIMEOUT_MARGIN, fut)
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+}
+
+/// Whether the connection that produced `e` may be used again.
+fn connection_survives(e: &FredError) -> bool {
+    !matches!(
+        e.kind(),
+        ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::IO | ErrorKind::Protocol
+    )
+}
+
+/// How long a pooled client is avoided after its connection broke. fred
+/// reports it connected until its first reconnect attempt, and a command
+/// sent meanwhile waits in its queue for the full command timeout; after
+/// this window the state is accurate again (reconnecting, or reconnected).
+const SUSPECT_AFTER_ERROR: Duration = Duration::from_millis(250);
+
+/// A pooled connection broke (`first`) or another attempt to restore it
+/// failed.
+fn log_lost(url: &str, connection: usize, why: &str, first: bool) {
+    if first {
+        tracing::warn!(redis = %url, connection, error = %why, "redis connection lost");
+    } else {
+        tracing::debug!(redis = %url, connection, error = %why, "redis still unreachable");
+    }
+}
+
+fn millis_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RedisBackend {
+    /// A pooled client that is connected and whose connection did not just
+    /// break, round-robin; an error at once when there is none, so callers
+    /// do not wait out a timeout during an outage.
+    fn pooled(&self) -> std::result::Result<&Client, FredError> {
+        let clients = self.pool.clients();
+        let now = millis_since(self.epoch);
+        let window = u64::try_from(SUSPECT_AFTER_ERROR.as_millis()).unwrap_or(u64::MAX);
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..clients.len())
+            .map(|k| (start + k) % clients.len())
+            .find(|&i| {
+                let lost = self.lost_at[i].load(Ordering::Relaxed);
+                clients[i].is_connected() && (lost == 0 || now.saturating_sub(lost) > window)
+            })
+            .map(|i| &clients[i])
+            .ok_or_else(|| FredError::new(ErrorKind::Canceled, "no pooled connection is up"))
+    }
+
+    /// Maps a fred error to the port error, scrubbing the password.
+    pub(super) fn err(&self, e: FredError) -> BackendError {
+        match e.kind() {
+            ErrorKind::Timeout => BackendError::Timeout,
+            _ => BackendError::Unavailable(redact_secret(
+                &format!("redis: {e}"),
+                self.secret.as_deref(),
+            )),
+        }
+    }
+
+    /// One ordinary command on a pooled connection.
+    pub(super) async fn call(
+        &self,
+        name: &'static str,
+        key: &str,
+        args: Vec<Value>,
+    ) -> std::result::Result<Value, FredError> {
+        let limit = self.cfg.command_timeout;
+        let client = self.pooled()?.with_options(&Self::options(limit));
+        bounded(limit, client.custom(command(name, key, false), args)).await
+    }
+
+    /// Several commands in one round trip on one pooled connection (not
+    /// atomic); one result per command.
+    pub(super) async fn pipeline(
+        &self,
+        cmds: Vec<(&'static str, &str, Vec<Value>)>,
+    ) -> std::result::Result<Vec<std::result::Result<Value, FredError>>, FredError> {
+        let limit = self.cfg.command_timeout;
+        let pipe = self.pooled()?.pipeline();
+        let queued = pipe.with_options(&Self::options(limit));
+        for (name, key, args) in cmds {
+            let _: Value = queued.custom(command(name, key, false), args).await?;
+        }
+        tokio::time::timeout(limit + TIMEOUT_MARGIN, pipe.try_all::<Value>())
+            .await
+            .map_err(|_| timed_out())
+    }
+
+    /// Commands in one `MULTI`/`EXEC` on one pooled connection; the `EXEC`
+    /// results, one per command.
+    pub(super) async fn transaction(
+        &self,
+        cmds: Vec<(&'static str, &str, Vec<Value>)>,
+    ) -> std::result::Result<Vec<Value>, FredError> {
+        let limit = self.cfg.command_timeout;
+        let trx = self.pooled()?.multi();
+        // The first queued command's options (timeout, fail-fast, one
+        // attempt) become the transaction's.
+        let queued = trx.with_options(&Self::options(limit));
+        for (name, key, args) in cmds {
+            let _: Value = queued.custom(command(name, key, false), args).await?;
+        }
+        let results: Value = bounded(limit, trx.exec(true)).await?;
+        Ok(results.into_array())
+    }
+
+    /// One read that may block up to `block`, on a dedicated connection.
+    /// A zero `block` is a plain, non-blocking read on the pool (Redis
+    /// reads `BLOCK 0` as "forever").
+    pub(super) async fn blocking_read(
+        &self,
+        name: &'static str,
+        key: &str,
+        mut args: Vec<Value>,
+        block: Duration,
+        block_arg_at: usize,
+    ) -> std::result::Result<Value, FredError> {
+        let block_ms = i64::try_from(block.as_millis()).unwrap_or(i64::MAX);
+        if block_ms == 0 {
+            return self.call(name, key, args).await;
+        }
+        args.splice(
+            block_arg_at..block_arg_at,
+            [Value::from("BLOCK"), Value::Integer(block_ms)],
+        );
+        let conn = self.dedicated().await?;
+        let limit = block + self.cfg.command_timeout;
+        let client = conn.client.with_options(&Self::options(limit));
+        let result = bounded(limit, client.custom(command(name, key, true), args)).await;
+        let reusable = match &result {
+            Ok(_) => true,
+            Err(e) => connection_survives(e),
+        };
+        if reusable && conn.alive() {
+            let mut idle = self.idle_blocking.lock();
+            if idle.len() < self.cfg.pool_size.max(1) {
+                idle.push(conn);
+            }
+        }
+        result
+    }
+
+    /// An idle dedicated connection, or a new one.
+    async fn dedicated(&self) -> std::result::Result<Dedicated, FredError> {
+        loop {
+            let Some(conn) = self.idle_blocking.lock().pop() else {
+                break;
+            };
+            if conn.alive() {
+                return Ok(conn);
+            }
+        }
+        let mut fred_cfg = self.cfg.fred().clone();
+        // No reconnect policy: a broken dedicated connection is dropped and
+        // the next read opens a fresh one, so it must fail, not retry.
+        fred_cfg.fail_fast = true;
+        let client = Client::new(
+            fred_cfg,
+            Some(Self::perf(&self.cfg)),
+            Some(Self::connection(&self.cfg, false)),
+            None,
+        );
+        let task = client.connect();
+        let conn = Dedicated { client, task };
+        let patience = self.cfg.connect_timeout + self.cfg.command_timeout;
+        let waited = tokio::time::timeout(patience, conn.client.wait_for_connect()).await;
+        // Checked again: the connection may have come up between fred's
+        // state check and its subscription to the connect notification.
+        if conn.client.is_connected() {
+            return Ok(conn);
+        }
+        Err(match waited {
+            Ok(Err(e)) => e,
+            _ => FredError::new(
+                ErrorKind::IO,
+                "could not open a connection for a blocking read",
+            ),
+        })
+    }
+}

@@ -1,0 +1,227 @@
+//! Connection settings of the Redis adapters: URL (credentials, database,
+//! TLS), timeouts and pool size.
+//!
+//! The URL is parsed once, here, so a bad URL is reported when the process
+//! starts rather than on the first command. The password never leaves this
+//! module in readable form: `Debug`, `Display` and every error show the URL
+//! with its credentials replaced by `***`.
+
+use std::fmt;
+use std::time::Duration;
+
+use fred::types::config::Config as FredConfig;
+
+/// How long one ordinary command may take before the caller gets
+/// [`BackendError::Timeout`](crate::BackendError::Timeout).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long opening one TCP (and TLS) connection may take.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pooled connections for ordinary commands. Blocking reads never use them.
+pub const DEFAULT_POOL_SIZE: usize = 4;
+
+/// Where and how to reach Redis.
+///
+/// Built from a URL, `redis://[[user]:password@]host[:port][/db]`; `rediss://`
+/// selects TLS (rustls, with the system's root certificates), and fred's
+/// `redis-cluster://` form reaches a Redis Cluster (every key of one pipeline
+/// shares a hash tag, so its transactions stay in one slot). Redis 7.0 or
+/// newer is required (`SET … NX GET`, `XAUTOCLAIM`).
+///
+/// # Guarantees
+/// `Debug` and `Display` never show the password.
+#[derive(Clone)]
+pub struct RedisConfig {
+    url: String,
+    fred: FredConfig,
+    /// Client-side limit of every ordinary command; blocking reads get their
+    /// block time plus this. Default [`DEFAULT_COMMAND_TIMEOUT`].
+    pub command_timeout: Duration,
+    /// Limit of opening one connection. Default [`DEFAULT_CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// Connections carrying ordinary commands (at least 1). Default
+    /// [`DEFAULT_POOL_SIZE`]. Blocking reads use connections of their own,
+    /// kept idle up to the same number.
+    pub pool_size: usize,
+}
+
+/// A Redis URL that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The URL does not parse, or names something this build cannot do.
+    #[error("invalid Redis URL {url}: {reason}")]
+    InvalidUrl {
+        /// The URL with its credentials redacted.
+        url: String,
+        reason: String,
+    },
+}
+
+impl RedisConfig {
+    /// Parses `url` and takes the default timeouts and pool size.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidUrl`] when fred cannot parse the URL (bad
+    /// scheme, port or database, or TLS roots that cannot be loaded).
+    pub fn from_url(url: &str) -> Result<Self, ConfigError> {
+        let fred = FredConfig::from_url(url).map_err(|e| ConfigError::InvalidUrl {
+            url: redact_url(url),
+            reason: redact_secret(e.details(), password_of(url).as_deref()),
+        })?;
+        Ok(Self {
+            url: url.to_string(),
+            fred,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            pool_size: DEFAULT_POOL_SIZE,
+        })
+    }
+
+    /// Sets [`Self::command_timeout`].
+    pub fn with_command_timeout(mut self, d: Duration) -> Self {
+        self.command_timeout = d;
+        self
+    }
+
+    /// Sets [`Self::connect_timeout`].
+    pub fn with_connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Sets [`Self::pool_size`] (0 is taken as 1).
+    pub fn with_pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n.max(1);
+        self
+    }
+
+    /// The URL with its credentials replaced by `***`, for logs and errors.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    /// Whether connections use TLS (`rediss://`).
+    pub fn uses_tls(&self) -> bool {
+        self.fred.uses_tls()
+    }
+
+    /// The database selected by the URL's path, if any.
+    pub fn database(&self) -> Option<u8> {
+        self.fred.database
+    }
+
+    pub(super) fn fred(&self) -> &FredConfig {
+        &self.fred
+    }
+
+    /// The password, kept only to scrub it from error texts.
+    pub(super) fn secret(&self) -> Option<String> {
+        self.fred.password.clone().filter(|p| !p.is_empty())
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.redacted_url())
+            .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+impl fmt::Display for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted_url())
+    }
+}
+
+/// `scheme://user:secret@host/…` → `scheme://user:***@host/…`. A userinfo
+/// without `:` is redacted whole: people do write `redis://secret@host`.
+pub(super) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        None => url.to_string(),
+        Some((userinfo, host)) => {
+            let user = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_string(),
+            };
+            format!("{scheme}://{user}@{host}{tail}")
+        }
+    }
+}
+
+/// The password part of a URL's userinfo, before fred has parsed it (used to
+/// scrub parse errors).
+fn password_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let userinfo = authority.rsplit_once('@')?.0;
+    let secret = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
+    (!secret.is_empty()).then(|| secret.to_string())
+}
+
+/// Replaces every occurrence of `secret` in `text` by `***`.
+pub(super) fn redact_secret(text: &str, secret: Option<&str>) -> String {
+    match secret {
+        Some(s) if !s.is_empty() => text.replace(s, "***"),
+        _ => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_never_show_the_password() {
+        let cfg = RedisConfig::from_url("redis://:hunter22@127.0.0.1:6380/3").unwrap();
+        for shown in [format!("{cfg:?}"), cfg.to_string()] {
+            assert!(!shown.contains("hunter22"), "{shown}");
+            assert!(shown.contains("127.0.0.1:6380/3"), "{shown}");
+        }
+        assert_eq!(cfg.database(), Some(3));
+        assert_eq!(cfg.secret().as_deref(), Some("hunter22"));
+    }
+
+    #[test]
+    fn redaction_covers_user_and_bare_secret_forms() {
+        assert_eq!(
+            redact_url("redis://alice:pw@h:1/0"),
+            "redis://alice:***@h:1/0"
+        );
+        assert_eq!(redact_url("redis://pw@h"), "redis://***@h");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(password_of("redis://alice:pw@h:1/0").as_deref(), Some("pw"));
+        assert_eq!(password_of("redis://h:1"), None);
+    }
+
+    #[test]
+    fn invalid_url_error_is_redacted() {
+        let err = RedisConfig::from_url("redis://:hunter22@host:notaport/0").unwrap_err();
+        assert!(!err.to_string().contains("hunter22"), "{err}");
+    }
+
+    #[test]
+    fn rediss_selects_tls() {
+        let cfg = RedisConfig::from_url("rediss://:pw@redis.example:6380").unwrap();
+        assert!(cfg.uses_tls());
+        assert!(!RedisConfig::from_url("redis://h").unwrap().uses_tls());
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let cfg = RedisConfig::from_url("redis://127.0.0.1").unwrap();
+        assert_eq!(cfg.command_timeout, DEFAULT_COMMAND_TIMEOUT);
+        assert_eq!(cfg.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(cfg.pool_size, DEFAULT_POOL_SIZE);
+        assert_eq!(cfg.with_pool_size(0).pool_size, 1);
+    }
+}

@@ -1,0 +1,35 @@
+//! The Redis adapters of the `Queue`, `ReplyChannel` and `Kv` ports, on
+//! [`fred`] (the project's one Redis client).
+//!
+//! ```text
+//!              ┌────────────── RedisBackend ───────────────┐
+//!   Queue ─────┤ XGROUP CREATE · XADD · XREADGROUP · XCLAIM │
+//!   Reply ─────┤ XAUTOCLAIM · MULTI{XADD XACK XDEL} · XREAD │──► Redis ≥ 7.0
+//!   Kv ────────┤ SET NX GET PX · GET · DEL                  │
+//!              └─ pool (ordinary) + dedicated (blocking) ───┘
+//! ```
+//!
+//! One [`RedisBackend`] implements all three ports, as one Redis holds the
+//! queues and the reply streams: a completion can forward to a reply
+//! stream in the same `MULTI`. The conformance suites of
+//! [`crate::conformance`] run against it in `tests/redis_conformance.rs`.
+//!
+//! # Layout
+//! - [`config`]: [`RedisConfig`], parsed from a URL; never shows the password.
+//! - `backend`: connections (pool + dedicated blocking ones), timeouts,
+//!   reconnects, error mapping.
+//! - `queue`, `reply`, `kv`: the three ports.
+//! - `wire`: arguments and replies of the stream commands.
+//! - [`testing`]: a real `redis-server` for tests.
+
+pub mod config;
+pub mod testing;
+
+mod backend;
+mod kv;
+mod queue;
+mod reply;
+mod wire;
+
+pub use backend::RedisBackend;
+pub use config::{ConfigError, RedisConfig};

@@ -1,0 +1,269 @@
+//! The `Queue` port on Redis Streams with the consumer group `sluice`.
+//!
+//! ```text
+//!   push ──XADD──► stream ──XREADGROUP >──► consumer (pending, count 1)
+//!                                              │ renew: XCLAIM … JUSTID (idle 0, count kept)
+//!                                              │ lease lapsed: XAUTOCLAIM by another (count+1)
+//!                                              ▼
+//!        complete: MULTI  XADD next [NOMKSTREAM]  XACK  XDEL  EXEC
+//! ```
+//!
+//! Groups are created from id `0`, so entries pushed before the group
+//! existed are delivered too, and are created again whenever Redis answers
+//! `NOGROUP` (after a restart without persistence).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::types::Value;
+
+use super::backend::{is_reply, RedisBackend};
+use super::wire;
+use crate::backend::Result;
+use crate::envelope::StreamEntry;
+use crate::keys::CONSUMER_GROUP;
+use crate::queue::{Delivery, Depth, Forward, Queue};
+
+fn v(s: &str) -> Value {
+    Value::from(s)
+}
+
+fn n(x: usize) -> Value {
+    Value::Integer(i64::try_from(x).unwrap_or(i64::MAX))
+}
+
+fn ms(d: Duration) -> Value {
+    Value::Integer(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn xadd_args(stream: &str, entry: &StreamEntry, must_exist: bool) -> Vec<Value> {
+    let mut args = vec![v(stream)];
+    if must_exist {
+        args.push(v("NOMKSTREAM"));
+    }
+    args.push(v("*"));
+    args.extend(wire::entry_args(entry));
+    args
+}
+
+impl RedisBackend {
+    /// `XREADGROUP` once; `Err` carries fred's error so `NOGROUP` can be told
+    /// apart.
+    async fn read_group(
+        &self,
+        stream: &str,
+        consumer: &str,
+        max: usize,
+        block: Duration,
+    ) -> std::result::Result<Value, fred::error::Error> {
+        let args = vec![
+            v("GROUP"),
+            v(CONSUMER_GROUP),
+            v(consumer),
+            v("COUNT"),
+            n(max),
+            v("STREAMS"),
+            v(stream),
+            v(">"),
+        ];
+        // BLOCK goes before STREAMS.
+        self.blocking_read("XREADGROUP", stream, args, block, 5)
+            .await
+    }
+}
+
+#[async_trait]
+impl Queue for RedisBackend {
+    async fn ensure_group(&self, stream: &str) -> Result<()> {
+        let args = vec![
+            v("CREATE"),
+            v(stream),
+            v(CONSUMER_GROUP),
+            v("0"),
+            v("MKSTREAM"),
+        ];
+        match self.call("XGROUP", stream, args).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_reply(&e, "BUSYGROUP") => Ok(()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    async fn push(&self, stream: &str, entry: StreamEntry) -> Result<String> {
+        let reply = self
+            .call("XADD", stream, xadd_args(stream, &entry, false))
+            .await
+            .map_err(|e| self.err(e))?;
+        wire::text(&reply).ok_or_else(|| {
+            crate::BackendError::Unavailable("redis: XADD returned no id".to_string())
+        })
+    }
+
+    async fn read(
+        &self,
+        stream: &str,
+        consumer: &str,
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>> {
+        if max == 0 {
+            return Ok(vec![]);
+        }
+        let reply = match self.read_group(stream, consumer, max, block).await {
+            Ok(r) => r,
+            Err(e) if is_reply(&e, "NOGROUP") => {
+                // Stream or group gone (Redis restarted without persistence,
+                // or nobody created it yet): create it and read again.
+                tracing::info!(stream, "consumer group missing; creating it");
+                self.ensure_group(stream).await?;
+                self.read_group(stream, consumer, max, block)
+                    .await
+                    .map_err(|e| self.err(e))?
+            }
+            Err(e) => return Err(self.err(e)),
+        };
+        Ok(wire::read_reply(reply, "XREADGROUP")?
+            .into_iter()
+            .filter_map(|(id, entry)| {
+                entry.map(|entry| Delivery {
+                    id,
+                    entry,
+                    deliveries: 1,
+                })
+            })
+            .collect())
+    }
+
+    async fn renew(&self, stream: &str, consumer: &str, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut args = vec![v(stream), v(CONSUMER_GROUP), v(consumer), v("0")];
+        args.extend(ids.iter().map(|id| v(id)));
+        // JUSTID: the delivery count is not increased by a renewal.
+        args.push(v("JUSTID"));
+        match self.call("XCLAIM", stream, args).await {
+            Ok(_) => Ok(()),
+            // No group means no pending entries: nothing left to hold.
+            Err(e) if is_reply(&e, "NOGROUP") => Ok(()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    async fn reclaim(
+        &self,
+        stream: &str,
+        consumer: &str,
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Delivery>> {
+        if max == 0 {
+            return Ok(vec![]);
+        }
+        let args = vec![
+            v(stream),
+            v(CONSUMER_GROUP),
+            v(consumer),
+            ms(min_idle),
+            v("0"),
+            v("COUNT"),
+            n(max),
+        ];
+        let reply = match self.call("XAUTOCLAIM", stream, args).await {
+            Ok(r) => r,
+            Err(e) if is_reply(&e, "NOGROUP") => return Ok(vec![]),
+            Err(e) => return Err(self.err(e)),
+        };
+        // Redis 7 drops deleted entries from the pending list itself and
+        // lists them apart; older servers return them as nil entries that
+        // stay pending, so those are acknowledged here.
+        let (claimed, _deleted) = wire::autoclaim_reply(reply)?;
+        let (live, gone): (Vec<_>, Vec<_>) = claimed.into_iter().partition(|(_, e)| e.is_some());
+        if !gone.is_empty() {
+            let mut args = vec![v(stream), v(CONSUMER_GROUP)];
+            args.extend(gone.iter().map(|(id, _)| v(id)));
+            self.call("XACK", stream, args)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        if live.is_empty() {
+            return Ok(vec![]);
+        }
+        // XAUTOCLAIM increased each count but does not report it: read the
+        // counts back, one XPENDING row per id, in one round trip.
+        let cmds = live
+            .iter()
+            .map(|(id, _)| {
+                let args = vec![v(stream), v(CONSUMER_GROUP), v(id), v(id), n(1)];
+                ("XPENDING", stream, args)
+            })
+            .collect();
+        let counts = self.pipeline(cmds).await.map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(live.len());
+        for ((id, entry), count) in live.into_iter().zip(counts) {
+            let count = count.map_err(|e| self.err(e))?;
+            // No row: completed by its previous holder in the meantime.
+            if let (Some(entry), Some(deliveries)) = (entry, wire::pending_count(count)?) {
+                out.push(Delivery {
+                    id,
+                    entry,
+                    deliveries,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn complete(&self, stream: &str, id: &str, forward: Option<Forward>) -> Result<bool> {
+        let mut cmds = Vec::with_capacity(3);
+        if let Some(f) = &forward {
+            let args = xadd_args(&f.stream, &f.entry, f.must_exist);
+            cmds.push(("XADD", f.stream.as_str(), args));
+        }
+        cmds.push(("XACK", stream, vec![v(stream), v(CONSUMER_GROUP), v(id)]));
+        cmds.push(("XDEL", stream, vec![v(stream), v(id)]));
+        let results = self.transaction(cmds).await.map_err(|e| self.err(e))?;
+        // A NOMKSTREAM XADD to a missing stream answers nil.
+        Ok(forward.is_none() || results.first().is_some_and(|r| !r.is_null()))
+    }
+
+    async fn depth(&self, stream: &str) -> Result<Depth> {
+        // MEMORY USAGE samples a few listpack nodes (default 5) and
+        // extrapolates, so it costs O(1) and counts the stream's own
+        // bookkeeping too: an over-estimate of the entries' bytes, which is
+        // what a backlog limit wants. Space of deleted entries is counted
+        // until their node empties.
+        let cmds = vec![
+            ("XLEN", stream, vec![v(stream)]),
+            ("MEMORY", stream, vec![v("USAGE"), v(stream)]),
+        ];
+        let mut replies = self
+            .pipeline(cmds)
+            .await
+            .map_err(|e| self.err(e))?
+            .into_iter();
+        let mut next = |what| -> Result<u64> {
+            let r = replies
+                .next()
+                .ok_or_else(|| {
+                    crate::BackendError::Unavailable(format!("redis: no reply to {what}"))
+                })?
+                .map_err(|e| self.err(e))?;
+            wire::integer(&r, what)
+        };
+        let entries = next("XLEN")?;
+        let bytes = next("MEMORY USAGE")?;
+        Ok(Depth { entries, bytes })
+    }
+
+    async fn pending(&self, stream: &str) -> Result<u64> {
+        match self
+            .call("XPENDING", stream, vec![v(stream), v(CONSUMER_GROUP)])
+            .await
+        {
+            Ok(r) => wire::pending_total(r),
+            Err(e) if is_reply(&e, "NOGROUP") => Ok(0),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+}

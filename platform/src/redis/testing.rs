@@ -1,0 +1,274 @@
+//! A real `redis-server` for tests: started on a free loopback port in a
+//! temporary directory, killed by its PID (and the directory removed) when
+//! dropped.
+//!
+//! ```text
+//!   RedisServer::start(persistence)      redis-server --port P --bind 127.0.0.1
+//!     │                                    --dir /tmp/sluice-redis-<uuid>
+//!     ├─ url()      redis://127.0.0.1:P/0   --appendonly yes|no --save ""
+//!     ├─ kill()     SIGKILL, as a crash
+//!     ├─ freeze()   SIGSTOP, a hung server (thaw(): SIGCONT)
+//!     ├─ restart()  same port, same dir (AOF replayed when persistence)
+//!     └─ drop       SIGKILL + rm -r dir
+//! ```
+//!
+//! Used by this crate's tests and by other crates' tests (it is public for
+//! that, and compiled in always so no feature has to be switched on). When
+//! `redis-server` is not installed, [`RedisServer::start`] panics saying how
+//! to install it: a test that needs Redis must fail, never pass silently.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The server binary, looked up on `PATH`.
+const BINARY: &str = "redis-server";
+
+/// How long a started server may take to answer `PING`.
+const READY_PATIENCE: Duration = Duration::from_secs(10);
+
+/// A `redis-server` process owned by a test.
+///
+/// # Guarantees
+/// The process is killed (SIGKILL, by PID) and its directory removed when
+/// this value is dropped, also when the test panics.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    persistence: bool,
+    password: Option<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server; `persistence` turns on the append-only file
+    /// (`appendfsync everysec`), so [`Self::restart`] keeps the data.
+    ///
+    /// # Panics
+    /// When `redis-server` is missing or does not come up; the message says
+    /// what to do.
+    pub fn start(persistence: bool) -> Self {
+        Self::start_with(persistence, None)
+    }
+
+    /// Like [`Self::start`], with `requirepass` set when `password` is given
+    /// ([`Self::url`] then carries it).
+    ///
+    /// # Panics
+    /// As [`Self::start`].
+    pub fn start_with(persistence: bool, password: Option<&str>) -> Self {
+        match Self::try_start(persistence, password) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "`{BINARY}` is not installed or not on PATH; these tests need a real Redis \
+                 (>= 7.0): install it with `apt-get install -y redis-server` (the project's \
+                 test script does this)"
+            ),
+            Err(e) => panic!("could not start {BINARY}: {e}"),
+        }
+    }
+
+    /// Starts a server, reporting failures instead of panicking.
+    ///
+    /// # Errors
+    /// `NotFound` when `redis-server` is not installed; other I/O errors when
+    /// it exits or does not answer within 10 s.
+    pub fn try_start(persistence: bool, password: Option<&str>) -> std::io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("sluice-redis-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir)?;
+        let mut server = Self {
+            port: 0,
+            dir,
+            persistence,
+            password: password.map(str::to_string),
+            child: None,
+        };
+        // A port found free can be taken before redis-server binds it; try a
+        // few.
+        let mut last = None;
+        for _ in 0..5 {
+            server.port = free_port()?;
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+    }
+
+    /// The port the server listens on (kept across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://[:password@]127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        self.url_db(0)
+    }
+
+    /// The URL of database `db`.
+    pub fn url_db(&self, db: u8) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/{db}", self.port),
+            None => format!("redis://127.0.0.1:{}/{db}", self.port),
+        }
+    }
+
+    /// PID of the running process, `None` after [`Self::kill`].
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The server's working directory (AOF files, `redis.log`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Kills the process with SIGKILL (a crash: no final save) and reaps it.
+    /// Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Errors mean it has already exited; `wait` reaps it either way.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the process with SIGSTOP: its connections stay open but nothing
+    /// is answered, as with a hung server or a silent network. Undone by
+    /// [`Self::thaw`]; a frozen server is still killed on drop.
+    ///
+    /// # Panics
+    /// When the server is not running or `kill` (procps) cannot be run.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Resumes a server stopped by [`Self::freeze`].
+    ///
+    /// # Panics
+    /// As [`Self::freeze`].
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("the redis-server is running");
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("could not run `kill -{sig}` (procps): {e}"));
+        assert!(status.success(), "`kill -{sig} {pid}` failed: {status}");
+    }
+
+    /// Kills the server if running and starts it again on the same port and
+    /// directory; with persistence the data is reloaded from the AOF.
+    ///
+    /// # Panics
+    /// When it does not come back within 10 s.
+    pub fn restart(&mut self) {
+        self.kill();
+        if let Err(e) = self.spawn() {
+            panic!("could not restart {BINARY} on port {}: {e}", self.port);
+        }
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let mut cmd = Command::new(BINARY);
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--logfile", "redis.log", "--save", ""])
+            .args(["--appendonly", if self.persistence { "yes" } else { "no" }])
+            .args(["--appendfsync", "everysec"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd.spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + READY_PATIENCE;
+        loop {
+            if self.answers_ping() {
+                return Ok(());
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .map(|c| c.try_wait())
+                .transpose()?
+                .flatten();
+            if let Some(status) = exited {
+                self.child = None;
+                return Err(std::io::Error::other(format!(
+                    "{BINARY} exited ({status}) on port {}: {}",
+                    self.port,
+                    self.log_tail()
+                )));
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(std::io::Error::other(format!(
+                    "{BINARY} did not answer PING within {READY_PATIENCE:?} on port {}: {}",
+                    self.port,
+                    self.log_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the server answers `PING` with `PONG` (not `LOADING`, and
+    /// authenticated when it needs a password).
+    fn answers_ping(&self) -> bool {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut req = String::new();
+        if let Some(p) = &self.password {
+            req.push_str(&format!("AUTH {p}\r\n"));
+        }
+        req.push_str("PING\r\n");
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 256];
+        let mut got = String::new();
+        while !got.contains("PONG") && !got.contains('-') {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        got.contains("+PONG")
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

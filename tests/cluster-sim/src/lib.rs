@@ -1,0 +1,57 @@
+//! `cluster-sim`: an in-memory stand-in for the Kubernetes API server, so the operator,
+//! kube-rs clients and `kubectl` can be tested end to end without a cluster. A test tool,
+//! not part of the product; `README.md` lists what is real, simplified and missing.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cluster_sim::Error> {
+//! let sim = cluster_sim::ClusterSim::start().await?;
+//! println!("KUBECONFIG={}", sim.kubeconfig_path().display());
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`sim`]: starting, options, the handle (tokens, holds, faults, inspection, store access)
+//! - `server`: HTTP routing, authentication, RBAC and fault hooks
+//! - `watch`: watch streams over the store's event history
+//! - `store`: objects, resourceVersions, history
+//! - `ops`: the verbs and their semantics (versions, generation, finalizers, subresources)
+//! - `fields`: managed fields and server-side apply
+//! - `patch`: merge, JSON and strategic merge patches
+//! - `protobuf`: the protobuf bodies kubectl's generators send for a few core kinds
+//! - `schema`: CRD structural check, validation, pruning, defaults, CEL rules
+//! - `resources`: served types and discovery documents
+//! - `selectors`: label and field selectors
+//! - `gc`: owner-reference garbage collection and namespace termination
+//! - `controllers`: Deployment/StatefulSet rollout status, ReplicaSets, StatefulSet PVCs,
+//!   default ServiceAccounts
+//! - `rbac`: authorization of ServiceAccount tokens
+//! - [`faults`]: fault injection and the request log
+//! - `defaults`, `table`, `openapi`: defaulting, Table/metadata renderings, minimal OpenAPI
+//! - [`error`]: `ApiError` (the `Status` answers) and `Error`
+
+mod controllers;
+mod defaults;
+pub mod error;
+pub mod faults;
+mod fields;
+mod gc;
+mod openapi;
+mod ops;
+mod patch;
+mod protobuf;
+pub mod rbac;
+mod resources;
+mod schema;
+mod selectors;
+mod server;
+pub mod sim;
+mod store;
+mod table;
+mod watch;
+
+pub use controllers::CONTROLLER_MANAGER;
+pub use error::{ApiError, Error, Result};
+pub use faults::{RequestMatch, RequestRecord};
+pub use rbac::{Attributes, AuthzDecision};
+pub use sim::{ClusterSim, ClusterSimHandle, ClusterSimOptions};
