@@ -3,10 +3,15 @@
 # and wrk measurement. Servers bind 127.0.0.1 and are killed by PID on exit.
 
 BENCH_PIDS=()
+BENCH_DIRS=()
+# Servers are stopped in reverse start order (clients before Redis), then
+# temporary files go.
 bench_cleanup() {
-  for p in "${BENCH_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  local i
+  for ((i = ${#BENCH_PIDS[@]} - 1; i >= 0; i--)); do kill "${BENCH_PIDS[i]}" 2>/dev/null || true; done
   wait 2>/dev/null || true
   [ -n "${BENCH_LUA:-}" ] && rm -f "$BENCH_LUA"
+  for d in "${BENCH_DIRS[@]}"; do rm -rf "$d"; done
 }
 trap bench_cleanup EXIT
 

@@ -110,7 +110,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
 }
 
 async fn not_found(req: Request) -> ApiError {
-    let rid = caller_request_id(req.headers()).unwrap_or_default();
+    let rid = caller_request_id(req.headers()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -120,7 +120,7 @@ async fn not_found(req: Request) -> ApiError {
 }
 
 async fn method_not_allowed(req: Request) -> ApiError {
-    let rid = caller_request_id(req.headers()).unwrap_or_default();
+    let rid = caller_request_id(req.headers()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
