@@ -9,7 +9,9 @@ use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8090".to_string());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8090".to_string());
     let app = Router::new().route("/echo", post(|Json(v): Json<Value>| async move { Json(v) }));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     axum::serve(listener, app).await

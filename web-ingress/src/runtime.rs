@@ -164,7 +164,9 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         }
         BackendKind::Redis => {
             let url = config.redis.as_deref().ok_or_else(|| {
-                StartError::Unsupported("redis backends need --redis URL (or SLUICE_REDIS_URL)".into())
+                StartError::Unsupported(
+                    "redis backends need --redis URL (or SLUICE_REDIS_URL)".into(),
+                )
             })?;
             // Lazy: the ingress starts (and stays ready) while Redis is down,
             // answering 503 until it returns.
@@ -210,7 +212,10 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     // Worker groups run in this process only in the memory profile; with
     // Redis they are sluice-exec-worker processes.
     let mut workers = vec![];
-    for g in plan.worker_groups().filter(|_| backend == BackendKind::Memory) {
+    for g in plan
+        .worker_groups()
+        .filter(|_| backend == BackendKind::Memory)
+    {
         let exec = Executor::build(
             plan.clone(),
             &g.name,
@@ -261,7 +266,9 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     match replies.open(&reply_stream, REPLY_TTL).await {
         Ok(()) => state.replies_open.store(true, Ordering::SeqCst),
         // Not fatal: the listener keeps trying while requests get 503.
-        Err(e) => tracing::warn!(error = %e, "cannot open the reply stream yet; retrying in the background"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open the reply stream yet; retrying in the background")
+        }
     }
     tokio::spawn(listen_replies(
         state.clone(),
@@ -270,7 +277,11 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         reply_stream.clone(),
         background.clone(),
     ));
-    tokio::spawn(sample_backlog(state.clone(), sample_every, background.clone()));
+    tokio::spawn(sample_backlog(
+        state.clone(),
+        sample_every,
+        background.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

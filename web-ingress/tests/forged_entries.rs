@@ -1,0 +1,173 @@
+//! Entries pushed straight onto an inline worker's queue, bypassing the
+//! ingress: only genuine ones are executed; each forgery is refused and
+//! counted by its reason (DESIGN §6).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, metric, scrape, url, Calls, Counting};
+use serde_json::json;
+use sluice_platform::clock::now_ms;
+use sluice_platform::keyring::random_key;
+use sluice_platform::{Envelope, KeyRing, Kind, SharedKeyRing, Signer, StreamEntry};
+use sluice_web_ingress::server::AppState;
+use sluice_web_ingress::Ingress;
+
+/// A request for node `count` of this pipeline, addressed to `dest`, with
+/// a reply address of this ingress and a deadline 30s away.
+fn request(st: &AppState, dest: &str) -> Envelope {
+    Envelope {
+        kind: Kind::Request,
+        pipeline: st.keys.pipeline().to_string(),
+        dest: dest.to_string(),
+        cid: uuid::Uuid::new_v4().to_string(),
+        rid: "forged".to_string(),
+        trace: None,
+        ts: 0,
+        nonce: String::new(),
+        deadline: now_ms() + 30_000,
+        attempt: 1,
+        node: Some("count".to_string()),
+        reply_to: Some(st.ingress_id.clone()),
+        payload: json!({"forged": true}),
+        error: None,
+    }
+}
+
+fn rejected(ingress: &Ingress, reason: &str) -> f64 {
+    metric(
+        &scrape(ingress),
+        "sluice_envelopes_rejected_total",
+        &[("reason", reason)],
+    )
+    .unwrap_or(0.0)
+}
+
+async fn push(st: &AppState, entry: StreamEntry) {
+    st.queue
+        .push(&st.keys.queue("work"), entry)
+        .await
+        .expect("push onto the work queue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_entries_pushed_onto_a_worker_queue_are_refused_by_reason_and_never_executed() {
+    let calls = Arc::new(Calls::default());
+    let nodes = {
+        let calls = calls.clone();
+        common::registry_with("rust/count", move || Counting {
+            calls: calls.clone(),
+        })
+    };
+    let ingress = common::start_with("counted.yaml", nodes).await;
+    let st = ingress.state().clone();
+    let kid = String::from_utf8(st.signer.sign(&mut request(&st, "work")).k).unwrap();
+
+    // (a) Garbage in every field.
+    push(
+        &st,
+        StreamEntry {
+            v: b"\xff\x00garbage".to_vec(),
+            k: b"??".to_vec(),
+            m: b"{not an envelope".to_vec(),
+            s: b"zz".to_vec(),
+        },
+    )
+    .await;
+    // (b) Signed under the ingress's kid, with another key.
+    let mut raw = BTreeMap::new();
+    raw.insert(kid.clone(), random_key().to_vec());
+    let impostor = Signer::new(SharedKeyRing::fixed(
+        KeyRing::from_raw(&kid, &raw).expect("a ring"),
+    ));
+    push(&st, impostor.sign(&mut request(&st, "work"))).await;
+    //     ... and with a ring the ingress has never seen.
+    let stranger = Signer::new(SharedKeyRing::fixed(KeyRing::ephemeral()));
+    push(&st, stranger.sign(&mut request(&st, "work"))).await;
+    //     ... and a genuine reply presented as a request.
+    let mut reply = request(&st, "work");
+    reply.kind = Kind::Reply;
+    push(&st, st.signer.sign(&mut reply)).await;
+    // (c) Genuinely signed, for another group.
+    push(&st, st.signer.sign(&mut request(&st, "elsewhere"))).await;
+
+    let expected = [
+        ("bad_version", 1.0),
+        ("bad_mac", 2.0),
+        ("unknown_kid", 1.0),
+        ("wrong_destination", 1.0),
+    ];
+    {
+        let ingress = &ingress;
+        eventually(
+            Duration::from_secs(10),
+            "every forged entry to be refused by its reason, and dropped by the worker",
+            move || {
+                let dropped = metric(
+                    &scrape(ingress),
+                    "sluice_worker_entries_total",
+                    &[("group", "work"), ("outcome", "rejected")],
+                );
+                std::future::ready(
+                    (dropped == Some(5.0)
+                        && expected.iter().all(|(r, n)| rejected(ingress, r) == *n))
+                    .then_some(()),
+                )
+            },
+        )
+        .await;
+    }
+    {
+        let st = &st;
+        eventually(
+            Duration::from_secs(5),
+            "the refused entries to be acknowledged and gone from the queue",
+            move || async move {
+                let depth = st.queue.depth(&st.keys.queue("work")).await.ok()?;
+                (depth.entries == 0).then_some(())
+            },
+        )
+        .await;
+    }
+    assert_eq!(calls.started(), 0, "a forged entry was executed");
+
+    // Control: the same path carries a genuine entry to the node, once, and
+    // the same entry pushed again is a replay.
+    let genuine = st.signer.sign(&mut request(&st, "work"));
+    push(&st, genuine.clone()).await;
+    push(&st, genuine).await;
+    {
+        let (ingress, calls) = (&ingress, &calls);
+        eventually(
+            Duration::from_secs(10),
+            "the genuine entry to run and its copy to be refused as a replay",
+            move || {
+                std::future::ready(
+                    (calls.finished() == 1 && rejected(ingress, "replay") == 1.0).then_some(()),
+                )
+            },
+        )
+        .await;
+    }
+
+    // And the ingress still serves.
+    let resp = common::client()
+        .post(url(ingress.local_addr(), "/v1/count"))
+        .json(&json!({"real": true}))
+        .send()
+        .await
+        .expect("POST /v1/count");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap(),
+        json!({"real": true})
+    );
+    assert_eq!(calls.finished(), 2);
+    for (reason, n) in expected {
+        assert_eq!(rejected(&ingress, reason), n, "{reason}");
+    }
+    common::stop(ingress).await;
+}
