@@ -11,16 +11,19 @@
 //! - [`catalog`]: the `builtin/*` nodes.
 //! - [`executor`]: runs a group's nodes for one envelope.
 //! - [`worker`]: the queue consumer (lease, reclaim, hand-off, dead letters, drain).
+//! - [`parts`]: signer, verifier and shared metrics built from a plan.
 //! - [`process`]: the `sluice-exec-worker` process (flags, Redis, admin port, drain).
 
 pub mod catalog;
 pub mod executor;
 pub mod node;
+pub mod parts;
 pub mod process;
 pub mod registry;
 pub mod worker;
 
 pub use executor::{Executor, StepOutcome};
 pub use node::{ConfigError, Node, NodeConfig, NodeContext, NodeError, NodeOutput};
+pub use parts::RuntimeParts;
 pub use registry::Registry;
 pub use worker::{Worker, WorkerConfig, WorkerMetrics};

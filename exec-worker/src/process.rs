@@ -24,14 +24,14 @@ use axum::Router;
 use clap::Parser;
 use prometheus_client::registry::Registry as Metrics;
 use sluice_crds::GroupRole;
-use sluice_platform::metrics::Rejections;
 use sluice_platform::redis::{RedisBackend, RedisConfig};
-use sluice_platform::{Keys, SharedKeyRing, Signer, Verifier};
+use sluice_platform::SharedKeyRing;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{node_durations, Executor};
+use crate::executor::Executor;
+use crate::parts::RuntimeParts;
 use crate::registry::Registry;
-use crate::worker::{Worker, WorkerConfig, WorkerMetrics};
+use crate::worker::{Worker, WorkerConfig};
 
 pub const ENV_PIPELINE: &str = "SLUICE_PIPELINE";
 pub const ENV_GROUP: &str = "SLUICE_GROUP";
@@ -126,12 +126,21 @@ impl ProcessConfig {
     /// # Errors
     /// A missing required setting or a value that does not parse, naming the flag.
     pub fn resolve(cli: &Cli, env: &HashMap<String, String>) -> Result<Self, ProcessError> {
-        let pick = |flag: &Option<String>, var: &str| flag.clone().or_else(|| env.get(var).cloned());
-        let path = |flag: &Option<PathBuf>, var: &str| flag.clone().or_else(|| env.get(var).map(PathBuf::from));
-        let pipeline = path(&cli.pipeline, ENV_PIPELINE).ok_or_else(|| cfg_err("--pipeline", "required, or set SLUICE_PIPELINE"))?;
-        let group = pick(&cli.group, ENV_GROUP).ok_or_else(|| cfg_err("--group", "required, or set SLUICE_GROUP"))?;
-        let redis = pick(&cli.redis, ENV_REDIS_URL)
-            .ok_or_else(|| cfg_err("--redis", "required (workers talk to the ingress through Redis), or set SLUICE_REDIS_URL"))?;
+        let pick =
+            |flag: &Option<String>, var: &str| flag.clone().or_else(|| env.get(var).cloned());
+        let path = |flag: &Option<PathBuf>, var: &str| {
+            flag.clone().or_else(|| env.get(var).map(PathBuf::from))
+        };
+        let pipeline = path(&cli.pipeline, ENV_PIPELINE)
+            .ok_or_else(|| cfg_err("--pipeline", "required, or set SLUICE_PIPELINE"))?;
+        let group = pick(&cli.group, ENV_GROUP)
+            .ok_or_else(|| cfg_err("--group", "required, or set SLUICE_GROUP"))?;
+        let redis = pick(&cli.redis, ENV_REDIS_URL).ok_or_else(|| {
+            cfg_err(
+                "--redis",
+                "required (workers talk to the ingress through Redis), or set SLUICE_REDIS_URL",
+            )
+        })?;
         let keys = path(&cli.keys, ENV_KEYS_DIR).ok_or_else(|| {
             cfg_err(
                 "--keys",
@@ -139,13 +148,19 @@ impl ProcessConfig {
             )
         })?;
         let admin_s = pick(&cli.admin, ENV_ADMIN).unwrap_or_else(|| "127.0.0.1:9090".into());
-        let admin = admin_s
-            .parse()
-            .map_err(|_| cfg_err("--admin", format!("`{admin_s}` is not an address like 127.0.0.1:9090")))?;
+        let admin = admin_s.parse().map_err(|_| {
+            cfg_err(
+                "--admin",
+                format!("`{admin_s}` is not an address like 127.0.0.1:9090"),
+            )
+        })?;
         let concurrency = match cli.concurrency {
             Some(n) => Some(n),
             None => match env.get(ENV_CONCURRENCY) {
-                Some(s) => Some(s.parse().map_err(|_| cfg_err("--concurrency", format!("`{s}` is not a number")))?),
+                Some(s) => Some(
+                    s.parse()
+                        .map_err(|_| cfg_err("--concurrency", format!("`{s}` is not a number")))?,
+                ),
                 None => None,
             },
         };
@@ -154,12 +169,19 @@ impl ProcessConfig {
         }
         let drain_timeout = match pick(&cli.drain_timeout, ENV_DRAIN_TIMEOUT) {
             None => Duration::from_secs(20),
-            Some(s) => sluice_crds::units::parse_duration(&s).map_err(|e| cfg_err("--drain-timeout", e))?,
+            Some(s) => {
+                sluice_crds::units::parse_duration(&s).map_err(|e| cfg_err("--drain-timeout", e))?
+            }
         };
         let json_logs = match pick(&cli.log_format, ENV_LOG_FORMAT).as_deref() {
             None | Some("text") => false,
             Some("json") => true,
-            Some(other) => return Err(cfg_err("--log-format", format!("`{other}`: expected text or json"))),
+            Some(other) => {
+                return Err(cfg_err(
+                    "--log-format",
+                    format!("`{other}`: expected text or json"),
+                ))
+            }
         };
         Ok(Self {
             pipeline,
@@ -168,7 +190,8 @@ impl ProcessConfig {
             keys,
             admin,
             concurrency,
-            secrets_dir: path(&cli.secrets_dir, ENV_SECRETS_DIR).unwrap_or_else(|| PathBuf::from("/etc/sluice/secrets")),
+            secrets_dir: path(&cli.secrets_dir, ENV_SECRETS_DIR)
+                .unwrap_or_else(|| PathBuf::from("/etc/sluice/secrets")),
             drain_timeout,
             json_logs,
         })
@@ -197,7 +220,10 @@ fn admin_router(admin: Arc<Admin>) -> Router {
             "/metrics",
             get(|State(a): State<Arc<Admin>>| async move {
                 (
-                    [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     sluice_platform::metrics::render(&a.metrics),
                 )
                     .into_response()
@@ -228,7 +254,11 @@ fn consumer_name(group: &str) -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
-    let host = if host.is_empty() { "worker".to_string() } else { host };
+    let host = if host.is_empty() {
+        "worker".to_string()
+    } else {
+        host
+    };
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
     format!("{group}-{host}-{}-{suffix}", std::process::id())
 }
@@ -248,12 +278,21 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
                     "`{}` is not a group of {}; worker groups: {}",
                     cfg.group,
                     plan.id,
-                    plan.worker_groups().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ")
+                    plan.worker_groups()
+                        .map(|g| g.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ))
         }
         Some(g) if g.role == GroupRole::Ingress => {
-            return Err(cfg_err("--group", format!("`{}` is the ingress group; it runs in sluice-web-ingress", cfg.group)))
+            return Err(cfg_err(
+                "--group",
+                format!(
+                    "`{}` is the ingress group; it runs in sluice-web-ingress",
+                    cfg.group
+                ),
+            ))
         }
         Some(_) => {}
     }
@@ -266,28 +305,21 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
     let redis = RedisBackend::connect_lazy(redis_cfg)?;
 
     let mut metrics = Metrics::default();
-    let rejections = Rejections::register(&mut metrics);
-    let worker_metrics = WorkerMetrics::register(&mut metrics);
-    let durations = node_durations();
-    metrics.register("sluice_node_duration_seconds", "Time spent in each node", durations.clone());
-
-    let keys = Keys::new(&plan.id.namespace, &plan.id.name);
-    let verifier = Verifier::new(
-        ring.clone(),
-        redis.clone(),
-        keys.clone(),
-        plan.security.clock_skew,
-        plan.security.max_payload_bytes as usize,
-        rejections,
-    );
-    let executor = Executor::build(plan.clone(), &cfg.group, &nodes, &cfg.secrets_dir, durations)?;
+    let parts = RuntimeParts::new(&plan, ring.clone(), redis.clone(), &mut metrics);
+    let executor = Executor::build(
+        plan.clone(),
+        &cfg.group,
+        &nodes,
+        &cfg.secrets_dir,
+        parts.durations.clone(),
+    )?;
     let mut wcfg = WorkerConfig::from_plan(&plan, &cfg.group, consumer_name(&cfg.group));
     if let Some(c) = cfg.concurrency {
         wcfg.concurrency = c;
     }
     let consumer = wcfg.consumer.clone();
     let concurrency = wcfg.concurrency;
-    let worker = Worker::new(wcfg, executor, redis.clone(), verifier, Signer::new(ring.clone()), keys, worker_metrics);
+    let worker = Worker::new(wcfg, executor, redis.clone(), &parts);
 
     let admin = Arc::new(Admin {
         ready: true.into(),
@@ -295,12 +327,22 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
     });
     let listener = tokio::net::TcpListener::bind(cfg.admin)
         .await
-        .map_err(|source| ProcessError::Listen { addr: cfg.admin, source })?;
-    let admin_addr = listener.local_addr().map_err(|source| ProcessError::Listen { addr: cfg.admin, source })?;
+        .map_err(|source| ProcessError::Listen {
+            addr: cfg.admin,
+            source,
+        })?;
+    let admin_addr = listener
+        .local_addr()
+        .map_err(|source| ProcessError::Listen {
+            addr: cfg.admin,
+            source,
+        })?;
     let admin_stop = background.clone();
     let app = admin_router(admin.clone());
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(admin_stop.cancelled_owned()).await;
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(admin_stop.cancelled_owned())
+            .await;
     });
 
     let r = ring.get();
@@ -329,7 +371,9 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
             tracing::info!("draining: no new entries; finishing in-flight work");
             run_token.cancel();
             if tokio::time::timeout(drain_timeout, run).await.is_err() {
-                tracing::warn!("drain budget exhausted; unfinished entries will be reclaimed by other workers");
+                tracing::warn!(
+                    "drain budget exhausted; unfinished entries will be reclaimed by other workers"
+                );
             }
             background.cancel();
             tracing::info!("drained");
@@ -371,8 +415,11 @@ pub async fn main_with(nodes: Registry) -> std::process::ExitCode {
 }
 
 fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         b.json().init();
     } else {

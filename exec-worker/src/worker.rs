@@ -29,6 +29,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sluice_crds::Plan;
 use sluice_platform::clock::from_ms;
+use sluice_platform::metrics::GroupLabel;
 use sluice_platform::{
     Delivery, Envelope, Forward, Keys, Queue, Rejection, ReplyError, Signer, Verifier, VerifyError,
 };
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Executor, StepOutcome};
 use crate::node::NodeContext;
+use crate::parts::RuntimeParts;
 
 /// How one worker process consumes its group's queue.
 #[derive(Debug, Clone)]
@@ -70,11 +72,6 @@ impl WorkerConfig {
 pub struct OutcomeLabel {
     pub group: String,
     pub outcome: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GroupLabel {
-    pub group: String,
 }
 
 /// The worker's metric families.
@@ -151,24 +148,22 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
+    /// A consumer of `cfg.group`'s queue, running `executor`'s nodes.
     pub fn new(
         cfg: WorkerConfig,
         executor: Executor,
         queue: Arc<dyn Queue>,
-        verifier: Verifier,
-        signer: Signer,
-        keys: Keys,
-        metrics: WorkerMetrics,
+        parts: &RuntimeParts,
     ) -> Arc<Self> {
-        let stream = keys.queue(&cfg.group);
+        let stream = parts.keys.queue(&cfg.group);
         Arc::new(Self {
             cfg,
             executor,
             queue,
-            verifier,
-            signer,
-            keys,
-            metrics,
+            verifier: parts.verifier.clone(),
+            signer: parts.signer.clone(),
+            keys: parts.keys.clone(),
+            metrics: parts.worker_metrics.clone(),
             stream,
             held: Mutex::new(HashSet::new()),
         })

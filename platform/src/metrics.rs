@@ -15,6 +15,11 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabel {
+    pub group: String,
+}
+
 /// `sluice_envelopes_rejected_total{reason}`: entries refused by verification.
 #[derive(Clone, Debug, Default)]
 pub struct Rejections(Family<ReasonLabel, Counter>);

@@ -17,12 +17,10 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
 use sluice_crds::{BackendKind, Plan};
-use sluice_exec_worker::executor::node_durations;
-use sluice_exec_worker::{Executor, Registry as NodeRegistry, Worker, WorkerConfig, WorkerMetrics};
+use sluice_exec_worker::{Executor, Registry as NodeRegistry, RuntimeParts, Worker, WorkerConfig};
 use sluice_platform::memory::{MemoryKv, MemoryStreams};
-use sluice_platform::metrics::Rejections;
 use sluice_platform::redis::{RedisBackend, RedisConfig};
-use sluice_platform::{Keys, Kv, Queue, ReplyChannel, SharedKeyRing, Signer, Verifier};
+use sluice_platform::{Kv, Queue, ReplyChannel, SharedKeyRing, Verifier};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -181,33 +179,18 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     };
 
     let mut registry = Registry::default();
-    let rejections = Rejections::register(&mut registry);
     let metrics = IngressMetrics::register(&mut registry);
-    let worker_metrics = WorkerMetrics::register(&mut registry);
-    let durations = node_durations();
-    registry.register(
-        "sluice_node_duration_seconds",
-        "Time spent in each node",
-        durations.clone(),
-    );
-
-    let keys = Keys::new(&plan.id.namespace, &plan.id.name);
-    let verifier = Verifier::new(
-        ring.clone(),
-        kv,
-        keys.clone(),
-        plan.security.clock_skew,
-        plan.security.max_payload_bytes as usize,
-        rejections,
-    );
-    let signer = Signer::new(ring.clone());
-    let executor = Executor::build(
-        plan.clone(),
-        &plan.ingress_group,
-        &nodes,
-        &config.secrets_dir,
-        durations.clone(),
-    )?;
+    let parts = RuntimeParts::new(&plan, ring.clone(), kv, &mut registry);
+    let build = |group: &str| {
+        Executor::build(
+            plan.clone(),
+            group,
+            &nodes,
+            &config.secrets_dir,
+            parts.durations.clone(),
+        )
+    };
+    let executor = build(&plan.ingress_group)?;
 
     // Worker groups run in this process only in the memory profile; with
     // Redis they are sluice-exec-worker processes.
@@ -216,23 +199,8 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         .worker_groups()
         .filter(|_| backend == BackendKind::Memory)
     {
-        let exec = Executor::build(
-            plan.clone(),
-            &g.name,
-            &nodes,
-            &config.secrets_dir,
-            durations.clone(),
-        )?;
         let cfg = WorkerConfig::from_plan(&plan, &g.name, format!("{}-inline", config.ingress_id));
-        workers.push(Worker::new(
-            cfg,
-            exec,
-            queue.clone(),
-            verifier.clone(),
-            signer.clone(),
-            keys.clone(),
-            worker_metrics.clone(),
-        ));
+        workers.push(Worker::new(cfg, build(&g.name)?, queue.clone(), &parts));
     }
     let inline = start_inline(workers, config.inline_threads)?;
 
@@ -248,10 +216,10 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         .collect();
     let state = Arc::new(AppState {
         plan: plan.clone(),
-        keys: keys.clone(),
+        keys: parts.keys.clone(),
         ingress_id: config.ingress_id.clone(),
         queue: queue.clone(),
-        signer,
+        signer: parts.signer.clone(),
         executor,
         waiters: Default::default(),
         metrics,
@@ -262,7 +230,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         slots,
     });
 
-    let reply_stream = keys.reply(&config.ingress_id);
+    let reply_stream = parts.keys.reply(&config.ingress_id);
     match replies.open(&reply_stream, REPLY_TTL).await {
         Ok(()) => state.replies_open.store(true, Ordering::SeqCst),
         // Not fatal: the listener keeps trying while requests get 503.
@@ -273,7 +241,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     tokio::spawn(listen_replies(
         state.clone(),
         replies.clone(),
-        verifier,
+        parts.verifier.clone(),
         reply_stream.clone(),
         background.clone(),
     ));
