@@ -1,0 +1,545 @@
+//! Building blocks shared by every pod the operator creates: Pod Security
+//! "restricted" contexts, the read-only-root-filesystem companions (`/tmp`),
+//! probes, the mounts of the pipeline file, key ring and node Secrets, and
+//! the hardening of user sidecars.
+//!
+//! Every mount is a whole directory: the kubelet updates a mounted Secret or
+//! ConfigMap by swapping a `..data` symlink, which a `subPath` mount never
+//! sees (DESIGN §6), so no mount here uses `subPath`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    ExecAction, HTTPGetAction, KeyToPath, PodSecurityContext, Probe, ResourceRequirements,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, TCPSocketAction,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::Value;
+use sluice_crds::FieldError;
+
+use crate::names;
+
+/// The UID/GID of the runtime images (distroless `nonroot`).
+pub const RUNTIME_UID: i64 = 65532;
+/// The UID/GID of the `redis` user in the official Redis images.
+pub const REDIS_UID: i64 = 999;
+
+/// Directory of the pipeline ConfigMap; the file is [`PIPELINE_FILE`].
+pub const PIPELINE_DIR: &str = "/etc/sluice/pipeline";
+/// Key of the pipeline ConfigMap and file name in [`PIPELINE_DIR`].
+pub const PIPELINE_FILE: &str = "pipeline.yaml";
+/// Directory of the key ring (`--keys`).
+pub const KEYS_DIR: &str = "/etc/sluice/keys";
+/// Parent of the node Secrets, mounted as `<dir>/<name>/<key>`: the
+/// runtime's default `--secrets-dir`.
+pub const SECRETS_DIR: &str = "/etc/sluice/secrets";
+
+pub const VOLUME_PIPELINE: &str = "pipeline";
+pub const VOLUME_KEYS: &str = "keys";
+pub const VOLUME_TMP: &str = "tmp";
+
+/// Requests of runtime containers when the group sets no `resources`.
+pub const DEFAULT_CPU_REQUEST: &str = "100m";
+pub const DEFAULT_MEMORY_REQUEST: &str = "128Mi";
+
+/// The path of the pipeline file inside a runtime container.
+pub fn pipeline_path() -> String {
+    format!("{PIPELINE_DIR}/{PIPELINE_FILE}")
+}
+
+// === security ===
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..Default::default()
+    }
+}
+
+/// Pod-level context meeting Pod Security "restricted", running as `uid`.
+/// With `fs_group`, mounted volumes are group-owned by it (Redis's `/data`).
+pub fn restricted_pod(uid: i64, fs_group: bool) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        fs_group: fs_group.then_some(uid),
+        fs_group_change_policy: fs_group.then(|| "OnRootMismatch".to_string()),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..Default::default()
+    }
+}
+
+/// Container-level context of the operator's own containers: restricted
+/// plus a read-only root filesystem.
+pub fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..Default::default()
+    }
+}
+
+/// A user sidecar with every restricted field it leaves unset filled in
+/// (what it sets is kept: the API server or admission then judges it), and
+/// the pod's `/tmp` mounted unless it mounts something there itself, since
+/// its root filesystem becomes read-only.
+pub fn harden_sidecar(mut c: Container) -> Container {
+    let mut sc = c.security_context.take().unwrap_or_default();
+    sc.run_as_non_root.get_or_insert(true);
+    sc.allow_privilege_escalation.get_or_insert(false);
+    sc.read_only_root_filesystem.get_or_insert(true);
+    sc.seccomp_profile
+        .get_or_insert_with(runtime_default_seccomp);
+    sc.capabilities
+        .get_or_insert_with(Capabilities::default)
+        .drop
+        .get_or_insert_with(|| vec!["ALL".into()]);
+    c.security_context = Some(sc);
+    let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+    if !mounts
+        .iter()
+        .any(|m| m.mount_path.trim_end_matches('/') == "/tmp")
+    {
+        mounts.push(tmp_mount());
+    }
+    c
+}
+
+/// Checks the sidecars of `spec.groups[group_index]` against the pod they
+/// join: unique names different from `main`, and no mount that could
+/// expose the key ring or miss Secret updates.
+pub fn check_sidecars(
+    group_index: usize,
+    main: &str,
+    sidecars: &[Container],
+    errors: &mut Vec<FieldError>,
+) {
+    let mut seen = BTreeSet::new();
+    for (j, c) in sidecars.iter().enumerate() {
+        let p = format!("spec.groups[{group_index}].sidecars[{j}]");
+        if c.name == main {
+            errors.push(FieldError {
+                path: format!("{p}.name"),
+                message: format!("`{main}` is the name of the runtime container"),
+            });
+        } else if !seen.insert(c.name.as_str()) {
+            errors.push(FieldError {
+                path: format!("{p}.name"),
+                message: format!("duplicate sidecar name `{}`", c.name),
+            });
+        }
+        for (k, m) in c.volume_mounts.iter().flatten().enumerate() {
+            if m.name == VOLUME_KEYS {
+                errors.push(FieldError {
+                    path: format!("{p}.volumeMounts[{k}].name"),
+                    message: "sidecars may not mount the key ring".into(),
+                });
+            }
+            if m.sub_path.is_some() || m.sub_path_expr.is_some() {
+                errors.push(FieldError {
+                    path: format!("{p}.volumeMounts[{k}]"),
+                    message:
+                        "subPath mounts never see Secret or ConfigMap updates; mount the directory"
+                            .into(),
+                });
+            }
+        }
+    }
+}
+
+// === resources and probes ===
+
+/// The group's `resources`, or the default requests.
+pub fn resources_or_default(r: Option<&ResourceRequirements>) -> ResourceRequirements {
+    r.cloned()
+        .unwrap_or_else(|| requests(DEFAULT_CPU_REQUEST, DEFAULT_MEMORY_REQUEST))
+}
+
+/// Requests only: no limits, so a busy node never throttles or OOM-kills a
+/// process for a cap the user did not choose.
+pub fn requests(cpu: &str, memory: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(memory.into())),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// Readiness probe on an HTTP endpoint of a named port.
+pub fn readiness_http(path: &str, port: &str) -> Probe {
+    Probe {
+        http_get: Some(http_get(path, port)),
+        period_seconds: Some(5),
+        failure_threshold: Some(2),
+        ..Default::default()
+    }
+}
+
+/// Liveness probe on an HTTP endpoint of a named port.
+pub fn liveness_http(path: &str, port: &str) -> Probe {
+    Probe {
+        http_get: Some(http_get(path, port)),
+        period_seconds: Some(10),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+fn http_get(path: &str, port: &str) -> HTTPGetAction {
+    HTTPGetAction {
+        path: Some(path.into()),
+        port: IntOrString::String(port.into()),
+        ..Default::default()
+    }
+}
+
+/// Readiness probe running a command in the container.
+pub fn readiness_exec(command: Vec<String>) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(command),
+        }),
+        period_seconds: Some(5),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(2),
+        ..Default::default()
+    }
+}
+
+/// Liveness probe connecting to a named TCP port.
+pub fn liveness_tcp(port: &str) -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String(port.into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(10),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+// === env ===
+
+/// A literal environment variable.
+pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// An environment variable read from a Secret key.
+pub fn env_from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// An environment variable read from a field of the pod.
+pub fn env_from_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+// === volumes ===
+
+/// The writable `/tmp` a read-only root filesystem needs.
+pub fn tmp_volume() -> Volume {
+    Volume {
+        name: VOLUME_TMP.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }
+}
+
+pub fn tmp_mount() -> VolumeMount {
+    mount(VOLUME_TMP, "/tmp", false)
+}
+
+/// The pipeline ConfigMap as a directory.
+pub fn pipeline_volume(config_map: &str) -> Volume {
+    Volume {
+        name: VOLUME_PIPELINE.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A whole Secret as a directory (every key a file).
+pub fn secret_volume(volume: &str, secret: &str, default_mode: Option<i32>) -> Volume {
+    Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            default_mode,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A directory mount of a whole volume; never `subPath`.
+pub fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: volume.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+// === node Secrets ===
+
+/// One `secretRef: {name, key}` found in a node's `with`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRefUse {
+    /// Field path of the `secretRef`, e.g. `spec.nodes[2].with.headersFrom.Authorization.secretRef`.
+    pub path: String,
+    pub name: String,
+    pub key: String,
+}
+
+/// Every `{"secretRef": {"name": .., "key": ..}}` object inside `with`, at
+/// any depth (DESIGN §3: Secrets come by reference). A `secretRef` of any
+/// other shape is reported, since the runtime would not find its Secret.
+pub fn find_secret_refs(
+    with: &Value,
+    path: &str,
+    found: &mut Vec<SecretRefUse>,
+    errors: &mut Vec<FieldError>,
+) {
+    match with {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let p = format!("{path}.{k}");
+                if k == "secretRef" {
+                    match secret_ref(v) {
+                        Ok((name, key)) => found.push(SecretRefUse {
+                            path: p.clone(),
+                            name,
+                            key,
+                        }),
+                        Err(message) => errors.push(FieldError {
+                            path: p.clone(),
+                            message,
+                        }),
+                    }
+                    continue;
+                }
+                find_secret_refs(v, &p, found, errors);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                find_secret_refs(v, &format!("{path}[{i}]"), found, errors);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn secret_ref(v: &Value) -> Result<(String, String), String> {
+    let name = v.get("name").and_then(Value::as_str);
+    let key = v.get("key").and_then(Value::as_str);
+    match (name, key) {
+        (Some(name), Some(key)) => {
+            if !names::is_dns_subdomain(name) {
+                return Err(format!("`{name}` is not a valid Secret name"));
+            }
+            if !names::is_data_key(key) {
+                return Err(format!("`{key}` is not a valid Secret key"));
+            }
+            Ok((name.to_string(), key.to_string()))
+        }
+        _ => Err("secretRef needs string fields `name` and `key`".into()),
+    }
+}
+
+/// Volumes and mounts for the node Secrets a pod needs: one directory per
+/// Secret at `<SECRETS_DIR>/<name>`, projecting only the referenced keys (a
+/// pod sees no key its nodes do not name).
+pub fn node_secret_mounts(uses: &[SecretRefUse]) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let mut by_secret: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for u in uses {
+        by_secret.entry(&u.name).or_default().insert(&u.key);
+    }
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    for (secret, keys) in by_secret {
+        let volume = names::secret_volume(secret);
+        volumes.push(Volume {
+            name: volume.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.into()),
+                items: Some(
+                    keys.into_iter()
+                        .map(|k| KeyToPath {
+                            key: k.into(),
+                            path: k.into(),
+                            mode: None,
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount(&volume, &format!("{SECRETS_DIR}/{secret}"), true));
+    }
+    (volumes, mounts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secret_refs_are_found_at_any_depth_with_their_paths() {
+        let with = json!({
+            "url": "http://127.0.0.1:9000",
+            "headersFrom": {
+                "Authorization": {"secretRef": {"name": "api", "key": "token"}},
+                "X-Other": {"secretRef": {"name": "api", "key": "other"}}
+            },
+            "list": [{"secretRef": {"name": "db", "key": "password"}}]
+        });
+        let (mut found, mut errors) = (vec![], vec![]);
+        find_secret_refs(&with, "spec.nodes[0].with", &mut found, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut got: Vec<_> = found
+            .iter()
+            .map(|u| (u.path.as_str(), u.name.as_str(), u.key.as_str()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "spec.nodes[0].with.headersFrom.Authorization.secretRef",
+                    "api",
+                    "token"
+                ),
+                (
+                    "spec.nodes[0].with.headersFrom.X-Other.secretRef",
+                    "api",
+                    "other"
+                ),
+                ("spec.nodes[0].with.list[0].secretRef", "db", "password"),
+            ]
+        );
+        let (volumes, mounts) = node_secret_mounts(&found);
+        assert_eq!(volumes.len(), 2, "one volume per Secret");
+        assert_eq!(mounts[0].mount_path, "/etc/sluice/secrets/api");
+        let items = volumes[0].secret.as_ref().unwrap().items.as_ref().unwrap();
+        assert_eq!(
+            items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["other", "token"]
+        );
+        assert!(mounts
+            .iter()
+            .all(|m| m.sub_path.is_none() && m.read_only == Some(true)));
+    }
+
+    #[test]
+    fn malformed_secret_refs_are_reported() {
+        let with = json!({"a": {"secretRef": {"name": "x"}}, "b": {"secretRef": {"name": "Bad_Name", "key": "k"}}});
+        let (mut found, mut errors) = (vec![], vec![]);
+        find_secret_refs(&with, "spec.nodes[1].with", &mut found, &mut errors);
+        assert!(found.is_empty());
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.nodes[1].with.a.secretRef",
+                "spec.nodes[1].with.b.secretRef"
+            ]
+        );
+    }
+
+    #[test]
+    fn sidecars_keep_what_they_set_and_get_the_rest() {
+        let c = Container {
+            name: "py".into(),
+            security_context: Some(SecurityContext {
+                run_as_user: Some(1000),
+                read_only_root_filesystem: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let h = harden_sidecar(c);
+        let sc = h.security_context.unwrap();
+        assert_eq!(sc.run_as_user, Some(1000));
+        assert_eq!(sc.read_only_root_filesystem, Some(false), "kept");
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        assert!(h
+            .volume_mounts
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_path == "/tmp"));
+    }
+
+    #[test]
+    fn sidecars_may_not_take_the_main_name_or_the_key_ring() {
+        let bad = Container {
+            name: "worker".into(),
+            volume_mounts: Some(vec![VolumeMount {
+                name: VOLUME_KEYS.into(),
+                mount_path: "/keys".into(),
+                sub_path: Some("current".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let mut errors = vec![];
+        check_sidecars(2, "worker", &[bad], &mut errors);
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.groups[2].sidecars[0].name",
+                "spec.groups[2].sidecars[0].volumeMounts[0].name",
+                "spec.groups[2].sidecars[0].volumeMounts[0]",
+            ]
+        );
+    }
+}

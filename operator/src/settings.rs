@@ -1,0 +1,169 @@
+//! What the operator is told by its deployment (flags and env set by the Helm
+//! chart) rather than by a StreamPipeline: runtime images, where the operator
+//! itself runs, and the drain budget of the runtime processes.
+//!
+//! Settings are plain data, so [`crate::resources::desired`] stays a pure
+//! function of `(StreamPipeline, OperatorSettings)` and golden tests pin them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Registry prefix of the images the project publishes.
+pub const IMAGE_REGISTRY: &str = "ghcr.io/sluice-dev";
+
+/// Managed Redis image when neither the settings nor `spec.redis.image` say otherwise.
+pub const DEFAULT_REDIS_IMAGE: &str = "redis:7.4-alpine";
+
+/// Namespace the Helm chart installs the operator into by default.
+pub const DEFAULT_OPERATOR_NAMESPACE: &str = "sluice-system";
+
+/// After the ingress's HTTP drain (grace + timeout) it still stops its reply
+/// listener and, in the memory profile, the inline worker groups, which hand
+/// off their in-flight work; this slack covers that and process exit.
+const INGRESS_EXIT_SLACK: Duration = Duration::from_secs(15);
+
+/// After a worker's drain timeout: the last hand-offs and process exit.
+const WORKER_EXIT_SLACK: Duration = Duration::from_secs(10);
+
+/// Images of the processes the operator starts.
+///
+/// A group's `image` in the spec overrides `ingress`/`worker` for that group,
+/// and `spec.redis.image` overrides `redis`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeImages {
+    /// `sluice-web-ingress`: the ingress group (and, in the memory profile, every group).
+    pub ingress: String,
+    /// `sluice-exec-worker`: worker groups without their own image.
+    pub worker: String,
+    /// Managed Redis.
+    pub redis: String,
+    /// `imagePullPolicy` of the operator's containers (sidecars keep their own);
+    /// `None` leaves the Kubernetes default.
+    pub pull_policy: Option<String>,
+    /// Names of `imagePullSecrets` (in the pipeline's namespace) for every pod.
+    pub pull_secrets: Vec<String>,
+}
+
+impl RuntimeImages {
+    /// The images of this release: `<registry>/sluice-<component>:<version>`.
+    pub fn release(version: &str) -> Self {
+        Self {
+            ingress: format!("{IMAGE_REGISTRY}/sluice-web-ingress:{version}"),
+            worker: format!("{IMAGE_REGISTRY}/sluice-exec-worker:{version}"),
+            redis: DEFAULT_REDIS_IMAGE.to_string(),
+            pull_policy: None,
+            pull_secrets: Vec::new(),
+        }
+    }
+}
+
+impl Default for RuntimeImages {
+    /// The images built from the same commit as this operator.
+    fn default() -> Self {
+        Self::release(env!("CARGO_PKG_VERSION"))
+    }
+}
+
+/// How long the runtime processes take to stop; the pods' termination grace
+/// period is derived from it so the kubelet never kills a draining process.
+///
+/// The ingress and worker get these values as `SLUICE_DRAIN_*` variables, so
+/// what the process does and what its pod allows come from one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainBudget {
+    /// After SIGTERM the ingress keeps serving with readiness failed this long,
+    /// so endpoints update before it stops accepting (runtime default 5s).
+    pub ingress_grace: Duration,
+    /// Then it waits at most this long for requests in flight (runtime default 20s).
+    pub ingress_timeout: Duration,
+    /// A worker stops reading and waits at most this long to finish and hand
+    /// off what it holds.
+    pub worker_timeout: Duration,
+}
+
+impl Default for DrainBudget {
+    fn default() -> Self {
+        Self {
+            ingress_grace: Duration::from_secs(5),
+            ingress_timeout: Duration::from_secs(20),
+            worker_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl DrainBudget {
+    /// `terminationGracePeriodSeconds` of ingress pods (40 with the defaults).
+    pub fn ingress_termination_grace_seconds(&self) -> i64 {
+        ceil_secs(self.ingress_grace + self.ingress_timeout + INGRESS_EXIT_SLACK)
+    }
+
+    /// `terminationGracePeriodSeconds` of worker pods (30 with the defaults).
+    pub fn worker_termination_grace_seconds(&self) -> i64 {
+        ceil_secs(self.worker_timeout + WORKER_EXIT_SLACK)
+    }
+}
+
+fn ceil_secs(d: Duration) -> i64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+/// Everything besides the StreamPipeline that decides the desired objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorSettings {
+    pub images: RuntimeImages,
+    /// Namespace the operator runs in: the managed Redis NetworkPolicy admits
+    /// the operator's pods from there (it reads backlog for autoscaling).
+    pub operator_namespace: String,
+    /// Labels of the operator's pods, matched by that NetworkPolicy.
+    pub operator_pod_labels: BTreeMap<String, String>,
+    pub drain: DrainBudget,
+}
+
+impl Default for OperatorSettings {
+    fn default() -> Self {
+        Self {
+            images: RuntimeImages::default(),
+            operator_namespace: DEFAULT_OPERATOR_NAMESPACE.to_string(),
+            operator_pod_labels: BTreeMap::from([(
+                "app.kubernetes.io/name".to_string(),
+                "sluice-operator".to_string(),
+            )]),
+            drain: DrainBudget::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_images_carry_the_crate_version() {
+        let i = RuntimeImages::default();
+        let v = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            i.ingress,
+            format!("ghcr.io/sluice-dev/sluice-web-ingress:{v}")
+        );
+        assert_eq!(
+            i.worker,
+            format!("ghcr.io/sluice-dev/sluice-exec-worker:{v}")
+        );
+        assert_eq!(i.redis, "redis:7.4-alpine");
+    }
+
+    #[test]
+    fn default_grace_periods_outlast_the_drain_budget() {
+        let d = DrainBudget::default();
+        assert_eq!(d.ingress_termination_grace_seconds(), 40);
+        assert_eq!(d.worker_termination_grace_seconds(), 30);
+        let odd = DrainBudget {
+            ingress_grace: Duration::from_millis(1500),
+            ingress_timeout: Duration::from_secs(1),
+            worker_timeout: Duration::from_millis(1),
+        };
+        assert_eq!(odd.ingress_termination_grace_seconds(), 18);
+        assert_eq!(odd.worker_termination_grace_seconds(), 11);
+    }
+}
