@@ -37,6 +37,8 @@ pub const ENV_PIPELINE: &str = "SLUICE_PIPELINE";
 pub const ENV_GROUP: &str = "SLUICE_GROUP";
 pub const ENV_REDIS_URL: &str = "SLUICE_REDIS_URL";
 pub const ENV_KEYS_DIR: &str = "SLUICE_KEYS_DIR";
+pub const ENV_REDIS_TIMEOUT: &str = "SLUICE_REDIS_TIMEOUT";
+pub const ENV_REDIS_POOL_SIZE: &str = "SLUICE_REDIS_POOL_SIZE";
 pub const ENV_ADMIN: &str = "SLUICE_ADMIN";
 pub const ENV_CONCURRENCY: &str = "SLUICE_CONCURRENCY";
 pub const ENV_SECRETS_DIR: &str = "SLUICE_SECRETS_DIR";
@@ -56,6 +58,12 @@ pub struct Cli {
     /// Redis URL, e.g. redis://:password@127.0.0.1:6379/0 [env: SLUICE_REDIS_URL]
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
+    /// Timeout of every Redis command and connection attempt [env: SLUICE_REDIS_TIMEOUT] [default: 2s]
+    #[arg(long, value_name = "DURATION")]
+    pub redis_timeout: Option<String>,
+    /// Pooled Redis connections for ordinary commands; blocking reads use their own [env: SLUICE_REDIS_POOL_SIZE] [default: 4]
+    #[arg(long, value_name = "N")]
+    pub redis_pool_size: Option<usize>,
     /// Key ring directory (one base64 key file per kid and a `current` file) [env: SLUICE_KEYS_DIR]
     #[arg(long, value_name = "DIR")]
     pub keys: Option<PathBuf>,
@@ -82,6 +90,8 @@ pub struct ProcessConfig {
     pub pipeline: PathBuf,
     pub group: String,
     pub redis: String,
+    pub redis_timeout: Option<Duration>,
+    pub redis_pool_size: Option<usize>,
     pub keys: PathBuf,
     pub admin: SocketAddr,
     pub concurrency: Option<usize>,
@@ -173,6 +183,29 @@ impl ProcessConfig {
                 sluice_crds::units::parse_duration(&s).map_err(|e| cfg_err("--drain-timeout", e))?
             }
         };
+        let redis_timeout = match pick(&cli.redis_timeout, ENV_REDIS_TIMEOUT) {
+            None => None,
+            Some(s) => Some(
+                sluice_crds::units::parse_duration(&s)
+                    .map_err(|e| cfg_err("--redis-timeout", e))?,
+            ),
+        };
+        let redis_pool_size =
+            match cli.redis_pool_size {
+                Some(n) => Some(n),
+                None => match env.get(ENV_REDIS_POOL_SIZE) {
+                    Some(s) => Some(s.parse().map_err(|_| {
+                        cfg_err("--redis-pool-size", format!("`{s}` is not a number"))
+                    })?),
+                    None => None,
+                },
+            };
+        if redis_pool_size == Some(0) || redis_timeout == Some(Duration::ZERO) {
+            return Err(cfg_err(
+                "--redis-pool-size",
+                "--redis-pool-size and --redis-timeout must be above zero",
+            ));
+        }
         let json_logs = match pick(&cli.log_format, ENV_LOG_FORMAT).as_deref() {
             None | Some("text") => false,
             Some("json") => true,
@@ -187,6 +220,8 @@ impl ProcessConfig {
             pipeline,
             group,
             redis,
+            redis_timeout,
+            redis_pool_size,
             keys,
             admin,
             concurrency,
@@ -300,7 +335,8 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
     let ring = SharedKeyRing::from_dir(&cfg.keys)?;
     ring.watch(Duration::from_secs(2), background.clone());
     // Lazy: a worker starts while Redis is down and finds it when it returns.
-    let redis_cfg = RedisConfig::from_url(&cfg.redis)?;
+    let redis_cfg =
+        RedisConfig::from_url(&cfg.redis)?.with_overrides(cfg.redis_timeout, cfg.redis_pool_size);
     let redis_display = redis_cfg.to_string();
     let redis = RedisBackend::connect_lazy(redis_cfg)?;
 

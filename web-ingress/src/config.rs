@@ -17,6 +17,8 @@ pub const ENV_LISTEN: &str = "SLUICE_LISTEN";
 pub const ENV_BACKEND: &str = "SLUICE_BACKEND";
 pub const ENV_REDIS_URL: &str = "SLUICE_REDIS_URL";
 pub const ENV_KEYS_DIR: &str = "SLUICE_KEYS_DIR";
+pub const ENV_REDIS_TIMEOUT: &str = "SLUICE_REDIS_TIMEOUT";
+pub const ENV_REDIS_POOL_SIZE: &str = "SLUICE_REDIS_POOL_SIZE";
 pub const ENV_SECRETS_DIR: &str = "SLUICE_SECRETS_DIR";
 pub const ENV_INGRESS_ID: &str = "SLUICE_INGRESS_ID";
 pub const ENV_DRAIN_GRACE: &str = "SLUICE_DRAIN_GRACE";
@@ -53,6 +55,14 @@ pub struct Cli {
     /// Redis URL for redis backends, e.g. redis://:password@127.0.0.1:6379/0 [env: SLUICE_REDIS_URL]
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
+
+    /// Timeout of every Redis command and connection attempt [env: SLUICE_REDIS_TIMEOUT] [default: 2s]
+    #[arg(long, value_name = "DURATION")]
+    pub redis_timeout: Option<String>,
+
+    /// Pooled Redis connections for ordinary commands; blocking reads use their own [env: SLUICE_REDIS_POOL_SIZE] [default: 4]
+    #[arg(long, value_name = "N")]
+    pub redis_pool_size: Option<usize>,
 
     /// Key ring directory (one base64 key file per kid and a `current` file);
     /// required with redis backends, optional in the memory profile where a
@@ -110,6 +120,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub backend: Option<BackendKind>,
     pub redis: Option<String>,
+    pub redis_timeout: Option<Duration>,
+    pub redis_pool_size: Option<usize>,
     pub keys: Option<PathBuf>,
     pub secrets_dir: PathBuf,
     pub ingress_id: String,
@@ -190,6 +202,28 @@ impl Config {
         if inline_threads == 0 {
             return Err(bad("--inline-threads", "must be at least 1"));
         }
+        let redis_timeout = match pick(&cli.redis_timeout, ENV_REDIS_TIMEOUT) {
+            None => None,
+            Some(s) => Some(
+                sluice_crds::units::parse_duration(&s).map_err(|e| bad("--redis-timeout", e))?,
+            ),
+        };
+        let redis_pool_size = match cli.redis_pool_size {
+            Some(n) => Some(n),
+            None => match env.get(ENV_REDIS_POOL_SIZE) {
+                Some(s) => Some(
+                    s.parse()
+                        .map_err(|_| bad("--redis-pool-size", format!("`{s}` is not a number")))?,
+                ),
+                None => None,
+            },
+        };
+        if redis_pool_size == Some(0) || redis_timeout == Some(Duration::ZERO) {
+            return Err(bad(
+                "--redis-pool-size/--redis-timeout",
+                "must be above zero",
+            ));
+        }
         let log_format = match pick(&cli.log_format, ENV_LOG_FORMAT).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -213,6 +247,8 @@ impl Config {
             listen,
             backend,
             redis: pick(&cli.redis, ENV_REDIS_URL),
+            redis_timeout,
+            redis_pool_size,
             keys: cli
                 .keys
                 .clone()
@@ -248,6 +284,8 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             backend: None,
             redis: None,
+            redis_timeout: None,
+            redis_pool_size: None,
             keys: None,
             secrets_dir: PathBuf::from(DEFAULT_SECRETS_DIR),
             ingress_id: default_ingress_id(),

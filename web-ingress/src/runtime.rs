@@ -168,7 +168,9 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
             })?;
             // Lazy: the ingress starts (and stays ready) while Redis is down,
             // answering 503 until it returns.
-            let redis = RedisBackend::connect_lazy(RedisConfig::from_url(url)?)?;
+            let cfg = RedisConfig::from_url(url)?
+                .with_overrides(config.redis_timeout, config.redis_pool_size);
+            let redis = RedisBackend::connect_lazy(cfg)?;
             Ports {
                 queue: redis.clone(),
                 replies: redis.clone(),

@@ -91,6 +91,19 @@ impl RedisConfig {
     }
 
     /// Sets [`Self::pool_size`] (0 is taken as 1).
+    /// Applies the optional `--redis-timeout` (command and connect timeout)
+    /// and `--redis-pool-size` settings of the runtime binaries.
+    pub fn with_overrides(self, timeout: Option<Duration>, pool_size: Option<usize>) -> Self {
+        let c = match timeout {
+            Some(t) => self.with_command_timeout(t).with_connect_timeout(t),
+            None => self,
+        };
+        match pool_size {
+            Some(n) => c.with_pool_size(n),
+            None => c,
+        }
+    }
+
     pub fn with_pool_size(mut self, n: usize) -> Self {
         self.pool_size = n.max(1);
         self
