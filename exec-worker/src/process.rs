@@ -47,7 +47,12 @@ pub const ENV_LOG_FORMAT: &str = "SLUICE_LOG_FORMAT";
 
 /// Runs one worker group of a StreamPipeline, consuming its Redis stream.
 #[derive(Debug, Parser)]
-#[command(name = "sluice-exec-worker", version, about, long_about = None)]
+#[command(
+    name = "sluice-exec-worker",
+    version,
+    about = "Runs one worker group of a StreamPipeline, consuming its Redis stream",
+    long_about = None
+)]
 pub struct Cli {
     /// StreamPipeline manifest (the same file the ingress serves) [env: SLUICE_PIPELINE]
     #[arg(long, value_name = "FILE")]

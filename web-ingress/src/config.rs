@@ -35,7 +35,12 @@ pub const DEFAULT_SECRETS_DIR: &str = "/etc/sluice/secrets";
 /// process on its own threads; with redis backends the workers are separate
 /// `sluice-exec-worker` processes.
 #[derive(Debug, Parser)]
-#[command(name = "sluice-web-ingress", version, about, long_about = None)]
+#[command(
+    name = "sluice-web-ingress",
+    version,
+    about = "Serves a StreamPipeline's web interfaces (memory profile: every group in this process)",
+    long_about = None
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
