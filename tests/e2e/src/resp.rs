@@ -1,0 +1,161 @@
+//! A minimal Redis client (RESP2 over a fresh loopback connection per
+//! command) for looking at what the product stored — `XLEN`, `XPENDING`,
+//! `XINFO GROUPS` — and for writing entries the product's adapters would
+//! never write (fields other than `v`, `k`, `m`, `s`).
+//!
+//! Independent of the product's own Redis adapter on purpose: an oracle
+//! should not share the code it checks. Blocking, but every call is one
+//! round trip to a local server with a short timeout.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// One RESP2 reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Resp>>),
+}
+
+impl Resp {
+    fn text(&self) -> Option<String> {
+        match self {
+            Resp::Simple(s) => Some(s.clone()),
+            Resp::Bulk(Some(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        }
+    }
+}
+
+/// Redis on `127.0.0.1:<port>`, without a password.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    port: u16,
+}
+
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Probe {
+    pub fn new(port: u16) -> Self {
+        Self { port }
+    }
+
+    /// Sends one command; a Redis error reply is an `Err` too.
+    ///
+    /// # Errors
+    /// Connection failures and error replies, as text.
+    pub fn cmd(&self, args: &[&[u8]]) -> Result<Resp, String> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(IO_TIMEOUT))
+            .and_then(|()| s.set_write_timeout(Some(IO_TIMEOUT)))
+            .map_err(|e| e.to_string())?;
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a);
+            req.extend_from_slice(b"\r\n");
+        }
+        s.write_all(&req).map_err(|e| e.to_string())?;
+        match read(&mut BufReader::new(s))? {
+            Resp::Error(e) => Err(e),
+            r => Ok(r),
+        }
+    }
+
+    /// `XLEN key`.
+    ///
+    /// # Errors
+    /// As [`Probe::cmd`].
+    pub fn xlen(&self, key: &str) -> Result<u64, String> {
+        match self.cmd(&[b"XLEN", key.as_bytes()])? {
+            Resp::Int(n) => Ok(n.max(0) as u64),
+            r => Err(format!("XLEN answered {r:?}")),
+        }
+    }
+
+    /// Entries pending in consumer group `sluice` of `key` (`XPENDING key sluice`).
+    ///
+    /// # Errors
+    /// As [`Probe::cmd`]; `NOGROUP` when the group does not exist.
+    pub fn pending(&self, key: &str) -> Result<u64, String> {
+        match self.cmd(&[b"XPENDING", key.as_bytes(), b"sluice"])? {
+            Resp::Array(Some(items)) => match items.first() {
+                Some(Resp::Int(n)) => Ok((*n).max(0) as u64),
+                other => Err(format!("XPENDING answered {other:?}")),
+            },
+            r => Err(format!("XPENDING answered {r:?}")),
+        }
+    }
+
+    /// Names of the consumer groups of stream `key` (`XINFO GROUPS`).
+    ///
+    /// # Errors
+    /// As [`Probe::cmd`]; an error when the stream does not exist.
+    pub fn groups(&self, key: &str) -> Result<Vec<String>, String> {
+        let Resp::Array(Some(groups)) = self.cmd(&[b"XINFO", b"GROUPS", key.as_bytes()])? else {
+            return Err("XINFO GROUPS answered no array".into());
+        };
+        Ok(groups
+            .iter()
+            .filter_map(|g| match g {
+                Resp::Array(Some(kv)) => kv
+                    .chunks(2)
+                    .find(|p| p[0].text().as_deref() == Some("name"))
+                    .and_then(|p| p.get(1)?.text()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// `XADD key * field value …` with arbitrary fields; returns the id.
+    ///
+    /// # Errors
+    /// As [`Probe::cmd`].
+    pub fn xadd(&self, key: &str, fields: &[(&[u8], &[u8])]) -> Result<String, String> {
+        let mut args: Vec<&[u8]> = vec![b"XADD", key.as_bytes(), b"*"];
+        for (f, v) in fields {
+            args.push(f);
+            args.push(v);
+        }
+        self.cmd(&args)?
+            .text()
+            .ok_or_else(|| "XADD returned no id".to_string())
+    }
+}
+
+fn read(r: &mut impl BufRead) -> Result<Resp, String> {
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(|e| e.to_string())?;
+    let line = line.trim_end_matches(['\r', '\n']);
+    let (kind, rest) = line.split_at(line.len().min(1));
+    let int = || {
+        rest.parse::<i64>()
+            .map_err(|e| format!("bad RESP `{line}`: {e}"))
+    };
+    Ok(match kind {
+        "+" => Resp::Simple(rest.to_string()),
+        "-" => Resp::Error(rest.to_string()),
+        ":" => Resp::Int(int()?),
+        "$" => match int()? {
+            n if n < 0 => Resp::Bulk(None),
+            n => {
+                let mut buf = vec![0; n as usize + 2];
+                r.read_exact(&mut buf).map_err(|e| e.to_string())?;
+                buf.truncate(n as usize);
+                Resp::Bulk(Some(buf))
+            }
+        },
+        "*" => match int()? {
+            n if n < 0 => Resp::Array(None),
+            n => Resp::Array(Some(
+                (0..n).map(|_| read(r)).collect::<Result<Vec<_>, _>>()?,
+            )),
+        },
+        _ => return Err(format!("unexpected RESP line `{line}`")),
+    })
+}

@@ -1,0 +1,343 @@
+//! Forged input on the wire: entries written straight onto a worker
+//! group's stream by someone who can reach Redis but does not hold the key
+//! ring (or replays what it captured). The `sluice-exec-worker` process
+//! refuses every one, counts each by reason in
+//! `sluice_envelopes_rejected_total{reason}`, executes none (no reply, no
+//! forward), leaves nothing queued or pending, and keeps serving.
+//!
+//! ```text
+//!   test ──XADD (forged)──▶ q:work ──▶ worker: size → version → kid → MAC → decode
+//!                                             → freshness → replay guard → kind/destination
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use sluice_e2e::resp::Probe;
+use sluice_e2e::{eventually, scrape, Http, Sandbox, Service, Spec};
+use sluice_platform::clock::now_ms;
+use sluice_platform::redis::testing::RedisServer;
+use sluice_platform::signing::new_nonce;
+use sluice_platform::{
+    Envelope, KeyRing, Keys, Kind, Queue, RedisBackend, RedisConfig, SharedKeyRing, Signer,
+    StreamEntry,
+};
+
+const MANIFEST: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata:
+  name: forge
+spec:
+  backends: { queue: redis, kv: redis, reply: redis }
+  interfaces:
+    - { name: stamp, kind: http, path: /v1/stamp, entry: stamp, timeout: 5s }
+  groups:
+    - { name: web, role: ingress }
+    - { name: work, role: worker, concurrency: 4 }
+  nodes:
+    - name: stamp
+      group: work
+      uses: builtin/json-map
+      with:
+        template: { stamped: "${/id}" }
+  security: { maxPayloadBytes: 4096 }
+"#;
+const MAX_PAYLOAD: usize = 4096;
+/// `sluice_platform::signing::ENVELOPE_OVERHEAD`, restated: the documented
+/// entry limit is `maxPayloadBytes` + 16 KiB.
+const OVERHEAD: usize = 16 * 1024;
+
+/// A genuine-looking request for node `stamp`; its reply address belongs to
+/// no live ingress, so executing it would show as `reply_dropped`.
+fn request(keys: &Keys) -> Envelope {
+    Envelope {
+        kind: Kind::Request,
+        pipeline: keys.pipeline().to_string(),
+        dest: "work".to_string(),
+        cid: uuid::Uuid::new_v4().to_string(),
+        rid: "forged".to_string(),
+        trace: None,
+        ts: 0,
+        nonce: String::new(),
+        deadline: now_ms() + 30_000,
+        attempt: 1,
+        node: Some("stamp".to_string()),
+        reply_to: Some("no-such-ingress".to_string()),
+        payload: json!({"id": "forged"}),
+        error: None,
+    }
+}
+
+/// The raw key of the ring's current kid, read like an attacker who stole
+/// the Secret would (used here to build entries with a valid MAC around
+/// content the product's signer would never produce).
+fn raw_current_key(dir: &Path) -> (String, Vec<u8>) {
+    let kid = std::fs::read_to_string(dir.join("current"))
+        .expect("read current")
+        .trim()
+        .to_string();
+    let b64 = std::fs::read_to_string(dir.join(&kid)).expect("read the key");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .expect("base64 key");
+    (kid, raw)
+}
+
+/// HKDF-SHA256 (salt `sluice-ipc-v1`, info `sluice/request`) as
+/// docs/wire-format.md specifies, then lowercase-hex HMAC-SHA256 of v ‖ m.
+fn request_mac(raw: &[u8], v: &[u8], m: &[u8]) -> Vec<u8> {
+    let hk = hkdf::Hkdf::<Sha256>::new(Some(b"sluice-ipc-v1"), raw);
+    let mut key = [0u8; 32];
+    hk.expand(b"sluice/request", &mut key).expect("32 bytes");
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
+    mac.update(v);
+    mac.update(m);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// An entry with a valid MAC (current kid) over arbitrary `v` and `m`.
+fn mac_signed(kid: &str, raw: &[u8], v: &[u8], m: Vec<u8>) -> StreamEntry {
+    StreamEntry {
+        v: v.to_vec(),
+        k: kid.as_bytes().to_vec(),
+        s: request_mac(raw, v, &m),
+        m,
+    }
+}
+
+/// A signer holding `kid` with a key that is not the ring's.
+fn impostor(kid: &str) -> Signer {
+    let raw = BTreeMap::from([(
+        kid.to_string(),
+        sluice_platform::keyring::random_key().to_vec(),
+    )]);
+    Signer::new(SharedKeyRing::fixed(
+        KeyRing::from_raw(kid, &raw).expect("a valid ring"),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_executed() {
+    let sb = Sandbox::new("forged-entries");
+    let redis = RedisServer::start(false);
+    let keys_dir = sb.keygen();
+    let pipeline = sb.write("forge.yaml", MANIFEST);
+    let worker = Service::start(
+        &sb,
+        Spec::worker(&pipeline, "work").redis(&redis.url(), &keys_dir),
+    )
+    .await;
+    let ingress =
+        Service::start(&sb, Spec::ingress(&pipeline).redis(&redis.url(), &keys_dir)).await;
+    let http = Http::new(Duration::from_secs(15));
+    let url = ingress.url("/v1/stamp");
+
+    // Baseline: a genuine request is executed and answered.
+    let a = http
+        .post_when_connected(&url, &json!({"id": "before"}), Duration::from_secs(10))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json(), json!({"stamped": "before"}));
+    let metrics_url = worker.url("/metrics");
+    let metrics = || scrape(&metrics_url);
+    let before = metrics().await;
+    let outcome =
+        |s: &sluice_e2e::Scrape, o: &str| s.count("sluice_worker_entries_total", &[("outcome", o)]);
+    assert_eq!(outcome(&before, "replied"), 1);
+
+    let keys = Keys::new("default", "forge");
+    let queue = keys.queue("work");
+    let ring = SharedKeyRing::from_dir(&keys_dir).expect("the test reads the same ring");
+    let signer = Signer::new(ring);
+    let (kid, raw) = raw_current_key(&keys_dir);
+    // The test's own MAC matches the product's: the entries below that
+    // claim a valid MAC really have one.
+    let genuine = signer.sign(&mut request(&keys));
+    assert_eq!(
+        mac_signed(&kid, &raw, &genuine.v, genuine.m.clone()),
+        genuine,
+        "the test's HMAC differs from the product's signer"
+    );
+
+    let redis_q = RedisBackend::connect(RedisConfig::from_url(&redis.url()).expect("URL"))
+        .await
+        .expect("connect to Redis");
+    let probe = Probe::new(redis.port());
+    let mut entries: Vec<(&str, StreamEntry)> = vec![];
+    let mut expect: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut add = |reason: &'static str, e: StreamEntry| {
+        *expect.entry(reason).or_default() += 1;
+        entries.push((reason, e));
+    };
+
+    // Bad MAC: the ring's kid, another key.
+    add("bad_mac", impostor(&kid).sign(&mut request(&keys)));
+    // Unknown kid.
+    add(
+        "unknown_kid",
+        impostor("k-not-in-the-ring").sign(&mut request(&keys)),
+    );
+    // Timestamp from the future (beyond the 30 s default clock skew).
+    let mut env = request(&keys);
+    env.ts = now_ms() + 600_000;
+    env.nonce = new_nonce();
+    add("from_future", signer.sign_as_is(&env));
+    // Deadline passed.
+    let mut env = request(&keys);
+    env.deadline = now_ms() - 1_000;
+    add("expired", signer.sign(&mut env));
+    // Another destination group, the ingress group, another pipeline.
+    for (dest, pipe) in [
+        ("other", "default/forge"),
+        ("web", "default/forge"),
+        ("work", "default/elsewhere"),
+    ] {
+        let mut env = request(&keys);
+        env.dest = dest.to_string();
+        env.pipeline = pipe.to_string();
+        add("wrong_destination", signer.sign(&mut env));
+    }
+    // A reply (signed with the reply key) pushed as a request.
+    let mut reply = request(&keys).reply(Ok(json!({"stamped": "forged"})));
+    add("bad_mac", signer.sign(&mut reply));
+    // A reply-kind message under a valid request MAC.
+    let mut reply = request(&keys).reply(Ok(json!(1)));
+    reply.ts = now_ms();
+    reply.nonce = new_nonce();
+    add(
+        "wrong_kind",
+        mac_signed(&kid, &raw, b"1", serde_json::to_vec(&reply).unwrap()),
+    );
+    // Another format version, with a valid MAC over it.
+    add(
+        "bad_version",
+        mac_signed(&kid, &raw, b"2", genuine.m.clone()),
+    );
+    // Valid MACs around things that are not envelopes.
+    add(
+        "malformed",
+        mac_signed(&kid, &raw, b"1", b"{not json".to_vec()),
+    );
+    let mut with_extra: Value = serde_json::from_slice(&genuine.m).unwrap();
+    with_extra["exec"] = json!("rm -rf /");
+    add(
+        "malformed",
+        mac_signed(&kid, &raw, b"1", serde_json::to_vec(&with_extra).unwrap()),
+    );
+    // Garbage in every field.
+    add(
+        "bad_version",
+        StreamEntry {
+            v: b"\xff\x00garbage".to_vec(),
+            k: b"??".to_vec(),
+            m: b"\x00\x01\x02".to_vec(),
+            s: b"zz".to_vec(),
+        },
+    );
+    add(
+        "bad_mac",
+        StreamEntry {
+            v: b"1".to_vec(),
+            k: kid.as_bytes().to_vec(),
+            m: b"garbage".to_vec(),
+            s: b"not hex at all".to_vec(),
+        },
+    );
+    // Oversized: refused before anything is looked at.
+    add(
+        "oversized",
+        StreamEntry {
+            v: genuine.v.clone(),
+            k: genuine.k.clone(),
+            m: vec![b'x'; MAX_PAYLOAD + OVERHEAD + 1],
+            s: genuine.s.clone(),
+        },
+    );
+    // Any single byte flipped, in every field of a valid entry.
+    for field in 0..4 {
+        let len = [&genuine.v, &genuine.k, &genuine.m, &genuine.s][field].len();
+        for i in 0..len {
+            let mut e = genuine.clone();
+            let bytes = [&mut e.v, &mut e.k, &mut e.m, &mut e.s][field].as_mut_slice();
+            bytes[i] ^= 0x01;
+            let reason = ["bad_version", "unknown_kid", "bad_mac", "bad_mac"][field];
+            add(reason, e);
+        }
+    }
+    // Replay: a valid entry added twice. One of the two runs (its reply
+    // address is gone, so it ends as `reply_dropped`); the other is a replay.
+    add("replay", genuine.clone());
+    entries.push(("genuine", genuine));
+
+    for (_, e) in &entries {
+        redis_q
+            .push(&queue, e.clone())
+            .await
+            .expect("push a forged entry");
+    }
+    // Fields that are not v/k/m/s at all.
+    probe
+        .xadd(&queue, &[(b"foo", b"bar"), (b"\xff", b"\x00")])
+        .expect("XADD garbage fields");
+    *expect.entry("bad_version").or_default() += 1;
+
+    let (after, _) = eventually(
+        Duration::from_secs(20),
+        "every forged entry refused, counted by reason, and removed",
+        || async {
+            let s = metrics().await;
+            let got = s.by_label("sluice_envelopes_rejected_total", "reason");
+            let got: BTreeMap<&str, u64> = got
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| (k.as_str(), *n))
+                .collect();
+            let (len, pending) = (probe.xlen(&queue)?, probe.pending(&queue)?);
+            if got == expect && len == 0 && pending == 0 {
+                Ok(s)
+            } else {
+                Err(format!(
+                    "rejections {got:?} (want {expect:?}); queue length {len}, pending {pending}"
+                ))
+            }
+        },
+    )
+    .await;
+
+    // Nothing forged executed: no reply and no forward beyond the baseline,
+    // and exactly one execution of the genuine entry that was replayed.
+    assert_eq!(outcome(&after, "replied"), outcome(&before, "replied"));
+    assert_eq!(outcome(&after, "forwarded"), outcome(&before, "forwarded"));
+    assert_eq!(
+        outcome(&after, "reply_dropped"),
+        1,
+        "the genuine entry ran exactly once (its replay did not):\n{}",
+        after.text()
+    );
+    let refused: u64 = expect.values().sum();
+    assert_eq!(
+        outcome(&after, "rejected") + outcome(&after, "expired"),
+        refused,
+        "every refused entry is counted as an outcome too"
+    );
+
+    // The worker keeps serving.
+    let a = http
+        .post(&url, &json!({"id": "after"}), None)
+        .await
+        .expect("an answer");
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json(), json!({"stamped": "after"}));
+    eprintln!("forged entries: {refused} refused by reason {expect:?}; worker still serving");
+}

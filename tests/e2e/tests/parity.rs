@@ -1,0 +1,144 @@
+//! Parity between profiles, and the README's by-hand Redis run: the same
+//! inputs through the orders example give byte-identical answers when one
+//! `sluice-web-ingress` runs everything in memory (`examples/orders.yaml`)
+//! and when the ingress and one `sluice-exec-worker` per group talk through
+//! Redis (`examples/orders-redis.yaml`, the same graph).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_e2e::{example, orders, scrape, Http, Sandbox, Service, Spec};
+use sluice_platform::redis::testing::RedisServer;
+
+/// Twenty inputs: the README's, both lanes, and the awkward corners of
+/// JSON (escapes, non-ASCII, numbers of every shape, extra fields).
+fn inputs() -> Vec<Value> {
+    vec![
+        json!({"id": "A1", "type": "priority", "items": 3}),
+        json!({"id": "B2", "type": "bulk", "items": 2}),
+        json!({"id": "ordre-été-№5", "type": "priority", "items": 1}),
+        json!({"id": "emoji-📦", "type": "standard", "items": 0}),
+        json!({"id": "q\"uote\\back", "type": "bulk", "items": 7}),
+        json!({"id": "half", "type": "bulk", "items": 2.5}),
+        json!({"id": "minus", "type": "priority", "items": -1}),
+        json!({"id": "big", "type": "bulk", "items": 12_345_678_901_234_i64}),
+        json!({"id": "word", "type": "bulk", "items": "three"}),
+        json!({"id": "extra", "type": "priority", "items": 1, "note": "ignored", "nested": {"a": [1, 2]}}),
+        json!({"id": "case", "type": "PRIORITY", "items": 4}),
+        json!({"id": "x".repeat(500), "type": "bulk", "items": 9}),
+        json!({"id": 42, "type": "priority", "items": 6}),
+        json!({"id": "bool", "type": "bulk", "items": true}),
+        json!({"id": "null", "type": "priority", "items": null}),
+        json!({"id": "line\nbreak\ttab", "type": "bulk", "items": 1}),
+        json!({"id": "tiny", "type": "bulk", "items": 1e-7}),
+        json!({"id": "<script>alert(1)</script>", "type": "priority", "items": 2}),
+        json!({"id": "list", "type": "bulk", "items": [1, 2, 3]}),
+        json!({"id": "unicode-\u{2028}-sep", "type": "priority", "items": 8}),
+    ]
+}
+
+/// Posts every input; each must be answered 200. Returns the raw bodies.
+async fn answers(http: &Http, ingress: &Service, inputs: &[Value]) -> Vec<Vec<u8>> {
+    let mut out = vec![];
+    for (i, input) in inputs.iter().enumerate() {
+        let a = http
+            .post(
+                &ingress.url("/v1/orders"),
+                input,
+                Some(&format!("parity-{i}")),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{}: input {i} got no answer: {e}", ingress.name()));
+        assert_eq!(
+            a.status,
+            200,
+            "{}: input {i} {input} answered {}",
+            ingress.name(),
+            a.text()
+        );
+        out.push(a.body);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_give_byte_identical_answers_in_memory_and_on_redis_run_by_hand() {
+    let sb = Sandbox::new("parity");
+    let http = Http::new(Duration::from_secs(15));
+    let inputs = inputs();
+
+    // Memory profile: one process, no key ring, no Redis.
+    let memory = Service::start(
+        &sb,
+        Spec::ingress(&example("orders.yaml")).named("ingress-memory"),
+    )
+    .await;
+    let in_memory = answers(&http, &memory, &inputs).await;
+    drop(memory);
+
+    // Redis, by hand, as the README and the example's header say:
+    // redis-server, keygen, one exec-worker per group, the ingress.
+    let redis = RedisServer::start(false);
+    let keys = sb.keygen();
+    let pipeline = example("orders-redis.yaml");
+    let cpu = Service::start(
+        &sb,
+        Spec::worker(&pipeline, "cpu").redis(&redis.url(), &keys),
+    )
+    .await;
+    let io = Service::start(
+        &sb,
+        Spec::worker(&pipeline, "io").redis(&redis.url(), &keys),
+    )
+    .await;
+    let ingress = Service::start(
+        &sb,
+        Spec::ingress(&pipeline)
+            .named("ingress-redis")
+            .redis(&redis.url(), &keys),
+    )
+    .await;
+
+    // The README's request.
+    let readme = json!({"id": "A1", "type": "priority", "items": 3});
+    let a = http
+        .post_when_connected(&ingress.url("/v1/orders"), &readme, Duration::from_secs(10))
+        .await;
+    assert_eq!(a.status, 200, "the README's request: {}", a.text());
+    assert_eq!(a.json(), orders::expected(&readme));
+
+    let on_redis = answers(&http, &ingress, &inputs).await;
+    for (i, (m, r)) in in_memory.iter().zip(&on_redis).enumerate() {
+        assert_eq!(
+            String::from_utf8_lossy(m),
+            String::from_utf8_lossy(r),
+            "input {i} {}: memory and Redis answers differ",
+            inputs[i]
+        );
+        assert_eq!(m, r, "input {i}: bytes differ");
+    }
+    // Well-formed orders also get the documented answer (both profiles
+    // could otherwise agree on something wrong).
+    for (i, input) in inputs.iter().enumerate().take(2) {
+        let got: Value = serde_json::from_slice(&on_redis[i]).expect("JSON answer");
+        assert_eq!(got, orders::expected(input), "input {i}");
+    }
+
+    // The answers came through the worker processes, not an inline worker:
+    // every request went cpu → io, and io replied to each.
+    let n = inputs.len() as u64 + 1;
+    let cpu_m = scrape(&cpu.url("/metrics")).await;
+    let io_m = scrape(&io.url("/metrics")).await;
+    assert_eq!(
+        cpu_m.count("sluice_worker_entries_total", &[("outcome", "forwarded")]),
+        n,
+        "cpu worker forwarded every request:\n{}",
+        cpu_m.text()
+    );
+    assert_eq!(
+        io_m.count("sluice_worker_entries_total", &[("outcome", "replied")]),
+        n,
+        "io worker replied to every request:\n{}",
+        io_m.text()
+    );
+}
