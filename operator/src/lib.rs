@@ -1,20 +1,33 @@
 //! sluice operator: reconciles `StreamPipeline` resources into the workloads
 //! that run them (DESIGN §4).
 //!
-//! This first part is the pure core: [`resources::desired`] turns a
-//! StreamPipeline and the operator's [`OperatorSettings`] into the typed
-//! Kubernetes objects to apply, with no API server, clock or randomness
-//! involved, so it is golden-tested (`tests/golden.rs`). The reconciler
-//! (planned) validates, applies those objects with server-side apply,
-//! creates the random-content Secrets when absent ([`initial_key_secret`],
-//! [`initial_redis_secret`]), deletes owned objects no longer desired
-//! ([`owned_kinds`]) and writes status.
+//! The core is pure: [`resources::desired`] turns a StreamPipeline and the
+//! operator's [`OperatorSettings`] into the typed Kubernetes objects to
+//! apply, with no API server, clock or randomness involved, so it is
+//! golden-tested (`tests/golden.rs`). The reconciler ([`reconcile`]) lists
+//! what the pipeline owns, validates through `desired`, creates the
+//! random-content Secrets when absent ([`secrets`]), server-side applies
+//! what differs ([`apply`]), deletes owned objects no longer desired
+//! ([`owned_kinds`]) and writes status only when it changed ([`status`]).
+//! [`run()`] is the process: the `/metrics` endpoints, leader election and
+//! the controller; the `sluice-operator` binary is a thin `main.rs` over it,
+//! tested black-box against the in-memory API stand-in (`tests/`).
 //!
 //! This crate depends on `sluice-crds` (and later `sluice-platform`) only,
 //! never on the runtime crates; the runtime's flags and variables it relies
 //! on are declared once in [`resources`] and checked end to end.
 //!
 //! # Layout
+//! - [`run()`](run::run): the process (client, endpoints, leader election, controller).
+//! - [`config`]: flags and `SLUICE_*` variables.
+//! - [`controller`]: the kube-runtime `Controller` and what triggers reconciles.
+//! - [`reconcile`]: one reconcile, its errors and backoff.
+//! - [`apply`]: whether a desired object must be applied (hash + drift check).
+//! - [`status`]: conditions and group status from the live workloads.
+//! - [`secrets`]: the create-if-absent key ring and Redis password Secrets.
+//! - [`leader`]: leader election on a Lease.
+//! - [`server`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`]: the Prometheus families.
 //! - [`resources`]: [`desired`], the objects of a pipeline, the key ring
 //!   Secret and the runtime contract constants.
 //! - [`redis`]: managed Redis (StatefulSet, Services, NetworkPolicy,
@@ -26,17 +39,28 @@
 //! - [`names`]: object names derived from the pipeline name, and their checks.
 //! - [`settings`]: images, operator namespace and drain budget.
 
+pub mod apply;
+pub mod config;
+pub mod controller;
 pub mod hash;
 pub mod labels;
+pub mod leader;
+pub mod metrics;
 pub mod names;
 pub mod pod;
+pub mod reconcile;
 pub mod redis;
 pub mod resources;
+pub mod run;
+pub mod secrets;
+pub mod server;
 pub mod settings;
+pub mod status;
 
 pub use redis::initial_redis_secret;
 pub use resources::{
     desired, initial_key_secret, owned_kinds, Child, Desired, Error, GeneratedSecret, OwnedKind,
     Result,
 };
+pub use run::run;
 pub use settings::{DrainBudget, OperatorSettings, RuntimeImages};

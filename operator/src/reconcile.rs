@@ -1,0 +1,787 @@
+//! One reconcile of one StreamPipeline (DESIGN §4).
+//!
+//! ```text
+//! list owned objects (label selector, each owned kind; controller uid checked)
+//!   │
+//!   ├─ desired() refuses the spec ─▶ status InvalidSpec (+ Warning event once per generation);
+//!   │                                nothing created, nothing changed, nothing deleted
+//!   ▼
+//! create-if-absent the generated Secrets (GET by name; never list/watch)
+//!   ▼
+//! server-side apply each desired object that differs from its live copy (apply::up_to_date)
+//!   ▼
+//! delete owned objects no longer desired; delete obsolete Secrets by name
+//!   ▼
+//! status from the live workloads ─▶ patch /status only when it changed ─▶ requeue
+//! ```
+//!
+//! The reconciler is not told why it runs: every step checks its own
+//! property, so the same function handles a new pipeline, an edit, drift,
+//! a workload's rollout progress and the periodic requeue. When nothing
+//! changed it issues no write request at all.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::chrono::{SubsecRound, Utc};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, TypeMeta,
+};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use sluice_crds::{ExposeSpec, StreamPipeline, StreamPipelineStatus};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::apply::{self, Stamped};
+use crate::config::Timing;
+use crate::labels;
+use crate::metrics::Metrics;
+use crate::resources::{self, owned_kinds, Child, Desired, OwnedKind};
+use crate::secrets::{self, SecretChange};
+use crate::settings::OperatorSettings;
+use crate::status::{self, Readiness, Validity};
+
+/// The one field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = labels::MANAGER;
+
+/// Events carry at most this much text (the API limit is 1 kB).
+const MAX_NOTE: usize = 1000;
+
+// === errors ===
+
+/// Why a reconcile failed; the controller retries with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The StreamPipeline lacks metadata (never the case for objects read
+    /// from the API server).
+    #[error("StreamPipeline has no {0}")]
+    MissingObjectKey(&'static str),
+    /// An API request failed.
+    #[error("{verb} {kind} {name}: {source}")]
+    Kube {
+        verb: &'static str,
+        kind: String,
+        name: String,
+        // Boxed: kube's error is large and this enum travels in every Result.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// Building the desired objects failed for a reason other than an
+    /// invalid spec (which is reported in status, not as an error).
+    #[error(transparent)]
+    Resources(#[from] resources::Error),
+    /// An object in the cluster cannot be used as it is.
+    #[error("{what} {name} {reason}")]
+    Unusable {
+        what: &'static str,
+        name: String,
+        reason: String,
+    },
+    /// A live object did not have the shape of its kind.
+    #[error("cannot read {kind} {name}")]
+    Decode {
+        kind: String,
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// Bounded label for the error metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::MissingObjectKey(_) => "missing_object_key",
+            Error::Kube { source, .. } => match source.as_ref() {
+                kube::Error::Api(e) if e.code == 409 => "api_conflict",
+                kube::Error::Api(e) if e.code == 403 => "api_forbidden",
+                kube::Error::Api(e) if e.code == 404 => "api_not_found",
+                kube::Error::Api(e) if e.code == 422 => "api_invalid",
+                kube::Error::Api(e) if e.code == 429 => "api_throttled",
+                kube::Error::Api(e) if e.code >= 500 => "api_server_error",
+                kube::Error::Api(_) => "api_other",
+                _ => "transport",
+            },
+            Error::Resources(_) => "resources",
+            Error::Unusable { .. } => "unusable_object",
+            Error::Decode { .. } => "decode",
+        }
+    }
+}
+
+/// Wraps an API error with what was being done.
+pub(crate) fn api_error(verb: &'static str, kind: &str, name: &str, source: kube::Error) -> Error {
+    Error::Kube {
+        verb,
+        kind: kind.to_string(),
+        name: name.to_string(),
+        source: Box::new(source),
+    }
+}
+
+// === context ===
+
+/// What every reconcile shares: the client, the settings, the recorder and
+/// the metrics, and the per-pipeline failure counts for the backoff.
+pub struct Context {
+    pub client: Client,
+    pub settings: OperatorSettings,
+    pub timing: Timing,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per `ns/name`; reset by a successful reconcile.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        settings: OperatorSettings,
+        timing: Timing,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            client,
+            settings,
+            timing,
+            recorder,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Publishes an event about `sp`. A failure is logged, never fatal: an
+    /// event is a courtesy, and the status says the same.
+    async fn event(
+        &self,
+        sp: &StreamPipeline,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let mut note = note;
+        if note.len() > MAX_NOTE {
+            let mut cut = MAX_NOTE;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+        }
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &sp.object_ref(&())).await {
+            warn!(error = %e, reason, "cannot publish event");
+        }
+    }
+
+    /// Backoff after the `n`th consecutive failure: `min · 2^(n-1)`, capped.
+    fn backoff(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock();
+        let n = failures.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        backoff_delay(&self.timing, *n)
+    }
+}
+
+pub(crate) fn backoff_delay(timing: &Timing, failures: u32) -> Duration {
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
+    timing
+        .backoff_min
+        .saturating_mul(factor)
+        .min(timing.backoff_max)
+}
+
+fn key_of(sp: &StreamPipeline) -> String {
+    format!(
+        "{}/{}",
+        sp.metadata.namespace.as_deref().unwrap_or(""),
+        sp.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+// === reconcile ===
+
+/// Reconciles one StreamPipeline: bookkeeping (metrics, span, backoff
+/// reset) around [`reconcile_pipeline`].
+///
+/// # Errors
+/// See [`Error`]; the controller calls [`error_policy`] with it.
+pub async fn reconcile(sp: Arc<StreamPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = key_of(&sp);
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let span =
+        tracing::info_span!("reconcile", pipeline = %key, generation = sp.metadata.generation);
+    let result = reconcile_pipeline(&sp, &ctx).instrument(span).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.failures.lock().remove(&key);
+    }
+    result
+}
+
+/// Records a failed reconcile and schedules the retry with backoff.
+pub fn error_policy(sp: Arc<StreamPipeline>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = key_of(&sp);
+    ctx.metrics.error(error.kind());
+    let delay = ctx.backoff(&key);
+    warn!(pipeline = %key, error = %error, kind = error.kind(), retry_in = ?delay, "reconcile failed");
+    let note = error.to_string();
+    // error_policy is synchronous; the event is best effort.
+    tokio::spawn(async move {
+        ctx.event(
+            &sp,
+            EventType::Warning,
+            "ReconcileFailed",
+            "Reconcile",
+            note,
+        )
+        .await;
+    });
+    Action::requeue(delay)
+}
+
+/// The reconcile proper.
+///
+/// # Guarantees
+/// - An invalid spec creates, changes and deletes nothing; the status says
+///   why, and a Warning event is published once per generation.
+/// - A pipeline being deleted is left to garbage collection.
+/// - With nothing to change, no write request is issued.
+///
+/// # Errors
+/// API failures and unusable live objects.
+pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Action, Error> {
+    let ns = sp
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let name = sp
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.name"))?;
+    let uid = sp
+        .metadata
+        .uid
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    if sp.metadata.deletion_timestamp.is_some() {
+        // Owner references make garbage collection remove every child.
+        return Ok(Action::await_change());
+    }
+    let target = Target {
+        client: &ctx.client,
+        ns: &ns,
+        name: &name,
+        uid: &uid,
+    };
+    let mut live = target.list_owned().await?;
+
+    let desired = match resources::desired(sp, &ctx.settings) {
+        Ok(d) => d,
+        Err(resources::Error::InvalidSpec(errors)) => {
+            let message = errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            report_invalid(sp, ctx, &target, &live, message).await?;
+            return Ok(Action::requeue(ctx.timing.requeue_interval));
+        }
+        Err(e) => return Err(e.into()),
+    };
+
+    let suspended = sp.spec.suspend == Some(true);
+    if !suspended {
+        let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let mut changes =
+            secrets::ensure(&secrets_api, sp, &uid, &desired.generated_secrets).await?;
+        apply_objects(sp, ctx, &target, &desired, &mut live).await?;
+        prune_objects(sp, ctx, &target, &desired, &mut live).await?;
+        changes
+            .extend(secrets::delete_obsolete(&secrets_api, &uid, &desired.obsolete_secrets).await?);
+        for c in changes {
+            let (reason, verb, name) = match c {
+                SecretChange::Created(n) => ("Created", "Create", n),
+                SecretChange::Updated(n) => ("Updated", "Update", n),
+                SecretChange::Deleted(n) => ("Deleted", "Delete", n),
+            };
+            info!(secret = %name, reason, "secret");
+            ctx.event(
+                sp,
+                EventType::Normal,
+                reason,
+                verb,
+                format!("Secret {name}"),
+            )
+            .await;
+        }
+    }
+
+    let workloads = readiness(sp, &desired.objects, &live)?;
+    let status = status::compute(&status::Inputs {
+        generation: sp.metadata.generation,
+        previous: sp.status.as_ref(),
+        validity: Validity::Valid,
+        suspended,
+        workloads,
+        ingress_url: Some(ingress_url(&name, &ns, sp.spec.expose.as_ref())),
+        now: now(),
+    });
+    write_status(sp, ctx, &target, status).await?;
+    Ok(Action::requeue(ctx.timing.requeue_interval))
+}
+
+fn now() -> Time {
+    Time(Utc::now().trunc_subsecs(0))
+}
+
+/// Where clients reach the pipeline: the Ingress host when exposed through
+/// one, else the Service inside the cluster.
+pub fn ingress_url(name: &str, ns: &str, expose: Option<&ExposeSpec>) -> String {
+    match expose.and_then(|e| e.ingress.as_ref()) {
+        Some(i) if i.tls_secret.is_some() => format!("https://{}", i.host),
+        Some(i) => format!("http://{}", i.host),
+        None => format!("http://{name}.{ns}.svc"),
+    }
+}
+
+// === owned objects ===
+
+/// The pipeline whose objects a reconcile touches.
+struct Target<'a> {
+    client: &'a Client,
+    ns: &'a str,
+    name: &'a str,
+    uid: &'a str,
+}
+
+/// Live owned objects by `(kind, name)`.
+type Live = BTreeMap<(&'static str, String), DynamicObject>;
+
+fn api_resource(k: &OwnedKind) -> ApiResource {
+    ApiResource {
+        group: k.group.into(),
+        version: k.version.into(),
+        api_version: k.api_version.into(),
+        kind: k.kind.into(),
+        plural: k.plural.into(),
+    }
+}
+
+impl Target<'_> {
+    fn api(&self, k: &OwnedKind) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), self.ns, &api_resource(k))
+    }
+
+    /// Every object of an owned kind that carries the pipeline's labels and
+    /// is controlled by it (same uid: a deleted and recreated pipeline of
+    /// the same name does not adopt its predecessor's leftovers).
+    async fn list_owned(&self) -> Result<Live, Error> {
+        let lp = ListParams::default().labels(&labels::owned_selector(self.name));
+        let mut live = Live::new();
+        for k in owned_kinds() {
+            let list = self
+                .api(k)
+                .list(&lp)
+                .await
+                .map_err(|e| api_error("list", k.kind, self.name, e))?;
+            for mut o in list.items {
+                let controlled = o
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|r| r.controller == Some(true) && r.uid == self.uid);
+                if !controlled {
+                    continue;
+                }
+                // List items may come without apiVersion and kind.
+                o.types = Some(TypeMeta {
+                    api_version: k.api_version.into(),
+                    kind: k.kind.into(),
+                });
+                live.insert((k.kind, o.name_any()), o);
+            }
+        }
+        Ok(live)
+    }
+}
+
+/// `spec.volumeClaimTemplates` as (name, storage request): the API server
+/// refuses to change them on a StatefulSet.
+fn claim_templates(v: &Value) -> Vec<(String, String)> {
+    v.pointer("/spec/volumeClaimTemplates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            (
+                t.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                t.pointer("/spec/resources/requests/storage")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Server-side applies every desired object whose live copy differs, in
+/// the desired order; `live` is updated with what the API server answered.
+async fn apply_objects(
+    sp: &StreamPipeline,
+    ctx: &Context,
+    target: &Target<'_>,
+    desired: &Desired,
+    live: &mut Live,
+) -> Result<(), Error> {
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    for child in &desired.objects {
+        let kind = child.kind();
+        let name = child.name().to_string();
+        let stamped: Stamped = apply::stamp(child)?;
+        let key = (kind.kind, name.clone());
+        let current = live.get(&key).map(serde_json::to_value).transpose();
+        let current = current.map_err(|source| Error::Decode {
+            kind: kind.kind.into(),
+            name: name.clone(),
+            source,
+        })?;
+        if let Some(cur) = &current {
+            if apply::up_to_date(&stamped, cur) {
+                continue;
+            }
+        }
+        let api = target.api(&kind);
+        let mut existed = current.is_some();
+        if let (Child::StatefulSet(_), Some(cur)) = (child, &current) {
+            if claim_templates(cur) != claim_templates(&stamped.body) {
+                // volumeClaimTemplates are immutable: recreate. The PVC
+                // retention policy decides what happens to the old volume.
+                api.delete(&name, &DeleteParams::background())
+                    .await
+                    .map(|_| ())
+                    .or_else(ignore_not_found)
+                    .map_err(|e| api_error("delete", kind.kind, &name, e))?;
+                ctx.metrics.deleted(kind.kind);
+                ctx.event(
+                    sp,
+                    EventType::Normal,
+                    "Recreating",
+                    "Delete",
+                    format!("StatefulSet {name}: its volume claim templates changed"),
+                )
+                .await;
+                existed = false;
+            }
+        }
+        let applied = api
+            .patch(&name, &pp, &Patch::Apply(&stamped.body))
+            .await
+            .map_err(|e| api_error("apply", kind.kind, &name, e))?;
+        ctx.metrics.applied(kind.kind);
+        let (reason, verb) = if existed {
+            ("Updated", "Update")
+        } else {
+            ("Created", "Create")
+        };
+        info!(kind = kind.kind, object = %name, reason, "applied");
+        ctx.event(
+            sp,
+            EventType::Normal,
+            reason,
+            verb,
+            format!("{} {name}", kind.kind),
+        )
+        .await;
+        let mut applied = applied;
+        applied.types = Some(TypeMeta {
+            api_version: kind.api_version.into(),
+            kind: kind.kind.into(),
+        });
+        live.insert(key, applied);
+    }
+    Ok(())
+}
+
+fn ignore_not_found<T: Default>(e: kube::Error) -> Result<T, kube::Error> {
+    match e {
+        kube::Error::Api(ref r) if r.code == 404 => Ok(T::default()),
+        e => Err(e),
+    }
+}
+
+/// Deletes owned objects that are no longer desired (a removed group's
+/// Deployment, managed Redis after switching to external, ...).
+async fn prune_objects(
+    sp: &StreamPipeline,
+    ctx: &Context,
+    target: &Target<'_>,
+    desired: &Desired,
+    live: &mut Live,
+) -> Result<(), Error> {
+    let obsolete: Vec<_> = live
+        .keys()
+        .filter(|(kind, name)| !desired.contains(kind, name))
+        .cloned()
+        .collect();
+    for key in obsolete {
+        let (kind, name) = &key;
+        let Some(k) = owned_kinds().iter().find(|k| k.kind == *kind) else {
+            continue;
+        };
+        target
+            .api(k)
+            .delete(name, &DeleteParams::background())
+            .await
+            .map(|_| ())
+            .or_else(ignore_not_found)
+            .map_err(|e| api_error("delete", kind, name, e))?;
+        live.remove(&key);
+        ctx.metrics.deleted(kind);
+        info!(kind, object = %name, "deleted, no longer desired");
+        ctx.event(
+            sp,
+            EventType::Normal,
+            "Deleted",
+            "Delete",
+            format!("{kind} {name}: no longer desired"),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+// === status ===
+
+fn decode<K: serde::de::DeserializeOwned>(o: &DynamicObject) -> Result<K, Error> {
+    serde_json::to_value(o)
+        .and_then(serde_json::from_value)
+        .map_err(|source| Error::Decode {
+            kind: o.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default(),
+            name: o.name_any(),
+            source,
+        })
+}
+
+/// Readiness of the desired workloads from their live copies.
+fn readiness(sp: &StreamPipeline, objects: &[Child], live: &Live) -> Result<Vec<Readiness>, Error> {
+    let mut out = Vec::new();
+    for child in objects {
+        let group = child
+            .meta()
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::GROUP).cloned());
+        let name = child.name().to_string();
+        match child {
+            Child::Deployment(d) => {
+                let autoscaled = d.spec.as_ref().is_some_and(|s| s.replicas.is_none());
+                out.push(match live.get(&("Deployment", name.clone())) {
+                    Some(o) => {
+                        Readiness::of_deployment(&decode::<Deployment>(o)?, group, autoscaled)
+                    }
+                    None => Readiness::missing(
+                        format!("Deployment/{name}"),
+                        group,
+                        d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+                    ),
+                });
+            }
+            Child::StatefulSet(s) => {
+                out.push(match live.get(&("StatefulSet", name.clone())) {
+                    Some(o) => Readiness::of_stateful_set(&decode::<StatefulSet>(o)?, group),
+                    None => Readiness::missing(
+                        format!("StatefulSet/{name}"),
+                        group,
+                        s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+                    ),
+                });
+            }
+            _ => {}
+        }
+    }
+    debug!(pipeline = ?sp.metadata.name, workloads = out.len(), "readiness");
+    Ok(out)
+}
+
+/// Readiness of whatever workloads run, for a pipeline whose spec is invalid.
+fn live_readiness(sp: &StreamPipeline, live: &Live) -> Result<Vec<Readiness>, Error> {
+    let mut out = Vec::new();
+    for ((kind, _), o) in live {
+        let group = o.labels().get(labels::GROUP).cloned();
+        match *kind {
+            "Deployment" => {
+                let autoscaled = group.as_deref().is_some_and(|g| {
+                    sp.spec
+                        .groups
+                        .iter()
+                        .any(|x| x.name == g && x.autoscale.is_some())
+                });
+                out.push(Readiness::of_deployment(
+                    &decode::<Deployment>(o)?,
+                    group,
+                    autoscaled,
+                ));
+            }
+            "StatefulSet" => out.push(Readiness::of_stateful_set(
+                &decode::<StatefulSet>(o)?,
+                group,
+            )),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Status and event for a spec `desired` refused. Nothing else is touched:
+/// a new pipeline gets no objects, a running one keeps its last valid ones.
+async fn report_invalid(
+    sp: &StreamPipeline,
+    ctx: &Context,
+    target: &Target<'_>,
+    live: &Live,
+    message: String,
+) -> Result<(), Error> {
+    ctx.metrics.invalid_specs.inc();
+    let workloads = live_readiness(sp, live)?;
+    let running = !live.is_empty();
+    let reported = sp.status.as_ref().is_some_and(|s| {
+        status::condition(s, status::DEGRADED).is_some_and(|c| {
+            c.reason == status::reason::INVALID_SPEC
+                && c.observed_generation == sp.metadata.generation
+        })
+    });
+    if !reported {
+        warn!(errors = %message, running, "invalid spec");
+        let note = if running {
+            format!("not applied, the last valid spec keeps running: {message}")
+        } else {
+            format!("nothing created: {message}")
+        };
+        ctx.event(sp, EventType::Warning, "InvalidSpec", "Validate", note)
+            .await;
+    }
+    let status = status::compute(&status::Inputs {
+        generation: sp.metadata.generation,
+        previous: sp.status.as_ref(),
+        validity: Validity::Invalid(message),
+        suspended: sp.spec.suspend == Some(true),
+        workloads,
+        ingress_url: Some(ingress_url(target.name, target.ns, sp.spec.expose.as_ref())),
+        now: now(),
+    });
+    write_status(sp, ctx, target, status).await
+}
+
+/// Server-side applies `status` on `/status` unless it equals the current one.
+async fn write_status(
+    sp: &StreamPipeline,
+    ctx: &Context,
+    target: &Target<'_>,
+    status: StreamPipelineStatus,
+) -> Result<(), Error> {
+    if sp.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<StreamPipeline> = Api::namespaced(ctx.client.clone(), target.ns);
+    let body = json!({
+        "apiVersion": StreamPipeline::api_version(&()),
+        "kind": StreamPipeline::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        target.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|e| api_error("patch status of", "StreamPipeline", target.name, e))?;
+    ctx.metrics.status_writes.inc();
+    debug!("status written");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_crds::IngressSpec;
+
+    #[test]
+    fn backoff_doubles_from_the_minimum_up_to_the_maximum() {
+        let t = Timing {
+            requeue_interval: Duration::from_secs(300),
+            backoff_min: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(60),
+        };
+        let d: Vec<u64> = (1..=6).map(|n| backoff_delay(&t, n).as_secs()).collect();
+        assert_eq!(d, [5, 10, 20, 40, 60, 60]);
+        assert_eq!(backoff_delay(&t, u32::MAX).as_secs(), 60);
+    }
+
+    #[test]
+    fn the_url_is_the_service_or_the_ingress_host() {
+        assert_eq!(ingress_url("p", "demo", None), "http://p.demo.svc");
+        let mut e = ExposeSpec {
+            service_type: Default::default(),
+            ingress: Some(IngressSpec {
+                host: "p.example.com".into(),
+                class_name: None,
+                tls_secret: None,
+            }),
+        };
+        assert_eq!(ingress_url("p", "demo", Some(&e)), "http://p.example.com");
+        e.ingress.as_mut().unwrap().tls_secret = Some("tls".into());
+        assert_eq!(ingress_url("p", "demo", Some(&e)), "https://p.example.com");
+    }
+
+    #[test]
+    fn claim_templates_compare_name_and_size() {
+        let a = json!({"spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"resources": {"requests": {"storage": "1Gi"}}}}]}});
+        let b = json!({"spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"resources": {"requests": {"storage": "2Gi"}}}}]}});
+        assert_ne!(claim_templates(&a), claim_templates(&b));
+        assert!(claim_templates(&json!({"spec": {}})).is_empty());
+    }
+
+    #[test]
+    fn error_kinds_are_bounded_labels() {
+        let e = api_error(
+            "apply",
+            "Deployment",
+            "p-web",
+            kube::Error::Api(kube::core::ErrorResponse {
+                status: "Failure".into(),
+                message: "boom".into(),
+                reason: "InternalError".into(),
+                code: 500,
+            }),
+        );
+        assert_eq!(e.kind(), "api_server_error");
+        assert_eq!(
+            Error::MissingObjectKey("metadata.uid").kind(),
+            "missing_object_key"
+        );
+    }
+}

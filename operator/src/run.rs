@@ -1,0 +1,184 @@
+//! The life of one operator process.
+//!
+//! ```text
+//! connect (KUBECONFIG / in-cluster) ─▶ serve /metrics /healthz /readyz ─▶ API reachable: ready
+//!   ─▶ [leader election: wait for the Lease] ─▶ controller ┬─ shutdown signal: drain, release Lease, Ok
+//!                                                           └─ Lease lost: Err(LostLeadership) at once
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::events::{Recorder, Reporter};
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::controller;
+use crate::labels;
+use crate::leader::{Elector, Lost};
+use crate::metrics::Metrics;
+use crate::reconcile::Context;
+use crate::server::{self, Health};
+
+/// How long reconciles in flight may take to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the operator stopped other than by a shutdown signal.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot configure the Kubernetes client (KUBECONFIG or in-cluster)")]
+    Client(#[source] kube::Error),
+    #[error("the API server does not answer")]
+    ApiServer(#[source] kube::Error),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another replica leads now; the process must exit so that it never
+    /// writes alongside the new leader.
+    #[error("lost leadership: {0}")]
+    LostLeadership(#[from] Lost),
+}
+
+/// Runs the operator until `shutdown` completes.
+///
+/// # Guarantees
+/// With leader election, the controller runs only while this process holds
+/// the lease; on losing it this returns [`RunError::LostLeadership`]
+/// immediately (the caller exits), and on `shutdown` the lease is released
+/// after the reconciles in flight finish (bounded).
+///
+/// # Errors
+/// See [`RunError`].
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health {
+        metrics: metrics.clone(),
+        ..Default::default()
+    });
+    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: config.metrics_addr,
+            source,
+        })?;
+    let metrics_addr = listener.local_addr().map_err(|source| RunError::Listen {
+        addr: config.metrics_addr,
+        source,
+    })?;
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+    }
+    let app = server::router(health.clone());
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                warn!(error = %e, "metrics listener failed");
+            }
+        });
+    }
+    info!(
+        %metrics_addr,
+        identity = %config.identity,
+        namespaces = %if config.namespaces.is_empty() { "*".to_string() } else { config.namespaces.join(",") },
+        leader_election = config.leader_election.is_some(),
+        ingress_image = %config.settings.images.ingress,
+        worker_image = %config.settings.images.worker,
+        redis_image = %config.settings.images.redis,
+        "sluice-operator starting"
+    );
+
+    let version = tokio::select! {
+        v = client.apiserver_version() => v.map_err(RunError::ApiServer)?,
+        () = stop.cancelled() => return Ok(()),
+    };
+    info!(server = %version.git_version, "connected to the API server");
+    health.ready.store(true, Ordering::Relaxed);
+
+    let mut elector = config
+        .leader_election
+        .clone()
+        .map(|le| Elector::new(client.clone(), le, config.identity.clone()));
+    if let Some(e) = elector.as_mut() {
+        tokio::select! {
+            () = e.acquire() => {}
+            () = stop.cancelled() => return Ok(()),
+        }
+    }
+    metrics.leader.set(1);
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: labels::MANAGER.into(),
+            instance: Some(config.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context::new(
+        client,
+        config.settings.clone(),
+        config.timing.clone(),
+        recorder,
+        metrics.clone(),
+    ));
+    let controller_stop = CancellationToken::new();
+    let mut controller = tokio::spawn({
+        let namespaces = config.namespaces.clone();
+        let token = controller_stop.clone();
+        async move { controller::run(ctx, &namespaces, token.cancelled_owned()).await }
+    });
+
+    let lost = async {
+        match elector.as_mut() {
+            Some(e) => e.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        reason = lost => {
+            // Stop writing at once: the new leader may already be running.
+            controller.abort();
+            metrics.leader.set(0);
+            return Err(RunError::LostLeadership(reason));
+        }
+        () = stop.cancelled() => Ok(()),
+        r = &mut controller => {
+            if let Err(e) = r {
+                warn!(error = %e, "controller task ended");
+            }
+            Ok(())
+        }
+    };
+    info!("shutting down");
+    controller_stop.cancel();
+    if tokio::time::timeout(DRAIN_TIMEOUT, &mut controller)
+        .await
+        .is_err()
+    {
+        warn!("reconciles still running after {DRAIN_TIMEOUT:?}; stopping anyway");
+        controller.abort();
+    }
+    metrics.leader.set(0);
+    if let Some(e) = elector.as_mut() {
+        e.release().await;
+    }
+    result
+}
