@@ -648,17 +648,18 @@ pub(crate) fn apply(req: ApplyRequest) -> Result<Applied, ApiError> {
     let filtered = filter_scope(req.applied, req.scope);
     merge_applied(&mut merged, &filtered, &mut Vec::new(), &shape);
 
-    // removal of what this manager no longer applies (longest paths first)
-    let mut removed: Vec<&Path> = old_set.0.difference(&new_set.0).collect();
-    removed.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for p in removed {
-        let owned_elsewhere = entries
-            .iter()
-            .filter(|e| !e.same_owner(req.manager, "Apply", subresource))
-            .any(|e| e.fields.has_prefix(p));
-        if !owned_elsewhere && !new_set.has_prefix(p) {
-            remove_path(&mut merged, p, &shape);
-        }
+    // removal of what this manager no longer applies
+    let others: Vec<&ManagedEntry> = entries
+        .iter()
+        .filter(|e| !e.same_owner(req.manager, "Apply", subresource))
+        .collect();
+    let removable: BTreeSet<&Path> = old_set
+        .0
+        .difference(&new_set.0)
+        .filter(|p| !new_set.has_prefix(p) && !others.iter().any(|e| e.fields.has_prefix(p)))
+        .collect();
+    for p in prune_plan(&removable) {
+        remove_path(&mut merged, p, &shape);
     }
 
     match entries
@@ -684,6 +685,35 @@ pub(crate) fn apply(req: ApplyRequest) -> Result<Applied, ApiError> {
     entries.retain(|e| !e.fields.0.is_empty());
     write_managed(&mut merged, &entries);
     Ok(Applied { object: merged })
+}
+
+/// Which of the `removable` paths to actually remove, longest first.
+///
+/// - A path below another removable path goes with its ancestor: a keyed item nobody else
+///   owns is removed as a whole element (removing its key fields first would leave an item
+///   that can no longer be found by key, nor validate).
+/// - The key fields of a keyed item that stays (another manager still owns something in it)
+///   are kept: an item without its key is not a valid list element.
+fn prune_plan<'p>(removable: &BTreeSet<&'p Path>) -> Vec<&'p Path> {
+    let mut plan: Vec<&Path> = removable
+        .iter()
+        .copied()
+        .filter(|p| {
+            let under_removed = (1..p.len()).any(|n| removable.contains(&p[..n].to_vec()));
+            !under_removed && !is_item_key_field(p)
+        })
+        .collect();
+    plan.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    plan
+}
+
+/// True for `…/k:{"name":"x"}/f:name`: a key field of an associative-list item.
+fn is_item_key_field(p: &[String]) -> bool {
+    let [.., item, field] = p else { return false };
+    let (Some(key), Some(field)) = (item.strip_prefix("k:"), field.strip_prefix("f:")) else {
+        return false;
+    };
+    serde_json::from_str::<Map<String, Value>>(key).is_ok_and(|m| m.contains_key(field))
 }
 
 /// The part of an applied configuration a scope lets through.
@@ -835,6 +865,56 @@ mod tests {
             live,
             json!({"spec": {"containers": [{"name": "a", "image": "1", "args": ["y"]}, {"name": "b", "image": "3"}]}})
         );
+    }
+
+    #[test]
+    fn an_item_dropped_by_its_only_applier_is_removed_whole() {
+        let rt = deployment_type();
+        let apply_as = |live: Option<&Value>, applied: &Value| {
+            apply(ApplyRequest {
+                live,
+                applied,
+                manager: "op",
+                force: false,
+                scope: Scope::Main {
+                    has_status_sub: true,
+                },
+                api_version: "apps/v1",
+                now: "t",
+                rt: &rt,
+                name: "d",
+            })
+            .expect("applies")
+            .object
+        };
+        let spec = |cs: Value| json!({"metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": cs}}}});
+        let first = apply_as(
+            None,
+            &spec(
+                json!([{"name": "a", "image": "a"}, {"name": "b", "image": "b", "env": [{"name": "X", "value": "1"}]}]),
+            ),
+        );
+        let second = apply_as(Some(&first), &spec(json!([{"name": "a", "image": "a"}])));
+        assert_eq!(
+            second["spec"]["template"]["spec"]["containers"],
+            json!([{"name": "a", "image": "a"}])
+        );
+    }
+
+    #[test]
+    fn key_fields_of_items_are_recognised() {
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(is_item_key_field(&p(&[
+            "f:spec",
+            "k:{\"name\":\"a\"}",
+            "f:name"
+        ])));
+        assert!(!is_item_key_field(&p(&[
+            "f:spec",
+            "k:{\"name\":\"a\"}",
+            "f:image"
+        ])));
+        assert!(!is_item_key_field(&p(&["f:spec", "f:name"])));
     }
 
     #[test]

@@ -159,6 +159,105 @@ fn cases() -> Vec<Case> {
                     .ok_or(format!("containers a,b with env X,Y expected: {cs}"))
             },
         },
+        Case {
+            name: "a keyed item (container, env var) the manager stops applying is removed whole",
+            steps: vec![
+                step(
+                    "op",
+                    deploy(
+                        "drop-item",
+                        pod_spec(json!([
+                            {"name": "a", "image": "a", "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}, {"name": "Z", "value": "3"}]},
+                            {"name": "b", "image": "b", "ports": [{"containerPort": 80}, {"containerPort": 81}]},
+                            {"name": "c", "image": "c"}])),
+                    ),
+                ),
+                step(
+                    "op",
+                    deploy(
+                        "drop-item",
+                        pod_spec(json!([
+                            {"name": "a", "image": "a", "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]},
+                            {"name": "b", "image": "b", "ports": [{"containerPort": 80}]}])),
+                    ),
+                ),
+            ],
+            check: |o| {
+                let cs = &o["spec"]["template"]["spec"]["containers"];
+                let want = json!([
+                    {"name": "a", "image": "a", "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]},
+                    {"name": "b", "image": "b", "ports": [{"containerPort": 80}]}]);
+                let stripped: Vec<Value> = cs
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        let mut c = c.clone();
+                        if let Some(m) = c.as_object_mut() {
+                            m.retain(|k, _| {
+                                ["name", "image", "env", "ports"].contains(&k.as_str())
+                            });
+                            // whether `protocol` is defaulted is not what this case checks
+                            for p in m
+                                .get_mut("ports")
+                                .and_then(Value::as_array_mut)
+                                .into_iter()
+                                .flatten()
+                            {
+                                p.as_object_mut().map(|p| p.remove("protocol"));
+                            }
+                        }
+                        c
+                    })
+                    .collect();
+                (Value::Array(stripped) == want)
+                    .then_some(())
+                    .ok_or(format!(
+                        "container c, env Z and port 81 must be gone entirely: {cs}"
+                    ))
+            },
+        },
+        Case {
+            name: "a dropped keyed item another manager owns a field of stays, with its key",
+            steps: vec![
+                step(
+                    "op",
+                    deploy(
+                        "keep-item",
+                        pod_spec(json!([{"name": "a", "image": "a"}, {"name": "b", "image": "b"}])),
+                    ),
+                ),
+                step(
+                    "sidecar",
+                    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "keep-item"},
+                    "spec": {"template": {"spec": {"containers": [{"name": "b", "image": "b", "env": [{"name": "S", "value": "1"}]}]}}}}),
+                ),
+                step(
+                    "op",
+                    deploy("keep-item", pod_spec(json!([{"name": "a", "image": "a"}]))),
+                ),
+            ],
+            check: |o| {
+                let cs = &o["spec"]["template"]["spec"]["containers"];
+                let b = cs
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["name"] == "b");
+                match b {
+                    Some(b)
+                        if b["image"] == "b"
+                            && b["env"] == json!([{"name": "S", "value": "1"}])
+                            && cs.as_array().map(Vec::len) == Some(2) =>
+                    {
+                        Ok(())
+                    }
+                    _ => Err(format!(
+                        "container b must stay with the sidecar's image, env and name: {cs}"
+                    )),
+                }
+            },
+        },
     ]
 }
 
@@ -429,6 +528,141 @@ async fn custom_resource_status_apply_and_scale_subresource() -> anyhow::Result<
         after.metadata.generation,
         Some(2),
         "a /scale write is a spec change"
+    );
+    sim.shutdown().await;
+    Ok(())
+}
+
+/// A keyed list on a custom resource (`x-kubernetes-list-type: map`, keyed by `name`, as
+/// StreamPipeline `spec.groups`): an item the applying manager stops applying is removed as a
+/// whole element when nobody else owns part of it, and stays (with its key) when someone does.
+#[tokio::test]
+async fn custom_resource_keyed_list_item_dropped_by_apply() -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{DynamicObject, PostParams};
+    use kube::core::{ApiResource, GroupVersionKind};
+
+    let (sim, client) = start().await?;
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": "flows.sim.example.com"},
+        "spec": {"group": "sim.example.com", "scope": "Namespaced",
+            "names": {"kind": "Flow", "plural": "flows"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "required": ["groups"], "properties": {
+                        "groups": {"type": "array", "minItems": 1,
+                            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                            "items": {"type": "object", "required": ["name"], "properties": {
+                                "name": {"type": "string"},
+                                "role": {"type": "string"},
+                                "replicas": {"type": "integer"}}}}}}}}}}]}
+    }))?;
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &crd)
+        .await?;
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("sim.example.com", "v1", "Flow"),
+        "flows",
+    );
+    let flows: Api<DynamicObject> = Api::namespaced_with(client, "default", &ar);
+    let flow = |name: &str, groups: &[&str]| {
+        let groups: Vec<Value> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| json!({"name": g, "role": if i == 0 { "ingress" } else { "worker" }}))
+            .collect();
+        json!({"apiVersion": "sim.example.com/v1", "kind": "Flow", "metadata": {"name": name},
+               "spec": {"groups": groups}})
+    };
+    let groups_of = |o: &DynamicObject| o.data["spec"]["groups"].clone();
+    let owns_item = |o: &DynamicObject, manager: &str, item: &str| {
+        o.managed_fields().iter().any(|m| {
+            m.manager.as_deref() == Some(manager)
+                && m.fields_v1.as_ref().is_some_and(|f| {
+                    f.0.pointer(&format!("/f:spec/f:groups/k:{{\"name\":\"{item}\"}}"))
+                        .is_some()
+                })
+        })
+    };
+    let a = PatchParams::apply("manager-a");
+
+    // 1. only manager A owns the dropped item: it is gone entirely, and the object validates
+    flows
+        .patch("solo", &a, &Patch::Apply(flow("solo", &["in", "w1", "w2"])))
+        .await?;
+    let solo = flows
+        .patch("solo", &a, &Patch::Apply(flow("solo", &["in", "w1"])))
+        .await?;
+    assert_eq!(
+        groups_of(&solo),
+        json!([{"name": "in", "role": "ingress"}, {"name": "w1", "role": "worker"}]),
+        "w2 is removed as a whole element"
+    );
+    assert!(
+        !owns_item(&solo, "manager-a", "w2"),
+        "{:?}",
+        solo.managed_fields()
+    );
+    assert_eq!(groups_of(&flows.get("solo").await?), groups_of(&solo));
+
+    // 2. manager B applied a field of the item: it stays with B's field and its key
+    flows
+        .patch(
+            "shared",
+            &a,
+            &Patch::Apply(flow("shared", &["in", "w1", "w2"])),
+        )
+        .await?;
+    flows
+        .patch(
+            "shared",
+            &PatchParams::apply("manager-b"),
+            &Patch::Apply(json!({"apiVersion": "sim.example.com/v1", "kind": "Flow",
+                "metadata": {"name": "shared"},
+                "spec": {"groups": [{"name": "w2", "replicas": 4}]}})),
+        )
+        .await?;
+    let shared = flows
+        .patch("shared", &a, &Patch::Apply(flow("shared", &["in", "w1"])))
+        .await?;
+    assert_eq!(
+        groups_of(&shared),
+        json!([{"name": "in", "role": "ingress"}, {"name": "w1", "role": "worker"},
+               {"name": "w2", "replicas": 4}]),
+        "w2 keeps B's replicas and its name, loses A's role"
+    );
+    assert!(owns_item(&shared, "manager-b", "w2"));
+    assert!(!owns_item(&shared, "manager-a", "w2"));
+
+    // 3. manager B owns only a non-key field of the item (through an ordinary update): the
+    //    item still keeps its key field, although only A ever set it
+    flows
+        .patch(
+            "updated",
+            &a,
+            &Patch::Apply(flow("updated", &["in", "w1", "w2"])),
+        )
+        .await?;
+    flows
+        .patch(
+            "updated",
+            &PatchParams {
+                field_manager: Some("manager-b".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({"spec": {"groups": [
+                {"name": "in", "role": "ingress"}, {"name": "w1", "role": "worker"},
+                {"name": "w2", "role": "worker", "replicas": 2}]}})),
+        )
+        .await?;
+    let updated = flows
+        .patch("updated", &a, &Patch::Apply(flow("updated", &["in", "w1"])))
+        .await?;
+    assert_eq!(
+        groups_of(&updated),
+        json!([{"name": "in", "role": "ingress"}, {"name": "w1", "role": "worker"},
+               {"name": "w2", "replicas": 2}]),
+        "w2 keeps its name and B's replicas"
     );
     sim.shutdown().await;
     Ok(())
