@@ -1,0 +1,573 @@
+//! A tiny kubelet for tests: turns one container of a pod template into
+//! the argv, environment and mounted files a real kubelet would give it,
+//! on the local machine.
+//!
+//! ```text
+//! PodTemplateSpec + container name + Cluster (ConfigMaps, Secrets, Service "DNS")
+//!   ├─ volumes      ConfigMap/Secret → <root>/<volume>/..<ts>/<key> files,
+//!   │               <volume>/..data -> ..<ts>, <volume>/<key> -> ..data/<key>
+//!   │               (the kubelet's atomic-swap layout); emptyDir → empty dir
+//!   ├─ env          value | secretKeyRef | configMapKeyRef | fieldRef, then
+//!   │               `$(VAR)` expanded against the variables defined before it
+//!   ├─ args         `$(VAR)` expanded against the whole environment
+//!   └─ then, standing in for what differs between a pod and this machine:
+//!        mount paths  a value that is a mount path or below one is moved
+//!                     under <root>/<volume>
+//!        Services     `<svc>[.<ns>[.svc[.cluster.local]]]:<port>` → the test's
+//!                     local endpoint registered for that Service port
+//!        ports        a value `<ip>:<containerPort>` of a declared container
+//!                     port → `<ip>:<free local port>`, with `0.0.0.0` (the
+//!                     pod's own network namespace) → `127.0.0.1` (pods have
+//!                     their own network namespace; processes here share one)
+//! ```
+//!
+//! Nothing else is changed: a flag the runtime lacks, a wrong path or an
+//! unexpanded variable reaches the process as the operator wrote it. Every
+//! unresolvable reference is an error naming it, as the kubelet would refuse
+//! to start the container.
+
+#![allow(dead_code)] // not every test uses every accessor
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EnvVar, KeyToPath, PodTemplateSpec, Probe, Secret, Service, Volume,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// The timestamped directory of the atomic-swap layout.
+const DATA_DIR: &str = "..2026_01_01_00_00_00.000000001";
+/// The mode of projected files when the volume sets no `defaultMode`.
+const DEFAULT_MODE: i32 = 0o644;
+
+/// What the pods of one namespace can see: the objects their volumes and
+/// variables reference, and where each Service port is served locally.
+#[derive(Debug, Default)]
+pub struct Cluster {
+    pub namespace: String,
+    pub config_maps: BTreeMap<String, ConfigMap>,
+    pub secrets: BTreeMap<String, Secret>,
+    /// `(Service name, Service port)` → local address.
+    endpoints: BTreeMap<(String, i32), SocketAddr>,
+}
+
+impl Cluster {
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            ..Self::default()
+        }
+    }
+
+    pub fn add_config_map(&mut self, cm: ConfigMap) {
+        let name = cm.metadata.name.clone().expect("ConfigMap has a name");
+        self.config_maps.insert(name, cm);
+    }
+
+    pub fn add_secret(&mut self, s: Secret) {
+        let name = s.metadata.name.clone().expect("Secret has a name");
+        self.secrets.insert(name, s);
+    }
+
+    /// Serves the port named `port_name` of Service `svc` at `addr`.
+    ///
+    /// # Panics
+    /// When the Service has no such port.
+    pub fn serve(&mut self, svc: &Service, port_name: &str, addr: SocketAddr) {
+        let name = svc.metadata.name.clone().expect("Service has a name");
+        let port = svc
+            .spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(port_name))
+            .unwrap_or_else(|| panic!("Service {name} has no port named {port_name}"))
+            .port;
+        self.endpoints.insert((name, port), addr);
+    }
+
+    /// The DNS names a pod in this namespace may use for a Service,
+    /// longest first.
+    fn service_hosts(&self, svc: &str) -> [String; 4] {
+        let ns = &self.namespace;
+        [
+            format!("{svc}.{ns}.svc.cluster.local"),
+            format!("{svc}.{ns}.svc"),
+            format!("{svc}.{ns}"),
+            svc.to_string(),
+        ]
+    }
+}
+
+/// A container port with the local port standing in for it.
+#[derive(Debug, Clone, Copy)]
+pub struct PortMap {
+    pub container: i32,
+    pub local: u16,
+}
+
+/// One container, ready to run here.
+#[derive(Debug)]
+pub struct Materialised {
+    pub pod_name: String,
+    pub image: String,
+    /// `command` of the container (`None`: the image's entrypoint).
+    pub command: Option<Vec<String>>,
+    pub args: Vec<String>,
+    /// In the container's order, values resolved and expanded.
+    pub env: Vec<(String, String)>,
+    /// Where the volumes were materialised (`<root>/<volume>`).
+    pub root: PathBuf,
+    /// Mount path in the pod → directory here.
+    pub mounts: BTreeMap<String, PathBuf>,
+    /// Named container ports.
+    pub ports: BTreeMap<String, PortMap>,
+    pub readiness: Option<Probe>,
+    pub liveness: Option<Probe>,
+}
+
+impl Materialised {
+    /// The local port of a probe's `httpGet` and its path.
+    ///
+    /// # Errors
+    /// No `httpGet`, or a port the container does not declare.
+    pub fn http_probe(&self, probe: &Probe) -> Result<(u16, String), String> {
+        let get = probe
+            .http_get
+            .as_ref()
+            .ok_or_else(|| format!("{}: probe is not httpGet", self.pod_name))?;
+        let port = self.local_port(&get.port)?;
+        Ok((port, get.path.clone().unwrap_or_else(|| "/".into())))
+    }
+
+    /// The local port of a container port given by name or number.
+    ///
+    /// # Errors
+    /// A port the container does not declare.
+    pub fn local_port(&self, port: &IntOrString) -> Result<u16, String> {
+        match port {
+            IntOrString::String(name) => self
+                .ports
+                .get(name)
+                .map(|p| p.local)
+                .ok_or_else(|| format!("{}: no container port named `{name}`", self.pod_name)),
+            IntOrString::Int(n) => self
+                .ports
+                .values()
+                .find(|p| p.container == *n)
+                .map(|p| p.local)
+                .ok_or_else(|| format!("{}: no container port {n}", self.pod_name)),
+        }
+    }
+}
+
+/// Materialises container `container` of a pod named `pod_name` created
+/// from `template`, writing its volumes under `root`.
+///
+/// # Errors
+/// Whatever would keep a kubelet from starting the container (a missing
+/// ConfigMap, Secret or key, an unsupported volume or field), named.
+pub fn materialise(
+    cluster: &Cluster,
+    template: &PodTemplateSpec,
+    container: &str,
+    pod_name: &str,
+    root: &Path,
+) -> Result<Materialised, String> {
+    let spec = template.spec.as_ref().ok_or("pod template has no spec")?;
+    let c: &Container = spec
+        .containers
+        .iter()
+        .find(|c| c.name == container)
+        .ok_or_else(|| format!("pod template has no container `{container}`"))?;
+
+    // Volumes: every one the pod declares, as the kubelet sets them all up.
+    std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let mut volume_dirs = BTreeMap::new();
+    for v in spec.volumes.iter().flatten() {
+        let dir = root.join(&v.name);
+        materialise_volume(cluster, v, &dir)?;
+        volume_dirs.insert(v.name.clone(), dir);
+    }
+    let mut mounts = BTreeMap::new();
+    for m in c.volume_mounts.iter().flatten() {
+        let dir = volume_dirs
+            .get(&m.name)
+            .ok_or_else(|| format!("{container}: mount of unknown volume `{}`", m.name))?;
+        let dir = match m.sub_path.as_deref() {
+            Some(sub) if !sub.is_empty() => dir.join(sub),
+            _ => dir.clone(),
+        };
+        mounts.insert(m.mount_path.trim_end_matches('/').to_string(), dir);
+    }
+
+    let mut ports = BTreeMap::new();
+    for p in c.ports.iter().flatten() {
+        let local = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let name = p
+            .name
+            .clone()
+            .unwrap_or_else(|| p.container_port.to_string());
+        ports.insert(
+            name,
+            PortMap {
+                container: p.container_port,
+                local,
+            },
+        );
+    }
+
+    // Environment, in order: each `$(VAR)` sees only the variables before it.
+    let mut env: Vec<(String, String)> = Vec::new();
+    for e in c.env.iter().flatten() {
+        let raw = env_value(cluster, template, pod_name, e)?;
+        let value = expand(&raw, &env);
+        env.push((e.name.clone(), value));
+    }
+    let args: Vec<String> = c.args.iter().flatten().map(|a| expand(a, &env)).collect();
+    let command = c
+        .command
+        .as_ref()
+        .map(|cmd| cmd.iter().map(|a| expand(a, &env)).collect::<Vec<_>>());
+
+    // What differs between a pod and this machine.
+    let localise = |v: &str| localise(cluster, &mounts, &ports, v);
+    let env = env
+        .into_iter()
+        .map(|(k, v)| {
+            let v = localise(&v);
+            (k, v)
+        })
+        .collect();
+    let args = args.iter().map(|a| localise(a)).collect();
+    let command = command.map(|cmd| cmd.iter().map(|a| localise(a)).collect());
+
+    Ok(Materialised {
+        pod_name: pod_name.into(),
+        image: c.image.clone().unwrap_or_default(),
+        command,
+        args,
+        env,
+        root: root.to_path_buf(),
+        mounts,
+        ports,
+        readiness: c.readiness_probe.clone(),
+        liveness: c.liveness_probe.clone(),
+    })
+}
+
+// === volumes ===
+
+fn materialise_volume(cluster: &Cluster, v: &Volume, dir: &Path) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("volume {}: {}: {e}", v.name, dir.display());
+    if let Some(src) = &v.config_map {
+        let files = match cluster.config_maps.get(&src.name) {
+            Some(cm) => {
+                let mut data: BTreeMap<String, Vec<u8>> = cm
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, s)| (k.clone(), s.clone().into_bytes()))
+                    .collect();
+                for (k, b) in cm.binary_data.iter().flatten() {
+                    data.insert(k.clone(), b.0.clone());
+                }
+                data
+            }
+            None if src.optional == Some(true) => BTreeMap::new(),
+            None => {
+                return Err(format!(
+                    "volume {}: ConfigMap {} not found",
+                    v.name, src.name
+                ))
+            }
+        };
+        let files = project(&v.name, &files, src.items.as_deref(), src.default_mode)?;
+        write_atomic_layout(dir, &files).map_err(io)
+    } else if let Some(src) = &v.secret {
+        let name = src.secret_name.clone().unwrap_or_default();
+        let files = match cluster.secrets.get(&name) {
+            Some(s) => {
+                let mut data: BTreeMap<String, Vec<u8>> = s
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, b)| (k.clone(), b.0.clone()))
+                    .collect();
+                for (k, t) in s.string_data.iter().flatten() {
+                    data.insert(k.clone(), t.clone().into_bytes());
+                }
+                data
+            }
+            None if src.optional == Some(true) => BTreeMap::new(),
+            None => return Err(format!("volume {}: Secret {name} not found", v.name)),
+        };
+        let files = project(&v.name, &files, src.items.as_deref(), src.default_mode)?;
+        write_atomic_layout(dir, &files).map_err(io)
+    } else if v.empty_dir.is_some() {
+        std::fs::create_dir_all(dir).map_err(io)
+    } else {
+        Err(format!(
+            "volume {}: only ConfigMap, Secret and emptyDir volumes are supported here",
+            v.name
+        ))
+    }
+}
+
+/// Relative path → (content, mode) of the files of a volume: every key, or
+/// only `items` (a missing key is an error unless the volume is optional,
+/// which these tests never need).
+fn project(
+    volume: &str,
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    default_mode: Option<i32>,
+) -> Result<BTreeMap<String, (Vec<u8>, i32)>, String> {
+    let mode = default_mode.unwrap_or(DEFAULT_MODE);
+    match items {
+        None => Ok(data
+            .iter()
+            .map(|(k, v)| (k.clone(), (v.clone(), mode)))
+            .collect()),
+        Some(items) => items
+            .iter()
+            .map(|i| {
+                let v = data
+                    .get(&i.key)
+                    .ok_or_else(|| format!("volume {volume}: key `{}` not found", i.key))?;
+                Ok((i.path.clone(), (v.clone(), i.mode.unwrap_or(mode))))
+            })
+            .collect(),
+    }
+}
+
+/// The kubelet's atomic-writer layout: the files in a timestamped
+/// directory, `..data` pointing at it, and each top-level entry a link
+/// through `..data`.
+fn write_atomic_layout(
+    dir: &Path,
+    files: &BTreeMap<String, (Vec<u8>, i32)>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let data_dir = dir.join(DATA_DIR);
+    std::fs::create_dir_all(&data_dir)?;
+    let mut top = std::collections::BTreeSet::new();
+    for (rel, (content, mode)) in files {
+        let path = data_dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, content)?;
+        let mode = u32::try_from(*mode).unwrap_or(0o644);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        top.insert(rel.split('/').next().unwrap_or(rel).to_string());
+    }
+    symlink(DATA_DIR, dir.join("..data"))?;
+    for t in top {
+        symlink(Path::new("..data").join(&t), dir.join(&t))?;
+    }
+    Ok(())
+}
+
+// === environment ===
+
+fn env_value(
+    cluster: &Cluster,
+    template: &PodTemplateSpec,
+    pod_name: &str,
+    e: &EnvVar,
+) -> Result<String, String> {
+    let Some(from) = &e.value_from else {
+        return Ok(e.value.clone().unwrap_or_default());
+    };
+    let name = &e.name;
+    if let Some(r) = &from.secret_key_ref {
+        let s = cluster
+            .secrets
+            .get(&r.name)
+            .ok_or_else(|| format!("env {name}: Secret {} not found", r.name))?;
+        let v = s
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&r.key))
+            .ok_or_else(|| format!("env {name}: Secret {} has no key `{}`", r.name, r.key))?;
+        return String::from_utf8(v.0.clone())
+            .map_err(|_| format!("env {name}: Secret {} key `{}` is not UTF-8", r.name, r.key));
+    }
+    if let Some(r) = &from.config_map_key_ref {
+        let cm = cluster
+            .config_maps
+            .get(&r.name)
+            .ok_or_else(|| format!("env {name}: ConfigMap {} not found", r.name))?;
+        return cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&r.key))
+            .cloned()
+            .ok_or_else(|| format!("env {name}: ConfigMap {} has no key `{}`", r.name, r.key));
+    }
+    if let Some(f) = &from.field_ref {
+        let meta = &template.metadata;
+        let label = |path: &str, map: Option<&BTreeMap<String, String>>| {
+            let key = path.trim_end_matches("']");
+            map.and_then(|m| m.get(key)).cloned().unwrap_or_default()
+        };
+        return match f.field_path.as_str() {
+            "metadata.name" => Ok(pod_name.to_string()),
+            "metadata.namespace" => Ok(cluster.namespace.clone()),
+            "metadata.uid" => Ok("00000000-0000-4000-8000-0000000000aa".into()),
+            "spec.nodeName" => Ok("node-1".into()),
+            "spec.serviceAccountName" => Ok(template
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into())),
+            "status.podIP" | "status.hostIP" => Ok("127.0.0.1".into()),
+            p if p.starts_with("metadata.labels['") => Ok(label(
+                &p["metadata.labels['".len()..],
+                meta.as_ref().and_then(|m| m.labels.as_ref()),
+            )),
+            p if p.starts_with("metadata.annotations['") => Ok(label(
+                &p["metadata.annotations['".len()..],
+                meta.as_ref().and_then(|m| m.annotations.as_ref()),
+            )),
+            p => Err(format!("env {name}: unsupported fieldRef `{p}`")),
+        };
+    }
+    Err(format!(
+        "env {name}: unsupported valueFrom (resourceFieldRef is not needed here)"
+    ))
+}
+
+/// Kubernetes' `$(VAR)` expansion: a reference to a variable in `env` is
+/// replaced by its value, `$$` is a literal `$`, and anything else
+/// (an undefined variable, an unterminated reference) is left as written.
+pub fn expand(s: &str, env: &[(String, String)]) -> String {
+    let lookup = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('(') {
+            match tail.find(')') {
+                Some(end) => {
+                    let name = &tail[..end];
+                    match lookup(name) {
+                        Some(v) => out.push_str(&v),
+                        None => {
+                            out.push_str("$(");
+                            out.push_str(name);
+                            out.push(')');
+                        }
+                    }
+                    rest = &tail[end + 1..];
+                }
+                None => {
+                    out.push_str("$(");
+                    rest = tail;
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+// === from the pod to this machine ===
+
+fn localise(
+    cluster: &Cluster,
+    mounts: &BTreeMap<String, PathBuf>,
+    ports: &BTreeMap<String, PortMap>,
+    value: &str,
+) -> String {
+    // A mount path, or a path below one (the deepest mount wins).
+    let mut by_depth: Vec<_> = mounts.iter().collect();
+    by_depth.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    for (path, dir) in by_depth {
+        if value == path {
+            return dir.display().to_string();
+        }
+        if let Some(rest) = value.strip_prefix(&format!("{path}/")) {
+            return dir.join(rest).display().to_string();
+        }
+    }
+    // A listen address on a declared container port.
+    if let Some((host, port)) = value.rsplit_once(':') {
+        if host.parse::<std::net::IpAddr>().is_ok() {
+            if let Some(p) = ports.values().find(|p| p.container.to_string() == port) {
+                // A pod's wildcard address is its own network namespace; here
+                // that is loopback, so test servers never listen beyond it.
+                let host = if host == "0.0.0.0" { "127.0.0.1" } else { host };
+                return format!("{host}:{}", p.local);
+            }
+        }
+    }
+    // Service host:port, wherever it appears (URLs), as DNS + kube-proxy would.
+    let mut out = value.to_string();
+    for ((svc, port), addr) in &cluster.endpoints {
+        for host in cluster.service_hosts(svc) {
+            out = replace_host(&out, &format!("{host}:{port}"), &addr.to_string());
+        }
+    }
+    out
+}
+
+/// Replaces `from` in `s` where it stands as a whole host:port (not the
+/// tail of a longer host name, nor followed by more digits).
+fn replace_host(s: &str, from: &str, to: &str) -> String {
+    let is_host_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find(from) {
+        let before_ok = !rest[..i].chars().next_back().is_some_and(is_host_char);
+        let after = &rest[i + from.len()..];
+        let after_ok = !after.chars().next().is_some_and(|c| c.is_ascii_digit());
+        out.push_str(&rest[..i]);
+        out.push_str(if before_ok && after_ok { to } else { from });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expansion_follows_kubernetes_rules() {
+        let env = vec![("A".to_string(), "x".to_string())];
+        assert_eq!(expand("$(A)-$(B)-$$(A)-$(A", &env), "x-$(B)-$(A)-$(A");
+        assert_eq!(expand("a$b", &env), "a$b");
+    }
+
+    #[test]
+    fn hosts_are_replaced_only_whole() {
+        assert_eq!(
+            replace_host("redis://:p@r.ns.svc:6379/0", "r.ns.svc:6379", "127.0.0.1:1"),
+            "redis://:p@127.0.0.1:1/0"
+        );
+        assert_eq!(
+            replace_host("redis://xr.ns.svc:63790", "r.ns.svc:6379", "127.0.0.1:1"),
+            "redis://xr.ns.svc:63790"
+        );
+    }
+}

@@ -1,0 +1,502 @@
+//! What the operator writes is what the runtime reads.
+//!
+//! For an example pipeline, `sluice_operator::desired` (the pure function
+//! the reconciler applies) gives the Deployments, ConfigMap and Services;
+//! the Secrets it creates when absent come from the operator's own
+//! generators (`secrets::fresh_key_ring`, `secrets::fresh_redis_secret`:
+//! random kid, key and password, as in a cluster). Each Deployment's pod
+//! template is turned by a small kubelet (`kubelet/mod.rs`) into the argv,
+//! environment and mounted files of its runtime container: `P-pipeline`
+//! and `P-ipc-keys` laid out with the kubelet's `..data` symlinks,
+//! `secretKeyRef`/`fieldRef` resolved, `$(VAR)` expanded. The real
+//! `sluice-web-ingress` / `sluice-exec-worker` binaries (chosen by the
+//! container image) are started with exactly that, one process per
+//! Deployment, and must become ready on their readiness probes and serve
+//! both routes of the orders pipeline.
+//!
+//! Only what differs between a pod and this machine is translated: mount
+//! paths to the materialised directories, the managed Redis Service to a
+//! local `redis-server` that requires the password from `P-redis`, and
+//! container ports to free local ports.
+
+mod kubelet;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
+use serde_json::{json, Value};
+use sluice_crds::{GroupRole, StreamPipeline};
+use sluice_operator::resources::main_container;
+use sluice_operator::{desired, secrets, Child as Object, GeneratedSecret, OperatorSettings};
+use sluice_platform::redis::testing::RedisServer;
+
+use kubelet::{Cluster, Materialised};
+
+const NAMESPACE: &str = "roundtrip";
+const UID: &str = "00000000-0000-4000-8000-0000000000f1";
+/// How long a process may take to become ready.
+const READY_PATIENCE: Duration = Duration::from_secs(30);
+/// The annotation naming a pod's main container.
+const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+
+// === binaries ===
+
+/// `<target>/<profile>`: the parent of the test executable's `deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("the test executable is in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The runtime binaries, built once per test process (a no-op when current)
+/// so a stale binary is never tested.
+fn build_runtime() -> &'static Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = profile_dir();
+        let target = dir.parent().expect("the profile dir has a parent");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .args([
+                "build",
+                "-p",
+                "sluice-web-ingress",
+                "-p",
+                "sluice-exec-worker",
+                "--bins",
+            ])
+            .arg("--target-dir")
+            .arg(target);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "building the runtime failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(dir)
+    })
+}
+
+/// The binary a container runs: its `command[0]`, else the image's
+/// entrypoint, which for the project's images is the binary named like the
+/// image repository (`ghcr.io/sluice-dev/sluice-web-ingress:<tag>`).
+fn binary_for(m: &Materialised) -> (PathBuf, Vec<String>) {
+    let dir = build_runtime().as_ref().unwrap_or_else(|e| panic!("{e}"));
+    let (name, extra) = match &m.command {
+        Some(cmd) => (
+            cmd[0].rsplit('/').next().unwrap_or_default().to_string(),
+            cmd[1..].to_vec(),
+        ),
+        None => {
+            let repo = m.image.rsplit('/').next().unwrap_or_default();
+            let repo = repo.split([':', '@']).next().unwrap_or_default();
+            (repo.to_string(), Vec::new())
+        }
+    };
+    assert!(
+        ["sluice-web-ingress", "sluice-exec-worker"].contains(&name.as_str()),
+        "{}: image `{}` / command {:?} is not a runtime binary",
+        m.pod_name,
+        m.image,
+        m.command
+    );
+    let path = dir.join(&name);
+    assert!(path.is_file(), "{} is missing", path.display());
+    (path, extra)
+}
+
+// === processes ===
+
+/// A runtime process, killed by its PID on drop; its output is printed
+/// when the test fails.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(m: &Materialised) -> Self {
+        let (bin, command_args) = binary_for(m);
+        let log = m.root.join(format!("{}.log", m.pod_name));
+        let out = File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let child = Command::new(&bin)
+            .args(command_args)
+            .args(&m.args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(m.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&m.root)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        Self {
+            name: m.pod_name.clone(),
+            child,
+            log,
+        }
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "===== output of {} =====\n{}===== end of {} =====",
+                self.name,
+                self.output(),
+                self.name
+            );
+        }
+    }
+}
+
+// === the pipeline, as the operator writes it ===
+
+fn load(example: &str) -> StreamPipeline {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(example);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut sp: StreamPipeline =
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    sp.metadata.namespace = Some(NAMESPACE.into());
+    sp.metadata.uid = Some(UID.into());
+    sp
+}
+
+fn labels_of(t: &PodTemplateSpec) -> BTreeMap<String, String> {
+    t.metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
+fn selects(svc: &Service, t: &PodTemplateSpec) -> bool {
+    let labels = labels_of(t);
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
+/// A pipeline running here: its processes (dropped first), then Redis and
+/// the materialised files.
+struct Running {
+    procs: Vec<(Proc, Materialised)>,
+    /// Local address of the ingress Service's target port.
+    ingress: SocketAddr,
+    _redis: Option<RedisServer>,
+    _files: tempfile::TempDir,
+}
+
+/// Starts one process per Deployment the operator wants for `example`,
+/// with exactly what the kubelet would give its runtime container.
+fn start(example: &str, expect_deployments: &[&str]) -> Running {
+    let sp = load(example);
+    let d = desired(&sp, &OperatorSettings::default())
+        .unwrap_or_else(|e| panic!("{example}: desired: {e}"));
+
+    let mut cluster = Cluster::new(NAMESPACE);
+    let mut deployments: Vec<&Deployment> = Vec::new();
+    let mut services: Vec<&Service> = Vec::new();
+    let mut redis_sets: Vec<&StatefulSet> = Vec::new();
+    for o in &d.objects {
+        match o {
+            Object::ConfigMap(cm) => cluster.add_config_map(cm.clone()),
+            Object::Deployment(dep) => deployments.push(dep),
+            Object::Service(s) => services.push(s),
+            Object::StatefulSet(s) => redis_sets.push(s),
+            _ => {}
+        }
+    }
+    let names: Vec<&str> = deployments
+        .iter()
+        .map(|d| d.metadata.name.as_deref().unwrap_or_default())
+        .collect();
+    assert_eq!(names, expect_deployments, "{example}: Deployments");
+
+    // The Secrets the reconciler creates when absent, from fresh material.
+    let mut redis_password = None;
+    for g in &d.generated_secrets {
+        let s = match g {
+            GeneratedSecret::KeyRing(_) => secrets::fresh_key_ring(&sp).unwrap(),
+            GeneratedSecret::RedisPassword(_) => {
+                let s = secrets::fresh_redis_secret(&sp).unwrap();
+                let pw = s
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("password"))
+                    .expect("P-redis has a password");
+                redis_password = Some(String::from_utf8(pw.0.clone()).unwrap());
+                s
+            }
+        };
+        assert_eq!(s.metadata.name.as_deref(), Some(g.name()));
+        cluster.add_secret(s);
+    }
+
+    // Managed Redis: every Service selecting its pods is served by a local
+    // redis-server requiring the generated password.
+    let redis = match redis_sets.as_slice() {
+        [] => None,
+        [sts] => {
+            let pw = redis_password
+                .as_deref()
+                .expect("managed Redis has a P-redis Secret");
+            let server = RedisServer::start_with(false, Some(pw));
+            let addr = SocketAddr::from(([127, 0, 0, 1], server.port()));
+            let template = &sts.spec.as_ref().unwrap().template;
+            let mut served = 0;
+            for svc in services.iter().filter(|s| selects(s, template)) {
+                cluster.serve(svc, "redis", addr);
+                served += 1;
+            }
+            assert!(served > 0, "{example}: no Service selects the Redis pods");
+            Some(server)
+        }
+        more => panic!("{example}: {} StatefulSets", more.len()),
+    };
+
+    let files = tempfile::Builder::new()
+        .prefix("sluice-roundtrip-")
+        .tempdir()
+        .unwrap();
+    let mut procs = Vec::new();
+    let mut ingress = None;
+    for dep in &deployments {
+        let name = dep.metadata.name.clone().unwrap();
+        let template = &dep.spec.as_ref().unwrap().template;
+        let labels = labels_of(template);
+        let role = match labels
+            .get("app.kubernetes.io/component")
+            .map(String::as_str)
+        {
+            Some("ingress") => GroupRole::Ingress,
+            Some("worker") => GroupRole::Worker,
+            other => panic!("{name}: component label {other:?}"),
+        };
+        let container = main_container(role);
+        let annotated = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(DEFAULT_CONTAINER));
+        assert_eq!(annotated.map(String::as_str), Some(container), "{name}");
+
+        let pod = format!("{name}-6f9c8d7b5-q2w4x");
+        let m = kubelet::materialise(
+            &cluster,
+            template,
+            container,
+            &pod,
+            &files.path().join(&name),
+        )
+        .unwrap_or_else(|e| panic!("{name}: the kubelet would not start it: {e}"));
+        if role == GroupRole::Ingress {
+            let svc = services
+                .iter()
+                .find(|s| selects(s, template))
+                .unwrap_or_else(|| panic!("{name}: no Service selects the ingress pods"));
+            let target = svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
+                .target_port
+                .clone()
+                .expect("targetPort");
+            let port = m.local_port(&target).unwrap_or_else(|e| panic!("{e}"));
+            ingress = Some(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        let p = Proc::spawn(&m);
+        procs.push((p, m));
+    }
+    Running {
+        procs,
+        ingress: ingress.expect("an ingress Deployment"),
+        _redis: redis,
+        _files: files,
+    }
+}
+
+// === checks ===
+
+/// GET on a probe's `httpGet`, as the kubelet probes: the status code.
+async fn probe(client: &reqwest::Client, m: &Materialised, which: &str) -> Option<u16> {
+    let p = match which {
+        "readiness" => m.readiness.as_ref(),
+        _ => m.liveness.as_ref(),
+    }
+    .unwrap_or_else(|| panic!("{}: no {which} probe", m.pod_name));
+    let (port, path) = m.http_probe(p).unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("http://127.0.0.1:{port}{path}");
+    client
+        .get(url)
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+/// Every process ready on its readiness probe (`/readyz`) and alive on its
+/// liveness probe (`/healthz`).
+async fn wait_ready(run: &mut Running, client: &reqwest::Client) {
+    for (p, m) in &run.procs {
+        for (which, path) in [("readiness", "/readyz"), ("liveness", "/healthz")] {
+            let pr = if which == "readiness" {
+                m.readiness.as_ref()
+            } else {
+                m.liveness.as_ref()
+            };
+            let (_, got) = m.http_probe(pr.unwrap()).unwrap();
+            assert_eq!(got, path, "{}: {which} probe path", p.name);
+        }
+    }
+    let deadline = Instant::now() + READY_PATIENCE;
+    for i in 0..run.procs.len() {
+        loop {
+            let (p, m) = &mut run.procs[i];
+            if let Some(status) = p.exited() {
+                panic!("{} exited ({status}) before becoming ready", p.name);
+            }
+            if probe(client, m, "readiness").await == Some(200) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: readiness probe not 200 within {READY_PATIENCE:?}",
+                p.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for (p, m) in &run.procs {
+        assert_eq!(
+            probe(client, m, "readiness").await,
+            Some(200),
+            "{} /readyz",
+            p.name
+        );
+        assert_eq!(
+            probe(client, m, "liveness").await,
+            Some(200),
+            "{} /healthz",
+            p.name
+        );
+    }
+}
+
+async fn post(client: &reqwest::Client, ingress: SocketAddr, body: Value) -> (u16, Value) {
+    let r = client
+        .post(format!("http://{ingress}/v1/orders"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST /v1/orders: {e}"));
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, v)
+}
+
+/// The first request, retried while it is answered 503: readiness does not
+/// wait for Redis (DESIGN §5, "Readiness vs. Redis": a ready ingress answers
+/// 503 until its lazily opened connections are up), so right after start the
+/// backend may still be connecting. A wrong URL or password never gets past
+/// this and fails with the processes' logs.
+async fn first_request(run: &Running, client: &reqwest::Client, body: Value) -> (u16, Value) {
+    let deadline = Instant::now() + READY_PATIENCE;
+    loop {
+        let (status, got) = post(client, run.ingress, body.clone()).await;
+        if status != 503 || Instant::now() >= deadline {
+            return (status, got);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn both_routes_answer(run: &Running, client: &reqwest::Client) {
+    let (status, got) = first_request(
+        run,
+        client,
+        json!({"id": "A1", "type": "priority", "items": 3}),
+    )
+    .await;
+    assert_eq!(status, 200, "priority order: {got}");
+    assert_eq!(
+        got,
+        json!({"order": "A1", "price": 0, "status": "accepted", "summary": "3 item(s) in the rush lane"})
+    );
+    let (status, got) = post(
+        client,
+        run.ingress,
+        json!({"id": "B2", "type": "bulk", "items": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "bulk order: {got}");
+    assert_eq!(
+        got,
+        json!({"order": "B2", "price": 5, "status": "accepted", "summary": "2 item(s) in the standard lane"})
+    );
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+// === tests ===
+
+/// Redis profile: the ingress and each worker group as separate processes,
+/// Redis reached through the URL the operator composes from `P-redis`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_profile_runs_from_what_the_operator_writes() {
+    let mut run = start(
+        "orders-redis.yaml",
+        &["orders-redis-web", "orders-redis-cpu", "orders-redis-io"],
+    );
+    // The key ring is mounted with the kubelet's bookkeeping entries, which
+    // the runtime must skip.
+    let keys = run.procs[0].1.mounts["/etc/sluice/keys"].clone();
+    assert!(keys.join("..data").is_symlink(), "{}", keys.display());
+    let client = client();
+    wait_ready(&mut run, &client).await;
+    both_routes_answer(&run, &client).await;
+    for (p, _) in &mut run.procs {
+        assert!(p.exited().is_none(), "{} exited while serving", p.name);
+    }
+}
+
+/// Memory profile: the ingress Deployment alone runs every group inline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_profile_is_served_by_the_ingress_deployment_alone() {
+    let mut run = start("orders.yaml", &["orders-web"]);
+    let client = client();
+    wait_ready(&mut run, &client).await;
+    both_routes_answer(&run, &client).await;
+}
