@@ -127,6 +127,27 @@ impl WorkerMetrics {
     }
 }
 
+/// Doubling wait between failed backend calls, 100 ms up to 5 s.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    /// Sleeps the current delay and doubles it; false if `shutdown` came first.
+    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let slept = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(self.0) => true,
+        };
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        slept
+    }
+}
+
 /// One group's consumer.
 pub struct Worker {
     cfg: WorkerConfig,
@@ -174,17 +195,15 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(self.cfg.concurrency));
         let renew_stop = CancellationToken::new();
         let renewer = tokio::spawn(self.clone().renew_leases(renew_stop.clone()));
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         let mut last_reclaim = tokio::time::Instant::now();
         // The group is created once here; reads recreate it on NOGROUP
         // (Redis restarted without persistence).
         while let Err(e) = self.queue.ensure_group(&self.stream).await {
             tracing::warn!(group = %self.cfg.group, error = %e, "cannot create consumer group; retrying");
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(backoff) => {}
+            if !backoff.wait(&shutdown).await {
+                break;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         while !shutdown.is_cancelled() {
             // Wait for one free slot, then take every other free one: never
@@ -221,7 +240,7 @@ impl Worker {
             };
             match batch {
                 Ok(deliveries) => {
-                    backoff = Duration::from_millis(100);
+                    backoff = Backoff::default();
                     for d in deliveries {
                         // `permits` holds one per requested entry, and no
                         // read returns more than requested.
@@ -237,11 +256,9 @@ impl Worker {
                 Err(e) => {
                     tracing::warn!(group = %self.cfg.group, error = %e, "queue read failed; retrying");
                     drop(permits);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
+                    if !backoff.wait(&shutdown).await {
+                        break;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
