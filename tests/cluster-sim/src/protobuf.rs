@@ -202,6 +202,43 @@ fn decode_kind(kind: &str, raw: &[u8]) -> Result<Value, ApiError> {
     Ok(Value::Object(o))
 }
 
+/// `meta.v1.DeleteOptions`: gracePeriodSeconds 1, preconditions 2 (uid 1,
+/// resourceVersion 2), orphanDependents 3, propagationPolicy 4, dryRun 5.
+fn delete_options(raw: &[u8]) -> Result<Value, ApiError> {
+    let mut o = Map::new();
+    for f in fields(raw)? {
+        match f {
+            Field::Varint(1, v) => {
+                o.insert("gracePeriodSeconds".into(), json!(v as i64));
+            }
+            Field::Bytes(2, x) => {
+                let mut pre = Map::new();
+                for pf in fields(x)? {
+                    match pf {
+                        Field::Bytes(1, u) => {
+                            pre.insert("uid".into(), json!(string(u)?));
+                        }
+                        Field::Bytes(2, rv) => {
+                            pre.insert("resourceVersion".into(), json!(string(rv)?));
+                        }
+                        _ => {}
+                    }
+                }
+                o.insert("preconditions".into(), Value::Object(pre));
+            }
+            Field::Varint(3, v) => {
+                o.insert("orphanDependents".into(), json!(v != 0));
+            }
+            Field::Bytes(4, x) => {
+                o.insert("propagationPolicy".into(), json!(string(x)?));
+            }
+            Field::Bytes(5, x) => push(&mut o, "dryRun", json!(string(x)?)),
+            _ => {}
+        }
+    }
+    Ok(Value::Object(o))
+}
+
 /// Decode a protobuf request body into the JSON object it stands for.
 pub(crate) fn decode(body: &[u8], content_type: &str) -> Result<Value, ApiError> {
     let rest = body
@@ -224,6 +261,14 @@ pub(crate) fn decode(body: &[u8], content_type: &str) -> Result<Value, ApiError>
             Field::Bytes(2, x) => raw = x,
             _ => {}
         }
+    }
+    if kind == "DeleteOptions" {
+        // client-go's typed clients (helm's release Secrets among them) send
+        // DeleteOptions as protobuf; its apiVersion is v1 or meta.k8s.io/v1.
+        let mut obj = delete_options(raw)?;
+        obj["apiVersion"] = json!(api_version);
+        obj["kind"] = json!(kind);
+        return Ok(obj);
     }
     if !matches!(
         kind.as_str(),

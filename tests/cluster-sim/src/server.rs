@@ -512,7 +512,7 @@ async fn serve_object(
         }
         "delete" => {
             let name = o.name.clone().unwrap_or_default();
-            let dopts = delete_options(query, &body, dry_run)?;
+            let dopts = delete_options(query, &body, &content_type, dry_run)?;
             let res = core.write(|st| ops::delete(st, &rt, ns, &name, &dopts))?;
             Ok(match res {
                 Deleted::Gone(obj) => json_response(
@@ -532,7 +532,7 @@ async fn serve_object(
                 query.get("fieldSelector").map(String::as_str).unwrap_or(""),
                 &rt.kind,
             )?;
-            let dopts = delete_options(query, &body, dry_run)?;
+            let dopts = delete_options(query, &body, &content_type, dry_run)?;
             let list = core.write(|st| {
                 let list = ops::list(st, &rt, ns, &labels, &fields, &Page::default())?;
                 let mut items = Vec::new();
@@ -559,10 +559,13 @@ async fn serve_object(
 fn delete_options(
     query: &HashMap<String, String>,
     body: &Bytes,
+    content_type: &str,
     dry_run: bool,
 ) -> Result<DeleteOpts, ApiError> {
     let b: Value = if body.is_empty() {
         json!({})
+    } else if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        crate::protobuf::decode(body, content_type)?
     } else {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
