@@ -239,10 +239,12 @@ async fn restart_with_persistence_keeps_entries_and_pending_lists() {
 
 #[tokio::test]
 async fn connect_fails_promptly_when_nothing_listens() {
-    let mut server = RedisServer::start(false);
-    let url = server.url();
-    server.kill();
-    let cfg = RedisConfig::from_url(&url)
+    // A socket bound but never listening reserves the port, so no other
+    // test's server can take it: connections to it are refused.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = reserved.local_addr().unwrap().port();
+    let cfg = RedisConfig::from_url(&format!("redis://127.0.0.1:{port}/0"))
         .unwrap()
         .with_command_timeout(SHORT)
         .with_connect_timeout(SHORT);
@@ -250,6 +252,7 @@ async fn connect_fails_promptly_when_nothing_listens() {
     let got = RedisBackend::connect(cfg).await;
     assert!(matches!(got, Err(BackendError::Unavailable(_))), "{got:?}");
     assert!(start.elapsed() <= 2 * SHORT + MARGIN);
+    drop(reserved);
 }
 
 #[tokio::test]

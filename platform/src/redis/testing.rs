@@ -269,6 +269,21 @@ impl Drop for RedisServer {
 }
 
 /// A loopback port nobody listens on right now.
+/// A free port below Linux's ephemeral range (32768–60999 by default).
+///
+/// A killed server keeps its port number for `restart()`; if its port came
+/// from the ephemeral range, any test binding `127.0.0.1:0` in the meantime
+/// (HTTP servers, other Redis servers) could be handed it. Random ports in
+/// 20000–31999 are never handed out by `bind(0)`, and two Redis servers
+/// picking the same one at the same moment is unlikely (and retried).
 fn free_port() -> std::io::Result<u16> {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..64 {
+        let port = rng.gen_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
