@@ -127,6 +127,10 @@ impl WorkerMetrics {
     }
 }
 
+/// Dead letters kept per pipeline: the stream is trimmed to the newest ones,
+/// so a flood of failures cannot fill Redis (which runs with noeviction).
+pub const DEAD_LETTER_RETENTION: u64 = 10_000;
+
 /// Doubling wait between failed backend calls, 100 ms up to 5 s.
 struct Backoff(Duration);
 
@@ -405,7 +409,11 @@ impl Worker {
         // letter rather than losing it.
         if let Err(e) = self
             .queue
-            .push(&self.keys.dead_letter(), d.entry.clone())
+            .push_capped(
+                &self.keys.dead_letter(),
+                d.entry.clone(),
+                DEAD_LETTER_RETENTION,
+            )
             .await
         {
             tracing::warn!(group = %g, error = %e, "dead-letter write failed; entry left for redelivery");

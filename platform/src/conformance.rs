@@ -48,6 +48,33 @@ where
     blocking_read_wakes_on_push(q, &p).await;
     let (q, p) = make().await;
     ensure_group_is_idempotent_and_depth_counts_bytes(&*q, &p).await;
+    let (q, p) = make().await;
+    capped_push_keeps_only_the_newest_entries(&*q, &p).await;
+}
+
+async fn capped_push_keeps_only_the_newest_entries<Q: Queue + ?Sized>(q: &Q, p: &str) {
+    let s = format!("{p}:dlq");
+    for i in 0..5 {
+        q.push_capped(&s, entry(i), 3).await.unwrap();
+    }
+    assert_eq!(
+        q.depth(&s).await.unwrap().entries,
+        3,
+        "a capped stream keeps max_len entries"
+    );
+    q.ensure_group(&s).await.unwrap();
+    let kept: Vec<_> = q
+        .read(&s, "c", 10, NO_WAIT)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.entry)
+        .collect();
+    assert_eq!(
+        kept,
+        vec![entry(2), entry(3), entry(4)],
+        "the oldest entries are trimmed"
+    );
 }
 
 async fn push_then_read_delivers_in_order_once<Q: Queue + ?Sized>(q: &Q, p: &str) {

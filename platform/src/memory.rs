@@ -138,6 +138,24 @@ impl Queue for MemoryStreams {
         Ok(id_of(seq))
     }
 
+    async fn push_capped(&self, stream: &str, entry: StreamEntry, max_len: u64) -> Result<String> {
+        self.faults.check().await?;
+        let seq = {
+            let mut map = self.streams.lock();
+            let s = map.entry(stream.to_string()).or_default();
+            let seq = s.append(entry);
+            while s.entries.len() as u64 > max_len {
+                match s.entries.keys().next().copied() {
+                    Some(oldest) => s.remove(oldest),
+                    None => break,
+                }
+            }
+            seq
+        };
+        self.appended.notify_waiters();
+        Ok(id_of(seq))
+    }
+
     async fn read(
         &self,
         stream: &str,

@@ -56,6 +56,10 @@ pub trait Queue: Send + Sync + 'static {
     /// Appends an entry; returns its id.
     async fn push(&self, stream: &str, entry: StreamEntry) -> Result<String>;
 
+    /// Appends an entry and trims the stream to its newest `max_len` entries
+    /// (bounded retention, e.g. the dead-letter stream); returns its id.
+    async fn push_capped(&self, stream: &str, entry: StreamEntry, max_len: u64) -> Result<String>;
+
     /// Up to `max` entries never delivered before, waiting up to `block` for
     /// the first one. They become pending for `consumer`.
     async fn read(

@@ -37,9 +37,24 @@ fn ms(d: Duration) -> Value {
 }
 
 fn xadd_args(stream: &str, entry: &StreamEntry, must_exist: bool) -> Vec<Value> {
+    xadd_args_capped(stream, entry, must_exist, None)
+}
+
+/// `XADD` arguments; with `max_len`, an exact `MAXLEN` trim (used for rarely
+/// written streams such as the dead letters, where exactness is cheap).
+fn xadd_args_capped(
+    stream: &str,
+    entry: &StreamEntry,
+    must_exist: bool,
+    max_len: Option<u64>,
+) -> Vec<Value> {
     let mut args = vec![v(stream)];
     if must_exist {
         args.push(v("NOMKSTREAM"));
+    }
+    if let Some(n) = max_len {
+        args.push(v("MAXLEN"));
+        args.push(v(n.to_string().as_str()));
     }
     args.push(v("*"));
     args.extend(wire::entry_args(entry));
@@ -92,6 +107,20 @@ impl Queue for RedisBackend {
     async fn push(&self, stream: &str, entry: StreamEntry) -> Result<String> {
         let reply = self
             .call("XADD", stream, xadd_args(stream, &entry, false))
+            .await
+            .map_err(|e| self.err(e))?;
+        wire::text(&reply).ok_or_else(|| {
+            crate::BackendError::Unavailable("redis: XADD returned no id".to_string())
+        })
+    }
+
+    async fn push_capped(&self, stream: &str, entry: StreamEntry, max_len: u64) -> Result<String> {
+        let reply = self
+            .call(
+                "XADD",
+                stream,
+                xadd_args_capped(stream, &entry, false, Some(max_len)),
+            )
             .await
             .map_err(|e| self.err(e))?;
         wire::text(&reply).ok_or_else(|| {
