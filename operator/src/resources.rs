@@ -39,8 +39,8 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, LocalObjectReference, PodSpec, PodTemplateSpec, Secret,
-    Service, ServicePort, ServiceSpec,
+    ConfigMap, Container, ContainerPort, EnvVar, LocalObjectReference, PodSpec, PodTemplateSpec,
+    Secret, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -632,81 +632,91 @@ fn component_of(role: GroupRole) -> Component {
 
 fn ingress_container(ctx: &Ctx<'_>, g: &GroupSpec) -> Container {
     let drain = &ctx.settings.drain;
-    let mut env = vec![
+    let env = vec![
         // Names this pod's reply stream; a pod name is unique and dies with it.
         pod::env_from_field(ENV_INGRESS_ID, "metadata.name"),
         pod::env(ENV_DRAIN_GRACE, duration_arg(drain.ingress_grace)),
         pod::env(ENV_DRAIN_TIMEOUT, duration_arg(drain.ingress_timeout)),
         pod::env(ENV_LOG_FORMAT, "json"),
     ];
-    env.extend(redis::runtime_env(ctx, &ctx.redis));
-    Container {
-        name: main_container(GroupRole::Ingress).into(),
-        image: Some(
-            g.image
-                .clone()
-                .unwrap_or_else(|| ctx.settings.images.ingress.clone()),
-        ),
-        image_pull_policy: ctx.settings.images.pull_policy.clone(),
-        args: Some(vec![
-            "--pipeline".into(),
-            pod::pipeline_path(),
-            "--listen".into(),
-            format!("0.0.0.0:{INGRESS_PORT}"),
-            "--keys".into(),
-            pod::KEYS_DIR.into(),
-        ]),
-        env: Some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: INGRESS_PORT,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
-        readiness_probe: Some(pod::readiness_http("/readyz", "http")),
-        liveness_probe: Some(pod::liveness_http("/healthz", "http")),
-        resources: Some(pod::resources_or_default(g.resources.as_ref())),
-        security_context: Some(pod::restricted_container()),
-        ..Default::default()
-    }
+    let args = vec![
+        "--pipeline".into(),
+        pod::pipeline_path(),
+        "--listen".into(),
+        format!("0.0.0.0:{INGRESS_PORT}"),
+        "--keys".into(),
+        pod::KEYS_DIR.into(),
+    ];
+    let image = &ctx.settings.images.ingress;
+    runtime_container(
+        ctx,
+        g,
+        GroupRole::Ingress,
+        image,
+        args,
+        env,
+        ("http", INGRESS_PORT),
+    )
 }
 
 fn worker_container(ctx: &Ctx<'_>, g: &GroupSpec) -> Container {
-    let mut env = vec![
+    let env = vec![
         pod::env(
             ENV_DRAIN_TIMEOUT,
             duration_arg(ctx.settings.drain.worker_timeout),
         ),
         pod::env(ENV_LOG_FORMAT, "json"),
     ];
+    let args = vec![
+        "--pipeline".into(),
+        pod::pipeline_path(),
+        "--group".into(),
+        g.name.clone(),
+        "--keys".into(),
+        pod::KEYS_DIR.into(),
+        "--admin".into(),
+        format!("0.0.0.0:{ADMIN_PORT}"),
+    ];
+    let image = &ctx.settings.images.worker;
+    runtime_container(
+        ctx,
+        g,
+        GroupRole::Worker,
+        image,
+        args,
+        env,
+        ("admin", ADMIN_PORT),
+    )
+}
+
+/// The runtime container of a group's pods: the group's image (or the
+/// role's default), the role's args and env plus the Redis env, one named
+/// port carrying both probes, the group's resources and the restricted
+/// security context.
+fn runtime_container(
+    ctx: &Ctx<'_>,
+    g: &GroupSpec,
+    role: GroupRole,
+    default_image: &str,
+    args: Vec<String>,
+    mut env: Vec<EnvVar>,
+    (port_name, port): (&str, i32),
+) -> Container {
     env.extend(redis::runtime_env(ctx, &ctx.redis));
     Container {
-        name: main_container(GroupRole::Worker).into(),
-        image: Some(
-            g.image
-                .clone()
-                .unwrap_or_else(|| ctx.settings.images.worker.clone()),
-        ),
+        name: main_container(role).into(),
+        image: Some(g.image.clone().unwrap_or_else(|| default_image.to_string())),
         image_pull_policy: ctx.settings.images.pull_policy.clone(),
-        args: Some(vec![
-            "--pipeline".into(),
-            pod::pipeline_path(),
-            "--group".into(),
-            g.name.clone(),
-            "--keys".into(),
-            pod::KEYS_DIR.into(),
-            "--admin".into(),
-            format!("0.0.0.0:{ADMIN_PORT}"),
-        ]),
+        args: Some(args),
         env: Some(env),
         ports: Some(vec![ContainerPort {
-            name: Some("admin".into()),
-            container_port: ADMIN_PORT,
+            name: Some(port_name.into()),
+            container_port: port,
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        readiness_probe: Some(pod::readiness_http("/readyz", "admin")),
-        liveness_probe: Some(pod::liveness_http("/healthz", "admin")),
+        readiness_probe: Some(pod::readiness_http("/readyz", port_name)),
+        liveness_probe: Some(pod::liveness_http("/healthz", port_name)),
         resources: Some(pod::resources_or_default(g.resources.as_ref())),
         security_context: Some(pod::restricted_container()),
         ..Default::default()
