@@ -37,6 +37,9 @@ pub const ENV_REQUEUE_INTERVAL: &str = "SLUICE_REQUEUE_INTERVAL";
 pub const ENV_BACKOFF_MIN: &str = "SLUICE_BACKOFF_MIN";
 pub const ENV_BACKOFF_MAX: &str = "SLUICE_BACKOFF_MAX";
 pub const ENV_LOG_FORMAT: &str = "SLUICE_LOG_FORMAT";
+pub const ENV_KEY_PROPAGATION: &str = "SLUICE_KEY_PROPAGATION";
+pub const ENV_COLD_START: &str = "SLUICE_COLD_START";
+pub const ENV_AUTOSCALE_INTERVAL: &str = "SLUICE_AUTOSCALE_INTERVAL";
 /// Set by the kubelet to the pod name; the default identity.
 pub const ENV_HOSTNAME: &str = "HOSTNAME";
 
@@ -47,6 +50,7 @@ pub const DEFAULT_LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_REQUEUE_INTERVAL: Duration = Duration::from_secs(300);
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_secs(5);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
+pub const DEFAULT_AUTOSCALE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Reconciles StreamPipeline resources into the workloads that run them.
 ///
@@ -161,6 +165,26 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION")]
     pub backoff_max: Option<String>,
 
+    /// Longest time the kubelet takes to show a changed Secret in running
+    /// pods; key rotation waits this long before signing with a new key
+    /// and keeps the old one this much longer [env: SLUICE_KEY_PROPAGATION]
+    /// [default: 150s]
+    #[arg(long, value_name = "DURATION")]
+    pub key_propagation: Option<String>,
+
+    /// Time a worker group takes from zero replicas to its first pod
+    /// reading work; pipelines whose interface timeout is shorter for a
+    /// group that can scale to zero get a warning [env: SLUICE_COLD_START]
+    /// [default: 20s]
+    #[arg(long, value_name = "DURATION")]
+    pub cold_start: Option<String>,
+
+    /// How often the built-in autoscaler reads each autoscaled group's
+    /// backlog and decides its replicas [env: SLUICE_AUTOSCALE_INTERVAL]
+    /// [default: 15s]
+    #[arg(long, value_name = "DURATION")]
+    pub autoscale_interval: Option<String>,
+
     /// Log format: text or json [env: SLUICE_LOG_FORMAT] [default: text]
     #[arg(long, value_name = "text|json")]
     pub log_format: Option<String>,
@@ -189,6 +213,8 @@ pub struct Timing {
     pub requeue_interval: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Period of the built-in autoscaler.
+    pub autoscale_interval: Duration,
 }
 
 impl Default for Timing {
@@ -197,6 +223,7 @@ impl Default for Timing {
             requeue_interval: DEFAULT_REQUEUE_INTERVAL,
             backoff_min: DEFAULT_BACKOFF_MIN,
             backoff_max: DEFAULT_BACKOFF_MAX,
+            autoscale_interval: DEFAULT_AUTOSCALE_INTERVAL,
         }
     }
 }
@@ -403,6 +430,12 @@ impl Config {
                 "--backoff-max",
                 DEFAULT_BACKOFF_MAX,
             )?,
+            autoscale_interval: duration(
+                &cli.autoscale_interval,
+                ENV_AUTOSCALE_INTERVAL,
+                "--autoscale-interval",
+                DEFAULT_AUTOSCALE_INTERVAL,
+            )?,
         };
         if timing.backoff_min > timing.backoff_max {
             return Err(bad("--backoff-min", "must not exceed --backoff-max"));
@@ -428,6 +461,18 @@ impl Config {
                 operator_namespace,
                 operator_pod_labels,
                 drain,
+                key_propagation: duration(
+                    &cli.key_propagation,
+                    ENV_KEY_PROPAGATION,
+                    "--key-propagation",
+                    defaults.key_propagation,
+                )?,
+                cold_start: duration(
+                    &cli.cold_start,
+                    ENV_COLD_START,
+                    "--cold-start",
+                    defaults.cold_start,
+                )?,
             },
             timing,
             log_format,
@@ -500,6 +545,9 @@ mod tests {
             (ENV_REQUEUE_INTERVAL, "0s", "--requeue-interval"),
             (ENV_LEASE_RENEW_INTERVAL, "8s", "--lease-renew-interval"),
             (ENV_LOG_FORMAT, "xml", "--log-format"),
+            (ENV_KEY_PROPAGATION, "soon", "--key-propagation"),
+            (ENV_COLD_START, "0s", "--cold-start"),
+            (ENV_AUTOSCALE_INTERVAL, "-1s", "--autoscale-interval"),
             (ENV_OPERATOR_POD_LABELS, "novalue", "--operator-pod-labels"),
         ] {
             let e = Config::resolve(&Cli::default(), &env(&[(var, value)])).unwrap_err();

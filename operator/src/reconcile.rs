@@ -310,29 +310,34 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
     };
 
     let suspended = sp.spec.suspend == Some(true);
+    let mut requeue = ctx.timing.requeue_interval;
     if !suspended {
         let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-        let mut changes =
-            secrets::ensure(&secrets_api, sp, &uid, &desired.generated_secrets).await?;
+        let ensured = secrets::ensure(
+            &secrets_api,
+            sp,
+            &uid,
+            &desired.generated_secrets,
+            &ctx.settings,
+        )
+        .await?;
+        if let Some(after) = ensured.recheck_after {
+            requeue = requeue.min(after);
+        }
+        let mut changes = ensured.changes;
         apply_objects(sp, ctx, &target, &desired, &mut live).await?;
         prune_objects(sp, ctx, &target, &desired, &mut live).await?;
         changes
             .extend(secrets::delete_obsolete(&secrets_api, &uid, &desired.obsolete_secrets).await?);
         for c in changes {
-            let (reason, verb, name) = match c {
-                SecretChange::Created(n) => ("Created", "Create", n),
-                SecretChange::Updated(n) => ("Updated", "Update", n),
-                SecretChange::Deleted(n) => ("Deleted", "Delete", n),
+            let (reason, verb, note) = match c {
+                SecretChange::Created(n) => ("Created", "Create", format!("Secret {n}")),
+                SecretChange::Updated(n) => ("Updated", "Update", format!("Secret {n}")),
+                SecretChange::Deleted(n) => ("Deleted", "Delete", format!("Secret {n}")),
+                SecretChange::Rotated(what) => ("KeyRotation", "Rotate", what),
             };
-            info!(secret = %name, reason, "secret");
-            ctx.event(
-                sp,
-                EventType::Normal,
-                reason,
-                verb,
-                format!("Secret {name}"),
-            )
-            .await;
+            info!(%note, reason, "secret");
+            ctx.event(sp, EventType::Normal, reason, verb, note).await;
         }
     }
 
@@ -347,7 +352,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         now: now(),
     });
     write_status(sp, ctx, &target, status).await?;
-    Ok(Action::requeue(ctx.timing.requeue_interval))
+    Ok(Action::requeue(requeue))
 }
 
 fn now() -> Time {
@@ -735,6 +740,7 @@ mod tests {
             requeue_interval: Duration::from_secs(300),
             backoff_min: Duration::from_secs(5),
             backoff_max: Duration::from_secs(60),
+            ..Timing::default()
         };
         let d: Vec<u64> = (1..=6).map(|n| backoff_delay(&t, n).as_secs()).collect();
         assert_eq!(d, [5, 10, 20, 40, 60, 60]);

@@ -26,6 +26,7 @@ use sluice_crds::StreamPipeline;
 use crate::reconcile::{api_error, Error, FIELD_MANAGER};
 use crate::redis::{initial_redis_secret, CONFIG_KEY, PASSWORD_KEY};
 use crate::resources::{initial_key_secret, GeneratedSecret, KEY_LEN};
+use crate::settings::OperatorSettings;
 
 /// Length of a generated Redis password (alphanumeric: ~190 bits).
 const PASSWORD_LEN: usize = 32;
@@ -36,6 +37,18 @@ pub enum SecretChange {
     Created(String),
     Updated(String),
     Deleted(String),
+    /// The key ring moved to another rotation phase; the text says which
+    /// (kids only, never key material).
+    Rotated(String),
+}
+
+/// What [`ensure`] did, and when the Secrets need looking at again.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Ensured {
+    pub changes: Vec<SecretChange>,
+    /// The next moment a Secret must change (a rotation step falls due),
+    /// so the reconcile requeues no later than this.
+    pub recheck_after: Option<std::time::Duration>,
 }
 
 /// A key ring with one fresh key, current, kid `k<unix seconds>`.
@@ -87,7 +100,8 @@ pub async fn ensure(
     sp: &StreamPipeline,
     uid: &str,
     generated: &[GeneratedSecret],
-) -> Result<Vec<SecretChange>, Error> {
+    _settings: &OperatorSettings,
+) -> Result<Ensured, Error> {
     let mut changes = Vec::new();
     for g in generated {
         let name = g.name();
@@ -128,7 +142,10 @@ pub async fn ensure(
             (Some(_), _) => {}
         }
     }
-    Ok(changes)
+    Ok(Ensured {
+        changes,
+        recheck_after: None,
+    })
 }
 
 /// The `P-redis` Secret with `redis.conf` re-rendered from its stored

@@ -118,7 +118,23 @@ pub struct OperatorSettings {
     /// Labels of the operator's pods, matched by that NetworkPolicy.
     pub operator_pod_labels: BTreeMap<String, String>,
     pub drain: DrainBudget,
+    /// How long the kubelet may take to show a changed Secret in a pod's
+    /// mounted volume. Key rotation waits this long before signing with a
+    /// new key, and keeps a retired key this much longer (DESIGN §6).
+    pub key_propagation: Duration,
+    /// A plausible time from scaling a worker group up from zero to its
+    /// first pod reading work; a warning is raised when an interface's
+    /// timeout is shorter for a group that may be at zero.
+    pub cold_start: Duration,
 }
+
+/// Default of [`OperatorSettings::key_propagation`]: the kubelet's sync
+/// period (1 min) plus its Secret cache TTL, with margin.
+pub const DEFAULT_KEY_PROPAGATION: Duration = Duration::from_secs(150);
+
+/// Default of [`OperatorSettings::cold_start`]: scheduling, a cached image
+/// and process start.
+pub const DEFAULT_COLD_START: Duration = Duration::from_secs(20);
 
 impl Default for OperatorSettings {
     fn default() -> Self {
@@ -130,6 +146,8 @@ impl Default for OperatorSettings {
                 "sluice-operator".to_string(),
             )]),
             drain: DrainBudget::default(),
+            key_propagation: DEFAULT_KEY_PROPAGATION,
+            cold_start: DEFAULT_COLD_START,
         }
     }
 }
