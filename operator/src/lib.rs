@@ -51,6 +51,7 @@ pub mod pod;
 pub mod reconcile;
 pub mod redis;
 pub mod resources;
+pub mod rotation;
 pub mod run;
 pub mod secrets;
 pub mod server;

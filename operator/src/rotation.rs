@@ -1,0 +1,1 @@
+//! Key ring rotation (DESIGN §6). Being written.
