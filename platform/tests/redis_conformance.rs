@@ -428,3 +428,31 @@ async fn blocked_reads_do_not_hold_up_other_commands() {
         assert_eq!(got.len(), 1);
     }
 }
+
+#[tokio::test]
+async fn stream_stats_count_waiting_in_progress_and_completed_work() {
+    let server = RedisServer::start(false);
+    let b = backend(&server).await;
+    let q = format!("{}:q:cpu", prefix());
+    let none = b.stream_stats(&q).await.expect("a missing stream reads");
+    assert_eq!(none, Default::default(), "a missing stream is all zeros");
+
+    for n in 0..5 {
+        b.push(&q, entry(n)).await.unwrap();
+    }
+    let s = b.stream_stats(&q).await.unwrap();
+    assert_eq!((s.length, s.pending, s.entries_added), (5, 0, 5));
+    b.ensure_group(&q).await.unwrap();
+    let got = b.read(&q, "w-1", 3, Duration::ZERO).await.unwrap();
+    assert_eq!(got.len(), 3);
+    let s = b.stream_stats(&q).await.unwrap();
+    assert_eq!((s.length, s.pending, s.waiting()), (5, 3, 2));
+    b.complete(&q, &got[0].id, None).await.unwrap();
+    b.complete(&q, &got[1].id, None).await.unwrap();
+    let s = b.stream_stats(&q).await.unwrap();
+    assert_eq!(
+        (s.length, s.pending, s.entries_added, s.completed()),
+        (3, 1, 5, 2),
+        "handed-off entries leave the stream and count as completed"
+    );
+}

@@ -19,6 +19,7 @@
 //! - `backend`: connections (pool + dedicated blocking ones), timeouts,
 //!   reconnects, error mapping.
 //! - `queue`, `reply`, `kv`: the three ports.
+//! - `stats`: [`StreamStats`], a queue's counters for autoscaling.
 //! - `wire`: arguments and replies of the stream commands.
 //! - [`testing`]: a real `redis-server` for tests.
 
@@ -29,7 +30,9 @@ mod backend;
 mod kv;
 mod queue;
 mod reply;
+mod stats;
 mod wire;
 
 pub use backend::RedisBackend;
 pub use config::{ConfigError, RedisConfig};
+pub use stats::StreamStats;

@@ -129,9 +129,37 @@ pub(super) fn integer(v: &Value, what: &str) -> Result<u64> {
     }
 }
 
+/// The integer under `name` in a field/value reply (`XINFO STREAM`): a
+/// flat array in RESP2, a map in RESP3.
+pub(super) fn field_integer(v: Value, name: &str, what: &str) -> Result<u64> {
+    let mut it = items(v).into_iter();
+    while let (Some(k), Some(val)) = (it.next(), it.next()) {
+        if text(&k).as_deref() == Some(name) {
+            return integer(&val, what);
+        }
+    }
+    Err(unexpected(what))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_integer_finds_its_field() {
+        let reply = Value::Array(vec![
+            Value::from("length"),
+            Value::from(3i64),
+            Value::from("entries-added"),
+            Value::from(42i64),
+        ]);
+        assert_eq!(
+            field_integer(reply.clone(), "entries-added", "X").unwrap(),
+            42
+        );
+        assert_eq!(field_integer(reply, "length", "X").unwrap(), 3);
+        assert!(field_integer(Value::Array(vec![]), "entries-added", "X").is_err());
+    }
 
     fn s(x: &str) -> Value {
         Value::from(x)
