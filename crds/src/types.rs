@@ -280,6 +280,19 @@ pub struct AutoscaleSpec {
     /// `hpa` engine: target average CPU utilisation in percent (default 70).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_cpu_utilization: Option<i32>,
+    /// `builtin`: envelopes per second one replica handles. When set, the
+    /// group keeps at least arrival rate / this many replicas; when unset,
+    /// it is measured while the group is saturated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_rate_per_replica: Option<f64>,
+    /// `builtin`: work off the backlog within this time (e.g. `30s`), on top
+    /// of keeping up with arrivals; needs a known or measured rate per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_processing_time: Option<String>,
+    /// `builtin`: scale down only to the highest recommendation of this
+    /// trailing window (default `5m`; `0s` scales down at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_stabilization: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -173,6 +173,40 @@ fn check_groups(spec: &StreamPipelineSpec, e: &mut Errors) -> BTreeMap<String, G
                     "must be at least 1",
                 );
             }
+            if let Some(r) = a.target_rate_per_replica {
+                if !(r.is_finite() && r > 0.0) {
+                    e.push(
+                        format!("{p}.autoscale.targetRatePerReplica"),
+                        "must be a positive number of envelopes per second",
+                    );
+                }
+            }
+            if a.target_processing_time.is_some() {
+                let t = e.duration(
+                    &format!("{p}.autoscale.targetProcessingTime"),
+                    a.target_processing_time.as_ref(),
+                    Duration::from_secs(1),
+                );
+                if t.is_zero() {
+                    e.push(
+                        format!("{p}.autoscale.targetProcessingTime"),
+                        "must be more than zero",
+                    );
+                }
+            }
+            if a.scale_down_stabilization.is_some() {
+                let w = e.duration(
+                    &format!("{p}.autoscale.scaleDownStabilization"),
+                    a.scale_down_stabilization.as_ref(),
+                    Duration::ZERO,
+                );
+                if w > Duration::from_secs(3600) {
+                    e.push(
+                        format!("{p}.autoscale.scaleDownStabilization"),
+                        "must be at most 1h",
+                    );
+                }
+            }
             if let Some(c) = a.target_cpu_utilization {
                 if !(1..=100).contains(&c) {
                     e.push(

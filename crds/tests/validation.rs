@@ -108,6 +108,21 @@ fn each_rule_is_reported_with_its_field_path() {
             "path: /healthz",
         ),
         (
+            "targetRatePerReplica: must be a positive number",
+            "{ name: cpu, role: worker }",
+            "{ name: cpu, role: worker, autoscale: { maxReplicas: 3, targetRatePerReplica: 0 } }",
+        ),
+        (
+            "targetProcessingTime: must be more than zero",
+            "{ name: cpu, role: worker }",
+            "{ name: cpu, role: worker, autoscale: { maxReplicas: 3, targetProcessingTime: 0s } }",
+        ),
+        (
+            "scaleDownStabilization: must be at most 1h",
+            "{ name: cpu, role: worker }",
+            "{ name: cpu, role: worker, autoscale: { maxReplicas: 3, scaleDownStabilization: 2h } }",
+        ),
+        (
             "not served by this release",
             "path: /v1/x,",
             "path: /v1/x, kind: websocket,",
