@@ -40,6 +40,7 @@
 //! - [`settings`]: images, operator namespace and drain budget.
 
 pub mod apply;
+pub mod autoscale;
 pub mod config;
 pub mod controller;
 pub mod hash;

@@ -1,0 +1,3 @@
+//! The built-in autoscaler (being written).
+
+pub mod algorithm;
