@@ -12,6 +12,7 @@
 #   6. kill a worker pod during a load of requests: none may fail;
 #   7. change a node's `with`: new pods roll out, the answers change;
 #   8. NetworkPolicy: a pod of another app cannot reach the pipeline's Redis;
+#      then a burst of slow requests: the builtin autoscaler scales a group up;
 #   9. delete the pipeline: every owned object is gone;
 #  10. tear down — also on failure, after collecting logs and `kubectl describe`
 #      into $ARTIFACTS.
@@ -204,7 +205,7 @@ helm install "$RELEASE" helm/sluice --namespace "$OPERATOR_NS" --create-namespac
   --set runtime.ingressImage.repository=sluice-web-ingress --set-string runtime.ingressImage.tag="$IMAGE_TAG" \
   --set runtime.workerImage.repository=sluice-exec-worker --set-string runtime.workerImage.tag="$IMAGE_TAG" \
   --set runtime.imagePullPolicy=IfNotPresent \
-  --set logFormat=text
+  --set logFormat=text --set autoscaleInterval=3s
 kubectl rollout status -n "$OPERATOR_NS" deployment/sluice-operator --timeout="$TIMEOUT"
 
 # --- 4. pipelines -----------------------------------------------------------
@@ -322,6 +323,42 @@ case "$out" in
   *NOAUTH* | *PONG*) die "a pod of another app reached Redis: $out" ;;
 esac
 echo "ok  a pod of another app cannot reach Redis ($(echo "$out" | tail -n 1))"
+
+# --- 8b. autoscaling ---------------------------------------------------------
+
+log "autoscaling: a backlog on group io scales it up"
+# One envelope at a time per io worker, each taking 2 s: a burst of requests
+# queues up on io's stream and the builtin autoscaler (every 3 s here) must
+# add replicas. The answers change; the pipeline is deleted next anyway.
+kubectl patch streampipeline -n "$NAMESPACE" orders-redis --type=json -p '[
+  {"op": "replace", "path": "/spec/groups/2", "value": {"name": "io", "role": "worker", "concurrency": 1,
+    "autoscale": {"minReplicas": 1, "maxReplicas": 4, "targetBacklogPerReplica": 5}}},
+  {"op": "replace", "path": "/spec/nodes/4/uses", "value": "builtin/delay"},
+  {"op": "replace", "path": "/spec/nodes/4/with", "value": {"duration": "2s"}},
+  {"op": "replace", "path": "/spec/interfaces/0/timeout", "value": "30s"}
+]' >/dev/null
+wait_ready orders-redis
+kubectl rollout status -n "$NAMESPACE" deployment/orders-redis-web --timeout="$TIMEOUT"
+# The ingress pod was replaced (the interface timeout changed): forward again.
+port_forward orders-redis 18085
+burst_pids=()
+for i in $(seq 1 40); do
+  curl -s -o /dev/null -m 40 -X POST "http://127.0.0.1:18085/v1/orders" \
+    -d "{\"id\":\"S$i\",\"type\":\"standard\",\"items\":1}" &
+  burst_pids+=("$!")
+done
+scaled=""
+for _ in $(seq 1 60); do
+  replicas="$(kubectl get deployment -n "$NAMESPACE" orders-redis-io -o jsonpath='{.spec.replicas}')"
+  if [ "${replicas:-1}" -gt 1 ]; then scaled="$replicas"; break; fi
+  sleep 1
+done
+for pid in "${burst_pids[@]}"; do wait "$pid" || true; done
+[ -n "$scaled" ] || die "orders-redis-io was not scaled up under a backlog"
+kubectl get streampipeline -n "$NAMESPACE" orders-redis \
+  -o jsonpath='{.status.groups[?(@.name=="io")].lastScale.reason}' | grep -q backlog ||
+  die "no lastScale with a backlog reason in the status of orders-redis"
+echo "ok  io scaled up to $scaled replicas under a backlog"
 
 # --- 9. delete --------------------------------------------------------------
 

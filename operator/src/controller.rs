@@ -4,7 +4,8 @@
 //! ```text
 //! watch StreamPipelines ────────────────┐
 //! watch owned Deployments ──owner ref───┼─▶ scheduler ─▶ reconcile::reconcile ─▶ Action
-//! watch owned StatefulSets ─owner ref───┘        ▲                │ error
+//! watch owned StatefulSets ─owner ref───┤        ▲                │ error
+//! autoscaler: status changed ───────────┘        │                │
 //!                                                └─ requeue ◀─────┴─ reconcile::error_policy (backoff)
 //! ```
 //!
@@ -22,9 +23,11 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::Api;
 use sluice_crds::StreamPipeline;
+use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
 use crate::labels;
@@ -43,6 +46,7 @@ const CONCURRENCY: u16 = 16;
 pub async fn run(
     ctx: Arc<Context>,
     namespaces: &[String],
+    trigger: &broadcast::Sender<ObjectRef<StreamPipeline>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -67,9 +71,24 @@ pub async fn run(
                 Api::<StatefulSet>::namespaced(client.clone(), ns),
             ),
         };
+        // Reconcile requests of the autoscaler for pipelines of this scope.
+        let requests = stream::unfold(trigger.subscribe(), |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(r) => return Some((r, rx)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        let scope = ns.clone();
+        let requests = requests.filter(move |r: &ObjectRef<StreamPipeline>| {
+            futures::future::ready(scope.is_none() || r.namespace == scope)
+        });
         Controller::new(pipelines, watcher::Config::default())
             .owns(deployments, owned.clone())
             .owns(stateful_sets, owned.clone())
+            .reconcile_on(requests)
             .with_config(controller::Config::default().concurrency(CONCURRENCY))
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx.clone())

@@ -13,9 +13,10 @@
 //! the controller; the `sluice-operator` binary is a thin `main.rs` over it,
 //! tested black-box against the in-memory API stand-in (`tests/`).
 //!
-//! This crate depends on `sluice-crds` (and later `sluice-platform`) only,
-//! never on the runtime crates; the runtime's flags and variables it relies
-//! on are declared once in [`resources`] and checked end to end.
+//! This crate depends on `sluice-crds` and `sluice-platform` (the autoscaler
+//! reads queue counters through its Redis adapter), never on the runtime
+//! crates; the runtime's flags and variables it relies on are declared once
+//! in [`resources`] and checked end to end.
 //!
 //! # Layout
 //! - [`run()`](run::run): the process (client, endpoints, leader election, controller).
@@ -25,6 +26,9 @@
 //! - [`apply`]: whether a desired object must be applied (hash + drift check).
 //! - [`status`]: conditions and group status from the live workloads.
 //! - [`secrets`]: the create-if-absent key ring and Redis password Secrets.
+//! - [`rotation`]: key ring rotation, phase by phase (DESIGN §6).
+//! - [`autoscale`]: the builtin autoscaler (backlog and rate from Redis,
+//!   `/scale`), the KEDA objects, and the `Autoscaling` conditions.
 //! - [`leader`]: leader election on a Lease.
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: the Prometheus families.

@@ -10,9 +10,17 @@
 //! | `sluice_operator_status_writes_total` | | status patches (only when the status changed) |
 //! | `sluice_operator_invalid_specs_total` | | reconciles that found the spec invalid |
 //! | `sluice_operator_leader` | | 1 while this process runs the controller |
+//! | `sluice_operator_autoscaler_backlog` | `namespace`, `pipeline`, `group` | entries in the group's queue (waiting + in progress) at the last evaluation |
+//! | `sluice_operator_autoscaler_pending` | 〃 | entries held by workers |
+//! | `sluice_operator_autoscaler_arrival_rate` | 〃 | envelopes per second arriving |
+//! | `sluice_operator_autoscaler_rate_per_replica` | 〃 | envelopes per second one replica handles (declared, or measured while saturated) |
+//! | `sluice_operator_autoscaler_recommended_replicas` | 〃 | replicas the last evaluation asked for |
+//! | `sluice_operator_autoscaler_scalings_total` | `direction` | replica changes written (`up`, `down`) |
+//! | `sluice_operator_autoscaler_errors_total` | `kind` | evaluations that could not run (`redis`, `api`) |
 //!
-//! Labels carry Kubernetes kinds and error kinds only: never names, keys or
-//! spec content, so cardinality stays bounded.
+//! Labels carry Kubernetes kinds, error kinds and, for the autoscaler's
+//! gauges, the names of the pipelines and groups it scales (removed with
+//! the pipeline): never keys or spec content, so cardinality stays bounded.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,6 +32,88 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
+}
+
+/// One autoscaled group.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabel {
+    pub namespace: String,
+    pub pipeline: String,
+    pub group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: &'static str,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// The autoscaler's families.
+#[derive(Debug, Default)]
+pub struct AutoscalerMetrics {
+    pub backlog: Family<GroupLabel, Gauge>,
+    pub pending: Family<GroupLabel, Gauge>,
+    pub arrival_rate: Family<GroupLabel, FloatGauge>,
+    pub rate_per_replica: Family<GroupLabel, FloatGauge>,
+    pub recommended: Family<GroupLabel, Gauge>,
+    pub scalings: Family<DirectionLabel, Counter>,
+    pub errors: Family<KindLabel, Counter>,
+}
+
+impl AutoscalerMetrics {
+    /// Forgets a group that is no longer autoscaled.
+    pub fn remove(&self, g: &GroupLabel) {
+        self.backlog.remove(g);
+        self.pending.remove(g);
+        self.arrival_rate.remove(g);
+        self.rate_per_replica.remove(g);
+        self.recommended.remove(g);
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.errors
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "sluice_operator_autoscaler_backlog",
+            "Entries in an autoscaled group's queue (waiting and in progress)",
+            self.backlog.clone(),
+        );
+        r.register(
+            "sluice_operator_autoscaler_pending",
+            "Entries of an autoscaled group's queue held by workers",
+            self.pending.clone(),
+        );
+        r.register(
+            "sluice_operator_autoscaler_arrival_rate",
+            "Envelopes per second arriving on an autoscaled group's queue",
+            self.arrival_rate.clone(),
+        );
+        r.register(
+            "sluice_operator_autoscaler_rate_per_replica",
+            "Envelopes per second one replica handles, declared or measured while saturated",
+            self.rate_per_replica.clone(),
+        );
+        r.register(
+            "sluice_operator_autoscaler_recommended_replicas",
+            "Replicas the last evaluation recommended",
+            self.recommended.clone(),
+        );
+        r.register(
+            "sluice_operator_autoscaler_scalings",
+            "Replica changes the autoscaler wrote, by direction",
+            self.scalings.clone(),
+        );
+        r.register(
+            "sluice_operator_autoscaler_errors",
+            "Autoscaler evaluations that could not run, by kind",
+            self.errors.clone(),
+        );
+    }
 }
 
 /// Every family the operator exports, registered once at start.
@@ -38,6 +128,7 @@ pub struct Metrics {
     pub status_writes: Counter,
     pub invalid_specs: Counter,
     pub leader: Gauge,
+    pub autoscaler: AutoscalerMetrics,
 }
 
 impl Default for Metrics {
@@ -98,8 +189,11 @@ impl Metrics {
             "1 while this process holds the leader lease and runs the controller",
             leader.clone(),
         );
+        let autoscaler = AutoscalerMetrics::default();
+        autoscaler.register(&mut registry);
         Self {
             registry,
+            autoscaler,
             reconciles,
             reconcile_errors,
             reconcile_duration,
@@ -149,6 +243,16 @@ mod tests {
         m.error("kube");
         m.applied("Deployment");
         m.reconcile_duration.observe(0.01);
+        m.autoscaler
+            .scalings
+            .get_or_create(&DirectionLabel { direction: "up" })
+            .inc();
+        let g = GroupLabel {
+            namespace: "n".into(),
+            pipeline: "p".into(),
+            group: "g".into(),
+        };
+        m.autoscaler.arrival_rate.get_or_create(&g).set(2.5);
         let text = m.render();
         for needle in [
             "sluice_operator_reconciles_total 1",
@@ -156,6 +260,8 @@ mod tests {
             "sluice_operator_objects_applied_total{kind=\"Deployment\"} 1",
             "sluice_operator_reconcile_duration_seconds_count 1",
             "sluice_operator_leader 0",
+            "sluice_operator_autoscaler_scalings_total{direction=\"up\"} 1",
+            "sluice_operator_autoscaler_arrival_rate{namespace=\"n\",pipeline=\"p\",group=\"g\"} 2.5",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

@@ -5,7 +5,8 @@
 //! | --- | --- |
 //! | pipeline ConfigMap | `P-pipeline` |
 //! | key ring Secret | `P-ipc-keys` |
-//! | group workload, PDB, HPA | `P-<group>` |
+//! | group workload, PDB, HPA, KEDA ScaledObject | `P-<group>` |
+//! | KEDA TriggerAuthentication | `P-keda-redis` |
 //! | ingress Service and Ingress | `P` |
 //! | managed Redis StatefulSet, client Service, password Secret, NetworkPolicy | `P-redis` |
 //! | managed Redis headless Service | `P-redis-headless` |
@@ -25,6 +26,11 @@ pub fn key_secret(p: &str) -> String {
 /// Workload (and PDB/HPA) of a group.
 pub fn group(p: &str, g: &str) -> String {
     format!("{p}-{g}")
+}
+
+/// KEDA TriggerAuthentication of the pipeline's Redis.
+pub fn keda_auth(p: &str) -> String {
+    format!("{p}-keda-redis")
 }
 
 /// Service (and Ingress) in front of the ingress group.

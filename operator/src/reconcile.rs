@@ -40,6 +40,7 @@ use sluice_crds::{ExposeSpec, StreamPipeline, StreamPipelineStatus};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::apply::{self, Stamped};
+use crate::autoscale::{self, Facts};
 use crate::config::Timing;
 use crate::labels;
 use crate::metrics::Metrics;
@@ -136,6 +137,8 @@ pub struct Context {
     pub timing: Timing,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// What the builtin autoscaler found, for status.
+    pub facts: Arc<Facts>,
     /// Consecutive failures per `ns/name`; reset by a successful reconcile.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -147,6 +150,7 @@ impl Context {
         timing: Timing,
         recorder: Recorder,
         metrics: Arc<Metrics>,
+        facts: Arc<Facts>,
     ) -> Self {
         Self {
             client,
@@ -154,6 +158,7 @@ impl Context {
             timing,
             recorder,
             metrics,
+            facts,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -311,6 +316,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
 
     let suspended = sp.spec.suspend == Some(true);
     let mut requeue = ctx.timing.requeue_interval;
+    let mut missing_apis = false;
     if !suspended {
         let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         let ensured = secrets::ensure(
@@ -325,7 +331,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
             requeue = requeue.min(after);
         }
         let mut changes = ensured.changes;
-        apply_objects(sp, ctx, &target, &desired, &mut live).await?;
+        missing_apis = apply_objects(sp, ctx, &target, &desired, &mut live).await?;
         prune_objects(sp, ctx, &target, &desired, &mut live).await?;
         changes
             .extend(secrets::delete_obsolete(&secrets_api, &uid, &desired.obsolete_secrets).await?);
@@ -342,6 +348,29 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
     }
 
     let workloads = readiness(sp, &desired.objects, &live)?;
+    let scaling = ctx.facts.get(&key_of(sp));
+    let cold_start = autoscale::cold_start_risk(&sp.spec, &desired.plan, ctx.settings.cold_start);
+    if let Some((type_, _, _, message)) = &cold_start {
+        let reported = sp.status.as_ref().is_some_and(|s| {
+            status::condition(s, type_).is_some_and(|c| {
+                c.status == "True" && c.observed_generation == sp.metadata.generation
+            })
+        });
+        if !reported {
+            ctx.event(
+                sp,
+                EventType::Warning,
+                "ColdStartRisk",
+                "Validate",
+                message.clone(),
+            )
+            .await;
+        }
+    }
+    let extra = autoscale::condition(&sp.spec, scaling.as_ref(), missing_apis)
+        .into_iter()
+        .chain(cold_start)
+        .collect();
     let status = status::compute(&status::Inputs {
         generation: sp.metadata.generation,
         previous: sp.status.as_ref(),
@@ -350,6 +379,8 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         workloads,
         ingress_url: Some(ingress_url(&name, &ns, sp.spec.expose.as_ref())),
         now: now(),
+        decisions: scaling.map(|s| s.decisions).unwrap_or_default(),
+        extra,
     });
     write_status(sp, ctx, &target, status).await?;
     Ok(Action::requeue(requeue))
@@ -404,11 +435,12 @@ impl Target<'_> {
         let lp = ListParams::default().labels(&labels::owned_selector(self.name));
         let mut live = Live::new();
         for k in owned_kinds() {
-            let list = self
-                .api(k)
-                .list(&lp)
-                .await
-                .map_err(|e| api_error("list", k.kind, self.name, e))?;
+            let list = match self.api(k).list(&lp).await {
+                Ok(l) => l,
+                // The API is not installed (KEDA): there is nothing of it.
+                Err(kube::Error::Api(e)) if e.code == 404 && k.optional() => continue,
+                Err(e) => return Err(api_error("list", k.kind, self.name, e)),
+            };
             for mut o in list.items {
                 let controlled = o
                     .metadata
@@ -455,14 +487,17 @@ fn claim_templates(v: &Value) -> Vec<(String, String)> {
 
 /// Server-side applies every desired object whose live copy differs, in
 /// the desired order; `live` is updated with what the API server answered.
+/// Returns whether an optional API (KEDA) was missing, so its objects
+/// could not be applied (reported in status, not an error).
 async fn apply_objects(
     sp: &StreamPipeline,
     ctx: &Context,
     target: &Target<'_>,
     desired: &Desired,
     live: &mut Live,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let mut missing_apis = false;
     for child in &desired.objects {
         let kind = child.kind();
         let name = child.name().to_string();
@@ -502,10 +537,14 @@ async fn apply_objects(
                 existed = false;
             }
         }
-        let applied = api
-            .patch(&name, &pp, &Patch::Apply(&stamped.body))
-            .await
-            .map_err(|e| api_error("apply", kind.kind, &name, e))?;
+        let applied = match api.patch(&name, &pp, &Patch::Apply(&stamped.body)).await {
+            Ok(a) => a,
+            Err(kube::Error::Api(e)) if e.code == 404 && kind.optional() => {
+                missing_apis = true;
+                continue;
+            }
+            Err(e) => return Err(api_error("apply", kind.kind, &name, e)),
+        };
         ctx.metrics.applied(kind.kind);
         let (reason, verb) = if existed {
             ("Updated", "Update")
@@ -528,7 +567,7 @@ async fn apply_objects(
         });
         live.insert(key, applied);
     }
-    Ok(())
+    Ok(missing_apis)
 }
 
 fn ignore_not_found<T: Default>(e: kube::Error) -> Result<T, kube::Error> {
@@ -697,6 +736,8 @@ async fn report_invalid(
         workloads,
         ingress_url: Some(ingress_url(target.name, target.ns, sp.spec.expose.as_ref())),
         now: now(),
+        decisions: BTreeMap::new(),
+        extra: vec![],
     });
     write_status(sp, ctx, target, status).await
 }

@@ -127,6 +127,11 @@ pub fn redis_use<'a>(
     }
 }
 
+/// `host:port` of a pipeline's managed Redis client Service.
+pub fn managed_address(pipeline: &str, namespace: &str) -> String {
+    format!("{}.{namespace}.svc:{REDIS_PORT}", names::redis(pipeline))
+}
+
 /// The environment runtime containers need to reach their Redis. Order
 /// matters: Kubernetes expands `$(REDIS_PASSWORD)` only from variables
 /// defined earlier in the list.
@@ -139,9 +144,8 @@ pub(crate) fn runtime_env(ctx: &Ctx<'_>, redis: &RedisUse<'_>) -> Vec<EnvVar> {
             pod::env(
                 ENV_REDIS_URL,
                 format!(
-                    "redis://:$({ENV_REDIS_PASSWORD})@{}.{}.svc:{REDIS_PORT}/0",
-                    names::redis(&ctx.name),
-                    ctx.namespace
+                    "redis://:$({ENV_REDIS_PASSWORD})@{}/0",
+                    managed_address(&ctx.name, &ctx.namespace)
                 ),
             ),
         ],

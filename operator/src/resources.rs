@@ -60,6 +60,7 @@ use sluice_crds::{
     PipelineId, Plan, ServiceType, StreamPipeline, StreamPipelineSpec,
 };
 
+use crate::autoscale::keda::{self, ScaledObject, TriggerAuthentication};
 use crate::hash;
 use crate::labels::{self, Component};
 use crate::names;
@@ -235,6 +236,13 @@ pub struct OwnedKind {
 }
 
 impl OwnedKind {
+    /// A kind whose API may be absent from a cluster (KEDA's): listing it
+    /// finds nothing there, and applying it is reported in status instead
+    /// of failing the reconcile.
+    pub fn optional(&self) -> bool {
+        self.group == <ScaledObject as k8s_openapi::Resource>::GROUP
+    }
+
     pub const fn of<K: k8s_openapi::Resource>() -> Self {
         Self {
             group: K::GROUP,
@@ -246,7 +254,7 @@ impl OwnedKind {
     }
 }
 
-const OWNED_KINDS: [OwnedKind; 8] = [
+const OWNED_KINDS: [OwnedKind; 10] = [
     OwnedKind::of::<ConfigMap>(),
     OwnedKind::of::<Service>(),
     OwnedKind::of::<StatefulSet>(),
@@ -255,6 +263,8 @@ const OWNED_KINDS: [OwnedKind; 8] = [
     OwnedKind::of::<HorizontalPodAutoscaler>(),
     OwnedKind::of::<Ingress>(),
     OwnedKind::of::<NetworkPolicy>(),
+    OwnedKind::of::<ScaledObject>(),
+    OwnedKind::of::<TriggerAuthentication>(),
 ];
 
 /// The kinds [`desired`] can produce: the reconciler lists each in the
@@ -280,6 +290,8 @@ pub enum Child {
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
     Ingress(Ingress),
     NetworkPolicy(NetworkPolicy),
+    ScaledObject(ScaledObject),
+    TriggerAuthentication(TriggerAuthentication),
 }
 
 macro_rules! each_child {
@@ -293,6 +305,8 @@ macro_rules! each_child {
             Child::HorizontalPodAutoscaler($o) => $e,
             Child::Ingress($o) => $e,
             Child::NetworkPolicy($o) => $e,
+            Child::ScaledObject($o) => $e,
+            Child::TriggerAuthentication($o) => $e,
         }
     };
 }
@@ -538,6 +552,7 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
                 objects.push(Child::HorizontalPodAutoscaler(hpa));
             }
         }
+        objects.extend(keda_objects(&ctx));
     }
 
     let mut generated_secrets = Vec::new();
@@ -949,6 +964,49 @@ fn hpa(ctx: &Ctx<'_>, g: &GroupSpec) -> Option<HorizontalPodAutoscaler> {
         }),
         ..Default::default()
     })
+}
+
+/// ScaledObjects of the `engine: keda` groups and, when there is one, the
+/// pipeline's TriggerAuthentication.
+fn keda_objects(ctx: &Ctx<'_>) -> Vec<Child> {
+    let groups = crate::autoscale::groups_with(ctx.spec, AutoscaleEngine::Keda);
+    let redis_name = names::redis(&ctx.name);
+    let address = crate::redis::managed_address(&ctx.name, &ctx.namespace);
+    let target = match &ctx.redis {
+        RedisUse::External(url) => keda::RedisTarget::External(url),
+        RedisUse::Managed(_) | RedisUse::None => keda::RedisTarget::Managed {
+            address: &address,
+            secret: &redis_name,
+        },
+    };
+    if groups.is_empty() {
+        return vec![];
+    }
+    let auth = names::keda_auth(&ctx.name);
+    let mut out: Vec<Child> = groups
+        .into_iter()
+        .map(|(g, a)| {
+            let meta = ctx.meta(
+                names::group(&ctx.name, &g.name),
+                Component::Worker,
+                Some(&g.name),
+            );
+            Child::ScaledObject(keda::scaled_object(
+                meta,
+                &ctx.namespace,
+                &ctx.name,
+                g,
+                a,
+                target,
+                &auth,
+            ))
+        })
+        .collect();
+    out.push(Child::TriggerAuthentication(keda::trigger_authentication(
+        ctx.meta(auth, Component::Worker, None),
+        target,
+    )));
+    out
 }
 
 // === key ring ===

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! connect (KUBECONFIG / in-cluster) ─▶ serve /metrics /healthz /readyz ─▶ API reachable: ready
-//!   ─▶ [leader election: wait for the Lease] ─▶ controller ┬─ shutdown signal: drain, release Lease, Ok
-//!                                                           └─ Lease lost: Err(LostLeadership) at once
+//!   ─▶ [leader election: wait for the Lease] ─▶ controller + autoscaler ┬─ shutdown signal: drain, release Lease, Ok
+//!                                                                        └─ Lease lost: Err(LostLeadership) at once
 //! ```
 
 use std::future::Future;
@@ -17,6 +17,9 @@ use kube::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use tokio::sync::broadcast;
+
+use crate::autoscale::{Autoscaler, Facts};
 use crate::config::Config;
 use crate::controller;
 use crate::labels;
@@ -24,6 +27,10 @@ use crate::leader::{Elector, Lost};
 use crate::metrics::Metrics;
 use crate::reconcile::Context;
 use crate::server::{self, Health};
+
+/// Reconcile requests from the autoscaler that may wait for the controller;
+/// older ones are dropped (the periodic requeue covers them).
+const TRIGGER_CAPACITY: usize = 1024;
 
 /// How long reconciles in flight may take to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,19 +139,36 @@ pub async fn run(
             instance: Some(config.identity.clone()),
         },
     );
+    let facts = Arc::new(Facts::default());
+    let (trigger, _) = broadcast::channel(TRIGGER_CAPACITY);
     let ctx = Arc::new(Context::new(
-        client,
+        client.clone(),
         config.settings.clone(),
         config.timing.clone(),
-        recorder,
+        recorder.clone(),
         metrics.clone(),
+        facts.clone(),
     ));
     let controller_stop = CancellationToken::new();
     let mut controller = tokio::spawn({
         let namespaces = config.namespaces.clone();
         let token = controller_stop.clone();
-        async move { controller::run(ctx, &namespaces, token.cancelled_owned()).await }
+        let trigger = trigger.clone();
+        async move { controller::run(ctx, &namespaces, &trigger, token.cancelled_owned()).await }
     });
+    // The autoscaler writes /scale: like the controller, only while leading.
+    let autoscaler = tokio::spawn(
+        Autoscaler {
+            client,
+            namespaces: config.namespaces.clone(),
+            interval: config.timing.autoscale_interval,
+            facts,
+            metrics: metrics.clone(),
+            recorder,
+            trigger,
+        }
+        .run(controller_stop.clone()),
+    );
 
     let lost = async {
         match elector.as_mut() {
@@ -156,6 +180,7 @@ pub async fn run(
         reason = lost => {
             // Stop writing at once: the new leader may already be running.
             controller.abort();
+            autoscaler.abort();
             metrics.leader.set(0);
             return Err(RunError::LostLeadership(reason));
         }
@@ -169,6 +194,7 @@ pub async fn run(
     };
     info!("shutting down");
     controller_stop.cancel();
+    autoscaler.abort();
     if tokio::time::timeout(DRAIN_TIMEOUT, &mut controller)
         .await
         .is_err()

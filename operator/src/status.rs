@@ -22,7 +22,9 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use sluice_crds::{GroupStatus, StreamPipelineStatus};
+use std::collections::BTreeMap;
+
+use sluice_crds::{GroupStatus, ScaleDecision, StreamPipelineStatus};
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
@@ -181,6 +183,12 @@ pub struct Inputs<'a> {
     pub ingress_url: Option<String>,
     /// Used for conditions whose status changed.
     pub now: Time,
+    /// Decisions of this process's autoscaler by group; they replace the
+    /// previous status's `lastScale` (kept otherwise, e.g. after a leader change).
+    pub decisions: BTreeMap<String, ScaleDecision>,
+    /// Conditions beyond Ready/Progressing/Degraded (`Autoscaling`,
+    /// `ColdStartRisk`), as `(type, status, reason, message)`.
+    pub extra: Vec<(String, bool, String, String)>,
 }
 
 /// The status for `inputs`.
@@ -211,7 +219,7 @@ pub fn compute(inputs: &Inputs<'_>) -> StreamPipelineStatus {
     let cond = |type_: &str, ok: bool, reason: &str, message: String| {
         (type_.to_string(), ok, reason.to_string(), message)
     };
-    let mut conditions = Vec::with_capacity(3);
+    let mut conditions = Vec::with_capacity(3 + inputs.extra.len());
     match &inputs.validity {
         Validity::Invalid(errors) if invalid_new => {
             let message = format!("nothing was created: {errors}");
@@ -278,6 +286,7 @@ pub fn compute(inputs: &Inputs<'_>) -> StreamPipelineStatus {
         }
     }
 
+    conditions.extend(inputs.extra.iter().cloned());
     let previous = inputs.previous;
     let conditions = conditions
         .into_iter()
@@ -304,9 +313,11 @@ pub fn compute(inputs: &Inputs<'_>) -> StreamPipelineStatus {
         .iter()
         .filter_map(|w| {
             let name = w.group.clone()?;
-            let last_scale = previous
-                .and_then(|p| p.groups.iter().find(|g| g.name == name))
-                .and_then(|g| g.last_scale.clone());
+            let last_scale = inputs.decisions.get(&name).cloned().or_else(|| {
+                previous
+                    .and_then(|p| p.groups.iter().find(|g| g.name == name))
+                    .and_then(|g| g.last_scale.clone())
+            });
             Some(GroupStatus {
                 name,
                 desired_replicas: Some(w.desired),
@@ -405,6 +416,8 @@ mod tests {
             workloads,
             ingress_url: Some("http://p.demo.svc".into()),
             now: t(0),
+            decisions: BTreeMap::new(),
+            extra: vec![],
         }
     }
 

@@ -650,42 +650,6 @@ async fn only_the_leader_writes_and_a_standby_takes_over_within_the_lease_durati
     Ok(())
 }
 
-/// The rules of `docs/operator.md` § "RBAC the operator needs": (cluster
-/// rules, rules in the operator's namespace), each rule as JSON.
-fn documented_rules() -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operator.md");
-    let doc = std::fs::read_to_string(&path).unwrap();
-    let section = doc
-        .split("## RBAC the operator needs")
-        .nth(1)
-        .expect("RBAC section")
-        .split("\n## ")
-        .next()
-        .unwrap();
-    let (cluster, namespaced) = section
-        .split_once("Role in the operator's namespace")
-        .expect("the leader election Role");
-    let rules = |text: &str| -> Vec<serde_json::Value> {
-        text.lines()
-            .filter(|l| l.starts_with("| `"))
-            .map(|l| {
-                let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
-                let list = |c: &str| -> Vec<String> {
-                    c.split(',')
-                        .map(|x| x.trim().trim_matches('`').trim_matches('"').to_string())
-                        .collect()
-                };
-                serde_json::json!({
-                    "apiGroups": list(cells[0]),
-                    "resources": list(cells[1]),
-                    "verbs": list(cells[2]),
-                })
-            })
-            .collect()
-    };
-    (rules(cluster), rules(namespaced))
-}
-
 #[tokio::test]
 async fn the_documented_rbac_rules_are_all_the_operator_needs() -> anyhow::Result<()> {
     use serde_json::json;
@@ -710,21 +674,7 @@ async fn the_documented_rbac_rules_are_all_the_operator_needs() -> anyhow::Resul
             assert!(!verbs.contains(&json!("list")) && !verbs.contains(&json!("watch")));
         }
     }
-    let subject = json!([{"kind": "ServiceAccount", "name": "op", "namespace": OPERATOR_NS}]);
-    for obj in [
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-               "metadata": {"name": "sluice-operator"}, "rules": cluster}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-               "metadata": {"name": "sluice-operator"}, "subjects": subject,
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "sluice-operator"}}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-               "metadata": {"name": "sluice-operator-leader", "namespace": OPERATOR_NS}, "rules": namespaced}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "sluice-operator-leader", "namespace": OPERATOR_NS}, "subjects": subject,
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sluice-operator-leader"}}),
-    ] {
-        h.sim.put_object(obj)?;
-    }
+    grant_documented_rbac(&h, "op")?;
     let op = Operator::start(&h, "op", &LEASE).await?;
     let ns = "rbac";
     for name in example_names() {

@@ -477,3 +477,61 @@ impl Drop for Operator {
         }
     }
 }
+
+/// The rules of `docs/operator.md` § "RBAC the operator needs": (cluster
+/// rules, rules in the operator's namespace), each rule as JSON.
+pub fn documented_rules() -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operator.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let section = doc
+        .split("## RBAC the operator needs")
+        .nth(1)
+        .expect("RBAC section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let (cluster, namespaced) = section
+        .split_once("Role in the operator's namespace")
+        .expect("the leader election Role");
+    let rules = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+                let list = |c: &str| -> Vec<String> {
+                    c.split(',')
+                        .map(|x| x.trim().trim_matches('`').trim_matches('"').to_string())
+                        .collect()
+                };
+                serde_json::json!({
+                    "apiGroups": list(cells[0]),
+                    "resources": list(cells[1]),
+                    "verbs": list(cells[2]),
+                })
+            })
+            .collect()
+    };
+    (rules(cluster), rules(namespaced))
+}
+
+/// Grants ServiceAccount `sluice-system/<sa>` exactly the documented rules
+/// (cluster-wide, plus the leader election Role).
+pub fn grant_documented_rbac(h: &Harness, sa: &str) -> anyhow::Result<()> {
+    let (cluster, namespaced) = documented_rules();
+    let subject = json!([{"kind": "ServiceAccount", "name": sa, "namespace": OPERATOR_NS}]);
+    for obj in [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": "sluice-operator"}, "rules": cluster}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": "sluice-operator"}, "subjects": subject,
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "sluice-operator"}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": "sluice-operator-leader", "namespace": OPERATOR_NS}, "rules": namespaced}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "sluice-operator-leader", "namespace": OPERATOR_NS}, "subjects": subject,
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sluice-operator-leader"}}),
+    ] {
+        h.sim.put_object(obj)?;
+    }
+    Ok(())
+}

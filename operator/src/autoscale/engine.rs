@@ -1,0 +1,493 @@
+//! The builtin autoscaler's loop: one evaluation of every builtin group
+//! per `--autoscale-interval`, run by the leader only.
+//!
+//! ```text
+//! tick ─▶ list StreamPipelines, list managed Deployments   (2 API requests per scope)
+//!      ─▶ per pipeline (at most CONCURRENCY at once): Redis URL (Secret GET, cached),
+//!         per builtin group: StreamStats (1 Redis round trip)
+//!      ─▶ per group: Rates ─▶ recommend ─▶ decide ─▶ PATCH /scale when it changes
+//!      ─▶ Facts changed (a decision, Redis lost or back) ─▶ ask for a reconcile (status)
+//! ```
+//!
+//! State (recommendation history, rates) lives in memory: a new leader
+//! starts empty and so waits a whole stabilisation window before any
+//! scale-down. Nothing here writes status; the reconciler does, from [`Facts`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::chrono::{SubsecRound, Utc};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use sluice_crds::{AutoscaleEngine, RedisMode, ScaleDecision, StreamPipeline};
+use sluice_platform::redis::StreamStats;
+use sluice_platform::{Keys, RedisBackend, RedisConfig};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::algorithm::{self, Rates, Sample, Stabilizer};
+use super::{groups_with, params, Facts, FIELD_MANAGER};
+use crate::labels;
+use crate::metrics::{DirectionLabel, GroupLabel, Metrics};
+use crate::names;
+use crate::redis::{managed_address, PASSWORD_KEY};
+
+/// Pipelines evaluated at once.
+const CONCURRENCY: usize = 16;
+/// Timeout of the autoscaler's Redis commands and connection attempts.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// The Redis URL (from a Secret) is read again after this long.
+const URL_TTL: Duration = Duration::from_secs(300);
+
+/// The builtin autoscaler of one operator process.
+pub struct Autoscaler {
+    pub client: Client,
+    /// Empty: all namespaces.
+    pub namespaces: Vec<String>,
+    pub interval: Duration,
+    pub facts: Arc<Facts>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// Asks the controller to reconcile a pipeline (its status changed).
+    pub trigger: broadcast::Sender<ObjectRef<StreamPipeline>>,
+}
+
+/// Per group: what the algorithm remembers between evaluations.
+#[derive(Default)]
+struct GroupState {
+    stab: Stabilizer,
+    rates: Rates,
+}
+
+/// A pipeline's Redis connection and where its URL came from.
+struct Conn {
+    url: String,
+    read_at: Instant,
+    backend: Arc<RedisBackend>,
+}
+
+/// What one evaluation read about one group.
+struct Reading {
+    group: String,
+    deployment: String,
+    current: u32,
+    ready: u32,
+    stats: StreamStats,
+}
+
+/// What one evaluation read about one pipeline.
+struct PipelineReading {
+    sp: Arc<StreamPipeline>,
+    key: String,
+    groups: Vec<Reading>,
+    redis_error: Option<String>,
+}
+
+impl Autoscaler {
+    /// Evaluates every `interval` until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let epoch = Instant::now();
+        let mut state: HashMap<(String, String), GroupState> = HashMap::new();
+        let mut conns: HashMap<String, Conn> = HashMap::new();
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        info!(interval = ?self.interval, "autoscaler running");
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            self.evaluate(&mut state, &mut conns, epoch.elapsed()).await;
+        }
+    }
+
+    fn scopes(&self) -> Vec<(Api<StreamPipeline>, Api<Deployment>)> {
+        let c = &self.client;
+        if self.namespaces.is_empty() {
+            vec![(Api::all(c.clone()), Api::all(c.clone()))]
+        } else {
+            self.namespaces
+                .iter()
+                .map(|ns| {
+                    (
+                        Api::namespaced(c.clone(), ns),
+                        Api::namespaced(c.clone(), ns),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    /// Pipelines with builtin groups and the managed Deployments, by `ns/name`.
+    async fn list(&self) -> Option<(Vec<Arc<StreamPipeline>>, HashMap<String, Deployment>)> {
+        let mut pipelines = vec![];
+        let mut deployments = HashMap::new();
+        let managed =
+            ListParams::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+        let all = ListParams::default();
+        for (p_api, d_api) in self.scopes() {
+            let (ps, ds) = match tokio::join!(p_api.list(&all), d_api.list(&managed)) {
+                (Ok(ps), Ok(ds)) => (ps, ds),
+                (Err(e), _) | (_, Err(e)) => {
+                    self.metrics.autoscaler.error("api");
+                    warn!(error = %e, "autoscaler cannot list pipelines or deployments");
+                    return None;
+                }
+            };
+            pipelines.extend(ps.items.into_iter().map(Arc::new));
+            for d in ds.items {
+                let key = format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any());
+                deployments.insert(key, d);
+            }
+        }
+        let pipelines = pipelines
+            .into_iter()
+            .filter(|sp| {
+                sp.metadata.deletion_timestamp.is_none()
+                    && sp.spec.suspend != Some(true)
+                    && !groups_with(&sp.spec, AutoscaleEngine::Builtin).is_empty()
+                    && sluice_crds::validate(&sp.spec).is_empty()
+            })
+            .collect();
+        Some((pipelines, deployments))
+    }
+
+    async fn evaluate(
+        &self,
+        state: &mut HashMap<(String, String), GroupState>,
+        conns: &mut HashMap<String, Conn>,
+        now: Duration,
+    ) {
+        let Some((pipelines, deployments)) = self.list().await else {
+            return;
+        };
+        // Connections first (may read a Secret), then every read at once.
+        let mut backends = HashMap::new();
+        let mut url_errors = HashMap::new();
+        for sp in &pipelines {
+            let key = key_of(sp);
+            match self.connection(sp, conns.remove(&key)).await {
+                Ok(c) => {
+                    backends.insert(key.clone(), c.backend.clone());
+                    conns.insert(key, c);
+                }
+                Err(e) => {
+                    url_errors.insert(key, e);
+                }
+            }
+        }
+        let readings: Vec<PipelineReading> = stream::iter(pipelines)
+            .map(|sp| {
+                let key = key_of(&sp);
+                let backend = backends.get(&key).cloned();
+                let url_error = url_errors.get(&key).cloned();
+                let deployments = &deployments;
+                async move { read(sp, key, backend, url_error, deployments).await }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+
+        let mut seen_groups = HashSet::new();
+        let mut seen_pipelines = HashSet::new();
+        for r in readings {
+            seen_pipelines.insert(r.key.clone());
+            self.decide_pipeline(&r, state, now, &mut seen_groups).await;
+        }
+        // Forget pipelines and groups that no longer autoscale.
+        let gone: Vec<_> = state
+            .keys()
+            .filter(|k| !seen_groups.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            state.remove(&k);
+            let (namespace, pipeline) = k.0.split_once('/').unwrap_or_default();
+            self.metrics.autoscaler.remove(&GroupLabel {
+                namespace: namespace.into(),
+                pipeline: pipeline.into(),
+                group: k.1.clone(),
+            });
+        }
+        conns.retain(|k, _| seen_pipelines.contains(k));
+        self.facts.retain(&seen_pipelines);
+    }
+
+    async fn decide_pipeline(
+        &self,
+        r: &PipelineReading,
+        state: &mut HashMap<(String, String), GroupState>,
+        now: Duration,
+        seen: &mut HashSet<(String, String)>,
+    ) {
+        let sp = &r.sp;
+        let was_down = self.facts.get(&r.key).and_then(|f| f.redis_error).is_some();
+        let mut changed = self.facts.update(&r.key, |f| {
+            f.redis_error.clone_from(&r.redis_error);
+        });
+        if let Some(e) = &r.redis_error {
+            self.metrics.autoscaler.error("redis");
+            if !was_down {
+                warn!(pipeline = %r.key, error = %e, "autoscaler cannot read the backlog; replicas left as they are");
+                self.event(
+                    sp,
+                    EventType::Warning,
+                    "AutoscalerRedisUnreachable",
+                    format!("cannot read the backlog, replicas are left as they are: {e}"),
+                )
+                .await;
+            }
+        } else if was_down {
+            info!(pipeline = %r.key, "autoscaler reads the backlog again");
+        }
+        let (namespace, name) = r.key.split_once('/').unwrap_or_default();
+        let specs = groups_with(&sp.spec, AutoscaleEngine::Builtin);
+        for reading in &r.groups {
+            let Some((g, a)) = specs.iter().find(|(g, _)| g.name == reading.group) else {
+                continue;
+            };
+            let p = params(g, a);
+            let gkey = (r.key.clone(), reading.group.clone());
+            seen.insert(gkey.clone());
+            let st = state.entry(gkey).or_default();
+            let (arrival, measured) = st.rates.observe(Sample {
+                at: now,
+                entries_added: reading.stats.entries_added,
+                completed: reading.stats.completed(),
+                waiting: reading.stats.waiting(),
+                replicas: reading.ready,
+            });
+            let obs = algorithm::Observation {
+                length: reading.stats.length,
+                pending: reading.stats.pending,
+                arrival_rate: arrival,
+                measured_rate_per_replica: measured,
+            };
+            let rec = algorithm::recommend(&p, &obs);
+            let label = GroupLabel {
+                namespace: namespace.into(),
+                pipeline: name.into(),
+                group: reading.group.clone(),
+            };
+            let m = &self.metrics.autoscaler;
+            m.backlog
+                .get_or_create(&label)
+                .set(gauge(reading.stats.length));
+            m.pending
+                .get_or_create(&label)
+                .set(gauge(reading.stats.pending));
+            m.arrival_rate
+                .get_or_create(&label)
+                .set(arrival.unwrap_or(0.0));
+            m.rate_per_replica
+                .get_or_create(&label)
+                .set(p.rate_per_replica.or(measured).unwrap_or(0.0));
+            m.recommended
+                .get_or_create(&label)
+                .set(i64::from(rec.replicas));
+            debug!(pipeline = %r.key, group = %reading.group, ?obs, recommended = rec.replicas, current = reading.current, "evaluated");
+            let Some(d) = algorithm::decide(&p, reading.current, &rec, &mut st.stab, now) else {
+                continue;
+            };
+            if self.scale(sp, namespace, reading, &d).await {
+                let decision = ScaleDecision {
+                    time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        Utc::now().trunc_subsecs(0),
+                    ),
+                    from: i32::try_from(d.from).unwrap_or(i32::MAX),
+                    to: i32::try_from(d.to).unwrap_or(i32::MAX),
+                    reason: d.reason.clone(),
+                };
+                changed |= self.facts.update(&r.key, |f| {
+                    f.decisions.insert(reading.group.clone(), decision);
+                });
+            }
+        }
+        if changed {
+            // The receivers are the controllers; none (shutting down) is fine.
+            let _ = self.trigger.send(ObjectRef::from_obj(sp.as_ref()));
+        }
+    }
+
+    /// Writes the new replica count; true when it was written.
+    async fn scale(
+        &self,
+        sp: &StreamPipeline,
+        namespace: &str,
+        reading: &Reading,
+        d: &algorithm::Decision,
+    ) -> bool {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let body = json!({"spec": {"replicas": d.to}});
+        if let Err(e) = api
+            .patch_scale(&reading.deployment, &pp, &Patch::Merge(&body))
+            .await
+        {
+            self.metrics.autoscaler.error("api");
+            warn!(deployment = %reading.deployment, error = %e, "cannot scale");
+            return false;
+        }
+        let direction = if d.to > d.from { "up" } else { "down" };
+        self.metrics
+            .autoscaler
+            .scalings
+            .get_or_create(&DirectionLabel { direction })
+            .inc();
+        info!(deployment = %reading.deployment, from = d.from, to = d.to, reason = %d.reason, "scaled");
+        self.event(
+            sp,
+            EventType::Normal,
+            "Scaled",
+            format!(
+                "group {}: {} → {} replicas: {}",
+                reading.group, d.from, d.to, d.reason
+            ),
+        )
+        .await;
+        true
+    }
+
+    async fn event(&self, sp: &StreamPipeline, type_: EventType, reason: &str, note: String) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Autoscale".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &sp.object_ref(&())).await {
+            warn!(error = %e, reason, "cannot publish event");
+        }
+    }
+
+    /// The pipeline's Redis connection: `cached` while its URL is fresh,
+    /// else a new one from the URL in the pipeline's Secret.
+    async fn connection(&self, sp: &StreamPipeline, cached: Option<Conn>) -> Result<Conn, String> {
+        if let Some(c) = cached.as_ref().filter(|c| c.read_at.elapsed() < URL_TTL) {
+            return Ok(Conn {
+                url: c.url.clone(),
+                read_at: c.read_at,
+                backend: c.backend.clone(),
+            });
+        }
+        let url = self.redis_url(sp).await?;
+        if let Some(c) = cached.filter(|c| c.url == url) {
+            return Ok(Conn {
+                read_at: Instant::now(),
+                ..c
+            });
+        }
+        let cfg = RedisConfig::from_url(&url)
+            .map_err(|e| format!("the Redis URL does not parse: {e}"))?
+            .with_command_timeout(REDIS_TIMEOUT)
+            .with_connect_timeout(REDIS_TIMEOUT)
+            .with_pool_size(1);
+        let backend = RedisBackend::connect_lazy(cfg).map_err(|e| e.to_string())?;
+        Ok(Conn {
+            url,
+            read_at: Instant::now(),
+            backend,
+        })
+    }
+
+    /// The URL the pipeline's pods use: managed Redis from the password in
+    /// `P-redis`, external from the user's `urlSecretRef`.
+    async fn redis_url(&self, sp: &StreamPipeline) -> Result<String, String> {
+        let ns = sp.namespace().unwrap_or_default();
+        let name = sp.name_any();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        let external = sp
+            .spec
+            .redis
+            .as_ref()
+            .filter(|r| r.mode == RedisMode::External)
+            .and_then(|r| r.url_secret_ref.clone());
+        let (secret, key) = match &external {
+            Some(r) => (r.name.clone(), r.key.clone()),
+            None => (names::redis(&name), PASSWORD_KEY.to_string()),
+        };
+        let s = api
+            .get_opt(&secret)
+            .await
+            .map_err(|e| format!("cannot read Secret {secret}: {e}"))?
+            .ok_or_else(|| format!("Secret {secret} does not exist"))?;
+        let value = s
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&key))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .ok_or_else(|| format!("Secret {secret} has no UTF-8 key {key}"))?;
+        Ok(match external {
+            Some(_) => value.trim().to_string(),
+            None => format!("redis://:{value}@{}/0", managed_address(&name, &ns)),
+        })
+    }
+}
+
+fn key_of(sp: &StreamPipeline) -> String {
+    format!("{}/{}", sp.namespace().unwrap_or_default(), sp.name_any())
+}
+
+fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Reads every builtin group of one pipeline: its Deployment's replicas and
+/// its queue's counters. A Redis failure stops the reading (no group of
+/// the pipeline changes this round); a Deployment not created yet skips its group.
+async fn read(
+    sp: Arc<StreamPipeline>,
+    key: String,
+    backend: Option<Arc<RedisBackend>>,
+    url_error: Option<String>,
+    deployments: &HashMap<String, Deployment>,
+) -> PipelineReading {
+    let mut out = PipelineReading {
+        sp: sp.clone(),
+        key,
+        groups: vec![],
+        redis_error: url_error,
+    };
+    let Some(backend) = backend else {
+        return out;
+    };
+    let ns = sp.namespace().unwrap_or_default();
+    let name = sp.name_any();
+    let keys = Keys::new(&ns, &name);
+    for (g, _) in groups_with(&sp.spec, AutoscaleEngine::Builtin) {
+        let deployment = names::group(&name, &g.name);
+        let Some(d) = deployments.get(&format!("{ns}/{deployment}")) else {
+            continue;
+        };
+        let stats = match backend.stream_stats(&keys.queue(&g.name)).await {
+            Ok(s) => s,
+            Err(e) => {
+                out.redis_error = Some(e.to_string());
+                out.groups.clear();
+                return out;
+            }
+        };
+        let replicas = |v: Option<i32>| u32::try_from(v.unwrap_or(0)).unwrap_or(0);
+        out.groups.push(Reading {
+            group: g.name.clone(),
+            deployment,
+            // The API server defaults an absent replicas field to 1.
+            current: replicas(d.spec.as_ref().and_then(|s| s.replicas).or(Some(1))),
+            ready: replicas(d.status.as_ref().and_then(|s| s.ready_replicas)),
+            stats,
+        });
+    }
+    out
+}
