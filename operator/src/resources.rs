@@ -1274,6 +1274,70 @@ spec:
     }
 
     #[test]
+    fn keda_groups_get_a_scaled_object_and_the_pipeline_one_trigger_authentication() {
+        let mut sp = orders_redis();
+        group_mut(&mut sp, "io").autoscale = serde_yaml::from_str(
+            "{engine: keda, minReplicas: 0, maxReplicas: 5, scaleDownStabilization: 90s}",
+        )
+        .unwrap();
+        let d = render(&sp);
+        assert_eq!(
+            deployment(&d, "orders-redis-io")
+                .spec
+                .as_ref()
+                .unwrap()
+                .replicas,
+            None
+        );
+        let so = d
+            .objects
+            .iter()
+            .find_map(|o| match o {
+                Child::ScaledObject(s) => Some(s),
+                _ => None,
+            })
+            .expect("a ScaledObject");
+        assert_eq!(so.metadata.name.as_deref(), Some("orders-redis-io"));
+        assert_eq!(so.spec["minReplicaCount"], 0);
+        assert_eq!(so.spec["cooldownPeriod"], 90);
+        let t = &so.spec["triggers"][0];
+        assert_eq!(t["metadata"]["stream"], "sluice:{demo/orders-redis}:q:io");
+        assert_eq!(t["metadata"]["streamLength"], "50");
+        assert_eq!(t["authenticationRef"]["name"], "orders-redis-keda-redis");
+        assert!(d.contains("TriggerAuthentication", "orders-redis-keda-redis"));
+        assert!(!d.contains("HorizontalPodAutoscaler", "orders-redis-io"));
+
+        // External Redis: address and password come from the user's Secret.
+        sp.spec.redis =
+            serde_yaml::from_str("{mode: external, urlSecretRef: {name: ext, key: url}}").unwrap();
+        let d = render(&sp);
+        let auth = d
+            .objects
+            .iter()
+            .find_map(|o| match o {
+                Child::TriggerAuthentication(a) => Some(a),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            auth.spec["secretTargetRef"],
+            serde_json::json!([
+                {"parameter": "address", "name": "ext", "key": "address"},
+                {"parameter": "password", "name": "ext", "key": "password"},
+            ])
+        );
+        let so = d
+            .objects
+            .iter()
+            .find_map(|o| match o {
+                Child::ScaledObject(s) => Some(s),
+                _ => None,
+            })
+            .unwrap();
+        assert!(so.spec["triggers"][0]["metadata"].get("address").is_none());
+    }
+
+    #[test]
     fn memory_backends_run_every_group_in_the_ingress_pods() {
         let d = render(&parse(include_str!("../../examples/orders.yaml")));
         assert_eq!(

@@ -459,6 +459,40 @@ mod tests {
     }
 
     #[test]
+    fn autoscaler_decisions_replace_last_scale_and_extra_conditions_are_kept() {
+        let w = vec![Readiness {
+            workload: "Deployment/p-cpu".into(),
+            group: Some("cpu".into()),
+            desired: 3,
+            ready: 3,
+            progress: Progress::Ready,
+        }];
+        let decision = |to: i32| ScaleDecision {
+            time: t(5),
+            from: 1,
+            to,
+            reason: "backlog 120 at 50 per replica".into(),
+        };
+        let mut i = inputs(w.clone(), None);
+        i.decisions.insert("cpu".into(), decision(3));
+        i.extra.push((
+            "Autoscaling".into(),
+            false,
+            "RedisUnreachable".into(),
+            "down".into(),
+        ));
+        let s1 = compute(&i);
+        assert_eq!(s1.groups[0].last_scale, Some(decision(3)));
+        assert_eq!(cond(&s1, "Autoscaling"), ("False", "RedisUnreachable"));
+        // Another process (a new leader) without decisions keeps the last one.
+        let mut i2 = inputs(w, Some(&s1));
+        i2.now = t(60);
+        i2.extra = i.extra.clone();
+        let s2 = compute(&i2);
+        assert_eq!(s2, s1, "an unchanged status is not rewritten");
+    }
+
+    #[test]
     fn an_autoscaled_deployment_is_measured_by_its_pods_not_the_spec() {
         // The autoscaler set spec.replicas to 5 and the pods exist: ready.
         let r = Readiness::of_deployment(&deploy(Some(5), 1, rolled(5, 1)), None, true);
