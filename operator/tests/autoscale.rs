@@ -242,17 +242,7 @@ async fn backlog_over_target_scales_up_within_two_periods_and_down_only_after_th
         seen[1].0
     );
     // Under enforcement: nothing was denied.
-    let decisions: Vec<_> =
-        s.h.sim
-            .authz_decisions()
-            .into_iter()
-            .filter(|d| d.user == op.user)
-            .collect();
-    let denied: Vec<_> = decisions
-        .iter()
-        .filter(|d| !d.allowed)
-        .map(|d| format!("{:?}", d.attributes))
-        .collect();
+    let (_, denied) = authz_of(&s.h, &op.user);
     assert!(denied.is_empty(), "denied: {denied:#?}");
     let scaled =
         s.h.sim

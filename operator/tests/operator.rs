@@ -729,19 +729,11 @@ async fn the_documented_rbac_rules_are_all_the_operator_needs() -> anyhow::Resul
     // A few periodic reconciles and lease renewals on top.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let decisions: Vec<_> = h
-        .sim
-        .authz_decisions()
-        .into_iter()
-        .filter(|d| d.user == op.user)
-        .collect();
-    assert!(decisions.len() > 50, "{} decisions", decisions.len());
-    let denied: Vec<_> = decisions
-        .iter()
-        .filter(|d| !d.allowed)
-        .map(|d| format!("{:?}", d.attributes))
-        .collect();
+    let (decided, denied) = authz_of(&h, &op.user);
+    assert!(decided > 50, "{decided} decisions");
     assert!(denied.is_empty(), "denied: {denied:#?}");
+    let decisions = h.sim.authz_decisions();
+    let decisions: Vec<_> = decisions.iter().filter(|d| d.user == op.user).collect();
     // The run exercised the rules that matter (the stand-in checks `patch`,
     // not `create`, for an apply that creates).
     let used: std::collections::BTreeSet<String> = decisions

@@ -535,3 +535,20 @@ pub fn grant_documented_rbac(h: &Harness, sa: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Authorization decisions the stand-in made for `user`: (how many, the
+/// denied ones described).
+pub fn authz_of(h: &Harness, user: &str) -> (usize, Vec<String>) {
+    let decisions: Vec<_> = h
+        .sim
+        .authz_decisions()
+        .into_iter()
+        .filter(|d| d.user == user)
+        .collect();
+    let denied = decisions
+        .iter()
+        .filter(|d| !d.allowed)
+        .map(|d| format!("{:?}", d.attributes))
+        .collect();
+    (decisions.len(), denied)
+}
