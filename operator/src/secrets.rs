@@ -3,29 +3,36 @@
 //!
 //! ```text
 //! GeneratedSecret ─GET by name─▶ 404 ─▶ fresh random material ─▶ create
-//!                               └──▶ exists ─▶ key ring: left alone (only rotation changes it)
+//!                               └──▶ exists ─▶ key ring (ours): rotation::next decides
+//!                                                 ├─ a step is due ─▶ replace (resourceVersion)
+//!                                                 └─ otherwise     ─▶ recheck when the next is due
 //!                                              P-redis (ours): re-render redis.conf from the
 //!                                              stored password; replace if it differs
 //! obsolete name ─GET by name─▶ controlled by this pipeline? ─▶ delete
 //! ```
 //!
 //! Secrets are never listed or watched (least privilege): each is read by
-//! its name, and the periodic requeue repairs a deleted one.
+//! its name, and the periodic requeue repairs a deleted one; a rotation
+//! step that falls due sooner than the next requeue shortens it
+//! ([`Ensured::recheck_after`]). The ordinary apply loop never writes the
+//! key ring: only the rotation steps here do (see [`crate::rotation`]).
 //! Key material and passwords never reach logs, events or errors.
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::chrono::{SubsecRound, Utc};
+use k8s_openapi::chrono::{DateTime, SubsecRound, Utc};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::ResourceExt;
 use rand::rngs::OsRng;
 use rand::{Rng, RngCore};
-use sluice_crds::StreamPipeline;
+use sluice_crds::{compile, PipelineId, StreamPipeline};
+use tracing::{debug, warn};
 
 use crate::reconcile::{api_error, Error, FIELD_MANAGER};
 use crate::redis::{initial_redis_secret, CONFIG_KEY, PASSWORD_KEY};
-use crate::resources::{initial_key_secret, GeneratedSecret, KEY_LEN};
+use crate::resources::{self, initial_key_secret, GeneratedSecret, KEY_LEN};
+use crate::rotation::{self, Decision, Ring, Timings};
 use crate::settings::OperatorSettings;
 
 /// Length of a generated Redis password (alphanumeric: ~190 bits).
@@ -57,15 +64,19 @@ pub struct Ensured {
 /// Only if the pipeline lacks name, namespace or uid.
 pub fn fresh_key_ring(sp: &StreamPipeline) -> Result<Secret, Error> {
     let now = Utc::now().trunc_subsecs(0);
-    let mut key = [0u8; KEY_LEN];
-    OsRng.fill_bytes(&mut key);
-    let b64 = base64::engine::general_purpose::STANDARD.encode(key);
     Ok(initial_key_secret(
         sp,
         &format!("k{}", now.timestamp()),
-        &b64,
+        &fresh_key(),
         &Time(now),
     )?)
+}
+
+/// Base64 of [`KEY_LEN`] bytes from the operating system's CSPRNG.
+fn fresh_key() -> String {
+    let mut key = [0u8; KEY_LEN];
+    OsRng.fill_bytes(&mut key);
+    base64::engine::general_purpose::STANDARD.encode(key)
 }
 
 /// A `P-redis` Secret with a fresh random password.
@@ -86,12 +97,19 @@ fn controlled_by(s: &Secret, uid: &str) -> bool {
         .any(|o| o.controller == Some(true) && o.uid == uid)
 }
 
-/// Creates each generated Secret that is absent, and keeps the config file
-/// of an existing `P-redis` in step with the spec's persistence.
+/// Creates each generated Secret that is absent, moves an existing key ring
+/// of this pipeline through its rotation (DESIGN §6, [`crate::rotation`])
+/// when a step is due, and keeps the config file of an existing `P-redis`
+/// in step with the spec's persistence.
 ///
 /// # Guarantees
-/// An existing key ring is never modified; an existing password is never
-/// changed. Losing a create race (`409 AlreadyExists`) is not an error.
+/// - A key ring changes only by a rotation step, written with `replace`
+///   carrying the resourceVersion just read: a concurrent writer makes it
+///   fail (`409`), and the reconcile retries from a fresh read. A ring not
+///   controlled by this pipeline is never changed.
+/// - An existing password is never changed.
+/// - Losing a create race (`409 AlreadyExists`) is not an error.
+/// - [`Ensured::recheck_after`] is no later than the next rotation step.
 ///
 /// # Errors
 /// API errors other than those above.
@@ -100,9 +118,13 @@ pub async fn ensure(
     sp: &StreamPipeline,
     uid: &str,
     generated: &[GeneratedSecret],
-    _settings: &OperatorSettings,
+    settings: &OperatorSettings,
 ) -> Result<Ensured, Error> {
     let mut changes = Vec::new();
+    let mut recheck_after: Option<std::time::Duration> = None;
+    let mut recheck = |d: std::time::Duration| {
+        recheck_after = Some(recheck_after.map_or(d, |r| r.min(d)));
+    };
     for g in generated {
         let name = g.name();
         let live = api
@@ -120,9 +142,22 @@ pub async fn ensure(
                     ..Default::default()
                 };
                 match api.create(&pp, &fresh).await {
-                    Ok(_) => changes.push(SecretChange::Created(name.to_string())),
+                    Ok(_) => {
+                        changes.push(SecretChange::Created(name.to_string()));
+                        if matches!(g, GeneratedSecret::KeyRing(_)) {
+                            recheck(timings(sp, settings)?.rotate_every);
+                        }
+                    }
                     Err(kube::Error::Api(e)) if e.code == 409 => {}
                     Err(e) => return Err(api_error("create", "Secret", name, e)),
+                }
+            }
+            (Some(live), GeneratedSecret::KeyRing(_)) if controlled_by(&live, uid) => {
+                let now = Utc::now();
+                let (change, due) = rotate(api, name, live, &timings(sp, settings)?, now).await?;
+                changes.extend(change);
+                if let Some(due) = due {
+                    recheck(until(now, due));
                 }
             }
             (Some(live), GeneratedSecret::RedisPassword(_)) if controlled_by(&live, uid) => {
@@ -144,8 +179,75 @@ pub async fn ensure(
     }
     Ok(Ensured {
         changes,
-        recheck_after: None,
+        recheck_after,
     })
+}
+
+/// The rotation timings of the pipeline: its plan under the operator's
+/// propagation delay.
+fn timings(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Timings, Error> {
+    let id = PipelineId {
+        namespace: sp
+            .metadata
+            .namespace
+            .clone()
+            .ok_or(Error::MissingObjectKey("metadata.namespace"))?,
+        name: sp
+            .metadata
+            .name
+            .clone()
+            .ok_or(Error::MissingObjectKey("metadata.name"))?,
+    };
+    // The reconciler calls `ensure` only for a spec `desired` accepted, which
+    // compiles; a refusal here is reported like one there.
+    let plan = compile(id, &sp.spec).map_err(resources::Error::InvalidSpec)?;
+    Ok(Timings::new(&plan, settings.key_propagation))
+}
+
+/// One rotation step on the live key ring if one is due: the change to
+/// report and when the next step falls due.
+///
+/// # Errors
+/// The `replace` failed (a `409` when another writer changed the Secret
+/// since it was read).
+async fn rotate(
+    api: &Api<Secret>,
+    name: &str,
+    mut live: Secret,
+    timings: &Timings,
+    now: DateTime<Utc>,
+) -> Result<(Option<SecretChange>, Option<DateTime<Utc>>), Error> {
+    let step = match rotation::next(&Ring::of(&live), timings, now) {
+        Decision::Wait { until } => {
+            debug!(secret = name, due = %until, "key ring: next rotation step");
+            return Ok((None, Some(until)));
+        }
+        Decision::Hold { reason } => {
+            warn!(secret = name, %reason, "key ring cannot be rotated; left as it is");
+            return Ok((None, None));
+        }
+        Decision::Step(step) => step,
+    };
+    step.apply(&mut live, fresh_key);
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    // Replace carries the resourceVersion read above: a concurrent change
+    // makes it fail (409), and the retry decides again from a fresh read.
+    api.replace(name, &pp, &live)
+        .await
+        .map_err(|e| api_error("update", "Secret", name, e))?;
+    let note = format!("{name} {}: {}", step.phase, step.note);
+    Ok((Some(SecretChange::Rotated(note)), Some(step.next_due)))
+}
+
+/// Time from `now` to `due`, rounded up to whole seconds so the requeue
+/// lands at or after it; zero when it has passed.
+fn until(now: DateTime<Utc>, due: DateTime<Utc>) -> std::time::Duration {
+    let d = (due - now).to_std().unwrap_or_default();
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    std::time::Duration::from_secs(secs)
 }
 
 /// The `P-redis` Secret with `redis.conf` re-rendered from its stored
@@ -246,6 +348,32 @@ spec:
         assert_ne!(key(&k1), key(&k2));
         assert!(controlled_by(&k1, "u-1"));
         assert!(!controlled_by(&k1, "other"));
+    }
+
+    #[test]
+    fn rotation_timings_come_from_the_spec_and_the_operator_settings() {
+        let settings = OperatorSettings {
+            key_propagation: std::time::Duration::from_secs(100),
+            ..OperatorSettings::default()
+        };
+        let t = timings(&pipeline("aof"), &settings).unwrap();
+        assert_eq!(t.propagation, std::time::Duration::from_secs(100));
+        // The spec sets neither: the defaults of `sluice_crds::plan`.
+        assert_eq!(t.rotate_every, sluice_crds::plan::DEFAULT_ROTATE_EVERY);
+        assert_eq!(t.longest_timeout, sluice_crds::plan::DEFAULT_TIMEOUT);
+        assert_eq!(t.clock_skew, sluice_crds::plan::DEFAULT_CLOCK_SKEW);
+    }
+
+    #[test]
+    fn the_recheck_lands_at_or_after_the_due_time() {
+        use k8s_openapi::chrono::TimeZone;
+        let now = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+        let ms = |n| k8s_openapi::chrono::TimeDelta::milliseconds(n);
+        let secs = |d: std::time::Duration| d.as_secs_f64();
+        assert_eq!(secs(until(now, now + ms(1))), 1.0);
+        assert_eq!(secs(until(now, now + ms(150_000))), 150.0);
+        assert_eq!(secs(until(now, now + ms(150_001))), 151.0);
+        assert_eq!(secs(until(now, now - ms(5))), 0.0);
     }
 
     #[test]

@@ -25,12 +25,19 @@
 //! unexpanded variable reaches the process as the operator wrote it. Every
 //! unresolvable reference is an error naming it, as the kubelet would refuse
 //! to start the container.
+//!
+//! Later changes to a Secret reach a running pod as the kubelet's periodic
+//! sync delivers them ([`sync_secret_volumes`]): the new files in a fresh
+//! timestamped directory, `..data` swapped to it in one rename, links of
+//! new entries added and those of removed entries deleted, the old
+//! directory removed.
 
 #![allow(dead_code)] // not every test uses every accessor
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, EnvVar, KeyToPath, PodTemplateSpec, Probe, Secret, Service, Volume,
@@ -288,18 +295,7 @@ fn materialise_volume(cluster: &Cluster, v: &Volume, dir: &Path) -> Result<(), S
     } else if let Some(src) = &v.secret {
         let name = src.secret_name.clone().unwrap_or_default();
         let files = match cluster.secrets.get(&name) {
-            Some(s) => {
-                let mut data: BTreeMap<String, Vec<u8>> = s
-                    .data
-                    .iter()
-                    .flatten()
-                    .map(|(k, b)| (k.clone(), b.0.clone()))
-                    .collect();
-                for (k, t) in s.string_data.iter().flatten() {
-                    data.insert(k.clone(), t.clone().into_bytes());
-                }
-                data
-            }
+            Some(s) => secret_files(s),
             None if src.optional == Some(true) => BTreeMap::new(),
             None => return Err(format!("volume {}: Secret {name} not found", v.name)),
         };
@@ -313,6 +309,20 @@ fn materialise_volume(cluster: &Cluster, v: &Volume, dir: &Path) -> Result<(), S
             v.name
         ))
     }
+}
+
+/// The files a Secret projects: `data`, then `stringData` over it.
+fn secret_files(s: &Secret) -> BTreeMap<String, Vec<u8>> {
+    let mut data: BTreeMap<String, Vec<u8>> = s
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, b)| (k.clone(), b.0.clone()))
+        .collect();
+    for (k, t) in s.string_data.iter().flatten() {
+        data.insert(k.clone(), t.clone().into_bytes());
+    }
+    data
 }
 
 /// Relative path → (content, mode) of the files of a volume: every key, or
@@ -349,10 +359,19 @@ fn write_atomic_layout(
     dir: &Path,
     files: &BTreeMap<String, (Vec<u8>, i32)>,
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::{symlink, PermissionsExt};
-    let data_dir = dir.join(DATA_DIR);
-    std::fs::create_dir_all(&data_dir)?;
-    let mut top = std::collections::BTreeSet::new();
+    use std::os::unix::fs::symlink;
+    write_payload(&dir.join(DATA_DIR), files)?;
+    symlink(DATA_DIR, dir.join("..data"))?;
+    for t in top_level(files) {
+        symlink(Path::new("..data").join(&t), dir.join(&t))?;
+    }
+    Ok(())
+}
+
+/// Writes `files` under `data_dir` with their modes.
+fn write_payload(data_dir: &Path, files: &BTreeMap<String, (Vec<u8>, i32)>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(data_dir)?;
     for (rel, (content, mode)) in files {
         let path = data_dir.join(rel);
         if let Some(parent) = path.parent() {
@@ -361,13 +380,130 @@ fn write_atomic_layout(
         std::fs::write(&path, content)?;
         let mode = u32::try_from(*mode).unwrap_or(0o644);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-        top.insert(rel.split('/').next().unwrap_or(rel).to_string());
-    }
-    symlink(DATA_DIR, dir.join("..data"))?;
-    for t in top {
-        symlink(Path::new("..data").join(&t), dir.join(&t))?;
     }
     Ok(())
+}
+
+/// The top-level names of a volume's files (the links beside `..data`).
+fn top_level(files: &BTreeMap<String, (Vec<u8>, i32)>) -> BTreeSet<String> {
+    files
+        .keys()
+        .map(|rel| rel.split('/').next().unwrap_or(rel).to_string())
+        .collect()
+}
+
+// === later changes ===
+
+/// Brings each volume of the pod that projects `secret` in line with it,
+/// as the kubelet's periodic sync does for a running pod. A volume whose
+/// files already match is left alone; the others are updated with the
+/// atomic writer's swap ([`swap_atomic_layout`]). Returns the names of the
+/// volumes that changed.
+///
+/// # Errors
+/// A volume projecting a key the Secret lacks, or I/O.
+pub fn sync_secret_volumes(
+    template: &PodTemplateSpec,
+    secret: &Secret,
+    root: &Path,
+) -> Result<Vec<String>, String> {
+    let name = secret.metadata.name.as_deref().unwrap_or_default();
+    let mut changed = Vec::new();
+    let volumes = template
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten());
+    for v in volumes {
+        let Some(src) = v
+            .secret
+            .as_ref()
+            .filter(|s| s.secret_name.as_deref() == Some(name))
+        else {
+            continue;
+        };
+        let files = project(
+            &v.name,
+            &secret_files(secret),
+            src.items.as_deref(),
+            src.default_mode,
+        )?;
+        let dir = root.join(&v.name);
+        let io = |e: std::io::Error| format!("volume {}: {}: {e}", v.name, dir.display());
+        if read_payload(&dir.join("..data")).map_err(io)? == files {
+            continue;
+        }
+        swap_atomic_layout(&dir, &files).map_err(io)?;
+        changed.push(v.name.clone());
+    }
+    Ok(changed)
+}
+
+/// Relative path → (content, mode) of the files under `data_dir`.
+fn read_payload(data_dir: &Path) -> std::io::Result<BTreeMap<String, (Vec<u8>, i32)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = BTreeMap::new();
+    let mut todo = vec![data_dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                todo.push(path);
+                continue;
+            }
+            let rel = path
+                .strip_prefix(data_dir)
+                .map_err(std::io::Error::other)?
+                .to_string_lossy()
+                .into_owned();
+            let mode = std::fs::metadata(&path)?.permissions().mode() & 0o7777;
+            out.insert(
+                rel,
+                (std::fs::read(&path)?, i32::try_from(mode).unwrap_or(0)),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The atomic writer's update of a volume laid out by
+/// [`write_atomic_layout`]: the files go into a new timestamped directory,
+/// a `..data_tmp` link to it is renamed over `..data` (one atomic step: a
+/// reader of `..data/…` sees the old files or the new, never a mix), links
+/// of new top-level entries are created, those of removed entries deleted,
+/// and the old directory is removed.
+fn swap_atomic_layout(dir: &Path, files: &BTreeMap<String, (Vec<u8>, i32)>) -> std::io::Result<()> {
+    use std::os::unix::fs::symlink;
+    /// Distinct timestamped names within this process (the first layout
+    /// uses [`DATA_DIR`]).
+    static NEXT: AtomicU64 = AtomicU64::new(2);
+    let old = std::fs::read_link(dir.join("..data"))?;
+    let fresh = format!(
+        "..2026_01_01_00_00_00.{:09}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    write_payload(&dir.join(&fresh), files)?;
+    let tmp = dir.join("..data_tmp");
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    symlink(&fresh, &tmp)?;
+    std::fs::rename(&tmp, dir.join("..data"))?;
+    let top = top_level(files);
+    for t in &top {
+        let link = dir.join(t);
+        if link.symlink_metadata().is_err() {
+            symlink(Path::new("..data").join(t), link)?;
+        }
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && !top.contains(&name) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    std::fs::remove_dir_all(dir.join(old))
 }
 
 // === environment ===
@@ -557,6 +693,74 @@ mod tests {
         let env = vec![("A".to_string(), "x".to_string())];
         assert_eq!(expand("$(A)-$(B)-$$(A)-$(A", &env), "x-$(B)-$(A)-$(A");
         assert_eq!(expand("a$b", &env), "a$b");
+    }
+
+    #[test]
+    fn a_secret_update_swaps_the_volume_atomically_and_drops_removed_keys() {
+        use k8s_openapi::ByteString;
+        let template: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "spec": {
+                "containers": [{"name": "c"}],
+                "volumes": [{"name": "keys", "secret": {"secretName": "ring", "defaultMode": 0o440}}]
+            }
+        }))
+        .unwrap();
+        let secret = |entries: &[(&str, &str)]| Secret {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some("ring".into()),
+                ..Default::default()
+            },
+            data: Some(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let root = tempfile::tempdir().unwrap();
+        let mut cluster = Cluster::new("ns");
+        cluster.add_secret(secret(&[("current", "a"), ("a", "A")]));
+        materialise(&cluster, &template, "c", "pod", root.path()).unwrap();
+        let dir = root.path().join("keys");
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+        let first = std::fs::read_link(dir.join("..data")).unwrap();
+
+        let unchanged = sync_secret_volumes(
+            &template,
+            &secret(&[("current", "a"), ("a", "A")]),
+            root.path(),
+        );
+        assert_eq!(unchanged.unwrap(), Vec::<String>::new());
+        assert_eq!(std::fs::read_link(dir.join("..data")).unwrap(), first);
+
+        let added = secret(&[("current", "a"), ("a", "A"), ("b", "B")]);
+        assert_eq!(
+            sync_secret_volumes(&template, &added, root.path()).unwrap(),
+            ["keys"]
+        );
+        assert_eq!((read("a"), read("b")), (Some("A".into()), Some("B".into())));
+        assert!(!dir.join(&first).exists(), "the old directory is removed");
+        let dropped = secret(&[("current", "b"), ("b", "B")]);
+        sync_secret_volumes(&template, &dropped, root.path()).unwrap();
+        assert_eq!((read("current"), read("a")), (Some("b".into()), None));
+        assert!(
+            dir.join("a").symlink_metadata().is_err(),
+            "the link of a removed key is gone"
+        );
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["b", "current"]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("b"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o440);
     }
 
     #[test]
