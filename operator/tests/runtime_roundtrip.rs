@@ -22,11 +22,8 @@
 mod kubelet;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -37,6 +34,7 @@ use sluice_operator::resources::main_container;
 use sluice_operator::{desired, secrets, Child as Object, GeneratedSecret, OperatorSettings};
 use sluice_platform::redis::testing::RedisServer;
 
+use kubelet::process::Proc;
 use kubelet::{Cluster, Materialised};
 
 const NAMESPACE: &str = "roundtrip";
@@ -45,137 +43,6 @@ const UID: &str = "00000000-0000-4000-8000-0000000000f1";
 const READY_PATIENCE: Duration = Duration::from_secs(30);
 /// The annotation naming a pod's main container.
 const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
-
-// === binaries ===
-
-/// `<target>/<profile>`: the parent of the test executable's `deps/`.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("the test executable is in <target>/<profile>/deps")
-        .to_path_buf()
-}
-
-/// The runtime binaries, built once per test process (a no-op when current)
-/// so a stale binary is never tested.
-fn build_runtime() -> &'static Result<PathBuf, String> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let dir = profile_dir();
-        let target = dir.parent().expect("the profile dir has a parent");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-            .args([
-                "build",
-                "-p",
-                "sluice-web-ingress",
-                "-p",
-                "sluice-exec-worker",
-                "--bins",
-            ])
-            .arg("--target-dir")
-            .arg(target);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let out = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "building the runtime failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(dir)
-    })
-}
-
-/// The binary a container runs: its `command[0]`, else the image's
-/// entrypoint, which for the project's images is the binary named like the
-/// image repository (`ghcr.io/sluice-dev/sluice-web-ingress:<tag>`).
-fn binary_for(m: &Materialised) -> (PathBuf, Vec<String>) {
-    let dir = build_runtime().as_ref().unwrap_or_else(|e| panic!("{e}"));
-    let (name, extra) = match &m.command {
-        Some(cmd) => (
-            cmd[0].rsplit('/').next().unwrap_or_default().to_string(),
-            cmd[1..].to_vec(),
-        ),
-        None => {
-            let repo = m.image.rsplit('/').next().unwrap_or_default();
-            let repo = repo.split([':', '@']).next().unwrap_or_default();
-            (repo.to_string(), Vec::new())
-        }
-    };
-    assert!(
-        ["sluice-web-ingress", "sluice-exec-worker"].contains(&name.as_str()),
-        "{}: image `{}` / command {:?} is not a runtime binary",
-        m.pod_name,
-        m.image,
-        m.command
-    );
-    let path = dir.join(&name);
-    assert!(path.is_file(), "{} is missing", path.display());
-    (path, extra)
-}
-
-// === processes ===
-
-/// A runtime process, killed by its PID on drop; its output is printed
-/// when the test fails.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(m: &Materialised) -> Self {
-        let (bin, command_args) = binary_for(m);
-        let log = m.root.join(format!("{}.log", m.pod_name));
-        let out = File::create(&log).expect("create log file");
-        let err = out.try_clone().expect("clone log file");
-        let child = Command::new(&bin)
-            .args(command_args)
-            .args(&m.args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(m.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&m.root)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        Self {
-            name: m.pod_name.clone(),
-            child,
-            log,
-        }
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "===== output of {} =====\n{}===== end of {} =====",
-                self.name,
-                self.output(),
-                self.name
-            );
-        }
-    }
-}
 
 // === the pipeline, as the operator writes it ===
 

@@ -34,6 +34,8 @@
 
 #![allow(dead_code)] // not every test uses every accessor
 
+pub mod process;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
