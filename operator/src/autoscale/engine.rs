@@ -2,7 +2,8 @@
 //! per `--autoscale-interval`, run by the leader only.
 //!
 //! ```text
-//! tick ─▶ list StreamPipelines, list managed Deployments   (2 API requests per scope)
+//! tick ─▶ list StreamPipelines (per scope); list the worker Deployments of the
+//!         autoscaled pipelines (per namespace; none when nothing autoscales)
 //!      ─▶ per pipeline (at most CONCURRENCY at once): Redis URL (Secret GET, cached),
 //!         per builtin group: StreamStats (1 Redis round trip)
 //!      ─▶ per group: Rates ─▶ recommend ─▶ decide ─▶ PATCH /scale when it changes
@@ -13,7 +14,7 @@
 //! starts empty and so waits a whole stabilisation window before any
 //! scale-down. Nothing here writes status; the reconciler does, from [`Facts`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use super::algorithm::{self, Rates, Sample, Stabilizer};
 use super::{groups_with, params, Facts, FIELD_MANAGER};
-use crate::labels;
+use crate::labels::{self, Component};
 use crate::metrics::{DirectionLabel, GroupLabel, Metrics};
 use crate::names;
 use crate::redis::{managed_address, PASSWORD_KEY};
@@ -109,54 +110,71 @@ impl Autoscaler {
         }
     }
 
-    fn scopes(&self) -> Vec<(Api<StreamPipeline>, Api<Deployment>)> {
+    fn scopes(&self) -> Vec<Api<StreamPipeline>> {
         let c = &self.client;
         if self.namespaces.is_empty() {
-            vec![(Api::all(c.clone()), Api::all(c.clone()))]
+            vec![Api::all(c.clone())]
         } else {
             self.namespaces
                 .iter()
-                .map(|ns| {
-                    (
-                        Api::namespaced(c.clone(), ns),
-                        Api::namespaced(c.clone(), ns),
-                    )
-                })
+                .map(|ns| Api::namespaced(c.clone(), ns))
                 .collect()
         }
     }
 
-    /// Pipelines with builtin groups and the managed Deployments, by `ns/name`.
+    /// Pipelines with builtin groups, and the worker Deployments of exactly
+    /// those pipelines by `ns/name`: one list per namespace that has such a
+    /// pipeline, none at all when no pipeline autoscales.
     async fn list(&self) -> Option<(Vec<Arc<StreamPipeline>>, HashMap<String, Deployment>)> {
         let mut pipelines = vec![];
-        let mut deployments = HashMap::new();
-        let managed =
-            ListParams::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
-        let all = ListParams::default();
-        for (p_api, d_api) in self.scopes() {
-            let (ps, ds) = match tokio::join!(p_api.list(&all), d_api.list(&managed)) {
-                (Ok(ps), Ok(ds)) => (ps, ds),
-                (Err(e), _) | (_, Err(e)) => {
+        for api in self.scopes() {
+            match api.list(&ListParams::default()).await {
+                Ok(ps) => pipelines.extend(ps.items.into_iter().map(Arc::new)),
+                Err(e) => {
                     self.metrics.autoscaler.error("api");
-                    warn!(error = %e, "autoscaler cannot list pipelines or deployments");
+                    warn!(error = %e, "autoscaler cannot list pipelines");
                     return None;
                 }
-            };
-            pipelines.extend(ps.items.into_iter().map(Arc::new));
-            for d in ds.items {
-                let key = format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any());
-                deployments.insert(key, d);
             }
         }
-        let pipelines = pipelines
-            .into_iter()
-            .filter(|sp| {
-                sp.metadata.deletion_timestamp.is_none()
-                    && sp.spec.suspend != Some(true)
-                    && !groups_with(&sp.spec, AutoscaleEngine::Builtin).is_empty()
-                    && sluice_crds::validate(&sp.spec).is_empty()
-            })
-            .collect();
+        pipelines.retain(|sp| {
+            sp.metadata.deletion_timestamp.is_none()
+                && sp.spec.suspend != Some(true)
+                && !groups_with(&sp.spec, AutoscaleEngine::Builtin).is_empty()
+                && sluice_crds::validate(&sp.spec).is_empty()
+        });
+        let mut by_namespace: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for sp in &pipelines {
+            by_namespace
+                .entry(sp.namespace().unwrap_or_default())
+                .or_default()
+                .push(sp.name_any());
+        }
+        let mut deployments = HashMap::new();
+        for (ns, names) in by_namespace {
+            let selector = format!(
+                "{}={},{}={},{} in ({})",
+                labels::MANAGED_BY,
+                labels::MANAGER,
+                labels::COMPONENT,
+                Component::Worker.as_str(),
+                labels::PIPELINE,
+                names.join(",")
+            );
+            let api: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
+            match api.list(&ListParams::default().labels(&selector)).await {
+                Ok(ds) => {
+                    for d in ds.items {
+                        deployments.insert(format!("{ns}/{}", d.name_any()), d);
+                    }
+                }
+                Err(e) => {
+                    self.metrics.autoscaler.error("api");
+                    warn!(error = %e, namespace = %ns, "autoscaler cannot list deployments");
+                    return None;
+                }
+            }
+        }
         Some((pipelines, deployments))
     }
 
@@ -375,13 +393,10 @@ impl Autoscaler {
     /// The pipeline's Redis connection: `cached` while its URL is fresh,
     /// else a new one from the URL in the pipeline's Secret.
     async fn connection(&self, sp: &StreamPipeline, cached: Option<Conn>) -> Result<Conn, String> {
-        if let Some(c) = cached.as_ref().filter(|c| c.read_at.elapsed() < URL_TTL) {
-            return Ok(Conn {
-                url: c.url.clone(),
-                read_at: c.read_at,
-                backend: c.backend.clone(),
-            });
-        }
+        let cached = match cached {
+            Some(c) if c.read_at.elapsed() < URL_TTL => return Ok(c),
+            other => other,
+        };
         let url = self.redis_url(sp).await?;
         if let Some(c) = cached.filter(|c| c.url == url) {
             return Ok(Conn {

@@ -3,7 +3,7 @@
 //! ```text
 //!                       every --autoscale-interval, leader only
 //! list StreamPipelines ─┐
-//! list Deployments ─────┼─▶ per builtin group: StreamStats from Redis ─▶ Rates ─▶ recommend ─▶ decide
+//! list their workers ───┼─▶ per builtin group: StreamStats from Redis ─▶ Rates ─▶ recommend ─▶ decide
 //! P-redis / urlSecretRef┘                                                              │ change
 //!                          PATCH deployments/<P-group>/scale (field manager sluice-autoscaler) ◀┘
 //!                          Event "Scaled" · Facts (last decision, Redis errors) ─▶ reconcile ─▶ status
