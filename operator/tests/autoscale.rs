@@ -154,6 +154,17 @@ impl Setup {
         seen
     }
 
+    /// `status.groups[cpu].lastScale` once it satisfies `ok` (status is
+    /// written by the reconcile the decision triggers, a moment later).
+    async fn last_scale(&self, what: &str, ok: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        eventually(what, PATIENCE, || async {
+            let last = self.group_status()["lastScale"].clone();
+            ok(&last).then_some(last)
+        })
+        .await
+        .map_err(|e| e.context(format!("status: {}", self.group_status())))
+    }
+
     fn group_status(&self) -> Value {
         let p = self.h.pipeline(self.ns, PIPELINE).unwrap_or_default();
         p["status"]["groups"]
@@ -191,24 +202,7 @@ async fn backlog_over_target_scales_up_within_two_periods_and_down_only_after_th
         took <= 2 * PERIOD + SLACK,
         "ceil(45 / 10) = 5 written after {took:?}, more than two periods"
     );
-    let last = s.group_status()["lastScale"].clone();
-    let p =
-        s.h.wait_pipeline(s.ns, PIPELINE, "lastScale 1 → 5", PATIENCE, |p| {
-            p["status"]["groups"][1]["lastScale"]["to"] == 5
-                || p["status"]["groups"][0]["lastScale"]["to"] == 5
-        })
-        .await?;
-    let last = if last.is_null() {
-        p["status"]["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|g| g["name"] == "cpu")
-            .unwrap()["lastScale"]
-            .clone()
-    } else {
-        last
-    };
+    let last = s.last_scale("lastScale 1 → 5", |l| l["to"] == 5).await?;
     assert_eq!(last["from"], 1, "{last}");
     assert!(
         last["reason"]
@@ -339,11 +333,10 @@ async fn a_group_at_zero_wakes_on_the_first_entry_and_the_waiting_request_is_ans
         "woken {woke:?} after the request; answered {:?} after it was sent",
         sent.elapsed()
     );
-    let last = s.group_status()["lastScale"].clone();
-    assert!(
-        last["reason"].as_str().unwrap_or("").starts_with("waking"),
-        "{last}"
-    );
+    s.last_scale("a lastScale waking the group", |l| {
+        l["to"] == 1 && l["reason"].as_str().unwrap_or("").starts_with("waking")
+    })
+    .await?;
     Ok(())
 }
 
@@ -479,14 +472,14 @@ async fn a_steady_arrival_rate_with_a_known_rate_per_replica_gives_the_expected_
     let seen = s.record(Instant::now(), Duration::from_secs(3)).await;
     assert_eq!(counts(&seen), [4], "ceil(35 / 10), steadily: {seen:?}");
     producer.await??;
-    let last = s.group_status()["lastScale"].clone();
-    assert!(
-        last["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("/s per replica"),
-        "{last}"
-    );
+    s.last_scale("a lastScale by the arrival rate", |l| {
+        l["to"] == 4
+            && l["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("/s per replica")
+    })
+    .await?;
     Ok(())
 }
 
