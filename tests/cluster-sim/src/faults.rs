@@ -29,6 +29,12 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// Whether the request was for an API resource (not discovery, `/version` or OpenAPI):
+    /// only those carry a Kubernetes verb.
+    pub fn is_resource(&self) -> bool {
+        !self.resource.is_empty()
+    }
+
     /// `deployments` or `deployments/scale`.
     pub fn resource_path(&self) -> String {
         if self.subresource.is_empty() {
@@ -191,6 +197,20 @@ impl Faults {
     }
 }
 
+/// Resource requests among `log` matching `m`, counted by Kubernetes verb; non-resource
+/// requests (discovery, `/version`, OpenAPI) are left out, as they have no verb. Works on
+/// any slice of the request log, so a window between two snapshots is counted consistently.
+pub fn counts_by_verb<'a>(
+    log: impl IntoIterator<Item = &'a RequestRecord>,
+    m: &RequestMatch,
+) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for r in log.into_iter().filter(|r| r.is_resource() && m.matches(r)) {
+        *out.entry(r.verb.clone()).or_insert(0) += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +246,39 @@ mod tests {
         );
         assert_eq!(f.on_request(&rec("patch")).1, Some(500));
         assert_eq!(f.on_request(&rec("patch")).1, None);
+    }
+
+    #[test]
+    fn counts_by_verb_cover_matching_resource_requests_only() {
+        let mut f = Faults::default();
+        for verb in ["get", "list", "list", "watch", "patch", "patch", "patch"] {
+            f.log.push(rec(verb));
+        }
+        let mut other = rec("create");
+        other.caller = "someone-else".into();
+        f.log.push(other);
+        let mut discovery = rec("get");
+        discovery.group.clear();
+        discovery.resource.clear();
+        discovery.path = "/apis".into();
+        f.log.push(discovery);
+
+        let counts = counts_by_verb(&f.log, &RequestMatch::any().caller("anonymous"));
+        let expected: BTreeMap<String, usize> =
+            [("get", 1), ("list", 2), ("patch", 3), ("watch", 1)]
+                .into_iter()
+                .map(|(v, n)| (v.to_string(), n))
+                .collect();
+        assert_eq!(counts, expected, "discovery and other callers are left out");
+        assert_eq!(
+            counts_by_verb(&f.log, &RequestMatch::any())["create"],
+            1,
+            "an empty match counts every caller"
+        );
+        assert_eq!(
+            counts_by_verb(&f.log[..3], &RequestMatch::any().verb("list")).get("list"),
+            Some(&2),
+            "a slice of the log counts only its own requests"
+        );
     }
 }

@@ -52,6 +52,6 @@ mod watch;
 
 pub use controllers::CONTROLLER_MANAGER;
 pub use error::{ApiError, Error, Result};
-pub use faults::{RequestMatch, RequestRecord};
+pub use faults::{counts_by_verb, RequestMatch, RequestRecord};
 pub use rbac::{Attributes, AuthzDecision};
 pub use sim::{ClusterSim, ClusterSimHandle, ClusterSimOptions};

@@ -40,6 +40,15 @@ pub struct ClusterSimOptions {
     pub bookmark_interval: Duration,
     /// Port to bind on 127.0.0.1; 0 picks an ephemeral one.
     pub port: u16,
+    /// Shortest time between two garbage-collection passes. Zero (the default) runs a pass
+    /// right after every change. A pass walks the whole store under the lock, so with
+    /// thousands of objects and a steady stream of writes, back-to-back passes keep the lock
+    /// busy and slow every request; spacing them (a cluster's collector lags too) keeps a
+    /// benchmark measuring its client rather than the stand-in.
+    pub gc_min_interval: Duration,
+    /// Shortest time between two passes of the workload controllers, for the same reason.
+    /// Zero (the default) runs a pass after every change and every half rollout step.
+    pub controller_min_interval: Duration,
 }
 
 impl Default for ClusterSimOptions {
@@ -51,6 +60,8 @@ impl Default for ClusterSimOptions {
             watch_history: 10_000,
             bookmark_interval: Duration::from_secs(1),
             port: 0,
+            gc_min_interval: Duration::ZERO,
+            controller_min_interval: Duration::ZERO,
         }
     }
 }
@@ -181,6 +192,22 @@ async fn gc_loop(core: Arc<Core>) {
             r = rx.changed() => if r.is_err() { return },
         }
         core.write(gc::collect);
+        if !pause(&core, core.opts.gc_min_interval).await {
+            return;
+        }
+    }
+}
+
+/// Waits `interval` after a background pass; changes made meanwhile leave the change
+/// receiver marked, so the next pass follows at once. False when the simulator is shutting
+/// down.
+async fn pause(core: &Core, interval: Duration) -> bool {
+    if interval.is_zero() {
+        return true;
+    }
+    tokio::select! {
+        _ = core.cancel.cancelled() => false,
+        _ = tokio::time::sleep(interval) => true,
     }
 }
 
@@ -199,6 +226,9 @@ async fn controller_loop(core: Arc<Core>) {
         }
         let holds = core.holds.lock().clone();
         core.write(|st| controllers::pass(st, &mut wl, &holds, Instant::now()));
+        if !pause(&core, core.opts.controller_min_interval).await {
+            return;
+        }
     }
 }
 
@@ -378,6 +408,15 @@ impl ClusterSimHandle {
     /// Request counts by (verb, resource[/subresource], caller).
     pub fn request_counts(&self) -> BTreeMap<(String, String, String), usize> {
         self.core.faults.lock().counts()
+    }
+
+    /// Resource requests matching `m`, counted by Kubernetes verb (`get`, `list`, `watch`,
+    /// `create`, `update`, `patch`, `delete`, `deletecollection`). Non-resource requests
+    /// (discovery, `/version`, OpenAPI) are left out: [`Self::request_count`] counts those.
+    /// For a window between two moments, count slices of [`Self::requests`] with
+    /// [`crate::faults::counts_by_verb`].
+    pub fn request_counts_by_verb(&self, m: &RequestMatch) -> BTreeMap<String, usize> {
+        crate::faults::counts_by_verb(&self.core.faults.lock().log, m)
     }
 
     /// Latest committed resourceVersion.

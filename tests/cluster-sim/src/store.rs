@@ -124,14 +124,23 @@ impl State {
         self.compacted = self.rv;
     }
 
-    /// Objects of one type (any version), optionally in one namespace.
+    /// Objects of one type (any version), optionally in one namespace, in key order.
     pub(crate) fn objects_of<'a>(
         &'a self,
         group: &'a str,
         resource: &'a str,
         namespace: Option<&'a str>,
     ) -> impl Iterator<Item = (&'a ObjKey, &'a Value)> + 'a {
-        self.objects.iter().filter(move |(k, _)| {
+        // Keys order by group, resource, namespace, name: the objects of one type (of one
+        // namespace) are one contiguous range, so a list or a controller's lookup costs what
+        // it returns, not the size of the whole store (thousands of unrelated objects).
+        let start = ObjKey {
+            group: group.to_string(),
+            resource: resource.to_string(),
+            namespace: namespace.unwrap_or_default().to_string(),
+            name: String::new(),
+        };
+        self.objects.range(start..).take_while(move |(k, _)| {
             k.group == group
                 && k.resource == resource
                 && namespace.is_none_or(|ns| k.namespace == ns)
@@ -204,4 +213,48 @@ pub(crate) fn get_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
         cur = cur.get(s)?;
     }
     Some(cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(group: &str, resource: &str, namespace: &str, name: &str) -> ObjKey {
+        ObjKey {
+            group: group.into(),
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn objects_of_yields_exactly_one_type_and_namespace_in_key_order() {
+        let mut st = State::new(10);
+        for k in [
+            key("", "configmaps", "a", "x"),
+            key("", "configmaps", "b", "y"),
+            key("", "configmaps", "b", "x"),
+            key("", "configmapsx", "b", "z"),
+            key("", "secrets", "b", "s"),
+            key("apps", "configmaps", "b", "w"),
+            key("", "namespaces", "", "b"),
+        ] {
+            st.objects.insert(k, json!({}));
+        }
+        let names = |ns: Option<&str>, resource: &str| -> Vec<String> {
+            st.objects_of("", resource, ns)
+                .map(|(k, _)| format!("{}/{}", k.namespace, k.name))
+                .collect()
+        };
+        assert_eq!(names(Some("b"), "configmaps"), ["b/x", "b/y"]);
+        assert_eq!(names(None, "configmaps"), ["a/x", "b/x", "b/y"]);
+        assert!(names(Some("c"), "configmaps").is_empty());
+        assert_eq!(names(None, "namespaces"), ["/b"]);
+        assert!(
+            names(Some("b"), "namespaces").is_empty(),
+            "a namespace filter on a cluster-scoped type matches nothing"
+        );
+        assert_eq!(st.objects_of("apps", "configmaps", None).count(), 1);
+    }
 }
