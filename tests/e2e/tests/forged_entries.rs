@@ -304,11 +304,14 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
                 .map(|(k, n)| (k.as_str(), *n))
                 .collect();
             let (len, pending) = (probe.xlen(&queue)?, probe.pending(&queue)?);
-            if got == expect && len == 0 && pending == 0 {
+            // The hand-off empties the queue before the worker counts the
+            // outcome: wait for the worker to be idle too.
+            let busy = s.count("sluice_worker_in_flight", &[("group", "work")]);
+            if got == expect && len == 0 && pending == 0 && busy == 0 {
                 Ok(s)
             } else {
                 Err(format!(
-                    "rejections {got:?} (want {expect:?}); queue length {len}, pending {pending}"
+                    "rejections {got:?} (want {expect:?}); queue length {len}, pending {pending}, in flight {busy}"
                 ))
             }
         },
