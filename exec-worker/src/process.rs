@@ -397,6 +397,7 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
         admin = %admin_addr,
         signing_kid = r.current(),
         kids = ?r.kids().collect::<Vec<_>>(),
+        traces = sluice_platform::telemetry::summary(),
         "sluice-exec-worker started"
     );
 
@@ -439,7 +440,11 @@ pub async fn main_with(nodes: Registry) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_tracing(cfg.json_logs);
+    let telemetry = sluice_platform::telemetry::init(
+        "sluice-exec-worker",
+        env!("CARGO_PKG_VERSION"),
+        cfg.json_logs,
+    );
     let running = match start(cfg, nodes).await {
         Ok(r) => r,
         Err(e) => {
@@ -452,20 +457,8 @@ pub async fn main_with(nodes: Registry) -> std::process::ExitCode {
     }
     running.begin_drain();
     running.wait().await;
+    telemetry.shutdown().await;
     std::process::ExitCode::SUCCESS
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        b.json().init();
-    } else {
-        b.init();
-    }
 }
 
 async fn shutdown_signal() -> std::io::Result<()> {

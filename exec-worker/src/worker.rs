@@ -28,8 +28,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sluice_crds::Plan;
-use sluice_platform::clock::from_ms;
+use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::metrics::GroupLabel;
+use sluice_platform::telemetry::{self, Span};
 use sluice_platform::{
     Delivery, Envelope, Forward, Keys, Queue, Rejection, ReplyError, Signer, Verifier, VerifyError,
 };
@@ -321,7 +322,7 @@ impl Worker {
 
     async fn handle_inner(&self, d: &Delivery) {
         let g = &self.cfg.group;
-        let env = match self.verifier.verify_request(&d.entry, &d.id, g).await {
+        let mut env = match self.verifier.verify_request(&d.entry, &d.id, g).await {
             Ok(env) => env,
             Err(VerifyError::Rejected(why)) => {
                 let outcome = if why == Rejection::Expired {
@@ -353,7 +354,20 @@ impl Worker {
             attempt: d.deliveries,
         };
         let node = env.node.clone().unwrap_or_default();
+        // Only a verified envelope's trace context is continued.
+        let span = self.process_span(&env, &node, d.deliveries);
+        if let Some(tp) = span.traceparent() {
+            env.trace = Some(tp);
+        }
         let outcome = self.executor.run(&node, env.payload.clone(), &ctx).await;
+        span.set("sluice.outcome", outcome_name(&outcome));
+        if let StepOutcome::Failed(e) = &outcome {
+            span.fail(if e.is_retryable() {
+                "retryable failure"
+            } else {
+                "node failed"
+            });
+        }
         match outcome {
             StepOutcome::Done(value) => {
                 let reply = self.signer.sign(&mut env.reply(Ok(value)));
@@ -393,6 +407,30 @@ impl Worker {
                 self.finish(&d.id, None, "expired").await;
             }
         }
+    }
+
+    /// The span of one delivery: `process <node>`, child of the span that
+    /// queued it (consumer kind), carrying the time it waited in the queue.
+    fn process_span(&self, env: &Envelope, node: &str, deliveries: u32) -> Span {
+        if !telemetry::enabled() {
+            return Span::none();
+        }
+        let span = Span::start(
+            format!("process {node}"),
+            telemetry::Kind::Consumer,
+            env.trace.as_deref(),
+        );
+        span.set("messaging.destination.name", self.stream.clone());
+        span.set("sluice.pipeline", env.pipeline.clone());
+        span.set("sluice.group", self.cfg.group.clone());
+        span.set("sluice.node", node.to_string());
+        span.set("sluice.correlation_id", env.cid.clone());
+        span.set("sluice.attempt", i64::from(deliveries));
+        span.set(
+            "sluice.queue_wait_ms",
+            now_ms().saturating_sub(env.ts) as i64,
+        );
+        span
     }
 
     fn reply_forward(&self, env: &Envelope, reply: sluice_platform::StreamEntry) -> Forward {
@@ -449,5 +487,16 @@ impl Worker {
                 tracing::warn!(group = %g, id, error = %e, "hand-off failed; entry left for redelivery")
             }
         }
+    }
+}
+
+/// A short name for a node's outcome, for spans.
+fn outcome_name(o: &StepOutcome) -> &'static str {
+    match o {
+        StepOutcome::Done(_) => "done",
+        StepOutcome::Forward { .. } => "forwarded",
+        StepOutcome::Failed(e) if e.is_retryable() => "retryable_failure",
+        StepOutcome::Failed(_) => "failed",
+        StepOutcome::Expired => "expired",
     }
 }

@@ -12,18 +12,6 @@ use clap::Parser;
 use sluice_operator::config::{Cli, Config, LogFormat};
 use sluice_operator::run::RunError;
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
@@ -43,7 +31,7 @@ async fn shutdown_signal() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let env: HashMap<String, String> = std::env::vars().collect();
     let config = Config::resolve(&cli, &env).context("invalid configuration")?;
-    init_tracing(config.log_format);
+    sluice_platform::telemetry::init_logs(config.log_format == LogFormat::Json);
     sluice_operator::run(config, shutdown_signal()).await?;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! sluice platform: the contracts every sluice process shares.
 //!
 //! This crate must not depend on any other sluice crate and must not know
-//! about HTTP, pipelines' node graphs or Kubernetes: it moves signed,
+//! about HTTP (beyond the OTLP exporter's transport), pipelines' node
+//! graphs or Kubernetes: it moves signed,
 //! opaque envelopes between processes and says whether one is genuine.
 //!
 //! # Layout
@@ -17,6 +18,7 @@
 //! - [`conformance`]: one suite per port, run against every adapter.
 //! - [`metrics`]: Prometheus families shared by the runtime processes.
 //! - [`clock`]: wall-clock milliseconds, the unit of `ts` and deadlines.
+//! - [`telemetry`]: logging setup, OTLP trace export and the runtime's spans.
 
 pub mod backend;
 pub mod clock;
@@ -30,6 +32,7 @@ pub mod metrics;
 pub mod queue;
 pub mod redis;
 pub mod signing;
+pub mod telemetry;
 
 pub use backend::{BackendError, Faults};
 pub use envelope::{Envelope, Kind, ReplyError, StreamEntry, FORMAT_VERSION};

@@ -7,18 +7,6 @@ use anyhow::Context;
 use clap::Parser;
 use sluice_web_ingress::{Cli, Command, Config, LogFormat};
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 async fn shutdown_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -38,11 +26,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let env: HashMap<String, String> = std::env::vars().collect();
     let config = Config::resolve(&cli, &env)?;
-    init_tracing(config.log_format);
+    let telemetry = sluice_platform::telemetry::init(
+        "sluice-web-ingress",
+        env!("CARGO_PKG_VERSION"),
+        config.log_format == LogFormat::Json,
+    );
     let ingress = sluice_web_ingress::start(config).await?;
     shutdown_signal().await?;
     ingress.begin_drain();
     ingress.wait().await;
+    telemetry.shutdown().await;
     Ok(())
 }
 

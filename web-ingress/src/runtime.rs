@@ -328,6 +328,7 @@ fn summary(
         signing_kid = r.current(),
         kids = ?r.kids().collect::<Vec<_>>(),
         keys = if config.keys.is_some() { "directory" } else { "ephemeral (memory profile)" },
+        traces = sluice_platform::telemetry::summary(),
         "sluice-web-ingress started"
     );
 }

@@ -6,6 +6,11 @@
 //!         ─▶ register waiter ─▶ ingress-group nodes in process ─▶ sign + push to the first worker queue
 //!         ─▶ await reply until the timeout (504) ─▶ 200 with the terminal node's output
 //! ```
+//!
+//! Spans (when trace export is on): `POST <path>` (server, child of the
+//! caller's `traceparent` if valid) → `send <group>` (producer; its context
+//! travels in the signed envelope) … worker spans … → `receive reply`
+//! (consumer, from the moment the worker signed the reply).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +29,7 @@ use serde_json::Value;
 use sluice_crds::{InterfacePlan, Plan};
 use sluice_exec_worker::{Executor, NodeContext, StepOutcome};
 use sluice_platform::clock::{from_ms, now_ms};
+use sluice_platform::telemetry::{self, Span};
 use sluice_platform::{Envelope, Keys, Kind, Queue, Signer};
 use tokio::sync::Semaphore;
 
@@ -143,11 +149,22 @@ async fn handle(s: Arc<AppState>, name: &str, req: Request) -> Response {
     let label = InterfaceLabel {
         interface: it.name.clone(),
     };
-    let result = serve(&s, it, &cid, &rid, req).await;
+    let span = server_span(&s, it, &cid, &rid, req.headers());
+    let result = serve(&s, it, &span, &cid, &rid, req).await;
     let mut resp = match result {
         Ok(v) => (StatusCode::OK, Json(v)).into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => {
+            span.set("error.type", e.code);
+            e.into_response()
+        }
     };
+    span.set(
+        "http.response.status_code",
+        i64::from(resp.status().as_u16()),
+    );
+    if resp.status().is_server_error() {
+        span.fail(resp.status().canonical_reason().unwrap_or("server error"));
+    }
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -165,9 +182,36 @@ async fn handle(s: Arc<AppState>, name: &str, req: Request) -> Response {
     resp
 }
 
+/// The request's server span, continuing the caller's trace when its
+/// `traceparent` header is valid.
+fn server_span(
+    s: &AppState,
+    it: &InterfacePlan,
+    cid: &str,
+    rid: &str,
+    headers: &HeaderMap,
+) -> Span {
+    if !telemetry::enabled() {
+        return Span::none();
+    }
+    let parent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(telemetry::valid_traceparent);
+    let span = Span::start(format!("POST {}", it.path), telemetry::Kind::Server, parent);
+    span.set("http.request.method", "POST");
+    span.set("http.route", it.path.clone());
+    span.set("sluice.pipeline", s.keys.pipeline().to_string());
+    span.set("sluice.interface", it.name.clone());
+    span.set("sluice.correlation_id", cid.to_string());
+    span.set("sluice.request_id", rid.to_string());
+    span
+}
+
 async fn serve(
     s: &AppState,
     it: &InterfacePlan,
+    span: &Span,
     cid: &str,
     rid: &str,
     req: Request,
@@ -284,23 +328,50 @@ async fn serve(
 
     // Register before pushing: the reply may arrive before push returns.
     let mut waiter = s.waiters.register(cid);
+    let stream = s.keys.queue(&group);
+    let hop = span.child(format!("send {group}"), telemetry::Kind::Producer);
+    hop.set("messaging.destination.name", stream.clone());
+    hop.set("sluice.node", env.node.clone().unwrap_or_default());
+    env.trace = hop.traceparent();
     let entry = s.signer.sign(&mut env);
-    if let Err(e) = s.queue.push(&s.keys.queue(&group), entry).await {
+    if let Err(e) = s.queue.push(&stream, entry).await {
         tracing::warn!(error = %e, group, "queue push failed");
+        hop.fail("queue push failed");
         return Err(unavailable(rid));
     }
+    drop(hop);
     let left = Duration::from_millis(deadline.saturating_sub(now_ms()));
     match tokio::time::timeout(left, &mut waiter.rx).await {
         Err(_) | Ok(Err(_)) => Err(timeout()),
-        Ok(Ok(reply)) => match reply.error {
-            None => Ok(reply.payload),
-            Some(e) => Err(ApiError::new(
-                status_of_reply_code(&e.code),
-                static_code(&e.code),
-                e.message,
-                rid,
-            )),
-        },
+        Ok(Ok(reply)) => {
+            receive_span(&reply);
+            match reply.error {
+                None => Ok(reply.payload),
+                Some(e) => Err(ApiError::new(
+                    status_of_reply_code(&e.code),
+                    static_code(&e.code),
+                    e.message,
+                    rid,
+                )),
+            }
+        }
+    }
+}
+
+/// The reply's hop, from the worker signing it to this ingress taking it;
+/// ends at once (the caller's answer is on the server span).
+fn receive_span(reply: &Envelope) {
+    if telemetry::enabled() {
+        let signed = reply.ts.min(now_ms());
+        let span = Span::start_at(
+            "receive reply",
+            telemetry::Kind::Consumer,
+            reply.trace.as_deref(),
+            Some(signed),
+        );
+        if reply.error.is_some() {
+            span.fail("the pipeline answered with an error");
+        }
     }
 }
 

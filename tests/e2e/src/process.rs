@@ -47,6 +47,9 @@ pub struct Spec {
     pub name: String,
     pub program: PathBuf,
     pub args: Vec<OsString>,
+    /// Environment variables set on top of the test's own (minus `SLUICE_*`
+    /// and `OTEL_*`, which never leak in).
+    pub env: Vec<(OsString, OsString)>,
     pub addr_flag: &'static str,
 }
 
@@ -57,6 +60,7 @@ impl Spec {
             name: "ingress".into(),
             program: binary(INGRESS_BIN),
             args: vec!["--pipeline".into(), pipeline.into()],
+            env: vec![],
             addr_flag: "--listen",
         }
     }
@@ -72,6 +76,7 @@ impl Spec {
                 "--group".into(),
                 group.into(),
             ],
+            env: vec![],
             addr_flag: "--admin",
         }
     }
@@ -84,6 +89,12 @@ impl Spec {
     /// Adds one argument.
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
         self.args.push(a.into());
+        self
+    }
+
+    /// Sets one environment variable.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -192,13 +203,15 @@ impl Service {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        // Settings come from flags only: a SLUICE_* variable of the shell
-        // running the tests must not leak into them.
+        // Settings come from the spec only: a SLUICE_* or OTEL_* variable
+        // of the shell running the tests must not leak into them.
         for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("SLUICE_") {
+            let name = k.to_string_lossy();
+            if name.starts_with("SLUICE_") || name.starts_with("OTEL_") {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(self.spec.env.iter().map(|(k, v)| (k, v)));
         self.log = log;
         let child = cmd
             .spawn()
