@@ -237,9 +237,18 @@ impl Worker {
             };
             let batch = match batch {
                 Ok(b) if !b.is_empty() => Ok(b),
+                // A read already sent is let finish when the drain begins:
+                // what Redis hands this consumer in its answer is worked
+                // on, not left pending for another worker's reclaim. The
+                // read blocks at most `block`; one that hangs (backend
+                // gone) is abandoned a second later.
                 Ok(_) => tokio::select! {
-                    _ = shutdown.cancelled() => break,
+                    biased;
                     r = self.queue.read(&self.stream, &self.cfg.consumer, permits.len(), self.cfg.block) => r,
+                    _ = async {
+                        shutdown.cancelled().await;
+                        tokio::time::sleep(self.cfg.block + Duration::from_secs(1)).await;
+                    } => break,
                 },
                 Err(e) => Err(e),
             };
