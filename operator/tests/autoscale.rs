@@ -11,10 +11,12 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::{Api, PostParams};
 use serde_json::{json, Value};
+use sluice_e2e::resp::{Probe, Resp};
 use sluice_platform::conformance::entry;
 use sluice_platform::redis::testing::RedisServer;
 use sluice_platform::{Keys, Queue, RedisBackend, RedisConfig};
@@ -102,6 +104,29 @@ impl Setup {
         for i in 0..n {
             self.queue.push(&self.stream(), entry(i)).await?;
         }
+        Ok(())
+    }
+
+    /// Queues `n` entries on a group stream that does not exist yet, all at
+    /// once: an evaluation in the middle of `n` separate appends would see
+    /// part of the backlog and scale to a lower count first. They go to a
+    /// scratch stream with the same `{ns/p}` hash tag (one slot in a
+    /// cluster), which one `RENAMENX` then makes the group's stream; `NX`
+    /// refuses to replace a stream that already holds work.
+    async fn push_at_once(&self, n: usize) -> anyhow::Result<()> {
+        let stream = self.stream();
+        let scratch = format!("{stream}:staging");
+        for i in 0..n {
+            self.queue.push(&scratch, entry(i)).await?;
+        }
+        let moved = Probe::new(self.redis.port())
+            .cmd(&[b"RENAMENX", scratch.as_bytes(), stream.as_bytes()])
+            .map_err(anyhow::Error::msg)
+            .context("RENAMENX the scratch stream onto the group's")?;
+        anyhow::ensure!(
+            moved == Resp::Int(1),
+            "{stream} already existed: RENAMENX answered {moved:?}"
+        );
         Ok(())
     }
 
@@ -196,7 +221,7 @@ async fn backlog_over_target_scales_up_within_two_periods_and_down_only_after_th
     .await?;
     assert_eq!(s.replicas(), Some(1));
 
-    s.push(45).await?;
+    s.push_at_once(45).await?;
     let took = s.wait_replicas(5, PATIENCE).await?;
     assert!(
         took <= 2 * PERIOD + SLACK,

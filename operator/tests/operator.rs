@@ -596,9 +596,12 @@ async fn only_the_leader_writes_and_a_standby_takes_over_within_the_lease_durati
     })
     .await?;
     let took = killed.elapsed();
-    // Lease duration plus one renew interval of polling, plus slack.
+    // Lease duration (3 s) plus one renew interval (500 ms) of polling, plus
+    // 2.5 s of slack for a loaded 2-core machine. The slack stops there: the
+    // bound is two lease durations, so a standby that waited the lease out
+    // twice, or judged expiry by some longer period, still fails here.
     assert!(
-        took <= Duration::from_millis(3000 + 500 + 1000),
+        took <= Duration::from_millis(3000 + 500 + 2500),
         "took {took:?}"
     );
     h.apply("lead", example("orders")).await?;

@@ -3,18 +3,66 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    error_parts, eventually, header, json_response, metric, scrape, url, Blocking, Calls,
+    error_parts, eventually, header, json_response, metric, scrape, url, Calls, NodeFuture,
 };
-use serde_json::json;
+use serde_json::{json, Value};
+use sluice_exec_worker::{Node, NodeContext, NodeOutput};
 use sluice_web_ingress::metrics::InterfaceLabel;
 use sluice_web_ingress::Ingress;
 
-/// How long `rust/block` holds its thread.
-const HOLD: Duration = Duration::from_millis(1500);
+/// How long `/healthz` may take while every worker thread is blocked: it
+/// separates "served at once" from "served once a blocked thread returns",
+/// with room for a loaded machine.
+const HEALTHZ_BOUND: Duration = Duration::from_millis(750);
+
+/// Holds `rust/block` calls until opened. It opens when dropped too (a
+/// failed assertion unwinds through it), so no thread stays blocked after
+/// the test: declare it after the ingress, so it is dropped first.
+struct Gate(Arc<AtomicBool>);
+
+impl Gate {
+    fn open(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.open();
+    }
+}
+
+/// `rust/block`: blocks its thread with `std::thread::sleep` (a node doing
+/// synchronous I/O or a tight loop) until the test opens its [`Gate`], then
+/// echoes its input. A fixed hold would have to outlast every check the
+/// test makes meanwhile, however slow the machine.
+struct Gated {
+    open: Arc<AtomicBool>,
+    calls: Arc<Calls>,
+}
+
+impl Node for Gated {
+    fn call<'s, 'c, 'f>(&'s self, input: Value, _ctx: &'c NodeContext) -> NodeFuture<'f>
+    where
+        's: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move {
+            self.calls.started.fetch_add(1, Ordering::SeqCst);
+            while !self.open.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.calls.finished.fetch_add(1, Ordering::SeqCst);
+            Ok(NodeOutput::value(input))
+        })
+    }
+}
 
 fn in_flight(ingress: &Ingress, interface: &str) -> i64 {
     ingress
@@ -41,16 +89,18 @@ fn sampled_backlog(ingress: &Ingress, group: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_node_saturating_all_workers_does_not_stop_healthz_and_new_requests() {
     let calls = Arc::new(Calls::default());
+    let open = Arc::new(AtomicBool::new(false));
     let nodes = {
-        let calls = calls.clone();
-        common::registry_with("rust/block", move || Blocking {
-            hold: HOLD,
+        let (calls, open) = (calls.clone(), open.clone());
+        common::registry_with("rust/block", move || Gated {
+            open: open.clone(),
             calls: calls.clone(),
         })
     };
     // Two inline threads (Config::for_pipeline) and two slots: two calls
     // block every worker thread there is.
     let ingress = common::start_with("blocking.yaml", nodes).await;
+    let gate = Gate(open);
     let addr = ingress.local_addr();
     let client = common::client();
     let send = |i: usize| {
@@ -77,10 +127,12 @@ async fn a_blocking_node_saturating_all_workers_does_not_stop_healthz_and_new_re
         .await;
     }
 
-    // A fresh connection each time: the accept loop itself must answer.
+    // A fresh connection each time: the accept loop itself must answer. The
+    // blocked threads return only once the gate opens, so a /healthz stuck
+    // behind them would fail here on the client's timeout.
     let fresh = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
-        .timeout(HOLD)
+        .timeout(4 * HEALTHZ_BOUND)
         .build()
         .unwrap();
     for _ in 0..3 {
@@ -92,9 +144,7 @@ async fn a_blocking_node_saturating_all_workers_does_not_stop_healthz_and_new_re
             .expect("/healthz answers while the workers are blocked");
         let took = t.elapsed();
         assert_eq!(resp.status(), 200);
-        // The bound separates "served at once" from "served after the
-        // blocked threads return" (HOLD) with room for a loaded machine.
-        assert!(took < HOLD / 2, "/healthz took {took:?}");
+        assert!(took < HEALTHZ_BOUND, "/healthz took {took:?}");
     }
     let newcomer = send(4);
     {
@@ -111,6 +161,7 @@ async fn a_blocking_node_saturating_all_workers_does_not_stop_healthz_and_new_re
         0,
         "the checks above ran while both worker threads were blocked"
     );
+    gate.open();
 
     for (i, h) in blockers.into_iter().enumerate() {
         let (status, body) = h.await.expect("request task");

@@ -71,9 +71,11 @@ async fn readme_hello_command_answers_as_documented() {
 /// process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_fails_readiness_first_answers_every_request_in_flight_and_exits_zero() {
-    // Each request takes 3s (drain.yaml), twice the grace: every one is
-    // still in flight when the ingress stops accepting.
-    const GRACE: &str = "1500ms";
+    // Each request takes 6s (drain.yaml), twice the grace: every one is
+    // still in flight when the ingress stops accepting. The grace is long
+    // enough for the checks made inside it (/readyz 503, /healthz 200, a
+    // late request connected) on a loaded machine.
+    const GRACE: &str = "3s";
     let listen = format!("127.0.0.1:{}", common::free_port());
     let manifest = common::pipeline("drain.yaml");
     let mut proc = Proc::spawn(

@@ -385,11 +385,12 @@ async fn permanent_node_error_is_422_and_retryable_one_is_dead_lettered_after_ma
 
 #[tokio::test]
 async fn a_caller_hanging_up_removes_its_waiter_and_its_late_reply_is_counted() {
-    // The node takes 3s; the caller gives up after 300ms.
-    let ingress = common::start("in-flight.yaml").await;
+    // The node takes 6s; the caller gives up after 300ms. The depth check
+    // below must land while the node still runs: seconds of room, not one.
+    let ingress = common::start("hang-up.yaml").await;
     let st = ingress.state().clone();
     let err = common::client()
-        .post(url(ingress.local_addr(), "/v1/capped"))
+        .post(url(ingress.local_addr(), "/v1/slow"))
         .timeout(Duration::from_millis(300))
         .json(&json!({"n": 1}))
         .send()
@@ -405,7 +406,7 @@ async fn a_caller_hanging_up_removes_its_waiter_and_its_late_reply_is_counted() 
                 let in_flight = metric(
                     &scrape(ingress),
                     "sluice_ingress_in_flight",
-                    &[("interface", "capped")],
+                    &[("interface", "slow")],
                 );
                 std::future::ready((ingress.waiters() == 0 && in_flight == Some(0.0)).then_some(()))
             },

@@ -14,6 +14,10 @@ use sluice_platform::redis::testing::RedisServer;
 use sluice_platform::Keys;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The handler runs three lease periods. The lease is renewed every
+/// `lease/3`, so a renewal may stall for about two thirds of a lease before
+/// the other worker reclaims: 1 s keeps that well above a slow machine's
+/// scheduling hiccups (the timeout leaves the 3 s handler room to queue).
 const SLOW: &str = r#"
 apiVersion: sluice.dev/v1alpha1
 kind: StreamPipeline
@@ -22,7 +26,7 @@ metadata:
 spec:
   backends: { queue: redis, kv: redis, reply: redis }
   interfaces:
-    - { name: slow, kind: http, path: /v1/slow, entry: wait, timeout: 5s }
+    - { name: slow, kind: http, path: /v1/slow, entry: wait, timeout: 10s }
   groups:
     - { name: web, role: ingress }
     - { name: work, role: worker, concurrency: 4 }
@@ -30,14 +34,14 @@ spec:
     - name: wait
       group: work
       uses: builtin/delay
-      with: { duration: 1s }
+      with: { duration: 3s }
       next: stamp
     - name: stamp
       group: work
       uses: builtin/json-map
       with:
         template: { done: "${/n}" }
-  limits: { lease: 300ms }
+  limits: { lease: 1s }
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,15 +75,28 @@ async fn a_handler_running_several_leases_is_not_redelivered() {
         assert_eq!(r.status, 200, "request {n}: {}", r.text());
         assert_eq!(r.json(), json!({"done": n}));
     }
-    let mut redeliveries = 0;
-    let mut replied = 0;
-    for w in &workers {
-        let m = scrape(&w.url("/metrics")).await;
-        redeliveries += m.count("sluice_worker_redeliveries_total", &[]);
-        replied += m.count("sluice_worker_entries_total", &[("outcome", "replied")]);
-    }
+    // A reply reaches its caller before the worker counts it: read the
+    // counts once both workers are idle.
+    let (redeliveries, _) = eventually(
+        Duration::from_secs(10),
+        "each request counted as replied exactly once, both workers idle",
+        || async {
+            let (mut redeliveries, mut replied, mut busy) = (0, 0, 0);
+            for w in &workers {
+                let m = scrape(&w.url("/metrics")).await;
+                redeliveries += m.count("sluice_worker_redeliveries_total", &[]);
+                replied += m.count("sluice_worker_entries_total", &[("outcome", "replied")]);
+                busy += m.count("sluice_worker_in_flight", &[("group", "work")]);
+            }
+            if replied == 7 && busy == 0 {
+                Ok(redeliveries)
+            } else {
+                Err(format!("replied {replied} (want 7), in flight {busy}"))
+            }
+        },
+    )
+    .await;
     assert_eq!(redeliveries, 0, "a busy worker's entries were redelivered");
-    assert_eq!(replied, 7, "each request ran exactly once");
     let im = scrape(&ingress.url("/metrics")).await;
     assert_eq!(
         im.count("sluice_ingress_replies_dropped_total", &[]),

@@ -151,10 +151,25 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
     assert_eq!(a.json(), json!({"stamped": "before"}));
     let metrics_url = worker.url("/metrics");
     let metrics = || scrape(&metrics_url);
-    let before = metrics().await;
     let outcome =
         |s: &sluice_e2e::Scrape, o: &str| s.count("sluice_worker_entries_total", &[("outcome", o)]);
-    assert_eq!(outcome(&before, "replied"), 1);
+    // The reply reaches the caller before the worker counts it: the
+    // baseline is read once the worker is idle and has counted the one reply.
+    let (before, _) = eventually(
+        Duration::from_secs(10),
+        "the baseline reply counted and the worker idle",
+        || async {
+            let s = metrics().await;
+            let replied = outcome(&s, "replied");
+            let busy = s.count("sluice_worker_in_flight", &[("group", "work")]);
+            if replied == 1 && busy == 0 {
+                Ok(s)
+            } else {
+                Err(format!("replied {replied} (want 1), in flight {busy}"))
+            }
+        },
+    )
+    .await;
 
     let keys = Keys::new("default", "forge");
     let queue = keys.queue("work");

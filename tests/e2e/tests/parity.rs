@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_e2e::{example, orders, scrape, Http, Sandbox, Service, Spec};
+use sluice_e2e::{eventually, example, orders, scrape, Http, Sandbox, Service, Spec};
 use sluice_platform::redis::testing::RedisServer;
 
 /// Twenty inputs: the README's, both lanes, and the awkward corners of
@@ -126,19 +126,32 @@ async fn orders_give_byte_identical_answers_in_memory_and_on_redis_run_by_hand()
 
     // The answers came through the worker processes, not an inline worker:
     // every request went cpu → io, and io replied to each.
+    // A worker counts an entry after handing it off, so the counts are read
+    // once both workers are idle.
     let n = inputs.len() as u64 + 1;
-    let cpu_m = scrape(&cpu.url("/metrics")).await;
-    let io_m = scrape(&io.url("/metrics")).await;
-    assert_eq!(
-        cpu_m.count("sluice_worker_entries_total", &[("outcome", "forwarded")]),
-        n,
-        "cpu worker forwarded every request:\n{}",
-        cpu_m.text()
-    );
-    assert_eq!(
-        io_m.count("sluice_worker_entries_total", &[("outcome", "replied")]),
-        n,
-        "io worker replied to every request:\n{}",
-        io_m.text()
-    );
+    eventually(
+        Duration::from_secs(10),
+        "cpu worker forwarded and io worker replied to every request, both idle",
+        || async {
+            let cpu_m = scrape(&cpu.url("/metrics")).await;
+            let io_m = scrape(&io.url("/metrics")).await;
+            let forwarded = cpu_m.count("sluice_worker_entries_total", &[("outcome", "forwarded")]);
+            let replied = io_m.count("sluice_worker_entries_total", &[("outcome", "replied")]);
+            let busy = (
+                cpu_m.count("sluice_worker_in_flight", &[("group", "cpu")]),
+                io_m.count("sluice_worker_in_flight", &[("group", "io")]),
+            );
+            if forwarded == n && replied == n && busy == (0, 0) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "cpu forwarded {forwarded}, io replied {replied} (want {n} each); \
+                     in flight (cpu, io) {busy:?}\ncpu:\n{}\nio:\n{}",
+                    cpu_m.text(),
+                    io_m.text()
+                ))
+            }
+        },
+    )
+    .await;
 }

@@ -202,22 +202,34 @@ async fn killing_workers_under_load_loses_no_request_and_never_mixes_up_answers(
         in_flight_at_kill.len()
     );
 
-    // Nothing stays pending, nothing stays queued.
+    // Nothing stays pending, nothing stays queued. A worker counts an entry
+    // after handing it off (which empties the queue), so the live workers'
+    // final scrapes are taken once they are idle too.
     let keys_of = Keys::new("default", "orders-redis");
     let probe = Probe::new(redis.port());
-    eventually(
+    let (live, _) = eventually(
         Duration::from_secs(10),
-        "queues empty and nothing pending",
+        "queues empty, nothing pending, every live worker idle",
         || async {
             let mut seen = vec![];
+            let mut settled = true;
             for g in ["cpu", "io"] {
                 let q = keys_of.queue(g);
                 let p = probe.pending(&q)?;
                 let l = probe.xlen(&q)?;
+                settled &= (p, l) == (0, 0);
                 seen.push(format!("{g}: pending {p}, length {l}"));
             }
-            if seen.iter().all(|s| s.ends_with("pending 0, length 0")) {
-                Ok(())
+            let mut live = vec![];
+            for (w, g) in cpu.iter().map(|w| (w, "cpu")).chain([(&io, "io")]) {
+                let s = scrape(&w.url("/metrics")).await;
+                let busy = s.count("sluice_worker_in_flight", &[("group", g)]);
+                settled &= busy == 0;
+                seen.push(format!("{}: in flight {busy}", w.name()));
+                live.push(s);
+            }
+            if settled {
+                Ok(live)
             } else {
                 Err(seen.join("; "))
             }
@@ -229,9 +241,7 @@ async fn killing_workers_under_load_loses_no_request_and_never_mixes_up_answers(
     // replies written ≤ requests + redeliveries (every group, every
     // incarnation, the killed ones included).
     let mut scrapes = retired;
-    for w in cpu.iter().chain([&io]) {
-        scrapes.push(scrape(&w.url("/metrics")).await);
-    }
+    scrapes.extend(live);
     let total = |name: &str, labels: &[(&str, &str)]| -> u64 {
         scrapes.iter().map(|s| s.count(name, labels)).sum()
     };

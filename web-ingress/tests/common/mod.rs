@@ -361,29 +361,6 @@ impl Calls {
     }
 }
 
-/// `rust/block`: blocks its thread with `std::thread::sleep` (a node doing
-/// synchronous I/O or a tight loop), then echoes its input.
-pub struct Blocking {
-    pub hold: Duration,
-    pub calls: Arc<Calls>,
-}
-
-impl Node for Blocking {
-    fn call<'s, 'c, 'f>(&'s self, input: Value, _ctx: &'c NodeContext) -> NodeFuture<'f>
-    where
-        's: 'f,
-        'c: 'f,
-        Self: 'f,
-    {
-        Box::pin(async move {
-            self.calls.started.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(self.hold);
-            self.calls.finished.fetch_add(1, Ordering::SeqCst);
-            Ok(NodeOutput::value(input))
-        })
-    }
-}
-
 /// `rust/count`: counts its calls and echoes its input.
 pub struct Counting {
     pub calls: Arc<Calls>,
