@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::settings::{DrainBudget, OperatorSettings, RuntimeImages, DEFAULT_OPERATOR_NAMESPACE};
+use crate::settings::{
+    DrainBudget, OperatorSettings, OtlpProtocol, RuntimeImages, RuntimeTracing,
+    DEFAULT_OPERATOR_NAMESPACE,
+};
 
 pub const ENV_NAMESPACES: &str = "SLUICE_NAMESPACES";
 pub const ENV_METRICS_ADDR: &str = "SLUICE_METRICS_ADDR";
@@ -40,6 +43,8 @@ pub const ENV_LOG_FORMAT: &str = "SLUICE_LOG_FORMAT";
 pub const ENV_KEY_PROPAGATION: &str = "SLUICE_KEY_PROPAGATION";
 pub const ENV_COLD_START: &str = "SLUICE_COLD_START";
 pub const ENV_AUTOSCALE_INTERVAL: &str = "SLUICE_AUTOSCALE_INTERVAL";
+pub const ENV_OTLP_ENDPOINT: &str = "SLUICE_OTLP_ENDPOINT";
+pub const ENV_OTLP_PROTOCOL: &str = "SLUICE_OTLP_PROTOCOL";
 /// Set by the kubelet to the pod name; the default identity.
 pub const ENV_HOSTNAME: &str = "HOSTNAME";
 
@@ -185,6 +190,19 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION")]
     pub autoscale_interval: Option<String>,
 
+    /// OTLP/HTTP base URL the runtime pods export traces to (their
+    /// OTEL_EXPORTER_OTLP_ENDPOINT), http:// or https://, usually a
+    /// collector's port 4318 [env: SLUICE_OTLP_ENDPOINT] [default: unset, no
+    /// trace export]
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Encoding of the runtime pods' trace export (their
+    /// OTEL_EXPORTER_OTLP_PROTOCOL): http/protobuf or http/json
+    /// [env: SLUICE_OTLP_PROTOCOL] [default: http/protobuf]
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+
     /// Log format: text or json [env: SLUICE_LOG_FORMAT] [default: text]
     #[arg(long, value_name = "text|json")]
     pub log_format: Option<String>,
@@ -255,6 +273,49 @@ fn bad(name: &str, message: impl Into<String>) -> ConfigError {
         name: name.to_string(),
         message: message.into(),
     }
+}
+
+/// `url` if the runtime can export to it: an http or https URL with a
+/// host and, if any, a numeric port. User information is refused, and not
+/// echoed: the URL is written in plain text into every runtime pod's spec.
+fn otlp_endpoint(url: &str) -> Result<String, String> {
+    const LIKE: &str = "expected a URL like http://otel-collector.observability:4318";
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(
+            "a URL with user information is refused: it would be readable in \
+                    every runtime pod's spec"
+                .to_string(),
+        );
+    }
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(format!("`{url}` is not an http:// or https:// URL; {LIKE}"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("`{url}` contains whitespace; {LIKE}"));
+    }
+    // An IPv6 host is bracketed and has colons of its own.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, "")) => (h, None),
+            Some((h, after)) => (h, Some(after.strip_prefix(':').unwrap_or(after))),
+            None => ("", None),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(format!("`{url}` has no host; {LIKE}"));
+    }
+    if let Some(p) = port {
+        if !matches!(p.parse::<u16>(), Ok(n) if n > 0) {
+            return Err(format!("`{url}`: `{p}` is not a port; {LIKE}"));
+        }
+    }
+    Ok(url.to_string())
 }
 
 fn list(s: &str) -> Vec<String> {
@@ -440,6 +501,26 @@ impl Config {
         if timing.backoff_min > timing.backoff_max {
             return Err(bad("--backoff-min", "must not exceed --backoff-max"));
         }
+        // The protocol is checked even without an endpoint, so a typo shows
+        // before tracing is turned on.
+        let otlp_protocol = match pick(&cli.otlp_protocol, ENV_OTLP_PROTOCOL) {
+            None => OtlpProtocol::default(),
+            Some(p) => OtlpProtocol::parse(p.trim()).ok_or_else(|| {
+                bad(
+                    "--otlp-protocol",
+                    format!(
+                        "`{p}`: expected http/protobuf or http/json (the runtime exports over OTLP/HTTP only)"
+                    ),
+                )
+            })?,
+        };
+        let tracing = match pick(&cli.otlp_endpoint, ENV_OTLP_ENDPOINT) {
+            None => None,
+            Some(url) => Some(RuntimeTracing {
+                endpoint: otlp_endpoint(url.trim()).map_err(|m| bad("--otlp-endpoint", m))?,
+                protocol: otlp_protocol,
+            }),
+        };
         let log_format = match pick(&cli.log_format, ENV_LOG_FORMAT).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -473,6 +554,7 @@ impl Config {
                     "--cold-start",
                     defaults.cold_start,
                 )?,
+                tracing,
             },
             timing,
             log_format,
@@ -549,9 +631,75 @@ mod tests {
             (ENV_COLD_START, "0s", "--cold-start"),
             (ENV_AUTOSCALE_INTERVAL, "-1s", "--autoscale-interval"),
             (ENV_OPERATOR_POD_LABELS, "novalue", "--operator-pod-labels"),
+            (ENV_OTLP_ENDPOINT, "otel-collector:4318", "--otlp-endpoint"),
+            (ENV_OTLP_PROTOCOL, "grpc", "--otlp-protocol"),
         ] {
             let e = Config::resolve(&Cli::default(), &env(&[(var, value)])).unwrap_err();
             assert_eq!(e.name, flag, "{var}={value}");
         }
+    }
+
+    #[test]
+    fn tracing_is_off_without_an_endpoint_even_with_a_protocol() {
+        let c =
+            Config::resolve(&Cli::default(), &env(&[(ENV_OTLP_PROTOCOL, "http/json")])).unwrap();
+        assert_eq!(c.settings.tracing, None);
+    }
+
+    #[test]
+    fn an_otlp_endpoint_turns_runtime_tracing_on_with_the_default_protocol() {
+        let url = "http://otel-collector.observability:4318";
+        let c = Config::resolve(&Cli::default(), &env(&[(ENV_OTLP_ENDPOINT, url)])).unwrap();
+        let t = c.settings.tracing.unwrap();
+        assert_eq!(t.endpoint, url);
+        assert_eq!(t.protocol, OtlpProtocol::HttpProtobuf);
+
+        let cli = Cli {
+            otlp_endpoint: Some("https://otlp.example.com/v1/".into()),
+            otlp_protocol: Some("http/json".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(&cli, &env(&[(ENV_OTLP_ENDPOINT, url)])).unwrap();
+        let t = c.settings.tracing.unwrap();
+        assert_eq!(t.endpoint, "https://otlp.example.com/v1/", "the flag wins");
+        assert_eq!(t.protocol, OtlpProtocol::HttpJson);
+    }
+
+    #[test]
+    fn otlp_endpoints_must_be_http_urls_with_a_host() {
+        for ok in [
+            "http://collector:4318",
+            "HTTPS://collector",
+            "http://10.0.0.7:4318/",
+            "http://[fd00::7]:4318",
+            "https://otlp.example.com/prefix?x=1",
+        ] {
+            assert_eq!(otlp_endpoint(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "collector:4318",
+            "grpc://collector:4317",
+            "http://",
+            "http://:4318",
+            "http://collector:port",
+            "http://collector:70000",
+            "http://collector:4318/a b",
+            "http://[fd00::7",
+        ] {
+            let e = otlp_endpoint(bad).unwrap_err();
+            assert!(e.contains("expected a URL like http://"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_otlp_endpoint_with_credentials_is_refused_without_echoing_them() {
+        let e = Config::resolve(
+            &Cli::default(),
+            &env(&[(ENV_OTLP_ENDPOINT, "https://user:s3cret@otlp.example.com")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.name, "--otlp-endpoint");
+        assert!(e.message.contains("user information"), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 }

@@ -41,7 +41,8 @@
 //! - [`hash`]: the `sluice.dev/config-hash` of pod templates.
 //! - [`labels`]: labels, selectors and annotation keys.
 //! - [`names`]: object names derived from the pipeline name, and their checks.
-//! - [`settings`]: images, operator namespace and drain budget.
+//! - [`settings`]: images, operator namespace, drain budget and where
+//!   runtime pods export traces.
 
 pub mod apply;
 pub mod autoscale;

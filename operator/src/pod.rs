@@ -242,6 +242,13 @@ pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
+/// A literal environment variable that Kubernetes must pass on as written:
+/// it expands `$(NAME)` of earlier variables in `value` and turns `$$` into
+/// `$`, so every `$` is doubled.
+pub fn env_verbatim(name: &str, value: &str) -> EnvVar {
+    env(name, value.replace('$', "$$"))
+}
+
 /// An environment variable read from a Secret key.
 pub fn env_from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     EnvVar {
@@ -474,6 +481,13 @@ mod tests {
         assert!(mounts
             .iter()
             .all(|m| m.sub_path.is_none() && m.read_only == Some(true)));
+    }
+
+    #[test]
+    fn verbatim_values_survive_kubernetes_variable_expansion() {
+        let e = env_verbatim("X", "http://h/$(HOME)/$$");
+        assert_eq!(e.value.as_deref(), Some("http://h/$$(HOME)/$$$$"));
+        assert_eq!(env_verbatim("X", "plain").value.as_deref(), Some("plain"));
     }
 
     #[test]

@@ -66,7 +66,7 @@ use crate::labels::{self, Component};
 use crate::names;
 use crate::pod::{self, SecretRefUse};
 use crate::redis::{self, RedisUse};
-use crate::settings::OperatorSettings;
+use crate::settings::{OperatorSettings, RuntimeTracing};
 
 // === runtime contract (flags and variables of sluice-web-ingress / sluice-exec-worker) ===
 
@@ -75,6 +75,13 @@ pub const ENV_INGRESS_ID: &str = "SLUICE_INGRESS_ID";
 pub const ENV_DRAIN_GRACE: &str = "SLUICE_DRAIN_GRACE";
 pub const ENV_DRAIN_TIMEOUT: &str = "SLUICE_DRAIN_TIMEOUT";
 pub const ENV_LOG_FORMAT: &str = "SLUICE_LOG_FORMAT";
+/// The pod's name from the downward API, declared before the variables
+/// that refer to it as `$(SLUICE_POD_NAME)` (only with trace export on).
+pub const ENV_POD_NAME: &str = "SLUICE_POD_NAME";
+/// The standard OpenTelemetry variables the runtime reads (DESIGN §7).
+pub const ENV_OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub const ENV_OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+pub const ENV_OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 
 /// Public port of the ingress container (`--listen 0.0.0.0:8080`), named `http`.
 pub const INGRESS_PORT: i32 = 8080;
@@ -704,10 +711,32 @@ fn worker_container(ctx: &Ctx<'_>, g: &GroupSpec) -> Container {
     )
 }
 
+/// The variables that turn on the runtime's trace export, and the resource
+/// attributes that tell its spans apart by namespace, pod, pipeline and
+/// group. `service.name` is left to the runtime (its binary name).
+///
+/// Namespace, pipeline and group names are DNS labels or subdomains, so
+/// they need no escaping in the `k=v,k=v` list, and no `$` in them can be
+/// mistaken for a variable reference.
+fn tracing_env(ctx: &Ctx<'_>, g: &GroupSpec, tracing: &RuntimeTracing) -> Vec<EnvVar> {
+    let attributes = format!(
+        "k8s.namespace.name={},k8s.pod.name=$({ENV_POD_NAME}),sluice.pipeline={},sluice.group={}",
+        ctx.namespace, ctx.name, g.name
+    );
+    vec![
+        // Before OTEL_RESOURCE_ATTRIBUTES: Kubernetes only expands references
+        // to variables declared earlier in the list.
+        pod::env_from_field(ENV_POD_NAME, "metadata.name"),
+        pod::env_verbatim(ENV_OTEL_EXPORTER_OTLP_ENDPOINT, &tracing.endpoint),
+        pod::env(ENV_OTEL_EXPORTER_OTLP_PROTOCOL, tracing.protocol.as_str()),
+        pod::env(ENV_OTEL_RESOURCE_ATTRIBUTES, attributes),
+    ]
+}
+
 /// The runtime container of a group's pods: the group's image (or the
-/// role's default), the role's args and env plus the Redis env, one named
-/// port carrying both probes, the group's resources and the restricted
-/// security context.
+/// role's default), the role's args and env plus the Redis env and, with
+/// trace export on, the `OTEL_*` env; one named port carrying both probes,
+/// the group's resources and the restricted security context.
 fn runtime_container(
     ctx: &Ctx<'_>,
     g: &GroupSpec,
@@ -718,6 +747,11 @@ fn runtime_container(
     (port_name, port): (&str, i32),
 ) -> Container {
     env.extend(redis::runtime_env(ctx, &ctx.redis));
+    // Last, and only when on: without an endpoint the container carries no
+    // tracing variable at all.
+    if let Some(t) = &ctx.settings.tracing {
+        env.extend(tracing_env(ctx, g, t));
+    }
     Container {
         name: main_container(role).into(),
         image: Some(g.image.clone().unwrap_or_else(|| default_image.to_string())),
@@ -1957,5 +1991,137 @@ spec:
         assert!(initial_key_secret(&sp, "current", &good, &t).is_err());
         assert!(initial_key_secret(&sp, "a/b", &good, &t).is_err());
         assert!(initial_key_secret(&sp, "k1", "not base64!", &t).is_err());
+    }
+
+    // === trace export ===
+
+    const TRACING_VARS: [&str; 4] = [
+        ENV_POD_NAME,
+        ENV_OTEL_EXPORTER_OTLP_ENDPOINT,
+        ENV_OTEL_EXPORTER_OTLP_PROTOCOL,
+        ENV_OTEL_RESOURCE_ATTRIBUTES,
+    ];
+
+    fn tracing_on() -> OperatorSettings {
+        OperatorSettings {
+            tracing: Some(RuntimeTracing {
+                endpoint: "http://otel-collector.observability:4318".into(),
+                protocol: crate::settings::OtlpProtocol::HttpJson,
+            }),
+            ..OperatorSettings::default()
+        }
+    }
+
+    fn tracing_vars(c: &Container) -> Vec<&EnvVar> {
+        c.env
+            .iter()
+            .flatten()
+            .filter(|e| TRACING_VARS.contains(&e.name.as_str()) || e.name.starts_with("OTEL_"))
+            .collect()
+    }
+
+    #[test]
+    fn with_an_otlp_endpoint_every_runtime_container_exports_traces_named_by_its_pod() {
+        let d = desired(&with_everything(), &tracing_on()).unwrap();
+        for (name, group, main) in [
+            ("enrich-web", "web", "ingress"),
+            ("enrich-cpu", "cpu", "worker"),
+            ("enrich-io", "io", "worker"),
+        ] {
+            let pod = deployment(&d, name)
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap();
+            let c = &pod.containers[0];
+            assert_eq!(c.name, main);
+            let vars = tracing_vars(c);
+            let names: Vec<&str> = vars.iter().map(|e| e.name.as_str()).collect();
+            assert_eq!(names, TRACING_VARS, "{name}: declared in this order");
+            let pod_name = vars[0].value_from.as_ref().unwrap().field_ref.as_ref();
+            assert_eq!(pod_name.unwrap().field_path, "metadata.name", "{name}");
+            let values: Vec<Option<&str>> = vars[1..].iter().map(|e| e.value.as_deref()).collect();
+            let attributes = format!(
+                "k8s.namespace.name=demo,k8s.pod.name=$(SLUICE_POD_NAME),\
+                 sluice.pipeline=enrich,sluice.group={group}"
+            );
+            assert_eq!(
+                values,
+                [
+                    Some("http://otel-collector.observability:4318"),
+                    Some("http/json"),
+                    Some(attributes.as_str()),
+                ],
+                "{name}"
+            );
+            for sidecar in &pod.containers[1..] {
+                assert!(tracing_vars(sidecar).is_empty(), "sidecar {}", sidecar.name);
+            }
+        }
+        // Managed Redis (the other pod template here) is not traced.
+        let runtime_containers = templates(&d)
+            .iter()
+            .flat_map(|t| &t.spec.as_ref().unwrap().containers)
+            .filter(|c| !tracing_vars(c).is_empty())
+            .count();
+        assert_eq!(runtime_containers, 3);
+    }
+
+    #[test]
+    fn with_memory_backends_the_ingress_pods_are_traced_as_the_ingress_group() {
+        let d = desired(
+            &parse(include_str!("../../examples/hello.yaml")),
+            &tracing_on(),
+        )
+        .unwrap();
+        let traced: Vec<&str> = templates(&d)
+            .iter()
+            .flat_map(|t| &t.spec.as_ref().unwrap().containers)
+            .flat_map(tracing_vars)
+            .filter(|e| e.name == ENV_OTEL_RESOURCE_ATTRIBUTES)
+            .filter_map(|e| e.value.as_deref())
+            .collect();
+        assert_eq!(traced.len(), 1, "{traced:?}");
+        assert!(
+            traced[0].starts_with("k8s.namespace.name=demo,"),
+            "{}",
+            traced[0]
+        );
+        assert!(
+            traced[0].ends_with(",sluice.pipeline=hello,sluice.group=web"),
+            "{}",
+            traced[0]
+        );
+    }
+
+    #[test]
+    fn without_an_otlp_endpoint_no_container_carries_a_tracing_variable() {
+        for sp in examples() {
+            for t in templates(&render(&sp)) {
+                for c in &t.spec.as_ref().unwrap().containers {
+                    assert!(tracing_vars(c).is_empty(), "{}", c.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn turning_tracing_on_changes_nothing_but_the_runtime_containers_tracing_variables() {
+        for sp in examples() {
+            let off = render(&sp);
+            let mut on = desired(&sp, &tracing_on()).unwrap();
+            for o in &mut on.objects {
+                if let Child::Deployment(dep) = o {
+                    let pod = dep.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+                    let env = pod.containers[0].env.as_mut().unwrap();
+                    env.retain(|e| !TRACING_VARS.contains(&e.name.as_str()));
+                }
+            }
+            assert_eq!(on.config_hash, off.config_hash);
+            assert_eq!(on.to_yaml().unwrap(), off.to_yaml().unwrap());
+        }
     }
 }

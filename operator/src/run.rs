@@ -110,6 +110,11 @@ pub async fn run(
         ingress_image = %config.settings.images.ingress,
         worker_image = %config.settings.images.worker,
         redis_image = %config.settings.images.redis,
+        // Safe to log: the endpoint was refused if it held user information.
+        runtime_tracing = %config.settings.tracing.as_ref().map_or_else(
+            || "off".to_string(),
+            |t| format!("{} to {}", t.protocol.as_str(), t.endpoint)
+        ),
         "sluice-operator starting"
     );
 

@@ -1,6 +1,7 @@
 //! What the operator is told by its deployment (flags and env set by the Helm
 //! chart) rather than by a StreamPipeline: runtime images, where the operator
-//! itself runs, and the drain budget of the runtime processes.
+//! itself runs, the drain budget of the runtime processes and where they
+//! export traces.
 //!
 //! Settings are plain data, so [`crate::resources::desired`] stays a pure
 //! function of `(StreamPipeline, OperatorSettings)` and golden tests pin them.
@@ -108,6 +109,48 @@ fn ceil_secs(d: Duration) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
+/// The OTLP/HTTP encodings the runtime exports traces with
+/// (`OTEL_EXPORTER_OTLP_PROTOCOL`); it has no gRPC exporter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `http/protobuf`, the OpenTelemetry default.
+    #[default]
+    HttpProtobuf,
+    /// `http/json`.
+    HttpJson,
+}
+
+impl OtlpProtocol {
+    /// The value of `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HttpProtobuf => "http/protobuf",
+            Self::HttpJson => "http/json",
+        }
+    }
+
+    /// The protocol an `OTEL_EXPORTER_OTLP_PROTOCOL` value names, if the
+    /// runtime speaks it.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "http/protobuf" => Some(Self::HttpProtobuf),
+            "http/json" => Some(Self::HttpJson),
+            _ => None,
+        }
+    }
+}
+
+/// Where the runtime pods export their spans (DESIGN §7). The operator
+/// only passes it on as `OTEL_*` variables of the runtime containers; it
+/// does not export anything itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeTracing {
+    /// OTLP/HTTP base URL (`http://otel-collector.observability:4318`);
+    /// checked to be http(s) with a host and no user information.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+}
+
 /// Everything besides the StreamPipeline that decides the desired objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperatorSettings {
@@ -126,6 +169,9 @@ pub struct OperatorSettings {
     /// first pod reading work; a warning is raised when an interface's
     /// timeout is shorter for a group that may be at zero.
     pub cold_start: Duration,
+    /// Trace export of the runtime pods; `None` (the default) leaves their
+    /// containers without any `OTEL_*` variable, so export stays off.
+    pub tracing: Option<RuntimeTracing>,
 }
 
 /// Default of [`OperatorSettings::key_propagation`]: the kubelet's sync
@@ -148,6 +194,7 @@ impl Default for OperatorSettings {
             drain: DrainBudget::default(),
             key_propagation: DEFAULT_KEY_PROPAGATION,
             cold_start: DEFAULT_COLD_START,
+            tracing: None,
         }
     }
 }
@@ -183,5 +230,14 @@ mod tests {
         };
         assert_eq!(odd.ingress_termination_grace_seconds(), 18);
         assert_eq!(odd.worker_termination_grace_seconds(), 11);
+    }
+
+    #[test]
+    fn otlp_protocols_round_trip_through_their_variable_values() {
+        for p in [OtlpProtocol::HttpProtobuf, OtlpProtocol::HttpJson] {
+            assert_eq!(OtlpProtocol::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(OtlpProtocol::default().as_str(), "http/protobuf");
+        assert_eq!(OtlpProtocol::parse("grpc"), None);
     }
 }
