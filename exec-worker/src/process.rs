@@ -38,6 +38,7 @@ pub const ENV_GROUP: &str = "SLUICE_GROUP";
 pub const ENV_REDIS_URL: &str = "SLUICE_REDIS_URL";
 pub const ENV_KEYS_DIR: &str = "SLUICE_KEYS_DIR";
 pub const ENV_REDIS_TIMEOUT: &str = "SLUICE_REDIS_TIMEOUT";
+pub const ENV_REDIS_CA_FILE: &str = "SLUICE_REDIS_CA_FILE";
 pub const ENV_REDIS_POOL_SIZE: &str = "SLUICE_REDIS_POOL_SIZE";
 pub const ENV_ADMIN: &str = "SLUICE_ADMIN";
 pub const ENV_CONCURRENCY: &str = "SLUICE_CONCURRENCY";
@@ -69,6 +70,9 @@ pub struct Cli {
     /// Pooled Redis connections for ordinary commands; blocking reads use their own [env: SLUICE_REDIS_POOL_SIZE] [default: 4]
     #[arg(long, value_name = "N")]
     pub redis_pool_size: Option<usize>,
+    /// PEM CA certificate(s) a rediss:// server's certificate must chain to, instead of the system roots [env: SLUICE_REDIS_CA_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// Key ring directory (one base64 key file per kid and a `current` file) [env: SLUICE_KEYS_DIR]
     #[arg(long, value_name = "DIR")]
     pub keys: Option<PathBuf>,
@@ -97,6 +101,7 @@ pub struct ProcessConfig {
     pub redis: String,
     pub redis_timeout: Option<Duration>,
     pub redis_pool_size: Option<usize>,
+    pub redis_ca_file: Option<PathBuf>,
     pub keys: PathBuf,
     pub admin: SocketAddr,
     pub concurrency: Option<usize>,
@@ -227,6 +232,7 @@ impl ProcessConfig {
             redis,
             redis_timeout,
             redis_pool_size,
+            redis_ca_file: path(&cli.redis_ca_file, ENV_REDIS_CA_FILE),
             keys,
             admin,
             concurrency,
@@ -340,8 +346,9 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
     let ring = SharedKeyRing::from_dir(&cfg.keys)?;
     ring.watch(Duration::from_secs(2), background.clone());
     // Lazy: a worker starts while Redis is down and finds it when it returns.
-    let redis_cfg =
-        RedisConfig::from_url(&cfg.redis)?.with_overrides(cfg.redis_timeout, cfg.redis_pool_size);
+    let redis_cfg = RedisConfig::from_url(&cfg.redis)?
+        .with_overrides(cfg.redis_timeout, cfg.redis_pool_size)
+        .with_ca_file(cfg.redis_ca_file.as_deref())?;
     let redis_display = redis_cfg.to_string();
     let redis = RedisBackend::connect_lazy(redis_cfg)?;
 

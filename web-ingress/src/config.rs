@@ -18,6 +18,7 @@ pub const ENV_BACKEND: &str = "SLUICE_BACKEND";
 pub const ENV_REDIS_URL: &str = "SLUICE_REDIS_URL";
 pub const ENV_KEYS_DIR: &str = "SLUICE_KEYS_DIR";
 pub const ENV_REDIS_TIMEOUT: &str = "SLUICE_REDIS_TIMEOUT";
+pub const ENV_REDIS_CA_FILE: &str = "SLUICE_REDIS_CA_FILE";
 pub const ENV_REDIS_POOL_SIZE: &str = "SLUICE_REDIS_POOL_SIZE";
 pub const ENV_SECRETS_DIR: &str = "SLUICE_SECRETS_DIR";
 pub const ENV_INGRESS_ID: &str = "SLUICE_INGRESS_ID";
@@ -68,6 +69,10 @@ pub struct Cli {
     /// Pooled Redis connections for ordinary commands; blocking reads use their own [env: SLUICE_REDIS_POOL_SIZE] [default: 4]
     #[arg(long, value_name = "N")]
     pub redis_pool_size: Option<usize>,
+
+    /// PEM CA certificate(s) a rediss:// server's certificate must chain to, instead of the system roots [env: SLUICE_REDIS_CA_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub redis_ca_file: Option<PathBuf>,
 
     /// Key ring directory (one base64 key file per kid and a `current` file);
     /// required with redis backends, optional in the memory profile where a
@@ -127,6 +132,7 @@ pub struct Config {
     pub redis: Option<String>,
     pub redis_timeout: Option<Duration>,
     pub redis_pool_size: Option<usize>,
+    pub redis_ca_file: Option<PathBuf>,
     pub keys: Option<PathBuf>,
     pub secrets_dir: PathBuf,
     pub ingress_id: String,
@@ -254,6 +260,10 @@ impl Config {
             redis: pick(&cli.redis, ENV_REDIS_URL),
             redis_timeout,
             redis_pool_size,
+            redis_ca_file: cli
+                .redis_ca_file
+                .clone()
+                .or_else(|| env.get(ENV_REDIS_CA_FILE).map(PathBuf::from)),
             keys: cli
                 .keys
                 .clone()
@@ -291,6 +301,7 @@ impl Config {
             redis: None,
             redis_timeout: None,
             redis_pool_size: None,
+            redis_ca_file: None,
             keys: None,
             secrets_dir: PathBuf::from(DEFAULT_SECRETS_DIR),
             ingress_id: default_ingress_id(),

@@ -169,7 +169,8 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
             // Lazy: the ingress starts (and stays ready) while Redis is down,
             // answering 503 until it returns.
             let cfg = RedisConfig::from_url(url)?
-                .with_overrides(config.redis_timeout, config.redis_pool_size);
+                .with_overrides(config.redis_timeout, config.redis_pool_size)
+                .with_ca_file(config.redis_ca_file.as_deref())?;
             let redis = RedisBackend::connect_lazy(cfg)?;
             Ports {
                 queue: redis.clone(),

@@ -24,7 +24,9 @@ pub const DEFAULT_POOL_SIZE: usize = 4;
 /// Where and how to reach Redis.
 ///
 /// Built from a URL, `redis://[[user]:password@]host[:port][/db]`; `rediss://`
-/// selects TLS (rustls, with the system's root certificates), and fred's
+/// selects TLS (rustls, verifying the server against the system's root
+/// certificates, or only against a private CA given to
+/// [`RedisConfig::with_ca_pem`]), and fred's
 /// `redis-cluster://` form reaches a Redis Cluster (every key of one pipeline
 /// shares a hash tag, so its transactions stay in one slot). Redis 7.0 or
 /// newer is required (`SET … NX GET`, `XAUTOCLAIM`).
@@ -56,6 +58,9 @@ pub enum ConfigError {
         url: String,
         reason: String,
     },
+    /// The CA certificate file for a `rediss://` URL cannot be used.
+    #[error("invalid Redis CA certificate: {reason}")]
+    InvalidCa { reason: String },
 }
 
 impl RedisConfig {
@@ -112,6 +117,60 @@ impl RedisConfig {
     /// The URL with its credentials replaced by `***`, for logs and errors.
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
+    }
+
+    /// Verifies the server's certificate against the CA certificates in
+    /// `pem` (one or more PEM `CERTIFICATE` blocks) instead of the system's
+    /// roots: for a Redis whose certificate a private CA signed. The host
+    /// name (or IP) of the URL must still match the certificate.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidUrl`] when the URL is not `rediss://`, and
+    /// [`ConfigError::InvalidCa`] when `pem` holds no usable certificate.
+    pub fn with_ca_pem(mut self, pem: &[u8]) -> Result<Self, ConfigError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        if !self.uses_tls() {
+            return Err(ConfigError::InvalidUrl {
+                url: self.redacted_url(),
+                reason: "a CA certificate is given, but the URL is not rediss:// (TLS)".into(),
+            });
+        }
+        let bad = |reason: String| ConfigError::InvalidCa { reason };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| bad(format!("a certificate that cannot be a root: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("no PEM CERTIFICATE block in it".into()));
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(format!("no TLS version to offer: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        self.fred.tls = Some(fred::types::config::TlsConfig {
+            connector: tls.into(),
+            hostnames: fred::types::config::TlsHostMapping::None,
+        });
+        Ok(self)
+    }
+
+    /// [`Self::with_ca_pem`] with the PEM file at `path`; no file, no change.
+    ///
+    /// # Errors
+    /// As [`Self::with_ca_pem`], and [`ConfigError::InvalidCa`] when the file
+    /// cannot be read.
+    pub fn with_ca_file(self, path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else { return Ok(self) };
+        let pem = std::fs::read(path).map_err(|e| ConfigError::InvalidCa {
+            reason: format!("cannot read {}: {e}", path.display()),
+        })?;
+        self.with_ca_pem(&pem)
     }
 
     /// Whether connections use TLS (`rediss://`).

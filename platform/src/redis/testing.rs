@@ -10,6 +10,10 @@
 //!     ├─ freeze()   SIGSTOP, a hung server (thaw(): SIGCONT)
 //!     ├─ restart()  same port, same dir (AOF replayed when persistence)
 //!     └─ drop       SIGKILL + rm -r dir
+//!
+//!   RedisServer::start_tls()             … plus --tls-port Q with a server
+//!     ├─ tls_url()  rediss://127.0.0.1:Q/0   certificate for 127.0.0.1 signed
+//!     └─ ca_pem()   the CA certificate       by a throwaway CA (openssl CLI)
 //! ```
 //!
 //! Used by this crate's tests and by other crates' tests (it is public for
@@ -40,6 +44,8 @@ pub struct RedisServer {
     dir: PathBuf,
     persistence: bool,
     password: Option<String>,
+    /// The TLS port, when started with [`Self::start_tls`].
+    tls_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -84,6 +90,7 @@ impl RedisServer {
             dir,
             persistence,
             password: password.map(str::to_string),
+            tls_port: None,
             child: None,
         };
         // A port found free can be taken before redis-server binds it; try a
@@ -98,6 +105,56 @@ impl RedisServer {
             }
         }
         Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+    }
+
+    /// A server that also speaks TLS on a second port, with a certificate
+    /// for `127.0.0.1` signed by a CA made for it ([`Self::ca_pem`]); the
+    /// plain port stays for probes. Clients need not present a certificate.
+    ///
+    /// # Panics
+    /// When `redis-server` (built with TLS) or `openssl` is missing, or the
+    /// server does not come up.
+    pub fn start_tls() -> Self {
+        let mut s = Self::start(false);
+        s.kill();
+        if let Err(e) = make_certificates(&s.dir) {
+            panic!(
+                "could not make test certificates with `openssl` (install it with \
+                 `apt-get install -y openssl`): {e}"
+            );
+        }
+        let mut last = None;
+        for _ in 0..5 {
+            s.tls_port = Some(free_port().expect("a free port"));
+            match s.spawn() {
+                Ok(()) => return s,
+                Err(e) => last = Some(e),
+            }
+        }
+        panic!("could not start {BINARY} with TLS: {last:?}")
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/0`.
+    ///
+    /// # Panics
+    /// When the server was not started with [`Self::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let port = self.tls_port.expect("started with start_tls");
+        format!("rediss://127.0.0.1:{port}/0")
+    }
+
+    /// The PEM certificate of the CA that signed the server's certificate.
+    ///
+    /// # Panics
+    /// When the server was not started with [`Self::start_tls`].
+    pub fn ca_pem(&self) -> Vec<u8> {
+        assert!(self.tls_port.is_some(), "started with start_tls");
+        std::fs::read(self.ca_path()).expect("read the test CA")
+    }
+
+    /// Where [`Self::ca_pem`] is stored.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.crt")
     }
 
     /// The port the server listens on (kept across restarts).
@@ -194,6 +251,18 @@ impl RedisServer {
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
+        if let Some(port) = self.tls_port {
+            cmd.arg("--tls-port")
+                .arg(port.to_string())
+                .args([
+                    "--tls-cert-file",
+                    "server.crt",
+                    "--tls-key-file",
+                    "server.key",
+                ])
+                .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+                .current_dir(&self.dir);
+        }
         let child = cmd.spawn()?;
         self.child = Some(child);
         let deadline = Instant::now() + READY_PATIENCE;
@@ -259,6 +328,74 @@ impl RedisServer {
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(5)..].join(" | ")
     }
+}
+
+/// A throwaway CA (`ca.crt`) and a server certificate for 127.0.0.1 and
+/// localhost signed by it (`server.crt`, `server.key`), in `dir`.
+fn make_certificates(dir: &Path) -> std::io::Result<()> {
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let steps: [Vec<&str>; 3] = [
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.crt"],
+        ]
+        .concat()
+        .into_iter()
+        .chain(["-days", "2", "-subj", "/CN=sluice test CA"])
+        .collect(),
+        [
+            &["req"][..],
+            &ec,
+            &["-keyout", "server.key", "-out", "server.csr"],
+        ]
+        .concat()
+        .into_iter()
+        .chain(["-subj", "/CN=127.0.0.1"])
+        .collect(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(&args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "openssl {} failed: {}",
+                args[0],
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Drop for RedisServer {
