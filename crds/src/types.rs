@@ -111,6 +111,12 @@ pub struct RedisSpec {
     /// External Redis: the Secret key holding the `redis://` or `rediss://` URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_secret_ref: Option<SecretKeyRef>,
+    /// External Redis with a `rediss://` URL whose certificate a private CA
+    /// signed: the Secret key holding that CA's PEM certificate(s), trusted
+    /// instead of the system roots. Mounted into the runtime pods (read at
+    /// start) and read by the operator's autoscaler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -103,6 +103,10 @@ fn check_backends(spec: &StreamPipelineSpec, e: &mut Errors) {
         if r.mode == RedisMode::Managed && r.url_secret_ref.is_some() {
             e.push("spec.redis.urlSecretRef", "only used with mode: external");
         }
+        if r.mode == RedisMode::Managed && r.ca_secret_ref.is_some() {
+            // Managed Redis listens without TLS on the pod network.
+            e.push("spec.redis.caSecretRef", "only used with mode: external");
+        }
         if let Some(s) = &r.storage {
             if let Err(msg) = parse_size(s) {
                 e.push("spec.redis.storage", msg);

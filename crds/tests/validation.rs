@@ -143,6 +143,38 @@ fn each_rule_is_reported_with_its_field_path() {
     }
 }
 
+const REDIS: &str = "spec:\n  backends: { queue: redis, kv: redis, reply: redis }\n";
+
+fn with_redis(redis: &str) -> String {
+    BASE.replacen("spec:\n", &format!("{REDIS}  redis: {redis}\n"), 1)
+}
+
+#[test]
+fn a_redis_ca_is_refused_with_managed_redis() {
+    let e = errors_of(&with_redis(
+        "{ mode: managed, caSecretRef: { name: redis-tls, key: ca.crt } }",
+    ));
+    assert!(
+        e.contains("spec.redis.caSecretRef: only used with mode: external"),
+        "{e}"
+    );
+    // Managed is the default mode.
+    let e = errors_of(&with_redis(
+        "{ caSecretRef: { name: redis-tls, key: ca.crt } }",
+    ));
+    assert!(e.contains("spec.redis.caSecretRef"), "{e}");
+}
+
+#[test]
+fn a_redis_ca_is_accepted_with_external_redis() {
+    let yaml = with_redis(
+        "{ mode: external, urlSecretRef: { name: redis, key: url }, caSecretRef: { name: redis-tls, key: ca.crt } }",
+    );
+    let (sp, _) = parse_manifest("t", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    let ca = sp.spec.redis.unwrap().ca_secret_ref.unwrap();
+    assert_eq!((ca.name.as_str(), ca.key.as_str()), ("redis-tls", "ca.crt"));
+}
+
 #[test]
 fn a_cycle_names_its_nodes() {
     let yaml = BASE.replacen(

@@ -9,7 +9,9 @@
 //!           NetworkPolicy P-redis: only the pipeline's pods and the operator
 //!           runtime pods: REDIS_PASSWORD from the Secret,
 //!                         SLUICE_REDIS_URL=redis://:$(REDIS_PASSWORD)@P-redis.<ns>.svc:6379/0
-//! external: nothing created; SLUICE_REDIS_URL from spec.redis.urlSecretRef
+//! external: nothing created; SLUICE_REDIS_URL from spec.redis.urlSecretRef;
+//!           with spec.redis.caSecretRef that key mounted as /etc/sluice/redis-ca/ca.crt,
+//!           SLUICE_REDIS_CA_FILE pointing at it
 //! ```
 //!
 //! The password reaches Redis through the config file in the Secret, never
@@ -22,9 +24,9 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Secret, Service, ServicePort, ServiceSpec,
-    Volume, VolumeResourceRequirements,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, KeyToPath, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Secret, SecretVolumeSource, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -44,7 +46,7 @@ use crate::hash;
 use crate::labels::{self, Component};
 use crate::names;
 use crate::pod;
-use crate::resources::{owner_of, Child, Ctx, Error, Result, ENV_REDIS_URL};
+use crate::resources::{owner_of, Child, Ctx, Error, Result, ENV_REDIS_CA_FILE, ENV_REDIS_URL};
 use crate::settings::OperatorSettings;
 
 /// Port of managed Redis (container, Services, NetworkPolicy).
@@ -59,6 +61,11 @@ pub const CONFIG_DIR: &str = "/etc/redis";
 pub const DATA_DIR: &str = "/data";
 /// Runtime pods: the managed Redis password, expanded into [`ENV_REDIS_URL`].
 pub const ENV_REDIS_PASSWORD: &str = "REDIS_PASSWORD";
+/// Runtime pods of external Redis with `caSecretRef`: the volume holding the
+/// CA, the directory it is mounted at and the file name of the CA in it.
+pub const VOLUME_REDIS_CA: &str = "redis-ca";
+pub const REDIS_CA_DIR: &str = "/etc/sluice/redis-ca";
+pub const REDIS_CA_FILE: &str = "ca.crt";
 /// PVC size when `spec.redis.storage` is unset.
 pub const DEFAULT_STORAGE: &str = "1Gi";
 /// Requests of the Redis container.
@@ -75,8 +82,12 @@ pub enum RedisUse<'a> {
     None,
     /// The operator runs it.
     Managed(ManagedRedis),
-    /// The user's; the URL is in this Secret key.
-    External(&'a SecretKeyRef),
+    /// The user's: the URL is in the Secret key `url`, and the PEM CA its
+    /// certificate chains to in `ca` when that is not a public CA.
+    External {
+        url: &'a SecretKeyRef,
+        ca: Option<&'a SecretKeyRef>,
+    },
 }
 
 /// Managed Redis settings with defaults applied.
@@ -108,7 +119,10 @@ pub fn redis_use<'a>(
         }));
     };
     match (r.mode, &r.url_secret_ref) {
-        (RedisMode::External, Some(url)) => Ok(RedisUse::External(url)),
+        (RedisMode::External, Some(url)) => Ok(RedisUse::External {
+            url,
+            ca: r.ca_secret_ref.as_ref(),
+        }),
         (RedisMode::External, None) => Err(FieldError {
             path: "spec.redis.urlSecretRef".into(),
             message: "external Redis needs urlSecretRef".into(),
@@ -138,7 +152,13 @@ pub fn managed_address(pipeline: &str, namespace: &str) -> String {
 pub(crate) fn runtime_env(ctx: &Ctx<'_>, redis: &RedisUse<'_>) -> Vec<EnvVar> {
     match redis {
         RedisUse::None => vec![],
-        RedisUse::External(url) => vec![pod::env_from_secret(ENV_REDIS_URL, &url.name, &url.key)],
+        RedisUse::External { url, ca } => {
+            let mut env = vec![pod::env_from_secret(ENV_REDIS_URL, &url.name, &url.key)];
+            if ca.is_some() {
+                env.push(pod::env(ENV_REDIS_CA_FILE, ca_path()));
+            }
+            env
+        }
         RedisUse::Managed(_) => vec![
             pod::env_from_secret(ENV_REDIS_PASSWORD, &names::redis(&ctx.name), PASSWORD_KEY),
             pod::env(
@@ -150,6 +170,38 @@ pub(crate) fn runtime_env(ctx: &Ctx<'_>, redis: &RedisUse<'_>) -> Vec<EnvVar> {
             ),
         ],
     }
+}
+
+/// Where a runtime container finds the CA of external Redis.
+pub fn ca_path() -> String {
+    format!("{REDIS_CA_DIR}/{REDIS_CA_FILE}")
+}
+
+/// The volume and the runtime container's mount of the CA of external
+/// Redis, when the spec names one: only the referenced key, as
+/// [`REDIS_CA_FILE`], in a directory of its own (never `subPath`, see
+/// [`crate::pod`]). The runtime reads it once at start; changing the
+/// Secret's name or key changes the pod template and so rolls the pods.
+pub(crate) fn ca_mount(redis: &RedisUse<'_>) -> Option<(Volume, VolumeMount)> {
+    let RedisUse::External { ca: Some(ca), .. } = redis else {
+        return None;
+    };
+    let volume = Volume {
+        name: VOLUME_REDIS_CA.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(ca.name.clone()),
+            items: Some(vec![KeyToPath {
+                key: ca.key.clone(),
+                path: REDIS_CA_FILE.into(),
+                mode: None,
+            }]),
+            // As the key ring's: the kubelet's default 0644; a CA is no secret.
+            default_mode: None,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Some((volume, pod::mount(VOLUME_REDIS_CA, REDIS_CA_DIR, true)))
 }
 
 /// The config file of managed Redis.

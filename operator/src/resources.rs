@@ -71,6 +71,9 @@ use crate::settings::{OperatorSettings, RuntimeTracing};
 // === runtime contract (flags and variables of sluice-web-ingress / sluice-exec-worker) ===
 
 pub const ENV_REDIS_URL: &str = "SLUICE_REDIS_URL";
+/// PEM CA certificate(s) a `rediss://` server must chain to (external Redis
+/// with `caSecretRef`), instead of the system roots.
+pub const ENV_REDIS_CA_FILE: &str = "SLUICE_REDIS_CA_FILE";
 pub const ENV_INGRESS_ID: &str = "SLUICE_INGRESS_ID";
 pub const ENV_DRAIN_GRACE: &str = "SLUICE_DRAIN_GRACE";
 pub const ENV_DRAIN_TIMEOUT: &str = "SLUICE_DRAIN_TIMEOUT";
@@ -452,6 +455,22 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
         }
     };
     let managed = matches!(redis, RedisUse::Managed(_));
+    if let RedisUse::External { ca: Some(ca), .. } = &redis {
+        // It becomes a Secret volume: refuse here what the API server would
+        // refuse in the Deployment, with the field the user wrote.
+        if !names::is_dns_subdomain(&ca.name) {
+            errors.push(FieldError {
+                path: "spec.redis.caSecretRef.name".into(),
+                message: format!("`{}` is not a valid Secret name", ca.name),
+            });
+        }
+        if !names::is_data_key(&ca.key) {
+            errors.push(FieldError {
+                path: "spec.redis.caSecretRef.key".into(),
+                message: format!("`{}` is not a valid Secret key", ca.key),
+            });
+        }
+    }
     if let Err(message) = names::check_pipeline_name(&owner.name, managed) {
         errors.push(FieldError {
             path: "metadata.name".into(),
@@ -773,7 +792,8 @@ fn runtime_container(
 }
 
 /// The Deployment of a group: `main` plus the group's sidecars, the
-/// pipeline file, key ring and node Secrets mounted as directories.
+/// pipeline file, key ring, Redis CA (external Redis with `caSecretRef`)
+/// and node Secrets mounted as directories in `main` only.
 fn deployment(
     ctx: &Ctx<'_>,
     g: &GroupSpec,
@@ -784,11 +804,13 @@ fn deployment(
 ) -> Deployment {
     let component = component_of(g.role);
     let (secret_volumes, secret_mounts) = pod::node_secret_mounts(secret_refs);
+    let (ca_volume, ca_mount) = redis::ca_mount(&ctx.redis).unzip();
     let mut mounts = vec![
         pod::mount(pod::VOLUME_PIPELINE, pod::PIPELINE_DIR, true),
         pod::mount(pod::VOLUME_KEYS, pod::KEYS_DIR, true),
         pod::tmp_mount(),
     ];
+    mounts.extend(ca_mount);
     mounts.extend(secret_mounts);
     main.volume_mounts = Some(mounts);
     let main_name = main.name.clone();
@@ -805,6 +827,7 @@ fn deployment(
         pod::secret_volume(pod::VOLUME_KEYS, &ctx.key_secret, None),
         pod::tmp_volume(),
     ];
+    volumes.extend(ca_volume);
     volumes.extend(secret_volumes);
 
     Deployment {
@@ -1007,7 +1030,7 @@ fn keda_objects(ctx: &Ctx<'_>) -> Vec<Child> {
     let redis_name = names::redis(&ctx.name);
     let address = crate::redis::managed_address(&ctx.name, &ctx.namespace);
     let target = match &ctx.redis {
-        RedisUse::External(url) => keda::RedisTarget::External(url),
+        RedisUse::External { url, ca } => keda::RedisTarget::External { url, ca: *ca },
         RedisUse::Managed(_) | RedisUse::None => keda::RedisTarget::Managed {
             address: &address,
             secret: &redis_name,
@@ -1369,6 +1392,41 @@ spec:
             })
             .unwrap();
         assert!(so.spec["triggers"][0]["metadata"].get("address").is_none());
+        assert!(so.spec["triggers"][0]["metadata"]
+            .get("enableTLS")
+            .is_none());
+
+        // A private CA: TLS on in the trigger, the CA by Secret reference.
+        sp.spec.redis = serde_yaml::from_str(
+            "{mode: external, urlSecretRef: {name: ext, key: url}, caSecretRef: {name: ext-ca, key: ca.crt}}",
+        )
+        .unwrap();
+        let d = render(&sp);
+        let auth = d
+            .objects
+            .iter()
+            .find_map(|o| match o {
+                Child::TriggerAuthentication(a) => Some(a),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            auth.spec["secretTargetRef"],
+            serde_json::json!([
+                {"parameter": "address", "name": "ext", "key": "address"},
+                {"parameter": "password", "name": "ext", "key": "password"},
+                {"parameter": "ca", "name": "ext-ca", "key": "ca.crt"},
+            ])
+        );
+        let so = d
+            .objects
+            .iter()
+            .find_map(|o| match o {
+                Child::ScaledObject(s) => Some(s),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(so.spec["triggers"][0]["metadata"]["enableTLS"], "true");
     }
 
     #[test]
@@ -1464,6 +1522,155 @@ spec:
             assert_eq!((r.name.as_str(), r.key.as_str()), ("my-redis", "url"));
             assert!(env.iter().all(|e| e.name != redis::ENV_REDIS_PASSWORD));
         }
+    }
+
+    /// `with_everything` on external Redis, with `ca` (YAML) as `caSecretRef`.
+    fn external_with_ca(ca: Option<&str>) -> StreamPipeline {
+        let mut sp = with_everything();
+        let ca = ca
+            .map(|c| format!(", caSecretRef: {c}"))
+            .unwrap_or_default();
+        sp.spec.redis = serde_yaml::from_str(&format!(
+            "{{mode: external, urlSecretRef: {{name: my-redis, key: url}}{ca}}}"
+        ))
+        .unwrap();
+        sp
+    }
+
+    #[test]
+    fn an_external_redis_ca_is_mounted_and_named_in_every_runtime_container_only() {
+        let d = render(&external_with_ca(Some(
+            "{name: redis-tls, key: tls-ca.pem}",
+        )));
+        let ts = templates(&d);
+        assert_eq!(ts.len(), 3, "ingress and two worker groups");
+        for t in ts {
+            let pod = t.spec.as_ref().unwrap();
+            let volume = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == redis::VOLUME_REDIS_CA)
+                .expect("the CA volume");
+            let secret = volume.secret.as_ref().unwrap();
+            assert_eq!(secret.secret_name.as_deref(), Some("redis-tls"));
+            assert_eq!(
+                secret.items,
+                Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                    key: "tls-ca.pem".into(),
+                    path: "ca.crt".into(),
+                    mode: None,
+                }]),
+                "only the referenced key, as ca.crt"
+            );
+            let main = &pod.containers[0];
+            let mount = main
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.name == redis::VOLUME_REDIS_CA)
+                .expect("the runtime container mounts the CA");
+            assert_eq!(mount.mount_path, "/etc/sluice/redis-ca");
+            assert_eq!(mount.read_only, Some(true));
+            assert!(mount.sub_path.is_none());
+            let env = main.env.as_ref().unwrap();
+            let ca = env
+                .iter()
+                .find(|e| e.name == ENV_REDIS_CA_FILE)
+                .expect("SLUICE_REDIS_CA_FILE");
+            assert_eq!(ca.value.as_deref(), Some("/etc/sluice/redis-ca/ca.crt"));
+            // After the URL, which it qualifies.
+            let url = env.iter().position(|e| e.name == ENV_REDIS_URL).unwrap();
+            let at = env
+                .iter()
+                .position(|e| e.name == ENV_REDIS_CA_FILE)
+                .unwrap();
+            assert!(url < at);
+            for sidecar in &pod.containers[1..] {
+                assert!(
+                    sidecar
+                        .volume_mounts
+                        .iter()
+                        .flatten()
+                        .all(|m| m.name != redis::VOLUME_REDIS_CA),
+                    "sidecar {} mounts the CA",
+                    sidecar.name
+                );
+                assert!(sidecar
+                    .env
+                    .iter()
+                    .flatten()
+                    .all(|e| e.name != ENV_REDIS_CA_FILE));
+            }
+        }
+        let io = deployment(&d, "enrich-io");
+        let pod = io.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert_eq!(pod.containers.len(), 2, "the io group keeps its sidecar");
+    }
+
+    #[test]
+    fn without_a_redis_ca_no_pod_carries_its_volume_mount_or_variable() {
+        for sp in [external_with_ca(None), with_everything(), orders_redis()] {
+            for t in templates(&render(&sp)) {
+                let pod = t.spec.as_ref().unwrap();
+                assert!(pod
+                    .volumes
+                    .iter()
+                    .flatten()
+                    .all(|v| v.name != redis::VOLUME_REDIS_CA));
+                for c in &pod.containers {
+                    assert!(c
+                        .volume_mounts
+                        .iter()
+                        .flatten()
+                        .all(|m| m.name != redis::VOLUME_REDIS_CA));
+                    assert!(c.env.iter().flatten().all(|e| e.name != ENV_REDIS_CA_FILE));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn adding_or_changing_the_redis_ca_reference_changes_every_runtime_pod_template() {
+        let without = render(&external_with_ca(None));
+        let with = render(&external_with_ca(Some("{name: redis-tls, key: ca.crt}")));
+        let other_key = render(&external_with_ca(Some("{name: redis-tls, key: ca2.crt}")));
+        let other_secret = render(&external_with_ca(Some("{name: redis-tls2, key: ca.crt}")));
+        for name in ["enrich-web", "enrich-cpu", "enrich-io"] {
+            let template = |d: &Desired| deployment(d, name).spec.clone().unwrap().template;
+            let all = [&without, &with, &other_key, &other_secret].map(template);
+            for (i, a) in all.iter().enumerate() {
+                for b in &all[i + 1..] {
+                    assert_ne!(a, b, "{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_malformed_redis_ca_reference_is_a_field_error() {
+        let sp = external_with_ca(Some("{name: Bad_Name, key: \"../ca\"}"));
+        let e = desired(&sp, &OperatorSettings::default()).unwrap_err();
+        let paths: Vec<_> = e.field_errors().iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["spec.redis.caSecretRef.name", "spec.redis.caSecretRef.key"]
+        );
+    }
+
+    #[test]
+    fn a_redis_ca_with_managed_redis_is_refused() {
+        let mut sp = with_everything();
+        sp.spec.redis =
+            serde_yaml::from_str("{mode: managed, caSecretRef: {name: redis-tls, key: ca.crt}}")
+                .unwrap();
+        let e = desired(&sp, &OperatorSettings::default()).unwrap_err();
+        assert!(
+            e.field_errors()
+                .iter()
+                .any(|f| f.path == "spec.redis.caSecretRef"),
+            "{e}"
+        );
     }
 
     #[test]

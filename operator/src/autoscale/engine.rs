@@ -4,7 +4,7 @@
 //! ```text
 //! tick ─▶ list StreamPipelines (per scope); list the worker Deployments of the
 //!         autoscaled pipelines (per namespace; none when nothing autoscales)
-//!      ─▶ per pipeline (at most CONCURRENCY at once): Redis URL (Secret GET, cached),
+//!      ─▶ per pipeline (at most CONCURRENCY at once): Redis URL and CA (Secret GETs, cached),
 //!         per builtin group: StreamStats (1 Redis round trip)
 //!      ─▶ per group: Rates ─▶ recommend ─▶ decide ─▶ PATCH /scale when it changes
 //!      ─▶ Facts changed (a decision, Redis lost or back) ─▶ ask for a reconcile (status)
@@ -45,7 +45,7 @@ use crate::redis::{managed_address, PASSWORD_KEY};
 const CONCURRENCY: usize = 16;
 /// Timeout of the autoscaler's Redis commands and connection attempts.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-/// The Redis URL (from a Secret) is read again after this long.
+/// The Redis URL and CA (from Secrets) are read again after this long.
 const URL_TTL: Duration = Duration::from_secs(300);
 
 /// The builtin autoscaler of one operator process.
@@ -68,11 +68,29 @@ struct GroupState {
     rates: Rates,
 }
 
-/// A pipeline's Redis connection and where its URL came from.
+/// A pipeline's Redis connection and what it was made from.
 struct Conn {
-    url: String,
+    target: Target,
     read_at: Instant,
     backend: Arc<RedisBackend>,
+}
+
+/// What the pipeline's Secrets say about its Redis. No `Debug`: it holds
+/// the URL's password and nothing here may log it.
+#[derive(PartialEq, Eq)]
+struct Target {
+    url: String,
+    /// External Redis with `caSecretRef`.
+    ca: Option<CaPem>,
+}
+
+/// The PEM CA of a Redis with a private CA, and where it came from (for
+/// error messages, which never show the PEM).
+#[derive(PartialEq, Eq)]
+struct CaPem {
+    secret: String,
+    key: String,
+    pem: Vec<u8>,
 }
 
 /// What one evaluation read about one group.
@@ -390,36 +408,35 @@ impl Autoscaler {
         }
     }
 
-    /// The pipeline's Redis connection: `cached` while its URL is fresh,
-    /// else a new one from the URL in the pipeline's Secret.
+    /// The pipeline's Redis connection: `cached` while its Secrets were read
+    /// recently, else the one its Secrets now describe (the cached one
+    /// again when they did not change).
     async fn connection(&self, sp: &StreamPipeline, cached: Option<Conn>) -> Result<Conn, String> {
         let cached = match cached {
             Some(c) if c.read_at.elapsed() < URL_TTL => return Ok(c),
             other => other,
         };
-        let url = self.redis_url(sp).await?;
-        if let Some(c) = cached.filter(|c| c.url == url) {
+        let target = self.redis_target(sp).await?;
+        if let Some(c) = cached.filter(|c| c.target == target) {
             return Ok(Conn {
                 read_at: Instant::now(),
                 ..c
             });
         }
-        let cfg = RedisConfig::from_url(&url)
-            .map_err(|e| format!("the Redis URL does not parse: {e}"))?
-            .with_command_timeout(REDIS_TIMEOUT)
-            .with_connect_timeout(REDIS_TIMEOUT)
-            .with_pool_size(1);
-        let backend = RedisBackend::connect_lazy(cfg).map_err(|e| e.to_string())?;
+        let backend =
+            RedisBackend::connect_lazy(redis_config(&target)?).map_err(|e| e.to_string())?;
         Ok(Conn {
-            url,
+            target,
             read_at: Instant::now(),
             backend,
         })
     }
 
-    /// The URL the pipeline's pods use: managed Redis from the password in
-    /// `P-redis`, external from the user's `urlSecretRef`.
-    async fn redis_url(&self, sp: &StreamPipeline) -> Result<String, String> {
+    /// The URL the pipeline's pods use — managed Redis from the password in
+    /// `P-redis`, external from the user's `urlSecretRef` — and the CA in
+    /// the user's `caSecretRef`, if any. Secrets are read by name (`get`);
+    /// one that holds both is read once.
+    async fn redis_target(&self, sp: &StreamPipeline) -> Result<Target, String> {
         let ns = sp.namespace().unwrap_or_default();
         let name = sp.name_any();
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
@@ -427,28 +444,76 @@ impl Autoscaler {
             .spec
             .redis
             .as_ref()
-            .filter(|r| r.mode == RedisMode::External)
-            .and_then(|r| r.url_secret_ref.clone());
-        let (secret, key) = match &external {
+            .filter(|r| r.mode == RedisMode::External);
+        let url_ref = external.and_then(|r| r.url_secret_ref.as_ref());
+        let (secret, key) = match url_ref {
             Some(r) => (r.name.clone(), r.key.clone()),
             None => (names::redis(&name), PASSWORD_KEY.to_string()),
         };
-        let s = api
-            .get_opt(&secret)
-            .await
-            .map_err(|e| format!("cannot read Secret {secret}: {e}"))?
-            .ok_or_else(|| format!("Secret {secret} does not exist"))?;
+        let s = read_secret(&api, &secret).await?;
         let value = s
             .data
             .as_ref()
             .and_then(|d| d.get(&key))
             .and_then(|v| String::from_utf8(v.0.clone()).ok())
             .ok_or_else(|| format!("Secret {secret} has no UTF-8 key {key}"))?;
-        Ok(match external {
+        let url = match url_ref {
             Some(_) => value.trim().to_string(),
             None => format!("redis://:{value}@{}/0", managed_address(&name, &ns)),
-        })
+        };
+        let ca = match external.and_then(|r| r.ca_secret_ref.as_ref()) {
+            None => None,
+            Some(r) => {
+                let ca_secret = if r.name == secret {
+                    s
+                } else {
+                    read_secret(&api, &r.name).await?
+                };
+                let pem = ca_secret
+                    .data
+                    .and_then(|mut d| d.remove(&r.key))
+                    .ok_or_else(|| format!("Secret {} has no key {}", r.name, r.key))?
+                    .0;
+                Some(CaPem {
+                    secret: r.name.clone(),
+                    key: r.key.clone(),
+                    pem,
+                })
+            }
+        };
+        Ok(Target { url, ca })
     }
+}
+
+/// The client configuration of the autoscaler's connection to `target`.
+///
+/// # Errors
+/// A URL that does not parse; a CA with a URL that is not `rediss://`, or
+/// without a usable certificate. The message names the CA's Secret and key,
+/// never the PEM (nor the URL's password).
+fn redis_config(target: &Target) -> Result<RedisConfig, String> {
+    let cfg = RedisConfig::from_url(&target.url)
+        .map_err(|e| format!("the Redis URL does not parse: {e}"))?
+        .with_command_timeout(REDIS_TIMEOUT)
+        .with_connect_timeout(REDIS_TIMEOUT)
+        .with_pool_size(1);
+    match &target.ca {
+        None => Ok(cfg),
+        Some(ca) => cfg.with_ca_pem(&ca.pem).map_err(|e| {
+            format!(
+                "the Redis CA in Secret {} key {} cannot be used: {e}",
+                ca.secret, ca.key
+            )
+        }),
+    }
+}
+
+/// The Secret `name`, which must exist.
+async fn read_secret(api: &Api<Secret>, name: &str) -> Result<Secret, String> {
+    api.get_opt(name)
+        .await
+        .map_err(|e| format!("cannot read Secret {name}: {e}"))?
+        .ok_or_else(|| format!("Secret {name} does not exist"))
 }
 
 fn key_of(sp: &StreamPipeline) -> String {
@@ -505,4 +570,50 @@ async fn read(
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(url: &str, pem: &[u8]) -> Target {
+        Target {
+            url: url.into(),
+            ca: Some(CaPem {
+                secret: "redis-tls".into(),
+                key: "ca.crt".into(),
+                pem: pem.to_vec(),
+            }),
+        }
+    }
+
+    #[test]
+    fn an_unusable_ca_is_reported_by_its_secret_and_never_shown() {
+        let pem = b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n";
+        let e = redis_config(&target("rediss://:pw-xyz@redis.example:6380/0", pem))
+            .expect_err("a certificate that does not parse is refused");
+        assert!(e.contains("Secret redis-tls key ca.crt"), "{e}");
+        assert!(!e.contains("bm90IGEgY2VydA"), "the PEM leaked: {e}");
+        let e = redis_config(&target("rediss://redis.example:6380/0", b"no pem here"))
+            .expect_err("no certificate at all is refused");
+        assert!(e.contains("Secret redis-tls key ca.crt"), "{e}");
+        assert!(!e.contains("no pem here"), "the content leaked: {e}");
+    }
+
+    #[test]
+    fn a_ca_with_a_plain_redis_url_is_refused_without_the_password() {
+        let e = redis_config(&target("redis://:pw-xyz@redis.example:6379/0", b""))
+            .expect_err("a CA needs rediss://");
+        assert!(e.contains("rediss://"), "{e}");
+        assert!(!e.contains("pw-xyz"), "the password leaked: {e}");
+    }
+
+    #[test]
+    fn without_a_ca_the_url_alone_configures_the_connection() {
+        let t = Target {
+            url: "rediss://redis.example:6380/0".into(),
+            ca: None,
+        };
+        assert!(redis_config(&t).is_ok());
+    }
 }

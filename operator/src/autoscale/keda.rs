@@ -7,8 +7,9 @@
 //!   min/maxReplicaCount, cooldownPeriod      managed:  password ← Secret P-redis/password
 //!   trigger redis-streams:                   external: address  ← <urlSecretRef>/address
 //!     stream  sluice:{ns/P}:q:<group>                  password ← <urlSecretRef>/password
-//!     consumerGroup sluice
+//!     consumerGroup sluice                             ca       ← <caSecretRef> (when set)
 //!     streamLength <targetBacklogPerReplica>
+//!     enableTLS "true" (external with caSecretRef)
 //! ```
 //!
 //! The trigger uses the stream's length: a worker deletes what it hands
@@ -16,6 +17,13 @@
 //! `lagCount` is unknown once entries were deleted). KEDA cannot parse a
 //! URL, so with external Redis the Secret named by `urlSecretRef` must also
 //! hold `address` (`host:port`) and `password` keys (docs/autoscaling.md).
+//!
+//! TLS: the operator cannot see the URL (it is in a Secret), but a
+//! `caSecretRef` is only usable with a `rediss://` URL, so with one the
+//! trigger gets `enableTLS: "true"` and the TriggerAuthentication the `ca`
+//! parameter (PEM content, which KEDA adds to the roots it trusts). Not the
+//! `tls: enable` authentication parameter: that would have to come from a
+//! Secret key, and KEDA refuses it together with `enableTLS`.
 //!
 //! The types here carry only what the operator writes; KEDA's own
 //! validation is the authority on the rest.
@@ -79,8 +87,12 @@ keda_kind!(
 pub enum RedisTarget<'a> {
     /// The managed Redis at this `host:port`, password in `P-redis`.
     Managed { address: &'a str, secret: &'a str },
-    /// The user's Secret, with `address` and `password` keys.
-    External(&'a SecretKeyRef),
+    /// The user's Secret (`urlSecretRef`), with `address` and `password`
+    /// keys, and the CA of a Redis with a private CA (`caSecretRef`).
+    External {
+        url: &'a SecretKeyRef,
+        ca: Option<&'a SecretKeyRef>,
+    },
 }
 
 /// The ScaledObject of one group. `meta` names it like the Deployment.
@@ -100,8 +112,10 @@ pub fn scaled_object(
         "streamLength": a.target_backlog_per_replica.unwrap_or(DEFAULT_TARGET_BACKLOG).max(1).to_string(),
         "databaseIndex": "0",
     });
-    if let RedisTarget::Managed { address, .. } = redis {
-        trigger_meta["address"] = json!(address);
+    match redis {
+        RedisTarget::Managed { address, .. } => trigger_meta["address"] = json!(address),
+        RedisTarget::External { ca: Some(_), .. } => trigger_meta["enableTLS"] = json!("true"),
+        RedisTarget::External { ca: None, .. } => {}
     }
     let window = a
         .scale_down_stabilization
@@ -136,10 +150,24 @@ pub fn trigger_authentication(meta: ObjectMeta, redis: RedisTarget<'_>) -> Trigg
         RedisTarget::Managed { secret, .. } => {
             vec![("password", Cow::Borrowed(secret), PASSWORD_KEY)]
         }
-        RedisTarget::External(s) => vec![
-            ("address", Cow::Borrowed(&s.name), EXTERNAL_ADDRESS_KEY),
-            ("password", Cow::Borrowed(&s.name), EXTERNAL_PASSWORD_KEY),
-        ],
+        RedisTarget::External { url, ca } => {
+            let mut refs = vec![
+                (
+                    "address",
+                    Cow::Borrowed(url.name.as_str()),
+                    EXTERNAL_ADDRESS_KEY,
+                ),
+                (
+                    "password",
+                    Cow::Borrowed(url.name.as_str()),
+                    EXTERNAL_PASSWORD_KEY,
+                ),
+            ];
+            if let Some(ca) = ca {
+                refs.push(("ca", Cow::Borrowed(ca.name.as_str()), ca.key.as_str()));
+            }
+            refs
+        }
     };
     TriggerAuthentication {
         metadata: meta,
