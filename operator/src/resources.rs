@@ -1330,6 +1330,26 @@ spec:
         assert_eq!(target.average_utilization, Some(60));
     }
 
+    fn trigger_auth(d: &Desired) -> &TriggerAuthentication {
+        d.objects
+            .iter()
+            .find_map(|o| match o {
+                Child::TriggerAuthentication(a) => Some(a),
+                _ => None,
+            })
+            .expect("a TriggerAuthentication")
+    }
+
+    fn scaled_object(d: &Desired) -> &ScaledObject {
+        d.objects
+            .iter()
+            .find_map(|o| match o {
+                Child::ScaledObject(s) => Some(s),
+                _ => None,
+            })
+            .expect("a ScaledObject")
+    }
+
     #[test]
     fn keda_groups_get_a_scaled_object_and_the_pipeline_one_trigger_authentication() {
         let mut sp = orders_redis();
@@ -1368,14 +1388,7 @@ spec:
         sp.spec.redis =
             serde_yaml::from_str("{mode: external, urlSecretRef: {name: ext, key: url}}").unwrap();
         let d = render(&sp);
-        let auth = d
-            .objects
-            .iter()
-            .find_map(|o| match o {
-                Child::TriggerAuthentication(a) => Some(a),
-                _ => None,
-            })
-            .unwrap();
+        let auth = trigger_auth(&d);
         assert_eq!(
             auth.spec["secretTargetRef"],
             serde_json::json!([
@@ -1383,14 +1396,7 @@ spec:
                 {"parameter": "password", "name": "ext", "key": "password"},
             ])
         );
-        let so = d
-            .objects
-            .iter()
-            .find_map(|o| match o {
-                Child::ScaledObject(s) => Some(s),
-                _ => None,
-            })
-            .unwrap();
+        let so = scaled_object(&d);
         assert!(so.spec["triggers"][0]["metadata"].get("address").is_none());
         assert!(so.spec["triggers"][0]["metadata"]
             .get("enableTLS")
@@ -1402,14 +1408,7 @@ spec:
         )
         .unwrap();
         let d = render(&sp);
-        let auth = d
-            .objects
-            .iter()
-            .find_map(|o| match o {
-                Child::TriggerAuthentication(a) => Some(a),
-                _ => None,
-            })
-            .unwrap();
+        let auth = trigger_auth(&d);
         assert_eq!(
             auth.spec["secretTargetRef"],
             serde_json::json!([
@@ -1418,14 +1417,7 @@ spec:
                 {"parameter": "ca", "name": "ext-ca", "key": "ca.crt"},
             ])
         );
-        let so = d
-            .objects
-            .iter()
-            .find_map(|o| match o {
-                Child::ScaledObject(s) => Some(s),
-                _ => None,
-            })
-            .unwrap();
+        let so = scaled_object(&d);
         assert_eq!(so.spec["triggers"][0]["metadata"]["enableTLS"], "true");
     }
 
