@@ -386,12 +386,6 @@ fn extract(traceparent: &str) -> Context {
     TraceContextPropagator::new().extract(&carrier)
 }
 
-/// `traceparent` if it is a valid W3C trace context, else `None`.
-pub fn valid_traceparent(traceparent: &str) -> Option<&str> {
-    let cx = extract(traceparent);
-    cx.span().span_context().is_valid().then_some(traceparent)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,6 +444,11 @@ mod tests {
             let e = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", bad)]);
             assert!(ExportConfig::from_env(&e).is_err(), "{bad}");
         }
+    }
+
+    fn valid_traceparent(traceparent: &str) -> Option<&str> {
+        let cx = extract(traceparent);
+        cx.span().span_context().is_valid().then_some(traceparent)
     }
 
     #[test]
