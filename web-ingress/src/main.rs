@@ -31,7 +31,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION"),
         config.log_format == LogFormat::Json,
     );
-    let ingress = sluice_web_ingress::start(config).await?;
+    // StartError's messages already carry their causes; as a plain message
+    // the `{:#}` below does not print each cause twice.
+    let ingress = sluice_web_ingress::start(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     shutdown_signal().await?;
     ingress.begin_drain();
     ingress.wait().await;
