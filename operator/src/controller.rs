@@ -2,26 +2,24 @@
 //! reconcile, and how the controller stops.
 //!
 //! ```text
-//! watch StreamPipelines ────────────────┐
-//! watch owned Deployments ──owner ref───┼─▶ scheduler ─▶ reconcile::reconcile ─▶ Action
-//! watch owned StatefulSets ─owner ref───┤        ▲                │ error
-//! autoscaler: status changed ───────────┘        │                │
-//!                                                └─ requeue ◀─────┴─ reconcile::error_policy (backoff)
+//! watch StreamPipelines ──────────────────────────┐
+//! owned-object caches (cache.rs): Deployment and  │
+//!   StatefulSet changes, mapped to their owner ───┼─▶ scheduler ─▶ reconcile::reconcile ─▶ Action
+//! autoscaler: status changed ─────────────────────┘        ▲                │ error
+//!                                                          └─ requeue ◀─────┴─ reconcile::error_policy (backoff)
 //! ```
 //!
-//! One controller per watched namespace (or one over all namespaces). Only
-//! Deployments and StatefulSets are watched besides the pipelines: they are
-//! the objects whose status the pipeline reports. Other children (Services,
-//! ConfigMaps, ...) and Secrets are not watched — the periodic requeue
-//! repairs their drift (DESIGN §4: no cluster-wide list/watch of Secrets).
-//! The owned watches select `app.kubernetes.io/managed-by=sluice-operator`,
-//! so unrelated workloads never enter the operator's memory.
+//! One controller per watched namespace (or one over all namespaces), each
+//! driving the caches of its scope. Only Deployments and StatefulSets
+//! trigger a reconcile besides the pipelines: they are the objects whose
+//! status the pipeline reports. Changes of other children (Services,
+//! ConfigMaps, ...) are cached but wait for the periodic requeue, which
+//! repairs their drift; Secrets are neither watched nor cached (DESIGN §4).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -30,7 +28,7 @@ use sluice_crds::StreamPipeline;
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
-use crate::labels;
+use crate::cache::Feeds;
 use crate::reconcile::{error_policy, reconcile, Context};
 
 /// Reconciles running at once (across pipelines; one pipeline is never
@@ -45,31 +43,23 @@ const CONCURRENCY: u16 = 16;
 /// retry with backoff (logged).
 pub async fn run(
     ctx: Arc<Context>,
-    namespaces: &[String],
+    feeds: Vec<Feeds>,
     trigger: &broadcast::Sender<ObjectRef<StreamPipeline>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let owned =
-        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
-    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
-        vec![None]
-    } else {
-        namespaces.iter().cloned().map(Some).collect()
-    };
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
-    let controllers = scopes.into_iter().map(|ns| {
-        let (pipelines, deployments, stateful_sets) = match &ns {
-            None => (
-                Api::<StreamPipeline>::all(client.clone()),
-                Api::<Deployment>::all(client.clone()),
-                Api::<StatefulSet>::all(client.clone()),
-            ),
-            Some(ns) => (
-                Api::<StreamPipeline>::namespaced(client.clone(), ns),
-                Api::<Deployment>::namespaced(client.clone(), ns),
-                Api::<StatefulSet>::namespaced(client.clone(), ns),
-            ),
+    let mut background = Vec::new();
+    let controllers = feeds.into_iter().map(|feed| {
+        let Feeds {
+            scope,
+            triggers,
+            background: caches,
+        } = feed;
+        background.push(caches);
+        let pipelines = match &scope {
+            None => Api::<StreamPipeline>::all(client.clone()),
+            Some(ns) => Api::<StreamPipeline>::namespaced(client.clone(), ns),
         };
         // Reconcile requests of the autoscaler for pipelines of this scope.
         let requests = stream::unfold(trigger.subscribe(), |mut rx| async move {
@@ -81,28 +71,35 @@ pub async fn run(
                 }
             }
         });
-        let scope = ns.clone();
         let requests = requests.filter(move |r: &ObjectRef<StreamPipeline>| {
             futures::future::ready(scope.is_none() || r.namespace == scope)
         });
         Controller::new(pipelines, watcher::Config::default())
-            .owns(deployments, owned.clone())
-            .owns(stateful_sets, owned.clone())
+            .reconcile_on(triggers)
             .reconcile_on(requests)
             .with_config(controller::Config::default().concurrency(CONCURRENCY))
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx.clone())
             .boxed()
     });
-    stream::select_all(controllers)
-        .for_each(|r| async move {
-            match r {
-                Ok((obj, action)) => debug!(pipeline = %obj, ?action, "reconciled"),
-                // Reconcile errors were logged by error_policy; these are
-                // watch and queue errors, retried by the runtime.
-                Err(controller::Error::ReconcilerFailed(..)) => {}
-                Err(e) => warn!(error = %e, "controller"),
-            }
-        })
-        .await;
+    let controllers: Vec<_> = controllers.collect();
+    let controllers = stream::select_all(controllers).for_each(|r| async move {
+        match r {
+            Ok((obj, action)) => debug!(pipeline = %obj, ?action, "reconciled"),
+            // Reconcile errors were logged by error_policy; these are
+            // watch and queue errors, retried by the runtime.
+            Err(controller::Error::ReconcilerFailed(..)) => {}
+            Err(e) => warn!(error = %e, "controller"),
+        }
+    });
+    // The caches of kinds that trigger nothing are driven beside the
+    // controllers, and dropped with them.
+    let caches = async {
+        futures::future::join_all(background).await;
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = controllers => {}
+        () = caches => {}
+    }
 }

@@ -101,8 +101,8 @@ pub fn redis_selector(pipeline: &str) -> BTreeMap<String, String> {
 }
 
 /// Label selector (list/watch syntax) matching every object the operator
-/// created for `pipeline`; the reconciler lists owned kinds with it to find
-/// objects no longer desired (and then checks the controller owner's uid).
+/// created for `pipeline`; the reconciler lists owned kinds with it while
+/// their caches are not ready (and then checks the controller owner's uid).
 pub fn owned_selector(pipeline: &str) -> String {
     format!("{PIPELINE}={pipeline},{MANAGED_BY}={MANAGER}")
 }

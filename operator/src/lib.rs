@@ -46,6 +46,7 @@
 
 pub mod apply;
 pub mod autoscale;
+pub mod cache;
 pub mod config;
 pub mod controller;
 pub mod hash;

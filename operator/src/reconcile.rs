@@ -1,7 +1,7 @@
 //! One reconcile of one StreamPipeline (DESIGN §4).
 //!
 //! ```text
-//! list owned objects (label selector, each owned kind; controller uid checked)
+//! read owned objects (watch caches, cache.rs; label selector, each owned kind; controller uid checked)
 //!   │
 //!   ├─ desired() refuses the spec ─▶ status InvalidSpec (+ Warning event once per generation);
 //!   │                                nothing created, nothing changed, nothing deleted
@@ -28,9 +28,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::chrono::{SubsecRound, Utc};
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, TypeMeta,
-};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, TypeMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
@@ -41,6 +39,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::apply::{self, Stamped};
 use crate::autoscale::{self, Facts};
+use crate::cache::{api_resource, OwnedCache};
 use crate::config::Timing;
 use crate::labels;
 use crate::metrics::Metrics;
@@ -141,6 +140,8 @@ pub struct Context {
     pub facts: Arc<Facts>,
     /// Consecutive failures per `ns/name`; reset by a successful reconcile.
     failures: Mutex<HashMap<String, u32>>,
+    /// Watch caches of owned objects; without them every reconcile lists.
+    cache: Option<Arc<OwnedCache>>,
 }
 
 impl Context {
@@ -160,7 +161,15 @@ impl Context {
             metrics,
             facts,
             failures: Mutex::new(HashMap::new()),
+            cache: None,
         }
+    }
+
+    /// Reads owned objects from `cache` instead of listing them.
+    #[must_use]
+    pub fn with_cache(mut self, cache: Arc<OwnedCache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Publishes an event about `sp`. A failure is logged, never fatal: an
@@ -294,6 +303,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
     }
     let target = Target {
         client: &ctx.client,
+        cache: ctx.cache.as_deref(),
         ns: &ns,
         name: &name,
         uid: &uid,
@@ -405,6 +415,7 @@ pub fn ingress_url(name: &str, ns: &str, expose: Option<&ExposeSpec>) -> String 
 /// The pipeline whose objects a reconcile touches.
 struct Target<'a> {
     client: &'a Client,
+    cache: Option<&'a OwnedCache>,
     ns: &'a str,
     name: &'a str,
     uid: &'a str,
@@ -413,16 +424,6 @@ struct Target<'a> {
 /// Live owned objects by `(kind, name)`.
 type Live = BTreeMap<(&'static str, String), DynamicObject>;
 
-fn api_resource(k: &OwnedKind) -> ApiResource {
-    ApiResource {
-        group: k.group.into(),
-        version: k.version.into(),
-        api_version: k.api_version.into(),
-        kind: k.kind.into(),
-        plural: k.plural.into(),
-    }
-}
-
 impl Target<'_> {
     fn api(&self, k: &OwnedKind) -> Api<DynamicObject> {
         Api::namespaced_with(self.client.clone(), self.ns, &api_resource(k))
@@ -430,18 +431,23 @@ impl Target<'_> {
 
     /// Every object of an owned kind that carries the pipeline's labels and
     /// is controlled by it (same uid: a deleted and recreated pipeline of
-    /// the same name does not adopt its predecessor's leftovers).
+    /// the same name does not adopt its predecessor's leftovers). Read from
+    /// the watch caches; a kind whose cache is not ready is listed.
     async fn list_owned(&self) -> Result<Live, Error> {
         let lp = ListParams::default().labels(&labels::owned_selector(self.name));
         let mut live = Live::new();
         for k in owned_kinds() {
-            let list = match self.api(k).list(&lp).await {
-                Ok(l) => l,
-                // The API is not installed (KEDA): there is nothing of it.
-                Err(kube::Error::Api(e)) if e.code == 404 && k.optional() => continue,
-                Err(e) => return Err(api_error("list", k.kind, self.name, e)),
+            let cached = self.cache.and_then(|c| c.objects(k, self.ns, self.name));
+            let items = match cached {
+                Some(items) => items,
+                None => match self.api(k).list(&lp).await {
+                    Ok(l) => l.items,
+                    // The API is not installed (KEDA): there is nothing of it.
+                    Err(kube::Error::Api(e)) if e.code == 404 && k.optional() => continue,
+                    Err(e) => return Err(api_error("list", k.kind, self.name, e)),
+                },
             };
-            for mut o in list.items {
+            for mut o in items {
                 let controlled = o
                     .metadata
                     .owner_references
@@ -460,6 +466,20 @@ impl Target<'_> {
             }
         }
         Ok(live)
+    }
+
+    /// Deletes `name` of kind `k` (in the background: dependents follow).
+    /// Returns false when it was already gone.
+    async fn delete(&self, k: &OwnedKind, name: &str, uid: Option<&str>) -> Result<bool, Error> {
+        let deleted = match self.api(k).delete(name, &DeleteParams::background()).await {
+            Ok(_) => true,
+            Err(kube::Error::Api(e)) if e.code == 404 => false,
+            Err(e) => return Err(api_error("delete", k.kind, name, e)),
+        };
+        if let (Some(cache), Some(uid)) = (self.cache, uid) {
+            cache.deleted(uid);
+        }
+        Ok(deleted)
     }
 }
 
@@ -520,20 +540,18 @@ async fn apply_objects(
             if claim_templates(cur) != claim_templates(&stamped.body) {
                 // volumeClaimTemplates are immutable: recreate. The PVC
                 // retention policy decides what happens to the old volume.
-                api.delete(&name, &DeleteParams::background())
-                    .await
-                    .map(|_| ())
-                    .or_else(ignore_not_found)
-                    .map_err(|e| api_error("delete", kind.kind, &name, e))?;
-                ctx.metrics.deleted(kind.kind);
-                ctx.event(
-                    sp,
-                    EventType::Normal,
-                    "Recreating",
-                    "Delete",
-                    format!("StatefulSet {name}: its volume claim templates changed"),
-                )
-                .await;
+                let uid = cur.pointer("/metadata/uid").and_then(Value::as_str);
+                if target.delete(&kind, &name, uid).await? {
+                    ctx.metrics.deleted(kind.kind);
+                    ctx.event(
+                        sp,
+                        EventType::Normal,
+                        "Recreating",
+                        "Delete",
+                        format!("StatefulSet {name}: its volume claim templates changed"),
+                    )
+                    .await;
+                }
                 existed = false;
             }
         }
@@ -570,13 +588,6 @@ async fn apply_objects(
     Ok(missing_apis)
 }
 
-fn ignore_not_found<T: Default>(e: kube::Error) -> Result<T, kube::Error> {
-    match e {
-        kube::Error::Api(ref r) if r.code == 404 => Ok(T::default()),
-        e => Err(e),
-    }
-}
-
 /// Deletes owned objects that are no longer desired (a removed group's
 /// Deployment, managed Redis after switching to external, ...).
 async fn prune_objects(
@@ -596,14 +607,12 @@ async fn prune_objects(
         let Some(k) = owned_kinds().iter().find(|k| k.kind == *kind) else {
             continue;
         };
-        target
-            .api(k)
-            .delete(name, &DeleteParams::background())
-            .await
-            .map(|_| ())
-            .or_else(ignore_not_found)
-            .map_err(|e| api_error("delete", kind, name, e))?;
+        let uid = live.get(&key).and_then(|o| o.metadata.uid.clone());
+        let deleted = target.delete(k, name, uid.as_deref()).await?;
         live.remove(&key);
+        if !deleted {
+            continue;
+        }
         ctx.metrics.deleted(kind);
         info!(kind, object = %name, "deleted, no longer desired");
         ctx.event(

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use tokio::sync::broadcast;
 
 use crate::autoscale::{Autoscaler, Facts};
+use crate::cache::OwnedCache;
 use crate::config::Config;
 use crate::controller;
 use crate::labels;
@@ -146,20 +147,23 @@ pub async fn run(
     );
     let facts = Arc::new(Facts::default());
     let (trigger, _) = broadcast::channel(TRIGGER_CAPACITY);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        config.settings.clone(),
-        config.timing.clone(),
-        recorder.clone(),
-        metrics.clone(),
-        facts.clone(),
-    ));
+    let (cache, feeds) = OwnedCache::start(&client, &config.namespaces);
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            config.settings.clone(),
+            config.timing.clone(),
+            recorder.clone(),
+            metrics.clone(),
+            facts.clone(),
+        )
+        .with_cache(cache),
+    );
     let controller_stop = CancellationToken::new();
     let mut controller = tokio::spawn({
-        let namespaces = config.namespaces.clone();
         let token = controller_stop.clone();
         let trigger = trigger.clone();
-        async move { controller::run(ctx, &namespaces, &trigger, token.cancelled_owned()).await }
+        async move { controller::run(ctx, feeds, &trigger, token.cancelled_owned()).await }
     });
     // The autoscaler writes /scale: like the controller, only while leading.
     let autoscaler = tokio::spawn(
