@@ -49,6 +49,7 @@ pub mod autoscale;
 pub mod cache;
 pub mod config;
 pub mod controller;
+pub mod events;
 pub mod hash;
 pub mod labels;
 pub mod leader;

@@ -30,7 +30,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::chrono::{SubsecRound, Utc};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, TypeMeta};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -41,6 +40,7 @@ use crate::apply::{self, Stamped};
 use crate::autoscale::{self, Facts};
 use crate::cache::{api_resource, OwnedCache};
 use crate::config::Timing;
+use crate::events::{EventType, Events};
 use crate::labels;
 use crate::metrics::Metrics;
 use crate::resources::{self, owned_kinds, Child, Desired, OwnedKind};
@@ -51,8 +51,9 @@ use crate::status::{self, Readiness, Validity};
 /// The one field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = labels::MANAGER;
 
-/// Events carry at most this much text (the API limit is 1 kB).
-const MAX_NOTE: usize = 1000;
+/// Consecutive write conflicts (`409`) of a pipeline retried quietly before
+/// one is reported as a `ReconcileFailed` event.
+const QUIET_CONFLICTS: u32 = 2;
 
 // === errors ===
 
@@ -128,18 +129,18 @@ pub(crate) fn api_error(verb: &'static str, kind: &str, name: &str, source: kube
 
 // === context ===
 
-/// What every reconcile shares: the client, the settings, the recorder and
+/// What every reconcile shares: the client, the settings, the event sink and
 /// the metrics, and the per-pipeline failure counts for the backoff.
 pub struct Context {
     pub client: Client,
     pub settings: OperatorSettings,
     pub timing: Timing,
-    pub recorder: Recorder,
+    pub events: Arc<Events>,
     pub metrics: Arc<Metrics>,
     /// What the builtin autoscaler found, for status.
     pub facts: Arc<Facts>,
     /// Consecutive failures per `ns/name`; reset by a successful reconcile.
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Mutex<HashMap<String, Failures>>,
     /// Watch caches of owned objects; without them every reconcile lists.
     cache: Option<Arc<OwnedCache>>,
 }
@@ -149,7 +150,7 @@ impl Context {
         client: Client,
         settings: OperatorSettings,
         timing: Timing,
-        recorder: Recorder,
+        events: Arc<Events>,
         metrics: Arc<Metrics>,
         facts: Arc<Facts>,
     ) -> Self {
@@ -157,7 +158,7 @@ impl Context {
             client,
             settings,
             timing,
-            recorder,
+            events,
             metrics,
             facts,
             failures: Mutex::new(HashMap::new()),
@@ -182,33 +183,35 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        let mut note = note;
-        if note.len() > MAX_NOTE {
-            let mut cut = MAX_NOTE;
-            while !note.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            note.truncate(cut);
-        }
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &sp.object_ref(&())).await {
+        let published = self
+            .events
+            .publish(&sp.object_ref(&()), type_, reason, action, &note)
+            .await;
+        if let Err(e) = published {
             warn!(error = %e, reason, "cannot publish event");
         }
     }
 
-    /// Backoff after the `n`th consecutive failure: `min · 2^(n-1)`, capped.
-    fn backoff(&self, key: &str) -> Duration {
+    /// Counts a failure of `key`: how many write conflicts in a row it
+    /// ends, and the backoff after the `n`th failure, `min · 2^(n-1)` capped.
+    fn backoff(&self, key: &str, conflict: bool) -> (u32, Duration) {
         let mut failures = self.failures.lock();
-        let n = failures.entry(key.to_string()).or_insert(0);
-        *n = n.saturating_add(1);
-        backoff_delay(&self.timing, *n)
+        let f = failures.entry(key.to_string()).or_default();
+        f.failures = f.failures.saturating_add(1);
+        f.conflicts = if conflict {
+            f.conflicts.saturating_add(1)
+        } else {
+            0
+        };
+        (f.conflicts, backoff_delay(&self.timing, f.failures))
     }
+}
+
+/// A pipeline's failures in a row, and how many of the last were conflicts.
+#[derive(Debug, Default)]
+struct Failures {
+    failures: u32,
+    conflicts: u32,
 }
 
 pub(crate) fn backoff_delay(timing: &Timing, failures: u32) -> Duration {
@@ -254,7 +257,14 @@ pub async fn reconcile(sp: Arc<StreamPipeline>, ctx: Arc<Context>) -> Result<Act
 pub fn error_policy(sp: Arc<StreamPipeline>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = key_of(&sp);
     ctx.metrics.error(error.kind());
-    let delay = ctx.backoff(&key);
+    let conflict = error.kind() == "api_conflict";
+    let (conflicts, delay) = ctx.backoff(&key, conflict);
+    if conflict && conflicts <= QUIET_CONFLICTS {
+        // Another writer changed the object since it was read (optimistic
+        // concurrency): the retry reads again. Not worth a Warning.
+        info!(pipeline = %key, error = %error, retry_in = ?delay, "write conflict; retrying");
+        return Action::requeue(delay);
+    }
     warn!(pipeline = %key, error = %error, kind = error.kind(), retry_in = ?delay, "reconcile failed");
     let note = error.to_string();
     // error_policy is synchronous; the event is best effort.

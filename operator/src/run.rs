@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::runtime::events::{Recorder, Reporter};
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -23,6 +22,7 @@ use crate::autoscale::{Autoscaler, Facts};
 use crate::cache::OwnedCache;
 use crate::config::Config;
 use crate::controller;
+use crate::events::Events;
 use crate::labels;
 use crate::leader::{Elector, Lost};
 use crate::metrics::Metrics;
@@ -138,13 +138,11 @@ pub async fn run(
     }
     metrics.leader.set(1);
 
-    let recorder = Recorder::new(
+    let events = Arc::new(Events::new(
         client.clone(),
-        Reporter {
-            controller: labels::MANAGER.into(),
-            instance: Some(config.identity.clone()),
-        },
-    );
+        labels::MANAGER,
+        &config.identity,
+    ));
     let facts = Arc::new(Facts::default());
     let (trigger, _) = broadcast::channel(TRIGGER_CAPACITY);
     let (cache, feeds) = OwnedCache::start(&client, &config.namespaces);
@@ -153,7 +151,7 @@ pub async fn run(
             client.clone(),
             config.settings.clone(),
             config.timing.clone(),
-            recorder.clone(),
+            events.clone(),
             metrics.clone(),
             facts.clone(),
         )
@@ -173,7 +171,7 @@ pub async fn run(
             interval: config.timing.autoscale_interval,
             facts,
             metrics: metrics.clone(),
-            recorder,
+            events,
             trigger,
         }
         .run(controller_stop.clone()),

@@ -452,6 +452,15 @@ async fn a_converged_operator_issues_no_writes() -> anyhow::Result<()> {
     }
     // Let the last status writes after the rollouts land.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // One "Created" event per object, each naming its object.
+    let p = h.pipeline("steady", "orders-redis").unwrap();
+    let mut created: Vec<String> = h
+        .events("steady", "orders-redis", "Created")
+        .iter()
+        .map(|e| e["note"].as_str().unwrap_or_default().replacen(' ', "/", 1))
+        .collect();
+    created.sort();
+    assert_eq!(created, expected_objects(&p));
     let writes = h.writes_by(&op.user);
     let reads = h.requests_by(&op.user);
     let before = h.sim.requests().len();
@@ -533,6 +542,15 @@ async fn api_faults_and_cut_watches_delay_but_do_not_prevent_convergence() -> an
         h.owned_objects("faults", "orders-redis"),
         expected_objects(&p)
     );
+    // Failures are reported as events, except a write conflict retried once
+    // or twice: optimistic concurrency at work, not a failure.
+    let reported: Vec<String> = ["orders-redis", "hello"]
+        .iter()
+        .flat_map(|name| h.events("faults", name, "ReconcileFailed"))
+        .map(|e| e["note"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(reported.iter().any(|n| n.contains("500")), "{reported:#?}");
+    assert!(!reported.iter().any(|n| n.contains("409")), "{reported:#?}");
 
     // Watches end and their history is gone (410 on resume): still converges.
     h.sim.clear_faults();

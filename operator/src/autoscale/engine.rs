@@ -23,7 +23,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::chrono::{SubsecRound, Utc};
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -36,6 +35,7 @@ use tracing::{debug, info, warn};
 
 use super::algorithm::{self, Rates, Sample, Stabilizer};
 use super::{groups_with, params, Facts, FIELD_MANAGER};
+use crate::events::{EventType, Events};
 use crate::labels::{self, Component};
 use crate::metrics::{DirectionLabel, GroupLabel, Metrics};
 use crate::names;
@@ -56,7 +56,7 @@ pub struct Autoscaler {
     pub interval: Duration,
     pub facts: Arc<Facts>,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    pub events: Arc<Events>,
     /// Asks the controller to reconcile a pipeline (its status changed).
     pub trigger: broadcast::Sender<ObjectRef<StreamPipeline>>,
 }
@@ -396,14 +396,11 @@ impl Autoscaler {
     }
 
     async fn event(&self, sp: &StreamPipeline, type_: EventType, reason: &str, note: String) {
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Autoscale".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &sp.object_ref(&())).await {
+        let published = self
+            .events
+            .publish(&sp.object_ref(&()), type_, reason, "Autoscale", &note)
+            .await;
+        if let Err(e) = published {
             warn!(error = %e, reason, "cannot publish event");
         }
     }
