@@ -36,6 +36,22 @@ use tokio::time::Instant;
 use super::config::{redact_secret, RedisConfig};
 use crate::backend::{BackendError, Result};
 
+/// The oldest Redis sluice runs on: `SET NX GET` (the replay guard) and
+/// `XINFO STREAM`'s `entries-added` (the backlog) came with 7.0.
+pub const MIN_REDIS_VERSION: (u32, u32, u32) = (7, 0, 0);
+
+/// `redis_version` of an `INFO server` answer, as (major, minor, patch).
+fn server_version(info: &str) -> Option<(u32, u32, u32)> {
+    let v = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("redis_version:"))?;
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    let major = parts.next()??;
+    let minor = parts.next().flatten().unwrap_or(0);
+    let patch = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
+}
+
 /// Slack on top of fred's own timeout before our outer `tokio::time::timeout`
 /// fires; fred's fires first in the normal case and says more.
 const TIMEOUT_MARGIN: Duration = Duration::from_millis(250);
@@ -71,7 +87,7 @@ pub struct RedisBackend {
     pool: Pool,
     /// Tasks driving the pooled connections and watching their errors;
     /// aborted on drop, which closes the connections.
-    tasks: Vec<ConnectHandle>,
+    tasks: Mutex<Vec<ConnectHandle>>,
     /// Per pooled client: when its connection last broke, in ms since
     /// `epoch` (0: never). See [`Self::pooled`].
     lost_at: Vec<Arc<AtomicU64>>,
@@ -111,7 +127,7 @@ impl Drop for Dedicated {
 
 impl Drop for RedisBackend {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.get_mut().iter() {
             t.abort();
         }
     }
@@ -155,7 +171,37 @@ impl RedisBackend {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        backend.check_server().await?;
         Ok(backend)
+    }
+
+    /// Refuses a Redis older than [`MIN_REDIS_VERSION`]: sluice's commands
+    /// would fail on it one by one (`SET NX GET` is a syntax error before
+    /// 7.0), so it is better said once, plainly.
+    ///
+    /// # Errors
+    /// [`BackendError::Unavailable`] when `INFO server` fails or names an
+    /// older version.
+    pub async fn check_server(&self) -> Result<()> {
+        let info = self
+            .call("INFO", "", vec!["server".into()])
+            .await
+            .map_err(|e| self.err(e))?;
+        let info = info.as_str().unwrap_or_default().to_string();
+        match server_version(&info) {
+            Some(v) if v < MIN_REDIS_VERSION => Err(BackendError::Unavailable(format!(
+                "{} runs Redis {}.{}.{}; sluice needs Redis {}.{} or later",
+                self.cfg.redacted_url(),
+                v.0,
+                v.1,
+                v.2,
+                MIN_REDIS_VERSION.0,
+                MIN_REDIS_VERSION.1,
+            ))),
+            // A server that does not say (a proxy, say) is given the benefit
+            // of the doubt: its commands will tell.
+            _ => Ok(()),
+        }
     }
 
     /// Starts connecting in the background and returns at once; commands
@@ -182,6 +228,8 @@ impl RedisBackend {
             cfg.pool_size.max(1),
         )
         .map_err(|e| BackendError::Unavailable(redact_secret(&e.to_string(), secret.as_deref())))?;
+        // Subscribed before connecting: the first connection counts too.
+        let mut reconnected = pool.clients()[0].reconnect_rx();
         let mut tasks = pool.connect_pool();
         let epoch = Instant::now();
         let mut lost_at = vec![];
@@ -207,17 +255,33 @@ impl RedisBackend {
                 async { Ok(()) }
             }));
         }
-        Ok(Arc::new(Self {
+        let backend = Arc::new(Self {
             cfg,
             secret,
             pool,
-            tasks,
+            tasks: Mutex::new(tasks),
             lost_at,
             epoch,
             next: AtomicUsize::new(0),
             idle_blocking: Mutex::new(Vec::new()),
             reply_cursors: Mutex::new(HashMap::new()),
-        }))
+        });
+        // Checks the server version at the first connection and after each
+        // reconnection (a failover may land on another server).
+        let weak = Arc::downgrade(&backend);
+        let check = tokio::spawn(async move {
+            while reconnected.recv().await.is_ok() {
+                let Some(backend) = weak.upgrade() else {
+                    break;
+                };
+                if let Err(e) = backend.check_server().await {
+                    tracing::error!(error = %e, "unsupported Redis: requests will fail");
+                }
+            }
+            Ok(())
+        });
+        backend.tasks.lock().push(check);
+        Ok(backend)
     }
 
     /// The settings this backend was built from (password redacted in `Debug`).
@@ -481,5 +545,31 @@ impl RedisBackend {
                 "could not open a connection for a blocking read",
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_is_read_from_info_server() {
+        let info = "# Server\r\nredis_version:6.2.14\r\nredis_git_sha1:00000000\r\n";
+        assert_eq!(server_version(info), Some((6, 2, 14)));
+        assert_eq!(server_version("redis_version:7.0\r\n"), Some((7, 0, 0)));
+        assert_eq!(server_version("redis_version:8\r\n"), Some((8, 0, 0)));
+        assert_eq!(
+            server_version("# Server\r\nredis_mode:standalone\r\n"),
+            None
+        );
+        assert_eq!(server_version("redis_version:unknown\r\n"), None);
+    }
+
+    #[test]
+    fn seven_and_later_are_new_enough() {
+        assert!((6, 2, 14) < MIN_REDIS_VERSION);
+        assert!((7, 0, 0) >= MIN_REDIS_VERSION);
+        assert!((7, 2, 4) >= MIN_REDIS_VERSION);
+        assert!((10, 0, 0) >= MIN_REDIS_VERSION);
     }
 }

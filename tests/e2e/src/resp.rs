@@ -128,6 +128,58 @@ impl Probe {
     }
 }
 
+/// A RESP2 peer that reports `redis_version` of its choosing in `INFO`,
+/// answers `PING` with `PONG` and any other command with `+OK`: a Redis of
+/// a version the test machine cannot install, to see what the product
+/// does with it. Lives on a thread of the test process until it exits.
+#[derive(Debug, Clone, Copy)]
+pub struct VersionedServer {
+    port: u16,
+}
+
+impl VersionedServer {
+    /// Listens on a free loopback port.
+    ///
+    /// # Panics
+    /// When no port can be bound.
+    pub fn start(version: &str) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = listener.local_addr().expect("a local address").port();
+        let info = format!("# Server\r\nredis_version:{version}\r\nredis_mode:standalone\r\n");
+        std::thread::spawn(move || {
+            for socket in listener.incoming().flatten() {
+                let info = info.clone();
+                std::thread::spawn(move || Self::serve(socket, &info));
+            }
+        });
+        Self { port }
+    }
+
+    fn serve(socket: TcpStream, info: &str) {
+        let Ok(mut write) = socket.try_clone() else {
+            return;
+        };
+        let mut read_half = BufReader::new(socket);
+        while let Ok(Resp::Array(Some(args))) = read(&mut read_half) {
+            let name = args.first().and_then(Resp::text).unwrap_or_default();
+            let reply = match name.to_ascii_uppercase().as_str() {
+                "INFO" => format!("${}\r\n{info}\r\n", info.len()),
+                "PING" => "+PONG\r\n".to_string(),
+                _ => "+OK\r\n".to_string(),
+            };
+            if write.write_all(reply.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// `redis://[:password@]127.0.0.1:<port>/0`.
+    pub fn url(&self, password: Option<&str>) -> String {
+        let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
+        format!("redis://{auth}127.0.0.1:{}/0", self.port)
+    }
+}
+
 fn read(r: &mut impl BufRead) -> Result<Resp, String> {
     let mut line = String::new();
     r.read_line(&mut line).map_err(|e| e.to_string())?;
