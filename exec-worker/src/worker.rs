@@ -380,8 +380,16 @@ impl Worker {
         match outcome {
             StepOutcome::Done(value) => {
                 let reply = self.signer.sign(&mut env.reply(Ok(value)));
-                self.finish(&d.id, Some(self.reply_forward(&env, reply)), "replied")
-                    .await;
+                match self.sized(&env, &node, reply) {
+                    Ok(reply) => {
+                        self.finish(&d.id, Some(self.reply_forward(&env, reply)), "replied")
+                            .await;
+                    }
+                    Err(refusal) => {
+                        self.finish(&d.id, Some(self.reply_forward(&env, refusal)), "failed")
+                            .await;
+                    }
+                }
             }
             StepOutcome::Forward {
                 node,
@@ -389,12 +397,20 @@ impl Worker {
                 payload,
             } => {
                 let next = self.signer.sign(&mut env.hop(&group, &node, payload));
-                let fwd = Forward {
-                    stream: self.keys.queue(&group),
-                    entry: next,
-                    must_exist: false,
-                };
-                self.finish(&d.id, Some(fwd), "forwarded").await;
+                match self.sized(&env, &env.node.clone().unwrap_or_default(), next) {
+                    Ok(next) => {
+                        let fwd = Forward {
+                            stream: self.keys.queue(&group),
+                            entry: next,
+                            must_exist: false,
+                        };
+                        self.finish(&d.id, Some(fwd), "forwarded").await;
+                    }
+                    Err(refusal) => {
+                        self.finish(&d.id, Some(self.reply_forward(&env, refusal)), "failed")
+                            .await;
+                    }
+                }
             }
             StepOutcome::Failed(e) if e.is_retryable() => {
                 if d.deliveries >= self.cfg.max_deliveries {
@@ -440,6 +456,28 @@ impl Worker {
             now_ms().saturating_sub(env.ts) as i64,
         );
         span
+    }
+
+    /// `entry` when its receiver accepts its size; else a signed
+    /// `node_failed` reply to `env`'s caller saying so. Sent as it is, the
+    /// entry would be refused unread and the caller left to time out.
+    fn sized(
+        &self,
+        env: &Envelope,
+        node: &str,
+        entry: sluice_platform::StreamEntry,
+    ) -> Result<sluice_platform::StreamEntry, sluice_platform::StreamEntry> {
+        if self.verifier.accepts_size(&entry) {
+            return Ok(entry);
+        }
+        let message = sluice_platform::signing::oversized_output(
+            node,
+            entry.stored_len(),
+            self.verifier.max_entry_bytes(),
+        );
+        tracing::warn!(group = %self.cfg.group, rid = %env.rid, %message, "output refused");
+        let err = ReplyError::new("node_failed", message);
+        Err(self.signer.sign(&mut env.reply(Err(err))))
     }
 
     fn reply_forward(&self, env: &Envelope, reply: sluice_platform::StreamEntry) -> Forward {

@@ -31,6 +31,15 @@ type HmacSha256 = Hmac<Sha256>;
 /// fields (ids, names, nonce, MAC).
 pub const ENVELOPE_OVERHEAD: usize = 16 * 1024;
 
+/// What a caller is told when `node`'s output made an entry of `len` bytes,
+/// over the `limit` every receiver enforces.
+pub fn oversized_output(node: &str, len: usize, limit: usize) -> String {
+    format!(
+        "the output of node {node} is too large: its envelope is {len} bytes, \
+         the limit is {limit} (security.maxPayloadBytes + {ENVELOPE_OVERHEAD})"
+    )
+}
+
 fn mac(key: &[u8; 32], v: &[u8], m: &[u8]) -> HmacSha256 {
     // HMAC accepts keys of any length.
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
@@ -182,6 +191,18 @@ impl Verifier {
         }
     }
 
+    /// Whether an entry of this size passes the size check; a sender
+    /// checks its own entries with it, since one that does not would be
+    /// refused unread and its caller left to time out.
+    pub fn accepts_size(&self, entry: &StreamEntry) -> bool {
+        entry.stored_len() <= self.max_entry_bytes
+    }
+
+    /// The largest entry accepted, in bytes.
+    pub fn max_entry_bytes(&self) -> usize {
+        self.max_entry_bytes
+    }
+
     /// How many messages reached the decoder (for tests proving that
     /// refused entries never do).
     pub fn decoded(&self) -> u64 {
@@ -235,7 +256,7 @@ impl Verifier {
     ) -> Result<Envelope, VerifyError> {
         use Rejection::*;
         let reject = |r| Err(VerifyError::Rejected(r));
-        if entry.stored_len() > self.max_entry_bytes {
+        if !self.accepts_size(entry) {
             return reject(Oversized);
         }
         if entry.v != FORMAT_VERSION.as_bytes() {

@@ -29,6 +29,7 @@ use serde_json::Value;
 use sluice_crds::{InterfacePlan, Plan};
 use sluice_exec_worker::{Executor, NodeContext, StepOutcome};
 use sluice_platform::clock::{from_ms, now_ms};
+use sluice_platform::signing::{oversized_output, ENVELOPE_OVERHEAD};
 use sluice_platform::telemetry::{self, Span};
 use sluice_platform::{Envelope, Keys, Kind, Queue, Signer};
 use tokio::sync::Semaphore;
@@ -332,6 +333,20 @@ async fn serve(
     hop.set("sluice.node", env.node.clone().unwrap_or_default());
     env.trace = hop.traceparent();
     let entry = s.signer.sign(&mut env);
+    // Only an ingress-group node's output can exceed it (the body was
+    // checked); sent as it is, it would be refused unread and time out.
+    let entry_limit = s.plan.security.max_payload_bytes as usize + ENVELOPE_OVERHEAD;
+    if entry.stored_len() > entry_limit {
+        let message = oversized_output(&it.entry, entry.stored_len(), entry_limit);
+        tracing::warn!(request_id = %rid, %message, "output refused");
+        hop.fail("output too large");
+        return Err(ApiError::new(
+            status_of_reply_code("node_failed"),
+            "node_failed",
+            &message,
+            rid,
+        ));
+    }
     if let Err(e) = s.queue.push(&stream, entry).await {
         tracing::warn!(error = %e, group, "queue push failed");
         hop.fail("queue push failed");

@@ -455,3 +455,59 @@ async fn error_answers_outside_interfaces_carry_a_fresh_request_id() {
     }
     common::stop(ingress).await;
 }
+
+/// `rust/inflate`: answers `{"text": "xxx…"}` with `/bytes` of text.
+struct Inflate;
+
+impl sluice_exec_worker::Node for Inflate {
+    fn call<'s, 'c, 'f>(
+        &'s self,
+        input: Value,
+        _ctx: &'c sluice_exec_worker::NodeContext,
+    ) -> common::NodeFuture<'f>
+    where
+        's: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move {
+            let n = input["bytes"].as_u64().unwrap_or(0) as usize;
+            Ok(sluice_exec_worker::NodeOutput::value(
+                json!({"text": "x".repeat(n)}),
+            ))
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_output_no_receiver_would_accept_fails_at_once_instead_of_timing_out() {
+    let ingress = common::start_with(
+        "oversized-output.yaml",
+        common::registry_with("rust/inflate", || Inflate),
+    )
+    .await;
+    let client = common::client();
+    let addr = ingress.local_addr();
+    for path in ["/v1/worker", "/v1/ingress"] {
+        // Within the entry limit (1 KiB + 16 KiB): answered.
+        let (status, body) = post(&client, url(addr, path), &json!({"bytes": 8000})).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["text"].as_str().map(str::len), Some(8000), "{path}");
+
+        // Over it: refused by the sender, so the caller hears of it now, not
+        // after the 5 s timeout.
+        let started = std::time::Instant::now();
+        let (status, body) = post(&client, url(addr, path), &json!({"bytes": 40_000})).await;
+        assert_eq!(status, 422, "{path}: {body}");
+        let (code, message, _) = error_parts(&body);
+        assert_eq!(code, "node_failed", "{path}");
+        assert!(message.contains("is too large"), "{path}: {message}");
+        assert!(message.contains("inflate"), "{path}: {message}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{path}: answered after {:?}, the interface timeout is 5s",
+            started.elapsed()
+        );
+    }
+    common::stop(ingress).await;
+}
