@@ -116,6 +116,12 @@ impl Readiness {
             Progress::Rolling(format!(
                 "{workload}: {updated}/{desired} updated, {available}/{desired} available"
             ))
+        } else if current > updated {
+            // A surge rollout: the old pods still count as available.
+            Progress::Rolling(format!(
+                "{workload}: {} old replica(s) pending termination",
+                current - updated
+            ))
         } else {
             Progress::Ready
         };
@@ -456,6 +462,18 @@ mod tests {
             .message
             .contains("1/2 updated"));
         assert_eq!(s.ready_groups.as_deref(), Some("0/1"));
+    }
+
+    #[test]
+    fn old_pods_still_running_keep_a_surge_rollout_progressing() {
+        // Two new pods created, one old still up and counted as available.
+        let mut surge = rolled(2, 5);
+        surge.replicas = Some(3);
+        let r = Readiness::of_deployment(&deploy(Some(2), 5, surge), None, false);
+        match &r.progress {
+            Progress::Rolling(m) => assert!(m.contains("1 old replica(s)"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

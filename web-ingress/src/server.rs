@@ -289,14 +289,26 @@ async fn serve(
     // Nodes on the ingress group run here, before the first hop.
     let entry_group = &s.plan.nodes[&it.entry].group;
     let (group, node, payload) = if *entry_group == s.plan.ingress_group {
-        let ctx = NodeContext {
+        let mut ctx = NodeContext {
             request_id: rid.to_string(),
             correlation_id: cid.to_string(),
             node: String::new(),
             deadline: from_ms(deadline),
             attempt: 1,
         };
-        match s.executor.run(&it.entry, input, &ctx).await {
+        let mut outcome = s.executor.run(&it.entry, input.clone(), &ctx).await;
+        // A retryable failure is tried again after a lease, as a worker's
+        // entry would be redelivered, up to maxDeliveries and the deadline.
+        let limits = &s.plan.limits;
+        while matches!(&outcome, StepOutcome::Failed(e) if e.is_retryable())
+            && ctx.attempt < limits.max_deliveries
+            && now_ms() + (limits.lease.as_millis() as u64) < deadline
+        {
+            tokio::time::sleep(limits.lease).await;
+            ctx.attempt += 1;
+            outcome = s.executor.run(&it.entry, input.clone(), &ctx).await;
+        }
+        match outcome {
             StepOutcome::Done(v) => return Ok(v),
             StepOutcome::Forward {
                 node,

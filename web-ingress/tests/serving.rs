@@ -304,6 +304,29 @@ async fn request_ids_are_echoed_or_made_and_never_mix_up_callers() {
 }
 
 #[tokio::test]
+async fn a_retryable_failure_on_the_ingress_group_is_tried_max_deliveries_times() {
+    let calls = Arc::new(Calls::default());
+    let nodes = {
+        let calls = calls.clone();
+        common::registry_with("rust/flaky", move || Flaky {
+            calls: calls.clone(),
+        })
+    };
+    let ingress = common::start_with("failures.yaml", nodes).await;
+    let client = common::client();
+    let (status, body) = post(
+        &client,
+        url(ingress.local_addr(), "/v1/flaky-here"),
+        &json!({"n": 1}),
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(error_parts(&body).0, "retries_exhausted");
+    assert_eq!(calls.started(), 3, "tried exactly maxDeliveries (3) times");
+    common::stop(ingress).await;
+}
+
+#[tokio::test]
 async fn permanent_node_error_is_422_and_retryable_one_is_dead_lettered_after_max_deliveries() {
     let calls = Arc::new(Calls::default());
     let nodes = {
