@@ -15,7 +15,7 @@ use clap::Parser;
 
 use crate::settings::{
     DrainBudget, OperatorSettings, OtlpProtocol, RuntimeImages, RuntimeTracing,
-    DEFAULT_OPERATOR_NAMESPACE,
+    DEFAULT_KEDA_NAMESPACE, DEFAULT_OPERATOR_NAMESPACE,
 };
 
 pub const ENV_NAMESPACES: &str = "SLUICE_NAMESPACES";
@@ -27,6 +27,7 @@ pub const ENV_LEASE_DURATION: &str = "SLUICE_LEASE_DURATION";
 pub const ENV_LEASE_RENEW_INTERVAL: &str = "SLUICE_LEASE_RENEW_INTERVAL";
 pub const ENV_IDENTITY: &str = "SLUICE_IDENTITY";
 pub const ENV_OPERATOR_NAMESPACE: &str = "SLUICE_OPERATOR_NAMESPACE";
+pub const ENV_KEDA_NAMESPACE: &str = "SLUICE_KEDA_NAMESPACE";
 pub const ENV_OPERATOR_POD_LABELS: &str = "SLUICE_OPERATOR_POD_LABELS";
 pub const ENV_INGRESS_IMAGE: &str = "SLUICE_INGRESS_IMAGE";
 pub const ENV_WORKER_IMAGE: &str = "SLUICE_WORKER_IMAGE";
@@ -109,6 +110,12 @@ pub struct Cli {
     /// [env: SLUICE_OPERATOR_NAMESPACE] [default: sluice-system]
     #[arg(long, value_name = "NS")]
     pub operator_namespace: Option<String>,
+
+    /// Namespace KEDA runs in: for pipelines with `keda` groups the managed
+    /// Redis NetworkPolicy admits KEDA's operator pods (app=keda-operator)
+    /// from there [env: SLUICE_KEDA_NAMESPACE] [default: keda]
+    #[arg(long, value_name = "NS")]
+    pub keda_namespace: Option<String>,
 
     /// Labels of the operator's pods, matched by the managed Redis
     /// NetworkPolicy, as k=v,k=v [env: SLUICE_OPERATOR_POD_LABELS]
@@ -366,6 +373,14 @@ impl Config {
 
         let operator_namespace = pick(&cli.operator_namespace, ENV_OPERATOR_NAMESPACE)
             .unwrap_or_else(|| DEFAULT_OPERATOR_NAMESPACE.to_string());
+        let keda_namespace = pick(&cli.keda_namespace, ENV_KEDA_NAMESPACE)
+            .unwrap_or_else(|| DEFAULT_KEDA_NAMESPACE.to_string());
+        if !crate::names::is_dns_label(&keda_namespace) {
+            return Err(bad(
+                "--keda-namespace",
+                format!("`{keda_namespace}` is not a namespace name"),
+            ));
+        }
         let leader_on = cli.leader_election
             || match env.get(ENV_LEADER_ELECTION).map(|s| s.trim()) {
                 None | Some("") | Some("false") | Some("0") => false,
@@ -541,6 +556,7 @@ impl Config {
                 images,
                 operator_namespace,
                 operator_pod_labels,
+                keda_namespace,
                 drain,
                 key_propagation: duration(
                     &cli.key_propagation,
@@ -633,6 +649,7 @@ mod tests {
             (ENV_OPERATOR_POD_LABELS, "novalue", "--operator-pod-labels"),
             (ENV_OTLP_ENDPOINT, "otel-collector:4318", "--otlp-endpoint"),
             (ENV_OTLP_PROTOCOL, "grpc", "--otlp-protocol"),
+            (ENV_KEDA_NAMESPACE, "Not_A_Namespace", "--keda-namespace"),
         ] {
             let e = Config::resolve(&Cli::default(), &env(&[(var, value)])).unwrap_err();
             assert_eq!(e.name, flag, "{var}={value}");

@@ -38,7 +38,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 use serde::Serialize;
 use sluice_crds::{
-    BackendKind, FieldError, Persistence, RedisMode, SecretKeyRef, StreamPipeline,
+    AutoscaleEngine, BackendKind, FieldError, Persistence, RedisMode, SecretKeyRef, StreamPipeline,
     StreamPipelineSpec,
 };
 
@@ -47,7 +47,7 @@ use crate::labels::{self, Component};
 use crate::names;
 use crate::pod;
 use crate::resources::{owner_of, Child, Ctx, Error, Result, ENV_REDIS_CA_FILE, ENV_REDIS_URL};
-use crate::settings::OperatorSettings;
+use crate::settings::{OperatorSettings, KEDA_OPERATOR_POD_LABELS};
 
 /// Port of managed Redis (container, Services, NetworkPolicy).
 pub const REDIS_PORT: i32 = 6379;
@@ -458,9 +458,32 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
     })
 }
 
-/// Only the pipeline's own pods and the operator's may reach its Redis.
+/// Only the pipeline's own pods and the operator's may reach its Redis, and
+/// KEDA's operator when a group scales with KEDA.
 fn network_policy(ctx: &Ctx<'_>) -> NetworkPolicy {
     let s = ctx.settings;
+    let keda =
+        (!crate::autoscale::groups_with(ctx.spec, AutoscaleEngine::Keda).is_empty()).then(|| {
+            NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        "kubernetes.io/metadata.name".to_string(),
+                        s.keda_namespace.clone(),
+                    )])),
+                    ..Default::default()
+                }),
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(
+                        KEDA_OPERATOR_POD_LABELS
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    ),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        });
     NetworkPolicy {
         metadata: ctx.meta(names::redis(&ctx.name), Component::Redis, None),
         spec: Some(NetworkPolicySpec {
@@ -470,32 +493,37 @@ fn network_policy(ctx: &Ctx<'_>) -> NetworkPolicy {
             },
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![
-                    NetworkPolicyPeer {
-                        pod_selector: Some(LabelSelector {
-                            match_labels: Some(BTreeMap::from([(
-                                labels::PIPELINE.to_string(),
-                                ctx.name.clone(),
-                            )])),
+                from: Some(
+                    vec![
+                        NetworkPolicyPeer {
+                            pod_selector: Some(LabelSelector {
+                                match_labels: Some(BTreeMap::from([(
+                                    labels::PIPELINE.to_string(),
+                                    ctx.name.clone(),
+                                )])),
+                                ..Default::default()
+                            }),
                             ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                    NetworkPolicyPeer {
-                        namespace_selector: Some(LabelSelector {
-                            match_labels: Some(BTreeMap::from([(
-                                "kubernetes.io/metadata.name".to_string(),
-                                s.operator_namespace.clone(),
-                            )])),
+                        },
+                        NetworkPolicyPeer {
+                            namespace_selector: Some(LabelSelector {
+                                match_labels: Some(BTreeMap::from([(
+                                    "kubernetes.io/metadata.name".to_string(),
+                                    s.operator_namespace.clone(),
+                                )])),
+                                ..Default::default()
+                            }),
+                            pod_selector: Some(LabelSelector {
+                                match_labels: Some(s.operator_pod_labels.clone()),
+                                ..Default::default()
+                            }),
                             ..Default::default()
-                        }),
-                        pod_selector: Some(LabelSelector {
-                            match_labels: Some(s.operator_pod_labels.clone()),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                ]),
+                        },
+                    ]
+                    .into_iter()
+                    .chain(keda)
+                    .collect(),
+                ),
                 ports: Some(vec![NetworkPolicyPort {
                     protocol: Some("TCP".into()),
                     port: Some(IntOrString::Int(REDIS_PORT)),

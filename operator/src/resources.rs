@@ -1383,6 +1383,28 @@ spec:
         assert_eq!(t["authenticationRef"]["name"], "orders-redis-keda-redis");
         assert!(d.contains("TriggerAuthentication", "orders-redis-keda-redis"));
         assert!(!d.contains("HorizontalPodAutoscaler", "orders-redis-io"));
+        // KEDA's operator reads the lag: the managed Redis admits it too.
+        let peers = |d: &Desired| {
+            let np = d
+                .objects
+                .iter()
+                .find_map(|o| match o {
+                    Child::NetworkPolicy(n) => Some(n.clone()),
+                    _ => None,
+                })
+                .expect("a NetworkPolicy");
+            serde_json::to_value(&np.spec.unwrap().ingress.unwrap()[0].from).unwrap()
+        };
+        let keda_peer = serde_json::json!({
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}},
+            "podSelector": {"matchLabels": {"app": "keda-operator"}},
+        });
+        let with_keda = peers(&d);
+        assert_eq!(with_keda.as_array().unwrap().len(), 3, "{with_keda}");
+        assert_eq!(with_keda[2], keda_peer);
+        let without = peers(&render(&orders_redis()));
+        assert_eq!(without.as_array().unwrap().len(), 2, "{without}");
+        assert!(!without.as_array().unwrap().contains(&keda_peer));
 
         // External Redis: address and password come from the user's Secret.
         sp.spec.redis =

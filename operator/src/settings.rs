@@ -160,6 +160,10 @@ pub struct OperatorSettings {
     pub operator_namespace: String,
     /// Labels of the operator's pods, matched by that NetworkPolicy.
     pub operator_pod_labels: BTreeMap<String, String>,
+    /// Namespace KEDA runs in: for a pipeline with `keda` groups the managed
+    /// Redis NetworkPolicy admits KEDA's operator pods (`app=keda-operator`)
+    /// from there, since they read the streams' lag.
+    pub keda_namespace: String,
     pub drain: DrainBudget,
     /// How long the kubelet may take to show a changed Secret in a pod's
     /// mounted volume. Key rotation waits this long before signing with a
@@ -182,6 +186,14 @@ pub const DEFAULT_KEY_PROPAGATION: Duration = Duration::from_secs(150);
 /// and process start.
 pub const DEFAULT_COLD_START: Duration = Duration::from_secs(20);
 
+/// Default of [`OperatorSettings::keda_namespace`]: where KEDA's Helm chart
+/// and manifests install it.
+pub const DEFAULT_KEDA_NAMESPACE: &str = "keda";
+
+/// Labels of KEDA's operator pods (its Deployment's selector), which run the
+/// scalers that connect to Redis.
+pub const KEDA_OPERATOR_POD_LABELS: [(&str, &str); 1] = [("app", "keda-operator")];
+
 impl Default for OperatorSettings {
     fn default() -> Self {
         Self {
@@ -191,6 +203,7 @@ impl Default for OperatorSettings {
                 "app.kubernetes.io/name".to_string(),
                 "sluice-operator".to_string(),
             )]),
+            keda_namespace: DEFAULT_KEDA_NAMESPACE.to_string(),
             drain: DrainBudget::default(),
             key_propagation: DEFAULT_KEY_PROPAGATION,
             cold_start: DEFAULT_COLD_START,
