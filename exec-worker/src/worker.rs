@@ -475,7 +475,7 @@ impl Worker {
             entry.stored_len(),
             self.verifier.max_entry_bytes(),
         );
-        tracing::warn!(group = %self.cfg.group, rid = %env.rid, %message, "output refused");
+        tracing::warn!(group = %self.cfg.group, request_id = %env.rid, %message, "output refused");
         let err = ReplyError::new("node_failed", message);
         Err(self.signer.sign(&mut env.reply(Err(err))))
     }
@@ -504,7 +504,7 @@ impl Worker {
             tracing::warn!(group = %g, error = %e, "dead-letter write failed; entry left for redelivery");
             return;
         }
-        tracing::warn!(group = %g, id = %d.id, deliveries = d.deliveries, cid = %env.cid, "dead-lettered: {why}");
+        tracing::warn!(group = %g, id = %d.id, deliveries = d.deliveries, cid = %env.cid, request_id = %env.rid, "dead-lettered: {why}");
         let err = ReplyError::new(
             "retries_exhausted",
             format!("gave up after {} deliveries: {why}", d.deliveries),

@@ -22,7 +22,7 @@ pub struct InterfaceLabel {
 #[derive(Clone, Debug)]
 pub struct IngressMetrics {
     pub requests: Family<RequestLabel, Counter>,
-    pub duration: Family<InterfaceLabel, Histogram>,
+    pub duration: Family<RequestLabel, Histogram>,
     pub in_flight: Family<InterfaceLabel, Gauge>,
     pub timeouts: Family<InterfaceLabel, Counter>,
     pub queue_depth: Family<GroupLabel, Gauge>,

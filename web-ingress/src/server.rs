@@ -147,9 +147,6 @@ async fn handle(s: Arc<AppState>, name: &str, req: Request) -> Response {
         .iter()
         .find(|i| i.name == name)
         .expect("route built from this plan");
-    let label = InterfaceLabel {
-        interface: it.name.clone(),
-    };
     let span = server_span(&s, it, &cid, &rid, req.headers());
     let result = serve(&s, it, &span, &cid, &rid, req).await;
     let mut resp = match result {
@@ -169,17 +166,20 @@ async fn handle(s: Arc<AppState>, name: &str, req: Request) -> Response {
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    s.metrics
-        .requests
-        .get_or_create(&RequestLabel {
-            interface: it.name.clone(),
-            status: resp.status().as_u16(),
-        })
-        .inc();
+    let status = resp.status().as_u16();
+    let request = RequestLabel {
+        interface: it.name.clone(),
+        status,
+    };
+    s.metrics.requests.get_or_create(&request).inc();
+    let elapsed = started.elapsed();
     s.metrics
         .duration
-        .get_or_create(&label)
-        .observe(started.elapsed().as_secs_f64());
+        .get_or_create(&request)
+        .observe(elapsed.as_secs_f64());
+    // One line per request, at debug: failures the service itself caused
+    // are logged at warn where they happen, with the same request id.
+    tracing::debug!(request_id = %rid, interface = %it.name, status, elapsed_ms = elapsed.as_millis() as u64, "request");
     resp
 }
 
@@ -360,7 +360,7 @@ async fn serve(
         ));
     }
     if let Err(e) = s.queue.push(&stream, entry).await {
-        tracing::warn!(error = %e, group, "queue push failed");
+        tracing::warn!(request_id = %rid, error = %e, group, "queue push failed");
         hop.fail("queue push failed");
         return Err(unavailable(rid));
     }

@@ -65,6 +65,43 @@ async fn readme_hello_command_answers_as_documented() {
     );
 }
 
+/// With debug logs on, each request leaves one line naming the caller's
+/// request id, the interface, the status and the time it took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_is_logged_with_its_request_id_at_debug() {
+    let root = common::workspace_root();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let mut proc = Proc::spawn(
+        &["--pipeline", "examples/hello.yaml", "--listen", &listen],
+        &root,
+        &[
+            ("SLUICE_DRAIN_GRACE", "100ms"),
+            ("RUST_LOG", "info,sluice_web_ingress=debug"),
+        ],
+    );
+    let addr = listen.parse().expect("an address");
+    let client = common::client();
+    wait_healthy(&client, addr, &mut proc).await;
+    let resp = client
+        .post(url(addr, "/v1/hello"))
+        .header("x-request-id", "req-log-42")
+        .body(r#"{"name":"world"}"#)
+        .send()
+        .await
+        .expect("POST /v1/hello");
+    assert_eq!(resp.status(), 200);
+    proc.terminate();
+    proc.exit_status(Duration::from_secs(20)).await;
+    let log = proc.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("request_id=req-log-42"))
+        .unwrap_or_else(|| panic!("no line for the request:\n{log}"));
+    for field in ["interface=hello", "status=200", "elapsed_ms="] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+}
+
 /// SIGTERM with five requests in flight: readiness fails first while
 /// liveness and serving go on through the grace, then new connections are
 /// refused while the requests still in flight are answered, and the
