@@ -23,7 +23,7 @@ use axum::routing::get;
 use axum::Router;
 use clap::Parser;
 use prometheus_client::registry::Registry as Metrics;
-use sluice_crds::GroupRole;
+use sluice_crds::{BackendKind, GroupRole};
 use sluice_platform::redis::{RedisBackend, RedisConfig};
 use sluice_platform::SharedKeyRing;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,7 @@ pub const ENV_CONCURRENCY: &str = "SLUICE_CONCURRENCY";
 pub const ENV_SECRETS_DIR: &str = "SLUICE_SECRETS_DIR";
 pub const ENV_DRAIN_TIMEOUT: &str = "SLUICE_DRAIN_TIMEOUT";
 pub const ENV_LOG_FORMAT: &str = "SLUICE_LOG_FORMAT";
+pub const ENV_BACKEND: &str = "SLUICE_BACKEND";
 
 /// Runs one worker group of a StreamPipeline, consuming its Redis stream.
 #[derive(Debug, Parser)]
@@ -58,6 +59,12 @@ pub struct Cli {
     /// StreamPipeline manifest (the same file the ingress serves) [env: SLUICE_PIPELINE]
     #[arg(long, value_name = "FILE")]
     pub pipeline: Option<PathBuf>,
+    /// Override the manifest's backends; a separate worker needs redis
+    /// (memory backends run the whole pipeline inside sluice-web-ingress)
+    /// [env: SLUICE_BACKEND]
+    #[arg(long, value_name = "memory|redis")]
+    pub backend: Option<String>,
+
     /// Worker group to run [env: SLUICE_GROUP]
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
@@ -97,6 +104,8 @@ pub struct Cli {
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
     pub pipeline: PathBuf,
+    /// `--backend`: overrides the manifest's.
+    pub backend: Option<BackendKind>,
     pub group: String,
     pub redis: String,
     pub redis_timeout: Option<Duration>,
@@ -155,6 +164,17 @@ impl ProcessConfig {
             .ok_or_else(|| cfg_err("--pipeline", "required, or set SLUICE_PIPELINE"))?;
         let group = pick(&cli.group, ENV_GROUP)
             .ok_or_else(|| cfg_err("--group", "required, or set SLUICE_GROUP"))?;
+        let backend = match pick(&cli.backend, ENV_BACKEND).as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some("memory") => Some(BackendKind::Memory),
+            Some("redis") => Some(BackendKind::Redis),
+            Some(other) => {
+                return Err(cfg_err(
+                    "--backend",
+                    format!("`{other}`: expected memory or redis"),
+                ))
+            }
+        };
         let redis = pick(&cli.redis, ENV_REDIS_URL).ok_or_else(|| {
             cfg_err(
                 "--redis",
@@ -228,6 +248,7 @@ impl ProcessConfig {
         };
         Ok(Self {
             pipeline,
+            backend,
             group,
             redis,
             redis_timeout,
@@ -315,6 +336,17 @@ fn consumer_name(group: &str) -> String {
 /// See [`ProcessError`]; each names what to fix.
 pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, ProcessError> {
     let (_, plan) = sluice_crds::load_manifest(&cfg.pipeline)?;
+    if cfg.backend.unwrap_or(plan.backend) == BackendKind::Memory {
+        return Err(cfg_err(
+            "--backend",
+            format!(
+                "{} uses memory backends, which run the whole pipeline inside \
+                 sluice-web-ingress; a separate worker needs redis backends \
+                 (`backends: {{queue: redis, kv: redis, reply: redis}}` in the manifest, or --backend redis)",
+                cfg.pipeline.display()
+            ),
+        ));
+    }
     let plan = Arc::new(plan);
     match plan.groups.get(&cfg.group) {
         None => {
