@@ -22,6 +22,8 @@ pub struct Answer {
     pub body: Vec<u8>,
     /// The `X-Request-Id` response header.
     pub request_id: Option<String>,
+    /// The `Retry-After` response header.
+    pub retry_after: Option<String>,
     /// From sending the request to the end of the body.
     pub elapsed: Duration,
 }
@@ -124,11 +126,17 @@ impl Http {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = resp.bytes().await.map_err(|e| format!("{e:#}"))?.to_vec();
         Ok(Answer {
             status,
             body,
             request_id,
+            retry_after,
             elapsed: started.elapsed(),
         })
     }
