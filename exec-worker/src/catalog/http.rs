@@ -368,11 +368,28 @@ impl SecretHeader {
 // === helpers ===
 
 /// Validates `with.headers`.
+/// Headers that carry credentials: a pipeline resource never holds secrets
+/// inline (DESIGN §3), so these come from `headersFrom` only.
+const CREDENTIAL_HEADERS: [&str; 6] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+];
+
 fn static_headers(spec: &BTreeMap<String, Value>) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     for (name, value) in spec {
         let at = format!("`with.headers.{name}`");
         let header = header_name(name).map_err(|e| format!("{at}: {e}"))?;
+        if CREDENTIAL_HEADERS.contains(&header.as_str()) {
+            return Err(format!(
+                "{at}: carries credentials, which never go inline in the resource; \
+                 use `headersFrom: {{{name}: {{secretRef: {{name, key}}}}}}`"
+            ));
+        }
         let text = match value {
             Value::String(s) => s.clone(),
             v @ (Value::Number(_) | Value::Bool(_)) => v.to_string(),
@@ -595,10 +612,28 @@ mod tests {
         assert!(build_err(with(json!({"x-a": "1", "X-A": "2"}))).contains("twice"));
         let err = build_err(json!({
             "url": "http://x/",
-            "headers": {"Authorization": "Bearer inline"},
-            "headersFrom": {"authorization": {"secretRef": {"name": "a", "key": "b"}}}
+            "headers": {"X-Tenant": "blue"},
+            "headersFrom": {"x-tenant": {"secretRef": {"name": "a", "key": "b"}}}
         }));
         assert!(err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn credentials_are_refused_inline_and_pointed_to_headers_from() {
+        for name in [
+            "Authorization",
+            "proxy-authorization",
+            "Cookie",
+            "X-Api-Key",
+        ] {
+            let err = build_err(json!({"url": "http://x/", "headers": {name: "Bearer inline"}}));
+            assert!(err.contains(&format!("with.headers.{name}")), "{err}");
+            assert!(err.contains("headersFrom"), "{err}");
+            assert!(
+                !err.contains("Bearer inline"),
+                "the value is not repeated: {err}"
+            );
+        }
     }
 
     #[test]
