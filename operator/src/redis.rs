@@ -458,32 +458,47 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
     })
 }
 
+/// Pods labelled `labels` in namespace `namespace`.
+fn pods_in(namespace: &str, labels: BTreeMap<String, String>) -> NetworkPolicyPeer {
+    let select = |labels| LabelSelector {
+        match_labels: Some(labels),
+        ..Default::default()
+    };
+    NetworkPolicyPeer {
+        namespace_selector: Some(select(BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_string(),
+            namespace.to_string(),
+        )]))),
+        pod_selector: Some(select(labels)),
+        ..Default::default()
+    }
+}
+
 /// Only the pipeline's own pods and the operator's may reach its Redis, and
 /// KEDA's operator when a group scales with KEDA.
 fn network_policy(ctx: &Ctx<'_>) -> NetworkPolicy {
     let s = ctx.settings;
-    let keda =
-        (!crate::autoscale::groups_with(ctx.spec, AutoscaleEngine::Keda).is_empty()).then(|| {
-            NetworkPolicyPeer {
-                namespace_selector: Some(LabelSelector {
-                    match_labels: Some(BTreeMap::from([(
-                        "kubernetes.io/metadata.name".to_string(),
-                        s.keda_namespace.clone(),
-                    )])),
-                    ..Default::default()
-                }),
-                pod_selector: Some(LabelSelector {
-                    match_labels: Some(
-                        KEDA_OPERATOR_POD_LABELS
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), v.to_string()))
-                            .collect(),
-                    ),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }
-        });
+    let pipeline_pods = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                labels::PIPELINE.to_string(),
+                ctx.name.clone(),
+            )])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut from = vec![
+        pipeline_pods,
+        pods_in(&s.operator_namespace, s.operator_pod_labels.clone()),
+    ];
+    if !crate::autoscale::groups_with(ctx.spec, AutoscaleEngine::Keda).is_empty() {
+        let keda = KEDA_OPERATOR_POD_LABELS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        from.push(pods_in(&s.keda_namespace, keda));
+    }
     NetworkPolicy {
         metadata: ctx.meta(names::redis(&ctx.name), Component::Redis, None),
         spec: Some(NetworkPolicySpec {
@@ -493,37 +508,7 @@ fn network_policy(ctx: &Ctx<'_>) -> NetworkPolicy {
             },
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(
-                    vec![
-                        NetworkPolicyPeer {
-                            pod_selector: Some(LabelSelector {
-                                match_labels: Some(BTreeMap::from([(
-                                    labels::PIPELINE.to_string(),
-                                    ctx.name.clone(),
-                                )])),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
-                        NetworkPolicyPeer {
-                            namespace_selector: Some(LabelSelector {
-                                match_labels: Some(BTreeMap::from([(
-                                    "kubernetes.io/metadata.name".to_string(),
-                                    s.operator_namespace.clone(),
-                                )])),
-                                ..Default::default()
-                            }),
-                            pod_selector: Some(LabelSelector {
-                                match_labels: Some(s.operator_pod_labels.clone()),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
-                    ]
-                    .into_iter()
-                    .chain(keda)
-                    .collect(),
-                ),
+                from: Some(from),
                 ports: Some(vec![NetworkPolicyPort {
                     protocol: Some("TCP".into()),
                     port: Some(IntOrString::Int(REDIS_PORT)),

@@ -25,18 +25,10 @@ async fn readme_hello_command_answers_as_documented() {
             "the README no longer documents `{documented}`: update this test with it"
         );
     }
-    let listen = format!("127.0.0.1:{}", common::free_port());
     // The command line is the README's; only the readiness grace is shortened
     // (through its environment variable) so that the test does not sit out
     // the default 5s on SIGTERM.
-    let mut proc = Proc::spawn(
-        &["--pipeline", "examples/hello.yaml", "--listen", &listen],
-        &root,
-        &[("SLUICE_DRAIN_GRACE", "100ms")],
-    );
-    let addr = listen.parse().expect("an address");
-    let client = common::client();
-    wait_healthy(&client, addr, &mut proc).await;
+    let (mut proc, addr, client) = start_hello(&[]).await;
 
     // `curl -s localhost:8080/v1/hello -d '{"name":"world"}'`: curl's `-d`
     // sends a form content type, which the ingress must not care about.
@@ -65,23 +57,29 @@ async fn readme_hello_command_answers_as_documented() {
     );
 }
 
-/// With debug logs on, each request leaves one line naming the caller's
-/// request id, the interface, the status and the time it took.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_request_is_logged_with_its_request_id_at_debug() {
-    let root = common::workspace_root();
+/// `sluice-web-ingress --pipeline examples/hello.yaml` on a free port, with a
+/// 100 ms readiness grace on SIGTERM and `env`, once healthy.
+async fn start_hello(env: &[(&str, &str)]) -> (Proc, std::net::SocketAddr, reqwest::Client) {
     let listen = format!("127.0.0.1:{}", common::free_port());
+    let mut vars = vec![("SLUICE_DRAIN_GRACE", "100ms")];
+    vars.extend_from_slice(env);
     let mut proc = Proc::spawn(
         &["--pipeline", "examples/hello.yaml", "--listen", &listen],
-        &root,
-        &[
-            ("SLUICE_DRAIN_GRACE", "100ms"),
-            ("RUST_LOG", "info,sluice_web_ingress=debug"),
-        ],
+        &common::workspace_root(),
+        &vars,
     );
     let addr = listen.parse().expect("an address");
     let client = common::client();
     wait_healthy(&client, addr, &mut proc).await;
+    (proc, addr, client)
+}
+
+/// With debug logs on, each request leaves one line naming the caller's
+/// request id, the interface, the status and the time it took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_is_logged_with_its_request_id_at_debug() {
+    let (mut proc, addr, client) =
+        start_hello(&[("RUST_LOG", "info,sluice_web_ingress=debug")]).await;
     let resp = client
         .post(url(addr, "/v1/hello"))
         .header("x-request-id", "req-log-42")

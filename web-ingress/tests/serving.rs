@@ -303,8 +303,8 @@ async fn request_ids_are_echoed_or_made_and_never_mix_up_callers() {
     common::stop(ingress).await;
 }
 
-#[tokio::test]
-async fn a_retryable_failure_on_the_ingress_group_is_tried_max_deliveries_times() {
+/// An ingress for `failures.yaml`, its `rust/flaky` nodes counting calls.
+async fn failures_with_flaky() -> (Arc<Calls>, sluice_web_ingress::Ingress) {
     let calls = Arc::new(Calls::default());
     let nodes = {
         let calls = calls.clone();
@@ -312,7 +312,12 @@ async fn a_retryable_failure_on_the_ingress_group_is_tried_max_deliveries_times(
             calls: calls.clone(),
         })
     };
-    let ingress = common::start_with("failures.yaml", nodes).await;
+    (calls, common::start_with("failures.yaml", nodes).await)
+}
+
+#[tokio::test]
+async fn a_retryable_failure_on_the_ingress_group_is_tried_max_deliveries_times() {
+    let (calls, ingress) = failures_with_flaky().await;
     let client = common::client();
     let (status, body) = post(
         &client,
@@ -328,14 +333,7 @@ async fn a_retryable_failure_on_the_ingress_group_is_tried_max_deliveries_times(
 
 #[tokio::test]
 async fn permanent_node_error_is_422_and_retryable_one_is_dead_lettered_after_max_deliveries() {
-    let calls = Arc::new(Calls::default());
-    let nodes = {
-        let calls = calls.clone();
-        common::registry_with("rust/flaky", move || Flaky {
-            calls: calls.clone(),
-        })
-    };
-    let ingress = common::start_with("failures.yaml", nodes).await;
+    let (calls, ingress) = failures_with_flaky().await;
     let client = common::client();
     let addr = ingress.local_addr();
 
