@@ -21,17 +21,24 @@
 //!   listed from the API server, as it would be without caches; an optional
 //!   kind the API server does not serve (KEDA's, where KEDA is not
 //!   installed) has no objects, until its watch finds it served;
-//! - an object this operator deleted is ignored by readers until its delete
-//!   event arrives (tombstones by uid), so a stale copy never causes a second
-//!   delete or a second StatefulSet recreation;
+//! - an object this operator deletes is ignored by readers from just before
+//!   the request until its delete event arrives (tombstones by uid), and
+//!   every delete carries the uid as a precondition, so a stale copy never
+//!   deletes a successor of the same name;
+//! - after a failed watch request the kind is listed from the API server
+//!   until an event arrives again or a minute passes (a watch that keeps
+//!   failing fails again within its 30 s backoff);
+//! - a re-list after a watch gap wakes the owners of everything before and
+//!   after it, once the new list is in the store;
 //! - a stale copy of an object applied a moment ago at worst makes the next
 //!   reconcile apply the same body again, which changes nothing.
 //!
 //! Must not: cache Secrets (DESIGN §4: no list or watch of Secrets; they are
 //! read by name), or hold objects the operator does not manage.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{self, BoxStream, StreamExt};
@@ -51,6 +58,44 @@ use crate::resources::{owned_kinds, OwnedKind};
 /// delete event lost to a watch gap never removes its tombstone).
 const MAX_TOMBSTONES: usize = 4096;
 
+/// How long after a failed watch its objects are not trusted (unless an
+/// event arrives first): a watch failing for good fails again within the
+/// watcher's longest backoff, 30 s, so readers keep listing meanwhile.
+const DISTRUST_AFTER_FAILURE: Duration = Duration::from_secs(60);
+
+/// uids of objects this operator deleted whose delete event has not
+/// arrived yet; the oldest is forgotten first when full.
+#[derive(Debug, Default)]
+pub(crate) struct Tombstones {
+    by_uid: HashMap<String, u64>,
+    next: u64,
+}
+
+impl Tombstones {
+    fn insert(&mut self, uid: &str) {
+        if self.by_uid.len() >= MAX_TOMBSTONES {
+            let oldest = self
+                .by_uid
+                .iter()
+                .min_by_key(|(_, n)| **n)
+                .map(|(u, _)| u.clone());
+            if let Some(u) = oldest {
+                self.by_uid.remove(&u);
+            }
+        }
+        self.next += 1;
+        self.by_uid.insert(uid.to_string(), self.next);
+    }
+
+    fn remove(&mut self, uid: &str) {
+        self.by_uid.remove(uid);
+    }
+
+    fn contains(&self, uid: &str) -> bool {
+        self.by_uid.contains_key(uid)
+    }
+}
+
 /// The cached owned objects of every watched scope.
 pub struct OwnedCache {
     /// Per scope (`None` = all namespaces), one store per [`owned_kinds`]
@@ -58,7 +103,7 @@ pub struct OwnedCache {
     scopes: Vec<(Option<String>, Vec<Arc<KindStore>>)>,
     /// uids of objects this operator deleted whose delete event has not
     /// arrived yet.
-    deleted: Arc<Mutex<HashSet<String>>>,
+    deleted: Arc<Mutex<Tombstones>>,
 }
 
 /// What keeps one scope's caches filled, for its controller to drive.
@@ -90,11 +135,16 @@ struct KindState {
     /// The API server does not serve the kind (KEDA not installed): there
     /// is nothing of it.
     absent: bool,
+    /// When the watch last failed, if no event arrived since: the objects
+    /// may be stale, so readers go to the API server for a while.
+    failed_at: Option<Instant>,
 }
 
 struct Cached {
     pipeline: Option<String>,
     uid: Option<String>,
+    /// The StreamPipeline controlling it.
+    owner: Option<String>,
     json: Box<str>,
 }
 
@@ -109,6 +159,7 @@ impl Cached {
             Self {
                 pipeline: o.labels().get(labels::PIPELINE).cloned(),
                 uid: o.metadata.uid.clone(),
+                owner: controller_of(&o),
                 json,
             },
         ))
@@ -116,23 +167,41 @@ impl Cached {
 }
 
 impl KindStore {
-    fn apply(&self, e: &Event<DynamicObject>) {
+    /// Applies one watch event; returns the pipelines owning what changed,
+    /// now that the store holds the change. A list (first, or after a
+    /// watch gap) wakes the owners of everything before and after it.
+    fn apply(&self, e: &Event<DynamicObject>) -> Vec<ObjectRef<StreamPipeline>> {
         let mut state = self.state.write();
+        state.failed_at = None;
         match e {
-            Event::Init => state.listing.clear(),
+            Event::Init => {
+                state.listing.clear();
+                Vec::new()
+            }
             Event::InitApply(o) => {
                 if let Some((key, c)) = Cached::of(o) {
                     state.listing.insert(key, c);
                 }
+                Vec::new()
             }
             Event::InitDone => {
-                state.objects = Some(std::mem::take(&mut state.listing));
+                let listed = std::mem::take(&mut state.listing);
+                let before = state.objects.replace(listed).unwrap_or_default();
                 state.absent = false;
+                let mut woken: Vec<_> = before
+                    .iter()
+                    .chain(state.objects.iter().flatten())
+                    .filter_map(|((ns, _), c)| Some(ObjectRef::new(c.owner.as_ref()?).within(ns)))
+                    .collect();
+                woken.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+                woken.dedup();
+                woken
             }
             Event::Apply(o) => {
                 if let (Some((key, c)), Some(objects)) = (Cached::of(o), state.objects.as_mut()) {
                     objects.insert(key, c);
                 }
+                owners(o)
             }
             Event::Delete(o) => {
                 if let (Some(ns), Some(name), Some(objects)) = (
@@ -142,8 +211,15 @@ impl KindStore {
                 ) {
                     objects.remove(&(ns, name));
                 }
+                owners(o)
             }
         }
+    }
+
+    /// The watch failed: until an event arrives again, the objects may be
+    /// stale.
+    fn failed(&self) {
+        self.state.write().failed_at = Some(Instant::now());
     }
 
     /// The kind is not served: forget what was cached.
@@ -154,14 +230,16 @@ impl KindStore {
     }
 
     /// Objects in `ns` labelled for `pipeline`, except those whose uid is
-    /// in `deleted`; `None` when not known.
-    fn read(
-        &self,
-        ns: &str,
-        pipeline: &str,
-        deleted: &HashSet<String>,
-    ) -> Option<Vec<DynamicObject>> {
+    /// in `deleted`; `None` when not known, or perhaps stale after a watch
+    /// failure.
+    fn read(&self, ns: &str, pipeline: &str, deleted: &Tombstones) -> Option<Vec<DynamicObject>> {
         let state = self.state.read();
+        if state
+            .failed_at
+            .is_some_and(|t| t.elapsed() < DISTRUST_AFTER_FAILURE)
+        {
+            return None;
+        }
         let Some(objects) = &state.objects else {
             return state.absent.then(Vec::new);
         };
@@ -203,7 +281,7 @@ impl OwnedCache {
         } else {
             namespaces.iter().cloned().map(Some).collect()
         };
-        let deleted = Arc::new(Mutex::new(HashSet::new()));
+        let deleted = Arc::new(Mutex::new(Tombstones::default()));
         let config = watcher::Config::default().labels(&format!(
             "{}={}",
             labels::MANAGED_BY,
@@ -228,28 +306,30 @@ impl OwnedCache {
                 let events = watcher::watcher(api, config.clone())
                     .default_backoff()
                     .filter_map(move |e| {
-                        let out = match e {
+                        let woken = match e {
                             Ok(e) => {
-                                store.apply(&e);
+                                let woken = store.apply(&e);
                                 if let Event::Delete(o) = &e {
                                     if let Some(uid) = &o.metadata.uid {
                                         deleted.lock().remove(uid);
                                     }
                                 }
-                                Some(e)
+                                Some(woken)
                             }
                             Err(e) => {
                                 if kind.optional() && not_served(&e) {
                                     store.absent();
+                                } else {
+                                    store.failed();
                                 }
                                 log_watch_error(kind, &e);
                                 None
                             }
                         };
-                        futures::future::ready(out)
+                        futures::future::ready(woken)
                     });
                 if triggers(k) {
-                    trigger_streams.push(events.flat_map(|e| stream::iter(owners(&e))).boxed());
+                    trigger_streams.push(events.flat_map(stream::iter).boxed());
                 } else {
                     other_streams.push(events.map(|_| ()).boxed());
                 }
@@ -287,35 +367,37 @@ impl OwnedCache {
         stores[index].read(ns, pipeline, &self.deleted.lock())
     }
 
-    /// Records that the object with `uid` was deleted: readers ignore a
-    /// cached copy of it from now on.
-    pub fn deleted(&self, uid: &str) {
-        let mut deleted = self.deleted.lock();
-        if deleted.len() >= MAX_TOMBSTONES {
-            deleted.clear();
-        }
-        deleted.insert(uid.to_string());
+    /// Records that the object with `uid` is being deleted: readers ignore
+    /// a cached copy of it from now on. Called before the request, so its
+    /// delete event cannot arrive first.
+    pub fn deleting(&self, uid: &str) {
+        self.deleted.lock().insert(uid);
+    }
+
+    /// The delete of `uid` failed: its cached copy stands again.
+    pub fn not_deleted(&self, uid: &str) {
+        self.deleted.lock().remove(uid);
     }
 }
 
-/// The StreamPipelines controlling the objects an event touched.
-fn owners(e: &Event<DynamicObject>) -> Vec<ObjectRef<StreamPipeline>> {
-    let o = match e {
-        Event::Apply(o) | Event::Delete(o) | Event::InitApply(o) => o,
-        Event::Init | Event::InitDone => return Vec::new(),
-    };
-    let Some(ns) = o.metadata.namespace.as_deref() else {
-        return Vec::new();
-    };
+/// The StreamPipeline controlling `o`, as a reconcile request.
+fn owners(o: &DynamicObject) -> Vec<ObjectRef<StreamPipeline>> {
+    match (o.metadata.namespace.as_deref(), controller_of(o)) {
+        (Some(ns), Some(owner)) => vec![ObjectRef::new(&owner).within(ns)],
+        _ => Vec::new(),
+    }
+}
+
+/// The name of the StreamPipeline controlling `o`, if one does.
+fn controller_of(o: &DynamicObject) -> Option<String> {
     let group = StreamPipeline::group(&());
     o.metadata
         .owner_references
         .iter()
         .flatten()
         .filter(|r| r.controller == Some(true) && r.kind == StreamPipeline::kind(&()))
-        .filter(|r| r.api_version.split('/').next() == Some(group.as_ref()))
-        .map(|r| ObjectRef::new(&r.name).within(ns))
-        .collect()
+        .find(|r| r.api_version.split('/').next() == Some(group.as_ref()))
+        .map(|r| r.name.clone())
 }
 
 /// Whether `e` says the API server does not serve the kind at all.
@@ -323,6 +405,7 @@ fn not_served(e: &watcher::Error) -> bool {
     matches!(
         e,
         watcher::Error::InitialListFailed(kube::Error::Api(r))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(r))
             | watcher::Error::WatchFailed(kube::Error::Api(r))
             if r.code == 404
     )
@@ -374,10 +457,58 @@ mod tests {
             reference("apps/v1", "ReplicaSet", "rs", true),
             reference("example.com/v1", "StreamPipeline", "foreign", true),
         ]);
-        let woken = owners(&Event::Apply(o.clone()));
-        assert_eq!(woken, vec![ObjectRef::new("orders").within("shop")]);
-        assert_eq!(owners(&Event::Delete(o)), woken);
-        assert!(owners(&Event::InitDone).is_empty());
+        assert_eq!(owners(&o), vec![ObjectRef::new("orders").within("shop")]);
+        let store = KindStore::default();
+        store.apply(&Event::Init);
+        store.apply(&Event::InitDone);
+        assert_eq!(store.apply(&Event::Apply(o.clone())), owners(&o));
+        assert_eq!(
+            store.apply(&Event::Delete(o)),
+            vec![ObjectRef::new("orders").within("shop")]
+        );
+    }
+
+    #[test]
+    fn a_relist_wakes_the_owners_of_what_it_found_and_what_it_no_longer_found() {
+        let api_version = StreamPipeline::api_version(&()).to_string();
+        let owned = |name: &str, owner: &str| {
+            let mut o = owned_by(vec![reference(&api_version, "StreamPipeline", owner, true)]);
+            o.metadata.name = Some(name.into());
+            o
+        };
+        let store = KindStore::default();
+        store.apply(&Event::Init);
+        store.apply(&Event::InitApply(owned("a-web", "a")));
+        store.apply(&Event::InitApply(owned("b-web", "b")));
+        assert_eq!(store.apply(&Event::InitDone).len(), 2);
+        // A watch gap: b's object went away, c's appeared. Nothing is woken
+        // before the new list is in the store; then all three are.
+        assert!(store.apply(&Event::Init).is_empty());
+        assert!(store
+            .apply(&Event::InitApply(owned("a-web", "a")))
+            .is_empty());
+        assert!(store
+            .apply(&Event::InitApply(owned("c-web", "c")))
+            .is_empty());
+        let woken = store.apply(&Event::InitDone);
+        let names: Vec<_> = woken.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_failed_watch_sends_readers_to_the_api_server_until_an_event_arrives() {
+        let store = KindStore::default();
+        let none = Tombstones::default();
+        store.apply(&Event::Init);
+        store.apply(&Event::InitDone);
+        assert_eq!(names(store.read("shop", "orders", &none)), Some(vec![]));
+        store.failed();
+        assert_eq!(store.read("shop", "orders", &none), None);
+        store.apply(&Event::Apply(object("shop", "orders-web", "orders", "1")));
+        assert_eq!(
+            names(store.read("shop", "orders", &none)),
+            Some(vec!["orders-web".into()])
+        );
     }
 
     fn object(ns: &str, name: &str, pipeline: &str, uid: &str) -> DynamicObject {
@@ -403,7 +534,7 @@ mod tests {
     #[test]
     fn a_store_answers_after_its_first_list_with_its_pipelines_objects() {
         let store = KindStore::default();
-        let none = HashSet::new();
+        let none = Tombstones::default();
         assert_eq!(store.read("shop", "orders", &none), None);
         store.apply(&Event::Init);
         store.apply(&Event::InitApply(object(
@@ -436,14 +567,15 @@ mod tests {
         let read = store.read("shop", "orders", &none).unwrap();
         assert_eq!(read[0].metadata.managed_fields, None);
         // What this operator deleted is not seen, even before its event.
-        let deleted = HashSet::from(["4".to_string()]);
+        let mut deleted = Tombstones::default();
+        deleted.insert("4");
         assert_eq!(names(store.read("shop", "orders", &deleted)), Some(vec![]));
     }
 
     #[test]
     fn a_relist_replaces_the_objects_only_when_complete() {
         let store = KindStore::default();
-        let none = HashSet::new();
+        let none = Tombstones::default();
         store.apply(&Event::Init);
         store.apply(&Event::InitApply(object("shop", "a", "orders", "1")));
         store.apply(&Event::InitDone);
@@ -464,7 +596,7 @@ mod tests {
     #[test]
     fn a_kind_not_served_has_no_objects_until_it_is_listed() {
         let store = KindStore::default();
-        let none = HashSet::new();
+        let none = Tombstones::default();
         store.absent();
         assert_eq!(names(store.read("shop", "orders", &none)), Some(vec![]));
         store.apply(&Event::Init);
@@ -477,18 +609,13 @@ mod tests {
     }
 
     #[test]
-    fn tombstones_are_bounded() {
-        let cache = OwnedCache {
-            scopes: Vec::new(),
-            deleted: Arc::default(),
-        };
+    fn tombstones_are_bounded_and_forget_the_oldest_first() {
+        let mut t = Tombstones::default();
         for i in 0..MAX_TOMBSTONES + 10 {
-            cache.deleted(&i.to_string());
+            t.insert(&i.to_string());
         }
-        assert!(cache.deleted.lock().len() <= MAX_TOMBSTONES);
-        assert!(cache
-            .deleted
-            .lock()
-            .contains(&(MAX_TOMBSTONES + 9).to_string()));
+        assert_eq!(t.by_uid.len(), MAX_TOMBSTONES);
+        assert!(!t.contains("0") && !t.contains("9"));
+        assert!(t.contains("10") && t.contains(&(MAX_TOMBSTONES + 9).to_string()));
     }
 }

@@ -20,8 +20,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::chrono::Utc;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
+use parking_lot::Mutex;
 use serde_json::json;
-use tokio::sync::Mutex;
 
 pub use kube::runtime::events::EventType;
 
@@ -96,24 +96,26 @@ impl Events {
             note: note.into(),
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        // Held across the request: two publishes of one event must not both
-        // create it.
-        let mut published = self.published.lock().await;
-        published.retain(|_, p| p.at.elapsed() < SERIES_TTL);
         let now = MicroTime(Utc::now());
-        if let Some(p) = published.get_mut(&key) {
-            let count = p.count + 1;
+        // The map is locked only to decide: the request is made without it,
+        // so one slow event write never holds up the others.
+        let repeat = {
+            let mut published = self.published.lock();
+            published.retain(|_, p| p.at.elapsed() < SERIES_TTL);
+            published.get_mut(&key).map(|p| {
+                p.count += 1;
+                p.at = Instant::now();
+                (p.name.clone(), p.count)
+            })
+        };
+        if let Some((name, count)) = repeat {
             let series = json!({"series": {"count": count, "lastObservedTime": now}});
             match api
-                .patch(&p.name, &PatchParams::default(), &Patch::Merge(&series))
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&series))
                 .await
             {
-                Ok(_) => {
-                    p.count = count;
-                    p.at = Instant::now();
-                    return Ok(());
-                }
-                // Expired on the server: start a new one.
+                Ok(_) => return Ok(()),
+                // Expired on the server (or not created yet): start anew.
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }
@@ -122,6 +124,14 @@ impl Events {
             "{}.{:x}",
             key.regarding,
             Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        );
+        self.published.lock().insert(
+            key.clone(),
+            Published {
+                name: name.clone(),
+                count: 1,
+                at: Instant::now(),
+            },
         );
         let event = Event {
             metadata: ObjectMeta {
@@ -142,15 +152,13 @@ impl Events {
             reporting_instance: Some(self.instance.clone()),
             ..Event::default()
         };
-        api.create(&PostParams::default(), &event).await?;
-        published.insert(
-            key,
-            Published {
-                name,
-                count: 1,
-                at: Instant::now(),
-            },
-        );
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
+            let mut published = self.published.lock();
+            if published.get(&key).is_some_and(|p| p.name == name) {
+                published.remove(&key);
+            }
+            return Err(e);
+        }
         Ok(())
     }
 }

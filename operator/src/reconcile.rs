@@ -28,7 +28,9 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::chrono::{SubsecRound, Utc};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, TypeMeta};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions, TypeMeta,
+};
 use kube::runtime::controller::Action;
 use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
@@ -478,18 +480,33 @@ impl Target<'_> {
         Ok(live)
     }
 
-    /// Deletes `name` of kind `k` (in the background: dependents follow).
-    /// Returns false when it was already gone.
+    /// Deletes `name` of kind `k` (in the background: dependents follow),
+    /// only if it is still the object with `uid`: a copy read a moment ago
+    /// never deletes a successor of the same name. Returns false when it
+    /// was already gone.
     async fn delete(&self, k: &OwnedKind, name: &str, uid: Option<&str>) -> Result<bool, Error> {
-        let deleted = match self.api(k).delete(name, &DeleteParams::background()).await {
-            Ok(_) => true,
-            Err(kube::Error::Api(e)) if e.code == 404 => false,
-            Err(e) => return Err(api_error("delete", k.kind, name, e)),
-        };
-        if let (Some(cache), Some(uid)) = (self.cache, uid) {
-            cache.deleted(uid);
+        let cache = self.cache.zip(uid);
+        if let Some((cache, uid)) = cache {
+            cache.deleting(uid);
         }
-        Ok(deleted)
+        let params = DeleteParams {
+            preconditions: uid.map(|uid| Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match self.api(k).delete(name, &params).await {
+            Ok(_) => Ok(true),
+            // Gone, or another object by now (the uid precondition).
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
+            Err(e) => {
+                if let Some((cache, uid)) = cache {
+                    cache.not_deleted(uid);
+                }
+                Err(api_error("delete", k.kind, name, e))
+            }
+        }
     }
 }
 
