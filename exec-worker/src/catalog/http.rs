@@ -367,7 +367,6 @@ impl SecretHeader {
 
 // === helpers ===
 
-/// Validates `with.headers`.
 /// Headers that carry credentials: a pipeline resource never holds secrets
 /// inline (DESIGN §3), so these come from `headersFrom` only.
 const CREDENTIAL_HEADERS: [&str; 6] = [
@@ -379,6 +378,7 @@ const CREDENTIAL_HEADERS: [&str; 6] = [
     "x-auth-token",
 ];
 
+/// Validates `with.headers`.
 fn static_headers(spec: &BTreeMap<String, Value>) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     for (name, value) in spec {

@@ -40,6 +40,11 @@ use crate::backend::{BackendError, Result};
 /// `XINFO STREAM`'s `entries-added` (the backlog) came with 7.0.
 pub const MIN_REDIS_VERSION: (u32, u32, u32) = (7, 0, 0);
 
+/// Attempts at reading the version after a (re)connection, and the pause
+/// between them.
+const VERSION_CHECK_ATTEMPTS: u32 = 20;
+const VERSION_CHECK_PAUSE: Duration = Duration::from_millis(250);
+
 /// `redis_version` of an `INFO server` answer, as (major, minor, patch).
 fn server_version(info: &str) -> Option<(u32, u32, u32)> {
     let v = info
@@ -177,30 +182,80 @@ impl RedisBackend {
 
     /// Refuses a Redis older than [`MIN_REDIS_VERSION`]: sluice's commands
     /// would fail on it one by one (`SET NX GET` is a syntax error before
-    /// 7.0), so it is better said once, plainly.
+    /// 7.0), so it is better said once, plainly. A server that does not
+    /// tell its version (a proxy, or `INFO` denied by an ACL) is given the
+    /// benefit of the doubt: its commands will tell.
     ///
     /// # Errors
-    /// [`BackendError::Unavailable`] when `INFO server` fails or names an
-    /// older version.
+    /// [`BackendError::Unavailable`] naming the server and its version when
+    /// it is older.
     pub async fn check_server(&self) -> Result<()> {
+        match self.server_version().await {
+            Ok(Some(v)) if v < MIN_REDIS_VERSION => Err(self.too_old(v)),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the Redis version");
+                Ok(())
+            }
+        }
+    }
+
+    /// `redis_version` from `INFO server`; `None` when it names none.
+    async fn server_version(&self) -> Result<Option<(u32, u32, u32)>> {
         let info = self
             .call("INFO", "", vec!["server".into()])
             .await
             .map_err(|e| self.err(e))?;
-        let info = info.as_str().unwrap_or_default().to_string();
-        match server_version(&info) {
-            Some(v) if v < MIN_REDIS_VERSION => Err(BackendError::Unavailable(format!(
-                "{} runs Redis {}.{}.{}; sluice needs Redis {}.{} or later",
-                self.cfg.redacted_url(),
-                v.0,
-                v.1,
-                v.2,
-                MIN_REDIS_VERSION.0,
-                MIN_REDIS_VERSION.1,
-            ))),
-            // A server that does not say (a proxy, say) is given the benefit
-            // of the doubt: its commands will tell.
-            _ => Ok(()),
+        Ok(server_version(&info.as_str().unwrap_or_default()))
+    }
+
+    fn too_old(&self, v: (u32, u32, u32)) -> BackendError {
+        BackendError::Unavailable(format!(
+            "{} runs Redis {}.{}.{}; sluice needs Redis {}.{} or later",
+            self.cfg.redacted_url(),
+            v.0,
+            v.1,
+            v.2,
+            MIN_REDIS_VERSION.0,
+            MIN_REDIS_VERSION.1,
+        ))
+    }
+
+    /// Checks the version after each (re)connection that `reconnected`
+    /// announces. The announcement comes before the client counts as
+    /// connected, so the first attempts may find no connection up.
+    async fn watch_version(
+        backend: std::sync::Weak<Self>,
+        mut reconnected: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match reconnected.recv().await {
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+            let mut last = None;
+            for _ in 0..VERSION_CHECK_ATTEMPTS {
+                let Some(b) = backend.upgrade() else { return };
+                match b.server_version().await {
+                    Ok(Some(v)) if v < MIN_REDIS_VERSION => {
+                        let e = b.too_old(v);
+                        tracing::error!(error = %e, "unsupported Redis: requests will fail");
+                        last = None;
+                        break;
+                    }
+                    Ok(_) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+                drop(b);
+                tokio::time::sleep(VERSION_CHECK_PAUSE).await;
+            }
+            if let Some(e) = last {
+                tracing::debug!(error = %e, "cannot read the Redis version");
+            }
         }
     }
 
@@ -229,7 +284,7 @@ impl RedisBackend {
         )
         .map_err(|e| BackendError::Unavailable(redact_secret(&e.to_string(), secret.as_deref())))?;
         // Subscribed before connecting: the first connection counts too.
-        let mut reconnected = pool.clients()[0].reconnect_rx();
+        let reconnected = pool.clients()[0].reconnect_rx();
         let mut tasks = pool.connect_pool();
         let epoch = Instant::now();
         let mut lost_at = vec![];
@@ -270,14 +325,7 @@ impl RedisBackend {
         // reconnection (a failover may land on another server).
         let weak = Arc::downgrade(&backend);
         let check = tokio::spawn(async move {
-            while reconnected.recv().await.is_ok() {
-                let Some(backend) = weak.upgrade() else {
-                    break;
-                };
-                if let Err(e) = backend.check_server().await {
-                    tracing::error!(error = %e, "unsupported Redis: requests will fail");
-                }
-            }
+            Self::watch_version(weak, reconnected).await;
             Ok(())
         });
         backend.tasks.lock().push(check);
