@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::types::*;
 use crate::units::{parse_duration, parse_size};
 
@@ -272,6 +274,7 @@ fn check_nodes(
             e.push(format!("{p}.group"), format!("unknown group `{}`", n.group));
         }
         check_uses(&p, &n.uses, e);
+        check_inline_credentials(&p, n, e);
         if let Some(w) = &n.with {
             if !w.is_object() {
                 e.push(format!("{p}.with"), "must be an object");
@@ -298,6 +301,42 @@ fn check_nodes(
         out.insert(n.name.clone(), (n.group.clone(), targets));
     }
     out
+}
+
+/// Header names that carry credentials: a pipeline resource never holds
+/// secrets inline (DESIGN §3), so `builtin/http` takes them from
+/// `headersFrom` (a Secret) only. Lower case.
+pub const CREDENTIAL_HEADERS: [&str; 6] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+];
+
+/// `builtin/http` static headers that would put a credential in the
+/// resource.
+fn check_inline_credentials(p: &str, n: &NodeSpec, e: &mut Errors) {
+    if n.uses != "builtin/http" {
+        return;
+    }
+    let headers = n
+        .with
+        .as_ref()
+        .and_then(|w| w.get("headers"))
+        .and_then(Value::as_object);
+    for name in headers.into_iter().flat_map(|h| h.keys()) {
+        if CREDENTIAL_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            e.push(
+                format!("{p}.with.headers.{name}"),
+                format!(
+                    "carries credentials, which never go inline in the resource; \
+                     use `headersFrom: {{{name}: {{secretRef: {{name, key}}}}}}`"
+                ),
+            );
+        }
+    }
 }
 
 fn check_uses(p: &str, uses: &str, e: &mut Errors) {

@@ -210,3 +210,27 @@ fn shape_errors_name_the_field_and_never_panic() {
         Err(ManifestError::Parse { .. })
     ));
 }
+
+#[test]
+fn credentials_inline_in_http_headers_are_refused_by_field() {
+    let yaml = BASE.replace(
+        "    - { name: c, group: cpu, uses: builtin/echo }",
+        "    - { name: c, group: cpu, uses: builtin/http, with: { url: \"http://x/\", headers: { Authorization: \"Bearer inline\", X-Tenant: blue } } }",
+    );
+    let e = errors_of(&yaml);
+    assert!(
+        e.contains("spec.nodes[2].with.headers.Authorization"),
+        "{e}"
+    );
+    assert!(e.contains("headersFrom"), "{e}");
+    assert!(
+        !e.contains("X-Tenant") && !e.contains("Bearer inline"),
+        "{e}"
+    );
+    // The same header from a Secret is fine.
+    let yaml = BASE.replace(
+        "    - { name: c, group: cpu, uses: builtin/echo }",
+        "    - { name: c, group: cpu, uses: builtin/http, with: { url: \"http://x/\", headersFrom: { Authorization: { secretRef: { name: api, key: token } } } } }",
+    );
+    assert_eq!(errors_of(&yaml), "");
+}

@@ -367,24 +367,13 @@ impl SecretHeader {
 
 // === helpers ===
 
-/// Headers that carry credentials: a pipeline resource never holds secrets
-/// inline (DESIGN §3), so these come from `headersFrom` only.
-const CREDENTIAL_HEADERS: [&str; 6] = [
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "x-api-key",
-    "api-key",
-    "x-auth-token",
-];
-
 /// Validates `with.headers`.
 fn static_headers(spec: &BTreeMap<String, Value>) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     for (name, value) in spec {
         let at = format!("`with.headers.{name}`");
         let header = header_name(name).map_err(|e| format!("{at}: {e}"))?;
-        if CREDENTIAL_HEADERS.contains(&header.as_str()) {
+        if sluice_crds::validate::CREDENTIAL_HEADERS.contains(&header.as_str()) {
             return Err(format!(
                 "{at}: carries credentials, which never go inline in the resource; \
                  use `headersFrom: {{{name}: {{secretRef: {{name, key}}}}}}`"
