@@ -55,7 +55,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use kubelet::process::Proc;
-use kubelet::Cluster;
+use kubelet::{labels_of, selects, Cluster};
 use support::{eventually, example, Harness, Operator};
 
 const NS: &str = "rotation";
@@ -323,21 +323,6 @@ fn objects<T: serde::de::DeserializeOwned>(h: &Harness, api_version: &str, kind:
         .into_iter()
         .map(|v| serde_json::from_value(v).unwrap_or_else(|e| panic!("a {kind}: {e}")))
         .collect()
-}
-
-fn labels_of(t: &PodTemplateSpec) -> std::collections::BTreeMap<String, String> {
-    t.metadata
-        .as_ref()
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default()
-}
-
-fn selects(svc: &Service, t: &PodTemplateSpec) -> bool {
-    let labels = labels_of(t);
-    svc.spec
-        .as_ref()
-        .and_then(|s| s.selector.as_ref())
-        .is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
 impl Rig {

@@ -21,13 +21,12 @@
 
 mod kubelet;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
+use k8s_openapi::api::core::v1::Service;
 use serde_json::{json, Value};
 use sluice_crds::{GroupRole, StreamPipeline};
 use sluice_operator::resources::main_container;
@@ -35,7 +34,7 @@ use sluice_operator::{desired, secrets, Child as Object, GeneratedSecret, Operat
 use sluice_platform::redis::testing::RedisServer;
 
 use kubelet::process::Proc;
-use kubelet::{Cluster, Materialised};
+use kubelet::{labels_of, selects, Cluster, Materialised};
 
 const NAMESPACE: &str = "roundtrip";
 const UID: &str = "00000000-0000-4000-8000-0000000000f1";
@@ -56,21 +55,6 @@ fn load(example: &str) -> StreamPipeline {
     sp.metadata.namespace = Some(NAMESPACE.into());
     sp.metadata.uid = Some(UID.into());
     sp
-}
-
-fn labels_of(t: &PodTemplateSpec) -> BTreeMap<String, String> {
-    t.metadata
-        .as_ref()
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default()
-}
-
-fn selects(svc: &Service, t: &PodTemplateSpec) -> bool {
-    let labels = labels_of(t);
-    svc.spec
-        .as_ref()
-        .and_then(|s| s.selector.as_ref())
-        .is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
 /// A pipeline running here: its processes (dropped first), then Redis and

@@ -578,6 +578,24 @@ fn env_value(
     ))
 }
 
+/// The labels of a pod template's pods.
+pub fn labels_of(t: &PodTemplateSpec) -> BTreeMap<String, String> {
+    t.metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
+/// Whether `svc` selects the pods of `t` (a Service without a selector
+/// selects none).
+pub fn selects(svc: &Service, t: &PodTemplateSpec) -> bool {
+    let labels = labels_of(t);
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
 /// Kubernetes' `$(VAR)` expansion: a reference to a variable in `env` is
 /// replaced by its value, `$$` is a literal `$`, and anything else
 /// (an undefined variable, an unterminated reference) is left as written.
