@@ -79,6 +79,19 @@ impl std::fmt::Display for BackendKind {
     }
 }
 
+/// `memory` or `redis`, as the `--backend` flags of the runtime take it.
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "memory" => Ok(BackendKind::Memory),
+            "redis" => Ok(BackendKind::Redis),
+            other => Err(format!("`{other}`: expected memory or redis")),
+        }
+    }
+}
+
 /// The adapters behind the three ports. Three keys exist for future adapters;
 /// v1alpha1 accepts only all-equal values.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

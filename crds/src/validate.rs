@@ -117,7 +117,10 @@ fn check_backends(spec: &StreamPipelineSpec, e: &mut Errors) {
     }
 }
 
-fn is_dns_label(s: &str, max: usize) -> bool {
+/// Whether `s` is a DNS-1123 label of at most `max` characters (lower case
+/// letters, digits and `-`, neither first nor last): the name of a
+/// namespace, group, node or interface.
+pub fn is_dns_label(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.bytes()

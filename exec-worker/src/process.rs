@@ -164,17 +164,11 @@ impl ProcessConfig {
             .ok_or_else(|| cfg_err("--pipeline", "required, or set SLUICE_PIPELINE"))?;
         let group = pick(&cli.group, ENV_GROUP)
             .ok_or_else(|| cfg_err("--group", "required, or set SLUICE_GROUP"))?;
-        let backend = match pick(&cli.backend, ENV_BACKEND).as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some("memory") => Some(BackendKind::Memory),
-            Some("redis") => Some(BackendKind::Redis),
-            Some(other) => {
-                return Err(cfg_err(
-                    "--backend",
-                    format!("`{other}`: expected memory or redis"),
-                ))
-            }
-        };
+        let backend = pick(&cli.backend, ENV_BACKEND)
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.trim().parse::<BackendKind>())
+            .transpose()
+            .map_err(|e| cfg_err("--backend", e))?;
         let redis = pick(&cli.redis, ENV_REDIS_URL).ok_or_else(|| {
             cfg_err(
                 "--redis",

@@ -375,7 +375,7 @@ impl Config {
             .unwrap_or_else(|| DEFAULT_OPERATOR_NAMESPACE.to_string());
         let keda_namespace = pick(&cli.keda_namespace, ENV_KEDA_NAMESPACE)
             .unwrap_or_else(|| DEFAULT_KEDA_NAMESPACE.to_string());
-        if !crate::names::is_dns_label(&keda_namespace) {
+        if !sluice_crds::validate::is_dns_label(&keda_namespace, 63) {
             return Err(bad(
                 "--keda-namespace",
                 format!("`{keda_namespace}` is not a namespace name"),

@@ -90,11 +90,6 @@ pub fn check_pipeline_name(p: &str, managed_redis: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `s` is a DNS-1123 label (the name of a namespace).
-pub fn is_dns_label(s: &str) -> bool {
-    s.len() <= 63 && !s.contains('.') && is_dns_subdomain(s)
-}
-
 /// Whether `s` is a DNS-1123 subdomain (the name of a Secret or ConfigMap).
 pub fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty()

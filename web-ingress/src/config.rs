@@ -182,17 +182,10 @@ impl Config {
                 format!("`{listen_s}` is not an address like 127.0.0.1:8080"),
             )
         })?;
-        let backend = match pick(&cli.backend, ENV_BACKEND).as_deref() {
-            None => None,
-            Some("memory") => Some(BackendKind::Memory),
-            Some("redis") => Some(BackendKind::Redis),
-            Some(other) => {
-                return Err(bad(
-                    "--backend",
-                    format!("`{other}`: expected memory or redis"),
-                ))
-            }
-        };
+        let backend = pick(&cli.backend, ENV_BACKEND)
+            .map(|s| s.parse::<BackendKind>())
+            .transpose()
+            .map_err(|e| bad("--backend", e))?;
         let duration =
             |flag: &Option<String>, var: &str, name: &str, default: Duration| match pick(flag, var)
             {
