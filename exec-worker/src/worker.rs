@@ -380,37 +380,31 @@ impl Worker {
         match outcome {
             StepOutcome::Done(value) => {
                 let reply = self.signer.sign(&mut env.reply(Ok(value)));
-                match self.sized(&env, &node, reply) {
-                    Ok(reply) => {
-                        self.finish(&d.id, Some(self.reply_forward(&env, reply)), "replied")
-                            .await;
-                    }
-                    Err(refusal) => {
-                        self.finish(&d.id, Some(self.reply_forward(&env, refusal)), "failed")
-                            .await;
-                    }
-                }
+                let (reply, outcome) = match self.sized(&env, &node, reply) {
+                    Ok(reply) => (reply, "replied"),
+                    Err(refusal) => (refusal, "failed"),
+                };
+                self.finish(&d.id, Some(self.reply_forward(&env, reply)), outcome)
+                    .await;
             }
             StepOutcome::Forward {
-                node,
+                node: to,
                 group,
                 payload,
             } => {
-                let next = self.signer.sign(&mut env.hop(&group, &node, payload));
-                match self.sized(&env, &env.node.clone().unwrap_or_default(), next) {
+                let next = self.signer.sign(&mut env.hop(&group, &to, payload));
+                let (fwd, outcome) = match self.sized(&env, &node, next) {
                     Ok(next) => {
                         let fwd = Forward {
                             stream: self.keys.queue(&group),
                             entry: next,
                             must_exist: false,
                         };
-                        self.finish(&d.id, Some(fwd), "forwarded").await;
+                        (fwd, "forwarded")
                     }
-                    Err(refusal) => {
-                        self.finish(&d.id, Some(self.reply_forward(&env, refusal)), "failed")
-                            .await;
-                    }
-                }
+                    Err(refusal) => (self.reply_forward(&env, refusal), "failed"),
+                };
+                self.finish(&d.id, Some(fwd), outcome).await;
             }
             StepOutcome::Failed(e) if e.is_retryable() => {
                 if d.deliveries >= self.cfg.max_deliveries {

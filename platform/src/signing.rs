@@ -31,6 +31,12 @@ type HmacSha256 = Hmac<Sha256>;
 /// fields (ids, names, nonce, MAC).
 pub const ENVELOPE_OVERHEAD: usize = 16 * 1024;
 
+/// The largest stream entry a receiver accepts for a pipeline whose
+/// payloads may be `max_payload_bytes` long.
+pub fn max_entry_bytes(max_payload_bytes: usize) -> usize {
+    max_payload_bytes + ENVELOPE_OVERHEAD
+}
+
 /// What a caller is told when `node`'s output made an entry of `len` bytes,
 /// over the `limit` every receiver enforces.
 pub fn oversized_output(node: &str, len: usize, limit: usize) -> String {
@@ -185,7 +191,7 @@ impl Verifier {
             kv,
             keys,
             skew,
-            max_entry_bytes: max_payload_bytes + ENVELOPE_OVERHEAD,
+            max_entry_bytes: max_entry_bytes(max_payload_bytes),
             rejections,
             decoded: Arc::new(AtomicU64::new(0)),
         }

@@ -29,7 +29,7 @@ use serde_json::Value;
 use sluice_crds::{InterfacePlan, Plan};
 use sluice_exec_worker::{Executor, NodeContext, StepOutcome};
 use sluice_platform::clock::{from_ms, now_ms};
-use sluice_platform::signing::{oversized_output, ENVELOPE_OVERHEAD};
+use sluice_platform::signing::{max_entry_bytes, oversized_output};
 use sluice_platform::telemetry::{self, Span};
 use sluice_platform::{Envelope, Keys, Kind, Queue, Signer};
 use tokio::sync::Semaphore;
@@ -347,7 +347,7 @@ async fn serve(
     let entry = s.signer.sign(&mut env);
     // Only an ingress-group node's output can exceed it (the body was
     // checked); sent as it is, it would be refused unread and time out.
-    let entry_limit = s.plan.security.max_payload_bytes as usize + ENVELOPE_OVERHEAD;
+    let entry_limit = max_entry_bytes(s.plan.security.max_payload_bytes as usize);
     if entry.stored_len() > entry_limit {
         let message = oversized_output(&it.entry, entry.stored_len(), entry_limit);
         tracing::warn!(request_id = %rid, %message, "output refused");
