@@ -234,27 +234,22 @@ impl RedisBackend {
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return,
             }
-            let mut last = None;
-            for _ in 0..VERSION_CHECK_ATTEMPTS {
+            for attempt in 1..=VERSION_CHECK_ATTEMPTS {
                 let Some(b) = backend.upgrade() else { return };
                 match b.server_version().await {
                     Ok(Some(v)) if v < MIN_REDIS_VERSION => {
                         let e = b.too_old(v);
                         tracing::error!(error = %e, "unsupported Redis: requests will fail");
-                        last = None;
                         break;
                     }
-                    Ok(_) => {
-                        last = None;
-                        break;
+                    Ok(_) => break,
+                    Err(e) if attempt == VERSION_CHECK_ATTEMPTS => {
+                        tracing::debug!(error = %e, "cannot read the Redis version");
                     }
-                    Err(e) => last = Some(e),
+                    Err(_) => {}
                 }
                 drop(b);
                 tokio::time::sleep(VERSION_CHECK_PAUSE).await;
-            }
-            if let Some(e) = last {
-                tracing::debug!(error = %e, "cannot read the Redis version");
             }
         }
     }
