@@ -42,6 +42,8 @@ KEEP_CLUSTER="${KEEP_CLUSTER:-0}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
 CALICO_VERSION="${CALICO_VERSION:-v3.28.2}"
 TIMEOUT="${TIMEOUT:-300s}"
+# The node image sets the Kubernetes version; empty means kind's default.
+KIND_NODE_IMAGE="${KIND_NODE_IMAGE:-}"
 
 OPERATOR_NS=sluice-system
 RELEASE=sluice
@@ -169,7 +171,8 @@ if kind get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"; then
   die "a kind cluster named $CLUSTER_NAME already exists; delete it or set CLUSTER_NAME"
 fi
 cluster_created=1
-kind create cluster --name "$CLUSTER_NAME" --config "$here/kind-config.yaml" --wait 0s
+kind create cluster --name "$CLUSTER_NAME" --config "$here/kind-config.yaml" --wait 0s \
+  ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"}
 kubectl config use-context "kind-$CLUSTER_NAME" >/dev/null
 
 log "installing Calico $CALICO_VERSION"

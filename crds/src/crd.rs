@@ -26,7 +26,7 @@ pub fn crd() -> CustomResourceDefinition {
 
 /// The CRD as YAML, as written by `crdgen`.
 pub fn crd_yaml() -> String {
-    serde_yaml::to_string(&crd()).unwrap_or_default()
+    crate::yaml::to_string(&crd()).unwrap_or_default()
 }
 
 fn set(v: &mut Value, pointer: &str, key: &str, val: Value) {

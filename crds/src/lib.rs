@@ -13,6 +13,8 @@
 //! - [`plan`]: the compiled, validated execution plan.
 //! - [`manifest`]: reading a StreamPipeline file for a local run.
 //! - [`crd`]: the generated CRD with the structural fixes and CEL rules.
+//! - [`yaml`]: bounded YAML reading (size, depth, aliases, duplicate keys) and
+//!   the one style generated YAML is written in.
 
 pub mod crd;
 pub mod manifest;
@@ -20,6 +22,7 @@ pub mod plan;
 pub mod types;
 pub mod units;
 pub mod validate;
+pub mod yaml;
 
 pub use manifest::{load_manifest, parse_manifest, ManifestError};
 pub use plan::{compile, GroupPlan, InterfacePlan, Next, NodePlan, PipelineId, Plan};

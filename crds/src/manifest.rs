@@ -49,9 +49,8 @@ pub fn parse_manifest(origin: &str, text: &str) -> Result<(StreamPipeline, Plan)
         path: origin.to_string(),
         message,
     };
-    let de = serde_yaml::Deserializer::from_str(text);
-    let value: serde_yaml::Value =
-        serde_path_to_error::deserialize(de).map_err(|e| parse_err(e.to_string()))?;
+    let value: serde_json::Value =
+        crate::yaml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
     let kind = value.get("kind").and_then(|k| k.as_str());
     let api = value.get("apiVersion").and_then(|k| k.as_str());
     if kind != Some("StreamPipeline") || api != Some("sluice.dev/v1alpha1") {

@@ -429,7 +429,7 @@ fn example(name: &str) -> anyhow::Result<Value> {
     let path = examples_dir().join(format!("{name}.yaml"));
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    sluice_crds::yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 fn namespace_of(i: usize, namespaces: usize) -> String {
@@ -567,7 +567,7 @@ fn unrelated_config_map(rng: &mut StdRng, i: usize, ns: &str) -> Value {
             .collect();
         data.insert(format!("app-{k}.properties"), json!(text.join("\n")));
     }
-    if i % 20 == 0 {
+    if i.is_multiple_of(20) {
         data.insert("large.json".into(), json!(random_text(rng, 16_000)));
     }
     json!({

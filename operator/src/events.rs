@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::chrono::Utc;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use parking_lot::Mutex;
@@ -96,7 +96,7 @@ impl Events {
             note: note.into(),
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        let now = MicroTime(Utc::now());
+        let now = MicroTime(Timestamp::now());
         // The map is locked only to decide: the request is made without it,
         // so one slow event write never holds up the others.
         let repeat = {
@@ -120,11 +120,7 @@ impl Events {
                 Err(e) => return Err(e),
             }
         }
-        let name = format!(
-            "{}.{:x}",
-            key.regarding,
-            Utc::now().timestamp_nanos_opt().unwrap_or_default()
-        );
+        let name = format!("{}.{:x}", key.regarding, Timestamp::now().as_nanosecond());
         self.published.lock().insert(
             key.clone(),
             Published {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::chrono::Utc;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::Client;
 use tracing::{debug, info, warn};
@@ -98,7 +98,7 @@ impl Elector {
 
     /// One acquire-or-renew round trip.
     async fn attempt(&mut self) -> Result<Attempt, kube::Error> {
-        let now = MicroTime(Utc::now());
+        let now = MicroTime(Timestamp::now());
         let Some(mut lease) = self.api.get_opt(&self.cfg.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -125,7 +125,7 @@ impl Elector {
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
         let record = (
             holder.clone(),
-            spec.renew_time.as_ref().map(|t| t.0.to_rfc3339()),
+            spec.renew_time.as_ref().map(|t| t.0.to_string()),
             lease.metadata.resource_version.clone(),
         );
         let since = match &self.observed {
@@ -235,7 +235,7 @@ impl Elector {
         }
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
-        spec.renew_time = Some(MicroTime(Utc::now()));
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
         match self.api.replace(&self.cfg.name, &Self::pp(), &lease).await {
             Ok(_) => info!("released the leader lease"),
             Err(e) => warn!(error = %e, "cannot release the leader lease"),

@@ -38,6 +38,7 @@
 //!   password Secret, config file) or the external Redis URL.
 //! - [`pod`]: restricted security contexts, sidecar hardening, probes,
 //!   directory mounts and node Secret references.
+//! - [`clock`]: API timestamps and the rotation schedule's time type.
 //! - [`hash`]: the `sluice.dev/config-hash` of pod templates.
 //! - [`labels`]: labels, selectors and annotation keys.
 //! - [`names`]: object names derived from the pipeline name, and their checks.
@@ -47,6 +48,7 @@
 pub mod apply;
 pub mod autoscale;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod controller;
 pub mod events;

@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::chrono::{SubsecRound, Utc};
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions, TypeMeta,
 };
@@ -409,7 +408,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
 }
 
 fn now() -> Time {
-    Time(Utc::now().trunc_subsecs(0))
+    crate::clock::now_seconds()
 }
 
 /// Where clients reach the pipeline: the Ingress host when exposed through
@@ -854,12 +853,11 @@ mod tests {
             "apply",
             "Deployment",
             "p-web",
-            kube::Error::Api(kube::core::ErrorResponse {
-                status: "Failure".into(),
-                message: "boom".into(),
-                reason: "InternalError".into(),
-                code: 500,
-            }),
+            kube::Error::Api(
+                kube::core::Status::failure("boom", "InternalError")
+                    .with_code(500)
+                    .boxed(),
+            ),
         );
         assert_eq!(e.kind(), "api_server_error");
         assert_eq!(

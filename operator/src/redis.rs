@@ -502,10 +502,10 @@ fn network_policy(ctx: &Ctx<'_>) -> NetworkPolicy {
     NetworkPolicy {
         metadata: ctx.meta(names::redis(&ctx.name), Component::Redis, None),
         spec: Some(NetworkPolicySpec {
-            pod_selector: LabelSelector {
+            pod_selector: Some(LabelSelector {
                 match_labels: Some(labels::redis_selector(&ctx.name)),
                 ..Default::default()
-            },
+            }),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
                 from: Some(from),
@@ -547,7 +547,7 @@ mod tests {
     fn passwords_that_could_break_the_url_or_the_file_are_refused() {
         let mut sp = StreamPipeline::new(
             "p",
-            serde_yaml::from_str(
+            sluice_crds::yaml::from_str(
                 "{interfaces: [], groups: [], nodes: [], backends: {queue: redis, kv: redis, reply: redis}}",
             )
             .unwrap(),

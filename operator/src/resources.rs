@@ -33,6 +33,7 @@ use std::ops::Deref;
 use std::time::Duration;
 
 use base64::Engine;
+use chrono::SecondsFormat;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
@@ -51,7 +52,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, ObjectMeta, OwnerReference, Time,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use k8s_openapi::chrono::SecondsFormat;
 use k8s_openapi::ByteString;
 use kube::Resource;
 use serde::Serialize;
@@ -126,7 +126,7 @@ pub enum Error {
     Yaml {
         what: &'static str,
         #[source]
-        source: serde_yaml::Error,
+        source: serde_saphyr::SerializeError,
     },
     #[error("cannot serialise {what}")]
     Json {
@@ -411,10 +411,12 @@ pub fn to_yaml<T: Serialize>(objects: &[T]) -> Result<String> {
     let mut out = String::new();
     for o in objects {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(o).map_err(|source| Error::Yaml {
-            what: "object",
-            source,
-        })?);
+        out.push_str(
+            &sluice_crds::yaml::to_string(o).map_err(|source| Error::Yaml {
+                what: "object",
+                source,
+            })?,
+        );
     }
     Ok(out)
 }
@@ -627,7 +629,7 @@ pub fn pipeline_manifest(name: &str, namespace: &str, spec: &StreamPipelineSpec)
         name: &'a str,
         namespace: &'a str,
     }
-    let body = serde_yaml::to_string(&Manifest {
+    let body = sluice_crds::yaml::to_string(&Manifest {
         api_version: &StreamPipeline::api_version(&()),
         kind: &StreamPipeline::kind(&()),
         metadata: Meta { name, namespace },
@@ -1114,7 +1116,7 @@ pub fn initial_key_secret(
         ),
         (
             labels::ROTATION_UPDATED.to_string(),
-            updated.0.to_rfc3339_opts(SecondsFormat::Secs, true),
+            crate::clock::datetime_of(updated).to_rfc3339_opts(SecondsFormat::Secs, true),
         ),
     ]));
     Ok(Secret {
@@ -1137,13 +1139,13 @@ pub fn initial_key_secret(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{TimeZone, Utc};
     use k8s_openapi::api::core::v1::PodTemplateSpec;
-    use k8s_openapi::chrono::{TimeZone, Utc};
 
     const UID: &str = "7f3c1a52-0000-4000-8000-000000000001";
 
     fn parse(yaml: &str) -> StreamPipeline {
-        let mut sp: StreamPipeline = serde_yaml::from_str(yaml).unwrap();
+        let mut sp: StreamPipeline = sluice_crds::yaml::from_str(yaml).unwrap();
         sp.metadata.namespace = Some("demo".into());
         sp.metadata.uid = Some(UID.into());
         sp
@@ -1239,7 +1241,8 @@ spec:
         let before = render(&orders_redis());
         let mut sp = orders_redis();
         group_mut(&mut sp, "cpu").replicas = Some(7);
-        group_mut(&mut sp, "io").autoscale = serde_yaml::from_str("{maxReplicas: 9}").unwrap();
+        group_mut(&mut sp, "io").autoscale =
+            sluice_crds::yaml::from_str("{maxReplicas: 9}").unwrap();
         group_mut(&mut sp, "web").replicas = Some(3);
         let after = render(&sp);
         assert_eq!(before.config_hash, after.config_hash);
@@ -1353,7 +1356,7 @@ spec:
     #[test]
     fn keda_groups_get_a_scaled_object_and_the_pipeline_one_trigger_authentication() {
         let mut sp = orders_redis();
-        group_mut(&mut sp, "io").autoscale = serde_yaml::from_str(
+        group_mut(&mut sp, "io").autoscale = sluice_crds::yaml::from_str(
             "{engine: keda, minReplicas: 0, maxReplicas: 5, scaleDownStabilization: 90s}",
         )
         .unwrap();
@@ -1408,7 +1411,8 @@ spec:
 
         // External Redis: address and password come from the user's Secret.
         sp.spec.redis =
-            serde_yaml::from_str("{mode: external, urlSecretRef: {name: ext, key: url}}").unwrap();
+            sluice_crds::yaml::from_str("{mode: external, urlSecretRef: {name: ext, key: url}}")
+                .unwrap();
         let d = render(&sp);
         let auth = trigger_auth(&d);
         assert_eq!(
@@ -1425,7 +1429,7 @@ spec:
             .is_none());
 
         // A private CA: TLS on in the trigger, the CA by Secret reference.
-        sp.spec.redis = serde_yaml::from_str(
+        sp.spec.redis = sluice_crds::yaml::from_str(
             "{mode: external, urlSecretRef: {name: ext, key: url}, caSecretRef: {name: ext-ca, key: ca.crt}}",
         )
         .unwrap();
@@ -1505,9 +1509,10 @@ spec:
     #[test]
     fn external_redis_creates_no_redis_objects_and_reads_the_url_from_the_users_secret() {
         let mut sp = orders_redis();
-        sp.spec.redis =
-            serde_yaml::from_str("{mode: external, urlSecretRef: {name: my-redis, key: url}}")
-                .unwrap();
+        sp.spec.redis = sluice_crds::yaml::from_str(
+            "{mode: external, urlSecretRef: {name: my-redis, key: url}}",
+        )
+        .unwrap();
         let d = render(&sp);
         assert!(d
             .objects
@@ -1544,7 +1549,7 @@ spec:
         let ca = ca
             .map(|c| format!(", caSecretRef: {c}"))
             .unwrap_or_default();
-        sp.spec.redis = serde_yaml::from_str(&format!(
+        sp.spec.redis = sluice_crds::yaml::from_str(&format!(
             "{{mode: external, urlSecretRef: {{name: my-redis, key: url}}{ca}}}"
         ))
         .unwrap();
@@ -1675,9 +1680,10 @@ spec:
     #[test]
     fn a_redis_ca_with_managed_redis_is_refused() {
         let mut sp = with_everything();
-        sp.spec.redis =
-            serde_yaml::from_str("{mode: managed, caSecretRef: {name: redis-tls, key: ca.crt}}")
-                .unwrap();
+        sp.spec.redis = sluice_crds::yaml::from_str(
+            "{mode: managed, caSecretRef: {name: redis-tls, key: ca.crt}}",
+        )
+        .unwrap();
         let e = desired(&sp, &OperatorSettings::default()).unwrap_err();
         assert!(
             e.field_errors()
@@ -1789,7 +1795,7 @@ spec:
         };
         let s = np.spec.as_ref().unwrap();
         assert_eq!(
-            s.pod_selector.match_labels,
+            s.pod_selector.as_ref().and_then(|p| p.match_labels.clone()),
             Some(labels::redis_selector("orders-redis"))
         );
         let rule = &s.ingress.as_ref().unwrap()[0];
@@ -2136,7 +2142,8 @@ spec:
     #[test]
     fn user_key_secrets_are_mounted_and_the_generated_one_is_obsolete() {
         let mut sp = orders_redis();
-        sp.spec.security = serde_yaml::from_str("{keys: secretRef, secretName: my-keys}").unwrap();
+        sp.spec.security =
+            sluice_crds::yaml::from_str("{keys: secretRef, secretName: my-keys}").unwrap();
         let d = render(&sp);
         assert_eq!(
             d.generated_secrets,
@@ -2183,7 +2190,7 @@ spec:
     fn the_initial_key_secret_is_a_ring_the_runtime_loads() {
         let sp = orders_redis();
         let key = base64::engine::general_purpose::STANDARD.encode([7u8; KEY_LEN]);
-        let t = Time(Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap());
+        let t = crate::clock::time_of(Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap());
         let s = initial_key_secret(&sp, "k1", &key, &t).unwrap();
         assert_eq!(s.metadata.name.as_deref(), Some("orders-redis-ipc-keys"));
         let ann = s.metadata.annotations.as_ref().unwrap();
@@ -2202,7 +2209,7 @@ spec:
     #[test]
     fn bad_key_material_is_refused_without_echoing_it() {
         let sp = orders_redis();
-        let t = Time(Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap());
+        let t = crate::clock::time_of(Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap());
         let short = base64::engine::general_purpose::STANDARD.encode([7u8; 16]);
         let e = initial_key_secret(&sp, "k1", &short, &t)
             .unwrap_err()

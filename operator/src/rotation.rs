@@ -47,8 +47,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use k8s_openapi::ByteString;
 use sluice_crds::Plan;
 
@@ -540,7 +540,7 @@ pub fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::chrono::TimeZone;
+    use chrono::TimeZone;
 
     const P: Duration = Duration::from_secs(150);
     const EVERY: Duration = Duration::from_secs(24 * 3600);
@@ -619,7 +619,7 @@ mod tests {
                 namespace: "n".into(),
                 name: "p".into(),
             },
-            &serde_yaml::from_str(
+            &sluice_crds::yaml::from_str(
                 "backends: {queue: memory, kv: memory, reply: memory}
 interfaces:
   - {name: a, kind: http, path: /a, entry: n, timeout: 7s}

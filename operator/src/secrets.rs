@@ -19,9 +19,8 @@
 //! Key material and passwords never reach logs, events or errors.
 
 use base64::Engine;
+use chrono::{DateTime, SubsecRound, Utc};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::chrono::{DateTime, SubsecRound, Utc};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::ResourceExt;
 use rand::rngs::OsRng;
@@ -68,7 +67,7 @@ pub fn fresh_key_ring(sp: &StreamPipeline) -> Result<Secret, Error> {
         sp,
         &format!("k{}", now.timestamp()),
         &fresh_key(),
-        &Time(now),
+        &crate::clock::time_of(now),
     )?)
 }
 
@@ -311,7 +310,7 @@ mod tests {
     use k8s_openapi::ByteString;
 
     fn pipeline(persistence: &str) -> StreamPipeline {
-        let mut sp: StreamPipeline = serde_yaml::from_str(&format!(
+        let mut sp: StreamPipeline = sluice_crds::yaml::from_str(&format!(
             "apiVersion: sluice.dev/v1alpha1
 kind: StreamPipeline
 metadata: {{name: p, namespace: demo, uid: u-1}}
@@ -366,9 +365,9 @@ spec:
 
     #[test]
     fn the_recheck_lands_at_or_after_the_due_time() {
-        use k8s_openapi::chrono::TimeZone;
+        use chrono::TimeZone;
         let now = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
-        let ms = |n| k8s_openapi::chrono::TimeDelta::milliseconds(n);
+        let ms = |n| chrono::TimeDelta::milliseconds(n);
         let secs = |d: std::time::Duration| d.as_secs_f64();
         assert_eq!(secs(until(now, now + ms(1))), 1.0);
         assert_eq!(secs(until(now, now + ms(150_000))), 150.0);

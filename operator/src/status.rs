@@ -377,14 +377,14 @@ pub fn condition<'a>(status: &'a StreamPipelineStatus, type_: &str) -> Option<&'
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{TimeZone, Utc};
     use k8s_openapi::api::apps::v1::{
         DeploymentCondition, DeploymentSpec, DeploymentStatus, StatefulSetSpec, StatefulSetStatus,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use k8s_openapi::chrono::{TimeZone, Utc};
 
     fn t(s: i64) -> Time {
-        Time(Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap())
+        crate::clock::time_of(Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap())
     }
 
     fn deploy(spec: Option<i32>, generation: i64, st: DeploymentStatus) -> Deployment {

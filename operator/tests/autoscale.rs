@@ -305,7 +305,7 @@ async fn a_group_at_zero_wakes_on_the_first_entry_and_the_waiting_request_is_ans
     let sandbox = Sandbox::new("autoscale-zero");
     let mut m = manifest(json!({"minReplicas": 0, "maxReplicas": 3}), "25s");
     m["metadata"]["namespace"] = s.ns.into();
-    let file = sandbox.write("pipeline.yaml", &serde_yaml::to_string(&m)?);
+    let file = sandbox.write("pipeline.yaml", &sluice_crds::yaml::to_string(&m)?);
     let keys = sandbox.keygen();
     let url = s.redis.url();
     let ingress = Service::start(&sandbox, Spec::ingress(&file).redis(&url, &keys)).await;

@@ -16,8 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::chrono::{TimeZone, Utc};
+use chrono::{TimeZone, Utc};
 use sluice_crds::StreamPipeline;
 use sluice_operator::{
     desired, initial_key_secret, initial_redis_secret, resources, GeneratedSecret,
@@ -55,7 +54,7 @@ fn golden_dir() -> PathBuf {
 fn render(example: &Path) -> String {
     let text = std::fs::read_to_string(example).unwrap();
     let mut sp: StreamPipeline =
-        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+        sluice_crds::yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
     sp.metadata.namespace = Some(NAMESPACE.into());
     sp.metadata.uid = Some(UID.into());
     let d = desired(&sp, &settings()).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
@@ -68,7 +67,8 @@ fn render(example: &Path) -> String {
         d.config_hash
     );
     out.push_str(&d.to_yaml().unwrap());
-    let updated = Time(Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap());
+    let updated =
+        sluice_operator::clock::time_of(Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap());
     let mut secrets = Vec::new();
     for s in &d.generated_secrets {
         secrets.push(match s {

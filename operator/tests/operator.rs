@@ -665,8 +665,8 @@ async fn only_the_leader_writes_and_a_standby_takes_over_within_the_lease_durati
         )
         .unwrap();
     lease["spec"]["holderIdentity"] = "intruder".into();
-    lease["spec"]["renewTime"] = k8s_openapi::chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+    lease["spec"]["renewTime"] = k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string()
         .into();
     h.sim.put_object(lease)?;

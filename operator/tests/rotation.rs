@@ -40,9 +40,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use chrono::{SecondsFormat, Utc};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Secret, Service};
-use k8s_openapi::chrono::{SecondsFormat, Utc};
 use kube::api::{Api, Patch, PatchParams};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -211,7 +211,7 @@ struct Load {
 /// The order with id `id` and the exact answer the pipeline gives it.
 fn order(id: &str, n: u64) -> (Value, Value) {
     let items = n % 7 + 1;
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         (
             json!({"id": id, "type": "priority", "items": items}),
             json!({"order": id, "price": 0, "status": "accepted", "summary": format!("{items} item(s) in the rush lane")}),
@@ -506,7 +506,7 @@ impl Rig {
             async move { seen.lock().states.len().checked_sub(1) }
         })
         .await?;
-        let long_ago = (Utc::now() - k8s_openapi::chrono::TimeDelta::minutes(11))
+        let long_ago = (Utc::now() - chrono::TimeDelta::minutes(11))
             .to_rfc3339_opts(SecondsFormat::Secs, true);
         let api: Api<Secret> = Api::namespaced(self.h.admin.clone(), NS);
         api.patch(
@@ -623,10 +623,8 @@ impl Drop for Rig {
 }
 
 fn secs_between(a: &str, b: &str) -> f64 {
-    let t = |s: &str| {
-        k8s_openapi::chrono::DateTime::parse_from_rfc3339(s)
-            .unwrap_or_else(|e| panic!("`{s}`: {e}"))
-    };
+    let t =
+        |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap_or_else(|e| panic!("`{s}`: {e}"));
     (t(b) - t(a)).as_seconds_f64()
 }
 

@@ -51,7 +51,7 @@ fn load(example: &str) -> StreamPipeline {
         .join(example);
     let text = std::fs::read_to_string(&path).unwrap();
     let mut sp: StreamPipeline =
-        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        sluice_crds::yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     sp.metadata.namespace = Some(NAMESPACE.into());
     sp.metadata.uid = Some(UID.into());
     sp

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::chrono::{SubsecRound, Utc};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
@@ -335,9 +334,7 @@ impl Autoscaler {
             };
             if self.scale(sp, namespace, reading, &d).await {
                 let decision = ScaleDecision {
-                    time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                        Utc::now().trunc_subsecs(0),
-                    ),
+                    time: crate::clock::now_seconds(),
                     from: i32::try_from(d.from).unwrap_or(i32::MAX),
                     to: i32::try_from(d.to).unwrap_or(i32::MAX),
                     reason: d.reason.clone(),

@@ -254,7 +254,7 @@ mod tests {
     use sluice_crds::{compile, PipelineId};
 
     fn spec(extra: &str) -> StreamPipelineSpec {
-        serde_yaml::from_str(&format!(
+        sluice_crds::yaml::from_str(&format!(
             "backends: {{queue: redis, kv: redis, reply: redis}}
 interfaces: [{{name: api, path: /a, entry: a, timeout: 5s}}, {{name: slow, path: /b, entry: a, timeout: 60s}}]
 groups:

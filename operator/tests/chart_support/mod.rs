@@ -74,11 +74,9 @@ pub fn helm_template(values: Option<&str>, include_crds: bool) -> anyhow::Result
 
 /// Every non-empty YAML document of `text`, as JSON.
 pub fn split_documents(text: &str) -> anyhow::Result<Vec<Value>> {
-    use serde::Deserialize;
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).context("YAML stream")?;
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let v = serde_yaml::Value::deserialize(doc).with_context(|| format!("document {i}"))?;
-        let v: Value = serde_json::to_value(v).with_context(|| format!("document {i}"))?;
+    for v in docs {
         if !v.is_null() {
             out.push(v);
         }

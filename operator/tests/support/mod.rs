@@ -79,7 +79,7 @@ pub fn examples_dir() -> PathBuf {
 pub fn example(name: &str) -> Value {
     let path = examples_dir().join(format!("{name}.yaml"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    sluice_crds::yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Every example's name.

@@ -18,7 +18,7 @@ pub enum Error {
     Io(#[from] std::io::Error),
     /// Rendering a kubeconfig failed.
     #[error("could not render kubeconfig")]
-    Kubeconfig(#[from] serde_yaml::Error),
+    Kubeconfig(#[from] serde_saphyr::SerializeError),
     /// A direct store access was refused the way the API would refuse it.
     #[error("API error: {0}")]
     Api(#[from] ApiError),

@@ -20,7 +20,7 @@ pub(crate) fn document(reg: &Registry, which: &str) -> Option<Value> {
     if which == "v2" {
         return Some(json!({
             "swagger": "2.0",
-            "info": {"title": "Kubernetes (cluster-sim)", "version": "v1.32.0"},
+            "info": {"title": "Kubernetes (cluster-sim)", "version": "v1.30.0"},
             "paths": {},
             "definitions": {},
         }));
@@ -72,7 +72,7 @@ pub(crate) fn document(reg: &Registry, which: &str) -> Option<Value> {
     found.then(|| {
         json!({
             "openapi": "3.0.0",
-            "info": {"title": "Kubernetes (cluster-sim)", "version": "v1.32.0"},
+            "info": {"title": "Kubernetes (cluster-sim)", "version": "v1.30.0"},
             "paths": paths,
             "components": {"schemas": {}},
         })

@@ -269,7 +269,7 @@ async fn serve(
     match route {
         Route::Healthz => Ok((StatusCode::OK, "ok").into_response()),
         Route::Version => get_only(Some(json!({
-            "major": "1", "minor": "32", "gitVersion": "v1.32.0-cluster-sim",
+            "major": "1", "minor": "30", "gitVersion": "v1.30.0-cluster-sim",
             "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
             "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.23", "compiler": "gc",
             "platform": "linux/amd64",

@@ -243,7 +243,7 @@ pub(crate) fn write_kubeconfig(path: &Path, server: &str, user: &str, token: &st
         "current-context": "cluster-sim",
         "preferences": {},
     });
-    std::fs::write(path, serde_yaml::to_string(&doc)?)?;
+    std::fs::write(path, serde_saphyr::to_string(&doc)?)?;
     Ok(())
 }
 

@@ -10,7 +10,11 @@ use serde_json::{json, Value};
 
 /// An order with a caller-chosen `id`; every third one is a priority order.
 pub fn input(id: &str, i: usize) -> Value {
-    let kind = if i % 3 == 0 { "priority" } else { "bulk" };
+    let kind = if i.is_multiple_of(3) {
+        "priority"
+    } else {
+        "bulk"
+    };
     json!({"id": id, "type": kind, "items": i % 7 + 1})
 }
 

@@ -339,7 +339,7 @@ async fn controller_reconciles_owned_children_and_finalizer_runs_cleanup() -> an
 async fn lease_is_acquired_renewed_and_guarded_by_resource_version() -> anyhow::Result<()> {
     let (sim, client) = start().await?;
     let leases: Api<Lease> = Api::namespaced(client, "default");
-    let now = || MicroTime(k8s_openapi::chrono::Utc::now());
+    let now = || MicroTime(k8s_openapi::jiff::Timestamp::now());
     let acquired = leases
         .create(
             &PostParams::default(),
@@ -397,9 +397,10 @@ async fn lease_is_acquired_renewed_and_guarded_by_resource_version() -> anyhow::
 
 #[tokio::test]
 async fn metadata_api_and_metadata_watcher_get_partial_object_metadata() -> anyhow::Result<()> {
-    use kube::runtime::metadata_watcher;
+    use kube::core::PartialObjectMeta;
     let (sim, client) = start().await?;
-    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let meta_api: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(client, "default");
     api.create(&PostParams::default(), &cm("m1", "secret-ish"))
         .await?;
     let meta = api.get_metadata("m1").await?;
@@ -408,7 +409,7 @@ async fn metadata_api_and_metadata_watcher_get_partial_object_metadata() -> anyh
     assert_eq!(list.items.len(), 1);
     let first = tokio::time::timeout(
         PATIENCE,
-        metadata_watcher(api.clone(), watcher::Config::default())
+        watcher(meta_api, watcher::Config::default())
             .applied_objects()
             .boxed()
             .next(),

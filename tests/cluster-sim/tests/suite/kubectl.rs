@@ -117,7 +117,7 @@ async fn kubectl_applies_gets_watches_and_deletes_with_dependents_collected() ->
     );
 
     let yaml = kubectl(&kc, &["get", "widget", "w1", "-o", "yaml"]).await?;
-    let obj: serde_json::Value = serde_yaml::from_str(&yaml)?;
+    let obj: serde_json::Value = serde_saphyr::from_str(&yaml)?;
     assert_eq!(obj["spec"], json!({"size": 3, "color": "red"}), "{yaml}");
     assert_eq!(obj["kind"], "Widget");
 
