@@ -27,7 +27,8 @@ use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 use sluice_crds::{InterfacePlan, Plan};
-use sluice_exec_worker::{Executor, NodeContext, StepOutcome};
+use sluice_exec_worker::worker::DEAD_LETTER_RETENTION;
+use sluice_exec_worker::{Crash, Executor, NodeContext, StepOutcome};
 use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::signing::{max_entry_bytes, oversized_output};
 use sluice_platform::telemetry::{self, Span};
@@ -329,6 +330,18 @@ async fn serve(
                 ));
             }
             StepOutcome::Expired => return Err(timeout()),
+            StepOutcome::Crashed(crash) => {
+                env.dest = s.plan.ingress_group.clone();
+                env.node = Some(it.entry.clone());
+                env.payload = input;
+                dead_letter_crash(s, &mut env, &crash).await;
+                return Err(ApiError::new(
+                    status_of_reply_code("node_crashed"),
+                    "node_crashed",
+                    crash.caller_message(),
+                    rid,
+                ));
+            }
         }
     } else {
         (entry_group.clone(), it.entry.clone(), input)
@@ -383,6 +396,28 @@ async fn serve(
     }
 }
 
+/// A node of the ingress group panicked on `env`'s request: the request
+/// (as it entered, so replaying it reproduces the crash) goes to the
+/// dead-letter stream like a worker's crashed entry. Best effort: the
+/// caller is answered whether or not the write succeeds.
+async fn dead_letter_crash(s: &AppState, env: &mut Envelope, crash: &Crash) {
+    tracing::error!(
+        request_id = %env.rid,
+        cid = %env.cid,
+        node = %crash.node,
+        panic = %crash.panic,
+        "node panicked; dead-lettering the request"
+    );
+    let entry = s.signer.sign(env);
+    if let Err(e) = s
+        .queue
+        .push_capped(&s.keys.dead_letter(), entry, DEAD_LETTER_RETENTION)
+        .await
+    {
+        tracing::warn!(request_id = %env.rid, error = %e, "dead-letter write failed");
+    }
+}
+
 /// The reply's hop, from the worker signing it to this ingress taking it;
 /// ends at once (the caller's answer is on the server span).
 fn receive_span(reply: &Envelope) {
@@ -405,6 +440,7 @@ fn static_code(code: &str) -> &'static str {
     match code {
         "node_failed" => "node_failed",
         "retries_exhausted" => "retries_exhausted",
+        "node_crashed" => "node_crashed",
         _ => "worker_error",
     }
 }
