@@ -6,12 +6,19 @@
 //!                                       ├─ other group ─▶ Forward (queue hop)
 //!                                       └─ none        ─▶ Done (the reply)
 //! ```
+//!
+//! A node that panics ends the run with [`StepOutcome::Crashed`]: the panic
+//! is caught at the node call, so it never unwinds through the worker loop
+//! or the ingress handler that hold the entry's lease, slot and gauges.
 
+use std::any::Any;
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::FutureExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -36,6 +43,41 @@ pub enum StepOutcome {
     Failed(NodeError),
     /// The deadline passed while working: the work is dropped.
     Expired,
+    /// A node panicked. The input is treated as poison: it is dead-lettered
+    /// at once and never retried, and the caller is answered with an error.
+    Crashed(Crash),
+}
+
+/// A node that panicked, for the dead letter, the log and the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crash {
+    /// The pipeline node that panicked.
+    pub node: String,
+    /// The panic's message when it carried text; for logs only, never sent
+    /// to the caller (it may quote internals of the node).
+    pub panic: String,
+}
+
+impl Crash {
+    /// The message the caller gets: names the node, not its internals.
+    pub fn caller_message(&self) -> String {
+        format!(
+            "node `{}` crashed on this input; the request was dead-lettered and is not retried",
+            self.node
+        )
+    }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a format string),
+/// or a placeholder for any other payload type.
+fn panic_text(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a panic payload that is not text)".to_string()
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,7 +167,14 @@ impl Executor {
                 ..ctx.clone()
             };
             let started = Instant::now();
-            let result = tokio::time::timeout(remaining, node.call(value, &node_ctx)).await;
+            // AssertUnwindSafe: after a panic the node's future is dropped
+            // and nothing it touched is read again by this run; a node's
+            // shared state is its own to keep consistent (as with any
+            // panic in a multi-threaded program).
+            // The call is made inside the async block so that a node
+            // panicking before it returns its future is caught too.
+            let call = AssertUnwindSafe(async { node.call(value, &node_ctx).await }).catch_unwind();
+            let result = tokio::time::timeout(remaining, call).await;
             self.durations
                 .get_or_create(&NodeLabel {
                     node: current.clone(),
@@ -133,8 +182,14 @@ impl Executor {
                 .observe(started.elapsed().as_secs_f64());
             let out = match result {
                 Err(_) => return StepOutcome::Expired,
-                Ok(Err(e)) => return StepOutcome::Failed(e),
-                Ok(Ok(out)) => out,
+                Ok(Err(payload)) => {
+                    return StepOutcome::Crashed(Crash {
+                        node: current,
+                        panic: panic_text(payload.as_ref()),
+                    })
+                }
+                Ok(Ok(Err(e))) => return StepOutcome::Failed(e),
+                Ok(Ok(Ok(out))) => out,
             };
             // Nodes come from the plan, so the plan has an entry for each.
             let plan_node = &self.plan.nodes[&current];

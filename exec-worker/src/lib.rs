@@ -22,7 +22,7 @@ pub mod process;
 pub mod registry;
 pub mod worker;
 
-pub use executor::{Executor, StepOutcome};
+pub use executor::{Crash, Executor, StepOutcome};
 pub use node::{ConfigError, Node, NodeConfig, NodeContext, NodeError, NodeOutput};
 pub use parts::RuntimeParts;
 pub use registry::Registry;

@@ -32,7 +32,9 @@ pub trait Node: Send + Sync + 'static {
 /// What a node sees of the request it works on.
 #[derive(Debug, Clone)]
 pub struct NodeContext {
-    /// The caller's request id (their `X-Request-Id`, or one the ingress made).
+    /// The caller's request id (their `X-Request-Id`, or one the ingress
+    /// made): a label for logs and echoes only, never a key (callers choose
+    /// it, and two may choose the same).
     pub request_id: String,
     /// The ingress-generated correlation id; unique per request.
     pub correlation_id: String,
@@ -52,10 +54,14 @@ impl NodeContext {
             .unwrap_or(Duration::ZERO)
     }
 
-    /// `<request-id>/<node>`: stable across redeliveries of the same request,
-    /// distinct per node, so downstream services can deduplicate.
+    /// `<correlation-id>/<node>`: stable across redeliveries of the same
+    /// request, distinct per request and per node, so downstream services
+    /// can deduplicate. Built from the ingress-made correlation id, never
+    /// from the caller's request id: two callers may choose the same
+    /// `X-Request-Id` (or number theirs 1, 2, 3), and one must not be able
+    /// to replay or suppress another's side effects downstream.
     pub fn idempotency_key(&self) -> String {
-        format!("{}/{}", self.request_id, self.node)
+        format!("{}/{}", self.correlation_id, self.node)
     }
 }
 

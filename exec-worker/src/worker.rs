@@ -14,6 +14,10 @@
 //! - Retryable failures are left pending (their lease is no longer renewed),
 //!   so they are redelivered after one lease; past `maxDeliveries` the
 //!   envelope is dead-lettered and the caller gets an error reply.
+//! - A node that panics costs one delivery: the envelope is dead-lettered
+//!   at once and the caller gets a `node_crashed` reply. Whatever way
+//!   handling an entry ends, even by a panic, its lease stops being renewed
+//!   and the in-flight gauge falls (a drop guard, [`Holding`]).
 //! - On shutdown the loop stops reading, finishes and hands off what it
 //!   holds, then returns.
 
@@ -37,7 +41,7 @@ use sluice_platform::{
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{Executor, StepOutcome};
+use crate::executor::{Crash, Executor, StepOutcome};
 use crate::node::NodeContext;
 use crate::parts::RuntimeParts;
 
@@ -79,7 +83,7 @@ pub struct OutcomeLabel {
 #[derive(Clone, Debug, Default)]
 pub struct WorkerMetrics {
     /// `sluice_worker_entries_total{group,outcome}`: forwarded, replied,
-    /// failed, retried, dead_lettered, expired, rejected, reply_dropped.
+    /// failed, retried, dead_lettered, crashed, expired, rejected, reply_dropped.
     pub entries: Family<OutcomeLabel, Counter>,
     /// `sluice_worker_redeliveries_total{group}`: entries seen more than once.
     pub redeliveries: Family<GroupLabel, Counter>,
@@ -305,10 +309,6 @@ impl Worker {
         }
     }
 
-    fn release(&self, id: &str) {
-        self.held.lock().remove(id);
-    }
-
     /// Handles one delivery to the end: hand-off, drop, or leave pending.
     async fn handle(&self, d: Delivery) {
         let g = self.cfg.group.clone();
@@ -318,6 +318,12 @@ impl Worker {
             .get_or_create(&GroupLabel { group: g.clone() })
             .clone();
         gauge.inc();
+        // Released on every way out of this function, unwinding included.
+        let _holding = Holding {
+            worker: self,
+            id: &d.id,
+            gauge,
+        };
         if d.deliveries > 1 {
             self.metrics
                 .redeliveries
@@ -325,8 +331,6 @@ impl Worker {
                 .inc();
         }
         self.handle_inner(&d).await;
-        self.release(&d.id);
-        gauge.dec();
     }
 
     async fn handle_inner(&self, d: &Delivery) {
@@ -352,7 +356,7 @@ impl Worker {
             }
         };
         if d.deliveries > self.cfg.max_deliveries {
-            self.dead_letter(d, &env, "delivered too many times").await;
+            self.exhausted(d, &env, "delivered too many times").await;
             return;
         }
         let ctx = NodeContext {
@@ -370,12 +374,11 @@ impl Worker {
         }
         let outcome = self.executor.run(&node, env.payload.clone(), &ctx).await;
         span.set("sluice.outcome", outcome_name(&outcome));
-        if let StepOutcome::Failed(e) = &outcome {
-            span.fail(if e.is_retryable() {
-                "retryable failure"
-            } else {
-                "node failed"
-            });
+        match &outcome {
+            StepOutcome::Failed(e) if e.is_retryable() => span.fail("retryable failure"),
+            StepOutcome::Failed(_) => span.fail("node failed"),
+            StepOutcome::Crashed(_) => span.fail("node crashed"),
+            _ => {}
         }
         match outcome {
             StepOutcome::Done(value) => {
@@ -408,7 +411,7 @@ impl Worker {
             }
             StepOutcome::Failed(e) if e.is_retryable() => {
                 if d.deliveries >= self.cfg.max_deliveries {
-                    self.dead_letter(d, &env, e.message()).await;
+                    self.exhausted(d, &env, e.message()).await;
                 } else {
                     // Stop renewing: the lease lapses and the entry is redelivered.
                     tracing::debug!(group = %g, id = %d.id, attempt = d.deliveries, error = %e, "retryable failure");
@@ -425,7 +428,25 @@ impl Worker {
                 self.metrics.outcome(g, "expired");
                 self.finish(&d.id, None, "expired").await;
             }
+            StepOutcome::Crashed(crash) => self.crashed(d, &env, &crash).await,
         }
+    }
+
+    /// A node panicked on this entry: dead-letter it now, whatever its
+    /// delivery count (the same input would panic again, and a hostile one
+    /// must not cost `maxDeliveries` attempts), and answer the caller.
+    async fn crashed(&self, d: &Delivery, env: &Envelope, crash: &Crash) {
+        tracing::error!(
+            group = %self.cfg.group,
+            id = %d.id,
+            node = %crash.node,
+            cid = %env.cid,
+            request_id = %env.rid,
+            panic = %crash.panic,
+            "node panicked; dead-lettering the entry"
+        );
+        let err = ReplyError::new("node_crashed", crash.caller_message());
+        self.dead_letter(d, env, err, "crashed").await;
     }
 
     /// The span of one delivery: `process <node>`, child of the span that
@@ -482,7 +503,19 @@ impl Worker {
         }
     }
 
-    async fn dead_letter(&self, d: &Delivery, env: &Envelope, why: &str) {
+    /// Past `maxDeliveries`: dead-letter and answer `retries_exhausted`.
+    async fn exhausted(&self, d: &Delivery, env: &Envelope, why: &str) {
+        tracing::warn!(group = %self.cfg.group, id = %d.id, deliveries = d.deliveries, cid = %env.cid, request_id = %env.rid, "dead-lettered: {why}");
+        let err = ReplyError::new(
+            "retries_exhausted",
+            format!("gave up after {} deliveries: {why}", d.deliveries),
+        );
+        self.dead_letter(d, env, err, "dead_lettered").await;
+    }
+
+    /// Copies the entry to the dead-letter stream, then answers the caller
+    /// with `err` and acknowledges, counting `outcome`.
+    async fn dead_letter(&self, d: &Delivery, env: &Envelope, err: ReplyError, outcome: &str) {
         let g = &self.cfg.group;
         // Push first: a crash between the two steps duplicates the dead
         // letter rather than losing it.
@@ -498,13 +531,8 @@ impl Worker {
             tracing::warn!(group = %g, error = %e, "dead-letter write failed; entry left for redelivery");
             return;
         }
-        tracing::warn!(group = %g, id = %d.id, deliveries = d.deliveries, cid = %env.cid, request_id = %env.rid, "dead-lettered: {why}");
-        let err = ReplyError::new(
-            "retries_exhausted",
-            format!("gave up after {} deliveries: {why}", d.deliveries),
-        );
         let reply = self.signer.sign(&mut env.reply(Err(err)));
-        self.finish(&d.id, Some(self.reply_forward(env, reply)), "dead_lettered")
+        self.finish(&d.id, Some(self.reply_forward(env, reply)), outcome)
             .await;
     }
 
@@ -539,5 +567,23 @@ fn outcome_name(o: &StepOutcome) -> &'static str {
         StepOutcome::Failed(e) if e.is_retryable() => "retryable_failure",
         StepOutcome::Failed(_) => "failed",
         StepOutcome::Expired => "expired",
+        StepOutcome::Crashed(_) => "crashed",
+    }
+}
+
+/// An entry this worker holds: while it lives the entry's lease is renewed
+/// and it counts in `sluice_worker_in_flight`; dropping it ends both, on
+/// every path out of [`Worker::handle`] (a panic included), so no entry is
+/// held forever.
+struct Holding<'w> {
+    worker: &'w Worker,
+    id: &'w str,
+    gauge: Gauge,
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.worker.held.lock().remove(self.id);
+        self.gauge.dec();
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::extract::State;
+use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::any;
 use axum::{Json, Router};
@@ -49,6 +49,28 @@ async fn serve() -> (String, Hits) {
             any(|| async { (StatusCode::SERVICE_UNAVAILABLE, "try later") }),
         )
         .route("/busy", any(|| async { StatusCode::TOO_MANY_REQUESTS }))
+        // Redirects: within this origin (`/moved`, `/loop`), and to another
+        // server's `/echo` (`/away/{port}`).
+        .route(
+            "/moved",
+            any(|| async { (StatusCode::PERMANENT_REDIRECT, [("location", "/echo")]) }),
+        )
+        .route(
+            "/loop",
+            any(|| async { (StatusCode::FOUND, [("location", "/loop")]) }),
+        )
+        .route(
+            "/away/{port}",
+            any(|UrlPath(port): UrlPath<u16>| async move {
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(
+                        "location",
+                        format!("http://127.0.0.1:{port}/echo?from=redirect"),
+                    )],
+                )
+            }),
+        )
         .route(
             "/slow",
             any(|| async {
@@ -170,8 +192,147 @@ async fn idempotency_key_and_request_id_headers_are_sent() {
         .call(json!({}), &ctx(Duration::from_secs(10)))
         .await
         .unwrap();
-    assert_eq!(out.value["idempotencyKey"], "req-42/enrich");
+    assert_eq!(out.value["idempotencyKey"], "corr-1/enrich");
     assert_eq!(out.value["requestId"], "req-42");
+}
+
+#[tokio::test]
+async fn idempotency_key_follows_the_correlation_id_never_the_callers_request_id() {
+    let (base, _) = serve().await;
+    let node = node(format!("{base}/echo"));
+    let key = |ctx: NodeContext| {
+        let node = node.clone();
+        async move {
+            let out = node.call(json!({}), &ctx).await.unwrap();
+            (
+                out.value["idempotencyKey"].as_str().unwrap().to_owned(),
+                out.value["requestId"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    // Two requests whose callers both chose `X-Request-Id: 1`.
+    let first = NodeContext {
+        request_id: "1".into(),
+        correlation_id: "0b6f1c2e-first".into(),
+        ..ctx(Duration::from_secs(10))
+    };
+    let second = NodeContext {
+        correlation_id: "7d3a9e41-second".into(),
+        ..first.clone()
+    };
+    let (k1, rid1) = key(first.clone()).await;
+    let (k2, rid2) = key(second).await;
+    assert_eq!(
+        (rid1.as_str(), rid2.as_str()),
+        ("1", "1"),
+        "the label is passed on"
+    );
+    assert_ne!(k1, k2, "two requests never share a key");
+    assert_eq!(k1, "0b6f1c2e-first/enrich");
+
+    // A redelivery of the same entry carries the same envelope: same key.
+    let (again, _) = key(NodeContext {
+        attempt: 2,
+        deadline: SystemTime::now() + Duration::from_secs(5),
+        ..first
+    })
+    .await;
+    assert_eq!(again, k1);
+}
+
+/// `headersFrom: {X-Token: api/token}` holding `the-secret`.
+fn with_secret(url: String, extra: Value, secrets: &TempDir) -> Arc<dyn Node> {
+    secrets.write("api", "token", "the-secret");
+    let mut with = json!({
+        "url": url,
+        "headersFrom": {"X-Token": {"secretRef": {"name": "api", "key": "token"}}}
+    });
+    if let (Some(w), Some(extra)) = (with.as_object_mut(), extra.as_object()) {
+        w.extend(extra.clone());
+    }
+    build(with, &secrets.0)
+}
+
+#[tokio::test]
+async fn redirect_to_another_origin_is_not_followed_and_the_secret_never_reaches_it() {
+    let (base, _) = serve().await;
+    let (other, other_hits) = serve().await;
+    let other_port = other.rsplit(':').next().unwrap().to_owned();
+    let secrets = TempDir::new("redirect");
+    for extra in [json!({}), json!({"followRedirects": "sameOrigin"})] {
+        let node = with_secret(format!("{base}/away/{other_port}"), extra.clone(), &secrets);
+        let err = node
+            .call(json!({}), &ctx(Duration::from_secs(10)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, NodeError::Permanent(_)), "{extra}: {err}");
+        let msg = err.message();
+        assert!(
+            msg.contains("307") && msg.contains(&format!("a redirect to {other}")),
+            "{extra}: {msg}"
+        );
+        assert!(
+            !msg.contains("from=redirect"),
+            "only the origin is quoted: {msg}"
+        );
+        assert!(!msg.contains("the-secret"), "{msg}");
+    }
+    assert_eq!(
+        other_hits.0.load(Ordering::SeqCst),
+        0,
+        "the other origin was called (with the secret header)"
+    );
+}
+
+#[tokio::test]
+async fn no_redirect_is_followed_by_default_even_within_the_origin() {
+    let (base, hits) = serve().await;
+    let err = node(format!("{base}/moved"))
+        .call(json!({}), &ctx(Duration::from_secs(10)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NodeError::Permanent(_)), "{err}");
+    assert!(
+        err.message().contains("308") && err.message().contains("follows no redirects"),
+        "{err}"
+    );
+    assert_eq!(hits.0.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn same_origin_redirects_are_followed_when_asked_with_their_headers() {
+    let (base, hits) = serve().await;
+    let secrets = TempDir::new("same-origin");
+    let node = with_secret(
+        format!("{base}/moved"),
+        json!({"followRedirects": "sameOrigin"}),
+        &secrets,
+    );
+    let out = node
+        .call(json!({"n": 1}), &ctx(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    // 308 keeps the method and the body.
+    assert_eq!(out.value["method"], "POST");
+    assert_eq!(out.value["body"], json!({"n": 1}));
+    assert_eq!(out.value["token"], "the-secret");
+    assert_eq!(out.value["idempotencyKey"], "corr-1/enrich");
+    assert_eq!(hits.0.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_same_origin_redirect_loop_ends_as_a_permanent_error() {
+    let (base, _) = serve().await;
+    let node = build(
+        json!({"url": format!("{base}/loop"), "followRedirects": "sameOrigin"}),
+        std::path::Path::new("/nonexistent"),
+    );
+    let err = node
+        .call(json!({}), &ctx(Duration::from_secs(10)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NodeError::Permanent(_)), "{err}");
+    assert!(err.message().contains("302"), "{err}");
 }
 
 #[tokio::test]

@@ -26,6 +26,11 @@ pub const ENV_DRAIN_GRACE: &str = "SLUICE_DRAIN_GRACE";
 pub const ENV_DRAIN_TIMEOUT: &str = "SLUICE_DRAIN_TIMEOUT";
 pub const ENV_INLINE_THREADS: &str = "SLUICE_INLINE_THREADS";
 pub const ENV_LOG_FORMAT: &str = "SLUICE_LOG_FORMAT";
+pub const ENV_HEADER_TIMEOUT: &str = "SLUICE_HEADER_TIMEOUT";
+pub const ENV_BODY_TIMEOUT: &str = "SLUICE_BODY_TIMEOUT";
+pub const ENV_MAX_CONNECTIONS: &str = "SLUICE_MAX_CONNECTIONS";
+pub const ENV_MAX_JSON_DEPTH: &str = "SLUICE_MAX_JSON_DEPTH";
+pub const ENV_MAX_JSON_ELEMENTS: &str = "SLUICE_MAX_JSON_ELEMENTS";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_SECRETS_DIR: &str = "/etc/sluice/secrets";
@@ -105,6 +110,34 @@ pub struct Cli {
     /// Log format: text or json [env: SLUICE_LOG_FORMAT] [default: text]; the level comes from RUST_LOG (default info)
     #[arg(long, value_name = "text|json")]
     pub log_format: Option<String>,
+
+    /// A request's head (request line and headers) must arrive within this
+    /// long of the connection opening or of the previous response, else the
+    /// connection is closed; this is also how long an idle keep-alive
+    /// connection stays open [env: SLUICE_HEADER_TIMEOUT] [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub header_timeout: Option<String>,
+
+    /// A request's body must arrive within this long of its head (and within
+    /// the interface's timeout, whichever is shorter), else 408
+    /// [env: SLUICE_BODY_TIMEOUT] [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub body_timeout: Option<String>,
+
+    /// Open client connections at most; more are answered 503 and closed
+    /// [env: SLUICE_MAX_CONNECTIONS] [default: 4096]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Deepest nesting of arrays and objects in a request body, else 400
+    /// [env: SLUICE_MAX_JSON_DEPTH] [default: 64]
+    #[arg(long, value_name = "N")]
+    pub max_json_depth: Option<usize>,
+
+    /// Most array items plus object members in a request body, else 413
+    /// [env: SLUICE_MAX_JSON_ELEMENTS] [default: 100000]
+    #[arg(long, value_name = "N")]
+    pub max_json_elements: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +156,42 @@ pub enum LogFormat {
     Json,
 }
 
+/// How much the HTTP server lets one client hold: time, connections, and
+/// the shape of a JSON body. Per request and per connection, never per
+/// connection lifetime, so long-lived streams are not cut by them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Deadline of a request head, from the connection opening or the end of
+    /// the previous response (so also the idle keep-alive limit).
+    pub header_timeout: Duration,
+    /// Deadline of a request body, from its head; capped by the interface's
+    /// timeout.
+    pub body_timeout: Duration,
+    /// Open client connections at most.
+    pub max_connections: usize,
+    /// Deepest nesting of arrays and objects in a JSON body.
+    pub max_json_depth: usize,
+    /// Most array items plus object members in a JSON body.
+    pub max_json_elements: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_json_depth: 64,
+            max_json_elements: 100_000,
+        }
+    }
+}
+
+/// Upper bounds on the limits themselves: past them a value is a typo, and
+/// the connection cap sizes a semaphore.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+const MAX_CONNECTIONS: usize = 1 << 20;
+
 /// The resolved configuration of one ingress process.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -140,6 +209,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub inline_threads: usize,
     pub log_format: LogFormat,
+    pub http: HttpLimits,
 }
 
 /// A flag or variable with an unusable value.
@@ -246,7 +316,9 @@ impl Config {
         {
             return Err(bad("--ingress-id", "use letters, digits, '-', '_' and '.'"));
         }
+        let http = resolve_http_limits(cli, env)?;
         Ok(Self {
+            http,
             pipeline,
             listen,
             backend,
@@ -302,8 +374,81 @@ impl Config {
             drain_timeout: Duration::from_secs(10),
             inline_threads: 2,
             log_format: LogFormat::Text,
+            http: HttpLimits::default(),
         }
     }
+}
+
+/// The HTTP limits from flags over variables over [`HttpLimits::default`].
+fn resolve_http_limits(
+    cli: &Cli,
+    env: &HashMap<String, String>,
+) -> Result<HttpLimits, ConfigError> {
+    let defaults = HttpLimits::default();
+    let duration = |flag: &Option<String>, var: &str, name: &str, default: Duration| {
+        let d = match flag.clone().or_else(|| env.get(var).cloned()) {
+            None => return Ok(default),
+            Some(s) => sluice_crds::units::parse_duration(&s).map_err(|e| bad(name, e))?,
+        };
+        if d.is_zero() || d > MAX_TIMEOUT {
+            return Err(bad(
+                name,
+                format!("must be above zero and at most {MAX_TIMEOUT:?}"),
+            ));
+        }
+        Ok(d)
+    };
+    let count = |flag: Option<usize>, var: &str, name: &str, default: usize, max: usize| {
+        let n = match flag {
+            Some(n) => n,
+            None => match env.get(var) {
+                None => return Ok(default),
+                Some(s) => s
+                    .parse()
+                    .map_err(|_| bad(name, format!("`{s}` is not a number")))?,
+            },
+        };
+        if n == 0 || n > max {
+            return Err(bad(name, format!("must be 1 … {max}")));
+        }
+        Ok(n)
+    };
+    Ok(HttpLimits {
+        header_timeout: duration(
+            &cli.header_timeout,
+            ENV_HEADER_TIMEOUT,
+            "--header-timeout",
+            defaults.header_timeout,
+        )?,
+        body_timeout: duration(
+            &cli.body_timeout,
+            ENV_BODY_TIMEOUT,
+            "--body-timeout",
+            defaults.body_timeout,
+        )?,
+        max_connections: count(
+            cli.max_connections,
+            ENV_MAX_CONNECTIONS,
+            "--max-connections",
+            defaults.max_connections,
+            MAX_CONNECTIONS,
+        )?,
+        max_json_depth: count(
+            cli.max_json_depth,
+            ENV_MAX_JSON_DEPTH,
+            "--max-json-depth",
+            defaults.max_json_depth,
+            // serde_json refuses deeper input itself (its recursion limit).
+            127,
+        )?,
+        max_json_elements: count(
+            cli.max_json_elements,
+            ENV_MAX_JSON_ELEMENTS,
+            "--max-json-elements",
+            defaults.max_json_elements,
+            usize::MAX,
+        )?,
+    })
 }
 
 fn default_ingress_id() -> String {
@@ -365,5 +510,31 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.name, "--drain-grace");
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_refuse_zero_or_huge_values() {
+        let c = Config::resolve(&cli(&["--pipeline", "p"]), &HashMap::new()).unwrap();
+        assert_eq!(c.http, HttpLimits::default());
+        let env: HashMap<String, String> = [
+            (ENV_BODY_TIMEOUT.to_string(), "2s".to_string()),
+            (ENV_MAX_CONNECTIONS.to_string(), "10".to_string()),
+        ]
+        .into();
+        let c = Config::resolve(&cli(&["--pipeline", "p", "--max-json-depth", "8"]), &env).unwrap();
+        assert_eq!(c.http.body_timeout, Duration::from_secs(2));
+        assert_eq!(c.http.max_connections, 10);
+        assert_eq!(c.http.max_json_depth, 8);
+        for (flag, value) in [
+            ("--header-timeout", "0s"),
+            ("--body-timeout", "48h"),
+            ("--max-connections", "0"),
+            ("--max-json-depth", "500"),
+            ("--max-json-elements", "0"),
+        ] {
+            let e = Config::resolve(&cli(&["--pipeline", "p", flag, value]), &HashMap::new())
+                .unwrap_err();
+            assert_eq!(e.name, flag);
+        }
     }
 }

@@ -63,6 +63,9 @@ pub fn status_of_reply_code(code: &str) -> StatusCode {
         "node_failed" => StatusCode::UNPROCESSABLE_ENTITY,
         // Every delivery failed transiently: an upstream problem.
         "retries_exhausted" => StatusCode::BAD_GATEWAY,
+        // A node panicked: a fault of the service, not of the caller's
+        // input as far as the caller can tell; not retried.
+        "node_crashed" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_GATEWAY,
     }
 }

@@ -11,18 +11,24 @@
 //!
 //! # Layout
 //! - [`config`]: flags and `SLUICE_*` variables.
+//! - [`listener`]: the HTTP listener (connection cap, header deadline, graceful stop).
 //! - [`server`]: router, admission and the request handler.
+//! - [`body`]: reading a request body (size, deadline, process-wide budget).
+//! - [`json_scan`]: nesting and element limits checked before parsing.
 //! - [`waiters`]: the waiter registry.
 //! - [`error`]: errors as HTTP responses.
 //! - [`metrics`]: the ingress's metric families.
 //! - [`runtime`]: start-up, reply listener, backlog sampler, inline workers, drain.
 
+pub mod body;
 pub mod config;
 pub mod error;
+pub mod json_scan;
+pub mod listener;
 pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod waiters;
 
-pub use config::{Cli, Command, Config, LogFormat};
+pub use config::{Cli, Command, Config, HttpLimits, LogFormat};
 pub use runtime::{keygen, start, start_with, Ingress, StartError};

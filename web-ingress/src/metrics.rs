@@ -28,6 +28,10 @@ pub struct IngressMetrics {
     pub queue_depth: Family<GroupLabel, Gauge>,
     pub queue_bytes: Family<GroupLabel, Gauge>,
     pub replies_dropped: Family<ReasonLabel, Counter>,
+    /// Open client connections.
+    pub connections: Gauge,
+    /// Connections refused at `--max-connections`.
+    pub connections_refused: Counter,
 }
 
 impl IngressMetrics {
@@ -42,6 +46,8 @@ impl IngressMetrics {
             queue_depth: Family::default(),
             queue_bytes: Family::default(),
             replies_dropped: Family::default(),
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
         };
         r.register(
             "sluice_ingress_requests",
@@ -77,6 +83,16 @@ impl IngressMetrics {
             "sluice_ingress_replies_dropped",
             "Replies without a waiter: late (waiter gone) or duplicate",
             m.replies_dropped.clone(),
+        );
+        r.register(
+            "sluice_ingress_connections",
+            "Open client connections",
+            m.connections.clone(),
+        );
+        r.register(
+            "sluice_ingress_connections_refused",
+            "Client connections refused (503, closed) at the --max-connections cap",
+            m.connections_refused.clone(),
         );
         m
     }

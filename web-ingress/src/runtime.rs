@@ -24,7 +24,9 @@ use sluice_platform::{Kv, Queue, ReplyChannel, SharedKeyRing, Verifier};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::body::BodyBudget;
 use crate::config::Config;
+use crate::listener::ConnectionMetrics;
 use crate::metrics::{GroupLabel, IngressMetrics};
 use crate::server::{router, AppState, Backlog};
 use crate::waiters::Delivered;
@@ -217,7 +219,10 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
             )
         })
         .collect();
+    let body_budget = BodyBudget::new(body_budget_bytes(&plan));
     let state = Arc::new(AppState {
+        http: config.http,
+        body_budget,
         plan: plan.clone(),
         keys: parts.keys.clone(),
         ingress_id: config.ingress_id.clone(),
@@ -266,17 +271,16 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     })?;
     let stop_accepting = CancellationToken::new();
     let app = router(state.clone());
-    let server = {
-        let stop = stop_accepting.clone();
-        tokio::spawn(async move {
-            let r = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        })
-    };
+    let server = tokio::spawn(crate::listener::serve(
+        listener,
+        app,
+        config.http,
+        ConnectionMetrics {
+            open: state.metrics.connections.clone(),
+            refused: state.metrics.connections_refused.clone(),
+        },
+        stop_accepting.clone(),
+    ));
 
     summary(&config, &plan, backend, &ring, addr);
 
@@ -301,6 +305,19 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     })
 }
 
+/// The body budget: every interface's `maxInFlight` full bodies, the
+/// memory the in-flight limits already allow for. At least one full body,
+/// so any single body can always be read.
+fn body_budget_bytes(plan: &Plan) -> usize {
+    let max_payload = plan.security.max_payload_bytes as usize;
+    plan.interfaces
+        .iter()
+        .fold(0usize, |sum, i| {
+            sum.saturating_add((i.max_in_flight as usize).saturating_mul(max_payload))
+        })
+        .max(max_payload)
+}
+
 fn summary(
     config: &Config,
     plan: &Plan,
@@ -323,6 +340,9 @@ fn summary(
         pipeline = %plan.id,
         profile = %backend,
         listen = %addr,
+        max_connections = config.http.max_connections,
+        header_timeout = ?config.http.header_timeout,
+        body_timeout = ?config.http.body_timeout,
         ingress_id = %config.ingress_id,
         interfaces = ?interfaces,
         groups = ?groups,

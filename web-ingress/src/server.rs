@@ -2,10 +2,18 @@
 //! `/readyz` and `/metrics`.
 //!
 //! ```text
-//! request ─▶ in-flight limit (429) ─▶ backlog/backend (503) ─▶ body ≤ limit (413) ─▶ JSON (400)
+//! request ─▶ slot free? (429) ─▶ backlog/backend (503) ─▶ body ≤ limit (413) by its deadline (408)
+//!         ─▶ JSON depth/elements (400/413) ─▶ JSON (400) ─▶ take the in-flight slot (429)
 //!         ─▶ register waiter ─▶ ingress-group nodes in process ─▶ sign + push to the first worker queue
 //!         ─▶ await reply until the timeout (504) ─▶ 200 with the terminal node's output
 //! ```
+//!
+//! The in-flight slot is taken once the body is read and parsed, not
+//! before: a client trickling its body holds no slot, so it cannot starve
+//! the interface's callers, and is answered 408 at the body deadline.
+//! Memory stays bounded without the slot: buffered bodies hold the
+//! process's body budget (see `body`). The interface timeout counts from
+//! the request's head, so body and processing together never exceed it.
 //!
 //! Spans (when trace export is on): `POST <path>` (server, child of the
 //! caller's `traceparent` if valid) → `send <group>` (producer; its context
@@ -17,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{to_bytes, Body};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -27,14 +35,18 @@ use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 use sluice_crds::{InterfacePlan, Plan};
-use sluice_exec_worker::{Executor, NodeContext, StepOutcome};
+use sluice_exec_worker::worker::DEAD_LETTER_RETENTION;
+use sluice_exec_worker::{Crash, Executor, NodeContext, StepOutcome};
 use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::signing::{max_entry_bytes, oversized_output};
 use sluice_platform::telemetry::{self, Span};
 use sluice_platform::{Envelope, Keys, Kind, Queue, Signer};
 use tokio::sync::Semaphore;
 
+use crate::body::{self, BodyBudget, BodyError};
+use crate::config::HttpLimits;
 use crate::error::{status_of_reply_code, ApiError};
+use crate::json_scan::{self, ShapeError};
 use crate::metrics::{IngressMetrics, InterfaceLabel, RequestLabel};
 use crate::waiters::Waiters;
 
@@ -65,6 +77,10 @@ pub struct AppState {
     /// Last sampled backlog per worker group; `None` when the sample failed.
     pub backlog: RwLock<Option<HashMap<String, Backlog>>>,
     pub slots: HashMap<String, Arc<Semaphore>>,
+    /// Time and shape limits of the HTTP surface.
+    pub http: HttpLimits,
+    /// Bytes of request bodies buffered at most, across all requests.
+    pub body_budget: BodyBudget,
 }
 
 /// Caller-supplied request ids are kept only when they are short printable
@@ -215,10 +231,12 @@ async fn serve(
     rid: &str,
     req: Request,
 ) -> Result<Value, ApiError> {
-    // Admission, cheapest check first.
+    // Admission, cheapest check first. The deadline counts from here: the
+    // body's time is part of the interface timeout.
+    let deadline = now_ms().saturating_add(it.timeout.as_millis() as u64);
     let slots = &s.slots[&it.name];
-    let Ok(_slot) = slots.try_acquire() else {
-        return Err(ApiError::new(
+    let too_many = || {
+        ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_requests",
             format!(
@@ -227,9 +245,17 @@ async fn serve(
             ),
             rid,
         )
-        .retry_after(1));
+        .retry_after(1)
     };
+    // Checked now so a full interface costs no body read; taken below.
+    if slots.available_permits() == 0 {
+        return Err(too_many());
+    }
     admit_backlog(s, it, rid)?;
+    let input = read_input(s, it, rid, req.into_body()).await?;
+    let Ok(_slot) = slots.try_acquire() else {
+        return Err(too_many());
+    };
     let label = InterfaceLabel {
         interface: it.name.clone(),
     };
@@ -239,22 +265,6 @@ async fn serve(
         in_flight.dec();
     });
 
-    let limit = s.plan.security.max_payload_bytes as usize;
-    let body = read_body(req.into_body(), limit, rid).await?;
-    let input: Value = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("body is not JSON: {e}"),
-                rid,
-            )
-        })?
-    };
-
-    let deadline = now_ms() + it.timeout.as_millis() as u64;
     let mut env = Envelope {
         kind: Kind::Request,
         pipeline: s.keys.pipeline().to_string(),
@@ -329,6 +339,18 @@ async fn serve(
                 ));
             }
             StepOutcome::Expired => return Err(timeout()),
+            StepOutcome::Crashed(crash) => {
+                env.dest = s.plan.ingress_group.clone();
+                env.node = Some(it.entry.clone());
+                env.payload = input;
+                dead_letter_crash(s, &mut env, &crash).await;
+                return Err(ApiError::new(
+                    status_of_reply_code("node_crashed"),
+                    "node_crashed",
+                    crash.caller_message(),
+                    rid,
+                ));
+            }
         }
     } else {
         (entry_group.clone(), it.entry.clone(), input)
@@ -383,6 +405,28 @@ async fn serve(
     }
 }
 
+/// A node of the ingress group panicked on `env`'s request: the request
+/// (as it entered, so replaying it reproduces the crash) goes to the
+/// dead-letter stream like a worker's crashed entry. Best effort: the
+/// caller is answered whether or not the write succeeds.
+async fn dead_letter_crash(s: &AppState, env: &mut Envelope, crash: &Crash) {
+    tracing::error!(
+        request_id = %env.rid,
+        cid = %env.cid,
+        node = %crash.node,
+        panic = %crash.panic,
+        "node panicked; dead-lettering the request"
+    );
+    let entry = s.signer.sign(env);
+    if let Err(e) = s
+        .queue
+        .push_capped(&s.keys.dead_letter(), entry, DEAD_LETTER_RETENTION)
+        .await
+    {
+        tracing::warn!(request_id = %env.rid, error = %e, "dead-letter write failed");
+    }
+}
+
 /// The reply's hop, from the worker signing it to this ingress taking it;
 /// ends at once (the caller's answer is on the server span).
 fn receive_span(reply: &Envelope) {
@@ -405,6 +449,7 @@ fn static_code(code: &str) -> &'static str {
     match code {
         "node_failed" => "node_failed",
         "retries_exhausted" => "retries_exhausted",
+        "node_crashed" => "node_crashed",
         _ => "worker_error",
     }
 }
@@ -446,27 +491,72 @@ fn admit_backlog(s: &AppState, it: &InterfacePlan, rid: &str) -> Result<(), ApiE
     Ok(())
 }
 
-async fn read_body(body: Body, limit: usize, rid: &str) -> Result<bytes::Bytes, ApiError> {
-    to_bytes(body, limit).await.map_err(|e| {
-        // axum reports an over-limit body as a length-limit error in the source chain.
-        let too_big = std::error::Error::source(&e)
-            .is_some_and(|s| s.to_string().contains("length limit"))
-            || e.to_string().contains("length limit");
-        if too_big {
-            ApiError::new(
+/// Reads the body by its deadline (the shorter of `--body-timeout` and the
+/// interface timeout), checks its JSON shape on the bytes, then parses it.
+/// The bytes and their budget are released once the value is built.
+async fn read_input(
+    s: &AppState,
+    it: &InterfacePlan,
+    rid: &str,
+    body: Body,
+) -> Result<Value, ApiError> {
+    let limit = s.plan.security.max_payload_bytes as usize;
+    let started = tokio::time::Instant::now();
+    let body_deadline = started + s.http.body_timeout.min(it.timeout);
+    let body = body::read(body, limit, started, body_deadline, &s.body_budget)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { limit } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
-                format!("body exceeds {limit} bytes"),
+                format!("body exceeds {limit} bytes (security.maxPayloadBytes)"),
                 rid,
-            )
-        } else {
-            ApiError::new(
+            ),
+            BodyError::TimedOut { after } => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {after:?} \
+                     (--body-timeout, capped by the interface timeout)"
+                ),
+                rid,
+            ),
+            BodyError::Broken => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_body",
                 "could not read the request body",
                 rid,
-            )
-        }
+            ),
+        })?;
+    if body.bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    json_scan::check(&body.bytes, s.http.max_json_depth, s.http.max_json_elements).map_err(
+        |e| match e {
+            ShapeError::TooDeep { limit } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "json_too_deep",
+                format!("body nests arrays/objects deeper than {limit} (--max-json-depth)"),
+                rid,
+            ),
+            ShapeError::TooManyElements { limit } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "json_too_many_elements",
+                format!(
+                    "body holds more than {limit} array items and object members \
+                     (--max-json-elements)"
+                ),
+                rid,
+            ),
+        },
+    )?;
+    serde_json::from_slice(&body.bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("body is not JSON: {e}"),
+            rid,
+        )
     })
 }
 

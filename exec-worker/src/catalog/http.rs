@@ -7,13 +7,27 @@
 //!                                                             (Idempotency-Key, X-Request-Id)
 //! ```
 //!
+//! # Identity
+//! `Idempotency-Key` is `<correlation-id>/<node>` (the ingress-made id, the
+//! same on every redelivery); the caller's `X-Request-Id` is only passed on
+//! as a label.
+//!
+//! # Redirects
+//! None is followed by default: a 3xx answer is a permanent error naming the
+//! redirect's origin. `followRedirects: sameOrigin` follows at most
+//! [`MAX_REDIRECTS`] redirects that stay on the configured URL's origin
+//! (scheme, host and port); one that leaves it is not followed either. So
+//! `headersFrom` secrets only ever go to the origin the manifest names —
+//! never to whatever host a `Location` header names, nor from https to http.
+//!
 //! # Status mapping
 //! | answer | result |
 //! | --- | --- |
 //! | 2xx with a JSON body | the body is the output (empty body → `null`) |
 //! | 2xx with another body | `Permanent` |
 //! | 429, 5xx, timeout, connection error | `Retryable` |
-//! | other 4xx (and unfollowed 1xx/3xx) | `Permanent`, with status and a short body excerpt |
+//! | 3xx (not followed) | `Permanent`, naming the redirect's origin |
+//! | other 4xx (and 1xx) | `Permanent`, with status and a short body excerpt |
 //!
 //! # Secrets
 //! `headersFrom` values are read from `<secrets_dir>/<name>/<key>` on every
@@ -50,6 +64,10 @@ const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// of it an error message quotes. Reading well past the quoted part keeps a
 /// secret that straddles the read limit out of the quote's reach.
 const ERROR_BODY_READ_BYTES: usize = 4096;
+
+/// The most redirects `followRedirects: sameOrigin` follows for one call; a
+/// longer chain (or a loop) ends at the last 3xx, a permanent error.
+pub const MAX_REDIRECTS: usize = 5;
 const EXCERPT_CHARS: usize = 200;
 
 /// Headers the node sets itself; a manifest setting them would break the
@@ -81,6 +99,17 @@ struct HttpWith {
     /// Entries read one by one so that an error names the header.
     #[serde(default)]
     headers_from: BTreeMap<String, Value>,
+    #[serde(default)]
+    follow_redirects: Option<String>,
+}
+
+/// Which redirects a call follows (`with.followRedirects`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Redirects {
+    /// `none` (the default): a 3xx answer is the result.
+    None,
+    /// `sameOrigin`: follow those that stay on the URL's origin.
+    SameOrigin,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +140,7 @@ pub struct Http {
     /// Headers whose values are read from mounted Secrets at call time.
     secret_headers: Vec<SecretHeader>,
     secrets_dir: PathBuf,
+    redirects: Redirects,
 }
 
 /// A header whose value lives in `<secrets_dir>/<name>/<key>`. Holds the
@@ -166,8 +196,18 @@ impl Http {
         let headers = static_headers(&with.headers).map_err(err)?;
         let secret_headers = secret_headers(with.headers_from, &headers).map_err(err)?;
 
+        let redirects = match with.follow_redirects.as_deref() {
+            None | Some("none") => Redirects::None,
+            Some("sameOrigin") => Redirects::SameOrigin,
+            Some(other) => {
+                return Err(err(format!(
+                    "`with.followRedirects`: `{other}` is not one of none, sameOrigin"
+                )))
+            }
+        };
         let client = reqwest::Client::builder()
             .user_agent(concat!("sluice-exec-worker/", env!("CARGO_PKG_VERSION")))
+            .redirect(redirect_policy(redirects, &url))
             .build()
             .map_err(|e| err(format!("cannot initialise the HTTP client: {e}")))?;
 
@@ -179,6 +219,7 @@ impl Http {
             headers,
             secret_headers,
             secrets_dir: cfg.secrets_dir.clone(),
+            redirects,
         })
     }
 
@@ -233,6 +274,31 @@ impl Http {
             return NodeError::Retryable(format!("http: cannot connect to {url}: {chain}"));
         }
         NodeError::Retryable(format!("http: request to {url} failed: {chain}"))
+    }
+
+    /// The permanent error of a 3xx answer that was not followed. Names only
+    /// the origin of its `Location` (a path or query may carry tokens).
+    fn redirect_error(&self, status: StatusCode, location: Option<&HeaderValue>) -> NodeError {
+        let target = location
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| self.url.join(l).ok())
+            .map_or_else(
+                || "no usable Location".to_string(),
+                |u| format!("a redirect to {}", u.origin().ascii_serialization()),
+            );
+        let policy = match self.redirects {
+            Redirects::None => "builtin/http follows no redirects; point `with.url` at the final \
+                                address, or set `followRedirects: sameOrigin`"
+                .to_string(),
+            Redirects::SameOrigin => format!(
+                "`followRedirects: sameOrigin` follows only redirects on the URL's origin, \
+                 at most {MAX_REDIRECTS}"
+            ),
+        };
+        NodeError::Permanent(format!(
+            "http: {} answered {status} with {target}, not followed: {policy}",
+            self.url
+        ))
     }
 
     fn status_error(&self, status: StatusCode, body: &[u8], secrets: &[String]) -> NodeError {
@@ -291,6 +357,10 @@ impl Node for Http {
         let status = response.status();
         tracing::debug!(node = %ctx.node, url = %self.url, %status, "http node answered");
 
+        if status.is_redirection() {
+            let location = response.headers().get(reqwest::header::LOCATION);
+            return Err(self.redirect_error(status, location));
+        }
         if !status.is_success() {
             // The excerpt is best effort: a body that fails to arrive must
             // not hide the status, which is what decides retryability.
@@ -366,6 +436,26 @@ impl SecretHeader {
 }
 
 // === helpers ===
+
+/// The client's redirect policy. `sameOrigin` compares every hop with the
+/// configured URL's origin, so a chain cannot wander off through a
+/// same-origin first step; reqwest then resends the request's headers,
+/// secrets included, only to that origin.
+fn redirect_policy(redirects: Redirects, url: &Url) -> reqwest::redirect::Policy {
+    match redirects {
+        Redirects::None => reqwest::redirect::Policy::none(),
+        Redirects::SameOrigin => {
+            let origin = url.origin();
+            reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() > MAX_REDIRECTS || attempt.url().origin() != origin {
+                    attempt.stop()
+                } else {
+                    attempt.follow()
+                }
+            })
+        }
+    }
+}
 
 /// Validates `with.headers`.
 fn static_headers(spec: &BTreeMap<String, Value>) -> Result<HeaderMap, String> {
@@ -641,6 +731,16 @@ mod tests {
         assert!(err.contains("secretRef.key"), "{err}");
         let err = build_err(with(json!({"secret": {"name": "a", "key": "k"}})));
         assert!(err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn follow_redirects_is_none_by_default_and_takes_only_known_values() {
+        let node = build(json!({"url": "http://x/"})).unwrap();
+        assert_eq!(node.redirects, Redirects::None);
+        let node = build(json!({"url": "http://x/", "followRedirects": "sameOrigin"})).unwrap();
+        assert_eq!(node.redirects, Redirects::SameOrigin);
+        let err = build_err(json!({"url": "http://x/", "followRedirects": "always"}));
+        assert!(err.contains("with.followRedirects"), "{err}");
     }
 
     #[test]

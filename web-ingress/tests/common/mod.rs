@@ -412,3 +412,27 @@ where
     r.register(uses, move |_cfg| Ok(Arc::new(make()) as Arc<dyn Node>));
     r
 }
+
+/// `rust/panic`: counts its calls and panics, as a node with a bug that a
+/// hostile input reaches would.
+pub struct Panicking {
+    pub calls: Arc<Calls>,
+}
+
+impl Node for Panicking {
+    fn call<'s, 'c, 'f>(&'s self, input: Value, _ctx: &'c NodeContext) -> NodeFuture<'f>
+    where
+        's: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move {
+            self.calls.started.fetch_add(1, Ordering::SeqCst);
+            // Indexing past the end: the kind of panic a hostile payload finds.
+            let items = input["items"].as_array().cloned().unwrap_or_default();
+            let picked = items[items.len()].clone();
+            self.calls.finished.fetch_add(1, Ordering::SeqCst);
+            Ok(NodeOutput::value(picked))
+        })
+    }
+}
