@@ -49,6 +49,8 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use parking_lot::{Mutex, RwLock};
 use sluice_crds::StreamPipeline;
+
+use crate::object::PipelineObject;
 use tracing::{debug, warn};
 
 use crate::labels;
@@ -112,7 +114,7 @@ pub struct Feeds {
     pub scope: Option<String>,
     /// Owners of changed Deployments and StatefulSets, after the change is
     /// in the cache.
-    pub triggers: BoxStream<'static, ObjectRef<StreamPipeline>>,
+    pub triggers: BoxStream<'static, ObjectRef<PipelineObject>>,
     /// Drives the caches of the other kinds; never ends.
     pub background: BoxFuture<'static, ()>,
 }
@@ -170,7 +172,7 @@ impl KindStore {
     /// Applies one watch event; returns the pipelines owning what changed,
     /// now that the store holds the change. A list (first, or after a
     /// watch gap) wakes the owners of everything before and after it.
-    fn apply(&self, e: &Event<DynamicObject>) -> Vec<ObjectRef<StreamPipeline>> {
+    fn apply(&self, e: &Event<DynamicObject>) -> Vec<ObjectRef<PipelineObject>> {
         let mut state = self.state.write();
         state.failed_at = None;
         match e {
@@ -381,7 +383,7 @@ impl OwnedCache {
 }
 
 /// The StreamPipeline controlling `o`, as a reconcile request.
-fn owners(o: &DynamicObject) -> Vec<ObjectRef<StreamPipeline>> {
+fn owners(o: &DynamicObject) -> Vec<ObjectRef<PipelineObject>> {
     match (o.metadata.namespace.as_deref(), controller_of(o)) {
         (Some(ns), Some(owner)) => vec![ObjectRef::new(&owner).within(ns)],
         _ => Vec::new(),

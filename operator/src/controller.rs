@@ -24,11 +24,11 @@ use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::Api;
-use sluice_crds::StreamPipeline;
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
 use crate::cache::Feeds;
+use crate::object::PipelineObject;
 use crate::reconcile::{error_policy, reconcile, Context};
 
 /// Reconciles running at once (across pipelines; one pipeline is never
@@ -44,7 +44,7 @@ const CONCURRENCY: u16 = 16;
 pub async fn run(
     ctx: Arc<Context>,
     feeds: Vec<Feeds>,
-    trigger: &broadcast::Sender<ObjectRef<StreamPipeline>>,
+    trigger: &broadcast::Sender<ObjectRef<PipelineObject>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -58,8 +58,8 @@ pub async fn run(
         } = feed;
         background.push(caches);
         let pipelines = match &scope {
-            None => Api::<StreamPipeline>::all(client.clone()),
-            Some(ns) => Api::<StreamPipeline>::namespaced(client.clone(), ns),
+            None => Api::<PipelineObject>::all(client.clone()),
+            Some(ns) => Api::<PipelineObject>::namespaced(client.clone(), ns),
         };
         // Reconcile requests of the autoscaler for pipelines of this scope.
         let requests = stream::unfold(trigger.subscribe(), |mut rx| async move {
@@ -71,7 +71,7 @@ pub async fn run(
                 }
             }
         });
-        let requests = requests.filter(move |r: &ObjectRef<StreamPipeline>| {
+        let requests = requests.filter(move |r: &ObjectRef<PipelineObject>| {
             futures::future::ready(scope.is_none() || r.namespace == scope)
         });
         Controller::new(pipelines, watcher::Config::default())

@@ -24,6 +24,8 @@
 //! - [`controller`]: the kube-runtime `Controller` and what triggers reconciles.
 //! - [`reconcile`]: one reconcile, its errors and backoff.
 //! - [`apply`]: whether a desired object must be applied (hash + drift check).
+//! - [`object`]: a StreamPipeline read so that one bad object never stops
+//!   the watch (spec decoded per object, errors kept with their path).
 //! - [`status`]: conditions and group status from the live workloads.
 //! - [`secrets`]: the create-if-absent key ring and Redis password Secrets.
 //! - [`rotation`]: key ring rotation, phase by phase (DESIGN §6).
@@ -57,6 +59,7 @@ pub mod labels;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod object;
 pub mod pod;
 pub mod reconcile;
 pub mod redis;

@@ -22,11 +22,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use futures::FutureExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions, TypeMeta,
 };
@@ -34,7 +36,7 @@ use kube::runtime::controller::Action;
 use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use sluice_crds::{ExposeSpec, StreamPipeline, StreamPipelineStatus};
+use sluice_crds::{ExposeSpec, StreamPipeline, StreamPipelineSpec, StreamPipelineStatus};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::apply::{self, Stamped};
@@ -44,6 +46,7 @@ use crate::config::Timing;
 use crate::events::{EventType, Events};
 use crate::labels;
 use crate::metrics::Metrics;
+use crate::object::PipelineObject;
 use crate::resources::{self, owned_kinds, Child, Desired, OwnedKind};
 use crate::secrets::{self, SecretChange};
 use crate::settings::OperatorSettings;
@@ -65,6 +68,11 @@ pub enum Error {
     /// from the API server).
     #[error("StreamPipeline has no {0}")]
     MissingObjectKey(&'static str),
+    /// The reconcile panicked: a defect of the operator, caught so that it
+    /// fails one pipeline's reconcile (reported, retried with backoff)
+    /// instead of the controller.
+    #[error("internal error (panic): {0}")]
+    Panicked(String),
     /// An API request failed.
     #[error("{verb} {kind} {name}: {source}")]
     Kube {
@@ -101,6 +109,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::MissingObjectKey(_) => "missing_object_key",
+            Error::Panicked(_) => "panic",
             Error::Kube { source, .. } => match source.as_ref() {
                 kube::Error::Api(e) if e.code == 409 => "api_conflict",
                 kube::Error::Api(e) if e.code == 403 => "api_forbidden",
@@ -116,6 +125,15 @@ impl Error {
             Error::Decode { .. } => "decode",
         }
     }
+}
+
+/// The text of a caught panic, when it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string())
 }
 
 /// Wraps an API error with what was being done.
@@ -178,7 +196,7 @@ impl Context {
     /// event is a courtesy, and the status says the same.
     async fn event(
         &self,
-        sp: &StreamPipeline,
+        sp: &impl Resource<DynamicType = ()>,
         type_: EventType,
         reason: &str,
         action: &str,
@@ -223,11 +241,11 @@ pub(crate) fn backoff_delay(timing: &Timing, failures: u32) -> Duration {
         .min(timing.backoff_max)
 }
 
-fn key_of(sp: &StreamPipeline) -> String {
+fn key_of(sp: &impl Resource) -> String {
     format!(
         "{}/{}",
-        sp.metadata.namespace.as_deref().unwrap_or(""),
-        sp.metadata.name.as_deref().unwrap_or("")
+        sp.meta().namespace.as_deref().unwrap_or(""),
+        sp.meta().name.as_deref().unwrap_or("")
     )
 }
 
@@ -238,13 +256,24 @@ fn key_of(sp: &StreamPipeline) -> String {
 ///
 /// # Errors
 /// See [`Error`]; the controller calls [`error_policy`] with it.
-pub async fn reconcile(sp: Arc<StreamPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let key = key_of(&sp);
+pub async fn reconcile(obj: Arc<PipelineObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = key_of(obj.as_ref());
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let span =
-        tracing::info_span!("reconcile", pipeline = %key, generation = sp.metadata.generation);
-    let result = reconcile_pipeline(&sp, &ctx).instrument(span).await;
+        tracing::info_span!("reconcile", pipeline = %key, generation = obj.metadata.generation);
+    // A panic must not end the controller's task (it would stop every
+    // pipeline): it fails this reconcile, which backs off and reports it.
+    let work = async {
+        match obj.pipeline() {
+            Some(sp) => reconcile_pipeline(&sp, &ctx).await,
+            None => reconcile_unreadable(&obj, &ctx).await,
+        }
+    };
+    let result = match AssertUnwindSafe(work.instrument(span)).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => Err(Error::Panicked(panic_message(panic.as_ref()))),
+    };
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
@@ -255,8 +284,8 @@ pub async fn reconcile(sp: Arc<StreamPipeline>, ctx: Arc<Context>) -> Result<Act
 }
 
 /// Records a failed reconcile and schedules the retry with backoff.
-pub fn error_policy(sp: Arc<StreamPipeline>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = key_of(&sp);
+pub fn error_policy(sp: Arc<PipelineObject>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = key_of(sp.as_ref());
     ctx.metrics.error(error.kind());
     let conflict = error.kind() == "api_conflict";
     let (conflicts, delay) = ctx.backoff(&key, conflict);
@@ -271,7 +300,7 @@ pub fn error_policy(sp: Arc<StreamPipeline>, error: &Error, ctx: Arc<Context>) -
     // error_policy is synchronous; the event is best effort.
     tokio::spawn(async move {
         ctx.event(
-            &sp,
+            sp.as_ref(),
             EventType::Warning,
             "ReconcileFailed",
             "Reconcile",
@@ -329,7 +358,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
-            report_invalid(sp, ctx, &target, &live, message).await?;
+            report_invalid(&Refused::of(sp), ctx, &target, &live, message).await?;
             return Ok(Action::requeue(ctx.timing.requeue_interval));
         }
         Err(e) => return Err(e.into()),
@@ -403,7 +432,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         decisions: scaling.map(|s| s.decisions).unwrap_or_default(),
         extra,
     });
-    write_status(sp, ctx, &target, status).await?;
+    write_status(sp.status.as_ref(), ctx, &target, status).await?;
     Ok(Action::requeue(requeue))
 }
 
@@ -707,17 +736,18 @@ fn readiness(sp: &StreamPipeline, objects: &[Child], live: &Live) -> Result<Vec<
 }
 
 /// Readiness of whatever workloads run, for a pipeline whose spec is invalid.
-fn live_readiness(sp: &StreamPipeline, live: &Live) -> Result<Vec<Readiness>, Error> {
+fn live_readiness(spec: Option<&StreamPipelineSpec>, live: &Live) -> Result<Vec<Readiness>, Error> {
     let mut out = Vec::new();
     for ((kind, _), o) in live {
         let group = o.labels().get(labels::GROUP).cloned();
         match *kind {
             "Deployment" => {
                 let autoscaled = group.as_deref().is_some_and(|g| {
-                    sp.spec
-                        .groups
-                        .iter()
-                        .any(|x| x.name == g && x.autoscale.is_some())
+                    spec.is_some_and(|s| {
+                        s.groups
+                            .iter()
+                            .any(|x| x.name == g && x.autoscale.is_some())
+                    })
                 });
                 out.push(Readiness::of_deployment(
                     &decode::<Deployment>(o)?,
@@ -735,22 +765,73 @@ fn live_readiness(sp: &StreamPipeline, live: &Live) -> Result<Vec<Readiness>, Er
     Ok(out)
 }
 
-/// Status and event for a spec `desired` refused. Nothing else is touched:
+/// A pipeline whose spec cannot be run: what reporting it needs.
+struct Refused<'a> {
+    object: &'a ObjectMeta,
+    /// `None` when the spec could not even be read.
+    spec: Option<&'a StreamPipelineSpec>,
+    status: Option<&'a StreamPipelineStatus>,
+}
+
+impl<'a> Refused<'a> {
+    fn of(sp: &'a StreamPipeline) -> Self {
+        Refused {
+            object: &sp.metadata,
+            spec: Some(&sp.spec),
+            status: sp.status.as_ref(),
+        }
+    }
+}
+
+/// Reconciles a pipeline whose spec does not decode: its status says why
+/// (`InvalidSpec` with the field path); what runs is left as it was.
+///
+/// # Errors
+/// API failures.
+async fn reconcile_unreadable(obj: &PipelineObject, ctx: &Context) -> Result<Action, Error> {
+    let Err(message) = &obj.spec else {
+        return Ok(Action::await_change());
+    };
+    if obj.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let meta = |k: &'static str, v: &Option<String>| v.clone().ok_or(Error::MissingObjectKey(k));
+    let ns = meta("metadata.namespace", &obj.metadata.namespace)?;
+    let name = meta("metadata.name", &obj.metadata.name)?;
+    let uid = meta("metadata.uid", &obj.metadata.uid)?;
+    let target = Target {
+        client: &ctx.client,
+        cache: ctx.cache.as_deref(),
+        ns: &ns,
+        name: &name,
+        uid: &uid,
+    };
+    let live = target.list_owned().await?;
+    let refused = Refused {
+        object: &obj.metadata,
+        spec: None,
+        status: obj.status.as_ref(),
+    };
+    report_invalid(&refused, ctx, &target, &live, message.clone()).await?;
+    Ok(Action::requeue(ctx.timing.requeue_interval))
+}
+
+/// Status and event for a spec that cannot run. Nothing else is touched:
 /// a new pipeline gets no objects, a running one keeps its last valid ones.
 async fn report_invalid(
-    sp: &StreamPipeline,
+    sp: &Refused<'_>,
     ctx: &Context,
     target: &Target<'_>,
     live: &Live,
     message: String,
 ) -> Result<(), Error> {
     ctx.metrics.invalid_specs.inc();
-    let workloads = live_readiness(sp, live)?;
+    let workloads = live_readiness(sp.spec, live)?;
     let running = !live.is_empty();
-    let reported = sp.status.as_ref().is_some_and(|s| {
+    let generation = sp.object.generation;
+    let reported = sp.status.is_some_and(|s| {
         status::condition(s, status::DEGRADED).is_some_and(|c| {
-            c.reason == status::reason::INVALID_SPEC
-                && c.observed_generation == sp.metadata.generation
+            c.reason == status::reason::INVALID_SPEC && c.observed_generation == generation
         })
     });
     if !reported {
@@ -760,31 +841,42 @@ async fn report_invalid(
         } else {
             format!("nothing created: {message}")
         };
-        ctx.event(sp, EventType::Warning, "InvalidSpec", "Validate", note)
+        let about = PipelineObject {
+            metadata: sp.object.clone(),
+            spec: Err(String::new()),
+            status: None,
+        };
+        ctx.event(&about, EventType::Warning, "InvalidSpec", "Validate", note)
             .await;
     }
+    // Unread, the spec says nothing of suspension or exposure: the last
+    // status's URL stands.
+    let ingress_url = match sp.spec {
+        Some(spec) => Some(ingress_url(target.name, target.ns, spec.expose.as_ref())),
+        None => sp.status.and_then(|s| s.ingress_url.clone()),
+    };
     let status = status::compute(&status::Inputs {
-        generation: sp.metadata.generation,
-        previous: sp.status.as_ref(),
+        generation,
+        previous: sp.status,
         validity: Validity::Invalid(message),
-        suspended: sp.spec.suspend == Some(true),
+        suspended: sp.spec.is_some_and(|s| s.suspend == Some(true)),
         workloads,
-        ingress_url: Some(ingress_url(target.name, target.ns, sp.spec.expose.as_ref())),
+        ingress_url,
         now: now(),
         decisions: BTreeMap::new(),
         extra: vec![],
     });
-    write_status(sp, ctx, target, status).await
+    write_status(sp.status, ctx, target, status).await
 }
 
 /// Server-side applies `status` on `/status` unless it equals the current one.
 async fn write_status(
-    sp: &StreamPipeline,
+    previous: Option<&StreamPipelineStatus>,
     ctx: &Context,
     target: &Target<'_>,
     status: StreamPipelineStatus,
 ) -> Result<(), Error> {
-    if sp.status.as_ref() == Some(&status) {
+    if previous == Some(&status) {
         return Ok(());
     }
     let api: Api<StreamPipeline> = Api::namespaced(ctx.client.clone(), target.ns);

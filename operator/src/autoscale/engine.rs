@@ -27,6 +27,8 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use sluice_crds::{AutoscaleEngine, RedisMode, ScaleDecision, StreamPipeline};
 use sluice_platform::redis::StreamStats;
+
+use crate::object::PipelineObject;
 use sluice_platform::{Keys, RedisBackend, RedisConfig};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -57,7 +59,7 @@ pub struct Autoscaler {
     pub metrics: Arc<Metrics>,
     pub events: Arc<Events>,
     /// Asks the controller to reconcile a pipeline (its status changed).
-    pub trigger: broadcast::Sender<ObjectRef<StreamPipeline>>,
+    pub trigger: broadcast::Sender<ObjectRef<PipelineObject>>,
 }
 
 /// Per group: what the algorithm remembers between evaluations.
@@ -127,7 +129,7 @@ impl Autoscaler {
         }
     }
 
-    fn scopes(&self) -> Vec<Api<StreamPipeline>> {
+    fn scopes(&self) -> Vec<Api<PipelineObject>> {
         let c = &self.client;
         if self.namespaces.is_empty() {
             vec![Api::all(c.clone())]
@@ -146,7 +148,14 @@ impl Autoscaler {
         let mut pipelines = vec![];
         for api in self.scopes() {
             match api.list(&ListParams::default()).await {
-                Ok(ps) => pipelines.extend(ps.items.into_iter().map(Arc::new)),
+                // A pipeline whose spec does not decode is reported by the
+                // reconciler; the autoscaler leaves it and serves the rest.
+                Ok(ps) => pipelines.extend(
+                    ps.items
+                        .iter()
+                        .filter_map(PipelineObject::pipeline)
+                        .map(Arc::new),
+                ),
                 Err(e) => {
                     self.metrics.autoscaler.error("api");
                     warn!(error = %e, "autoscaler cannot list pipelines");
@@ -346,7 +355,7 @@ impl Autoscaler {
         }
         if changed {
             // The receivers are the controllers; none (shutting down) is fine.
-            let _ = self.trigger.send(ObjectRef::from_obj(sp.as_ref()));
+            let _ = self.trigger.send(pipeline_ref(sp));
         }
     }
 
@@ -508,6 +517,15 @@ async fn read_secret(api: &Api<Secret>, name: &str) -> Result<Secret, String> {
         .await
         .map_err(|e| format!("cannot read Secret {name}: {e}"))?
         .ok_or_else(|| format!("Secret {name} does not exist"))
+}
+
+/// The reconcile request for `sp`.
+fn pipeline_ref(sp: &StreamPipeline) -> ObjectRef<PipelineObject> {
+    let r = ObjectRef::new(&sp.name_any());
+    match sp.metadata.namespace.as_deref() {
+        Some(ns) => r.within(ns),
+        None => r,
+    }
 }
 
 fn key_of(sp: &StreamPipeline) -> String {

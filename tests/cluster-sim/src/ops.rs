@@ -825,9 +825,59 @@ pub(crate) fn parse_body(ptype: Option<PatchType>, body: &[u8]) -> Result<Value,
         serde_saphyr::from_slice_with_options(body, apply_yaml_options())
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))
+        json_body(body).map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))
     }
+}
+
+/// Deepest nesting a JSON body may have: Go's JSON decoder, which the API
+/// server uses, stops at 10,000 levels.
+pub(crate) const MAX_JSON_DEPTH: usize = 10_000;
+
+/// A JSON request body at any depth the API server takes. serde_json's
+/// default limit (128 levels) would refuse objects a real server stores
+/// (a deep `x-kubernetes-preserve-unknown-fields` field), and a test of a
+/// client's handling of them would prove nothing.
+pub(crate) fn json_body(body: &[u8]) -> Result<Value, String> {
+    if let Some(d) = depth_over(body, MAX_JSON_DEPTH) {
+        return Err(format!("exceeded max depth {d}"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de.disable_recursion_limit();
+    // Parsing recurses once per level: grow the stack instead of
+    // overflowing it.
+    let v = serde::Deserialize::deserialize(serde_stacker::Deserializer::new(&mut de))
+        .map_err(|e: serde_json::Error| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(v)
+}
+
+/// The nesting depth of JSON text past `max`, counted without parsing
+/// (brackets outside strings).
+fn depth_over(body: &[u8], max: usize) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Some(depth);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// YAML limits for apply bodies: far above what any object the API server
@@ -1090,5 +1140,33 @@ pub(crate) fn system_write(
             new,
             &opts,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(levels: usize) -> String {
+        format!(
+            "{}1{}",
+            r#"{"a":"#.repeat(levels),
+            "}".repeat(levels)
+        )
+    }
+
+    #[test]
+    fn a_body_deeper_than_serde_jsons_default_limit_is_read() {
+        let v = json_body(nested(300).as_bytes()).unwrap();
+        assert_eq!(v.pointer(&"/a".repeat(300)), Some(&json!(1)));
+    }
+
+    #[test]
+    fn a_body_past_the_api_servers_depth_is_refused() {
+        let err = json_body(nested(MAX_JSON_DEPTH + 1).as_bytes()).unwrap_err();
+        assert!(err.contains("exceeded max depth"), "{err}");
+        // Brackets inside strings do not count.
+        let quoted = format!(r#"{{"s":"{}"}}"#, "[".repeat(MAX_JSON_DEPTH + 5));
+        assert!(json_body(quoted.as_bytes()).is_ok());
     }
 }

@@ -1,0 +1,123 @@
+//! Hostile StreamPipelines beside valid ones: what the API server stores but
+//! the Rust types cannot read (wrong JSON types under the free-form fields,
+//! nesting deeper than serde_json's default limit, an overflowing duration)
+//! is reported on that pipeline's own status, never stops the operator, and
+//! costs no writes at steady state.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use serde_json::{json, Value};
+use support::{condition_of, example, Harness, Operator, API_VERSION, KIND};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+const NS: &str = "hostile";
+
+/// The CRD with `next` and `with` accepting anything, as a cluster may hold
+/// objects stored before a tighter schema was installed: the operator must
+/// cope with whatever is stored, not only with what admission lets in now.
+async fn loosen_crd(h: &Harness) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(h.admin.clone());
+    let name = "streampipelines.sluice.dev";
+    let mut crd = serde_json::to_value(api.get(name).await?)?;
+    let node = crd
+        .pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/nodes/items/properties")
+        .context("node schema")?;
+    node["next"] = json!({"x-kubernetes-preserve-unknown-fields": true});
+    node["with"] = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    let crd: CustomResourceDefinition = serde_json::from_value(crd)?;
+    api.replace(name, &PostParams::default(), &crd).await?;
+    Ok(())
+}
+
+/// `hello` named `name`, with `edit` applied to its only node.
+fn hello(name: &str, edit: impl FnOnce(&mut Value)) -> Value {
+    let mut m = example("hello");
+    m["apiVersion"] = API_VERSION.into();
+    m["kind"] = KIND.into();
+    m["metadata"] = json!({"name": name, "namespace": NS});
+    edit(&mut m["spec"]["nodes"][0]);
+    m
+}
+
+fn nested(levels: usize) -> Value {
+    (0..levels).fold(json!("leaf"), |v, _| json!({ "k": v }))
+}
+
+#[tokio::test]
+async fn unreadable_pipelines_are_reported_on_their_own_and_block_no_other() -> anyhow::Result<()>
+{
+    let h = Harness::start().await?;
+    loosen_crd(&h).await?;
+    h.namespace(NS)?;
+    // Poison first, so the operator's first list already holds it.
+    let hostile: [(&str, Value, &str); 4] = [
+        ("next-int", hello("next-int", |n| n["next"] = json!(3)), "spec.nodes[0].next"),
+        (
+            "next-map",
+            hello("next-map", |n| n["next"] = json!({"to": "x"})),
+            "spec.nodes[0].next",
+        ),
+        (
+            "deep-with",
+            hello("deep-with", |n| n["with"] = nested(200)),
+            "spec.nodes[0].with",
+        ),
+        (
+            "huge-lease",
+            hello("huge-lease", |_| {}),
+            "spec.limits.lease",
+        ),
+    ];
+    for (name, mut m, _) in hostile.clone() {
+        if name == "huge-lease" {
+            m["spec"]["limits"] = json!({"lease": "18446744073709551615s"});
+        }
+        h.sim
+            .put_object(m)
+            .with_context(|| format!("storing {name}"))?;
+    }
+    let op = Operator::start(&h, "op", &[]).await?;
+    let mut good = example("orders");
+    good["metadata"]["name"] = "good".into();
+    h.apply(NS, good).await?;
+    h.wait_ready(NS, "good", PATIENCE).await?;
+
+    for (name, _, path) in &hostile {
+        let p = h
+            .wait_pipeline(NS, name, &format!("{name}: Ready=False, InvalidSpec"), PATIENCE, |p| {
+                condition_of(p, "Ready") == Some(("False".into(), "InvalidSpec".into()))
+            })
+            .await?;
+        let message = p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .and_then(|c| c["message"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        assert!(message.contains(path), "{name}: {message}");
+        assert!(h.owned_objects(NS, name).is_empty(), "{name} got objects");
+        assert_eq!(h.events(NS, name, "InvalidSpec").len(), 1, "{name}");
+    }
+    assert!(op.metric("sluice_operator_invalid_specs_total").await? >= 4.0);
+
+    // A pipeline created after the poison is still served.
+    let mut later = example("hello");
+    later["metadata"]["name"] = "later".into();
+    h.apply(NS, later).await?;
+    h.wait_ready(NS, "later", PATIENCE).await?;
+
+    // Steady state: three requeue intervals of the same objects write nothing.
+    let writes = h.writes_by(&op.user);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(h.writes_by(&op.user), writes, "writes at steady state");
+    let mut op = op;
+    assert!(op.try_exit().is_none(), "the operator exited");
+    Ok(())
+}
