@@ -22,7 +22,7 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::Api;
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
@@ -74,7 +74,22 @@ pub async fn run(
         let requests = requests.filter(move |r: &ObjectRef<PipelineObject>| {
             futures::future::ready(scope.is_none() || r.namespace == scope)
         });
-        Controller::new(pipelines, watcher::Config::default())
+        // The controller's own watch, observed: every answer or failure of
+        // the API server shows in the metrics and in readiness.
+        let (reader, writer) = reflector::store();
+        let metrics = ctx.metrics.clone();
+        let watch = watcher(pipelines, watcher::Config::default())
+            .default_backoff()
+            .inspect(move |e| match e {
+                Ok(_) => metrics.watch_ok(),
+                Err(e) => {
+                    warn!(error = %e, "StreamPipeline watch failed; retrying");
+                    metrics.watch_failed(e.to_string());
+                }
+            })
+            .reflect(writer)
+            .applied_objects();
+        Controller::for_stream(watch, reader)
             .reconcile_on(triggers)
             .reconcile_on(requests)
             .with_config(controller::Config::default().concurrency(CONCURRENCY))

@@ -10,6 +10,7 @@
 //! | `sluice_operator_status_writes_total` | | status patches (only when the status changed) |
 //! | `sluice_operator_invalid_specs_total` | | reconciles that found the spec invalid |
 //! | `sluice_operator_leader` | | 1 while this process runs the controller |
+//! | `sluice_operator_watch_errors_total` | | failed list/watch requests of the StreamPipeline watch (retried with backoff; `/readyz` fails while they last over a minute) |
 //! | `sluice_operator_autoscaler_backlog` | `namespace`, `pipeline`, `group` | entries in the group's queue (waiting + in progress) at the last evaluation |
 //! | `sluice_operator_autoscaler_pending` | 〃 | entries held by workers |
 //! | `sluice_operator_autoscaler_arrival_rate` | 〃 | envelopes per second arriving |
@@ -22,6 +23,9 @@
 //! gauges, the names of the pipelines and groups it scales (removed with
 //! the pipeline): never keys or spec content, so cardinality stays bounded.
 
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -128,6 +132,10 @@ pub struct Metrics {
     pub status_writes: Counter,
     pub invalid_specs: Counter,
     pub leader: Gauge,
+    pub watch_errors: Counter,
+    /// Since when every list/watch attempt of the StreamPipeline watch
+    /// failed; `None` while it works.
+    watch_failing_since: Mutex<Option<(Instant, String)>>,
     pub autoscaler: AutoscalerMetrics,
 }
 
@@ -149,6 +157,12 @@ impl Metrics {
         let status_writes = Counter::default();
         let invalid_specs = Counter::default();
         let leader = Gauge::default();
+        let watch_errors = Counter::default();
+        registry.register(
+            "sluice_operator_watch_errors",
+            "Failed list/watch requests of the StreamPipeline watch",
+            watch_errors.clone(),
+        );
         registry.register(
             "sluice_operator_reconciles",
             "Reconciles run, whatever their outcome",
@@ -202,6 +216,8 @@ impl Metrics {
             status_writes,
             invalid_specs,
             leader,
+            watch_errors,
+            watch_failing_since: Mutex::new(None),
         }
     }
 
@@ -221,6 +237,28 @@ impl Metrics {
         self.reconcile_errors
             .get_or_create(&KindLabel { kind: kind.into() })
             .inc();
+    }
+
+    /// The StreamPipeline watch answered.
+    pub fn watch_ok(&self) {
+        *self.watch_failing_since.lock() = None;
+    }
+
+    /// The StreamPipeline watch failed with `error` (no key material: a
+    /// transport or API error text).
+    pub fn watch_failed(&self, error: String) {
+        self.watch_errors.inc();
+        let mut since = self.watch_failing_since.lock();
+        let started = since.as_ref().map_or_else(Instant::now, |(t, _)| *t);
+        *since = Some((started, error));
+    }
+
+    /// How long the watch has failed without a success, and its last error.
+    pub fn watch_failing(&self) -> Option<(Duration, String)> {
+        self.watch_failing_since
+            .lock()
+            .as_ref()
+            .map(|(t, e)| (t.elapsed(), e.clone()))
     }
 
     /// The registry in the Prometheus text format.

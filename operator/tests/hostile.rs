@@ -9,6 +9,7 @@ mod support;
 use std::time::Duration;
 
 use anyhow::Context;
+use cluster_sim::RequestMatch;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use serde_json::{json, Value};
@@ -49,14 +50,17 @@ fn nested(levels: usize) -> Value {
 }
 
 #[tokio::test]
-async fn unreadable_pipelines_are_reported_on_their_own_and_block_no_other() -> anyhow::Result<()>
-{
+async fn unreadable_pipelines_are_reported_on_their_own_and_block_no_other() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     loosen_crd(&h).await?;
     h.namespace(NS)?;
     // Poison first, so the operator's first list already holds it.
     let hostile: [(&str, Value, &str); 4] = [
-        ("next-int", hello("next-int", |n| n["next"] = json!(3)), "spec.nodes[0].next"),
+        (
+            "next-int",
+            hello("next-int", |n| n["next"] = json!(3)),
+            "spec.nodes[0].next",
+        ),
         (
             "next-map",
             hello("next-map", |n| n["next"] = json!({"to": "x"})),
@@ -89,9 +93,13 @@ async fn unreadable_pipelines_are_reported_on_their_own_and_block_no_other() -> 
 
     for (name, _, path) in &hostile {
         let p = h
-            .wait_pipeline(NS, name, &format!("{name}: Ready=False, InvalidSpec"), PATIENCE, |p| {
-                condition_of(p, "Ready") == Some(("False".into(), "InvalidSpec".into()))
-            })
+            .wait_pipeline(
+                NS,
+                name,
+                &format!("{name}: Ready=False, InvalidSpec"),
+                PATIENCE,
+                |p| condition_of(p, "Ready") == Some(("False".into(), "InvalidSpec".into())),
+            )
             .await?;
         let message = p["status"]["conditions"]
             .as_array()
@@ -119,5 +127,26 @@ async fn unreadable_pipelines_are_reported_on_their_own_and_block_no_other() -> 
     assert_eq!(h.writes_by(&op.user), writes, "writes at steady state");
     let mut op = op;
     assert!(op.try_exit().is_none(), "the operator exited");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_pipeline_watch_is_counted_and_recovers() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    // A 403 is not retried by the client itself: each one is a failed
+    // list of the watcher, retried with its backoff.
+    h.sim.fail_next(
+        RequestMatch::any().verb("list").resource("streampipelines"),
+        3,
+        403,
+    );
+    let op = Operator::start(&h, "op", &[]).await?;
+    let mut m = example("hello");
+    m["metadata"]["name"] = "after".into();
+    h.apply(NS, m).await?;
+    h.wait_ready(NS, "after", PATIENCE).await?;
+    assert_eq!(op.metric("sluice_operator_watch_errors_total").await?, 3.0);
+    let (code, _) = op.http_get("/readyz").await?;
+    assert_eq!(code, 200);
     Ok(())
 }

@@ -1148,11 +1148,7 @@ mod tests {
     use super::*;
 
     fn nested(levels: usize) -> String {
-        format!(
-            "{}1{}",
-            r#"{"a":"#.repeat(levels),
-            "}".repeat(levels)
-        )
+        format!("{}1{}", r#"{"a":"#.repeat(levels), "}".repeat(levels))
     }
 
     #[test]
