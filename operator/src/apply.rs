@@ -93,15 +93,33 @@ fn is_zero(v: &Value) -> bool {
 /// managers, and the API server may add defaults inside items. A reordered
 /// or shortened list is caught by the hash instead.
 pub fn is_subset(desired: &Value, live: &Value) -> bool {
+    subset(desired, live, false)
+}
+
+/// Keys whose string values (or, for the maps, whose entries' values) are
+/// resource quantities, which the API server stores in canonical form.
+fn holds_quantities(key: &str) -> bool {
+    matches!(
+        key,
+        "requests" | "limits" | "overhead" | "sizeLimit" | "capacity"
+    )
+}
+
+fn subset(desired: &Value, live: &Value, quantities: bool) -> bool {
     match (desired, live) {
         (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, dv)| match l.get(k) {
-            Some(lv) => is_subset(dv, lv),
+            // Under `requests` (a map of quantities) every value is one.
+            Some(lv) => subset(dv, lv, quantities || holds_quantities(k)),
             None => is_zero(dv),
         }),
         (Value::Array(d), Value::Array(l)) => {
-            l.len() >= d.len() && d.iter().all(|dv| l.iter().any(|lv| is_subset(dv, lv)))
+            l.len() >= d.len() && d.iter().all(|dv| l.iter().any(|lv| subset(dv, lv, false)))
         }
         (Value::Number(d), Value::Number(l)) => d == l || d.as_f64() == l.as_f64(),
+        (Value::String(d), Value::String(l)) if quantities => crate::quantity::same(d, l),
+        (Value::Number(d), Value::String(l)) if quantities => {
+            crate::quantity::same(&d.to_string(), l)
+        }
         (d, Value::Null) => is_zero(d),
         (d, l) => d == l,
     }
@@ -136,6 +154,24 @@ mod tests {
         assert_eq!(a.body["kind"], "ConfigMap");
         assert_eq!(a.body["apiVersion"], "v1");
         assert_eq!(stamp(&config_map("one")).unwrap(), a, "deterministic");
+    }
+
+    #[test]
+    fn quantities_the_api_server_rewrote_are_up_to_date() {
+        let desired = json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "0.5", "memory": "1024Mi"}}}],
+            "volumes": [{"emptyDir": {"sizeLimit": "1024Ki"}}]}});
+        let live = json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}],
+            "volumes": [{"emptyDir": {"sizeLimit": "1Mi"}}]}});
+        assert!(is_subset(&desired, &live));
+        let grown = json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}],
+            "volumes": [{"emptyDir": {"sizeLimit": "1Mi"}}]}});
+        assert!(!is_subset(&desired, &grown));
+        // Elsewhere text stays text: an env value "1k" is not "1000".
+        let env = json!({"env": [{"name": "N", "value": "1k"}]});
+        assert!(!is_subset(
+            &env,
+            &json!({"env": [{"name": "N", "value": "1000"}]})
+        ));
     }
 
     #[test]

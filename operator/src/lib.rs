@@ -26,6 +26,8 @@
 //! - [`apply`]: whether a desired object must be applied (hash + drift check).
 //! - [`object`]: a StreamPipeline read so that one bad object never stops
 //!   the watch (spec decoded per object, errors kept with their path).
+//! - [`quantity`]: resource quantities compared by value (the API server
+//!   stores them in canonical form).
 //! - [`status`]: conditions and group status from the live workloads.
 //! - [`secrets`]: the create-if-absent key ring and Redis password Secrets.
 //! - [`rotation`]: key ring rotation, phase by phase (DESIGN §6).
@@ -61,6 +63,7 @@ pub mod metrics;
 pub mod names;
 pub mod object;
 pub mod pod;
+pub mod quantity;
 pub mod reconcile;
 pub mod redis;
 pub mod resources;

@@ -12,6 +12,9 @@
 //!   then decodes each on its own: a spec that does not decode becomes
 //!   [`PipelineObject::spec`]`= Err(`the error with its field path`)`, which
 //!   the reconciler reports as `InvalidSpec` on that pipeline's status;
+//! - relies on the API server writing a watch event's `type` before its
+//!   `object` (Go's field order), so the object reaches this decoder as
+//!   text rather than buffered by serde;
 //! - reads `metadata` without `managedFields` (unused by the operator, as
 //!   deep as the object, and most of its size), so the controller's store
 //!   keeps less.
@@ -257,6 +260,21 @@ mod tests {
         assert!(err.starts_with("spec.nodes[0].with"), "{err}");
         assert!(err.contains("recursion limit"), "{err}");
         assert!(items[1].spec.is_ok());
+    }
+
+    #[test]
+    fn watch_events_carry_pipeline_objects_at_any_depth() {
+        let mut spec = hello();
+        spec["nodes"][0]["with"] = (0..150).fold(json!(1), |v, _| json!({ "a": v }));
+        let line = format!(
+            r#"{{"type":"MODIFIED","object":{}}}"#,
+            serde_json::to_string(&object(spec)).unwrap()
+        );
+        let event: kube::core::WatchEvent<PipelineObject> = serde_json::from_str(&line).unwrap();
+        let kube::core::WatchEvent::Modified(o) = event else {
+            panic!("a MODIFIED event");
+        };
+        assert!(o.spec.unwrap_err().contains("recursion limit"));
     }
 
     #[test]

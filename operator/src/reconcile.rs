@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions, TypeMeta,
@@ -366,7 +366,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
 
     let suspended = sp.spec.suspend == Some(true);
     let mut requeue = ctx.timing.requeue_interval;
-    let mut missing_apis = false;
+    let mut applied = Applied::default();
     if !suspended {
         let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         let ensured = secrets::ensure(
@@ -381,7 +381,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
             requeue = requeue.min(after);
         }
         let mut changes = ensured.changes;
-        missing_apis = apply_objects(sp, ctx, &target, &desired, &mut live).await?;
+        applied = apply_objects(sp, ctx, &target, &desired, &mut live).await?;
         prune_objects(sp, ctx, &target, &desired, &mut live).await?;
         changes
             .extend(secrets::delete_obsolete(&secrets_api, &uid, &desired.obsolete_secrets).await?);
@@ -417,7 +417,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
             .await;
         }
     }
-    let extra = autoscale::condition(&sp.spec, scaling.as_ref(), missing_apis)
+    let extra = autoscale::condition(&sp.spec, scaling.as_ref(), applied.missing_apis)
         .into_iter()
         .chain(cold_start)
         .collect();
@@ -430,6 +430,9 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         ingress_url: Some(ingress_url(&name, &ns, sp.spec.expose.as_ref())),
         now: now(),
         decisions: scaling.map(|s| s.decisions).unwrap_or_default(),
+        degraded: applied
+            .storage
+            .map(|(reason, message)| (reason.to_string(), message)),
         extra,
     });
     write_status(sp.status.as_ref(), ctx, &target, status).await?;
@@ -513,6 +516,29 @@ impl Target<'_> {
     /// never deletes a successor of the same name. Returns false when it
     /// was already gone.
     async fn delete(&self, k: &OwnedKind, name: &str, uid: Option<&str>) -> Result<bool, Error> {
+        self.delete_with(k, name, uid, DeleteParams::background())
+            .await
+    }
+
+    /// Like [`Self::delete`], but the object's dependents (a StatefulSet's
+    /// pods) are orphaned, not deleted: a successor with the same selector
+    /// adopts them.
+    async fn delete_orphaning(
+        &self,
+        k: &OwnedKind,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Result<bool, Error> {
+        self.delete_with(k, name, uid, DeleteParams::orphan()).await
+    }
+
+    async fn delete_with(
+        &self,
+        k: &OwnedKind,
+        name: &str,
+        uid: Option<&str>,
+        base: DeleteParams,
+    ) -> Result<bool, Error> {
         let cache = self.cache.zip(uid);
         if let Some((cache, uid)) = cache {
             cache.deleting(uid);
@@ -522,7 +548,7 @@ impl Target<'_> {
                 uid: Some(uid.to_string()),
                 resource_version: None,
             }),
-            ..DeleteParams::background()
+            ..base
         };
         match self.api(k).delete(name, &params).await {
             Ok(_) => Ok(true),
@@ -538,8 +564,52 @@ impl Target<'_> {
     }
 }
 
-/// `spec.volumeClaimTemplates` as (name, storage request): the API server
-/// refuses to change them on a StatefulSet.
+/// How the volume claim templates of a StatefulSet change from its live
+/// copy to the desired one. The API server refuses any change of them on a
+/// StatefulSet, so each calls for its own way round.
+#[derive(Debug, PartialEq)]
+enum ClaimChange {
+    /// The same claims of the same sizes (in whatever spelling).
+    Same,
+    /// The same claims, some larger: `(template, new size)`. The claims are
+    /// expanded in place, the StatefulSet replaced without its pods.
+    Grow(Vec<(String, String)>),
+    /// A claim would shrink, which no volume can: refused, the StatefulSet
+    /// is left as it is.
+    Shrink(String),
+    /// Claims added or removed (persistence switched on or off): the
+    /// StatefulSet is recreated; the retention policy keeps the volumes.
+    Replace,
+}
+
+fn claim_change(live: &Value, desired: &Value) -> ClaimChange {
+    let (live, desired) = (claim_templates(live), claim_templates(desired));
+    let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    if names(&live) != names(&desired) {
+        return ClaimChange::Replace;
+    }
+    let mut grow = Vec::new();
+    for ((name, was), (_, is)) in live.iter().zip(&desired) {
+        match (crate::quantity::nanos(was), crate::quantity::nanos(is)) {
+            (Some(w), Some(i)) if i < w => {
+                return ClaimChange::Shrink(format!(
+                    "volume claim {name} cannot shrink from {was} to {is}; set redis.storage back to at least {was}"
+                ))
+            }
+            (Some(w), Some(i)) if i > w => grow.push((name.clone(), is.clone())),
+            (Some(_), Some(_)) => {}
+            _ if was == is => {}
+            _ => return ClaimChange::Replace,
+        }
+    }
+    if grow.is_empty() {
+        ClaimChange::Same
+    } else {
+        ClaimChange::Grow(grow)
+    }
+}
+
+/// `spec.volumeClaimTemplates` as (name, storage request).
 fn claim_templates(v: &Value) -> Vec<(String, String)> {
     v.pointer("/spec/volumeClaimTemplates")
         .and_then(Value::as_array)
@@ -560,19 +630,27 @@ fn claim_templates(v: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What applying the desired objects left to report in status.
+#[derive(Debug, Default)]
+struct Applied {
+    /// An optional API (KEDA) was missing, so its objects could not be
+    /// applied (reported in status, not an error).
+    missing_apis: bool,
+    /// Managed Redis's storage could not follow the spec: `(reason, message)`.
+    storage: Option<(&'static str, String)>,
+}
+
 /// Server-side applies every desired object whose live copy differs, in
 /// the desired order; `live` is updated with what the API server answered.
-/// Returns whether an optional API (KEDA) was missing, so its objects
-/// could not be applied (reported in status, not an error).
 async fn apply_objects(
     sp: &StreamPipeline,
     ctx: &Context,
     target: &Target<'_>,
     desired: &Desired,
     live: &mut Live,
-) -> Result<bool, Error> {
+) -> Result<Applied, Error> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let mut missing_apis = false;
+    let mut outcome = Applied::default();
     for child in &desired.objects {
         let kind = child.kind();
         let name = child.name().to_string();
@@ -592,28 +670,59 @@ async fn apply_objects(
         let api = target.api(&kind);
         let mut existed = current.is_some();
         if let (Child::StatefulSet(_), Some(cur)) = (child, &current) {
-            if claim_templates(cur) != claim_templates(&stamped.body) {
-                // volumeClaimTemplates are immutable: recreate. The PVC
-                // retention policy decides what happens to the old volume.
-                let uid = cur.pointer("/metadata/uid").and_then(Value::as_str);
-                if target.delete(&kind, &name, uid).await? {
-                    ctx.metrics.deleted(kind.kind);
-                    ctx.event(
-                        sp,
-                        EventType::Normal,
-                        "Recreating",
-                        "Delete",
-                        format!("StatefulSet {name}: its volume claim templates changed"),
-                    )
-                    .await;
+            let uid = cur.pointer("/metadata/uid").and_then(Value::as_str);
+            match claim_change(cur, &stamped.body) {
+                ClaimChange::Same => {}
+                ClaimChange::Shrink(message) => {
+                    outcome.storage = Some((status::reason::STORAGE_SHRINK_REFUSED, message));
+                    continue;
                 }
-                existed = false;
+                ClaimChange::Grow(sizes) => {
+                    if let Err(message) = expand_claims(target, &name, cur, &sizes).await? {
+                        outcome.storage = Some((status::reason::STORAGE_RESIZE_REFUSED, message));
+                        continue;
+                    }
+                    // The claims are larger now; the StatefulSet's templates
+                    // cannot follow, so it is replaced — without its pods,
+                    // which the new one adopts, and without its volumes.
+                    if target.delete_orphaning(&kind, &name, uid).await? {
+                        ctx.metrics.deleted(kind.kind);
+                        let sizes: Vec<String> =
+                            sizes.iter().map(|(n, s)| format!("{n} to {s}")).collect();
+                        ctx.event(
+                            sp,
+                            EventType::Normal,
+                            "Resized",
+                            "Resize",
+                            format!(
+                                "StatefulSet {name}: volume claims expanded in place ({}); the StatefulSet is replaced, its pods and volumes kept",
+                                sizes.join(", ")
+                            ),
+                        )
+                        .await;
+                    }
+                    existed = false;
+                }
+                ClaimChange::Replace => {
+                    if target.delete(&kind, &name, uid).await? {
+                        ctx.metrics.deleted(kind.kind);
+                        ctx.event(
+                            sp,
+                            EventType::Normal,
+                            "Recreating",
+                            "Delete",
+                            format!("StatefulSet {name}: its volume claims were added or removed"),
+                        )
+                        .await;
+                    }
+                    existed = false;
+                }
             }
         }
         let applied = match api.patch(&name, &pp, &Patch::Apply(&stamped.body)).await {
             Ok(a) => a,
             Err(kube::Error::Api(e)) if e.code == 404 && kind.optional() => {
-                missing_apis = true;
+                outcome.missing_apis = true;
                 continue;
             }
             Err(e) => return Err(api_error("apply", kind.kind, &name, e)),
@@ -640,7 +749,49 @@ async fn apply_objects(
         });
         live.insert(key, applied);
     }
-    Ok(missing_apis)
+    Ok(outcome)
+}
+
+/// Raises the storage request of the StatefulSet's claims (`<template>-<set>-<ordinal>`)
+/// to `sizes`. `Ok(Err(why))` when the API server refuses (the StorageClass
+/// does not allow expansion, or the claim is not bound to one that can).
+///
+/// # Errors
+/// Other API failures.
+async fn expand_claims(
+    target: &Target<'_>,
+    set: &str,
+    live: &Value,
+    sizes: &[(String, String)],
+) -> Result<Result<(), String>, Error> {
+    let replicas = live
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1)
+        .max(0);
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(target.client.clone(), target.ns);
+    for (template, size) in sizes {
+        for ordinal in 0..replicas {
+            let claim = format!("{template}-{set}-{ordinal}");
+            let body = json!({"spec": {"resources": {"requests": {"storage": size}}}});
+            match api
+                .patch(&claim, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+            {
+                Ok(_) => info!(claim, size, "volume claim expanded"),
+                // Not created yet: the new StatefulSet creates it at the new size.
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(kube::Error::Api(e)) if e.code == 403 || e.code == 422 => {
+                    return Ok(Err(format!(
+                        "volume claim {claim} cannot be expanded to {size}: {}",
+                        e.message
+                    )));
+                }
+                Err(e) => return Err(api_error("patch", "PersistentVolumeClaim", &claim, e)),
+            }
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// Deletes owned objects that are no longer desired (a removed group's
@@ -864,6 +1015,7 @@ async fn report_invalid(
         ingress_url,
         now: now(),
         decisions: BTreeMap::new(),
+        degraded: None,
         extra: vec![],
     });
     write_status(sp.status, ctx, target, status).await

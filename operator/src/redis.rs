@@ -426,9 +426,13 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
                 match_labels: Some(labels::redis_selector(p)),
                 ..Default::default()
             },
+            // Queued work lives on this volume: it outlives the StatefulSet
+            // (replaced when storage grows) and the pipeline itself, as
+            // CloudNativePG and Strimzi keep theirs. Deleting it is the
+            // user's call (docs/operator.md, "Redis storage").
             persistent_volume_claim_retention_policy: Some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
-                    when_deleted: Some("Delete".into()),
+                    when_deleted: Some("Retain".into()),
                     when_scaled: Some("Retain".into()),
                 },
             ),

@@ -46,6 +46,11 @@ pub mod reason {
     pub const AS_EXPECTED: &str = "AsExpected";
     /// The rollout finished.
     pub const COMPLETE: &str = "RolloutComplete";
+    /// `redis.storage` is smaller than the volumes hold: nothing shrinks.
+    pub const STORAGE_SHRINK_REFUSED: &str = "StorageShrinkRefused";
+    /// The API server refused to expand a volume claim (its StorageClass
+    /// does not allow expansion).
+    pub const STORAGE_RESIZE_REFUSED: &str = "StorageResizeRefused";
 }
 
 /// Where one workload stands.
@@ -192,6 +197,10 @@ pub struct Inputs<'a> {
     /// Decisions of this process's autoscaler by group; they replace the
     /// previous status's `lastScale` (kept otherwise, e.g. after a leader change).
     pub decisions: BTreeMap<String, ScaleDecision>,
+    /// A reason the applied objects cannot fully follow a valid spec
+    /// (`(reason, message)`, e.g. managed Redis's storage cannot shrink):
+    /// `Degraded=True` while the running objects keep serving.
+    pub degraded: Option<(String, String)>,
     /// Conditions beyond Ready/Progressing/Degraded (`Autoscaling`,
     /// `ColdStartRisk`), as `(type, status, reason, message)`.
     pub extra: Vec<(String, bool, String, String)>,
@@ -287,7 +296,10 @@ pub fn compute(inputs: &Inputs<'_>) -> StreamPipelineStatus {
                     reason::PROGRESS_DEADLINE_EXCEEDED,
                     stuck.join("; "),
                 ),
-                Validity::Valid => cond(DEGRADED, false, reason::AS_EXPECTED, String::new()),
+                Validity::Valid => match &inputs.degraded {
+                    Some((r, message)) => cond(DEGRADED, true, r, message.clone()),
+                    None => cond(DEGRADED, false, reason::AS_EXPECTED, String::new()),
+                },
             });
         }
     }
@@ -423,6 +435,7 @@ mod tests {
             ingress_url: Some("http://p.demo.svc".into()),
             now: t(0),
             decisions: BTreeMap::new(),
+            degraded: None,
             extra: vec![],
         }
     }

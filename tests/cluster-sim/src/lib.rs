@@ -27,6 +27,9 @@
 //!   default ServiceAccounts
 //! - `rbac`: authorization of ServiceAccount tokens
 //! - [`faults`]: fault injection and the request log
+//! - `quantity`: resource quantities checked and stored in canonical form (`1024Mi` → `1Gi`)
+//! - `immutable`: fields an update may not change (Deployment selector, StatefulSet spec,
+//!   PVC spec but storage growth, Service clusterIP)
 //! - `defaults`, `table`, `openapi`: defaulting, Table/metadata renderings, minimal OpenAPI
 //! - [`error`]: `ApiError` (the `Status` answers) and `Error`
 
@@ -36,10 +39,12 @@ pub mod error;
 pub mod faults;
 mod fields;
 mod gc;
+mod immutable;
 mod openapi;
 mod ops;
 mod patch;
 mod protobuf;
+mod quantity;
 pub mod rbac;
 mod resources;
 mod schema;

@@ -541,6 +541,16 @@ fn admit(
         return Ok(());
     }
     crate::defaults::apply(st, rt, obj, old);
+    let mut causes = crate::quantity::canonicalize(rt, obj);
+    if let Some(old) = old {
+        causes.extend(crate::immutable::check(rt, old, obj));
+    }
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(rt, name, causes));
+    }
+    if let Some(old) = old {
+        crate::immutable::check_resize(st, rt, old, obj)?;
+    }
     if rt.group == "apiextensions.k8s.io" {
         crd_admission(st, rt, name, old, obj)?;
     }

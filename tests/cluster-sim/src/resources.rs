@@ -114,6 +114,7 @@ fn builtins() -> Vec<ResourceType> {
         builtin("networking.k8s.io", "v1", "Ingress", "ingresses", true, &["ing"], true, false),
         builtin("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", true, &["hpa"], true, false),
         builtin("coordination.k8s.io", "v1", "Lease", "leases", true, &[], false, false),
+        builtin("storage.k8s.io", "v1", "StorageClass", "storageclasses", false, &["sc"], false, false),
         builtin("events.k8s.io", "v1", "Event", "events", true, &["ev"], false, false),
         builtin("rbac.authorization.k8s.io", "v1", "Role", "roles", true, &[], false, false),
         builtin("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true, &[], false, false),

@@ -45,9 +45,14 @@ impl WatchParams {
     }
 }
 
+/// One watch event line. `type` comes before `object`, as the API server
+/// writes it (Go's `WatchEvent` field order): a client may decode the object
+/// in one pass once it knows the type, and the stand-in must not hide a
+/// client that depends on that order, nor one that breaks without it.
 fn line(kind: &str, object: Value) -> Bytes {
-    let mut s = json!({"type": kind, "object": object}).to_string();
-    s.push('\n');
+    let mut s = format!(r#"{{"type":{},"object":"#, Value::from(kind));
+    s.push_str(&object.to_string());
+    s.push_str("}\n");
     Bytes::from(s)
 }
 
