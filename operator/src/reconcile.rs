@@ -397,6 +397,23 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         }
     }
 
+    if !applied.conflicts.is_empty() {
+        let reported = sp.status.as_ref().is_some_and(|s| {
+            status::condition(s, status::DEGRADED).is_some_and(|c| {
+                c.reason == status::reason::CONFLICT
+                    && c.observed_generation == sp.metadata.generation
+            })
+        });
+        if !reported {
+            let note = format!(
+                "not applied, the name is taken: {}",
+                applied.conflicts.join("; ")
+            );
+            warn!(%note, "name conflict");
+            ctx.event(sp, EventType::Warning, "Conflict", "Apply", note)
+                .await;
+        }
+    }
     let workloads = readiness(sp, &desired.objects, &live)?;
     let scaling = ctx.facts.get(&key_of(sp));
     let cold_start = autoscale::cold_start_risk(&sp.spec, &desired.plan, ctx.settings.cold_start);
@@ -430,9 +447,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         ingress_url: Some(ingress_url(&name, &ns, sp.spec.expose.as_ref())),
         now: now(),
         decisions: scaling.map(|s| s.decisions).unwrap_or_default(),
-        degraded: applied
-            .storage
-            .map(|(reason, message)| (reason.to_string(), message)),
+        degraded: applied.degraded(),
         extra,
     });
     write_status(sp.status.as_ref(), ctx, &target, status).await?;
@@ -509,6 +524,36 @@ impl Target<'_> {
             }
         }
         Ok(live)
+    }
+
+    /// Whether `name` of kind `k` exists without being this pipeline's: who
+    /// controls it then. Asked only before creating an object (at steady
+    /// state every object is in the cache as the pipeline's own): an apply
+    /// would take it over from its owner — another pipeline whose names
+    /// overlap (`a` with group `b-c` and `a-b` with group `c` both name a
+    /// Deployment `a-b-c`), or a user's object of that name.
+    async fn taken(&self, k: &OwnedKind, name: &str) -> Result<Option<String>, Error> {
+        let found = match self.api(k).get_opt(name).await {
+            Ok(found) => found,
+            // The API is not installed (KEDA): nothing can be there.
+            Err(kube::Error::Api(e)) if e.code == 404 && k.optional() => None,
+            Err(e) => return Err(api_error("get", k.kind, name, e)),
+        };
+        let Some(o) = found else {
+            return Ok(None);
+        };
+        let controller = o
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|r| r.controller == Some(true));
+        Ok(match controller {
+            // Ours: created a moment ago, not in the cache yet.
+            Some(r) if r.uid == self.uid => None,
+            Some(r) => Some(format!("controlled by {} {}", r.kind, r.name)),
+            None => Some("not made by sluice-operator".to_string()),
+        })
     }
 
     /// Deletes `name` of kind `k` (in the background: dependents follow),
@@ -638,6 +683,27 @@ struct Applied {
     missing_apis: bool,
     /// Managed Redis's storage could not follow the spec: `(reason, message)`.
     storage: Option<(&'static str, String)>,
+    /// Objects the pipeline would write that exist and are not its own
+    /// (another pipeline's, or made by hand): `Kind/name (whose)`.
+    conflicts: Vec<String>,
+}
+
+impl Applied {
+    /// What makes the pipeline `Degraded` beyond an invalid spec.
+    fn degraded(&self) -> Option<(String, String)> {
+        if !self.conflicts.is_empty() {
+            return Some((
+                status::reason::CONFLICT.to_string(),
+                format!(
+                    "not applied, the name is taken: {}",
+                    self.conflicts.join("; ")
+                ),
+            ));
+        }
+        self.storage
+            .as_ref()
+            .map(|(reason, message)| ((*reason).to_string(), message.clone()))
+    }
 }
 
 /// Server-side applies every desired object whose live copy differs, in
@@ -668,6 +734,14 @@ async fn apply_objects(
             }
         }
         let api = target.api(&kind);
+        if current.is_none() {
+            if let Some(whose) = target.taken(&kind, &name).await? {
+                outcome
+                    .conflicts
+                    .push(format!("{} {name} ({whose})", kind.kind));
+                continue;
+            }
+        }
         let mut existed = current.is_some();
         if let (Child::StatefulSet(_), Some(cur)) = (child, &current) {
             let uid = cur.pointer("/metadata/uid").and_then(Value::as_str);

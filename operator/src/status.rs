@@ -46,6 +46,8 @@ pub mod reason {
     pub const AS_EXPECTED: &str = "AsExpected";
     /// The rollout finished.
     pub const COMPLETE: &str = "RolloutComplete";
+    /// An object of the pipeline's exists and is not the pipeline's.
+    pub const CONFLICT: &str = "Conflict";
     /// `redis.storage` is smaller than the volumes hold: nothing shrinks.
     pub const STORAGE_SHRINK_REFUSED: &str = "StorageShrinkRefused";
     /// The API server refused to expand a volume claim (its StorageClass
