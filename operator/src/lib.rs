@@ -22,8 +22,11 @@
 //! - [`run()`](run::run): the process (client, endpoints, leader election, controller).
 //! - [`config`]: flags and `SLUICE_*` variables.
 //! - [`controller`]: the kube-runtime `Controller` and what triggers reconciles.
-//! - [`reconcile`]: one reconcile, its errors and backoff.
-//! - [`apply`]: whether a desired object must be applied (hash + drift check).
+//! - [`reconcile`]: one reconcile and its backoff.
+//! - [`error`]: why a reconcile failed (shared by [`reconcile`] and
+//!   [`secrets`]), and its metric label.
+//! - [`apply`]: whether a desired object must be applied (hash + drift check),
+//!   and the field manager of every write.
 //! - [`object`]: a StreamPipeline read so that one bad object never stops
 //!   the watch (spec decoded per object, errors kept with their path).
 //! - [`status`]: conditions and group status from the live workloads.
@@ -53,6 +56,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod controller;
+pub mod error;
 pub mod events;
 pub mod hash;
 pub mod labels;

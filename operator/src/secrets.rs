@@ -28,7 +28,8 @@ use rand::{Rng, RngCore};
 use sluice_crds::{compile, PipelineId, StreamPipeline};
 use tracing::{debug, warn};
 
-use crate::reconcile::{api_error, Error, FIELD_MANAGER};
+use crate::apply::FIELD_MANAGER;
+use crate::error::{api_error, Error};
 use crate::redis::{initial_redis_secret, CONFIG_KEY, PASSWORD_KEY};
 use crate::resources::{self, initial_key_secret, GeneratedSecret, KEY_LEN};
 use crate::rotation::{self, Decision, Ring, Timings};
