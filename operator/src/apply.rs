@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::hash;
 use crate::labels;
-use crate::resources::{Child, Error, Result};
+use crate::render::{Child, Error, Result};
 
 /// The one field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = labels::MANAGER;

@@ -2,7 +2,7 @@
 //! the objects it applies ([`crate::reconcile`]) as much as the Secrets it
 //! creates or rotates ([`crate::secrets`]) — and its bounded metric label.
 
-use crate::resources;
+use crate::render;
 
 /// Why a reconcile failed; the controller retries with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ pub enum Error {
     /// Building the desired objects failed for a reason other than an
     /// invalid spec (which is reported in status, not as an error).
     #[error(transparent)]
-    Resources(#[from] resources::Error),
+    Resources(#[from] render::Error),
     /// An object in the cluster cannot be used as it is.
     #[error("{what} {name} {reason}")]
     Unusable {

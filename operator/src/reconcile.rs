@@ -51,7 +51,7 @@ use crate::events::{EventType, Events};
 use crate::labels;
 use crate::metrics::Metrics;
 use crate::object::PipelineObject;
-use crate::resources::{self, owned_kinds, Child, Desired, OwnedKind};
+use crate::render::{self, owned_kinds, Child, Desired, OwnedKind};
 use crate::secrets::{self, SecretChange};
 use crate::settings::OperatorSettings;
 use crate::status::{self, Readiness, Validity};
@@ -273,9 +273,9 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
     };
     let mut live = target.list_owned().await?;
 
-    let desired = match resources::desired(sp, &ctx.settings) {
+    let desired = match render::desired(sp, &ctx.settings) {
         Ok(d) => d,
-        Err(resources::Error::InvalidSpec(errors)) => {
+        Err(render::Error::InvalidSpec(errors)) => {
             let message = errors
                 .iter()
                 .map(ToString::to_string)
