@@ -1,6 +1,6 @@
 //! What every object builder shares for one pipeline: the StreamPipeline as
-//! owner ([`Owner`]: name, namespace and the controller owner reference every
-//! object carries) and the [`Ctx`] of one rendering (spec, settings, config
+//! owner (`Owner`: name, namespace and the controller owner reference every
+//! object carries) and the `Ctx` of one rendering (spec, settings, config
 //! hash, which Redis, which key ring Secret).
 
 use std::ops::Deref;
