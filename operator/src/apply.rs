@@ -25,7 +25,11 @@
 use serde_json::Value;
 
 use crate::hash;
-use crate::resources::{Child, Error, Result};
+use crate::labels;
+use crate::render::{Child, Error, Result};
+
+/// The one field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = labels::MANAGER;
 
 /// Annotation on every applied object: [`hash::digest`] of the desired
 /// object without this annotation.

@@ -54,7 +54,7 @@ use crate::object::PipelineObject;
 use tracing::{debug, warn};
 
 use crate::labels;
-use crate::resources::{owned_kinds, OwnedKind};
+use crate::render::{owned_kinds, OwnedKind};
 
 /// Tombstones kept at most; past this the oldest knowledge is dropped (a
 /// delete event lost to a watch gap never removes its tombstone).
@@ -430,7 +430,7 @@ mod tests {
     fn owned_by(refs: Vec<OwnerReference>) -> DynamicObject {
         let mut o = DynamicObject::new(
             "orders-web",
-            &api_resource(&crate::resources::OwnedKind::of::<
+            &api_resource(&crate::render::OwnedKind::of::<
                 k8s_openapi::api::apps::v1::Deployment,
             >()),
         )

@@ -1,7 +1,7 @@
 //! sluice operator: reconciles `StreamPipeline` resources into the workloads
 //! that run them (DESIGN §4).
 //!
-//! The core is pure: [`resources::desired`] turns a StreamPipeline and the
+//! The core is pure: [`render::desired`] turns a StreamPipeline and the
 //! operator's [`OperatorSettings`] into the typed Kubernetes objects to
 //! apply, with no API server, clock or randomness involved, so it is
 //! golden-tested (`tests/golden.rs`). The reconciler ([`reconcile`]) lists
@@ -16,14 +16,17 @@
 //! This crate depends on `sluice-crds` and `sluice-platform` (the autoscaler
 //! reads queue counters through its Redis adapter), never on the runtime
 //! crates; the runtime's flags and variables it relies on are declared once
-//! in [`resources`] and checked end to end.
+//! in [`render::contract`] and checked end to end.
 //!
 //! # Layout
 //! - [`run()`](run::run): the process (client, endpoints, leader election, controller).
 //! - [`config`]: flags and `SLUICE_*` variables.
 //! - [`controller`]: the kube-runtime `Controller` and what triggers reconciles.
-//! - [`reconcile`]: one reconcile, its errors and backoff.
-//! - [`apply`]: whether a desired object must be applied (hash + drift check).
+//! - [`reconcile`]: one reconcile and its backoff.
+//! - [`error`]: why a reconcile failed (shared by [`reconcile`] and
+//!   [`secrets`]), and its metric label.
+//! - [`apply`]: whether a desired object must be applied (hash + drift check),
+//!   and the field manager of every write.
 //! - [`object`]: a StreamPipeline read so that one bad object never stops
 //!   the watch (spec decoded per object, errors kept with their path).
 //! - [`quantity`]: resource quantities compared by value (the API server
@@ -32,16 +35,15 @@
 //! - [`secrets`]: the create-if-absent key ring and Redis password Secrets.
 //! - [`rotation`]: key ring rotation, phase by phase (DESIGN §6).
 //! - [`autoscale`]: the builtin autoscaler (backlog and rate from Redis,
-//!   `/scale`), the KEDA objects, and the `Autoscaling` conditions.
+//!   `/scale`) and the `Autoscaling` conditions.
 //! - [`leader`]: leader election on a Lease.
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: the Prometheus families.
-//! - [`resources`]: [`desired`], the objects of a pipeline, the key ring
-//!   Secret and the runtime contract constants.
-//! - [`redis`]: managed Redis (StatefulSet, Services, NetworkPolicy,
-//!   password Secret, config file) or the external Redis URL.
-//! - [`pod`]: restricted security contexts, sidecar hardening, probes,
-//!   directory mounts and node Secret references.
+//! - [`render`]: [`desired`], the objects of a pipeline, one module per
+//!   object family ([`render::pods`], [`render::services`],
+//!   [`render::redis`], [`render::policy`], [`render::autoscale`], ...),
+//!   the key ring Secret and the runtime contract constants. Also at its
+//!   earlier path, `resources`.
 //! - [`clock`]: API timestamps and the rotation schedule's time type.
 //! - [`hash`]: the `sluice.dev/config-hash` of pod templates.
 //! - [`labels`]: labels, selectors and annotation keys.
@@ -55,6 +57,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod controller;
+pub mod error;
 pub mod events;
 pub mod hash;
 pub mod labels;
@@ -62,11 +65,9 @@ pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod object;
-pub mod pod;
 pub mod quantity;
 pub mod reconcile;
-pub mod redis;
-pub mod resources;
+pub mod render;
 pub mod rotation;
 pub mod run;
 pub mod secrets;
@@ -74,10 +75,11 @@ pub mod server;
 pub mod settings;
 pub mod status;
 
-pub use redis::initial_redis_secret;
-pub use resources::{
-    desired, initial_key_secret, owned_kinds, Child, Desired, Error, GeneratedSecret, OwnedKind,
-    Result,
+/// The renderer's path before it was split by object family.
+pub use render as resources;
+pub use render::{
+    desired, initial_key_secret, initial_redis_secret, owned_kinds, Child, Desired, Error,
+    GeneratedSecret, OwnedKind, Result,
 };
 pub use run::run;
 pub use settings::{DrainBudget, OperatorSettings, RuntimeImages};

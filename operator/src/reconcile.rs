@@ -39,93 +39,26 @@ use serde_json::{json, Value};
 use sluice_crds::{ExposeSpec, StreamPipeline, StreamPipelineSpec, StreamPipelineStatus};
 use tracing::{debug, info, warn, Instrument};
 
+pub use crate::apply::FIELD_MANAGER;
+pub use crate::error::Error;
+
 use crate::apply::{self, Stamped};
 use crate::autoscale::{self, Facts};
 use crate::cache::{api_resource, OwnedCache};
 use crate::config::Timing;
+use crate::error::api_error;
 use crate::events::{EventType, Events};
 use crate::labels;
 use crate::metrics::Metrics;
 use crate::object::PipelineObject;
-use crate::resources::{self, owned_kinds, Child, Desired, OwnedKind};
+use crate::render::{self, owned_kinds, Child, Desired, OwnedKind};
 use crate::secrets::{self, SecretChange};
 use crate::settings::OperatorSettings;
 use crate::status::{self, Readiness, Validity};
 
-/// The one field manager of every write the operator makes.
-pub const FIELD_MANAGER: &str = labels::MANAGER;
-
 /// Consecutive write conflicts (`409`) of a pipeline retried quietly before
 /// one is reported as a `ReconcileFailed` event.
 const QUIET_CONFLICTS: u32 = 2;
-
-// === errors ===
-
-/// Why a reconcile failed; the controller retries with backoff.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The StreamPipeline lacks metadata (never the case for objects read
-    /// from the API server).
-    #[error("StreamPipeline has no {0}")]
-    MissingObjectKey(&'static str),
-    /// The reconcile panicked: a defect of the operator, caught so that it
-    /// fails one pipeline's reconcile (reported, retried with backoff)
-    /// instead of the controller.
-    #[error("internal error (panic): {0}")]
-    Panicked(String),
-    /// An API request failed.
-    #[error("{verb} {kind} {name}: {source}")]
-    Kube {
-        verb: &'static str,
-        kind: String,
-        name: String,
-        // Boxed: kube's error is large and this enum travels in every Result.
-        #[source]
-        source: Box<kube::Error>,
-    },
-    /// Building the desired objects failed for a reason other than an
-    /// invalid spec (which is reported in status, not as an error).
-    #[error(transparent)]
-    Resources(#[from] resources::Error),
-    /// An object in the cluster cannot be used as it is.
-    #[error("{what} {name} {reason}")]
-    Unusable {
-        what: &'static str,
-        name: String,
-        reason: String,
-    },
-    /// A live object did not have the shape of its kind.
-    #[error("cannot read {kind} {name}")]
-    Decode {
-        kind: String,
-        name: String,
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
-impl Error {
-    /// Bounded label for the error metric.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Error::MissingObjectKey(_) => "missing_object_key",
-            Error::Panicked(_) => "panic",
-            Error::Kube { source, .. } => match source.as_ref() {
-                kube::Error::Api(e) if e.code == 409 => "api_conflict",
-                kube::Error::Api(e) if e.code == 403 => "api_forbidden",
-                kube::Error::Api(e) if e.code == 404 => "api_not_found",
-                kube::Error::Api(e) if e.code == 422 => "api_invalid",
-                kube::Error::Api(e) if e.code == 429 => "api_throttled",
-                kube::Error::Api(e) if e.code >= 500 => "api_server_error",
-                kube::Error::Api(_) => "api_other",
-                _ => "transport",
-            },
-            Error::Resources(_) => "resources",
-            Error::Unusable { .. } => "unusable_object",
-            Error::Decode { .. } => "decode",
-        }
-    }
-}
 
 /// The text of a caught panic, when it has one.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -134,16 +67,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".to_string())
-}
-
-/// Wraps an API error with what was being done.
-pub(crate) fn api_error(verb: &'static str, kind: &str, name: &str, source: kube::Error) -> Error {
-    Error::Kube {
-        verb,
-        kind: kind.to_string(),
-        name: name.to_string(),
-        source: Box::new(source),
-    }
 }
 
 // === context ===
@@ -350,9 +273,9 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
     };
     let mut live = target.list_owned().await?;
 
-    let desired = match resources::desired(sp, &ctx.settings) {
+    let desired = match render::desired(sp, &ctx.settings) {
         Ok(d) => d,
-        Err(resources::Error::InvalidSpec(errors)) => {
+        Err(render::Error::InvalidSpec(errors)) => {
             let message = errors
                 .iter()
                 .map(ToString::to_string)
@@ -1163,24 +1086,5 @@ mod tests {
         let b = json!({"spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"resources": {"requests": {"storage": "2Gi"}}}}]}});
         assert_ne!(claim_templates(&a), claim_templates(&b));
         assert!(claim_templates(&json!({"spec": {}})).is_empty());
-    }
-
-    #[test]
-    fn error_kinds_are_bounded_labels() {
-        let e = api_error(
-            "apply",
-            "Deployment",
-            "p-web",
-            kube::Error::Api(
-                kube::core::Status::failure("boom", "InternalError")
-                    .with_code(500)
-                    .boxed(),
-            ),
-        );
-        assert_eq!(e.kind(), "api_server_error");
-        assert_eq!(
-            Error::MissingObjectKey("metadata.uid").kind(),
-            "missing_object_key"
-        );
     }
 }

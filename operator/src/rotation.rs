@@ -53,7 +53,7 @@ use k8s_openapi::ByteString;
 use sluice_crds::Plan;
 
 use crate::labels::{ROTATION_PHASE, ROTATION_STABLE, ROTATION_UPDATED};
-use crate::resources::KEY_RING_CURRENT;
+use crate::render::KEY_RING_CURRENT;
 
 /// Phase: the new key is in the ring and verifies; the old one still signs.
 pub const PHASE_ADDED: &str = "added";
@@ -190,7 +190,7 @@ pub struct Step {
 impl Step {
     /// Applies the step to the live Secret. `fresh_key` is called once
     /// when the step adds a kid, and returns the new key as base64 of
-    /// [`crate::resources::KEY_LEN`] random bytes.
+    /// [`crate::render::KEY_LEN`] random bytes.
     pub fn apply(&self, secret: &mut Secret, fresh_key: impl FnOnce() -> String) {
         let data = secret.data.get_or_insert_with(Default::default);
         if let Some(kid) = &self.add {

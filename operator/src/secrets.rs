@@ -28,9 +28,11 @@ use rand::{Rng, RngCore};
 use sluice_crds::{compile, PipelineId, StreamPipeline};
 use tracing::{debug, warn};
 
-use crate::reconcile::{api_error, Error, FIELD_MANAGER};
-use crate::redis::{initial_redis_secret, CONFIG_KEY, PASSWORD_KEY};
-use crate::resources::{self, initial_key_secret, GeneratedSecret, KEY_LEN};
+use crate::apply::FIELD_MANAGER;
+use crate::error::{api_error, Error};
+use crate::render::redis::{initial_redis_secret, CONFIG_KEY};
+use crate::render::redis_use::PASSWORD_KEY;
+use crate::render::{self, initial_key_secret, GeneratedSecret, KEY_LEN};
 use crate::rotation::{self, Decision, Ring, Timings};
 use crate::settings::OperatorSettings;
 
@@ -199,7 +201,7 @@ fn timings(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Timings, 
     };
     // The reconciler calls `ensure` only for a spec `desired` accepted, which
     // compiles; a refusal here is reported like one there.
-    let plan = compile(id, &sp.spec).map_err(resources::Error::InvalidSpec)?;
+    let plan = compile(id, &sp.spec).map_err(render::Error::InvalidSpec)?;
     Ok(Timings::new(&plan, settings.key_propagation))
 }
 

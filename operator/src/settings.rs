@@ -3,7 +3,7 @@
 //! itself runs, the drain budget of the runtime processes and where they
 //! export traces.
 //!
-//! Settings are plain data, so [`crate::resources::desired`] stays a pure
+//! Settings are plain data, so [`crate::render::desired`] stays a pure
 //! function of `(StreamPipeline, OperatorSettings)` and golden tests pin them.
 
 use std::collections::BTreeMap;

@@ -40,7 +40,7 @@ use crate::events::{EventType, Events};
 use crate::labels::{self, Component};
 use crate::metrics::{DirectionLabel, GroupLabel, Metrics};
 use crate::names;
-use crate::redis::{managed_address, PASSWORD_KEY};
+use crate::render::redis_use::{managed_address, PASSWORD_KEY};
 
 /// Pipelines evaluated at once.
 const CONCURRENCY: usize = 16;

@@ -12,12 +12,13 @@
 //! Engines (`spec.groups[].autoscale.engine`):
 //! - `builtin` (default): [`engine::Autoscaler`], this module's loop, backlog
 //!   and rate driven ([`algorithm`]).
-//! - `hpa`: an autoscaling/v2 HorizontalPodAutoscaler on CPU (built by
-//!   `resources`); the operator never writes that group's replicas.
+//! - `hpa`: an autoscaling/v2 HorizontalPodAutoscaler on CPU (rendered by
+//!   [`crate::render::autoscale`]); the operator never writes that group's
+//!   replicas.
 //! - `keda`: a KEDA `ScaledObject` with the `redis-streams` trigger on the
 //!   group's stream, and a `TriggerAuthentication` for the Redis password
-//!   ([`keda`]). Without the KEDA CRDs the pipeline says so in its
-//!   `Autoscaling` condition.
+//!   (rendered by [`crate::render::autoscale`] too). Without the KEDA CRDs
+//!   the pipeline says so in its `Autoscaling` condition.
 //!
 //! Every engine sees a worker Deployment applied without `replicas`, so the
 //! operator's own apply never fights it; exactly one engine owns a group.
@@ -31,7 +32,6 @@
 
 pub mod algorithm;
 pub mod engine;
-pub mod keda;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! Redis for a pipeline with redis backends: the managed StatefulSet and
 //! what surrounds it, or the user's external Redis; and how runtime pods
-//! get the URL either way.
+//! get the URL either way. Which one a spec asks for is
+//! [`super::redis_use`]; the NetworkPolicy is in [`super::policy`].
 //!
 //! ```text
 //! managed:  Secret P-redis {password, redis.conf}   (created if absent: random password)
@@ -28,31 +29,24 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Secret, SecretVolumeSource, Service,
     ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
-use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
-    NetworkPolicySpec,
-};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 use serde::Serialize;
-use sluice_crds::{
-    AutoscaleEngine, BackendKind, FieldError, Persistence, RedisMode, SecretKeyRef, StreamPipeline,
-    StreamPipelineSpec,
-};
+use sluice_crds::{Persistence, StreamPipeline};
 
+use super::child::Child;
+use super::context::{owner_of, Ctx};
+use super::contract::{ENV_REDIS_CA_FILE, ENV_REDIS_URL};
+use super::error::{Error, Result};
+use super::pod_spec;
+use super::policy;
+use super::redis_use::{managed_address, ManagedRedis, RedisUse, PASSWORD_KEY, REDIS_PORT};
 use crate::hash;
 use crate::labels::{self, Component};
 use crate::names;
-use crate::pod;
-use crate::resources::{owner_of, Child, Ctx, Error, Result, ENV_REDIS_CA_FILE, ENV_REDIS_URL};
-use crate::settings::{OperatorSettings, KEDA_OPERATOR_POD_LABELS};
 
-/// Port of managed Redis (container, Services, NetworkPolicy).
-pub const REDIS_PORT: i32 = 6379;
-/// Key of the password in the `P-redis` Secret.
-pub const PASSWORD_KEY: &str = "password";
 /// Key of the config file in the `P-redis` Secret.
 pub const CONFIG_KEY: &str = "redis.conf";
 /// Where the `P-redis` Secret is mounted in the Redis container.
@@ -66,85 +60,12 @@ pub const ENV_REDIS_PASSWORD: &str = "REDIS_PASSWORD";
 pub const VOLUME_REDIS_CA: &str = "redis-ca";
 pub const REDIS_CA_DIR: &str = "/etc/sluice/redis-ca";
 pub const REDIS_CA_FILE: &str = "ca.crt";
-/// PVC size when `spec.redis.storage` is unset.
-pub const DEFAULT_STORAGE: &str = "1Gi";
 /// Requests of the Redis container.
 const CPU_REQUEST: &str = "100m";
 const MEMORY_REQUEST: &str = "256Mi";
 
 /// Shortest and longest password [`initial_redis_secret`] accepts.
 const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 16..=256;
-
-/// Which Redis the runtime pods of a pipeline use.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RedisUse<'a> {
-    /// Memory backends: no Redis at all.
-    None,
-    /// The operator runs it.
-    Managed(ManagedRedis),
-    /// The user's: the URL is in the Secret key `url`, and the PEM CA its
-    /// certificate chains to in `ca` when that is not a public CA.
-    External {
-        url: &'a SecretKeyRef,
-        ca: Option<&'a SecretKeyRef>,
-    },
-}
-
-/// Managed Redis settings with defaults applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManagedRedis {
-    pub persistence: Persistence,
-    /// PVC size (used with `persistence: aof`).
-    pub storage: String,
-    pub image: String,
-}
-
-/// The Redis a spec asks for. With redis backends and no `spec.redis`, Redis
-/// is managed with the defaults.
-///
-/// # Errors
-/// `mode: external` without `urlSecretRef` (validation refuses that first).
-pub fn redis_use<'a>(
-    spec: &'a StreamPipelineSpec,
-    settings: &OperatorSettings,
-) -> Result<RedisUse<'a>, FieldError> {
-    if spec.backends.queue != BackendKind::Redis {
-        return Ok(RedisUse::None);
-    }
-    let Some(r) = spec.redis.as_ref() else {
-        return Ok(RedisUse::Managed(ManagedRedis {
-            persistence: Persistence::default(),
-            storage: DEFAULT_STORAGE.to_string(),
-            image: settings.images.redis.clone(),
-        }));
-    };
-    match (r.mode, &r.url_secret_ref) {
-        (RedisMode::External, Some(url)) => Ok(RedisUse::External {
-            url,
-            ca: r.ca_secret_ref.as_ref(),
-        }),
-        (RedisMode::External, None) => Err(FieldError {
-            path: "spec.redis.urlSecretRef".into(),
-            message: "external Redis needs urlSecretRef".into(),
-        }),
-        (RedisMode::Managed, _) => Ok(RedisUse::Managed(ManagedRedis {
-            persistence: r.persistence,
-            storage: r
-                .storage
-                .clone()
-                .unwrap_or_else(|| DEFAULT_STORAGE.to_string()),
-            image: r
-                .image
-                .clone()
-                .unwrap_or_else(|| settings.images.redis.clone()),
-        })),
-    }
-}
-
-/// `host:port` of a pipeline's managed Redis client Service.
-pub fn managed_address(pipeline: &str, namespace: &str) -> String {
-    format!("{}.{namespace}.svc:{REDIS_PORT}", names::redis(pipeline))
-}
 
 /// The environment runtime containers need to reach their Redis. Order
 /// matters: Kubernetes expands `$(REDIS_PASSWORD)` only from variables
@@ -153,15 +74,19 @@ pub(crate) fn runtime_env(ctx: &Ctx<'_>, redis: &RedisUse<'_>) -> Vec<EnvVar> {
     match redis {
         RedisUse::None => vec![],
         RedisUse::External { url, ca } => {
-            let mut env = vec![pod::env_from_secret(ENV_REDIS_URL, &url.name, &url.key)];
+            let mut env = vec![pod_spec::env_from_secret(
+                ENV_REDIS_URL,
+                &url.name,
+                &url.key,
+            )];
             if ca.is_some() {
-                env.push(pod::env(ENV_REDIS_CA_FILE, ca_path()));
+                env.push(pod_spec::env(ENV_REDIS_CA_FILE, ca_path()));
             }
             env
         }
         RedisUse::Managed(_) => vec![
-            pod::env_from_secret(ENV_REDIS_PASSWORD, &names::redis(&ctx.name), PASSWORD_KEY),
-            pod::env(
+            pod_spec::env_from_secret(ENV_REDIS_PASSWORD, &names::redis(&ctx.name), PASSWORD_KEY),
+            pod_spec::env(
                 ENV_REDIS_URL,
                 format!(
                     "redis://:$({ENV_REDIS_PASSWORD})@{}/0",
@@ -180,7 +105,7 @@ pub fn ca_path() -> String {
 /// The volume and the runtime container's mount of the CA of external
 /// Redis, when the spec names one: only the referenced key, as
 /// [`REDIS_CA_FILE`], in a directory of its own (never `subPath`, see
-/// [`crate::pod`]). The runtime reads it once at start; changing the
+/// [`super::pod_spec`]). The runtime reads it once at start; changing the
 /// Secret's name or key changes the pod template and so rolls the pods.
 pub(crate) fn ca_mount(redis: &RedisUse<'_>) -> Option<(Volume, VolumeMount)> {
     let RedisUse::External { ca: Some(ca), .. } = redis else {
@@ -201,7 +126,7 @@ pub(crate) fn ca_mount(redis: &RedisUse<'_>) -> Option<(Volume, VolumeMount)> {
         }),
         ..Default::default()
     };
-    Some((volume, pod::mount(VOLUME_REDIS_CA, REDIS_CA_DIR, true)))
+    Some((volume, pod_spec::mount(VOLUME_REDIS_CA, REDIS_CA_DIR, true)))
 }
 
 /// The config file of managed Redis.
@@ -335,7 +260,7 @@ pub(crate) fn managed_objects(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<Vec<Chi
     Ok(vec![
         Child::Service(headless),
         Child::Service(client),
-        Child::NetworkPolicy(network_policy(ctx)),
+        Child::NetworkPolicy(policy::network_policy(ctx)),
         Child::StatefulSet(stateful_set(ctx, m)?),
     ])
 }
@@ -347,8 +272,8 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
     let pod_labels = labels::labels(p, Component::Redis, None);
     let mut volumes = vec![
         // 0440 with fsGroup: readable by Redis only, not world-readable.
-        pod::secret_volume("config", &name, Some(0o440)),
-        pod::tmp_volume(),
+        pod_spec::secret_volume("config", &name, Some(0o440)),
+        pod_spec::tmp_volume(),
     ];
     let claims = match m.persistence {
         Persistence::Aof => Some(vec![PersistentVolumeClaim {
@@ -394,7 +319,7 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
             ..Default::default()
         }]),
         // redis-cli reads the password from REDISCLI_AUTH: not in argv.
-        env: Some(vec![pod::env_from_secret(
+        env: Some(vec![pod_spec::env_from_secret(
             "REDISCLI_AUTH",
             &name,
             PASSWORD_KEY,
@@ -402,18 +327,18 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
         // Ready only when Redis answers PONG (not while it loads the AOF);
         // alive as long as it accepts connections, so a long AOF load is
         // never killed half-way.
-        readiness_probe: Some(pod::readiness_exec(vec![
+        readiness_probe: Some(pod_spec::readiness_exec(vec![
             "sh".into(),
             "-c".into(),
             format!("test \"$(redis-cli -p {REDIS_PORT} ping)\" = PONG"),
         ])),
-        liveness_probe: Some(pod::liveness_tcp("redis")),
-        resources: Some(pod::requests(CPU_REQUEST, MEMORY_REQUEST)),
-        security_context: Some(pod::restricted_container()),
+        liveness_probe: Some(pod_spec::liveness_tcp("redis")),
+        resources: Some(pod_spec::requests(CPU_REQUEST, MEMORY_REQUEST)),
+        security_context: Some(pod_spec::restricted_container()),
         volume_mounts: Some(vec![
-            pod::mount("config", CONFIG_DIR, true),
-            pod::mount("data", DATA_DIR, false),
-            pod::tmp_mount(),
+            pod_spec::mount("config", CONFIG_DIR, true),
+            pod_spec::mount("data", DATA_DIR, false),
+            pod_spec::tmp_mount(),
         ]),
         ..Default::default()
     };
@@ -449,7 +374,7 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
                 spec: Some(PodSpec {
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(pod::restricted_pod(pod::REDIS_UID, true)),
+                    security_context: Some(pod_spec::restricted_pod(pod_spec::REDIS_UID, true)),
                     image_pull_secrets: ctx.pull_secrets(),
                     containers: vec![container],
                     volumes: Some(volumes),
@@ -462,71 +387,13 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
     })
 }
 
-/// Pods labelled `labels` in namespace `namespace`.
-fn pods_in(namespace: &str, labels: BTreeMap<String, String>) -> NetworkPolicyPeer {
-    let select = |labels| LabelSelector {
-        match_labels: Some(labels),
-        ..Default::default()
-    };
-    NetworkPolicyPeer {
-        namespace_selector: Some(select(BTreeMap::from([(
-            "kubernetes.io/metadata.name".to_string(),
-            namespace.to_string(),
-        )]))),
-        pod_selector: Some(select(labels)),
-        ..Default::default()
-    }
-}
-
-/// Only the pipeline's own pods and the operator's may reach its Redis, and
-/// KEDA's operator when a group scales with KEDA.
-fn network_policy(ctx: &Ctx<'_>) -> NetworkPolicy {
-    let s = ctx.settings;
-    let pipeline_pods = NetworkPolicyPeer {
-        pod_selector: Some(LabelSelector {
-            match_labels: Some(BTreeMap::from([(
-                labels::PIPELINE.to_string(),
-                ctx.name.clone(),
-            )])),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let mut from = vec![
-        pipeline_pods,
-        pods_in(&s.operator_namespace, s.operator_pod_labels.clone()),
-    ];
-    if !crate::autoscale::groups_with(ctx.spec, AutoscaleEngine::Keda).is_empty() {
-        let keda = KEDA_OPERATOR_POD_LABELS
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        from.push(pods_in(&s.keda_namespace, keda));
-    }
-    NetworkPolicy {
-        metadata: ctx.meta(names::redis(&ctx.name), Component::Redis, None),
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(labels::redis_selector(&ctx.name)),
-                ..Default::default()
-            }),
-            policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(from),
-                ports: Some(vec![NetworkPolicyPort {
-                    protocol: Some("TCP".into()),
-                    port: Some(IntOrString::Int(REDIS_PORT)),
-                    ..Default::default()
-                }]),
-            }]),
-            ..Default::default()
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::fixtures::{
+        deployment, external_with_ca, kinds, orders_redis, render, templates, with_everything,
+    };
+    use crate::render::{redis, Desired, GeneratedSecret};
 
     #[test]
     fn config_file_carries_password_persistence_and_noeviction() {
@@ -573,5 +440,244 @@ mod tests {
         let conf = String::from_utf8(data[CONFIG_KEY].0.clone()).unwrap();
         assert!(conf.contains("requirepass 0123456789abcdef0123\n"));
         assert!(conf.contains("appendonly yes\n"), "aof is the default");
+    }
+
+    #[test]
+    fn managed_redis_is_complete_and_reached_through_the_password_secret() {
+        let d = render(&orders_redis());
+        assert_eq!(
+            kinds(&d),
+            [
+                ("ConfigMap", "orders-redis-pipeline"),
+                ("Service", "orders-redis-redis-headless"),
+                ("Service", "orders-redis-redis"),
+                ("NetworkPolicy", "orders-redis-redis"),
+                ("StatefulSet", "orders-redis-redis"),
+                ("Service", "orders-redis"),
+                ("Deployment", "orders-redis-web"),
+                ("Deployment", "orders-redis-cpu"),
+                ("Deployment", "orders-redis-io"),
+            ]
+        );
+        assert_eq!(
+            d.generated_secrets,
+            [
+                GeneratedSecret::KeyRing("orders-redis-ipc-keys".into()),
+                GeneratedSecret::RedisPassword("orders-redis-redis".into()),
+            ]
+        );
+        let Some(Child::StatefulSet(ss)) =
+            d.objects.iter().find(|o| o.kind().kind == "StatefulSet")
+        else {
+            panic!("no StatefulSet")
+        };
+        let s = ss.spec.as_ref().unwrap();
+        assert_eq!(s.replicas, Some(1));
+        assert_eq!(
+            s.service_name.as_deref(),
+            Some("orders-redis-redis-headless")
+        );
+        let claims = s.volume_claim_templates.as_ref().unwrap();
+        assert_eq!(claims[0].metadata.name.as_deref(), Some("data"));
+        let retention = s.persistent_volume_claim_retention_policy.as_ref().unwrap();
+        assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
+        assert_eq!(retention.when_scaled.as_deref(), Some("Retain"));
+        let pod = s.template.spec.as_ref().unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.command.as_deref().unwrap(),
+            ["redis-server", "/etc/redis/redis.conf"]
+        );
+        assert!(c.args.is_none(), "no password on the command line");
+        assert_eq!(pod.security_context.as_ref().unwrap().fs_group, Some(999));
+
+        let env = deployment(&d, "orders-redis-cpu")
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .env
+            .clone()
+            .unwrap();
+        let pw = env
+            .iter()
+            .position(|e| e.name == redis::ENV_REDIS_PASSWORD)
+            .unwrap();
+        let url = env.iter().position(|e| e.name == ENV_REDIS_URL).unwrap();
+        assert!(
+            pw < url,
+            "dependent variables must come after what they expand"
+        );
+        assert_eq!(
+            env[url].value.as_deref(),
+            Some("redis://:$(REDIS_PASSWORD)@orders-redis-redis.demo.svc:6379/0")
+        );
+    }
+
+    #[test]
+    fn redis_without_persistence_uses_an_empty_dir_and_no_claims() {
+        let d = render(&with_everything());
+        let Some(Child::StatefulSet(ss)) =
+            d.objects.iter().find(|o| o.kind().kind == "StatefulSet")
+        else {
+            panic!("no StatefulSet")
+        };
+        let s = ss.spec.as_ref().unwrap();
+        assert!(s.volume_claim_templates.is_none());
+        let volumes = s.template.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+        assert!(volumes
+            .iter()
+            .any(|v| v.name == "data" && v.empty_dir.is_some()));
+    }
+
+    #[test]
+    fn external_redis_creates_no_redis_objects_and_reads_the_url_from_the_users_secret() {
+        let mut sp = orders_redis();
+        sp.spec.redis = sluice_crds::yaml::from_str(
+            "{mode: external, urlSecretRef: {name: my-redis, key: url}}",
+        )
+        .unwrap();
+        let d = render(&sp);
+        assert!(d
+            .objects
+            .iter()
+            .all(|o| o.kind().kind != "StatefulSet" && o.kind().kind != "NetworkPolicy"));
+        assert!(!d.contains("Service", "orders-redis-redis"));
+        assert!(!d.contains("Service", "orders-redis-redis-headless"));
+        assert!(d
+            .generated_secrets
+            .iter()
+            .all(|s| matches!(s, GeneratedSecret::KeyRing(_))));
+        assert_eq!(d.obsolete_secrets, ["orders-redis-redis"]);
+        for t in templates(&d) {
+            let env = t.spec.as_ref().unwrap().containers[0].env.as_ref().unwrap();
+            let url = env
+                .iter()
+                .find(|e| e.name == ENV_REDIS_URL)
+                .expect("SLUICE_REDIS_URL");
+            let r = url
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap();
+            assert_eq!((r.name.as_str(), r.key.as_str()), ("my-redis", "url"));
+            assert!(env.iter().all(|e| e.name != redis::ENV_REDIS_PASSWORD));
+        }
+    }
+
+    #[test]
+    fn an_external_redis_ca_is_mounted_and_named_in_every_runtime_container_only() {
+        let d = render(&external_with_ca(Some(
+            "{name: redis-tls, key: tls-ca.pem}",
+        )));
+        let ts = templates(&d);
+        assert_eq!(ts.len(), 3, "ingress and two worker groups");
+        for t in ts {
+            let pod = t.spec.as_ref().unwrap();
+            let volume = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == redis::VOLUME_REDIS_CA)
+                .expect("the CA volume");
+            let secret = volume.secret.as_ref().unwrap();
+            assert_eq!(secret.secret_name.as_deref(), Some("redis-tls"));
+            assert_eq!(
+                secret.items,
+                Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                    key: "tls-ca.pem".into(),
+                    path: "ca.crt".into(),
+                    mode: None,
+                }]),
+                "only the referenced key, as ca.crt"
+            );
+            let main = &pod.containers[0];
+            let mount = main
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.name == redis::VOLUME_REDIS_CA)
+                .expect("the runtime container mounts the CA");
+            assert_eq!(mount.mount_path, "/etc/sluice/redis-ca");
+            assert_eq!(mount.read_only, Some(true));
+            assert!(mount.sub_path.is_none());
+            let env = main.env.as_ref().unwrap();
+            let ca = env
+                .iter()
+                .find(|e| e.name == ENV_REDIS_CA_FILE)
+                .expect("SLUICE_REDIS_CA_FILE");
+            assert_eq!(ca.value.as_deref(), Some("/etc/sluice/redis-ca/ca.crt"));
+            // After the URL, which it qualifies.
+            let url = env.iter().position(|e| e.name == ENV_REDIS_URL).unwrap();
+            let at = env
+                .iter()
+                .position(|e| e.name == ENV_REDIS_CA_FILE)
+                .unwrap();
+            assert!(url < at);
+            for sidecar in &pod.containers[1..] {
+                assert!(
+                    sidecar
+                        .volume_mounts
+                        .iter()
+                        .flatten()
+                        .all(|m| m.name != redis::VOLUME_REDIS_CA),
+                    "sidecar {} mounts the CA",
+                    sidecar.name
+                );
+                assert!(sidecar
+                    .env
+                    .iter()
+                    .flatten()
+                    .all(|e| e.name != ENV_REDIS_CA_FILE));
+            }
+        }
+        let io = deployment(&d, "enrich-io");
+        let pod = io.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert_eq!(pod.containers.len(), 2, "the io group keeps its sidecar");
+    }
+
+    #[test]
+    fn without_a_redis_ca_no_pod_carries_its_volume_mount_or_variable() {
+        for sp in [external_with_ca(None), with_everything(), orders_redis()] {
+            for t in templates(&render(&sp)) {
+                let pod = t.spec.as_ref().unwrap();
+                assert!(pod
+                    .volumes
+                    .iter()
+                    .flatten()
+                    .all(|v| v.name != redis::VOLUME_REDIS_CA));
+                for c in &pod.containers {
+                    assert!(c
+                        .volume_mounts
+                        .iter()
+                        .flatten()
+                        .all(|m| m.name != redis::VOLUME_REDIS_CA));
+                    assert!(c.env.iter().flatten().all(|e| e.name != ENV_REDIS_CA_FILE));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn adding_or_changing_the_redis_ca_reference_changes_every_runtime_pod_template() {
+        let without = render(&external_with_ca(None));
+        let with = render(&external_with_ca(Some("{name: redis-tls, key: ca.crt}")));
+        let other_key = render(&external_with_ca(Some("{name: redis-tls, key: ca2.crt}")));
+        let other_secret = render(&external_with_ca(Some("{name: redis-tls2, key: ca.crt}")));
+        for name in ["enrich-web", "enrich-cpu", "enrich-io"] {
+            let template = |d: &Desired| deployment(d, name).spec.clone().unwrap().template;
+            let all = [&without, &with, &other_key, &other_secret].map(template);
+            for (i, a) in all.iter().enumerate() {
+                for b in &all[i + 1..] {
+                    assert_ne!(a, b, "{name}");
+                }
+            }
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Building blocks shared by every pod the operator creates: Pod Security
+//! Building blocks of every PodSpec the operator renders: Pod Security
 //! "restricted" contexts, the read-only-root-filesystem companions (`/tmp`),
 //! probes, the mounts of the pipeline file, key ring and node Secrets, and
 //! the hardening of user sidecars.
@@ -434,6 +434,7 @@ pub fn node_secret_mounts(uses: &[SecretRefUse]) -> (Vec<Volume>, Vec<VolumeMoun
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::fixtures::{examples, render, templates};
     use serde_json::json;
 
     #[test]
@@ -555,5 +556,72 @@ mod tests {
                 "spec.groups[2].sidecars[0].volumeMounts[0]",
             ]
         );
+    }
+
+    #[test]
+    fn every_container_is_restricted_with_a_read_only_root() {
+        for sp in examples() {
+            for t in templates(&render(&sp)) {
+                let pod = t.spec.as_ref().unwrap();
+                assert_eq!(pod.automount_service_account_token, Some(false));
+                let psc = pod.security_context.as_ref().unwrap();
+                assert_eq!(psc.run_as_non_root, Some(true));
+                assert_eq!(
+                    psc.seccomp_profile.as_ref().unwrap().type_,
+                    "RuntimeDefault"
+                );
+                for c in &pod.containers {
+                    let sc = c
+                        .security_context
+                        .as_ref()
+                        .unwrap_or_else(|| panic!("{} has no securityContext", c.name));
+                    assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
+                    assert_eq!(sc.run_as_non_root, Some(true), "{}", c.name);
+                    assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+                    assert_eq!(
+                        sc.capabilities.as_ref().unwrap().drop,
+                        Some(vec!["ALL".to_string()]),
+                        "{}",
+                        c.name
+                    );
+                    assert!(
+                        c.volume_mounts
+                            .iter()
+                            .flatten()
+                            .any(|m| m.mount_path == "/tmp"),
+                        "{} has no writable /tmp",
+                        c.name
+                    );
+                }
+                // Sidecars keep the resources their authors chose.
+                let main = &pod.containers[0];
+                assert!(
+                    main.resources
+                        .as_ref()
+                        .and_then(|r| r.requests.as_ref())
+                        .is_some(),
+                    "{}",
+                    main.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn no_mount_anywhere_uses_sub_path() {
+        for sp in examples() {
+            for t in templates(&render(&sp)) {
+                for c in &t.spec.as_ref().unwrap().containers {
+                    for m in c.volume_mounts.iter().flatten() {
+                        assert!(
+                            m.sub_path.is_none() && m.sub_path_expr.is_none(),
+                            "{} mounts {} with subPath",
+                            c.name,
+                            m.name
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,141 @@
+//! How the ingress group is reached: the Service `P` in front of its pods
+//! (type from `spec.expose.serviceType`) and, with `expose.ingress`, the
+//! Ingress `P` with one `Exact` path per interface.
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sluice_crds::{GroupRole, GroupSpec, ServiceType};
+
+use super::context::Ctx;
+use super::contract::SERVICE_PORT;
+use crate::labels::{self, Component};
+use crate::names;
+
+/// The Service `P` in front of the ingress pods, port [`SERVICE_PORT`] to
+/// their `http` port.
+pub(crate) fn ingress_service(ctx: &Ctx<'_>, g: &GroupSpec) -> Service {
+    let type_ = match ctx
+        .spec
+        .expose
+        .as_ref()
+        .map(|e| e.service_type)
+        .unwrap_or_default()
+    {
+        ServiceType::ClusterIP => "ClusterIP",
+        ServiceType::NodePort => "NodePort",
+        ServiceType::LoadBalancer => "LoadBalancer",
+    };
+    Service {
+        metadata: ctx.meta(
+            names::ingress_service(&ctx.name),
+            Component::Ingress,
+            Some(&g.name),
+        ),
+        spec: Some(ServiceSpec {
+            type_: Some(type_.into()),
+            selector: Some(labels::group_selector(&ctx.name, &g.name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: SERVICE_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// One `Exact` path per interface rather than `/`: the ingress port also
+/// serves `/metrics`, `/healthz` and `/readyz`, which stay in-cluster.
+pub(crate) fn ingress_resource(ctx: &Ctx<'_>) -> Option<Ingress> {
+    let spec = ctx.spec.expose.as_ref()?.ingress.as_ref()?;
+    let service = names::ingress_service(&ctx.name);
+    let paths = ctx
+        .spec
+        .interfaces
+        .iter()
+        .map(|i| HTTPIngressPath {
+            path: Some(i.path.clone()),
+            path_type: "Exact".into(),
+            backend: IngressBackend {
+                service: Some(IngressServiceBackend {
+                    name: service.clone(),
+                    port: Some(ServiceBackendPort {
+                        name: Some("http".into()),
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            },
+        })
+        .collect();
+    let ingress_group = ctx
+        .spec
+        .groups
+        .iter()
+        .find(|g| g.role == GroupRole::Ingress)
+        .map(|g| g.name.as_str());
+    Some(Ingress {
+        metadata: ctx.meta(service, Component::Ingress, ingress_group),
+        spec: Some(IngressSpec {
+            ingress_class_name: spec.class_name.clone(),
+            rules: Some(vec![IngressRule {
+                host: Some(spec.host.clone()),
+                http: Some(HTTPIngressRuleValue { paths }),
+            }]),
+            tls: spec.tls_secret.as_ref().map(|secret| {
+                vec![IngressTLS {
+                    hosts: Some(vec![spec.host.clone()]),
+                    secret_name: Some(secret.clone()),
+                }]
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::render::fixtures::{orders_redis, render, with_everything};
+    use crate::render::Child;
+
+    #[test]
+    fn exposure_adds_an_ingress_with_exact_paths_and_a_pdb_for_replicas() {
+        let d = render(&with_everything());
+        let Some(Child::Ingress(ing)) = d.objects.iter().find(|o| o.kind().kind == "Ingress")
+        else {
+            panic!("no Ingress")
+        };
+        let s = ing.spec.as_ref().unwrap();
+        assert_eq!(s.ingress_class_name.as_deref(), Some("nginx"));
+        assert_eq!(
+            s.tls.as_ref().unwrap()[0].secret_name.as_deref(),
+            Some("enrich-tls")
+        );
+        let rule = &s.rules.as_ref().unwrap()[0];
+        assert_eq!(rule.host.as_deref(), Some("enrich.example.com"));
+        let paths = &rule.http.as_ref().unwrap().paths;
+        assert_eq!(paths.len(), 1);
+        assert_eq!(
+            (paths[0].path.as_deref(), paths[0].path_type.as_str()),
+            (Some("/v1/enrich"), "Exact")
+        );
+        assert!(d.contains("PodDisruptionBudget", "enrich-web"));
+        let Some(Child::Service(svc)) = d.objects.iter().find(|o| o.name() == "enrich") else {
+            panic!()
+        };
+        assert_eq!(
+            svc.spec.as_ref().unwrap().type_.as_deref(),
+            Some("LoadBalancer")
+        );
+        // A single ingress replica gets no PDB (it would block every drain).
+        assert!(!render(&orders_redis()).contains("PodDisruptionBudget", "orders-redis-web"));
+    }
+}
