@@ -134,9 +134,13 @@ async fn unreadable_pipelines_are_reported_on_their_own_and_block_no_other() -> 
 async fn a_failing_pipeline_watch_is_counted_and_recovers() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     // A 403 is not retried by the client itself: each one is a failed
-    // list of the watcher, retried with its backoff.
+    // request of the watcher, retried with its backoff.
+    // Watch requests: only the controller's watcher makes them (the
+    // autoscaler lists), so every failure counted is one of the watch's.
     h.sim.fail_next(
-        RequestMatch::any().verb("list").resource("streampipelines"),
+        RequestMatch::any()
+            .verb("watch")
+            .resource("streampipelines"),
         3,
         403,
     );
@@ -145,8 +149,74 @@ async fn a_failing_pipeline_watch_is_counted_and_recovers() -> anyhow::Result<()
     m["metadata"]["name"] = "after".into();
     h.apply(NS, m).await?;
     h.wait_ready(NS, "after", PATIENCE).await?;
+    support::eventually("three watch failures counted", PATIENCE, || async {
+        let n = op.metric("sluice_operator_watch_errors_total").await.ok()?;
+        (n == 3.0).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(op.metric("sluice_operator_watch_errors_total").await?, 3.0);
     let (code, _) = op.http_get("/readyz").await?;
     assert_eq!(code, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_name_taken_by_another_pipeline_or_by_hand_is_never_taken_over() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let op = Operator::start(&h, "op", &[]).await?;
+    // `shop` with managed Redis owns Service `shop-redis`; pipeline
+    // `shop-redis` names its ingress Service the same.
+    let mut shop = example("orders-redis");
+    shop["metadata"]["name"] = "shop".into();
+    h.apply(NS, shop).await?;
+    h.wait_ready(NS, "shop", PATIENCE).await?;
+    let service = h
+        .object("v1", "Service", NS, "shop-redis")
+        .expect("shop's Redis Service");
+    let mut clash = example("hello");
+    clash["metadata"]["name"] = "shop-redis".into();
+    h.apply(NS, clash).await?;
+    let p = h
+        .wait_pipeline(NS, "shop-redis", "Degraded=True, Conflict", PATIENCE, |p| {
+            condition_of(p, "Degraded") == Some(("True".into(), "Conflict".into()))
+        })
+        .await?;
+    let message = p.to_string();
+    assert!(message.contains("Service shop-redis"), "{message}");
+    assert!(message.contains("StreamPipeline shop"), "{message}");
+    // Shop's Service is untouched and still shop's.
+    let now = h.object("v1", "Service", NS, "shop-redis").unwrap();
+    assert_eq!(now["metadata"]["uid"], service["metadata"]["uid"]);
+    assert_eq!(
+        now["metadata"]["ownerReferences"],
+        service["metadata"]["ownerReferences"]
+    );
+    assert_eq!(
+        now["metadata"]["resourceVersion"],
+        service["metadata"]["resourceVersion"]
+    );
+    h.wait_ready(NS, "shop", PATIENCE).await?;
+
+    // A ConfigMap made by hand under a pipeline's name.
+    h.sim
+        .put_object(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "mine-pipeline", "namespace": NS}, "data": {"k": "v"}}))?;
+    let mut mine = example("hello");
+    mine["metadata"]["name"] = "mine".into();
+    h.apply(NS, mine).await?;
+    h.wait_pipeline(NS, "mine", "Degraded=True, Conflict", PATIENCE, |p| {
+        condition_of(p, "Degraded") == Some(("True".into(), "Conflict".into()))
+    })
+    .await?;
+    let cm = h.object("v1", "ConfigMap", NS, "mine-pipeline").unwrap();
+    assert_eq!(cm["data"], json!({"k": "v"}));
+    assert!(cm["metadata"]["ownerReferences"].is_null());
+    assert_eq!(h.events(NS, "mine", "Conflict").len(), 1);
+    // Reported once: the requeues that follow write nothing.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let writes = h.writes_by(&op.user);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(h.writes_by(&op.user), writes, "writes at steady state");
     Ok(())
 }
