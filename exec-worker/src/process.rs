@@ -399,7 +399,7 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
         ready: true.into(),
         metrics,
     });
-    let listener = tokio::net::TcpListener::bind(cfg.admin)
+    let listener = sluice_platform::listen::bind(cfg.admin)
         .await
         .map_err(|source| ProcessError::Listen {
             addr: cfg.admin,

@@ -49,7 +49,7 @@ pub const ENV_OTLP_PROTOCOL: &str = "SLUICE_OTLP_PROTOCOL";
 /// Set by the kubelet to the pod name; the default identity.
 pub const ENV_HOSTNAME: &str = "HOSTNAME";
 
-pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:8080";
+pub const DEFAULT_METRICS_ADDR: &str = "[::]:8080";
 pub const DEFAULT_LEASE_NAME: &str = "sluice-operator-leader";
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 pub const DEFAULT_LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(5);
@@ -593,7 +593,7 @@ mod tests {
     fn defaults_watch_every_namespace_without_leader_election() {
         let c = Config::resolve(&Cli::default(), &env(&[("HOSTNAME", "op-1")])).unwrap();
         assert!(c.namespaces.is_empty());
-        assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.metrics_addr.to_string(), "[::]:8080");
         assert_eq!(c.leader_election, None);
         assert_eq!(c.identity, format!("op-1-{}", std::process::id()));
         assert_eq!(c.settings, OperatorSettings::default());

@@ -75,7 +75,7 @@ pub async fn run(
         metrics: metrics.clone(),
         ..Default::default()
     });
-    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
+    let listener = sluice_platform::listen::bind(config.metrics_addr)
         .await
         .map_err(|source| RunError::Listen {
             addr: config.metrics_addr,

@@ -18,6 +18,7 @@
 //! - [`conformance`]: one suite per port, run against every adapter.
 //! - [`metrics`]: Prometheus families shared by the runtime processes.
 //! - [`clock`]: wall-clock milliseconds, the unit of `ts` and deadlines.
+//! - [`listen`]: binding `[::]` with an IPv4 fallback, for every listener.
 //! - [`telemetry`]: logging setup, OTLP trace export and the runtime's spans.
 
 pub mod backend;
@@ -27,6 +28,7 @@ pub mod envelope;
 pub mod keyring;
 pub mod keys;
 pub mod kv;
+pub mod listen;
 pub mod memory;
 pub mod metrics;
 pub mod queue;

@@ -259,7 +259,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         background.clone(),
     ));
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = sluice_platform::listen::bind(config.listen)
         .await
         .map_err(|source| StartError::Listen {
             addr: config.listen,

@@ -53,7 +53,7 @@ pub(crate) fn ingress_container(ctx: &Ctx<'_>, g: &GroupSpec) -> Container {
         "--pipeline".into(),
         pod_spec::pipeline_path(),
         "--listen".into(),
-        format!("0.0.0.0:{INGRESS_PORT}"),
+        format!("[::]:{INGRESS_PORT}"),
         "--keys".into(),
         pod_spec::KEYS_DIR.into(),
     ];
@@ -85,7 +85,7 @@ pub(crate) fn worker_container(ctx: &Ctx<'_>, g: &GroupSpec) -> Container {
         "--keys".into(),
         pod_spec::KEYS_DIR.into(),
         "--admin".into(),
-        format!("0.0.0.0:{ADMIN_PORT}"),
+        format!("[::]:{ADMIN_PORT}"),
     ];
     let image = &ctx.settings.images.worker;
     runtime_container(
@@ -308,7 +308,7 @@ mod tests {
                 "--keys",
                 "/etc/sluice/keys",
                 "--admin",
-                "0.0.0.0:9090"
+                "[::]:9090"
             ]
         );
         let volumes = pod.volumes.unwrap();

@@ -274,14 +274,15 @@ pub fn container_process(
     while i < raw.len() {
         let a = expand(&raw[i], &env);
         let is_listen = |v: &str| {
-            v.strip_prefix("0.0.0.0:")
+            v.strip_prefix("[::]:")
+                .or_else(|| v.strip_prefix("0.0.0.0:"))
                 .or_else(|| v.strip_prefix(':'))
                 .is_some_and(|p| p.parse::<u16>().is_ok())
         };
         if let Some(v) = a.strip_prefix("--metrics-addr=") {
             ensure!(
                 is_listen(v),
-                "--metrics-addr={v} is not 0.0.0.0:PORT or :PORT"
+                "--metrics-addr={v} is not [::]:PORT, 0.0.0.0:PORT or :PORT"
             );
             args.push(format!("--metrics-addr={metrics_addr}"));
             rewritten += 1;
@@ -289,7 +290,7 @@ pub fn container_process(
             let v = expand(&raw[i + 1], &env);
             ensure!(
                 is_listen(&v),
-                "--metrics-addr {v} is not 0.0.0.0:PORT or :PORT"
+                "--metrics-addr {v} is not [::]:PORT, 0.0.0.0:PORT or :PORT"
             );
             args.push(a);
             args.push(metrics_addr.to_string());

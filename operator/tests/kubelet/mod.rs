@@ -16,7 +16,7 @@
 //!        Services     `<svc>[.<ns>[.svc[.cluster.local]]]:<port>` → the test's
 //!                     local endpoint registered for that Service port
 //!        ports        a value `<ip>:<containerPort>` of a declared container
-//!                     port → `<ip>:<free local port>`, with `0.0.0.0` (the
+//!                     port → `<ip>:<free local port>`, with `[::]`/`0.0.0.0` (the
 //!                     pod's own network namespace) → `127.0.0.1` (pods have
 //!                     their own network namespace; processes here share one)
 //! ```
@@ -663,11 +663,16 @@ fn localise(
     }
     // A listen address on a declared container port.
     if let Some((host, port)) = value.rsplit_once(':') {
-        if host.parse::<std::net::IpAddr>().is_ok() {
+        let ip = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = ip.parse::<std::net::IpAddr>() {
             if let Some(p) = ports.values().find(|p| p.container.to_string() == port) {
                 // A pod's wildcard address is its own network namespace; here
                 // that is loopback, so test servers never listen beyond it.
-                let host = if host == "0.0.0.0" { "127.0.0.1" } else { host };
+                let host = if ip.is_unspecified() {
+                    "127.0.0.1"
+                } else {
+                    host
+                };
                 return format!("{host}:{}", p.local);
             }
         }
