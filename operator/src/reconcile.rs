@@ -245,32 +245,13 @@ pub fn error_policy(sp: Arc<PipelineObject>, error: &Error, ctx: Arc<Context>) -
 /// # Errors
 /// API failures and unusable live objects.
 pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Action, Error> {
-    let ns = sp
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
-    let name = sp
-        .metadata
-        .name
-        .clone()
-        .ok_or(Error::MissingObjectKey("metadata.name"))?;
-    let uid = sp
-        .metadata
-        .uid
-        .clone()
-        .ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    let keys = Keys::of(&sp.metadata)?;
+    let (ns, name, uid) = (&keys.ns, &keys.name, &keys.uid);
     if sp.metadata.deletion_timestamp.is_some() {
         // Owner references make garbage collection remove every child.
         return Ok(Action::await_change());
     }
-    let target = Target {
-        client: &ctx.client,
-        cache: ctx.cache.as_deref(),
-        ns: &ns,
-        name: &name,
-        uid: &uid,
-    };
+    let target = keys.target(ctx);
     let mut live = target.list_owned().await?;
 
     let desired = match render::desired(sp, &ctx.settings) {
@@ -291,11 +272,11 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
     let mut requeue = ctx.timing.requeue_interval;
     let mut applied = Applied::default();
     if !suspended {
-        let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
         let ensured = secrets::ensure(
             &secrets_api,
             sp,
-            &uid,
+            uid,
             &desired.generated_secrets,
             &ctx.settings,
         )
@@ -307,7 +288,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         applied = apply_objects(sp, ctx, &target, &desired, &mut live).await?;
         prune_objects(sp, ctx, &target, &desired, &mut live).await?;
         changes
-            .extend(secrets::delete_obsolete(&secrets_api, &uid, &desired.obsolete_secrets).await?);
+            .extend(secrets::delete_obsolete(&secrets_api, uid, &desired.obsolete_secrets).await?);
         for c in changes {
             let (reason, verb, note) = match c {
                 SecretChange::Created(n) => ("Created", "Create", format!("Secret {n}")),
@@ -367,7 +348,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         validity: Validity::Valid,
         suspended,
         workloads,
-        ingress_url: Some(ingress_url(&name, &ns, sp.spec.expose.as_ref())),
+        ingress_url: Some(ingress_url(name, ns, sp.spec.expose.as_ref())),
         now: now(),
         decisions: scaling.map(|s| s.decisions).unwrap_or_default(),
         degraded: applied.degraded(),
@@ -392,6 +373,34 @@ pub fn ingress_url(name: &str, ns: &str, expose: Option<&ExposeSpec>) -> String 
 }
 
 // === owned objects ===
+
+/// What a pipeline's objects are found by.
+struct Keys {
+    ns: String,
+    name: String,
+    uid: String,
+}
+
+impl Keys {
+    fn of(meta: &ObjectMeta) -> Result<Self, Error> {
+        let key = |k: &'static str, v: &Option<String>| v.clone().ok_or(Error::MissingObjectKey(k));
+        Ok(Keys {
+            ns: key("metadata.namespace", &meta.namespace)?,
+            name: key("metadata.name", &meta.name)?,
+            uid: key("metadata.uid", &meta.uid)?,
+        })
+    }
+
+    fn target<'a>(&'a self, ctx: &'a Context) -> Target<'a> {
+        Target {
+            client: &ctx.client,
+            cache: ctx.cache.as_deref(),
+            ns: &self.ns,
+            name: &self.name,
+            uid: &self.uid,
+        }
+    }
+}
 
 /// The pipeline whose objects a reconcile touches.
 struct Target<'a> {
@@ -943,17 +952,8 @@ async fn reconcile_unreadable(obj: &PipelineObject, ctx: &Context) -> Result<Act
     if obj.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let meta = |k: &'static str, v: &Option<String>| v.clone().ok_or(Error::MissingObjectKey(k));
-    let ns = meta("metadata.namespace", &obj.metadata.namespace)?;
-    let name = meta("metadata.name", &obj.metadata.name)?;
-    let uid = meta("metadata.uid", &obj.metadata.uid)?;
-    let target = Target {
-        client: &ctx.client,
-        cache: ctx.cache.as_deref(),
-        ns: &ns,
-        name: &name,
-        uid: &uid,
-    };
+    let keys = Keys::of(&obj.metadata)?;
+    let target = keys.target(ctx);
     let live = target.list_owned().await?;
     let refused = Refused {
         object: &obj.metadata,
