@@ -15,9 +15,12 @@ pub const DNS1035_LABEL_PATTERN: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
 /// `pattern` of a DNS-1123 subdomain (length checked separately).
 pub const DNS_SUBDOMAIN_PATTERN: &str =
     "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
-/// `pattern` of a Secret or ConfigMap data key (`.` and `..` prefixes are
-/// refused by [`is_data_key`] and a CEL rule).
-pub const DATA_KEY_PATTERN: &str = "^[-._a-zA-Z0-9]+$";
+/// `pattern` of a Secret or ConfigMap data key: [`is_data_key`] without
+/// lookahead (either no leading `.`, or one `.` and then something else).
+pub const DATA_KEY_PATTERN: &str = "^(\\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*)$";
+/// `pattern` of an Ingress host: a DNS-1123 subdomain, optionally after `*.`.
+pub const HOST_PATTERN: &str =
+    "^(\\*\\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 /// One path segment: unreserved characters only, and not `.` or `..`.
 const SEGMENT: &str =
@@ -183,9 +186,23 @@ mod tests {
                 "{s}"
             );
         }
-        assert!(is_data_key("ca.crt", 253) && is_data_key("A_b-1", 253));
-        for bad in ["", ".", "..", "..x", "a/b", "a b"] {
-            assert!(!is_data_key(bad, 253), "{bad}");
+        for key in [
+            "ca.crt", "A_b-1", ".x", "x..", "", ".", "..", "..x", "a/b", "a b",
+        ] {
+            assert_eq!(
+                is_data_key(key, 253),
+                re(DATA_KEY_PATTERN).is_match(key),
+                "{key}"
+            );
+        }
+        assert!(is_data_key("ca.crt", 253) && !is_data_key("..x", 253));
+        for host in ["a.example.com", "*.example.com", "*", "*.", "A.b", "a..b"] {
+            let stripped = host.strip_prefix("*.").unwrap_or(host);
+            assert_eq!(
+                is_dns_subdomain(stripped, 253),
+                re(HOST_PATTERN).is_match(host),
+                "{host}"
+            );
         }
     }
 }
