@@ -132,7 +132,7 @@ fn walk_structural(node: &Value, path: &str, junctor: Junctor, errs: &mut Vec<Ca
             errs.push(Cause {
                 reason: "InternalError".into(),
                 message: format!(
-                    "Internal error occurred: rule declared on schema that does not support validation rules type: '{ty}' x-kubernetes-preserve-unknown-fields: '{preserve}'"
+                    "Internal error: rule declared on schema that does not support validation rules type: '{ty}' x-kubernetes-preserve-unknown-fields: '{preserve}'"
                 ),
                 field: format!("{path}.x-kubernetes-validations"),
             });
