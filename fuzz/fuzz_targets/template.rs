@@ -17,8 +17,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (line, rest) = text.split_once('\n').unwrap_or((text, ""));
-    let input: Value = serde_json::from_str(rest)
-        .unwrap_or_else(|_| json!({"a": [1, "two", {"b": null}], "s": "x", "n": 3.5, "": {"~": 1}}));
+    let input: Value = serde_json::from_str(rest).unwrap_or_else(
+        |_| json!({"a": [1, "two", {"b": null}], "s": "x", "n": 3.5, "": {"~": 1}}),
+    );
     let template: Value =
         serde_json::from_str(line).unwrap_or_else(|_| Value::String(line.to_string()));
     if let Ok(t) = Template::compile(&template, "template") {
