@@ -1,22 +1,33 @@
 //! The generated CustomResourceDefinition.
 //!
 //! kube's derive gives the schema of the types; this module adds what the
-//! derive cannot express: `maxItems` on lists (so CEL rules stay within the
-//! API server's cost budget), list-map uniqueness on names, and the CEL rules
-//! that refuse an invalid spec at admission. The checked-in
+//! derive cannot express, so the API server refuses at admission whatever
+//! the Rust types could not read back or [`crate::validate`] would refuse
+//! by a bound: `maxItems` on every list (which also keeps CEL rules within
+//! the API server's cost budget), `maxLength` and a `pattern` on every name
+//! and reference, ranges on every number (an integer past what its Rust
+//! type holds would make the object unreadable), list-map uniqueness on
+//! names, and the CEL rules that refuse an invalid spec. The checked-in
 //! `crds/streampipeline.yaml` is this function's output (a test compares).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use serde_json::{json, Value};
 
+use crate::limits::*;
+use crate::names::{
+    interface_path_pattern, DATA_KEY_PATTERN, DNS1035_LABEL_PATTERN, DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN, HOST_PATTERN,
+};
 use crate::types::StreamPipeline;
-use crate::units::{DURATION_PATTERN, SIZE_PATTERN};
-use crate::validate::{MAX_GROUPS, MAX_GROUP_NAME, MAX_INTERFACES, MAX_NODES};
+use crate::units::{DURATION_PATTERN, MAX_UNIT_TEXT, SIZE_PATTERN};
 
 /// The CRD as applied to a cluster.
 pub fn crd() -> CustomResourceDefinition {
     let mut v = serde_json::to_value(StreamPipeline::crd()).unwrap_or(Value::Null);
+    if let Some(root) = v.pointer_mut("/spec/versions/0/schema/openAPIV3Schema") {
+        harden_root_schema(root);
+    }
     if let Some(spec) = v.pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec") {
         harden_spec_schema(spec);
     }
@@ -53,6 +64,58 @@ fn strip_closed_objects(v: &mut Value) {
     }
 }
 
+/// The pipeline's name names its Service and prefixes its other objects:
+/// refuse at admission what the operator could not use (the API server
+/// itself only asks for a DNS-1123 subdomain of up to 253 characters).
+fn harden_root_schema(root: &mut Value) {
+    set(
+        root,
+        "",
+        "x-kubernetes-validations",
+        json!([{
+            "rule": format!(
+                "size(self.metadata.name) <= {MAX_PIPELINE_NAME} && self.metadata.name.matches('{DNS1035_LABEL_PATTERN}')"
+            ),
+            "message": format!(
+                "metadata.name must be a DNS-1035 label: lowercase letters, digits and '-', starting with a letter, at most {MAX_PIPELINE_NAME} characters"
+            )
+        }]),
+    );
+}
+
+/// Every list gets a `maxItems` and every 32-bit integer the range of its
+/// Rust type, unless a tighter bound is set below.
+fn bound_lists_and_integers(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if o.get("type") == Some(&json!("array")) && !o.contains_key("maxItems") {
+                o.insert("maxItems".into(), json!(MAX_OTHER_ITEMS));
+            }
+            let range = match o.get("format").and_then(Value::as_str) {
+                Some("int32") => Some((i64::from(i32::MIN), i64::from(i32::MAX))),
+                Some("uint32") => Some((0, i64::from(u32::MAX))),
+                _ => None,
+            };
+            if let (Some((min, max)), Some("integer")) =
+                (range, o.get("type").and_then(Value::as_str))
+            {
+                o.entry("minimum").or_insert(json!(min));
+                o.entry("maximum").or_insert(json!(max));
+            }
+            o.values_mut().for_each(bound_lists_and_integers);
+        }
+        Value::Array(a) => a.iter_mut().for_each(bound_lists_and_integers),
+        _ => {}
+    }
+}
+
+/// Sets `key` on each schema of `paths` (JSON pointers below `spec`).
+fn set_all(spec: &mut Value, paths: &[&str], key: &str, val: &Value) {
+    for p in paths {
+        set(spec, p, key, val.clone());
+    }
+}
+
 fn harden_spec_schema(spec: &mut Value) {
     strip_closed_objects(spec);
     for (list, max) in [
@@ -65,57 +128,19 @@ fn harden_spec_schema(spec: &mut Value) {
         set(spec, &p, "minItems", json!(1));
         set(spec, &p, "x-kubernetes-list-type", json!("map"));
         set(spec, &p, "x-kubernetes-list-map-keys", json!(["name"]));
-        set(
-            spec,
-            &format!("{p}/items/properties/name"),
-            "maxLength",
-            json!(63),
-        );
-        set(
-            spec,
-            &format!("{p}/items/properties/name"),
-            "pattern",
-            json!("^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
-        );
+        let name = format!("{p}/items/properties/name");
+        set(spec, &name, "maxLength", json!(MAX_NAME));
+        set(spec, &name, "pattern", json!(DNS_LABEL_PATTERN));
     }
     set(
         spec,
-        "/properties/groups/items/properties/name",
-        "maxLength",
-        json!(MAX_GROUP_NAME),
+        "/properties/groups/items/properties/sidecars",
+        "maxItems",
+        json!(MAX_SIDECARS),
     );
-    set(
-        spec,
-        "/properties/nodes/items/properties/uses",
-        "pattern",
-        json!("^(builtin|rust)/[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
-    );
-    set(
-        spec,
-        "/properties/interfaces/items/properties/path",
-        "pattern",
-        json!("^/[^?#* {}]*$"),
-    );
-    set(
-        spec,
-        "/properties/interfaces/items/properties/path",
-        "maxLength",
-        json!(256),
-    );
-    for d in [
-        "/properties/interfaces/items/properties/timeout",
-        "/properties/limits/properties/lease",
-        "/properties/security/properties/rotateEvery",
-        "/properties/security/properties/clockSkew",
-    ] {
-        set(spec, d, "pattern", json!(DURATION_PATTERN));
-    }
-    for s in [
-        "/properties/limits/properties/maxQueueBytes",
-        "/properties/redis/properties/storage",
-    ] {
-        set(spec, s, "pattern", json!(SIZE_PATTERN));
-    }
+    bound_lists_and_integers(spec);
+    harden_strings(spec);
+    harden_numbers(spec);
     set(
         spec,
         "",
@@ -138,5 +163,150 @@ fn harden_spec_schema(spec: &mut Value) {
                 "message": "every interface's entry must be one of spec.nodes"
             }
         ]),
+    );
+}
+
+/// `maxLength` and `pattern` on every string the spec's own types hold.
+fn harden_strings(spec: &mut Value) {
+    let g = "/properties/groups/items/properties";
+    let n = "/properties/nodes/items/properties";
+    let i = "/properties/interfaces/items/properties";
+    set(
+        spec,
+        &format!("{g}/name"),
+        "maxLength",
+        json!(MAX_GROUP_NAME),
+    );
+    set(
+        spec,
+        &format!("{n}/group"),
+        "maxLength",
+        json!(MAX_GROUP_NAME),
+    );
+    set(
+        spec,
+        &format!("{n}/group"),
+        "pattern",
+        json!(DNS_LABEL_PATTERN),
+    );
+    set(spec, &format!("{n}/uses"), "maxLength", json!(MAX_USES));
+    set(
+        spec,
+        &format!("{n}/uses"),
+        "pattern",
+        json!("^(builtin|rust)/[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+    );
+    set(spec, &format!("{i}/entry"), "maxLength", json!(MAX_NAME));
+    set(
+        spec,
+        &format!("{i}/entry"),
+        "pattern",
+        json!(DNS_LABEL_PATTERN),
+    );
+    set(spec, &format!("{i}/path"), "maxLength", json!(MAX_PATH));
+    set(
+        spec,
+        &format!("{i}/path"),
+        "pattern",
+        json!(interface_path_pattern()),
+    );
+
+    let durations = [
+        &format!("{i}/timeout"),
+        "/properties/limits/properties/lease",
+        "/properties/security/properties/rotateEvery",
+        "/properties/security/properties/clockSkew",
+        &format!("{g}/autoscale/properties/targetProcessingTime"),
+        &format!("{g}/autoscale/properties/scaleDownStabilization"),
+    ]
+    .map(|s| s.to_string());
+    let durations: Vec<&str> = durations.iter().map(String::as_str).collect();
+    set_all(spec, &durations, "pattern", &json!(DURATION_PATTERN));
+    set_all(spec, &durations, "maxLength", &json!(MAX_UNIT_TEXT));
+    let sizes = [
+        "/properties/limits/properties/maxQueueBytes",
+        "/properties/redis/properties/storage",
+    ];
+    set_all(spec, &sizes, "pattern", &json!(SIZE_PATTERN));
+    set_all(spec, &sizes, "maxLength", &json!(MAX_UNIT_TEXT));
+
+    let secret_names = [
+        "/properties/redis/properties/urlSecretRef/properties/name",
+        "/properties/redis/properties/caSecretRef/properties/name",
+        "/properties/security/properties/secretName",
+        "/properties/expose/properties/ingress/properties/tlsSecret",
+        "/properties/expose/properties/ingress/properties/className",
+    ];
+    set_all(
+        spec,
+        &secret_names,
+        "pattern",
+        &json!(DNS_SUBDOMAIN_PATTERN),
+    );
+    set_all(spec, &secret_names, "maxLength", &json!(MAX_SUBDOMAIN));
+    let secret_keys = [
+        "/properties/redis/properties/urlSecretRef/properties/key",
+        "/properties/redis/properties/caSecretRef/properties/key",
+    ];
+    set_all(spec, &secret_keys, "pattern", &json!(DATA_KEY_PATTERN));
+    set_all(spec, &secret_keys, "maxLength", &json!(MAX_SUBDOMAIN));
+    let host = "/properties/expose/properties/ingress/properties/host";
+    set(spec, host, "pattern", json!(HOST_PATTERN));
+    set(spec, host, "maxLength", json!(MAX_SUBDOMAIN));
+    let images = ["/properties/redis/properties/image", &format!("{g}/image")];
+    set_all(spec, &images, "pattern", &json!("^[^\\s]+$"));
+    set_all(spec, &images, "maxLength", &json!(MAX_IMAGE));
+}
+
+/// `minimum` and `maximum` on every number the spec's own types hold.
+fn harden_numbers(spec: &mut Value) {
+    let g = "/properties/groups/items/properties";
+    let a = "/properties/groups/items/properties/autoscale/properties";
+    let ranges: [(String, Value, Value); 11] = [
+        (format!("{g}/replicas"), json!(0), json!(MAX_REPLICAS)),
+        (format!("{g}/concurrency"), json!(1), json!(MAX_CONCURRENCY)),
+        (format!("{a}/minReplicas"), json!(0), json!(MAX_REPLICAS)),
+        (format!("{a}/maxReplicas"), json!(1), json!(MAX_REPLICAS)),
+        (
+            format!("{a}/targetBacklogPerReplica"),
+            json!(1),
+            json!(MAX_BACKLOG_PER_REPLICA),
+        ),
+        (format!("{a}/targetCpuUtilization"), json!(1), json!(100)),
+        (
+            "/properties/interfaces/items/properties/maxInFlight".into(),
+            json!(1),
+            json!(MAX_IN_FLIGHT),
+        ),
+        (
+            "/properties/limits/properties/maxQueueDepth".into(),
+            json!(1),
+            json!(MAX_QUEUE_DEPTH),
+        ),
+        (
+            "/properties/limits/properties/maxDeliveries".into(),
+            json!(1),
+            json!(MAX_DELIVERIES),
+        ),
+        (
+            "/properties/security/properties/maxPayloadBytes".into(),
+            json!(MIN_PAYLOAD_BYTES),
+            json!(MAX_PAYLOAD_BYTES),
+        ),
+        (
+            format!("{a}/targetRatePerReplica"),
+            json!(0),
+            json!(MAX_RATE_PER_REPLICA),
+        ),
+    ];
+    for (p, min, max) in ranges {
+        set(spec, &p, "minimum", min);
+        set(spec, &p, "maximum", max);
+    }
+    set(
+        spec,
+        &format!("{a}/targetRatePerReplica"),
+        "exclusiveMinimum",
+        json!(true),
     );
 }

@@ -9,6 +9,9 @@
 //! # Layout
 //! - [`types`]: the resource types (kube `CustomResource` + schemars).
 //! - [`units`]: durations (`5s`) and sizes (`64Mi`) as they appear in specs.
+//! - [`limits`]: every bound on what a spec may hold (numbers, durations,
+//!   sizes, lengths, counts, nesting), shared by validation and the CRD.
+//! - [`names`]: the syntax of Kubernetes names and interface paths.
 //! - [`validate`]: every rule a spec must satisfy, with field paths.
 //! - [`plan`]: the compiled, validated execution plan.
 //! - [`manifest`]: reading a StreamPipeline file for a local run.
@@ -17,14 +20,16 @@
 //!   the one style generated YAML is written in.
 
 pub mod crd;
+pub mod limits;
 pub mod manifest;
+pub mod names;
 pub mod plan;
 pub mod types;
 pub mod units;
 pub mod validate;
 pub mod yaml;
 
-pub use manifest::{load_manifest, parse_manifest, ManifestError};
+pub use manifest::{load_manifest, parse_manifest, parse_manifest_bytes, ManifestError};
 pub use plan::{compile, GroupPlan, InterfacePlan, Next, NodePlan, PipelineId, Plan};
 pub use types::*;
-pub use validate::{validate, FieldError};
+pub use validate::{validate, validate_id, FieldError};

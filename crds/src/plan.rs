@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::types::*;
 use crate::units::{parse_duration, parse_size};
-use crate::validate::{validate, FieldError};
+use crate::validate::{validate, validate_id, FieldError};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(2);
@@ -170,12 +170,15 @@ impl Plan {
     }
 }
 
-/// Validates `spec` and compiles it.
+/// Validates `id` and `spec` and compiles them.
+///
+/// Total: any `id` and `spec` give a plan or field errors, never a panic.
 ///
 /// # Errors
 /// Every violated rule, each with its field path.
 pub fn compile(id: PipelineId, spec: &StreamPipelineSpec) -> Result<Plan, Vec<FieldError>> {
-    let errors = validate(spec);
+    let mut errors = validate_id(&id);
+    errors.extend(validate(spec));
     if !errors.is_empty() {
         return Err(errors);
     }

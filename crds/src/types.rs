@@ -418,20 +418,53 @@ pub struct ScaleDecision {
 // === explicit schemas for fields kube's derive would make non-structural ===
 
 fn free_form_object(_: &mut SchemaGenerator) -> Schema {
+    // The schema cannot bound nesting depth; `validate` refuses `with`
+    // blocks deeper than MAX_WITH_DEPTH or larger than MAX_WITH_BYTES.
     schema_from_json(serde_json::json!({
         "description": "Node configuration, interpreted by the node type (see docs/nodes.md).",
         "type": "object",
+        "maxProperties": crate::limits::MAX_WITH_KEYS,
         "x-kubernetes-preserve-unknown-fields": true
     }))
 }
 
 fn next_schema(_: &mut SchemaGenerator) -> Schema {
-    // A string or a list of routes. An `anyOf` with types inside is not a
-    // structural schema, so the field is typeless with preserved unknown
-    // fields; the operator validates the shape (see `validate`).
+    // A string or a list of routes. A structural schema has one type per
+    // field, and the API server refuses CEL rules on a field without one,
+    // so `next` is typeless with preserved unknown fields and its shape is
+    // held by value validations, each of which applies to one JSON type
+    // only: a string must be a node name, a list must hold at most
+    // MAX_ROUTES routes with a `to`; a number fails `minimum` > `maximum`,
+    // an object `minProperties` > `maxProperties`, a boolean the `not`.
+    let name = crate::names::DNS_LABEL_PATTERN;
     schema_from_json(serde_json::json!({
-        "description": "Next node: a node name, or a list of {when, to} routes where the first match wins and a route without `when` is the default.",
-        "x-kubernetes-preserve-unknown-fields": true
+        "description": "Next node: a node name, or a list of {when, to} routes where the first match wins and a route without `when` is the default. Numbers, booleans and objects are refused.",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "maxLength": crate::limits::MAX_NAME,
+        "pattern": name,
+        "minItems": 1,
+        "maxItems": crate::limits::MAX_ROUTES,
+        "items": {
+            "type": "object",
+            "required": ["to"],
+            "properties": {
+                "when": {
+                    "description": "Tag to match; absent means any (the default route, which must be last).",
+                    "type": "string",
+                    "maxLength": crate::limits::MAX_TAG
+                },
+                "to": {
+                    "type": "string",
+                    "maxLength": crate::limits::MAX_NAME,
+                    "pattern": name
+                }
+            }
+        },
+        "minimum": 1,
+        "maximum": 0,
+        "minProperties": 1,
+        "maxProperties": 0,
+        "not": { "enum": [true, false] }
     }))
 }
 

@@ -11,23 +11,20 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::limits::*;
+use crate::names::{check_interface_path, is_data_key, is_dns1035_label, is_dns_subdomain};
+use crate::plan::PipelineId;
 use crate::types::*;
 use crate::units::{parse_duration, parse_size};
+
+pub use crate::limits::{MAX_GROUPS, MAX_GROUP_NAME, MAX_INTERFACES, MAX_NODES, MAX_ROUTES};
+pub use crate::names::is_dns_label;
 
 /// The `builtin/*` node types of the default worker image.
 pub const BUILTIN_NODES: &[&str] = &["echo", "json-map", "http", "delay", "cpu", "route"];
 
 /// Paths the ingress serves itself; interfaces may not take them.
 pub const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
-
-/// Largest list lengths, mirrored as `maxItems` in the CRD.
-pub const MAX_INTERFACES: usize = 32;
-pub const MAX_GROUPS: usize = 32;
-pub const MAX_NODES: usize = 128;
-pub const MAX_ROUTES: usize = 32;
-
-/// Group names become parts of Kubernetes object names (`<pipeline>-<group>`).
-pub const MAX_GROUP_NAME: usize = 30;
 
 /// A lease must leave room for a reclaim and a second attempt inside the
 /// shortest interface timeout, so a worker crash costs a delay, not a 504:
@@ -59,15 +56,79 @@ impl Errors {
         });
     }
 
-    fn duration(&mut self, path: &str, value: Option<&String>, default: Duration) -> Duration {
-        match value.map(|v| parse_duration(v)) {
-            None => default,
+    /// Parses an optional duration and checks it lies in `min..=max`;
+    /// returns `default` when absent and the value clamped into the range
+    /// when refused, so later checks still see a sane value.
+    fn duration(
+        &mut self,
+        path: &str,
+        value: Option<&String>,
+        default: Duration,
+        (min, max): (Duration, Duration),
+    ) -> Duration {
+        let d = match value.map(|v| parse_duration(v)) {
+            None => return default,
             Some(Ok(d)) => d,
             Some(Err(e)) => {
                 self.push(path, e);
-                default
+                return default;
+            }
+        };
+        if d < min || d > max {
+            let rule = if min.is_zero() {
+                format!("must be at most {}", show_duration(max))
+            } else {
+                format!(
+                    "must be between {} and {}",
+                    show_duration(min),
+                    show_duration(max)
+                )
+            };
+            self.push(path, rule);
+        }
+        d.clamp(min, max)
+    }
+
+    /// Checks a count lies in `min..=max`.
+    fn count<T: PartialOrd + std::fmt::Display + Copy>(
+        &mut self,
+        path: &str,
+        value: Option<T>,
+        (min, max): (T, T),
+    ) {
+        if let Some(v) = value {
+            if v < min || v > max {
+                self.push(path, format!("must be between {min} and {max}"));
             }
         }
+    }
+
+    /// Checks a list is no longer than `max`.
+    fn items<T>(&mut self, path: &str, list: Option<&[T]>, max: usize) {
+        if list.is_some_and(|l| l.len() > max) {
+            self.push(path, format!("at most {max} items"));
+        }
+    }
+}
+
+/// A duration the way a user writes it (`100ms`, `30s`, `10m`, `1h`).
+fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// A user's string echoed in a message: at most 64 characters, so a
+/// hostile value cannot make an error (or a status condition) large.
+fn shown(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("`{}…`", &s[..i]),
+        None => format!("`{s}`"),
     }
 }
 
@@ -75,6 +136,7 @@ impl Errors {
 pub fn validate(spec: &StreamPipelineSpec) -> Vec<FieldError> {
     let mut e = Errors::default();
     check_backends(spec, &mut e);
+    check_expose(spec, &mut e);
     let groups = check_groups(spec, &mut e);
     let nodes = check_nodes(spec, &groups, &mut e);
     check_cycles(spec, &nodes, &mut e);
@@ -82,6 +144,71 @@ pub fn validate(spec: &StreamPipelineSpec) -> Vec<FieldError> {
     check_limits(spec, min_timeout, &mut e);
     check_security(spec, &mut e);
     e.0
+}
+
+/// Checks a pipeline's name and namespace as the API server and the
+/// operator need them, so a local run is held to the same names as a
+/// cluster: both end up in object names and inside the hash tag of every
+/// Redis key (`sluice:{ns/name}:…`), where `/`, `{` or `}` would break it.
+///
+/// The name is a DNS-1035 label (it names the ingress Service), the
+/// namespace a DNS-1123 label, each at most 63 characters.
+pub fn validate_id(id: &PipelineId) -> Vec<FieldError> {
+    let mut e = Errors::default();
+    if !is_dns1035_label(&id.name, MAX_PIPELINE_NAME) {
+        e.push(
+            "metadata.name",
+            format!(
+                "{} must be lowercase letters, digits and '-', start with a letter, end with a letter or digit, and be at most {MAX_PIPELINE_NAME} characters",
+                shown(&id.name)
+            ),
+        );
+    }
+    if !is_dns_label(&id.namespace, MAX_NAMESPACE) {
+        e.push(
+            "metadata.namespace",
+            format!(
+                "{} must be lowercase letters, digits and '-', neither first nor last, and at most {MAX_NAMESPACE} characters",
+                shown(&id.namespace)
+            ),
+        );
+    }
+    e.0
+}
+
+fn check_secret_ref(path: &str, r: Option<&SecretKeyRef>, e: &mut Errors) {
+    let Some(r) = r else { return };
+    if !is_dns_subdomain(&r.name, MAX_SUBDOMAIN) {
+        e.push(
+            format!("{path}.name"),
+            format!(
+                "{} is not a Secret name (a DNS-1123 subdomain of at most {MAX_SUBDOMAIN} characters)",
+                shown(&r.name)
+            ),
+        );
+    }
+    if !is_data_key(&r.key, MAX_SUBDOMAIN) {
+        e.push(
+            format!("{path}.key"),
+            format!(
+                "{} is not a Secret key (letters, digits, '-', '_' and '.', not starting with '..', at most {MAX_SUBDOMAIN} characters)",
+                shown(&r.key)
+            ),
+        );
+    }
+}
+
+fn check_image(path: &str, image: Option<&String>, e: &mut Errors) {
+    if let Some(i) = image {
+        if i.is_empty() || i.len() > MAX_IMAGE || i.chars().any(|c| c.is_whitespace()) {
+            e.push(
+                path,
+                format!(
+                    "must be an image reference without spaces, at most {MAX_IMAGE} characters"
+                ),
+            );
+        }
+    }
 }
 
 fn check_backends(spec: &StreamPipelineSpec, e: &mut Errors) {
@@ -109,24 +236,47 @@ fn check_backends(spec: &StreamPipelineSpec, e: &mut Errors) {
             // Managed Redis listens without TLS on the pod network.
             e.push("spec.redis.caSecretRef", "only used with mode: external");
         }
+        check_secret_ref("spec.redis.urlSecretRef", r.url_secret_ref.as_ref(), e);
+        check_secret_ref("spec.redis.caSecretRef", r.ca_secret_ref.as_ref(), e);
+        check_image("spec.redis.image", r.image.as_ref(), e);
         if let Some(s) = &r.storage {
-            if let Err(msg) = parse_size(s) {
-                e.push("spec.redis.storage", msg);
+            match parse_size(s) {
+                Ok(0) => e.push("spec.redis.storage", "must be more than zero"),
+                Ok(_) => {}
+                Err(msg) => e.push("spec.redis.storage", msg),
             }
         }
     }
 }
 
-/// Whether `s` is a DNS-1123 label of at most `max` characters (lower case
-/// letters, digits and `-`, neither first nor last): the name of a
-/// namespace, group, node or interface.
-pub fn is_dns_label(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
+fn check_expose(spec: &StreamPipelineSpec, e: &mut Errors) {
+    let Some(i) = spec.expose.as_ref().and_then(|x| x.ingress.as_ref()) else {
+        return;
+    };
+    // An Ingress rule's host: a DNS-1123 subdomain, optionally `*.` first.
+    let host = i.host.strip_prefix("*.").unwrap_or(&i.host);
+    if !is_dns_subdomain(host, MAX_SUBDOMAIN) {
+        e.push(
+            "spec.expose.ingress.host",
+            format!(
+                "{} is not a host name (a DNS-1123 subdomain, optionally after `*.`)",
+                shown(&i.host)
+            ),
+        );
+    }
+    for (field, value) in [("className", &i.class_name), ("tlsSecret", &i.tls_secret)] {
+        if let Some(v) = value {
+            if !is_dns_subdomain(v, MAX_SUBDOMAIN) {
+                e.push(
+                    format!("spec.expose.ingress.{field}"),
+                    format!(
+                        "{} is not a DNS-1123 subdomain of at most {MAX_SUBDOMAIN} characters",
+                        shown(v)
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// Returns group name → role for the groups that are well-formed.
@@ -140,107 +290,112 @@ fn check_groups(spec: &StreamPipelineSpec, e: &mut Errors) -> BTreeMap<String, G
         if !is_dns_label(&g.name, MAX_GROUP_NAME) {
             e.push(
                 format!("{p}.name"),
-                format!("`{}` must be lowercase letters, digits and '-', at most {MAX_GROUP_NAME} characters", g.name),
+                format!(
+                    "{} must be lowercase letters, digits and '-', at most {MAX_GROUP_NAME} characters",
+                    shown(&g.name)
+                ),
             );
         }
         if groups.insert(g.name.clone(), g.role).is_some() {
             e.push(
                 format!("{p}.name"),
-                format!("duplicate group name `{}`", g.name),
+                format!("duplicate group name {}", shown(&g.name)),
             );
         }
-        if let Some(r) = g.replicas {
-            if r < 0 {
-                e.push(format!("{p}.replicas"), "must not be negative");
-            }
-        }
-        if let Some(c) = g.concurrency {
-            if c == 0 || c > 4096 {
-                e.push(format!("{p}.concurrency"), "must be between 1 and 4096");
-            }
-        }
+        e.count(&format!("{p}.replicas"), g.replicas, (0, MAX_REPLICAS));
+        e.count(
+            &format!("{p}.concurrency"),
+            g.concurrency,
+            (1, MAX_CONCURRENCY),
+        );
+        check_image(&format!("{p}.image"), g.image.as_ref(), e);
+        e.items(
+            &format!("{p}.sidecars"),
+            g.sidecars.as_deref(),
+            MAX_SIDECARS,
+        );
+        e.items(
+            &format!("{p}.tolerations"),
+            g.tolerations.as_deref(),
+            MAX_OTHER_ITEMS,
+        );
         if let Some(a) = &g.autoscale {
-            if g.role == GroupRole::Ingress {
-                e.push(
-                    format!("{p}.autoscale"),
-                    "the ingress group does not autoscale; set replicas",
-                );
-            }
-            let min = a.min_replicas.unwrap_or(1);
-            if min < 0 {
-                e.push(format!("{p}.autoscale.minReplicas"), "must not be negative");
-            }
-            if a.max_replicas < 1 || a.max_replicas < min {
-                e.push(
-                    format!("{p}.autoscale.maxReplicas"),
-                    format!("must be at least 1 and at least minReplicas ({min})"),
-                );
-            }
-            if a.target_backlog_per_replica == Some(0) {
-                e.push(
-                    format!("{p}.autoscale.targetBacklogPerReplica"),
-                    "must be at least 1",
-                );
-            }
-            if let Some(r) = a.target_rate_per_replica {
-                if !(r.is_finite() && r > 0.0) {
-                    e.push(
-                        format!("{p}.autoscale.targetRatePerReplica"),
-                        "must be a positive number of envelopes per second",
-                    );
-                }
-            }
-            if a.target_processing_time.is_some() {
-                let t = e.duration(
-                    &format!("{p}.autoscale.targetProcessingTime"),
-                    a.target_processing_time.as_ref(),
-                    Duration::from_secs(1),
-                );
-                if t.is_zero() {
-                    e.push(
-                        format!("{p}.autoscale.targetProcessingTime"),
-                        "must be more than zero",
-                    );
-                }
-            }
-            if a.scale_down_stabilization.is_some() {
-                let w = e.duration(
-                    &format!("{p}.autoscale.scaleDownStabilization"),
-                    a.scale_down_stabilization.as_ref(),
-                    Duration::ZERO,
-                );
-                if w > Duration::from_secs(3600) {
-                    e.push(
-                        format!("{p}.autoscale.scaleDownStabilization"),
-                        "must be at most 1h",
-                    );
-                }
-            }
-            if let Some(c) = a.target_cpu_utilization {
-                if !(1..=100).contains(&c) {
-                    e.push(
-                        format!("{p}.autoscale.targetCpuUtilization"),
-                        "must be between 1 and 100",
-                    );
-                }
-            }
+            check_autoscale(&p, g.role, a, e);
         }
     }
-    let ingress: Vec<_> = spec
+    let ingress = spec
         .groups
         .iter()
         .filter(|g| g.role == GroupRole::Ingress)
-        .collect();
-    if ingress.len() != 1 {
+        .count();
+    if ingress != 1 {
         e.push(
             "spec.groups",
-            format!(
-                "exactly one group must have role ingress, found {}",
-                ingress.len()
-            ),
+            format!("exactly one group must have role ingress, found {ingress}"),
         );
     }
     groups
+}
+
+fn check_autoscale(p: &str, role: GroupRole, a: &AutoscaleSpec, e: &mut Errors) {
+    if role == GroupRole::Ingress {
+        e.push(
+            format!("{p}.autoscale"),
+            "the ingress group does not autoscale; set replicas",
+        );
+    }
+    let min = a.min_replicas.unwrap_or(1);
+    e.count(
+        &format!("{p}.autoscale.minReplicas"),
+        a.min_replicas,
+        (0, MAX_REPLICAS),
+    );
+    if a.max_replicas < 1 || a.max_replicas < min || a.max_replicas > MAX_REPLICAS {
+        e.push(
+            format!("{p}.autoscale.maxReplicas"),
+            format!(
+                "must be at least 1 and at least minReplicas ({min}), and at most {MAX_REPLICAS}"
+            ),
+        );
+    }
+    e.count(
+        &format!("{p}.autoscale.targetBacklogPerReplica"),
+        a.target_backlog_per_replica,
+        (1, MAX_BACKLOG_PER_REPLICA),
+    );
+    if let Some(r) = a.target_rate_per_replica {
+        if !(r.is_finite() && r > 0.0 && r <= MAX_RATE_PER_REPLICA) {
+            e.push(
+                format!("{p}.autoscale.targetRatePerReplica"),
+                format!("must be a positive number of envelopes per second, at most {MAX_RATE_PER_REPLICA:e}"),
+            );
+        }
+    }
+    if a.target_processing_time.is_some() {
+        let t = e.duration(
+            &format!("{p}.autoscale.targetProcessingTime"),
+            a.target_processing_time.as_ref(),
+            Duration::from_secs(1),
+            (Duration::ZERO, MAX_AUTOSCALE_WINDOW),
+        );
+        if t.is_zero() {
+            e.push(
+                format!("{p}.autoscale.targetProcessingTime"),
+                "must be more than zero",
+            );
+        }
+    }
+    e.duration(
+        &format!("{p}.autoscale.scaleDownStabilization"),
+        a.scale_down_stabilization.as_ref(),
+        Duration::ZERO,
+        (Duration::ZERO, MAX_AUTOSCALE_WINDOW),
+    );
+    e.count(
+        &format!("{p}.autoscale.targetCpuUtilization"),
+        a.target_cpu_utilization,
+        (1, 100),
+    );
 }
 
 /// Returns node name → (group, next targets) for the nodes that are well-formed.
@@ -261,32 +416,36 @@ fn check_nodes(
     let mut out = BTreeMap::new();
     for (i, n) in spec.nodes.iter().enumerate() {
         let p = format!("spec.nodes[{i}]");
-        if !is_dns_label(&n.name, 63) {
+        if !is_dns_label(&n.name, MAX_NAME) {
             e.push(
                 format!("{p}.name"),
-                format!("`{}` must be lowercase letters, digits and '-'", n.name),
+                format!(
+                    "{} must be lowercase letters, digits and '-', at most {MAX_NAME} characters",
+                    shown(&n.name)
+                ),
             );
         }
         if !seen.insert(n.name.as_str()) {
             e.push(
                 format!("{p}.name"),
-                format!("duplicate node name `{}`", n.name),
+                format!("duplicate node name {}", shown(&n.name)),
             );
         }
         if !groups.contains_key(&n.group) {
-            e.push(format!("{p}.group"), format!("unknown group `{}`", n.group));
+            e.push(
+                format!("{p}.group"),
+                format!("unknown group {}", shown(&n.group)),
+            );
         }
         check_uses(&p, &n.uses, e);
-        check_inline_credentials(&p, n, e);
-        if let Some(w) = &n.with {
-            if !w.is_object() {
-                e.push(format!("{p}.with"), "must be an object");
-            }
+        let with_ok = check_with(&p, n.with.as_ref(), e);
+        if with_ok {
+            check_inline_credentials(&p, n, e);
         }
         let targets = next_targets(&p, n.next.as_ref(), e);
         for t in &targets {
             match names.get(t.as_str()) {
-                None => e.push(format!("{p}.next"), format!("unknown node `{t}`")),
+                None => e.push(format!("{p}.next"), format!("unknown node {}", shown(t))),
                 Some(target) => {
                     let from_worker = groups.get(&n.group) == Some(&GroupRole::Worker);
                     let to_ingress = groups.get(&target.group) == Some(&GroupRole::Ingress);
@@ -294,7 +453,8 @@ fn check_nodes(
                         e.push(
                             format!("{p}.next"),
                             format!(
-                                "`{t}` runs on the ingress group; nodes of worker groups may only forward to worker groups"
+                                "{} runs on the ingress group; nodes of worker groups may only forward to worker groups",
+                                shown(t)
                             ),
                         );
                     }
@@ -304,6 +464,75 @@ fn check_nodes(
         out.insert(n.name.clone(), (n.group.clone(), targets));
     }
     out
+}
+
+/// Checks a node's `with` block: an object, at most [`MAX_WITH_DEPTH`]
+/// levels deep, at most [`MAX_WITH_KEYS`] keys and [`MAX_WITH_BYTES`] as
+/// JSON. Returns whether it passed.
+fn check_with(p: &str, with: Option<&Value>, e: &mut Errors) -> bool {
+    let Some(w) = with else { return true };
+    let path = format!("{p}.with");
+    let Some(o) = w.as_object() else {
+        e.push(path, "must be an object");
+        return false;
+    };
+    if o.len() > MAX_WITH_KEYS {
+        e.push(path, format!("at most {MAX_WITH_KEYS} keys"));
+        return false;
+    }
+    if nested_deeper_than(w, MAX_WITH_DEPTH) {
+        e.push(path, format!("nested deeper than {MAX_WITH_DEPTH} levels"));
+        return false;
+    }
+    // Measured only once the depth is known to be small: the encoder recurses.
+    let mut budget = Budget(MAX_WITH_BYTES);
+    if serde_json::to_writer(&mut budget, w).is_err() {
+        e.push(path, format!("larger than {MAX_WITH_BYTES} bytes as JSON"));
+        return false;
+    }
+    true
+}
+
+/// Whether `v` nests arrays and objects more than `limit` levels deep
+/// (a scalar is level 0, `{}` level 1). Iterative, so any depth is safe to
+/// inspect; stops at the first container past the limit.
+pub fn nested_deeper_than(v: &Value, limit: usize) -> bool {
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        if depth > limit {
+            return true;
+        }
+        stack.extend(
+            children
+                .filter(|c| c.is_array() || c.is_object())
+                .map(|c| (c, depth + 1)),
+        );
+    }
+    false
+}
+
+/// A writer that accepts at most its budget of bytes, then fails.
+struct Budget(usize);
+
+impl std::io::Write for Budget {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.checked_sub(buf.len()) {
+            Some(left) => {
+                self.0 = left;
+                Ok(buf.len())
+            }
+            None => Err(std::io::Error::other("over budget")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Header names that carry credentials: a pipeline resource never holds
@@ -348,14 +577,18 @@ fn check_uses(p: &str, uses: &str, e: &mut Errors) {
         Some(("builtin", name)) => e.push(
             format!("{p}.uses"),
             format!(
-                "unknown builtin `{name}`; known: {}",
+                "unknown builtin {}; known: {}",
+                shown(name),
                 BUILTIN_NODES.join(", ")
             ),
         ),
-        Some(("rust", name)) if is_dns_label(name, 63) => {}
+        Some(("rust", name)) if is_dns_label(name, MAX_NAME) => {}
         _ => e.push(
             format!("{p}.uses"),
-            format!("`{uses}` must be builtin/<name> or rust/<name>"),
+            format!(
+                "{} must be builtin/<name> or rust/<name> (a name of at most {MAX_NAME} lowercase letters, digits and '-')",
+                shown(uses)
+            ),
         ),
     }
 }
@@ -373,12 +606,19 @@ fn next_targets(p: &str, next: Option<&NextSpec>, e: &mut Errors) -> Vec<String>
             }
             if routes.len() > MAX_ROUTES {
                 e.push(format!("{p}.next"), format!("at most {MAX_ROUTES} routes"));
+                return vec![];
             }
             for (j, r) in routes.iter().enumerate() {
                 if r.when.is_none() && j + 1 != routes.len() {
                     e.push(
                         format!("{p}.next[{j}]"),
                         "the default route (no `when`) must be the last one",
+                    );
+                }
+                if r.when.as_ref().is_some_and(|w| w.len() > MAX_TAG) {
+                    e.push(
+                        format!("{p}.next[{j}].when"),
+                        format!("at most {MAX_TAG} characters"),
                     );
                 }
             }
@@ -456,31 +696,34 @@ fn check_interfaces(
     let mut min_timeout: Option<Duration> = None;
     for (i, it) in spec.interfaces.iter().enumerate() {
         let p = format!("spec.interfaces[{i}]");
-        if !is_dns_label(&it.name, 63) {
+        if !is_dns_label(&it.name, MAX_NAME) {
             e.push(
                 format!("{p}.name"),
-                format!("`{}` must be lowercase letters, digits and '-'", it.name),
+                format!(
+                    "{} must be lowercase letters, digits and '-', at most {MAX_NAME} characters",
+                    shown(&it.name)
+                ),
             );
         }
         if !names.insert(&it.name) {
             e.push(
                 format!("{p}.name"),
-                format!("duplicate interface name `{}`", it.name),
+                format!("duplicate interface name {}", shown(&it.name)),
             );
         }
-        if !it.path.starts_with('/') || it.path.contains(['?', '#', ' ', '{', '}', '*']) {
-            e.push(
-                format!("{p}.path"),
-                format!("`{}` must start with '/' and be a plain path", it.path),
-            );
+        if let Err(why) = check_interface_path(&it.path) {
+            e.push(format!("{p}.path"), format!("{} {why}", shown(&it.path)));
         } else if RESERVED_PATHS.contains(&it.path.as_str()) {
             e.push(
                 format!("{p}.path"),
-                format!("`{}` is served by the ingress itself", it.path),
+                format!("{} is served by the ingress itself", shown(&it.path)),
             );
         }
         if !paths.insert(&it.path) {
-            e.push(format!("{p}.path"), format!("duplicate path `{}`", it.path));
+            e.push(
+                format!("{p}.path"),
+                format!("duplicate path {}", shown(&it.path)),
+            );
         }
         if it.kind != InterfaceKind::Http {
             e.push(
@@ -493,29 +736,34 @@ fn check_interfaces(
             );
         }
         if !nodes.contains_key(&it.entry) {
-            e.push(format!("{p}.entry"), format!("unknown node `{}`", it.entry));
+            e.push(
+                format!("{p}.entry"),
+                format!("unknown node {}", shown(&it.entry)),
+            );
         }
         let t = e.duration(
             &format!("{p}.timeout"),
             it.timeout.as_ref(),
             crate::plan::DEFAULT_TIMEOUT,
+            (MIN_TIMEOUT, MAX_TIMEOUT),
         );
-        if t < Duration::from_millis(100) {
-            e.push(format!("{p}.timeout"), "must be at least 100ms");
-        }
         min_timeout = Some(min_timeout.map_or(t, |m| m.min(t)));
-        if it.max_in_flight == Some(0) {
-            e.push(format!("{p}.maxInFlight"), "must be at least 1");
-        }
+        e.count(
+            &format!("{p}.maxInFlight"),
+            it.max_in_flight,
+            (1, MAX_IN_FLIGHT),
+        );
     }
     min_timeout
 }
 
 fn check_limits(spec: &StreamPipelineSpec, min_timeout: Option<Duration>, e: &mut Errors) {
     let l = &spec.limits;
-    if l.max_queue_depth == Some(0) {
-        e.push("spec.limits.maxQueueDepth", "must be at least 1");
-    }
+    e.count(
+        "spec.limits.maxQueueDepth",
+        l.max_queue_depth,
+        (1, MAX_QUEUE_DEPTH),
+    );
     if let Some(b) = &l.max_queue_bytes {
         match parse_size(b) {
             Ok(0) => e.push("spec.limits.maxQueueBytes", "must be at least 1"),
@@ -523,26 +771,26 @@ fn check_limits(spec: &StreamPipelineSpec, min_timeout: Option<Duration>, e: &mu
             Err(msg) => e.push("spec.limits.maxQueueBytes", msg),
         }
     }
-    if let Some(d) = l.max_deliveries {
-        if d == 0 || d > 100 {
-            e.push("spec.limits.maxDeliveries", "must be between 1 and 100");
-        }
-    }
+    e.count(
+        "spec.limits.maxDeliveries",
+        l.max_deliveries,
+        (1, MAX_DELIVERIES),
+    );
     let lease = e.duration(
         "spec.limits.lease",
         l.lease.as_ref(),
         crate::plan::DEFAULT_LEASE,
+        (MIN_TIMEOUT, MAX_TIMEOUT),
     );
-    if lease < Duration::from_millis(100) {
-        e.push("spec.limits.lease", "must be at least 100ms");
-    }
     if let Some(t) = min_timeout {
-        if lease * LEASE_TIMEOUT_RATIO > t {
+        // Checked although both are bounded: a bound may change, a panic may not.
+        if lease.checked_mul(LEASE_TIMEOUT_RATIO).is_none_or(|l| l > t) {
             e.push(
                 "spec.limits.lease",
                 format!(
-                    "lease {:?} must be well below every interface timeout (at most 1/{LEASE_TIMEOUT_RATIO} of the shortest, {:?})",
-                    lease, t
+                    "lease {} must be well below every interface timeout (at most 1/{LEASE_TIMEOUT_RATIO} of the shortest, {})",
+                    show_duration(lease),
+                    show_duration(t)
                 ),
             );
         }
@@ -551,33 +799,23 @@ fn check_limits(spec: &StreamPipelineSpec, min_timeout: Option<Duration>, e: &mu
 
 fn check_security(spec: &StreamPipelineSpec, e: &mut Errors) {
     let s = &spec.security;
-    let rotate = e.duration(
+    e.duration(
         "spec.security.rotateEvery",
         s.rotate_every.as_ref(),
         crate::plan::DEFAULT_ROTATE_EVERY,
+        (MIN_ROTATE_EVERY, MAX_ROTATE_EVERY),
     );
-    if rotate < Duration::from_secs(600) {
-        e.push(
-            "spec.security.rotateEvery",
-            "must be at least 10m (keys overlap for the propagation delay)",
-        );
-    }
-    let skew = e.duration(
+    e.duration(
         "spec.security.clockSkew",
         s.clock_skew.as_ref(),
         crate::plan::DEFAULT_CLOCK_SKEW,
+        (Duration::ZERO, MAX_CLOCK_SKEW),
     );
-    if skew > Duration::from_secs(600) {
-        e.push("spec.security.clockSkew", "must be at most 10m");
-    }
-    if let Some(m) = s.max_payload_bytes {
-        if !(1024..=64 << 20).contains(&m) {
-            e.push(
-                "spec.security.maxPayloadBytes",
-                "must be between 1024 and 67108864",
-            );
-        }
-    }
+    e.count(
+        "spec.security.maxPayloadBytes",
+        s.max_payload_bytes,
+        (MIN_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES),
+    );
     match (s.keys, &s.secret_name) {
         (KeysSource::SecretRef, None) => e.push(
             "spec.security.secretName",
@@ -586,6 +824,13 @@ fn check_security(spec: &StreamPipelineSpec, e: &mut Errors) {
         (KeysSource::Generated, Some(_)) => {
             e.push("spec.security.secretName", "only used with keys: secretRef")
         }
+        (KeysSource::SecretRef, Some(name)) if !is_dns_subdomain(name, MAX_SUBDOMAIN) => e.push(
+            "spec.security.secretName",
+            format!(
+                "{} is not a Secret name (a DNS-1123 subdomain of at most {MAX_SUBDOMAIN} characters)",
+                shown(name)
+            ),
+        ),
         _ => {}
     }
 }

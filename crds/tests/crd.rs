@@ -141,3 +141,105 @@ fn every_example_compiles() {
         "expected at least hello and a multi-group example"
     );
 }
+
+/// Every schema node of the spec, with its path.
+fn nodes<'a>(v: &'a Value, path: String, out: &mut Vec<(String, &'a Value)>) {
+    let Some(o) = v.as_object() else { return };
+    out.push((path.clone(), v));
+    if let Some(Value::Object(props)) = o.get("properties") {
+        for (k, p) in props {
+            nodes(p, format!("{path}.{k}"), out);
+        }
+    }
+    if let Some(items) = o.get("items") {
+        nodes(items, format!("{path}[]"), out);
+    }
+    if let Some(ap @ Value::Object(_)) = o.get("additionalProperties") {
+        nodes(ap, format!("{path}{{}}"), out);
+    }
+}
+
+fn spec_nodes(crd: &Value) -> Vec<(String, &Value)> {
+    let spec = crd
+        .pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec")
+        .unwrap();
+    let mut out = vec![];
+    nodes(spec, "spec".into(), &mut out);
+    out
+}
+
+#[test]
+fn every_list_and_integer_of_the_spec_is_bounded() {
+    let crd = serde_json::to_value(sluice_crds::crd::crd()).unwrap();
+    for (path, n) in spec_nodes(&crd) {
+        match n["type"].as_str() {
+            Some("array") => assert!(n["maxItems"].is_number(), "{path}: no maxItems"),
+            Some("integer") if n["format"] != "int64" => {
+                assert!(n["maximum"].is_number(), "{path}: no maximum");
+                assert!(n["minimum"].is_number(), "{path}: no minimum");
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn every_free_form_field_refuses_the_json_types_its_rust_type_cannot_read() {
+    let crd = serde_json::to_value(sluice_crds::crd::crd()).unwrap();
+    let mut seen = vec![];
+    for (path, n) in spec_nodes(&crd) {
+        if n["x-kubernetes-preserve-unknown-fields"] != true {
+            continue;
+        }
+        seen.push(path.clone());
+        if n["type"].is_string() {
+            continue;
+        }
+        // A typeless field: each JSON type it must refuse fails a value
+        // validation that applies to that type only.
+        let number_refused = n["minimum"].as_f64() > n["maximum"].as_f64();
+        let object_refused = n["minProperties"].as_u64() > n["maxProperties"].as_u64();
+        let booleans_refused = n["not"]["enum"] == serde_json::json!([true, false]);
+        assert!(
+            number_refused && object_refused && booleans_refused,
+            "{path} accepts a JSON type it cannot hold"
+        );
+        assert!(
+            n["x-kubernetes-validations"].is_null(),
+            "{path}: the API server refuses CEL rules on a typeless field"
+        );
+    }
+    assert_eq!(seen, ["spec.nodes[].next", "spec.nodes[].with"]);
+}
+
+#[test]
+fn every_name_reference_has_a_max_length() {
+    let crd = serde_json::to_value(sluice_crds::crd::crd()).unwrap();
+    let all = spec_nodes(&crd);
+    for want in [
+        "spec.interfaces[].name",
+        "spec.interfaces[].entry",
+        "spec.interfaces[].path",
+        "spec.groups[].name",
+        "spec.nodes[].name",
+        "spec.nodes[].group",
+        "spec.nodes[].uses",
+        "spec.nodes[].next",
+        "spec.nodes[].next[].to",
+        "spec.nodes[].next[].when",
+        "spec.redis.urlSecretRef.name",
+        "spec.redis.urlSecretRef.key",
+        "spec.redis.caSecretRef.name",
+        "spec.redis.caSecretRef.key",
+        "spec.security.secretName",
+        "spec.expose.ingress.host",
+        "spec.expose.ingress.className",
+        "spec.expose.ingress.tlsSecret",
+    ] {
+        let (_, n) = all
+            .iter()
+            .find(|(p, _)| p == want)
+            .unwrap_or_else(|| panic!("{want} not in the schema"));
+        assert!(n["maxLength"].is_number(), "{want}: no maxLength");
+    }
+}

@@ -1,6 +1,7 @@
 //! CRD schemas: the structural-schema check done when a CRD is written, and the validation of
 //! custom objects against it — pruning of unknown fields, `default`s, types, `required`,
-//! `enum`, bounds, lengths, item counts, `pattern`, and `x-kubernetes-validations` CEL rules.
+//! `enum`, bounds, lengths, item counts, `pattern`, the `allOf`/`anyOf`/`oneOf`/`not`
+//! junctors, and `x-kubernetes-validations` CEL rules.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -124,6 +125,18 @@ fn walk_structural(node: &Value, path: &str, junctor: Junctor, errs: &mut Vec<Ca
         }
     }
     if let Some(rules) = m.get("x-kubernetes-validations").and_then(Value::as_array) {
+        if junctor == Junctor::No && !has_cel_type(node) {
+            // As the API server: CEL needs a declared type for `self`; a
+            // typeless field with preserved unknown fields has none.
+            let ty = m.get("type").and_then(Value::as_str).unwrap_or_default();
+            errs.push(Cause {
+                reason: "InternalError".into(),
+                message: format!(
+                    "Internal error: rule declared on schema that does not support validation rules type: '{ty}' x-kubernetes-preserve-unknown-fields: '{preserve}'"
+                ),
+                field: format!("{path}.x-kubernetes-validations"),
+            });
+        }
         for (i, r) in rules.iter().enumerate() {
             let rule = r["rule"].as_str().unwrap_or_default();
             if let Err(e) = Program::compile(rule) {
@@ -159,6 +172,24 @@ fn walk_structural(node: &Value, path: &str, junctor: Junctor, errs: &mut Vec<Ca
     }
     if let Some(not) = m.get("not") {
         walk_structural(not, &format!("{path}.not"), j, errs);
+    }
+}
+
+/// Whether CEL rules can see values of this schema: the API server's
+/// `SchemaDeclType` is nil for a schema without a type (unless it is
+/// int-or-string), and for lists and maps of such schemas.
+fn has_cel_type(node: &Value) -> bool {
+    if flag(node, "x-kubernetes-int-or-string") {
+        return true;
+    }
+    match node.get("type").and_then(Value::as_str) {
+        None | Some("") => false,
+        Some("array") => node.get("items").is_some_and(has_cel_type),
+        Some("object") => match node.get("additionalProperties") {
+            Some(ap @ Value::Object(_)) => has_cel_type(ap),
+            _ => true,
+        },
+        Some(_) => true,
     }
 }
 
@@ -283,6 +314,7 @@ fn walk(schema: &Value, v: &mut Value, old: Option<&Value>, path: &str, out: &mu
             return;
         }
     }
+    junctors(schema, v, path, out);
     if let Some(en) = schema.get("enum").and_then(Value::as_array) {
         if !en.contains(v) {
             let supported: Vec<String> = en.iter().map(|e| e.to_string()).collect();
@@ -472,6 +504,56 @@ fn walk(schema: &Value, v: &mut Value, old: Option<&Value>, path: &str, out: &mu
     cel_rules(schema, &snapshot, old, path, out);
 }
 
+/// Whether `v` satisfies `schema` alone (a junctor's branch): validated on a
+/// copy, so the branch neither prunes nor defaults the stored object.
+fn satisfies(schema: &Value, v: &Value, path: &str) -> bool {
+    let mut copy = v.clone();
+    let mut out = Outcome::default();
+    walk(schema, &mut copy, None, path, &mut out);
+    out.causes.is_empty()
+}
+
+/// `allOf`, `anyOf`, `oneOf` and `not`, with the API server's messages.
+fn junctors(schema: &Value, v: &Value, path: &str, out: &mut Outcome) {
+    let list = |k: &str| {
+        schema
+            .get(k)
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    };
+    // The branches of allOf report their own violations.
+    for branch in list("allOf") {
+        let mut copy = v.clone();
+        walk(branch, &mut copy, None, path, out);
+    }
+    let any = list("anyOf");
+    if !any.is_empty() && !any.iter().any(|b| satisfies(b, v, path)) {
+        out.causes.push(invalid(
+            path.into(),
+            v,
+            &format!("{path} in body must validate at least one schema (anyOf)"),
+        ));
+    }
+    let one = list("oneOf");
+    if !one.is_empty() && one.iter().filter(|b| satisfies(b, v, path)).count() != 1 {
+        out.causes.push(invalid(
+            path.into(),
+            v,
+            &format!("{path} in body must validate one and only one schema (oneOf)"),
+        ));
+    }
+    if let Some(not) = schema.get("not") {
+        if satisfies(not, v, path) {
+            out.causes.push(invalid(
+                path.into(),
+                v,
+                &format!("{path} in body must not validate the schema (not)"),
+            ));
+        }
+    }
+}
+
 // === CEL ===
 
 /// JSON → CEL value: integers as `int` (as the real server types `integer` fields).
@@ -600,6 +682,160 @@ mod tests {
             out.pruned,
             vec!["other".to_string(), "spec.zzz".to_string()]
         );
+    }
+
+    #[test]
+    fn cel_rules_on_a_typeless_field_are_refused_as_the_api_server_does() {
+        let s = root(json!({"type": "object", "properties": {"next": {
+            "x-kubernetes-preserve-unknown-fields": true,
+            "x-kubernetes-validations": [{"rule": "type(self) == string"}]
+        }}}));
+        let errs = check_structural(&s, "s");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(
+            errs[0].field,
+            "s.properties[spec].properties[next].x-kubernetes-validations"
+        );
+        assert!(errs[0]
+            .message
+            .contains("does not support validation rules"));
+        // A typed field, a list of typed items and int-or-string may carry rules.
+        let ok = root(json!({"type": "object", "properties": {
+            "a": {"type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                  "x-kubernetes-validations": [{"rule": "size(self) < 3"}]},
+            "b": {"type": "array", "items": {"type": "string"},
+                  "x-kubernetes-validations": [{"rule": "size(self) < 3"}]},
+            "c": {"x-kubernetes-int-or-string": true,
+                  "x-kubernetes-validations": [{"rule": "self != 0"}]}
+        }}));
+        assert!(check_structural(&ok, "s").is_empty());
+    }
+
+    #[test]
+    fn junctors_are_enforced_with_the_api_servers_messages() {
+        let s = root(json!({"type": "object", "properties": {
+            "not": {"x-kubernetes-preserve-unknown-fields": true, "not": {"enum": [true, false]}},
+            "any": {"type": "string", "anyOf": [{"pattern": "^a"}, {"maxLength": 1}]},
+            "one": {"type": "string", "oneOf": [{"maxLength": 3}, {"minLength": 2}]},
+            "all": {"x-kubernetes-preserve-unknown-fields": true,
+                    "allOf": [{"minimum": 1}, {"maximum": 0}]}
+        }}));
+        let check = |field: &str, x: Value| {
+            let mut obj = json!({"spec": {field: x}});
+            validate(&s, &mut obj, None)
+                .causes
+                .into_iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect::<Vec<_>>()
+        };
+        let none = Vec::<String>::new();
+        assert_eq!(check("not", json!("x")), none);
+        assert_eq!(
+            check("not", json!(false)),
+            vec!["spec.not: Invalid value: false: spec.not in body must not validate the schema (not)"]
+        );
+        assert_eq!(check("any", json!("abc")), none);
+        assert_eq!(check("any", json!("z")), none);
+        assert_eq!(
+            check("any", json!("zz")),
+            vec!["spec.any: Invalid value: \"zz\": spec.any in body must validate at least one schema (anyOf)"]
+        );
+        assert_eq!(check("one", json!("a")), none);
+        assert_eq!(check("one", json!("abcd")), none);
+        assert_eq!(
+            check("one", json!("ab")),
+            vec!["spec.one: Invalid value: \"ab\": spec.one in body must validate one and only one schema (oneOf)"]
+        );
+        // Bounds apply to numbers only, so this allOf refuses every number and nothing else.
+        assert_eq!(check("all", json!("x")), none);
+        assert_eq!(check("all", json!([1])), none);
+        assert_eq!(
+            check("all", json!(5)),
+            vec!["spec.all: Invalid value: 5: spec.all in body should be less than or equal to 0"]
+        );
+    }
+
+    /// The sluice CRD's schema, as checked in.
+    fn sluice_schema() -> Value {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../crds/streampipeline.yaml"
+        );
+        let text = std::fs::read_to_string(path).expect("crds/streampipeline.yaml");
+        let crd: Value = serde_saphyr::from_str(&text).expect("CRD YAML");
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+    }
+
+    fn pipeline() -> Value {
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1",
+            "kind": "StreamPipeline",
+            "metadata": {"name": "shop", "namespace": "ns"},
+            "spec": {
+                "interfaces": [{"name": "api", "path": "/v1/x", "entry": "a", "timeout": "5s"}],
+                "groups": [{"name": "web", "role": "ingress"}, {"name": "cpu", "role": "worker"}],
+                "nodes": [
+                    {"name": "a", "group": "web", "uses": "builtin/route", "with": {"field": "/k"},
+                     "next": [{"when": "x", "to": "b"}, {"to": "c"}]},
+                    {"name": "b", "group": "cpu", "uses": "builtin/echo", "next": "c"},
+                    {"name": "c", "group": "cpu", "uses": "builtin/echo"}
+                ]
+            }
+        })
+    }
+
+    #[test]
+    fn the_sluice_crd_refuses_what_its_types_cannot_read() {
+        let schema = sluice_schema();
+        assert!(check_structural(&schema, "openAPIV3Schema").is_empty());
+        let causes = |pointer: &str, value: Value| {
+            let mut obj = pipeline();
+            if let Some(field) = obj.pointer_mut(pointer) {
+                *field = value;
+            } else {
+                let (parent, key) = pointer.rsplit_once('/').unwrap();
+                obj.pointer_mut(parent).unwrap()[key] = value;
+            }
+            validate(&schema, &mut obj, None)
+                .causes
+                .into_iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            causes("/spec", pipeline()["spec"].clone()),
+            Vec::<String>::new()
+        );
+        let cases = [
+            ("/spec/nodes/0/next", json!(3), "spec.nodes[0].next: Invalid value: 3: spec.nodes[0].next in body should be less than or equal to 0"),
+            ("/spec/nodes/0/next", json!(-3), "spec.nodes[0].next in body should be greater than or equal to 1"),
+            ("/spec/nodes/0/next", json!(1.5), "spec.nodes[0].next in body should be less than or equal to 0"),
+            ("/spec/nodes/0/next", json!({"to": "b"}), "spec.nodes[0].next: Too many: 1: must have at most 0 items"),
+            ("/spec/nodes/0/next", json!({}), "spec.nodes[0].next in body should have at least 1 properties"),
+            ("/spec/nodes/0/next", json!(true), "spec.nodes[0].next in body must not validate the schema (not)"),
+            ("/spec/nodes/0/next", json!("Bad_Name"), "spec.nodes[0].next in body should match"),
+            ("/spec/nodes/0/next", json!([]), "spec.nodes[0].next in body should have at least 1 items"),
+            ("/spec/nodes/0/next", json!([{"when": "x"}]), "spec.nodes[0].next[0].to: Required value"),
+            ("/spec/nodes/0/next", json!(["b"]), "spec.nodes[0].next[0] in body must be of type object"),
+            ("/spec/nodes/0/next", json!([{"to": 7}]), "spec.nodes[0].next[0].to in body must be of type string"),
+            ("/spec/nodes/0/next", json!(vec![json!({"when": "x", "to": "b"}); 33]), "spec.nodes[0].next: Too many: 33: must have at most 32 items"),
+            ("/spec/nodes/0/with", json!([1]), "spec.nodes[0].with in body must be of type object"),
+            ("/spec/nodes/0/with", json!("x"), "spec.nodes[0].with in body must be of type object"),
+            ("/spec/interfaces/0/path", json!("/v1/:id"), "spec.interfaces[0].path in body should match"),
+            ("/spec/interfaces/0/path", json!("/v1//x"), "spec.interfaces[0].path in body should match"),
+            ("/spec/interfaces/0/timeout", json!("1s".repeat(17)), "spec.interfaces[0].timeout: Too long: may not be longer than 32"),
+            ("/spec/groups/1/concurrency", json!(5_000_000_000u64), "spec.groups[1].concurrency in body should be less than or equal to 4096"),
+            ("/spec/nodes/0/group", json!("g".repeat(31)), "spec.nodes[0].group: Too long: may not be longer than 30"),
+            ("/spec/interfaces/0/entry", json!("e".repeat(64)), "spec.interfaces[0].entry: Too long: may not be longer than 63"),
+            ("/metadata/name", json!("Evil_Name"), "metadata.name must be a DNS-1035 label"),
+        ];
+        for (pointer, value, want) in cases {
+            let got = causes(pointer, value);
+            assert!(
+                got.iter().any(|c| c.contains(want)),
+                "{pointer}: want {want:?} in {got:#?}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,72 @@
+//! Stream entry bytes → the verification chain (size → kid → MAC → decode →
+//! freshness → kind/destination → replay guard) against a fixed key ring.
+//!
+//! The first byte picks what the rest is:
+//! - even: the raw fields `v`, `k`, `s` and `m`, separated by `0xFF` (what
+//!   anyone who can write to Redis can store);
+//! - odd: an envelope `m`, which is signed with the ring's key before it is
+//!   verified, so the checks after the MAC see arbitrary field values (what
+//!   a holder of a key, or a faulty signer, can send).
+//!
+//! Either way verification answers with an envelope or a rejection, never a
+//! panic.
+#![no_main]
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use libfuzzer_sys::fuzz_target;
+use sluice_platform::memory::MemoryKv;
+use sluice_platform::metrics::Rejections;
+use sluice_platform::{Envelope, KeyRing, Keys, SharedKeyRing, Signer, StreamEntry, Verifier};
+
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    signer: Signer,
+    verifier: Verifier,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let raw = [("k1".to_string(), vec![7u8; 32])].into_iter().collect();
+        let ring = SharedKeyRing::fixed(KeyRing::from_raw("k1", &raw).expect("fixed ring"));
+        let verifier = Verifier::new(
+            ring.clone(),
+            MemoryKv::new(),
+            Keys::new("ns", "p"),
+            Duration::from_secs(30),
+            1 << 20,
+            Rejections::default(),
+        );
+        Fixture {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime"),
+            signer: Signer::new(ring),
+            verifier,
+        }
+    })
+}
+
+fn verify(f: &Fixture, entry: &StreamEntry) {
+    f.runtime.block_on(async {
+        let _ = f.verifier.verify_request(entry, "1-0", "work").await;
+        let _ = f.verifier.verify_reply(entry, "ingress-1").await;
+    });
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let f = fixture();
+    if mode % 2 == 0 {
+        let mut fields = rest.splitn(4, |b| *b == 0xFF).map(<[u8]>::to_vec);
+        let mut next = || fields.next().unwrap_or_default();
+        let (v, k, s, m) = (next(), next(), next(), next());
+        verify(f, &StreamEntry { v, k, m, s });
+    } else if let Ok(env) = serde_json::from_slice::<Envelope>(rest) {
+        verify(f, &f.signer.sign_as_is(&env));
+    }
+});
