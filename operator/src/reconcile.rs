@@ -1028,7 +1028,9 @@ async fn write_status(
     if previous == Some(&status) {
         return Ok(());
     }
-    let api: Api<StreamPipeline> = Api::namespaced(ctx.client.clone(), target.ns);
+    // The answer is the whole object: read leniently, so a spec the types
+    // cannot read does not turn a successful write into an error.
+    let api: Api<PipelineObject> = Api::namespaced(ctx.client.clone(), target.ns);
     let body = json!({
         "apiVersion": StreamPipeline::api_version(&()),
         "kind": StreamPipeline::kind(&()),
