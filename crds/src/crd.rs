@@ -31,6 +31,15 @@ pub fn crd() -> CustomResourceDefinition {
     if let Some(spec) = v.pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec") {
         harden_spec_schema(spec);
     }
+    // Conditions are a map keyed by type, as Kubernetes' own: a server-side
+    // apply of one condition merges with the others instead of replacing
+    // the list.
+    if let Some(Value::Object(c)) = v.pointer_mut(
+        "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/conditions",
+    ) {
+        c.insert("x-kubernetes-list-type".into(), json!("map"));
+        c.insert("x-kubernetes-list-map-keys".into(), json!(["type"]));
+    }
     // The value came from a CRD and was only extended with valid schema keys.
     serde_json::from_value(v).expect("hardened CRD deserialises")
 }
@@ -236,6 +245,7 @@ fn harden_strings(spec: &mut Value) {
         "/properties/security/properties/secretName",
         "/properties/expose/properties/ingress/properties/tlsSecret",
         "/properties/expose/properties/ingress/properties/className",
+        "/properties/redis/properties/storageClassName",
     ];
     set_all(
         spec,

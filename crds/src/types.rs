@@ -113,9 +113,19 @@ pub struct RedisSpec {
     /// Persistence of managed Redis: `aof` (default) or `none`.
     #[serde(default)]
     pub persistence: Persistence,
-    /// PVC size of managed Redis (default `1Gi`).
+    /// PVC size of managed Redis (default `1Gi`). May grow (the volume is
+    /// expanded in place when its StorageClass allows it), never shrink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<String>,
+    /// StorageClass of managed Redis's volume (default: the cluster's
+    /// default class). Fixed once the volume exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Keep managed Redis's volume, and the queued work on it, when the
+    /// pipeline is deleted (default `true`); `false` deletes it with the
+    /// pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_on_delete: Option<bool>,
     /// Image of managed Redis (default from the operator's configuration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,

@@ -239,6 +239,22 @@ fn check_backends(spec: &StreamPipelineSpec, e: &mut Errors) {
         check_secret_ref("spec.redis.urlSecretRef", r.url_secret_ref.as_ref(), e);
         check_secret_ref("spec.redis.caSecretRef", r.ca_secret_ref.as_ref(), e);
         check_image("spec.redis.image", r.image.as_ref(), e);
+        if let Some(c) = &r.storage_class_name {
+            if !crate::names::is_dns_subdomain(c, 253) {
+                e.push(
+                    "spec.redis.storageClassName",
+                    "must be a DNS subdomain (lower case letters, digits, '-' and '.'; at most 253 characters)",
+                );
+            }
+        }
+        if r.mode == RedisMode::External
+            && (r.storage_class_name.is_some() || r.retain_on_delete.is_some())
+        {
+            e.push(
+                "spec.redis",
+                "storageClassName and retainOnDelete are only used with mode: managed",
+            );
+        }
         if let Some(s) = &r.storage {
             match parse_size(s) {
                 Ok(0) => e.push("spec.redis.storage", "must be more than zero"),

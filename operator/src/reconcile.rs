@@ -551,9 +551,10 @@ enum ClaimChange {
     /// The same claims, some larger: `(template, new size)`. The claims are
     /// expanded in place, the StatefulSet replaced without its pods.
     Grow(Vec<(String, String)>),
-    /// A claim would shrink, which no volume can: refused, the StatefulSet
-    /// is left as it is.
-    Shrink(String),
+    /// A claim would shrink, which no volume can, or move to another
+    /// StorageClass, which a bound claim cannot: refused, the StatefulSet is
+    /// left as it is. `(reason, message)`.
+    Refused(&'static str, String),
     /// Claims added or removed (persistence switched on or off): the
     /// StatefulSet is recreated; the retention policy keeps the volumes.
     Replace,
@@ -561,17 +562,30 @@ enum ClaimChange {
 
 fn claim_change(live: &Value, desired: &Value) -> ClaimChange {
     let (live, desired) = (claim_templates(live), claim_templates(desired));
-    let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    let names = |v: &[Claim]| v.iter().map(|(n, _, _)| n.clone()).collect::<Vec<_>>();
     if names(&live) != names(&desired) {
         return ClaimChange::Replace;
     }
     let mut grow = Vec::new();
-    for ((name, was), (_, is)) in live.iter().zip(&desired) {
+    for ((name, was, was_class), (_, is, is_class)) in live.iter().zip(&desired) {
+        if was_class != is_class {
+            return ClaimChange::Refused(
+                status::reason::STORAGE_CLASS_CHANGE_REFUSED,
+                format!(
+                    "volume claim {name} cannot move from StorageClass {} to {}; set redis.storageClassName back",
+                    was_class.as_deref().unwrap_or("(default)"),
+                    is_class.as_deref().unwrap_or("(default)")
+                ),
+            );
+        }
         match (crate::quantity::nanos(was), crate::quantity::nanos(is)) {
             (Some(w), Some(i)) if i < w => {
-                return ClaimChange::Shrink(format!(
-                    "volume claim {name} cannot shrink from {was} to {is}; set redis.storage back to at least {was}"
-                ))
+                return ClaimChange::Refused(
+                    status::reason::STORAGE_SHRINK_REFUSED,
+                    format!(
+                        "volume claim {name} cannot shrink from {was} to {is}; set redis.storage back to at least {was}"
+                    ),
+                )
             }
             (Some(w), Some(i)) if i > w => grow.push((name.clone(), is.clone())),
             (Some(_), Some(_)) => {}
@@ -586,8 +600,11 @@ fn claim_change(live: &Value, desired: &Value) -> ClaimChange {
     }
 }
 
-/// `spec.volumeClaimTemplates` as (name, storage request).
-fn claim_templates(v: &Value) -> Vec<(String, String)> {
+/// A volume claim template: name, storage request, StorageClass.
+type Claim = (String, String, Option<String>);
+
+/// `spec.volumeClaimTemplates` as (name, storage request, class).
+fn claim_templates(v: &Value) -> Vec<Claim> {
     v.pointer("/spec/volumeClaimTemplates")
         .and_then(Value::as_array)
         .into_iter()
@@ -602,6 +619,9 @@ fn claim_templates(v: &Value) -> Vec<(String, String)> {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string(),
+                t.pointer("/spec/storageClassName")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
             )
         })
         .collect()
@@ -679,8 +699,8 @@ async fn apply_objects(
             let uid = cur.pointer("/metadata/uid").and_then(Value::as_str);
             match claim_change(cur, &stamped.body) {
                 ClaimChange::Same => {}
-                ClaimChange::Shrink(message) => {
-                    outcome.storage = Some((status::reason::STORAGE_SHRINK_REFUSED, message));
+                ClaimChange::Refused(reason, message) => {
+                    outcome.storage = Some((reason, message));
                     continue;
                 }
                 ClaimChange::Grow(sizes) => {
@@ -1080,6 +1100,34 @@ mod tests {
         assert_eq!(ingress_url("p", "demo", Some(&e)), "http://p.example.com");
         e.ingress.as_mut().unwrap().tls_secret = Some("tls".into());
         assert_eq!(ingress_url("p", "demo", Some(&e)), "https://p.example.com");
+    }
+
+    #[test]
+    fn claims_grow_are_refused_to_shrink_or_move_and_compare_by_value() {
+        let set = |size: &str, class: Option<&str>| {
+            json!({"spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"},
+                "spec": {"storageClassName": class, "resources": {"requests": {"storage": size}}}}]}})
+        };
+        assert_eq!(
+            claim_change(&set("1Gi", None), &set("1024Mi", None)),
+            ClaimChange::Same
+        );
+        assert_eq!(
+            claim_change(&set("1Gi", None), &set("2Gi", None)),
+            ClaimChange::Grow(vec![("data".into(), "2Gi".into())])
+        );
+        assert!(matches!(
+            claim_change(&set("2Gi", None), &set("1Gi", None)),
+            ClaimChange::Refused(status::reason::STORAGE_SHRINK_REFUSED, _)
+        ));
+        assert!(matches!(
+            claim_change(&set("1Gi", Some("std")), &set("1Gi", Some("fast"))),
+            ClaimChange::Refused(status::reason::STORAGE_CLASS_CHANGE_REFUSED, _)
+        ));
+        assert_eq!(
+            claim_change(&set("1Gi", None), &json!({"spec": {}})),
+            ClaimChange::Replace
+        );
     }
 
     #[test]

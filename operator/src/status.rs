@@ -50,6 +50,9 @@ pub mod reason {
     pub const CONFLICT: &str = "Conflict";
     /// `redis.storage` is smaller than the volumes hold: nothing shrinks.
     pub const STORAGE_SHRINK_REFUSED: &str = "StorageShrinkRefused";
+    /// `redis.storageClassName` differs from the class of the existing
+    /// volume: a bound claim cannot move.
+    pub const STORAGE_CLASS_CHANGE_REFUSED: &str = "StorageClassChangeRefused";
     /// The API server refused to expand a volume claim (its StorageClass
     /// does not allow expansion).
     pub const STORAGE_RESIZE_REFUSED: &str = "StorageResizeRefused";

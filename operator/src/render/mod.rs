@@ -208,23 +208,10 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
         }
     };
     let managed = matches!(redis, RedisUse::Managed(_));
-    if let RedisUse::External { ca: Some(ca), .. } = &redis {
-        // It becomes a Secret volume: refuse here what the API server would
-        // refuse in the Deployment, with the field the user wrote.
-        if !names::is_dns_subdomain(&ca.name) {
-            errors.push(FieldError {
-                path: "spec.redis.caSecretRef.name".into(),
-                message: format!("`{}` is not a valid Secret name", ca.name),
-            });
-        }
-        if !names::is_data_key(&ca.key) {
-            errors.push(FieldError {
-                path: "spec.redis.caSecretRef.key".into(),
-                message: format!("`{}` is not a valid Secret key", ca.key),
-            });
-        }
-    }
-    if let Err(message) = names::check_pipeline_name(&owner.name, managed) {
+    // `caSecretRef`'s name and key are checked by compile() (a Secret volume
+    // the API server would refuse is refused with the field the user wrote).
+    let named = errors.iter().any(|e| e.path == "metadata.name");
+    if let (false, Err(message)) = (named, names::check_pipeline_name(&owner.name, managed)) {
         errors.push(FieldError {
             path: "metadata.name".into(),
             message,

@@ -284,6 +284,7 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
             },
             spec: Some(PersistentVolumeClaimSpec {
                 access_modes: Some(vec!["ReadWriteOnce".into()]),
+                storage_class_name: m.storage_class.clone(),
                 resources: Some(VolumeResourceRequirements {
                     requests: Some(BTreeMap::from([(
                         "storage".to_string(),
@@ -352,12 +353,20 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
                 ..Default::default()
             },
             // Queued work lives on this volume: it outlives the StatefulSet
-            // (replaced when storage grows) and the pipeline itself, as
-            // CloudNativePG and Strimzi keep theirs. Deleting it is the
-            // user's call (docs/operator.md, "Redis storage").
+            // (replaced when storage grows) and, unless the user opts out
+            // with `retainOnDelete: false`, the pipeline itself, as
+            // CloudNativePG and Strimzi keep theirs (docs/operator.md,
+            // "Redis storage").
             persistent_volume_claim_retention_policy: Some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
-                    when_deleted: Some("Retain".into()),
+                    when_deleted: Some(
+                        if m.retain_on_delete {
+                            "Retain"
+                        } else {
+                            "Delete"
+                        }
+                        .into(),
+                    ),
                     when_scaled: Some("Retain".into()),
                 },
             ),

@@ -41,6 +41,10 @@ pub struct ManagedRedis {
     pub persistence: Persistence,
     /// PVC size (used with `persistence: aof`).
     pub storage: String,
+    /// StorageClass of the volume; `None` for the cluster's default.
+    pub storage_class: Option<String>,
+    /// Keep the volume when the pipeline is deleted (`redis.retainOnDelete`).
+    pub retain_on_delete: bool,
     pub image: String,
 }
 
@@ -60,6 +64,8 @@ pub fn redis_use<'a>(
         return Ok(RedisUse::Managed(ManagedRedis {
             persistence: Persistence::default(),
             storage: DEFAULT_STORAGE.to_string(),
+            storage_class: None,
+            retain_on_delete: true,
             image: settings.images.redis.clone(),
         }));
     };
@@ -78,6 +84,8 @@ pub fn redis_use<'a>(
                 .storage
                 .clone()
                 .unwrap_or_else(|| DEFAULT_STORAGE.to_string()),
+            storage_class: r.storage_class_name.clone(),
+            retain_on_delete: r.retain_on_delete.unwrap_or(true),
             image: r
                 .image
                 .clone()
