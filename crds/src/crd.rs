@@ -235,6 +235,7 @@ fn harden_strings(spec: &mut Value) {
     let sizes = [
         "/properties/limits/properties/maxQueueBytes",
         "/properties/redis/properties/storage",
+        "/properties/redis/properties/maxMemory",
     ];
     set_all(spec, &sizes, "pattern", &json!(SIZE_PATTERN));
     set_all(spec, &sizes, "maxLength", &json!(MAX_UNIT_TEXT));

@@ -121,6 +121,12 @@ pub struct RedisSpec {
     /// default class). Fixed once the volume exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// Memory managed Redis may hold (`maxmemory`, default `256Mi`): past it
+    /// Redis refuses writes (`noeviction`) — callers get 503 — instead of
+    /// being killed by the kernel. The container's memory limit is 125 % of
+    /// it, headroom for client buffers and AOF rewrites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<String>,
     /// Keep managed Redis's volume, and the queued work on it, when the
     /// pipeline is deleted (default `true`); `false` deletes it with the
     /// pipeline.

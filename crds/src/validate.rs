@@ -20,6 +20,11 @@ use crate::units::{parse_duration, parse_size};
 pub use crate::limits::{MAX_GROUPS, MAX_GROUP_NAME, MAX_INTERFACES, MAX_NODES, MAX_ROUTES};
 pub use crate::names::is_dns_label;
 
+/// Smallest `redis.maxMemory`: Redis itself and its buffers need about that.
+pub const MIN_REDIS_MEMORY: u64 = 32 << 20;
+/// Largest `redis.maxMemory`.
+pub const MAX_REDIS_MEMORY: u64 = 1 << 40;
+
 /// The `builtin/*` node types of the default worker image.
 pub const BUILTIN_NODES: &[&str] = &["echo", "json-map", "http", "delay", "cpu", "route"];
 
@@ -248,12 +253,28 @@ fn check_backends(spec: &StreamPipelineSpec, e: &mut Errors) {
             }
         }
         if r.mode == RedisMode::External
-            && (r.storage_class_name.is_some() || r.retain_on_delete.is_some())
+            && (r.storage_class_name.is_some()
+                || r.retain_on_delete.is_some()
+                || r.max_memory.is_some())
         {
             e.push(
                 "spec.redis",
-                "storageClassName and retainOnDelete are only used with mode: managed",
+                "storageClassName, retainOnDelete and maxMemory are only used with mode: managed",
             );
+        }
+        if let Some(m) = &r.max_memory {
+            match parse_size(m) {
+                Ok(b) if b < MIN_REDIS_MEMORY => e.push(
+                    "spec.redis.maxMemory",
+                    format!("must be at least 32Mi, found `{m}`"),
+                ),
+                Ok(b) if b > MAX_REDIS_MEMORY => e.push(
+                    "spec.redis.maxMemory",
+                    format!("must be at most 1Ti, found `{m}`"),
+                ),
+                Ok(_) => {}
+                Err(msg) => e.push("spec.redis.maxMemory", msg),
+            }
         }
         if let Some(s) = &r.storage {
             match parse_size(s) {

@@ -26,8 +26,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, KeyToPath, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Secret, SecretVolumeSource, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, ResourceRequirements, Secret,
+    SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -62,7 +63,6 @@ pub const REDIS_CA_DIR: &str = "/etc/sluice/redis-ca";
 pub const REDIS_CA_FILE: &str = "ca.crt";
 /// Requests of the Redis container.
 const CPU_REQUEST: &str = "100m";
-const MEMORY_REQUEST: &str = "256Mi";
 
 /// Shortest and longest password [`initial_redis_secret`] accepts.
 const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 16..=256;
@@ -136,7 +136,7 @@ pub(crate) fn ca_mount(redis: &RedisUse<'_>) -> Option<(Volume, VolumeMount)> {
 /// writes fail loudly then. `protected-mode no` and `bind * -::*` because
 /// clients come over the pod network; access is guarded by the password and
 /// the NetworkPolicy.
-pub fn redis_conf(persistence: Persistence, password: &str) -> String {
+pub fn redis_conf(persistence: Persistence, max_memory: u64, password: &str) -> String {
     let persistence = match persistence {
         Persistence::Aof => "appendonly yes\n",
         // No AOF and no RDB snapshots: nothing is written to disk.
@@ -149,6 +149,7 @@ pub fn redis_conf(persistence: Persistence, password: &str) -> String {
          protected-mode no\n\
          requirepass {password}\n\
          dir {DATA_DIR}\n\
+         maxmemory {max_memory}\n\
          maxmemory-policy noeviction\n\
          {persistence}\
          appendfsync everysec\n"
@@ -189,6 +190,7 @@ pub fn initial_redis_secret(sp: &StreamPipeline, password: &str) -> Result<Secre
         .as_ref()
         .map(|r| r.persistence)
         .unwrap_or_default();
+    let max_memory = crate::render::redis_use::max_memory(&sp.spec);
     Ok(Secret {
         metadata: owner.meta(names::redis(&owner.name), Component::Redis, None),
         type_: Some("Opaque".into()),
@@ -199,11 +201,35 @@ pub fn initial_redis_secret(sp: &StreamPipeline, password: &str) -> Result<Secre
             ),
             (
                 CONFIG_KEY.to_string(),
-                ByteString(redis_conf(persistence, password).into_bytes()),
+                ByteString(redis_conf(persistence, max_memory, password).into_bytes()),
             ),
         ])),
         ..Default::default()
     })
+}
+
+/// Requests and limits of the Redis container: memory is `maxmemory` plus a
+/// quarter for client buffers, replication and AOF-rewrite copies, as both
+/// request and limit, so Redis refuses writes (`noeviction`) well before the
+/// kernel would kill it.
+fn redis_resources(max_memory: u64) -> ResourceRequirements {
+    let memory = Quantity(binary_size(max_memory.saturating_add(max_memory / 4)));
+    let mut r = pod_spec::requests(CPU_REQUEST, "0");
+    if let Some(req) = r.requests.as_mut() {
+        req.insert("memory".into(), memory.clone());
+    }
+    r.limits = Some(BTreeMap::from([("memory".to_string(), memory)]));
+    r
+}
+
+/// `bytes` with the largest binary suffix that divides it (`320Mi`).
+fn binary_size(bytes: u64) -> String {
+    for (suffix, shift) in [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{suffix}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
 }
 
 /// Hash of what the Redis pod runs, password excluded: the config file's
@@ -216,7 +242,7 @@ fn redis_hash(m: &ManagedRedis) -> Result<String> {
         image: &'a str,
     }
     hash::digest(&Input {
-        conf: redis_conf(m.persistence, "<password>"),
+        conf: redis_conf(m.persistence, m.max_memory, "<password>"),
         image: &m.image,
     })
     .map_err(|source| Error::Json {
@@ -334,7 +360,7 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
             format!("test \"$(redis-cli -p {REDIS_PORT} ping)\" = PONG"),
         ])),
         liveness_probe: Some(pod_spec::liveness_tcp("redis")),
-        resources: Some(pod_spec::requests(CPU_REQUEST, MEMORY_REQUEST)),
+        resources: Some(redis_resources(m.max_memory)),
         security_context: Some(pod_spec::restricted_container()),
         volume_mounts: Some(vec![
             pod_spec::mount("config", CONFIG_DIR, true),
@@ -406,8 +432,9 @@ mod tests {
 
     #[test]
     fn config_file_carries_password_persistence_and_noeviction() {
-        let aof = redis_conf(Persistence::Aof, "s3cret-password-x");
+        let aof = redis_conf(Persistence::Aof, 256 << 20, "s3cret-password-x");
         for line in [
+            "maxmemory 268435456",
             "requirepass s3cret-password-x",
             "appendonly yes",
             "appendfsync everysec",
@@ -418,7 +445,7 @@ mod tests {
         ] {
             assert!(aof.lines().any(|l| l == line), "missing `{line}` in\n{aof}");
         }
-        let none = redis_conf(Persistence::None, "s3cret-password-x");
+        let none = redis_conf(Persistence::None, 256 << 20, "s3cret-password-x");
         assert!(none.lines().any(|l| l == "appendonly no"));
         assert!(none.lines().any(|l| l == "save \"\""));
     }

@@ -19,6 +19,18 @@ pub const REDIS_PORT: i32 = 6379;
 pub const PASSWORD_KEY: &str = "password";
 /// PVC size when `spec.redis.storage` is unset.
 pub const DEFAULT_STORAGE: &str = "1Gi";
+/// Default `redis.maxMemory`, in bytes.
+pub const DEFAULT_MAX_MEMORY: u64 = 256 << 20;
+
+/// `redis.maxMemory` of the spec in bytes, or the default. Validation has
+/// refused what does not parse.
+pub fn max_memory(spec: &StreamPipelineSpec) -> u64 {
+    spec.redis
+        .as_ref()
+        .and_then(|r| r.max_memory.as_deref())
+        .and_then(|m| sluice_crds::units::parse_size(m).ok())
+        .unwrap_or(DEFAULT_MAX_MEMORY)
+}
 
 /// Which Redis the runtime pods of a pipeline use.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +57,8 @@ pub struct ManagedRedis {
     pub storage_class: Option<String>,
     /// Keep the volume when the pipeline is deleted (`redis.retainOnDelete`).
     pub retain_on_delete: bool,
+    /// `maxmemory` in bytes (`redis.maxMemory`).
+    pub max_memory: u64,
     pub image: String,
 }
 
@@ -66,6 +80,7 @@ pub fn redis_use<'a>(
             storage: DEFAULT_STORAGE.to_string(),
             storage_class: None,
             retain_on_delete: true,
+            max_memory: DEFAULT_MAX_MEMORY,
             image: settings.images.redis.clone(),
         }));
     };
@@ -86,6 +101,7 @@ pub fn redis_use<'a>(
                 .unwrap_or_else(|| DEFAULT_STORAGE.to_string()),
             storage_class: r.storage_class_name.clone(),
             retain_on_delete: r.retain_on_delete.unwrap_or(true),
+            max_memory: max_memory(spec),
             image: r
                 .image
                 .clone()
