@@ -832,12 +832,19 @@ fn write_scale(
 /// Parse a request body: YAML for apply, JSON otherwise.
 pub(crate) fn parse_body(ptype: Option<PatchType>, body: &[u8]) -> Result<Value, ApiError> {
     if ptype == Some(PatchType::Apply) {
-        serde_saphyr::from_slice_with_options(body, apply_yaml_options())
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+        // The YAML parser recurses once per level: as deep an object as the
+        // API server takes needs more than a test thread's stack.
+        stacker::grow(YAML_STACK, || {
+            serde_saphyr::from_slice_with_options(body, apply_yaml_options())
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+        })
     } else {
         json_body(body).map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))
     }
 }
+
+/// Stack for parsing one YAML apply body.
+const YAML_STACK: usize = 256 << 20;
 
 /// Deepest nesting a JSON body may have: Go's JSON decoder, which the API
 /// server uses, stops at 10,000 levels.

@@ -83,10 +83,15 @@ pub(crate) struct Core {
 
 impl Core {
     /// Run `f` under the store lock and wake watchers if it committed anything.
+    ///
+    /// Admission, server-side apply and managed-field tracking walk objects
+    /// recursively; an object as deep as the API server stores (thousands of
+    /// levels in a free-form field) would overflow a test thread's stack, so
+    /// `f` runs on a stack of its own, grown on demand.
     pub(crate) fn write<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         let mut st = self.state.lock();
         let before = st.rv;
-        let r = f(&mut st);
+        let r = stacker::grow(WRITE_STACK, || f(&mut st));
         let after = st.rv;
         drop(st);
         if after != before {
@@ -95,6 +100,9 @@ impl Core {
         r
     }
 }
+
+/// Stack for one write: room for the recursion of a 10,000-level object.
+const WRITE_STACK: usize = 256 << 20;
 
 /// Entry point.
 pub struct ClusterSim;
