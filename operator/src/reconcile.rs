@@ -56,6 +56,9 @@ use crate::secrets::{self, SecretChange};
 use crate::settings::OperatorSettings;
 use crate::status::{self, Readiness, Validity};
 
+/// How soon a pipeline waiting for an object's deletion looks again.
+const PENDING_RECHECK: Duration = Duration::from_secs(1);
+
 /// Consecutive write conflicts (`409`) of a pipeline retried quietly before
 /// one is reported as a `ReconcileFailed` event.
 const QUIET_CONFLICTS: u32 = 2;
@@ -286,6 +289,9 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         }
         let mut changes = ensured.changes;
         applied = apply_objects(sp, ctx, &target, &desired, &mut live).await?;
+        if applied.pending {
+            requeue = requeue.min(PENDING_RECHECK);
+        }
         prune_objects(sp, ctx, &target, &desired, &mut live).await?;
         changes
             .extend(secrets::delete_obsolete(&secrets_api, uid, &desired.obsolete_secrets).await?);
@@ -402,6 +408,23 @@ impl Keys {
     }
 }
 
+/// Whether a name is free for the pipeline to create an object under.
+enum Taken {
+    Free,
+    /// An object of that name is being deleted.
+    Pending,
+    /// Someone else's: who controls it.
+    By(String),
+}
+
+/// The message of a `Degraded` condition with `reason` that the status
+/// already reports for the current generation.
+fn refused_before(sp: &StreamPipeline, reason: &str) -> Option<String> {
+    let c = status::condition(sp.status.as_ref()?, status::DEGRADED)?;
+    (c.status == "True" && c.reason == reason && c.observed_generation == sp.metadata.generation)
+        .then(|| c.message.clone())
+}
+
 /// The pipeline whose objects a reconcile touches.
 struct Target<'a> {
     client: &'a Client,
@@ -458,13 +481,14 @@ impl Target<'_> {
         Ok(live)
     }
 
-    /// Whether `name` of kind `k` exists without being this pipeline's: who
-    /// controls it then. Asked only before creating an object (at steady
+    /// Whether `name` of kind `k` is free to create: absent, or ours (created
+    /// a moment ago, not in the cache yet), or still being deleted, or
+    /// someone else's and who controls it. Asked only before creating an object (at steady
     /// state every object is in the cache as the pipeline's own): an apply
     /// would take it over from its owner — another pipeline whose names
     /// overlap (`a` with group `b-c` and `a-b` with group `c` both name a
     /// Deployment `a-b-c`), or a user's object of that name.
-    async fn taken(&self, k: &OwnedKind, name: &str) -> Result<Option<String>, Error> {
+    async fn taken(&self, k: &OwnedKind, name: &str) -> Result<Taken, Error> {
         let found = match self.api(k).get_opt(name).await {
             Ok(found) => found,
             // The API is not installed (KEDA): nothing can be there.
@@ -472,8 +496,13 @@ impl Target<'_> {
             Err(e) => return Err(api_error("get", k.kind, name, e)),
         };
         let Some(o) = found else {
-            return Ok(None);
+            return Ok(Taken::Free);
         };
+        // A predecessor's child being collected, or an object this
+        // pipeline replaces: free once it is gone.
+        if o.metadata.deletion_timestamp.is_some() {
+            return Ok(Taken::Pending);
+        }
         let controller = o
             .metadata
             .owner_references
@@ -481,10 +510,9 @@ impl Target<'_> {
             .flatten()
             .find(|r| r.controller == Some(true));
         Ok(match controller {
-            // Ours: created a moment ago, not in the cache yet.
-            Some(r) if r.uid == self.uid => None,
-            Some(r) => Some(format!("controlled by {} {}", r.kind, r.name)),
-            None => Some("not made by sluice-operator".to_string()),
+            Some(r) if r.uid == self.uid => Taken::Free,
+            Some(r) => Taken::By(format!("controlled by {} {}", r.kind, r.name)),
+            None => Taken::By("not made by sluice-operator".to_string()),
         })
     }
 
@@ -638,6 +666,9 @@ struct Applied {
     /// Objects the pipeline would write that exist and are not its own
     /// (another pipeline's, or made by hand): `Kind/name (whose)`.
     conflicts: Vec<String>,
+    /// An object is still being deleted (a StatefulSet orphaning its pods,
+    /// a predecessor's child being collected): look again shortly.
+    pending: bool,
 }
 
 impl Applied {
@@ -686,12 +717,30 @@ async fn apply_objects(
             }
         }
         let api = target.api(&kind);
+        // An object on its way out takes no apply: the API server would
+        // refuse a StatefulSet's new claim templates while it waits for its
+        // pods to be orphaned. Its successor is created once it is gone.
+        let terminating = |o: &Value| {
+            o.pointer("/metadata/deletionTimestamp")
+                .is_some_and(|t| !t.is_null())
+        };
+        if current.as_ref().is_some_and(terminating) {
+            outcome.pending = true;
+            continue;
+        }
         if current.is_none() {
-            if let Some(whose) = target.taken(&kind, &name).await? {
-                outcome
-                    .conflicts
-                    .push(format!("{} {name} ({whose})", kind.kind));
-                continue;
+            match target.taken(&kind, &name).await? {
+                Taken::Free => {}
+                Taken::Pending => {
+                    outcome.pending = true;
+                    continue;
+                }
+                Taken::By(whose) => {
+                    outcome
+                        .conflicts
+                        .push(format!("{} {name} ({whose})", kind.kind));
+                    continue;
+                }
             }
         }
         let mut existed = current.is_some();
@@ -704,6 +753,14 @@ async fn apply_objects(
                     continue;
                 }
                 ClaimChange::Grow(sizes) => {
+                    // Refused before for this generation: not asked again on
+                    // every reconcile (no writes at steady state).
+                    if let Some(message) =
+                        refused_before(sp, status::reason::STORAGE_RESIZE_REFUSED)
+                    {
+                        outcome.storage = Some((status::reason::STORAGE_RESIZE_REFUSED, message));
+                        continue;
+                    }
                     if let Err(message) = expand_claims(target, &name, cur, &sizes).await? {
                         outcome.storage = Some((status::reason::STORAGE_RESIZE_REFUSED, message));
                         continue;
@@ -727,7 +784,10 @@ async fn apply_objects(
                         )
                         .await;
                     }
-                    existed = false;
+                    // The successor is created once the old one is gone.
+                    live.remove(&key);
+                    outcome.pending = true;
+                    continue;
                 }
                 ClaimChange::Replace => {
                     if target.delete(&kind, &name, uid).await? {
