@@ -308,17 +308,14 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
     }
 
     if !applied.conflicts.is_empty() {
-        let reported = sp.status.as_ref().is_some_and(|s| {
-            status::condition(s, status::DEGRADED).is_some_and(|c| {
-                c.reason == status::reason::CONFLICT
-                    && c.observed_generation == sp.metadata.generation
-            })
-        });
+        let reported = degraded_for(
+            sp.status.as_ref(),
+            sp.metadata.generation,
+            status::reason::CONFLICT,
+        )
+        .is_some();
         if !reported {
-            let note = format!(
-                "not applied, the name is taken: {}",
-                applied.conflicts.join("; ")
-            );
+            let note = applied.conflict_note();
             warn!(%note, "name conflict");
             ctx.event(sp, EventType::Warning, "Conflict", "Apply", note)
                 .await;
@@ -417,11 +414,16 @@ enum Taken {
     By(String),
 }
 
-/// The message of a `Degraded` condition with `reason` that the status
-/// already reports for the current generation.
-fn refused_before(sp: &StreamPipeline, reason: &str) -> Option<String> {
-    let c = status::condition(sp.status.as_ref()?, status::DEGRADED)?;
-    (c.status == "True" && c.reason == reason && c.observed_generation == sp.metadata.generation)
+/// The message of the `Degraded=True` condition with `reason` that
+/// `status` already reports for `generation`: what was reported (with its
+/// event) need not be done again.
+fn degraded_for(
+    status: Option<&StreamPipelineStatus>,
+    generation: Option<i64>,
+    reason: &str,
+) -> Option<String> {
+    let c = status::condition(status?, status::DEGRADED)?;
+    (c.status == "True" && c.reason == reason && c.observed_generation == generation)
         .then(|| c.message.clone())
 }
 
@@ -672,16 +674,18 @@ struct Applied {
 }
 
 impl Applied {
+    /// What the `Conflict` condition and event say.
+    fn conflict_note(&self) -> String {
+        format!(
+            "not applied, the name is taken: {}",
+            self.conflicts.join("; ")
+        )
+    }
+
     /// What makes the pipeline `Degraded` beyond an invalid spec.
     fn degraded(&self) -> Option<(String, String)> {
         if !self.conflicts.is_empty() {
-            return Some((
-                status::reason::CONFLICT.to_string(),
-                format!(
-                    "not applied, the name is taken: {}",
-                    self.conflicts.join("; ")
-                ),
-            ));
+            return Some((status::reason::CONFLICT.to_string(), self.conflict_note()));
         }
         self.storage
             .as_ref()
@@ -755,9 +759,11 @@ async fn apply_objects(
                 ClaimChange::Grow(sizes) => {
                     // Refused before for this generation: not asked again on
                     // every reconcile (no writes at steady state).
-                    if let Some(message) =
-                        refused_before(sp, status::reason::STORAGE_RESIZE_REFUSED)
-                    {
+                    if let Some(message) = degraded_for(
+                        sp.status.as_ref(),
+                        sp.metadata.generation,
+                        status::reason::STORAGE_RESIZE_REFUSED,
+                    ) {
                         outcome.storage = Some((status::reason::STORAGE_RESIZE_REFUSED, message));
                         continue;
                     }
@@ -1057,11 +1063,7 @@ async fn report_invalid(
     let workloads = live_readiness(sp.spec, live)?;
     let running = !live.is_empty();
     let generation = sp.object.generation;
-    let reported = sp.status.is_some_and(|s| {
-        status::condition(s, status::DEGRADED).is_some_and(|c| {
-            c.reason == status::reason::INVALID_SPEC && c.observed_generation == generation
-        })
-    });
+    let reported = degraded_for(sp.status, generation, status::reason::INVALID_SPEC).is_some();
     if !reported {
         warn!(errors = %message, running, "invalid spec");
         let note = if running {

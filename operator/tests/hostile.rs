@@ -137,15 +137,7 @@ async fn unreadable_pipelines_are_reported_on_their_own_and_block_no_other() -> 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let writes = h.writes_by(&op.user);
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let extra: Vec<String> = h
-        .sim
-        .requests()
-        .iter()
-        .filter(|r| r.caller == op.user && support::WRITE_VERBS.contains(&r.verb.as_str()))
-        .filter(|r| r.resource != "leases")
-        .skip(writes)
-        .map(|r| format!("{} {}", r.verb, r.path))
-        .collect();
+    let extra = &h.writes_of(&op.user)[writes..];
     assert!(extra.is_empty(), "writes at steady state: {extra:?}");
     let mut op = op;
     assert!(op.try_exit().is_none(), "the operator exited");

@@ -69,15 +69,7 @@ async fn storage_grows_in_place_never_shrinks_and_outlives_the_pipeline() -> any
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let writes = h.writes_by(&op.user);
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let extra: Vec<String> = h
-        .sim
-        .requests()
-        .iter()
-        .filter(|r| r.caller == op.user && support::WRITE_VERBS.contains(&r.verb.as_str()))
-        .filter(|r| r.resource != "leases")
-        .skip(writes)
-        .map(|r| format!("{} {}", r.verb, r.path))
-        .collect();
+    let extra = &h.writes_of(&op.user)[writes..];
     assert!(extra.is_empty(), "writes at steady state: {extra:?}");
     assert_eq!(
         uid(&h.object("apps/v1", "StatefulSet", NS, SET).unwrap()),

@@ -251,6 +251,12 @@ impl Harness {
     /// Write requests by `caller` so far, leases excluded (leader election
     /// renews them by design).
     pub fn writes_by(&self, caller: &str) -> usize {
+        self.writes_of(caller).len()
+    }
+
+    /// Those writes as `verb path`, in order: what a test names when writes
+    /// happen that should not.
+    pub fn writes_of(&self, caller: &str) -> Vec<String> {
         self.sim
             .requests()
             .iter()
@@ -259,7 +265,8 @@ impl Harness {
                     && WRITE_VERBS.contains(&r.verb.as_str())
                     && r.resource != "leases"
             })
-            .count()
+            .map(|r| format!("{} {}", r.verb, r.path))
+            .collect()
     }
 
     /// Requests by `caller` so far.

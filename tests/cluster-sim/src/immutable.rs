@@ -27,11 +27,6 @@ pub(crate) fn check_resize(
     if !(rt.group.is_empty() && rt.plural == "persistentvolumeclaims") {
         return Ok(());
     }
-    let storage = |v: &Value| {
-        v.pointer("/spec/resources/requests/storage")
-            .and_then(Value::as_str)
-            .and_then(crate::quantity::bytes)
-    };
     let (Some(was), Some(is)) = (storage(old), storage(new)) else {
         return Ok(());
     };
@@ -80,6 +75,13 @@ const STATEFULSET_MUTABLE: [&str; 6] = [
     "persistentVolumeClaimRetentionPolicy",
     "minReadySeconds",
 ];
+
+/// A PVC's storage request in nano units.
+fn storage(v: &Value) -> Option<i128> {
+    v.pointer("/spec/resources/requests/storage")
+        .and_then(Value::as_str)
+        .and_then(crate::quantity::bytes)
+}
 
 fn without(spec: Option<&Value>, keys: &[&str]) -> Value {
     let mut v = spec.cloned().unwrap_or(Value::Null);
@@ -142,11 +144,6 @@ pub(crate) fn check(rt: &ResourceType, old: &Value, new: &Value) -> Vec<Cause> {
                     "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",
                 ));
             }
-            let storage = |v: &Value| {
-                v.pointer("/spec/resources/requests/storage")
-                    .and_then(Value::as_str)
-                    .and_then(crate::quantity::bytes)
-            };
             if let (Some(was), Some(is)) = (storage(old), storage(new)) {
                 if is < was {
                     causes.push(forbidden(
