@@ -510,11 +510,15 @@ pub fn documented_rules() -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
                         .map(|x| x.trim().trim_matches('`').trim_matches('"').to_string())
                         .collect()
                 };
-                serde_json::json!({
+                let mut rule = serde_json::json!({
                     "apiGroups": list(cells[0]),
                     "resources": list(cells[1]),
                     "verbs": list(cells[2]),
-                })
+                });
+                if let Some(names) = cells.get(3).filter(|c| !c.is_empty()) {
+                    rule["resourceNames"] = serde_json::json!(list(names));
+                }
+                rule
             })
             .collect()
     };
