@@ -29,6 +29,7 @@ use tracing::{debug, warn};
 
 use crate::cache::Feeds;
 use crate::object::PipelineObject;
+use crate::pipelines::ScopeWriter;
 use crate::reconcile::{error_policy, reconcile, Context};
 
 /// Reconciles running at once (across pipelines; one pipeline is never
@@ -44,12 +45,14 @@ const CONCURRENCY: u16 = 16;
 pub async fn run(
     ctx: Arc<Context>,
     feeds: Vec<Feeds>,
+    writers: Vec<ScopeWriter>,
     trigger: &broadcast::Sender<ObjectRef<PipelineObject>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
     let mut background = Vec::new();
+    let mut writers = writers;
     let controllers = feeds.into_iter().map(|feed| {
         let Feeds {
             scope,
@@ -57,6 +60,14 @@ pub async fn run(
             background: caches,
         } = feed;
         background.push(caches);
+        // The scope's shared store (pipelines.rs), or a private one.
+        let (reader, writer) = match writers.iter().position(|w| w.scope == scope) {
+            Some(i) => {
+                let w = writers.swap_remove(i).writer;
+                (w.as_reader(), w)
+            }
+            None => reflector::store(),
+        };
         let pipelines = match &scope {
             None => Api::<PipelineObject>::all(client.clone()),
             Some(ns) => Api::<PipelineObject>::namespaced(client.clone(), ns),
@@ -76,7 +87,6 @@ pub async fn run(
         });
         // The controller's own watch, observed: every answer or failure of
         // the API server shows in the metrics and in readiness.
-        let (reader, writer) = reflector::store();
         let metrics = ctx.metrics.clone();
         let watch = watcher(pipelines, watcher::Config::default())
             .default_backoff()

@@ -29,6 +29,8 @@
 //!   and the field manager of every write.
 //! - [`object`]: a StreamPipeline read so that one bad object never stops
 //!   the watch (spec decoded per object, errors kept with their path).
+//! - [`pipelines`]: the controllers' StreamPipeline stores, read by the
+//!   autoscaler too.
 //! - [`quantity`]: resource quantities compared by value (the API server
 //!   stores them in canonical form).
 //! - [`status`]: conditions and group status from the live workloads.
@@ -65,6 +67,7 @@ pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod object;
+pub mod pipelines;
 pub mod quantity;
 pub mod reconcile;
 pub mod render;

@@ -26,6 +26,7 @@ use crate::events::Events;
 use crate::labels;
 use crate::leader::{Elector, Lost};
 use crate::metrics::Metrics;
+use crate::pipelines::PipelineStores;
 use crate::reconcile::Context;
 use crate::server::{self, Health};
 
@@ -146,6 +147,7 @@ pub async fn run(
     let facts = Arc::new(Facts::default());
     let (trigger, _) = broadcast::channel(TRIGGER_CAPACITY);
     let (cache, feeds) = OwnedCache::start(&client, &config.namespaces);
+    let (pipelines, writers) = PipelineStores::new(&config.namespaces);
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -155,19 +157,21 @@ pub async fn run(
             metrics.clone(),
             facts.clone(),
         )
-        .with_cache(cache),
+        .with_cache(cache.clone()),
     );
     let controller_stop = CancellationToken::new();
     let mut controller = tokio::spawn({
         let token = controller_stop.clone();
         let trigger = trigger.clone();
-        async move { controller::run(ctx, feeds, &trigger, token.cancelled_owned()).await }
+        async move { controller::run(ctx, feeds, writers, &trigger, token.cancelled_owned()).await }
     });
     // The autoscaler writes /scale: like the controller, only while leading.
     let autoscaler = tokio::spawn(
         Autoscaler {
             client,
             namespaces: config.namespaces.clone(),
+            pipelines,
+            cache,
             interval: config.timing.autoscale_interval,
             facts,
             metrics: metrics.clone(),

@@ -2,8 +2,9 @@
 //! per `--autoscale-interval`, run by the leader only.
 //!
 //! ```text
-//! tick ─▶ list StreamPipelines (per scope); list the worker Deployments of the
-//!         autoscaled pipelines (per namespace; none when nothing autoscales)
+//! tick ─▶ StreamPipelines from the controllers' stores; worker Deployments of
+//!         the autoscaled pipelines from the owned-object caches (each listed
+//!         from the API server instead while its cache is not ready)
 //!      ─▶ per pipeline (at most CONCURRENCY at once): Redis URL and CA (Secret GETs, cached),
 //!         per builtin group: StreamStats (1 Redis round trip)
 //!      ─▶ per group: Rates ─▶ recommend ─▶ decide ─▶ PATCH /scale when it changes
@@ -28,7 +29,10 @@ use serde_json::json;
 use sluice_crds::{AutoscaleEngine, RedisMode, ScaleDecision, StreamPipeline};
 use sluice_platform::redis::StreamStats;
 
+use crate::cache::OwnedCache;
 use crate::object::PipelineObject;
+use crate::pipelines::PipelineStores;
+use crate::render::owned_kinds;
 use sluice_platform::{Keys, RedisBackend, RedisConfig};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +58,10 @@ pub struct Autoscaler {
     pub client: Client,
     /// Empty: all namespaces.
     pub namespaces: Vec<String>,
+    /// The controllers' pipelines, read instead of listing them.
+    pub pipelines: Arc<PipelineStores>,
+    /// The owned-object caches, read instead of listing Deployments.
+    pub cache: Arc<OwnedCache>,
     pub interval: Duration,
     pub facts: Arc<Facts>,
     pub metrics: Arc<Metrics>,
@@ -142,42 +150,57 @@ impl Autoscaler {
     }
 
     /// Pipelines with builtin groups, and the worker Deployments of exactly
-    /// those pipelines by `ns/name`: one list per namespace that has such a
-    /// pipeline, none at all when no pipeline autoscales.
+    /// those pipelines by `ns/name`. Read from memory; a cache that has not
+    /// finished its first list is replaced by one list per scope (pipelines)
+    /// or per namespace that has such a pipeline (Deployments), none at all
+    /// when no pipeline autoscales.
     async fn list(&self) -> Option<(Vec<Arc<StreamPipeline>>, HashMap<String, Deployment>)> {
-        let mut pipelines = vec![];
-        for api in self.scopes() {
-            match api.list(&ListParams::default()).await {
-                // A pipeline whose spec does not decode is reported by the
-                // reconciler; the autoscaler leaves it and serves the rest.
-                Ok(ps) => pipelines.extend(
-                    ps.items
-                        .iter()
-                        .filter_map(PipelineObject::pipeline)
-                        .map(Arc::new),
-                ),
-                Err(e) => {
-                    self.metrics.autoscaler.error("api");
-                    warn!(error = %e, "autoscaler cannot list pipelines");
-                    return None;
-                }
-            }
-        }
+        let mut pipelines: Vec<Arc<StreamPipeline>> = match self.pipelines.snapshot() {
+            // A pipeline whose spec does not decode is reported by the
+            // reconciler; the autoscaler leaves it and serves the rest.
+            Some(ps) => ps
+                .iter()
+                .filter_map(|p| p.pipeline())
+                .map(Arc::new)
+                .collect(),
+            None => self.list_pipelines().await?,
+        };
         pipelines.retain(|sp| {
             sp.metadata.deletion_timestamp.is_none()
                 && sp.spec.suspend != Some(true)
                 && !groups_with(&sp.spec, AutoscaleEngine::Builtin).is_empty()
                 && sluice_crds::validate(&sp.spec).is_empty()
         });
-        let mut by_namespace: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for sp in &pipelines {
-            by_namespace
-                .entry(sp.namespace().unwrap_or_default())
-                .or_default()
-                .push(sp.name_any());
-        }
+        let deployment_kind = owned_kinds().iter().find(|k| k.kind == "Deployment")?;
         let mut deployments = HashMap::new();
-        for (ns, names) in by_namespace {
+        let mut uncached: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for sp in &pipelines {
+            let ns = sp.namespace().unwrap_or_default();
+            let name = sp.name_any();
+            match self.cache.objects(deployment_kind, &ns, &name) {
+                Some(objects) => {
+                    for o in objects {
+                        if o.labels().get(labels::COMPONENT).map(String::as_str)
+                            != Some(Component::Worker.as_str())
+                        {
+                            continue;
+                        }
+                        // The cache holds what the API server sent; a
+                        // Deployment it cannot read is not scaled.
+                        match o.try_parse::<Deployment>() {
+                            Ok(d) => {
+                                deployments.insert(format!("{ns}/{}", d.name_any()), d);
+                            }
+                            Err(e) => {
+                                warn!(error = %e, namespace = %ns, "autoscaler cannot read a cached deployment");
+                            }
+                        }
+                    }
+                }
+                None => uncached.entry(ns).or_default().push(name),
+            }
+        }
+        for (ns, names) in uncached {
             let selector = format!(
                 "{}={},{}={},{} in ({})",
                 labels::MANAGED_BY,
@@ -202,6 +225,27 @@ impl Autoscaler {
             }
         }
         Some((pipelines, deployments))
+    }
+
+    /// Every pipeline, from the API server (while the stores are not ready).
+    async fn list_pipelines(&self) -> Option<Vec<Arc<StreamPipeline>>> {
+        let mut pipelines = vec![];
+        for api in self.scopes() {
+            match api.list(&ListParams::default()).await {
+                Ok(ps) => pipelines.extend(
+                    ps.items
+                        .iter()
+                        .filter_map(PipelineObject::pipeline)
+                        .map(Arc::new),
+                ),
+                Err(e) => {
+                    self.metrics.autoscaler.error("api");
+                    warn!(error = %e, "autoscaler cannot list pipelines");
+                    return None;
+                }
+            }
+        }
+        Some(pipelines)
     }
 
     async fn evaluate(
