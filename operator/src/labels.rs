@@ -27,6 +27,10 @@ pub const MANAGER: &str = "sluice-operator";
 /// Pod template annotation: hash of what the pods run (see [`crate::hash`]);
 /// a change rolls the pods.
 pub const CONFIG_HASH: &str = "sluice.dev/config-hash";
+/// Pod template annotation: `name/resourceVersion` of the Secrets the pods
+/// read once at start and the pipeline does not own (external Redis's URL
+/// and CA); a change rolls the pods (see [`crate::referenced`]).
+pub const SECRET_VERSIONS: &str = "sluice.dev/secret-versions";
 /// Key ring Secret annotation: the rotation phase (DESIGN §6), `stable` outside a rotation.
 pub const ROTATION_PHASE: &str = "sluice.dev/rotation-phase";
 /// Key ring Secret annotation: RFC 3339 time the phase last changed.

@@ -34,6 +34,8 @@
 //! - [`quantity`]: resource quantities compared by value (the API server
 //!   stores them in canonical form).
 //! - [`status`]: conditions and group status from the live workloads.
+//! - [`referenced`]: Secrets the spec names but the pipeline does not own
+//!   (external Redis's URL and CA); their versions roll the pods.
 //! - [`secrets`]: the create-if-absent key ring and Redis password Secrets.
 //! - [`rotation`]: key ring rotation, phase by phase (DESIGN §6).
 //! - [`autoscale`]: the builtin autoscaler (backlog and rate from Redis,
@@ -70,6 +72,7 @@ pub mod object;
 pub mod pipelines;
 pub mod quantity;
 pub mod reconcile;
+pub mod referenced;
 pub mod render;
 pub mod rotation;
 pub mod run;

@@ -51,6 +51,7 @@ use crate::events::{EventType, Events};
 use crate::labels;
 use crate::metrics::Metrics;
 use crate::object::PipelineObject;
+use crate::referenced;
 use crate::render::{self, owned_kinds, Child, Desired, OwnedKind};
 use crate::secrets::{self, SecretChange};
 use crate::settings::OperatorSettings;
@@ -257,7 +258,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
     let target = keys.target(ctx);
     let mut live = target.list_owned().await?;
 
-    let desired = match render::desired(sp, &ctx.settings) {
+    let mut desired = match render::desired(sp, &ctx.settings) {
         Ok(d) => d,
         Err(render::Error::InvalidSpec(errors)) => {
             let message = errors
@@ -288,7 +289,12 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
             requeue = requeue.min(after);
         }
         let mut changes = ensured.changes;
+        let referenced = referenced::read(&secrets_api, &sp.spec).await?;
+        if let Some(versions) = &referenced.versions {
+            desired.annotate_runtime_pods(labels::SECRET_VERSIONS, versions);
+        }
         applied = apply_objects(sp, ctx, &target, &desired, &mut live).await?;
+        applied.missing_secrets = referenced.missing;
         if applied.pending {
             requeue = requeue.min(PENDING_RECHECK);
         }
@@ -307,6 +313,19 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         }
     }
 
+    if !applied.missing_secrets.is_empty()
+        && degraded_for(
+            sp.status.as_ref(),
+            sp.metadata.generation,
+            status::reason::SECRET_MISSING,
+        )
+        .is_none()
+    {
+        let note = applied.missing_secrets.join("; ");
+        warn!(%note, "referenced secret missing");
+        ctx.event(sp, EventType::Warning, "SecretMissing", "Read", note)
+            .await;
+    }
     if !applied.conflicts.is_empty() {
         let reported = degraded_for(
             sp.status.as_ref(),
@@ -671,6 +690,8 @@ struct Applied {
     /// An object is still being deleted (a StatefulSet orphaning its pods,
     /// a predecessor's child being collected): look again shortly.
     pending: bool,
+    /// Secrets the spec names that are absent or lack their key.
+    missing_secrets: Vec<String>,
 }
 
 impl Applied {
@@ -686,6 +707,12 @@ impl Applied {
     fn degraded(&self) -> Option<(String, String)> {
         if !self.conflicts.is_empty() {
             return Some((status::reason::CONFLICT.to_string(), self.conflict_note()));
+        }
+        if !self.missing_secrets.is_empty() {
+            return Some((
+                status::reason::SECRET_MISSING.to_string(),
+                self.missing_secrets.join("; "),
+            ));
         }
         self.storage
             .as_ref()

@@ -56,6 +56,9 @@ pub mod reason {
     /// The API server refused to expand a volume claim (its StorageClass
     /// does not allow expansion).
     pub const STORAGE_RESIZE_REFUSED: &str = "StorageResizeRefused";
+    /// A Secret the spec names (`redis.urlSecretRef`, `redis.caSecretRef`)
+    /// does not exist or lacks the key: the pods cannot start.
+    pub const SECRET_MISSING: &str = "SecretMissing";
 }
 
 /// Where one workload stands.

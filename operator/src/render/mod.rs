@@ -138,6 +138,25 @@ pub struct Desired {
 }
 
 impl Desired {
+    /// Sets annotation `key` to `value` on the pod template of every
+    /// runtime Deployment (web and worker groups): a new value rolls them.
+    pub fn annotate_runtime_pods(&mut self, key: &str, value: &str) {
+        for o in &mut self.objects {
+            let Child::Deployment(d) = o else { continue };
+            let Some(spec) = d.spec.as_mut() else {
+                continue;
+            };
+            spec.template
+                .metadata
+                .get_or_insert_with(Default::default)
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(key.to_string(), value.to_string());
+        }
+    }
+}
+
+impl Desired {
     /// Whether an object of `kind` named `name` is desired.
     pub fn contains(&self, kind: &str, name: &str) -> bool {
         self.objects
