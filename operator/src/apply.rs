@@ -49,10 +49,18 @@ pub struct Stamped {
 /// # Errors
 /// If the object cannot be serialised (its types rule that out).
 pub fn stamp(child: &Child) -> Result<Stamped> {
-    let mut body = serde_json::to_value(child).map_err(|source| Error::Json {
+    let body = serde_json::to_value(child).map_err(|source| Error::Json {
         what: "child object",
         source,
     })?;
+    stamp_value(body)
+}
+
+/// Stamps an object already in JSON form with the hash of its content.
+///
+/// # Errors
+/// If the object cannot be hashed (never for JSON values).
+pub fn stamp_value(mut body: Value) -> Result<Stamped> {
     let hash = hash::digest(&body).map_err(|source| Error::Json {
         what: "child object",
         source,

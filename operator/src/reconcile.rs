@@ -649,6 +649,27 @@ fn claim_change(live: &Value, desired: &Value) -> ClaimChange {
     }
 }
 
+/// Why the StatefulSet's live claims must stay as they are, if they must:
+/// a shrink or a class change (never possible), or an expansion the API
+/// server refused before for this generation (not asked again on every
+/// reconcile: no writes at steady state).
+fn claims_held(
+    sp: &StreamPipeline,
+    live: &Value,
+    desired: &Value,
+) -> Option<(&'static str, String)> {
+    match claim_change(live, desired) {
+        ClaimChange::Refused(reason, message) => Some((reason, message)),
+        ClaimChange::Grow(_) => degraded_for(
+            sp.status.as_ref(),
+            sp.metadata.generation,
+            status::reason::STORAGE_RESIZE_REFUSED,
+        )
+        .map(|message| (status::reason::STORAGE_RESIZE_REFUSED, message)),
+        ClaimChange::Same | ClaimChange::Replace => None,
+    }
+}
+
 /// A volume claim template: name, storage request, StorageClass.
 type Claim = (String, String, Option<String>);
 
@@ -734,7 +755,7 @@ async fn apply_objects(
     for child in &desired.objects {
         let kind = child.kind();
         let name = child.name().to_string();
-        let stamped: Stamped = apply::stamp(child)?;
+        let mut stamped: Stamped = apply::stamp(child)?;
         let key = (kind.kind, name.clone());
         let current = live.get(&key).map(serde_json::to_value).transpose();
         let current = current.map_err(|source| Error::Decode {
@@ -742,6 +763,22 @@ async fn apply_objects(
             name: name.clone(),
             source,
         })?;
+        if let (Child::StatefulSet(_), Some(cur)) = (child, &current) {
+            // Claims that cannot follow the spec stay as they are; the rest
+            // of the StatefulSet (image, config, resources) still does.
+            if let Some(refusal) = claims_held(sp, cur, &stamped.body) {
+                outcome.storage = Some(refusal);
+                let mut body = stamped.body;
+                body["spec"]["volumeClaimTemplates"] = cur["spec"]["volumeClaimTemplates"].clone();
+                if let Some(a) = body
+                    .pointer_mut("/metadata/annotations")
+                    .and_then(Value::as_object_mut)
+                {
+                    a.remove(apply::APPLIED_HASH);
+                }
+                stamped = apply::stamp_value(body)?;
+            }
+        }
         if let Some(cur) = &current {
             if apply::up_to_date(&stamped, cur) {
                 continue;
@@ -780,20 +817,11 @@ async fn apply_objects(
             match claim_change(cur, &stamped.body) {
                 ClaimChange::Same => {}
                 ClaimChange::Refused(reason, message) => {
+                    // Not reached: claims_held kept the live claims.
                     outcome.storage = Some((reason, message));
                     continue;
                 }
                 ClaimChange::Grow(sizes) => {
-                    // Refused before for this generation: not asked again on
-                    // every reconcile (no writes at steady state).
-                    if let Some(message) = degraded_for(
-                        sp.status.as_ref(),
-                        sp.metadata.generation,
-                        status::reason::STORAGE_RESIZE_REFUSED,
-                    ) {
-                        outcome.storage = Some((status::reason::STORAGE_RESIZE_REFUSED, message));
-                        continue;
-                    }
                     if let Err(message) = expand_claims(target, &name, cur, &sizes).await? {
                         outcome.storage = Some((status::reason::STORAGE_RESIZE_REFUSED, message));
                         continue;

@@ -104,8 +104,12 @@ async fn storage_grows_in_place_never_shrinks_and_outlives_the_pipeline() -> any
         .collect();
     assert_eq!(deletes.len(), 1, "{deletes:?}");
 
-    // Shrink: refused, reported, nothing touched.
-    h.apply(NS, with_storage("1Gi")).await?;
+    // Shrink: refused and reported, the claims untouched; the rest of the
+    // StatefulSet still follows the spec (here a smaller maxMemory, whose
+    // container memory is 125 % of it).
+    let mut shrink = with_storage("1Gi");
+    shrink["spec"]["redis"]["maxMemory"] = json!("128Mi");
+    h.apply(NS, shrink).await?;
     let p = h
         .wait_pipeline(
             NS,
@@ -123,10 +127,24 @@ async fn storage_grows_in_place_never_shrinks_and_outlives_the_pipeline() -> any
         p["metadata"]["generation"]
     );
     assert_eq!(claim_size(&h).as_deref(), Some("2Gi"));
+    let held = h.object("apps/v1", "StatefulSet", NS, SET).unwrap();
+    assert_eq!(uid(&held), uid(&new_set));
     assert_eq!(
-        uid(&h.object("apps/v1", "StatefulSet", NS, SET).unwrap()),
-        uid(&new_set)
+        held.pointer("/spec/volumeClaimTemplates/0/spec/resources/requests/storage"),
+        Some(&json!("2Gi"))
     );
+    assert_eq!(
+        held.pointer("/spec/template/spec/containers/0/resources/limits/memory"),
+        Some(&json!("160Mi")),
+        "{}",
+        held["spec"]["template"]["spec"]["containers"][0]
+    );
+    // Held claims are no reason to write again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let writes = h.writes_by(&op.user);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let extra = &h.writes_of(&op.user)[writes..];
+    assert!(extra.is_empty(), "writes while the shrink is refused: {extra:?}");
 
     // A class that cannot expand: refused by the API server, reported.
     h.sim.put_object(storage_class(false))?;
