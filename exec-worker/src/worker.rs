@@ -36,7 +36,8 @@ use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::metrics::GroupLabel;
 use sluice_platform::telemetry::{self, Span};
 use sluice_platform::{
-    Delivery, Envelope, Forward, Keys, Queue, Rejection, ReplyError, Signer, Verifier, VerifyError,
+    At, Delivery, Envelope, Forward, Keys, Queue, Rejection, ReplyError, Signer, Verifier,
+    VerifyError,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -299,12 +300,26 @@ impl Worker {
             if ids.is_empty() {
                 continue;
             }
-            if let Err(e) = self
+            match self
                 .queue
                 .renew(&self.stream, &self.cfg.consumer, &ids)
                 .await
             {
-                tracing::warn!(group = %self.cfg.group, error = %e, "lease renewal failed");
+                Ok(lost) => {
+                    // Another consumer took these over after their lease
+                    // lapsed (this one was slower than the lease): they stay
+                    // with it; this worker stops renewing them and still
+                    // hands off what it finishes (at-least-once).
+                    let mut held = self.held.lock();
+                    for id in &lost {
+                        if held.remove(id) {
+                            tracing::debug!(group = %self.cfg.group, id = %id, "lease lost to another consumer");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(group = %self.cfg.group, error = %e, "lease renewal failed");
+                }
             }
         }
     }
@@ -335,7 +350,12 @@ impl Worker {
 
     async fn handle_inner(&self, d: &Delivery) {
         let g = &self.cfg.group;
-        let mut env = match self.verifier.verify_request(&d.entry, &d.id, g).await {
+        let at = At {
+            stream: &self.stream,
+            id: &d.id,
+            deliveries: d.deliveries,
+        };
+        let mut env = match self.verifier.verify_request(&d.entry, &at, g).await {
             Ok(env) => env,
             Err(VerifyError::Rejected(why)) => {
                 let outcome = if why == Rejection::Expired {
@@ -345,7 +365,7 @@ impl Worker {
                 };
                 tracing::debug!(group = %g, id = %d.id, reason = why.reason(), "entry refused");
                 self.metrics.outcome(g, outcome);
-                self.finish(&d.id, None, outcome).await;
+                self.finish(d, None, None, outcome).await;
                 return;
             }
             Err(VerifyError::Backend(e)) => {
@@ -387,8 +407,13 @@ impl Worker {
                     Ok(reply) => (reply, "replied"),
                     Err(refusal) => (refusal, "failed"),
                 };
-                self.finish(&d.id, Some(self.reply_forward(&env, reply)), outcome)
-                    .await;
+                self.finish(
+                    d,
+                    Some(&env),
+                    Some(self.reply_forward(&env, reply)),
+                    outcome,
+                )
+                .await;
             }
             StepOutcome::Forward {
                 node: to,
@@ -407,7 +432,7 @@ impl Worker {
                     }
                     Err(refusal) => (self.reply_forward(&env, refusal), "failed"),
                 };
-                self.finish(&d.id, Some(fwd), outcome).await;
+                self.finish(d, Some(&env), Some(fwd), outcome).await;
             }
             StepOutcome::Failed(e) if e.is_retryable() => {
                 if d.deliveries >= self.cfg.max_deliveries {
@@ -421,12 +446,17 @@ impl Worker {
             StepOutcome::Failed(e) => {
                 let err = ReplyError::new("node_failed", e.message());
                 let reply = self.signer.sign(&mut env.reply(Err(err)));
-                self.finish(&d.id, Some(self.reply_forward(&env, reply)), "failed")
-                    .await;
+                self.finish(
+                    d,
+                    Some(&env),
+                    Some(self.reply_forward(&env, reply)),
+                    "failed",
+                )
+                .await;
             }
             StepOutcome::Expired => {
                 self.metrics.outcome(g, "expired");
-                self.finish(&d.id, None, "expired").await;
+                self.finish(d, Some(&env), None, "expired").await;
             }
             StepOutcome::Crashed(crash) => self.crashed(d, &env, &crash).await,
         }
@@ -532,16 +562,31 @@ impl Worker {
             return;
         }
         let reply = self.signer.sign(&mut env.reply(Err(err)));
-        self.finish(&d.id, Some(self.reply_forward(env, reply)), outcome)
+        self.finish(d, Some(env), Some(self.reply_forward(env, reply)), outcome)
             .await;
     }
 
     /// Hands off and acknowledges; on a backend error the entry stays
-    /// pending and is redelivered after its lease.
-    async fn finish(&self, id: &str, forward: Option<Forward>, outcome: &str) {
+    /// pending and is redelivered after its lease. The nonce of a
+    /// `verified` envelope is marked done in the same step; a refused
+    /// entry's is left alone (it may be another entry's nonce: refusing a
+    /// replay never touches the original).
+    async fn finish(
+        &self,
+        d: &Delivery,
+        verified: Option<&Envelope>,
+        forward: Option<Forward>,
+        outcome: &str,
+    ) {
         let g = &self.cfg.group;
+        let id = d.id.as_str();
         let is_reply = forward.as_ref().is_some_and(|f| f.must_exist);
-        match self.queue.complete(&self.stream, id, forward).await {
+        let done = verified.map(|env| self.verifier.guard_key(&d.entry, env, g));
+        match self
+            .queue
+            .complete_marking(&self.stream, id, forward, done.as_deref())
+            .await
+        {
             Ok(true) => {
                 if outcome != "rejected" && outcome != "expired" {
                     self.metrics.outcome(g, outcome);

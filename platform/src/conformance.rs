@@ -45,6 +45,8 @@ where
     let (q, p) = make().await;
     renewed_lease_is_not_reclaimed(&*q, &p).await;
     let (q, p) = make().await;
+    renewal_leaves_a_reclaimed_entry_with_its_new_owner(&*q, &p).await;
+    let (q, p) = make().await;
     blocking_read_wakes_on_push(q, &p).await;
     let (q, p) = make().await;
     ensure_group_is_idempotent_and_depth_counts_bytes(&*q, &p).await;
@@ -213,6 +215,38 @@ async fn renewed_lease_is_not_reclaimed<Q: Queue + ?Sized>(q: &Q, p: &str) {
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].deliveries, 2, "renewals do not count as deliveries");
+}
+
+async fn renewal_leaves_a_reclaimed_entry_with_its_new_owner<Q: Queue + ?Sized>(q: &Q, p: &str) {
+    let s = format!("{p}:q:steal");
+    q.ensure_group(&s).await.unwrap();
+    q.push(&s, entry(1)).await.unwrap();
+    q.push(&s, entry(2)).await.unwrap();
+    let slow = q.read(&s, "slow", 2, NO_WAIT).await.unwrap();
+    let ids: Vec<String> = slow.iter().map(|d| d.id.clone()).collect();
+    // The slow consumer misses its lease on both; another takes over one.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let taken = q
+        .reclaim(&s, "fast", Duration::from_millis(100), 1)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    // The slow one renews late: it keeps what is still its own and gets
+    // back the one it lost, which stays with its new owner.
+    let lost = q.renew(&s, "slow", &ids).await.unwrap();
+    assert_eq!(
+        lost,
+        [taken[0].id.clone()],
+        "the reclaimed entry is reported lost"
+    );
+    let still = q
+        .renew(&s, "fast", std::slice::from_ref(&taken[0].id))
+        .await
+        .unwrap();
+    assert!(
+        still.is_empty(),
+        "the late renewal took the entry back: {still:?}"
+    );
 }
 
 async fn blocking_read_wakes_on_push<Q: Queue + ?Sized>(q: Arc<Q>, p: &str) {

@@ -28,9 +28,11 @@ impl Keys {
         format!("{}:r:{ingress_id}", self.prefix)
     }
 
-    /// `sluice:{ns/p}:n:<kid>:<nonce>`: replay guard of one envelope.
-    pub fn nonce(&self, kid: &str, nonce: &str) -> String {
-        format!("{}:n:{kid}:{nonce}", self.prefix)
+    /// `sluice:{ns/p}:n:<group>:<kid>:<nonce>`: replay guard of one
+    /// envelope, under its destination group (so a per-group ACL pattern
+    /// covers exactly that group's nonces).
+    pub fn nonce(&self, group: &str, kid: &str, nonce: &str) -> String {
+        format!("{}:n:{group}:{kid}:{nonce}", self.prefix)
     }
 
     /// `sluice:{ns/p}:dlq`: envelopes past `maxDeliveries`.
@@ -57,7 +59,10 @@ mod tests {
         let k = Keys::new("prod", "enrich");
         assert_eq!(k.queue("cpu"), "sluice:{prod/enrich}:q:cpu");
         assert_eq!(k.reply("web-1"), "sluice:{prod/enrich}:r:web-1");
-        assert_eq!(k.nonce("k1", "abc"), "sluice:{prod/enrich}:n:k1:abc");
+        assert_eq!(
+            k.nonce("cpu", "k1", "abc"),
+            "sluice:{prod/enrich}:n:cpu:k1:abc"
+        );
         assert_eq!(k.dead_letter(), "sluice:{prod/enrich}:dlq");
         assert_eq!(k.pipeline(), "prod/enrich");
     }

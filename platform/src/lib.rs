@@ -43,4 +43,4 @@ pub use keys::Keys;
 pub use kv::Kv;
 pub use queue::{Delivery, Depth, Forward, Queue, ReplyChannel};
 pub use redis::{RedisBackend, RedisConfig};
-pub use signing::{Rejection, Signer, Verifier, VerifyError};
+pub use signing::{At, Rejection, Signer, Verifier, VerifyError};

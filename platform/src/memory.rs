@@ -70,11 +70,22 @@ pub struct MemoryStreams {
     /// Woken on every append; readers re-check their stream.
     appended: Notify,
     faults: Faults,
+    /// The replay guard's keys, which a completion marks `done` (as the
+    /// Redis adapter does in its hand-off transaction).
+    guard: Option<Arc<MemoryKv>>,
 }
 
 impl MemoryStreams {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Streams whose completions mark replay-guard keys of `guard` done.
+    pub fn guarded_by(guard: Arc<MemoryKv>) -> Arc<Self> {
+        Arc::new(Self {
+            guard: Some(guard),
+            ..Self::default()
+        })
     }
 
     /// The fault injector of this adapter.
@@ -200,20 +211,24 @@ impl Queue for MemoryStreams {
             .await)
     }
 
-    async fn renew(&self, stream: &str, consumer: &str, ids: &[String]) -> Result<()> {
+    async fn renew(&self, stream: &str, consumer: &str, ids: &[String]) -> Result<Vec<String>> {
         self.faults.check().await?;
         let mut map = self.streams.lock();
-        if let Some(s) = map.get_mut(stream) {
-            let now = Instant::now();
-            for seq in ids.iter().filter_map(|i| seq_of(i)) {
-                if let Some(p) = s.pending.get_mut(&seq) {
-                    // XCLAIM … JUSTID: takes ownership, resets idle, keeps the count.
-                    p.consumer = consumer.to_string();
-                    p.since = now;
-                }
+        let now = Instant::now();
+        let mut lost = Vec::new();
+        for id in ids {
+            let mine = map
+                .get_mut(stream)
+                .zip(seq_of(id))
+                .and_then(|(s, seq)| s.pending.get_mut(&seq))
+                .filter(|p| p.consumer == consumer);
+            match mine {
+                // Resets idle, keeps the count.
+                Some(p) => p.since = now,
+                None => lost.push(id.clone()),
             }
         }
-        Ok(())
+        Ok(lost)
     }
 
     async fn reclaim(
@@ -257,11 +272,20 @@ impl Queue for MemoryStreams {
         Ok(out)
     }
 
-    async fn complete(&self, stream: &str, id: &str, forward: Option<Forward>) -> Result<bool> {
+    async fn complete_marking(
+        &self,
+        stream: &str,
+        id: &str,
+        forward: Option<Forward>,
+        done: Option<&str>,
+    ) -> Result<bool> {
         self.faults.check().await?;
         let mut forwarded = true;
         {
             let mut map = self.streams.lock();
+            if let (Some(guard), Some(key)) = (&self.guard, done) {
+                guard.mark_done(key);
+            }
             if let Some(f) = forward {
                 match Self::live(&mut map, &f.stream) {
                     Some(target) => {
@@ -365,6 +389,16 @@ struct KvMap {
 impl MemoryKv {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Sets `key` to `done` if it is present, keeping its expiry.
+    fn mark_done(&self, key: &str) {
+        let now = Instant::now();
+        if let Some((v, exp)) = self.map.lock().entries.get_mut(key) {
+            if *exp > now {
+                *v = crate::signing::NONCE_DONE.to_string();
+            }
+        }
     }
 
     pub fn faults(&self) -> &Faults {

@@ -70,9 +70,12 @@ pub trait Queue: Send + Sync + 'static {
         block: Duration,
     ) -> Result<Vec<Delivery>>;
 
-    /// Resets the idle time of `consumer`'s pending entries `ids` (lease
-    /// renewal) without changing their delivery counts.
-    async fn renew(&self, stream: &str, consumer: &str, ids: &[String]) -> Result<()>;
+    /// Resets the idle time of those of `ids` that are still pending for
+    /// `consumer` (lease renewal), without changing their delivery counts,
+    /// in one atomic step; returns the others — taken over by another
+    /// consumer after their lease lapsed, or completed — which are left
+    /// alone.
+    async fn renew(&self, stream: &str, consumer: &str, ids: &[String]) -> Result<Vec<String>>;
 
     /// Takes over up to `max` pending entries idle for at least `min_idle`,
     /// increasing their delivery counts.
@@ -87,7 +90,22 @@ pub trait Queue: Send + Sync + 'static {
     /// Atomically: append `forward` (if any), acknowledge and delete `id`.
     /// Returns false when a `must_exist` forward found no stream (the entry
     /// is still acknowledged and deleted).
-    async fn complete(&self, stream: &str, id: &str, forward: Option<Forward>) -> Result<bool>;
+    async fn complete(&self, stream: &str, id: &str, forward: Option<Forward>) -> Result<bool> {
+        self.complete_marking(stream, id, forward, None).await
+    }
+
+    /// [`Queue::complete`], and in the same atomic step sets the replay-guard
+    /// key `done` (if given and still present, keeping its expiry) to
+    /// `done`: the envelope's nonce can never be accepted again, not even
+    /// under the entry id it was first seen with (a queue deleted and the
+    /// captured entry added back under its old id).
+    async fn complete_marking(
+        &self,
+        stream: &str,
+        id: &str,
+        forward: Option<Forward>,
+        done: Option<&str>,
+    ) -> Result<bool>;
 
     /// Entries and bytes in the stream.
     async fn depth(&self, stream: &str) -> Result<Depth>;

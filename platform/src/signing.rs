@@ -1,7 +1,7 @@
 //! Signing envelopes and the verification chain of DESIGN §6.
 //!
 //! ```text
-//! entry ─▶ size ─▶ version ─▶ known kid ─▶ MAC ─▶ decode ─▶ freshness ─▶ replay guard ─▶ kind/destination ─▶ Envelope
+//! entry ─▶ size ─▶ version ─▶ known kid ─▶ MAC ─▶ decode ─▶ freshness ─▶ kind/destination ─▶ replay guard ─▶ Envelope
 //!           └──────────── each failure is a Rejection with a counted reason; nothing is executed ─────────────┘
 //! ```
 //!
@@ -53,6 +53,10 @@ fn mac(key: &[u8; 32], v: &[u8], m: &[u8]) -> HmacSha256 {
     mac.update(m);
     mac
 }
+
+/// The value of a replay-guard key once its envelope was handed off: any
+/// entry carrying that nonce again is a replay.
+pub const NONCE_DONE: &str = "done";
 
 /// A fresh 128-bit nonce, hex.
 pub fn new_nonce() -> String {
@@ -153,6 +157,15 @@ pub enum VerifyError {
     Backend(#[from] BackendError),
 }
 
+/// Where a request entry was read: its stream, its entry id, and how many
+/// times the queue has delivered it (this time included).
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    pub stream: &'a str,
+    pub id: &'a str,
+    pub deliveries: u32,
+}
+
 /// Runs the verification chain for one receiver.
 #[derive(Clone)]
 pub struct Verifier {
@@ -215,21 +228,27 @@ impl Verifier {
         self.decoded.load(Ordering::Relaxed)
     }
 
-    /// Verifies a request taken from `group`'s queue under stream entry id
-    /// `entry_id`, including the replay guard.
+    /// Verifies a request taken from `group`'s queue: `at` says where
+    /// (stream, entry id) and how often it was delivered; the replay guard
+    /// runs last.
     ///
     /// # Errors
     /// A [`Rejection`] (counted), or the replay guard's backend error.
     pub async fn verify_request(
         &self,
         entry: &StreamEntry,
-        entry_id: &str,
+        at: &At<'_>,
         group: &str,
     ) -> Result<Envelope, VerifyError> {
-        let r = self
-            .check(entry, Kind::Request, group, Some(entry_id))
-            .await;
+        let r = self.check(entry, Kind::Request, group, Some(at)).await;
         self.count(r)
+    }
+
+    /// The replay-guard key of a verified request of `group`, which the
+    /// hand-off marks [`NONCE_DONE`].
+    pub fn guard_key(&self, entry: &StreamEntry, env: &Envelope, group: &str) -> String {
+        let kid = std::str::from_utf8(&entry.k).unwrap_or("");
+        self.keys.nonce(group, kid, &env.nonce)
     }
 
     /// Verifies a reply for ingress instance `ingress_id`. Replies skip the
@@ -258,7 +277,7 @@ impl Verifier {
         entry: &StreamEntry,
         kind: Kind,
         dest: &str,
-        entry_id: Option<&str>,
+        at: Option<&At<'_>>,
     ) -> Result<Envelope, VerifyError> {
         use Rejection::*;
         let reject = |r| Err(VerifyError::Rejected(r));
@@ -291,20 +310,27 @@ impl Verifier {
         if env.deadline <= now {
             return reject(Expired);
         }
-        if let Some(id) = entry_id {
-            let ttl = Duration::from_millis(env.deadline - now) + self.skew;
-            let key = self.keys.nonce(kid, &env.nonce);
-            if let Some(seen) = self.kv.set_nx(&key, id, ttl).await? {
-                if seen != id {
-                    return reject(Replay);
-                }
-            }
-        }
+        // Who it is for before any nonce is claimed: an entry copied into
+        // another group's queue must not use up the nonce of the original.
         if env.kind != kind {
             return reject(WrongKind);
         }
         if env.dest != dest || env.pipeline != self.keys.pipeline() {
             return reject(WrongDestination);
+        }
+        if let Some(at) = at {
+            let ttl = Duration::from_millis(env.deadline - now) + self.skew;
+            let key = self.keys.nonce(dest, kid, &env.nonce);
+            let here = format!("{}/{}", at.stream, at.id);
+            if let Some(seen) = self.kv.set_nx(&key, &here, ttl).await? {
+                // Only the queue's own redelivery of the same entry (lease
+                // lapsed, delivered again) may pass a seen nonce; a first
+                // delivery of a seen stream/id is that entry added back,
+                // and `done` means it was handed off already.
+                if seen != here || at.deliveries < 2 {
+                    return reject(Replay);
+                }
+            }
         }
         Ok(env)
     }

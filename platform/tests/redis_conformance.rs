@@ -342,6 +342,61 @@ async fn reply_stream_keeps_entries_written_before_the_first_recv_and_reopen_kee
 }
 
 #[tokio::test]
+async fn the_hand_off_marks_its_nonce_done_keeping_its_expiry_and_never_creates_one() {
+    use sluice_platform::Kv;
+    let server = RedisServer::start(false);
+    let b = backend(&server).await;
+    let p = prefix();
+    let q = format!("{p}:q:w");
+    let nonce = format!("{p}:n:w:k1:abc");
+    b.ensure_group(&q).await.unwrap();
+    b.push(&q, entry(1)).await.unwrap();
+    let d = b.read(&q, "w", 1, Duration::ZERO).await.unwrap().remove(0);
+    assert_eq!(
+        b.set_nx(&nonce, &format!("{q}/{}", d.id), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(b
+        .complete_marking(&q, &d.id, None, Some(&nonce))
+        .await
+        .unwrap());
+    assert_eq!(b.get(&nonce).await.unwrap().as_deref(), Some("done"));
+    let probe = cli(&server, &["PTTL", &nonce]);
+    let ttl: i64 = probe.trim().parse().unwrap();
+    assert!(
+        ttl > 50_000 && ttl <= 60_000,
+        "the expiry was kept: {ttl} ms"
+    );
+    assert_eq!(
+        b.depth(&q).await.unwrap().entries,
+        0,
+        "acknowledged and deleted"
+    );
+
+    // A guard that expired is not brought back by a late hand-off.
+    b.push(&q, entry(2)).await.unwrap();
+    let d = b.read(&q, "w", 1, Duration::ZERO).await.unwrap().remove(0);
+    let gone = format!("{p}:n:w:k1:expired");
+    b.complete_marking(&q, &d.id, None, Some(&gone))
+        .await
+        .unwrap();
+    assert_eq!(b.get(&gone).await.unwrap(), None);
+}
+
+/// One command through `redis-cli` against the test server.
+fn cli(server: &RedisServer, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(server.port().to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
 async fn hung_redis_times_commands_out_and_they_work_again_once_it_answers() {
     let server = RedisServer::start(false);
     let b = short_backend(&server).await;

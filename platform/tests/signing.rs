@@ -8,7 +8,7 @@ use prometheus_client::registry::Registry;
 use proptest::prelude::*;
 use serde_json::json;
 use sluice_platform::clock::now_ms;
-use sluice_platform::memory::MemoryKv;
+use sluice_platform::memory::{MemoryKv, MemoryStreams};
 use sluice_platform::metrics::Rejections;
 use sluice_platform::signing::ENVELOPE_OVERHEAD;
 use sluice_platform::*;
@@ -67,8 +67,17 @@ fn request(dest: &str) -> Envelope {
     }
 }
 
+/// Read from stream `q` under `id`, delivered `deliveries` times.
+fn at(id: &str, deliveries: u32) -> At<'_> {
+    At {
+        stream: "q",
+        id,
+        deliveries,
+    }
+}
+
 async fn rejection(r: &Rig, e: &StreamEntry, id: &str, group: &str) -> Rejection {
-    match r.verifier.verify_request(e, id, group).await {
+    match r.verifier.verify_request(e, &at(id, 1), group).await {
         Err(VerifyError::Rejected(why)) => why,
         other => panic!("expected a rejection, got {other:?}"),
     }
@@ -79,7 +88,11 @@ async fn a_valid_request_verifies_and_decodes() {
     let r = rig();
     let mut env = request("cpu");
     let e = r.signer.sign(&mut env);
-    let got = r.verifier.verify_request(&e, "1-0", "cpu").await.unwrap();
+    let got = r
+        .verifier
+        .verify_request(&e, &at("1-0", 1), "cpu")
+        .await
+        .unwrap();
     assert_eq!(got, env);
 }
 
@@ -199,17 +212,97 @@ fn forge_with_request_key(e: &StreamEntry) -> StreamEntry {
 async fn redelivery_is_accepted_and_replay_is_rejected() {
     let r = rig();
     let e = r.signer.sign(&mut request("cpu"));
-    r.verifier.verify_request(&e, "5-0", "cpu").await.unwrap();
     r.verifier
-        .verify_request(&e, "5-0", "cpu")
+        .verify_request(&e, &at("5-0", 1), "cpu")
         .await
-        .expect("the same entry id again is a redelivery");
+        .unwrap();
+    r.verifier
+        .verify_request(&e, &at("5-0", 2), "cpu")
+        .await
+        .expect("the same entry delivered again by its queue is a redelivery");
     assert_eq!(
         rejection(&r, &e, "6-0", "cpu").await,
         Rejection::Replay,
         "same nonce, new entry id"
     );
-    assert_eq!(r.rejections.get(Rejection::Replay), 1);
+    assert_eq!(
+        rejection(&r, &e, "5-0", "cpu").await,
+        Rejection::Replay,
+        "same stream and id delivered as new: the entry was added back"
+    );
+    let other_stream = At {
+        stream: "elsewhere",
+        id: "5-0",
+        deliveries: 2,
+    };
+    assert!(
+        matches!(
+            r.verifier.verify_request(&e, &other_stream, "cpu").await,
+            Err(VerifyError::Rejected(Rejection::Replay))
+        ),
+        "same id in another stream"
+    );
+    assert_eq!(r.rejections.get(Rejection::Replay), 3);
+}
+
+#[tokio::test]
+async fn a_handed_off_nonce_is_never_accepted_again() {
+    let kv = MemoryKv::new();
+    let keys = Keys::new("ns", "p");
+    let streams = MemoryStreams::guarded_by(kv.clone());
+    let shared = SharedKeyRing::fixed(KeyRing::ephemeral());
+    let v = Verifier::new(
+        shared.clone(),
+        kv,
+        keys.clone(),
+        Duration::from_secs(30),
+        MAX_PAYLOAD,
+        Rejections::default(),
+    );
+    let e = Signer::new(shared).sign(&mut request("cpu"));
+    let q = keys.queue("cpu");
+    streams.ensure_group(&q).await.unwrap();
+    streams.push(&q, e.clone()).await.unwrap();
+    let d = streams
+        .read(&q, "c1", 1, Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0);
+    let here = At {
+        stream: &q,
+        id: &d.id,
+        deliveries: d.deliveries,
+    };
+    let env = v.verify_request(&e, &here, "cpu").await.unwrap();
+    let key = v.guard_key(&e, &env, "cpu");
+    assert!(key.starts_with("sluice:{ns/p}:n:cpu:"), "{key}");
+    streams
+        .complete_marking(&q, &d.id, None, Some(&key))
+        .await
+        .unwrap();
+    // Even presented exactly as its queue's redelivery, it is done.
+    let again = At {
+        deliveries: 2,
+        ..here
+    };
+    assert!(matches!(
+        v.verify_request(&e, &again, "cpu").await,
+        Err(VerifyError::Rejected(Rejection::Replay))
+    ));
+}
+
+#[tokio::test]
+async fn a_copy_for_another_group_does_not_use_up_the_nonce() {
+    let r = rig();
+    let e = r.signer.sign(&mut request("cpu"));
+    assert_eq!(
+        rejection(&r, &e, "1-0", "io").await,
+        Rejection::WrongDestination
+    );
+    r.verifier
+        .verify_request(&e, &at("2-0", 1), "cpu")
+        .await
+        .expect("the original still verifies at its destination");
 }
 
 #[tokio::test]
@@ -250,10 +343,10 @@ async fn replay_guard_backend_failure_is_not_a_rejection() {
     let e = Signer::new(shared).sign(&mut request("cpu"));
     kv.faults().fail_next(1);
     assert!(matches!(
-        v.verify_request(&e, "1-0", "cpu").await,
+        v.verify_request(&e, &at("1-0", 1), "cpu").await,
         Err(VerifyError::Backend(_))
     ));
-    v.verify_request(&e, "1-0", "cpu")
+    v.verify_request(&e, &at("1-0", 1), "cpu")
         .await
         .expect("verifies once the backend answers");
 }
@@ -293,10 +386,10 @@ async fn a_key_added_to_the_directory_is_picked_up_and_signing_follows_current()
         MAX_PAYLOAD,
         Rejections::default(),
     );
-    v.verify_request(&old_entry, "1-0", "cpu")
+    v.verify_request(&old_entry, &at("1-0", 1), "cpu")
         .await
         .expect("the older kid still verifies");
-    v.verify_request(&new_entry, "2-0", "cpu")
+    v.verify_request(&new_entry, &at("2-0", 1), "cpu")
         .await
         .expect("the new kid verifies");
 
@@ -355,7 +448,7 @@ proptest! {
         let target = match field { 0 => &mut e.v, 1 => &mut e.k, 2 => &mut e.m, _ => &mut e.s };
         let i = pos.index(target.len());
         target[i] ^= 1 << bit;
-        let res = rt.block_on(r.verifier.verify_request(&e, "1-0", &dest));
+        let res = rt.block_on(r.verifier.verify_request(&e, &at("1-0", 1), &dest));
         prop_assert!(matches!(res, Err(VerifyError::Rejected(_))), "flipped field {} byte {} verified", field, i);
     }
 }

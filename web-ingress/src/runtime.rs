@@ -154,11 +154,12 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         sample_every,
     } = match backend {
         BackendKind::Memory => {
-            let streams = MemoryStreams::new();
+            let kv = MemoryKv::new();
+            let streams = MemoryStreams::guarded_by(kv.clone());
             Ports {
                 queue: streams.clone(),
                 replies: streams,
-                kv: MemoryKv::new(),
+                kv,
                 sample_every: SAMPLE_MEMORY,
             }
         }

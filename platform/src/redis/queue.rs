@@ -2,10 +2,11 @@
 //!
 //! ```text
 //!   push ──XADD──► stream ──XREADGROUP >──► consumer (pending, count 1)
-//!                                              │ renew: XCLAIM … JUSTID (idle 0, count kept)
+//!                                              │ renew: one script: XCLAIM … JUSTID (idle 0,
+//!                                              │        count kept) of the ids still this consumer's
 //!                                              │ lease lapsed: XAUTOCLAIM by another (count+1)
 //!                                              ▼
-//!        complete: MULTI  XADD next [NOMKSTREAM]  XACK  XDEL  EXEC
+//!        complete: MULTI  XADD next [NOMKSTREAM]  XACK  XDEL  [SET nonce done XX KEEPTTL]  EXEC
 //! ```
 //!
 //! Groups are created from id `0`, so entries pushed before the group
@@ -23,6 +24,29 @@ use crate::backend::Result;
 use crate::envelope::StreamEntry;
 use crate::keys::CONSUMER_GROUP;
 use crate::queue::{Delivery, Depth, Forward, Queue};
+
+/// Lease renewal, atomic: of the ids given, the ones still pending for this
+/// consumer get their idle time reset (`XCLAIM … 0 … JUSTID` keeps the
+/// delivery count); an entry another consumer reclaimed after its lease
+/// lapsed stays with that consumer. Returns the renewed ids.
+/// `KEYS[1]` stream, `ARGV[1]` group, `ARGV[2]` consumer, `ARGV[3..]` ids.
+const RENEW_SCRIPT: &str = r"
+local mine = {}
+for i = 3, #ARGV do
+  local row = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)[1]
+  if row and row[2] == ARGV[2] then mine[#mine + 1] = ARGV[i] end
+end
+if #mine > 0 then
+  local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+  for _, id in ipairs(mine) do args[#args + 1] = id end
+  args[#args + 1] = 'JUSTID'
+  redis.call(unpack(args))
+end
+return mine
+";
+
+/// The value of a replay-guard key once its envelope was handed off.
+pub const DONE: &str = crate::signing::NONCE_DONE;
 
 fn v(s: &str) -> Value {
     Value::from(s)
@@ -163,18 +187,29 @@ impl Queue for RedisBackend {
             .collect())
     }
 
-    async fn renew(&self, stream: &str, consumer: &str, ids: &[String]) -> Result<()> {
+    async fn renew(&self, stream: &str, consumer: &str, ids: &[String]) -> Result<Vec<String>> {
         if ids.is_empty() {
-            return Ok(());
+            return Ok(vec![]);
         }
-        let mut args = vec![v(stream), v(CONSUMER_GROUP), v(consumer), v("0")];
+        let mut args = vec![
+            v(RENEW_SCRIPT),
+            n(1),
+            v(stream),
+            v(CONSUMER_GROUP),
+            v(consumer),
+        ];
         args.extend(ids.iter().map(|id| v(id)));
-        // JUSTID: the delivery count is not increased by a renewal.
-        args.push(v("JUSTID"));
-        match self.call("XCLAIM", stream, args).await {
-            Ok(_) => Ok(()),
+        match self.call("EVAL", stream, args).await {
+            Ok(reply) => {
+                let renewed = wire::texts(&reply);
+                Ok(ids
+                    .iter()
+                    .filter(|id| !renewed.contains(id))
+                    .cloned()
+                    .collect())
+            }
             // No group means no pending entries: nothing left to hold.
-            Err(e) if is_reply(&e, "NOGROUP") => Ok(()),
+            Err(e) if is_reply(&e, "NOGROUP") => Ok(ids.to_vec()),
             Err(e) => Err(self.err(e)),
         }
     }
@@ -243,14 +278,26 @@ impl Queue for RedisBackend {
         Ok(out)
     }
 
-    async fn complete(&self, stream: &str, id: &str, forward: Option<Forward>) -> Result<bool> {
-        let mut cmds = Vec::with_capacity(3);
+    async fn complete_marking(
+        &self,
+        stream: &str,
+        id: &str,
+        forward: Option<Forward>,
+        done: Option<&str>,
+    ) -> Result<bool> {
+        let mut cmds = Vec::with_capacity(4);
         if let Some(f) = &forward {
             let args = xadd_args(&f.stream, &f.entry, f.must_exist);
             cmds.push(("XADD", f.stream.as_str(), args));
         }
         cmds.push(("XACK", stream, vec![v(stream), v(CONSUMER_GROUP), v(id)]));
         cmds.push(("XDEL", stream, vec![v(stream), v(id)]));
+        if let Some(key) = done {
+            // XX: an expired guard is not brought back; KEEPTTL: it expires
+            // when it would have.
+            let args = vec![v(key), v(DONE), v("XX"), v("KEEPTTL")];
+            cmds.push(("SET", key, args));
+        }
         let results = self.transaction(cmds).await.map_err(|e| self.err(e))?;
         // A NOMKSTREAM XADD to a missing stream answers nil.
         Ok(forward.is_none() || results.first().is_some_and(|r| !r.is_null()))

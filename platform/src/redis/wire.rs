@@ -43,6 +43,11 @@ pub(super) fn text(v: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
+/// An array reply of bulk strings as texts (an empty or nil reply: none).
+pub(super) fn texts(v: &Value) -> Vec<String> {
+    items(v.clone()).iter().filter_map(text).collect()
+}
+
 /// `[id, [field, value, …]]`, or `[id, nil]` for a deleted entry.
 fn entry(v: Value, what: &str) -> Result<RawEntry> {
     let mut parts = items(v).into_iter();
