@@ -19,6 +19,10 @@
 //! - `fields`: managed fields and server-side apply
 //! - `patch`: merge, JSON and strategic merge patches
 //! - `protobuf`: the protobuf bodies kubectl's generators send for a few core kinds
+//! - `builtin`: built-in objects decoded against their Go types (wrong types, unknown fields,
+//!   `fieldValidation`)
+//! - `feature_gates`: fields of the newer bindings the served version does not know or drops
+//! - `warnings`: `Warning` response headers
 //! - `schema`: CRD structural check, validation, pruning, defaults, CEL rules
 //! - `resources`: served types and discovery documents
 //! - `selectors`: label and field selectors
@@ -33,10 +37,12 @@
 //! - `defaults`, `table`, `openapi`: defaulting, Table/metadata renderings, minimal OpenAPI
 //! - [`error`]: `ApiError` (the `Status` answers) and `Error`
 
+mod builtin;
 mod controllers;
 mod defaults;
 pub mod error;
 pub mod faults;
+mod feature_gates;
 mod fields;
 mod gc;
 mod immutable;
@@ -53,8 +59,10 @@ mod server;
 pub mod sim;
 mod store;
 mod table;
+mod warnings;
 mod watch;
 
+pub use builtin::FieldValidation;
 pub use controllers::CONTROLLER_MANAGER;
 pub use error::{ApiError, Error, Result};
 pub use faults::{counts_by_verb, RequestMatch, RequestRecord};

@@ -10,5 +10,6 @@ mod kube_client;
 mod kubectl;
 mod rbac;
 mod ssa;
+mod validation;
 mod watch;
 mod workloads;
