@@ -409,3 +409,153 @@ fn field_validation_parses_like_upstream() {
     assert_eq!(err.code, 422);
     assert_eq!(err.message, "PatchOptions.meta.k8s.io \"\" is invalid: fieldValidation: Unsupported value: \"strict\": supported values: \"Ignore\", \"Strict\", \"Warn\"");
 }
+
+/// Where each row's type lives in an object of a served kind, and a valid value for the field.
+fn host(row: &crate::feature_gates::Row) -> (Value, &'static str, Value) {
+    let pod_template = |spec: Value| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+            "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": spec}}})
+    };
+    let containers = |c: Value| pod_template(json!({"containers": [c]}));
+    let value = match row.field {
+        "stopSignal" => json!("SIGTERM"),
+        "resources" => json!({"limits": {"cpu": "1"}}),
+        "image" => json!({"reference": "registry.example/data:1"}),
+        "supplementalGroupsPolicy" => json!("Strict"),
+        "seLinuxChangePolicy" => json!("Recursive"),
+        "tolerance" => json!("0.05"),
+        "strategy" => json!("OldestEmulationVersion"),
+        "preferredHolder" => json!("h"),
+        "resizePolicy" => json!([{"resourceName": "cpu", "restartPolicy": "NotRequired"}]),
+        "hostUsers" => json!(false),
+        "recursiveReadOnly" => json!("Enabled"),
+        "matchLabelKeys" | "mismatchLabelKeys" => json!(["app"]),
+        "resourceClaims" | "claims" => json!([{"name": "gpu"}]),
+        "trafficDistribution" => json!("PreferClose"),
+        "volumeAttributesClassName" => json!("gold"),
+        "maxUnavailable" => json!(1),
+        other => panic!("no sample value for {other}"),
+    };
+    let short = row.definition.rsplit('.').next().unwrap();
+    let (obj, at) = match short {
+        "Lifecycle" => (containers(json!({"name": "c", "image": "i", "lifecycle": {}})), "/spec/template/spec/containers/0/lifecycle"),
+        "PodSpec" => (pod_template(json!({"containers": [{"name": "c", "image": "i"}]})), "/spec/template/spec"),
+        "Volume" => (pod_template(json!({"containers": [{"name": "c", "image": "i"}], "volumes": [{"name": "v"}]})), "/spec/template/spec/volumes/0"),
+        "PodSecurityContext" => (pod_template(json!({"containers": [{"name": "c", "image": "i"}], "securityContext": {}})), "/spec/template/spec/securityContext"),
+        "Container" => (containers(json!({"name": "c", "image": "i"})), "/spec/template/spec/containers/0"),
+        "VolumeMount" => (containers(json!({"name": "c", "image": "i", "volumeMounts": [{"name": "v", "mountPath": "/v"}]})), "/spec/template/spec/containers/0/volumeMounts/0"),
+        "ResourceRequirements" => (containers(json!({"name": "c", "image": "i", "resources": {}})), "/spec/template/spec/containers/0/resources"),
+        "PodAffinityTerm" => (pod_template(json!({"containers": [{"name": "c", "image": "i"}], "affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone"}]}}})),
+            "/spec/template/spec/affinity/podAffinity/requiredDuringSchedulingIgnoredDuringExecution/0"),
+        "HPAScalingRules" => (json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "h"},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "d"}, "maxReplicas": 3, "behavior": {"scaleUp": {}}}}), "/spec/behavior/scaleUp"),
+        "LeaseSpec" => (json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"}, "spec": {}}), "/spec"),
+        "ServiceSpec" => (json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}}), "/spec"),
+        "PersistentVolumeClaimSpec" => (json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "p"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}), "/spec"),
+        "RollingUpdateStatefulSetStrategy" => (json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "s"},
+            "spec": {"selector": {"matchLabels": {"a": "b"}}, "serviceName": "s", "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}},
+                "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {}}}}), "/spec/updateStrategy/rollingUpdate"),
+        other => panic!("no host object for {other}"),
+    };
+    let mut with = obj;
+    with.pointer_mut(at).unwrap()[row.field] = value;
+    (with, at, json!(row.field))
+}
+
+/// Every row of the table: a field newer than 1.30 is unknown (warned and dropped; refused
+/// under Strict; "not declared" in an apply), a field whose gate is off in 1.30 is dropped
+/// silently, and kept on an update whose old object already used it.
+#[test]
+fn fields_of_the_newer_bindings_are_unknown_or_dropped_as_at_1_30() {
+    use crate::feature_gates::{Served, ROWS};
+    for row in ROWS {
+        let (obj, at, field) = host(row);
+        let field = field.as_str().unwrap();
+        let rt = rt(
+            obj["apiVersion"].as_str().unwrap(),
+            obj["kind"].as_str().unwrap(),
+        );
+        let mut admitted = obj.clone();
+        let w = Warnings::default();
+        admit(
+            &rt,
+            &mut admitted,
+            None,
+            FieldValidation::Warn,
+            Decoding::Body,
+            &w,
+        )
+        .unwrap_or_else(|e| panic!("{row:?}: {e}"));
+        assert!(
+            admitted.pointer(at).unwrap().get(field).is_none(),
+            "{row:?}: dropped"
+        );
+        let dotted = at
+            .trim_start_matches('/')
+            .split('/')
+            .map(|s| match s.parse::<usize>() {
+                Ok(i) => format!("[{i}]"),
+                Err(_) => format!(".{s}"),
+            })
+            .collect::<String>();
+        let path = format!("{}.{field}", dotted.trim_start_matches('.'));
+        match row.served {
+            Served::Unknown => {
+                assert_eq!(
+                    w.all(),
+                    vec![format!("unknown field \"{path}\"")],
+                    "{row:?}"
+                );
+                let err = admit(
+                    &rt,
+                    &mut obj.clone(),
+                    None,
+                    FieldValidation::Strict,
+                    Decoding::Body,
+                    &w,
+                )
+                .unwrap_err();
+                assert!(
+                    err.message.contains(&format!("unknown field \"{path}\"")),
+                    "{row:?}: {}",
+                    err.message
+                );
+                let err = check_apply(&rt, None, "x", &obj).unwrap_err();
+                assert!(
+                    err.message.contains("field not declared in schema"),
+                    "{row:?}: {}",
+                    err.message
+                );
+            }
+            Served::Dropped => {
+                assert!(
+                    w.all().is_empty(),
+                    "{row:?}: dropped silently: {:?}",
+                    w.all()
+                );
+                admit(
+                    &rt,
+                    &mut obj.clone(),
+                    None,
+                    FieldValidation::Strict,
+                    Decoding::Body,
+                    &w,
+                )
+                .unwrap();
+                check_apply(&rt, None, "x", &obj).unwrap();
+                let mut kept = obj.clone();
+                admit(
+                    &rt,
+                    &mut kept,
+                    Some(&obj),
+                    FieldValidation::Warn,
+                    Decoding::Body,
+                    &w,
+                )
+                .unwrap();
+                assert_eq!(kept, obj, "{row:?}: kept when the old object used it");
+            }
+        }
+    }
+}
