@@ -29,6 +29,7 @@
 //! - `gc`: owner-reference garbage collection and namespace termination
 //! - `controllers`: Deployment/StatefulSet rollout status, ReplicaSets, StatefulSet PVCs,
 //!   default ServiceAccounts
+//! - `pod_security`: Pod Security admission (`enforce` refuses Pods, `warn` warns)
 //! - `rbac`: authorization of ServiceAccount tokens
 //! - [`faults`]: fault injection and the request log
 //! - `quantity`: resource quantities checked and stored in canonical form (`1024Mi` → `1Gi`)
@@ -49,6 +50,7 @@ mod immutable;
 mod openapi;
 mod ops;
 mod patch;
+mod pod_security;
 mod protobuf;
 mod quantity;
 pub mod rbac;

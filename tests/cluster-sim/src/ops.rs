@@ -563,6 +563,7 @@ fn admit(
     if let Some(old) = old {
         crate::immutable::check_resize(st, rt, old, obj)?;
     }
+    crate::pod_security::admit(st, rt, name, old, obj, &opts.warnings)?;
     if rt.group == "apiextensions.k8s.io" {
         crd_admission(st, rt, name, old, obj)?;
     }

@@ -8,6 +8,7 @@ mod faults;
 mod gc;
 mod kube_client;
 mod kubectl;
+mod pod_security;
 mod rbac;
 mod ssa;
 mod validation;

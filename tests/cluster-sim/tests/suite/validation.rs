@@ -11,13 +11,13 @@ use serde_json::{json, Value};
 
 use crate::common::start;
 
-struct Answer {
-    code: u16,
-    warnings: Vec<String>,
-    body: Value,
+pub(crate) struct Answer {
+    pub code: u16,
+    pub warnings: Vec<String>,
+    pub body: Value,
 }
 
-async fn send(
+pub(crate) async fn send(
     method: reqwest::Method,
     url: String,
     content_type: &str,
