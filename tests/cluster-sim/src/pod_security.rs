@@ -112,7 +112,11 @@ pub(crate) fn pod_of<'v>(rt: &ResourceType, obj: &'v Value) -> Option<(&'v Value
         ("batch", "CronJob") => obj.pointer("/spec/jobTemplate/spec/template")?,
         _ => return None,
     };
-    Some((template.get("metadata")?, template.get("spec")?))
+    static NO_METADATA: Value = Value::Null;
+    Some((
+        template.get("metadata").unwrap_or(&NO_METADATA),
+        template.get("spec")?,
+    ))
 }
 
 /// `violates PodSecurity "restricted:latest": …` when the pod breaks `lv`.
