@@ -185,7 +185,17 @@ pub(crate) fn pass(
         }
         let held = holds.contains(&(key.namespace.clone(), key.name.clone()));
         let paused = obj.pointer("/spec/paused").and_then(Value::as_bool) == Some(true);
-        step(r, desired, held || paused, wl.step, now);
+        // pods the namespace's Pod Security level refuses are never created
+        let refused = (r.updated < desired)
+            .then(|| pod_security_refusal(st, &key, &obj))
+            .flatten();
+        step(
+            r,
+            desired,
+            held || paused || refused.is_some(),
+            wl.step,
+            now,
+        );
         let complete = r.updated == desired && r.old == 0;
         let generation = meta(&obj, "generation").cloned().unwrap_or(json!(1));
         let total = r.updated + r.old;
@@ -261,13 +271,28 @@ pub(crate) fn pass(
                     &ts,
                 )
             };
+            let pod_name = format!("{rs_name}-{}", pod_suffix(&rs_name));
+            let failure = refused
+                .as_ref()
+                .map(|v| format!("pods \"{pod_name}\" is forbidden: {v}"));
+            let mut conditions = vec![available, progressing];
+            if let Some(message) = &failure {
+                conditions.push(condition(
+                    conds,
+                    "ReplicaFailure",
+                    "True",
+                    "FailedCreate",
+                    message,
+                    &ts,
+                ));
+            }
             let mut status = json!({
                 "observedGeneration": generation,
                 "replicas": total,
                 "updatedReplicas": r.updated,
                 "readyReplicas": total,
                 "availableReplicas": total,
-                "conditions": [available, progressing],
+                "conditions": conditions,
             });
             if desired > total {
                 status["unavailableReplicas"] = json!(desired - total);
@@ -291,8 +316,17 @@ pub(crate) fn pass(
                 old_hash: r.old_hash.clone(),
                 old: r.old,
                 revision: r.revision,
+                failure: failure.clone(),
             };
             reconcile_replicasets(st, &key, &obj, &plan);
+            if let Some(message) = failure {
+                record_event(
+                    st,
+                    &key.namespace,
+                    ("ReplicaSet", &rs_name),
+                    &format!("Error creating: {message}"),
+                );
+            }
         } else {
             let update_rev = format!("{}-{}", key.name, hash);
             let current_rev = match (&r.previous, complete) {
@@ -319,6 +353,18 @@ pub(crate) fn pass(
                 "collisionCount": 0,
             });
             reconcile_pvcs(st, &key, &obj, total, desired);
+            if let Some(v) = &refused {
+                let pod = format!("{}-{}", key.name, r.updated);
+                record_event(
+                    st,
+                    &key.namespace,
+                    ("StatefulSet", &key.name),
+                    &format!(
+                        "create Pod {pod} in StatefulSet {} failed error: pods \"{pod}\" is forbidden: {v}",
+                        key.name
+                    ),
+                );
+            }
         }
         if new["status"] != obj["status"] {
             // status writes go through the normal path: new resourceVersion, watch event
@@ -340,6 +386,8 @@ struct RsPlan {
     old_hash: Option<String>,
     old: i64,
     revision: u64,
+    /// Why the current template's pods cannot be created (`ReplicaFailure`), if they cannot.
+    failure: Option<String>,
 }
 
 /// Keep `<deploy>-<hash>` ReplicaSets in line with the rollout: the current template's holds
@@ -413,10 +461,21 @@ fn reconcile_replicasets(st: &mut State, key: &ObjKey, deploy: &Value, plan: &Rs
         let Some(mut current) = st.objects.get(&rs_key).cloned() else {
             continue;
         };
-        let status = json!({
+        let mut status = json!({
             "replicas": replicas, "fullyLabeledReplicas": replicas, "readyReplicas": replicas,
             "availableReplicas": replicas, "observedGeneration": meta(&current, "generation").cloned().unwrap_or(generation.clone()),
         });
+        if let (Some(message), true) = (&plan.failure, h == plan.hash) {
+            // the ReplicaSet controller's condition (replica_set_utils.go calculateStatus)
+            let since = current
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().find(|c| c["type"] == "ReplicaFailure"))
+                .map(|c| c["lastTransitionTime"].clone())
+                .unwrap_or_else(|| json!(ops::now()));
+            status["conditions"] = json!([{"type": "ReplicaFailure", "status": "True",
+                "reason": "FailedCreate", "message": message, "lastTransitionTime": since}]);
+        }
         if current["status"] != status {
             current["status"] = status;
             log_err(ops::system_write(
@@ -531,6 +590,69 @@ fn reconcile_pvcs(st: &mut State, key: &ObjKey, sts: &Value, running: i64, desir
             }
         }
     }
+}
+
+/// The `violates PodSecurity …` refusal the workload's pods would get from the namespace's
+/// `enforce` level, if any.
+fn pod_security_refusal(st: &State, key: &ObjKey, obj: &Value) -> Option<String> {
+    let rt = st.registry.find_any_version(&key.group, &key.resource)?;
+    let (pod_meta, spec) = crate::pod_security::pod_of(&rt, obj)?;
+    let policy = crate::pod_security::policy(st, &key.namespace);
+    crate::pod_security::violation(&policy.enforce, pod_meta, spec)
+}
+
+/// A stable generated-name suffix for the pod a ReplicaSet keeps failing to create (upstream
+/// draws a new one per attempt; a stable one keeps the condition from churning).
+fn pod_suffix(seed: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    Sha256::digest(seed.as_bytes())
+        .iter()
+        .take(5)
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// A `Warning` `FailedCreate` core/v1 Event about `(kind, name)`, once per distinct message.
+fn record_event(st: &mut State, ns: &str, (kind, name): (&str, &str), message: &str) {
+    let digest: String = Sha256::digest(message.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let key = ObjKey {
+        group: String::new(),
+        resource: "events".into(),
+        namespace: ns.into(),
+        name: format!("{name}.{digest}"),
+    };
+    if st.objects.contains_key(&key) {
+        return;
+    }
+    let uid = st
+        .objects
+        .iter()
+        .find(|(k, _)| {
+            k.namespace == ns && k.name == name && k.resource == format!("{}s", kind.to_lowercase())
+        })
+        .and_then(|(_, o)| crate::store::meta_str(o, "uid").map(str::to_string))
+        .unwrap_or_default();
+    let ts = ops::now();
+    let event = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": key.name, "namespace": ns},
+        "involvedObject": {"apiVersion": "apps/v1", "kind": kind, "name": name, "namespace": ns, "uid": uid},
+        "reason": "FailedCreate", "message": message, "type": "Warning", "count": 1,
+        "firstTimestamp": ts, "lastTimestamp": ts,
+        "source": {"component": if kind == "StatefulSet" { "statefulset-controller" } else { "replicaset-controller" }},
+        "reportingComponent": "", "reportingInstance": "",
+    });
+    log_err(ops::system_write(
+        st,
+        &key,
+        event,
+        Sub::Main,
+        CONTROLLER_MANAGER,
+    ));
 }
 
 /// Background writers have no caller to answer: a refused write is logged, never dropped silently.

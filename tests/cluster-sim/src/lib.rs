@@ -19,12 +19,17 @@
 //! - `fields`: managed fields and server-side apply
 //! - `patch`: merge, JSON and strategic merge patches
 //! - `protobuf`: the protobuf bodies kubectl's generators send for a few core kinds
+//! - `builtin`: built-in objects decoded against their Go types (wrong types, unknown fields,
+//!   `fieldValidation`)
+//! - `feature_gates`: fields of the newer bindings the served version does not know or drops
+//! - `warnings`: `Warning` response headers
 //! - `schema`: CRD structural check, validation, pruning, defaults, CEL rules
 //! - `resources`: served types and discovery documents
 //! - `selectors`: label and field selectors
 //! - `gc`: owner-reference garbage collection and namespace termination
 //! - `controllers`: Deployment/StatefulSet rollout status, ReplicaSets, StatefulSet PVCs,
 //!   default ServiceAccounts
+//! - `pod_security`: Pod Security admission (`enforce` refuses Pods, `warn` warns)
 //! - `rbac`: authorization of ServiceAccount tokens
 //! - [`faults`]: fault injection and the request log
 //! - `quantity`: resource quantities checked and stored in canonical form (`1024Mi` → `1Gi`)
@@ -33,16 +38,19 @@
 //! - `defaults`, `table`, `openapi`: defaulting, Table/metadata renderings, minimal OpenAPI
 //! - [`error`]: `ApiError` (the `Status` answers) and `Error`
 
+mod builtin;
 mod controllers;
 mod defaults;
 pub mod error;
 pub mod faults;
+mod feature_gates;
 mod fields;
 mod gc;
 mod immutable;
 mod openapi;
 mod ops;
 mod patch;
+mod pod_security;
 mod protobuf;
 mod quantity;
 pub mod rbac;
@@ -53,8 +61,10 @@ mod server;
 pub mod sim;
 mod store;
 mod table;
+mod warnings;
 mod watch;
 
+pub use builtin::FieldValidation;
 pub use controllers::CONTROLLER_MANAGER;
 pub use error::{ApiError, Error, Result};
 pub use faults::{counts_by_verb, RequestMatch, RequestRecord};

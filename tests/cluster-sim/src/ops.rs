@@ -7,6 +7,7 @@
 use rand::Rng;
 use serde_json::{json, Value};
 
+use crate::builtin::{Decoding, FieldValidation};
 use crate::error::{qualified, ApiError, Cause};
 use crate::fields::{self, ApplyRequest, Scope};
 use crate::patch::{self, PatchType};
@@ -16,6 +17,7 @@ use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{
     finalizers, meta, meta_str, remove_meta, set_finalizers, set_meta, EventType, ObjKey, State,
 };
+use crate::warnings::Warnings;
 
 /// Finalizer set by foreground deletion until blocking dependents are gone.
 pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
@@ -50,8 +52,12 @@ pub struct WriteOpts {
     pub manager: String,
     /// `dryRun=All`: run everything, commit nothing.
     pub dry_run: bool,
-    /// `fieldValidation=Strict`: unknown fields are a `400` instead of being pruned.
-    pub strict: bool,
+    /// `fieldValidation` (`Warn` when the parameter is absent, as upstream).
+    pub validation: FieldValidation,
+    /// How the object to store was built (shapes decode errors).
+    pub decoding: Decoding,
+    /// Warnings for the response.
+    pub warnings: Warnings,
 }
 
 /// `DeleteOptions` that matter here.
@@ -523,7 +529,12 @@ fn admit(
 ) -> Result<(), ApiError> {
     if let Some(schema_doc) = &rt.schema {
         let out = schema::validate(schema_doc, obj, old);
-        if opts.strict && !out.pruned.is_empty() {
+        if opts.validation == FieldValidation::Warn {
+            for p in &out.pruned {
+                opts.warnings.push(format!("unknown field \"{p}\""));
+            }
+        }
+        if opts.validation == FieldValidation::Strict && !out.pruned.is_empty() {
             let list: Vec<String> = out
                 .pruned
                 .iter()
@@ -540,6 +551,7 @@ fn admit(
         }
         return Ok(());
     }
+    crate::builtin::admit(rt, obj, old, opts.validation, opts.decoding, &opts.warnings)?;
     crate::defaults::apply(st, rt, obj, old);
     let mut causes = crate::quantity::canonicalize(rt, obj);
     if let Some(old) = old {
@@ -551,6 +563,7 @@ fn admit(
     if let Some(old) = old {
         crate::immutable::check_resize(st, rt, old, obj)?;
     }
+    crate::pod_security::admit(st, rt, name, old, obj, &opts.warnings)?;
     if rt.group == "apiextensions.k8s.io" {
         crd_admission(st, rt, name, old, obj)?;
     }
@@ -956,6 +969,11 @@ pub(crate) fn patch(
         if let Some(o) = &old {
             precondition_rv(rt, name, &body, o)?;
         }
+        crate::builtin::check_apply(rt, ns, name, &body)?;
+        let opts = &WriteOpts {
+            decoding: Decoding::Apply,
+            ..opts.clone()
+        };
         let scope = match sub {
             Sub::Status => Scope::Status,
             _ => Scope::Main {
@@ -981,6 +999,10 @@ pub(crate) fn patch(
         };
     }
     let old = old.ok_or_else(|| ApiError::not_found(rt, name))?;
+    let opts = &WriteOpts {
+        decoding: Decoding::Patch,
+        ..opts.clone()
+    };
     if ptype == PatchType::Strategic && rt.custom {
         return Err(ApiError::unsupported_media_type(
             "application/strategic-merge-patch+json",

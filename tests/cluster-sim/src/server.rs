@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
 
+use crate::builtin::{Decoding, FieldValidation};
 use crate::error::{qualified, ApiError};
 use crate::faults::RequestRecord;
 use crate::ops::{self, DeleteOpts, Deleted, Page, Sub, WriteOpts};
@@ -25,6 +26,7 @@ use crate::resources::ResourceType;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::sim::Core;
 use crate::table::Render;
+use crate::warnings::Warnings;
 
 /// The router serving the whole API.
 pub(crate) fn router(core: Arc<Core>) -> Router {
@@ -311,6 +313,8 @@ fn render_for(headers: &HeaderMap) -> Render {
     )
 }
 
+/// Serve one object request; warnings it earned go back as `Warning` headers, on success
+/// and failure alike (as upstream).
 #[allow(clippy::too_many_arguments)]
 async fn serve_object(
     core: &Arc<Core>,
@@ -320,6 +324,25 @@ async fn serve_object(
     body: Bytes,
     id: &Identity,
     record: &mut RequestRecord,
+) -> Result<Response, ApiError> {
+    let warnings = Warnings::default();
+    let mut resp = serve_object_with(core, o, headers, query, body, id, record, &warnings)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    warnings.attach(&mut resp);
+    Ok(resp)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_object_with(
+    core: &Arc<Core>,
+    o: ObjRoute,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    body: Bytes,
+    id: &Identity,
+    record: &mut RequestRecord,
+    warnings: &Warnings,
 ) -> Result<Response, ApiError> {
     let rt: Arc<ResourceType> = core
         .state
@@ -370,13 +393,25 @@ async fn serve_object(
     }
     let ns = o.namespace.as_deref();
     let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
+    let options = match verb.as_str() {
+        "create" => "CreateOptions",
+        "update" => "UpdateOptions",
+        _ => "PatchOptions",
+    };
+    let validation = if matches!(verb.as_str(), "create" | "update" | "patch") {
+        FieldValidation::parse(query.get("fieldValidation").map(String::as_str), options)?
+    } else {
+        FieldValidation::default()
+    };
     let opts = WriteOpts {
         manager: query
             .get("fieldManager")
             .cloned()
             .unwrap_or_else(|| default_manager(headers)),
         dry_run,
-        strict: query.get("fieldValidation").is_some_and(|v| v == "Strict"),
+        validation,
+        decoding: Decoding::Body,
+        warnings: warnings.clone(),
     };
     let render = render_for(headers);
     let content_type = headers

@@ -53,7 +53,7 @@ spec: {size: 3, color: red}
 
 /// A kubectl command for `kubeconfig`, with its discovery cache next to the kubeconfig so a
 /// later simulator on a reused port never sees another test's cached API groups.
-fn command(kubeconfig: &Path) -> Command {
+pub(crate) fn command(kubeconfig: &Path) -> Command {
     let mut c = Command::new(KUBECTL);
     let cache = kubeconfig.with_extension("kube-cache");
     c.env("KUBECONFIG", kubeconfig)
