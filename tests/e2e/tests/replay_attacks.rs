@@ -1,0 +1,171 @@
+//! Replay attacks by someone who can write to Redis and has captured a
+//! genuine entry (DESIGN §6): neither steers the replay guard of the
+//! `sluice-exec-worker` processes.
+//!
+//! ```text
+//!   copy ─XADD─▶ q:other ─▶ other worker: wrong_destination (nonce untouched)
+//!        ─XADD─▶ q:work  ─▶ work worker: runs once, hand-off marks the nonce done
+//!   DEL q:work; XADD q:work <original id> <captured entry>
+//!                        ─▶ work worker: replay (a first delivery of a seen id; done)
+//! ```
+
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_e2e::resp::{Probe, Resp};
+use sluice_e2e::{eventually, scrape, Sandbox, Service, Spec};
+use sluice_platform::clock::now_ms;
+use sluice_platform::redis::testing::RedisServer;
+use sluice_platform::{
+    Envelope, Keys, Kind, Queue, RedisBackend, RedisConfig, SharedKeyRing, Signer,
+};
+
+const MANIFEST: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata:
+  name: replays
+spec:
+  backends: { queue: redis, kv: redis, reply: redis }
+  interfaces:
+    - { name: stamp, kind: http, path: /v1/stamp, entry: stamp, timeout: 5s }
+    - { name: audit, kind: http, path: /v1/audit, entry: audit, timeout: 5s }
+  groups:
+    - { name: web, role: ingress }
+    - { name: work, role: worker }
+    - { name: other, role: worker }
+  nodes:
+    - { name: stamp, group: work, uses: builtin/json-map, with: { template: { stamped: "${/id}" } } }
+    - { name: audit, group: other, uses: builtin/echo }
+"#;
+
+/// A genuine request for node `stamp` of group `work`; its reply address
+/// belongs to no live ingress, so each execution counts as `reply_dropped`.
+fn request(keys: &Keys) -> Envelope {
+    Envelope {
+        kind: Kind::Request,
+        pipeline: keys.pipeline().to_string(),
+        dest: "work".to_string(),
+        cid: uuid::Uuid::new_v4().to_string(),
+        rid: "captured".to_string(),
+        trace: None,
+        ts: 0,
+        nonce: String::new(),
+        deadline: now_ms() + 60_000,
+        attempt: 1,
+        node: Some("stamp".to_string()),
+        reply_to: Some("no-such-ingress".to_string()),
+        payload: json!({"id": "captured"}),
+        error: None,
+    }
+}
+
+/// `(executions, replays, wrong destinations)` a worker counted.
+async fn counts(worker: &Service) -> (u64, u64, u64) {
+    let s = scrape(&worker.url("/metrics")).await;
+    (
+        s.count(
+            "sluice_worker_entries_total",
+            &[("outcome", "reply_dropped")],
+        ),
+        s.count("sluice_envelopes_rejected_total", &[("reason", "replay")]),
+        s.count(
+            "sluice_envelopes_rejected_total",
+            &[("reason", "wrong_destination")],
+        ),
+    )
+}
+
+async fn settle(worker: &Service, what: &str, want: (u64, u64, u64)) {
+    eventually(Duration::from_secs(15), what, || async {
+        let got = counts(worker).await;
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "(executions, replays, wrong destinations) {got:?}, want {want:?}"
+            ))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_into_another_queue_or_a_rewritten_queue_history_never_runs_an_entry_twice() {
+    let sb = Sandbox::new("replay-attacks");
+    let redis = RedisServer::start(false);
+    let keys_dir = sb.keygen();
+    let pipeline = sb.write("replays.yaml", MANIFEST);
+    let work = Service::start(
+        &sb,
+        Spec::worker(&pipeline, "work").redis(&redis.url(), &keys_dir),
+    )
+    .await;
+    let other = Service::start(
+        &sb,
+        Spec::worker(&pipeline, "other").redis(&redis.url(), &keys_dir),
+    )
+    .await;
+    let keys = Keys::new("default", "replays");
+    let signer = Signer::new(SharedKeyRing::from_dir(&keys_dir).expect("the ring"));
+    let captured = signer.sign(&mut request(&keys));
+    let q = RedisBackend::connect(RedisConfig::from_url(&redis.url()).expect("URL"))
+        .await
+        .expect("connect to Redis");
+
+    // 1. The captured entry copied into another group's queue first: that
+    // group refuses it for its destination without claiming its nonce...
+    q.push(&keys.queue("other"), captured.clone())
+        .await
+        .expect("XADD the copy");
+    settle(&other, "the copy refused by the other group", (0, 0, 1)).await;
+    // ...so the original still runs, once, where it belongs.
+    let original_id = q
+        .push(&keys.queue("work"), captured.clone())
+        .await
+        .expect("XADD the original");
+    settle(&work, "the original run once", (1, 0, 0)).await;
+
+    // 2. History rewritten: the queue deleted and the captured entry added
+    // back under its original id. It arrives as a first delivery of an id
+    // the guard has seen, whose nonce the hand-off marked done: a replay.
+    let probe = Probe::new(redis.port());
+    let stream = keys.queue("work");
+    probe
+        .cmd(&[b"DEL", stream.as_bytes()])
+        .expect("DEL the queue");
+    probe
+        .cmd(&[
+            b"XADD",
+            stream.as_bytes(),
+            original_id.as_bytes(),
+            b"v",
+            &captured.v,
+            b"k",
+            &captured.k,
+            b"m",
+            &captured.m,
+            b"s",
+            &captured.s,
+        ])
+        .expect("XADD under the original id");
+    settle(&work, "the re-added entry refused as a replay", (1, 1, 0)).await;
+    let nonce_keys = probe
+        .cmd(&[b"KEYS", b"sluice:{default/replays}:n:*"])
+        .expect("KEYS");
+    let listed: Vec<String> = match nonce_keys {
+        Resp::Array(Some(items)) => items
+            .into_iter()
+            .filter_map(|i| match i {
+                Resp::Bulk(Some(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
+                _ => None,
+            })
+            .collect(),
+        other => panic!("KEYS answered {other:?}"),
+    };
+    let listed = listed.join(" ");
+    assert!(
+        listed.contains(":n:work:") && !listed.contains(":n:other:"),
+        "the nonce lives under its destination group only: {listed}"
+    );
+}
