@@ -51,7 +51,12 @@ fn fixture() -> &'static Fixture {
 
 fn verify(f: &Fixture, entry: &StreamEntry) {
     f.runtime.block_on(async {
-        let _ = f.verifier.verify_request(entry, "1-0", "work").await;
+        let at = sluice_platform::At {
+            stream: "sluice:{default/fuzz}:q:work",
+            id: "1-0",
+            deliveries: 1,
+        };
+        let _ = f.verifier.verify_request(entry, &at, "work").await;
         let _ = f.verifier.verify_reply(entry, "ingress-1").await;
     });
 }
