@@ -144,7 +144,10 @@ async fn storage_grows_in_place_never_shrinks_and_outlives_the_pipeline() -> any
     let writes = h.writes_by(&op.user);
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let extra = &h.writes_of(&op.user)[writes..];
-    assert!(extra.is_empty(), "writes while the shrink is refused: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "writes while the shrink is refused: {extra:?}"
+    );
 
     // A class that cannot expand: refused by the API server, reported.
     h.sim.put_object(storage_class(false))?;
