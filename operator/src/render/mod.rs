@@ -45,8 +45,11 @@
 //! - [`context`]: the pipeline as owner, and what every builder reads.
 //! - [`child`]: one object to apply and the kinds it can be.
 //! - [`redis_use`]: which Redis the pods use; managed Redis's address.
-//! - [`pod_spec`]: restricted security contexts, sidecar hardening, probes,
-//!   directory mounts and node Secret references.
+//! - [`pod_spec`]: probes, resources, env, directory mounts and node Secret
+//!   references.
+//! - [`restricted`]: Pod Security "restricted": the operator's security
+//!   contexts, and what a sidecar may ask for.
+//! - [`sidecars`]: the checks and hardening of user sidecars.
 //! - [`contract`]: the runtime's variables, flags and ports.
 //! - [`error`]: why no objects could be computed.
 
@@ -64,7 +67,9 @@ pub mod pods;
 pub mod policy;
 pub mod redis;
 pub mod redis_use;
+pub mod restricted;
 pub mod services;
+pub mod sidecars;
 
 use std::collections::BTreeMap;
 
@@ -202,7 +207,8 @@ pub fn to_yaml<T: Serialize>(objects: &[T]) -> Result<String> {
 /// [`Error::MissingObjectKey`] without name, namespace or uid;
 /// [`Error::InvalidSpec`] with every violated rule: those of
 /// [`sluice_crds::compile`] and the operator's own (names too long to derive
-/// object names from, sidecar conflicts, malformed `secretRef`s).
+/// object names from, sidecar conflicts, sidecars asking beyond Pod Security
+/// "restricted", malformed `secretRef`s).
 pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desired> {
     let owner = owner_of(sp)?;
     let spec = &sp.spec;
@@ -238,7 +244,7 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
     }
     for (i, g) in spec.groups.iter().enumerate() {
         let sidecars = g.sidecars.as_deref().unwrap_or_default();
-        pod_spec::check_sidecars(i, main_container(g.role), sidecars, &mut errors);
+        sidecars::check(i, main_container(g.role), sidecars, &mut errors);
     }
     // Node Secrets by the group whose processes run the node.
     let mut secret_refs: BTreeMap<&str, Vec<SecretRefUse>> = BTreeMap::new();
