@@ -45,11 +45,12 @@
 //! - [`context`]: the pipeline as owner, and what every builder reads.
 //! - [`child`]: one object to apply and the kinds it can be.
 //! - [`redis_use`]: which Redis the pods use; managed Redis's address.
-//! - [`pod_spec`]: probes, resources, env, directory mounts and node Secret
-//!   references.
+//! - [`pod_spec`]: probes, resources, env and directory mounts.
 //! - [`restricted`]: Pod Security "restricted": the operator's security
 //!   contexts, and what a sidecar may ask for.
 //! - [`sidecars`]: the checks and hardening of user sidecars.
+//! - [`secret_refs`]: the Secrets nodes and sidecars name, and the
+//!   pipeline's own Secrets, which they may not.
 //! - [`contract`]: the runtime's variables, flags and ports.
 //! - [`error`]: why no objects could be computed.
 
@@ -68,6 +69,7 @@ pub mod policy;
 pub mod redis;
 pub mod redis_use;
 pub mod restricted;
+pub mod secret_refs;
 pub mod services;
 pub mod sidecars;
 
@@ -97,10 +99,10 @@ use crate::settings::OperatorSettings;
 use autoscale::{hpa, keda_objects};
 use context::{owner_of, Ctx};
 use pipeline_file::pipeline_config_map;
-use pod_spec::SecretRefUse;
 use pods::{deployment, ingress_container, worker_container};
 use policy::pdb;
 use redis_use::RedisUse;
+use secret_refs::{OwnSecrets, SecretRefUse, SecretReference};
 use services::{ingress_resource, ingress_service};
 
 // === the desired objects ===
@@ -208,7 +210,8 @@ pub fn to_yaml<T: Serialize>(objects: &[T]) -> Result<String> {
 /// [`Error::InvalidSpec`] with every violated rule: those of
 /// [`sluice_crds::compile`] and the operator's own (names too long to derive
 /// object names from, sidecar conflicts, sidecars asking beyond Pod Security
-/// "restricted", malformed `secretRef`s).
+/// "restricted", malformed `secretRef`s, nodes or sidecars naming the
+/// pipeline's own Secrets).
 pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desired> {
     let owner = owner_of(sp)?;
     let spec = &sp.spec;
@@ -242,16 +245,22 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
             message,
         });
     }
+    // What nodes and sidecars name: never the pipeline's own Secrets.
+    let own = OwnSecrets::of(&owner.name, spec);
     for (i, g) in spec.groups.iter().enumerate() {
         let sidecars = g.sidecars.as_deref().unwrap_or_default();
-        sidecars::check(i, main_container(g.role), sidecars, &mut errors);
+        sidecars::check(i, main_container(g.role), sidecars, &own, &mut errors);
     }
     // Node Secrets by the group whose processes run the node.
-    let mut secret_refs: BTreeMap<&str, Vec<SecretRefUse>> = BTreeMap::new();
+    let mut node_secrets: BTreeMap<&str, Vec<SecretRefUse>> = BTreeMap::new();
     for (i, n) in spec.nodes.iter().enumerate() {
         if let Some(with) = &n.with {
-            let found = secret_refs.entry(n.group.as_str()).or_default();
-            pod_spec::find_secret_refs(with, &format!("spec.nodes[{i}].with"), found, &mut errors);
+            let found = node_secrets.entry(n.group.as_str()).or_default();
+            let before = found.len();
+            let path = format!("spec.nodes[{i}].with");
+            secret_refs::find_secret_refs(with, &path, found, &mut errors);
+            let node_refs: Vec<_> = found[before..].iter().map(SecretReference::from).collect();
+            own.refuse(&node_refs, &mut errors);
         }
     }
     let plan = match compiled {
@@ -295,9 +304,9 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
     let inline = plan.backend == BackendKind::Memory;
     let ingress_refs: Vec<SecretRefUse> = if inline {
         // Every group runs in the ingress process.
-        secret_refs.values().flatten().cloned().collect()
+        node_secrets.values().flatten().cloned().collect()
     } else {
-        secret_refs
+        node_secrets
             .get(ingress.name.as_str())
             .cloned()
             .unwrap_or_default()
@@ -327,7 +336,7 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
                 Some(_) => None,
                 None => Some(g.replicas.unwrap_or(1)),
             };
-            let refs = secret_refs
+            let refs = node_secrets
                 .get(g.name.as_str())
                 .cloned()
                 .unwrap_or_default();
@@ -545,6 +554,28 @@ mod tests {
                 "metadata.name",
                 "spec.groups[2].sidecars[0].name",
                 "spec.nodes[1].with.headersFrom.A.secretRef"
+            ]
+        );
+    }
+
+    #[test]
+    fn nodes_and_sidecars_may_not_name_the_pipelines_own_secrets() {
+        let mut sp = with_everything();
+        sp.spec.nodes[1].with = Some(serde_json::json!({
+            "url": "http://127.0.0.1:9000",
+            "headersFrom": {"X-Keys": {"secretRef": {"name": "enrich-ipc-keys", "key": "current"}}}
+        }));
+        group_mut(&mut sp, "io").sidecars.as_mut().unwrap()[0] = sluice_crds::yaml::from_str(
+            "{name: py, image: x, envFrom: [{secretRef: {name: enrich-redis}}]}",
+        )
+        .unwrap();
+        let e = desired(&sp, &OperatorSettings::default()).unwrap_err();
+        let paths: Vec<_> = e.field_errors().iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.groups[2].sidecars[0].envFrom[0].secretRef.name",
+                "spec.nodes[1].with.headersFrom.X-Keys.secretRef.name"
             ]
         );
     }

@@ -17,9 +17,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde_json::Value;
-use sluice_crds::FieldError;
 
+use super::secret_refs::SecretRefUse;
 use crate::names;
 
 /// The UID/GID of the runtime images (distroless `nonroot`).
@@ -225,71 +224,6 @@ pub fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
 
 // === node Secrets ===
 
-/// One `secretRef: {name, key}` found in a node's `with`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretRefUse {
-    /// Field path of the `secretRef`, e.g. `spec.nodes[2].with.headersFrom.Authorization.secretRef`.
-    pub path: String,
-    pub name: String,
-    pub key: String,
-}
-
-/// Every `{"secretRef": {"name": .., "key": ..}}` object inside `with`, at
-/// any depth (DESIGN §3: Secrets come by reference). A `secretRef` of any
-/// other shape is reported, since the runtime would not find its Secret.
-pub fn find_secret_refs(
-    with: &Value,
-    path: &str,
-    found: &mut Vec<SecretRefUse>,
-    errors: &mut Vec<FieldError>,
-) {
-    match with {
-        Value::Object(map) => {
-            for (k, v) in map {
-                let p = format!("{path}.{k}");
-                if k == "secretRef" {
-                    match secret_ref(v) {
-                        Ok((name, key)) => found.push(SecretRefUse {
-                            path: p.clone(),
-                            name,
-                            key,
-                        }),
-                        Err(message) => errors.push(FieldError {
-                            path: p.clone(),
-                            message,
-                        }),
-                    }
-                    continue;
-                }
-                find_secret_refs(v, &p, found, errors);
-            }
-        }
-        Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                find_secret_refs(v, &format!("{path}[{i}]"), found, errors);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn secret_ref(v: &Value) -> Result<(String, String), String> {
-    let name = v.get("name").and_then(Value::as_str);
-    let key = v.get("key").and_then(Value::as_str);
-    match (name, key) {
-        (Some(name), Some(key)) => {
-            if !names::is_dns_subdomain(name) {
-                return Err(format!("`{name}` is not a valid Secret name"));
-            }
-            if !names::is_data_key(key) {
-                return Err(format!("`{key}` is not a valid Secret key"));
-            }
-            Ok((name.to_string(), key.to_string()))
-        }
-        _ => Err("secretRef needs string fields `name` and `key`".into()),
-    }
-}
-
 /// Volumes and mounts for the node Secrets a pod needs: one directory per
 /// Secret at `<SECRETS_DIR>/<name>`, projecting only the referenced keys (a
 /// pod sees no key its nodes do not name).
@@ -328,42 +262,19 @@ pub fn node_secret_mounts(uses: &[SecretRefUse]) -> (Vec<Volume>, Vec<VolumeMoun
 mod tests {
     use super::*;
     use crate::render::fixtures::{examples, render, templates};
-    use serde_json::json;
 
     #[test]
-    fn secret_refs_are_found_at_any_depth_with_their_paths() {
-        let with = json!({
-            "url": "http://127.0.0.1:9000",
-            "headersFrom": {
-                "Authorization": {"secretRef": {"name": "api", "key": "token"}},
-                "X-Other": {"secretRef": {"name": "api", "key": "other"}}
-            },
-            "list": [{"secretRef": {"name": "db", "key": "password"}}]
-        });
-        let (mut found, mut errors) = (vec![], vec![]);
-        find_secret_refs(&with, "spec.nodes[0].with", &mut found, &mut errors);
-        assert!(errors.is_empty(), "{errors:?}");
-        let mut got: Vec<_> = found
-            .iter()
-            .map(|u| (u.path.as_str(), u.name.as_str(), u.key.as_str()))
-            .collect();
-        got.sort();
-        assert_eq!(
-            got,
-            vec![
-                (
-                    "spec.nodes[0].with.headersFrom.Authorization.secretRef",
-                    "api",
-                    "token"
-                ),
-                (
-                    "spec.nodes[0].with.headersFrom.X-Other.secretRef",
-                    "api",
-                    "other"
-                ),
-                ("spec.nodes[0].with.list[0].secretRef", "db", "password"),
-            ]
-        );
+    fn node_secrets_are_mounted_one_directory_per_secret_with_only_the_named_keys() {
+        let used = |name: &str, key: &str| SecretRefUse {
+            path: format!("spec.nodes[0].with.{key}.secretRef"),
+            name: name.into(),
+            key: key.into(),
+        };
+        let found = [
+            used("api", "token"),
+            used("api", "other"),
+            used("db", "password"),
+        ];
         let (volumes, mounts) = node_secret_mounts(&found);
         assert_eq!(volumes.len(), 2, "one volume per Secret");
         assert_eq!(mounts[0].mount_path, "/etc/sluice/secrets/api");
@@ -382,22 +293,6 @@ mod tests {
         let e = env_verbatim("X", "http://h/$(HOME)/$$");
         assert_eq!(e.value.as_deref(), Some("http://h/$$(HOME)/$$$$"));
         assert_eq!(env_verbatim("X", "plain").value.as_deref(), Some("plain"));
-    }
-
-    #[test]
-    fn malformed_secret_refs_are_reported() {
-        let with = json!({"a": {"secretRef": {"name": "x"}}, "b": {"secretRef": {"name": "Bad_Name", "key": "k"}}});
-        let (mut found, mut errors) = (vec![], vec![]);
-        find_secret_refs(&with, "spec.nodes[1].with", &mut found, &mut errors);
-        assert!(found.is_empty());
-        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(
-            paths,
-            [
-                "spec.nodes[1].with.a.secretRef",
-                "spec.nodes[1].with.b.secretRef"
-            ]
-        );
     }
 
     #[test]

@@ -18,9 +18,10 @@ use super::contract::{
     ENV_OTEL_EXPORTER_OTLP_ENDPOINT, ENV_OTEL_EXPORTER_OTLP_PROTOCOL, ENV_OTEL_RESOURCE_ATTRIBUTES,
     ENV_POD_NAME, INGRESS_PORT,
 };
-use super::pod_spec::{self, SecretRefUse};
+use super::pod_spec;
 use super::redis;
 use super::restricted;
+use super::secret_refs::SecretRefUse;
 use super::sidecars;
 use crate::labels::{self, Component};
 use crate::names;

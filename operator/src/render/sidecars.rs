@@ -5,13 +5,18 @@
 //! sidecar ─check─▶ refused (FieldError with its path), when it:
 //!   │              - takes the runtime container's name, or another sidecar's
 //!   │              - asks beyond Pod Security restricted (restricted::check)
-//!   │              - mounts the key ring, or mounts with subPath
+//!   │              - mounts the key ring or the Redis CA, or mounts with subPath
+//!   │              - names one of the pipeline's own Secrets in env/envFrom
 //!   │
+//!   ├─secret_references─▶ the other Secrets it names
 //!   └─harden─▶ restricted values where it left fields unset, /tmp
 //! ```
 //!
 //! Sidecars declare no volumes (a group has no `volumes` field): every
-//! volume of the pod is the operator's.
+//! volume of the pod is the operator's — `pipeline`, `keys`, `tmp`,
+//! `redis-ca` and one `secret-…` per node Secret. A sidecar may mount the
+//! pipeline file, `/tmp` and the node Secrets of its pod, never the key
+//! ring or the Redis CA.
 
 use std::collections::BTreeSet;
 
@@ -19,12 +24,22 @@ use k8s_openapi::api::core::v1::Container;
 use sluice_crds::FieldError;
 
 use super::pod_spec::{self, VOLUME_KEYS};
+use super::redis::VOLUME_REDIS_CA;
 use super::restricted;
+use super::secret_refs::{OwnSecrets, SecretReference};
+use crate::names;
 
 /// Checks the sidecars of `spec.groups[group_index]` against the pod they
-/// join: unique names different from `main`, the restricted profile, and no
-/// mount of the key ring or with `subPath`.
-pub fn check(group_index: usize, main: &str, sidecars: &[Container], errors: &mut Vec<FieldError>) {
+/// join: unique names different from `main`, the restricted profile, no
+/// mount of the pipeline's Secrets or with `subPath`, and no reference to
+/// the pipeline's own Secrets.
+pub fn check(
+    group_index: usize,
+    main: &str,
+    sidecars: &[Container],
+    own: &OwnSecrets,
+    errors: &mut Vec<FieldError>,
+) {
     let mut seen = BTreeSet::new();
     for (j, c) in sidecars.iter().enumerate() {
         let p = path(group_index, j);
@@ -41,6 +56,16 @@ pub fn check(group_index: usize, main: &str, sidecars: &[Container], errors: &mu
         }
         restricted::check(&p, c, errors);
         check_mounts(&p, c, errors);
+        let refs = container_references(&p, c);
+        for r in &refs {
+            if !names::is_dns_subdomain(&r.name) {
+                errors.push(FieldError {
+                    path: format!("{}.name", r.path),
+                    message: format!("`{}` is not a valid Secret name", r.name),
+                });
+            }
+        }
+        own.refuse(&refs, errors);
     }
 }
 
@@ -50,10 +75,15 @@ fn path(group_index: usize, j: usize) -> String {
 
 fn check_mounts(p: &str, c: &Container, errors: &mut Vec<FieldError>) {
     for (k, m) in c.volume_mounts.iter().flatten().enumerate() {
-        if m.name == VOLUME_KEYS {
+        let refused = match m.name.as_str() {
+            VOLUME_KEYS => Some("sidecars may not mount the key ring"),
+            VOLUME_REDIS_CA => Some("sidecars may not mount the Redis CA Secret"),
+            _ => None,
+        };
+        if let Some(message) = refused {
             errors.push(FieldError {
                 path: format!("{p}.volumeMounts[{k}].name"),
-                message: "sidecars may not mount the key ring".into(),
+                message: message.into(),
             });
         }
         if m.sub_path.is_some() || m.sub_path_expr.is_some() {
@@ -65,6 +95,39 @@ fn check_mounts(p: &str, c: &Container, errors: &mut Vec<FieldError>) {
             });
         }
     }
+}
+
+/// Every Secret the sidecars of `spec.groups[group_index]` name through
+/// `env[].valueFrom.secretKeyRef` or `envFrom[].secretRef`, in spec order.
+pub fn secret_references(group_index: usize, sidecars: &[Container]) -> Vec<SecretReference> {
+    sidecars
+        .iter()
+        .enumerate()
+        .flat_map(|(j, c)| container_references(&path(group_index, j), c))
+        .collect()
+}
+
+fn container_references(p: &str, c: &Container) -> Vec<SecretReference> {
+    let env = c.env.iter().flatten().enumerate().filter_map(|(k, e)| {
+        let s = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+        Some(SecretReference {
+            name: s.name.clone(),
+            path: format!("{p}.env[{k}].valueFrom.secretKeyRef"),
+        })
+    });
+    let env_from = c
+        .env_from
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(k, e)| {
+            let s = e.secret_ref.as_ref()?;
+            Some(SecretReference {
+                name: s.name.clone(),
+                path: format!("{p}.envFrom[{k}].secretRef"),
+            })
+        });
+    env.chain(env_from).collect()
 }
 
 /// A sidecar [`check`] accepted, ready to join the pod: the restricted
@@ -86,12 +149,51 @@ pub fn harden(mut c: Container) -> Container {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{SecurityContext, VolumeMount};
+    use crate::render::fixtures::{deployment, external_with_ca, render};
+    use k8s_openapi::api::core::v1::{
+        EnvFromSource, EnvVar, EnvVarSource, SecretEnvSource, SecretKeySelector, SecurityContext,
+        VolumeMount,
+    };
+
+    fn own() -> OwnSecrets {
+        let spec = sluice_crds::yaml::from_str(
+            "interfaces: [{name: api, path: /a, entry: a}]
+groups: [{name: web, role: ingress}]
+nodes: [{name: a, group: web, uses: builtin/echo}]",
+        )
+        .unwrap();
+        OwnSecrets::of("p", &spec)
+    }
 
     fn refusals(sidecars: &[Container]) -> Vec<String> {
         let mut errors = vec![];
-        check(2, "worker", sidecars, &mut errors);
+        check(2, "worker", sidecars, &own(), &mut errors);
         errors.iter().map(ToString::to_string).collect()
+    }
+
+    fn env_secret(secret: &str) -> EnvVar {
+        EnvVar {
+            name: "TOKEN".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.into(),
+                    key: "token".into(),
+                    optional: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn env_from_secret(secret: &str) -> EnvFromSource {
+        EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: secret.into(),
+                optional: None,
+            }),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -112,6 +214,126 @@ mod tests {
                 "spec.groups[2].sidecars[0].name: `worker` is the name of the runtime container",
                 "spec.groups[2].sidecars[0].volumeMounts[0].name: sidecars may not mount the key ring",
                 "spec.groups[2].sidecars[0].volumeMounts[0]: subPath mounts never see Secret or ConfigMap updates; mount the directory",
+            ]
+        );
+    }
+
+    #[test]
+    fn sidecars_may_not_mount_the_redis_ca() {
+        let c = Container {
+            name: "py".into(),
+            volume_mounts: Some(vec![VolumeMount {
+                name: VOLUME_REDIS_CA.into(),
+                mount_path: "/ca".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        assert_eq!(
+            refusals(&[c]),
+            ["spec.groups[2].sidecars[0].volumeMounts[0].name: sidecars may not mount the Redis CA Secret"]
+        );
+    }
+
+    #[test]
+    fn every_pipeline_secret_volume_is_refused_to_sidecars() {
+        // Whatever Secret volume the operator adds to a pod for its own
+        // Secrets must be one a sidecar cannot mount.
+        let sp = external_with_ca(Some("{name: redis-ca, key: ca.crt}"));
+        let d = render(&sp);
+        let own = OwnSecrets::of("enrich", &sp.spec);
+        let pod = deployment(&d, "enrich-io")
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .clone()
+            .unwrap();
+        let mut own_volumes = vec![];
+        for v in pod.volumes.unwrap() {
+            let secret = v.secret.as_ref().and_then(|s| s.secret_name.as_deref());
+            if secret.is_some_and(|s| own.what(s).is_some()) {
+                own_volumes.push(v.name.clone());
+                let c = Container {
+                    name: "py".into(),
+                    volume_mounts: Some(vec![VolumeMount {
+                        name: v.name.clone(),
+                        mount_path: "/x".into(),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                };
+                assert_eq!(refusals(&[c]).len(), 1, "{} is open to sidecars", v.name);
+            }
+        }
+        assert_eq!(own_volumes, ["keys", "redis-ca"]);
+    }
+
+    #[test]
+    fn sidecars_may_not_read_the_pipelines_own_secrets_from_env() {
+        let c = Container {
+            name: "py".into(),
+            env: Some(vec![env_secret("enrich-api"), env_secret("p-ipc-keys")]),
+            env_from: Some(vec![env_from_secret("p-redis")]),
+            ..Default::default()
+        };
+        assert_eq!(
+            refusals(&[c]),
+            [
+                "spec.groups[2].sidecars[0].env[1].valueFrom.secretKeyRef.name: `p-ipc-keys` is the pipeline's own Secret (the key ring); nodes and sidecars may not reference it",
+                "spec.groups[2].sidecars[0].envFrom[0].secretRef.name: `p-redis` is the pipeline's own Secret (the managed Redis password); nodes and sidecars may not reference it",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_secret_name_in_env_is_refused() {
+        let c = Container {
+            name: "py".into(),
+            env_from: Some(vec![env_from_secret("../secrets")]),
+            ..Default::default()
+        };
+        assert_eq!(
+            refusals(&[c]),
+            ["spec.groups[2].sidecars[0].envFrom[0].secretRef.name: `../secrets` is not a valid Secret name"]
+        );
+    }
+
+    #[test]
+    fn the_secrets_sidecars_name_are_listed_with_their_paths() {
+        let a = Container {
+            name: "a".into(),
+            env: Some(vec![
+                EnvVar {
+                    name: "PLAIN".into(),
+                    value: Some("x".into()),
+                    ..Default::default()
+                },
+                env_secret("api"),
+            ]),
+            ..Default::default()
+        };
+        let b = Container {
+            name: "b".into(),
+            env_from: Some(vec![env_from_secret("db")]),
+            ..Default::default()
+        };
+        let got: Vec<_> = secret_references(1, &[a, b])
+            .into_iter()
+            .map(|r| (r.name, r.path))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "api".to_string(),
+                    "spec.groups[1].sidecars[0].env[1].valueFrom.secretKeyRef".to_string()
+                ),
+                (
+                    "db".to_string(),
+                    "spec.groups[1].sidecars[1].envFrom[0].secretRef".to_string()
+                ),
             ]
         );
     }
