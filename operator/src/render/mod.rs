@@ -11,6 +11,9 @@
 //!                   ─ generated_secrets  created only if absent (random material:
 //!                                        initial_key_secret / initial_redis_secret)
 //!                   ─ obsolete_secrets   owned Secrets to delete by name
+//!                   ─ referenced_secrets Secrets nodes and sidecars name: the
+//!                                        reconciler applies nothing while one
+//!                                        lacks the opt-in label
 //! ```
 //!
 //! For pipeline `P` in namespace `ns`:
@@ -92,6 +95,7 @@ pub use error::{Error, Result};
 pub use key_ring::initial_key_secret;
 pub use pipeline_file::pipeline_manifest;
 pub use redis::initial_redis_secret;
+pub use secret_refs::SecretReference;
 
 use crate::hash;
 use crate::names;
@@ -102,7 +106,7 @@ use pipeline_file::pipeline_config_map;
 use pods::{deployment, ingress_container, worker_container};
 use policy::pdb;
 use redis_use::RedisUse;
-use secret_refs::{OwnSecrets, SecretRefUse, SecretReference};
+use secret_refs::{OwnSecrets, SecretRefUse};
 use services::{ingress_resource, ingress_service};
 
 // === the desired objects ===
@@ -142,6 +146,11 @@ pub struct Desired {
     /// `P-ipc-keys` after switching to `keys: secretRef`): delete each by
     /// name if its controller owner is this pipeline.
     pub obsolete_secrets: Vec<String>,
+    /// Every Secret a node or a sidecar names, in spec order (one entry per
+    /// place it is named). The reconciler reads each by name and applies
+    /// nothing while one is absent or lacks the label
+    /// [`crate::labels::ALLOW_REFERENCE`]; see [`crate::referenced`].
+    pub referenced_secrets: Vec<SecretReference>,
 }
 
 impl Desired {
@@ -245,11 +254,14 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
             message,
         });
     }
-    // What nodes and sidecars name: never the pipeline's own Secrets.
+    // What nodes and sidecars name: never the pipeline's own Secrets, and
+    // every other one only with its owner's opt-in (checked at reconcile).
     let own = OwnSecrets::of(&owner.name, spec);
+    let mut referenced_secrets = Vec::new();
     for (i, g) in spec.groups.iter().enumerate() {
         let sidecars = g.sidecars.as_deref().unwrap_or_default();
         sidecars::check(i, main_container(g.role), sidecars, &own, &mut errors);
+        referenced_secrets.extend(sidecars::secret_references(i, sidecars));
     }
     // Node Secrets by the group whose processes run the node.
     let mut node_secrets: BTreeMap<&str, Vec<SecretRefUse>> = BTreeMap::new();
@@ -261,6 +273,7 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
             secret_refs::find_secret_refs(with, &path, found, &mut errors);
             let node_refs: Vec<_> = found[before..].iter().map(SecretReference::from).collect();
             own.refuse(&node_refs, &mut errors);
+            referenced_secrets.extend(node_refs);
         }
     }
     let plan = match compiled {
@@ -375,6 +388,7 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
         plan,
         generated_secrets,
         obsolete_secrets,
+        referenced_secrets,
     })
 }
 
@@ -578,6 +592,34 @@ mod tests {
                 "spec.nodes[1].with.headersFrom.X-Keys.secretRef.name"
             ]
         );
+    }
+
+    #[test]
+    fn the_secrets_nodes_and_sidecars_name_are_listed_for_the_reconciler() {
+        let mut sp = with_everything();
+        group_mut(&mut sp, "io").sidecars.as_mut().unwrap()[0] = sluice_crds::yaml::from_str(
+            "{name: py, image: x, env: [{name: T, valueFrom: {secretKeyRef: {name: py-config, key: t}}}]}",
+        )
+        .unwrap();
+        let got: Vec<_> = render(&sp)
+            .referenced_secrets
+            .into_iter()
+            .map(|r| (r.name, r.path))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "py-config".to_string(),
+                    "spec.groups[2].sidecars[0].env[0].valueFrom.secretKeyRef".to_string()
+                ),
+                (
+                    "enrich-api".to_string(),
+                    "spec.nodes[1].with.headersFrom.Authorization.secretRef".to_string()
+                ),
+            ]
+        );
+        assert!(render(&orders_redis()).referenced_secrets.is_empty());
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! nodes' `with` (any {secretRef: {name, key}})  ─┐
 //! sidecars' env[].valueFrom.secretKeyRef,         ├─▶ SecretReference (name, field path)
 //!           envFrom[].secretRef                  ─┘       │
-//!                                                          └─ one of OwnSecrets ─▶ FieldError (InvalidSpec)
+//!                                                          ├─ one of OwnSecrets ─▶ FieldError (InvalidSpec)
+//!                                                          └─ else ─▶ Desired::referenced_secrets: the
+//!                                                             reconciler applies nothing that names one
+//!                                                             unless it carries sluice.dev/allow-reference=true
 //! ```
 //!
 //! Own Secrets are what the pipeline itself runs on: the key ring (`P-ipc-keys`
@@ -28,7 +31,9 @@ pub struct SecretRefUse {
     pub key: String,
 }
 
-/// A Secret the spec names for a node or a sidecar.
+/// A Secret the spec names for a node or a sidecar. Not the pipeline's
+/// infrastructure: it reaches the pods only while it carries the label
+/// [`crate::labels::ALLOW_REFERENCE`] (checked by [`crate::referenced`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretReference {
     pub name: String,

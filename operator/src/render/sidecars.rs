@@ -8,15 +8,15 @@
 //!   │              - mounts the key ring or the Redis CA, or mounts with subPath
 //!   │              - names one of the pipeline's own Secrets in env/envFrom
 //!   │
-//!   ├─secret_references─▶ the other Secrets it names
+//!   ├─secret_references─▶ the other Secrets it names (each needs the opt-in label)
 //!   └─harden─▶ restricted values where it left fields unset, /tmp
 //! ```
 //!
 //! Sidecars declare no volumes (a group has no `volumes` field): every
 //! volume of the pod is the operator's — `pipeline`, `keys`, `tmp`,
 //! `redis-ca` and one `secret-…` per node Secret. A sidecar may mount the
-//! pipeline file, `/tmp` and the node Secrets of its pod, never the key
-//! ring or the Redis CA.
+//! pipeline file, `/tmp` and the node Secrets of its pod (those carry the
+//! opt-in label), never the key ring or the Redis CA.
 
 use std::collections::BTreeSet;
 
