@@ -31,6 +31,11 @@ pub const CONFIG_HASH: &str = "sluice.dev/config-hash";
 /// read once at start and the pipeline does not own (external Redis's URL
 /// and CA); a change rolls the pods (see [`crate::referenced`]).
 pub const SECRET_VERSIONS: &str = "sluice.dev/secret-versions";
+/// Label a Secret's owner puts on it to let pipelines reference it from a
+/// node (`secretRef`) or a sidecar (`secretKeyRef`, `envFrom`); value
+/// `"true"`. Without it, whoever may edit a StreamPipeline could read every
+/// Secret of the namespace through the pods (see [`crate::referenced`]).
+pub const ALLOW_REFERENCE: &str = "sluice.dev/allow-reference";
 /// Key ring Secret annotation: the rotation phase (DESIGN §6), `stable` outside a rotation.
 pub const ROTATION_PHASE: &str = "sluice.dev/rotation-phase";
 /// Key ring Secret annotation: RFC 3339 time the phase last changed.

@@ -34,8 +34,10 @@
 //! - [`quantity`]: resource quantities compared by value (the API server
 //!   stores them in canonical form).
 //! - [`status`]: conditions and group status from the live workloads.
-//! - [`referenced`]: Secrets the spec names but the pipeline does not own
-//!   (external Redis's URL and CA); their versions roll the pods.
+//! - [`referenced`]: Secrets the spec names but the pipeline does not own:
+//!   external Redis's URL and CA (their versions roll the pods), and those
+//!   of nodes and sidecars (nothing is applied until each carries the
+//!   `sluice.dev/allow-reference` opt-in label).
 //! - [`secrets`]: the create-if-absent key ring and Redis password Secrets.
 //! - [`rotation`]: key ring rotation, phase by phase (DESIGN §6).
 //! - [`autoscale`]: the builtin autoscaler (backlog and rate from Redis,

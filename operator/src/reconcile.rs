@@ -6,7 +6,12 @@
 //!   ├─ desired() refuses the spec ─▶ status InvalidSpec (+ Warning event once per generation);
 //!   │                                nothing created, nothing changed, nothing deleted
 //!   ▼
-//! create-if-absent the generated Secrets (GET by name; never list/watch)
+//! GET by name the Secrets the spec names (referenced.rs; never list/watch)
+//!   ├─ a node's or sidecar's Secret absent or without sluice.dev/allow-reference=true
+//!   │     ─▶ status SecretReferenceRefused (+ Warning event once per generation);
+//!   │        nothing created, nothing changed, nothing deleted
+//!   ▼
+//! create-if-absent the generated Secrets (GET by name)
 //!   ▼
 //! server-side apply each desired object that differs from its live copy (apply::up_to_date)
 //!   ▼
@@ -241,8 +246,10 @@ pub fn error_policy(sp: Arc<PipelineObject>, error: &Error, ctx: Arc<Context>) -
 /// The reconcile proper.
 ///
 /// # Guarantees
-/// - An invalid spec creates, changes and deletes nothing; the status says
-///   why, and a Warning event is published once per generation.
+/// - An invalid spec, or one naming for a node or sidecar a Secret that is
+///   absent or lacks the opt-in label, creates, changes and deletes
+///   nothing; the status says why, and a Warning event is published once
+///   per generation.
 /// - A pipeline being deleted is left to garbage collection.
 /// - With nothing to change, no write request is issued.
 ///
@@ -266,7 +273,8 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
-            report_invalid(&Refused::of(sp), ctx, &target, &live, message).await?;
+            let validity = Validity::Invalid(message);
+            report_not_applied(&Refused::of(sp), ctx, &target, &live, validity).await?;
             return Ok(Action::requeue(ctx.timing.requeue_interval));
         }
         Err(e) => return Err(e.into()),
@@ -277,6 +285,16 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
     let mut applied = Applied::default();
     if !suspended {
         let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+        // First: a Secret that is not open to pipelines holds everything of
+        // this spec, as an invalid spec does, so no object naming it is
+        // written and no group runs a spec the others do not.
+        let referenced =
+            referenced::read(&secrets_api, &sp.spec, &desired.referenced_secrets).await?;
+        if !referenced.refused.is_empty() {
+            let validity = Validity::SecretsRefused(referenced.refused.join("; "));
+            report_not_applied(&Refused::of(sp), ctx, &target, &live, validity).await?;
+            return Ok(Action::requeue(ctx.timing.requeue_interval));
+        }
         let ensured = secrets::ensure(
             &secrets_api,
             sp,
@@ -289,7 +307,6 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
             requeue = requeue.min(after);
         }
         let mut changes = ensured.changes;
-        let referenced = referenced::read(&secrets_api, &sp.spec).await?;
         if let Some(versions) = &referenced.versions {
             desired.annotate_runtime_pods(labels::SECRET_VERSIONS, versions);
         }
@@ -1063,7 +1080,7 @@ fn live_readiness(spec: Option<&StreamPipelineSpec>, live: &Live) -> Result<Vec<
     Ok(out)
 }
 
-/// A pipeline whose spec cannot be run: what reporting it needs.
+/// A pipeline whose spec is not applied: what reporting it needs.
 struct Refused<'a> {
     object: &'a ObjectMeta,
     /// `None` when the spec could not even be read.
@@ -1101,37 +1118,47 @@ async fn reconcile_unreadable(obj: &PipelineObject, ctx: &Context) -> Result<Act
         spec: None,
         status: obj.status.as_ref(),
     };
-    report_invalid(&refused, ctx, &target, &live, message.clone()).await?;
+    let validity = Validity::Invalid(message.clone());
+    report_not_applied(&refused, ctx, &target, &live, validity).await?;
     Ok(Action::requeue(ctx.timing.requeue_interval))
 }
 
-/// Status and event for a spec that cannot run. Nothing else is touched:
-/// a new pipeline gets no objects, a running one keeps its last valid ones.
-async fn report_invalid(
+/// Status and event for a spec that is not applied: invalid, or naming
+/// Secrets not open to pipelines (`validity` says which). Nothing else is
+/// touched: a new pipeline gets no objects, a running one keeps the objects
+/// it has.
+async fn report_not_applied(
     sp: &Refused<'_>,
     ctx: &Context,
     target: &Target<'_>,
     live: &Live,
-    message: String,
+    validity: Validity,
 ) -> Result<(), Error> {
-    ctx.metrics.invalid_specs.inc();
+    let Some((reason, why)) = validity.refusal().map(|(r, w)| (r, w.to_string())) else {
+        return Ok(());
+    };
+    if reason == status::reason::INVALID_SPEC {
+        ctx.metrics.invalid_specs.inc();
+    }
     let workloads = live_readiness(sp.spec, live)?;
     let running = !live.is_empty();
     let generation = sp.object.generation;
-    let reported = degraded_for(sp.status, generation, status::reason::INVALID_SPEC).is_some();
+    let reported = degraded_for(sp.status, generation, reason).is_some();
     if !reported {
-        warn!(errors = %message, running, "invalid spec");
-        let note = if running {
-            format!("not applied, the last valid spec keeps running: {message}")
-        } else {
-            format!("nothing created: {message}")
+        warn!(errors = %why, running, reason, "spec not applied");
+        let note = match (running, reason == status::reason::INVALID_SPEC) {
+            (true, true) => format!("not applied, the last valid spec keeps running: {why}"),
+            (true, false) => {
+                format!("not applied, the running objects are left as they are: {why}")
+            }
+            (false, _) => format!("nothing created: {why}"),
         };
         let about = PipelineObject {
             metadata: sp.object.clone(),
             spec: Err(String::new()),
             status: None,
         };
-        ctx.event(&about, EventType::Warning, "InvalidSpec", "Validate", note)
+        ctx.event(&about, EventType::Warning, reason, "Validate", note)
             .await;
     }
     // Unread, the spec says nothing of suspension or exposure: the last
@@ -1143,7 +1170,7 @@ async fn report_invalid(
     let status = status::compute(&status::Inputs {
         generation,
         previous: sp.status,
-        validity: Validity::Invalid(message),
+        validity,
         suspended: sp.spec.is_some_and(|s| s.suspend == Some(true)),
         workloads,
         ingress_url,

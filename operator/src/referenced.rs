@@ -1,29 +1,46 @@
-//! Secrets a pipeline names but does not own — external Redis's URL
-//! (`redis.urlSecretRef`) and CA (`redis.caSecretRef`) — and how their
-//! changes reach the pods that read them.
+//! Secrets a pipeline names but does not own, read by name at every
+//! reconcile (never listed or watched, DESIGN §4):
+//!
+//! - external Redis's URL (`redis.urlSecretRef`) and CA
+//!   (`redis.caSecretRef`): the pipeline's infrastructure, and how their
+//!   changes reach the pods that read them;
+//! - the Secrets nodes and sidecars name ([`SecretReference`]s): the
+//!   namespace's other Secrets, which reach the pods only with their
+//!   owner's opt-in.
 //!
 //! ```text
-//! GET each referenced Secret (by name, every reconcile)
-//!   ├─ present with its key ─▶ "<name>/<resourceVersion>" ─▶ pod template annotation
-//!   │                                                          sluice.dev/secret-versions
-//!   └─ absent, or without the key ─▶ Degraded SecretMissing (the annotation leaves it out)
+//! GET each Secret once by name
+//!   ├─ Redis URL / CA ─ present with its key ─▶ "<name>/<resourceVersion>" ─▶ pod template
+//!   │                 │                          annotation sluice.dev/secret-versions
+//!   │                 └─ absent, or without the key ─▶ Degraded SecretMissing
+//!   └─ node / sidecar ─ labelled sluice.dev/allow-reference=true ─▶ fine
+//!                     └─ absent, or not labelled ─▶ refused: nothing is applied,
+//!                                                    Degraded SecretReferenceRefused
 //! ```
 //!
 //! The runtime reads the URL (an environment variable) and the CA (a
 //! mounted file) once, at start; a new value takes a new pod. Stamping the
 //! Secrets' `resourceVersion`s on the runtime pod templates makes any change
 //! of those Secret objects roll the pods that use them, noticed at the next
-//! reconcile (at most `--requeue-interval` later: Secrets are read by name,
-//! never watched, DESIGN §4). A version says nothing about the value: no key
-//! byte reaches an annotation, log or event.
+//! reconcile (at most `--requeue-interval` later). A version says nothing
+//! about the value: no key byte reaches an annotation, log or event.
+//!
+//! The opt-in keeps a StreamPipeline from being a way round RBAC: whoever
+//! may edit one could otherwise name any Secret of the namespace and read it
+//! through a sidecar or a `builtin/http` header. The label is the Secret
+//! owner's consent, checked before anything naming the Secret is applied.
 //!
 //! Must not: read a Secret the spec does not name, or keep any value read.
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use sluice_crds::{RedisMode, SecretKeyRef, StreamPipelineSpec};
 
 use crate::error::{api_error, Error};
+use crate::labels::ALLOW_REFERENCE;
+use crate::render::SecretReference;
 
 /// What the referenced Secrets look like now.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -34,6 +51,11 @@ pub struct Referenced {
     /// What is missing (`Secret redis-url (spec.redis.urlSecretRef) does not
     /// exist`), one line per Secret.
     pub missing: Vec<String>,
+    /// The Secrets nodes and sidecars name that are absent or lack the
+    /// opt-in label, one line per Secret with every field naming it
+    /// (`Secret api (spec.nodes[1].with.headersFrom.A.secretRef) is not
+    /// labelled sluice.dev/allow-reference=true`).
+    pub refused: Vec<String>,
 }
 
 /// The Secrets `spec` names, with the field naming each.
@@ -54,25 +76,79 @@ fn references(spec: &StreamPipelineSpec) -> Vec<(&'static str, &SecretKeyRef)> {
     .collect()
 }
 
-/// Reads every Secret `spec` names.
+/// Reads every Secret `spec` names for its Redis, and each of `opt_in`
+/// (the Secrets its nodes and sidecars name, [`crate::Desired`]'s
+/// `referenced_secrets`), each once.
 ///
 /// # Errors
 /// API errors other than `404`.
-pub async fn read(api: &Api<Secret>, spec: &StreamPipelineSpec) -> Result<Referenced, Error> {
+pub async fn read(
+    api: &Api<Secret>,
+    spec: &StreamPipelineSpec,
+    opt_in: &[SecretReference],
+) -> Result<Referenced, Error> {
     let refs = references(spec);
-    let mut found = Vec::new();
-    for (_, r) in &refs {
+    let names = refs
+        .iter()
+        .map(|(_, r)| r.name.as_str())
+        .chain(opt_in.iter().map(|r| r.name.as_str()));
+    let mut found: BTreeMap<&str, Option<Secret>> = BTreeMap::new();
+    for name in names {
+        if found.contains_key(name) {
+            continue;
+        }
         let secret = api
-            .get_opt(&r.name)
+            .get_opt(name)
             .await
-            .map_err(|e| api_error("get", "Secret", &r.name, e))?;
-        found.push(secret);
+            .map_err(|e| api_error("get", "Secret", name, e))?;
+        found.insert(name, secret);
     }
-    Ok(summarize(&refs, &found))
+    let of_refs: Vec<_> = refs
+        .iter()
+        .map(|(_, r)| found.get(r.name.as_str()).and_then(Option::as_ref))
+        .collect();
+    let mut out = summarize(&refs, &of_refs);
+    out.refused = refused(opt_in, &found);
+    Ok(out)
+}
+
+/// Whether the Secret's owner lets pipelines reference it.
+fn allows_reference(secret: &Secret) -> bool {
+    secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(ALLOW_REFERENCE))
+        .is_some_and(|v| v == "true")
+}
+
+/// One line per Secret of `opt_in` that is absent or lacks the label, with
+/// every field naming it, in spec order.
+fn refused(opt_in: &[SecretReference], found: &BTreeMap<&str, Option<Secret>>) -> Vec<String> {
+    let mut paths: Vec<(&str, Vec<&str>)> = Vec::new();
+    for r in opt_in {
+        match paths.iter_mut().find(|(n, _)| *n == r.name) {
+            Some((_, p)) => p.push(&r.path),
+            None => paths.push((&r.name, vec![&r.path])),
+        }
+    }
+    paths
+        .into_iter()
+        .filter_map(|(name, fields)| {
+            let fields = fields.join(", ");
+            match found.get(name) {
+                Some(Some(s)) if allows_reference(s) => None,
+                Some(Some(_)) => Some(format!(
+                    "Secret {name} ({fields}) is not labelled {ALLOW_REFERENCE}=true"
+                )),
+                _ => Some(format!("Secret {name} ({fields}) does not exist")),
+            }
+        })
+        .collect()
 }
 
 /// The versions and the missing of `refs`, given what was found for each.
-fn summarize(refs: &[(&'static str, &SecretKeyRef)], found: &[Option<Secret>]) -> Referenced {
+fn summarize(refs: &[(&'static str, &SecretKeyRef)], found: &[Option<&Secret>]) -> Referenced {
     let mut out = Referenced::default();
     let mut versions = Vec::new();
     for ((field, r), secret) in refs.iter().zip(found) {
@@ -145,7 +221,10 @@ nodes: [{{name: a, group: web, uses: builtin/echo}}]"
         let refs = references(&s);
         let got = summarize(
             &refs,
-            &[Some(secret("7", &["url"])), Some(secret("9", &["ca.crt"]))],
+            &[
+                Some(&secret("7", &["url"])),
+                Some(&secret("9", &["ca.crt"])),
+            ],
         );
         assert_eq!(got.versions.as_deref(), Some("u/7,c/9"));
         assert!(got.missing.is_empty());
@@ -158,7 +237,7 @@ nodes: [{{name: a, group: web, uses: builtin/echo}}]"
             "{mode: external, urlSecretRef: {name: u, key: url}, caSecretRef: {name: c, key: ca.crt}}",
         );
         let refs = references(&s);
-        let got = summarize(&refs, &[Some(secret("7", &["other"])), None]);
+        let got = summarize(&refs, &[Some(&secret("7", &["other"])), None]);
         assert_eq!(
             got.missing,
             [
@@ -169,5 +248,52 @@ nodes: [{{name: a, group: web, uses: builtin/echo}}]"
         // The present one is still stamped: when the key appears, the
         // version changes and the pods roll onto it.
         assert_eq!(got.versions.as_deref(), Some("u/7"));
+    }
+
+    fn reference(name: &str, path: &str) -> SecretReference {
+        SecretReference {
+            name: name.into(),
+            path: path.into(),
+        }
+    }
+
+    fn labelled(value: &str) -> Secret {
+        let mut s = secret("3", &["token"]);
+        s.metadata.labels = Some([(ALLOW_REFERENCE.to_string(), value.to_string())].into());
+        s
+    }
+
+    #[test]
+    fn a_referenced_secret_needs_the_opt_in_label_set_to_true() {
+        let refs = [
+            reference("open", "spec.nodes[0].with.headersFrom.A.secretRef"),
+            reference("closed", "spec.nodes[0].with.headersFrom.B.secretRef"),
+            reference("maybe", "spec.groups[1].sidecars[0].envFrom[0].secretRef"),
+            reference(
+                "gone",
+                "spec.groups[1].sidecars[0].env[2].valueFrom.secretKeyRef",
+            ),
+            reference("closed", "spec.groups[1].sidecars[0].envFrom[1].secretRef"),
+        ];
+        let found = BTreeMap::from([
+            ("open", Some(labelled("true"))),
+            ("closed", Some(secret("4", &["token"]))),
+            ("maybe", Some(labelled("yes"))),
+            ("gone", None),
+        ]);
+        let got = refused(&refs, &found);
+        assert_eq!(
+            got,
+            [
+                "Secret closed (spec.nodes[0].with.headersFrom.B.secretRef, spec.groups[1].sidecars[0].envFrom[1].secretRef) is not labelled sluice.dev/allow-reference=true",
+                "Secret maybe (spec.groups[1].sidecars[0].envFrom[0].secretRef) is not labelled sluice.dev/allow-reference=true",
+                "Secret gone (spec.groups[1].sidecars[0].env[2].valueFrom.secretKeyRef) does not exist",
+            ]
+        );
+        assert!(
+            got.iter().all(|l| !l.contains("secret@h")),
+            "no Secret value in a message"
+        );
+        assert!(refused(&refs[..1], &found).is_empty());
     }
 }

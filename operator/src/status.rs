@@ -59,6 +59,9 @@ pub mod reason {
     /// A Secret the spec names (`redis.urlSecretRef`, `redis.caSecretRef`)
     /// does not exist or lacks the key: the pods cannot start.
     pub const SECRET_MISSING: &str = "SecretMissing";
+    /// A Secret a node or a sidecar names is absent or lacks the label
+    /// `sluice.dev/allow-reference: "true"`: nothing is applied.
+    pub const SECRET_REFERENCE_REFUSED: &str = "SecretReferenceRefused";
 }
 
 /// Where one workload stands.
@@ -186,6 +189,21 @@ pub enum Validity {
     /// With `workloads` empty this is a new pipeline and nothing was created;
     /// otherwise the objects of the last valid spec keep running.
     Invalid(String),
+    /// The spec names Secrets that are absent or not open to pipelines
+    /// (one line each, see [`crate::referenced`]): nothing is applied, as
+    /// for an invalid spec, until each carries the opt-in label.
+    SecretsRefused(String),
+}
+
+impl Validity {
+    /// `(reason, why)` when the spec is not applied.
+    pub fn refusal(&self) -> Option<(&'static str, &str)> {
+        match self {
+            Validity::Valid => None,
+            Validity::Invalid(errors) => Some((reason::INVALID_SPEC, errors)),
+            Validity::SecretsRefused(why) => Some((reason::SECRET_REFERENCE_REFUSED, why)),
+        }
+    }
 }
 
 /// Everything the status is computed from.
@@ -220,8 +238,10 @@ pub struct Inputs<'a> {
 /// Deterministic; equal inputs with the previous status set to the output
 /// give the same output again (so an unchanged pipeline is never rewritten).
 pub fn compute(inputs: &Inputs<'_>) -> StreamPipelineStatus {
-    let invalid_new =
-        matches!(inputs.validity, Validity::Invalid(_)) && inputs.workloads.is_empty();
+    let refused_new = inputs
+        .validity
+        .refusal()
+        .filter(|_| inputs.workloads.is_empty());
     let waiting: Vec<&str> = inputs
         .workloads
         .iter()
@@ -243,19 +263,14 @@ pub fn compute(inputs: &Inputs<'_>) -> StreamPipelineStatus {
         (type_.to_string(), ok, reason.to_string(), message)
     };
     let mut conditions = Vec::with_capacity(3 + inputs.extra.len());
-    match &inputs.validity {
-        Validity::Invalid(errors) if invalid_new => {
+    match refused_new {
+        Some((why_not, errors)) => {
             let message = format!("nothing was created: {errors}");
-            conditions.push(cond(READY, false, reason::INVALID_SPEC, message.clone()));
-            conditions.push(cond(
-                PROGRESSING,
-                false,
-                reason::INVALID_SPEC,
-                message.clone(),
-            ));
-            conditions.push(cond(DEGRADED, true, reason::INVALID_SPEC, message));
+            conditions.push(cond(READY, false, why_not, message.clone()));
+            conditions.push(cond(PROGRESSING, false, why_not, message.clone()));
+            conditions.push(cond(DEGRADED, true, why_not, message));
         }
-        validity => {
+        None => {
             if !stuck.is_empty() {
                 let message = stuck.join("; ");
                 conditions.push(cond(
@@ -288,7 +303,7 @@ pub fn compute(inputs: &Inputs<'_>) -> StreamPipelineStatus {
                     cond(PROGRESSING, false, reason::COMPLETE, message)
                 });
             }
-            conditions.push(match validity {
+            conditions.push(match &inputs.validity {
                 Validity::Invalid(errors) => cond(
                     DEGRADED,
                     true,
@@ -297,6 +312,15 @@ pub fn compute(inputs: &Inputs<'_>) -> StreamPipelineStatus {
                         "generation {} is invalid and was not applied; the objects of the last valid spec keep running: {errors}",
                         inputs.generation.unwrap_or(0)
                     ),
+                ),
+                // The running objects may be of this very generation (a
+                // label removed after they were applied): say nothing of
+                // which generation they run.
+                Validity::SecretsRefused(why) => cond(
+                    DEGRADED,
+                    true,
+                    reason::SECRET_REFERENCE_REFUSED,
+                    format!("not applied, the running objects are left as they are: {why}"),
                 ),
                 Validity::Valid if !stuck.is_empty() => cond(
                     DEGRADED,
@@ -366,7 +390,7 @@ pub fn compute(inputs: &Inputs<'_>) -> StreamPipelineStatus {
         conditions,
         groups,
         ready_groups,
-        ingress_url: if invalid_new {
+        ingress_url: if refused_new.is_some() {
             None
         } else {
             inputs.ingress_url.clone()
@@ -620,6 +644,40 @@ mod tests {
             .unwrap()
             .message
             .contains("last valid spec"));
+    }
+
+    #[test]
+    fn refused_secret_references_hold_a_new_pipeline_and_degrade_a_running_one() {
+        let why = "Secret api (spec.nodes[1].with.headersFrom.A.secretRef) is not labelled sluice.dev/allow-reference=true";
+        let mut i = inputs(vec![], None);
+        i.validity = Validity::SecretsRefused(why.into());
+        let s = compute(&i);
+        for c in [READY, PROGRESSING] {
+            assert_eq!(cond(&s, c), ("False", reason::SECRET_REFERENCE_REFUSED));
+        }
+        assert_eq!(
+            cond(&s, DEGRADED),
+            ("True", reason::SECRET_REFERENCE_REFUSED)
+        );
+        assert_eq!(
+            condition(&s, DEGRADED).unwrap().message,
+            format!("nothing was created: {why}")
+        );
+
+        let r =
+            Readiness::of_deployment(&deploy(Some(1), 1, rolled(1, 1)), Some("web".into()), false);
+        let mut i = inputs(vec![r], None);
+        i.validity = Validity::SecretsRefused(why.into());
+        let s = compute(&i);
+        assert_eq!(cond(&s, READY), ("True", reason::READY));
+        assert_eq!(
+            cond(&s, DEGRADED),
+            ("True", reason::SECRET_REFERENCE_REFUSED)
+        );
+        assert_eq!(
+            condition(&s, DEGRADED).unwrap().message,
+            format!("not applied, the running objects are left as they are: {why}")
+        );
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //!                   ─ generated_secrets  created only if absent (random material:
 //!                                        initial_key_secret / initial_redis_secret)
 //!                   ─ obsolete_secrets   owned Secrets to delete by name
+//!                   ─ referenced_secrets Secrets nodes and sidecars name: the
+//!                                        reconciler applies nothing while one
+//!                                        lacks the opt-in label
 //! ```
 //!
 //! For pipeline `P` in namespace `ns`:
@@ -45,8 +48,12 @@
 //! - [`context`]: the pipeline as owner, and what every builder reads.
 //! - [`child`]: one object to apply and the kinds it can be.
 //! - [`redis_use`]: which Redis the pods use; managed Redis's address.
-//! - [`pod_spec`]: restricted security contexts, sidecar hardening, probes,
-//!   directory mounts and node Secret references.
+//! - [`pod_spec`]: probes, resources, env and directory mounts.
+//! - [`restricted`]: Pod Security "restricted": the operator's security
+//!   contexts, and what a sidecar may ask for.
+//! - [`sidecars`]: the checks and hardening of user sidecars.
+//! - [`secret_refs`]: the Secrets nodes and sidecars name, and the
+//!   pipeline's own Secrets, which they may not.
 //! - [`contract`]: the runtime's variables, flags and ports.
 //! - [`error`]: why no objects could be computed.
 
@@ -64,7 +71,10 @@ pub mod pods;
 pub mod policy;
 pub mod redis;
 pub mod redis_use;
+pub mod restricted;
+pub mod secret_refs;
 pub mod services;
+pub mod sidecars;
 
 use std::collections::BTreeMap;
 
@@ -85,6 +95,7 @@ pub use error::{Error, Result};
 pub use key_ring::initial_key_secret;
 pub use pipeline_file::pipeline_manifest;
 pub use redis::initial_redis_secret;
+pub use secret_refs::SecretReference;
 
 use crate::hash;
 use crate::names;
@@ -92,10 +103,10 @@ use crate::settings::OperatorSettings;
 use autoscale::{hpa, keda_objects};
 use context::{owner_of, Ctx};
 use pipeline_file::pipeline_config_map;
-use pod_spec::SecretRefUse;
 use pods::{deployment, ingress_container, worker_container};
 use policy::pdb;
 use redis_use::RedisUse;
+use secret_refs::{OwnSecrets, SecretRefUse};
 use services::{ingress_resource, ingress_service};
 
 // === the desired objects ===
@@ -135,6 +146,11 @@ pub struct Desired {
     /// `P-ipc-keys` after switching to `keys: secretRef`): delete each by
     /// name if its controller owner is this pipeline.
     pub obsolete_secrets: Vec<String>,
+    /// Every Secret a node or a sidecar names, in spec order (one entry per
+    /// place it is named). The reconciler reads each by name and applies
+    /// nothing while one is absent or lacks the label
+    /// [`crate::labels::ALLOW_REFERENCE`]; see [`crate::referenced`].
+    pub referenced_secrets: Vec<SecretReference>,
 }
 
 impl Desired {
@@ -202,7 +218,9 @@ pub fn to_yaml<T: Serialize>(objects: &[T]) -> Result<String> {
 /// [`Error::MissingObjectKey`] without name, namespace or uid;
 /// [`Error::InvalidSpec`] with every violated rule: those of
 /// [`sluice_crds::compile`] and the operator's own (names too long to derive
-/// object names from, sidecar conflicts, malformed `secretRef`s).
+/// object names from, sidecar conflicts, sidecars asking beyond Pod Security
+/// "restricted", malformed `secretRef`s, nodes or sidecars naming the
+/// pipeline's own Secrets).
 pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desired> {
     let owner = owner_of(sp)?;
     let spec = &sp.spec;
@@ -236,16 +254,26 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
             message,
         });
     }
+    // What nodes and sidecars name: never the pipeline's own Secrets, and
+    // every other one only with its owner's opt-in (checked at reconcile).
+    let own = OwnSecrets::of(&owner.name, spec);
+    let mut referenced_secrets = Vec::new();
     for (i, g) in spec.groups.iter().enumerate() {
         let sidecars = g.sidecars.as_deref().unwrap_or_default();
-        pod_spec::check_sidecars(i, main_container(g.role), sidecars, &mut errors);
+        sidecars::check(i, main_container(g.role), sidecars, &own, &mut errors);
+        referenced_secrets.extend(sidecars::secret_references(i, sidecars));
     }
     // Node Secrets by the group whose processes run the node.
-    let mut secret_refs: BTreeMap<&str, Vec<SecretRefUse>> = BTreeMap::new();
+    let mut node_secrets: BTreeMap<&str, Vec<SecretRefUse>> = BTreeMap::new();
     for (i, n) in spec.nodes.iter().enumerate() {
         if let Some(with) = &n.with {
-            let found = secret_refs.entry(n.group.as_str()).or_default();
-            pod_spec::find_secret_refs(with, &format!("spec.nodes[{i}].with"), found, &mut errors);
+            let found = node_secrets.entry(n.group.as_str()).or_default();
+            let before = found.len();
+            let path = format!("spec.nodes[{i}].with");
+            secret_refs::find_secret_refs(with, &path, found, &mut errors);
+            let node_refs: Vec<_> = found[before..].iter().map(SecretReference::from).collect();
+            own.refuse(&node_refs, &mut errors);
+            referenced_secrets.extend(node_refs);
         }
     }
     let plan = match compiled {
@@ -289,9 +317,9 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
     let inline = plan.backend == BackendKind::Memory;
     let ingress_refs: Vec<SecretRefUse> = if inline {
         // Every group runs in the ingress process.
-        secret_refs.values().flatten().cloned().collect()
+        node_secrets.values().flatten().cloned().collect()
     } else {
-        secret_refs
+        node_secrets
             .get(ingress.name.as_str())
             .cloned()
             .unwrap_or_default()
@@ -321,7 +349,7 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
                 Some(_) => None,
                 None => Some(g.replicas.unwrap_or(1)),
             };
-            let refs = secret_refs
+            let refs = node_secrets
                 .get(g.name.as_str())
                 .cloned()
                 .unwrap_or_default();
@@ -360,6 +388,7 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
         plan,
         generated_secrets,
         obsolete_secrets,
+        referenced_secrets,
     })
 }
 
@@ -541,6 +570,56 @@ mod tests {
                 "spec.nodes[1].with.headersFrom.A.secretRef"
             ]
         );
+    }
+
+    #[test]
+    fn nodes_and_sidecars_may_not_name_the_pipelines_own_secrets() {
+        let mut sp = with_everything();
+        sp.spec.nodes[1].with = Some(serde_json::json!({
+            "url": "http://127.0.0.1:9000",
+            "headersFrom": {"X-Keys": {"secretRef": {"name": "enrich-ipc-keys", "key": "current"}}}
+        }));
+        group_mut(&mut sp, "io").sidecars.as_mut().unwrap()[0] = sluice_crds::yaml::from_str(
+            "{name: py, image: x, envFrom: [{secretRef: {name: enrich-redis}}]}",
+        )
+        .unwrap();
+        let e = desired(&sp, &OperatorSettings::default()).unwrap_err();
+        let paths: Vec<_> = e.field_errors().iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.groups[2].sidecars[0].envFrom[0].secretRef.name",
+                "spec.nodes[1].with.headersFrom.X-Keys.secretRef.name"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_secrets_nodes_and_sidecars_name_are_listed_for_the_reconciler() {
+        let mut sp = with_everything();
+        group_mut(&mut sp, "io").sidecars.as_mut().unwrap()[0] = sluice_crds::yaml::from_str(
+            "{name: py, image: x, env: [{name: T, valueFrom: {secretKeyRef: {name: py-config, key: t}}}]}",
+        )
+        .unwrap();
+        let got: Vec<_> = render(&sp)
+            .referenced_secrets
+            .into_iter()
+            .map(|r| (r.name, r.path))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "py-config".to_string(),
+                    "spec.groups[2].sidecars[0].env[0].valueFrom.secretKeyRef".to_string()
+                ),
+                (
+                    "enrich-api".to_string(),
+                    "spec.nodes[1].with.headersFrom.Authorization.secretRef".to_string()
+                ),
+            ]
+        );
+        assert!(render(&orders_redis()).referenced_secrets.is_empty());
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Building blocks of every PodSpec the operator renders: Pod Security
-//! "restricted" contexts, the read-only-root-filesystem companions (`/tmp`),
-//! probes, the mounts of the pipeline file, key ring and node Secrets, and
-//! the hardening of user sidecars.
+//! Building blocks of every PodSpec the operator renders: the
+//! read-only-root-filesystem companions (`/tmp`), probes, resources, env,
+//! and the mounts of the pipeline file, key ring and node Secrets. The
+//! security contexts are [`super::restricted`]'s; user sidecars are
+//! [`super::sidecars`]'.
 //!
 //! Every mount is a whole directory: the kubelet updates a mounted Secret or
 //! ConfigMap by swapping a `..data` symlink, which a `subPath` mount never
@@ -10,16 +11,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    ExecAction, HTTPGetAction, KeyToPath, PodSecurityContext, Probe, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, TCPSocketAction,
+    ConfigMapVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
+    KeyToPath, Probe, ResourceRequirements, SecretKeySelector, SecretVolumeSource, TCPSocketAction,
     Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde_json::Value;
-use sluice_crds::FieldError;
 
+use super::secret_refs::SecretRefUse;
 use crate::names;
 
 /// The UID/GID of the runtime images (distroless `nonroot`).
@@ -48,113 +47,6 @@ pub const DEFAULT_MEMORY_REQUEST: &str = "128Mi";
 /// The path of the pipeline file inside a runtime container.
 pub fn pipeline_path() -> String {
     format!("{PIPELINE_DIR}/{PIPELINE_FILE}")
-}
-
-// === security ===
-
-fn runtime_default_seccomp() -> SeccompProfile {
-    SeccompProfile {
-        type_: "RuntimeDefault".into(),
-        ..Default::default()
-    }
-}
-
-/// Pod-level context meeting Pod Security "restricted", running as `uid`.
-/// With `fs_group`, mounted volumes are group-owned by it (Redis's `/data`).
-pub fn restricted_pod(uid: i64, fs_group: bool) -> PodSecurityContext {
-    PodSecurityContext {
-        run_as_non_root: Some(true),
-        run_as_user: Some(uid),
-        run_as_group: Some(uid),
-        fs_group: fs_group.then_some(uid),
-        fs_group_change_policy: fs_group.then(|| "OnRootMismatch".to_string()),
-        seccomp_profile: Some(runtime_default_seccomp()),
-        ..Default::default()
-    }
-}
-
-/// Container-level context of the operator's own containers: restricted
-/// plus a read-only root filesystem.
-pub fn restricted_container() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Default::default()
-        }),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        seccomp_profile: Some(runtime_default_seccomp()),
-        ..Default::default()
-    }
-}
-
-/// A user sidecar with every restricted field it leaves unset filled in
-/// (what it sets is kept: the API server or admission then judges it), and
-/// the pod's `/tmp` mounted unless it mounts something there itself, since
-/// its root filesystem becomes read-only.
-pub fn harden_sidecar(mut c: Container) -> Container {
-    let mut sc = c.security_context.take().unwrap_or_default();
-    sc.run_as_non_root.get_or_insert(true);
-    sc.allow_privilege_escalation.get_or_insert(false);
-    sc.read_only_root_filesystem.get_or_insert(true);
-    sc.seccomp_profile
-        .get_or_insert_with(runtime_default_seccomp);
-    sc.capabilities
-        .get_or_insert_with(Capabilities::default)
-        .drop
-        .get_or_insert_with(|| vec!["ALL".into()]);
-    c.security_context = Some(sc);
-    let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
-    if !mounts
-        .iter()
-        .any(|m| m.mount_path.trim_end_matches('/') == "/tmp")
-    {
-        mounts.push(tmp_mount());
-    }
-    c
-}
-
-/// Checks the sidecars of `spec.groups[group_index]` against the pod they
-/// join: unique names different from `main`, and no mount that could
-/// expose the key ring or miss Secret updates.
-pub fn check_sidecars(
-    group_index: usize,
-    main: &str,
-    sidecars: &[Container],
-    errors: &mut Vec<FieldError>,
-) {
-    let mut seen = BTreeSet::new();
-    for (j, c) in sidecars.iter().enumerate() {
-        let p = format!("spec.groups[{group_index}].sidecars[{j}]");
-        if c.name == main {
-            errors.push(FieldError {
-                path: format!("{p}.name"),
-                message: format!("`{main}` is the name of the runtime container"),
-            });
-        } else if !seen.insert(c.name.as_str()) {
-            errors.push(FieldError {
-                path: format!("{p}.name"),
-                message: format!("duplicate sidecar name `{}`", c.name),
-            });
-        }
-        for (k, m) in c.volume_mounts.iter().flatten().enumerate() {
-            if m.name == VOLUME_KEYS {
-                errors.push(FieldError {
-                    path: format!("{p}.volumeMounts[{k}].name"),
-                    message: "sidecars may not mount the key ring".into(),
-                });
-            }
-            if m.sub_path.is_some() || m.sub_path_expr.is_some() {
-                errors.push(FieldError {
-                    path: format!("{p}.volumeMounts[{k}]"),
-                    message:
-                        "subPath mounts never see Secret or ConfigMap updates; mount the directory"
-                            .into(),
-                });
-            }
-        }
-    }
 }
 
 // === resources and probes ===
@@ -332,71 +224,6 @@ pub fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
 
 // === node Secrets ===
 
-/// One `secretRef: {name, key}` found in a node's `with`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretRefUse {
-    /// Field path of the `secretRef`, e.g. `spec.nodes[2].with.headersFrom.Authorization.secretRef`.
-    pub path: String,
-    pub name: String,
-    pub key: String,
-}
-
-/// Every `{"secretRef": {"name": .., "key": ..}}` object inside `with`, at
-/// any depth (DESIGN §3: Secrets come by reference). A `secretRef` of any
-/// other shape is reported, since the runtime would not find its Secret.
-pub fn find_secret_refs(
-    with: &Value,
-    path: &str,
-    found: &mut Vec<SecretRefUse>,
-    errors: &mut Vec<FieldError>,
-) {
-    match with {
-        Value::Object(map) => {
-            for (k, v) in map {
-                let p = format!("{path}.{k}");
-                if k == "secretRef" {
-                    match secret_ref(v) {
-                        Ok((name, key)) => found.push(SecretRefUse {
-                            path: p.clone(),
-                            name,
-                            key,
-                        }),
-                        Err(message) => errors.push(FieldError {
-                            path: p.clone(),
-                            message,
-                        }),
-                    }
-                    continue;
-                }
-                find_secret_refs(v, &p, found, errors);
-            }
-        }
-        Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                find_secret_refs(v, &format!("{path}[{i}]"), found, errors);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn secret_ref(v: &Value) -> Result<(String, String), String> {
-    let name = v.get("name").and_then(Value::as_str);
-    let key = v.get("key").and_then(Value::as_str);
-    match (name, key) {
-        (Some(name), Some(key)) => {
-            if !names::is_dns_subdomain(name) {
-                return Err(format!("`{name}` is not a valid Secret name"));
-            }
-            if !names::is_data_key(key) {
-                return Err(format!("`{key}` is not a valid Secret key"));
-            }
-            Ok((name.to_string(), key.to_string()))
-        }
-        _ => Err("secretRef needs string fields `name` and `key`".into()),
-    }
-}
-
 /// Volumes and mounts for the node Secrets a pod needs: one directory per
 /// Secret at `<SECRETS_DIR>/<name>`, projecting only the referenced keys (a
 /// pod sees no key its nodes do not name).
@@ -435,42 +262,19 @@ pub fn node_secret_mounts(uses: &[SecretRefUse]) -> (Vec<Volume>, Vec<VolumeMoun
 mod tests {
     use super::*;
     use crate::render::fixtures::{examples, render, templates};
-    use serde_json::json;
 
     #[test]
-    fn secret_refs_are_found_at_any_depth_with_their_paths() {
-        let with = json!({
-            "url": "http://127.0.0.1:9000",
-            "headersFrom": {
-                "Authorization": {"secretRef": {"name": "api", "key": "token"}},
-                "X-Other": {"secretRef": {"name": "api", "key": "other"}}
-            },
-            "list": [{"secretRef": {"name": "db", "key": "password"}}]
-        });
-        let (mut found, mut errors) = (vec![], vec![]);
-        find_secret_refs(&with, "spec.nodes[0].with", &mut found, &mut errors);
-        assert!(errors.is_empty(), "{errors:?}");
-        let mut got: Vec<_> = found
-            .iter()
-            .map(|u| (u.path.as_str(), u.name.as_str(), u.key.as_str()))
-            .collect();
-        got.sort();
-        assert_eq!(
-            got,
-            vec![
-                (
-                    "spec.nodes[0].with.headersFrom.Authorization.secretRef",
-                    "api",
-                    "token"
-                ),
-                (
-                    "spec.nodes[0].with.headersFrom.X-Other.secretRef",
-                    "api",
-                    "other"
-                ),
-                ("spec.nodes[0].with.list[0].secretRef", "db", "password"),
-            ]
-        );
+    fn node_secrets_are_mounted_one_directory_per_secret_with_only_the_named_keys() {
+        let used = |name: &str, key: &str| SecretRefUse {
+            path: format!("spec.nodes[0].with.{key}.secretRef"),
+            name: name.into(),
+            key: key.into(),
+        };
+        let found = [
+            used("api", "token"),
+            used("api", "other"),
+            used("db", "password"),
+        ];
         let (volumes, mounts) = node_secret_mounts(&found);
         assert_eq!(volumes.len(), 2, "one volume per Secret");
         assert_eq!(mounts[0].mount_path, "/etc/sluice/secrets/api");
@@ -489,73 +293,6 @@ mod tests {
         let e = env_verbatim("X", "http://h/$(HOME)/$$");
         assert_eq!(e.value.as_deref(), Some("http://h/$$(HOME)/$$$$"));
         assert_eq!(env_verbatim("X", "plain").value.as_deref(), Some("plain"));
-    }
-
-    #[test]
-    fn malformed_secret_refs_are_reported() {
-        let with = json!({"a": {"secretRef": {"name": "x"}}, "b": {"secretRef": {"name": "Bad_Name", "key": "k"}}});
-        let (mut found, mut errors) = (vec![], vec![]);
-        find_secret_refs(&with, "spec.nodes[1].with", &mut found, &mut errors);
-        assert!(found.is_empty());
-        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(
-            paths,
-            [
-                "spec.nodes[1].with.a.secretRef",
-                "spec.nodes[1].with.b.secretRef"
-            ]
-        );
-    }
-
-    #[test]
-    fn sidecars_keep_what_they_set_and_get_the_rest() {
-        let c = Container {
-            name: "py".into(),
-            security_context: Some(SecurityContext {
-                run_as_user: Some(1000),
-                read_only_root_filesystem: Some(false),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let h = harden_sidecar(c);
-        let sc = h.security_context.unwrap();
-        assert_eq!(sc.run_as_user, Some(1000));
-        assert_eq!(sc.read_only_root_filesystem, Some(false), "kept");
-        assert_eq!(sc.run_as_non_root, Some(true));
-        assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
-        assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
-        assert!(h
-            .volume_mounts
-            .unwrap()
-            .iter()
-            .any(|m| m.mount_path == "/tmp"));
-    }
-
-    #[test]
-    fn sidecars_may_not_take_the_main_name_or_the_key_ring() {
-        let bad = Container {
-            name: "worker".into(),
-            volume_mounts: Some(vec![VolumeMount {
-                name: VOLUME_KEYS.into(),
-                mount_path: "/keys".into(),
-                sub_path: Some("current".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        };
-        let mut errors = vec![];
-        check_sidecars(2, "worker", &[bad], &mut errors);
-        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(
-            paths,
-            [
-                "spec.groups[2].sidecars[0].name",
-                "spec.groups[2].sidecars[0].volumeMounts[0].name",
-                "spec.groups[2].sidecars[0].volumeMounts[0]",
-            ]
-        );
     }
 
     #[test]

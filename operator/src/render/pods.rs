@@ -18,8 +18,11 @@ use super::contract::{
     ENV_OTEL_EXPORTER_OTLP_ENDPOINT, ENV_OTEL_EXPORTER_OTLP_PROTOCOL, ENV_OTEL_RESOURCE_ATTRIBUTES,
     ENV_POD_NAME, INGRESS_PORT,
 };
-use super::pod_spec::{self, SecretRefUse};
+use super::pod_spec;
 use super::redis;
+use super::restricted;
+use super::secret_refs::SecretRefUse;
+use super::sidecars;
 use crate::labels::{self, Component};
 use crate::names;
 use crate::settings::RuntimeTracing;
@@ -155,7 +158,7 @@ fn runtime_container(
         readiness_probe: Some(pod_spec::readiness_http("/readyz", port_name)),
         liveness_probe: Some(pod_spec::liveness_http("/healthz", port_name)),
         resources: Some(pod_spec::resources_or_default(g.resources.as_ref())),
-        security_context: Some(pod_spec::restricted_container()),
+        security_context: Some(restricted::restricted_container()),
         ..Default::default()
     }
 }
@@ -184,13 +187,7 @@ pub(crate) fn deployment(
     main.volume_mounts = Some(mounts);
     let main_name = main.name.clone();
     let mut containers = vec![main];
-    containers.extend(
-        g.sidecars
-            .iter()
-            .flatten()
-            .cloned()
-            .map(pod_spec::harden_sidecar),
-    );
+    containers.extend(g.sidecars.iter().flatten().cloned().map(sidecars::harden));
     let mut volumes = vec![
         pod_spec::pipeline_volume(&names::pipeline_config(&ctx.name)),
         pod_spec::secret_volume(pod_spec::VOLUME_KEYS, &ctx.key_secret, None),
@@ -222,7 +219,10 @@ pub(crate) fn deployment(
                     // Service links would inject variables such as
                     // SLUICE_*_PORT for a Service named sluice-*.
                     enable_service_links: Some(false),
-                    security_context: Some(pod_spec::restricted_pod(pod_spec::RUNTIME_UID, false)),
+                    security_context: Some(restricted::restricted_pod(
+                        pod_spec::RUNTIME_UID,
+                        false,
+                    )),
                     termination_grace_period_seconds: Some(termination_grace),
                     image_pull_secrets: ctx.pull_secrets(),
                     node_selector: g.node_selector.clone(),

@@ -44,6 +44,7 @@ use super::error::{Error, Result};
 use super::pod_spec;
 use super::policy;
 use super::redis_use::{managed_address, ManagedRedis, RedisUse, PASSWORD_KEY, REDIS_PORT};
+use super::restricted;
 use crate::hash;
 use crate::labels::{self, Component};
 use crate::names;
@@ -361,7 +362,7 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
         ])),
         liveness_probe: Some(pod_spec::liveness_tcp("redis")),
         resources: Some(redis_resources(m.max_memory)),
-        security_context: Some(pod_spec::restricted_container()),
+        security_context: Some(restricted::restricted_container()),
         volume_mounts: Some(vec![
             pod_spec::mount("config", CONFIG_DIR, true),
             pod_spec::mount("data", DATA_DIR, false),
@@ -409,7 +410,7 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
                 spec: Some(PodSpec {
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(pod_spec::restricted_pod(pod_spec::REDIS_UID, true)),
+                    security_context: Some(restricted::restricted_pod(pod_spec::REDIS_UID, true)),
                     image_pull_secrets: ctx.pull_secrets(),
                     containers: vec![container],
                     volumes: Some(volumes),
