@@ -2,7 +2,7 @@
 //! [`desired`] makes of them.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
 use sluice_crds::{GroupSpec, StreamPipeline};
 
 use super::{desired, Child, Desired};
@@ -85,6 +85,15 @@ pub(crate) fn deployment<'a>(d: &'a Desired, name: &str) -> &'a Deployment {
             _ => None,
         })
         .unwrap_or_else(|| panic!("no Deployment {name}"))
+}
+
+/// The pod spec of Deployment `name`'s template.
+pub(crate) fn pod_of(d: &Desired, name: &str) -> PodSpec {
+    deployment(d, name)
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .unwrap_or_else(|| panic!("Deployment {name} has no pod spec"))
 }
 
 pub(crate) fn templates(d: &Desired) -> Vec<&PodTemplateSpec> {

@@ -397,8 +397,8 @@ mod tests {
     use super::*;
     use crate::labels;
     use crate::render::fixtures::{
-        deployment, examples, external_with_ca, group_mut, kinds, orders_redis, parse, render,
-        templates, with_everything, UID,
+        deployment, examples, external_with_ca, group_mut, kinds, orders_redis, parse, pod_of,
+        render, templates, with_everything, UID,
     };
 
     #[test]
@@ -663,14 +663,7 @@ mod tests {
             [GeneratedSecret::RedisPassword("orders-redis-redis".into())]
         );
         assert_eq!(d.obsolete_secrets, ["orders-redis-ipc-keys"]);
-        let pod = deployment(&d, "orders-redis-io")
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .clone()
-            .unwrap();
+        let pod = pod_of(&d, "orders-redis-io");
         let keys = pod
             .volumes
             .unwrap()

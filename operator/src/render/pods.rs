@@ -243,7 +243,7 @@ pub(crate) fn deployment(
 mod tests {
     use super::*;
     use crate::render::fixtures::{
-        deployment, examples, orders_redis, parse, render, templates, with_everything,
+        deployment, examples, orders_redis, parse, pod_of, render, templates, with_everything,
     };
     use crate::render::{desired, Child};
     use crate::settings::OperatorSettings;
@@ -289,14 +289,7 @@ mod tests {
     #[test]
     fn runtime_pods_mount_pipeline_and_keys_as_directories_and_point_flags_at_them() {
         let d = render(&orders_redis());
-        let pod = deployment(&d, "orders-redis-cpu")
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .clone()
-            .unwrap();
+        let pod = pod_of(&d, "orders-redis-cpu");
         let c = &pod.containers[0];
         assert_eq!(
             c.args.as_deref().unwrap(),
@@ -323,14 +316,7 @@ mod tests {
             "orders-redis-pipeline"
         );
         assert_eq!(pod.termination_grace_period_seconds, Some(30));
-        let web = deployment(&d, "orders-redis-web")
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .clone()
-            .unwrap();
+        let web = pod_of(&d, "orders-redis-web");
         assert_eq!(web.termination_grace_period_seconds, Some(40));
         let id = web.containers[0]
             .env
@@ -354,14 +340,7 @@ mod tests {
     #[test]
     fn custom_images_and_placement_come_from_the_group() {
         let d = render(&with_everything());
-        let pod = deployment(&d, "enrich-io")
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .clone()
-            .unwrap();
+        let pod = pod_of(&d, "enrich-io");
         assert_eq!(
             pod.containers[0].image.as_deref(),
             Some("example.com/custom-worker:1")
@@ -376,14 +355,7 @@ mod tests {
                 .run_as_user,
             Some(1000)
         );
-        let cpu = deployment(&d, "enrich-cpu")
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .clone()
-            .unwrap();
+        let cpu = pod_of(&d, "enrich-cpu");
         assert_eq!(
             cpu.containers[0].image,
             Some(OperatorSettings::default().images.worker)

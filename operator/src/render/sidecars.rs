@@ -149,7 +149,7 @@ pub fn harden(mut c: Container) -> Container {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::fixtures::{deployment, external_with_ca, render};
+    use crate::render::fixtures::{external_with_ca, pod_of, render};
     use k8s_openapi::api::core::v1::{
         EnvFromSource, EnvVar, EnvVarSource, SecretEnvSource, SecretKeySelector, SecurityContext,
         VolumeMount,
@@ -242,14 +242,7 @@ nodes: [{name: a, group: web, uses: builtin/echo}]",
         let sp = external_with_ca(Some("{name: redis-ca, key: ca.crt}"));
         let d = render(&sp);
         let own = OwnSecrets::of("enrich", &sp.spec);
-        let pod = deployment(&d, "enrich-io")
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .clone()
-            .unwrap();
+        let pod = pod_of(&d, "enrich-io");
         let mut own_volumes = vec![];
         for v in pod.volumes.unwrap() {
             let secret = v.secret.as_ref().and_then(|s| s.secret_name.as_deref());
