@@ -22,11 +22,13 @@
 //! - [`http`]: the HTTP client the tests call interfaces with.
 //! - [`metrics`]: scraping and reading Prometheus text.
 //! - [`orders`]: inputs and expected answers of the orders example.
+//! - [`forge`]: envelopes written straight onto a stream, as an attacker would.
 //! - [`resp`]: a minimal Redis client for inspecting and forging stream entries.
 //! - [`eventually`]: bounded waits for eventually-true conditions.
 
 pub mod binaries;
 pub mod eventually;
+pub mod forge;
 pub mod http;
 pub mod metrics;
 pub mod orders;

@@ -18,14 +18,14 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
+use sluice_e2e::forge::unanswerable_request;
 use sluice_e2e::resp::Probe;
 use sluice_e2e::{eventually, scrape, Http, Sandbox, Service, Spec};
 use sluice_platform::clock::now_ms;
 use sluice_platform::redis::testing::RedisServer;
 use sluice_platform::signing::new_nonce;
 use sluice_platform::{
-    Envelope, KeyRing, Keys, Kind, Queue, RedisBackend, RedisConfig, SharedKeyRing, Signer,
-    StreamEntry,
+    Envelope, KeyRing, Keys, Queue, RedisBackend, RedisConfig, SharedKeyRing, Signer, StreamEntry,
 };
 
 const MANIFEST: &str = r#"
@@ -52,27 +52,6 @@ const MAX_PAYLOAD: usize = 4096;
 /// `sluice_platform::signing::ENVELOPE_OVERHEAD`, restated: the documented
 /// entry limit is `maxPayloadBytes` + 16 KiB.
 const OVERHEAD: usize = 16 * 1024;
-
-/// A genuine-looking request for node `stamp`; its reply address belongs to
-/// no live ingress, so executing it would show as `reply_dropped`.
-fn request(keys: &Keys) -> Envelope {
-    Envelope {
-        kind: Kind::Request,
-        pipeline: keys.pipeline().to_string(),
-        dest: "work".to_string(),
-        cid: uuid::Uuid::new_v4().to_string(),
-        rid: "forged".to_string(),
-        trace: None,
-        ts: 0,
-        nonce: String::new(),
-        deadline: now_ms() + 30_000,
-        attempt: 1,
-        node: Some("stamp".to_string()),
-        reply_to: Some("no-such-ingress".to_string()),
-        payload: json!({"id": "forged"}),
-        error: None,
-    }
-}
 
 /// The raw key of the ring's current kid, read like an attacker who stole
 /// the Secret would (used here to build entries with a valid MAC around
@@ -114,6 +93,12 @@ fn mac_signed(kid: &str, raw: &[u8], v: &[u8], m: Vec<u8>) -> StreamEntry {
         s: request_mac(raw, v, &m),
         m,
     }
+}
+
+/// A genuine-looking request for node `stamp`; executing it would show as
+/// `reply_dropped`.
+fn request(keys: &Keys) -> Envelope {
+    unanswerable_request(keys, "work", "stamp", json!({"id": "forged"}))
 }
 
 /// A signer holding `kid` with a key that is not the ring's.

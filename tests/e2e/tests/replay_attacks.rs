@@ -12,13 +12,11 @@
 use std::time::Duration;
 
 use serde_json::json;
+use sluice_e2e::forge::unanswerable_request;
 use sluice_e2e::resp::{Probe, Resp};
 use sluice_e2e::{eventually, scrape, Sandbox, Service, Spec};
-use sluice_platform::clock::now_ms;
 use sluice_platform::redis::testing::RedisServer;
-use sluice_platform::{
-    Envelope, Keys, Kind, Queue, RedisBackend, RedisConfig, SharedKeyRing, Signer,
-};
+use sluice_platform::{Keys, Queue, RedisBackend, RedisConfig, SharedKeyRing, Signer};
 
 const MANIFEST: &str = r#"
 apiVersion: sluice.dev/v1alpha1
@@ -38,27 +36,6 @@ spec:
     - { name: stamp, group: work, uses: builtin/json-map, with: { template: { stamped: "${/id}" } } }
     - { name: audit, group: other, uses: builtin/echo }
 "#;
-
-/// A genuine request for node `stamp` of group `work`; its reply address
-/// belongs to no live ingress, so each execution counts as `reply_dropped`.
-fn request(keys: &Keys) -> Envelope {
-    Envelope {
-        kind: Kind::Request,
-        pipeline: keys.pipeline().to_string(),
-        dest: "work".to_string(),
-        cid: uuid::Uuid::new_v4().to_string(),
-        rid: "captured".to_string(),
-        trace: None,
-        ts: 0,
-        nonce: String::new(),
-        deadline: now_ms() + 60_000,
-        attempt: 1,
-        node: Some("stamp".to_string()),
-        reply_to: Some("no-such-ingress".to_string()),
-        payload: json!({"id": "captured"}),
-        error: None,
-    }
-}
 
 /// `(executions, replays, wrong destinations)` a worker counted.
 async fn counts(worker: &Service) -> (u64, u64, u64) {
@@ -108,7 +85,12 @@ async fn a_copy_into_another_queue_or_a_rewritten_queue_history_never_runs_an_en
     .await;
     let keys = Keys::new("default", "replays");
     let signer = Signer::new(SharedKeyRing::from_dir(&keys_dir).expect("the ring"));
-    let captured = signer.sign(&mut request(&keys));
+    let captured = signer.sign(&mut unanswerable_request(
+        &keys,
+        "work",
+        "stamp",
+        json!({"id": "captured"}),
+    ));
     let q = RedisBackend::connect(RedisConfig::from_url(&redis.url()).expect("URL"))
         .await
         .expect("connect to Redis");
