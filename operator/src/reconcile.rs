@@ -670,13 +670,9 @@ fn claim_change(live: &Value, desired: &Value) -> ClaimChange {
 /// a shrink or a class change (never possible), or an expansion the API
 /// server refused before for this generation (not asked again on every
 /// reconcile: no writes at steady state).
-fn claims_held(
-    sp: &StreamPipeline,
-    live: &Value,
-    desired: &Value,
-) -> Option<(&'static str, String)> {
-    match claim_change(live, desired) {
-        ClaimChange::Refused(reason, message) => Some((reason, message)),
+fn claims_held(sp: &StreamPipeline, change: &ClaimChange) -> Option<(&'static str, String)> {
+    match change {
+        ClaimChange::Refused(reason, message) => Some((reason, message.clone())),
         ClaimChange::Grow(_) => degraded_for(
             sp.status.as_ref(),
             sp.metadata.generation,
@@ -780,11 +776,17 @@ async fn apply_objects(
             name: name.clone(),
             source,
         })?;
-        if let (Child::StatefulSet(_), Some(cur)) = (child, &current) {
+        // How a live StatefulSet's claim templates would change.
+        let mut claims = match (child, &current) {
+            (Child::StatefulSet(_), Some(cur)) => Some(claim_change(cur, &stamped.body)),
+            _ => None,
+        };
+        if let (Some(change), Some(cur)) = (&claims, &current) {
             // Claims that cannot follow the spec stay as they are; the rest
             // of the StatefulSet (image, config, resources) still does.
-            if let Some(refusal) = claims_held(sp, cur, &stamped.body) {
+            if let Some(refusal) = claims_held(sp, change) {
                 outcome.storage = Some(refusal);
+                claims = Some(ClaimChange::Same);
                 let mut body = stamped.body;
                 body["spec"]["volumeClaimTemplates"] = cur["spec"]["volumeClaimTemplates"].clone();
                 if let Some(a) = body
@@ -829,15 +831,11 @@ async fn apply_objects(
             }
         }
         let mut existed = current.is_some();
-        if let (Child::StatefulSet(_), Some(cur)) = (child, &current) {
+        if let (Some(change), Some(cur)) = (claims, &current) {
             let uid = cur.pointer("/metadata/uid").and_then(Value::as_str);
-            match claim_change(cur, &stamped.body) {
-                ClaimChange::Same => {}
-                ClaimChange::Refused(reason, message) => {
-                    // Not reached: claims_held kept the live claims.
-                    outcome.storage = Some((reason, message));
-                    continue;
-                }
+            match change {
+                // A refused change was held above: the live claims are applied.
+                ClaimChange::Same | ClaimChange::Refused(..) => {}
                 ClaimChange::Grow(sizes) => {
                     if let Err(message) = expand_claims(target, &name, cur, &sizes).await? {
                         outcome.storage = Some((status::reason::STORAGE_RESIZE_REFUSED, message));

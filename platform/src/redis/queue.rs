@@ -45,9 +45,6 @@ end
 return mine
 ";
 
-/// The value of a replay-guard key once its envelope was handed off.
-pub const DONE: &str = crate::signing::NONCE_DONE;
-
 fn v(s: &str) -> Value {
     Value::from(s)
 }
@@ -295,7 +292,7 @@ impl Queue for RedisBackend {
         if let Some(key) = done {
             // XX: an expired guard is not brought back; KEEPTTL: it expires
             // when it would have.
-            let args = vec![v(key), v(DONE), v("XX"), v("KEEPTTL")];
+            let args = vec![v(key), v(crate::signing::NONCE_DONE), v("XX"), v("KEEPTTL")];
             cmds.push(("SET", key, args));
         }
         let results = self.transaction(cmds).await.map_err(|e| self.err(e))?;
