@@ -109,6 +109,10 @@ struct Reading {
     current: u32,
     ready: u32,
     stats: StreamStats,
+    /// When the stats arrived. Rates are measured between these instants,
+    /// not between ticks: a tick that first connects or reads a Secret
+    /// reads the stream later than it started.
+    read_at: Instant,
 }
 
 /// What one evaluation read about one pipeline.
@@ -133,7 +137,7 @@ impl Autoscaler {
                 _ = tick.tick() => {}
                 () = stop.cancelled() => return,
             }
-            self.evaluate(&mut state, &mut conns, epoch.elapsed()).await;
+            self.evaluate(&mut state, &mut conns, epoch).await;
         }
     }
 
@@ -252,8 +256,9 @@ impl Autoscaler {
         &self,
         state: &mut HashMap<(String, String), GroupState>,
         conns: &mut HashMap<String, Conn>,
-        now: Duration,
+        epoch: Instant,
     ) {
+        let now = epoch.elapsed();
         let Some((pipelines, deployments)) = self.list().await else {
             return;
         };
@@ -288,7 +293,8 @@ impl Autoscaler {
         let mut seen_pipelines = HashSet::new();
         for r in readings {
             seen_pipelines.insert(r.key.clone());
-            self.decide_pipeline(&r, state, now, &mut seen_groups).await;
+            self.decide_pipeline(&r, state, epoch, now, &mut seen_groups)
+                .await;
         }
         // Forget pipelines and groups that no longer autoscale.
         let gone: Vec<_> = state
@@ -313,6 +319,7 @@ impl Autoscaler {
         &self,
         r: &PipelineReading,
         state: &mut HashMap<(String, String), GroupState>,
+        epoch: Instant,
         now: Duration,
         seen: &mut HashSet<(String, String)>,
     ) {
@@ -347,7 +354,7 @@ impl Autoscaler {
             seen.insert(gkey.clone());
             let st = state.entry(gkey).or_default();
             let (arrival, measured) = st.rates.observe(Sample {
-                at: now,
+                at: reading.read_at.saturating_duration_since(epoch),
                 entries_added: reading.stats.entries_added,
                 completed: reading.stats.completed(),
                 waiting: reading.stats.waiting(),
@@ -623,6 +630,7 @@ async fn read(
             current: replicas(d.spec.as_ref().and_then(|s| s.replicas).or(Some(1))),
             ready: replicas(d.status.as_ref().and_then(|s| s.ready_replicas)),
             stats,
+            read_at: Instant::now(),
         });
     }
     out
