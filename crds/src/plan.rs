@@ -126,7 +126,8 @@ impl Next {
         }
     }
 
-    fn targets(&self) -> Vec<&str> {
+    /// Every node this may lead to.
+    pub fn targets(&self) -> Vec<&str> {
         match self {
             Next::Terminal => vec![],
             Next::To(n) => vec![n],

@@ -86,8 +86,8 @@ pub mod status;
 /// The renderer's path before it was split by object family.
 pub use render as resources;
 pub use render::{
-    desired, initial_key_secret, initial_redis_secret, owned_kinds, Child, Desired, Error,
-    GeneratedSecret, OwnedKind, Result,
+    desired, initial_key_secret, owned_kinds, redis_secret, Child, Desired, Error, GeneratedSecret,
+    OwnedKind, Result,
 };
 pub use run::run;
 pub use settings::{DrainBudget, OperatorSettings, RuntimeImages};

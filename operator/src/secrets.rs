@@ -30,8 +30,7 @@ use tracing::{debug, warn};
 
 use crate::apply::FIELD_MANAGER;
 use crate::error::{api_error, Error};
-use crate::render::redis::{initial_redis_secret, CONFIG_KEY};
-use crate::render::redis_use::PASSWORD_KEY;
+use crate::render::redis::redis_secret;
 use crate::render::{self, initial_key_secret, GeneratedSecret, KEY_LEN};
 use crate::rotation::{self, Decision, Ring, Timings};
 use crate::settings::OperatorSettings;
@@ -80,16 +79,20 @@ fn fresh_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(key)
 }
 
-/// A `P-redis` Secret with a fresh random password.
+/// A fresh random password from the operating system's CSPRNG.
+fn fresh_password() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..PASSWORD_LEN)
+        .map(|_| char::from(ALPHABET[OsRng.gen_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+/// A `P-redis` Secret with a fresh random password for every role.
 ///
 /// # Errors
-/// Only if the pipeline lacks name, namespace or uid.
+/// The pipeline lacks name, namespace or uid, or its spec does not compile.
 pub fn fresh_redis_secret(sp: &StreamPipeline) -> Result<Secret, Error> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let password: String = (0..PASSWORD_LEN)
-        .map(|_| char::from(ALPHABET[OsRng.gen_range(0..ALPHABET.len())]))
-        .collect();
-    Ok(initial_redis_secret(sp, &password)?)
+    Ok(redis_secret(sp, |_| fresh_password())?)
 }
 
 fn controlled_by(s: &Secret, uid: &str) -> bool {
@@ -251,28 +254,49 @@ fn until(now: DateTime<Utc>, due: DateTime<Utc>) -> std::time::Duration {
     std::time::Duration::from_secs(secs)
 }
 
-/// The `P-redis` Secret with `redis.conf` re-rendered from its stored
-/// password, if that changes it (the persistence setting changed).
+/// The `P-redis` Secret re-rendered from its stored passwords, if that
+/// changes it: a group came or went (its password and user with it), the
+/// persistence setting changed, or the Secret predates per-role users. A
+/// stored password is never changed; a role without one gets a fresh one.
+///
+/// # Errors
+/// A stored password that is not UTF-8 or not a valid password (the
+/// Secret was edited by hand), or a spec that does not compile.
 fn redis_config_update(sp: &StreamPipeline, mut live: Secret) -> Result<Option<Secret>, Error> {
+    let name = live.name_any();
     let data = live.data.get_or_insert_with(Default::default);
-    let Some(password) = data
-        .get(PASSWORD_KEY)
-        .and_then(|p| String::from_utf8(p.0.clone()).ok())
-    else {
+    let mut unusable = None;
+    let rendered = redis_secret(sp, |role| {
+        let key = role.password_key();
+        match data.get(&key).map(|p| String::from_utf8(p.0.clone())) {
+            None => fresh_password(),
+            Some(Ok(p)) => p,
+            Some(Err(_)) => {
+                unusable = Some(key);
+                fresh_password()
+            }
+        }
+    });
+    if let Some(key) = unusable {
         return Err(Error::Unusable {
             what: "Secret",
-            name: live.name_any(),
-            reason: format!("has no UTF-8 `{PASSWORD_KEY}` key"),
+            name,
+            reason: format!("key `{key}` is not UTF-8"),
         });
-    };
-    let rendered = initial_redis_secret(sp, &password)?;
-    let Some(conf) = rendered.data.and_then(|mut d| d.remove(CONFIG_KEY)) else {
-        return Ok(None);
-    };
-    if data.get(CONFIG_KEY) == Some(&conf) {
+    }
+    let rendered = rendered.map_err(|e| match e {
+        render::Error::InvalidInput { what, reason } => Error::Unusable {
+            what: "Secret",
+            name: name.clone(),
+            reason: format!("a stored {what} is unusable: {reason}"),
+        },
+        other => other.into(),
+    })?;
+    let wanted = rendered.data.unwrap_or_default();
+    if *data == wanted {
         return Ok(None);
     }
-    data.insert(CONFIG_KEY.to_string(), conf);
+    *data = wanted;
     Ok(Some(live))
 }
 
@@ -309,6 +333,7 @@ pub async fn delete_obsolete(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::redis::CONFIG_KEY;
     use k8s_openapi::ByteString;
 
     fn pipeline(persistence: &str) -> StreamPipeline {
@@ -378,7 +403,7 @@ spec:
     }
 
     #[test]
-    fn the_redis_config_follows_persistence_and_keeps_the_password() {
+    fn the_redis_config_follows_persistence_and_keeps_the_passwords() {
         let live = fresh_redis_secret(&pipeline("aof")).unwrap();
         assert_eq!(
             redis_config_update(&pipeline("aof"), live.clone()).unwrap(),
@@ -388,18 +413,45 @@ spec:
             .unwrap()
             .unwrap();
         let data = updated.data.unwrap();
-        assert_eq!(
-            data[PASSWORD_KEY],
-            live.data.as_ref().unwrap()[PASSWORD_KEY]
-        );
+        let stored = live.data.as_ref().unwrap();
+        for key in ["ingress.password", "admin.password", "probe.password"] {
+            assert_eq!(data[key], stored[key], "{key} kept");
+        }
         let conf = String::from_utf8(data[CONFIG_KEY].0.clone()).unwrap();
         assert!(conf.contains("appendonly no"));
+
+        // A Secret from before per-role users: the legacy `password` goes,
+        // every role gets one, and the file names each user.
+        let mut legacy = live.clone();
+        legacy.data = Some(
+            [
+                (
+                    "password".to_string(),
+                    ByteString(b"0123456789abcdef0123".to_vec()),
+                ),
+                (
+                    CONFIG_KEY.to_string(),
+                    ByteString(b"requirepass x".to_vec()),
+                ),
+            ]
+            .into(),
+        );
+        let upgraded = redis_config_update(&pipeline("aof"), legacy)
+            .unwrap()
+            .unwrap()
+            .data
+            .unwrap();
+        assert!(!upgraded.contains_key("password"));
+        assert!(upgraded.contains_key("ingress.password"));
+        let conf = String::from_utf8(upgraded[CONFIG_KEY].0.clone()).unwrap();
+        assert!(conf.contains("\nuser ingress on #"), "{conf}");
+
         let mut broken = live;
         broken
             .data
             .as_mut()
             .unwrap()
-            .insert(PASSWORD_KEY.into(), ByteString(vec![0xff]));
+            .insert("ingress.password".into(), ByteString(vec![0xff]));
         let e = redis_config_update(&pipeline("none"), broken).unwrap_err();
         assert!(matches!(e, Error::Unusable { .. }));
     }

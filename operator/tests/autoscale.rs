@@ -480,19 +480,21 @@ async fn a_steady_arrival_rate_with_a_known_rate_per_replica_gives_the_expected_
 ) -> anyhow::Result<()> {
     let s = Setup::start(
         "rate",
-        json!({"minReplicas": 1, "maxReplicas": 10, "targetRatePerReplica": 10,
+        json!({"minReplicas": 1, "maxReplicas": 10, "targetRatePerReplica": 20,
                "targetBacklogPerReplica": 100000}),
         false,
         &[],
     )
     .await?;
-    // 35 envelopes a second, each handed off at once: no backlog, only rate.
+    // 30 envelopes a second, each handed off at once: no backlog, only
+    // rate. ceil(30 / 20) = 2, and any rate in (20, 40] gives 2: a loaded
+    // machine that slows the producer cannot change the answer.
     let stop = Instant::now() + Duration::from_secs(14);
     let producer = {
         let (q, stream) = (s.queue.clone(), s.stream());
         tokio::spawn(async move {
             q.ensure_group(&stream).await?;
-            let mut tick = tokio::time::interval(Duration::from_millis(1000 / 35));
+            let mut tick = tokio::time::interval(Duration::from_millis(1000 / 30));
             // A producer that fell behind waits rather than catching up in
             // a burst, which would read as a higher rate.
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -508,12 +510,12 @@ async fn a_steady_arrival_rate_with_a_known_rate_per_replica_gives_the_expected_
             anyhow::Ok(())
         })
     };
-    s.wait_replicas(4, Duration::from_secs(10)).await?;
+    s.wait_replicas(2, Duration::from_secs(10)).await?;
     let seen = s.record(Instant::now(), Duration::from_secs(3)).await;
-    assert_eq!(counts(&seen), [4], "ceil(35 / 10), steadily: {seen:?}");
+    assert_eq!(counts(&seen), [2], "ceil(30 / 20), steadily: {seen:?}");
     producer.await??;
     s.last_scale("a lastScale by the arrival rate", |l| {
-        l["to"] == 4
+        l["to"] == 2
             && l["reason"]
                 .as_str()
                 .unwrap_or("")
@@ -590,7 +592,22 @@ async fn keda_groups_get_a_scaled_object_or_a_condition_when_keda_is_absent() ->
         .expect("TriggerAuthentication");
     assert_eq!(
         auth["spec"]["secretTargetRef"],
-        json!([{"parameter": "password", "name": "p-redis", "key": "password"}])
+        json!([
+            {"parameter": "username", "name": "p-redis", "key": "autoscaler.username"},
+            {"parameter": "password", "name": "p-redis", "key": "autoscaler.password"},
+        ]),
+        "KEDA reads the queues as the read-only autoscaler user"
+    );
+    let secret = h
+        .object("v1", "Secret", ns, "p-redis")
+        .expect("the managed Redis Secret");
+    assert!(
+        secret["data"]["autoscaler.password"].is_string()
+            && secret["data"]["autoscaler.username"].is_string(),
+        "the keys KEDA is pointed at exist: {:?}",
+        secret["data"]
+            .as_object()
+            .map(|d| d.keys().collect::<Vec<_>>())
     );
     Ok(())
 }

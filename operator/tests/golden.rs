@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use chrono::{TimeZone, Utc};
 use sluice_crds::StreamPipeline;
 use sluice_operator::{
-    desired, initial_key_secret, initial_redis_secret, resources, GeneratedSecret,
-    OperatorSettings, RuntimeImages,
+    desired, initial_key_secret, redis_secret, resources, GeneratedSecret, OperatorSettings,
+    RuntimeImages,
 };
 
 const UID: &str = "00000000-0000-4000-8000-000000000001";
@@ -75,7 +75,9 @@ fn render(example: &Path) -> String {
             GeneratedSecret::KeyRing(_) => {
                 initial_key_secret(&sp, "k0", KEY_B64, &updated).unwrap()
             }
-            GeneratedSecret::RedisPassword(_) => initial_redis_secret(&sp, REDIS_PASSWORD).unwrap(),
+            GeneratedSecret::RedisPassword(_) => {
+                redis_secret(&sp, |r| format!("{REDIS_PASSWORD}-{}", r.user())).unwrap()
+            }
         });
     }
     out.push_str(

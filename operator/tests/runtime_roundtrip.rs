@@ -21,6 +21,7 @@
 
 mod kubelet;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -29,9 +30,11 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
 use serde_json::{json, Value};
 use sluice_crds::{GroupRole, StreamPipeline};
+use sluice_e2e::resp::{Probe, Resp, UserProbe};
 use sluice_operator::resources::main_container;
 use sluice_operator::{desired, secrets, Child as Object, GeneratedSecret, OperatorSettings};
 use sluice_platform::redis::testing::RedisServer;
+use sluice_platform::Keys;
 
 use kubelet::process::Proc;
 use kubelet::{labels_of, selects, Cluster, Materialised};
@@ -63,9 +66,60 @@ struct Running {
     procs: Vec<(Proc, Materialised)>,
     /// Local address of the ingress Service's target port.
     ingress: SocketAddr,
-    _redis: Option<RedisServer>,
+    redis: Option<RedisServer>,
+    /// What `P-redis` holds (managed Redis only).
+    redis_secret: BTreeMap<String, String>,
     _files: tempfile::TempDir,
 }
+
+impl Running {
+    /// A client of managed Redis authenticated as `user`, with the password
+    /// `P-redis` holds for it.
+    fn redis_as(&self, user: &str) -> UserProbe {
+        let port = self.redis.as_ref().expect("managed Redis").port();
+        let password = &self.redis_secret[&format!("{user}.password")];
+        Probe::new(port).as_user(user, password)
+    }
+
+    /// How many commands of `user` Redis refused (`ACL LOG`), by command.
+    fn refused(&self, user: &str) -> BTreeMap<String, i64> {
+        let port = self.redis.as_ref().expect("managed Redis").port();
+        let log = Probe::new(port)
+            .as_user(INSPECTOR, INSPECTOR_PASSWORD)
+            .cmd(&[b"ACL", b"LOG", b"1000"])
+            .expect("ACL LOG");
+        let Resp::Array(Some(entries)) = log else {
+            panic!("ACL LOG answered {log:?}")
+        };
+        let field = |e: &[Resp], name: &str| {
+            e.chunks(2)
+                .find(|kv| kv[0] == Resp::Bulk(Some(name.as_bytes().to_vec())))
+                .map(|kv| kv[1].clone())
+        };
+        entries
+            .iter()
+            .filter_map(|e| match e {
+                Resp::Array(Some(e)) => Some(e),
+                _ => None,
+            })
+            .filter(|e| field(e, "username") == Some(Resp::Bulk(Some(user.as_bytes().to_vec()))))
+            .fold(BTreeMap::new(), |mut by, e| {
+                let Some(Resp::Int(n)) = field(e, "count") else {
+                    panic!("ACL LOG entry without a count: {e:?}")
+                };
+                let Some(Resp::Bulk(Some(object))) = field(e, "object") else {
+                    panic!("ACL LOG entry without an object: {e:?}")
+                };
+                *by.entry(String::from_utf8_lossy(&object).into_owned())
+                    .or_default() += n;
+                by
+            })
+    }
+}
+
+/// The test's own Redis user, allowed `ACL LOG` only.
+const INSPECTOR: &str = "test-inspector";
+const INSPECTOR_PASSWORD: &str = "inspector-password-0123456789";
 
 /// Starts one process per Deployment the operator wants for `example`,
 /// with exactly what the kubelet would give its runtime container.
@@ -94,18 +148,13 @@ fn start(example: &str, expect_deployments: &[&str]) -> Running {
     assert_eq!(names, expect_deployments, "{example}: Deployments");
 
     // The Secrets the reconciler creates when absent, from fresh material.
-    let mut redis_password = None;
+    let mut redis_secret = None;
     for g in &d.generated_secrets {
         let s = match g {
             GeneratedSecret::KeyRing(_) => secrets::fresh_key_ring(&sp).unwrap(),
             GeneratedSecret::RedisPassword(_) => {
                 let s = secrets::fresh_redis_secret(&sp).unwrap();
-                let pw = s
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("password"))
-                    .expect("P-redis has a password");
-                redis_password = Some(String::from_utf8(pw.0.clone()).unwrap());
+                redis_secret = Some(s.data.clone().unwrap_or_default());
                 s
             }
         };
@@ -114,14 +163,30 @@ fn start(example: &str, expect_deployments: &[&str]) -> Running {
     }
 
     // Managed Redis: every Service selecting its pods is served by a local
-    // redis-server requiring the generated password.
+    // redis-server started from the `redis.conf` in `P-redis` (its ACL
+    // users and nothing else let anyone in).
     let redis = match redis_sets.as_slice() {
         [] => None,
         [sts] => {
-            let pw = redis_password
-                .as_deref()
+            let data = redis_secret
+                .as_ref()
                 .expect("managed Redis has a P-redis Secret");
-            let server = RedisServer::start_with(false, Some(pw));
+            let text = |k: &str| {
+                String::from_utf8(
+                    data.get(k)
+                        .unwrap_or_else(|| panic!("P-redis has {k}"))
+                        .0
+                        .clone(),
+                )
+                .unwrap()
+            };
+            // Plus one user of the test's own that may read `ACL LOG` only,
+            // to count what Redis refused.
+            let conf = format!(
+                "{}\nuser {INSPECTOR} on >{INSPECTOR_PASSWORD} -@all +acl|log\n",
+                text("redis.conf")
+            );
+            let server = RedisServer::start_with_config(&conf, "probe", &text("probe.password"));
             let addr = SocketAddr::from(([127, 0, 0, 1], server.port()));
             let template = &sts.spec.as_ref().unwrap().template;
             let mut served = 0;
@@ -188,7 +253,12 @@ fn start(example: &str, expect_deployments: &[&str]) -> Running {
     Running {
         procs,
         ingress: ingress.expect("an ingress Deployment"),
-        _redis: redis,
+        redis,
+        redis_secret: redis_secret
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v.0).unwrap_or_default()))
+            .collect(),
         _files: files,
     }
 }
@@ -350,4 +420,178 @@ async fn memory_profile_is_served_by_the_ingress_deployment_alone() {
     let client = client();
     wait_ready(&mut run, &client).await;
     both_routes_answer(&run, &client).await;
+}
+
+/// A compromised worker of group `io` holds exactly what its pod holds: the
+/// `group-io` user's password. With it Redis refuses everything outside its
+/// role — another group's queue, a queue it has no edge to, rewriting
+/// history, server-wide commands, other users — and counts each refusal,
+/// while the pipeline keeps answering. The other roles are held to theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_is_refused_what_it_does_not_do_while_traffic_flows() {
+    let mut run = start(
+        "orders-redis.yaml",
+        &["orders-redis-web", "orders-redis-cpu", "orders-redis-io"],
+    );
+    let client = client();
+    wait_ready(&mut run, &client).await;
+    both_routes_answer(&run, &client).await;
+    // Serving needs nothing refused except `INFO` (the runtime's Redis
+    // version check, which gives the server the benefit of the doubt).
+    for user in ["ingress", "group-cpu", "group-io"] {
+        let refused = run.refused(user);
+        assert!(
+            refused.keys().all(|c| c == "info"),
+            "{user} was refused while serving: {refused:?}"
+        );
+    }
+    let total = |user: &str| run.refused(user).values().sum::<i64>();
+    let legit_refusals = total("group-io");
+
+    let k = Keys::new(NAMESPACE, "orders-redis");
+    let (cpu, io) = (k.queue("cpu"), k.queue("io"));
+    let reply = k.reply("orders-redis-web-6f9c8d7b5-q2w4x");
+    let nonce = k.nonce("cpu", "k1", "00");
+    let b = |s: &str| s.as_bytes().to_vec();
+    let attempts: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        (
+            "read another group's queue",
+            vec![
+                b("XREADGROUP"),
+                b("GROUP"),
+                b("sluice"),
+                b("x"),
+                b("STREAMS"),
+                b(&cpu),
+                b(">"),
+            ],
+        ),
+        (
+            "range over another group's queue",
+            vec![b("XRANGE"), b(&cpu), b("-"), b("+")],
+        ),
+        (
+            "append to a queue it has no edge to",
+            vec![b("XADD"), b(&cpu), b("*"), b("v"), b("1")],
+        ),
+        (
+            "read a caller's reply stream",
+            vec![b("XREAD"), b("STREAMS"), b(&reply), b("0")],
+        ),
+        (
+            "claim another group's nonce",
+            vec![b("SET"), b(&nonce), b("x")],
+        ),
+        ("delete its own queue", vec![b("DEL"), b(&io)]),
+        (
+            "rename its own queue",
+            vec![b("RENAME"), b(&io), b("elsewhere")],
+        ),
+        (
+            "move its queue's last id",
+            vec![b("XSETID"), b(&io), b("0-1")],
+        ),
+        (
+            "trim its own queue",
+            vec![b("XTRIM"), b(&io), b("MAXLEN"), b("0")],
+        ),
+        (
+            "destroy its consumer group",
+            vec![b("XGROUP"), b("DESTROY"), b(&io), b("sluice")],
+        ),
+        ("list the keyspace", vec![b("KEYS"), b("*")]),
+        ("flush everything", vec![b("FLUSHALL")]),
+        (
+            "change the configuration",
+            vec![b("CONFIG"), b("SET"), b("maxmemory"), b("1")],
+        ),
+        (
+            "set a server password",
+            vec![b("CONFIG"), b("SET"), b("requirepass"), b("x")],
+        ),
+        (
+            "grant itself everything",
+            vec![b("ACL"), b("SETUSER"), b("group-io"), b("+@all"), b("~*")],
+        ),
+        (
+            "turn the default user on",
+            vec![b("ACL"), b("SETUSER"), b("default"), b("on"), b("nopass")],
+        ),
+        ("drop the script cache", vec![b("SCRIPT"), b("FLUSH")]),
+        ("switch database", vec![b("SELECT"), b("1")]),
+    ];
+    let io_user = run.redis_as("group-io");
+    for (what, args) in &attempts {
+        let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let got = io_user.cmd(&args);
+        assert!(
+            matches!(&got, Err(e) if e.starts_with("NOPERM")),
+            "group-io may not {what}: {got:?}"
+        );
+    }
+    // A script runs with its caller's rights: DEL from Lua is refused too.
+    let got = io_user.cmd(&[
+        b"EVAL",
+        b"return redis.call('DEL', KEYS[1])",
+        b"1",
+        io.as_bytes(),
+    ]);
+    assert!(
+        matches!(&got, Err(e) if e.contains("can't run this command")),
+        "a script may not delete the queue: {got:?}"
+    );
+    assert!(
+        total("group-io") == legit_refusals + attempts.len() as i64 + 1,
+        "every refusal is counted in ACL LOG"
+    );
+    assert!(
+        Probe::new(run.redis.as_ref().unwrap().port())
+            .xlen(&io)
+            .is_err(),
+        "no password, no access"
+    );
+
+    // The other roles: the ingress reads no queue's entries; the autoscaler
+    // and the probe write nothing.
+    for (user, args) in [
+        ("ingress", vec![b("XRANGE"), b(&cpu), b("-"), b("+")]),
+        (
+            "ingress",
+            vec![
+                b("XREADGROUP"),
+                b("GROUP"),
+                b("sluice"),
+                b("x"),
+                b("STREAMS"),
+                b(&cpu),
+                b(">"),
+            ],
+        ),
+        (
+            "autoscaler",
+            vec![b("XADD"), b(&cpu), b("*"), b("v"), b("1")],
+        ),
+        ("autoscaler", vec![b("XRANGE"), b(&cpu), b("-"), b("+")]),
+        ("probe", vec![b("XLEN"), b(&cpu)]),
+        ("admin", vec![b("XRANGE"), b(&cpu), b("-"), b("+")]),
+    ] {
+        let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let got = run.redis_as(user).cmd(&args);
+        assert!(
+            matches!(&got, Err(e) if e.starts_with("NOPERM")),
+            "{user} may not run {:?}: {got:?}",
+            String::from_utf8_lossy(args[0])
+        );
+    }
+    // And what each role does need is still allowed.
+    assert!(run
+        .redis_as("autoscaler")
+        .cmd(&[b"XLEN", cpu.as_bytes()])
+        .is_ok());
+    assert!(run.redis_as("probe").cmd(&[b"PING"]).is_ok());
+
+    both_routes_answer(&run, &client).await;
+    for (p, _) in &mut run.procs {
+        assert!(p.exited().is_none(), "{} exited while serving", p.name);
+    }
 }

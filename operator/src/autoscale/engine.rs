@@ -44,7 +44,8 @@ use crate::events::{EventType, Events};
 use crate::labels::{self, Component};
 use crate::metrics::{DirectionLabel, GroupLabel, Metrics};
 use crate::names;
-use crate::render::redis_use::{managed_address, PASSWORD_KEY};
+use crate::render::redis_acl::Role;
+use crate::render::redis_use::managed_address;
 
 /// Pipelines evaluated at once.
 const CONCURRENCY: usize = 16;
@@ -502,7 +503,7 @@ impl Autoscaler {
         let url_ref = external.and_then(|r| r.url_secret_ref.as_ref());
         let (secret, key) = match url_ref {
             Some(r) => (r.name.clone(), r.key.clone()),
-            None => (names::redis(&name), PASSWORD_KEY.to_string()),
+            None => (names::redis(&name), Role::Autoscaler.password_key()),
         };
         let s = read_secret(&api, &secret).await?;
         let value = s
@@ -513,7 +514,11 @@ impl Autoscaler {
             .ok_or_else(|| format!("Secret {secret} has no UTF-8 key {key}"))?;
         let url = match url_ref {
             Some(_) => value.trim().to_string(),
-            None => format!("redis://:{value}@{}/0", managed_address(&name, &ns)),
+            None => format!(
+                "redis://{}:{value}@{}",
+                Role::Autoscaler.user(),
+                managed_address(&name, &ns)
+            ),
         };
         let ca = match external.and_then(|r| r.ca_secret_ref.as_ref()) {
             None => None,

@@ -7,7 +7,7 @@
 //! ```text
 //! ScaledObject P-<group>            TriggerAuthentication P-keda-redis
 //!   scaleTargetRef: Deployment P-<group>   secretTargetRef:
-//!   min/maxReplicaCount, cooldownPeriod      managed:  password ← Secret P-redis/password
+//!   min/maxReplicaCount, cooldownPeriod      managed:  username, password ← Secret P-redis/autoscaler.*
 //!   trigger redis-streams:                   external: address  ← <urlSecretRef>/address
 //!     stream  sluice:{ns/P}:q:<group>                  password ← <urlSecretRef>/password
 //!     consumerGroup sluice                             ca       ← <caSecretRef> (when set)
@@ -42,7 +42,8 @@ use sluice_platform::keys::{Keys, CONSUMER_GROUP};
 
 use super::child::{Child, ScaledObject, TriggerAuthentication};
 use super::context::Ctx;
-use super::redis_use::{managed_address, RedisUse, PASSWORD_KEY};
+use super::redis_acl;
+use super::redis_use::{managed_address, RedisUse};
 use crate::autoscale::{DEFAULT_MIN_REPLICAS, DEFAULT_SCALE_DOWN_WINDOW, DEFAULT_TARGET_BACKLOG};
 use crate::labels::Component;
 use crate::names;
@@ -209,7 +210,18 @@ pub fn scaled_object(
 pub fn trigger_authentication(meta: ObjectMeta, redis: RedisTarget<'_>) -> TriggerAuthentication {
     let refs: Vec<(&str, Cow<'_, str>, &str)> = match redis {
         RedisTarget::Managed { secret, .. } => {
-            vec![("password", Cow::Borrowed(secret), PASSWORD_KEY)]
+            vec![
+                (
+                    "username",
+                    Cow::Borrowed(secret),
+                    redis_acl::AUTOSCALER_USERNAME_KEY,
+                ),
+                (
+                    "password",
+                    Cow::Borrowed(secret),
+                    redis_acl::AUTOSCALER_PASSWORD_KEY,
+                ),
+            ]
         }
         RedisTarget::External { url, ca } => {
             let mut refs = vec![

@@ -16,7 +16,7 @@ pub enum Error {
     #[error("invalid StreamPipeline: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     InvalidSpec(Vec<FieldError>),
     /// Material passed to [`initial_key_secret`](super::key_ring::initial_key_secret) or
-    /// [`initial_redis_secret`](super::redis::initial_redis_secret) is unusable. Never contains it.
+    /// [`redis_secret`](super::redis::redis_secret) is unusable. Never contains it.
     #[error("invalid {what}: {reason}")]
     InvalidInput { what: &'static str, reason: String },
     #[error("cannot serialise {what}")]

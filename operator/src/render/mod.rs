@@ -9,7 +9,7 @@
 //!              ▼
 //!           Desired ─ objects            server-side applied, in order
 //!                   ─ generated_secrets  created only if absent (random material:
-//!                                        initial_key_secret / initial_redis_secret)
+//!                                        initial_key_secret / redis_secret)
 //!                   ─ obsolete_secrets   owned Secrets to delete by name
 //!                   ─ referenced_secrets Secrets nodes and sidecars name: the
 //!                                        reconciler applies nothing while one
@@ -70,6 +70,7 @@ pub mod pod_spec;
 pub mod pods;
 pub mod policy;
 pub mod redis;
+pub mod redis_acl;
 pub mod redis_use;
 pub mod restricted;
 pub mod secret_refs;
@@ -94,7 +95,7 @@ pub use contract::{
 pub use error::{Error, Result};
 pub use key_ring::initial_key_secret;
 pub use pipeline_file::pipeline_manifest;
-pub use redis::initial_redis_secret;
+pub use redis::redis_secret;
 pub use secret_refs::SecretReference;
 
 use crate::hash;
@@ -117,7 +118,7 @@ use services::{ingress_resource, ingress_service};
 pub enum GeneratedSecret {
     /// Build with [`initial_key_secret`]; afterwards only rotation changes it.
     KeyRing(String),
-    /// Build with [`initial_redis_secret`].
+    /// Build with [`redis_secret`].
     RedisPassword(String),
 }
 

@@ -212,6 +212,28 @@ pub fn secret_volume(volume: &str, secret: &str, default_mode: Option<i32>) -> V
     }
 }
 
+/// A Secret volume projecting only `keys`, each under its own name.
+pub fn secret_items_volume(
+    volume: &str,
+    secret: &str,
+    keys: &[&str],
+    default_mode: Option<i32>,
+) -> Volume {
+    let mut v = secret_volume(volume, secret, default_mode);
+    if let Some(s) = v.secret.as_mut() {
+        s.items = Some(
+            keys.iter()
+                .map(|k| KeyToPath {
+                    key: (*k).into(),
+                    path: (*k).into(),
+                    mode: None,
+                })
+                .collect(),
+        );
+    }
+    v
+}
+
 /// A directory mount of a whole volume; never `subPath`.
 pub fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {

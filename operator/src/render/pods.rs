@@ -20,6 +20,7 @@ use super::contract::{
 };
 use super::pod_spec;
 use super::redis;
+use super::redis_acl;
 use super::restricted;
 use super::secret_refs::SecretRefUse;
 use super::sidecars;
@@ -137,7 +138,11 @@ fn runtime_container(
     mut env: Vec<EnvVar>,
     (port_name, port): (&str, i32),
 ) -> Container {
-    env.extend(redis::runtime_env(ctx, &ctx.redis));
+    let redis_role = match role {
+        GroupRole::Ingress => redis_acl::Role::Ingress,
+        _ => redis_acl::Role::Group(g.name.clone()),
+    };
+    env.extend(redis::runtime_env(ctx, &ctx.redis, &redis_role));
     // Last, and only when on: without an endpoint the container carries no
     // tracing variable at all.
     if let Some(t) = &ctx.settings.tracing {

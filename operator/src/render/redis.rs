@@ -35,7 +35,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 use serde::Serialize;
-use sluice_crds::{Persistence, StreamPipeline};
+use sluice_crds::{compile, Persistence, PipelineId, StreamPipeline};
 
 use super::child::Child;
 use super::context::{owner_of, Ctx};
@@ -43,7 +43,8 @@ use super::contract::{ENV_REDIS_CA_FILE, ENV_REDIS_URL};
 use super::error::{Error, Result};
 use super::pod_spec;
 use super::policy;
-use super::redis_use::{managed_address, ManagedRedis, RedisUse, PASSWORD_KEY, REDIS_PORT};
+use super::redis_acl;
+use super::redis_use::{managed_address, ManagedRedis, RedisUse, REDIS_PORT};
 use super::restricted;
 use crate::hash;
 use crate::labels::{self, Component};
@@ -68,10 +69,15 @@ const CPU_REQUEST: &str = "100m";
 /// Shortest and longest password [`initial_redis_secret`] accepts.
 const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 16..=256;
 
-/// The environment runtime containers need to reach their Redis. Order
-/// matters: Kubernetes expands `$(REDIS_PASSWORD)` only from variables
-/// defined earlier in the list.
-pub(crate) fn runtime_env(ctx: &Ctx<'_>, redis: &RedisUse<'_>) -> Vec<EnvVar> {
+/// The environment a runtime container of `role` needs to reach its
+/// Redis. Order matters: Kubernetes expands `$(REDIS_PASSWORD)` only from
+/// variables defined earlier in the list. With managed Redis the container
+/// gets its own role's password and nothing else.
+pub(crate) fn runtime_env(
+    ctx: &Ctx<'_>,
+    redis: &RedisUse<'_>,
+    role: &redis_acl::Role,
+) -> Vec<EnvVar> {
     match redis {
         RedisUse::None => vec![],
         RedisUse::External { url, ca } => {
@@ -86,11 +92,16 @@ pub(crate) fn runtime_env(ctx: &Ctx<'_>, redis: &RedisUse<'_>) -> Vec<EnvVar> {
             env
         }
         RedisUse::Managed(_) => vec![
-            pod_spec::env_from_secret(ENV_REDIS_PASSWORD, &names::redis(&ctx.name), PASSWORD_KEY),
+            pod_spec::env_from_secret(
+                ENV_REDIS_PASSWORD,
+                &names::redis(&ctx.name),
+                &role.password_key(),
+            ),
             pod_spec::env(
                 ENV_REDIS_URL,
                 format!(
-                    "redis://:$({ENV_REDIS_PASSWORD})@{}/0",
+                    "redis://{}:$({ENV_REDIS_PASSWORD})@{}",
+                    role.user(),
                     managed_address(&ctx.name, &ctx.namespace)
                 ),
             ),
@@ -130,60 +141,92 @@ pub(crate) fn ca_mount(redis: &RedisUse<'_>) -> Option<(Volume, VolumeMount)> {
     Some((volume, pod_spec::mount(VOLUME_REDIS_CA, REDIS_CA_DIR, true)))
 }
 
-/// The config file of managed Redis.
+/// The config file of managed Redis, with `users` (from [`redis_acl`])
+/// under their passwords' hashes.
 ///
 /// `noeviction` because eviction would silently drop nonces and reply
-/// streams (DESIGN §4); it only acts once a `maxmemory` is set, and makes
-/// writes fail loudly then. `protected-mode no` and `bind * -::*` because
-/// clients come over the pod network; access is guarded by the password and
-/// the NetworkPolicy.
-pub fn redis_conf(persistence: Persistence, max_memory: u64, password: &str) -> String {
+/// streams (DESIGN §4); writes fail loudly once `maxmemory` is reached.
+/// `protected-mode no` and `bind * -::*` because clients come over the pod
+/// network; access is guarded by the ACL users (the `default` user is off
+/// and has no password) and the NetworkPolicy.
+pub fn redis_conf(
+    persistence: Persistence,
+    max_memory: u64,
+    users: &[(redis_acl::User, &str)],
+) -> String {
     let persistence = match persistence {
         Persistence::Aof => "appendonly yes\n",
         // No AOF and no RDB snapshots: nothing is written to disk.
         Persistence::None => "appendonly no\nsave \"\"\n",
     };
+    let mut acl = format!("{}\n", redis_acl::DEFAULT_USER_LINE);
+    for (user, password) in users {
+        acl.push_str(&user.conf_line(password));
+        acl.push('\n');
+    }
     format!(
         "# Managed Redis of a sluice pipeline, rendered by sluice-operator.\n\
          bind * -::*\n\
          port {REDIS_PORT}\n\
          protected-mode no\n\
-         requirepass {password}\n\
          dir {DATA_DIR}\n\
          maxmemory {max_memory}\n\
          maxmemory-policy noeviction\n\
          {persistence}\
-         appendfsync everysec\n"
+         appendfsync everysec\n\
+         {acl}"
     )
 }
 
-/// The `P-redis` Secret: `password` and the `redis.conf` that carries it.
+/// The `P-redis` Secret: one password per role of the pipeline
+/// (`<user>.password`, [`redis_acl::Role::password_key`]), the autoscaler's
+/// user name for KEDA, and the `redis.conf` that carries the passwords'
+/// hashes.
 ///
-/// The password is random, so the reconciler creates this Secret only when
-/// it is absent, from fresh material it passes in. When the persistence
-/// setting changes later, the reconciler re-renders it with the stored
-/// password and updates it if different; the StatefulSet's config hash
-/// changes with the persistence too, so Redis restarts on the new file.
+/// Passwords are random, so the reconciler creates this Secret only when it
+/// is absent, from fresh material `password` gives per role; later it
+/// re-renders it with the stored passwords (fresh ones only for new roles)
+/// and updates it if different — when a group or the persistence setting
+/// changes. The Redis pod's config hash ignores the users, so a new group
+/// restarts no Redis: the operator creates its user live
+/// ([`crate::redis_users`]).
 ///
 /// # Errors
-/// Missing name, namespace or uid; a password shorter than 16 or longer
-/// than 256 characters, or with characters other than `A-Z a-z 0-9 - . _ ~`
-/// (it is spliced into a URL and into the config file). The error never
-/// contains the password.
-pub fn initial_redis_secret(sp: &StreamPipeline, password: &str) -> Result<Secret> {
+/// Missing name, namespace or uid; a spec that does not compile; a
+/// password shorter than 16 or longer than 256 characters, or with
+/// characters other than `A-Z a-z 0-9 - . _ ~` (it is spliced into a URL).
+/// The error never contains a password.
+pub fn redis_secret(
+    sp: &StreamPipeline,
+    mut password: impl FnMut(&redis_acl::Role) -> String,
+) -> Result<Secret> {
     let owner = owner_of(sp)?;
-    let url_safe = password
-        .bytes()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'));
-    if !url_safe || !PASSWORD_LEN.contains(&password.len()) {
-        return Err(Error::InvalidInput {
-            what: "Redis password",
-            reason: format!(
-                "must be {} to {} characters of A-Z a-z 0-9 - . _ ~",
-                PASSWORD_LEN.start(),
-                PASSWORD_LEN.end()
-            ),
-        });
+    let plan = compile(
+        PipelineId {
+            namespace: owner.namespace.clone(),
+            name: owner.name.clone(),
+        },
+        &sp.spec,
+    )
+    .map_err(Error::InvalidSpec)?;
+    let users = redis_acl::users(&plan);
+    let mut passwords = Vec::with_capacity(users.len());
+    for u in &users {
+        let p = password(&u.role);
+        let url_safe = p
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'));
+        if !url_safe || !PASSWORD_LEN.contains(&p.len()) {
+            return Err(Error::InvalidInput {
+                what: "Redis password",
+                reason: format!(
+                    "must be {} to {} characters of A-Z a-z 0-9 - . _ ~",
+                    PASSWORD_LEN.start(),
+                    PASSWORD_LEN.end()
+                ),
+            });
+        }
+        passwords.push(p);
     }
     let persistence = sp
         .spec
@@ -192,19 +235,28 @@ pub fn initial_redis_secret(sp: &StreamPipeline, password: &str) -> Result<Secre
         .map(|r| r.persistence)
         .unwrap_or_default();
     let max_memory = crate::render::redis_use::max_memory(&sp.spec);
+    let pairs: Vec<(redis_acl::User, &str)> = users
+        .iter()
+        .cloned()
+        .zip(passwords.iter().map(String::as_str))
+        .collect();
+    let mut data: BTreeMap<String, ByteString> = users
+        .iter()
+        .zip(&passwords)
+        .map(|(u, p)| (u.role.password_key(), ByteString(p.as_bytes().to_vec())))
+        .collect();
+    data.insert(
+        redis_acl::AUTOSCALER_USERNAME_KEY.to_string(),
+        ByteString(redis_acl::Role::Autoscaler.user().into_bytes()),
+    );
+    data.insert(
+        CONFIG_KEY.to_string(),
+        ByteString(redis_conf(persistence, max_memory, &pairs).into_bytes()),
+    );
     Ok(Secret {
         metadata: owner.meta(names::redis(&owner.name), Component::Redis, None),
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([
-            (
-                PASSWORD_KEY.to_string(),
-                ByteString(password.as_bytes().to_vec()),
-            ),
-            (
-                CONFIG_KEY.to_string(),
-                ByteString(redis_conf(persistence, max_memory, password).into_bytes()),
-            ),
-        ])),
+        data: Some(data),
         ..Default::default()
     })
 }
@@ -243,7 +295,9 @@ fn redis_hash(m: &ManagedRedis) -> Result<String> {
         image: &'a str,
     }
     hash::digest(&Input {
-        conf: redis_conf(m.persistence, m.max_memory, "<password>"),
+        // Without users: they change live (a new group gets its user from
+        // the operator), never by restarting Redis.
+        conf: redis_conf(m.persistence, m.max_memory, &[]),
         image: &m.image,
     })
     .map_err(|source| Error::Json {
@@ -299,7 +353,8 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
     let pod_labels = labels::labels(p, Component::Redis, None);
     let mut volumes = vec![
         // 0440 with fsGroup: readable by Redis only, not world-readable.
-        pod_spec::secret_volume("config", &name, Some(0o440)),
+        // Only the config file (which holds hashes, not passwords).
+        pod_spec::secret_items_volume("config", &name, &[CONFIG_KEY], Some(0o440)),
         pod_spec::tmp_volume(),
     ];
     let claims = match m.persistence {
@@ -346,11 +401,12 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        // redis-cli reads the password from REDISCLI_AUTH: not in argv.
+        // redis-cli reads the probe user's password from REDISCLI_AUTH:
+        // not in argv. The probe user may only PING.
         env: Some(vec![pod_spec::env_from_secret(
             "REDISCLI_AUTH",
             &name,
-            PASSWORD_KEY,
+            &redis_acl::Role::Probe.password_key(),
         )]),
         // Ready only when Redis answers PONG (not while it loads the AOF);
         // alive as long as it accepts connections, so a long AOF load is
@@ -358,7 +414,10 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
         readiness_probe: Some(pod_spec::readiness_exec(vec![
             "sh".into(),
             "-c".into(),
-            format!("test \"$(redis-cli -p {REDIS_PORT} ping)\" = PONG"),
+            format!(
+                "test \"$(redis-cli --user {} -p {REDIS_PORT} ping)\" = PONG",
+                redis_acl::Role::Probe.user()
+            ),
         ])),
         liveness_probe: Some(pod_spec::liveness_tcp("redis")),
         resources: Some(redis_resources(m.max_memory)),
@@ -432,11 +491,25 @@ mod tests {
     use crate::render::{redis, Desired, GeneratedSecret};
 
     #[test]
-    fn config_file_carries_password_persistence_and_noeviction() {
-        let aof = redis_conf(Persistence::Aof, 256 << 20, "s3cret-password-x");
+    fn config_file_carries_users_persistence_and_noeviction() {
+        let user = redis_acl::User {
+            role: redis_acl::Role::Probe,
+            rules: vec!["-@all".into(), "+ping".into()],
+        };
+        let aof = redis_conf(Persistence::Aof, 256 << 20, &[(user, "s3cret-password-x")]);
+        assert!(!aof.contains("s3cret-password-x"), "only hashes: {aof}");
+        assert!(
+            !aof.contains("requirepass"),
+            "the default user is off: {aof}"
+        );
+        let probe = format!(
+            "user probe on #{} -@all +ping",
+            redis_acl::password_hash("s3cret-password-x")
+        );
         for line in [
             "maxmemory 268435456",
-            "requirepass s3cret-password-x",
+            redis_acl::DEFAULT_USER_LINE,
+            probe.as_str(),
             "appendonly yes",
             "appendfsync everysec",
             "maxmemory-policy noeviction",
@@ -446,36 +519,32 @@ mod tests {
         ] {
             assert!(aof.lines().any(|l| l == line), "missing `{line}` in\n{aof}");
         }
-        let none = redis_conf(Persistence::None, 256 << 20, "s3cret-password-x");
+        let none = redis_conf(Persistence::None, 256 << 20, &[]);
         assert!(none.lines().any(|l| l == "appendonly no"));
         assert!(none.lines().any(|l| l == "save \"\""));
     }
 
     #[test]
     fn passwords_that_could_break_the_url_or_the_file_are_refused() {
-        let mut sp = StreamPipeline::new(
-            "p",
-            sluice_crds::yaml::from_str(
-                "{interfaces: [], groups: [], nodes: [], backends: {queue: redis, kv: redis, reply: redis}}",
-            )
-            .unwrap(),
-        );
-        sp.metadata.namespace = Some("ns".into());
-        sp.metadata.uid = Some("u".into());
+        let sp = orders_redis();
         for bad in [
             "short",
             "has space in it xxxxxxxx",
             "new\nline-requirepass-x",
             "at@sign-xxxxxxxxxxxx",
         ] {
-            let e = initial_redis_secret(&sp, bad).unwrap_err().to_string();
+            let e = redis_secret(&sp, |_| bad.into()).unwrap_err();
+            assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
+            let e = e.to_string();
             assert!(!e.contains(bad), "error must not echo the password: {e}");
         }
-        let s = initial_redis_secret(&sp, "0123456789abcdef0123").unwrap();
+        let s = redis_secret(&sp, |r| format!("0123456789abcdef-{}", r.user())).unwrap();
         let data = s.data.unwrap();
-        assert_eq!(data[PASSWORD_KEY].0, b"0123456789abcdef0123");
+        assert_eq!(data["ingress.password"].0, b"0123456789abcdef-ingress");
+        assert_eq!(data["autoscaler.username"].0, b"autoscaler");
         let conf = String::from_utf8(data[CONFIG_KEY].0.clone()).unwrap();
-        assert!(conf.contains("requirepass 0123456789abcdef0123\n"));
+        assert!(!conf.contains("0123456789abcdef"), "no password in {conf}");
+        assert!(conf.contains(&redis_acl::password_hash("0123456789abcdef-admin")));
         assert!(conf.contains("appendonly yes\n"), "aof is the default");
     }
 
@@ -551,7 +620,19 @@ mod tests {
         );
         assert_eq!(
             env[url].value.as_deref(),
-            Some("redis://:$(REDIS_PASSWORD)@orders-redis-redis.demo.svc:6379/0")
+            Some("redis://group-cpu:$(REDIS_PASSWORD)@orders-redis-redis.demo.svc:6379")
+        );
+        let from = env[pw]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (from.name.as_str(), from.key.as_str()),
+            ("orders-redis-redis", "group-cpu.password"),
+            "each pod gets its own role's password only"
         );
     }
 

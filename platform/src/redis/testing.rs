@@ -44,6 +44,11 @@ pub struct RedisServer {
     dir: PathBuf,
     persistence: bool,
     password: Option<String>,
+    /// A config file given to [`Self::start_with_config`]: read first, the
+    /// test's own options (port, bind, dir, logfile) override it.
+    config: Option<String>,
+    /// The user [`Self::answers_ping`] authenticates as (`None`: `default`).
+    user: Option<String>,
     /// The TLS port, when started with [`Self::start_tls`].
     tls_port: Option<u16>,
     child: Option<Child>,
@@ -90,6 +95,8 @@ impl RedisServer {
             dir,
             persistence,
             password: password.map(str::to_string),
+            config: None,
+            user: None,
             tls_port: None,
             child: None,
         };
@@ -105,6 +112,27 @@ impl RedisServer {
             }
         }
         Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+    }
+
+    /// A server started from `config` (a whole `redis.conf`, such as the
+    /// operator renders for managed Redis); this harness's port, bind
+    /// address, directory and log file replace the file's. `user` and
+    /// `password` are the ACL user its readiness check authenticates as;
+    /// [`Self::url`] carries them.
+    ///
+    /// # Panics
+    /// As [`Self::start`], and when the file makes the server refuse to
+    /// start (its log tail is in the message).
+    pub fn start_with_config(config: &str, user: &str, password: &str) -> Self {
+        let mut s = Self::start(false);
+        s.kill();
+        s.config = Some(config.to_string());
+        s.user = Some(user.to_string());
+        s.password = Some(password.to_string());
+        if let Err(e) = s.spawn() {
+            panic!("could not start {BINARY} from the given config: {e}");
+        }
+        s
     }
 
     /// A server that also speaks TLS on a second port, with a certificate
@@ -162,13 +190,18 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://[:password@]127.0.0.1:<port>/0`.
+    /// `redis://[[user]:password@]127.0.0.1:<port>/0`.
     pub fn url(&self) -> String {
         self.url_db(0)
     }
 
-    /// The URL of database `db`.
+    /// The URL of database `db`. A server started from a config file is
+    /// reached as its user, with no database (an ACL user may not be
+    /// allowed `SELECT`).
     pub fn url_db(&self, db: u8) -> String {
+        if let (Some(u), Some(p)) = (&self.user, &self.password) {
+            return format!("redis://{u}:{p}@127.0.0.1:{}", self.port);
+        }
         match &self.password {
             Some(p) => format!("redis://:{p}@127.0.0.1:{}/{db}", self.port),
             None => format!("redis://127.0.0.1:{}/{db}", self.port),
@@ -237,6 +270,19 @@ impl RedisServer {
 
     fn spawn(&mut self) -> std::io::Result<()> {
         let mut cmd = Command::new(BINARY);
+        if let Some(config) = &self.config {
+            // Redis acts on `dir` as it reads it, before the command line
+            // could override it: the harness's own settings replace the
+            // file's lines.
+            let ours = ["dir ", "port ", "bind ", "logfile "];
+            let kept: Vec<&str> = config
+                .lines()
+                .filter(|l| !ours.iter().any(|o| l.starts_with(o)))
+                .collect();
+            let path = self.dir.join("given.conf");
+            std::fs::write(&path, kept.join("\n"))?;
+            cmd.arg(path);
+        }
         cmd.arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--daemonize", "no"])
@@ -247,8 +293,12 @@ impl RedisServer {
             .args(["--appendfsync", "everysec"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(p) = &self.password {
+            // A config file Redis refuses is reported on stderr only.
+            .stderr(match std::fs::File::create(self.dir.join("stderr.log")) {
+                Ok(f) => Stdio::from(f),
+                Err(_) => Stdio::null(),
+            });
+        if let (Some(p), None) = (&self.password, &self.config) {
             cmd.args(["--requirepass", p]);
         }
         if let Some(port) = self.tls_port {
@@ -305,8 +355,10 @@ impl RedisServer {
         };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         let mut req = String::new();
-        if let Some(p) = &self.password {
-            req.push_str(&format!("AUTH {p}\r\n"));
+        match (&self.user, &self.password) {
+            (Some(u), Some(p)) => req.push_str(&format!("AUTH {u} {p}\r\n")),
+            (None, Some(p)) => req.push_str(&format!("AUTH {p}\r\n")),
+            _ => {}
         }
         req.push_str("PING\r\n");
         if s.write_all(req.as_bytes()).is_err() {
@@ -324,7 +376,8 @@ impl RedisServer {
     }
 
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+        let mut log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+        log.push_str(&std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default());
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(5)..].join(" | ")
     }

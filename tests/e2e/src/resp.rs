@@ -49,21 +49,16 @@ impl Probe {
     /// # Errors
     /// Connection failures and error replies, as text.
     pub fn cmd(&self, args: &[&[u8]]) -> Result<Resp, String> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(IO_TIMEOUT))
-            .and_then(|()| s.set_write_timeout(Some(IO_TIMEOUT)))
-            .map_err(|e| e.to_string())?;
-        let mut req = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            req.extend_from_slice(a);
-            req.extend_from_slice(b"\r\n");
-        }
-        s.write_all(&req).map_err(|e| e.to_string())?;
-        match read(&mut BufReader::new(s))? {
-            Resp::Error(e) => Err(e),
-            r => Ok(r),
+        exchange(self.port, None, args)
+    }
+
+    /// The same server, each command sent as ACL user `user` (an `AUTH`
+    /// first on the same connection).
+    pub fn as_user(&self, user: &str, password: &str) -> UserProbe {
+        UserProbe {
+            port: self.port,
+            user: user.to_string(),
+            password: password.to_string(),
         }
     }
 
@@ -125,6 +120,57 @@ impl Probe {
         self.cmd(&args)?
             .text()
             .ok_or_else(|| "XADD returned no id".to_string())
+    }
+}
+
+/// A [`Probe`] that authenticates as an ACL user before each command.
+#[derive(Debug, Clone)]
+pub struct UserProbe {
+    port: u16,
+    user: String,
+    password: String,
+}
+
+impl UserProbe {
+    /// `AUTH user password`, then one command; a Redis error reply to
+    /// either is an `Err` (a refused command's `NOPERM …` text).
+    ///
+    /// # Errors
+    /// Connection failures and error replies, as text.
+    pub fn cmd(&self, args: &[&[u8]]) -> Result<Resp, String> {
+        let auth: [&[u8]; 3] = [b"AUTH", self.user.as_bytes(), self.password.as_bytes()];
+        exchange(self.port, Some(&auth), args)
+    }
+}
+
+fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    req
+}
+
+/// One command on a fresh connection, after `auth` when given.
+fn exchange(port: u16, auth: Option<&[&[u8]]>, args: &[&[u8]]) -> Result<Resp, String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(IO_TIMEOUT))
+        .and_then(|()| s.set_write_timeout(Some(IO_TIMEOUT)))
+        .map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+    if let Some(auth) = auth {
+        s.write_all(&encode(auth)).map_err(|e| e.to_string())?;
+        if let Resp::Error(e) = read(&mut r)? {
+            return Err(e);
+        }
+    }
+    s.write_all(&encode(args)).map_err(|e| e.to_string())?;
+    match read(&mut r)? {
+        Resp::Error(e) => Err(e),
+        r => Ok(r),
     }
 }
 

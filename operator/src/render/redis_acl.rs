@@ -1,0 +1,279 @@
+//! The ACL users of managed Redis: one per role, each limited to the keys
+//! and commands that role uses (DESIGN §6, docs/operator.md "Redis users").
+//!
+//! ```text
+//! user          who                         keys (prefix sluice:{ns/p}:)                 commands
+//! ingress       web pods                    q:<first hops> (write), dlq (write)           XADD
+//!                                           r:*                                           EVAL EXISTS XADD PEXPIRE XREAD XDEL DEL
+//!                                           q:<groups on its interfaces' paths> (read)    XLEN XPENDING XINFO STREAM MEMORY USAGE
+//! group-<g>     worker pods of group g      q:<g>                                         XREADGROUP XACK XCLAIM XAUTOCLAIM XDEL
+//!                                                                                         XPENDING XGROUP CREATE XLEN XINFO STREAM
+//!                                                                                         MEMORY USAGE EVAL
+//!                                           q:<groups its edges lead to>, dlq (write)     XADD
+//!                                           r:* (write; only if g ends an interface)      XADD
+//!                                           n:<g>:*                                       SET GET
+//!                                           none                                          MULTI EXEC DISCARD
+//! autoscaler    the operator's autoscaler,  q:* (read)                                    XLEN XPENDING XINFO STREAM|GROUPS
+//!               KEDA
+//! admin         the operator only           none                                          ACL SETUSER|DELUSER|USERS, CONFIG SET
+//! probe         Redis's own probes          none                                          PING
+//! default       nobody                      off, no password, no command
+//! ```
+//!
+//! Every user may `PING` and `CLIENT ID`. No user gets a keyspace command that rewrites a
+//! queue's history (`DEL`, `RENAME`, `XSETID`, `XGROUP DESTROY|SETID`,
+//! `XTRIM`, …) nor anything `@admin`/`@dangerous` except `admin`'s ACL and
+//! CONFIG subcommands: a compromised worker can read and write only its
+//! own queue, append to the queues its edges lead to, and answer callers.
+//!
+//! Passwords are random per role and stored in the `P-redis` Secret under
+//! `<user>.password`; the config file carries only their SHA-256
+//! (`#<hex>`), and each pod's environment only its own role's password.
+
+use std::collections::BTreeSet;
+
+use sha2::{Digest, Sha256};
+use sluice_crds::Plan;
+use sluice_platform::keys::Keys;
+
+/// A role that connects to managed Redis.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Ingress,
+    /// The worker pods of one group.
+    Group(String),
+    Autoscaler,
+    Admin,
+    Probe,
+}
+
+impl Role {
+    /// The Redis user name.
+    pub fn user(&self) -> String {
+        match self {
+            Role::Ingress => "ingress".into(),
+            Role::Group(g) => format!("group-{g}"),
+            Role::Autoscaler => "autoscaler".into(),
+            Role::Admin => "admin".into(),
+            Role::Probe => "probe".into(),
+        }
+    }
+
+    /// Key of this role's password in the `P-redis` Secret.
+    pub fn password_key(&self) -> String {
+        format!("{}.password", self.user())
+    }
+}
+
+/// Key in the `P-redis` Secret holding the autoscaler's user name, for
+/// KEDA's TriggerAuthentication (which takes the name from a Secret).
+pub const AUTOSCALER_USERNAME_KEY: &str = "autoscaler.username";
+/// [`Role::Autoscaler`]'s password key, for the same.
+pub const AUTOSCALER_PASSWORD_KEY: &str = "autoscaler.password";
+
+/// One ACL user: its role and its rules after `on #<hash>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub role: Role,
+    pub rules: Vec<String>,
+}
+
+impl User {
+    /// The `user` line of redis.conf for this user with `password`.
+    pub fn conf_line(&self, password: &str) -> String {
+        let mut words = vec![
+            "user".to_string(),
+            self.role.user(),
+            "on".into(),
+            format!("#{}", password_hash(password)),
+        ];
+        words.extend(self.rules.iter().cloned());
+        words.join(" ")
+    }
+
+    /// The arguments of `ACL SETUSER` that make a live user exactly this
+    /// one (`reset` first, so nothing granted before survives).
+    pub fn setuser_args(&self, password: &str) -> Vec<String> {
+        let mut args = vec![
+            self.role.user(),
+            "reset".into(),
+            "on".into(),
+            format!("#{}", password_hash(password)),
+        ];
+        args.extend(self.rules.iter().cloned());
+        args
+    }
+}
+
+/// Hex SHA-256 of a password, as Redis's `#<hash>` rule takes it.
+pub fn password_hash(password: &str) -> String {
+    Sha256::digest(password.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The line that turns the `default` user off: no password (`resetpass`
+/// drops `nopass`) and no command, so it authenticates nobody even where
+/// protected mode would otherwise let a loopback client in.
+pub const DEFAULT_USER_LINE: &str = "user default off resetpass resetkeys resetchannels -@all";
+
+/// Every role of a plan's pipeline, sorted: ingress, one per worker group,
+/// autoscaler, admin, probe.
+pub fn roles(plan: &Plan) -> Vec<Role> {
+    let mut roles = vec![Role::Ingress];
+    roles.extend(plan.worker_groups().map(|g| Role::Group(g.name.clone())));
+    roles.extend([Role::Autoscaler, Role::Admin, Role::Probe]);
+    roles
+}
+
+/// The users of a plan's pipeline, in [`roles`] order.
+pub fn users(plan: &Plan) -> Vec<User> {
+    let keys = Keys::new(&plan.id.namespace, &plan.id.name);
+    roles(plan)
+        .into_iter()
+        .map(|role| {
+            let rules = rules(plan, &keys, &role);
+            User { role, rules }
+        })
+        .collect()
+}
+
+/// Redis key pattern special characters are `* ? [ ] \`; pipeline,
+/// namespace and group names are DNS names and contain none, but escape
+/// anyway so a pattern always means the literal name.
+fn lit(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn selector(commands: &[&str], patterns: &[String]) -> String {
+    let mut words: Vec<String> = commands.iter().map(|c| format!("+{c}")).collect();
+    words.extend(patterns.iter().cloned());
+    format!("({})", words.join(" "))
+}
+
+fn rules(plan: &Plan, keys: &Keys, role: &Role) -> Vec<String> {
+    let queue = |g: &str| lit(&keys.queue(g));
+    let write = |k: String| format!("%W~{k}");
+    let read = |k: String| format!("%R~{k}");
+    let replies = format!("{}*", lit(&keys.reply("")));
+    let mut out = vec![
+        "resetkeys".to_string(),
+        "resetchannels".into(),
+        "-@all".into(),
+        "+ping".into(),
+        // The Redis client asks its blocking connections' ids (to unblock
+        // them); harmless.
+        "+client|id".into(),
+    ];
+    match role {
+        Role::Ingress => {
+            let mut sends: Vec<String> = first_hops(plan).iter().map(|g| write(queue(g))).collect();
+            sends.push(write(lit(&keys.dead_letter())));
+            out.push(selector(&["xadd"], &sends));
+            out.push(selector(
+                &["eval", "exists", "xadd", "pexpire", "xread", "xdel", "del"],
+                &[format!("~{replies}")],
+            ));
+            let watched: BTreeSet<&str> = plan
+                .interfaces
+                .iter()
+                .flat_map(|i| i.path_groups.iter().map(String::as_str))
+                .collect();
+            if !watched.is_empty() {
+                let reads: Vec<String> = watched.iter().map(|g| read(queue(g))).collect();
+                out.push(selector(
+                    &["xlen", "xpending", "xinfo|stream", "memory|usage"],
+                    &reads,
+                ));
+            }
+        }
+        Role::Group(g) => {
+            out.extend(["+multi".into(), "+exec".into(), "+discard".into()]);
+            out.push(selector(
+                &[
+                    "xreadgroup",
+                    "xack",
+                    "xclaim",
+                    "xautoclaim",
+                    "xdel",
+                    "xpending",
+                    "xgroup|create",
+                    "xlen",
+                    "xinfo|stream",
+                    "memory|usage",
+                    "eval",
+                ],
+                &[format!("~{}", queue(g))],
+            ));
+            let mut sends: Vec<String> = edge_groups(plan, g)
+                .iter()
+                .map(|to| write(queue(to)))
+                .collect();
+            sends.push(write(lit(&keys.dead_letter())));
+            // Every group may answer: with the final output when it ends an
+            // interface, and with an error (a failed node, an expired or
+            // dead-lettered request) wherever the request stands.
+            sends.push(write(replies.clone()));
+            out.push(selector(&["xadd"], &sends));
+            out.push(selector(
+                &["set", "get"],
+                &[format!(
+                    "~{}*",
+                    lit(&keys.nonce(g, "", "")).trim_end_matches(':')
+                )],
+            ));
+        }
+        Role::Autoscaler => {
+            out.push(selector(
+                &["xlen", "xpending", "xinfo|stream", "xinfo|groups"],
+                &[read(format!("{}*", lit(&keys.queue(""))))],
+            ));
+        }
+        Role::Admin => {
+            out.extend([
+                "+acl|setuser".into(),
+                "+acl|deluser".into(),
+                "+acl|users".into(),
+                "+config|set".into(),
+            ]);
+        }
+        Role::Probe => {}
+    }
+    out
+}
+
+/// Groups other than the ingress group that a request enters first: an
+/// interface's entry group, or the groups the ingress group's nodes lead
+/// to (they run in the ingress process before the first hop).
+fn first_hops(plan: &Plan) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for i in &plan.interfaces {
+        if let Some(n) = plan.nodes.get(&i.entry) {
+            if n.group != plan.ingress_group {
+                out.insert(n.group.clone());
+            }
+        }
+    }
+    out.extend(edge_groups(plan, &plan.ingress_group));
+    out.remove(&plan.ingress_group);
+    out
+}
+
+/// The groups whose queues a node of `group` may forward to (its own
+/// included when an edge stays inside the group).
+fn edge_groups(plan: &Plan, group: &str) -> BTreeSet<String> {
+    plan.nodes
+        .values()
+        .filter(|n| n.group == group)
+        .flat_map(|n| n.next.targets())
+        .filter_map(|t| plan.nodes.get(t).map(|n| n.group.clone()))
+        .collect()
+}
