@@ -41,7 +41,9 @@ use kube::runtime::controller::Action;
 use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use sluice_crds::{ExposeSpec, StreamPipeline, StreamPipelineSpec, StreamPipelineStatus};
+use sluice_crds::{
+    compile, ExposeSpec, PipelineId, StreamPipeline, StreamPipelineSpec, StreamPipelineStatus,
+};
 use tracing::{debug, info, warn, Instrument};
 
 pub use crate::apply::FIELD_MANAGER;
@@ -55,8 +57,11 @@ use crate::error::api_error;
 use crate::events::{EventType, Events};
 use crate::labels;
 use crate::metrics::Metrics;
+use crate::names;
 use crate::object::PipelineObject;
+use crate::redis_users::{RedisUsers, Wanted};
 use crate::referenced;
+use crate::render::redis_use::{managed_address, RedisUse};
 use crate::render::{self, owned_kinds, Child, Desired, OwnedKind};
 use crate::secrets::{self, SecretChange};
 use crate::settings::OperatorSettings;
@@ -94,6 +99,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, Failures>>,
     /// Watch caches of owned objects; without them every reconcile lists.
     cache: Option<Arc<OwnedCache>>,
+    /// The ACL users given to each managed Redis.
+    redis_users: Arc<RedisUsers>,
 }
 
 impl Context {
@@ -114,6 +121,7 @@ impl Context {
             facts,
             failures: Mutex::new(HashMap::new()),
             cache: None,
+            redis_users: Arc::default(),
         }
     }
 
@@ -259,6 +267,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
     let keys = Keys::of(&sp.metadata)?;
     let (ns, name, uid) = (&keys.ns, &keys.name, &keys.uid);
     if sp.metadata.deletion_timestamp.is_some() {
+        ctx.redis_users.forget(&format!("{ns}/{name}"));
         // Owner references make garbage collection remove every child.
         return Ok(Action::await_change());
     }
@@ -311,6 +320,9 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
             desired.annotate_runtime_pods(labels::SECRET_VERSIONS, versions);
         }
         applied = apply_objects(sp, ctx, &target, &desired, &mut live).await?;
+        if let Some(passwords) = &ensured.redis_secret {
+            sync_redis_users(sp, ctx, &live, passwords);
+        }
         applied.missing_secrets = referenced.missing;
         if applied.pending {
             requeue = requeue.min(PENDING_RECHECK);
@@ -473,6 +485,47 @@ struct Target<'a> {
 }
 
 /// Live owned objects by `(kind, name)`.
+/// Gives a running managed Redis the users `P-redis` describes
+/// ([`crate::redis_users`]), in the background. Only once its StatefulSet
+/// has a ready pod: a Redis still starting reads them from its file.
+fn sync_redis_users(
+    sp: &StreamPipeline,
+    ctx: &Context,
+    live: &Live,
+    passwords: &BTreeMap<String, String>,
+) {
+    let (Some(ns), Some(name)) = (
+        sp.metadata.namespace.as_deref(),
+        sp.metadata.name.as_deref(),
+    ) else {
+        return;
+    };
+    let ready = live
+        .get(&("StatefulSet", names::redis(name)))
+        .and_then(|s| s.data["status"]["readyReplicas"].as_i64())
+        .unwrap_or(0)
+        > 0;
+    if !ready
+        || !matches!(
+            render::redis_use::redis_use(&sp.spec, &ctx.settings),
+            Ok(RedisUse::Managed(_))
+        )
+    {
+        return;
+    }
+    let id = PipelineId {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+    };
+    let Ok(plan) = compile(id, &sp.spec) else {
+        return;
+    };
+    if let Some(wanted) = Wanted::from_secret(render::redis_acl::users(&plan), passwords) {
+        ctx.redis_users
+            .sync(&format!("{ns}/{name}"), &managed_address(name, ns), wanted);
+    }
+}
+
 type Live = BTreeMap<(&'static str, String), DynamicObject>;
 
 impl Target<'_> {

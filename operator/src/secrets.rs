@@ -18,6 +18,8 @@
 //! key ring: only the rotation steps here do (see [`crate::rotation`]).
 //! Key material and passwords never reach logs, events or errors.
 
+use std::collections::BTreeMap;
+
 use base64::Engine;
 use chrono::{DateTime, SubsecRound, Utc};
 use k8s_openapi::api::core::v1::Secret;
@@ -56,6 +58,17 @@ pub struct Ensured {
     /// The next moment a Secret must change (a rotation step falls due),
     /// so the reconcile requeues no later than this.
     pub recheck_after: Option<std::time::Duration>,
+    /// What the managed Redis Secret `P-redis` holds now (its passwords by
+    /// key), when the pipeline has one and it is ours.
+    pub redis_secret: Option<BTreeMap<String, String>>,
+}
+
+fn text_data(s: &Secret) -> BTreeMap<String, String> {
+    s.data
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
+        .collect()
 }
 
 /// A key ring with one fresh key, current, kid `k<unix seconds>`.
@@ -125,6 +138,7 @@ pub async fn ensure(
     settings: &OperatorSettings,
 ) -> Result<Ensured, Error> {
     let mut changes = Vec::new();
+    let mut redis_secret = None;
     let mut recheck_after: Option<std::time::Duration> = None;
     let mut recheck = |d: std::time::Duration| {
         recheck_after = Some(recheck_after.map_or(d, |r| r.min(d)));
@@ -147,6 +161,9 @@ pub async fn ensure(
                 };
                 match api.create(&pp, &fresh).await {
                     Ok(_) => {
+                        if matches!(g, GeneratedSecret::RedisPassword(_)) {
+                            redis_secret = Some(text_data(&fresh));
+                        }
                         changes.push(SecretChange::Created(name.to_string()));
                         if matches!(g, GeneratedSecret::KeyRing(_)) {
                             recheck(timings(sp, settings)?.rotate_every);
@@ -165,6 +182,7 @@ pub async fn ensure(
                 }
             }
             (Some(live), GeneratedSecret::RedisPassword(_)) if controlled_by(&live, uid) => {
+                redis_secret = Some(text_data(&live));
                 if let Some(updated) = redis_config_update(sp, live)? {
                     let pp = PostParams {
                         field_manager: Some(FIELD_MANAGER.into()),
@@ -175,6 +193,7 @@ pub async fn ensure(
                     api.replace(name, &pp, &updated)
                         .await
                         .map_err(|e| api_error("update", "Secret", name, e))?;
+                    redis_secret = Some(text_data(&updated));
                     changes.push(SecretChange::Updated(name.to_string()));
                 }
             }
@@ -184,6 +203,7 @@ pub async fn ensure(
     Ok(Ensured {
         changes,
         recheck_after,
+        redis_secret,
     })
 }
 

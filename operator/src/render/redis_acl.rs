@@ -48,11 +48,14 @@ pub enum Role {
 }
 
 impl Role {
+    /// What every worker group's user name starts with.
+    pub const GROUP_PREFIX: &'static str = "group-";
+
     /// The Redis user name.
     pub fn user(&self) -> String {
         match self {
             Role::Ingress => "ingress".into(),
-            Role::Group(g) => format!("group-{g}"),
+            Role::Group(g) => format!("{}{g}", Self::GROUP_PREFIX),
             Role::Autoscaler => "autoscaler".into(),
             Role::Admin => "admin".into(),
             Role::Probe => "probe".into(),

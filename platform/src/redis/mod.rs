@@ -20,12 +20,14 @@
 //!   reconnects, error mapping.
 //! - `queue`, `reply`, `kv`: the three ports.
 //! - `stats`: [`StreamStats`], a queue's counters for autoscaling.
+//! - `acl`: ACL users, for the operator that administers a managed Redis.
 //! - `wire`: arguments and replies of the stream commands.
 //! - [`testing`]: a real `redis-server` for tests.
 
 pub mod config;
 pub mod testing;
 
+mod acl;
 mod backend;
 mod kv;
 mod queue;

@@ -1,0 +1,197 @@
+//! Keeps the live ACL users of each managed Redis equal to the ones its
+//! `P-redis` Secret describes ([`crate::render::redis_acl`]).
+//!
+//! Redis reads its users from `redis.conf` only when it starts, and the
+//! operator never restarts Redis for a user change (without persistence
+//! that would drop every queue). So when a group comes or goes, the
+//! operator connects as the `admin` user and runs `ACL SETUSER` for every
+//! role (each from `reset`, so nothing granted earlier survives) and
+//! `ACL DELUSER` for the users of groups that are gone. The file and the
+//! live users then agree, and a restart changes nothing.
+//!
+//! ```text
+//! reconcile ─▶ P-redis ensured ─▶ Redis StatefulSet ready? ─▶ digest of the users
+//!                                   same as last applied ─▶ nothing
+//!                                   else ─▶ background task: AUTH admin, SETUSER…, DELUSER…
+//!                                            ok  ─▶ remember the digest
+//!                                            err ─▶ warn; the next reconcile tries again
+//! ```
+//!
+//! The work runs beside the reconcile, never inside it: a Redis that does
+//! not answer delays no other object. Passwords never reach logs or errors;
+//! the rules sent carry only their SHA-256.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use sluice_platform::{RedisBackend, RedisConfig};
+use tracing::{info, warn};
+
+use crate::render::redis_acl::{self, Role, User};
+
+/// Connect and command timeout of the admin connection.
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The users one managed Redis should have, with their passwords.
+#[derive(Clone)]
+pub struct Wanted {
+    pub users: Vec<(User, String)>,
+}
+
+impl std::fmt::Debug for Wanted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.users.iter().map(|(u, _)| u.role.user()).collect();
+        f.debug_struct("Wanted").field("users", &names).finish()
+    }
+}
+
+impl Wanted {
+    /// The users of `users` whose password `passwords` (the `P-redis`
+    /// data) holds; `None` if any is missing (the Secret is not written
+    /// yet, and the next reconcile comes back).
+    pub fn from_secret(users: Vec<User>, passwords: &BTreeMap<String, String>) -> Option<Self> {
+        let users = users
+            .into_iter()
+            .map(|u| {
+                let p = passwords.get(&u.role.password_key())?.clone();
+                Some((u, p))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { users })
+    }
+
+    fn admin_password(&self) -> Option<&str> {
+        self.users
+            .iter()
+            .find(|(u, _)| u.role == Role::Admin)
+            .map(|(_, p)| p.as_str())
+    }
+
+    /// Identifies exactly what [`apply`] would send.
+    fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for (u, p) in &self.users {
+            for a in u.setuser_args(p) {
+                h.update(a.as_bytes());
+                h.update([0]);
+            }
+            h.update([1]);
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// What [`apply`] changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub set: Vec<String>,
+    pub deleted: Vec<String>,
+}
+
+/// Makes the Redis behind `redis` (connected as `admin`) hold `wanted`:
+/// `default` off with no password and no command, every wanted user set
+/// from `reset`, and the users of groups not wanted any more deleted.
+/// Users that are not a sluice role are left alone.
+///
+/// # Errors
+/// Redis unreachable or refusing a command; the message names the user.
+pub async fn apply(redis: &RedisBackend, wanted: &Wanted) -> Result<Applied, String> {
+    let mut applied = Applied::default();
+    let default: Vec<String> = redis_acl::DEFAULT_USER_LINE
+        .split_whitespace()
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    redis
+        .acl_setuser(&default)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Admin last: its rules do not change, but were they to, the
+    // connection keeps working until every other user is set.
+    let mut ordered: Vec<&(User, String)> = wanted.users.iter().collect();
+    ordered.sort_by_key(|(u, _)| u.role == Role::Admin);
+    for (u, p) in ordered {
+        redis
+            .acl_setuser(&u.setuser_args(p))
+            .await
+            .map_err(|e| e.to_string())?;
+        applied.set.push(u.role.user());
+    }
+    let keep: HashSet<String> = wanted.users.iter().map(|(u, _)| u.role.user()).collect();
+    let gone: Vec<String> = redis
+        .acl_users()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|n| n.starts_with(Role::GROUP_PREFIX) && !keep.contains(n))
+        .collect();
+    redis.acl_deluser(&gone).await.map_err(|e| e.to_string())?;
+    applied.deleted = gone;
+    Ok(applied)
+}
+
+/// Which users each managed Redis has been given, by `ns/name`.
+#[derive(Debug, Default)]
+pub struct RedisUsers {
+    applied: Mutex<HashMap<String, String>>,
+    running: Mutex<HashSet<String>>,
+}
+
+impl RedisUsers {
+    /// Starts a background [`apply`] to the managed Redis of `key` at
+    /// `address` (`host:port`) unless exactly `wanted` was applied there
+    /// already or an apply is running. Returns whether one was started.
+    pub fn sync(self: &Arc<Self>, key: &str, address: &str, wanted: Wanted) -> bool {
+        let digest = wanted.digest();
+        if self.applied.lock().get(key) == Some(&digest) || !self.running.lock().insert(key.into())
+        {
+            return false;
+        }
+        let Some(admin) = wanted.admin_password().map(str::to_string) else {
+            self.running.lock().remove(key);
+            return false;
+        };
+        let url = format!("redis://{}:{admin}@{address}", Role::Admin.user());
+        let (this, key) = (self.clone(), key.to_string());
+        tokio::spawn(async move {
+            let result = match RedisConfig::from_url(&url) {
+                Ok(cfg) => {
+                    let cfg = cfg
+                        .with_connect_timeout(TIMEOUT)
+                        .with_command_timeout(TIMEOUT)
+                        .with_pool_size(1);
+                    match RedisBackend::connect(cfg).await {
+                        Ok(redis) => apply(&redis, &wanted).await,
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(a) => {
+                    info!(pipeline = %key, set = ?a.set, deleted = ?a.deleted, "managed Redis users applied");
+                    this.applied.lock().insert(key.clone(), digest);
+                }
+                Err(e) => {
+                    warn!(pipeline = %key, error = %e, "cannot apply the managed Redis users yet; retried on the next reconcile");
+                }
+            }
+            this.running.lock().remove(&key);
+        });
+        true
+    }
+
+    /// Whether the users last given to [`Self::sync`] for `key` are in
+    /// place.
+    pub fn is_applied(&self, key: &str) -> bool {
+        self.applied.lock().contains_key(key) && !self.running.lock().contains(key)
+    }
+
+    /// Forgets a pipeline (deleted): a new one of the same name starts over.
+    pub fn forget(&self, key: &str) {
+        self.applied.lock().remove(key);
+    }
+}
