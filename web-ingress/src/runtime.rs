@@ -17,7 +17,9 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
 use sluice_crds::{BackendKind, Plan};
-use sluice_exec_worker::{Executor, Registry as NodeRegistry, RuntimeParts, Worker, WorkerConfig};
+use sluice_exec_worker::{
+    missing_keys, Executor, Registry as NodeRegistry, RuntimeParts, Worker, WorkerConfig,
+};
 use sluice_platform::memory::{MemoryKv, MemoryStreams};
 use sluice_platform::redis::{RedisBackend, RedisConfig};
 use sluice_platform::{Kv, Queue, ReplyChannel, SharedKeyRing, Verifier};
@@ -186,7 +188,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
 
     let mut registry = Registry::default();
     let metrics = IngressMetrics::register(&mut registry);
-    let parts = RuntimeParts::new(&plan, ring.clone(), kv, &mut registry);
+    let parts = RuntimeParts::new(&plan, &plan.ingress_group, ring.clone(), kv, &mut registry);
     let build = |group: &str| {
         Executor::build(
             plan.clone(),
@@ -283,7 +285,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         stop_accepting.clone(),
     ));
 
-    summary(&config, &plan, backend, &ring, addr);
+    summary(&config, &plan, backend, &ring, &parts, addr);
 
     let drain = CancellationToken::new();
     let done = tokio::spawn(drain_sequence(DrainParts {
@@ -324,9 +326,22 @@ fn summary(
     plan: &Plan,
     backend: BackendKind,
     ring: &SharedKeyRing,
+    parts: &RuntimeParts,
     addr: SocketAddr,
 ) {
     let r = ring.get();
+    // With memory backends every group runs in this process.
+    let needs = match backend {
+        BackendKind::Memory => plan.key_needs_of_all(),
+        BackendKind::Redis => plan.key_needs(&plan.ingress_group),
+    };
+    let missing = missing_keys(&r, &parts.keys, &needs);
+    if !missing.is_empty() {
+        tracing::warn!(
+            missing = ?missing,
+            "the key directory lacks keys this ingress needs; requests and replies needing them fail"
+        );
+    }
     let interfaces: Vec<String> = plan
         .interfaces
         .iter()
@@ -349,7 +364,7 @@ fn summary(
         groups = ?groups,
         signing_kid = r.current(),
         kids = ?r.kids().collect::<Vec<_>>(),
-        keys = if config.keys.is_some() { "directory" } else { "ephemeral (memory profile)" },
+        keys = if config.keys.is_some() { r.layout_name() } else { "ephemeral (memory profile)" },
         traces = sluice_platform::telemetry::summary(),
         "sluice-web-ingress started"
     );
@@ -424,7 +439,7 @@ async fn listen_replies(
                 backoff = Duration::from_millis(100);
                 for (_, entry) in entries {
                     match verifier.verify_reply(&entry, &state.ingress_id).await {
-                        Ok(env) => match state.waiters.complete(env) {
+                        Ok(reply) => match state.waiters.complete(reply.envelope) {
                             Delivered::Completed => {}
                             Delivered::Duplicate => state.metrics.dropped("duplicate"),
                             Delivered::Late => state.metrics.dropped("late"),

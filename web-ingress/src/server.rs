@@ -35,7 +35,7 @@ use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 use sluice_crds::{InterfacePlan, Plan};
-use sluice_exec_worker::worker::DEAD_LETTER_RETENTION;
+use sluice_exec_worker::worker::{DEAD_LETTER_RETENTION, KEY_MISSING_MESSAGE};
 use sluice_exec_worker::{Crash, Executor, NodeContext, StepOutcome};
 use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::signing::{max_entry_bytes, oversized_output};
@@ -366,7 +366,19 @@ async fn serve(
     hop.set("messaging.destination.name", stream.clone());
     hop.set("sluice.node", env.node.clone().unwrap_or_default());
     env.trace = hop.traceparent();
-    let entry = s.signer.sign(&mut env);
+    let entry = match s.signer.sign(&mut env) {
+        Ok(entry) => entry,
+        Err(e) => {
+            tracing::error!(request_id = %rid, error = %e, group, "cannot sign the request for its first hop");
+            hop.fail("signing key missing");
+            return Err(ApiError::new(
+                status_of_reply_code("key_missing"),
+                "key_missing",
+                KEY_MISSING_MESSAGE,
+                rid,
+            ));
+        }
+    };
     // Only an ingress-group node's output can exceed it (the body was
     // checked); sent as it is, it would be refused unread and time out.
     let entry_limit = max_entry_bytes(s.plan.security.max_payload_bytes as usize);
@@ -417,7 +429,13 @@ async fn dead_letter_crash(s: &AppState, env: &mut Envelope, crash: &Crash) {
         panic = %crash.panic,
         "node panicked; dead-lettering the request"
     );
-    let entry = s.signer.sign(env);
+    let entry = match s.signer.sign(env) {
+        Ok(entry) => entry,
+        Err(e) => {
+            tracing::warn!(request_id = %env.rid, error = %e, "dead-letter record not written: no key to sign it");
+            return;
+        }
+    };
     if let Err(e) = s
         .queue
         .push_capped(&s.keys.dead_letter(), entry, DEAD_LETTER_RETENTION)
@@ -450,6 +468,7 @@ fn static_code(code: &str) -> &'static str {
         "node_failed" => "node_failed",
         "retries_exhausted" => "retries_exhausted",
         "node_crashed" => "node_crashed",
+        "key_missing" => "key_missing",
         _ => "worker_error",
     }
 }
