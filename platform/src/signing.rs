@@ -215,6 +215,8 @@ pub enum Rejection {
     WrongKind,
     #[error("envelope for another destination")]
     WrongDestination,
+    #[error("reply from a group that does not answer this request")]
+    WrongSender,
 }
 
 impl Rejection {
@@ -232,6 +234,7 @@ impl Rejection {
             Rejection::Replay => "replay",
             Rejection::WrongKind => "wrong_kind",
             Rejection::WrongDestination => "wrong_destination",
+            Rejection::WrongSender => "wrong_sender",
         }
     }
 }
@@ -351,7 +354,9 @@ impl Verifier {
 
     /// Verifies a reply for ingress instance `ingress_id`, with the reply
     /// key of the group its key id names. Replies skip the replay guard: a
-    /// replayed reply finds its waiter gone and is dropped.
+    /// replayed reply finds its waiter gone and is dropped. Whether that
+    /// group may answer the waiting request is the caller's check (it knows
+    /// the waiter); it counts a refusal with [`Verifier::count_rejection`].
     ///
     /// # Errors
     /// A [`Rejection`] (counted).
@@ -368,6 +373,13 @@ impl Verifier {
             .unwrap_or_default()
             .to_string();
         Ok(VerifiedReply { envelope, from })
+    }
+
+    /// Counts a rejection its caller decided after the chain passed (the
+    /// ingress refusing a reply from a group that does not answer the
+    /// waiting request: [`Rejection::WrongSender`]).
+    pub fn count_rejection(&self, why: Rejection) {
+        self.rejections.inc(why);
     }
 
     fn count(&self, r: Result<Envelope, VerifyError>) -> Result<Envelope, VerifyError> {

@@ -22,7 +22,7 @@ use sluice_exec_worker::{
 };
 use sluice_platform::memory::{MemoryKv, MemoryStreams};
 use sluice_platform::redis::{RedisBackend, RedisConfig};
-use sluice_platform::{Kv, Queue, ReplyChannel, SharedKeyRing, Verifier};
+use sluice_platform::{Kv, Queue, Rejection, ReplyChannel, SharedKeyRing, Verifier};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::listener::ConnectionMetrics;
 use crate::metrics::{GroupLabel, IngressMetrics};
 use crate::server::{router, AppState, Backlog};
-use crate::waiters::Delivered;
+use crate::waiters::{Delivered, ReplySenders};
 
 /// How often the reply stream's expiry is refreshed, and the expiry itself:
 /// a dead instance's stream disappears within `REPLY_TTL`.
@@ -222,6 +222,11 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
             )
         })
         .collect();
+    let reply_senders = plan
+        .interfaces
+        .iter()
+        .map(|i| (i.name.clone(), Arc::new(ReplySenders::of(i))))
+        .collect();
     let body_budget = BodyBudget::new(body_budget_bytes(&plan));
     let state = Arc::new(AppState {
         http: config.http,
@@ -233,6 +238,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         signer: parts.signer.clone(),
         executor,
         waiters: Default::default(),
+        reply_senders,
         metrics,
         registry,
         ready: true.into(),
@@ -439,10 +445,14 @@ async fn listen_replies(
                 backoff = Duration::from_millis(100);
                 for (_, entry) in entries {
                     match verifier.verify_reply(&entry, &state.ingress_id).await {
-                        Ok(reply) => match state.waiters.complete(reply.envelope) {
+                        Ok(reply) => match state.waiters.complete(reply.envelope, &reply.from) {
                             Delivered::Completed => {}
                             Delivered::Duplicate => state.metrics.dropped("duplicate"),
                             Delivered::Late => state.metrics.dropped("late"),
+                            Delivered::WrongSender => {
+                                verifier.count_rejection(Rejection::WrongSender);
+                                tracing::debug!(from = %reply.from, "reply refused: its group does not answer this request's interface");
+                            }
                         },
                         Err(e) => tracing::debug!(error = %e, "reply refused"),
                     }

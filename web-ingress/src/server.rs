@@ -48,7 +48,7 @@ use crate::config::HttpLimits;
 use crate::error::{status_of_reply_code, ApiError};
 use crate::json_scan::{self, ShapeError};
 use crate::metrics::{IngressMetrics, InterfaceLabel, RequestLabel};
-use crate::waiters::Waiters;
+use crate::waiters::{ReplySenders, Waiters};
 
 /// Sampled size of one worker group's queue.
 #[derive(Debug, Clone, Copy, Default)]
@@ -67,6 +67,8 @@ pub struct AppState {
     /// Nodes placed on the ingress group, run in process.
     pub executor: Executor,
     pub waiters: Waiters,
+    /// Per interface: the groups whose replies may complete its waiters.
+    pub reply_senders: HashMap<String, Arc<ReplySenders>>,
     pub metrics: IngressMetrics,
     pub registry: Registry,
     /// False once draining: load balancers stop sending.
@@ -360,7 +362,10 @@ async fn serve(
     env.payload = payload;
 
     // Register before pushing: the reply may arrive before push returns.
-    let mut waiter = s.waiters.register(cid);
+    // An interface missing from the map (cannot happen: both come from the
+    // plan) takes no reply at all rather than any.
+    let senders = s.reply_senders.get(&it.name).cloned().unwrap_or_default();
+    let mut waiter = s.waiters.register(cid, senders);
     let stream = s.keys.queue(&group);
     let hop = span.child(format!("send {group}"), telemetry::Kind::Producer);
     hop.set("messaging.destination.name", stream.clone());
