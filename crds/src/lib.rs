@@ -14,12 +14,14 @@
 //! - [`names`]: the syntax of Kubernetes names and interface paths.
 //! - [`validate`]: every rule a spec must satisfy, with field paths.
 //! - [`plan`]: the compiled, validated execution plan.
+//! - [`key_needs`]: which derived keys the processes of each group hold.
 //! - [`manifest`]: reading a StreamPipeline file for a local run.
 //! - [`crd`]: the generated CRD with the structural fixes and CEL rules.
 //! - [`yaml`]: bounded YAML reading (size, depth, aliases, duplicate keys) and
 //!   the one style generated YAML is written in.
 
 pub mod crd;
+pub mod key_needs;
 pub mod limits;
 pub mod manifest;
 pub mod names;
@@ -29,6 +31,7 @@ pub mod units;
 pub mod validate;
 pub mod yaml;
 
+pub use key_needs::KeyNeeds;
 pub use manifest::{load_manifest, parse_manifest, parse_manifest_bytes, ManifestError};
 pub use plan::{compile, GroupPlan, InterfacePlan, Next, NodePlan, PipelineId, Plan};
 pub use types::*;

@@ -63,8 +63,13 @@ pub struct InterfacePlan {
     pub max_in_flight: u32,
     pub ordered: bool,
     /// Worker groups whose queues a request of this interface may cross;
-    /// admission checks their backlog.
+    /// admission checks their backlog, and the ingress takes an error reply
+    /// from any of them (each may fail the request it holds).
     pub path_groups: Vec<String>,
+    /// Groups running a node without `next` that a request of this
+    /// interface may reach: the groups that answer it. The ingress takes a
+    /// reply carrying an answer only from these (docs/wire-format.md).
+    pub terminal_groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -243,15 +248,19 @@ pub fn compile(id: PipelineId, spec: &StreamPipelineSpec) -> Result<Plan, Vec<Fi
     let interfaces = spec
         .interfaces
         .iter()
-        .map(|i| InterfacePlan {
-            name: i.name.clone(),
-            kind: i.kind,
-            path: i.path.clone(),
-            entry: i.entry.clone(),
-            timeout: dur(&i.timeout, DEFAULT_TIMEOUT),
-            max_in_flight: i.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
-            ordered: i.ordered.unwrap_or(false),
-            path_groups: reachable_worker_groups(&i.entry, &nodes, &ingress_group),
+        .map(|i| {
+            let reach = Reach::from(&i.entry, &nodes, &ingress_group);
+            InterfacePlan {
+                name: i.name.clone(),
+                kind: i.kind,
+                path: i.path.clone(),
+                entry: i.entry.clone(),
+                timeout: dur(&i.timeout, DEFAULT_TIMEOUT),
+                max_in_flight: i.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
+                ordered: i.ordered.unwrap_or(false),
+                path_groups: reach.worker_groups.into_iter().collect(),
+                terminal_groups: reach.terminal_groups.into_iter().collect(),
+            }
         })
         .collect();
 
@@ -282,24 +291,36 @@ pub fn compile(id: PipelineId, spec: &StreamPipelineSpec) -> Result<Plan, Vec<Fi
     })
 }
 
-fn reachable_worker_groups(
-    entry: &str,
-    nodes: &BTreeMap<String, NodePlan>,
-    ingress: &str,
-) -> Vec<String> {
-    let mut seen = BTreeSet::new();
-    let mut groups = BTreeSet::new();
-    let mut todo = vec![entry];
-    while let Some(n) = todo.pop() {
-        if !seen.insert(n) {
-            continue;
-        }
-        if let Some(node) = nodes.get(n) {
-            if node.group != ingress {
-                groups.insert(node.group.clone());
+/// What a request entering at one node may reach.
+struct Reach {
+    /// Worker groups of the reachable nodes.
+    worker_groups: BTreeSet<String>,
+    /// Groups of the reachable nodes without `next`.
+    terminal_groups: BTreeSet<String>,
+}
+
+impl Reach {
+    fn from(entry: &str, nodes: &BTreeMap<String, NodePlan>, ingress: &str) -> Self {
+        let mut seen = BTreeSet::new();
+        let mut reach = Reach {
+            worker_groups: BTreeSet::new(),
+            terminal_groups: BTreeSet::new(),
+        };
+        let mut todo = vec![entry];
+        while let Some(n) = todo.pop() {
+            if !seen.insert(n) {
+                continue;
             }
-            todo.extend(node.next.targets());
+            if let Some(node) = nodes.get(n) {
+                if node.group != ingress {
+                    reach.worker_groups.insert(node.group.clone());
+                }
+                if node.next == Next::Terminal {
+                    reach.terminal_groups.insert(node.group.clone());
+                }
+                todo.extend(node.next.targets());
+            }
         }
+        reach
     }
-    groups.into_iter().collect()
 }

@@ -24,6 +24,6 @@ pub mod worker;
 
 pub use executor::{Crash, Executor, StepOutcome};
 pub use node::{ConfigError, Node, NodeConfig, NodeContext, NodeError, NodeOutput};
-pub use parts::RuntimeParts;
+pub use parts::{missing_keys, RuntimeParts};
 pub use registry::Registry;
 pub use worker::{Worker, WorkerConfig, WorkerMetrics};

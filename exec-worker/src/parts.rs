@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry as Metrics;
-use sluice_crds::Plan;
+use sluice_crds::{KeyNeeds, Plan};
 use sluice_platform::metrics::Rejections;
-use sluice_platform::{Keys, Kv, SharedKeyRing, Signer, Verifier};
+use sluice_platform::{KeyRing, Keys, Kind, Kv, SharedKeyRing, Signer, Verifier};
 
 use crate::executor::{node_durations, NodeDurations};
 use crate::worker::WorkerMetrics;
@@ -23,9 +23,17 @@ pub struct RuntimeParts {
 }
 
 impl RuntimeParts {
-    /// Builds the parts for `plan`, verifying with `ring` and the replay
-    /// guard in `kv`, and registers their metric families in `metrics`.
-    pub fn new(plan: &Plan, ring: SharedKeyRing, kv: Arc<dyn Kv>, metrics: &mut Metrics) -> Self {
+    /// Builds the parts for a process of `plan` running `group` (the
+    /// ingress group for the ingress), signing and verifying with `ring` and
+    /// the replay guard in `kv`, and registers their metric families in
+    /// `metrics`.
+    pub fn new(
+        plan: &Plan,
+        group: &str,
+        ring: SharedKeyRing,
+        kv: Arc<dyn Kv>,
+        metrics: &mut Metrics,
+    ) -> Self {
         let rejections = Rejections::register(metrics);
         let worker_metrics = WorkerMetrics::register(metrics);
         let durations = node_durations();
@@ -44,11 +52,26 @@ impl RuntimeParts {
             rejections,
         );
         Self {
+            signer: Signer::new(ring, &keys, group),
             keys,
-            signer: Signer::new(ring),
             verifier,
             worker_metrics,
             durations,
         }
     }
+}
+
+/// The keys of `needs` that `ring`'s current kid cannot give, as
+/// `<kind>/<group>`: a process started with a derived directory that lacks
+/// them logs it, since every envelope needing one will fail.
+pub fn missing_keys(ring: &KeyRing, keys: &Keys, needs: &KeyNeeds) -> Vec<String> {
+    let wanted = needs
+        .request
+        .iter()
+        .map(|g| (Kind::Request, g))
+        .chain(needs.reply.iter().map(|g| (Kind::Reply, g)));
+    wanted
+        .filter(|(kind, g)| !ring.holds(*kind, keys.pipeline(), g))
+        .map(|(kind, g)| format!("{}/{g}", kind.as_str()))
+        .collect()
 }

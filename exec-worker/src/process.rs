@@ -80,7 +80,7 @@ pub struct Cli {
     /// PEM CA certificate(s) a rediss:// server's certificate must chain to, instead of the system roots [env: SLUICE_REDIS_CA_FILE]
     #[arg(long, value_name = "FILE")]
     pub redis_ca_file: Option<PathBuf>,
-    /// Key ring directory (one base64 key file per kid and a `current` file) [env: SLUICE_KEYS_DIR]
+    /// Key directory: a ring (one base64 key file per kid) or this group's derived keys (`<kid>.<request|reply>.<group>`), plus a `current` file [env: SLUICE_KEYS_DIR]
     #[arg(long, value_name = "DIR")]
     pub keys: Option<PathBuf>,
     /// Address of /healthz, /readyz and /metrics [env: SLUICE_ADMIN] [default: 127.0.0.1:9090]
@@ -379,7 +379,7 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
     let redis = RedisBackend::connect_lazy(redis_cfg)?;
 
     let mut metrics = Metrics::default();
-    let parts = RuntimeParts::new(&plan, ring.clone(), redis.clone(), &mut metrics);
+    let parts = RuntimeParts::new(&plan, &cfg.group, ring.clone(), redis.clone(), &mut metrics);
     let executor = Executor::build(
         plan.clone(),
         &cfg.group,
@@ -420,6 +420,13 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
     });
 
     let r = ring.get();
+    let missing = crate::parts::missing_keys(&r, &parts.keys, &plan.key_needs(&cfg.group));
+    if !missing.is_empty() {
+        tracing::warn!(
+            missing = ?missing,
+            "the key directory lacks keys this group needs; envelopes needing them are refused or dead-lettered"
+        );
+    }
     tracing::info!(
         pipeline = %plan.id,
         group = %cfg.group,
@@ -430,6 +437,7 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
         admin = %admin_addr,
         signing_kid = r.current(),
         kids = ?r.kids().collect::<Vec<_>>(),
+        keys = r.layout_name(),
         traces = sluice_platform::telemetry::summary(),
         "sluice-exec-worker started"
     );

@@ -31,13 +31,14 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use serde_json::Value;
 use sluice_crds::Plan;
 use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::metrics::GroupLabel;
 use sluice_platform::telemetry::{self, Span};
 use sluice_platform::{
-    At, Delivery, Envelope, Forward, Keys, Queue, Rejection, ReplyError, Signer, Verifier,
-    VerifyError,
+    At, Delivery, Envelope, Forward, Keys, Queue, Rejection, ReplyError, SignError, Signer,
+    StreamEntry, Verifier, VerifyError,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -84,7 +85,8 @@ pub struct OutcomeLabel {
 #[derive(Clone, Debug, Default)]
 pub struct WorkerMetrics {
     /// `sluice_worker_entries_total{group,outcome}`: forwarded, replied,
-    /// failed, retried, dead_lettered, crashed, expired, rejected, reply_dropped.
+    /// failed, retried, dead_lettered, crashed, expired, rejected,
+    /// reply_dropped, key_missing.
     pub entries: Family<OutcomeLabel, Counter>,
     /// `sluice_worker_redeliveries_total{group}`: entries seen more than once.
     pub redeliveries: Family<GroupLabel, Counter>,
@@ -137,6 +139,12 @@ impl WorkerMetrics {
 /// so a flood of failures cannot fill Redis (which runs with noeviction).
 pub const DEAD_LETTER_RETENTION: u64 = 10_000;
 
+/// What a caller is told when a process cannot sign what its request needs
+/// next (code `key_missing`): which key is in that process's log, not in
+/// the answer.
+pub const KEY_MISSING_MESSAGE: &str = "a process of the pipeline lacks a key it needs to pass \
+     this request on (a deployment fault; its log names the key)";
+
 /// Doubling wait between failed backend calls, 100 ms up to 5 s.
 struct Backoff(Duration);
 
@@ -187,12 +195,14 @@ impl Worker {
         parts: &RuntimeParts,
     ) -> Arc<Self> {
         let stream = parts.keys.queue(&cfg.group);
+        // Replies say they come from this worker's group.
+        let signer = parts.signer.for_group(&cfg.group);
         Arc::new(Self {
             cfg,
             executor,
             queue,
             verifier: parts.verifier.clone(),
-            signer: parts.signer.clone(),
+            signer,
             keys: parts.keys.clone(),
             metrics: parts.worker_metrics.clone(),
             stream,
@@ -401,39 +411,12 @@ impl Worker {
             _ => {}
         }
         match outcome {
-            StepOutcome::Done(value) => {
-                let reply = self.signer.sign(&mut env.reply(Ok(value)));
-                let (reply, outcome) = match self.sized(&env, &node, reply) {
-                    Ok(reply) => (reply, "replied"),
-                    Err(refusal) => (refusal, "failed"),
-                };
-                self.finish(
-                    d,
-                    Some(&env),
-                    Some(self.reply_forward(&env, reply)),
-                    outcome,
-                )
-                .await;
-            }
+            StepOutcome::Done(value) => self.answer(d, &env, &node, Ok(value)).await,
             StepOutcome::Forward {
                 node: to,
                 group,
                 payload,
-            } => {
-                let next = self.signer.sign(&mut env.hop(&group, &to, payload));
-                let (fwd, outcome) = match self.sized(&env, &node, next) {
-                    Ok(next) => {
-                        let fwd = Forward {
-                            stream: self.keys.queue(&group),
-                            entry: next,
-                            must_exist: false,
-                        };
-                        (fwd, "forwarded")
-                    }
-                    Err(refusal) => (self.reply_forward(&env, refusal), "failed"),
-                };
-                self.finish(d, Some(&env), Some(fwd), outcome).await;
-            }
+            } => self.forward(d, &env, &node, &group, &to, payload).await,
             StepOutcome::Failed(e) if e.is_retryable() => {
                 if d.deliveries >= self.cfg.max_deliveries {
                     self.exhausted(d, &env, e.message()).await;
@@ -445,14 +428,7 @@ impl Worker {
             }
             StepOutcome::Failed(e) => {
                 let err = ReplyError::new("node_failed", e.message());
-                let reply = self.signer.sign(&mut env.reply(Err(err)));
-                self.finish(
-                    d,
-                    Some(&env),
-                    Some(self.reply_forward(&env, reply)),
-                    "failed",
-                )
-                .await;
+                self.answer(d, &env, &node, Err(err)).await;
             }
             StepOutcome::Expired => {
                 self.metrics.outcome(g, "expired");
@@ -460,6 +436,77 @@ impl Worker {
             }
             StepOutcome::Crashed(crash) => self.crashed(d, &env, &crash).await,
         }
+    }
+
+    /// Answers `env`'s caller with `result` (`replied`, or `failed` for an
+    /// error) and acknowledges. An answer too large for the ingress to
+    /// accept becomes a `node_failed` error saying so.
+    async fn answer(
+        &self,
+        d: &Delivery,
+        env: &Envelope,
+        node: &str,
+        result: Result<Value, ReplyError>,
+    ) {
+        let outcome = if result.is_ok() { "replied" } else { "failed" };
+        let reply = match self.signer.sign(&mut env.reply(result)) {
+            Ok(reply) => reply,
+            Err(e) => return self.key_missing(d, env, e).await,
+        };
+        let (reply, outcome) = match self.too_large(env, node, &reply) {
+            None => (reply, outcome),
+            Some(err) => match self.signer.sign(&mut env.reply(Err(err))) {
+                Ok(refusal) => (refusal, "failed"),
+                Err(e) => return self.key_missing(d, env, e).await,
+            },
+        };
+        self.finish(d, Some(env), Some(self.reply_forward(env, reply)), outcome)
+            .await;
+    }
+
+    /// Sends `payload` on to node `to` of `group` and acknowledges; an
+    /// envelope too large for its receiver is answered `node_failed`
+    /// instead.
+    async fn forward(
+        &self,
+        d: &Delivery,
+        env: &Envelope,
+        node: &str,
+        group: &str,
+        to: &str,
+        payload: Value,
+    ) {
+        let next = match self.signer.sign(&mut env.hop(group, to, payload)) {
+            Ok(next) => next,
+            Err(e) => return self.key_missing(d, env, e).await,
+        };
+        if let Some(err) = self.too_large(env, node, &next) {
+            return self.answer(d, env, node, Err(err)).await;
+        }
+        let fwd = Forward {
+            stream: self.keys.queue(group),
+            entry: next,
+            must_exist: false,
+        };
+        self.finish(d, Some(env), Some(fwd), "forwarded").await;
+    }
+
+    /// This worker cannot sign what `env` needs next: its key directory
+    /// lacks the key (a deployment fault, not the request's). The entry is
+    /// dead-lettered, to be replayed once the keys are fixed, and the caller
+    /// answered `key_missing` when this worker can still sign a reply to
+    /// it; otherwise the caller's request times out.
+    async fn key_missing(&self, d: &Delivery, env: &Envelope, e: SignError) {
+        tracing::error!(
+            group = %self.cfg.group,
+            id = %d.id,
+            cid = %env.cid,
+            request_id = %env.rid,
+            error = %e,
+            "cannot sign the next envelope; dead-lettering the entry"
+        );
+        let err = ReplyError::new("key_missing", KEY_MISSING_MESSAGE);
+        self.dead_letter(d, env, err, "key_missing").await;
     }
 
     /// A node panicked on this entry: dead-letter it now, whatever its
@@ -503,17 +550,12 @@ impl Worker {
         span
     }
 
-    /// `entry` when its receiver accepts its size; else a signed
-    /// `node_failed` reply to `env`'s caller saying so. Sent as it is, the
+    /// `None` when `entry`'s receiver accepts its size; else the
+    /// `node_failed` error telling `env`'s caller so. Sent as it is, the
     /// entry would be refused unread and the caller left to time out.
-    fn sized(
-        &self,
-        env: &Envelope,
-        node: &str,
-        entry: sluice_platform::StreamEntry,
-    ) -> Result<sluice_platform::StreamEntry, sluice_platform::StreamEntry> {
-        if self.verifier.accepts_size(&entry) {
-            return Ok(entry);
+    fn too_large(&self, env: &Envelope, node: &str, entry: &StreamEntry) -> Option<ReplyError> {
+        if self.verifier.accepts_size(entry) {
+            return None;
         }
         let message = sluice_platform::signing::oversized_output(
             node,
@@ -521,11 +563,10 @@ impl Worker {
             self.verifier.max_entry_bytes(),
         );
         tracing::warn!(group = %self.cfg.group, request_id = %env.rid, %message, "output refused");
-        let err = ReplyError::new("node_failed", message);
-        Err(self.signer.sign(&mut env.reply(Err(err))))
+        Some(ReplyError::new("node_failed", message))
     }
 
-    fn reply_forward(&self, env: &Envelope, reply: sluice_platform::StreamEntry) -> Forward {
+    fn reply_forward(&self, env: &Envelope, reply: StreamEntry) -> Forward {
         Forward {
             stream: self.keys.reply(env.reply_to.as_deref().unwrap_or_default()),
             entry: reply,
@@ -544,7 +585,8 @@ impl Worker {
     }
 
     /// Copies the entry to the dead-letter stream, then answers the caller
-    /// with `err` and acknowledges, counting `outcome`.
+    /// with `err` and acknowledges, counting `outcome` (`key_missing` when
+    /// this worker holds no key to sign the answer: the caller times out).
     async fn dead_letter(&self, d: &Delivery, env: &Envelope, err: ReplyError, outcome: &str) {
         let g = &self.cfg.group;
         // Push first: a crash between the two steps duplicates the dead
@@ -561,9 +603,14 @@ impl Worker {
             tracing::warn!(group = %g, error = %e, "dead-letter write failed; entry left for redelivery");
             return;
         }
-        let reply = self.signer.sign(&mut env.reply(Err(err)));
-        self.finish(d, Some(env), Some(self.reply_forward(env, reply)), outcome)
-            .await;
+        let (forward, outcome) = match self.signer.sign(&mut env.reply(Err(err))) {
+            Ok(reply) => (Some(self.reply_forward(env, reply)), outcome),
+            Err(e) => {
+                tracing::error!(group = %g, id = %d.id, cid = %env.cid, request_id = %env.rid, error = %e, "cannot sign the reply; the caller is not answered and will time out");
+                (None, "key_missing")
+            }
+        };
+        self.finish(d, Some(env), forward, outcome).await;
     }
 
     /// Hands off and acknowledges; on a backend error the entry stays

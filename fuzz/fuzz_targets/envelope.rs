@@ -1,12 +1,16 @@
-//! Stream entry bytes → the verification chain (size → kid → MAC → decode →
-//! freshness → kind/destination → replay guard) against a fixed key ring.
+//! Stream entry bytes → the verification chain (size → version → key id →
+//! key → MAC → decode → freshness → kind/destination → replay guard)
+//! against a fixed key ring.
 //!
 //! The first byte picks what the rest is:
 //! - even: the raw fields `v`, `k`, `s` and `m`, separated by `0xFF` (what
 //!   anyone who can write to Redis can store);
-//! - odd: an envelope `m`, which is signed with the ring's key before it is
-//!   verified, so the checks after the MAC see arbitrary field values (what
-//!   a holder of a key, or a faulty signer, can send).
+//! - odd: an envelope `m`, which is signed with the ring's key for its kind
+//!   (requests with their destination's request key, replies as group
+//!   `work`) before it is verified, so the checks after the MAC see
+//!   arbitrary field values (what a holder of a key, or a faulty signer,
+//!   can send); an envelope the ring has no key for is signed with
+//!   nothing and skipped.
 //!
 //! Either way verification answers with an envelope or a rejection, never a
 //! panic.
@@ -31,10 +35,11 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let raw = [("k1".to_string(), vec![7u8; 32])].into_iter().collect();
         let ring = SharedKeyRing::fixed(KeyRing::from_raw("k1", &raw).expect("fixed ring"));
+        let keys = Keys::new("ns", "p");
         let verifier = Verifier::new(
             ring.clone(),
             MemoryKv::new(),
-            Keys::new("ns", "p"),
+            keys.clone(),
             Duration::from_secs(30),
             1 << 20,
             Rejections::default(),
@@ -43,7 +48,7 @@ fn fixture() -> &'static Fixture {
             runtime: tokio::runtime::Builder::new_current_thread()
                 .build()
                 .expect("runtime"),
-            signer: Signer::new(ring),
+            signer: Signer::new(ring, &keys, "work"),
             verifier,
         }
     })
@@ -72,6 +77,8 @@ fuzz_target!(|data: &[u8]| {
         let (v, k, s, m) = (next(), next(), next(), next());
         verify(f, &StreamEntry { v, k, m, s });
     } else if let Ok(env) = serde_json::from_slice::<Envelope>(rest) {
-        verify(f, &f.signer.sign_as_is(&env));
+        if let Ok(entry) = f.signer.sign_as_is(&env) {
+            verify(f, &entry);
+        }
     }
 });

@@ -5,10 +5,13 @@
 //!
 //! | field | content |
 //! | --- | --- |
-//! | `v` | format version, `"1"` |
-//! | `k` | key id (kid) of the signing key |
+//! | `v` | format version, `"2"` |
+//! | `k` | key id: the kid on requests; `<kid>/<group>` on replies, naming the replying group |
 //! | `m` | the message: the envelope as UTF-8 JSON (see [`Envelope`]) |
 //! | `s` | lowercase hex of HMAC-SHA256(derived key, `v` ‖ `m`) |
+//!
+//! The derived key is that of the request's destination group, or of the
+//! reply's sending group (`keyring`).
 //!
 //! `m` is JSON so that operators can read queues with `redis-cli XRANGE`;
 //! the MAC covers the exact stored bytes, never a re-serialisation.
@@ -16,12 +19,15 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The format version written in `v`.
-pub const FORMAT_VERSION: &str = "1";
+/// The format version written in `v`. Version 2 signs with per-group
+/// derived keys and names the replying group in a reply's `k`; a version-1
+/// entry cannot be verified under those rules, and is refused as
+/// `bad_version` rather than as a forgery.
+pub const FORMAT_VERSION: &str = "2";
 
 /// What an envelope is for; requests and replies are signed with different
 /// derived keys, so one can never pass for the other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Request,

@@ -1,16 +1,32 @@
-//! The HMAC key ring: one 32-byte key per kid, one of them `current`.
+//! The HMAC key ring: keys by kid, one kid `current`, and the per-group keys
+//! envelopes are signed with (DESIGN §6, docs/wire-format.md).
 //!
-//! On disk (`--keys DIR`, the mounted Secret, DESIGN §6): a file per key named
-//! by its kid holding base64 of 32 random bytes, and a file `current` holding
-//! the kid to sign with. The whole directory is read (never single files), so
-//! the kubelet's atomic `..data` symlink swap is seen as one change; names
+//! Every envelope is signed with a key derived for one pipeline, one kind
+//! and one group: requests with the request key of their destination group,
+//! replies with the reply key of the group that sends them. HKDF-SHA256
+//! (salt `sluice-ipc-v1`) expands a raw key with the label
+//! `sluice/<kind>/<ns/p>/<group>` (see [`info_label`]).
+//!
+//! Two layouts on disk (`--keys DIR`, the mounted Secret), told apart by
+//! their file names:
+//!
+//! | layout | files | holds |
+//! | --- | --- | --- |
+//! | ring | `<kid>`: base64 of 32 raw bytes; `current` | everything: any key of any group is derived on use |
+//! | derived | `<kid>.request.<group>`, `<kid>.reply.<group>`: base64 of one 32-byte derived key; `current` | exactly those keys, nothing else |
+//!
+//! A directory holding both forms is refused. [`derived_files`] renders a
+//! derived directory from a ring, so a process can be given only the keys
+//! of its role. The whole directory is read (never single files), so the
+//! kubelet's atomic `..data` symlink swap is seen as one change; names
 //! starting with `.` are the kubelet's bookkeeping and are skipped.
 //!
-//! Each raw key is expanded with HKDF-SHA256 into a request key and a reply
-//! key under distinct `info` labels; raw bytes never leave this module and no
-//! `Debug`/`Display` output contains key material.
+//! Key bytes never leave this module except as a MAC key (or base64 file
+//! content from [`derived_files`]); no `Debug`/`Display` output and no error
+//! contains key material.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,15 +40,27 @@ use tokio_util::sync::CancellationToken;
 
 use crate::envelope::Kind;
 
-/// Length of a raw key.
+/// Length of a raw key and of a derived key.
 pub const KEY_LEN: usize = 32;
 const HKDF_SALT: &[u8] = b"sluice-ipc-v1";
-const INFO_REQUEST: &[u8] = b"sluice/request";
-const INFO_REPLY: &[u8] = b"sluice/reply";
 /// The file naming the signing kid.
 pub const CURRENT_FILE: &str = "current";
+/// Most files a key directory may hold, `current` included: a ring holds a few kids, a
+/// derived directory a few kids times two keys per group (at most 32
+/// groups); anything far beyond is not a key directory.
+pub const MAX_KEY_FILES: usize = 1024;
+/// Longest key file read: base64 of 32 bytes is 44 characters, a kid at
+/// most 64; a longer file is refused unread rather than buffered.
+const MAX_FILE_BYTES: u64 = 256;
+/// Longest kid.
+pub const MAX_KID_LEN: usize = 64;
+/// Longest group name (a DNS label).
+pub const MAX_GROUP_LEN: usize = 63;
 
-/// Why a key directory could not be loaded. Never contains key bytes.
+type Key = [u8; KEY_LEN];
+
+/// Why a key directory could not be loaded or rendered. Names files, kids
+/// and groups, never key bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyRingError {
     #[error("cannot read key directory {path}: {source}")]
@@ -43,53 +71,178 @@ pub enum KeyRingError {
     },
     #[error("key `{kid}`: {reason}")]
     BadKey { kid: String, reason: String },
-    #[error("key directory {0} has no `current` file naming the signing key")]
+    #[error("file {name:?} is not a key file: {reason}")]
+    BadName { name: String, reason: &'static str },
+    #[error("{0} has no `current` file naming the signing key")]
     NoCurrent(String),
     #[error("`current` names kid `{0}`, which is not in the directory")]
     CurrentUnknown(String),
+    #[error(
+        "the directory holds raw keys (`<kid>`) and derived keys (`<kid>.<kind>.<group>`) \
+         together; a key directory holds one layout or the other"
+    )]
+    Mixed,
+    #[error("the directory holds more than {MAX_KEY_FILES} files")]
+    TooManyFiles,
+    #[error("`{0}` is not a pipeline (`<namespace>/<name>`, both DNS labels)")]
+    BadPipeline(String),
+    #[error("no {kind} key for group `{group}` under kid `{kid}` in this ring")]
+    Missing {
+        kid: String,
+        kind: &'static str,
+        group: String,
+    },
+    #[error("no keys were asked for: a derived directory needs at least one")]
+    NothingNeeded,
 }
 
-/// Derived keys of one kid.
-#[derive(Clone)]
-struct Derived {
-    request: [u8; 32],
-    reply: [u8; 32],
+/// Whether `kid` is a key id: 1-64 characters of `[A-Za-z0-9_-]`, and not
+/// the name of the `current` file.
+pub fn valid_kid(kid: &str) -> bool {
+    !kid.is_empty()
+        && kid.len() <= MAX_KID_LEN
+        && kid != CURRENT_FILE
+        && kid
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+}
+
+/// Whether `s` is a DNS label of at most `max` characters: `[a-z0-9-]`,
+/// neither first nor last a `-`.
+fn dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Whether `group` is a group name: a DNS label of at most 63 characters.
+/// Names in derivation labels, file names and reply key ids are checked
+/// with it, so none can carry a `/` or `.` that would make two of them
+/// read alike.
+pub fn valid_group(group: &str) -> bool {
+    dns_label(group, MAX_GROUP_LEN)
+}
+
+/// Whether `pipeline` is `<namespace>/<name>`, both DNS labels.
+pub fn valid_pipeline(pipeline: &str) -> bool {
+    pipeline
+        .split_once('/')
+        .is_some_and(|(ns, name)| dns_label(ns, 63) && dns_label(name, 63))
+}
+
+/// The HKDF `info` of the `kind` key of `group` in `pipeline`:
+/// `sluice/request/<ns/p>/<group>` or `sluice/reply/<ns/p>/<group>`.
+pub fn info_label(kind: Kind, pipeline: &str, group: &str) -> String {
+    format!("sluice/{}/{pipeline}/{group}", kind.as_str())
+}
+
+/// The file of a derived directory holding `kid`'s `kind` key of `group`.
+pub fn derived_file_name(kid: &str, kind: Kind, group: &str) -> String {
+    format!("{kid}.{}.{group}", kind.as_str())
+}
+
+fn derive(raw: &Key, kind: Kind, pipeline: &str, group: &str) -> Key {
+    let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), raw);
+    let mut key = [0u8; KEY_LEN];
+    // 32 bytes is far below HKDF-SHA256's 8160-byte output limit, the only
+    // way `expand` can fail.
+    hk.expand(info_label(kind, pipeline, group).as_bytes(), &mut key)
+        .expect("32 bytes is a valid HKDF length");
+    key
+}
+
+/// The keys of a ring, in one of the two layouts.
+#[derive(Clone, PartialEq, Eq)]
+enum Layout {
+    /// Raw keys by kid: every derived key can be made from them.
+    Ring(BTreeMap<String, Key>),
+    /// Derived keys by kid, kind and group: exactly these.
+    Derived(BTreeMap<String, BTreeMap<Kind, BTreeMap<String, Key>>>),
 }
 
 /// An immutable set of keys and the kid to sign with.
 #[derive(Clone)]
 pub struct KeyRing {
     current: String,
-    keys: BTreeMap<String, Derived>,
+    layout: Layout,
 }
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyRing")
-            .field("current", &self.current)
-            .field("kids", &self.keys.keys().collect::<Vec<_>>())
-            .finish()
+        let mut d = f.debug_struct("KeyRing");
+        d.field("current", &self.current)
+            .field("layout", &self.layout_name())
+            .field("kids", &self.kids().collect::<Vec<_>>());
+        if let Layout::Derived(keys) = &self.layout {
+            let held: Vec<String> = keys
+                .iter()
+                .flat_map(|(kid, kinds)| {
+                    kinds.iter().flat_map(move |(kind, groups)| {
+                        groups.keys().map(move |g| derived_file_name(kid, *kind, g))
+                    })
+                })
+                .collect();
+            d.field("keys", &held);
+        }
+        d.finish()
     }
 }
 
-fn valid_kid(kid: &str) -> bool {
-    !kid.is_empty()
-        && kid.len() <= 64
-        && kid
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+/// What a key directory's file name says it holds.
+enum FileName<'a> {
+    Current,
+    Raw(&'a str),
+    Derived(&'a str, Kind, &'a str),
 }
 
-fn derive(raw: &[u8]) -> Derived {
-    let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), raw);
-    let mut request = [0u8; 32];
-    let mut reply = [0u8; 32];
-    // 32 bytes is far below HKDF-SHA256's 8160-byte output limit.
-    hk.expand(INFO_REQUEST, &mut request)
-        .expect("32 bytes is a valid HKDF length");
-    hk.expand(INFO_REPLY, &mut reply)
-        .expect("32 bytes is a valid HKDF length");
-    Derived { request, reply }
+fn parse_file_name(name: &str) -> Result<FileName<'_>, KeyRingError> {
+    let bad = |reason| KeyRingError::BadName {
+        name: name.to_string(),
+        reason,
+    };
+    if name == CURRENT_FILE {
+        return Ok(FileName::Current);
+    }
+    let mut parts = name.split('.');
+    let (Some(kid), kind, group, None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("expected `<kid>` or `<kid>.<request|reply>.<group>`"));
+    };
+    if !valid_kid(kid) {
+        return Err(bad("a kid is 1-64 characters of [A-Za-z0-9_-]"));
+    }
+    match (kind, group) {
+        (None, None) => Ok(FileName::Raw(kid)),
+        (Some(kind), Some(group)) => {
+            let kind = match kind {
+                "request" => Kind::Request,
+                "reply" => Kind::Reply,
+                _ => return Err(bad("the kind is `request` or `reply`")),
+            };
+            if !valid_group(group) {
+                return Err(bad("a group is a DNS label of at most 63 characters"));
+            }
+            Ok(FileName::Derived(kid, kind, group))
+        }
+        _ => Err(bad("expected `<kid>` or `<kid>.<request|reply>.<group>`")),
+    }
+}
+
+fn decode_key(name: &str, text: &str) -> Result<Key, KeyRingError> {
+    let bad = |reason: String| KeyRingError::BadKey {
+        kid: name.to_string(),
+        reason,
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| bad("file is not base64".into()))?;
+    let len = bytes.len();
+    bytes
+        .try_into()
+        .map_err(|_| bad(format!("expected {KEY_LEN} bytes, found {len}")))
 }
 
 impl KeyRing {
@@ -103,24 +256,78 @@ impl KeyRing {
             if !valid_kid(kid) {
                 return Err(KeyRingError::BadKey {
                     kid: kid.clone(),
-                    reason: "kid must be 1-64 characters of [A-Za-z0-9_-]".into(),
+                    reason: "kid must be 1-64 characters of [A-Za-z0-9_-], not `current`".into(),
                 });
             }
-            if bytes.len() != KEY_LEN {
-                return Err(KeyRingError::BadKey {
+            let key: Key = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| KeyRingError::BadKey {
                     kid: kid.clone(),
                     reason: format!("expected {KEY_LEN} bytes, found {}", bytes.len()),
-                });
-            }
-            keys.insert(kid.clone(), derive(bytes));
+                })?;
+            keys.insert(kid.clone(), key);
         }
         if !keys.contains_key(current) {
             return Err(KeyRingError::CurrentUnknown(current.to_string()));
         }
         Ok(Self {
             current: current.to_string(),
-            keys,
+            layout: Layout::Ring(keys),
         })
+    }
+
+    /// A ring from the files of a key directory (name → content), in
+    /// either layout: what [`KeyRing::load`] reads, and what
+    /// [`derived_files`] renders.
+    ///
+    /// # Errors
+    /// A name that is neither layout's, both layouts at once, content that
+    /// is not base64 of 32 bytes, no `current`, or a `current` naming a kid
+    /// that holds no key.
+    pub fn from_files(files: &BTreeMap<String, String>) -> Result<Self, KeyRingError> {
+        if files.len() > MAX_KEY_FILES {
+            return Err(KeyRingError::TooManyFiles);
+        }
+        let mut current = None;
+        let mut raw = BTreeMap::new();
+        let mut derived: BTreeMap<String, BTreeMap<Kind, BTreeMap<String, Key>>> = BTreeMap::new();
+        for (name, text) in files {
+            match parse_file_name(name)? {
+                FileName::Current => current = Some(text.trim()),
+                FileName::Raw(kid) => {
+                    raw.insert(kid.to_string(), decode_key(name, text)?);
+                }
+                FileName::Derived(kid, kind, group) => {
+                    derived
+                        .entry(kid.to_string())
+                        .or_default()
+                        .entry(kind)
+                        .or_default()
+                        .insert(group.to_string(), decode_key(name, text)?);
+                }
+            }
+        }
+        let current = current.ok_or_else(|| KeyRingError::NoCurrent("the key set".into()))?;
+        if !valid_kid(current) {
+            return Err(KeyRingError::BadKey {
+                kid: CURRENT_FILE.into(),
+                reason: "does not name a kid (1-64 characters of [A-Za-z0-9_-])".into(),
+            });
+        }
+        let layout = match (raw.is_empty(), derived.is_empty()) {
+            (false, false) => return Err(KeyRingError::Mixed),
+            (false, true) => Layout::Ring(raw),
+            (true, _) => Layout::Derived(derived),
+        };
+        let ring = Self {
+            current: current.to_string(),
+            layout,
+        };
+        if !ring.knows(current) {
+            return Err(KeyRingError::CurrentUnknown(current.to_string()));
+        }
+        Ok(ring)
     }
 
     /// A fresh ring with one random key, for a memory-profile run that was
@@ -133,14 +340,19 @@ impl KeyRing {
         Self::from_raw(&kid, &raw).expect("a generated ring is valid")
     }
 
-    /// Reads a key directory.
+    /// Reads a key directory, in either layout.
     ///
     /// # Errors
     /// See [`KeyRingError`].
     pub fn load(dir: &Path) -> Result<Self, KeyRingError> {
-        let (current, raw) = read_dir(dir)?;
-        let current = current.ok_or_else(|| KeyRingError::NoCurrent(dir.display().to_string()))?;
-        Self::from_raw(&current, &raw)
+        let files = read_dir(dir)?;
+        if !files.contains_key(CURRENT_FILE) {
+            return Err(KeyRingError::NoCurrent(format!(
+                "key directory {}",
+                dir.display()
+            )));
+        }
+        Self::from_files(&files)
     }
 
     /// The kid new envelopes are signed with.
@@ -148,18 +360,105 @@ impl KeyRing {
         &self.current
     }
 
-    /// All kids that verify.
-    pub fn kids(&self) -> impl Iterator<Item = &str> {
-        self.keys.keys().map(String::as_str)
+    /// All kids that verify (in a derived ring: that hold at least one key).
+    pub fn kids(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match &self.layout {
+            Layout::Ring(keys) => Box::new(keys.keys().map(String::as_str)),
+            Layout::Derived(keys) => Box::new(keys.keys().map(String::as_str)),
+        }
     }
 
-    /// The derived key for `kid` and `kind`, if the kid is known.
-    pub(crate) fn key(&self, kid: &str, kind: Kind) -> Option<&[u8; 32]> {
-        self.keys.get(kid).map(|d| match kind {
-            Kind::Request => &d.request,
-            Kind::Reply => &d.reply,
-        })
+    /// `ring` (raw keys, derives any key) or `derived` (holds only its keys).
+    pub fn layout_name(&self) -> &'static str {
+        match &self.layout {
+            Layout::Ring(_) => "ring",
+            Layout::Derived(_) => "derived",
+        }
     }
+
+    /// Whether `kid` is one of the ring's kids.
+    pub fn knows(&self, kid: &str) -> bool {
+        match &self.layout {
+            Layout::Ring(keys) => keys.contains_key(kid),
+            Layout::Derived(keys) => keys.contains_key(kid),
+        }
+    }
+
+    /// Whether the current kid's `kind` key of `group` in `pipeline` can be
+    /// had (startup checks name what a derived directory lacks).
+    pub fn holds(&self, kind: Kind, pipeline: &str, group: &str) -> bool {
+        self.key(&self.current, kind, pipeline, group).is_some()
+    }
+
+    /// The `kind` key of `group` in `pipeline` under `kid`: derived on use
+    /// from a raw key, or looked up in a derived ring (whose keys were made
+    /// for one pipeline: the one its directory was rendered for). `None`
+    /// when the kid is unknown, the key is not held, or a name is invalid.
+    pub(crate) fn key(&self, kid: &str, kind: Kind, pipeline: &str, group: &str) -> Option<Key> {
+        if !valid_group(group) || !valid_pipeline(pipeline) {
+            return None;
+        }
+        match &self.layout {
+            Layout::Ring(keys) => keys.get(kid).map(|raw| derive(raw, kind, pipeline, group)),
+            Layout::Derived(keys) => keys.get(kid)?.get(&kind)?.get(group).copied(),
+        }
+    }
+
+    /// Same kids, layout and key bytes (whether a reload changed anything).
+    fn same_as(&self, other: &KeyRing) -> bool {
+        self.current == other.current && self.layout == other.layout
+    }
+}
+
+/// The files of a derived key directory holding, for every kid of `ring`,
+/// the `(kind, group)` keys of `pipeline` listed in `needs`, plus `current`
+/// (the ring's): file name → content (base64 of the key; the kid for
+/// `current`).
+///
+/// Deterministic: the same ring, pipeline and needs give the same files, so
+/// a renderer can run at every rotation step and write only on change.
+/// Every kid is rendered, so a process given the files verifies whatever
+/// the ring verifies, and rotation works as with the ring itself. From a
+/// derived ring only the keys it holds can be rendered.
+///
+/// # Errors
+/// An invalid pipeline or group name, no needs, or a key the ring cannot
+/// give (a derived ring without it).
+pub fn derived_files(
+    ring: &KeyRing,
+    pipeline: &str,
+    needs: &[(Kind, &str)],
+) -> Result<BTreeMap<String, String>, KeyRingError> {
+    if !valid_pipeline(pipeline) {
+        return Err(KeyRingError::BadPipeline(
+            pipeline.escape_debug().to_string(),
+        ));
+    }
+    if needs.is_empty() {
+        return Err(KeyRingError::NothingNeeded);
+    }
+    if let Some((_, group)) = needs.iter().find(|(_, g)| !valid_group(g)) {
+        return Err(KeyRingError::BadName {
+            name: group.to_string(),
+            reason: "a group is a DNS label of at most 63 characters",
+        });
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut files = BTreeMap::new();
+    for kid in ring.kids() {
+        for &(kind, group) in needs {
+            let key =
+                ring.key(kid, kind, pipeline, group)
+                    .ok_or_else(|| KeyRingError::Missing {
+                        kid: kid.to_string(),
+                        kind: kind.as_str(),
+                        group: group.to_string(),
+                    })?;
+            files.insert(derived_file_name(kid, kind, group), b64.encode(key));
+        }
+    }
+    files.insert(CURRENT_FILE.to_string(), ring.current().to_string());
+    Ok(files)
 }
 
 /// A new kid: UTC-free, sortable enough to read, unique with high probability.
@@ -216,18 +515,23 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     opts.open(path)?.write_all(data)
 }
 
-type RawDir = (Option<String>, BTreeMap<String, Vec<u8>>);
-
-fn read_dir(dir: &Path) -> Result<RawDir, KeyRingError> {
+/// The directory's files (name → content), dotfiles skipped, symlinks
+/// followed, every read bounded.
+fn read_dir(dir: &Path) -> Result<BTreeMap<String, String>, KeyRingError> {
     let io = |source| KeyRingError::Io {
         path: dir.display().to_string(),
         source,
     };
-    let mut current = None;
-    let mut raw = BTreeMap::new();
+    let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(KeyRingError::BadName {
+                name: name.to_string_lossy().into_owned(),
+                reason: "the name is not UTF-8",
+            });
+        };
         if name.starts_with('.') {
             continue;
         }
@@ -236,20 +540,26 @@ fn read_dir(dir: &Path) -> Result<RawDir, KeyRingError> {
         if !path.is_file() {
             continue;
         }
-        let text = std::fs::read_to_string(&path).map_err(io)?;
-        if name == CURRENT_FILE {
-            current = Some(text.trim().to_string());
-            continue;
+        if files.len() >= MAX_KEY_FILES {
+            return Err(KeyRingError::TooManyFiles);
         }
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(text.trim())
-            .map_err(|_| KeyRingError::BadKey {
-                kid: name.clone(),
-                reason: "file is not base64".into(),
-            })?;
-        raw.insert(name, bytes);
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(io)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(KeyRingError::BadKey {
+                kid: name.to_string(),
+                reason: format!("file is larger than {MAX_FILE_BYTES} bytes"),
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|_| KeyRingError::BadKey {
+            kid: name.to_string(),
+            reason: "file is not text".into(),
+        })?;
+        files.insert(name.to_string(), text);
     }
-    Ok((current, raw))
+    Ok(files)
 }
 
 /// The ring a process signs and verifies with, swapped atomically when the
@@ -297,13 +607,7 @@ impl SharedKeyRing {
         };
         let ring = KeyRing::load(dir)?;
         let mut guard = self.inner.write();
-        let changed = guard.current != ring.current
-            || !guard.keys.keys().eq(ring.keys.keys())
-            || guard
-                .keys
-                .iter()
-                .zip(ring.keys.iter())
-                .any(|((_, a), (_, b))| a.request != b.request);
+        let changed = !guard.same_as(&ring);
         if changed {
             *guard = Arc::new(ring);
         }
@@ -328,7 +632,7 @@ impl SharedKeyRing {
                 match this.reload() {
                     Ok(true) => {
                         let ring = this.get();
-                        tracing::info!(current = ring.current(), kids = ?ring.kids().collect::<Vec<_>>(), "key ring reloaded");
+                        tracing::info!(current = ring.current(), layout = ring.layout_name(), kids = ?ring.kids().collect::<Vec<_>>(), "key ring reloaded");
                     }
                     Ok(false) => {}
                     Err(e) => {
@@ -344,22 +648,187 @@ impl SharedKeyRing {
 mod tests {
     use super::*;
 
+    const PIPE: &str = "ns/p";
+
+    fn ring(kids: &[(&str, u8)], current: &str) -> KeyRing {
+        let raw = kids
+            .iter()
+            .map(|(k, b)| (k.to_string(), vec![*b; KEY_LEN]))
+            .collect();
+        KeyRing::from_raw(current, &raw).unwrap()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    fn files(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+        entries
+            .iter()
+            .map(|(n, c)| (n.to_string(), c.to_string()))
+            .collect()
+    }
+
     #[test]
     fn debug_output_names_kids_and_never_key_bytes() {
         let ring = KeyRing::ephemeral();
         let s = format!("{ring:?}");
         assert!(s.contains(ring.current()));
-        let key = ring.key(ring.current(), Kind::Request).unwrap();
-        assert!(!s.contains(&hex(key)));
+        let key = ring
+            .key(ring.current(), Kind::Request, PIPE, "cpu")
+            .unwrap();
+        assert!(!s.contains(&hex(&key)));
+        let derived =
+            KeyRing::from_files(&derived_files(&ring, PIPE, &[(Kind::Request, "cpu")]).unwrap())
+                .unwrap();
+        let s = format!("{derived:?}");
+        assert!(s.contains(".request.cpu"), "{s}");
+        assert!(!s.contains(&hex(&key)) && !s.contains(&b64(&key)), "{s}");
     }
 
     #[test]
-    fn request_and_reply_keys_differ() {
-        let ring = KeyRing::ephemeral();
-        assert_ne!(
-            ring.key(ring.current(), Kind::Request),
-            ring.key(ring.current(), Kind::Reply)
+    fn derived_keys_differ_by_kind_group_and_pipeline() {
+        let r = ring(&[("k1", 1)], "k1");
+        let k = |kind, pipe, group| r.key("k1", kind, pipe, group).unwrap();
+        let all = [
+            k(Kind::Request, PIPE, "cpu"),
+            k(Kind::Reply, PIPE, "cpu"),
+            k(Kind::Request, PIPE, "io"),
+            k(Kind::Reply, PIPE, "io"),
+            k(Kind::Request, "ns/q", "cpu"),
+            k(Kind::Request, "nt/p", "cpu"),
+        ];
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        // The documented derivation, independently restated.
+        let hk = Hkdf::<Sha256>::new(Some(b"sluice-ipc-v1"), &[1u8; 32]);
+        let mut want = [0u8; 32];
+        hk.expand(b"sluice/reply/ns/p/io", &mut want).unwrap();
+        assert_eq!(k(Kind::Reply, PIPE, "io"), want);
+    }
+
+    #[test]
+    fn names_that_could_blur_a_label_derive_nothing() {
+        let r = ring(&[("k1", 1)], "k1");
+        for group in ["", "a/b", "a.b", "-a", "A", &"a".repeat(64)] {
+            assert!(
+                r.key("k1", Kind::Request, PIPE, group).is_none(),
+                "{group:?}"
+            );
+        }
+        for pipe in ["ns", "ns/p/q", "/p", "ns/", "NS/p"] {
+            assert!(r.key("k1", Kind::Request, pipe, "cpu").is_none(), "{pipe}");
+        }
+    }
+
+    #[test]
+    fn derived_files_are_deterministic_and_name_every_kid() {
+        let r = ring(&[("k1", 1), ("k2", 2)], "k2");
+        let needs = [(Kind::Request, "cpu"), (Kind::Reply, "io")];
+        let a = derived_files(&r, PIPE, &needs).unwrap();
+        assert_eq!(a, derived_files(&r, PIPE, &needs).unwrap());
+        let names: Vec<&str> = a.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "current",
+                "k1.reply.io",
+                "k1.request.cpu",
+                "k2.reply.io",
+                "k2.request.cpu"
+            ]
         );
+        assert_eq!(a["current"], "k2");
+        assert_ne!(a["k1.request.cpu"], a["k2.request.cpu"]);
+    }
+
+    #[test]
+    fn a_derived_ring_holds_exactly_its_keys() {
+        let r = ring(&[("k1", 1)], "k1");
+        let d = KeyRing::from_files(&derived_files(&r, PIPE, &[(Kind::Request, "cpu")]).unwrap())
+            .unwrap();
+        assert_eq!(d.layout_name(), "derived");
+        assert_eq!(
+            d.key("k1", Kind::Request, PIPE, "cpu"),
+            r.key("k1", Kind::Request, PIPE, "cpu")
+        );
+        assert!(d.holds(Kind::Request, PIPE, "cpu"));
+        assert!(!d.holds(Kind::Reply, PIPE, "cpu"));
+        assert!(!d.holds(Kind::Request, PIPE, "io"));
+        // Rendering again from the derived ring gives what it holds, and
+        // refuses what it does not.
+        assert!(derived_files(&d, PIPE, &[(Kind::Request, "cpu")]).is_ok());
+        assert!(matches!(
+            derived_files(&d, PIPE, &[(Kind::Reply, "cpu")]),
+            Err(KeyRingError::Missing { .. })
+        ));
+    }
+
+    #[test]
+    fn derived_files_refuse_bad_names_and_empty_needs() {
+        let r = ring(&[("k1", 1)], "k1");
+        assert!(matches!(
+            derived_files(&r, "no-slash", &[(Kind::Request, "cpu")]),
+            Err(KeyRingError::BadPipeline(_))
+        ));
+        assert!(matches!(
+            derived_files(&r, PIPE, &[(Kind::Request, "a.b")]),
+            Err(KeyRingError::BadName { .. })
+        ));
+        assert!(matches!(
+            derived_files(&r, PIPE, &[]),
+            Err(KeyRingError::NothingNeeded)
+        ));
+    }
+
+    #[test]
+    fn malformed_names_and_mixed_layouts_are_refused() {
+        let key = b64(&[1u8; 32]);
+        for name in [
+            "k1.request",
+            "k1.request.cpu.extra",
+            "k1.sign.cpu",
+            "k1.request.CPU",
+            "k1.request.-cpu",
+            "k!.request.cpu",
+            "k1..cpu",
+            &format!("k1.reply.{}", "a".repeat(64)),
+            &"k".repeat(65),
+        ] {
+            let e = KeyRing::from_files(&files(&[("current", "k1"), (name, &key)]));
+            assert!(
+                matches!(e, Err(KeyRingError::BadName { .. })),
+                "{name}: {e:?}"
+            );
+        }
+        let e = KeyRing::from_files(&files(&[
+            ("current", "k1"),
+            ("k1", &key),
+            ("k1.request.cpu", &key),
+        ]))
+        .unwrap_err();
+        assert!(matches!(e, KeyRingError::Mixed), "{e}");
+        assert!(e.to_string().contains("one layout"), "{e}");
+        // `current` must name a kid holding keys, in either layout.
+        assert!(matches!(
+            KeyRing::from_files(&files(&[("current", "k2"), ("k1.request.cpu", &key)])),
+            Err(KeyRingError::CurrentUnknown(_))
+        ));
+        assert!(matches!(
+            KeyRing::from_files(&files(&[("current", "k1")])),
+            Err(KeyRingError::CurrentUnknown(_))
+        ));
+        assert!(matches!(
+            KeyRing::from_files(&files(&[("current", "../k1"), ("k1", &key)])),
+            Err(KeyRingError::BadKey { .. })
+        ));
+        let e = KeyRing::from_files(&files(&[("current", "k1"), ("k1.reply.io", "c2hvcnQ=")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected 32 bytes"), "{e}");
     }
 
     #[test]
@@ -368,7 +837,42 @@ mod tests {
         let kid = write_new(dir.path()).unwrap();
         let ring = KeyRing::load(dir.path()).unwrap();
         assert_eq!(ring.current(), kid);
+        assert_eq!(ring.layout_name(), "ring");
         assert!(write_new(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_derived_directory_loads_with_dotfiles_and_symlinks_like_a_mounted_secret() {
+        // The kubelet's layout: the files live in a timestamped directory,
+        // `..data` points at it, and each name is a link through `..data`.
+        let dir = tempfile::tempdir().unwrap();
+        let r = ring(&[("k1", 1)], "k1");
+        let rendered = derived_files(&r, PIPE, &[(Kind::Reply, "io")]).unwrap();
+        let stamp = dir.path().join("..2026_01_01_00_00_00.1");
+        std::fs::create_dir(&stamp).unwrap();
+        for (name, content) in &rendered {
+            std::fs::write(stamp.join(name), content).unwrap();
+        }
+        std::os::unix::fs::symlink(&stamp, dir.path().join("..data")).unwrap();
+        for name in rendered.keys() {
+            std::os::unix::fs::symlink(Path::new("..data").join(name), dir.path().join(name))
+                .unwrap();
+        }
+        let loaded = KeyRing::load(dir.path()).unwrap();
+        assert_eq!(loaded.layout_name(), "derived");
+        assert_eq!(
+            loaded.key("k1", Kind::Reply, PIPE, "io"),
+            r.key("k1", Kind::Reply, PIPE, "io")
+        );
+    }
+
+    #[test]
+    fn oversized_files_are_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("current"), "k1").unwrap();
+        std::fs::write(dir.path().join("k1"), "A".repeat(10_000)).unwrap();
+        let e = KeyRing::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
     }
 
     #[test]
@@ -389,5 +893,29 @@ mod tests {
         std::fs::write(dir.path().join("k1"), "c2hvcnQ=").unwrap();
         let e = KeyRing::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("expected 32 bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_reload_sees_a_switch_between_layouts_and_keeps_the_last_good_ring() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = ring(&[("k1", 1)], "k1");
+        std::fs::write(dir.path().join("current"), "k1").unwrap();
+        std::fs::write(dir.path().join("k1"), b64(&[1u8; 32])).unwrap();
+        let shared = SharedKeyRing::from_dir(dir.path()).unwrap();
+        assert!(!shared.reload().unwrap(), "nothing changed");
+        std::fs::remove_file(dir.path().join("k1")).unwrap();
+        for (name, content) in derived_files(&r, PIPE, &[(Kind::Request, "cpu")]).unwrap() {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        assert!(shared.reload().unwrap(), "the layout changed");
+        assert_eq!(shared.get().layout_name(), "derived");
+        // Half-written: a raw key appears beside the derived ones.
+        std::fs::write(dir.path().join("k2"), b64(&[2u8; 32])).unwrap();
+        assert!(matches!(shared.reload(), Err(KeyRingError::Mixed)));
+        assert_eq!(
+            shared.get().layout_name(),
+            "derived",
+            "the last good ring stays"
+        );
     }
 }

@@ -8,7 +8,8 @@
 //! # Layout
 //! - [`keys`]: the Redis key layout of DESIGN §5 (`sluice:{ns/p}:…`).
 //! - [`envelope`]: the envelope and its stream-entry codec (`v`, `k`, `m`, `s`).
-//! - [`keyring`]: the HMAC key ring, loaded from a directory and reloaded.
+//! - [`keyring`]: the HMAC key ring (raw or per-group derived keys), loaded
+//!   from a directory and reloaded, and the derived directory of one role.
 //! - [`signing`]: signing and the verification chain of DESIGN §6.
 //! - [`backend`]: the error every adapter reports and the fault injector.
 //! - [`queue`]: the `Queue` and `ReplyChannel` ports (streams with a consumer group).
@@ -43,4 +44,4 @@ pub use keys::Keys;
 pub use kv::Kv;
 pub use queue::{Delivery, Depth, Forward, Queue, ReplyChannel};
 pub use redis::{RedisBackend, RedisConfig};
-pub use signing::{At, Rejection, Signer, Verifier, VerifyError};
+pub use signing::{At, Rejection, SignError, Signer, VerifiedReply, Verifier, VerifyError};

@@ -1,13 +1,15 @@
 //! Signing envelopes and the verification chain of DESIGN §6.
 //!
 //! ```text
-//! entry ─▶ size ─▶ version ─▶ known kid ─▶ MAC ─▶ decode ─▶ freshness ─▶ kind/destination ─▶ replay guard ─▶ Envelope
-//!           └──────────── each failure is a Rejection with a counted reason; nothing is executed ─────────────┘
+//! entry ─▶ size ─▶ version ─▶ key id ─▶ key held ─▶ MAC ─▶ decode ─▶ freshness ─▶ kind/destination ─▶ replay guard ─▶ Envelope
+//!           └──────────── each failure is a Rejection with a counted reason; nothing is executed ───────────────────────┘
 //! ```
 //!
-//! Nothing is decoded before the MAC has been checked with the MAC library's
-//! constant-time comparison. Callers never tell a remote peer which check
-//! failed.
+//! The key is chosen before anything is decoded: a request with the request
+//! key of the group that receives it, a reply with the reply key of the
+//! group named in its key id (`k` = `<kid>/<group>`). Nothing is decoded
+//! before the MAC has been checked with the MAC library's constant-time
+//! comparison. Callers never tell a remote peer which check failed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use sha2::Sha256;
 use crate::backend::BackendError;
 use crate::clock::now_ms;
 use crate::envelope::{decode, encode, Envelope, Kind, StreamEntry, FORMAT_VERSION};
-use crate::keyring::{hex, SharedKeyRing};
+use crate::keyring::{hex, valid_group, valid_kid, SharedKeyRing};
 use crate::keys::Keys;
 use crate::kv::Kv;
 use crate::metrics::Rejections;
@@ -65,42 +67,126 @@ pub fn new_nonce() -> String {
     hex(&b)
 }
 
-/// Signs envelopes with the current key of a shared ring.
+/// The key id `k` of an entry: the kid alone on requests, `<kid>/<group>`
+/// on replies, naming the group whose reply key signed it.
+fn key_id(kid: &str, kind: Kind, from: &str) -> String {
+    match kind {
+        Kind::Request => kid.to_string(),
+        Kind::Reply => format!("{kid}/{from}"),
+    }
+}
+
+/// Reads a key id as `kind` expects it: `(kid, None)` for requests,
+/// `(kid, Some(group))` for replies; `None` for anything else.
+fn parse_key_id(k: &[u8], kind: Kind) -> Option<(&str, Option<&str>)> {
+    let k = std::str::from_utf8(k).ok()?;
+    match kind {
+        Kind::Request => valid_kid(k).then_some((k, None)),
+        Kind::Reply => {
+            let (kid, group) = k.split_once('/')?;
+            (valid_kid(kid) && valid_group(group)).then_some((kid, Some(group)))
+        }
+    }
+}
+
+/// Why an envelope could not be signed. Names kids and groups, never keys.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    /// The process's key directory does not hold the key: it was given only
+    /// the keys of its role (docs/wire-format.md), and this envelope is
+    /// outside it. A deployment fault, not the request's.
+    #[error(
+        "this process holds no {kind} key for group `{group}` (kid `{kid}`): \
+         its key directory holds only the keys of its role"
+    )]
+    MissingKey {
+        kind: &'static str,
+        group: String,
+        kid: String,
+    },
+}
+
+/// Signs envelopes with the current key of a shared ring, as the process of
+/// one group of one pipeline: a request with the request key of its
+/// destination group, a reply with the reply key of the signer's group.
 #[derive(Clone, Debug)]
 pub struct Signer {
     ring: SharedKeyRing,
+    pipeline: String,
+    group: String,
 }
 
 impl Signer {
-    pub fn new(ring: SharedKeyRing) -> Self {
-        Self { ring }
+    /// A signer for `keys`' pipeline in a process running `group` (the
+    /// ingress group for the ingress): its replies say they come from
+    /// `group` and are signed with that group's reply key.
+    pub fn new(ring: SharedKeyRing, keys: &Keys, group: &str) -> Self {
+        Self {
+            ring,
+            pipeline: keys.pipeline().to_string(),
+            group: group.to_string(),
+        }
+    }
+
+    /// The same ring and pipeline, replying as `group` (each inline worker
+    /// of the memory profile signs as its own group).
+    pub fn for_group(&self, group: &str) -> Self {
+        Self {
+            group: group.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// The group replies are signed as.
+    pub fn group(&self) -> &str {
+        &self.group
     }
 
     /// Stamps `env` with a fresh `ts` and nonce and signs it with the current
-    /// key for its kind.
-    pub fn sign(&self, env: &mut Envelope) -> StreamEntry {
+    /// key for its kind and group.
+    ///
+    /// # Errors
+    /// The ring does not hold that key ([`SignError::MissingKey`]).
+    pub fn sign(&self, env: &mut Envelope) -> Result<StreamEntry, SignError> {
         env.ts = now_ms();
         env.nonce = new_nonce();
         self.sign_as_is(env)
     }
 
     /// Signs `env` without touching `ts` or nonce (tests forge with this).
-    pub fn sign_as_is(&self, env: &Envelope) -> StreamEntry {
+    ///
+    /// # Errors
+    /// As [`Signer::sign`].
+    pub fn sign_as_is(&self, env: &Envelope) -> Result<StreamEntry, SignError> {
         let ring = self.ring.get();
-        let kid = ring.current().to_string();
-        // `current` is always one of the ring's kids (checked at load).
-        let key = ring
-            .key(&kid, env.kind)
-            .expect("current kid is in the ring");
+        let kid = ring.current();
+        let group = match env.kind {
+            Kind::Request => env.dest.as_str(),
+            Kind::Reply => self.group.as_str(),
+        };
+        let Some(key) = ring.key(kid, env.kind, &self.pipeline, group) else {
+            return Err(SignError::MissingKey {
+                kind: env.kind.as_str(),
+                // A name the ring cannot derive for is shown escaped: it
+                // may come from a hostile envelope's destination.
+                group: group
+                    .chars()
+                    .take(64)
+                    .collect::<String>()
+                    .escape_debug()
+                    .to_string(),
+                kid: kid.to_string(),
+            });
+        };
         let m = encode(env);
         let v = FORMAT_VERSION.as_bytes().to_vec();
-        let s = hex(&mac(key, &v, &m).finalize().into_bytes()).into_bytes();
-        StreamEntry {
+        let s = hex(&mac(&key, &v, &m).finalize().into_bytes()).into_bytes();
+        Ok(StreamEntry {
             v,
-            k: kid.into_bytes(),
+            k: key_id(kid, env.kind, &self.group).into_bytes(),
             m,
             s,
-        }
+        })
     }
 }
 
@@ -113,6 +199,8 @@ pub enum Rejection {
     BadVersion,
     #[error("unknown key id")]
     UnknownKid,
+    #[error("no key for this kind and group under a known kid")]
+    MissingKey,
     #[error("MAC does not verify")]
     BadMac,
     #[error("message does not decode")]
@@ -127,6 +215,8 @@ pub enum Rejection {
     WrongKind,
     #[error("envelope for another destination")]
     WrongDestination,
+    #[error("reply from a group that does not answer this request")]
+    WrongSender,
 }
 
 impl Rejection {
@@ -136,6 +226,7 @@ impl Rejection {
             Rejection::Oversized => "oversized",
             Rejection::BadVersion => "bad_version",
             Rejection::UnknownKid => "unknown_kid",
+            Rejection::MissingKey => "missing_key",
             Rejection::BadMac => "bad_mac",
             Rejection::Malformed => "malformed",
             Rejection::FromFuture => "from_future",
@@ -143,6 +234,7 @@ impl Rejection {
             Rejection::Replay => "replay",
             Rejection::WrongKind => "wrong_kind",
             Rejection::WrongDestination => "wrong_destination",
+            Rejection::WrongSender => "wrong_sender",
         }
     }
 }
@@ -164,6 +256,15 @@ pub struct At<'a> {
     pub stream: &'a str,
     pub id: &'a str,
     pub deliveries: u32,
+}
+
+/// A reply that passed verification, and the group that signed it: named
+/// in its key id, and proven by the MAC (only a holder of that group's reply
+/// key can make one that verifies).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedReply {
+    pub envelope: Envelope,
+    pub from: String,
 }
 
 /// Runs the verification chain for one receiver.
@@ -251,8 +352,11 @@ impl Verifier {
         self.keys.nonce(group, kid, &env.nonce)
     }
 
-    /// Verifies a reply for ingress instance `ingress_id`. Replies skip the
-    /// replay guard: a replayed reply finds its waiter gone and is dropped.
+    /// Verifies a reply for ingress instance `ingress_id`, with the reply
+    /// key of the group its key id names. Replies skip the replay guard: a
+    /// replayed reply finds its waiter gone and is dropped. Whether that
+    /// group may answer the waiting request is the caller's check (it knows
+    /// the waiter); it counts a refusal with [`Verifier::count_rejection`].
     ///
     /// # Errors
     /// A [`Rejection`] (counted).
@@ -260,9 +364,22 @@ impl Verifier {
         &self,
         entry: &StreamEntry,
         ingress_id: &str,
-    ) -> Result<Envelope, VerifyError> {
+    ) -> Result<VerifiedReply, VerifyError> {
         let r = self.check(entry, Kind::Reply, ingress_id, None).await;
-        self.count(r)
+        let envelope = self.count(r)?;
+        // `check` accepted this key id, so it parses.
+        let from = parse_key_id(&entry.k, Kind::Reply)
+            .and_then(|(_, group)| group)
+            .unwrap_or_default()
+            .to_string();
+        Ok(VerifiedReply { envelope, from })
+    }
+
+    /// Counts a rejection its caller decided after the chain passed (the
+    /// ingress refusing a reply from a group that does not answer the
+    /// waiting request: [`Rejection::WrongSender`]).
+    pub fn count_rejection(&self, why: Rejection) {
+        self.rejections.inc(why);
     }
 
     fn count(&self, r: Result<Envelope, VerifyError>) -> Result<Envelope, VerifyError> {
@@ -287,16 +404,25 @@ impl Verifier {
         if entry.v != FORMAT_VERSION.as_bytes() {
             return reject(BadVersion);
         }
+        // The key is chosen from the key id and this receiver alone: a
+        // request with the request key of the group receiving it, a reply
+        // with the reply key of the group its key id names.
         let ring = self.ring.get();
-        let kid = std::str::from_utf8(&entry.k).unwrap_or("");
-        let Some(key) = ring.key(kid, kind) else {
+        let Some((kid, from)) = parse_key_id(&entry.k, kind) else {
             return reject(UnknownKid);
+        };
+        if !ring.knows(kid) {
+            return reject(UnknownKid);
+        }
+        let group = from.unwrap_or(dest);
+        let Some(key) = ring.key(kid, kind, self.keys.pipeline(), group) else {
+            return reject(MissingKey);
         };
         let Some(sig) = unhex32(&entry.s) else {
             return reject(BadMac);
         };
         // `verify_slice` compares in constant time.
-        if mac(key, &entry.v, &entry.m).verify_slice(&sig).is_err() {
+        if mac(&key, &entry.v, &entry.m).verify_slice(&sig).is_err() {
             return reject(BadMac);
         }
         self.decoded.fetch_add(1, Ordering::Relaxed);

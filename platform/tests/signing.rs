@@ -1,5 +1,6 @@
 //! The verification chain: every rejection reason, counted, and nothing
-//! decoded before the MAC verifies.
+//! decoded before the MAC verifies; per-group keys in both directory
+//! layouts, and rotation with either.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,6 +24,20 @@ fn ring(current: &str, kids: &[(&str, u8)]) -> KeyRing {
     KeyRing::from_raw(current, &raw).unwrap()
 }
 
+fn keys() -> Keys {
+    Keys::new("ns", "p")
+}
+
+/// Signs like the process of group `cpu`.
+fn signer(ring: SharedKeyRing) -> Signer {
+    Signer::new(ring, &keys(), "cpu")
+}
+
+/// Signs, where the signer must hold the key.
+fn signed(s: &Signer, env: &mut Envelope) -> StreamEntry {
+    s.sign(env).expect("the signer holds this key")
+}
+
 struct Rig {
     signer: Signer,
     verifier: Verifier,
@@ -42,7 +57,7 @@ fn rig() -> Rig {
         rejections.clone(),
     );
     Rig {
-        signer: Signer::new(shared),
+        signer: signer(shared),
         verifier,
         rejections,
     }
@@ -87,7 +102,7 @@ async fn rejection(r: &Rig, e: &StreamEntry, id: &str, group: &str) -> Rejection
 async fn a_valid_request_verifies_and_decodes() {
     let r = rig();
     let mut env = request("cpu");
-    let e = r.signer.sign(&mut env);
+    let e = signed(&r.signer, &mut env);
     let got = r
         .verifier
         .verify_request(&e, &at("1-0", 1), "cpu")
@@ -99,7 +114,7 @@ async fn a_valid_request_verifies_and_decodes() {
 #[tokio::test]
 async fn each_forgery_is_rejected_with_its_own_reason_and_counted() {
     let r = rig();
-    let good = r.signer.sign(&mut request("cpu"));
+    let good = signed(&r.signer, &mut request("cpu"));
 
     let mut bad_mac = good.clone();
     bad_mac.m[3] ^= 1;
@@ -108,8 +123,8 @@ async fn each_forgery_is_rejected_with_its_own_reason_and_counted() {
         Rejection::BadMac
     );
 
-    let other = Signer::new(SharedKeyRing::fixed(ring("k9", &[("k9", 9)])));
-    let unknown = other.sign(&mut request("cpu"));
+    let other = signer(SharedKeyRing::fixed(ring("k9", &[("k9", 9)])));
+    let unknown = signed(&other, &mut request("cpu"));
     assert_eq!(
         rejection(&r, &unknown, "1-0", "cpu").await,
         Rejection::UnknownKid
@@ -119,7 +134,7 @@ async fn each_forgery_is_rejected_with_its_own_reason_and_counted() {
     future.ts = now_ms() + 120_000;
     future.nonce = "f".into();
     assert_eq!(
-        rejection(&r, &r.signer.sign_as_is(&future), "1-0", "cpu").await,
+        rejection(&r, &r.signer.sign_as_is(&future).unwrap(), "1-0", "cpu").await,
         Rejection::FromFuture
     );
 
@@ -128,46 +143,70 @@ async fn each_forgery_is_rejected_with_its_own_reason_and_counted() {
     late.deadline = now_ms() - 1;
     late.nonce = "l".into();
     assert_eq!(
-        rejection(&r, &r.signer.sign_as_is(&late), "1-0", "cpu").await,
+        rejection(&r, &r.signer.sign_as_is(&late).unwrap(), "1-0", "cpu").await,
         Rejection::Expired
     );
 
-    let mut wrong_kind = request("cpu");
-    wrong_kind.kind = Kind::Reply;
-    // Signed with the *request* key (an insider holding it), but says reply.
-    let mut e = r.signer.sign(&mut request("cpu"));
-    e.m = serde_json::to_vec(&Envelope {
+    // Signed with cpu's *request* key (an insider holding it), but says reply.
+    let wrong_kind = Envelope {
+        kind: Kind::Reply,
         ts: now_ms(),
         nonce: "wk".into(),
-        ..wrong_kind
-    })
-    .unwrap();
-    let resigned = forge_with_request_key(&e);
+        ..request("cpu")
+    };
     assert_eq!(
-        rejection(&r, &resigned, "1-0", "cpu").await,
+        rejection(
+            &r,
+            &forge(&wrong_kind, "sluice/request/ns/p/cpu"),
+            "1-0",
+            "cpu"
+        )
+        .await,
         Rejection::WrongKind
     );
 
-    let wrong_dest = r.signer.sign(&mut request("io"));
+    // Signed with cpu's request key, but addressed to io: only an insider
+    // holding cpu's key can make one, and it still does not run.
+    let wrong_dest = Envelope {
+        ts: now_ms(),
+        nonce: "wd".into(),
+        ..request("io")
+    };
     assert_eq!(
-        rejection(&r, &wrong_dest, "2-0", "cpu").await,
+        rejection(
+            &r,
+            &forge(&wrong_dest, "sluice/request/ns/p/cpu"),
+            "2-0",
+            "cpu"
+        )
+        .await,
         Rejection::WrongDestination
     );
 
     let mut reply = request("ing-1");
     reply.kind = Kind::Reply;
-    let reply_entry = r.signer.sign(&mut reply);
+    let reply_entry = signed(&r.signer, &mut reply);
     assert_eq!(
         rejection(&r, &reply_entry, "3-0", "cpu").await,
+        Rejection::UnknownKid,
+        "a reply presented as a request: its key id `<kid>/<group>` is no request's"
+    );
+    let as_request = StreamEntry {
+        k: b"k1".to_vec(),
+        ..reply_entry
+    };
+    assert_eq!(
+        rejection(&r, &as_request, "3-0", "cpu").await,
         Rejection::BadMac,
-        "a reply presented as a request fails the MAC: replies use a different derived key"
+        "with a request's key id it fails the MAC: replies use a different derived key"
     );
 
     let mut bad_version = good.clone();
-    bad_version.v = b"2".to_vec();
+    bad_version.v = b"1".to_vec();
     assert_eq!(
         rejection(&r, &bad_version, "1-0", "cpu").await,
-        Rejection::BadVersion
+        Rejection::BadVersion,
+        "a version-1 entry is told apart from a forgery"
     );
 
     for why in [
@@ -182,20 +221,24 @@ async fn each_forgery_is_rejected_with_its_own_reason_and_counted() {
         assert!(r.rejections.get(why) >= 1, "{why:?} counted");
     }
     assert_eq!(r.rejections.get(Rejection::BadMac), 2);
+    assert_eq!(r.rejections.get(Rejection::UnknownKid), 2);
 }
 
-fn forge_with_request_key(e: &StreamEntry) -> StreamEntry {
-    // Re-sign the tampered message with k1's request key, the way a process
-    // holding that key could: derive exactly as the ring does.
+/// `env` signed as it is with k1's key derived under `info`, the way a
+/// process holding that key could: derived exactly as docs/wire-format.md
+/// says, independently of the product's code.
+fn forge(env: &Envelope, info: &str) -> StreamEntry {
     use hkdf::Hkdf;
     use hmac::{Hmac, Mac};
     use sha2::Sha256;
     let hk = Hkdf::<Sha256>::new(Some(b"sluice-ipc-v1"), &[1u8; 32]);
     let mut key = [0u8; 32];
-    hk.expand(b"sluice/request", &mut key).unwrap();
+    hk.expand(info.as_bytes(), &mut key).unwrap();
+    let v = b"2".to_vec();
+    let m = serde_json::to_vec(env).unwrap();
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-    mac.update(&e.v);
-    mac.update(&e.m);
+    mac.update(&v);
+    mac.update(&m);
     let s: String = mac
         .finalize()
         .into_bytes()
@@ -203,15 +246,17 @@ fn forge_with_request_key(e: &StreamEntry) -> StreamEntry {
         .map(|b| format!("{b:02x}"))
         .collect();
     StreamEntry {
+        v,
+        k: b"k1".to_vec(),
+        m,
         s: s.into_bytes(),
-        ..e.clone()
     }
 }
 
 #[tokio::test]
 async fn redelivery_is_accepted_and_replay_is_rejected() {
     let r = rig();
-    let e = r.signer.sign(&mut request("cpu"));
+    let e = signed(&r.signer, &mut request("cpu"));
     r.verifier
         .verify_request(&e, &at("5-0", 1), "cpu")
         .await
@@ -259,7 +304,7 @@ async fn a_handed_off_nonce_is_never_accepted_again() {
         MAX_PAYLOAD,
         Rejections::default(),
     );
-    let e = Signer::new(shared).sign(&mut request("cpu"));
+    let e = signed(&signer(shared), &mut request("cpu"));
     let q = keys.queue("cpu");
     streams.ensure_group(&q).await.unwrap();
     streams.push(&q, e.clone()).await.unwrap();
@@ -294,11 +339,14 @@ async fn a_handed_off_nonce_is_never_accepted_again() {
 #[tokio::test]
 async fn a_copy_for_another_group_does_not_use_up_the_nonce() {
     let r = rig();
-    let e = r.signer.sign(&mut request("cpu"));
+    let e = signed(&r.signer, &mut request("cpu"));
+    let before = r.verifier.decoded();
     assert_eq!(
         rejection(&r, &e, "1-0", "io").await,
-        Rejection::WrongDestination
+        Rejection::BadMac,
+        "io verifies with io's request key"
     );
+    assert_eq!(r.verifier.decoded(), before, "refused before decoding");
     r.verifier
         .verify_request(&e, &at("2-0", 1), "cpu")
         .await
@@ -310,7 +358,7 @@ async fn oversized_entries_are_rejected_before_decoding() {
     let r = rig();
     let mut env = request("cpu");
     env.payload = json!("x".repeat(MAX_PAYLOAD + ENVELOPE_OVERHEAD));
-    let e = r.signer.sign(&mut env);
+    let e = signed(&r.signer, &mut env);
     let before = r.verifier.decoded();
     assert_eq!(rejection(&r, &e, "1-0", "cpu").await, Rejection::Oversized);
     assert_eq!(
@@ -319,7 +367,7 @@ async fn oversized_entries_are_rejected_before_decoding() {
         "the decoder was never reached"
     );
     // And a forged MAC is also refused before decoding.
-    let mut forged = r.signer.sign(&mut request("cpu"));
+    let mut forged = signed(&r.signer, &mut request("cpu"));
     forged.s = vec![b'0'; 64];
     assert_eq!(
         rejection(&r, &forged, "1-0", "cpu").await,
@@ -340,7 +388,7 @@ async fn replay_guard_backend_failure_is_not_a_rejection() {
         MAX_PAYLOAD,
         Rejections::default(),
     );
-    let e = Signer::new(shared).sign(&mut request("cpu"));
+    let e = signed(&signer(shared), &mut request("cpu"));
     kv.faults().fail_next(1);
     assert!(matches!(
         v.verify_request(&e, &at("1-0", 1), "cpu").await,
@@ -361,8 +409,8 @@ async fn a_key_added_to_the_directory_is_picked_up_and_signing_follows_current()
     let shared = SharedKeyRing::from_dir(dir.path()).unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
     let _watch = shared.watch(Duration::from_millis(50), cancel.clone());
-    let signer = Signer::new(shared.clone());
-    let old_entry = signer.sign(&mut request("cpu"));
+    let signer = signer(shared.clone());
+    let old_entry = signed(&signer, &mut request("cpu"));
     assert_eq!(old_entry.k, b"old");
 
     // Kubelet-style update: add the new key first, then switch `current`.
@@ -376,7 +424,7 @@ async fn a_key_added_to_the_directory_is_picked_up_and_signing_follows_current()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let new_entry = signer.sign(&mut request("cpu"));
+    let new_entry = signed(&signer, &mut request("cpu"));
     assert_eq!(new_entry.k, b"new", "signing follows current");
     let v = Verifier::new(
         shared,
@@ -397,11 +445,248 @@ async fn a_key_added_to_the_directory_is_picked_up_and_signing_follows_current()
     std::fs::write(dir.path().join("current"), "missing").unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        signer.sign(&mut request("cpu")).k,
+        signed(&signer, &mut request("cpu")).k,
         b"new",
         "an invalid directory keeps the last good ring"
     );
     cancel.cancel();
+}
+
+// === per-group keys ===
+
+/// A verifier of pipeline ns/p over `ring`, and its rejection counts.
+fn verifier(ring: SharedKeyRing) -> (Verifier, Rejections) {
+    let rejections = Rejections::default();
+    let v = Verifier::new(
+        ring,
+        MemoryKv::new(),
+        keys(),
+        Duration::from_secs(30),
+        MAX_PAYLOAD,
+        rejections.clone(),
+    );
+    (v, rejections)
+}
+
+/// A derived ring holding `needs` of pipeline ns/p from `ring`.
+fn derived(ring: &KeyRing, needs: &[(Kind, &str)]) -> SharedKeyRing {
+    let files = sluice_platform::keyring::derived_files(ring, "ns/p", needs).unwrap();
+    SharedKeyRing::fixed(KeyRing::from_files(&files).unwrap())
+}
+
+fn reply_to_ing1(dest_of_request: &str) -> Envelope {
+    request(dest_of_request).reply(Ok(json!({"answer": 42})))
+}
+
+async fn reply_rejection(v: &Verifier, e: &StreamEntry) -> Rejection {
+    match v.verify_reply(e, "ing-1").await {
+        Err(VerifyError::Rejected(why)) => why,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_request_signed_for_one_group_fails_verification_in_another() {
+    let shared = SharedKeyRing::fixed(ring("k1", &[("k1", 1)]));
+    let (v, rejections) = verifier(shared.clone());
+    let e = signed(&signer(shared), &mut request("io"));
+    v.verify_request(&e, &at("1-0", 1), "io")
+        .await
+        .expect("verifies in its destination group");
+    assert!(matches!(
+        v.verify_request(&e, &at("2-0", 1), "cpu").await,
+        Err(VerifyError::Rejected(Rejection::BadMac))
+    ));
+    assert_eq!(rejections.get(Rejection::BadMac), 1);
+}
+
+#[tokio::test]
+async fn a_reply_names_its_sender_and_verifies_only_with_that_groups_key() {
+    let shared = SharedKeyRing::fixed(ring("k1", &[("k1", 1)]));
+    let (v, rejections) = verifier(shared.clone());
+    let io = Signer::new(shared, &keys(), "io");
+    let e = signed(&io, &mut reply_to_ing1("io"));
+    assert_eq!(e.k, b"k1/io", "a reply's key id names its group");
+    let got = v.verify_reply(&e, "ing-1").await.unwrap();
+    assert_eq!(got.from, "io");
+    assert_eq!(got.envelope.payload, json!({"answer": 42}));
+
+    // Claiming another sender picks another key: the MAC fails.
+    let claimed = StreamEntry {
+        k: b"k1/cpu".to_vec(),
+        ..e.clone()
+    };
+    assert_eq!(reply_rejection(&v, &claimed).await, Rejection::BadMac);
+    // Key ids that are no reply's are refused before any key is chosen.
+    for k in [
+        &b"k1"[..],
+        b"k1/",
+        b"k1/IO",
+        b"k1/io/x",
+        b"k1.io",
+        b"/io",
+        b"\xff/io",
+    ] {
+        let bad = StreamEntry {
+            k: k.to_vec(),
+            ..e.clone()
+        };
+        assert_eq!(
+            reply_rejection(&v, &bad).await,
+            Rejection::UnknownKid,
+            "{}",
+            String::from_utf8_lossy(k)
+        );
+    }
+    assert_eq!(rejections.get(Rejection::UnknownKid), 7);
+    assert_eq!(rejections.get(Rejection::BadMac), 1);
+}
+
+#[tokio::test]
+async fn a_derived_directory_signs_only_for_its_groups_and_never_panics() {
+    let raw = ring("k1", &[("k1", 1)]);
+    // A worker of cpu that forwards to io and does not answer.
+    let cpu = Signer::new(
+        derived(&raw, &[(Kind::Request, "cpu"), (Kind::Request, "io")]),
+        &keys(),
+        "cpu",
+    );
+    signed(&cpu, &mut request("io"));
+    let mut env = request("web");
+    assert_eq!(
+        cpu.sign(&mut env),
+        Err(SignError::MissingKey {
+            kind: "request",
+            group: "web".into(),
+            kid: "k1".into()
+        })
+    );
+    let e = cpu.sign(&mut reply_to_ing1("cpu")).unwrap_err();
+    assert!(
+        e.to_string().contains("no reply key for group `cpu`"),
+        "{e}"
+    );
+    let mut hostile = request("a/b\n");
+    assert!(
+        cpu.sign(&mut hostile).is_err(),
+        "an invalid group signs nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_verifier_without_the_key_counts_missing_key_before_decoding() {
+    let raw = ring("k1", &[("k1", 1)]);
+    let full = SharedKeyRing::fixed(raw.clone());
+    // An ingress that takes replies from io only.
+    let (v, rejections) = verifier(derived(&raw, &[(Kind::Reply, "io")]));
+    let from_cpu = signed(
+        &Signer::new(full.clone(), &keys(), "cpu"),
+        &mut reply_to_ing1("cpu"),
+    );
+    assert_eq!(reply_rejection(&v, &from_cpu).await, Rejection::MissingKey);
+    // A request for a group this process does not verify.
+    let req = signed(&signer(full.clone()), &mut request("cpu"));
+    assert!(matches!(
+        v.verify_request(&req, &at("1-0", 1), "cpu").await,
+        Err(VerifyError::Rejected(Rejection::MissingKey))
+    ));
+    // An unknown kid stays `unknown_kid`.
+    let stranger = Signer::new(
+        SharedKeyRing::fixed(ring("k9", &[("k9", 9)])),
+        &keys(),
+        "io",
+    );
+    let e = signed(&stranger, &mut reply_to_ing1("io"));
+    assert_eq!(reply_rejection(&v, &e).await, Rejection::UnknownKid);
+    assert_eq!(rejections.get(Rejection::MissingKey), 2);
+    assert_eq!(v.decoded(), 0, "nothing was decoded");
+    let from_io = signed(&Signer::new(full, &keys(), "io"), &mut reply_to_ing1("io"));
+    assert_eq!(v.verify_reply(&from_io, "ing-1").await.unwrap().from, "io");
+}
+
+#[tokio::test]
+async fn ring_and_derived_layouts_interoperate_both_ways() {
+    let raw = ring("k1", &[("k1", 1)]);
+    let full = SharedKeyRing::fixed(raw.clone());
+    // The worker of cpu: verifies cpu's requests, forwards to io, answers.
+    let worker = derived(
+        &raw,
+        &[
+            (Kind::Request, "cpu"),
+            (Kind::Request, "io"),
+            (Kind::Reply, "cpu"),
+        ],
+    );
+    // The ingress: sends to cpu, takes cpu's replies.
+    let ingress = derived(&raw, &[(Kind::Request, "cpu"), (Kind::Reply, "cpu")]);
+
+    // ring → derived
+    let (v, _) = verifier(worker.clone());
+    let e = signed(&signer(full.clone()), &mut request("cpu"));
+    v.verify_request(&e, &at("1-0", 1), "cpu").await.unwrap();
+    let (v, _) = verifier(ingress.clone());
+    let e = signed(&signer(full.clone()), &mut reply_to_ing1("cpu"));
+    assert_eq!(v.verify_reply(&e, "ing-1").await.unwrap().from, "cpu");
+
+    // derived → ring
+    let (v, _) = verifier(full.clone());
+    let e = signed(&signer(ingress), &mut request("cpu"));
+    v.verify_request(&e, &at("2-0", 1), "cpu").await.unwrap();
+    let e = signed(&signer(worker.clone()), &mut request("io"));
+    v.verify_request(&e, &at("3-0", 1), "io").await.unwrap();
+    let e = signed(&signer(worker), &mut reply_to_ing1("cpu"));
+    assert_eq!(v.verify_reply(&e, "ing-1").await.unwrap().from, "cpu");
+}
+
+#[tokio::test]
+async fn rotation_works_with_derived_directories() {
+    use sluice_platform::keyring::derived_files;
+    let dir = tempfile::tempdir().unwrap();
+    let needs = [(Kind::Request, "cpu"), (Kind::Reply, "cpu")];
+    // Writes the derived files of `ring` the way a Secret update does: the
+    // whole set at once, stale files gone.
+    let render = |ring: &KeyRing| {
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            std::fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+        for (name, content) in derived_files(ring, "ns/p", &needs).unwrap() {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+    };
+    render(&ring("old", &[("old", 1)]));
+    let shared = SharedKeyRing::from_dir(dir.path()).unwrap();
+    assert_eq!(shared.get().layout_name(), "derived");
+    let signer = signer(shared.clone());
+    let (v, _) = verifier(shared.clone());
+    let old_entry = signed(&signer, &mut request("cpu"));
+    let old_reply = signed(&signer, &mut reply_to_ing1("cpu"));
+    assert_eq!(old_reply.k, b"old/cpu");
+
+    // added: the new kid verifies, the old one still signs.
+    render(&ring("old", &[("old", 1), ("new", 2)]));
+    assert!(shared.reload().unwrap());
+    assert_eq!(signed(&signer, &mut request("cpu")).k, b"old");
+    // retiring: the new kid signs, the old one still verifies.
+    render(&ring("new", &[("old", 1), ("new", 2)]));
+    assert!(shared.reload().unwrap());
+    let new_entry = signed(&signer, &mut request("cpu"));
+    assert_eq!(new_entry.k, b"new", "signing follows current");
+    v.verify_request(&old_entry, &at("1-0", 1), "cpu")
+        .await
+        .expect("the older kid still verifies");
+    v.verify_reply(&old_reply, "ing-1")
+        .await
+        .expect("the older kid's reply still verifies");
+    v.verify_request(&new_entry, &at("2-0", 1), "cpu")
+        .await
+        .expect("the new kid verifies");
+    // stable: the old kid is gone.
+    render(&ring("new", &[("new", 2)]));
+    assert!(shared.reload().unwrap());
+    assert!(matches!(
+        v.verify_request(&old_entry, &at("3-0", 1), "cpu").await,
+        Err(VerifyError::Rejected(Rejection::UnknownKid))
+    ));
 }
 
 fn arb_envelope() -> impl Strategy<Value = Envelope> {
@@ -444,7 +729,7 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let r = rig();
         let dest = env.dest.clone();
-        let mut e = r.signer.sign_as_is(&env);
+        let mut e = r.signer.sign_as_is(&env).unwrap();
         let target = match field { 0 => &mut e.v, 1 => &mut e.k, 2 => &mut e.m, _ => &mut e.s };
         let i = pos.index(target.len());
         target[i] ^= 1 << bit;

@@ -79,7 +79,8 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub redis_ca_file: Option<PathBuf>,
 
-    /// Key ring directory (one base64 key file per kid and a `current` file);
+    /// Key directory: a ring (one base64 key file per kid) or this ingress's
+    /// derived keys (`<kid>.<request|reply>.<group>`), plus a `current` file;
     /// required with redis backends, optional in the memory profile where a
     /// fresh in-memory key is used otherwise [env: SLUICE_KEYS_DIR]
     #[arg(long, value_name = "DIR")]

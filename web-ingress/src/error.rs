@@ -66,6 +66,8 @@ pub fn status_of_reply_code(code: &str) -> StatusCode {
         // A node panicked: a fault of the service, not of the caller's
         // input as far as the caller can tell; not retried.
         "node_crashed" => StatusCode::INTERNAL_SERVER_ERROR,
+        // A process lacks a signing key it needs: a deployment fault.
+        "key_missing" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_GATEWAY,
     }
 }

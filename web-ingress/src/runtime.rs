@@ -17,10 +17,12 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
 use sluice_crds::{BackendKind, Plan};
-use sluice_exec_worker::{Executor, Registry as NodeRegistry, RuntimeParts, Worker, WorkerConfig};
+use sluice_exec_worker::{
+    missing_keys, Executor, Registry as NodeRegistry, RuntimeParts, Worker, WorkerConfig,
+};
 use sluice_platform::memory::{MemoryKv, MemoryStreams};
 use sluice_platform::redis::{RedisBackend, RedisConfig};
-use sluice_platform::{Kv, Queue, ReplyChannel, SharedKeyRing, Verifier};
+use sluice_platform::{Kv, Queue, Rejection, ReplyChannel, SharedKeyRing, Verifier};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +31,7 @@ use crate::config::Config;
 use crate::listener::ConnectionMetrics;
 use crate::metrics::{GroupLabel, IngressMetrics};
 use crate::server::{router, AppState, Backlog};
-use crate::waiters::Delivered;
+use crate::waiters::{Delivered, ReplySenders};
 
 /// How often the reply stream's expiry is refreshed, and the expiry itself:
 /// a dead instance's stream disappears within `REPLY_TTL`.
@@ -186,7 +188,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
 
     let mut registry = Registry::default();
     let metrics = IngressMetrics::register(&mut registry);
-    let parts = RuntimeParts::new(&plan, ring.clone(), kv, &mut registry);
+    let parts = RuntimeParts::new(&plan, &plan.ingress_group, ring.clone(), kv, &mut registry);
     let build = |group: &str| {
         Executor::build(
             plan.clone(),
@@ -220,6 +222,11 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
             )
         })
         .collect();
+    let reply_senders = plan
+        .interfaces
+        .iter()
+        .map(|i| (i.name.clone(), Arc::new(ReplySenders::of(i))))
+        .collect();
     let body_budget = BodyBudget::new(body_budget_bytes(&plan));
     let state = Arc::new(AppState {
         http: config.http,
@@ -231,6 +238,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         signer: parts.signer.clone(),
         executor,
         waiters: Default::default(),
+        reply_senders,
         metrics,
         registry,
         ready: true.into(),
@@ -283,7 +291,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         stop_accepting.clone(),
     ));
 
-    summary(&config, &plan, backend, &ring, addr);
+    summary(&config, &plan, backend, &ring, &parts, addr);
 
     let drain = CancellationToken::new();
     let done = tokio::spawn(drain_sequence(DrainParts {
@@ -324,9 +332,22 @@ fn summary(
     plan: &Plan,
     backend: BackendKind,
     ring: &SharedKeyRing,
+    parts: &RuntimeParts,
     addr: SocketAddr,
 ) {
     let r = ring.get();
+    // With memory backends every group runs in this process.
+    let needs = match backend {
+        BackendKind::Memory => plan.key_needs_of_all(),
+        BackendKind::Redis => plan.key_needs(&plan.ingress_group),
+    };
+    let missing = missing_keys(&r, &parts.keys, &needs);
+    if !missing.is_empty() {
+        tracing::warn!(
+            missing = ?missing,
+            "the key directory lacks keys this ingress needs; requests and replies needing them fail"
+        );
+    }
     let interfaces: Vec<String> = plan
         .interfaces
         .iter()
@@ -349,7 +370,7 @@ fn summary(
         groups = ?groups,
         signing_kid = r.current(),
         kids = ?r.kids().collect::<Vec<_>>(),
-        keys = if config.keys.is_some() { "directory" } else { "ephemeral (memory profile)" },
+        keys = if config.keys.is_some() { r.layout_name() } else { "ephemeral (memory profile)" },
         traces = sluice_platform::telemetry::summary(),
         "sluice-web-ingress started"
     );
@@ -424,10 +445,14 @@ async fn listen_replies(
                 backoff = Duration::from_millis(100);
                 for (_, entry) in entries {
                     match verifier.verify_reply(&entry, &state.ingress_id).await {
-                        Ok(env) => match state.waiters.complete(env) {
+                        Ok(reply) => match state.waiters.complete(reply.envelope, &reply.from) {
                             Delivered::Completed => {}
                             Delivered::Duplicate => state.metrics.dropped("duplicate"),
                             Delivered::Late => state.metrics.dropped("late"),
+                            Delivered::WrongSender => {
+                                verifier.count_rejection(Rejection::WrongSender);
+                                tracing::debug!(from = %reply.from, "reply refused: its group does not answer this request's interface");
+                            }
                         },
                         Err(e) => tracing::debug!(error = %e, "reply refused"),
                     }

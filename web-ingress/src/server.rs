@@ -35,7 +35,7 @@ use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 use sluice_crds::{InterfacePlan, Plan};
-use sluice_exec_worker::worker::DEAD_LETTER_RETENTION;
+use sluice_exec_worker::worker::{DEAD_LETTER_RETENTION, KEY_MISSING_MESSAGE};
 use sluice_exec_worker::{Crash, Executor, NodeContext, StepOutcome};
 use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::signing::{max_entry_bytes, oversized_output};
@@ -48,7 +48,7 @@ use crate::config::HttpLimits;
 use crate::error::{status_of_reply_code, ApiError};
 use crate::json_scan::{self, ShapeError};
 use crate::metrics::{IngressMetrics, InterfaceLabel, RequestLabel};
-use crate::waiters::Waiters;
+use crate::waiters::{ReplySenders, Waiters};
 
 /// Sampled size of one worker group's queue.
 #[derive(Debug, Clone, Copy, Default)]
@@ -67,6 +67,8 @@ pub struct AppState {
     /// Nodes placed on the ingress group, run in process.
     pub executor: Executor,
     pub waiters: Waiters,
+    /// Per interface: the groups whose replies may complete its waiters.
+    pub reply_senders: HashMap<String, Arc<ReplySenders>>,
     pub metrics: IngressMetrics,
     pub registry: Registry,
     /// False once draining: load balancers stop sending.
@@ -360,13 +362,28 @@ async fn serve(
     env.payload = payload;
 
     // Register before pushing: the reply may arrive before push returns.
-    let mut waiter = s.waiters.register(cid);
+    // An interface missing from the map (cannot happen: both come from the
+    // plan) takes no reply at all rather than any.
+    let senders = s.reply_senders.get(&it.name).cloned().unwrap_or_default();
+    let mut waiter = s.waiters.register(cid, senders);
     let stream = s.keys.queue(&group);
     let hop = span.child(format!("send {group}"), telemetry::Kind::Producer);
     hop.set("messaging.destination.name", stream.clone());
     hop.set("sluice.node", env.node.clone().unwrap_or_default());
     env.trace = hop.traceparent();
-    let entry = s.signer.sign(&mut env);
+    let entry = match s.signer.sign(&mut env) {
+        Ok(entry) => entry,
+        Err(e) => {
+            tracing::error!(request_id = %rid, error = %e, group, "cannot sign the request for its first hop");
+            hop.fail("signing key missing");
+            return Err(ApiError::new(
+                status_of_reply_code("key_missing"),
+                "key_missing",
+                KEY_MISSING_MESSAGE,
+                rid,
+            ));
+        }
+    };
     // Only an ingress-group node's output can exceed it (the body was
     // checked); sent as it is, it would be refused unread and time out.
     let entry_limit = max_entry_bytes(s.plan.security.max_payload_bytes as usize);
@@ -417,7 +434,13 @@ async fn dead_letter_crash(s: &AppState, env: &mut Envelope, crash: &Crash) {
         panic = %crash.panic,
         "node panicked; dead-lettering the request"
     );
-    let entry = s.signer.sign(env);
+    let entry = match s.signer.sign(env) {
+        Ok(entry) => entry,
+        Err(e) => {
+            tracing::warn!(request_id = %env.rid, error = %e, "dead-letter record not written: no key to sign it");
+            return;
+        }
+    };
     if let Err(e) = s
         .queue
         .push_capped(&s.keys.dead_letter(), entry, DEAD_LETTER_RETENTION)
@@ -450,6 +473,7 @@ fn static_code(code: &str) -> &'static str {
         "node_failed" => "node_failed",
         "retries_exhausted" => "retries_exhausted",
         "node_crashed" => "node_crashed",
+        "key_missing" => "key_missing",
         _ => "worker_error",
     }
 }

@@ -1,9 +1,11 @@
 //! Envelopes as someone who captured or forged them would write them
-//! straight onto a group's stream.
+//! straight onto a group's stream, and read them off one.
 
 use serde_json::Value;
 use sluice_platform::clock::now_ms;
-use sluice_platform::{Envelope, Keys};
+use sluice_platform::{Envelope, Keys, StreamEntry};
+
+use crate::resp::Probe;
 
 /// A request for `node` of `group`, deadline a minute away, whose reply
 /// address belongs to no live ingress: executing it shows as the worker
@@ -24,5 +26,35 @@ pub fn unanswerable_request(keys: &Keys, group: &str, node: &str, payload: Value
         reply_to: Some("no-such-ingress".to_string()),
         payload,
         error: None,
+    }
+}
+
+/// The entries queued on `stream`, as anyone who can read Redis sees them
+/// (the message `m` is plain JSON), paired with their decoded envelope.
+///
+/// # Panics
+/// When Redis cannot be read.
+pub fn queued(probe: &Probe, stream: &str) -> Vec<(StreamEntry, Option<Envelope>)> {
+    probe
+        .xrange(stream)
+        .unwrap_or_else(|e| panic!("XRANGE {stream}: {e}"))
+        .into_iter()
+        .map(|(_, fields)| {
+            let entry =
+                StreamEntry::from_fields(fields.into_iter().map(|(f, v)| (field_name(&f), v)));
+            let env = serde_json::from_slice(&entry.m).ok();
+            (entry, env)
+        })
+        .collect()
+}
+
+/// The static name of a stream entry field (`from_fields` keeps only these).
+fn field_name(f: &[u8]) -> &'static [u8] {
+    match f {
+        b"v" => b"v",
+        b"k" => b"k",
+        b"m" => b"m",
+        b"s" => b"s",
+        _ => b"",
     }
 }

@@ -31,6 +31,10 @@ impl Resp {
     }
 }
 
+/// One stream entry as `XRANGE` lists it: its id and its field/value pairs
+/// in stored order.
+pub type RawEntry = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
 /// Redis on `127.0.0.1:<port>`, without a password.
 #[derive(Debug, Clone, Copy)]
 pub struct Probe {
@@ -105,6 +109,39 @@ impl Probe {
                 _ => None,
             })
             .collect())
+    }
+
+    /// `XRANGE key - +`: every entry of stream `key`.
+    ///
+    /// # Errors
+    /// As [`Probe::cmd`]; an answer that is not a list of entries.
+    pub fn xrange(&self, key: &str) -> Result<Vec<RawEntry>, String> {
+        let Resp::Array(Some(entries)) = self.cmd(&[b"XRANGE", key.as_bytes(), b"-", b"+"])? else {
+            return Err("XRANGE answered no array".into());
+        };
+        entries
+            .into_iter()
+            .map(|e| match e {
+                Resp::Array(Some(mut parts)) if parts.len() == 2 => {
+                    let fields = parts.pop();
+                    let id = parts.pop().and_then(|i| i.text());
+                    let Some(Resp::Array(Some(fields))) = fields else {
+                        return Err("an XRANGE entry without fields".to_string());
+                    };
+                    let bytes = |r: Resp| match r {
+                        Resp::Bulk(Some(b)) => Ok(b),
+                        other => Err(format!("a field that is not a string: {other:?}")),
+                    };
+                    let mut pairs = vec![];
+                    let mut it = fields.into_iter();
+                    while let (Some(f), Some(v)) = (it.next(), it.next()) {
+                        pairs.push((bytes(f)?, bytes(v)?));
+                    }
+                    Ok((id.unwrap_or_default(), pairs))
+                }
+                other => Err(format!("XRANGE entry {other:?}")),
+            })
+            .collect()
     }
 
     /// `XADD key * field value …` with arbitrary fields; returns the id.

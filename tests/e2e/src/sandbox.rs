@@ -109,6 +109,25 @@ impl Sandbox {
         dir
     }
 
+    /// Writes `files` (name → content) into a new directory `name` of the
+    /// sandbox, as a mounted key Secret would hold them, and returns it.
+    ///
+    /// # Panics
+    /// On I/O errors, or when the directory exists.
+    pub fn key_dir(
+        &self,
+        name: &str,
+        files: &std::collections::BTreeMap<String, String>,
+    ) -> PathBuf {
+        let dir = self.path().join(name);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        for (file, content) in files {
+            let p = dir.join(file);
+            std::fs::write(&p, content).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        }
+        dir
+    }
+
     /// A new log file named after `name`, listed in the failure report.
     pub fn log_file(&self, name: &str) -> PathBuf {
         let mut logs = self.inner.logs.lock().unwrap_or_else(|e| e.into_inner());

@@ -6,8 +6,8 @@
 //! forward), leaves nothing queued or pending, and keeps serving.
 //!
 //! ```text
-//!   test ──XADD (forged)──▶ q:work ──▶ worker: size → version → kid → MAC → decode
-//!                                             → freshness → replay guard → kind/destination
+//!   test ──XADD (forged)──▶ q:work ──▶ worker: size → version → kid → key → MAC → decode
+//!                                             → freshness → kind/destination → replay guard
 //! ```
 
 use std::collections::BTreeMap;
@@ -68,12 +68,14 @@ fn raw_current_key(dir: &Path) -> (String, Vec<u8>) {
     (kid, raw)
 }
 
-/// HKDF-SHA256 (salt `sluice-ipc-v1`, info `sluice/request`) as
-/// docs/wire-format.md specifies, then lowercase-hex HMAC-SHA256 of v ‖ m.
+/// HKDF-SHA256 (salt `sluice-ipc-v1`, info `sluice/request/<ns/p>/work`:
+/// the request key of group `work`) as docs/wire-format.md specifies, then
+/// lowercase-hex HMAC-SHA256 of v ‖ m.
 fn request_mac(raw: &[u8], v: &[u8], m: &[u8]) -> Vec<u8> {
     let hk = hkdf::Hkdf::<Sha256>::new(Some(b"sluice-ipc-v1"), raw);
     let mut key = [0u8; 32];
-    hk.expand(b"sluice/request", &mut key).expect("32 bytes");
+    hk.expand(b"sluice/request/default/forge/work", &mut key)
+        .expect("32 bytes");
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
     mac.update(v);
     mac.update(m);
@@ -85,7 +87,8 @@ fn request_mac(raw: &[u8], v: &[u8], m: &[u8]) -> Vec<u8> {
         .into_bytes()
 }
 
-/// An entry with a valid MAC (current kid) over arbitrary `v` and `m`.
+/// An entry with a valid MAC (current kid, `work`'s request key) over
+/// arbitrary `v` and `m`: what a holder of that key can write.
 fn mac_signed(kid: &str, raw: &[u8], v: &[u8], m: Vec<u8>) -> StreamEntry {
     StreamEntry {
         v: v.to_vec(),
@@ -107,9 +110,16 @@ fn impostor(kid: &str) -> Signer {
         kid.to_string(),
         sluice_platform::keyring::random_key().to_vec(),
     )]);
-    Signer::new(SharedKeyRing::fixed(
-        KeyRing::from_raw(kid, &raw).expect("a valid ring"),
-    ))
+    Signer::new(
+        SharedKeyRing::fixed(KeyRing::from_raw(kid, &raw).expect("a valid ring")),
+        &Keys::new("default", "forge"),
+        "web",
+    )
+}
+
+/// Signs `env` with a full ring, which derives every key.
+fn signed(signer: &Signer, env: &mut Envelope) -> StreamEntry {
+    signer.sign(env).expect("a ring derives every key")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,11 +169,11 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
     let keys = Keys::new("default", "forge");
     let queue = keys.queue("work");
     let ring = SharedKeyRing::from_dir(&keys_dir).expect("the test reads the same ring");
-    let signer = Signer::new(ring);
+    let signer = Signer::new(ring, &keys, "web");
     let (kid, raw) = raw_current_key(&keys_dir);
     // The test's own MAC matches the product's: the entries below that
     // claim a valid MAC really have one.
-    let genuine = signer.sign(&mut request(&keys));
+    let genuine = signed(&signer, &mut request(&keys));
     assert_eq!(
         mac_signed(&kid, &raw, &genuine.v, genuine.m.clone()),
         genuine,
@@ -182,22 +192,31 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
     };
 
     // Bad MAC: the ring's kid, another key.
-    add("bad_mac", impostor(&kid).sign(&mut request(&keys)));
+    add("bad_mac", signed(&impostor(&kid), &mut request(&keys)));
     // Unknown kid.
     add(
         "unknown_kid",
-        impostor("k-not-in-the-ring").sign(&mut request(&keys)),
+        signed(&impostor("k-not-in-the-ring"), &mut request(&keys)),
     );
     // Timestamp from the future (beyond the 30 s default clock skew).
     let mut env = request(&keys);
     env.ts = now_ms() + 600_000;
     env.nonce = new_nonce();
-    add("from_future", signer.sign_as_is(&env));
+    add("from_future", signer.sign_as_is(&env).expect("a ring"));
     // Deadline passed.
     let mut env = request(&keys);
     env.deadline = now_ms() - 1_000;
-    add("expired", signer.sign(&mut env));
-    // Another destination group, the ingress group, another pipeline.
+    add("expired", signed(&signer, &mut env));
+    // Genuinely signed for another group (with that group's request key)
+    // and copied here: the MAC fails under `work`'s key.
+    for dest in ["other", "web"] {
+        let mut env = request(&keys);
+        env.dest = dest.to_string();
+        add("bad_mac", signed(&signer, &mut env));
+    }
+    // Signed with `work`'s own request key, but addressed to another
+    // group, the ingress group, another pipeline: only a holder of that
+    // key can write these, and they still do not run.
     for (dest, pipe) in [
         ("other", "default/forge"),
         ("web", "default/forge"),
@@ -206,34 +225,47 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
         let mut env = request(&keys);
         env.dest = dest.to_string();
         env.pipeline = pipe.to_string();
-        add("wrong_destination", signer.sign(&mut env));
+        env.ts = now_ms();
+        env.nonce = new_nonce();
+        let m = serde_json::to_vec(&env).unwrap();
+        add("wrong_destination", mac_signed(&kid, &raw, b"2", m));
     }
-    // A reply (signed with the reply key) pushed as a request.
+    // A reply (signed with a reply key) pushed as a request: its key id
+    // `<kid>/<group>` is no request's...
     let mut reply = request(&keys).reply(Ok(json!({"stamped": "forged"})));
-    add("bad_mac", signer.sign(&mut reply));
+    let reply = signed(&signer, &mut reply);
+    add("unknown_kid", reply.clone());
+    // ...and with the kid alone it fails the MAC.
+    add(
+        "bad_mac",
+        StreamEntry {
+            k: kid.as_bytes().to_vec(),
+            ..reply
+        },
+    );
     // A reply-kind message under a valid request MAC.
     let mut reply = request(&keys).reply(Ok(json!(1)));
     reply.ts = now_ms();
     reply.nonce = new_nonce();
     add(
         "wrong_kind",
-        mac_signed(&kid, &raw, b"1", serde_json::to_vec(&reply).unwrap()),
+        mac_signed(&kid, &raw, b"2", serde_json::to_vec(&reply).unwrap()),
     );
-    // Another format version, with a valid MAC over it.
+    // The previous format version, with a valid MAC over it.
     add(
         "bad_version",
-        mac_signed(&kid, &raw, b"2", genuine.m.clone()),
+        mac_signed(&kid, &raw, b"1", genuine.m.clone()),
     );
     // Valid MACs around things that are not envelopes.
     add(
         "malformed",
-        mac_signed(&kid, &raw, b"1", b"{not json".to_vec()),
+        mac_signed(&kid, &raw, b"2", b"{not json".to_vec()),
     );
     let mut with_extra: Value = serde_json::from_slice(&genuine.m).unwrap();
     with_extra["exec"] = json!("rm -rf /");
     add(
         "malformed",
-        mac_signed(&kid, &raw, b"1", serde_json::to_vec(&with_extra).unwrap()),
+        mac_signed(&kid, &raw, b"2", serde_json::to_vec(&with_extra).unwrap()),
     );
     // Garbage in every field.
     add(
@@ -248,7 +280,7 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
     add(
         "bad_mac",
         StreamEntry {
-            v: b"1".to_vec(),
+            v: b"2".to_vec(),
             k: kid.as_bytes().to_vec(),
             m: b"garbage".to_vec(),
             s: b"not hex at all".to_vec(),

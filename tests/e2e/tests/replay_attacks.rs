@@ -3,7 +3,7 @@
 //! `sluice-exec-worker` processes.
 //!
 //! ```text
-//!   copy ─XADD─▶ q:other ─▶ other worker: wrong_destination (nonce untouched)
+//!   copy ─XADD─▶ q:other ─▶ other worker: bad_mac, its own request key (nonce untouched)
 //!        ─XADD─▶ q:work  ─▶ work worker: runs once, hand-off marks the nonce done
 //!   DEL q:work; XADD q:work <original id> <captured entry>
 //!                        ─▶ work worker: replay (a first delivery of a seen id; done)
@@ -37,7 +37,7 @@ spec:
     - { name: audit, group: other, uses: builtin/echo }
 "#;
 
-/// `(executions, replays, wrong destinations)` a worker counted.
+/// `(executions, replays, bad MACs)` a worker counted.
 async fn counts(worker: &Service) -> (u64, u64, u64) {
     let s = scrape(&worker.url("/metrics")).await;
     (
@@ -46,10 +46,7 @@ async fn counts(worker: &Service) -> (u64, u64, u64) {
             &[("outcome", "reply_dropped")],
         ),
         s.count("sluice_envelopes_rejected_total", &[("reason", "replay")]),
-        s.count(
-            "sluice_envelopes_rejected_total",
-            &[("reason", "wrong_destination")],
-        ),
+        s.count("sluice_envelopes_rejected_total", &[("reason", "bad_mac")]),
     )
 }
 
@@ -60,7 +57,7 @@ async fn settle(worker: &Service, what: &str, want: (u64, u64, u64)) {
             Ok(())
         } else {
             Err(format!(
-                "(executions, replays, wrong destinations) {got:?}, want {want:?}"
+                "(executions, replays, bad MACs) {got:?}, want {want:?}"
             ))
         }
     })
@@ -84,19 +81,26 @@ async fn a_copy_into_another_queue_or_a_rewritten_queue_history_never_runs_an_en
     )
     .await;
     let keys = Keys::new("default", "replays");
-    let signer = Signer::new(SharedKeyRing::from_dir(&keys_dir).expect("the ring"));
-    let captured = signer.sign(&mut unanswerable_request(
+    let signer = Signer::new(
+        SharedKeyRing::from_dir(&keys_dir).expect("the ring"),
         &keys,
-        "work",
-        "stamp",
-        json!({"id": "captured"}),
-    ));
+        "web",
+    );
+    let captured = signer
+        .sign(&mut unanswerable_request(
+            &keys,
+            "work",
+            "stamp",
+            json!({"id": "captured"}),
+        ))
+        .expect("a ring derives every key");
     let q = RedisBackend::connect(RedisConfig::from_url(&redis.url()).expect("URL"))
         .await
         .expect("connect to Redis");
 
     // 1. The captured entry copied into another group's queue first: that
-    // group refuses it for its destination without claiming its nonce...
+    // group verifies with its own request key, so the MAC fails before
+    // anything is decoded and no nonce is claimed...
     q.push(&keys.queue("other"), captured.clone())
         .await
         .expect("XADD the copy");
