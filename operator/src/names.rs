@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | pipeline ConfigMap | `P-pipeline` |
 //! | key ring Secret | `P-ipc-keys` |
+//! | a group's derived keys Secret (what its pods mount) | `P-ipc-keys-<group>` |
 //! | group workload, PDB, HPA, KEDA ScaledObject | `P-<group>` |
 //! | KEDA TriggerAuthentication | `P-keda-redis` |
 //! | ingress Service and Ingress | `P` |
@@ -21,6 +22,12 @@ pub fn pipeline_config(p: &str) -> String {
 /// Secret holding the HMAC key ring (when the operator generates it).
 pub fn key_secret(p: &str) -> String {
     format!("{p}-ipc-keys")
+}
+
+/// Secret holding the derived keys a group's pods need (when the operator
+/// generates the ring); only they mount it.
+pub fn role_keys(p: &str, g: &str) -> String {
+    format!("{p}-ipc-keys-{g}")
 }
 
 /// Workload (and PDB/HPA) of a group.

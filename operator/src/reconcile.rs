@@ -327,6 +327,22 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         if applied.pending {
             requeue = requeue.min(PENDING_RECHECK);
         }
+        // A group that is gone takes its derived keys with it; its
+        // Deployment, about to be pruned, names it.
+        if desired
+            .generated_secrets
+            .iter()
+            .any(|g| matches!(g, render::GeneratedSecret::RoleKeys { .. }))
+        {
+            let gone = live
+                .iter()
+                .filter(|((kind, _), _)| *kind == "Deployment")
+                .filter_map(|(_, o)| o.labels().get(labels::GROUP))
+                .filter(|g| !desired.plan.groups.contains_key(*g))
+                .map(|g| names::role_keys(name, g))
+                .collect::<Vec<_>>();
+            desired.obsolete_secrets.extend(gone);
+        }
         prune_objects(sp, ctx, &target, &desired, &mut live).await?;
         changes
             .extend(secrets::delete_obsolete(&secrets_api, uid, &desired.obsolete_secrets).await?);

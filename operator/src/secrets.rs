@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 
 use crate::apply::FIELD_MANAGER;
 use crate::error::{api_error, Error};
+use crate::render::key_ring::role_keys_secret;
 use crate::render::redis::redis_secret;
 use crate::render::{self, initial_key_secret, GeneratedSecret, KEY_LEN};
 use crate::rotation::{self, Decision, Ring, Timings};
@@ -143,17 +144,28 @@ pub async fn ensure(
     let mut recheck = |d: std::time::Duration| {
         recheck_after = Some(recheck_after.map_or(d, |r| r.min(d)));
     };
+    // The key ring as it stands after this pass, for the derived Secrets.
+    let mut ring: Option<BTreeMap<String, String>> = None;
     for g in generated {
         let name = g.name();
         let live = api
             .get_opt(name)
             .await
             .map_err(|e| api_error("get", "Secret", name, e))?;
+        if let GeneratedSecret::RoleKeys { needs, .. } = g {
+            // No ring of ours yet (lost a create race): the next pass.
+            if let Some(ring) = &ring {
+                let wanted = role_keys_secret(sp, name, ring, needs)?;
+                changes.extend(write_derived(api, name, live, wanted, uid).await?);
+            }
+            continue;
+        }
         match (live, g) {
             (None, _) => {
                 let fresh = match g {
                     GeneratedSecret::KeyRing(_) => fresh_key_ring(sp)?,
                     GeneratedSecret::RedisPassword(_) => fresh_redis_secret(sp)?,
+                    GeneratedSecret::RoleKeys { .. } => continue,
                 };
                 let pp = PostParams {
                     field_manager: Some(FIELD_MANAGER.into()),
@@ -166,6 +178,7 @@ pub async fn ensure(
                         }
                         changes.push(SecretChange::Created(name.to_string()));
                         if matches!(g, GeneratedSecret::KeyRing(_)) {
+                            ring = Some(text_data(&fresh));
                             recheck(timings(sp, settings)?.rotate_every);
                         }
                     }
@@ -175,7 +188,9 @@ pub async fn ensure(
             }
             (Some(live), GeneratedSecret::KeyRing(_)) if controlled_by(&live, uid) => {
                 let now = Utc::now();
-                let (change, due) = rotate(api, name, live, &timings(sp, settings)?, now).await?;
+                let (change, due, now_ring) =
+                    rotate(api, name, live, &timings(sp, settings)?, now).await?;
+                ring = Some(now_ring);
                 changes.extend(change);
                 if let Some(due) = due {
                     recheck(until(now, due));
@@ -207,6 +222,51 @@ pub async fn ensure(
     })
 }
 
+/// Creates or updates a group's derived keys Secret to `wanted`; one not
+/// controlled by this pipeline is left alone (and its pods will not
+/// verify: the clash shows as rejected envelopes, never as a leak).
+///
+/// # Errors
+/// API errors other than losing a create race.
+async fn write_derived(
+    api: &Api<Secret>,
+    name: &str,
+    live: Option<Secret>,
+    wanted: Secret,
+    uid: &str,
+) -> Result<Option<SecretChange>, Error> {
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match live {
+        None => match api.create(&pp, &wanted).await {
+            Ok(_) => Ok(Some(SecretChange::Created(name.to_string()))),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+            Err(e) => Err(api_error("create", "Secret", name, e)),
+        },
+        Some(mut live) if controlled_by(&live, uid) => {
+            if live.data == wanted.data {
+                return Ok(None);
+            }
+            live.data = wanted.data;
+            // Carries the resourceVersion read: a concurrent writer makes
+            // it fail (409), and the retry starts from a fresh read.
+            api.replace(name, &pp, &live)
+                .await
+                .map_err(|e| api_error("update", "Secret", name, e))?;
+            Ok(Some(SecretChange::Updated(name.to_string())))
+        }
+        Some(_) => {
+            warn!(
+                secret = name,
+                "a Secret of this name belongs to something else; left alone"
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// The rotation timings of the pipeline: its plan under the operator's
 /// propagation delay.
 fn timings(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Timings, Error> {
@@ -229,7 +289,8 @@ fn timings(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Timings, 
 }
 
 /// One rotation step on the live key ring if one is due: the change to
-/// report and when the next step falls due.
+/// report, when the next step falls due, and the ring's data as it stands
+/// after.
 ///
 /// # Errors
 /// The `replace` failed (a `409` when another writer changed the Secret
@@ -240,15 +301,15 @@ async fn rotate(
     mut live: Secret,
     timings: &Timings,
     now: DateTime<Utc>,
-) -> Result<(Option<SecretChange>, Option<DateTime<Utc>>), Error> {
+) -> Result<RotationOutcome, Error> {
     let step = match rotation::next(&Ring::of(&live), timings, now) {
         Decision::Wait { until } => {
             debug!(secret = name, due = %until, "key ring: next rotation step");
-            return Ok((None, Some(until)));
+            return Ok((None, Some(until), text_data(&live)));
         }
         Decision::Hold { reason } => {
             warn!(secret = name, %reason, "key ring cannot be rotated; left as it is");
-            return Ok((None, None));
+            return Ok((None, None, text_data(&live)));
         }
         Decision::Step(step) => step,
     };
@@ -263,8 +324,20 @@ async fn rotate(
         .await
         .map_err(|e| api_error("update", "Secret", name, e))?;
     let note = format!("{name} {}: {}", step.phase, step.note);
-    Ok((Some(SecretChange::Rotated(note)), Some(step.next_due)))
+    Ok((
+        Some(SecretChange::Rotated(note)),
+        Some(step.next_due),
+        text_data(&live),
+    ))
 }
+
+/// What a rotation pass did: the change, the next due step, the ring's
+/// data after.
+type RotationOutcome = (
+    Option<SecretChange>,
+    Option<DateTime<Utc>>,
+    BTreeMap<String, String>,
+);
 
 /// Time from `now` to `due`, rounded up to whole seconds so the requeue
 /// lands at or after it; zero when it has passed.

@@ -14,10 +14,12 @@
 //! git diff operator/tests/golden/
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{TimeZone, Utc};
 use sluice_crds::StreamPipeline;
+use sluice_operator::render::key_ring::role_keys_secret;
 use sluice_operator::{
     desired, initial_key_secret, redis_secret, resources, GeneratedSecret, OperatorSettings,
     RuntimeImages,
@@ -70,10 +72,21 @@ fn render(example: &Path) -> String {
     let updated =
         sluice_operator::clock::time_of(Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap());
     let mut secrets = Vec::new();
+    let mut ring = BTreeMap::new();
     for s in &d.generated_secrets {
         secrets.push(match s {
             GeneratedSecret::KeyRing(_) => {
-                initial_key_secret(&sp, "k0", KEY_B64, &updated).unwrap()
+                let s = initial_key_secret(&sp, "k0", KEY_B64, &updated).unwrap();
+                ring = s
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), String::from_utf8(v.0.clone()).unwrap()))
+                    .collect();
+                s
+            }
+            GeneratedSecret::RoleKeys { name, needs } => {
+                role_keys_secret(&sp, name, &ring, needs).unwrap()
             }
             GeneratedSecret::RedisPassword(_) => {
                 redis_secret(&sp, |r| format!("{REDIS_PASSWORD}-{}", r.user())).unwrap()

@@ -201,18 +201,23 @@ async fn spec_changes_update_add_and_delete_objects_and_keep_the_secrets() -> an
         .unwrap();
     assert_eq!(extra["status"]["availableReplicas"], 2);
 
-    // The key ring and the Redis password were never touched.
-    for (before, name) in [
-        (&keys, "orders-redis-ipc-keys"),
-        (&password, "orders-redis-redis"),
-    ] {
-        let now = h.object("v1", "Secret", ns, name).unwrap();
-        assert_eq!(now["data"], before["data"], "{name}");
-        assert_eq!(
-            now["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"],
-            "{name}"
-        );
+    // The key ring was never touched.
+    let now = h.object("v1", "Secret", ns, "orders-redis-ipc-keys").unwrap();
+    assert_eq!(now["data"], keys["data"]);
+    assert_eq!(
+        now["metadata"]["resourceVersion"],
+        keys["metadata"]["resourceVersion"]
+    );
+    // The Redis users follow the groups; no password that stays changes.
+    let now = h.object("v1", "Secret", ns, "orders-redis-redis").unwrap();
+    for (key, value) in password["data"].as_object().unwrap() {
+        match key.as_str() {
+            "redis.conf" => assert_ne!(&now["data"][key], value, "users changed"),
+            "group-io.password" => assert!(now["data"].get(key).is_none(), "io is gone"),
+            _ => assert_eq!(&now["data"][key], value, "{key} kept"),
+        }
     }
+    assert!(now["data"]["group-extra.password"].is_string());
 
     // External Redis: managed Redis and its password Secret go away.
     h.sim.put_object(serde_json::json!({

@@ -349,16 +349,23 @@ impl Rig {
             cluster.add_config_map(cm);
         }
         let secrets: Vec<Secret> = objects(&h, "v1", "Secret");
-        let password = secrets
-            .iter()
-            .find(|s| s.metadata.name.as_deref() == Some("orders-redis-redis"))
-            .and_then(|s| s.data.as_ref()?.get("password"))
-            .map(|p| String::from_utf8(p.0.clone()))
-            .context("P-redis has a password")??;
-        for s in secrets {
+        let redis_data = |key: &str| {
+            secrets
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some("orders-redis-redis"))
+                .and_then(|s| s.data.as_ref()?.get(key))
+                .map(|p| String::from_utf8(p.0.clone()))
+                .with_context(|| format!("P-redis has {key}"))
+        };
+        // Managed Redis as the operator configures it: its ACL users.
+        let redis = RedisServer::start_with_config(
+            &redis_data("redis.conf")??,
+            "probe",
+            &redis_data("probe.password")??,
+        );
+        for s in secrets.clone() {
             cluster.add_secret(s);
         }
-        let redis = RedisServer::start_with(false, Some(&password));
         let redis_addr = SocketAddr::from(([127, 0, 0, 1], redis.port()));
         let services: Vec<Service> = objects(&h, "v1", "Service");
         let sets: Vec<StatefulSet> = objects(&h, "apps/v1", "StatefulSet");

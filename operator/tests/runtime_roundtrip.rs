@@ -31,6 +31,7 @@ use k8s_openapi::api::core::v1::Service;
 use serde_json::{json, Value};
 use sluice_crds::{GroupRole, StreamPipeline};
 use sluice_e2e::resp::{Probe, Resp, UserProbe};
+use sluice_operator::render::key_ring::role_keys_secret;
 use sluice_operator::resources::main_container;
 use sluice_operator::{desired, secrets, Child as Object, GeneratedSecret, OperatorSettings};
 use sluice_platform::redis::testing::RedisServer;
@@ -149,9 +150,23 @@ fn start(example: &str, expect_deployments: &[&str]) -> Running {
 
     // The Secrets the reconciler creates when absent, from fresh material.
     let mut redis_secret = None;
+    let mut ring = BTreeMap::new();
     for g in &d.generated_secrets {
         let s = match g {
-            GeneratedSecret::KeyRing(_) => secrets::fresh_key_ring(&sp).unwrap(),
+            GeneratedSecret::KeyRing(_) => {
+                let s = secrets::fresh_key_ring(&sp).unwrap();
+                ring = s
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), String::from_utf8(v.0.clone()).unwrap()))
+                    .collect();
+                s
+            }
+            // As the reconciler derives them, after the ring.
+            GeneratedSecret::RoleKeys { name, needs } => {
+                role_keys_secret(&sp, name, &ring, needs).unwrap()
+            }
             GeneratedSecret::RedisPassword(_) => {
                 let s = secrets::fresh_redis_secret(&sp).unwrap();
                 redis_secret = Some(s.data.clone().unwrap_or_default());

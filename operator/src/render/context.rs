@@ -75,6 +75,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) redis: RedisUse<'a>,
     /// The Secret mounted at `/etc/sluice/keys`.
     pub(crate) key_secret: String,
+    /// Whether each group's pods mount their own derived keys
+    /// ([`crate::names::role_keys`]) instead of [`Self::key_secret`].
+    pub(crate) role_keys: bool,
 }
 
 impl Deref for Ctx<'_> {

@@ -9,7 +9,9 @@ use chrono::SecondsFormat;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::ByteString;
-use sluice_crds::StreamPipeline;
+use sluice_crds::{KeyNeeds, StreamPipeline};
+use sluice_platform::envelope::Kind;
+use sluice_platform::keyring::{derived_files, KeyRing, KeyRingError};
 
 use super::context::owner_of;
 use super::contract::{KEY_LEN, KEY_RING_CURRENT};
@@ -83,6 +85,48 @@ pub fn initial_key_secret(
     })
 }
 
+/// The Secret of one group's derived keys: for every kid of the key ring
+/// `ring` (the data of `P-ipc-keys`, as text), the request and reply keys
+/// `needs` lists, and `current` (docs/wire-format.md, "What each role
+/// holds"). Deterministic, so the reconciler re-renders it after every
+/// rotation step and writes only what changed.
+///
+/// # Errors
+/// Missing name, namespace or uid; a ring the runtime could not load
+/// either; no needs. Errors never contain key material.
+pub fn role_keys_secret(
+    sp: &StreamPipeline,
+    name: &str,
+    ring: &BTreeMap<String, String>,
+    needs: &KeyNeeds,
+) -> Result<Secret> {
+    let owner = owner_of(sp)?;
+    let bad = |e: KeyRingError| Error::InvalidInput {
+        what: "key ring",
+        reason: e.to_string(),
+    };
+    let ring = KeyRing::from_files(ring).map_err(bad)?;
+    let wanted: Vec<(Kind, &str)> = needs
+        .request
+        .iter()
+        .map(|g| (Kind::Request, g.as_str()))
+        .chain(needs.reply.iter().map(|g| (Kind::Reply, g.as_str())))
+        .collect();
+    let pipeline = format!("{}/{}", owner.namespace, owner.name);
+    let files = derived_files(&ring, &pipeline, &wanted).map_err(bad)?;
+    Ok(Secret {
+        metadata: owner.meta(name.to_string(), Component::Keys, None),
+        type_: Some("Opaque".into()),
+        data: Some(
+            files
+                .into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +167,51 @@ mod tests {
         assert!(initial_key_secret(&sp, "current", &good, &t).is_err());
         assert!(initial_key_secret(&sp, "a/b", &good, &t).is_err());
         assert!(initial_key_secret(&sp, "k1", "not base64!", &t).is_err());
+    }
+
+    #[test]
+    fn a_groups_key_secret_holds_exactly_its_needs_for_every_kid_and_never_the_ring() {
+        let sp = orders_redis();
+        let raw = base64::engine::general_purpose::STANDARD.encode([7u8; KEY_LEN]);
+        let ring = BTreeMap::from([
+            ("k1".to_string(), raw.clone()),
+            (
+                "k2".to_string(),
+                base64::engine::general_purpose::STANDARD.encode([8u8; KEY_LEN]),
+            ),
+            ("current".to_string(), "k2".to_string()),
+        ]);
+        let needs = KeyNeeds {
+            request: ["cpu".to_string(), "io".to_string()].into(),
+            reply: ["cpu".to_string()].into(),
+        };
+        let s = role_keys_secret(&sp, "orders-redis-ipc-keys-cpu", &ring, &needs).unwrap();
+        assert_eq!(s.metadata.owner_references.as_ref().unwrap()[0].uid, UID);
+        let data = s.data.unwrap();
+        let names: Vec<&str> = data.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "current",
+                "k1.reply.cpu",
+                "k1.request.cpu",
+                "k1.request.io",
+                "k2.reply.cpu",
+                "k2.request.cpu",
+                "k2.request.io"
+            ]
+        );
+        assert!(data.values().all(|v| v.0 != raw.as_bytes()), "no raw key");
+        let again = role_keys_secret(&sp, "orders-redis-ipc-keys-cpu", &ring, &needs).unwrap();
+        assert_eq!(again.data.unwrap(), data, "deterministic");
+        // What the runtime loads from it.
+        let files: BTreeMap<String, String> = data
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+            .collect();
+        assert_eq!(KeyRing::from_files(&files).unwrap().current(), "k2");
+
+        let e = role_keys_secret(&sp, "x", &BTreeMap::new(), &needs).unwrap_err();
+        assert!(matches!(e, Error::InvalidInput { .. }), "{e}");
     }
 }

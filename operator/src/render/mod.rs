@@ -81,7 +81,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use sluice_crds::{
-    compile, BackendKind, FieldError, GroupRole, KeysSource, PipelineId, Plan, StreamPipeline,
+    compile, BackendKind, FieldError, GroupRole, KeyNeeds, KeysSource, PipelineId, Plan,
+    StreamPipeline,
 };
 
 pub use autoscale::DEFAULT_TARGET_CPU;
@@ -120,12 +121,18 @@ pub enum GeneratedSecret {
     KeyRing(String),
     /// Build with [`redis_secret`].
     RedisPassword(String),
+    /// The keys of one group's pods, derived from the key ring
+    /// (`sluice_platform::keyring::derived_files`) whenever it changes;
+    /// listed after [`GeneratedSecret::KeyRing`].
+    RoleKeys { name: String, needs: KeyNeeds },
 }
 
 impl GeneratedSecret {
     pub fn name(&self) -> &str {
         match self {
-            GeneratedSecret::KeyRing(n) | GeneratedSecret::RedisPassword(n) => n,
+            GeneratedSecret::KeyRing(n)
+            | GeneratedSecret::RedisPassword(n)
+            | GeneratedSecret::RoleKeys { name: n, .. } => n,
         }
     }
 }
@@ -297,6 +304,7 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
         config_hash: config_hash.clone(),
         redis,
         key_secret,
+        role_keys: spec.security.keys == KeysSource::Generated,
     };
 
     let mut objects = vec![Child::ConfigMap(pipeline_config_map(&ctx)?)];
@@ -374,8 +382,33 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
     let own_keys = names::key_secret(&ctx.name);
     if spec.security.keys == KeysSource::Generated {
         generated_secrets.push(GeneratedSecret::KeyRing(own_keys));
-    } else if ctx.key_secret != own_keys {
-        obsolete_secrets.push(own_keys);
+        // One per Deployment: with memory backends the ingress pods run
+        // every group, so they hold every group's keys.
+        let inline = plan.backend == BackendKind::Memory;
+        for g in spec
+            .groups
+            .iter()
+            .filter(|g| !inline || g.role == GroupRole::Ingress)
+        {
+            let needs = if inline {
+                plan.key_needs_of_all()
+            } else {
+                plan.key_needs(&g.name)
+            };
+            generated_secrets.push(GeneratedSecret::RoleKeys {
+                name: names::role_keys(&ctx.name, &g.name),
+                needs,
+            });
+        }
+    } else {
+        obsolete_secrets.extend(
+            spec.groups
+                .iter()
+                .map(|g| names::role_keys(&ctx.name, &g.name)),
+        );
+        if ctx.key_secret != own_keys {
+            obsolete_secrets.push(own_keys);
+        }
     }
     if managed {
         generated_secrets.push(GeneratedSecret::RedisPassword(names::redis(&ctx.name)));
@@ -477,9 +510,16 @@ mod tests {
         let t = templates(&d)[0].spec.as_ref().unwrap();
         let env = t.containers[0].env.as_ref().unwrap();
         assert!(env.iter().all(|e| e.name != ENV_REDIS_URL));
+        // One pod runs every group: it holds every group's keys.
         assert_eq!(
             d.generated_secrets,
-            [GeneratedSecret::KeyRing("orders-ipc-keys".into())]
+            [
+                GeneratedSecret::KeyRing("orders-ipc-keys".into()),
+                GeneratedSecret::RoleKeys {
+                    name: "orders-ipc-keys-web".into(),
+                    needs: d.plan.key_needs_of_all(),
+                }
+            ]
         );
         assert_eq!(d.obsolete_secrets, ["orders-redis"]);
     }
@@ -663,7 +703,15 @@ mod tests {
             d.generated_secrets,
             [GeneratedSecret::RedisPassword("orders-redis-redis".into())]
         );
-        assert_eq!(d.obsolete_secrets, ["orders-redis-ipc-keys"]);
+        assert_eq!(
+            d.obsolete_secrets,
+            [
+                "orders-redis-ipc-keys-web",
+                "orders-redis-ipc-keys-cpu",
+                "orders-redis-ipc-keys-io",
+                "orders-redis-ipc-keys"
+            ]
+        );
         let pod = pod_of(&d, "orders-redis-io");
         let keys = pod
             .volumes

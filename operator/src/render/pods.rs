@@ -193,9 +193,15 @@ pub(crate) fn deployment(
     let main_name = main.name.clone();
     let mut containers = vec![main];
     containers.extend(g.sidecars.iter().flatten().cloned().map(sidecars::harden));
+    let key_secret = if ctx.role_keys {
+        names::role_keys(&ctx.name, &g.name)
+    } else {
+        ctx.key_secret.clone()
+    };
     let mut volumes = vec![
         pod_spec::pipeline_volume(&names::pipeline_config(&ctx.name)),
-        pod_spec::secret_volume(pod_spec::VOLUME_KEYS, &ctx.key_secret, None),
+        // 0440 with the pod's fsGroup: readable by the runtime user only.
+        pod_spec::secret_volume(pod_spec::VOLUME_KEYS, &key_secret, Some(0o440)),
         pod_spec::tmp_volume(),
     ];
     volumes.extend(ca_volume);
@@ -224,10 +230,7 @@ pub(crate) fn deployment(
                     // Service links would inject variables such as
                     // SLUICE_*_PORT for a Service named sluice-*.
                     enable_service_links: Some(false),
-                    security_context: Some(restricted::restricted_pod(
-                        pod_spec::RUNTIME_UID,
-                        false,
-                    )),
+                    security_context: Some(restricted::restricted_pod(pod_spec::RUNTIME_UID, true)),
                     termination_grace_period_seconds: Some(termination_grace),
                     image_pull_secrets: ctx.pull_secrets(),
                     node_selector: g.node_selector.clone(),
@@ -311,9 +314,17 @@ mod tests {
         );
         let volumes = pod.volumes.unwrap();
         let keys = volumes.iter().find(|v| v.name == "keys").unwrap();
+        let keys = keys.secret.as_ref().unwrap();
         assert_eq!(
-            keys.secret.as_ref().unwrap().secret_name.as_deref(),
-            Some("orders-redis-ipc-keys")
+            keys.secret_name.as_deref(),
+            Some("orders-redis-ipc-keys-cpu"),
+            "each group mounts its own derived keys, never the ring"
+        );
+        assert_eq!(keys.default_mode, Some(0o440));
+        let sc = pod.security_context.as_ref().unwrap();
+        assert_eq!(
+            sc.fs_group, sc.run_as_user,
+            "0440 files readable by the runtime user"
         );
         let cm = volumes.iter().find(|v| v.name == "pipeline").unwrap();
         assert_eq!(

@@ -565,13 +565,29 @@ mod tests {
                 ("Deployment", "orders-redis-io"),
             ]
         );
+        let generated: Vec<&str> = d
+            .generated_secrets
+            .iter()
+            .map(GeneratedSecret::name)
+            .collect();
         assert_eq!(
-            d.generated_secrets,
+            generated,
             [
-                GeneratedSecret::KeyRing("orders-redis-ipc-keys".into()),
-                GeneratedSecret::RedisPassword("orders-redis-redis".into()),
+                "orders-redis-ipc-keys",
+                "orders-redis-ipc-keys-web",
+                "orders-redis-ipc-keys-cpu",
+                "orders-redis-ipc-keys-io",
+                "orders-redis-redis",
             ]
         );
+        assert!(matches!(
+            d.generated_secrets[0],
+            GeneratedSecret::KeyRing(_)
+        ));
+        assert!(matches!(
+            d.generated_secrets[4],
+            GeneratedSecret::RedisPassword(_)
+        ));
         let Some(Child::StatefulSet(ss)) =
             d.objects.iter().find(|o| o.kind().kind == "StatefulSet")
         else {
@@ -669,7 +685,7 @@ mod tests {
         assert!(d
             .generated_secrets
             .iter()
-            .all(|s| matches!(s, GeneratedSecret::KeyRing(_))));
+            .all(|s| !matches!(s, GeneratedSecret::RedisPassword(_))));
         assert_eq!(d.obsolete_secrets, ["orders-redis-redis"]);
         for t in templates(&d) {
             let env = t.spec.as_ref().unwrap().containers[0].env.as_ref().unwrap();

@@ -112,7 +112,12 @@ fn secret_ref(v: &Value) -> Result<(String, String), String> {
 
 /// The Secrets pipeline `P` runs on, each with what it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnSecrets(Vec<(String, &'static str)>);
+pub struct OwnSecrets {
+    named: Vec<(String, &'static str)>,
+    /// Every group's derived keys Secret starts with this, for any group
+    /// this spec or a later one may have.
+    role_keys_prefix: String,
+}
 
 impl OwnSecrets {
     /// The own Secrets of pipeline `pipeline` with `spec`: the names the
@@ -140,12 +145,22 @@ impl OwnSecrets {
         if let Some(t) = tls.and_then(|i| i.tls_secret.as_ref()) {
             own.push((t.clone(), "the Ingress's TLS certificate and key"));
         }
-        Self(own)
+        Self {
+            named: own,
+            role_keys_prefix: names::role_keys(pipeline, ""),
+        }
     }
 
     /// What Secret `name` holds for the pipeline, if it is one of its own.
     pub fn what(&self, name: &str) -> Option<&'static str> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, w)| *w)
+        self.named
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, w)| *w)
+            .or_else(|| {
+                name.starts_with(&self.role_keys_prefix)
+                    .then_some("a group's signing keys")
+            })
     }
 
     /// Refuses each of `refs` that names an own Secret, at `<path>.name`.
@@ -246,11 +261,17 @@ expose: {ingress: {host: p.example.com, tlsSecret: p-tls}}",
             ("redis-url", "the Redis URL"),
             ("redis-ca", "the Redis CA"),
             ("p-tls", "the Ingress's TLS certificate and key"),
+            ("p-ipc-keys-web", "a group's signing keys"),
+            (
+                "p-ipc-keys-group-that-comes-later",
+                "a group's signing keys",
+            ),
         ] {
             assert_eq!(own.what(name), Some(what), "{name}");
         }
         assert_eq!(own.what("enrich-api"), None);
-        assert_eq!(OwnSecrets::of("p", &spec("")).0.len(), 2);
+        assert_eq!(own.what("q-ipc-keys-web"), None, "another pipeline's");
+        assert_eq!(OwnSecrets::of("p", &spec("")).named.len(), 2);
     }
 
     #[test]
