@@ -38,7 +38,10 @@
 //!   external Redis's URL and CA (their versions roll the pods), and those
 //!   of nodes and sidecars (nothing is applied until each carries the
 //!   `sluice.dev/allow-reference` opt-in label).
-//! - [`secrets`]: the create-if-absent key ring and Redis password Secrets.
+//! - [`secrets`]: the create-if-absent key ring and Redis password Secrets,
+//!   and each group's keys derived from the ring.
+//! - [`redis_users`]: gives a running managed Redis the ACL users of a
+//!   changed spec, as its `admin` user.
 //! - [`rotation`]: key ring rotation, phase by phase (DESIGN §6).
 //! - [`autoscale`]: the builtin autoscaler (backlog and rate from Redis,
 //!   `/scale`) and the `Autoscaling` conditions.

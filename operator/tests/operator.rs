@@ -202,7 +202,9 @@ async fn spec_changes_update_add_and_delete_objects_and_keep_the_secrets() -> an
     assert_eq!(extra["status"]["availableReplicas"], 2);
 
     // The key ring was never touched.
-    let now = h.object("v1", "Secret", ns, "orders-redis-ipc-keys").unwrap();
+    let now = h
+        .object("v1", "Secret", ns, "orders-redis-ipc-keys")
+        .unwrap();
     assert_eq!(now["data"], keys["data"]);
     assert_eq!(
         now["metadata"]["resourceVersion"],

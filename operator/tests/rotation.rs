@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cluster-sim ◀── sluice-operator (killed with SIGKILL and restarted mid-rotation)
-//!     │ P-ipc-keys, polled every 200 ms
+//!     │ P-ipc-keys (the ring's phases) and each group's P-ipc-keys-<group>
+//!     │ (what its pods mount, derived from the ring), polled every 200 ms
 //!     ▼
 //! kubelet sync ──▶ ..data swap of each pod's key directory; the ingress pod's
 //!     │            arrives LAG later than the workers'
@@ -17,7 +18,8 @@
 //! The operator runs against the in-memory API stand-in; the pods it asks
 //! for run here as real processes, from the Deployments it wrote, with the
 //! files and environment a kubelet would give them (`kubelet/mod.rs`), and
-//! a local `redis-server` stands in for managed Redis. A rotation is made
+//! a local `redis-server` started from the rendered `redis.conf` (its ACL
+//! users) stands in for managed Redis. A rotation is made
 //! due by dating the ring's last rotation back, as an old ring would be.
 //!
 //! The lagging pod is the ingress: every request crosses it twice — it
@@ -32,7 +34,7 @@
 mod kubelet;
 mod support;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +45,7 @@ use anyhow::Context as _;
 use chrono::{SecondsFormat, Utc};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Secret, Service};
+use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -150,7 +153,17 @@ async fn kubelet_sync(
     start: Instant,
     cancel: CancellationToken,
 ) {
-    let mut last_data = None;
+    // The ring's states are recorded; each pod follows the Secret its key
+    // volume names (its group's keys, derived from the ring).
+    let mut watched: Vec<String> = vec![KEYS.to_string()];
+    for p in &pods {
+        if let Some(name) = keys_secret_of(&p.template) {
+            if !watched.contains(&name) {
+                watched.push(name);
+            }
+        }
+    }
+    let mut last_data: BTreeMap<String, Option<BTreeMap<String, ByteString>>> = BTreeMap::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -158,21 +171,29 @@ async fn kubelet_sync(
         }
         let now = Instant::now();
         let at = (now - start).as_secs_f64();
-        match api.get(KEYS).await {
-            Ok(s) => {
-                let state = RingState::of(&s, at);
-                let mut seen = seen.lock();
-                if seen.states.last().is_none_or(|l| !l.same_as(&state)) {
-                    seen.states.push(state);
-                }
-                if last_data.as_ref() != s.data.as_ref() {
-                    last_data = s.data.clone();
-                    for p in &mut pods {
-                        p.pending.push_back((now + p.lag, s.clone()));
+        for name in &watched {
+            match api.get(name).await {
+                Ok(s) => {
+                    if name == KEYS {
+                        let state = RingState::of(&s, at);
+                        let mut seen = seen.lock();
+                        if seen.states.last().is_none_or(|l| !l.same_as(&state)) {
+                            seen.states.push(state);
+                        }
+                    }
+                    let last = last_data.entry(name.clone()).or_default();
+                    if last.as_ref() != s.data.as_ref() {
+                        *last = s.data.clone();
+                        for p in pods
+                            .iter_mut()
+                            .filter(|p| keys_secret_of(&p.template).as_deref() == Some(name))
+                        {
+                            p.pending.push_back((now + p.lag, s.clone()));
+                        }
                     }
                 }
+                Err(e) => seen.lock().errors.push(format!("get {name}: {e}")),
             }
-            Err(e) => seen.lock().errors.push(format!("get {KEYS}: {e}")),
         }
         for p in &mut pods {
             while p.pending.front().is_some_and(|(due, _)| *due <= now) {
@@ -188,6 +209,20 @@ async fn kubelet_sync(
             }
         }
     }
+}
+
+/// The Secret a pod template mounts as its key directory.
+fn keys_secret_of(t: &PodTemplateSpec) -> Option<String> {
+    t.spec
+        .as_ref()?
+        .volumes
+        .as_ref()?
+        .iter()
+        .find(|v| v.name == "keys")?
+        .secret
+        .as_ref()?
+        .secret_name
+        .clone()
 }
 
 // === load ===

@@ -29,7 +29,8 @@
 //!   pods run every group inline and there are no worker Deployments.
 //!
 //! The key ring Secret `P-ipc-keys` is never in the apply set: its content is
-//! random and rotated; the pods only mount it (a directory, never `subPath`).
+//! random and rotated, and no pod mounts it; each group's pods mount the keys
+//! derived from it for them, `P-ipc-keys-<group>` (a directory, never `subPath`).
 //!
 //! # Layout
 //! One module per object family, assembled here by [`desired`] in apply order:
@@ -42,7 +43,9 @@
 //!   managed Redis.
 //! - [`autoscale`]: HorizontalPodAutoscalers, KEDA ScaledObjects and the
 //!   TriggerAuthentication.
-//! - [`key_ring`]: the key ring Secret of a new pipeline (created, never applied).
+//! - [`key_ring`]: the key ring Secret of a new pipeline (created, never
+//!   applied) and each group's derived keys Secret.
+//! - [`redis_acl`]: the ACL users of managed Redis, one per role.
 //!
 //! What the families share:
 //! - [`context`]: the pipeline as owner, and what every builder reads.
