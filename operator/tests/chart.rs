@@ -2,7 +2,9 @@
 //! parses into its `k8s-openapi` type with no unknown fields, and the real
 //! operator started exactly as the rendered Deployment starts it — its args,
 //! its env, the chart's ServiceAccount identity — reconciles every example to
-//! Ready against cluster-sim enforcing the chart's RBAC, with no denial.
+//! Ready against cluster-sim enforcing the chart's RBAC, with no denial, both
+//! namespaced (the default: Roles in the listed namespaces) and with
+//! `clusterScope` (one ClusterRole).
 
 mod chart_support;
 mod support;
@@ -28,6 +30,8 @@ const RELEASE_NS: &str = "sluice-system";
 const EXAMPLES_NS: &str = "default";
 const POD_NAME: &str = "sluice-operator-7d9f8b6c4d-x2x7q";
 const READY_PATIENCE: Duration = Duration::from_secs(60);
+const ALL_ON_VALUES: &str = "helm/sluice/ci/all-on-values.yaml";
+const CLUSTER_SCOPE_VALUES: &str = "helm/sluice/ci/cluster-scope-values.yaml";
 
 /// Renders with `crds/` included, as `helm install` installs it.
 fn render(values: Option<&str>) -> anyhow::Result<Vec<Value>> {
@@ -39,7 +43,7 @@ fn render(values: Option<&str>) -> anyhow::Result<Vec<Value>> {
 #[test]
 fn every_rendered_object_parses_into_its_k8s_openapi_type_with_no_unknown_fields() {
     let mut failures = Vec::new();
-    for values in [None, Some("helm/sluice/ci/all-on-values.yaml")] {
+    for values in [None, Some(ALL_ON_VALUES), Some(CLUSTER_SCOPE_VALUES)] {
         let docs = render(values).unwrap_or_else(|e| panic!("{values:?}: {e:#}"));
         let kinds: Vec<String> = docs.iter().map(id_of).collect();
         for kind in ["Deployment", "ServiceAccount", "CustomResourceDefinition"] {
@@ -48,7 +52,7 @@ fn every_rendered_object_parses_into_its_k8s_openapi_type_with_no_unknown_fields
                 "{values:?}: no {kind} in {kinds:?}"
             );
         }
-        if values.is_some() {
+        if values == Some(ALL_ON_VALUES) {
             assert!(
                 docs.iter().any(|d| d["kind"] == "ServiceMonitor"
                     && d["apiVersion"] == "monitoring.coreos.com/v1"),
@@ -117,10 +121,37 @@ impl Drop for Process {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_operator_as_the_chart_runs_it_reconciles_every_example_with_the_charts_rbac(
+async fn the_operator_as_the_chart_runs_it_by_default_reconciles_every_example_in_a_listed_namespace_with_its_roles(
 ) -> anyhow::Result<()> {
+    // The default watches only the release namespace: the examples' namespace
+    // is listed, as a user running pipelines outside it would.
+    let values = tempfile::NamedTempFile::new()?;
+    std::fs::write(values.path(), format!("watchNamespaces: [{EXAMPLES_NS}]\n"))?;
+    let docs = render(Some(values.path().to_str().context("temp path")?))?;
+    ensure!(
+        !docs.iter().any(|d| d["kind"] == "ClusterRoleBinding"),
+        "the default values bind a ClusterRole"
+    );
+    reconciles_every_example_with_the_charts_rbac(docs).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_as_the_chart_runs_it_with_cluster_scope_reconciles_every_example_with_its_cluster_role(
+) -> anyhow::Result<()> {
+    let docs = render(Some(CLUSTER_SCOPE_VALUES))?;
+    ensure!(
+        docs.iter().any(|d| d["kind"] == "ClusterRoleBinding"),
+        "clusterScope binds no ClusterRole"
+    );
+    reconciles_every_example_with_the_charts_rbac(docs).await
+}
+
+/// Installs `docs` (a render with `crds/`) in a fresh cluster-sim enforcing
+/// RBAC, starts the operator as the rendered Deployment would, and waits for
+/// every example in [`EXAMPLES_NS`] to be Ready with no request of the
+/// operator denied.
+async fn reconciles_every_example_with_the_charts_rbac(docs: Vec<Value>) -> anyhow::Result<()> {
     let started = Instant::now();
-    let docs = render(None)?;
     let sim = ClusterSim::start_with(ClusterSimOptions {
         rbac: true,
         ..sim_options()
@@ -358,8 +389,8 @@ async fn helm_installed() -> anyhow::Result<(cluster_sim::ClusterSimHandle, temp
         ("v1", "ServiceAccount", Some(RELEASE_NS), "sluice-operator"),
         (
             "rbac.authorization.k8s.io/v1",
-            "ClusterRoleBinding",
-            None,
+            "RoleBinding",
+            Some(RELEASE_NS),
             "sluice-operator",
         ),
         (
@@ -374,6 +405,17 @@ async fn helm_installed() -> anyhow::Result<(cluster_sim::ClusterSimHandle, temp
             "{kind} {name} not installed"
         );
     }
+    // Namespaced by default: nothing grants the operator anything cluster-wide.
+    ensure!(
+        sim.get_object(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRoleBinding",
+            None,
+            "sluice-operator"
+        )?
+        .is_none(),
+        "the default install bound a ClusterRole to the operator"
+    );
     Ok((sim, home))
 }
 

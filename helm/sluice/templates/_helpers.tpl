@@ -82,8 +82,25 @@ app.kubernetes.io/part-of: sluice
 {{- end }}
 
 {{/*
+The namespaces the operator watches, comma separated: the release namespace,
+then watchNamespaces in their order, each once. Empty with clusterScope (every
+namespace). Passed as --namespaces and ranged over for the Roles, so the flag
+and the grants cannot disagree.
+*/}}
+{{- define "sluice.watchedNamespaces" -}}
+{{- $extra := default (list) .Values.watchNamespaces }}
+{{- if .Values.clusterScope }}
+{{- if $extra }}
+{{- fail "watchNamespaces must be empty with clusterScope: true (every namespace is watched)" }}
+{{- end }}
+{{- else }}
+{{- prepend $extra .Release.Namespace | uniq | join "," }}
+{{- end }}
+{{- end }}
+
+{{/*
 The rules of docs/operator.md "RBAC the operator needs", exactly: nothing more.
-Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
+Used by one Role per watched namespace or, with clusterScope, by the ClusterRole.
 */}}
 {{- define "sluice.pipelineRules" -}}
 - apiGroups: ["sluice.dev"]
