@@ -5,9 +5,13 @@
 #   1. create a kind cluster (Calico as CNI, so NetworkPolicy is enforced);
 #   2. build the operator, web-ingress and exec-worker images (docker/Dockerfile)
 #      and the custom worker image (examples/custom-worker/Dockerfile), load them;
-#   3. helm install the chart with those images, wait for the operator;
+#   3. create $NAMESPACE and an unwatched namespace, helm install the chart
+#      with those images watching $NAMESPACE (the chart is namespaced by
+#      default), wait for the operator; its ServiceAccount may get Secrets in
+#      $NAMESPACE and nowhere else;
 #   4. apply examples/hello.yaml, examples/orders-redis.yaml and
-#      examples/custom-worker/pipeline.yaml, wait for Ready;
+#      examples/custom-worker/pipeline.yaml, wait for Ready; hello applied in
+#      the unwatched namespace is left alone (no status, no Deployment);
 #   5. call each through a port-forward of its Service, checking exact answers;
 #   6. kill a worker pod during a load of requests: none may fail;
 #   7. change a node's `with`: new pods roll out, the answers change;
@@ -47,6 +51,10 @@ KIND_NODE_IMAGE="${KIND_NODE_IMAGE:-}"
 
 OPERATOR_NS=sluice-system
 RELEASE=sluice
+# The chart's default ServiceAccount: <fullname>-operator.
+OPERATOR_SA=system:serviceaccount:$OPERATOR_NS:sluice-operator
+# Not in watchNamespaces: the operator must neither reconcile nor reach it.
+UNWATCHED_NS="$NAMESPACE-unwatched"
 # The tag pipeline.yaml names for the custom worker group.
 CUSTOM_IMAGE=sluice-custom-worker:dev
 OPERATOR_IMAGE="sluice-operator:$IMAGE_TAG"
@@ -85,7 +93,7 @@ collect() {
   mkdir -p "$ARTIFACTS"
   log "collecting logs into $ARTIFACTS"
   local ns pod
-  for ns in "$OPERATOR_NS" "$NAMESPACE"; do
+  for ns in "$OPERATOR_NS" "$NAMESPACE" "$UNWATCHED_NS"; do
     kubectl get all,networkpolicy,configmap,pvc,events -n "$ns" -o wide >"$ARTIFACTS/$ns-get.txt" 2>&1 || true
     kubectl describe pods -n "$ns" >"$ARTIFACTS/$ns-describe-pods.txt" 2>&1 || true
     for pod in $(kubectl get pods -n "$ns" -o name 2>/dev/null); do
@@ -201,8 +209,12 @@ done
 
 # --- 3. chart ---------------------------------------------------------------
 
-log "helm install $RELEASE"
+# watchNamespaces must exist before the install: the chart puts a Role there.
+kubectl create namespace "$NAMESPACE"
+kubectl create namespace "$UNWATCHED_NS"
+log "helm install $RELEASE (watching $OPERATOR_NS and $NAMESPACE)"
 helm install "$RELEASE" helm/sluice --namespace "$OPERATOR_NS" --create-namespace \
+  --set "watchNamespaces={$NAMESPACE}" \
   --set image.repository=sluice-operator --set-string image.tag="$IMAGE_TAG" \
   --set image.pullPolicy=Never \
   --set runtime.ingressImage.repository=sluice-web-ingress --set-string runtime.ingressImage.tag="$IMAGE_TAG" \
@@ -211,14 +223,35 @@ helm install "$RELEASE" helm/sluice --namespace "$OPERATOR_NS" --create-namespac
   --set logFormat=text --set autoscaleInterval=3s
 kubectl rollout status -n "$OPERATOR_NS" deployment/sluice-operator --timeout="$TIMEOUT"
 
+log "the operator's Secret access ends at its watched namespaces"
+# can-i exits 0 for yes, 1 for no.
+for ns in "$NAMESPACE" "$OPERATOR_NS"; do
+  kubectl auth can-i get secrets -n "$ns" --as="$OPERATOR_SA" >/dev/null ||
+    die "the operator may not get Secrets in watched namespace $ns"
+done
+if kubectl auth can-i get secrets -n "$UNWATCHED_NS" --as="$OPERATOR_SA" >/dev/null 2>&1; then
+  die "the operator may get Secrets in unwatched namespace $UNWATCHED_NS"
+fi
+if kubectl auth can-i get secrets --all-namespaces --as="$OPERATOR_SA" >/dev/null 2>&1; then
+  die "the operator may get Secrets in every namespace"
+fi
+echo "ok  Secrets: get in $OPERATOR_NS and $NAMESPACE only"
+
 # --- 4. pipelines -----------------------------------------------------------
 
-kubectl create namespace "$NAMESPACE"
 log "applying the examples"
 kubectl apply -n "$NAMESPACE" -f examples/hello.yaml
 kubectl apply -n "$NAMESPACE" -f examples/orders-redis.yaml
 kubectl apply -n "$NAMESPACE" -f examples/custom-worker/pipeline.yaml
+kubectl apply -n "$UNWATCHED_NS" -f examples/hello.yaml
 for p in hello orders-redis scoring; do wait_ready "$p"; done
+# By now the operator has long had the chance to act on it, were it watched.
+kubectl get streampipeline -n "$UNWATCHED_NS" hello >/dev/null
+[ -z "$(kubectl get streampipeline -n "$UNWATCHED_NS" hello -o jsonpath='{.status}')" ] ||
+  die "the operator wrote the status of a pipeline in unwatched namespace $UNWATCHED_NS"
+[ -z "$(kubectl get deployments -n "$UNWATCHED_NS" -o name)" ] ||
+  die "the operator created Deployments in unwatched namespace $UNWATCHED_NS"
+echo "ok  hello in $UNWATCHED_NS is left alone"
 
 # --- 5. answers -------------------------------------------------------------
 
