@@ -64,7 +64,9 @@ pub struct Ensured {
     pub redis_secret: Option<BTreeMap<String, String>>,
 }
 
-fn text_data(s: &Secret) -> BTreeMap<String, String> {
+/// A Secret's data as text, by key; keys whose value is not UTF-8 are left
+/// out (every Secret the operator generates is text).
+pub fn text_data(s: &Secret) -> BTreeMap<String, String> {
     s.data
         .iter()
         .flatten()

@@ -1,11 +1,17 @@
 //! Golden snapshots of the objects the operator creates for every example.
 //!
-//! Each `examples/<name>.yaml` is parsed into a StreamPipeline, given
-//! namespace `demo` and a fixed uid, and rendered by
+//! Each `examples/<name>.yaml`, and each `tests/pipelines/<name>.yaml` (not
+//! examples: pipelines that make the renderer produce what the examples
+//! leave out — sidecars, node Secrets, autoscaling, exposure, external
+//! Redis), is parsed into a StreamPipeline, given namespace `demo` and a
+//! fixed uid, and rendered by
 //! `sluice_operator::desired` with fixed settings (images tagged `golden`,
 //! so a version bump does not touch the snapshots). The YAML of the applied
 //! objects, followed by the two create-if-absent Secrets built from fixed
 //! stand-in material, must equal `tests/golden/<name>.yaml`.
+//!
+//! `scripts/check-deploy` runs checkov over the applied objects of every
+//! snapshot (the part above the Secrets).
 //!
 //! After an intended change, rewrite the snapshots and review the diff:
 //!
@@ -21,8 +27,8 @@ use chrono::{TimeZone, Utc};
 use sluice_crds::StreamPipeline;
 use sluice_operator::render::key_ring::role_keys_secret;
 use sluice_operator::{
-    desired, initial_key_secret, redis_secret, resources, GeneratedSecret, OperatorSettings,
-    RuntimeImages,
+    desired, initial_key_secret, redis_secret, resources, secrets, GeneratedSecret,
+    OperatorSettings, RuntimeImages,
 };
 
 const UID: &str = "00000000-0000-4000-8000-000000000001";
@@ -49,12 +55,34 @@ fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
+fn pipelines_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pipelines")
+}
+
+/// The `*.yaml` files directly in `dir`, sorted.
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
 fn render(example: &Path) -> String {
     let text = std::fs::read_to_string(example).unwrap();
+    // Named from the workspace root in the header: examples/… or operator/tests/pipelines/….
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap();
+    let source = example.canonicalize().unwrap();
+    let source = source.strip_prefix(&root).unwrap_or(&source);
     let mut sp: StreamPipeline =
         sluice_crds::yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
     sp.metadata.namespace = Some(NAMESPACE.into());
@@ -62,10 +90,10 @@ fn render(example: &Path) -> String {
     let d = desired(&sp, &settings()).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
 
     let mut out = format!(
-        "# Golden snapshot of the objects sluice-operator applies for examples/{}\n\
+        "# Golden snapshot of the objects sluice-operator applies for {}\n\
          # (namespace {NAMESPACE}); regenerate with UPDATE_GOLDEN=1, see tests/golden.rs.\n\
          # config hash: {}\n",
-        example.file_name().unwrap().to_string_lossy(),
+        source.display(),
         d.config_hash
     );
     out.push_str(&d.to_yaml().unwrap());
@@ -77,12 +105,7 @@ fn render(example: &Path) -> String {
         secrets.push(match s {
             GeneratedSecret::KeyRing(_) => {
                 let s = initial_key_secret(&sp, "k0", KEY_B64, &updated).unwrap();
-                ring = s
-                    .data
-                    .iter()
-                    .flatten()
-                    .map(|(k, v)| (k.clone(), String::from_utf8(v.0.clone()).unwrap()))
-                    .collect();
+                ring = secrets::text_data(&s);
                 s
             }
             GeneratedSecret::RoleKeys { name, needs } => {
@@ -121,13 +144,18 @@ fn render(example: &Path) -> String {
 #[test]
 fn every_example_renders_as_its_golden_snapshot() {
     let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
-    let mut examples: Vec<PathBuf> = std::fs::read_dir(examples_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    examples.sort();
+    let mut examples = yaml_files(&examples_dir());
     assert!(!examples.is_empty(), "no examples found");
+    let pipelines = yaml_files(&pipelines_dir());
+    // One snapshot per file name: a test pipeline may not shadow an example.
+    for p in &pipelines {
+        assert!(
+            !examples.iter().any(|e| e.file_name() == p.file_name()),
+            "{} has the name of an example",
+            p.display()
+        );
+    }
+    examples.extend(pipelines);
 
     let mut mismatched = Vec::new();
     for example in &examples {

@@ -26,14 +26,6 @@ fn orders() -> StreamPipeline {
     sp
 }
 
-fn text(s: &k8s_openapi::api::core::v1::Secret) -> BTreeMap<String, String> {
-    s.data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), String::from_utf8(v.0.clone()).unwrap()))
-        .collect()
-}
-
 fn wanted(sp: &StreamPipeline, passwords: &BTreeMap<String, String>) -> Wanted {
     let id = PipelineId {
         namespace: "users".into(),
@@ -54,7 +46,7 @@ async fn applied(users: &RedisUsers, key: &str) {
 #[tokio::test]
 async fn a_new_group_gets_its_user_and_a_removed_one_loses_it_without_a_restart() {
     let sp = orders();
-    let before = text(&secrets::fresh_redis_secret(&sp).unwrap());
+    let before = secrets::text_data(&secrets::fresh_redis_secret(&sp).unwrap());
     let server =
         RedisServer::start_with_config(&before["redis.conf"], "probe", &before["probe.password"]);
     let pid = server.pid();
@@ -70,7 +62,7 @@ async fn a_new_group_gets_its_user_and_a_removed_one_loses_it_without_a_restart(
         .replace(r#""group":"io""#, r#""group":"gpu""#);
     changed.spec = serde_json::from_str(&spec).unwrap();
     // What the reconciler stores: the old passwords kept, one new one.
-    let after = text(
+    let after = secrets::text_data(
         &redis_secret(&changed, |role| {
             before
                 .get(&role.password_key())

@@ -118,6 +118,17 @@ impl Running {
     }
 }
 
+/// Sends `command` (words separated by spaces) and asserts Redis refused it
+/// for want of permission.
+fn assert_refused(user: &UserProbe, command: &str, what: &str) {
+    let words: Vec<&[u8]> = command.split(' ').map(str::as_bytes).collect();
+    let got = user.cmd(&words);
+    assert!(
+        matches!(&got, Err(e) if e.starts_with("NOPERM")),
+        "{what}: `{command}` answered {got:?}"
+    );
+}
+
 /// The test's own Redis user, allowed `ACL LOG` only.
 const INSPECTOR: &str = "test-inspector";
 const INSPECTOR_PASSWORD: &str = "inspector-password-0123456789";
@@ -155,12 +166,7 @@ fn start(example: &str, expect_deployments: &[&str]) -> Running {
         let s = match g {
             GeneratedSecret::KeyRing(_) => {
                 let s = secrets::fresh_key_ring(&sp).unwrap();
-                ring = s
-                    .data
-                    .iter()
-                    .flatten()
-                    .map(|(k, v)| (k.clone(), String::from_utf8(v.0.clone()).unwrap()))
-                    .collect();
+                ring = secrets::text_data(&s);
                 s
             }
             // As the reconciler derives them, after the ring.
@@ -467,82 +473,50 @@ async fn each_role_is_refused_what_it_does_not_do_while_traffic_flows() {
     let (cpu, io) = (k.queue("cpu"), k.queue("io"));
     let reply = k.reply("orders-redis-web-6f9c8d7b5-q2w4x");
     let nonce = k.nonce("cpu", "k1", "00");
-    let b = |s: &str| s.as_bytes().to_vec();
-    let attempts: Vec<(&str, Vec<Vec<u8>>)> = vec![
+    let attempts = [
         (
             "read another group's queue",
-            vec![
-                b("XREADGROUP"),
-                b("GROUP"),
-                b("sluice"),
-                b("x"),
-                b("STREAMS"),
-                b(&cpu),
-                b(">"),
-            ],
+            format!("XREADGROUP GROUP sluice x STREAMS {cpu} >"),
         ),
         (
             "range over another group's queue",
-            vec![b("XRANGE"), b(&cpu), b("-"), b("+")],
+            format!("XRANGE {cpu} - +"),
         ),
         (
             "append to a queue it has no edge to",
-            vec![b("XADD"), b(&cpu), b("*"), b("v"), b("1")],
+            format!("XADD {cpu} * v 1"),
         ),
         (
             "read a caller's reply stream",
-            vec![b("XREAD"), b("STREAMS"), b(&reply), b("0")],
+            format!("XREAD STREAMS {reply} 0"),
         ),
-        (
-            "claim another group's nonce",
-            vec![b("SET"), b(&nonce), b("x")],
-        ),
-        ("delete its own queue", vec![b("DEL"), b(&io)]),
-        (
-            "rename its own queue",
-            vec![b("RENAME"), b(&io), b("elsewhere")],
-        ),
-        (
-            "move its queue's last id",
-            vec![b("XSETID"), b(&io), b("0-1")],
-        ),
-        (
-            "trim its own queue",
-            vec![b("XTRIM"), b(&io), b("MAXLEN"), b("0")],
-        ),
+        ("claim another group's nonce", format!("SET {nonce} x")),
+        ("delete its own queue", format!("DEL {io}")),
+        ("rename its own queue", format!("RENAME {io} elsewhere")),
+        ("move its queue's last id", format!("XSETID {io} 0-1")),
+        ("trim its own queue", format!("XTRIM {io} MAXLEN 0")),
         (
             "destroy its consumer group",
-            vec![b("XGROUP"), b("DESTROY"), b(&io), b("sluice")],
+            format!("XGROUP DESTROY {io} sluice"),
         ),
-        ("list the keyspace", vec![b("KEYS"), b("*")]),
-        ("flush everything", vec![b("FLUSHALL")]),
-        (
-            "change the configuration",
-            vec![b("CONFIG"), b("SET"), b("maxmemory"), b("1")],
-        ),
-        (
-            "set a server password",
-            vec![b("CONFIG"), b("SET"), b("requirepass"), b("x")],
-        ),
+        ("list the keyspace", "KEYS *".into()),
+        ("flush everything", "FLUSHALL".into()),
+        ("change the configuration", "CONFIG SET maxmemory 1".into()),
+        ("set a server password", "CONFIG SET requirepass x".into()),
         (
             "grant itself everything",
-            vec![b("ACL"), b("SETUSER"), b("group-io"), b("+@all"), b("~*")],
+            "ACL SETUSER group-io +@all ~*".into(),
         ),
         (
             "turn the default user on",
-            vec![b("ACL"), b("SETUSER"), b("default"), b("on"), b("nopass")],
+            "ACL SETUSER default on nopass".into(),
         ),
-        ("drop the script cache", vec![b("SCRIPT"), b("FLUSH")]),
-        ("switch database", vec![b("SELECT"), b("1")]),
+        ("drop the script cache", "SCRIPT FLUSH".into()),
+        ("switch database", "SELECT 1".into()),
     ];
     let io_user = run.redis_as("group-io");
-    for (what, args) in &attempts {
-        let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-        let got = io_user.cmd(&args);
-        assert!(
-            matches!(&got, Err(e) if e.starts_with("NOPERM")),
-            "group-io may not {what}: {got:?}"
-        );
+    for (what, command) in &attempts {
+        assert_refused(&io_user, command, &format!("group-io may not {what}"));
     }
     // A script runs with its caller's rights: DEL from Lua is refused too.
     let got = io_user.cmd(&[
@@ -567,36 +541,19 @@ async fn each_role_is_refused_what_it_does_not_do_while_traffic_flows() {
     );
 
     // The other roles: the ingress reads no queue's entries; the autoscaler
-    // and the probe write nothing.
-    for (user, args) in [
-        ("ingress", vec![b("XRANGE"), b(&cpu), b("-"), b("+")]),
+    // and the probe write nothing; the admin reads no data.
+    for (user, command) in [
+        ("ingress", format!("XRANGE {cpu} - +")),
         (
             "ingress",
-            vec![
-                b("XREADGROUP"),
-                b("GROUP"),
-                b("sluice"),
-                b("x"),
-                b("STREAMS"),
-                b(&cpu),
-                b(">"),
-            ],
+            format!("XREADGROUP GROUP sluice x STREAMS {cpu} >"),
         ),
-        (
-            "autoscaler",
-            vec![b("XADD"), b(&cpu), b("*"), b("v"), b("1")],
-        ),
-        ("autoscaler", vec![b("XRANGE"), b(&cpu), b("-"), b("+")]),
-        ("probe", vec![b("XLEN"), b(&cpu)]),
-        ("admin", vec![b("XRANGE"), b(&cpu), b("-"), b("+")]),
+        ("autoscaler", format!("XADD {cpu} * v 1")),
+        ("autoscaler", format!("XRANGE {cpu} - +")),
+        ("probe", format!("XLEN {cpu}")),
+        ("admin", format!("XRANGE {cpu} - +")),
     ] {
-        let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-        let got = run.redis_as(user).cmd(&args);
-        assert!(
-            matches!(&got, Err(e) if e.starts_with("NOPERM")),
-            "{user} may not run {:?}: {got:?}",
-            String::from_utf8_lossy(args[0])
-        );
+        assert_refused(&run.redis_as(user), &command, user);
     }
     // And what each role does need is still allowed.
     assert!(run
