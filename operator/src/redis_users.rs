@@ -11,11 +11,15 @@
 //!
 //! ```text
 //! reconcile ─▶ P-redis ensured ─▶ Redis StatefulSet ready? ─▶ digest of the users
-//!                                   same as last applied ─▶ nothing
+//!                                   same as applied < 5 min ago ─▶ nothing
 //!                                   else ─▶ background task: AUTH admin, SETUSER…, DELUSER…
 //!                                            ok  ─▶ remember the digest
 //!                                            err ─▶ warn; the next reconcile tries again
 //! ```
+//!
+//! What was applied is trusted for five minutes, then applied again (a
+//! Redis restarted from an older file, or a stale apply by another operator
+//! replica during a leader change, is repaired then).
 //!
 //! The work runs beside the reconcile, never inside it: a Redis that does
 //! not answer delays no other object. Passwords never reach logs or errors;
@@ -23,7 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
@@ -34,6 +38,10 @@ use crate::render::redis_acl::{self, Role, User};
 
 /// Connect and command timeout of the admin connection.
 const TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an applied set of users is trusted before it is applied again:
+/// a Redis that restarted from an older file, or a stale apply of another
+/// operator replica during a leader change, is repaired within this.
+const RESYNC: Duration = Duration::from_secs(300);
 
 /// The users one managed Redis should have, with their passwords.
 #[derive(Clone)]
@@ -136,7 +144,8 @@ pub async fn apply(redis: &RedisBackend, wanted: &Wanted) -> Result<Applied, Str
 /// Which users each managed Redis has been given, by `ns/name`.
 #[derive(Debug, Default)]
 pub struct RedisUsers {
-    applied: Mutex<HashMap<String, String>>,
+    /// Digest of what was applied, and when.
+    applied: Mutex<HashMap<String, (String, Instant)>>,
     running: Mutex<HashSet<String>>,
 }
 
@@ -146,8 +155,12 @@ impl RedisUsers {
     /// already or an apply is running. Returns whether one was started.
     pub fn sync(self: &Arc<Self>, key: &str, address: &str, wanted: Wanted) -> bool {
         let digest = wanted.digest();
-        if self.applied.lock().get(key) == Some(&digest) || !self.running.lock().insert(key.into())
-        {
+        let fresh = self
+            .applied
+            .lock()
+            .get(key)
+            .is_some_and(|(d, at)| *d == digest && at.elapsed() < RESYNC);
+        if fresh || !self.running.lock().insert(key.into()) {
             return false;
         }
         let Some(admin) = wanted.admin_password().map(str::to_string) else {
@@ -173,7 +186,9 @@ impl RedisUsers {
             match result {
                 Ok(a) => {
                     info!(pipeline = %key, set = ?a.set, deleted = ?a.deleted, "managed Redis users applied");
-                    this.applied.lock().insert(key.clone(), digest);
+                    this.applied
+                        .lock()
+                        .insert(key.clone(), (digest, Instant::now()));
                 }
                 Err(e) => {
                     warn!(pipeline = %key, error = %e, "cannot apply the managed Redis users yet; retried on the next reconcile");

@@ -593,17 +593,16 @@ async fn keda_groups_get_a_scaled_object_or_a_condition_when_keda_is_absent() ->
     assert_eq!(
         auth["spec"]["secretTargetRef"],
         json!([
-            {"parameter": "username", "name": "p-redis", "key": "autoscaler.username"},
-            {"parameter": "password", "name": "p-redis", "key": "autoscaler.password"},
+            {"parameter": "username", "name": "p-redis", "key": "keda.username"},
+            {"parameter": "password", "name": "p-redis", "key": "keda.password"},
         ]),
-        "KEDA reads the queues as the read-only autoscaler user"
+        "KEDA reads the queues as its own read-only user"
     );
     let secret = h
         .object("v1", "Secret", ns, "p-redis")
         .expect("the managed Redis Secret");
     assert!(
-        secret["data"]["autoscaler.password"].is_string()
-            && secret["data"]["autoscaler.username"].is_string(),
+        secret["data"]["keda.password"].is_string() && secret["data"]["keda.username"].is_string(),
         "the keys KEDA is pointed at exist: {:?}",
         secret["data"]
             .as_object()

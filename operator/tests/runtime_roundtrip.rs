@@ -552,6 +552,7 @@ async fn each_role_is_refused_what_it_does_not_do_while_traffic_flows() {
         ("autoscaler", format!("XRANGE {cpu} - +")),
         ("probe", format!("XLEN {cpu}")),
         ("admin", format!("XRANGE {cpu} - +")),
+        ("admin", "CONFIG SET dir /tmp".into()),
     ] {
         assert_refused(&run.redis_as(user), &command, user);
     }

@@ -7,7 +7,7 @@
 //! ```text
 //! ScaledObject P-<group>            TriggerAuthentication P-keda-redis
 //!   scaleTargetRef: Deployment P-<group>   secretTargetRef:
-//!   min/maxReplicaCount, cooldownPeriod      managed:  username, password ← Secret P-redis/autoscaler.*
+//!   min/maxReplicaCount, cooldownPeriod      managed:  username, password ← Secret P-redis/keda.*
 //!   trigger redis-streams:                   external: address  ← <urlSecretRef>/address
 //!     stream  sluice:{ns/P}:q:<group>                  password ← <urlSecretRef>/password
 //!     consumerGroup sluice                             ca       ← <caSecretRef> (when set)
@@ -214,12 +214,12 @@ pub fn trigger_authentication(meta: ObjectMeta, redis: RedisTarget<'_>) -> Trigg
                 (
                     "username",
                     Cow::Borrowed(secret),
-                    redis_acl::AUTOSCALER_USERNAME_KEY,
+                    redis_acl::KEDA_USERNAME_KEY,
                 ),
                 (
                     "password",
                     Cow::Borrowed(secret),
-                    redis_acl::AUTOSCALER_PASSWORD_KEY,
+                    redis_acl::KEDA_PASSWORD_KEY,
                 ),
             ]
         }

@@ -174,6 +174,9 @@ pub fn redis_conf(
          maxmemory-policy noeviction\n\
          {persistence}\
          appendfsync everysec\n\
+         enable-protected-configs no\n\
+         enable-debug-command no\n\
+         enable-module-command no\n\
          {acl}"
     )
 }
@@ -246,8 +249,8 @@ pub fn redis_secret(
         .map(|(u, p)| (u.role.password_key(), ByteString(p.as_bytes().to_vec())))
         .collect();
     data.insert(
-        redis_acl::AUTOSCALER_USERNAME_KEY.to_string(),
-        ByteString(redis_acl::Role::Autoscaler.user().into_bytes()),
+        redis_acl::KEDA_USERNAME_KEY.to_string(),
+        ByteString(redis_acl::Role::Keda.user().into_bytes()),
     );
     data.insert(
         CONFIG_KEY.to_string(),
@@ -541,7 +544,7 @@ mod tests {
         let s = redis_secret(&sp, |r| format!("0123456789abcdef-{}", r.user())).unwrap();
         let data = s.data.unwrap();
         assert_eq!(data["ingress.password"].0, b"0123456789abcdef-ingress");
-        assert_eq!(data["autoscaler.username"].0, b"autoscaler");
+        assert_eq!(data["keda.username"].0, b"keda");
         let conf = String::from_utf8(data[CONFIG_KEY].0.clone()).unwrap();
         assert!(!conf.contains("0123456789abcdef"), "no password in {conf}");
         assert!(conf.contains(&redis_acl::password_hash("0123456789abcdef-admin")));
@@ -611,7 +614,7 @@ mod tests {
             ["redis-server", "/etc/redis/redis.conf"]
         );
         assert!(c.args.is_none(), "no password on the command line");
-        assert_eq!(pod.security_context.as_ref().unwrap().fs_group, Some(999));
+        assert_eq!(pod.security_context.as_ref().unwrap().fs_group, Some(10999));
 
         let env = deployment(&d, "orders-redis-cpu")
             .spec

@@ -15,15 +15,15 @@
 //!                                           none                                          MULTI EXEC DISCARD
 //! autoscaler    the operator's autoscaler,  q:* (read)                                    XLEN XPENDING XINFO STREAM|GROUPS
 //!               KEDA
-//! admin         the operator only           none                                          ACL SETUSER|DELUSER|USERS, CONFIG SET
+//! admin         the operator only           none                                          ACL SETUSER|DELUSER|USERS
 //! probe         Redis's own probes          none                                          PING
 //! default       nobody                      off, no password, no command
 //! ```
 //!
 //! Every user may `PING` and `CLIENT ID`. No user gets a keyspace command that rewrites a
 //! queue's history (`DEL`, `RENAME`, `XSETID`, `XGROUP DESTROY|SETID`,
-//! `XTRIM`, …) nor anything `@admin`/`@dangerous` except `admin`'s ACL and
-//! CONFIG subcommands: a compromised worker can read and write only its
+//! `XTRIM`, …) nor anything `@admin`/`@dangerous` except `admin`'s ACL
+//! subcommands: a compromised worker can read and write only its
 //! own queue, append to the queues its edges lead to, and answer callers.
 //!
 //! Passwords are random per role and stored in the `P-redis` Secret under
@@ -42,7 +42,10 @@ pub enum Role {
     Ingress,
     /// The worker pods of one group.
     Group(String),
+    /// The operator's builtin autoscaler.
     Autoscaler,
+    /// KEDA's `redis-streams` scaler (its password is in a Secret KEDA reads).
+    Keda,
     Admin,
     Probe,
 }
@@ -57,6 +60,7 @@ impl Role {
             Role::Ingress => "ingress".into(),
             Role::Group(g) => format!("{}{g}", Self::GROUP_PREFIX),
             Role::Autoscaler => "autoscaler".into(),
+            Role::Keda => "keda".into(),
             Role::Admin => "admin".into(),
             Role::Probe => "probe".into(),
         }
@@ -70,9 +74,9 @@ impl Role {
 
 /// Key in the `P-redis` Secret holding the autoscaler's user name, for
 /// KEDA's TriggerAuthentication (which takes the name from a Secret).
-pub const AUTOSCALER_USERNAME_KEY: &str = "autoscaler.username";
-/// [`Role::Autoscaler`]'s password key, for the same.
-pub const AUTOSCALER_PASSWORD_KEY: &str = "autoscaler.password";
+pub const KEDA_USERNAME_KEY: &str = "keda.username";
+/// [`Role::Keda`]'s password key, for the same.
+pub const KEDA_PASSWORD_KEY: &str = "keda.password";
 
 /// One ACL user: its role and its rules after `on #<hash>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +130,7 @@ pub const DEFAULT_USER_LINE: &str = "user default off resetpass resetkeys resetc
 pub fn roles(plan: &Plan) -> Vec<Role> {
     let mut roles = vec![Role::Ingress];
     roles.extend(plan.worker_groups().map(|g| Role::Group(g.name.clone())));
-    roles.extend([Role::Autoscaler, Role::Admin, Role::Probe]);
+    roles.extend([Role::Autoscaler, Role::Keda, Role::Admin, Role::Probe]);
     roles
 }
 
@@ -192,10 +196,7 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role) -> Vec<String> {
                 .collect();
             if !watched.is_empty() {
                 let reads: Vec<String> = watched.iter().map(|g| read(queue(g))).collect();
-                out.push(selector(
-                    &["xlen", "xpending", "xinfo|stream", "memory|usage"],
-                    &reads,
-                ));
+                out.push(selector(&["xlen", "xpending", "memory|usage"], &reads));
             }
         }
         Role::Group(g) => {
@@ -221,22 +222,36 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role) -> Vec<String> {
                 .map(|to| write(queue(to)))
                 .collect();
             sends.push(write(lit(&keys.dead_letter())));
-            // Every group may answer: with the final output when it ends an
-            // interface, and with an error (a failed node, an expired or
-            // dead-lettered request) wherever the request stands.
-            sends.push(write(replies.clone()));
+            // A group on some interface's path may answer: with the final
+            // output when it ends the interface, with an error (a failed
+            // node, a dead-lettered request) wherever the request stands.
+            if !plan.key_needs(g).reply.is_empty() {
+                sends.push(write(replies.clone()));
+            }
             out.push(selector(&["xadd"], &sends));
             out.push(selector(
                 &["set", "get"],
+                // `…:n:<g>:*` (the key ends `<g>:<kid>:<nonce>`): the colon
+                // kept, or `…:n:<g>*` would match a group `<g>-other` too.
                 &[format!(
                     "~{}*",
-                    lit(&keys.nonce(g, "", "")).trim_end_matches(':')
+                    lit(&keys.nonce(g, "", ""))
+                        .strip_suffix(':')
+                        .unwrap_or_default()
                 )],
             ));
         }
+        // XINFO STREAM shows the first and last entries: the operator may
+        // see them (it holds the keys anyway), KEDA may not.
         Role::Autoscaler => {
             out.push(selector(
-                &["xlen", "xpending", "xinfo|stream", "xinfo|groups"],
+                &["xlen", "xpending", "xinfo|stream"],
+                &[read(format!("{}*", lit(&keys.queue(""))))],
+            ));
+        }
+        Role::Keda => {
+            out.push(selector(
+                &["xlen", "xpending", "xinfo|groups"],
                 &[read(format!("{}*", lit(&keys.queue(""))))],
             ));
         }
@@ -244,8 +259,9 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role) -> Vec<String> {
             out.extend([
                 "+acl|setuser".into(),
                 "+acl|deluser".into(),
+                // No CONFIG SET: it could point `dir` and `dbfilename`
+                // anywhere and write files as Redis.
                 "+acl|users".into(),
-                "+config|set".into(),
             ]);
         }
         Role::Probe => {}
@@ -279,4 +295,72 @@ fn edge_groups(plan: &Plan, group: &str) -> BTreeSet<String> {
         .flat_map(|n| n.next.targets())
         .filter_map(|t| plan.nodes.get(t).map(|n| n.group.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::fixtures::orders_redis;
+    use sluice_crds::{compile, PipelineId};
+
+    fn rules_of(role: &Role) -> String {
+        let sp = orders_redis();
+        let id = PipelineId {
+            namespace: sp.metadata.namespace.clone().unwrap(),
+            name: sp.metadata.name.clone().unwrap(),
+        };
+        let plan = compile(id, &sp.spec).unwrap();
+        users(&plan)
+            .into_iter()
+            .find(|u| u.role == *role)
+            .map(|u| u.rules.join(" "))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_groups_nonces_are_its_own_and_not_a_longer_namesakes() {
+        let cpu = rules_of(&Role::Group("cpu".into()));
+        assert!(
+            cpu.contains("(+set +get ~sluice:{demo/orders-redis}:n:cpu:*)"),
+            "{cpu}"
+        );
+    }
+
+    #[test]
+    fn every_role_starts_from_nothing_and_only_the_operator_reads_entries() {
+        for role in [
+            Role::Ingress,
+            Role::Group("io".into()),
+            Role::Autoscaler,
+            Role::Keda,
+            Role::Admin,
+            Role::Probe,
+        ] {
+            let r = rules_of(&role);
+            assert!(
+                r.starts_with("resetkeys resetchannels -@all +ping"),
+                "{role:?}: {r}"
+            );
+            for never in [
+                "+config",
+                "+flushall",
+                "+keys",
+                "+del ~sluice:{demo/orders-redis}:q",
+                "+xtrim",
+                "+xsetid",
+                "+@",
+            ] {
+                assert!(!r.contains(never), "{role:?} has {never}: {r}");
+            }
+        }
+        // XINFO STREAM shows entries: the operator's autoscaler only.
+        assert!(rules_of(&Role::Autoscaler).contains("+xinfo|stream"));
+        for role in [Role::Keda, Role::Ingress] {
+            assert!(!rules_of(&role).contains("+xinfo|stream"), "{role:?}");
+        }
+        assert!(
+            !rules_of(&Role::Keda).contains("%W~"),
+            "KEDA writes nothing"
+        );
+    }
 }
