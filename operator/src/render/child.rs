@@ -134,10 +134,26 @@ impl Child {
 // validation is the authority on the rest.
 macro_rules! keda_kind {
     ($t:ident, $kind:literal, $plural:literal) => {
-        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+        #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
         pub struct $t {
             pub metadata: ObjectMeta,
             pub spec: Value,
+        }
+
+        // Written out, as k8s-openapi does for its types, so that the body
+        // carries `apiVersion` and `kind`: the API server refuses an apply
+        // patch without them ("Incorrect version specified in apply patch"),
+        // and the golden snapshots and checkov need them to know the object.
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeStruct;
+                let mut o = s.serialize_struct($kind, 4)?;
+                o.serialize_field("apiVersion", <Self as k8s_openapi::Resource>::API_VERSION)?;
+                o.serialize_field("kind", <Self as k8s_openapi::Resource>::KIND)?;
+                o.serialize_field("metadata", &self.metadata)?;
+                o.serialize_field("spec", &self.spec)?;
+                o.end()
+            }
         }
 
         impl k8s_openapi::Resource for $t {
@@ -190,5 +206,20 @@ mod tests {
             (deploy.group, deploy.plural, deploy.api_version),
             ("apps", "deployments", "apps/v1")
         );
+    }
+
+    #[test]
+    fn keda_objects_serialise_with_their_api_version_and_kind() {
+        let so = serde_json::to_value(Child::ScaledObject(ScaledObject::default())).unwrap();
+        assert_eq!(
+            (&so["apiVersion"], &so["kind"]),
+            (&"keda.sh/v1alpha1".into(), &"ScaledObject".into())
+        );
+        let ta = TriggerAuthentication::default();
+        let ta = serde_json::to_value(Child::TriggerAuthentication(ta)).unwrap();
+        assert_eq!(ta["kind"], "TriggerAuthentication");
+        // What the API server answers, with both, still reads back.
+        let back: ScaledObject = serde_json::from_value(so).unwrap();
+        assert_eq!(back, ScaledObject::default());
     }
 }
