@@ -544,6 +544,8 @@ async fn each_role_is_refused_what_it_does_not_do_while_traffic_flows() {
     // and the probe write nothing; the admin reads no data.
     for (user, command) in [
         ("ingress", format!("XRANGE {cpu} - +")),
+        // No scripts at all for the pod that faces callers.
+        ("ingress", "EVAL return 1 0".into()),
         (
             "ingress",
             format!("XREADGROUP GROUP sluice x STREAMS {cpu} >"),

@@ -23,8 +23,15 @@ use crate::names;
 
 /// The UID/GID of the runtime images (distroless `nonroot`).
 pub const RUNTIME_UID: i64 = 65532;
-/// The UID/GID of the `redis` user in the official Redis images.
-pub const REDIS_UID: i64 = 999;
+/// The UID/GID managed Redis runs as. Not the official images' `redis`
+/// user (999): a UID that low may belong to a system account of the node,
+/// so a process escaping the container would act as it. Above 10000 no
+/// common distribution allocates accounts (checkov CKV_K8S_40), and it is
+/// not the runtime's [`RUNTIME_UID`], so Redis and the runtime on one node
+/// are different users. The images' files are world-readable and `/data`
+/// is the pod's volume, group-owned through `fsGroup`, so nothing in them
+/// needs the `redis` user.
+pub const REDIS_UID: i64 = 10999;
 
 /// Directory of the pipeline ConfigMap; the file is [`PIPELINE_FILE`].
 pub const PIPELINE_DIR: &str = "/etc/sluice/pipeline";

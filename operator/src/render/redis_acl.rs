@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! user          who                         keys (prefix sluice:{ns/p}:)                 commands
-//! ingress       web pods                    q:<first hops> (write), dlq (write)           XADD
-//!                                           r:*                                           EVAL EXISTS XADD PEXPIRE XREAD XDEL DEL
-//!                                           q:<groups on its interfaces' paths> (read)    XLEN XPENDING XINFO STREAM MEMORY USAGE
+//! ingress       web pods                    q:<first hops> (write), dlq (write)           XADD  (+ MULTI EXEC DISCARD)
+//!                                           r:*                                           EXISTS XADD PEXPIRE XREAD XDEL DEL
+//!                                           q:<groups on its interfaces' paths> (read)    XLEN XPENDING MEMORY USAGE
 //! group-<g>     worker pods of group g      q:<g>                                         XREADGROUP XACK XCLAIM XAUTOCLAIM XDEL
 //!                                                                                         XPENDING XGROUP CREATE XLEN XINFO STREAM
 //!                                                                                         MEMORY USAGE EVAL
@@ -182,11 +182,13 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role) -> Vec<String> {
     ];
     match role {
         Role::Ingress => {
+            // MULTI for opening its reply stream; no EVAL.
+            out.extend(["+multi".into(), "+exec".into(), "+discard".into()]);
             let mut sends: Vec<String> = first_hops(plan).iter().map(|g| write(queue(g))).collect();
             sends.push(write(lit(&keys.dead_letter())));
             out.push(selector(&["xadd"], &sends));
             out.push(selector(
-                &["eval", "exists", "xadd", "pexpire", "xread", "xdel", "del"],
+                &["exists", "xadd", "pexpire", "xread", "xdel", "del"],
                 &[format!("~{replies}")],
             ));
             let watched: BTreeSet<&str> = plan

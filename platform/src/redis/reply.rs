@@ -1,7 +1,7 @@
 //! The `ReplyChannel` port: one reply stream per ingress instance.
 //!
 //! ```text
-//!   ingress: open ──EVAL (create if absent + PEXPIRE)──► sluice:{ns/p}:r:<id>
+//!   ingress: open ──EXISTS, then PEXPIRE or MULTI{XADD MAXLEN 0, PEXPIRE}──► sluice:{ns/p}:r:<id>
 //!   worker:  complete ──XADD NOMKSTREAM──────────────────►      │
 //!   ingress: recv ◄──XREAD BLOCK from last id──────────────────┘ then XDEL
 //! ```
@@ -23,44 +23,61 @@ use crate::backend::Result;
 use crate::envelope::StreamEntry;
 use crate::queue::ReplyChannel;
 
-/// Creates the stream when absent, without touching entries already there,
-/// and sets its expiry; atomically, so a stream never exists without a TTL.
-/// `XADD … MAXLEN 0` is the one command that leaves an existing-but-empty
-/// stream behind (the marker entry is trimmed at once). Returns 1 when it
-/// created the stream.
-const OPEN_SCRIPT: &str = r"
-local created = 0
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('XADD', KEYS[1], 'MAXLEN', '0', '*', 'open', '1')
-  created = 1
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return created
-";
-
 /// Where a first read of a stream starts: everything already in it.
 const FROM_START: &str = "0";
 
 #[async_trait]
 impl ReplyChannel for RedisBackend {
+    /// Creates the stream when absent, without touching entries already
+    /// there, and sets its expiry. No script: the ingress's Redis user has
+    /// no `EVAL` (a script that never ends would stop Redis for everyone).
+    /// Creating is one `MULTI` of `XADD … MAXLEN 0` (the one command that
+    /// leaves an existing-but-empty stream behind) and `PEXPIRE`, so a
+    /// stream never exists without a TTL; it runs only when `EXISTS` said
+    /// the stream is absent, since on a live stream `MAXLEN 0` would trim
+    /// unread replies. Nobody else creates this stream (workers write with
+    /// `NOMKSTREAM`), so nothing can slip in between; a stream that expires
+    /// between `EXISTS` and `PEXPIRE` is created on the second round.
     async fn open(&self, stream: &str, ttl: Duration) -> Result<()> {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        let args = vec![
-            Value::from(OPEN_SCRIPT),
-            Value::Integer(1),
-            Value::from(stream),
-            Value::Integer(ttl_ms),
-        ];
-        let created = self
-            .call("EVAL", stream, args)
+        let pexpire = || vec![Value::from(stream), Value::Integer(ttl_ms)];
+        for _ in 0..2 {
+            let exists = self
+                .call("EXISTS", stream, vec![Value::from(stream)])
+                .await
+                .map_err(|e| self.err(e))?;
+            if wire::integer(&exists, "EXISTS")? > 0 {
+                let renewed = self
+                    .call("PEXPIRE", stream, pexpire())
+                    .await
+                    .map_err(|e| self.err(e))?;
+                if wire::integer(&renewed, "PEXPIRE")? > 0 {
+                    return Ok(());
+                }
+                continue;
+            }
+            let create = vec![
+                Value::from(stream),
+                Value::from("MAXLEN"),
+                Value::from("0"),
+                Value::from("*"),
+                Value::from("open"),
+                Value::from("1"),
+            ];
+            self.transaction(vec![
+                ("XADD", stream, create),
+                ("PEXPIRE", stream, pexpire()),
+            ])
             .await
             .map_err(|e| self.err(e))?;
-        if created.as_u64() == Some(1) {
             // A new stream (first open, or after it expired or Redis lost
             // it): its ids restart, so must the cursor.
             self.reply_cursors.lock().remove(stream);
+            return Ok(());
         }
-        Ok(())
+        Err(crate::backend::BackendError::Unavailable(format!(
+            "reply stream {stream} expired twice while it was being opened"
+        )))
     }
 
     async fn recv(
