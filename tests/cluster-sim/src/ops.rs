@@ -963,6 +963,30 @@ pub(crate) fn patch(
             let old = old.ok_or_else(|| ApiError::not_found(rt, name))?;
             return write_scale(st, rt, key, &old, &body, opts);
         }
+        // An apply body says what it is (upstream: `yaml.Unmarshal` into
+        // an Unstructured, then the field manager's version check); a
+        // client that leaves them out is refused, never guessed for.
+        if body
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .is_empty()
+        {
+            return Err(ApiError::bad_request(format!(
+                "Object 'Kind' is missing in '{body}'"
+            )));
+        }
+        let version = body
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if version != rt.api_version() {
+            return Err(ApiError::bad_request(format!(
+                "Incorrect version specified in apply patch. Specified patch version: {}, expected: {}",
+                if version.is_empty() { "/" } else { version },
+                rt.api_version()
+            )));
+        }
         if sub == Sub::Status && old.is_none() {
             return Err(ApiError::not_found(rt, name));
         }

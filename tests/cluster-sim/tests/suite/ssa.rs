@@ -258,6 +258,36 @@ fn cases() -> Vec<Case> {
                 }
             },
         },
+        Case {
+            name: "an apply body without kind or apiVersion, or of another version, is refused",
+            steps: vec![
+                Step {
+                    refused: Some(400),
+                    ..step(
+                        "op",
+                        json!({"apiVersion": "v1", "metadata": {"name": "untyped"}, "data": {"x": "1"}}),
+                    )
+                },
+                Step {
+                    refused: Some(400),
+                    ..step(
+                        "op",
+                        json!({"kind": "ConfigMap", "metadata": {"name": "untyped"}, "data": {"x": "1"}}),
+                    )
+                },
+                Step {
+                    refused: Some(400),
+                    ..step(
+                        "op",
+                        json!({"apiVersion": "v2", "kind": "ConfigMap", "metadata": {"name": "untyped"}, "data": {"x": "1"}}),
+                    )
+                },
+            ],
+            check: |o| match o {
+                Value::Null => Ok(()),
+                other => Err(format!("nothing is stored: {other}")),
+            },
+        },
     ]
 }
 
