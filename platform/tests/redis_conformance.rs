@@ -225,6 +225,9 @@ async fn restart_with_persistence_keeps_entries_and_pending_lists() {
     assert_eq!(first.len(), 1);
     let pid = server.pid();
 
+    // What was written is in the AOF (everysec may postpone it on a busy
+    // disk, and a crash would then lose it: Redis's own contract).
+    server.sync_aof();
     server.restart();
     assert_ne!(server.pid(), pid, "a new process serves the same port");
     let pending = eventually("pending after restart", Duration::from_secs(10), || {

@@ -256,6 +256,46 @@ impl RedisServer {
         assert!(status.success(), "`kill -{sig} {pid}` failed: {status}");
     }
 
+    /// Makes everything written so far durable in the AOF: with
+    /// `appendfsync everysec` Redis may postpone writing its AOF buffer
+    /// while a background fsync is slow (a busy disk), and a crash then
+    /// loses up to two seconds — real Redis behaviour, which a test of "the
+    /// AOF keeps what was written" must rule out first. Switches to
+    /// `always` for one write (written and fsynced before the reply, never
+    /// postponed), then back.
+    ///
+    /// # Panics
+    /// When the server does not answer or refuses.
+    pub fn sync_aof(&self) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("connect to {BINARY} on port {}: {e}", self.port));
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut req = String::new();
+        match (&self.user, &self.password) {
+            (Some(u), Some(p)) => req.push_str(&format!("AUTH {u} {p}\r\n")),
+            (None, Some(p)) => req.push_str(&format!("AUTH {p}\r\n")),
+            _ => {}
+        }
+        req.push_str(
+            "CONFIG SET appendfsync always\r\nSET sluice-test:aof-sync 1\r\nCONFIG SET appendfsync everysec\r\n",
+        );
+        s.write_all(req.as_bytes()).expect("send to redis-server");
+        let want = req.lines().count();
+        let mut got = String::new();
+        let mut buf = [0u8; 256];
+        while got.matches("\r\n").count() < want {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        assert!(
+            got.lines().count() == want && got.lines().all(|l| l.starts_with('+')),
+            "{BINARY} did not sync its AOF: {got:?}"
+        );
+    }
+
     /// Kills the server if running and starts it again on the same port and
     /// directory; with persistence the data is reloaded from the AOF.
     ///
