@@ -132,7 +132,7 @@ impl Next {
     }
 
     /// Every node this may lead to.
-    pub fn targets(&self) -> Vec<&str> {
+    pub(crate) fn targets(&self) -> Vec<&str> {
         match self {
             Next::Terminal => vec![],
             Next::To(n) => vec![n],

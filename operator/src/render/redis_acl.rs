@@ -184,7 +184,10 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role) -> Vec<String> {
         Role::Ingress => {
             // MULTI for opening its reply stream; no EVAL.
             out.extend(["+multi".into(), "+exec".into(), "+discard".into()]);
-            let mut sends: Vec<String> = first_hops(plan).iter().map(|g| write(queue(g))).collect();
+            let mut sends: Vec<String> = sends_to(plan, &plan.ingress_group)
+                .iter()
+                .map(|g| write(queue(g)))
+                .collect();
             sends.push(write(lit(&keys.dead_letter())));
             out.push(selector(&["xadd"], &sends));
             out.push(selector(
@@ -219,7 +222,7 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role) -> Vec<String> {
                 ],
                 &[format!("~{}", queue(g))],
             ));
-            let mut sends: Vec<String> = edge_groups(plan, g)
+            let mut sends: Vec<String> = sends_to(plan, g)
                 .iter()
                 .map(|to| write(queue(to)))
                 .collect();
@@ -271,32 +274,16 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role) -> Vec<String> {
     out
 }
 
-/// Groups other than the ingress group that a request enters first: an
-/// interface's entry group, or the groups the ingress group's nodes lead
-/// to (they run in the ingress process before the first hop).
-fn first_hops(plan: &Plan) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for i in &plan.interfaces {
-        if let Some(n) = plan.nodes.get(&i.entry) {
-            if n.group != plan.ingress_group {
-                out.insert(n.group.clone());
-            }
-        }
-    }
-    out.extend(edge_groups(plan, &plan.ingress_group));
-    out.remove(&plan.ingress_group);
-    out
-}
-
-/// The groups whose queues a node of `group` may forward to (its own
-/// included when an edge stays inside the group).
-fn edge_groups(plan: &Plan, group: &str) -> BTreeSet<String> {
-    plan.nodes
-        .values()
-        .filter(|n| n.group == group)
-        .flat_map(|n| n.next.targets())
-        .filter_map(|t| plan.nodes.get(t).map(|n| n.group.clone()))
-        .collect()
+/// The groups whose queues a process running `group` appends to: those it
+/// holds a request key for (it signs for them, [`Plan::key_needs`]), its own
+/// excepted — a node's successor in the same group runs in the same
+/// process, and a worker verifies with its own key but never sends to
+/// itself. For the ingress: the interfaces' entry groups and where its own
+/// nodes lead.
+fn sends_to(plan: &Plan, group: &str) -> BTreeSet<String> {
+    let mut to = plan.key_needs(group).request;
+    to.remove(group);
+    to
 }
 
 #[cfg(test)]
