@@ -50,9 +50,7 @@ use kube::runtime::controller::Action;
 use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use sluice_crds::{
-    compile, ExposeSpec, PipelineId, StreamPipeline, StreamPipelineSpec, StreamPipelineStatus,
-};
+use sluice_crds::{ExposeSpec, Plan, StreamPipeline, StreamPipelineSpec, StreamPipelineStatus};
 use tracing::{debug, info, warn, Instrument};
 
 pub use crate::apply::FIELD_MANAGER;
@@ -70,7 +68,7 @@ use crate::names;
 use crate::object::PipelineObject;
 use crate::redis_users::{RedisUsers, Wanted};
 use crate::referenced;
-use crate::render::redis_use::{managed_address, RedisUse};
+use crate::render::redis_use::managed_address;
 use crate::render::{self, owned_kinds, Child, Desired, OwnedKind};
 use crate::secrets::{self, SecretChange};
 use crate::settings::OperatorSettings;
@@ -338,7 +336,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         }
         applied = apply_objects(sp, ctx, &target, &desired, &mut live).await?;
         if let Some(passwords) = &ensured.redis_secret {
-            sync_redis_users(sp, ctx, &live, passwords);
+            sync_redis_users(ctx, &desired.plan, &live, passwords);
         }
         applied.missing_secrets = referenced.missing;
         if applied.pending {
@@ -511,39 +509,18 @@ fn degraded_for(
 /// Gives a running managed Redis the users `P-redis` describes
 /// ([`crate::redis_users`]), in the background. Only once its StatefulSet
 /// has a ready pod: a Redis still starting reads them from its file.
-fn sync_redis_users(
-    sp: &StreamPipeline,
-    ctx: &Context,
-    live: &Live,
-    passwords: &BTreeMap<String, String>,
-) {
-    let (Some(ns), Some(name)) = (
-        sp.metadata.namespace.as_deref(),
-        sp.metadata.name.as_deref(),
-    ) else {
-        return;
-    };
+/// `passwords` exists only for managed Redis (its `P-redis`).
+fn sync_redis_users(ctx: &Context, plan: &Plan, live: &Live, passwords: &BTreeMap<String, String>) {
+    let (ns, name) = (&plan.id.namespace, &plan.id.name);
     let ready = live
         .get(&("StatefulSet", names::redis(name)))
         .and_then(|s| s.data["status"]["readyReplicas"].as_i64())
         .unwrap_or(0)
         > 0;
-    if !ready
-        || !matches!(
-            render::redis_use::redis_use(&sp.spec, &ctx.settings),
-            Ok(RedisUse::Managed(_))
-        )
-    {
+    if !ready {
         return;
     }
-    let id = PipelineId {
-        namespace: ns.to_string(),
-        name: name.to_string(),
-    };
-    let Ok(plan) = compile(id, &sp.spec) else {
-        return;
-    };
-    if let Some(wanted) = Wanted::from_secret(render::redis_acl::users(&plan), passwords) {
+    if let Some(wanted) = Wanted::from_secret(render::redis_acl::users(plan), passwords) {
         ctx.redis_users
             .sync(&format!("{ns}/{name}"), &managed_address(name, ns), wanted);
     }
