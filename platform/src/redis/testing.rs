@@ -271,12 +271,7 @@ impl RedisServer {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
             .unwrap_or_else(|e| panic!("connect to {BINARY} on port {}: {e}", self.port));
         let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        let mut req = String::new();
-        match (&self.user, &self.password) {
-            (Some(u), Some(p)) => req.push_str(&format!("AUTH {u} {p}\r\n")),
-            (None, Some(p)) => req.push_str(&format!("AUTH {p}\r\n")),
-            _ => {}
-        }
+        let mut req = self.auth_line();
         req.push_str(
             "CONFIG SET appendfsync always\r\nSET sluice-test:aof-sync 1\r\nCONFIG SET appendfsync everysec\r\n",
         );
@@ -386,6 +381,16 @@ impl RedisServer {
         }
     }
 
+    /// The inline `AUTH` a raw client of this server sends first (empty
+    /// without a password).
+    fn auth_line(&self) -> String {
+        match (&self.user, &self.password) {
+            (Some(u), Some(p)) => format!("AUTH {u} {p}\r\n"),
+            (None, Some(p)) => format!("AUTH {p}\r\n"),
+            _ => String::new(),
+        }
+    }
+
     /// Whether the server answers `PING` with `PONG` (not `LOADING`, and
     /// authenticated when it needs a password).
     fn answers_ping(&self) -> bool {
@@ -394,12 +399,7 @@ impl RedisServer {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut req = String::new();
-        match (&self.user, &self.password) {
-            (Some(u), Some(p)) => req.push_str(&format!("AUTH {u} {p}\r\n")),
-            (None, Some(p)) => req.push_str(&format!("AUTH {p}\r\n")),
-            _ => {}
-        }
+        let mut req = self.auth_line();
         req.push_str("PING\r\n");
         if s.write_all(req.as_bytes()).is_err() {
             return false;
