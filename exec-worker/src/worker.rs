@@ -21,9 +21,9 @@
 //! - On shutdown the loop stops reading, finishes and hands off what it
 //!   holds, then returns.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -37,7 +37,7 @@ use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::metrics::GroupLabel;
 use sluice_platform::telemetry::{self, Span};
 use sluice_platform::{
-    At, Delivery, Envelope, Forward, Keys, Queue, Rejection, ReplyError, SignError, Signer,
+    At, Delivery, Envelope, Forward, Held, Keys, Queue, Rejection, ReplyError, SignError, Signer,
     StreamEntry, Verifier, VerifyError,
 };
 use tokio::sync::Semaphore;
@@ -176,8 +176,9 @@ pub struct Worker {
     keys: Keys,
     metrics: WorkerMetrics,
     stream: String,
-    /// Entry ids being worked on: their leases are renewed.
-    held: Mutex<HashSet<String>>,
+    /// Entries being worked on, by id, with when this worker last learned
+    /// each was its own: their leases are renewed.
+    held: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -206,7 +207,7 @@ impl Worker {
             keys: parts.keys.clone(),
             metrics: parts.worker_metrics.clone(),
             stream,
-            held: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashMap::new()),
         })
     }
 
@@ -269,12 +270,13 @@ impl Worker {
             };
             match batch {
                 Ok(deliveries) => {
+                    let received = Instant::now();
                     backoff = Backoff::default();
                     for d in deliveries {
                         // `permits` holds one per requested entry, and no
                         // read returns more than requested.
                         let Some(permit) = permits.pop() else { break };
-                        self.held.lock().insert(d.id.clone());
+                        self.held.lock().insert(d.id.clone(), received);
                         let this = self.clone();
                         tokio::spawn(async move {
                             this.handle(d).await;
@@ -306,24 +308,40 @@ impl Worker {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let ids: Vec<String> = self.held.lock().iter().cloned().collect();
-            if ids.is_empty() {
+            let held: Vec<Held> = self
+                .held
+                .lock()
+                .iter()
+                .map(|(id, since)| Held {
+                    id: id.clone(),
+                    since: *since,
+                })
+                .collect();
+            if held.is_empty() {
                 continue;
             }
             match self
                 .queue
-                .renew(&self.stream, &self.cfg.consumer, &ids)
+                .renew(&self.stream, &self.cfg.consumer, &held)
                 .await
             {
                 Ok(lost) => {
+                    let renewed = Instant::now();
                     // Another consumer took these over after their lease
                     // lapsed (this one was slower than the lease): they stay
                     // with it; this worker stops renewing them and still
                     // hands off what it finishes (at-least-once).
-                    let mut held = self.held.lock();
+                    let mut map = self.held.lock();
                     for id in &lost {
-                        if held.remove(id) {
+                        if map.remove(id).is_some() {
                             tracing::debug!(group = %self.cfg.group, id = %id, "lease lost to another consumer");
+                        }
+                    }
+                    // The rest were reset while the answer was on its way;
+                    // ids finished meanwhile are not brought back.
+                    for h in &held {
+                        if let Some(since) = map.get_mut(&h.id) {
+                            *since = renewed;
                         }
                     }
                 }

@@ -512,25 +512,19 @@ async fn each_role_is_refused_what_it_does_not_do_while_traffic_flows() {
             "ACL SETUSER default on nopass".into(),
         ),
         ("drop the script cache", "SCRIPT FLUSH".into()),
+        // Any Lua could loop forever and freeze Redis for every pipeline
+        // user: no role runs scripts (lease renewal is a plain XCLAIM).
+        ("run a script", "EVAL return 1 0".into()),
+        ("drop every function", "FUNCTION FLUSH".into()),
+        ("call a function", format!("FCALL f 1 {io}")),
         ("switch database", "SELECT 1".into()),
     ];
     let io_user = run.redis_as("group-io");
     for (what, command) in &attempts {
         assert_refused(&io_user, command, &format!("group-io may not {what}"));
     }
-    // A script runs with its caller's rights: DEL from Lua is refused too.
-    let got = io_user.cmd(&[
-        b"EVAL",
-        b"return redis.call('DEL', KEYS[1])",
-        b"1",
-        io.as_bytes(),
-    ]);
     assert!(
-        matches!(&got, Err(e) if e.contains("can't run this command")),
-        "a script may not delete the queue: {got:?}"
-    );
-    assert!(
-        total("group-io") == legit_refusals + attempts.len() as i64 + 1,
+        total("group-io") == legit_refusals + attempts.len() as i64,
         "every refusal is counted in ACL LOG"
     );
     assert!(

@@ -8,11 +8,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::envelope::StreamEntry;
 use crate::kv::Kv;
-use crate::queue::{Forward, Queue, ReplyChannel};
+use crate::queue::{Delivery, Forward, Held, Queue, ReplyChannel};
 
 /// A recognisable entry; `n` goes into `m`.
 pub fn entry(n: usize) -> StreamEntry {
@@ -189,16 +189,28 @@ async fn lapsed_lease_is_reclaimed_with_a_higher_count<Q: Queue + ?Sized>(q: &Q,
     assert_eq!(got[0].deliveries, 2, "reclaim increases the delivery count");
 }
 
+/// What a consumer holds right after `deliveries` arrived.
+fn held_since(deliveries: &[Delivery], since: Instant) -> Vec<Held> {
+    deliveries
+        .iter()
+        .map(|d| Held {
+            id: d.id.clone(),
+            since,
+        })
+        .collect()
+}
+
 async fn renewed_lease_is_not_reclaimed<Q: Queue + ?Sized>(q: &Q, p: &str) {
     let s = format!("{p}:q:renew");
     q.ensure_group(&s).await.unwrap();
     q.push(&s, entry(1)).await.unwrap();
-    let d = q.read(&s, "busy", 1, NO_WAIT).await.unwrap().remove(0);
+    let d = q.read(&s, "busy", 1, NO_WAIT).await.unwrap();
+    let mut held = held_since(&d, Instant::now());
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        q.renew(&s, "busy", std::slice::from_ref(&d.id))
-            .await
-            .unwrap();
+        let lost = q.renew(&s, "busy", &held).await.unwrap();
+        assert!(lost.is_empty(), "its own entry is renewed: {lost:?}");
+        held[0].since = Instant::now();
     }
     let got = q
         .reclaim(&s, "thief", Duration::from_millis(250), 10)
@@ -220,32 +232,50 @@ async fn renewed_lease_is_not_reclaimed<Q: Queue + ?Sized>(q: &Q, p: &str) {
 async fn renewal_leaves_a_reclaimed_entry_with_its_new_owner<Q: Queue + ?Sized>(q: &Q, p: &str) {
     let s = format!("{p}:q:steal");
     q.ensure_group(&s).await.unwrap();
-    q.push(&s, entry(1)).await.unwrap();
-    q.push(&s, entry(2)).await.unwrap();
-    let slow = q.read(&s, "slow", 2, NO_WAIT).await.unwrap();
-    let ids: Vec<String> = slow.iter().map(|d| d.id.clone()).collect();
-    // The slow consumer misses its lease on both; another takes over one.
+    for i in 1..=3 {
+        q.push(&s, entry(i)).await.unwrap();
+    }
+    let slow = q.read(&s, "slow", 3, NO_WAIT).await.unwrap();
+    let mut held = held_since(&slow, Instant::now());
+    // The slow consumer misses its lease on all three; another takes over
+    // two, and renews neither for a while.
     tokio::time::sleep(Duration::from_millis(150)).await;
     let taken = q
-        .reclaim(&s, "fast", Duration::from_millis(100), 1)
+        .reclaim(&s, "fast", Duration::from_millis(100), 2)
         .await
         .unwrap();
-    assert_eq!(taken.len(), 1);
-    // The slow one renews late: it keeps what is still its own and gets
-    // back the one it lost, which stays with its new owner.
-    let lost = q.renew(&s, "slow", &ids).await.unwrap();
-    assert_eq!(
-        lost,
-        [taken[0].id.clone()],
-        "the reclaimed entry is reported lost"
+    assert_eq!(taken.len(), 2);
+    let fast = held_since(&taken, Instant::now());
+    // The slow one renews late, once right away and once after the new
+    // owner left its entries idle for longer than the lease: it keeps what
+    // is still its own and never gets back what it lost.
+    let mut taken_ids: Vec<String> = taken.iter().map(|d| d.id.clone()).collect();
+    taken_ids.sort();
+    for pause in [0, 200] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let mut lost = q.renew(&s, "slow", &held).await.unwrap();
+        lost.sort();
+        assert_eq!(
+            lost, taken_ids,
+            "after {pause}ms: the reclaimed entries are reported lost"
+        );
+        let renewed = Instant::now();
+        for h in held.iter_mut().filter(|h| !lost.contains(&h.id)) {
+            h.since = renewed;
+        }
+    }
+    let still = q.renew(&s, "fast", &fast).await.unwrap();
+    assert!(
+        still.is_empty(),
+        "a late renewal took an entry back: {still:?}"
     );
-    let still = q
-        .renew(&s, "fast", std::slice::from_ref(&taken[0].id))
+    let mine = q
+        .reclaim(&s, "third", Duration::from_millis(150), 10)
         .await
         .unwrap();
     assert!(
-        still.is_empty(),
-        "the late renewal took the entry back: {still:?}"
+        mine.is_empty(),
+        "every lease was renewed just now: {mine:?}"
     );
 }
 

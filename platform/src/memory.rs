@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::backend::{Faults, Result};
 use crate::envelope::StreamEntry;
 use crate::kv::Kv;
-use crate::queue::{Delivery, Depth, Forward, Queue, ReplyChannel};
+use crate::queue::{Delivery, Depth, Forward, Held, Queue, ReplyChannel};
 
 #[derive(Default)]
 struct Stream {
@@ -211,12 +211,13 @@ impl Queue for MemoryStreams {
             .await)
     }
 
-    async fn renew(&self, stream: &str, consumer: &str, ids: &[String]) -> Result<Vec<String>> {
+    async fn renew(&self, stream: &str, consumer: &str, held: &[Held]) -> Result<Vec<String>> {
         self.faults.check().await?;
         let mut map = self.streams.lock();
         let now = Instant::now();
         let mut lost = Vec::new();
-        for id in ids {
+        // The owner is known here: `since` is not needed.
+        for Held { id, .. } in held {
             let mine = map
                 .get_mut(stream)
                 .zip(seq_of(id))

@@ -12,7 +12,7 @@
 //! ([`ReplyChannel::open`]); workers write with "must exist" semantics, so the
 //! stream of a dead instance is never recreated.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -27,6 +27,19 @@ pub struct Delivery {
     pub entry: StreamEntry,
     /// How many times the entry has been delivered, this one included.
     pub deliveries: u32,
+}
+
+/// An entry a consumer works on, as it asks to renew its lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// Stream entry id.
+    pub id: String,
+    /// When the consumer last learned the entry was its own: the answer to
+    /// the read, reclaim or renewal that reset the entry's idle time
+    /// arrived then. The entry has been idle at least this long unless
+    /// someone else took it in the meantime, which is how a backend without
+    /// an owner check in one step tells the two apart.
+    pub since: Instant,
 }
 
 /// What [`Queue::complete`] appends before acknowledging.
@@ -70,12 +83,13 @@ pub trait Queue: Send + Sync + 'static {
         block: Duration,
     ) -> Result<Vec<Delivery>>;
 
-    /// Resets the idle time of those of `ids` that are still pending for
-    /// `consumer` (lease renewal), without changing their delivery counts,
-    /// in one atomic step; returns the others — taken over by another
-    /// consumer after their lease lapsed, or completed — which are left
-    /// alone.
-    async fn renew(&self, stream: &str, consumer: &str, ids: &[String]) -> Result<Vec<String>>;
+    /// Resets the idle time of those of `held` that are still pending for
+    /// `consumer` (lease renewal), without changing their delivery counts;
+    /// returns the ids of the others — taken over by another consumer after
+    /// their lease lapsed, or completed — which are left alone. An entry
+    /// renewed at least once per lease can never be confused with a taken
+    /// one.
+    async fn renew(&self, stream: &str, consumer: &str, held: &[Held]) -> Result<Vec<String>>;
 
     /// Takes over up to `max` pending entries idle for at least `min_idle`,
     /// increasing their delivery counts.

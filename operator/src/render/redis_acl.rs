@@ -8,7 +8,7 @@
 //!                                           q:<groups on its interfaces' paths> (read)    XLEN XPENDING MEMORY USAGE
 //! group-<g>     worker pods of group g      q:<g>                                         XREADGROUP XACK XCLAIM XAUTOCLAIM XDEL
 //!                                                                                         XPENDING XGROUP CREATE XLEN XINFO STREAM
-//!                                                                                         MEMORY USAGE EVAL
+//!                                                                                         MEMORY USAGE
 //!                                           q:<groups its edges lead to>, dlq (write)     XADD
 //!                                           r:* (write; only if g ends an interface)      XADD
 //!                                           n:<g>:*                                       SET GET
@@ -23,7 +23,8 @@
 //! Every user may `PING` and `CLIENT ID`. No user gets a keyspace command that rewrites a
 //! queue's history (`DEL`, `RENAME`, `XSETID`, `XGROUP DESTROY|SETID`,
 //! `XTRIM`, …) nor anything `@admin`/`@dangerous` except `admin`'s ACL
-//! subcommands: a compromised worker can read and write only its
+//! subcommands, and none runs scripts (`EVAL`, `FCALL`: any Lua can loop
+//! forever and freeze Redis for every other user): a compromised worker can read and write only its
 //! own queue, append to the queues its edges lead to, and answer callers.
 //!
 //! Passwords are random per role and stored in the `P-redis` Secret under
@@ -218,7 +219,6 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role) -> Vec<String> {
                     "xlen",
                     "xinfo|stream",
                     "memory|usage",
-                    "eval",
                 ],
                 &[format!("~{}", queue(g))],
             ));

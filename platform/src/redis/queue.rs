@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   push ──XADD──► stream ──XREADGROUP >──► consumer (pending, count 1)
-//!                                              │ renew: one script: XCLAIM … JUSTID (idle 0,
+//!                                              │ renew: XCLAIM <min-idle> … JUSTID (idle 0,
 //!                                              │        count kept) of the ids still this consumer's
 //!                                              │ lease lapsed: XAUTOCLAIM by another (count+1)
 //!                                              ▼
@@ -13,6 +13,7 @@
 //! existed are delivered too, and are created again whenever Redis answers
 //! `NOGROUP` (after a restart without persistence).
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,27 +24,13 @@ use super::wire;
 use crate::backend::Result;
 use crate::envelope::StreamEntry;
 use crate::keys::CONSUMER_GROUP;
-use crate::queue::{Delivery, Depth, Forward, Queue};
+use crate::queue::{Delivery, Depth, Forward, Held, Queue};
 
-/// Lease renewal, atomic: of the ids given, the ones still pending for this
-/// consumer get their idle time reset (`XCLAIM … 0 … JUSTID` keeps the
-/// delivery count); an entry another consumer reclaimed after its lease
-/// lapsed stays with that consumer. Returns the renewed ids.
-/// `KEYS[1]` stream, `ARGV[1]` group, `ARGV[2]` consumer, `ARGV[3..]` ids.
-const RENEW_SCRIPT: &str = r"
-local mine = {}
-for i = 3, #ARGV do
-  local row = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)[1]
-  if row and row[2] == ARGV[2] then mine[#mine + 1] = ARGV[i] end
-end
-if #mine > 0 then
-  local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
-  for _, id in ipairs(mine) do args[#args + 1] = id end
-  args[#args + 1] = 'JUSTID'
-  redis.call(unpack(args))
-end
-return mine
-";
+/// How much a renewal's idle bound undercuts the time since the consumer
+/// last learned it held an entry: covers Redis's whole-millisecond clock.
+/// Anything well below the shortest lease keeps a taken entry from being
+/// claimed back (see [`RedisBackend::renew`]).
+const RENEW_SLACK: Duration = Duration::from_millis(5);
 
 fn v(s: &str) -> Value {
     Value::from(s)
@@ -184,31 +171,60 @@ impl Queue for RedisBackend {
             .collect())
     }
 
-    async fn renew(&self, stream: &str, consumer: &str, ids: &[String]) -> Result<Vec<String>> {
-        if ids.is_empty() {
+    /// `XCLAIM` cannot ask "still mine?", and a script that could would
+    /// need `EVAL`, which lets whoever holds the password run any Lua,
+    /// an endless loop included. Instead each entry is claimed with a
+    /// minimum idle time: the time since the consumer last learned it was
+    /// its own (less [`RENEW_SLACK`]). Still this consumer's, the entry has
+    /// been idle at least that long (Redis reset its idle time before that
+    /// answer left). Taken by another consumer, it was reclaimed only after
+    /// a whole lease idle, so it has been idle a lease less than that:
+    /// `XCLAIM` skips it and it is reported lost. Completed, it is not
+    /// pending and is reported lost too. A step of Redis's wall clock can
+    /// misreport an entry held as lost; the worker then stops renewing it
+    /// and it is run again after its lease: at-least-once, never lost.
+    async fn renew(&self, stream: &str, consumer: &str, held: &[Held]) -> Result<Vec<String>> {
+        if held.is_empty() {
             return Ok(vec![]);
         }
-        let mut args = vec![
-            v(RENEW_SCRIPT),
-            n(1),
-            v(stream),
-            v(CONSUMER_GROUP),
-            v(consumer),
-        ];
-        args.extend(ids.iter().map(|id| v(id)));
-        match self.call("EVAL", stream, args).await {
-            Ok(reply) => {
-                let renewed = wire::texts(&reply);
-                Ok(ids
-                    .iter()
-                    .filter(|id| !renewed.contains(id))
-                    .cloned()
-                    .collect())
-            }
-            // No group means no pending entries: nothing left to hold.
-            Err(e) if is_reply(&e, "NOGROUP") => Ok(ids.to_vec()),
-            Err(e) => Err(self.err(e)),
+        let now = std::time::Instant::now();
+        // One XCLAIM per distinct bound, in one round trip; entries read
+        // together share one.
+        let mut by_idle: BTreeMap<u128, Vec<&str>> = BTreeMap::new();
+        for h in held {
+            let idle = now
+                .saturating_duration_since(h.since)
+                .saturating_sub(RENEW_SLACK);
+            by_idle.entry(idle.as_millis()).or_default().push(&h.id);
         }
+        let cmds = by_idle
+            .iter()
+            .map(|(idle, ids)| {
+                let mut args = vec![
+                    v(stream),
+                    v(CONSUMER_GROUP),
+                    v(consumer),
+                    Value::Integer(i64::try_from(*idle).unwrap_or(i64::MAX)),
+                ];
+                args.extend(ids.iter().map(|id| v(id)));
+                args.push(v("JUSTID"));
+                ("XCLAIM", stream, args)
+            })
+            .collect();
+        let mut renewed = HashSet::new();
+        for reply in self.pipeline(cmds).await.map_err(|e| self.err(e))? {
+            match reply {
+                Ok(ids) => renewed.extend(wire::texts(&ids)),
+                // No group means no pending entries: nothing left to hold.
+                Err(e) if is_reply(&e, "NOGROUP") => {}
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+        Ok(held
+            .iter()
+            .filter(|h| !renewed.contains(&h.id))
+            .map(|h| h.id.clone())
+            .collect())
     }
 
     async fn reclaim(
