@@ -336,13 +336,14 @@ log "NetworkPolicy: a pod of another app cannot reach orders-redis-redis"
 kubectl get networkpolicy -n "$NAMESPACE" orders-redis-redis >/dev/null || die "no NetworkPolicy orders-redis-redis"
 # Positive control first: without the policy's protection the same probe would
 # connect (proves a timeout below is the policy, not DNS or an absent Service).
-# We probe the TCP port with the Redis password unknown: an answer (even NOAUTH)
-# means the connection was allowed.
+# We probe the port with the Redis password unknown: an answer (even NOAUTH)
+# means the connection was allowed. Managed Redis speaks only TLS; the probe
+# skips verifying the certificate, it only asks whether Redis answers.
 probe() {
   local name="$1"
   shift
   kubectl run -n "$NAMESPACE" "$name" --rm -i --restart=Never --image=redis:7.4-alpine "$@" \
-    --command -- sh -c 'timeout 5 redis-cli -h orders-redis-redis -p 6379 ping' 2>&1
+    --command -- sh -c 'timeout 5 redis-cli --tls --insecure -h orders-redis-redis -p 6379 ping' 2>&1
 }
 if out="$(probe np-allowed --labels=sluice.dev/pipeline=orders-redis)"; then
   echo "ok  a pod labelled sluice.dev/pipeline=orders-redis connects: $(echo "$out" | head -n 1)"

@@ -132,6 +132,11 @@ pub struct RedisSpec {
     /// pipeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain_on_delete: Option<bool>,
+    /// Managed Redis speaks only TLS (default `true`), with a certificate
+    /// from a CA the operator makes for the pipeline; `false` turns TLS
+    /// off, so passwords and payloads cross the pod network in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
     /// Image of managed Redis (default from the operator's configuration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,

@@ -238,7 +238,7 @@ fn check_backends(spec: &StreamPipelineSpec, e: &mut Errors) {
             e.push("spec.redis.urlSecretRef", "only used with mode: external");
         }
         if r.mode == RedisMode::Managed && r.ca_secret_ref.is_some() {
-            // Managed Redis listens without TLS on the pod network.
+            // Managed Redis's CA is the operator's own.
             e.push("spec.redis.caSecretRef", "only used with mode: external");
         }
         check_secret_ref("spec.redis.urlSecretRef", r.url_secret_ref.as_ref(), e);
@@ -255,11 +255,13 @@ fn check_backends(spec: &StreamPipelineSpec, e: &mut Errors) {
         if r.mode == RedisMode::External
             && (r.storage_class_name.is_some()
                 || r.retain_on_delete.is_some()
-                || r.max_memory.is_some())
+                || r.max_memory.is_some()
+                || r.tls.is_some())
         {
             e.push(
                 "spec.redis",
-                "storageClassName, retainOnDelete and maxMemory are only used with mode: managed",
+                "storageClassName, retainOnDelete, maxMemory and tls are only used with mode: managed \
+                 (an external Redis speaks TLS when its URL is rediss://)",
             );
         }
         if let Some(m) = &r.max_memory {

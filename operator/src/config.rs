@@ -15,7 +15,7 @@ use clap::Parser;
 
 use crate::settings::{
     DrainBudget, OperatorSettings, OtlpProtocol, RuntimeImages, RuntimeTracing,
-    DEFAULT_KEDA_NAMESPACE, DEFAULT_OPERATOR_NAMESPACE,
+    DEFAULT_KEDA_NAMESPACE, DEFAULT_OPERATOR_NAMESPACE, MIN_REDIS_CERT_LIFETIME,
 };
 
 pub const ENV_NAMESPACES: &str = "SLUICE_NAMESPACES";
@@ -42,6 +42,7 @@ pub const ENV_BACKOFF_MIN: &str = "SLUICE_BACKOFF_MIN";
 pub const ENV_BACKOFF_MAX: &str = "SLUICE_BACKOFF_MAX";
 pub const ENV_LOG_FORMAT: &str = "SLUICE_LOG_FORMAT";
 pub const ENV_KEY_PROPAGATION: &str = "SLUICE_KEY_PROPAGATION";
+pub const ENV_REDIS_CERT_LIFETIME: &str = "SLUICE_REDIS_CERT_LIFETIME";
 pub const ENV_COLD_START: &str = "SLUICE_COLD_START";
 pub const ENV_AUTOSCALE_INTERVAL: &str = "SLUICE_AUTOSCALE_INTERVAL";
 pub const ENV_OTLP_ENDPOINT: &str = "SLUICE_OTLP_ENDPOINT";
@@ -183,6 +184,12 @@ pub struct Cli {
     /// [default: 150s]
     #[arg(long, value_name = "DURATION")]
     pub key_propagation: Option<String>,
+
+    /// Validity of the server certificate of managed Redis (TLS); it is
+    /// replaced after two thirds of it, from the same CA; at least 1h
+    /// [env: SLUICE_REDIS_CERT_LIFETIME] [default: 720h]
+    #[arg(long, value_name = "DURATION")]
+    pub redis_cert_lifetime: Option<String>,
 
     /// Time a worker group takes from zero replicas to its first pod
     /// reading work; pipelines whose interface timeout is shorter for a
@@ -570,6 +577,18 @@ impl Config {
                     "--cold-start",
                     defaults.cold_start,
                 )?,
+                redis_cert_lifetime: {
+                    let d = duration(
+                        &cli.redis_cert_lifetime,
+                        ENV_REDIS_CERT_LIFETIME,
+                        "--redis-cert-lifetime",
+                        defaults.redis_cert_lifetime,
+                    )?;
+                    if d < MIN_REDIS_CERT_LIFETIME {
+                        return Err(bad("--redis-cert-lifetime", "must be at least 1h"));
+                    }
+                    d
+                },
                 tracing,
             },
             timing,
@@ -644,6 +663,8 @@ mod tests {
             (ENV_LEASE_RENEW_INTERVAL, "8s", "--lease-renew-interval"),
             (ENV_LOG_FORMAT, "xml", "--log-format"),
             (ENV_KEY_PROPAGATION, "soon", "--key-propagation"),
+            (ENV_REDIS_CERT_LIFETIME, "30s", "--redis-cert-lifetime"),
+            (ENV_REDIS_CERT_LIFETIME, "721h", "--redis-cert-lifetime"),
             (ENV_COLD_START, "0s", "--cold-start"),
             (ENV_AUTOSCALE_INTERVAL, "-1s", "--autoscale-interval"),
             (ENV_OPERATOR_POD_LABELS, "novalue", "--operator-pod-labels"),

@@ -77,6 +77,7 @@ pub mod object;
 pub mod pipelines;
 pub mod quantity;
 pub mod reconcile;
+pub mod redis_tls;
 pub mod redis_users;
 pub mod referenced;
 pub mod render;

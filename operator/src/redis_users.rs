@@ -12,7 +12,8 @@
 //! ```text
 //! reconcile ─▶ P-redis ensured ─▶ Redis StatefulSet ready? ─▶ digest of the users
 //!                                   same as applied < 5 min ago ─▶ nothing
-//!                                   else ─▶ background task: AUTH admin, SETUSER…, DELUSER…
+//!                                   else ─▶ background task: AUTH admin, SETUSER…, DELUSER…,
+//!                                            with TLS: CONFIG SET tls-cert-file… (reload)
 //!                                            ok  ─▶ remember the digest
 //!                                            err ─▶ warn; the next reconcile tries again
 //! ```
@@ -34,6 +35,7 @@ use sha2::{Digest, Sha256};
 use sluice_platform::{RedisBackend, RedisConfig};
 use tracing::{info, warn};
 
+use crate::redis_tls::{CA_CERT_KEY, CERT_KEY};
 use crate::render::redis_acl::{self, Role, User};
 
 /// Connect and command timeout of the admin connection.
@@ -43,10 +45,22 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// operator replica during a leader change, is repaired within this.
 const RESYNC: Duration = Duration::from_secs(300);
 
-/// The users one managed Redis should have, with their passwords.
+/// The users one managed Redis should have, with their passwords, and
+/// with TLS the CA its certificate chains to and that certificate.
 #[derive(Clone)]
 pub struct Wanted {
     pub users: Vec<(User, String)>,
+    pub tls: Option<Tls>,
+}
+
+/// Managed Redis's TLS, as `P-redis` holds it.
+#[derive(Clone)]
+pub struct Tls {
+    /// PEM of the CA the admin connection trusts.
+    pub ca: String,
+    /// PEM of the server certificate Redis should serve: when it changes,
+    /// the next apply makes Redis load it.
+    pub cert: String,
 }
 
 impl std::fmt::Debug for Wanted {
@@ -60,6 +74,7 @@ impl Wanted {
     /// The users of `users` whose password `passwords` (the `P-redis`
     /// data) holds; `None` if any is missing (the Secret is not written
     /// yet, and the next reconcile comes back).
+    /// With TLS when `passwords` holds a CA certificate.
     pub fn from_secret(users: Vec<User>, passwords: &BTreeMap<String, String>) -> Option<Self> {
         let users = users
             .into_iter()
@@ -68,7 +83,14 @@ impl Wanted {
                 Some((u, p))
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(Self { users })
+        let tls = match (passwords.get(CA_CERT_KEY), passwords.get(CERT_KEY)) {
+            (Some(ca), Some(cert)) => Some(Tls {
+                ca: ca.clone(),
+                cert: cert.clone(),
+            }),
+            _ => None,
+        };
+        Some(Self { users, tls })
     }
 
     fn admin_password(&self) -> Option<&str> {
@@ -88,6 +110,11 @@ impl Wanted {
             }
             h.update([1]);
         }
+        if let Some(t) = &self.tls {
+            h.update(t.ca.as_bytes());
+            h.update([0]);
+            h.update(t.cert.as_bytes());
+        }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 }
@@ -97,6 +124,8 @@ impl Wanted {
 pub struct Applied {
     pub set: Vec<String>,
     pub deleted: Vec<String>,
+    /// Redis was told to load its certificate files again.
+    pub tls_reloaded: bool,
 }
 
 /// Makes the Redis behind `redis` (connected as `admin`) hold `wanted`:
@@ -138,6 +167,17 @@ pub async fn apply(redis: &RedisBackend, wanted: &Wanted) -> Result<Applied, Str
         .collect();
     redis.acl_deluser(&gone).await.map_err(|e| e.to_string())?;
     applied.deleted = gone;
+    if wanted.tls.is_some() {
+        // The files on disk lag the Secret by up to the kubelet's sync
+        // period: a reload now may load the old pair again, and the one
+        // after the next resync the new one, long before the old expires
+        // (renewal starts with a third of its life left).
+        redis
+            .reload_tls()
+            .await
+            .map_err(|e| format!("reloading the TLS certificate: {e}"))?;
+        applied.tls_reloaded = true;
+    }
     Ok(applied)
 }
 
@@ -167,10 +207,19 @@ impl RedisUsers {
             self.running.lock().remove(key);
             return false;
         };
-        let url = format!("redis://{}:{admin}@{address}", Role::Admin.user());
+        let scheme = if wanted.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let url = format!("{scheme}://{}:{admin}@{address}", Role::Admin.user());
         let (this, key) = (self.clone(), key.to_string());
         tokio::spawn(async move {
-            let result = match RedisConfig::from_url(&url) {
+            let cfg = RedisConfig::from_url(&url).and_then(|cfg| match &wanted.tls {
+                Some(t) => cfg.with_ca_pem(t.ca.as_bytes()),
+                None => Ok(cfg),
+            });
+            let result = match cfg {
                 Ok(cfg) => {
                     let cfg = cfg
                         .with_connect_timeout(TIMEOUT)
@@ -185,7 +234,7 @@ impl RedisUsers {
             };
             match result {
                 Ok(a) => {
-                    info!(pipeline = %key, set = ?a.set, deleted = ?a.deleted, "managed Redis users applied");
+                    info!(pipeline = %key, set = ?a.set, deleted = ?a.deleted, tls_reloaded = a.tls_reloaded, "managed Redis users applied");
                     this.applied
                         .lock()
                         .insert(key.clone(), (digest, Instant::now()));

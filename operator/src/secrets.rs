@@ -19,6 +19,7 @@
 //! Key material and passwords never reach logs, events or errors.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -32,8 +33,10 @@ use tracing::{debug, warn};
 
 use crate::apply::FIELD_MANAGER;
 use crate::error::{api_error, Error};
+use crate::redis_tls::{Stored, TlsMaterial};
 use crate::render::key_ring::role_keys_secret;
 use crate::render::redis::redis_secret;
+use crate::render::redis_use::managed_tls;
 use crate::render::{self, initial_key_secret, GeneratedSecret, KEY_LEN};
 use crate::rotation::{self, Decision, Ring, Timings};
 use crate::settings::OperatorSettings;
@@ -103,12 +106,65 @@ fn fresh_password() -> String {
         .collect()
 }
 
-/// A `P-redis` Secret with a fresh random password for every role.
+/// A `P-redis` Secret with a fresh random password for every role and,
+/// when managed Redis speaks TLS, a fresh CA and server certificate valid
+/// for `cert_lifetime`.
 ///
 /// # Errors
-/// The pipeline lacks name, namespace or uid, or its spec does not compile.
-pub fn fresh_redis_secret(sp: &StreamPipeline) -> Result<Secret, Error> {
-    Ok(redis_secret(sp, |_| fresh_password())?)
+/// The pipeline lacks name, namespace or uid, or its spec does not compile;
+/// the certificates could not be made.
+pub fn fresh_redis_secret(sp: &StreamPipeline, cert_lifetime: Duration) -> Result<Secret, Error> {
+    let tls = match managed_tls(&sp.spec) {
+        true => Some(fresh_tls(sp, Utc::now(), cert_lifetime)?),
+        false => None,
+    };
+    Ok(redis_secret(sp, |_| fresh_password(), tls.as_ref())?)
+}
+
+fn fresh_tls(
+    sp: &StreamPipeline,
+    now: DateTime<Utc>,
+    lifetime: Duration,
+) -> Result<TlsMaterial, Error> {
+    TlsMaterial::fresh(
+        &sp.name_any(),
+        &sp.namespace().unwrap_or_default(),
+        now,
+        lifetime,
+    )
+    .map_err(|e| Error::Unusable {
+        what: "Secret",
+        name: crate::names::redis(&sp.name_any()),
+        reason: e.to_string(),
+    })
+}
+
+/// The TLS material `live` data should hold at `now`: the stored one,
+/// renewed from its CA when due; a fresh CA and certificate when none is
+/// stored or what is stored is unusable (a warning says why; pods trusting
+/// the old CA connect again once restarted).
+fn tls_for(
+    sp: &StreamPipeline,
+    data: &BTreeMap<String, String>,
+    now: DateTime<Utc>,
+    lifetime: Duration,
+) -> Result<TlsMaterial, Error> {
+    let (p, ns) = (sp.name_any(), sp.namespace().unwrap_or_default());
+    match TlsMaterial::from_data(data) {
+        Stored::Usable(m) if !m.due(now) => Ok(m),
+        Stored::Usable(m) => match m.renewed(&p, &ns, now, lifetime) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                warn!(pipeline = %p, error = %e, "cannot renew the managed Redis certificate from its CA; making a new CA");
+                fresh_tls(sp, now, lifetime)
+            }
+        },
+        Stored::Absent => fresh_tls(sp, now, lifetime),
+        Stored::Unusable(why) => {
+            warn!(pipeline = %p, reason = %why, "the managed Redis TLS material is unusable; making a new CA");
+            fresh_tls(sp, now, lifetime)
+        }
+    }
 }
 
 fn controlled_by(s: &Secret, uid: &str) -> bool {
@@ -166,7 +222,9 @@ pub async fn ensure(
             (None, _) => {
                 let fresh = match g {
                     GeneratedSecret::KeyRing(_) => fresh_key_ring(sp)?,
-                    GeneratedSecret::RedisPassword(_) => fresh_redis_secret(sp)?,
+                    GeneratedSecret::RedisPassword(_) => {
+                        fresh_redis_secret(sp, settings.redis_cert_lifetime)?
+                    }
                     GeneratedSecret::RoleKeys { .. } => continue,
                 };
                 let pp = PostParams {
@@ -177,6 +235,9 @@ pub async fn ensure(
                     Ok(_) => {
                         if matches!(g, GeneratedSecret::RedisPassword(_)) {
                             redis_secret = Some(text_data(&fresh));
+                            if let Some(due) = renew_after(&fresh) {
+                                recheck(until(Utc::now(), due));
+                            }
                         }
                         changes.push(SecretChange::Created(name.to_string()));
                         if matches!(g, GeneratedSecret::KeyRing(_)) {
@@ -200,7 +261,10 @@ pub async fn ensure(
             }
             (Some(live), GeneratedSecret::RedisPassword(_)) if controlled_by(&live, uid) => {
                 redis_secret = Some(text_data(&live));
-                if let Some(updated) = redis_config_update(sp, live)? {
+                let now = Utc::now();
+                if let Some(updated) =
+                    redis_config_update(sp, live, now, settings.redis_cert_lifetime)?
+                {
                     let pp = PostParams {
                         field_manager: Some(FIELD_MANAGER.into()),
                         ..Default::default()
@@ -212,6 +276,10 @@ pub async fn ensure(
                         .map_err(|e| api_error("update", "Secret", name, e))?;
                     redis_secret = Some(text_data(&updated));
                     changes.push(SecretChange::Updated(name.to_string()));
+                }
+                let stored = redis_secret.as_ref().map(TlsMaterial::from_data);
+                if let Some(Stored::Usable(m)) = stored {
+                    recheck(until(now, m.renew_after));
                 }
             }
             (Some(_), _) => {}
@@ -341,6 +409,14 @@ type RotationOutcome = (
     BTreeMap<String, String>,
 );
 
+/// When the server certificate in a `P-redis` Secret is due for renewal.
+fn renew_after(s: &Secret) -> Option<DateTime<Utc>> {
+    match TlsMaterial::from_data(&text_data(s)) {
+        Stored::Usable(m) => Some(m.renew_after),
+        _ => None,
+    }
+}
+
 /// Time from `now` to `due`, rounded up to whole seconds so the requeue
 /// lands at or after it; zero when it has passed.
 fn until(now: DateTime<Utc>, due: DateTime<Utc>) -> std::time::Duration {
@@ -357,21 +433,34 @@ fn until(now: DateTime<Utc>, due: DateTime<Utc>) -> std::time::Duration {
 /// # Errors
 /// A stored password that is not UTF-8 or not a valid password (the
 /// Secret was edited by hand), or a spec that does not compile.
-fn redis_config_update(sp: &StreamPipeline, mut live: Secret) -> Result<Option<Secret>, Error> {
+fn redis_config_update(
+    sp: &StreamPipeline,
+    mut live: Secret,
+    now: DateTime<Utc>,
+    cert_lifetime: Duration,
+) -> Result<Option<Secret>, Error> {
     let name = live.name_any();
+    let tls = match managed_tls(&sp.spec) {
+        true => Some(tls_for(sp, &text_data(&live), now, cert_lifetime)?),
+        false => None,
+    };
     let data = live.data.get_or_insert_with(Default::default);
     let mut unusable = None;
-    let rendered = redis_secret(sp, |role| {
-        let key = role.password_key();
-        match data.get(&key).map(|p| String::from_utf8(p.0.clone())) {
-            None => fresh_password(),
-            Some(Ok(p)) => p,
-            Some(Err(_)) => {
-                unusable = Some(key);
-                fresh_password()
+    let rendered = redis_secret(
+        sp,
+        |role| {
+            let key = role.password_key();
+            match data.get(&key).map(|p| String::from_utf8(p.0.clone())) {
+                None => fresh_password(),
+                Some(Ok(p)) => p,
+                Some(Err(_)) => {
+                    unusable = Some(key);
+                    fresh_password()
+                }
             }
-        }
-    });
+        },
+        tls.as_ref(),
+    );
     if let Some(key) = unusable {
         return Err(Error::Unusable {
             what: "Secret",
@@ -431,6 +520,8 @@ mod tests {
     use crate::render::redis::CONFIG_KEY;
     use k8s_openapi::ByteString;
 
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
     fn pipeline(persistence: &str) -> StreamPipeline {
         let mut sp: StreamPipeline = sluice_crds::yaml::from_str(&format!(
             "apiVersion: sluice.dev/v1alpha1
@@ -452,8 +543,8 @@ spec:
     #[test]
     fn fresh_material_differs_every_time_and_is_valid() {
         let sp = pipeline("aof");
-        let a = fresh_redis_secret(&sp).unwrap();
-        let b = fresh_redis_secret(&sp).unwrap();
+        let a = fresh_redis_secret(&sp, DAY).unwrap();
+        let b = fresh_redis_secret(&sp, DAY).unwrap();
         assert_ne!(a.data, b.data);
         let k1 = fresh_key_ring(&sp).unwrap();
         let k2 = fresh_key_ring(&sp).unwrap();
@@ -499,14 +590,11 @@ spec:
 
     #[test]
     fn the_redis_config_follows_persistence_and_keeps_the_passwords() {
-        let live = fresh_redis_secret(&pipeline("aof")).unwrap();
-        assert_eq!(
-            redis_config_update(&pipeline("aof"), live.clone()).unwrap(),
-            None
-        );
-        let updated = redis_config_update(&pipeline("none"), live.clone())
-            .unwrap()
-            .unwrap();
+        let now = Utc::now();
+        let update = |sp: &StreamPipeline, live: Secret| redis_config_update(sp, live, now, DAY);
+        let live = fresh_redis_secret(&pipeline("aof"), DAY).unwrap();
+        assert_eq!(update(&pipeline("aof"), live.clone()).unwrap(), None);
+        let updated = update(&pipeline("none"), live.clone()).unwrap().unwrap();
         let data = updated.data.unwrap();
         let stored = live.data.as_ref().unwrap();
         for key in ["ingress.password", "admin.password", "probe.password"] {
@@ -531,7 +619,7 @@ spec:
             ]
             .into(),
         );
-        let upgraded = redis_config_update(&pipeline("aof"), legacy)
+        let upgraded = update(&pipeline("aof"), legacy)
             .unwrap()
             .unwrap()
             .data
@@ -547,7 +635,71 @@ spec:
             .as_mut()
             .unwrap()
             .insert("ingress.password".into(), ByteString(vec![0xff]));
-        let e = redis_config_update(&pipeline("none"), broken).unwrap_err();
+        let e = update(&pipeline("none"), broken).unwrap_err();
         assert!(matches!(e, Error::Unusable { .. }));
+    }
+
+    fn tls_of(s: &Secret) -> TlsMaterial {
+        match TlsMaterial::from_data(&text_data(s)) {
+            Stored::Usable(m) => m,
+            _ => panic!("P-redis holds usable TLS material"),
+        }
+    }
+
+    #[test]
+    fn the_redis_certificate_is_kept_until_due_then_renewed_from_the_same_ca() {
+        let sp = pipeline("aof");
+        let live = fresh_redis_secret(&sp, DAY).unwrap();
+        let first = tls_of(&live);
+        let conf = String::from_utf8(live.data.as_ref().unwrap()[CONFIG_KEY].0.clone()).unwrap();
+        assert!(
+            conf.contains("tls-port 6379\n"),
+            "TLS is the default: {conf}"
+        );
+        let before_due = first.renew_after - chrono::Duration::minutes(1);
+        assert_eq!(
+            redis_config_update(&sp, live.clone(), before_due, DAY).unwrap(),
+            None,
+            "nothing changes before the renewal is due"
+        );
+        let renewed = redis_config_update(&sp, live.clone(), first.renew_after, DAY)
+            .unwrap()
+            .expect("due: renewed");
+        let second = tls_of(&renewed);
+        assert_eq!(second.ca_cert, first.ca_cert, "the CA stays");
+        assert_ne!(second.cert, first.cert);
+        assert!(second.renew_after > first.renew_after);
+        for key in ["ingress.password", "admin.password"] {
+            assert_eq!(
+                renewed.data.as_ref().unwrap()[key],
+                live.data.as_ref().unwrap()[key]
+            );
+        }
+        // Damaged material (a key edited by hand) is replaced by a new CA.
+        let mut damaged = live.clone();
+        damaged.data.as_mut().unwrap().insert(
+            crate::redis_tls::CA_KEY_KEY.into(),
+            ByteString(b"not a key".to_vec()),
+        );
+        let repaired = redis_config_update(&sp, damaged, Utc::now(), DAY)
+            .unwrap()
+            .expect("repaired");
+        assert_ne!(tls_of(&repaired).ca_cert, first.ca_cert);
+    }
+
+    #[test]
+    fn turning_tls_off_drops_the_material_and_the_tls_lines() {
+        let live = fresh_redis_secret(&pipeline("aof"), DAY).unwrap();
+        let mut off = pipeline("aof");
+        off.spec.redis.as_mut().unwrap().tls = Some(false);
+        let plain = redis_config_update(&off, live, Utc::now(), DAY)
+            .unwrap()
+            .expect("changed");
+        let data = text_data(&plain);
+        assert!(matches!(TlsMaterial::from_data(&data), Stored::Absent));
+        assert!(!data[CONFIG_KEY].contains("tls"), "{}", data[CONFIG_KEY]);
+        assert!(fresh_redis_secret(&off, DAY)
+            .map(|s| matches!(TlsMaterial::from_data(&text_data(&s)), Stored::Absent))
+            .unwrap());
     }
 }

@@ -173,6 +173,9 @@ pub struct OperatorSettings {
     /// first pod reading work; a warning is raised when an interface's
     /// timeout is shorter for a group that may be at zero.
     pub cold_start: Duration,
+    /// Validity of managed Redis's server certificate
+    /// ([`crate::redis_tls`]); renewed after two thirds of it.
+    pub redis_cert_lifetime: Duration,
     /// Trace export of the runtime pods; `None` (the default) leaves their
     /// containers without any `OTEL_*` variable, so export stays off.
     pub tracing: Option<RuntimeTracing>,
@@ -181,6 +184,12 @@ pub struct OperatorSettings {
 /// Default of [`OperatorSettings::key_propagation`]: the kubelet's sync
 /// period (1 min) plus its Secret cache TTL, with margin.
 pub const DEFAULT_KEY_PROPAGATION: Duration = Duration::from_secs(150);
+
+/// Default of [`OperatorSettings::redis_cert_lifetime`].
+pub const DEFAULT_REDIS_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Shortest [`OperatorSettings::redis_cert_lifetime`]; the longest is the
+/// longest duration a flag takes (720h).
+pub const MIN_REDIS_CERT_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Default of [`OperatorSettings::cold_start`]: scheduling, a cached image
 /// and process start.
@@ -207,6 +216,7 @@ impl Default for OperatorSettings {
             drain: DrainBudget::default(),
             key_propagation: DEFAULT_KEY_PROPAGATION,
             cold_start: DEFAULT_COLD_START,
+            redis_cert_lifetime: DEFAULT_REDIS_CERT_LIFETIME,
             tracing: None,
         }
     }

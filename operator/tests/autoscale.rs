@@ -595,8 +595,9 @@ async fn keda_groups_get_a_scaled_object_or_a_condition_when_keda_is_absent() ->
         json!([
             {"parameter": "username", "name": "p-redis", "key": "keda.username"},
             {"parameter": "password", "name": "p-redis", "key": "keda.password"},
+            {"parameter": "ca", "name": "p-redis", "key": "ca.crt"},
         ]),
-        "KEDA reads the queues as its own read-only user"
+        "KEDA reads the queues as its own read-only user, over TLS"
     );
     let secret = h
         .object("v1", "Secret", ns, "p-redis")

@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 
 use chrono::{TimeZone, Utc};
 use sluice_crds::StreamPipeline;
+use sluice_operator::redis_tls::TlsMaterial;
 use sluice_operator::render::key_ring::role_keys_secret;
+use sluice_operator::render::redis_use::managed_tls;
 use sluice_operator::{
     desired, initial_key_secret, redis_secret, resources, secrets, GeneratedSecret,
     OperatorSettings, RuntimeImages,
@@ -112,7 +114,15 @@ fn render(example: &Path) -> String {
                 role_keys_secret(&sp, name, &ring, needs).unwrap()
             }
             GeneratedSecret::RedisPassword(_) => {
-                redis_secret(&sp, |r| format!("{REDIS_PASSWORD}-{}", r.user())).unwrap()
+                let tls = managed_tls(&sp.spec).then(|| {
+                    TlsMaterial::placeholder(Utc.with_ymd_and_hms(2025, 1, 21, 0, 0, 0).unwrap())
+                });
+                redis_secret(
+                    &sp,
+                    |r| format!("{REDIS_PASSWORD}-{}", r.user()),
+                    tls.as_ref(),
+                )
+                .unwrap()
             }
         });
     }

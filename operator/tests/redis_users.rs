@@ -2,7 +2,8 @@
 //! restart: a real `redis-server` started from the `redis.conf` the
 //! operator renders, then the operator's admin connection
 //! (`sluice_operator::redis_users`) after the spec moves a node to a new
-//! group and drops the old one.
+//! group and drops the old one; and a renewed TLS certificate served
+//! without a restart.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,11 +12,13 @@ use std::time::{Duration, Instant};
 
 use sluice_crds::{compile, PipelineId, StreamPipeline};
 use sluice_e2e::resp::Probe;
-use sluice_operator::redis_users::{RedisUsers, Wanted};
+use sluice_operator::redis_tls::{Stored, TlsMaterial};
+use sluice_operator::redis_users::{RedisUsers, Tls, Wanted};
 use sluice_operator::render::redis_acl;
 use sluice_operator::{redis_secret, secrets};
 use sluice_platform::redis::testing::RedisServer;
 use sluice_platform::Keys;
+use sluice_platform::{RedisBackend, RedisConfig};
 
 fn orders() -> StreamPipeline {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/orders-redis.yaml");
@@ -24,6 +27,24 @@ fn orders() -> StreamPipeline {
     sp.metadata.namespace = Some("users".into());
     sp.metadata.uid = Some("00000000-0000-4000-8000-0000000000a1".into());
     sp
+}
+
+/// Lifetime of the test certificates.
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// A redis-server started as the Redis pod starts: from the `redis.conf`
+/// in `P-redis`, with the server certificate and key beside it.
+fn start(data: &BTreeMap<String, String>) -> RedisServer {
+    let files: Vec<(&str, &[u8])> = ["tls.crt", "tls.key", "ca.crt"]
+        .into_iter()
+        .map(|k| (k, data[k].as_bytes()))
+        .collect();
+    RedisServer::start_with_config_files(
+        &data["redis.conf"],
+        "probe",
+        &data["probe.password"],
+        &files,
+    )
 }
 
 fn wanted(sp: &StreamPipeline, passwords: &BTreeMap<String, String>) -> Wanted {
@@ -46,12 +67,17 @@ async fn applied(users: &RedisUsers, key: &str) {
 #[tokio::test]
 async fn a_new_group_gets_its_user_and_a_removed_one_loses_it_without_a_restart() {
     let sp = orders();
-    let before = secrets::text_data(&secrets::fresh_redis_secret(&sp).unwrap());
-    let server =
-        RedisServer::start_with_config(&before["redis.conf"], "probe", &before["probe.password"]);
+    let fresh = secrets::fresh_redis_secret(&sp, DAY).unwrap();
+    let before = secrets::text_data(&fresh);
+    let server = start(&before);
     let pid = server.pid();
     let redis = Probe::new(server.port());
-    let addr = format!("127.0.0.1:{}", server.port());
+    // The operator's admin connection speaks TLS, trusting the CA of P-redis.
+    let addr = server.tls_address();
+    let tls = match TlsMaterial::from_data(&before) {
+        Stored::Usable(m) => m,
+        _ => panic!("a fresh P-redis holds TLS material"),
+    };
     let keys = Keys::new("users", "orders-redis");
 
     // The spec moves `summarize` from `io` to a new group `gpu`.
@@ -63,12 +89,16 @@ async fn a_new_group_gets_its_user_and_a_removed_one_loses_it_without_a_restart(
     changed.spec = serde_json::from_str(&spec).unwrap();
     // What the reconciler stores: the old passwords kept, one new one.
     let after = secrets::text_data(
-        &redis_secret(&changed, |role| {
-            before
-                .get(&role.password_key())
-                .cloned()
-                .unwrap_or_else(|| "fresh-password-for-gpu-0123456789".into())
-        })
+        &redis_secret(
+            &changed,
+            |role| {
+                before
+                    .get(&role.password_key())
+                    .cloned()
+                    .unwrap_or_else(|| "fresh-password-for-gpu-0123456789".into())
+            },
+            Some(&tls),
+        )
         .unwrap(),
     );
     assert!(!after.contains_key("group-io.password"));
@@ -115,4 +145,64 @@ async fn a_new_group_gets_its_user_and_a_removed_one_loses_it_without_a_restart(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(!users.is_applied(other));
+}
+
+/// Whether a client trusting only `ca` gets through to `address` as the
+/// probe user.
+async fn connects_trusting(address: &str, password: &str, ca: &str) -> bool {
+    let cfg = RedisConfig::from_url(&format!("rediss://probe:{password}@{address}"))
+        .unwrap()
+        .with_ca_pem(ca.as_bytes())
+        .unwrap()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_command_timeout(Duration::from_secs(2))
+        .with_pool_size(1);
+    RedisBackend::connect(cfg).await.is_ok()
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_after_the_next_apply_without_a_restart() {
+    let sp = orders();
+    let data = secrets::text_data(&secrets::fresh_redis_secret(&sp, DAY).unwrap());
+    let server = start(&data);
+    let pid = server.pid();
+    let addr = server.tls_address();
+    let old_ca = data["ca.crt"].clone();
+    assert!(connects_trusting(&addr, &data["probe.password"], &old_ca).await);
+    let plain = Probe::new(server.port());
+    assert!(
+        plain.cmd(&[b"PING"]).is_err(),
+        "nobody gets in without a password"
+    );
+
+    // The kubelet swaps in a new pair, from another CA so the switch shows
+    // (a renewal keeps the CA, and clients could not tell).
+    let new = TlsMaterial::fresh("orders-redis", "users", chrono::Utc::now(), DAY)
+        .unwrap()
+        .to_data();
+    for k in ["tls.crt", "tls.key"] {
+        std::fs::write(server.dir().join(k), &new[k]).unwrap();
+    }
+    assert!(
+        connects_trusting(&addr, &data["probe.password"], &old_ca).await,
+        "Redis keeps serving the certificate it loaded"
+    );
+
+    // The operator's next apply, trusting both CAs as a client would while
+    // a CA changes, makes Redis load the files again.
+    let mut w = wanted(&sp, &data);
+    w.tls = Some(Tls {
+        ca: format!("{old_ca}{}", new["ca.crt"]),
+        cert: new["tls.crt"].clone(),
+    });
+    let users = Arc::new(RedisUsers::default());
+    let key = "users/orders-redis";
+    assert!(users.sync(key, &addr, w));
+    applied(&users, key).await;
+    assert!(connects_trusting(&addr, &data["probe.password"], &new["ca.crt"]).await);
+    assert!(
+        !connects_trusting(&addr, &data["probe.password"], &old_ca).await,
+        "the old certificate is no longer served"
+    );
+    assert_eq!(server.pid(), pid, "no restart");
 }

@@ -392,16 +392,23 @@ impl Rig {
                 .map(|p| String::from_utf8(p.0.clone()))
                 .with_context(|| format!("P-redis has {key}"))
         };
-        // Managed Redis as the operator configures it: its ACL users.
-        let redis = RedisServer::start_with_config(
+        // Managed Redis as the operator configures it: its ACL users, and
+        // TLS only with the certificate beside its config file.
+        let tls_files = ["tls.crt", "tls.key", "ca.crt"]
+            .into_iter()
+            .map(|k| Ok((k, redis_data(k)??)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let files: Vec<(&str, &[u8])> = tls_files.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        let redis = RedisServer::start_with_config_files(
             &redis_data("redis.conf")??,
             "probe",
             &redis_data("probe.password")??,
+            &files,
         );
         for s in secrets.clone() {
             cluster.add_secret(s);
         }
-        let redis_addr = SocketAddr::from(([127, 0, 0, 1], redis.port()));
+        let redis_addr: SocketAddr = redis.tls_address().parse()?;
         let services: Vec<Service> = objects(&h, "v1", "Service");
         let sets: Vec<StatefulSet> = objects(&h, "apps/v1", "StatefulSet");
         let redis_template = &sets

@@ -174,7 +174,7 @@ fn start(example: &str, expect_deployments: &[&str]) -> Running {
                 role_keys_secret(&sp, name, &ring, needs).unwrap()
             }
             GeneratedSecret::RedisPassword(_) => {
-                let s = secrets::fresh_redis_secret(&sp).unwrap();
+                let s = secrets::fresh_redis_secret(&sp, Duration::from_secs(24 * 3600)).unwrap();
                 redis_secret = Some(s.data.clone().unwrap_or_default());
                 s
             }
@@ -207,8 +207,25 @@ fn start(example: &str, expect_deployments: &[&str]) -> Running {
                 "{}\nuser {INSPECTOR} on >{INSPECTOR_PASSWORD} -@all +acl|log\n",
                 text("redis.conf")
             );
-            let server = RedisServer::start_with_config(&conf, "probe", &text("probe.password"));
-            let addr = SocketAddr::from(([127, 0, 0, 1], server.port()));
+            // With TLS (the default) the pod mounts its certificate and
+            // key beside the file, and clients reach only the TLS port.
+            let tls_files: Vec<(&str, Vec<u8>)> = ["tls.crt", "tls.key", "ca.crt"]
+                .into_iter()
+                .filter_map(|k| Some((k, data.get(k)?.0.clone())))
+                .collect();
+            let files: Vec<(&str, &[u8])> =
+                tls_files.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            let server = RedisServer::start_with_config_files(
+                &conf,
+                "probe",
+                &text("probe.password"),
+                &files,
+            );
+            let addr: SocketAddr = if conf.lines().any(|l| l.starts_with("tls-port ")) {
+                server.tls_address().parse().unwrap()
+            } else {
+                SocketAddr::from(([127, 0, 0, 1], server.port()))
+            };
             let template = &sts.spec.as_ref().unwrap().template;
             let mut served = 0;
             for svc in services.iter().filter(|s| selects(s, template)) {
@@ -548,9 +565,19 @@ async fn each_role_is_refused_what_it_does_not_do_while_traffic_flows() {
         ("autoscaler", format!("XRANGE {cpu} - +")),
         ("probe", format!("XLEN {cpu}")),
         ("admin", format!("XRANGE {cpu} - +")),
-        ("admin", "CONFIG SET dir /tmp".into()),
     ] {
         assert_refused(&run.redis_as(user), &command, user);
+    }
+    // The admin may CONFIG SET (to reload a renewed certificate), but not
+    // point Redis's files anywhere: those settings are protected.
+    for (name, value) in [("dir", "/tmp"), ("dbfilename", "x.rdb")] {
+        let got =
+            run.redis_as("admin")
+                .cmd(&[b"CONFIG", b"SET", name.as_bytes(), value.as_bytes()]);
+        assert!(
+            matches!(&got, Err(e) if e.contains("protected config")),
+            "admin: CONFIG SET {name} answered {got:?}"
+        );
     }
     // And what each role does need is still allowed.
     assert!(run

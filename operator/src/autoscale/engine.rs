@@ -44,8 +44,9 @@ use crate::events::{EventType, Events};
 use crate::labels::{self, Component};
 use crate::metrics::{DirectionLabel, GroupLabel, Metrics};
 use crate::names;
+use crate::redis_tls::CA_CERT_KEY;
 use crate::render::redis_acl::Role;
-use crate::render::redis_use::managed_address;
+use crate::render::redis_use::{managed_tls, managed_url};
 
 /// Pipelines evaluated at once.
 const CONCURRENCY: usize = 16;
@@ -90,7 +91,7 @@ struct Conn {
 #[derive(PartialEq, Eq)]
 struct Target {
     url: String,
-    /// External Redis with `caSecretRef`.
+    /// External Redis with `caSecretRef`, or managed Redis with TLS.
     ca: Option<CaPem>,
 }
 
@@ -488,8 +489,9 @@ impl Autoscaler {
     }
 
     /// The URL the pipeline's pods use — managed Redis from the password in
-    /// `P-redis`, external from the user's `urlSecretRef` — and the CA in
-    /// the user's `caSecretRef`, if any. Secrets are read by name (`get`);
+    /// `P-redis`, external from the user's `urlSecretRef` — and the CA:
+    /// managed Redis's in `P-redis` when it speaks TLS, or the one in the
+    /// user's `caSecretRef`, if any. Secrets are read by name (`get`);
     /// one that holds both is read once.
     async fn redis_target(&self, sp: &StreamPipeline) -> Result<Target, String> {
         let ns = sp.namespace().unwrap_or_default();
@@ -514,15 +516,30 @@ impl Autoscaler {
             .ok_or_else(|| format!("Secret {secret} has no UTF-8 key {key}"))?;
         let url = match url_ref {
             Some(_) => value.trim().to_string(),
-            None => format!(
-                "redis://{}:{value}@{}",
-                Role::Autoscaler.user(),
-                managed_address(&name, &ns)
+            None => managed_url(
+                &name,
+                &ns,
+                managed_tls(&sp.spec),
+                &Role::Autoscaler.user(),
+                &value,
             ),
         };
-        let ca = match external.and_then(|r| r.ca_secret_ref.as_ref()) {
-            None => None,
-            Some(r) => {
+        let ca = match (url_ref, external.and_then(|r| r.ca_secret_ref.as_ref())) {
+            // Managed Redis with TLS: its CA is in the same Secret.
+            (None, _) if managed_tls(&sp.spec) => {
+                let pem = s
+                    .data
+                    .and_then(|mut d| d.remove(CA_CERT_KEY))
+                    .ok_or_else(|| format!("Secret {secret} has no key {CA_CERT_KEY}"))?
+                    .0;
+                Some(CaPem {
+                    secret: secret.clone(),
+                    key: CA_CERT_KEY.into(),
+                    pem,
+                })
+            }
+            (_, None) => None,
+            (_, Some(r)) => {
                 let ca_secret = if r.name == secret {
                     s
                 } else {

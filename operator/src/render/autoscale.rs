@@ -8,11 +8,12 @@
 //! ScaledObject P-<group>            TriggerAuthentication P-keda-redis
 //!   scaleTargetRef: Deployment P-<group>   secretTargetRef:
 //!   min/maxReplicaCount, cooldownPeriod      managed:  username, password ← Secret P-redis/keda.*
+//!                                                      ca ← P-redis/ca.crt (with TLS)
 //!   trigger redis-streams:                   external: address  ← <urlSecretRef>/address
 //!     stream  sluice:{ns/P}:q:<group>                  password ← <urlSecretRef>/password
 //!     consumerGroup sluice                             ca       ← <caSecretRef> (when set)
 //!     streamLength <targetBacklogPerReplica>
-//!     enableTLS "true" (external with caSecretRef)
+//!     enableTLS "true" (managed with TLS, external with caSecretRef)
 //! ```
 //!
 //! The trigger uses the stream's length: a worker deletes what it hands
@@ -38,6 +39,8 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 use sluice_crds::{AutoscaleEngine, AutoscaleSpec, GroupSpec, SecretKeyRef};
+
+use crate::redis_tls::CA_CERT_KEY;
 use sluice_platform::keys::{Keys, CONSUMER_GROUP};
 
 use super::child::{Child, ScaledObject, TriggerAuthentication};
@@ -102,9 +105,15 @@ pub(crate) fn keda_objects(ctx: &Ctx<'_>) -> Vec<Child> {
     let address = managed_address(&ctx.name, &ctx.namespace);
     let target = match &ctx.redis {
         RedisUse::External { url, ca } => RedisTarget::External { url, ca: *ca },
-        RedisUse::Managed(_) | RedisUse::None => RedisTarget::Managed {
+        RedisUse::Managed(m) => RedisTarget::Managed {
             address: &address,
             secret: &redis_name,
+            tls: m.tls,
+        },
+        RedisUse::None => RedisTarget::Managed {
+            address: &address,
+            secret: &redis_name,
+            tls: false,
         },
     };
     if groups.is_empty() {
@@ -147,8 +156,13 @@ const POLLING_INTERVAL: i64 = 15;
 /// Which Redis the trigger reads.
 #[derive(Debug, Clone, Copy)]
 pub enum RedisTarget<'a> {
-    /// The managed Redis at this `host:port`, password in `P-redis`.
-    Managed { address: &'a str, secret: &'a str },
+    /// The managed Redis at this `host:port`, password in `P-redis`, and
+    /// with `tls` the CA there too.
+    Managed {
+        address: &'a str,
+        secret: &'a str,
+        tls: bool,
+    },
     /// The user's Secret (`urlSecretRef`), with `address` and `password`
     /// keys, and the CA of a Redis with a private CA (`caSecretRef`).
     External {
@@ -175,7 +189,12 @@ pub fn scaled_object(
         "databaseIndex": "0",
     });
     match redis {
-        RedisTarget::Managed { address, .. } => trigger_meta["address"] = json!(address),
+        RedisTarget::Managed { address, tls, .. } => {
+            trigger_meta["address"] = json!(address);
+            if tls {
+                trigger_meta["enableTLS"] = json!("true");
+            }
+        }
         RedisTarget::External { ca: Some(_), .. } => trigger_meta["enableTLS"] = json!("true"),
         RedisTarget::External { ca: None, .. } => {}
     }
@@ -209,8 +228,8 @@ pub fn scaled_object(
 /// credentials (by Secret reference; no secret value is copied).
 pub fn trigger_authentication(meta: ObjectMeta, redis: RedisTarget<'_>) -> TriggerAuthentication {
     let refs: Vec<(&str, Cow<'_, str>, &str)> = match redis {
-        RedisTarget::Managed { secret, .. } => {
-            vec![
+        RedisTarget::Managed { secret, tls, .. } => {
+            let mut refs = vec![
                 (
                     "username",
                     Cow::Borrowed(secret),
@@ -221,7 +240,11 @@ pub fn trigger_authentication(meta: ObjectMeta, redis: RedisTarget<'_>) -> Trigg
                     Cow::Borrowed(secret),
                     redis_acl::KEDA_PASSWORD_KEY,
                 ),
-            ]
+            ];
+            if tls {
+                refs.push(("ca", Cow::Borrowed(secret), CA_CERT_KEY));
+            }
+            refs
         }
         RedisTarget::External { url, ca } => {
             let mut refs = vec![

@@ -181,7 +181,7 @@ pub(crate) fn deployment(
 ) -> Deployment {
     let component = component_of(g.role);
     let (secret_volumes, secret_mounts) = pod_spec::node_secret_mounts(secret_refs);
-    let (ca_volume, ca_mount) = redis::ca_mount(&ctx.redis).unzip();
+    let (ca_volume, ca_mount) = redis::ca_mount(ctx, &ctx.redis).unzip();
     let mut mounts = vec![
         pod_spec::mount(pod_spec::VOLUME_PIPELINE, pod_spec::PIPELINE_DIR, true),
         pod_spec::mount(pod_spec::VOLUME_KEYS, pod_spec::KEYS_DIR, true),

@@ -44,11 +44,12 @@ use super::error::{Error, Result};
 use super::pod_spec;
 use super::policy;
 use super::redis_acl;
-use super::redis_use::{managed_address, ManagedRedis, RedisUse, REDIS_PORT};
+use super::redis_use::{managed_url, ManagedRedis, RedisUse, REDIS_PORT};
 use super::restricted;
 use crate::hash;
 use crate::labels::{self, Component};
 use crate::names;
+use crate::redis_tls::{TlsMaterial, CA_CERT_KEY, CERT_KEY, KEY_KEY};
 
 /// Key of the config file in the `P-redis` Secret.
 pub const CONFIG_KEY: &str = "redis.conf";
@@ -91,44 +92,57 @@ pub(crate) fn runtime_env(
             }
             env
         }
-        RedisUse::Managed(_) => vec![
-            pod_spec::env_from_secret(
-                ENV_REDIS_PASSWORD,
-                &names::redis(&ctx.name),
-                &role.password_key(),
-            ),
-            pod_spec::env(
-                ENV_REDIS_URL,
-                format!(
-                    "redis://{}:$({ENV_REDIS_PASSWORD})@{}",
-                    role.user(),
-                    managed_address(&ctx.name, &ctx.namespace)
+        RedisUse::Managed(m) => {
+            let mut env = vec![
+                pod_spec::env_from_secret(
+                    ENV_REDIS_PASSWORD,
+                    &names::redis(&ctx.name),
+                    &role.password_key(),
                 ),
-            ),
-        ],
+                pod_spec::env(
+                    ENV_REDIS_URL,
+                    managed_url(
+                        &ctx.name,
+                        &ctx.namespace,
+                        m.tls,
+                        &role.user(),
+                        &format!("$({ENV_REDIS_PASSWORD})"),
+                    ),
+                ),
+            ];
+            if m.tls {
+                env.push(pod_spec::env(ENV_REDIS_CA_FILE, ca_path()));
+            }
+            env
+        }
     }
 }
 
-/// Where a runtime container finds the CA of external Redis.
+/// Where a runtime container finds the CA of its Redis (external with
+/// `caSecretRef`, or managed with TLS).
 pub fn ca_path() -> String {
     format!("{REDIS_CA_DIR}/{REDIS_CA_FILE}")
 }
 
-/// The volume and the runtime container's mount of the CA of external
-/// Redis, when the spec names one: only the referenced key, as
-/// [`REDIS_CA_FILE`], in a directory of its own (never `subPath`, see
-/// [`super::pod_spec`]). The runtime reads it once at start; changing the
-/// Secret's name or key changes the pod template and so rolls the pods.
-pub(crate) fn ca_mount(redis: &RedisUse<'_>) -> Option<(Volume, VolumeMount)> {
-    let RedisUse::External { ca: Some(ca), .. } = redis else {
-        return None;
+/// The volume and the runtime container's mount of the CA of its Redis:
+/// external Redis's when the spec names one, managed Redis's (`ca.crt` of
+/// `P-redis`, and nothing else of that Secret) when it speaks TLS. Only
+/// that key, as [`REDIS_CA_FILE`], in a directory of its own (never
+/// `subPath`, see [`super::pod_spec`]). The runtime reads it once at
+/// start; changing the Secret's name or key changes the pod template and
+/// so rolls the pods.
+pub(crate) fn ca_mount(ctx: &Ctx<'_>, redis: &RedisUse<'_>) -> Option<(Volume, VolumeMount)> {
+    let (secret, key) = match redis {
+        RedisUse::External { ca: Some(ca), .. } => (ca.name.clone(), ca.key.clone()),
+        RedisUse::Managed(m) if m.tls => (names::redis(&ctx.name), CA_CERT_KEY.to_string()),
+        _ => return None,
     };
     let volume = Volume {
         name: VOLUME_REDIS_CA.into(),
         secret: Some(SecretVolumeSource {
-            secret_name: Some(ca.name.clone()),
+            secret_name: Some(secret),
             items: Some(vec![KeyToPath {
-                key: ca.key.clone(),
+                key,
                 path: REDIS_CA_FILE.into(),
                 mode: None,
             }]),
@@ -152,8 +166,23 @@ pub(crate) fn ca_mount(redis: &RedisUse<'_>) -> Option<(Volume, VolumeMount)> {
 pub fn redis_conf(
     persistence: Persistence,
     max_memory: u64,
+    tls: bool,
     users: &[(redis_acl::User, &str)],
 ) -> String {
+    // TLS only: no plain port at all. Clients authenticate with their ACL
+    // password, so they present no certificate.
+    let listen = if tls {
+        format!(
+            "port 0\n\
+             tls-port {REDIS_PORT}\n\
+             tls-cert-file {CONFIG_DIR}/{CERT_KEY}\n\
+             tls-key-file {CONFIG_DIR}/{KEY_KEY}\n\
+             tls-auth-clients no\n\
+             tls-protocols \"TLSv1.2 TLSv1.3\"\n"
+        )
+    } else {
+        format!("port {REDIS_PORT}\n")
+    };
     let persistence = match persistence {
         Persistence::Aof => "appendonly yes\n",
         // No AOF and no RDB snapshots: nothing is written to disk.
@@ -167,7 +196,7 @@ pub fn redis_conf(
     format!(
         "# Managed Redis of a sluice pipeline, rendered by sluice-operator.\n\
          bind * -::*\n\
-         port {REDIS_PORT}\n\
+         {listen}\
          protected-mode no\n\
          dir {DATA_DIR}\n\
          maxmemory {max_memory}\n\
@@ -183,8 +212,9 @@ pub fn redis_conf(
 
 /// The `P-redis` Secret: one password per role of the pipeline
 /// (`<user>.password`, [`redis_acl::Role::password_key`]), the autoscaler's
-/// user name for KEDA, and the `redis.conf` that carries the passwords'
-/// hashes.
+/// user name for KEDA, the `redis.conf` that carries the passwords'
+/// hashes, and with TLS the CA and server certificate `tls`
+/// ([`crate::redis_tls`]).
 ///
 /// Passwords are random, so the reconciler creates this Secret only when it
 /// is absent, from fresh material `password` gives per role; later it
@@ -195,15 +225,23 @@ pub fn redis_conf(
 /// ([`crate::redis_users`]).
 ///
 /// # Errors
-/// Missing name, namespace or uid; a spec that does not compile; a
+/// Missing name, namespace or uid; a spec that does not compile; `tls`
+/// given when managed Redis does not speak TLS or missing when it does; a
 /// password shorter than 16 or longer than 256 characters, or with
 /// characters other than `A-Z a-z 0-9 - . _ ~` (it is spliced into a URL).
 /// The error never contains a password.
 pub fn redis_secret(
     sp: &StreamPipeline,
     mut password: impl FnMut(&redis_acl::Role) -> String,
+    tls: Option<&TlsMaterial>,
 ) -> Result<Secret> {
     let owner = owner_of(sp)?;
+    if tls.is_some() != crate::render::redis_use::managed_tls(&sp.spec) {
+        return Err(Error::InvalidInput {
+            what: "Redis TLS material",
+            reason: "given exactly when managed Redis speaks TLS".into(),
+        });
+    }
     let plan = compile(
         PipelineId {
             namespace: owner.namespace.clone(),
@@ -254,8 +292,15 @@ pub fn redis_secret(
     );
     data.insert(
         CONFIG_KEY.to_string(),
-        ByteString(redis_conf(persistence, max_memory, &pairs).into_bytes()),
+        ByteString(redis_conf(persistence, max_memory, tls.is_some(), &pairs).into_bytes()),
     );
+    if let Some(tls) = tls {
+        data.extend(
+            tls.to_data()
+                .into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes()))),
+        );
+    }
     Ok(Secret {
         metadata: owner.meta(names::redis(&owner.name), Component::Redis, None),
         type_: Some("Opaque".into()),
@@ -300,7 +345,7 @@ fn redis_hash(m: &ManagedRedis) -> Result<String> {
     hash::digest(&Input {
         // Without users: they change live (a new group gets its user from
         // the operator), never by restarting Redis.
-        conf: redis_conf(m.persistence, m.max_memory, &[]),
+        conf: redis_conf(m.persistence, m.max_memory, m.tls, &[]),
         image: &m.image,
     })
     .map_err(|source| Error::Json {
@@ -356,8 +401,19 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
     let pod_labels = labels::labels(p, Component::Redis, None);
     let mut volumes = vec![
         // 0440 with fsGroup: readable by Redis only, not world-readable.
-        // Only the config file (which holds hashes, not passwords).
-        pod_spec::secret_items_volume("config", &name, &[CONFIG_KEY], Some(0o440)),
+        // Only the config file (which holds hashes, not passwords) and,
+        // with TLS, the server's certificate and key and the CA the probe
+        // checks them against — not the CA's key.
+        pod_spec::secret_items_volume(
+            "config",
+            &name,
+            if m.tls {
+                &[CONFIG_KEY, CERT_KEY, KEY_KEY, CA_CERT_KEY]
+            } else {
+                &[CONFIG_KEY]
+            },
+            Some(0o440),
+        ),
         pod_spec::tmp_volume(),
     ];
     let claims = match m.persistence {
@@ -418,7 +474,12 @@ fn stateful_set(ctx: &Ctx<'_>, m: &ManagedRedis) -> Result<StatefulSet> {
             "sh".into(),
             "-c".into(),
             format!(
-                "test \"$(redis-cli --user {} -p {REDIS_PORT} ping)\" = PONG",
+                "test \"$(redis-cli {}--user {} -p {REDIS_PORT} ping)\" = PONG",
+                if m.tls {
+                    format!("--tls --cacert {CONFIG_DIR}/{CA_CERT_KEY} ")
+                } else {
+                    String::new()
+                },
                 redis_acl::Role::Probe.user()
             ),
         ])),
@@ -493,13 +554,22 @@ mod tests {
     };
     use crate::render::{redis, Desired, GeneratedSecret};
 
+    fn tls() -> TlsMaterial {
+        TlsMaterial::placeholder(chrono::Utc::now())
+    }
+
     #[test]
     fn config_file_carries_users_persistence_and_noeviction() {
         let user = redis_acl::User {
             role: redis_acl::Role::Probe,
             rules: vec!["-@all".into(), "+ping".into()],
         };
-        let aof = redis_conf(Persistence::Aof, 256 << 20, &[(user, "s3cret-password-x")]);
+        let aof = redis_conf(
+            Persistence::Aof,
+            256 << 20,
+            false,
+            &[(user, "s3cret-password-x")],
+        );
         assert!(!aof.contains("s3cret-password-x"), "only hashes: {aof}");
         assert!(
             !aof.contains("requirepass"),
@@ -519,12 +589,26 @@ mod tests {
             "dir /data",
             "protected-mode no",
             "bind * -::*",
+            "port 6379",
         ] {
             assert!(aof.lines().any(|l| l == line), "missing `{line}` in\n{aof}");
         }
-        let none = redis_conf(Persistence::None, 256 << 20, &[]);
+        assert!(!aof.contains("tls"), "{aof}");
+        let none = redis_conf(Persistence::None, 256 << 20, true, &[]);
         assert!(none.lines().any(|l| l == "appendonly no"));
         assert!(none.lines().any(|l| l == "save \"\""));
+        for line in [
+            "port 0",
+            "tls-port 6379",
+            "tls-cert-file /etc/redis/tls.crt",
+            "tls-key-file /etc/redis/tls.key",
+            "tls-auth-clients no",
+        ] {
+            assert!(
+                none.lines().any(|l| l == line),
+                "missing `{line}` in\n{none}"
+            );
+        }
     }
 
     #[test]
@@ -536,12 +620,17 @@ mod tests {
             "new\nline-requirepass-x",
             "at@sign-xxxxxxxxxxxx",
         ] {
-            let e = redis_secret(&sp, |_| bad.into()).unwrap_err();
+            let e = redis_secret(&sp, |_| bad.into(), Some(&tls())).unwrap_err();
             assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
             let e = e.to_string();
             assert!(!e.contains(bad), "error must not echo the password: {e}");
         }
-        let s = redis_secret(&sp, |r| format!("0123456789abcdef-{}", r.user())).unwrap();
+        let s = redis_secret(
+            &sp,
+            |r| format!("0123456789abcdef-{}", r.user()),
+            Some(&tls()),
+        )
+        .unwrap();
         let data = s.data.unwrap();
         assert_eq!(data["ingress.password"].0, b"0123456789abcdef-ingress");
         assert_eq!(data["keda.username"].0, b"keda");
@@ -639,8 +728,11 @@ mod tests {
         );
         assert_eq!(
             env[url].value.as_deref(),
-            Some("redis://group-cpu:$(REDIS_PASSWORD)@orders-redis-redis.demo.svc:6379")
+            Some("rediss://group-cpu:$(REDIS_PASSWORD)@orders-redis-redis.demo.svc:6379"),
+            "TLS by default"
         );
+        let ca = env.iter().find(|e| e.name == ENV_REDIS_CA_FILE).unwrap();
+        assert_eq!(ca.value.as_deref(), Some("/etc/sluice/redis-ca/ca.crt"));
         let from = env[pw]
             .value_from
             .as_ref()
@@ -653,6 +745,67 @@ mod tests {
             ("orders-redis-redis", "group-cpu.password"),
             "each pod gets its own role's password only"
         );
+    }
+
+    /// The Redis StatefulSet's pod and the cpu worker's pod of `sp`.
+    fn pods(
+        sp: &StreamPipeline,
+    ) -> (
+        k8s_openapi::api::core::v1::PodSpec,
+        k8s_openapi::api::core::v1::PodSpec,
+    ) {
+        let d = render(sp);
+        let Some(Child::StatefulSet(ss)) =
+            d.objects.iter().find(|o| o.kind().kind == "StatefulSet")
+        else {
+            panic!("no StatefulSet")
+        };
+        let redis = ss.spec.clone().unwrap().template.spec.unwrap();
+        (
+            redis,
+            crate::render::fixtures::pod_of(&d, "orders-redis-cpu"),
+        )
+    }
+
+    fn items(pod: &k8s_openapi::api::core::v1::PodSpec, volume: &str) -> Vec<String> {
+        pod.volumes
+            .iter()
+            .flatten()
+            .filter(|v| v.name == volume)
+            .flat_map(|v| v.secret.as_ref().unwrap().items.clone().unwrap())
+            .map(|i| i.key)
+            .collect()
+    }
+
+    #[test]
+    fn with_tls_redis_mounts_its_certificate_and_workers_only_the_ca() {
+        let (redis, worker) = pods(&orders_redis());
+        assert_eq!(
+            items(&redis, "config"),
+            [CONFIG_KEY, "tls.crt", "tls.key", "ca.crt"]
+        );
+        assert_eq!(
+            items(&worker, VOLUME_REDIS_CA),
+            ["ca.crt"],
+            "the CA only, never its key"
+        );
+        let probe = redis.containers[0].readiness_probe.clone().unwrap();
+        let cmd = probe.exec.unwrap().command.unwrap().join(" ");
+        assert!(cmd.contains("--tls --cacert /etc/redis/ca.crt"), "{cmd}");
+
+        let mut plain = orders_redis();
+        plain.spec.redis.get_or_insert_with(Default::default).tls = Some(false);
+        let (redis, worker) = pods(&plain);
+        assert_eq!(items(&redis, "config"), [CONFIG_KEY]);
+        assert!(items(&worker, VOLUME_REDIS_CA).is_empty());
+        let env = worker.containers[0].env.clone().unwrap();
+        let url = env.iter().find(|e| e.name == ENV_REDIS_URL).unwrap();
+        assert!(url
+            .value
+            .as_deref()
+            .unwrap()
+            .starts_with("redis://group-cpu:"));
+        assert!(!env.iter().any(|e| e.name == ENV_REDIS_CA_FILE));
     }
 
     #[test]
@@ -781,7 +934,9 @@ mod tests {
 
     #[test]
     fn without_a_redis_ca_no_pod_carries_its_volume_mount_or_variable() {
-        for sp in [external_with_ca(None), with_everything(), orders_redis()] {
+        let mut plain = orders_redis();
+        plain.spec.redis.get_or_insert_with(Default::default).tls = Some(false);
+        for sp in [external_with_ca(None), plain] {
             for t in templates(&render(&sp)) {
                 let pod = t.spec.as_ref().unwrap();
                 assert!(pod

@@ -15,7 +15,7 @@
 //!                                           none                                          MULTI EXEC DISCARD
 //! autoscaler    the operator's autoscaler,  q:* (read)                                    XLEN XPENDING XINFO STREAM|GROUPS
 //!               KEDA
-//! admin         the operator only           none                                          ACL SETUSER|DELUSER|USERS
+//! admin         the operator only           none                                          ACL SETUSER|DELUSER|USERS, CONFIG GET|SET
 //! probe         Redis's own probes          none                                          PING
 //! default       nobody                      off, no password, no command
 //! ```
@@ -23,7 +23,7 @@
 //! Every user may `PING` and `CLIENT ID`. No user gets a keyspace command that rewrites a
 //! queue's history (`DEL`, `RENAME`, `XSETID`, `XGROUP DESTROY|SETID`,
 //! `XTRIM`, …) nor anything `@admin`/`@dangerous` except `admin`'s ACL
-//! subcommands, and none runs scripts (`EVAL`, `FCALL`: any Lua can loop
+//! subcommands and `CONFIG GET|SET`, and none runs scripts (`EVAL`, `FCALL`: any Lua can loop
 //! forever and freeze Redis for every other user): a compromised worker can read and write only its
 //! own queue, append to the queues its edges lead to, and answer callers.
 //!
@@ -264,9 +264,14 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role) -> Vec<String> {
             out.extend([
                 "+acl|setuser".into(),
                 "+acl|deluser".into(),
-                // No CONFIG SET: it could point `dir` and `dbfilename`
-                // anywhere and write files as Redis.
                 "+acl|users".into(),
+                // To load a renewed TLS certificate: read the paths, set
+                // them again. Redis cannot limit the arguments; with
+                // `enable-protected-configs no` it refuses `dir` and
+                // `dbfilename` (writing files anywhere) to everyone, and
+                // the rest this user could do with ACL SETUSER anyway.
+                "+config|get".into(),
+                "+config|set".into(),
             ]);
         }
         Role::Probe => {}
@@ -330,8 +335,14 @@ mod tests {
                 r.starts_with("resetkeys resetchannels -@all +ping"),
                 "{role:?}: {r}"
             );
+            // The admin reloads the TLS certificate with CONFIG GET|SET.
+            if role != Role::Admin {
+                assert!(!r.contains("+config"), "{role:?}: {r}");
+            }
             for never in [
-                "+config",
+                "+eval",
+                "+fcall",
+                "+function",
                 "+flushall",
                 "+keys",
                 "+del ~sluice:{demo/orders-redis}:q",

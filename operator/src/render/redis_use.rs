@@ -59,6 +59,8 @@ pub struct ManagedRedis {
     pub retain_on_delete: bool,
     /// `maxmemory` in bytes (`redis.maxMemory`).
     pub max_memory: u64,
+    /// TLS only, with the operator's CA (`redis.tls`, default on).
+    pub tls: bool,
     pub image: String,
 }
 
@@ -81,6 +83,7 @@ pub fn redis_use<'a>(
             storage_class: None,
             retain_on_delete: true,
             max_memory: DEFAULT_MAX_MEMORY,
+            tls: true,
             image: settings.images.redis.clone(),
         }));
     };
@@ -102,6 +105,7 @@ pub fn redis_use<'a>(
             storage_class: r.storage_class_name.clone(),
             retain_on_delete: r.retain_on_delete.unwrap_or(true),
             max_memory: max_memory(spec),
+            tls: r.tls.unwrap_or(true),
             image: r
                 .image
                 .clone()
@@ -113,4 +117,30 @@ pub fn redis_use<'a>(
 /// `host:port` of a pipeline's managed Redis client Service.
 pub fn managed_address(pipeline: &str, namespace: &str) -> String {
     format!("{}.{namespace}.svc:{REDIS_PORT}", names::redis(pipeline))
+}
+
+/// The URL of a pipeline's managed Redis for `user` with `password`
+/// (`rediss://` when it speaks TLS).
+pub fn managed_url(
+    pipeline: &str,
+    namespace: &str,
+    tls: bool,
+    user: &str,
+    password: &str,
+) -> String {
+    let scheme = if tls { "rediss" } else { "redis" };
+    format!(
+        "{scheme}://{user}:{password}@{}",
+        managed_address(pipeline, namespace)
+    )
+}
+
+/// Whether a spec's managed Redis speaks TLS: redis backends, managed, and
+/// `redis.tls` not `false`.
+pub fn managed_tls(spec: &StreamPipelineSpec) -> bool {
+    spec.backends.queue == BackendKind::Redis
+        && spec
+            .redis
+            .as_ref()
+            .is_none_or(|r| r.mode == RedisMode::Managed && r.tls != Some(false))
 }

@@ -1,6 +1,7 @@
 //! ACL administration: what the operator's admin user does to keep a
 //! managed Redis's users equal to the ones it rendered (a group added or
-//! removed while Redis runs). Nothing in the runtime calls this.
+//! removed while Redis runs), and to make it load a renewed TLS
+//! certificate. Nothing in the runtime calls this.
 //!
 //! The arguments of `ACL SETUSER` carry password hashes (`#<sha256>`),
 //! never passwords; errors name the user and Redis's reason, not the rules.
@@ -61,5 +62,36 @@ impl RedisBackend {
             .await
             .map_err(|e| self.err(e))?;
         wire::integer(&reply, "ACL DELUSER")
+    }
+
+    /// `CONFIG SET tls-cert-file <cert> tls-key-file <key>` with the paths
+    /// Redis already uses (read with `CONFIG GET`): Redis reads both files
+    /// again and serves the certificate now on disk to new connections (a
+    /// renewal); the ones open keep theirs. A pair that does not load
+    /// leaves the old one.
+    ///
+    /// # Errors
+    /// Redis unreachable, refused (no permission), speaks no TLS, or could
+    /// not load the files; the message is Redis's.
+    pub async fn reload_tls(&self) -> Result<()> {
+        let mut values = vec![Value::from("SET")];
+        for name in ["tls-cert-file", "tls-key-file"] {
+            let reply = self
+                .call("CONFIG", "", vec![Value::from("GET"), Value::from(name)])
+                .await
+                .map_err(|e| self.err(e))?;
+            // `[name, value]`; RESP3 servers answer a map, flattened alike.
+            let path = wire::texts(&reply).into_iter().nth(1).unwrap_or_default();
+            if path.is_empty() {
+                return Err(BackendError::Unavailable(format!(
+                    "Redis has no {name}: it speaks no TLS"
+                )));
+            }
+            values.extend([Value::from(name), Value::from(path)]);
+        }
+        self.call("CONFIG", "", values)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 }

@@ -124,15 +124,53 @@ impl RedisServer {
     /// As [`Self::start`], and when the file makes the server refuse to
     /// start (its log tail is in the message).
     pub fn start_with_config(config: &str, user: &str, password: &str) -> Self {
+        Self::start_with_config_files(config, user, password, &[])
+    }
+
+    /// As [`Self::start_with_config`], with `files` (name, content) the file
+    /// refers to: written to this server's directory, and every path in
+    /// the file's `tls-cert-file`, `tls-key-file` and `tls-ca-cert-file`
+    /// lines pointed there by its last component. A `tls-port` line makes
+    /// the server speak TLS on a port of this harness's
+    /// ([`Self::tls_address`]); the plain port stays, for its probes.
+    ///
+    /// # Panics
+    /// As [`Self::start_with_config`], and when a file cannot be written.
+    pub fn start_with_config_files(
+        config: &str,
+        user: &str,
+        password: &str,
+        files: &[(&str, &[u8])],
+    ) -> Self {
         let mut s = Self::start(false);
         s.kill();
+        for (name, content) in files {
+            std::fs::write(s.dir.join(name), content).expect("write a file of the config");
+        }
         s.config = Some(config.to_string());
         s.user = Some(user.to_string());
         s.password = Some(password.to_string());
-        if let Err(e) = s.spawn() {
-            panic!("could not start {BINARY} from the given config: {e}");
+        let tls = config.lines().any(|l| l.starts_with("tls-port "));
+        let mut last = None;
+        for _ in 0..5 {
+            if tls {
+                s.tls_port = Some(free_port().expect("a free port"));
+            }
+            match s.spawn() {
+                Ok(()) => return s,
+                Err(e) => last = Some(e),
+            }
         }
-        s
+        panic!("could not start {BINARY} from the given config: {last:?}");
+    }
+
+    /// `127.0.0.1:<tls port>` of a server that speaks TLS.
+    ///
+    /// # Panics
+    /// When the server speaks no TLS.
+    pub fn tls_address(&self) -> String {
+        let port = self.tls_port.expect("a server that speaks TLS");
+        format!("127.0.0.1:{port}")
     }
 
     /// A server that also speaks TLS on a second port, with a certificate
@@ -309,10 +347,18 @@ impl RedisServer {
             // Redis acts on `dir` as it reads it, before the command line
             // could override it: the harness's own settings replace the
             // file's lines.
-            let ours = ["dir ", "port ", "bind ", "logfile "];
-            let kept: Vec<&str> = config
+            let ours = ["dir ", "port ", "bind ", "logfile ", "tls-port "];
+            let files = ["tls-cert-file ", "tls-key-file ", "tls-ca-cert-file "];
+            let kept: Vec<String> = config
                 .lines()
                 .filter(|l| !ours.iter().any(|o| l.starts_with(o)))
+                .map(|l| match files.iter().find(|f| l.starts_with(**f)) {
+                    Some(f) => {
+                        let name = l.rsplit('/').next().unwrap_or_default();
+                        format!("{f}{}", self.dir.join(name).display())
+                    }
+                    None => l.to_string(),
+                })
                 .collect();
             let path = self.dir.join("given.conf");
             std::fs::write(&path, kept.join("\n"))?;
@@ -336,7 +382,9 @@ impl RedisServer {
         if let (Some(p), None) = (&self.password, &self.config) {
             cmd.args(["--requirepass", p]);
         }
-        if let Some(port) = self.tls_port {
+        if let (Some(port), Some(_)) = (self.tls_port, &self.config) {
+            cmd.arg("--tls-port").arg(port.to_string());
+        } else if let Some(port) = self.tls_port {
             cmd.arg("--tls-port")
                 .arg(port.to_string())
                 .args([
