@@ -322,7 +322,7 @@ impl Worker {
             }
             match self
                 .queue
-                .renew(&self.stream, &self.cfg.consumer, &held)
+                .renew(&self.stream, &self.cfg.consumer, &held, self.cfg.lease)
                 .await
             {
                 Ok(lost) => {

@@ -31,6 +31,10 @@ pub const CONFIG_HASH: &str = "sluice.dev/config-hash";
 /// read once at start and the pipeline does not own (external Redis's URL
 /// and CA); a change rolls the pods (see [`crate::referenced`]).
 pub const SECRET_VERSIONS: &str = "sluice.dev/secret-versions";
+/// Pod templates of a pipeline whose managed Redis speaks TLS: a digest of
+/// the CA in `P-redis`. Pods read the CA (Redis its certificate) only at
+/// start, so a new CA rolls them all.
+pub const REDIS_CA: &str = "sluice.dev/redis-ca";
 /// Label a Secret's owner puts on it to let pipelines reference it from a
 /// node (`secretRef`) or a sidecar (`secretKeyRef`, `envFrom`); value
 /// `"true"`. Without it, whoever may edit a StreamPipeline could read every

@@ -73,6 +73,16 @@ pub enum Stored {
     Unusable(String),
 }
 
+/// A short digest of a PEM CA, for pod template annotations.
+pub fn digest(pem: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(pem.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The names Redis answers to: its client Service in every spelling a pod
 /// may use, its pod behind the headless Service, and loopback for the
 /// probes inside its own pod.
@@ -208,6 +218,14 @@ impl TlsMaterial {
         })
     }
 
+    /// Whether the server certificate verifies against the CA, as the
+    /// runtime's client (rustls) checks it, for Redis's Service name at
+    /// `at`: the pair belongs together and neither has expired by then.
+    pub fn verifies(&self, pipeline: &str, namespace: &str, at: DateTime<Utc>) -> bool {
+        let host = format!("{}.{namespace}.svc", names::redis(pipeline));
+        verify(&self.ca_cert, &self.cert, &host, at).is_ok()
+    }
+
     /// Whether the certificate is to be replaced at `now`.
     pub fn due(&self, now: DateTime<Utc>) -> bool {
         now >= self.renew_after
@@ -215,8 +233,8 @@ impl TlsMaterial {
 
     /// The material in `data` (a `P-redis` Secret's text data). Parsing is
     /// shallow: that each piece is PEM of the right kind and the CA key
-    /// loads; a certificate that does not verify shows at the first TLS
-    /// handshake and is replaced at the next renewal.
+    /// loads; whether the certificate verifies against the CA is
+    /// [`Self::verifies`].
     pub fn from_data(data: &BTreeMap<String, String>) -> Stored {
         let keys = [CA_CERT_KEY, CA_KEY_KEY, CERT_KEY, KEY_KEY, RENEW_AFTER_KEY];
         let present: Vec<_> = keys.iter().map(|k| data.get(*k)).collect();
@@ -287,45 +305,51 @@ impl TlsMaterial {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Whether the PEM certificate `cert` verifies against the PEM CA
+/// `ca_pem` for `host` at `at`, as the runtime's client (rustls) checks it.
+fn verify(ca_pem: &str, cert: &str, host: &str, at: DateTime<Utc>) -> Result<(), String> {
     use rustls::client::danger::ServerCertVerifier;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let c = c.map_err(|_| "the CA is not PEM".to_string())?;
+        roots.add(c).map_err(|e| e.to_string())?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider)
+            .build()
+            .map_err(|e| e.to_string())?;
+    let cert = CertificateDer::from_pem_slice(cert.as_bytes())
+        .map_err(|_| "the certificate is not PEM".to_string())?;
+    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let secs = u64::try_from(at.timestamp()).map_err(|e| e.to_string())?;
+    verifier
+        .verify_server_cert(
+            &cert,
+            &[],
+            &name,
+            &[],
+            UnixTime::since_unix_epoch(Duration::from_secs(secs)),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
 
-    /// Whether `m`'s server certificate verifies against `ca_pem` for
-    /// `host` at `at`, as the runtime's client (rustls) checks it.
     fn verifies(
         ca_pem: &str,
         m: &TlsMaterial,
         host: &str,
         at: DateTime<Utc>,
     ) -> Result<(), String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let verifier =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider)
-                .build()
-                .unwrap();
-        let cert = CertificateDer::from_pem_slice(m.cert.as_bytes()).unwrap();
-        let name = ServerName::try_from(host.to_string()).unwrap();
-        let secs = u64::try_from(at.timestamp()).unwrap();
-        verifier
-            .verify_server_cert(
-                &cert,
-                &[],
-                &name,
-                &[],
-                UnixTime::since_unix_epoch(Duration::from_secs(secs)),
-            )
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        verify(ca_pem, &m.cert, host, at)
     }
 
     #[test]

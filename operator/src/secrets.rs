@@ -151,9 +151,16 @@ fn tls_for(
 ) -> Result<TlsMaterial, Error> {
     let (p, ns) = (sp.name_any(), sp.namespace().unwrap_or_default());
     match TlsMaterial::from_data(data) {
-        Stored::Usable(m) if !m.due(now) => Ok(m),
+        Stored::Usable(m) if !m.due(now) && m.verifies(&p, &ns, now) => Ok(m),
+        // Due, or a certificate that does not verify (edited, or its CA
+        // changed under it): a new one from the CA — unless the CA itself
+        // is unusable or expires before the next renewal.
         Stored::Usable(m) => match m.renewed(&p, &ns, now, lifetime) {
-            Ok(r) => Ok(r),
+            Ok(r) if r.verifies(&p, &ns, now) && r.verifies(&p, &ns, r.renew_after) => Ok(r),
+            Ok(_) => {
+                warn!(pipeline = %p, "the managed Redis CA does not sign a certificate valid until its next renewal; making a new CA");
+                fresh_tls(sp, now, lifetime)
+            }
             Err(e) => {
                 warn!(pipeline = %p, error = %e, "cannot renew the managed Redis certificate from its CA; making a new CA");
                 fresh_tls(sp, now, lifetime)
@@ -675,6 +682,21 @@ spec:
                 live.data.as_ref().unwrap()[key]
             );
         }
+        // A certificate the CA did not sign (edited by hand) is replaced by
+        // one it signs.
+        let stranger = TlsMaterial::fresh("p", "demo", Utc::now(), DAY).unwrap();
+        let mut swapped = live.clone();
+        swapped.data.as_mut().unwrap().insert(
+            crate::redis_tls::CERT_KEY.into(),
+            ByteString(stranger.cert.clone().into_bytes()),
+        );
+        let fixed = tls_of(
+            &redis_config_update(&sp, swapped, Utc::now(), DAY)
+                .unwrap()
+                .expect("replaced"),
+        );
+        assert_eq!(fixed.ca_cert, first.ca_cert);
+        assert!(fixed.verifies("p", "demo", Utc::now()));
         // Damaged material (a key edited by hand) is replaced by a new CA.
         let mut damaged = live.clone();
         damaged.data.as_mut().unwrap().insert(

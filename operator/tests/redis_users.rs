@@ -53,7 +53,8 @@ fn wanted(sp: &StreamPipeline, passwords: &BTreeMap<String, String>) -> Wanted {
         name: "orders-redis".into(),
     };
     let plan = compile(id, &sp.spec).unwrap();
-    Wanted::from_secret(redis_acl::users(&plan), passwords).expect("a password per role")
+    let tls = passwords.contains_key("ca.crt");
+    Wanted::from_secret(redis_acl::users(&plan, tls), passwords).expect("a password per role")
 }
 
 async fn applied(users: &RedisUsers, key: &str) {

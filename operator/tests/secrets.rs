@@ -1,7 +1,8 @@
 //! Secrets a pipeline names but does not own (external Redis's URL): the
 //! pods read them once at start, so a change of the Secret rolls them; an
 //! absent Secret is reported on the pipeline instead of leaving pods that
-//! cannot start unexplained.
+//! cannot start unexplained. Likewise managed Redis's CA: a new one rolls
+//! Redis and every runtime pod.
 
 mod support;
 
@@ -120,6 +121,65 @@ async fn a_changed_external_redis_secret_rolls_the_pods_and_an_absent_one_is_rep
         (h.condition(NS, P, "Degraded")?.0 == "False"
             && stamps(&h).0 == Some(format!("redis-url/{rv}")))
         .then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// The CA in a managed Redis's `P-redis`, and the `sluice.dev/redis-ca`
+/// stamps of the Redis StatefulSet's and a worker's pod templates.
+fn ca_and_stamps(h: &Harness, ns: &str) -> (String, Option<String>, Option<String>) {
+    use base64::Engine;
+    let secret = h
+        .object("v1", "Secret", ns, "orders-redis-redis")
+        .unwrap_or_default();
+    let ca = secret["data"]["ca.crt"]
+        .as_str()
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .map(|b| String::from_utf8(b).unwrap())
+        .unwrap_or_default();
+    let stamp = |version: &str, kind: &str, name: &str| {
+        h.object(version, kind, ns, name).unwrap_or_default()["spec"]["template"]["metadata"]
+            ["annotations"]["sluice.dev/redis-ca"]
+            .as_str()
+            .map(str::to_string)
+    };
+    (
+        ca,
+        stamp("apps/v1", "StatefulSet", "orders-redis-redis"),
+        stamp("apps/v1", "Deployment", "orders-redis-cpu"),
+    )
+}
+
+#[tokio::test]
+async fn a_new_redis_ca_restarts_redis_and_every_runtime_pod() -> anyhow::Result<()> {
+    use sluice_operator::redis_tls::digest;
+    const NS: &str = "tls";
+    let h = Harness::start().await?;
+    let _op = Operator::start(&h, "op", &[]).await?;
+    h.namespace(NS)?;
+    h.apply(NS, example(P)).await?;
+    h.wait_ready(NS, P, PATIENCE).await?;
+    // Redis's StatefulSet is applied before the Deployments: both stamped.
+    let ca = eventually("every pod template stamped", PATIENCE, || async {
+        let (c, r, w) = ca_and_stamps(&h, NS);
+        (r.as_deref() == Some(digest(&c).as_str()) && w == r).then_some(c)
+    })
+    .await?;
+    assert!(
+        ca.starts_with("-----BEGIN CERTIFICATE-----"),
+        "TLS by default"
+    );
+
+    // The CA's key damaged by hand: a new CA, and every pod template of the
+    // pipeline moves to it (pods read the CA, Redis its certificate, at
+    // start).
+    let mut secret = h.object("v1", "Secret", NS, "orders-redis-redis").unwrap();
+    secret["data"]["ca.key"] = json!("Z2FyYmFnZQ==");
+    h.sim.put_object(secret)?;
+    eventually("a new CA is stamped everywhere", PATIENCE, || async {
+        let (c, r, w) = ca_and_stamps(&h, NS);
+        (c != ca && r.as_deref() == Some(digest(&c).as_str()) && w == r).then_some(())
     })
     .await?;
     Ok(())

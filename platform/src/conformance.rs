@@ -189,6 +189,9 @@ async fn lapsed_lease_is_reclaimed_with_a_higher_count<Q: Queue + ?Sized>(q: &Q,
     assert_eq!(got[0].deliveries, 2, "reclaim increases the delivery count");
 }
 
+/// The lease of the renewal tests: reclaims below wait 100 ms or more.
+const LEASE: Duration = Duration::from_millis(100);
+
 /// What a consumer holds right after `deliveries` arrived.
 fn held_since(deliveries: &[Delivery], since: Instant) -> Vec<Held> {
     deliveries
@@ -208,7 +211,7 @@ async fn renewed_lease_is_not_reclaimed<Q: Queue + ?Sized>(q: &Q, p: &str) {
     let mut held = held_since(&d, Instant::now());
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let lost = q.renew(&s, "busy", &held).await.unwrap();
+        let lost = q.renew(&s, "busy", &held, LEASE).await.unwrap();
         assert!(lost.is_empty(), "its own entry is renewed: {lost:?}");
         held[0].since = Instant::now();
     }
@@ -253,7 +256,7 @@ async fn renewal_leaves_a_reclaimed_entry_with_its_new_owner<Q: Queue + ?Sized>(
     taken_ids.sort();
     for pause in [0, 200] {
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        let mut lost = q.renew(&s, "slow", &held).await.unwrap();
+        let mut lost = q.renew(&s, "slow", &held, LEASE).await.unwrap();
         lost.sort();
         assert_eq!(
             lost, taken_ids,
@@ -264,7 +267,7 @@ async fn renewal_leaves_a_reclaimed_entry_with_its_new_owner<Q: Queue + ?Sized>(
             h.since = renewed;
         }
     }
-    let still = q.renew(&s, "fast", &fast).await.unwrap();
+    let still = q.renew(&s, "fast", &fast, LEASE).await.unwrap();
     assert!(
         still.is_empty(),
         "a late renewal took an entry back: {still:?}"

@@ -211,7 +211,13 @@ impl Queue for MemoryStreams {
             .await)
     }
 
-    async fn renew(&self, stream: &str, consumer: &str, held: &[Held]) -> Result<Vec<String>> {
+    async fn renew(
+        &self,
+        stream: &str,
+        consumer: &str,
+        held: &[Held],
+        _lease: Duration,
+    ) -> Result<Vec<String>> {
         self.faults.check().await?;
         let mut map = self.streams.lock();
         let now = Instant::now();

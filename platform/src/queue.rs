@@ -86,10 +86,17 @@ pub trait Queue: Send + Sync + 'static {
     /// Resets the idle time of those of `held` that are still pending for
     /// `consumer` (lease renewal), without changing their delivery counts;
     /// returns the ids of the others — taken over by another consumer after
-    /// their lease lapsed, or completed — which are left alone. An entry
-    /// renewed at least once per lease can never be confused with a taken
-    /// one.
-    async fn renew(&self, stream: &str, consumer: &str, held: &[Held]) -> Result<Vec<String>>;
+    /// their `lease` lapsed, or completed — which are left alone. A backend
+    /// that cannot check the owner in one step tells a held entry from a
+    /// taken one by idle time, with half a lease of margin either way (see
+    /// the Redis adapter): a misjudged entry is run twice, never lost.
+    async fn renew(
+        &self,
+        stream: &str,
+        consumer: &str,
+        held: &[Held],
+        lease: Duration,
+    ) -> Result<Vec<String>>;
 
     /// Takes over up to `max` pending entries idle for at least `min_idle`,
     /// increasing their delivery counts.

@@ -334,6 +334,14 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         if let Some(versions) = &referenced.versions {
             desired.annotate_runtime_pods(labels::SECRET_VERSIONS, versions);
         }
+        if let Some(ca) = ensured
+            .redis_secret
+            .as_ref()
+            .and_then(|d| d.get(crate::redis_tls::CA_CERT_KEY))
+        {
+            desired
+                .annotate_redis_and_runtime_pods(labels::REDIS_CA, &crate::redis_tls::digest(ca));
+        }
         applied = apply_objects(sp, ctx, &target, &desired, &mut live).await?;
         if let Some(passwords) = &ensured.redis_secret {
             sync_redis_users(ctx, &desired.plan, &live, passwords);
@@ -520,7 +528,8 @@ fn sync_redis_users(ctx: &Context, plan: &Plan, live: &Live, passwords: &BTreeMa
     if !ready {
         return;
     }
-    if let Some(wanted) = Wanted::from_secret(render::redis_acl::users(plan), passwords) {
+    let tls = passwords.contains_key(crate::redis_tls::CA_CERT_KEY);
+    if let Some(wanted) = Wanted::from_secret(render::redis_acl::users(plan, tls), passwords) {
         ctx.redis_users
             .sync(&format!("{ns}/{name}"), &managed_address(name, ns), wanted);
     }

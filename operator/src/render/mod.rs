@@ -173,14 +173,30 @@ impl Desired {
             let Some(spec) = d.spec.as_mut() else {
                 continue;
             };
-            spec.template
-                .metadata
-                .get_or_insert_with(Default::default)
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(key.to_string(), value.to_string());
+            annotate(&mut spec.template, key, value);
         }
     }
+
+    /// Sets annotation `key` to `value` on the pod template of every
+    /// runtime Deployment and of managed Redis's StatefulSet.
+    pub fn annotate_redis_and_runtime_pods(&mut self, key: &str, value: &str) {
+        self.annotate_runtime_pods(key, value);
+        for o in &mut self.objects {
+            let Child::StatefulSet(s) = o else { continue };
+            if let Some(spec) = s.spec.as_mut() {
+                annotate(&mut spec.template, key, value);
+            }
+        }
+    }
+}
+
+fn annotate(template: &mut k8s_openapi::api::core::v1::PodTemplateSpec, key: &str, value: &str) {
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(key.to_string(), value.to_string());
 }
 
 impl Desired {

@@ -250,7 +250,7 @@ pub fn redis_secret(
         &sp.spec,
     )
     .map_err(Error::InvalidSpec)?;
-    let users = redis_acl::users(&plan);
+    let users = redis_acl::users(&plan, tls.is_some());
     let mut passwords = Vec::with_capacity(users.len());
     for u in &users {
         let p = password(&u.role);

@@ -15,7 +15,7 @@
 //!                                           none                                          MULTI EXEC DISCARD
 //! autoscaler    the operator's autoscaler,  q:* (read)                                    XLEN XPENDING XINFO STREAM|GROUPS
 //!               KEDA
-//! admin         the operator only           none                                          ACL SETUSER|DELUSER|USERS, CONFIG GET|SET
+//! admin         the operator only           none                                          ACL SETUSER|DELUSER|USERS, CONFIG GET|SET (TLS)
 //! probe         Redis's own probes          none                                          PING
 //! default       nobody                      off, no password, no command
 //! ```
@@ -135,13 +135,14 @@ pub fn roles(plan: &Plan) -> Vec<Role> {
     roles
 }
 
-/// The users of a plan's pipeline, in [`roles`] order.
-pub fn users(plan: &Plan) -> Vec<User> {
+/// The users of a plan's pipeline, in [`roles`] order; `tls` when managed
+/// Redis speaks TLS (the admin then may reload its certificate).
+pub fn users(plan: &Plan, tls: bool) -> Vec<User> {
     let keys = Keys::new(&plan.id.namespace, &plan.id.name);
     roles(plan)
         .into_iter()
         .map(|role| {
-            let rules = rules(plan, &keys, &role);
+            let rules = rules(plan, &keys, &role, tls);
             User { role, rules }
         })
         .collect()
@@ -167,7 +168,7 @@ fn selector(commands: &[&str], patterns: &[String]) -> String {
     format!("({})", words.join(" "))
 }
 
-fn rules(plan: &Plan, keys: &Keys, role: &Role) -> Vec<String> {
+fn rules(plan: &Plan, keys: &Keys, role: &Role, tls: bool) -> Vec<String> {
     let queue = |g: &str| lit(&keys.queue(g));
     let write = |k: String| format!("%W~{k}");
     let read = |k: String| format!("%R~{k}");
@@ -265,14 +266,15 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role) -> Vec<String> {
                 "+acl|setuser".into(),
                 "+acl|deluser".into(),
                 "+acl|users".into(),
+            ]);
+            if tls {
                 // To load a renewed TLS certificate: read the paths, set
                 // them again. Redis cannot limit the arguments; with
                 // `enable-protected-configs no` it refuses `dir` and
                 // `dbfilename` (writing files anywhere) to everyone, and
                 // the rest this user could do with ACL SETUSER anyway.
-                "+config|get".into(),
-                "+config|set".into(),
-            ]);
+                out.extend(["+config|get".into(), "+config|set".into()]);
+            }
         }
         Role::Probe => {}
     }
@@ -304,7 +306,7 @@ mod tests {
             name: sp.metadata.name.clone().unwrap(),
         };
         let plan = compile(id, &sp.spec).unwrap();
-        users(&plan)
+        users(&plan, true)
             .into_iter()
             .find(|u| u.role == *role)
             .map(|u| u.rules.join(" "))
@@ -335,7 +337,8 @@ mod tests {
                 r.starts_with("resetkeys resetchannels -@all +ping"),
                 "{role:?}: {r}"
             );
-            // The admin reloads the TLS certificate with CONFIG GET|SET.
+            // The admin reloads the TLS certificate with CONFIG GET|SET,
+            // and only with TLS.
             if role != Role::Admin {
                 assert!(!r.contains("+config"), "{role:?}: {r}");
             }
@@ -353,6 +356,21 @@ mod tests {
                 assert!(!r.contains(never), "{role:?} has {never}: {r}");
             }
         }
+        let plan = compile(
+            PipelineId {
+                namespace: "demo".into(),
+                name: "orders-redis".into(),
+            },
+            &orders_redis().spec,
+        )
+        .unwrap();
+        let plain_admin = users(&plan, false)
+            .into_iter()
+            .find(|u| u.role == Role::Admin)
+            .unwrap()
+            .rules
+            .join(" ");
+        assert!(!plain_admin.contains("+config"), "{plain_admin}");
         // XINFO STREAM shows entries: the operator's autoscaler only.
         assert!(rules_of(&Role::Autoscaler).contains("+xinfo|stream"));
         for role in [Role::Keda, Role::Ingress] {

@@ -26,12 +26,6 @@ use crate::envelope::StreamEntry;
 use crate::keys::CONSUMER_GROUP;
 use crate::queue::{Delivery, Depth, Forward, Held, Queue};
 
-/// How much a renewal's idle bound undercuts the time since the consumer
-/// last learned it held an entry: covers Redis's whole-millisecond clock.
-/// Anything well below the shortest lease keeps a taken entry from being
-/// claimed back (see [`RedisBackend::renew`]).
-const RENEW_SLACK: Duration = Duration::from_millis(5);
-
 fn v(s: &str) -> Value {
     Value::from(s)
 }
@@ -175,15 +169,23 @@ impl Queue for RedisBackend {
     /// need `EVAL`, which lets whoever holds the password run any Lua,
     /// an endless loop included. Instead each entry is claimed with a
     /// minimum idle time: the time since the consumer last learned it was
-    /// its own (less [`RENEW_SLACK`]). Still this consumer's, the entry has
-    /// been idle at least that long (Redis reset its idle time before that
-    /// answer left). Taken by another consumer, it was reclaimed only after
-    /// a whole lease idle, so it has been idle a lease less than that:
-    /// `XCLAIM` skips it and it is reported lost. Completed, it is not
-    /// pending and is reported lost too. A step of Redis's wall clock can
-    /// misreport an entry held as lost; the worker then stops renewing it
-    /// and it is run again after its lease: at-least-once, never lost.
-    async fn renew(&self, stream: &str, consumer: &str, held: &[Held]) -> Result<Vec<String>> {
+    /// its own, less half a lease. Still this consumer's, the entry has
+    /// been idle at least that time (Redis reset its idle time before that
+    /// answer left), so it is claimed even if a renewal that timed out
+    /// reached Redis up to half a lease late or the clocks drift that much.
+    /// Taken by another consumer, it was reclaimed only after a whole lease
+    /// idle, so it has been idle a whole lease less: `XCLAIM` skips it and
+    /// it is reported lost, unless the round trip took half a lease.
+    /// Completed, it is not pending and is reported lost too. A
+    /// misjudgement (a step of Redis's wall clock by half a lease) runs an
+    /// entry twice: at-least-once, never lost.
+    async fn renew(
+        &self,
+        stream: &str,
+        consumer: &str,
+        held: &[Held],
+        lease: Duration,
+    ) -> Result<Vec<String>> {
         if held.is_empty() {
             return Ok(vec![]);
         }
@@ -194,7 +196,7 @@ impl Queue for RedisBackend {
         for h in held {
             let idle = now
                 .saturating_duration_since(h.since)
-                .saturating_sub(RENEW_SLACK);
+                .saturating_sub(lease / 2);
             by_idle.entry(idle.as_millis()).or_default().push(&h.id);
         }
         let cmds = by_idle
