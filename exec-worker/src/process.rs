@@ -39,6 +39,7 @@ pub const ENV_REDIS_URL: &str = "SLUICE_REDIS_URL";
 pub const ENV_KEYS_DIR: &str = "SLUICE_KEYS_DIR";
 pub const ENV_REDIS_TIMEOUT: &str = "SLUICE_REDIS_TIMEOUT";
 pub const ENV_REDIS_CA_FILE: &str = "SLUICE_REDIS_CA_FILE";
+pub const ENV_REDIS_PASSWORD_FILE: &str = "SLUICE_REDIS_PASSWORD_FILE";
 pub const ENV_REDIS_POOL_SIZE: &str = "SLUICE_REDIS_POOL_SIZE";
 pub const ENV_ADMIN: &str = "SLUICE_ADMIN";
 pub const ENV_CONCURRENCY: &str = "SLUICE_CONCURRENCY";
@@ -80,6 +81,9 @@ pub struct Cli {
     /// PEM CA certificate(s) a rediss:// server's certificate must chain to, instead of the system roots [env: SLUICE_REDIS_CA_FILE]
     #[arg(long, value_name = "FILE")]
     pub redis_ca_file: Option<PathBuf>,
+    /// File holding the Redis password, read again for every new connection (so a password rotated on disk is picked up without a restart); the --redis URL then carries none [env: SLUICE_REDIS_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub redis_password_file: Option<PathBuf>,
     /// Key directory: a ring (one base64 key file per kid) or this group's derived keys (`<kid>.<request|reply>.<group>`), plus a `current` file [env: SLUICE_KEYS_DIR]
     #[arg(long, value_name = "DIR")]
     pub keys: Option<PathBuf>,
@@ -111,6 +115,7 @@ pub struct ProcessConfig {
     pub redis_timeout: Option<Duration>,
     pub redis_pool_size: Option<usize>,
     pub redis_ca_file: Option<PathBuf>,
+    pub redis_password_file: Option<PathBuf>,
     pub keys: PathBuf,
     pub admin: SocketAddr,
     pub concurrency: Option<usize>,
@@ -248,6 +253,7 @@ impl ProcessConfig {
             redis_timeout,
             redis_pool_size,
             redis_ca_file: path(&cli.redis_ca_file, ENV_REDIS_CA_FILE),
+            redis_password_file: path(&cli.redis_password_file, ENV_REDIS_PASSWORD_FILE),
             keys,
             admin,
             concurrency,
@@ -374,7 +380,8 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
     // Lazy: a worker starts while Redis is down and finds it when it returns.
     let redis_cfg = RedisConfig::from_url(&cfg.redis)?
         .with_overrides(cfg.redis_timeout, cfg.redis_pool_size)
-        .with_ca_file(cfg.redis_ca_file.as_deref())?;
+        .with_ca_file(cfg.redis_ca_file.as_deref())?
+        .with_password_file(cfg.redis_password_file.as_deref())?;
     let redis_display = redis_cfg.to_string();
     let redis = RedisBackend::connect_lazy(redis_cfg)?;
 

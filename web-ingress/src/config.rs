@@ -19,6 +19,7 @@ pub const ENV_REDIS_URL: &str = "SLUICE_REDIS_URL";
 pub const ENV_KEYS_DIR: &str = "SLUICE_KEYS_DIR";
 pub const ENV_REDIS_TIMEOUT: &str = "SLUICE_REDIS_TIMEOUT";
 pub const ENV_REDIS_CA_FILE: &str = "SLUICE_REDIS_CA_FILE";
+pub const ENV_REDIS_PASSWORD_FILE: &str = "SLUICE_REDIS_PASSWORD_FILE";
 pub const ENV_REDIS_POOL_SIZE: &str = "SLUICE_REDIS_POOL_SIZE";
 pub const ENV_SECRETS_DIR: &str = "SLUICE_SECRETS_DIR";
 pub const ENV_INGRESS_ID: &str = "SLUICE_INGRESS_ID";
@@ -78,6 +79,10 @@ pub struct Cli {
     /// PEM CA certificate(s) a rediss:// server's certificate must chain to, instead of the system roots [env: SLUICE_REDIS_CA_FILE]
     #[arg(long, value_name = "FILE")]
     pub redis_ca_file: Option<PathBuf>,
+
+    /// File holding the Redis password, read again for every new connection (so a password rotated on disk is picked up without a restart); the --redis URL then carries none [env: SLUICE_REDIS_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub redis_password_file: Option<PathBuf>,
 
     /// Key directory: a ring (one base64 key file per kid) or this ingress's
     /// derived keys (`<kid>.<request|reply>.<group>`), plus a `current` file;
@@ -203,6 +208,7 @@ pub struct Config {
     pub redis_timeout: Option<Duration>,
     pub redis_pool_size: Option<usize>,
     pub redis_ca_file: Option<PathBuf>,
+    pub redis_password_file: Option<PathBuf>,
     pub keys: Option<PathBuf>,
     pub secrets_dir: PathBuf,
     pub ingress_id: String,
@@ -330,6 +336,10 @@ impl Config {
                 .redis_ca_file
                 .clone()
                 .or_else(|| env.get(ENV_REDIS_CA_FILE).map(PathBuf::from)),
+            redis_password_file: cli
+                .redis_password_file
+                .clone()
+                .or_else(|| env.get(ENV_REDIS_PASSWORD_FILE).map(PathBuf::from)),
             keys: cli
                 .keys
                 .clone()
@@ -368,6 +378,7 @@ impl Config {
             redis_timeout: None,
             redis_pool_size: None,
             redis_ca_file: None,
+            redis_password_file: None,
             keys: None,
             secrets_dir: PathBuf::from(DEFAULT_SECRETS_DIR),
             ingress_id: default_ingress_id(),

@@ -175,7 +175,8 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
             // answering 503 until it returns.
             let cfg = RedisConfig::from_url(url)?
                 .with_overrides(config.redis_timeout, config.redis_pool_size)
-                .with_ca_file(config.redis_ca_file.as_deref())?;
+                .with_ca_file(config.redis_ca_file.as_deref())?
+                .with_password_file(config.redis_password_file.as_deref())?;
             let redis = RedisBackend::connect_lazy(cfg)?;
             Ports {
                 queue: redis.clone(),

@@ -212,6 +212,7 @@ async fn redis_profile_worker_node_panic_is_dead_lettered_once_and_answered_at_o
             redis_timeout: None,
             redis_pool_size: None,
             redis_ca_file: None,
+            redis_password_file: None,
             keys: ring,
             admin: "127.0.0.1:0".parse().expect("an address"),
             concurrency: None,

@@ -61,6 +61,68 @@ pub enum ConfigError {
     /// The CA certificate file for a `rediss://` URL cannot be used.
     #[error("invalid Redis CA certificate: {reason}")]
     InvalidCa { reason: String },
+    /// The password file cannot be used; the reason never holds its content.
+    #[error("invalid Redis password file: {reason}")]
+    InvalidPasswordFile { reason: String },
+}
+
+/// Longest password file read, in bytes.
+const MAX_PASSWORD_FILE: u64 = 1024;
+
+/// The password in the file at `path`: its text without one trailing line
+/// break; at most [`MAX_PASSWORD_FILE`] bytes, UTF-8, not empty. Errors name
+/// the file, never its content.
+fn read_password(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    // The limit plus a line break, and one byte more to tell it was passed.
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PASSWORD_FILE + 3).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let line = bytes
+        .strip_suffix(b"\r\n")
+        .or_else(|| bytes.strip_suffix(b"\n"))
+        .unwrap_or(&bytes);
+    if line.len() as u64 > MAX_PASSWORD_FILE {
+        return Err(format!(
+            "{} is longer than {MAX_PASSWORD_FILE} bytes",
+            path.display()
+        ));
+    }
+    let password =
+        std::str::from_utf8(line).map_err(|_| format!("{} is not UTF-8", path.display()))?;
+    if password.is_empty() || password.contains(['\r', '\n']) {
+        return Err(format!("{} must hold one non-empty line", path.display()));
+    }
+    Ok(password.to_string())
+}
+
+/// Credentials read from a file at every new connection: a password
+/// rotated on disk (a Kubernetes Secret volume) is used by the next
+/// connection, with no restart. No `Debug` of the password: it is never
+/// held here.
+#[derive(Debug)]
+struct PasswordFile {
+    user: Option<String>,
+    path: std::path::PathBuf,
+}
+
+#[async_trait::async_trait]
+impl fred::types::config::CredentialProvider for PasswordFile {
+    async fn fetch(
+        &self,
+        _server: Option<&fred::types::config::Server>,
+    ) -> Result<(Option<String>, Option<String>), fred::error::Error> {
+        // Off the async threads: the file is a mounted Secret, but a read
+        // may still block.
+        let path = self.path.clone();
+        let password = tokio::task::spawn_blocking(move || read_password(&path))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map_err(|reason| fred::error::Error::new(fred::error::ErrorKind::Auth, reason))?;
+        Ok((self.user.clone(), Some(password)))
+    }
 }
 
 impl RedisConfig {
@@ -171,6 +233,36 @@ impl RedisConfig {
             reason: format!("cannot read {}: {e}", path.display()),
         })?;
         self.with_ca_pem(&pem)
+    }
+
+    /// Authenticates every new connection with the password in the file at
+    /// `path`, read again each time (with the URL's user name, if any): a
+    /// password changed on disk is used from the next connection on, and
+    /// the password is in no environment variable or argument. The URL must
+    /// then carry no password. No path, no change.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidPasswordFile`] when the file cannot be read now
+    /// or holds no usable password, or the URL carries a password too.
+    pub fn with_password_file(
+        mut self,
+        path: Option<&std::path::Path>,
+    ) -> Result<Self, ConfigError> {
+        let Some(path) = path else { return Ok(self) };
+        if self.secret().is_some() {
+            return Err(ConfigError::InvalidPasswordFile {
+                reason: format!(
+                    "the URL {} carries a password already; give one or the other",
+                    self.redacted_url()
+                ),
+            });
+        }
+        read_password(path).map_err(|reason| ConfigError::InvalidPasswordFile { reason })?;
+        self.fred.credential_provider = Some(std::sync::Arc::new(PasswordFile {
+            user: self.fred.username.clone(),
+            path: path.to_path_buf(),
+        }));
+        Ok(self)
     }
 
     /// Whether connections use TLS (`rediss://`).
@@ -295,5 +387,63 @@ mod tests {
         assert_eq!(cfg.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(cfg.pool_size, DEFAULT_POOL_SIZE);
         assert_eq!(cfg.with_pool_size(0).pool_size, 1);
+    }
+
+    #[test]
+    fn a_password_file_is_checked_at_start_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        let url = "rediss://group-io@redis.example:6379";
+        let missing = RedisConfig::from_url(url)
+            .unwrap()
+            .with_password_file(Some(&file))
+            .unwrap_err();
+        assert!(missing.to_string().contains("cannot read"), "{missing}");
+        for (content, why) in [
+            ("", "one non-empty line"),
+            ("\n", "one non-empty line"),
+            ("two\nlines-secret\n", "one non-empty line"),
+        ] {
+            std::fs::write(&file, content).unwrap();
+            let e = RedisConfig::from_url(url)
+                .unwrap()
+                .with_password_file(Some(&file))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{e}");
+            assert!(!e.contains("lines-secret"), "the content leaked: {e}");
+        }
+        std::fs::write(&file, format!("{}\n", "x".repeat(1024))).unwrap();
+        assert_eq!(
+            read_password(&file).unwrap().len(),
+            1024,
+            "the limit itself is fine"
+        );
+        std::fs::write(&file, "x".repeat(2000)).unwrap();
+        let e = RedisConfig::from_url(url)
+            .unwrap()
+            .with_password_file(Some(&file))
+            .unwrap_err();
+        assert!(e.to_string().contains("longer than 1024"), "{e}");
+        std::fs::write(&file, [0xff, 0xfe]).unwrap();
+        let e = RedisConfig::from_url(url)
+            .unwrap()
+            .with_password_file(Some(&file))
+            .unwrap_err();
+        assert!(e.to_string().contains("not UTF-8"), "{e}");
+
+        std::fs::write(&file, "s3cret-from-file\n").unwrap();
+        assert_eq!(read_password(&file).unwrap(), "s3cret-from-file");
+        let cfg = RedisConfig::from_url(url)
+            .unwrap()
+            .with_password_file(Some(&file))
+            .unwrap();
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+        let both = RedisConfig::from_url("redis://u:pw@h:1")
+            .unwrap()
+            .with_password_file(Some(&file))
+            .unwrap_err();
+        assert!(both.to_string().contains("one or the other"), "{both}");
+        assert!(!both.to_string().contains("pw@"), "{both}");
     }
 }
