@@ -74,6 +74,7 @@ pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod object;
+pub mod password_rotation;
 pub mod pipelines;
 pub mod quantity;
 pub mod reconcile;

@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use sluice_platform::{RedisBackend, RedisConfig};
 use tracing::{info, warn};
 
+use crate::password_rotation::{self, NEXT_SUFFIX, PREVIOUS_SUFFIX};
 use crate::redis_tls::{CA_CERT_KEY, CERT_KEY};
 use crate::render::redis_acl::{self, Role, User};
 
@@ -45,11 +46,15 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// operator replica during a leader change, is repaired within this.
 const RESYNC: Duration = Duration::from_secs(300);
 
-/// The users one managed Redis should have, with their passwords, and
-/// with TLS the CA its certificate chains to and that certificate.
+/// The users one managed Redis should have, with the passwords each
+/// accepts (the current one first; the previous one too while a password
+/// rotation is under way), and with TLS the CA its certificate chains to
+/// and that certificate.
 #[derive(Clone)]
 pub struct Wanted {
-    pub users: Vec<(User, String)>,
+    pub users: Vec<(User, Vec<String>)>,
+    /// The admin password the operator connects with.
+    admin: Option<String>,
     pub tls: Option<Tls>,
 }
 
@@ -79,8 +84,12 @@ impl Wanted {
         let users = users
             .into_iter()
             .map(|u| {
-                let p = passwords.get(&u.role.password_key())?.clone();
-                Some((u, p))
+                let key = u.role.password_key();
+                let mut accepted = vec![passwords.get(&key)?.clone()];
+                for suffix in [NEXT_SUFFIX, PREVIOUS_SUFFIX] {
+                    accepted.extend(passwords.get(&format!("{key}{suffix}")).cloned());
+                }
+                Some((u, accepted))
             })
             .collect::<Option<Vec<_>>>()?;
         let tls = match (passwords.get(CA_CERT_KEY), passwords.get(CERT_KEY)) {
@@ -90,21 +99,22 @@ impl Wanted {
             }),
             _ => None,
         };
-        Some(Self { users, tls })
+        let admin = password_rotation::operator_password(passwords, &Role::Admin.password_key())
+            .map(str::to_string);
+        Some(Self { users, admin, tls })
     }
 
+    /// The admin's password Redis has surely known longest
+    /// ([`password_rotation::operator_password`]).
     fn admin_password(&self) -> Option<&str> {
-        self.users
-            .iter()
-            .find(|(u, _)| u.role == Role::Admin)
-            .map(|(_, p)| p.as_str())
+        self.admin.as_deref()
     }
 
     /// Identifies exactly what [`apply`] would send.
     fn digest(&self) -> String {
         let mut h = Sha256::new();
         for (u, p) in &self.users {
-            for a in u.setuser_args(p) {
+            for a in u.setuser_args(&refs(p)) {
                 h.update(a.as_bytes());
                 h.update([0]);
             }
@@ -117,6 +127,10 @@ impl Wanted {
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
+}
+
+fn refs(passwords: &[String]) -> Vec<&str> {
+    passwords.iter().map(String::as_str).collect()
 }
 
 /// What [`apply`] changed.
@@ -148,11 +162,11 @@ pub async fn apply(redis: &RedisBackend, wanted: &Wanted) -> Result<Applied, Str
         .map_err(|e| e.to_string())?;
     // Admin last: its rules do not change, but were they to, the
     // connection keeps working until every other user is set.
-    let mut ordered: Vec<&(User, String)> = wanted.users.iter().collect();
+    let mut ordered: Vec<&(User, Vec<String>)> = wanted.users.iter().collect();
     ordered.sort_by_key(|(u, _)| u.role == Role::Admin);
     for (u, p) in ordered {
         redis
-            .acl_setuser(&u.setuser_args(p))
+            .acl_setuser(&u.setuser_args(&refs(p)))
             .await
             .map_err(|e| e.to_string())?;
         applied.set.push(u.role.user());
@@ -246,6 +260,17 @@ impl RedisUsers {
             this.running.lock().remove(&key);
         });
         true
+    }
+
+    /// Whether exactly `wanted` is in place in the Redis of `key` (applied,
+    /// and no apply running): a password rotation moves on only then.
+    pub fn holds(&self, key: &str, wanted: &Wanted) -> bool {
+        let digest = wanted.digest();
+        self.applied
+            .lock()
+            .get(key)
+            .is_some_and(|(d, _)| *d == digest)
+            && !self.running.lock().contains(key)
     }
 
     /// Whether the users last given to [`Self::sync`] for `key` are in

@@ -6,8 +6,9 @@
 //!                               └──▶ exists ─▶ key ring (ours): rotation::next decides
 //!                                                 ├─ a step is due ─▶ replace (resourceVersion)
 //!                                                 └─ otherwise     ─▶ recheck when the next is due
-//!                                              P-redis (ours): re-render redis.conf from the
-//!                                              stored password; replace if it differs
+//!                                              P-redis (ours): re-render from the stored
+//!                                              passwords, certificate and rotation step;
+//!                                              replace if it differs
 //! obsolete name ─GET by name─▶ controlled by this pipeline? ─▶ delete
 //! ```
 //!
@@ -33,9 +34,12 @@ use tracing::{debug, warn};
 
 use crate::apply::FIELD_MANAGER;
 use crate::error::{api_error, Error};
+use crate::password_rotation::{self, Step};
+use crate::password_rotation::{NEXT_SUFFIX, PREVIOUS_SUFFIX};
 use crate::redis_tls::{Stored, TlsMaterial};
 use crate::render::key_ring::role_keys_secret;
-use crate::render::redis::redis_secret;
+use crate::render::redis::{redis_secret, redis_secret_rotating};
+use crate::render::redis_acl;
 use crate::render::redis_use::managed_tls;
 use crate::render::{self, initial_key_secret, GeneratedSecret, KEY_LEN};
 use crate::rotation::{self, Decision, Ring, Timings};
@@ -118,7 +122,19 @@ pub fn fresh_redis_secret(sp: &StreamPipeline, cert_lifetime: Duration) -> Resul
         true => Some(fresh_tls(sp, Utc::now(), cert_lifetime)?),
         false => None,
     };
-    Ok(redis_secret(sp, |_| fresh_password(), tls.as_ref())?)
+    let mut secret = redis_secret(sp, |_| fresh_password(), tls.as_ref())?;
+    // Passwords made now answer any rotation already asked for.
+    if let Some(r) = sp.annotations().get(password_rotation::REQUEST) {
+        secret
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(
+                password_rotation::HANDLED.into(),
+                password_rotation::handled(r),
+            );
+    }
+    Ok(secret)
 }
 
 fn fresh_tls(
@@ -182,15 +198,18 @@ fn controlled_by(s: &Secret, uid: &str) -> bool {
 
 /// Creates each generated Secret that is absent, moves an existing key ring
 /// of this pipeline through its rotation (DESIGN §6, [`crate::rotation`])
-/// when a step is due, and keeps the config file of an existing `P-redis`
-/// in step with the spec's persistence.
+/// when a step is due, and keeps an existing `P-redis` in step with the
+/// spec, its certificate and its password rotation
+/// ([`crate::password_rotation`]); `applied` tells whether the live Redis
+/// users match a `P-redis`'s data.
 ///
 /// # Guarantees
 /// - A key ring changes only by a rotation step, written with `replace`
 ///   carrying the resourceVersion just read: a concurrent writer makes it
 ///   fail (`409`), and the reconcile retries from a fresh read. A ring not
 ///   controlled by this pipeline is never changed.
-/// - An existing password is never changed.
+/// - An existing password changes only by a password rotation, and a pod
+///   can read a new one only once the live users accept it.
 /// - Losing a create race (`409 AlreadyExists`) is not an error.
 /// - [`Ensured::recheck_after`] is no later than the next rotation step.
 ///
@@ -202,6 +221,7 @@ pub async fn ensure(
     uid: &str,
     generated: &[GeneratedSecret],
     settings: &OperatorSettings,
+    applied: &(dyn Fn(&BTreeMap<String, String>) -> bool + Sync),
 ) -> Result<Ensured, Error> {
     let mut changes = Vec::new();
     let mut redis_secret = None;
@@ -269,8 +289,9 @@ pub async fn ensure(
             (Some(live), GeneratedSecret::RedisPassword(_)) if controlled_by(&live, uid) => {
                 redis_secret = Some(text_data(&live));
                 let now = Utc::now();
-                if let Some(updated) =
-                    redis_config_update(sp, live, now, settings.redis_cert_lifetime)?
+                let mut due = rotation_due(&live, now, settings.key_propagation);
+                if let Some((updated, note)) =
+                    redis_secret_update(sp, live, now, settings, applied)?
                 {
                     let pp = PostParams {
                         field_manager: Some(FIELD_MANAGER.into()),
@@ -282,7 +303,14 @@ pub async fn ensure(
                         .await
                         .map_err(|e| api_error("update", "Secret", name, e))?;
                     redis_secret = Some(text_data(&updated));
-                    changes.push(SecretChange::Updated(name.to_string()));
+                    changes.push(match note {
+                        Some(note) => SecretChange::Rotated(note),
+                        None => SecretChange::Updated(name.to_string()),
+                    });
+                    due = rotation_due(&updated, now, settings.key_propagation);
+                }
+                if let Some(due) = due {
+                    recheck(due);
                 }
                 let stored = redis_secret.as_ref().map(TlsMaterial::from_data);
                 if let Some(Stored::Usable(m)) = stored {
@@ -432,42 +460,159 @@ fn until(now: DateTime<Utc>, due: DateTime<Utc>) -> std::time::Duration {
     std::time::Duration::from_secs(secs)
 }
 
-/// The `P-redis` Secret re-rendered from its stored passwords, if that
-/// changes it: a group came or went (its password and user with it), the
-/// persistence setting changed, or the Secret predates per-role users. A
-/// stored password is never changed; a role without one gets a fresh one.
+/// The `P-redis` Secret `live` re-rendered at `now`, if that changes it,
+/// with a note for an event when a password rotation started or ended: a
+/// group came or went (its password and user with it), the persistence or
+/// TLS setting changed, the certificate is due, the Secret predates
+/// per-role users, or a [password rotation](crate::password_rotation) takes
+/// its next step. A stored password changes only by a rotation; a role
+/// without one gets a fresh one.
 ///
 /// # Errors
 /// A stored password that is not UTF-8 or not a valid password (the
 /// Secret was edited by hand), or a spec that does not compile.
-fn redis_config_update(
+pub fn redis_secret_update(
     sp: &StreamPipeline,
     mut live: Secret,
     now: DateTime<Utc>,
-    cert_lifetime: Duration,
-) -> Result<Option<Secret>, Error> {
+    settings: &OperatorSettings,
+    applied: &dyn Fn(&BTreeMap<String, String>) -> bool,
+) -> Result<Option<(Secret, Option<String>)>, Error> {
     let name = live.name_any();
+    let stored = text_data(&live);
     let tls = match managed_tls(&sp.spec) {
-        true => Some(tls_for(sp, &text_data(&live), now, cert_lifetime)?),
+        true => Some(tls_for(sp, &stored, now, settings.redis_cert_lifetime)?),
         false => None,
+    };
+    let mut annotations = live.metadata.annotations.clone().unwrap_or_default();
+    // A second password per role, by suffix; one a person garbled is
+    // dropped (it is only ever hashed) rather than blocking the pipeline.
+    let second = |suffix: &str| -> BTreeMap<String, String> {
+        stored
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_suffix(suffix)?.to_string(), v.clone())))
+            .filter(|(k, v)| {
+                let usable = stored.contains_key(k) && password_usable(v);
+                if !usable {
+                    warn!(secret = %name, key = %format!("{k}{suffix}"), "dropping an unusable second Redis password");
+                }
+                usable
+            })
+            .collect()
+    };
+    let (next, previous) = (second(NEXT_SUFFIX), second(PREVIOUS_SUFFIX));
+    let held = password_rotation::Held {
+        next: !next.is_empty(),
+        previous: !previous.is_empty(),
+        applied: applied(&stored),
+    };
+    let step = password_rotation::next(
+        sp.annotations()
+            .get(password_rotation::REQUEST)
+            .map(String::as_str),
+        &annotations,
+        held,
+        now,
+        settings.key_propagation,
+    );
+    let stamp = || now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut staged = BTreeMap::new();
+    // (current password of a role, its second password and suffix)
+    let (also, suffix, note): (BTreeMap<String, String>, &str, Option<String>) = match &step {
+        Step::Idle => (BTreeMap::new(), "", None),
+        Step::Clean => {
+            annotations.remove(password_rotation::PHASE);
+            annotations.remove(password_rotation::SINCE);
+            (BTreeMap::new(), "", None)
+        }
+        Step::Stage { handled } => {
+            annotations.insert(password_rotation::HANDLED.into(), handled.clone());
+            annotations.insert(password_rotation::PHASE.into(), "staged".into());
+            annotations.remove(password_rotation::SINCE);
+            // Filled in by the render below, one per rotated role.
+            (
+                BTreeMap::new(),
+                NEXT_SUFFIX,
+                Some(format!(
+                    "{name}: new Redis passwords staged; pods get them once Redis accepts them"
+                )),
+            )
+        }
+        Step::AwaitApply => (next.clone(), NEXT_SUFFIX, None),
+        Step::Promote => {
+            annotations.insert(password_rotation::PHASE.into(), "both".into());
+            annotations.insert(password_rotation::SINCE.into(), stamp());
+            // The old current password becomes the previous one.
+            let old = next
+                .keys()
+                .filter_map(|k| Some((k.clone(), stored.get(k)?.clone())))
+                .collect();
+            (old, PREVIOUS_SUFFIX, Some(format!(
+                "{name}: new Redis passwords given to the pods; the previous ones are accepted until they have read them"
+            )))
+        }
+        Step::Wait { .. } => (previous.clone(), PREVIOUS_SUFFIX, None),
+        Step::Restamp => {
+            annotations.insert(password_rotation::PHASE.into(), "both".into());
+            annotations.insert(password_rotation::SINCE.into(), stamp());
+            (previous.clone(), PREVIOUS_SUFFIX, None)
+        }
+        Step::Finish => {
+            annotations.remove(password_rotation::PHASE);
+            annotations.remove(password_rotation::SINCE);
+            (
+                BTreeMap::new(),
+                "",
+                Some(format!("{name}: previous Redis passwords retired")),
+            )
+        }
     };
     let data = live.data.get_or_insert_with(Default::default);
     let mut unusable = None;
-    let rendered = redis_secret(
+    let current = |role: &redis_acl::Role, unusable: &mut Option<String>| {
+        let key = role.password_key();
+        if matches!(step, Step::Promote) {
+            if let Some(new) = next.get(&key) {
+                return new.clone();
+            }
+        }
+        match data.get(&key).map(|p| String::from_utf8(p.0.clone())) {
+            None => fresh_password(),
+            Some(Ok(p)) => p,
+            Some(Err(_)) => {
+                *unusable = Some(key);
+                fresh_password()
+            }
+        }
+    };
+    let rendered = redis_secret_rotating(
         sp,
         |role| {
-            let key = role.password_key();
-            match data.get(&key).map(|p| String::from_utf8(p.0.clone())) {
-                None => fresh_password(),
-                Some(Ok(p)) => p,
-                Some(Err(_)) => {
-                    unusable = Some(key);
-                    fresh_password()
-                }
+            let p = current(role, &mut unusable);
+            if matches!(step, Step::Stage { .. }) && password_rotation::rotates(role) {
+                staged.insert(role.password_key(), fresh_password());
             }
+            p
         },
+        &also,
+        suffix,
         tls.as_ref(),
-    );
+    )
+    .and_then(|first| match step {
+        // The passwords to stage were made while rendering: render again
+        // with them accepted too.
+        Step::Stage { .. } => {
+            let current = text_data(&first);
+            redis_secret_rotating(
+                sp,
+                |role| current[&role.password_key()].clone(),
+                &staged,
+                NEXT_SUFFIX,
+                tls.as_ref(),
+            )
+        }
+        _ => Ok(first),
+    });
     if let Some(key) = unusable {
         return Err(Error::Unusable {
             what: "Secret",
@@ -484,12 +629,47 @@ fn redis_config_update(
         other => other.into(),
     })?;
     let wanted = rendered.data.unwrap_or_default();
-    if *data == wanted {
+    let same_annotations = live.metadata.annotations.clone().unwrap_or_default() == annotations;
+    if *data == wanted && same_annotations {
         return Ok(None);
     }
     *data = wanted;
-    Ok(Some(live))
+    live.metadata.annotations = Some(annotations);
+    Ok(Some((live, note)))
 }
+
+/// Whether `p` could be a password this operator made (the renderer's
+/// rule).
+fn password_usable(p: &str) -> bool {
+    (16..=256).contains(&p.len())
+        && p.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// When the next step of a password rotation recorded on `P-redis` is due,
+/// if one is under way: soon while new passwords wait to be accepted live,
+/// else when the previous ones may go.
+fn rotation_due(s: &Secret, now: DateTime<Utc>, propagation: Duration) -> Option<Duration> {
+    match s
+        .annotations()
+        .get(password_rotation::PHASE)
+        .map(String::as_str)
+    {
+        Some("staged") => Some(STAGED_RECHECK),
+        Some("both") => {
+            let since = s.annotations().get(password_rotation::SINCE)?;
+            let since = DateTime::parse_from_rfc3339(since)
+                .ok()?
+                .with_timezone(&Utc);
+            let ends = since.checked_add_signed(chrono::Duration::from_std(propagation).ok()?)?;
+            Some(until(now, ends).max(Duration::from_secs(1)))
+        }
+        _ => None,
+    }
+}
+
+/// How soon a pass looks again at passwords staged for Redis to accept.
+const STAGED_RECHECK: Duration = Duration::from_secs(2);
 
 /// Deletes each named Secret that exists and is controlled by the pipeline.
 ///
@@ -528,6 +708,18 @@ mod tests {
     use k8s_openapi::ByteString;
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    /// `redis_secret_update` with [`settings`], the Secret only.
+    fn upd(sp: &StreamPipeline, live: Secret, now: DateTime<Utc>) -> Result<Option<Secret>, Error> {
+        redis_secret_update(sp, live, now, &settings(), &|_| false).map(|u| u.map(|(s, _)| s))
+    }
+
+    fn settings() -> OperatorSettings {
+        OperatorSettings {
+            redis_cert_lifetime: DAY,
+            ..Default::default()
+        }
+    }
 
     fn pipeline(persistence: &str) -> StreamPipeline {
         let mut sp: StreamPipeline = sluice_crds::yaml::from_str(&format!(
@@ -598,7 +790,7 @@ spec:
     #[test]
     fn the_redis_config_follows_persistence_and_keeps_the_passwords() {
         let now = Utc::now();
-        let update = |sp: &StreamPipeline, live: Secret| redis_config_update(sp, live, now, DAY);
+        let update = |sp: &StreamPipeline, live: Secret| upd(sp, live, now);
         let live = fresh_redis_secret(&pipeline("aof"), DAY).unwrap();
         assert_eq!(update(&pipeline("aof"), live.clone()).unwrap(), None);
         let updated = update(&pipeline("none"), live.clone()).unwrap().unwrap();
@@ -665,11 +857,11 @@ spec:
         );
         let before_due = first.renew_after - chrono::Duration::minutes(1);
         assert_eq!(
-            redis_config_update(&sp, live.clone(), before_due, DAY).unwrap(),
+            upd(&sp, live.clone(), before_due).unwrap(),
             None,
             "nothing changes before the renewal is due"
         );
-        let renewed = redis_config_update(&sp, live.clone(), first.renew_after, DAY)
+        let renewed = upd(&sp, live.clone(), first.renew_after)
             .unwrap()
             .expect("due: renewed");
         let second = tls_of(&renewed);
@@ -690,11 +882,7 @@ spec:
             crate::redis_tls::CERT_KEY.into(),
             ByteString(stranger.cert.clone().into_bytes()),
         );
-        let fixed = tls_of(
-            &redis_config_update(&sp, swapped, Utc::now(), DAY)
-                .unwrap()
-                .expect("replaced"),
-        );
+        let fixed = tls_of(&upd(&sp, swapped, Utc::now()).unwrap().expect("replaced"));
         assert_eq!(fixed.ca_cert, first.ca_cert);
         assert!(fixed.verifies("p", "demo", Utc::now()));
         // Damaged material (a key edited by hand) is replaced by a new CA.
@@ -703,9 +891,7 @@ spec:
             crate::redis_tls::CA_KEY_KEY.into(),
             ByteString(b"not a key".to_vec()),
         );
-        let repaired = redis_config_update(&sp, damaged, Utc::now(), DAY)
-            .unwrap()
-            .expect("repaired");
+        let repaired = upd(&sp, damaged, Utc::now()).unwrap().expect("repaired");
         assert_ne!(tls_of(&repaired).ca_cert, first.ca_cert);
     }
 
@@ -714,14 +900,128 @@ spec:
         let live = fresh_redis_secret(&pipeline("aof"), DAY).unwrap();
         let mut off = pipeline("aof");
         off.spec.redis.as_mut().unwrap().tls = Some(false);
-        let plain = redis_config_update(&off, live, Utc::now(), DAY)
-            .unwrap()
-            .expect("changed");
+        let plain = upd(&off, live, Utc::now()).unwrap().expect("changed");
         let data = text_data(&plain);
         assert!(matches!(TlsMaterial::from_data(&data), Stored::Absent));
         assert!(!data[CONFIG_KEY].contains("tls"), "{}", data[CONFIG_KEY]);
         assert!(fresh_redis_secret(&off, DAY)
             .map(|s| matches!(TlsMaterial::from_data(&text_data(&s)), Stored::Absent))
             .unwrap());
+    }
+
+    #[test]
+    fn a_password_rotation_stages_promotes_once_applied_then_retires_the_old() {
+        use crate::render::redis_acl::password_hash;
+        let t0 = Utc::now();
+        let live = fresh_redis_secret(&pipeline("aof"), DAY).unwrap();
+        let before = text_data(&live);
+        let mut sp = pipeline("aof");
+        sp.metadata.annotations = Some(BTreeMap::from([(
+            password_rotation::REQUEST.to_string(),
+            "r1".to_string(),
+        )]));
+        let step = |live: Secret, at: DateTime<Utc>, applied: bool| {
+            redis_secret_update(&sp, live, at, &settings(), &|_| applied)
+                .unwrap()
+                .map(|(s, _)| s)
+        };
+        let accepts = |data: &BTreeMap<String, String>, user: &str, password: &str| {
+            data[CONFIG_KEY]
+                .lines()
+                .find(|l| l.starts_with(&format!("user {user} on ")))
+                .unwrap()
+                .contains(&password_hash(password))
+        };
+
+        // Staged: pods still read the old password; Redis accepts both.
+        let staged = step(live, t0, false).expect("staged");
+        let data = text_data(&staged);
+        for user in ["ingress", "admin", "autoscaler", "group-web"] {
+            let key = format!("{user}.password");
+            if !data.contains_key(&key) {
+                continue;
+            }
+            assert_eq!(
+                data[&key], before[&key],
+                "{user}: the mounted key is unchanged"
+            );
+            let new = &data[&format!("{key}.next")];
+            assert!(accepts(&data, user, new) && accepts(&data, user, &before[&key]));
+        }
+        for user in ["keda", "probe"] {
+            assert!(
+                !data.contains_key(&format!("{user}.password.next")),
+                "{user}"
+            );
+        }
+        assert_eq!(staged.annotations()[password_rotation::PHASE], "staged");
+        assert_eq!(
+            step(staged.clone(), t0, false),
+            None,
+            "not promoted until Redis accepts the new passwords"
+        );
+
+        // Promoted: the new one is mounted, the old one kept as previous.
+        let both = step(staged, t0, true).expect("promoted");
+        let promoted = text_data(&both);
+        assert_eq!(promoted["ingress.password"], data["ingress.password.next"]);
+        assert_eq!(
+            promoted["ingress.password.previous"],
+            before["ingress.password"]
+        );
+        assert!(!promoted.contains_key("ingress.password.next"));
+        assert_eq!(
+            promoted[CONFIG_KEY], data[CONFIG_KEY],
+            "the accepted set does not change: nothing to apply"
+        );
+        let due = rotation_due(&both, t0, settings().key_propagation).unwrap();
+        let ends = t0 + chrono::Duration::from_std(settings().key_propagation).unwrap();
+        assert!(due >= Duration::from_secs(1));
+        assert_eq!(
+            step(both.clone(), ends - chrono::Duration::seconds(1), false),
+            None,
+            "both stay accepted until the kubelet has shown the new files"
+        );
+        let done = step(both, ends, false).expect("finished");
+        let after = text_data(&done);
+        assert!(after
+            .keys()
+            .all(|k| !k.ends_with(".previous") && !k.ends_with(".next")));
+        assert_eq!(after["ingress.password"], data["ingress.password.next"]);
+        assert!(!accepts(&after, "ingress", &before["ingress.password"]));
+        assert!(!done.annotations().contains_key(password_rotation::PHASE));
+        assert_eq!(
+            step(done, ends + chrono::Duration::hours(1), false),
+            None,
+            "the same request is not acted on twice"
+        );
+    }
+
+    #[test]
+    fn a_pipeline_created_with_a_rotation_request_does_not_rotate_at_once() {
+        let mut sp = pipeline("aof");
+        sp.metadata.annotations = Some(BTreeMap::from([(
+            password_rotation::REQUEST.to_string(),
+            "r1".to_string(),
+        )]));
+        let live = fresh_redis_secret(&sp, DAY).unwrap();
+        assert_eq!(
+            redis_secret_update(&sp, live, Utc::now(), &settings(), &|_| true).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_garbled_second_password_is_dropped_not_fatal() {
+        let live = fresh_redis_secret(&pipeline("aof"), DAY).unwrap();
+        let mut edited = live.clone();
+        edited.data.as_mut().unwrap().insert(
+            "ingress.password.previous".into(),
+            ByteString(b"x y".to_vec()),
+        );
+        let fixed = upd(&pipeline("aof"), edited, Utc::now())
+            .unwrap()
+            .expect("repaired");
+        assert!(!text_data(&fixed).contains_key("ingress.password.previous"));
     }
 }

@@ -44,6 +44,7 @@ use crate::events::{EventType, Events};
 use crate::labels::{self, Component};
 use crate::metrics::{DirectionLabel, GroupLabel, Metrics};
 use crate::names;
+use crate::password_rotation::PREVIOUS_SUFFIX;
 use crate::redis_tls::CA_CERT_KEY;
 use crate::render::redis_acl::Role;
 use crate::render::redis_use::{managed_tls, managed_url};
@@ -295,6 +296,11 @@ impl Autoscaler {
         let mut seen_pipelines = HashSet::new();
         for r in readings {
             seen_pipelines.insert(r.key.clone());
+            // A connection that failed is made again from the Secrets next
+            // time: a rotated password, a new CA, a moved Redis.
+            if r.redis_error.is_some() {
+                conns.remove(&r.key);
+            }
             self.decide_pipeline(&r, state, epoch, now, &mut seen_groups)
                 .await;
         }
@@ -508,6 +514,13 @@ impl Autoscaler {
             None => (names::redis(&name), Role::Autoscaler.password_key()),
         };
         let s = read_secret(&api, &secret).await?;
+        // While a password rotation is under way, the previous password is
+        // the one Redis surely knows (the new one only once applied).
+        let previous = format!("{key}{PREVIOUS_SUFFIX}");
+        let key = match s.data.as_ref() {
+            Some(d) if url_ref.is_none() && d.contains_key(&previous) => previous,
+            _ => key,
+        };
         let value = s
             .data
             .as_ref()
@@ -521,7 +534,7 @@ impl Autoscaler {
                 &ns,
                 managed_tls(&sp.spec),
                 &Role::Autoscaler.user(),
-                &value,
+                Some(&value),
             ),
         };
         let ca = match (url_ref, external.and_then(|r| r.ca_secret_ref.as_ref())) {

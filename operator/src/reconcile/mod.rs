@@ -319,12 +319,17 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
             report_not_applied(&Refused::of(sp), ctx, &target, &live, validity).await?;
             return Ok(Action::requeue(ctx.timing.requeue_interval));
         }
+        let users_key = format!("{ns}/{name}");
+        let users_hold = |data: &BTreeMap<String, String>| {
+            wanted_users(&desired.plan, data).is_some_and(|w| ctx.redis_users.holds(&users_key, &w))
+        };
         let ensured = secrets::ensure(
             &secrets_api,
             sp,
             uid,
             &desired.generated_secrets,
             &ctx.settings,
+            &users_hold,
         )
         .await?;
         if let Some(after) = ensured.recheck_after {
@@ -528,11 +533,16 @@ fn sync_redis_users(ctx: &Context, plan: &Plan, live: &Live, passwords: &BTreeMa
     if !ready {
         return;
     }
-    let tls = passwords.contains_key(crate::redis_tls::CA_CERT_KEY);
-    if let Some(wanted) = Wanted::from_secret(render::redis_acl::users(plan, tls), passwords) {
+    if let Some(wanted) = wanted_users(plan, passwords) {
         ctx.redis_users
             .sync(&format!("{ns}/{name}"), &managed_address(name, ns), wanted);
     }
+}
+
+/// The live users a `P-redis`'s data describes for `plan`.
+fn wanted_users(plan: &Plan, data: &BTreeMap<String, String>) -> Option<Wanted> {
+    let tls = data.contains_key(crate::redis_tls::CA_CERT_KEY);
+    Wanted::from_secret(render::redis_acl::users(plan, tls), data)
 }
 
 /// Reconciles a pipeline whose spec does not decode: its status says why

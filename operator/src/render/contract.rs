@@ -8,6 +8,7 @@ pub const ENV_REDIS_URL: &str = "SLUICE_REDIS_URL";
 /// PEM CA certificate(s) a `rediss://` server must chain to (external Redis
 /// with `caSecretRef`), instead of the system roots.
 pub const ENV_REDIS_CA_FILE: &str = "SLUICE_REDIS_CA_FILE";
+pub const ENV_REDIS_PASSWORD_FILE: &str = "SLUICE_REDIS_PASSWORD_FILE";
 pub const ENV_INGRESS_ID: &str = "SLUICE_INGRESS_ID";
 pub const ENV_DRAIN_GRACE: &str = "SLUICE_DRAIN_GRACE";
 pub const ENV_DRAIN_TIMEOUT: &str = "SLUICE_DRAIN_TIMEOUT";

@@ -125,6 +125,14 @@ fn tracing_env(ctx: &Ctx<'_>, g: &GroupSpec, tracing: &RuntimeTracing) -> Vec<En
     ]
 }
 
+/// The Redis user of a group's runtime containers.
+fn redis_role(g: &GroupSpec, role: GroupRole) -> redis_acl::Role {
+    match role {
+        GroupRole::Ingress => redis_acl::Role::Ingress,
+        _ => redis_acl::Role::Group(g.name.clone()),
+    }
+}
+
 /// The runtime container of a group's pods: the group's image (or the
 /// role's default), the role's args and env plus the Redis env and, with
 /// trace export on, the `OTEL_*` env; one named port carrying both probes,
@@ -138,11 +146,7 @@ fn runtime_container(
     mut env: Vec<EnvVar>,
     (port_name, port): (&str, i32),
 ) -> Container {
-    let redis_role = match role {
-        GroupRole::Ingress => redis_acl::Role::Ingress,
-        _ => redis_acl::Role::Group(g.name.clone()),
-    };
-    env.extend(redis::runtime_env(ctx, &ctx.redis, &redis_role));
+    env.extend(redis::runtime_env(ctx, &ctx.redis, &redis_role(g, role)));
     // Last, and only when on: without an endpoint the container carries no
     // tracing variable at all.
     if let Some(t) = &ctx.settings.tracing {
@@ -169,8 +173,9 @@ fn runtime_container(
 }
 
 /// The Deployment of a group: `main` plus the group's sidecars, the
-/// pipeline file, key ring, Redis CA (external Redis with `caSecretRef`)
-/// and node Secrets mounted as directories in `main` only.
+/// pipeline file, key ring, Redis CA and password (managed Redis) or CA
+/// (external Redis with `caSecretRef`) and node Secrets mounted as
+/// directories in `main` only.
 pub(crate) fn deployment(
     ctx: &Ctx<'_>,
     g: &GroupSpec,
@@ -182,12 +187,15 @@ pub(crate) fn deployment(
     let component = component_of(g.role);
     let (secret_volumes, secret_mounts) = pod_spec::node_secret_mounts(secret_refs);
     let (ca_volume, ca_mount) = redis::ca_mount(ctx, &ctx.redis).unzip();
+    let (auth_volume, auth_mount) =
+        redis::auth_mount(ctx, &ctx.redis, &redis_role(g, g.role)).unzip();
     let mut mounts = vec![
         pod_spec::mount(pod_spec::VOLUME_PIPELINE, pod_spec::PIPELINE_DIR, true),
         pod_spec::mount(pod_spec::VOLUME_KEYS, pod_spec::KEYS_DIR, true),
         pod_spec::tmp_mount(),
     ];
     mounts.extend(ca_mount);
+    mounts.extend(auth_mount);
     mounts.extend(secret_mounts);
     main.volume_mounts = Some(mounts);
     let main_name = main.name.clone();
@@ -205,6 +213,7 @@ pub(crate) fn deployment(
         pod_spec::tmp_volume(),
     ];
     volumes.extend(ca_volume);
+    volumes.extend(auth_volume);
     volumes.extend(secret_volumes);
 
     Deployment {

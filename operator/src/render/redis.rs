@@ -39,7 +39,7 @@ use sluice_crds::{compile, Persistence, PipelineId, StreamPipeline};
 
 use super::child::Child;
 use super::context::{owner_of, Ctx};
-use super::contract::{ENV_REDIS_CA_FILE, ENV_REDIS_URL};
+use super::contract::{ENV_REDIS_CA_FILE, ENV_REDIS_PASSWORD_FILE, ENV_REDIS_URL};
 use super::error::{Error, Result};
 use super::pod_spec;
 use super::policy;
@@ -57,8 +57,11 @@ pub const CONFIG_KEY: &str = "redis.conf";
 pub const CONFIG_DIR: &str = "/etc/redis";
 /// Redis's data directory (the PVC or emptyDir `data`).
 pub const DATA_DIR: &str = "/data";
-/// Runtime pods: the managed Redis password, expanded into [`ENV_REDIS_URL`].
-pub const ENV_REDIS_PASSWORD: &str = "REDIS_PASSWORD";
+/// Runtime pods of managed Redis: their role's password, as a file in a
+/// directory of its own (the volume, the directory, the file name).
+pub const VOLUME_REDIS_AUTH: &str = "redis-auth";
+pub const REDIS_AUTH_DIR: &str = "/etc/sluice/redis-auth";
+pub const REDIS_PASSWORD_FILE: &str = "password";
 /// Runtime pods of external Redis with `caSecretRef`: the volume holding the
 /// CA, the directory it is mounted at and the file name of the CA in it.
 pub const VOLUME_REDIS_CA: &str = "redis-ca";
@@ -71,9 +74,8 @@ const CPU_REQUEST: &str = "100m";
 const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 16..=256;
 
 /// The environment a runtime container of `role` needs to reach its
-/// Redis. Order matters: Kubernetes expands `$(REDIS_PASSWORD)` only from
-/// variables defined earlier in the list. With managed Redis the container
-/// gets its own role's password and nothing else.
+/// Redis. With managed Redis the container gets its own role's password
+/// and nothing else, as a file ([`auth_mount`]).
 pub(crate) fn runtime_env(
     ctx: &Ctx<'_>,
     redis: &RedisUse<'_>,
@@ -93,22 +95,15 @@ pub(crate) fn runtime_env(
             env
         }
         RedisUse::Managed(m) => {
+            // The password is read from a mounted file (`auth_mount`) at
+            // every new connection: a rotated password reaches running
+            // pods without a restart, and no environment holds it.
             let mut env = vec![
-                pod_spec::env_from_secret(
-                    ENV_REDIS_PASSWORD,
-                    &names::redis(&ctx.name),
-                    &role.password_key(),
-                ),
                 pod_spec::env(
                     ENV_REDIS_URL,
-                    managed_url(
-                        &ctx.name,
-                        &ctx.namespace,
-                        m.tls,
-                        &role.user(),
-                        &format!("$({ENV_REDIS_PASSWORD})"),
-                    ),
+                    managed_url(&ctx.name, &ctx.namespace, m.tls, &role.user(), None),
                 ),
+                pod_spec::env(ENV_REDIS_PASSWORD_FILE, password_path()),
             ];
             if m.tls {
                 env.push(pod_spec::env(ENV_REDIS_CA_FILE, ca_path()));
@@ -116,6 +111,44 @@ pub(crate) fn runtime_env(
             env
         }
     }
+}
+
+/// Where a runtime container of managed Redis finds its password.
+pub fn password_path() -> String {
+    format!("{REDIS_AUTH_DIR}/{REDIS_PASSWORD_FILE}")
+}
+
+/// The volume and the runtime container's mount of its own role's managed
+/// Redis password: only that key of `P-redis`, as [`REDIS_PASSWORD_FILE`],
+/// mode 0440 (readable through the pod's `fsGroup`), in a directory of its
+/// own so the kubelet's swap of a rotated password shows. None for other
+/// Redis uses.
+pub(crate) fn auth_mount(
+    ctx: &Ctx<'_>,
+    redis: &RedisUse<'_>,
+    role: &redis_acl::Role,
+) -> Option<(Volume, VolumeMount)> {
+    let RedisUse::Managed(_) = redis else {
+        return None;
+    };
+    let volume = Volume {
+        name: VOLUME_REDIS_AUTH.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names::redis(&ctx.name)),
+            items: Some(vec![KeyToPath {
+                key: role.password_key(),
+                path: REDIS_PASSWORD_FILE.into(),
+                mode: None,
+            }]),
+            default_mode: Some(0o440),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Some((
+        volume,
+        pod_spec::mount(VOLUME_REDIS_AUTH, REDIS_AUTH_DIR, true),
+    ))
 }
 
 /// Where a runtime container finds the CA of its Redis (external with
@@ -167,7 +200,7 @@ pub fn redis_conf(
     persistence: Persistence,
     max_memory: u64,
     tls: bool,
-    users: &[(redis_acl::User, &str)],
+    users: &[(redis_acl::User, Vec<&str>)],
 ) -> String {
     // TLS only: no plain port at all. Clients authenticate with their ACL
     // password, so they present no certificate.
@@ -189,8 +222,8 @@ pub fn redis_conf(
         Persistence::None => "appendonly no\nsave \"\"\n",
     };
     let mut acl = format!("{}\n", redis_acl::DEFAULT_USER_LINE);
-    for (user, password) in users {
-        acl.push_str(&user.conf_line(password));
+    for (user, passwords) in users {
+        acl.push_str(&user.conf_line(passwords));
         acl.push('\n');
     }
     format!(
@@ -232,7 +265,25 @@ pub fn redis_conf(
 /// The error never contains a password.
 pub fn redis_secret(
     sp: &StreamPipeline,
+    password: impl FnMut(&redis_acl::Role) -> String,
+    tls: Option<&TlsMaterial>,
+) -> Result<Secret> {
+    redis_secret_rotating(sp, password, &BTreeMap::new(), "", tls)
+}
+
+/// [`redis_secret`] in the middle of a password rotation
+/// ([`crate::password_rotation`]): `also` maps a role's password key to a
+/// second password Redis accepts besides the current one (both hashes in
+/// the role's line of `redis.conf`), which the Secret keeps under
+/// `<key><suffix>` (`.next` while staged, `.previous` while pods move).
+///
+/// # Errors
+/// As [`redis_secret`]; the second passwords are checked alike.
+pub fn redis_secret_rotating(
+    sp: &StreamPipeline,
     mut password: impl FnMut(&redis_acl::Role) -> String,
+    also: &BTreeMap<String, String>,
+    suffix: &str,
     tls: Option<&TlsMaterial>,
 ) -> Result<Secret> {
     let owner = owner_of(sp)?;
@@ -251,23 +302,31 @@ pub fn redis_secret(
     )
     .map_err(Error::InvalidSpec)?;
     let users = redis_acl::users(&plan, tls.is_some());
-    let mut passwords = Vec::with_capacity(users.len());
-    for u in &users {
-        let p = password(&u.role);
+    let check = |p: &str| {
         let url_safe = p
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'));
-        if !url_safe || !PASSWORD_LEN.contains(&p.len()) {
-            return Err(Error::InvalidInput {
+        if url_safe && PASSWORD_LEN.contains(&p.len()) {
+            Ok(())
+        } else {
+            Err(Error::InvalidInput {
                 what: "Redis password",
                 reason: format!(
                     "must be {} to {} characters of A-Z a-z 0-9 - . _ ~",
                     PASSWORD_LEN.start(),
                     PASSWORD_LEN.end()
                 ),
-            });
+            })
         }
+    };
+    let mut passwords = Vec::with_capacity(users.len());
+    for u in &users {
+        let p = password(&u.role);
+        check(&p)?;
         passwords.push(p);
+    }
+    for p in also.values() {
+        check(p)?;
     }
     let persistence = sp
         .spec
@@ -276,16 +335,28 @@ pub fn redis_secret(
         .map(|r| r.persistence)
         .unwrap_or_default();
     let max_memory = crate::render::redis_use::max_memory(&sp.spec);
-    let pairs: Vec<(redis_acl::User, &str)> = users
+    let pairs: Vec<(redis_acl::User, Vec<&str>)> = users
         .iter()
-        .cloned()
-        .zip(passwords.iter().map(String::as_str))
+        .zip(&passwords)
+        .map(|(u, p)| {
+            let mut accepted = vec![p.as_str()];
+            accepted.extend(also.get(&u.role.password_key()).map(String::as_str));
+            (u.clone(), accepted)
+        })
         .collect();
     let mut data: BTreeMap<String, ByteString> = users
         .iter()
         .zip(&passwords)
         .map(|(u, p)| (u.role.password_key(), ByteString(p.as_bytes().to_vec())))
         .collect();
+    for u in &users {
+        if let Some(p) = also.get(&u.role.password_key()) {
+            data.insert(
+                format!("{}{suffix}", u.role.password_key()),
+                ByteString(p.as_bytes().to_vec()),
+            );
+        }
+    }
     data.insert(
         redis_acl::KEDA_USERNAME_KEY.to_string(),
         ByteString(redis_acl::Role::Keda.user().into_bytes()),
@@ -568,7 +639,7 @@ mod tests {
             Persistence::Aof,
             256 << 20,
             false,
-            &[(user, "s3cret-password-x")],
+            &[(user, vec!["s3cret-password-x"])],
         );
         assert!(!aof.contains("s3cret-password-x"), "only hashes: {aof}");
         assert!(
@@ -717,34 +788,52 @@ mod tests {
             .env
             .clone()
             .unwrap();
-        let pw = env
-            .iter()
-            .position(|e| e.name == redis::ENV_REDIS_PASSWORD)
-            .unwrap();
-        let url = env.iter().position(|e| e.name == ENV_REDIS_URL).unwrap();
-        assert!(
-            pw < url,
-            "dependent variables must come after what they expand"
-        );
+        let url = env.iter().find(|e| e.name == ENV_REDIS_URL).unwrap();
         assert_eq!(
-            env[url].value.as_deref(),
-            Some("rediss://group-cpu:$(REDIS_PASSWORD)@orders-redis-redis.demo.svc:6379"),
-            "TLS by default"
+            url.value.as_deref(),
+            Some("rediss://group-cpu@orders-redis-redis.demo.svc:6379"),
+            "TLS by default, and no password in the URL"
         );
         let ca = env.iter().find(|e| e.name == ENV_REDIS_CA_FILE).unwrap();
         assert_eq!(ca.value.as_deref(), Some("/etc/sluice/redis-ca/ca.crt"));
-        let from = env[pw]
-            .value_from
-            .as_ref()
-            .unwrap()
-            .secret_key_ref
-            .as_ref()
+        let file = env
+            .iter()
+            .find(|e| e.name == ENV_REDIS_PASSWORD_FILE)
             .unwrap();
         assert_eq!(
-            (from.name.as_str(), from.key.as_str()),
-            ("orders-redis-redis", "group-cpu.password"),
+            file.value.as_deref(),
+            Some("/etc/sluice/redis-auth/password")
+        );
+        assert!(
+            env.iter().all(|e| e.value_from.is_none()
+                || e.value_from.as_ref().unwrap().secret_key_ref.is_none()),
+            "no Secret in the environment"
+        );
+        let pod = crate::render::fixtures::pod_of(&d, "orders-redis-cpu");
+        let auth = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == VOLUME_REDIS_AUTH)
+            .unwrap()
+            .secret
+            .clone()
+            .unwrap();
+        let items: Vec<(String, String)> = auth
+            .items
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.key, i.path))
+            .collect();
+        assert_eq!(
+            (auth.secret_name.as_deref(), items),
+            (
+                Some("orders-redis-redis"),
+                vec![("group-cpu.password".to_string(), "password".to_string())]
+            ),
             "each pod gets its own role's password only"
         );
+        assert_eq!(auth.default_mode, Some(0o440));
     }
 
     /// The Redis StatefulSet's pod and the cpu worker's pod of `sp`.
@@ -804,7 +893,7 @@ mod tests {
             .value
             .as_deref()
             .unwrap()
-            .starts_with("redis://group-cpu:"));
+            .starts_with("redis://group-cpu@"));
         assert!(!env.iter().any(|e| e.name == ENV_REDIS_CA_FILE));
     }
 
@@ -857,7 +946,7 @@ mod tests {
                 .as_ref()
                 .unwrap();
             assert_eq!((r.name.as_str(), r.key.as_str()), ("my-redis", "url"));
-            assert!(env.iter().all(|e| e.name != redis::ENV_REDIS_PASSWORD));
+            assert!(env.iter().all(|e| e.name != ENV_REDIS_PASSWORD_FILE));
         }
     }
 

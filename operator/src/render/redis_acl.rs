@@ -87,30 +87,37 @@ pub struct User {
 }
 
 impl User {
-    /// The `user` line of redis.conf for this user with `password`.
-    pub fn conf_line(&self, password: &str) -> String {
-        let mut words = vec![
-            "user".to_string(),
-            self.role.user(),
-            "on".into(),
-            format!("#{}", password_hash(password)),
-        ];
+    /// The `user` line of redis.conf for this user, accepting each of
+    /// `passwords` (two while a rotation is under way).
+    pub fn conf_line(&self, passwords: &[&str]) -> String {
+        let mut words = vec!["user".to_string(), self.role.user(), "on".into()];
+        words.extend(hashes(passwords));
         words.extend(self.rules.iter().cloned());
         words.join(" ")
     }
 
     /// The arguments of `ACL SETUSER` that make a live user exactly this
-    /// one (`reset` first, so nothing granted before survives).
-    pub fn setuser_args(&self, password: &str) -> Vec<String> {
-        let mut args = vec![
-            self.role.user(),
-            "reset".into(),
-            "on".into(),
-            format!("#{}", password_hash(password)),
-        ];
+    /// one, accepting each of `passwords` (`reset` first, so nothing
+    /// granted before survives, an old password included).
+    pub fn setuser_args(&self, passwords: &[&str]) -> Vec<String> {
+        let mut args = vec![self.role.user(), "reset".into(), "on".into()];
+        args.extend(hashes(passwords));
         args.extend(self.rules.iter().cloned());
         args
     }
+}
+
+/// The `#<hash>` rules of `passwords`, sorted: the same set gives the same
+/// rules whichever is current (a rotation's promotion changes nothing
+/// live).
+fn hashes(passwords: &[&str]) -> Vec<String> {
+    let mut h: Vec<String> = passwords
+        .iter()
+        .map(|p| format!("#{}", password_hash(p)))
+        .collect();
+    h.sort();
+    h.dedup();
+    h
 }
 
 /// Hex SHA-256 of a password, as Redis's `#<hash>` rule takes it.

@@ -119,18 +119,19 @@ pub fn managed_address(pipeline: &str, namespace: &str) -> String {
     format!("{}.{namespace}.svc:{REDIS_PORT}", names::redis(pipeline))
 }
 
-/// The URL of a pipeline's managed Redis for `user` with `password`
-/// (`rediss://` when it speaks TLS).
+/// The URL of a pipeline's managed Redis for `user`, with `password` or
+/// without one (given apart, as a file) (`rediss://` when it speaks TLS).
 pub fn managed_url(
     pipeline: &str,
     namespace: &str,
     tls: bool,
     user: &str,
-    password: &str,
+    password: Option<&str>,
 ) -> String {
     let scheme = if tls { "rediss" } else { "redis" };
+    let secret = password.map(|p| format!(":{p}")).unwrap_or_default();
     format!(
-        "{scheme}://{user}:{password}@{}",
+        "{scheme}://{user}{secret}@{}",
         managed_address(pipeline, namespace)
     )
 }

@@ -14,9 +14,10 @@
 //!
 //! Sidecars declare no volumes (a group has no `volumes` field): every
 //! volume of the pod is the operator's — `pipeline`, `keys`, `tmp`,
-//! `redis-ca` and one `secret-…` per node Secret. A sidecar may mount the
-//! pipeline file, `/tmp` and the node Secrets of its pod (those carry the
-//! opt-in label), never the key ring or the Redis CA.
+//! `redis-ca`, `redis-auth` and one `secret-…` per node Secret. A sidecar
+//! may mount the pipeline file, `/tmp` and the node Secrets of its pod
+//! (those carry the opt-in label), never the key ring, the Redis CA or the
+//! Redis password.
 
 use std::collections::BTreeSet;
 
@@ -24,7 +25,7 @@ use k8s_openapi::api::core::v1::Container;
 use sluice_crds::FieldError;
 
 use super::pod_spec::{self, VOLUME_KEYS};
-use super::redis::VOLUME_REDIS_CA;
+use super::redis::{VOLUME_REDIS_AUTH, VOLUME_REDIS_CA};
 use super::restricted;
 use super::secret_refs::{OwnSecrets, SecretReference};
 use crate::names;
@@ -78,6 +79,7 @@ fn check_mounts(p: &str, c: &Container, errors: &mut Vec<FieldError>) {
         let refused = match m.name.as_str() {
             VOLUME_KEYS => Some("sidecars may not mount the key ring"),
             VOLUME_REDIS_CA => Some("sidecars may not mount the Redis CA Secret"),
+            VOLUME_REDIS_AUTH => Some("sidecars may not mount the Redis password"),
             _ => None,
         };
         if let Some(message) = refused {
@@ -261,6 +263,28 @@ nodes: [{name: a, group: web, uses: builtin/echo}]",
             }
         }
         assert_eq!(own_volumes, ["keys", "redis-ca"]);
+        // Managed Redis: the password file and its CA.
+        let sp = crate::render::fixtures::orders_redis();
+        let own = OwnSecrets::of("orders-redis", &sp.spec);
+        let pod = pod_of(&render(&sp), "orders-redis-cpu");
+        let mut own_volumes = vec![];
+        for v in pod.volumes.unwrap() {
+            let secret = v.secret.as_ref().and_then(|s| s.secret_name.as_deref());
+            if secret.is_some_and(|s| own.what(s).is_some()) {
+                let c = Container {
+                    name: "py".into(),
+                    volume_mounts: Some(vec![VolumeMount {
+                        name: v.name.clone(),
+                        mount_path: "/x".into(),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                };
+                assert_eq!(refusals(&[c]).len(), 1, "{} is open to sidecars", v.name);
+                own_volumes.push(v.name);
+            }
+        }
+        assert_eq!(own_volumes, ["keys", "redis-ca", "redis-auth"]);
     }
 
     #[test]
