@@ -84,6 +84,8 @@ struct GroupState {
 struct Conn {
     target: Target,
     read_at: Instant,
+    /// It failed since: read the Secrets again before the next use.
+    stale: bool,
     backend: Arc<RedisBackend>,
 }
 
@@ -296,10 +298,14 @@ impl Autoscaler {
         let mut seen_pipelines = HashSet::new();
         for r in readings {
             seen_pipelines.insert(r.key.clone());
-            // A connection that failed is made again from the Secrets next
-            // time: a rotated password, a new CA, a moved Redis.
+            // After a failure the Secrets are read again next time: a
+            // rotated password, a new CA or a moved Redis gets a new
+            // connection; the same target keeps the one that may still be
+            // connecting.
             if r.redis_error.is_some() {
-                conns.remove(&r.key);
+                if let Some(c) = conns.get_mut(&r.key) {
+                    c.stale = true;
+                }
             }
             self.decide_pipeline(&r, state, epoch, now, &mut seen_groups)
                 .await;
@@ -475,13 +481,14 @@ impl Autoscaler {
     /// again when they did not change).
     async fn connection(&self, sp: &StreamPipeline, cached: Option<Conn>) -> Result<Conn, String> {
         let cached = match cached {
-            Some(c) if c.read_at.elapsed() < URL_TTL => return Ok(c),
+            Some(c) if !c.stale && c.read_at.elapsed() < URL_TTL => return Ok(c),
             other => other,
         };
         let target = self.redis_target(sp).await?;
         if let Some(c) = cached.filter(|c| c.target == target) {
             return Ok(Conn {
                 read_at: Instant::now(),
+                stale: false,
                 ..c
             });
         }
@@ -490,6 +497,7 @@ impl Autoscaler {
         Ok(Conn {
             target,
             read_at: Instant::now(),
+            stale: false,
             backend,
         })
     }
