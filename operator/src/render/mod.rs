@@ -74,6 +74,7 @@ pub mod pods;
 pub mod policy;
 pub mod redis;
 pub mod redis_acl;
+pub mod redis_secret;
 pub mod redis_use;
 pub mod restricted;
 pub mod secret_refs;

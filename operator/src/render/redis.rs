@@ -4,20 +4,22 @@
 //! [`super::redis_use`]; the NetworkPolicy is in [`super::policy`].
 //!
 //! ```text
-//! managed:  Secret P-redis {password, redis.conf}   (created if absent: random password)
-//!           StatefulSet P-redis ── redis-server /etc/redis/redis.conf, PVC `data` (aof) or emptyDir (none)
-//!           Service P-redis-headless (governing) + Service P-redis :6379 (clients)
-//!           NetworkPolicy P-redis: only the pipeline's pods and the operator
-//!           runtime pods: REDIS_PASSWORD from the Secret,
-//!                         SLUICE_REDIS_URL=redis://:$(REDIS_PASSWORD)@P-redis.<ns>.svc:6379/0
+//! managed:  Secret P-redis (super::redis_secret: passwords, redis.conf, TLS material)
+//!           StatefulSet P-redis ── redis-server /etc/redis/redis.conf (+ tls.crt, tls.key, ca.crt),
+//!                                  PVC `data` (aof) or emptyDir (none)
+//!           Service P-redis-headless (governing) + Service P-redis :6379 (clients, TLS)
+//!           NetworkPolicy P-redis: only the pipeline's pods, the operator (and KEDA)
+//!           runtime pods: SLUICE_REDIS_URL=rediss://<user>@P-redis.<ns>.svc:6379,
+//!                         the role's password as /etc/sluice/redis-auth/password,
+//!                         the CA as /etc/sluice/redis-ca/ca.crt
 //! external: nothing created; SLUICE_REDIS_URL from spec.redis.urlSecretRef;
 //!           with spec.redis.caSecretRef that key mounted as /etc/sluice/redis-ca/ca.crt,
 //!           SLUICE_REDIS_CA_FILE pointing at it
 //! ```
 //!
-//! The password reaches Redis through the config file in the Secret, never
-//! the command line (DESIGN §4); the probes authenticate with
-//! `REDISCLI_AUTH`, so it is not in any process's arguments either.
+//! Passwords reach Redis through the config file in the Secret, never the
+//! command line (DESIGN §4); runtime pods read theirs from a file, the
+//! probes from `REDISCLI_AUTH`, so none is in any process's arguments.
 
 use std::collections::BTreeMap;
 
@@ -51,12 +53,9 @@ use crate::labels::{self, Component};
 use crate::names;
 use crate::redis_tls::{TlsMaterial, CA_CERT_KEY, CERT_KEY, KEY_KEY};
 
-/// Key of the config file in the `P-redis` Secret.
-pub const CONFIG_KEY: &str = "redis.conf";
-/// Where the `P-redis` Secret is mounted in the Redis container.
-pub const CONFIG_DIR: &str = "/etc/redis";
-/// Redis's data directory (the PVC or emptyDir `data`).
-pub const DATA_DIR: &str = "/data";
+pub use super::redis_secret::{
+    redis_conf, redis_secret, redis_secret_rotating, CONFIG_DIR, CONFIG_KEY, DATA_DIR,
+};
 /// Runtime pods of managed Redis: their role's password, as a file in a
 /// directory of its own (the volume, the directory, the file name).
 pub const VOLUME_REDIS_AUTH: &str = "redis-auth";
@@ -70,8 +69,6 @@ pub const REDIS_CA_FILE: &str = "ca.crt";
 /// Requests of the Redis container.
 const CPU_REQUEST: &str = "100m";
 
-/// Shortest and longest password [`initial_redis_secret`] accepts.
-const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 16..=256;
 
 /// The environment a runtime container of `role` needs to reach its
 /// Redis. With managed Redis the container gets its own role's password
@@ -186,198 +183,6 @@ pub(crate) fn ca_mount(ctx: &Ctx<'_>, redis: &RedisUse<'_>) -> Option<(Volume, V
         ..Default::default()
     };
     Some((volume, pod_spec::mount(VOLUME_REDIS_CA, REDIS_CA_DIR, true)))
-}
-
-/// The config file of managed Redis, with `users` (from [`redis_acl`])
-/// under their passwords' hashes.
-///
-/// `noeviction` because eviction would silently drop nonces and reply
-/// streams (DESIGN §4); writes fail loudly once `maxmemory` is reached.
-/// `protected-mode no` and `bind * -::*` because clients come over the pod
-/// network; access is guarded by the ACL users (the `default` user is off
-/// and has no password) and the NetworkPolicy.
-pub fn redis_conf(
-    persistence: Persistence,
-    max_memory: u64,
-    tls: bool,
-    users: &[(redis_acl::User, Vec<&str>)],
-) -> String {
-    // TLS only: no plain port at all. Clients authenticate with their ACL
-    // password, so they present no certificate.
-    let listen = if tls {
-        format!(
-            "port 0\n\
-             tls-port {REDIS_PORT}\n\
-             tls-cert-file {CONFIG_DIR}/{CERT_KEY}\n\
-             tls-key-file {CONFIG_DIR}/{KEY_KEY}\n\
-             tls-auth-clients no\n\
-             tls-protocols \"TLSv1.2 TLSv1.3\"\n"
-        )
-    } else {
-        format!("port {REDIS_PORT}\n")
-    };
-    let persistence = match persistence {
-        Persistence::Aof => "appendonly yes\n",
-        // No AOF and no RDB snapshots: nothing is written to disk.
-        Persistence::None => "appendonly no\nsave \"\"\n",
-    };
-    let mut acl = format!("{}\n", redis_acl::DEFAULT_USER_LINE);
-    for (user, passwords) in users {
-        acl.push_str(&user.conf_line(passwords));
-        acl.push('\n');
-    }
-    format!(
-        "# Managed Redis of a sluice pipeline, rendered by sluice-operator.\n\
-         bind * -::*\n\
-         {listen}\
-         protected-mode no\n\
-         dir {DATA_DIR}\n\
-         maxmemory {max_memory}\n\
-         maxmemory-policy noeviction\n\
-         {persistence}\
-         appendfsync everysec\n\
-         enable-protected-configs no\n\
-         enable-debug-command no\n\
-         enable-module-command no\n\
-         {acl}"
-    )
-}
-
-/// The `P-redis` Secret: one password per role of the pipeline
-/// (`<user>.password`, [`redis_acl::Role::password_key`]), the autoscaler's
-/// user name for KEDA, the `redis.conf` that carries the passwords'
-/// hashes, and with TLS the CA and server certificate `tls`
-/// ([`crate::redis_tls`]).
-///
-/// Passwords are random, so the reconciler creates this Secret only when it
-/// is absent, from fresh material `password` gives per role; later it
-/// re-renders it with the stored passwords (fresh ones only for new roles)
-/// and updates it if different — when a group or the persistence setting
-/// changes. The Redis pod's config hash ignores the users, so a new group
-/// restarts no Redis: the operator creates its user live
-/// ([`crate::redis_users`]).
-///
-/// # Errors
-/// Missing name, namespace or uid; a spec that does not compile; `tls`
-/// given when managed Redis does not speak TLS or missing when it does; a
-/// password shorter than 16 or longer than 256 characters, or with
-/// characters other than `A-Z a-z 0-9 - . _ ~` (it is spliced into a URL).
-/// The error never contains a password.
-pub fn redis_secret(
-    sp: &StreamPipeline,
-    password: impl FnMut(&redis_acl::Role) -> String,
-    tls: Option<&TlsMaterial>,
-) -> Result<Secret> {
-    redis_secret_rotating(sp, password, &BTreeMap::new(), "", tls)
-}
-
-/// [`redis_secret`] in the middle of a password rotation
-/// ([`crate::password_rotation`]): `also` maps a role's password key to a
-/// second password Redis accepts besides the current one (both hashes in
-/// the role's line of `redis.conf`), which the Secret keeps under
-/// `<key><suffix>` (`.next` while staged, `.previous` while pods move).
-///
-/// # Errors
-/// As [`redis_secret`]; the second passwords are checked alike.
-pub fn redis_secret_rotating(
-    sp: &StreamPipeline,
-    mut password: impl FnMut(&redis_acl::Role) -> String,
-    also: &BTreeMap<String, String>,
-    suffix: &str,
-    tls: Option<&TlsMaterial>,
-) -> Result<Secret> {
-    let owner = owner_of(sp)?;
-    if tls.is_some() != crate::render::redis_use::managed_tls(&sp.spec) {
-        return Err(Error::InvalidInput {
-            what: "Redis TLS material",
-            reason: "given exactly when managed Redis speaks TLS".into(),
-        });
-    }
-    let plan = compile(
-        PipelineId {
-            namespace: owner.namespace.clone(),
-            name: owner.name.clone(),
-        },
-        &sp.spec,
-    )
-    .map_err(Error::InvalidSpec)?;
-    let users = redis_acl::users(&plan, tls.is_some());
-    let check = |p: &str| {
-        let url_safe = p
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'));
-        if url_safe && PASSWORD_LEN.contains(&p.len()) {
-            Ok(())
-        } else {
-            Err(Error::InvalidInput {
-                what: "Redis password",
-                reason: format!(
-                    "must be {} to {} characters of A-Z a-z 0-9 - . _ ~",
-                    PASSWORD_LEN.start(),
-                    PASSWORD_LEN.end()
-                ),
-            })
-        }
-    };
-    let mut passwords = Vec::with_capacity(users.len());
-    for u in &users {
-        let p = password(&u.role);
-        check(&p)?;
-        passwords.push(p);
-    }
-    for p in also.values() {
-        check(p)?;
-    }
-    let persistence = sp
-        .spec
-        .redis
-        .as_ref()
-        .map(|r| r.persistence)
-        .unwrap_or_default();
-    let max_memory = crate::render::redis_use::max_memory(&sp.spec);
-    let pairs: Vec<(redis_acl::User, Vec<&str>)> = users
-        .iter()
-        .zip(&passwords)
-        .map(|(u, p)| {
-            let mut accepted = vec![p.as_str()];
-            accepted.extend(also.get(&u.role.password_key()).map(String::as_str));
-            (u.clone(), accepted)
-        })
-        .collect();
-    let mut data: BTreeMap<String, ByteString> = users
-        .iter()
-        .zip(&passwords)
-        .map(|(u, p)| (u.role.password_key(), ByteString(p.as_bytes().to_vec())))
-        .collect();
-    for u in &users {
-        if let Some(p) = also.get(&u.role.password_key()) {
-            data.insert(
-                format!("{}{suffix}", u.role.password_key()),
-                ByteString(p.as_bytes().to_vec()),
-            );
-        }
-    }
-    data.insert(
-        redis_acl::KEDA_USERNAME_KEY.to_string(),
-        ByteString(redis_acl::Role::Keda.user().into_bytes()),
-    );
-    data.insert(
-        CONFIG_KEY.to_string(),
-        ByteString(redis_conf(persistence, max_memory, tls.is_some(), &pairs).into_bytes()),
-    );
-    if let Some(tls) = tls {
-        data.extend(
-            tls.to_data()
-                .into_iter()
-                .map(|(k, v)| (k, ByteString(v.into_bytes()))),
-        );
-    }
-    Ok(Secret {
-        metadata: owner.meta(names::redis(&owner.name), Component::Redis, None),
-        type_: Some("Opaque".into()),
-        data: Some(data),
-        ..Default::default()
-    })
 }
 
 /// Requests and limits of the Redis container: memory is `maxmemory` plus a
@@ -624,92 +429,6 @@ mod tests {
         deployment, external_with_ca, kinds, orders_redis, render, templates, with_everything,
     };
     use crate::render::{redis, Desired, GeneratedSecret};
-
-    fn tls() -> TlsMaterial {
-        TlsMaterial::placeholder(chrono::Utc::now())
-    }
-
-    #[test]
-    fn config_file_carries_users_persistence_and_noeviction() {
-        let user = redis_acl::User {
-            role: redis_acl::Role::Probe,
-            rules: vec!["-@all".into(), "+ping".into()],
-        };
-        let aof = redis_conf(
-            Persistence::Aof,
-            256 << 20,
-            false,
-            &[(user, vec!["s3cret-password-x"])],
-        );
-        assert!(!aof.contains("s3cret-password-x"), "only hashes: {aof}");
-        assert!(
-            !aof.contains("requirepass"),
-            "the default user is off: {aof}"
-        );
-        let probe = format!(
-            "user probe on #{} -@all +ping",
-            redis_acl::password_hash("s3cret-password-x")
-        );
-        for line in [
-            "maxmemory 268435456",
-            redis_acl::DEFAULT_USER_LINE,
-            probe.as_str(),
-            "appendonly yes",
-            "appendfsync everysec",
-            "maxmemory-policy noeviction",
-            "dir /data",
-            "protected-mode no",
-            "bind * -::*",
-            "port 6379",
-        ] {
-            assert!(aof.lines().any(|l| l == line), "missing `{line}` in\n{aof}");
-        }
-        assert!(!aof.contains("tls"), "{aof}");
-        let none = redis_conf(Persistence::None, 256 << 20, true, &[]);
-        assert!(none.lines().any(|l| l == "appendonly no"));
-        assert!(none.lines().any(|l| l == "save \"\""));
-        for line in [
-            "port 0",
-            "tls-port 6379",
-            "tls-cert-file /etc/redis/tls.crt",
-            "tls-key-file /etc/redis/tls.key",
-            "tls-auth-clients no",
-        ] {
-            assert!(
-                none.lines().any(|l| l == line),
-                "missing `{line}` in\n{none}"
-            );
-        }
-    }
-
-    #[test]
-    fn passwords_that_could_break_the_url_or_the_file_are_refused() {
-        let sp = orders_redis();
-        for bad in [
-            "short",
-            "has space in it xxxxxxxx",
-            "new\nline-requirepass-x",
-            "at@sign-xxxxxxxxxxxx",
-        ] {
-            let e = redis_secret(&sp, |_| bad.into(), Some(&tls())).unwrap_err();
-            assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
-            let e = e.to_string();
-            assert!(!e.contains(bad), "error must not echo the password: {e}");
-        }
-        let s = redis_secret(
-            &sp,
-            |r| format!("0123456789abcdef-{}", r.user()),
-            Some(&tls()),
-        )
-        .unwrap();
-        let data = s.data.unwrap();
-        assert_eq!(data["ingress.password"].0, b"0123456789abcdef-ingress");
-        assert_eq!(data["keda.username"].0, b"keda");
-        let conf = String::from_utf8(data[CONFIG_KEY].0.clone()).unwrap();
-        assert!(!conf.contains("0123456789abcdef"), "no password in {conf}");
-        assert!(conf.contains(&redis_acl::password_hash("0123456789abcdef-admin")));
-        assert!(conf.contains("appendonly yes\n"), "aof is the default");
-    }
 
     #[test]
     fn managed_redis_is_complete_and_reached_through_the_password_secret() {

@@ -152,6 +152,7 @@ pub fn harden(mut c: Container) -> Container {
 mod tests {
     use super::*;
     use crate::render::fixtures::{external_with_ca, pod_of, render};
+    use sluice_crds::StreamPipeline;
     use k8s_openapi::api::core::v1::{
         EnvFromSource, EnvVar, EnvVarSource, SecretEnvSource, SecretKeySelector, SecurityContext,
         VolumeMount,
@@ -241,50 +242,36 @@ nodes: [{name: a, group: web, uses: builtin/echo}]",
     fn every_pipeline_secret_volume_is_refused_to_sidecars() {
         // Whatever Secret volume the operator adds to a pod for its own
         // Secrets must be one a sidecar cannot mount.
-        let sp = external_with_ca(Some("{name: redis-ca, key: ca.crt}"));
-        let d = render(&sp);
-        let own = OwnSecrets::of("enrich", &sp.spec);
-        let pod = pod_of(&d, "enrich-io");
-        let mut own_volumes = vec![];
-        for v in pod.volumes.unwrap() {
-            let secret = v.secret.as_ref().and_then(|s| s.secret_name.as_deref());
-            if secret.is_some_and(|s| own.what(s).is_some()) {
-                own_volumes.push(v.name.clone());
-                let c = Container {
-                    name: "py".into(),
-                    volume_mounts: Some(vec![VolumeMount {
-                        name: v.name.clone(),
-                        mount_path: "/x".into(),
+        let refused_own_volumes = |sp: StreamPipeline, deployment: &str| {
+            let own = OwnSecrets::of(sp.metadata.name.as_deref().unwrap(), &sp.spec);
+            let pod = pod_of(&render(&sp), deployment);
+            let mut own_volumes = vec![];
+            for v in pod.volumes.unwrap() {
+                let secret = v.secret.as_ref().and_then(|s| s.secret_name.as_deref());
+                if secret.is_some_and(|s| own.what(s).is_some()) {
+                    let c = Container {
+                        name: "py".into(),
+                        volume_mounts: Some(vec![VolumeMount {
+                            name: v.name.clone(),
+                            mount_path: "/x".into(),
+                            ..Default::default()
+                        }]),
                         ..Default::default()
-                    }]),
-                    ..Default::default()
-                };
-                assert_eq!(refusals(&[c]).len(), 1, "{} is open to sidecars", v.name);
+                    };
+                    assert_eq!(refusals(&[c]).len(), 1, "{} is open to sidecars", v.name);
+                    own_volumes.push(v.name);
+                }
             }
-        }
-        assert_eq!(own_volumes, ["keys", "redis-ca"]);
+            own_volumes
+        };
+        let external = external_with_ca(Some("{name: redis-ca, key: ca.crt}"));
+        assert_eq!(refused_own_volumes(external, "enrich-io"), ["keys", "redis-ca"]);
         // Managed Redis: the password file and its CA.
-        let sp = crate::render::fixtures::orders_redis();
-        let own = OwnSecrets::of("orders-redis", &sp.spec);
-        let pod = pod_of(&render(&sp), "orders-redis-cpu");
-        let mut own_volumes = vec![];
-        for v in pod.volumes.unwrap() {
-            let secret = v.secret.as_ref().and_then(|s| s.secret_name.as_deref());
-            if secret.is_some_and(|s| own.what(s).is_some()) {
-                let c = Container {
-                    name: "py".into(),
-                    volume_mounts: Some(vec![VolumeMount {
-                        name: v.name.clone(),
-                        mount_path: "/x".into(),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                };
-                assert_eq!(refusals(&[c]).len(), 1, "{} is open to sidecars", v.name);
-                own_volumes.push(v.name);
-            }
-        }
-        assert_eq!(own_volumes, ["keys", "redis-ca", "redis-auth"]);
+        let managed = crate::render::fixtures::orders_redis();
+        assert_eq!(
+            refused_own_volumes(managed, "orders-redis-cpu"),
+            ["keys", "redis-ca", "redis-auth"]
+        );
     }
 
     #[test]
