@@ -28,19 +28,17 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, KeyToPath, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, ResourceRequirements, Secret,
-    SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, ResourceRequirements, SecretVolumeSource,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use k8s_openapi::ByteString;
 use serde::Serialize;
-use sluice_crds::{compile, Persistence, PipelineId, StreamPipeline};
+use sluice_crds::Persistence;
 
 use super::child::Child;
-use super::context::{owner_of, Ctx};
+use super::context::Ctx;
 use super::contract::{ENV_REDIS_CA_FILE, ENV_REDIS_PASSWORD_FILE, ENV_REDIS_URL};
 use super::error::{Error, Result};
 use super::pod_spec;
@@ -51,7 +49,7 @@ use super::restricted;
 use crate::hash;
 use crate::labels::{self, Component};
 use crate::names;
-use crate::redis_tls::{TlsMaterial, CA_CERT_KEY, CERT_KEY, KEY_KEY};
+use crate::redis_tls::{CA_CERT_KEY, CERT_KEY, KEY_KEY};
 
 pub use super::redis_secret::{
     redis_conf, redis_secret, redis_secret_rotating, CONFIG_DIR, CONFIG_KEY, DATA_DIR,
@@ -68,7 +66,6 @@ pub const REDIS_CA_DIR: &str = "/etc/sluice/redis-ca";
 pub const REDIS_CA_FILE: &str = "ca.crt";
 /// Requests of the Redis container.
 const CPU_REQUEST: &str = "100m";
-
 
 /// The environment a runtime container of `role` needs to reach its
 /// Redis. With managed Redis the container gets its own role's password
@@ -429,6 +426,7 @@ mod tests {
         deployment, external_with_ca, kinds, orders_redis, render, templates, with_everything,
     };
     use crate::render::{redis, Desired, GeneratedSecret};
+    use sluice_crds::StreamPipeline;
 
     #[test]
     fn managed_redis_is_complete_and_reached_through_the_password_secret() {

@@ -16,7 +16,7 @@ use super::redis_acl;
 use super::redis_use::REDIS_PORT;
 use crate::labels::Component;
 use crate::names;
-use crate::redis_tls::{TlsMaterial, CA_CERT_KEY, CERT_KEY, KEY_KEY};
+use crate::redis_tls::{TlsMaterial, CERT_KEY, KEY_KEY};
 
 /// Key of the config file in the `P-redis` Secret.
 pub const CONFIG_KEY: &str = "redis.conf";

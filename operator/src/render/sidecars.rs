@@ -152,11 +152,11 @@ pub fn harden(mut c: Container) -> Container {
 mod tests {
     use super::*;
     use crate::render::fixtures::{external_with_ca, pod_of, render};
-    use sluice_crds::StreamPipeline;
     use k8s_openapi::api::core::v1::{
         EnvFromSource, EnvVar, EnvVarSource, SecretEnvSource, SecretKeySelector, SecurityContext,
         VolumeMount,
     };
+    use sluice_crds::StreamPipeline;
 
     fn own() -> OwnSecrets {
         let spec = sluice_crds::yaml::from_str(
@@ -265,7 +265,10 @@ nodes: [{name: a, group: web, uses: builtin/echo}]",
             own_volumes
         };
         let external = external_with_ca(Some("{name: redis-ca, key: ca.crt}"));
-        assert_eq!(refused_own_volumes(external, "enrich-io"), ["keys", "redis-ca"]);
+        assert_eq!(
+            refused_own_volumes(external, "enrich-io"),
+            ["keys", "redis-ca"]
+        );
         // Managed Redis: the password file and its CA.
         let managed = crate::render::fixtures::orders_redis();
         assert_eq!(
