@@ -6,7 +6,8 @@
 //! creates and that expire when not refreshed; keys with TTLs. Each adapter
 //! carries a [`Faults`] injector.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -387,10 +388,33 @@ pub struct MemoryKv {
 
 #[derive(Default)]
 struct KvMap {
-    entries: HashMap<String, (String, Instant)>,
-    /// Size after the last sweep of expired keys; the next sweep runs when
-    /// the map has doubled, so the cost stays amortised O(1) per insert.
-    swept_at: usize,
+    entries: HashMap<Arc<str>, (String, Instant)>,
+    /// Every key with the expiry it was set with, soonest first. A pair
+    /// whose key was since removed or set again is stale and skipped.
+    expiry: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
+}
+
+/// Expired keys removed per write, at most: more than the one a write
+/// adds, so the queue drains as fast as it fills and no write pays for a
+/// sweep of the whole map.
+const EXPIRE_PER_WRITE: usize = 4;
+
+impl KvMap {
+    /// Removes up to `budget` expired keys, soonest first.
+    fn expire(&mut self, now: Instant, budget: usize) {
+        for _ in 0..budget {
+            match self.expiry.peek() {
+                Some(Reverse((exp, _))) if *exp <= now => {}
+                _ => return,
+            }
+            let Some(Reverse((exp, key))) = self.expiry.pop() else {
+                return;
+            };
+            if self.entries.get(&key).is_some_and(|(_, e)| *e == exp) {
+                self.entries.remove(&key);
+            }
+        }
+    }
 }
 
 impl MemoryKv {
@@ -412,9 +436,16 @@ impl MemoryKv {
         &self.faults
     }
 
-    /// Keys currently held, expired ones included until swept.
+    /// Keys currently held, expired ones included until the expiry queue
+    /// reaches them (a few writes later).
     pub fn len(&self) -> usize {
         self.map.lock().entries.len()
+    }
+
+    /// Entries of the expiry queue, stale ones included: bounded by the
+    /// keys set within their TTL plus what writes have not drained yet.
+    pub fn queued(&self) -> usize {
+        self.map.lock().expiry.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -428,15 +459,14 @@ impl Kv for MemoryKv {
         self.faults.check().await?;
         let now = Instant::now();
         let mut m = self.map.lock();
-        if m.entries.len() >= 2 * m.swept_at.max(512) {
-            m.entries.retain(|_, (_, exp)| *exp > now);
-            m.swept_at = m.entries.len();
-        }
+        m.expire(now, EXPIRE_PER_WRITE);
         match m.entries.get(key) {
             Some((v, exp)) if *exp > now => Ok(Some(v.clone())),
             _ => {
-                m.entries
-                    .insert(key.to_string(), (value.to_string(), now + ttl));
+                let key: Arc<str> = Arc::from(key);
+                let exp = now + ttl;
+                m.entries.insert(key.clone(), (value.to_string(), exp));
+                m.expiry.push(Reverse((exp, key)));
                 Ok(None)
             }
         }
@@ -463,5 +493,70 @@ impl Kv for MemoryKv {
             .entries
             .remove(key)
             .is_some_and(|(_, exp)| exp > now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The replay guard's load: one fresh key per request at a steady rate,
+    /// each kept for `ttl`.
+    async fn steady(kv: &MemoryKv, per_second: u64, seconds: u64, ttl: Duration) {
+        let step = Duration::from_secs(1) / u32::try_from(per_second).unwrap();
+        for i in 0..per_second * seconds {
+            assert_eq!(
+                kv.set_nx(&format!("n:{i}"), "s/1-0", ttl).await.unwrap(),
+                None
+            );
+            tokio::time::advance(step).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_keys_plateau_at_rate_times_ttl_with_no_sweep_of_the_whole_map() {
+        let kv = MemoryKv::new();
+        let ttl = Duration::from_secs(2);
+        // 1,000 keys a second, each for 2 s: about 2,000 live at any time.
+        steady(&kv, 1000, 5, ttl).await;
+        let after_5s = (kv.len(), kv.queued());
+        steady(&kv, 1000, 20, ttl).await;
+        let after_25s = (kv.len(), kv.queued());
+        assert!(
+            after_25s.0 <= 2_100 && after_25s.1 <= 2_100,
+            "held {after_25s:?}: bounded by rate × TTL"
+        );
+        assert_eq!(after_5s, after_25s, "a plateau, not growth");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_set_again_or_deleted_expire_by_their_latest_ttl_only() {
+        let kv = MemoryKv::new();
+        kv.set_nx("a", "1", Duration::from_secs(1)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // Expired: set again for longer; its first expiry must not take it.
+        assert_eq!(
+            kv.set_nx("a", "2", Duration::from_secs(10)).await.unwrap(),
+            None
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        kv.set_nx("other", "x", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(kv.get("a").await.unwrap().as_deref(), Some("2"));
+        assert!(kv.delete("a").await.unwrap());
+        assert_eq!(
+            kv.set_nx("a", "3", Duration::from_secs(10)).await.unwrap(),
+            None
+        );
+        assert_eq!(kv.get("a").await.unwrap().as_deref(), Some("3"));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        for i in 0..4 {
+            kv.set_nx(&format!("later-{i}"), "x", Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        assert_eq!(kv.get("a").await.unwrap(), None);
+        assert_eq!(kv.len(), 4, "only the later keys are held");
     }
 }
