@@ -28,7 +28,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
 
 use crate::render::redis_acl::Role;
 
@@ -53,11 +52,7 @@ pub fn rotates(role: &Role) -> bool {
 /// How a request is recorded on `P-redis`: its digest, so any text the
 /// user chose is stored bounded.
 pub fn handled(request: &str) -> String {
-    Sha256::digest(request.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hash::hex_prefix(request.as_bytes())
 }
 
 /// The password the operator's own connections use for the role whose

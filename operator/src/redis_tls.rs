@@ -75,12 +75,7 @@ pub enum Stored {
 
 /// A short digest of a PEM CA, for pod template annotations.
 pub fn digest(pem: &str) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(pem.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hash::hex_prefix(pem.as_bytes())
 }
 
 /// The names Redis answers to: its client Service in every spelling a pod

@@ -38,7 +38,7 @@ use crate::password_rotation::{self, Step};
 use crate::password_rotation::{NEXT_SUFFIX, PREVIOUS_SUFFIX};
 use crate::redis_tls::{Stored, TlsMaterial};
 use crate::render::key_ring::role_keys_secret;
-use crate::render::redis::{redis_secret, redis_secret_rotating};
+use crate::render::redis::{password_acceptable, redis_secret, redis_secret_rotating};
 use crate::render::redis_acl;
 use crate::render::redis_use::managed_tls;
 use crate::render::{self, initial_key_secret, GeneratedSecret, KEY_LEN};
@@ -118,10 +118,9 @@ fn fresh_password() -> String {
 /// The pipeline lacks name, namespace or uid, or its spec does not compile;
 /// the certificates could not be made.
 pub fn fresh_redis_secret(sp: &StreamPipeline, cert_lifetime: Duration) -> Result<Secret, Error> {
-    let tls = match managed_tls(&sp.spec) {
-        true => Some(fresh_tls(sp, Utc::now(), cert_lifetime)?),
-        false => None,
-    };
+    let tls = managed_tls(&sp.spec)
+        .then(|| fresh_tls(sp, Utc::now(), cert_lifetime))
+        .transpose()?;
     let mut secret = redis_secret(sp, |_| fresh_password(), tls.as_ref())?;
     // Passwords made now answer any rotation already asked for.
     if let Some(r) = sp.annotations().get(password_rotation::REQUEST) {
@@ -261,10 +260,11 @@ pub async fn ensure(
                 match api.create(&pp, &fresh).await {
                     Ok(_) => {
                         if matches!(g, GeneratedSecret::RedisPassword(_)) {
-                            redis_secret = Some(text_data(&fresh));
-                            if let Some(due) = renew_after(&fresh) {
+                            let data = text_data(&fresh);
+                            if let Some(due) = renew_after(&data) {
                                 recheck(until(Utc::now(), due));
                             }
+                            redis_secret = Some(data);
                         }
                         changes.push(SecretChange::Created(name.to_string()));
                         if matches!(g, GeneratedSecret::KeyRing(_)) {
@@ -312,9 +312,8 @@ pub async fn ensure(
                 if let Some(due) = due {
                     recheck(due);
                 }
-                let stored = redis_secret.as_ref().map(TlsMaterial::from_data);
-                if let Some(Stored::Usable(m)) = stored {
-                    recheck(until(now, m.renew_after));
+                if let Some(due) = redis_secret.as_ref().and_then(renew_after) {
+                    recheck(until(now, due));
                 }
             }
             (Some(_), _) => {}
@@ -444,9 +443,10 @@ type RotationOutcome = (
     BTreeMap<String, String>,
 );
 
-/// When the server certificate in a `P-redis` Secret is due for renewal.
-fn renew_after(s: &Secret) -> Option<DateTime<Utc>> {
-    match TlsMaterial::from_data(&text_data(s)) {
+/// When the server certificate in a `P-redis` Secret's text data is due
+/// for renewal.
+fn renew_after(data: &BTreeMap<String, String>) -> Option<DateTime<Utc>> {
+    match TlsMaterial::from_data(data) {
         Stored::Usable(m) => Some(m.renew_after),
         _ => None,
     }
@@ -480,10 +480,9 @@ pub fn redis_secret_update(
 ) -> Result<Option<(Secret, Option<String>)>, Error> {
     let name = live.name_any();
     let stored = text_data(&live);
-    let tls = match managed_tls(&sp.spec) {
-        true => Some(tls_for(sp, &stored, now, settings.redis_cert_lifetime)?),
-        false => None,
-    };
+    let tls = managed_tls(&sp.spec)
+        .then(|| tls_for(sp, &stored, now, settings.redis_cert_lifetime))
+        .transpose()?;
     let mut annotations = live.metadata.annotations.clone().unwrap_or_default();
     // A second password per role, by suffix; one a person garbled is
     // dropped (it is only ever hashed) rather than blocking the pipeline.
@@ -492,7 +491,7 @@ pub fn redis_secret_update(
             .iter()
             .filter_map(|(k, v)| Some((k.strip_suffix(suffix)?.to_string(), v.clone())))
             .filter(|(k, v)| {
-                let usable = stored.contains_key(k) && password_usable(v);
+                let usable = stored.contains_key(k) && password_acceptable(v);
                 if !usable {
                     warn!(secret = %name, key = %format!("{k}{suffix}"), "dropping an unusable second Redis password");
                 }
@@ -516,8 +515,8 @@ pub fn redis_secret_update(
         settings.key_propagation,
     );
     let stamp = || now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut staged = BTreeMap::new();
-    // (current password of a role, its second password and suffix)
+    // A role's second password (staged passwords are made while rendering),
+    // its key suffix, and the event's note.
     let (also, suffix, note): (BTreeMap<String, String>, &str, Option<String>) = match &step {
         Step::Idle => (BTreeMap::new(), "", None),
         Step::Clean => {
@@ -529,7 +528,7 @@ pub fn redis_secret_update(
             annotations.insert(password_rotation::HANDLED.into(), handled.clone());
             annotations.insert(password_rotation::PHASE.into(), "staged".into());
             annotations.remove(password_rotation::SINCE);
-            // Filled in by the render below, one per rotated role.
+            // Made while rendering, one per rotated role.
             (
                 BTreeMap::new(),
                 NEXT_SUFFIX,
@@ -585,34 +584,17 @@ pub fn redis_secret_update(
             }
         }
     };
+    let stage = matches!(step, Step::Stage { .. });
     let rendered = redis_secret_rotating(
         sp,
-        |role| {
-            let p = current(role, &mut unusable);
-            if matches!(step, Step::Stage { .. }) && password_rotation::rotates(role) {
-                staged.insert(role.password_key(), fresh_password());
-            }
-            p
+        |role| current(role, &mut unusable),
+        |role| match stage {
+            true => password_rotation::rotates(role).then(fresh_password),
+            false => also.get(&role.password_key()).cloned(),
         },
-        &also,
         suffix,
         tls.as_ref(),
-    )
-    .and_then(|first| match step {
-        // The passwords to stage were made while rendering: render again
-        // with them accepted too.
-        Step::Stage { .. } => {
-            let current = text_data(&first);
-            redis_secret_rotating(
-                sp,
-                |role| current[&role.password_key()].clone(),
-                &staged,
-                NEXT_SUFFIX,
-                tls.as_ref(),
-            )
-        }
-        _ => Ok(first),
-    });
+    );
     if let Some(key) = unusable {
         return Err(Error::Unusable {
             what: "Secret",
@@ -636,14 +618,6 @@ pub fn redis_secret_update(
     *data = wanted;
     live.metadata.annotations = Some(annotations);
     Ok(Some((live, note)))
-}
-
-/// Whether `p` could be a password this operator made (the renderer's
-/// rule).
-fn password_usable(p: &str) -> bool {
-    (16..=256).contains(&p.len())
-        && p.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'))
 }
 
 /// When the next step of a password rotation recorded on `P-redis` is due,

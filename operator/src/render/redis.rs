@@ -52,7 +52,8 @@ use crate::names;
 use crate::redis_tls::{CA_CERT_KEY, CERT_KEY, KEY_KEY};
 
 pub use super::redis_secret::{
-    redis_conf, redis_secret, redis_secret_rotating, CONFIG_DIR, CONFIG_KEY, DATA_DIR,
+    password_acceptable, redis_conf, redis_secret, redis_secret_rotating, CONFIG_DIR, CONFIG_KEY,
+    DATA_DIR,
 };
 /// Runtime pods of managed Redis: their role's password, as a file in a
 /// directory of its own (the volume, the directory, the file name).

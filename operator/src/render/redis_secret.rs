@@ -27,6 +27,15 @@ pub const DATA_DIR: &str = "/data";
 /// Shortest and longest password [`redis_secret`] accepts.
 const PASSWORD_LEN: std::ops::RangeInclusive<usize> = 16..=256;
 
+/// Whether [`redis_secret`] accepts `p` as a password: [`PASSWORD_LEN`]
+/// characters of `A-Z a-z 0-9 - . _ ~` (it is spliced into a URL and a
+/// config line).
+pub fn password_acceptable(p: &str) -> bool {
+    PASSWORD_LEN.contains(&p.len())
+        && p.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'))
+}
+
 /// The config file of managed Redis, with `users` (from [`redis_acl`])
 /// under their passwords' hashes.
 ///
@@ -107,21 +116,21 @@ pub fn redis_secret(
     password: impl FnMut(&redis_acl::Role) -> String,
     tls: Option<&TlsMaterial>,
 ) -> Result<Secret> {
-    redis_secret_rotating(sp, password, &BTreeMap::new(), "", tls)
+    redis_secret_rotating(sp, password, |_| None, "", tls)
 }
 
 /// [`redis_secret`] in the middle of a password rotation
-/// ([`crate::password_rotation`]): `also` maps a role's password key to a
-/// second password Redis accepts besides the current one (both hashes in
-/// the role's line of `redis.conf`), which the Secret keeps under
-/// `<key><suffix>` (`.next` while staged, `.previous` while pods move).
+/// ([`crate::password_rotation`]): `also` gives a role a second password
+/// Redis accepts besides the current one (both hashes in the role's line
+/// of `redis.conf`), which the Secret keeps under `<key><suffix>` (`.next`
+/// while staged, `.previous` while pods move).
 ///
 /// # Errors
 /// As [`redis_secret`]; the second passwords are checked alike.
 pub fn redis_secret_rotating(
     sp: &StreamPipeline,
     mut password: impl FnMut(&redis_acl::Role) -> String,
-    also: &BTreeMap<String, String>,
+    mut also: impl FnMut(&redis_acl::Role) -> Option<String>,
     suffix: &str,
     tls: Option<&TlsMaterial>,
 ) -> Result<Secret> {
@@ -142,10 +151,7 @@ pub fn redis_secret_rotating(
     .map_err(Error::InvalidSpec)?;
     let users = redis_acl::users(&plan, tls.is_some());
     let check = |p: &str| {
-        let url_safe = p
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'));
-        if url_safe && PASSWORD_LEN.contains(&p.len()) {
+        if password_acceptable(p) {
             Ok(())
         } else {
             Err(Error::InvalidInput {
@@ -158,14 +164,16 @@ pub fn redis_secret_rotating(
             })
         }
     };
+    // Each role's current password, and the second one Redis accepts too.
     let mut passwords = Vec::with_capacity(users.len());
     for u in &users {
         let p = password(&u.role);
         check(&p)?;
-        passwords.push(p);
-    }
-    for p in also.values() {
-        check(p)?;
+        let second = also(&u.role);
+        if let Some(s) = &second {
+            check(s)?;
+        }
+        passwords.push((p, second));
     }
     let persistence = sp
         .spec
@@ -177,24 +185,19 @@ pub fn redis_secret_rotating(
     let pairs: Vec<(redis_acl::User, Vec<&str>)> = users
         .iter()
         .zip(&passwords)
-        .map(|(u, p)| {
+        .map(|(u, (p, second))| {
             let mut accepted = vec![p.as_str()];
-            accepted.extend(also.get(&u.role.password_key()).map(String::as_str));
+            accepted.extend(second.as_deref());
             (u.clone(), accepted)
         })
         .collect();
-    let mut data: BTreeMap<String, ByteString> = users
-        .iter()
-        .zip(&passwords)
-        .map(|(u, p)| (u.role.password_key(), ByteString(p.as_bytes().to_vec())))
-        .collect();
-    for u in &users {
-        if let Some(p) = also.get(&u.role.password_key()) {
-            data.insert(
-                format!("{}{suffix}", u.role.password_key()),
-                ByteString(p.as_bytes().to_vec()),
-            );
+    let mut data = BTreeMap::new();
+    for (u, (p, second)) in users.iter().zip(&passwords) {
+        let key = u.role.password_key();
+        if let Some(s) = second {
+            data.insert(format!("{key}{suffix}"), ByteString(s.as_bytes().to_vec()));
         }
+        data.insert(key, ByteString(p.as_bytes().to_vec()));
     }
     data.insert(
         redis_acl::KEDA_USERNAME_KEY.to_string(),
