@@ -25,9 +25,10 @@
 //! content from [`derived_files`]); no `Debug`/`Display` output and no error
 //! contains key material.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,6 +169,55 @@ enum Layout {
 pub struct KeyRing {
     current: String,
     layout: Layout,
+    /// Keys derived from a raw ring so far, shared by the ring's clones.
+    derived: Arc<DerivedCache>,
+}
+
+/// Most derived keys a ring remembers. A process needs a few per kid (its
+/// groups' request and reply keys); the bound only matters when key ids
+/// in hostile entries name groups that do not exist.
+const DERIVED_CACHE_MAX: usize = 1024;
+
+/// A group's derived keys by kid: [request, reply].
+type GroupKeys = HashMap<String, [Option<Key>; 2]>;
+
+/// Derived keys of a raw ring, each computed once: HKDF costs more than the
+/// MAC it keys, and every signature and verification needs one.
+#[derive(Default)]
+struct DerivedCache {
+    /// pipeline → group → kid → keys.
+    keys: RwLock<HashMap<String, HashMap<String, GroupKeys>>>,
+    len: AtomicUsize,
+}
+
+impl DerivedCache {
+    fn slot(kind: Kind) -> usize {
+        match kind {
+            Kind::Request => 0,
+            Kind::Reply => 1,
+        }
+    }
+
+    fn get(&self, kid: &str, kind: Kind, pipeline: &str, group: &str) -> Option<Key> {
+        self.keys.read().get(pipeline)?.get(group)?.get(kid)?[Self::slot(kind)]
+    }
+
+    fn put(&self, kid: &str, kind: Kind, pipeline: &str, group: &str, key: Key) {
+        if self.len.load(Ordering::Relaxed) >= DERIVED_CACHE_MAX {
+            return;
+        }
+        let mut keys = self.keys.write();
+        let slot = &mut keys
+            .entry(pipeline.to_string())
+            .or_default()
+            .entry(group.to_string())
+            .or_default()
+            .entry(kid.to_string())
+            .or_default()[Self::slot(kind)];
+        if slot.replace(key).is_none() {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -274,6 +324,7 @@ impl KeyRing {
         Ok(Self {
             current: current.to_string(),
             layout: Layout::Ring(keys),
+            derived: Arc::default(),
         })
     }
 
@@ -323,6 +374,7 @@ impl KeyRing {
         let ring = Self {
             current: current.to_string(),
             layout,
+            derived: Arc::default(),
         };
         if !ring.knows(current) {
             return Err(KeyRingError::CurrentUnknown(current.to_string()));
@@ -399,7 +451,14 @@ impl KeyRing {
             return None;
         }
         match &self.layout {
-            Layout::Ring(keys) => keys.get(kid).map(|raw| derive(raw, kind, pipeline, group)),
+            Layout::Ring(keys) => {
+                if let Some(key) = self.derived.get(kid, kind, pipeline, group) {
+                    return Some(key);
+                }
+                let key = derive(keys.get(kid)?, kind, pipeline, group);
+                self.derived.put(kid, kind, pipeline, group, key);
+                Some(key)
+            }
             Layout::Derived(keys) => keys.get(kid)?.get(&kind)?.get(group).copied(),
         }
     }
@@ -708,6 +767,35 @@ mod tests {
         let mut want = [0u8; 32];
         hk.expand(b"sluice/reply/ns/p/io", &mut want).unwrap();
         assert_eq!(k(Kind::Reply, PIPE, "io"), want);
+    }
+
+    #[test]
+    fn derived_keys_are_remembered_up_to_a_bound_and_equal_fresh_ones() {
+        let r = ring(&[("k1", 1), ("k2", 2)], "k1");
+        let raw = [1u8; 32];
+        for (kid, kind, group) in [
+            ("k1", Kind::Request, "cpu"),
+            ("k1", Kind::Reply, "cpu"),
+            ("k2", Kind::Request, "cpu"),
+        ] {
+            let first = r.key(kid, kind, PIPE, group).unwrap();
+            assert_eq!(r.key(kid, kind, PIPE, group), Some(first), "remembered");
+            if kid == "k1" {
+                assert_eq!(first, derive(&raw, kind, PIPE, group));
+            }
+        }
+        assert_eq!(r.derived.len.load(Ordering::Relaxed), 3);
+        // Key ids naming endless groups (hostile entries) fill it only to
+        // the bound; keys past it are still derived, and right.
+        let clone = r.clone();
+        for i in 0..DERIVED_CACHE_MAX + 50 {
+            let g = format!("g{i}");
+            assert_eq!(
+                clone.key("k1", Kind::Reply, PIPE, &g),
+                Some(derive(&raw, Kind::Reply, PIPE, &g))
+            );
+        }
+        assert_eq!(r.derived.len.load(Ordering::Relaxed), DERIVED_CACHE_MAX);
     }
 
     #[test]
