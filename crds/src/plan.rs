@@ -18,7 +18,10 @@ use crate::validate::{validate, validate_id, FieldError};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(2);
 pub const DEFAULT_ROTATE_EVERY: Duration = Duration::from_secs(24 * 3600);
-pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(30);
+/// Pods of one cluster keep their clocks within milliseconds (NTP); a few
+/// seconds is ample, and every second of skew is a second more that the
+/// replay guard remembers each nonce.
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_PAYLOAD: u64 = 1 << 20;
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 1024;
 pub const DEFAULT_MAX_QUEUE_DEPTH: u64 = 10_000;

@@ -188,7 +188,7 @@ pub struct SecuritySpec {
     /// Rotation period of generated keys (default `24h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotate_every: Option<String>,
-    /// Accepted clock difference between signer and verifier (default `30s`).
+    /// Accepted clock difference between signer and verifier (default `5s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_skew: Option<String>,
     /// Largest request body and envelope payload (default 1 MiB).

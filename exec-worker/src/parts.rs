@@ -25,13 +25,14 @@ pub struct RuntimeParts {
 impl RuntimeParts {
     /// Builds the parts for a process of `plan` running `group` (the
     /// ingress group for the ingress), signing and verifying with `ring` and
-    /// the replay guard in `kv`, and registers their metric families in
-    /// `metrics`.
+    /// the replay guard in `guard` (none for queues only this process
+    /// writes, see [`Verifier::new`]), and registers their metric families
+    /// in `metrics`.
     pub fn new(
         plan: &Plan,
         group: &str,
         ring: SharedKeyRing,
-        kv: Arc<dyn Kv>,
+        guard: Option<Arc<dyn Kv>>,
         metrics: &mut Metrics,
     ) -> Self {
         let rejections = Rejections::register(metrics);
@@ -45,7 +46,7 @@ impl RuntimeParts {
         let keys = Keys::new(&plan.id.namespace, &plan.id.name);
         let verifier = Verifier::new(
             ring.clone(),
-            kv,
+            guard,
             keys.clone(),
             plan.security.clock_skew,
             plan.security.max_payload_bytes as usize,

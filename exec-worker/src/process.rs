@@ -386,7 +386,13 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
     let redis = RedisBackend::connect_lazy(redis_cfg)?;
 
     let mut metrics = Metrics::default();
-    let parts = RuntimeParts::new(&plan, &cfg.group, ring.clone(), redis.clone(), &mut metrics);
+    let parts = RuntimeParts::new(
+        &plan,
+        &cfg.group,
+        ring.clone(),
+        Some(redis.clone()),
+        &mut metrics,
+    );
     let executor = Executor::build(
         plan.clone(),
         &cfg.group,

@@ -2,10 +2,16 @@
 //!
 //! ```text
 //! read (≤ free slots) ─▶ verify ─▶ execute group's nodes ─┬─ forward: XADD next queue ┐
-//!   ▲   reclaim lapsed leases                             ├─ reply:   XADD reply stream ├─ + XACK + XDEL (one MULTI)
-//!   │                                                     └─ drop (forged, expired)   ┘
-//!   └── lease renewal (every lease/3) for everything in flight
+//!   ▲   reclaim lapsed leases                             ├─ reply:   XADD reply stream ├─▶ hand-off queue
+//!   │                                                     └─ drop (forged, expired)   ┘        │
+//!   └── lease renewal (every lease/3) for everything in flight                                 ▼
+//!                 one `complete_all` at a time, of every hand-off waiting: XADDs + XACK + XDEL (one MULTI)
 //! ```
+//!
+//! Hand-offs are committed as a group: while one `complete_all` is on its
+//! way, the hand-offs finished meanwhile wait and go together in the next.
+//! Idle, a hand-off goes alone at once; busy, a batch costs one round trip
+//! and four commands besides its `XADD`s.
 //!
 //! # Guarantees
 //! - Never more entries in flight than `concurrency`.
@@ -40,7 +46,8 @@ use sluice_platform::{
     At, Delivery, Envelope, Forward, Held, Keys, Queue, Rejection, ReplyError, SignError, Signer,
     StreamEntry, Verifier, VerifyError,
 };
-use tokio::sync::Semaphore;
+use sluice_platform::{BackendError, Completion};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Crash, Executor, StepOutcome};
@@ -145,6 +152,12 @@ pub const DEAD_LETTER_RETENTION: u64 = 10_000;
 pub const KEY_MISSING_MESSAGE: &str = "a process of the pipeline lacks a key it needs to pass \
      this request on (a deployment fault; its log names the key)";
 
+/// Most hand-offs committed in one `complete_all`.
+const MAX_HAND_OFF_BATCH: usize = 128;
+
+/// A hand-off waiting to be committed, and who waits for its answer.
+type HandOff = (Completion, oneshot::Sender<Result<bool, BackendError>>);
+
 /// Doubling wait between failed backend calls, 100 ms up to 5 s.
 struct Backoff(Duration);
 
@@ -179,6 +192,10 @@ pub struct Worker {
     /// Entries being worked on, by id, with when this worker last learned
     /// each was its own: their leases are renewed.
     held: Mutex<HashMap<String, Instant>>,
+    /// Hand-offs for the committer ([`Worker::commit_hand_offs`]).
+    hand_offs: mpsc::UnboundedSender<HandOff>,
+    /// Its receiving end, taken by [`Worker::run`].
+    hand_offs_rx: Mutex<Option<mpsc::UnboundedReceiver<HandOff>>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -198,6 +215,7 @@ impl Worker {
         let stream = parts.keys.queue(&cfg.group);
         // Replies say they come from this worker's group.
         let signer = parts.signer.for_group(&cfg.group);
+        let (hand_offs, rx) = mpsc::unbounded_channel();
         Arc::new(Self {
             cfg,
             executor,
@@ -208,6 +226,8 @@ impl Worker {
             metrics: parts.worker_metrics.clone(),
             stream,
             held: Mutex::new(HashMap::new()),
+            hand_offs,
+            hand_offs_rx: Mutex::new(Some(rx)),
         })
     }
 
@@ -216,6 +236,11 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(self.cfg.concurrency));
         let renew_stop = CancellationToken::new();
         let renewer = tokio::spawn(self.clone().renew_leases(renew_stop.clone()));
+        let committer = self
+            .hand_offs_rx
+            .lock()
+            .take()
+            .map(|rx| tokio::spawn(self.clone().commit_hand_offs(rx, renew_stop.clone())));
         let mut backoff = Backoff::default();
         let mut last_reclaim = tokio::time::Instant::now();
         // The group is created once here; reads recreate it on NOGROUP
@@ -297,6 +322,9 @@ impl Worker {
         let _all = slots.acquire_many(self.cfg.concurrency as u32).await;
         renew_stop.cancel();
         let _ = renewer.await;
+        if let Some(committer) = committer {
+            let _ = committer.await;
+        }
         tracing::info!(group = %self.cfg.group, "worker drained");
     }
 
@@ -352,6 +380,69 @@ impl Worker {
         }
     }
 
+    /// Commits hand-offs until `stop`: takes every one waiting (up to
+    /// [`MAX_HAND_OFF_BATCH`]), commits them in one `complete_all`, answers
+    /// each. `stop` comes only after the drain, when nobody waits.
+    async fn commit_hand_offs(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<HandOff>,
+        stop: CancellationToken,
+    ) {
+        let mut batch = Vec::with_capacity(MAX_HAND_OFF_BATCH);
+        loop {
+            let first = tokio::select! {
+                biased;
+                h = rx.recv() => match h { Some(h) => h, None => return },
+                _ = stop.cancelled() => return,
+            };
+            batch.push(first);
+            while batch.len() < MAX_HAND_OFF_BATCH {
+                match rx.try_recv() {
+                    Ok(h) => batch.push(h),
+                    Err(_) => break,
+                }
+            }
+            let (done, waiting): (Vec<Completion>, Vec<_>) = batch.drain(..).unzip();
+            let answers = self.commit(&done).await;
+            for (answer, tx) in answers.into_iter().zip(waiting) {
+                let _ = tx.send(answer);
+            }
+        }
+    }
+
+    /// One answer per hand-off of `done`. A batch refused as a whole for a
+    /// reason other than a timeout (which may have applied it) is committed
+    /// again one by one, so one hand-off Redis refuses (a forward its ACL
+    /// denies) does not take the others with it.
+    async fn commit(&self, done: &[Completion]) -> Vec<Result<bool, BackendError>> {
+        match self.queue.complete_all(&self.stream, done).await {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(e) if done.len() == 1 || matches!(e, BackendError::Timeout) => {
+                done.iter().map(|_| Err(e.clone())).collect()
+            }
+            Err(_) => {
+                let mut answers = Vec::with_capacity(done.len());
+                for c in done {
+                    let one = self
+                        .queue
+                        .complete_all(&self.stream, std::slice::from_ref(c));
+                    answers.push(one.await.map(|mut a| a.pop().unwrap_or(true)));
+                }
+                answers
+            }
+        }
+    }
+
+    /// Queues one hand-off for the committer and waits for its answer.
+    async fn hand_off(&self, done: Completion) -> Result<bool, BackendError> {
+        let (tx, rx) = oneshot::channel();
+        if self.hand_offs.send((done, tx)).is_err() {
+            return Err(BackendError::Unavailable("worker stopped".to_string()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(BackendError::Unavailable("worker stopped".to_string())))
+    }
+
     /// Handles one delivery to the end: hand-off, drop, or leave pending.
     async fn handle(&self, d: Delivery) {
         let g = self.cfg.group.clone();
@@ -393,7 +484,7 @@ impl Worker {
                 };
                 tracing::debug!(group = %g, id = %d.id, reason = why.reason(), "entry refused");
                 self.metrics.outcome(g, outcome);
-                self.finish(d, None, None, outcome).await;
+                self.finish(d, None, outcome).await;
                 return;
             }
             Err(VerifyError::Backend(e)) => {
@@ -450,7 +541,7 @@ impl Worker {
             }
             StepOutcome::Expired => {
                 self.metrics.outcome(g, "expired");
-                self.finish(d, Some(&env), None, "expired").await;
+                self.finish(d, None, "expired").await;
             }
             StepOutcome::Crashed(crash) => self.crashed(d, &env, &crash).await,
         }
@@ -478,7 +569,7 @@ impl Worker {
                 Err(e) => return self.key_missing(d, env, e).await,
             },
         };
-        self.finish(d, Some(env), Some(self.reply_forward(env, reply)), outcome)
+        self.finish(d, Some(self.reply_forward(env, reply)), outcome)
             .await;
     }
 
@@ -506,7 +597,7 @@ impl Worker {
             entry: next,
             must_exist: false,
         };
-        self.finish(d, Some(env), Some(fwd), "forwarded").await;
+        self.finish(d, Some(fwd), "forwarded").await;
     }
 
     /// This worker cannot sign what `env` needs next: its key directory
@@ -628,30 +719,20 @@ impl Worker {
                 (None, "key_missing")
             }
         };
-        self.finish(d, Some(env), forward, outcome).await;
+        self.finish(d, forward, outcome).await;
     }
 
     /// Hands off and acknowledges; on a backend error the entry stays
-    /// pending and is redelivered after its lease. The nonce of a
-    /// `verified` envelope is marked done in the same step; a refused
-    /// entry's is left alone (it may be another entry's nonce: refusing a
-    /// replay never touches the original).
-    async fn finish(
-        &self,
-        d: &Delivery,
-        verified: Option<&Envelope>,
-        forward: Option<Forward>,
-        outcome: &str,
-    ) {
+    /// pending and is redelivered after its lease.
+    async fn finish(&self, d: &Delivery, forward: Option<Forward>, outcome: &str) {
         let g = &self.cfg.group;
         let id = d.id.as_str();
         let is_reply = forward.as_ref().is_some_and(|f| f.must_exist);
-        let done = verified.map(|env| self.verifier.guard_key(&d.entry, env, g));
-        match self
-            .queue
-            .complete_marking(&self.stream, id, forward, done.as_deref())
-            .await
-        {
+        let done = Completion {
+            id: d.id.clone(),
+            forward,
+        };
+        match self.hand_off(done).await {
             Ok(true) => {
                 if outcome != "rejected" && outcome != "expired" {
                     self.metrics.outcome(g, outcome);

@@ -38,7 +38,7 @@ fn fixture() -> &'static Fixture {
         let keys = Keys::new("ns", "p");
         let verifier = Verifier::new(
             ring.clone(),
-            MemoryKv::new(),
+            Some(MemoryKv::new()),
             keys.clone(),
             Duration::from_secs(30),
             1 << 20,

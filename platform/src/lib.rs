@@ -42,6 +42,6 @@ pub use envelope::{Envelope, Kind, ReplyError, StreamEntry, FORMAT_VERSION};
 pub use keyring::{KeyRing, KeyRingError, SharedKeyRing};
 pub use keys::Keys;
 pub use kv::Kv;
-pub use queue::{Delivery, Depth, Forward, Held, Queue, ReplyChannel};
+pub use queue::{Completion, Delivery, Depth, Forward, Held, Queue, ReplyChannel};
 pub use redis::{RedisBackend, RedisConfig};
 pub use signing::{At, Rejection, SignError, Signer, VerifiedReply, Verifier, VerifyError};

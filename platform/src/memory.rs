@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::backend::{Faults, Result};
 use crate::envelope::StreamEntry;
 use crate::kv::Kv;
-use crate::queue::{Delivery, Depth, Forward, Held, Queue, ReplyChannel};
+use crate::queue::{Completion, Delivery, Depth, Held, Queue, ReplyChannel};
 
 #[derive(Default)]
 struct Stream {
@@ -71,22 +71,11 @@ pub struct MemoryStreams {
     /// Woken on every append; readers re-check their stream.
     appended: Notify,
     faults: Faults,
-    /// The replay guard's keys, which a completion marks `done` (as the
-    /// Redis adapter does in its hand-off transaction).
-    guard: Option<Arc<MemoryKv>>,
 }
 
 impl MemoryStreams {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
-    }
-
-    /// Streams whose completions mark replay-guard keys of `guard` done.
-    pub fn guarded_by(guard: Arc<MemoryKv>) -> Arc<Self> {
-        Arc::new(Self {
-            guard: Some(guard),
-            ..Self::default()
-        })
     }
 
     /// The fault injector of this adapter.
@@ -280,37 +269,34 @@ impl Queue for MemoryStreams {
         Ok(out)
     }
 
-    async fn complete_marking(
-        &self,
-        stream: &str,
-        id: &str,
-        forward: Option<Forward>,
-        done: Option<&str>,
-    ) -> Result<bool> {
+    async fn complete_all(&self, stream: &str, done: &[Completion]) -> Result<Vec<bool>> {
         self.faults.check().await?;
-        let mut forwarded = true;
+        let mut answers = Vec::with_capacity(done.len());
         {
             let mut map = self.streams.lock();
-            if let (Some(guard), Some(key)) = (&self.guard, done) {
-                guard.mark_done(key);
-            }
-            if let Some(f) = forward {
-                match Self::live(&mut map, &f.stream) {
-                    Some(target) => {
-                        target.append(f.entry);
-                    }
-                    None if f.must_exist => forwarded = false,
-                    None => {
-                        map.entry(f.stream).or_default().append(f.entry);
+            for c in done {
+                let mut forwarded = true;
+                if let Some(f) = &c.forward {
+                    match Self::live(&mut map, &f.stream) {
+                        Some(target) => {
+                            target.append(f.entry.clone());
+                        }
+                        None if f.must_exist => forwarded = false,
+                        None => {
+                            map.entry(f.stream.clone())
+                                .or_default()
+                                .append(f.entry.clone());
+                        }
                     }
                 }
-            }
-            if let (Some(s), Some(seq)) = (map.get_mut(stream), seq_of(id)) {
-                s.remove(seq);
+                if let (Some(s), Some(seq)) = (map.get_mut(stream), seq_of(&c.id)) {
+                    s.remove(seq);
+                }
+                answers.push(forwarded);
             }
         }
         self.appended.notify_waiters();
-        Ok(forwarded)
+        Ok(answers)
     }
 
     async fn depth(&self, stream: &str) -> Result<Depth> {
@@ -420,16 +406,6 @@ impl KvMap {
 impl MemoryKv {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
-    }
-
-    /// Sets `key` to `done` if it is present, keeping its expiry.
-    fn mark_done(&self, key: &str) {
-        let now = Instant::now();
-        if let Some((v, exp)) = self.map.lock().entries.get_mut(key) {
-            if *exp > now {
-                *v = crate::signing::NONCE_DONE.to_string();
-            }
-        }
     }
 
     pub fn faults(&self) -> &Faults {

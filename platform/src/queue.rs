@@ -4,9 +4,11 @@
 //! read entry becomes *pending* for the reading consumer with a delivery
 //! count; the consumer renews its lease while busy, and entries whose lease
 //! lapsed (a dead consumer) are reclaimed by others with the count increased.
-//! A consumer finishes an entry with [`Queue::complete`], which atomically
-//! forwards the next envelope (if any), acknowledges and deletes the entry —
-//! so a stream's length is always backlog plus work in progress.
+//! A consumer finishes entries with [`Queue::complete_all`], which atomically
+//! forwards the next envelope of each (if any), acknowledges and deletes them
+//! — so a stream's length is always backlog plus work in progress. Finishing
+//! many entries in one step is how a busy worker keeps its hand-offs to one
+//! round trip and a few commands for a whole batch.
 //!
 //! A reply stream belongs to one ingress instance: only it creates the stream
 //! ([`ReplyChannel::open`]); workers write with "must exist" semantics, so the
@@ -49,6 +51,15 @@ pub struct Forward {
     pub entry: StreamEntry,
     /// Append only if the stream exists (replies: `NOMKSTREAM`).
     pub must_exist: bool,
+}
+
+/// One entry's hand-off, for [`Queue::complete_all`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// Stream entry id of the entry finished.
+    pub id: String,
+    /// What to append before acknowledging it.
+    pub forward: Option<Forward>,
 }
 
 /// Size of a stream.
@@ -112,21 +123,19 @@ pub trait Queue: Send + Sync + 'static {
     /// Returns false when a `must_exist` forward found no stream (the entry
     /// is still acknowledged and deleted).
     async fn complete(&self, stream: &str, id: &str, forward: Option<Forward>) -> Result<bool> {
-        self.complete_marking(stream, id, forward, None).await
+        let done = Completion {
+            id: id.to_string(),
+            forward,
+        };
+        let mut answers = self.complete_all(stream, &[done]).await?;
+        Ok(answers.pop().unwrap_or(true))
     }
 
-    /// [`Queue::complete`], and in the same atomic step sets the replay-guard
-    /// key `done` (if given and still present, keeping its expiry) to
-    /// `done`: the envelope's nonce can never be accepted again, not even
-    /// under the entry id it was first seen with (a queue deleted and the
-    /// captured entry added back under its old id).
-    async fn complete_marking(
-        &self,
-        stream: &str,
-        id: &str,
-        forward: Option<Forward>,
-        done: Option<&str>,
-    ) -> Result<bool>;
+    /// Atomically, for all of `done` in one step: append each forward, then
+    /// acknowledge and delete every id. One answer per completion, in
+    /// order: false when its `must_exist` forward found no stream (the entry
+    /// is still acknowledged and deleted).
+    async fn complete_all(&self, stream: &str, done: &[Completion]) -> Result<Vec<bool>>;
 
     /// Entries and bytes in the stream.
     async fn depth(&self, stream: &str) -> Result<Depth>;
@@ -142,8 +151,10 @@ pub trait ReplyChannel: Send + Sync + 'static {
     /// its live ingress with `ttl` well above the period.
     async fn open(&self, stream: &str, ttl: Duration) -> Result<()>;
 
-    /// Up to `max` entries not read before, waiting up to `block`; they are
-    /// deleted from the stream once returned.
+    /// Up to `max` entries not read before, waiting up to `block`. Each is
+    /// returned once; returned entries are deleted from the stream, at once
+    /// or in bulk a little later (the Redis adapter trims every few hundred
+    /// replies or half a second).
     async fn recv(
         &self,
         stream: &str,

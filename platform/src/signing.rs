@@ -56,10 +56,6 @@ fn mac(key: &[u8; 32], v: &[u8], m: &[u8]) -> HmacSha256 {
     mac
 }
 
-/// The value of a replay-guard key once its envelope was handed off: any
-/// entry carrying that nonce again is a replay.
-pub const NONCE_DONE: &str = "done";
-
 /// A fresh 128-bit nonce, hex.
 pub fn new_nonce() -> String {
     let mut b = [0u8; 16];
@@ -271,7 +267,9 @@ pub struct VerifiedReply {
 #[derive(Clone)]
 pub struct Verifier {
     ring: SharedKeyRing,
-    kv: Arc<dyn Kv>,
+    /// The replay guard's store; `None` where nothing outside this process
+    /// can write the queues (see [`Verifier::new`]).
+    kv: Option<Arc<dyn Kv>>,
     keys: Keys,
     skew: Duration,
     max_entry_bytes: usize,
@@ -291,10 +289,14 @@ impl std::fmt::Debug for Verifier {
 
 impl Verifier {
     /// A verifier for `keys`' pipeline; entries over `max_payload_bytes`
-    /// plus [`ENVELOPE_OVERHEAD`] are refused unread.
+    /// plus [`ENVELOPE_OVERHEAD`] are refused unread. Requests claim their
+    /// nonce in `guard`; without one there is no replay guard, which is
+    /// right only for queues nothing outside this process can write (the
+    /// memory profile: a replay needs someone who can add a captured entry
+    /// to a queue). Every other check runs either way.
     pub fn new(
         ring: SharedKeyRing,
-        kv: Arc<dyn Kv>,
+        guard: Option<Arc<dyn Kv>>,
         keys: Keys,
         skew: Duration,
         max_payload_bytes: usize,
@@ -302,7 +304,7 @@ impl Verifier {
     ) -> Self {
         Self {
             ring,
-            kv,
+            kv: guard,
             keys,
             skew,
             max_entry_bytes: max_entry_bytes(max_payload_bytes),
@@ -343,13 +345,6 @@ impl Verifier {
     ) -> Result<Envelope, VerifyError> {
         let r = self.check(entry, Kind::Request, group, Some(at)).await;
         self.count(r)
-    }
-
-    /// The replay-guard key of a verified request of `group`, which the
-    /// hand-off marks [`NONCE_DONE`].
-    pub fn guard_key(&self, entry: &StreamEntry, env: &Envelope, group: &str) -> String {
-        let kid = std::str::from_utf8(&entry.k).unwrap_or("");
-        self.keys.nonce(group, kid, &env.nonce)
     }
 
     /// Verifies a reply for ingress instance `ingress_id`, with the reply
@@ -444,16 +439,22 @@ impl Verifier {
         if env.dest != dest || env.pipeline != self.keys.pipeline() {
             return reject(WrongDestination);
         }
-        if let Some(at) = at {
+        if let (Some(at), Some(kv)) = (at, &self.kv) {
             let ttl = Duration::from_millis(env.deadline - now) + self.skew;
+            // The key names the destination group, whose queue is the one
+            // stream it is read from: the entry id alone says where.
             let key = self.keys.nonce(dest, kid, &env.nonce);
-            let here = format!("{}/{}", at.stream, at.id);
-            if let Some(seen) = self.kv.set_nx(&key, &here, ttl).await? {
+            if let Some(seen) = kv.set_nx(&key, at.id, ttl).await? {
                 // Only the queue's own redelivery of the same entry (lease
                 // lapsed, delivered again) may pass a seen nonce; a first
-                // delivery of a seen stream/id is that entry added back,
-                // and `done` means it was handed off already.
-                if seen != here || at.deliveries < 2 {
+                // delivery of a seen id is that entry added back. Values
+                // written as `<stream>/<id>` by earlier versions count too.
+                let same = seen == at.id
+                    || seen
+                        .strip_prefix(at.stream)
+                        .and_then(|rest| rest.strip_prefix('/'))
+                        == Some(at.id);
+                if !same || at.deliveries < 2 {
                     return reject(Replay);
                 }
             }

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use sluice_platform::conformance::{entry, kv_suite, queue_suite, reply_suite};
 use sluice_platform::redis::testing::RedisServer;
-use sluice_platform::{BackendError, Kv, Queue, RedisBackend, RedisConfig, ReplyChannel};
+use sluice_platform::{
+    BackendError, Completion, Kv, Queue, RedisBackend, RedisConfig, ReplyChannel,
+};
 
 /// Command timeout of the outage tests: short, so "fails within its
 /// timeout" is quick to check.
@@ -345,47 +347,85 @@ async fn reply_stream_keeps_entries_written_before_the_first_recv_and_reopen_kee
 }
 
 #[tokio::test]
-async fn the_hand_off_marks_its_nonce_done_keeping_its_expiry_and_never_creates_one() {
-    use sluice_platform::Kv;
+async fn a_batch_of_hand_offs_is_one_transaction_with_one_xack_and_one_xdel() {
     let server = RedisServer::start(false);
     let b = backend(&server).await;
     let p = prefix();
     let q = format!("{p}:q:w");
-    let nonce = format!("{p}:n:w:k1:abc");
+    let next = format!("{p}:q:next");
     b.ensure_group(&q).await.unwrap();
-    b.push(&q, entry(1)).await.unwrap();
-    let d = b.read(&q, "w", 1, Duration::ZERO).await.unwrap().remove(0);
+    for i in 0..8 {
+        b.push(&q, entry(i)).await.unwrap();
+    }
+    let ds = b.read(&q, "w", 8, Duration::ZERO).await.unwrap();
+    let done: Vec<Completion> = ds
+        .iter()
+        .map(|d| Completion {
+            id: d.id.clone(),
+            forward: Some(sluice_platform::Forward {
+                stream: next.clone(),
+                entry: d.entry.clone(),
+                must_exist: false,
+            }),
+        })
+        .collect();
+    cli(&server, &["CONFIG", "RESETSTAT"]);
+    assert_eq!(b.complete_all(&q, &done).await.unwrap(), vec![true; 8]);
+    let stats = cli(&server, &["INFO", "commandstats"]);
+    let calls = |cmd: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
     assert_eq!(
-        b.set_nx(&nonce, &format!("{q}/{}", d.id), Duration::from_secs(60))
-            .await
-            .unwrap(),
-        None
+        (
+            calls("multi"),
+            calls("xadd"),
+            calls("xack"),
+            calls("xdel"),
+            calls("exec")
+        ),
+        (1, 8, 1, 1, 1),
+        "{stats}"
     );
-    assert!(b
-        .complete_marking(&q, &d.id, None, Some(&nonce))
-        .await
-        .unwrap());
-    assert_eq!(b.get(&nonce).await.unwrap().as_deref(), Some("done"));
-    let probe = cli(&server, &["PTTL", &nonce]);
-    let ttl: i64 = probe.trim().parse().unwrap();
-    assert!(
-        ttl > 50_000 && ttl <= 60_000,
-        "the expiry was kept: {ttl} ms"
-    );
-    assert_eq!(
-        b.depth(&q).await.unwrap().entries,
-        0,
-        "acknowledged and deleted"
-    );
+    assert_eq!(b.depth(&q).await.unwrap().entries, 0);
+    assert_eq!(b.depth(&next).await.unwrap().entries, 8);
+}
 
-    // A guard that expired is not brought back by a late hand-off.
-    b.push(&q, entry(2)).await.unwrap();
-    let d = b.read(&q, "w", 1, Duration::ZERO).await.unwrap().remove(0);
-    let gone = format!("{p}:n:w:k1:expired");
-    b.complete_marking(&q, &d.id, None, Some(&gone))
-        .await
-        .unwrap();
-    assert_eq!(b.get(&gone).await.unwrap(), None);
+#[tokio::test]
+async fn read_replies_are_trimmed_in_bulk_and_returned_once() {
+    let server = RedisServer::start(false);
+    let b = backend(&server).await;
+    let p = prefix();
+    let r = format!("{p}:r:me");
+    b.open(&r, Duration::from_secs(30)).await.unwrap();
+    for i in 0..3 {
+        b.push(&r, entry(i)).await.unwrap();
+    }
+    assert_eq!(b.recv(&r, 10, Duration::ZERO).await.unwrap().len(), 3);
+    assert_eq!(
+        cli(&server, &["XLEN", &r]).trim(),
+        "3",
+        "a few read replies wait for the next trim"
+    );
+    // Past the trim interval, the next read trims what was read and
+    // returns only what is new.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    b.push(&r, entry(3)).await.unwrap();
+    let got = b.recv(&r, 10, Duration::ZERO).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, entry(3));
+    assert_eq!(cli(&server, &["XLEN", &r]).trim(), "1");
+    // Many replies are trimmed without waiting.
+    for i in 0..300 {
+        b.push(&r, entry(i)).await.unwrap();
+    }
+    assert_eq!(b.recv(&r, 1000, Duration::ZERO).await.unwrap().len(), 300);
+    assert!(b.recv(&r, 1000, Duration::ZERO).await.unwrap().is_empty());
+    assert_eq!(cli(&server, &["XLEN", &r]).trim(), "0");
 }
 
 /// One command through `redis-cli` against the test server.

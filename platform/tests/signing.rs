@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 use proptest::prelude::*;
 use serde_json::json;
 use sluice_platform::clock::now_ms;
-use sluice_platform::memory::{MemoryKv, MemoryStreams};
+use sluice_platform::memory::MemoryKv;
 use sluice_platform::metrics::Rejections;
 use sluice_platform::signing::ENVELOPE_OVERHEAD;
 use sluice_platform::*;
@@ -50,7 +50,7 @@ fn rig() -> Rig {
     let rejections = Rejections::register(&mut reg);
     let verifier = Verifier::new(
         shared.clone(),
-        MemoryKv::new(),
+        Some(MemoryKv::new()),
         Keys::new("ns", "p"),
         Duration::from_secs(30),
         MAX_PAYLOAD,
@@ -275,65 +275,82 @@ async fn redelivery_is_accepted_and_replay_is_rejected() {
         Rejection::Replay,
         "same stream and id delivered as new: the entry was added back"
     );
-    let other_stream = At {
-        stream: "elsewhere",
-        id: "5-0",
-        deliveries: 2,
-    };
-    assert!(
-        matches!(
-            r.verifier.verify_request(&e, &other_stream, "cpu").await,
-            Err(VerifyError::Rejected(Rejection::Replay))
-        ),
-        "same id in another stream"
+    assert_eq!(
+        rejection(&r, &e, "4-0", "cpu").await,
+        Rejection::Replay,
+        "an older id"
     );
     assert_eq!(r.rejections.get(Rejection::Replay), 3);
 }
 
 #[tokio::test]
-async fn a_handed_off_nonce_is_never_accepted_again() {
+async fn the_guard_remembers_the_entry_id_and_reads_the_older_stream_slash_id_values() {
     let kv = MemoryKv::new();
-    let keys = Keys::new("ns", "p");
-    let streams = MemoryStreams::guarded_by(kv.clone());
     let shared = SharedKeyRing::fixed(KeyRing::ephemeral());
     let v = Verifier::new(
         shared.clone(),
-        kv,
-        keys.clone(),
+        Some(kv.clone()),
+        keys(),
+        Duration::from_secs(30),
+        MAX_PAYLOAD,
+        Rejections::default(),
+    );
+    let e = signed(&signer(shared.clone()), &mut request("cpu"));
+    let env: Envelope = serde_json::from_slice(&e.m).unwrap();
+    let kid = std::str::from_utf8(&e.k).unwrap();
+    let key = keys().nonce("cpu", kid, &env.nonce);
+    v.verify_request(&e, &at("7-0", 1), "cpu").await.unwrap();
+    assert_eq!(kv.get(&key).await.unwrap().as_deref(), Some("7-0"));
+
+    // A nonce claimed by an earlier version, as `<stream>/<id>`: its
+    // redelivery passes, a new entry with it does not.
+    let e = signed(&signer(shared), &mut request("cpu"));
+    let env: Envelope = serde_json::from_slice(&e.m).unwrap();
+    let key = keys().nonce("cpu", kid, &env.nonce);
+    kv.set_nx(&key, "q/8-0", Duration::from_secs(60))
+        .await
+        .unwrap();
+    v.verify_request(&e, &at("8-0", 2), "cpu")
+        .await
+        .expect("the redelivery of the entry an earlier version claimed");
+    for (id, deliveries) in [("8-0", 1), ("9-0", 2)] {
+        assert!(matches!(
+            v.verify_request(&e, &at(id, deliveries), "cpu").await,
+            Err(VerifyError::Rejected(Rejection::Replay))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn without_a_guard_nothing_is_remembered_and_everything_else_is_checked() {
+    let shared = SharedKeyRing::fixed(ring("k1", &[("k1", 1)]));
+    let v = Verifier::new(
+        shared.clone(),
+        None,
+        keys(),
         Duration::from_secs(30),
         MAX_PAYLOAD,
         Rejections::default(),
     );
     let e = signed(&signer(shared), &mut request("cpu"));
-    let q = keys.queue("cpu");
-    streams.ensure_group(&q).await.unwrap();
-    streams.push(&q, e.clone()).await.unwrap();
-    let d = streams
-        .read(&q, "c1", 1, Duration::ZERO)
-        .await
-        .unwrap()
-        .remove(0);
-    let here = At {
-        stream: &q,
-        id: &d.id,
-        deliveries: d.deliveries,
-    };
-    let env = v.verify_request(&e, &here, "cpu").await.unwrap();
-    let key = v.guard_key(&e, &env, "cpu");
-    assert!(key.starts_with("sluice:{ns/p}:n:cpu:"), "{key}");
-    streams
-        .complete_marking(&q, &d.id, None, Some(&key))
-        .await
-        .unwrap();
-    // Even presented exactly as its queue's redelivery, it is done.
-    let again = At {
-        deliveries: 2,
-        ..here
-    };
+    for _ in 0..2 {
+        v.verify_request(&e, &at("1-0", 1), "cpu")
+            .await
+            .expect("no guard: the same nonce again is not refused");
+    }
+    let mut forged = e.clone();
+    forged.s = vec![b'0'; 64];
     assert!(matches!(
-        v.verify_request(&e, &again, "cpu").await,
-        Err(VerifyError::Rejected(Rejection::Replay))
+        v.verify_request(&forged, &at("2-0", 1), "cpu").await,
+        Err(VerifyError::Rejected(Rejection::BadMac))
     ));
+    assert!(
+        matches!(
+            v.verify_request(&e, &at("3-0", 1), "io").await,
+            Err(VerifyError::Rejected(Rejection::BadMac))
+        ),
+        "group io verifies with its own request key"
+    );
 }
 
 #[tokio::test]
@@ -382,7 +399,7 @@ async fn replay_guard_backend_failure_is_not_a_rejection() {
     let shared = SharedKeyRing::fixed(ring("k1", &[("k1", 1)]));
     let v = Verifier::new(
         shared.clone(),
-        kv.clone(),
+        Some(kv.clone()),
         Keys::new("ns", "p"),
         Duration::from_secs(30),
         MAX_PAYLOAD,
@@ -428,7 +445,7 @@ async fn a_key_added_to_the_directory_is_picked_up_and_signing_follows_current()
     assert_eq!(new_entry.k, b"new", "signing follows current");
     let v = Verifier::new(
         shared,
-        MemoryKv::new(),
+        Some(MemoryKv::new()),
         Keys::new("ns", "p"),
         Duration::from_secs(30),
         MAX_PAYLOAD,
@@ -459,7 +476,7 @@ fn verifier(ring: SharedKeyRing) -> (Verifier, Rejections) {
     let rejections = Rejections::default();
     let v = Verifier::new(
         ring,
-        MemoryKv::new(),
+        Some(MemoryKv::new()),
         keys(),
         Duration::from_secs(30),
         MAX_PAYLOAD,

@@ -20,7 +20,7 @@ use sluice_crds::{BackendKind, Plan};
 use sluice_exec_worker::{
     missing_keys, Executor, Registry as NodeRegistry, RuntimeParts, Worker, WorkerConfig,
 };
-use sluice_platform::memory::{MemoryKv, MemoryStreams};
+use sluice_platform::memory::MemoryStreams;
 use sluice_platform::redis::{RedisBackend, RedisConfig};
 use sluice_platform::{Kv, Queue, Rejection, ReplyChannel, SharedKeyRing, Verifier};
 use tokio::sync::Semaphore;
@@ -108,7 +108,9 @@ impl Ingress {
 struct Ports {
     queue: Arc<dyn Queue>,
     replies: Arc<dyn ReplyChannel>,
-    kv: Arc<dyn Kv>,
+    /// The replay guard's store: none in the memory profile, whose queues
+    /// nothing outside this process can write.
+    guard: Option<Arc<dyn Kv>>,
     sample_every: Duration,
 }
 
@@ -152,16 +154,15 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     let Ports {
         queue,
         replies,
-        kv,
+        guard,
         sample_every,
     } = match backend {
         BackendKind::Memory => {
-            let kv = MemoryKv::new();
-            let streams = MemoryStreams::guarded_by(kv.clone());
+            let streams = MemoryStreams::new();
             Ports {
                 queue: streams.clone(),
                 replies: streams,
-                kv,
+                guard: None,
                 sample_every: SAMPLE_MEMORY,
             }
         }
@@ -181,7 +182,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
             Ports {
                 queue: redis.clone(),
                 replies: redis.clone(),
-                kv: redis,
+                guard: Some(redis),
                 sample_every: SAMPLE_REDIS,
             }
         }
@@ -189,7 +190,13 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
 
     let mut registry = Registry::default();
     let metrics = IngressMetrics::register(&mut registry);
-    let parts = RuntimeParts::new(&plan, &plan.ingress_group, ring.clone(), kv, &mut registry);
+    let parts = RuntimeParts::new(
+        &plan,
+        &plan.ingress_group,
+        ring.clone(),
+        guard,
+        &mut registry,
+    );
     let build = |group: &str| {
         Executor::build(
             plan.clone(),

@@ -138,24 +138,23 @@ async fn forged_entries_pushed_onto_a_worker_queue_are_refused_by_reason_and_nev
     }
     assert_eq!(calls.started(), 0, "a forged entry was executed");
 
-    // Control: the same path carries a genuine entry to the node, once, and
-    // the same entry pushed again is a replay.
+    // Control: the same path carries a genuine entry to the node. The same
+    // entry pushed again runs again: the memory profile has no replay guard,
+    // as nothing outside this process can write its queues (the guard is
+    // tested on Redis: tests/e2e replay_attacks, platform signing).
     let genuine = signed(&st.signer, &mut request(&st, "work"));
     push(&st, genuine.clone()).await;
     push(&st, genuine).await;
     {
-        let (ingress, calls) = (&ingress, &calls);
+        let calls = &calls;
         eventually(
             Duration::from_secs(10),
-            "the genuine entry to run and its copy to be refused as a replay",
-            move || {
-                std::future::ready(
-                    (calls.finished() == 1 && rejected(ingress, "replay") == 1.0).then_some(()),
-                )
-            },
+            "the genuine entry and its copy to run",
+            move || std::future::ready((calls.finished() == 2).then_some(())),
         )
         .await;
     }
+    assert_eq!(rejected(&ingress, "replay"), 0.0, "no guard, no replay");
 
     // And the ingress still serves.
     let resp = common::client()
@@ -169,7 +168,7 @@ async fn forged_entries_pushed_onto_a_worker_queue_are_refused_by_reason_and_nev
         resp.json::<serde_json::Value>().await.unwrap(),
         json!({"real": true})
     );
-    assert_eq!(calls.finished(), 2);
+    assert_eq!(calls.finished(), 3);
     for (reason, n) in expected {
         assert_eq!(rejected(&ingress, reason), n, "{reason}");
     }

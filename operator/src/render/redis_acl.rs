@@ -4,7 +4,7 @@
 //! ```text
 //! user          who                         keys (prefix sluice:{ns/p}:)                 commands
 //! ingress       web pods                    q:<first hops> (write), dlq (write)           XADD  (+ MULTI EXEC DISCARD)
-//!                                           r:*                                           EXISTS XADD PEXPIRE XREAD XDEL DEL
+//!                                           r:*                                           EXISTS XADD PEXPIRE XREAD XTRIM DEL
 //!                                           q:<groups on its interfaces' paths> (read)    XLEN XPENDING MEMORY USAGE
 //! group-<g>     worker pods of group g      q:<g>                                         XREADGROUP XACK XCLAIM XAUTOCLAIM XDEL
 //!                                                                                         XPENDING XGROUP CREATE XLEN XINFO STREAM
@@ -200,7 +200,7 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role, tls: bool) -> Vec<String> {
             sends.push(write(lit(&keys.dead_letter())));
             out.push(selector(&["xadd"], &sends));
             out.push(selector(
-                &["exists", "xadd", "pexpire", "xread", "xdel", "del"],
+                &["exists", "xadd", "pexpire", "xread", "xtrim", "del"],
                 &[format!("~{replies}")],
             ));
             let watched: BTreeSet<&str> = plan
@@ -356,11 +356,20 @@ mod tests {
                 "+flushall",
                 "+keys",
                 "+del ~sluice:{demo/orders-redis}:q",
-                "+xtrim",
                 "+xsetid",
                 "+@",
             ] {
                 assert!(!r.contains(never), "{role:?} has {never}: {r}");
+            }
+            // Trimming rewrites a stream: only the ingress has it, and only
+            // on reply streams (it trims the replies it read).
+            if r.contains("+xtrim") {
+                assert_eq!(role, Role::Ingress, "{r}");
+                assert_eq!(r.matches("+xtrim").count(), 1, "{r}");
+                assert!(
+                    r.contains("+xtrim +del ~sluice:{demo/orders-redis}:r:*)"),
+                    "{r}"
+                );
             }
         }
         let plan = compile(

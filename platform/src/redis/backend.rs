@@ -101,9 +101,9 @@ pub struct RedisBackend {
     next: AtomicUsize,
     /// Idle dedicated connections for blocking reads.
     idle_blocking: Mutex<Vec<Dedicated>>,
-    /// Reply streams: id of the last entry returned per stream, so a read
-    /// never returns an entry twice even if its `XDEL` failed.
-    pub(super) reply_cursors: Mutex<HashMap<String, String>>,
+    /// Reply streams: where each stream's reader stands, so a read never
+    /// returns an entry twice and read entries are trimmed in bulk.
+    pub(super) reply_cursors: Mutex<HashMap<String, super::reply::ReplyCursor>>,
 }
 
 /// A connection used by one blocking read at a time.

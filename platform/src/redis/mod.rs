@@ -3,8 +3,9 @@
 //!
 //! ```text
 //!              ┌────────────── RedisBackend ───────────────┐
-//!   Queue ─────┤ XGROUP CREATE · XADD · XREADGROUP · XCLAIM │
-//!   Reply ─────┤ XAUTOCLAIM · MULTI{XADD XACK XDEL} · XREAD │──► Redis ≥ 7.0
+//!   Queue ─────┤ XADD · XREADGROUP · XCLAIM · XAUTOCLAIM    │
+//!              │ MULTI{XADD… XACK XDEL} · XGROUP CREATE     │──► Redis ≥ 7.0
+//!   Reply ─────┤ XREAD · XTRIM MINID · EXISTS · PEXPIRE     │
 //!   Kv ────────┤ SET NX GET PX · GET · DEL                  │
 //!              └─ pool (ordinary) + dedicated (blocking) ───┘
 //! ```

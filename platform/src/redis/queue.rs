@@ -6,7 +6,7 @@
 //!                                              │        count kept) of the ids still this consumer's
 //!                                              │ lease lapsed: XAUTOCLAIM by another (count+1)
 //!                                              ▼
-//!        complete: MULTI  XADD next [NOMKSTREAM]  XACK  XDEL  [SET nonce done XX KEEPTTL]  EXEC
+//!   complete_all: MULTI  XADD next [NOMKSTREAM] (one per forward)  XACK ids…  XDEL ids…  EXEC
 //! ```
 //!
 //! Groups are created from id `0`, so entries pushed before the group
@@ -24,7 +24,7 @@ use super::wire;
 use crate::backend::Result;
 use crate::envelope::StreamEntry;
 use crate::keys::CONSUMER_GROUP;
-use crate::queue::{Delivery, Depth, Forward, Held, Queue};
+use crate::queue::{Completion, Delivery, Depth, Held, Queue};
 
 fn v(s: &str) -> Value {
     Value::from(s)
@@ -293,29 +293,32 @@ impl Queue for RedisBackend {
         Ok(out)
     }
 
-    async fn complete_marking(
-        &self,
-        stream: &str,
-        id: &str,
-        forward: Option<Forward>,
-        done: Option<&str>,
-    ) -> Result<bool> {
-        let mut cmds = Vec::with_capacity(4);
-        if let Some(f) = &forward {
-            let args = xadd_args(&f.stream, &f.entry, f.must_exist);
-            cmds.push(("XADD", f.stream.as_str(), args));
+    async fn complete_all(&self, stream: &str, done: &[Completion]) -> Result<Vec<bool>> {
+        if done.is_empty() {
+            return Ok(vec![]);
         }
-        cmds.push(("XACK", stream, vec![v(stream), v(CONSUMER_GROUP), v(id)]));
-        cmds.push(("XDEL", stream, vec![v(stream), v(id)]));
-        if let Some(key) = done {
-            // XX: an expired guard is not brought back; KEEPTTL: it expires
-            // when it would have.
-            let args = vec![v(key), v(crate::signing::NONCE_DONE), v("XX"), v("KEEPTTL")];
-            cmds.push(("SET", key, args));
+        let forwards: Vec<bool> = done.iter().map(|c| c.forward.is_some()).collect();
+        let mut cmds = Vec::with_capacity(done.len() + 2);
+        let mut ack = vec![v(stream), v(CONSUMER_GROUP)];
+        let mut del = vec![v(stream)];
+        for c in done {
+            if let Some(f) = &c.forward {
+                let args = xadd_args(&f.stream, &f.entry, f.must_exist);
+                cmds.push(("XADD", f.stream.as_str(), args));
+            }
+            ack.push(v(&c.id));
+            del.push(v(&c.id));
         }
+        cmds.push(("XACK", stream, ack));
+        cmds.push(("XDEL", stream, del));
         let results = self.transaction(cmds).await.map_err(|e| self.err(e))?;
-        // A NOMKSTREAM XADD to a missing stream answers nil.
-        Ok(forward.is_none() || results.first().is_some_and(|r| !r.is_null()))
+        // One XADD answer per forward, in order; a NOMKSTREAM XADD to a
+        // missing stream answers nil.
+        let mut added = results.iter();
+        Ok(forwards
+            .into_iter()
+            .map(|has| !has || added.next().is_some_and(|r| !r.is_null()))
+            .collect())
     }
 
     async fn depth(&self, stream: &str) -> Result<Depth> {

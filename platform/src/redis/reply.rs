@@ -3,16 +3,20 @@
 //! ```text
 //!   ingress: open ──EXISTS, then PEXPIRE or MULTI{XADD MAXLEN 0, PEXPIRE}──► sluice:{ns/p}:r:<id>
 //!   worker:  complete ──XADD NOMKSTREAM──────────────────►      │
-//!   ingress: recv ◄──XREAD BLOCK from last id──────────────────┘ then XDEL
+//!   ingress: recv ◄──XREAD BLOCK from last id──────────────────┘
+//!            every 256 replies read or 500 ms: XTRIM MINID past the last one read
 //! ```
 //!
 //! Only the owning ingress creates its stream; workers write with
 //! `NOMKSTREAM`, so the stream of a dead instance expires and is never
 //! recreated. The adapter remembers the last id it returned per stream, so
-//! an entry whose `XDEL` failed is still returned only once; one reader per
-//! stream is assumed (the ingress's reply listener).
+//! every entry is returned once, and trims what it has read in one command
+//! per [`TRIM_EVERY`] replies instead of deleting each batch: the stream
+//! holds at most that many read replies, or those of the last
+//! [`TRIM_AFTER`]. One reader per stream is assumed (the ingress's reply
+//! listener).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fred::types::Value;
@@ -25,6 +29,68 @@ use crate::queue::ReplyChannel;
 
 /// Where a first read of a stream starts: everything already in it.
 const FROM_START: &str = "0";
+
+/// Read replies are trimmed once this many wait…
+const TRIM_EVERY: usize = 256;
+/// …or once the oldest of them has waited this long.
+const TRIM_AFTER: Duration = Duration::from_millis(500);
+
+/// Where the reader of one reply stream stands.
+pub(super) struct ReplyCursor {
+    /// Id of the last entry returned.
+    last: String,
+    /// Entries returned since the last trim.
+    untrimmed: usize,
+    /// When the first of those was returned.
+    since: Instant,
+}
+
+/// The smallest stream id above `id` (`<ms>-<seq>`), so `XTRIM MINID` of it
+/// removes `id` too; `id` itself if it does not parse or has no successor.
+fn successor(id: &str) -> String {
+    let next = id.split_once('-').and_then(|(ms, seq)| {
+        let (ms, seq) = (ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?);
+        match seq.checked_add(1) {
+            Some(seq) => Some(format!("{ms}-{seq}")),
+            None => Some(format!("{}-0", ms.checked_add(1)?)),
+        }
+    });
+    next.unwrap_or_else(|| id.to_string())
+}
+
+impl RedisBackend {
+    /// Trims `stream` past its last returned entry when enough replies
+    /// wait or the oldest has waited long enough; a failure is logged and
+    /// the trim tried again on the next read.
+    async fn trim_replies(&self, stream: &str) {
+        let minid = {
+            let cursors = self.reply_cursors.lock();
+            match cursors.get(stream) {
+                Some(c)
+                    if c.untrimmed > 0
+                        && (c.untrimmed >= TRIM_EVERY || c.since.elapsed() >= TRIM_AFTER) =>
+                {
+                    successor(&c.last)
+                }
+                _ => return,
+            }
+        };
+        let args = vec![
+            Value::from(stream),
+            Value::from("MINID"),
+            Value::from(minid),
+        ];
+        match self.call("XTRIM", stream, args).await {
+            Ok(_) => {
+                if let Some(c) = self.reply_cursors.lock().get_mut(stream) {
+                    c.untrimmed = 0;
+                }
+            }
+            // The leftovers go with a later trim or when the stream expires.
+            Err(e) => tracing::warn!(stream, error = %self.err(e), "could not trim read replies"),
+        }
+    }
+}
 
 #[async_trait]
 impl ReplyChannel for RedisBackend {
@@ -89,12 +155,12 @@ impl ReplyChannel for RedisBackend {
         if max == 0 {
             return Ok(vec![]);
         }
+        self.trim_replies(stream).await;
         let cursor = self
             .reply_cursors
             .lock()
             .get(stream)
-            .cloned()
-            .unwrap_or_else(|| FROM_START.to_string());
+            .map_or_else(|| FROM_START.to_string(), |c| c.last.clone());
         let args = vec![
             Value::from("COUNT"),
             Value::Integer(i64::try_from(max).unwrap_or(i64::MAX)),
@@ -112,15 +178,20 @@ impl ReplyChannel for RedisBackend {
         let Some((last, _)) = got.last() else {
             return Ok(vec![]);
         };
-        self.reply_cursors
-            .lock()
-            .insert(stream.to_string(), last.clone());
-        let mut del = vec![Value::from(stream)];
-        del.extend(got.iter().map(|(id, _)| Value::from(id.as_str())));
-        if let Err(e) = self.call("XDEL", stream, del).await {
-            // The entries are returned anyway (the cursor is past them); the
-            // leftovers go when the stream expires.
-            tracing::warn!(stream, error = %self.err(e), "could not delete read replies");
+        {
+            let mut cursors = self.reply_cursors.lock();
+            let c = cursors
+                .entry(stream.to_string())
+                .or_insert_with(|| ReplyCursor {
+                    last: String::new(),
+                    untrimmed: 0,
+                    since: Instant::now(),
+                });
+            c.last.clone_from(last);
+            if c.untrimmed == 0 {
+                c.since = Instant::now();
+            }
+            c.untrimmed = c.untrimmed.saturating_add(got.len());
         }
         Ok(got
             .into_iter()
@@ -134,5 +205,22 @@ impl ReplyChannel for RedisBackend {
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::successor;
+
+    #[test]
+    fn the_successor_of_an_id_is_the_next_sequence_or_millisecond() {
+        assert_eq!(successor("1700000000000-0"), "1700000000000-1");
+        assert_eq!(successor("5-41"), "5-42");
+        assert_eq!(successor(&format!("5-{}", u64::MAX)), "6-0");
+        assert_eq!(
+            successor(&format!("{}-{}", u64::MAX, u64::MAX)),
+            format!("{}-{}", u64::MAX, u64::MAX)
+        );
+        assert_eq!(successor("garbage"), "garbage");
     }
 }

@@ -4,9 +4,9 @@
 //!
 //! ```text
 //!   copy ─XADD─▶ q:other ─▶ other worker: bad_mac, its own request key (nonce untouched)
-//!        ─XADD─▶ q:work  ─▶ work worker: runs once, hand-off marks the nonce done
+//!        ─XADD─▶ q:work  ─▶ work worker: runs once, its nonce claimed with the entry id
 //!   DEL q:work; XADD q:work <original id> <captured entry>
-//!                        ─▶ work worker: replay (a first delivery of a seen id; done)
+//!                        ─▶ work worker: replay (a first delivery of a seen id)
 //! ```
 
 use std::time::Duration;
@@ -113,8 +113,8 @@ async fn a_copy_into_another_queue_or_a_rewritten_queue_history_never_runs_an_en
     settle(&work, "the original run once", (1, 0, 0)).await;
 
     // 2. History rewritten: the queue deleted and the captured entry added
-    // back under its original id. It arrives as a first delivery of an id
-    // the guard has seen, whose nonce the hand-off marked done: a replay.
+    // back under its original id. It arrives as a first delivery (count 1)
+    // of the id the guard has seen: a replay.
     let probe = Probe::new(redis.port());
     let stream = keys.queue("work");
     probe
