@@ -534,8 +534,16 @@ pub fn random_key() -> [u8; KEY_LEN] {
     k
 }
 
+/// Lowercase hex of `b`, in one allocation (every signature and nonce
+/// goes through here).
 pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(b.len() * 2);
+    for x in b {
+        out.push(char::from(DIGITS[usize::from(x >> 4)]));
+        out.push(char::from(DIGITS[usize::from(x & 0xf)]));
+    }
+    out
 }
 
 /// Writes a fresh ring (one key, made current) into `dir`, creating it.
@@ -767,6 +775,15 @@ mod tests {
         let mut want = [0u8; 32];
         hk.expand(b"sluice/reply/ns/p/io", &mut want).unwrap();
         assert_eq!(k(Kind::Reply, PIPE, "io"), want);
+    }
+
+    #[test]
+    fn hex_is_lowercase_two_digits_per_byte() {
+        assert_eq!(hex(&[]), "");
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        let all: Vec<u8> = (0..=255).collect();
+        let want: String = all.iter().map(|x| format!("{x:02x}")).collect();
+        assert_eq!(hex(&all), want);
     }
 
     #[test]
