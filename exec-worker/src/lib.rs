@@ -11,11 +11,13 @@
 //! - [`catalog`]: the `builtin/*` nodes.
 //! - [`executor`]: runs a group's nodes for one envelope.
 //! - [`worker`]: the queue consumer (lease, reclaim, hand-off, dead letters, drain).
+//! - [`hand_off`]: group commit of the worker's hand-offs.
 //! - [`parts`]: signer, verifier and shared metrics built from a plan.
 //! - [`process`]: the `sluice-exec-worker` process (flags, Redis, admin port, drain).
 
 pub mod catalog;
 pub mod executor;
+pub mod hand_off;
 pub mod node;
 pub mod parts;
 pub mod process;

@@ -8,10 +8,9 @@
 //!                 one `complete_all` at a time, of every hand-off waiting: XADDs + XACK + XDEL (one MULTI)
 //! ```
 //!
-//! Hand-offs are committed as a group: while one `complete_all` is on its
-//! way, the hand-offs finished meanwhile wait and go together in the next.
-//! Idle, a hand-off goes alone at once; busy, a batch costs one round trip
-//! and four commands besides its `XADD`s.
+//! Hand-offs are committed as a group ([`crate::hand_off`]): idle, a
+//! hand-off goes alone at once; busy, a batch costs one round trip and four
+//! commands besides its `XADD`s.
 //!
 //! # Guarantees
 //! - Never more entries in flight than `concurrency`.
@@ -42,15 +41,16 @@ use sluice_crds::Plan;
 use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::metrics::GroupLabel;
 use sluice_platform::telemetry::{self, Span};
+use sluice_platform::Completion;
 use sluice_platform::{
     At, Delivery, Envelope, Forward, Held, Keys, Queue, Rejection, ReplyError, SignError, Signer,
     StreamEntry, Verifier, VerifyError,
 };
-use sluice_platform::{BackendError, Completion};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Crash, Executor, StepOutcome};
+use crate::hand_off::HandOffs;
 use crate::node::NodeContext;
 use crate::parts::RuntimeParts;
 
@@ -152,12 +152,6 @@ pub const DEAD_LETTER_RETENTION: u64 = 10_000;
 pub const KEY_MISSING_MESSAGE: &str = "a process of the pipeline lacks a key it needs to pass \
      this request on (a deployment fault; its log names the key)";
 
-/// Most hand-offs committed in one `complete_all`.
-const MAX_HAND_OFF_BATCH: usize = 128;
-
-/// A hand-off waiting to be committed, and who waits for its answer.
-type HandOff = (Completion, oneshot::Sender<Result<bool, BackendError>>);
-
 /// Doubling wait between failed backend calls, 100 ms up to 5 s.
 struct Backoff(Duration);
 
@@ -192,10 +186,8 @@ pub struct Worker {
     /// Entries being worked on, by id, with when this worker last learned
     /// each was its own: their leases are renewed.
     held: Mutex<HashMap<String, Instant>>,
-    /// Hand-offs for the committer ([`Worker::commit_hand_offs`]).
-    hand_offs: mpsc::UnboundedSender<HandOff>,
-    /// Its receiving end, taken by [`Worker::run`].
-    hand_offs_rx: Mutex<Option<mpsc::UnboundedReceiver<HandOff>>>,
+    /// Hand-offs waiting to be committed together.
+    hand_offs: HandOffs,
 }
 
 impl std::fmt::Debug for Worker {
@@ -215,7 +207,6 @@ impl Worker {
         let stream = parts.keys.queue(&cfg.group);
         // Replies say they come from this worker's group.
         let signer = parts.signer.for_group(&cfg.group);
-        let (hand_offs, rx) = mpsc::unbounded_channel();
         Arc::new(Self {
             cfg,
             executor,
@@ -226,8 +217,7 @@ impl Worker {
             metrics: parts.worker_metrics.clone(),
             stream,
             held: Mutex::new(HashMap::new()),
-            hand_offs,
-            hand_offs_rx: Mutex::new(Some(rx)),
+            hand_offs: HandOffs::default(),
         })
     }
 
@@ -236,11 +226,6 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(self.cfg.concurrency));
         let renew_stop = CancellationToken::new();
         let renewer = tokio::spawn(self.clone().renew_leases(renew_stop.clone()));
-        let committer = self
-            .hand_offs_rx
-            .lock()
-            .take()
-            .map(|rx| tokio::spawn(self.clone().commit_hand_offs(rx, renew_stop.clone())));
         let mut backoff = Backoff::default();
         let mut last_reclaim = tokio::time::Instant::now();
         // The group is created once here; reads recreate it on NOGROUP
@@ -322,9 +307,6 @@ impl Worker {
         let _all = slots.acquire_many(self.cfg.concurrency as u32).await;
         renew_stop.cancel();
         let _ = renewer.await;
-        if let Some(committer) = committer {
-            let _ = committer.await;
-        }
         tracing::info!(group = %self.cfg.group, "worker drained");
     }
 
@@ -378,69 +360,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    /// Commits hand-offs until `stop`: takes every one waiting (up to
-    /// [`MAX_HAND_OFF_BATCH`]), commits them in one `complete_all`, answers
-    /// each. `stop` comes only after the drain, when nobody waits.
-    async fn commit_hand_offs(
-        self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<HandOff>,
-        stop: CancellationToken,
-    ) {
-        let mut batch = Vec::with_capacity(MAX_HAND_OFF_BATCH);
-        loop {
-            let first = tokio::select! {
-                biased;
-                h = rx.recv() => match h { Some(h) => h, None => return },
-                _ = stop.cancelled() => return,
-            };
-            batch.push(first);
-            while batch.len() < MAX_HAND_OFF_BATCH {
-                match rx.try_recv() {
-                    Ok(h) => batch.push(h),
-                    Err(_) => break,
-                }
-            }
-            let (done, waiting): (Vec<Completion>, Vec<_>) = batch.drain(..).unzip();
-            let answers = self.commit(&done).await;
-            for (answer, tx) in answers.into_iter().zip(waiting) {
-                let _ = tx.send(answer);
-            }
-        }
-    }
-
-    /// One answer per hand-off of `done`. A batch refused as a whole for a
-    /// reason other than a timeout (which may have applied it) is committed
-    /// again one by one, so one hand-off Redis refuses (a forward its ACL
-    /// denies) does not take the others with it.
-    async fn commit(&self, done: &[Completion]) -> Vec<Result<bool, BackendError>> {
-        match self.queue.complete_all(&self.stream, done).await {
-            Ok(answers) => answers.into_iter().map(Ok).collect(),
-            Err(e) if done.len() == 1 || matches!(e, BackendError::Timeout) => {
-                done.iter().map(|_| Err(e.clone())).collect()
-            }
-            Err(_) => {
-                let mut answers = Vec::with_capacity(done.len());
-                for c in done {
-                    let one = self
-                        .queue
-                        .complete_all(&self.stream, std::slice::from_ref(c));
-                    answers.push(one.await.map(|mut a| a.pop().unwrap_or(true)));
-                }
-                answers
-            }
-        }
-    }
-
-    /// Queues one hand-off for the committer and waits for its answer.
-    async fn hand_off(&self, done: Completion) -> Result<bool, BackendError> {
-        let (tx, rx) = oneshot::channel();
-        if self.hand_offs.send((done, tx)).is_err() {
-            return Err(BackendError::Unavailable("worker stopped".to_string()));
-        }
-        rx.await
-            .unwrap_or_else(|_| Err(BackendError::Unavailable("worker stopped".to_string())))
     }
 
     /// Handles one delivery to the end: hand-off, drop, or leave pending.
@@ -732,7 +651,11 @@ impl Worker {
             id: d.id.clone(),
             forward,
         };
-        match self.hand_off(done).await {
+        match self
+            .hand_offs
+            .commit(&*self.queue, &self.stream, done)
+            .await
+        {
             Ok(true) => {
                 if outcome != "rejected" && outcome != "expired" {
                     self.metrics.outcome(g, outcome);
