@@ -48,10 +48,15 @@ impl Stream {
     }
 
     fn remove(&mut self, seq: u64) {
+        self.take(seq);
+    }
+
+    /// Removes an entry and returns it.
+    fn take(&mut self, seq: u64) -> Option<StreamEntry> {
         self.pending.remove(&seq);
-        if let Some(e) = self.entries.remove(&seq) {
-            self.bytes -= e.stored_len() as u64;
-        }
+        let e = self.entries.remove(&seq)?;
+        self.bytes -= e.stored_len() as u64;
+        Some(e)
     }
 }
 
@@ -68,8 +73,10 @@ fn seq_of(id: &str) -> Option<u64> {
 #[derive(Default)]
 pub struct MemoryStreams {
     streams: Mutex<HashMap<String, Stream>>,
-    /// Woken on every append; readers re-check their stream.
-    appended: Notify,
+    /// Per stream, woken on every append to it; its readers re-check it.
+    /// Kept apart from the streams, so a stream deleted and made again
+    /// keeps its waiters.
+    appended: Mutex<HashMap<String, Arc<Notify>>>,
     faults: Faults,
 }
 
@@ -95,17 +102,36 @@ impl MemoryStreams {
         map.get_mut(name)
     }
 
-    /// Polls `take` until it yields something or `block` elapses.
+    /// The notifier of `stream`'s appends.
+    fn notifier(&self, stream: &str) -> Arc<Notify> {
+        let mut map = self.appended.lock();
+        match map.get(stream) {
+            Some(n) => n.clone(),
+            None => map.entry(stream.to_string()).or_default().clone(),
+        }
+    }
+
+    /// Wakes the readers of `stream`, if any wait.
+    fn appended_to(&self, stream: &str) {
+        if let Some(n) = self.appended.lock().get(stream) {
+            n.notify_waiters();
+        }
+    }
+
+    /// Polls `take` until it yields something or `block` elapses; woken by
+    /// appends to `stream`.
     async fn wait_for<T>(
         &self,
+        stream: &str,
         block: Duration,
         mut take: impl FnMut(&mut HashMap<String, Stream>) -> Vec<T>,
     ) -> Vec<T> {
         let deadline = Instant::now() + block;
+        let appended = self.notifier(stream);
         loop {
             // Register interest before looking, so an append between the
             // look and the wait is not missed.
-            let notified = self.appended.notified();
+            let notified = appended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let got = take(&mut self.streams.lock());
@@ -135,7 +161,7 @@ impl Queue for MemoryStreams {
             .entry(stream.to_string())
             .or_default()
             .append(entry);
-        self.appended.notify_waiters();
+        self.appended_to(stream);
         Ok(id_of(seq))
     }
 
@@ -153,7 +179,7 @@ impl Queue for MemoryStreams {
             }
             seq
         };
-        self.appended.notify_waiters();
+        self.appended_to(stream);
         Ok(id_of(seq))
     }
 
@@ -169,7 +195,7 @@ impl Queue for MemoryStreams {
             return Ok(vec![]);
         }
         Ok(self
-            .wait_for(block, |map| {
+            .wait_for(stream, block, |map| {
                 let s = map.entry(stream.to_string()).or_default();
                 let fresh: Vec<u64> = s
                     .entries
@@ -272,6 +298,7 @@ impl Queue for MemoryStreams {
     async fn complete_all(&self, stream: &str, done: &[Completion]) -> Result<Vec<bool>> {
         self.faults.check().await?;
         let mut answers = Vec::with_capacity(done.len());
+        let mut appended: Vec<&str> = Vec::new();
         {
             let mut map = self.streams.lock();
             for c in done {
@@ -288,6 +315,9 @@ impl Queue for MemoryStreams {
                                 .append(f.entry.clone());
                         }
                     }
+                    if forwarded && !appended.contains(&f.stream.as_str()) {
+                        appended.push(&f.stream);
+                    }
                 }
                 if let (Some(s), Some(seq)) = (map.get_mut(stream), seq_of(&c.id)) {
                     s.remove(seq);
@@ -295,7 +325,9 @@ impl Queue for MemoryStreams {
                 answers.push(forwarded);
             }
         }
-        self.appended.notify_waiters();
+        for stream in appended {
+            self.appended_to(stream);
+        }
         Ok(answers)
     }
 
@@ -342,17 +374,13 @@ impl ReplyChannel for MemoryStreams {
     ) -> Result<Vec<(String, StreamEntry)>> {
         self.faults.check().await?;
         Ok(self
-            .wait_for(block, |map| {
+            .wait_for(stream, block, |map| {
                 let Some(s) = Self::live(map, stream) else {
                     return vec![];
                 };
                 let seqs: Vec<u64> = s.entries.keys().take(max).copied().collect();
                 seqs.into_iter()
-                    .filter_map(|seq| {
-                        let e = s.entries.get(&seq).cloned();
-                        s.remove(seq);
-                        e.map(|e| (id_of(seq), e))
-                    })
+                    .filter_map(|seq| s.take(seq).map(|e| (id_of(seq), e)))
                     .collect()
             })
             .await)
