@@ -7,6 +7,11 @@ use anyhow::Context;
 use clap::Parser;
 use sluice_web_ingress::{Cli, Command, Config, LogFormat};
 
+/// mimalloc: under load, glibc's malloc cost more CPU than any part of the
+/// ingress's own code (many small allocations freed on other threads).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 async fn shutdown_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
