@@ -1,36 +1,44 @@
 //! Group commit of a worker's hand-offs.
 //!
 //! ```text
-//!   finish ─▶ pending ──(no leader)──▶ this task leads: take all pending (≤ 128)
-//!                │                          └▶ complete_all ─▶ answer each ─▶ again until none
+//!   finish ─▶ pending ──(no leader)──▶ this task leads: take what is pending (≤ 128 hand-offs, ≤ 1 MiB)
+//!                │                          └▶ complete_all ─▶ answer each ─▶ again, until its own is answered;
+//!                │                             what is still pending then is led on by a task of its own
 //!                └──(a leader runs)───▶ wait for the answer
 //! ```
 //!
 //! A worker hands off many entries at once: while one `complete_all` is on
 //! its way, the hand-offs finished meanwhile wait and go together in the
-//! next. No task of its own commits them: the first hand-off to find no
-//! commit running commits (leads), and keeps committing until nothing is
-//! pending. Idle, a hand-off goes alone at once, on its own task; busy, a
-//! batch costs one round trip.
+//! next. The first hand-off to find no commit running commits (leads) until
+//! its own is answered; if others wait then, a spawned task leads on until
+//! none is pending. Idle, a hand-off goes alone at once on its own task;
+//! busy, a batch costs one round trip, and one commit runs at a time.
 //!
 //! # Guarantees
 //! - Every hand-off is answered: committed, refused, or `Unavailable` when
 //!   its leader was dropped before committing it (the entry then stays
 //!   pending and is redelivered after its lease).
-//! - A batch refused as a whole for a reason other than a timeout (which
-//!   may have applied it) is committed again one by one, so one hand-off
-//!   Redis refuses does not take the others with it.
+//! - A batch the backend refused as a whole before applying any of it
+//!   ([`BackendError::NotApplied`]) is committed again one by one, so one
+//!   hand-off Redis refuses does not take the others with it. Any other
+//!   failure (a timeout, a lost connection: maybe applied) is reported to
+//!   every hand-off of the batch, never retried here.
 //!
 //! It must not hold the pending list's lock across an `await`.
+
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use sluice_platform::{BackendError, Completion, Queue};
 use tokio::sync::oneshot;
 
-/// Most hand-offs committed in one `complete_all`.
+/// Most hand-offs committed in one `complete_all`…
 pub const MAX_BATCH: usize = 128;
+/// …and most entry bytes appended by one (a batch holds at least one).
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
 type Answer = Result<bool, BackendError>;
+type Waiting = (Completion, oneshot::Sender<Answer>);
 
 /// Hand-offs waiting, and whether a task is committing them.
 #[derive(Default)]
@@ -40,17 +48,63 @@ pub struct HandOffs {
 
 #[derive(Default)]
 struct State {
-    pending: Vec<(Completion, oneshot::Sender<Answer>)>,
+    pending: Vec<Waiting>,
     leading: bool,
 }
 
-/// Clears the leader's mark when its task ends, however it ends, so a
-/// leader dropped mid-commit does not leave hand-offs without one.
-struct Lead<'a>(&'a HandOffs);
+/// The mark of the task committing. Dropped while armed (its task
+/// cancelled or panicking mid-commit), it clears the mark and answers
+/// every pending hand-off `Unavailable`, so none waits for a leader that
+/// is gone.
+struct Lead<'a> {
+    hand_offs: &'a HandOffs,
+    armed: bool,
+}
+
+impl Lead<'_> {
+    /// The next batch, or `None` (and the mark cleared, under the same
+    /// lock that saw nothing pending) when there is none.
+    fn next_batch(&mut self) -> Option<Vec<Waiting>> {
+        let mut st = self.hand_offs.state.lock();
+        if st.pending.is_empty() {
+            st.leading = false;
+            self.armed = false;
+            return None;
+        }
+        let mut bytes = 0usize;
+        let n = st
+            .pending
+            .iter()
+            .take(MAX_BATCH)
+            .take_while(|(c, _)| {
+                let len = c.forward.as_ref().map_or(0, |f| f.entry.stored_len());
+                let first = bytes == 0;
+                bytes = bytes.saturating_add(len.max(1));
+                first || bytes <= MAX_BATCH_BYTES
+            })
+            .count();
+        Some(st.pending.drain(..n).collect())
+    }
+
+    /// Whether anything is pending; if not, the mark is cleared.
+    fn more(&mut self) -> bool {
+        let mut st = self.hand_offs.state.lock();
+        if st.pending.is_empty() {
+            st.leading = false;
+            self.armed = false;
+            return false;
+        }
+        true
+    }
+}
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
-        self.0.state.lock().leading = false;
+        if self.armed {
+            let mut st = self.hand_offs.state.lock();
+            st.leading = false;
+            st.pending.clear();
+        }
     }
 }
 
@@ -64,35 +118,58 @@ impl HandOffs {
     ///
     /// # Errors
     /// The backend's, when the batch holding it failed.
-    pub async fn commit(&self, queue: &dyn Queue, stream: &str, done: Completion) -> Answer {
-        let (tx, rx) = oneshot::channel();
+    pub async fn commit(
+        self: &Arc<Self>,
+        queue: &Arc<dyn Queue>,
+        stream: &str,
+        done: Completion,
+    ) -> Answer {
+        let (tx, mut rx) = oneshot::channel();
         let lead = {
             let mut st = self.state.lock();
             st.pending.push((done, tx));
             !std::mem::replace(&mut st.leading, true)
         };
-        if lead {
-            let _lead = Lead(self);
-            loop {
-                let batch: Vec<_> = {
-                    let mut st = self.state.lock();
-                    if st.pending.is_empty() {
-                        // Cleared under the same lock that saw nothing
-                        // pending: a hand-off pushed after this leads itself.
-                        st.leading = false;
-                        break;
-                    }
-                    let n = st.pending.len().min(MAX_BATCH);
-                    st.pending.drain(..n).collect()
-                };
-                let (done, waiting): (Vec<Completion>, Vec<_>) = batch.into_iter().unzip();
-                let answers = commit_all(queue, stream, &done).await;
-                for (answer, tx) in answers.into_iter().zip(waiting) {
-                    let _ = tx.send(answer);
+        if !lead {
+            return rx.await.unwrap_or_else(|_| Err(stopped()));
+        }
+        let mut lead = Lead {
+            hand_offs: self,
+            armed: true,
+        };
+        while let Some(batch) = lead.next_batch() {
+            commit_batch(&**queue, stream, batch).await;
+            if let Ok(answer) = rx.try_recv() {
+                if lead.more() {
+                    // Its own is done; the rest is led on by a task of its
+                    // own, so this entry's handler can return.
+                    lead.armed = false;
+                    let (this, queue, stream) = (self.clone(), queue.clone(), stream.to_string());
+                    tokio::spawn(async move { this.lead_on(&*queue, &stream).await });
                 }
+                return answer;
             }
         }
         rx.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Commits until nothing is pending; the mark is already this task's.
+    async fn lead_on(&self, queue: &dyn Queue, stream: &str) {
+        let mut lead = Lead {
+            hand_offs: self,
+            armed: true,
+        };
+        while let Some(batch) = lead.next_batch() {
+            commit_batch(queue, stream, batch).await;
+        }
+    }
+}
+
+async fn commit_batch(queue: &dyn Queue, stream: &str, batch: Vec<Waiting>) {
+    let (done, waiting): (Vec<Completion>, Vec<_>) = batch.into_iter().unzip();
+    let answers = commit_all(queue, stream, &done).await;
+    for (answer, tx) in answers.into_iter().zip(waiting) {
+        let _ = tx.send(answer);
     }
 }
 
@@ -101,10 +178,7 @@ async fn commit_all(queue: &dyn Queue, stream: &str, done: &[Completion]) -> Vec
     match queue.complete_all(stream, done).await {
         Ok(answers) if answers.len() == done.len() => answers.into_iter().map(Ok).collect(),
         Ok(_) => done.iter().map(|_| Err(stopped())).collect(),
-        Err(e) if done.len() == 1 || matches!(e, BackendError::Timeout) => {
-            done.iter().map(|_| Err(e.clone())).collect()
-        }
-        Err(_) => {
+        Err(BackendError::NotApplied(_)) if done.len() > 1 => {
             let mut answers = Vec::with_capacity(done.len());
             for c in done {
                 let one = queue.complete_all(stream, std::slice::from_ref(c)).await;
@@ -112,17 +186,20 @@ async fn commit_all(queue: &dyn Queue, stream: &str, done: &[Completion]) -> Vec
             }
             answers
         }
+        Err(e) => done.iter().map(|_| Err(e.clone())).collect(),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    use async_trait::async_trait;
     use sluice_platform::conformance::entry;
     use sluice_platform::memory::MemoryStreams;
-    use sluice_platform::Forward;
+    use sluice_platform::queue::{Delivery, Depth, Held};
+    use sluice_platform::{Forward, StreamEntry};
 
     use super::*;
 
@@ -139,10 +216,18 @@ mod tests {
             .collect()
     }
 
+    fn done(id: &str, forward: Option<Forward>) -> Completion {
+        Completion {
+            id: id.to_string(),
+            forward,
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_hand_offs_are_all_committed_and_answered() {
-        let q = MemoryStreams::new();
-        let ids = read_all(&q, "q", 200).await;
+        let mem = MemoryStreams::new();
+        let ids = read_all(&mem, "q", 200).await;
+        let q: Arc<dyn Queue> = mem.clone();
         let h = Arc::new(HandOffs::default());
         let tasks: Vec<_> = ids
             .into_iter()
@@ -159,11 +244,7 @@ mod tests {
                         entry: entry(i),
                         must_exist: i % 2 == 1,
                     };
-                    let done = Completion {
-                        id,
-                        forward: Some(forward),
-                    };
-                    (i, h.commit(&*q, "q", done).await)
+                    (i, h.commit(&q, "q", done(&id, Some(forward))).await)
                 })
             })
             .collect();
@@ -171,49 +252,211 @@ mod tests {
             let (i, answer) = t.await.unwrap();
             assert_eq!(answer, Ok(i % 2 == 0), "hand-off {i}");
         }
-        assert_eq!(q.depth("q").await.unwrap().entries, 0);
-        assert_eq!(q.depth("next").await.unwrap().entries, 100);
+        assert_eq!(mem.depth("q").await.unwrap().entries, 0);
+        assert_eq!(mem.depth("next").await.unwrap().entries, 100);
+        // A continuing leader may still be clearing its mark.
+        for _ in 0..100 {
+            if !h.state.lock().leading {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert!(!h.state.lock().leading, "no leader left behind");
         assert!(h.state.lock().pending.is_empty());
     }
 
     #[tokio::test]
     async fn a_failed_batch_is_answered_and_the_next_hand_off_leads_again() {
-        let q = MemoryStreams::new();
-        let ids = read_all(&q, "q", 2).await;
-        let h = HandOffs::default();
-        q.faults().fail_next(1);
-        let first = Completion {
-            id: ids[0].clone(),
-            forward: None,
-        };
-        assert!(h.commit(&*q, "q", first).await.is_err());
-        let second = Completion {
-            id: ids[1].clone(),
-            forward: None,
-        };
-        assert_eq!(h.commit(&*q, "q", second).await, Ok(true));
+        let mem = MemoryStreams::new();
+        let ids = read_all(&mem, "q", 2).await;
+        let q: Arc<dyn Queue> = mem.clone();
+        let h = Arc::new(HandOffs::default());
+        mem.faults().fail_next(1);
+        assert!(h.commit(&q, "q", done(&ids[0], None)).await.is_err());
+        assert_eq!(h.commit(&q, "q", done(&ids[1], None)).await, Ok(true));
         assert_eq!(
-            q.depth("q").await.unwrap().entries,
+            mem.depth("q").await.unwrap().entries,
             1,
             "the failed one stays"
         );
     }
 
     #[tokio::test]
-    async fn a_leader_dropped_mid_commit_leaves_no_mark() {
-        let q = MemoryStreams::new();
-        let ids = read_all(&q, "q", 1).await;
-        let h = HandOffs::default();
-        q.faults().set_latency(Duration::from_secs(60));
-        let done = Completion {
-            id: ids[0].clone(),
-            forward: None,
+    async fn a_leader_dropped_mid_commit_answers_everyone_waiting() {
+        let mem = MemoryStreams::new();
+        let ids = read_all(&mem, "q", 2).await;
+        let q: Arc<dyn Queue> = mem.clone();
+        let h = Arc::new(HandOffs::default());
+        mem.faults().set_latency(Duration::from_secs(60));
+        let leader = {
+            let (h, q, id) = (h.clone(), q.clone(), ids[0].clone());
+            tokio::spawn(async move { h.commit(&q, "q", done(&id, None)).await })
         };
-        let commit = h.commit(&*q, "q", done);
-        assert!(tokio::time::timeout(Duration::from_millis(50), commit)
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let follower = {
+            let (h, q, id) = (h.clone(), q.clone(), ids[1].clone());
+            tokio::spawn(async move { h.commit(&q, "q", done(&id, None)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        leader.abort();
+        let answer = tokio::time::timeout(Duration::from_secs(5), follower)
             .await
-            .is_err());
+            .expect("the follower is answered")
+            .unwrap();
+        assert!(answer.is_err(), "{answer:?}");
+        assert!(!h.state.lock().leading);
+        assert!(h.state.lock().pending.is_empty());
+    }
+
+    /// A queue that refuses any batch of more than one as a whole
+    /// (`NotApplied`), or fails it as `Unavailable`, and counts calls.
+    struct Refusing {
+        inner: Arc<MemoryStreams>,
+        refusal: BackendError,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Queue for Refusing {
+        async fn ensure_group(&self, s: &str) -> sluice_platform::backend::Result<()> {
+            self.inner.ensure_group(s).await
+        }
+        async fn push(&self, s: &str, e: StreamEntry) -> sluice_platform::backend::Result<String> {
+            self.inner.push(s, e).await
+        }
+        async fn push_capped(
+            &self,
+            s: &str,
+            e: StreamEntry,
+            n: u64,
+        ) -> sluice_platform::backend::Result<String> {
+            self.inner.push_capped(s, e, n).await
+        }
+        async fn read(
+            &self,
+            s: &str,
+            c: &str,
+            n: usize,
+            b: Duration,
+        ) -> sluice_platform::backend::Result<Vec<Delivery>> {
+            self.inner.read(s, c, n, b).await
+        }
+        async fn renew(
+            &self,
+            s: &str,
+            c: &str,
+            h: &[Held],
+            l: Duration,
+        ) -> sluice_platform::backend::Result<Vec<String>> {
+            self.inner.renew(s, c, h, l).await
+        }
+        async fn reclaim(
+            &self,
+            s: &str,
+            c: &str,
+            i: Duration,
+            n: usize,
+        ) -> sluice_platform::backend::Result<Vec<Delivery>> {
+            self.inner.reclaim(s, c, i, n).await
+        }
+        async fn complete_all(
+            &self,
+            s: &str,
+            done: &[Completion],
+        ) -> sluice_platform::backend::Result<Vec<bool>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if done.len() > 1 {
+                return Err(self.refusal.clone());
+            }
+            self.inner.complete_all(s, done).await
+        }
+        async fn depth(&self, s: &str) -> sluice_platform::backend::Result<Depth> {
+            self.inner.depth(s).await
+        }
+        async fn pending(&self, s: &str) -> sluice_platform::backend::Result<u64> {
+            self.inner.pending(s).await
+        }
+    }
+
+    /// Three hand-offs queued behind a slow first one, committed as one
+    /// batch against `refusal`; returns their answers and the calls made.
+    async fn batch_against(refusal: BackendError) -> (Vec<Answer>, usize) {
+        let mem = MemoryStreams::new();
+        let ids = read_all(&mem, "q", 4).await;
+        let refusing = Arc::new(Refusing {
+            inner: mem.clone(),
+            refusal,
+            calls: AtomicUsize::new(0),
+        });
+        let q: Arc<dyn Queue> = refusing.clone();
+        let h = Arc::new(HandOffs::default());
+        // The first commits alone, slowly; the other three wait behind it
+        // and go together.
+        mem.faults().set_latency(Duration::from_millis(200));
+        let spawn = |id: String| {
+            let (h, q) = (h.clone(), q.clone());
+            tokio::spawn(async move { h.commit(&q, "q", done(&id, None)).await })
+        };
+        let first = spawn(ids[0].clone());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let rest: Vec<_> = ids[1..].iter().cloned().map(spawn).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        mem.faults().set_latency(Duration::ZERO);
+        assert_eq!(first.await.unwrap(), Ok(true));
+        let mut answers = vec![];
+        for t in rest {
+            answers.push(t.await.unwrap());
+        }
+        (answers, refusing.calls.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_refused_whole_is_committed_one_by_one() {
+        let (answers, calls) = batch_against(BackendError::NotApplied("EXECABORT".into())).await;
+        assert_eq!(answers, vec![Ok(true); 3]);
+        assert_eq!(calls, 1 + 1 + 3, "the first, the refused batch, then each");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_that_may_have_applied_is_not_retried() {
+        let lost = BackendError::Unavailable("connection lost".into());
+        let (answers, calls) = batch_against(lost.clone()).await;
+        assert_eq!(answers, vec![Err(lost); 3]);
+        assert_eq!(calls, 2, "the first and the batch, nothing retried");
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_byte_budget_but_holds_at_least_one() {
+        let h = HandOffs::default();
+        let big = |n: usize| {
+            let (tx, _rx) = oneshot::channel();
+            let entry = StreamEntry {
+                v: vec![],
+                k: vec![],
+                m: vec![0; n],
+                s: vec![],
+            };
+            let f = Forward {
+                stream: "next".into(),
+                entry,
+                must_exist: false,
+            };
+            (done("1-0", Some(f)), tx)
+        };
+        {
+            let mut st = h.state.lock();
+            st.leading = true;
+            st.pending.push(big(MAX_BATCH_BYTES + 10));
+            st.pending.push(big(10));
+            st.pending.push(big(MAX_BATCH_BYTES / 2));
+            st.pending.push(big(MAX_BATCH_BYTES / 2));
+        }
+        let mut lead = Lead {
+            hand_offs: &h,
+            armed: true,
+        };
+        let sizes: Vec<usize> = std::iter::from_fn(|| lead.next_batch().map(|b| b.len())).collect();
+        assert_eq!(sizes, vec![1, 2, 1]);
         assert!(!h.state.lock().leading);
     }
 }

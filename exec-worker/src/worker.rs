@@ -187,7 +187,7 @@ pub struct Worker {
     /// each was its own: their leases are renewed.
     held: Mutex<HashMap<String, Instant>>,
     /// Hand-offs waiting to be committed together.
-    hand_offs: HandOffs,
+    hand_offs: Arc<HandOffs>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -217,7 +217,7 @@ impl Worker {
             metrics: parts.worker_metrics.clone(),
             stream,
             held: Mutex::new(HashMap::new()),
-            hand_offs: HandOffs::default(),
+            hand_offs: Arc::default(),
         })
     }
 
@@ -413,6 +413,12 @@ impl Worker {
                 return;
             }
         };
+        if d.deliveries > 1 && !self.still_ours(d).await {
+            // Reclaimed from a slow worker that handed it off meanwhile
+            // (or taken by another): running it again would only repeat it.
+            tracing::debug!(group = %g, id = %d.id, "redelivered entry no longer pending for this worker; left alone");
+            return;
+        }
         if d.deliveries > self.cfg.max_deliveries {
             self.exhausted(d, &env, "delivered too many times").await;
             return;
@@ -463,6 +469,30 @@ impl Worker {
                 self.finish(d, None, "expired").await;
             }
             StepOutcome::Crashed(crash) => self.crashed(d, &env, &crash).await,
+        }
+    }
+
+    /// Whether a redelivered entry is still pending for this worker: the
+    /// worker it was reclaimed from may have handed it off between the
+    /// reclaim and the replay guard, which lets the same entry id pass as a
+    /// redelivery. One renewal, only for redeliveries; a backend error
+    /// counts as ours (at-least-once: run rather than lose).
+    async fn still_ours(&self, d: &Delivery) -> bool {
+        let since = self.held.lock().get(&d.id).copied();
+        let Some(since) = since else {
+            return false;
+        };
+        let held = [Held {
+            id: d.id.clone(),
+            since,
+        }];
+        match self
+            .queue
+            .renew(&self.stream, &self.cfg.consumer, &held, self.cfg.lease)
+            .await
+        {
+            Ok(lost) => lost.is_empty(),
+            Err(_) => true,
         }
     }
 
@@ -651,11 +681,7 @@ impl Worker {
             id: d.id.clone(),
             forward,
         };
-        match self
-            .hand_offs
-            .commit(&*self.queue, &self.stream, done)
-            .await
-        {
+        match self.hand_offs.commit(&self.queue, &self.stream, done).await {
             Ok(true) => {
                 if outcome != "rejected" && outcome != "expired" {
                     self.metrics.outcome(g, outcome);
@@ -699,5 +725,166 @@ impl Drop for Holding<'_> {
     fn drop(&mut self) {
         self.worker.held.lock().remove(self.id);
         self.gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use serde_json::json;
+    use sluice_platform::backend::Result as BackendResult;
+    use sluice_platform::memory::{MemoryKv, MemoryStreams};
+    use sluice_platform::queue::Depth;
+    use sluice_platform::{Kind, ReplyChannel, SharedKeyRing};
+
+    use super::*;
+    use crate::registry::Registry;
+
+    const HELLO: &str = include_str!("../../examples/hello.yaml");
+
+    /// Memory streams whose first reclaim hands over `stale`: an entry
+    /// another worker already handed off, as a reclaim racing that
+    /// hand-off returns it.
+    struct RacedReclaim {
+        inner: Arc<MemoryStreams>,
+        stale: Mutex<Option<Delivery>>,
+        reclaims: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Queue for RacedReclaim {
+        async fn ensure_group(&self, s: &str) -> BackendResult<()> {
+            self.inner.ensure_group(s).await
+        }
+        async fn push(&self, s: &str, e: StreamEntry) -> BackendResult<String> {
+            self.inner.push(s, e).await
+        }
+        async fn push_capped(&self, s: &str, e: StreamEntry, n: u64) -> BackendResult<String> {
+            self.inner.push_capped(s, e, n).await
+        }
+        async fn read(
+            &self,
+            s: &str,
+            c: &str,
+            n: usize,
+            b: Duration,
+        ) -> BackendResult<Vec<Delivery>> {
+            self.inner.read(s, c, n, b).await
+        }
+        async fn renew(
+            &self,
+            s: &str,
+            c: &str,
+            h: &[Held],
+            l: Duration,
+        ) -> BackendResult<Vec<String>> {
+            self.inner.renew(s, c, h, l).await
+        }
+        async fn reclaim(
+            &self,
+            _: &str,
+            _: &str,
+            _: Duration,
+            _: usize,
+        ) -> BackendResult<Vec<Delivery>> {
+            self.reclaims.fetch_add(1, Ordering::SeqCst);
+            Ok(self.stale.lock().take().into_iter().collect())
+        }
+        async fn complete_all(&self, s: &str, done: &[Completion]) -> BackendResult<Vec<bool>> {
+            self.inner.complete_all(s, done).await
+        }
+        async fn depth(&self, s: &str) -> BackendResult<Depth> {
+            self.inner.depth(s).await
+        }
+        async fn pending(&self, s: &str) -> BackendResult<u64> {
+            self.inner.pending(s).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_handed_off_meanwhile_is_not_run_again() {
+        let (_, plan) = sluice_crds::parse_manifest("hello.yaml", HELLO).unwrap();
+        let plan = Arc::new(plan);
+        let ring = SharedKeyRing::fixed(sluice_platform::KeyRing::ephemeral());
+        let mut registry = prometheus_client::registry::Registry::default();
+        let parts = RuntimeParts::new(
+            &plan,
+            "work",
+            ring.clone(),
+            Some(MemoryKv::new()),
+            &mut registry,
+        );
+        let mem = MemoryStreams::new();
+        let reply_stream = parts.keys.reply("ingress-1");
+        mem.open(&reply_stream, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let mut env = Envelope {
+            kind: Kind::Request,
+            pipeline: parts.keys.pipeline().to_string(),
+            dest: "work".into(),
+            cid: "c1".into(),
+            rid: "r1".into(),
+            trace: None,
+            ts: 0,
+            nonce: String::new(),
+            deadline: now_ms() + 30_000,
+            attempt: 1,
+            node: Some("greet".into()),
+            reply_to: Some("ingress-1".into()),
+            payload: json!({"name": "x"}),
+            error: None,
+        };
+        let entry = Signer::new(ring, &parts.keys, "web")
+            .sign(&mut env)
+            .unwrap();
+        // Not pending for anyone: its first worker handed it off after the
+        // reclaim read it.
+        let queue = Arc::new(RacedReclaim {
+            inner: mem.clone(),
+            stale: Mutex::new(Some(Delivery {
+                id: "0-99".into(),
+                entry,
+                deliveries: 2,
+            })),
+            reclaims: AtomicUsize::new(0),
+        });
+        let executor = Executor::build(
+            plan.clone(),
+            "work",
+            &Registry::builtin(),
+            std::path::Path::new("/nonexistent"),
+            parts.durations.clone(),
+        )
+        .unwrap();
+        let cfg = WorkerConfig {
+            lease: Duration::from_millis(100),
+            block: Duration::from_millis(20),
+            ..WorkerConfig::from_plan(&plan, "work", "w1".into())
+        };
+        let worker = Worker::new(cfg, executor, queue.clone(), &parts);
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(worker.clone().run(stop.clone()));
+        for _ in 0..100 {
+            if queue.reclaims.load(Ordering::SeqCst) > 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        run.await.unwrap();
+        assert!(queue.stale.lock().is_none(), "the reclaim handed it over");
+        let metrics = &parts.worker_metrics;
+        assert_eq!(metrics.count("work", "replied"), 0, "run again");
+        assert_eq!(
+            mem.recv(&reply_stream, 10, Duration::ZERO)
+                .await
+                .unwrap()
+                .len(),
+            0,
+            "a second answer was sent"
+        );
     }
 }

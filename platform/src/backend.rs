@@ -14,6 +14,11 @@ pub enum BackendError {
     /// The command did not complete within its timeout.
     #[error("backend command timed out")]
     Timeout,
+    /// The backend refused a transaction as a whole before applying any
+    /// of it (Redis's `EXECABORT`: a command it would not queue — denied
+    /// by its ACL, or Redis out of memory).
+    #[error("backend refused the whole transaction: {0}")]
+    NotApplied(String),
     /// A fault injected by a test.
     #[error("injected backend fault")]
     Injected,

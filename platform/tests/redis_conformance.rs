@@ -426,6 +426,19 @@ async fn read_replies_are_trimmed_in_bulk_and_returned_once() {
     assert_eq!(b.recv(&r, 1000, Duration::ZERO).await.unwrap().len(), 300);
     assert!(b.recv(&r, 1000, Duration::ZERO).await.unwrap().is_empty());
     assert_eq!(cli(&server, &["XLEN", &r]).trim(), "0");
+    // A few large replies are trimmed without waiting either: what read
+    // replies may hold in Redis is bounded in bytes too.
+    let large = |n: u8| sluice_platform::StreamEntry {
+        v: b"1".to_vec(),
+        k: b"kid".to_vec(),
+        m: vec![n; 600_000],
+        s: b"sig".to_vec(),
+    };
+    b.push(&r, large(1)).await.unwrap();
+    b.push(&r, large(2)).await.unwrap();
+    assert_eq!(b.recv(&r, 10, Duration::ZERO).await.unwrap().len(), 2);
+    assert!(b.recv(&r, 10, Duration::ZERO).await.unwrap().is_empty());
+    assert_eq!(cli(&server, &["XLEN", &r]).trim(), "0");
 }
 
 /// One command through `redis-cli` against the test server.

@@ -361,8 +361,8 @@ mod tests {
             ] {
                 assert!(!r.contains(never), "{role:?} has {never}: {r}");
             }
-            // Trimming rewrites a stream: only the ingress has it, and only
-            // on reply streams (it trims the replies it read).
+            // XTRIM: only the ingress, only on reply streams (it trims the
+            // replies it has read).
             if r.contains("+xtrim") {
                 assert_eq!(role, Role::Ingress, "{r}");
                 assert_eq!(r.matches("+xtrim").count(), 1, "{r}");

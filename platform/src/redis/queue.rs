@@ -311,7 +311,18 @@ impl Queue for RedisBackend {
         }
         cmds.push(("XACK", stream, ack));
         cmds.push(("XDEL", stream, del));
-        let results = self.transaction(cmds).await.map_err(|e| self.err(e))?;
+        let results = self.transaction(cmds).await.map_err(|e| {
+            // Refused while queueing (ACL, out of memory): Redis discarded
+            // the whole transaction, so nothing of it was applied.
+            if ["EXECABORT", "NOPERM", "OOM"]
+                .iter()
+                .any(|code| is_reply(&e, code))
+            {
+                crate::BackendError::NotApplied(self.err(e).to_string())
+            } else {
+                self.err(e)
+            }
+        })?;
         // One XADD answer per forward, in order; a NOMKSTREAM XADD to a
         // missing stream answers nil.
         let mut added = results.iter();

@@ -4,17 +4,18 @@
 //!   ingress: open ──EXISTS, then PEXPIRE or MULTI{XADD MAXLEN 0, PEXPIRE}──► sluice:{ns/p}:r:<id>
 //!   worker:  complete ──XADD NOMKSTREAM──────────────────►      │
 //!   ingress: recv ◄──XREAD BLOCK from last id──────────────────┘
-//!            every 256 replies read or 500 ms: XTRIM MINID past the last one read
+//!            every 256 replies or 1 MiB read, or 500 ms after one: XTRIM MINID past the last one read
 //! ```
 //!
 //! Only the owning ingress creates its stream; workers write with
 //! `NOMKSTREAM`, so the stream of a dead instance expires and is never
 //! recreated. The adapter remembers the last id it returned per stream, so
 //! every entry is returned once, and trims what it has read in one command
-//! per [`TRIM_EVERY`] replies instead of deleting each batch: the stream
-//! holds at most that many read replies, or those of the last
-//! [`TRIM_AFTER`]. One reader per stream is assumed (the ingress's reply
-//! listener).
+//! per [`TRIM_EVERY`] replies instead of deleting each batch. The check runs
+//! when a read starts, so the stream holds at most that many read replies
+//! (or [`TRIM_BYTES`] of them plus the last batch read), or those read in
+//! the last [`TRIM_AFTER`] plus one blocking read. One reader per stream is
+//! assumed (the ingress's reply listener).
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,8 @@ const FROM_START: &str = "0";
 
 /// Read replies are trimmed once this many wait…
 const TRIM_EVERY: usize = 256;
+/// …or this many bytes of them (replies may be up to the payload limit)…
+const TRIM_BYTES: usize = 1 << 20;
 /// …or once the oldest of them has waited this long.
 const TRIM_AFTER: Duration = Duration::from_millis(500);
 
@@ -39,8 +42,9 @@ const TRIM_AFTER: Duration = Duration::from_millis(500);
 pub(super) struct ReplyCursor {
     /// Id of the last entry returned.
     last: String,
-    /// Entries returned since the last trim.
+    /// Entries returned since the last trim, and their bytes.
     untrimmed: usize,
+    untrimmed_bytes: usize,
     /// When the first of those was returned.
     since: Instant,
 }
@@ -68,7 +72,9 @@ impl RedisBackend {
             match cursors.get(stream) {
                 Some(c)
                     if c.untrimmed > 0
-                        && (c.untrimmed >= TRIM_EVERY || c.since.elapsed() >= TRIM_AFTER) =>
+                        && (c.untrimmed >= TRIM_EVERY
+                            || c.untrimmed_bytes >= TRIM_BYTES
+                            || c.since.elapsed() >= TRIM_AFTER) =>
                 {
                     successor(&c.last)
                 }
@@ -84,6 +90,7 @@ impl RedisBackend {
             Ok(_) => {
                 if let Some(c) = self.reply_cursors.lock().get_mut(stream) {
                     c.untrimmed = 0;
+                    c.untrimmed_bytes = 0;
                 }
             }
             // The leftovers go with a later trim or when the stream expires.
@@ -185,6 +192,7 @@ impl ReplyChannel for RedisBackend {
                 .or_insert_with(|| ReplyCursor {
                     last: String::new(),
                     untrimmed: 0,
+                    untrimmed_bytes: 0,
                     since: Instant::now(),
                 });
             c.last.clone_from(last);
@@ -192,6 +200,11 @@ impl ReplyChannel for RedisBackend {
                 c.since = Instant::now();
             }
             c.untrimmed = c.untrimmed.saturating_add(got.len());
+            let bytes: usize = got
+                .iter()
+                .filter_map(|(_, e)| e.as_ref().map(StreamEntry::stored_len))
+                .sum();
+            c.untrimmed_bytes = c.untrimmed_bytes.saturating_add(bytes);
         }
         Ok(got
             .into_iter()
