@@ -192,16 +192,15 @@ async fn commit_all(queue: &dyn Queue, stream: &str, done: &[Completion]) -> Vec
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     use std::time::Duration;
 
-    use async_trait::async_trait;
     use sluice_platform::conformance::entry;
     use sluice_platform::memory::MemoryStreams;
-    use sluice_platform::queue::{Delivery, Depth, Held};
     use sluice_platform::{Forward, StreamEntry};
 
     use super::*;
+    use crate::test_queue::StagedQueue;
 
     async fn read_all(q: &MemoryStreams, stream: &str, n: usize) -> Vec<String> {
         q.ensure_group(stream).await.unwrap();
@@ -308,85 +307,14 @@ mod tests {
         assert!(h.state.lock().pending.is_empty());
     }
 
-    /// A queue that refuses any batch of more than one as a whole
-    /// (`NotApplied`), or fails it as `Unavailable`, and counts calls.
-    struct Refusing {
-        inner: Arc<MemoryStreams>,
-        refusal: BackendError,
-        calls: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl Queue for Refusing {
-        async fn ensure_group(&self, s: &str) -> sluice_platform::backend::Result<()> {
-            self.inner.ensure_group(s).await
-        }
-        async fn push(&self, s: &str, e: StreamEntry) -> sluice_platform::backend::Result<String> {
-            self.inner.push(s, e).await
-        }
-        async fn push_capped(
-            &self,
-            s: &str,
-            e: StreamEntry,
-            n: u64,
-        ) -> sluice_platform::backend::Result<String> {
-            self.inner.push_capped(s, e, n).await
-        }
-        async fn read(
-            &self,
-            s: &str,
-            c: &str,
-            n: usize,
-            b: Duration,
-        ) -> sluice_platform::backend::Result<Vec<Delivery>> {
-            self.inner.read(s, c, n, b).await
-        }
-        async fn renew(
-            &self,
-            s: &str,
-            c: &str,
-            h: &[Held],
-            l: Duration,
-        ) -> sluice_platform::backend::Result<Vec<String>> {
-            self.inner.renew(s, c, h, l).await
-        }
-        async fn reclaim(
-            &self,
-            s: &str,
-            c: &str,
-            i: Duration,
-            n: usize,
-        ) -> sluice_platform::backend::Result<Vec<Delivery>> {
-            self.inner.reclaim(s, c, i, n).await
-        }
-        async fn complete_all(
-            &self,
-            s: &str,
-            done: &[Completion],
-        ) -> sluice_platform::backend::Result<Vec<bool>> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            if done.len() > 1 {
-                return Err(self.refusal.clone());
-            }
-            self.inner.complete_all(s, done).await
-        }
-        async fn depth(&self, s: &str) -> sluice_platform::backend::Result<Depth> {
-            self.inner.depth(s).await
-        }
-        async fn pending(&self, s: &str) -> sluice_platform::backend::Result<u64> {
-            self.inner.pending(s).await
-        }
-    }
-
     /// Three hand-offs queued behind a slow first one, committed as one
     /// batch against `refusal`; returns their answers and the calls made.
     async fn batch_against(refusal: BackendError) -> (Vec<Answer>, usize) {
         let mem = MemoryStreams::new();
         let ids = read_all(&mem, "q", 4).await;
-        let refusing = Arc::new(Refusing {
-            inner: mem.clone(),
-            refusal,
-            calls: AtomicUsize::new(0),
+        let refusing = Arc::new(StagedQueue {
+            refuse_batches: Some(refusal),
+            ..StagedQueue::new(mem.clone())
         });
         let q: Arc<dyn Queue> = refusing.clone();
         let h = Arc::new(HandOffs::default());
@@ -407,7 +335,7 @@ mod tests {
         for t in rest {
             answers.push(t.await.unwrap());
         }
-        (answers, refusing.calls.load(Ordering::SeqCst))
+        (answers, refusing.commits.load(Ordering::SeqCst))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,9 @@ pub mod process;
 pub mod registry;
 pub mod worker;
 
+#[cfg(test)]
+mod test_queue;
+
 pub use executor::{Crash, Executor, StepOutcome};
 pub use node::{ConfigError, Node, NodeConfig, NodeContext, NodeError, NodeOutput};
 pub use parts::{missing_keys, RuntimeParts};

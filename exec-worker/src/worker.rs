@@ -730,78 +730,17 @@ impl Drop for Holding<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
-    use async_trait::async_trait;
     use serde_json::json;
-    use sluice_platform::backend::Result as BackendResult;
     use sluice_platform::memory::{MemoryKv, MemoryStreams};
-    use sluice_platform::queue::Depth;
     use sluice_platform::{Kind, ReplyChannel, SharedKeyRing};
 
     use super::*;
     use crate::registry::Registry;
+    use crate::test_queue::StagedQueue;
 
     const HELLO: &str = include_str!("../../examples/hello.yaml");
-
-    /// Memory streams whose first reclaim hands over `stale`: an entry
-    /// another worker already handed off, as a reclaim racing that
-    /// hand-off returns it.
-    struct RacedReclaim {
-        inner: Arc<MemoryStreams>,
-        stale: Mutex<Option<Delivery>>,
-        reclaims: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl Queue for RacedReclaim {
-        async fn ensure_group(&self, s: &str) -> BackendResult<()> {
-            self.inner.ensure_group(s).await
-        }
-        async fn push(&self, s: &str, e: StreamEntry) -> BackendResult<String> {
-            self.inner.push(s, e).await
-        }
-        async fn push_capped(&self, s: &str, e: StreamEntry, n: u64) -> BackendResult<String> {
-            self.inner.push_capped(s, e, n).await
-        }
-        async fn read(
-            &self,
-            s: &str,
-            c: &str,
-            n: usize,
-            b: Duration,
-        ) -> BackendResult<Vec<Delivery>> {
-            self.inner.read(s, c, n, b).await
-        }
-        async fn renew(
-            &self,
-            s: &str,
-            c: &str,
-            h: &[Held],
-            l: Duration,
-        ) -> BackendResult<Vec<String>> {
-            self.inner.renew(s, c, h, l).await
-        }
-        async fn reclaim(
-            &self,
-            _: &str,
-            _: &str,
-            _: Duration,
-            _: usize,
-        ) -> BackendResult<Vec<Delivery>> {
-            self.reclaims.fetch_add(1, Ordering::SeqCst);
-            Ok(self.stale.lock().take().into_iter().collect())
-        }
-        async fn complete_all(&self, s: &str, done: &[Completion]) -> BackendResult<Vec<bool>> {
-            self.inner.complete_all(s, done).await
-        }
-        async fn depth(&self, s: &str) -> BackendResult<Depth> {
-            self.inner.depth(s).await
-        }
-        async fn pending(&self, s: &str) -> BackendResult<u64> {
-            self.inner.pending(s).await
-        }
-    }
 
     #[tokio::test]
     async fn a_redelivery_handed_off_meanwhile_is_not_run_again() {
@@ -842,14 +781,11 @@ mod tests {
             .unwrap();
         // Not pending for anyone: its first worker handed it off after the
         // reclaim read it.
-        let queue = Arc::new(RacedReclaim {
-            inner: mem.clone(),
-            stale: Mutex::new(Some(Delivery {
-                id: "0-99".into(),
-                entry,
-                deliveries: 2,
-            })),
-            reclaims: AtomicUsize::new(0),
+        let queue = Arc::new(StagedQueue::new(mem.clone()));
+        *queue.reclaim_next.lock() = Some(Delivery {
+            id: "0-99".into(),
+            entry,
+            deliveries: 2,
         });
         let executor = Executor::build(
             plan.clone(),
@@ -875,7 +811,10 @@ mod tests {
         }
         stop.cancel();
         run.await.unwrap();
-        assert!(queue.stale.lock().is_none(), "the reclaim handed it over");
+        assert!(
+            queue.reclaim_next.lock().is_none(),
+            "the reclaim handed it over"
+        );
         let metrics = &parts.worker_metrics;
         assert_eq!(metrics.count("work", "replied"), 0, "run again");
         assert_eq!(
