@@ -41,11 +41,11 @@ use sluice_crds::Plan;
 use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::metrics::GroupLabel;
 use sluice_platform::telemetry::{self, Span};
-use sluice_platform::Completion;
 use sluice_platform::{
     At, Delivery, Envelope, Forward, Held, Keys, Queue, Rejection, ReplyError, SignError, Signer,
     StreamEntry, Verifier, VerifyError,
 };
+use sluice_platform::{BackendError, Completion};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -330,36 +330,37 @@ impl Worker {
             if held.is_empty() {
                 continue;
             }
-            match self
-                .queue
-                .renew(&self.stream, &self.cfg.consumer, &held, self.cfg.lease)
-                .await
-            {
-                Ok(lost) => {
-                    let renewed = Instant::now();
-                    // Another consumer took these over after their lease
-                    // lapsed (this one was slower than the lease): they stay
-                    // with it; this worker stops renewing them and still
-                    // hands off what it finishes (at-least-once).
-                    let mut map = self.held.lock();
-                    for id in &lost {
-                        if map.remove(id).is_some() {
-                            tracing::debug!(group = %self.cfg.group, id = %id, "lease lost to another consumer");
-                        }
-                    }
-                    // The rest were reset while the answer was on its way;
-                    // ids finished meanwhile are not brought back.
-                    for h in &held {
-                        if let Some(since) = map.get_mut(&h.id) {
-                            *since = renewed;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(group = %self.cfg.group, error = %e, "lease renewal failed");
-                }
+            if let Err(e) = self.renew(&held).await {
+                tracing::warn!(group = %self.cfg.group, error = %e, "lease renewal failed");
             }
         }
+    }
+
+    /// Renews the leases of `held` and returns the ids found lost. Another
+    /// consumer took those over after their lease lapsed (this one was
+    /// slower than the lease), or they were completed: this worker stops
+    /// renewing them and still hands off what it finishes
+    /// (at-least-once). The rest were reset while the answer was on its
+    /// way, which is when this worker last learned they were its own.
+    async fn renew(&self, held: &[Held]) -> Result<Vec<String>, BackendError> {
+        let lost = self
+            .queue
+            .renew(&self.stream, &self.cfg.consumer, held, self.cfg.lease)
+            .await?;
+        let renewed = Instant::now();
+        let mut map = self.held.lock();
+        for id in &lost {
+            if map.remove(id).is_some() {
+                tracing::debug!(group = %self.cfg.group, id = %id, "lease lost to another consumer");
+            }
+        }
+        // Ids finished meanwhile are not brought back.
+        for h in held {
+            if let Some(since) = map.get_mut(&h.id) {
+                *since = renewed;
+            }
+        }
+        Ok(lost)
     }
 
     /// Handles one delivery to the end: hand-off, drop, or leave pending.
@@ -486,14 +487,7 @@ impl Worker {
             id: d.id.clone(),
             since,
         }];
-        match self
-            .queue
-            .renew(&self.stream, &self.cfg.consumer, &held, self.cfg.lease)
-            .await
-        {
-            Ok(lost) => lost.is_empty(),
-            Err(_) => true,
-        }
+        self.renew(&held).await.map_or(true, |lost| lost.is_empty())
     }
 
     /// Answers `env`'s caller with `result` (`replied`, or `failed` for an
