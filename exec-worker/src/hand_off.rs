@@ -62,13 +62,22 @@ struct Lead<'a> {
 }
 
 impl Lead<'_> {
-    /// The next batch, or `None` (and the mark cleared, under the same
-    /// lock that saw nothing pending) when there is none.
-    fn next_batch(&mut self) -> Option<Vec<Waiting>> {
-        let mut st = self.hand_offs.state.lock();
-        if st.pending.is_empty() {
+    /// Whether nothing is pending in `st`; if so the mark is cleared, under
+    /// the lock that saw it, so a hand-off pushed after this leads itself.
+    fn idle(&mut self, st: &mut State) -> bool {
+        let idle = st.pending.is_empty();
+        if idle {
             st.leading = false;
             self.armed = false;
+        }
+        idle
+    }
+
+    /// The next batch, or `None` (and the mark cleared) when there is none.
+    fn next_batch(&mut self) -> Option<Vec<Waiting>> {
+        let hand_offs = self.hand_offs;
+        let mut st = hand_offs.state.lock();
+        if self.idle(&mut st) {
             return None;
         }
         let mut bytes = 0usize;
@@ -88,13 +97,8 @@ impl Lead<'_> {
 
     /// Whether anything is pending; if not, the mark is cleared.
     fn more(&mut self) -> bool {
-        let mut st = self.hand_offs.state.lock();
-        if st.pending.is_empty() {
-            st.leading = false;
-            self.armed = false;
-            return false;
-        }
-        true
+        let hand_offs = self.hand_offs;
+        !self.idle(&mut hand_offs.state.lock())
     }
 }
 

@@ -297,7 +297,6 @@ impl Queue for RedisBackend {
         if done.is_empty() {
             return Ok(vec![]);
         }
-        let forwards: Vec<bool> = done.iter().map(|c| c.forward.is_some()).collect();
         let mut cmds = Vec::with_capacity(done.len() + 2);
         let mut ack = vec![v(stream), v(CONSUMER_GROUP)];
         let mut del = vec![v(stream)];
@@ -326,9 +325,9 @@ impl Queue for RedisBackend {
         // One XADD answer per forward, in order; a NOMKSTREAM XADD to a
         // missing stream answers nil.
         let mut added = results.iter();
-        Ok(forwards
-            .into_iter()
-            .map(|has| !has || added.next().is_some_and(|r| !r.is_null()))
+        Ok(done
+            .iter()
+            .map(|c| c.forward.is_none() || added.next().is_some_and(|r| !r.is_null()))
             .collect())
     }
 
