@@ -65,6 +65,27 @@ pub fn operator_password<'a>(data: &'a BTreeMap<String, String>, key: &str) -> O
         .map(String::as_str)
 }
 
+/// When the wait with both passwords accepted ends: `propagation` after
+/// the start recorded in `annotations`; `None` when that start is missing,
+/// unreadable or after `now` (edited by hand).
+pub fn wait_ends(
+    annotations: &BTreeMap<String, String>,
+    now: DateTime<Utc>,
+    propagation: Duration,
+) -> Option<DateTime<Utc>> {
+    let since = annotations
+        .get(SINCE)
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .filter(|t| *t <= now)?;
+    Some(
+        chrono::Duration::from_std(propagation)
+            .ok()
+            .and_then(|d| since.checked_add_signed(d))
+            .unwrap_or(since),
+    )
+}
+
 /// What a pass does to `P-redis`'s passwords.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -116,18 +137,9 @@ pub fn next(
         };
     }
     if held.previous {
-        let since = annotations
-            .get(SINCE)
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .filter(|t| *t <= now);
-        let Some(since) = since else {
+        let Some(until) = wait_ends(annotations, now, propagation) else {
             return Step::Restamp;
         };
-        let until = chrono::Duration::from_std(propagation)
-            .ok()
-            .and_then(|d| since.checked_add_signed(d))
-            .unwrap_or(since);
         return if now >= until {
             Step::Finish
         } else {

@@ -631,11 +631,7 @@ fn rotation_due(s: &Secret, now: DateTime<Utc>, propagation: Duration) -> Option
     {
         Some("staged") => Some(STAGED_RECHECK),
         Some("both") => {
-            let since = s.annotations().get(password_rotation::SINCE)?;
-            let since = DateTime::parse_from_rfc3339(since)
-                .ok()?
-                .with_timezone(&Utc);
-            let ends = since.checked_add_signed(chrono::Duration::from_std(propagation).ok()?)?;
+            let ends = password_rotation::wait_ends(s.annotations(), now, propagation)?;
             Some(until(now, ends).max(Duration::from_secs(1)))
         }
         _ => None,
