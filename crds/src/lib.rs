@@ -14,6 +14,8 @@
 //! - [`names`]: the syntax of Kubernetes names and interface paths.
 //! - [`validate`]: every rule a spec must satisfy, with field paths.
 //! - [`plan`]: the compiled, validated execution plan.
+//! - [`replay_budget`]: how many replay-guard nonces an ingress may leave
+//!   in managed Redis.
 //! - [`key_needs`]: which derived keys the processes of each group hold.
 //! - [`manifest`]: reading a StreamPipeline file for a local run.
 //! - [`crd`]: the generated CRD with the structural fixes and CEL rules.
@@ -26,6 +28,7 @@ pub mod limits;
 pub mod manifest;
 pub mod names;
 pub mod plan;
+pub mod replay_budget;
 pub mod types;
 pub mod units;
 pub mod validate;

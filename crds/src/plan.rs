@@ -54,6 +54,9 @@ pub struct Plan {
     pub nodes: BTreeMap<String, NodePlan>,
     pub limits: Limits,
     pub security: Security,
+    /// Replay-guard nonces one ingress process may have outstanding in
+    /// managed Redis; `None` for external Redis ([`crate::replay_budget`]).
+    pub replay_budget: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +76,9 @@ pub struct InterfacePlan {
     /// interface may reach: the groups that answer it. The ingress takes a
     /// reply carrying an answer only from these (docs/wire-format.md).
     pub terminal_groups: Vec<String>,
+    /// Queue hops on the longest path a request may take: the most
+    /// envelopes (and replay-guard nonces) one request costs the workers.
+    pub hops: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -263,12 +269,14 @@ pub fn compile(id: PipelineId, spec: &StreamPipelineSpec) -> Result<Plan, Vec<Fi
                 ordered: i.ordered.unwrap_or(false),
                 path_groups: reach.worker_groups.into_iter().collect(),
                 terminal_groups: reach.terminal_groups.into_iter().collect(),
+                hops: reach.hops,
             }
         })
         .collect();
 
     let l = &spec.limits;
     let s = &spec.security;
+    let replay_budget = crate::replay_budget::per_ingress(&id, spec);
     Ok(Plan {
         id,
         backend: spec.backends.queue,
@@ -291,6 +299,7 @@ pub fn compile(id: PipelineId, spec: &StreamPipelineSpec) -> Result<Plan, Vec<Fi
             clock_skew: dur(&s.clock_skew, DEFAULT_CLOCK_SKEW),
             max_payload_bytes: s.max_payload_bytes.unwrap_or(DEFAULT_MAX_PAYLOAD),
         },
+        replay_budget,
     })
 }
 
@@ -300,6 +309,8 @@ struct Reach {
     worker_groups: BTreeSet<String>,
     /// Groups of the reachable nodes without `next`.
     terminal_groups: BTreeSet<String>,
+    /// Worker-group nodes on the longest path from the entry.
+    hops: u32,
 }
 
 impl Reach {
@@ -308,6 +319,7 @@ impl Reach {
         let mut reach = Reach {
             worker_groups: BTreeSet::new(),
             terminal_groups: BTreeSet::new(),
+            hops: longest_path(entry, nodes, ingress),
         };
         let mut todo = vec![entry];
         while let Some(n) = todo.pop() {
@@ -326,4 +338,43 @@ impl Reach {
         }
         reach
     }
+}
+
+/// Worker-group nodes on the longest path from `entry`. Validation has
+/// refused cycles; a node reached again on the current path (never, after
+/// validation) counts nothing more, so this ends on any graph.
+fn longest_path(entry: &str, nodes: &BTreeMap<String, NodePlan>, ingress: &str) -> u32 {
+    fn walk<'a>(
+        n: &'a str,
+        nodes: &'a BTreeMap<String, NodePlan>,
+        ingress: &str,
+        on_path: &mut BTreeSet<&'a str>,
+        memo: &mut BTreeMap<&'a str, u32>,
+    ) -> u32 {
+        if let Some(&h) = memo.get(n) {
+            return h;
+        }
+        let Some(node) = nodes.get(n) else { return 0 };
+        if !on_path.insert(n) {
+            return 0;
+        }
+        let rest = node
+            .next
+            .targets()
+            .into_iter()
+            .map(|t| walk(t, nodes, ingress, on_path, memo))
+            .max()
+            .unwrap_or(0);
+        on_path.remove(n);
+        let h = rest.saturating_add(u32::from(node.group != ingress));
+        memo.insert(n, h);
+        h
+    }
+    walk(
+        entry,
+        nodes,
+        ingress,
+        &mut BTreeSet::new(),
+        &mut BTreeMap::new(),
+    )
 }

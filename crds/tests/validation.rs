@@ -32,6 +32,8 @@ fn the_base_manifest_compiles_with_defaults_applied() {
     assert_eq!(plan.id.to_string(), "ns/t");
     assert_eq!(plan.ingress_group, "web");
     assert_eq!(plan.interfaces[0].path_groups, vec!["cpu".to_string()]);
+    // a (on the ingress, no hop) → b → c is the longest path: two queue hops.
+    assert_eq!(plan.interfaces[0].hops, 2);
     assert_eq!(plan.limits.max_deliveries, 5);
     assert_eq!(plan.groups["cpu"].concurrency, 8);
     assert_eq!(

@@ -16,6 +16,7 @@
 //! - [`body`]: reading a request body (size, deadline, process-wide budget).
 //! - [`json_scan`]: nesting and element limits checked before parsing.
 //! - [`waiters`]: the waiter registry.
+//! - [`replay_window`]: the replay-guard nonces admitted requests may hold.
 //! - [`error`]: errors as HTTP responses.
 //! - [`metrics`]: the ingress's metric families.
 //! - [`runtime`]: start-up, reply listener, backlog sampler, inline workers, drain.
@@ -26,6 +27,7 @@ pub mod error;
 pub mod json_scan;
 pub mod listener;
 pub mod metrics;
+pub mod replay_window;
 pub mod runtime;
 pub mod server;
 pub mod waiters;

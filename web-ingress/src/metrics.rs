@@ -32,6 +32,9 @@ pub struct IngressMetrics {
     pub connections: Gauge,
     /// Connections refused at `--max-connections`.
     pub connections_refused: Counter,
+    /// Replay-guard nonces this ingress's admitted requests may still hold
+    /// in Redis (sampled with the backlog).
+    pub replay_nonces: Gauge,
 }
 
 impl IngressMetrics {
@@ -48,6 +51,7 @@ impl IngressMetrics {
             replies_dropped: Family::default(),
             connections: Gauge::default(),
             connections_refused: Counter::default(),
+            replay_nonces: Gauge::default(),
         };
         r.register(
             "sluice_ingress_requests",
@@ -93,6 +97,12 @@ impl IngressMetrics {
             "sluice_ingress_connections_refused",
             "Client connections refused (503, closed) at the --max-connections cap",
             m.connections_refused.clone(),
+        );
+        r.register(
+            "sluice_ingress_replay_nonces",
+            "Replay-guard nonces this ingress's requests may still hold in managed Redis \
+             (its budget: redis.maxMemory)",
+            m.replay_nonces.clone(),
         );
         m
     }

@@ -30,6 +30,7 @@ use crate::body::BodyBudget;
 use crate::config::Config;
 use crate::listener::ConnectionMetrics;
 use crate::metrics::{GroupLabel, IngressMetrics};
+use crate::replay_window::ReplayWindow;
 use crate::server::{router, AppState, Backlog};
 use crate::waiters::{Delivered, ReplySenders};
 
@@ -236,7 +237,13 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         .map(|i| (i.name.clone(), Arc::new(ReplySenders::of(i))))
         .collect();
     let body_budget = BodyBudget::new(body_budget_bytes(&plan));
+    // Nonces live in Redis only; the memory profile has no replay guard.
+    let replay_window = plan
+        .replay_budget
+        .filter(|_| backend == BackendKind::Redis)
+        .map(|cap| ReplayWindow::new(cap, plan.max_timeout(), plan.security.clock_skew));
     let state = Arc::new(AppState {
+        replay_window,
         http: config.http,
         body_budget,
         plan: plan.clone(),
@@ -515,6 +522,9 @@ async fn sample_backlog(state: Arc<AppState>, every: Duration, stop: Cancellatio
             }
         }
         *state.backlog.write() = ok.then_some(sample);
+        if let Some(w) = &state.replay_window {
+            state.metrics.replay_nonces.set(w.outstanding() as i64);
+        }
     }
 }
 

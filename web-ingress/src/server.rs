@@ -48,6 +48,7 @@ use crate::config::HttpLimits;
 use crate::error::{status_of_reply_code, ApiError};
 use crate::json_scan::{self, ShapeError};
 use crate::metrics::{IngressMetrics, InterfaceLabel, RequestLabel};
+use crate::replay_window::ReplayWindow;
 use crate::waiters::{ReplySenders, Waiters};
 
 /// Sampled size of one worker group's queue.
@@ -83,6 +84,9 @@ pub struct AppState {
     pub http: HttpLimits,
     /// Bytes of request bodies buffered at most, across all requests.
     pub body_budget: BodyBudget,
+    /// Replay-guard nonces this ingress's requests may hold in managed
+    /// Redis; `None` without a budget (memory profile, external Redis).
+    pub replay_window: Option<ReplayWindow>,
 }
 
 /// Caller-supplied request ids are kept only when they are short printable
@@ -258,6 +262,7 @@ async fn serve(
     let Ok(_slot) = slots.try_acquire() else {
         return Err(too_many());
     };
+    admit_replay_budget(s, it, rid)?;
     let label = InterfaceLabel {
         interface: it.name.clone(),
     };
@@ -513,6 +518,27 @@ fn admit_backlog(s: &AppState, it: &InterfacePlan, rid: &str) -> Result<(), ApiE
         }
     }
     Ok(())
+}
+
+/// Counts the nonces this request may make the workers claim, or refuses
+/// it while the requests admitted before hold the whole budget.
+fn admit_replay_budget(s: &AppState, it: &InterfacePlan, rid: &str) -> Result<(), ApiError> {
+    let Some(w) = &s.replay_window else {
+        return Ok(());
+    };
+    if it.hops == 0 {
+        return Ok(());
+    }
+    w.admit(u64::from(it.hops), it.timeout).map_err(|spent| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the requests in flight hold this ingress's share of Redis memory for the \
+             replay guard (redis.maxMemory)",
+            rid,
+        )
+        .retry_after(u32::try_from(spent.retry_after.as_secs()).unwrap_or(u32::MAX))
+    })
 }
 
 /// Reads the body by its deadline (the shorter of `--body-timeout` and the

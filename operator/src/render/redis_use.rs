@@ -19,18 +19,7 @@ pub const REDIS_PORT: i32 = 6379;
 pub const PASSWORD_KEY: &str = "password";
 /// PVC size when `spec.redis.storage` is unset.
 pub const DEFAULT_STORAGE: &str = "1Gi";
-/// Default `redis.maxMemory`, in bytes.
-pub const DEFAULT_MAX_MEMORY: u64 = 256 << 20;
-
-/// `redis.maxMemory` of the spec in bytes, or the default. Validation has
-/// refused what does not parse.
-pub fn max_memory(spec: &StreamPipelineSpec) -> u64 {
-    spec.redis
-        .as_ref()
-        .and_then(|r| r.max_memory.as_deref())
-        .and_then(|m| sluice_crds::units::parse_size(m).ok())
-        .unwrap_or(DEFAULT_MAX_MEMORY)
-}
+pub use sluice_crds::replay_budget::{max_memory, DEFAULT_MAX_MEMORY};
 
 /// Which Redis the runtime pods of a pipeline use.
 #[derive(Debug, Clone, PartialEq)]
