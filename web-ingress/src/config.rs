@@ -120,7 +120,8 @@ pub struct Cli {
     /// A request's head (request line and headers) must arrive within this
     /// long of the connection opening or of the previous response, else the
     /// connection is closed; this is also how long an idle keep-alive
-    /// connection stays open [env: SLUICE_HEADER_TIMEOUT] [default: 30s]
+    /// connection (HTTP/2: one with no open stream) stays open
+    /// [env: SLUICE_HEADER_TIMEOUT] [default: 30s]
     #[arg(long, value_name = "DURATION")]
     pub header_timeout: Option<String>,
 

@@ -11,7 +11,8 @@
 //!
 //! # Layout
 //! - [`config`]: flags and `SLUICE_*` variables.
-//! - [`listener`]: the HTTP listener (connection cap, header deadline, graceful stop).
+//! - [`listener`]: the HTTP listener: HTTP/1.1 and cleartext HTTP/2 on one port
+//!   (connection cap, header deadline, stream limits, graceful stop).
 //! - [`server`]: router, admission and the request handler.
 //! - [`body`]: reading a request body (size, deadline, process-wide budget).
 //! - [`json_scan`]: nesting and element limits checked before parsing.

@@ -1,12 +1,21 @@
 //! The public HTTP listener: accepts connections up to a cap and serves each
-//! with HTTP/1.1 under a header deadline, until told to stop.
+//! with HTTP/1.1 or cleartext HTTP/2 (prior knowledge, on the same port)
+//! under a header deadline, until told to stop.
 //!
 //! ```text
 //! accept ─▶ connection cap ─┬─ full: 503 written, connection closed, counted
-//!                           └─ hyper http1: head ≤ MAX_HEAD_BYTES, by the header deadline ─▶ router
-//! stop   ─▶ no more accepts ─▶ each connection finishes the request it is on,
-//!           idle ones close ─▶ returns once every connection has ended
+//!                           └─ first bytes by the header deadline ─┬─ HTTP/2 preface ─▶ hyper http2 ─▶ router
+//!                                                                  └─ anything else ──▶ hyper http1 ─▶ router
+//! stop   ─▶ no more accepts ─▶ each connection finishes the requests it is on
+//!           (HTTP/2: GOAWAY), idle ones close ─▶ returns once every connection has ended
 //! ```
+//!
+//! # HTTP/2 limits
+//! Per connection: at most [`MAX_STREAMS`] concurrent streams, a header
+//! block of at most [`MAX_HEAD_BYTES`], at most 20 streams reset by the
+//! client before they were answered (rapid reset) pending at once; a
+//! connection with no open stream for the header deadline is sent GOAWAY
+//! and closed, as an idle HTTP/1.1 connection is; pings find dead peers.
 //!
 //! # Why not `axum::serve`
 //! It offers neither a header deadline nor a connection cap. Hyper's
@@ -17,15 +26,19 @@
 //! deadlines are per request (see `server`), so long-lived responses and
 //! upgraded connections are never cut by these limits.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +50,17 @@ use crate::config::HttpLimits;
 /// buffers; a longer one is refused by hyper with 431. Also bounds hyper's
 /// read buffer, hence the memory of each open connection.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Concurrent streams one HTTP/2 connection may open; each request also
+/// needs a slot of its interface's `maxInFlight`.
+pub const MAX_STREAMS: u32 = 256;
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// HTTP/2 pings: a peer that answers none within the timeout is gone.
+const H2_PING_EVERY: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The connection gauges and counters.
 #[derive(Clone, Debug)]
@@ -63,11 +87,19 @@ pub async fn serve(
 ) {
     let cap = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let slots = Arc::new(Semaphore::new(cap as usize));
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_pending_accept_reset_streams(20)
+        .keep_alive_interval(H2_PING_EVERY)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    let protocols = Arc::new(Protocols { h1, h2 });
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => break,
@@ -92,21 +124,10 @@ pub async fn serve(
         let open = metrics.open.clone();
         let app = app.clone();
         let stop = stop.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            app.clone().oneshot(req.map(Body::new))
-        });
-        let conn = http
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
+        let protocols = protocols.clone();
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
+            let result = serve_connection(stream, app, &protocols, header_timeout, stop).await;
             if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
@@ -120,6 +141,204 @@ pub async fn serve(
     // Every connection holds one slot until it ends: all slots back means
     // all connections are done.
     let _all = slots.acquire_many(cap).await;
+}
+
+struct Protocols {
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+/// Serves one connection with the protocol its first bytes name, until it
+/// ends or `stop`; a connection that sends no complete first bytes by
+/// `header_timeout` is closed.
+async fn serve_connection(
+    mut stream: TcpStream,
+    app: Router,
+    protocols: &Protocols,
+    header_timeout: Duration,
+    stop: CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let deadline = tokio::time::Instant::now() + header_timeout;
+    let preface = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        r = tokio::time::timeout_at(deadline, read_preface(&mut stream)) => r,
+    };
+    let (first, h2) = match preface {
+        Ok(Ok(Some(read))) => read,
+        // Closed before a first request, or nothing complete by the deadline.
+        Ok(Ok(None)) | Err(_) => return Ok(()),
+        Ok(Err(e)) => return Err(e.into()),
+    };
+    let io = TokioIo::new(Rewound::new(first, stream));
+    if h2 {
+        let activity = Arc::new(Activity::new());
+        let tracked = activity.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let busy = tracked.begin();
+            let call = app.clone().oneshot(req.map(Body::new));
+            async move {
+                let response = call.await;
+                drop(busy);
+                response
+            }
+        });
+        let mut conn = std::pin::pin!(protocols.h2.serve_connection(io, service));
+        let mut idle_check = tokio::time::interval(header_timeout / 4);
+        idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => return Ok(r?),
+                _ = stop.cancelled() => break,
+                _ = idle_check.tick() => if activity.idle_for() >= header_timeout { break },
+            }
+        }
+        conn.as_mut().graceful_shutdown();
+        Ok(conn.await?)
+    } else {
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            app.clone().oneshot(req.map(Body::new))
+        });
+        let mut conn = std::pin::pin!(protocols.h1.serve_connection(io, service).with_upgrades());
+        tokio::select! {
+            r = conn.as_mut() => Ok(r?),
+            _ = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                Ok(conn.await?)
+            }
+        }
+    }
+}
+
+/// Reads until the bytes read either are the HTTP/2 preface (`true`) or
+/// cannot begin it (`false`, HTTP/1.x); `None` when the peer closed first.
+/// Returns the bytes read, to be served again.
+async fn read_preface(stream: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, bool)>> {
+    let mut buf = vec![0u8; H2_PREFACE.len()];
+    let mut len = 0;
+    while len < H2_PREFACE.len() {
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        len += n;
+        if buf[..len] != H2_PREFACE[..len] {
+            buf.truncate(len);
+            return Ok(Some((buf, false)));
+        }
+    }
+    Ok(Some((buf, true)))
+}
+
+/// Open streams of one HTTP/2 connection and when the last one ended.
+struct Activity {
+    open: AtomicUsize,
+    /// Milliseconds after `since` when the last stream ended.
+    last: AtomicU64,
+    since: tokio::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    /// How long the connection has had no open stream.
+    fn idle_for(&self) -> Duration {
+        if self.open.load(Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        let last = self.since + Duration::from_millis(self.last.load(Ordering::SeqCst));
+        tokio::time::Instant::now().saturating_duration_since(last)
+    }
+}
+
+/// A stream being answered; dropping it records when it ended.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let ms = u64::try_from(a.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        a.last.store(ms, Ordering::SeqCst);
+        a.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A stream whose first bytes were already read: they are read again first.
+struct Rewound {
+    first: Vec<u8>,
+    at: usize,
+    inner: TcpStream,
+}
+
+impl Rewound {
+    fn new(first: Vec<u8>, inner: TcpStream) -> Self {
+        Self {
+            first,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl AsyncRead for Rewound {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.at < self.first.len() {
+            let n = (self.first.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.first[at..at + n]);
+            self.at += n;
+            if self.at == self.first.len() {
+                self.first = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewound {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Answers a connection over the cap with 503 and closes it. One
