@@ -222,6 +222,8 @@ fn harden_strings(spec: &mut Value) {
 
     let durations = [
         &format!("{i}/timeout"),
+        &format!("{i}/asyncTimeout"),
+        "/properties/results/properties/ttl",
         "/properties/limits/properties/lease",
         "/properties/security/properties/rotateEvery",
         "/properties/security/properties/clockSkew",

@@ -69,6 +69,11 @@ pub const MAX_WITH_KEYS: usize = 64;
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
 /// Longest interface timeout: a caller waits at most this long.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest `asyncTimeout`: an asynchronous request's envelopes, and the
+/// keys that verify them, live this long.
+pub const MAX_ASYNC_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Longest `results.ttl`.
+pub const MAX_RESULTS_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Shortest key rotation period (keys overlap for the propagation delay).
 pub const MIN_ROTATE_EVERY: Duration = Duration::from_secs(600);
 /// Longest key rotation period.

@@ -23,6 +23,9 @@ pub const DEFAULT_ROTATE_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// replay guard remembers each nonce.
 pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_PAYLOAD: u64 = 1 << 20;
+/// How long an asynchronous answer can be fetched after its request's
+/// `asyncTimeout`.
+pub const DEFAULT_RESULTS_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 1024;
 pub const DEFAULT_MAX_QUEUE_DEPTH: u64 = 10_000;
 pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 64 << 20;
@@ -57,6 +60,9 @@ pub struct Plan {
     /// Replay-guard nonces one ingress process may have outstanding in
     /// managed Redis; `None` for external Redis ([`crate::replay_budget`]).
     pub replay_budget: Option<u64>,
+    /// How long an asynchronous answer can be fetched after its request's
+    /// deadline.
+    pub results_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +74,10 @@ pub struct InterfacePlan {
     pub timeout: Duration,
     pub max_in_flight: u32,
     pub ordered: bool,
+    /// Whether a POST answers `202` without `Prefer: respond-async`.
+    pub mode: InterfaceMode,
+    /// The deadline of an asynchronous request, from its submit.
+    pub async_timeout: Duration,
     /// Worker groups whose queues a request of this interface may cross;
     /// admission checks their backlog, and the ingress takes an error reply
     /// from any of them (each may fail the request it holds).
@@ -175,11 +185,12 @@ impl Plan {
         self.groups.values().filter(|g| g.role == GroupRole::Worker)
     }
 
-    /// The longest interface timeout: bounds how long envelopes live.
+    /// The longest interface timeout, asynchronous ones included: bounds
+    /// how long envelopes live.
     pub fn max_timeout(&self) -> Duration {
         self.interfaces
             .iter()
-            .map(|i| i.timeout)
+            .map(|i| i.timeout.max(i.async_timeout))
             .max()
             .unwrap_or(DEFAULT_TIMEOUT)
     }
@@ -259,12 +270,15 @@ pub fn compile(id: PipelineId, spec: &StreamPipelineSpec) -> Result<Plan, Vec<Fi
         .iter()
         .map(|i| {
             let reach = Reach::from(&i.entry, &nodes, &ingress_group);
+            let timeout = dur(&i.timeout, DEFAULT_TIMEOUT);
             InterfacePlan {
                 name: i.name.clone(),
                 kind: i.kind,
                 path: i.path.clone(),
                 entry: i.entry.clone(),
-                timeout: dur(&i.timeout, DEFAULT_TIMEOUT),
+                timeout,
+                mode: i.mode.unwrap_or_default(),
+                async_timeout: dur(&i.async_timeout, timeout),
                 max_in_flight: i.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
                 ordered: i.ordered.unwrap_or(false),
                 path_groups: reach.worker_groups.into_iter().collect(),
@@ -300,6 +314,10 @@ pub fn compile(id: PipelineId, spec: &StreamPipelineSpec) -> Result<Plan, Vec<Fi
             max_payload_bytes: s.max_payload_bytes.unwrap_or(DEFAULT_MAX_PAYLOAD),
         },
         replay_budget,
+        results_ttl: dur(
+            &spec.results.as_ref().and_then(|r| r.ttl.clone()),
+            DEFAULT_RESULTS_TTL,
+        ),
     })
 }
 

@@ -55,6 +55,9 @@ pub struct StreamPipelineSpec {
     /// When true, the operator stops changing the pipeline's workloads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
+    /// Answers of asynchronous requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<ResultsSpec>,
 }
 
 /// Adapter kind for one port.
@@ -253,6 +256,34 @@ pub struct InterfaceSpec {
     /// Streaming interfaces: answer in input order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordered: Option<bool>,
+    /// `sync` (default): a POST waits for its answer, and answers `202`
+    /// with a `Location` to fetch it later only when it asks with
+    /// `Prefer: respond-async`. `async`: every POST answers `202`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<InterfaceMode>,
+    /// How long an asynchronous request may take, from submit to answer
+    /// (default: `timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_timeout: Option<String>,
+}
+
+/// Whether an interface's POST waits for the answer.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InterfaceMode {
+    #[default]
+    Sync,
+    Async,
+}
+
+/// Where answers of asynchronous requests wait to be fetched.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResultsSpec {
+    /// How long an answer can be fetched after the request's
+    /// `asyncTimeout` (default `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

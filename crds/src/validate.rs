@@ -758,6 +758,20 @@ fn check_interfaces(
                 format!("{} is served by the ingress itself", shown(&it.path)),
             );
         }
+        if let Some(other) = spec.interfaces.iter().find(|o| {
+            it.path
+                .starts_with(&format!("{}/requests/", o.path.trim_end_matches('/')))
+        }) {
+            e.push(
+                format!("{p}.path"),
+                format!(
+                    "{} is under {}/requests/, where the answers of interface {} are fetched",
+                    shown(&it.path),
+                    other.path.trim_end_matches('/'),
+                    shown(&other.name)
+                ),
+            );
+        }
         if !paths.insert(&it.path) {
             e.push(
                 format!("{p}.path"),
@@ -787,6 +801,13 @@ fn check_interfaces(
             (MIN_TIMEOUT, MAX_TIMEOUT),
         );
         min_timeout = Some(min_timeout.map_or(t, |m| m.min(t)));
+        let a = e.duration(
+            &format!("{p}.asyncTimeout"),
+            it.async_timeout.as_ref(),
+            t,
+            (MIN_TIMEOUT, MAX_ASYNC_TIMEOUT),
+        );
+        min_timeout = Some(min_timeout.map_or(a, |m| m.min(a)));
         e.count(
             &format!("{p}.maxInFlight"),
             it.max_in_flight,
@@ -844,6 +865,14 @@ fn check_security(spec: &StreamPipelineSpec, e: &mut Errors) {
         crate::plan::DEFAULT_ROTATE_EVERY,
         (MIN_ROTATE_EVERY, MAX_ROTATE_EVERY),
     );
+    if let Some(r) = &spec.results {
+        e.duration(
+            "spec.results.ttl",
+            r.ttl.as_ref(),
+            crate::plan::DEFAULT_RESULTS_TTL,
+            (Duration::from_secs(1), MAX_RESULTS_TTL),
+        );
+    }
     e.duration(
         "spec.security.clockSkew",
         s.clock_skew.as_ref(),

@@ -88,9 +88,11 @@ pub struct Timings {
     /// The operator's `--key-propagation`: the longest time the kubelet may
     /// take to show a changed Secret in a pod.
     pub propagation: Duration,
-    /// The longest interface timeout: an envelope's deadline is at most
-    /// this long after it was signed.
-    pub longest_timeout: Duration,
+    /// How long after it was signed something must still verify: an
+    /// envelope lives until its deadline, at most the longest (async)
+    /// timeout, and an asynchronous answer is fetched up to `results.ttl`
+    /// after that.
+    pub signed_life: Duration,
     /// `spec.security.clockSkew`: receivers accept envelopes this long
     /// past their deadline by the signer's clock.
     pub clock_skew: Duration,
@@ -102,18 +104,19 @@ impl Timings {
         Self {
             rotate_every: plan.security.rotate_every,
             propagation,
-            longest_timeout: plan.max_timeout(),
+            signed_life: plan.max_timeout().saturating_add(plan.results_ttl),
             clock_skew: plan.security.clock_skew,
         }
     }
 
     /// How long the old key keeps verifying after the new one became
     /// current: a pod may keep signing with the old key until it sees the
-    /// switch (propagation), what it signed lives until its deadline
-    /// (longest timeout), and receivers' clocks may lag (clock skew).
+    /// switch (propagation), what it signed must verify for its life
+    /// (longest timeout plus results.ttl), and receivers' clocks may lag
+    /// (clock skew).
     pub fn overlap(&self) -> Duration {
         self.propagation
-            .saturating_add(self.longest_timeout)
+            .saturating_add(self.signed_life)
             .saturating_add(self.clock_skew)
     }
 }
@@ -550,7 +553,7 @@ mod tests {
         Timings {
             rotate_every: EVERY,
             propagation: P,
-            longest_timeout: Duration::from_secs(30),
+            signed_life: Duration::from_secs(30),
             clock_skew: Duration::from_secs(30),
         }
     }
@@ -613,7 +616,7 @@ mod tests {
     }
 
     #[test]
-    fn overlap_is_propagation_plus_longest_timeout_plus_clock_skew() {
+    fn overlap_is_propagation_plus_signed_life_plus_clock_skew() {
         let plan = sluice_crds::compile(
             sluice_crds::PipelineId {
                 namespace: "n".into(),
@@ -624,9 +627,11 @@ mod tests {
 interfaces:
   - {name: a, kind: http, path: /a, entry: n, timeout: 7s}
   - {name: b, kind: http, path: /b, entry: n, timeout: 12s}
+  - {name: c, kind: http, path: /c, entry: n, timeout: 5s, asyncTimeout: 30s}
 groups: [{name: web, role: ingress}]
 nodes: [{name: n, group: web, uses: builtin/echo}]
 security: {rotateEvery: 1h, clockSkew: 3s}
+results: {ttl: 20s}
 ",
             )
             .unwrap(),
@@ -634,8 +639,8 @@ security: {rotateEvery: 1h, clockSkew: 3s}
         .unwrap();
         let t = Timings::new(&plan, Duration::from_secs(100));
         assert_eq!(t.rotate_every, Duration::from_secs(3600));
-        assert_eq!(t.longest_timeout, Duration::from_secs(12));
-        assert_eq!(t.overlap(), Duration::from_secs(100 + 12 + 3));
+        assert_eq!(t.signed_life, Duration::from_secs(30 + 20));
+        assert_eq!(t.overlap(), Duration::from_secs(100 + 30 + 20 + 3));
     }
 
     #[test]
@@ -757,7 +762,7 @@ security: {rotateEvery: 1h, clockSkew: 3s}
         assert_eq!(step(next(&ring, &t, recorded)).remove, ["k100"]);
         // A longer timeout now than at the switch lengthens the overlap.
         let longer = Timings {
-            longest_timeout: Duration::from_secs(900),
+            signed_life: Duration::from_secs(900),
             ..t
         };
         let due = after(u, longer.overlap());
@@ -774,7 +779,7 @@ security: {rotateEvery: 1h, clockSkew: 3s}
         let t = Timings {
             rotate_every: Duration::from_secs(600),
             propagation: Duration::from_secs(100),
-            longest_timeout: Duration::from_secs(10),
+            signed_life: Duration::from_secs(10),
             clock_skew: Duration::from_secs(1),
         };
         let start = t0();

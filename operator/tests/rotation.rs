@@ -74,8 +74,8 @@ const LAG: Duration = Duration::from_secs(90);
 /// `--key-propagation` of the main test: above the lag plus the kubelet
 /// stand-in's poll and the runtime's 2 s reload period.
 const PROPAGATION: Duration = Duration::from_secs(100);
-/// Propagation + the interface timeout (10s) + clockSkew (1s).
-const OVERLAP: Duration = Duration::from_secs(111);
+/// Propagation + the interface timeout (10s) + results.ttl (1s) + clockSkew (1s).
+const OVERLAP: Duration = Duration::from_secs(112);
 /// Concurrent clients and the pause each makes between requests.
 const CLIENTS: usize = 4;
 const CLIENT_PAUSE: Duration = Duration::from_millis(40);
@@ -376,6 +376,7 @@ impl Rig {
         let mut m = example(PIPELINE);
         m["spec"]["interfaces"][0]["timeout"] = json!(setup.timeout);
         m["spec"]["security"] = json!({"rotateEvery": "10m", "clockSkew": setup.clock_skew});
+        m["spec"]["results"] = json!({"ttl": "1s"});
         h.apply(NS, m).await?;
         h.wait_ready(NS, PIPELINE, Duration::from_secs(60)).await?;
 
