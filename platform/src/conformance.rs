@@ -449,6 +449,40 @@ where
         !a.complete(&q, &d.id, Some(fwd)).await.unwrap(),
         "a closed stream is not recreated"
     );
+
+    // Peek: absent, open and empty, then what was written, left in place;
+    // gone once expired.
+    let (a, p) = make().await;
+    let r = format!("{p}:r:async:abc");
+    assert_eq!(a.peek(&r, 4).await.unwrap(), None, "never opened");
+    a.open(&r, Duration::from_millis(600)).await.unwrap();
+    assert_eq!(
+        a.peek(&r, 4).await.unwrap(),
+        Some(vec![]),
+        "open, nothing yet"
+    );
+    let q = format!("{p}:q:w");
+    a.ensure_group(&q).await.unwrap();
+    a.push(&q, entry(1)).await.unwrap();
+    let d = Queue::read(&*a, &q, "w", 1, NO_WAIT)
+        .await
+        .unwrap()
+        .remove(0);
+    let fwd = Forward {
+        stream: r.clone(),
+        entry: entry(7),
+        must_exist: true,
+    };
+    assert!(a.complete(&q, &d.id, Some(fwd)).await.unwrap());
+    for _ in 0..2 {
+        assert_eq!(
+            a.peek(&r, 4).await.unwrap(),
+            Some(vec![entry(7)]),
+            "peek leaves the entry"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(a.peek(&r, 4).await.unwrap(), None, "expired");
 }
 
 /// Runs every `Kv` case; `make` returns an adapter and a key prefix.

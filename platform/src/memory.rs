@@ -77,6 +77,10 @@ pub struct MemoryStreams {
     /// Kept apart from the streams, so a stream deleted and made again
     /// keeps its waiters.
     appended: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Every expiry `open` set, soonest first: expired streams nobody
+    /// reads again (answers never fetched) are dropped from here, a few at
+    /// each `open`, instead of by a sweep of the whole map.
+    expiring: Mutex<BinaryHeap<Reverse<(Instant, String)>>>,
     faults: Faults,
 }
 
@@ -100,6 +104,27 @@ impl MemoryStreams {
             map.remove(name);
         }
         map.get_mut(name)
+    }
+
+    /// Remembers that `stream` expires at `expires` and drops the streams
+    /// whose expiry has passed (a stream opened again since is kept: its
+    /// later expiry has its own entry).
+    fn drop_expired(&self, stream: &str, expires: Instant) {
+        let now = Instant::now();
+        let mut due = vec![];
+        {
+            let mut heap = self.expiring.lock();
+            heap.push(Reverse((expires, stream.to_string())));
+            while heap.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+                if let Some(Reverse((_, name))) = heap.pop() {
+                    due.push(name);
+                }
+            }
+        }
+        let mut map = self.streams.lock();
+        for name in due {
+            Self::live(&mut map, &name);
+        }
     }
 
     /// The notifier of `stream`'s appends.
@@ -362,7 +387,10 @@ impl ReplyChannel for MemoryStreams {
             Some(s) => s,
             None => map.entry(stream.to_string()).or_default(),
         };
-        s.expires = Some(Instant::now() + ttl);
+        let expires = Instant::now() + ttl;
+        s.expires = Some(expires);
+        drop(map);
+        self.drop_expired(stream, expires);
         Ok(())
     }
 
@@ -390,6 +418,12 @@ impl ReplyChannel for MemoryStreams {
         self.faults.check().await?;
         self.streams.lock().remove(stream);
         Ok(())
+    }
+
+    async fn peek(&self, stream: &str, max: usize) -> Result<Option<Vec<StreamEntry>>> {
+        self.faults.check().await?;
+        let mut map = self.streams.lock();
+        Ok(Self::live(&mut map, stream).map(|s| s.entries.values().take(max).cloned().collect()))
     }
 }
 
@@ -503,6 +537,29 @@ impl Kv for MemoryKv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn streams_opened_once_and_never_read_again_are_dropped_after_their_expiry() {
+        let streams = MemoryStreams::new();
+        let ttl = Duration::from_millis(100);
+        for i in 0..1000 {
+            streams.open(&format!("r:async:{i}"), ttl).await.unwrap();
+        }
+        assert_eq!(streams.streams.lock().len(), 1000);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        streams.open("r:async:last", ttl).await.unwrap();
+        assert_eq!(streams.streams.lock().len(), 1, "only the live one is left");
+        assert_eq!(streams.expiring.lock().len(), 1);
+        // A stream opened again outlives the first expiry it was given.
+        streams.open("r:ingress", ttl).await.unwrap();
+        streams
+            .open("r:ingress", Duration::from_secs(60))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        streams.open("r:async:other", ttl).await.unwrap();
+        assert!(streams.peek("r:ingress", 1).await.unwrap().is_some());
+    }
 
     /// The replay guard's load: one fresh key per request at a steady rate,
     /// each kept for `ttl`.

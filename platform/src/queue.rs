@@ -164,4 +164,10 @@ pub trait ReplyChannel: Send + Sync + 'static {
 
     /// Deletes the stream (clean shutdown).
     async fn close(&self, stream: &str) -> Result<()>;
+
+    /// Up to `max` entries of `stream` from its start, without consuming
+    /// them; `None` when the stream does not exist (never opened, or
+    /// expired). For streams with no reader of their own: the answers of
+    /// asynchronous requests, one stream per request.
+    async fn peek(&self, stream: &str, max: usize) -> Result<Option<Vec<StreamEntry>>>;
 }

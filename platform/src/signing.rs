@@ -343,7 +343,9 @@ impl Verifier {
         at: &At<'_>,
         group: &str,
     ) -> Result<Envelope, VerifyError> {
-        let r = self.check(entry, Kind::Request, group, Some(at)).await;
+        let r = self
+            .check(entry, Kind::Request, group, Some(at), true)
+            .await;
         self.count(r)
     }
 
@@ -360,7 +362,34 @@ impl Verifier {
         entry: &StreamEntry,
         ingress_id: &str,
     ) -> Result<VerifiedReply, VerifyError> {
-        let r = self.check(entry, Kind::Reply, ingress_id, None).await;
+        self.reply(entry, ingress_id, true).await
+    }
+
+    /// Verifies the stored answer of an asynchronous request, addressed to
+    /// `dest` (`async:<handle>`): every check of [`Self::verify_reply`] but
+    /// the deadline, since an answer is fetched up to `results.ttl` after
+    /// it. The key that signed it is kept that long (the rotation overlap
+    /// counts `results.ttl`).
+    ///
+    /// # Errors
+    /// A [`Rejection`] (counted).
+    pub async fn verify_stored_reply(
+        &self,
+        entry: &StreamEntry,
+        dest: &str,
+    ) -> Result<VerifiedReply, VerifyError> {
+        self.reply(entry, dest, false).await
+    }
+
+    async fn reply(
+        &self,
+        entry: &StreamEntry,
+        dest: &str,
+        deadline_applies: bool,
+    ) -> Result<VerifiedReply, VerifyError> {
+        let r = self
+            .check(entry, Kind::Reply, dest, None, deadline_applies)
+            .await;
         let envelope = self.count(r)?;
         // `check` accepted this key id, so it parses.
         let from = parse_key_id(&entry.k, Kind::Reply)
@@ -390,6 +419,7 @@ impl Verifier {
         kind: Kind,
         dest: &str,
         at: Option<&At<'_>>,
+        deadline_applies: bool,
     ) -> Result<Envelope, VerifyError> {
         use Rejection::*;
         let reject = |r| Err(VerifyError::Rejected(r));
@@ -428,7 +458,7 @@ impl Verifier {
         if env.ts > now + self.skew.as_millis() as u64 {
             return reject(FromFuture);
         }
-        if env.deadline <= now {
+        if deadline_applies && env.deadline <= now {
             return reject(Expired);
         }
         // Who it is for before any nonce is claimed: an entry copied into

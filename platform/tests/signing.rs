@@ -754,3 +754,40 @@ proptest! {
         prop_assert!(matches!(res, Err(VerifyError::Rejected(_))), "flipped field {} byte {} verified", field, i);
     }
 }
+
+#[tokio::test]
+async fn a_stored_answer_verifies_past_its_deadline_and_only_at_its_own_address() {
+    let shared = SharedKeyRing::fixed(ring("k1", &[("k1", 1)]));
+    let (v, rejections) = verifier(shared.clone());
+    let io = Signer::new(shared, &keys(), "io");
+    let mut req = request("io");
+    req.reply_to = Some("async:aa".into());
+    // Its deadline has passed: fetched later, as an answer may be.
+    req.deadline = now_ms() - 1;
+    let e = signed(&io, &mut req.reply(Ok(json!({"answer": 42}))));
+    let got = v.verify_stored_reply(&e, "async:aa").await.unwrap();
+    assert_eq!(
+        (got.from.as_str(), got.envelope.payload),
+        ("io", json!({"answer": 42}))
+    );
+    // A waiting caller would be too late for it.
+    assert!(matches!(
+        v.verify_reply(&e, "async:aa").await,
+        Err(VerifyError::Rejected(Rejection::Expired))
+    ));
+    // Another request's address, or an ingress's, refuses it.
+    for dest in ["async:bb", "ing-1"] {
+        assert!(matches!(
+            v.verify_stored_reply(&e, dest).await,
+            Err(VerifyError::Rejected(Rejection::WrongDestination))
+        ));
+    }
+    // The MAC is checked all the same.
+    let mut forged = e.clone();
+    forged.s[0] = if forged.s[0] == b'0' { b'1' } else { b'0' };
+    assert!(matches!(
+        v.verify_stored_reply(&forged, "async:aa").await,
+        Err(VerifyError::Rejected(Rejection::BadMac))
+    ));
+    assert_eq!(rejections.get(Rejection::WrongDestination), 2);
+}

@@ -4,6 +4,7 @@
 //!   ingress: open ──EXISTS, then PEXPIRE or MULTI{XADD MAXLEN 0, PEXPIRE}──► sluice:{ns/p}:r:<id>
 //!   worker:  complete ──XADD NOMKSTREAM──────────────────►      │
 //!   ingress: recv ◄──XREAD BLOCK from last id──────────────────┘
+//!   ingress: peek ◄──MULTI{EXISTS, XREAD from 0}: an asynchronous answer, left in place
 //!            every 256 replies or 1 MiB read, or 500 ms after one: XTRIM MINID past the last one read
 //! ```
 //!
@@ -210,6 +211,34 @@ impl ReplyChannel for RedisBackend {
             .into_iter()
             .filter_map(|(id, e)| e.map(|e| (id, e)))
             .collect())
+    }
+
+    /// `EXISTS` and `XREAD … STREAMS <stream> 0` in one transaction (an
+    /// absent stream and an empty one read the same).
+    async fn peek(&self, stream: &str, max: usize) -> Result<Option<Vec<StreamEntry>>> {
+        let read = vec![
+            Value::from("COUNT"),
+            Value::Integer(i64::try_from(max.max(1)).unwrap_or(i64::MAX)),
+            Value::from("STREAMS"),
+            Value::from(stream),
+            Value::from(FROM_START),
+        ];
+        let mut results = self
+            .transaction(vec![
+                ("EXISTS", stream, vec![Value::from(stream)]),
+                ("XREAD", stream, read),
+            ])
+            .await
+            .map_err(|e| self.err(e))?
+            .into_iter();
+        let exists = wire::integer(&results.next().unwrap_or(Value::Null), "EXISTS")?;
+        if exists == 0 {
+            return Ok(None);
+        }
+        let got = wire::read_reply(results.next().unwrap_or(Value::Null), "XREAD")?;
+        Ok(Some(
+            got.into_iter().filter_map(|(_, e)| e).take(max).collect(),
+        ))
     }
 
     async fn close(&self, stream: &str) -> Result<()> {
