@@ -536,7 +536,7 @@ pub fn random_key() -> [u8; KEY_LEN] {
 
 /// Lowercase hex of `b`, in one allocation (every signature and nonce
 /// goes through here).
-pub(crate) fn hex(b: &[u8]) -> String {
+pub fn hex(b: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(b.len() * 2);
     for x in b {

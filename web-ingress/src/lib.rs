@@ -17,11 +17,13 @@
 //! - [`body`]: reading a request body (size, deadline, process-wide budget).
 //! - [`json_scan`]: nesting and element limits checked before parsing.
 //! - [`waiters`]: the waiter registry.
+//! - [`async_answers`]: `202` for asynchronous requests, and fetching their answers.
 //! - [`replay_window`]: the replay-guard nonces admitted requests may hold.
 //! - [`error`]: errors as HTTP responses.
 //! - [`metrics`]: the ingress's metric families.
 //! - [`runtime`]: start-up, reply listener, backlog sampler, inline workers, drain.
 
+pub mod async_answers;
 pub mod body;
 pub mod config;
 pub mod error;

@@ -244,6 +244,8 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         .map(|cap| ReplayWindow::new(cap, plan.max_timeout(), plan.security.clock_skew));
     let state = Arc::new(AppState {
         replay_window,
+        replies: replies.clone(),
+        verifier: parts.verifier.clone(),
         http: config.http,
         body_budget,
         plan: plan.clone(),

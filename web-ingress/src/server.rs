@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -40,9 +40,10 @@ use sluice_exec_worker::{Crash, Executor, NodeContext, StepOutcome};
 use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::signing::{max_entry_bytes, oversized_output};
 use sluice_platform::telemetry::{self, Span};
-use sluice_platform::{Envelope, Keys, Kind, Queue, Signer};
+use sluice_platform::{Envelope, Keys, Kind, Queue, ReplyChannel, Signer, Verifier};
 use tokio::sync::Semaphore;
 
+use crate::async_answers;
 use crate::body::{self, BodyBudget, BodyError};
 use crate::config::HttpLimits;
 use crate::error::{status_of_reply_code, ApiError};
@@ -87,6 +88,10 @@ pub struct AppState {
     /// Replay-guard nonces this ingress's requests may hold in managed
     /// Redis; `None` without a budget (memory profile, external Redis).
     pub replay_window: Option<ReplayWindow>,
+    /// Where answers of asynchronous requests are stored and read.
+    pub replies: Arc<dyn ReplyChannel>,
+    /// Verifies stored answers before they are returned.
+    pub verifier: Verifier,
 }
 
 /// Caller-supplied request ids are kept only when they are short printable
@@ -110,6 +115,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(
                 move |State(s): State<Arc<AppState>>, req: Request| async move {
                     handle(s, &name, req).await
+                },
+            )
+            .fallback(method_not_allowed),
+        );
+        let name = it.name.clone();
+        r = r.route(
+            &async_answers::route(it),
+            get(
+                move |State(s): State<Arc<AppState>>, Path(id): Path<String>| async move {
+                    async_answers::fetch(s, &name, &id).await
                 },
             )
             .fallback(method_not_allowed),
@@ -172,7 +187,8 @@ async fn handle(s: Arc<AppState>, name: &str, req: Request) -> Response {
     let span = server_span(&s, it, &cid, &rid, req.headers());
     let result = serve(&s, it, &span, &cid, &rid, req).await;
     let mut resp = match result {
-        Ok(v) => (StatusCode::OK, Json(v)).into_response(),
+        Ok(Answer::Now(v)) => (StatusCode::OK, Json(v)).into_response(),
+        Ok(Answer::Later(id)) => async_answers::accepted(it, &id),
         Err(e) => {
             span.set("error.type", e.code);
             e.into_response()
@@ -236,10 +252,12 @@ async fn serve(
     cid: &str,
     rid: &str,
     req: Request,
-) -> Result<Value, ApiError> {
+) -> Result<Answer, ApiError> {
     // Admission, cheapest check first. The deadline counts from here: the
     // body's time is part of the interface timeout.
-    let deadline = now_ms().saturating_add(it.timeout.as_millis() as u64);
+    let later = async_answers::wanted(it, req.headers());
+    let timeout_of_request = if later { it.async_timeout } else { it.timeout };
+    let deadline = now_ms().saturating_add(timeout_of_request.as_millis() as u64);
     let slots = &s.slots[&it.name];
     let too_many = || {
         ApiError::new(
@@ -262,7 +280,7 @@ async fn serve(
     let Ok(_slot) = slots.try_acquire() else {
         return Err(too_many());
     };
-    admit_replay_budget(s, it, rid)?;
+    admit_replay_budget(s, it, timeout_of_request, rid)?;
     let label = InterfaceLabel {
         interface: it.name.clone(),
     };
@@ -298,7 +316,7 @@ async fn serve(
         ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
-            format!("no answer within {:?}", it.timeout),
+            format!("no answer within {timeout_of_request:?}"),
             rid,
         )
     };
@@ -326,7 +344,8 @@ async fn serve(
             outcome = s.executor.run(&it.entry, input.clone(), &ctx).await;
         }
         match outcome {
-            StepOutcome::Done(v) => return Ok(v),
+            // Answered here: nothing to fetch later, so it is answered now.
+            StepOutcome::Done(v) => return Ok(Answer::Now(v)),
             StepOutcome::Forward {
                 node,
                 group,
@@ -369,8 +388,29 @@ async fn serve(
     // Register before pushing: the reply may arrive before push returns.
     // An interface missing from the map (cannot happen: both come from the
     // plan) takes no reply at all rather than any.
-    let senders = s.reply_senders.get(&it.name).cloned().unwrap_or_default();
-    let mut waiter = s.waiters.register(cid, senders);
+    let job = later.then(|| async_answers::JobId::new(deadline));
+    let mut waiter = match &job {
+        None => {
+            let senders = s.reply_senders.get(&it.name).cloned().unwrap_or_default();
+            Some(s.waiters.register(cid, senders))
+        }
+        Some(job) => {
+            // The answer's stream exists before the request does: workers
+            // write replies only into streams that exist.
+            let address = job.address();
+            let answers = s.keys.reply(&address);
+            if let Err(e) = s
+                .replies
+                .open(&answers, async_answers::retention(s, it))
+                .await
+            {
+                tracing::warn!(request_id = %rid, error = %e, "cannot open the answer stream");
+                return Err(unavailable(rid));
+            }
+            env.reply_to = Some(address);
+            None
+        }
+    };
     let stream = s.keys.queue(&group);
     let hop = span.child(format!("send {group}"), telemetry::Kind::Producer);
     hop.set("messaging.destination.name", stream.clone());
@@ -409,13 +449,18 @@ async fn serve(
         return Err(unavailable(rid));
     }
     drop(hop);
+    let (Some(waiter), None) = (&mut waiter, &job) else {
+        return Ok(Answer::Later(
+            job.expect("no waiter: an asynchronous request"),
+        ));
+    };
     let left = Duration::from_millis(deadline.saturating_sub(now_ms()));
     match tokio::time::timeout(left, &mut waiter.rx).await {
         Err(_) | Ok(Err(_)) => Err(timeout()),
         Ok(Ok(reply)) => {
             receive_span(&reply);
             match reply.error {
-                None => Ok(reply.payload),
+                None => Ok(Answer::Now(reply.payload)),
                 Some(e) => Err(ApiError::new(
                     status_of_reply_code(&e.code),
                     static_code(&e.code),
@@ -472,8 +517,16 @@ fn receive_span(reply: &Envelope) {
     }
 }
 
+/// What a request is answered with.
+enum Answer {
+    /// The pipeline's answer.
+    Now(Value),
+    /// Queued; fetched later with this id.
+    Later(async_answers::JobId),
+}
+
 /// Reply codes are few and known; anything else is reported generically.
-fn static_code(code: &str) -> &'static str {
+pub(crate) fn static_code(code: &str) -> &'static str {
     match code {
         "node_failed" => "node_failed",
         "retries_exhausted" => "retries_exhausted",
@@ -483,7 +536,7 @@ fn static_code(code: &str) -> &'static str {
     }
 }
 
-fn unavailable(rid: &str) -> ApiError {
+pub(crate) fn unavailable(rid: &str) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "backend_unavailable",
@@ -522,14 +575,19 @@ fn admit_backlog(s: &AppState, it: &InterfacePlan, rid: &str) -> Result<(), ApiE
 
 /// Counts the nonces this request may make the workers claim, or refuses
 /// it while the requests admitted before hold the whole budget.
-fn admit_replay_budget(s: &AppState, it: &InterfacePlan, rid: &str) -> Result<(), ApiError> {
+fn admit_replay_budget(
+    s: &AppState,
+    it: &InterfacePlan,
+    timeout: Duration,
+    rid: &str,
+) -> Result<(), ApiError> {
     let Some(w) = &s.replay_window else {
         return Ok(());
     };
     if it.hops == 0 {
         return Ok(());
     }
-    w.admit(u64::from(it.hops), it.timeout).map_err(|spent| {
+    w.admit(u64::from(it.hops), timeout).map_err(|spent| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",

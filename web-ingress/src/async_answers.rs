@@ -1,0 +1,289 @@
+//! Asynchronous requests: a POST that asks for it (`Prefer: respond-async`,
+//! or every POST of an interface with `mode: async`) is answered `202` with
+//! `Location: <path>/requests/<id>` as soon as its envelope is queued; the
+//! answer is stored in Redis (or the memory backend) and fetched with
+//! `GET <path>/requests/<id>` from any ingress process.
+//!
+//! ```text
+//! POST ─▶ open sluice:{ns/p}:r:async:<sha256(id)> (TTL asyncTimeout + results.ttl)
+//!      ─▶ request envelope, reply_to = async:<sha256(id)> ─▶ 202, Location
+//! worker: the reply, as to a waiting ingress ─▶ that stream (NOMKSTREAM, with the XACK)
+//! GET  ─▶ MULTI{EXISTS, XREAD 0} ─▶ verify (MAC, kind, address, sender; not the deadline)
+//!      ─▶ 200 answer │ 4xx/5xx its error │ 202 pending │ 504 past asyncTimeout │ 404 unknown/expired
+//! ```
+//!
+//! The id is 128 random bits and the deadline, in hex; it is not the
+//! correlation id, and it appears nowhere in Redis, queues or logs: the
+//! answer's address is its SHA-256, so what sits in Redis does not let
+//! anyone fetch the answer. Whoever holds the id can (a capability URL).
+//! The workers need no change: an answer address is a reply stream name
+//! that no ingress id can take (ingress ids have no `:`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sluice_crds::{InterfaceMode, InterfacePlan};
+use sluice_platform::clock::now_ms;
+use sluice_platform::keyring::hex;
+use sluice_platform::signing::new_nonce;
+use sluice_platform::Rejection;
+
+use crate::error::{status_of_reply_code, ApiError};
+use crate::server::{static_code, AppState};
+use crate::waiters::ReplySenders;
+
+/// Random hex digits of an id (16 bytes), then the deadline's.
+const RANDOM_DIGITS: usize = 32;
+const DEADLINE_DIGITS: usize = 12;
+
+/// Stored answers looked at per fetch: a redelivered terminal node may
+/// have answered twice; anything past the first few valid ones is noise.
+const PEEK: usize = 4;
+
+/// The id a caller fetches an asynchronous answer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobId {
+    text: String,
+    /// The request's deadline, ms since the epoch.
+    deadline: u64,
+}
+
+impl JobId {
+    /// A new id for a request due by `deadline`.
+    pub fn new(deadline: u64) -> Self {
+        let deadline = deadline.min((1 << (4 * DEADLINE_DIGITS)) - 1);
+        Self {
+            text: format!("{}{deadline:012x}", new_nonce()),
+            deadline,
+        }
+    }
+
+    /// Reads an id from a URL; `None` for anything this ingress did not
+    /// make (wrong length, not lowercase hex).
+    pub fn parse(text: &str) -> Option<Self> {
+        let hexdigit = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+        if text.len() != RANDOM_DIGITS + DEADLINE_DIGITS || !text.bytes().all(hexdigit) {
+            return None;
+        }
+        let deadline = u64::from_str_radix(&text[RANDOM_DIGITS..], 16).ok()?;
+        Some(Self {
+            text: text.to_string(),
+            deadline,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Where the answer goes: the reply address `async:<sha256(id)>`.
+    pub fn address(&self) -> String {
+        format!("async:{}", hex(&Sha256::digest(self.text.as_bytes())))
+    }
+}
+
+/// Whether this POST is answered `202` now and fetched later.
+pub fn wanted(it: &InterfacePlan, headers: &HeaderMap) -> bool {
+    it.mode == InterfaceMode::Async
+        || headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| {
+                let token = p.split([';', '=']).next().unwrap_or("").trim();
+                token.eq_ignore_ascii_case("respond-async")
+            })
+}
+
+/// The fetch path of `it`'s answers, with `{id}` for the id.
+pub fn route(it: &InterfacePlan) -> String {
+    format!("{}/requests/{{id}}", it.path.trim_end_matches('/'))
+}
+
+fn location(it: &InterfacePlan, id: &JobId) -> String {
+    format!("{}/requests/{}", it.path.trim_end_matches('/'), id.as_str())
+}
+
+/// `202` for a submitted request: where and when to fetch its answer.
+pub fn accepted(it: &InterfacePlan, id: &JobId) -> Response {
+    let location = location(it, id);
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id.as_str(), "status": "pending", "location": location })),
+    )
+        .into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert("location", v);
+    }
+    h.insert(
+        "preference-applied",
+        HeaderValue::from_static("respond-async"),
+    );
+    h.insert("retry-after", HeaderValue::from_static("1"));
+    resp
+}
+
+/// How long the answer stream of a request due by `deadline` lives.
+pub fn retention(s: &AppState, it: &InterfacePlan) -> Duration {
+    it.async_timeout
+        .saturating_add(s.plan.results_ttl)
+        .saturating_add(s.plan.security.clock_skew)
+}
+
+/// `GET <path>/requests/<id>`.
+pub async fn fetch(s: Arc<AppState>, name: &str, id: &str) -> Response {
+    let rid = uuid::Uuid::new_v4().to_string();
+    let it = s
+        .plan
+        .interfaces
+        .iter()
+        .find(|i| i.name == name)
+        .expect("route built from this plan");
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such request, or its answer has expired (results.ttl)",
+            &rid,
+        )
+        .into_response()
+    };
+    let Some(id) = JobId::parse(id) else {
+        return unknown();
+    };
+    let address = id.address();
+    let stream = s.keys.reply(&address);
+    let stored = match s.replies.peek(&stream, PEEK).await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return unknown(),
+        Err(e) => {
+            tracing::warn!(error = %e, "answer read failed");
+            return crate::server::unavailable(&rid).into_response();
+        }
+    };
+    let senders = ReplySenders::of(it);
+    for entry in &stored {
+        match s.verifier.verify_stored_reply(entry, &address).await {
+            Ok(reply) if senders.accepts(&reply.from, &reply.envelope) => {
+                let env = reply.envelope;
+                return match env.error {
+                    None => (StatusCode::OK, Json(env.payload)).into_response(),
+                    Some(e) => ApiError::new(
+                        status_of_reply_code(&e.code),
+                        static_code(&e.code),
+                        e.message,
+                        &env.rid,
+                    )
+                    .into_response(),
+                };
+            }
+            Ok(_) => s.verifier.count_rejection(Rejection::WrongSender),
+            Err(e) => tracing::debug!(error = %e, "stored answer refused"),
+        }
+    }
+    if now_ms() > id.deadline {
+        return ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("no answer within {:?} (asyncTimeout)", it.async_timeout),
+            &rid,
+        )
+        .into_response();
+    }
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id.as_str(), "status": "pending" })),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("1"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_carries_its_deadline_and_reads_back() {
+        let id = JobId::new(1_733_150_000_123);
+        assert_eq!(id.as_str().len(), 44);
+        assert_eq!(JobId::parse(id.as_str()), Some(id.clone()));
+        assert_eq!(id.deadline, 1_733_150_000_123);
+        assert_ne!(JobId::new(1).as_str()[..32], JobId::new(1).as_str()[..32]);
+    }
+
+    #[test]
+    fn ids_this_ingress_did_not_make_are_refused() {
+        let ok = JobId::new(5);
+        for bad in [
+            "",
+            &ok.as_str()[1..],
+            &format!("{}0", ok.as_str()),
+            &ok.as_str().to_uppercase(),
+            &format!("{}g", &ok.as_str()[1..]),
+            "../../../etc/passwd",
+        ] {
+            assert_eq!(JobId::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_address_is_a_digest_not_the_id() {
+        let id = JobId::new(5);
+        let a = id.address();
+        assert!(a.starts_with("async:") && a.len() == 6 + 64, "{a}");
+        assert!(!a.contains(id.as_str()));
+        assert_eq!(a, JobId::parse(id.as_str()).unwrap().address());
+    }
+
+    #[test]
+    fn prefer_respond_async_is_found_among_other_preferences() {
+        let plan = sluice_crds::parse_manifest(
+            "t",
+            r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata: { name: t }
+spec:
+  interfaces:
+    - { name: a, path: /a, entry: n }
+    - { name: b, path: /b, entry: n, mode: async }
+  groups: [ { name: web, role: ingress } ]
+  nodes: [ { name: n, group: web, uses: builtin/echo } ]
+"#,
+        )
+        .unwrap()
+        .1;
+        let (a, b) = (&plan.interfaces[0], &plan.interfaces[1]);
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("prefer", HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert!(!wanted(a, &HeaderMap::new()));
+        assert!(wanted(b, &HeaderMap::new()));
+        for v in [
+            "respond-async",
+            "Respond-Async",
+            "wait=10, respond-async",
+            "respond-async; x=1",
+        ] {
+            assert!(wanted(a, &with(v)), "{v}");
+        }
+        for v in [
+            "return=minimal",
+            "respond-asynchronously",
+            "wait=respond-async",
+        ] {
+            assert!(!wanted(a, &with(v)), "{v}");
+        }
+        assert_eq!(route(a), "/a/requests/{id}");
+    }
+}
