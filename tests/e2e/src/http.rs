@@ -73,13 +73,29 @@ impl Http {
         body: &Value,
         request_id: Option<&str>,
     ) -> Result<Answer, String> {
+        match request_id {
+            Some(id) => self.post_with(url, body, &[("x-request-id", id)]).await,
+            None => self.post_with(url, body, &[]).await,
+        }
+    }
+
+    /// POSTs `body` as JSON with `headers`.
+    ///
+    /// # Errors
+    /// A transport error, as text.
+    pub async fn post_with(
+        &self,
+        url: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, String> {
         let mut req = self
             .client
             .post(url)
             .header("content-type", "application/json")
             .body(serde_json::to_vec(body).map_err(|e| e.to_string())?);
-        if let Some(id) = request_id {
-            req = req.header("x-request-id", id);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         Self::send(req).await
     }
