@@ -741,7 +741,10 @@ spec:
         assert_eq!(t.propagation, std::time::Duration::from_secs(100));
         // The spec sets neither: the defaults of `sluice_crds::plan`.
         assert_eq!(t.rotate_every, sluice_crds::plan::DEFAULT_ROTATE_EVERY);
-        assert_eq!(t.signed_life, sluice_crds::plan::DEFAULT_TIMEOUT);
+        assert_eq!(
+            t.signed_life,
+            sluice_crds::plan::DEFAULT_TIMEOUT + sluice_crds::plan::DEFAULT_RESULTS_TTL
+        );
         assert_eq!(t.clock_skew, sluice_crds::plan::DEFAULT_CLOCK_SKEW);
     }
 

@@ -1,6 +1,7 @@
 //! How the ingress group is reached: the Service `P` in front of its pods
 //! (type from `spec.expose.serviceType`) and, with `expose.ingress`, the
-//! Ingress `P` with one `Exact` path per interface.
+//! Ingress `P` with, per interface, its `Exact` path and the `Prefix`
+//! `<path>/requests` where asynchronous answers are fetched.
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::{
@@ -40,6 +41,10 @@ pub(crate) fn ingress_service(ctx: &Ctx<'_>, g: &GroupSpec) -> Service {
             selector: Some(labels::group_selector(&ctx.name, &g.name)),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
+                // The port serves HTTP/1.1 and cleartext HTTP/2 by prior
+                // knowledge (KEP-3726's value); proxies that read it may
+                // multiplex requests to the pods over HTTP/2.
+                app_protocol: Some("kubernetes.io/h2c".into()),
                 port: SERVICE_PORT,
                 target_port: Some(IntOrString::String("http".into())),
                 protocol: Some("TCP".into()),
@@ -51,8 +56,8 @@ pub(crate) fn ingress_service(ctx: &Ctx<'_>, g: &GroupSpec) -> Service {
     }
 }
 
-/// One `Exact` path per interface rather than `/`: the ingress port also
-/// serves `/metrics`, `/healthz` and `/readyz`, which stay in-cluster.
+/// Paths per interface rather than `/`: the ingress port also serves
+/// `/metrics`, `/healthz` and `/readyz`, which stay in-cluster.
 pub(crate) fn ingress_resource(ctx: &Ctx<'_>) -> Option<Ingress> {
     let spec = ctx.spec.expose.as_ref()?.ingress.as_ref()?;
     let service = names::ingress_service(&ctx.name);
@@ -60,9 +65,13 @@ pub(crate) fn ingress_resource(ctx: &Ctx<'_>) -> Option<Ingress> {
         .spec
         .interfaces
         .iter()
-        .map(|i| HTTPIngressPath {
-            path: Some(i.path.clone()),
-            path_type: "Exact".into(),
+        .flat_map(|i| {
+            let answers = format!("{}/requests", i.path.trim_end_matches('/'));
+            [(i.path.clone(), "Exact"), (answers, "Prefix")]
+        })
+        .map(|(path, path_type)| HTTPIngressPath {
+            path: Some(path),
+            path_type: path_type.into(),
             backend: IngressBackend {
                 service: Some(IngressServiceBackend {
                     name: service.clone(),
@@ -107,7 +116,7 @@ mod tests {
     use crate::render::Child;
 
     #[test]
-    fn exposure_adds_an_ingress_with_exact_paths_and_a_pdb_for_replicas() {
+    fn exposure_adds_an_ingress_with_each_interface_and_its_answers_and_a_pdb_for_replicas() {
         let d = render(&with_everything());
         let Some(Child::Ingress(ing)) = d.objects.iter().find(|o| o.kind().kind == "Ingress")
         else {
@@ -122,10 +131,13 @@ mod tests {
         let rule = &s.rules.as_ref().unwrap()[0];
         assert_eq!(rule.host.as_deref(), Some("enrich.example.com"));
         let paths = &rule.http.as_ref().unwrap().paths;
-        assert_eq!(paths.len(), 1);
+        let paths: Vec<_> = paths
+            .iter()
+            .map(|p| (p.path.as_deref().unwrap(), p.path_type.as_str()))
+            .collect();
         assert_eq!(
-            (paths[0].path.as_deref(), paths[0].path_type.as_str()),
-            (Some("/v1/enrich"), "Exact")
+            paths,
+            [("/v1/enrich", "Exact"), ("/v1/enrich/requests", "Prefix")]
         );
         assert!(d.contains("PodDisruptionBudget", "enrich-web"));
         let Some(Child::Service(svc)) = d.objects.iter().find(|o| o.name() == "enrich") else {
@@ -134,6 +146,12 @@ mod tests {
         assert_eq!(
             svc.spec.as_ref().unwrap().type_.as_deref(),
             Some("LoadBalancer")
+        );
+        assert_eq!(
+            svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
+                .app_protocol
+                .as_deref(),
+            Some("kubernetes.io/h2c")
         );
         // A single ingress replica gets no PDB (it would block every drain).
         assert!(!render(&orders_redis()).contains("PodDisruptionBudget", "orders-redis-web"));
