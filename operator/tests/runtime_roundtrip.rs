@@ -420,6 +420,59 @@ async fn both_routes_answer(run: &Running, client: &reqwest::Client) {
         got,
         json!({"order": "B2", "price": 5, "status": "accepted", "summary": "2 item(s) in the standard lane"})
     );
+    asynchronous_and_idempotent_requests_answer(run, client).await;
+}
+
+/// An asynchronous request answered at its Location, and a request repeated
+/// under one Idempotency-Key answered twice alike: each role's Redis user
+/// allows what that takes (answer streams, idempotency keys).
+async fn asynchronous_and_idempotent_requests_answer(run: &Running, client: &reqwest::Client) {
+    let base = format!("http://{}", run.ingress);
+    let order = json!({"id": "C3", "type": "bulk", "items": 1});
+    let want = json!({"order": "C3", "price": 5, "status": "accepted", "summary": "1 item(s) in the standard lane"});
+    let r = client
+        .post(format!("{base}/v1/orders"))
+        .header("prefer", "respond-async")
+        .json(&order)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(r.status().as_u16(), 202);
+    let accepted: Value = r.json().await.expect("JSON");
+    let location = accepted["location"]
+        .as_str()
+        .expect("a location")
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client
+            .get(format!("{base}{location}"))
+            .send()
+            .await
+            .expect("an answer");
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.expect("JSON");
+        if status == 200 {
+            assert_eq!(body, want);
+            break;
+        }
+        assert!(
+            status == 202 && Instant::now() < deadline,
+            "{status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..2 {
+        let r = client
+            .post(format!("{base}/v1/orders"))
+            .header("idempotency-key", "order-C3")
+            .json(&order)
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.json::<Value>().await.expect("JSON"), want);
+    }
 }
 
 fn client() -> reqwest::Client {

@@ -35,6 +35,12 @@ impl Keys {
         format!("{}:n:{group}:{kid}:{nonce}", self.prefix)
     }
 
+    /// `sluice:{ns/p}:i:<interface>:<sha256(key)>`: a caller's
+    /// `Idempotency-Key` on one interface, and where its answer is.
+    pub fn idempotency(&self, interface: &str, key_digest: &str) -> String {
+        format!("{}:i:{interface}:{key_digest}", self.prefix)
+    }
+
     /// `sluice:{ns/p}:dlq`: envelopes past `maxDeliveries`.
     pub fn dead_letter(&self) -> String {
         format!("{}:dlq", self.prefix)

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
-use serde_json::json;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sluice_crds::{InterfaceMode, InterfacePlan};
 use sluice_platform::clock::now_ms;
@@ -136,6 +136,89 @@ pub fn retention(s: &AppState, it: &InterfacePlan) -> Duration {
         .saturating_add(s.plan.security.clock_skew)
 }
 
+/// The stored answer at `address`, verified: `Ok(None)` while there is
+/// none (or none that verifies), the answer or its error otherwise.
+///
+/// # Errors
+/// `503 backend_unavailable` when the store cannot be read.
+pub async fn stored(
+    s: &AppState,
+    it: &InterfacePlan,
+    address: &str,
+) -> Result<Option<Result<Value, ApiError>>, ApiError> {
+    Ok(match look(s, it, address).await? {
+        Looked::Answer(a) => Some(a),
+        Looked::Pending | Looked::Unknown => None,
+    })
+}
+
+/// Waits for the stored answer at `address` until `deadline`, reading it
+/// every few milliseconds at first, then every 50 ms; `None` at the
+/// deadline. For an idempotent request whose caller waits.
+pub async fn wait_stored(
+    s: &AppState,
+    it: &InterfacePlan,
+    address: &str,
+    deadline: u64,
+) -> Option<Result<Value, ApiError>> {
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match stored(s, it, address).await {
+            Ok(Some(answer)) => return Some(answer),
+            Ok(None) => {}
+            Err(e) => return Some(Err(e)),
+        }
+        let left = deadline.saturating_sub(now_ms());
+        if left == 0 {
+            return None;
+        }
+        tokio::time::sleep(pause.min(Duration::from_millis(left))).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// What is stored at an answer's address.
+enum Looked {
+    Answer(Result<Value, ApiError>),
+    /// The stream exists, with no answer (that verifies) yet.
+    Pending,
+    /// No such stream: never opened, or expired.
+    Unknown,
+}
+
+async fn look(s: &AppState, it: &InterfacePlan, address: &str) -> Result<Looked, ApiError> {
+    let stream = s.keys.reply(address);
+    let stored = match s.replies.peek(&stream, PEEK).await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return Ok(Looked::Unknown),
+        Err(e) => {
+            tracing::warn!(error = %e, "answer read failed");
+            let rid = uuid::Uuid::new_v4().to_string();
+            return Err(crate::server::unavailable(&rid));
+        }
+    };
+    let senders = ReplySenders::of(it);
+    for entry in &stored {
+        match s.verifier.verify_stored_reply(entry, address).await {
+            Ok(reply) if senders.accepts(&reply.from, &reply.envelope) => {
+                let env = reply.envelope;
+                return Ok(Looked::Answer(match env.error {
+                    None => Ok(env.payload),
+                    Some(e) => Err(ApiError::new(
+                        status_of_reply_code(&e.code),
+                        static_code(&e.code),
+                        e.message,
+                        &env.rid,
+                    )),
+                }));
+            }
+            Ok(_) => s.verifier.count_rejection(Rejection::WrongSender),
+            Err(e) => tracing::debug!(error = %e, "stored answer refused"),
+        }
+    }
+    Ok(Looked::Pending)
+}
+
 /// `GET <path>/requests/<id>`.
 pub async fn fetch(s: Arc<AppState>, name: &str, id: &str) -> Response {
     let rid = uuid::Uuid::new_v4().to_string();
@@ -157,53 +240,29 @@ pub async fn fetch(s: Arc<AppState>, name: &str, id: &str) -> Response {
     let Some(id) = JobId::parse(id) else {
         return unknown();
     };
-    let address = id.address();
-    let stream = s.keys.reply(&address);
-    let stored = match s.replies.peek(&stream, PEEK).await {
-        Ok(Some(stored)) => stored,
-        Ok(None) => return unknown(),
-        Err(e) => {
-            tracing::warn!(error = %e, "answer read failed");
-            return crate::server::unavailable(&rid).into_response();
-        }
-    };
-    let senders = ReplySenders::of(it);
-    for entry in &stored {
-        match s.verifier.verify_stored_reply(entry, &address).await {
-            Ok(reply) if senders.accepts(&reply.from, &reply.envelope) => {
-                let env = reply.envelope;
-                return match env.error {
-                    None => (StatusCode::OK, Json(env.payload)).into_response(),
-                    Some(e) => ApiError::new(
-                        status_of_reply_code(&e.code),
-                        static_code(&e.code),
-                        e.message,
-                        &env.rid,
-                    )
-                    .into_response(),
-                };
-            }
-            Ok(_) => s.verifier.count_rejection(Rejection::WrongSender),
-            Err(e) => tracing::debug!(error = %e, "stored answer refused"),
-        }
-    }
-    if now_ms() > id.deadline {
-        return ApiError::new(
+    match look(&s, it, &id.address()).await {
+        Err(e) => e.into_response(),
+        Ok(Looked::Unknown) => unknown(),
+        Ok(Looked::Answer(Ok(v))) => (StatusCode::OK, Json(v)).into_response(),
+        Ok(Looked::Answer(Err(e))) => e.into_response(),
+        Ok(Looked::Pending) if now_ms() > id.deadline => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
             format!("no answer within {:?} (asyncTimeout)", it.async_timeout),
             &rid,
         )
-        .into_response();
+        .into_response(),
+        Ok(Looked::Pending) => {
+            let mut resp = (
+                StatusCode::ACCEPTED,
+                Json(json!({ "id": id.as_str(), "status": "pending" })),
+            )
+                .into_response();
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            resp
+        }
     }
-    let mut resp = (
-        StatusCode::ACCEPTED,
-        Json(json!({ "id": id.as_str(), "status": "pending" })),
-    )
-        .into_response();
-    resp.headers_mut()
-        .insert("retry-after", HeaderValue::from_static("1"));
-    resp
 }
 
 #[cfg(test)]

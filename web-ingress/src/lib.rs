@@ -17,6 +17,7 @@
 //! - [`body`]: reading a request body (size, deadline, process-wide budget).
 //! - [`json_scan`]: nesting and element limits checked before parsing.
 //! - [`waiters`]: the waiter registry.
+//! - [`idempotency`]: `Idempotency-Key`: repeats get the first answer.
 //! - [`async_answers`]: `202` for asynchronous requests, and fetching their answers.
 //! - [`replay_window`]: the replay-guard nonces admitted requests may hold.
 //! - [`error`]: errors as HTTP responses.
@@ -27,6 +28,7 @@ pub mod async_answers;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod idempotency;
 pub mod json_scan;
 pub mod listener;
 pub mod metrics;

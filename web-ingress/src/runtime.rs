@@ -20,7 +20,7 @@ use sluice_crds::{BackendKind, Plan};
 use sluice_exec_worker::{
     missing_keys, Executor, Registry as NodeRegistry, RuntimeParts, Worker, WorkerConfig,
 };
-use sluice_platform::memory::MemoryStreams;
+use sluice_platform::memory::{MemoryKv, MemoryStreams};
 use sluice_platform::redis::{RedisBackend, RedisConfig};
 use sluice_platform::{Kv, Queue, Rejection, ReplyChannel, SharedKeyRing, Verifier};
 use tokio::sync::Semaphore;
@@ -112,6 +112,8 @@ struct Ports {
     /// The replay guard's store: none in the memory profile, whose queues
     /// nothing outside this process can write.
     guard: Option<Arc<dyn Kv>>,
+    /// Idempotency keys.
+    store: Arc<dyn Kv>,
     sample_every: Duration,
 }
 
@@ -156,6 +158,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         queue,
         replies,
         guard,
+        store,
         sample_every,
     } = match backend {
         BackendKind::Memory => {
@@ -164,6 +167,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
                 queue: streams.clone(),
                 replies: streams,
                 guard: None,
+                store: MemoryKv::new(),
                 sample_every: SAMPLE_MEMORY,
             }
         }
@@ -183,7 +187,8 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
             Ports {
                 queue: redis.clone(),
                 replies: redis.clone(),
-                guard: Some(redis),
+                guard: Some(redis.clone()),
+                store: redis,
                 sample_every: SAMPLE_REDIS,
             }
         }
@@ -246,6 +251,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         replay_window,
         replies: replies.clone(),
         verifier: parts.verifier.clone(),
+        store,
         http: config.http,
         body_budget,
         plan: plan.clone(),

@@ -40,13 +40,14 @@ use sluice_exec_worker::{Crash, Executor, NodeContext, StepOutcome};
 use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::signing::{max_entry_bytes, oversized_output};
 use sluice_platform::telemetry::{self, Span};
-use sluice_platform::{Envelope, Keys, Kind, Queue, ReplyChannel, Signer, Verifier};
+use sluice_platform::{Envelope, Keys, Kind, Kv, Queue, ReplyChannel, Signer, Verifier};
 use tokio::sync::Semaphore;
 
 use crate::async_answers;
 use crate::body::{self, BodyBudget, BodyError};
 use crate::config::HttpLimits;
 use crate::error::{status_of_reply_code, ApiError};
+use crate::idempotency;
 use crate::json_scan::{self, ShapeError};
 use crate::metrics::{IngressMetrics, InterfaceLabel, RequestLabel};
 use crate::replay_window::ReplayWindow;
@@ -92,6 +93,8 @@ pub struct AppState {
     pub replies: Arc<dyn ReplyChannel>,
     /// Verifies stored answers before they are returned.
     pub verifier: Verifier,
+    /// Idempotency keys.
+    pub store: Arc<dyn Kv>,
 }
 
 /// Caller-supplied request ids are kept only when they are short printable
@@ -256,6 +259,7 @@ async fn serve(
     // Admission, cheapest check first. The deadline counts from here: the
     // body's time is part of the interface timeout.
     let later = async_answers::wanted(it, req.headers());
+    let idempotency_key = idempotency::key_of(req.headers(), rid)?;
     let timeout_of_request = if later { it.async_timeout } else { it.timeout };
     let deadline = now_ms().saturating_add(timeout_of_request.as_millis() as u64);
     let slots = &s.slots[&it.name];
@@ -277,6 +281,7 @@ async fn serve(
     }
     admit_backlog(s, it, rid)?;
     let input = read_input(s, it, rid, req.into_body()).await?;
+    let idempotent = idempotency_key.map(|k| (k, idempotency::body_digest(&input)));
     let Ok(_slot) = slots.try_acquire() else {
         return Err(too_many());
     };
@@ -388,7 +393,29 @@ async fn serve(
     // Register before pushing: the reply may arrive before push returns.
     // An interface missing from the map (cannot happen: both come from the
     // plan) takes no reply at all rather than any.
-    let job = later.then(|| async_answers::JobId::new(deadline));
+    // Answers of asynchronous and idempotent requests are stored, to be
+    // fetched (or found by a repeat) later.
+    let job = (later || idempotent.is_some()).then(|| async_answers::JobId::new(deadline));
+    let mut claimed = None;
+    if let (Some((key, body)), Some(job)) = (&idempotent, &job) {
+        let claim = idempotency::Claim {
+            body: body.clone(),
+            address: job.address(),
+            deadline,
+        };
+        let store_key = s.keys.idempotency(&it.name, &idempotency::digest(key));
+        let keep = Duration::from_millis(deadline.saturating_sub(now_ms())).saturating_add(
+            idempotency::kept_after_deadline(s.plan.results_ttl, s.plan.security.clock_skew),
+        );
+        match s.store.set_nx(&store_key, &claim.to_value(), keep).await {
+            Ok(None) => claimed = Some(ClaimGuard::new(s.store.clone(), store_key)),
+            Ok(Some(first)) => return repeated(s, it, &claim, &first, rid).await,
+            Err(e) => {
+                tracing::warn!(request_id = %rid, error = %e, "idempotency key store failed");
+                return Err(unavailable(rid));
+            }
+        }
+    }
     let mut waiter = match &job {
         None => {
             let senders = s.reply_senders.get(&it.name).cloned().unwrap_or_default();
@@ -449,10 +476,20 @@ async fn serve(
         return Err(unavailable(rid));
     }
     drop(hop);
+    if let Some(c) = claimed.as_mut() {
+        // Queued: a repeat from now on finds this request's answer.
+        c.keep();
+    }
     let (Some(waiter), None) = (&mut waiter, &job) else {
-        return Ok(Answer::Later(
-            job.expect("no waiter: an asynchronous request"),
-        ));
+        let job = job.expect("no waiter: the answer is stored");
+        if later {
+            return Ok(Answer::Later(job));
+        }
+        // Idempotent and waited for: the answer is where a repeat finds it.
+        return match async_answers::wait_stored(s, it, &job.address(), deadline).await {
+            Some(answer) => answer.map(Answer::Now),
+            None => Err(timeout()),
+        };
     };
     let left = Duration::from_millis(deadline.saturating_sub(now_ms()));
     match tokio::time::timeout(left, &mut waiter.rx).await {
@@ -513,6 +550,69 @@ fn receive_span(reply: &Envelope) {
         );
         if reply.error.is_some() {
             span.fail("the pipeline answered with an error");
+        }
+    }
+}
+
+/// A repeat of an idempotent request (`first` is what the store holds):
+/// the first one's answer, or why there is none to give.
+async fn repeated(
+    s: &AppState,
+    it: &InterfacePlan,
+    this: &idempotency::Claim,
+    first: &str,
+    rid: &str,
+) -> Result<Answer, ApiError> {
+    let Some(first) = idempotency::Claim::parse(first) else {
+        // Not written by this ingress: the key is taken all the same.
+        return Err(idempotency::in_progress(rid));
+    };
+    if first.body != this.body {
+        return Err(idempotency::reused(rid));
+    }
+    match async_answers::stored(s, it, &first.address).await? {
+        Some(answer) => answer.map(Answer::Now),
+        None if now_ms() > first.deadline => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the request first sent with this Idempotency-Key had no answer by its deadline",
+            rid,
+        )),
+        None => Err(idempotency::in_progress(rid)),
+    }
+}
+
+/// An idempotency key this request claimed: released (deleted) if the
+/// request is not queued after all, so the caller may try again.
+struct ClaimGuard {
+    store: Arc<dyn Kv>,
+    key: String,
+    armed: bool,
+}
+
+impl ClaimGuard {
+    fn new(store: Arc<dyn Kv>, key: String) -> Self {
+        Self {
+            store,
+            key,
+            armed: true,
+        }
+    }
+
+    fn keep(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let (store, key) = (self.store.clone(), std::mem::take(&mut self.key));
+            tokio::spawn(async move {
+                if let Err(e) = store.delete(&key).await {
+                    tracing::warn!(error = %e, "could not release an idempotency key; it expires with its answer");
+                }
+            });
         }
     }
 }

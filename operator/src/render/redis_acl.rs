@@ -6,6 +6,7 @@
 //! ingress       web pods                    q:<first hops> (write), dlq (write)           XADD  (+ MULTI EXEC DISCARD)
 //!                                           r:*                                           EXISTS XADD PEXPIRE XREAD XTRIM DEL
 //!                                           q:<groups on its interfaces' paths> (read)    XLEN XPENDING MEMORY USAGE
+//!                                           i:*                                           SET DEL
 //! group-<g>     worker pods of group g      q:<g>                                         XREADGROUP XACK XCLAIM XAUTOCLAIM XDEL
 //!                                                                                         XPENDING XGROUP CREATE XLEN XINFO STREAM
 //!                                                                                         MEMORY USAGE
@@ -212,6 +213,17 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role, tls: bool) -> Vec<String> {
                 let reads: Vec<String> = watched.iter().map(|g| read(queue(g))).collect();
                 out.push(selector(&["xlen", "xpending", "memory|usage"], &reads));
             }
+            // Idempotency keys: claimed with SET NX GET PX, released with
+            // DEL when the request could not be queued.
+            out.push(selector(
+                &["set", "del"],
+                &[format!(
+                    "~{}*",
+                    lit(&keys.idempotency("", ""))
+                        .strip_suffix(':')
+                        .unwrap_or_default()
+                )],
+            ));
         }
         Role::Group(g) => {
             out.extend(["+multi".into(), "+exec".into(), "+discard".into()]);
