@@ -242,7 +242,23 @@ fn harden_strings(spec: &mut Value) {
     set_all(spec, &sizes, "pattern", &json!(SIZE_PATTERN));
     set_all(spec, &sizes, "maxLength", &json!(MAX_UNIT_TEXT));
 
+    let bearer = format!("{i}/auth/properties/bearer/properties/secretRef/properties");
+    set(
+        spec,
+        &format!("{i}/auth/properties/trustedHeader"),
+        "maxLength",
+        json!(MAX_HEADER_NAME),
+    );
+    set(
+        spec,
+        &format!("{i}/auth/properties/trustedHeader"),
+        "pattern",
+        json!("^[A-Za-z0-9-]+$"),
+    );
+    let bearer_name = format!("{bearer}/name");
+    let bearer_key = format!("{bearer}/key");
     let secret_names = [
+        bearer_name.as_str(),
         "/properties/redis/properties/urlSecretRef/properties/name",
         "/properties/redis/properties/caSecretRef/properties/name",
         "/properties/security/properties/secretName",
@@ -258,6 +274,7 @@ fn harden_strings(spec: &mut Value) {
     );
     set_all(spec, &secret_names, "maxLength", &json!(MAX_SUBDOMAIN));
     let secret_keys = [
+        bearer_key.as_str(),
         "/properties/redis/properties/urlSecretRef/properties/key",
         "/properties/redis/properties/caSecretRef/properties/key",
     ];

@@ -72,6 +72,8 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Longest `asyncTimeout`: an asynchronous request's envelopes, and the
 /// keys that verify them, live this long.
 pub const MAX_ASYNC_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Longest `auth.trustedHeader` name.
+pub const MAX_HEADER_NAME: usize = 64;
 /// Longest `results.ttl`.
 pub const MAX_RESULTS_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Shortest key rotation period (keys overlap for the propagation delay).

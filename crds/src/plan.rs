@@ -78,6 +78,8 @@ pub struct InterfacePlan {
     pub mode: InterfaceMode,
     /// The deadline of an asynchronous request, from its submit.
     pub async_timeout: Duration,
+    /// How callers are identified; `None`: anyone, anonymously.
+    pub auth: Option<AuthPlan>,
     /// Worker groups whose queues a request of this interface may cross;
     /// admission checks their backlog, and the ingress takes an error reply
     /// from any of them (each may fail the request it holds).
@@ -108,6 +110,16 @@ pub struct NodePlan {
     /// The `with` block, `Value::Null` when absent.
     pub with: Value,
     pub next: Next,
+}
+
+/// How an interface identifies its callers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthPlan {
+    /// Bearer tokens from `<secrets dir>/<secret>/<key>`, one
+    /// `<caller>:<token>` per line.
+    Bearer { secret: String, key: String },
+    /// The caller is this header's value, set by a proxy in front.
+    TrustedHeader(String),
 }
 
 /// Where a node's output goes.
@@ -279,6 +291,17 @@ pub fn compile(id: PipelineId, spec: &StreamPipelineSpec) -> Result<Plan, Vec<Fi
                 timeout,
                 mode: i.mode.unwrap_or_default(),
                 async_timeout: dur(&i.async_timeout, timeout),
+                auth: i
+                    .auth
+                    .as_ref()
+                    .and_then(|a| match (&a.bearer, &a.trusted_header) {
+                        (Some(b), _) => Some(AuthPlan::Bearer {
+                            secret: b.secret_ref.name.clone(),
+                            key: b.secret_ref.key.clone(),
+                        }),
+                        (None, Some(h)) => Some(AuthPlan::TrustedHeader(h.to_ascii_lowercase())),
+                        (None, None) => None,
+                    }),
                 max_in_flight: i.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
                 ordered: i.ordered.unwrap_or(false),
                 path_groups: reach.worker_groups.into_iter().collect(),

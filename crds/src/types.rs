@@ -265,6 +265,33 @@ pub struct InterfaceSpec {
     /// (default: `timeout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub async_timeout: Option<String>,
+    /// Who may call: without it, anyone who reaches the ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+}
+
+/// How callers of an interface are identified: exactly one of `bearer` and
+/// `trustedHeader`. The caller's name scopes its asynchronous answers and
+/// idempotency keys.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthSpec {
+    /// `Authorization: Bearer <token>`, checked against a Secret key that
+    /// holds one `<caller>:<token>` per line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer: Option<BearerAuthSpec>,
+    /// A header an authenticating proxy in front sets to the caller's name
+    /// (and strips from what callers send): only behind such a proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_header: Option<String>,
+}
+
+/// Bearer tokens of an interface.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BearerAuthSpec {
+    /// The Secret key with the tokens.
+    pub secret_ref: SecretKeyRef,
 }
 
 /// Whether an interface's POST waits for the answer.

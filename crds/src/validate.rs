@@ -808,6 +808,9 @@ fn check_interfaces(
             (MIN_TIMEOUT, MAX_ASYNC_TIMEOUT),
         );
         min_timeout = Some(min_timeout.map_or(a, |m| m.min(a)));
+        if let Some(a) = &it.auth {
+            check_auth(&format!("{p}.auth"), a, e);
+        }
         e.count(
             &format!("{p}.maxInFlight"),
             it.max_in_flight,
@@ -815,6 +818,67 @@ fn check_interfaces(
         );
     }
     min_timeout
+}
+
+/// Headers a proxy cannot be trusted to own, or that carry other meaning.
+const UNTRUSTABLE_HEADERS: &[&str] = &[
+    "authorization",
+    "connection",
+    "content-length",
+    "content-type",
+    "cookie",
+    "host",
+    "idempotency-key",
+    "prefer",
+    "te",
+    "traceparent",
+    "transfer-encoding",
+    "upgrade",
+    "x-request-id",
+];
+
+fn check_auth(p: &str, a: &AuthSpec, e: &mut Errors) {
+    match (&a.bearer, &a.trusted_header) {
+        (Some(_), Some(_)) | (None, None) => {
+            e.push(p, "set exactly one of bearer and trustedHeader");
+        }
+        (Some(b), None) => {
+            if !is_dns_subdomain(&b.secret_ref.name, 253) {
+                e.push(
+                    format!("{p}.bearer.secretRef.name"),
+                    format!("{} is not a Secret name", shown(&b.secret_ref.name)),
+                );
+            }
+            if !is_data_key(&b.secret_ref.key, 253) {
+                e.push(
+                    format!("{p}.bearer.secretRef.key"),
+                    format!("{} is not a Secret key", shown(&b.secret_ref.key)),
+                );
+            }
+        }
+        (None, Some(h)) => {
+            let token = !h.is_empty()
+                && h.len() <= MAX_HEADER_NAME
+                && h.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-');
+            if !token {
+                e.push(
+                    format!("{p}.trustedHeader"),
+                    format!(
+                        "{} must be letters, digits and '-', at most {MAX_HEADER_NAME} characters",
+                        shown(h)
+                    ),
+                );
+            } else if UNTRUSTABLE_HEADERS.contains(&h.to_ascii_lowercase().as_str()) {
+                e.push(
+                    format!("{p}.trustedHeader"),
+                    format!(
+                        "{} has a meaning of its own; name the proxy's header",
+                        shown(h)
+                    ),
+                );
+            }
+        }
+    }
 }
 
 fn check_limits(spec: &StreamPipelineSpec, min_timeout: Option<Duration>, e: &mut Errors) {

@@ -236,3 +236,56 @@ fn credentials_inline_in_http_headers_are_refused_by_field() {
     );
     assert_eq!(errors_of(&yaml), "");
 }
+
+#[test]
+fn interface_auth_names_exactly_one_way_and_valid_names() {
+    let with_auth =
+        |auth: &str| BASE.replace("timeout: 5s }", &format!("timeout: 5s, auth: {auth} }}"));
+    let (_, plan) = parse_manifest(
+        "t",
+        &with_auth("{ bearer: { secretRef: { name: api-tokens, key: tokens } } }"),
+    )
+    .unwrap();
+    assert_eq!(
+        plan.interfaces[0].auth,
+        Some(sluice_crds::AuthPlan::Bearer {
+            secret: "api-tokens".into(),
+            key: "tokens".into()
+        })
+    );
+    let (_, plan) =
+        parse_manifest("t", &with_auth("{ trustedHeader: X-Auth-Request-User }")).unwrap();
+    assert_eq!(
+        plan.interfaces[0].auth,
+        Some(sluice_crds::AuthPlan::TrustedHeader(
+            "x-auth-request-user".into()
+        ))
+    );
+    for (auth, want) in [
+        ("{}", "exactly one of bearer and trustedHeader"),
+        (
+            "{ trustedHeader: X-User, bearer: { secretRef: { name: a, key: b } } }",
+            "exactly one of bearer and trustedHeader",
+        ),
+        (
+            "{ trustedHeader: Authorization }",
+            "has a meaning of its own",
+        ),
+        ("{ trustedHeader: \"X User\" }", "letters, digits and '-'"),
+        (
+            "{ bearer: { secretRef: { name: Bad_Name, key: b } } }",
+            "is not a Secret name",
+        ),
+        (
+            "{ bearer: { secretRef: { name: a, key: \"../x\" } } }",
+            "is not a Secret key",
+        ),
+    ] {
+        let errors = errors_of(&with_auth(auth));
+        assert!(errors.contains(want), "{auth}: {errors}");
+        assert!(
+            errors.contains("spec.interfaces[0].auth"),
+            "{auth}: {errors}"
+        );
+    }
+}
