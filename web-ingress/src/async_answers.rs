@@ -80,9 +80,11 @@ impl JobId {
         &self.text
     }
 
-    /// Where the answer goes: the reply address `async:<sha256(id)>`.
-    pub fn address(&self) -> String {
-        format!("async:{}", hex(&Sha256::digest(self.text.as_bytes())))
+    /// Where the answer of `caller`'s request goes: the reply address
+    /// `async:<sha256(caller, id)>`, so only its caller finds it.
+    pub fn address(&self, caller: &str) -> String {
+        let scoped = crate::auth::scoped(caller, &self.text);
+        format!("async:{}", hex(&Sha256::digest(scoped.as_bytes())))
     }
 }
 
@@ -219,8 +221,8 @@ async fn look(s: &AppState, it: &InterfacePlan, address: &str) -> Result<Looked,
     Ok(Looked::Pending)
 }
 
-/// `GET <path>/requests/<id>`.
-pub async fn fetch(s: Arc<AppState>, name: &str, id: &str) -> Response {
+/// `GET <path>/requests/<id>`, by the caller that made the request.
+pub async fn fetch(s: Arc<AppState>, name: &str, id: &str, headers: &HeaderMap) -> Response {
     let rid = uuid::Uuid::new_v4().to_string();
     let it = s
         .plan
@@ -228,6 +230,10 @@ pub async fn fetch(s: Arc<AppState>, name: &str, id: &str) -> Response {
         .iter()
         .find(|i| i.name == name)
         .expect("route built from this plan");
+    let caller = match s.callers.identify(name, headers, &rid) {
+        Ok(c) => c,
+        Err(e) => return crate::server::error_response(e),
+    };
     let unknown = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -240,7 +246,8 @@ pub async fn fetch(s: Arc<AppState>, name: &str, id: &str) -> Response {
     let Some(id) = JobId::parse(id) else {
         return unknown();
     };
-    match look(&s, it, &id.address()).await {
+    // Another caller's id leads to an address that holds nothing: 404.
+    match look(&s, it, &id.address(&caller)).await {
         Err(e) => e.into_response(),
         Ok(Looked::Unknown) => unknown(),
         Ok(Looked::Answer(Ok(v))) => (StatusCode::OK, Json(v)).into_response(),
@@ -296,10 +303,11 @@ mod tests {
     #[test]
     fn the_address_is_a_digest_not_the_id() {
         let id = JobId::new(5);
-        let a = id.address();
+        let a = id.address("billing");
         assert!(a.starts_with("async:") && a.len() == 6 + 64, "{a}");
         assert!(!a.contains(id.as_str()));
-        assert_eq!(a, JobId::parse(id.as_str()).unwrap().address());
+        assert_eq!(a, JobId::parse(id.as_str()).unwrap().address("billing"));
+        assert_ne!(a, id.address("search"), "each caller has its own address");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - [`body`]: reading a request body (size, deadline, process-wide budget).
 //! - [`json_scan`]: nesting and element limits checked before parsing.
 //! - [`waiters`]: the waiter registry.
+//! - [`auth`]: who calls an interface (bearer tokens, a trusted header).
 //! - [`idempotency`]: `Idempotency-Key`: repeats get the first answer.
 //! - [`async_answers`]: `202` for asynchronous requests, and fetching their answers.
 //! - [`replay_window`]: the replay-guard nonces admitted requests may hold.
@@ -25,6 +26,7 @@
 //! - [`runtime`]: start-up, reply listener, backlog sampler, inline workers, drain.
 
 pub mod async_answers;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;

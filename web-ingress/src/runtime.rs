@@ -247,11 +247,13 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         .replay_budget
         .filter(|_| backend == BackendKind::Redis)
         .map(|cap| ReplayWindow::new(cap, plan.max_timeout(), plan.security.clock_skew));
+    let callers = Arc::new(crate::auth::Callers::load(&plan, &config.secrets_dir));
     let state = Arc::new(AppState {
         replay_window,
         replies: replies.clone(),
         verifier: parts.verifier.clone(),
         store,
+        callers: callers.clone(),
         http: config.http,
         body_budget,
         plan: plan.clone(),
@@ -290,6 +292,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         sample_every,
         background.clone(),
     ));
+    tokio::spawn(callers.reload(background.clone()));
 
     let listener = sluice_platform::listen::bind(config.listen)
         .await

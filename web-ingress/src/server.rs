@@ -95,6 +95,8 @@ pub struct AppState {
     pub verifier: Verifier,
     /// Idempotency keys.
     pub store: Arc<dyn Kv>,
+    /// Who calls each interface.
+    pub callers: Arc<crate::auth::Callers>,
 }
 
 /// Caller-supplied request ids are kept only when they are short printable
@@ -126,8 +128,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         r = r.route(
             &async_answers::route(it),
             get(
-                move |State(s): State<Arc<AppState>>, Path(id): Path<String>| async move {
-                    async_answers::fetch(s, &name, &id).await
+                move |State(s): State<Arc<AppState>>,
+                      Path(id): Path<String>,
+                      headers: HeaderMap| async move {
+                    async_answers::fetch(s, &name, &id, &headers).await
                 },
             )
             .fallback(method_not_allowed),
@@ -194,7 +198,7 @@ async fn handle(s: Arc<AppState>, name: &str, req: Request) -> Response {
         Ok(Answer::Later(id)) => async_answers::accepted(it, &id),
         Err(e) => {
             span.set("error.type", e.code);
-            e.into_response()
+            error_response(e)
         }
     };
     span.set(
@@ -258,6 +262,7 @@ async fn serve(
 ) -> Result<Answer, ApiError> {
     // Admission, cheapest check first. The deadline counts from here: the
     // body's time is part of the interface timeout.
+    let caller = s.callers.identify(&it.name, req.headers(), rid)?;
     let later = async_answers::wanted(it, req.headers());
     let idempotency_key = idempotency::key_of(req.headers(), rid)?;
     let timeout_of_request = if later { it.async_timeout } else { it.timeout };
@@ -400,10 +405,11 @@ async fn serve(
     if let (Some((key, body)), Some(job)) = (&idempotent, &job) {
         let claim = idempotency::Claim {
             body: body.clone(),
-            address: job.address(),
+            address: job.address(&caller),
             deadline,
         };
-        let store_key = s.keys.idempotency(&it.name, &idempotency::digest(key));
+        let scoped = crate::auth::scoped(&caller, key);
+        let store_key = s.keys.idempotency(&it.name, &idempotency::digest(&scoped));
         let keep = Duration::from_millis(deadline.saturating_sub(now_ms())).saturating_add(
             idempotency::kept_after_deadline(s.plan.results_ttl, s.plan.security.clock_skew),
         );
@@ -424,7 +430,7 @@ async fn serve(
         Some(job) => {
             // The answer's stream exists before the request does: workers
             // write replies only into streams that exist.
-            let address = job.address();
+            let address = job.address(&caller);
             let answers = s.keys.reply(&address);
             if let Err(e) = s
                 .replies
@@ -486,7 +492,7 @@ async fn serve(
             return Ok(Answer::Later(job));
         }
         // Idempotent and waited for: the answer is where a repeat finds it.
-        return match async_answers::wait_stored(s, it, &job.address(), deadline).await {
+        return match async_answers::wait_stored(s, it, &job.address(&caller), deadline).await {
             Some(answer) => answer.map(Answer::Now),
             None => Err(timeout()),
         };
@@ -552,6 +558,17 @@ fn receive_span(reply: &Envelope) {
             span.fail("the pipeline answered with an error");
         }
     }
+}
+
+/// An error as a response; a `401` carries its challenge.
+pub(crate) fn error_response(e: ApiError) -> Response {
+    let challenge = e.status == StatusCode::UNAUTHORIZED;
+    let mut resp = e.into_response();
+    if challenge {
+        resp.headers_mut()
+            .insert("www-authenticate", crate::auth::CHALLENGE);
+    }
+    resp
 }
 
 /// A repeat of an idempotent request (`first` is what the store holds):

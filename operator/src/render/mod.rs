@@ -304,6 +304,21 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
             referenced_secrets.extend(node_refs);
         }
     }
+    // Interfaces' bearer tokens are read by the ingress processes, under
+    // the same rules as node Secrets.
+    let mut auth_secrets = Vec::new();
+    for (i, it) in spec.interfaces.iter().enumerate() {
+        if let Some(b) = it.auth.as_ref().and_then(|a| a.bearer.as_ref()) {
+            auth_secrets.push(SecretRefUse {
+                path: format!("spec.interfaces[{i}].auth.bearer.secretRef"),
+                name: b.secret_ref.name.clone(),
+                key: b.secret_ref.key.clone(),
+            });
+        }
+    }
+    let auth_refs: Vec<_> = auth_secrets.iter().map(SecretReference::from).collect();
+    own.refuse(&auth_refs, &mut errors);
+    referenced_secrets.extend(auth_refs);
     let plan = match compiled {
         Ok(plan) if errors.is_empty() => plan,
         _ => return Err(Error::InvalidSpec(errors)),
@@ -344,7 +359,7 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
             }])
         })?;
     let inline = plan.backend == BackendKind::Memory;
-    let ingress_refs: Vec<SecretRefUse> = if inline {
+    let mut ingress_refs: Vec<SecretRefUse> = if inline {
         // Every group runs in the ingress process.
         node_secrets.values().flatten().cloned().collect()
     } else {
@@ -353,6 +368,7 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
             .cloned()
             .unwrap_or_default()
     };
+    ingress_refs.extend(auth_secrets);
     objects.push(Child::Service(ingress_service(&ctx, ingress)));
     let replicas = ingress.replicas.unwrap_or(1);
     objects.push(Child::Deployment(deployment(

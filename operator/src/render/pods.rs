@@ -304,6 +304,59 @@ mod tests {
     }
 
     #[test]
+    fn an_interfaces_bearer_tokens_are_mounted_in_the_ingress_pods_only() {
+        let mut sp = with_everything();
+        sp.spec.interfaces[0].auth = Some(
+            sluice_crds::yaml::from_str("{bearer: {secretRef: {name: api-tokens, key: tokens}}}")
+                .unwrap(),
+        );
+        let d = render(&sp);
+        let mounts = |name: &str| {
+            let pod = pod_of(&d, name);
+            pod.containers[0]
+                .volume_mounts
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .any(|m| {
+                    m.mount_path == "/etc/sluice/secrets/api-tokens" && m.read_only == Some(true)
+                })
+        };
+        assert!(mounts("enrich-web"));
+        assert!(!mounts("enrich-io") && !mounts("enrich-cpu"));
+        // Only the named key is projected.
+        let pod = pod_of(&d, "enrich-web");
+        let volume = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| {
+                v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("api-tokens")
+            })
+            .expect("a volume of the tokens' Secret");
+        let items = volume.secret.as_ref().unwrap().items.as_ref().unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].key, "tokens");
+        // The reconciler checks the Secret's opt-in like a node's.
+        assert!(d.referenced_secrets.iter().any(
+            |r| r.name == "api-tokens" && r.path == "spec.interfaces[0].auth.bearer.secretRef"
+        ));
+        // And the pipeline's own Secrets are refused.
+        sp.spec.interfaces[0].auth = Some(
+            sluice_crds::yaml::from_str(
+                "{bearer: {secretRef: {name: enrich-ipc-keys, key: current}}}",
+            )
+            .unwrap(),
+        );
+        let e =
+            crate::render::desired(&sp, &crate::settings::OperatorSettings::default()).unwrap_err();
+        assert!(e.field_errors().iter().any(|f| f
+            .path
+            .starts_with("spec.interfaces[0].auth.bearer.secretRef")));
+    }
+
+    #[test]
     fn runtime_pods_mount_pipeline_and_keys_as_directories_and_point_flags_at_them() {
         let d = render(&orders_redis());
         let pod = pod_of(&d, "orders-redis-cpu");
