@@ -128,12 +128,13 @@ pub fn accepted(it: &InterfacePlan, id: &JobId) -> Response {
         HeaderValue::from_static("respond-async"),
     );
     h.insert("retry-after", HeaderValue::from_static("1"));
+    h.insert("cache-control", HeaderValue::from_static("no-store"));
     resp
 }
 
-/// How long the answer stream of a request due by `deadline` lives.
-pub fn retention(s: &AppState, it: &InterfacePlan) -> Duration {
-    it.async_timeout
+/// How long the answer stream of a request with `timeout` lives.
+pub fn retention(s: &AppState, timeout: Duration) -> Duration {
+    timeout
         .saturating_add(s.plan.results_ttl)
         .saturating_add(s.plan.security.clock_skew)
 }
@@ -155,8 +156,8 @@ pub async fn stored(
 }
 
 /// Waits for the stored answer at `address` until `deadline`, reading it
-/// every few milliseconds at first, then every 50 ms; `None` at the
-/// deadline. For an idempotent request whose caller waits.
+/// every few milliseconds at first, then every 100 ms (a failed read is
+/// tried again); `None` at the deadline. For an idempotent request whose caller waits.
 pub async fn wait_stored(
     s: &AppState,
     it: &InterfacePlan,
@@ -165,17 +166,17 @@ pub async fn wait_stored(
 ) -> Option<Result<Value, ApiError>> {
     let mut pause = Duration::from_millis(2);
     loop {
-        match stored(s, it, address).await {
-            Ok(Some(answer)) => return Some(answer),
-            Ok(None) => {}
-            Err(e) => return Some(Err(e)),
+        // A failed read is tried again: the request is queued, and its
+        // answer may still come.
+        if let Ok(Some(answer)) = stored(s, it, address).await {
+            return Some(answer);
         }
         let left = deadline.saturating_sub(now_ms());
         if left == 0 {
             return None;
         }
         tokio::time::sleep(pause.min(Duration::from_millis(left))).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
@@ -234,6 +235,36 @@ pub async fn fetch(s: Arc<AppState>, name: &str, id: &str, headers: &HeaderMap) 
         Ok(c) => c,
         Err(e) => return crate::server::error_response(e),
     };
+    // A fetch reads up to a few answers from the store: it takes one of the
+    // interface's in-flight slots while it does.
+    let Ok(_slot) = s.slots[&it.name].try_acquire() else {
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!(
+                "more than {} requests in flight on this interface",
+                it.max_in_flight
+            ),
+            &rid,
+        )
+        .retry_after(1)
+        .into_response();
+    };
+    let mut resp = answer_of(&s, it, id, &caller, &rid).await;
+    // The answer is the caller's alone: no cache keeps it.
+    resp.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn answer_of(
+    s: &AppState,
+    it: &InterfacePlan,
+    id: &str,
+    caller: &str,
+    rid: &str,
+) -> Response {
+    let rid = rid.to_string();
     let unknown = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -247,18 +278,20 @@ pub async fn fetch(s: Arc<AppState>, name: &str, id: &str, headers: &HeaderMap) 
         return unknown();
     };
     // Another caller's id leads to an address that holds nothing: 404.
-    match look(&s, it, &id.address(&caller)).await {
+    match look(s, it, &id.address(caller)).await {
         Err(e) => e.into_response(),
         Ok(Looked::Unknown) => unknown(),
         Ok(Looked::Answer(Ok(v))) => (StatusCode::OK, Json(v)).into_response(),
         Ok(Looked::Answer(Err(e))) => e.into_response(),
-        Ok(Looked::Pending) if now_ms() > id.deadline => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            format!("no answer within {:?} (asyncTimeout)", it.async_timeout),
-            &rid,
-        )
-        .into_response(),
+        Ok(Looked::Pending) if now_ms() > id.deadline.saturating_add(crate::server::skew_ms(s)) => {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!("no answer within {:?} (asyncTimeout)", it.async_timeout),
+                &rid,
+            )
+            .into_response()
+        }
         Ok(Looked::Pending) => {
             let mut resp = (
                 StatusCode::ACCEPTED,
@@ -320,10 +353,10 @@ kind: StreamPipeline
 metadata: { name: t }
 spec:
   interfaces:
-    - { name: a, path: /a, entry: n }
-    - { name: b, path: /b, entry: n, mode: async }
+    - { name: a, path: /a, entry: echo }
+    - { name: b, path: /b, entry: echo, mode: async }
   groups: [ { name: web, role: ingress } ]
-  nodes: [ { name: n, group: web, uses: builtin/echo } ]
+  nodes: [ { name: echo, group: web, uses: builtin/echo } ]
 "#,
         )
         .unwrap()

@@ -11,8 +11,9 @@
 //!
 //! The key is kept as long as the answer (deadline + `results.ttl` +
 //! skew). It is deduplication at the edge: the workers stay at-least-once.
-//! What the store holds cannot fetch an answer: the handle is the digest of
-//! the answer's address, and the caller's key is stored as a digest too.
+//! What the store holds cannot fetch an answer: it names the answer's
+//! address (a digest of the caller and the fetch id), not the id, and the
+//! caller's key is stored as a digest too.
 
 use std::time::Duration;
 

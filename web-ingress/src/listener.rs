@@ -198,7 +198,12 @@ async fn serve_connection(
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             app.clone().oneshot(req.map(Body::new))
         });
-        let mut conn = std::pin::pin!(protocols.h1.serve_connection(io, service).with_upgrades());
+        // The first head's deadline counts from the connection's opening,
+        // the first bytes included.
+        let mut h1 = protocols.h1.clone();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        h1.header_read_timeout(left.max(Duration::from_millis(1)));
+        let mut conn = std::pin::pin!(h1.serve_connection(io, service).with_upgrades());
         tokio::select! {
             r = conn.as_mut() => Ok(r?),
             _ = stop.cancelled() => {

@@ -127,13 +127,16 @@ impl Buckets {
         }
     }
 
-    /// The earliest second at which a counted bucket expires.
+    /// The earliest second at which a counted bucket expires: the first
+    /// live bucket after `now` (every earlier one was swept), found by
+    /// walking forward and stopping there, not by scanning the ring.
     fn first_expiry(&self, now: u64) -> u64 {
-        self.ring
-            .iter()
-            .filter(|(s, n)| *n > 0 && *s > now)
-            .map(|(s, _)| *s)
-            .min()
+        let len = self.ring.len() as u64;
+        (now + 1..now + len)
+            .find(|s| {
+                let (sec, n) = self.ring[(s % len) as usize];
+                sec == *s && n > 0
+            })
             .unwrap_or(now + 1)
     }
 }

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -129,8 +130,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             &async_answers::route(it),
             get(
                 move |State(s): State<Arc<AppState>>,
-                      Path(id): Path<String>,
+                      id: Result<Path<String>, PathRejection>,
                       headers: HeaderMap| async move {
+                    // An id that is not even text (`%ff`) is no id: 404.
+                    let id = id.map(|Path(id)| id).unwrap_or_default();
                     async_answers::fetch(s, &name, &id, &headers).await
                 },
             )
@@ -290,6 +293,31 @@ async fn serve(
     let Ok(_slot) = slots.try_acquire() else {
         return Err(too_many());
     };
+    // Answers of asynchronous and idempotent requests are stored, to be
+    // fetched (or found by a repeat) later. A repeat is answered here,
+    // before it costs any budget or runs any node.
+    let job = (later || idempotent.is_some()).then(|| async_answers::JobId::new(deadline));
+    let mut claimed = None;
+    if let (Some((key, body)), Some(job)) = (&idempotent, &job) {
+        let claim = idempotency::Claim {
+            body: body.clone(),
+            address: job.address(&caller),
+            deadline,
+        };
+        let scoped = crate::auth::scoped(&caller, key);
+        let store_key = s.keys.idempotency(&it.name, &idempotency::digest(&scoped));
+        let keep = Duration::from_millis(deadline.saturating_sub(now_ms())).saturating_add(
+            idempotency::kept_after_deadline(s.plan.results_ttl, s.plan.security.clock_skew),
+        );
+        match s.store.set_nx(&store_key, &claim.to_value(), keep).await {
+            Ok(None) => claimed = Some(ClaimGuard::new(s.store.clone(), store_key)),
+            Ok(Some(first)) => return repeated(s, it, &claim, &first, rid).await,
+            Err(e) => {
+                tracing::warn!(request_id = %rid, error = %e, "idempotency key store failed");
+                return Err(unavailable(rid));
+            }
+        }
+    }
     admit_replay_budget(s, it, timeout_of_request, rid)?;
     let label = InterfaceLabel {
         interface: it.name.clone(),
@@ -354,7 +382,9 @@ async fn serve(
             outcome = s.executor.run(&it.entry, input.clone(), &ctx).await;
         }
         match outcome {
-            // Answered here: nothing to fetch later, so it is answered now.
+            // Answered here: nothing to fetch later, so it is answered now
+            // (and an idempotency key claimed for it is released: the
+            // answer is not stored).
             StepOutcome::Done(v) => return Ok(Answer::Now(v)),
             StepOutcome::Forward {
                 node,
@@ -398,30 +428,6 @@ async fn serve(
     // Register before pushing: the reply may arrive before push returns.
     // An interface missing from the map (cannot happen: both come from the
     // plan) takes no reply at all rather than any.
-    // Answers of asynchronous and idempotent requests are stored, to be
-    // fetched (or found by a repeat) later.
-    let job = (later || idempotent.is_some()).then(|| async_answers::JobId::new(deadline));
-    let mut claimed = None;
-    if let (Some((key, body)), Some(job)) = (&idempotent, &job) {
-        let claim = idempotency::Claim {
-            body: body.clone(),
-            address: job.address(&caller),
-            deadline,
-        };
-        let scoped = crate::auth::scoped(&caller, key);
-        let store_key = s.keys.idempotency(&it.name, &idempotency::digest(&scoped));
-        let keep = Duration::from_millis(deadline.saturating_sub(now_ms())).saturating_add(
-            idempotency::kept_after_deadline(s.plan.results_ttl, s.plan.security.clock_skew),
-        );
-        match s.store.set_nx(&store_key, &claim.to_value(), keep).await {
-            Ok(None) => claimed = Some(ClaimGuard::new(s.store.clone(), store_key)),
-            Ok(Some(first)) => return repeated(s, it, &claim, &first, rid).await,
-            Err(e) => {
-                tracing::warn!(request_id = %rid, error = %e, "idempotency key store failed");
-                return Err(unavailable(rid));
-            }
-        }
-    }
     let mut waiter = match &job {
         None => {
             let senders = s.reply_senders.get(&it.name).cloned().unwrap_or_default();
@@ -434,7 +440,7 @@ async fn serve(
             let answers = s.keys.reply(&address);
             if let Err(e) = s
                 .replies
-                .open(&answers, async_answers::retention(s, it))
+                .open(&answers, async_answers::retention(s, timeout_of_request))
                 .await
             {
                 tracing::warn!(request_id = %rid, error = %e, "cannot open the answer stream");
@@ -476,16 +482,19 @@ async fn serve(
             rid,
         ));
     }
+    // From here the entry may be queued even if this handler is dropped (a
+    // caller gone mid-push): the key is kept unless the push says it failed,
+    // so a retry never runs the request a second time.
+    let claimed = claimed.map(ClaimGuard::kept);
     if let Err(e) = s.queue.push(&stream, entry).await {
         tracing::warn!(request_id = %rid, error = %e, group, "queue push failed");
         hop.fail("queue push failed");
+        if let Some(c) = claimed {
+            c.release();
+        }
         return Err(unavailable(rid));
     }
     drop(hop);
-    if let Some(c) = claimed.as_mut() {
-        // Queued: a repeat from now on finds this request's answer.
-        c.keep();
-    }
     let (Some(waiter), None) = (&mut waiter, &job) else {
         let job = job.expect("no waiter: the answer is stored");
         if later {
@@ -560,6 +569,12 @@ fn receive_span(reply: &Envelope) {
     }
 }
 
+/// `clockSkew` in ms: a worker may take an envelope that long past its
+/// deadline by this process's clock.
+pub(crate) fn skew_ms(s: &AppState) -> u64 {
+    u64::try_from(s.plan.security.clock_skew.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// An error as a response; a `401` carries its challenge.
 pub(crate) fn error_response(e: ApiError) -> Response {
     let challenge = e.status == StatusCode::UNAUTHORIZED;
@@ -589,7 +604,7 @@ async fn repeated(
     }
     match async_answers::stored(s, it, &first.address).await? {
         Some(answer) => answer.map(Answer::Now),
-        None if now_ms() > first.deadline => Err(ApiError::new(
+        None if now_ms() > first.deadline.saturating_add(skew_ms(s)) => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
             "the request first sent with this Idempotency-Key had no answer by its deadline",
@@ -616,8 +631,15 @@ impl ClaimGuard {
         }
     }
 
-    fn keep(&mut self) {
+    /// Disarmed: the key stays with the request.
+    fn kept(mut self) -> Self {
         self.armed = false;
+        self
+    }
+
+    /// Releases the key now.
+    fn release(mut self) {
+        self.armed = true;
     }
 }
 

@@ -141,9 +141,12 @@ async fn ids_never_issued_are_404_whatever_their_shape() {
     let ingress = common::start("async.yaml").await;
     let addr = ingress.local_addr();
     let made_up = format!("{}{:012x}", "ab".repeat(16), u64::MAX >> 16);
+    // Ids of the wrong shape, one that is not even UTF-8 (`%ff`), and a
+    // path that only looks like one (it reaches the router's fallback).
     for id in [
         made_up.as_str(),
         "x",
+        "%ff",
         "..%2F..%2Fmetrics",
         &"0".repeat(4096),
     ] {

@@ -100,6 +100,9 @@ async fn a_repeat_while_the_first_runs_is_409_then_gets_its_answer() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // In flight, then its key claimed microseconds later; its node takes
+    // 300 ms.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let conflict = loop {
         let (status, headers, body) =
             post(&ingress, "/v1/slow", Some(key), &[], &json!({"n": 1})).await;

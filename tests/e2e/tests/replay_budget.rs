@@ -27,7 +27,7 @@ metadata: { name: budget, namespace: default }
 spec:
   backends: { queue: redis, kv: redis, reply: redis }
   interfaces:
-    - { name: echo, kind: http, path: /v1/echo, entry: echo, timeout: 2s }
+    - { name: echo, kind: http, path: /v1/echo, entry: echo, timeout: 5s }
   groups:
     - { name: web, role: ingress, replicas: 1000 }
     - { name: work, role: worker }
@@ -84,7 +84,7 @@ async fn requests_past_the_replay_budget_get_503_until_their_nonces_expire() {
     assert_eq!(nonce_keys(&probe), budget);
 
     // One more would exceed the budget: refused at once, told when to
-    // come back (deadline 2 s + skew 1 s + 1 s for Redis's expiry, at most).
+    // come back (deadline 5 s + skew 1 s + 1 s for Redis's expiry, at most).
     let refused = http
         .post(&url, &json!({"n": "over"}), None)
         .await
@@ -107,9 +107,9 @@ async fn requests_past_the_replay_budget_get_503_until_their_nonces_expire() {
         .expect("Retry-After")
         .parse()
         .expect("seconds");
-    assert!((1..=5).contains(&retry), "Retry-After {retry}");
-    // Unless filling took longer than the window, nothing expired yet.
-    if filled < Duration::from_secs(2) {
+    assert!((1..=8).contains(&retry), "Retry-After {retry}");
+    // Unless filling took longer than the deadline, nothing expired yet.
+    if filled < Duration::from_secs(5) {
         assert_eq!(
             nonce_keys(&probe),
             budget,
