@@ -292,7 +292,7 @@ fn harden_strings(spec: &mut Value) {
 fn harden_numbers(spec: &mut Value) {
     let g = "/properties/groups/items/properties";
     let a = "/properties/groups/items/properties/autoscale/properties";
-    let ranges: [(String, Value, Value); 11] = [
+    let ranges: [(String, Value, Value); 13] = [
         (format!("{g}/replicas"), json!(0), json!(MAX_REPLICAS)),
         (format!("{g}/concurrency"), json!(1), json!(MAX_CONCURRENCY)),
         (format!("{a}/minReplicas"), json!(0), json!(MAX_REPLICAS)),
@@ -307,6 +307,16 @@ fn harden_numbers(spec: &mut Value) {
             "/properties/interfaces/items/properties/maxInFlight".into(),
             json!(1),
             json!(MAX_IN_FLIGHT),
+        ),
+        (
+            "/properties/interfaces/items/properties/auth/properties/rateLimit/properties/requestsPerSecond".into(),
+            json!(1),
+            json!(MAX_RATE),
+        ),
+        (
+            "/properties/interfaces/items/properties/auth/properties/rateLimit/properties/burst".into(),
+            json!(1),
+            json!(MAX_RATE),
         ),
         (
             "/properties/limits/properties/maxQueueDepth".into(),

@@ -72,6 +72,8 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Longest `asyncTimeout`: an asynchronous request's envelopes, and the
 /// keys that verify them, live this long.
 pub const MAX_ASYNC_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Largest `auth.rateLimit.requestsPerSecond` and `burst`.
+pub const MAX_RATE: u32 = 1_000_000;
 /// Longest `auth.trustedHeader` name.
 pub const MAX_HEADER_NAME: usize = 64;
 /// Longest `results.ttl`.

@@ -80,6 +80,8 @@ pub struct InterfacePlan {
     pub async_timeout: Duration,
     /// How callers are identified; `None`: anyone, anonymously.
     pub auth: Option<AuthPlan>,
+    /// Per caller and ingress process: (requests per second, burst).
+    pub rate_limit: Option<(u32, u32)>,
     /// Worker groups whose queues a request of this interface may cross;
     /// admission checks their backlog, and the ingress takes an error reply
     /// from any of them (each may fail the request it holds).
@@ -301,6 +303,16 @@ pub fn compile(id: PipelineId, spec: &StreamPipelineSpec) -> Result<Plan, Vec<Fi
                         }),
                         (None, Some(h)) => Some(AuthPlan::TrustedHeader(h.to_ascii_lowercase())),
                         (None, None) => None,
+                    }),
+                rate_limit: i
+                    .auth
+                    .as_ref()
+                    .and_then(|a| a.rate_limit.as_ref())
+                    .map(|r| {
+                        (
+                            r.requests_per_second,
+                            r.burst.unwrap_or(r.requests_per_second),
+                        )
                     }),
                 max_in_flight: i.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
                 ordered: i.ordered.unwrap_or(false),

@@ -284,6 +284,21 @@ pub struct AuthSpec {
     /// (and strips from what callers send): only behind such a proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_header: Option<String>,
+    /// Requests one caller may make, per ingress process; past it `429`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+/// A token bucket per caller.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Sustained requests per second.
+    pub requests_per_second: u32,
+    /// Requests allowed at once after a quiet spell (default:
+    /// `requestsPerSecond`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
 }
 
 /// Bearer tokens of an interface.

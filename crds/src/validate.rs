@@ -838,6 +838,14 @@ const UNTRUSTABLE_HEADERS: &[&str] = &[
 ];
 
 fn check_auth(p: &str, a: &AuthSpec, e: &mut Errors) {
+    if let Some(r) = &a.rate_limit {
+        e.count(
+            &format!("{p}.rateLimit.requestsPerSecond"),
+            Some(r.requests_per_second),
+            (1, MAX_RATE),
+        );
+        e.count(&format!("{p}.rateLimit.burst"), r.burst, (1, MAX_RATE));
+    }
     match (&a.bearer, &a.trusted_header) {
         (Some(_), Some(_)) | (None, None) => {
             e.push(p, "set exactly one of bearer and trustedHeader");

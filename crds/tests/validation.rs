@@ -253,8 +253,12 @@ fn interface_auth_names_exactly_one_way_and_valid_names() {
             key: "tokens".into()
         })
     );
-    let (_, plan) =
-        parse_manifest("t", &with_auth("{ trustedHeader: X-Auth-Request-User }")).unwrap();
+    let (_, plan) = parse_manifest(
+        "t",
+        &with_auth("{ trustedHeader: X-Auth-Request-User, rateLimit: { requestsPerSecond: 5 } }"),
+    )
+    .unwrap();
+    assert_eq!(plan.interfaces[0].rate_limit, Some((5, 5)));
     assert_eq!(
         plan.interfaces[0].auth,
         Some(sluice_crds::AuthPlan::TrustedHeader(
@@ -279,6 +283,14 @@ fn interface_auth_names_exactly_one_way_and_valid_names() {
         (
             "{ bearer: { secretRef: { name: a, key: \"../x\" } } }",
             "is not a Secret key",
+        ),
+        (
+            "{ trustedHeader: X-User, rateLimit: { requestsPerSecond: 0 } }",
+            "rateLimit.requestsPerSecond: must be between 1 and 1000000",
+        ),
+        (
+            "{ trustedHeader: X-User, rateLimit: { requestsPerSecond: 5, burst: 2000000 } }",
+            "rateLimit.burst: must be between 1 and 1000000",
         ),
     ] {
         let errors = errors_of(&with_auth(auth));

@@ -18,6 +18,7 @@
 //! - [`json_scan`]: nesting and element limits checked before parsing.
 //! - [`waiters`]: the waiter registry.
 //! - [`auth`]: who calls an interface (bearer tokens, a trusted header).
+//! - [`rate_limit`]: a token bucket per caller.
 //! - [`idempotency`]: `Idempotency-Key`: repeats get the first answer.
 //! - [`async_answers`]: `202` for asynchronous requests, and fetching their answers.
 //! - [`replay_window`]: the replay-guard nonces admitted requests may hold.
@@ -34,6 +35,7 @@ pub mod idempotency;
 pub mod json_scan;
 pub mod listener;
 pub mod metrics;
+pub mod rate_limit;
 pub mod replay_window;
 pub mod runtime;
 pub mod server;

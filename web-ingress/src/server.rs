@@ -98,6 +98,8 @@ pub struct AppState {
     pub store: Arc<dyn Kv>,
     /// Who calls each interface.
     pub callers: Arc<crate::auth::Callers>,
+    /// Per-caller rate limits.
+    pub rate_limits: crate::rate_limit::RateLimits,
 }
 
 /// Caller-supplied request ids are kept only when they are short printable
@@ -266,6 +268,16 @@ async fn serve(
     // Admission, cheapest check first. The deadline counts from here: the
     // body's time is part of the interface timeout.
     let caller = s.callers.identify(&it.name, req.headers(), rid)?;
+    if let Err(wait) = s.rate_limits.take(&it.name, &caller) {
+        let secs = u32::try_from(wait.as_secs().saturating_add(1)).unwrap_or(u32::MAX);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "this caller's rate limit on this interface is reached (auth.rateLimit)",
+            rid,
+        )
+        .retry_after(secs));
+    }
     let later = async_answers::wanted(it, req.headers());
     let idempotency_key = idempotency::key_of(req.headers(), rid)?;
     let timeout_of_request = if later { it.async_timeout } else { it.timeout };

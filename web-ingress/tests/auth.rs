@@ -242,3 +242,57 @@ async fn a_trusted_header_names_the_caller_and_is_required() {
     }
     common::stop(ingress).await;
 }
+
+#[tokio::test]
+async fn each_caller_has_its_own_rate_limit() {
+    let secrets = tempfile::tempdir().unwrap();
+    write_tokens(secrets.path(), &format!("billing:{BILLING}\n"));
+    let ingress = start(secrets.path()).await;
+    let as_user = |who: &'static str| [("x-auth-request-user", who)];
+    let body = json!({"n": 1});
+    // A burst of three, then 429 with when to come back.
+    for _ in 0..3 {
+        let (status, _, _) = call(
+            &ingress,
+            reqwest::Method::POST,
+            "/v1/limited",
+            &as_user("alice"),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let (status, h, e) = call(
+        &ingress,
+        reqwest::Method::POST,
+        "/v1/limited",
+        &as_user("alice"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 429, "{e}");
+    assert_eq!(e["error"]["code"], json!("rate_limited"));
+    assert_eq!(header(&h, "retry-after"), "1");
+    // Another caller is not held back by alice.
+    let (status, _, _) = call(
+        &ingress,
+        reqwest::Method::POST,
+        "/v1/limited",
+        &as_user("bob"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Two requests a second: alice is served again after half a second.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, _, _) = call(
+        &ingress,
+        reqwest::Method::POST,
+        "/v1/limited",
+        &as_user("alice"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 200);
+    common::stop(ingress).await;
+}
