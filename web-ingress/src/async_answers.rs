@@ -225,12 +225,7 @@ async fn look(s: &AppState, it: &InterfacePlan, address: &str) -> Result<Looked,
 /// `GET <path>/requests/<id>`, by the caller that made the request.
 pub async fn fetch(s: Arc<AppState>, name: &str, id: &str, headers: &HeaderMap) -> Response {
     let rid = uuid::Uuid::new_v4().to_string();
-    let it = s
-        .plan
-        .interfaces
-        .iter()
-        .find(|i| i.name == name)
-        .expect("route built from this plan");
+    let it = s.interface(name);
     let caller = match s.callers.identify(name, headers, &rid) {
         Ok(c) => c,
         Err(e) => return crate::server::error_response(e),
@@ -238,17 +233,7 @@ pub async fn fetch(s: Arc<AppState>, name: &str, id: &str, headers: &HeaderMap) 
     // A fetch reads up to a few answers from the store: it takes one of the
     // interface's in-flight slots while it does.
     let Ok(_slot) = s.slots[&it.name].try_acquire() else {
-        return ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_requests",
-            format!(
-                "more than {} requests in flight on this interface",
-                it.max_in_flight
-            ),
-            &rid,
-        )
-        .retry_after(1)
-        .into_response();
+        return crate::server::too_many_requests(it, &rid).into_response();
     };
     let mut resp = answer_of(&s, it, id, &caller, &rid).await;
     // The answer is the caller's alone: no cache keeps it.

@@ -102,6 +102,31 @@ pub struct AppState {
     pub rate_limits: crate::rate_limit::RateLimits,
 }
 
+impl AppState {
+    /// The interface a route was built for: routes come from this plan.
+    pub(crate) fn interface(&self, name: &str) -> &InterfacePlan {
+        self.plan
+            .interfaces
+            .iter()
+            .find(|i| i.name == name)
+            .expect("route built from this plan")
+    }
+}
+
+/// `429`: the interface's `maxInFlight` slots are taken.
+pub(crate) fn too_many_requests(it: &InterfacePlan, rid: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_requests",
+        format!(
+            "more than {} requests in flight on this interface",
+            it.max_in_flight
+        ),
+        rid,
+    )
+    .retry_after(1)
+}
+
 /// Caller-supplied request ids are kept only when they are short printable
 /// ASCII, so they are safe in headers, logs and JSON.
 fn caller_request_id(headers: &HeaderMap) -> Option<String> {
@@ -189,13 +214,7 @@ async fn handle(s: Arc<AppState>, name: &str, req: Request) -> Response {
     let started = Instant::now();
     let cid = uuid::Uuid::new_v4().to_string();
     let rid = caller_request_id(req.headers()).unwrap_or_else(|| cid.clone());
-    // Interfaces come from the same plan the routes were built from.
-    let it = s
-        .plan
-        .interfaces
-        .iter()
-        .find(|i| i.name == name)
-        .expect("route built from this plan");
+    let it = s.interface(name);
     let span = server_span(&s, it, &cid, &rid, req.headers());
     let result = serve(&s, it, &span, &cid, &rid, req).await;
     let mut resp = match result {
@@ -283,18 +302,7 @@ async fn serve(
     let timeout_of_request = if later { it.async_timeout } else { it.timeout };
     let deadline = now_ms().saturating_add(timeout_of_request.as_millis() as u64);
     let slots = &s.slots[&it.name];
-    let too_many = || {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_requests",
-            format!(
-                "more than {} requests in flight on this interface",
-                it.max_in_flight
-            ),
-            rid,
-        )
-        .retry_after(1)
-    };
+    let too_many = || too_many_requests(it, rid);
     // Checked now so a full interface costs no body read; taken below.
     if slots.available_permits() == 0 {
         return Err(too_many());
