@@ -325,7 +325,13 @@ pub fn compile(id: PipelineId, spec: &StreamPipelineSpec) -> Result<Plan, Vec<Fi
 
     let l = &spec.limits;
     let s = &spec.security;
-    let replay_budget = crate::replay_budget::per_ingress(&id, spec);
+    let max_queue_bytes = l
+        .max_queue_bytes
+        .as_deref()
+        .and_then(|b| parse_size(b).ok())
+        .unwrap_or(DEFAULT_MAX_QUEUE_BYTES);
+    let replay_budget =
+        crate::replay_budget::per_ingress(&id.namespace, &id.name, spec, max_queue_bytes);
     Ok(Plan {
         id,
         backend: spec.backends.queue,
@@ -335,11 +341,7 @@ pub fn compile(id: PipelineId, spec: &StreamPipelineSpec) -> Result<Plan, Vec<Fi
         nodes,
         limits: Limits {
             max_queue_depth: l.max_queue_depth.unwrap_or(DEFAULT_MAX_QUEUE_DEPTH),
-            max_queue_bytes: l
-                .max_queue_bytes
-                .as_deref()
-                .and_then(|b| parse_size(b).ok())
-                .unwrap_or(DEFAULT_MAX_QUEUE_BYTES),
+            max_queue_bytes,
             max_deliveries: l.max_deliveries.unwrap_or(DEFAULT_MAX_DELIVERIES),
             lease: dur(&l.lease, DEFAULT_LEASE),
         },

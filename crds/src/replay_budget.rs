@@ -21,7 +21,6 @@
 //!
 //! This module only computes; the web ingress does the counting.
 
-use crate::plan::{PipelineId, DEFAULT_MAX_QUEUE_BYTES};
 use crate::types::{GroupRole, RedisMode, StreamPipelineSpec};
 use crate::units::parse_size;
 
@@ -56,17 +55,24 @@ pub fn max_memory(spec: &StreamPipelineSpec) -> u64 {
         .unwrap_or(DEFAULT_MAX_MEMORY)
 }
 
-/// Bytes of Redis memory one nonce of `group` takes.
-pub fn nonce_bytes(id: &PipelineId, group: &str) -> u64 {
+/// Bytes of Redis memory one nonce of `group` takes in pipeline
+/// `namespace/name`.
+pub fn nonce_bytes(namespace: &str, name: &str, group: &str) -> u64 {
     // sluice:{<ns>/<name>}:n:<group>:<kid>:<nonce>
-    let key =
-        "sluice:{".len() + id.namespace.len() + 1 + id.name.len() + "}:n:".len() + group.len() + 2;
+    let key = "sluice:{".len() + namespace.len() + 1 + name.len() + "}:n:".len() + group.len() + 2;
     key as u64 + KID_BYTES + NONCE_BYTES + NONCE_OVERHEAD_BYTES
 }
 
-/// Nonces one ingress process may have outstanding, or `None` where the
-/// pipeline's Redis is not managed (no known `maxmemory`).
-pub fn per_ingress(id: &PipelineId, spec: &StreamPipelineSpec) -> Option<u64> {
+/// Nonces one ingress process of pipeline `namespace/name` may have
+/// outstanding, with `queue_bytes` the queues' `maxQueueBytes` as
+/// compiled; `None` where the pipeline's Redis is not managed (no known
+/// `maxmemory`).
+pub fn per_ingress(
+    namespace: &str,
+    name: &str,
+    spec: &StreamPipelineSpec,
+    queue_bytes: u64,
+) -> Option<u64> {
     if spec
         .redis
         .as_ref()
@@ -75,12 +81,6 @@ pub fn per_ingress(id: &PipelineId, spec: &StreamPipelineSpec) -> Option<u64> {
         return None;
     }
     let max_memory = max_memory(spec);
-    let queue_bytes = spec
-        .limits
-        .max_queue_bytes
-        .as_deref()
-        .and_then(|b| parse_size(b).ok())
-        .unwrap_or(DEFAULT_MAX_QUEUE_BYTES);
     let workers = spec.groups.iter().filter(|g| g.role == GroupRole::Worker);
     let queues = workers
         .clone()
@@ -89,9 +89,9 @@ pub fn per_ingress(id: &PipelineId, spec: &StreamPipelineSpec) -> Option<u64> {
         .saturating_sub(queues.saturating_add(RESERVE_BYTES))
         .max(max_memory / 4);
     let per_nonce = workers
-        .map(|g| nonce_bytes(id, &g.name))
+        .map(|g| nonce_bytes(namespace, name, &g.name))
         .max()
-        .unwrap_or(nonce_bytes(id, ""));
+        .unwrap_or(nonce_bytes(namespace, name, ""));
     let replicas = spec
         .groups
         .iter()
@@ -134,7 +134,7 @@ spec:
     fn the_default_budget_is_what_is_left_beside_the_queues() {
         let p = plan("", "");
         // `sluice:{default/hello}:n:work:` + kid + `:` + nonce
-        let per = nonce_bytes(&p.id, "work");
+        let per = nonce_bytes(&p.id.namespace, &p.id.name, "work");
         assert_eq!(per, 30 + 32 + 1 + 32 + 160);
         let share = (256u64 << 20) - (64 << 20) - (32 << 20);
         assert_eq!(p.replay_budget, Some(share / per));
@@ -154,7 +154,7 @@ spec:
         );
         assert_eq!(
             p.replay_budget,
-            Some((16u64 << 20) / nonce_bytes(&p.id, "work"))
+            Some((16u64 << 20) / nonce_bytes(&p.id.namespace, &p.id.name, "work"))
         );
     }
 

@@ -32,8 +32,9 @@ use sluice_platform::keyring::hex;
 use sluice_platform::signing::new_nonce;
 use sluice_platform::Rejection;
 
+use crate::error::static_code;
 use crate::error::{status_of_reply_code, ApiError};
-use crate::server::{static_code, AppState};
+use crate::state::{skew_ms, AppState};
 use crate::waiters::ReplySenders;
 
 /// Random hex digits of an id (16 bytes), then the deadline's.
@@ -197,7 +198,7 @@ async fn look(s: &AppState, it: &InterfacePlan, address: &str) -> Result<Looked,
         Err(e) => {
             tracing::warn!(error = %e, "answer read failed");
             let rid = uuid::Uuid::new_v4().to_string();
-            return Err(crate::server::unavailable(&rid));
+            return Err(crate::error::unavailable(&rid));
         }
     };
     let senders = ReplySenders::of(it);
@@ -228,12 +229,12 @@ pub async fn fetch(s: Arc<AppState>, name: &str, id: &str, headers: &HeaderMap) 
     let it = s.interface(name);
     let caller = match s.callers.identify(name, headers, &rid) {
         Ok(c) => c,
-        Err(e) => return crate::server::error_response(e),
+        Err(e) => return crate::error::error_response(e),
     };
     // A fetch reads up to a few answers from the store: it takes one of the
     // interface's in-flight slots while it does.
     let Ok(_slot) = s.slots[&it.name].try_acquire() else {
-        return crate::server::too_many_requests(it, &rid).into_response();
+        return crate::error::too_many_requests(it, &rid).into_response();
     };
     let mut resp = answer_of(&s, it, id, &caller, &rid).await;
     // The answer is the caller's alone: no cache keeps it.
@@ -268,15 +269,13 @@ async fn answer_of(
         Ok(Looked::Unknown) => unknown(),
         Ok(Looked::Answer(Ok(v))) => (StatusCode::OK, Json(v)).into_response(),
         Ok(Looked::Answer(Err(e))) => e.into_response(),
-        Ok(Looked::Pending) if now_ms() > id.deadline.saturating_add(crate::server::skew_ms(s)) => {
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                format!("no answer within {:?} (asyncTimeout)", it.async_timeout),
-                &rid,
-            )
-            .into_response()
-        }
+        Ok(Looked::Pending) if now_ms() > id.deadline.saturating_add(skew_ms(s)) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("no answer within {:?} (asyncTimeout)", it.async_timeout),
+            &rid,
+        )
+        .into_response(),
         Ok(Looked::Pending) => {
             let mut resp = (
                 StatusCode::ACCEPTED,

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 use sluice_crds::{AuthPlan, Plan};
@@ -165,9 +165,6 @@ fn unauthorized(rid: &str, what: &str) -> ApiError {
         rid,
     )
 }
-
-/// The `WWW-Authenticate` challenge of a 401 (RFC 6750).
-pub const CHALLENGE: HeaderValue = HeaderValue::from_static("Bearer");
 
 fn valid_caller(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= MAX_CALLER && v.iter().all(|c| (0x21..0x7f).contains(c))

@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use sluice_crds::InterfacePlan;
 
 /// A request that ends in an error response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,4 +71,49 @@ pub fn status_of_reply_code(code: &str) -> StatusCode {
         "key_missing" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_GATEWAY,
     }
+}
+
+/// `429`: the interface's `maxInFlight` slots are taken.
+pub fn too_many_requests(it: &InterfacePlan, rid: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_requests",
+        format!(
+            "more than {} requests in flight on this interface",
+            it.max_in_flight
+        ),
+        rid,
+    )
+    .retry_after(1)
+}
+
+/// An error as a response; a `401` carries its challenge.
+pub fn error_response(e: ApiError) -> Response {
+    let challenge = e.status == StatusCode::UNAUTHORIZED;
+    let mut resp = e.into_response();
+    if challenge {
+        resp.headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
+/// Reply codes are few and known; anything else is reported generically.
+pub fn static_code(code: &str) -> &'static str {
+    match code {
+        "node_failed" => "node_failed",
+        "retries_exhausted" => "retries_exhausted",
+        "node_crashed" => "node_crashed",
+        "key_missing" => "key_missing",
+        _ => "worker_error",
+    }
+}
+pub fn unavailable(rid: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "backend_unavailable",
+        "the pipeline's backend is unavailable",
+        rid,
+    )
+    .retry_after(1)
 }

@@ -15,13 +15,20 @@
 //! address (a digest of the caller and the fetch id), not the id, and the
 //! caller's key is stored as a digest too.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+use sluice_crds::InterfacePlan;
+use sluice_platform::clock::now_ms;
 use sluice_platform::keyring::hex;
+use sluice_platform::Kv;
 
+use crate::async_answers;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Longest key accepted (the IETF draft's keys are UUIDs; 255 leaves room).
 pub const MAX_KEY_LEN: usize = 255;
@@ -124,6 +131,78 @@ pub fn in_progress(rid: &str) -> ApiError {
         rid,
     )
     .retry_after(1)
+}
+
+/// A repeat of an idempotent request (`first` is what the store holds):
+/// the first one's answer, or why there is none to give.
+pub async fn repeated(
+    s: &AppState,
+    it: &InterfacePlan,
+    this: &Claim,
+    first: &str,
+    rid: &str,
+) -> Result<Value, ApiError> {
+    let Some(first) = Claim::parse(first) else {
+        // Not written by this ingress: the key is taken all the same.
+        return Err(in_progress(rid));
+    };
+    if first.body != this.body {
+        return Err(reused(rid));
+    }
+    match async_answers::stored(s, it, &first.address).await? {
+        Some(answer) => answer,
+        None if now_ms() > first.deadline.saturating_add(crate::state::skew_ms(s)) => {
+            Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "the request first sent with this Idempotency-Key had no answer by its deadline",
+                rid,
+            ))
+        }
+        None => Err(in_progress(rid)),
+    }
+}
+
+/// An idempotency key this request claimed: released (deleted) if the
+/// request is not queued after all, so the caller may try again.
+pub struct ClaimGuard {
+    store: Arc<dyn Kv>,
+    key: String,
+    armed: bool,
+}
+
+impl ClaimGuard {
+    pub fn new(store: Arc<dyn Kv>, key: String) -> Self {
+        Self {
+            store,
+            key,
+            armed: true,
+        }
+    }
+
+    /// Disarmed: the key stays with the request.
+    pub fn kept(mut self) -> Self {
+        self.armed = false;
+        self
+    }
+
+    /// Releases the key now.
+    pub fn release(mut self) {
+        self.armed = true;
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let (store, key) = (self.store.clone(), std::mem::take(&mut self.key));
+            tokio::spawn(async move {
+                if let Err(e) = store.delete(&key).await {
+                    tracing::warn!(error = %e, "could not release an idempotency key; it expires with its answer");
+                }
+            });
+        }
+    }
 }
 
 #[cfg(test)]

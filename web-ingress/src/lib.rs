@@ -13,7 +13,9 @@
 //! - [`config`]: flags and `SLUICE_*` variables.
 //! - [`listener`]: the HTTP listener: HTTP/1.1 and cleartext HTTP/2 on one port
 //!   (connection cap, header deadline, stream limits, graceful stop).
-//! - [`server`]: router, admission and the request handler.
+//! - [`server`]: the router and the request handler.
+//! - [`state`]: what every handler shares.
+//! - [`admission`]: backlog and replay-budget admission.
 //! - [`body`]: reading a request body (size, deadline, process-wide budget).
 //! - [`json_scan`]: nesting and element limits checked before parsing.
 //! - [`waiters`]: the waiter registry.
@@ -26,6 +28,7 @@
 //! - [`metrics`]: the ingress's metric families.
 //! - [`runtime`]: start-up, reply listener, backlog sampler, inline workers, drain.
 
+pub mod admission;
 pub mod async_answers;
 pub mod auth;
 pub mod body;
@@ -39,6 +42,7 @@ pub mod rate_limit;
 pub mod replay_window;
 pub mod runtime;
 pub mod server;
+pub mod state;
 pub mod waiters;
 
 pub use config::{Cli, Command, Config, HttpLimits, LogFormat};

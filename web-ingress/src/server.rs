@@ -20,8 +20,7 @@
 //! travels in the signed envelope) … worker spans … → `receive reply`
 //! (consumer, from the moment the worker signed the reply).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,100 +31,25 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use parking_lot::RwLock;
-use prometheus_client::registry::Registry;
 use serde_json::Value;
-use sluice_crds::{InterfacePlan, Plan};
+use sluice_crds::InterfacePlan;
 use sluice_exec_worker::worker::{DEAD_LETTER_RETENTION, KEY_MISSING_MESSAGE};
-use sluice_exec_worker::{Crash, Executor, NodeContext, StepOutcome};
+use sluice_exec_worker::{Crash, NodeContext, StepOutcome};
 use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::signing::{max_entry_bytes, oversized_output};
 use sluice_platform::telemetry::{self, Span};
-use sluice_platform::{Envelope, Keys, Kind, Kv, Queue, ReplyChannel, Signer, Verifier};
-use tokio::sync::Semaphore;
+use sluice_platform::{Envelope, Kind};
 
+use crate::admission::{admit_backlog, admit_replay_budget};
 use crate::async_answers;
-use crate::body::{self, BodyBudget, BodyError};
-use crate::config::HttpLimits;
-use crate::error::{status_of_reply_code, ApiError};
-use crate::idempotency;
+use crate::body::{self, BodyError};
+use crate::error::{
+    error_response, static_code, status_of_reply_code, too_many_requests, unavailable, ApiError,
+};
+use crate::idempotency::{self, ClaimGuard};
 use crate::json_scan::{self, ShapeError};
-use crate::metrics::{IngressMetrics, InterfaceLabel, RequestLabel};
-use crate::replay_window::ReplayWindow;
-use crate::waiters::{ReplySenders, Waiters};
-
-/// Sampled size of one worker group's queue.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Backlog {
-    pub entries: u64,
-    pub bytes: u64,
-}
-
-/// Everything a request handler needs; shared by all requests.
-pub struct AppState {
-    pub plan: Arc<Plan>,
-    pub keys: Keys,
-    pub ingress_id: String,
-    pub queue: Arc<dyn Queue>,
-    pub signer: Signer,
-    /// Nodes placed on the ingress group, run in process.
-    pub executor: Executor,
-    pub waiters: Waiters,
-    /// Per interface: the groups whose replies may complete its waiters.
-    pub reply_senders: HashMap<String, Arc<ReplySenders>>,
-    pub metrics: IngressMetrics,
-    pub registry: Registry,
-    /// False once draining: load balancers stop sending.
-    pub ready: AtomicBool,
-    /// Whether this instance's reply stream exists; until it does, work is
-    /// refused with 503 rather than sent off with nowhere to answer.
-    pub replies_open: AtomicBool,
-    /// Last sampled backlog per worker group; `None` when the sample failed.
-    pub backlog: RwLock<Option<HashMap<String, Backlog>>>,
-    pub slots: HashMap<String, Arc<Semaphore>>,
-    /// Time and shape limits of the HTTP surface.
-    pub http: HttpLimits,
-    /// Bytes of request bodies buffered at most, across all requests.
-    pub body_budget: BodyBudget,
-    /// Replay-guard nonces this ingress's requests may hold in managed
-    /// Redis; `None` without a budget (memory profile, external Redis).
-    pub replay_window: Option<ReplayWindow>,
-    /// Where answers of asynchronous requests are stored and read.
-    pub replies: Arc<dyn ReplyChannel>,
-    /// Verifies stored answers before they are returned.
-    pub verifier: Verifier,
-    /// Idempotency keys.
-    pub store: Arc<dyn Kv>,
-    /// Who calls each interface.
-    pub callers: Arc<crate::auth::Callers>,
-    /// Per-caller rate limits.
-    pub rate_limits: crate::rate_limit::RateLimits,
-}
-
-impl AppState {
-    /// The interface a route was built for: routes come from this plan.
-    pub(crate) fn interface(&self, name: &str) -> &InterfacePlan {
-        self.plan
-            .interfaces
-            .iter()
-            .find(|i| i.name == name)
-            .expect("route built from this plan")
-    }
-}
-
-/// `429`: the interface's `maxInFlight` slots are taken.
-pub(crate) fn too_many_requests(it: &InterfacePlan, rid: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_requests",
-        format!(
-            "more than {} requests in flight on this interface",
-            it.max_in_flight
-        ),
-        rid,
-    )
-    .retry_after(1)
-}
+use crate::metrics::{InterfaceLabel, RequestLabel};
+pub use crate::state::{AppState, Backlog};
 
 /// Caller-supplied request ids are kept only when they are short printable
 /// ASCII, so they are safe in headers, logs and JSON.
@@ -331,7 +255,11 @@ async fn serve(
         );
         match s.store.set_nx(&store_key, &claim.to_value(), keep).await {
             Ok(None) => claimed = Some(ClaimGuard::new(s.store.clone(), store_key)),
-            Ok(Some(first)) => return repeated(s, it, &claim, &first, rid).await,
+            Ok(Some(first)) => {
+                return idempotency::repeated(s, it, &claim, &first, rid)
+                    .await
+                    .map(Answer::Now)
+            }
             Err(e) => {
                 tracing::warn!(request_id = %rid, error = %e, "idempotency key store failed");
                 return Err(unavailable(rid));
@@ -589,173 +517,12 @@ fn receive_span(reply: &Envelope) {
     }
 }
 
-/// `clockSkew` in ms: a worker may take an envelope that long past its
-/// deadline by this process's clock.
-pub(crate) fn skew_ms(s: &AppState) -> u64 {
-    u64::try_from(s.plan.security.clock_skew.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// An error as a response; a `401` carries its challenge.
-pub(crate) fn error_response(e: ApiError) -> Response {
-    let challenge = e.status == StatusCode::UNAUTHORIZED;
-    let mut resp = e.into_response();
-    if challenge {
-        resp.headers_mut()
-            .insert("www-authenticate", crate::auth::CHALLENGE);
-    }
-    resp
-}
-
-/// A repeat of an idempotent request (`first` is what the store holds):
-/// the first one's answer, or why there is none to give.
-async fn repeated(
-    s: &AppState,
-    it: &InterfacePlan,
-    this: &idempotency::Claim,
-    first: &str,
-    rid: &str,
-) -> Result<Answer, ApiError> {
-    let Some(first) = idempotency::Claim::parse(first) else {
-        // Not written by this ingress: the key is taken all the same.
-        return Err(idempotency::in_progress(rid));
-    };
-    if first.body != this.body {
-        return Err(idempotency::reused(rid));
-    }
-    match async_answers::stored(s, it, &first.address).await? {
-        Some(answer) => answer.map(Answer::Now),
-        None if now_ms() > first.deadline.saturating_add(skew_ms(s)) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            "the request first sent with this Idempotency-Key had no answer by its deadline",
-            rid,
-        )),
-        None => Err(idempotency::in_progress(rid)),
-    }
-}
-
-/// An idempotency key this request claimed: released (deleted) if the
-/// request is not queued after all, so the caller may try again.
-struct ClaimGuard {
-    store: Arc<dyn Kv>,
-    key: String,
-    armed: bool,
-}
-
-impl ClaimGuard {
-    fn new(store: Arc<dyn Kv>, key: String) -> Self {
-        Self {
-            store,
-            key,
-            armed: true,
-        }
-    }
-
-    /// Disarmed: the key stays with the request.
-    fn kept(mut self) -> Self {
-        self.armed = false;
-        self
-    }
-
-    /// Releases the key now.
-    fn release(mut self) {
-        self.armed = true;
-    }
-}
-
-impl Drop for ClaimGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            let (store, key) = (self.store.clone(), std::mem::take(&mut self.key));
-            tokio::spawn(async move {
-                if let Err(e) = store.delete(&key).await {
-                    tracing::warn!(error = %e, "could not release an idempotency key; it expires with its answer");
-                }
-            });
-        }
-    }
-}
-
 /// What a request is answered with.
 enum Answer {
     /// The pipeline's answer.
     Now(Value),
     /// Queued; fetched later with this id.
     Later(async_answers::JobId),
-}
-
-/// Reply codes are few and known; anything else is reported generically.
-pub(crate) fn static_code(code: &str) -> &'static str {
-    match code {
-        "node_failed" => "node_failed",
-        "retries_exhausted" => "retries_exhausted",
-        "node_crashed" => "node_crashed",
-        "key_missing" => "key_missing",
-        _ => "worker_error",
-    }
-}
-
-pub(crate) fn unavailable(rid: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "backend_unavailable",
-        "the pipeline's backend is unavailable",
-        rid,
-    )
-    .retry_after(1)
-}
-
-fn admit_backlog(s: &AppState, it: &InterfacePlan, rid: &str) -> Result<(), ApiError> {
-    if it.path_groups.is_empty() {
-        return Ok(());
-    }
-    if !s.replies_open.load(Ordering::SeqCst) {
-        return Err(unavailable(rid));
-    }
-    let guard = s.backlog.read();
-    let Some(sample) = guard.as_ref() else {
-        return Err(unavailable(rid));
-    };
-    let limits = &s.plan.limits;
-    for g in &it.path_groups {
-        let b = sample.get(g).copied().unwrap_or_default();
-        if b.entries >= limits.max_queue_depth || b.bytes >= limits.max_queue_bytes {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                format!("the backlog of group `{g}` is at its limit"),
-                rid,
-            )
-            .retry_after(1));
-        }
-    }
-    Ok(())
-}
-
-/// Counts the nonces this request may make the workers claim, or refuses
-/// it while the requests admitted before hold the whole budget.
-fn admit_replay_budget(
-    s: &AppState,
-    it: &InterfacePlan,
-    timeout: Duration,
-    rid: &str,
-) -> Result<(), ApiError> {
-    let Some(w) = &s.replay_window else {
-        return Ok(());
-    };
-    if it.hops == 0 {
-        return Ok(());
-    }
-    w.admit(u64::from(it.hops), timeout).map_err(|spent| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "the requests in flight hold this ingress's share of Redis memory for the \
-             replay guard (redis.maxMemory)",
-            rid,
-        )
-        .retry_after(u32::try_from(spent.retry_after.as_secs()).unwrap_or(u32::MAX))
-    })
 }
 
 /// Reads the body by its deadline (the shorter of `--body-timeout` and the

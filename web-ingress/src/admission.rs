@@ -1,0 +1,64 @@
+//! Admission beyond the in-flight slot: the backlog of the queues on a
+//! request's path, and the replay guard's share of Redis memory.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use sluice_crds::InterfacePlan;
+
+use crate::error::{unavailable, ApiError};
+use crate::state::AppState;
+
+pub fn admit_backlog(s: &AppState, it: &InterfacePlan, rid: &str) -> Result<(), ApiError> {
+    if it.path_groups.is_empty() {
+        return Ok(());
+    }
+    if !s.replies_open.load(Ordering::SeqCst) {
+        return Err(unavailable(rid));
+    }
+    let guard = s.backlog.read();
+    let Some(sample) = guard.as_ref() else {
+        return Err(unavailable(rid));
+    };
+    let limits = &s.plan.limits;
+    for g in &it.path_groups {
+        let b = sample.get(g).copied().unwrap_or_default();
+        if b.entries >= limits.max_queue_depth || b.bytes >= limits.max_queue_bytes {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("the backlog of group `{g}` is at its limit"),
+                rid,
+            )
+            .retry_after(1));
+        }
+    }
+    Ok(())
+}
+
+/// Counts the nonces this request may make the workers claim, or refuses
+/// it while the requests admitted before hold the whole budget.
+pub fn admit_replay_budget(
+    s: &AppState,
+    it: &InterfacePlan,
+    timeout: Duration,
+    rid: &str,
+) -> Result<(), ApiError> {
+    let Some(w) = &s.replay_window else {
+        return Ok(());
+    };
+    if it.hops == 0 {
+        return Ok(());
+    }
+    w.admit(u64::from(it.hops), timeout).map_err(|spent| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the requests in flight hold this ingress's share of Redis memory for the \
+             replay guard (redis.maxMemory)",
+            rid,
+        )
+        .retry_after(u32::try_from(spent.retry_after.as_secs()).unwrap_or(u32::MAX))
+    })
+}
