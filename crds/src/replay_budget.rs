@@ -82,9 +82,7 @@ pub fn per_ingress(
     }
     let max_memory = max_memory(spec);
     let workers = spec.groups.iter().filter(|g| g.role == GroupRole::Worker);
-    let queues = workers
-        .clone()
-        .fold(0u64, |sum, _| sum.saturating_add(queue_bytes));
+    let queues = queue_bytes.saturating_mul(workers.clone().count() as u64);
     let share = max_memory
         .saturating_sub(queues.saturating_add(RESERVE_BYTES))
         .max(max_memory / 4);

@@ -412,19 +412,8 @@ where
     let q = format!("{p}:q:w");
     a.open(&r, Duration::from_millis(200)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    a.ensure_group(&q).await.unwrap();
-    a.push(&q, entry(1)).await.unwrap();
-    let d = Queue::read(&*a, &q, "w", 1, NO_WAIT)
-        .await
-        .unwrap()
-        .remove(0);
-    let fwd = Forward {
-        stream: r.clone(),
-        entry: entry(2),
-        must_exist: true,
-    };
     assert!(
-        !a.complete(&q, &d.id, Some(fwd)).await.unwrap(),
+        !reply_through(&*a, &q, &r, 2).await,
         "an expired reply stream is not recreated"
     );
     assert!(a.recv(&r, 10, NO_WAIT).await.unwrap().is_empty());
@@ -435,18 +424,8 @@ where
     a.open(&r, Duration::from_secs(30)).await.unwrap();
     a.close(&r).await.unwrap();
     let q = format!("{p}:q:w");
-    a.push(&q, entry(1)).await.unwrap();
-    let d = Queue::read(&*a, &q, "w", 1, NO_WAIT)
-        .await
-        .unwrap()
-        .remove(0);
-    let fwd = Forward {
-        stream: r,
-        entry: entry(2),
-        must_exist: true,
-    };
     assert!(
-        !a.complete(&q, &d.id, Some(fwd)).await.unwrap(),
+        !reply_through(&*a, &q, &r, 2).await,
         "a closed stream is not recreated"
     );
 
@@ -462,18 +441,7 @@ where
         "open, nothing yet"
     );
     let q = format!("{p}:q:w");
-    a.ensure_group(&q).await.unwrap();
-    a.push(&q, entry(1)).await.unwrap();
-    let d = Queue::read(&*a, &q, "w", 1, NO_WAIT)
-        .await
-        .unwrap()
-        .remove(0);
-    let fwd = Forward {
-        stream: r.clone(),
-        entry: entry(7),
-        must_exist: true,
-    };
-    assert!(a.complete(&q, &d.id, Some(fwd)).await.unwrap());
+    assert!(reply_through(&*a, &q, &r, 7).await);
     for _ in 0..2 {
         assert_eq!(
             a.peek(&r, 4).await.unwrap(),
@@ -483,6 +451,21 @@ where
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(a.peek(&r, 4).await.unwrap(), None, "expired");
+}
+
+/// Pushes `entry(1)` to `q`, reads it, and completes it forwarding
+/// `entry(reply)` to reply stream `r` (must exist); whether it was
+/// forwarded.
+async fn reply_through<A: Queue + ?Sized>(a: &A, q: &str, r: &str, reply: usize) -> bool {
+    a.ensure_group(q).await.unwrap();
+    a.push(q, entry(1)).await.unwrap();
+    let d = Queue::read(a, q, "w", 1, NO_WAIT).await.unwrap().remove(0);
+    let fwd = Forward {
+        stream: r.to_string(),
+        entry: entry(reply),
+        must_exist: true,
+    };
+    a.complete(q, &d.id, Some(fwd)).await.unwrap()
 }
 
 /// Runs every `Kv` case; `make` returns an adapter and a key prefix.

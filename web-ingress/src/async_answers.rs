@@ -32,8 +32,7 @@ use sluice_platform::keyring::hex;
 use sluice_platform::signing::new_nonce;
 use sluice_platform::Rejection;
 
-use crate::error::static_code;
-use crate::error::{status_of_reply_code, ApiError};
+use crate::error::{from_reply, ApiError};
 use crate::state::{skew_ms, AppState};
 use crate::waiters::ReplySenders;
 
@@ -208,12 +207,7 @@ async fn look(s: &AppState, it: &InterfacePlan, address: &str) -> Result<Looked,
                 let env = reply.envelope;
                 return Ok(Looked::Answer(match env.error {
                     None => Ok(env.payload),
-                    Some(e) => Err(ApiError::new(
-                        status_of_reply_code(&e.code),
-                        static_code(&e.code),
-                        e.message,
-                        &env.rid,
-                    )),
+                    Some(e) => Err(from_reply(e, &env.rid)),
                 }));
             }
             Ok(_) => s.verifier.count_rejection(Rejection::WrongSender),

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use sluice_crds::InterfacePlan;
+use sluice_platform::ReplyError;
 
 /// A request that ends in an error response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +109,18 @@ pub fn static_code(code: &str) -> &'static str {
         _ => "worker_error",
     }
 }
+
+/// The error a pipeline answered a request with, as the caller gets it.
+pub fn from_reply(e: ReplyError, rid: &str) -> ApiError {
+    ApiError::new(
+        status_of_reply_code(&e.code),
+        static_code(&e.code),
+        e.message,
+        rid,
+    )
+}
+
+/// `503`: the pipeline's backend cannot be reached.
 pub fn unavailable(rid: &str) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,

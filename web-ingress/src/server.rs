@@ -44,7 +44,7 @@ use crate::admission::{admit_backlog, admit_replay_budget};
 use crate::async_answers;
 use crate::body::{self, BodyError};
 use crate::error::{
-    error_response, static_code, status_of_reply_code, too_many_requests, unavailable, ApiError,
+    error_response, from_reply, status_of_reply_code, too_many_requests, unavailable, ApiError,
 };
 use crate::idempotency::{self, ClaimGuard};
 use crate::json_scan::{self, ShapeError};
@@ -241,11 +241,12 @@ async fn serve(
     // fetched (or found by a repeat) later. A repeat is answered here,
     // before it costs any budget or runs any node.
     let job = (later || idempotent.is_some()).then(|| async_answers::JobId::new(deadline));
+    let address = job.as_ref().map(|j| j.address(&caller));
     let mut claimed = None;
-    if let (Some((key, body)), Some(job)) = (&idempotent, &job) {
+    if let (Some((key, body)), Some(address)) = (&idempotent, &address) {
         let claim = idempotency::Claim {
             body: body.clone(),
-            address: job.address(&caller),
+            address: address.clone(),
             deadline,
         };
         let scoped = crate::auth::scoped(&caller, key);
@@ -376,16 +377,15 @@ async fn serve(
     // Register before pushing: the reply may arrive before push returns.
     // An interface missing from the map (cannot happen: both come from the
     // plan) takes no reply at all rather than any.
-    let mut waiter = match &job {
+    let mut waiter = match &address {
         None => {
             let senders = s.reply_senders.get(&it.name).cloned().unwrap_or_default();
             Some(s.waiters.register(cid, senders))
         }
-        Some(job) => {
+        Some(address) => {
             // The answer's stream exists before the request does: workers
             // write replies only into streams that exist.
-            let address = job.address(&caller);
-            let answers = s.keys.reply(&address);
+            let answers = s.keys.reply(address);
             if let Err(e) = s
                 .replies
                 .open(&answers, async_answers::retention(s, timeout_of_request))
@@ -394,7 +394,7 @@ async fn serve(
                 tracing::warn!(request_id = %rid, error = %e, "cannot open the answer stream");
                 return Err(unavailable(rid));
             }
-            env.reply_to = Some(address);
+            env.reply_to = Some(address.clone());
             None
         }
     };
@@ -443,13 +443,16 @@ async fn serve(
         return Err(unavailable(rid));
     }
     drop(hop);
-    let (Some(waiter), None) = (&mut waiter, &job) else {
-        let job = job.expect("no waiter: the answer is stored");
+    // No waiter: the answer is stored, at `address`.
+    let Some(waiter) = waiter.as_mut() else {
         if later {
-            return Ok(Answer::Later(job));
+            return Ok(Answer::Later(
+                job.expect("an asynchronous request has an id"),
+            ));
         }
         // Idempotent and waited for: the answer is where a repeat finds it.
-        return match async_answers::wait_stored(s, it, &job.address(&caller), deadline).await {
+        let address = address.expect("no waiter: the answer is stored");
+        return match async_answers::wait_stored(s, it, &address, deadline).await {
             Some(answer) => answer.map(Answer::Now),
             None => Err(timeout()),
         };
@@ -461,12 +464,7 @@ async fn serve(
             receive_span(&reply);
             match reply.error {
                 None => Ok(Answer::Now(reply.payload)),
-                Some(e) => Err(ApiError::new(
-                    status_of_reply_code(&e.code),
-                    static_code(&e.code),
-                    e.message,
-                    rid,
-                )),
+                Some(e) => Err(from_reply(e, rid)),
             }
         }
     }
