@@ -36,6 +36,8 @@ pub mod yaml;
 
 pub use key_needs::KeyNeeds;
 pub use manifest::{load_manifest, parse_manifest, parse_manifest_bytes, ManifestError};
-pub use plan::{compile, AuthPlan, GroupPlan, InterfacePlan, Next, NodePlan, PipelineId, Plan};
+pub use plan::{
+    compile, AuthPlan, GroupPlan, InterfacePlan, Next, NodePlan, PipelineId, Plan, WebSocketPlan,
+};
 pub use types::*;
 pub use validate::{validate, validate_id, FieldError};

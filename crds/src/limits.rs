@@ -91,6 +91,10 @@ pub const MAX_AUTOSCALE_WINDOW: Duration = Duration::from_secs(3600);
 
 /// Most requests in flight per interface and ingress process.
 pub const MAX_IN_FLIGHT: u32 = 65_536;
+
+/// `interfaces[].websocket.maxInFlightPerConnection`: each held answer of an
+/// ordered connection waits in the ingress's memory.
+pub const MAX_WS_IN_FLIGHT: u32 = 1024;
 /// Most envelopes a worker process works on at once.
 pub const MAX_CONCURRENCY: u32 = 4096;
 /// Most replicas of a group, fixed or autoscaled.

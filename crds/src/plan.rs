@@ -27,6 +27,10 @@ pub const DEFAULT_MAX_PAYLOAD: u64 = 1 << 20;
 /// `asyncTimeout`.
 pub const DEFAULT_RESULTS_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 1024;
+pub const DEFAULT_WS_IN_FLIGHT: u32 = 32;
+pub const DEFAULT_WS_IDLE: Duration = Duration::from_secs(300);
+pub const DEFAULT_WS_LIFETIME: Duration = Duration::from_secs(3600);
+pub const DEFAULT_WS_PING: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_QUEUE_DEPTH: u64 = 10_000;
 pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 64 << 20;
 pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
@@ -74,6 +78,8 @@ pub struct InterfacePlan {
     pub timeout: Duration,
     pub max_in_flight: u32,
     pub ordered: bool,
+    /// Connection limits; `Some` exactly for `websocket` interfaces.
+    pub websocket: Option<WebSocketPlan>,
     /// Whether a POST answers `202` without `Prefer: respond-async`.
     pub mode: InterfaceMode,
     /// The deadline of an asynchronous request, from its submit.
@@ -93,6 +99,19 @@ pub struct InterfacePlan {
     /// Queue hops on the longest path a request may take: the most
     /// envelopes (and replay-guard nonces) one request costs the workers.
     pub hops: u32,
+}
+
+/// Limits of each connection of a `websocket` interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebSocketPlan {
+    /// Messages read and not yet answered on the socket, at most.
+    pub max_in_flight: u32,
+    /// Closed when nothing is in flight and no message came for this long.
+    pub idle_timeout: Duration,
+    /// Closed (after answering) this long after opening.
+    pub max_lifetime: Duration,
+    /// Ping period; no pong for this long again ends the connection.
+    pub ping_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -316,6 +335,17 @@ pub fn compile(id: PipelineId, spec: &StreamPipelineSpec) -> Result<Plan, Vec<Fi
                     }),
                 max_in_flight: i.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
                 ordered: i.ordered.unwrap_or(false),
+                websocket: (i.kind == InterfaceKind::Websocket).then(|| {
+                    let w = i.websocket.clone().unwrap_or_default();
+                    WebSocketPlan {
+                        max_in_flight: w
+                            .max_in_flight_per_connection
+                            .unwrap_or(DEFAULT_WS_IN_FLIGHT),
+                        idle_timeout: dur(&w.idle_timeout, DEFAULT_WS_IDLE),
+                        max_lifetime: dur(&w.max_lifetime, DEFAULT_WS_LIFETIME),
+                        ping_interval: dur(&w.ping_interval, DEFAULT_WS_PING),
+                    }
+                }),
                 path_groups: reach.worker_groups.into_iter().collect(),
                 terminal_groups: reach.terminal_groups.into_iter().collect(),
                 hops: reach.hops,

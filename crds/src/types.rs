@@ -240,7 +240,9 @@ pub struct IngressSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InterfaceSpec {
     pub name: String,
-    /// Protocol. This release serves `http`; the others are reserved.
+    /// Protocol: `http` (a POST per request) or `websocket` (a message
+    /// per request on a long-lived connection); `sse` and `graphql` are
+    /// reserved.
     #[serde(default)]
     pub kind: InterfaceKind,
     /// URL path, starting with `/`.
@@ -253,9 +255,13 @@ pub struct InterfaceSpec {
     /// Requests in flight on this interface per ingress process before `429` (default 1024).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
-    /// Streaming interfaces: answer in input order.
+    /// WebSocket interfaces: answer each connection's messages in the
+    /// order they arrived (default `false`: as they complete).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordered: Option<bool>,
+    /// Limits of a WebSocket interface's connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WebSocketSpec>,
     /// `sync` (default): a POST waits for its answer, and answers `202`
     /// with a `Location` to fetch it later only when it asks with
     /// `Prefer: respond-async`. `async`: every POST answers `202`.
@@ -268,6 +274,29 @@ pub struct InterfaceSpec {
     /// Who may call: without it, anyone who reaches the ingress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+}
+
+/// Limits of each connection of a `websocket` interface.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebSocketSpec {
+    /// Messages of one connection in flight (read and not yet answered on
+    /// the socket) before the ingress stops reading it (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_connection: Option<u32>,
+    /// A connection with nothing in flight that sends no message for this
+    /// long is closed (default `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    /// A connection is closed, after answering what it has in flight, this
+    /// long after it opened (default `1h`): callers reconnect, and a
+    /// revoked token stops working within it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime: Option<String>,
+    /// How often the ingress pings; a peer that answers no ping within
+    /// another interval is gone (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_interval: Option<String>,
 }
 
 /// How callers of an interface are identified: exactly one of `bearer` and

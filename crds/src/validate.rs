@@ -778,16 +778,7 @@ fn check_interfaces(
                 format!("duplicate path {}", shown(&it.path)),
             );
         }
-        if it.kind != InterfaceKind::Http {
-            e.push(
-                format!("{p}.kind"),
-                format!(
-                    "{:?} interfaces are not served by this release; use http",
-                    it.kind
-                )
-                .to_lowercase(),
-            );
-        }
+        check_kind(&p, it, e);
         if !nodes.contains_key(&it.entry) {
             e.push(
                 format!("{p}.entry"),
@@ -818,6 +809,84 @@ fn check_interfaces(
         );
     }
     min_timeout
+}
+
+/// What an interface may set depends on its kind: `ordered` and
+/// `websocket` only on WebSocket interfaces, asynchronous answers only on
+/// HTTP ones.
+fn check_kind(p: &str, it: &InterfaceSpec, e: &mut Errors) {
+    match it.kind {
+        InterfaceKind::Http => {
+            if it.ordered.is_some() {
+                e.push(
+                    format!("{p}.ordered"),
+                    "applies to websocket interfaces (an HTTP request has one answer)",
+                );
+            }
+            if it.websocket.is_some() {
+                e.push(format!("{p}.websocket"), "applies to websocket interfaces");
+            }
+        }
+        InterfaceKind::Websocket => {
+            if it.mode == Some(InterfaceMode::Async) {
+                e.push(
+                    format!("{p}.mode"),
+                    "websocket messages are answered on their connection; use sync",
+                );
+            }
+            if it.async_timeout.is_some() {
+                e.push(
+                    format!("{p}.asyncTimeout"),
+                    "websocket messages are answered on their connection; use timeout",
+                );
+            }
+            let w = it.websocket.clone().unwrap_or_default();
+            let w_p = format!("{p}.websocket");
+            e.count(
+                &format!("{w_p}.maxInFlightPerConnection"),
+                w.max_in_flight_per_connection,
+                (1, MAX_WS_IN_FLIGHT),
+            );
+            let per_connection = w
+                .max_in_flight_per_connection
+                .unwrap_or(crate::plan::DEFAULT_WS_IN_FLIGHT);
+            let total = it
+                .max_in_flight
+                .unwrap_or(crate::plan::DEFAULT_MAX_IN_FLIGHT);
+            if per_connection > total {
+                e.push(
+                    format!("{w_p}.maxInFlightPerConnection"),
+                    format!("must not exceed the interface's maxInFlight ({total})"),
+                );
+            }
+            e.duration(
+                &format!("{w_p}.idleTimeout"),
+                w.idle_timeout.as_ref(),
+                crate::plan::DEFAULT_WS_IDLE,
+                (Duration::from_secs(1), Duration::from_secs(24 * 3600)),
+            );
+            e.duration(
+                &format!("{w_p}.maxLifetime"),
+                w.max_lifetime.as_ref(),
+                crate::plan::DEFAULT_WS_LIFETIME,
+                (Duration::from_secs(60), Duration::from_secs(24 * 3600)),
+            );
+            e.duration(
+                &format!("{w_p}.pingInterval"),
+                w.ping_interval.as_ref(),
+                crate::plan::DEFAULT_WS_PING,
+                (Duration::from_secs(1), Duration::from_secs(300)),
+            );
+        }
+        InterfaceKind::Sse | InterfaceKind::Graphql => e.push(
+            format!("{p}.kind"),
+            format!(
+                "{:?} interfaces are not served by this release; use http or websocket",
+                it.kind
+            )
+            .to_lowercase(),
+        ),
+    }
 }
 
 /// Headers a proxy cannot be trusted to own, or that carry other meaning.

@@ -127,7 +127,52 @@ fn each_rule_is_reported_with_its_field_path() {
         (
             "not served by this release",
             "path: /v1/x,",
-            "path: /v1/x, kind: websocket,",
+            "path: /v1/x, kind: graphql,",
+        ),
+        (
+            "ordered: applies to websocket interfaces",
+            "path: /v1/x,",
+            "path: /v1/x, ordered: true,",
+        ),
+        (
+            "websocket: applies to websocket interfaces",
+            "path: /v1/x,",
+            "path: /v1/x, websocket: { idleTimeout: 1m },",
+        ),
+        (
+            "mode: websocket messages are answered on their connection",
+            "path: /v1/x,",
+            "path: /v1/x, kind: websocket, mode: async,",
+        ),
+        (
+            "asyncTimeout: websocket messages are answered on their connection",
+            "path: /v1/x,",
+            "path: /v1/x, kind: websocket, asyncTimeout: 1m,",
+        ),
+        (
+            "maxInFlightPerConnection: must not exceed the interface's maxInFlight (8)",
+            "path: /v1/x,",
+            "path: /v1/x, kind: websocket, maxInFlight: 8, websocket: { maxInFlightPerConnection: 9 },",
+        ),
+        (
+            "maxInFlightPerConnection: must be between 1 and 1024",
+            "path: /v1/x,",
+            "path: /v1/x, kind: websocket, websocket: { maxInFlightPerConnection: 0 },",
+        ),
+        (
+            "websocket.pingInterval: must be between 1s and 5m",
+            "path: /v1/x,",
+            "path: /v1/x, kind: websocket, websocket: { pingInterval: 10m },",
+        ),
+        (
+            "websocket.maxLifetime: must be between 1m and 24h",
+            "path: /v1/x,",
+            "path: /v1/x, kind: websocket, websocket: { maxLifetime: 10s },",
+        ),
+        (
+            "websocket.idleTimeout: `soon` is not a duration",
+            "path: /v1/x,",
+            "path: /v1/x, kind: websocket, websocket: { idleTimeout: soon },",
         ),
     ];
     for (want, from, to) in cases {

@@ -88,6 +88,18 @@ pub fn too_many_requests(it: &InterfacePlan, rid: &str) -> ApiError {
     .retry_after(1)
 }
 
+/// `429`: the caller's `auth.rateLimit` is used up for `wait`.
+pub fn rate_limited(wait: std::time::Duration, rid: &str) -> ApiError {
+    let secs = u32::try_from(wait.as_secs().saturating_add(1)).unwrap_or(u32::MAX);
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "this caller's rate limit on this interface is reached (auth.rateLimit)",
+        rid,
+    )
+    .retry_after(secs)
+}
+
 /// An error as a response; a `401` carries its challenge.
 pub fn error_response(e: ApiError) -> Response {
     let challenge = e.status == StatusCode::UNAUTHORIZED;

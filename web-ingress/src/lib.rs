@@ -32,6 +32,7 @@ pub mod admission;
 pub mod async_answers;
 pub mod auth;
 pub mod body;
+mod call;
 pub mod config;
 pub mod error;
 pub mod idempotency;
@@ -44,6 +45,7 @@ pub mod runtime;
 pub mod server;
 pub mod state;
 pub mod waiters;
+pub mod websocket;
 
 pub use config::{Cli, Command, Config, HttpLimits, LogFormat};
 pub use runtime::{keygen, start, start_with, Ingress, StartError};

@@ -7,7 +7,8 @@
 //!                           └─ first bytes by the header deadline ─┬─ HTTP/2 preface ─▶ hyper http2 ─▶ router
 //!                                                                  └─ anything else ──▶ hyper http1 ─▶ router
 //! stop   ─▶ no more accepts ─▶ each connection finishes the requests it is on
-//!           (HTTP/2: GOAWAY), idle ones close ─▶ returns once every connection has ended
+//!           (HTTP/2: GOAWAY), idle ones close, WebSockets drain (see `websocket`)
+//!           ─▶ returns once every connection has ended
 //! ```
 //!
 //! # HTTP/2 limits
@@ -40,7 +41,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -121,18 +122,21 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         metrics.open.inc();
-        let open = metrics.open.clone();
+        let hold = ConnectionHold {
+            _held: Arc::new(Held {
+                _slot: slot,
+                open: metrics.open.clone(),
+            }),
+            stop: stop.clone(),
+        };
         let app = app.clone();
-        let stop = stop.clone();
         let protocols = protocols.clone();
         let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            let result = serve_connection(stream, app, &protocols, header_timeout, stop).await;
+            let result = serve_connection(stream, app, &protocols, header_timeout, hold).await;
             if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            open.dec();
-            drop(slot);
         });
     }
     // Closing the socket now makes new connections fail at once, rather
@@ -141,6 +145,27 @@ pub async fn serve(
     // Every connection holds one slot until it ends: all slots back means
     // all connections are done.
     let _all = slots.acquire_many(cap).await;
+}
+
+/// A connection's place under the cap, in every request's extensions. A
+/// connection upgraded to a WebSocket keeps it while the socket lives, so
+/// sockets count against `--max-connections` and the listener's drain
+/// waits for them; `stop` tells the socket to drain.
+#[derive(Clone)]
+pub struct ConnectionHold {
+    _held: Arc<Held>,
+    pub stop: CancellationToken,
+}
+
+struct Held {
+    _slot: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 struct Protocols {
@@ -156,8 +181,9 @@ async fn serve_connection(
     app: Router,
     protocols: &Protocols,
     header_timeout: Duration,
-    stop: CancellationToken,
+    hold: ConnectionHold,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let stop = hold.stop.clone();
     let deadline = tokio::time::Instant::now() + header_timeout;
     let preface = tokio::select! {
         _ = stop.cancelled() => return Ok(()),
@@ -175,7 +201,9 @@ async fn serve_connection(
         let tracked = activity.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let busy = tracked.begin();
-            let call = app.clone().oneshot(req.map(Body::new));
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(hold.clone());
+            let call = app.clone().oneshot(req);
             async move {
                 let response = call.await;
                 drop(busy);
@@ -196,7 +224,9 @@ async fn serve_connection(
         Ok(conn.await?)
     } else {
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            app.clone().oneshot(req.map(Body::new))
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(hold.clone());
+            app.clone().oneshot(req)
         });
         // The first head's deadline counts from the connection's opening,
         // the first bytes included.

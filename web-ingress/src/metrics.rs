@@ -19,6 +19,12 @@ pub struct InterfaceLabel {
     pub interface: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabel {
+    pub interface: String,
+    pub code: u16,
+}
+
 #[derive(Clone, Debug)]
 pub struct IngressMetrics {
     pub requests: Family<RequestLabel, Counter>,
@@ -35,6 +41,10 @@ pub struct IngressMetrics {
     /// Replay-guard nonces this ingress's admitted requests may still hold
     /// in Redis (sampled with the backlog).
     pub replay_nonces: Gauge,
+    /// Open WebSocket connections, per interface.
+    pub websockets: Family<InterfaceLabel, Gauge>,
+    /// WebSocket connections ended, by interface and close code.
+    pub websocket_closes: Family<CloseLabel, Counter>,
 }
 
 impl IngressMetrics {
@@ -52,6 +62,8 @@ impl IngressMetrics {
             connections: Gauge::default(),
             connections_refused: Counter::default(),
             replay_nonces: Gauge::default(),
+            websockets: Family::default(),
+            websocket_closes: Family::default(),
         };
         r.register(
             "sluice_ingress_requests",
@@ -104,7 +116,31 @@ impl IngressMetrics {
              (its budget: redis.maxMemory)",
             m.replay_nonces.clone(),
         );
+        r.register(
+            "sluice_ingress_websocket_connections",
+            "Open WebSocket connections, by interface",
+            m.websockets.clone(),
+        );
+        r.register(
+            "sluice_ingress_websocket_closed",
+            "WebSocket connections ended, by interface and close code \
+             (1006: ended without a close frame)",
+            m.websocket_closes.clone(),
+        );
         m
+    }
+
+    /// Counts one answered request (an HTTP request or a WebSocket
+    /// message) and its duration.
+    pub fn answered(&self, interface: &str, status: u16, elapsed: std::time::Duration) {
+        let label = RequestLabel {
+            interface: interface.to_string(),
+            status,
+        };
+        self.requests.get_or_create(&label).inc();
+        self.duration
+            .get_or_create(&label)
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn dropped(&self, reason: &str) {

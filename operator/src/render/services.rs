@@ -1,7 +1,8 @@
 //! How the ingress group is reached: the Service `P` in front of its pods
 //! (type from `spec.expose.serviceType`) and, with `expose.ingress`, the
-//! Ingress `P` with, per interface, its `Exact` path and the `Prefix`
-//! `<path>/requests` where asynchronous answers are fetched.
+//! Ingress `P` with, per interface, its `Exact` path and, for HTTP
+//! interfaces, the `Prefix` `<path>/requests` where asynchronous answers are
+//! fetched.
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::{
@@ -9,7 +10,7 @@ use k8s_openapi::api::networking::v1::{
     IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use sluice_crds::{GroupRole, GroupSpec, ServiceType};
+use sluice_crds::{GroupRole, GroupSpec, InterfaceKind, ServiceType};
 
 use super::context::Ctx;
 use super::contract::SERVICE_PORT;
@@ -41,10 +42,7 @@ pub(crate) fn ingress_service(ctx: &Ctx<'_>, g: &GroupSpec) -> Service {
             selector: Some(labels::group_selector(&ctx.name, &g.name)),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
-                // The port serves HTTP/1.1 and cleartext HTTP/2 by prior
-                // knowledge (KEP-3726's value); proxies that read it may
-                // multiplex requests to the pods over HTTP/2.
-                app_protocol: Some("kubernetes.io/h2c".into()),
+                app_protocol: Some(app_protocol(ctx).into()),
                 port: SERVICE_PORT,
                 target_port: Some(IntOrString::String("http".into())),
                 protocol: Some("TCP".into()),
@@ -53,6 +51,25 @@ pub(crate) fn ingress_service(ctx: &Ctx<'_>, g: &GroupSpec) -> Service {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// The port serves HTTP/1.1 and cleartext HTTP/2 by prior knowledge, and
+/// WebSocket upgrades over HTTP/1.1. KEP-3726's values: `kubernetes.io/h2c`
+/// lets proxies multiplex requests to the pods over HTTP/2; with a
+/// WebSocket interface, `kubernetes.io/ws`, as a proxy that spoke HTTP/2 to
+/// the pods would have to carry upgrades as extended CONNECT, which the
+/// ingress does not serve.
+fn app_protocol(ctx: &Ctx<'_>) -> &'static str {
+    if ctx
+        .spec
+        .interfaces
+        .iter()
+        .any(|i| i.kind == InterfaceKind::Websocket)
+    {
+        "kubernetes.io/ws"
+    } else {
+        "kubernetes.io/h2c"
     }
 }
 
@@ -66,8 +83,13 @@ pub(crate) fn ingress_resource(ctx: &Ctx<'_>) -> Option<Ingress> {
         .interfaces
         .iter()
         .flat_map(|i| {
-            let answers = format!("{}/requests", i.path.trim_end_matches('/'));
-            [(i.path.clone(), "Exact"), (answers, "Prefix")]
+            let answers = (i.kind == InterfaceKind::Http).then(|| {
+                (
+                    format!("{}/requests", i.path.trim_end_matches('/')),
+                    "Prefix",
+                )
+            });
+            std::iter::once((i.path.clone(), "Exact")).chain(answers)
         })
         .map(|(path, path_type)| HTTPIngressPath {
             path: Some(path),
@@ -152,6 +174,31 @@ mod tests {
                 .app_protocol
                 .as_deref(),
             Some("kubernetes.io/h2c")
+        );
+        // A WebSocket interface: its path only, and a Service that says the
+        // port carries WebSocket upgrades.
+        let mut sp = with_everything();
+        sp.spec.interfaces[0].kind = sluice_crds::InterfaceKind::Websocket;
+        let d = render(&sp);
+        let Some(Child::Ingress(ing)) = d.objects.iter().find(|o| o.kind().kind == "Ingress")
+        else {
+            panic!("no Ingress")
+        };
+        let paths = &ing.spec.as_ref().unwrap().rules.as_ref().unwrap()[0]
+            .http
+            .as_ref()
+            .unwrap()
+            .paths;
+        assert_eq!(paths.len(), 1);
+        assert_eq!(paths[0].path.as_deref(), Some("/v1/enrich"));
+        let Some(Child::Service(svc)) = d.objects.iter().find(|o| o.name() == "enrich") else {
+            panic!()
+        };
+        assert_eq!(
+            svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
+                .app_protocol
+                .as_deref(),
+            Some("kubernetes.io/ws")
         );
         // A single ingress replica gets no PDB (it would block every drain).
         assert!(!render(&orders_redis()).contains("PodDisruptionBudget", "orders-redis-web"));

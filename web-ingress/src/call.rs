@@ -1,0 +1,331 @@
+//! One request through the pipeline, once admitted: the replay budget, the
+//! ingress group's nodes in process, the signed first hop, and the answer
+//! (waited for, or stored to be fetched). The HTTP route and the WebSocket
+//! connection both call [`run`].
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::Value;
+use sluice_crds::InterfacePlan;
+use sluice_exec_worker::worker::{DEAD_LETTER_RETENTION, KEY_MISSING_MESSAGE};
+use sluice_exec_worker::{Crash, NodeContext, StepOutcome};
+use sluice_platform::clock::{from_ms, now_ms};
+use sluice_platform::signing::{max_entry_bytes, oversized_output};
+use sluice_platform::telemetry::{self, Span};
+use sluice_platform::{Envelope, Kind};
+
+use crate::admission::admit_replay_budget;
+use crate::async_answers;
+use crate::error::{from_reply, status_of_reply_code, unavailable, ApiError};
+use crate::idempotency::ClaimGuard;
+use crate::metrics::InterfaceLabel;
+use crate::state::AppState;
+
+/// An admitted request.
+pub(crate) struct Call<'a> {
+    pub cid: &'a str,
+    pub rid: &'a str,
+    pub input: Value,
+    /// Unix ms by which the answer is due.
+    pub deadline: u64,
+    /// The request's timeout, as its errors name it.
+    pub timeout: Duration,
+    /// Answered `202` at once, the answer stored at `address`.
+    pub later: bool,
+    /// The id of a stored answer (asynchronous or idempotent requests).
+    pub job: Option<async_answers::JobId>,
+    /// Where the answer is stored; `None`: waited for by this process.
+    pub address: Option<String>,
+    /// The idempotency key claimed for this request.
+    pub claimed: Option<ClaimGuard>,
+}
+
+/// What a request is answered with.
+pub(crate) enum Answer {
+    /// The pipeline's answer.
+    Now(Value),
+    /// Queued; fetched later with this id.
+    Later(async_answers::JobId),
+}
+
+/// Runs an admitted request until it is answered (or queued, for
+/// asynchronous requests).
+pub(crate) async fn run(
+    s: &AppState,
+    it: &InterfacePlan,
+    span: &Span,
+    call: Call<'_>,
+) -> Result<Answer, ApiError> {
+    let Call {
+        cid,
+        rid,
+        input,
+        deadline,
+        timeout: timeout_of_request,
+        later,
+        job,
+        address,
+        claimed,
+    } = call;
+    admit_replay_budget(s, it, timeout_of_request, rid)?;
+    let label = InterfaceLabel {
+        interface: it.name.clone(),
+    };
+    let in_flight = s.metrics.in_flight.get_or_create(&label).clone();
+    in_flight.inc();
+    let _dec = scopeguard(move || {
+        in_flight.dec();
+    });
+
+    let mut env = Envelope {
+        kind: Kind::Request,
+        pipeline: s.keys.pipeline().to_string(),
+        dest: String::new(),
+        cid: cid.to_string(),
+        rid: rid.to_string(),
+        trace: None,
+        ts: 0,
+        nonce: String::new(),
+        deadline,
+        attempt: 1,
+        node: None,
+        reply_to: Some(s.ingress_id.clone()),
+        payload: Value::Null,
+        error: None,
+    };
+    let timeout = || {
+        s.metrics
+            .timeouts
+            .get_or_create(&InterfaceLabel {
+                interface: it.name.clone(),
+            })
+            .inc();
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("no answer within {timeout_of_request:?}"),
+            rid,
+        )
+    };
+
+    // Nodes on the ingress group run here, before the first hop.
+    let entry_group = &s.plan.nodes[&it.entry].group;
+    let (group, node, payload) = if *entry_group == s.plan.ingress_group {
+        let mut ctx = NodeContext {
+            request_id: rid.to_string(),
+            correlation_id: cid.to_string(),
+            node: String::new(),
+            deadline: from_ms(deadline),
+            attempt: 1,
+        };
+        let mut outcome = s.executor.run(&it.entry, input.clone(), &ctx).await;
+        // A retryable failure is tried again after a lease, as a worker's
+        // entry would be redelivered, up to maxDeliveries and the deadline.
+        let limits = &s.plan.limits;
+        while matches!(&outcome, StepOutcome::Failed(e) if e.is_retryable())
+            && ctx.attempt < limits.max_deliveries
+            && now_ms() + (limits.lease.as_millis() as u64) < deadline
+        {
+            tokio::time::sleep(limits.lease).await;
+            ctx.attempt += 1;
+            outcome = s.executor.run(&it.entry, input.clone(), &ctx).await;
+        }
+        match outcome {
+            // Answered here: nothing to fetch later, so it is answered now
+            // (and an idempotency key claimed for it is released: the
+            // answer is not stored).
+            StepOutcome::Done(v) => return Ok(Answer::Now(v)),
+            StepOutcome::Forward {
+                node,
+                group,
+                payload,
+            } => (group, node, payload),
+            StepOutcome::Failed(e) => {
+                let code = if e.is_retryable() {
+                    "retries_exhausted"
+                } else {
+                    "node_failed"
+                };
+                return Err(ApiError::new(
+                    status_of_reply_code(code),
+                    code,
+                    e.message(),
+                    rid,
+                ));
+            }
+            StepOutcome::Expired => return Err(timeout()),
+            StepOutcome::Crashed(crash) => {
+                env.dest = s.plan.ingress_group.clone();
+                env.node = Some(it.entry.clone());
+                env.payload = input;
+                dead_letter_crash(s, &mut env, &crash).await;
+                return Err(ApiError::new(
+                    status_of_reply_code("node_crashed"),
+                    "node_crashed",
+                    crash.caller_message(),
+                    rid,
+                ));
+            }
+        }
+    } else {
+        (entry_group.clone(), it.entry.clone(), input)
+    };
+    env.dest = group.clone();
+    env.node = Some(node);
+    env.payload = payload;
+
+    // Register before pushing: the reply may arrive before push returns.
+    // An interface missing from the map (cannot happen: both come from the
+    // plan) takes no reply at all rather than any.
+    let mut waiter = match &address {
+        None => {
+            let senders = s.reply_senders.get(&it.name).cloned().unwrap_or_default();
+            Some(s.waiters.register(cid, senders))
+        }
+        Some(address) => {
+            // The answer's stream exists before the request does: workers
+            // write replies only into streams that exist.
+            let answers = s.keys.reply(address);
+            if let Err(e) = s
+                .replies
+                .open(&answers, async_answers::retention(s, timeout_of_request))
+                .await
+            {
+                tracing::warn!(request_id = %rid, error = %e, "cannot open the answer stream");
+                return Err(unavailable(rid));
+            }
+            env.reply_to = Some(address.clone());
+            None
+        }
+    };
+    let stream = s.keys.queue(&group);
+    let hop = span.child(format!("send {group}"), telemetry::Kind::Producer);
+    hop.set("messaging.destination.name", stream.clone());
+    hop.set("sluice.node", env.node.clone().unwrap_or_default());
+    env.trace = hop.traceparent();
+    let entry = match s.signer.sign(&mut env) {
+        Ok(entry) => entry,
+        Err(e) => {
+            tracing::error!(request_id = %rid, error = %e, group, "cannot sign the request for its first hop");
+            hop.fail("signing key missing");
+            return Err(ApiError::new(
+                status_of_reply_code("key_missing"),
+                "key_missing",
+                KEY_MISSING_MESSAGE,
+                rid,
+            ));
+        }
+    };
+    // Only an ingress-group node's output can exceed it (the body was
+    // checked); sent as it is, it would be refused unread and time out.
+    let entry_limit = max_entry_bytes(s.plan.security.max_payload_bytes as usize);
+    if entry.stored_len() > entry_limit {
+        let message = oversized_output(&it.entry, entry.stored_len(), entry_limit);
+        tracing::warn!(request_id = %rid, %message, "output refused");
+        hop.fail("output too large");
+        return Err(ApiError::new(
+            status_of_reply_code("node_failed"),
+            "node_failed",
+            &message,
+            rid,
+        ));
+    }
+    // From here the entry may be queued even if this handler is dropped (a
+    // caller gone mid-push): the key is kept unless the push says it failed,
+    // so a retry never runs the request a second time.
+    let claimed = claimed.map(ClaimGuard::kept);
+    if let Err(e) = s.queue.push(&stream, entry).await {
+        tracing::warn!(request_id = %rid, error = %e, group, "queue push failed");
+        hop.fail("queue push failed");
+        if let Some(c) = claimed {
+            c.release();
+        }
+        return Err(unavailable(rid));
+    }
+    drop(hop);
+    // No waiter: the answer is stored, at `address`.
+    let Some(waiter) = waiter.as_mut() else {
+        if later {
+            return Ok(Answer::Later(
+                job.expect("an asynchronous request has an id"),
+            ));
+        }
+        // Idempotent and waited for: the answer is where a repeat finds it.
+        let address = address.expect("no waiter: the answer is stored");
+        return match async_answers::wait_stored(s, it, &address, deadline).await {
+            Some(answer) => answer.map(Answer::Now),
+            None => Err(timeout()),
+        };
+    };
+    let left = Duration::from_millis(deadline.saturating_sub(now_ms()));
+    match tokio::time::timeout(left, &mut waiter.rx).await {
+        Err(_) | Ok(Err(_)) => Err(timeout()),
+        Ok(Ok(reply)) => {
+            receive_span(&reply);
+            match reply.error {
+                None => Ok(Answer::Now(reply.payload)),
+                Some(e) => Err(from_reply(e, rid)),
+            }
+        }
+    }
+}
+
+/// A node of the ingress group panicked on `env`'s request: the request
+/// (as it entered, so replaying it reproduces the crash) goes to the
+/// dead-letter stream like a worker's crashed entry. Best effort: the
+/// caller is answered whether or not the write succeeds.
+async fn dead_letter_crash(s: &AppState, env: &mut Envelope, crash: &Crash) {
+    tracing::error!(
+        request_id = %env.rid,
+        cid = %env.cid,
+        node = %crash.node,
+        panic = %crash.panic,
+        "node panicked; dead-lettering the request"
+    );
+    let entry = match s.signer.sign(env) {
+        Ok(entry) => entry,
+        Err(e) => {
+            tracing::warn!(request_id = %env.rid, error = %e, "dead-letter record not written: no key to sign it");
+            return;
+        }
+    };
+    if let Err(e) = s
+        .queue
+        .push_capped(&s.keys.dead_letter(), entry, DEAD_LETTER_RETENTION)
+        .await
+    {
+        tracing::warn!(request_id = %env.rid, error = %e, "dead-letter write failed");
+    }
+}
+
+/// The reply's hop, from the worker signing it to this ingress taking it;
+/// ends at once (the caller's answer is on the server span).
+fn receive_span(reply: &Envelope) {
+    if telemetry::enabled() {
+        let signed = reply.ts.min(now_ms());
+        let span = Span::start_at(
+            "receive reply",
+            telemetry::Kind::Consumer,
+            reply.trace.as_deref(),
+            Some(signed),
+        );
+        if reply.error.is_some() {
+            span.fail("the pipeline answered with an error");
+        }
+    }
+}
+
+/// Runs `f` when dropped (the in-flight gauge must fall on every exit path,
+/// including a caller hanging up).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct G<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for G<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    G(Some(f))
+}

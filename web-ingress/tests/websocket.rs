@@ -1,0 +1,400 @@
+//! WebSocket interfaces on the memory profile, through a WebSocket client
+//! library (tokio-tungstenite): answers in arrival order or as they finish,
+//! the per-connection in-flight limit (the socket is not read past it, and
+//! nothing is dropped), a stuck message that does not hold the ones behind
+//! it, duplicate ids, malformed messages, close codes (binary, oversized,
+//! idle, drain), and the upgrade's refusals (426, 405, 401). The Redis
+//! profile is in tests/e2e.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{metric, scrape, NodeFuture};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use sluice_exec_worker::{Node, NodeContext, NodeOutput, Registry};
+use sluice_web_ingress::Ingress;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Calls of `rust/busy` running now, and the most at once.
+#[derive(Default)]
+struct Running {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+/// `rust/busy`: takes 300 ms and records how many calls ran at once.
+struct Busy(Arc<Running>);
+
+impl Node for Busy {
+    fn call<'s, 'c, 'f>(&'s self, input: Value, _ctx: &'c NodeContext) -> NodeFuture<'f>
+    where
+        's: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move {
+            let running = &self.0;
+            let now = running.now.fetch_add(1, Ordering::SeqCst) + 1;
+            running.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            running.now.fetch_sub(1, Ordering::SeqCst);
+            Ok(NodeOutput::value(input))
+        })
+    }
+}
+
+async fn start() -> (Ingress, Arc<Running>) {
+    let busy = Arc::new(Running::default());
+    let shared = busy.clone();
+    let nodes = common::registry_with("rust/busy", move || Busy(shared.clone()));
+    (common::start_with("websocket.yaml", nodes).await, busy)
+}
+
+async fn open(ingress: &Ingress, path: &str) -> Socket {
+    open_with(ingress, path, &[])
+        .await
+        .expect("the upgrade is accepted")
+}
+
+async fn open_with(
+    ingress: &Ingress,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<Socket, WsError> {
+    let mut req = format!("ws://{}{path}", ingress.local_addr())
+        .into_client_request()
+        .expect("a request");
+    for (name, value) in headers {
+        req.headers_mut()
+            .insert(*name, value.parse().expect("a header value"));
+    }
+    let (socket, resp) = tokio_tungstenite::connect_async(req).await?;
+    assert_eq!(resp.status(), 101);
+    Ok(socket)
+}
+
+async fn send(ws: &mut Socket, message: Value) {
+    ws.send(Message::text(message.to_string()))
+        .await
+        .expect("sent");
+}
+
+/// The next answer, skipping pings.
+async fn answer(ws: &mut Socket) -> Value {
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("an answer in time")
+            .expect("the socket is open")
+            .expect("a frame");
+        match frame {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server's close frame; returns its code.
+async fn closed(ws: &mut Socket) -> u16 {
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("closed in time");
+        match frame {
+            Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+            Some(Ok(Message::Close(None))) => return 1005,
+            Some(Ok(Message::Text(t))) => panic!("unexpected answer {t}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("no close frame: {e}"),
+            None => panic!("ended without a close frame"),
+        }
+    }
+}
+
+fn ids(answers: &[Value]) -> Vec<String> {
+    answers
+        .iter()
+        .map(|a| match &a["id"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+fn example() -> std::path::PathBuf {
+    common::workspace_root().join("examples/websocket.yaml")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_answers_keep_arrival_order_and_unordered_ones_come_as_they_finish() {
+    let ingress = sluice_web_ingress::start_with(common::config(&example()), Registry::builtin())
+        .await
+        .expect("the example starts");
+    for (path, want) in [
+        ("/v1/ordered", ["a", "b", "c"]),
+        ("/v1/as-done", ["c", "b", "a"]),
+    ] {
+        let mut ws = open(&ingress, path).await;
+        for (id, speed) in [("a", "slow"), ("b", "medium"), ("c", "fast")] {
+            send(&mut ws, json!({"id": id, "input": {"speed": speed}})).await;
+        }
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            answers.push(answer(&mut ws).await);
+        }
+        assert_eq!(ids(&answers), want, "{path}: {answers:?}");
+        for a in &answers {
+            let speed = match a["id"].as_str() {
+                Some("a") => "slow",
+                Some("b") => "medium",
+                _ => "fast",
+            };
+            assert_eq!(a["result"], json!({"speed": speed, "done": true}), "{a}");
+        }
+        ws.close(None).await.expect("closed");
+    }
+    common::stop(ingress).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_its_in_flight_limit_is_not_read_and_loses_nothing() {
+    let (ingress, busy) = start().await;
+    let mut ws = open(&ingress, "/v1/narrow").await;
+    assert_eq!(
+        metric(
+            &scrape(&ingress),
+            "sluice_ingress_websocket_connections",
+            &[("interface", "narrow")]
+        ),
+        Some(1.0)
+    );
+    let started = Instant::now();
+    for n in 0..6 {
+        send(&mut ws, json!({"input": {"n": n}})).await;
+    }
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.push(answer(&mut ws).await);
+    }
+    // Two at a time, 300 ms each: three rounds.
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(busy.most.load(Ordering::SeqCst), 2);
+    assert_eq!(ids(&answers), ["#1", "#2", "#3", "#4", "#5", "#6"]);
+    for (n, a) in answers.iter().enumerate() {
+        assert_eq!(a["result"], json!({"n": n}), "{a}");
+    }
+    common::stop(ingress).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_message_ends_at_its_deadline_and_the_next_follows() {
+    let (ingress, _) = start().await;
+    let mut ws = open(&ingress, "/v1/stuck").await;
+    let started = Instant::now();
+    send(&mut ws, json!({"id": "a", "input": {"speed": "stuck"}})).await;
+    send(
+        &mut ws,
+        json!({"id": "b", "input": {"speed": "fast", "x": 1}}),
+    )
+    .await;
+    let first = answer(&mut ws).await;
+    assert_eq!(first["id"], json!("a"));
+    assert_eq!(first["error"]["code"], json!("timeout"), "{first}");
+    assert_eq!(first["error"]["status"], json!(504));
+    let second = answer(&mut ws).await;
+    assert_eq!(
+        second,
+        json!({"id": "b", "result": {"speed": "fast", "x": 1}})
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    common::stop(ingress).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_in_flight_are_unique_and_malformed_messages_are_answered_with_errors() {
+    let (ingress, _) = start().await;
+    let mut ws = open(&ingress, "/v1/narrow").await;
+    send(&mut ws, json!({"id": "x", "input": 1})).await;
+    send(&mut ws, json!({"id": "x", "input": 2})).await;
+    let first = answer(&mut ws).await;
+    assert_eq!(first, json!({"id": "x", "result": 1}));
+    let dup = answer(&mut ws).await;
+    assert_eq!(dup["id"], json!("x"));
+    assert_eq!(dup["error"]["code"], json!("duplicate_id"), "{dup}");
+    assert_eq!(dup["error"]["status"], json!(409));
+    // Answered: the id may be used again, and integers are ids too.
+    send(&mut ws, json!({"id": "x", "input": 3})).await;
+    assert_eq!(answer(&mut ws).await, json!({"id": "x", "result": 3}));
+    send(&mut ws, json!({"id": 7})).await;
+    assert_eq!(answer(&mut ws).await, json!({"id": 7, "result": null}));
+
+    let big = "y".repeat(5000);
+    let cases: [(&str, Value, &str, u16); 7] = [
+        ("{not json", Value::Null, "invalid_json", 400),
+        ("[1]", Value::Null, "bad_message", 400),
+        (r##"{"id": "#1"}"##, Value::Null, "bad_message", 400),
+        (r#"{"id": 1.5}"#, Value::Null, "bad_message", 400),
+        (
+            r#"{"id": "a", "colour": 1}"#,
+            Value::Null,
+            "bad_message",
+            400,
+        ),
+        (
+            &format!(r#"{{"id": "big", "input": "{big}"}}"#),
+            json!("big"),
+            "payload_too_large",
+            413,
+        ),
+        (
+            &format!("{}1{}", "[".repeat(200), "]".repeat(200)),
+            Value::Null,
+            "json_too_deep",
+            400,
+        ),
+    ];
+    for (text, id, code, status) in cases {
+        ws.send(Message::text(text)).await.expect("sent");
+        let a = answer(&mut ws).await;
+        assert_eq!(a["id"], id, "{text}: {a}");
+        assert_eq!(a["error"]["code"], json!(code), "{text}: {a}");
+        assert_eq!(a["error"]["status"], json!(status), "{text}: {a}");
+        assert!(a["error"]["request_id"].is_string(), "{a}");
+    }
+    // Still open and serving.
+    send(&mut ws, json!({"input": "after"})).await;
+    assert_eq!(answer(&mut ws).await["result"], json!("after"));
+    common::stop(ingress).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_oversized_and_idle_connections_are_closed_with_their_codes() {
+    let (ingress, _) = start().await;
+    let mut ws = open(&ingress, "/v1/narrow").await;
+    ws.send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("sent");
+    assert_eq!(closed(&mut ws).await, 1003);
+
+    let mut ws = open(&ingress, "/v1/narrow").await;
+    let huge = format!(r#"{{"input": "{}"}}"#, "z".repeat(4096 + 2048));
+    ws.send(Message::text(huge)).await.expect("sent");
+    assert_eq!(closed(&mut ws).await, 1009);
+
+    // Answered pings do not keep a connection that sends nothing open.
+    let mut ws = open(&ingress, "/v1/narrow").await;
+    let started = Instant::now();
+    assert_eq!(closed(&mut ws).await, 4408);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    let text = scrape(&ingress);
+    for code in ["1003", "1009", "4408"] {
+        assert_eq!(
+            metric(
+                &text,
+                "sluice_ingress_websocket_closed_total",
+                &[("interface", "narrow"), ("code", code)]
+            ),
+            Some(1.0),
+            "{code}: {text}"
+        );
+    }
+    common::stop(ingress).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_answers_what_is_in_flight_then_closes_with_1001() {
+    let (ingress, _) = start().await;
+    let mut ws = open(&ingress, "/v1/narrow").await;
+    send(&mut ws, json!({"id": "last", "input": "in flight"})).await;
+    send(&mut ws, json!({"id": "also", "input": "in flight too"})).await;
+    // Both are read (the limit is two) before the drain starts.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ingress.begin_drain();
+    assert_eq!(
+        answer(&mut ws).await,
+        json!({"id": "last", "result": "in flight"})
+    );
+    assert_eq!(
+        answer(&mut ws).await,
+        json!({"id": "also", "result": "in flight too"})
+    );
+    assert_eq!(closed(&mut ws).await, 1001);
+    tokio::time::timeout(Duration::from_secs(20), ingress.wait())
+        .await
+        .expect("drained");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_are_refused_without_the_protocol_or_the_caller() {
+    let (ingress, _) = start().await;
+    let client = common::client();
+    let url = common::url(ingress.local_addr(), "/v1/narrow");
+    let (status, headers, body) =
+        common::json_response(client.get(&url).send().await.expect("an answer")).await;
+    assert_eq!(status, 426, "{body}");
+    assert_eq!(common::header(&headers, "upgrade"), "websocket");
+    assert_eq!(body["error"]["code"], json!("upgrade_required"));
+    let (status, _, body) = common::json_response(
+        client
+            .post(&url)
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("an answer"),
+    )
+    .await;
+    assert_eq!(status, 405, "{body}");
+
+    // The caller is identified on the upgrade: 401 before any message.
+    match open_with(&ingress, "/v1/limited", &[]).await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status(), 401),
+        Ok(_) => panic!("opened without a caller"),
+        Err(e) => panic!("{e}"),
+    }
+    // Rate limited per caller and message: a burst of two, then one a second.
+    let mut ws = open_with(&ingress, "/v1/limited", &[("x-caller", "ana")])
+        .await
+        .expect("opened");
+    for n in 0..3 {
+        send(&mut ws, json!({"id": n, "input": n})).await;
+    }
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(answer(&mut ws).await);
+    }
+    answers.sort_by_key(|a| a["id"].as_i64());
+    assert_eq!(answers[0]["result"], json!(0));
+    assert_eq!(answers[1]["result"], json!(1));
+    assert_eq!(
+        answers[2]["error"]["code"],
+        json!("rate_limited"),
+        "{:?}",
+        answers[2]
+    );
+    assert_eq!(answers[2]["error"]["status"], json!(429));
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: CloseCode::Normal,
+        reason: "done".into(),
+    }))
+    .await
+    .expect("closed");
+    common::stop(ingress).await;
+}
