@@ -95,6 +95,9 @@ pub const MAX_IN_FLIGHT: u32 = 65_536;
 /// `interfaces[].websocket.maxInFlightPerConnection`: each held answer of an
 /// ordered connection waits in the ingress's memory.
 pub const MAX_WS_IN_FLIGHT: u32 = 1024;
+/// `interfaces[].websocket.maxConnections`: each open socket holds a
+/// message's worth of the ingress's body budget.
+pub const MAX_WS_CONNECTIONS: u32 = 65_536;
 /// Most envelopes a worker process works on at once.
 pub const MAX_CONCURRENCY: u32 = 4096;
 /// Most replicas of a group, fixed or autoscaled.

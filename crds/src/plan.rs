@@ -28,6 +28,7 @@ pub const DEFAULT_MAX_PAYLOAD: u64 = 1 << 20;
 pub const DEFAULT_RESULTS_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 1024;
 pub const DEFAULT_WS_IN_FLIGHT: u32 = 32;
+pub const DEFAULT_WS_CONNECTIONS: u32 = 1024;
 pub const DEFAULT_WS_IDLE: Duration = Duration::from_secs(300);
 pub const DEFAULT_WS_LIFETIME: Duration = Duration::from_secs(3600);
 pub const DEFAULT_WS_PING: Duration = Duration::from_secs(30);
@@ -106,7 +107,9 @@ pub struct InterfacePlan {
 pub struct WebSocketPlan {
     /// Messages read and not yet answered on the socket, at most.
     pub max_in_flight: u32,
-    /// Closed when nothing is in flight and no message came for this long.
+    /// Open connections per ingress process, at most.
+    pub max_connections: u32,
+    /// Closed when nothing was in flight, read or answered for this long.
     pub idle_timeout: Duration,
     /// Closed (after answering) this long after opening.
     pub max_lifetime: Duration,
@@ -341,6 +344,7 @@ pub fn compile(id: PipelineId, spec: &StreamPipelineSpec) -> Result<Plan, Vec<Fi
                         max_in_flight: w
                             .max_in_flight_per_connection
                             .unwrap_or(DEFAULT_WS_IN_FLIGHT),
+                        max_connections: w.max_connections.unwrap_or(DEFAULT_WS_CONNECTIONS),
                         idle_timeout: dur(&w.idle_timeout, DEFAULT_WS_IDLE),
                         max_lifetime: dur(&w.max_lifetime, DEFAULT_WS_LIFETIME),
                         ping_interval: dur(&w.ping_interval, DEFAULT_WS_PING),

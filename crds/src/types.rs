@@ -284,8 +284,12 @@ pub struct WebSocketSpec {
     /// the socket) before the ingress stops reading it (default 32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight_per_connection: Option<u32>,
-    /// A connection with nothing in flight that sends no message for this
-    /// long is closed (default `5m`).
+    /// Open connections per ingress process (default 1024); past it the
+    /// upgrade is refused with `503`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// A connection with nothing in flight that neither sends a message
+    /// nor is answered for this long is closed (default `5m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
     /// A connection is closed, after answering what it has in flight, this

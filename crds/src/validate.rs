@@ -847,6 +847,11 @@ fn check_kind(p: &str, it: &InterfaceSpec, e: &mut Errors) {
                 w.max_in_flight_per_connection,
                 (1, MAX_WS_IN_FLIGHT),
             );
+            e.count(
+                &format!("{w_p}.maxConnections"),
+                w.max_connections,
+                (1, MAX_WS_CONNECTIONS),
+            );
             let per_connection = w
                 .max_in_flight_per_connection
                 .unwrap_or(crate::plan::DEFAULT_WS_IN_FLIGHT);

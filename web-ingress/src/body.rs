@@ -48,6 +48,13 @@ impl BodyBudget {
     pub fn available(&self) -> usize {
         self.permits.available_permits()
     }
+
+    /// Holds `bytes` of the budget until the permit is dropped, if they
+    /// are free now.
+    pub fn try_hold(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let bytes = u32::try_from(bytes).ok()?;
+        self.permits.clone().try_acquire_many_owned(bytes).ok()
+    }
 }
 
 /// Why a body was not read.

@@ -236,6 +236,17 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
             )
         })
         .collect();
+    let sockets = plan
+        .interfaces
+        .iter()
+        .filter_map(|i| {
+            let ws = i.websocket?;
+            Some((
+                i.name.clone(),
+                Arc::new(Semaphore::new(ws.max_connections as usize)),
+            ))
+        })
+        .collect();
     let reply_senders = plan
         .interfaces
         .iter()
@@ -271,6 +282,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         replies_open: false.into(),
         backlog: RwLock::new(Some(HashMap::new())),
         slots,
+        sockets,
     });
 
     let reply_stream = parts.keys.reply(&config.ingress_id);
@@ -341,15 +353,22 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     })
 }
 
-/// The body budget: every interface's `maxInFlight` full bodies, the
-/// memory the in-flight limits already allow for. At least one full body,
-/// so any single body can always be read.
+/// The body budget: every HTTP interface's `maxInFlight` full bodies, and
+/// every WebSocket interface's `maxConnections` full messages (an open
+/// socket holds one, the most it buffers of a message being received):
+/// the memory the limits already allow for. At least one full body, so any
+/// single body can always be read.
 fn body_budget_bytes(plan: &Plan) -> usize {
     let max_payload = plan.security.max_payload_bytes as usize;
     plan.interfaces
         .iter()
         .fold(0usize, |sum, i| {
-            sum.saturating_add((i.max_in_flight as usize).saturating_mul(max_payload))
+            let share = match i.websocket {
+                Some(ws) => (ws.max_connections as usize)
+                    .saturating_mul(crate::websocket::max_message(max_payload)),
+                None => (i.max_in_flight as usize).saturating_mul(max_payload),
+            };
+            sum.saturating_add(share)
         })
         .max(max_payload)
 }

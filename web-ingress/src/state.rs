@@ -47,6 +47,8 @@ pub struct AppState {
     /// Last sampled backlog per worker group; `None` when the sample failed.
     pub backlog: RwLock<Option<HashMap<String, Backlog>>>,
     pub slots: HashMap<String, Arc<Semaphore>>,
+    /// Per WebSocket interface: its open connections (`maxConnections`).
+    pub sockets: HashMap<String, Arc<Semaphore>>,
     /// Time and shape limits of the HTTP surface.
     pub http: HttpLimits,
     /// Bytes of request bodies buffered at most, across all requests.

@@ -14,30 +14,45 @@
 //! A message counts as in flight from its read until its answer is written
 //! to the socket, so answers held back for order are bounded by the
 //! per-connection limit; at the limit the socket is not read (the client's
-//! TCP window fills), and nothing is dropped. The interface's `maxInFlight`
-//! slot is held for as long, so sockets and POSTs share one bound on the
-//! process's work. Each message has its own deadline (`timeout` from its
+//! TCP window fills), and nothing is dropped. While the pipeline works on
+//! a message it holds one of the interface's `maxInFlight` slots, so
+//! sockets and POSTs share one bound on the process's work. Each message
+//! runs on a task of its own with its own deadline (`timeout` from its
 //! read): a stuck message ends in a `timeout` error and no longer holds the
 //! ones behind it.
 //!
 //! The ingress pings every `pingInterval`; a peer heard from neither by a
-//! pong nor anything else for two intervals is gone. While the ingress
-//! itself is not reading (in-flight limit, draining) a pong cannot be
-//! seen, so that clock stops; the answers then being written end the pause
-//! by their deadlines. An answer or ping that cannot be written within two
-//! ping intervals ends the connection (a peer that stopped reading).
+//! pong nor anything else for two intervals is gone. Time the ingress
+//! spends not reading the socket (at the in-flight limit, draining, writing)
+//! does not count: a pong could not be seen then. The client's own pings
+//! are answered when the socket is read, so a client whose ping timeout is
+//! shorter than a message's timeout may give up on a connection held at its
+//! limit. An answer or ping that cannot be written within two ping
+//! intervals (5 s once closing) ends the connection: a peer that stopped
+//! reading. Idle means nothing in flight and no message read or answer
+//! written for `idleTimeout`.
+//!
+//! # Memory
+//! An open socket holds a message's worth of the body budget
+//! ([`max_message`]), what it may buffer of a message being received; at
+//! most `maxConnections` sockets per interface are open. Answers waiting to
+//! be written are bounded by the per-connection limit.
 //!
 //! # Close codes
 //! | code | when |
 //! | --- | --- |
-//! | 1000 | the client closed the connection |
+//! | 1000 (or the client's code) | the client closed the connection |
 //! | 1001 | the ingress drains, or `maxLifetime` is reached: in-flight messages are answered first |
 //! | 1002 | a WebSocket protocol error |
 //! | 1003 | a binary message (messages are JSON text) |
 //! | 1007 | a text message that is not UTF-8 |
 //! | 1009 | a message larger than `security.maxPayloadBytes` + 1 KiB |
 //! | 1011 | an internal error |
-//! | 4408 | idle for `idleTimeout` with nothing in flight, or no pong for two ping intervals |
+//! | 4408 | idle for `idleTimeout`, or no pong for two ping intervals |
+//!
+//! After its close frame the ingress reads what the peer still sends until
+//! the peer's close (2 s at most), so the last answers are not lost to a
+//! reset.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -46,14 +61,12 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::future::BoxFuture;
-use futures::stream::{FuturesUnordered, SplitSink};
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
 use serde_json::{json, Map, Value};
 use sluice_crds::{InterfacePlan, WebSocketPlan};
 use sluice_platform::clock::now_ms;
 use sluice_platform::telemetry::{self, Span};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -76,9 +89,29 @@ pub const MAX_ID_LEN: usize = 128;
 /// message is read in several pieces.
 const READ_BUFFER: usize = 8 * 1024;
 
+/// The largest text message a socket takes with inputs of at most
+/// `max_payload` bytes; what an open socket holds of the body budget.
+pub fn max_message(max_payload: usize) -> usize {
+    max_payload.saturating_add(MESSAGE_OVERHEAD)
+}
+
+/// Writes take at most this long once the connection is closing, so a
+/// peer that stopped reading cannot stretch a drain.
+const CLOSING_WRITE: Duration = Duration::from_secs(5);
+
+/// After its close frame the ingress reads (and drops) what the peer still
+/// sends, until the peer's close, for at most this long: a socket closed
+/// with unread data would be reset, and the last answers lost with it.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// A message's call may overrun its deadline by this much before it is
+/// answered `timeout` here (the call answers its own timeout first).
+const DEADLINE_GRACE: Duration = Duration::from_millis(250);
+
 /// Answers the upgrade request of a WebSocket interface: `426` without an
-/// upgrade, `401` for an unknown caller, else `101` and the socket served
-/// until it closes.
+/// upgrade, `401` for an unknown caller, `429` past the caller's rate
+/// limit (an upgrade counts as a request), `503` past `maxConnections` or
+/// the body budget, else `101` and the socket served until it closes.
 pub async fn upgrade(
     s: Arc<AppState>,
     name: String,
@@ -104,7 +137,10 @@ pub async fn upgrade(
         Ok(caller) => caller,
         Err(e) => return error_response(e),
     };
-    let Some(limits) = it.websocket else {
+    if let Err(wait) = s.rate_limits.take(&it.name, &caller) {
+        return error_response(rate_limited(wait, &rid));
+    }
+    let (Some(limits), Some(sockets)) = (it.websocket, s.sockets.get(&it.name)) else {
         // Routes of this kind are built only for websocket interfaces.
         return error_response(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -113,25 +149,44 @@ pub async fn upgrade(
             &rid,
         ));
     };
-    let max_message = usize::try_from(s.plan.security.max_payload_bytes)
-        .unwrap_or(usize::MAX)
-        .saturating_add(MESSAGE_OVERHEAD);
-    // Outside the listener (a router driven directly) nothing ever stops it.
-    let (stop, hold) = match hold {
-        Some(h) => (h.stop.clone(), Some(h)),
-        None => (CancellationToken::new(), None),
+    let Ok(socket_slot) = sockets.clone().try_acquire_owned() else {
+        return error_response(
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                format!(
+                    "this interface has its {} open connections (websocket.maxConnections)",
+                    limits.max_connections
+                ),
+                &rid,
+            )
+            .retry_after(1),
+        );
     };
+    let max_message =
+        max_message(usize::try_from(s.plan.security.max_payload_bytes).unwrap_or(usize::MAX));
+    let Some(buffer) = s.body_budget.try_hold(max_message) else {
+        return error_response(
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the ingress's request-body budget is taken",
+                &rid,
+            )
+            .retry_after(1),
+        );
+    };
+    // Outside the listener (a router driven directly) nothing ever stops it.
+    let stop = hold
+        .as_ref()
+        .map_or_else(CancellationToken::new, |h| h.stop.clone());
     let ordered = it.ordered;
     ws.max_message_size(max_message)
         .max_frame_size(max_message)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
-            let label = InterfaceLabel {
-                interface: name.clone(),
-            };
-            let open = s.metrics.websockets.get_or_create(&label).clone();
-            open.inc();
+            let open = Open::new(&s, &name);
             let conn = Connection {
                 s: s.clone(),
                 name: name.clone(),
@@ -144,7 +199,6 @@ pub async fn upgrade(
                 unanswered: HashSet::new(),
             };
             let code = conn.serve(socket, stop).await;
-            open.dec();
             s.metrics
                 .websocket_closes
                 .get_or_create(&CloseLabel {
@@ -152,9 +206,32 @@ pub async fn upgrade(
                     code,
                 })
                 .inc();
+            drop(open);
+            drop(buffer);
+            drop(socket_slot);
             // The connection's place under the cap is given back last.
             drop(hold);
         })
+}
+
+/// An open socket in `sluice_ingress_websocket_connections`, until dropped.
+struct Open(prometheus_client::metrics::gauge::Gauge);
+
+impl Open {
+    fn new(s: &AppState, name: &str) -> Self {
+        let label = InterfaceLabel {
+            interface: name.to_string(),
+        };
+        let gauge = s.metrics.websockets.get_or_create(&label).clone();
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// One open socket's state.
@@ -180,14 +257,58 @@ struct Outgoing {
     /// The id it frees in `unanswered` once written.
     frees: Option<String>,
     text: String,
-    /// The interface slot, held until the answer is written.
-    _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// A message's call, run on a task of its own (so one connection's
+/// messages run in parallel and keep running while an answer is written);
+/// aborted when dropped, so a closed connection leaves no work behind.
+struct Running {
+    seq: u64,
+    frees: Option<String>,
+    id: Value,
+    task: tokio::task::JoinHandle<String>,
+}
+
+impl std::future::Future for Running {
+    type Output = Outgoing;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Outgoing> {
+        let text = match std::task::ready!(std::pin::Pin::new(&mut self.task).poll(cx)) {
+            Ok(text) => text,
+            // Nodes' panics are caught where they run; this is a bug here.
+            Err(e) => {
+                tracing::error!(error = %e, "a WebSocket message's task failed");
+                let e = ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the message could not be answered",
+                    "",
+                );
+                error_text(&self.id, &e)
+            }
+        };
+        std::task::Poll::Ready(Outgoing {
+            seq: self.seq,
+            frees: self.frees.take(),
+            text,
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// The socket could not be written: the connection is over.
 struct Gone;
 
 type Sink = SplitSink<WebSocket, Message>;
+type Source = SplitStream<WebSocket>;
 
 impl Connection {
     fn in_flight(&self) -> u64 {
@@ -197,21 +318,26 @@ impl Connection {
     /// Serves the socket until it closes; returns the close code.
     async fn serve(mut self, socket: WebSocket, stop: CancellationToken) -> u16 {
         let (mut tx, mut rx) = socket.split();
-        let mut running: FuturesUnordered<BoxFuture<'static, Outgoing>> = FuturesUnordered::new();
+        let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
         let ping_every = self.limits.ping_interval;
-        let write_within = ping_every * 2;
         let lifetime_ends = tokio::time::sleep(self.limits.max_lifetime);
         tokio::pin!(lifetime_ends);
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When the peer was last heard from; time spent not reading it
+        // (writing, or paused) is added, as a pong could not be seen then.
         let mut heard = Instant::now();
-        let mut last_message = Instant::now();
+        // When a message was last read or an answer last written.
+        let mut active = Instant::now();
         let mut closing: Option<(u16, &'static str)> = None;
         loop {
+            let within = match closing {
+                Some(_) => CLOSING_WRITE.min(ping_every * 2),
+                None => ping_every * 2,
+            };
             if let Some((code, reason)) = closing {
                 if self.in_flight() == 0 {
-                    close(&mut tx, code, reason, write_within).await;
-                    return code;
+                    return finish(tx, rx, code, reason).await;
                 }
             }
             let reading =
@@ -223,7 +349,11 @@ impl Connection {
                     closing = Some((1001, "maxLifetime reached"));
                 }
                 Some(out) = running.next(), if !running.is_empty() => {
-                    if self.deliver(out, &mut tx, write_within).await.is_err() {
+                    let started = Instant::now();
+                    let sent = self.deliver(out, &mut tx, within).await;
+                    heard += started.elapsed();
+                    active = Instant::now();
+                    if sent.is_err() {
                         return 1006;
                     }
                 }
@@ -232,36 +362,38 @@ impl Connection {
                         None => return 1006,
                         Some(Err(e)) => {
                             let code = code_of(e);
-                            if code != 1006 {
-                                close(&mut tx, code, "protocol error", write_within).await;
+                            if code == 1006 {
+                                return code;
                             }
-                            return code;
+                            return finish(tx, rx, code, reason_of(code)).await;
                         }
                         Some(Ok(m)) => m,
                     };
                     heard = Instant::now();
                     match message {
                         Message::Text(text) => {
-                            last_message = heard;
+                            active = heard;
                             match self.admit(&text) {
                                 Ok(run) => running.push(run),
                                 Err(out) => {
-                                    if self.deliver(out, &mut tx, write_within).await.is_err() {
+                                    let started = Instant::now();
+                                    let sent = self.deliver(out, &mut tx, within).await;
+                                    heard += started.elapsed();
+                                    if sent.is_err() {
                                         return 1006;
                                     }
                                 }
                             }
                         }
                         Message::Binary(_) => {
-                            close(&mut tx, 1003, "messages are JSON text", write_within).await;
-                            return 1003;
+                            return finish(tx, rx, 1003, reason_of(1003)).await;
                         }
                         // Pings are answered by the protocol layer.
                         Message::Ping(_) | Message::Pong(_) => {}
-                        Message::Close(_) => {
+                        Message::Close(frame) => {
                             // The close reply goes out with this flush.
-                            let _ = tokio::time::timeout(write_within, tx.flush()).await;
-                            return 1000;
+                            let _ = tokio::time::timeout(within, tx.flush()).await;
+                            return frame.map_or(1005, |f| f.code);
                         }
                     }
                 }
@@ -269,18 +401,18 @@ impl Connection {
                     if !reading {
                         // Not read by us: a pong could not be seen.
                         heard = Instant::now();
-                    } else if heard.elapsed() > write_within {
-                        close(&mut tx, 4408, "no pong", write_within).await;
-                        return 4408;
+                    } else if heard.elapsed() > ping_every * 2 {
+                        return finish(tx, rx, 4408, "no pong").await;
                     }
-                    let sent = tokio::time::timeout(write_within, tx.send(Message::Ping(Default::default()))).await;
+                    let started = Instant::now();
+                    let sent = tokio::time::timeout(within, tx.send(Message::Ping(Default::default()))).await;
+                    heard += started.elapsed();
                     if !matches!(sent, Ok(Ok(()))) {
                         return 1006;
                     }
                 }
-                _ = tokio::time::sleep_until(last_message + self.limits.idle_timeout), if idle => {
-                    close(&mut tx, 4408, "idle", write_within).await;
-                    return 4408;
+                _ = tokio::time::sleep_until(active + self.limits.idle_timeout), if idle => {
+                    return finish(tx, rx, 4408, "idle").await;
                 }
             }
         }
@@ -316,9 +448,9 @@ impl Connection {
         }
     }
 
-    /// Admits one text message: the request it starts, or the error it is
+    /// Admits one text message: the call it starts, or the error it is
     /// answered with at once.
-    fn admit(&mut self, text: &Utf8Bytes) -> Result<BoxFuture<'static, Outgoing>, Outgoing> {
+    fn admit(&mut self, text: &Utf8Bytes) -> Result<Running, Outgoing> {
         let seq = self.read;
         self.read += 1;
         let started = Instant::now();
@@ -332,9 +464,13 @@ impl Connection {
                 seq,
                 frees,
                 text: error_text(id, &e),
-                _slot: None,
             }
         };
+        // The token is taken first: a refused message costs one too.
+        if let Err(wait) = s.rate_limits.take(&it.name, &self.caller) {
+            let id = id_only(text.as_str());
+            return Err(refuse(&id, None, rate_limited(wait, &cid)));
+        }
         let (id, input) = match message_of(&self.s, text.as_str(), seq, &cid) {
             Ok(m) => m,
             Err((id, e)) => return Err(refuse(&id, None, e)),
@@ -349,22 +485,21 @@ impl Connection {
             );
             return Err(refuse(&id, None, e));
         }
-        if let Err(wait) = s.rate_limits.take(&it.name, &self.caller) {
-            return Err(refuse(&id, Some(key), rate_limited(wait, &cid)));
-        }
         if let Err(e) = admit_backlog(&s, it, &cid) {
             return Err(refuse(&id, Some(key), e));
         }
         let Ok(slot) = s.slots[&it.name].clone().try_acquire_owned() else {
             return Err(refuse(&id, Some(key), too_many_requests(it, &cid)));
         };
+        let timeout = it.timeout;
         let deadline =
-            now_ms().saturating_add(u64::try_from(it.timeout.as_millis()).unwrap_or(u64::MAX));
+            now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
         let name = self.name.clone();
-        Ok(async move {
+        let answer_id = id.clone();
+        let task = tokio::spawn(async move {
             let it = s.interface(&name);
             let span = message_span(&s, it, &cid);
-            let answer = call::run(
+            let call = call::run(
                 &s,
                 it,
                 &span,
@@ -373,14 +508,28 @@ impl Connection {
                     rid: &cid,
                     input,
                     deadline,
-                    timeout: it.timeout,
+                    timeout,
                     later: false,
                     job: None,
                     address: None,
                     claimed: None,
                 },
-            )
-            .await;
+            );
+            // The call answers its own deadline; this bounds what it waits
+            // on without one (a queue write that hangs).
+            let answer = tokio::time::timeout_at(started + timeout + DEADLINE_GRACE, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ApiError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "timeout",
+                        format!("no answer within {timeout:?}"),
+                        &cid,
+                    ))
+                });
+            // The pipeline is done with it; what waits to be written is
+            // bounded by the connection's in-flight limit.
+            drop(slot);
             let (status, text) = match answer {
                 Ok(Answer::Now(result)) => (200, json!({"id": id, "result": result}).to_string()),
                 Ok(Answer::Later(_)) => {
@@ -399,14 +548,64 @@ impl Connection {
             };
             span.set("sluice.websocket.status", i64::from(status));
             s.metrics.answered(&it.name, status, started.elapsed());
-            Outgoing {
-                seq,
-                frees: Some(key),
-                text,
-                _slot: Some(slot),
+            text
+        });
+        Ok(Running {
+            seq,
+            frees: Some(key),
+            id: answer_id,
+            task,
+        })
+    }
+}
+
+/// Sends a close frame, then reads (and drops) what the peer still sends
+/// until its close, for at most [`CLOSE_LINGER`]; returns `code`.
+async fn finish(mut tx: Sink, mut rx: Source, code: u16, reason: &'static str) -> u16 {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    let sent = tokio::time::timeout(CLOSING_WRITE, tx.send(Message::Close(Some(frame)))).await;
+    if matches!(sent, Ok(Ok(()))) {
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(m)) = rx.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
             }
-        }
-        .boxed())
+        })
+        .await;
+    }
+    code
+}
+
+/// The reason sent with a close code.
+fn reason_of(code: u16) -> &'static str {
+    match code {
+        1003 => "messages are JSON text",
+        1007 => "a text message that is not UTF-8",
+        1009 => "message too large (security.maxPayloadBytes)",
+        1002 => "protocol error",
+        _ => "internal error",
+    }
+}
+
+/// The id of a message refused before it was parsed, when it has one
+/// (`null` otherwise).
+fn id_only(text: &str) -> Value {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<Value>,
+    }
+    match serde_json::from_str::<IdOnly>(text) {
+        Ok(IdOnly {
+            id: Some(Value::String(id)),
+        }) if valid_id(&id) => Value::String(id),
+        Ok(IdOnly {
+            id: Some(Value::Number(n)),
+        }) if n.is_i64() || n.is_u64() => Value::Number(n),
+        _ => Value::Null,
     }
 }
 
@@ -439,13 +638,7 @@ fn message_of(
     let Value::Object(mut members) = value else {
         return Err((Value::Null, bad("not a JSON object")));
     };
-    let id = members.remove("id");
-    let input = members.remove("input").unwrap_or(Value::Null);
-    if let Some(other) = members.keys().next() {
-        let shown: String = other.chars().take(32).collect();
-        return Err((Value::Null, bad(&format!("unknown member {shown:?}"))));
-    }
-    let id = match id {
+    let id = match members.remove("id") {
         None => Value::String(format!("#{}", seq + 1)),
         Some(Value::String(id)) if valid_id(&id) => Value::String(id),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Value::Number(n),
@@ -458,6 +651,11 @@ fn message_of(
             ))
         }
     };
+    let input = members.remove("input").unwrap_or(Value::Null);
+    if let Some(other) = members.keys().next() {
+        let shown: String = other.chars().take(32).collect();
+        return Err((id, bad(&format!("unknown member {shown:?}"))));
+    }
     if let Err(e) = check_payload_size(s, &input, rid) {
         return Err((id, e));
     }
@@ -511,15 +709,6 @@ fn error_text(id: &Value, e: &ApiError) -> String {
     json!({"id": id, "error": error}).to_string()
 }
 
-/// Sends a close frame, best effort.
-async fn close(tx: &mut Sink, code: u16, reason: &'static str, within: Duration) {
-    let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
-    };
-    let _ = tokio::time::timeout(within, tx.send(Message::Close(Some(frame)))).await;
-}
-
 /// The close code for a read error; 1006 when there is no one left to
 /// tell.
 fn code_of(e: axum::Error) -> u16 {
@@ -530,6 +719,10 @@ fn code_of(e: axum::Error) -> u16 {
     match e {
         tungstenite::Error::Capacity(_) => 1009,
         tungstenite::Error::Utf8(_) => 1007,
+        // The peer vanished without a closing handshake.
+        tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => 1006,
         tungstenite::Error::Protocol(_) => 1002,
         tungstenite::Error::ConnectionClosed
         | tungstenite::Error::AlreadyClosed

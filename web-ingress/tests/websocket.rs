@@ -107,21 +107,41 @@ async fn answer(ws: &mut Socket) -> Value {
     }
 }
 
-/// Reads until the server's close frame; returns its code.
-async fn closed(ws: &mut Socket) -> u16 {
+/// Reads until the server's close frame, answers it (as clients do), and
+/// returns its code and reason.
+async fn closed_why(ws: &mut Socket) -> (u16, String) {
     loop {
         let frame = tokio::time::timeout(PATIENCE, ws.next())
             .await
             .expect("closed in time");
-        match frame {
-            Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
-            Some(Ok(Message::Close(None))) => return 1005,
+        let why = match frame {
+            Some(Ok(Message::Close(Some(f)))) => (u16::from(f.code), f.reason.to_string()),
+            Some(Ok(Message::Close(None))) => (1005, String::new()),
             Some(Ok(Message::Text(t))) => panic!("unexpected answer {t}"),
-            Some(Ok(_)) => {}
+            Some(Ok(_)) => continue,
             Some(Err(e)) => panic!("no close frame: {e}"),
             None => panic!("ended without a close frame"),
-        }
+        };
+        // Polled once more, the client sends its close reply.
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.next()).await;
+        return why;
     }
+}
+
+async fn closed(ws: &mut Socket) -> u16 {
+    closed_why(ws).await.0
+}
+
+async fn gauge(ingress: &Ingress, interface: &str, want: f64) {
+    common::eventually(PATIENCE, "the connections gauge", || async {
+        let v = metric(
+            &scrape(ingress),
+            "sluice_ingress_websocket_connections",
+            &[("interface", interface)],
+        );
+        (v == Some(want)).then_some(())
+    })
+    .await;
 }
 
 fn ids(answers: &[Value]) -> Vec<String> {
@@ -173,14 +193,7 @@ async fn ordered_answers_keep_arrival_order_and_unordered_ones_come_as_they_fini
 async fn a_connection_past_its_in_flight_limit_is_not_read_and_loses_nothing() {
     let (ingress, busy) = start().await;
     let mut ws = open(&ingress, "/v1/narrow").await;
-    assert_eq!(
-        metric(
-            &scrape(&ingress),
-            "sluice_ingress_websocket_connections",
-            &[("interface", "narrow")]
-        ),
-        Some(1.0)
-    );
+    gauge(&ingress, "narrow", 1.0).await;
     let started = Instant::now();
     for n in 0..6 {
         send(&mut ws, json!({"input": {"n": n}})).await;
@@ -196,6 +209,28 @@ async fn a_connection_past_its_in_flight_limit_is_not_read_and_loses_nothing() {
     for (n, a) in answers.iter().enumerate() {
         assert_eq!(a["result"], json!({"n": n}), "{a}");
     }
+    ws.close(None).await.expect("closed");
+    gauge(&ingress, "narrow", 0.0).await;
+
+    // Messages past the limit stay in the client's socket: sending 30 MB
+    // (more than the kernel buffers hold) blocks, where a server reading
+    // everything would take it all in well within a second.
+    let ws = open(&ingress, "/v1/narrow").await;
+    let (mut tx, mut rx) = ws.split();
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+    let filler = json!({"input": "f".repeat(3000)}).to_string();
+    let writer = tokio::spawn(async move {
+        for _ in 0..10_000 {
+            if tx.send(Message::text(filler.clone())).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!writer.is_finished(), "the ingress read past its limit");
+    assert_eq!(busy.most.load(Ordering::SeqCst), 2);
+    writer.abort();
+    reader.abort();
     common::stop(ingress).await;
 }
 
@@ -223,6 +258,29 @@ async fn a_stuck_message_ends_at_its_deadline_and_the_next_follows() {
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
+    );
+
+    // Two stuck messages take the interface's two slots: a message on
+    // another connection is refused, and its id is free again after.
+    send(&mut ws, json!({"id": "s1", "input": {"speed": "stuck"}})).await;
+    send(&mut ws, json!({"id": "s2", "input": {"speed": "stuck"}})).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut other = open(&ingress, "/v1/stuck").await;
+    send(&mut other, json!({"id": "z", "input": {"speed": "fast"}})).await;
+    let refused = answer(&mut other).await;
+    assert_eq!(refused["id"], json!("z"));
+    assert_eq!(
+        refused["error"]["code"],
+        json!("too_many_requests"),
+        "{refused}"
+    );
+    for _ in 0..2 {
+        assert_eq!(answer(&mut ws).await["error"]["code"], json!("timeout"));
+    }
+    send(&mut other, json!({"id": "z", "input": {"speed": "fast"}})).await;
+    assert_eq!(
+        answer(&mut other).await,
+        json!({"id": "z", "result": {"speed": "fast"}})
     );
     common::stop(ingress).await;
 }
@@ -253,7 +311,7 @@ async fn ids_in_flight_are_unique_and_malformed_messages_are_answered_with_error
         (r#"{"id": 1.5}"#, Value::Null, "bad_message", 400),
         (
             r#"{"id": "a", "colour": 1}"#,
-            Value::Null,
+            json!("a"),
             "bad_message",
             400,
         ),
@@ -301,20 +359,19 @@ async fn binary_oversized_and_idle_connections_are_closed_with_their_codes() {
     // Answered pings do not keep a connection that sends nothing open.
     let mut ws = open(&ingress, "/v1/narrow").await;
     let started = Instant::now();
-    assert_eq!(closed(&mut ws).await, 4408);
+    assert_eq!(closed_why(&mut ws).await, (4408, "idle".to_string()));
     assert!(started.elapsed() >= Duration::from_millis(900));
 
-    let text = scrape(&ingress);
     for code in ["1003", "1009", "4408"] {
-        assert_eq!(
-            metric(
-                &text,
+        common::eventually(PATIENCE, "the close counted", || async {
+            let v = metric(
+                &scrape(&ingress),
                 "sluice_ingress_websocket_closed_total",
-                &[("interface", "narrow"), ("code", code)]
-            ),
-            Some(1.0),
-            "{code}: {text}"
-        );
+                &[("interface", "narrow"), ("code", code)],
+            );
+            (v == Some(1.0)).then_some(())
+        })
+        .await;
     }
     common::stop(ingress).await;
 }
@@ -369,7 +426,8 @@ async fn upgrades_are_refused_without_the_protocol_or_the_caller() {
         Ok(_) => panic!("opened without a caller"),
         Err(e) => panic!("{e}"),
     }
-    // Rate limited per caller and message: a burst of two, then one a second.
+    // Rate limited per caller, counting the upgrade and each message: a
+    // burst of three, then one a second.
     let mut ws = open_with(&ingress, "/v1/limited", &[("x-caller", "ana")])
         .await
         .expect("opened");
@@ -390,11 +448,60 @@ async fn upgrades_are_refused_without_the_protocol_or_the_caller() {
         answers[2]
     );
     assert_eq!(answers[2]["error"]["status"], json!(429));
+    // A refused message's id is not taken: once a token is back, it is
+    // used again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    send(&mut ws, json!({"id": 2, "input": "again"})).await;
+    assert_eq!(answer(&mut ws).await, json!({"id": 2, "result": "again"}));
     ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
         code: CloseCode::Normal,
         reason: "done".into(),
     }))
     .await
     .expect("closed");
+    common::stop(ingress).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_answers_no_ping_is_closed_and_connections_are_capped() {
+    let (ingress, _) = start().await;
+    let mut ws = open(&ingress, "/v1/quiet").await;
+    // maxConnections: 1.
+    match open_with(&ingress, "/v1/quiet", &[]).await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status(), 503),
+        Ok(_) => panic!("a second connection was opened"),
+        Err(e) => panic!("{e}"),
+    }
+    // Not read for three ping intervals: no pong goes back.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(closed_why(&mut ws).await, (4408, "no pong".to_string()));
+    drop(ws);
+    // The place is free again.
+    gauge(&ingress, "quiet", 0.0).await;
+    let mut ws = open(&ingress, "/v1/quiet").await;
+    send(&mut ws, json!({"input": "back"})).await;
+    assert_eq!(answer(&mut ws).await["result"], json!("back"));
+    common::stop(ingress).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_held_at_its_limit_outlives_the_pong_clock_and_idles_from_its_last_answer() {
+    let (ingress, _) = start().await;
+    let mut ws = open(&ingress, "/v1/paused").await;
+    // One in flight at a time, 2.2 s each (more than two 1 s ping
+    // intervals): the second is not read until the first is answered, and
+    // the connection stays open meanwhile.
+    send(&mut ws, json!({"id": 1, "input": "first"})).await;
+    send(&mut ws, json!({"id": 2, "input": "second"})).await;
+    assert_eq!(answer(&mut ws).await, json!({"id": 1, "result": "first"}));
+    assert_eq!(answer(&mut ws).await, json!({"id": 2, "result": "second"}));
+    // idleTimeout 1 s, shorter than a message: it counts from the answer.
+    let answered = Instant::now();
+    assert_eq!(closed_why(&mut ws).await, (4408, "idle".to_string()));
+    assert!(
+        answered.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        answered.elapsed()
+    );
     common::stop(ingress).await;
 }
