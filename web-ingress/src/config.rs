@@ -32,6 +32,8 @@ pub const ENV_BODY_TIMEOUT: &str = "SLUICE_BODY_TIMEOUT";
 pub const ENV_MAX_CONNECTIONS: &str = "SLUICE_MAX_CONNECTIONS";
 pub const ENV_MAX_JSON_DEPTH: &str = "SLUICE_MAX_JSON_DEPTH";
 pub const ENV_MAX_JSON_ELEMENTS: &str = "SLUICE_MAX_JSON_ELEMENTS";
+pub const ENV_TLS_CERT: &str = "SLUICE_TLS_CERT";
+pub const ENV_TLS_KEY: &str = "SLUICE_TLS_KEY";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_SECRETS_DIR: &str = "/etc/sluice/secrets";
@@ -145,6 +147,16 @@ pub struct Cli {
     /// [env: SLUICE_MAX_JSON_ELEMENTS] [default: 100000]
     #[arg(long, value_name = "N")]
     pub max_json_elements: Option<usize>,
+
+    /// Terminate TLS on the listener with this PEM certificate chain (with
+    /// --tls-key; HTTP/2 or HTTP/1.1 by ALPN; reloaded when the files
+    /// change) [env: SLUICE_TLS_CERT]
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert [env: SLUICE_TLS_KEY]
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,6 +230,10 @@ pub struct Config {
     pub inline_threads: usize,
     pub log_format: LogFormat,
     pub http: HttpLimits,
+    /// The listener's certificate and key; `None`: cleartext.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// How often the certificate files are checked for a change.
+    pub tls_reload_every: Duration,
 }
 
 /// A flag or variable with an unusable value.
@@ -325,8 +341,26 @@ impl Config {
             return Err(bad("--ingress-id", "use letters, digits, '-', '_' and '.'"));
         }
         let http = resolve_http_limits(cli, env)?;
+        let path = |flag: &Option<PathBuf>, var: &str| {
+            flag.clone().or_else(|| env.get(var).map(PathBuf::from))
+        };
+        let tls = match (
+            path(&cli.tls_cert, ENV_TLS_CERT),
+            path(&cli.tls_key, ENV_TLS_KEY),
+        ) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
+            _ => {
+                return Err(bad(
+                    "--tls-cert/--tls-key",
+                    "set both (a certificate chain and its key) or neither",
+                ))
+            }
+        };
         Ok(Self {
             http,
+            tls,
+            tls_reload_every: crate::tls::RELOAD_EVERY,
             pipeline,
             listen,
             backend,
@@ -388,6 +422,8 @@ impl Config {
             inline_threads: 2,
             log_format: LogFormat::Text,
             http: HttpLimits::default(),
+            tls: None,
+            tls_reload_every: crate::tls::RELOAD_EVERY,
         }
     }
 }

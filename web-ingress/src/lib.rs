@@ -44,6 +44,7 @@ pub mod replay_window;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod waiters;
 pub mod websocket;
 

@@ -85,6 +85,7 @@ pub async fn serve(
     limits: HttpLimits,
     metrics: ConnectionMetrics,
     stop: CancellationToken,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let cap = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let slots = Arc::new(Semaphore::new(cap as usize));
@@ -100,7 +101,11 @@ pub async fn serve(
         .max_pending_accept_reset_streams(20)
         .keep_alive_interval(H2_PING_EVERY)
         .keep_alive_timeout(H2_PING_TIMEOUT);
-    let protocols = Arc::new(Protocols { h1, h2 });
+    let protocols = Arc::new(Protocols {
+        h1,
+        h2,
+        tls: tls.map(tokio_rustls::TlsAcceptor::from),
+    });
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => break,
@@ -171,11 +176,14 @@ impl Drop for Held {
 struct Protocols {
     h1: hyper::server::conn::http1::Builder,
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// Set with `--tls-cert`: every connection is TLS, the protocol chosen
+    /// by ALPN.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
-/// Serves one connection with the protocol its first bytes name, until it
-/// ends or `stop`; a connection that sends no complete first bytes by
-/// `header_timeout` is closed.
+/// Serves one connection with the protocol its first bytes name (with TLS:
+/// its ALPN protocol), until it ends or `stop`; a connection that sends no
+/// complete first bytes (a TLS handshake) by `header_timeout` is closed.
 async fn serve_connection(
     mut stream: TcpStream,
     app: Router,
@@ -185,6 +193,25 @@ async fn serve_connection(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let stop = hold.stop.clone();
     let deadline = tokio::time::Instant::now() + header_timeout;
+    if let Some(acceptor) = &protocols.tls {
+        let handshake = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
+        };
+        let tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            // Nothing complete by the deadline.
+            Err(_) => return Ok(()),
+            Ok(Err(e)) => return Err(e.into()),
+        };
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let io = TokioIo::new(tls);
+        return if h2 {
+            serve_h2(io, app, protocols, header_timeout, hold).await
+        } else {
+            serve_h1(io, app, protocols, deadline, hold).await
+        };
+    }
     let preface = tokio::select! {
         _ = stop.cancelled() => return Ok(()),
         r = tokio::time::timeout_at(deadline, read_preface(&mut stream)) => r,
@@ -197,49 +224,81 @@ async fn serve_connection(
     };
     let io = TokioIo::new(Rewound::new(first, stream));
     if h2 {
-        let activity = Arc::new(Activity::new());
-        let tracked = activity.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let busy = tracked.begin();
-            let mut req = req.map(Body::new);
-            req.extensions_mut().insert(hold.clone());
-            let call = app.clone().oneshot(req);
-            async move {
-                let response = call.await;
-                drop(busy);
-                response
-            }
-        });
-        let mut conn = std::pin::pin!(protocols.h2.serve_connection(io, service));
-        let mut idle_check = tokio::time::interval(header_timeout / 4);
-        idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                r = conn.as_mut() => return Ok(r?),
-                _ = stop.cancelled() => break,
-                _ = idle_check.tick() => if activity.idle_for() >= header_timeout { break },
-            }
-        }
-        conn.as_mut().graceful_shutdown();
-        Ok(conn.await?)
+        serve_h2(io, app, protocols, header_timeout, hold).await
     } else {
-        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let mut req = req.map(Body::new);
-            req.extensions_mut().insert(hold.clone());
-            app.clone().oneshot(req)
-        });
-        // The first head's deadline counts from the connection's opening,
-        // the first bytes included.
-        let mut h1 = protocols.h1.clone();
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        h1.header_read_timeout(left.max(Duration::from_millis(1)));
-        let mut conn = std::pin::pin!(h1.serve_connection(io, service).with_upgrades());
+        serve_h1(io, app, protocols, deadline, hold).await
+    }
+}
+
+/// HTTP/2 on `io` until it ends, `stop`, or no stream has been open for
+/// `header_timeout` (then GOAWAY and a graceful end).
+async fn serve_h2<I>(
+    io: TokioIo<I>,
+    app: Router,
+    protocols: &Protocols,
+    header_timeout: Duration,
+    hold: ConnectionHold,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let stop = hold.stop.clone();
+    let activity = Arc::new(Activity::new());
+    let tracked = activity.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let busy = tracked.begin();
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(hold.clone());
+        let call = app.clone().oneshot(req);
+        async move {
+            let response = call.await;
+            drop(busy);
+            response
+        }
+    });
+    let mut conn = std::pin::pin!(protocols.h2.serve_connection(io, service));
+    let mut idle_check = tokio::time::interval(header_timeout / 4);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
         tokio::select! {
-            r = conn.as_mut() => Ok(r?),
-            _ = stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                Ok(conn.await?)
-            }
+            r = conn.as_mut() => return Ok(r?),
+            _ = stop.cancelled() => break,
+            _ = idle_check.tick() => if activity.idle_for() >= header_timeout { break },
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    Ok(conn.await?)
+}
+
+/// HTTP/1.1 on `io` (with upgrades) until it ends or `stop`; the first
+/// head is due by `deadline`.
+async fn serve_h1<I>(
+    io: TokioIo<I>,
+    app: Router,
+    protocols: &Protocols,
+    deadline: tokio::time::Instant,
+    hold: ConnectionHold,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let stop = hold.stop.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(hold.clone());
+        app.clone().oneshot(req)
+    });
+    // The first head's deadline counts from the connection's opening,
+    // the first bytes (or the TLS handshake) included.
+    let mut h1 = protocols.h1.clone();
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    h1.header_read_timeout(left.max(Duration::from_millis(1)));
+    let mut conn = std::pin::pin!(h1.serve_connection(io, service).with_upgrades());
+    tokio::select! {
+        r = conn.as_mut() => Ok(r?),
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            Ok(conn.await?)
         }
     }
 }

@@ -60,6 +60,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--tls-cert/--tls-key: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot start the worker threads: {0}")]
     Threads(#[source] std::io::Error),
     #[error("{0}")]
@@ -145,7 +147,24 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
                 .into(),
         ));
     }
+    let certificates = match &config.tls {
+        Some(files) => Some(Arc::new(crate::tls::Certificates::load(files.clone())?)),
+        None => None,
+    };
+    let tls = match &certificates {
+        Some(c) => Some(
+            c.server_config()
+                .map_err(|e| StartError::Unsupported(format!("TLS: {e}")))?,
+        ),
+        None => None,
+    };
     let background = CancellationToken::new();
+    if let Some(c) = &certificates {
+        tokio::spawn(
+            c.clone()
+                .reload(config.tls_reload_every, background.clone()),
+        );
+    }
     let ring = match &config.keys {
         Some(dir) => {
             let ring = SharedKeyRing::from_dir(dir)?;
@@ -328,6 +347,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
             refused: state.metrics.connections_refused.clone(),
         },
         stop_accepting.clone(),
+        tls,
     ));
 
     summary(&config, &plan, backend, &ring, &parts, addr);
@@ -397,7 +417,10 @@ fn summary(
     let interfaces: Vec<String> = plan
         .interfaces
         .iter()
-        .map(|i| format!("{} POST {}", i.name, i.path))
+        .map(|i| {
+            let how = if i.websocket.is_some() { "WS" } else { "POST" };
+            format!("{} {how} {}", i.name, i.path)
+        })
         .collect();
     let groups: Vec<String> = plan
         .groups
@@ -408,6 +431,7 @@ fn summary(
         pipeline = %plan.id,
         profile = %backend,
         listen = %addr,
+        tls = config.tls.is_some(),
         max_connections = config.http.max_connections,
         header_timeout = ?config.http.header_timeout,
         body_timeout = ?config.http.body_timeout,
