@@ -215,6 +215,13 @@ pub struct ExposeSpec {
     pub service_type: ServiceType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
+    /// The ingress pods terminate TLS themselves (HTTP/2 or HTTP/1.1 by
+    /// ALPN), for clusters with no Ingress controller in front: the name
+    /// of a `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) labelled
+    /// `sluice.dev/allow-reference=true`. Not with `ingress`, which
+    /// terminates TLS at the Ingress (`ingress.tlsSecret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

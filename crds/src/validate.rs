@@ -289,6 +289,22 @@ fn check_backends(spec: &StreamPipelineSpec, e: &mut Errors) {
 }
 
 fn check_expose(spec: &StreamPipelineSpec, e: &mut Errors) {
+    if let Some(x) = &spec.expose {
+        if let Some(secret) = &x.tls_secret {
+            if !is_dns_subdomain(secret, MAX_SUBDOMAIN) {
+                e.push(
+                    "spec.expose.tlsSecret",
+                    format!("{} is not a Secret name", shown(secret)),
+                );
+            }
+            if x.ingress.is_some() {
+                e.push(
+                    "spec.expose.tlsSecret",
+                    "not with expose.ingress: the Ingress terminates TLS (ingress.tlsSecret)",
+                );
+            }
+        }
+    }
     let Some(i) = spec.expose.as_ref().and_then(|x| x.ingress.as_ref()) else {
         return;
     };

@@ -125,6 +125,16 @@ fn each_rule_is_reported_with_its_field_path() {
             "{ name: cpu, role: worker, autoscale: { maxReplicas: 3, scaleDownStabilization: 2h } }",
         ),
         (
+            "tlsSecret: not with expose.ingress",
+            "spec:\n",
+            "spec:\n  expose: { tlsSecret: p-tls, ingress: { host: p.example.com } }\n",
+        ),
+        (
+            "tlsSecret: `Bad_Name` is not a Secret name",
+            "spec:\n",
+            "spec:\n  expose: { tlsSecret: Bad_Name }\n",
+        ),
+        (
             "not served by this release",
             "path: /v1/x,",
             "path: /v1/x, kind: graphql,",

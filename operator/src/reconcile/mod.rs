@@ -463,6 +463,9 @@ pub fn ingress_url(name: &str, ns: &str, expose: Option<&ExposeSpec>) -> String 
     match expose.and_then(|e| e.ingress.as_ref()) {
         Some(i) if i.tls_secret.is_some() => format!("https://{}", i.host),
         Some(i) => format!("http://{}", i.host),
+        None if expose.is_some_and(|e| e.tls_secret.is_some()) => {
+            format!("https://{name}.{ns}.svc")
+        }
         None => format!("http://{name}.{ns}.svc"),
     }
 }
@@ -591,7 +594,17 @@ mod tests {
     #[test]
     fn the_url_is_the_service_or_the_ingress_host() {
         assert_eq!(ingress_url("p", "demo", None), "http://p.demo.svc");
+        let pod_tls = ExposeSpec {
+            service_type: Default::default(),
+            ingress: None,
+            tls_secret: Some("p-tls".into()),
+        };
+        assert_eq!(
+            ingress_url("p", "demo", Some(&pod_tls)),
+            "https://p.demo.svc"
+        );
         let mut e = ExposeSpec {
+            tls_secret: None,
             service_type: Default::default(),
             ingress: Some(IngressSpec {
                 host: "p.example.com".into(),

@@ -316,6 +316,16 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
             });
         }
     }
+    // The ingress pods' own TLS pair, likewise.
+    if let Some(secret) = spec.expose.as_ref().and_then(|e| e.tls_secret.as_ref()) {
+        for key in [pods::TLS_CERT_KEY, pods::TLS_KEY_KEY] {
+            auth_secrets.push(SecretRefUse {
+                path: "spec.expose.tlsSecret".into(),
+                name: secret.clone(),
+                key: key.into(),
+            });
+        }
+    }
     let auth_refs: Vec<_> = auth_secrets.iter().map(SecretReference::from).collect();
     own.refuse(&auth_refs, &mut errors);
     referenced_secrets.extend(auth_refs);

@@ -44,6 +44,10 @@ fn component_of(role: GroupRole) -> Component {
     }
 }
 
+/// The keys of a `kubernetes.io/tls` Secret.
+pub(crate) const TLS_CERT_KEY: &str = "tls.crt";
+pub(crate) const TLS_KEY_KEY: &str = "tls.key";
+
 pub(crate) fn ingress_container(ctx: &Ctx<'_>, g: &GroupSpec) -> Container {
     let drain = &ctx.settings.drain;
     let env = vec![
@@ -53,7 +57,7 @@ pub(crate) fn ingress_container(ctx: &Ctx<'_>, g: &GroupSpec) -> Container {
         pod_spec::env(ENV_DRAIN_TIMEOUT, duration_arg(drain.ingress_timeout)),
         pod_spec::env(ENV_LOG_FORMAT, "json"),
     ];
-    let args = vec![
+    let mut args = vec![
         "--pipeline".into(),
         pod_spec::pipeline_path(),
         "--listen".into(),
@@ -61,8 +65,19 @@ pub(crate) fn ingress_container(ctx: &Ctx<'_>, g: &GroupSpec) -> Container {
         "--keys".into(),
         pod_spec::KEYS_DIR.into(),
     ];
+    // The pair is mounted where node Secrets are (see render::mod).
+    let tls = ctx.spec.expose.as_ref().and_then(|e| e.tls_secret.as_ref());
+    if let Some(secret) = tls {
+        let file = |key: &str| format!("{}/{secret}/{key}", pod_spec::SECRETS_DIR);
+        args.extend([
+            "--tls-cert".into(),
+            file(TLS_CERT_KEY),
+            "--tls-key".into(),
+            file(TLS_KEY_KEY),
+        ]);
+    }
     let image = &ctx.settings.images.ingress;
-    runtime_container(
+    let mut c = runtime_container(
         ctx,
         g,
         GroupRole::Ingress,
@@ -70,7 +85,19 @@ pub(crate) fn ingress_container(ctx: &Ctx<'_>, g: &GroupSpec) -> Container {
         args,
         env,
         ("http", INGRESS_PORT),
-    )
+    );
+    if tls.is_some() {
+        // The port speaks only TLS: so do the kubelet's probes.
+        for probe in [&mut c.readiness_probe, &mut c.liveness_probe]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(get) = probe.http_get.as_mut() {
+                get.scheme = Some("HTTPS".into());
+            }
+        }
+    }
+    c
 }
 
 pub(crate) fn worker_container(ctx: &Ctx<'_>, g: &GroupSpec) -> Container {
@@ -354,6 +381,81 @@ mod tests {
         assert!(e.field_errors().iter().any(|f| f
             .path
             .starts_with("spec.interfaces[0].auth.bearer.secretRef")));
+    }
+
+    #[test]
+    fn pods_that_terminate_tls_mount_the_pair_point_the_flags_at_it_and_probe_over_https() {
+        let mut sp = orders_redis();
+        sp.spec.expose = Some(sluice_crds::yaml::from_str("{tlsSecret: orders-tls}").unwrap());
+        let d = render(&sp);
+        let pod = pod_of(&d, "orders-redis-web");
+        let c = &pod.containers[0];
+        let args = c.args.as_deref().unwrap();
+        let after = |flag: &str| {
+            let i = args.iter().position(|a| a == flag).expect(flag);
+            args[i + 1].as_str()
+        };
+        assert_eq!(
+            after("--tls-cert"),
+            "/etc/sluice/secrets/orders-tls/tls.crt"
+        );
+        assert_eq!(after("--tls-key"), "/etc/sluice/secrets/orders-tls/tls.key");
+        for probe in [&c.readiness_probe, &c.liveness_probe] {
+            let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        }
+        let volume = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| {
+                v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("orders-tls")
+            })
+            .expect("a volume of the TLS Secret");
+        let keys: Vec<_> = volume
+            .secret
+            .as_ref()
+            .unwrap()
+            .items
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|i| i.key.as_str())
+            .collect();
+        assert_eq!(keys, ["tls.crt", "tls.key"]);
+        // Only the ingress pods get it; its owner must opt in.
+        let worker = pod_of(&d, "orders-redis-cpu");
+        assert!(!worker.volumes.as_ref().unwrap().iter().any(|v| v
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.as_deref())
+            == Some("orders-tls")));
+        assert!(d
+            .referenced_secrets
+            .iter()
+            .any(|r| r.name == "orders-tls" && r.path == "spec.expose.tlsSecret"));
+        let Some(Child::Service(svc)) = d.objects.iter().find(|o| o.name() == "orders-redis")
+        else {
+            panic!("no Service")
+        };
+        assert_eq!(
+            svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
+                .app_protocol
+                .as_deref(),
+            Some("https")
+        );
+        // The pipeline's own Secrets are refused.
+        sp.spec.expose =
+            Some(sluice_crds::yaml::from_str("{tlsSecret: orders-redis-ipc-keys}").unwrap());
+        let e =
+            crate::render::desired(&sp, &crate::settings::OperatorSettings::default()).unwrap_err();
+        assert!(
+            e.field_errors()
+                .iter()
+                .any(|f| f.path.starts_with("spec.expose.tlsSecret")),
+            "{e:?}"
+        );
     }
 
     #[test]

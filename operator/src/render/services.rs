@@ -59,8 +59,18 @@ pub(crate) fn ingress_service(ctx: &Ctx<'_>, g: &GroupSpec) -> Service {
 /// lets proxies multiplex requests to the pods over HTTP/2; with a
 /// WebSocket interface, `kubernetes.io/ws`, as a proxy that spoke HTTP/2 to
 /// the pods would have to carry upgrades as extended CONNECT, which the
-/// ingress does not serve.
+/// ingress does not serve. With `expose.tlsSecret` the pods speak TLS:
+/// `https`.
 fn app_protocol(ctx: &Ctx<'_>) -> &'static str {
+    // Terminated by the pods: TLS on the wire, HTTP/2 or HTTP/1.1 by ALPN.
+    if ctx
+        .spec
+        .expose
+        .as_ref()
+        .is_some_and(|e| e.tls_secret.is_some())
+    {
+        return "https";
+    }
     if ctx
         .spec
         .interfaces
