@@ -69,7 +69,7 @@ impl Plan {
             }
             GroupRole::Ingress => {
                 for i in &self.interfaces {
-                    if let Some(entry) = self.nodes.get(&i.entry) {
+                    for entry in i.entries().into_iter().filter_map(|e| self.nodes.get(e)) {
                         if entry.group != group {
                             needs.request.insert(entry.group.clone());
                         }

@@ -23,6 +23,7 @@
 //!   the one style generated YAML is written in.
 
 pub mod crd;
+pub mod graphql;
 pub mod key_needs;
 pub mod limits;
 pub mod manifest;
@@ -37,7 +38,8 @@ pub mod yaml;
 pub use key_needs::KeyNeeds;
 pub use manifest::{load_manifest, parse_manifest, parse_manifest_bytes, ManifestError};
 pub use plan::{
-    compile, AuthPlan, GroupPlan, InterfacePlan, Next, NodePlan, PipelineId, Plan, WebSocketPlan,
+    compile, AuthPlan, GraphqlOperationPlan, GraphqlPlan, GraphqlResult, GroupPlan, InterfacePlan,
+    Next, NodePlan, PipelineId, Plan, WebSocketPlan,
 };
 pub use types::*;
 pub use validate::{validate, validate_id, FieldError};

@@ -98,6 +98,14 @@ pub const MAX_WS_IN_FLIGHT: u32 = 1024;
 /// `interfaces[].websocket.maxConnections`: each open socket holds a
 /// message's worth of the ingress's body budget.
 pub const MAX_WS_CONNECTIONS: u32 = 65_536;
+/// Root fields of a graphql interface.
+pub const MAX_GRAPHQL_OPERATIONS: usize = 64;
+/// Arguments of an operation, and fields of its result object.
+pub const MAX_GRAPHQL_FIELDS: usize = 32;
+/// `graphql.maxDepth`.
+pub const MAX_GRAPHQL_DEPTH: u32 = 64;
+/// `graphql.maxComplexity`: each selected root field is a pipeline request.
+pub const MAX_GRAPHQL_COMPLEXITY: u32 = 4096;
 /// Most envelopes a worker process works on at once.
 pub const MAX_CONCURRENCY: u32 = 4096;
 /// Most replicas of a group, fixed or autoscaled.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::graphql::{GqlType, Scalar};
 use crate::types::*;
 use crate::units::{parse_duration, parse_size};
 use crate::validate::{validate, validate_id, FieldError};
@@ -32,6 +33,8 @@ pub const DEFAULT_WS_CONNECTIONS: u32 = 1024;
 pub const DEFAULT_WS_IDLE: Duration = Duration::from_secs(300);
 pub const DEFAULT_WS_LIFETIME: Duration = Duration::from_secs(3600);
 pub const DEFAULT_WS_PING: Duration = Duration::from_secs(30);
+pub const DEFAULT_GRAPHQL_DEPTH: u32 = 8;
+pub const DEFAULT_GRAPHQL_COMPLEXITY: u32 = 64;
 pub const DEFAULT_MAX_QUEUE_DEPTH: u64 = 10_000;
 pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 64 << 20;
 pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
@@ -81,6 +84,8 @@ pub struct InterfacePlan {
     pub ordered: bool,
     /// Connection limits; `Some` exactly for `websocket` interfaces.
     pub websocket: Option<WebSocketPlan>,
+    /// Operations and limits; `Some` exactly for `graphql` interfaces.
+    pub graphql: Option<GraphqlPlan>,
     /// Whether a POST answers `202` without `Prefer: respond-async`.
     pub mode: InterfaceMode,
     /// The deadline of an asynchronous request, from its submit.
@@ -100,6 +105,51 @@ pub struct InterfacePlan {
     /// Queue hops on the longest path a request may take: the most
     /// envelopes (and replay-guard nonces) one request costs the workers.
     pub hops: u32,
+}
+
+impl InterfacePlan {
+    /// The nodes a request of this interface may enter at: its `entry`,
+    /// and a graphql interface's operations' entries.
+    pub fn entries(&self) -> Vec<&str> {
+        let mut entries = vec![self.entry.as_str()];
+        if let Some(g) = &self.graphql {
+            entries.extend(
+                g.queries
+                    .iter()
+                    .chain(&g.mutations)
+                    .map(|o| o.entry.as_str()),
+            );
+        }
+        entries.sort_unstable();
+        entries.dedup();
+        entries
+    }
+}
+
+/// A `graphql` interface's schema and limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphqlPlan {
+    pub queries: Vec<GraphqlOperationPlan>,
+    pub mutations: Vec<GraphqlOperationPlan>,
+    pub max_depth: u32,
+    pub max_complexity: u32,
+}
+
+/// One root field: its arguments go to `entry` as a JSON object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphqlOperationPlan {
+    pub name: String,
+    pub entry: String,
+    pub arguments: Vec<(String, GqlType)>,
+    pub result: GraphqlResult,
+}
+
+/// What an operation answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GraphqlResult {
+    Type(GqlType),
+    /// An object type `<Name>Result` with these fields.
+    Fields(Vec<(String, GqlType)>),
 }
 
 /// Limits of each connection of a `websocket` interface.
@@ -305,7 +355,11 @@ pub fn compile(id: PipelineId, spec: &StreamPipelineSpec) -> Result<Plan, Vec<Fi
         .interfaces
         .iter()
         .map(|i| {
-            let reach = Reach::from(&i.entry, &nodes, &ingress_group);
+            let mut entries = vec![i.entry.as_str()];
+            if let Some(g) = &i.graphql {
+                entries.extend(g.operations.iter().filter_map(|o| o.entry.as_deref()));
+            }
+            let reach = Reach::from_entries(&entries, &nodes, &ingress_group);
             let timeout = dur(&i.timeout, DEFAULT_TIMEOUT);
             InterfacePlan {
                 name: i.name.clone(),
@@ -338,6 +392,8 @@ pub fn compile(id: PipelineId, spec: &StreamPipelineSpec) -> Result<Plan, Vec<Fi
                     }),
                 max_in_flight: i.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
                 ordered: i.ordered.unwrap_or(false),
+                graphql: (i.kind == InterfaceKind::Graphql)
+                    .then(|| graphql_plan(i, i.graphql.clone().unwrap_or_default())),
                 websocket: (i.kind == InterfaceKind::Websocket).then(|| {
                     let w = i.websocket.clone().unwrap_or_default();
                     WebSocketPlan {
@@ -402,7 +458,63 @@ struct Reach {
     hops: u32,
 }
 
+/// A graphql interface's plan; validation has checked the types parse.
+fn graphql_plan(i: &InterfaceSpec, g: GraphqlSpec) -> GraphqlPlan {
+    let typed = |m: &Option<BTreeMap<String, String>>| -> Vec<(String, GqlType)> {
+        m.iter()
+            .flatten()
+            .filter_map(|(k, t)| Some((k.clone(), GqlType::parse(t).ok()?)))
+            .collect()
+    };
+    let mut plan = GraphqlPlan {
+        queries: Vec::new(),
+        mutations: Vec::new(),
+        max_depth: g.max_depth.unwrap_or(DEFAULT_GRAPHQL_DEPTH),
+        max_complexity: g.max_complexity.unwrap_or(DEFAULT_GRAPHQL_COMPLEXITY),
+    };
+    for o in &g.operations {
+        let result = match (&o.result, &o.result_fields) {
+            (_, Some(_)) => GraphqlResult::Fields(typed(&o.result_fields)),
+            (Some(t), None) => GraphqlResult::Type(GqlType::parse(t).unwrap_or(GqlType::Named {
+                scalar: Scalar::Json,
+                non_null: false,
+            })),
+            (None, None) => GraphqlResult::Type(GqlType::Named {
+                scalar: Scalar::Json,
+                non_null: false,
+            }),
+        };
+        let op = GraphqlOperationPlan {
+            name: o.name.clone(),
+            entry: o.entry.clone().unwrap_or_else(|| i.entry.clone()),
+            arguments: typed(&o.arguments),
+            result,
+        };
+        match o.kind {
+            GraphqlOperationKind::Query => plan.queries.push(op),
+            GraphqlOperationKind::Mutation => plan.mutations.push(op),
+        }
+    }
+    plan
+}
+
 impl Reach {
+    /// What requests entering at any of `entries` may reach.
+    fn from_entries(entries: &[&str], nodes: &BTreeMap<String, NodePlan>, ingress: &str) -> Self {
+        let mut all = Reach {
+            worker_groups: BTreeSet::new(),
+            terminal_groups: BTreeSet::new(),
+            hops: 0,
+        };
+        for e in entries {
+            let r = Reach::from(e, nodes, ingress);
+            all.worker_groups.extend(r.worker_groups);
+            all.terminal_groups.extend(r.terminal_groups);
+            all.hops = all.hops.max(r.hops);
+        }
+        all
+    }
+
     fn from(entry: &str, nodes: &BTreeMap<String, NodePlan>, ingress: &str) -> Self {
         let mut seen = BTreeSet::new();
         let mut reach = Reach {

@@ -269,6 +269,9 @@ pub struct InterfaceSpec {
     /// Limits of a WebSocket interface's connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub websocket: Option<WebSocketSpec>,
+    /// The operations of a GraphQL interface and its limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphql: Option<GraphqlSpec>,
     /// `sync` (default): a POST waits for its answer, and answers `202`
     /// with a `Location` to fetch it later only when it asks with
     /// `Prefer: respond-async`. `async`: every POST answers `202`.
@@ -281,6 +284,57 @@ pub struct InterfaceSpec {
     /// Who may call: without it, anyone who reaches the ingress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+}
+
+/// A `graphql` interface: its schema's operations, each a root field run
+/// through the pipeline, and the limits on a document.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GraphqlSpec {
+    /// The root fields of `Query` and `Mutation`.
+    pub operations: Vec<GraphqlOperationSpec>,
+    /// Deepest selection nesting of a document (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u32>,
+    /// Most fields a document selects, aliases and introspection included
+    /// (default 64); each selected operation is one pipeline request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_complexity: Option<u32>,
+}
+
+/// One root field of a GraphQL interface.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GraphqlOperationSpec {
+    /// The field's name: letters, digits and `_`, not starting with a digit
+    /// or `__`.
+    pub name: String,
+    /// `query` (default) or `mutation`.
+    #[serde(default, rename = "type")]
+    pub kind: GraphqlOperationKind,
+    /// The node that receives the arguments as a JSON object (default: the
+    /// interface's `entry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    /// Argument name → type (`String`, `Int`, `Float`, `Boolean`, `ID`,
+    /// `JSON`; `[T]` for a list, `!` for non-null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<BTreeMap<String, String>>,
+    /// The answer's type (same grammar; default `JSON`). Not with
+    /// `resultFields`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// The answer as an object: field name → type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_fields: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GraphqlOperationKind {
+    #[default]
+    Query,
+    Mutation,
 }
 
 /// Limits of each connection of a `websocket` interface.

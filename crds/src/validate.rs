@@ -794,7 +794,7 @@ fn check_interfaces(
                 format!("duplicate path {}", shown(&it.path)),
             );
         }
-        check_kind(&p, it, e);
+        check_kind(&p, it, nodes, e);
         if !nodes.contains_key(&it.entry) {
             e.push(
                 format!("{p}.entry"),
@@ -830,32 +830,42 @@ fn check_interfaces(
 /// What an interface may set depends on its kind: `ordered` and
 /// `websocket` only on WebSocket interfaces, asynchronous answers only on
 /// HTTP ones.
-fn check_kind(p: &str, it: &InterfaceSpec, e: &mut Errors) {
-    match it.kind {
-        InterfaceKind::Http => {
-            if it.ordered.is_some() {
-                e.push(
-                    format!("{p}.ordered"),
-                    "applies to websocket interfaces (an HTTP request has one answer)",
-                );
-            }
-            if it.websocket.is_some() {
-                e.push(format!("{p}.websocket"), "applies to websocket interfaces");
-            }
+fn check_kind(
+    p: &str,
+    it: &InterfaceSpec,
+    nodes: &BTreeMap<String, (String, Vec<String>)>,
+    e: &mut Errors,
+) {
+    if it.kind != InterfaceKind::Websocket {
+        if it.ordered.is_some() {
+            e.push(
+                format!("{p}.ordered"),
+                "applies to websocket interfaces (an HTTP request has one answer)",
+            );
         }
+        if it.websocket.is_some() {
+            e.push(format!("{p}.websocket"), "applies to websocket interfaces");
+        }
+    }
+    if it.kind != InterfaceKind::Graphql && it.graphql.is_some() {
+        e.push(format!("{p}.graphql"), "applies to graphql interfaces");
+    }
+    if matches!(it.kind, InterfaceKind::Websocket | InterfaceKind::Graphql) {
+        let why = match it.kind {
+            InterfaceKind::Websocket => "websocket messages are answered on their connection",
+            _ => "graphql operations are answered in their response",
+        };
+        if it.mode == Some(InterfaceMode::Async) {
+            e.push(format!("{p}.mode"), format!("{why}; use sync"));
+        }
+        if it.async_timeout.is_some() {
+            e.push(format!("{p}.asyncTimeout"), format!("{why}; use timeout"));
+        }
+    }
+    match it.kind {
+        InterfaceKind::Http => {}
+        InterfaceKind::Graphql => check_graphql(p, it, nodes, e),
         InterfaceKind::Websocket => {
-            if it.mode == Some(InterfaceMode::Async) {
-                e.push(
-                    format!("{p}.mode"),
-                    "websocket messages are answered on their connection; use sync",
-                );
-            }
-            if it.async_timeout.is_some() {
-                e.push(
-                    format!("{p}.asyncTimeout"),
-                    "websocket messages are answered on their connection; use timeout",
-                );
-            }
             let w = it.websocket.clone().unwrap_or_default();
             let w_p = format!("{p}.websocket");
             e.count(
@@ -899,14 +909,112 @@ fn check_kind(p: &str, it: &InterfaceSpec, e: &mut Errors) {
                 (Duration::from_secs(1), Duration::from_secs(300)),
             );
         }
-        InterfaceKind::Sse | InterfaceKind::Graphql => e.push(
+        InterfaceKind::Sse => e.push(
             format!("{p}.kind"),
-            format!(
-                "{:?} interfaces are not served by this release; use http or websocket",
-                it.kind
-            )
-            .to_lowercase(),
+            "sse interfaces are not served by this release; use http, websocket or graphql",
         ),
+    }
+}
+
+/// A graphql interface's operations: GraphQL names, unique per root type,
+/// known entry nodes, types that parse, and bounded counts.
+fn check_graphql(
+    p: &str,
+    it: &InterfaceSpec,
+    nodes: &BTreeMap<String, (String, Vec<String>)>,
+    e: &mut Errors,
+) {
+    let g_p = format!("{p}.graphql");
+    let Some(g) = &it.graphql else {
+        e.push(g_p, "a graphql interface declares its operations");
+        return;
+    };
+    e.count(
+        &format!("{g_p}.maxDepth"),
+        g.max_depth,
+        (1, MAX_GRAPHQL_DEPTH),
+    );
+    e.count(
+        &format!("{g_p}.maxComplexity"),
+        g.max_complexity,
+        (1, MAX_GRAPHQL_COMPLEXITY),
+    );
+    if g.operations.is_empty() || g.operations.len() > MAX_GRAPHQL_OPERATIONS {
+        e.push(
+            format!("{g_p}.operations"),
+            format!("1 to {MAX_GRAPHQL_OPERATIONS} operations"),
+        );
+    }
+    if !g
+        .operations
+        .iter()
+        .any(|o| o.kind == GraphqlOperationKind::Query)
+    {
+        e.push(
+            format!("{g_p}.operations"),
+            "at least one query: a GraphQL schema needs a Query root",
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (k, o) in g.operations.iter().enumerate() {
+        let o_p = format!("{g_p}.operations[{k}]");
+        if !crate::graphql::is_name(&o.name) {
+            e.push(
+                format!("{o_p}.name"),
+                format!(
+                    "{} is not a GraphQL name (letters, digits, '_'; not starting with a digit or '__'; ≤ 64)",
+                    shown(&o.name)
+                ),
+            );
+        } else if !seen.insert((o.kind == GraphqlOperationKind::Mutation, o.name.as_str())) {
+            e.push(
+                format!("{o_p}.name"),
+                format!("duplicate operation {}", shown(&o.name)),
+            );
+        }
+        if let Some(entry) = &o.entry {
+            if !nodes.contains_key(entry) {
+                e.push(
+                    format!("{o_p}.entry"),
+                    format!("unknown node {}", shown(entry)),
+                );
+            }
+        }
+        let mut typed = |field: &str, m: &BTreeMap<String, String>, at_least_one: bool| {
+            if m.len() > MAX_GRAPHQL_FIELDS || (at_least_one && m.is_empty()) {
+                e.push(
+                    format!("{o_p}.{field}"),
+                    format!("{} to {MAX_GRAPHQL_FIELDS} entries", u8::from(at_least_one)),
+                );
+            }
+            for (name, t) in m {
+                if !crate::graphql::is_name(name) {
+                    e.push(
+                        format!("{o_p}.{field}"),
+                        format!("{} is not a GraphQL name", shown(name)),
+                    );
+                }
+                if let Err(why) = crate::graphql::GqlType::parse(t) {
+                    e.push(format!("{o_p}.{field}.{name}"), why);
+                }
+            }
+        };
+        if let Some(a) = &o.arguments {
+            typed("arguments", a, false);
+        }
+        if let Some(f) = &o.result_fields {
+            typed("resultFields", f, true);
+        }
+        if let Some(t) = &o.result {
+            if o.result_fields.is_some() {
+                e.push(
+                    format!("{o_p}.result"),
+                    "set result or resultFields, not both",
+                );
+            } else if let Err(why) = crate::graphql::GqlType::parse(t) {
+                e.push(format!("{o_p}.result"), why);
+            }
+        }
     }
 }
 

@@ -135,9 +135,54 @@ fn each_rule_is_reported_with_its_field_path() {
             "spec:\n  expose: { tlsSecret: Bad_Name }\n",
         ),
         (
-            "not served by this release",
+            "graphql: a graphql interface declares its operations",
             "path: /v1/x,",
             "path: /v1/x, kind: graphql,",
+        ),
+        (
+            "graphql: applies to graphql interfaces",
+            "path: /v1/x,",
+            "path: /v1/x, graphql: { operations: [] },",
+        ),
+        (
+            "operations: at least one query",
+            "path: /v1/x,",
+            "path: /v1/x, kind: graphql, graphql: { operations: [{ name: m, type: mutation }] },",
+        ),
+        (
+            "operations[0].name: `__m` is not a GraphQL name",
+            "path: /v1/x,",
+            "path: /v1/x, kind: graphql, graphql: { operations: [{ name: __m }] },",
+        ),
+        (
+            "operations[1].name: duplicate operation `q`",
+            "path: /v1/x,",
+            "path: /v1/x, kind: graphql, graphql: { operations: [{ name: q }, { name: q }] },",
+        ),
+        (
+            "operations[0].arguments.n: `Str` is not a type",
+            "path: /v1/x,",
+            "path: /v1/x, kind: graphql, graphql: { operations: [{ name: q, arguments: { n: Str } }] },",
+        ),
+        (
+            "operations[0].result: set result or resultFields, not both",
+            "path: /v1/x,",
+            "path: /v1/x, kind: graphql, graphql: { operations: [{ name: q, result: Int, resultFields: { a: Int } }] },",
+        ),
+        (
+            "operations[0].entry: unknown node `nope`",
+            "path: /v1/x,",
+            "path: /v1/x, kind: graphql, graphql: { operations: [{ name: q, entry: nope }] },",
+        ),
+        (
+            "graphql.maxComplexity: must be between 1 and 4096",
+            "path: /v1/x,",
+            "path: /v1/x, kind: graphql, graphql: { maxComplexity: 0, operations: [{ name: q }] },",
+        ),
+        (
+            "not served by this release",
+            "path: /v1/x,",
+            "path: /v1/x, kind: sse,",
         ),
         (
             "ordered: applies to websocket interfaces",

@@ -24,6 +24,9 @@ use crate::state::AppState;
 
 /// An admitted request.
 pub(crate) struct Call<'a> {
+    /// The node the request enters at: the interface's `entry`, or a
+    /// GraphQL operation's.
+    pub entry: &'a str,
     pub cid: &'a str,
     pub rid: &'a str,
     pub input: Value,
@@ -58,6 +61,7 @@ pub(crate) async fn run(
     call: Call<'_>,
 ) -> Result<Answer, ApiError> {
     let Call {
+        entry,
         cid,
         rid,
         input,
@@ -110,7 +114,7 @@ pub(crate) async fn run(
     };
 
     // Nodes on the ingress group run here, before the first hop.
-    let entry_group = &s.plan.nodes[&it.entry].group;
+    let entry_group = &s.plan.nodes[entry].group;
     let (group, node, payload) = if *entry_group == s.plan.ingress_group {
         let mut ctx = NodeContext {
             request_id: rid.to_string(),
@@ -119,7 +123,7 @@ pub(crate) async fn run(
             deadline: from_ms(deadline),
             attempt: 1,
         };
-        let mut outcome = s.executor.run(&it.entry, input.clone(), &ctx).await;
+        let mut outcome = s.executor.run(entry, input.clone(), &ctx).await;
         // A retryable failure is tried again after a lease, as a worker's
         // entry would be redelivered, up to maxDeliveries and the deadline.
         let limits = &s.plan.limits;
@@ -129,7 +133,7 @@ pub(crate) async fn run(
         {
             tokio::time::sleep(limits.lease).await;
             ctx.attempt += 1;
-            outcome = s.executor.run(&it.entry, input.clone(), &ctx).await;
+            outcome = s.executor.run(entry, input.clone(), &ctx).await;
         }
         match outcome {
             // Answered here: nothing to fetch later, so it is answered now
@@ -157,7 +161,7 @@ pub(crate) async fn run(
             StepOutcome::Expired => return Err(timeout()),
             StepOutcome::Crashed(crash) => {
                 env.dest = s.plan.ingress_group.clone();
-                env.node = Some(it.entry.clone());
+                env.node = Some(entry.to_string());
                 env.payload = input;
                 dead_letter_crash(s, &mut env, &crash).await;
                 return Err(ApiError::new(
@@ -169,7 +173,7 @@ pub(crate) async fn run(
             }
         }
     } else {
-        (entry_group.clone(), it.entry.clone(), input)
+        (entry_group.clone(), entry.to_string(), input)
     };
     env.dest = group.clone();
     env.node = Some(node);
@@ -204,8 +208,8 @@ pub(crate) async fn run(
     hop.set("messaging.destination.name", stream.clone());
     hop.set("sluice.node", env.node.clone().unwrap_or_default());
     env.trace = hop.traceparent();
-    let entry = match s.signer.sign(&mut env) {
-        Ok(entry) => entry,
+    let signed = match s.signer.sign(&mut env) {
+        Ok(signed) => signed,
         Err(e) => {
             tracing::error!(request_id = %rid, error = %e, group, "cannot sign the request for its first hop");
             hop.fail("signing key missing");
@@ -220,8 +224,8 @@ pub(crate) async fn run(
     // Only an ingress-group node's output can exceed it (the body was
     // checked); sent as it is, it would be refused unread and time out.
     let entry_limit = max_entry_bytes(s.plan.security.max_payload_bytes as usize);
-    if entry.stored_len() > entry_limit {
-        let message = oversized_output(&it.entry, entry.stored_len(), entry_limit);
+    if signed.stored_len() > entry_limit {
+        let message = oversized_output(entry, signed.stored_len(), entry_limit);
         tracing::warn!(request_id = %rid, %message, "output refused");
         hop.fail("output too large");
         return Err(ApiError::new(
@@ -235,7 +239,7 @@ pub(crate) async fn run(
     // caller gone mid-push): the key is kept unless the push says it failed,
     // so a retry never runs the request a second time.
     let claimed = claimed.map(ClaimGuard::kept);
-    if let Err(e) = s.queue.push(&stream, entry).await {
+    if let Err(e) = s.queue.push(&stream, signed).await {
         tracing::warn!(request_id = %rid, error = %e, group, "queue push failed");
         hop.fail("queue push failed");
         if let Some(c) = claimed {

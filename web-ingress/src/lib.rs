@@ -35,6 +35,7 @@ pub mod body;
 mod call;
 pub mod config;
 pub mod error;
+pub mod graphql;
 pub mod idempotency;
 pub mod json_scan;
 pub mod listener;

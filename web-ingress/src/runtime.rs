@@ -255,6 +255,8 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
             )
         })
         .collect();
+    let graphql = crate::graphql::schemas(&plan)
+        .map_err(|e| StartError::Unsupported(format!("graphql schema: {e}")))?;
     let sockets = plan
         .interfaces
         .iter()
@@ -302,6 +304,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         backlog: RwLock::new(Some(HashMap::new())),
         slots,
         sockets,
+        graphql,
     });
 
     let reply_stream = parts.keys.reply(&config.ingress_id);

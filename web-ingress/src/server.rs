@@ -1,6 +1,7 @@
 //! The HTTP surface: one POST route per HTTP interface (and the GET that
 //! fetches its stored answers), one WebSocket upgrade route per WebSocket
-//! interface (see `websocket`), plus `/healthz`, `/readyz` and `/metrics`.
+//! interface (see `websocket`), one POST route per GraphQL interface (see
+//! `graphql`), plus `/healthz`, `/readyz` and `/metrics`.
 //!
 //! ```text
 //! request ─▶ slot free? (429) ─▶ backlog/backend (503) ─▶ body ≤ limit (413) by its deadline (408)
@@ -65,6 +66,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     for it in &state.plan.interfaces {
+        if it.kind == InterfaceKind::Graphql {
+            let name = it.name.clone();
+            r = r.route(
+                &it.path,
+                post(
+                    move |State(s): State<Arc<AppState>>, req: Request| async move {
+                        crate::graphql::handle(s, &name, req).await
+                    },
+                )
+                .fallback(graphql_method_not_allowed),
+            );
+            continue;
+        }
         if it.kind == InterfaceKind::Websocket {
             let name = it.name.clone();
             r = r.route(
@@ -146,6 +160,16 @@ async fn method_not_allowed(req: Request) -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "interfaces accept POST with a JSON body",
+        &rid,
+    )
+}
+
+async fn graphql_method_not_allowed(req: Request) -> ApiError {
+    let rid = caller_request_id(req.headers()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this interface is GraphQL: POST {\"query\", \"variables\", \"operationName\"}",
         &rid,
     )
 }
@@ -283,6 +307,7 @@ async fn serve(
         it,
         span,
         Call {
+            entry: &it.entry,
             cid,
             rid,
             input,
@@ -300,7 +325,7 @@ async fn serve(
 /// Reads the body by its deadline (the shorter of `--body-timeout` and the
 /// interface timeout), checks its JSON shape on the bytes, then parses it.
 /// The bytes and their budget are released once the value is built.
-async fn read_input(
+pub(crate) async fn read_input(
     s: &AppState,
     it: &InterfacePlan,
     rid: &str,

@@ -66,6 +66,8 @@ pub struct AppState {
     pub callers: Arc<crate::auth::Callers>,
     /// Per-caller rate limits.
     pub rate_limits: crate::rate_limit::RateLimits,
+    /// The schema of each graphql interface.
+    pub graphql: HashMap<String, async_graphql::dynamic::Schema>,
 }
 
 impl AppState {

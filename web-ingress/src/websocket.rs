@@ -504,6 +504,7 @@ impl Connection {
                 it,
                 &span,
                 Call {
+                    entry: &it.entry,
                     cid: &cid,
                     rid: &cid,
                     input,
