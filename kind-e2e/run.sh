@@ -9,10 +9,12 @@
 #      with those images watching $NAMESPACE (the chart is namespaced by
 #      default), wait for the operator; its ServiceAccount may get Secrets in
 #      $NAMESPACE and nowhere else;
-#   4. apply examples/hello.yaml, examples/orders-redis.yaml and
+#   4. apply examples/hello.yaml, examples/orders-redis.yaml,
+#      examples/websocket.yaml, examples/graphql.yaml and
 #      examples/custom-worker/pipeline.yaml, wait for Ready; hello applied in
 #      the unwatched namespace is left alone (no status, no Deployment);
-#   5. call each through a port-forward of its Service, checking exact answers;
+#   5. call each through a port-forward of its Service, checking exact answers
+#      (the WebSocket one with kind-e2e/ws-call.py: answers in arrival order);
 #   6. kill a worker pod during a load of requests: none may fail;
 #   7. change a node's `with`: new pods roll out, the answers change;
 #   8. NetworkPolicy: a pod of another app cannot reach the pipeline's Redis;
@@ -243,8 +245,10 @@ log "applying the examples"
 kubectl apply -n "$NAMESPACE" -f examples/hello.yaml
 kubectl apply -n "$NAMESPACE" -f examples/orders-redis.yaml
 kubectl apply -n "$NAMESPACE" -f examples/custom-worker/pipeline.yaml
+kubectl apply -n "$NAMESPACE" -f examples/websocket.yaml
+kubectl apply -n "$NAMESPACE" -f examples/graphql.yaml
 kubectl apply -n "$UNWATCHED_NS" -f examples/hello.yaml
-for p in hello orders-redis scoring; do wait_ready "$p"; done
+for p in hello orders-redis scoring websocket graphql; do wait_ready "$p"; done
 # By now the operator has long had the chance to act on it, were it watched.
 kubectl get streampipeline -n "$UNWATCHED_NS" hello >/dev/null
 [ -z "$(kubectl get streampipeline -n "$UNWATCHED_NS" hello -o jsonpath='{.status}')" ] ||
@@ -267,6 +271,21 @@ expect_answer 18082 /v1/orders '{"id":"B2","type":"bulk","items":2}' \
 expect_answer 18083 /v1/score '{"id":"A1","items":3,"urgent":true}' '{"id":"A1","lane":"fast-track","score":16}'
 expect_answer 18083 /v1/score '{"id":"B2","items":2,"urgent":false}' '{"id":"B2","lane":"standard","score":4}'
 expect_status 18083 /v1/score '{"id":"C3","items":"many","urgent":true}' 422
+port_forward graphql 18091
+expect_answer 18091 /v1/graphql '{"query":"{ greet(name: \"kind\") { greeting } }"}' \
+  '{"data":{"greet":{"greeting":"hello, kind"}}}'
+expect_answer 18091 /v1/graphql '{"query":"mutation { submit(id: \"K1\", items: 2) { id items accepted } }"}' \
+  '{"data":{"submit":{"id":"K1","items":2,"accepted":true}}}'
+port_forward websocket 18092
+# Finished in reverse order (600 ms, 300 ms, none), answered in arrival order.
+got="$(python3 "$here/ws-call.py" ws://127.0.0.1:18092/v1/ordered \
+  '{"id":"a","input":{"speed":"slow"}}' '{"id":"b","input":{"speed":"medium"}}' \
+  '{"id":"c","input":{"speed":"fast"}}')" || die "WebSocket /v1/ordered: no answers"
+want='{"id":"a","result":{"done":true,"speed":"slow"}}
+{"id":"b","result":{"done":true,"speed":"medium"}}
+{"id":"c","result":{"done":true,"speed":"fast"}}'
+[ "$got" = "$want" ] || die "WebSocket /v1/ordered: want $want, got $got"
+echo "ok  WebSocket /v1/ordered answers in arrival order"
 
 # --- 6. kill a worker during load -------------------------------------------
 
