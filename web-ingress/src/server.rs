@@ -75,7 +75,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                         crate::graphql::handle(s, &name, req).await
                     },
                 )
-                .fallback(graphql_method_not_allowed),
+                .fallback(|req| method_not_allowed(req, TAKES_GRAPHQL)),
             );
             continue;
         }
@@ -92,7 +92,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                         websocket::upgrade(s, name, ws.ok(), headers, hold).await
                     },
                 )
-                .fallback(websocket_method_not_allowed),
+                .fallback(|req| method_not_allowed(req, TAKES_WEBSOCKET)),
             );
             continue;
         }
@@ -104,7 +104,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                     handle(s, &name, req).await
                 },
             )
-            .fallback(method_not_allowed),
+            .fallback(|req| method_not_allowed(req, TAKES_POST)),
         );
         let name = it.name.clone();
         r = r.route(
@@ -118,7 +118,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                     async_answers::fetch(s, &name, &id, &headers).await
                 },
             )
-            .fallback(method_not_allowed),
+            .fallback(|req| method_not_allowed(req, TAKES_POST)),
         );
     }
     r.fallback(not_found).with_state(state)
@@ -154,35 +154,22 @@ async fn not_found(req: Request) -> ApiError {
     )
 }
 
-async fn method_not_allowed(req: Request) -> ApiError {
+/// `405` with what the interface does take.
+async fn method_not_allowed(req: Request, takes: &'static str) -> ApiError {
     let rid = caller_request_id(req.headers()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "interfaces accept POST with a JSON body",
+        takes,
         &rid,
     )
 }
 
-async fn graphql_method_not_allowed(req: Request) -> ApiError {
-    let rid = caller_request_id(req.headers()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this interface is GraphQL: POST {\"query\", \"variables\", \"operationName\"}",
-        &rid,
-    )
-}
-
-async fn websocket_method_not_allowed(req: Request) -> ApiError {
-    let rid = caller_request_id(req.headers()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this interface is a WebSocket: open it with GET and Upgrade: websocket",
-        &rid,
-    )
-}
+const TAKES_POST: &str = "interfaces accept POST with a JSON body";
+const TAKES_GRAPHQL: &str =
+    "this interface is GraphQL: POST {\"query\", \"variables\", \"operationName\"}";
+const TAKES_WEBSOCKET: &str =
+    "this interface is a WebSocket: open it with GET and Upgrade: websocket";
 
 async fn handle(s: Arc<AppState>, name: &str, req: Request) -> Response {
     let started = Instant::now();
