@@ -43,7 +43,7 @@ use sluice_platform::telemetry::Span;
 use crate::admission::admit_backlog;
 use crate::call::{self, Answer, Call};
 use crate::error::{error_response, rate_limited, too_many_requests, ApiError};
-use crate::server::{caller_request_id, read_input};
+use crate::request::{caller_request_id, read_input};
 use crate::state::AppState;
 
 /// Directives a document may carry, at most.

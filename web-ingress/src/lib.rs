@@ -42,6 +42,7 @@ pub mod listener;
 pub mod metrics;
 pub mod rate_limit;
 pub mod replay_window;
+pub mod request;
 pub mod runtime;
 pub mod server;
 pub mod state;

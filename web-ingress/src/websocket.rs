@@ -75,7 +75,7 @@ use crate::call::{self, Answer, Call};
 use crate::error::{error_response, rate_limited, too_many_requests, ApiError};
 use crate::listener::ConnectionHold;
 use crate::metrics::{CloseLabel, InterfaceLabel};
-use crate::server::{caller_request_id, parse_json};
+use crate::request::{caller_request_id, parse_json};
 use crate::state::AppState;
 
 /// Room for the `{"id": …, "input": …}` around an input of
