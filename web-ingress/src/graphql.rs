@@ -43,6 +43,7 @@ use sluice_platform::telemetry::Span;
 use crate::admission::admit_backlog;
 use crate::call::{self, Answer, Call};
 use crate::error::{error_response, rate_limited, too_many_requests, ApiError};
+use crate::graphql_cost;
 use crate::request::{caller_request_id, read_input};
 use crate::state::AppState;
 
@@ -156,10 +157,22 @@ fn type_ref(t: &GqlType) -> TypeRef {
 struct RequestData {
     s: Arc<AppState>,
     name: String,
+    caller: String,
     rid: String,
     /// Unix ms by which every operation is answered.
     deadline: u64,
+    /// The rate-limit token the POST took, for its first operation.
+    token: std::sync::atomic::AtomicBool,
+    /// Bytes of input the operations sent so far: at most
+    /// `security.maxPayloadBytes` per request, however often a variable is
+    /// referenced.
+    sent: std::sync::atomic::AtomicU64,
 }
+
+/// An operation with less time than this left is answered `timeout`
+/// without being sent (a late mutation would run after its caller was
+/// told it timed out).
+const LEAST_TIME: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Runs one operation through the pipeline.
 async fn run<'a>(
@@ -169,27 +182,35 @@ async fn run<'a>(
     let data = ctx.data::<RequestData>()?;
     let s = &data.s;
     let it = s.interface(&data.name);
-    let cid = uuid::Uuid::new_v4().to_string();
-    let mut input = serde_json::Map::new();
-    for (name, v) in ctx.args.iter() {
-        let v = v.as_value().clone().into_json().map_err(|e| {
-            graphql_error(&ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_argument",
-                format!("argument {name}: {e}"),
-                &data.rid,
-            ))
-        })?;
-        input.insert(name.to_string(), v);
+    let fail = |e: ApiError| Err(graphql_error(&e));
+    let left = data.deadline.saturating_sub(now_ms());
+    if left < LEAST_TIME.as_millis() as u64 {
+        return fail(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("no time left within {:?}", it.timeout),
+            &data.rid,
+        ));
     }
-    let admitted = admit_backlog(s, it, &data.rid).and_then(|()| {
-        s.slots[&it.name]
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| too_many_requests(it, &data.rid))
-    });
-    let slot = admitted.map_err(|e| graphql_error(&e))?;
-    let timeout = std::time::Duration::from_millis(data.deadline.saturating_sub(now_ms()).max(1));
+    // Each operation is a request: the POST's token pays for the first.
+    let paid = data.token.swap(false, std::sync::atomic::Ordering::SeqCst);
+    if !paid {
+        if let Err(wait) = s.rate_limits.take(&it.name, &data.caller) {
+            return fail(rate_limited(wait, &data.rid));
+        }
+    }
+    if let Err(e) = admit_backlog(s, it, &data.rid) {
+        return fail(e);
+    }
+    let Ok(slot) = s.slots[&it.name].clone().try_acquire_owned() else {
+        return fail(too_many_requests(it, &data.rid));
+    };
+    let input = match arguments(ctx, op, data) {
+        Ok(input) => input,
+        Err(e) => return fail(e),
+    };
+    let cid = uuid::Uuid::new_v4().to_string();
+    let timeout = std::time::Duration::from_millis(left);
     let answer = call::run(
         s,
         it,
@@ -198,7 +219,7 @@ async fn run<'a>(
             entry: &op.entry,
             cid: &cid,
             rid: &data.rid,
-            input: Value::Object(input),
+            input,
             deadline: data.deadline,
             timeout,
             later: false,
@@ -245,6 +266,68 @@ async fn run<'a>(
         }
     };
     Ok(Some(FieldValue::value(value)))
+}
+
+/// An operation's arguments as its input: each coerced to its declared
+/// type (a single value for a list is a list of one, `Int` is 32-bit, `ID`
+/// a string), within the body's JSON limits, and within what is left of
+/// the request's `security.maxPayloadBytes`.
+fn arguments(
+    ctx: &ResolverContext<'_>,
+    op: &GraphqlOperationPlan,
+    data: &RequestData,
+) -> Result<Value, ApiError> {
+    let s = &data.s;
+    let bad = |message: String| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_argument", message, &data.rid)
+    };
+    let mut input = serde_json::Map::new();
+    for (name, t) in &op.arguments {
+        let Some(v) = ctx.args.get(name) else {
+            continue;
+        };
+        let v = v
+            .as_value()
+            .clone()
+            .into_json()
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        let v = conform(t, coerce(t, v))
+            .and_then(|v| v.into_json().map_err(|e| e.to_string()))
+            .map_err(|why| bad(format!("{name}: {why}")))?;
+        input.insert(name.clone(), v);
+    }
+    let input = Value::Object(input);
+    let bytes = serde_json::to_vec(&input).map_err(|e| bad(e.to_string()))?;
+    crate::json_scan::check(&bytes, s.http.max_json_depth, s.http.max_json_elements).map_err(
+        |_| bad("arguments nest deeper or hold more elements than a request body may".into()),
+    )?;
+    let limit = s.plan.security.max_payload_bytes;
+    let size = bytes.len() as u64;
+    let before = data
+        .sent
+        .fetch_add(size, std::sync::atomic::Ordering::SeqCst);
+    if before.saturating_add(size) > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the request's operations send more than {limit} bytes of arguments \
+                 (security.maxPayloadBytes)"
+            ),
+            &data.rid,
+        ));
+    }
+    Ok(input)
+}
+
+/// GraphQL's input coercion for lists: a single value stands for a list
+/// of one.
+fn coerce(t: &GqlType, v: Value) -> Value {
+    match (t, v) {
+        (GqlType::List { .. }, v @ (Value::Array(_) | Value::Null)) => v,
+        (GqlType::List { of, .. }, v) => Value::Array(vec![coerce(of, v)]),
+        (_, v) => v,
+    }
 }
 
 /// The pipeline's answer as a value of type `t`, or why it is not one.
@@ -311,6 +394,18 @@ fn graphql_error(e: &ApiError) -> async_graphql::Error {
     })
 }
 
+/// A document refused before it ran: GraphQL's shape (`200`, no data, one
+/// error), with the code `too_complex`.
+fn request_error(message: &str, rid: &str) -> Value {
+    serde_json::json!({
+        "data": null,
+        "errors": [{
+            "message": message,
+            "extensions": {"code": "too_complex", "status": 400, "request_id": rid},
+        }],
+    })
+}
+
 /// A GraphQL-over-HTTP request body; anything else in it is refused.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -331,10 +426,13 @@ pub async fn handle(s: Arc<AppState>, name: &str, req: Request) -> Response {
     let started = Instant::now();
     let rid = caller_request_id(req.headers()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let it = s.interface(name);
-    let resp = match serve(&s, it, &rid, req).await {
+    let mut resp = match serve(&s, it, &rid, req).await {
         Ok(body) => (StatusCode::OK, Json(body)).into_response(),
         Err(e) => error_response(e),
     };
+    if let Ok(v) = axum::http::HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
     s.metrics
         .answered(&it.name, resp.status().as_u16(), started.elapsed());
     resp
@@ -372,6 +470,15 @@ async fn serve(
             "not a GraphQL request ({{\"query\", \"variables\"?, \"operationName\"?}}): {e}"
         ))
     })?;
+    if graphql_cost::nesting(&posted.query) > graphql_cost::MAX_NESTING {
+        return Ok(request_error(
+            &format!(
+                "the document nests {{, [ and ( deeper than {}",
+                graphql_cost::MAX_NESTING
+            ),
+            rid,
+        ));
+    }
     let mut request = async_graphql::Request::new(posted.query);
     match posted.variables {
         None | Some(Value::Null) => {}
@@ -383,11 +490,41 @@ async fn serve(
     if let Some(name) = posted.operation_name {
         request = request.operation_name(name);
     }
+    // Parsed once here (and kept for execution); a document that does not
+    // parse is answered by the library with its error.
+    if let Ok(doc) = request.parsed_query() {
+        if doc.fragments.len() > graphql_cost::MAX_FRAGMENTS {
+            return Ok(request_error(
+                &format!(
+                    "the document defines more than {} fragments",
+                    graphql_cost::MAX_FRAGMENTS
+                ),
+                rid,
+            ));
+        }
+        let fields = graphql_cost::expanded_fields(doc);
+        let most = it
+            .graphql
+            .as_ref()
+            .map_or(0, |g| u64::from(g.max_complexity));
+        if fields > most {
+            return Ok(request_error(
+                &format!(
+                    "the document selects more than {most} fields with its fragments \
+                     expanded (graphql.maxComplexity)"
+                ),
+                rid,
+            ));
+        }
+    }
     let request = request.data(RequestData {
         s: s.clone(),
         name: it.name.clone(),
+        caller,
         rid: rid.to_string(),
         deadline,
+        token: true.into(),
+        sent: 0.into(),
     });
     let response = tokio::time::timeout(it.timeout, schema.execute(request))
         .await

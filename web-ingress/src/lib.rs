@@ -36,6 +36,7 @@ mod call;
 pub mod config;
 pub mod error;
 pub mod graphql;
+pub mod graphql_cost;
 pub mod idempotency;
 pub mod json_scan;
 pub mod listener;

@@ -122,7 +122,11 @@ pub async fn serve(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             metrics.refused.inc();
-            refuse(&stream);
+            // A TLS client would read a cleartext answer as garbage: it is
+            // only closed.
+            if protocols.tls.is_none() {
+                refuse(&stream);
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);

@@ -111,9 +111,11 @@ impl Certificates {
             if now == seen {
                 continue;
             }
-            seen = now;
+            // Marked seen only once loaded: a pair caught half-written (or
+            // a read that failed) is tried again at the next check.
             match read_pair(&self.files, &self.provider) {
                 Ok(key) => {
+                    seen = now;
                     *self.current.write() = Arc::new(key);
                     tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
                 }
@@ -132,6 +134,8 @@ impl ResolvesServerCert for Certificates {
 }
 
 /// Modification times of both files (`None` for one that cannot be read).
+/// A Kubernetes Secret volume swaps a `..data` symlink: `metadata`
+/// follows it, so the swap changes the time seen.
 fn stamps(files: &TlsFiles) -> [Option<SystemTime>; 2] {
     let at = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     [at(&files.cert), at(&files.key)]
@@ -142,11 +146,21 @@ fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
         path: path.to_path_buf(),
         message,
     };
+    use std::io::Read;
     let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-    if meta.len() > MAX_FILE {
+    // Not a FIFO or a device: opening one could block, reading it not end.
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE {
         return Err(fail(format!("larger than {MAX_FILE} bytes")));
     }
-    std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))
+    Ok(bytes)
 }
 
 fn read_pair(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {

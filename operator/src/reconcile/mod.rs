@@ -463,8 +463,9 @@ pub fn ingress_url(name: &str, ns: &str, expose: Option<&ExposeSpec>) -> String 
     match expose.and_then(|e| e.ingress.as_ref()) {
         Some(i) if i.tls_secret.is_some() => format!("https://{}", i.host),
         Some(i) => format!("http://{}", i.host),
+        // TLS on the Service's port 80, not https's 443.
         None if expose.is_some_and(|e| e.tls_secret.is_some()) => {
-            format!("https://{name}.{ns}.svc")
+            format!("https://{name}.{ns}.svc:{}", crate::render::SERVICE_PORT)
         }
         None => format!("http://{name}.{ns}.svc"),
     }
@@ -601,7 +602,7 @@ mod tests {
         };
         assert_eq!(
             ingress_url("p", "demo", Some(&pod_tls)),
-            "https://p.demo.svc"
+            "https://p.demo.svc:80"
         );
         let mut e = ExposeSpec {
             tls_secret: None,

@@ -445,6 +445,20 @@ mod tests {
                 .as_deref(),
             Some("https")
         );
+        // With a WebSocket interface too: upgrades over TLS.
+        let mut ws = sp.clone();
+        ws.spec.interfaces[0].kind = sluice_crds::InterfaceKind::Websocket;
+        let d = render(&ws);
+        let Some(Child::Service(svc)) = d.objects.iter().find(|o| o.name() == "orders-redis")
+        else {
+            panic!("no Service")
+        };
+        assert_eq!(
+            svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
+                .app_protocol
+                .as_deref(),
+            Some("kubernetes.io/wss")
+        );
         // The pipeline's own Secrets are refused.
         sp.spec.expose =
             Some(sluice_crds::yaml::from_str("{tlsSecret: orders-redis-ipc-keys}").unwrap());

@@ -60,26 +60,25 @@ pub(crate) fn ingress_service(ctx: &Ctx<'_>, g: &GroupSpec) -> Service {
 /// WebSocket interface, `kubernetes.io/ws`, as a proxy that spoke HTTP/2 to
 /// the pods would have to carry upgrades as extended CONNECT, which the
 /// ingress does not serve. With `expose.tlsSecret` the pods speak TLS:
-/// `https`.
+/// `https`, or `kubernetes.io/wss` with a WebSocket interface.
 fn app_protocol(ctx: &Ctx<'_>) -> &'static str {
-    // Terminated by the pods: TLS on the wire, HTTP/2 or HTTP/1.1 by ALPN.
-    if ctx
+    let tls = ctx
         .spec
         .expose
         .as_ref()
-        .is_some_and(|e| e.tls_secret.is_some())
-    {
-        return "https";
-    }
-    if ctx
+        .is_some_and(|e| e.tls_secret.is_some());
+    let websocket = ctx
         .spec
         .interfaces
         .iter()
-        .any(|i| i.kind == InterfaceKind::Websocket)
-    {
-        "kubernetes.io/ws"
-    } else {
-        "kubernetes.io/h2c"
+        .any(|i| i.kind == InterfaceKind::Websocket);
+    // Terminated by the pods: TLS on the wire, HTTP/2 or HTTP/1.1 by ALPN;
+    // with a WebSocket interface, upgrades over TLS and HTTP/1.1.
+    match (tls, websocket) {
+        (true, true) => "kubernetes.io/wss",
+        (true, false) => "https",
+        (false, true) => "kubernetes.io/ws",
+        (false, false) => "kubernetes.io/h2c",
     }
 }
 
