@@ -123,8 +123,23 @@ fn allows_reference(secret: &Secret) -> bool {
 }
 
 /// One line per Secret of `opt_in` that is absent or lacks the label, with
-/// every field naming it, in spec order.
+/// every field naming it, in spec order; then one per key a reference needs
+/// that its (allowed) Secret lacks.
 fn refused(opt_in: &[SecretReference], found: &BTreeMap<&str, Option<Secret>>) -> Vec<String> {
+    let mut lines = unlabelled(opt_in, found);
+    for r in opt_in {
+        let (Some(key), Some(Some(secret))) = (&r.key, found.get(r.name.as_str())) else {
+            continue;
+        };
+        let has = secret.data.as_ref().is_some_and(|d| d.contains_key(key));
+        if allows_reference(secret) && !has {
+            lines.push(format!("Secret {} ({}) has no key {key}", r.name, r.path));
+        }
+    }
+    lines
+}
+
+fn unlabelled(opt_in: &[SecretReference], found: &BTreeMap<&str, Option<Secret>>) -> Vec<String> {
     let mut paths: Vec<(&str, Vec<&str>)> = Vec::new();
     for r in opt_in {
         match paths.iter_mut().find(|(n, _)| *n == r.name) {
@@ -254,6 +269,7 @@ nodes: [{{name: a, group: web, uses: builtin/echo}}]"
         SecretReference {
             name: name.into(),
             path: path.into(),
+            key: None,
         }
     }
 
@@ -295,5 +311,15 @@ nodes: [{{name: a, group: web, uses: builtin/echo}}]"
             "no Secret value in a message"
         );
         assert!(refused(&refs[..1], &found).is_empty());
+        // A key the pods need, absent from an allowed Secret, is named.
+        let needs = |key: &str| SecretReference {
+            key: Some(key.into()),
+            ..reference("open", "spec.expose.tlsSecret")
+        };
+        assert!(refused(&[needs("token")], &found).is_empty());
+        assert_eq!(
+            refused(&[needs("tls.key")], &found),
+            ["Secret open (spec.expose.tlsSecret) has no key tls.key"]
+        );
     }
 }

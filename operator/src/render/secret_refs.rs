@@ -41,6 +41,11 @@ pub struct SecretReference {
     /// (`spec.nodes[1].with.headersFrom.Authorization.secretRef`), or a
     /// sidecar's `…env[0].valueFrom.secretKeyRef` / `…envFrom[0].secretRef`.
     pub path: String,
+    /// The key the pods need from it (a projected file, a required
+    /// variable): without it they would not start, so its absence is
+    /// reported like the Secret's. `None`: the whole Secret (`envFrom`) or
+    /// an optional key.
+    pub key: Option<String>,
 }
 
 impl From<&SecretRefUse> for SecretReference {
@@ -48,6 +53,7 @@ impl From<&SecretRefUse> for SecretReference {
         SecretReference {
             name: u.name.clone(),
             path: u.path.clone(),
+            key: Some(u.key.clone()),
         }
     }
 }
@@ -281,10 +287,12 @@ expose: {ingress: {host: p.example.com, tlsSecret: p-tls}}",
             SecretReference {
                 name: "enrich-api".into(),
                 path: "spec.nodes[0].with.headersFrom.A.secretRef".into(),
+                key: None,
             },
             SecretReference {
                 name: "p-redis".into(),
                 path: "spec.nodes[0].with.headersFrom.B.secretRef".into(),
+                key: None,
             },
         ];
         let mut errors = vec![];

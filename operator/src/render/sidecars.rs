@@ -115,6 +115,7 @@ fn container_references(p: &str, c: &Container) -> Vec<SecretReference> {
         Some(SecretReference {
             name: s.name.clone(),
             path: format!("{p}.env[{k}].valueFrom.secretKeyRef"),
+            key: (s.optional != Some(true)).then(|| s.key.clone()),
         })
     });
     let env_from = c
@@ -127,6 +128,7 @@ fn container_references(p: &str, c: &Container) -> Vec<SecretReference> {
             Some(SecretReference {
                 name: s.name.clone(),
                 path: format!("{p}.envFrom[{k}].secretRef"),
+                key: None,
             })
         });
     env.chain(env_from).collect()
