@@ -87,6 +87,19 @@ pub(crate) fn deployment<'a>(d: &'a Desired, name: &str) -> &'a Deployment {
         .unwrap_or_else(|| panic!("no Deployment {name}"))
 }
 
+/// The `appProtocol` of Service `name`'s one port.
+pub(crate) fn app_protocol(d: &Desired, name: &str) -> String {
+    d.objects
+        .iter()
+        .find_map(|o| match o {
+            Child::Service(s) if o.name() == name => {
+                s.spec.as_ref()?.ports.as_ref()?[0].app_protocol.clone()
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no Service {name} with an appProtocol"))
+}
+
 /// The pod spec of Deployment `name`'s template.
 pub(crate) fn pod_of(d: &Desired, name: &str) -> PodSpec {
     deployment(d, name)

@@ -287,7 +287,8 @@ pub(crate) fn deployment(
 mod tests {
     use super::*;
     use crate::render::fixtures::{
-        deployment, examples, orders_redis, parse, pod_of, render, templates, with_everything,
+        app_protocol, deployment, examples, orders_redis, parse, pod_of, render, templates,
+        with_everything,
     };
     use crate::render::{desired, Child};
     use crate::settings::OperatorSettings;
@@ -435,29 +436,13 @@ mod tests {
             .referenced_secrets
             .iter()
             .any(|r| r.name == "orders-tls" && r.path == "spec.expose.tlsSecret"));
-        let Some(Child::Service(svc)) = d.objects.iter().find(|o| o.name() == "orders-redis")
-        else {
-            panic!("no Service")
-        };
-        assert_eq!(
-            svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
-                .app_protocol
-                .as_deref(),
-            Some("https")
-        );
+        assert_eq!(app_protocol(&d, "orders-redis"), "https");
         // With a WebSocket interface too: upgrades over TLS.
         let mut ws = sp.clone();
         ws.spec.interfaces[0].kind = sluice_crds::InterfaceKind::Websocket;
-        let d = render(&ws);
-        let Some(Child::Service(svc)) = d.objects.iter().find(|o| o.name() == "orders-redis")
-        else {
-            panic!("no Service")
-        };
         assert_eq!(
-            svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
-                .app_protocol
-                .as_deref(),
-            Some("kubernetes.io/wss")
+            app_protocol(&render(&ws), "orders-redis"),
+            "kubernetes.io/wss"
         );
         // The pipeline's own Secrets are refused.
         sp.spec.expose =

@@ -143,7 +143,7 @@ pub(crate) fn ingress_resource(ctx: &Ctx<'_>) -> Option<Ingress> {
 
 #[cfg(test)]
 mod tests {
-    use crate::render::fixtures::{orders_redis, render, with_everything};
+    use crate::render::fixtures::{app_protocol, orders_redis, render, with_everything};
     use crate::render::Child;
 
     #[test]
@@ -178,12 +178,7 @@ mod tests {
             svc.spec.as_ref().unwrap().type_.as_deref(),
             Some("LoadBalancer")
         );
-        assert_eq!(
-            svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
-                .app_protocol
-                .as_deref(),
-            Some("kubernetes.io/h2c")
-        );
+        assert_eq!(app_protocol(&d, "enrich"), "kubernetes.io/h2c");
         // A WebSocket interface: its path only, and a Service that says the
         // port carries WebSocket upgrades.
         let mut sp = with_everything();
@@ -200,15 +195,7 @@ mod tests {
             .paths;
         assert_eq!(paths.len(), 1);
         assert_eq!(paths[0].path.as_deref(), Some("/v1/enrich"));
-        let Some(Child::Service(svc)) = d.objects.iter().find(|o| o.name() == "enrich") else {
-            panic!()
-        };
-        assert_eq!(
-            svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
-                .app_protocol
-                .as_deref(),
-            Some("kubernetes.io/ws")
-        );
+        assert_eq!(app_protocol(&d, "enrich"), "kubernetes.io/ws");
         // A single ingress replica gets no PDB (it would block every drain).
         assert!(!render(&orders_redis()).contains("PodDisruptionBudget", "orders-redis-web"));
     }
