@@ -1,5 +1,6 @@
-//! Admission beyond the in-flight slot: the backlog of the queues on a
-//! request's path, and the replay guard's share of Redis memory.
+//! Admission: the backlog of the queues on a request's path, the in-flight
+//! slot of a request that is already read, and the replay guard's share of
+//! Redis memory.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -7,8 +8,23 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use sluice_crds::InterfacePlan;
 
-use crate::error::{unavailable, ApiError};
+use crate::error::{too_many_requests, unavailable, ApiError};
 use crate::state::AppState;
+
+/// A request that is already read (a WebSocket message, a GraphQL
+/// operation): the backlog on its path, then one of the interface's
+/// `maxInFlight` slots, held until dropped.
+pub fn admit_read(
+    s: &AppState,
+    it: &InterfacePlan,
+    rid: &str,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    admit_backlog(s, it, rid)?;
+    s.slots[&it.name]
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| too_many_requests(it, rid))
+}
 
 pub fn admit_backlog(s: &AppState, it: &InterfacePlan, rid: &str) -> Result<(), ApiError> {
     if it.path_groups.is_empty() {

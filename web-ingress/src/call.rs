@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use serde_json::Value;
 use sluice_crds::InterfacePlan;
 use sluice_exec_worker::worker::{DEAD_LETTER_RETENTION, KEY_MISSING_MESSAGE};
@@ -17,7 +16,7 @@ use sluice_platform::{Envelope, Kind};
 
 use crate::admission::admit_replay_budget;
 use crate::async_answers;
-use crate::error::{from_reply, status_of_reply_code, unavailable, ApiError};
+use crate::error::{from_reply, internal, status_of_reply_code, timed_out, unavailable, ApiError};
 use crate::idempotency::ClaimGuard;
 use crate::metrics::InterfaceLabel;
 use crate::state::AppState;
@@ -50,6 +49,21 @@ pub(crate) enum Answer {
     Now(Value),
     /// Queued; fetched later with this id.
     Later(async_answers::JobId),
+}
+
+/// Runs an admitted request that is waited for (`later: false`, no stored
+/// answer) until its answer: the WebSocket and GraphQL routes' call.
+pub(crate) async fn run_waited(
+    s: &AppState,
+    it: &InterfacePlan,
+    span: &Span,
+    call: Call<'_>,
+) -> Result<Value, ApiError> {
+    let rid = call.rid.to_string();
+    match run(s, it, span, call).await? {
+        Answer::Now(v) => Ok(v),
+        Answer::Later(_) => Err(internal("a request was queued without a waiter", &rid)),
+    }
 }
 
 /// Runs an admitted request until it is answered (or queued, for
@@ -105,12 +119,7 @@ pub(crate) async fn run(
                 interface: it.name.clone(),
             })
             .inc();
-        ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            format!("no answer within {timeout_of_request:?}"),
-            rid,
-        )
+        timed_out(timeout_of_request, rid)
     };
 
     // Nodes on the ingress group run here, before the first hop.

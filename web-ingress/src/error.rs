@@ -132,6 +132,21 @@ pub fn from_reply(e: ReplyError, rid: &str) -> ApiError {
     )
 }
 
+/// `504`: no answer came within `after`.
+pub fn timed_out(after: std::time::Duration, rid: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        format!("no answer within {after:?}"),
+        rid,
+    )
+}
+
+/// `500`: a fault of the ingress itself, never of the caller's input.
+pub fn internal(message: impl Into<String>, rid: &str) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message, rid)
+}
+
 /// `503`: the pipeline's backend cannot be reached.
 pub fn unavailable(rid: &str) -> ApiError {
     ApiError::new(

@@ -40,9 +40,9 @@ use sluice_crds::{GraphqlOperationPlan, GraphqlPlan, GraphqlResult, InterfacePla
 use sluice_platform::clock::now_ms;
 use sluice_platform::telemetry::Span;
 
-use crate::admission::admit_backlog;
-use crate::call::{self, Answer, Call};
-use crate::error::{error_response, rate_limited, too_many_requests, ApiError};
+use crate::admission::admit_read;
+use crate::call::{self, Call};
+use crate::error::{error_response, internal, rate_limited, timed_out, ApiError};
 use crate::graphql_cost;
 use crate::request::{caller_request_id, read_input};
 use crate::state::AppState;
@@ -199,11 +199,9 @@ async fn run<'a>(
             return fail(rate_limited(wait, &data.rid));
         }
     }
-    if let Err(e) = admit_backlog(s, it, &data.rid) {
-        return fail(e);
-    }
-    let Ok(slot) = s.slots[&it.name].clone().try_acquire_owned() else {
-        return fail(too_many_requests(it, &data.rid));
+    let slot = match admit_read(s, it, &data.rid) {
+        Ok(slot) => slot,
+        Err(e) => return fail(e),
     };
     let input = match arguments(ctx, op, data) {
         Ok(input) => input,
@@ -211,7 +209,7 @@ async fn run<'a>(
     };
     let cid = uuid::Uuid::new_v4().to_string();
     let timeout = std::time::Duration::from_millis(left);
-    let answer = call::run(
+    let answer = call::run_waited(
         s,
         it,
         &Span::none(),
@@ -231,15 +229,7 @@ async fn run<'a>(
     .await;
     drop(slot);
     let value = match answer {
-        Ok(Answer::Now(v)) => v,
-        Ok(Answer::Later(_)) => {
-            return Err(graphql_error(&ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "an operation was queued without a waiter",
-                &data.rid,
-            )))
-        }
+        Ok(v) => v,
         Err(e) => return Err(graphql_error(&e)),
     };
     let bad = |why: String| {
@@ -449,12 +439,7 @@ async fn serve(
         return Err(rate_limited(wait, rid));
     }
     let Some(schema) = s.graphql.get(&it.name) else {
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "interface has no schema",
-            rid,
-        ));
+        return Err(internal("interface has no schema", rid));
     };
     let deadline =
         now_ms().saturating_add(u64::try_from(it.timeout.as_millis()).unwrap_or(u64::MAX));
@@ -528,22 +513,9 @@ async fn serve(
     });
     let response = tokio::time::timeout(it.timeout, schema.execute(request))
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                format!("no answer within {:?}", it.timeout),
-                rid,
-            )
-        })?;
-    serde_json::to_value(&response).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("cannot encode the response: {e}"),
-            rid,
-        )
-    })
+        .map_err(|_| timed_out(it.timeout, rid))?;
+    serde_json::to_value(&response)
+        .map_err(|e| internal(format!("cannot encode the response: {e}"), rid))
 }
 
 #[cfg(test)]

@@ -70,9 +70,9 @@ use sluice_platform::telemetry::{self, Span};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::admit_backlog;
-use crate::call::{self, Answer, Call};
-use crate::error::{error_response, rate_limited, too_many_requests, ApiError};
+use crate::admission::admit_read;
+use crate::call::{self, Call};
+use crate::error::{error_response, internal, rate_limited, timed_out, ApiError};
 use crate::listener::ConnectionHold;
 use crate::metrics::{CloseLabel, InterfaceLabel};
 use crate::request::{caller_request_id, parse_json};
@@ -142,12 +142,7 @@ pub async fn upgrade(
     }
     let (Some(limits), Some(sockets)) = (it.websocket, s.sockets.get(&it.name)) else {
         // Routes of this kind are built only for websocket interfaces.
-        return error_response(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "interface has no websocket limits",
-            &rid,
-        ));
+        return error_response(internal("interface has no websocket limits", &rid));
     };
     let Ok(socket_slot) = sockets.clone().try_acquire_owned() else {
         return error_response(
@@ -281,13 +276,7 @@ impl std::future::Future for Running {
             // Nodes' panics are caught where they run; this is a bug here.
             Err(e) => {
                 tracing::error!(error = %e, "a WebSocket message's task failed");
-                let e = ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "the message could not be answered",
-                    "",
-                );
-                error_text(&self.id, &e)
+                error_text(&self.id, &internal("the message could not be answered", ""))
             }
         };
         std::task::Poll::Ready(Outgoing {
@@ -485,11 +474,9 @@ impl Connection {
             );
             return Err(refuse(&id, None, e));
         }
-        if let Err(e) = admit_backlog(&s, it, &cid) {
-            return Err(refuse(&id, Some(key), e));
-        }
-        let Ok(slot) = s.slots[&it.name].clone().try_acquire_owned() else {
-            return Err(refuse(&id, Some(key), too_many_requests(it, &cid)));
+        let slot = match admit_read(&s, it, &cid) {
+            Ok(slot) => slot,
+            Err(e) => return Err(refuse(&id, Some(key), e)),
         };
         let timeout = it.timeout;
         let deadline =
@@ -499,7 +486,7 @@ impl Connection {
         let task = tokio::spawn(async move {
             let it = s.interface(&name);
             let span = message_span(&s, it, &cid);
-            let call = call::run(
+            let call = call::run_waited(
                 &s,
                 it,
                 &span,
@@ -520,28 +507,12 @@ impl Connection {
             // on without one (a queue write that hangs).
             let answer = tokio::time::timeout_at(started + timeout + DEADLINE_GRACE, call)
                 .await
-                .unwrap_or_else(|_| {
-                    Err(ApiError::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "timeout",
-                        format!("no answer within {timeout:?}"),
-                        &cid,
-                    ))
-                });
+                .unwrap_or_else(|_| Err(timed_out(timeout, &cid)));
             // The pipeline is done with it; what waits to be written is
             // bounded by the connection's in-flight limit.
             drop(slot);
             let (status, text) = match answer {
-                Ok(Answer::Now(result)) => (200, json!({"id": id, "result": result}).to_string()),
-                Ok(Answer::Later(_)) => {
-                    let e = ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "a message was queued without a waiter",
-                        &cid,
-                    );
-                    (500, error_text(&id, &e))
-                }
+                Ok(result) => (200, json!({"id": id, "result": result}).to_string()),
                 Err(e) => {
                     span.set("error.type", e.code);
                     (e.status.as_u16(), error_text(&id, &e))
