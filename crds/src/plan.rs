@@ -473,16 +473,17 @@ fn graphql_plan(i: &InterfaceSpec, g: GraphqlSpec) -> GraphqlPlan {
         max_complexity: g.max_complexity.unwrap_or(DEFAULT_GRAPHQL_COMPLEXITY),
     };
     for o in &g.operations {
-        let result = match (&o.result, &o.result_fields) {
-            (_, Some(_)) => GraphqlResult::Fields(typed(&o.result_fields)),
-            (Some(t), None) => GraphqlResult::Type(GqlType::parse(t).unwrap_or(GqlType::Named {
-                scalar: Scalar::Json,
-                non_null: false,
-            })),
-            (None, None) => GraphqlResult::Type(GqlType::Named {
-                scalar: Scalar::Json,
-                non_null: false,
-            }),
+        let result = match &o.result_fields {
+            Some(_) => GraphqlResult::Fields(typed(&o.result_fields)),
+            None => GraphqlResult::Type(
+                o.result
+                    .as_deref()
+                    .and_then(|t| GqlType::parse(t).ok())
+                    .unwrap_or(GqlType::Named {
+                        scalar: Scalar::Json,
+                        non_null: false,
+                    }),
+            ),
         };
         let op = GraphqlOperationPlan {
             name: o.name.clone(),
