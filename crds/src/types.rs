@@ -247,9 +247,10 @@ pub struct IngressSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InterfaceSpec {
     pub name: String,
-    /// Protocol: `http` (a POST per request) or `websocket` (a message
-    /// per request on a long-lived connection); `sse` and `graphql` are
-    /// reserved.
+    /// Protocol: `http` (a POST per request), `websocket` (a message per
+    /// request on a long-lived connection), `sse` (a POST per request, its
+    /// answer streamed as Server-Sent Events or NDJSON) or `graphql`
+    /// (declared operations).
     #[serde(default)]
     pub kind: InterfaceKind,
     /// URL path, starting with `/`.

@@ -26,7 +26,7 @@ pub const MIN_REDIS_MEMORY: u64 = 32 << 20;
 pub const MAX_REDIS_MEMORY: u64 = 1 << 40;
 
 /// The `builtin/*` node types of the default worker image.
-pub const BUILTIN_NODES: &[&str] = &["echo", "json-map", "http", "delay", "cpu", "route"];
+pub const BUILTIN_NODES: &[&str] = &["echo", "json-map", "http", "delay", "cpu", "route", "split"];
 
 /// Paths the ingress serves itself; interfaces may not take them.
 pub const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
@@ -850,9 +850,12 @@ fn check_kind(
     if it.kind != InterfaceKind::Graphql && it.graphql.is_some() {
         e.push(format!("{p}.graphql"), "applies to graphql interfaces");
     }
-    if matches!(it.kind, InterfaceKind::Websocket | InterfaceKind::Graphql) {
+    if it.kind != InterfaceKind::Http {
         let why = match it.kind {
             InterfaceKind::Websocket => "websocket messages are answered on their connection",
+            InterfaceKind::Sse => {
+                "sse answers are streamed, and resumed with GET <path>/requests/<id>/events"
+            }
             _ => "graphql operations are answered in their response",
         };
         if it.mode == Some(InterfaceMode::Async) {
@@ -909,10 +912,7 @@ fn check_kind(
                 (Duration::from_secs(1), Duration::from_secs(300)),
             );
         }
-        InterfaceKind::Sse => e.push(
-            format!("{p}.kind"),
-            "sse interfaces are not served by this release; use http, websocket or graphql",
-        ),
+        InterfaceKind::Sse => {}
     }
 }
 

@@ -180,9 +180,14 @@ fn each_rule_is_reported_with_its_field_path() {
             "path: /v1/x, kind: graphql, graphql: { maxComplexity: 0, operations: [{ name: q }] },",
         ),
         (
-            "not served by this release",
+            "mode: sse answers are streamed",
             "path: /v1/x,",
-            "path: /v1/x, kind: sse,",
+            "path: /v1/x, kind: sse, mode: async,",
+        ),
+        (
+            "ordered: applies to websocket interfaces",
+            "path: /v1/x,",
+            "path: /v1/x, kind: sse, ordered: true,",
         ),
         (
             "ordered: applies to websocket interfaces",

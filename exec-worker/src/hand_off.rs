@@ -246,6 +246,7 @@ mod tests {
                         },
                         entry: entry(i),
                         must_exist: i % 2 == 1,
+                        copy_to: None,
                     };
                     (i, h.commit(&q, "q", done(&id, Some(forward))).await)
                 })
@@ -372,6 +373,7 @@ mod tests {
                 stream: "next".into(),
                 entry,
                 must_exist: false,
+                copy_to: None,
             };
             (done("1-0", Some(f)), tx)
         };

@@ -16,6 +16,7 @@
 //! - [`process`]: the `sluice-exec-worker` process (flags, Redis, admin port, drain).
 
 pub mod catalog;
+pub mod chunks;
 pub mod executor;
 pub mod hand_off;
 pub mod node;
@@ -28,7 +29,9 @@ pub mod worker;
 mod test_queue;
 
 pub use executor::{Crash, Executor, StepOutcome};
-pub use node::{ConfigError, Node, NodeConfig, NodeContext, NodeError, NodeOutput};
+pub use node::{
+    ChunkSink, Chunks, ConfigError, Node, NodeConfig, NodeContext, NodeError, NodeOutput,
+};
 pub use parts::{missing_keys, RuntimeParts};
 pub use registry::Registry;
 pub use worker::{Worker, WorkerConfig, WorkerMetrics};

@@ -44,6 +44,46 @@ pub struct NodeContext {
     pub deadline: SystemTime,
     /// Delivery attempt of this envelope, starting at 1.
     pub attempt: u32,
+    /// Where chunks sent with [`NodeContext::emit`] go: the caller's
+    /// stream when the request is streamed, nowhere otherwise.
+    pub chunks: Chunks,
+}
+
+/// Takes the chunks of one streamed answer, in order (see
+/// [`NodeContext::emit`]).
+#[async_trait]
+pub trait ChunkSink: Send + Sync + 'static {
+    /// Sends one chunk on; returns once it is on its way to the caller.
+    ///
+    /// # Errors
+    /// The chunk cannot be sent: too large, or the backend failed.
+    async fn send(&self, chunk: Value) -> Result<(), NodeError>;
+}
+
+/// The chunk sink of a request, if its answer is streamed.
+#[derive(Clone, Default)]
+pub struct Chunks(Option<Arc<dyn ChunkSink>>);
+
+impl Chunks {
+    /// Chunks are dropped: the request is answered with its output only.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Chunks go to `sink`.
+    pub fn to(sink: Arc<dyn ChunkSink>) -> Self {
+        Self(Some(sink))
+    }
+}
+
+impl std::fmt::Debug for Chunks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Chunks(streamed)"
+        } else {
+            "Chunks(none)"
+        })
+    }
 }
 
 impl NodeContext {
@@ -52,6 +92,31 @@ impl NodeContext {
         self.deadline
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO)
+    }
+
+    /// Whether the caller receives chunks sent with [`NodeContext::emit`]
+    /// (an `sse` interface's request); otherwise they are dropped, and only
+    /// the output answers.
+    pub fn streamed(&self) -> bool {
+        self.chunks.0.is_some()
+    }
+
+    /// Sends `chunk` to the caller ahead of the node's output: a token,
+    /// a progress report, a partial result. Chunks reach the caller in the
+    /// order they were emitted, each once. When the request is delivered
+    /// again (a retryable error, a crashed worker), the new attempt's
+    /// chunks replace the first one's: the caller is told to discard what
+    /// it had (a `reset` event), so emit from the start on every attempt.
+    /// A no-op unless the request is streamed.
+    ///
+    /// # Errors
+    /// The chunk could not be sent; return the error, so the request is
+    /// retried (backend) or failed (a chunk over the size limit).
+    pub async fn emit(&self, chunk: Value) -> Result<(), NodeError> {
+        match &self.chunks.0 {
+            Some(sink) => sink.send(chunk).await,
+            None => Ok(()),
+        }
     }
 
     /// `<correlation-id>/<node>`: stable across redeliveries of the same

@@ -68,6 +68,9 @@ impl Queue for StagedQueue {
             _ => self.inner.complete_all(s, done).await,
         }
     }
+    async fn append(&self, s: &[&str], e: &StreamEntry) -> Result<usize> {
+        self.inner.append(s, e).await
+    }
     async fn depth(&self, s: &str) -> Result<Depth> {
         self.inner.depth(s).await
     }

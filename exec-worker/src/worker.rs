@@ -49,9 +49,10 @@ use sluice_platform::{BackendError, Completion};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::chunks::StreamedAnswer;
 use crate::executor::{Crash, Executor, StepOutcome};
 use crate::hand_off::HandOffs;
-use crate::node::NodeContext;
+use crate::node::{Chunks, NodeContext};
 use crate::parts::RuntimeParts;
 
 /// How one worker process consumes its group's queue.
@@ -430,6 +431,22 @@ impl Worker {
             node: String::new(),
             deadline: from_ms(env.deadline),
             attempt: d.deliveries,
+            chunks: Chunks::none(),
+        };
+        let streamed = StreamedAnswer::of(
+            &env,
+            d.deliveries,
+            &self.signer,
+            &self.verifier,
+            &self.queue,
+            &self.keys,
+        );
+        let ctx = match &streamed {
+            Some(sink) => NodeContext {
+                chunks: Chunks::to(sink.clone()),
+                ..ctx
+            },
+            None => ctx,
         };
         let node = env.node.clone().unwrap_or_default();
         // Only a verified envelope's trace context is continued.
@@ -446,7 +463,10 @@ impl Worker {
             _ => {}
         }
         match outcome {
-            StepOutcome::Done(value) => self.answer(d, &env, &node, Ok(value)).await,
+            StepOutcome::Done(value) => {
+                let sent = streamed.as_ref().map(|s| s.sent());
+                self.answer(d, &env, &node, Ok(value), sent).await
+            }
             StepOutcome::Forward {
                 node: to,
                 group,
@@ -463,7 +483,7 @@ impl Worker {
             }
             StepOutcome::Failed(e) => {
                 let err = ReplyError::new("node_failed", e.message());
-                self.answer(d, &env, &node, Err(err)).await;
+                self.answer(d, &env, &node, Err(err), None).await;
             }
             StepOutcome::Expired => {
                 self.metrics.outcome(g, "expired");
@@ -492,16 +512,23 @@ impl Worker {
 
     /// Answers `env`'s caller with `result` (`replied`, or `failed` for an
     /// error) and acknowledges. An answer too large for the ingress to
-    /// accept becomes a `node_failed` error saying so.
+    /// accept becomes a `node_failed` error saying so. `sent`: the chunks
+    /// this delivery streamed ahead of a streamed answer.
     async fn answer(
         &self,
         d: &Delivery,
         env: &Envelope,
         node: &str,
         result: Result<Value, ReplyError>,
+        sent: Option<u64>,
     ) {
         let outcome = if result.is_ok() { "replied" } else { "failed" };
-        let reply = match self.signer.sign(&mut env.reply(result)) {
+        let mut reply = env.reply(result);
+        if sent.is_some() {
+            reply.attempt = d.deliveries;
+            reply.last_seq = sent;
+        }
+        let reply = match self.signer.sign(&mut reply) {
             Ok(reply) => reply,
             Err(e) => return self.key_missing(d, env, e).await,
         };
@@ -533,12 +560,13 @@ impl Worker {
             Err(e) => return self.key_missing(d, env, e).await,
         };
         if let Some(err) = self.too_large(env, node, &next) {
-            return self.answer(d, env, node, Err(err)).await;
+            return self.answer(d, env, node, Err(err), None).await;
         }
         let fwd = Forward {
             stream: self.keys.queue(group),
             entry: next,
             must_exist: false,
+            copy_to: None,
         };
         self.finish(d, Some(fwd), "forwarded").await;
     }
@@ -623,6 +651,8 @@ impl Worker {
             stream: self.keys.reply(env.reply_to.as_deref().unwrap_or_default()),
             entry: reply,
             must_exist: true,
+            // A streamed answer goes to its follower too.
+            copy_to: env.live.as_deref().map(|live| self.keys.reply(live)),
         }
     }
 
@@ -767,6 +797,9 @@ mod tests {
             attempt: 1,
             node: Some("greet".into()),
             reply_to: Some("ingress-1".into()),
+            live: None,
+            seq: None,
+            last_seq: None,
             payload: json!({"name": "x"}),
             error: None,
         };

@@ -138,6 +138,7 @@ fn ctx(left: Duration) -> NodeContext {
         node: "enrich".into(),
         deadline: SystemTime::now() + left,
         attempt: 1,
+        chunks: sluice_exec_worker::Chunks::none(),
     }
 }
 

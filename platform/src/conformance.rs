@@ -132,6 +132,7 @@ async fn complete_forwards_acks_and_deletes<Q: Queue + ?Sized>(q: &Q, p: &str) {
         stream: b.clone(),
         entry: entry(2),
         must_exist: false,
+        copy_to: None,
     };
     assert!(q.complete(&a, &d.id, Some(fwd)).await.unwrap());
     assert_eq!(
@@ -155,6 +156,7 @@ async fn complete_forwards_acks_and_deletes<Q: Queue + ?Sized>(q: &Q, p: &str) {
         stream: format!("{p}:r:nobody"),
         entry: entry(4),
         must_exist: true,
+        copy_to: None,
     };
     assert!(
         !q.complete(&a, &d.id, Some(gone)).await.unwrap(),
@@ -184,6 +186,7 @@ async fn complete_all_hands_off_a_batch_with_one_answer_each<Q: Queue + ?Sized>(
             stream: stream.to_string(),
             entry: entry(n),
             must_exist,
+            copy_to: None,
         })
     };
     let done: Vec<Completion> = [
@@ -389,6 +392,7 @@ where
             stream: r.clone(),
             entry: entry(100 + d.deliveries as usize),
             must_exist: true,
+            copy_to: None,
         };
         assert!(
             a.complete(&q, &d.id, Some(fwd)).await.unwrap(),
@@ -451,6 +455,78 @@ where
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(a.peek(&r, 4).await.unwrap(), None, "expired");
+
+    let (a, p) = make().await;
+    streamed_answers_reach_their_store_and_their_follower(&*a, &p).await;
+}
+
+/// A streamed answer: chunks are appended to the store and the following
+/// ingress's stream, only where they exist; the answer's hand-off copies
+/// it to the follower; the store is paged through by id.
+async fn streamed_answers_reach_their_store_and_their_follower<A>(a: &A, p: &str)
+where
+    A: Queue + ReplyChannel + ?Sized,
+{
+    let store = format!("{p}:r:async:s1");
+    let live = format!("{p}:r:ing-live");
+    let gone = format!("{p}:r:ing-gone");
+    a.open(&store, Duration::from_secs(30)).await.unwrap();
+    a.open(&live, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(a.append(&[&store, &live], &entry(1)).await.unwrap(), 2);
+    assert_eq!(
+        a.append(&[&store, &gone], &entry(2)).await.unwrap(),
+        1,
+        "a stream that does not exist is not created"
+    );
+    assert_eq!(a.append(&[], &entry(3)).await.unwrap(), 0);
+    assert!(a.peek(&gone, 4).await.unwrap().is_none());
+    let q = format!("{p}:q:w");
+    a.ensure_group(&q).await.unwrap();
+    a.push(&q, entry(9)).await.unwrap();
+    let d = Queue::read(a, &q, "w", 1, NO_WAIT).await.unwrap().remove(0);
+    let fwd = Forward {
+        stream: store.clone(),
+        entry: entry(4),
+        must_exist: true,
+        copy_to: Some(live.clone()),
+    };
+    assert!(a.complete(&q, &d.id, Some(fwd)).await.unwrap());
+    let followed: Vec<_> = a
+        .recv(&live, 10, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(followed, vec![entry(1), entry(4)]);
+    // Paging: two at a time, each page after the last id of the one before.
+    let first = a.read_after(&store, None, 2).await.unwrap().unwrap();
+    assert_eq!(
+        first.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+        vec![entry(1), entry(2)]
+    );
+    let rest = a
+        .read_after(&store, Some(&first[1].0), 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].1, entry(4));
+    assert_eq!(
+        a.read_after(&store, Some(&rest[0].0), 2).await.unwrap(),
+        Some(vec![]),
+        "nothing after the last"
+    );
+    // A hand-off to a store that is gone is dropped, copy or not.
+    a.push(&q, entry(9)).await.unwrap();
+    let d = Queue::read(a, &q, "w", 1, NO_WAIT).await.unwrap().remove(0);
+    let fwd = Forward {
+        stream: gone.clone(),
+        entry: entry(5),
+        must_exist: true,
+        copy_to: Some(live.clone()),
+    };
+    assert!(!a.complete(&q, &d.id, Some(fwd)).await.unwrap());
 }
 
 /// Pushes `entry(1)` to `q`, reads it, and completes it forwarding
@@ -464,6 +540,7 @@ async fn reply_through<A: Queue + ?Sized>(a: &A, q: &str, r: &str, reply: usize)
         stream: r.to_string(),
         entry: entry(reply),
         must_exist: true,
+        copy_to: None,
     };
     a.complete(q, &d.id, Some(fwd)).await.unwrap()
 }

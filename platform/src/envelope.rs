@@ -70,9 +70,24 @@ pub struct Envelope {
     /// Requests: the node to run. Absent on replies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// Requests: the ingress instance waiting for the answer.
+    /// Requests: the ingress instance waiting for the answer, or the
+    /// address where the answer is stored (`async:<handle>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// Streamed requests, and their chunks and answer: the ingress
+    /// instance following the stream as it is written. Every reply goes to
+    /// `reply_to` (the stream's store, where any ingress can resume it)
+    /// and to this instance; each of the two accepts it as addressed to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<String>,
+    /// Replies: this is chunk `seq` (from 1) of the answer being streamed
+    /// by delivery `attempt` of its node; `payload` is the chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// The final reply of a streamed request: how many chunks delivery
+    /// `attempt` sent before it (0 for none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
     /// Requests: the node's input. Replies: the terminal output (null on error).
     pub payload: Value,
     /// Replies: the error the caller gets instead of a payload.
@@ -187,9 +202,27 @@ impl Envelope {
             attempt: self.attempt,
             node: None,
             reply_to: None,
+            live: self.live.clone(),
+            seq: None,
+            last_seq: None,
             payload,
             error,
         }
+    }
+
+    /// Chunk `seq` of the answer streamed by delivery `attempt` of
+    /// this request's node.
+    pub fn chunk(&self, attempt: u32, seq: u64, payload: Value) -> Envelope {
+        Envelope {
+            attempt,
+            seq: Some(seq),
+            ..self.reply(Ok(payload))
+        }
+    }
+
+    /// Whether this reply is a chunk of a streamed answer, not the answer.
+    pub fn is_chunk(&self) -> bool {
+        self.seq.is_some()
     }
 }
 

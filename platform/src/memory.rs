@@ -343,6 +343,14 @@ impl Queue for MemoryStreams {
                     if forwarded && !appended.contains(&f.stream.as_str()) {
                         appended.push(&f.stream);
                     }
+                    if let Some(copy) = &f.copy_to {
+                        if let Some(target) = Self::live(&mut map, copy) {
+                            target.append(f.entry.clone());
+                            if !appended.contains(&copy.as_str()) {
+                                appended.push(copy);
+                            }
+                        }
+                    }
                 }
                 if let (Some(s), Some(seq)) = (map.get_mut(stream), seq_of(&c.id)) {
                     s.remove(seq);
@@ -354,6 +362,24 @@ impl Queue for MemoryStreams {
             self.appended_to(stream);
         }
         Ok(answers)
+    }
+
+    async fn append(&self, streams: &[&str], entry: &StreamEntry) -> Result<usize> {
+        self.faults.check().await?;
+        let mut appended = vec![];
+        {
+            let mut map = self.streams.lock();
+            for s in streams {
+                if let Some(target) = Self::live(&mut map, s) {
+                    target.append(entry.clone());
+                    appended.push(*s);
+                }
+            }
+        }
+        for s in &appended {
+            self.appended_to(s);
+        }
+        Ok(appended.len())
     }
 
     async fn depth(&self, stream: &str) -> Result<Depth> {
@@ -420,10 +446,24 @@ impl ReplyChannel for MemoryStreams {
         Ok(())
     }
 
-    async fn peek(&self, stream: &str, max: usize) -> Result<Option<Vec<StreamEntry>>> {
+    async fn read_after(
+        &self,
+        stream: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Option<Vec<(String, StreamEntry)>>> {
         self.faults.check().await?;
+        // An id this adapter did not make reads from the start, as Redis
+        // refuses it; readers pass back ids they were given.
+        let from = after.and_then(seq_of).map_or(0, |s| s.saturating_add(1));
         let mut map = self.streams.lock();
-        Ok(Self::live(&mut map, stream).map(|s| s.entries.values().take(max).cloned().collect()))
+        Ok(Self::live(&mut map, stream).map(|s| {
+            s.entries
+                .range(from..)
+                .take(max)
+                .map(|(seq, e)| (id_of(*seq), e.clone()))
+                .collect()
+        }))
     }
 }
 

@@ -51,6 +51,10 @@ pub struct Forward {
     pub entry: StreamEntry,
     /// Append only if the stream exists (replies: `NOMKSTREAM`).
     pub must_exist: bool,
+    /// A second stream that gets the same entry if it exists: the ingress
+    /// following a streamed answer, when `stream` is where it is kept. It
+    /// does not decide the hand-off's answer.
+    pub copy_to: Option<String>,
 }
 
 /// One entry's hand-off, for [`Queue::complete_all`].
@@ -137,6 +141,11 @@ pub trait Queue: Send + Sync + 'static {
     /// is still acknowledged and deleted).
     async fn complete_all(&self, stream: &str, done: &[Completion]) -> Result<Vec<bool>>;
 
+    /// Appends `entry` to each of `streams` that exists (`NOMKSTREAM`), in
+    /// one round trip; how many did. A chunk of a streamed answer, to its
+    /// store and to the ingress following it.
+    async fn append(&self, streams: &[&str], entry: &StreamEntry) -> Result<usize>;
+
     /// Entries and bytes in the stream.
     async fn depth(&self, stream: &str) -> Result<Depth>;
 
@@ -169,5 +178,21 @@ pub trait ReplyChannel: Send + Sync + 'static {
     /// them; `None` when the stream does not exist (never opened, or
     /// expired). For streams with no reader of their own: the answers of
     /// asynchronous requests, one stream per request.
-    async fn peek(&self, stream: &str, max: usize) -> Result<Option<Vec<StreamEntry>>>;
+    async fn peek(&self, stream: &str, max: usize) -> Result<Option<Vec<StreamEntry>>> {
+        Ok(self
+            .read_after(stream, None, max)
+            .await?
+            .map(|got| got.into_iter().map(|(_, e)| e).collect()))
+    }
+
+    /// Up to `max` entries of `stream` with ids after `after` (from its
+    /// start for `None`), with their ids, without consuming them; `None`
+    /// when the stream does not exist. Pages through a stored stream: the
+    /// chunks of a streamed answer.
+    async fn read_after(
+        &self,
+        stream: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Option<Vec<(String, StreamEntry)>>>;
 }

@@ -466,7 +466,11 @@ impl Verifier {
         if env.kind != kind {
             return reject(WrongKind);
         }
-        if env.dest != dest || env.pipeline != self.keys.pipeline() {
+        // A streamed request's replies name two receivers: the store they
+        // are kept in (`dest`) and the ingress following them (`live`).
+        let addressed =
+            env.dest == dest || (kind == Kind::Reply && env.live.as_deref() == Some(dest));
+        if !addressed || env.pipeline != self.keys.pipeline() {
             return reject(WrongDestination);
         }
         if let (Some(at), Some(kv)) = (at, &self.kv) {

@@ -337,6 +337,7 @@ async fn reply_stream_keeps_entries_written_before_the_first_recv_and_reopen_kee
         stream: r.clone(),
         entry: entry(2),
         must_exist: true,
+        copy_to: None,
     };
     assert!(b.complete(&q, &d.id, Some(fwd)).await.unwrap());
     // Refreshing the TTL must not drop unread replies.
@@ -366,6 +367,7 @@ async fn a_batch_of_hand_offs_is_one_transaction_with_one_xack_and_one_xdel() {
                 stream: next.clone(),
                 entry: d.entry.clone(),
                 must_exist: false,
+                copy_to: None,
             }),
         })
         .collect();

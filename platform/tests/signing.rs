@@ -77,6 +77,9 @@ fn request(dest: &str) -> Envelope {
         attempt: 1,
         node: Some("n".into()),
         reply_to: Some("ing-1".into()),
+        live: None,
+        seq: None,
+        last_seq: None,
         payload: json!({"hello": "world"}),
         error: None,
     }
@@ -727,6 +730,9 @@ fn arb_envelope() -> impl Strategy<Value = Envelope> {
             attempt,
             node,
             reply_to: None,
+            live: None,
+            seq: None,
+            last_seq: None,
             payload: json!({"n": n, "list": [1, "two", null]}),
             error: None,
         })

@@ -80,6 +80,11 @@ impl JobId {
         &self.text
     }
 
+    /// The request's deadline, ms since the epoch.
+    pub fn deadline(&self) -> u64 {
+        self.deadline
+    }
+
     /// Where the answer of `caller`'s request goes: the reply address
     /// `async:<sha256(caller, id)>`, so only its caller finds it.
     pub fn address(&self, caller: &str) -> String {

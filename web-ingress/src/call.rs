@@ -3,16 +3,18 @@
 //! (waited for, or stored to be fetched). The HTTP route and the WebSocket
 //! connection both call [`run`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use sluice_crds::InterfacePlan;
 use sluice_exec_worker::worker::{DEAD_LETTER_RETENTION, KEY_MISSING_MESSAGE};
-use sluice_exec_worker::{Crash, NodeContext, StepOutcome};
+use sluice_exec_worker::{Chunks, Crash, NodeContext, StepOutcome};
 use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::signing::{max_entry_bytes, oversized_output};
 use sluice_platform::telemetry::{self, Span};
 use sluice_platform::{Envelope, Kind};
+use tokio::sync::mpsc;
 
 use crate::admission::admit_replay_budget;
 use crate::async_answers;
@@ -20,6 +22,7 @@ use crate::error::{from_reply, internal, status_of_reply_code, timed_out, unavai
 use crate::idempotency::ClaimGuard;
 use crate::metrics::InterfaceLabel;
 use crate::state::AppState;
+use crate::waiters::WaiterGuard;
 
 /// An admitted request.
 pub(crate) struct Call<'a> {
@@ -41,6 +44,25 @@ pub(crate) struct Call<'a> {
     pub address: Option<String>,
     /// The idempotency key claimed for this request.
     pub claimed: Option<ClaimGuard>,
+    /// The answer is streamed (an `sse` interface).
+    pub streamed: Option<Streamed>,
+}
+
+/// How a streamed request's answer travels.
+pub(crate) struct Streamed {
+    /// Where its chunks and answer are kept, for any ingress to resume
+    /// (`async:<handle>`).
+    pub address: String,
+    /// Where the chunks of the nodes run here go, by delivery attempt.
+    pub local: Arc<dyn Fn(u32) -> Chunks + Send + Sync>,
+    /// Chunks the follower may hold before more are deferred to the store.
+    pub room: usize,
+}
+
+/// A streamed request on its way: its answer, and its chunks as they come.
+pub(crate) struct Following {
+    pub waiter: WaiterGuard,
+    pub chunks: mpsc::Receiver<Envelope>,
 }
 
 /// What a request is answered with.
@@ -49,6 +71,8 @@ pub(crate) enum Answer {
     Now(Value),
     /// Queued; fetched later with this id.
     Later(async_answers::JobId),
+    /// Queued; its chunks and answer follow.
+    Following(Following),
 }
 
 /// Runs an admitted request that is waited for (`later: false`, no stored
@@ -62,7 +86,9 @@ pub(crate) async fn run_waited(
     let rid = call.rid.to_string();
     match run(s, it, span, call).await? {
         Answer::Now(v) => Ok(v),
-        Answer::Later(_) => Err(internal("a request was queued without a waiter", &rid)),
+        Answer::Later(_) | Answer::Following(_) => {
+            Err(internal("a request was queued without a waiter", &rid))
+        }
     }
 }
 
@@ -85,6 +111,7 @@ pub(crate) async fn run(
         job,
         address,
         claimed,
+        streamed,
     } = call;
     admit_replay_budget(s, it, timeout_of_request, rid)?;
     let label = InterfaceLabel {
@@ -109,6 +136,9 @@ pub(crate) async fn run(
         attempt: 1,
         node: None,
         reply_to: Some(s.ingress_id.clone()),
+        live: None,
+        seq: None,
+        last_seq: None,
         payload: Value::Null,
         error: None,
     };
@@ -131,7 +161,14 @@ pub(crate) async fn run(
             node: String::new(),
             deadline: from_ms(deadline),
             attempt: 1,
+            chunks: Chunks::none(),
         };
+        let chunks_of = |attempt| {
+            streamed
+                .as_ref()
+                .map_or_else(Chunks::none, |st| (st.local)(attempt))
+        };
+        ctx.chunks = chunks_of(1);
         let mut outcome = s.executor.run(entry, input.clone(), &ctx).await;
         // A retryable failure is tried again after a lease, as a worker's
         // entry would be redelivered, up to maxDeliveries and the deadline.
@@ -142,6 +179,7 @@ pub(crate) async fn run(
         {
             tokio::time::sleep(limits.lease).await;
             ctx.attempt += 1;
+            ctx.chunks = chunks_of(ctx.attempt);
             outcome = s.executor.run(entry, input.clone(), &ctx).await;
         }
         match outcome {
@@ -191,23 +229,23 @@ pub(crate) async fn run(
     // Register before pushing: the reply may arrive before push returns.
     // An interface missing from the map (cannot happen: both come from the
     // plan) takes no reply at all rather than any.
-    let mut waiter = match &address {
-        None => {
+    let mut following = None;
+    let mut waiter = match (&address, &streamed) {
+        (_, Some(st)) => {
+            open_store(s, &st.address, timeout_of_request, rid).await?;
+            env.reply_to = Some(st.address.clone());
+            env.live = Some(s.ingress_id.clone());
+            let senders = s.reply_senders.get(&it.name).cloned().unwrap_or_default();
+            let (guard, chunks) = s.waiters.register_streamed(cid, senders, st.room);
+            following = Some(chunks);
+            Some(guard)
+        }
+        (None, None) => {
             let senders = s.reply_senders.get(&it.name).cloned().unwrap_or_default();
             Some(s.waiters.register(cid, senders))
         }
-        Some(address) => {
-            // The answer's stream exists before the request does: workers
-            // write replies only into streams that exist.
-            let answers = s.keys.reply(address);
-            if let Err(e) = s
-                .replies
-                .open(&answers, async_answers::retention(s, timeout_of_request))
-                .await
-            {
-                tracing::warn!(request_id = %rid, error = %e, "cannot open the answer stream");
-                return Err(unavailable(rid));
-            }
+        (Some(address), None) => {
+            open_store(s, address, timeout_of_request, rid).await?;
             env.reply_to = Some(address.clone());
             None
         }
@@ -257,6 +295,10 @@ pub(crate) async fn run(
         return Err(unavailable(rid));
     }
     drop(hop);
+    if let Some(chunks) = following {
+        let waiter = waiter.expect("a streamed request has a waiter");
+        return Ok(Answer::Following(Following { waiter, chunks }));
+    }
     // No waiter: the answer is stored, at `address`.
     let Some(waiter) = waiter.as_mut() else {
         if later {
@@ -282,6 +324,26 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// Opens the stream an answer is stored in, at `address`, before the
+/// request is sent: workers write replies only into streams that exist.
+async fn open_store(
+    s: &AppState,
+    address: &str,
+    timeout: Duration,
+    rid: &str,
+) -> Result<(), ApiError> {
+    let answers = s.keys.reply(address);
+    if let Err(e) = s
+        .replies
+        .open(&answers, async_answers::retention(s, timeout))
+        .await
+    {
+        tracing::warn!(request_id = %rid, error = %e, "cannot open the answer stream");
+        return Err(unavailable(rid));
+    }
+    Ok(())
 }
 
 /// A node of the ingress group panicked on `env`'s request: the request

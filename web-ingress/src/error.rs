@@ -41,6 +41,22 @@ impl ApiError {
         self.retry_after = Some(secs);
         self
     }
+
+    /// `{"code", "message", "status", "request_id", "retry_after"?}`: the
+    /// error as a message on a connection that stays open (a WebSocket
+    /// answer, a streamed answer's `error` event), with the status a POST
+    /// would have been answered with.
+    pub fn to_object(&self) -> serde_json::Value {
+        let mut error = serde_json::Map::new();
+        error.insert("code".into(), self.code.into());
+        error.insert("message".into(), self.message.clone().into());
+        error.insert("status".into(), self.status.as_u16().into());
+        error.insert("request_id".into(), self.request_id.clone().into());
+        if let Some(secs) = self.retry_after {
+            error.insert("retry_after".into(), secs.into());
+        }
+        serde_json::Value::Object(error)
+    }
 }
 
 impl IntoResponse for ApiError {

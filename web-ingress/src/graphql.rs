@@ -224,6 +224,7 @@ async fn run<'a>(
             job: None,
             address: None,
             claimed: None,
+            streamed: None,
         },
     )
     .await;

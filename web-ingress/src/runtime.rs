@@ -519,7 +519,8 @@ async fn listen_replies(
                 for (_, entry) in entries {
                     match verifier.verify_reply(&entry, &state.ingress_id).await {
                         Ok(reply) => match state.waiters.complete(reply.envelope, &reply.from) {
-                            Delivered::Completed => {}
+                            Delivered::Completed | Delivered::Chunk => {}
+                            Delivered::ChunkDeferred => state.metrics.dropped("chunk_deferred"),
                             Delivered::Duplicate => state.metrics.dropped("duplicate"),
                             Delivered::Late => state.metrics.dropped("late"),
                             Delivered::WrongSender => {

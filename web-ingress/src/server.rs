@@ -46,7 +46,7 @@ use crate::idempotency::{self, ClaimGuard};
 use crate::listener::ConnectionHold;
 use crate::request::{caller_request_id, read_input};
 pub use crate::state::{AppState, Backlog};
-use crate::websocket;
+use crate::{sse, websocket};
 
 /// The router for `state`.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -65,6 +65,32 @@ pub fn router(state: Arc<AppState>) -> Router {
                     },
                 )
                 .fallback(|req| method_not_allowed(req, TAKES_GRAPHQL)),
+            );
+            continue;
+        }
+        if it.kind == InterfaceKind::Sse {
+            let name = it.name.clone();
+            r = r.route(
+                &it.path,
+                post(
+                    move |State(s): State<Arc<AppState>>, req: Request| async move {
+                        sse::post(s, &name, req).await
+                    },
+                )
+                .fallback(|req| method_not_allowed(req, TAKES_POST)),
+            );
+            let name = it.name.clone();
+            r = r.route(
+                &sse::events_route(it),
+                get(
+                    move |State(s): State<Arc<AppState>>,
+                          id: Result<Path<String>, PathRejection>,
+                          headers: HeaderMap| async move {
+                        let id = id.map(|Path(id)| id).unwrap_or_default();
+                        sse::resume(s, &name, &id, &headers).await
+                    },
+                )
+                .fallback(|req| method_not_allowed(req, TAKES_EVENTS)),
             );
             continue;
         }
@@ -157,6 +183,7 @@ async fn method_not_allowed(req: Request, takes: &'static str) -> ApiError {
 const TAKES_POST: &str = "interfaces accept POST with a JSON body";
 const TAKES_GRAPHQL: &str =
     "this interface is GraphQL: POST {\"query\", \"variables\", \"operationName\"}";
+const TAKES_EVENTS: &str = "a stream is resumed with GET (and Last-Event-ID)";
 const TAKES_WEBSOCKET: &str =
     "this interface is a WebSocket: open it with GET and Upgrade: websocket";
 
@@ -170,6 +197,10 @@ async fn handle(s: Arc<AppState>, name: &str, req: Request) -> Response {
     let mut resp = match result {
         Ok(Answer::Now(v)) => (StatusCode::OK, Json(v)).into_response(),
         Ok(Answer::Later(id)) => async_answers::accepted(it, &id),
+        // Only an sse interface's requests are streamed.
+        Ok(Answer::Following(_)) => {
+            error_response(crate::error::internal("a request was streamed", &rid))
+        }
         Err(e) => {
             span.set("error.type", e.code);
             error_response(e)
@@ -196,7 +227,7 @@ async fn handle(s: Arc<AppState>, name: &str, req: Request) -> Response {
 
 /// The request's server span, continuing the caller's trace when its
 /// `traceparent` header is valid.
-fn server_span(
+pub(crate) fn server_span(
     s: &AppState,
     it: &InterfacePlan,
     cid: &str,
@@ -293,6 +324,7 @@ async fn serve(
             job,
             address,
             claimed,
+            streamed: None,
         },
     )
     .await

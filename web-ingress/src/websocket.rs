@@ -63,7 +63,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sluice_crds::{InterfacePlan, WebSocketPlan};
 use sluice_platform::clock::now_ms;
 use sluice_platform::telemetry::{self, Span};
@@ -501,6 +501,7 @@ impl Connection {
                     job: None,
                     address: None,
                     claimed: None,
+                    streamed: None,
                 },
             );
             // The call answers its own deadline; this bounds what it waits
@@ -670,15 +671,7 @@ fn id_key(id: &Value) -> String {
 /// `{"id", "error": {"code", "message", "status", "request_id"}}`: the
 /// POST route's error body, with the status it would have answered.
 fn error_text(id: &Value, e: &ApiError) -> String {
-    let mut error = Map::new();
-    error.insert("code".into(), e.code.into());
-    error.insert("message".into(), e.message.clone().into());
-    error.insert("status".into(), e.status.as_u16().into());
-    error.insert("request_id".into(), e.request_id.clone().into());
-    if let Some(secs) = e.retry_after {
-        error.insert("retry_after".into(), secs.into());
-    }
-    json!({"id": id, "error": error}).to_string()
+    json!({"id": id, "error": e.to_object()}).to_string()
 }
 
 /// The close code for a read error; 1006 when there is no one left to

@@ -32,6 +32,9 @@ fn request(st: &AppState, dest: &str) -> Envelope {
         attempt: 1,
         node: Some("count".to_string()),
         reply_to: Some(st.ingress_id.clone()),
+        live: None,
+        seq: None,
+        last_seq: None,
         payload: json!({"forged": true}),
         error: None,
     }

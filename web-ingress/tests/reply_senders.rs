@@ -77,6 +77,9 @@ fn reply(
         attempt: 1,
         node: Some("answer".into()),
         reply_to: Some(ingress_id.to_string()),
+        live: None,
+        seq: None,
+        last_seq: None,
         payload: Value::Null,
         error: None,
     };

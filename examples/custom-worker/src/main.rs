@@ -219,6 +219,7 @@ mod tests {
             node: "score".into(),
             deadline: SystemTime::now() + Duration::from_secs(60),
             attempt: 1,
+            chunks: sluice_exec_worker::Chunks::none(),
         }
     }
 

@@ -12,6 +12,7 @@
 //! - [`delay`]: `builtin/delay`, waits (latency demos).
 //! - [`cpu`]: `builtin/cpu`, burns CPU (load and autoscaling demos).
 //! - [`route`]: `builtin/route`, tags the input by one of its fields.
+//! - [`split`]: `builtin/split`, streams an array as chunks.
 //! - [`template`]: the json-map template language, compiled once, evaluated per call.
 //! - [`pointer`](mod@pointer): RFC 6901 JSON pointers, parsed once.
 //!
@@ -24,6 +25,7 @@ pub mod http;
 pub mod json_map;
 pub mod pointer;
 pub mod route;
+pub mod split;
 pub mod template;
 
 use std::sync::Arc;
@@ -45,6 +47,7 @@ pub fn register_builtins(r: &mut Registry) {
     r.register(delay::USES, |cfg| shared(delay::Delay::from_config(cfg)));
     r.register(cpu::USES, |cfg| shared(cpu::Cpu::from_config(cfg)));
     r.register(route::USES, |cfg| shared(route::Route::from_config(cfg)));
+    r.register(split::USES, |cfg| shared(split::Split::from_config(cfg)));
 }
 
 fn shared<N: Node>(node: Result<N, ConfigError>) -> Result<Arc<dyn Node>, ConfigError> {
@@ -142,6 +145,7 @@ pub(crate) mod test_support {
             node: "n".into(),
             deadline: SystemTime::now() + left,
             attempt: 1,
+            chunks: crate::Chunks::none(),
         }
     }
 

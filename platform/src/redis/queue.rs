@@ -304,6 +304,9 @@ impl Queue for RedisBackend {
             if let Some(f) = &c.forward {
                 let args = xadd_args(&f.stream, &f.entry, f.must_exist);
                 cmds.push(("XADD", f.stream.as_str(), args));
+                if let Some(copy) = &f.copy_to {
+                    cmds.push(("XADD", copy.as_str(), xadd_args(copy, &f.entry, true)));
+                }
             }
             ack.push(v(&c.id));
             del.push(v(&c.id));
@@ -322,13 +325,40 @@ impl Queue for RedisBackend {
                 self.err(e)
             }
         })?;
-        // One XADD answer per forward, in order; a NOMKSTREAM XADD to a
-        // missing stream answers nil.
+        // One XADD answer per forward (then one per copy), in order; a
+        // NOMKSTREAM XADD to a missing stream answers nil.
         let mut added = results.iter();
         Ok(done
             .iter()
-            .map(|c| c.forward.is_none() || added.next().is_some_and(|r| !r.is_null()))
+            .map(|c| match &c.forward {
+                None => true,
+                Some(f) => {
+                    let kept = added.next().is_some_and(|r| !r.is_null());
+                    if f.copy_to.is_some() {
+                        added.next();
+                    }
+                    kept
+                }
+            })
             .collect())
+    }
+
+    async fn append(&self, streams: &[&str], entry: &StreamEntry) -> Result<usize> {
+        if streams.is_empty() {
+            return Ok(0);
+        }
+        let cmds = streams
+            .iter()
+            .map(|s| ("XADD", *s, xadd_args(s, entry, true)))
+            .collect();
+        let mut appended = 0;
+        for r in self.pipeline(cmds).await.map_err(|e| self.err(e))? {
+            let r = r.map_err(|e| self.err(e))?;
+            if !r.is_null() {
+                appended += 1;
+            }
+        }
+        Ok(appended)
     }
 
     async fn depth(&self, stream: &str) -> Result<Depth> {

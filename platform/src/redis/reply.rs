@@ -215,13 +215,18 @@ impl ReplyChannel for RedisBackend {
 
     /// `EXISTS` and `XREAD … STREAMS <stream> 0` in one transaction (an
     /// absent stream and an empty one read the same).
-    async fn peek(&self, stream: &str, max: usize) -> Result<Option<Vec<StreamEntry>>> {
+    async fn read_after(
+        &self,
+        stream: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Option<Vec<(String, StreamEntry)>>> {
         let read = vec![
             Value::from("COUNT"),
             Value::Integer(i64::try_from(max.max(1)).unwrap_or(i64::MAX)),
             Value::from("STREAMS"),
             Value::from(stream),
-            Value::from(FROM_START),
+            Value::from(after.unwrap_or(FROM_START)),
         ];
         let mut results = self
             .transaction(vec![
@@ -237,7 +242,10 @@ impl ReplyChannel for RedisBackend {
         }
         let got = wire::read_reply(results.next().unwrap_or(Value::Null), "XREAD")?;
         Ok(Some(
-            got.into_iter().filter_map(|(_, e)| e).take(max).collect(),
+            got.into_iter()
+                .filter_map(|(id, e)| e.map(|e| (id, e)))
+                .take(max)
+                .collect(),
         ))
     }
 

@@ -24,6 +24,9 @@ pub fn unanswerable_request(keys: &Keys, group: &str, node: &str, payload: Value
         attempt: 1,
         node: Some(node.to_string()),
         reply_to: Some("no-such-ingress".to_string()),
+        live: None,
+        seq: None,
+        last_seq: None,
         payload,
         error: None,
     }
