@@ -10,11 +10,12 @@
 #      default), wait for the operator; its ServiceAccount may get Secrets in
 #      $NAMESPACE and nowhere else;
 #   4. apply examples/hello.yaml, examples/orders-redis.yaml,
-#      examples/websocket.yaml, examples/graphql.yaml and
-#      examples/custom-worker/pipeline.yaml, wait for Ready; hello applied in
+#      examples/websocket.yaml, examples/graphql.yaml, examples/streaming.yaml
+#      and examples/custom-worker/pipeline.yaml, wait for Ready; hello applied in
 #      the unwatched namespace is left alone (no status, no Deployment);
 #   5. call each through a port-forward of its Service, checking exact answers
-#      (the WebSocket one with kind-e2e/ws-call.py: answers in arrival order);
+#      (the WebSocket one with kind-e2e/ws-call.py: answers in arrival order;
+#      the streamed one with curl -N: every event, in order);
 #   6. kill a worker pod during a load of requests: none may fail;
 #   7. change a node's `with`: new pods roll out, the answers change;
 #   8. NetworkPolicy: a pod of another app cannot reach the pipeline's Redis;
@@ -247,8 +248,9 @@ kubectl apply -n "$NAMESPACE" -f examples/orders-redis.yaml
 kubectl apply -n "$NAMESPACE" -f examples/custom-worker/pipeline.yaml
 kubectl apply -n "$NAMESPACE" -f examples/websocket.yaml
 kubectl apply -n "$NAMESPACE" -f examples/graphql.yaml
+kubectl apply -n "$NAMESPACE" -f examples/streaming.yaml
 kubectl apply -n "$UNWATCHED_NS" -f examples/hello.yaml
-for p in hello orders-redis scoring websocket graphql; do wait_ready "$p"; done
+for p in hello orders-redis scoring websocket graphql streaming; do wait_ready "$p"; done
 # By now the operator has long had the chance to act on it, were it watched.
 kubectl get streampipeline -n "$UNWATCHED_NS" hello >/dev/null
 [ -z "$(kubectl get streampipeline -n "$UNWATCHED_NS" hello -o jsonpath='{.status}')" ] ||
@@ -286,6 +288,23 @@ want='{"id":"a","result":{"done":true,"speed":"slow"}}
 {"id":"c","result":{"done":true,"speed":"fast"}}'
 [ "$got" = "$want" ] || die "WebSocket /v1/ordered: want $want, got $got"
 echo "ok  WebSocket /v1/ordered answers in arrival order"
+port_forward streaming 18093
+# Server-Sent Events: each word its own chunk, then the result; the start
+# event's id is random, so only its name is compared.
+got="$(curl -sN --max-time 20 -H 'content-type: application/json' \
+  -d '{"words":["a","b"]}' http://127.0.0.1:18093/v1/words |
+  grep -v '^data: {"events"' | grep -v '^$')" || die "SSE /v1/words: no stream"
+want='event: start
+id: 1.1
+event: chunk
+data: "a"
+id: 1.2
+event: chunk
+data: "b"
+event: result
+data: {"chunks":2}'
+[ "$got" = "$want" ] || die "SSE /v1/words: want $want, got $got"
+echo "ok  SSE /v1/words streams each chunk, then the result"
 
 # --- 6. kill a worker during load -------------------------------------------
 

@@ -1,8 +1,8 @@
 //! How the ingress group is reached: the Service `P` in front of its pods
 //! (type from `spec.expose.serviceType`) and, with `expose.ingress`, the
-//! Ingress `P` with, per interface, its `Exact` path and, for HTTP
+//! Ingress `P` with, per interface, its `Exact` path and, for HTTP and SSE
 //! interfaces, the `Prefix` `<path>/requests` where asynchronous answers are
-//! fetched.
+//! fetched and streams resumed.
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::{
@@ -92,7 +92,7 @@ pub(crate) fn ingress_resource(ctx: &Ctx<'_>) -> Option<Ingress> {
         .interfaces
         .iter()
         .flat_map(|i| {
-            let answers = (i.kind == InterfaceKind::Http).then(|| {
+            let answers = matches!(i.kind, InterfaceKind::Http | InterfaceKind::Sse).then(|| {
                 (
                     format!("{}/requests", i.path.trim_end_matches('/')),
                     "Prefix",
@@ -196,6 +196,25 @@ mod tests {
         assert_eq!(paths.len(), 1);
         assert_eq!(paths[0].path.as_deref(), Some("/v1/enrich"));
         assert_eq!(app_protocol(&d, "enrich"), "kubernetes.io/ws");
+        // An SSE interface: its path, and where streams are resumed; any
+        // HTTP version carries it.
+        let mut sp = with_everything();
+        sp.spec.interfaces[0].kind = sluice_crds::InterfaceKind::Sse;
+        let d = render(&sp);
+        let Some(Child::Ingress(ing)) = d.objects.iter().find(|o| o.kind().kind == "Ingress")
+        else {
+            panic!("no Ingress")
+        };
+        let paths: Vec<_> = ing.spec.as_ref().unwrap().rules.as_ref().unwrap()[0]
+            .http
+            .as_ref()
+            .unwrap()
+            .paths
+            .iter()
+            .map(|p| p.path.clone().unwrap())
+            .collect();
+        assert_eq!(paths, ["/v1/enrich", "/v1/enrich/requests"]);
+        assert_eq!(app_protocol(&d, "enrich"), "kubernetes.io/h2c");
         // A single ingress replica gets no PDB (it would block every drain).
         assert!(!render(&orders_redis()).contains("PodDisruptionBudget", "orders-redis-web"));
     }
