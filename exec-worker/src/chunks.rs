@@ -16,10 +16,12 @@
 //!
 //! A chunk must not be lost silently: one that cannot be sent fails the
 //! node (retryable on a backend error, so the request runs again and the
-//! caller is told to reset; permanent when it is too large or past
-//! [`MAX_CHUNKS`]).
+//! caller is told to reset; permanent when it is too large, past
+//! [`MAX_CHUNKS`] or past [`MAX_CHUNK_ENTRIES_BYTES`] entries' worth of
+//! bytes), and a node that goes on regardless does not answer: its
+//! delivery is run again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -32,6 +34,11 @@ use crate::node::{ChunkSink, NodeError};
 /// the request's timeout plus `results.ttl`.
 pub const MAX_CHUNKS: u64 = 10_000;
 
+/// Stored bytes one delivery's chunks may take, in entries of the
+/// pipeline's largest size: a node cannot turn a small input into an
+/// unbounded amount of Redis memory.
+pub const MAX_CHUNK_ENTRIES_BYTES: u64 = 16;
+
 /// The chunk sink of one delivery of a streamed request.
 pub struct StreamedAnswer {
     /// The request, without its payload: every chunk is a reply to it.
@@ -43,6 +50,11 @@ pub struct StreamedAnswer {
     /// The answer's store, then the following ingress's reply stream.
     streams: [String; 2],
     sent: AtomicU64,
+    /// Stored bytes of the chunks sent.
+    bytes: AtomicU64,
+    /// A chunk could not be sent: the delivery's answer would count a
+    /// chunk the caller never gets, so the delivery must not answer.
+    broken: AtomicBool,
 }
 
 impl StreamedAnswer {
@@ -70,6 +82,8 @@ impl StreamedAnswer {
             queue: queue.clone(),
             streams,
             sent: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
         }))
     }
 
@@ -78,33 +92,56 @@ impl StreamedAnswer {
         self.sent.load(Ordering::SeqCst).min(MAX_CHUNKS)
     }
 
-    /// The stream the answer is kept in, and the follower's.
-    pub fn streams(&self) -> &[String; 2] {
-        &self.streams
+    /// Whether a chunk could not be sent (the node may have gone on
+    /// regardless): the delivery must be run again rather than answer.
+    pub fn broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+
+    fn refuse(&self, e: NodeError) -> Result<(), NodeError> {
+        self.broken.store(true, Ordering::SeqCst);
+        Err(e)
     }
 }
 
 #[async_trait]
 impl ChunkSink for StreamedAnswer {
     async fn send(&self, chunk: Value) -> Result<(), NodeError> {
+        if self.broken() {
+            return Err(NodeError::Retryable(
+                "an earlier chunk of this answer was not sent".into(),
+            ));
+        }
         // Numbered as sent: a node emitting from concurrent tasks still
         // gives each chunk its own number (the ingress orders them).
         let seq = self.sent.fetch_add(1, Ordering::SeqCst) + 1;
         if seq > MAX_CHUNKS {
-            return Err(NodeError::Permanent(format!(
+            return self.refuse(NodeError::Permanent(format!(
                 "a streamed answer may have at most {MAX_CHUNKS} chunks"
             )));
         }
         let mut env = self.request.chunk(self.attempt, seq, chunk);
-        let entry = self
-            .signer
-            .sign(&mut env)
-            .map_err(|e| NodeError::Permanent(format!("cannot sign a chunk: {e}")))?;
+        let entry = match self.signer.sign(&mut env) {
+            Ok(entry) => entry,
+            Err(e) => {
+                return self.refuse(NodeError::Permanent(format!("cannot sign a chunk: {e}")))
+            }
+        };
+        let limit = self.verifier.max_entry_bytes() as u64;
         if !self.verifier.accepts_size(&entry) {
-            return Err(NodeError::Permanent(format!(
-                "a chunk of {} bytes exceeds the pipeline's entry limit of {} bytes (maxPayloadBytes)",
+            return self.refuse(NodeError::Permanent(format!(
+                "a chunk of {} bytes exceeds the pipeline's entry limit of {limit} bytes (maxPayloadBytes)",
                 entry.stored_len(),
-                self.verifier.max_entry_bytes()
+            )));
+        }
+        let total = self
+            .bytes
+            .fetch_add(entry.stored_len() as u64, Ordering::SeqCst)
+            + entry.stored_len() as u64;
+        if total > limit.saturating_mul(MAX_CHUNK_ENTRIES_BYTES) {
+            return self.refuse(NodeError::Permanent(format!(
+                "a streamed answer's chunks may take at most {} bytes ({MAX_CHUNK_ENTRIES_BYTES} × the entry limit)",
+                limit.saturating_mul(MAX_CHUNK_ENTRIES_BYTES)
             )));
         }
         let [store, live] = &self.streams;
@@ -113,7 +150,7 @@ impl ChunkSink for StreamedAnswer {
             // retention. Nobody can read the chunk; the node's output will
             // be dropped the same way.
             Ok(_) => Ok(()),
-            Err(e) => Err(NodeError::Retryable(format!("a chunk was not sent: {e}"))),
+            Err(e) => self.refuse(NodeError::Retryable(format!("a chunk was not sent: {e}"))),
         }
     }
 }

@@ -162,8 +162,20 @@ impl Executor {
             if remaining.is_zero() {
                 return StepOutcome::Expired;
             }
+            // Only the node that answers streams (one per request, so its
+            // chunks are the answer's, numbered once): a node with a `next`
+            // emits into nothing.
+            let answers = matches!(
+                self.plan.nodes[&current].next,
+                sluice_crds::plan::Next::Terminal
+            );
             let node_ctx = NodeContext {
                 node: current.clone(),
+                chunks: if answers {
+                    ctx.chunks.clone()
+                } else {
+                    crate::node::Chunks::none()
+                },
                 ..ctx.clone()
             };
             let started = Instant::now();

@@ -454,7 +454,15 @@ impl Worker {
         if let Some(tp) = span.traceparent() {
             env.trace = Some(tp);
         }
-        let outcome = self.executor.run(&node, env.payload.clone(), &ctx).await;
+        let mut outcome = self.executor.run(&node, env.payload.clone(), &ctx).await;
+        if matches!(outcome, StepOutcome::Done(_)) && streamed.as_ref().is_some_and(|s| s.broken())
+        {
+            // A chunk was lost and the node answered regardless: the answer
+            // would count a chunk nobody can read. Run it again.
+            outcome = StepOutcome::Failed(crate::node::NodeError::Retryable(
+                "a chunk of the answer was not sent".into(),
+            ));
+        }
         span.set("sluice.outcome", outcome_name(&outcome));
         match &outcome {
             StepOutcome::Failed(e) if e.is_retryable() => span.fail("retryable failure"),

@@ -208,6 +208,9 @@ async fn look(s: &AppState, it: &InterfacePlan, address: &str) -> Result<Looked,
     let senders = ReplySenders::of(it);
     for entry in &stored {
         match s.verifier.verify_stored_reply(entry, address).await {
+            // A streamed request's chunks are not its answer (its id is
+            // resumed on its sse interface, not fetched here).
+            Ok(reply) if reply.envelope.is_chunk() => {}
             Ok(reply) if senders.accepts(&reply.from, &reply.envelope) => {
                 let env = reply.envelope;
                 return Ok(Looked::Answer(match env.error {

@@ -64,6 +64,12 @@ const WRITTEN_AHEAD: usize = 8;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// A resumed stream reads the store at least this often while it waits.
 const POLL_AT_MOST: Duration = Duration::from_millis(250);
+/// How long past its deadline a stream may take to write its last event.
+const LAST_WORDS: Duration = Duration::from_secs(2);
+/// How long the store of a stream whose last event was written live is
+/// kept: for a caller that lost the connection just then. One whose caller
+/// went away before keeps the full retention (timeout + `results.ttl`).
+const ANSWERED_GRACE: Duration = Duration::from_secs(5);
 
 /// `POST <path>` of an sse interface.
 pub async fn post(s: Arc<AppState>, name: &str, req: Request) -> Response {
@@ -89,10 +95,15 @@ pub async fn post(s: Arc<AppState>, name: &str, req: Request) -> Response {
                 span,
             };
             let watch = out.tx.clone();
+            let until = bounded_by(admitted.deadline);
             tokio::spawn(async move {
+                // A caller that keeps the connection open but stops reading
+                // blocks the writes: the deadline ends the stream all the
+                // same, and with it the slot and the waiter.
+                let run = tokio::time::timeout_at(until, stream.run(admitted, out));
                 tokio::select! {
                     () = watch.closed() => {}
-                    () = stream.run(admitted, out) => {}
+                    _ = run => {}
                 }
             });
             opened(format, body, Some(&events))
@@ -116,6 +127,9 @@ pub async fn resume(s: Arc<AppState>, name: &str, id: &str, headers: &HeaderMap)
         Ok(c) => c,
         Err(e) => return error_response(e),
     };
+    if let Err(wait) = s.rate_limits.take(&it.name, &caller) {
+        return error_response(rate_limited(wait, &rid));
+    }
     let Ok(slot) = s.slots[&it.name].clone().try_acquire_owned() else {
         return too_many_requests(it, &rid).into_response();
     };
@@ -134,7 +148,7 @@ pub async fn resume(s: Arc<AppState>, name: &str, id: &str, headers: &HeaderMap)
     };
     let mut store = Store::new(&s, it, &job.address(&caller));
     let first = match store.page(&s).await {
-        Ok(Some(first)) => first,
+        Ok(Some(page)) => page,
         Ok(None) => return unknown(),
         Err(e) => {
             tracing::warn!(error = %e, "stream store read failed");
@@ -151,16 +165,28 @@ pub async fn resume(s: Arc<AppState>, name: &str, id: &str, headers: &HeaderMap)
     let watch = out.tx.clone();
     let s2 = s.clone();
     let name = name.to_string();
+    let until = bounded_by(job.deadline().saturating_add(skew_ms(&s)));
     tokio::spawn(async move {
         let _slot = slot;
         let it = s2.interface(&name);
         let mut caller = Caller::new(out, order);
+        let run = tokio::time::timeout_at(
+            until,
+            replay(&s2, it, &mut store, first, &mut caller, &job, &rid),
+        );
         tokio::select! {
             () = watch.closed() => {}
-            () = replay(&s2, it, &mut store, first, &mut caller, &job, &rid) => {}
+            _ = run => {}
         }
     });
     opened(format, body, None)
+}
+
+/// When a stream's task ends whatever happens: a little after `deadline`
+/// (ms since the epoch), time enough to write its last event.
+fn bounded_by(deadline: u64) -> tokio::time::Instant {
+    let left = Duration::from_millis(deadline.saturating_sub(now_ms()));
+    tokio::time::Instant::now() + left + LAST_WORDS
 }
 
 /// The `200` that opens a stream.
@@ -306,6 +332,7 @@ impl Stream {
         )
         .await;
         let mut caller = caller.lock().await;
+        let stored = matches!(result, Ok(Answer::Following(_)));
         match result {
             // Answered by the ingress group: its chunks were written as
             // they came.
@@ -324,6 +351,14 @@ impl Stream {
             Err(e) => {
                 self.span.set("error.type", e.code);
                 caller.error(&e).await;
+            }
+        }
+        // Answered live: the store's chunks are kept only briefly, so that
+        // memory grows with the streams running, not with results.ttl.
+        if stored && caller.ended {
+            let store = s.keys.reply(&address);
+            if let Err(e) = s.replies.open(&store, ANSWERED_GRACE).await {
+                tracing::debug!(error = %e, "could not shorten a stream's retention");
             }
         }
     }
@@ -366,6 +401,11 @@ impl Stream {
                     return;
                 }
                 () = &mut timer => {
+                    // The answer may be in the store without having reached
+                    // this ingress (its reply stream was lost meanwhile).
+                    if let Some(reply) = store.answer(s, caller).await {
+                        return finish(s, store, caller, reply, &self.rid).await;
+                    }
                     s.metrics
                         .timeouts
                         .get_or_create(&InterfaceLabel { interface: it.name.clone() })
@@ -389,36 +429,38 @@ impl Stream {
         match caller.offer(chunk).await {
             Offered::Gone => false,
             Offered::Done => true,
-            Offered::Held => {
-                catch_up(&self.s, store, caller, attempt, seq).await;
-                if caller.order.clone().chunk(attempt, seq) == Take::Gap {
-                    incomplete(caller, &self.rid).await;
-                    return false;
-                }
-                true
-            }
+            // What the store does not hold yet (a node emitting from
+            // concurrent tasks) comes later, live or at the answer.
+            Offered::Held => catch_up(&self.s, store, caller, attempt, seq).await,
         }
     }
 }
 
-/// Reads the store until chunk `seq` of `attempt` has been passed on (or
-/// the store has nothing more).
-async fn catch_up(s: &AppState, store: &mut Store, caller: &mut Caller, attempt: u32, seq: u64) {
-    while caller.order.clone().chunk(attempt, seq) == Take::Gap {
+/// Reads the store until chunk `seq` of `attempt` has been passed on, or
+/// the store has nothing more; false when the caller is gone.
+async fn catch_up(
+    s: &AppState,
+    store: &mut Store,
+    caller: &mut Caller,
+    attempt: u32,
+    seq: u64,
+) -> bool {
+    while !caller.passed(attempt, seq) {
         let page = match store.page(s).await {
-            Ok(Some(page)) if !page.is_empty() => page,
-            Ok(_) => return,
+            Ok(Some(page)) if !page.entries.is_empty() => page,
+            Ok(_) => return true,
             Err(e) => {
                 tracing::warn!(error = %e, "stream store read failed");
-                return;
+                return true;
             }
         };
-        for env in page {
+        for env in page.entries {
             if env.is_chunk() && matches!(caller.offer(env).await, Offered::Gone) {
-                return;
+                return false;
             }
         }
     }
+    true
 }
 
 /// The answer: the chunks it says are missing first (from the store),
@@ -428,8 +470,18 @@ async fn finish(s: &AppState, store: &mut Store, caller: &mut Caller, reply: Env
     let (missing, reset) = caller.order.answer(reply.attempt, reply.last_seq);
     if missing {
         let last = reply.last_seq.unwrap_or(0);
-        catch_up(s, store, caller, reply.attempt, last).await;
-        if caller.order.answer(reply.attempt, reply.last_seq).0 {
+        if !catch_up(s, store, caller, reply.attempt, last).await {
+            return;
+        }
+        if !caller.passed(reply.attempt, last) {
+            // Read past while held back (more out of order than the room
+            // for them): once more from the start.
+            store.rewind();
+            if !catch_up(s, store, caller, reply.attempt, last).await {
+                return;
+            }
+        }
+        if !caller.passed(reply.attempt, last) {
             return incomplete(caller, rid).await;
         }
     }
@@ -450,7 +502,7 @@ async fn replay(
     s: &AppState,
     it: &InterfacePlan,
     store: &mut Store,
-    first: Vec<Envelope>,
+    first: Page,
     caller: &mut Caller,
     job: &JobId,
     rid: &str,
@@ -459,33 +511,31 @@ async fn replay(
     let mut pause = Duration::from_millis(10);
     let mut quiet = Duration::ZERO;
     loop {
-        let got_any = !page.is_empty();
-        for env in page {
+        let got_any = !page.entries.is_empty();
+        let more = page.full;
+        for env in page.entries {
             if env.is_chunk() {
                 if matches!(caller.offer(env).await, Offered::Gone) {
                     return;
                 }
                 continue;
             }
-            // The store is read in order: a chunk the answer counts and
-            // the store does not hold is not coming.
-            if caller.order.answer(env.attempt, env.last_seq).0 {
-                return incomplete(caller, rid).await;
-            }
-            let (_, reset) = caller.order.answer(env.attempt, env.last_seq);
-            if reset
-                && !caller
-                    .out
-                    .event("reset", None, &json!({"attempt": env.attempt}))
-                    .await
-            {
-                return;
-            }
-            return caller.answer(env, rid).await;
+            // Everything before the answer is in the store: what it
+            // counts and the caller has not had is held back or missing.
+            return finish(s, store, caller, env, rid).await;
         }
         if got_any {
             pause = Duration::from_millis(10);
             quiet = Duration::ZERO;
+        }
+        if more {
+            // Not caught up yet: the next page at once.
+            page = match store.page(s).await {
+                Ok(Some(page)) => page,
+                Ok(None) => return expired(caller, rid).await,
+                Err(_) => Page::default(),
+            };
+            continue;
         }
         if now_ms() > job.deadline().saturating_add(skew_ms(s)) {
             return caller.error(&timed_out(it.timeout, rid)).await;
@@ -501,22 +551,24 @@ async fn replay(
         pause = (pause * 2).min(POLL_AT_MOST);
         page = match store.page(s).await {
             Ok(Some(page)) => page,
-            // Expired under the reader: the answer is gone with it.
-            Ok(None) => {
-                let gone = ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "the stream expired (results.ttl)",
-                    rid,
-                );
-                return caller.error(&gone).await;
-            }
+            Ok(None) => return expired(caller, rid).await,
             Err(e) => {
                 tracing::debug!(error = %e, "stream store read failed; reading again");
-                vec![]
+                Page::default()
             }
         };
     }
+}
+
+/// The store expired under its reader: the answer is gone with it.
+async fn expired(caller: &mut Caller, rid: &str) {
+    let gone = ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "the stream expired (results.ttl)",
+        rid,
+    );
+    caller.error(&gone).await;
 }
 
 /// The chunks the answer counts are not in the store: it expired, or a
@@ -532,12 +584,22 @@ async fn incomplete(caller: &mut Caller, rid: &str) {
     caller.error(&e).await;
 }
 
+/// One page of a store: the entries that verified, and whether the read
+/// was full (more may follow at once).
+#[derive(Default)]
+struct Page {
+    entries: Vec<Envelope>,
+    full: bool,
+}
+
 /// The verified entries of a stream's store, page by page.
 struct Store {
     stream: String,
     address: String,
     cursor: Option<String>,
     senders: ReplySenders,
+    /// The first answer read (pages read to catch up pass it by).
+    answer: Option<Envelope>,
 }
 
 impl Store {
@@ -547,12 +609,35 @@ impl Store {
             address: address.to_string(),
             cursor: None,
             senders: ReplySenders::of(it),
+            answer: None,
         }
+    }
+
+    /// Reads from the start again.
+    fn rewind(&mut self) {
+        self.cursor = None;
+    }
+
+    /// The answer, if the store holds one: read on to the end, passing the
+    /// chunks met on to `caller`.
+    async fn answer(&mut self, s: &AppState, caller: &mut Caller) -> Option<Envelope> {
+        while self.answer.is_none() {
+            let page = match self.page(s).await {
+                Ok(Some(page)) if !page.entries.is_empty() || page.full => page,
+                _ => break,
+            };
+            for env in page.entries {
+                if env.is_chunk() && matches!(caller.offer(env).await, Offered::Gone) {
+                    return None;
+                }
+            }
+        }
+        self.answer.take()
     }
 
     /// The next entries that verify and come from a group that may send
     /// them; `None` when the store does not exist.
-    async fn page(&mut self, s: &AppState) -> Result<Option<Vec<Envelope>>, BackendError> {
+    async fn page(&mut self, s: &AppState) -> Result<Option<Page>, BackendError> {
         let Some(got) = s
             .replies
             .read_after(&self.stream, self.cursor.as_deref(), ROOM)
@@ -560,16 +645,24 @@ impl Store {
         else {
             return Ok(None);
         };
-        let mut out = Vec::with_capacity(got.len());
+        let mut page = Page {
+            entries: Vec::with_capacity(got.len()),
+            full: got.len() == ROOM,
+        };
         for (id, entry) in got {
             self.cursor = Some(id);
             match s.verifier.verify_stored_reply(&entry, &self.address).await {
-                Ok(r) if self.senders.accepts(&r.from, &r.envelope) => out.push(r.envelope),
+                Ok(r) if self.senders.accepts(&r.from, &r.envelope) => {
+                    if !r.envelope.is_chunk() && self.answer.is_none() {
+                        self.answer = Some(r.envelope.clone());
+                    }
+                    page.entries.push(r.envelope);
+                }
                 Ok(_) => s.verifier.count_rejection(Rejection::WrongSender),
                 Err(e) => tracing::debug!(error = %e, "stored chunk refused"),
             }
         }
-        Ok(Some(out))
+        Ok(Some(page))
     }
 }
 
@@ -589,6 +682,8 @@ struct Caller {
     out: Out,
     order: Order,
     held: BTreeMap<(u32, u64), Envelope>,
+    /// The last event (result or error) was written.
+    ended: bool,
 }
 
 impl Caller {
@@ -597,6 +692,7 @@ impl Caller {
             out,
             order,
             held: BTreeMap::new(),
+            ended: false,
         }
     }
 
@@ -640,6 +736,12 @@ impl Caller {
         }
     }
 
+    /// Whether chunk `seq` of `attempt` has been passed on (or is
+    /// superseded).
+    fn passed(&self, attempt: u32, seq: u64) -> bool {
+        seq == 0 || self.order.clone().chunk(attempt, seq) == Take::Skip
+    }
+
     async fn write(&mut self, reset: bool, chunk: &Envelope) -> bool {
         if reset
             && !self
@@ -656,15 +758,14 @@ impl Caller {
     /// The final event: the answer's result or its error.
     async fn answer(&mut self, reply: Envelope, rid: &str) {
         match reply.error {
-            None => {
-                self.out.event("result", None, &reply.payload).await;
-            }
+            None => self.ended = self.out.event("result", None, &reply.payload).await,
             Some(e) => self.error(&from_reply(e, rid)).await,
         }
     }
 
     async fn error(&mut self, e: &ApiError) {
-        self.out
+        self.ended = self
+            .out
             .event("error", None, &json!({"error": e.to_object()}))
             .await;
     }

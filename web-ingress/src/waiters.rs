@@ -44,9 +44,12 @@ impl ReplySenders {
         }
     }
 
-    /// Whether `reply`, signed by group `from`, may complete the waiter.
+    /// Whether `reply`, signed by group `from`, may complete the waiter;
+    /// a chunk only when `from` answers (a chunk is part of an answer,
+    /// whatever else it carries).
     pub fn accepts(&self, from: &str, reply: &Envelope) -> bool {
-        self.answers.contains(from) || (reply.error.is_some() && self.errors.contains(from))
+        self.answers.contains(from)
+            || (!reply.is_chunk() && reply.error.is_some() && self.errors.contains(from))
     }
 }
 
@@ -284,6 +287,13 @@ mod tests {
         let w = Waiters::default();
         let (mut guard, mut chunks) = w.register_streamed("s1", senders(), 2);
         assert_eq!(w.complete(chunk("s1", 1), "io"), Delivered::Chunk);
+        let mut failing = chunk("s1", 2);
+        failing.error = Some(sluice_platform::ReplyError::new("node_failed", "no"));
+        assert_eq!(
+            w.complete(failing, "cpu"),
+            Delivered::WrongSender,
+            "a chunk carrying an error is still a chunk"
+        );
         assert_eq!(
             w.complete(chunk("s1", 2), "cpu"),
             Delivered::WrongSender,

@@ -1,27 +1,29 @@
-//! The WebSocket benchmark's two halves (run by `scripts/bench-websocket`):
+//! The streaming benchmarks' halves (run by `scripts/bench-websocket` and
+//! `scripts/bench-sse`):
 //!
-//! - `echo`: the reference, a bare axum WebSocket server that writes every
-//!   text message back as it came — the upper bound of any WebSocket
-//!   ingress on the machine.
-//! - `load`: opens connections, keeps a window of messages in flight on
-//!   each (a new one per answer), and prints answers per second, latency
-//!   percentiles and how many answers were errors.
+//! - `echo`: the WebSocket reference, a bare axum WebSocket server that
+//!   writes every text message back as it came — the upper bound of any
+//!   WebSocket ingress on the machine.
+//! - `load`: opens WebSocket connections, keeps a window of messages in
+//!   flight on each (a new one per answer), and prints answers per second,
+//!   latency percentiles and how many answers were errors.
+//! - `sse-echo`: the SSE reference, a bare axum server that streams each
+//!   item of a POSTed array back as a Server-Sent Event, then a result.
+//! - `sse-load`: streams one POST after another on each connection and
+//!   prints chunks per second and stream latency percentiles.
 //!
 //! Measures; asserts nothing. Not part of the product.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+mod sse;
+mod websocket;
 
-use anyhow::{bail, Context};
-use axum::extract::ws::{Message as AxumMessage, WebSocket, WebSocketUpgrade};
-use axum::routing::get;
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
-use futures::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser)]
-#[command(about = "WebSocket benchmark: a bare echo server and a load generator")]
+#[command(about = "WebSocket and SSE benchmarks: bare reference servers and load generators")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,6 +57,30 @@ enum Command {
         #[arg(long, default_value = r#"{"input": {"name": "benchmark"}}"#)]
         message: String,
     },
+    /// Serve `POST /stream` (SSE): each item of the JSON array in the body
+    /// is one `chunk` event, then a `result` event with their count.
+    SseEcho {
+        /// Address to listen on (loopback only).
+        #[arg(long, default_value = "127.0.0.1:8091")]
+        listen: SocketAddr,
+    },
+    /// Load an SSE endpoint and print the chunks per second it sustained.
+    SseLoad {
+        /// `http://host:port/path`.
+        #[arg(long)]
+        url: String,
+        /// Connections, each streaming one POST after another.
+        #[arg(long, default_value_t = 64)]
+        conns: usize,
+        /// Seconds of measurement, after `--warmup` seconds unmeasured.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// The body of every POST.
+        #[arg(long)]
+        body: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,7 +89,21 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Echo { listen } => rt.block_on(echo(listen)),
+        Command::Echo { listen } => rt.block_on(websocket::echo(listen)),
+        Command::SseEcho { listen } => rt.block_on(sse::echo(listen)),
+        Command::SseLoad {
+            url,
+            conns,
+            duration,
+            warmup,
+            body,
+        } => rt.block_on(sse::load(
+            url,
+            conns,
+            Duration::from_secs(warmup),
+            Duration::from_secs(duration),
+            body,
+        )),
         Command::Load {
             url,
             conns,
@@ -71,7 +111,7 @@ fn main() -> anyhow::Result<()> {
             duration,
             warmup,
             message,
-        } => rt.block_on(load(
+        } => rt.block_on(websocket::load(
             url,
             conns,
             window,
@@ -82,134 +122,11 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn echo(listen: SocketAddr) -> anyhow::Result<()> {
-    if !listen.ip().is_loopback() {
-        bail!("--listen {listen}: the benchmark binds loopback only");
+/// The `p` quantile of sorted microseconds, in milliseconds.
+fn percentile(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
     }
-    let app = axum::Router::new().route(
-        "/echo",
-        get(|ws: WebSocketUpgrade| async { ws.on_upgrade(echo_socket) }),
-    );
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    axum::serve(listener, app).await?;
-    Ok(())
-}
-
-async fn echo_socket(mut socket: WebSocket) {
-    while let Some(Ok(m)) = socket.recv().await {
-        if let AxumMessage::Text(t) = m {
-            if socket.send(AxumMessage::Text(t)).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// What one connection saw in the measured window.
-#[derive(Default)]
-struct Seen {
-    answers: u64,
-    errors: u64,
-    latencies_us: Vec<u32>,
-}
-
-async fn load(
-    url: String,
-    conns: usize,
-    window: usize,
-    warmup: Duration,
-    duration: Duration,
-    message: String,
-) -> anyhow::Result<()> {
-    if conns == 0 || window == 0 {
-        bail!("--conns and --window must be at least 1");
-    }
-    let start = Instant::now() + Duration::from_millis(200);
-    let measure_from = start + warmup;
-    let measure_to = measure_from + duration;
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .with_context(|| format!("connect {url}"))?;
-        let message = message.clone();
-        tasks.push(tokio::spawn(async move {
-            drive(socket, window, message, start, measure_from, measure_to).await
-        }));
-    }
-    let mut total = Seen::default();
-    for t in tasks {
-        let seen = t.await??;
-        total.answers += seen.answers;
-        total.errors += seen.errors;
-        total.latencies_us.extend(seen.latencies_us);
-    }
-    total.latencies_us.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        let l = &total.latencies_us;
-        if l.is_empty() {
-            return 0.0;
-        }
-        let i = ((l.len() as f64 * p) as usize).min(l.len() - 1);
-        f64::from(l[i]) / 1000.0
-    };
-    println!(
-        "messages/s {:.0} p50_ms {:.2} p99_ms {:.2} errors {} answers {}",
-        total.answers as f64 / duration.as_secs_f64(),
-        pct(0.50),
-        pct(0.99),
-        total.errors,
-        total.answers
-    );
-    Ok(())
-}
-
-/// Keeps `window` messages in flight on one socket until `to`; answers on
-/// one socket come back in the order sent (an echo, an ordered interface).
-async fn drive(
-    socket: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    window: usize,
-    message: String,
-    start: Instant,
-    from: Instant,
-    to: Instant,
-) -> anyhow::Result<Seen> {
-    let (mut tx, mut rx) = socket.split();
-    tokio::time::sleep_until(start.into()).await;
-    let mut sent: VecDeque<Instant> = VecDeque::with_capacity(window);
-    let mut seen = Seen::default();
-    for _ in 0..window {
-        tx.send(Message::text(message.clone())).await?;
-        sent.push_back(Instant::now());
-    }
-    while let Some(frame) = rx.next().await {
-        let Message::Text(text) = frame? else {
-            continue;
-        };
-        let now = Instant::now();
-        let at = sent
-            .pop_front()
-            .context("an answer to a message never sent")?;
-        if now >= from && now < to {
-            seen.answers += 1;
-            if text.as_str().contains(r#""error""#) {
-                seen.errors += 1;
-            }
-            let us = now.duration_since(at).as_micros();
-            seen.latencies_us
-                .push(u32::try_from(us).unwrap_or(u32::MAX));
-        }
-        if now >= to {
-            if sent.is_empty() {
-                break;
-            }
-            continue;
-        }
-        tx.send(Message::text(message.clone())).await?;
-        sent.push_back(Instant::now());
-    }
-    let _ = tx.close().await;
-    Ok(seen)
+    let i = ((sorted_us.len() as f64 * p) as usize).min(sorted_us.len() - 1);
+    f64::from(sorted_us[i]) / 1000.0
 }
