@@ -220,6 +220,12 @@ async fn chunks_arrive_in_order_then_the_result_in_both_formats() {
         ]
     );
 
+    // A streaming node with a `next` does not answer: its chunks go
+    // nowhere, and the node after it answers.
+    let events =
+        sse_events(&post(&ingress, "/v1/relayed", &json!({"words": ["x", "y"]}), &[]).await);
+    assert_eq!(events[1..], [plain("result", json!({"counted": 2}))]);
+
     // On an http interface a streaming node answers with its output only.
     let answer = post(&ingress, "/v1/plain", &json!({"words": ["x", "y"]}), &[]).await;
     assert_eq!(
@@ -379,5 +385,59 @@ async fn an_sse_interface_refuses_what_it_does_not_serve() {
     let out = post(&ingress, "/v1/words", &json!({"words": "no"}), &[]).await;
     let events = sse_events(&out);
     assert_eq!(events.last().unwrap().data["error"]["code"], "node_failed");
+    stop(ingress).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_stops_reading_is_ended_at_the_deadline() {
+    let (ingress, _) = start().await;
+    // A POST whose answer is many large chunks, by a caller that never
+    // reads: the writes block once the socket's buffers are full. Up to
+    // 2,000 chunks of 20 KB (the node is stopped at 16 MB): more than the
+    // buffers hold.
+    let body = json!({"n": 2_000, "size": 20_000}).to_string();
+    let mut tcp = tokio::net::TcpStream::connect(ingress.local_addr())
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/stalled HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, head.as_bytes())
+        .await
+        .expect("send");
+    // The interface takes one stream at a time: held by the stalled one.
+    let u = url(ingress.local_addr(), "/v1/stalled");
+    let small = json!({"n": 1, "size": 1}).to_string();
+    let status = |out: String| out.lines().next().unwrap_or_default().to_string();
+    common::eventually(
+        Duration::from_secs(5),
+        "the stalled stream holds the slot",
+        || {
+            let (u, small) = (u.clone(), small.clone());
+            async move {
+                let s = status(curl(&["-i", "-d", &small, &u]).await);
+                s.contains("429").then_some(())
+            }
+        },
+    )
+    .await;
+    // Its deadline (1 s) passes, and a little after (time to write its
+    // last event) the stream ends and gives the slot back.
+    let waited = std::time::Instant::now();
+    common::eventually(Duration::from_secs(10), "the slot comes back", || {
+        let (u, small) = (u.clone(), small.clone());
+        async move {
+            let s = status(curl(&["-i", "-d", &small, &u]).await);
+            s.contains("200").then_some(())
+        }
+    })
+    .await;
+    let waited = waited.elapsed();
+    assert!(
+        waited > Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "held until the deadline and a little after, not forever: {waited:?}"
+    );
+    drop(tcp);
     stop(ingress).await;
 }
