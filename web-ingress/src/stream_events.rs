@@ -270,7 +270,9 @@ mod tests {
             (false, true),
             "attempt 2 sent none: reset"
         );
-        assert_eq!(o.answer(1, Some(9)), (false, false), "stale attempt");
+        assert_eq!(o.answer(1, Some(9)), (true, false), "7 chunks to come");
+        assert_eq!(o.chunk(2, 1), Take::Emit { reset: true });
+        assert_eq!(o.answer(1, Some(9)), (false, false), "a superseded attempt");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Cleartext HTTP/2 (prior knowledge) on the same port as HTTP/1.1, with
-//! clients that are not ours: curl, and the `h2` crate driven frame by frame
+//! clients that are not ours: curl, h2load for many multiplexed requests,
+//! and the `h2` crate driven frame by frame
 //! for what curl will not do (header floods, rapid resets, idling, a
 //! trickled preface). Each test asserts the exact answer and that honest
 //! callers are still served afterwards.
@@ -296,4 +297,42 @@ async fn a_drain_answers_the_http2_requests_in_flight() {
     // The server ended the connection (GOAWAY) as it stopped.
     let ended = tokio::time::timeout(PATIENCE, conn).await;
     assert!(ended.is_ok(), "the connection outlived the drain");
+}
+
+/// h2load (nghttp2) by prior knowledge: 2,000 POSTs on 4 connections, 16
+/// streams in flight on each, through two worker groups. Every one must
+/// be answered 2xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2load_gets_every_multiplexed_request_answered() {
+    let cfg = common::config(&common::pipeline("two-hops.yaml"));
+    let ingress = sluice_web_ingress::start(cfg)
+        .await
+        .expect("the ingress starts");
+    let dir = std::env::temp_dir().join(format!("sluice-h2load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let body = dir.join("body.json");
+    std::fs::write(&body, r#"{"n":1}"#).expect("write the body");
+    let out = Command::new("h2load")
+        .args(["-n", "2000", "-c", "4", "-m", "16", "-T", "10"])
+        .args(["-H", "content-type: application/json", "-d"])
+        .arg(&body)
+        .arg(url(ingress.local_addr(), "/v1/hops"))
+        .output()
+        .await
+        .expect("h2load runs (scripts/test installs nghttp2-client)");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("2000 done, 2000 succeeded, 0 failed, 0 errored, 0 timeout"),
+        "{text}"
+    );
+    assert!(
+        text.contains("status codes: 2000 2xx, 0 3xx, 0 4xx, 0 5xx"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Application protocol: h2c"),
+        "spoken over cleartext HTTP/2: {text}"
+    );
 }

@@ -181,7 +181,8 @@ mod tests {
                 "builtin/echo",
                 "builtin/http",
                 "builtin/json-map",
-                "builtin/route"
+                "builtin/route",
+                "builtin/split",
             ]
         );
     }
