@@ -462,7 +462,98 @@ async fn helm_install_and_uninstall_against_the_stand_in() -> anyhow::Result<()>
             "streampipelines.sluice.dev"
         )?
         .is_some(),
-        "helm uninstall deleted the CRD from crds/ (Helm never does)"
+        "helm uninstall deleted the CRD (it is kept: helm.sh/resource-policy: keep)"
     );
+    Ok(())
+}
+
+/// `helm upgrade` to a chart whose CRD changed upgrades the CRD: the chart
+/// renders it as a template, not from `crds/` (which Helm never upgrades).
+#[tokio::test(flavor = "multi_thread")]
+async fn helm_upgrade_upgrades_the_crd_against_the_stand_in() -> anyhow::Result<()> {
+    let (sim, home) = helm_installed().await?;
+    let crd = |sim: &cluster_sim::ClusterSimHandle| {
+        sim.get_object(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            None,
+            "streampipelines.sluice.dev",
+        )
+    };
+    let columns = |crd: &Value| -> Vec<String> {
+        crd["spec"]["versions"][0]["additionalPrinterColumns"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = crd(&sim)?.context("the CRD is installed")?;
+    ensure!(
+        before["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep",
+        "the CRD is not kept on uninstall: {}",
+        before["metadata"]
+    );
+    ensure!(!columns(&before).contains(&"Generation".to_string()));
+    // The next chart: this one with one more printer column in its CRD.
+    let next = tempfile::tempdir()?;
+    let chart = next.path().join("sluice");
+    let root = chart_support::workspace_root();
+    copy_dir(&root.join("helm/sluice"), &chart)?;
+    let file = chart.join("files/streampipeline.yaml");
+    let text = std::fs::read_to_string(&file)?;
+    let changed = text.replacen(
+        "  - additionalPrinterColumns:\n",
+        "  - additionalPrinterColumns:\n    - jsonPath: .metadata.generation\n      name: Generation\n      type: integer\n",
+        1,
+    );
+    ensure!(
+        changed != text,
+        "no printer columns to add to in {}",
+        file.display()
+    );
+    std::fs::write(&file, changed)?;
+    let chart_arg = chart.to_string_lossy().to_string();
+    let out = helm_against(
+        sim.kubeconfig_path(),
+        home.path(),
+        &[
+            "upgrade",
+            "sluice",
+            &chart_arg,
+            "-n",
+            RELEASE_NS,
+            "--reuse-values",
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "helm upgrade failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = crd(&sim)?.context("the CRD is still there")?;
+    ensure!(
+        columns(&after).contains(&"Generation".to_string()),
+        "helm upgrade did not upgrade the CRD: columns {:?}",
+        columns(&after)
+    );
+    Ok(())
+}
+
+/// Copies a directory tree (the chart) file by file.
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
     Ok(())
 }
