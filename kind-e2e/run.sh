@@ -12,7 +12,7 @@
 #      each into the nodes from a `docker save` archive;
 #   3. create $NAMESPACE and an unwatched namespace, helm install the chart
 #      with those images watching $NAMESPACE (the chart is namespaced by
-#      default), wait for the operator; its ServiceAccount may get Secrets in
+#      default), wait for the operator and run `helm test`; its ServiceAccount may get Secrets in
 #      $NAMESPACE and nowhere else;
 #   4. apply every example (hello, orders, orders-redis, websocket, graphql,
 #      streaming, custom-worker), wait for Ready; hello applied in the
@@ -32,8 +32,9 @@
 #  10. autoscaling: a burst of slow requests scales group io up, and back down
 #      to its minimum when the backlog is gone;
 #  11. delete orders-redis: every owned object is gone, its Redis claim is kept;
-#  12. helm upgrade with a changed CRD (applied first, as the chart's README
-#      says): the new column is served, the new operator takes over, the
+#  12. helm upgrade with a changed CRD (the chart renders the CRD, so the
+#      upgrade upgrades it) and helm test again: the new column is served, the
+#      new operator takes over, the
 #      pipelines' workloads are not touched;
 #  13. clean-up: delete the pipelines, helm uninstall, delete the CRD; what is
 #      left in the namespaces must be what is kept on purpose (the managed Redis
@@ -437,6 +438,9 @@ helm install "$RELEASE" helm/sluice --namespace "$OPERATOR_NS" --create-namespac
   --set logFormat=text --set autoscaleInterval=3s \
   --set keyPropagation="${KEY_PROPAGATION}s" --set requeueInterval="${REQUEUE_INTERVAL}s"
 kubectl rollout status -n "$OPERATOR_NS" deployment/sluice-operator --timeout="$TIMEOUT"
+# The chart's own test: the operator Available, the StreamPipeline API served.
+helm test "$RELEASE" --namespace "$OPERATOR_NS" --timeout "$TIMEOUT" ||
+  die "helm test $RELEASE failed"
 
 log "the operator's Secret access ends at its watched namespaces"
 # can-i exits 0 for yes, 1 for no.
@@ -736,6 +740,9 @@ old_operator_pods="$(kubectl get pods -n "$OPERATOR_NS" -l app.kubernetes.io/nam
 helm upgrade "$RELEASE" "$next_chart" --namespace "$OPERATOR_NS" --reuse-values --set logLevel=debug
 kubectl wait --for=condition=Established "crd/$CRD" --timeout="$TIMEOUT"
 kubectl rollout status -n "$OPERATOR_NS" deployment/sluice-operator --timeout="$TIMEOUT"
+# The chart's own test: the operator Available, the StreamPipeline API served.
+helm test "$RELEASE" --namespace "$OPERATOR_NS" --timeout "$TIMEOUT" ||
+  die "helm test $RELEASE failed"
 [ "$(kubectl get deployment -n "$OPERATOR_NS" sluice-operator -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="RUST_LOG")].value}')" = debug ] ||
   die "helm upgrade did not reach the operator (RUST_LOG is not debug)"
 operator_pod_gone() { ! kubectl get -n "$OPERATOR_NS" "$1" -o name >/dev/null 2>&1; }

@@ -59,6 +59,14 @@ pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_secs(5);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 pub const DEFAULT_AUTOSCALE_INTERVAL: Duration = Duration::from_secs(15);
 
+/// What `sluice-operator` does besides reconciling.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Check that the operator is available and the StreamPipeline API is
+    /// served (the chart's `helm test`); exits 0 when both hold, 1 otherwise
+    Check(crate::check::CheckArgs),
+}
+
 /// Reconciles StreamPipeline resources into the workloads that run them.
 ///
 /// Connects to Kubernetes the standard way: KUBECONFIG, ~/.kube/config, or
@@ -67,6 +75,10 @@ pub const DEFAULT_AUTOSCALE_INTERVAL: Duration = Duration::from_secs(15);
 #[derive(Debug, Default, Parser)]
 #[command(name = "sluice-operator", version, about, long_about = None)]
 pub struct Cli {
+    /// Instead of running the controller: another task.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Namespaces to watch, comma separated; empty watches all namespaces
     /// (needs a ClusterRole) [env: SLUICE_NAMESPACES] [default: all]
     #[arg(long, value_name = "NS,..")]

@@ -63,6 +63,7 @@
 pub mod apply;
 pub mod autoscale;
 pub mod cache;
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod controller;

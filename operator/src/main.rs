@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use sluice_operator::config::{Cli, Config, LogFormat};
+use sluice_operator::config::{Cli, Command, Config, LogFormat};
 use sluice_operator::run::RunError;
 
 async fn shutdown_signal() {
@@ -39,6 +39,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Check(args)) = &cli.command {
+        return match sluice_operator::check::check(args).await {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice-operator check: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

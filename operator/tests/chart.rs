@@ -325,11 +325,81 @@ async fn reconciles_every_example_with_the_charts_rbac(docs: Vec<Value>) -> anyh
     if let Ok(Some(status)) = op.child.try_wait() {
         bail!("sluice-operator exited: {status}");
     }
+    helm_test_passes(&sim, &docs).await?;
     let _ = op.child.kill().await;
     eprintln!(
         "{} decisions for {user}, none denied; total {:?}",
         decisions.len(),
         started.elapsed()
+    );
+    Ok(())
+}
+
+/// The chart's `helm test` pod, run as its container would run: the
+/// operator binary with the pod's arguments and its ServiceAccount's
+/// token, under the stand-in's RBAC. It must pass, and fail (bounded) for a
+/// Deployment that is not there.
+async fn helm_test_passes(
+    sim: &cluster_sim::ClusterSimHandle,
+    docs: &[Value],
+) -> anyhow::Result<()> {
+    let pod = docs
+        .iter()
+        .find(|d| d["kind"] == "Pod" && d["metadata"]["annotations"]["helm.sh/hook"] == "test")
+        .context("no helm test pod rendered")?;
+    let sa = pod["spec"]["serviceAccountName"]
+        .as_str()
+        .context("the test pod names no ServiceAccount")?;
+    let args: Vec<String> = pod["spec"]["containers"][0]["args"]
+        .as_array()
+        .context("the test pod has no args")?
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    let kubeconfig = sim.service_account_kubeconfig(RELEASE_NS, sa)?;
+    let run = |args: Vec<String>| {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(150),
+                tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-operator"))
+                    .env_clear()
+                    .env("KUBECONFIG", &kubeconfig)
+                    .args(&args)
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await
+            .context("sluice-operator check did not end")?
+            .context("running sluice-operator check")
+        }
+    };
+    let out = run(args.clone()).await?;
+    ensure!(
+        out.status.success(),
+        "helm test failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        report.starts_with("ok: deployment sluice-system/sluice-operator available"),
+        "{report}"
+    );
+    let mut wrong: Vec<String> = args
+        .into_iter()
+        .filter(|a| !a.starts_with("--deployment=") && !a.starts_with("--timeout="))
+        .collect();
+    wrong.extend(["--deployment=nothing-here".into(), "--timeout=3s".into()]);
+    let out = run(wrong).await?;
+    ensure!(
+        out.status.code() == Some(1),
+        "a check of a missing Deployment passed: {out:?}"
+    );
+    let why = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        why.contains("not ready after 3s") && why.contains("nothing-here"),
+        "{why}"
     );
     Ok(())
 }

@@ -157,6 +157,8 @@ pub fn check_typed(o: &Value) -> anyhow::Result<()> {
         ("apps/v1", "Deployment") => round_trip::<Deployment>(&original),
         ("v1", "ServiceAccount") => round_trip::<ServiceAccount>(&original),
         ("v1", "Service") => round_trip::<Service>(&original),
+        // The `helm test` hook.
+        ("v1", "Pod") => round_trip::<k8s_openapi::api::core::v1::Pod>(&original),
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => round_trip::<ClusterRole>(&original),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
             round_trip::<ClusterRoleBinding>(&original)
