@@ -587,7 +587,9 @@ victim="$(ready_pods_of orders-redis cpu | head -n 1)"
 echo "deleting pod $victim (grace period 0)"
 kubectl delete pod -n "$NAMESPACE" "$victim" --grace-period=0 --force --wait=false
 wait_for "$timeout_s" "a replacement of $victim (2 Ready cpu worker pods)" ready_count_is orders-redis cpu 2
-if ready_pods_of orders-redis cpu | grep -qx "$victim"; then die "$victim is still counted Ready"; fi
+# Captured first: `grep -q` ending the pipe early must not fail it.
+ready_now="$(ready_pods_of orders-redis cpu)"
+if grep -qx "$victim" <<<"$ready_now"; then die "$victim is still counted Ready"; fi
 # A little more load on the replacement, then the count.
 answered="$(wc -l <"$load_dir/ok")"
 wait_for 60 "answers after the replacement" load_answered $((answered + 20))
@@ -689,9 +691,10 @@ io_scaled_up() {
 scaled=""
 wait_for 90 "orders-redis-io to scale up under a backlog" io_scaled_up
 for pid in "${burst_pids[@]}"; do wait "$pid" || true; done
-kubectl get streampipeline -n "$NAMESPACE" orders-redis \
-  -o jsonpath='{.status.groups[?(@.name=="io")].lastScale.reason}' | grep -q backlog ||
-  die "no lastScale with a backlog reason in the status of orders-redis"
+reason="$(kubectl get streampipeline -n "$NAMESPACE" orders-redis \
+  -o jsonpath='{.status.groups[?(@.name=="io")].lastScale.reason}')"
+[[ $reason == *backlog* ]] ||
+  die "no lastScale with a backlog reason in the status of orders-redis (got: $reason)"
 echo "ok  io scaled up to $scaled replicas under a backlog"
 wait_for "$timeout_s" "orders-redis-io to scale back down to 1 replica" deployment_replicas_is orders-redis-io 1
 echo "ok  io scaled back down to 1 replica"
@@ -707,8 +710,10 @@ left=""
 owned=""
 for _ in $(seq 1 $((timeout_s / 2))); do
   left="$(kubectl get "$kinds" -n "$NAMESPACE" -l sluice.dev/pipeline=orders-redis -o name 2>/dev/null)"
-  owned="$(kubectl get "$kinds,persistentvolumeclaims" -n "$NAMESPACE" -o json |
-    grep -c "\"uid\": \"$uid\"" || true)"
+  # The listing first, failing loudly: a failed get must not read as "none".
+  listing="$(kubectl get "$kinds,persistentvolumeclaims" -n "$NAMESPACE" -o json)" ||
+    die "cannot list the namespace $NAMESPACE"
+  owned="$(grep -c "\"uid\": \"$uid\"" <<<"$listing" || true)"
   [ -z "$left" ] && [ "$owned" = 0 ] && break
   sleep 2
 done
