@@ -22,6 +22,7 @@
 //! travels in the signed envelope) … worker spans … → `receive reply`
 //! (consumer, from the moment the worker signed the reply).
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +33,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Extension, Json, Router};
 use sluice_crds::{InterfaceKind, InterfacePlan};
 use sluice_platform::clock::now_ms;
@@ -55,88 +56,91 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     for it in &state.plan.interfaces {
-        if it.kind == InterfaceKind::Graphql {
-            let name = it.name.clone();
-            r = r.route(
+        let name = it.name.as_str();
+        r = match it.kind {
+            InterfaceKind::Graphql => r.route(
                 &it.path,
-                post(
-                    move |State(s): State<Arc<AppState>>, req: Request| async move {
-                        crate::graphql::handle(s, &name, req).await
-                    },
-                )
-                .fallback(|req| method_not_allowed(req, TAKES_GRAPHQL)),
-            );
-            continue;
-        }
-        if it.kind == InterfaceKind::Sse {
-            let name = it.name.clone();
-            r = r.route(
-                &it.path,
-                post(
-                    move |State(s): State<Arc<AppState>>, req: Request| async move {
+                post_to(name, TAKES_GRAPHQL, |s, name, req| async move {
+                    crate::graphql::handle(s, &name, req).await
+                }),
+            ),
+            InterfaceKind::Sse => r
+                .route(
+                    &it.path,
+                    post_to(name, TAKES_POST, |s, name, req| async move {
                         sse::post(s, &name, req).await
-                    },
+                    }),
                 )
-                .fallback(|req| method_not_allowed(req, TAKES_POST)),
-            );
-            let name = it.name.clone();
-            r = r.route(
-                &sse::events_route(it),
-                get(
-                    move |State(s): State<Arc<AppState>>,
-                          id: Result<Path<String>, PathRejection>,
-                          headers: HeaderMap| async move {
-                        let id = id.map(|Path(id)| id).unwrap_or_default();
+                .route(
+                    &sse::events_route(it),
+                    get_by_id(name, TAKES_EVENTS, |s, name, id, headers| async move {
                         sse::resume(s, &name, &id, &headers).await
-                    },
+                    }),
+                ),
+            InterfaceKind::Websocket => {
+                let name = it.name.clone();
+                r.route(
+                    &it.path,
+                    get(
+                        move |State(s): State<Arc<AppState>>,
+                              ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+                              hold: Option<Extension<ConnectionHold>>,
+                              headers: HeaderMap| async move {
+                            let hold = hold.map(|Extension(h)| h);
+                            websocket::upgrade(s, name, ws.ok(), headers, hold).await
+                        },
+                    )
+                    .fallback(|req| method_not_allowed(req, TAKES_WEBSOCKET)),
                 )
-                .fallback(|req| method_not_allowed(req, TAKES_EVENTS)),
-            );
-            continue;
-        }
-        if it.kind == InterfaceKind::Websocket {
-            let name = it.name.clone();
-            r = r.route(
-                &it.path,
-                get(
-                    move |State(s): State<Arc<AppState>>,
-                          ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-                          hold: Option<Extension<ConnectionHold>>,
-                          headers: HeaderMap| async move {
-                        let hold = hold.map(|Extension(h)| h);
-                        websocket::upgrade(s, name, ws.ok(), headers, hold).await
-                    },
+            }
+            InterfaceKind::Http => r
+                .route(
+                    &it.path,
+                    post_to(name, TAKES_POST, |s, name, req| async move {
+                        handle(s, &name, req).await
+                    }),
                 )
-                .fallback(|req| method_not_allowed(req, TAKES_WEBSOCKET)),
-            );
-            continue;
-        }
-        let name = it.name.clone();
-        r = r.route(
-            &it.path,
-            post(
-                move |State(s): State<Arc<AppState>>, req: Request| async move {
-                    handle(s, &name, req).await
-                },
-            )
-            .fallback(|req| method_not_allowed(req, TAKES_POST)),
-        );
-        let name = it.name.clone();
-        r = r.route(
-            &async_answers::route(it),
-            get(
-                move |State(s): State<Arc<AppState>>,
-                      id: Result<Path<String>, PathRejection>,
-                      headers: HeaderMap| async move {
-                    // An id that is not even text (`%ff`) is no id: 404.
-                    let id = id.map(|Path(id)| id).unwrap_or_default();
-                    async_answers::fetch(s, &name, &id, &headers).await
-                },
-            )
-            .fallback(|req| method_not_allowed(req, TAKES_POST)),
-        );
+                .route(
+                    &async_answers::route(it),
+                    get_by_id(name, TAKES_POST, |s, name, id, headers| async move {
+                        async_answers::fetch(s, &name, &id, &headers).await
+                    }),
+                ),
+        };
     }
     r.fallback(not_found).with_state(state)
+}
+
+/// `POST` on an interface's path: `serve(state, interface, request)`; any
+/// other method is answered 405 with what the interface `takes`.
+fn post_to<F, Fut>(name: &str, takes: &'static str, serve: F) -> MethodRouter<Arc<AppState>>
+where
+    F: Fn(Arc<AppState>, String, Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    let name = name.to_string();
+    post(move |State(s): State<Arc<AppState>>, req: Request| serve(s, name.clone(), req))
+        .fallback(move |req| method_not_allowed(req, takes))
+}
+
+/// `GET <path>/requests/{id}…`: `serve(state, interface, id, headers)`. An
+/// id that is not even text (`%ff`) is no id: it reaches `serve` empty,
+/// which answers 404.
+fn get_by_id<F, Fut>(name: &str, takes: &'static str, serve: F) -> MethodRouter<Arc<AppState>>
+where
+    F: Fn(Arc<AppState>, String, String, HeaderMap) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    let name = name.to_string();
+    get(
+        move |State(s): State<Arc<AppState>>,
+              id: Result<Path<String>, PathRejection>,
+              headers: HeaderMap| {
+            let id = id.map(|Path(id)| id).unwrap_or_default();
+            serve(s, name.clone(), id, headers)
+        },
+    )
+    .fallback(move |req| method_not_allowed(req, takes))
 }
 
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
