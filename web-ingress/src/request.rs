@@ -1,11 +1,13 @@
-//! What a request brings with it: the caller's request id, and its body
-//! read by its deadline, shape-checked and parsed as JSON. Shared by the
-//! POST, WebSocket and GraphQL routes.
+//! What a request brings with it: the caller's request id, its body read
+//! by its deadline, shape-checked and parsed as JSON, and the server span
+//! that continues the caller's trace. Shared by the POST, SSE, WebSocket
+//! and GraphQL routes.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 use sluice_crds::InterfacePlan;
+use sluice_platform::telemetry::{self, Span};
 
 use crate::body::{self, BodyError};
 use crate::error::ApiError;
@@ -102,4 +104,28 @@ pub fn parse_json(
             rid,
         )
     })
+}
+
+/// The request's server span, continuing the caller's trace when its
+/// `traceparent` header is valid.
+pub(crate) fn server_span(
+    s: &AppState,
+    it: &InterfacePlan,
+    cid: &str,
+    rid: &str,
+    headers: &HeaderMap,
+) -> Span {
+    if !telemetry::enabled() {
+        return Span::none();
+    }
+    // An invalid header starts a new trace (checked once, in Span::start).
+    let parent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let span = Span::start(format!("POST {}", it.path), telemetry::Kind::Server, parent);
+    span.set("http.request.method", "POST");
+    span.set("http.route", it.path.clone());
+    span.set("sluice.pipeline", s.keys.pipeline().to_string());
+    span.set("sluice.interface", it.name.clone());
+    span.set("sluice.correlation_id", cid.to_string());
+    span.set("sluice.request_id", rid.to_string());
+    span
 }

@@ -37,7 +37,7 @@ use axum::routing::{get, post, MethodRouter};
 use axum::{Extension, Json, Router};
 use sluice_crds::{InterfaceKind, InterfacePlan};
 use sluice_platform::clock::now_ms;
-use sluice_platform::telemetry::{self, Span};
+use sluice_platform::telemetry::Span;
 
 use crate::admission::admit_backlog;
 use crate::async_answers;
@@ -45,7 +45,7 @@ use crate::call::{self, Answer, Call};
 use crate::error::{error_response, rate_limited, too_many_requests, unavailable, ApiError};
 use crate::idempotency::{self, ClaimGuard};
 use crate::listener::ConnectionHold;
-use crate::request::{caller_request_id, read_input};
+use crate::request::{caller_request_id, read_input, server_span};
 pub use crate::state::{AppState, Backlog};
 use crate::{sse, websocket};
 
@@ -227,30 +227,6 @@ async fn handle(s: Arc<AppState>, name: &str, req: Request) -> Response {
     // are logged at warn where they happen, with the same request id.
     tracing::debug!(request_id = %rid, interface = %it.name, status, elapsed_ms = elapsed.as_millis() as u64, "request");
     resp
-}
-
-/// The request's server span, continuing the caller's trace when its
-/// `traceparent` header is valid.
-pub(crate) fn server_span(
-    s: &AppState,
-    it: &InterfacePlan,
-    cid: &str,
-    rid: &str,
-    headers: &HeaderMap,
-) -> Span {
-    if !telemetry::enabled() {
-        return Span::none();
-    }
-    // An invalid header starts a new trace (checked once, in Span::start).
-    let parent = headers.get("traceparent").and_then(|v| v.to_str().ok());
-    let span = Span::start(format!("POST {}", it.path), telemetry::Kind::Server, parent);
-    span.set("http.request.method", "POST");
-    span.set("http.route", it.path.clone());
-    span.set("sluice.pipeline", s.keys.pipeline().to_string());
-    span.set("sluice.interface", it.name.clone());
-    span.set("sluice.correlation_id", cid.to_string());
-    span.set("sluice.request_id", rid.to_string());
-    span
 }
 
 async fn serve(

@@ -78,7 +78,7 @@ pub async fn post(s: Arc<AppState>, name: &str, req: Request) -> Response {
     let rid = caller_request_id(req.headers()).unwrap_or_else(|| cid.clone());
     let it = s.interface(name);
     let format = Format::of(req.headers());
-    let span = crate::server::server_span(&s, it, &cid, &rid, req.headers());
+    let span = crate::request::server_span(&s, it, &cid, &rid, req.headers());
     let mut resp = match admit(&s, it, &rid, req).await {
         Err(e) => {
             span.set("error.type", e.code);
