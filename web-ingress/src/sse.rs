@@ -19,47 +19,42 @@
 //! store keeps everything the request's timeout plus `results.ttl`, so a
 //! caller that lost its connection resumes on any ingress pod.
 //!
+//! The caller's side (ordering, holding back, writing) is
+//! `stream_caller`; reading the store is `stream_store`.
+//!
 //! Memory per stream is bounded by counts: 16 chunks waiting for the
 //! caller, 16 held out of order, a 16-entry page of the store, 8 written
 //! events in the response's buffer.
 
-use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use sluice_crds::InterfacePlan;
-use sluice_exec_worker::{ChunkSink, Chunks, NodeError};
+use sluice_exec_worker::Chunks;
 use sluice_platform::clock::now_ms;
 use sluice_platform::telemetry::Span;
-use sluice_platform::{BackendError, Envelope, Rejection};
-use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit};
+use sluice_platform::Envelope;
+use tokio::sync::{Mutex, OwnedSemaphorePermit};
 
 use crate::admission::admit_backlog;
 use crate::async_answers::JobId;
 use crate::call::{self, Answer, Call, Following, Streamed};
 use crate::error::{
-    error_response, from_reply, internal, rate_limited, timed_out, too_many_requests, unavailable,
-    ApiError,
+    error_response, internal, rate_limited, timed_out, too_many_requests, unavailable, ApiError,
 };
 use crate::metrics::InterfaceLabel;
 use crate::request::{caller_request_id, read_input};
 use crate::state::{skew_ms, AppState};
-use crate::stream_events::{chunk_id, parse_chunk_id, Format, Order, Take};
-use crate::waiters::ReplySenders;
+use crate::stream_caller::{Caller, LocalChunks, Offered, Out, ROOM};
+use crate::stream_events::{parse_chunk_id, Format, Order};
+use crate::stream_store::{Page, Store};
 
-/// Chunks waiting for a slow caller before more are deferred to the store;
-/// also the most held back out of order, and the store's page size.
-const ROOM: usize = 16;
-/// Events written ahead of the caller's reading.
-const WRITTEN_AHEAD: usize = 8;
 /// Idle connections get a keep-alive this often.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// A resumed stream reads the store at least this often while it waits.
@@ -582,271 +577,4 @@ async fn incomplete(caller: &mut Caller, rid: &str) {
         rid,
     );
     caller.error(&e).await;
-}
-
-/// One page of a store: the entries that verified, and whether the read
-/// was full (more may follow at once).
-#[derive(Default)]
-struct Page {
-    entries: Vec<Envelope>,
-    full: bool,
-}
-
-/// The verified entries of a stream's store, page by page.
-struct Store {
-    stream: String,
-    address: String,
-    cursor: Option<String>,
-    senders: ReplySenders,
-    /// The first answer read (pages read to catch up pass it by).
-    answer: Option<Envelope>,
-}
-
-impl Store {
-    fn new(s: &AppState, it: &InterfacePlan, address: &str) -> Self {
-        Self {
-            stream: s.keys.reply(address),
-            address: address.to_string(),
-            cursor: None,
-            senders: ReplySenders::of(it),
-            answer: None,
-        }
-    }
-
-    /// Reads from the start again.
-    fn rewind(&mut self) {
-        self.cursor = None;
-    }
-
-    /// The answer, if the store holds one: read on to the end, passing the
-    /// chunks met on to `caller`.
-    async fn answer(&mut self, s: &AppState, caller: &mut Caller) -> Option<Envelope> {
-        while self.answer.is_none() {
-            let page = match self.page(s).await {
-                Ok(Some(page)) if !page.entries.is_empty() || page.full => page,
-                _ => break,
-            };
-            for env in page.entries {
-                if env.is_chunk() && matches!(caller.offer(env).await, Offered::Gone) {
-                    return None;
-                }
-            }
-        }
-        self.answer.take()
-    }
-
-    /// The next entries that verify and come from a group that may send
-    /// them; `None` when the store does not exist.
-    async fn page(&mut self, s: &AppState) -> Result<Option<Page>, BackendError> {
-        let Some(got) = s
-            .replies
-            .read_after(&self.stream, self.cursor.as_deref(), ROOM)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let mut page = Page {
-            entries: Vec::with_capacity(got.len()),
-            full: got.len() == ROOM,
-        };
-        for (id, entry) in got {
-            self.cursor = Some(id);
-            match s.verifier.verify_stored_reply(&entry, &self.address).await {
-                Ok(r) if self.senders.accepts(&r.from, &r.envelope) => {
-                    if !r.envelope.is_chunk() && self.answer.is_none() {
-                        self.answer = Some(r.envelope.clone());
-                    }
-                    page.entries.push(r.envelope);
-                }
-                Ok(_) => s.verifier.count_rejection(Rejection::WrongSender),
-                Err(e) => tracing::debug!(error = %e, "stored chunk refused"),
-            }
-        }
-        Ok(Some(page))
-    }
-}
-
-/// What happened to an offered chunk.
-enum Offered {
-    /// Written, or dropped as a duplicate or stale.
-    Done,
-    /// Held back: chunks before it are missing.
-    Held,
-    /// The caller is gone.
-    Gone,
-}
-
-/// The caller's side of a stream: what it has been shown, and chunks
-/// held back until those before them come.
-struct Caller {
-    out: Out,
-    order: Order,
-    held: BTreeMap<(u32, u64), Envelope>,
-    /// The last event (result or error) was written.
-    ended: bool,
-}
-
-impl Caller {
-    fn new(out: Out, order: Order) -> Self {
-        Self {
-            out,
-            order,
-            held: BTreeMap::new(),
-            ended: false,
-        }
-    }
-
-    /// Writes `chunk` if it is next, and any held chunks it frees; holds
-    /// it if chunks before it are missing (while there is room: the store
-    /// has it too).
-    async fn offer(&mut self, chunk: Envelope) -> Offered {
-        let seq = chunk.seq.unwrap_or(0);
-        match self.order.chunk(chunk.attempt, seq) {
-            Take::Skip => Offered::Done,
-            Take::Gap => {
-                if self.held.len() < ROOM {
-                    self.held.insert((chunk.attempt, seq), chunk);
-                }
-                Offered::Held
-            }
-            Take::Emit { reset } => {
-                if !self.write(reset, &chunk).await {
-                    return Offered::Gone;
-                }
-                // Held chunks this one frees, lowest first.
-                while let Some(((attempt, seq), _)) = self.held.first_key_value() {
-                    let (attempt, seq) = (*attempt, *seq);
-                    match self.order.chunk(attempt, seq) {
-                        Take::Gap => break,
-                        Take::Skip => {
-                            self.held.pop_first();
-                        }
-                        Take::Emit { reset } => {
-                            let Some((_, next)) = self.held.pop_first() else {
-                                break;
-                            };
-                            if !self.write(reset, &next).await {
-                                return Offered::Gone;
-                            }
-                        }
-                    }
-                }
-                Offered::Done
-            }
-        }
-    }
-
-    /// Whether chunk `seq` of `attempt` has been passed on (or is
-    /// superseded).
-    fn passed(&self, attempt: u32, seq: u64) -> bool {
-        seq == 0 || self.order.clone().chunk(attempt, seq) == Take::Skip
-    }
-
-    async fn write(&mut self, reset: bool, chunk: &Envelope) -> bool {
-        if reset
-            && !self
-                .out
-                .event("reset", None, &json!({"attempt": chunk.attempt}))
-                .await
-        {
-            return false;
-        }
-        let id = chunk_id(chunk.attempt, chunk.seq.unwrap_or(0));
-        self.out.event("chunk", Some(&id), &chunk.payload).await
-    }
-
-    /// The final event: the answer's result or its error.
-    async fn answer(&mut self, reply: Envelope, rid: &str) {
-        match reply.error {
-            None => self.ended = self.out.event("result", None, &reply.payload).await,
-            Some(e) => self.error(&from_reply(e, rid)).await,
-        }
-    }
-
-    async fn error(&mut self, e: &ApiError) {
-        self.ended = self
-            .out
-            .event("error", None, &json!({"error": e.to_object()}))
-            .await;
-    }
-}
-
-/// Chunks of a node that runs on the ingress group: written to the
-/// caller directly (they never leave the process), in order.
-struct LocalChunks {
-    caller: Arc<Mutex<Caller>>,
-    attempt: u32,
-    sent: AtomicU64,
-}
-
-#[async_trait]
-impl ChunkSink for LocalChunks {
-    async fn send(&self, chunk: Value) -> Result<(), NodeError> {
-        let mut caller = self.caller.lock().await;
-        let seq = self.sent.fetch_add(1, Ordering::SeqCst) + 1;
-        let env = Envelope {
-            attempt: self.attempt,
-            seq: Some(seq),
-            payload: chunk,
-            ..local_template()
-        };
-        match caller.offer(env).await {
-            Offered::Gone => Err(NodeError::Permanent("the caller is gone".into())),
-            Offered::Done | Offered::Held => Ok(()),
-        }
-    }
-}
-
-/// The frame of a chunk made in this process: only its attempt, sequence
-/// number and payload are read.
-fn local_template() -> Envelope {
-    Envelope {
-        kind: sluice_platform::Kind::Reply,
-        pipeline: String::new(),
-        dest: String::new(),
-        cid: String::new(),
-        rid: String::new(),
-        trace: None,
-        ts: 0,
-        nonce: String::new(),
-        deadline: 0,
-        attempt: 0,
-        node: None,
-        reply_to: None,
-        live: None,
-        seq: None,
-        last_seq: None,
-        payload: Value::Null,
-        error: None,
-    }
-}
-
-/// The response body being written.
-#[derive(Clone)]
-struct Out {
-    tx: mpsc::Sender<Bytes>,
-    format: Format,
-}
-
-impl Out {
-    fn new(format: Format) -> (Self, Body) {
-        let (tx, rx) = mpsc::channel::<Bytes>(WRITTEN_AHEAD);
-        let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-        }));
-        (Self { tx, format }, body)
-    }
-
-    /// Writes one event, waiting while the caller is behind; false when
-    /// the caller is gone.
-    async fn event(&self, name: &str, id: Option<&str>, data: &Value) -> bool {
-        self.tx
-            .send(self.format.event(name, id, data))
-            .await
-            .is_ok()
-    }
-
-    async fn keep_alive(&self) -> bool {
-        self.tx.send(self.format.keep_alive()).await.is_ok()
-    }
 }
