@@ -1,6 +1,6 @@
 //! Admission: the backlog of the queues on a request's path, the in-flight
-//! slot of a request that is already read, and the replay guard's share of
-//! Redis memory.
+//! slot of a POST (taken once its body is read) or of a request that is
+//! already read, and the replay guard's share of Redis memory.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -24,6 +24,30 @@ pub fn admit_read(
         .clone()
         .try_acquire_owned()
         .map_err(|_| too_many_requests(it, rid))
+}
+
+/// A POST's body, then one of the interface's `maxInFlight` slots, held
+/// until dropped: a full interface is refused before the body is read (it
+/// costs no read), then the backlog on the request's path is checked, the
+/// body read by its deadline and parsed, and only then the slot taken (a
+/// client trickling its body holds none).
+pub async fn admit_body(
+    s: &AppState,
+    it: &InterfacePlan,
+    rid: &str,
+    body: axum::body::Body,
+) -> Result<(serde_json::Value, tokio::sync::OwnedSemaphorePermit), ApiError> {
+    let slots = &s.slots[&it.name];
+    if slots.available_permits() == 0 {
+        return Err(too_many_requests(it, rid));
+    }
+    admit_backlog(s, it, rid)?;
+    let input = crate::request::read_input(s, it, rid, body).await?;
+    let slot = slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| too_many_requests(it, rid))?;
+    Ok((input, slot))
 }
 
 pub fn admit_backlog(s: &AppState, it: &InterfacePlan, rid: &str) -> Result<(), ApiError> {

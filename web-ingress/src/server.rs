@@ -39,13 +39,13 @@ use sluice_crds::{InterfaceKind, InterfacePlan};
 use sluice_platform::clock::now_ms;
 use sluice_platform::telemetry::Span;
 
-use crate::admission::admit_backlog;
+use crate::admission::admit_body;
 use crate::async_answers;
 use crate::call::{self, Answer, Call};
-use crate::error::{error_response, rate_limited, too_many_requests, unavailable, ApiError};
+use crate::error::{error_response, rate_limited, unavailable, ApiError};
 use crate::idempotency::{self, ClaimGuard};
 use crate::listener::ConnectionHold;
-use crate::request::{caller_request_id, read_input, server_span};
+use crate::request::{caller_request_id, server_span};
 pub use crate::state::{AppState, Backlog};
 use crate::{sse, websocket};
 
@@ -247,18 +247,8 @@ async fn serve(
     let idempotency_key = idempotency::key_of(req.headers(), rid)?;
     let timeout_of_request = if later { it.async_timeout } else { it.timeout };
     let deadline = now_ms().saturating_add(timeout_of_request.as_millis() as u64);
-    let slots = &s.slots[&it.name];
-    let too_many = || too_many_requests(it, rid);
-    // Checked now so a full interface costs no body read; taken below.
-    if slots.available_permits() == 0 {
-        return Err(too_many());
-    }
-    admit_backlog(s, it, rid)?;
-    let input = read_input(s, it, rid, req.into_body()).await?;
+    let (input, _slot) = admit_body(s, it, rid, req.into_body()).await?;
     let idempotent = idempotency_key.map(|k| (k, idempotency::body_digest(&input)));
-    let Ok(_slot) = slots.try_acquire() else {
-        return Err(too_many());
-    };
     // Answers of asynchronous and idempotent requests are stored, to be
     // fetched (or found by a repeat) later. A repeat is answered here,
     // before it costs any budget or runs any node.

@@ -42,14 +42,14 @@ use sluice_platform::telemetry::Span;
 use sluice_platform::Envelope;
 use tokio::sync::{Mutex, OwnedSemaphorePermit};
 
-use crate::admission::admit_backlog;
+use crate::admission::admit_body;
 use crate::async_answers::JobId;
 use crate::call::{self, Answer, Call, Following, Streamed};
 use crate::error::{
     error_response, internal, rate_limited, timed_out, too_many_requests, unavailable, ApiError,
 };
 use crate::metrics::InterfaceLabel;
-use crate::request::{caller_request_id, read_input};
+use crate::request::caller_request_id;
 use crate::state::{skew_ms, AppState};
 use crate::stream_caller::{Caller, LocalChunks, Offered, Out, ROOM};
 use crate::stream_events::{parse_chunk_id, Format, Order};
@@ -247,16 +247,7 @@ async fn admit(
         ));
     }
     let deadline = now_ms().saturating_add(it.timeout.as_millis() as u64);
-    let slots = &s.slots[&it.name];
-    if slots.available_permits() == 0 {
-        return Err(too_many_requests(it, rid));
-    }
-    admit_backlog(s, it, rid)?;
-    let input = read_input(s, it, rid, req.into_body()).await?;
-    let slot = slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| too_many_requests(it, rid))?;
+    let (input, slot) = admit_body(s, it, rid, req.into_body()).await?;
     let job = JobId::new(deadline);
     let address = job.address(&caller);
     Ok(Admitted {

@@ -204,8 +204,9 @@ impl Order {
         (self.next <= last, false)
     }
 
-    /// The caller's position, for logs and tests.
-    pub fn position(&self) -> (u32, u64) {
+    /// The caller's position: the attempt and the last chunk shown.
+    #[cfg(test)]
+    fn position(&self) -> (u32, u64) {
         (self.attempt, self.next.saturating_sub(1))
     }
 }
