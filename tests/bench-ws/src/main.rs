@@ -130,3 +130,38 @@ fn percentile(sorted_us: &[u32], p: f64) -> f64 {
     let i = ((sorted_us.len() as f64 * p) as usize).min(sorted_us.len() - 1);
     f64::from(sorted_us[i]) / 1000.0
 }
+
+/// What the connections of one load run saw in the measured window.
+#[derive(Default)]
+struct Seen {
+    /// What the rate is of: answers, or chunks.
+    counted: u64,
+    /// Answers, or whole streams.
+    units: u64,
+    errors: u64,
+    latencies_us: Vec<u32>,
+}
+
+impl Seen {
+    fn add(&mut self, other: Seen) {
+        self.counted += other.counted;
+        self.units += other.units;
+        self.errors += other.errors;
+        self.latencies_us.extend(other.latencies_us);
+    }
+
+    /// One line: `<rate> R p50_ms A p99_ms B errors E <units> U`, the
+    /// format `scripts/bench-websocket` and `scripts/bench-sse` read.
+    fn print(mut self, rate: &str, units: &str, duration: Duration) {
+        self.latencies_us.sort_unstable();
+        let pct = |p| percentile(&self.latencies_us, p);
+        println!(
+            "{rate} {:.0} p50_ms {:.2} p99_ms {:.2} errors {} {units} {}",
+            self.counted as f64 / duration.as_secs_f64(),
+            pct(0.50),
+            pct(0.99),
+            self.errors,
+            self.units
+        );
+    }
+}

@@ -14,7 +14,7 @@ use axum::Json;
 use futures::stream::{self, Stream};
 use serde_json::{json, Value};
 
-use crate::percentile;
+use crate::Seen;
 
 pub async fn echo(listen: SocketAddr) -> anyhow::Result<()> {
     if !listen.ip().is_loopback() {
@@ -56,15 +56,6 @@ async fn stream_back(
     Sse::new(stream::iter(chunks.chain([Ok(result)])))
 }
 
-/// What one connection saw in the measured window.
-#[derive(Default)]
-struct Seen {
-    chunks: u64,
-    streams: u64,
-    errors: u64,
-    latencies_us: Vec<u32>,
-}
-
 pub async fn load(
     url: String,
     conns: usize,
@@ -92,28 +83,15 @@ pub async fn load(
     }
     let mut total = Seen::default();
     for t in tasks {
-        let seen = t.await??;
-        total.chunks += seen.chunks;
-        total.streams += seen.streams;
-        total.errors += seen.errors;
-        total.latencies_us.extend(seen.latencies_us);
+        total.add(t.await??);
     }
-    total.latencies_us.sort_unstable();
-    let pct = |p| percentile(&total.latencies_us, p);
-    println!(
-        "chunks/s {:.0} p50_ms {:.2} p99_ms {:.2} errors {} streams {}",
-        total.chunks as f64 / duration.as_secs_f64(),
-        pct(0.50),
-        pct(0.99),
-        total.errors,
-        total.streams
-    );
+    total.print("chunks/s", "streams", duration);
     Ok(())
 }
 
 /// Streams POSTs one after another until `to`; counts the chunk events of
-/// the streams that ended inside the measured window, and a stream's time
-/// from the POST to its last event.
+/// the streams that ended inside the measured window (`counted`; `units`
+/// the streams), and a stream's time from the POST to its last event.
 async fn drive(
     client: reqwest::Client,
     url: String,
@@ -150,8 +128,8 @@ async fn drive(
         }
         let now = Instant::now();
         if now >= from && now < to {
-            seen.chunks += chunks;
-            seen.streams += 1;
+            seen.counted += chunks;
+            seen.units += 1;
             seen.errors += u64::from(errored);
             let us = now.duration_since(began).as_micros();
             seen.latencies_us

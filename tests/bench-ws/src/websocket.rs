@@ -11,7 +11,7 @@ use axum::routing::get;
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::percentile;
+use crate::Seen;
 
 pub async fn echo(listen: SocketAddr) -> anyhow::Result<()> {
     if !listen.ip().is_loopback() {
@@ -34,14 +34,6 @@ async fn echo_socket(mut socket: WebSocket) {
             }
         }
     }
-}
-
-/// What one connection saw in the measured window.
-#[derive(Default)]
-struct Seen {
-    answers: u64,
-    errors: u64,
-    latencies_us: Vec<u32>,
 }
 
 pub async fn load(
@@ -70,21 +62,9 @@ pub async fn load(
     }
     let mut total = Seen::default();
     for t in tasks {
-        let seen = t.await??;
-        total.answers += seen.answers;
-        total.errors += seen.errors;
-        total.latencies_us.extend(seen.latencies_us);
+        total.add(t.await??);
     }
-    total.latencies_us.sort_unstable();
-    let pct = |p| percentile(&total.latencies_us, p);
-    println!(
-        "messages/s {:.0} p50_ms {:.2} p99_ms {:.2} errors {} answers {}",
-        total.answers as f64 / duration.as_secs_f64(),
-        pct(0.50),
-        pct(0.99),
-        total.errors,
-        total.answers
-    );
+    total.print("messages/s", "answers", duration);
     Ok(())
 }
 
@@ -117,7 +97,9 @@ async fn drive(
             .pop_front()
             .context("an answer to a message never sent")?;
         if now >= from && now < to {
-            seen.answers += 1;
+            // Each answer is both what the rate counts and a unit.
+            seen.counted += 1;
+            seen.units += 1;
             if text.as_str().contains(r#""error""#) {
                 seen.errors += 1;
             }
