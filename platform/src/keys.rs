@@ -32,7 +32,12 @@ impl Keys {
     /// envelope, under its destination group (so a per-group ACL pattern
     /// covers exactly that group's nonces).
     pub fn nonce(&self, group: &str, kid: &str, nonce: &str) -> String {
-        format!("{}:n:{group}:{kid}:{nonce}", self.prefix)
+        format!("{}{kid}:{nonce}", self.nonce_prefix(group))
+    }
+
+    /// `sluice:{ns/p}:n:<group>:`: what every nonce of `group` starts with.
+    pub fn nonce_prefix(&self, group: &str) -> String {
+        format!("{}:n:{group}:", self.prefix)
     }
 
     /// `sluice:{ns/p}:i:<interface>:<sha256(key)>`: a caller's

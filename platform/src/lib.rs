@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod queue;
 pub mod redis;
 pub mod signing;
+pub mod tcp;
 pub mod telemetry;
 
 pub use backend::{BackendError, Faults};

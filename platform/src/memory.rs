@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::backend::{Faults, Result};
+use crate::backend::{BackendError, Faults, Result};
 use crate::envelope::StreamEntry;
 use crate::kv::Kv;
 use crate::queue::{Completion, Delivery, Depth, Held, Queue, ReplyChannel};
@@ -37,6 +37,8 @@ struct Pending {
     consumer: String,
     since: Instant,
     count: u32,
+    /// Its consumer is gone ([`MemoryStreams::release`]): reclaimable now.
+    released: bool,
 }
 
 impl Stream {
@@ -92,6 +94,24 @@ impl MemoryStreams {
     /// The fault injector of this adapter.
     pub fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    /// Makes every entry `consumer` holds in `stream` reclaimable at once,
+    /// as if its lease had lapsed: the consumer is known to be gone (its
+    /// connection to the tcp hub ended). Returns how many it held. Should
+    /// the consumer still be alive, it finds its entries taken at its next
+    /// renewal if another took them, like any consumer whose lease lapsed.
+    pub fn release(&self, stream: &str, consumer: &str) -> usize {
+        let mut map = self.streams.lock();
+        let Some(s) = map.get_mut(stream) else {
+            return 0;
+        };
+        let mut n = 0;
+        for p in s.pending.values_mut().filter(|p| p.consumer == consumer) {
+            p.released = true;
+            n += 1;
+        }
+        n
     }
 
     /// Drops expired reply streams; returns the live stream, if any.
@@ -239,6 +259,7 @@ impl Queue for MemoryStreams {
                                 consumer: consumer.to_string(),
                                 since: now,
                                 count: 1,
+                                released: false,
                             },
                         );
                         Delivery {
@@ -295,7 +316,7 @@ impl Queue for MemoryStreams {
         let stale: Vec<u64> = s
             .pending
             .iter()
-            .filter(|(_, p)| now.duration_since(p.since) >= min_idle)
+            .filter(|(_, p)| p.released || now.duration_since(p.since) >= min_idle)
             .take(max)
             .map(|(k, _)| *k)
             .collect();
@@ -311,6 +332,7 @@ impl Queue for MemoryStreams {
             p.consumer = consumer.to_string();
             p.since = now;
             p.count += 1;
+            p.released = false;
             out.push(Delivery {
                 id: id_of(seq),
                 entry,
@@ -514,6 +536,45 @@ impl MemoryKv {
         &self.faults
     }
 
+    /// [`Kv::set_nx`] that refuses to add a key while `max` keys are
+    /// held (expired ones not yet removed count until a few writes reach
+    /// them): a bounded replay guard.
+    ///
+    /// # Errors
+    /// [`BackendError::Unavailable`] when full; an injected fault.
+    pub async fn set_nx_within(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+        max: usize,
+    ) -> Result<Option<String>> {
+        self.faults.check().await?;
+        let now = Instant::now();
+        let mut m = self.map.lock();
+        m.expire(now, EXPIRE_PER_WRITE);
+        match m.entries.get(key) {
+            Some((v, exp)) if *exp > now => Ok(Some(v.clone())),
+            _ => {
+                if m.entries.len() >= max {
+                    // Make room from what has expired, a bounded amount
+                    // per refused claim, before refusing.
+                    m.expire(now, EXPIRE_PER_WRITE * 16);
+                    if m.entries.len() >= max {
+                        return Err(BackendError::Unavailable(
+                            "the replay guard is full; try again later".into(),
+                        ));
+                    }
+                }
+                let key: Arc<str> = Arc::from(key);
+                let exp = now + ttl;
+                m.entries.insert(key.clone(), (value.to_string(), exp));
+                m.expiry.push(Reverse((exp, key)));
+                Ok(None)
+            }
+        }
+    }
+
     /// Keys currently held, expired ones included until the expiry queue
     /// reaches them (a few writes later).
     pub fn len(&self) -> usize {
@@ -534,20 +595,7 @@ impl MemoryKv {
 #[async_trait]
 impl Kv for MemoryKv {
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<String>> {
-        self.faults.check().await?;
-        let now = Instant::now();
-        let mut m = self.map.lock();
-        m.expire(now, EXPIRE_PER_WRITE);
-        match m.entries.get(key) {
-            Some((v, exp)) if *exp > now => Ok(Some(v.clone())),
-            _ => {
-                let key: Arc<str> = Arc::from(key);
-                let exp = now + ttl;
-                m.entries.insert(key.clone(), (value.to_string(), exp));
-                m.expiry.push(Reverse((exp, key)));
-                Ok(None)
-            }
-        }
+        self.set_nx_within(key, value, ttl, usize::MAX).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<String>> {

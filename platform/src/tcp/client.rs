@@ -1,0 +1,445 @@
+//! The worker's side of the tcp profile: the `Queue` port and the replay
+//! guard's `Kv` port as calls to the hub over one authenticated connection.
+//!
+//! Calls are multiplexed: each carries an id, answers come back in any
+//! order (a blocking read does not hold up a hand-off). The connection is
+//! made on first use and again after it broke; a call in flight when it
+//! broke fails with [`BackendError::Unavailable`], which the worker treats
+//! like any backend error (it retries; its entries stay pending in the hub
+//! and are reclaimed if it does not come back).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::session::{self, Opener, Sealer};
+use super::wire::{Answer, Call};
+use super::{require_loopback, Limits};
+use crate::backend::{BackendError, Result};
+use crate::envelope::StreamEntry;
+use crate::keyring::SharedKeyRing;
+use crate::kv::Kv;
+use crate::queue::{Completion, Delivery, Depth, Held, Queue};
+
+/// Where the hub is and who this worker is.
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    /// The hub's address; loopback only.
+    pub hub: SocketAddr,
+    /// `ns/p`.
+    pub pipeline: String,
+    /// The worker group this process serves.
+    pub group: String,
+    pub limits: Limits,
+    /// Longest wait for an answer (a blocking read waits its block on top).
+    pub timeout: Duration,
+}
+
+/// Calls sent but not answered, by id.
+type Waiting = Mutex<HashMap<u64, oneshot::Sender<Answer>>>;
+
+/// One live connection.
+struct Conn {
+    calls: mpsc::Sender<Vec<u8>>,
+    waiting: Arc<Waiting>,
+    dead: CancellationToken,
+}
+
+/// The `Queue` and `Kv` ports over a connection to the hub.
+pub struct TcpBackend {
+    cfg: TcpConfig,
+    ring: SharedKeyRing,
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for TcpBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpBackend")
+            .field("hub", &self.cfg.hub)
+            .field("group", &self.cfg.group)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Frames queued for the writer at most; a caller waits for room beyond.
+const CALLS_QUEUED: usize = 1024;
+/// Bytes the writer gathers into one write.
+const WRITE_BATCH: usize = 256 << 10;
+
+impl TcpBackend {
+    /// A backend that connects on first use.
+    ///
+    /// # Errors
+    /// The hub's address is not a loopback address.
+    pub fn new(cfg: TcpConfig, ring: SharedKeyRing) -> Result<Arc<Self>, String> {
+        require_loopback("--hub", cfg.hub)?;
+        Ok(Arc::new(Self {
+            cfg,
+            ring,
+            conn: tokio::sync::Mutex::new(None),
+            next_id: AtomicU64::new(1),
+        }))
+    }
+
+    /// Connects now (readiness: the hub accepted this worker's proof).
+    ///
+    /// # Errors
+    /// The hub cannot be reached or refused the handshake.
+    pub async fn connect(&self) -> Result<()> {
+        self.live().await.map(|_| ())
+    }
+
+    async fn live(&self) -> Result<Arc<Conn>> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.dead.is_cancelled()) {
+            return Ok(c.clone());
+        }
+        let c = tokio::time::timeout(self.cfg.timeout, self.open())
+            .await
+            .map_err(|_| BackendError::Timeout)??;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn open(&self) -> Result<Arc<Conn>> {
+        let unavailable = |e: &dyn std::fmt::Display| {
+            BackendError::Unavailable(format!("hub {}: {e}", self.cfg.hub))
+        };
+        let mut stream = TcpStream::connect(self.cfg.hub)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let _ = stream.set_nodelay(true);
+        let ring = self.ring.get();
+        let s = session::connect(
+            &mut stream,
+            &ring,
+            &self.cfg.pipeline,
+            &self.cfg.group,
+            self.cfg.limits.max_frame,
+        )
+        .await
+        .map_err(|e| unavailable(&e))?;
+        let (read, write) = stream.into_split();
+        let (tx, rx) = mpsc::channel(CALLS_QUEUED);
+        let conn = Arc::new(Conn {
+            calls: tx,
+            waiting: Arc::default(),
+            dead: CancellationToken::new(),
+        });
+        tokio::spawn(write_calls(write, s.sealer, rx, conn.dead.clone()));
+        tokio::spawn(read_answers(
+            BufReader::new(read),
+            s.opener,
+            conn.waiting.clone(),
+            conn.dead.clone(),
+        ));
+        Ok(conn)
+    }
+
+    async fn call(&self, call: Call, wait: Duration) -> Result<Answer> {
+        let conn = self.live().await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.waiting.lock().insert(id, tx);
+        // The reader marks the connection dead before it fails what is
+        // waiting, so a call registered after that sees the mark here.
+        let gone = || BackendError::Unavailable(format!("hub {}: connection closed", self.cfg.hub));
+        if conn.dead.is_cancelled() || conn.calls.send(call.encode(id)).await.is_err() {
+            conn.waiting.lock().remove(&id);
+            return Err(gone());
+        }
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(Answer::Failed(why))) => Err(BackendError::Unavailable(why)),
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(_)) => Err(gone()),
+            Err(_) => {
+                conn.waiting.lock().remove(&id);
+                Err(BackendError::Timeout)
+            }
+        }
+    }
+
+    async fn ask(&self, call: Call) -> Result<Answer> {
+        self.call(call, self.cfg.timeout).await
+    }
+}
+
+fn unexpected<T>(a: &Answer) -> Result<T> {
+    let kind = match a {
+        Answer::Done => "done",
+        Answer::Id(_) => "id",
+        Answer::Deliveries(_) => "deliveries",
+        Answer::Ids(_) => "ids",
+        Answer::Flags(_) => "flags",
+        Answer::Count(_) => "count",
+        Answer::Depth(_) => "depth",
+        Answer::Value(_) => "value",
+        Answer::Failed(_) => "failure",
+    };
+    Err(BackendError::Unavailable(format!(
+        "hub answered with an unexpected {kind}"
+    )))
+}
+
+async fn write_calls(
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut sealer: Sealer,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    dead: CancellationToken,
+) {
+    let mut buf = Vec::with_capacity(16 << 10);
+    loop {
+        let first = tokio::select! {
+            _ = dead.cancelled() => break,
+            c = rx.recv() => match c { Some(c) => c, None => break },
+        };
+        buf.clear();
+        sealer.seal_into(&first, &mut buf);
+        while buf.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(c) => sealer.seal_into(&c, &mut buf),
+                Err(_) => break,
+            }
+        }
+        if w.write_all(&buf).await.is_err() {
+            break;
+        }
+        if buf.capacity() > 1 << 20 {
+            buf = Vec::with_capacity(16 << 10);
+        }
+    }
+    dead.cancel();
+}
+
+async fn read_answers(
+    mut r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    mut opener: Opener,
+    waiting: Arc<Waiting>,
+    dead: CancellationToken,
+) {
+    loop {
+        let frame = tokio::select! {
+            _ = dead.cancelled() => break,
+            f = opener.open(&mut r) => f,
+        };
+        let answer = match frame {
+            Ok(f) => Answer::decode(f),
+            Err(e) => {
+                tracing::warn!(error = %e, "connection to the hub ended");
+                break;
+            }
+        };
+        match answer {
+            Ok((id, a)) => {
+                if let Some(tx) = waiting.lock().remove(&id) {
+                    let _ = tx.send(a);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the hub sent an answer that does not decode");
+                break;
+            }
+        }
+    }
+    dead.cancel();
+    // Every call still waiting fails now, not at its timeout.
+    waiting.lock().clear();
+}
+
+#[async_trait]
+impl Queue for TcpBackend {
+    async fn ensure_group(&self, stream: &str) -> Result<()> {
+        match self
+            .ask(Call::EnsureGroup {
+                stream: stream.into(),
+            })
+            .await?
+        {
+            Answer::Done => Ok(()),
+            a => unexpected(&a),
+        }
+    }
+
+    async fn push(&self, stream: &str, entry: StreamEntry) -> Result<String> {
+        match self
+            .ask(Call::Push {
+                stream: stream.into(),
+                entry,
+            })
+            .await?
+        {
+            Answer::Id(id) => Ok(id),
+            a => unexpected(&a),
+        }
+    }
+
+    async fn push_capped(&self, stream: &str, entry: StreamEntry, max_len: u64) -> Result<String> {
+        match self
+            .ask(Call::PushCapped {
+                stream: stream.into(),
+                entry,
+                max_len,
+            })
+            .await?
+        {
+            Answer::Id(id) => Ok(id),
+            a => unexpected(&a),
+        }
+    }
+
+    async fn read(
+        &self,
+        stream: &str,
+        consumer: &str,
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>> {
+        let call = Call::Read {
+            stream: stream.into(),
+            consumer: consumer.into(),
+            max: u32::try_from(max.min(self.cfg.limits.max_read)).unwrap_or(u32::MAX),
+            block,
+        };
+        match self.call(call, block + self.cfg.timeout).await? {
+            Answer::Deliveries(d) => Ok(d),
+            a => unexpected(&a),
+        }
+    }
+
+    async fn renew(
+        &self,
+        stream: &str,
+        consumer: &str,
+        held: &[Held],
+        lease: Duration,
+    ) -> Result<Vec<String>> {
+        let held = held
+            .iter()
+            .map(|h| (h.id.clone(), h.since.elapsed()))
+            .collect();
+        match self
+            .ask(Call::Renew {
+                stream: stream.into(),
+                consumer: consumer.into(),
+                held,
+                lease,
+            })
+            .await?
+        {
+            Answer::Ids(ids) => Ok(ids),
+            a => unexpected(&a),
+        }
+    }
+
+    async fn reclaim(
+        &self,
+        stream: &str,
+        consumer: &str,
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Delivery>> {
+        match self
+            .ask(Call::Reclaim {
+                stream: stream.into(),
+                consumer: consumer.into(),
+                min_idle,
+                max: u32::try_from(max.min(self.cfg.limits.max_read)).unwrap_or(u32::MAX),
+            })
+            .await?
+        {
+            Answer::Deliveries(d) => Ok(d),
+            a => unexpected(&a),
+        }
+    }
+
+    async fn complete_all(&self, stream: &str, done: &[Completion]) -> Result<Vec<bool>> {
+        match self
+            .ask(Call::CompleteAll {
+                stream: stream.into(),
+                done: done.to_vec(),
+            })
+            .await?
+        {
+            Answer::Flags(f) if f.len() == done.len() => Ok(f),
+            a => unexpected(&a),
+        }
+    }
+
+    async fn append(&self, streams: &[&str], entry: &StreamEntry) -> Result<usize> {
+        match self
+            .ask(Call::Append {
+                streams: streams.iter().map(|s| s.to_string()).collect(),
+                entry: entry.clone(),
+            })
+            .await?
+        {
+            Answer::Count(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+            a => unexpected(&a),
+        }
+    }
+
+    async fn depth(&self, stream: &str) -> Result<Depth> {
+        match self
+            .ask(Call::Depth {
+                stream: stream.into(),
+            })
+            .await?
+        {
+            Answer::Depth(d) => Ok(d),
+            a => unexpected(&a),
+        }
+    }
+
+    async fn pending(&self, stream: &str) -> Result<u64> {
+        match self
+            .ask(Call::Pending {
+                stream: stream.into(),
+            })
+            .await?
+        {
+            Answer::Count(n) => Ok(n),
+            a => unexpected(&a),
+        }
+    }
+}
+
+#[async_trait]
+impl Kv for TcpBackend {
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<String>> {
+        match self
+            .ask(Call::SetNx {
+                key: key.into(),
+                value: value.into(),
+                ttl,
+            })
+            .await?
+        {
+            Answer::Value(v) => Ok(v),
+            a => unexpected(&a),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<String>> {
+        match self.ask(Call::Get { key: key.into() }).await? {
+            Answer::Value(v) => Ok(v),
+            a => unexpected(&a),
+        }
+    }
+
+    /// The hub offers workers no deletes (the replay guard never deletes).
+    async fn delete(&self, _key: &str) -> Result<bool> {
+        Err(BackendError::Unavailable(
+            "the hub offers workers no deletes".into(),
+        ))
+    }
+}

@@ -1,0 +1,637 @@
+//! The ingress's side of the tcp profile: the queues and the replay guard
+//! live in the ingress process (the memory adapters), and worker processes
+//! reach them through this server on a loopback port.
+//!
+//! Every connection starts with the mutual handshake of [`super::session`],
+//! which tells the hub the worker's group. From then on each call is checked
+//! against what that group may touch, as the Redis ACLs do in the Redis
+//! profile: its own queue (read, renew, reclaim, hand off), other groups'
+//! queues and reply streams (append only), the dead-letter stream (capped
+//! append) and its own nonces. Anything else is refused and logged.
+//!
+//! When a connection ends, the entries its consumers held become
+//! reclaimable at once, so the group's next worker (the restarted child)
+//! runs them again without waiting for their lease to lapse.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::session::{self, Opener, Sealer};
+use super::wire::{Answer, Call};
+use super::{require_loopback, Limits};
+use crate::keyring::SharedKeyRing;
+use crate::keys::Keys;
+use crate::kv::Kv;
+use crate::memory::{MemoryKv, MemoryStreams};
+use crate::queue::{Held, Queue};
+
+/// What the hub serves.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub keys: Keys,
+    /// The worker groups that may connect.
+    pub groups: Vec<String>,
+    pub limits: Limits,
+    /// Most nonces the replay guard holds; past it nonce claims fail (the
+    /// entry stays pending and is tried again).
+    pub max_nonces: usize,
+}
+
+/// Connections at most; more are closed at once.
+const MAX_CONNECTIONS: usize = 64;
+/// A handshake not done by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Calls of one connection running at once; the connection is not read
+/// further until one ends.
+const CALLS_PER_CONNECTION: usize = 256;
+/// The longest blocking read the hub waits out.
+const MAX_BLOCK: Duration = Duration::from_secs(30);
+/// Longest consumer name.
+const MAX_CONSUMER: usize = 256;
+
+/// Live connections per group, for readiness.
+#[derive(Debug, Default)]
+pub struct Connected {
+    by_group: Mutex<HashMap<String, usize>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Connected {
+    /// Live connections of `group`.
+    pub fn of(&self, group: &str) -> usize {
+        self.by_group.lock().get(group).copied().unwrap_or(0)
+    }
+
+    /// Waits until `group` has a live connection.
+    pub async fn wait_for(&self, group: &str) {
+        loop {
+            let changed = self.changed.notified();
+            if self.of(group) > 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn add(&self, group: &str, n: isize) {
+        let mut m = self.by_group.lock();
+        let c = m.entry(group.to_string()).or_default();
+        *c = c.saturating_add_signed(n);
+        drop(m);
+        self.changed.notify_waiters();
+    }
+}
+
+/// The bound hub, before it serves.
+pub struct Hub {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    cfg: HubConfig,
+    ring: SharedKeyRing,
+    streams: Arc<MemoryStreams>,
+    guard: Arc<MemoryKv>,
+    connected: Arc<Connected>,
+    open: Arc<Semaphore>,
+}
+
+/// The hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("{0}")]
+    NotLoopback(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl Hub {
+    /// Binds `addr` (loopback only).
+    ///
+    /// # Errors
+    /// A non-loopback address, or the port cannot be bound.
+    pub async fn bind(
+        addr: SocketAddr,
+        cfg: HubConfig,
+        ring: SharedKeyRing,
+        streams: Arc<MemoryStreams>,
+        guard: Arc<MemoryKv>,
+    ) -> Result<Self, HubError> {
+        require_loopback("--hub", addr).map_err(HubError::NotLoopback)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| HubError::Listen { addr, source })?;
+        Ok(Self {
+            listener,
+            shared: Arc::new(Shared {
+                cfg,
+                ring,
+                streams,
+                guard,
+                connected: Arc::default(),
+                open: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            }),
+        })
+    }
+
+    /// The bound address (the port, when bound to port 0).
+    ///
+    /// # Errors
+    /// The socket's address cannot be read.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Live connections per group.
+    pub fn connected(&self) -> Arc<Connected> {
+        self.shared.connected.clone()
+    }
+
+    /// Accepts and serves connections until `stop`; open connections end
+    /// with it.
+    pub async fn serve(self, stop: CancellationToken) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = stop.cancelled() => break,
+                a = self.listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "hub: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(slot) = self.shared.open.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "hub: too many connections; closing the new one");
+                continue;
+            };
+            let shared = self.shared.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                shared.serve_one(stream, peer, stop).await;
+                drop(slot);
+            });
+        }
+    }
+}
+
+impl Shared {
+    async fn serve_one(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let ring = self.ring.get();
+        let groups = &self.cfg.groups;
+        let accepted = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            session::accept(
+                &mut stream,
+                &ring,
+                self.cfg.keys.pipeline(),
+                |g| groups.iter().any(|x| x == g),
+                self.cfg.limits.max_frame,
+            ),
+        )
+        .await;
+        let (s, group) = match accepted {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "hub: connection refused");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "hub: handshake timed out");
+                return;
+            }
+        };
+        tracing::info!(%peer, group = %group, "hub: worker connected");
+        self.connected.add(&group, 1);
+        let consumers = Arc::new(Mutex::new(HashSet::new()));
+        let (read, write) = stream.into_split();
+        let (tx, rx) = mpsc::channel(CALLS_PER_CONNECTION);
+        let done = CancellationToken::new();
+        let writer = tokio::spawn(write_answers(write, s.sealer, rx, done.clone()));
+        let access = Access::new(&self.cfg.keys, &group);
+        self.clone()
+            .read_calls(
+                BufReader::new(read),
+                s.opener,
+                &access,
+                &consumers,
+                tx,
+                stop,
+                done.clone(),
+            )
+            .await;
+        done.cancel();
+        let _ = writer.await;
+        // What this connection's consumers held is theirs no more.
+        let held: Vec<String> = consumers.lock().drain().collect();
+        for c in held {
+            let n = self.streams.release(&access.own, &c);
+            if n > 0 {
+                tracing::info!(group = %group, consumer = %c, entries = n, "hub: a worker's entries are free to reclaim");
+            }
+        }
+        self.connected.add(&group, -1);
+        tracing::info!(%peer, group = %group, "hub: worker disconnected");
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn read_calls(
+        self: Arc<Self>,
+        mut r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+        mut opener: Opener,
+        access: &Access,
+        consumers: &Arc<Mutex<HashSet<String>>>,
+        tx: mpsc::Sender<Vec<u8>>,
+        stop: CancellationToken,
+        done: CancellationToken,
+    ) {
+        let running = Arc::new(Semaphore::new(CALLS_PER_CONNECTION));
+        loop {
+            let frame = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = done.cancelled() => return,
+                f = opener.open(&mut r) => f,
+            };
+            let (id, call) = match frame.map(Call::decode) {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::warn!(group = %access.group, error = %e, "hub: closing a connection");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(group = %access.group, error = %e, "hub: connection ended");
+                    return;
+                }
+            };
+            if let Err(why) = access.check(&call) {
+                tracing::warn!(group = %access.group, refused = why, "hub: call refused");
+                let _ = tx
+                    .send(Answer::Failed(format!("refused by the hub: {why}")).encode(id))
+                    .await;
+                continue;
+            }
+            if let Call::Read { consumer, .. } | Call::Reclaim { consumer, .. } = &call {
+                let mut c = consumers.lock();
+                if !c.contains(consumer) {
+                    c.insert(consumer.clone());
+                }
+            }
+            let Ok(permit) = running.clone().acquire_owned().await else {
+                return;
+            };
+            let this = self.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let answer = this.run(call).await;
+                let _ = tx.send(answer.encode(id)).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn run(&self, call: Call) -> Answer {
+        let max_read = self.cfg.limits.max_read;
+        let q = &*self.streams;
+        let r = match call {
+            Call::EnsureGroup { stream } => q.ensure_group(&stream).await.map(|()| Answer::Done),
+            Call::Push { stream, entry } => q.push(&stream, entry).await.map(Answer::Id),
+            Call::PushCapped {
+                stream,
+                entry,
+                max_len,
+            } => q.push_capped(&stream, entry, max_len).await.map(Answer::Id),
+            Call::Read {
+                stream,
+                consumer,
+                max,
+                block,
+            } => q
+                .read(
+                    &stream,
+                    &consumer,
+                    (max as usize).min(max_read),
+                    block.min(MAX_BLOCK),
+                )
+                .await
+                .map(Answer::Deliveries),
+            Call::Renew {
+                stream,
+                consumer,
+                held,
+                lease,
+            } => {
+                let now = std::time::Instant::now();
+                let held: Vec<Held> = held
+                    .into_iter()
+                    .map(|(id, age)| Held {
+                        id,
+                        since: now.checked_sub(age).unwrap_or(now),
+                    })
+                    .collect();
+                q.renew(&stream, &consumer, &held, lease)
+                    .await
+                    .map(Answer::Ids)
+            }
+            Call::Reclaim {
+                stream,
+                consumer,
+                min_idle,
+                max,
+            } => q
+                .reclaim(&stream, &consumer, min_idle, (max as usize).min(max_read))
+                .await
+                .map(Answer::Deliveries),
+            Call::CompleteAll { stream, done } => {
+                q.complete_all(&stream, &done).await.map(Answer::Flags)
+            }
+            Call::Append { streams, entry } => {
+                let names: Vec<&str> = streams.iter().map(String::as_str).collect();
+                q.append(&names, &entry)
+                    .await
+                    .map(|n| Answer::Count(n as u64))
+            }
+            Call::Depth { stream } => q.depth(&stream).await.map(Answer::Depth),
+            Call::Pending { stream } => q.pending(&stream).await.map(Answer::Count),
+            Call::SetNx { key, value, ttl } => self
+                .guard
+                .set_nx_within(&key, &value, ttl, self.cfg.max_nonces)
+                .await
+                .map(Answer::Value),
+            Call::Get { key } => self.guard.get(&key).await.map(Answer::Value),
+        };
+        r.unwrap_or_else(|e| Answer::Failed(e.to_string()))
+    }
+}
+
+async fn write_answers(
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut sealer: Sealer,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    done: CancellationToken,
+) {
+    let mut buf = Vec::with_capacity(16 << 10);
+    loop {
+        let first = tokio::select! {
+            _ = done.cancelled() => break,
+            a = rx.recv() => match a { Some(a) => a, None => break },
+        };
+        buf.clear();
+        sealer.seal_into(&first, &mut buf);
+        while buf.len() < 256 << 10 {
+            match rx.try_recv() {
+                Ok(a) => sealer.seal_into(&a, &mut buf),
+                Err(_) => break,
+            }
+        }
+        if w.write_all(&buf).await.is_err() {
+            break;
+        }
+        if buf.capacity() > 1 << 20 {
+            buf = Vec::with_capacity(16 << 10);
+        }
+    }
+    done.cancel();
+}
+
+/// What one connection's group may touch.
+struct Access {
+    group: String,
+    own: String,
+    queues: String,
+    replies: String,
+    dead_letter: String,
+    nonces: String,
+}
+
+impl Access {
+    fn new(keys: &Keys, group: &str) -> Self {
+        Self {
+            group: group.to_string(),
+            own: keys.queue(group),
+            queues: keys.queue(""),
+            replies: keys.reply(""),
+            dead_letter: keys.dead_letter(),
+            nonces: keys.nonce_prefix(group),
+        }
+    }
+
+    fn own(&self, stream: &str) -> Result<(), &'static str> {
+        if stream == self.own {
+            Ok(())
+        } else {
+            Err("a group reads and hands off its own queue only")
+        }
+    }
+
+    fn reply(&self, stream: &str) -> Result<(), &'static str> {
+        if stream.len() > self.replies.len() && stream.starts_with(&self.replies) {
+            Ok(())
+        } else {
+            Err("not a reply stream of this pipeline")
+        }
+    }
+
+    fn consumer(consumer: &str) -> Result<(), &'static str> {
+        if consumer.is_empty() || consumer.len() > MAX_CONSUMER {
+            Err("a consumer name is 1-256 bytes")
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check(&self, call: &Call) -> Result<(), &'static str> {
+        match call {
+            Call::EnsureGroup { stream } | Call::Depth { stream } | Call::Pending { stream } => {
+                self.own(stream)
+            }
+            Call::Read {
+                stream, consumer, ..
+            }
+            | Call::Renew {
+                stream, consumer, ..
+            }
+            | Call::Reclaim {
+                stream, consumer, ..
+            } => {
+                self.own(stream)?;
+                Self::consumer(consumer)
+            }
+            Call::Push { stream, .. } => {
+                if stream.len() > self.queues.len() && stream.starts_with(&self.queues) {
+                    Ok(())
+                } else {
+                    Err("pushes go to a queue of this pipeline")
+                }
+            }
+            Call::PushCapped { stream, .. } => {
+                if *stream == self.dead_letter {
+                    Ok(())
+                } else {
+                    Err("capped pushes go to the dead-letter stream")
+                }
+            }
+            Call::CompleteAll { stream, done } => {
+                self.own(stream)?;
+                for f in done.iter().filter_map(|c| c.forward.as_ref()) {
+                    let queue =
+                        f.stream.len() > self.queues.len() && f.stream.starts_with(&self.queues);
+                    if !queue {
+                        self.reply(&f.stream)?;
+                    }
+                    if let Some(copy) = &f.copy_to {
+                        self.reply(copy)?;
+                    }
+                }
+                Ok(())
+            }
+            Call::Append { streams, .. } => streams.iter().try_for_each(|s| self.reply(s)),
+            Call::SetNx { key, .. } | Call::Get { key } => {
+                if key.starts_with(&self.nonces) {
+                    Ok(())
+                } else {
+                    Err("a group claims its own nonces only")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::StreamEntry;
+    use crate::queue::{Completion, Forward};
+
+    fn entry() -> StreamEntry {
+        StreamEntry {
+            v: b"1".to_vec(),
+            k: vec![],
+            m: vec![],
+            s: vec![],
+        }
+    }
+
+    #[test]
+    fn a_group_touches_what_its_redis_user_would_and_nothing_else() {
+        let keys = Keys::new("default", "hello");
+        let a = Access::new(&keys, "work");
+        let own = keys.queue("work");
+        let ok = [
+            Call::Read {
+                stream: own.clone(),
+                consumer: "c".into(),
+                max: 1,
+                block: Duration::ZERO,
+            },
+            Call::Push {
+                stream: keys.queue("next"),
+                entry: entry(),
+            },
+            Call::PushCapped {
+                stream: keys.dead_letter(),
+                entry: entry(),
+                max_len: 1,
+            },
+            Call::CompleteAll {
+                stream: own.clone(),
+                done: vec![Completion {
+                    id: "0-1".into(),
+                    forward: Some(Forward {
+                        stream: keys.reply("ing-1"),
+                        entry: entry(),
+                        must_exist: true,
+                        copy_to: Some(keys.reply("ing-2")),
+                    }),
+                }],
+            },
+            Call::Append {
+                streams: vec![keys.reply("async:abc")],
+                entry: entry(),
+            },
+            Call::SetNx {
+                key: keys.nonce("work", "k1", "n"),
+                value: "0-1".into(),
+                ttl: Duration::from_secs(1),
+            },
+        ];
+        for c in &ok {
+            assert_eq!(a.check(c), Ok(()), "{c:?}");
+        }
+        let refused = [
+            Call::Read {
+                stream: keys.queue("other"),
+                consumer: "c".into(),
+                max: 1,
+                block: Duration::ZERO,
+            },
+            Call::Read {
+                stream: own.clone(),
+                consumer: String::new(),
+                max: 1,
+                block: Duration::ZERO,
+            },
+            Call::Push {
+                stream: keys.dead_letter(),
+                entry: entry(),
+            },
+            Call::Push {
+                stream: Keys::new("default", "other").queue("work"),
+                entry: entry(),
+            },
+            Call::PushCapped {
+                stream: keys.queue("work"),
+                entry: entry(),
+                max_len: 0,
+            },
+            Call::CompleteAll {
+                stream: own.clone(),
+                done: vec![Completion {
+                    id: "0-1".into(),
+                    forward: Some(Forward {
+                        stream: keys.dead_letter(),
+                        entry: entry(),
+                        must_exist: false,
+                        copy_to: None,
+                    }),
+                }],
+            },
+            Call::Append {
+                streams: vec![keys.queue("work")],
+                entry: entry(),
+            },
+            Call::SetNx {
+                key: keys.nonce("other", "k1", "n"),
+                value: "0-1".into(),
+                ttl: Duration::from_secs(1),
+            },
+            Call::Get {
+                key: keys.idempotency("api", "x"),
+            },
+            Call::Depth {
+                stream: keys.queue("other"),
+            },
+        ];
+        for c in &refused {
+            assert!(a.check(c).is_err(), "{c:?}");
+        }
+    }
+}

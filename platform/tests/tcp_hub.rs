@@ -1,0 +1,391 @@
+//! The tcp profile's hub and client over real loopback sockets: every port
+//! operation a worker uses, the group's limits, the frame limit, and what
+//! happens to held entries when a worker's connection ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_platform::conformance::entry;
+use sluice_platform::memory::{MemoryKv, MemoryStreams};
+use sluice_platform::tcp::{Hub, HubConfig, Limits, TcpBackend, TcpConfig};
+use sluice_platform::{BackendError, Completion, Forward, Held, KeyRing, Keys, Kv, Queue};
+use sluice_platform::{ReplyChannel, SharedKeyRing};
+use tokio_util::sync::CancellationToken;
+
+const GROUP: &str = "work";
+
+struct Setup {
+    keys: Keys,
+    streams: Arc<MemoryStreams>,
+    guard: Arc<MemoryKv>,
+    ring: KeyRing,
+    addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    connected: Arc<sluice_platform::tcp::Connected>,
+}
+
+async fn hub_with(limits: Limits, max_nonces: usize) -> Setup {
+    let keys = Keys::new("default", "hello");
+    let streams = MemoryStreams::new();
+    let guard = MemoryKv::new();
+    let ring = KeyRing::ephemeral();
+    let hub = Hub::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        HubConfig {
+            keys: keys.clone(),
+            groups: vec![GROUP.into(), "next".into()],
+            limits,
+            max_nonces,
+        },
+        SharedKeyRing::fixed(ring.clone()),
+        streams.clone(),
+        guard.clone(),
+    )
+    .await
+    .unwrap();
+    let addr = hub.local_addr().unwrap();
+    let connected = hub.connected();
+    let stop = CancellationToken::new();
+    tokio::spawn(hub.serve(stop.clone()));
+    Setup {
+        keys,
+        streams,
+        guard,
+        ring,
+        addr,
+        stop,
+        connected,
+    }
+}
+
+async fn hub() -> Setup {
+    hub_with(Limits::for_entries(64 << 10), 1000).await
+}
+
+fn client(s: &Setup, group: &str, ring: KeyRing) -> Arc<TcpBackend> {
+    TcpBackend::new(
+        TcpConfig {
+            hub: s.addr,
+            pipeline: s.keys.pipeline().to_string(),
+            group: group.into(),
+            limits: Limits::for_entries(64 << 10),
+            timeout: Duration::from_secs(5),
+        },
+        SharedKeyRing::fixed(ring),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_worker_reads_renews_reclaims_and_hands_off_through_the_hub() {
+    let s = hub().await;
+    let w = client(&s, GROUP, s.ring.clone());
+    let q = s.keys.queue(GROUP);
+    let reply = s.keys.reply("ing-1");
+    s.streams
+        .open(&reply, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let store = s.keys.reply("async:abc");
+    s.streams
+        .open(&store, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    w.ensure_group(&q).await.unwrap();
+    // The ingress pushes in process; the worker reads over TCP.
+    for n in 0..3 {
+        s.streams.push(&q, entry(n)).await.unwrap();
+    }
+    let got = w
+        .read(&q, "c1", 10, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0].entry, entry(0));
+    assert_eq!(got[0].deliveries, 1);
+    assert_eq!(w.pending(&q).await.unwrap(), 3);
+    assert_eq!(w.depth(&q).await.unwrap().entries, 3);
+
+    // A blocking read wakes when the ingress pushes.
+    let reader = {
+        let w = w.clone();
+        let q = q.clone();
+        tokio::spawn(async move { w.read(&q, "c1", 1, Duration::from_secs(5)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.streams.push(&q, entry(9)).await.unwrap();
+    let woke = reader.await.unwrap().unwrap();
+    assert_eq!(woke[0].entry, entry(9));
+
+    let held = [Held {
+        id: got[0].id.clone(),
+        since: Instant::now(),
+    }];
+    assert!(w
+        .renew(&q, "c1", &held, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        w.renew(&q, "c2", &held, Duration::from_secs(30))
+            .await
+            .unwrap(),
+        vec![got[0].id.clone()],
+        "another consumer's renewal names the entry as not its own"
+    );
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let again = w
+        .reclaim(&q, "c2", Duration::from_millis(10), 1)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].deliveries, 2);
+
+    // A chunk to the store and a follower; a hop and an answer in one batch.
+    assert_eq!(w.append(&[&store, &reply], &entry(5)).await.unwrap(), 2);
+    let answers = w
+        .complete_all(
+            &q,
+            &[
+                Completion {
+                    id: got[0].id.clone(),
+                    forward: Some(Forward {
+                        stream: reply.clone(),
+                        entry: entry(6),
+                        must_exist: true,
+                        copy_to: None,
+                    }),
+                },
+                Completion {
+                    id: got[1].id.clone(),
+                    forward: Some(Forward {
+                        stream: s.keys.queue("next"),
+                        entry: entry(7),
+                        must_exist: false,
+                        copy_to: None,
+                    }),
+                },
+                Completion {
+                    id: got[2].id.clone(),
+                    forward: Some(Forward {
+                        stream: s.keys.reply("gone"),
+                        entry: entry(8),
+                        must_exist: true,
+                        copy_to: None,
+                    }),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(answers, vec![true, true, false]);
+    assert_eq!(
+        w.pending(&q).await.unwrap(),
+        1,
+        "only the woken entry is left"
+    );
+    let replies = s.streams.recv(&reply, 10, Duration::ZERO).await.unwrap();
+    let got_replies: Vec<_> = replies.into_iter().map(|(_, e)| e).collect();
+    assert_eq!(got_replies, vec![entry(5), entry(6)]);
+    assert_eq!(
+        s.streams
+            .depth(&s.keys.queue("next"))
+            .await
+            .unwrap()
+            .entries,
+        1
+    );
+
+    // Pushes to another group and capped pushes to the dead letters.
+    w.push(&s.keys.queue("next"), entry(1)).await.unwrap();
+    w.push_capped(&s.keys.dead_letter(), entry(2), 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.streams
+            .depth(&s.keys.dead_letter())
+            .await
+            .unwrap()
+            .entries,
+        1
+    );
+
+    // The replay guard lives in the hub.
+    let nonce = s.keys.nonce(GROUP, "k1", "abc");
+    assert_eq!(
+        w.set_nx(&nonce, "0-1", Duration::from_secs(10))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        w.set_nx(&nonce, "0-2", Duration::from_secs(10))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("0-1")
+    );
+    assert_eq!(w.get(&nonce).await.unwrap().as_deref(), Some("0-1"));
+    assert_eq!(s.guard.get(&nonce).await.unwrap().as_deref(), Some("0-1"));
+    assert!(w.delete(&nonce).await.is_err(), "workers delete nothing");
+    s.stop.cancel();
+}
+
+#[tokio::test]
+async fn calls_outside_the_group_are_refused_with_the_reason() {
+    let s = hub().await;
+    let w = client(&s, GROUP, s.ring.clone());
+    let err = w
+        .read(&s.keys.queue("next"), "c", 1, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, BackendError::Unavailable(m) if m.contains("refused by the hub") && m.contains("own queue")),
+        "{err:?}"
+    );
+    let err = w
+        .set_nx(&s.keys.nonce("next", "k", "n"), "x", Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, BackendError::Unavailable(m) if m.contains("own nonces")),
+        "{err:?}"
+    );
+    // The connection survives a refused call.
+    w.ensure_group(&s.keys.queue(GROUP)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_without_the_ring_never_gets_in() {
+    let s = hub().await;
+    let stranger = client(&s, GROUP, KeyRing::ephemeral());
+    let err = stranger.connect().await.unwrap_err();
+    assert!(matches!(err, BackendError::Unavailable(_)), "{err:?}");
+    let unknown = client(&s, "nobody", s.ring.clone());
+    assert!(unknown.connect().await.is_err());
+    assert_eq!(s.connected.of(GROUP), 0);
+    assert_eq!(s.connected.of("nobody"), 0);
+}
+
+#[tokio::test]
+async fn a_hub_or_worker_on_another_address_is_refused_at_start() {
+    let e = Hub::bind(
+        "0.0.0.0:0".parse().unwrap(),
+        HubConfig {
+            keys: Keys::new("default", "hello"),
+            groups: vec![],
+            limits: Limits::for_entries(1024),
+            max_nonces: 1,
+        },
+        SharedKeyRing::fixed(KeyRing::ephemeral()),
+        MemoryStreams::new(),
+        MemoryKv::new(),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("loopback"), "{e}");
+    let e = TcpBackend::new(
+        TcpConfig {
+            hub: "192.0.2.1:7".parse().unwrap(),
+            pipeline: "default/hello".into(),
+            group: GROUP.into(),
+            limits: Limits::for_entries(1024),
+            timeout: Duration::from_secs(1),
+        },
+        SharedKeyRing::fixed(KeyRing::ephemeral()),
+    )
+    .unwrap_err();
+    assert!(e.contains("--hub") && e.contains("loopback"), "{e}");
+}
+
+#[tokio::test]
+async fn entries_of_a_worker_whose_connection_ended_are_reclaimable_at_once() {
+    let s = hub().await;
+    let q = s.keys.queue(GROUP);
+    let first = client(&s, GROUP, s.ring.clone());
+    first.ensure_group(&q).await.unwrap();
+    s.streams.push(&q, entry(1)).await.unwrap();
+    let held = first.read(&q, "dead", 1, Duration::ZERO).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(s.connected.of(GROUP), 1);
+    // A lease far from lapsing: nothing to reclaim while the worker lives.
+    let second = client(&s, GROUP, s.ring.clone());
+    assert!(second
+        .reclaim(&q, "next", Duration::from_secs(300), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    drop(first);
+    // The connection ends when the client's tasks see it dropped; wait
+    // for the hub to count it gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.connected.of(GROUP) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut got = vec![];
+    while got.is_empty() && Instant::now() < deadline {
+        got = second
+            .reclaim(&q, "next", Duration::from_secs(300), 10)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        got.len(),
+        1,
+        "the dead worker's entry is reclaimed before its lease"
+    );
+    assert_eq!(got[0].deliveries, 2);
+}
+
+#[tokio::test]
+async fn a_full_replay_guard_refuses_claims_until_nonces_expire() {
+    let s = hub_with(Limits::for_entries(1024), 2).await;
+    let w = client(&s, GROUP, s.ring.clone());
+    for n in 0..2 {
+        let k = s.keys.nonce(GROUP, "k", &n.to_string());
+        w.set_nx(&k, "0-1", Duration::from_millis(200))
+            .await
+            .unwrap();
+    }
+    let k = s.keys.nonce(GROUP, "k", "3");
+    let err = w
+        .set_nx(&k, "0-1", Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, BackendError::Unavailable(m) if m.contains("full")),
+        "{err:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        w.set_nx(&k, "0-1", Duration::from_secs(1)).await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_frame_over_the_limit_ends_the_connection_and_the_worker_reconnects() {
+    // The hub accepts frames of a 1 KiB entry's limits; this client sends
+    // a bigger one.
+    let s = hub_with(Limits::for_entries(16), 100).await;
+    let w = client(&s, GROUP, s.ring.clone());
+    let q = s.keys.queue(GROUP);
+    w.ensure_group(&q).await.unwrap();
+    let mut big = entry(1);
+    big.m = vec![b'x'; 2 << 20];
+    let err = w.push(&s.keys.queue("next"), big).await.unwrap_err();
+    assert!(matches!(err, BackendError::Unavailable(_)), "{err:?}");
+    assert_eq!(
+        s.streams
+            .depth(&s.keys.queue("next"))
+            .await
+            .unwrap()
+            .entries,
+        0
+    );
+    // A new connection serves the next call.
+    w.ensure_group(&q).await.unwrap();
+}
