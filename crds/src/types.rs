@@ -69,6 +69,10 @@ pub enum BackendKind {
     Memory,
     /// Redis Streams between separate ingress and worker processes.
     Redis,
+    /// Each worker group in a process of its own beside the ingress (local
+    /// children, or containers of the ingress's pod), reaching the queues
+    /// the ingress holds over signed loopback TCP; no broker.
+    Tcp,
 }
 
 impl std::fmt::Display for BackendKind {
@@ -76,11 +80,12 @@ impl std::fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Memory => "memory",
             BackendKind::Redis => "redis",
+            BackendKind::Tcp => "tcp",
         })
     }
 }
 
-/// `memory` or `redis`, as the `--backend` flags of the runtime take it.
+/// `memory`, `redis` or `tcp`, as the `--backend` flags of the runtime take it.
 impl std::str::FromStr for BackendKind {
     type Err = String;
 
@@ -88,7 +93,8 @@ impl std::str::FromStr for BackendKind {
         match s {
             "memory" => Ok(BackendKind::Memory),
             "redis" => Ok(BackendKind::Redis),
-            other => Err(format!("`{other}`: expected memory or redis")),
+            "tcp" => Ok(BackendKind::Tcp),
+            other => Err(format!("`{other}`: expected memory, redis or tcp")),
         }
     }
 }

@@ -222,7 +222,7 @@ fn check_backends(spec: &StreamPipelineSpec, e: &mut Errors) {
         e.push(
             "spec.backends",
             format!(
-                "mixed backends (queue: {}, kv: {}, reply: {}) are not supported; use all memory or all redis",
+                "mixed backends (queue: {}, kv: {}, reply: {}) are not supported; use all memory, all redis or all tcp",
                 b.queue, b.kv, b.reply
             ),
         );
@@ -376,6 +376,24 @@ fn check_groups(spec: &StreamPipelineSpec, e: &mut Errors) -> BTreeMap<String, G
         );
         if let Some(a) = &g.autoscale {
             check_autoscale(&p, g.role, a, e);
+        }
+        if spec.backends.queue == BackendKind::Tcp && g.role == GroupRole::Worker {
+            // A tcp worker group is a process (a container) beside its
+            // ingress: it scales with the ingress's pods.
+            if g.replicas.is_some() {
+                e.push(
+                    format!("{p}.replicas"),
+                    "tcp pipelines run one process of each worker group beside each ingress; \
+                     scale the ingress group's replicas instead",
+                );
+            }
+            if g.autoscale.is_some() {
+                e.push(
+                    format!("{p}.autoscale"),
+                    "tcp pipelines do not autoscale worker groups (they run beside each ingress); \
+                     use redis backends to scale groups on their own",
+                );
+            }
         }
     }
     let ingress = spec

@@ -1,9 +1,12 @@
 //! The `sluice-exec-worker` process: one worker group of one pipeline,
-//! consuming its Redis stream, with health and metrics on an admin port.
+//! consuming its Redis stream (redis backends) or the queue its ingress
+//! holds (tcp backends, over loopback), with health and metrics on an admin
+//! port.
 //!
 //! ```text
-//! flags/env → manifest → plan → key ring (watched) → Redis → executor → worker loop
-//!                                                   admin: /healthz /readyz /metrics
+//! flags/env → manifest → plan → key ring (watched dir, or read once from stdin)
+//!           → Redis / the ingress's hub → executor → worker loop
+//!                                          admin: /healthz /readyz /metrics
 //! SIGTERM → readiness fails → stop reading → finish + hand off in-flight → exit 0
 //! ```
 //!
@@ -25,7 +28,8 @@ use clap::Parser;
 use prometheus_client::registry::Registry as Metrics;
 use sluice_crds::{BackendKind, GroupRole};
 use sluice_platform::redis::{RedisBackend, RedisConfig};
-use sluice_platform::SharedKeyRing;
+use sluice_platform::tcp::{Limits, TcpBackend, TcpConfig};
+use sluice_platform::{Kv, Queue, SharedKeyRing};
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::Executor;
@@ -47,29 +51,47 @@ pub const ENV_SECRETS_DIR: &str = "SLUICE_SECRETS_DIR";
 pub const ENV_DRAIN_TIMEOUT: &str = "SLUICE_DRAIN_TIMEOUT";
 pub const ENV_LOG_FORMAT: &str = "SLUICE_LOG_FORMAT";
 pub const ENV_BACKEND: &str = "SLUICE_BACKEND";
+pub const ENV_HUB: &str = "SLUICE_HUB";
 
-/// Runs one worker group of a StreamPipeline, consuming its Redis stream.
+/// The most bytes of key files read from stdin.
+const MAX_STDIN_KEYS: u64 = 1 << 20;
+
+/// Runs one worker group of a StreamPipeline, consuming its Redis stream
+/// (redis backends) or its ingress's queue over loopback (tcp backends).
 #[derive(Debug, Parser)]
 #[command(
     name = "sluice-exec-worker",
     version,
-    about = "Runs one worker group of a StreamPipeline, consuming its Redis stream",
+    about = "Runs one worker group of a StreamPipeline, consuming its Redis stream (redis backends) or its ingress's queue over loopback (tcp backends)",
     long_about = None
 )]
 pub struct Cli {
     /// StreamPipeline manifest (the same file the ingress serves) [env: SLUICE_PIPELINE]
     #[arg(long, value_name = "FILE")]
     pub pipeline: Option<PathBuf>,
-    /// Override the manifest's backends; a separate worker needs redis
-    /// (memory backends run the whole pipeline inside sluice-web-ingress)
+    /// Override the manifest's backends; a separate worker needs redis or
+    /// tcp (memory backends run the whole pipeline inside sluice-web-ingress)
     /// [env: SLUICE_BACKEND]
-    #[arg(long, value_name = "memory|redis")]
+    #[arg(long, value_name = "redis|tcp")]
     pub backend: Option<String>,
+    /// tcp backends: the ingress's hub, a loopback address such as
+    /// 127.0.0.1:7311 [env: SLUICE_HUB]
+    #[arg(long, value_name = "ADDR")]
+    pub hub: Option<String>,
+    /// Read the key files once from standard input (a JSON object of file
+    /// name to content, as the ingress hands them to the workers it starts)
+    /// instead of --keys
+    #[arg(long, conflicts_with = "keys")]
+    pub keys_stdin: bool,
+    /// Drain and exit when the process that started this one is gone (the
+    /// ingress supervising its tcp workers sets it)
+    #[arg(long)]
+    pub exit_with_parent: bool,
 
     /// Worker group to run [env: SLUICE_GROUP]
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
-    /// Redis URL, e.g. redis://:password@127.0.0.1:6379/0 [env: SLUICE_REDIS_URL]
+    /// Redis URL for redis backends, e.g. redis://:password@127.0.0.1:6379/0 [env: SLUICE_REDIS_URL]
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
     /// Timeout of every Redis command and connection attempt [env: SLUICE_REDIS_TIMEOUT] [default: 2s]
@@ -111,17 +133,31 @@ pub struct ProcessConfig {
     /// `--backend`: overrides the manifest's.
     pub backend: Option<BackendKind>,
     pub group: String,
-    pub redis: String,
+    /// Redis backends: the URL.
+    pub redis: Option<String>,
+    /// Tcp backends: the hub's address.
+    pub hub: Option<SocketAddr>,
     pub redis_timeout: Option<Duration>,
     pub redis_pool_size: Option<usize>,
     pub redis_ca_file: Option<PathBuf>,
     pub redis_password_file: Option<PathBuf>,
-    pub keys: PathBuf,
+    pub keys: KeySource,
     pub admin: SocketAddr,
     pub concurrency: Option<usize>,
     pub secrets_dir: PathBuf,
     pub drain_timeout: Duration,
     pub json_logs: bool,
+    /// Drain when the parent process is gone.
+    pub exit_with_parent: bool,
+}
+
+/// Where the key ring comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A directory, watched for rotation.
+    Dir(PathBuf),
+    /// Read once from standard input (a worker the ingress started).
+    Stdin,
 }
 
 /// Why the worker could not start or run.
@@ -174,18 +210,29 @@ impl ProcessConfig {
             .map(|s| s.trim().parse::<BackendKind>())
             .transpose()
             .map_err(|e| cfg_err("--backend", e))?;
-        let redis = pick(&cli.redis, ENV_REDIS_URL).ok_or_else(|| {
-            cfg_err(
-                "--redis",
-                "required (workers talk to the ingress through Redis), or set SLUICE_REDIS_URL",
-            )
-        })?;
-        let keys = path(&cli.keys, ENV_KEYS_DIR).ok_or_else(|| {
-            cfg_err(
+        let redis = pick(&cli.redis, ENV_REDIS_URL);
+        let hub = match pick(&cli.hub, ENV_HUB) {
+            None => None,
+            Some(s) => {
+                let addr: SocketAddr = s.parse().map_err(|_| {
+                    cfg_err(
+                        "--hub",
+                        format!("`{s}` is not an address like 127.0.0.1:7311"),
+                    )
+                })?;
+                sluice_platform::tcp::require_loopback("--hub", addr)
+                    .map_err(|e| cfg_err("--hub", e))?;
+                Some(addr)
+            }
+        };
+        let keys = match (cli.keys_stdin, path(&cli.keys, ENV_KEYS_DIR)) {
+            (true, _) => KeySource::Stdin,
+            (false, Some(dir)) => KeySource::Dir(dir),
+            (false, None) => return Err(cfg_err(
                 "--keys",
                 "required: the key ring directory (create one with `sluice-web-ingress keygen DIR`), or set SLUICE_KEYS_DIR",
-            )
-        })?;
+            )),
+        };
         let admin_s = pick(&cli.admin, ENV_ADMIN).unwrap_or_else(|| "127.0.0.1:9090".into());
         let admin = admin_s.parse().map_err(|_| {
             cfg_err(
@@ -250,6 +297,7 @@ impl ProcessConfig {
             backend,
             group,
             redis,
+            hub,
             redis_timeout,
             redis_pool_size,
             redis_ca_file: path(&cli.redis_ca_file, ENV_REDIS_CA_FILE),
@@ -261,6 +309,7 @@ impl ProcessConfig {
                 .unwrap_or_else(|| PathBuf::from("/etc/sluice/secrets")),
             drain_timeout,
             json_logs,
+            exit_with_parent: cli.exit_with_parent,
         })
     }
 }
@@ -336,12 +385,13 @@ fn consumer_name(group: &str) -> String {
 /// See [`ProcessError`]; each names what to fix.
 pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, ProcessError> {
     let (_, plan) = sluice_crds::load_manifest(&cfg.pipeline)?;
-    if cfg.backend.unwrap_or(plan.backend) == BackendKind::Memory {
+    let backend = cfg.backend.unwrap_or(plan.backend);
+    if backend == BackendKind::Memory {
         return Err(cfg_err(
             "--backend",
             format!(
                 "{} uses memory backends, which run the whole pipeline inside \
-                 sluice-web-ingress; a separate worker needs redis backends \
+                 sluice-web-ingress; a separate worker needs redis or tcp backends \
                  (`backends: {{queue: redis, kv: redis, reply: redis}}` in the manifest, or --backend redis)",
                 cfg.pipeline.display()
             ),
@@ -375,24 +425,63 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
         Some(_) => {}
     }
     let background = CancellationToken::new();
-    let ring = SharedKeyRing::from_dir(&cfg.keys)?;
-    ring.watch(Duration::from_secs(2), background.clone());
-    // Lazy: a worker starts while Redis is down and finds it when it returns.
-    let redis_cfg = RedisConfig::from_url(&cfg.redis)?
-        .with_overrides(cfg.redis_timeout, cfg.redis_pool_size)
-        .with_ca_file(cfg.redis_ca_file.as_deref())?
-        .with_password_file(cfg.redis_password_file.as_deref())?;
-    let redis_display = redis_cfg.to_string();
-    let redis = RedisBackend::connect_lazy(redis_cfg)?;
+    let ring = match &cfg.keys {
+        KeySource::Dir(dir) => {
+            let ring = SharedKeyRing::from_dir(dir)?;
+            ring.watch(Duration::from_secs(2), background.clone());
+            ring
+        }
+        KeySource::Stdin => SharedKeyRing::fixed(keys_from_stdin()?),
+    };
+    let (queue, guard, backend_display) = match backend {
+        BackendKind::Tcp => {
+            let hub = cfg.hub.ok_or_else(|| {
+                cfg_err(
+                    "--hub",
+                    "required with tcp backends: the ingress's hub address, or set SLUICE_HUB",
+                )
+            })?;
+            let max_entry =
+                sluice_platform::signing::max_entry_bytes(plan.security.max_payload_bytes as usize);
+            let tcp = TcpBackend::new(
+                TcpConfig {
+                    hub,
+                    pipeline: sluice_platform::Keys::new(&plan.id.namespace, &plan.id.name)
+                        .pipeline()
+                        .to_string(),
+                    group: cfg.group.clone(),
+                    limits: Limits::for_entries(max_entry),
+                    timeout: Duration::from_secs(5),
+                },
+                ring.clone(),
+            )
+            .map_err(|e| cfg_err("--hub", e))?;
+            let queue: Arc<dyn Queue> = tcp.clone();
+            let guard: Arc<dyn Kv> = tcp;
+            (queue, guard, format!("hub {hub}"))
+        }
+        _ => {
+            let url = cfg.redis.as_deref().ok_or_else(|| {
+                cfg_err(
+                    "--redis",
+                    "required with redis backends (workers talk to the ingress through Redis), or set SLUICE_REDIS_URL",
+                )
+            })?;
+            // Lazy: a worker starts while Redis is down and finds it when it returns.
+            let redis_cfg = RedisConfig::from_url(url)?
+                .with_overrides(cfg.redis_timeout, cfg.redis_pool_size)
+                .with_ca_file(cfg.redis_ca_file.as_deref())?
+                .with_password_file(cfg.redis_password_file.as_deref())?;
+            let shown = format!("redis {redis_cfg}");
+            let redis = RedisBackend::connect_lazy(redis_cfg)?;
+            let queue: Arc<dyn Queue> = redis.clone();
+            let guard: Arc<dyn Kv> = redis;
+            (queue, guard, shown)
+        }
+    };
 
     let mut metrics = Metrics::default();
-    let parts = RuntimeParts::new(
-        &plan,
-        &cfg.group,
-        ring.clone(),
-        Some(redis.clone()),
-        &mut metrics,
-    );
+    let parts = RuntimeParts::new(&plan, &cfg.group, ring.clone(), Some(guard), &mut metrics);
     let executor = Executor::build(
         plan.clone(),
         &cfg.group,
@@ -406,7 +495,7 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
     }
     let consumer = wcfg.consumer.clone();
     let concurrency = wcfg.concurrency;
-    let worker = Worker::new(wcfg, executor, redis.clone(), &parts);
+    let worker = Worker::new(wcfg, executor, queue, &parts);
 
     let admin = Arc::new(Admin {
         ready: true.into(),
@@ -446,7 +535,7 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
         consumer = %consumer,
         concurrency,
         lease = ?plan.limits.lease,
-        redis = %redis_display,
+        backend = %backend_display,
         admin = %admin_addr,
         signing_kid = r.current(),
         kids = ?r.kids().collect::<Vec<_>>(),
@@ -482,6 +571,24 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
     })
 }
 
+/// The key files on standard input: a JSON object of file name to content,
+/// at most 1 MiB, read to its end once. Nothing of it is ever printed.
+fn keys_from_stdin() -> Result<sluice_platform::KeyRing, ProcessError> {
+    use std::io::Read;
+    let bad = |m: &str| cfg_err("--keys-stdin", m.to_string());
+    let mut text = String::new();
+    std::io::stdin()
+        .take(MAX_STDIN_KEYS + 1)
+        .read_to_string(&mut text)
+        .map_err(|_| bad("standard input is not readable UTF-8"))?;
+    if text.len() as u64 > MAX_STDIN_KEYS {
+        return Err(bad("more than 1 MiB of key files on standard input"));
+    }
+    let files: std::collections::BTreeMap<String, String> = serde_json::from_str(&text)
+        .map_err(|_| bad("standard input is not a JSON object of key file names to contents"))?;
+    Ok(sluice_platform::KeyRing::from_files(&files)?)
+}
+
 /// The whole binary: parse flags, start, drain on SIGTERM/SIGINT. A custom
 /// worker image's `main` calls this with its registry.
 pub async fn main_with(nodes: Registry) -> std::process::ExitCode {
@@ -499,6 +606,7 @@ pub async fn main_with(nodes: Registry) -> std::process::ExitCode {
         env!("CARGO_PKG_VERSION"),
         cfg.json_logs,
     );
+    let exit_with_parent = cfg.exit_with_parent;
     let running = match start(cfg, nodes).await {
         Ok(r) => r,
         Err(e) => {
@@ -506,13 +614,31 @@ pub async fn main_with(nodes: Registry) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    if let Err(e) = shutdown_signal().await {
-        eprintln!("sluice-exec-worker: {e}");
+    tokio::select! {
+        r = shutdown_signal() => if let Err(e) = r {
+            eprintln!("sluice-exec-worker: {e}");
+        },
+        _ = parent_gone(), if exit_with_parent => {
+            tracing::warn!("the process that started this worker is gone; draining");
+        }
     }
     running.begin_drain();
     running.wait().await;
     telemetry.shutdown().await;
     std::process::ExitCode::SUCCESS
+}
+
+/// Returns once this process's parent changed (it exited and the process
+/// was handed to a reaper).
+async fn parent_gone() {
+    let parent = std::os::unix::process::parent_id();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if std::os::unix::process::parent_id() != parent {
+            return;
+        }
+    }
 }
 
 async fn shutdown_signal() -> std::io::Result<()> {

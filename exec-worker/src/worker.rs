@@ -228,7 +228,12 @@ impl Worker {
         let renew_stop = CancellationToken::new();
         let renewer = tokio::spawn(self.clone().renew_leases(renew_stop.clone()));
         let mut backoff = Backoff::default();
-        let mut last_reclaim = tokio::time::Instant::now();
+        // The first pass reclaims: entries a worker that died left behind
+        // (released at once by the tcp hub, or idle past the lease) are
+        // taken up as soon as this one starts.
+        let mut last_reclaim = tokio::time::Instant::now()
+            .checked_sub(self.cfg.lease)
+            .unwrap_or_else(tokio::time::Instant::now);
         // The group is created once here; reads recreate it on NOGROUP
         // (Redis restarted without persistence).
         while let Err(e) = self.queue.ensure_group(&self.stream).await {

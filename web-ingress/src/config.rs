@@ -34,6 +34,11 @@ pub const ENV_MAX_JSON_DEPTH: &str = "SLUICE_MAX_JSON_DEPTH";
 pub const ENV_MAX_JSON_ELEMENTS: &str = "SLUICE_MAX_JSON_ELEMENTS";
 pub const ENV_TLS_CERT: &str = "SLUICE_TLS_CERT";
 pub const ENV_TLS_KEY: &str = "SLUICE_TLS_KEY";
+pub const ENV_HUB: &str = "SLUICE_HUB";
+pub const ENV_WORKERS: &str = "SLUICE_WORKERS";
+pub const ENV_WORKER_BIN: &str = "SLUICE_WORKER_BIN";
+pub const ENV_RESTART_LIMIT: &str = "SLUICE_RESTART_LIMIT";
+pub const ENV_RESTART_WINDOW: &str = "SLUICE_RESTART_WINDOW";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_SECRETS_DIR: &str = "/etc/sluice/secrets";
@@ -42,7 +47,9 @@ pub const DEFAULT_SECRETS_DIR: &str = "/etc/sluice/secrets";
 ///
 /// In the memory profile (the default) every worker group runs inside this
 /// process on its own threads; with redis backends the workers are separate
-/// `sluice-exec-worker` processes.
+/// `sluice-exec-worker` processes reached through Redis; with tcp backends
+/// they are `sluice-exec-worker` processes this ingress starts (or, on a
+/// cluster, containers of its pod) reached over loopback TCP.
 #[derive(Debug, Parser)]
 #[command(
     name = "sluice-web-ingress",
@@ -62,9 +69,38 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
 
-    /// Override the manifest's backends: memory or redis [env: SLUICE_BACKEND]
-    #[arg(long, value_name = "memory|redis")]
+    /// Override the manifest's backends: memory, redis or tcp [env: SLUICE_BACKEND]
+    #[arg(long, value_name = "memory|redis|tcp")]
     pub backend: Option<String>,
+
+    /// tcp backends: where the hub the workers connect to listens; loopback
+    /// only [env: SLUICE_HUB] [default: 127.0.0.1:0, a free port, with
+    /// --workers spawn]
+    #[arg(long, value_name = "ADDR")]
+    pub hub: Option<String>,
+
+    /// tcp backends: `spawn` starts one worker process per group and
+    /// supervises it; `external` waits for workers started by someone else
+    /// (the containers of a pod) [env: SLUICE_WORKERS] [default: spawn]
+    #[arg(long, value_name = "spawn|external")]
+    pub workers: Option<String>,
+
+    /// tcp backends with --workers spawn: the worker program, for every
+    /// group (`PATH`) or one (`GROUP=PATH`); repeatable [env:
+    /// SLUICE_WORKER_BIN, for every group] [default: sluice-exec-worker
+    /// beside this binary]
+    #[arg(long, value_name = "[GROUP=]PATH")]
+    pub worker_bin: Vec<String>,
+
+    /// tcp backends with --workers spawn: a worker group that exits this
+    /// many times within --restart-window is not restarted again, and
+    /// readiness fails with the reason [env: SLUICE_RESTART_LIMIT] [default: 5]
+    #[arg(long, value_name = "N")]
+    pub restart_limit: Option<u32>,
+
+    /// See --restart-limit [env: SLUICE_RESTART_WINDOW] [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    pub restart_window: Option<String>,
 
     /// Redis URL for redis backends, e.g. redis://:password@127.0.0.1:6379/0 [env: SLUICE_REDIS_URL]
     #[arg(long, value_name = "URL")]
@@ -211,6 +247,41 @@ impl Default for HttpLimits {
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 const MAX_CONNECTIONS: usize = 1 << 20;
 
+/// Who starts the worker processes of a tcp pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerMode {
+    /// This ingress starts and supervises them.
+    Spawn,
+    /// Someone else does (the kubelet, for containers of the pod).
+    External,
+}
+
+/// The tcp profile's settings.
+#[derive(Debug, Clone)]
+pub struct TcpOptions {
+    pub hub: SocketAddr,
+    pub workers: WorkerMode,
+    /// The worker program for every group without one of its own.
+    pub worker_bin: Option<PathBuf>,
+    /// Per-group worker programs.
+    pub group_bins: std::collections::BTreeMap<String, PathBuf>,
+    pub restart_limit: u32,
+    pub restart_window: Duration,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        Self {
+            hub: SocketAddr::from(([127, 0, 0, 1], 0)),
+            workers: WorkerMode::Spawn,
+            worker_bin: None,
+            group_bins: Default::default(),
+            restart_limit: 5,
+            restart_window: Duration::from_secs(60),
+        }
+    }
+}
+
 /// The resolved configuration of one ingress process.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -234,6 +305,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsFiles>,
     /// How often the certificate files are checked for a change.
     pub tls_reload_every: Duration,
+    /// Used with tcp backends only.
+    pub tcp: TcpOptions,
 }
 
 /// A flag or variable with an unusable value.
@@ -341,6 +414,7 @@ impl Config {
             return Err(bad("--ingress-id", "use letters, digits, '-', '_' and '.'"));
         }
         let http = resolve_http_limits(cli, env)?;
+        let tcp = resolve_tcp(cli, env)?;
         let path = |flag: &Option<PathBuf>, var: &str| {
             flag.clone().or_else(|| env.get(var).map(PathBuf::from))
         };
@@ -360,6 +434,7 @@ impl Config {
         Ok(Self {
             http,
             tls,
+            tcp,
             tls_reload_every: crate::tls::RELOAD_EVERY,
             pipeline,
             listen,
@@ -424,8 +499,80 @@ impl Config {
             http: HttpLimits::default(),
             tls: None,
             tls_reload_every: crate::tls::RELOAD_EVERY,
+            tcp: TcpOptions::default(),
         }
     }
+}
+
+/// The tcp profile's settings from flags over variables over defaults.
+fn resolve_tcp(cli: &Cli, env: &HashMap<String, String>) -> Result<TcpOptions, ConfigError> {
+    let pick = |flag: &Option<String>, var: &str| flag.clone().or_else(|| env.get(var).cloned());
+    let mut o = TcpOptions::default();
+    if let Some(s) = pick(&cli.hub, ENV_HUB) {
+        let addr: SocketAddr = s.parse().map_err(|_| {
+            bad(
+                "--hub",
+                format!("`{s}` is not an address like 127.0.0.1:7311"),
+            )
+        })?;
+        sluice_platform::tcp::require_loopback("--hub", addr).map_err(|e| bad("--hub", e))?;
+        o.hub = addr;
+    }
+    o.workers = match pick(&cli.workers, ENV_WORKERS).as_deref() {
+        None | Some("spawn") => WorkerMode::Spawn,
+        Some("external") => WorkerMode::External,
+        Some(other) => {
+            return Err(bad(
+                "--workers",
+                format!("`{other}`: expected spawn or external"),
+            ))
+        }
+    };
+    if o.workers == WorkerMode::External && o.hub.port() == 0 {
+        return Err(bad(
+            "--hub",
+            "--workers external needs a fixed port (workers started elsewhere must find the hub), e.g. --hub 127.0.0.1:7311",
+        ));
+    }
+    let bins = if cli.worker_bin.is_empty() {
+        env.get(ENV_WORKER_BIN).cloned().into_iter().collect()
+    } else {
+        cli.worker_bin.clone()
+    };
+    for b in bins {
+        match b.split_once('=') {
+            Some((group, path)) if !group.is_empty() && !path.is_empty() => {
+                o.group_bins.insert(group.to_string(), PathBuf::from(path));
+            }
+            Some(_) => {
+                return Err(bad(
+                    "--worker-bin",
+                    format!("`{b}`: expected PATH or GROUP=PATH"),
+                ))
+            }
+            None => o.worker_bin = Some(PathBuf::from(b)),
+        }
+    }
+    if let Some(n) = cli.restart_limit.or(match env.get(ENV_RESTART_LIMIT) {
+        Some(s) => Some(
+            s.parse()
+                .map_err(|_| bad("--restart-limit", format!("`{s}` is not a number")))?,
+        ),
+        None => None,
+    }) {
+        if n == 0 {
+            return Err(bad("--restart-limit", "must be at least 1"));
+        }
+        o.restart_limit = n;
+    }
+    if let Some(s) = pick(&cli.restart_window, ENV_RESTART_WINDOW) {
+        o.restart_window =
+            sluice_crds::units::parse_duration(&s).map_err(|e| bad("--restart-window", e))?;
+        if o.restart_window.is_zero() || o.restart_window > MAX_TIMEOUT {
+            return Err(bad("--restart-window", "between 1ms and 1h"));
+        }
+    }
+    Ok(o)
 }
 
 /// The HTTP limits from flags over variables over [`HttpLimits::default`].

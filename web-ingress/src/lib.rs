@@ -51,6 +51,8 @@ pub mod state;
 mod stream_caller;
 pub mod stream_events;
 mod stream_store;
+pub mod supervisor;
+pub mod tcp_workers;
 pub mod tls;
 pub mod waiters;
 pub mod websocket;

@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! start: manifest → plan → key ring → adapters → executors → inline workers
+//!        (memory) or the tcp hub and its worker processes (tcp)
 //!        → reply listener → backlog sampler → HTTP listener → startup summary
 //! drain: readiness fails → grace → stop accepting → in-flight answered (≤ budget)
-//!        → workers drain → background tasks stop
+//!        → workers drain (inline, or the tcp children) → background tasks stop
 //! ```
 
 use std::collections::HashMap;
@@ -140,6 +141,15 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     let (_, plan) = sluice_crds::load_manifest(&config.pipeline)?;
     let plan = Arc::new(plan);
     let backend = config.backend.unwrap_or(plan.backend);
+    if backend == BackendKind::Tcp
+        && config.tcp.workers == crate::config::WorkerMode::External
+        && config.keys.is_none()
+    {
+        return Err(StartError::Unsupported(
+            "tcp backends with --workers external need --keys DIR (or SLUICE_KEYS_DIR): the worker containers must share the ingress's key ring"
+                .into(),
+        ));
+    }
     if backend == BackendKind::Redis && config.keys.is_none() {
         return Err(StartError::Unsupported(
             "redis backends need --keys DIR (or SLUICE_KEYS_DIR): every process of the pipeline must share one key ring; \
@@ -173,6 +183,8 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         }
         None => SharedKeyRing::fixed(sluice_platform::KeyRing::ephemeral()),
     };
+    // The tcp profile's queues and replay guard, which its hub serves.
+    let mut tcp_parts = None;
     let Ports {
         queue,
         replies,
@@ -180,6 +192,20 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         store,
         sample_every,
     } = match backend {
+        BackendKind::Tcp => {
+            let streams = MemoryStreams::new();
+            let nonces = MemoryKv::new();
+            tcp_parts = Some((streams.clone(), nonces.clone()));
+            Ports {
+                queue: streams.clone(),
+                replies: streams,
+                // Worker processes write these queues: every envelope
+                // passes the replay guard, as with Redis.
+                guard: Some(nonces),
+                store: MemoryKv::new(),
+                sample_every: SAMPLE_MEMORY,
+            }
+        }
         BackendKind::Memory => {
             let streams = MemoryStreams::new();
             Ports {
@@ -244,6 +270,14 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         workers.push(Worker::new(cfg, build(&g.name)?, queue.clone(), &parts));
     }
     let inline = start_inline(workers, config.inline_threads)?;
+    // Worker groups of a tcp pipeline are processes of their own; they are
+    // started, and ready, before anything is served.
+    let tcp = match tcp_parts {
+        Some((streams, nonces)) => Some(
+            crate::tcp_workers::TcpWorkers::start(&config, &plan, &ring, streams, nonces).await?,
+        ),
+        None => None,
+    };
 
     let slots = plan
         .interfaces
@@ -274,10 +308,17 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         .map(|i| (i.name.clone(), Arc::new(ReplySenders::of(i))))
         .collect();
     let body_budget = BodyBudget::new(body_budget_bytes(&plan));
-    // Nonces live in Redis only; the memory profile has no replay guard.
-    let replay_window = plan
-        .replay_budget
-        .filter(|_| backend == BackendKind::Redis)
+    // Nonces live in Redis, or in the tcp hub; the memory profile has no
+    // replay guard.
+    let replay_budget = match backend {
+        BackendKind::Memory => None,
+        BackendKind::Redis => plan.replay_budget,
+        BackendKind::Tcp => Some(
+            plan.replay_budget
+                .unwrap_or(crate::tcp_workers::DEFAULT_MAX_NONCES),
+        ),
+    };
+    let replay_window = replay_budget
         .map(|cap| ReplayWindow::new(cap, plan.max_timeout(), plan.security.clock_skew));
     let callers = Arc::new(crate::auth::Callers::load(&plan, &config.secrets_dir));
     let state = Arc::new(AppState {
@@ -305,6 +346,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         slots,
         sockets,
         graphql,
+        tcp: tcp.clone(),
     });
 
     let reply_stream = parts.keys.reply(&config.ingress_id);
@@ -367,6 +409,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         background,
         replies,
         reply_stream,
+        tcp,
     }));
     Ok(Ingress {
         addr,
@@ -406,8 +449,11 @@ fn summary(
 ) {
     let r = ring.get();
     // With memory backends every group runs in this process.
+    // With memory backends every group runs in this process; with tcp
+    // backends this process hands each worker its keys and checks their
+    // handshakes.
     let needs = match backend {
-        BackendKind::Memory => plan.key_needs_of_all(),
+        BackendKind::Memory | BackendKind::Tcp => plan.key_needs_of_all(),
         BackendKind::Redis => plan.key_needs(&plan.ingress_group),
     };
     let missing = missing_keys(&r, &parts.keys, &needs);
@@ -443,7 +489,7 @@ fn summary(
         groups = ?groups,
         signing_kid = r.current(),
         kids = ?r.kids().collect::<Vec<_>>(),
-        keys = if config.keys.is_some() { r.layout_name() } else { "ephemeral (memory profile)" },
+        keys = if config.keys.is_some() { r.layout_name() } else { "ephemeral (generated for this run)" },
         traces = sluice_platform::telemetry::summary(),
         "sluice-web-ingress started"
     );
@@ -598,6 +644,7 @@ struct DrainParts {
     background: CancellationToken,
     replies: Arc<dyn ReplyChannel>,
     reply_stream: String,
+    tcp: Option<Arc<crate::tcp_workers::TcpWorkers>>,
 }
 
 async fn drain_sequence(p: DrainParts) {
@@ -619,6 +666,9 @@ async fn drain_sequence(p: DrainParts) {
     p.inline.cancel.cancel();
     if tokio::time::timeout(p.budget, p.inline.done).await.is_err() {
         tracing::warn!("workers did not drain within the budget");
+    }
+    if let Some(tcp) = &p.tcp {
+        tcp.stop(p.budget).await;
     }
     p.background.cancel();
     let _ = p.replies.close(&p.reply_stream).await;

@@ -144,10 +144,12 @@ where
 }
 
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    if s.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    if !s.ready.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    match s.tcp.as_ref().and_then(|t| t.problem()) {
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+        None => (StatusCode::OK, "ready").into_response(),
     }
 }
 

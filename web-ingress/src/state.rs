@@ -27,6 +27,8 @@ pub struct Backlog {
 
 /// Everything a request handler needs; shared by all requests.
 pub struct AppState {
+    /// The tcp profile's hub and worker processes: readiness needs them.
+    pub tcp: Option<Arc<crate::tcp_workers::TcpWorkers>>,
     pub plan: Arc<Plan>,
     pub keys: Keys,
     pub ingress_id: String,

@@ -1,0 +1,215 @@
+//! The tcp profile inside the ingress: the hub the worker processes connect
+//! to, and (with `--workers spawn`) the supervisor that starts them.
+//!
+//! ```text
+//! start: bind the hub (loopback) → serve it → spawn: start each group's
+//!        child in order, each ready once its connection passed the
+//!        handshake; external: wait for nothing (readiness waits instead)
+//! ready: every worker group has a live connection and none was given up on
+//! stop:  children SIGTERMed (drain budget, then killed) → hub closed
+//! ```
+//!
+//! The queues and the replay guard stay in this process (the memory
+//! adapters): a worker that dies loses nothing but what it was running,
+//! which the hub frees for its replacement at once. Work is lost only with
+//! this process.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_crds::Plan;
+use sluice_platform::keyring::derived_files;
+use sluice_platform::memory::{MemoryKv, MemoryStreams};
+use sluice_platform::tcp::{Connected, Hub, HubConfig, Limits};
+use sluice_platform::{Keys, Kind, SharedKeyRing};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, LogFormat, WorkerMode};
+use crate::runtime::StartError;
+use crate::supervisor::{ChildSpec, RestartPolicy, Supervisor};
+
+/// Most replay-guard nonces the hub keeps when the plan names no budget:
+/// a few hundred bytes each, so about 200 MiB at most.
+pub const DEFAULT_MAX_NONCES: u64 = 1_000_000;
+
+/// How long a started child may take to connect.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The hub and the children of a tcp pipeline.
+pub struct TcpWorkers {
+    pub hub: SocketAddr,
+    groups: Vec<String>,
+    connected: Arc<Connected>,
+    supervisor: tokio::sync::Mutex<Option<Supervisor>>,
+    /// A copy of the supervisor's verdict, readable without waiting.
+    given_up: parking_lot::Mutex<Option<String>>,
+    stop_hub: CancellationToken,
+}
+
+impl TcpWorkers {
+    /// Binds and serves the hub, then starts the children (spawn mode).
+    ///
+    /// # Errors
+    /// The hub cannot bind, or a child could not become ready.
+    pub async fn start(
+        config: &Config,
+        plan: &Plan,
+        ring: &SharedKeyRing,
+        streams: Arc<MemoryStreams>,
+        guard: Arc<MemoryKv>,
+    ) -> Result<Arc<Self>, StartError> {
+        let keys = Keys::new(&plan.id.namespace, &plan.id.name);
+        let groups: Vec<String> = plan.worker_groups().map(|g| g.name.clone()).collect();
+        let max_entry =
+            sluice_platform::signing::max_entry_bytes(plan.security.max_payload_bytes as usize);
+        let max_nonces = plan.replay_budget.unwrap_or(DEFAULT_MAX_NONCES);
+        let hub = Hub::bind(
+            config.tcp.hub,
+            HubConfig {
+                keys: keys.clone(),
+                groups: groups.clone(),
+                limits: Limits::for_entries(max_entry),
+                max_nonces: usize::try_from(max_nonces).unwrap_or(usize::MAX),
+            },
+            ring.clone(),
+            streams,
+            guard,
+        )
+        .await
+        .map_err(|e| StartError::Unsupported(format!("tcp hub: {e}")))?;
+        let addr = hub.local_addr().map_err(|source| StartError::Listen {
+            addr: config.tcp.hub,
+            source,
+        })?;
+        let connected = hub.connected();
+        let stop_hub = CancellationToken::new();
+        tokio::spawn(hub.serve(stop_hub.clone()));
+        tracing::info!(hub = %addr, workers = ?config.tcp.workers, groups = ?groups, "tcp hub listening");
+
+        let supervisor = match config.tcp.workers {
+            WorkerMode::External => None,
+            WorkerMode::Spawn => {
+                let specs = groups
+                    .iter()
+                    .map(|g| child_spec(config, plan, &keys, ring, g, addr))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let policy = RestartPolicy {
+                    limit: config.tcp.restart_limit,
+                    window: config.tcp.restart_window,
+                    ready_timeout: READY_TIMEOUT,
+                };
+                match Supervisor::start(specs, policy, connected.clone()).await {
+                    Ok(s) => Some(s),
+                    Err(why) => {
+                        stop_hub.cancel();
+                        return Err(StartError::Unsupported(why));
+                    }
+                }
+            }
+        };
+        Ok(Arc::new(Self {
+            hub: addr,
+            groups,
+            connected,
+            supervisor: tokio::sync::Mutex::new(supervisor),
+            given_up: parking_lot::Mutex::new(None),
+            stop_hub,
+        }))
+    }
+
+    /// Why the ingress is not ready, if it is not: a group given up on, or
+    /// one with no live worker.
+    pub fn problem(&self) -> Option<String> {
+        if let Ok(s) = self.supervisor.try_lock() {
+            if let Some(why) = s.as_ref().and_then(Supervisor::problem) {
+                *self.given_up.lock() = Some(why);
+            }
+        }
+        if let Some(why) = self.given_up.lock().clone() {
+            return Some(why);
+        }
+        self.groups
+            .iter()
+            .find(|g| self.connected.of(g) == 0)
+            .map(|g| format!("worker group {g} has no live worker"))
+    }
+
+    /// Stops the children within `budget` (SIGTERM, then kill), then the hub.
+    pub async fn stop(&self, budget: Duration) {
+        if let Some(mut s) = self.supervisor.lock().await.take() {
+            s.stop(budget).await;
+        }
+        self.stop_hub.cancel();
+    }
+}
+
+/// The program, arguments and keys of `group`'s child.
+fn child_spec(
+    config: &Config,
+    plan: &Plan,
+    keys: &Keys,
+    ring: &SharedKeyRing,
+    group: &str,
+    hub: SocketAddr,
+) -> Result<ChildSpec, StartError> {
+    let program = config
+        .tcp
+        .group_bins
+        .get(group)
+        .or(config.tcp.worker_bin.as_ref())
+        .cloned()
+        .unwrap_or_else(default_worker_bin);
+    let needs = plan.key_needs(group);
+    let wanted: Vec<(Kind, &str)> = needs
+        .request
+        .iter()
+        .map(|g| (Kind::Request, g.as_str()))
+        .chain(needs.reply.iter().map(|g| (Kind::Reply, g.as_str())))
+        .collect();
+    let files = derived_files(&ring.get(), keys.pipeline(), &wanted)?;
+    // A map of strings always serialises.
+    let keys_json = serde_json::to_string(&files).unwrap_or_default();
+    let mut args: Vec<OsString> = vec![
+        "--pipeline".into(),
+        absolute(&config.pipeline).into(),
+        "--group".into(),
+        group.into(),
+        "--backend".into(),
+        "tcp".into(),
+        "--hub".into(),
+        hub.to_string().into(),
+        "--keys-stdin".into(),
+        "--exit-with-parent".into(),
+        "--admin".into(),
+        "127.0.0.1:0".into(),
+        "--secrets-dir".into(),
+        config.secrets_dir.clone().into(),
+        "--drain-timeout".into(),
+        format!("{}ms", config.drain_timeout.as_millis()).into(),
+    ];
+    if config.log_format == LogFormat::Json {
+        args.extend(["--log-format".into(), "json".into()]);
+    }
+    Ok(ChildSpec {
+        group: group.to_string(),
+        program,
+        args,
+        keys: keys_json,
+    })
+}
+
+/// `sluice-exec-worker` beside this binary, else on the PATH.
+fn default_worker_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("sluice-exec-worker")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("sluice-exec-worker"))
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
