@@ -1,8 +1,11 @@
 //! Parity between profiles, and the README's by-hand Redis run: the same
 //! inputs through the orders example give byte-identical answers when one
-//! `sluice-web-ingress` runs everything in memory (`examples/orders.yaml`)
-//! and when the ingress and one `sluice-exec-worker` per group talk through
-//! Redis (`examples/orders-redis.yaml`, the same graph).
+//! `sluice-web-ingress` runs everything in memory (`examples/orders.yaml`),
+//! when it starts one `sluice-exec-worker` per group and reaches them over
+//! loopback TCP (`examples/orders-tcp.yaml`), and when the ingress and one
+//! worker per group talk through Redis (`examples/orders-redis.yaml`, the
+//! same graph). Concurrent senders see their own answers in their own
+//! order in every profile.
 
 use std::time::Duration;
 
@@ -75,6 +78,23 @@ async fn orders_give_byte_identical_answers_in_memory_and_on_redis_run_by_hand()
     .await;
     let in_memory = answers(&http, &memory, &inputs).await;
     drop(memory);
+
+    // Tcp: the ingress starts a worker process per group.
+    let tcp = Service::start(
+        &sb,
+        Spec::ingress(&example("orders-tcp.yaml")).named("ingress-tcp"),
+    )
+    .await;
+    let over_tcp = answers(&http, &tcp, &inputs).await;
+    drop(tcp);
+    for (i, (m, t)) in in_memory.iter().zip(&over_tcp).enumerate() {
+        assert_eq!(
+            String::from_utf8_lossy(m),
+            String::from_utf8_lossy(t),
+            "input {i} {}: memory and tcp answers differ",
+            inputs[i]
+        );
+    }
 
     // Redis, by hand, as the README and the example's header say:
     // redis-server, keygen, one exec-worker per group, the ingress.
@@ -154,4 +174,103 @@ async fn orders_give_byte_identical_answers_in_memory_and_on_redis_run_by_hand()
         },
     )
     .await;
+}
+
+/// `senders` callers at once, each posting `per_sender` orders one after
+/// another; every answer must be 200. Returns each sender's answers in the
+/// order it got them.
+async fn concurrent_answers(url: &str, senders: usize, per_sender: usize) -> Vec<Vec<Vec<u8>>> {
+    let mut tasks = vec![];
+    for s in 0..senders {
+        let url = url.to_string();
+        tasks.push(tokio::spawn(async move {
+            let http = Http::new(Duration::from_secs(15));
+            let mut got = vec![];
+            for i in 0..per_sender {
+                // The id names sender and position: an answer out of its
+                // sender's order, or another sender's, never matches.
+                let input = orders::input(&format!("sender-{s}-{i}"), i);
+                let a = http
+                    .post(&url, &input, None)
+                    .await
+                    .unwrap_or_else(|e| panic!("sender {s} order {i}: {e}"));
+                assert_eq!(a.status, 200, "sender {s} order {i}: {}", a.text());
+                got.push(a.body);
+            }
+            got
+        }));
+    }
+    let mut out = vec![];
+    for t in tasks {
+        out.push(t.await.expect("a sender panicked"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_get_the_same_answers_in_their_order_on_every_profile() {
+    let sb = Sandbox::new("parity-concurrent");
+    let (senders, per_sender) = (6, 15);
+
+    let memory = Service::start(
+        &sb,
+        Spec::ingress(&example("orders.yaml")).named("ingress-memory"),
+    )
+    .await;
+    let in_memory = concurrent_answers(&memory.url("/v1/orders"), senders, per_sender).await;
+    drop(memory);
+
+    let tcp = Service::start(
+        &sb,
+        Spec::ingress(&example("orders-tcp.yaml")).named("ingress-tcp"),
+    )
+    .await;
+    let over_tcp = concurrent_answers(&tcp.url("/v1/orders"), senders, per_sender).await;
+    drop(tcp);
+
+    let redis = RedisServer::start(false);
+    let keys = sb.keygen();
+    let pipeline = example("orders-redis.yaml");
+    let _cpu = Service::start(
+        &sb,
+        Spec::worker(&pipeline, "cpu").redis(&redis.url(), &keys),
+    )
+    .await;
+    let _io = Service::start(
+        &sb,
+        Spec::worker(&pipeline, "io").redis(&redis.url(), &keys),
+    )
+    .await;
+    let ingress = Service::start(
+        &sb,
+        Spec::ingress(&pipeline)
+            .named("ingress-redis")
+            .redis(&redis.url(), &keys),
+    )
+    .await;
+    let first = orders::input("warm-up", 0);
+    let a = Http::new(Duration::from_secs(15))
+        .post_when_connected(&ingress.url("/v1/orders"), &first, Duration::from_secs(10))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let on_redis = concurrent_answers(&ingress.url("/v1/orders"), senders, per_sender).await;
+
+    for s in 0..senders {
+        for i in 0..per_sender {
+            let want = orders::expected(&orders::input(&format!("sender-{s}-{i}"), i));
+            let got: Value = serde_json::from_slice(&in_memory[s][i]).expect("JSON answer");
+            assert_eq!(
+                got, want,
+                "memory: sender {s} answer {i} is not its own order's"
+            );
+            assert_eq!(
+                in_memory[s][i], over_tcp[s][i],
+                "sender {s} answer {i}: memory and tcp differ"
+            );
+            assert_eq!(
+                in_memory[s][i], on_redis[s][i],
+                "sender {s} answer {i}: memory and Redis differ"
+            );
+        }
+    }
 }
