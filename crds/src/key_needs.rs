@@ -59,10 +59,16 @@ impl Plan {
         match g.role {
             GroupRole::Worker => {
                 needs.request.insert(group.to_string());
-                if self
-                    .interfaces
-                    .iter()
-                    .any(|i| i.path_groups.iter().any(|p| p == group))
+                // A tcp worker proves its group to the ingress's hub with a
+                // key only the group and the ingress hold: its reply key
+                // (a request key is also held by the groups sending to it).
+                // Replies it could sign with it are still refused unless
+                // its group answers the interface ("Who may answer").
+                if self.backend == crate::BackendKind::Tcp
+                    || self
+                        .interfaces
+                        .iter()
+                        .any(|i| i.path_groups.iter().any(|p| p == group))
                 {
                     needs.reply.insert(group.to_string());
                 }

@@ -31,7 +31,8 @@ use serde_json::Value;
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StreamPipelineSpec {
-    /// Which adapters connect the groups. v1alpha1: all memory or all redis.
+    /// Which adapters connect the groups. v1alpha1: all memory, all redis or
+    /// all tcp.
     #[serde(default)]
     pub backends: Backends,
     /// Redis used when the backends are `redis`.

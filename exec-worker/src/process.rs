@@ -592,6 +592,8 @@ fn keys_from_stdin() -> Result<sluice_platform::KeyRing, ProcessError> {
 /// The whole binary: parse flags, start, drain on SIGTERM/SIGINT. A custom
 /// worker image's `main` calls this with its registry.
 pub async fn main_with(nodes: Registry) -> std::process::ExitCode {
+    // Taken first: a parent that dies while this process starts is seen.
+    let parent = std::os::unix::process::parent_id();
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
     let cfg = match ProcessConfig::resolve(&cli, &env) {
@@ -618,7 +620,7 @@ pub async fn main_with(nodes: Registry) -> std::process::ExitCode {
         r = shutdown_signal() => if let Err(e) = r {
             eprintln!("sluice-exec-worker: {e}");
         },
-        _ = parent_gone(), if exit_with_parent => {
+        _ = parent_gone(parent), if exit_with_parent => {
             tracing::warn!("the process that started this worker is gone; draining");
         }
     }
@@ -630,8 +632,7 @@ pub async fn main_with(nodes: Registry) -> std::process::ExitCode {
 
 /// Returns once this process's parent changed (it exited and the process
 /// was handed to a reaper).
-async fn parent_gone() {
-    let parent = std::os::unix::process::parent_id();
+async fn parent_gone(parent: u32) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;

@@ -292,8 +292,12 @@ impl Queue for MemoryStreams {
                 .and_then(|(s, seq)| s.pending.get_mut(&seq))
                 .filter(|p| p.consumer == consumer);
             match mine {
-                // Resets idle, keeps the count.
-                Some(p) => p.since = now,
+                // Resets idle, keeps the count; a live owner's entries are
+                // no longer free to reclaim.
+                Some(p) => {
+                    p.since = now;
+                    p.released = false;
+                }
                 None => lost.push(id.clone()),
             }
         }
@@ -567,7 +571,9 @@ impl MemoryKv {
                     }
                 }
                 let key: Arc<str> = Arc::from(key);
-                let exp = now + ttl;
+                let exp = now.checked_add(ttl).ok_or_else(|| {
+                    BackendError::Unavailable("a key's time to live is out of range".into())
+                })?;
                 m.entries.insert(key.clone(), (value.to_string(), exp));
                 m.expiry.push(Reverse((exp, key)));
                 Ok(None)

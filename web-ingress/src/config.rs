@@ -685,6 +685,76 @@ mod tests {
     }
 
     #[test]
+    fn tcp_settings_resolve_and_bad_ones_name_their_flag() {
+        let none = HashMap::new();
+        let c = Config::resolve(&cli(&["--pipeline", "p"]), &none).unwrap();
+        assert_eq!(c.tcp.workers, WorkerMode::Spawn);
+        assert_eq!(c.tcp.hub.to_string(), "127.0.0.1:0");
+        assert_eq!(
+            (c.tcp.restart_limit, c.tcp.restart_window),
+            (5, Duration::from_secs(60))
+        );
+        let c = Config::resolve(
+            &cli(&[
+                "--pipeline",
+                "p",
+                "--workers",
+                "external",
+                "--hub",
+                "127.0.0.1:7311",
+                "--worker-bin",
+                "/opt/w",
+                "--worker-bin",
+                "io=/opt/io",
+                "--restart-limit",
+                "2",
+                "--restart-window",
+                "10s",
+            ]),
+            &none,
+        )
+        .unwrap();
+        assert_eq!(c.tcp.workers, WorkerMode::External);
+        assert_eq!(c.tcp.worker_bin, Some(PathBuf::from("/opt/w")));
+        assert_eq!(c.tcp.group_bins.get("io"), Some(&PathBuf::from("/opt/io")));
+        assert_eq!(
+            (c.tcp.restart_limit, c.tcp.restart_window),
+            (2, Duration::from_secs(10))
+        );
+        let env: HashMap<String, String> = [(ENV_HUB.to_string(), "[::1]:7311".to_string())].into();
+        let c = Config::resolve(&cli(&["--pipeline", "p"]), &env).unwrap();
+        assert_eq!(c.tcp.hub.to_string(), "[::1]:7311");
+
+        for (args, flag, says) in [
+            (&["--hub", "0.0.0.0:7311"][..], "--hub", "loopback"),
+            (&["--hub", "here"][..], "--hub", "not an address"),
+            (
+                &["--workers", "some"][..],
+                "--workers",
+                "expected spawn or external",
+            ),
+            (&["--workers", "external"][..], "--hub", "fixed port"),
+            (&["--worker-bin", "io="][..], "--worker-bin", "GROUP=PATH"),
+            (
+                &["--restart-limit", "0"][..],
+                "--restart-limit",
+                "at least 1",
+            ),
+            (
+                &["--restart-window", "0s"][..],
+                "--restart-window",
+                "between",
+            ),
+        ] {
+            let mut all = vec!["--pipeline", "p"];
+            all.extend_from_slice(args);
+            let e = Config::resolve(&cli(&all), &none).unwrap_err();
+            assert_eq!(e.name, flag, "{args:?}: {e}");
+            assert!(e.message.contains(says), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
     fn bad_values_name_their_flag() {
         let e = Config::resolve(&cli(&[]), &HashMap::new()).unwrap_err();
         assert_eq!(e.name, "--pipeline");

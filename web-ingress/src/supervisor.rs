@@ -7,7 +7,7 @@
 //!           write G's key files to its stdin, close it
 //!           wait until G's connection passed the hub's handshake (ready)
 //! run:    a child that exits is started again after a backoff
-//!           (250 ms doubling to 10 s); `limit` exits within `window`
+//!           (250 ms doubling to 8 s); `limit` exits within `window`
 //!           give up on the group: readiness fails with the reason
 //! stop:   SIGTERM to every child; a child not gone within the budget is
 //!           killed; each stop is reported once, graceful or forced
@@ -169,6 +169,14 @@ impl Supervisor {
     }
 }
 
+/// A supervisor dropped without [`Supervisor::stop`] (a start that failed
+/// later) still stops its children: SIGTERM, then a kill.
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// Runs one group's child until stopped or given up on.
 async fn monitor(
     spec: ChildSpec,
@@ -220,7 +228,7 @@ async fn monitor(
         }
         let backoff = Duration::from_millis(250)
             .saturating_mul(1 << (exits.len().min(6) - 1))
-            .min(Duration::from_secs(10));
+            .min(Duration::from_secs(8));
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.cancelled() => {
@@ -235,18 +243,50 @@ async fn monitor(
 async fn spawn(spec: &ChildSpec) -> Result<Child, String> {
     let mut child = Command::new(&spec.program)
         .args(&spec.args)
-        // A key directory meant for the ingress is not the child's.
-        .env_remove("SLUICE_KEYS_DIR")
+        // Only what a worker needs of the ingress's environment: nothing
+        // of its own settings (key directory, Redis URL, TLS files).
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| passed_on(k)))
         .stdin(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))?;
     if let Some(mut stdin) = child.stdin.take() {
-        // A child that exits before reading is seen exiting by the monitor.
-        let _ = stdin.write_all(spec.keys.as_bytes()).await;
-        let _ = stdin.shutdown().await;
+        // A child that exits before reading is seen exiting by the monitor;
+        // one that never reads is given a few seconds.
+        let hand_over = async {
+            stdin.write_all(spec.keys.as_bytes()).await?;
+            stdin.shutdown().await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), hand_over).await;
     }
     Ok(child)
+}
+
+/// The variables of the ingress's environment a worker inherits: where to
+/// find programs and certificates, locale and time zone, proxies, logging
+/// and trace export. The ingress's own `SLUICE_*` settings are not passed.
+fn passed_on(name: &std::ffi::OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    const EXACT: [&str; 12] = [
+        "PATH",
+        "HOME",
+        "TZ",
+        "LANG",
+        "RUST_LOG",
+        "RUST_BACKTRACE",
+        "NO_COLOR",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    ];
+    EXACT.contains(&name.to_ascii_uppercase().as_str())
+        || name.starts_with("LC_")
+        || name.starts_with("OTEL_")
 }
 
 fn describe(s: std::io::Result<ExitStatus>) -> String {

@@ -73,6 +73,10 @@ impl TcpWorkers {
                 groups: groups.clone(),
                 limits: Limits::for_entries(max_entry),
                 max_nonces: usize::try_from(max_nonces).unwrap_or(usize::MAX),
+                max_nonce_ttl: plan.max_timeout().saturating_add(plan.security.clock_skew),
+                max_queue_depth: plan.limits.max_queue_depth,
+                dead_letter_cap: sluice_exec_worker::worker::DEAD_LETTER_RETENTION,
+                lease: plan.limits.lease,
             },
             ring.clone(),
             streams,
@@ -92,6 +96,14 @@ impl TcpWorkers {
         let supervisor = match config.tcp.workers {
             WorkerMode::External => None,
             WorkerMode::Spawn => {
+                // Children run as this process's user: keep them (and
+                // anything else of that user) from reading this process's
+                // memory and environment through /proc.
+                if let Err(e) = rustix::process::set_dumpable_behavior(
+                    rustix::process::DumpableBehavior::NotDumpable,
+                ) {
+                    tracing::warn!(error = %e, "cannot mark the ingress not dumpable");
+                }
                 let specs = groups
                     .iter()
                     .map(|g| child_spec(config, plan, &keys, ring, g, addr))

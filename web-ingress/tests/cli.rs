@@ -295,6 +295,12 @@ async fn help_mentions_every_flag_and_exits_zero() {
         "--redis",
         "--keys",
         "SLUICE_PIPELINE",
+        "--hub",
+        "SLUICE_HUB",
+        "--workers",
+        "--worker-bin",
+        "--restart-limit",
+        "--restart-window",
     ] {
         assert!(
             stdout.contains(needle),

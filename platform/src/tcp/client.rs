@@ -147,30 +147,60 @@ impl TcpBackend {
     }
 
     async fn call(&self, call: Call, wait: Duration) -> Result<Answer> {
-        let conn = self.live().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = call.encode(id);
+        // Refused here, not by the hub: a frame over the limit would end
+        // the connection for every call on it.
+        if frame.len() > self.cfg.limits.max_frame {
+            return Err(BackendError::Unavailable(format!(
+                "a call of {} bytes is over the hub's frame limit",
+                frame.len()
+            )));
+        }
+        let conn = self.live().await?;
         let (tx, rx) = oneshot::channel();
         conn.waiting.lock().insert(id, tx);
+        // Whatever ends this call (answer, failure, timeout, or the caller
+        // dropping it) takes its entry out of the map.
+        let _forget = Forget {
+            waiting: &conn.waiting,
+            id,
+        };
+        let gone = || BackendError::Unavailable(format!("hub {}: connection closed", self.cfg.hub));
         // The reader marks the connection dead before it fails what is
         // waiting, so a call registered after that sees the mark here.
-        let gone = || BackendError::Unavailable(format!("hub {}: connection closed", self.cfg.hub));
-        if conn.dead.is_cancelled() || conn.calls.send(call.encode(id)).await.is_err() {
-            conn.waiting.lock().remove(&id);
+        if conn.dead.is_cancelled() {
             return Err(gone());
         }
-        match tokio::time::timeout(wait, rx).await {
+        let answered = async {
+            tokio::select! {
+                sent = conn.calls.send(frame) => sent.map_err(|_| gone())?,
+                _ = conn.dead.cancelled() => return Err(gone()),
+            }
+            rx.await.map_err(|_| gone())
+        };
+        match tokio::time::timeout(wait, answered).await {
             Ok(Ok(Answer::Failed(why))) => Err(BackendError::Unavailable(why)),
             Ok(Ok(a)) => Ok(a),
-            Ok(Err(_)) => Err(gone()),
-            Err(_) => {
-                conn.waiting.lock().remove(&id);
-                Err(BackendError::Timeout)
-            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(BackendError::Timeout),
         }
     }
 
     async fn ask(&self, call: Call) -> Result<Answer> {
         self.call(call, self.cfg.timeout).await
+    }
+}
+
+/// Removes a call's entry from the waiting map when the call ends.
+struct Forget<'a> {
+    waiting: &'a Waiting,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.waiting.lock().remove(&self.id);
     }
 }
 

@@ -7,7 +7,13 @@
 //! against what that group may touch, as the Redis ACLs do in the Redis
 //! profile: its own queue (read, renew, reclaim, hand off), other groups'
 //! queues and reply streams (append only), the dead-letter stream (capped
-//! append) and its own nonces. Anything else is refused and logged.
+//! append) and its own nonces. Anything else is refused and logged. What a
+//! worker writes is checked too: entries no larger than the ingress's entry
+//! limit, pushes only to the pipeline's worker queues and only below their
+//! depth limit, replies only to streams that exist, the dead-letter stream
+//! capped by the hub, nonces with a bounded key, value and time to live.
+//! Connections are bounded before the handshake (a few seconds each) and
+//! after it (a few per group), and so are the calls and answers of each.
 //!
 //! When a connection ends, the entries its consumers held become
 //! reclaimable at once, so the group's next worker (the restarted child)
@@ -43,15 +49,39 @@ pub struct HubConfig {
     /// Most nonces the replay guard holds; past it nonce claims fail (the
     /// entry stays pending and is tried again).
     pub max_nonces: usize,
+    /// Longest time to live of a nonce: the longest deadline plus the
+    /// clock skew.
+    pub max_nonce_ttl: Duration,
+    /// Entries a worker queue may hold before pushes to it are refused.
+    pub max_queue_depth: u64,
+    /// Entries the dead-letter stream keeps.
+    pub dead_letter_cap: u64,
+    /// The pipeline's lease: nothing is reclaimed sooner (except what a
+    /// gone worker held).
+    pub lease: Duration,
 }
 
-/// Connections at most; more are closed at once.
+/// Connections in their handshake at most; more are closed at once.
+const MAX_HANDSHAKES: usize = 32;
+/// Connections past the handshake at most, and per group.
 const MAX_CONNECTIONS: usize = 64;
+const MAX_PER_GROUP: usize = 4;
 /// A handshake not done by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Calls of one connection running at once; the connection is not read
 /// further until one ends.
-const CALLS_PER_CONNECTION: usize = 256;
+const CALLS_PER_CONNECTION: usize = 64;
+/// Consumer names one connection may use (a worker uses one).
+const CONSUMERS_PER_CONNECTION: usize = 4;
+/// An answer not written within this long ends the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most items of one call's lists.
+const MAX_COMPLETIONS: usize = 1024;
+const MAX_HELD: usize = 16_384;
+const MAX_APPEND_STREAMS: usize = 8;
+/// Longest nonce key and value.
+const MAX_NONCE_KEY: usize = 512;
+const MAX_NONCE_VALUE: usize = 64;
 /// The longest blocking read the hub waits out.
 const MAX_BLOCK: Duration = Duration::from_secs(30);
 /// Longest consumer name.
@@ -102,7 +132,12 @@ struct Shared {
     streams: Arc<MemoryStreams>,
     guard: Arc<MemoryKv>,
     connected: Arc<Connected>,
+    handshakes: Arc<Semaphore>,
     open: Arc<Semaphore>,
+    /// Live connections per consumer name: a worker that reconnects keeps
+    /// its name, and its entries are released only when none is left.
+    consumers: Mutex<HashMap<String, usize>>,
+    replies_prefix: String,
 }
 
 /// The hub could not start.
@@ -136,12 +171,15 @@ impl Hub {
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
-                cfg,
                 ring,
                 streams,
                 guard,
                 connected: Arc::default(),
+                handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
                 open: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+                consumers: Mutex::default(),
+                replies_prefix: cfg.keys.reply(""),
+                cfg,
             }),
         })
     }
@@ -174,15 +212,14 @@ impl Hub {
                     }
                 },
             };
-            let Ok(slot) = self.shared.open.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "hub: too many connections; closing the new one");
+            let Ok(handshake) = self.shared.handshakes.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, "hub: too many handshakes; closing the new connection");
                 continue;
             };
             let shared = self.shared.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
-                shared.serve_one(stream, peer, stop).await;
-                drop(slot);
+                shared.serve_one(stream, peer, handshake, stop).await;
             });
         }
     }
@@ -193,6 +230,7 @@ impl Shared {
         self: Arc<Self>,
         mut stream: TcpStream,
         peer: SocketAddr,
+        handshake: tokio::sync::OwnedSemaphorePermit,
         stop: CancellationToken,
     ) {
         let _ = stream.set_nodelay(true);
@@ -220,6 +258,15 @@ impl Shared {
                 return;
             }
         };
+        drop(handshake);
+        if self.connected.of(&group) >= MAX_PER_GROUP {
+            tracing::warn!(%peer, group = %group, "hub: too many connections of this group; closing the new one");
+            return;
+        }
+        let Ok(_slot) = self.open.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, group = %group, "hub: too many connections; closing the new one");
+            return;
+        };
         tracing::info!(%peer, group = %group, "hub: worker connected");
         self.connected.add(&group, 1);
         let consumers = Arc::new(Mutex::new(HashSet::new()));
@@ -227,7 +274,7 @@ impl Shared {
         let (tx, rx) = mpsc::channel(CALLS_PER_CONNECTION);
         let done = CancellationToken::new();
         let writer = tokio::spawn(write_answers(write, s.sealer, rx, done.clone()));
-        let access = Access::new(&self.cfg.keys, &group);
+        let access = Access::new(&self.cfg, &group);
         self.clone()
             .read_calls(
                 BufReader::new(read),
@@ -241,9 +288,24 @@ impl Shared {
             .await;
         done.cancel();
         let _ = writer.await;
-        // What this connection's consumers held is theirs no more.
+        // What this connection's consumers held is theirs no more, unless
+        // another live connection uses the same name (a reconnect).
         let held: Vec<String> = consumers.lock().drain().collect();
         for c in held {
+            let last = {
+                let mut all = self.consumers.lock();
+                let left = all.get_mut(&c).map(|n| {
+                    *n -= 1;
+                    *n
+                });
+                if left == Some(0) {
+                    all.remove(&c);
+                }
+                left == Some(0)
+            };
+            if !last {
+                continue;
+            }
             let n = self.streams.release(&access.own, &c);
             if n > 0 {
                 tracing::info!(group = %group, consumer = %c, entries = n, "hub: a worker's entries are free to reclaim");
@@ -265,21 +327,25 @@ impl Shared {
         done: CancellationToken,
     ) {
         let running = Arc::new(Semaphore::new(CALLS_PER_CONNECTION));
+        // The connection's calls: all of them end (aborted) before what its
+        // consumers held is released, so none takes entries afterwards.
+        let mut calls = tokio::task::JoinSet::new();
         loop {
+            while calls.try_join_next().is_some() {}
             let frame = tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = done.cancelled() => return,
+                _ = stop.cancelled() => break,
+                _ = done.cancelled() => break,
                 f = opener.open(&mut r) => f,
             };
             let (id, call) = match frame.map(Call::decode) {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     tracing::warn!(group = %access.group, error = %e, "hub: closing a connection");
-                    return;
+                    break;
                 }
                 Err(e) => {
                     tracing::debug!(group = %access.group, error = %e, "hub: connection ended");
-                    return;
+                    break;
                 }
             };
             if let Err(why) = access.check(&call) {
@@ -290,22 +356,38 @@ impl Shared {
                 continue;
             }
             if let Call::Read { consumer, .. } | Call::Reclaim { consumer, .. } = &call {
-                let mut c = consumers.lock();
-                if !c.contains(consumer) {
-                    c.insert(consumer.clone());
+                let refused = {
+                    let mut c = consumers.lock();
+                    if c.contains(consumer) {
+                        false
+                    } else if c.len() >= CONSUMERS_PER_CONNECTION {
+                        true
+                    } else {
+                        c.insert(consumer.clone());
+                        *self.consumers.lock().entry(consumer.clone()).or_default() += 1;
+                        false
+                    }
+                };
+                if refused {
+                    tracing::warn!(group = %access.group, "hub: too many consumer names on one connection");
+                    let why = Answer::Failed("refused by the hub: too many consumer names".into());
+                    let _ = tx.send(why.encode(id)).await;
+                    continue;
                 }
             }
             let Ok(permit) = running.clone().acquire_owned().await else {
-                return;
+                break;
             };
             let this = self.clone();
             let tx = tx.clone();
-            tokio::spawn(async move {
+            calls.spawn(async move {
                 let answer = this.run(call).await;
                 let _ = tx.send(answer.encode(id)).await;
                 drop(permit);
             });
         }
+        calls.abort_all();
+        while calls.join_next().await.is_some() {}
     }
 
     async fn run(&self, call: Call) -> Answer {
@@ -313,12 +395,18 @@ impl Shared {
         let q = &*self.streams;
         let r = match call {
             Call::EnsureGroup { stream } => q.ensure_group(&stream).await.map(|()| Answer::Done),
-            Call::Push { stream, entry } => q.push(&stream, entry).await.map(Answer::Id),
-            Call::PushCapped {
-                stream,
-                entry,
-                max_len,
-            } => q.push_capped(&stream, entry, max_len).await.map(Answer::Id),
+            Call::Push { stream, entry } => match q.depth(&stream).await {
+                Ok(d) if d.entries >= self.cfg.max_queue_depth => {
+                    return Answer::Failed(format!("{stream} is full; try again later"))
+                }
+                _ => q.push(&stream, entry).await.map(Answer::Id),
+            },
+            // The hub's cap, not the caller's: a worker cannot empty the
+            // dead letters by asking for a cap of zero.
+            Call::PushCapped { stream, entry, .. } => q
+                .push_capped(&stream, entry, self.cfg.dead_letter_cap)
+                .await
+                .map(Answer::Id),
             Call::Read {
                 stream,
                 consumer,
@@ -357,10 +445,22 @@ impl Shared {
                 min_idle,
                 max,
             } => q
-                .reclaim(&stream, &consumer, min_idle, (max as usize).min(max_read))
+                .reclaim(
+                    &stream,
+                    &consumer,
+                    min_idle.max(self.cfg.lease),
+                    (max as usize).min(max_read),
+                )
                 .await
                 .map(Answer::Deliveries),
-            Call::CompleteAll { stream, done } => {
+            Call::CompleteAll { stream, mut done } => {
+                // Replies go only to streams that exist: a worker cannot
+                // make streams nobody reads or expires.
+                for f in done.iter_mut().filter_map(|c| c.forward.as_mut()) {
+                    if f.stream.starts_with(&self.replies_prefix) {
+                        f.must_exist = true;
+                    }
+                }
                 q.complete_all(&stream, &done).await.map(Answer::Flags)
             }
             Call::Append { streams, entry } => {
@@ -373,7 +473,12 @@ impl Shared {
             Call::Pending { stream } => q.pending(&stream).await.map(Answer::Count),
             Call::SetNx { key, value, ttl } => self
                 .guard
-                .set_nx_within(&key, &value, ttl, self.cfg.max_nonces)
+                .set_nx_within(
+                    &key,
+                    &value,
+                    ttl.min(self.cfg.max_nonce_ttl),
+                    self.cfg.max_nonces,
+                )
                 .await
                 .map(Answer::Value),
             Call::Get { key } => self.guard.get(&key).await.map(Answer::Value),
@@ -402,8 +507,9 @@ async fn write_answers(
                 Err(_) => break,
             }
         }
-        if w.write_all(&buf).await.is_err() {
-            break;
+        match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&buf)).await {
+            Ok(Ok(())) => {}
+            _ => break,
         }
         if buf.capacity() > 1 << 20 {
             buf = Vec::with_capacity(16 << 10);
@@ -416,21 +522,41 @@ async fn write_answers(
 struct Access {
     group: String,
     own: String,
-    queues: String,
+    /// The worker groups' queues: the only streams pushed to.
+    queues: HashSet<String>,
     replies: String,
     dead_letter: String,
     nonces: String,
+    max_entry: usize,
 }
 
 impl Access {
-    fn new(keys: &Keys, group: &str) -> Self {
+    fn new(cfg: &HubConfig, group: &str) -> Self {
+        let keys = &cfg.keys;
         Self {
             group: group.to_string(),
             own: keys.queue(group),
-            queues: keys.queue(""),
+            queues: cfg.groups.iter().map(|g| keys.queue(g)).collect(),
             replies: keys.reply(""),
             dead_letter: keys.dead_letter(),
             nonces: keys.nonce_prefix(group),
+            max_entry: cfg.limits.max_entry,
+        }
+    }
+
+    fn entry(&self, e: &crate::envelope::StreamEntry) -> Result<(), &'static str> {
+        if e.stored_len() > self.max_entry {
+            Err("an entry larger than the pipeline's entry limit")
+        } else {
+            Ok(())
+        }
+    }
+
+    fn queue(&self, stream: &str) -> Result<(), &'static str> {
+        if self.queues.contains(stream) {
+            Ok(())
+        } else {
+            Err("pushes go to a worker queue of this pipeline")
         }
     }
 
@@ -466,51 +592,76 @@ impl Access {
             Call::Read {
                 stream, consumer, ..
             }
-            | Call::Renew {
-                stream, consumer, ..
-            }
             | Call::Reclaim {
                 stream, consumer, ..
             } => {
                 self.own(stream)?;
                 Self::consumer(consumer)
             }
-            Call::Push { stream, .. } => {
-                if stream.len() > self.queues.len() && stream.starts_with(&self.queues) {
-                    Ok(())
-                } else {
-                    Err("pushes go to a queue of this pipeline")
+            Call::Renew {
+                stream,
+                consumer,
+                held,
+                ..
+            } => {
+                self.own(stream)?;
+                Self::consumer(consumer)?;
+                if held.len() > MAX_HELD {
+                    return Err("too many held entries in one renewal");
                 }
+                Ok(())
             }
-            Call::PushCapped { stream, .. } => {
-                if *stream == self.dead_letter {
-                    Ok(())
-                } else {
-                    Err("capped pushes go to the dead-letter stream")
+            Call::Push { stream, entry } => {
+                self.queue(stream)?;
+                self.entry(entry)
+            }
+            Call::PushCapped { stream, entry, .. } => {
+                if *stream != self.dead_letter {
+                    return Err("capped pushes go to the dead-letter stream");
                 }
+                self.entry(entry)
             }
             Call::CompleteAll { stream, done } => {
                 self.own(stream)?;
+                if done.len() > MAX_COMPLETIONS {
+                    return Err("too many hand-offs in one call");
+                }
                 for f in done.iter().filter_map(|c| c.forward.as_ref()) {
-                    let queue =
-                        f.stream.len() > self.queues.len() && f.stream.starts_with(&self.queues);
-                    if !queue {
+                    if self.queue(&f.stream).is_err() {
                         self.reply(&f.stream)?;
                     }
                     if let Some(copy) = &f.copy_to {
                         self.reply(copy)?;
                     }
+                    self.entry(&f.entry)?;
                 }
                 Ok(())
             }
-            Call::Append { streams, .. } => streams.iter().try_for_each(|s| self.reply(s)),
-            Call::SetNx { key, .. } | Call::Get { key } => {
-                if key.starts_with(&self.nonces) {
-                    Ok(())
-                } else {
-                    Err("a group claims its own nonces only")
+            Call::Append { streams, entry } => {
+                if streams.len() > MAX_APPEND_STREAMS {
+                    return Err("too many streams in one append");
                 }
+                streams.iter().try_for_each(|s| self.reply(s))?;
+                self.entry(entry)
             }
+            Call::SetNx { key, value, .. } => {
+                self.nonce(key)?;
+                if value.len() > MAX_NONCE_VALUE {
+                    return Err("a nonce value longer than an entry id");
+                }
+                Ok(())
+            }
+            Call::Get { key } => self.nonce(key),
+        }
+    }
+
+    fn nonce(&self, key: &str) -> Result<(), &'static str> {
+        if !key.starts_with(&self.nonces) {
+            Err("a group claims its own nonces only")
+        } else if key.len() > MAX_NONCE_KEY {
+            Err("a nonce key longer than any the pipeline makes")
+        } else {
+            Ok(())
         }
     }
 }
@@ -533,7 +684,17 @@ mod tests {
     #[test]
     fn a_group_touches_what_its_redis_user_would_and_nothing_else() {
         let keys = Keys::new("default", "hello");
-        let a = Access::new(&keys, "work");
+        let cfg = HubConfig {
+            keys: keys.clone(),
+            groups: vec!["work".into(), "next".into()],
+            limits: Limits::for_entries(1024),
+            max_nonces: 10,
+            max_nonce_ttl: Duration::from_secs(10),
+            max_queue_depth: 10,
+            dead_letter_cap: 10,
+            lease: Duration::from_secs(1),
+        };
+        let a = Access::new(&cfg, "work");
         let own = keys.queue("work");
         let ok = [
             Call::Read {
@@ -628,6 +789,33 @@ mod tests {
             },
             Call::Depth {
                 stream: keys.queue("other"),
+            },
+            // A queue no group of the pipeline reads.
+            Call::Push {
+                stream: keys.queue("made-up"),
+                entry: entry(),
+            },
+            // An entry over the entry limit.
+            Call::Push {
+                stream: keys.queue("next"),
+                entry: StreamEntry {
+                    m: vec![b'x'; 2048],
+                    ..entry()
+                },
+            },
+            Call::SetNx {
+                key: keys.nonce("work", "k1", &"n".repeat(600)),
+                value: "0-1".into(),
+                ttl: Duration::from_secs(1),
+            },
+            Call::SetNx {
+                key: keys.nonce("work", "k1", "n"),
+                value: "x".repeat(100),
+                ttl: Duration::from_secs(1),
+            },
+            Call::Append {
+                streams: vec![keys.reply("a"); 9],
+                entry: entry(),
             },
         ];
         for c in &refused {

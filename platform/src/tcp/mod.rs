@@ -37,7 +37,12 @@ pub struct Limits {
     pub max_frame: usize,
     /// Most entries one read or reclaim returns.
     pub max_read: usize,
+    /// Largest entry a worker may write (the ingress's entry limit).
+    pub max_entry: usize,
 }
+
+/// No frame is larger, whatever the entry limit: its length is a `u32`.
+pub const MAX_FRAME: usize = 1 << 30;
 
 /// Entries one read returns at most.
 pub const MAX_READ: usize = 64;
@@ -55,9 +60,17 @@ impl Limits {
     pub fn for_entries(max_entry: usize) -> Self {
         let reads = max_entry.saturating_mul(MAX_READ);
         let hand_offs = HAND_OFF_BYTES.saturating_add(max_entry);
+        let max_frame = reads
+            .max(hand_offs)
+            .saturating_add(FRAME_SLACK)
+            .min(MAX_FRAME);
+        // Fewer entries per read when a read of MAX_READ would not fit.
+        let max_read =
+            ((max_frame - FRAME_SLACK.min(max_frame)) / max_entry.max(1)).clamp(1, MAX_READ);
         Self {
-            max_frame: reads.max(hand_offs).saturating_add(FRAME_SLACK),
-            max_read: MAX_READ,
+            max_frame,
+            max_read,
+            max_entry,
         }
     }
 }
@@ -101,6 +114,10 @@ mod tests {
         assert!(l.max_frame >= 64 << 20);
         let l = Limits::for_entries(1 << 10);
         assert!(l.max_frame >= (1 << 20) + (1 << 10));
-        assert_eq!(Limits::for_entries(usize::MAX).max_frame, usize::MAX);
+        assert_eq!(l.max_read, MAX_READ);
+        let huge = Limits::for_entries(64 << 20);
+        assert_eq!(huge.max_frame, MAX_FRAME, "a length always fits its u32");
+        assert!(huge.max_read >= 1 && huge.max_read * (64 << 20) <= MAX_FRAME);
+        assert_eq!(Limits::for_entries(usize::MAX).max_read, 1);
     }
 }

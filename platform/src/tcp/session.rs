@@ -9,9 +9,11 @@
 //! then            [len u32][payload][HMAC(direction key, seq ‖ payload)]
 //! ```
 //!
-//! `K` is the request key of the worker's group under `kid`: the key the
-//! worker needs anyway to verify its work, and that the hub (the ingress,
-//! holding the whole ring in this profile) derives. The transcript names the
+//! `K` is derived (HMAC, its own label) from the reply key of the worker's
+//! group under `kid`: of the worker processes only that group's holds it
+//! (a request key is also held by every group sending to it), and the hub
+//! (the ingress, holding the whole ring in this profile) derives it. So a
+//! worker can connect as its own group only. The transcript names the
 //! pipeline, kid, group and both nonces, so a proof is good for one
 //! connection only. Each side proves it holds `K` before it learns anything:
 //! a process that took over the port of a dead peer can neither read work
@@ -32,6 +34,8 @@ use crate::keyring::{valid_group, valid_kid, KeyRing};
 type HmacSha256 = Hmac<Sha256>;
 
 const MAGIC: &[u8; 4] = b"SLT1";
+/// A frame whose length arrived must arrive whole within this long.
+const FRAME_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 const NONCE: usize = 32;
 const MAC: usize = 32;
 
@@ -98,8 +102,24 @@ impl Opener {
         if len - MAC > self.max_payload {
             return Err(SessionError::Frame("larger than the frame limit"));
         }
-        self.buf.resize(len, 0);
-        r.read_exact(&mut self.buf).await?;
+        // The buffer grows as bytes arrive, not from the length alone; a
+        // frame begun must be finished within FRAME_BODY_TIMEOUT.
+        self.buf.clear();
+        let mut taken = (&mut *r).take(len as u64);
+        let body = taken.read_to_end(&mut self.buf);
+        match tokio::time::timeout(FRAME_BODY_TIMEOUT, body).await {
+            Err(_) => {
+                return Err(SessionError::Frame(
+                    "a frame's bytes did not arrive in time",
+                ))
+            }
+            Ok(read) => {
+                read?;
+            }
+        }
+        if self.buf.len() != len {
+            return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
         let (payload, tag) = self.buf.split_at(len - MAC);
         // `verify_slice` compares in constant time.
         if self.dir.mac(payload).verify_slice(tag).is_err() {
@@ -176,6 +196,13 @@ fn session(key: &[u8; 32], t: &[u8], client: bool, max_payload: usize) -> Sessio
     }
 }
 
+/// The handshake key of `group`: its reply key under `kid`, through a label
+/// of its own so no handshake value is ever an envelope's MAC.
+fn handshake_key(ring: &KeyRing, kid: &str, pipeline: &str, group: &str) -> Option<[u8; 32]> {
+    let reply = ring.key(kid, Kind::Reply, pipeline, group)?;
+    Some(derive_key(&reply, b"sluice-tcp/1 handshake key", &[]))
+}
+
 fn nonce() -> [u8; NONCE] {
     let mut n = [0u8; NONCE];
     rand::thread_rng().fill_bytes(&mut n);
@@ -195,11 +222,9 @@ pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     max_payload: usize,
 ) -> Result<Session, SessionError> {
     let kid = ring.current();
-    let key = ring
-        .key(kid, Kind::Request, pipeline, group)
-        .ok_or(SessionError::Refused(
-            "this process lacks its group's request key",
-        ))?;
+    let key = handshake_key(ring, kid, pipeline, group).ok_or(SessionError::Refused(
+        "this process lacks its group's reply key",
+    ))?;
     let cn = nonce();
     let mut hello = Vec::with_capacity(4 + 2 + kid.len() + group.len() + NONCE);
     hello.extend_from_slice(MAGIC);
@@ -269,9 +294,8 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     if !allow(&group) {
         return Err(SessionError::Refused("not a worker group of this pipeline"));
     }
-    let key = ring
-        .key(&kid, Kind::Request, pipeline, &group)
-        .ok_or(SessionError::Refused("unknown kid"))?;
+    let key =
+        handshake_key(ring, &kid, pipeline, &group).ok_or(SessionError::Refused("unknown kid"))?;
     let sn = nonce();
     let t = transcript(pipeline, &kid, &group, &cn, &sn);
     let mut reply = Vec::with_capacity(4 + NONCE + MAC);

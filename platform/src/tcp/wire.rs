@@ -229,6 +229,10 @@ pub enum Answer {
 /// The least bytes an encoded entry takes: four lengths.
 const MIN_ENTRY: usize = 16;
 
+/// Elements reserved ahead of decoding at most: a list's decoded form can
+/// be many times its encoded bytes, so it grows with what actually decodes.
+const PREALLOCATED: usize = 64;
+
 fn forward(w: &mut Writer, f: &Forward) {
     w.str(&f.stream).entry(&f.entry).u8(u8::from(f.must_exist));
     match &f.copy_to {
@@ -349,7 +353,7 @@ impl Call {
                 let consumer = r.str()?;
                 let lease = r.millis()?;
                 let n = r.count(12)?;
-                let mut held = Vec::with_capacity(n);
+                let mut held = Vec::with_capacity(n.min(PREALLOCATED));
                 for _ in 0..n {
                     held.push((r.str()?, r.millis()?));
                 }
@@ -369,7 +373,7 @@ impl Call {
             7 => {
                 let stream = r.str()?;
                 let n = r.count(5)?;
-                let mut done = Vec::with_capacity(n);
+                let mut done = Vec::with_capacity(n.min(PREALLOCATED));
                 for _ in 0..n {
                     let id = r.str()?;
                     let forward = if r.bool()? {
@@ -383,7 +387,7 @@ impl Call {
             }
             8 => {
                 let n = r.count(4)?;
-                let mut streams = Vec::with_capacity(n);
+                let mut streams = Vec::with_capacity(n.min(PREALLOCATED));
                 for _ in 0..n {
                     streams.push(r.str()?);
                 }
@@ -459,7 +463,7 @@ impl Answer {
             2 => Answer::Id(r.str()?),
             3 => {
                 let n = r.count(4 + MIN_ENTRY + 4)?;
-                let mut ds = Vec::with_capacity(n);
+                let mut ds = Vec::with_capacity(n.min(PREALLOCATED));
                 for _ in 0..n {
                     ds.push(Delivery {
                         id: r.str()?,
@@ -471,7 +475,7 @@ impl Answer {
             }
             4 => {
                 let n = r.count(4)?;
-                let mut ids = Vec::with_capacity(n);
+                let mut ids = Vec::with_capacity(n.min(PREALLOCATED));
                 for _ in 0..n {
                     ids.push(r.str()?);
                 }
@@ -479,7 +483,7 @@ impl Answer {
             }
             5 => {
                 let n = r.count(1)?;
-                let mut fs = Vec::with_capacity(n);
+                let mut fs = Vec::with_capacity(n.min(PREALLOCATED));
                 for _ in 0..n {
                     fs.push(r.bool()?);
                 }

@@ -31,6 +31,8 @@ fn help_documents_every_flag_with_its_variable() {
         ("--redis-pool-size", "SLUICE_REDIS_POOL_SIZE"),
         ("--redis-ca-file", "SLUICE_REDIS_CA_FILE"),
         ("--keys", "SLUICE_KEYS_DIR"),
+        ("--hub", "SLUICE_HUB"),
+        ("--keys-stdin", "standard input"),
         ("--admin", "SLUICE_ADMIN"),
         ("--concurrency", "SLUICE_CONCURRENCY"),
         ("--secrets-dir", "SLUICE_SECRETS_DIR"),
@@ -57,7 +59,7 @@ fn a_memory_pipeline_or_a_bad_backend_is_refused_at_start_up() {
         (&["--backend", "memory"], "uses memory backends"),
         (
             &["--backend", "postgres"],
-            "--backend: `postgres`: expected memory or redis",
+            "--backend: `postgres`: expected memory, redis or tcp",
         ),
     ];
     for (extra, expected) in cases {
