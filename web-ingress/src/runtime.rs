@@ -313,10 +313,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     let replay_budget = match backend {
         BackendKind::Memory => None,
         BackendKind::Redis => plan.replay_budget,
-        BackendKind::Tcp => Some(
-            plan.replay_budget
-                .unwrap_or(crate::tcp_workers::DEFAULT_MAX_NONCES),
-        ),
+        BackendKind::Tcp => Some(crate::tcp_workers::DEFAULT_MAX_NONCES),
     };
     let replay_window = replay_budget
         .map(|cap| ReplayWindow::new(cap, plan.max_timeout(), plan.security.clock_skew));

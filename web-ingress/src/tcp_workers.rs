@@ -31,8 +31,9 @@ use crate::config::{Config, LogFormat, WorkerMode};
 use crate::runtime::StartError;
 use crate::supervisor::{ChildSpec, RestartPolicy, Supervisor};
 
-/// Most replay-guard nonces the hub keeps when the plan names no budget:
-/// a few hundred bytes each, so about 200 MiB at most.
+/// Most replay-guard nonces the hub keeps (the plan's replay budget is
+/// Redis memory, which this profile has none of): a few hundred bytes each,
+/// so about 200 MiB at most.
 pub const DEFAULT_MAX_NONCES: u64 = 1_000_000;
 
 /// How long a started child may take to connect.
@@ -65,7 +66,7 @@ impl TcpWorkers {
         let groups: Vec<String> = plan.worker_groups().map(|g| g.name.clone()).collect();
         let max_entry =
             sluice_platform::signing::max_entry_bytes(plan.security.max_payload_bytes as usize);
-        let max_nonces = plan.replay_budget.unwrap_or(DEFAULT_MAX_NONCES);
+        let max_nonces = DEFAULT_MAX_NONCES;
         let hub = Hub::bind(
             config.tcp.hub,
             HubConfig {
