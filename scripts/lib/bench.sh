@@ -379,6 +379,15 @@ for c in conns_order:
         a, b = best[systems[0]], best[systems[1]]
         print(f"  ratio {ratio_name}: throughput {ratio(b['rps'], a['rps'])},"
               f" p50 {ratio(b['p50'], a['p50'])}, p99 {ratio(b['p99'], a['p99'])}")
+    # Any further system against the first two.
+    for s in systems[2:]:
+        if s not in best:
+            continue
+        for other in systems[:2]:
+            if other in best:
+                x, o = best[s], best[other]
+                print(f"  ratio {s} / {other}: throughput {ratio(x['rps'], o['rps'])},"
+                      f" p50 {ratio(x['p50'], o['p50'])}, p99 {ratio(x['p99'], o['p99'])}")
     if redis:
         print("  Redis commands per request, in those runs:")
         for s, b in best.items():

@@ -375,6 +375,17 @@ impl Shared {
                     continue;
                 }
             }
+            // A call that cannot wait (all but a blocking read) runs here:
+            // it only takes the queues' lock, and a task of its own would
+            // cost more than the call.
+            let blocks = matches!(&call, Call::Read { block, .. } if !block.is_zero());
+            if !blocks {
+                let answer = self.run(call).await;
+                if tx.send(answer.encode(id)).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             let Ok(permit) = running.clone().acquire_owned().await else {
                 break;
             };
