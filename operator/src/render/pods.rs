@@ -3,12 +3,18 @@
 //! redis backends), its runtime container (image, args, env, probes,
 //! resources) and the group's hardened sidecars, with the pipeline file, key
 //! ring, Redis CA and node Secrets mounted as directories.
+//!
+//! The parts are offered one by one as well ([`worker_runtime`],
+//! [`runtime_volumes`], [`workload`]) for the pod of a tcp pipeline, which
+//! holds several runtime containers ([`super::tcp_pod`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use sluice_crds::{GroupRole, GroupSpec};
 
@@ -80,7 +86,7 @@ pub(crate) fn ingress_container(ctx: &Ctx<'_>, g: &GroupSpec) -> Container {
     let mut c = runtime_container(
         ctx,
         g,
-        GroupRole::Ingress,
+        main_container(GroupRole::Ingress),
         image,
         args,
         env,
@@ -100,7 +106,27 @@ pub(crate) fn ingress_container(ctx: &Ctx<'_>, g: &GroupSpec) -> Container {
     c
 }
 
+/// The runtime container of a worker group's own pods.
 pub(crate) fn worker_container(ctx: &Ctx<'_>, g: &GroupSpec) -> Container {
+    worker_runtime(
+        ctx,
+        g,
+        main_container(GroupRole::Worker),
+        ("admin", ADMIN_PORT),
+        Vec::new(),
+    )
+}
+
+/// A `sluice-exec-worker` container of group `g` named `name`, serving its
+/// admin endpoints (and probes) on the container port `admin`, with
+/// `extra_args` after the common ones.
+pub(crate) fn worker_runtime(
+    ctx: &Ctx<'_>,
+    g: &GroupSpec,
+    name: &str,
+    admin: (&str, i32),
+    extra_args: Vec<String>,
+) -> Container {
     let env = vec![
         pod_spec::env(
             ENV_DRAIN_TIMEOUT,
@@ -108,7 +134,7 @@ pub(crate) fn worker_container(ctx: &Ctx<'_>, g: &GroupSpec) -> Container {
         ),
         pod_spec::env(ENV_LOG_FORMAT, "json"),
     ];
-    let args = vec![
+    let mut args = vec![
         "--pipeline".into(),
         pod_spec::pipeline_path(),
         "--group".into(),
@@ -116,18 +142,11 @@ pub(crate) fn worker_container(ctx: &Ctx<'_>, g: &GroupSpec) -> Container {
         "--keys".into(),
         pod_spec::KEYS_DIR.into(),
         "--admin".into(),
-        format!("[::]:{ADMIN_PORT}"),
+        format!("[::]:{}", admin.1),
     ];
+    args.extend(extra_args);
     let image = &ctx.settings.images.worker;
-    runtime_container(
-        ctx,
-        g,
-        GroupRole::Worker,
-        image,
-        args,
-        env,
-        ("admin", ADMIN_PORT),
-    )
+    runtime_container(ctx, g, name, image, args, env, admin)
 }
 
 /// The variables that turn on the runtime's trace export, and the resource
@@ -153,8 +172,8 @@ fn tracing_env(ctx: &Ctx<'_>, g: &GroupSpec, tracing: &RuntimeTracing) -> Vec<En
 }
 
 /// The Redis user of a group's runtime containers.
-fn redis_role(g: &GroupSpec, role: GroupRole) -> redis_acl::Role {
-    match role {
+fn redis_role(g: &GroupSpec) -> redis_acl::Role {
+    match g.role {
         GroupRole::Ingress => redis_acl::Role::Ingress,
         _ => redis_acl::Role::Group(g.name.clone()),
     }
@@ -167,20 +186,20 @@ fn redis_role(g: &GroupSpec, role: GroupRole) -> redis_acl::Role {
 fn runtime_container(
     ctx: &Ctx<'_>,
     g: &GroupSpec,
-    role: GroupRole,
+    name: &str,
     default_image: &str,
     args: Vec<String>,
     mut env: Vec<EnvVar>,
     (port_name, port): (&str, i32),
 ) -> Container {
-    env.extend(redis::runtime_env(ctx, &ctx.redis, &redis_role(g, role)));
+    env.extend(redis::runtime_env(ctx, &ctx.redis, &redis_role(g)));
     // Last, and only when on: without an endpoint the container carries no
     // tracing variable at all.
     if let Some(t) = &ctx.settings.tracing {
         env.extend(tracing_env(ctx, g, t));
     }
     Container {
-        name: main_container(role).into(),
+        name: name.into(),
         image: Some(g.image.clone().unwrap_or_else(|| default_image.to_string())),
         image_pull_policy: ctx.settings.images.pull_policy.clone(),
         args: Some(args),
@@ -211,38 +230,79 @@ pub(crate) fn deployment(
     termination_grace: i64,
     secret_refs: &[SecretRefUse],
 ) -> Deployment {
-    let component = component_of(g.role);
+    let keys = (pod_spec::VOLUME_KEYS.to_string(), keys_secret(ctx, g));
+    let (volumes, mounts) = runtime_volumes(ctx, g, keys, secret_refs);
+    main.volume_mounts = Some(mounts);
+    let mut containers = vec![main];
+    containers.extend(sidecars_of(g));
+    workload(ctx, g, replicas, containers, volumes, termination_grace)
+}
+
+/// The Secret a group's runtime containers mount at `/etc/sluice/keys`: the
+/// group's derived keys, or the user's key ring (`keys: secretRef`).
+pub(crate) fn keys_secret(ctx: &Ctx<'_>, g: &GroupSpec) -> String {
+    if ctx.role_keys {
+        names::role_keys(&ctx.name, &g.name)
+    } else {
+        ctx.key_secret.clone()
+    }
+}
+
+/// The group's sidecars, hardened to join its pod.
+pub(crate) fn sidecars_of(g: &GroupSpec) -> impl Iterator<Item = Container> + '_ {
+    g.sidecars.iter().flatten().cloned().map(sidecars::harden)
+}
+
+/// The volumes a runtime container of group `g` needs and its mounts of
+/// them: the pipeline file, `keys` (volume name, Secret) at
+/// `/etc/sluice/keys`, `/tmp`, the Redis CA and password, and the node
+/// Secrets of `secret_refs`.
+pub(crate) fn runtime_volumes(
+    ctx: &Ctx<'_>,
+    g: &GroupSpec,
+    (keys_volume, keys_secret): (String, String),
+    secret_refs: &[SecretRefUse],
+) -> (Vec<Volume>, Vec<VolumeMount>) {
     let (secret_volumes, secret_mounts) = pod_spec::node_secret_mounts(secret_refs);
     let (ca_volume, ca_mount) = redis::ca_mount(ctx, &ctx.redis).unzip();
-    let (auth_volume, auth_mount) =
-        redis::auth_mount(ctx, &ctx.redis, &redis_role(g, g.role)).unzip();
+    let (auth_volume, auth_mount) = redis::auth_mount(ctx, &ctx.redis, &redis_role(g)).unzip();
     let mut mounts = vec![
         pod_spec::mount(pod_spec::VOLUME_PIPELINE, pod_spec::PIPELINE_DIR, true),
-        pod_spec::mount(pod_spec::VOLUME_KEYS, pod_spec::KEYS_DIR, true),
+        pod_spec::mount(&keys_volume, pod_spec::KEYS_DIR, true),
         pod_spec::tmp_mount(),
     ];
     mounts.extend(ca_mount);
     mounts.extend(auth_mount);
     mounts.extend(secret_mounts);
-    main.volume_mounts = Some(mounts);
-    let main_name = main.name.clone();
-    let mut containers = vec![main];
-    containers.extend(g.sidecars.iter().flatten().cloned().map(sidecars::harden));
-    let key_secret = if ctx.role_keys {
-        names::role_keys(&ctx.name, &g.name)
-    } else {
-        ctx.key_secret.clone()
-    };
     let mut volumes = vec![
         pod_spec::pipeline_volume(&names::pipeline_config(&ctx.name)),
         // 0440 with the pod's fsGroup: readable by the runtime user only.
-        pod_spec::secret_volume(pod_spec::VOLUME_KEYS, &key_secret, Some(0o440)),
+        pod_spec::secret_volume(&keys_volume, &keys_secret, Some(0o440)),
         pod_spec::tmp_volume(),
     ];
     volumes.extend(ca_volume);
     volumes.extend(auth_volume);
     volumes.extend(secret_volumes);
+    (volumes, mounts)
+}
 
+/// The Deployment `P-<group>` of group `g`'s pods running `containers`
+/// (the first is the runtime container `kubectl` defaults to) over
+/// `volumes`, with the restricted pod context, no API token and the
+/// group's placement.
+pub(crate) fn workload(
+    ctx: &Ctx<'_>,
+    g: &GroupSpec,
+    replicas: Option<i32>,
+    containers: Vec<Container>,
+    volumes: Vec<Volume>,
+    termination_grace: i64,
+) -> Deployment {
+    let component = component_of(g.role);
+    let main_name = containers
+        .first()
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
     Deployment {
         metadata: ctx.meta(names::group(&ctx.name, &g.name), component, Some(&g.name)),
         spec: Some(DeploymentSpec {
