@@ -36,9 +36,13 @@ pub struct ChildSpec {
     pub group: String,
     pub program: PathBuf,
     pub args: Vec<OsString>,
-    /// The group's key files as JSON, written to the child's stdin.
-    pub keys: String,
+    /// Makes the group's key files as JSON, written to the child's stdin
+    /// at each start.
+    pub keys: KeyFiles,
 }
+
+/// The key files of a child, made at each start of it.
+pub type KeyFiles = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 impl std::fmt::Debug for ChildSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -241,6 +245,7 @@ async fn monitor(
 
 /// Starts the child and hands it its keys on stdin.
 async fn spawn(spec: &ChildSpec) -> Result<Child, String> {
+    let keys = (spec.keys)().map_err(|e| format!("cannot make its keys: {e}"))?;
     let mut child = Command::new(&spec.program)
         .args(&spec.args)
         // Only what a worker needs of the ingress's environment: nothing
@@ -255,7 +260,7 @@ async fn spawn(spec: &ChildSpec) -> Result<Child, String> {
         // A child that exits before reading is seen exiting by the monitor;
         // one that never reads is given a few seconds.
         let hand_over = async {
-            stdin.write_all(spec.keys.as_bytes()).await?;
+            stdin.write_all(keys.as_bytes()).await?;
             stdin.shutdown().await
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), hand_over).await;

@@ -182,9 +182,18 @@ fn child_spec(
         .map(|g| (Kind::Request, g.as_str()))
         .chain(needs.reply.iter().map(|g| (Kind::Reply, g.as_str())))
         .collect();
-    let files = derived_files(&ring.get(), keys.pipeline(), &wanted)?;
-    // A map of strings always serialises.
-    let keys_json = serde_json::to_string(&files).unwrap_or_default();
+    // Checked once here, so a ring that lacks a key fails the start; made
+    // again from the ring of the moment at every (re)start of the child,
+    // so a restarted worker gets the keys of a rotated ring.
+    derived_files(&ring.get(), keys.pipeline(), &wanted)?;
+    let owned: Vec<(Kind, String)> = wanted.iter().map(|(k, g)| (*k, g.to_string())).collect();
+    let (ring, pipeline) = (ring.clone(), keys.pipeline().to_string());
+    let keys_json: crate::supervisor::KeyFiles = Arc::new(move || {
+        let wanted: Vec<(Kind, &str)> = owned.iter().map(|(k, g)| (*k, g.as_str())).collect();
+        let files = derived_files(&ring.get(), &pipeline, &wanted).map_err(|e| e.to_string())?;
+        // A map of strings always serialises.
+        Ok(serde_json::to_string(&files).unwrap_or_default())
+    });
     let mut args: Vec<OsString> = vec![
         "--pipeline".into(),
         absolute(&config.pipeline).into(),
