@@ -397,3 +397,134 @@ async fn a_frame_over_the_limit_ends_the_connection_and_the_worker_reconnects() 
     // A new connection serves the next call.
     w.ensure_group(&q).await.unwrap();
 }
+
+#[tokio::test]
+async fn the_hub_caps_what_a_worker_writes_whatever_it_asks() {
+    let s = hub().await;
+    let w = client(&s, GROUP, s.ring.clone());
+    let q = s.keys.queue(GROUP);
+    w.ensure_group(&q).await.unwrap();
+    // A cap of zero asked for: the hub's own cap (5) applies.
+    for n in 0..7 {
+        w.push_capped(&s.keys.dead_letter(), entry(n), 0)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.streams
+            .depth(&s.keys.dead_letter())
+            .await
+            .unwrap()
+            .entries,
+        5
+    );
+
+    // A reply forward that asks to create its stream does not.
+    s.streams.push(&q, entry(1)).await.unwrap();
+    let got = w.read(&q, "c", 1, Duration::ZERO).await.unwrap();
+    let nobody = s.keys.reply("nobody");
+    let answers = w
+        .complete_all(
+            &q,
+            &[Completion {
+                id: got[0].id.clone(),
+                forward: Some(Forward {
+                    stream: nobody.clone(),
+                    entry: entry(2),
+                    must_exist: false,
+                    copy_to: None,
+                }),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(answers, vec![false]);
+    assert_eq!(s.streams.depth(&nobody).await.unwrap().entries, 0);
+
+    // A nonce asked to live for ever lives as long as the hub allows.
+    let k = s.keys.nonce(GROUP, "k", "forever");
+    w.set_nx(&k, "0-1", Duration::from_secs(u64::MAX / 4_000))
+        .await
+        .unwrap();
+    assert_eq!(s.guard.get(&k).await.unwrap().as_deref(), Some("0-1"));
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_pushes() {
+    let keys = Keys::new("default", "hello");
+    let streams = MemoryStreams::new();
+    let ring = KeyRing::ephemeral();
+    let hub = Hub::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        HubConfig {
+            keys: keys.clone(),
+            groups: vec![GROUP.into(), "next".into()],
+            limits: Limits::for_entries(1024),
+            max_nonces: 10,
+            max_nonce_ttl: Duration::from_secs(1),
+            max_queue_depth: 2,
+            dead_letter_cap: 1,
+            lease: Duration::from_secs(1),
+        },
+        SharedKeyRing::fixed(ring.clone()),
+        streams.clone(),
+        MemoryKv::new(),
+    )
+    .await
+    .unwrap();
+    let addr = hub.local_addr().unwrap();
+    tokio::spawn(hub.serve(CancellationToken::new()));
+    let w = TcpBackend::new(
+        TcpConfig {
+            hub: addr,
+            pipeline: keys.pipeline().to_string(),
+            group: GROUP.into(),
+            limits: Limits::for_entries(1024),
+            timeout: Duration::from_secs(5),
+        },
+        SharedKeyRing::fixed(ring),
+    )
+    .unwrap();
+    let next = keys.queue("next");
+    w.push(&next, entry(1)).await.unwrap();
+    w.push(&next, entry(2)).await.unwrap();
+    let err = w.push(&next, entry(3)).await.unwrap_err();
+    assert!(
+        matches!(&err, BackendError::Unavailable(m) if m.contains("full")),
+        "{err:?}"
+    );
+    assert_eq!(streams.depth(&next).await.unwrap().entries, 2);
+}
+
+#[tokio::test]
+async fn a_consumer_still_connected_elsewhere_keeps_its_entries() {
+    let s = hub().await;
+    let q = s.keys.queue(GROUP);
+    let first = client(&s, GROUP, s.ring.clone());
+    let second = client(&s, GROUP, s.ring.clone());
+    first.ensure_group(&q).await.unwrap();
+    s.streams.push(&q, entry(1)).await.unwrap();
+    // The same consumer name on two connections (a worker that reconnected
+    // before its old connection was seen gone).
+    let held = first.read(&q, "same", 1, Duration::ZERO).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert!(second
+        .read(&q, "same", 1, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.connected.of(GROUP) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.connected.of(GROUP), 1);
+    // Not released: a third consumer finds nothing to reclaim early.
+    let third = client(&s, GROUP, s.ring.clone());
+    assert!(third
+        .reclaim(&q, "other", Duration::from_secs(300), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.streams.pending(&q).await.unwrap(), 1);
+}
