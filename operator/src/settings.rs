@@ -102,6 +102,23 @@ impl DrainBudget {
     pub fn worker_termination_grace_seconds(&self) -> i64 {
         ceil_secs(self.worker_timeout + WORKER_EXIT_SLACK)
     }
+
+    /// How long the worker containers of a tcp pipeline's pod wait after
+    /// the pod is asked to stop before they are sent SIGTERM (a `preStop`
+    /// sleep; 25 with the defaults): the ingress beside them drains first,
+    /// and what it still accepts and answers must find them working.
+    pub fn tcp_worker_stop_delay_seconds(&self) -> i64 {
+        ceil_secs(self.ingress_grace + self.ingress_timeout)
+    }
+
+    /// `terminationGracePeriodSeconds` of a tcp pipeline's pods (55 with
+    /// the defaults): the ingress's drain, then the workers' own.
+    pub fn tcp_termination_grace_seconds(&self) -> i64 {
+        ceil_secs(
+            self.ingress_grace + self.ingress_timeout + self.worker_timeout + WORKER_EXIT_SLACK,
+        )
+        .max(self.ingress_termination_grace_seconds())
+    }
 }
 
 fn ceil_secs(d: Duration) -> i64 {
@@ -246,6 +263,8 @@ mod tests {
         let d = DrainBudget::default();
         assert_eq!(d.ingress_termination_grace_seconds(), 40);
         assert_eq!(d.worker_termination_grace_seconds(), 30);
+        assert_eq!(d.tcp_worker_stop_delay_seconds(), 25);
+        assert_eq!(d.tcp_termination_grace_seconds(), 55);
         let odd = DrainBudget {
             ingress_grace: Duration::from_millis(1500),
             ingress_timeout: Duration::from_secs(1),

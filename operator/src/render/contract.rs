@@ -26,7 +26,15 @@ pub const INGRESS_PORT: i32 = 8080;
 /// Port of the Service `P` in front of it.
 pub const SERVICE_PORT: i32 = 80;
 /// Health/metrics port of a worker container (`--admin 0.0.0.0:9090`), named `admin`.
+/// In the pod of a tcp pipeline the worker containers share one network
+/// namespace, so the k-th worker group's container takes `ADMIN_PORT + k`.
 pub const ADMIN_PORT: i32 = 9090;
+/// Loopback port of the hub in the pod of a tcp pipeline: the ingress
+/// container serves it (`--hub 127.0.0.1:7311`) and every worker container
+/// connects to it. Fixed, since the workers are started by the kubelet
+/// rather than by the ingress; loopback only, so it is no container port and
+/// nothing outside the pod can reach it.
+pub const HUB_PORT: u16 = 7311;
 /// The key ring file naming the signing kid (`sluice_platform::keyring::CURRENT_FILE`).
 pub const KEY_RING_CURRENT: &str = "current";
 /// Length of a raw key of the ring (`sluice_platform::keyring::KEY_LEN`).

@@ -21,11 +21,16 @@ pub(crate) fn orders_redis() -> StreamPipeline {
     parse(include_str!("../../../examples/orders-redis.yaml"))
 }
 
+pub(crate) fn orders_tcp() -> StreamPipeline {
+    parse(include_str!("../../../examples/orders-tcp.yaml"))
+}
+
 pub(crate) fn examples() -> Vec<StreamPipeline> {
     vec![
         parse(include_str!("../../../examples/hello.yaml")),
         parse(include_str!("../../../examples/orders.yaml")),
         orders_redis(),
+        orders_tcp(),
         with_everything(),
     ]
 }

@@ -26,7 +26,9 @@
 //! - with redis backends, each worker group: Deployment `P-<group>` (no
 //!   `replicas` when it autoscales) and, with `autoscale.engine: hpa`, a
 //!   HorizontalPodAutoscaler `P-<group>`. With memory backends the ingress
-//!   pods run every group inline and there are no worker Deployments.
+//!   pods run every group inline and there are no worker Deployments; with
+//!   tcp backends each worker group is a container of the ingress pods
+//!   ([`tcp_pod`]), and there are no worker Deployments either.
 //!
 //! The key ring Secret `P-ipc-keys` is never in the apply set: its content is
 //! random and rotated, and no pod mounts it; each group's pods mount the keys
@@ -39,6 +41,7 @@
 //!   config file) and how runtime pods reach either Redis.
 //! - [`services`]: the ingress Service and Ingress.
 //! - [`pods`]: the group Deployments and their runtime containers.
+//! - [`tcp_pod`]: the one Deployment of a tcp pipeline, a container per group.
 //! - [`policy`]: the ingress PodDisruptionBudget and the NetworkPolicy of
 //!   managed Redis.
 //! - [`autoscale`]: HorizontalPodAutoscalers, KEDA ScaledObjects and the
@@ -80,6 +83,7 @@ pub mod restricted;
 pub mod secret_refs;
 pub mod services;
 pub mod sidecars;
+pub mod tcp_pod;
 
 use std::collections::BTreeMap;
 
@@ -94,8 +98,8 @@ pub use child::{owned_kinds, Child, OwnedKind};
 pub use contract::{
     main_container, ADMIN_PORT, ENV_DRAIN_GRACE, ENV_DRAIN_TIMEOUT, ENV_INGRESS_ID, ENV_LOG_FORMAT,
     ENV_OTEL_EXPORTER_OTLP_ENDPOINT, ENV_OTEL_EXPORTER_OTLP_PROTOCOL, ENV_OTEL_RESOURCE_ATTRIBUTES,
-    ENV_POD_NAME, ENV_REDIS_CA_FILE, ENV_REDIS_URL, INGRESS_PORT, KEY_LEN, KEY_RING_CURRENT,
-    SERVICE_PORT,
+    ENV_POD_NAME, ENV_REDIS_CA_FILE, ENV_REDIS_URL, HUB_PORT, INGRESS_PORT, KEY_LEN,
+    KEY_RING_CURRENT, SERVICE_PORT,
 };
 pub use error::{Error, Result};
 pub use key_ring::initial_key_secret;
@@ -286,10 +290,21 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
     // every other one only with its owner's opt-in (checked at reconcile).
     let own = OwnSecrets::of(&owner.name, spec);
     let mut referenced_secrets = Vec::new();
+    // compile() refuses mixed backends; the queue's decides the pods.
+    let tcp = spec.backends.queue == BackendKind::Tcp;
     for (i, g) in spec.groups.iter().enumerate() {
         let sidecars = g.sidecars.as_deref().unwrap_or_default();
-        sidecars::check(i, main_container(g.role), sidecars, &own, &mut errors);
+        let main = if tcp {
+            tcp_pod::container_name(g)
+        } else {
+            main_container(g.role).to_string()
+        };
+        sidecars::check(i, &main, sidecars, &own, &mut errors);
         referenced_secrets.extend(sidecars::secret_references(i, sidecars));
+    }
+    if tcp {
+        // Every group's sidecars share the one pod.
+        tcp_pod::check(spec, &mut errors);
     }
     // Node Secrets by the group whose processes run the node.
     let mut node_secrets: BTreeMap<&str, Vec<SecretRefUse>> = BTreeMap::new();
@@ -381,14 +396,19 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
     ingress_refs.extend(auth_secrets);
     objects.push(Child::Service(ingress_service(&ctx, ingress)));
     let replicas = ingress.replicas.unwrap_or(1);
-    objects.push(Child::Deployment(deployment(
-        &ctx,
-        ingress,
-        Some(replicas),
-        ingress_container(&ctx, ingress),
-        settings.drain.ingress_termination_grace_seconds(),
-        &ingress_refs,
-    )));
+    objects.push(Child::Deployment(match plan.backend {
+        BackendKind::Tcp => {
+            tcp_pod::deployment(&ctx, ingress, replicas, &ingress_refs, &node_secrets)
+        }
+        BackendKind::Memory | BackendKind::Redis => deployment(
+            &ctx,
+            ingress,
+            Some(replicas),
+            ingress_container(&ctx, ingress),
+            settings.drain.ingress_termination_grace_seconds(),
+            &ingress_refs,
+        ),
+    }));
     if replicas > 1 {
         objects.push(Child::PodDisruptionBudget(pdb(&ctx, ingress)));
     }
@@ -396,7 +416,8 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
         objects.push(Child::Ingress(i));
     }
 
-    if !inline {
+    // Worker groups have pods of their own only with redis backends.
+    if plan.backend == BackendKind::Redis {
         for g in spec.groups.iter().filter(|g| g.role == GroupRole::Worker) {
             // An autoscaled Deployment has no replicas field: the autoscaler
             // owns it through /scale under its own field manager.
@@ -428,15 +449,17 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
     let own_keys = names::key_secret(&ctx.name);
     if spec.security.keys == KeysSource::Generated {
         generated_secrets.push(GeneratedSecret::KeyRing(own_keys));
-        // One per Deployment: with memory backends the ingress pods run
-        // every group, so they hold every group's keys.
-        let inline = plan.backend == BackendKind::Memory;
+        // One per group that runs a process of its own: with memory
+        // backends only the ingress, which runs every group and so holds
+        // every group's keys. With tcp backends the ingress holds them all
+        // too: its hub checks each worker's handshake with that group's keys.
         for g in spec
             .groups
             .iter()
             .filter(|g| !inline || g.role == GroupRole::Ingress)
         {
-            let needs = if inline {
+            let all = g.role == GroupRole::Ingress && plan.backend != BackendKind::Redis;
+            let needs = if all {
                 plan.key_needs_of_all()
             } else {
                 plan.key_needs(&g.name)

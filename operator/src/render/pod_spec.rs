@@ -47,6 +47,21 @@ pub const VOLUME_PIPELINE: &str = "pipeline";
 pub const VOLUME_KEYS: &str = "keys";
 pub const VOLUME_TMP: &str = "tmp";
 
+/// The keys volume of group `group`'s container in a pod that holds
+/// several groups (a tcp pipeline's), each with only its own keys.
+pub fn group_keys_volume(group: &str) -> String {
+    format!("{VOLUME_KEYS}-{group}")
+}
+
+/// Whether volume `name` holds keys: [`VOLUME_KEYS`] or a
+/// [`group_keys_volume`].
+pub fn is_keys_volume(name: &str) -> bool {
+    name == VOLUME_KEYS
+        || name
+            .strip_prefix(VOLUME_KEYS)
+            .is_some_and(|rest| rest.starts_with('-'))
+}
+
 /// Requests of runtime containers when the group sets no `resources`.
 pub const DEFAULT_CPU_REQUEST: &str = "100m";
 pub const DEFAULT_MEMORY_REQUEST: &str = "128Mi";

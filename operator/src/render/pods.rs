@@ -724,8 +724,16 @@ mod tests {
             for o in &mut on.objects {
                 if let Child::Deployment(dep) = o {
                     let pod = dep.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
-                    let env = pod.containers[0].env.as_mut().unwrap();
-                    env.retain(|e| !TRACING_VARS.contains(&e.name.as_str()));
+                    // The runtime containers: `main`, or a tcp pod's `ingress`
+                    // and `worker-<group>`s.
+                    let runtime = pod
+                        .containers
+                        .iter_mut()
+                        .filter(|c| c.name.starts_with("ingress") || c.name.starts_with("worker"));
+                    for c in runtime {
+                        let env = c.env.as_mut().unwrap();
+                        env.retain(|e| !TRACING_VARS.contains(&e.name.as_str()));
+                    }
                 }
             }
             assert_eq!(on.config_hash, off.config_hash);

@@ -5,7 +5,7 @@
 //! sidecar ─check─▶ refused (FieldError with its path), when it:
 //!   │              - takes the runtime container's name, or another sidecar's
 //!   │              - asks beyond Pod Security restricted (restricted::check)
-//!   │              - mounts the key ring or the Redis CA, or mounts with subPath
+//!   │              - mounts a key ring or the Redis CA, or mounts with subPath
 //!   │              - names one of the pipeline's own Secrets in env/envFrom
 //!   │
 //!   ├─secret_references─▶ the other Secrets it names (each needs the opt-in label)
@@ -14,17 +14,17 @@
 //!
 //! Sidecars declare no volumes (a group has no `volumes` field): every
 //! volume of the pod is the operator's — `pipeline`, `keys`, `tmp`,
-//! `redis-ca`, `redis-auth` and one `secret-…` per node Secret. A sidecar
-//! may mount the pipeline file, `/tmp` and the node Secrets of its pod
-//! (those carry the opt-in label), never the key ring, the Redis CA or the
-//! Redis password.
+//! `redis-ca`, `redis-auth` and one `secret-…` per node Secret (and, in a
+//! tcp pipeline's pod, `keys-<group>` per worker group). A sidecar may mount
+//! the pipeline file, `/tmp` and the node Secrets of its pod (those carry
+//! the opt-in label), never a key ring, the Redis CA or the Redis password.
 
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Container;
 use sluice_crds::FieldError;
 
-use super::pod_spec::{self, VOLUME_KEYS};
+use super::pod_spec;
 use super::redis::{VOLUME_REDIS_AUTH, VOLUME_REDIS_CA};
 use super::restricted;
 use super::secret_refs::{OwnSecrets, SecretReference};
@@ -77,7 +77,7 @@ fn path(group_index: usize, j: usize) -> String {
 fn check_mounts(p: &str, c: &Container, errors: &mut Vec<FieldError>) {
     for (k, m) in c.volume_mounts.iter().flatten().enumerate() {
         let refused = match m.name.as_str() {
-            VOLUME_KEYS => Some("sidecars may not mount the key ring"),
+            n if pod_spec::is_keys_volume(n) => Some("sidecars may not mount the key ring"),
             VOLUME_REDIS_CA => Some("sidecars may not mount the Redis CA Secret"),
             VOLUME_REDIS_AUTH => Some("sidecars may not mount the Redis password"),
             _ => None,
@@ -206,7 +206,7 @@ nodes: [{name: a, group: web, uses: builtin/echo}]",
         let bad = Container {
             name: "worker".into(),
             volume_mounts: Some(vec![VolumeMount {
-                name: VOLUME_KEYS.into(),
+                name: pod_spec::VOLUME_KEYS.into(),
                 mount_path: "/keys".into(),
                 sub_path: Some("current".into()),
                 ..Default::default()
@@ -276,6 +276,12 @@ nodes: [{name: a, group: web, uses: builtin/echo}]",
         assert_eq!(
             refused_own_volumes(managed, "orders-redis-cpu"),
             ["keys", "redis-ca", "redis-auth"]
+        );
+        // A tcp pipeline's pod: each worker's keys volume too.
+        let tcp = crate::render::fixtures::orders_tcp();
+        assert_eq!(
+            refused_own_volumes(tcp, "orders-tcp-web"),
+            ["keys", "keys-cpu", "keys-io"]
         );
     }
 
