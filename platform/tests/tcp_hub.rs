@@ -24,23 +24,26 @@ struct Setup {
     connected: Arc<sluice_platform::tcp::Connected>,
 }
 
-async fn hub_with(limits: Limits, max_nonces: usize) -> Setup {
+/// A hub of the test pipeline, its settings changed by `edit`.
+async fn hub_with(edit: impl FnOnce(&mut HubConfig)) -> Setup {
     let keys = Keys::new("default", "hello");
     let streams = MemoryStreams::new();
     let guard = MemoryKv::new();
     let ring = KeyRing::ephemeral();
+    let mut cfg = HubConfig {
+        keys: keys.clone(),
+        groups: vec![GROUP.into(), "next".into()],
+        limits: Limits::for_entries(64 << 10),
+        max_nonces: 1000,
+        max_nonce_ttl: Duration::from_secs(60),
+        max_queue_depth: 1000,
+        dead_letter_cap: 5,
+        lease: Duration::from_millis(10),
+    };
+    edit(&mut cfg);
     let hub = Hub::bind(
         "127.0.0.1:0".parse().unwrap(),
-        HubConfig {
-            keys: keys.clone(),
-            groups: vec![GROUP.into(), "next".into()],
-            limits,
-            max_nonces,
-            max_nonce_ttl: Duration::from_secs(60),
-            max_queue_depth: 1000,
-            dead_letter_cap: 5,
-            lease: Duration::from_millis(10),
-        },
+        cfg,
         SharedKeyRing::fixed(ring.clone()),
         streams.clone(),
         guard.clone(),
@@ -63,7 +66,7 @@ async fn hub_with(limits: Limits, max_nonces: usize) -> Setup {
 }
 
 async fn hub() -> Setup {
-    hub_with(Limits::for_entries(64 << 10), 1000).await
+    hub_with(|_| {}).await
 }
 
 fn client(s: &Setup, group: &str, ring: KeyRing) -> Arc<TcpBackend> {
@@ -350,7 +353,7 @@ async fn entries_of_a_worker_whose_connection_ended_are_reclaimable_at_once() {
 
 #[tokio::test]
 async fn a_full_replay_guard_refuses_claims_until_nonces_expire() {
-    let s = hub_with(Limits::for_entries(1024), 2).await;
+    let s = hub_with(|c| c.max_nonces = 2).await;
     let w = client(&s, GROUP, s.ring.clone());
     for n in 0..2 {
         let k = s.keys.nonce(GROUP, "k", &n.to_string());
@@ -378,7 +381,7 @@ async fn a_full_replay_guard_refuses_claims_until_nonces_expire() {
 async fn a_frame_over_the_limit_ends_the_connection_and_the_worker_reconnects() {
     // The hub accepts frames of a 1 KiB entry's limits; this client sends
     // a bigger one.
-    let s = hub_with(Limits::for_entries(16), 100).await;
+    let s = hub_with(|c| c.limits = Limits::for_entries(16)).await;
     let w = client(&s, GROUP, s.ring.clone());
     let q = s.keys.queue(GROUP);
     w.ensure_group(&q).await.unwrap();
@@ -451,40 +454,9 @@ async fn the_hub_caps_what_a_worker_writes_whatever_it_asks() {
 
 #[tokio::test]
 async fn a_full_queue_refuses_pushes() {
-    let keys = Keys::new("default", "hello");
-    let streams = MemoryStreams::new();
-    let ring = KeyRing::ephemeral();
-    let hub = Hub::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        HubConfig {
-            keys: keys.clone(),
-            groups: vec![GROUP.into(), "next".into()],
-            limits: Limits::for_entries(1024),
-            max_nonces: 10,
-            max_nonce_ttl: Duration::from_secs(1),
-            max_queue_depth: 2,
-            dead_letter_cap: 1,
-            lease: Duration::from_secs(1),
-        },
-        SharedKeyRing::fixed(ring.clone()),
-        streams.clone(),
-        MemoryKv::new(),
-    )
-    .await
-    .unwrap();
-    let addr = hub.local_addr().unwrap();
-    tokio::spawn(hub.serve(CancellationToken::new()));
-    let w = TcpBackend::new(
-        TcpConfig {
-            hub: addr,
-            pipeline: keys.pipeline().to_string(),
-            group: GROUP.into(),
-            limits: Limits::for_entries(1024),
-            timeout: Duration::from_secs(5),
-        },
-        SharedKeyRing::fixed(ring),
-    )
-    .unwrap();
+    let s = hub_with(|c| c.max_queue_depth = 2).await;
+    let w = client(&s, GROUP, s.ring.clone());
+    let (keys, streams) = (&s.keys, &s.streams);
     let next = keys.queue("next");
     w.push(&next, entry(1)).await.unwrap();
     w.push(&next, entry(2)).await.unwrap();

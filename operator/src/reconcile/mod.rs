@@ -355,20 +355,12 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         if applied.pending {
             requeue = requeue.min(PENDING_RECHECK);
         }
-        // A group that is gone takes its derived keys with it; its
-        // Deployment, about to be pruned, names it.
         if desired
             .generated_secrets
             .iter()
             .any(|g| matches!(g, render::GeneratedSecret::RoleKeys { .. }))
         {
-            let gone = live
-                .iter()
-                .filter(|((kind, _), _)| *kind == "Deployment")
-                .filter_map(|(_, o)| o.labels().get(labels::GROUP))
-                .filter(|g| !desired.plan.groups.contains_key(*g))
-                .map(|g| names::role_keys(name, g))
-                .collect::<Vec<_>>();
+            let gone = unwanted_role_keys(name, &desired.generated_secrets, &live);
             desired.obsolete_secrets.extend(gone);
         }
         prune_objects(sp, ctx, &target, &desired, &mut live).await?;
@@ -523,6 +515,48 @@ fn degraded_for(
         .then(|| c.message.clone())
 }
 
+/// The derived keys Secrets (`P-ipc-keys-<group>`) that the live
+/// Deployments name and `generated` no longer lists: those of a group that
+/// is gone, or of a group that no longer runs a process of its own (after a
+/// switch to memory backends). A Deployment names them by its group label
+/// and by the Secret volumes of its pods — the one pod of a tcp pipeline
+/// mounts every worker group's, and has no Deployment per group. Read
+/// before the prune, so the Deployments about to go still name theirs.
+fn unwanted_role_keys(
+    pipeline: &str,
+    generated: &[render::GeneratedSecret],
+    live: &Live,
+) -> Vec<String> {
+    let prefix = names::role_keys(pipeline, "");
+    let mut named = std::collections::BTreeSet::new();
+    for ((kind, _), o) in live {
+        if *kind != "Deployment" {
+            continue;
+        }
+        if let Some(g) = o.labels().get(labels::GROUP) {
+            named.insert(names::role_keys(pipeline, g));
+        }
+        let volumes = o
+            .data
+            .pointer("/spec/template/spec/volumes")
+            .and_then(Value::as_array);
+        for v in volumes.into_iter().flatten() {
+            let secret = v.pointer("/secret/secretName").and_then(Value::as_str);
+            if let Some(s) = secret.filter(|s| s.starts_with(&prefix)) {
+                named.insert(s.to_string());
+            }
+        }
+    }
+    named
+        .into_iter()
+        .filter(|n| {
+            !generated
+                .iter()
+                .any(|g| matches!(g, render::GeneratedSecret::RoleKeys { name, .. } if name == n))
+        })
+        .collect()
+}
+
 /// Gives a running managed Redis the users `P-redis` describes
 /// ([`crate::redis_users`]), in the background. Only once its StatefulSet
 /// has a ready pod: a Redis still starting reads them from its file.
@@ -578,6 +612,75 @@ async fn reconcile_unreadable(obj: &PipelineObject, ctx: &Context) -> Result<Act
 mod tests {
     use super::*;
     use sluice_crds::IngressSpec;
+
+    /// The live copies of the Deployments `desired` renders for `sp`.
+    fn live_deployments(sp: &StreamPipeline) -> Live {
+        let d = render::desired(sp, &OperatorSettings::default()).unwrap();
+        d.objects
+            .iter()
+            .filter(|o| o.kind().kind == "Deployment")
+            .map(|o| {
+                let json = serde_json::to_value(o).unwrap();
+                (
+                    ("Deployment", o.name().to_string()),
+                    serde_json::from_value(json).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn pipeline(file: &str) -> StreamPipeline {
+        let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
+        let mut sp: StreamPipeline =
+            sluice_crds::yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        sp.metadata.namespace = Some("demo".into());
+        sp.metadata.uid = Some("7f3c1a52-0000-4000-8000-000000000002".into());
+        sp
+    }
+
+    fn generated(sp: &StreamPipeline) -> Vec<render::GeneratedSecret> {
+        render::desired(sp, &OperatorSettings::default())
+            .unwrap()
+            .generated_secrets
+    }
+
+    #[test]
+    fn the_keys_of_a_removed_group_are_unwanted_in_every_profile() {
+        for file in ["orders-redis.yaml", "orders-tcp.yaml"] {
+            let before = pipeline(file);
+            let name = before.metadata.name.clone().unwrap();
+            let live = live_deployments(&before);
+            assert_eq!(
+                unwanted_role_keys(&name, &generated(&before), &live),
+                Vec::<String>::new(),
+                "{file}: nothing while the groups stay"
+            );
+            // Drop group io: summarize moves to cpu.
+            let mut after = before.clone();
+            after.spec.groups.retain(|g| g.name != "io");
+            for n in &mut after.spec.nodes {
+                if n.group == "io" {
+                    n.group = "cpu".into();
+                }
+            }
+            assert_eq!(
+                unwanted_role_keys(&name, &generated(&after), &live),
+                [format!("{name}-ipc-keys-io")],
+                "{file}"
+            );
+        }
+    }
+
+    #[test]
+    fn switching_to_memory_backends_leaves_only_the_ingress_keys_wanted() {
+        let tcp = pipeline("orders-tcp.yaml");
+        let mut memory = tcp.clone();
+        memory.spec.backends = Default::default();
+        assert_eq!(
+            unwanted_role_keys("orders-tcp", &generated(&memory), &live_deployments(&tcp)),
+            ["orders-tcp-ipc-keys-cpu", "orders-tcp-ipc-keys-io"]
+        );
+    }
 
     #[test]
     fn backoff_doubles_from_the_minimum_up_to_the_maximum() {

@@ -40,6 +40,37 @@ fn inputs() -> Vec<Value> {
     ]
 }
 
+/// The orders pipeline on Redis, by hand, as the README and the example's
+/// header say: redis-server, keygen, one exec-worker per group, the ingress.
+struct OnRedis {
+    _redis: RedisServer,
+    cpu: Service,
+    io: Service,
+    ingress: Service,
+}
+
+async fn on_redis(sb: &Sandbox) -> OnRedis {
+    let redis = RedisServer::start(false);
+    let keys = sb.keygen();
+    let pipeline = example("orders-redis.yaml");
+    let worker = |group: &str| Spec::worker(&pipeline, group).redis(&redis.url(), &keys);
+    let cpu = Service::start(sb, worker("cpu")).await;
+    let io = Service::start(sb, worker("io")).await;
+    let ingress = Service::start(
+        sb,
+        Spec::ingress(&pipeline)
+            .named("ingress-redis")
+            .redis(&redis.url(), &keys),
+    )
+    .await;
+    OnRedis {
+        _redis: redis,
+        cpu,
+        io,
+        ingress,
+    }
+}
+
 /// Posts every input; each must be answered 200. Returns the raw bodies.
 async fn answers(http: &Http, ingress: &Service, inputs: &[Value]) -> Vec<Vec<u8>> {
     let mut out = vec![];
@@ -96,28 +127,12 @@ async fn orders_give_byte_identical_answers_in_memory_and_on_redis_run_by_hand()
         );
     }
 
-    // Redis, by hand, as the README and the example's header say:
-    // redis-server, keygen, one exec-worker per group, the ingress.
-    let redis = RedisServer::start(false);
-    let keys = sb.keygen();
-    let pipeline = example("orders-redis.yaml");
-    let cpu = Service::start(
-        &sb,
-        Spec::worker(&pipeline, "cpu").redis(&redis.url(), &keys),
-    )
-    .await;
-    let io = Service::start(
-        &sb,
-        Spec::worker(&pipeline, "io").redis(&redis.url(), &keys),
-    )
-    .await;
-    let ingress = Service::start(
-        &sb,
-        Spec::ingress(&pipeline)
-            .named("ingress-redis")
-            .redis(&redis.url(), &keys),
-    )
-    .await;
+    let OnRedis {
+        _redis,
+        cpu,
+        io,
+        ingress,
+    } = on_redis(&sb).await;
 
     // The README's request.
     let readme = json!({"id": "A1", "type": "priority", "items": 3});
@@ -228,26 +243,9 @@ async fn concurrent_senders_get_the_same_answers_in_their_order_on_every_profile
     let over_tcp = concurrent_answers(&tcp.url("/v1/orders"), senders, per_sender).await;
     drop(tcp);
 
-    let redis = RedisServer::start(false);
-    let keys = sb.keygen();
-    let pipeline = example("orders-redis.yaml");
-    let _cpu = Service::start(
-        &sb,
-        Spec::worker(&pipeline, "cpu").redis(&redis.url(), &keys),
-    )
-    .await;
-    let _io = Service::start(
-        &sb,
-        Spec::worker(&pipeline, "io").redis(&redis.url(), &keys),
-    )
-    .await;
-    let ingress = Service::start(
-        &sb,
-        Spec::ingress(&pipeline)
-            .named("ingress-redis")
-            .redis(&redis.url(), &keys),
-    )
-    .await;
+    let OnRedis {
+        _redis, ingress, ..
+    } = on_redis(&sb).await;
     let first = orders::input("warm-up", 0);
     let a = Http::new(Duration::from_secs(15))
         .post_when_connected(&ingress.url("/v1/orders"), &first, Duration::from_secs(10))
