@@ -642,7 +642,7 @@ impl Rig {
     fn log_of(&self, pod: &str) -> String {
         self.procs
             .iter()
-            .find(|p| p.name == pod)
+            .find(|p| p.pod == pod)
             .map(Proc::output)
             .unwrap_or_default()
     }

@@ -11,13 +11,14 @@
 //! `secretKeyRef`/`fieldRef` resolved, `$(VAR)` expanded. The real
 //! `sluice-web-ingress` / `sluice-exec-worker` binaries (chosen by the
 //! container image) are started with exactly that, one process per
-//! Deployment, and must become ready on their readiness probes and serve
-//! both routes of the orders pipeline.
+//! container of each Deployment's pod, and must become ready on their
+//! readiness probes and serve both routes of the orders pipeline.
 //!
 //! Only what differs between a pod and this machine is translated: mount
 //! paths to the materialised directories, the managed Redis Service to a
-//! local `redis-server` that requires the password from `P-redis`, and
-//! container ports to free local ports.
+//! local `redis-server` that requires the password from `P-redis`, and the
+//! pod's ports (declared container ports, and the tcp hub's loopback port)
+//! to free local ports, the same for every container of one pod.
 
 mod kubelet;
 
@@ -32,7 +33,7 @@ use serde_json::{json, Value};
 use sluice_crds::{GroupRole, StreamPipeline};
 use sluice_e2e::resp::{Probe, Resp, UserProbe};
 use sluice_operator::render::key_ring::role_keys_secret;
-use sluice_operator::resources::main_container;
+use sluice_operator::resources::{main_container, HUB_PORT};
 use sluice_operator::{desired, secrets, Child as Object, GeneratedSecret, OperatorSettings};
 use sluice_platform::redis::testing::RedisServer;
 use sluice_platform::Keys;
@@ -133,8 +134,8 @@ fn assert_refused(user: &UserProbe, command: &str, what: &str) {
 const INSPECTOR: &str = "test-inspector";
 const INSPECTOR_PASSWORD: &str = "inspector-password-0123456789";
 
-/// Starts one process per Deployment the operator wants for `example`,
-/// with exactly what the kubelet would give its runtime container.
+/// Starts one process per container of each Deployment the operator wants
+/// for `example`, with exactly what the kubelet would give it.
 fn start(example: &str, expect_deployments: &[&str]) -> Running {
     let sp = load(example);
     let d = desired(&sp, &OperatorSettings::default())
@@ -265,12 +266,14 @@ fn start(example: &str, expect_deployments: &[&str]) -> Running {
         assert_eq!(annotated.map(String::as_str), Some(container), "{name}");
 
         let pod = format!("{name}-6f9c8d7b5-q2w4x");
-        let m = kubelet::materialise(
+        // The hub of a tcp pipeline is the one port a pod's containers
+        // reach over its loopback without declaring it.
+        let containers = kubelet::materialise_pod(
             &cluster,
             template,
-            container,
             &pod,
             &files.path().join(&name),
+            &[HUB_PORT],
         )
         .unwrap_or_else(|e| panic!("{name}: the kubelet would not start it: {e}"));
         if role == GroupRole::Ingress {
@@ -282,11 +285,17 @@ fn start(example: &str, expect_deployments: &[&str]) -> Running {
                 .target_port
                 .clone()
                 .expect("targetPort");
+            let m = containers
+                .iter()
+                .find(|m| m.container == container)
+                .unwrap_or_else(|| panic!("{name}: no container {container}"));
             let port = m.local_port(&target).unwrap_or_else(|e| panic!("{e}"));
             ingress = Some(SocketAddr::from(([127, 0, 0, 1], port)));
         }
-        let p = Proc::spawn(&m);
-        procs.push((p, m));
+        for m in containers {
+            let p = Proc::spawn(&m);
+            procs.push((p, m));
+        }
     }
     Running {
         procs,
@@ -511,6 +520,107 @@ async fn memory_profile_is_served_by_the_ingress_deployment_alone() {
     let client = client();
     wait_ready(&mut run, &client).await;
     both_routes_answer(&run, &client).await;
+}
+
+/// The names of the files of a mounted Secret directory (not the kubelet's
+/// `..data` bookkeeping).
+fn key_files(m: &Materialised) -> Vec<String> {
+    let dir = &m.mounts["/etc/sluice/keys"];
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Tcp profile: one Deployment whose pod holds the ingress and a container
+/// per worker group. Started side by side as the kubelet starts them, the
+/// workers find the ingress's hub on the pod's loopback, each holding only
+/// its group's keys while the ingress holds every group's; the pod serves
+/// both routes. A worker that dies makes the ingress unready until the
+/// kubelet's restart of that container connects again, and then it serves
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_profile_runs_every_group_in_the_ingress_pod() {
+    let mut run = start("orders-tcp.yaml", &["orders-tcp-web"]);
+    let names: Vec<&str> = run
+        .procs
+        .iter()
+        .map(|(_, m)| m.container.as_str())
+        .collect();
+    assert_eq!(names, ["ingress", "worker-cpu", "worker-io"]);
+    // One hub address for the whole pod, wherever the kubelet put it.
+    let hubs: Vec<&str> = run
+        .procs
+        .iter()
+        .map(|(_, m)| {
+            let i = m.args.iter().position(|a| a == "--hub").expect("--hub");
+            m.args[i + 1].as_str()
+        })
+        .collect();
+    assert!(
+        hubs.iter()
+            .all(|h| *h == hubs[0] && h.starts_with("127.0.0.1:")),
+        "{hubs:?}"
+    );
+
+    let keys: BTreeMap<&str, Vec<String>> = run
+        .procs
+        .iter()
+        .map(|(_, m)| (m.container.as_str(), key_files(m)))
+        .collect();
+    for (worker, group) in [("worker-cpu", "cpu"), ("worker-io", "io")] {
+        let own = &keys[worker];
+        assert!(own.contains(&"current".to_string()), "{worker}: {own:?}");
+        assert!(
+            own.iter()
+                .any(|k| k.ends_with(&format!(".request.{group}"))),
+            "{worker} verifies its own requests: {own:?}"
+        );
+        assert!(
+            own.iter().all(|k| keys["ingress"].contains(k)),
+            "the ingress holds every key of {worker}: {:?}",
+            keys["ingress"]
+        );
+    }
+    // Least privilege: io has no edge to cpu, and no worker holds all.
+    assert!(
+        keys["worker-io"].iter().all(|k| !k.ends_with(".cpu")),
+        "{:?}",
+        keys["worker-io"]
+    );
+    assert!(keys["worker-cpu"].len() < keys["ingress"].len());
+
+    let client = client();
+    wait_ready(&mut run, &client).await;
+    both_routes_answer(&run, &client).await;
+
+    // A crash of the io container: the ingress leaves the Service's
+    // endpoints (its readiness fails) until the restarted container is back.
+    let io = run
+        .procs
+        .iter()
+        .position(|(_, m)| m.container == "worker-io")
+        .unwrap();
+    run.procs[io].0.kill();
+    let ingress = &run.procs[0].1;
+    let deadline = Instant::now() + READY_PATIENCE;
+    while probe(&client, ingress, "readiness").await == Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "ingress /readyz still 200 {READY_PATIENCE:?} after worker-io died"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(probe(&client, ingress, "liveness").await, Some(200));
+    run.procs[io].0 = Proc::spawn(&run.procs[io].1);
+    wait_ready(&mut run, &client).await;
+    both_routes_answer(&run, &client).await;
+    for (p, _) in &mut run.procs {
+        assert!(p.exited().is_none(), "{} exited while serving", p.name);
+    }
 }
 
 /// A compromised worker of group `io` holds exactly what its pod holds: the

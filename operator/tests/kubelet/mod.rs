@@ -21,6 +21,12 @@
 //!                     their own network namespace; processes here share one)
 //! ```
 //!
+//! [`materialise_pod`] does the same for every container of one pod: the
+//! volumes once, and one port map for the whole pod (its containers share
+//! a network namespace, so `127.0.0.1:<port>` means the same to each),
+//! including ports the containers reach over loopback without declaring
+//! them.
+//!
 //! Nothing else is changed: a flag the runtime lacks, a wrong path or an
 //! unexpanded variable reaches the process as the operator wrote it. Every
 //! unresolvable reference is an error naming it, as the kubelet would refuse
@@ -120,6 +126,7 @@ pub struct PortMap {
 #[derive(Debug)]
 pub struct Materialised {
     pub pod_name: String,
+    pub container: String,
     pub image: String,
     /// `command` of the container (`None`: the image's entrypoint).
     pub command: Option<Vec<String>>,
@@ -130,7 +137,7 @@ pub struct Materialised {
     pub root: PathBuf,
     /// Mount path in the pod → directory here.
     pub mounts: BTreeMap<String, PathBuf>,
-    /// Named container ports.
+    /// Named container ports (of the whole pod with [`materialise_pod`]).
     pub ports: BTreeMap<String, PortMap>,
     pub readiness: Option<Probe>,
     pub liveness: Option<Probe>,
@@ -190,8 +197,63 @@ pub fn materialise(
         .iter()
         .find(|c| c.name == container)
         .ok_or_else(|| format!("pod template has no container `{container}`"))?;
+    let volume_dirs = materialise_volumes(cluster, template, root)?;
+    let ports = declared_ports(std::slice::from_ref(c))?;
+    materialise_container(cluster, template, c, pod_name, root, &volume_dirs, ports)
+}
 
-    // Volumes: every one the pod declares, as the kubelet sets them all up.
+/// Materialises every container of a pod named `pod_name` created from
+/// `template`, in the pod's order, writing the volumes once under `root`.
+/// Every declared container port of the pod, and each port of `loopback`
+/// (ports a container serves only on the pod's loopback, declared nowhere),
+/// gets one local port, the same for every container.
+///
+/// # Errors
+/// As [`materialise`], for any container.
+pub fn materialise_pod(
+    cluster: &Cluster,
+    template: &PodTemplateSpec,
+    pod_name: &str,
+    root: &Path,
+    loopback: &[u16],
+) -> Result<Vec<Materialised>, String> {
+    let spec = template.spec.as_ref().ok_or("pod template has no spec")?;
+    let volume_dirs = materialise_volumes(cluster, template, root)?;
+    let mut ports = declared_ports(&spec.containers)?;
+    for p in loopback {
+        let local = free_port().map_err(|e| format!("no free port: {e}"))?;
+        ports.insert(
+            format!("loopback-{p}"),
+            PortMap {
+                container: i32::from(*p),
+                local,
+            },
+        );
+    }
+    spec.containers
+        .iter()
+        .map(|c| {
+            materialise_container(
+                cluster,
+                template,
+                c,
+                pod_name,
+                root,
+                &volume_dirs,
+                ports.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Every volume the pod declares, as the kubelet sets them all up: volume
+/// name → its directory under `root`.
+fn materialise_volumes(
+    cluster: &Cluster,
+    template: &PodTemplateSpec,
+    root: &Path,
+) -> Result<BTreeMap<String, PathBuf>, String> {
+    let spec = template.spec.as_ref().ok_or("pod template has no spec")?;
     std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
     let mut volume_dirs = BTreeMap::new();
     for v in spec.volumes.iter().flatten() {
@@ -199,20 +261,13 @@ pub fn materialise(
         materialise_volume(cluster, v, &dir)?;
         volume_dirs.insert(v.name.clone(), dir);
     }
-    let mut mounts = BTreeMap::new();
-    for m in c.volume_mounts.iter().flatten() {
-        let dir = volume_dirs
-            .get(&m.name)
-            .ok_or_else(|| format!("{container}: mount of unknown volume `{}`", m.name))?;
-        let dir = match m.sub_path.as_deref() {
-            Some(sub) if !sub.is_empty() => dir.join(sub),
-            _ => dir.clone(),
-        };
-        mounts.insert(m.mount_path.trim_end_matches('/').to_string(), dir);
-    }
+    Ok(volume_dirs)
+}
 
+/// A free local port for each declared port of `containers`, by name.
+fn declared_ports(containers: &[Container]) -> Result<BTreeMap<String, PortMap>, String> {
     let mut ports = BTreeMap::new();
-    for p in c.ports.iter().flatten() {
+    for p in containers.iter().flat_map(|c| c.ports.iter().flatten()) {
         let local = free_port().map_err(|e| format!("no free port: {e}"))?;
         let name = p
             .name
@@ -225,6 +280,30 @@ pub fn materialise(
                 local,
             },
         );
+    }
+    Ok(ports)
+}
+
+fn materialise_container(
+    cluster: &Cluster,
+    template: &PodTemplateSpec,
+    c: &Container,
+    pod_name: &str,
+    root: &Path,
+    volume_dirs: &BTreeMap<String, PathBuf>,
+    ports: BTreeMap<String, PortMap>,
+) -> Result<Materialised, String> {
+    let container = &c.name;
+    let mut mounts = BTreeMap::new();
+    for m in c.volume_mounts.iter().flatten() {
+        let dir = volume_dirs
+            .get(&m.name)
+            .ok_or_else(|| format!("{container}: mount of unknown volume `{}`", m.name))?;
+        let dir = match m.sub_path.as_deref() {
+            Some(sub) if !sub.is_empty() => dir.join(sub),
+            _ => dir.clone(),
+        };
+        mounts.insert(m.mount_path.trim_end_matches('/').to_string(), dir);
     }
 
     // Environment, in order: each `$(VAR)` sees only the variables before it.
@@ -254,6 +333,7 @@ pub fn materialise(
 
     Ok(Materialised {
         pod_name: pod_name.into(),
+        container: container.clone(),
         image: c.image.clone().unwrap_or_default(),
         command,
         args,

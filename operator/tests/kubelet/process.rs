@@ -3,7 +3,6 @@
 //! `sluice_e2e::binary` so a stale one is never tested) with exactly the
 //! argv, environment and working directory the kubelet gave it.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 
@@ -37,17 +36,25 @@ fn binary_for(m: &Materialised) -> (PathBuf, Vec<String>) {
 /// A runtime process, killed by its PID on drop; its output is printed
 /// when the test fails.
 pub struct Proc {
+    /// `<pod>/<container>`.
     pub name: String,
+    pub pod: String,
     child: Child,
     log: PathBuf,
 }
 
 impl Proc {
-    /// Starts the container's binary; output goes to `<root>/<pod>.log`.
+    /// Starts the container's binary; output goes to
+    /// `<root>/<pod>.<container>.log`.
     pub fn spawn(m: &Materialised) -> Self {
         let (bin, command_args) = binary_for(m);
-        let log = m.root.join(format!("{}.log", m.pod_name));
-        let out = File::create(&log).expect("create log file");
+        let log = m.root.join(format!("{}.{}.log", m.pod_name, m.container));
+        // Appended to: a restarted container's output follows the last one's.
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open log file");
         let err = out.try_clone().expect("clone log file");
         let child = Command::new(&bin)
             .args(command_args)
@@ -62,10 +69,17 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         Self {
-            name: m.pod_name.clone(),
+            name: format!("{}/{}", m.pod_name, m.container),
+            pod: m.pod_name.clone(),
             child,
             log,
         }
+    }
+
+    /// Kills the process (SIGKILL), as a crash would end it, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn exited(&mut self) -> Option<ExitStatus> {
