@@ -243,8 +243,12 @@ async fn concurrent_senders_get_the_same_answers_in_their_order_on_every_profile
     let over_tcp = concurrent_answers(&tcp.url("/v1/orders"), senders, per_sender).await;
     drop(tcp);
 
+    // Every part bound: a part left to `..` would be dropped (stopped) here.
     let OnRedis {
-        _redis, ingress, ..
+        _redis,
+        cpu: _cpu,
+        io: _io,
+        ingress,
     } = on_redis(&sb).await;
     let first = orders::input("warm-up", 0);
     let a = Http::new(Duration::from_secs(15))
