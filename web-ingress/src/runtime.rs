@@ -71,6 +71,8 @@ pub enum StartError {
     RedisUrl(#[from] sluice_platform::redis::ConfigError),
     #[error("redis: {0}")]
     Redis(#[from] sluice_platform::BackendError),
+    #[error(transparent)]
+    Tcp(#[from] crate::tcp_workers::TcpStartError),
 }
 
 /// A running ingress.

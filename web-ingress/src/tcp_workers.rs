@@ -28,13 +28,26 @@ use sluice_platform::{Keys, Kind, SharedKeyRing};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat, WorkerMode};
-use crate::runtime::StartError;
 use crate::supervisor::{ChildSpec, RestartPolicy, Supervisor};
 
 /// Most replay-guard nonces the hub keeps (the plan's replay budget is
 /// Redis memory, which this profile has none of): a few hundred bytes each,
 /// so about 200 MiB at most.
 pub const DEFAULT_MAX_NONCES: u64 = 1_000_000;
+
+/// Why the tcp profile could not start; each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TcpStartError {
+    #[error("tcp hub: {0}")]
+    Hub(#[from] sluice_platform::tcp::HubError),
+    #[error("tcp hub: its address: {0}")]
+    Address(#[source] std::io::Error),
+    #[error("key ring: {0}")]
+    Keys(#[from] sluice_platform::KeyRingError),
+    /// A worker group that could not become ready, and why.
+    #[error("{0}")]
+    Workers(String),
+}
 
 /// How long a started child may take to connect.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,7 +74,7 @@ impl TcpWorkers {
         ring: &SharedKeyRing,
         streams: Arc<MemoryStreams>,
         guard: Arc<MemoryKv>,
-    ) -> Result<Arc<Self>, StartError> {
+    ) -> Result<Arc<Self>, TcpStartError> {
         let keys = Keys::new(&plan.id.namespace, &plan.id.name);
         let groups: Vec<String> = plan.worker_groups().map(|g| g.name.clone()).collect();
         let max_entry =
@@ -83,12 +96,8 @@ impl TcpWorkers {
             streams,
             guard,
         )
-        .await
-        .map_err(|e| StartError::Unsupported(format!("tcp hub: {e}")))?;
-        let addr = hub.local_addr().map_err(|source| StartError::Listen {
-            addr: config.tcp.hub,
-            source,
-        })?;
+        .await?;
+        let addr = hub.local_addr().map_err(TcpStartError::Address)?;
         let connected = hub.connected();
         let stop_hub = CancellationToken::new();
         tokio::spawn(hub.serve(stop_hub.clone()));
@@ -118,7 +127,7 @@ impl TcpWorkers {
                     Ok(s) => Some(s),
                     Err(why) => {
                         stop_hub.cancel();
-                        return Err(StartError::Unsupported(why));
+                        return Err(TcpStartError::Workers(why));
                     }
                 }
             }
@@ -167,7 +176,7 @@ fn child_spec(
     ring: &SharedKeyRing,
     group: &str,
     hub: SocketAddr,
-) -> Result<ChildSpec, StartError> {
+) -> Result<ChildSpec, TcpStartError> {
     let program = config
         .tcp
         .group_bins
