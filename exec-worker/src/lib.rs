@@ -32,6 +32,6 @@ pub use executor::{Crash, Executor, StepOutcome};
 pub use node::{
     ChunkSink, Chunks, ConfigError, Node, NodeConfig, NodeContext, NodeError, NodeOutput,
 };
-pub use parts::{missing_keys, RuntimeParts};
+pub use parts::{missing_keys, wanted_keys, RuntimeParts};
 pub use registry::Registry;
 pub use worker::{Worker, WorkerConfig, WorkerMetrics};

@@ -62,16 +62,23 @@ impl RuntimeParts {
     }
 }
 
+/// The `(kind, group)` keys `needs` names, requests first: what
+/// `derived_files` renders and what a start-up check looks for.
+pub fn wanted_keys(needs: &KeyNeeds) -> Vec<(Kind, &str)> {
+    needs
+        .request
+        .iter()
+        .map(|g| (Kind::Request, g.as_str()))
+        .chain(needs.reply.iter().map(|g| (Kind::Reply, g.as_str())))
+        .collect()
+}
+
 /// The keys of `needs` that `ring`'s current kid cannot give, as
 /// `<kind>/<group>`: a process started with a derived directory that lacks
 /// them logs it, since every envelope needing one will fail.
 pub fn missing_keys(ring: &KeyRing, keys: &Keys, needs: &KeyNeeds) -> Vec<String> {
-    let wanted = needs
-        .request
-        .iter()
-        .map(|g| (Kind::Request, g))
-        .chain(needs.reply.iter().map(|g| (Kind::Reply, g)));
-    wanted
+    wanted_keys(needs)
+        .into_iter()
         .filter(|(kind, g)| !ring.holds(*kind, keys.pipeline(), g))
         .map(|(kind, g)| format!("{}/{g}", kind.as_str()))
         .collect()

@@ -21,10 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_crds::Plan;
+use sluice_exec_worker::wanted_keys;
 use sluice_platform::keyring::derived_files;
 use sluice_platform::memory::{MemoryKv, MemoryStreams};
 use sluice_platform::tcp::{Connected, Hub, HubConfig, Limits};
-use sluice_platform::{Keys, Kind, SharedKeyRing};
+use sluice_platform::{Keys, SharedKeyRing};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat, WorkerMode};
@@ -185,21 +186,14 @@ fn child_spec(
         .cloned()
         .unwrap_or_else(default_worker_bin);
     let needs = plan.key_needs(group);
-    let wanted: Vec<(Kind, &str)> = needs
-        .request
-        .iter()
-        .map(|g| (Kind::Request, g.as_str()))
-        .chain(needs.reply.iter().map(|g| (Kind::Reply, g.as_str())))
-        .collect();
     // Checked once here, so a ring that lacks a key fails the start; made
     // again from the ring of the moment at every (re)start of the child,
     // so a restarted worker gets the keys of a rotated ring.
-    derived_files(&ring.get(), keys.pipeline(), &wanted)?;
-    let owned: Vec<(Kind, String)> = wanted.iter().map(|(k, g)| (*k, g.to_string())).collect();
+    derived_files(&ring.get(), keys.pipeline(), &wanted_keys(&needs))?;
     let (ring, pipeline) = (ring.clone(), keys.pipeline().to_string());
     let keys_json: crate::supervisor::KeyFiles = Arc::new(move || {
-        let wanted: Vec<(Kind, &str)> = owned.iter().map(|(k, g)| (*k, g.as_str())).collect();
-        let files = derived_files(&ring.get(), &pipeline, &wanted).map_err(|e| e.to_string())?;
+        let files = derived_files(&ring.get(), &pipeline, &wanted_keys(&needs))
+            .map_err(|e| e.to_string())?;
         // A map of strings always serialises.
         Ok(serde_json::to_string(&files).unwrap_or_default())
     });
