@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::session::{self, Opener, Sealer};
+use super::session::{self, Opener};
 use super::wire::{Answer, Call};
 use super::{require_loopback, Limits};
 use crate::backend::{BackendError, Result};
@@ -73,8 +73,6 @@ impl std::fmt::Debug for TcpBackend {
 
 /// Frames queued for the writer at most; a caller waits for room beyond.
 const CALLS_QUEUED: usize = 1024;
-/// Bytes the writer gathers into one write.
-const WRITE_BATCH: usize = 256 << 10;
 
 impl TcpBackend {
     /// A backend that connects on first use.
@@ -136,7 +134,13 @@ impl TcpBackend {
             waiting: Arc::default(),
             dead: CancellationToken::new(),
         });
-        tokio::spawn(write_calls(write, s.sealer, rx, conn.dead.clone()));
+        tokio::spawn(session::write_frames(
+            write,
+            s.sealer,
+            rx,
+            conn.dead.clone(),
+            None,
+        ));
         tokio::spawn(read_answers(
             BufReader::new(read),
             s.opener,
@@ -219,36 +223,6 @@ fn unexpected<T>(a: &Answer) -> Result<T> {
     Err(BackendError::Unavailable(format!(
         "hub answered with an unexpected {kind}"
     )))
-}
-
-async fn write_calls(
-    mut w: tokio::net::tcp::OwnedWriteHalf,
-    mut sealer: Sealer,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    dead: CancellationToken,
-) {
-    let mut buf = Vec::with_capacity(16 << 10);
-    loop {
-        let first = tokio::select! {
-            _ = dead.cancelled() => break,
-            c = rx.recv() => match c { Some(c) => c, None => break },
-        };
-        buf.clear();
-        sealer.seal_into(&first, &mut buf);
-        while buf.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(c) => sealer.seal_into(&c, &mut buf),
-                Err(_) => break,
-            }
-        }
-        if w.write_all(&buf).await.is_err() {
-            break;
-        }
-        if buf.capacity() > 1 << 20 {
-            buf = Vec::with_capacity(16 << 10);
-        }
-    }
-    dead.cancel();
 }
 
 async fn read_answers(

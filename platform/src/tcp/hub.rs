@@ -25,12 +25,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::session::{self, Opener, Sealer};
+use super::session::{self, Opener};
 use super::wire::{Answer, Call};
 use super::{require_loopback, Limits};
 use crate::keyring::SharedKeyRing;
@@ -273,7 +273,13 @@ impl Shared {
         let (read, write) = stream.into_split();
         let (tx, rx) = mpsc::channel(CALLS_PER_CONNECTION);
         let done = CancellationToken::new();
-        let writer = tokio::spawn(write_answers(write, s.sealer, rx, done.clone()));
+        let writer = tokio::spawn(session::write_frames(
+            write,
+            s.sealer,
+            rx,
+            done.clone(),
+            Some(WRITE_TIMEOUT),
+        ));
         let access = Access::new(&self.cfg, &group);
         self.clone()
             .read_calls(
@@ -496,37 +502,6 @@ impl Shared {
         };
         r.unwrap_or_else(|e| Answer::Failed(e.to_string()))
     }
-}
-
-async fn write_answers(
-    mut w: tokio::net::tcp::OwnedWriteHalf,
-    mut sealer: Sealer,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    done: CancellationToken,
-) {
-    let mut buf = Vec::with_capacity(16 << 10);
-    loop {
-        let first = tokio::select! {
-            _ = done.cancelled() => break,
-            a = rx.recv() => match a { Some(a) => a, None => break },
-        };
-        buf.clear();
-        sealer.seal_into(&first, &mut buf);
-        while buf.len() < 256 << 10 {
-            match rx.try_recv() {
-                Ok(a) => sealer.seal_into(&a, &mut buf),
-                Err(_) => break,
-            }
-        }
-        match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&buf)).await {
-            Ok(Ok(())) => {}
-            _ => break,
-        }
-        if buf.capacity() > 1 << 20 {
-            buf = Vec::with_capacity(16 << 10);
-        }
-    }
-    done.cancel();
 }
 
 /// What one connection's group may touch.

@@ -135,6 +135,51 @@ impl Opener {
     }
 }
 
+/// Bytes of frames gathered into one write at most.
+const WRITE_BATCH: usize = 256 << 10;
+
+/// Seals and writes the payloads of `rx`, gathering those already queued
+/// into one write, until `rx` closes, `stop` is cancelled, a write fails or
+/// (with `timeout`) takes longer; then cancels `stop`, so the connection's
+/// other half ends too.
+pub(crate) async fn write_frames(
+    mut w: impl AsyncWrite + Unpin,
+    mut sealer: Sealer,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    stop: tokio_util::sync::CancellationToken,
+    timeout: Option<std::time::Duration>,
+) {
+    let mut buf = Vec::with_capacity(16 << 10);
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = rx.recv() => match p { Some(p) => p, None => break },
+        };
+        buf.clear();
+        sealer.seal_into(&first, &mut buf);
+        while buf.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(p) => sealer.seal_into(&p, &mut buf),
+                Err(_) => break,
+            }
+        }
+        let written = match timeout {
+            Some(t) => tokio::time::timeout(t, w.write_all(&buf))
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+            None => w.write_all(&buf).await,
+        };
+        if written.is_err() {
+            break;
+        }
+        // Give back what a rare large batch grew.
+        if buf.capacity() > 1 << 20 {
+            buf = Vec::with_capacity(16 << 10);
+        }
+    }
+    stop.cancel();
+}
+
 /// Who the peer is and the two halves' keys.
 pub(crate) struct Session {
     pub sealer: Sealer,
