@@ -406,3 +406,61 @@ fn interface_auth_names_exactly_one_way_and_valid_names() {
         );
     }
 }
+
+#[test]
+fn tcp_worker_groups_take_neither_replicas_nor_autoscale_and_hold_their_reply_key() {
+    let tcp = BASE.replace(
+        "spec:\n",
+        "spec:\n  backends: { queue: tcp, kv: tcp, reply: tcp }\n",
+    );
+    let (_, plan) = parse_manifest("t", &tcp).unwrap();
+    assert_eq!(plan.backend, sluice_crds::BackendKind::Tcp);
+    assert!(!plan.key_needs("web").request.is_empty());
+    // The handshake key: a group's own reply key, held by it alone, also
+    // when the group answers no interface (`spare` runs no node).
+    let spare = |yaml: &str| {
+        yaml.replace(
+            "{ name: cpu, role: worker }",
+            "{ name: cpu, role: worker }\n    - { name: spare, role: worker }",
+        )
+    };
+    let (_, on_tcp) = parse_manifest("t", &spare(&tcp)).unwrap();
+    assert!(on_tcp.key_needs("spare").reply.contains("spare"));
+    let (_, in_memory) = parse_manifest("t", &spare(BASE)).unwrap();
+    assert!(!in_memory.key_needs("spare").reply.contains("spare"));
+
+    let replicas = tcp.replace(
+        "{ name: cpu, role: worker }",
+        "{ name: cpu, role: worker, replicas: 2 }",
+    );
+    let e = errors_of(&replicas);
+    assert!(
+        e.contains("spec.groups[1].replicas") && e.contains("tcp"),
+        "{e}"
+    );
+    let autoscale = tcp.replace(
+        "{ name: cpu, role: worker }",
+        "{ name: cpu, role: worker, autoscale: { maxReplicas: 3 } }",
+    );
+    let e = errors_of(&autoscale);
+    assert!(
+        e.contains("spec.groups[1].autoscale") && e.contains("tcp"),
+        "{e}"
+    );
+    // The ingress group scales the pods.
+    let ingress = tcp.replace(
+        "{ name: web, role: ingress }",
+        "{ name: web, role: ingress, replicas: 3 }",
+    );
+    assert_eq!(errors_of(&ingress), "");
+    // Mixed is still refused, naming tcp among the choices.
+    let mixed = BASE.replace(
+        "spec:\n",
+        "spec:\n  backends: { queue: tcp, kv: memory, reply: tcp }\n",
+    );
+    assert!(
+        errors_of(&mixed).contains("all tcp"),
+        "{}",
+        errors_of(&mixed)
+    );
+}
