@@ -6,7 +6,6 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    sluice_exec_worker::process::main_with(sluice_exec_worker::Registry::builtin()).await
+fn main() -> std::process::ExitCode {
+    sluice_exec_worker::process::run(sluice_exec_worker::Registry::builtin())
 }

@@ -10,7 +10,8 @@
 //! SIGTERM → readiness fails → stop reading → finish + hand off in-flight → exit 0
 //! ```
 //!
-//! A custom worker image calls [`main_with`] with its own registry.
+//! A custom worker image calls [`run`] (or [`main_with`] from its own
+//! runtime) with its own registry.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -52,6 +53,10 @@ pub const ENV_DRAIN_TIMEOUT: &str = "SLUICE_DRAIN_TIMEOUT";
 pub const ENV_LOG_FORMAT: &str = "SLUICE_LOG_FORMAT";
 pub const ENV_BACKEND: &str = "SLUICE_BACKEND";
 pub const ENV_HUB: &str = "SLUICE_HUB";
+pub const ENV_THREADS: &str = "SLUICE_THREADS";
+
+/// Most runtime threads `--threads` takes.
+const MAX_THREADS: usize = 256;
 
 /// The most bytes of key files read from stdin.
 const MAX_STDIN_KEYS: u64 = 1 << 20;
@@ -115,6 +120,14 @@ pub struct Cli {
     /// Envelopes worked on at once (overrides the group's `concurrency`) [env: SLUICE_CONCURRENCY]
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
+    /// Runtime threads running the nodes and the queue client [env:
+    /// SLUICE_THREADS] [default: 1 with --hub (tcp backends: the ingress and
+    /// every group share the machine, and one thread is spared the
+    /// cross-thread wake-ups), else one per CPU]. Raise it for a tcp group
+    /// whose nodes compute. Only the binary's own runtime: a custom worker
+    /// that calls `main_with` from its own runtime keeps that one's
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// Where Secrets referenced by nodes are mounted, as <DIR>/<name>/<key> [env: SLUICE_SECRETS_DIR] [default: /etc/sluice/secrets]
     #[arg(long, value_name = "DIR")]
     pub secrets_dir: Option<PathBuf>,
@@ -144,6 +157,8 @@ pub struct ProcessConfig {
     pub keys: KeySource,
     pub admin: SocketAddr,
     pub concurrency: Option<usize>,
+    /// Runtime threads of the process (see `--threads`).
+    pub threads: usize,
     pub secrets_dir: PathBuf,
     pub drain_timeout: Duration,
     pub json_logs: bool,
@@ -240,19 +255,30 @@ impl ProcessConfig {
                 format!("`{admin_s}` is not an address like 127.0.0.1:9090"),
             )
         })?;
-        let concurrency = match cli.concurrency {
-            Some(n) => Some(n),
-            None => match env.get(ENV_CONCURRENCY) {
-                Some(s) => Some(
-                    s.parse()
-                        .map_err(|_| cfg_err("--concurrency", format!("`{s}` is not a number")))?,
-                ),
-                None => None,
-            },
+        // A count from its flag, else its variable.
+        let count = |flag: Option<usize>, var: &str, name: &'static str| match flag {
+            Some(n) => Ok(Some(n)),
+            None => env
+                .get(var)
+                .map(|s| {
+                    s.parse::<usize>()
+                        .map_err(|_| cfg_err(name, format!("`{s}` is not a number")))
+                })
+                .transpose(),
         };
+        let concurrency = count(cli.concurrency, ENV_CONCURRENCY, "--concurrency")?;
         if concurrency == Some(0) {
             return Err(cfg_err("--concurrency", "must be at least 1"));
         }
+        let threads = match count(cli.threads, ENV_THREADS, "--threads")? {
+            Some(0) => return Err(cfg_err("--threads", "must be at least 1")),
+            Some(n) if n > MAX_THREADS => {
+                return Err(cfg_err("--threads", format!("at most {MAX_THREADS}")))
+            }
+            Some(n) => n,
+            None if hub.is_some() => 1,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         let drain_timeout = match pick(&cli.drain_timeout, ENV_DRAIN_TIMEOUT) {
             None => Duration::from_secs(20),
             Some(s) => {
@@ -266,16 +292,11 @@ impl ProcessConfig {
                     .map_err(|e| cfg_err("--redis-timeout", e))?,
             ),
         };
-        let redis_pool_size =
-            match cli.redis_pool_size {
-                Some(n) => Some(n),
-                None => match env.get(ENV_REDIS_POOL_SIZE) {
-                    Some(s) => Some(s.parse().map_err(|_| {
-                        cfg_err("--redis-pool-size", format!("`{s}` is not a number"))
-                    })?),
-                    None => None,
-                },
-            };
+        let redis_pool_size = count(
+            cli.redis_pool_size,
+            ENV_REDIS_POOL_SIZE,
+            "--redis-pool-size",
+        )?;
         if redis_pool_size == Some(0) || redis_timeout == Some(Duration::ZERO) {
             return Err(cfg_err(
                 "--redis-pool-size",
@@ -305,6 +326,7 @@ impl ProcessConfig {
             keys,
             admin,
             concurrency,
+            threads,
             secrets_dir: path(&cli.secrets_dir, ENV_SECRETS_DIR)
                 .unwrap_or_else(|| PathBuf::from("/etc/sluice/secrets")),
             drain_timeout,
@@ -589,20 +611,50 @@ fn keys_from_stdin() -> Result<sluice_platform::KeyRing, ProcessError> {
     Ok(sluice_platform::KeyRing::from_files(&files)?)
 }
 
-/// The whole binary: parse flags, start, drain on SIGTERM/SIGINT. A custom
-/// worker image's `main` calls this with its registry.
-pub async fn main_with(nodes: Registry) -> std::process::ExitCode {
+/// The whole binary: parse flags, build the runtime with `--threads`
+/// threads, start, drain on SIGTERM/SIGINT. A custom worker image's plain
+/// (not async) `main` calls this with its registry.
+pub fn run(nodes: Registry) -> std::process::ExitCode {
     // Taken first: a parent that dies while this process starts is seen.
     let parent = std::os::unix::process::parent_id();
+    let cfg = match parse() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads)
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(rt) => rt.block_on(serve(parent, cfg, nodes)),
+        Err(e) => {
+            eprintln!("sluice-exec-worker: cannot start the runtime: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// [`run`] inside a runtime the caller built (an async `main`); `--threads`
+/// is then the caller's choice, not this function's.
+pub async fn main_with(nodes: Registry) -> std::process::ExitCode {
+    let parent = std::os::unix::process::parent_id();
+    match parse() {
+        Ok(cfg) => serve(parent, cfg, nodes).await,
+        Err(code) => code,
+    }
+}
+
+/// The flags and environment, or the exit code of a refusal (printed).
+fn parse() -> Result<ProcessConfig, std::process::ExitCode> {
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
-    let cfg = match ProcessConfig::resolve(&cli, &env) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("sluice-exec-worker: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
+    ProcessConfig::resolve(&cli, &env).map_err(|e| {
+        eprintln!("sluice-exec-worker: {e}");
+        std::process::ExitCode::from(2)
+    })
+}
+
+async fn serve(parent: u32, cfg: ProcessConfig, nodes: Registry) -> std::process::ExitCode {
     let telemetry = sluice_platform::telemetry::init(
         "sluice-exec-worker",
         env!("CARGO_PKG_VERSION"),

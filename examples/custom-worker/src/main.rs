@@ -39,9 +39,8 @@ use sluice_exec_worker::{
 /// The `uses` name this image adds to the catalog.
 pub const SCORE: &str = "rust/score";
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    sluice_exec_worker::process::main_with(registry()).await
+fn main() -> std::process::ExitCode {
+    sluice_exec_worker::process::run(registry())
 }
 
 /// The built-in catalog plus `rust/score`.
