@@ -18,6 +18,8 @@ pub struct RuntimeParts {
     pub keys: Keys,
     pub signer: Signer,
     pub verifier: Verifier,
+    /// `sluice_envelopes_rejected_total`, which `verifier` counts in.
+    pub rejections: Rejections,
     pub worker_metrics: WorkerMetrics,
     pub durations: NodeDurations,
 }
@@ -26,7 +28,8 @@ impl RuntimeParts {
     /// Builds the parts for a process of `plan` running `group` (the
     /// ingress group for the ingress), signing and verifying with `ring` and
     /// the replay guard in `guard` (none for queues only this process
-    /// writes, see [`Verifier::new`]), and registers their metric families
+    /// writes, and for a tcp worker, whose hub runs the guard; see
+    /// [`Verifier::new`]), and registers their metric families
     /// in `metrics`.
     pub fn new(
         plan: &Plan,
@@ -50,10 +53,11 @@ impl RuntimeParts {
             keys.clone(),
             plan.security.clock_skew,
             plan.security.max_payload_bytes as usize,
-            rejections,
+            rejections.clone(),
         );
         Self {
             signer: Signer::new(ring, &keys, group),
+            rejections,
             keys,
             verifier,
             worker_metrics,

@@ -478,9 +478,10 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
                 ring.clone(),
             )
             .map_err(|e| cfg_err("--hub", e))?;
-            let queue: Arc<dyn Queue> = tcp.clone();
-            let guard: Arc<dyn Kv> = tcp;
-            (queue, guard, format!("hub {hub}"))
+            let queue: Arc<dyn Queue> = tcp;
+            // The hub claims each entry's nonce as it hands it out: what
+            // this worker reads has passed the replay guard.
+            (queue, None, format!("hub {hub}"))
         }
         _ => {
             let url = cfg.redis.as_deref().ok_or_else(|| {
@@ -498,12 +499,12 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
             let redis = RedisBackend::connect_lazy(redis_cfg)?;
             let queue: Arc<dyn Queue> = redis.clone();
             let guard: Arc<dyn Kv> = redis;
-            (queue, guard, shown)
+            (queue, Some(guard), shown)
         }
     };
 
     let mut metrics = Metrics::default();
-    let parts = RuntimeParts::new(&plan, &cfg.group, ring.clone(), Some(guard), &mut metrics);
+    let parts = RuntimeParts::new(&plan, &cfg.group, ring.clone(), guard, &mut metrics);
     let executor = Executor::build(
         plan.clone(),
         &cfg.group,
@@ -700,5 +701,62 @@ async fn shutdown_signal() -> std::io::Result<()> {
     tokio::select! {
         _ = term.recv() => Ok(()),
         r = tokio::signal::ctrl_c() => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<ProcessConfig, ProcessError> {
+        let base = [
+            "sluice-exec-worker",
+            "--pipeline",
+            "p.yaml",
+            "--group",
+            "work",
+        ];
+        let cli = Cli::try_parse_from(base.iter().chain(args)).expect("flags parse");
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ProcessConfig::resolve(&cli, &env)
+    }
+
+    #[test]
+    fn a_tcp_worker_runs_one_thread_unless_told_otherwise() {
+        let tcp = ["--keys-stdin", "--hub", "127.0.0.1:7311"];
+        assert_eq!(resolve(&tcp, &[]).unwrap().threads, 1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(resolve(&["--keys-stdin"], &[]).unwrap().threads, cores);
+        assert_eq!(
+            resolve(&tcp, &[(ENV_THREADS, "3")]).unwrap().threads,
+            3,
+            "the variable"
+        );
+        let flag = [&tcp[..], &["--threads", "2"]].concat();
+        assert_eq!(
+            resolve(&flag, &[(ENV_THREADS, "3")]).unwrap().threads,
+            2,
+            "the flag over the variable"
+        );
+    }
+
+    #[test]
+    fn a_thread_count_out_of_range_is_refused_naming_the_flag() {
+        for (args, env, why) in [
+            (&["--keys-stdin", "--threads", "0"][..], None, "at least 1"),
+            (
+                &["--keys-stdin", "--threads", "100000"],
+                None,
+                "at most 256",
+            ),
+            (&["--keys-stdin"], Some("many"), "`many` is not a number"),
+        ] {
+            let env: Vec<(&str, &str)> = env.map(|v| (ENV_THREADS, v)).into_iter().collect();
+            let e = resolve(args, &env).unwrap_err().to_string();
+            assert!(e.starts_with("--threads: ") && e.contains(why), "{e}");
+        }
     }
 }

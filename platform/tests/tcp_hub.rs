@@ -5,8 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+use sluice_platform::clock::now_ms;
 use sluice_platform::conformance::entry;
+use sluice_platform::envelope::{Envelope, Kind, StreamEntry};
 use sluice_platform::memory::{MemoryKv, MemoryStreams};
+use sluice_platform::metrics::Rejections;
+use sluice_platform::signing::{Rejection, Signer};
 use sluice_platform::tcp::{Hub, HubConfig, Limits, TcpBackend, TcpConfig};
 use sluice_platform::{BackendError, Completion, Forward, Held, KeyRing, Keys, Kv, Queue};
 use sluice_platform::{ReplyChannel, SharedKeyRing};
@@ -22,6 +27,7 @@ struct Setup {
     addr: std::net::SocketAddr,
     stop: CancellationToken,
     connected: Arc<sluice_platform::tcp::Connected>,
+    rejections: Rejections,
 }
 
 /// A hub of the test pipeline, its settings changed by `edit`.
@@ -30,6 +36,7 @@ async fn hub_with(edit: impl FnOnce(&mut HubConfig)) -> Setup {
     let streams = MemoryStreams::new();
     let guard = MemoryKv::new();
     let ring = KeyRing::ephemeral();
+    let rejections = Rejections::default();
     let mut cfg = HubConfig {
         keys: keys.clone(),
         groups: vec![GROUP.into(), "next".into()],
@@ -39,6 +46,9 @@ async fn hub_with(edit: impl FnOnce(&mut HubConfig)) -> Setup {
         max_queue_depth: 1000,
         dead_letter_cap: 5,
         lease: Duration::from_millis(10),
+        clock_skew: Duration::from_secs(5),
+        max_payload_bytes: 32 << 10,
+        rejections: rejections.clone(),
     };
     edit(&mut cfg);
     let hub = Hub::bind(
@@ -62,7 +72,34 @@ async fn hub_with(edit: impl FnOnce(&mut HubConfig)) -> Setup {
         addr,
         stop,
         connected,
+        rejections,
     }
+}
+
+/// A request for `GROUP` signed by the ingress, as it pushes one.
+fn signed(s: &Setup) -> StreamEntry {
+    let mut env = Envelope {
+        kind: Kind::Request,
+        pipeline: s.keys.pipeline().to_string(),
+        dest: GROUP.into(),
+        cid: "c-1".into(),
+        rid: "r-1".into(),
+        trace: None,
+        ts: 0,
+        nonce: String::new(),
+        deadline: now_ms() + 10_000,
+        attempt: 1,
+        node: Some("n".into()),
+        reply_to: Some("ing-1".into()),
+        live: None,
+        seq: None,
+        last_seq: None,
+        payload: json!({"name": "world"}),
+        error: None,
+    };
+    Signer::new(SharedKeyRing::fixed(s.ring.clone()), &s.keys, "web")
+        .sign(&mut env)
+        .unwrap()
 }
 
 async fn hub() -> Setup {
@@ -217,25 +254,6 @@ async fn a_worker_reads_renews_reclaims_and_hands_off_through_the_hub() {
             .entries,
         1
     );
-
-    // The replay guard lives in the hub.
-    let nonce = s.keys.nonce(GROUP, "k1", "abc");
-    assert_eq!(
-        w.set_nx(&nonce, "0-1", Duration::from_secs(10))
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        w.set_nx(&nonce, "0-2", Duration::from_secs(10))
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("0-1")
-    );
-    assert_eq!(w.get(&nonce).await.unwrap().as_deref(), Some("0-1"));
-    assert_eq!(s.guard.get(&nonce).await.unwrap().as_deref(), Some("0-1"));
-    assert!(w.delete(&nonce).await.is_err(), "workers delete nothing");
     s.stop.cancel();
 }
 
@@ -249,14 +267,6 @@ async fn calls_outside_the_group_are_refused_with_the_reason() {
         .unwrap_err();
     assert!(
         matches!(&err, BackendError::Unavailable(m) if m.contains("refused by the hub") && m.contains("own queue")),
-        "{err:?}"
-    );
-    let err = w
-        .set_nx(&s.keys.nonce("next", "k", "n"), "x", Duration::from_secs(1))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, BackendError::Unavailable(m) if m.contains("own nonces")),
         "{err:?}"
     );
     // The connection survives a refused call.
@@ -288,6 +298,9 @@ async fn a_hub_or_worker_on_another_address_is_refused_at_start() {
             max_queue_depth: 1,
             dead_letter_cap: 1,
             lease: Duration::from_secs(1),
+            clock_skew: Duration::from_secs(1),
+            max_payload_bytes: 1024,
+            rejections: Rejections::default(),
         },
         SharedKeyRing::fixed(KeyRing::ephemeral()),
         MemoryStreams::new(),
@@ -352,29 +365,91 @@ async fn entries_of_a_worker_whose_connection_ended_are_reclaimable_at_once() {
 }
 
 #[tokio::test]
-async fn a_full_replay_guard_refuses_claims_until_nonces_expire() {
-    let s = hub_with(|c| c.max_nonces = 2).await;
+async fn the_hub_claims_each_nonce_drops_a_replay_and_hands_out_a_redelivery() {
+    let s = hub().await;
     let w = client(&s, GROUP, s.ring.clone());
-    for n in 0..2 {
-        let k = s.keys.nonce(GROUP, "k", &n.to_string());
-        w.set_nx(&k, "0-1", Duration::from_millis(200))
+    let q = s.keys.queue(GROUP);
+    w.ensure_group(&q).await.unwrap();
+    let e = signed(&s);
+    s.streams.push(&q, e.clone()).await.unwrap();
+    let first = w.read(&q, "c1", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let kid = String::from_utf8(e.k.clone()).unwrap();
+    let claimed = s.keys.nonce(GROUP, &kid, &nonce_of(&e));
+    assert_eq!(
+        s.guard.get(&claimed).await.unwrap().as_deref(),
+        Some(first[0].id.as_str()),
+        "the hub claimed the nonce under the entry id"
+    );
+
+    // The same signed entry added again: acknowledged, never handed out.
+    s.streams.push(&q, e.clone()).await.unwrap();
+    let again = w.read(&q, "c1", 10, Duration::ZERO).await.unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(s.rejections.get(Rejection::Replay), 1);
+    assert_eq!(
+        s.streams.pending(&q).await.unwrap(),
+        1,
+        "only the first is held"
+    );
+
+    // The first one's redelivery (its worker gone) passes its own nonce.
+    drop(w);
+    let next = client(&s, GROUP, s.ring.clone());
+    let mut got = vec![];
+    for _ in 0..100 {
+        got = next
+            .reclaim(&q, "c2", Duration::from_millis(10), 10)
             .await
             .unwrap();
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let k = s.keys.nonce(GROUP, "k", "3");
-    let err = w
-        .set_nx(&k, "0-1", Duration::from_secs(1))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, BackendError::Unavailable(m) if m.contains("full")),
-        "{err:?}"
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(got.len(), 1);
     assert_eq!(
-        w.set_nx(&k, "0-1", Duration::from_secs(1)).await.unwrap(),
-        None
+        (got[0].id.as_str(), got[0].deliveries),
+        (first[0].id.as_str(), 2)
     );
+    assert_eq!(s.rejections.get(Rejection::Replay), 1);
+}
+
+#[tokio::test]
+async fn an_entry_failing_other_checks_is_handed_to_the_worker_to_refuse() {
+    let s = hub().await;
+    let w = client(&s, GROUP, s.ring.clone());
+    let q = s.keys.queue(GROUP);
+    w.ensure_group(&q).await.unwrap();
+    // Not signed: the worker refuses it and counts it, not the hub.
+    s.streams.push(&q, entry(1)).await.unwrap();
+    assert_eq!(w.read(&q, "c1", 10, Duration::ZERO).await.unwrap().len(), 1);
+    assert_eq!(s.rejections.get(Rejection::BadMac), 0);
+    assert_eq!(s.guard.len(), 0, "no nonce claimed for it");
+}
+
+#[tokio::test]
+async fn a_full_replay_guard_leaves_entries_pending_not_lost() {
+    let s = hub_with(|c| c.max_nonces = 1).await;
+    let w = client(&s, GROUP, s.ring.clone());
+    let q = s.keys.queue(GROUP);
+    w.ensure_group(&q).await.unwrap();
+    for _ in 0..2 {
+        s.streams.push(&q, signed(&s)).await.unwrap();
+    }
+    let got = w.read(&q, "c1", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(got.len(), 1, "the second nonce finds the guard full");
+    assert_eq!(
+        s.streams.pending(&q).await.unwrap(),
+        2,
+        "the other entry waits, pending, for a later reclaim"
+    );
+    assert_eq!(s.rejections.get(Rejection::Replay), 0);
+}
+
+/// The nonce inside a signed entry (tests only: the hub verifies first).
+fn nonce_of(e: &StreamEntry) -> String {
+    sluice_platform::envelope::decode(&e.m).unwrap().nonce
 }
 
 #[tokio::test]
@@ -443,13 +518,6 @@ async fn the_hub_caps_what_a_worker_writes_whatever_it_asks() {
         .unwrap();
     assert_eq!(answers, vec![false]);
     assert_eq!(s.streams.depth(&nobody).await.unwrap().entries, 0);
-
-    // A nonce asked to live for ever lives as long as the hub allows.
-    let k = s.keys.nonce(GROUP, "k", "forever");
-    w.set_nx(&k, "0-1", Duration::from_secs(u64::MAX / 4_000))
-        .await
-        .unwrap();
-    assert_eq!(s.guard.get(&k).await.unwrap().as_deref(), Some("0-1"));
 }
 
 #[tokio::test]

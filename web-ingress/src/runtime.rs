@@ -202,8 +202,10 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
                 queue: streams.clone(),
                 replies: streams,
                 // Worker processes write these queues: every envelope
-                // passes the replay guard, as with Redis.
-                guard: Some(nonces),
+                // passes the replay guard, as with Redis, which the hub
+                // runs as it hands entries out (`nonces`); this process's
+                // own verifier checks replies only.
+                guard: None,
                 store: MemoryKv::new(),
                 sample_every: SAMPLE_MEMORY,
             }
@@ -276,7 +278,15 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     // started, and ready, before anything is served.
     let tcp = match tcp_parts {
         Some((streams, nonces)) => Some(
-            crate::tcp_workers::TcpWorkers::start(&config, &plan, &ring, streams, nonces).await?,
+            crate::tcp_workers::TcpWorkers::start(
+                &config,
+                &plan,
+                &ring,
+                streams,
+                nonces,
+                parts.rejections.clone(),
+            )
+            .await?,
         ),
         None => None,
     };

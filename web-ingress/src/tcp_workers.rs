@@ -24,6 +24,7 @@ use sluice_crds::Plan;
 use sluice_exec_worker::wanted_keys;
 use sluice_platform::keyring::derived_files;
 use sluice_platform::memory::{MemoryKv, MemoryStreams};
+use sluice_platform::metrics::Rejections;
 use sluice_platform::tcp::{Connected, Hub, HubConfig, Limits};
 use sluice_platform::{Keys, SharedKeyRing};
 use tokio_util::sync::CancellationToken;
@@ -75,6 +76,7 @@ impl TcpWorkers {
         ring: &SharedKeyRing,
         streams: Arc<MemoryStreams>,
         guard: Arc<MemoryKv>,
+        rejections: Rejections,
     ) -> Result<Arc<Self>, TcpStartError> {
         let keys = Keys::new(&plan.id.namespace, &plan.id.name);
         let groups: Vec<String> = plan.worker_groups().map(|g| g.name.clone()).collect();
@@ -92,6 +94,9 @@ impl TcpWorkers {
                 max_queue_depth: plan.limits.max_queue_depth,
                 dead_letter_cap: sluice_exec_worker::worker::DEAD_LETTER_RETENTION,
                 lease: plan.limits.lease,
+                clock_skew: plan.security.clock_skew,
+                max_payload_bytes: plan.security.max_payload_bytes as usize,
+                rejections,
             },
             ring.clone(),
             streams,

@@ -217,6 +217,7 @@ async fn redis_profile_worker_node_panic_is_dead_lettered_once_and_answered_at_o
             keys: sluice_exec_worker::process::KeySource::Dir(ring),
             admin: "127.0.0.1:0".parse().expect("an address"),
             concurrency: None,
+            threads: 1,
             secrets_dir: "/nonexistent".into(),
             drain_timeout: Duration::from_secs(5),
             json_logs: false,

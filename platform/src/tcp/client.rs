@@ -1,5 +1,7 @@
-//! The worker's side of the tcp profile: the `Queue` port and the replay
-//! guard's `Kv` port as calls to the hub over one authenticated connection.
+//! The worker's side of the tcp profile: the `Queue` port as calls to the
+//! hub over one authenticated connection. The replay guard is the hub's
+//! (it claims each entry's nonce as it hands the entry out), so a worker
+//! has no `Kv` port here.
 //!
 //! Calls are multiplexed: each carries an id, answers come back in any
 //! order (a blocking read does not hold up a hand-off). The connection is
@@ -27,7 +29,6 @@ use super::{require_loopback, Limits};
 use crate::backend::{BackendError, Result};
 use crate::envelope::StreamEntry;
 use crate::keyring::SharedKeyRing;
-use crate::kv::Kv;
 use crate::queue::{Completion, Delivery, Depth, Held, Queue};
 
 /// Where the hub is and who this worker is.
@@ -217,7 +218,6 @@ fn unexpected<T>(a: &Answer) -> Result<T> {
         Answer::Flags(_) => "flags",
         Answer::Count(_) => "count",
         Answer::Depth(_) => "depth",
-        Answer::Value(_) => "value",
         Answer::Failed(_) => "failure",
     };
     Err(BackendError::Unavailable(format!(
@@ -414,36 +414,5 @@ impl Queue for TcpBackend {
             Answer::Count(n) => Ok(n),
             a => unexpected(&a),
         }
-    }
-}
-
-#[async_trait]
-impl Kv for TcpBackend {
-    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<String>> {
-        match self
-            .ask(Call::SetNx {
-                key: key.into(),
-                value: value.into(),
-                ttl,
-            })
-            .await?
-        {
-            Answer::Value(v) => Ok(v),
-            a => unexpected(&a),
-        }
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<String>> {
-        match self.ask(Call::Get { key: key.into() }).await? {
-            Answer::Value(v) => Ok(v),
-            a => unexpected(&a),
-        }
-    }
-
-    /// The hub offers workers no deletes (the replay guard never deletes).
-    async fn delete(&self, _key: &str) -> Result<bool> {
-        Err(BackendError::Unavailable(
-            "the hub offers workers no deletes".into(),
-        ))
     }
 }

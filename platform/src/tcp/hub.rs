@@ -6,12 +6,20 @@
 //! which tells the hub the worker's group. From then on each call is checked
 //! against what that group may touch, as the Redis ACLs do in the Redis
 //! profile: its own queue (read, renew, reclaim, hand off), other groups'
-//! queues and reply streams (append only), the dead-letter stream (capped
-//! append) and its own nonces. Anything else is refused and logged. What a
-//! worker writes is checked too: entries no larger than the ingress's entry
-//! limit, pushes only to the pipeline's worker queues and only below their
-//! depth limit, replies only to streams that exist, the dead-letter stream
-//! capped by the hub, nonces with a bounded key, value and time to live.
+//! queues and reply streams (append only) and the dead-letter stream
+//! (capped append). Anything else is refused and logged. What a worker
+//! writes is checked too: entries no larger than the ingress's entry limit,
+//! pushes only to the pipeline's worker queues and only below their depth
+//! limit, replies only to streams that exist, the dead-letter stream capped
+//! by the hub.
+//!
+//! The replay guard runs here, not in the worker: every entry the hub hands
+//! out passes the worker's own checks (size, MAC, freshness, kind,
+//! destination) and then claims its nonce, as a Redis worker's first read
+//! would. A replayed entry is acknowledged and never handed out; one that
+//! fails another check is handed out, for the worker to refuse and count as
+//! it does in every profile. Workers cannot touch the guard: no call reads
+//! or writes a nonce.
 //! Connections are bounded before the handshake (a few seconds each) and
 //! after it (a few per group), and so are the calls and answers of each.
 //!
@@ -33,11 +41,14 @@ use tokio_util::sync::CancellationToken;
 use super::session::{self, Opener};
 use super::wire::{Answer, Call};
 use super::{require_loopback, Limits};
+use crate::backend::{BackendError, Result};
 use crate::keyring::SharedKeyRing;
 use crate::keys::Keys;
 use crate::kv::Kv;
 use crate::memory::{MemoryKv, MemoryStreams};
-use crate::queue::{Held, Queue};
+use crate::metrics::Rejections;
+use crate::queue::{Completion, Delivery, Held, Queue};
+use crate::signing::{At, Rejection, Verifier, VerifyError};
 
 /// What the hub serves.
 #[derive(Debug, Clone)]
@@ -59,6 +70,14 @@ pub struct HubConfig {
     /// The pipeline's lease: nothing is reclaimed sooner (except what a
     /// gone worker held).
     pub lease: Duration,
+    /// The pipeline's `clockSkew` and `maxPayloadBytes`, for the checks
+    /// an entry passes before its nonce is claimed.
+    pub clock_skew: Duration,
+    pub max_payload_bytes: usize,
+    /// Where replays the hub refuses are counted (the ingress's
+    /// `sluice_envelopes_rejected_total`); other refusals are the worker's
+    /// to count.
+    pub rejections: Rejections,
 }
 
 /// Connections in their handshake at most; more are closed at once.
@@ -79,9 +98,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_COMPLETIONS: usize = 1024;
 const MAX_HELD: usize = 16_384;
 const MAX_APPEND_STREAMS: usize = 8;
-/// Longest nonce key and value.
-const MAX_NONCE_KEY: usize = 512;
-const MAX_NONCE_VALUE: usize = 64;
 /// The longest blocking read the hub waits out.
 const MAX_BLOCK: Duration = Duration::from_secs(30);
 /// Longest consumer name.
@@ -130,7 +146,8 @@ struct Shared {
     cfg: HubConfig,
     ring: SharedKeyRing,
     streams: Arc<MemoryStreams>,
-    guard: Arc<MemoryKv>,
+    /// Checks each entry handed out and claims its nonce in the guard.
+    guard: Verifier,
     connected: Arc<Connected>,
     handshakes: Arc<Semaphore>,
     open: Arc<Semaphore>,
@@ -168,6 +185,20 @@ impl Hub {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| HubError::Listen { addr, source })?;
+        let nonces = Capped {
+            kv: guard,
+            max: cfg.max_nonces,
+            max_ttl: cfg.max_nonce_ttl,
+        };
+        // Its own count of refusals: only replays are the hub's to report.
+        let guard = Verifier::new(
+            ring.clone(),
+            Some(Arc::new(nonces)),
+            cfg.keys.clone(),
+            cfg.clock_skew,
+            cfg.max_payload_bytes,
+            Rejections::default(),
+        );
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
@@ -386,7 +417,7 @@ impl Shared {
             // cost more than the call.
             let blocks = matches!(&call, Call::Read { block, .. } if !block.is_zero());
             if !blocks {
-                let answer = self.run(call).await;
+                let answer = self.run(call, &access.group).await;
                 if tx.send(answer.encode(id)).await.is_err() {
                     break;
                 }
@@ -397,8 +428,9 @@ impl Shared {
             };
             let this = self.clone();
             let tx = tx.clone();
+            let group = access.group.clone();
             calls.spawn(async move {
-                let answer = this.run(call).await;
+                let answer = this.run(call, &group).await;
                 let _ = tx.send(answer.encode(id)).await;
                 drop(permit);
             });
@@ -407,7 +439,7 @@ impl Shared {
         while calls.join_next().await.is_some() {}
     }
 
-    async fn run(&self, call: Call) -> Answer {
+    async fn run(&self, call: Call, group: &str) -> Answer {
         let max_read = self.cfg.limits.max_read;
         let q = &*self.streams;
         let r = match call {
@@ -429,7 +461,7 @@ impl Shared {
                 consumer,
                 max,
                 block,
-            } => q
+            } => match q
                 .read(
                     &stream,
                     &consumer,
@@ -437,7 +469,10 @@ impl Shared {
                     block.min(MAX_BLOCK),
                 )
                 .await
-                .map(Answer::Deliveries),
+            {
+                Ok(d) => Ok(Answer::Deliveries(self.guarded(&stream, group, d).await)),
+                Err(e) => Err(e),
+            },
             Call::Renew {
                 stream,
                 consumer,
@@ -461,7 +496,7 @@ impl Shared {
                 consumer,
                 min_idle,
                 max,
-            } => q
+            } => match q
                 .reclaim(
                     &stream,
                     &consumer,
@@ -469,7 +504,10 @@ impl Shared {
                     (max as usize).min(max_read),
                 )
                 .await
-                .map(Answer::Deliveries),
+            {
+                Ok(d) => Ok(Answer::Deliveries(self.guarded(&stream, group, d).await)),
+                Err(e) => Err(e),
+            },
             Call::CompleteAll { stream, mut done } => {
                 // Replies go only to streams that exist: a worker cannot
                 // make streams nobody reads or expires.
@@ -488,19 +526,73 @@ impl Shared {
             }
             Call::Depth { stream } => q.depth(&stream).await.map(Answer::Depth),
             Call::Pending { stream } => q.pending(&stream).await.map(Answer::Count),
-            Call::SetNx { key, value, ttl } => self
-                .guard
-                .set_nx_within(
-                    &key,
-                    &value,
-                    ttl.min(self.cfg.max_nonce_ttl),
-                    self.cfg.max_nonces,
-                )
-                .await
-                .map(Answer::Value),
-            Call::Get { key } => self.guard.get(&key).await.map(Answer::Value),
         };
         r.unwrap_or_else(|e| Answer::Failed(e.to_string()))
+    }
+
+    /// What of `deliveries`, just taken from `group`'s queue `stream`, is
+    /// handed out: all but replays (acknowledged here, never run) and
+    /// entries whose nonce cannot be claimed now (the guard is full: they
+    /// stay pending and are reclaimed after their lease).
+    async fn guarded(&self, stream: &str, group: &str, deliveries: Vec<Delivery>) -> Vec<Delivery> {
+        let mut out = Vec::with_capacity(deliveries.len());
+        let mut replays = vec![];
+        for d in deliveries {
+            let at = At {
+                stream,
+                id: &d.id,
+                deliveries: d.deliveries,
+            };
+            match self.guard.verify_request(&d.entry, &at, group).await {
+                Err(VerifyError::Rejected(Rejection::Replay)) => {
+                    tracing::warn!(group, id = %d.id, "hub: a replayed entry dropped");
+                    self.cfg.rejections.inc(Rejection::Replay);
+                    replays.push(Completion {
+                        id: d.id,
+                        forward: None,
+                    });
+                }
+                Err(VerifyError::Backend(e)) => {
+                    tracing::warn!(group, id = %d.id, error = %e, "hub: replay guard unavailable; entry left pending");
+                }
+                // Refused for another reason: the worker refuses it too,
+                // and counts it.
+                Ok(_) | Err(VerifyError::Rejected(_)) => out.push(d),
+            }
+        }
+        if !replays.is_empty() {
+            if let Err(e) = self.streams.complete_all(stream, &replays).await {
+                tracing::warn!(group, error = %e, "hub: cannot acknowledge replayed entries");
+            }
+        }
+        out
+    }
+}
+
+/// The guard's nonces, bounded: at most `max` held (past it a claim fails
+/// and the entry waits), none kept longer than `max_ttl`.
+struct Capped {
+    kv: Arc<MemoryKv>,
+    max: usize,
+    max_ttl: Duration,
+}
+
+#[async_trait::async_trait]
+impl Kv for Capped {
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<String>> {
+        self.kv
+            .set_nx_within(key, value, ttl.min(self.max_ttl), self.max)
+            .await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<String>> {
+        self.kv.get(key).await
+    }
+
+    async fn delete(&self, _key: &str) -> Result<bool> {
+        Err(BackendError::Unavailable(
+            "the replay guard deletes no nonce".into(),
+        ))
     }
 }
 
@@ -512,7 +604,6 @@ struct Access {
     queues: HashSet<String>,
     replies: String,
     dead_letter: String,
-    nonces: String,
     max_entry: usize,
 }
 
@@ -525,7 +616,6 @@ impl Access {
             queues: cfg.groups.iter().map(|g| keys.queue(g)).collect(),
             replies: keys.reply(""),
             dead_letter: keys.dead_letter(),
-            nonces: keys.nonce_prefix(group),
             max_entry: cfg.limits.max_entry,
         }
     }
@@ -630,24 +720,6 @@ impl Access {
                 streams.iter().try_for_each(|s| self.reply(s))?;
                 self.entry(entry)
             }
-            Call::SetNx { key, value, .. } => {
-                self.nonce(key)?;
-                if value.len() > MAX_NONCE_VALUE {
-                    return Err("a nonce value longer than an entry id");
-                }
-                Ok(())
-            }
-            Call::Get { key } => self.nonce(key),
-        }
-    }
-
-    fn nonce(&self, key: &str) -> Result<(), &'static str> {
-        if !key.starts_with(&self.nonces) {
-            Err("a group claims its own nonces only")
-        } else if key.len() > MAX_NONCE_KEY {
-            Err("a nonce key longer than any the pipeline makes")
-        } else {
-            Ok(())
         }
     }
 }
@@ -667,6 +739,27 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_guard_keeps_no_nonce_past_its_longest_time_to_live() {
+        let capped = Capped {
+            kv: MemoryKv::new(),
+            max: 10,
+            max_ttl: Duration::from_millis(50),
+        };
+        let k = "sluice:{default/hello}:n:work:k1:abc";
+        assert_eq!(
+            capped
+                .set_nx(k, "0-1", Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(capped.get(k).await.unwrap().as_deref(), Some("0-1"));
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(capped.get(k).await.unwrap(), None, "gone after the cap");
+        assert!(capped.delete(k).await.is_err(), "the guard deletes nothing");
+    }
+
     #[test]
     fn a_group_touches_what_its_redis_user_would_and_nothing_else() {
         let keys = Keys::new("default", "hello");
@@ -679,6 +772,9 @@ mod tests {
             max_queue_depth: 10,
             dead_letter_cap: 10,
             lease: Duration::from_secs(1),
+            clock_skew: Duration::from_secs(5),
+            max_payload_bytes: 1024,
+            rejections: Rejections::default(),
         };
         let a = Access::new(&cfg, "work");
         let own = keys.queue("work");
@@ -713,11 +809,6 @@ mod tests {
             Call::Append {
                 streams: vec![keys.reply("async:abc")],
                 entry: entry(),
-            },
-            Call::SetNx {
-                key: keys.nonce("work", "k1", "n"),
-                value: "0-1".into(),
-                ttl: Duration::from_secs(1),
             },
         ];
         for c in &ok {
@@ -765,14 +856,6 @@ mod tests {
                 streams: vec![keys.queue("work")],
                 entry: entry(),
             },
-            Call::SetNx {
-                key: keys.nonce("other", "k1", "n"),
-                value: "0-1".into(),
-                ttl: Duration::from_secs(1),
-            },
-            Call::Get {
-                key: keys.idempotency("api", "x"),
-            },
             Call::Depth {
                 stream: keys.queue("other"),
             },
@@ -788,16 +871,6 @@ mod tests {
                     m: vec![b'x'; 2048],
                     ..entry()
                 },
-            },
-            Call::SetNx {
-                key: keys.nonce("work", "k1", &"n".repeat(600)),
-                value: "0-1".into(),
-                ttl: Duration::from_secs(1),
-            },
-            Call::SetNx {
-                key: keys.nonce("work", "k1", "n"),
-                value: "x".repeat(100),
-                ttl: Duration::from_secs(1),
             },
             Call::Append {
                 streams: vec![keys.reply("a"); 9],

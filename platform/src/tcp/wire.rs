@@ -201,14 +201,6 @@ pub enum Call {
     Pending {
         stream: String,
     },
-    SetNx {
-        key: String,
-        value: String,
-        ttl: Duration,
-    },
-    Get {
-        key: String,
-    },
 }
 
 /// The hub's answer to one call.
@@ -221,7 +213,6 @@ pub enum Answer {
     Flags(Vec<bool>),
     Count(u64),
     Depth(Depth),
-    Value(Option<String>),
     /// The call failed; the text says why (never payloads or keys).
     Failed(String),
 }
@@ -318,8 +309,6 @@ impl Call {
             }
             Call::Depth { stream } => w.u8(9).str(stream),
             Call::Pending { stream } => w.u8(10).str(stream),
-            Call::SetNx { key, value, ttl } => w.u8(11).str(key).str(value).millis(*ttl),
-            Call::Get { key } => w.u8(12).str(key),
         };
         w.buf
     }
@@ -398,12 +387,6 @@ impl Call {
             }
             9 => Call::Depth { stream: r.str()? },
             10 => Call::Pending { stream: r.str()? },
-            11 => Call::SetNx {
-                key: r.str()?,
-                value: r.str()?,
-                ttl: r.millis()?,
-            },
-            12 => Call::Get { key: r.str()? },
             _ => return Err(Malformed("unknown call")),
         };
         r.end()?;
@@ -442,10 +425,8 @@ impl Answer {
             }
             Answer::Count(n) => w.u8(6).u64(*n),
             Answer::Depth(d) => w.u8(7).u64(d.entries).u64(d.bytes),
-            Answer::Value(v) => match v {
-                Some(v) => w.u8(8).u8(1).str(v),
-                None => w.u8(8).u8(0),
-            },
+            // Tag 8 is retired (the replay guard's answers, before the
+            // guard moved into the hub).
             Answer::Failed(why) => w.u8(9).str(why),
         };
         w.buf
@@ -494,7 +475,6 @@ impl Answer {
                 entries: r.u64()?,
                 bytes: r.u64()?,
             }),
-            8 => Answer::Value(if r.bool()? { Some(r.str()?) } else { None }),
             9 => Answer::Failed(r.str()?),
             _ => return Err(Malformed("unknown answer")),
         };
@@ -582,12 +562,6 @@ mod tests {
             },
             Call::Depth { stream: "q".into() },
             Call::Pending { stream: "q".into() },
-            Call::SetNx {
-                key: "n".into(),
-                value: "0-1".into(),
-                ttl: Duration::from_secs(5),
-            },
-            Call::Get { key: "n".into() },
         ]
     }
 
@@ -607,8 +581,6 @@ mod tests {
                 entries: 3,
                 bytes: 900,
             }),
-            Answer::Value(Some("v".into())),
-            Answer::Value(None),
             Answer::Failed("backend unavailable".into()),
         ]
     }

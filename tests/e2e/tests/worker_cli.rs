@@ -35,6 +35,7 @@ fn help_documents_every_flag_with_its_variable() {
         ("--keys-stdin", "standard input"),
         ("--admin", "SLUICE_ADMIN"),
         ("--concurrency", "SLUICE_CONCURRENCY"),
+        ("--threads", "SLUICE_THREADS"),
         ("--secrets-dir", "SLUICE_SECRETS_DIR"),
         ("--drain-timeout", "SLUICE_DRAIN_TIMEOUT"),
         ("--log-format", "SLUICE_LOG_FORMAT"),
