@@ -568,3 +568,87 @@ async fn a_consumer_still_connected_elsewhere_keeps_its_entries() {
         .is_empty());
     assert_eq!(s.streams.pending(&q).await.unwrap(), 1);
 }
+
+fn handed(ds: &[sluice_platform::Delivery]) -> Vec<Completion> {
+    ds.iter()
+        .map(|d| Completion {
+            id: d.id.clone(),
+            forward: None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_hand_off_brings_the_readers_next_entries_in_its_answer() {
+    let s = hub().await;
+    let w = client(&s, GROUP, s.ring.clone());
+    let q = s.keys.queue(GROUP);
+    w.ensure_group(&q).await.unwrap();
+    let mut ids = vec![];
+    for n in 0..4 {
+        ids.push(s.streams.push(&q, entry(n)).await.unwrap());
+    }
+    let first = w.read(&q, "c1", 2, Duration::ZERO).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(
+        w.complete_all(&q, &handed(&first)).await.unwrap(),
+        vec![true, true]
+    );
+    // The two slots the hand-off freed are filled already: the next two
+    // entries are this consumer's before it reads again.
+    assert_eq!(s.streams.pending(&q).await.unwrap(), 2);
+    s.streams.push(&q, entry(9)).await.unwrap();
+    let next = w.read(&q, "c1", 10, Duration::ZERO).await.unwrap();
+    let got: Vec<&str> = next.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(
+        got,
+        [ids[2].as_str(), ids[3].as_str()],
+        "what came ahead, only"
+    );
+    // Nothing is left ahead: the next read asks the hub.
+    assert_eq!(w.read(&q, "c1", 10, Duration::ZERO).await.unwrap().len(), 1);
+    // A hand-off by a process that never read brings nothing.
+    let other = client(&s, GROUP, s.ring.clone());
+    let flags = other.complete_all(&q, &handed(&next)).await.unwrap();
+    assert_eq!(flags, vec![true, true]);
+}
+
+#[tokio::test]
+async fn entries_brought_ahead_die_with_their_connection() {
+    // A push over the hub's entry limit ends the connection.
+    let s = hub_with(|c| c.limits = Limits::for_entries(16)).await;
+    let w = client(&s, GROUP, s.ring.clone());
+    let q = s.keys.queue(GROUP);
+    w.ensure_group(&q).await.unwrap();
+    let mut ids = vec![];
+    for n in 0..3 {
+        ids.push(s.streams.push(&q, entry(n)).await.unwrap());
+    }
+    let first = w.read(&q, "c1", 1, Duration::ZERO).await.unwrap();
+    w.complete_all(&q, &handed(&first)).await.unwrap();
+    assert_eq!(s.streams.pending(&q).await.unwrap(), 1, "one came ahead");
+    let mut big = entry(1);
+    big.m = vec![b'x'; 2 << 20];
+    assert!(w.push(&s.keys.queue("next"), big).await.is_err());
+    // A new connection: the entry that came ahead is not handed out from
+    // the old one; the hub released it, and a reclaim takes it up.
+    let fresh = w.read(&q, "c1", 10, Duration::ZERO).await.unwrap();
+    let got: Vec<&str> = fresh.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(got, [ids[2].as_str()]);
+    let mut again = vec![];
+    for _ in 0..100 {
+        again = w
+            .reclaim(&q, "c1", Duration::from_millis(10), 10)
+            .await
+            .unwrap();
+        if !again.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].id.as_str(), again[0].deliveries),
+        (ids[1].as_str(), 2)
+    );
+}

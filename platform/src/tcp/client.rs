@@ -10,7 +10,7 @@
 //! like any backend error (it retries; its entries stay pending in the hub
 //! and are reclaimed if it does not come back).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::session::{self, Opener};
-use super::wire::{Answer, Call};
+use super::wire::{Answer, Call, ThenRead};
 use super::{require_loopback, Limits};
 use crate::backend::{BackendError, Result};
 use crate::envelope::StreamEntry;
@@ -53,6 +53,18 @@ struct Conn {
     calls: mpsc::Sender<Vec<u8>>,
     waiting: Arc<Waiting>,
     dead: CancellationToken,
+    ahead: Mutex<Ahead>,
+}
+
+/// What a hand-off's answer brought for the last reader (`stream`,
+/// `consumer`): as many entries as the hand-off freed slots, handed out by
+/// that reader's next read without a call. They live and die with the
+/// connection: when it ends the hub makes them reclaimable, and nothing
+/// here hands them out any more.
+#[derive(Default)]
+struct Ahead {
+    reader: Option<(String, String)>,
+    entries: VecDeque<Delivery>,
 }
 
 /// The `Queue` and `Kv` ports over a connection to the hub.
@@ -134,6 +146,7 @@ impl TcpBackend {
             calls: tx,
             waiting: Arc::default(),
             dead: CancellationToken::new(),
+            ahead: Mutex::default(),
         });
         tokio::spawn(session::write_frames(
             write,
@@ -152,6 +165,12 @@ impl TcpBackend {
     }
 
     async fn call(&self, call: Call, wait: Duration) -> Result<Answer> {
+        let conn = self.live().await?;
+        self.call_on(&conn, call, wait).await
+    }
+
+    /// [`Self::call`] on `conn`, which the caller already holds.
+    async fn call_on(&self, conn: &Conn, call: Call, wait: Duration) -> Result<Answer> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = call.encode(id);
         // Refused here, not by the hub: a frame over the limit would end
@@ -162,7 +181,6 @@ impl TcpBackend {
                 frame.len()
             )));
         }
-        let conn = self.live().await?;
         let (tx, rx) = oneshot::channel();
         conn.waiting.lock().insert(id, tx);
         // Whatever ends this call (answer, failure, timeout, or the caller
@@ -216,6 +234,7 @@ fn unexpected<T>(a: &Answer) -> Result<T> {
         Answer::Deliveries(_) => "deliveries",
         Answer::Ids(_) => "ids",
         Answer::Flags(_) => "flags",
+        Answer::Handed { .. } => "hand-off",
         Answer::Count(_) => "count",
         Answer::Depth(_) => "depth",
         Answer::Failed(_) => "failure",
@@ -308,6 +327,22 @@ impl Queue for TcpBackend {
         max: usize,
         block: Duration,
     ) -> Result<Vec<Delivery>> {
+        let conn = self.live().await?;
+        {
+            let mut ahead = conn.ahead.lock();
+            let is_reader = ahead
+                .reader
+                .as_ref()
+                .is_some_and(|(s, c)| s == stream && c == consumer);
+            if is_reader && !ahead.entries.is_empty() {
+                let n = max.min(ahead.entries.len());
+                return Ok(ahead.entries.drain(..n).collect());
+            }
+            // Entries brought for another reader stay its own.
+            if ahead.entries.is_empty() {
+                ahead.reader = Some((stream.to_string(), consumer.to_string()));
+            }
+        }
         let call = Call::Read {
             stream: stream.into(),
             consumer: consumer.into(),
@@ -366,15 +401,34 @@ impl Queue for TcpBackend {
         }
     }
 
+    /// Hands off `done` and, for the stream's reader, takes as many new
+    /// entries as the batch frees slots in the same round trip.
     async fn complete_all(&self, stream: &str, done: &[Completion]) -> Result<Vec<bool>> {
-        match self
-            .ask(Call::CompleteAll {
-                stream: stream.into(),
-                done: done.to_vec(),
-            })
-            .await?
-        {
-            Answer::Flags(f) if f.len() == done.len() => Ok(f),
+        let conn = self.live().await?;
+        let then = conn
+            .ahead
+            .lock()
+            .reader
+            .as_ref()
+            .filter(|(s, _)| s == stream)
+            .map(|(_, c)| ThenRead {
+                consumer: c.clone(),
+                max: u32::try_from(done.len()).unwrap_or(u32::MAX),
+            });
+        let asked = then.is_some();
+        let call = Call::CompleteAll {
+            stream: stream.into(),
+            done: done.to_vec(),
+            then,
+        };
+        match self.call_on(&conn, call, self.cfg.timeout).await? {
+            Answer::Flags(f) if !asked && f.len() == done.len() => Ok(f),
+            Answer::Handed { flags, deliveries }
+                if asked && flags.len() == done.len() && deliveries.len() <= done.len() =>
+            {
+                conn.ahead.lock().entries.extend(deliveries);
+                Ok(flags)
+            }
             a => unexpected(&a),
         }
     }

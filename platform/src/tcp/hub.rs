@@ -392,7 +392,12 @@ impl Shared {
                     .await;
                 continue;
             }
-            if let Call::Read { consumer, .. } | Call::Reclaim { consumer, .. } = &call {
+            let reader = match &call {
+                Call::Read { consumer, .. } | Call::Reclaim { consumer, .. } => Some(consumer),
+                Call::CompleteAll { then, .. } => then.as_ref().map(|t| &t.consumer),
+                _ => None,
+            };
+            if let Some(consumer) = reader {
                 let refused = {
                     let mut c = consumers.lock();
                     if c.contains(consumer) {
@@ -508,7 +513,11 @@ impl Shared {
                 Ok(d) => Ok(Answer::Deliveries(self.guarded(&stream, group, d).await)),
                 Err(e) => Err(e),
             },
-            Call::CompleteAll { stream, mut done } => {
+            Call::CompleteAll {
+                stream,
+                mut done,
+                then,
+            } => {
                 // Replies go only to streams that exist: a worker cannot
                 // make streams nobody reads or expires.
                 for f in done.iter_mut().filter_map(|c| c.forward.as_mut()) {
@@ -516,7 +525,24 @@ impl Shared {
                         f.must_exist = true;
                     }
                 }
-                q.complete_all(&stream, &done).await.map(Answer::Flags)
+                match (q.complete_all(&stream, &done).await, then) {
+                    (Err(e), _) => Err(e),
+                    (Ok(flags), None) => Ok(Answer::Flags(flags)),
+                    // The slots this batch frees are filled in the same
+                    // round trip; a failed read only leaves them to the
+                    // worker's next one.
+                    (Ok(flags), Some(t)) => {
+                        let max = (t.max as usize).min(max_read).min(done.len());
+                        let taken = q
+                            .read(&stream, &t.consumer, max, Duration::ZERO)
+                            .await
+                            .unwrap_or_default();
+                        Ok(Answer::Handed {
+                            flags,
+                            deliveries: self.guarded(&stream, group, taken).await,
+                        })
+                    }
+                }
             }
             Call::Append { streams, entry } => {
                 let names: Vec<&str> = streams.iter().map(String::as_str).collect();
@@ -697,8 +723,11 @@ impl Access {
                 }
                 self.entry(entry)
             }
-            Call::CompleteAll { stream, done } => {
+            Call::CompleteAll { stream, done, then } => {
                 self.own(stream)?;
+                if let Some(t) = then {
+                    Self::consumer(&t.consumer)?;
+                }
                 if done.len() > MAX_COMPLETIONS {
                     return Err("too many hand-offs in one call");
                 }
@@ -796,6 +825,7 @@ mod tests {
             },
             Call::CompleteAll {
                 stream: own.clone(),
+                then: None,
                 done: vec![Completion {
                     id: "0-1".into(),
                     forward: Some(Forward {
@@ -842,6 +872,7 @@ mod tests {
             },
             Call::CompleteAll {
                 stream: own.clone(),
+                then: None,
                 done: vec![Completion {
                     id: "0-1".into(),
                     forward: Some(Forward {

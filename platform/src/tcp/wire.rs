@@ -151,8 +151,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// What a worker asks the hub: the operations of the `Queue` port and the
-/// replay guard's part of the `Kv` port.
+/// What a worker asks the hub: the operations of the `Queue` port.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Call {
     EnsureGroup {
@@ -187,9 +186,12 @@ pub enum Call {
         min_idle: Duration,
         max: u32,
     },
+    /// A hand-off batch, and with `then` a read without waiting of as many
+    /// entries as the batch frees slots (answered with [`Answer::Handed`]).
     CompleteAll {
         stream: String,
         done: Vec<Completion>,
+        then: Option<ThenRead>,
     },
     Append {
         streams: Vec<String>,
@@ -203,6 +205,14 @@ pub enum Call {
     },
 }
 
+/// The read that follows a hand-off: `consumer` takes up to `max` entries
+/// of the same stream, if there are any now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThenRead {
+    pub consumer: String,
+    pub max: u32,
+}
+
 /// The hub's answer to one call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
@@ -213,6 +223,11 @@ pub enum Answer {
     Flags(Vec<bool>),
     Count(u64),
     Depth(Depth),
+    /// A hand-off's flags and what the read after it took.
+    Handed {
+        flags: Vec<bool>,
+        deliveries: Vec<Delivery>,
+    },
     /// The call failed; the text says why (never payloads or keys).
     Failed(String),
 }
@@ -230,6 +245,44 @@ fn forward(w: &mut Writer, f: &Forward) {
         Some(s) => w.u8(1).str(s),
         None => w.u8(0),
     };
+}
+
+fn write_deliveries<'w>(w: &'w mut Writer, ds: &[Delivery]) -> &'w mut Writer {
+    w.count(ds.len());
+    for d in ds {
+        w.str(&d.id).entry(&d.entry).u32(d.deliveries);
+    }
+    w
+}
+
+fn read_deliveries(r: &mut Reader<'_>) -> Decoded<Vec<Delivery>> {
+    let n = r.count(4 + MIN_ENTRY + 4)?;
+    let mut ds = Vec::with_capacity(n.min(PREALLOCATED));
+    for _ in 0..n {
+        ds.push(Delivery {
+            id: r.str()?,
+            entry: r.entry()?,
+            deliveries: r.u32()?,
+        });
+    }
+    Ok(ds)
+}
+
+fn write_flags<'w>(w: &'w mut Writer, fs: &[bool]) -> &'w mut Writer {
+    w.count(fs.len());
+    for f in fs {
+        w.u8(u8::from(*f));
+    }
+    w
+}
+
+fn read_flags(r: &mut Reader<'_>) -> Decoded<Vec<bool>> {
+    let n = r.count(1)?;
+    let mut fs = Vec::with_capacity(n.min(PREALLOCATED));
+    for _ in 0..n {
+        fs.push(r.bool()?);
+    }
+    Ok(fs)
 }
 
 fn read_forward(r: &mut Reader<'_>) -> Decoded<Forward> {
@@ -284,7 +337,7 @@ impl Call {
                 .str(consumer)
                 .millis(*min_idle)
                 .u32(*max),
-            Call::CompleteAll { stream, done } => {
+            Call::CompleteAll { stream, done, then } => {
                 w.u8(7).str(stream).count(done.len());
                 for c in done {
                     w.str(&c.id);
@@ -298,7 +351,10 @@ impl Call {
                         }
                     }
                 }
-                &mut w
+                match then {
+                    Some(t) => w.u8(1).str(&t.consumer).u32(t.max),
+                    None => w.u8(0),
+                }
             }
             Call::Append { streams, entry } => {
                 w.u8(8).count(streams.len());
@@ -372,7 +428,15 @@ impl Call {
                     };
                     done.push(Completion { id, forward });
                 }
-                Call::CompleteAll { stream, done }
+                let then = if r.bool()? {
+                    Some(ThenRead {
+                        consumer: r.str()?,
+                        max: r.u32()?,
+                    })
+                } else {
+                    None
+                };
+                Call::CompleteAll { stream, done, then }
             }
             8 => {
                 let n = r.count(4)?;
@@ -403,11 +467,8 @@ impl Answer {
             Answer::Done => w.u8(1),
             Answer::Id(s) => w.u8(2).str(s),
             Answer::Deliveries(ds) => {
-                w.u8(3).count(ds.len());
-                for d in ds {
-                    w.str(&d.id).entry(&d.entry).u32(d.deliveries);
-                }
-                &mut w
+                w.u8(3);
+                write_deliveries(&mut w, ds)
             }
             Answer::Ids(ids) => {
                 w.u8(4).count(ids.len());
@@ -417,17 +478,19 @@ impl Answer {
                 &mut w
             }
             Answer::Flags(fs) => {
-                w.u8(5).count(fs.len());
-                for f in fs {
-                    w.u8(u8::from(*f));
-                }
-                &mut w
+                w.u8(5);
+                write_flags(&mut w, fs)
             }
             Answer::Count(n) => w.u8(6).u64(*n),
             Answer::Depth(d) => w.u8(7).u64(d.entries).u64(d.bytes),
             // Tag 8 is retired (the replay guard's answers, before the
             // guard moved into the hub).
             Answer::Failed(why) => w.u8(9).str(why),
+            Answer::Handed { flags, deliveries } => {
+                w.u8(10);
+                write_flags(&mut w, flags);
+                write_deliveries(&mut w, deliveries)
+            }
         };
         w.buf
     }
@@ -442,18 +505,7 @@ impl Answer {
         let answer = match r.u8()? {
             1 => Answer::Done,
             2 => Answer::Id(r.str()?),
-            3 => {
-                let n = r.count(4 + MIN_ENTRY + 4)?;
-                let mut ds = Vec::with_capacity(n.min(PREALLOCATED));
-                for _ in 0..n {
-                    ds.push(Delivery {
-                        id: r.str()?,
-                        entry: r.entry()?,
-                        deliveries: r.u32()?,
-                    });
-                }
-                Answer::Deliveries(ds)
-            }
+            3 => Answer::Deliveries(read_deliveries(&mut r)?),
             4 => {
                 let n = r.count(4)?;
                 let mut ids = Vec::with_capacity(n.min(PREALLOCATED));
@@ -462,20 +514,17 @@ impl Answer {
                 }
                 Answer::Ids(ids)
             }
-            5 => {
-                let n = r.count(1)?;
-                let mut fs = Vec::with_capacity(n.min(PREALLOCATED));
-                for _ in 0..n {
-                    fs.push(r.bool()?);
-                }
-                Answer::Flags(fs)
-            }
+            5 => Answer::Flags(read_flags(&mut r)?),
             6 => Answer::Count(r.u64()?),
             7 => Answer::Depth(Depth {
                 entries: r.u64()?,
                 bytes: r.u64()?,
             }),
             9 => Answer::Failed(r.str()?),
+            10 => Answer::Handed {
+                flags: read_flags(&mut r)?,
+                deliveries: read_deliveries(&mut r)?,
+            },
             _ => return Err(Malformed("unknown answer")),
         };
         r.end()?;
@@ -555,6 +604,18 @@ mod tests {
                         forward: None,
                     },
                 ],
+                then: None,
+            },
+            Call::CompleteAll {
+                stream: "q".into(),
+                done: vec![Completion {
+                    id: "0-4".into(),
+                    forward: None,
+                }],
+                then: Some(ThenRead {
+                    consumer: "c".into(),
+                    max: 1,
+                }),
             },
             Call::Append {
                 streams: vec!["a".into(), "b".into()],
@@ -582,6 +643,18 @@ mod tests {
                 bytes: 900,
             }),
             Answer::Failed("backend unavailable".into()),
+            Answer::Handed {
+                flags: vec![true],
+                deliveries: vec![Delivery {
+                    id: "0-5".into(),
+                    entry: entry("y"),
+                    deliveries: 1,
+                }],
+            },
+            Answer::Handed {
+                flags: vec![false, true],
+                deliveries: vec![],
+            },
         ]
     }
 
