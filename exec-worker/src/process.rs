@@ -124,7 +124,9 @@ pub struct Cli {
     /// SLUICE_THREADS] [default: 1 with --hub (tcp backends: the ingress and
     /// every group share the machine, and one thread is spared the
     /// cross-thread wake-ups), else one per CPU]. Raise it for a tcp group
-    /// whose nodes compute. Only the binary's own runtime: a custom worker
+    /// whose nodes compute: a node that computes without awaiting holds its
+    /// thread, and with one thread the lease renewals wait for it (heavy
+    /// work belongs in `spawn_blocking`). Only the binary's own runtime: a custom worker
     /// that calls `main_with` from its own runtime keeps that one's
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,

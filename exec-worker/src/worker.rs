@@ -309,7 +309,9 @@ impl Worker {
                 }
             }
         }
-        // Drain: every slot back means every entry was handed off.
+        // Drain: no entry is taken any more, not even ahead of a read; every
+        // slot back means every entry was handed off.
+        self.queue.done_reading(&self.stream, &self.cfg.consumer);
         let _all = slots.acquire_many(self.cfg.concurrency as u32).await;
         renew_stop.cancel();
         let _ = renewer.await;

@@ -151,6 +151,10 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Entries delivered but not yet completed.
     async fn pending(&self, stream: &str) -> Result<u64>;
+
+    /// `consumer` reads `stream` no more (a worker draining): a backend
+    /// that takes entries ahead of reads stops doing so.
+    fn done_reading(&self, _stream: &str, _consumer: &str) {}
 }
 
 /// Reply streams, read by the one ingress instance they belong to.

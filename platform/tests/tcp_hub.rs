@@ -138,15 +138,16 @@ async fn a_worker_reads_renews_reclaims_and_hands_off_through_the_hub() {
 
     w.ensure_group(&q).await.unwrap();
     // The ingress pushes in process; the worker reads over TCP.
-    for n in 0..3 {
-        s.streams.push(&q, entry(n)).await.unwrap();
+    let sent: Vec<StreamEntry> = (0..3).map(|_| signed(&s)).collect();
+    for e in &sent {
+        s.streams.push(&q, e.clone()).await.unwrap();
     }
     let got = w
         .read(&q, "c1", 10, Duration::from_millis(50))
         .await
         .unwrap();
     assert_eq!(got.len(), 3);
-    assert_eq!(got[0].entry, entry(0));
+    assert_eq!(got[0].entry, sent[0]);
     assert_eq!(got[0].deliveries, 1);
     assert_eq!(w.pending(&q).await.unwrap(), 3);
     assert_eq!(w.depth(&q).await.unwrap().entries, 3);
@@ -158,9 +159,10 @@ async fn a_worker_reads_renews_reclaims_and_hands_off_through_the_hub() {
         tokio::spawn(async move { w.read(&q, "c1", 1, Duration::from_secs(5)).await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    s.streams.push(&q, entry(9)).await.unwrap();
+    let late = signed(&s);
+    s.streams.push(&q, late.clone()).await.unwrap();
     let woke = reader.await.unwrap().unwrap();
-    assert_eq!(woke[0].entry, entry(9));
+    assert_eq!(woke[0].entry, late);
 
     let held = [Held {
         id: got[0].id.clone(),
@@ -330,7 +332,7 @@ async fn entries_of_a_worker_whose_connection_ended_are_reclaimable_at_once() {
     let q = s.keys.queue(GROUP);
     let first = client(&s, GROUP, s.ring.clone());
     first.ensure_group(&q).await.unwrap();
-    s.streams.push(&q, entry(1)).await.unwrap();
+    s.streams.push(&q, signed(&s)).await.unwrap();
     let held = first.read(&q, "dead", 1, Duration::ZERO).await.unwrap();
     assert_eq!(held.len(), 1);
     assert_eq!(s.connected.of(GROUP), 1);
@@ -416,16 +418,43 @@ async fn the_hub_claims_each_nonce_drops_a_replay_and_hands_out_a_redelivery() {
 }
 
 #[tokio::test]
-async fn an_entry_failing_other_checks_is_handed_to_the_worker_to_refuse() {
+async fn an_entry_failing_any_check_is_refused_by_the_hub_never_handed_out() {
     let s = hub().await;
     let w = client(&s, GROUP, s.ring.clone());
     let q = s.keys.queue(GROUP);
     w.ensure_group(&q).await.unwrap();
-    // Not signed: the worker refuses it and counts it, not the hub.
+    // Not signed, and signed for another group: no worker gets to judge
+    // them with a key ring of its own.
     s.streams.push(&q, entry(1)).await.unwrap();
-    assert_eq!(w.read(&q, "c1", 10, Duration::ZERO).await.unwrap().len(), 1);
-    assert_eq!(s.rejections.get(Rejection::BadMac), 0);
-    assert_eq!(s.guard.len(), 0, "no nonce claimed for it");
+    let mut elsewhere = Envelope {
+        dest: "next".into(),
+        ..sluice_platform::envelope::decode(&signed(&s).m).unwrap()
+    };
+    let elsewhere = Signer::new(SharedKeyRing::fixed(s.ring.clone()), &s.keys, "web")
+        .sign(&mut elsewhere)
+        .unwrap();
+    s.streams.push(&q, elsewhere).await.unwrap();
+    assert!(w
+        .read(&q, "c1", 10, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+    // The second is checked with this group's key, as it was read here.
+    assert_eq!(s.rejections.get(Rejection::BadMac), 1);
+    let all: u64 = [
+        Rejection::Oversized,
+        Rejection::BadVersion,
+        Rejection::UnknownKid,
+        Rejection::MissingKey,
+        Rejection::BadMac,
+        Rejection::Malformed,
+    ]
+    .into_iter()
+    .map(|r| s.rejections.get(r))
+    .sum();
+    assert_eq!(all, 2, "each counted once, for its reason");
+    assert_eq!(s.streams.pending(&q).await.unwrap(), 0, "acknowledged");
+    assert_eq!(s.guard.len(), 0, "no nonce claimed for them");
 }
 
 #[tokio::test]
@@ -498,7 +527,7 @@ async fn the_hub_caps_what_a_worker_writes_whatever_it_asks() {
     );
 
     // A reply forward that asks to create its stream does not.
-    s.streams.push(&q, entry(1)).await.unwrap();
+    s.streams.push(&q, signed(&s)).await.unwrap();
     let got = w.read(&q, "c", 1, Duration::ZERO).await.unwrap();
     let nobody = s.keys.reply("nobody");
     let answers = w
@@ -543,7 +572,7 @@ async fn a_consumer_still_connected_elsewhere_keeps_its_entries() {
     let first = client(&s, GROUP, s.ring.clone());
     let second = client(&s, GROUP, s.ring.clone());
     first.ensure_group(&q).await.unwrap();
-    s.streams.push(&q, entry(1)).await.unwrap();
+    s.streams.push(&q, signed(&s)).await.unwrap();
     // The same consumer name on two connections (a worker that reconnected
     // before its old connection was seen gone).
     let held = first.read(&q, "same", 1, Duration::ZERO).await.unwrap();
@@ -585,8 +614,8 @@ async fn a_hand_off_brings_the_readers_next_entries_in_its_answer() {
     let q = s.keys.queue(GROUP);
     w.ensure_group(&q).await.unwrap();
     let mut ids = vec![];
-    for n in 0..4 {
-        ids.push(s.streams.push(&q, entry(n)).await.unwrap());
+    for _ in 0..4 {
+        ids.push(s.streams.push(&q, signed(&s)).await.unwrap());
     }
     let first = w.read(&q, "c1", 2, Duration::ZERO).await.unwrap();
     assert_eq!(first.len(), 2);
@@ -597,7 +626,7 @@ async fn a_hand_off_brings_the_readers_next_entries_in_its_answer() {
     // The two slots the hand-off freed are filled already: the next two
     // entries are this consumer's before it reads again.
     assert_eq!(s.streams.pending(&q).await.unwrap(), 2);
-    s.streams.push(&q, entry(9)).await.unwrap();
+    s.streams.push(&q, signed(&s)).await.unwrap();
     let next = w.read(&q, "c1", 10, Duration::ZERO).await.unwrap();
     let got: Vec<&str> = next.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(
@@ -621,8 +650,8 @@ async fn entries_brought_ahead_die_with_their_connection() {
     let q = s.keys.queue(GROUP);
     w.ensure_group(&q).await.unwrap();
     let mut ids = vec![];
-    for n in 0..3 {
-        ids.push(s.streams.push(&q, entry(n)).await.unwrap());
+    for _ in 0..3 {
+        ids.push(s.streams.push(&q, signed(&s)).await.unwrap());
     }
     let first = w.read(&q, "c1", 1, Duration::ZERO).await.unwrap();
     w.complete_all(&q, &handed(&first)).await.unwrap();
@@ -651,4 +680,39 @@ async fn entries_brought_ahead_die_with_their_connection() {
         (again[0].id.as_str(), again[0].deliveries),
         (ids[1].as_str(), 2)
     );
+}
+
+#[tokio::test]
+async fn what_came_ahead_counts_against_the_next_hand_offs_and_a_reclaim_hands_it_out() {
+    let s = hub().await;
+    let w = client(&s, GROUP, s.ring.clone());
+    let q = s.keys.queue(GROUP);
+    w.ensure_group(&q).await.unwrap();
+    for _ in 0..8 {
+        s.streams.push(&q, signed(&s)).await.unwrap();
+    }
+    // Two held; their hand-off brings two ahead.
+    let first = w.read(&q, "c1", 2, Duration::ZERO).await.unwrap();
+    w.complete_all(&q, &handed(&first)).await.unwrap();
+    assert_eq!(s.streams.pending(&q).await.unwrap(), 2);
+    // A reclaim falls due before the next read and hands out one of them.
+    let reclaimed = w
+        .reclaim(&q, "c1", Duration::from_secs(60), 1)
+        .await
+        .unwrap();
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!(
+        reclaimed[0].deliveries, 1,
+        "what came ahead, not a redelivery"
+    );
+    // Its hand-off frees one slot, and one entry still waits ahead: it
+    // brings nothing, so no more are held than slots were freed.
+    w.complete_all(&q, &handed(&reclaimed)).await.unwrap();
+    assert_eq!(s.streams.pending(&q).await.unwrap(), 1);
+    let next = w.read(&q, "c1", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(next.len(), 1);
+    // Once the reader is done (a worker draining), hand-offs bring nothing.
+    w.done_reading(&q, "c1");
+    w.complete_all(&q, &handed(&next)).await.unwrap();
+    assert_eq!(s.streams.pending(&q).await.unwrap(), 0);
 }

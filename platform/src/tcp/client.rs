@@ -67,7 +67,28 @@ struct Ahead {
     entries: VecDeque<Delivery>,
 }
 
-/// The `Queue` and `Kv` ports over a connection to the hub.
+impl Conn {
+    /// Up to `max` entries that came ahead for `stream` read by
+    /// `consumer`; with `read`, that reader becomes the one hand-offs
+    /// bring entries for (unless entries are still waiting for another).
+    fn take_ahead(&self, stream: &str, consumer: &str, max: usize, read: bool) -> Vec<Delivery> {
+        let mut ahead = self.ahead.lock();
+        let is_reader = ahead
+            .reader
+            .as_ref()
+            .is_some_and(|(s, c)| s == stream && c == consumer);
+        if is_reader {
+            let n = max.min(ahead.entries.len());
+            return ahead.entries.drain(..n).collect();
+        }
+        if read && ahead.entries.is_empty() {
+            ahead.reader = Some((stream.to_string(), consumer.to_string()));
+        }
+        vec![]
+    }
+}
+
+/// The `Queue` port over a connection to the hub.
 pub struct TcpBackend {
     cfg: TcpConfig,
     ring: SharedKeyRing,
@@ -328,20 +349,9 @@ impl Queue for TcpBackend {
         block: Duration,
     ) -> Result<Vec<Delivery>> {
         let conn = self.live().await?;
-        {
-            let mut ahead = conn.ahead.lock();
-            let is_reader = ahead
-                .reader
-                .as_ref()
-                .is_some_and(|(s, c)| s == stream && c == consumer);
-            if is_reader && !ahead.entries.is_empty() {
-                let n = max.min(ahead.entries.len());
-                return Ok(ahead.entries.drain(..n).collect());
-            }
-            // Entries brought for another reader stay its own.
-            if ahead.entries.is_empty() {
-                ahead.reader = Some((stream.to_string(), consumer.to_string()));
-            }
+        let ahead = conn.take_ahead(stream, consumer, max, true);
+        if !ahead.is_empty() {
+            return Ok(ahead);
         }
         let call = Call::Read {
             stream: stream.into(),
@@ -387,17 +397,44 @@ impl Queue for TcpBackend {
         min_idle: Duration,
         max: usize,
     ) -> Result<Vec<Delivery>> {
-        match self
-            .ask(Call::Reclaim {
-                stream: stream.into(),
-                consumer: consumer.into(),
-                min_idle,
-                max: u32::try_from(max.min(self.cfg.limits.max_read)).unwrap_or(u32::MAX),
-            })
-            .await?
-        {
-            Answer::Deliveries(d) => Ok(d),
-            a => unexpected(&a),
+        // What came ahead first: it is as much this consumer's as what a
+        // reclaim finds, and it waits unrenewed until handed out.
+        let conn = self.live().await?;
+        let mut out = conn.take_ahead(stream, consumer, max, false);
+        if out.len() >= max {
+            return Ok(out);
+        }
+        let call = Call::Reclaim {
+            stream: stream.into(),
+            consumer: consumer.into(),
+            min_idle,
+            max: u32::try_from((max - out.len()).min(self.cfg.limits.max_read)).unwrap_or(u32::MAX),
+        };
+        match self.call_on(&conn, call, self.cfg.timeout).await {
+            Ok(Answer::Deliveries(d)) => {
+                out.extend(d);
+                Ok(out)
+            }
+            // Entries already taken are the caller's whatever the reclaim
+            // did; it is tried again on its next pass.
+            _ if !out.is_empty() => Ok(out),
+            Ok(a) => unexpected(&a),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn done_reading(&self, stream: &str, consumer: &str) {
+        if let Ok(slot) = self.conn.try_lock() {
+            if let Some(conn) = slot.as_ref() {
+                let mut ahead = conn.ahead.lock();
+                if ahead
+                    .reader
+                    .as_ref()
+                    .is_some_and(|(s, c)| s == stream && c == consumer)
+                {
+                    ahead.reader = None;
+                }
+            }
         }
     }
 
@@ -405,16 +442,20 @@ impl Queue for TcpBackend {
     /// entries as the batch frees slots in the same round trip.
     async fn complete_all(&self, stream: &str, done: &[Completion]) -> Result<Vec<bool>> {
         let conn = self.live().await?;
-        let then = conn
-            .ahead
-            .lock()
-            .reader
-            .as_ref()
-            .filter(|(s, _)| s == stream)
-            .map(|(_, c)| ThenRead {
-                consumer: c.clone(),
-                max: u32::try_from(done.len()).unwrap_or(u32::MAX),
-            });
+        // As many as the batch frees slots, less what came ahead and is not
+        // handed out yet: never more held than the worker can work on.
+        let then = {
+            let ahead = conn.ahead.lock();
+            let room = done.len().saturating_sub(ahead.entries.len());
+            ahead
+                .reader
+                .as_ref()
+                .filter(|(s, _)| s == stream && room > 0)
+                .map(|(_, c)| ThenRead {
+                    consumer: c.clone(),
+                    max: u32::try_from(room).unwrap_or(u32::MAX),
+                })
+        };
         let asked = then.is_some();
         let call = Call::CompleteAll {
             stream: stream.into(),

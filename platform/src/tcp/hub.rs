@@ -16,10 +16,10 @@
 //! The replay guard runs here, not in the worker: every entry the hub hands
 //! out passes the worker's own checks (size, MAC, freshness, kind,
 //! destination) and then claims its nonce, as a Redis worker's first read
-//! would. A replayed entry is acknowledged and never handed out; one that
-//! fails another check is handed out, for the worker to refuse and count as
-//! it does in every profile. Workers cannot touch the guard: no call reads
-//! or writes a nonce.
+//! would. An entry refused by any of them is acknowledged, counted and never
+//! handed out, so no entry reaches a worker unclaimed (a worker whose key
+//! ring differs from the hub's cannot run what the hub refused). Workers
+//! cannot touch the guard: no call reads or writes a nonce.
 //! Connections are bounded before the handshake (a few seconds each) and
 //! after it (a few per group), and so are the calls and answers of each.
 //!
@@ -74,9 +74,8 @@ pub struct HubConfig {
     /// an entry passes before its nonce is claimed.
     pub clock_skew: Duration,
     pub max_payload_bytes: usize,
-    /// Where replays the hub refuses are counted (the ingress's
-    /// `sluice_envelopes_rejected_total`); other refusals are the worker's
-    /// to count.
+    /// Where the entries the hub refuses are counted (the ingress's
+    /// `sluice_envelopes_rejected_total`).
     pub rejections: Rejections,
 }
 
@@ -190,14 +189,13 @@ impl Hub {
             max: cfg.max_nonces,
             max_ttl: cfg.max_nonce_ttl,
         };
-        // Its own count of refusals: only replays are the hub's to report.
         let guard = Verifier::new(
             ring.clone(),
             Some(Arc::new(nonces)),
             cfg.keys.clone(),
             cfg.clock_skew,
             cfg.max_payload_bytes,
-            Rejections::default(),
+            cfg.rejections.clone(),
         );
         Ok(Self {
             listener,
@@ -374,7 +372,7 @@ impl Shared {
                 _ = done.cancelled() => break,
                 f = opener.open(&mut r) => f,
             };
-            let (id, call) = match frame.map(Call::decode) {
+            let (id, mut call) = match frame.map(Call::decode) {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     tracing::warn!(group = %access.group, error = %e, "hub: closing a connection");
@@ -412,9 +410,16 @@ impl Shared {
                 };
                 if refused {
                     tracing::warn!(group = %access.group, "hub: too many consumer names on one connection");
-                    let why = Answer::Failed("refused by the hub: too many consumer names".into());
-                    let _ = tx.send(why.encode(id)).await;
-                    continue;
+                    if let Call::CompleteAll { then, .. } = &mut call {
+                        // The hand-off itself stands: only the read
+                        // after it is left out.
+                        *then = None;
+                    } else {
+                        let why =
+                            Answer::Failed("refused by the hub: too many consumer names".into());
+                        let _ = tx.send(why.encode(id)).await;
+                        continue;
+                    }
                 }
             }
             // A call that cannot wait (all but a blocking read) runs here:
@@ -557,12 +562,13 @@ impl Shared {
     }
 
     /// What of `deliveries`, just taken from `group`'s queue `stream`, is
-    /// handed out: all but replays (acknowledged here, never run) and
-    /// entries whose nonce cannot be claimed now (the guard is full: they
-    /// stay pending and are reclaimed after their lease).
+    /// handed out: all but refused entries (replays, forgeries, expired:
+    /// acknowledged here and counted, never run) and entries whose nonce
+    /// cannot be claimed now (the guard is full: they stay pending and are
+    /// reclaimed after their lease).
     async fn guarded(&self, stream: &str, group: &str, deliveries: Vec<Delivery>) -> Vec<Delivery> {
         let mut out = Vec::with_capacity(deliveries.len());
-        let mut replays = vec![];
+        let mut refused = vec![];
         for d in deliveries {
             let at = At {
                 stream,
@@ -570,10 +576,13 @@ impl Shared {
                 deliveries: d.deliveries,
             };
             match self.guard.verify_request(&d.entry, &at, group).await {
-                Err(VerifyError::Rejected(Rejection::Replay)) => {
-                    tracing::warn!(group, id = %d.id, "hub: a replayed entry dropped");
-                    self.cfg.rejections.inc(Rejection::Replay);
-                    replays.push(Completion {
+                Err(VerifyError::Rejected(why)) => {
+                    if why == Rejection::Replay || why == Rejection::BadMac {
+                        tracing::warn!(group, id = %d.id, reason = why.reason(), "hub: entry refused");
+                    } else {
+                        tracing::debug!(group, id = %d.id, reason = why.reason(), "hub: entry refused");
+                    }
+                    refused.push(Completion {
                         id: d.id,
                         forward: None,
                     });
@@ -581,14 +590,12 @@ impl Shared {
                 Err(VerifyError::Backend(e)) => {
                     tracing::warn!(group, id = %d.id, error = %e, "hub: replay guard unavailable; entry left pending");
                 }
-                // Refused for another reason: the worker refuses it too,
-                // and counts it.
-                Ok(_) | Err(VerifyError::Rejected(_)) => out.push(d),
+                Ok(_) => out.push(d),
             }
         }
-        if !replays.is_empty() {
-            if let Err(e) = self.streams.complete_all(stream, &replays).await {
-                tracing::warn!(group, error = %e, "hub: cannot acknowledge replayed entries");
+        if !refused.is_empty() {
+            if let Err(e) = self.streams.complete_all(stream, &refused).await {
+                tracing::warn!(group, error = %e, "hub: cannot acknowledge refused entries");
             }
         }
         out

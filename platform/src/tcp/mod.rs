@@ -8,7 +8,8 @@
 //!
 //! The envelopes are the same signed entries as in the other profiles and
 //! are verified the same way (size, version, key, MAC, freshness, kind and
-//! destination, replay guard). Around them the connection adds its own
+//! destination), by the hub as it hands them out, which also runs the
+//! replay guard, and again by the worker. Around them the connection adds its own
 //! protection ([`session`]): a mutual HMAC handshake before any frame flows,
 //! and frames sealed with per-connection, per-direction keys and counted,
 //! so a frame cannot be injected, replayed or reordered. The hub binds and

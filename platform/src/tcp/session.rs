@@ -2,8 +2,8 @@
 //! the sealed, numbered frames that follow it.
 //!
 //! ```text
-//! worker ─▶ hub   hello: "SLT1" kid group client-nonce
-//! hub ─▶ worker   "SLT1" server-nonce HMAC(K, "server" ‖ transcript)
+//! worker ─▶ hub   hello: "SLT2" kid group client-nonce
+//! hub ─▶ worker   "SLT2" server-nonce HMAC(K, "server" ‖ transcript)
 //! worker ─▶ hub   HMAC(K, "client" ‖ transcript)
 //! hub ─▶ worker   sealed frame 0 (empty): accepted
 //! then            [len u32][payload][HMAC(direction key, seq ‖ payload)]
@@ -33,7 +33,7 @@ use crate::keyring::{valid_group, valid_kid, KeyRing};
 
 type HmacSha256 = Hmac<Sha256>;
 
-const MAGIC: &[u8; 4] = b"SLT1";
+const MAGIC: &[u8; 4] = b"SLT2";
 /// A frame whose length arrived must arrive whole within this long.
 const FRAME_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 const NONCE: usize = 32;
@@ -200,7 +200,7 @@ impl std::fmt::Debug for Session {
 fn transcript(pipeline: &str, kid: &str, group: &str, cn: &[u8], sn: &[u8]) -> Vec<u8> {
     let mut t = Vec::with_capacity(160);
     for part in [
-        b"sluice-tcp/1".as_slice(),
+        b"sluice-tcp/2".as_slice(),
         pipeline.as_bytes(),
         kid.as_bytes(),
         group.as_bytes(),
@@ -245,7 +245,7 @@ fn session(key: &[u8; 32], t: &[u8], client: bool, max_payload: usize) -> Sessio
 /// of its own so no handshake value is ever an envelope's MAC.
 fn handshake_key(ring: &KeyRing, kid: &str, pipeline: &str, group: &str) -> Option<[u8; 32]> {
     let reply = ring.key(kid, Kind::Reply, pipeline, group)?;
-    Some(derive_key(&reply, b"sluice-tcp/1 handshake key", &[]))
+    Some(derive_key(&reply, b"sluice-tcp/2 handshake key", &[]))
 }
 
 fn nonce() -> [u8; NONCE] {
@@ -327,7 +327,12 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let mut magic = [0u8; 4];
     io.read_exact(&mut magic).await?;
     if &magic != MAGIC {
-        return Err(SessionError::Refused("not the sluice tcp protocol"));
+        // "SLT" and another digit: a worker of another sluice release.
+        return Err(SessionError::Refused(if magic[..3] == MAGIC[..3] {
+            "another version of the sluice tcp protocol (ingress and workers must be one release)"
+        } else {
+            "not the sluice tcp protocol"
+        }));
     }
     let kid = read_name(io).await?;
     let group = read_name(io).await?;
@@ -464,7 +469,7 @@ mod tests {
                 .await
                 .map(|_| ())
         });
-        let mut hello = b"SLT1".to_vec();
+        let mut hello = b"SLT2".to_vec();
         hello.extend_from_slice(&[2, b'k', b'1', 4, b'w', b'o', b'r', b'k']);
         hello.extend_from_slice(&[9; 32]);
         a.write_all(&hello).await.unwrap();
@@ -477,6 +482,28 @@ mod tests {
                 "the worker could not prove it holds the key"
             ))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_worker_of_another_protocol_version_is_told_so() {
+        let ring = ring_of(1);
+        for (hello, why) in [
+            (b"SLT1".to_vec(), "another version"),
+            (b"GET ".to_vec(), "not the sluice tcp protocol"),
+        ] {
+            let (mut a, mut b) = tokio::io::duplex(4096);
+            let ring = ring.clone();
+            let hub = tokio::spawn(async move {
+                accept(&mut b, &ring, P, |g| g == "work", 1024)
+                    .await
+                    .map(|_| ())
+            });
+            a.write_all(&hello).await.unwrap();
+            match hub.await.unwrap() {
+                Err(SessionError::Refused(m)) => assert!(m.contains(why), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[tokio::test]
