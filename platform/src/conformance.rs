@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::envelope::StreamEntry;
+use crate::envelope::{Envelope, Kind, StreamEntry};
 use crate::kv::Kv;
 use crate::queue::{Completion, Delivery, Forward, Held, Queue, ReplyChannel};
 
@@ -21,6 +21,29 @@ pub fn entry(n: usize) -> StreamEntry {
         k: b"kid".to_vec(),
         m: format!("message-{n}").into_bytes(),
         s: b"sig".to_vec(),
+    }
+}
+
+/// An unsigned request of `pipeline` for `dest`, due in ten seconds.
+pub fn request(pipeline: &str, dest: &str) -> Envelope {
+    Envelope {
+        kind: Kind::Request,
+        pipeline: pipeline.into(),
+        dest: dest.into(),
+        cid: "c-1".into(),
+        rid: "r-1".into(),
+        trace: None,
+        ts: 0,
+        nonce: String::new(),
+        deadline: crate::clock::now_ms() + 10_000,
+        attempt: 1,
+        node: Some("n".into()),
+        reply_to: Some("ing-1".into()),
+        live: None,
+        seq: None,
+        last_seq: None,
+        payload: serde_json::json!({"hello": "world"}),
+        error: None,
     }
 }
 

@@ -64,25 +64,7 @@ fn rig() -> Rig {
 }
 
 fn request(dest: &str) -> Envelope {
-    Envelope {
-        kind: Kind::Request,
-        pipeline: "ns/p".into(),
-        dest: dest.into(),
-        cid: "c-1".into(),
-        rid: "r-1".into(),
-        trace: None,
-        ts: 0,
-        nonce: String::new(),
-        deadline: now_ms() + 10_000,
-        attempt: 1,
-        node: Some("n".into()),
-        reply_to: Some("ing-1".into()),
-        live: None,
-        seq: None,
-        last_seq: None,
-        payload: json!({"hello": "world"}),
-        error: None,
-    }
+    sluice_platform::conformance::request("ns/p", dest)
 }
 
 /// Read from stream `q` under `id`, delivered `deliveries` times.

@@ -5,10 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use sluice_platform::clock::now_ms;
-use sluice_platform::conformance::entry;
-use sluice_platform::envelope::{Envelope, Kind, StreamEntry};
+use sluice_platform::conformance::{entry, request};
+use sluice_platform::envelope::{Envelope, StreamEntry};
 use sluice_platform::memory::{MemoryKv, MemoryStreams};
 use sluice_platform::metrics::Rejections;
 use sluice_platform::signing::{Rejection, Signer};
@@ -78,28 +76,26 @@ async fn hub_with(edit: impl FnOnce(&mut HubConfig)) -> Setup {
 
 /// A request for `GROUP` signed by the ingress, as it pushes one.
 fn signed(s: &Setup) -> StreamEntry {
-    let mut env = Envelope {
-        kind: Kind::Request,
-        pipeline: s.keys.pipeline().to_string(),
-        dest: GROUP.into(),
-        cid: "c-1".into(),
-        rid: "r-1".into(),
-        trace: None,
-        ts: 0,
-        nonce: String::new(),
-        deadline: now_ms() + 10_000,
-        attempt: 1,
-        node: Some("n".into()),
-        reply_to: Some("ing-1".into()),
-        live: None,
-        seq: None,
-        last_seq: None,
-        payload: json!({"name": "world"}),
-        error: None,
-    };
+    let mut env = request(s.keys.pipeline(), GROUP);
     Signer::new(SharedKeyRing::fixed(s.ring.clone()), &s.keys, "web")
         .sign(&mut env)
         .unwrap()
+}
+
+/// What `consumer` reclaims of `q` once the hub released it (at most a
+/// second's wait).
+async fn reclaim_soon(w: &TcpBackend, q: &str, consumer: &str) -> Vec<sluice_platform::Delivery> {
+    for _ in 0..100 {
+        let got = w
+            .reclaim(q, consumer, Duration::from_millis(10), 10)
+            .await
+            .unwrap();
+        if !got.is_empty() {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    vec![]
 }
 
 async fn hub() -> Setup {
@@ -398,17 +394,7 @@ async fn the_hub_claims_each_nonce_drops_a_replay_and_hands_out_a_redelivery() {
     // The first one's redelivery (its worker gone) passes its own nonce.
     drop(w);
     let next = client(&s, GROUP, s.ring.clone());
-    let mut got = vec![];
-    for _ in 0..100 {
-        got = next
-            .reclaim(&q, "c2", Duration::from_millis(10), 10)
-            .await
-            .unwrap();
-        if !got.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let got = reclaim_soon(&next, &q, "c2").await;
     assert_eq!(got.len(), 1);
     assert_eq!(
         (got[0].id.as_str(), got[0].deliveries),
@@ -664,17 +650,7 @@ async fn entries_brought_ahead_die_with_their_connection() {
     let fresh = w.read(&q, "c1", 10, Duration::ZERO).await.unwrap();
     let got: Vec<&str> = fresh.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(got, [ids[2].as_str()]);
-    let mut again = vec![];
-    for _ in 0..100 {
-        again = w
-            .reclaim(&q, "c1", Duration::from_millis(10), 10)
-            .await
-            .unwrap();
-        if !again.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let again = reclaim_soon(&w, &q, "c1").await;
     assert_eq!(again.len(), 1);
     assert_eq!(
         (again[0].id.as_str(), again[0].deliveries),

@@ -277,6 +277,21 @@ bench_parse() {
   echo "${line#RESULT }"
 }
 
+# CPU time (user + system, clock ticks) used so far by the processes in
+# BENCH_CPU_PIDS and their children (a tcp ingress's workers): bench_round
+# prints what a measured run cost per request when the caller sets it.
+BENCH_CLK_TCK=$(getconf CLK_TCK)
+bench_ticks() {
+  local pid p t=0 v
+  for pid in ${BENCH_CPU_PIDS:-}; do
+    for p in $pid $(pgrep -P "$pid" || true); do
+      v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+      t=$((t + v))
+    done
+  done
+  echo "$t"
+}
+
 # bench_round SYSTEM PATH CONNS DURATION ROUND PORT...: a warm-up, then one
 # measured wrk run against the servers on PORT...; with BENCH_REDIS_PORT set,
 # Redis command counts are reset before it and read after it. Appends a row to
@@ -284,11 +299,12 @@ bench_parse() {
 bench_round() {
   local system=$1 path=$2 conns=$3 duration=$4 round=$5
   shift 5
-  local raw=$BENCH_WORK/wrk.txt result cmds=$'-\t-'
+  local raw=$BENCH_WORK/wrk.txt result cmds=$'-\t-' ticks cpu=-
   bench_wrk_cmd "$path" "$conns" "$BENCH_WARMUP" "$@"
   "${BENCH_WRK[@]}" >/dev/null 2>&1 || true
   bench_wrk_cmd "$path" "$conns" "$duration" "$@"
   [ -n "${BENCH_REDIS_PORT:-}" ] && bench_redis config resetstat >/dev/null
+  ticks=$(bench_ticks)
   if ! "${BENCH_WRK[@]}" >"$raw" 2>&1; then
     echo "!!! wrk failed against $system:" >&2
     cat "$raw" >&2
@@ -298,17 +314,21 @@ bench_round() {
   local requests secs p50 p99 e_status e_connect e_read e_write e_timeout
   read -r requests secs p50 p99 e_status e_connect e_read e_write e_timeout <<<"$result"
   [ -n "${BENCH_REDIS_PORT:-}" ] && cmds=$(bench_redis_cmds "$requests")
+  [ -n "${BENCH_CPU_PIDS:-}" ] && [ "$requests" -gt 0 ] &&
+    cpu=$((($(bench_ticks) - ticks) * 1000000 / BENCH_CLK_TCK / requests))
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "$BENCH_WRK_THREADS" "$duration" "$system" "$round" \
     "${result// /$'\t'}" "$cmds" >>"$BENCH_WORK/results.tsv"
   python3 -c '
 import sys
-system, rnd, conns, requests, secs, p50, p99, cmds = sys.argv[1:9]
+system, rnd, conns, requests, secs, p50, p99, cmds, cpu = sys.argv[1:10]
 rps = int(requests) / float(secs) if float(secs) > 0 else 0.0
 line = f"  round {rnd}  c={conns}  {system:<30} {rps:>10,.0f} req/s  p50 {float(p50):8.3f} ms  p99 {float(p99):8.3f} ms"
+if cpu != "-":
+    line += f"  CPU {int(cpu):>4} us/request"
 if cmds != "-":
     line += f"  {cmds} Redis commands/request"
 print(line)
-' "$system" "$round" "$conns" "$requests" "$secs" "$p50" "$p99" "${cmds%%$'\t'*}"
+' "$system" "$round" "$conns" "$requests" "$secs" "$p50" "$p99" "${cmds%%$'\t'*}" "$cpu"
   if [ $((e_status + e_connect + e_read + e_write + e_timeout)) -gt 0 ]; then
     BENCH_ERRORS=$((BENCH_ERRORS + 1))
     echo "!!! ERRORS: $system, c=$conns, round $round: $e_status non-2xx answers;" \
