@@ -316,8 +316,8 @@ bench_round() {
   [ -n "${BENCH_REDIS_PORT:-}" ] && cmds=$(bench_redis_cmds "$requests")
   [ -n "${BENCH_CPU_PIDS:-}" ] && [ "$requests" -gt 0 ] &&
     cpu=$((($(bench_ticks) - ticks) * 1000000 / BENCH_CLK_TCK / requests))
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "$BENCH_WRK_THREADS" "$duration" "$system" "$round" \
-    "${result// /$'\t'}" "$cmds" >>"$BENCH_WORK/results.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "$BENCH_WRK_THREADS" "$duration" "$system" "$round" \
+    "${result// /$'\t'}" "$cmds" "$cpu" >>"$BENCH_WORK/results.tsv"
   python3 -c '
 import sys
 system, rnd, conns, requests, secs, p50, p99, cmds, cpu = sys.argv[1:10]
@@ -349,7 +349,8 @@ for line in open(sys.argv[1]):
     f = line.rstrip("\n").split("\t")
     r = dict(conns=int(f[0]), threads=int(f[1]), duration=f[2], system=f[3], round=int(f[4]),
              requests=int(f[5]), secs=float(f[6]), p50=float(f[7]), p99=float(f[8]),
-             non2xx=int(f[9]), socket=sum(map(int, f[10:14])), cmds=f[14], breakdown=f[15])
+             non2xx=int(f[9]), socket=sum(map(int, f[10:14])), cmds=f[14], breakdown=f[15],
+             cpu=f[16] if len(f) > 16 else "-")
     r["rps"] = r["requests"] / r["secs"] if r["secs"] > 0 else 0.0
     r["errors"] = r["non2xx"] + r["socket"]
     rows.append(r)
@@ -363,6 +364,7 @@ def ratio(b, a):
 conns_order = list(dict.fromkeys(r["conns"] for r in rows))
 systems = list(dict.fromkeys(r["system"] for r in rows))
 redis = any(r["cmds"] != "-" for r in rows)
+cpu = any(r["cpu"] != "-" for r in rows)
 width = max(len(s) for s in systems + ["system"])
 for c in conns_order:
     runs = [r for r in rows if r["conns"] == c]
@@ -373,6 +375,8 @@ for c in conns_order:
     print()
     print(f"c={c}: wrk -t{t} -c{c} -d{runs[0]['duration']}{note}, best of {rounds} round(s) by requests/s")
     head = f"  {'system':<{width}} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9}"
+    if cpu:
+        head += f" {'CPU us/req':>11}"
     if redis:
         head += f" {'Redis cmds/req':>15}"
     print(head + "  errors")
@@ -385,6 +389,8 @@ for c in conns_order:
         b = max(clean or mine, key=lambda r: r["rps"])
         best[s] = b
         line = f"  {s:<{width}} {b['rps']:>10,.0f} {ms(b['p50']):>9} {ms(b['p99']):>9}"
+        if cpu:
+            line += f" {b['cpu']:>11}"
         if redis:
             line += f" {b['cmds']:>15}"
         if b["errors"]:
@@ -411,7 +417,8 @@ for c in conns_order:
     if redis:
         print("  Redis commands per request, in those runs:")
         for s, b in best.items():
-            print(f"    {s}: {b['cmds']} ({b['breakdown']})")
+            if b["cmds"] != "-":
+                print(f"    {s}: {b['cmds']} ({b['breakdown']})")
 bad = sum(1 for r in rows if r["errors"])
 if bad:
     print()
