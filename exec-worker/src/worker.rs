@@ -46,7 +46,7 @@ use sluice_platform::{
     StreamEntry, Verifier, VerifyError,
 };
 use sluice_platform::{BackendError, Completion};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::chunks::StreamedAnswer;
@@ -292,12 +292,7 @@ impl Worker {
                         // `permits` holds one per requested entry, and no
                         // read returns more than requested.
                         let Some(permit) = permits.pop() else { break };
-                        self.held.lock().insert(d.id.clone(), received);
-                        let this = self.clone();
-                        tokio::spawn(async move {
-                            this.handle(d).await;
-                            drop(permit);
-                        });
+                        self.start(d, permit, received);
                     }
                 }
                 Err(e) => {
@@ -309,13 +304,42 @@ impl Worker {
                 }
             }
         }
-        // Drain: no entry is taken any more, not even ahead of a read; every
-        // slot back means every entry was handed off.
-        self.queue.done_reading(&self.stream, &self.cfg.consumer);
+        // Drain: no entry is taken any more, not even ahead of a read; what
+        // was taken ahead (never more than the free slots) is finished with
+        // the rest. Every slot back means every entry was handed off.
+        match self
+            .queue
+            .done_reading(&self.stream, &self.cfg.consumer)
+            .await
+        {
+            Ok(left) => {
+                let received = Instant::now();
+                for d in left {
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    self.start(d, permit, received);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(group = %self.cfg.group, error = %e, "entries taken ahead left for reclaim")
+            }
+        }
         let _all = slots.acquire_many(self.cfg.concurrency as u32).await;
         renew_stop.cancel();
         let _ = renewer.await;
         tracing::info!(group = %self.cfg.group, "worker drained");
+    }
+
+    /// Works on `d` on a task of its own, holding `permit` until it is
+    /// handed off.
+    fn start(self: &Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit, received: Instant) {
+        self.held.lock().insert(d.id.clone(), received);
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.handle(d).await;
+            drop(permit);
+        });
     }
 
     async fn renew_leases(self: Arc<Self>, stop: CancellationToken) {

@@ -153,8 +153,11 @@ pub trait Queue: Send + Sync + 'static {
     async fn pending(&self, stream: &str) -> Result<u64>;
 
     /// `consumer` reads `stream` no more (a worker draining): a backend
-    /// that takes entries ahead of reads stops doing so.
-    fn done_reading(&self, _stream: &str, _consumer: &str) {}
+    /// that takes entries ahead of reads stops doing so, and returns those
+    /// it took and did not hand out yet, for the caller to finish.
+    async fn done_reading(&self, _stream: &str, _consumer: &str) -> Result<Vec<Delivery>> {
+        Ok(vec![])
+    }
 }
 
 /// Reply streams, read by the one ingress instance they belong to.

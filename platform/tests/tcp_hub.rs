@@ -687,8 +687,18 @@ async fn what_came_ahead_counts_against_the_next_hand_offs_and_a_reclaim_hands_i
     assert_eq!(s.streams.pending(&q).await.unwrap(), 1);
     let next = w.read(&q, "c1", 10, Duration::ZERO).await.unwrap();
     assert_eq!(next.len(), 1);
-    // Once the reader is done (a worker draining), hand-offs bring nothing.
-    w.done_reading(&q, "c1");
+    assert_eq!(s.streams.pending(&q).await.unwrap(), 1);
+    // Its hand-off brings one more; a worker that drains gets it back to
+    // finish, and later hand-offs bring nothing.
     w.complete_all(&q, &handed(&next)).await.unwrap();
+    let left = w.done_reading(&q, "c1").await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(s.streams.pending(&q).await.unwrap(), 1);
+    w.complete_all(&q, &handed(&left)).await.unwrap();
     assert_eq!(s.streams.pending(&q).await.unwrap(), 0);
+    assert_eq!(
+        s.streams.depth(&q).await.unwrap().entries,
+        3,
+        "three never taken"
+    );
 }

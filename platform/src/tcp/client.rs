@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,26 +65,41 @@ struct Conn {
 struct Ahead {
     reader: Option<(String, String)>,
     entries: VecDeque<Delivery>,
+    /// Reads waiting in the hub: while one is, a hand-off brings nothing
+    /// (it would take what that read is waiting for).
+    reading: usize,
+}
+
+/// Counts a read as waiting in the hub for as long as it lives.
+struct Reading<'a>(&'a Mutex<Ahead>);
+
+impl<'a> Reading<'a> {
+    fn start(ahead: &'a Mutex<Ahead>) -> Self {
+        ahead.lock().reading += 1;
+        Self(ahead)
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.lock().reading -= 1;
+    }
 }
 
 impl Conn {
     /// Up to `max` entries that came ahead for `stream` read by
-    /// `consumer`; with `read`, that reader becomes the one hand-offs
-    /// bring entries for (unless entries are still waiting for another).
-    fn take_ahead(&self, stream: &str, consumer: &str, max: usize, read: bool) -> Vec<Delivery> {
+    /// `consumer`.
+    fn take_ahead(&self, stream: &str, consumer: &str, max: usize) -> Vec<Delivery> {
         let mut ahead = self.ahead.lock();
         let is_reader = ahead
             .reader
             .as_ref()
             .is_some_and(|(s, c)| s == stream && c == consumer);
-        if is_reader {
-            let n = max.min(ahead.entries.len());
-            return ahead.entries.drain(..n).collect();
+        if !is_reader {
+            return vec![];
         }
-        if read && ahead.entries.is_empty() {
-            ahead.reader = Some((stream.to_string(), consumer.to_string()));
-        }
-        vec![]
+        let n = max.min(ahead.entries.len());
+        ahead.entries.drain(..n).collect()
     }
 }
 
@@ -94,6 +109,8 @@ pub struct TcpBackend {
     ring: SharedKeyRing,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     next_id: AtomicU64,
+    /// Set by [`Queue::done_reading`]: hand-offs bring nothing any more.
+    draining: AtomicBool,
 }
 
 impl std::fmt::Debug for TcpBackend {
@@ -120,6 +137,7 @@ impl TcpBackend {
             ring,
             conn: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
         }))
     }
 
@@ -349,18 +367,29 @@ impl Queue for TcpBackend {
         block: Duration,
     ) -> Result<Vec<Delivery>> {
         let conn = self.live().await?;
-        let ahead = conn.take_ahead(stream, consumer, max, true);
+        let ahead = conn.take_ahead(stream, consumer, max);
         if !ahead.is_empty() {
             return Ok(ahead);
         }
+        let reading = Reading::start(&conn.ahead);
         let call = Call::Read {
             stream: stream.into(),
             consumer: consumer.into(),
             max: u32::try_from(max.min(self.cfg.limits.max_read)).unwrap_or(u32::MAX),
             block,
         };
-        match self.call(call, block + self.cfg.timeout).await? {
-            Answer::Deliveries(d) => Ok(d),
+        let answer = self.call_on(&conn, call, block + self.cfg.timeout).await;
+        drop(reading);
+        match answer? {
+            Answer::Deliveries(d) => {
+                // The reader hand-offs bring entries for: the last one the
+                // hub served (unless entries still wait for another).
+                let mut ahead = conn.ahead.lock();
+                if ahead.entries.is_empty() {
+                    ahead.reader = Some((stream.to_string(), consumer.to_string()));
+                }
+                Ok(d)
+            }
             a => unexpected(&a),
         }
     }
@@ -400,7 +429,7 @@ impl Queue for TcpBackend {
         // What came ahead first: it is as much this consumer's as what a
         // reclaim finds, and it waits unrenewed until handed out.
         let conn = self.live().await?;
-        let mut out = conn.take_ahead(stream, consumer, max, false);
+        let mut out = conn.take_ahead(stream, consumer, max);
         if out.len() >= max {
             return Ok(out);
         }
@@ -412,7 +441,12 @@ impl Queue for TcpBackend {
         };
         match self.call_on(&conn, call, self.cfg.timeout).await {
             Ok(Answer::Deliveries(d)) => {
-                out.extend(d);
+                // One that waited ahead past its lease may come back too.
+                let fresh: Vec<Delivery> = d
+                    .into_iter()
+                    .filter(|x| !out.iter().any(|o| o.id == x.id))
+                    .collect();
+                out.extend(fresh);
                 Ok(out)
             }
             // Entries already taken are the caller's whatever the reclaim
@@ -423,19 +457,13 @@ impl Queue for TcpBackend {
         }
     }
 
-    fn done_reading(&self, stream: &str, consumer: &str) {
-        if let Ok(slot) = self.conn.try_lock() {
-            if let Some(conn) = slot.as_ref() {
-                let mut ahead = conn.ahead.lock();
-                if ahead
-                    .reader
-                    .as_ref()
-                    .is_some_and(|(s, c)| s == stream && c == consumer)
-                {
-                    ahead.reader = None;
-                }
-            }
-        }
+    async fn done_reading(&self, stream: &str, consumer: &str) -> Result<Vec<Delivery>> {
+        self.draining.store(true, Ordering::Relaxed);
+        let slot = self.conn.lock().await;
+        Ok(match slot.as_ref() {
+            Some(conn) => conn.take_ahead(stream, consumer, usize::MAX),
+            None => vec![],
+        })
     }
 
     /// Hands off `done` and, for the stream's reader, takes as many new
@@ -447,10 +475,11 @@ impl Queue for TcpBackend {
         let then = {
             let ahead = conn.ahead.lock();
             let room = done.len().saturating_sub(ahead.entries.len());
+            let wanted = room > 0 && ahead.reading == 0 && !self.draining.load(Ordering::Relaxed);
             ahead
                 .reader
                 .as_ref()
-                .filter(|(s, _)| s == stream && room > 0)
+                .filter(|(s, _)| s == stream && wanted)
                 .map(|(_, c)| ThenRead {
                     consumer: c.clone(),
                     max: u32::try_from(room).unwrap_or(u32::MAX),
@@ -463,7 +492,8 @@ impl Queue for TcpBackend {
             then,
         };
         match self.call_on(&conn, call, self.cfg.timeout).await? {
-            Answer::Flags(f) if !asked && f.len() == done.len() => Ok(f),
+            // Flags alone also when asked: the hub may leave the read out.
+            Answer::Flags(f) if f.len() == done.len() => Ok(f),
             Answer::Handed { flags, deliveries }
                 if asked && flags.len() == done.len() && deliveries.len() <= done.len() =>
             {
