@@ -292,6 +292,14 @@ impl Worker {
                         // `permits` holds one per requested entry, and no
                         // read returns more than requested.
                         let Some(permit) = permits.pop() else { break };
+                        // Reclaimed while this worker still runs it (its
+                        // connection to the tcp hub broke and came back, and
+                        // the hub released what the consumer held): one run
+                        // is enough.
+                        if self.held.lock().contains_key(&d.id) {
+                            tracing::debug!(group = %self.cfg.group, id = %d.id, "reclaimed entry already running here; left to that run");
+                            continue;
+                        }
                         self.start(d, permit, received);
                     }
                 }
@@ -805,8 +813,15 @@ mod tests {
 
     const HELLO: &str = include_str!("../../examples/hello.yaml");
 
-    #[tokio::test]
-    async fn a_redelivery_handed_off_meanwhile_is_not_run_again() {
+    /// The hello pipeline's worker parts, the streams, the reply stream and
+    /// a signed request for `work`.
+    async fn rig() -> (
+        Arc<sluice_crds::Plan>,
+        RuntimeParts,
+        Arc<MemoryStreams>,
+        String,
+        sluice_platform::StreamEntry,
+    ) {
         let (_, plan) = sluice_crds::parse_manifest("hello.yaml", HELLO).unwrap();
         let plan = Arc::new(plan);
         let ring = SharedKeyRing::fixed(sluice_platform::KeyRing::ephemeral());
@@ -845,14 +860,14 @@ mod tests {
         let entry = Signer::new(ring, &parts.keys, "web")
             .sign(&mut env)
             .unwrap();
-        // Not pending for anyone: its first worker handed it off after the
-        // reclaim read it.
-        let queue = Arc::new(StagedQueue::new(mem.clone()));
-        *queue.reclaim_next.lock() = Some(Delivery {
-            id: "0-99".into(),
-            entry,
-            deliveries: 2,
-        });
+        (plan, parts, mem, reply_stream, entry)
+    }
+
+    fn worker_on(
+        plan: &Arc<sluice_crds::Plan>,
+        parts: &RuntimeParts,
+        queue: Arc<StagedQueue>,
+    ) -> Arc<Worker> {
         let executor = Executor::build(
             plan.clone(),
             "work",
@@ -864,9 +879,72 @@ mod tests {
         let cfg = WorkerConfig {
             lease: Duration::from_millis(100),
             block: Duration::from_millis(20),
-            ..WorkerConfig::from_plan(&plan, "work", "w1".into())
+            ..WorkerConfig::from_plan(plan, "work", "w1".into())
         };
-        let worker = Worker::new(cfg, executor, queue.clone(), &parts);
+        Worker::new(cfg, executor, queue, parts)
+    }
+
+    #[tokio::test]
+    async fn a_reclaimed_entry_this_worker_still_runs_is_not_run_twice() {
+        let (plan, parts, mem, reply_stream, entry) = rig().await;
+        // Running here already: delivered to this worker, still in a node.
+        let q = parts.keys.queue("work");
+        mem.ensure_group(&q).await.unwrap();
+        let id = mem.push(&q, entry.clone()).await.unwrap();
+        assert_eq!(
+            mem.read(&q, "w1", 1, Duration::ZERO).await.unwrap().len(),
+            1
+        );
+        let queue = Arc::new(StagedQueue::new(mem.clone()));
+        *queue.reclaim_next.lock() = Some(Delivery {
+            id: id.clone(),
+            entry,
+            deliveries: 2,
+        });
+        let worker = worker_on(&plan, &parts, queue.clone());
+        worker.held.lock().insert(id.clone(), Instant::now());
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(worker.clone().run(stop.clone()));
+        for _ in 0..100 {
+            if queue.reclaim_next.lock().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            queue.reclaim_next.lock().is_none(),
+            "the reclaim handed it over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            worker.held.lock().contains_key(&id),
+            "the first run still holds it: no second run started and ended"
+        );
+        worker.held.lock().remove(&id);
+        stop.cancel();
+        run.await.unwrap();
+        assert_eq!(
+            mem.recv(&reply_stream, 10, Duration::ZERO)
+                .await
+                .unwrap()
+                .len(),
+            0,
+            "nothing answered twice"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_handed_off_meanwhile_is_not_run_again() {
+        let (plan, parts, mem, reply_stream, entry) = rig().await;
+        // Not pending for anyone: its first worker handed it off after the
+        // reclaim read it.
+        let queue = Arc::new(StagedQueue::new(mem.clone()));
+        *queue.reclaim_next.lock() = Some(Delivery {
+            id: "0-99".into(),
+            entry,
+            deliveries: 2,
+        });
+        let worker = worker_on(&plan, &parts, queue.clone());
         let stop = CancellationToken::new();
         let run = tokio::spawn(worker.clone().run(stop.clone()));
         for _ in 0..100 {
