@@ -805,7 +805,7 @@ mod tests {
 
     use serde_json::json;
     use sluice_platform::memory::{MemoryKv, MemoryStreams};
-    use sluice_platform::{Kind, ReplyChannel, SharedKeyRing};
+    use sluice_platform::{ReplyChannel, SharedKeyRing};
 
     use super::*;
     use crate::registry::Registry;
@@ -839,23 +839,12 @@ mod tests {
             .await
             .unwrap();
         let mut env = Envelope {
-            kind: Kind::Request,
-            pipeline: parts.keys.pipeline().to_string(),
-            dest: "work".into(),
-            cid: "c1".into(),
-            rid: "r1".into(),
-            trace: None,
-            ts: 0,
-            nonce: String::new(),
             deadline: now_ms() + 30_000,
-            attempt: 1,
             node: Some("greet".into()),
+            // The stream the tests read answers from.
             reply_to: Some("ingress-1".into()),
-            live: None,
-            seq: None,
-            last_seq: None,
             payload: json!({"name": "x"}),
-            error: None,
+            ..sluice_platform::conformance::request(parts.keys.pipeline(), "work")
         };
         let entry = Signer::new(ring, &parts.keys, "web")
             .sign(&mut env)

@@ -249,6 +249,11 @@ impl TcpBackend {
         }
     }
 
+    /// `n` entries asked for in one call, at most a frame's worth.
+    fn read_max(&self, n: usize) -> u32 {
+        u32::try_from(n.min(self.cfg.limits.max_read)).unwrap_or(u32::MAX)
+    }
+
     async fn ask(&self, call: Call) -> Result<Answer> {
         self.call(call, self.cfg.timeout).await
     }
@@ -375,7 +380,7 @@ impl Queue for TcpBackend {
         let call = Call::Read {
             stream: stream.into(),
             consumer: consumer.into(),
-            max: u32::try_from(max.min(self.cfg.limits.max_read)).unwrap_or(u32::MAX),
+            max: self.read_max(max),
             block,
         };
         let answer = self.call_on(&conn, call, block + self.cfg.timeout).await;
@@ -437,7 +442,7 @@ impl Queue for TcpBackend {
             stream: stream.into(),
             consumer: consumer.into(),
             min_idle,
-            max: u32::try_from((max - out.len()).min(self.cfg.limits.max_read)).unwrap_or(u32::MAX),
+            max: self.read_max(max - out.len()),
         };
         match self.call_on(&conn, call, self.cfg.timeout).await {
             Ok(Answer::Deliveries(d)) => {

@@ -471,18 +471,17 @@ impl Shared {
                 consumer,
                 max,
                 block,
-            } => match q
-                .read(
-                    &stream,
-                    &consumer,
-                    (max as usize).min(max_read),
-                    block.min(MAX_BLOCK),
-                )
-                .await
-            {
-                Ok(d) => Ok(Answer::Deliveries(self.guarded(&stream, group, d).await)),
-                Err(e) => Err(e),
-            },
+            } => {
+                let taken = q
+                    .read(
+                        &stream,
+                        &consumer,
+                        (max as usize).min(max_read),
+                        block.min(MAX_BLOCK),
+                    )
+                    .await;
+                self.hand_out(&stream, group, taken).await
+            }
             Call::Renew {
                 stream,
                 consumer,
@@ -506,18 +505,17 @@ impl Shared {
                 consumer,
                 min_idle,
                 max,
-            } => match q
-                .reclaim(
-                    &stream,
-                    &consumer,
-                    min_idle.max(self.cfg.lease),
-                    (max as usize).min(max_read),
-                )
-                .await
-            {
-                Ok(d) => Ok(Answer::Deliveries(self.guarded(&stream, group, d).await)),
-                Err(e) => Err(e),
-            },
+            } => {
+                let taken = q
+                    .reclaim(
+                        &stream,
+                        &consumer,
+                        min_idle.max(self.cfg.lease),
+                        (max as usize).min(max_read),
+                    )
+                    .await;
+                self.hand_out(&stream, group, taken).await
+            }
             Call::CompleteAll {
                 stream,
                 mut done,
@@ -559,6 +557,19 @@ impl Shared {
             Call::Pending { stream } => q.pending(&stream).await.map(Answer::Count),
         };
         r.unwrap_or_else(|e| Answer::Failed(e.to_string()))
+    }
+
+    /// The answer to a read or reclaim of `group`'s queue `stream`: what
+    /// it took, through [`Self::guarded`].
+    async fn hand_out(
+        &self,
+        stream: &str,
+        group: &str,
+        taken: Result<Vec<Delivery>>,
+    ) -> Result<Answer> {
+        Ok(Answer::Deliveries(
+            self.guarded(stream, group, taken?).await,
+        ))
     }
 
     /// What of `deliveries`, just taken from `group`'s queue `stream`, is
