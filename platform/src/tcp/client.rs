@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::session::{self, Opener};
@@ -50,56 +50,134 @@ type Waiting = Mutex<HashMap<u64, oneshot::Sender<Answer>>>;
 
 /// One live connection.
 struct Conn {
+    hub: SocketAddr,
+    max_frame: usize,
+    next_id: AtomicU64,
     calls: mpsc::Sender<Vec<u8>>,
     waiting: Arc<Waiting>,
     dead: CancellationToken,
     ahead: Mutex<Ahead>,
+    /// Woken whenever entries arrive ahead or a read in the hub ends.
+    arrived: Notify,
 }
 
-/// What a hand-off's answer brought for the last reader (`stream`,
-/// `consumer`): as many entries as the hand-off freed slots, handed out by
-/// that reader's next read without a call. They live and die with the
-/// connection: when it ends the hub makes them reclaimable, and nothing
-/// here hands them out any more.
+/// A stream and the consumer reading it.
+type Reader = (String, String);
+
+/// Entries taken in the hub for a reader and not handed out yet, and the
+/// reads waiting there.
+///
+/// Entries get here two ways: a read's answer, and a hand-off's answer,
+/// which brings as many entries as the hand-off freed slots for the last
+/// reader the hub served. A read hands out what waits here first, and
+/// while it waits for the hub it also takes what a hand-off brings
+/// meanwhile; its own call then lives on, and what it brings waits here
+/// for the next read. Entries waiting here are renewed with the reader's
+/// held entries. They live and die with the connection: when it ends the
+/// hub makes them reclaimable, and nothing here hands them out any more.
 #[derive(Default)]
 struct Ahead {
-    reader: Option<(String, String)>,
-    entries: VecDeque<Delivery>,
-    /// Reads waiting in the hub: while one is, a hand-off brings nothing
-    /// (it would take what that read is waiting for).
-    reading: usize,
+    reader: Option<Reader>,
+    entries: HashMap<Reader, VecDeque<Delivery>>,
+    /// Readers with a read waiting in the hub, and when its answer is due
+    /// at the latest.
+    reading: HashMap<Reader, tokio::time::Instant>,
+    /// How a read failed whose caller had stopped waiting: told to the
+    /// reader's next read.
+    failed: HashMap<Reader, BackendError>,
 }
 
-/// Counts a read as waiting in the hub for as long as it lives.
-struct Reading<'a>(&'a Mutex<Ahead>);
-
-impl<'a> Reading<'a> {
-    fn start(ahead: &'a Mutex<Ahead>) -> Self {
-        ahead.lock().reading += 1;
-        Self(ahead)
+impl Ahead {
+    /// Up to `max` entries waiting for `who`.
+    fn take(&mut self, who: &Reader, max: usize) -> Vec<Delivery> {
+        let Some(waiting) = self.entries.get_mut(who) else {
+            return vec![];
+        };
+        let n = max.min(waiting.len());
+        let out = waiting.drain(..n).collect();
+        if waiting.is_empty() {
+            self.entries.remove(who);
+        }
+        out
     }
-}
 
-impl Drop for Reading<'_> {
-    fn drop(&mut self) {
-        self.0.lock().reading -= 1;
+    fn count(&self, who: &Reader) -> usize {
+        self.entries.get(who).map_or(0, VecDeque::len)
     }
 }
 
 impl Conn {
-    /// Up to `max` entries that came ahead for `stream` read by
-    /// `consumer`.
-    fn take_ahead(&self, stream: &str, consumer: &str, max: usize) -> Vec<Delivery> {
-        let mut ahead = self.ahead.lock();
-        let is_reader = ahead
-            .reader
-            .as_ref()
-            .is_some_and(|(s, c)| s == stream && c == consumer);
-        if !is_reader {
-            return vec![];
+    /// Sends `call` and waits up to `wait` for its answer.
+    async fn call(&self, call: Call, wait: Duration) -> Result<Answer> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = call.encode(id);
+        // Refused here, not by the hub: a frame over the limit would end
+        // the connection for every call on it.
+        if frame.len() > self.max_frame {
+            return Err(BackendError::Unavailable(format!(
+                "a call of {} bytes is over the hub's frame limit",
+                frame.len()
+            )));
         }
-        let n = max.min(ahead.entries.len());
-        ahead.entries.drain(..n).collect()
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().insert(id, tx);
+        // Whatever ends this call (answer, failure, timeout, or the caller
+        // dropping it) takes its entry out of the map.
+        let _forget = Forget {
+            waiting: &self.waiting,
+            id,
+        };
+        let gone = || BackendError::Unavailable(format!("hub {}: connection closed", self.hub));
+        // The reader marks the connection dead before it fails what is
+        // waiting, so a call registered after that sees the mark here.
+        if self.dead.is_cancelled() {
+            return Err(gone());
+        }
+        let answered = async {
+            tokio::select! {
+                sent = self.calls.send(frame) => sent.map_err(|_| gone())?,
+                _ = self.dead.cancelled() => return Err(gone()),
+            }
+            rx.await.map_err(|_| gone())
+        };
+        match tokio::time::timeout(wait, answered).await {
+            Ok(Ok(Answer::Failed(why))) => Err(BackendError::Unavailable(why)),
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(BackendError::Timeout),
+        }
+    }
+
+    /// Sends a read for `who` on a task of its own, so that it outlives
+    /// its caller: its answer waits ahead for whichever read comes next.
+    fn start_read(self: &Arc<Self>, ahead: &mut Ahead, who: &Reader, call: Call, wait: Duration) {
+        ahead
+            .reading
+            .insert(who.clone(), tokio::time::Instant::now() + wait);
+        let conn = self.clone();
+        let who = who.clone();
+        tokio::spawn(async move {
+            let answer = conn.call(call, wait).await;
+            {
+                let mut ahead = conn.ahead.lock();
+                ahead.reading.remove(&who);
+                match answer {
+                    Ok(Answer::Deliveries(d)) => {
+                        ahead.reader = Some(who.clone());
+                        if !d.is_empty() {
+                            ahead.entries.entry(who).or_default().extend(d);
+                        }
+                    }
+                    Ok(a) => {
+                        ahead.failed.insert(who, unexpected::<()>(&a).unwrap_err());
+                    }
+                    Err(e) => {
+                        ahead.failed.insert(who, e);
+                    }
+                }
+            }
+            conn.arrived.notify_waiters();
+        });
     }
 }
 
@@ -108,7 +186,6 @@ pub struct TcpBackend {
     cfg: TcpConfig,
     ring: SharedKeyRing,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
-    next_id: AtomicU64,
     /// Set by [`Queue::done_reading`]: hand-offs bring nothing any more.
     draining: AtomicBool,
 }
@@ -136,7 +213,6 @@ impl TcpBackend {
             cfg,
             ring,
             conn: tokio::sync::Mutex::new(None),
-            next_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
         }))
     }
@@ -182,10 +258,14 @@ impl TcpBackend {
         let (read, write) = stream.into_split();
         let (tx, rx) = mpsc::channel(CALLS_QUEUED);
         let conn = Arc::new(Conn {
+            hub: self.cfg.hub,
+            max_frame: self.cfg.limits.max_frame,
+            next_id: AtomicU64::new(1),
             calls: tx,
             waiting: Arc::default(),
             dead: CancellationToken::new(),
             ahead: Mutex::default(),
+            arrived: Notify::new(),
         });
         tokio::spawn(session::write_frames(
             write,
@@ -204,49 +284,7 @@ impl TcpBackend {
     }
 
     async fn call(&self, call: Call, wait: Duration) -> Result<Answer> {
-        let conn = self.live().await?;
-        self.call_on(&conn, call, wait).await
-    }
-
-    /// [`Self::call`] on `conn`, which the caller already holds.
-    async fn call_on(&self, conn: &Conn, call: Call, wait: Duration) -> Result<Answer> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = call.encode(id);
-        // Refused here, not by the hub: a frame over the limit would end
-        // the connection for every call on it.
-        if frame.len() > self.cfg.limits.max_frame {
-            return Err(BackendError::Unavailable(format!(
-                "a call of {} bytes is over the hub's frame limit",
-                frame.len()
-            )));
-        }
-        let (tx, rx) = oneshot::channel();
-        conn.waiting.lock().insert(id, tx);
-        // Whatever ends this call (answer, failure, timeout, or the caller
-        // dropping it) takes its entry out of the map.
-        let _forget = Forget {
-            waiting: &conn.waiting,
-            id,
-        };
-        let gone = || BackendError::Unavailable(format!("hub {}: connection closed", self.cfg.hub));
-        // The reader marks the connection dead before it fails what is
-        // waiting, so a call registered after that sees the mark here.
-        if conn.dead.is_cancelled() {
-            return Err(gone());
-        }
-        let answered = async {
-            tokio::select! {
-                sent = conn.calls.send(frame) => sent.map_err(|_| gone())?,
-                _ = conn.dead.cancelled() => return Err(gone()),
-            }
-            rx.await.map_err(|_| gone())
-        };
-        match tokio::time::timeout(wait, answered).await {
-            Ok(Ok(Answer::Failed(why))) => Err(BackendError::Unavailable(why)),
-            Ok(Ok(a)) => Ok(a),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(BackendError::Timeout),
-        }
+        self.live().await?.call(call, wait).await
     }
 
     /// `n` entries asked for in one call, at most a frame's worth.
@@ -372,30 +410,42 @@ impl Queue for TcpBackend {
         block: Duration,
     ) -> Result<Vec<Delivery>> {
         let conn = self.live().await?;
-        let ahead = conn.take_ahead(stream, consumer, max);
-        if !ahead.is_empty() {
-            return Ok(ahead);
-        }
-        let reading = Reading::start(&conn.ahead);
-        let call = Call::Read {
-            stream: stream.into(),
-            consumer: consumer.into(),
-            max: self.read_max(max),
-            block,
-        };
-        let answer = self.call_on(&conn, call, block + self.cfg.timeout).await;
-        drop(reading);
-        match answer? {
-            Answer::Deliveries(d) => {
-                // The reader hand-offs bring entries for: the last one the
-                // hub served (unless entries still wait for another).
+        let who: Reader = (stream.to_string(), consumer.to_string());
+        let deadline = tokio::time::Instant::now() + block + self.cfg.timeout;
+        let mut sent = false;
+        loop {
+            let arrived = conn.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            {
                 let mut ahead = conn.ahead.lock();
-                if ahead.entries.is_empty() {
-                    ahead.reader = Some((stream.to_string(), consumer.to_string()));
+                let got = ahead.take(&who, max);
+                if !got.is_empty() {
+                    return Ok(got);
                 }
-                Ok(d)
+                if let Some(e) = ahead.failed.remove(&who) {
+                    return Err(e);
+                }
+                // One read in the hub per reader: a read whose caller
+                // stopped waiting is waited for, not sent again.
+                if !ahead.reading.contains_key(&who) {
+                    if sent {
+                        // This read's own call came back empty.
+                        return Ok(vec![]);
+                    }
+                    let call = Call::Read {
+                        stream: stream.into(),
+                        consumer: consumer.into(),
+                        max: self.read_max(max),
+                        block,
+                    };
+                    conn.start_read(&mut ahead, &who, call, block + self.cfg.timeout);
+                    sent = true;
+                }
             }
-            a => unexpected(&a),
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return Err(BackendError::Timeout);
+            }
         }
     }
 
@@ -406,20 +456,39 @@ impl Queue for TcpBackend {
         held: &[Held],
         lease: Duration,
     ) -> Result<Vec<String>> {
-        let held = held
+        let conn = self.live().await?;
+        let who: Reader = (stream.to_string(), consumer.to_string());
+        let mut ids: Vec<(String, Duration)> = held
             .iter()
             .map(|h| (h.id.clone(), h.since.elapsed()))
             .collect();
-        match self
-            .ask(Call::Renew {
-                stream: stream.into(),
-                consumer: consumer.into(),
-                held,
-                lease,
-            })
-            .await?
-        {
-            Answer::Ids(ids) => Ok(ids),
+        // What waits ahead is this reader's too: renewed with it, so that
+        // waiting for a free slot never costs its lease.
+        let waiting: Vec<String> = conn
+            .ahead
+            .lock()
+            .entries
+            .get(&who)
+            .map(|w| w.iter().map(|d| d.id.clone()).collect())
+            .unwrap_or_default();
+        ids.extend(waiting.iter().map(|id| (id.clone(), Duration::ZERO)));
+        let call = Call::Renew {
+            stream: stream.into(),
+            consumer: consumer.into(),
+            held: ids,
+            lease,
+        };
+        match conn.call(call, self.cfg.timeout).await? {
+            Answer::Ids(mut lost) => {
+                // Lost while waiting ahead: not handed out any more, and
+                // not the caller's to hear of.
+                let mut ahead = conn.ahead.lock();
+                if let Some(w) = ahead.entries.get_mut(&who) {
+                    w.retain(|d| !lost.contains(&d.id));
+                }
+                lost.retain(|id| !waiting.contains(id));
+                Ok(lost)
+            }
             a => unexpected(&a),
         }
     }
@@ -432,9 +501,10 @@ impl Queue for TcpBackend {
         max: usize,
     ) -> Result<Vec<Delivery>> {
         // What came ahead first: it is as much this consumer's as what a
-        // reclaim finds, and it waits unrenewed until handed out.
+        // reclaim finds.
         let conn = self.live().await?;
-        let mut out = conn.take_ahead(stream, consumer, max);
+        let who: Reader = (stream.to_string(), consumer.to_string());
+        let mut out = conn.ahead.lock().take(&who, max);
         if out.len() >= max {
             return Ok(out);
         }
@@ -444,7 +514,7 @@ impl Queue for TcpBackend {
             min_idle,
             max: self.read_max(max - out.len()),
         };
-        match self.call_on(&conn, call, self.cfg.timeout).await {
+        match conn.call(call, self.cfg.timeout).await {
             Ok(Answer::Deliveries(d)) => {
                 // One that waited ahead past its lease may come back too.
                 let fresh: Vec<Delivery> = d
@@ -462,13 +532,29 @@ impl Queue for TcpBackend {
         }
     }
 
+    /// Takes nothing ahead any more; waits for a read still in the hub
+    /// (at most until its answer is due) and returns all that waits ahead.
     async fn done_reading(&self, stream: &str, consumer: &str) -> Result<Vec<Delivery>> {
         self.draining.store(true, Ordering::Relaxed);
-        let slot = self.conn.lock().await;
-        Ok(match slot.as_ref() {
-            Some(conn) => conn.take_ahead(stream, consumer, usize::MAX),
-            None => vec![],
-        })
+        let Some(conn) = self.conn.lock().await.clone() else {
+            return Ok(vec![]);
+        };
+        let who: Reader = (stream.to_string(), consumer.to_string());
+        loop {
+            let arrived = conn.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            let due = {
+                let mut ahead = conn.ahead.lock();
+                match ahead.reading.get(&who) {
+                    Some(due) => *due,
+                    None => return Ok(ahead.take(&who, usize::MAX)),
+                }
+            };
+            if tokio::time::timeout_at(due, arrived).await.is_err() {
+                return Ok(conn.ahead.lock().take(&who, usize::MAX));
+            }
+        }
     }
 
     /// Hands off `done` and, for the stream's reader, takes as many new
@@ -476,33 +562,48 @@ impl Queue for TcpBackend {
     async fn complete_all(&self, stream: &str, done: &[Completion]) -> Result<Vec<bool>> {
         let conn = self.live().await?;
         // As many as the batch frees slots, less what came ahead and is not
-        // handed out yet: never more held than the worker can work on.
+        // handed out yet.
         let then = {
             let ahead = conn.ahead.lock();
-            let room = done.len().saturating_sub(ahead.entries.len());
-            let wanted = room > 0 && ahead.reading == 0 && !self.draining.load(Ordering::Relaxed);
             ahead
                 .reader
                 .as_ref()
-                .filter(|(s, _)| s == stream && wanted)
-                .map(|(_, c)| ThenRead {
-                    consumer: c.clone(),
-                    max: u32::try_from(room).unwrap_or(u32::MAX),
+                .filter(|(s, _)| s == stream && !self.draining.load(Ordering::Relaxed))
+                .and_then(|who| {
+                    let room = done.len().saturating_sub(ahead.count(who));
+                    (room > 0).then(|| ThenRead {
+                        consumer: who.1.clone(),
+                        max: u32::try_from(room).unwrap_or(u32::MAX),
+                    })
                 })
         };
-        let asked = then.is_some();
+        let asked = then
+            .as_ref()
+            .map(|t| (stream.to_string(), t.consumer.clone()));
         let call = Call::CompleteAll {
             stream: stream.into(),
             done: done.to_vec(),
             then,
         };
-        match self.call_on(&conn, call, self.cfg.timeout).await? {
+        match conn.call(call, self.cfg.timeout).await? {
             // Flags alone also when asked: the hub may leave the read out.
             Answer::Flags(f) if f.len() == done.len() => Ok(f),
             Answer::Handed { flags, deliveries }
-                if asked && flags.len() == done.len() && deliveries.len() <= done.len() =>
+                if flags.len() == done.len() && deliveries.len() <= done.len() =>
             {
-                conn.ahead.lock().entries.extend(deliveries);
+                let Some(who) = asked else {
+                    return unexpected(&Answer::Handed { flags, deliveries });
+                };
+                if !deliveries.is_empty() {
+                    conn.ahead
+                        .lock()
+                        .entries
+                        .entry(who)
+                        .or_default()
+                        .extend(deliveries);
+                    // A read waiting in the hub hands them out now.
+                    conn.arrived.notify_waiters();
+                }
                 Ok(flags)
             }
             a => unexpected(&a),
@@ -544,5 +645,224 @@ impl Queue for TcpBackend {
             Answer::Count(n) => Ok(n),
             a => unexpected(&a),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::entry;
+    use crate::keyring::KeyRing;
+    use crate::tcp::session::Sealer;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::tcp::OwnedWriteHalf;
+    use tokio::net::TcpListener;
+
+    const Q: &str = "q";
+
+    /// The hub's end of one connection, each answer written by the test.
+    struct Scripted {
+        r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+        w: OwnedWriteHalf,
+        opener: Opener,
+        sealer: Sealer,
+    }
+
+    impl Scripted {
+        async fn next(&mut self) -> (u64, Call) {
+            let frame = self.opener.open(&mut self.r).await.unwrap();
+            Call::decode(frame).unwrap()
+        }
+
+        async fn answer(&mut self, id: u64, a: Answer) {
+            let mut out = vec![];
+            self.sealer.seal_into(&a.encode(id), &mut out);
+            self.w.write_all(&out).await.unwrap();
+        }
+    }
+
+    /// A backend and the hub's end of its first connection.
+    async fn scripted() -> (Arc<TcpBackend>, tokio::task::JoinHandle<Scripted>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ring = KeyRing::ephemeral();
+        let limits = Limits::for_entries(64 << 10);
+        let backend = TcpBackend::new(
+            TcpConfig {
+                hub: listener.local_addr().unwrap(),
+                pipeline: "default/p".into(),
+                group: "work".into(),
+                limits,
+                timeout: Duration::from_secs(5),
+            },
+            SharedKeyRing::fixed(ring.clone()),
+        )
+        .unwrap();
+        let hub = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let (s, _) =
+                session::accept(&mut stream, &ring, "default/p", |_| true, limits.max_frame)
+                    .await
+                    .unwrap();
+            let (r, w) = stream.into_split();
+            Scripted {
+                r: BufReader::new(r),
+                w,
+                opener: s.opener,
+                sealer: s.sealer,
+            }
+        });
+        (backend, hub)
+    }
+
+    fn delivery(id: &str) -> Delivery {
+        Delivery {
+            id: id.into(),
+            entry: entry(1),
+            deliveries: 1,
+        }
+    }
+
+    fn done(id: &str) -> Completion {
+        Completion {
+            id: id.into(),
+            forward: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_waiting_in_the_hub_hands_out_what_a_hand_off_brings_meanwhile() {
+        let (w, hub) = scripted().await;
+        let first = tokio::spawn({
+            let w = w.clone();
+            async move { w.read(Q, "c1", 1, Duration::ZERO).await }
+        });
+        let mut hub = hub.await.unwrap();
+        let (id, call) = hub.next().await;
+        assert!(matches!(call, Call::Read { .. }));
+        hub.answer(id, Answer::Deliveries(vec![delivery("1-0")]))
+            .await;
+        assert_eq!(first.await.unwrap().unwrap().len(), 1);
+
+        // A read waits in the hub (the hub does not answer it yet)…
+        let waiting = tokio::spawn({
+            let w = w.clone();
+            async move { w.read(Q, "c1", 2, Duration::from_secs(60)).await }
+        });
+        let (read_id, call) = hub.next().await;
+        assert!(matches!(call, Call::Read { max: 2, .. }));
+        // …and a hand-off brings an entry: that read hands it out at once.
+        let handing = tokio::spawn({
+            let w = w.clone();
+            async move { w.complete_all(Q, &[done("1-0")]).await }
+        });
+        let (hand_id, call) = hub.next().await;
+        let Call::CompleteAll {
+            then: Some(then), ..
+        } = call
+        else {
+            panic!("a hand-off asking for the reader's next entries: {call:?}")
+        };
+        assert_eq!((then.consumer.as_str(), then.max), ("c1", 1));
+        hub.answer(
+            hand_id,
+            Answer::Handed {
+                flags: vec![true],
+                deliveries: vec![delivery("2-0")],
+            },
+        )
+        .await;
+        assert_eq!(handing.await.unwrap().unwrap(), vec![true]);
+        let got = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("handed out without the hub answering the read")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got[0].id, "2-0");
+
+        // The read's own answer comes later and waits ahead for the next
+        // read, which sends nothing to the hub.
+        hub.answer(read_id, Answer::Deliveries(vec![delivery("3-0")]))
+            .await;
+        let next = tokio::time::timeout(
+            Duration::from_secs(10),
+            w.read(Q, "c1", 2, Duration::from_secs(60)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(next[0].id, "3-0");
+        let renewing = tokio::spawn({
+            let w = w.clone();
+            async move { w.renew(Q, "c1", &[], Duration::from_secs(30)).await }
+        });
+        let (id, call) = hub.next().await;
+        let Call::Renew { held, .. } = call else {
+            panic!("the next call is the renewal, no read: {call:?}")
+        };
+        assert!(held.is_empty(), "nothing waits ahead any more");
+        hub.answer(id, Answer::Ids(vec![])).await;
+        assert!(renewing.await.unwrap().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn entries_waiting_ahead_are_renewed_and_one_lost_meanwhile_is_not_handed_out() {
+        let (w, hub) = scripted().await;
+        let first = tokio::spawn({
+            let w = w.clone();
+            async move { w.read(Q, "c1", 1, Duration::ZERO).await }
+        });
+        let mut hub = hub.await.unwrap();
+        let (id, _) = hub.next().await;
+        hub.answer(id, Answer::Deliveries(vec![delivery("1-0")]))
+            .await;
+        first.await.unwrap().unwrap();
+        let handing = tokio::spawn({
+            let w = w.clone();
+            async move { w.complete_all(Q, &[done("1-0")]).await }
+        });
+        let (id, _) = hub.next().await;
+        hub.answer(
+            id,
+            Answer::Handed {
+                flags: vec![true],
+                deliveries: vec![delivery("2-0")],
+            },
+        )
+        .await;
+        handing.await.unwrap().unwrap();
+
+        // The worker renews what it holds; what waits ahead goes with it,
+        // and the hub finds it lost.
+        let since = std::time::Instant::now();
+        let renewing = tokio::spawn({
+            let w = w.clone();
+            async move {
+                let held = [Held {
+                    id: "0-1".into(),
+                    since,
+                }];
+                w.renew(Q, "c1", &held, Duration::from_secs(30)).await
+            }
+        });
+        let (id, call) = hub.next().await;
+        let Call::Renew { held, .. } = call else {
+            panic!("a renewal: {call:?}")
+        };
+        let ids: Vec<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["0-1", "2-0"]);
+        hub.answer(id, Answer::Ids(vec!["2-0".into()])).await;
+        assert!(
+            renewing.await.unwrap().unwrap().is_empty(),
+            "an entry the worker never held is not its loss to hear of"
+        );
+        // The lost entry is not handed out: the next read asks the hub.
+        let reading = tokio::spawn({
+            let w = w.clone();
+            async move { w.read(Q, "c1", 1, Duration::ZERO).await }
+        });
+        let (id, call) = hub.next().await;
+        assert!(matches!(call, Call::Read { .. }), "{call:?}");
+        hub.answer(id, Answer::Deliveries(vec![])).await;
+        assert!(reading.await.unwrap().unwrap().is_empty());
     }
 }
