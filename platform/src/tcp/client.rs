@@ -72,19 +72,32 @@ type Reader = (String, String);
 /// reader the hub served. A read hands out what waits here first, and
 /// while it waits for the hub it also takes what a hand-off brings
 /// meanwhile; its own call then lives on, and what it brings waits here
-/// for the next read. Entries waiting here are renewed with the reader's
-/// held entries. They live and die with the connection: when it ends the
-/// hub makes them reclaimable, and nothing here hands them out any more.
+/// for the next read. What waits here and what the read in the hub may
+/// still bring count against the slots a hand-off or a reclaim asks to
+/// fill. Entries waiting here are renewed with the reader's held entries.
+/// They live and die with the connection: when it ends the hub makes them
+/// reclaimable, and nothing here hands them out any more.
 #[derive(Default)]
 struct Ahead {
     reader: Option<Reader>,
     entries: HashMap<Reader, VecDeque<Delivery>>,
-    /// Readers with a read waiting in the hub, and when its answer is due
-    /// at the latest.
-    reading: HashMap<Reader, tokio::time::Instant>,
-    /// How a read failed whose caller had stopped waiting: told to the
-    /// reader's next read.
-    failed: HashMap<Reader, BackendError>,
+    /// The read waiting in the hub, per reader.
+    reading: HashMap<Reader, InHub>,
+    /// How a reader's read `n` failed: for the reads that waited on it
+    /// only (a later read sends its own).
+    failed: HashMap<Reader, (u64, BackendError)>,
+    /// Numbers the reads sent.
+    sent: u64,
+}
+
+/// A read waiting in the hub.
+#[derive(Clone, Copy)]
+struct InHub {
+    n: u64,
+    /// The most entries it may bring.
+    max: usize,
+    /// When its answer is due at the latest.
+    due: tokio::time::Instant,
 }
 
 impl Ahead {
@@ -127,7 +140,7 @@ impl Conn {
             waiting: &self.waiting,
             id,
         };
-        let gone = || BackendError::Unavailable(format!("hub {}: connection closed", self.hub));
+        let gone = || self.gone();
         // The reader marks the connection dead before it fails what is
         // waiting, so a call registered after that sees the mark here.
         if self.dead.is_cancelled() {
@@ -148,12 +161,25 @@ impl Conn {
         }
     }
 
-    /// Sends a read for `who` on a task of its own, so that it outlives
-    /// its caller: its answer waits ahead for whichever read comes next.
-    fn start_read(self: &Arc<Self>, ahead: &mut Ahead, who: &Reader, call: Call, wait: Duration) {
-        ahead
-            .reading
-            .insert(who.clone(), tokio::time::Instant::now() + wait);
+    /// Sends a read of up to `max` entries for `who` on a task of its
+    /// own, so that it outlives its caller: its answer waits ahead for
+    /// whichever read comes next. Returns the read's number.
+    fn start_read(
+        self: &Arc<Self>,
+        ahead: &mut Ahead,
+        who: &Reader,
+        call: Call,
+        max: usize,
+        wait: Duration,
+    ) -> InHub {
+        ahead.sent += 1;
+        let read = InHub {
+            n: ahead.sent,
+            max,
+            due: tokio::time::Instant::now() + wait,
+        };
+        ahead.reading.insert(who.clone(), read);
+        ahead.failed.remove(who);
         let conn = self.clone();
         let who = who.clone();
         tokio::spawn(async move {
@@ -169,15 +195,21 @@ impl Conn {
                         }
                     }
                     Ok(a) => {
-                        ahead.failed.insert(who, unexpected::<()>(&a).unwrap_err());
+                        let e = unexpected::<()>(&a).unwrap_err();
+                        ahead.failed.insert(who, (read.n, e));
                     }
                     Err(e) => {
-                        ahead.failed.insert(who, e);
+                        ahead.failed.insert(who, (read.n, e));
                     }
                 }
             }
             conn.arrived.notify_waiters();
         });
+        read
+    }
+
+    fn gone(&self) -> BackendError {
+        BackendError::Unavailable(format!("hub {}: connection closed", self.hub))
     }
 }
 
@@ -411,36 +443,46 @@ impl Queue for TcpBackend {
     ) -> Result<Vec<Delivery>> {
         let conn = self.live().await?;
         let who: Reader = (stream.to_string(), consumer.to_string());
-        let deadline = tokio::time::Instant::now() + block + self.cfg.timeout;
-        let mut sent = false;
+        let mut deadline = tokio::time::Instant::now() + block + self.cfg.timeout;
+        // The read in the hub this one waits on: its own, or one a read
+        // before it sent and stopped waiting for.
+        let mut mine: Option<u64> = None;
         loop {
             let arrived = conn.arrived.notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
             {
                 let mut ahead = conn.ahead.lock();
+                // The hub released what waits ahead with the connection.
+                if conn.dead.is_cancelled() {
+                    return Err(conn.gone());
+                }
                 let got = ahead.take(&who, max);
                 if !got.is_empty() {
                     return Ok(got);
                 }
-                if let Some(e) = ahead.failed.remove(&who) {
-                    return Err(e);
-                }
-                // One read in the hub per reader: a read whose caller
-                // stopped waiting is waited for, not sent again.
-                if !ahead.reading.contains_key(&who) {
-                    if sent {
-                        // This read's own call came back empty.
-                        return Ok(vec![]);
+                match (ahead.reading.get(&who).copied(), mine) {
+                    (Some(r), _) => {
+                        mine = Some(r.n);
+                        deadline = deadline.max(r.due);
                     }
-                    let call = Call::Read {
-                        stream: stream.into(),
-                        consumer: consumer.into(),
-                        max: self.read_max(max),
-                        block,
-                    };
-                    conn.start_read(&mut ahead, &who, call, block + self.cfg.timeout);
-                    sent = true;
+                    (None, Some(n)) => {
+                        return match ahead.failed.get(&who) {
+                            Some((failed, e)) if *failed == n => Err(e.clone()),
+                            // It came back empty.
+                            _ => Ok(vec![]),
+                        };
+                    }
+                    (None, None) => {
+                        let call = Call::Read {
+                            stream: stream.into(),
+                            consumer: consumer.into(),
+                            max: self.read_max(max),
+                            block,
+                        };
+                        let wait = block + self.cfg.timeout;
+                        mine = Some(conn.start_read(&mut ahead, &who, call, max, wait).n);
+                    }
                 }
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
@@ -463,14 +505,18 @@ impl Queue for TcpBackend {
             .map(|h| (h.id.clone(), h.since.elapsed()))
             .collect();
         // What waits ahead is this reader's too: renewed with it, so that
-        // waiting for a free slot never costs its lease.
-        let waiting: Vec<String> = conn
-            .ahead
-            .lock()
-            .entries
-            .get(&who)
-            .map(|w| w.iter().map(|d| d.id.clone()).collect())
-            .unwrap_or_default();
+        // waiting for a free slot never costs its lease. Not once the
+        // worker drains: then it waits only until the worker exits.
+        let waiting: Vec<String> = if self.draining.load(Ordering::Relaxed) {
+            vec![]
+        } else {
+            conn.ahead
+                .lock()
+                .entries
+                .get(&who)
+                .map(|w| w.iter().map(|d| d.id.clone()).collect())
+                .unwrap_or_default()
+        };
         ids.extend(waiting.iter().map(|id| (id.clone(), Duration::ZERO)));
         let call = Call::Renew {
             stream: stream.into(),
@@ -481,12 +527,19 @@ impl Queue for TcpBackend {
         match conn.call(call, self.cfg.timeout).await? {
             Answer::Ids(mut lost) => {
                 // Lost while waiting ahead: not handed out any more, and
-                // not the caller's to hear of.
-                let mut ahead = conn.ahead.lock();
-                if let Some(w) = ahead.entries.get_mut(&who) {
-                    w.retain(|d| !lost.contains(&d.id));
+                // not the caller's to hear of (unless a read handed it
+                // out meanwhile).
+                let mut dropped = vec![];
+                if let Some(w) = conn.ahead.lock().entries.get_mut(&who) {
+                    w.retain(|d| {
+                        let keep = !lost.contains(&d.id);
+                        if !keep {
+                            dropped.push(d.id.clone());
+                        }
+                        keep
+                    });
                 }
-                lost.retain(|id| !waiting.contains(id));
+                lost.retain(|id| !dropped.contains(id));
                 Ok(lost)
             }
             a => unexpected(&a),
@@ -501,18 +554,28 @@ impl Queue for TcpBackend {
         max: usize,
     ) -> Result<Vec<Delivery>> {
         // What came ahead first: it is as much this consumer's as what a
-        // reclaim finds.
+        // reclaim finds. What the read still in the hub may bring counts
+        // against the slots left.
         let conn = self.live().await?;
         let who: Reader = (stream.to_string(), consumer.to_string());
-        let mut out = conn.ahead.lock().take(&who, max);
-        if out.len() >= max {
+        let (mut out, room) = {
+            let mut ahead = conn.ahead.lock();
+            if conn.dead.is_cancelled() {
+                return Err(conn.gone());
+            }
+            let out = ahead.take(&who, max);
+            let promised = ahead.reading.get(&who).map_or(0, |r| r.max);
+            let room = max.saturating_sub(out.len()).saturating_sub(promised);
+            (out, room)
+        };
+        if room == 0 {
             return Ok(out);
         }
         let call = Call::Reclaim {
             stream: stream.into(),
             consumer: consumer.into(),
             min_idle,
-            max: self.read_max(max - out.len()),
+            max: self.read_max(room),
         };
         match conn.call(call, self.cfg.timeout).await {
             Ok(Answer::Deliveries(d)) => {
@@ -539,6 +602,10 @@ impl Queue for TcpBackend {
         let Some(conn) = self.conn.lock().await.clone() else {
             return Ok(vec![]);
         };
+        // Released by the hub with the connection: another run's now.
+        if conn.dead.is_cancelled() {
+            return Ok(vec![]);
+        }
         let who: Reader = (stream.to_string(), consumer.to_string());
         loop {
             let arrived = conn.arrived.notified();
@@ -547,7 +614,7 @@ impl Queue for TcpBackend {
             let due = {
                 let mut ahead = conn.ahead.lock();
                 match ahead.reading.get(&who) {
-                    Some(due) => *due,
+                    Some(r) => r.due,
                     None => return Ok(ahead.take(&who, usize::MAX)),
                 }
             };
@@ -592,7 +659,13 @@ impl Queue for TcpBackend {
                 if flags.len() == done.len() && deliveries.len() <= done.len() =>
             {
                 let Some(who) = asked else {
-                    return unexpected(&Answer::Handed { flags, deliveries });
+                    // The batch is acknowledged whatever came with it; what
+                    // came waits, held, until the connection ends.
+                    tracing::warn!(
+                        entries = deliveries.len(),
+                        "the hub brought entries to a hand-off that asked for none"
+                    );
+                    return Ok(flags);
                 };
                 if !deliveries.is_empty() {
                     conn.ahead
@@ -777,7 +850,8 @@ mod tests {
             .expect("handed out without the hub answering the read")
             .unwrap()
             .unwrap();
-        assert_eq!(got[0].id, "2-0");
+        let ids: Vec<&str> = got.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["2-0"]);
 
         // The read's own answer comes later and waits ahead for the next
         // read, which sends nothing to the hub.
@@ -790,7 +864,8 @@ mod tests {
         .await
         .unwrap()
         .unwrap();
-        assert_eq!(next[0].id, "3-0");
+        let ids: Vec<&str> = next.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["3-0"]);
         let renewing = tokio::spawn({
             let w = w.clone();
             async move { w.renew(Q, "c1", &[], Duration::from_secs(30)).await }
@@ -850,9 +925,11 @@ mod tests {
         };
         let ids: Vec<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(ids, ["0-1", "2-0"]);
-        hub.answer(id, Answer::Ids(vec!["2-0".into()])).await;
-        assert!(
-            renewing.await.unwrap().unwrap().is_empty(),
+        hub.answer(id, Answer::Ids(vec!["2-0".into(), "0-1".into()]))
+            .await;
+        assert_eq!(
+            renewing.await.unwrap().unwrap(),
+            ["0-1"],
             "an entry the worker never held is not its loss to hear of"
         );
         // The lost entry is not handed out: the next read asks the hub.
@@ -864,5 +941,105 @@ mod tests {
         assert!(matches!(call, Call::Read { .. }), "{call:?}");
         hub.answer(id, Answer::Deliveries(vec![])).await;
         assert!(reading.await.unwrap().unwrap().is_empty());
+    }
+
+    /// A backend whose read `1-0` was served and handed off, with `2-0`
+    /// brought ahead, and a read (its number returned) waiting in the hub.
+    async fn reading_with_one_ahead_handed_out(max: usize) -> (Arc<TcpBackend>, Scripted, u64) {
+        let (w, hub) = scripted().await;
+        let first = tokio::spawn({
+            let w = w.clone();
+            async move { w.read(Q, "c1", 1, Duration::ZERO).await }
+        });
+        let mut hub = hub.await.unwrap();
+        let (id, _) = hub.next().await;
+        hub.answer(id, Answer::Deliveries(vec![delivery("1-0")]))
+            .await;
+        first.await.unwrap().unwrap();
+        let waiting = tokio::spawn({
+            let w = w.clone();
+            async move { w.read(Q, "c1", max, Duration::from_secs(60)).await }
+        });
+        let (read_id, _) = hub.next().await;
+        let handing = tokio::spawn({
+            let w = w.clone();
+            async move { w.complete_all(Q, &[done("1-0")]).await }
+        });
+        let (id, _) = hub.next().await;
+        hub.answer(
+            id,
+            Answer::Handed {
+                flags: vec![true],
+                deliveries: vec![delivery("2-0")],
+            },
+        )
+        .await;
+        handing.await.unwrap().unwrap();
+        assert_eq!(waiting.await.unwrap().unwrap().len(), 1);
+        (w, hub, read_id)
+    }
+
+    #[tokio::test]
+    async fn a_reclaim_leaves_the_slots_a_read_in_the_hub_may_fill() {
+        let (w, mut hub, read_id) = reading_with_one_ahead_handed_out(3).await;
+        // Four slots free, three of them the read's in the hub: the
+        // reclaim asks for one.
+        let reclaiming = tokio::spawn({
+            let w = w.clone();
+            async move { w.reclaim(Q, "c1", Duration::from_secs(30), 4).await }
+        });
+        let (id, call) = hub.next().await;
+        let Call::Reclaim { max, .. } = call else {
+            panic!("a reclaim: {call:?}")
+        };
+        assert_eq!(max, 1);
+        hub.answer(id, Answer::Deliveries(vec![])).await;
+        assert!(reclaiming.await.unwrap().unwrap().is_empty());
+        // As many as the read may bring: no reclaim is sent at all.
+        let none = w.reclaim(Q, "c1", Duration::from_secs(30), 3).await;
+        assert!(none.unwrap().is_empty());
+        hub.answer(read_id, Answer::Deliveries(vec![])).await;
+    }
+
+    #[tokio::test]
+    async fn a_draining_worker_gets_what_the_read_in_the_hub_brings() {
+        let (w, mut hub, read_id) = reading_with_one_ahead_handed_out(2).await;
+        let draining = tokio::spawn({
+            let w = w.clone();
+            async move { w.done_reading(Q, "c1").await }
+        });
+        // Nothing waits ahead now: what it returns is what the read in the
+        // hub brought after the drain began.
+        hub.answer(read_id, Answer::Deliveries(vec![delivery("3-0")]))
+            .await;
+        let left = tokio::time::timeout(Duration::from_secs(10), draining)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let ids: Vec<&str> = left.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["3-0"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_fails_the_reads_that_waited_on_it_only() {
+        let (w, mut hub, read_id) = reading_with_one_ahead_handed_out(2).await;
+        // The read in the hub fails after its caller went: the next read
+        // sends its own instead of taking that failure.
+        hub.answer(read_id, Answer::Failed("boom".into())).await;
+        let conn = w.live().await.unwrap();
+        while !conn.ahead.lock().reading.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let reading = tokio::spawn({
+            let w = w.clone();
+            async move { w.read(Q, "c1", 2, Duration::from_secs(60)).await }
+        });
+        let (id, call) = hub.next().await;
+        assert!(matches!(call, Call::Read { .. }), "{call:?}");
+        // And a read that waited on one that fails gets the failure.
+        hub.answer(id, Answer::Failed("boom".into())).await;
+        let err = reading.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("boom"), "{err}");
     }
 }
