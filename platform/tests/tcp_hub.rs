@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use sluice_platform::conformance::{entry, request};
 use sluice_platform::envelope::{Envelope, StreamEntry};
-use sluice_platform::memory::{MemoryKv, MemoryStreams};
+use sluice_platform::memory::MemoryStreams;
 use sluice_platform::metrics::Rejections;
 use sluice_platform::signing::{Rejection, Signer};
-use sluice_platform::tcp::{Hub, HubConfig, Limits, TcpBackend, TcpConfig};
+use sluice_platform::tcp::{Hub, HubConfig, Limits, Nonces, TcpBackend, TcpConfig};
 use sluice_platform::{BackendError, Completion, Forward, Held, KeyRing, Keys, Kv, Queue};
 use sluice_platform::{ReplyChannel, SharedKeyRing};
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,7 @@ const GROUP: &str = "work";
 struct Setup {
     keys: Keys,
     streams: Arc<MemoryStreams>,
-    guard: Arc<MemoryKv>,
+    guard: Arc<Nonces>,
     ring: KeyRing,
     addr: std::net::SocketAddr,
     stop: CancellationToken,
@@ -32,7 +32,6 @@ struct Setup {
 async fn hub_with(edit: impl FnOnce(&mut HubConfig)) -> Setup {
     let keys = Keys::new("default", "hello");
     let streams = MemoryStreams::new();
-    let guard = MemoryKv::new();
     let ring = KeyRing::ephemeral();
     let rejections = Rejections::default();
     let mut cfg = HubConfig {
@@ -54,10 +53,10 @@ async fn hub_with(edit: impl FnOnce(&mut HubConfig)) -> Setup {
         cfg,
         SharedKeyRing::fixed(ring.clone()),
         streams.clone(),
-        guard.clone(),
     )
     .await
     .unwrap();
+    let guard = hub.nonces();
     let addr = hub.local_addr().unwrap();
     let connected = hub.connected();
     let stop = CancellationToken::new();
@@ -302,7 +301,6 @@ async fn a_hub_or_worker_on_another_address_is_refused_at_start() {
         },
         SharedKeyRing::fixed(KeyRing::ephemeral()),
         MemoryStreams::new(),
-        MemoryKv::new(),
     )
     .await
     .err()

@@ -196,14 +196,13 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     } = match backend {
         BackendKind::Tcp => {
             let streams = MemoryStreams::new();
-            let nonces = MemoryKv::new();
-            tcp_parts = Some((streams.clone(), nonces.clone()));
+            tcp_parts = Some(streams.clone());
             Ports {
                 queue: streams.clone(),
                 replies: streams,
                 // Worker processes write these queues: every envelope
                 // passes the replay guard, as with Redis, which the hub
-                // runs as it hands entries out (`nonces`); this process's
+                // runs as it hands entries out; this process's
                 // own verifier checks replies only.
                 guard: None,
                 store: MemoryKv::new(),
@@ -277,13 +276,12 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     // Worker groups of a tcp pipeline are processes of their own; they are
     // started, and ready, before anything is served.
     let tcp = match tcp_parts {
-        Some((streams, nonces)) => Some(
+        Some(streams) => Some(
             crate::tcp_workers::TcpWorkers::start(
                 &config,
                 &plan,
                 &ring,
                 streams,
-                nonces,
                 parts.rejections.clone(),
             )
             .await?,

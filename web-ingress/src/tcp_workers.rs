@@ -23,7 +23,7 @@ use std::time::Duration;
 use sluice_crds::Plan;
 use sluice_exec_worker::wanted_keys;
 use sluice_platform::keyring::derived_files;
-use sluice_platform::memory::{MemoryKv, MemoryStreams};
+use sluice_platform::memory::MemoryStreams;
 use sluice_platform::metrics::Rejections;
 use sluice_platform::tcp::{Connected, Hub, HubConfig, Limits};
 use sluice_platform::{Keys, SharedKeyRing};
@@ -75,7 +75,6 @@ impl TcpWorkers {
         plan: &Plan,
         ring: &SharedKeyRing,
         streams: Arc<MemoryStreams>,
-        guard: Arc<MemoryKv>,
         rejections: Rejections,
     ) -> Result<Arc<Self>, TcpStartError> {
         let keys = Keys::new(&plan.id.namespace, &plan.id.name);
@@ -100,7 +99,6 @@ impl TcpWorkers {
             },
             ring.clone(),
             streams,
-            guard,
         )
         .await?;
         let addr = hub.local_addr().map_err(TcpStartError::Address)?;

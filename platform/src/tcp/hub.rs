@@ -38,14 +38,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::nonces::Nonces;
 use super::session::{self, Opener};
 use super::wire::{Answer, Call};
 use super::{require_loopback, Limits};
-use crate::backend::{BackendError, Result};
+use crate::backend::Result;
 use crate::keyring::SharedKeyRing;
 use crate::keys::Keys;
-use crate::kv::Kv;
-use crate::memory::{MemoryKv, MemoryStreams};
+use crate::memory::MemoryStreams;
 use crate::metrics::Rejections;
 use crate::queue::{Completion, Delivery, Held, Queue};
 use crate::signing::{At, Rejection, Verifier, VerifyError};
@@ -147,6 +147,7 @@ struct Shared {
     streams: Arc<MemoryStreams>,
     /// Checks each entry handed out and claims its nonce in the guard.
     guard: Verifier,
+    nonces: Arc<Nonces>,
     connected: Arc<Connected>,
     handshakes: Arc<Semaphore>,
     open: Arc<Semaphore>,
@@ -178,20 +179,15 @@ impl Hub {
         cfg: HubConfig,
         ring: SharedKeyRing,
         streams: Arc<MemoryStreams>,
-        guard: Arc<MemoryKv>,
     ) -> Result<Self, HubError> {
         require_loopback("--hub", addr).map_err(HubError::NotLoopback)?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| HubError::Listen { addr, source })?;
-        let nonces = Capped {
-            kv: guard,
-            max: cfg.max_nonces,
-            max_ttl: cfg.max_nonce_ttl,
-        };
+        let nonces = Arc::new(Nonces::new(cfg.max_nonces, cfg.max_nonce_ttl));
         let guard = Verifier::new(
             ring.clone(),
-            Some(Arc::new(nonces)),
+            Some(nonces.clone()),
             cfg.keys.clone(),
             cfg.clock_skew,
             cfg.max_payload_bytes,
@@ -203,6 +199,7 @@ impl Hub {
                 ring,
                 streams,
                 guard,
+                nonces,
                 connected: Arc::default(),
                 handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
                 open: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
@@ -219,6 +216,11 @@ impl Hub {
     /// The socket's address cannot be read.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The replay guard's nonces (held for as long as the hub lives).
+    pub fn nonces(&self) -> Arc<Nonces> {
+        self.shared.nonces.clone()
     }
 
     /// Live connections per group.
@@ -613,33 +615,6 @@ impl Shared {
     }
 }
 
-/// The guard's nonces, bounded: at most `max` held (past it a claim fails
-/// and the entry waits), none kept longer than `max_ttl`.
-struct Capped {
-    kv: Arc<MemoryKv>,
-    max: usize,
-    max_ttl: Duration,
-}
-
-#[async_trait::async_trait]
-impl Kv for Capped {
-    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<String>> {
-        self.kv
-            .set_nx_within(key, value, ttl.min(self.max_ttl), self.max)
-            .await
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<String>> {
-        self.kv.get(key).await
-    }
-
-    async fn delete(&self, _key: &str) -> Result<bool> {
-        Err(BackendError::Unavailable(
-            "the replay guard deletes no nonce".into(),
-        ))
-    }
-}
-
 /// What one connection's group may touch.
 struct Access {
     group: String,
@@ -784,27 +759,6 @@ mod tests {
             m: vec![],
             s: vec![],
         }
-    }
-
-    #[tokio::test]
-    async fn the_guard_keeps_no_nonce_past_its_longest_time_to_live() {
-        let capped = Capped {
-            kv: MemoryKv::new(),
-            max: 10,
-            max_ttl: Duration::from_millis(50),
-        };
-        let k = "sluice:{default/hello}:n:work:k1:abc";
-        assert_eq!(
-            capped
-                .set_nx(k, "0-1", Duration::from_secs(3600))
-                .await
-                .unwrap(),
-            None
-        );
-        assert_eq!(capped.get(k).await.unwrap().as_deref(), Some("0-1"));
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        assert_eq!(capped.get(k).await.unwrap(), None, "gone after the cap");
-        assert!(capped.delete(k).await.is_err(), "the guard deletes nothing");
     }
 
     #[test]

@@ -22,6 +22,7 @@
 
 pub mod client;
 pub mod hub;
+pub mod nonces;
 pub(crate) mod session;
 pub mod wire;
 
@@ -29,6 +30,7 @@ use std::net::SocketAddr;
 
 pub use client::{TcpBackend, TcpConfig};
 pub use hub::{Connected, Hub, HubConfig, HubError};
+pub use nonces::Nonces;
 pub use session::SessionError;
 
 /// Sizes a connection accepts.
