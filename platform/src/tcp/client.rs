@@ -802,8 +802,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_read_waiting_in_the_hub_hands_out_what_a_hand_off_brings_meanwhile() {
+    /// A backend whose first read (of consumer `c1`) the hub served with
+    /// `1-0`.
+    async fn served_once() -> (Arc<TcpBackend>, Scripted) {
         let (w, hub) = scripted().await;
         let first = tokio::spawn({
             let w = w.clone();
@@ -811,10 +812,36 @@ mod tests {
         });
         let mut hub = hub.await.unwrap();
         let (id, call) = hub.next().await;
-        assert!(matches!(call, Call::Read { .. }));
+        assert!(matches!(call, Call::Read { .. }), "{call:?}");
         hub.answer(id, Answer::Deliveries(vec![delivery("1-0")]))
             .await;
         assert_eq!(first.await.unwrap().unwrap().len(), 1);
+        (w, hub)
+    }
+
+    /// Hands off `1-0`, the hub's answer bringing `next`; returns the call
+    /// the hub got.
+    async fn hand_off_bringing(w: &Arc<TcpBackend>, hub: &mut Scripted, next: &str) -> Call {
+        let handing = tokio::spawn({
+            let w = w.clone();
+            async move { w.complete_all(Q, &[done("1-0")]).await }
+        });
+        let (id, call) = hub.next().await;
+        hub.answer(
+            id,
+            Answer::Handed {
+                flags: vec![true],
+                deliveries: vec![delivery(next)],
+            },
+        )
+        .await;
+        assert_eq!(handing.await.unwrap().unwrap(), vec![true]);
+        call
+    }
+
+    #[tokio::test]
+    async fn a_read_waiting_in_the_hub_hands_out_what_a_hand_off_brings_meanwhile() {
+        let (w, mut hub) = served_once().await;
 
         // A read waits in the hub (the hub does not answer it yet)…
         let waiting = tokio::spawn({
@@ -824,11 +851,7 @@ mod tests {
         let (read_id, call) = hub.next().await;
         assert!(matches!(call, Call::Read { max: 2, .. }));
         // …and a hand-off brings an entry: that read hands it out at once.
-        let handing = tokio::spawn({
-            let w = w.clone();
-            async move { w.complete_all(Q, &[done("1-0")]).await }
-        });
-        let (hand_id, call) = hub.next().await;
+        let call = hand_off_bringing(&w, &mut hub, "2-0").await;
         let Call::CompleteAll {
             then: Some(then), ..
         } = call
@@ -836,15 +859,6 @@ mod tests {
             panic!("a hand-off asking for the reader's next entries: {call:?}")
         };
         assert_eq!((then.consumer.as_str(), then.max), ("c1", 1));
-        hub.answer(
-            hand_id,
-            Answer::Handed {
-                flags: vec![true],
-                deliveries: vec![delivery("2-0")],
-            },
-        )
-        .await;
-        assert_eq!(handing.await.unwrap().unwrap(), vec![true]);
         let got = tokio::time::timeout(Duration::from_secs(10), waiting)
             .await
             .expect("handed out without the hub answering the read")
@@ -881,30 +895,8 @@ mod tests {
 
     #[tokio::test]
     async fn entries_waiting_ahead_are_renewed_and_one_lost_meanwhile_is_not_handed_out() {
-        let (w, hub) = scripted().await;
-        let first = tokio::spawn({
-            let w = w.clone();
-            async move { w.read(Q, "c1", 1, Duration::ZERO).await }
-        });
-        let mut hub = hub.await.unwrap();
-        let (id, _) = hub.next().await;
-        hub.answer(id, Answer::Deliveries(vec![delivery("1-0")]))
-            .await;
-        first.await.unwrap().unwrap();
-        let handing = tokio::spawn({
-            let w = w.clone();
-            async move { w.complete_all(Q, &[done("1-0")]).await }
-        });
-        let (id, _) = hub.next().await;
-        hub.answer(
-            id,
-            Answer::Handed {
-                flags: vec![true],
-                deliveries: vec![delivery("2-0")],
-            },
-        )
-        .await;
-        handing.await.unwrap().unwrap();
+        let (w, mut hub) = served_once().await;
+        hand_off_bringing(&w, &mut hub, "2-0").await;
 
         // The worker renews what it holds; what waits ahead goes with it,
         // and the hub finds it lost.
@@ -946,35 +938,13 @@ mod tests {
     /// A backend whose read `1-0` was served and handed off, with `2-0`
     /// brought ahead, and a read (its number returned) waiting in the hub.
     async fn reading_with_one_ahead_handed_out(max: usize) -> (Arc<TcpBackend>, Scripted, u64) {
-        let (w, hub) = scripted().await;
-        let first = tokio::spawn({
-            let w = w.clone();
-            async move { w.read(Q, "c1", 1, Duration::ZERO).await }
-        });
-        let mut hub = hub.await.unwrap();
-        let (id, _) = hub.next().await;
-        hub.answer(id, Answer::Deliveries(vec![delivery("1-0")]))
-            .await;
-        first.await.unwrap().unwrap();
+        let (w, mut hub) = served_once().await;
         let waiting = tokio::spawn({
             let w = w.clone();
             async move { w.read(Q, "c1", max, Duration::from_secs(60)).await }
         });
         let (read_id, _) = hub.next().await;
-        let handing = tokio::spawn({
-            let w = w.clone();
-            async move { w.complete_all(Q, &[done("1-0")]).await }
-        });
-        let (id, _) = hub.next().await;
-        hub.answer(
-            id,
-            Answer::Handed {
-                flags: vec![true],
-                deliveries: vec![delivery("2-0")],
-            },
-        )
-        .await;
-        handing.await.unwrap().unwrap();
+        hand_off_bringing(&w, &mut hub, "2-0").await;
         assert_eq!(waiting.await.unwrap().unwrap().len(), 1);
         (w, hub, read_id)
     }
