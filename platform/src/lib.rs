@@ -16,6 +16,9 @@
 //! - [`kv`]: the `Kv` port (replay guard).
 //! - [`memory`]: the in-memory adapters of all three ports.
 //! - [`redis`]: the Redis adapters of all three ports (fred), and a test server.
+//! - [`tcp`]: the tcp profile's transport: the hub serving the ingress's
+//!   memory queues and replay guard to worker processes, the workers'
+//!   `Queue` client, the authenticated session and the frames' format.
 //! - [`conformance`]: one suite per port, run against every adapter.
 //! - [`metrics`]: Prometheus families shared by the runtime processes.
 //! - [`clock`]: wall-clock milliseconds, the unit of `ts` and deadlines.

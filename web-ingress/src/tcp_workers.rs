@@ -33,8 +33,8 @@ use crate::config::{Config, LogFormat, WorkerMode};
 use crate::supervisor::{ChildSpec, RestartPolicy, Supervisor};
 
 /// Most replay-guard nonces the hub keeps (the plan's replay budget is
-/// Redis memory, which this profile has none of): a few hundred bytes each,
-/// so about 200 MiB at most.
+/// Redis memory, which this profile has none of): about 93 bytes each, so
+/// about 93 MB when full (`sluice_platform::tcp::Nonces`).
 pub const DEFAULT_MAX_NONCES: u64 = 1_000_000;
 
 /// Why the tcp profile could not start; each names what to fix.
