@@ -11,6 +11,9 @@
 //!     ├─ restart()  same port, same dir (AOF replayed when persistence)
 //!     └─ drop       SIGKILL + rm -r dir
 //!
+//!   RedisServer::start_from_aof(backup)  … with a copy of backup/appendonlydir
+//!                                          in its own dir, AOF on: a restore
+//!
 //!   RedisServer::start_tls()             … plus --tls-port Q with a server
 //!     ├─ tls_url()  rediss://127.0.0.1:Q/0   certificate for 127.0.0.1 signed
 //!     └─ ca_pem()   the CA certificate       by a throwaway CA (openssl CLI)
@@ -88,9 +91,36 @@ impl RedisServer {
     /// `NotFound` when `redis-server` is not installed; other I/O errors when
     /// it exits or does not answer within 10 s.
     pub fn try_start(persistence: bool, password: Option<&str>) -> std::io::Result<Self> {
+        Self::unstarted(persistence, password)?.start_on_a_free_port()
+    }
+
+    /// A server with the append-only file on, started from `backup`: a
+    /// directory holding an `appendonlydir` taken from another server (as
+    /// `tar -C <dir> -cf - appendonlydir` takes it from a live one), copied
+    /// into this server's own directory first.
+    ///
+    /// # Panics
+    /// As [`Self::start`], or when the backup cannot be copied.
+    pub fn start_from_aof(backup: &Path) -> Self {
+        let server = Self::unstarted(true, None).expect("a directory for redis-server");
+        let from = backup.join("appendonlydir");
+        let to = server.dir.join("appendonlydir");
+        std::fs::create_dir_all(&to).expect("create appendonlydir");
+        for f in std::fs::read_dir(&from)
+            .unwrap_or_else(|e| panic!("read the backup {}: {e}", from.display()))
+        {
+            let f = f.expect("a backup file");
+            std::fs::copy(f.path(), to.join(f.file_name())).expect("copy a backup file");
+        }
+        server
+            .start_on_a_free_port()
+            .unwrap_or_else(|e| panic!("could not start {BINARY} from the backup: {e}"))
+    }
+
+    fn unstarted(persistence: bool, password: Option<&str>) -> std::io::Result<Self> {
         let dir = std::env::temp_dir().join(format!("sluice-redis-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir)?;
-        let mut server = Self {
+        Ok(Self {
             port: 0,
             dir,
             persistence,
@@ -99,7 +129,11 @@ impl RedisServer {
             user: None,
             tls_port: None,
             child: None,
-        };
+        })
+    }
+
+    fn start_on_a_free_port(self) -> std::io::Result<Self> {
+        let mut server = self;
         // A port found free can be taken before redis-server binds it; try a
         // few.
         let mut last = None;
