@@ -12,6 +12,7 @@
 //! - [`limits`]: every bound on what a spec may hold (numbers, durations,
 //!   sizes, lengths, counts, nesting), shared by validation and the CRD.
 //! - [`names`]: the syntax of Kubernetes names and interface paths.
+//! - [`defaults`]: what a spec left out becomes.
 //! - [`validate`]: every rule a spec must satisfy, with field paths.
 //! - [`plan`]: the compiled, validated execution plan.
 //! - [`replay_budget`]: how many replay-guard nonces an ingress may leave
@@ -23,6 +24,7 @@
 //!   the one style generated YAML is written in.
 
 pub mod crd;
+pub mod defaults;
 pub mod graphql;
 pub mod key_needs;
 pub mod limits;

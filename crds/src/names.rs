@@ -1,6 +1,7 @@
 //! The syntax of names and paths in a StreamPipeline: what the API server
 //! enforces for Kubernetes names, and what the ingress router takes
-//! literally for interface paths.
+//! literally for interface paths; and a pipeline's `namespace/name`
+//! ([`PipelineId`]).
 //!
 //! Each predicate has a regular expression twin used by the CRD schema
 //! (RE2 syntax, which the API server and the `regex` crate share); a test
@@ -112,6 +113,19 @@ pub fn check_interface_path(path: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `namespace/name` of a pipeline; the hash tag of all its Redis keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PipelineId {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for PipelineId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 #[cfg(test)]

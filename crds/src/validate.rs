@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::limits::*;
+use crate::names::PipelineId;
 use crate::names::{check_interface_path, is_data_key, is_dns1035_label, is_dns_subdomain};
-use crate::plan::PipelineId;
 use crate::types::*;
 use crate::units::{parse_duration, parse_size};
 
@@ -822,7 +822,7 @@ fn check_interfaces(
         let t = e.duration(
             &format!("{p}.timeout"),
             it.timeout.as_ref(),
-            crate::plan::DEFAULT_TIMEOUT,
+            crate::defaults::DEFAULT_TIMEOUT,
             (MIN_TIMEOUT, MAX_TIMEOUT),
         );
         min_timeout = Some(min_timeout.map_or(t, |m| m.min(t)));
@@ -901,10 +901,10 @@ fn check_kind(
             );
             let per_connection = w
                 .max_in_flight_per_connection
-                .unwrap_or(crate::plan::DEFAULT_WS_IN_FLIGHT);
+                .unwrap_or(crate::defaults::DEFAULT_WS_IN_FLIGHT);
             let total = it
                 .max_in_flight
-                .unwrap_or(crate::plan::DEFAULT_MAX_IN_FLIGHT);
+                .unwrap_or(crate::defaults::DEFAULT_MAX_IN_FLIGHT);
             if per_connection > total {
                 e.push(
                     format!("{w_p}.maxInFlightPerConnection"),
@@ -914,19 +914,19 @@ fn check_kind(
             e.duration(
                 &format!("{w_p}.idleTimeout"),
                 w.idle_timeout.as_ref(),
-                crate::plan::DEFAULT_WS_IDLE,
+                crate::defaults::DEFAULT_WS_IDLE,
                 (Duration::from_secs(1), Duration::from_secs(24 * 3600)),
             );
             e.duration(
                 &format!("{w_p}.maxLifetime"),
                 w.max_lifetime.as_ref(),
-                crate::plan::DEFAULT_WS_LIFETIME,
+                crate::defaults::DEFAULT_WS_LIFETIME,
                 (Duration::from_secs(60), Duration::from_secs(24 * 3600)),
             );
             e.duration(
                 &format!("{w_p}.pingInterval"),
                 w.ping_interval.as_ref(),
-                crate::plan::DEFAULT_WS_PING,
+                crate::defaults::DEFAULT_WS_PING,
                 (Duration::from_secs(1), Duration::from_secs(300)),
             );
         }
@@ -1127,7 +1127,7 @@ fn check_limits(spec: &StreamPipelineSpec, min_timeout: Option<Duration>, e: &mu
     let lease = e.duration(
         "spec.limits.lease",
         l.lease.as_ref(),
-        crate::plan::DEFAULT_LEASE,
+        crate::defaults::DEFAULT_LEASE,
         (MIN_TIMEOUT, MAX_TIMEOUT),
     );
     if let Some(t) = min_timeout {
@@ -1150,21 +1150,21 @@ fn check_security(spec: &StreamPipelineSpec, e: &mut Errors) {
     e.duration(
         "spec.security.rotateEvery",
         s.rotate_every.as_ref(),
-        crate::plan::DEFAULT_ROTATE_EVERY,
+        crate::defaults::DEFAULT_ROTATE_EVERY,
         (MIN_ROTATE_EVERY, MAX_ROTATE_EVERY),
     );
     if let Some(r) = &spec.results {
         e.duration(
             "spec.results.ttl",
             r.ttl.as_ref(),
-            crate::plan::DEFAULT_RESULTS_TTL,
+            crate::defaults::DEFAULT_RESULTS_TTL,
             (Duration::from_secs(1), MAX_RESULTS_TTL),
         );
     }
     e.duration(
         "spec.security.clockSkew",
         s.clock_skew.as_ref(),
-        crate::plan::DEFAULT_CLOCK_SKEW,
+        crate::defaults::DEFAULT_CLOCK_SKEW,
         (Duration::ZERO, MAX_CLOCK_SKEW),
     );
     e.count(

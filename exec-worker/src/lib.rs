@@ -12,6 +12,7 @@
 //! - [`executor`]: runs a group's nodes for one envelope.
 //! - [`worker`]: the queue consumer (lease, reclaim, hand-off, dead letters, drain).
 //! - [`hand_off`]: group commit of the worker's hand-offs.
+//! - [`metrics`]: the worker's metric families.
 //! - [`parts`]: signer, verifier and shared metrics built from a plan.
 //! - [`process`]: the `sluice-exec-worker` process (flags, Redis, admin port, drain).
 
@@ -19,6 +20,7 @@ pub mod catalog;
 pub mod chunks;
 pub mod executor;
 pub mod hand_off;
+pub mod metrics;
 pub mod node;
 pub mod parts;
 pub mod process;
@@ -29,9 +31,10 @@ pub mod worker;
 mod test_queue;
 
 pub use executor::{Crash, Executor, StepOutcome};
+pub use metrics::WorkerMetrics;
 pub use node::{
     ChunkSink, Chunks, ConfigError, Node, NodeConfig, NodeContext, NodeError, NodeOutput,
 };
 pub use parts::{missing_keys, wanted_keys, RuntimeParts};
 pub use registry::Registry;
-pub use worker::{Worker, WorkerConfig, WorkerMetrics};
+pub use worker::{Worker, WorkerConfig};

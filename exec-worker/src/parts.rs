@@ -10,7 +10,7 @@ use sluice_platform::metrics::Rejections;
 use sluice_platform::{KeyRing, Keys, Kind, Kv, SharedKeyRing, Signer, Verifier};
 
 use crate::executor::{node_durations, NodeDurations};
-use crate::worker::WorkerMetrics;
+use crate::metrics::WorkerMetrics;
 
 /// The signing, verification and metrics plumbing of one pipeline process.
 #[derive(Clone)]

@@ -1,6 +1,7 @@
 //! The registry resolving a node's `uses` name to a factory.
 //!
-//! The default worker image carries the `builtin/*` catalog. A custom worker
+//! The default worker image carries the `builtin/*` catalog
+//! (`Registry::builtin`, defined with the catalog). A custom worker
 //! image built with this crate as an SDK registers its own Rust nodes under
 //! `rust/<name>` before starting the worker.
 
@@ -19,13 +20,6 @@ impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// A registry holding the `builtin/*` catalog.
-    pub fn builtin() -> Self {
-        let mut r = Self::new();
-        crate::catalog::register_builtins(&mut r);
-        r
     }
 
     /// Registers (or replaces) a factory under `uses`.

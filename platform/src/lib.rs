@@ -11,6 +11,8 @@
 //! - [`keyring`]: the HMAC key ring (raw or per-group derived keys), loaded
 //!   from a directory and reloaded, and the derived directory of one role.
 //! - [`signing`]: signing and the verification chain of DESIGN §6.
+//! - [`rejection`]: why an entry was refused (the chain's reasons, the
+//!   metric's labels).
 //! - [`backend`]: the error every adapter reports and the fault injector.
 //! - [`queue`]: the `Queue` and `ReplyChannel` ports (streams with a consumer group).
 //! - [`kv`]: the `Kv` port (replay guard).
@@ -37,6 +39,7 @@ pub mod memory;
 pub mod metrics;
 pub mod queue;
 pub mod redis;
+pub mod rejection;
 pub mod signing;
 pub mod tcp;
 pub mod telemetry;

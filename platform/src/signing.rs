@@ -26,6 +26,7 @@ use crate::keyring::{hex, valid_group, valid_kid, SharedKeyRing};
 use crate::keys::Keys;
 use crate::kv::Kv;
 use crate::metrics::Rejections;
+pub use crate::rejection::Rejection;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -183,55 +184,6 @@ impl Signer {
             m,
             s,
         })
-    }
-}
-
-/// Why an entry was refused. Each reason is counted; none executes anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Rejection {
-    #[error("entry exceeds the size limit")]
-    Oversized,
-    #[error("unsupported format version")]
-    BadVersion,
-    #[error("unknown key id")]
-    UnknownKid,
-    #[error("no key for this kind and group under a known kid")]
-    MissingKey,
-    #[error("MAC does not verify")]
-    BadMac,
-    #[error("message does not decode")]
-    Malformed,
-    #[error("timestamp is in the future beyond the clock skew")]
-    FromFuture,
-    #[error("deadline has passed")]
-    Expired,
-    #[error("nonce already seen on another entry")]
-    Replay,
-    #[error("envelope of the wrong kind")]
-    WrongKind,
-    #[error("envelope for another destination")]
-    WrongDestination,
-    #[error("reply from a group that does not answer this request")]
-    WrongSender,
-}
-
-impl Rejection {
-    /// The metric label.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Rejection::Oversized => "oversized",
-            Rejection::BadVersion => "bad_version",
-            Rejection::UnknownKid => "unknown_kid",
-            Rejection::MissingKey => "missing_key",
-            Rejection::BadMac => "bad_mac",
-            Rejection::Malformed => "malformed",
-            Rejection::FromFuture => "from_future",
-            Rejection::Expired => "expired",
-            Rejection::Replay => "replay",
-            Rejection::WrongKind => "wrong_kind",
-            Rejection::WrongDestination => "wrong_destination",
-            Rejection::WrongSender => "wrong_sender",
-        }
     }
 }
 

@@ -37,6 +37,15 @@ use serde_json::Value;
 use crate::node::{ConfigError, Node, NodeConfig};
 use crate::registry::Registry;
 
+impl Registry {
+    /// A registry holding the `builtin/*` catalog.
+    pub fn builtin() -> Self {
+        let mut r = Self::new();
+        register_builtins(&mut r);
+        r
+    }
+}
+
 /// Registers every `builtin/*` node.
 pub fn register_builtins(r: &mut Registry) {
     r.register(echo::USES, |cfg| shared(echo::Echo::from_config(cfg)));

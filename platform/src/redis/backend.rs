@@ -103,7 +103,7 @@ pub struct RedisBackend {
     idle_blocking: Mutex<Vec<Dedicated>>,
     /// Reply streams: where each stream's reader stands, so a read never
     /// returns an entry twice and read entries are trimmed in bulk.
-    pub(super) reply_cursors: Mutex<HashMap<String, super::reply::ReplyCursor>>,
+    pub(super) reply_cursors: Mutex<HashMap<String, super::cursor::ReplyCursor>>,
 }
 
 /// A connection used by one blocking read at a time.

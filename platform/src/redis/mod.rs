@@ -20,6 +20,8 @@
 //! - `backend`: connections (pool + dedicated blocking ones), timeouts,
 //!   reconnects, error mapping.
 //! - `queue`, `reply`, `kv`: the three ports.
+//! - `cursor`: where the reader of one reply stream stands (`reply`'s state
+//!   in the backend).
 //! - `stats`: [`StreamStats`], a queue's counters for autoscaling.
 //! - `acl`: ACL users, for the operator that administers a managed Redis.
 //! - `wire`: arguments and replies of the stream commands.
@@ -30,6 +32,7 @@ pub mod testing;
 
 mod acl;
 mod backend;
+mod cursor;
 mod kv;
 mod queue;
 mod reply;

@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use fred::types::Value;
 
 use super::backend::RedisBackend;
+use super::cursor::ReplyCursor;
 use super::wire;
 use crate::backend::Result;
 use crate::envelope::StreamEntry;
@@ -38,17 +39,6 @@ const TRIM_EVERY: usize = 256;
 const TRIM_BYTES: usize = 1 << 20;
 /// …or once the oldest of them has waited this long.
 const TRIM_AFTER: Duration = Duration::from_millis(500);
-
-/// Where the reader of one reply stream stands.
-pub(super) struct ReplyCursor {
-    /// Id of the last entry returned.
-    last: String,
-    /// Entries returned since the last trim, and their bytes.
-    untrimmed: usize,
-    untrimmed_bytes: usize,
-    /// When the first of those was returned.
-    since: Instant,
-}
 
 /// The smallest stream id above `id` (`<ms>-<seq>`), so `XTRIM MINID` of it
 /// removes `id` too; `id` itself if it does not parse or has no successor.
