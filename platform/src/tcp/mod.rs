@@ -21,6 +21,7 @@
 //! running), or let a call allocate more than its frame limit.
 
 pub mod client;
+mod conn;
 pub mod hub;
 pub mod nonces;
 pub(crate) mod session;

@@ -125,6 +125,51 @@ impl Http {
         }
     }
 
+    /// POSTs `body` with `Prefer: respond-async`, again while the answer is
+    /// `503` (the process is not connected to Redis yet); returns the first
+    /// other answer.
+    ///
+    /// # Panics
+    /// When there is none within `patience`, or on a transport error.
+    pub async fn post_async_when_connected(
+        &self,
+        url: &str,
+        body: &Value,
+        patience: Duration,
+    ) -> Answer {
+        let deadline = Instant::now() + patience;
+        loop {
+            let a = self
+                .post_with(url, body, &[("prefer", "respond-async")])
+                .await
+                .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+            if a.status != 503 || Instant::now() >= deadline {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// GETs an asynchronous request's `url` again while it answers `202`
+    /// (pending) or `503` (not connected yet); returns the first other
+    /// answer, or the last one after `patience`.
+    ///
+    /// # Panics
+    /// On a transport error.
+    pub async fn get_when_settled(&self, url: &str, patience: Duration) -> Answer {
+        let deadline = Instant::now() + patience;
+        loop {
+            let a = self
+                .get(url)
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+            if !matches!(a.status, 202 | 503) || Instant::now() >= deadline {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// GETs `url`.
     ///
     /// # Errors

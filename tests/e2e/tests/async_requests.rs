@@ -9,7 +9,7 @@
 //!   GET /v1/greet/requests/<id> ─▶ ingress B ─MULTI{EXISTS, XREAD}─▶ r:async:<sha256(id)> ─▶ 200
 //! ```
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use sluice_e2e::resp::{Probe, Resp};
@@ -61,23 +61,9 @@ async fn an_answer_is_fetched_from_another_ingress_after_the_first_was_killed() 
     // Submitted to the first ingress, which answers before the 1 s wait is
     // over.
     let url = first.url("/v1/greet");
-    let started = Instant::now();
-    let submitted = loop {
-        let a = http
-            .post_with(
-                &url,
-                &json!({"name": "survivor"}),
-                &[("prefer", "respond-async")],
-            )
-            .await
-            .expect("an answer");
-        if a.status == 503 && started.elapsed() < Duration::from_secs(20) {
-            // Not connected to Redis yet.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        break a;
-    };
+    let submitted = http
+        .post_async_when_connected(&url, &json!({"name": "survivor"}), Duration::from_secs(20))
+        .await;
     assert_eq!(submitted.status, 202, "{}", submitted.text());
     let location = submitted.json()["location"]
         .as_str()
@@ -107,16 +93,7 @@ async fn an_answer_is_fetched_from_another_ingress_after_the_first_was_killed() 
     first.kill9();
     let second = Service::start(&sb, spec("ingress-b")).await;
     let fetch = second.url(&location);
-    let started = Instant::now();
-    let answer = loop {
-        let a = http.get(&fetch).await.expect("an answer");
-        match a.status {
-            202 | 503 if started.elapsed() < Duration::from_secs(20) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            _ => break a,
-        }
-    };
+    let answer = http.get_when_settled(&fetch, Duration::from_secs(20)).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.json(), json!({"greeting": "hello, survivor"}));
     // An id that was never issued is unknown here too.

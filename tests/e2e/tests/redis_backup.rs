@@ -77,22 +77,13 @@ async fn a_copy_of_the_append_only_file_answers_what_was_queued_and_running() {
 
     let mut ids = vec![];
     for i in 0..REQUESTS {
-        let started = Instant::now();
-        let a = loop {
-            let a = http
-                .post_with(
-                    &ingress.url("/v1/greet"),
-                    &json!({ "name": format!("n{i}") }),
-                    &[("prefer", "respond-async")],
-                )
-                .await
-                .expect("an answer");
-            if a.status == 503 && started.elapsed() < Duration::from_secs(20) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            break a;
-        };
+        let a = http
+            .post_async_when_connected(
+                &ingress.url("/v1/greet"),
+                &json!({ "name": format!("n{i}") }),
+                Duration::from_secs(20),
+            )
+            .await;
         assert_eq!(a.status, 202, "{}", a.text());
         ids.push(
             a.json()["location"]
@@ -158,16 +149,9 @@ async fn a_copy_of_the_append_only_file_answers_what_was_queued_and_running() {
     )
     .await;
     for (i, location) in ids.iter().enumerate() {
-        let started = Instant::now();
-        let a = loop {
-            let a = http.get(&ingress.url(location)).await.expect("an answer");
-            match a.status {
-                202 | 503 if started.elapsed() < Duration::from_secs(30) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                _ => break a,
-            }
-        };
+        let a = http
+            .get_when_settled(&ingress.url(location), Duration::from_secs(30))
+            .await;
         assert_eq!(a.status, 200, "{location}: {}", a.text());
         assert_eq!(a.json(), json!({ "greeting": format!("hello, n{i}") }));
     }
