@@ -789,6 +789,14 @@ mod tests {
         (plan, parts, mem, reply_stream, entry)
     }
 
+    /// Answers waiting in `reply_stream`.
+    async fn answers(mem: &MemoryStreams, reply_stream: &str) -> usize {
+        mem.recv(reply_stream, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .len()
+    }
+
     fn worker_on(
         plan: &Arc<sluice_crds::Plan>,
         parts: &RuntimeParts,
@@ -850,10 +858,7 @@ mod tests {
         stop.cancel();
         run.await.unwrap();
         assert_eq!(
-            mem.recv(&reply_stream, 10, Duration::ZERO)
-                .await
-                .unwrap()
-                .len(),
+            answers(&mem, &reply_stream).await,
             0,
             "nothing answered twice"
         );
@@ -888,10 +893,7 @@ mod tests {
         let metrics = &parts.worker_metrics;
         assert_eq!(metrics.count("work", "replied"), 0, "run again");
         assert_eq!(
-            mem.recv(&reply_stream, 10, Duration::ZERO)
-                .await
-                .unwrap()
-                .len(),
+            answers(&mem, &reply_stream).await,
             0,
             "a second answer was sent"
         );

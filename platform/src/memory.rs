@@ -540,47 +540,6 @@ impl MemoryKv {
         &self.faults
     }
 
-    /// [`Kv::set_nx`] that refuses to add a key while `max` keys are
-    /// held (expired ones not yet removed count until a few writes reach
-    /// them): a bounded replay guard.
-    ///
-    /// # Errors
-    /// [`BackendError::Unavailable`] when full; an injected fault.
-    pub async fn set_nx_within(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-        max: usize,
-    ) -> Result<Option<String>> {
-        self.faults.check().await?;
-        let now = Instant::now();
-        let mut m = self.map.lock();
-        m.expire(now, EXPIRE_PER_WRITE);
-        match m.entries.get(key) {
-            Some((v, exp)) if *exp > now => Ok(Some(v.clone())),
-            _ => {
-                if m.entries.len() >= max {
-                    // Make room from what has expired, a bounded amount
-                    // per refused claim, before refusing.
-                    m.expire(now, EXPIRE_PER_WRITE * 16);
-                    if m.entries.len() >= max {
-                        return Err(BackendError::Unavailable(
-                            "the replay guard is full; try again later".into(),
-                        ));
-                    }
-                }
-                let key: Arc<str> = Arc::from(key);
-                let exp = now.checked_add(ttl).ok_or_else(|| {
-                    BackendError::Unavailable("a key's time to live is out of range".into())
-                })?;
-                m.entries.insert(key.clone(), (value.to_string(), exp));
-                m.expiry.push(Reverse((exp, key)));
-                Ok(None)
-            }
-        }
-    }
-
     /// Keys currently held, expired ones included until the expiry queue
     /// reaches them (a few writes later).
     pub fn len(&self) -> usize {
@@ -601,7 +560,22 @@ impl MemoryKv {
 #[async_trait]
 impl Kv for MemoryKv {
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<Option<String>> {
-        self.set_nx_within(key, value, ttl, usize::MAX).await
+        self.faults.check().await?;
+        let now = Instant::now();
+        let mut m = self.map.lock();
+        m.expire(now, EXPIRE_PER_WRITE);
+        if let Some((v, exp)) = m.entries.get(key) {
+            if *exp > now {
+                return Ok(Some(v.clone()));
+            }
+        }
+        let exp = now.checked_add(ttl).ok_or_else(|| {
+            BackendError::Unavailable("a key's time to live is out of range".into())
+        })?;
+        let key: Arc<str> = Arc::from(key);
+        m.entries.insert(key.clone(), (value.to_string(), exp));
+        m.expiry.push(Reverse((exp, key)));
+        Ok(None)
     }
 
     async fn get(&self, key: &str) -> Result<Option<String>> {

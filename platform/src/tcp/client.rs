@@ -393,12 +393,7 @@ impl Queue for TcpBackend {
                     return Ok(flags);
                 };
                 if !deliveries.is_empty() {
-                    conn.ahead
-                        .lock()
-                        .entries
-                        .entry(who)
-                        .or_default()
-                        .extend(deliveries);
+                    conn.ahead.lock().put(who, deliveries);
                     // A read waiting in the hub hands them out now.
                     conn.arrived.notify_waiters();
                 }

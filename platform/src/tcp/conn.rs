@@ -38,11 +38,11 @@ type Waiting = Mutex<HashMap<u64, oneshot::Sender<Answer>>>;
 
 /// One live connection.
 pub(super) struct Conn {
-    pub(super) hub: SocketAddr,
-    pub(super) max_frame: usize,
-    pub(super) next_id: AtomicU64,
-    pub(super) calls: mpsc::Sender<Vec<u8>>,
-    pub(super) waiting: Arc<Waiting>,
+    hub: SocketAddr,
+    max_frame: usize,
+    next_id: AtomicU64,
+    calls: mpsc::Sender<Vec<u8>>,
+    waiting: Arc<Waiting>,
     pub(super) dead: CancellationToken,
     pub(super) ahead: Mutex<Ahead>,
     /// Woken whenever entries arrive ahead or a read in the hub ends.
@@ -104,6 +104,13 @@ impl Ahead {
 
     pub(super) fn count(&self, who: &Reader) -> usize {
         self.entries.get(who).map_or(0, VecDeque::len)
+    }
+
+    /// `deliveries` wait for `who`, after those already waiting.
+    pub(super) fn put(&mut self, who: Reader, deliveries: Vec<Delivery>) {
+        if !deliveries.is_empty() {
+            self.entries.entry(who).or_default().extend(deliveries);
+        }
     }
 }
 
@@ -172,18 +179,17 @@ impl Conn {
             waiting: &self.waiting,
             id,
         };
-        let gone = || self.gone();
         // The reader marks the connection dead before it fails what is
         // waiting, so a call registered after that sees the mark here.
         if self.dead.is_cancelled() {
-            return Err(gone());
+            return Err(self.gone());
         }
         let answered = async {
             tokio::select! {
-                sent = self.calls.send(frame) => sent.map_err(|_| gone())?,
-                _ = self.dead.cancelled() => return Err(gone()),
+                sent = self.calls.send(frame) => sent.map_err(|_| self.gone())?,
+                _ = self.dead.cancelled() => return Err(self.gone()),
             }
-            rx.await.map_err(|_| gone())
+            rx.await.map_err(|_| self.gone())
         };
         match tokio::time::timeout(wait, answered).await {
             Ok(Ok(Answer::Failed(why))) => Err(BackendError::Unavailable(why)),
@@ -215,20 +221,18 @@ impl Conn {
         let conn = self.clone();
         let who = who.clone();
         tokio::spawn(async move {
-            let answer = conn.call(call, wait).await;
+            let answer = match conn.call(call, wait).await {
+                Ok(Answer::Deliveries(d)) => Ok(d),
+                Ok(a) => unexpected(&a),
+                Err(e) => Err(e),
+            };
             {
                 let mut ahead = conn.ahead.lock();
                 ahead.reading.remove(&who);
                 match answer {
-                    Ok(Answer::Deliveries(d)) => {
+                    Ok(d) => {
                         ahead.reader = Some(who.clone());
-                        if !d.is_empty() {
-                            ahead.entries.entry(who).or_default().extend(d);
-                        }
-                    }
-                    Ok(a) => {
-                        let e = unexpected::<()>(&a).unwrap_err();
-                        ahead.failed.insert(who, (read.n, e));
+                        ahead.put(who, d);
                     }
                     Err(e) => {
                         ahead.failed.insert(who, (read.n, e));

@@ -70,8 +70,14 @@ struct Set {
 /// `n` of an entry id `0-<n>` spelled canonically (it must read back the
 /// same).
 fn seq_of(id: &str) -> Option<u64> {
-    let n: u64 = id.strip_prefix("0-")?.parse().ok()?;
-    (format!("0-{n}") == id).then_some(n)
+    let digits = id.strip_prefix("0-")?;
+    let canonical =
+        digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0'));
+    if canonical {
+        digits.parse().ok()
+    } else {
+        None
+    }
 }
 
 /// The map's hasher: its keys are keyed hashes already.
@@ -229,7 +235,7 @@ mod tests {
         );
         assert_eq!(n.get(K).await.unwrap().as_deref(), Some("0-7"));
         // Ids of another spelling read back exactly as written.
-        for id in ["1700000000000-3", "0-007", "stream/0-9", "0-"] {
+        for id in ["1700000000000-3", "0-007", "0-+5", "stream/0-9", "0-"] {
             let key = format!("{K}:{id}");
             assert_eq!(n.set_nx(&key, id, ttl).await.unwrap(), None);
             assert_eq!(n.get(&key).await.unwrap().as_deref(), Some(id));
