@@ -25,6 +25,7 @@ use serde_json::Value;
     status = "StreamPipelineStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Paused","type":"string","jsonPath":".status.conditions[?(@.type==\"Paused\")].status"}"#,
     printcolumn = r#"{"name":"Groups","type":"string","jsonPath":".status.readyGroups"}"#,
     printcolumn = r#"{"name":"URL","type":"string","priority":1,"jsonPath":".status.ingressUrl"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -56,6 +57,11 @@ pub struct StreamPipelineSpec {
     /// When true, the operator stops changing the pipeline's workloads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
+    /// When true, the pipeline takes no new request and its workers read no
+    /// entry until it is false again; queued entries wait (their deadlines
+    /// still apply) and no pod is restarted. Needs managed Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
     /// Answers of asynchronous requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<ResultsSpec>,

@@ -227,6 +227,19 @@ fn check_backends(spec: &StreamPipelineSpec, e: &mut Errors) {
             ),
         );
     }
+    if spec.paused == Some(true) {
+        let managed = spec
+            .redis
+            .as_ref()
+            .is_none_or(|r| r.mode == RedisMode::Managed);
+        if b.queue != BackendKind::Redis || !managed {
+            e.push(
+                "spec.paused",
+                "pausing needs managed Redis (backends redis, redis.mode managed): the operator pauses \
+                 the pipeline through a key there; memory and tcp queues live in the ingress pods",
+            );
+        }
+    }
     if let Some(r) = &spec.redis {
         if r.mode == RedisMode::External && r.url_secret_ref.is_none() {
             e.push(

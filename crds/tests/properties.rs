@@ -54,6 +54,7 @@ const KEYS: &[&str] = &[
     "ingress",
     "host",
     "suspend",
+    "paused",
 ];
 
 /// Strings that are meaningful somewhere in a spec, and some that are hostile.

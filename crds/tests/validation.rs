@@ -464,3 +464,27 @@ fn tcp_worker_groups_take_neither_replicas_nor_autoscale_and_hold_their_reply_ke
         errors_of(&mixed)
     );
 }
+
+#[test]
+fn a_pause_needs_managed_redis() {
+    let with = |extra: &str| errors_of(&BASE.replace("spec:\n", &format!("spec:\n{extra}")));
+    let redis = "  backends: { queue: redis, kv: redis, reply: redis }\n";
+    assert_eq!(with(&format!("  paused: true\n{redis}")), "");
+    assert_eq!(
+        with(&format!(
+            "  paused: true\n{redis}  redis: {{ mode: managed }}\n"
+        )),
+        ""
+    );
+    assert_eq!(with("  paused: false\n"), "");
+    for refused in [
+        "  paused: true\n".to_string(),
+        "  paused: true\n  backends: { queue: tcp, kv: tcp, reply: tcp }\n".to_string(),
+        format!(
+            "  paused: true\n{redis}  redis: {{ mode: external, urlSecretRef: {{ name: r, key: url }} }}\n"
+        ),
+    ] {
+        let e = with(&refused);
+        assert!(e.contains("spec.paused") && e.contains("managed Redis"), "{refused}: {e}");
+    }
+}

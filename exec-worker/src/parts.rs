@@ -7,7 +7,7 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry as Metrics;
 use sluice_crds::{KeyNeeds, Plan};
 use sluice_platform::metrics::Rejections;
-use sluice_platform::{KeyRing, Keys, Kind, Kv, SharedKeyRing, Signer, Verifier};
+use sluice_platform::{KeyRing, Keys, Kind, Kv, Pause, SharedKeyRing, Signer, Verifier};
 
 use crate::executor::{node_durations, NodeDurations};
 use crate::metrics::WorkerMetrics;
@@ -22,6 +22,9 @@ pub struct RuntimeParts {
     pub rejections: Rejections,
     pub worker_metrics: WorkerMetrics,
     pub durations: NodeDurations,
+    /// Whether the pipeline is paused: never, unless a Redis process sets
+    /// [`Pause::watch`] here.
+    pub pause: Pause,
 }
 
 impl RuntimeParts {
@@ -62,6 +65,7 @@ impl RuntimeParts {
             verifier,
             worker_metrics,
             durations,
+            pause: Pause::never(),
         }
     }
 }

@@ -25,6 +25,9 @@
 //!   and the in-flight gauge falls (a drop guard, [`Holding`]).
 //! - On shutdown the loop stops reading, finishes and hands off what it
 //!   holds, then returns.
+//! - While the pipeline is paused ([`Pause`]) the loop reads and reclaims
+//!   nothing; what it holds is finished and its leases renewed. A read
+//!   already sent when the pause arrives is worked on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,8 +41,8 @@ use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::metrics::GroupLabel;
 use sluice_platform::telemetry::{self, Span};
 use sluice_platform::{
-    At, Delivery, Envelope, Forward, Held, Keys, Queue, Rejection, ReplyError, SignError, Signer,
-    StreamEntry, Verifier, VerifyError,
+    At, Delivery, Envelope, Forward, Held, Keys, Pause, Queue, Rejection, ReplyError, SignError,
+    Signer, StreamEntry, Verifier, VerifyError,
 };
 use sluice_platform::{BackendError, Completion};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -126,6 +129,8 @@ pub struct Worker {
     held: Mutex<HashMap<String, Instant>>,
     /// Hand-offs waiting to be committed together.
     hand_offs: Arc<HandOffs>,
+    /// While paused, nothing is read or reclaimed.
+    pause: Pause,
 }
 
 impl std::fmt::Debug for Worker {
@@ -156,6 +161,7 @@ impl Worker {
             stream,
             held: Mutex::new(HashMap::new()),
             hand_offs: Arc::default(),
+            pause: parts.pause.clone(),
         })
     }
 
@@ -180,6 +186,17 @@ impl Worker {
             }
         }
         while !shutdown.is_cancelled() {
+            // Paused: what is held is finished (and renewed) meanwhile;
+            // nothing new is taken, not even a lapsed lease.
+            if self.pause.is_paused() {
+                tracing::info!(group = %self.cfg.group, "paused: no entry is read until the pipeline resumes");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.pause.resumed() => {}
+                }
+                tracing::info!(group = %self.cfg.group, "resumed");
+                continue;
+            }
             // Wait for one free slot, then take every other free one: never
             // read more entries than can be worked on now.
             let first = tokio::select! {

@@ -8,8 +8,8 @@
 //!
 //! The pods read the whole spec from the `P-pipeline` ConfigMap at start, but
 //! a ConfigMap change alone does not restart them; the hash on the pod
-//! template does. Replica counts, autoscaling bounds, `suspend` and `expose`
-//! are left out: pods never read them, and changing them must not restart
+//! template does. Replica counts, autoscaling bounds, `suspend`, `paused`
+//! and `expose` are left out: pods never read them, and changing them must not restart
 //! anything. JSON object keys are sorted before hashing, so the hash does not
 //! depend on the order keys had in the user's YAML or in the API server's answer.
 
@@ -33,6 +33,7 @@ pub fn config_hash(
 ) -> Result<String, serde_json::Error> {
     let mut runs = spec.clone();
     runs.suspend = None;
+    runs.paused = None;
     runs.expose = None;
     for g in &mut runs.groups {
         g.replicas = None;

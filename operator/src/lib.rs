@@ -43,6 +43,8 @@
 //! - [`redis_users`]: gives a running managed Redis the ACL users of a
 //!   changed spec, as its `admin` user.
 //! - [`rotation`]: key ring rotation, phase by phase (DESIGN §6).
+//! - [`pause`]: `spec.paused`: the `Paused` condition (the key itself is
+//!   written by [`redis_users`]).
 //! - [`autoscale`]: the builtin autoscaler (backlog and rate from Redis,
 //!   `/scale`) and the `Autoscaling` conditions.
 //! - [`leader`]: leader election on a Lease.
@@ -76,6 +78,7 @@ pub mod metrics;
 pub mod names;
 pub mod object;
 pub mod password_rotation;
+pub mod pause;
 pub mod pipelines;
 pub mod quantity;
 pub mod reconcile;

@@ -56,6 +56,9 @@ pub struct Wanted {
     /// The admin password the operator connects with.
     admin: Option<String>,
     pub tls: Option<Tls>,
+    /// The pipeline's pause key, and whether it should exist
+    /// (`spec.paused`).
+    pub pause: Option<(String, bool)>,
 }
 
 /// Managed Redis's TLS, as `P-redis` holds it.
@@ -101,7 +104,18 @@ impl Wanted {
         };
         let admin = password_rotation::operator_password(passwords, &Role::Admin.password_key())
             .map(str::to_string);
-        Some(Self { users, admin, tls })
+        Some(Self {
+            users,
+            admin,
+            tls,
+            pause: None,
+        })
+    }
+
+    /// The same, with the pipeline paused or not through `key`.
+    pub fn with_pause(mut self, key: String, paused: bool) -> Self {
+        self.pause = Some((key, paused));
+        self
     }
 
     /// The admin's password Redis has surely known longest
@@ -125,6 +139,11 @@ impl Wanted {
             h.update([0]);
             h.update(t.cert.as_bytes());
         }
+        if let Some((key, paused)) = &self.pause {
+            h.update([2]);
+            h.update(key.as_bytes());
+            h.update([u8::from(*paused)]);
+        }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 }
@@ -140,11 +159,14 @@ pub struct Applied {
     pub deleted: Vec<String>,
     /// Redis was told to load its certificate files again.
     pub tls_reloaded: bool,
+    /// Whether the pipeline was left paused, when [`Wanted::pause`] says.
+    pub paused: Option<bool>,
 }
 
 /// Makes the Redis behind `redis` (connected as `admin`) hold `wanted`:
 /// `default` off with no password and no command, every wanted user set
-/// from `reset`, and the users of groups not wanted any more deleted.
+/// from `reset`, the users of groups not wanted any more deleted, and the
+/// pause key set or deleted.
 /// Users that are not a sluice role are left alone.
 ///
 /// # Errors
@@ -192,6 +214,16 @@ pub async fn apply(redis: &RedisBackend, wanted: &Wanted) -> Result<Applied, Str
             .map_err(|e| format!("reloading the TLS certificate: {e}"))?;
         applied.tls_reloaded = true;
     }
+    // After the admin's own rules, which let it write the key.
+    if let Some((key, paused)) = &wanted.pause {
+        redis.set_paused(key, *paused).await.map_err(|e| {
+            format!(
+                "{} the pipeline: {e}",
+                if *paused { "pausing" } else { "resuming" }
+            )
+        })?;
+        applied.paused = Some(*paused);
+    }
     Ok(applied)
 }
 
@@ -200,6 +232,8 @@ pub async fn apply(redis: &RedisBackend, wanted: &Wanted) -> Result<Applied, Str
 pub struct RedisUsers {
     /// Digest of what was applied, and when.
     applied: Mutex<HashMap<String, (String, Instant)>>,
+    /// Whether the last apply left the pipeline paused.
+    paused: Mutex<HashMap<String, bool>>,
     running: Mutex<HashSet<String>>,
 }
 
@@ -248,7 +282,10 @@ impl RedisUsers {
             };
             match result {
                 Ok(a) => {
-                    info!(pipeline = %key, set = ?a.set, deleted = ?a.deleted, tls_reloaded = a.tls_reloaded, "managed Redis users applied");
+                    info!(pipeline = %key, set = ?a.set, deleted = ?a.deleted, tls_reloaded = a.tls_reloaded, paused = ?a.paused, "managed Redis users applied");
+                    if let Some(p) = a.paused {
+                        this.paused.lock().insert(key.clone(), p);
+                    }
                     this.applied
                         .lock()
                         .insert(key.clone(), (digest, Instant::now()));
@@ -279,8 +316,15 @@ impl RedisUsers {
         self.applied.lock().contains_key(key) && !self.running.lock().contains(key)
     }
 
+    /// Whether the pipeline of `key` was left paused by the last apply
+    /// that succeeded; `None` before one did (since this process started).
+    pub fn paused(&self, key: &str) -> Option<bool> {
+        self.paused.lock().get(key).copied()
+    }
+
     /// Forgets a pipeline (deleted): a new one of the same name starts over.
     pub fn forget(&self, key: &str) {
         self.applied.lock().remove(key);
+        self.paused.lock().remove(key);
     }
 }

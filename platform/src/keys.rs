@@ -51,6 +51,13 @@ impl Keys {
         format!("{}:dlq", self.prefix)
     }
 
+    /// `sluice:{ns/p}:paused`: present while the pipeline is paused
+    /// (`spec.paused`); written only by the operator, read by every process
+    /// of the pipeline ([`crate::pause`]).
+    pub fn paused(&self) -> String {
+        format!("{}:paused", self.prefix)
+    }
+
     /// `ns/p`, as carried in envelopes.
     pub fn pipeline(&self) -> &str {
         let inner = self.prefix.trim_start_matches("sluice:{");
@@ -75,6 +82,7 @@ mod tests {
             "sluice:{prod/enrich}:n:cpu:k1:abc"
         );
         assert_eq!(k.dead_letter(), "sluice:{prod/enrich}:dlq");
+        assert_eq!(k.paused(), "sluice:{prod/enrich}:paused");
         assert_eq!(k.pipeline(), "prod/enrich");
     }
 

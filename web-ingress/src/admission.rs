@@ -1,4 +1,4 @@
-//! Admission: the backlog of the queues on a request's path, the in-flight
+//! Admission: the pipeline's pause, the backlog of the queues on a request's path, the in-flight
 //! slot of a POST (taken once its body is read) or of a request that is
 //! already read, and the replay guard's share of Redis memory.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use sluice_crds::InterfacePlan;
 
-use crate::error::{too_many_requests, unavailable, ApiError};
+use crate::error::{paused, too_many_requests, unavailable, ApiError};
 use crate::state::AppState;
 
 /// A request that is already read (a WebSocket message, a GraphQL
@@ -50,7 +50,12 @@ pub async fn admit_body(
     Ok((input, slot))
 }
 
+/// The pipeline is not paused, and the backlog of every queue on the
+/// request's path is below its limits.
 pub fn admit_backlog(s: &AppState, it: &InterfacePlan, rid: &str) -> Result<(), ApiError> {
+    if s.pause.is_paused() {
+        return Err(paused(rid));
+    }
     if it.path_groups.is_empty() {
         return Ok(());
     }

@@ -164,6 +164,20 @@ pub fn internal(message: impl Into<String>, rid: &str) -> ApiError {
 }
 
 /// `503`: the pipeline's backend cannot be reached.
+/// How long a caller refused for a pause is asked to wait.
+pub const PAUSED_RETRY_AFTER: u32 = 5;
+
+/// The pipeline is paused (`spec.paused`).
+pub fn paused(rid: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "paused",
+        "the pipeline is paused; requests are taken again once it resumes",
+        rid,
+    )
+    .retry_after(PAUSED_RETRY_AFTER)
+}
+
 pub fn unavailable(rid: &str) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -23,7 +23,7 @@ use sluice_exec_worker::{
 };
 use sluice_platform::memory::{MemoryKv, MemoryStreams};
 use sluice_platform::redis::{RedisBackend, RedisConfig};
-use sluice_platform::{Kv, Queue, Rejection, ReplyChannel, SharedKeyRing, Verifier};
+use sluice_platform::{pause, Kv, Pause, Queue, Rejection, ReplyChannel, SharedKeyRing, Verifier};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -244,13 +244,18 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
 
     let mut registry = Registry::default();
     let metrics = IngressMetrics::register(&mut registry);
-    let parts = RuntimeParts::new(
+    let mut parts = RuntimeParts::new(
         &plan,
         &plan.ingress_group,
         ring.clone(),
-        guard,
+        guard.clone(),
         &mut registry,
     );
+    // With Redis the operator pauses the pipeline through a key there; the
+    // memory and tcp profiles are never paused.
+    if let Some(redis) = guard {
+        parts.pause = Pause::watch(redis, parts.keys.paused(), pause::POLL, background.clone());
+    }
     let build = |group: &str| {
         Executor::build(
             plan.clone(),
@@ -329,6 +334,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         .map(|cap| ReplayWindow::new(cap, plan.max_timeout(), plan.security.clock_skew));
     let callers = Arc::new(crate::auth::Callers::load(&plan, &config.secrets_dir));
     let state = Arc::new(AppState {
+        pause: parts.pause.clone(),
         replay_window,
         replies: replies.clone(),
         verifier: parts.verifier.clone(),

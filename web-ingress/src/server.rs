@@ -4,7 +4,7 @@
 //! `graphql`), plus `/healthz`, `/readyz` and `/metrics`.
 //!
 //! ```text
-//! request ─▶ slot free? (429) ─▶ backlog/backend (503) ─▶ body ≤ limit (413) by its deadline (408)
+//! request ─▶ slot free? (429) ─▶ paused/backlog/backend (503) ─▶ body ≤ limit (413) by its deadline (408)
 //!         ─▶ JSON depth/elements (400/413) ─▶ JSON (400) ─▶ take the in-flight slot (429)
 //!         ─▶ register waiter ─▶ ingress-group nodes in process ─▶ sign + push to the first worker queue
 //!         ─▶ await reply until the timeout (504) ─▶ 200 with the terminal node's output

@@ -68,6 +68,8 @@ pub struct AppState {
     pub callers: Arc<crate::auth::Callers>,
     /// Per-caller rate limits.
     pub rate_limits: crate::rate_limit::RateLimits,
+    /// Whether the pipeline is paused: new requests are refused.
+    pub pause: sluice_platform::Pause,
     /// The schema of each graphql interface.
     pub graphql: HashMap<String, async_graphql::dynamic::Schema>,
 }

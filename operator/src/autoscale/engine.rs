@@ -403,8 +403,23 @@ impl Autoscaler {
                 .get_or_create(&label)
                 .set(i64::from(rec.replicas));
             debug!(pipeline = %r.key, group = %reading.group, ?obs, recommended = rec.replicas, current = reading.current, "evaluated");
-            let Some(d) = algorithm::decide(&p, reading.current, &rec, &mut st.stab, now) else {
-                continue;
+            let d = if crate::pause::wanted(&sp.spec) {
+                // Paused: no worker reads, so none need run; on resume the
+                // group's bounds bring them back at once.
+                if reading.current == 0 {
+                    continue;
+                }
+                algorithm::Decision {
+                    from: reading.current,
+                    to: 0,
+                    reason: "the pipeline is paused".into(),
+                }
+            } else {
+                let Some(d) = algorithm::decide(&p, reading.current, &rec, &mut st.stab, now)
+                else {
+                    continue;
+                };
+                d
             };
             if self.scale(sp, namespace, reading, &d).await {
                 let decision = ScaleDecision {

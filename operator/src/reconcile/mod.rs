@@ -66,6 +66,7 @@ use crate::labels;
 use crate::metrics::Metrics;
 use crate::names;
 use crate::object::PipelineObject;
+use crate::pause;
 use crate::redis_users::{RedisUsers, Wanted};
 use crate::referenced;
 use crate::render::redis_use::managed_address;
@@ -84,6 +85,9 @@ use objects::{apply_objects, prune_objects, Applied, Live, Target};
 use report::{readiness, report_not_applied, write_status, Refused};
 
 const PENDING_RECHECK: Duration = Duration::from_secs(1);
+/// How soon a pipeline whose pause (or resume) Redis does not hold yet is
+/// looked at again, so its `Paused` condition follows.
+const PAUSE_RECHECK: Duration = Duration::from_secs(2);
 
 /// Consecutive write conflicts (`409`) of a pipeline retried quietly before
 /// one is reported as a `ReconcileFailed` event.
@@ -305,6 +309,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
     };
 
     let suspended = sp.spec.suspend == Some(true);
+    let paused = pause::wanted(&sp.spec);
     let mut requeue = ctx.timing.requeue_interval;
     let mut applied = Applied::default();
     if !suspended {
@@ -321,7 +326,8 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         }
         let users_key = format!("{ns}/{name}");
         let users_hold = |data: &BTreeMap<String, String>| {
-            wanted_users(&desired.plan, data).is_some_and(|w| ctx.redis_users.holds(&users_key, &w))
+            wanted_users(&desired.plan, data, paused)
+                .is_some_and(|w| ctx.redis_users.holds(&users_key, &w))
         };
         let ensured = secrets::ensure(
             &secrets_api,
@@ -349,7 +355,11 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         }
         applied = apply_objects(sp, ctx, &target, &desired, &mut live).await?;
         if let Some(passwords) = &ensured.redis_secret {
-            sync_redis_users(ctx, &desired.plan, &live, passwords);
+            sync_redis_users(ctx, &desired.plan, &live, passwords, paused);
+            // The status follows the pause soon after Redis holds it.
+            if !pause::settled(paused, ctx.redis_users.paused(&users_key)) {
+                requeue = requeue.min(PAUSE_RECHECK);
+            }
         }
         applied.missing_secrets = referenced.missing;
         if applied.pending {
@@ -425,9 +435,11 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
             .await;
         }
     }
+    let pause_condition = pause::condition(paused, ctx.redis_users.paused(&format!("{ns}/{name}")));
     let extra = autoscale::condition(&sp.spec, scaling.as_ref(), applied.missing_apis)
         .into_iter()
         .chain(cold_start)
+        .chain([pause_condition])
         .collect();
     let status = status::compute(&status::Inputs {
         generation: sp.metadata.generation,
@@ -561,7 +573,13 @@ fn unwanted_role_keys(
 /// ([`crate::redis_users`]), in the background. Only once its StatefulSet
 /// has a ready pod: a Redis still starting reads them from its file.
 /// `passwords` exists only for managed Redis (its `P-redis`).
-fn sync_redis_users(ctx: &Context, plan: &Plan, live: &Live, passwords: &BTreeMap<String, String>) {
+fn sync_redis_users(
+    ctx: &Context,
+    plan: &Plan,
+    live: &Live,
+    passwords: &BTreeMap<String, String>,
+    paused: bool,
+) {
     let (ns, name) = (&plan.id.namespace, &plan.id.name);
     let ready = live
         .get(&("StatefulSet", names::redis(name)))
@@ -571,16 +589,18 @@ fn sync_redis_users(ctx: &Context, plan: &Plan, live: &Live, passwords: &BTreeMa
     if !ready {
         return;
     }
-    if let Some(wanted) = wanted_users(plan, passwords) {
+    if let Some(wanted) = wanted_users(plan, passwords, paused) {
         ctx.redis_users
             .sync(&format!("{ns}/{name}"), &managed_address(name, ns), wanted);
     }
 }
 
-/// The live users a `P-redis`'s data describes for `plan`.
-fn wanted_users(plan: &Plan, data: &BTreeMap<String, String>) -> Option<Wanted> {
+/// The live users a `P-redis`'s data describes for `plan`, and the pause.
+fn wanted_users(plan: &Plan, data: &BTreeMap<String, String>, paused: bool) -> Option<Wanted> {
     let tls = data.contains_key(crate::redis_tls::CA_CERT_KEY);
+    let key = sluice_platform::Keys::new(&plan.id.namespace, &plan.id.name).paused();
     Wanted::from_secret(render::redis_acl::users(plan, tls), data)
+        .map(|w| w.with_pause(key, paused))
 }
 
 /// Reconciles a pipeline whose spec does not decode: its status says why

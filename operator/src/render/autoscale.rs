@@ -123,11 +123,17 @@ pub(crate) fn keda_objects(ctx: &Ctx<'_>) -> Vec<Child> {
     let mut out: Vec<Child> = groups
         .into_iter()
         .map(|(g, a)| {
-            let meta = ctx.meta(
+            let mut meta = ctx.meta(
                 names::group(&ctx.name, &g.name),
                 Component::Worker,
                 Some(&g.name),
             );
+            if crate::pause::wanted(ctx.spec) {
+                // KEDA scales the group to this count and stops scaling it.
+                meta.annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(KEDA_PAUSED_REPLICAS.into(), "0".into());
+            }
             Child::ScaledObject(scaled_object(
                 meta,
                 &ctx.namespace,
@@ -145,6 +151,9 @@ pub(crate) fn keda_objects(ctx: &Ctx<'_>) -> Vec<Child> {
     )));
     out
 }
+
+/// The ScaledObject annotation that pauses KEDA at a replica count.
+pub const KEDA_PAUSED_REPLICAS: &str = "autoscaling.keda.sh/paused-replicas";
 
 /// Keys of an external Redis Secret that KEDA reads.
 pub const EXTERNAL_ADDRESS_KEY: &str = "address";
@@ -371,6 +380,21 @@ mod tests {
         assert_eq!(t["authenticationRef"]["name"], "orders-redis-keda-redis");
         assert!(d.contains("TriggerAuthentication", "orders-redis-keda-redis"));
         assert!(!d.contains("HorizontalPodAutoscaler", "orders-redis-io"));
+        let annotation = |d: &Desired| {
+            scaled_object(d)
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(KEDA_PAUSED_REPLICAS).cloned())
+        };
+        assert_eq!(annotation(&d), None);
+        sp.spec.paused = Some(true);
+        assert_eq!(
+            annotation(&render(&sp)).as_deref(),
+            Some("0"),
+            "paused at zero"
+        );
+        sp.spec.paused = None;
         // KEDA's operator reads the lag: the managed Redis admits it too.
         let peers = |d: &Desired| {
             let np = d

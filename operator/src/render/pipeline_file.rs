@@ -1,5 +1,6 @@
 //! The pipeline file: the ConfigMap `P-pipeline` holding `pipeline.yaml`,
-//! the normalised manifest every runtime pod reads with `--pipeline`.
+//! the normalised manifest every runtime pod reads with `--pipeline`
+//! (without `paused`, which the pods learn from Redis).
 
 use std::collections::BTreeMap;
 
@@ -51,11 +52,15 @@ pub fn pipeline_manifest(name: &str, namespace: &str, spec: &StreamPipelineSpec)
 }
 
 pub(crate) fn pipeline_config_map(ctx: &Ctx<'_>) -> Result<ConfigMap> {
+    // A pause reaches the pods through Redis within a second; in the file it
+    // would only change the ConfigMap.
+    let mut spec = ctx.spec.clone();
+    spec.paused = None;
     Ok(ConfigMap {
         metadata: ctx.meta(names::pipeline_config(&ctx.name), Component::Config, None),
         data: Some(BTreeMap::from([(
             pod_spec::PIPELINE_FILE.to_string(),
-            pipeline_manifest(&ctx.name, &ctx.namespace, ctx.spec)?,
+            pipeline_manifest(&ctx.name, &ctx.namespace, &spec)?,
         )])),
         ..Default::default()
     })

@@ -7,16 +7,19 @@
 //!                                           r:*                                           EXISTS XADD PEXPIRE XREAD XTRIM DEL
 //!                                           q:<groups on its interfaces' paths> (read)    XLEN XPENDING MEMORY USAGE
 //!                                           i:*                                           SET DEL
+//!                                           paused (read)                                 GET
 //! group-<g>     worker pods of group g      q:<g>                                         XREADGROUP XACK XCLAIM XAUTOCLAIM XDEL
 //!                                                                                         XPENDING XGROUP CREATE XLEN XINFO STREAM
 //!                                                                                         MEMORY USAGE
 //!                                           q:<groups its edges lead to>, dlq (write)     XADD
 //!                                           r:* (write; only if g ends an interface)      XADD
 //!                                           n:<g>:*                                       SET GET
+//!                                           paused (read)                                 GET
 //!                                           none                                          MULTI EXEC DISCARD
 //! autoscaler    the operator's autoscaler,  q:* (read)                                    XLEN XPENDING XINFO STREAM|GROUPS
 //!               KEDA
 //! admin         the operator only           none                                          ACL SETUSER|DELUSER|USERS, CONFIG GET|SET (TLS)
+//!                                           paused                                        SET DEL
 //! probe         Redis's own probes          none                                          PING
 //! default       nobody                      off, no password, no command
 //! ```
@@ -181,6 +184,8 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role, tls: bool) -> Vec<String> {
     let write = |k: String| format!("%W~{k}");
     let read = |k: String| format!("%R~{k}");
     let replies = format!("{}*", lit(&keys.reply("")));
+    // Every runtime process reads whether the pipeline is paused.
+    let reads_pause = || selector(&["get"], &[read(lit(&keys.paused()))]);
     let mut out = vec![
         "resetkeys".to_string(),
         "resetchannels".into(),
@@ -224,6 +229,7 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role, tls: bool) -> Vec<String> {
                         .unwrap_or_default()
                 )],
             ));
+            out.push(reads_pause());
         }
         Role::Group(g) => {
             out.extend(["+multi".into(), "+exec".into(), "+discard".into()]);
@@ -265,6 +271,7 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role, tls: bool) -> Vec<String> {
                         .unwrap_or_default()
                 )],
             ));
+            out.push(reads_pause());
         }
         // XINFO STREAM shows the first and last entries: the operator may
         // see them (it holds the keys anyway), KEDA may not.
@@ -286,6 +293,11 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role, tls: bool) -> Vec<String> {
                 "+acl|deluser".into(),
                 "+acl|users".into(),
             ]);
+            // Pauses and resumes the pipeline (`spec.paused`).
+            out.push(selector(
+                &["set", "del"],
+                &[format!("~{}", lit(&keys.paused()))],
+            ));
             if tls {
                 // To load a renewed TLS certificate: read the paths, set
                 // them again. Redis cannot limit the arguments; with
@@ -330,6 +342,19 @@ mod tests {
             .find(|u| u.role == *role)
             .map(|u| u.rules.join(" "))
             .unwrap()
+    }
+
+    #[test]
+    fn the_runtime_reads_the_pause_and_only_the_admin_writes_it() {
+        let key = "sluice:{demo/orders-redis}:paused";
+        for role in [Role::Ingress, Role::Group("cpu".into())] {
+            let r = rules_of(&role);
+            assert!(r.contains(&format!("(+get %R~{key})")), "{role:?}: {r}");
+        }
+        assert!(rules_of(&Role::Admin).contains(&format!("(+set +del ~{key})")));
+        for role in [Role::Autoscaler, Role::Keda, Role::Probe] {
+            assert!(!rules_of(&role).contains(key), "{role:?}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! ACL administration: what the operator's admin user does to keep a
 //! managed Redis's users equal to the ones it rendered (a group added or
-//! removed while Redis runs), and to make it load a renewed TLS
-//! certificate. Nothing in the runtime calls this.
+//! removed while Redis runs), to make it load a renewed TLS
+//! certificate, and to pause and resume the pipeline
+//! ([`crate::pause`]). Nothing in the runtime calls this.
 //!
 //! The arguments of `ACL SETUSER` carry password hashes (`#<sha256>`),
 //! never passwords; errors name the user and Redis's reason, not the rules.
@@ -90,6 +91,23 @@ impl RedisBackend {
             values.extend([Value::from(name), Value::from(path)]);
         }
         self.call("CONFIG", "", values)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Pauses (`SET <key> 1`, with no expiry) or resumes (`DEL <key>`) the
+    /// pipeline whose pause key is `key` ([`crate::Keys::paused`]).
+    ///
+    /// # Errors
+    /// Redis unreachable, or the connection's user may not write `key`.
+    pub async fn set_paused(&self, key: &str, paused: bool) -> Result<()> {
+        let (command, args) = if paused {
+            ("SET", vec![Value::from(key), Value::from("1")])
+        } else {
+            ("DEL", vec![Value::from(key)])
+        };
+        self.call(command, key, args)
             .await
             .map(|_| ())
             .map_err(|e| self.err(e))
