@@ -188,13 +188,19 @@ impl Worker {
         while !shutdown.is_cancelled() {
             // Paused: what is held is finished (and renewed) meanwhile;
             // nothing new is taken, not even a lapsed lease.
-            if self.pause.is_paused() {
-                tracing::info!(group = %self.cfg.group, "paused: no entry is read until the pipeline resumes");
+            // Not known yet at start: nothing is read until it is.
+            if !self.pause.is_running() {
+                let paused = self.pause.is_paused();
+                if paused {
+                    tracing::info!(group = %self.cfg.group, "paused: no entry is read until the pipeline resumes");
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = self.pause.resumed() => {}
                 }
-                tracing::info!(group = %self.cfg.group, "resumed");
+                if paused {
+                    tracing::info!(group = %self.cfg.group, "resumed");
+                }
                 continue;
             }
             // Wait for one free slot, then take every other free one: never
