@@ -17,6 +17,7 @@
 
 use sluice_crds::StreamPipelineSpec;
 
+use crate::autoscale::algorithm::Decision;
 use crate::autoscale::ConditionParts;
 
 /// Status condition type.
@@ -63,6 +64,17 @@ pub fn condition(wanted: bool, applied: Option<bool>) -> ConditionParts {
     (CONDITION.into(), status, reason.into(), message.into())
 }
 
+/// The builtin autoscaler's decision for a group at `current` replicas of a
+/// paused pipeline: to zero, once. On resume the group's own bounds bring
+/// it back (below `minReplicas` goes straight to it).
+pub fn scale_down(current: u32) -> Option<Decision> {
+    (current > 0).then(|| Decision {
+        from: current,
+        to: 0,
+        reason: "the pipeline is paused".into(),
+    })
+}
+
 /// Whether the pause is where `wanted` asks it to be.
 pub fn settled(wanted: bool, applied: Option<bool>) -> bool {
     applied.unwrap_or(false) == wanted
@@ -71,6 +83,13 @@ pub fn settled(wanted: bool, applied: Option<bool>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_paused_group_goes_to_zero_once() {
+        let d = scale_down(3).expect("a decision");
+        assert_eq!((d.from, d.to), (3, 0));
+        assert!(scale_down(0).is_none());
+    }
 
     #[test]
     fn the_condition_follows_what_redis_holds_not_only_the_spec() {

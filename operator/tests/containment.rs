@@ -16,20 +16,7 @@ const P: &str = "orders-redis";
 
 /// `(Kind/name, resourceVersion)` of every object of the pipeline.
 fn versions(h: &Harness, ns: &str) -> Vec<(String, Value)> {
-    h.owned_objects(ns, P)
-        .into_iter()
-        .map(|o| {
-            let (kind, name) = o.split_once('/').unwrap();
-            let api_version = match kind {
-                "Deployment" | "StatefulSet" => "apps/v1",
-                "PodDisruptionBudget" => "policy/v1",
-                "NetworkPolicy" => "networking.k8s.io/v1",
-                _ => "v1",
-            };
-            let obj = h.object(api_version, kind, ns, name).unwrap_or_default();
-            (o.clone(), obj["metadata"]["resourceVersion"].clone())
-        })
-        .collect()
+    h.object_versions(ns, P)
 }
 
 fn group_mut<'a>(m: &'a mut Value, group: &str) -> &'a mut Value {

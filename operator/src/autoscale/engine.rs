@@ -404,16 +404,11 @@ impl Autoscaler {
                 .set(i64::from(rec.replicas));
             debug!(pipeline = %r.key, group = %reading.group, ?obs, recommended = rec.replicas, current = reading.current, "evaluated");
             let d = if crate::pause::wanted(&sp.spec) {
-                // Paused: no worker reads, so none need run; on resume the
-                // group's bounds bring them back at once.
-                if reading.current == 0 {
+                // Paused: no worker reads, so none need run.
+                let Some(d) = crate::pause::scale_down(reading.current) else {
                     continue;
-                }
-                algorithm::Decision {
-                    from: reading.current,
-                    to: 0,
-                    reason: "the pipeline is paused".into(),
-                }
+                };
+                d
             } else {
                 let Some(d) = algorithm::decide(&p, reading.current, &rec, &mut st.stab, now)
                 else {

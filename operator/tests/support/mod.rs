@@ -190,6 +190,24 @@ impl Harness {
             .flatten()
     }
 
+    /// `(Kind/name, resourceVersion)` of every object `pipeline` owns.
+    pub fn object_versions(&self, ns: &str, pipeline: &str) -> Vec<(String, Value)> {
+        self.owned_objects(ns, pipeline)
+            .into_iter()
+            .map(|o| {
+                let (kind, name) = o.split_once('/').unwrap();
+                let api_version = match kind {
+                    "Deployment" | "StatefulSet" => "apps/v1",
+                    "PodDisruptionBudget" => "policy/v1",
+                    "NetworkPolicy" => "networking.k8s.io/v1",
+                    _ => "v1",
+                };
+                let obj = self.object(api_version, kind, ns, name).unwrap_or_default();
+                (o.clone(), obj["metadata"]["resourceVersion"].clone())
+            })
+            .collect()
+    }
+
     /// `(status, reason)` of a condition of the pipeline.
     pub fn condition(&self, ns: &str, name: &str, type_: &str) -> Option<(String, String)> {
         let p = self.pipeline(ns, name)?;
