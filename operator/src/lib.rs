@@ -29,6 +29,8 @@
 //!   and the field manager of every write.
 //! - [`object`]: a StreamPipeline read so that one bad object never stops
 //!   the watch (spec decoded per object, errors kept with their path).
+//! - [`plugin`]: `kubectl sluice` (binary `kubectl-sluice`): status, pause
+//!   and resume through the Kubernetes API only.
 //! - [`pipelines`]: the controllers' StreamPipeline stores, read by the
 //!   autoscaler too.
 //! - [`quantity`]: resource quantities compared by value (the API server
@@ -80,6 +82,7 @@ pub mod object;
 pub mod password_rotation;
 pub mod pause;
 pub mod pipelines;
+pub mod plugin;
 pub mod quantity;
 pub mod reconcile;
 pub mod redis_tls;

@@ -1,0 +1,394 @@
+//! `kubectl sluice`: what an on-call engineer asks of a pipeline, through
+//! the Kubernetes API only (no Secret, no Redis password: RBAC on
+//! StreamPipelines is the authorisation).
+//!
+//! ```text
+//! kubectl sluice status P   ─▶ GET streampipelines/P ─▶ conditions, groups, URL
+//! kubectl sluice pause P    ─▶ PATCH spec.paused=true  ─▶ wait for Paused=True  (reason Paused)
+//! kubectl sluice resume P   ─▶ PATCH spec.paused=null  ─▶ wait for Paused=False (reason Running)
+//! ```
+//!
+//! The pipeline is read as plain JSON, so a stored object the types cannot
+//! read still shows its status. A pause the spec cannot carry (no managed
+//! Redis) is refused here with the operator's own rule, before anything is
+//! written.
+//!
+//! This module must not read Secrets or reach Redis, and writes nothing
+//! but `spec.paused`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Resource};
+use serde_json::{json, Value};
+use sluice_crds::{StreamPipeline, StreamPipelineSpec};
+
+use crate::pause::{self, reason};
+
+/// Field manager of the plugin's writes.
+pub const FIELD_MANAGER: &str = "kubectl-sluice";
+
+/// `kubectl sluice`: inspect and operate sluice StreamPipelines.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubectl-sluice",
+    version,
+    about = "Inspect and operate sluice StreamPipelines (installed as a kubectl plugin: `kubectl sluice …`)",
+    after_help = "Needs get and patch on streampipelines.sluice.dev in the namespace; never Secrets.\n\
+                  Exit status: 0 done, 1 failed or timed out (the message says why), 2 bad usage."
+)]
+pub struct Cli {
+    /// Namespace of the pipeline [default: the kubeconfig context's, else `default`].
+    #[arg(short, long, global = true)]
+    pub namespace: Option<String>,
+    /// Kubeconfig file [default: $KUBECONFIG, else ~/.kube/config, else in-cluster].
+    #[arg(long, global = true, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context [default: the current one].
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Conditions, groups (desired and ready replicas, last scaling) and URL of a pipeline.
+    Status {
+        /// The StreamPipeline's name.
+        pipeline: String,
+    },
+    /// Stops the pipeline taking requests and its workers reading (spec.paused=true); no pod restarts.
+    Pause {
+        pipeline: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Lets a paused pipeline run again (removes spec.paused).
+    Resume {
+        pipeline: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Wait {
+    /// Return once the change is written, without waiting for the Paused condition.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the Paused condition (e.g. 30s, 2m).
+    #[arg(long, default_value = "60s", value_parser = parse_timeout)]
+    pub timeout: Duration,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = sluice_crds::units::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() || d > Duration::from_secs(3600) {
+        return Err("between 1ms and 1h".into());
+    }
+    Ok(d)
+}
+
+/// Runs one command; what it prints goes to `out`.
+///
+/// # Errors
+/// The API server unreachable or refusing, the pipeline absent, a pause the
+/// spec cannot carry, or the Paused condition not reached in time.
+pub async fn run(cli: Cli, out: &mut String) -> anyhow::Result<()> {
+    let (client, default_ns) = connect(&cli).await?;
+    let ns = cli.namespace.clone().unwrap_or(default_ns);
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &resource());
+    match cli.command {
+        Command::Status { pipeline } => {
+            let p = get(&api, &ns, &pipeline).await?;
+            status(&p, out);
+        }
+        Command::Pause { pipeline, wait } => {
+            set_paused(&api, &ns, &pipeline, true, &wait, out).await?
+        }
+        Command::Resume { pipeline, wait } => {
+            set_paused(&api, &ns, &pipeline, false, &wait, out).await?
+        }
+    }
+    Ok(())
+}
+
+fn resource() -> ApiResource {
+    ApiResource::erase::<StreamPipeline>(&())
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<(Client, String)> {
+    let options = KubeConfigOptions {
+        context: cli.context.clone(),
+        ..Default::default()
+    };
+    let config = match &cli.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &options).await?
+        }
+        None if cli.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+        None => kube::Config::infer().await?,
+    };
+    let ns = config.default_namespace.clone();
+    Ok((Client::try_from(config)?, ns))
+}
+
+async fn get(api: &Api<DynamicObject>, ns: &str, name: &str) -> anyhow::Result<Value> {
+    match api.get_opt(name).await? {
+        Some(o) => Ok(serde_json::to_value(o)?),
+        None => anyhow::bail!("StreamPipeline {ns}/{name} not found"),
+    }
+}
+
+/// A condition's `(status, reason, message)`.
+fn condition<'a>(p: &'a Value, type_: &str) -> Option<(&'a str, &'a str, &'a str)> {
+    let c = p["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?;
+    Some((
+        c["status"].as_str().unwrap_or("?"),
+        c["reason"].as_str().unwrap_or(""),
+        c["message"].as_str().unwrap_or(""),
+    ))
+}
+
+/// The status of `p` as text.
+fn status(p: &Value, out: &mut String) {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let meta = &p["metadata"];
+    let _ = writeln!(
+        out,
+        "StreamPipeline {}/{}  generation {} (observed {})",
+        text(&meta["namespace"]),
+        text(&meta["name"]),
+        text(&meta["generation"]),
+        text(&p["status"]["observedGeneration"]),
+    );
+    let _ = writeln!(out, "URL: {}", text(&p["status"]["ingressUrl"]));
+    let mut rows = vec![["CONDITION", "STATUS", "REASON", "MESSAGE"].map(String::from)];
+    for c in p["status"]["conditions"].as_array().into_iter().flatten() {
+        rows.push([&c["type"], &c["status"], &c["reason"], &c["message"]].map(text));
+    }
+    table(&rows, out);
+    let mut rows = vec![["GROUP", "DESIRED", "READY", "LAST SCALE"].map(String::from)];
+    for g in p["status"]["groups"].as_array().into_iter().flatten() {
+        let last = &g["lastScale"];
+        let scale = if last.is_object() {
+            format!(
+                "{} → {} at {}: {}",
+                text(&last["from"]),
+                text(&last["to"]),
+                text(&last["time"]),
+                text(&last["reason"])
+            )
+        } else {
+            "-".into()
+        };
+        rows.push([
+            text(&g["name"]),
+            text(&g["desiredReplicas"]),
+            text(&g["readyReplicas"]),
+            scale,
+        ]);
+    }
+    out.push('\n');
+    table(&rows, out);
+}
+
+/// Left-aligned columns, two spaces apart; control characters a stored
+/// object may carry are shown escaped, never sent to the terminal.
+fn table(rows: &[[String; 4]], out: &mut String) {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    };
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| clean(c)).collect())
+        .collect();
+    let widths: Vec<usize> = (0..4)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(c);
+            } else {
+                let _ = write!(line, "{c:<w$}  ", w = widths[i]);
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+async fn set_paused(
+    api: &Api<DynamicObject>,
+    ns: &str,
+    name: &str,
+    paused: bool,
+    wait: &Wait,
+    out: &mut String,
+) -> anyhow::Result<()> {
+    let p = get(api, ns, name).await?;
+    if paused {
+        // The operator's own rule, so a pause it would refuse is not written.
+        if let Ok(mut spec) = serde_json::from_value::<StreamPipelineSpec>(p["spec"].clone()) {
+            spec.paused = Some(true);
+            let refused: Vec<String> = sluice_crds::validate(&spec)
+                .into_iter()
+                .filter(|e| e.path == "spec.paused")
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect();
+            if !refused.is_empty() {
+                anyhow::bail!("cannot pause {ns}/{name}: {}", refused.join("; "));
+            }
+        }
+    }
+    let patch = json!({"spec": {"paused": if paused { json!(true) } else { Value::Null }}});
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let written = api.patch(name, &pp, &Patch::Merge(&patch)).await?;
+    let generation = written.meta().generation.unwrap_or(0);
+    let verb = if paused { "pause" } else { "resume" };
+    let _ = writeln!(out, "{ns}/{name}: {verb} written (generation {generation})");
+    if wait.no_wait {
+        return Ok(());
+    }
+    let (want_status, want_reason) = if paused {
+        ("True", reason::PAUSED)
+    } else {
+        ("False", reason::RUNNING)
+    };
+    let deadline = tokio::time::Instant::now() + wait.timeout;
+    loop {
+        let p = get(api, ns, name).await?;
+        let observed = p["status"]["observedGeneration"].as_i64().unwrap_or(0);
+        let c = condition(&p, pause::CONDITION);
+        if observed >= generation {
+            if let Some((s, r, _)) = c {
+                if s == want_status && r == want_reason {
+                    let done = if paused { "paused" } else { "running" };
+                    let _ = writeln!(out, "{ns}/{name}: {done}");
+                    return Ok(());
+                }
+            }
+            if let Some(("True", "InvalidSpec", m)) = condition(&p, "Degraded") {
+                anyhow::bail!("the operator refused the change: {m}");
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let now = c.map_or("no Paused condition yet".to_string(), |(s, r, m)| {
+                format!("Paused={s} {r}: {m}")
+            });
+            anyhow::bail!(
+                "{ns}/{name}: not {verb}d within {:?} ({now}); the change is written and the operator goes on",
+                wait.timeout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Value {
+        json!({
+            "metadata": {"namespace": "prod", "name": "orders", "generation": 4},
+            "status": {
+                "observedGeneration": 4,
+                "ingressUrl": "http://orders.prod.svc",
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "AllReplicasReady", "message": "4 workload(s) ready"},
+                    {"type": "Paused", "status": "False", "reason": "Running", "message": "the pipeline is not paused\u{1b}[2J"}
+                ],
+                "groups": [
+                    {"name": "web", "desiredReplicas": 1, "readyReplicas": 1},
+                    {"name": "cpu", "desiredReplicas": 2, "readyReplicas": 2,
+                     "lastScale": {"time": "2026-12-03T10:00:00Z", "from": 1, "to": 2, "reason": "backlog 120 over 50 per replica"}}
+                ]
+            }
+        })
+    }
+
+    #[test]
+    fn the_status_names_every_condition_and_group_and_escapes_control_characters() {
+        let mut out = String::new();
+        status(&sample(), &mut out);
+        assert!(
+            out.starts_with("StreamPipeline prod/orders  generation 4 (observed 4)\n"),
+            "{out}"
+        );
+        assert!(out.contains("URL: http://orders.prod.svc"), "{out}");
+        assert!(out.contains("Paused     False   Running"), "{out}");
+        assert!(
+            out.contains("cpu    2        2      1 → 2 at 2026-12-03T10:00:00Z: backlog 120"),
+            "{out}"
+        );
+        assert!(
+            !out.contains('\u{1b}'),
+            "a control character reached the terminal: {out:?}"
+        );
+        assert!(out.contains("\\u{1b}[2J"), "{out}");
+    }
+
+    #[test]
+    fn a_status_without_status_still_prints() {
+        let mut out = String::new();
+        status(
+            &json!({"metadata": {"namespace": "a", "name": "b"}}),
+            &mut out,
+        );
+        assert!(out.contains("generation - (observed -)"), "{out}");
+    }
+
+    #[test]
+    fn help_documents_every_command() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for c in [
+            "status",
+            "pause",
+            "resume",
+            "--namespace",
+            "--kubeconfig",
+            "--context",
+        ] {
+            assert!(help.contains(c), "{c} missing from --help:\n{help}");
+        }
+        let pause = Cli::command()
+            .find_subcommand_mut("pause")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(
+            pause.contains("--timeout") && pause.contains("--no-wait"),
+            "{pause}"
+        );
+        assert!(Cli::try_parse_from(["kubectl-sluice", "pause", "p", "--timeout", "0s"]).is_err());
+        assert!(Cli::try_parse_from(["kubectl-sluice", "pause"]).is_err());
+    }
+}

@@ -1,0 +1,145 @@
+//! `kubectl-sluice` (the binary) against the API stand-in with RBAC on: an
+//! on-call user who may only get and patch StreamPipelines in one namespace
+//! reads a pipeline's status, pauses and resumes it, and is refused a pause
+//! the pipeline cannot carry before anything is written. The operator runs
+//! with its documented rules beside it.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+const NS: &str = "oncall";
+
+/// Runs the plugin as the kubeconfig's user: (exit code, stdout, stderr).
+async fn plugin(kubeconfig: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-sluice"))
+        .env("KUBECONFIG", kubeconfig)
+        .args(["-n", NS])
+        .args(args)
+        .output()
+        .await
+        .expect("kubectl-sluice runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_on_call_user_reads_status_pauses_and_resumes_with_pipeline_rights_only(
+) -> anyhow::Result<()> {
+    let h = Harness::start_with(cluster_sim::ClusterSimOptions {
+        rbac: true,
+        ..sim_options()
+    })
+    .await?;
+    grant_documented_rbac(&h, "op")?;
+    let _op = Operator::start(&h, "op", &[]).await?;
+    h.namespace(NS)?;
+    for obj in [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": "pipelines", "namespace": NS},
+               "rules": [{"apiGroups": ["sluice.dev"], "resources": ["streampipelines"], "verbs": ["get", "patch"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "pipelines", "namespace": NS},
+               "subjects": [{"kind": "ServiceAccount", "name": "oncall", "namespace": NS}],
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pipelines"}}),
+    ] {
+        h.sim.put_object(obj)?;
+    }
+    let kubeconfig = h.sim.service_account_kubeconfig(NS, "oncall")?;
+    for p in ["orders-redis", "orders"] {
+        h.apply(NS, example(p)).await?;
+        h.wait_ready(NS, p, PATIENCE).await?;
+    }
+
+    let (code, out, err) = plugin(&kubeconfig, &["status", "orders-redis"]).await;
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "StreamPipeline oncall/orders-redis",
+        "URL: http://orders-redis.oncall.svc",
+        "Ready",
+        "AllReplicasReady",
+        "Paused",
+        "GROUP",
+        "cpu",
+        "io",
+    ] {
+        assert!(out.contains(want), "{want} missing:\n{out}");
+    }
+
+    // No Redis answers in the stand-in: the pause is written, and the
+    // plugin says it is not in place yet.
+    let (code, out, err) = plugin(&kubeconfig, &["pause", "orders-redis", "--timeout", "2s"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("pause written"), "{out}");
+    assert!(err.contains("Paused=False Pausing"), "{err}");
+    assert_eq!(
+        h.pipeline(NS, "orders-redis").unwrap()["spec"]["paused"],
+        json!(true)
+    );
+    let (code, out, err) = plugin(&kubeconfig, &["resume", "orders-redis"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("orders-redis: running"), "{out}");
+    assert!(h.pipeline(NS, "orders-redis").unwrap()["spec"]
+        .get("paused")
+        .is_none());
+
+    // A pause the memory profile cannot carry: refused, nothing written.
+    let generation = h.pipeline(NS, "orders").unwrap()["metadata"]["generation"].clone();
+    let (code, _, err) = plugin(&kubeconfig, &["pause", "orders"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot pause oncall/orders: spec.paused"),
+        "{err}"
+    );
+    assert_eq!(
+        h.pipeline(NS, "orders").unwrap()["metadata"]["generation"],
+        generation
+    );
+
+    let (code, _, err) = plugin(&kubeconfig, &["status", "absent"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("StreamPipeline oncall/absent not found"),
+        "{err}"
+    );
+
+    // Everything it asked was allowed, and it asked for no Secret.
+    let (asked, denied) = authz_of(&h, &format!("system:serviceaccount:{NS}:oncall"));
+    assert!(asked > 0);
+    assert!(denied.is_empty(), "{denied:#?}");
+    Ok(())
+}
+
+#[test]
+fn help_documents_every_command() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-sluice"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for c in [
+        "status",
+        "pause",
+        "resume",
+        "--namespace",
+        "--kubeconfig",
+        "--context",
+        "never Secrets",
+    ] {
+        assert!(help.contains(c), "{c} missing:\n{help}");
+    }
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-sluice"))
+        .args(["pause"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "usage errors exit 2");
+}
