@@ -194,9 +194,15 @@ impl Worker {
                 if paused {
                     tracing::info!(group = %self.cfg.group, "paused: no entry is read until the pipeline resumes");
                 }
-                tokio::select! {
+                let watching = tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = self.pause.resumed() => {}
+                    w = self.pause.resumed() => w,
+                };
+                if !watching {
+                    // The pause is no longer watched (the process is
+                    // stopping): wait for the shutdown, never spin.
+                    shutdown.cancelled().await;
+                    break;
                 }
                 if paused {
                     tracing::info!(group = %self.cfg.group, "resumed");
@@ -212,6 +218,10 @@ impl Worker {
             let mut permits = vec![first];
             while let Ok(p) = slots.clone().try_acquire_owned() {
                 permits.push(p);
+            }
+            // A busy worker waited for the slot: a pause may have come meanwhile.
+            if !self.pause.is_running() {
+                continue;
             }
             let reclaim_due = last_reclaim.elapsed() >= self.cfg.lease / 2;
             let batch = if reclaim_due {
@@ -765,7 +775,7 @@ mod tests {
 
     use serde_json::json;
     use sluice_platform::memory::{MemoryKv, MemoryStreams};
-    use sluice_platform::{ReplyChannel, SharedKeyRing};
+    use sluice_platform::{Kv, ReplyChannel, SharedKeyRing};
 
     use super::*;
     use crate::registry::Registry;
@@ -920,5 +930,110 @@ mod tests {
             0,
             "a second answer was sent"
         );
+    }
+
+    /// A worker busy with its one slot when the pause arrives takes nothing
+    /// more once the slot frees, and reads again on resume.
+    #[tokio::test]
+    async fn a_busy_worker_takes_nothing_more_once_paused() {
+        const SLOW: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata: { name: slow }
+spec:
+  interfaces:
+    - { name: slow, kind: http, path: /v1/slow, entry: wait, timeout: 10s }
+  groups:
+    - { name: web, role: ingress }
+    - { name: work, role: worker, concurrency: 1 }
+  nodes:
+    - { name: wait, group: work, uses: builtin/delay, with: { duration: 400ms } }
+"#;
+        let (_, plan) = sluice_crds::parse_manifest("slow.yaml", SLOW).unwrap();
+        let plan = Arc::new(plan);
+        let ring = SharedKeyRing::fixed(sluice_platform::KeyRing::ephemeral());
+        let mut registry = prometheus_client::registry::Registry::default();
+        let mut parts = RuntimeParts::new(
+            &plan,
+            "work",
+            ring.clone(),
+            Some(MemoryKv::new()),
+            &mut registry,
+        );
+        let flags = MemoryKv::new();
+        let stop = CancellationToken::new();
+        let poll = Duration::from_millis(20);
+        parts.pause = Pause::watch(flags.clone(), parts.keys.paused(), poll, stop.clone());
+        let mem = MemoryStreams::new();
+        let reply_stream = parts.keys.reply("ingress-1");
+        mem.open(&reply_stream, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let q = parts.keys.queue("work");
+        mem.ensure_group(&q).await.unwrap();
+        let signer = Signer::new(ring, &parts.keys, "web");
+        for cid in ["c-1", "c-2"] {
+            let mut env = Envelope {
+                cid: cid.into(),
+                deadline: now_ms() + 30_000,
+                node: Some("wait".into()),
+                reply_to: Some("ingress-1".into()),
+                ..sluice_platform::conformance::request(parts.keys.pipeline(), "work")
+            };
+            mem.push(&q, signer.sign(&mut env).unwrap()).await.unwrap();
+        }
+        let executor = Executor::build(
+            plan.clone(),
+            "work",
+            &Registry::builtin(),
+            std::path::Path::new("/nonexistent"),
+            parts.durations.clone(),
+        )
+        .unwrap();
+        let cfg = WorkerConfig {
+            block: Duration::from_millis(20),
+            ..WorkerConfig::from_plan(&plan, "work", "w1".into())
+        };
+        let worker = Worker::new(cfg, executor, mem.clone(), &parts);
+        let run = tokio::spawn(worker.clone().run(stop.clone()));
+        // Busy with the first entry, then paused.
+        for _ in 0..100 {
+            if !worker.held.lock().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(worker.held.lock().len(), 1, "the first entry is running");
+        flags
+            .set_nx(&parts.keys.paused(), "1", Duration::from_secs(60))
+            .await
+            .unwrap();
+        tokio::time::sleep(poll * 5).await;
+        assert!(parts.pause.is_paused());
+        // Long after the first is done, the second still waits.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let mut got = mem
+            .recv(&reply_stream, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .len();
+        assert_eq!(got, 1, "the held entry is finished, no other is taken");
+        assert!(worker.held.lock().is_empty());
+
+        flags.delete(&parts.keys.paused()).await.unwrap();
+        for _ in 0..100 {
+            got += mem
+                .recv(&reply_stream, 10, Duration::ZERO)
+                .await
+                .unwrap()
+                .len();
+            if got == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(got, 2, "read again once resumed");
+        stop.cancel();
+        run.await.unwrap();
     }
 }

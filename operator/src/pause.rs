@@ -5,7 +5,7 @@
 //! spec.paused ─▶ reconcile ─▶ redis_users: SET/DEL sluice:{ns/p}:paused as admin (background)
 //!                    │                          └─▶ runtime pods read it every second
 //!                    └─▶ condition Paused from spec.paused and what the last apply left
-//! autoscaler: builtin groups of a paused pipeline ─▶ 0 replicas; on resume back to their range
+//! autoscaler: builtin groups of a paused pipeline ─▶ minReplicas (0 if allowed), never up
 //! ```
 //!
 //! The pause is a key in the pipeline's Redis, not a field of the pod
@@ -41,8 +41,9 @@ pub fn wanted(spec: &StreamPipelineSpec) -> bool {
 }
 
 /// The `Paused` condition of a pipeline that wants `wanted`, whose pause
-/// the last apply to its Redis left `applied` (`None`: no apply yet).
-pub fn condition(wanted: bool, applied: Option<bool>) -> ConditionParts {
+/// the last write to its Redis left `applied` (`None`: none yet), and the
+/// last write's `error` while one is not in place.
+pub fn condition(wanted: bool, applied: Option<bool>, error: Option<&str>) -> ConditionParts {
     let (status, reason, message) = match (wanted, applied) {
         (true, Some(true)) => (
             true,
@@ -61,16 +62,23 @@ pub fn condition(wanted: bool, applied: Option<bool>) -> ConditionParts {
         ),
         (false, _) => (false, reason::RUNNING, "the pipeline is not paused"),
     };
-    (CONDITION.into(), status, reason.into(), message.into())
+    let message = match error {
+        Some(e) if !settled(wanted, applied) => format!("{message}: {e}"),
+        _ => message.to_string(),
+    };
+    (CONDITION.into(), status, reason.into(), message)
 }
 
 /// The builtin autoscaler's decision for a group at `current` replicas of a
-/// paused pipeline: to zero, once. On resume the group's own bounds bring
-/// it back (below `minReplicas` goes straight to it).
-pub fn scale_down(current: u32) -> Option<Decision> {
-    (current > 0).then(|| Decision {
+/// paused pipeline, whose bounds start at `min`: never up (the backlog waits,
+/// it is no load), down to `min` — zero for a group that may be at zero —
+/// once Redis `holds` the pause (before, callers are still taken and need
+/// workers). Groups with `min ≥ 1` keep workers, so a resume cold-starts
+/// only the groups their users let go to zero anyway.
+pub fn scale_down(current: u32, min: u32, holds: bool) -> Option<Decision> {
+    (holds && current > min).then(|| Decision {
         from: current,
-        to: 0,
+        to: min,
         reason: "the pipeline is paused".into(),
     })
 }
@@ -85,15 +93,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_paused_group_goes_to_zero_once() {
-        let d = scale_down(3).expect("a decision");
+    fn a_paused_group_goes_down_to_its_minimum_once_redis_holds_the_pause() {
+        let d = scale_down(3, 0, true).expect("a decision");
         assert_eq!((d.from, d.to), (3, 0));
-        assert!(scale_down(0).is_none());
+        let d = scale_down(3, 1, true).expect("a decision");
+        assert_eq!((d.from, d.to), (3, 1));
+        assert!(scale_down(0, 0, true).is_none());
+        assert!(scale_down(1, 1, true).is_none(), "never below the minimum");
+        assert!(scale_down(3, 0, false).is_none(), "callers are still taken");
     }
 
     #[test]
     fn the_condition_follows_what_redis_holds_not_only_the_spec() {
-        let reason_of = |w, a| condition(w, a).2;
+        let reason_of = |w, a| condition(w, a, None).2;
         assert_eq!(reason_of(true, None), reason::PAUSING);
         assert_eq!(reason_of(true, Some(false)), reason::PAUSING);
         assert_eq!(reason_of(true, Some(true)), reason::PAUSED);
@@ -101,9 +113,13 @@ mod tests {
         assert_eq!(reason_of(false, Some(false)), reason::RUNNING);
         assert_eq!(reason_of(false, None), reason::RUNNING);
         // True while requests are refused: paused, and not yet resumed.
-        assert!(condition(true, Some(true)).1);
-        assert!(condition(false, Some(true)).1);
-        assert!(!condition(true, None).1);
+        assert!(condition(true, Some(true), None).1);
+        assert!(condition(false, Some(true), None).1);
+        assert!(!condition(true, None, None).1);
+        // Why a pause is not in place yet, while it is not.
+        let oom = "pausing the pipeline: OOM command not allowed";
+        assert!(condition(true, None, Some(oom)).3.ends_with(oom));
+        assert!(!condition(true, Some(true), Some(oom)).3.contains("OOM"));
         assert!(settled(false, None) && settled(true, Some(true)));
         assert!(!settled(true, None) && !settled(false, Some(true)));
     }

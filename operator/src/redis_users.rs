@@ -45,6 +45,10 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// a Redis that restarted from an older file, or a stale apply of another
 /// operator replica during a leader change, is repaired within this.
 const RESYNC: Duration = Duration::from_secs(300);
+/// How long a written pause is trusted before it is written again: a Redis
+/// restarted without persistence (or from an AOF a second short) has lost
+/// the key, and its pods run until it is back.
+pub const PAUSED_RESYNC: Duration = Duration::from_secs(30);
 
 /// The users one managed Redis should have, with the passwords each
 /// accepts (the current one first; the previous one too while a password
@@ -124,7 +128,9 @@ impl Wanted {
         self.admin.as_deref()
     }
 
-    /// Identifies exactly what [`apply`] would send.
+    /// Identifies exactly the users and TLS [`apply`] would send (not the
+    /// pause, which is tracked apart: a pause that fails never holds back a
+    /// password rotation).
     fn digest(&self) -> String {
         let mut h = Sha256::new();
         for (u, p) in &self.users {
@@ -138,11 +144,6 @@ impl Wanted {
             h.update(t.ca.as_bytes());
             h.update([0]);
             h.update(t.cert.as_bytes());
-        }
-        if let Some((key, paused)) = &self.pause {
-            h.update([2]);
-            h.update(key.as_bytes());
-            h.update([u8::from(*paused)]);
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -159,20 +160,49 @@ pub struct Applied {
     pub deleted: Vec<String>,
     /// Redis was told to load its certificate files again.
     pub tls_reloaded: bool,
-    /// Whether the pipeline was left paused, when [`Wanted::pause`] says.
-    pub paused: Option<bool>,
+}
+
+/// What [`apply`] did: the users, and the pause when [`Wanted::pause`] asks
+/// for one (whether the pipeline was left paused).
+#[derive(Debug)]
+pub struct Outcome {
+    pub users: Result<Applied, String>,
+    pub pause: Option<Result<bool, String>>,
 }
 
 /// Makes the Redis behind `redis` (connected as `admin`) hold `wanted`:
 /// `default` off with no password and no command, every wanted user set
-/// from `reset`, the users of groups not wanted any more deleted, and the
-/// pause key set or deleted.
-/// Users that are not a sluice role are left alone.
+/// from `reset`, the pause key set or deleted (right after the users, whose
+/// admin rules allow it, so neither a `DELUSER` nor a certificate reload
+/// that fails holds it back), the users of groups not wanted any more
+/// deleted. Users that are not a sluice role are left alone.
 ///
-/// # Errors
-/// Redis unreachable or refusing a command; the message names the user.
-pub async fn apply(redis: &RedisBackend, wanted: &Wanted) -> Result<Applied, String> {
-    let mut applied = Applied::default();
+/// Errors (in [`Outcome`]): Redis unreachable or refusing a command; the
+/// message names the user, or the pause.
+pub async fn apply(redis: &RedisBackend, wanted: &Wanted) -> Outcome {
+    let set = set_users(redis, wanted).await;
+    let pause = match &wanted.pause {
+        Some((key, paused)) => Some(
+            redis
+                .set_paused(key, *paused)
+                .await
+                .map(|()| *paused)
+                .map_err(|e| {
+                    let what = if *paused { "pausing" } else { "resuming" };
+                    format!("{what} the pipeline: {e}")
+                }),
+        ),
+        None => None,
+    };
+    let users = match set {
+        Ok(set) => finish_users(redis, wanted, set).await,
+        Err(e) => Err(e),
+    };
+    Outcome { users, pause }
+}
+
+/// `default` off, then every wanted user from `reset`; the names set.
+async fn set_users(redis: &RedisBackend, wanted: &Wanted) -> Result<Vec<String>, String> {
     let default: Vec<String> = redis_acl::DEFAULT_USER_LINE
         .split_whitespace()
         .skip(1)
@@ -186,13 +216,27 @@ pub async fn apply(redis: &RedisBackend, wanted: &Wanted) -> Result<Applied, Str
     // connection keeps working until every other user is set.
     let mut ordered: Vec<&(User, Vec<String>)> = wanted.users.iter().collect();
     ordered.sort_by_key(|(u, _)| u.role == Role::Admin);
+    let mut set = vec![];
     for (u, p) in ordered {
         redis
             .acl_setuser(&u.setuser_args(&refs(p)))
             .await
             .map_err(|e| e.to_string())?;
-        applied.set.push(u.role.user());
+        set.push(u.role.user());
     }
+    Ok(set)
+}
+
+/// The users of groups gone deleted, and with TLS the certificate reloaded.
+async fn finish_users(
+    redis: &RedisBackend,
+    wanted: &Wanted,
+    set: Vec<String>,
+) -> Result<Applied, String> {
+    let mut applied = Applied {
+        set,
+        ..Default::default()
+    };
     let keep: HashSet<String> = wanted.users.iter().map(|(u, _)| u.role.user()).collect();
     let gone: Vec<String> = redis
         .acl_users()
@@ -214,16 +258,6 @@ pub async fn apply(redis: &RedisBackend, wanted: &Wanted) -> Result<Applied, Str
             .map_err(|e| format!("reloading the TLS certificate: {e}"))?;
         applied.tls_reloaded = true;
     }
-    // After the admin's own rules, which let it write the key.
-    if let Some((key, paused)) = &wanted.pause {
-        redis.set_paused(key, *paused).await.map_err(|e| {
-            format!(
-                "{} the pipeline: {e}",
-                if *paused { "pausing" } else { "resuming" }
-            )
-        })?;
-        applied.paused = Some(*paused);
-    }
     Ok(applied)
 }
 
@@ -232,8 +266,10 @@ pub async fn apply(redis: &RedisBackend, wanted: &Wanted) -> Result<Applied, Str
 pub struct RedisUsers {
     /// Digest of what was applied, and when.
     applied: Mutex<HashMap<String, (String, Instant)>>,
-    /// Whether the last apply left the pipeline paused.
-    paused: Mutex<HashMap<String, bool>>,
+    /// Whether the last pause write left the pipeline paused, and when.
+    paused: Mutex<HashMap<String, (bool, Instant)>>,
+    /// Why the last pause write failed, until one succeeds.
+    pause_errors: Mutex<HashMap<String, String>>,
     running: Mutex<HashSet<String>>,
 }
 
@@ -243,12 +279,19 @@ impl RedisUsers {
     /// already or an apply is running. Returns whether one was started.
     pub fn sync(self: &Arc<Self>, key: &str, address: &str, wanted: Wanted) -> bool {
         let digest = wanted.digest();
-        let fresh = self
+        let users_fresh = self
             .applied
             .lock()
             .get(key)
             .is_some_and(|(d, at)| *d == digest && at.elapsed() < RESYNC);
-        if fresh || !self.running.lock().insert(key.into()) {
+        // A pause is written again more often: a Redis that restarted
+        // without persistence has lost the key and the pods run meanwhile.
+        let pause_fresh = wanted.pause.as_ref().is_none_or(|(_, want)| {
+            self.paused.lock().get(key).is_some_and(|(p, at)| {
+                p == want && at.elapsed() < if *p { PAUSED_RESYNC } else { RESYNC }
+            })
+        });
+        if (users_fresh && pause_fresh) || !self.running.lock().insert(key.into()) {
             return false;
         }
         let Some(admin) = wanted.admin_password().map(str::to_string) else {
@@ -267,7 +310,7 @@ impl RedisUsers {
                 Some(t) => cfg.with_ca_pem(t.ca.as_bytes()),
                 None => Ok(cfg),
             });
-            let result = match cfg {
+            let outcome = match cfg {
                 Ok(cfg) => {
                     let cfg = cfg
                         .with_connect_timeout(TIMEOUT)
@@ -275,17 +318,35 @@ impl RedisUsers {
                         .with_pool_size(1);
                     match RedisBackend::connect(cfg).await {
                         Ok(redis) => apply(&redis, &wanted).await,
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Outcome {
+                            users: Err(e.to_string()),
+                            pause: wanted
+                                .pause
+                                .as_ref()
+                                .map(|_| Err(format!("connecting to Redis: {e}"))),
+                        },
                     }
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Outcome {
+                    users: Err(e.to_string()),
+                    pause: wanted.pause.as_ref().map(|_| Err(e.to_string())),
+                },
             };
-            match result {
+            match outcome.pause {
+                Some(Ok(p)) => {
+                    info!(pipeline = %key, paused = p, "pause written to managed Redis");
+                    this.paused.lock().insert(key.clone(), (p, Instant::now()));
+                    this.pause_errors.lock().remove(&key);
+                }
+                Some(Err(e)) => {
+                    warn!(pipeline = %key, error = %e, "cannot write the pause to managed Redis yet; retried on the next reconcile");
+                    this.pause_errors.lock().insert(key.clone(), e);
+                }
+                None => {}
+            }
+            match outcome.users {
                 Ok(a) => {
-                    info!(pipeline = %key, set = ?a.set, deleted = ?a.deleted, tls_reloaded = a.tls_reloaded, paused = ?a.paused, "managed Redis users applied");
-                    if let Some(p) = a.paused {
-                        this.paused.lock().insert(key.clone(), p);
-                    }
+                    info!(pipeline = %key, set = ?a.set, deleted = ?a.deleted, tls_reloaded = a.tls_reloaded, "managed Redis users applied");
                     this.applied
                         .lock()
                         .insert(key.clone(), (digest, Instant::now()));
@@ -316,15 +377,34 @@ impl RedisUsers {
         self.applied.lock().contains_key(key) && !self.running.lock().contains(key)
     }
 
-    /// Whether the pipeline of `key` was left paused by the last apply
-    /// that succeeded; `None` before one did (since this process started).
+    /// Whether the pipeline of `key` was left paused by the last pause
+    /// write that succeeded; `None` before one did (since this process
+    /// started).
     pub fn paused(&self, key: &str) -> Option<bool> {
-        self.paused.lock().get(key).copied()
+        self.paused.lock().get(key).map(|(p, _)| *p)
+    }
+
+    /// Why the last pause write to the Redis of `key` failed, until one
+    /// succeeds.
+    pub fn pause_error(&self, key: &str) -> Option<String> {
+        self.pause_errors.lock().get(key).cloned()
+    }
+
+    /// Whether an apply to the Redis of `key` is under way.
+    pub fn is_running(&self, key: &str) -> bool {
+        self.running.lock().contains(key)
+    }
+
+    /// Forgets the pause of a pipeline that has no managed Redis any more
+    /// (what it held is gone with it).
+    pub fn forget_pause(&self, key: &str) {
+        self.paused.lock().remove(key);
+        self.pause_errors.lock().remove(key);
     }
 
     /// Forgets a pipeline (deleted): a new one of the same name starts over.
     pub fn forget(&self, key: &str) {
         self.applied.lock().remove(key);
-        self.paused.lock().remove(key);
+        self.forget_pause(key);
     }
 }

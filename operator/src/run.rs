@@ -159,6 +159,7 @@ pub async fn run(
         )
         .with_cache(cache.clone()),
     );
+    let redis_users = ctx.redis_users();
     let controller_stop = CancellationToken::new();
     let mut controller = tokio::spawn({
         let token = controller_stop.clone();
@@ -176,6 +177,7 @@ pub async fn run(
             facts,
             metrics: metrics.clone(),
             events,
+            redis_users,
             trigger,
         }
         .run(controller_stop.clone()),

@@ -27,9 +27,6 @@ use crate::kv::Kv;
 /// How often a process reads the pause key: a pause or resume takes effect
 /// within this (plus one blocking read of a worker).
 pub const POLL: Duration = Duration::from_secs(1);
-/// How long reads of the pause key may fail at start before the pipeline
-/// is taken as not paused; meanwhile a worker reads nothing.
-pub const FIRST_READ_PATIENCE: Duration = Duration::from_secs(10);
 /// Pause between reads of the key until the first answers.
 const FIRST_READ_RETRY: Duration = Duration::from_millis(100);
 
@@ -49,37 +46,47 @@ impl Pause {
     }
 
     /// Reads `key` in `kv` every `every` until `stop`; paused while the key
-    /// exists. Until the first read has answered, [`Self::resumed`] waits
-    /// (a worker started during a pause reads nothing) and
-    /// [`Self::is_paused`] is false. Reads that fail for
-    /// [`FIRST_READ_PATIENCE`] from the start count as not paused, so a Redis
-    /// user that may not read the key (an external Redis) cannot stop the
-    /// pipeline.
+    /// exists. Until a read has answered, [`Self::resumed`] waits (a worker
+    /// started during a pause, or while Redis cannot be reached, reads
+    /// nothing) and [`Self::is_paused`] is false. A read Redis refuses for
+    /// want of permission (`NOPERM`: a user from before pausing existed, or
+    /// an external Redis's) is an answer: not paused, so such a user cannot
+    /// hold the pipeline back.
     pub fn watch(kv: Arc<dyn Kv>, key: String, every: Duration, stop: CancellationToken) -> Self {
         let (tx, state) = watch::channel(None);
         tokio::spawn(async move {
-            let started = tokio::time::Instant::now();
+            let mut warned = false;
             loop {
                 let read = kv.get(&key).await;
-                tx.send_if_modified(|was| {
-                    let now = match (&read, *was) {
-                        (Ok(v), _) => v.is_some(),
-                        (Err(_), Some(last)) => last,
-                        (Err(e), None) if started.elapsed() >= FIRST_READ_PATIENCE => {
-                            tracing::warn!(error = %e, "cannot read whether the pipeline is paused; taken as not paused");
-                            false
+                let answer = match &read {
+                    Ok(v) => Some(v.is_some()),
+                    // Some other type under the key: it exists.
+                    Err(e) if e.to_string().contains("WRONGTYPE") => Some(true),
+                    Err(e) if e.to_string().contains("NOPERM") => {
+                        if !warned {
+                            warned = true;
+                            tracing::warn!(error = %e, "this process's Redis user may not read the pause key; the pipeline is taken as not paused");
                         }
-                        (Err(_), None) => return false,
-                    };
-                    let changed = *was != Some(now);
-                    if changed && (now || was.is_some()) {
-                        tracing::info!(paused = now, "pipeline {}", if now { "paused" } else { "resumed" });
+                        Some(false)
                     }
-                    *was = Some(now);
-                    changed
-                });
-                if let Err(e) = read {
-                    tracing::debug!(error = %e, "cannot read the pause key; state left as it was");
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot read the pause key; state left as it was");
+                        None
+                    }
+                };
+                if let Some(now) = answer {
+                    tx.send_if_modified(|was| {
+                        let changed = *was != Some(now);
+                        if changed && (now || was.is_some()) {
+                            tracing::info!(
+                                paused = now,
+                                "pipeline {}",
+                                if now { "paused" } else { "resumed" }
+                            );
+                        }
+                        *was = Some(now);
+                        changed
+                    });
                 }
                 // Until the first answer (the connection is still coming
                 // up), again soon.
@@ -109,12 +116,15 @@ impl Pause {
     }
 
     /// Returns once the pipeline is known not to be paused (at once if it
-    /// is not).
-    pub async fn resumed(&self) {
+    /// is not): true; false if the key is no longer watched (the process is
+    /// stopping) and it never will be known.
+    pub async fn resumed(&self) -> bool {
         let mut state = self.state.clone();
-        // An error means the watcher stopped: the state stays as it was,
-        // and a process shutting down does not wait on it.
-        let _ = state.wait_for(|paused| *paused == Some(false)).await;
+        let answered = state
+            .wait_for(|paused| *paused == Some(false))
+            .await
+            .is_ok();
+        answered
     }
 }
 
@@ -188,17 +198,24 @@ mod tests {
         assert!(pause.is_paused() && !pause.is_running());
         stop.cancel();
 
-        // A key that cannot be read holds a worker back for a while only.
+        // Redis out of reach: nothing is known, and nothing read, however long.
         let kv = MemoryKv::new();
         let stop = CancellationToken::new();
         kv.faults().fail_next(u32::MAX);
         let pause = Pause::watch(kv.clone(), KEY.into(), POLL, stop.clone());
-        let waited = tokio::time::Instant::now();
-        tokio::time::timeout(FIRST_READ_PATIENCE * 2, pause.resumed())
+        tokio::time::timeout(POLL * 60, pause.resumed())
             .await
-            .expect("an unreadable key at start is no pause");
-        assert!(waited.elapsed() >= FIRST_READ_PATIENCE);
-        assert!(!pause.is_paused() && pause.is_running());
+            .expect_err("resumed without an answer");
+        assert!(!pause.is_paused() && !pause.is_running());
+        stop.cancel();
+
+        // A user that may not read the key: an answer, not paused.
+        let stop = CancellationToken::new();
+        let pause = Pause::watch(Arc::new(Refusing), KEY.into(), POLL, stop.clone());
+        let resumed = tokio::time::timeout(POLL, pause.resumed())
+            .await
+            .expect("NOPERM is no pause");
+        assert!(resumed && pause.is_running());
         stop.cancel();
 
         // A connection that comes up late: read as soon as it is.
@@ -217,9 +234,50 @@ mod tests {
     #[tokio::test]
     async fn never_is_never_paused() {
         let p = Pause::never();
-        assert!(!p.is_paused());
-        tokio::time::timeout(Duration::from_secs(1), p.resumed())
+        assert!(!p.is_paused() && p.is_running());
+        let resumed = tokio::time::timeout(Duration::from_secs(1), p.resumed())
             .await
             .unwrap();
+        assert!(resumed, "a pause never watched still answers: running");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopped_watch_says_so_rather_than_resume() {
+        let kv = MemoryKv::new();
+        kv.faults().fail_next(u32::MAX);
+        let stop = CancellationToken::new();
+        let pause = Pause::watch(kv, KEY.into(), POLL, stop.clone());
+        let waiting = tokio::spawn({
+            let p = pause.clone();
+            async move { p.resumed().await }
+        });
+        tokio::time::sleep(POLL).await;
+        stop.cancel();
+        // Its watcher gone, the wait ends without pretending to resume.
+        let resumed = tokio::time::timeout(POLL, waiting).await.unwrap().unwrap();
+        assert!(!resumed);
+    }
+
+    /// A Redis user without `GET` on the key.
+    struct Refusing;
+
+    #[async_trait::async_trait]
+    impl Kv for Refusing {
+        async fn set_nx(
+            &self,
+            _: &str,
+            _: &str,
+            _: Duration,
+        ) -> crate::backend::Result<Option<String>> {
+            unreachable!()
+        }
+        async fn get(&self, _: &str) -> crate::backend::Result<Option<String>> {
+            Err(crate::BackendError::Unavailable(
+                "redis: NOPERM User ingress has no permissions to access the 'sluice:{t/p}:paused' key".into(),
+            ))
+        }
+        async fn delete(&self, _: &str) -> crate::backend::Result<bool> {
+            unreachable!()
+        }
     }
 }

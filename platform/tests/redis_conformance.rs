@@ -580,3 +580,59 @@ async fn stream_stats_count_waiting_in_progress_and_completed_work() {
         "handed-off entries leave the stream and count as completed"
     );
 }
+
+/// The pause key against a real Redis: its presence pauses, and a user
+/// that may not read it (`NOPERM`, as Redis words it) is taken as running
+/// at once rather than held back.
+#[tokio::test]
+async fn the_pause_key_is_read_and_a_user_without_get_on_it_is_not_held_back() {
+    use sluice_platform::{pause, Keys, Pause};
+    use tokio_util::sync::CancellationToken;
+
+    let server = RedisServer::start_with_config(
+        "user default off\n\
+         user tester on >tester-password-0123456789 ~* +@all\n\
+         user blind on >blind-password-0123456789 resetkeys -@all +get %R~sluice:*:q:* +ping +client|id\n",
+        "tester",
+        "tester-password-0123456789",
+    );
+    let key = Keys::new("t", "p").paused();
+    let admin = backend(&server).await;
+    admin
+        .set_paused(&key, true)
+        .await
+        .expect("SET as a user allowed to");
+    let stop = CancellationToken::new();
+    let pause = Pause::watch(admin.clone(), key.clone(), pause::POLL, stop.clone());
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !pause.is_paused() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("paused while the key exists");
+
+    let url = format!(
+        "redis://blind:blind-password-0123456789@127.0.0.1:{}",
+        server.port()
+    );
+    let blind: Arc<dyn Kv> = RedisBackend::connect(RedisConfig::from_url(&url).unwrap())
+        .await
+        .expect("connects");
+    let refused = blind
+        .get(&key)
+        .await
+        .expect_err("GET on the key is refused");
+    assert!(refused.to_string().contains("NOPERM"), "{refused}");
+    let running = Pause::watch(blind, key.clone(), pause::POLL, stop.clone());
+    let answered = tokio::time::timeout(Duration::from_secs(5), running.resumed())
+        .await
+        .expect("a refused read is an answer");
+    assert!(answered && running.is_running());
+
+    admin.set_paused(&key, false).await.expect("DEL");
+    tokio::time::timeout(Duration::from_secs(5), pause.resumed())
+        .await
+        .expect("resumed once the key is gone");
+    stop.cancel();
+}

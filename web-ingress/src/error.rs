@@ -163,11 +163,10 @@ pub fn internal(message: impl Into<String>, rid: &str) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message, rid)
 }
 
-/// `503`: the pipeline's backend cannot be reached.
 /// How long a caller refused for a pause is asked to wait.
 pub const PAUSED_RETRY_AFTER: u32 = 5;
 
-/// The pipeline is paused (`spec.paused`).
+/// `503`: the pipeline is paused (`spec.paused`).
 pub fn paused(rid: &str) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -178,6 +177,7 @@ pub fn paused(rid: &str) -> ApiError {
     .retry_after(PAUSED_RETRY_AFTER)
 }
 
+/// `503`: the pipeline's backend cannot be reached.
 pub fn unavailable(rid: &str) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,

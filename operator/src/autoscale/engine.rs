@@ -69,6 +69,8 @@ pub struct Autoscaler {
     pub facts: Arc<Facts>,
     pub metrics: Arc<Metrics>,
     pub events: Arc<Events>,
+    /// Whether managed Redis holds each pipeline's pause.
+    pub redis_users: Arc<crate::redis_users::RedisUsers>,
     /// Asks the controller to reconcile a pipeline (its status changed).
     pub trigger: broadcast::Sender<ObjectRef<PipelineObject>>,
 }
@@ -404,8 +406,8 @@ impl Autoscaler {
                 .set(i64::from(rec.replicas));
             debug!(pipeline = %r.key, group = %reading.group, ?obs, recommended = rec.replicas, current = reading.current, "evaluated");
             let d = if crate::pause::wanted(&sp.spec) {
-                // Paused: no worker reads, so none need run.
-                let Some(d) = crate::pause::scale_down(reading.current) else {
+                let holds = self.redis_users.paused(&r.key) == Some(true);
+                let Some(d) = crate::pause::scale_down(reading.current, p.min, holds) else {
                     continue;
                 };
                 d

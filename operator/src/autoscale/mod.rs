@@ -26,8 +26,9 @@
 //! Safety: Redis unreachable → no change (condition and event); a new
 //! leader observes a whole stabilisation window before any scale-down;
 //! `spec.suspend` stops all scaling of the pipeline. A paused pipeline
-//! (`spec.paused`) has its builtin groups at zero replicas, and its KEDA
-//! groups paused at zero (`autoscaling.keda.sh/paused-replicas`).
+//! (`spec.paused`) is never scaled up; once Redis holds the pause its
+//! builtin groups go to `minReplicas` (zero where allowed), and its KEDA
+//! groups are paused at theirs (`autoscaling.keda.sh/paused-replicas`).
 //!
 //! This module must not write anything but `/scale` of the worker
 //! Deployments of builtin groups, and events.

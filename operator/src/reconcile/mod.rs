@@ -144,6 +144,12 @@ impl Context {
         }
     }
 
+    /// The ACL users (and pauses) given to each managed Redis, shared with
+    /// the autoscaler.
+    pub fn redis_users(&self) -> Arc<RedisUsers> {
+        self.redis_users.clone()
+    }
+
     /// Reads owned objects from `cache` instead of listing them.
     #[must_use]
     pub fn with_cache(mut self, cache: Arc<OwnedCache>) -> Self {
@@ -356,10 +362,18 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         applied = apply_objects(sp, ctx, &target, &desired, &mut live).await?;
         if let Some(passwords) = &ensured.redis_secret {
             sync_redis_users(ctx, &desired.plan, &live, passwords, paused);
-            // The status follows the pause soon after Redis holds it.
-            if !pause::settled(paused, ctx.redis_users.paused(&users_key)) {
+            let settled = pause::settled(paused, ctx.redis_users.paused(&users_key));
+            if !settled && ctx.redis_users.is_running(&users_key) {
+                // The status follows the pause soon after Redis holds it.
                 requeue = requeue.min(PAUSE_RECHECK);
+            } else if !settled || paused {
+                // Written again while paused (a Redis restarted without
+                // persistence lost it), or tried again after a failure.
+                requeue = requeue.min(crate::redis_users::PAUSED_RESYNC);
             }
+        } else {
+            // No managed Redis (any more): no pause it could hold.
+            ctx.redis_users.forget_pause(&users_key);
         }
         applied.missing_secrets = referenced.missing;
         if applied.pending {
@@ -435,7 +449,12 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
             .await;
         }
     }
-    let pause_condition = pause::condition(paused, ctx.redis_users.paused(&format!("{ns}/{name}")));
+    let users_key = format!("{ns}/{name}");
+    let pause_condition = pause::condition(
+        paused,
+        ctx.redis_users.paused(&users_key),
+        ctx.redis_users.pause_error(&users_key).as_deref(),
+    );
     let extra = autoscale::condition(&sp.spec, scaling.as_ref(), applied.missing_apis)
         .into_iter()
         .chain(cold_start)

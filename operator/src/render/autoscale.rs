@@ -129,10 +129,12 @@ pub(crate) fn keda_objects(ctx: &Ctx<'_>) -> Vec<Child> {
                 Some(&g.name),
             );
             if crate::pause::wanted(ctx.spec) {
-                // KEDA scales the group to this count and stops scaling it.
+                // KEDA scales the group to this count and stops scaling it:
+                // its minimum, as the builtin engine does.
+                let min = a.min_replicas.unwrap_or(DEFAULT_MIN_REPLICAS).max(0);
                 meta.annotations
                     .get_or_insert_with(Default::default)
-                    .insert(KEDA_PAUSED_REPLICAS.into(), "0".into());
+                    .insert(KEDA_PAUSED_REPLICAS.into(), min.to_string());
             }
             Child::ScaledObject(scaled_object(
                 meta,
