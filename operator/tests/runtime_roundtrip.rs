@@ -439,6 +439,36 @@ async fn both_routes_answer(run: &Running, client: &reqwest::Client) {
     asynchronous_and_idempotent_requests_answer(run, client).await;
 }
 
+/// Fetches the answer at `location` until it is there (`202` meanwhile)
+/// and asserts it is `want`.
+async fn answered(
+    client: &reqwest::Client,
+    base: &str,
+    location: &str,
+    want: &Value,
+    patience: Duration,
+) {
+    let deadline = Instant::now() + patience;
+    loop {
+        let r = client
+            .get(format!("{base}{location}"))
+            .send()
+            .await
+            .expect("an answer");
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.expect("JSON");
+        if status == 200 {
+            assert_eq!(&body, want, "{location}");
+            return;
+        }
+        assert!(
+            status == 202 && Instant::now() < deadline,
+            "{location}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// An asynchronous request answered at its Location, and a request repeated
 /// under one Idempotency-Key answered twice alike: each role's Redis user
 /// allows what that takes (answer streams, idempotency keys).
@@ -459,25 +489,7 @@ async fn asynchronous_and_idempotent_requests_answer(run: &Running, client: &req
         .as_str()
         .expect("a location")
         .to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = client
-            .get(format!("{base}{location}"))
-            .send()
-            .await
-            .expect("an answer");
-        let status = r.status().as_u16();
-        let body: Value = r.json().await.expect("JSON");
-        if status == 200 {
-            assert_eq!(body, want);
-            break;
-        }
-        assert!(
-            status == 202 && Instant::now() < deadline,
-            "{status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    answered(client, &base, &location, &want, Duration::from_secs(10)).await;
     for _ in 0..2 {
         let r = client
             .post(format!("{base}/v1/orders"))
@@ -899,25 +911,7 @@ async fn a_pause_holds_intake_and_reading_and_a_resume_answers_what_waited() {
     assert_eq!(outcome.pause, Some(Ok(false)));
     for (id, location) in ids.iter().zip(&locations) {
         let want = json!({"order": id, "price": 5, "status": "accepted", "summary": "2 item(s) in the standard lane"});
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let r = client
-                .get(format!("{base}{location}"))
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let body: Value = r.json().await.unwrap();
-            if status == 200 {
-                assert_eq!(body, want);
-                break;
-            }
-            assert!(
-                status == 202 && Instant::now() < deadline,
-                "{id}: {status} {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        answered(&client, &base, location, &want, Duration::from_secs(15)).await;
     }
     // The ingress takes requests again within a poll of the key.
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -1,0 +1,265 @@
+//! Unit tests of the worker loop against the in-memory streams.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::json;
+use sluice_platform::memory::{MemoryKv, MemoryStreams};
+use sluice_platform::{Kv, ReplyChannel, SharedKeyRing};
+
+use super::*;
+use crate::registry::Registry;
+use crate::test_queue::StagedQueue;
+
+const HELLO: &str = include_str!("../../../examples/hello.yaml");
+
+/// The hello pipeline's worker parts, the streams, the reply stream and
+/// a signed request for `work`.
+async fn rig() -> (
+    Arc<sluice_crds::Plan>,
+    RuntimeParts,
+    Arc<MemoryStreams>,
+    String,
+    sluice_platform::StreamEntry,
+) {
+    let (_, plan) = sluice_crds::parse_manifest("hello.yaml", HELLO).unwrap();
+    let plan = Arc::new(plan);
+    let ring = SharedKeyRing::fixed(sluice_platform::KeyRing::ephemeral());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let parts = RuntimeParts::new(
+        &plan,
+        "work",
+        ring.clone(),
+        Some(MemoryKv::new()),
+        &mut registry,
+    );
+    let mem = MemoryStreams::new();
+    let reply_stream = parts.keys.reply("ingress-1");
+    mem.open(&reply_stream, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut env = Envelope {
+        deadline: now_ms() + 30_000,
+        node: Some("greet".into()),
+        // The stream the tests read answers from.
+        reply_to: Some("ingress-1".into()),
+        payload: json!({"name": "x"}),
+        ..sluice_platform::conformance::request(parts.keys.pipeline(), "work")
+    };
+    let entry = Signer::new(ring, &parts.keys, "web")
+        .sign(&mut env)
+        .unwrap();
+    (plan, parts, mem, reply_stream, entry)
+}
+
+/// Answers waiting in `reply_stream`.
+async fn answers(mem: &MemoryStreams, reply_stream: &str) -> usize {
+    mem.recv(reply_stream, 10, Duration::ZERO)
+        .await
+        .unwrap()
+        .len()
+}
+
+/// The builtin nodes of group `work`.
+fn executor_of(plan: &Arc<sluice_crds::Plan>, parts: &RuntimeParts) -> Executor {
+    Executor::build(
+        plan.clone(),
+        "work",
+        &Registry::builtin(),
+        std::path::Path::new("/nonexistent"),
+        parts.durations.clone(),
+    )
+    .unwrap()
+}
+
+fn worker_on(
+    plan: &Arc<sluice_crds::Plan>,
+    parts: &RuntimeParts,
+    queue: Arc<StagedQueue>,
+) -> Arc<Worker> {
+    let executor = executor_of(plan, parts);
+    let cfg = WorkerConfig {
+        lease: Duration::from_millis(100),
+        block: Duration::from_millis(20),
+        ..WorkerConfig::from_plan(plan, "work", "w1".into())
+    };
+    Worker::new(cfg, executor, queue, parts)
+}
+
+#[tokio::test]
+async fn a_reclaimed_entry_this_worker_still_runs_is_not_run_twice() {
+    let (plan, parts, mem, reply_stream, entry) = rig().await;
+    // Running here already: delivered to this worker, still in a node.
+    let q = parts.keys.queue("work");
+    mem.ensure_group(&q).await.unwrap();
+    let id = mem.push(&q, entry.clone()).await.unwrap();
+    assert_eq!(
+        mem.read(&q, "w1", 1, Duration::ZERO).await.unwrap().len(),
+        1
+    );
+    let queue = Arc::new(StagedQueue::new(mem.clone()));
+    *queue.reclaim_next.lock() = Some(Delivery {
+        id: id.clone(),
+        entry,
+        deliveries: 2,
+    });
+    let worker = worker_on(&plan, &parts, queue.clone());
+    worker.held.lock().insert(id.clone(), Instant::now());
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(worker.clone().run(stop.clone()));
+    for _ in 0..100 {
+        if queue.reclaim_next.lock().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        queue.reclaim_next.lock().is_none(),
+        "the reclaim handed it over"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        worker.held.lock().contains_key(&id),
+        "the first run still holds it: no second run started and ended"
+    );
+    worker.held.lock().remove(&id);
+    stop.cancel();
+    run.await.unwrap();
+    assert_eq!(
+        answers(&mem, &reply_stream).await,
+        0,
+        "nothing answered twice"
+    );
+}
+
+#[tokio::test]
+async fn a_redelivery_handed_off_meanwhile_is_not_run_again() {
+    let (plan, parts, mem, reply_stream, entry) = rig().await;
+    // Not pending for anyone: its first worker handed it off after the
+    // reclaim read it.
+    let queue = Arc::new(StagedQueue::new(mem.clone()));
+    *queue.reclaim_next.lock() = Some(Delivery {
+        id: "0-99".into(),
+        entry,
+        deliveries: 2,
+    });
+    let worker = worker_on(&plan, &parts, queue.clone());
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(worker.clone().run(stop.clone()));
+    for _ in 0..100 {
+        if queue.reclaims.load(Ordering::SeqCst) > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    run.await.unwrap();
+    assert!(
+        queue.reclaim_next.lock().is_none(),
+        "the reclaim handed it over"
+    );
+    let metrics = &parts.worker_metrics;
+    assert_eq!(metrics.count("work", "replied"), 0, "run again");
+    assert_eq!(
+        answers(&mem, &reply_stream).await,
+        0,
+        "a second answer was sent"
+    );
+}
+
+/// A worker busy with its one slot when the pause arrives takes nothing
+/// more once the slot frees, and reads again on resume.
+#[tokio::test]
+async fn a_busy_worker_takes_nothing_more_once_paused() {
+    const SLOW: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata: { name: slow }
+spec:
+  interfaces:
+    - { name: slow, kind: http, path: /v1/slow, entry: wait, timeout: 10s }
+  groups:
+    - { name: web, role: ingress }
+    - { name: work, role: worker, concurrency: 1 }
+  nodes:
+    - { name: wait, group: work, uses: builtin/delay, with: { duration: 400ms } }
+"#;
+    let (_, plan) = sluice_crds::parse_manifest("slow.yaml", SLOW).unwrap();
+    let plan = Arc::new(plan);
+    let ring = SharedKeyRing::fixed(sluice_platform::KeyRing::ephemeral());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let mut parts = RuntimeParts::new(
+        &plan,
+        "work",
+        ring.clone(),
+        Some(MemoryKv::new()),
+        &mut registry,
+    );
+    let flags = MemoryKv::new();
+    let stop = CancellationToken::new();
+    let poll = Duration::from_millis(20);
+    parts.pause = Pause::watch(flags.clone(), parts.keys.paused(), poll, stop.clone());
+    let mem = MemoryStreams::new();
+    let reply_stream = parts.keys.reply("ingress-1");
+    mem.open(&reply_stream, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let q = parts.keys.queue("work");
+    mem.ensure_group(&q).await.unwrap();
+    let signer = Signer::new(ring, &parts.keys, "web");
+    for cid in ["c-1", "c-2"] {
+        let mut env = Envelope {
+            cid: cid.into(),
+            deadline: now_ms() + 30_000,
+            node: Some("wait".into()),
+            reply_to: Some("ingress-1".into()),
+            ..sluice_platform::conformance::request(parts.keys.pipeline(), "work")
+        };
+        mem.push(&q, signer.sign(&mut env).unwrap()).await.unwrap();
+    }
+    let executor = executor_of(&plan, &parts);
+    let cfg = WorkerConfig {
+        block: Duration::from_millis(20),
+        ..WorkerConfig::from_plan(&plan, "work", "w1".into())
+    };
+    let worker = Worker::new(cfg, executor, mem.clone(), &parts);
+    let run = tokio::spawn(worker.clone().run(stop.clone()));
+    // Busy with the first entry, then paused.
+    for _ in 0..100 {
+        if !worker.held.lock().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(worker.held.lock().len(), 1, "the first entry is running");
+    flags
+        .set_nx(&parts.keys.paused(), "1", Duration::from_secs(60))
+        .await
+        .unwrap();
+    tokio::time::sleep(poll * 5).await;
+    assert!(parts.pause.is_paused());
+    // Long after the first is done, the second still waits.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let mut got = mem
+        .recv(&reply_stream, 10, Duration::ZERO)
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(got, 1, "the held entry is finished, no other is taken");
+    assert!(worker.held.lock().is_empty());
+
+    flags.delete(&parts.keys.paused()).await.unwrap();
+    for _ in 0..100 {
+        got += mem
+            .recv(&reply_stream, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .len();
+        if got == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(got, 2, "read again once resumed");
+    stop.cancel();
+    run.await.unwrap();
+}
