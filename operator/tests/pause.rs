@@ -89,6 +89,11 @@ async fn a_pause_without_managed_redis_is_refused_with_the_field() -> anyhow::Re
         "{message}"
     );
     assert_eq!(
+        condition_of(&v, "Paused"),
+        Some(("False".into(), "Running".into())),
+        "what runs is not paused"
+    );
+    assert_eq!(
         h.object_versions(ns, p),
         before,
         "a refused pause wrote objects"

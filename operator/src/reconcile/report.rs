@@ -161,7 +161,14 @@ pub(super) async fn report_not_applied(
         now: now(),
         decisions: BTreeMap::new(),
         degraded: None,
-        extra: vec![],
+        // What runs keeps the pause Redis holds: the refused spec changes
+        // nothing of it.
+        extra: vec![{
+            let held = ctx
+                .redis_users
+                .paused(&format!("{}/{}", target.ns, target.name));
+            crate::pause::condition(held.unwrap_or(false), held, None)
+        }],
     });
     write_status(sp.status, ctx, target, status).await
 }
