@@ -45,8 +45,8 @@ pub struct Cli {
     /// Namespace of the pipeline [default: the kubeconfig context's, else `default`].
     #[arg(short, long, global = true)]
     pub namespace: Option<String>,
-    /// Kubeconfig file [default: $KUBECONFIG, else ~/.kube/config, else in-cluster].
-    #[arg(long, global = true, env = "KUBECONFIG")]
+    /// Kubeconfig file [default: the files in $KUBECONFIG, else ~/.kube/config, else in-cluster].
+    #[arg(long, global = true)]
     pub kubeconfig: Option<PathBuf>,
     /// Kubeconfig context [default: the current one].
     #[arg(long, global = true)]
