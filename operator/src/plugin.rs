@@ -29,6 +29,9 @@ use sluice_crds::{StreamPipeline, StreamPipelineSpec};
 
 use crate::pause::{self, reason};
 
+/// Longest wait for one answer of the API server.
+const API_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Field manager of the plugin's writes.
 pub const FIELD_MANAGER: &str = "kubectl-sluice";
 
@@ -94,19 +97,22 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Runs one command; what it prints goes to `out`.
+/// Runs one command; what it prints goes to `out` as it happens (a write
+/// that fails, a closed pipe, is not an error of the command).
 ///
 /// # Errors
 /// The API server unreachable or refusing, the pipeline absent, a pause the
 /// spec cannot carry, or the Paused condition not reached in time.
-pub async fn run(cli: Cli, out: &mut String) -> anyhow::Result<()> {
+pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
     let (client, default_ns) = connect(&cli).await?;
     let ns = cli.namespace.clone().unwrap_or(default_ns);
     let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &resource());
     match cli.command {
         Command::Status { pipeline } => {
             let p = get(&api, &ns, &pipeline).await?;
-            status(&p, out);
+            let mut text = String::new();
+            status(&p, &mut text);
+            let _ = out.write_all(text.as_bytes());
         }
         Command::Pause { pipeline, wait } => {
             set_paused(&api, &ns, &pipeline, true, &wait, out).await?
@@ -137,6 +143,11 @@ async fn connect(cli: &Cli) -> anyhow::Result<(Client, String)> {
         None => kube::Config::infer().await?,
     };
     let ns = config.default_namespace.clone();
+    let mut config = config;
+    // A stalled API server fails the call rather than hanging the command.
+    config.connect_timeout = Some(API_TIMEOUT);
+    config.read_timeout = Some(API_TIMEOUT);
+    config.write_timeout = Some(API_TIMEOUT);
     Ok((Client::try_from(config)?, ns))
 }
 
@@ -171,12 +182,12 @@ fn status(p: &Value, out: &mut String) {
     let _ = writeln!(
         out,
         "StreamPipeline {}/{}  generation {} (observed {})",
-        text(&meta["namespace"]),
-        text(&meta["name"]),
+        clean(&text(&meta["namespace"])),
+        clean(&text(&meta["name"])),
         text(&meta["generation"]),
         text(&p["status"]["observedGeneration"]),
     );
-    let _ = writeln!(out, "URL: {}", text(&p["status"]["ingressUrl"]));
+    let _ = writeln!(out, "URL: {}", clean(&text(&p["status"]["ingressUrl"])));
     let mut rows = vec![["CONDITION", "STATUS", "REASON", "MESSAGE"].map(String::from)];
     for c in p["status"]["conditions"].as_array().into_iter().flatten() {
         rows.push([&c["type"], &c["status"], &c["reason"], &c["message"]].map(text));
@@ -207,20 +218,22 @@ fn status(p: &Value, out: &mut String) {
     table(&rows, out);
 }
 
-/// Left-aligned columns, two spaces apart; control characters a stored
-/// object may carry are shown escaped, never sent to the terminal.
+/// `s` with what a stored object may carry to fool a terminal (control
+/// characters, bidirectional overrides) shown escaped.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Left-aligned columns, two spaces apart, every cell [`clean`].
 fn table(rows: &[[String; 4]], out: &mut String) {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect()
-    };
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| r.iter().map(|c| clean(c)).collect())
@@ -247,9 +260,15 @@ async fn set_paused(
     name: &str,
     paused: bool,
     wait: &Wait,
-    out: &mut String,
+    out: &mut dyn std::io::Write,
 ) -> anyhow::Result<()> {
     let p = get(api, ns, name).await?;
+    let verb = if paused { "pause" } else { "resume" };
+    if p["spec"]["suspend"] == json!(true) {
+        anyhow::bail!(
+            "cannot {verb} {ns}/{name}: it is suspended (spec.suspend: true), so the operator writes nothing; unsuspend it first"
+        );
+    }
     if paused {
         // The operator's own rule, so a pause it would refuse is not written.
         if let Ok(mut spec) = serde_json::from_value::<StreamPipelineSpec>(p["spec"].clone()) {
@@ -271,8 +290,8 @@ async fn set_paused(
     };
     let written = api.patch(name, &pp, &Patch::Merge(&patch)).await?;
     let generation = written.meta().generation.unwrap_or(0);
-    let verb = if paused { "pause" } else { "resume" };
     let _ = writeln!(out, "{ns}/{name}: {verb} written (generation {generation})");
+    let _ = out.flush();
     if wait.no_wait {
         return Ok(());
     }
@@ -282,34 +301,61 @@ async fn set_paused(
         ("False", reason::RUNNING)
     };
     let deadline = tokio::time::Instant::now() + wait.timeout;
+    // Where it stands, for the message when time runs out.
+    let mut last = "no answer yet".to_string();
     loop {
-        let p = get(api, ns, name).await?;
-        let observed = p["status"]["observedGeneration"].as_i64().unwrap_or(0);
-        let c = condition(&p, pause::CONDITION);
-        if observed >= generation {
-            if let Some((s, r, _)) = c {
-                if s == want_status && r == want_reason {
-                    let done = if paused { "paused" } else { "running" };
-                    let _ = writeln!(out, "{ns}/{name}: {done}");
-                    return Ok(());
+        let read = tokio::time::timeout_at(deadline, get(api, ns, name)).await;
+        match read {
+            Err(_) => {}
+            // A failed read is tried again until the deadline.
+            Ok(Err(e)) => last = format!("last read failed: {e}"),
+            Ok(Ok(p)) => {
+                let observed = p["status"]["observedGeneration"].as_i64().unwrap_or(0);
+                let c = condition(&p, pause::CONDITION);
+                if observed >= generation {
+                    if c.is_some_and(|(s, r, _)| s == want_status && r == want_reason) {
+                        let done = if paused { "paused" } else { "running" };
+                        let _ = writeln!(out, "{ns}/{name}: {done}");
+                        return Ok(());
+                    }
+                    if let Some(("True", r, m)) = condition(&p, crate::status::DEGRADED) {
+                        if REFUSALS.contains(&r) {
+                            anyhow::bail!(
+                                "the operator refused generation {generation} ({r}): {}; spec.paused stays as written",
+                                clean(m)
+                            );
+                        }
+                    }
                 }
-            }
-            if let Some(("True", "InvalidSpec", m)) = condition(&p, "Degraded") {
-                anyhow::bail!("the operator refused the change: {m}");
+                last = match c {
+                    Some((s, r, m)) => format!(
+                        "Paused={s} {r}: {}{}",
+                        clean(m),
+                        if observed >= generation {
+                            ""
+                        } else {
+                            " (of an earlier generation)"
+                        }
+                    ),
+                    None => "no Paused condition yet".into(),
+                };
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            let now = c.map_or("no Paused condition yet".to_string(), |(s, r, m)| {
-                format!("Paused={s} {r}: {m}")
-            });
             anyhow::bail!(
-                "{ns}/{name}: not {verb}d within {:?} ({now}); the change is written and the operator goes on",
+                "{ns}/{name}: not {verb}d within {:?} ({last}); the change is written and the operator goes on",
                 wait.timeout
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// `Degraded` reasons that mean the operator does not apply a generation.
+const REFUSALS: [&str; 2] = [
+    crate::status::reason::INVALID_SPEC,
+    crate::status::reason::SECRET_REFERENCE_REFUSED,
+];
 
 #[cfg(test)]
 mod tests {
@@ -353,6 +399,13 @@ mod tests {
             "a control character reached the terminal: {out:?}"
         );
         assert!(out.contains("\\u{1b}[2J"), "{out}");
+    }
+
+    #[test]
+    fn what_could_fool_a_terminal_is_escaped() {
+        assert_eq!(clean("ok\u{1b}[2J"), "ok\\u{1b}[2J");
+        assert_eq!(clean("a\u{202e}b"), "a\\u{202e}b");
+        assert_eq!(clean("plain text, ünïcode"), "plain text, ünïcode");
     }
 
     #[test]

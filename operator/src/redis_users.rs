@@ -166,7 +166,8 @@ pub struct Applied {
 /// for one (whether the pipeline was left paused).
 #[derive(Debug)]
 pub struct Outcome {
-    pub users: Result<Applied, String>,
+    /// `None` when the users were not set (they were in place already).
+    pub users: Option<Result<Applied, String>>,
     pub pause: Option<Result<bool, String>>,
 }
 
@@ -181,24 +182,26 @@ pub struct Outcome {
 /// message names the user, or the pause.
 pub async fn apply(redis: &RedisBackend, wanted: &Wanted) -> Outcome {
     let set = set_users(redis, wanted).await;
-    let pause = match &wanted.pause {
-        Some((key, paused)) => Some(
-            redis
-                .set_paused(key, *paused)
-                .await
-                .map(|()| *paused)
-                .map_err(|e| {
-                    let what = if *paused { "pausing" } else { "resuming" };
-                    format!("{what} the pipeline: {e}")
-                }),
-        ),
-        None => None,
-    };
+    let pause = apply_pause(redis, wanted).await;
     let users = match set {
         Ok(set) => finish_users(redis, wanted, set).await,
         Err(e) => Err(e),
     };
-    Outcome { users, pause }
+    Outcome {
+        users: Some(users),
+        pause,
+    }
+}
+
+/// Only the pause of `wanted`, when it asks for one: whether the pipeline
+/// was left paused.
+pub async fn apply_pause(redis: &RedisBackend, wanted: &Wanted) -> Option<Result<bool, String>> {
+    let (key, paused) = wanted.pause.as_ref()?;
+    let written = redis.set_paused(key, *paused).await;
+    Some(written.map(|()| *paused).map_err(|e| {
+        let what = if *paused { "pausing" } else { "resuming" };
+        format!("{what} the pipeline: {e}")
+    }))
 }
 
 /// `default` off, then every wanted user from `reset`; the names set.
@@ -261,15 +264,31 @@ async fn finish_users(
     Ok(applied)
 }
 
-/// Which users each managed Redis has been given, by `ns/name`.
+/// The key [`RedisUsers`] keeps a pipeline under: its uid too, so a
+/// pipeline deleted and created again under the same name (a restore)
+/// inherits nothing of the one before.
+pub fn key(namespace: &str, name: &str, uid: &str) -> String {
+    format!("{namespace}/{name}/{uid}")
+}
+
+/// How long after `failed` pause writes in a row the next is tried: 2 s,
+/// doubling, at most 30 s.
+fn pause_backoff(failed: u32) -> Duration {
+    Duration::from_secs(2)
+        .saturating_mul(1 << failed.saturating_sub(1).min(4))
+        .min(PAUSED_RESYNC)
+}
+
+/// Which users each managed Redis has been given, by [`key`].
 #[derive(Debug, Default)]
 pub struct RedisUsers {
     /// Digest of what was applied, and when.
     applied: Mutex<HashMap<String, (String, Instant)>>,
     /// Whether the last pause write left the pipeline paused, and when.
     paused: Mutex<HashMap<String, (bool, Instant)>>,
-    /// Why the last pause write failed, until one succeeds.
-    pause_errors: Mutex<HashMap<String, String>>,
+    /// Why the last pause write failed, how many failed in a row and when
+    /// the last did, until one succeeds.
+    pause_errors: Mutex<HashMap<String, (String, u32, Instant)>>,
     running: Mutex<HashSet<String>>,
 }
 
@@ -291,7 +310,14 @@ impl RedisUsers {
                 p == want && at.elapsed() < if *p { PAUSED_RESYNC } else { RESYNC }
             })
         });
-        if (users_fresh && pause_fresh) || !self.running.lock().insert(key.into()) {
+        // A pause write that fails is tried again after 2 s, doubling to 30 s.
+        let pause_waits = self
+            .pause_errors
+            .lock()
+            .get(key)
+            .is_some_and(|(_, failed, at)| at.elapsed() < pause_backoff(*failed));
+        if (users_fresh && (pause_fresh || pause_waits)) || !self.running.lock().insert(key.into())
+        {
             return false;
         }
         let Some(admin) = wanted.admin_password().map(str::to_string) else {
@@ -305,6 +331,9 @@ impl RedisUsers {
         };
         let url = format!("{scheme}://{}:{admin}@{address}", Role::Admin.user());
         let (this, key) = (self.clone(), key.to_string());
+        // What is written is stamped with when the write began: a resync
+        // after 30 s means 30 s after, not 30 s after the write ended.
+        let started = Instant::now();
         tokio::spawn(async move {
             let cfg = RedisConfig::from_url(&url).and_then(|cfg| match &wanted.tls {
                 Some(t) => cfg.with_ca_pem(t.ca.as_bytes()),
@@ -317,9 +346,14 @@ impl RedisUsers {
                         .with_command_timeout(TIMEOUT)
                         .with_pool_size(1);
                     match RedisBackend::connect(cfg).await {
+                        // Users in place: the pause alone.
+                        Ok(redis) if users_fresh => Outcome {
+                            users: None,
+                            pause: apply_pause(&redis, &wanted).await,
+                        },
                         Ok(redis) => apply(&redis, &wanted).await,
                         Err(e) => Outcome {
-                            users: Err(e.to_string()),
+                            users: Some(Err(e.to_string())),
                             pause: wanted
                                 .pause
                                 .as_ref()
@@ -328,32 +362,35 @@ impl RedisUsers {
                     }
                 }
                 Err(e) => Outcome {
-                    users: Err(e.to_string()),
+                    users: Some(Err(e.to_string())),
                     pause: wanted.pause.as_ref().map(|_| Err(e.to_string())),
                 },
             };
             match outcome.pause {
                 Some(Ok(p)) => {
-                    info!(pipeline = %key, paused = p, "pause written to managed Redis");
-                    this.paused.lock().insert(key.clone(), (p, Instant::now()));
+                    let was = this.paused.lock().insert(key.clone(), (p, started));
+                    if was.map(|(w, _)| w) != Some(p) {
+                        info!(pipeline = %key, paused = p, "pause written to managed Redis");
+                    }
                     this.pause_errors.lock().remove(&key);
                 }
                 Some(Err(e)) => {
-                    warn!(pipeline = %key, error = %e, "cannot write the pause to managed Redis yet; retried on the next reconcile");
-                    this.pause_errors.lock().insert(key.clone(), e);
+                    warn!(pipeline = %key, error = %e, "cannot write the pause to managed Redis yet; tried again later");
+                    let mut errors = this.pause_errors.lock();
+                    let failed = errors.get(&key).map_or(0, |(_, n, _)| *n);
+                    errors.insert(key.clone(), (e, failed.saturating_add(1), Instant::now()));
                 }
                 None => {}
             }
             match outcome.users {
-                Ok(a) => {
+                Some(Ok(a)) => {
                     info!(pipeline = %key, set = ?a.set, deleted = ?a.deleted, tls_reloaded = a.tls_reloaded, "managed Redis users applied");
-                    this.applied
-                        .lock()
-                        .insert(key.clone(), (digest, Instant::now()));
+                    this.applied.lock().insert(key.clone(), (digest, started));
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     warn!(pipeline = %key, error = %e, "cannot apply the managed Redis users yet; retried on the next reconcile");
                 }
+                None => {}
             }
             this.running.lock().remove(&key);
         });
@@ -387,7 +424,16 @@ impl RedisUsers {
     /// Why the last pause write to the Redis of `key` failed, until one
     /// succeeds.
     pub fn pause_error(&self, key: &str) -> Option<String> {
-        self.pause_errors.lock().get(key).cloned()
+        self.pause_errors.lock().get(key).map(|(e, _, _)| e.clone())
+    }
+
+    /// When the pause write that failed last for `key` is tried again.
+    pub fn pause_retry_in(&self, key: &str) -> Option<Duration> {
+        self.pause_errors.lock().get(key).map(|(_, failed, at)| {
+            pause_backoff(*failed)
+                .saturating_sub(at.elapsed())
+                .max(Duration::from_millis(100))
+        })
     }
 
     /// Whether an apply to the Redis of `key` is under way.
@@ -406,5 +452,17 @@ impl RedisUsers {
     pub fn forget(&self, key: &str) {
         self.applied.lock().remove(key);
         self.forget_pause(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_pause_write_is_tried_again_ever_later_up_to_the_resync() {
+        let waits: Vec<u64> = (1..=7).map(|n| pause_backoff(n).as_secs()).collect();
+        assert_eq!(waits, [2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(pause_backoff(u32::MAX), PAUSED_RESYNC);
     }
 }

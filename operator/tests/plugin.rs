@@ -91,6 +91,25 @@ async fn an_on_call_user_reads_status_pauses_and_resumes_with_pipeline_rights_on
         .get("paused")
         .is_none());
 
+    // Without waiting: written, and the command returns at once.
+    let (code, out, err) = plugin(&kubeconfig, &["pause", "orders-redis", "--no-wait"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("orders-redis: pause written"), "{out}");
+    assert!(!out.contains("paused\n"), "{out}");
+    let (code, out, err) = plugin(&kubeconfig, &["resume", "orders-redis", "--no-wait"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    // A suspended pipeline: the operator would write nothing, so neither does the plugin.
+    let mut m = example("orders-redis");
+    m["spec"]["suspend"] = json!(true);
+    h.apply(NS, m).await?;
+    let (code, _, err) = plugin(&kubeconfig, &["pause", "orders-redis"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("it is suspended"), "{err}");
+    assert!(h.pipeline(NS, "orders-redis").unwrap()["spec"]
+        .get("paused")
+        .is_none());
+
     // A pause the memory profile cannot carry: refused, nothing written.
     let generation = h.pipeline(NS, "orders").unwrap()["metadata"]["generation"].clone();
     let (code, _, err) = plugin(&kubeconfig, &["pause", "orders"]).await;

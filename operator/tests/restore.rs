@@ -100,7 +100,24 @@ async fn a_restored_key_ring_owned_by_the_new_pipeline_is_kept_and_derived_from(
 
     // Negative control: the same ring without its controller.
     suspended_with_ring(&h, "unowned", &backup, false).await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The unsuspended generation is reconciled (its objects are applied),
+    // and a few reconciles later still no key is derived.
+    h.wait_pipeline(
+        "unowned",
+        P,
+        "the unsuspended generation observed",
+        PATIENCE,
+        |v| {
+            v["status"]["observedGeneration"] == v["metadata"]["generation"]
+                && condition_of(v, "Progressing").is_some_and(|(_, r)| r != "Suspended")
+        },
+    )
+    .await?;
+    assert!(
+        !h.owned_objects("unowned", P).is_empty(),
+        "nothing was applied"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         secret(&h, "unowned", RING).unwrap()["data"],
         backup["data"],

@@ -27,8 +27,10 @@ use crate::kv::Kv;
 /// How often a process reads the pause key: a pause or resume takes effect
 /// within this (plus one blocking read of a worker).
 pub const POLL: Duration = Duration::from_secs(1);
-/// Pause between reads of the key until the first answers.
+/// Pause between reads of the key until the first answers, for the first
+/// this many tries (3 s); then the usual [`POLL`].
 const FIRST_READ_RETRY: Duration = Duration::from_millis(100);
+const FIRST_READ_QUICK_TRIES: u32 = 30;
 
 /// A process's view of its pipeline's pause; cheap to clone.
 #[derive(Debug, Clone)]
@@ -56,6 +58,7 @@ impl Pause {
         let (tx, state) = watch::channel(None);
         tokio::spawn(async move {
             let mut warned = false;
+            let mut unanswered: u32 = 0;
             loop {
                 let read = kv.get(&key).await;
                 let answer = match &read {
@@ -89,8 +92,9 @@ impl Pause {
                     });
                 }
                 // Until the first answer (the connection is still coming
-                // up), again soon.
-                let next = if tx.borrow().is_some() {
+                // up), again soon; after a few seconds at the usual pace.
+                unanswered = unanswered.saturating_add(1);
+                let next = if tx.borrow().is_some() || unanswered > FIRST_READ_QUICK_TRIES {
                     every
                 } else {
                     FIRST_READ_RETRY

@@ -631,8 +631,9 @@ async fn the_pause_key_is_read_and_a_user_without_get_on_it_is_not_held_back() {
     assert!(answered && running.is_running());
 
     admin.set_paused(&key, false).await.expect("DEL");
-    tokio::time::timeout(Duration::from_secs(5), pause.resumed())
+    let resumed = tokio::time::timeout(Duration::from_secs(5), pause.resumed())
         .await
         .expect("resumed once the key is gone");
+    assert!(resumed && !pause.is_paused());
     stop.cancel();
 }

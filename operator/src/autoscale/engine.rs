@@ -406,7 +406,12 @@ impl Autoscaler {
                 .set(i64::from(rec.replicas));
             debug!(pipeline = %r.key, group = %reading.group, ?obs, recommended = rec.replicas, current = reading.current, "evaluated");
             let d = if crate::pause::wanted(&sp.spec) {
-                let holds = self.redis_users.paused(&r.key) == Some(true);
+                let key = crate::redis_users::key(
+                    namespace,
+                    name,
+                    sp.metadata.uid.as_deref().unwrap_or_default(),
+                );
+                let holds = self.redis_users.paused(&key) == Some(true);
                 let Some(d) = crate::pause::scale_down(reading.current, p.min, holds) else {
                     continue;
                 };

@@ -11,9 +11,7 @@ use sluice_operator::plugin::{run, Cli};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut out = String::new();
-    let result = run(cli, &mut out).await;
-    print!("{out}");
+    let result = run(cli, &mut std::io::stdout()).await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -67,7 +67,7 @@ use crate::metrics::Metrics;
 use crate::names;
 use crate::object::PipelineObject;
 use crate::pause;
-use crate::redis_users::{RedisUsers, Wanted};
+use crate::redis_users::{self, RedisUsers, Wanted};
 use crate::referenced;
 use crate::render::redis_use::managed_address;
 use crate::render::{self, owned_kinds, Child, Desired, OwnedKind};
@@ -292,7 +292,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
     let keys = Keys::of(&sp.metadata)?;
     let (ns, name, uid) = (&keys.ns, &keys.name, &keys.uid);
     if sp.metadata.deletion_timestamp.is_some() {
-        ctx.redis_users.forget(&format!("{ns}/{name}"));
+        ctx.redis_users.forget(&redis_users::key(ns, name, uid));
         // Owner references make garbage collection remove every child.
         return Ok(Action::await_change());
     }
@@ -330,7 +330,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
             report_not_applied(&Refused::of(sp), ctx, &target, &live, validity).await?;
             return Ok(Action::requeue(ctx.timing.requeue_interval));
         }
-        let users_key = format!("{ns}/{name}");
+        let users_key = redis_users::key(ns, name, uid);
         let users_hold = |data: &BTreeMap<String, String>| {
             wanted_users(&desired.plan, data, paused)
                 .is_some_and(|w| ctx.redis_users.holds(&users_key, &w))
@@ -361,15 +361,20 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         }
         applied = apply_objects(sp, ctx, &target, &desired, &mut live).await?;
         if let Some(passwords) = &ensured.redis_secret {
-            sync_redis_users(ctx, &desired.plan, &live, passwords, paused);
+            sync_redis_users(ctx, &users_key, &desired.plan, &live, passwords, paused);
             let settled = pause::settled(paused, ctx.redis_users.paused(&users_key));
             if !settled && ctx.redis_users.is_running(&users_key) {
                 // The status follows the pause soon after Redis holds it.
                 requeue = requeue.min(PAUSE_RECHECK);
-            } else if !settled || paused {
-                // Written again while paused (a Redis restarted without
-                // persistence lost it), or tried again after a failure.
-                requeue = requeue.min(crate::redis_users::PAUSED_RESYNC);
+            } else if !settled {
+                // Tried again after a failure (backing off), or once Redis
+                // is ready.
+                let retry = ctx.redis_users.pause_retry_in(&users_key);
+                requeue = requeue.min(retry.unwrap_or(redis_users::PAUSED_RESYNC));
+            } else if paused {
+                // Written again while paused: a Redis restarted without
+                // persistence lost it.
+                requeue = requeue.min(redis_users::PAUSED_RESYNC);
             }
         } else {
             // No managed Redis (any more): no pause it could hold.
@@ -449,7 +454,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
             .await;
         }
     }
-    let users_key = format!("{ns}/{name}");
+    let users_key = redis_users::key(ns, name, uid);
     let pause_condition = pause::condition(
         paused,
         ctx.redis_users.paused(&users_key),
@@ -594,6 +599,7 @@ fn unwanted_role_keys(
 /// `passwords` exists only for managed Redis (its `P-redis`).
 fn sync_redis_users(
     ctx: &Context,
+    key: &str,
     plan: &Plan,
     live: &Live,
     passwords: &BTreeMap<String, String>,
@@ -610,7 +616,7 @@ fn sync_redis_users(
     }
     if let Some(wanted) = wanted_users(plan, passwords, paused) {
         ctx.redis_users
-            .sync(&format!("{ns}/{name}"), &managed_address(name, ns), wanted);
+            .sync(key, &managed_address(name, ns), wanted);
     }
 }
 

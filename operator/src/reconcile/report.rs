@@ -162,15 +162,34 @@ pub(super) async fn report_not_applied(
         decisions: BTreeMap::new(),
         degraded: None,
         // What runs keeps the pause Redis holds: the refused spec changes
-        // nothing of it.
-        extra: vec![{
-            let held = ctx
-                .redis_users
-                .paused(&format!("{}/{}", target.ns, target.name));
-            crate::pause::condition(held.unwrap_or(false), held, None)
-        }],
+        // nothing of it. Not known since this operator started: as last
+        // reported.
+        extra: paused_as_held(sp, ctx, target).into_iter().collect(),
     });
     write_status(sp.status, ctx, target, status).await
+}
+
+/// The `Paused` condition of a pipeline whose spec is not applied: from
+/// the pause Redis holds, else the one last reported (none before).
+fn paused_as_held(
+    sp: &Refused<'_>,
+    ctx: &Context,
+    target: &Target<'_>,
+) -> Option<crate::autoscale::ConditionParts> {
+    let uid = sp.object.uid.as_deref().unwrap_or_default();
+    let key = crate::redis_users::key(target.ns, target.name, uid);
+    match ctx.redis_users.paused(&key) {
+        Some(held) => Some(crate::pause::condition(held, Some(held), None)),
+        None => {
+            let c = status::condition(sp.status?, crate::pause::CONDITION)?;
+            Some((
+                c.type_.clone(),
+                c.status == "True",
+                c.reason.clone(),
+                c.message.clone(),
+            ))
+        }
+    }
 }
 
 /// Server-side applies `status` on `/status` unless it equals the current one.
