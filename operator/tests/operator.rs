@@ -396,22 +396,7 @@ async fn an_invalid_update_leaves_the_running_pipeline_as_it_was() -> anyhow::Re
     let m = example("orders");
     h.apply(ns, m.clone()).await?;
     h.wait_ready(ns, "orders", PATIENCE).await?;
-    let versions = |h: &Harness| -> Vec<(String, serde_json::Value)> {
-        h.owned_objects(ns, "orders")
-            .into_iter()
-            .map(|o| {
-                let (kind, name) = o.split_once('/').unwrap();
-                let api_version = match kind {
-                    "Deployment" | "StatefulSet" => "apps/v1",
-                    "PodDisruptionBudget" => "policy/v1",
-                    _ => "v1",
-                };
-                let obj = h.object(api_version, kind, ns, name).unwrap();
-                (o.clone(), obj["metadata"]["resourceVersion"].clone())
-            })
-            .collect()
-    };
-    let before = versions(&h);
+    let before = h.object_versions(ns, "orders");
     assert!(!before.is_empty());
 
     h.apply(ns, with_cycle(m.clone(), "rush", "summarize"))
@@ -434,7 +419,11 @@ async fn an_invalid_update_leaves_the_running_pipeline_as_it_was() -> anyhow::Re
         "the last valid spec keeps running"
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(versions(&h), before, "an invalid update changed objects");
+    assert_eq!(
+        h.object_versions(ns, "orders"),
+        before,
+        "an invalid update changed objects"
+    );
     assert_eq!(h.events(ns, "orders", "InvalidSpec").len(), 1);
 
     // Fixing the spec clears Degraded.

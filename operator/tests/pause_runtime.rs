@@ -14,6 +14,17 @@ use sluice_platform::Keys;
 use kubelet::process::Proc;
 use roundtrip::*;
 
+/// An asynchronous bulk order of two items, `id`.
+async fn submit(client: &reqwest::Client, base: &str, id: &str) -> reqwest::Response {
+    client
+        .post(format!("{base}/v1/orders"))
+        .header("prefer", "respond-async")
+        .json(&json!({"id": id, "type": "bulk", "items": 2}))
+        .send()
+        .await
+        .expect("an answer")
+}
+
 /// Pause and resume (`spec.paused`) as the operator does them, against the
 /// processes it asks for: its admin Redis user sets the pause key with the
 /// users it applies (`redis_users::apply`), the ingress then answers 503
@@ -54,13 +65,7 @@ async fn a_pause_holds_intake_and_reading_and_a_resume_answers_what_waited() {
     let ids = ["P1", "P2", "P3", "P4", "P5"];
     let mut locations = vec![];
     for id in ids {
-        let r = client
-            .post(format!("{base}/v1/orders"))
-            .header("prefer", "respond-async")
-            .json(&json!({"id": id, "type": "bulk", "items": 2}))
-            .send()
-            .await
-            .expect("an answer");
+        let r = submit(&client, &base, id).await;
         assert_eq!(r.status().as_u16(), 202, "{id}");
         let v: Value = r.json().await.unwrap();
         locations.push(v["location"].as_str().expect("a location").to_string());
@@ -110,13 +115,7 @@ async fn a_pause_holds_intake_and_reading_and_a_resume_answers_what_waited() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let id = format!("X{}", ids.len());
-        let r = client
-            .post(format!("{base}/v1/orders"))
-            .header("prefer", "respond-async")
-            .json(&json!({"id": id, "type": "bulk", "items": 2}))
-            .send()
-            .await
-            .unwrap();
+        let r = submit(&client, &base, &id).await;
         if r.status().as_u16() == 503 {
             assert_eq!(r.headers()["retry-after"], "5");
             let v: Value = r.json().await.unwrap();
