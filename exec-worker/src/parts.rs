@@ -7,7 +7,8 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry as Metrics;
 use sluice_crds::{KeyNeeds, Plan};
 use sluice_platform::metrics::Rejections;
-use sluice_platform::{KeyRing, Keys, Kind, Kv, Pause, SharedKeyRing, Signer, Verifier};
+use sluice_platform::{pause, KeyRing, Keys, Kind, Kv, Pause, SharedKeyRing, Signer, Verifier};
+use tokio_util::sync::CancellationToken;
 
 use crate::executor::{node_durations, NodeDurations};
 use crate::metrics::WorkerMetrics;
@@ -22,8 +23,8 @@ pub struct RuntimeParts {
     pub rejections: Rejections,
     pub worker_metrics: WorkerMetrics,
     pub durations: NodeDurations,
-    /// Whether the pipeline is paused: never, unless a Redis process sets
-    /// [`Pause::watch`] here.
+    /// Whether the pipeline is paused: never, unless a Redis process
+    /// watches the pause key ([`Self::watch_pause`]).
     pub pause: Pause,
 }
 
@@ -67,6 +68,13 @@ impl RuntimeParts {
             durations,
             pause: Pause::never(),
         }
+    }
+
+    /// Takes the pipeline's pause from its key in `redis` (read every
+    /// [`pause::POLL`] until `stop`): the operator pauses a Redis pipeline
+    /// there. The memory and tcp profiles have no such key.
+    pub fn watch_pause(&mut self, redis: Arc<dyn Kv>, stop: CancellationToken) {
+        self.pause = Pause::watch(redis, self.keys.paused(), pause::POLL, stop);
     }
 }
 

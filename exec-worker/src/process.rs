@@ -30,7 +30,7 @@ use prometheus_client::registry::Registry as Metrics;
 use sluice_crds::{BackendKind, GroupRole};
 use sluice_platform::redis::{RedisBackend, RedisConfig};
 use sluice_platform::tcp::{Limits, TcpBackend, TcpConfig};
-use sluice_platform::{pause, Kv, Pause, Queue, SharedKeyRing};
+use sluice_platform::{Kv, Queue, SharedKeyRing};
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::Executor;
@@ -507,10 +507,9 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
 
     let mut metrics = Metrics::default();
     let mut parts = RuntimeParts::new(&plan, &cfg.group, ring.clone(), guard.clone(), &mut metrics);
-    // With Redis the operator pauses the pipeline through a key there; a
-    // tcp worker's hub has no such key.
+    // A tcp worker's hub has no pause key.
     if let Some(redis) = guard {
-        parts.pause = Pause::watch(redis, parts.keys.paused(), pause::POLL, background.clone());
+        parts.watch_pause(redis, background.clone());
     }
     let executor = Executor::build(
         plan.clone(),

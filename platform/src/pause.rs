@@ -35,7 +35,7 @@ const FIRST_READ_QUICK_TRIES: u32 = 30;
 /// A process's view of its pipeline's pause; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Pause {
-    /// `None` until the first read of the key has answered or failed.
+    /// `None` until a read of the key has answered.
     state: watch::Receiver<Option<bool>>,
 }
 
@@ -58,7 +58,7 @@ impl Pause {
         let (tx, state) = watch::channel(None);
         tokio::spawn(async move {
             let mut warned = false;
-            let mut unanswered: u32 = 0;
+            let mut reads: u32 = 0;
             loop {
                 let read = kv.get(&key).await;
                 let answer = match &read {
@@ -93,8 +93,8 @@ impl Pause {
                 }
                 // Until the first answer (the connection is still coming
                 // up), again soon; after a few seconds at the usual pace.
-                unanswered = unanswered.saturating_add(1);
-                let next = if tx.borrow().is_some() || unanswered > FIRST_READ_QUICK_TRIES {
+                reads = reads.saturating_add(1);
+                let next = if tx.borrow().is_some() || reads > FIRST_READ_QUICK_TRIES {
                     every
                 } else {
                     FIRST_READ_RETRY
@@ -187,7 +187,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn nothing_is_read_before_the_first_answer_and_a_failing_one_is_not_a_pause() {
+    async fn nothing_is_read_before_the_first_answer_and_a_refused_read_is_no_pause() {
         let kv = MemoryKv::new();
         let stop = CancellationToken::new();
         kv.faults().set_latency(Duration::from_millis(300));

@@ -23,7 +23,7 @@ use sluice_exec_worker::{
 };
 use sluice_platform::memory::{MemoryKv, MemoryStreams};
 use sluice_platform::redis::{RedisBackend, RedisConfig};
-use sluice_platform::{pause, Kv, Pause, Queue, Rejection, ReplyChannel, SharedKeyRing, Verifier};
+use sluice_platform::{Kv, Queue, Rejection, ReplyChannel, SharedKeyRing, Verifier};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -251,10 +251,8 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         guard.clone(),
         &mut registry,
     );
-    // With Redis the operator pauses the pipeline through a key there; the
-    // memory and tcp profiles are never paused.
     if let Some(redis) = guard {
-        parts.pause = Pause::watch(redis, parts.keys.paused(), pause::POLL, background.clone());
+        parts.watch_pause(redis, background.clone());
     }
     let build = |group: &str| {
         Executor::build(

@@ -316,6 +316,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
 
     let suspended = sp.spec.suspend == Some(true);
     let paused = pause::wanted(&sp.spec);
+    let users_key = redis_users::key(ns, name, uid);
     let mut requeue = ctx.timing.requeue_interval;
     let mut applied = Applied::default();
     if !suspended {
@@ -330,7 +331,6 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
             report_not_applied(&Refused::of(sp), ctx, &target, &live, validity).await?;
             return Ok(Action::requeue(ctx.timing.requeue_interval));
         }
-        let users_key = redis_users::key(ns, name, uid);
         let users_hold = |data: &BTreeMap<String, String>| {
             wanted_users(&desired.plan, data, paused)
                 .is_some_and(|w| ctx.redis_users.holds(&users_key, &w))
@@ -454,7 +454,6 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
             .await;
         }
     }
-    let users_key = redis_users::key(ns, name, uid);
     let pause_condition = pause::condition(
         paused,
         ctx.redis_users.paused(&users_key),
