@@ -46,7 +46,7 @@ pub const FIELD_MANAGER: &str = "kubectl-sluice";
 )]
 pub struct Cli {
     /// Namespace of the pipeline [default: the kubeconfig context's, else `default`].
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, value_parser = parse_namespace)]
     pub namespace: Option<String>,
     /// Kubeconfig file [default: the files in $KUBECONFIG, else ~/.kube/config, else in-cluster].
     #[arg(long, global = true)]
@@ -63,16 +63,19 @@ pub enum Command {
     /// Conditions, groups (desired and ready replicas, last scaling) and URL of a pipeline.
     Status {
         /// The StreamPipeline's name.
+        #[arg(value_parser = parse_name)]
         pipeline: String,
     },
     /// Stops the pipeline taking requests and its workers reading (spec.paused=true); no pod restarts.
     Pause {
+        #[arg(value_parser = parse_name)]
         pipeline: String,
         #[command(flatten)]
         wait: Wait,
     },
     /// Lets a paused pipeline run again (removes spec.paused).
     Resume {
+        #[arg(value_parser = parse_name)]
         pipeline: String,
         #[command(flatten)]
         wait: Wait,
@@ -87,6 +90,30 @@ pub struct Wait {
     /// How long to wait for the Paused condition (e.g. 30s, 2m).
     #[arg(long, default_value = "60s", value_parser = parse_timeout)]
     pub timeout: Duration,
+}
+
+/// A pipeline name as the API server and the operator take it: anything
+/// else (a `/` would address another path, such as `P/status`) is refused.
+fn parse_name(s: &str) -> Result<String, String> {
+    use sluice_crds::{limits::MAX_PIPELINE_NAME, names::is_dns1035_label};
+    if is_dns1035_label(s, MAX_PIPELINE_NAME) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "not a pipeline name (lowercase letters, digits and '-', starting with a letter, at most {MAX_PIPELINE_NAME} characters)"
+        ))
+    }
+}
+
+fn parse_namespace(s: &str) -> Result<String, String> {
+    use sluice_crds::{limits::MAX_NAMESPACE, names::is_dns_label};
+    if is_dns_label(s, MAX_NAMESPACE) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "not a namespace (lowercase letters, digits and '-', at most {MAX_NAMESPACE} characters)"
+        ))
+    }
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -443,5 +470,15 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["kubectl-sluice", "pause", "p", "--timeout", "0s"]).is_err());
         assert!(Cli::try_parse_from(["kubectl-sluice", "pause"]).is_err());
+        for bad in ["p/status", "P", "-x", "", "a..b"] {
+            assert!(
+                Cli::try_parse_from(["kubectl-sluice", "status", "--", bad]).is_err(),
+                "{bad:?} taken as a name"
+            );
+        }
+        assert!(Cli::try_parse_from(["kubectl-sluice", "-n", "a/b", "status", "p"]).is_err());
+        assert!(
+            Cli::try_parse_from(["kubectl-sluice", "-n", "prod", "status", "orders-1"]).is_ok()
+        );
     }
 }
