@@ -25,6 +25,7 @@
 
 pub mod crd;
 pub mod defaults;
+pub mod generation;
 pub mod graphql;
 pub mod key_needs;
 pub mod limits;

@@ -99,6 +99,8 @@ pub struct Executor {
     group: String,
     nodes: HashMap<String, Arc<dyn Node>>,
     durations: NodeDurations,
+    /// The plan's generation ([`Plan::generation`]).
+    generation: String,
 }
 
 impl std::fmt::Debug for Executor {
@@ -133,6 +135,7 @@ impl Executor {
             nodes.insert(n.name.clone(), registry.build(&cfg)?);
         }
         Ok(Self {
+            generation: plan.generation(),
             plan,
             group: group.to_string(),
             nodes,
@@ -143,6 +146,16 @@ impl Executor {
     /// The group this executor runs.
     pub fn group(&self) -> &str {
         &self.group
+    }
+
+    /// The generation of the graph this executor runs.
+    pub fn generation(&self) -> &str {
+        &self.generation
+    }
+
+    /// Whether `node` runs on this executor's group.
+    pub fn runs(&self, node: &str) -> bool {
+        self.nodes.contains_key(node)
     }
 
     /// Runs from `start` (a node of this group) with `input`.

@@ -60,7 +60,7 @@ impl RuntimeParts {
             rejections.clone(),
         );
         Self {
-            signer: Signer::new(ring, &keys, group),
+            signer: Signer::new(ring, &keys, group).with_plan(plan.generation()),
             rejections,
             keys,
             verifier,

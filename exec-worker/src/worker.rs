@@ -404,8 +404,20 @@ impl Worker {
             id: &d.id,
             deliveries: d.deliveries,
         };
-        let mut env = match self.verifier.verify_request(&d.entry, &at, g).await {
+        let other_plan = |env: &Envelope| {
+            env.plan.as_deref() != Some(self.executor.generation())
+                && !self.executor.runs(env.node.as_deref().unwrap_or_default())
+        };
+        let verified = self
+            .verifier
+            .verify_request_unless(&d.entry, &at, g, &other_plan)
+            .await;
+        let mut env = match verified {
             Ok(env) => env,
+            Err(VerifyError::HandedBack) => {
+                self.hand_back(d).await;
+                return;
+            }
             Err(VerifyError::Rejected(why)) => {
                 let outcome = if why == Rejection::Expired {
                     "expired"
@@ -508,6 +520,38 @@ impl Worker {
             }
             StepOutcome::Crashed(crash) => self.crashed(d, &env, &crash).await,
         }
+    }
+
+    /// Gives `d` back to the queue, uncounted: a request of another
+    /// generation of the graph (a spec change rolling out) for a node this
+    /// worker does not run. A worker of that generation, still draining or
+    /// just started, reclaims it; its deadline bounds the wait.
+    async fn hand_back(&self, d: &Delivery) {
+        let g = &self.cfg.group;
+        // Renewed no more from here on: a renewal would make it fresh again.
+        self.held.lock().remove(&d.id);
+        match self
+            .queue
+            .hand_back(
+                &self.stream,
+                &self.cfg.consumer,
+                &d.id,
+                d.deliveries,
+                self.cfg.lease,
+            )
+            .await
+        {
+            Ok(true) => {
+                tracing::debug!(group = %g, id = %d.id, "request of another plan generation handed back")
+            }
+            Ok(false) => {
+                tracing::debug!(group = %g, id = %d.id, "request of another plan generation left for its lease")
+            }
+            Err(e) => {
+                tracing::warn!(group = %g, id = %d.id, error = %e, "cannot hand back a request of another plan generation; left for its lease")
+            }
+        }
+        self.metrics.outcome(g, "handed_back");
     }
 
     /// Whether a redelivered entry is still pending for this worker: the

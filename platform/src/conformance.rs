@@ -38,6 +38,7 @@ pub fn request(pipeline: &str, dest: &str) -> Envelope {
         deadline: crate::clock::now_ms() + 10_000,
         attempt: 1,
         node: Some("n".into()),
+        plan: None,
         reply_to: Some("ing-1".into()),
         live: None,
         seq: None,
@@ -77,6 +78,46 @@ where
     ensure_group_is_idempotent_and_depth_counts_bytes(&*q, &p).await;
     let (q, p) = make().await;
     capped_push_keeps_only_the_newest_entries(&*q, &p).await;
+    let (q, p) = make().await;
+    a_handed_back_entry_is_reclaimed_at_once_uncounted(&*q, &p).await;
+}
+
+async fn a_handed_back_entry_is_reclaimed_at_once_uncounted<Q: Queue + ?Sized>(q: &Q, p: &str) {
+    let s = format!("{p}:q:hand-back");
+    let lease = Duration::from_secs(60);
+    q.ensure_group(&s).await.unwrap();
+    q.push(&s, entry(0)).await.unwrap();
+    let first = q.read(&s, "old", 1, NO_WAIT).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let id = first[0].id.clone();
+    assert!(
+        q.reclaim(&s, "new", lease, 10).await.unwrap().is_empty(),
+        "an entry just read is not reclaimed"
+    );
+    assert!(
+        q.hand_back(&s, "old", &id, 1, lease).await.unwrap(),
+        "a pending entry is handed back"
+    );
+    let got = q.reclaim(&s, "new", lease, 10).await.unwrap();
+    assert_eq!(got.len(), 1, "a handed-back entry is reclaimed at once");
+    assert_eq!((got[0].id.as_str(), &got[0].entry), (id.as_str(), &entry(0)));
+    assert_eq!(got[0].deliveries, 1, "the delivery handed back is not counted");
+    // Its new owner holds it like any other.
+    let held = [Held {
+        id: id.clone(),
+        since: Instant::now(),
+    }];
+    assert!(q.renew(&s, "new", &held, lease).await.unwrap().is_empty());
+    assert!(q.reclaim(&s, "third", lease, 10).await.unwrap().is_empty());
+    // A redelivered entry handed back keeps the count it had.
+    assert!(q.hand_back(&s, "new", &id, 4, lease).await.unwrap());
+    let got = q.reclaim(&s, "third", lease, 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].deliveries, 4);
+    // A completed entry is not pending: nothing to hand back.
+    q.complete(&s, &id, None).await.unwrap();
+    assert!(!q.hand_back(&s, "third", &id, 4, lease).await.unwrap());
+    assert_eq!(q.pending(&s).await.unwrap(), 0);
 }
 
 async fn capped_push_keeps_only_the_newest_entries<Q: Queue + ?Sized>(q: &Q, p: &str) {

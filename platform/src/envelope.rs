@@ -70,6 +70,12 @@ pub struct Envelope {
     /// Requests: the node to run. Absent on replies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Requests: the generation of the graph that sent it here (the
+    /// sender's `Plan::generation`). A worker that does not run `node`
+    /// gives a request of another generation back to the queue instead of
+    /// refusing it (a spec change rolling out). Absent on replies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
     /// Requests: the ingress instance waiting for the answer, or the
     /// address where the answer is stored (`async:<handle>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,6 +207,7 @@ impl Envelope {
             deadline: self.deadline,
             attempt: self.attempt,
             node: None,
+            plan: None,
             reply_to: None,
             live: self.live.clone(),
             seq: None,

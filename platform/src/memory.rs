@@ -273,6 +273,31 @@ impl Queue for MemoryStreams {
             .await)
     }
 
+    async fn hand_back(
+        &self,
+        stream: &str,
+        consumer: &str,
+        id: &str,
+        deliveries: u32,
+        _idle: Duration,
+    ) -> Result<bool> {
+        self.faults.check().await?;
+        let mut map = self.streams.lock();
+        let mine = map
+            .get_mut(stream)
+            .zip(seq_of(id))
+            .and_then(|(s, seq)| s.pending.get_mut(&seq))
+            .filter(|p| p.consumer == consumer);
+        Ok(match mine {
+            Some(p) => {
+                p.count = deliveries.saturating_sub(1);
+                p.released = true;
+                true
+            }
+            None => false,
+        })
+    }
+
     async fn renew(
         &self,
         stream: &str,

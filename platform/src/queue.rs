@@ -123,6 +123,25 @@ pub trait Queue: Send + Sync + 'static {
         max: usize,
     ) -> Result<Vec<Delivery>>;
 
+    /// Gives back `id`, pending for `consumer` and delivered `deliveries`
+    /// times, without counting this delivery: it becomes pending and idle
+    /// for `idle` (a lapsed lease), so the next [`Queue::reclaim`] of any
+    /// consumer takes it with the count it had before this one. A worker
+    /// gives back a request of another generation of the graph whose node
+    /// it does not run (docs/wire-format.md, "Delivery"). True when given
+    /// back; false when the backend cannot, and then the entry's lease is
+    /// left to lapse and it is reclaimed, counted.
+    async fn hand_back(
+        &self,
+        _stream: &str,
+        _consumer: &str,
+        _id: &str,
+        _deliveries: u32,
+        _idle: Duration,
+    ) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Atomically: append `forward` (if any), acknowledge and delete `id`.
     /// Returns false when a `must_exist` forward found no stream (the entry
     /// is still acknowledged and deleted).

@@ -111,6 +111,9 @@ pub struct Signer {
     ring: SharedKeyRing,
     pipeline: String,
     group: String,
+    /// The generation of the graph this process runs, stamped on the
+    /// requests it signs.
+    plan: Option<String>,
 }
 
 impl Signer {
@@ -122,6 +125,16 @@ impl Signer {
             ring,
             pipeline: keys.pipeline().to_string(),
             group: group.to_string(),
+            plan: None,
+        }
+    }
+
+    /// The same signer, stamping `generation` (the process's
+    /// `Plan::generation`) on every request it signs.
+    pub fn with_plan(self, generation: String) -> Self {
+        Self {
+            plan: Some(generation),
+            ..self
         }
     }
 
@@ -139,14 +152,18 @@ impl Signer {
         &self.group
     }
 
-    /// Stamps `env` with a fresh `ts` and nonce and signs it with the current
-    /// key for its kind and group.
+    /// Stamps `env` with a fresh `ts` and nonce (and a request with this
+    /// signer's plan generation, when it has one) and signs it with the
+    /// current key for its kind and group.
     ///
     /// # Errors
     /// The ring does not hold that key ([`SignError::MissingKey`]).
     pub fn sign(&self, env: &mut Envelope) -> Result<StreamEntry, SignError> {
         env.ts = now_ms();
         env.nonce = new_nonce();
+        if env.kind == Kind::Request && self.plan.is_some() {
+            env.plan.clone_from(&self.plan);
+        }
         self.sign_as_is(env)
     }
 
@@ -195,6 +212,12 @@ pub enum VerifyError {
     Rejected(Rejection),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// A genuine request that the caller's predicate hands back (a request
+    /// of another generation of the graph, for a node this worker does not
+    /// run): checked up to its destination, its nonce not claimed, so
+    /// another worker can take it as if it had never been read here.
+    #[error("a request for another generation of the graph")]
+    HandedBack,
 }
 
 /// Where a request entry was read: its stream, its entry id, and how many
@@ -295,8 +318,25 @@ impl Verifier {
         at: &At<'_>,
         group: &str,
     ) -> Result<Envelope, VerifyError> {
+        self.verify_request_unless(entry, at, group, &|_| false)
+            .await
+    }
+
+    /// [`Self::verify_request`], except that a request `hand_back` picks,
+    /// once its MAC, age, kind and destination have passed, ends with
+    /// [`VerifyError::HandedBack`] before the replay guard sees it.
+    ///
+    /// # Errors
+    /// As [`Self::verify_request`], and [`VerifyError::HandedBack`].
+    pub async fn verify_request_unless(
+        &self,
+        entry: &StreamEntry,
+        at: &At<'_>,
+        group: &str,
+        hand_back: &(dyn Fn(&Envelope) -> bool + Sync),
+    ) -> Result<Envelope, VerifyError> {
         let r = self
-            .check(entry, Kind::Request, group, Some(at), true)
+            .check(entry, Kind::Request, group, Some((at, hand_back)), true)
             .await;
         self.count(r)
     }
@@ -370,7 +410,7 @@ impl Verifier {
         entry: &StreamEntry,
         kind: Kind,
         dest: &str,
-        at: Option<&At<'_>>,
+        at: Option<(&At<'_>, &(dyn Fn(&Envelope) -> bool + Sync))>,
         deadline_applies: bool,
     ) -> Result<Envelope, VerifyError> {
         use Rejection::*;
@@ -425,7 +465,13 @@ impl Verifier {
         if !addressed || env.pipeline != self.keys.pipeline() {
             return reject(WrongDestination);
         }
-        if let (Some(at), Some(kv)) = (at, &self.kv) {
+        let Some((at, hand_back)) = at else {
+            return Ok(env);
+        };
+        if hand_back(&env) {
+            return Err(VerifyError::HandedBack);
+        }
+        if let Some(kv) = &self.kv {
             let ttl = Duration::from_millis(env.deadline - now) + self.skew;
             // The key names the destination group, whose queue is the one
             // stream it is read from: the entry id alone says where.

@@ -238,6 +238,44 @@ fn forge(env: &Envelope, info: &str) -> StreamEntry {
     }
 }
 
+/// A request handed back (another generation of the graph, a node the
+/// receiver does not run) passes every check up to its destination first,
+/// and leaves its nonce for the worker that runs it.
+#[tokio::test]
+async fn a_handed_back_request_claims_no_nonce_and_is_checked_first() {
+    let r = rig();
+    let e = signed(&r.signer, &mut request("cpu"));
+    let back = |_: &Envelope| true;
+    assert!(matches!(
+        r.verifier
+            .verify_request_unless(&e, &at("5-0", 1), "cpu", &back)
+            .await,
+        Err(VerifyError::HandedBack)
+    ));
+    r.verifier
+        .verify_request(&e, &at("5-0", 1), "cpu")
+        .await
+        .expect("the first delivery to a worker that runs it");
+    // A forgery, or a request read from another group's queue (its MAC is
+    // checked with that group's key), is refused, not handed back.
+    let mut forged = signed(&r.signer, &mut request("cpu"));
+    forged.s[0] = if forged.s[0] == b'0' { b'1' } else { b'0' };
+    for (entry, dest, why) in [
+        (&forged, "cpu", Rejection::BadMac),
+        (&e, "io", Rejection::BadMac),
+    ] {
+        match r
+            .verifier
+            .verify_request_unless(entry, &at("7-0", 1), dest, &back)
+            .await
+        {
+            Err(VerifyError::Rejected(got)) => assert_eq!(got, why),
+            other => panic!("{why:?}: {other:?}"),
+        }
+    }
+    assert_eq!(r.rejections.get(Rejection::Replay), 0);
+}
+
 #[tokio::test]
 async fn redelivery_is_accepted_and_replay_is_rejected() {
     let r = rig();
@@ -697,9 +735,10 @@ fn arb_envelope() -> impl Strategy<Value = Envelope> {
         "[ -~]{0,40}",
         any::<u32>(),
         prop::option::of("[a-z]{1,8}"),
+        prop::option::of("[0-9a-f]{16}"),
         any::<i64>(),
     )
-        .prop_map(|(dest, rid, attempt, node, n)| Envelope {
+        .prop_map(|(dest, rid, attempt, node, plan, n)| Envelope {
             kind: Kind::Request,
             pipeline: "ns/p".into(),
             dest,
@@ -711,6 +750,7 @@ fn arb_envelope() -> impl Strategy<Value = Envelope> {
             deadline: now_ms() + 60_000,
             attempt,
             node,
+            plan,
             reply_to: None,
             live: None,
             seq: None,

@@ -135,6 +135,7 @@ pub(crate) async fn run(
         deadline,
         attempt: 1,
         node: None,
+        plan: None,
         reply_to: Some(s.ingress_id.clone()),
         live: None,
         seq: None,

@@ -170,6 +170,7 @@ fn local_template() -> Envelope {
         deadline: 0,
         attempt: 0,
         node: None,
+        plan: None,
         reply_to: None,
         live: None,
         seq: None,

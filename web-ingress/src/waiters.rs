@@ -230,6 +230,7 @@ mod tests {
             deadline: 0,
             attempt: 1,
             node: None,
+            plan: None,
             reply_to: Some("ing-1".into()),
             live: None,
             seq: None,

@@ -31,6 +31,7 @@ fn request(st: &AppState, dest: &str) -> Envelope {
         deadline: now_ms() + 30_000,
         attempt: 1,
         node: Some("count".to_string()),
+        plan: None,
         reply_to: Some(st.ingress_id.clone()),
         live: None,
         seq: None,

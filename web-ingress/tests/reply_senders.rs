@@ -76,6 +76,7 @@ fn reply(
         deadline: now_ms() + 30_000,
         attempt: 1,
         node: Some("answer".into()),
+        plan: None,
         reply_to: Some(ingress_id.to_string()),
         live: None,
         seq: None,

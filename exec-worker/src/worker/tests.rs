@@ -12,14 +12,15 @@ use crate::test_queue::StagedQueue;
 
 const HELLO: &str = include_str!("../../../examples/hello.yaml");
 
-/// The hello pipeline's worker parts, the streams, the reply stream and
-/// a signed request for `work`.
+/// The hello pipeline's worker parts, the streams, the reply stream, a
+/// signed request for `work` and the ring that signed it.
 async fn rig() -> (
     Arc<sluice_crds::Plan>,
     RuntimeParts,
     Arc<MemoryStreams>,
     String,
     sluice_platform::StreamEntry,
+    SharedKeyRing,
 ) {
     let (_, plan) = sluice_crds::parse_manifest("hello.yaml", HELLO).unwrap();
     let plan = Arc::new(plan);
@@ -45,10 +46,10 @@ async fn rig() -> (
         payload: json!({"name": "x"}),
         ..sluice_platform::conformance::request(parts.keys.pipeline(), "work")
     };
-    let entry = Signer::new(ring, &parts.keys, "web")
+    let entry = Signer::new(ring.clone(), &parts.keys, "web")
         .sign(&mut env)
         .unwrap();
-    (plan, parts, mem, reply_stream, entry)
+    (plan, parts, mem, reply_stream, entry, ring)
 }
 
 /// Answers waiting in `reply_stream`.
@@ -87,7 +88,7 @@ fn worker_on(
 
 #[tokio::test]
 async fn a_reclaimed_entry_this_worker_still_runs_is_not_run_twice() {
-    let (plan, parts, mem, reply_stream, entry) = rig().await;
+    let (plan, parts, mem, reply_stream, entry, _) = rig().await;
     // Running here already: delivered to this worker, still in a node.
     let q = parts.keys.queue("work");
     mem.ensure_group(&q).await.unwrap();
@@ -133,7 +134,7 @@ async fn a_reclaimed_entry_this_worker_still_runs_is_not_run_twice() {
 
 #[tokio::test]
 async fn a_redelivery_handed_off_meanwhile_is_not_run_again() {
-    let (plan, parts, mem, reply_stream, entry) = rig().await;
+    let (plan, parts, mem, reply_stream, entry, _) = rig().await;
     // Not pending for anyone: its first worker handed it off after the
     // reclaim read it.
     let queue = Arc::new(StagedQueue::new(mem.clone()));
@@ -262,4 +263,82 @@ spec:
     assert_eq!(got, 2, "read again once resumed");
     stop.cancel();
     run.await.unwrap();
+}
+
+/// A request for a node this worker does not run: handed back uncounted when
+/// another generation of the graph sent it (a spec change rolling out),
+/// refused when this generation did (sent to the wrong group).
+#[tokio::test]
+async fn a_request_for_a_node_not_run_here_is_handed_back_only_from_another_generation() {
+    let (plan, parts, mem, reply_stream, _, ring) = rig().await;
+    let q = parts.keys.queue("work");
+    mem.ensure_group(&q).await.unwrap();
+    // An ingress's signer, stamping no generation of its own.
+    let signer = Signer::new(ring, &parts.keys, "web");
+    let request = |cid: &str, generation: String| {
+        let mut env = Envelope {
+            cid: cid.into(),
+            deadline: now_ms() + 30_000,
+            // A node of the next generation: not in this worker's plan.
+            node: Some("shout".into()),
+            plan: Some(generation),
+            reply_to: Some("ingress-1".into()),
+            payload: json!({"name": "x"}),
+            ..sluice_platform::conformance::request(parts.keys.pipeline(), "work")
+        };
+        signer.sign(&mut env).unwrap()
+    };
+    let newer = mem
+        .push(&q, request("c-newer", "0123456789abcdef".into()))
+        .await
+        .unwrap();
+    let executor = executor_of(&plan, &parts);
+    let lease = Duration::from_millis(100);
+    let cfg = WorkerConfig {
+        lease,
+        block: Duration::from_millis(20),
+        ..WorkerConfig::from_plan(&plan, "work", "w1".into())
+    };
+    let worker = Worker::new(cfg, executor, mem.clone(), &parts);
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(worker.clone().run(stop.clone()));
+    // Read, handed back, reclaimed by this worker and handed back again.
+    let handed_back = || parts.worker_metrics.count("work", "handed_back");
+    for _ in 0..200 {
+        if handed_back() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(handed_back() >= 3, "handed back {} times", handed_back());
+    assert_eq!(answers(&mem, &reply_stream).await, 0, "nobody was answered");
+
+    // The same node asked by this generation is a request sent to the
+    // wrong group: refused, its caller answered with the error.
+    mem.push(&q, request("c-same", plan.generation()))
+        .await
+        .unwrap();
+    let mut got = vec![];
+    for _ in 0..200 {
+        got.extend(mem.recv(&reply_stream, 10, Duration::ZERO).await.unwrap());
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    run.await.unwrap();
+    assert_eq!(got.len(), 1, "the same generation's misroute is answered");
+    let reply = sluice_platform::envelope::decode(&got[0].1.m).unwrap();
+    assert_eq!(reply.cid, "c-same");
+    let err = reply.error.expect("an error reply");
+    assert_eq!(err.code, "node_failed");
+    assert!(err.message.contains("does not run on group"), "{}", err.message);
+
+    // The other generation's request waits, its deliveries uncounted and
+    // its nonce unclaimed: a worker of its generation takes it as new.
+    assert_eq!(mem.pending(&q).await.unwrap(), 1);
+    let taken = mem.reclaim(&q, "next-generation", lease, 10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!((taken[0].id.as_str(), taken[0].deliveries), (newer.as_str(), 1));
 }

@@ -229,6 +229,36 @@ impl Queue for RedisBackend {
             .collect())
     }
 
+    async fn hand_back(
+        &self,
+        stream: &str,
+        consumer: &str,
+        id: &str,
+        deliveries: u32,
+        idle: Duration,
+    ) -> Result<bool> {
+        // No minimum idle time: the entry was just read here. Had another
+        // consumer taken it meanwhile (a lease that lapsed), its next
+        // renewal takes it back, and it runs there, as at-least-once allows.
+        let args = vec![
+            v(stream),
+            v(CONSUMER_GROUP),
+            v(consumer),
+            v("0"),
+            v(id),
+            v("IDLE"),
+            ms(idle),
+            v("RETRYCOUNT"),
+            Value::Integer(i64::from(deliveries.saturating_sub(1))),
+            v("JUSTID"),
+        ];
+        match self.call("XCLAIM", stream, args).await {
+            Ok(ids) => Ok(wire::texts(&ids).iter().any(|got| got == id)),
+            Err(e) if is_reply(&e, "NOGROUP") => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
     async fn reclaim(
         &self,
         stream: &str,

@@ -603,7 +603,8 @@ impl Shared {
                 Err(VerifyError::Backend(e)) => {
                     tracing::warn!(group, id = %d.id, error = %e, "hub: replay guard unavailable; entry left pending");
                 }
-                Ok(_) => out.push(d),
+                // The hub asks no hand-back: the worker decides that.
+                Ok(_) | Err(VerifyError::HandedBack) => out.push(d),
             }
         }
         if !refused.is_empty() {

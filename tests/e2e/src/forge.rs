@@ -23,6 +23,7 @@ pub fn unanswerable_request(keys: &Keys, group: &str, node: &str, payload: Value
         deadline: now_ms() + 60_000,
         attempt: 1,
         node: Some(node.to_string()),
+        plan: None,
         reply_to: Some("no-such-ingress".to_string()),
         live: None,
         seq: None,
