@@ -134,7 +134,9 @@ spec:
     fn is_sixteen_hex_characters_and_the_same_for_the_same_graph() {
         let g = generation(str::to_string);
         assert_eq!(g.len(), GENERATION_LEN);
-        assert!(g.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(g
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_eq!(g, generation(str::to_string));
     }
 
@@ -143,9 +145,15 @@ spec:
         let g = generation(str::to_string);
         for edit in [
             MANIFEST.replace("field: /type", "field: /kind"),
-            MANIFEST.replace("uses: builtin/echo, next: price", "uses: builtin/json-map, next: price"),
+            MANIFEST.replace(
+                "uses: builtin/echo, next: price",
+                "uses: builtin/json-map, next: price",
+            ),
             MANIFEST.replace("timeout: 5s", "timeout: 9s"),
-            MANIFEST.replace("{ name: io, role: worker }", "{ name: io, role: worker, concurrency: 3 }"),
+            MANIFEST.replace(
+                "{ name: io, role: worker }",
+                "{ name: io, role: worker, concurrency: 3 }",
+            ),
         ] {
             assert_ne!(edit, MANIFEST, "the edit applies");
             assert_eq!(generation(|_| edit.clone()), g, "{edit}");
@@ -159,7 +167,10 @@ spec:
             // `price` moves to `io`.
             MANIFEST.replace("{ name: price, group: cpu", "{ name: price, group: io"),
             // `standard` skips `price`.
-            MANIFEST.replace("uses: builtin/echo, next: price", "uses: builtin/echo, next: summarize"),
+            MANIFEST.replace(
+                "uses: builtin/echo, next: price",
+                "uses: builtin/echo, next: summarize",
+            ),
             // A route's tag.
             MANIFEST.replace("when: priority", "when: urgent"),
             // The interface enters elsewhere.

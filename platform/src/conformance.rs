@@ -100,8 +100,14 @@ async fn a_handed_back_entry_is_reclaimed_at_once_uncounted<Q: Queue + ?Sized>(q
     );
     let got = q.reclaim(&s, "new", lease, 10).await.unwrap();
     assert_eq!(got.len(), 1, "a handed-back entry is reclaimed at once");
-    assert_eq!((got[0].id.as_str(), &got[0].entry), (id.as_str(), &entry(0)));
-    assert_eq!(got[0].deliveries, 1, "the delivery handed back is not counted");
+    assert_eq!(
+        (got[0].id.as_str(), &got[0].entry),
+        (id.as_str(), &entry(0))
+    );
+    assert_eq!(
+        got[0].deliveries, 1,
+        "the delivery handed back is not counted"
+    );
     // Its new owner holds it like any other.
     let held = [Held {
         id: id.clone(),

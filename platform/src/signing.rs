@@ -220,6 +220,10 @@ pub enum VerifyError {
     HandedBack,
 }
 
+/// Which genuine requests a receiver hands back unclaimed
+/// ([`Verifier::verify_request_unless`]).
+pub type HandBack<'a> = dyn Fn(&Envelope) -> bool + Sync + 'a;
+
 /// Where a request entry was read: its stream, its entry id, and how many
 /// times the queue has delivered it (this time included).
 #[derive(Debug, Clone, Copy)]
@@ -333,7 +337,7 @@ impl Verifier {
         entry: &StreamEntry,
         at: &At<'_>,
         group: &str,
-        hand_back: &(dyn Fn(&Envelope) -> bool + Sync),
+        hand_back: &HandBack<'_>,
     ) -> Result<Envelope, VerifyError> {
         let r = self
             .check(entry, Kind::Request, group, Some((at, hand_back)), true)
@@ -410,7 +414,7 @@ impl Verifier {
         entry: &StreamEntry,
         kind: Kind,
         dest: &str,
-        at: Option<(&At<'_>, &(dyn Fn(&Envelope) -> bool + Sync))>,
+        at: Option<(&At<'_>, &HandBack<'_>)>,
         deadline_applies: bool,
     ) -> Result<Envelope, VerifyError> {
         use Rejection::*;

@@ -353,6 +353,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         registry,
         ready: true.into(),
         replies_open: false.into(),
+        reached_backend: false.into(),
         backlog: RwLock::new(Some(HashMap::new())),
         slots,
         sockets,
@@ -362,7 +363,10 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
 
     let reply_stream = parts.keys.reply(&config.ingress_id);
     match replies.open(&reply_stream, REPLY_TTL).await {
-        Ok(()) => state.replies_open.store(true, Ordering::SeqCst),
+        Ok(()) => {
+            state.replies_open.store(true, Ordering::SeqCst);
+            state.reached_backend.store(true, Ordering::SeqCst);
+        }
         // Not fatal: the listener keeps trying while requests get 503.
         Err(e) => {
             tracing::warn!(error = %e, "cannot open the reply stream yet; retrying in the background")
@@ -555,6 +559,7 @@ async fn listen_replies(
                     }
                     opened = true;
                     state.replies_open.store(true, Ordering::SeqCst);
+                    state.reached_backend.store(true, Ordering::SeqCst);
                     last_refresh = tokio::time::Instant::now();
                 }
                 Err(e) => {

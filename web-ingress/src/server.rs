@@ -147,6 +147,13 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     if !s.ready.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
+    if !s.reached_backend.load(Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the backend has not answered yet",
+        )
+            .into_response();
+    }
     match s.tcp.as_ref().and_then(|t| t.problem()) {
         Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
         None => (StatusCode::OK, "ready").into_response(),

@@ -46,6 +46,10 @@ pub struct AppState {
     /// Whether this instance's reply stream exists; until it does, work is
     /// refused with 503 rather than sent off with nowhere to answer.
     pub replies_open: AtomicBool,
+    /// The reply stream has been opened once: the backend answered. Not
+    /// ready before (a pod of a rolling update takes no traffic before it
+    /// can serve it); an outage later does not take it back.
+    pub reached_backend: AtomicBool,
     /// Last sampled backlog per worker group; `None` when the sample failed.
     pub backlog: RwLock<Option<HashMap<String, Backlog>>>,
     pub slots: HashMap<String, Arc<Semaphore>>,

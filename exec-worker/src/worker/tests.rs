@@ -333,12 +333,19 @@ async fn a_request_for_a_node_not_run_here_is_handed_back_only_from_another_gene
     assert_eq!(reply.cid, "c-same");
     let err = reply.error.expect("an error reply");
     assert_eq!(err.code, "node_failed");
-    assert!(err.message.contains("does not run on group"), "{}", err.message);
+    assert!(
+        err.message.contains("does not run on group"),
+        "{}",
+        err.message
+    );
 
     // The other generation's request waits, its deliveries uncounted and
     // its nonce unclaimed: a worker of its generation takes it as new.
     assert_eq!(mem.pending(&q).await.unwrap(), 1);
     let taken = mem.reclaim(&q, "next-generation", lease, 10).await.unwrap();
     assert_eq!(taken.len(), 1);
-    assert_eq!((taken[0].id.as_str(), taken[0].deliveries), (newer.as_str(), 1));
+    assert_eq!(
+        (taken[0].id.as_str(), taken[0].deliveries),
+        (newer.as_str(), 1)
+    );
 }

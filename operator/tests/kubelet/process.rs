@@ -82,6 +82,31 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Asks the process to stop (SIGTERM), as the kubelet ends a pod, and
+    /// waits up to `patience` for it to exit; its exit status.
+    ///
+    /// # Panics
+    /// When it is still running after `patience`.
+    pub fn terminate(&mut self, patience: std::time::Duration) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "{}: kill -TERM failed", self.name);
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} still runs {patience:?} after SIGTERM",
+                self.name
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
     }

@@ -54,6 +54,8 @@ pub struct Running {
     pub redis: Option<RedisServer>,
     /// What `P-redis` holds (managed Redis only).
     pub redis_secret: BTreeMap<String, String>,
+    /// What the pods see: ConfigMaps, Secrets, Service endpoints.
+    pub cluster: Cluster,
     pub _files: tempfile::TempDir,
 }
 
@@ -223,55 +225,10 @@ pub fn start_pipeline(example: &str, sp: StreamPipeline, expect_deployments: &[&
     let mut ingress = None;
     for dep in &deployments {
         let name = dep.metadata.name.clone().unwrap();
-        let template = &dep.spec.as_ref().unwrap().template;
-        let labels = labels_of(template);
-        let role = match labels
-            .get("app.kubernetes.io/component")
-            .map(String::as_str)
-        {
-            Some("ingress") => GroupRole::Ingress,
-            Some("worker") => GroupRole::Worker,
-            other => panic!("{name}: component label {other:?}"),
-        };
-        let container = main_container(role);
-        let annotated = template
-            .metadata
-            .as_ref()
-            .and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(DEFAULT_CONTAINER));
-        assert_eq!(annotated.map(String::as_str), Some(container), "{name}");
-
         let pod = format!("{name}-6f9c8d7b5-q2w4x");
-        // The hub of a tcp pipeline is the one port a pod's containers
-        // reach over its loopback without declaring it.
-        let containers = kubelet::materialise_pod(
-            &cluster,
-            template,
-            &pod,
-            &files.path().join(&name),
-            &[HUB_PORT],
-        )
-        .unwrap_or_else(|e| panic!("{name}: the kubelet would not start it: {e}"));
-        if role == GroupRole::Ingress {
-            let svc = services
-                .iter()
-                .find(|s| selects(s, template))
-                .unwrap_or_else(|| panic!("{name}: no Service selects the ingress pods"));
-            let target = svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
-                .target_port
-                .clone()
-                .expect("targetPort");
-            let m = containers
-                .iter()
-                .find(|m| m.container == container)
-                .unwrap_or_else(|| panic!("{name}: no container {container}"));
-            let port = m.local_port(&target).unwrap_or_else(|e| panic!("{e}"));
-            ingress = Some(SocketAddr::from(([127, 0, 0, 1], port)));
-        }
-        for m in containers {
-            let p = Proc::spawn(&m);
-            procs.push((p, m));
-        }
+        let started = start_pod(&cluster, &services, dep, &pod, &files.path().join(&name));
+        ingress = ingress.or(started.ingress);
+        procs.extend(started.procs);
     }
     Running {
         procs,
@@ -283,7 +240,106 @@ pub fn start_pipeline(example: &str, sp: StreamPipeline, expect_deployments: &[&
             .into_iter()
             .map(|(k, v)| (k, String::from_utf8(v.0).unwrap_or_default()))
             .collect(),
+        cluster,
         _files: files,
+    }
+}
+
+/// The processes of one pod, and the local address of the ingress
+/// Service's target port when it is an ingress pod.
+pub struct Pod {
+    pub procs: Vec<(Proc, Materialised)>,
+    pub ingress: Option<SocketAddr>,
+}
+
+/// Starts a pod of Deployment `dep` named `pod`, one process per container,
+/// with its volumes written under `root`.
+fn start_pod(
+    cluster: &Cluster,
+    services: &[&Service],
+    dep: &Deployment,
+    pod: &str,
+    root: &Path,
+) -> Pod {
+    let name = dep.metadata.name.clone().unwrap();
+    let template = &dep.spec.as_ref().unwrap().template;
+    let labels = labels_of(template);
+    let role = match labels
+        .get("app.kubernetes.io/component")
+        .map(String::as_str)
+    {
+        Some("ingress") => GroupRole::Ingress,
+        Some("worker") => GroupRole::Worker,
+        other => panic!("{name}: component label {other:?}"),
+    };
+    let container = main_container(role);
+    let annotated = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(DEFAULT_CONTAINER));
+    assert_eq!(annotated.map(String::as_str), Some(container), "{name}");
+
+    // The hub of a tcp pipeline is the one port a pod's containers
+    // reach over its loopback without declaring it.
+    let containers = kubelet::materialise_pod(cluster, template, pod, root, &[HUB_PORT])
+        .unwrap_or_else(|e| panic!("{name}: the kubelet would not start it: {e}"));
+    let mut ingress = None;
+    if role == GroupRole::Ingress {
+        let svc = services
+            .iter()
+            .find(|s| selects(s, template))
+            .unwrap_or_else(|| panic!("{name}: no Service selects the ingress pods"));
+        let target = svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
+            .target_port
+            .clone()
+            .expect("targetPort");
+        let m = containers
+            .iter()
+            .find(|m| m.container == container)
+            .unwrap_or_else(|| panic!("{name}: no container {container}"));
+        let port = m.local_port(&target).unwrap_or_else(|e| panic!("{e}"));
+        ingress = Some(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let procs = containers
+        .into_iter()
+        .map(|m| (Proc::spawn(&m), m))
+        .collect();
+    Pod { procs, ingress }
+}
+
+impl Running {
+    /// A pod of a rolling update to `sp` (this pipeline, changed): the
+    /// operator's objects for `sp` replace its ConfigMaps, as the operator
+    /// updates them in place, and pod `pod` of Deployment `deployment` starts
+    /// from its new template beside the running ones. The Secrets stay those
+    /// of the start: `sp` must need the same keys.
+    pub fn start_new_pod(&mut self, sp: &StreamPipeline, deployment: &str, pod: &str) -> Pod {
+        let d =
+            desired(sp, &OperatorSettings::default()).unwrap_or_else(|e| panic!("desired: {e}"));
+        let mut deployments = vec![];
+        let mut services = vec![];
+        for o in &d.objects {
+            match o {
+                Object::ConfigMap(cm) => self.cluster.add_config_map(cm.clone()),
+                Object::Deployment(dep) => deployments.push(dep),
+                Object::Service(s) => services.push(s),
+                _ => {}
+            }
+        }
+        for g in self.plan.groups.keys() {
+            assert_eq!(
+                d.plan.key_needs(g),
+                self.plan.key_needs(g),
+                "{g}: the change needs other keys"
+            );
+        }
+        let dep = deployments
+            .into_iter()
+            .find(|dep| dep.metadata.name.as_deref() == Some(deployment))
+            .unwrap_or_else(|| panic!("no Deployment {deployment}"));
+        let root = self._files.path().join(pod);
+        start_pod(&self.cluster, &services, dep, pod, &root)
     }
 }
 

@@ -148,6 +148,21 @@ impl Service {
         s
     }
 
+    /// Starts `spec` on a free port without waiting for it to be ready
+    /// (a test of readiness itself). A port taken meanwhile is not retried.
+    pub fn spawn_unready(sandbox: &Sandbox, spec: Spec) -> Self {
+        let mut s = Self {
+            spec,
+            sandbox: sandbox.clone(),
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            status: None,
+            log: PathBuf::new(),
+        };
+        s.spawn();
+        s
+    }
+
     async fn launch(&mut self) {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(1))

@@ -249,3 +249,52 @@ async fn redis_restart_with_aof_during_load_gives_503s_then_recovers_by_itself()
 async fn redis_restart_without_persistence_during_load_gives_503s_then_recovers_by_itself() {
     redis_restart_during_load(false).await;
 }
+
+/// An ingress that has never reached Redis is not ready: a pod of a rolling
+/// update takes no traffic it would answer `503 backend_unavailable`. Once
+/// Redis has answered it is ready, and a later outage does not take that
+/// back (the tests above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_is_not_ready_before_redis_first_answers() {
+    let sb = Sandbox::new("ready-after-redis");
+    let redis = RedisServer::start(false);
+    let keys = sb.keygen();
+    let pipeline = sb.manifest_from_example("orders-redis.yaml", &[]);
+    // Connections open, nothing answers.
+    redis.freeze();
+    let mut ingress =
+        Service::spawn_unready(&sb, Spec::ingress(&pipeline).redis(&redis.url(), &keys));
+    let http = Http::new(Duration::from_secs(2));
+    eventually(
+        Duration::from_secs(30),
+        "the ingress serves /healthz",
+        || async {
+            match http.get(&ingress.url("/healthz")).await {
+                Ok(a) if a.status == 200 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    for _ in 0..10 {
+        let a = http.get(&ingress.url("/readyz")).await.expect("/readyz");
+        assert_eq!(
+            (a.status, a.text().as_str()),
+            (503, "the backend has not answered yet")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ingress.exited().is_none(), "{}", ingress.log_text());
+    redis.thaw();
+    eventually(
+        Duration::from_secs(30),
+        "ready once Redis answers",
+        || async {
+            match http.get(&ingress.url("/readyz")).await {
+                Ok(a) if a.status == 200 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
