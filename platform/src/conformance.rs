@@ -80,6 +80,21 @@ where
     capped_push_keeps_only_the_newest_entries(&*q, &p).await;
     let (q, p) = make().await;
     a_handed_back_entry_is_reclaimed_at_once_uncounted(&*q, &p).await;
+    let (q, p) = make().await;
+    delete_removes_exactly_the_ids_given(&*q, &p).await;
+}
+
+async fn delete_removes_exactly_the_ids_given<Q: Queue + ?Sized>(q: &Q, p: &str) {
+    let s = format!("{p}:dlq");
+    let mut ids = vec![];
+    for i in 0..4 {
+        ids.push(q.push_capped(&s, entry(i), 100).await.unwrap());
+    }
+    let gone = vec![ids[1].clone(), ids[3].clone(), "1-1".to_string()];
+    assert_eq!(q.delete(&s, &gone).await.unwrap(), 2, "two of them existed");
+    assert_eq!(q.delete(&s, &[]).await.unwrap(), 0);
+    assert_eq!(q.delete(&format!("{p}:none"), &gone).await.unwrap(), 0);
+    assert_eq!(q.depth(&s).await.unwrap().entries, 2);
 }
 
 async fn a_handed_back_entry_is_reclaimed_at_once_uncounted<Q: Queue + ?Sized>(q: &Q, p: &str) {

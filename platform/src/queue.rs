@@ -165,6 +165,15 @@ pub trait Queue: Send + Sync + 'static {
     /// store and to the ingress following it.
     async fn append(&self, streams: &[&str], entry: &StreamEntry) -> Result<usize>;
 
+    /// Deletes the entries `ids` of `stream` (a stream without a consumer
+    /// group: the dead letters); how many there were. Ids the stream does
+    /// not hold are no error. A backend that cannot says so.
+    async fn delete(&self, _stream: &str, _ids: &[String]) -> Result<u64> {
+        Err(crate::backend::BackendError::Unavailable(
+            "this backend cannot delete entries".into(),
+        ))
+    }
+
     /// Entries and bytes in the stream.
     async fn depth(&self, stream: &str) -> Result<Depth>;
 

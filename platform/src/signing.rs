@@ -395,6 +395,56 @@ impl Verifier {
         Ok(VerifiedReply { envelope, from })
     }
 
+    /// Verifies an entry of the dead-letter stream: a request entry as it
+    /// was read from a group's queue (or as the ingress signed it), which
+    /// any group's process may have written there, so as untrusted as any
+    /// entry. Which group it was for is not known before its MAC: the
+    /// request key of each of `groups` is tried (each comparison in
+    /// constant time), and the envelope must then be a request of this
+    /// pipeline addressed to the group whose key verified it. Neither its
+    /// deadline (a dead letter is usually past it) nor the replay guard
+    /// applies, and nothing is counted: this serves an operator's command,
+    /// not traffic.
+    ///
+    /// # Errors
+    /// The [`Rejection`] of the first check that fails.
+    pub fn verify_dead_letter(
+        &self,
+        entry: &StreamEntry,
+        groups: &[&str],
+    ) -> Result<Envelope, Rejection> {
+        use Rejection::*;
+        if !self.accepts_size(entry) {
+            return Err(Oversized);
+        }
+        if entry.v != FORMAT_VERSION.as_bytes() {
+            return Err(BadVersion);
+        }
+        let ring = self.ring.get();
+        let Some((kid, None)) = parse_key_id(&entry.k, Kind::Request) else {
+            return Err(UnknownKid);
+        };
+        if !ring.knows(kid) {
+            return Err(UnknownKid);
+        }
+        let sig = unhex32(&entry.s).ok_or(BadMac)?;
+        let group = groups
+            .iter()
+            .find(|g| {
+                ring.key(kid, Kind::Request, self.keys.pipeline(), g)
+                    .is_some_and(|key| mac(&key, &entry.v, &entry.m).verify_slice(&sig).is_ok())
+            })
+            .ok_or(BadMac)?;
+        let env = decode(&entry.m).map_err(|_| Malformed)?;
+        if env.kind != Kind::Request {
+            return Err(WrongKind);
+        }
+        if env.dest != *group || env.pipeline != self.keys.pipeline() {
+            return Err(WrongDestination);
+        }
+        Ok(env)
+    }
+
     /// Counts a rejection its caller decided after the chain passed (the
     /// ingress refusing a reply from a group that does not answer the
     /// waiting request: [`Rejection::WrongSender`]).

@@ -202,6 +202,10 @@ pub enum Command {
         /// Directory to create; refused if it already holds a ring
         dir: PathBuf,
     },
+    /// List, send again or delete a Redis pipeline's dead letters, with its
+    /// key ring (see `dlq <action> --help`)
+    #[command(subcommand)]
+    Dlq(crate::dlq_command::DlqAction),
 }
 
 /// Log output format.

@@ -34,6 +34,8 @@ pub mod auth;
 pub mod body;
 mod call;
 pub mod config;
+pub mod dead_letters;
+pub mod dlq_command;
 pub mod error;
 pub mod graphql;
 pub mod graphql_cost;

@@ -22,12 +22,16 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(Command::Keygen { dir }) = &cli.command {
-        let kid = sluice_web_ingress::keygen(dir)
-            .with_context(|| format!("writing a key ring into {}", dir.display()))?;
-        println!("wrote a key ring to {} (current kid: {kid})", dir.display());
-        return Ok(());
+async fn run(mut cli: Cli) -> anyhow::Result<()> {
+    match cli.command.take() {
+        Some(Command::Keygen { dir }) => {
+            let kid = sluice_web_ingress::keygen(&dir)
+                .with_context(|| format!("writing a key ring into {}", dir.display()))?;
+            println!("wrote a key ring to {} (current kid: {kid})", dir.display());
+            return Ok(());
+        }
+        Some(Command::Dlq(action)) => return sluice_web_ingress::dlq_command::run(action).await,
+        None => {}
     }
     let env: HashMap<String, String> = std::env::vars().collect();
     let config = Config::resolve(&cli, &env)?;

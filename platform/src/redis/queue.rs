@@ -259,6 +259,19 @@ impl Queue for RedisBackend {
         }
     }
 
+    async fn delete(&self, stream: &str, ids: &[String]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut args = vec![v(stream)];
+        args.extend(ids.iter().map(|id| v(id)));
+        let n = self
+            .call("XDEL", stream, args)
+            .await
+            .map_err(|e| self.err(e))?;
+        wire::integer(&n, "XDEL")
+    }
+
     async fn reclaim(
         &self,
         stream: &str,

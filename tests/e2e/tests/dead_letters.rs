@@ -1,0 +1,182 @@
+//! Dead letters on Redis, with the real binaries: a request whose node
+//! keeps failing is dead-lettered, listed with `sluice-web-ingress dlq list`,
+//! the node is fixed (the worker restarted with a changed pipeline), the
+//! letter is sent again with `dlq redrive` and its answer fetched from the
+//! ingress; a forged entry in the stream is listed as refused, never sent,
+//! and purged.
+//!
+//! ```text
+//! caller ─▶ ingress ─▶ q:io ─▶ io worker: fetch = builtin/http to a closed port ─▶ retries exhausted ─▶ dlq
+//! dlq redrive ─▶ q:io ─▶ io worker: fetch = builtin/echo ─▶ answer store ─▶ GET /v1/fetch/requests/<id>
+//! ```
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_e2e::process::free_port;
+use sluice_e2e::resp::{Probe, Resp};
+use sluice_e2e::{binary, eventually, Http, Sandbox, Service, Spec, INGRESS_BIN};
+use sluice_platform::redis::testing::RedisServer;
+use sluice_platform::Keys;
+
+fn manifest(fetch: &str) -> String {
+    format!(
+        r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata: {{ name: letters }}
+spec:
+  backends: {{ queue: redis, kv: redis, reply: redis }}
+  interfaces:
+    - {{ name: fetch, kind: http, path: /v1/fetch, entry: fetch, timeout: 10s }}
+  groups:
+    - {{ name: web, role: ingress }}
+    - {{ name: io, role: worker }}
+  nodes:
+    - {fetch}
+  limits: {{ maxDeliveries: 2, lease: 500ms }}
+"#
+    )
+}
+
+/// `sluice-web-ingress dlq <args> --pipeline … --redis … --keys …`: its
+/// stdout, or its stderr when it fails.
+fn dlq(args: &[&str], pipeline: &Path, redis: &str, keys: &Path) -> Result<String, String> {
+    let out = Command::new(binary(INGRESS_BIN))
+        .arg("dlq")
+        .args(args)
+        .arg("--pipeline")
+        .arg(pipeline)
+        .args(["--redis", redis])
+        .arg("--keys")
+        .arg(keys)
+        .env_remove("SLUICE_PIPELINE")
+        .env_remove("SLUICE_REDIS_URL")
+        .env_remove("SLUICE_KEYS_DIR")
+        .output()
+        .expect("run sluice-web-ingress dlq");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(format!("{}: {}", out.status, text(&out.stderr)))
+    }
+}
+
+/// Data lines of a listing (the header dropped).
+fn rows(listing: &str) -> Vec<Vec<String>> {
+    listing
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with("  ") && !l.starts_with('('))
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_request_is_listed_fixed_redriven_and_answered() {
+    let sb = Sandbox::new("dead-letters");
+    let redis = RedisServer::start(false);
+    let keys = sb.keygen();
+    let closed = free_port();
+    let broken = sb.write(
+        "broken.yaml",
+        &manifest(&format!(
+            "{{ name: fetch, group: io, uses: builtin/http, with: {{ url: \"http://127.0.0.1:{closed}/\", timeout: 1s }} }}"
+        )),
+    );
+    let fixed = sb.write(
+        "fixed.yaml",
+        &manifest("{ name: fetch, group: io, uses: builtin/echo }"),
+    );
+    let url = redis.url();
+    let mut io = Service::start(&sb, Spec::worker(&broken, "io").redis(&url, &keys)).await;
+    let ingress = Service::start(&sb, Spec::ingress(&broken).redis(&url, &keys)).await;
+
+    // Each delivery fails to connect: dead-lettered after two.
+    let http = Http::new(Duration::from_secs(15));
+    let input = json!({"order": "P-1", "items": [1, 2]});
+    let a = http
+        .post(&ingress.url("/v1/fetch"), &input, Some("poison-1"))
+        .await
+        .expect("an answer");
+    assert_eq!(a.status, 502, "{}", a.text());
+    assert!(a.text().contains("retries_exhausted"), "{}", a.text());
+
+    // A forged entry beside it: under the ring's kid, with no valid MAC.
+    let kid = std::fs::read_to_string(keys.join("current")).expect("the current kid");
+    let dlq_key = Keys::new("default", "letters").dead_letter();
+    let forged = Probe::new(redis.port())
+        .cmd(&[
+            b"XADD",
+            dlq_key.as_bytes(),
+            b"*",
+            b"v",
+            b"2",
+            b"k",
+            kid.trim().as_bytes(),
+            b"m",
+            br#"{"kind":"request","node":"fetch","rid":"evil\u001b[2J"}"#,
+            b"s",
+            &[b'0'; 64],
+        ])
+        .expect("XADD");
+    let Resp::Bulk(Some(forged)) = forged else {
+        panic!("XADD answered {forged:?}")
+    };
+    let forged = String::from_utf8(forged).unwrap();
+
+    let listing = dlq(&["list", "--payloads"], &broken, &url, &keys).unwrap();
+    let r = rows(&listing);
+    assert_eq!(r.len(), 2, "{listing}");
+    let poison = r[0][0].clone();
+    assert_eq!(&r[0][2..5], ["io", "fetch", "poison-1"], "{listing}");
+    assert!(
+        listing.contains(&format!("  {input}")),
+        "the payload: {listing}"
+    );
+    assert_eq!(r[1][0], forged);
+    assert_eq!(r[1].last().unwrap(), "refused: bad_mac", "{listing}");
+
+    // Nothing sent on a dry run; then the node is fixed.
+    let dry = dlq(&["redrive", "--all", "--dry-run"], &fixed, &url, &keys).unwrap();
+    assert!(dry.contains(&format!("{poison}\twould be sent")), "{dry}");
+    assert_eq!(rows(&dlq(&["list"], &fixed, &url, &keys).unwrap()).len(), 2);
+    io.terminate();
+    io.wait_exit(Duration::from_secs(20)).await;
+    let _io = Service::start(&sb, Spec::worker(&fixed, "io").redis(&url, &keys)).await;
+
+    let out = dlq(&["redrive", "--all"], &fixed, &url, &keys).unwrap();
+    let sent = out
+        .lines()
+        .find(|l| l.starts_with(&format!("{poison}\tsent\t")))
+        .unwrap_or_else(|| panic!("{out}"));
+    let location = sent.rsplit('\t').next().unwrap().to_string();
+    assert!(location.starts_with("/v1/fetch/requests/"), "{location}");
+    assert!(
+        out.contains(&format!("{forged}\tleft\tnot trusted (bad_mac): purge it")),
+        "{out}"
+    );
+    let (answer, _) = eventually(Duration::from_secs(15), "the redriven answer", || async {
+        match http.get(&ingress.url(&location)).await {
+            Ok(a) if a.status == 200 => Ok(a),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(answer.json(), input);
+
+    // Only the forged entry is left; purged, nothing is.
+    let left = rows(&dlq(&["list"], &fixed, &url, &keys).unwrap());
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0][0], forged);
+    let err = dlq(&["redrive", "--id", &poison], &fixed, &url, &keys).unwrap_err();
+    assert!(err.contains("not in the dead-letter stream"), "{err}");
+    let purged = dlq(&["purge", "--all"], &fixed, &url, &keys).unwrap();
+    assert_eq!(purged.trim(), "deleted 1 dead letter(s)");
+    assert!(dlq(&["list"], &fixed, &url, &keys)
+        .unwrap()
+        .contains("(no dead letters)"));
+}

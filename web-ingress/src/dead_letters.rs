@@ -1,0 +1,300 @@
+//! A pipeline's dead letters (`sluice:{ns/p}:dlq`): listed, sent again
+//! (redriven) or deleted (purged), for the person on call.
+//!
+//! ```text
+//! list:    XREAD the stream ─▶ each entry verified (MAC under each group's request key) ─▶ Letter | refused
+//! redrive: Letter ─▶ node's group in the current plan ─▶ open the answer store async:<sha256(caller, id)>
+//!          ─▶ a new request (new nonce, deadline, plan generation; same node, payload, request id), signed
+//!          ─▶ XADD q:<group> ─▶ XDEL the dead letter ─▶ <path>/requests/<id>
+//! purge:   XDEL exactly the ids asked for
+//! ```
+//!
+//! A dead letter is untrusted: every group's process may write the stream,
+//! so a compromised one could put anything there. Nothing is decoded before
+//! its MAC verified under the request key of some group of the pipeline
+//! ([`Verifier::verify_dead_letter`]), and a refused entry is never sent
+//! again (it can be purged). Sending one again needs the request key of its
+//! node's group: the full key ring, which a user of the cluster does not
+//! hold; this module does not decide who may use it.
+//!
+//! A redriven request's caller is gone; its answer is stored like that of
+//! an asynchronous request of the interface chosen, fetched at
+//! `GET <path>/requests/<id>` by `caller` (the anonymous caller when the
+//! interface does not identify callers).
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use sluice_crds::{GroupRole, InterfaceKind, InterfacePlan, Plan};
+use sluice_platform::clock::now_ms;
+use sluice_platform::envelope::{Envelope, Kind, StreamEntry};
+use sluice_platform::{BackendError, Keys, Queue, Rejection, ReplyChannel, Signer, Verifier};
+
+use crate::async_answers::JobId;
+
+/// Entries read per round trip.
+const PAGE: usize = 500;
+/// The most entries one command reads: the stream keeps the newest 10,000
+/// (the workers trim it as they write), so this is never reached unless
+/// something else writes it.
+pub const MAX_READ: usize = 20_000;
+
+/// One entry of the dead-letter stream.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Its stream id; its first part is when it was dead-lettered (ms).
+    pub id: String,
+    /// Bytes of the stored entry.
+    pub bytes: usize,
+    /// The request it holds, or why it is not trusted.
+    pub letter: Result<Letter, Rejection>,
+}
+
+/// A verified dead letter: the request as it last was.
+#[derive(Debug, Clone)]
+pub struct Letter {
+    /// The group it was addressed to.
+    pub group: String,
+    pub node: String,
+    /// The caller's request id.
+    pub request_id: String,
+    /// Its input.
+    pub payload: Value,
+}
+
+impl Listed {
+    /// When it was dead-lettered, ms since the epoch (from its id).
+    pub fn at_ms(&self) -> Option<u64> {
+        self.id.split_once('-')?.0.parse().ok()
+    }
+}
+
+/// What a redrive did with one dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redriven {
+    /// Sent again; its answer is fetched at `location`.
+    Sent { id: String, location: String },
+    /// Would be sent (a dry run).
+    WouldSend { id: String },
+    /// Left in the stream, and why.
+    Refused { id: String, why: String },
+}
+
+/// How redriven requests are answered.
+#[derive(Debug, Clone)]
+pub struct Answering<'a> {
+    /// The interface whose store keeps the answers (and whose
+    /// `asyncTimeout` is their deadline).
+    pub interface: &'a InterfacePlan,
+    /// Who may fetch them ("" for the anonymous caller).
+    pub caller: &'a str,
+}
+
+/// A pipeline's dead-letter stream and what acts on it.
+pub struct DeadLetters {
+    pub plan: Arc<Plan>,
+    pub keys: Keys,
+    pub queue: Arc<dyn Queue>,
+    pub replies: Arc<dyn ReplyChannel>,
+    pub verifier: Verifier,
+    /// Signs redriven requests (stamps the plan's generation).
+    pub signer: Signer,
+}
+
+impl DeadLetters {
+    /// Up to `max` entries, oldest first, each verified.
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn list(&self, max: usize) -> Result<Vec<Listed>, BackendError> {
+        let stream = self.keys.dead_letter();
+        let groups: Vec<&str> = self.plan.groups.keys().map(String::as_str).collect();
+        let max = max.min(MAX_READ);
+        let mut out: Vec<Listed> = vec![];
+        while out.len() < max {
+            let after = out.last().map(|l| l.id.clone());
+            let page = (max - out.len()).min(PAGE);
+            let Some(got) = self
+                .replies
+                .read_after(&stream, after.as_deref(), page)
+                .await?
+            else {
+                break;
+            };
+            let done = got.len() < page;
+            out.extend(got.into_iter().map(|(id, entry)| Listed {
+                bytes: entry.stored_len(),
+                letter: self.letter(&entry, &groups),
+                id,
+            }));
+            if done {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn letter(&self, entry: &StreamEntry, groups: &[&str]) -> Result<Letter, Rejection> {
+        let env = self.verifier.verify_dead_letter(entry, groups)?;
+        Ok(Letter {
+            group: env.dest,
+            node: env.node.unwrap_or_default(),
+            request_id: env.rid,
+            payload: env.payload,
+        })
+    }
+
+    /// Whether `letter` can be sent again to answer through `how`: the
+    /// group that runs its node now, or why not.
+    pub fn target(&self, letter: &Letter, how: &Answering<'_>) -> Result<String, String> {
+        let it = how.interface;
+        if it.kind != InterfaceKind::Http {
+            return Err(format!(
+                "interface `{}` is not an http interface: only those store answers to fetch",
+                it.name
+            ));
+        }
+        let Some(node) = self.plan.nodes.get(&letter.node) else {
+            return Err(format!(
+                "node `{}` is not in the pipeline any more",
+                letter.node
+            ));
+        };
+        let group = &node.group;
+        if self.plan.groups.get(group).map(|g| g.role) != Some(GroupRole::Worker) {
+            return Err(format!(
+                "node `{}` runs in the ingress (group `{group}`): only nodes of worker groups are sent again",
+                letter.node
+            ));
+        }
+        if !it.path_groups.contains(group) {
+            return Err(format!(
+                "group `{group}` (node `{}`) is not on the path of interface `{}`, which would not take its answer",
+                letter.node, it.name
+            ));
+        }
+        Ok(group.clone())
+    }
+
+    /// Sends the dead letters `chosen` again (with `dry_run`, only says
+    /// which would be): each to the group that runs its node now, its
+    /// answer stored for `how`, then deleted from the stream. One outcome
+    /// each, in order, and the backend error that stopped the rest, if
+    /// one did: the letter it stopped at stays listed (and was sent when
+    /// its outcome says so), those after it were not looked at.
+    pub async fn redrive(
+        &self,
+        chosen: &[Listed],
+        how: &Answering<'_>,
+        dry_run: bool,
+    ) -> (Vec<Redriven>, Option<BackendError>) {
+        let mut out = vec![];
+        for l in chosen {
+            let id = l.id.clone();
+            let letter = match &l.letter {
+                Ok(letter) => letter,
+                Err(why) => {
+                    out.push(Redriven::Refused {
+                        id,
+                        why: format!("not trusted ({}): purge it", why.reason()),
+                    });
+                    continue;
+                }
+            };
+            let group = match self.target(letter, how) {
+                Ok(g) => g,
+                Err(why) => {
+                    out.push(Redriven::Refused { id, why });
+                    continue;
+                }
+            };
+            if dry_run {
+                out.push(Redriven::WouldSend { id });
+                continue;
+            }
+            match self.send(letter, &group, how).await {
+                Ok(Ok(location)) => {
+                    out.push(Redriven::Sent {
+                        id: id.clone(),
+                        location,
+                    });
+                    // Sent before deleted: a failure here leaves it listed
+                    // and sent, never lost.
+                    if let Err(e) = self.purge(&[id], false).await {
+                        return (out, Some(e));
+                    }
+                }
+                Ok(Err(why)) => out.push(Redriven::Refused { id, why }),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        (out, None)
+    }
+
+    async fn send(
+        &self,
+        letter: &Letter,
+        group: &str,
+        how: &Answering<'_>,
+    ) -> Result<Result<String, String>, BackendError> {
+        let it = how.interface;
+        let timeout = it.async_timeout;
+        let deadline =
+            now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let job = JobId::new(deadline);
+        let address = job.address(how.caller);
+        let retention = timeout
+            .saturating_add(self.plan.results_ttl)
+            .saturating_add(self.plan.security.clock_skew);
+        self.replies
+            .open(&self.keys.reply(&address), retention)
+            .await?;
+        let mut env = Envelope {
+            kind: Kind::Request,
+            pipeline: self.keys.pipeline().to_string(),
+            dest: group.to_string(),
+            cid: uuid::Uuid::new_v4().to_string(),
+            rid: letter.request_id.clone(),
+            trace: None,
+            ts: 0,
+            nonce: String::new(),
+            deadline,
+            attempt: 1,
+            node: Some(letter.node.clone()),
+            plan: None,
+            reply_to: Some(address),
+            live: None,
+            seq: None,
+            last_seq: None,
+            payload: letter.payload.clone(),
+            error: None,
+        };
+        let signed = match self.signer.sign(&mut env) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        self.queue.push(&self.keys.queue(group), signed).await?;
+        Ok(Ok(format!(
+            "{}/requests/{}",
+            it.path.trim_end_matches('/'),
+            job.as_str()
+        )))
+    }
+
+    /// Deletes the entries `ids` (with `dry_run`, nothing); how many there
+    /// were.
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn purge(&self, ids: &[String], dry_run: bool) -> Result<u64, BackendError> {
+        if dry_run {
+            return Ok(0);
+        }
+        let stream = self.keys.dead_letter();
+        let mut n = 0;
+        for chunk in ids.chunks(PAGE) {
+            n += self.queue.delete(&stream, chunk).await?;
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,427 @@
+//! `sluice-web-ingress dlq list|redrive|purge`: a pipeline's dead letters
+//! on Redis, for whoever runs it by hand and holds its key ring (on a
+//! cluster the key ring stays with the operator). What is done is in
+//! [`crate::dead_letters`]; this is the command line: flags, connecting,
+//! printing.
+//!
+//! Everything printed that comes from the stream (ids aside, which Redis
+//! makes) passes through [`printable`]: a dead letter may have been written
+//! by a compromised process, and a terminal must not take its request id
+//! for control sequences.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use sluice_crds::{BackendKind, Plan};
+use sluice_platform::clock::now_ms;
+use sluice_platform::metrics::Rejections;
+use sluice_platform::{Keys, RedisBackend, RedisConfig, SharedKeyRing, Signer, Verifier};
+
+use crate::dead_letters::{Answering, DeadLetters, Listed, Redriven, MAX_READ};
+
+/// A pipeline's dead letters (Redis backends), with its key ring.
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// Lists dead letters, oldest first: id, age, group, node, request id,
+    /// size; an entry whose MAC does not verify is listed as refused
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// At most this many
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: usize,
+        /// Print each one's payload (JSON) under it
+        #[arg(long)]
+        payloads: bool,
+    },
+    /// Sends dead letters again, each to the group that runs its node now
+    /// (after a fix), and deletes them; each answer is stored like an
+    /// asynchronous request's and fetched at the printed location
+    Redrive {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        pick: Pick,
+        /// The http interface whose answer store keeps the answers and whose
+        /// asyncTimeout is their deadline [default: the only http interface]
+        #[arg(long, value_name = "NAME")]
+        interface: Option<String>,
+        /// Who may fetch the answers, for an interface that identifies its
+        /// callers [default: the anonymous caller]
+        #[arg(long, value_name = "NAME")]
+        caller: Option<String>,
+        /// Say what would be sent; send nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Deletes dead letters
+    Purge {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        pick: Pick,
+        /// Say what would be deleted; delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// The pipeline and how to reach it.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// StreamPipeline manifest of the pipeline
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SLUICE_PIPELINE",
+        hide_env_values = true
+    )]
+    pub pipeline: PathBuf,
+    /// Its Redis URL
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SLUICE_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis: String,
+    /// Its key ring (as written by `keygen`): redrive signs with the
+    /// request key of each dead letter's group
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "SLUICE_KEYS_DIR",
+        hide_env_values = true
+    )]
+    pub keys: PathBuf,
+    /// CA certificate for a rediss:// URL
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SLUICE_REDIS_CA_FILE",
+        hide_env_values = true
+    )]
+    pub redis_ca_file: Option<PathBuf>,
+    /// File holding the Redis password (instead of one in the URL)
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SLUICE_REDIS_PASSWORD_FILE",
+        hide_env_values = true
+    )]
+    pub redis_password_file: Option<PathBuf>,
+}
+
+/// Which dead letters.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Pick {
+    /// This one (its id, as listed); repeatable
+    #[arg(long = "id", value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Every one in the stream now
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Runs `action`, printing to stdout.
+///
+/// # Errors
+/// Bad flags or manifest, an unreachable Redis, or a failure midway (what
+/// was done before it is printed first).
+pub async fn run(action: DlqAction) -> anyhow::Result<()> {
+    match action {
+        DlqAction::List {
+            target,
+            limit,
+            payloads,
+        } => {
+            let d = open(&target).await?;
+            let listed = d.list(limit).await.context("reading the dead letters")?;
+            print!("{}", table(&listed, payloads, now_ms()));
+            Ok(())
+        }
+        DlqAction::Redrive {
+            target,
+            pick,
+            interface,
+            caller,
+            dry_run,
+        } => {
+            let d = open(&target).await?;
+            let it = interface_of(&d.plan, interface.as_deref())?;
+            let caller = match (caller, it.auth.is_some()) {
+                (Some(c), _) => c,
+                (None, false) => String::new(),
+                (None, true) => bail!(
+                    "interface `{}` identifies its callers: name the one who may fetch the answers with --caller",
+                    it.name
+                ),
+            };
+            let chosen = chosen(&d, &pick).await?;
+            let how = Answering {
+                interface: it,
+                caller: &caller,
+            };
+            let (done, stopped) = d.redrive(&chosen, &how, dry_run).await;
+            let mut out = String::new();
+            for r in &done {
+                let _ = match r {
+                    Redriven::Sent { id, location } => writeln!(out, "{id}\tsent\t{location}"),
+                    Redriven::WouldSend { id } => writeln!(out, "{id}\twould be sent"),
+                    Redriven::Refused { id, why } => {
+                        writeln!(out, "{id}\tleft\t{}", printable(why))
+                    }
+                };
+            }
+            print!("{out}");
+            if let Some(e) = stopped {
+                bail!("stopped after {} of {}: {e}", done.len(), chosen.len());
+            }
+            Ok(())
+        }
+        DlqAction::Purge {
+            target,
+            pick,
+            dry_run,
+        } => {
+            let d = open(&target).await?;
+            let ids: Vec<String> = chosen(&d, &pick).await?.into_iter().map(|l| l.id).collect();
+            let n = d.purge(&ids, dry_run).await.context("deleting")?;
+            if dry_run {
+                println!("would delete {} dead letter(s)", ids.len());
+            } else {
+                println!("deleted {n} dead letter(s)");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The dead letters `pick` names, as they are now; an id that is not there
+/// is an error (nothing is done).
+async fn chosen(d: &DeadLetters, pick: &Pick) -> anyhow::Result<Vec<Listed>> {
+    for id in &pick.ids {
+        if !is_stream_id(id) {
+            bail!(
+                "--id {}: not an entry id (like 1767225600000-0)",
+                printable(id)
+            );
+        }
+    }
+    let all = d.list(MAX_READ).await.context("reading the dead letters")?;
+    if pick.all {
+        return Ok(all);
+    }
+    pick.ids
+        .iter()
+        .map(|id| {
+            all.iter()
+                .find(|l| l.id == *id)
+                .cloned()
+                .with_context(|| format!("{id}: not in the dead-letter stream"))
+        })
+        .collect()
+}
+
+/// `<ms>-<seq>`, both decimal.
+fn is_stream_id(id: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    id.split_once('-')
+        .is_some_and(|(ms, seq)| digits(ms) && digits(seq))
+}
+
+fn interface_of<'p>(
+    plan: &'p Plan,
+    name: Option<&str>,
+) -> anyhow::Result<&'p sluice_crds::InterfacePlan> {
+    let http: Vec<_> = plan
+        .interfaces
+        .iter()
+        .filter(|i| i.kind == sluice_crds::InterfaceKind::Http)
+        .collect();
+    match name {
+        Some(n) => plan
+            .interfaces
+            .iter()
+            .find(|i| i.name == n)
+            .with_context(|| {
+                format!(
+                    "--interface {}: the pipeline has no such interface",
+                    printable(n)
+                )
+            }),
+        None => match http.as_slice() {
+            [only] => Ok(only),
+            [] => bail!("the pipeline has no http interface to store the answers"),
+            more => bail!(
+                "name the interface whose answer store keeps the answers with --interface ({})",
+                more.iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+    }
+}
+
+/// Connects to the pipeline's Redis with its key ring.
+async fn open(t: &Target) -> anyhow::Result<DeadLetters> {
+    let (_, plan) = sluice_crds::load_manifest(&t.pipeline)
+        .with_context(|| format!("reading {}", t.pipeline.display()))?;
+    if plan.backend != BackendKind::Redis {
+        bail!(
+            "pipeline {} does not run on redis backends: its dead letters live in its ingress process",
+            plan.id
+        );
+    }
+    let ring = SharedKeyRing::from_dir(&t.keys)
+        .with_context(|| format!("loading the key ring in {}", t.keys.display()))?;
+    let cfg = RedisConfig::from_url(&t.redis)?
+        .with_ca_file(t.redis_ca_file.as_deref())?
+        .with_password_file(t.redis_password_file.as_deref())?;
+    let redis = RedisBackend::connect(cfg)
+        .await
+        .context("connecting to Redis")?;
+    let keys = Keys::new(&plan.id.namespace, &plan.id.name);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let verifier = Verifier::new(
+        ring.clone(),
+        None,
+        keys.clone(),
+        plan.security.clock_skew,
+        plan.security.max_payload_bytes as usize,
+        Rejections::register(&mut registry),
+    );
+    let signer = Signer::new(ring, &keys, &plan.ingress_group).with_plan(plan.generation());
+    Ok(DeadLetters {
+        plan: Arc::new(plan),
+        keys,
+        queue: redis.clone(),
+        replies: redis,
+        verifier,
+        signer,
+    })
+}
+
+/// The listing: a header, then one line per entry (its payload under it
+/// with `payloads`).
+pub fn table(listed: &[Listed], payloads: bool, now: u64) -> String {
+    let mut out = String::from("ID\tAGE\tGROUP\tNODE\tREQUEST-ID\tBYTES\n");
+    for l in listed {
+        let age = l.at_ms().map_or("?".into(), |at| {
+            format!("{}s", now.saturating_sub(at) / 1000)
+        });
+        let _ = match &l.letter {
+            Ok(x) => writeln!(
+                out,
+                "{}\t{age}\t{}\t{}\t{}\t{}",
+                l.id,
+                printable(&x.group),
+                printable(&x.node),
+                printable(&x.request_id),
+                l.bytes
+            ),
+            Err(why) => writeln!(
+                out,
+                "{}\t{age}\t-\t-\t-\t{}\trefused: {}",
+                l.id,
+                l.bytes,
+                why.reason()
+            ),
+        };
+        if let (true, Ok(x)) = (payloads, &l.letter) {
+            let _ = writeln!(out, "  {}", printable(&x.payload.to_string()));
+        }
+    }
+    if listed.is_empty() {
+        out.push_str("(no dead letters)\n");
+    }
+    out
+}
+
+/// `s` with control characters, and those that reorder text on a
+/// terminal, written as `\u{…}` escapes.
+pub fn printable(s: &str) -> String {
+    let reorders = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    s.chars()
+        .fold(String::with_capacity(s.len()), |mut out, c| {
+            if c.is_control() || reorders(c) {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            } else {
+                out.push(c);
+            }
+            out
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dead_letters::Letter;
+    use serde_json::json;
+    use sluice_platform::Rejection;
+
+    #[test]
+    fn stream_ids_are_two_decimal_numbers() {
+        for ok in ["0-1", "1767225600000-0", "1-18446744073709551615"] {
+            assert!(is_stream_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "1",
+            "-1",
+            "1-",
+            "a-1",
+            "1-1-1",
+            "1 -1",
+            "+1-1",
+            "123456789012345678901-0",
+        ] {
+            assert!(!is_stream_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn what_a_dead_letter_says_is_printed_escaped() {
+        assert_eq!(
+            printable("a\u{1b}[2Jb\u{202e}c\n"),
+            "a\\u{1b}[2Jb\\u{202e}c\\u{a}"
+        );
+        let listed = [
+            Listed {
+                id: "1000-0".into(),
+                bytes: 420,
+                letter: Ok(Letter {
+                    group: "io".into(),
+                    node: "fetch".into(),
+                    request_id: "r\u{1b}]0;owned\u{7}".into(),
+                    payload: json!({"note": "\u{202e}evil"}),
+                }),
+            },
+            Listed {
+                id: "2000-0".into(),
+                bytes: 64,
+                letter: Err(Rejection::BadMac),
+            },
+        ];
+        let t = table(&listed, true, 5_000);
+        assert!(
+            !t.contains('\u{1b}') && !t.contains('\u{202e}') && !t.contains('\u{7}'),
+            "{t}"
+        );
+        assert_eq!(
+            t,
+            "ID\tAGE\tGROUP\tNODE\tREQUEST-ID\tBYTES\n\
+             1000-0\t4s\tio\tfetch\tr\\u{1b}]0;owned\\u{7}\t420\n  {\"note\":\"\\u{202e}evil\"}\n\
+             2000-0\t3s\t-\t-\t-\t64\trefused: bad_mac\n"
+        );
+        assert_eq!(
+            table(&[], false, 0),
+            "ID\tAGE\tGROUP\tNODE\tREQUEST-ID\tBYTES\n(no dead letters)\n"
+        );
+    }
+}
