@@ -368,6 +368,7 @@ mod tests {
                 k: vec![],
                 m: vec![0; n],
                 s: vec![],
+                note: Vec::new(),
             };
             let f = Forward {
                 stream: "next".into(),

@@ -44,7 +44,7 @@ use sluice_platform::{
     At, Delivery, Envelope, Forward, Held, Keys, Pause, Queue, Rejection, ReplyError, SignError,
     Signer, StreamEntry, Verifier, VerifyError,
 };
-use sluice_platform::{BackendError, Completion};
+use sluice_platform::{BackendError, Completion, DeadLetterNote};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -738,7 +738,10 @@ impl Worker {
             .queue
             .push_capped(
                 &self.keys.dead_letter(),
-                d.entry.clone(),
+                StreamEntry {
+                    note: DeadLetterNote::new(g, d.deliveries, &err).encode(),
+                    ..d.entry.clone()
+                },
                 DEAD_LETTER_RETENTION,
             )
             .await

@@ -21,6 +21,7 @@ pub fn entry(n: usize) -> StreamEntry {
         k: b"kid".to_vec(),
         m: format!("message-{n}").into_bytes(),
         s: b"sig".to_vec(),
+        note: Vec::new(),
     }
 }
 

@@ -110,29 +110,81 @@ pub struct ReplyError {
     pub message: String,
 }
 
-/// A stream entry exactly as stored: these bytes are what the MAC covers.
+/// A stream entry exactly as stored: `v` and `m` are what the MAC `s`
+/// covers, under the key `k` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamEntry {
     pub v: Vec<u8>,
     pub k: Vec<u8>,
     pub m: Vec<u8>,
     pub s: Vec<u8>,
+    /// Field `n`, outside the MAC: in the dead-letter stream, why the entry
+    /// is there, as the process that put it there says ([`DeadLetterNote`]);
+    /// empty everywhere else. Untrusted: nothing else reads it.
+    pub note: Vec<u8>,
+}
+
+/// What a dead-lettered entry's `note` records (JSON): the group whose
+/// process gave up on it, after how many deliveries, and why (the error
+/// its caller was answered with).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterNote {
+    pub group: String,
+    pub deliveries: u32,
+    pub error: ReplyError,
+}
+
+impl DeadLetterNote {
+    /// The most bytes of a note read back: larger is not one.
+    pub const MAX_BYTES: usize = 2048;
+    /// Characters of the error message kept.
+    pub const MAX_MESSAGE: usize = 512;
+
+    /// The note for `group`'s dead letter after `deliveries`, its message
+    /// cut to [`Self::MAX_MESSAGE`] characters.
+    pub fn new(group: &str, deliveries: u32, error: &ReplyError) -> Self {
+        Self {
+            group: group.to_string(),
+            deliveries,
+            error: ReplyError {
+                code: error.code.clone(),
+                message: error.message.chars().take(Self::MAX_MESSAGE).collect(),
+            },
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The note in `bytes`, if they hold one of at most
+    /// [`Self::MAX_BYTES`].
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.is_empty() || bytes.len() > Self::MAX_BYTES {
+            return None;
+        }
+        serde_json::from_slice(bytes).ok()
+    }
 }
 
 impl StreamEntry {
     /// Total stored size, checked against the limit before anything is decoded.
     pub fn stored_len(&self) -> usize {
-        self.v.len() + self.k.len() + self.m.len() + self.s.len()
+        self.v.len() + self.k.len() + self.m.len() + self.s.len() + self.note.len()
     }
 
-    /// The entry as stream field/value pairs, in wire order.
-    pub fn fields(&self) -> [(&'static str, &[u8]); 4] {
+    /// The entry as stream field/value pairs, in wire order (`n` only when
+    /// there is a note).
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
         [
-            ("v", &self.v),
-            ("k", &self.k),
-            ("m", &self.m),
-            ("s", &self.s),
+            ("v", &self.v[..]),
+            ("k", &self.k[..]),
+            ("m", &self.m[..]),
+            ("s", &self.s[..]),
         ]
+        .into_iter()
+        .chain((!self.note.is_empty()).then_some(("n", &self.note[..])))
     }
 
     /// Builds an entry from stream field/value pairs; missing fields are left
@@ -143,6 +195,7 @@ impl StreamEntry {
             k: vec![],
             m: vec![],
             s: vec![],
+            note: vec![],
         };
         for (name, value) in pairs {
             match name {
@@ -150,6 +203,7 @@ impl StreamEntry {
                 b"k" => e.k = value,
                 b"m" => e.m = value,
                 b"s" => e.s = value,
+                b"n" => e.note = value,
                 _ => {}
             }
         }

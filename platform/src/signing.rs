@@ -200,6 +200,7 @@ impl Signer {
             k: key_id(kid, env.kind, &self.group).into_bytes(),
             m,
             s,
+            note: Vec::new(),
         })
     }
 }

@@ -446,6 +446,7 @@ async fn read_replies_are_trimmed_in_bulk_and_returned_once() {
         k: b"kid".to_vec(),
         m: vec![n; 600_000],
         s: b"sig".to_vec(),
+        note: Vec::new(),
     };
     b.push(&r, large(1)).await.unwrap();
     b.push(&r, large(2)).await.unwrap();

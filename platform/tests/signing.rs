@@ -235,6 +235,7 @@ fn forge(env: &Envelope, info: &str) -> StreamEntry {
         k: b"k1".to_vec(),
         m,
         s: s.into_bytes(),
+        note: Vec::new(),
     }
 }
 

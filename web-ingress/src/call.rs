@@ -13,7 +13,7 @@ use sluice_exec_worker::{Chunks, Crash, NodeContext, StepOutcome};
 use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::signing::{max_entry_bytes, oversized_output};
 use sluice_platform::telemetry::{self, Span};
-use sluice_platform::{Envelope, Kind};
+use sluice_platform::{DeadLetterNote, Envelope, Kind, ReplyError};
 use tokio::sync::mpsc;
 
 use crate::admission::admit_replay_budget;
@@ -359,13 +359,15 @@ async fn dead_letter_crash(s: &AppState, env: &mut Envelope, crash: &Crash) {
         panic = %crash.panic,
         "node panicked; dead-lettering the request"
     );
-    let entry = match s.signer.sign(env) {
+    let mut entry = match s.signer.sign(env) {
         Ok(entry) => entry,
         Err(e) => {
             tracing::warn!(request_id = %env.rid, error = %e, "dead-letter record not written: no key to sign it");
             return;
         }
     };
+    let why = ReplyError::new("node_crashed", format!("node `{}` panicked", crash.node));
+    entry.note = DeadLetterNote::new(s.signer.group(), 1, &why).encode();
     if let Err(e) = s
         .queue
         .push_capped(&s.keys.dead_letter(), entry, DEAD_LETTER_RETENTION)

@@ -28,7 +28,9 @@ use serde_json::Value;
 use sluice_crds::{GroupRole, InterfaceKind, InterfacePlan, Plan};
 use sluice_platform::clock::now_ms;
 use sluice_platform::envelope::{Envelope, Kind, StreamEntry};
-use sluice_platform::{BackendError, Keys, Queue, Rejection, ReplyChannel, Signer, Verifier};
+use sluice_platform::{
+    BackendError, DeadLetterNote, Keys, Queue, Rejection, ReplyChannel, Signer, Verifier,
+};
 
 use crate::async_answers::JobId;
 
@@ -48,6 +50,9 @@ pub struct Listed {
     pub bytes: usize,
     /// The request it holds, or why it is not trusted.
     pub letter: Result<Letter, Rejection>,
+    /// Why it is there, as the process that wrote it says (outside the
+    /// MAC, so only as true as that process).
+    pub note: Option<DeadLetterNote>,
 }
 
 /// A verified dead letter: the request as it last was.
@@ -125,6 +130,7 @@ impl DeadLetters {
             out.extend(got.into_iter().map(|(id, entry)| Listed {
                 bytes: entry.stored_len(),
                 letter: self.letter(&entry, &groups),
+                note: DeadLetterNote::decode(&entry.note),
                 id,
             }));
             if done {

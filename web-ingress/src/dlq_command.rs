@@ -26,7 +26,8 @@ use crate::dead_letters::{Answering, DeadLetters, Listed, Redriven, MAX_READ};
 #[derive(Debug, Subcommand)]
 pub enum DlqAction {
     /// Lists dead letters, oldest first: id, age, group, node, request id,
-    /// size; an entry whose MAC does not verify is listed as refused
+    /// size, deliveries and reason; an entry whose MAC does not verify is
+    /// listed as refused
     List {
         #[command(flatten)]
         target: Target,
@@ -308,17 +309,25 @@ async fn open(t: &Target) -> anyhow::Result<DeadLetters> {
 }
 
 /// The listing: a header, then one line per entry (its payload under it
-/// with `payloads`).
+/// with `payloads`). Deliveries and reason are what the process that wrote
+/// the entry recorded (`-` when nothing readable).
 pub fn table(listed: &[Listed], payloads: bool, now: u64) -> String {
-    let mut out = String::from("ID\tAGE\tGROUP\tNODE\tREQUEST-ID\tBYTES\n");
+    let mut out = String::from("ID\tAGE\tGROUP\tNODE\tREQUEST-ID\tBYTES\tDELIVERIES\tREASON\n");
     for l in listed {
         let age = l.at_ms().map_or("?".into(), |at| {
             format!("{}s", now.saturating_sub(at) / 1000)
         });
+        let (deliveries, reason) = match &l.note {
+            Some(n) => (
+                n.deliveries.to_string(),
+                printable(&format!("{}: {}", n.error.code, n.error.message)),
+            ),
+            None => ("-".into(), "-".into()),
+        };
         let _ = match &l.letter {
             Ok(x) => writeln!(
                 out,
-                "{}\t{age}\t{}\t{}\t{}\t{}",
+                "{}\t{age}\t{}\t{}\t{}\t{}\t{deliveries}\t{reason}",
                 l.id,
                 printable(&x.group),
                 printable(&x.node),
@@ -327,7 +336,7 @@ pub fn table(listed: &[Listed], payloads: bool, now: u64) -> String {
             ),
             Err(why) => writeln!(
                 out,
-                "{}\t{age}\t-\t-\t-\t{}\trefused: {}",
+                "{}\t{age}\t-\t-\t-\t{}\t{deliveries}\trefused: {}",
                 l.id,
                 l.bytes,
                 why.reason()
@@ -363,7 +372,7 @@ mod tests {
     use super::*;
     use crate::dead_letters::Letter;
     use serde_json::json;
-    use sluice_platform::Rejection;
+    use sluice_platform::{DeadLetterNote, Rejection, ReplyError};
 
     #[test]
     fn stream_ids_are_two_decimal_numbers() {
@@ -395,6 +404,11 @@ mod tests {
             Listed {
                 id: "1000-0".into(),
                 bytes: 420,
+                note: Some(DeadLetterNote::new(
+                    "io",
+                    5,
+                    &ReplyError::new("retries_exhausted", "http: cannot connect\u{1b}[1m"),
+                )),
                 letter: Ok(Letter {
                     group: "io".into(),
                     node: "fetch".into(),
@@ -405,6 +419,7 @@ mod tests {
             Listed {
                 id: "2000-0".into(),
                 bytes: 64,
+                note: None,
                 letter: Err(Rejection::BadMac),
             },
         ];
@@ -415,13 +430,14 @@ mod tests {
         );
         assert_eq!(
             t,
-            "ID\tAGE\tGROUP\tNODE\tREQUEST-ID\tBYTES\n\
-             1000-0\t4s\tio\tfetch\tr\\u{1b}]0;owned\\u{7}\t420\n  {\"note\":\"\\u{202e}evil\"}\n\
-             2000-0\t3s\t-\t-\t-\t64\trefused: bad_mac\n"
+            "ID\tAGE\tGROUP\tNODE\tREQUEST-ID\tBYTES\tDELIVERIES\tREASON\n\
+             1000-0\t4s\tio\tfetch\tr\\u{1b}]0;owned\\u{7}\t420\t5\t\
+             retries_exhausted: http: cannot connect\\u{1b}[1m\n  {\"note\":\"\\u{202e}evil\"}\n\
+             2000-0\t3s\t-\t-\t-\t64\t-\trefused: bad_mac\n"
         );
         assert_eq!(
             table(&[], false, 0),
-            "ID\tAGE\tGROUP\tNODE\tREQUEST-ID\tBYTES\n(no dead letters)\n"
+            "ID\tAGE\tGROUP\tNODE\tREQUEST-ID\tBYTES\tDELIVERIES\tREASON\n(no dead letters)\n"
         );
     }
 }

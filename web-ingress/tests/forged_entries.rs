@@ -83,6 +83,7 @@ async fn forged_entries_pushed_onto_a_worker_queue_are_refused_by_reason_and_nev
             k: b"??".to_vec(),
             m: b"{not an envelope".to_vec(),
             s: b"zz".to_vec(),
+            note: Vec::new(),
         },
     )
     .await;

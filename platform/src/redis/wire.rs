@@ -16,7 +16,7 @@ pub(super) type RawEntry = (String, Option<StreamEntry>);
 
 /// `XADD … * v <v> k <k> m <m> s <s>`: the field/value arguments.
 pub(super) fn entry_args(entry: &StreamEntry) -> impl Iterator<Item = Value> + '_ {
-    entry.fields().into_iter().flat_map(|(name, value)| {
+    entry.fields().flat_map(|(name, value)| {
         [
             Value::from(name),
             Value::Bytes(Bytes::copy_from_slice(value)),

@@ -759,6 +759,7 @@ mod tests {
             k: vec![],
             m: vec![],
             s: vec![],
+            note: Vec::new(),
         }
     }
 

@@ -62,7 +62,11 @@ impl Writer {
     }
 
     pub fn entry(&mut self, e: &StreamEntry) -> &mut Self {
-        self.bytes(&e.v).bytes(&e.k).bytes(&e.m).bytes(&e.s)
+        self.bytes(&e.v)
+            .bytes(&e.k)
+            .bytes(&e.m)
+            .bytes(&e.s)
+            .bytes(&e.note)
     }
 }
 
@@ -139,6 +143,7 @@ impl<'a> Reader<'a> {
             k: self.bytes()?,
             m: self.bytes()?,
             s: self.bytes()?,
+            note: self.bytes()?,
         })
     }
 
@@ -542,6 +547,7 @@ mod tests {
             k: b"kid".to_vec(),
             m: m.as_bytes().to_vec(),
             s: vec![0xff, 0, 7],
+            note: Vec::new(),
         }
     }
 
@@ -560,7 +566,11 @@ mod tests {
             },
             Call::PushCapped {
                 stream: "dlq".into(),
-                entry: entry("b"),
+                // A dead letter carries a note.
+                entry: StreamEntry {
+                    note: br#"{"group":"io"}"#.to_vec(),
+                    ..entry("b")
+                },
                 max_len: 10,
             },
             Call::Read {

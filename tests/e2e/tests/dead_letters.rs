@@ -133,6 +133,12 @@ async fn a_poison_request_is_listed_fixed_redriven_and_answered() {
     assert_eq!(r.len(), 2, "{listing}");
     let poison = r[0][0].clone();
     assert_eq!(&r[0][2..5], ["io", "fetch", "poison-1"], "{listing}");
+    // As the io worker recorded it: two deliveries, then its caller's error.
+    assert_eq!(r[0][6], "2", "{listing}");
+    assert!(
+        r[0][7].starts_with("retries_exhausted: ") && r[0][7].contains("cannot connect"),
+        "{listing}"
+    );
     assert!(
         listing.contains(&format!("  {input}")),
         "the payload: {listing}"

@@ -95,6 +95,7 @@ fn mac_signed(kid: &str, raw: &[u8], v: &[u8], m: Vec<u8>) -> StreamEntry {
         k: kid.as_bytes().to_vec(),
         s: request_mac(raw, v, &m),
         m,
+        note: Vec::new(),
     }
 }
 
@@ -275,6 +276,7 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
             k: b"??".to_vec(),
             m: b"\x00\x01\x02".to_vec(),
             s: b"zz".to_vec(),
+            note: Vec::new(),
         },
     );
     add(
@@ -284,6 +286,7 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
             k: kid.as_bytes().to_vec(),
             m: b"garbage".to_vec(),
             s: b"not hex at all".to_vec(),
+            note: Vec::new(),
         },
     );
     // Oversized: refused before anything is looked at.
@@ -294,6 +297,7 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
             k: genuine.k.clone(),
             m: vec![b'x'; MAX_PAYLOAD + OVERHEAD + 1],
             s: genuine.s.clone(),
+            note: Vec::new(),
         },
     );
     // Any single byte flipped, in every field of a valid entry.
