@@ -3,8 +3,9 @@
 //! against a fixed key ring.
 //!
 //! The first byte picks what the rest is:
-//! - even: the raw fields `v`, `k`, `s` and `m`, separated by `0xFF` (what
-//!   anyone who can write to Redis can store);
+//! - even: the raw fields `v`, `k`, `s`, `m` and the dead-letter note `n`,
+//!   separated by `0xFF` (what anyone who can write to Redis can store),
+//!   also read as a dead letter;
 //! - odd: an envelope `m`, which is signed with the ring's key for its kind
 //!   (requests with their destination's request key, replies as group
 //!   `work`) before it is verified, so the checks after the MAC see
@@ -64,6 +65,8 @@ fn verify(f: &Fixture, entry: &StreamEntry) {
         let _ = f.verifier.verify_request(entry, &at, "work").await;
         let _ = f.verifier.verify_reply(entry, "ingress-1").await;
     });
+    let _ = f.verifier.verify_dead_letter(entry, &["web", "work"]);
+    let _ = sluice_platform::DeadLetterNote::decode(&entry.note);
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -72,10 +75,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let f = fixture();
     if mode % 2 == 0 {
-        let mut fields = rest.splitn(4, |b| *b == 0xFF).map(<[u8]>::to_vec);
+        let mut fields = rest.splitn(5, |b| *b == 0xFF).map(<[u8]>::to_vec);
         let mut next = || fields.next().unwrap_or_default();
-        let (v, k, s, m) = (next(), next(), next(), next());
-        verify(f, &StreamEntry { v, k, m, s });
+        let (v, k, s, m, note) = (next(), next(), next(), next(), next());
+        verify(f, &StreamEntry { v, k, m, s, note });
     } else if let Ok(env) = serde_json::from_slice::<Envelope>(rest) {
         if let Ok(entry) = f.signer.sign_as_is(&env) {
             verify(f, &entry);
