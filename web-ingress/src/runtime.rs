@@ -225,8 +225,9 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
                     "redis backends need --redis URL (or SLUICE_REDIS_URL)".into(),
                 )
             })?;
-            // Lazy: the ingress starts (and stays ready) while Redis is down,
-            // answering 503 until it returns.
+            // Lazy: the ingress starts while Redis is down (not ready before
+            // Redis first answered; ready through later outages), answering
+            // 503 until it returns.
             let cfg = RedisConfig::from_url(url)?
                 .with_overrides(config.redis_timeout, config.redis_pool_size)
                 .with_ca_file(config.redis_ca_file.as_deref())?

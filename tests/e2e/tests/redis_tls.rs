@@ -45,14 +45,24 @@ async fn orders_flow_over_rediss_with_a_private_ca() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_ca_the_server_is_not_trusted_and_requests_get_503() {
+async fn without_the_ca_the_server_is_not_trusted_the_ingress_is_not_ready_and_requests_get_503() {
     let sb = Sandbox::new("redis-tls-untrusted");
     let redis = RedisServer::start_tls();
     let keys = sb.keygen();
     let pipeline = example("orders-redis.yaml");
     let ingress =
-        Service::start(&sb, Spec::ingress(&pipeline).redis(&redis.tls_url(), &keys)).await;
+        Service::spawn_unready(&sb, Spec::ingress(&pipeline).redis(&redis.tls_url(), &keys));
     let http = Http::new(Duration::from_secs(15));
+    // Serving, and not ready: the backend never answered.
+    eventually(Duration::from_secs(30), "the ingress serves", || async {
+        match http.get(&ingress.url("/healthz")).await {
+            Ok(a) if a.status == 200 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let ready = http.get(&ingress.url("/readyz")).await.expect("/readyz");
+    assert_eq!(ready.status, 503, "{}", ready.text());
     let url = ingress.url("/v1/orders");
     let a = http
         .post(
