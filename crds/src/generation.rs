@@ -6,7 +6,8 @@
 //! it).
 //!
 //! Only what decides where a request goes is digested: each node's group
-//! and edges, each interface's entry node, each group's role. A change to a
+//! and edges, each interface's entry nodes (a graphql interface's
+//! operations' too), each group's role. A change to a
 //! node's configuration, a limit or an interface's timeout keeps the
 //! generation: entries of before and after run alike on any worker.
 //!
@@ -25,7 +26,7 @@ impl Plan {
     /// This plan's generation: 16 lowercase hex characters.
     pub fn generation(&self) -> String {
         let mut d = Fields::new();
-        d.text("sluice plan generation 1");
+        d.text("sluice plan generation 2");
         for g in self.groups.values() {
             d.text("group");
             d.text(&g.name);
@@ -64,7 +65,11 @@ impl Plan {
         for i in &self.interfaces {
             d.text("interface");
             d.text(&i.name);
-            d.text(&i.entry);
+            let entries = i.entries();
+            d.count(entries.len());
+            for e in entries {
+                d.text(e);
+            }
         }
         d.finish()
     }

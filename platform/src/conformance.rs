@@ -105,41 +105,72 @@ async fn a_handed_back_entry_is_reclaimed_at_once_uncounted<Q: Queue + ?Sized>(q
     q.push(&s, entry(0)).await.unwrap();
     let first = q.read(&s, "old", 1, NO_WAIT).await.unwrap();
     assert_eq!(first.len(), 1);
-    let id = first[0].id.clone();
+    // A first delivery goes back as a new entry, with what it is given.
+    let noted = StreamEntry {
+        note: b"handed back".to_vec(),
+        ..entry(0)
+    };
     assert!(
-        q.reclaim(&s, "new", lease, 10).await.unwrap().is_empty(),
-        "an entry just read is not reclaimed"
+        q.hand_back(&s, "old", &first[0], &noted, Instant::now(), lease)
+            .await
+            .unwrap(),
+        "a first delivery is handed back"
     );
-    assert!(
-        q.hand_back(&s, "old", &id, 1, lease).await.unwrap(),
-        "a pending entry is handed back"
-    );
-    let got = q.reclaim(&s, "new", lease, 10).await.unwrap();
-    assert_eq!(got.len(), 1, "a handed-back entry is reclaimed at once");
+    assert_eq!(q.pending(&s).await.unwrap(), 0, "the read entry is gone");
+    assert_eq!(q.depth(&s).await.unwrap().entries, 1);
+    let again = q.read(&s, "new", 10, NO_WAIT).await.unwrap();
+    assert_eq!(again.len(), 1, "read again like any new entry");
+    assert_ne!(again[0].id, first[0].id);
+    assert_eq!((&again[0].entry, again[0].deliveries), (&noted, 1));
+
+    // A redelivery keeps its id and count and is reclaimed at once by
+    // anyone, whatever their lease.
+    let redelivered = q.reclaim(&s, "third", Duration::ZERO, 10).await.unwrap();
+    assert_eq!(redelivered.len(), 1);
+    assert_eq!(redelivered[0].deliveries, 2);
+    assert!(q
+        .hand_back(&s, "third", &redelivered[0], &noted, Instant::now(), lease)
+        .await
+        .unwrap());
+    let got = q
+        .reclaim(&s, "fourth", Duration::from_secs(3600), 10)
+        .await
+        .unwrap();
     assert_eq!(
-        (got[0].id.as_str(), &got[0].entry),
-        (id.as_str(), &entry(0))
+        got.len(),
+        1,
+        "a handed-back redelivery is reclaimed at once"
     );
     assert_eq!(
-        got[0].deliveries, 1,
-        "the delivery handed back is not counted"
+        (got[0].id.as_str(), got[0].deliveries),
+        (again[0].id.as_str(), 2),
+        "the same entry, the delivery handed back not counted"
     );
-    // Its new owner holds it like any other.
-    let held = [Held {
-        id: id.clone(),
-        since: Instant::now(),
-    }];
-    assert!(q.renew(&s, "new", &held, lease).await.unwrap().is_empty());
-    assert!(q.reclaim(&s, "third", lease, 10).await.unwrap().is_empty());
-    // A redelivered entry handed back keeps the count it had.
-    assert!(q.hand_back(&s, "new", &id, 4, lease).await.unwrap());
-    let got = q.reclaim(&s, "third", lease, 10).await.unwrap();
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].deliveries, 4);
+
+    // A consumer that may no longer hold it (read over half a lease ago)
+    // gives nothing back.
+    let stale = Instant::now()
+        .checked_sub(Duration::from_millis(200))
+        .unwrap_or_else(Instant::now);
+    assert!(!q
+        .hand_back(
+            &s,
+            "fourth",
+            &got[0],
+            &noted,
+            stale,
+            Duration::from_millis(300)
+        )
+        .await
+        .unwrap());
     // A completed entry is not pending: nothing to hand back.
-    q.complete(&s, &id, None).await.unwrap();
-    assert!(!q.hand_back(&s, "third", &id, 4, lease).await.unwrap());
+    q.complete(&s, &got[0].id, None).await.unwrap();
+    assert!(!q
+        .hand_back(&s, "fourth", &got[0], &noted, Instant::now(), lease)
+        .await
+        .unwrap());
     assert_eq!(q.pending(&s).await.unwrap(), 0);
+    assert_eq!(q.depth(&s).await.unwrap().entries, 0);
 }
 
 async fn capped_push_keeps_only_the_newest_entries<Q: Queue + ?Sized>(q: &Q, p: &str) {

@@ -120,8 +120,34 @@ pub struct StreamEntry {
     pub s: Vec<u8>,
     /// Field `n`, outside the MAC: in the dead-letter stream, why the entry
     /// is there, as the process that put it there says ([`DeadLetterNote`]);
-    /// empty everywhere else. Untrusted: nothing else reads it.
+    /// on a queue, since when workers hand it back ([`HandBackNote`]);
+    /// empty everywhere else. Untrusted, as any field outside the MAC.
     pub note: Vec<u8>,
+}
+
+/// What the `note` of a queue entry handed back by a worker records (JSON):
+/// when it was first handed back (ms since the epoch) and how many times.
+/// Outside the MAC: a process writing the queue can reset it, which costs
+/// it no more than sending the request again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandBackNote {
+    pub since: u64,
+    pub times: u32,
+}
+
+impl HandBackNote {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The note in `bytes`, if they hold one (at most 128 bytes).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.is_empty() || bytes.len() > 128 {
+            return None;
+        }
+        serde_json::from_slice(bytes).ok()
+    }
 }
 
 /// What a dead-lettered entry's `note` records (JSON): the group whose

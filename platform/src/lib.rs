@@ -46,7 +46,9 @@ pub mod tcp;
 pub mod telemetry;
 
 pub use backend::{BackendError, Faults};
-pub use envelope::{DeadLetterNote, Envelope, Kind, ReplyError, StreamEntry, FORMAT_VERSION};
+pub use envelope::{
+    DeadLetterNote, Envelope, HandBackNote, Kind, ReplyError, StreamEntry, FORMAT_VERSION,
+};
 pub use keyring::{KeyRing, KeyRingError, SharedKeyRing};
 pub use keys::Keys;
 pub use kv::Kv;

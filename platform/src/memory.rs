@@ -291,25 +291,34 @@ impl Queue for MemoryStreams {
         &self,
         stream: &str,
         consumer: &str,
-        id: &str,
-        deliveries: u32,
-        _idle: Duration,
+        d: &Delivery,
+        entry: &StreamEntry,
+        since: std::time::Instant,
+        lease: Duration,
     ) -> Result<bool> {
         self.faults.check().await?;
+        if since.elapsed() >= lease / 2 {
+            return Ok(false);
+        }
         let mut map = self.streams.lock();
-        let mine = map
-            .get_mut(stream)
-            .zip(seq_of(id))
-            .and_then(|(s, seq)| s.pending.get_mut(&seq))
-            .filter(|p| p.consumer == consumer);
-        Ok(match mine {
-            Some(p) => {
-                p.count = deliveries.saturating_sub(1);
-                p.released = true;
-                true
-            }
-            None => false,
-        })
+        let Some(s) = map.get_mut(stream) else {
+            return Ok(false);
+        };
+        let Some(seq) =
+            seq_of(&d.id).filter(|seq| s.pending.get(seq).is_some_and(|p| p.consumer == consumer))
+        else {
+            return Ok(false);
+        };
+        if d.deliveries <= 1 {
+            s.take(seq);
+            s.append(entry.clone());
+            drop(map);
+            self.appended_to(stream);
+        } else if let Some(p) = s.pending.get_mut(&seq) {
+            p.count = d.deliveries.saturating_sub(1);
+            p.released = true;
+        }
+        Ok(true)
     }
 
     async fn renew(

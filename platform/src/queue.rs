@@ -123,21 +123,27 @@ pub trait Queue: Send + Sync + 'static {
         max: usize,
     ) -> Result<Vec<Delivery>>;
 
-    /// Gives back `id`, pending for `consumer` and delivered `deliveries`
-    /// times, without counting this delivery: it becomes pending and idle
-    /// for `idle` (a lapsed lease), so the next [`Queue::reclaim`] of any
-    /// consumer takes it with the count it had before this one. A worker
-    /// gives back a request of another generation of the graph whose node
-    /// it does not run (docs/wire-format.md, "Delivery"). True when given
-    /// back; false when the backend cannot, and then the entry's lease is
-    /// left to lapse and it is reclaimed, counted.
+    /// Gives back `d`, which `consumer` read and holds (it last learned so
+    /// at `since`), without counting this delivery, for another consumer to
+    /// take soon: a worker gives back a request of another generation of
+    /// the graph whose node it does not run (docs/wire-format.md,
+    /// "Delivery"). A first delivery goes back as a new entry, `entry` (the
+    /// same request, its note telling the hand-backs), read like any new
+    /// one; its nonce was never claimed. A redelivery keeps its id (its
+    /// nonce was claimed under it): it becomes pending as if its lease had
+    /// long lapsed, its count set back by one, and the next
+    /// [`Queue::reclaim`] of any consumer takes it. Nothing is done when
+    /// `consumer` may no longer hold it (`since` is over half a `lease`
+    /// ago). True when given back; false when not, or when the backend
+    /// cannot (its lease then lapses and it is reclaimed, counted).
     async fn hand_back(
         &self,
         _stream: &str,
         _consumer: &str,
-        _id: &str,
-        _deliveries: u32,
-        _idle: Duration,
+        _d: &Delivery,
+        _entry: &StreamEntry,
+        _since: Instant,
+        _lease: Duration,
     ) -> Result<bool> {
         Ok(false)
     }

@@ -218,7 +218,7 @@ pub enum VerifyError {
     /// run): checked up to its destination, its nonce not claimed, so
     /// another worker can take it as if it had never been read here.
     #[error("a request for another generation of the graph")]
-    HandedBack,
+    HandedBack(Box<Envelope>),
 }
 
 /// Which genuine requests a receiver hands back unclaimed
@@ -524,7 +524,7 @@ impl Verifier {
             return Ok(env);
         };
         if hand_back(&env) {
-            return Err(VerifyError::HandedBack);
+            return Err(VerifyError::HandedBack(Box::new(env)));
         }
         if let Some(kv) = &self.kv {
             let ttl = Duration::from_millis(env.deadline - now) + self.skew;

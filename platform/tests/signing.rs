@@ -251,7 +251,7 @@ async fn a_handed_back_request_claims_no_nonce_and_is_checked_first() {
         r.verifier
             .verify_request_unless(&e, &at("5-0", 1), "cpu", &back)
             .await,
-        Err(VerifyError::HandedBack)
+        Err(VerifyError::HandedBack(_))
     ));
     r.verifier
         .verify_request(&e, &at("5-0", 1), "cpu")

@@ -339,13 +339,90 @@ async fn a_request_for_a_node_not_run_here_is_handed_back_only_from_another_gene
         err.message
     );
 
-    // The other generation's request waits, its deliveries uncounted and
-    // its nonce unclaimed: a worker of its generation takes it as new.
-    assert_eq!(mem.pending(&q).await.unwrap(), 1);
-    let taken = mem.reclaim(&q, "next-generation", lease, 10).await.unwrap();
+    // The other generation's request waits as a new entry, never counted,
+    // its nonce unclaimed, its note saying since when it is handed back: a
+    // worker of its generation takes it as new.
+    assert_eq!(mem.pending(&q).await.unwrap(), 0);
+    let taken = mem
+        .read(&q, "next-generation", 10, Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(taken.len(), 1);
-    assert_eq!(
-        (taken[0].id.as_str(), taken[0].deliveries),
-        (newer.as_str(), 1)
+    assert_ne!(taken[0].id, newer);
+    assert_eq!(taken[0].deliveries, 1);
+    let note = sluice_platform::HandBackNote::decode(&taken[0].entry.note).expect("a note");
+    assert!(note.times >= 3, "{note:?}");
+    let at = sluice_platform::At {
+        stream: &q,
+        id: &taken[0].id,
+        deliveries: 1,
+    };
+    let env = parts
+        .verifier
+        .verify_request(&taken[0].entry, &at, "work")
+        .await
+        .expect("its first claim of the nonce");
+    assert_eq!(env.cid, "c-newer");
+}
+
+/// A request handed back for longer than the patience (its generation is
+/// gone, or never was) is refused and its caller answered.
+#[tokio::test]
+async fn a_request_no_worker_of_its_generation_takes_is_refused_in_the_end() {
+    let (plan, parts, mem, reply_stream, _, ring) = rig().await;
+    let q = parts.keys.queue("work");
+    mem.ensure_group(&q).await.unwrap();
+    let mut env = Envelope {
+        cid: "c-orphan".into(),
+        deadline: now_ms() + 30_000,
+        node: Some("shout".into()),
+        plan: Some("0123456789abcdef".into()),
+        reply_to: Some("ingress-1".into()),
+        ..sluice_platform::conformance::request(parts.keys.pipeline(), "work")
+    };
+    let mut entry = Signer::new(ring, &parts.keys, "web")
+        .sign(&mut env)
+        .unwrap();
+    let long_ago = now_ms() - HAND_BACK_PATIENCE.as_millis() as u64 - 1_000;
+    entry.note = sluice_platform::HandBackNote {
+        since: long_ago,
+        times: 4_000,
+    }
+    .encode();
+    mem.push(&q, entry).await.unwrap();
+    let worker = Worker::new(
+        WorkerConfig {
+            lease: Duration::from_millis(100),
+            block: Duration::from_millis(20),
+            ..WorkerConfig::from_plan(&plan, "work", "w1".into())
+        },
+        executor_of(&plan, &parts),
+        mem.clone(),
+        &parts,
     );
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(worker.clone().run(stop.clone()));
+    let mut got = vec![];
+    for _ in 0..200 {
+        got.extend(mem.recv(&reply_stream, 10, Duration::ZERO).await.unwrap());
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    run.await.unwrap();
+    assert_eq!(got.len(), 1);
+    let err = sluice_platform::envelope::decode(&got[0].1.m)
+        .unwrap()
+        .error
+        .expect("an error reply");
+    assert_eq!(err.code, "node_failed");
+    assert!(
+        err.message.contains("no worker of the graph that sent it"),
+        "{}",
+        err.message
+    );
+    assert_eq!(parts.worker_metrics.count("work", "handed_back"), 0);
+    assert_eq!(mem.depth(&q).await.unwrap().entries, 0, "acknowledged");
 }

@@ -24,7 +24,11 @@ use super::wire;
 use crate::backend::Result;
 use crate::envelope::StreamEntry;
 use crate::keys::CONSUMER_GROUP;
-use crate::queue::{Completion, Delivery, Depth, Held, Queue};
+use crate::queue::{Completion, Delivery, Depth, Forward, Held, Queue};
+
+/// The idle time a handed-back redelivery is given: beyond any lease (about
+/// 31 years), so a lease changed meanwhile still reclaims it at once.
+const LONG_IDLE_MS: i64 = 1_000_000_000_000;
 
 fn v(s: &str) -> Value {
     Value::from(s)
@@ -233,27 +237,43 @@ impl Queue for RedisBackend {
         &self,
         stream: &str,
         consumer: &str,
-        id: &str,
-        deliveries: u32,
-        idle: Duration,
+        d: &Delivery,
+        entry: &StreamEntry,
+        since: std::time::Instant,
+        lease: Duration,
     ) -> Result<bool> {
-        // No minimum idle time: the entry was just read here. Had another
-        // consumer taken it meanwhile (a lease that lapsed), its next
-        // renewal takes it back, and it runs there, as at-least-once allows.
+        if since.elapsed() >= lease / 2 {
+            return Ok(false);
+        }
+        if d.deliveries <= 1 {
+            let back = Completion {
+                id: d.id.clone(),
+                forward: Some(Forward {
+                    stream: stream.to_string(),
+                    entry: entry.clone(),
+                    must_exist: true,
+                    copy_to: None,
+                }),
+            };
+            return Ok(self.complete_all(stream, &[back]).await?.first() == Some(&true));
+        }
+        // Only while still this consumer's (the bound `renew` uses), made
+        // idle beyond any lease, so any consumer's next reclaim takes it.
+        let min_idle = since.elapsed().saturating_sub(lease / 2);
         let args = vec![
             v(stream),
             v(CONSUMER_GROUP),
             v(consumer),
-            v("0"),
-            v(id),
+            ms(min_idle),
+            v(&d.id),
             v("IDLE"),
-            ms(idle),
+            Value::Integer(LONG_IDLE_MS),
             v("RETRYCOUNT"),
-            Value::Integer(i64::from(deliveries.saturating_sub(1))),
+            Value::Integer(i64::from(d.deliveries.saturating_sub(1))),
             v("JUSTID"),
         ];
         match self.call("XCLAIM", stream, args).await {
-            Ok(ids) => Ok(wire::texts(&ids).iter().any(|got| got == id)),
+            Ok(ids) => Ok(wire::texts(&ids).contains(&d.id)),
             Err(e) if is_reply(&e, "NOGROUP") => Ok(false),
             Err(e) => Err(self.err(e)),
         }

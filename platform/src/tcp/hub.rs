@@ -603,8 +603,12 @@ impl Shared {
                 Err(VerifyError::Backend(e)) => {
                     tracing::warn!(group, id = %d.id, error = %e, "hub: replay guard unavailable; entry left pending");
                 }
-                // The hub asks no hand-back: the worker decides that.
-                Ok(_) | Err(VerifyError::HandedBack) => out.push(d),
+                // The hub asks for no hand-back (the worker decides that):
+                // should one come, the entry is not handed out unguarded.
+                Err(VerifyError::HandedBack(_)) => {
+                    tracing::warn!(group, id = %d.id, "hub: entry held back by the guard; left pending");
+                }
+                Ok(_) => out.push(d),
             }
         }
         if !refused.is_empty() {
