@@ -58,7 +58,8 @@ impl RuntimeParts {
             plan.security.clock_skew,
             plan.security.max_payload_bytes as usize,
             rejections.clone(),
-        );
+        )
+        .with_max_lifetime(plan.max_timeout());
         Self {
             signer: Signer::new(ring, &keys, group).with_plan(plan.generation()),
             rejections,

@@ -23,6 +23,8 @@ pub enum Rejection {
     FromFuture,
     #[error("deadline has passed")]
     Expired,
+    #[error("deadline beyond the pipeline's longest timeout")]
+    FarDeadline,
     #[error("nonce already seen on another entry")]
     Replay,
     #[error("envelope of the wrong kind")]
@@ -45,6 +47,7 @@ impl Rejection {
             Rejection::Malformed => "malformed",
             Rejection::FromFuture => "from_future",
             Rejection::Expired => "expired",
+            Rejection::FarDeadline => "far_deadline",
             Rejection::Replay => "replay",
             Rejection::WrongKind => "wrong_kind",
             Rejection::WrongDestination => "wrong_destination",

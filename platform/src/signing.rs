@@ -253,6 +253,9 @@ pub struct Verifier {
     keys: Keys,
     skew: Duration,
     max_entry_bytes: usize,
+    /// The longest a request may be given between its signing and its
+    /// deadline; `None`: no bound.
+    max_lifetime: Option<Duration>,
     rejections: Rejections,
     decoded: Arc<AtomicU64>,
 }
@@ -288,8 +291,20 @@ impl Verifier {
             keys,
             skew,
             max_entry_bytes: max_entry_bytes(max_payload_bytes),
+            max_lifetime: None,
             rejections,
             decoded: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The same verifier, refusing requests whose deadline lies more than
+    /// `lifetime` plus the clock skew after their signing (`far_deadline`):
+    /// the pipeline's longest timeout, so a holder of a request key cannot
+    /// make requests, and replay-guard keys, that outlive every caller.
+    pub fn with_max_lifetime(self, lifetime: Duration) -> Self {
+        Self {
+            max_lifetime: Some(lifetime),
+            ..self
         }
     }
 
@@ -507,6 +522,13 @@ impl Verifier {
         }
         if deadline_applies && env.deadline <= now {
             return reject(Expired);
+        }
+        if let (Kind::Request, Some(max)) = (kind, self.max_lifetime) {
+            let bound =
+                u64::try_from(max.saturating_add(self.skew).as_millis()).unwrap_or(u64::MAX);
+            if env.deadline.saturating_sub(env.ts) > bound {
+                return reject(FarDeadline);
+            }
         }
         // Who it is for before any nonce is claimed: an entry copied into
         // another group's queue must not use up the nonce of the original.

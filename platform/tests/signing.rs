@@ -277,6 +277,46 @@ async fn a_handed_back_request_claims_no_nonce_and_is_checked_first() {
     assert_eq!(r.rejections.get(Rejection::Replay), 0);
 }
 
+/// A request may not be given more time than the pipeline's longest
+/// timeout (plus the clock skew) between its signing and its deadline.
+#[tokio::test]
+async fn a_deadline_beyond_the_longest_timeout_is_refused() {
+    let shared = SharedKeyRing::fixed(ring("k1", &[("k1", 1)]));
+    let mut reg = Registry::default();
+    let rejections = Rejections::register(&mut reg);
+    let verifier = Verifier::new(
+        shared.clone(),
+        Some(MemoryKv::new()),
+        keys(),
+        Duration::from_secs(5),
+        MAX_PAYLOAD,
+        rejections.clone(),
+    )
+    .with_max_lifetime(Duration::from_secs(30));
+    let s = signer(shared);
+    let verify = |env: Envelope| {
+        let e = s.sign_as_is(&env).unwrap();
+        let v = verifier.clone();
+        async move { v.verify_request(&e, &at("1-0", 1), "cpu").await }
+    };
+    let now = now_ms();
+    let mut far = request("cpu");
+    far.ts = now;
+    far.deadline = now + 35_001;
+    far.nonce = "far".into();
+    match verify(far).await {
+        Err(VerifyError::Rejected(Rejection::FarDeadline)) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rejections.get(Rejection::FarDeadline), 1);
+    assert_eq!(Rejection::FarDeadline.reason(), "far_deadline");
+    let mut near = request("cpu");
+    near.ts = now;
+    near.deadline = now + 34_000;
+    near.nonce = "near".into();
+    verify(near).await.expect("within the timeout and the skew");
+}
+
 #[tokio::test]
 async fn redelivery_is_accepted_and_replay_is_rejected() {
     let r = rig();

@@ -192,7 +192,9 @@ impl Hub {
             cfg.clock_skew,
             cfg.max_payload_bytes,
             cfg.rejections.clone(),
-        );
+        )
+        // The longest nonce lifetime is the longest deadline plus the skew.
+        .with_max_lifetime(cfg.max_nonce_ttl.saturating_sub(cfg.clock_skew));
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
