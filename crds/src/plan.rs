@@ -232,6 +232,22 @@ pub struct Security {
 }
 
 impl Plan {
+    /// Every node a request entering at `starts` may run, `starts` included
+    /// (those the plan has).
+    pub fn reachable_from<'a>(&'a self, starts: &[&'a str]) -> BTreeSet<&'a str> {
+        let mut seen = BTreeSet::new();
+        let mut next: Vec<&str> = starts.to_vec();
+        while let Some(n) = next.pop() {
+            let Some(node) = self.nodes.get(n) else {
+                continue;
+            };
+            if seen.insert(node.name.as_str()) {
+                next.extend(node.next.targets());
+            }
+        }
+        seen
+    }
+
     /// The worker groups (every group but the ingress), sorted.
     pub fn worker_groups(&self) -> impl Iterator<Item = &GroupPlan> {
         self.groups.values().filter(|g| g.role == GroupRole::Worker)

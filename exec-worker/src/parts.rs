@@ -59,7 +59,7 @@ impl RuntimeParts {
             plan.security.max_payload_bytes as usize,
             rejections.clone(),
         )
-        .with_max_lifetime(plan.max_timeout());
+        .with_max_lifetime(sluice_crds::limits::MAX_ASYNC_TIMEOUT);
         Self {
             signer: Signer::new(ring, &keys, group).with_plan(plan.generation()),
             rejections,

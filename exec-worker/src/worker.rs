@@ -584,7 +584,8 @@ impl Worker {
             .await;
         match outcome {
             Ok(true) => {
-                tracing::debug!(group = %g, id = %d.id, "request of another plan generation handed back")
+                tracing::debug!(group = %g, id = %d.id, "request of another plan generation handed back");
+                self.metrics.outcome(g, "handed_back");
             }
             Ok(false) => {
                 tracing::debug!(group = %g, id = %d.id, "request of another plan generation left for its lease")
@@ -593,7 +594,6 @@ impl Worker {
                 tracing::warn!(group = %g, id = %d.id, error = %e, "cannot hand back a request of another plan generation; left for its lease")
             }
         }
-        self.metrics.outcome(g, "handed_back");
     }
 
     /// Whether a redelivered entry is still pending for this worker: the

@@ -39,19 +39,8 @@ async fn a_pause_holds_intake_and_reading_and_a_resume_answers_what_waited() {
     let mut sp = load("orders-redis.yaml");
     // Asynchronous answers outlive the pause.
     sp.spec.interfaces[0].async_timeout = Some("60s".into());
-    let mut run = start_pipeline(
-        "orders-redis.yaml",
-        sp,
-        &["orders-redis-web", "orders-redis-cpu", "orders-redis-io"],
-    );
-    let client = client();
-    wait_ready(&mut run, &client).await;
-    let (status, got) = first_request(
-        &run,
-        &client,
-        json!({"id": "A0", "type": "bulk", "items": 1}),
-    )
-    .await;
+    let (mut run, client, (status, got)) =
+        start_orders_redis(sp, json!({"id": "A0", "type": "bulk", "items": 1})).await;
     assert_eq!(status, 200, "{got}");
 
     // Entries wait for group io: its worker is gone.

@@ -158,19 +158,8 @@ async fn a_spec_change_rolled_out_under_load_fails_no_request() {
     let mut sp = load("orders-redis.yaml");
     sp.spec.interfaces[0].timeout = Some("30s".into());
     let next = next_generation(&sp);
-    let mut run = start_pipeline(
-        "orders-redis.yaml",
-        sp,
-        &["orders-redis-web", "orders-redis-cpu", "orders-redis-io"],
-    );
-    let client = client();
-    wait_ready(&mut run, &client).await;
-    let (status, got) = first_request(
-        &run,
-        &client,
-        json!({"id": "A0", "type": "standard", "items": 2}),
-    )
-    .await;
+    let (mut run, client, (status, got)) =
+        start_orders_redis(sp, json!({"id": "A0", "type": "standard", "items": 2})).await;
     assert_eq!((status, &got["price"]), (200, &json!(5)), "{got}");
 
     let target = Arc::new(RwLock::new(run.ingress));
@@ -209,6 +198,15 @@ async fn a_spec_change_rolled_out_under_load_fails_no_request() {
     ready(&client, &mut io).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     terminate(&mut run, "orders-redis-io");
+    // Each one went back in one step, none left to its lease (a Redis user
+    // refusing the step would leave them all, each counted a delivery).
+    let log = run
+        .procs
+        .iter()
+        .find(|(p, _)| p.name.starts_with("orders-redis-io"))
+        .map(|(p, _)| p.output())
+        .unwrap_or_default();
+    assert!(!log.contains("cannot hand back"), "{log}");
 
     // A new ingress; callers move to it, and the old one drains.
     let mut web = run.start_new_pod(

@@ -125,6 +125,10 @@ pub struct StreamEntry {
     pub note: Vec<u8>,
 }
 
+/// The most bytes a stored entry's note may have: an entry with a larger
+/// one is refused as oversized (no note sluice writes comes near it).
+pub const MAX_NOTE_BYTES: usize = 4096;
+
 /// What the `note` of a queue entry handed back by a worker records (JSON):
 /// when it was first handed back (ms since the epoch) and how many times.
 /// Outside the MAC: a process writing the queue can reset it, which costs
@@ -164,8 +168,9 @@ pub struct DeadLetterNote {
 impl DeadLetterNote {
     /// The most bytes of a note read back: larger is not one.
     pub const MAX_BYTES: usize = 2048;
-    /// Characters of the error message kept.
-    pub const MAX_MESSAGE: usize = 512;
+    /// Characters of the error message kept: at most 6 bytes each once
+    /// escaped in JSON, so a note stays under [`Self::MAX_BYTES`].
+    pub const MAX_MESSAGE: usize = 256;
 
     /// The note for `group`'s dead letter after `deliveries`, its message
     /// cut to [`Self::MAX_MESSAGE`] characters.
@@ -195,7 +200,13 @@ impl DeadLetterNote {
 }
 
 impl StreamEntry {
-    /// Total stored size, checked against the limit before anything is decoded.
+    /// Size of the signed entry (`v`, `k`, `m`, `s`), checked against the
+    /// limit before anything is decoded; the note is bounded apart.
+    pub fn signed_len(&self) -> usize {
+        self.v.len() + self.k.len() + self.m.len() + self.s.len()
+    }
+
+    /// Total stored size, the note included (what a queue holds).
     pub fn stored_len(&self) -> usize {
         self.v.len() + self.k.len() + self.m.len() + self.s.len() + self.note.len()
     }

@@ -298,9 +298,12 @@ impl Verifier {
     }
 
     /// The same verifier, refusing requests whose deadline lies more than
-    /// `lifetime` plus the clock skew after their signing (`far_deadline`):
-    /// the pipeline's longest timeout, so a holder of a request key cannot
-    /// make requests, and replay-guard keys, that outlive every caller.
+    /// `lifetime` plus the clock skew ahead (`far_deadline`), so a holder of
+    /// a request key cannot make requests, and replay-guard keys, that
+    /// outlive every caller. Workers and the ingress use a bound no
+    /// pipeline reaches (the longest `asyncTimeout` any may set), so that a
+    /// timeout changed by a spec change never refuses the requests of the
+    /// other generation.
     pub fn with_max_lifetime(self, lifetime: Duration) -> Self {
         Self {
             max_lifetime: Some(lifetime),
@@ -312,7 +315,8 @@ impl Verifier {
     /// checks its own entries with it, since one that does not would be
     /// refused unread and its caller left to time out.
     pub fn accepts_size(&self, entry: &StreamEntry) -> bool {
-        entry.stored_len() <= self.max_entry_bytes
+        entry.signed_len() <= self.max_entry_bytes
+            && entry.note.len() <= crate::envelope::MAX_NOTE_BYTES
     }
 
     /// The largest entry accepted, in bytes.
@@ -523,10 +527,11 @@ impl Verifier {
         if deadline_applies && env.deadline <= now {
             return reject(Expired);
         }
+        // On this receiver's clock, as the nonce's time to live is.
         if let (Kind::Request, Some(max)) = (kind, self.max_lifetime) {
             let bound =
                 u64::try_from(max.saturating_add(self.skew).as_millis()).unwrap_or(u64::MAX);
-            if env.deadline.saturating_sub(env.ts) > bound {
+            if env.deadline.saturating_sub(now) > bound {
                 return reject(FarDeadline);
             }
         }

@@ -93,6 +93,8 @@ pub struct Answering<'a> {
     pub interface: &'a InterfacePlan,
     /// Who may fetch them ("" for the anonymous caller).
     pub caller: &'a str,
+    /// Send a letter whose node moved to its new group.
+    pub follow_moved: bool,
 }
 
 /// A pipeline's dead-letter stream and what acts on it.
@@ -151,7 +153,10 @@ impl DeadLetters {
     }
 
     /// Whether `letter` can be sent again to answer through `how`: the
-    /// group that runs its node now, or why not.
+    /// group that runs its node now, or why not. Only to the group it was
+    /// dead-lettered from unless `how.follow_moved`: any process that holds
+    /// that group's request key could have written the letter, and sending
+    /// it elsewhere would sign for it what it cannot.
     pub fn target(&self, letter: &Letter, how: &Answering<'_>) -> Result<String, String> {
         let it = how.interface;
         if it.kind != InterfaceKind::Http {
@@ -173,9 +178,20 @@ impl DeadLetters {
                 letter.node
             ));
         }
-        if !it.path_groups.contains(group) {
+        if *group != letter.group && !how.follow_moved {
             return Err(format!(
-                "group `{group}` (node `{}`) is not on the path of interface `{}`, which would not take its answer",
+                "node `{}` now runs on group `{group}`, not on `{}` where it was dead-lettered: \
+                 --follow-moved sends it there, for letters you trust (any process of `{}` could have written it)",
+                letter.node, letter.group, letter.group
+            ));
+        }
+        if !self
+            .plan
+            .reachable_from(&it.entries())
+            .contains(letter.node.as_str())
+        {
+            return Err(format!(
+                "node `{}` is not reached from interface `{}`, which would not take its answer",
                 letter.node, it.name
             ));
         }
@@ -302,5 +318,106 @@ impl DeadLetters {
             n += self.queue.delete(&stream, chunk).await?;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_platform::memory::MemoryStreams;
+    use sluice_platform::metrics::Rejections;
+    use sluice_platform::{KeyRing, SharedKeyRing};
+    use std::time::Duration;
+
+    const MANIFEST: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata: { name: letters }
+spec:
+  backends: { queue: redis, kv: redis, reply: redis }
+  interfaces:
+    - { name: a, kind: http, path: /v1/a, entry: start, timeout: 5s }
+    - { name: b, kind: http, path: /v1/b, entry: other, timeout: 5s }
+  groups:
+    - { name: web, role: ingress }
+    - { name: cpu, role: worker }
+    - { name: io, role: worker }
+  nodes:
+    - { name: start, group: web, uses: builtin/echo, next: work }
+    - { name: work, group: cpu, uses: builtin/echo, next: finish }
+    - { name: finish, group: io, uses: builtin/echo }
+    - { name: other, group: io, uses: builtin/echo }
+"#;
+
+    fn letters() -> DeadLetters {
+        let (_, plan) = sluice_crds::parse_manifest("letters.yaml", MANIFEST).unwrap();
+        let keys = Keys::new("default", "letters");
+        let ring = SharedKeyRing::fixed(KeyRing::ephemeral());
+        let streams = MemoryStreams::new();
+        DeadLetters {
+            verifier: Verifier::new(
+                ring.clone(),
+                None,
+                keys.clone(),
+                Duration::from_secs(5),
+                1 << 20,
+                Rejections::default(),
+            ),
+            signer: Signer::new(ring, &keys, "web").with_plan(plan.generation()),
+            plan: Arc::new(plan),
+            keys,
+            queue: streams.clone(),
+            replies: streams,
+        }
+    }
+
+    fn letter(group: &str, node: &str) -> Letter {
+        Letter {
+            group: group.into(),
+            node: node.into(),
+            request_id: "r".into(),
+            payload: Value::Null,
+        }
+    }
+
+    #[test]
+    fn a_letter_goes_back_only_where_its_answer_is_taken_and_its_writer_could_send() {
+        let d = letters();
+        let it = |name: &str| d.plan.interfaces.iter().find(|i| i.name == name).unwrap();
+        let how = |name, follow_moved| Answering {
+            interface: it(name),
+            caller: "",
+            follow_moved,
+        };
+        assert_eq!(
+            d.target(&letter("cpu", "work"), &how("a", false)),
+            Ok("cpu".into())
+        );
+        assert_eq!(
+            d.target(&letter("io", "finish"), &how("a", false)),
+            Ok("io".into())
+        );
+        let refused = |l: Letter, h: Answering<'_>| d.target(&l, &h).unwrap_err();
+        // Written by a process of io, for a node of cpu.
+        let moved = refused(letter("io", "work"), how("a", false));
+        assert!(moved.contains("--follow-moved"), "{moved}");
+        assert_eq!(
+            d.target(&letter("io", "work"), &how("a", true)),
+            Ok("cpu".into())
+        );
+        // Interface a never reaches `other`: its answer would not be taken.
+        let unreached = refused(letter("io", "other"), how("a", false));
+        assert!(
+            unreached.contains("not reached from interface `a`"),
+            "{unreached}"
+        );
+        assert_eq!(
+            d.target(&letter("io", "other"), &how("b", false)),
+            Ok("io".into())
+        );
+        let gone = refused(letter("cpu", "gone"), how("a", false));
+        assert!(gone.contains("not in the pipeline"), "{gone}");
+        let ingress = refused(letter("web", "start"), how("a", false));
+        assert!(ingress.contains("runs in the ingress"), "{ingress}");
     }
 }

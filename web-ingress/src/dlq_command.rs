@@ -54,6 +54,11 @@ pub enum DlqAction {
         /// callers [default: the anonymous caller]
         #[arg(long, value_name = "NAME")]
         caller: Option<String>,
+        /// Send a letter whose node now runs on another group there (by
+        /// default it is left: whoever could write it may not send to that
+        /// group)
+        #[arg(long)]
+        follow_moved: bool,
         /// Say what would be sent; send nothing
         #[arg(long)]
         dry_run: bool,
@@ -150,6 +155,7 @@ pub async fn run(action: DlqAction) -> anyhow::Result<()> {
             pick,
             interface,
             caller,
+            follow_moved,
             dry_run,
         } => {
             let d = open(&target).await?;
@@ -166,6 +172,7 @@ pub async fn run(action: DlqAction) -> anyhow::Result<()> {
             let how = Answering {
                 interface: it,
                 caller: &caller,
+                follow_moved,
             };
             let (done, stopped) = d.redrive(&chosen, &how, dry_run).await;
             let mut out = String::new();
@@ -334,9 +341,10 @@ pub fn table(listed: &[Listed], payloads: bool, now: u64) -> String {
                 printable(&x.request_id),
                 l.bytes
             ),
+            // Nothing of a refused entry is shown, its note included.
             Err(why) => writeln!(
                 out,
-                "{}\t{age}\t-\t-\t-\t{}\t{deliveries}\trefused: {}",
+                "{}\t{age}\t-\t-\t-\t{}\t-\trefused: {}",
                 l.id,
                 l.bytes,
                 why.reason()

@@ -60,6 +60,21 @@ async fn answers(mem: &MemoryStreams, reply_stream: &str) -> usize {
         .len()
 }
 
+/// The first answers to arrive in `reply_stream`, waiting up to 2 s.
+async fn first_answers(
+    mem: &MemoryStreams,
+    reply_stream: &str,
+) -> Vec<(String, sluice_platform::StreamEntry)> {
+    for _ in 0..200 {
+        let got = mem.recv(reply_stream, 10, Duration::ZERO).await.unwrap();
+        if !got.is_empty() {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    vec![]
+}
+
 /// The builtin nodes of group `work`.
 fn executor_of(plan: &Arc<sluice_crds::Plan>, parts: &RuntimeParts) -> Executor {
     Executor::build(
@@ -318,14 +333,7 @@ async fn a_request_for_a_node_not_run_here_is_handed_back_only_from_another_gene
     mem.push(&q, request("c-same", plan.generation()))
         .await
         .unwrap();
-    let mut got = vec![];
-    for _ in 0..200 {
-        got.extend(mem.recv(&reply_stream, 10, Duration::ZERO).await.unwrap());
-        if !got.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let got = first_answers(&mem, &reply_stream).await;
     stop.cancel();
     run.await.unwrap();
     assert_eq!(got.len(), 1, "the same generation's misroute is answered");
@@ -402,14 +410,7 @@ async fn a_request_no_worker_of_its_generation_takes_is_refused_in_the_end() {
     );
     let stop = CancellationToken::new();
     let run = tokio::spawn(worker.clone().run(stop.clone()));
-    let mut got = vec![];
-    for _ in 0..200 {
-        got.extend(mem.recv(&reply_stream, 10, Duration::ZERO).await.unwrap());
-        if !got.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let got = first_answers(&mem, &reply_stream).await;
     stop.cancel();
     run.await.unwrap();
     assert_eq!(got.len(), 1);

@@ -237,6 +237,8 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role, tls: bool) -> Vec<String> {
                 &[
                     "xreadgroup",
                     "xack",
+                    // A request of another plan generation, handed back.
+                    "xadd",
                     "xclaim",
                     "xautoclaim",
                     "xdel",

@@ -343,6 +343,23 @@ impl Running {
     }
 }
 
+/// The orders-redis example changed into `sp`, started and ready, and the
+/// answer to its first request, `first`.
+pub async fn start_orders_redis(
+    sp: StreamPipeline,
+    first: Value,
+) -> (Running, reqwest::Client, (u16, Value)) {
+    let mut run = start_pipeline(
+        "orders-redis.yaml",
+        sp,
+        &["orders-redis-web", "orders-redis-cpu", "orders-redis-io"],
+    );
+    let client = client();
+    wait_ready(&mut run, &client).await;
+    let answer = first_request(&run, &client, first).await;
+    (run, client, answer)
+}
+
 // === checks ===
 
 /// GET on a probe's `httpGet`, as the kubelet probes: the status code.

@@ -647,7 +647,7 @@ impl Access {
     }
 
     fn entry(&self, e: &crate::envelope::StreamEntry) -> Result<(), &'static str> {
-        if e.stored_len() > self.max_entry {
+        if e.signed_len() > self.max_entry || e.note.len() > crate::envelope::MAX_NOTE_BYTES {
             Err("an entry larger than the pipeline's entry limit")
         } else {
             Ok(())

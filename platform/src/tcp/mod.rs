@@ -62,15 +62,17 @@ impl Limits {
     /// Limits for entries of at most `max_entry` bytes: a read's worth of
     /// them, or a full hand-off batch, whichever is larger.
     pub fn for_entries(max_entry: usize) -> Self {
-        let reads = max_entry.saturating_mul(MAX_READ);
-        let hand_offs = HAND_OFF_BYTES.saturating_add(max_entry);
+        // An entry travels with its note, bounded apart.
+        let stored = max_entry.saturating_add(crate::envelope::MAX_NOTE_BYTES);
+        let reads = stored.saturating_mul(MAX_READ);
+        let hand_offs = HAND_OFF_BYTES.saturating_add(stored);
         let max_frame = reads
             .max(hand_offs)
             .saturating_add(FRAME_SLACK)
             .min(MAX_FRAME);
         // Fewer entries per read when a read of MAX_READ would not fit.
         let max_read =
-            ((max_frame - FRAME_SLACK.min(max_frame)) / max_entry.max(1)).clamp(1, MAX_READ);
+            ((max_frame - FRAME_SLACK.min(max_frame)) / stored.max(1)).clamp(1, MAX_READ);
         Self {
             max_frame,
             max_read,
