@@ -34,6 +34,7 @@ pub const ENV_MAX_JSON_DEPTH: &str = "SLUICE_MAX_JSON_DEPTH";
 pub const ENV_MAX_JSON_ELEMENTS: &str = "SLUICE_MAX_JSON_ELEMENTS";
 pub const ENV_TLS_CERT: &str = "SLUICE_TLS_CERT";
 pub const ENV_TLS_KEY: &str = "SLUICE_TLS_KEY";
+pub const ENV_ADMIN: &str = "SLUICE_ADMIN";
 pub const ENV_HUB: &str = "SLUICE_HUB";
 pub const ENV_WORKERS: &str = "SLUICE_WORKERS";
 pub const ENV_WORKER_BIN: &str = "SLUICE_WORKER_BIN";
@@ -193,6 +194,11 @@ pub struct Cli {
     /// The PEM private key of --tls-cert [env: SLUICE_TLS_KEY]
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+
+    /// Memory and tcp backends: serve the dead letters (list, redrive,
+    /// purge) on this loopback address; off by default [env: SLUICE_ADMIN]
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -311,6 +317,8 @@ pub struct Config {
     pub tls_reload_every: Duration,
     /// Used with tcp backends only.
     pub tcp: TcpOptions,
+    /// The admin listener (dead letters), loopback; `None`: off.
+    pub admin: Option<SocketAddr>,
 }
 
 /// A flag or variable with an unusable value.
@@ -435,7 +443,22 @@ impl Config {
                 ))
             }
         };
+        let admin = match pick(&cli.admin, ENV_ADMIN) {
+            None => None,
+            Some(s) => {
+                let addr: SocketAddr = s.parse().map_err(|_| {
+                    bad(
+                        "--admin",
+                        format!("`{s}` is not an address like 127.0.0.1:9090"),
+                    )
+                })?;
+                sluice_platform::tcp::require_loopback("--admin", addr)
+                    .map_err(|e| bad("--admin", e))?;
+                Some(addr)
+            }
+        };
         Ok(Self {
+            admin,
             http,
             tls,
             tcp,
@@ -504,6 +527,7 @@ impl Config {
             tls: None,
             tls_reload_every: crate::tls::RELOAD_EVERY,
             tcp: TcpOptions::default(),
+            admin: None,
         }
     }
 }
@@ -728,10 +752,20 @@ mod tests {
         let env: HashMap<String, String> = [(ENV_HUB.to_string(), "[::1]:7311".to_string())].into();
         let c = Config::resolve(&cli(&["--pipeline", "p"]), &env).unwrap();
         assert_eq!(c.tcp.hub.to_string(), "[::1]:7311");
+        assert_eq!(c.admin, None, "off by default");
+        let env: HashMap<String, String> =
+            [(ENV_ADMIN.to_string(), "127.0.0.1:9090".to_string())].into();
+        let c = Config::resolve(&cli(&["--pipeline", "p"]), &env).unwrap();
+        assert_eq!(
+            c.admin.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9090")
+        );
 
         for (args, flag, says) in [
             (&["--hub", "0.0.0.0:7311"][..], "--hub", "loopback"),
             (&["--hub", "here"][..], "--hub", "not an address"),
+            (&["--admin", "0.0.0.0:9090"][..], "--admin", "loopback"),
+            (&["--admin", "here"][..], "--admin", "not an address"),
             (
                 &["--workers", "some"][..],
                 "--workers",

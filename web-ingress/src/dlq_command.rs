@@ -18,6 +18,7 @@ use clap::{Args, Subcommand};
 use sluice_crds::{BackendKind, Plan};
 use sluice_platform::clock::now_ms;
 use sluice_platform::metrics::Rejections;
+use sluice_platform::BackendError;
 use sluice_platform::{Keys, RedisBackend, RedisConfig, SharedKeyRing, Signer, Verifier};
 
 use crate::dead_letters::{Answering, DeadLetters, Listed, Redriven, MAX_READ};
@@ -122,53 +123,88 @@ pub struct Target {
 }
 
 /// Which dead letters.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Default, Args, serde::Deserialize)]
 #[group(required = true, multiple = false)]
+#[serde(deny_unknown_fields)]
 pub struct Pick {
     /// This one (its id, as listed); repeatable
     #[arg(long = "id", value_name = "ID")]
+    #[serde(default)]
     pub ids: Vec<String>,
     /// Every one in the stream now
     #[arg(long)]
+    #[serde(default)]
     pub all: bool,
 }
 
-/// Runs `action`, printing to stdout.
+/// What to do with the dead letters, wherever it was asked (the command
+/// line, or the ingress's admin listener).
+#[derive(Debug, Clone)]
+pub enum Act {
+    List {
+        limit: usize,
+        payloads: bool,
+    },
+    Redrive {
+        pick: Pick,
+        interface: Option<String>,
+        caller: Option<String>,
+        follow_moved: bool,
+        dry_run: bool,
+    },
+    Purge {
+        pick: Pick,
+        dry_run: bool,
+    },
+}
+
+/// Why an [`Act`] did not run to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ActError {
+    /// Refused before anything was done (a bad id, an unknown interface).
+    #[error("{0}")]
+    Refused(String),
+    /// The backend failed; `done` is what was done before.
+    #[error("{error}")]
+    Stopped { done: String, error: String },
+}
+
+/// Runs `act` on `d`: what it did, as text (one line per letter).
 ///
 /// # Errors
-/// Bad flags or manifest, an unreachable Redis, or a failure midway (what
-/// was done before it is printed first).
-pub async fn run(action: DlqAction) -> anyhow::Result<()> {
-    match action {
-        DlqAction::List {
-            target,
-            limit,
-            payloads,
-        } => {
-            let d = open(&target).await?;
-            let listed = d.list(limit).await.context("reading the dead letters")?;
-            print!("{}", table(&listed, payloads, now_ms()));
-            Ok(())
+/// [`ActError`].
+pub async fn act(d: &DeadLetters, act: Act) -> Result<String, ActError> {
+    let backend = |what: &str, e: BackendError| ActError::Stopped {
+        done: String::new(),
+        error: format!("{what}: {e}"),
+    };
+    match act {
+        Act::List { limit, payloads } => {
+            let listed = d
+                .list(limit)
+                .await
+                .map_err(|e| backend("reading the dead letters", e))?;
+            Ok(table(&listed, payloads, now_ms()))
         }
-        DlqAction::Redrive {
-            target,
+        Act::Redrive {
             pick,
             interface,
             caller,
             follow_moved,
             dry_run,
         } => {
-            let d = open(&target).await?;
             let it = interface_of(&d.plan, interface.as_deref())?;
             let caller = match (caller, it.auth.is_some()) {
                 (Some(c), _) => c,
                 (None, false) => String::new(),
-                (None, true) => bail!(
-                    "interface `{}` identifies its callers: name the one who may fetch the answers with --caller",
-                    it.name
-                ),
+                (None, true) => {
+                    return Err(ActError::Refused(format!(
+                        "interface `{}` identifies its callers: name the one who may fetch the answers (caller)",
+                        it.name
+                    )))
+                }
             };
-            let chosen = chosen(&d, &pick).await?;
+            let chosen = chosen(d, &pick).await?;
             let how = Answering {
                 interface: it,
                 caller: &caller,
@@ -185,42 +221,98 @@ pub async fn run(action: DlqAction) -> anyhow::Result<()> {
                     }
                 };
             }
-            print!("{out}");
-            if let Some(e) = stopped {
-                bail!("stopped after {} of {}: {e}", done.len(), chosen.len());
+            match stopped {
+                Some(e) => Err(ActError::Stopped {
+                    error: format!("stopped after {} of {}: {e}", done.len(), chosen.len()),
+                    done: out,
+                }),
+                None => Ok(out),
             }
-            Ok(())
         }
+        Act::Purge { pick, dry_run } => {
+            let ids: Vec<String> = chosen(d, &pick).await?.into_iter().map(|l| l.id).collect();
+            if dry_run {
+                return Ok(format!("would delete {} dead letter(s)\n", ids.len()));
+            }
+            let n = d
+                .purge(&ids, false)
+                .await
+                .map_err(|e| backend("deleting", e))?;
+            Ok(format!("deleted {n} dead letter(s)\n"))
+        }
+    }
+}
+
+/// Runs `action`, printing to stdout.
+///
+/// # Errors
+/// Bad flags or manifest, an unreachable Redis, or a failure midway (what
+/// was done before it is printed first).
+pub async fn run(action: DlqAction) -> anyhow::Result<()> {
+    let (target, act_on) = match action {
+        DlqAction::List {
+            target,
+            limit,
+            payloads,
+        } => (target, Act::List { limit, payloads }),
+        DlqAction::Redrive {
+            target,
+            pick,
+            interface,
+            caller,
+            follow_moved,
+            dry_run,
+        } => (
+            target,
+            Act::Redrive {
+                pick,
+                interface,
+                caller,
+                follow_moved,
+                dry_run,
+            },
+        ),
         DlqAction::Purge {
             target,
             pick,
             dry_run,
-        } => {
-            let d = open(&target).await?;
-            let ids: Vec<String> = chosen(&d, &pick).await?.into_iter().map(|l| l.id).collect();
-            let n = d.purge(&ids, dry_run).await.context("deleting")?;
-            if dry_run {
-                println!("would delete {} dead letter(s)", ids.len());
-            } else {
-                println!("deleted {n} dead letter(s)");
-            }
+        } => (target, Act::Purge { pick, dry_run }),
+    };
+    let d = open(&target).await?;
+    match act(&d, act_on).await {
+        Ok(out) => {
+            print!("{out}");
             Ok(())
+        }
+        Err(ActError::Refused(why)) => bail!("{why}"),
+        Err(ActError::Stopped { done, error }) => {
+            print!("{done}");
+            bail!("{error}")
         }
     }
 }
 
 /// The dead letters `pick` names, as they are now; an id that is not there
-/// is an error (nothing is done).
-async fn chosen(d: &DeadLetters, pick: &Pick) -> anyhow::Result<Vec<Listed>> {
+/// is refused (nothing is done).
+async fn chosen(d: &DeadLetters, pick: &Pick) -> Result<Vec<Listed>, ActError> {
+    // Exactly one of the two.
+    if pick.all != pick.ids.is_empty() {
+        return Err(ActError::Refused(
+            "name the dead letters: ids, or all".into(),
+        ));
+    }
     for id in &pick.ids {
         if !is_stream_id(id) {
-            bail!(
-                "--id {}: not an entry id (like 1767225600000-0)",
+            return Err(ActError::Refused(format!(
+                "id {}: not an entry id (like 1767225600000-0)",
                 printable(id)
-            );
+            )));
         }
     }
-    let all = d.list(MAX_READ).await.context("reading the dead letters")?;
+    let all = d.list(MAX_READ).await.map_err(|e| ActError::Stopped {
+        done: String::new(),
+        error: format!("reading the dead letters: {e}"),
+    })?;
     if pick.all {
         return Ok(all);
     }
@@ -230,7 +322,7 @@ async fn chosen(d: &DeadLetters, pick: &Pick) -> anyhow::Result<Vec<Listed>> {
             all.iter()
                 .find(|l| l.id == *id)
                 .cloned()
-                .with_context(|| format!("{id}: not in the dead-letter stream"))
+                .ok_or_else(|| ActError::Refused(format!("{id}: not in the dead-letter stream")))
         })
         .collect()
 }
@@ -245,33 +337,31 @@ fn is_stream_id(id: &str) -> bool {
 fn interface_of<'p>(
     plan: &'p Plan,
     name: Option<&str>,
-) -> anyhow::Result<&'p sluice_crds::InterfacePlan> {
+) -> Result<&'p sluice_crds::InterfacePlan, ActError> {
     let http: Vec<_> = plan
         .interfaces
         .iter()
         .filter(|i| i.kind == sluice_crds::InterfaceKind::Http)
         .collect();
     match name {
-        Some(n) => plan
-            .interfaces
-            .iter()
-            .find(|i| i.name == n)
-            .with_context(|| {
-                format!(
-                    "--interface {}: the pipeline has no such interface",
-                    printable(n)
-                )
-            }),
+        Some(n) => plan.interfaces.iter().find(|i| i.name == n).ok_or_else(|| {
+            ActError::Refused(format!(
+                "interface {}: the pipeline has no such interface",
+                printable(n)
+            ))
+        }),
         None => match http.as_slice() {
             [only] => Ok(only),
-            [] => bail!("the pipeline has no http interface to store the answers"),
-            more => bail!(
-                "name the interface whose answer store keeps the answers with --interface ({})",
+            [] => Err(ActError::Refused(
+                "the pipeline has no http interface to store the answers".into(),
+            )),
+            more => Err(ActError::Refused(format!(
+                "name the interface whose answer store keeps the answers ({})",
                 more.iter()
                     .map(|i| i.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
-            ),
+            ))),
         },
     }
 }

@@ -28,6 +28,7 @@
 //! - [`metrics`]: the ingress's metric families.
 //! - [`runtime`]: start-up, reply listener, backlog sampler, inline workers, drain.
 
+pub mod admin;
 pub mod admission;
 pub mod async_answers;
 pub mod auth;

@@ -159,6 +159,13 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
                 .into(),
         ));
     }
+    if backend == BackendKind::Redis && config.admin.is_some() {
+        return Err(StartError::Unsupported(
+            "--admin serves the dead letters of memory and tcp backends, which live in this process; \
+             a Redis pipeline's are listed, redriven and purged with `sluice-web-ingress dlq`"
+                .into(),
+        ));
+    }
     let certificates = match &config.tls {
         Some(files) => Some(Arc::new(crate::tls::Certificates::load(files.clone())?)),
         None => None,
@@ -411,6 +418,25 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         tls,
     ));
 
+    if let Some(at) = config.admin {
+        let listener = crate::admin::bind(at)
+            .await
+            .map_err(StartError::Unsupported)?;
+        let letters = crate::dead_letters::DeadLetters {
+            plan: plan.clone(),
+            keys: parts.keys.clone(),
+            queue: state.queue.clone(),
+            replies: replies.clone(),
+            verifier: parts.verifier.clone(),
+            signer: parts.signer.clone(),
+        };
+        tracing::info!(admin = %at, "dead letters served on the admin listener");
+        tokio::spawn(crate::admin::serve(
+            listener,
+            Arc::new(letters),
+            background.clone(),
+        ));
+    }
     summary(&config, &plan, backend, &ring, &parts, addr);
 
     let drain = CancellationToken::new();
