@@ -638,3 +638,41 @@ async fn the_pause_key_is_read_and_a_user_without_get_on_it_is_not_held_back() {
     assert!(resumed && !pause.is_paused());
     stop.cancel();
 }
+
+/// A lapsed entry behind a pending list longer than one reclaim scan (ten
+/// entries per one asked for) is reached: each scan goes on where the last
+/// one ended.
+#[tokio::test]
+async fn reclaims_reach_a_lapsed_entry_behind_many_held_ones() {
+    let server = RedisServer::start(false);
+    let b = backend(&server).await;
+    let q = format!("{}:q:long", prefix());
+    b.ensure_group(&q).await.unwrap();
+    for i in 0..60 {
+        b.push(&q, entry(i)).await.unwrap();
+    }
+    let held = b.read(&q, "busy", 60, Duration::ZERO).await.unwrap();
+    assert_eq!(held.len(), 60);
+    // The last one's consumer went away an hour ago.
+    let lapsed = &held[59].id;
+    let claimed = cli(
+        &server,
+        &[
+            "XCLAIM", &q, "sluice", "gone", "0", lapsed, "IDLE", "3600000", "JUSTID",
+        ],
+    );
+    assert_eq!(claimed.trim(), lapsed.as_str());
+    let mut found = None;
+    for _ in 0..10 {
+        let got = b
+            .reclaim(&q, "thief", Duration::from_secs(60), 1)
+            .await
+            .unwrap();
+        if let Some(d) = got.into_iter().next() {
+            found = Some(d);
+            break;
+        }
+    }
+    let d = found.expect("ten scans of ten entries reach the 60th");
+    assert_eq!((d.id.as_str(), d.deliveries), (lapsed.as_str(), 2));
+}

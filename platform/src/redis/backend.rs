@@ -104,6 +104,9 @@ pub struct RedisBackend {
     /// Reply streams: where each stream's reader stands, so a read never
     /// returns an entry twice and read entries are trimmed in bulk.
     pub(super) reply_cursors: Mutex<HashMap<String, super::cursor::ReplyCursor>>,
+    /// Queues: where the next reclaim scan of each starts (`XAUTOCLAIM`'s
+    /// cursor), so a pending list longer than one scan is covered in turn.
+    pub(super) reclaim_cursors: Mutex<HashMap<String, String>>,
 }
 
 /// A connection used by one blocking read at a time.
@@ -315,6 +318,7 @@ impl RedisBackend {
             next: AtomicUsize::new(0),
             idle_blocking: Mutex::new(Vec::new()),
             reply_cursors: Mutex::new(HashMap::new()),
+            reclaim_cursors: Mutex::new(HashMap::new()),
         });
         // Checks the server version at the first connection and after each
         // reconnection (a failover may land on another server).

@@ -302,12 +302,21 @@ impl Queue for RedisBackend {
         if max == 0 {
             return Ok(vec![]);
         }
+        // One scan looks at no more than ten entries per one asked for:
+        // each picks up where the last ended, so lapsed entries behind a
+        // long pending list of held ones are reached in turn.
+        let start = self
+            .reclaim_cursors
+            .lock()
+            .get(stream)
+            .cloned()
+            .unwrap_or_else(|| "0-0".into());
         let args = vec![
             v(stream),
             v(CONSUMER_GROUP),
             v(consumer),
             ms(min_idle),
-            v("0"),
+            v(&start),
             v("COUNT"),
             n(max),
         ];
@@ -319,7 +328,15 @@ impl Queue for RedisBackend {
         // Redis 7 drops deleted entries from the pending list itself and
         // lists them apart; older servers return them as nil entries that
         // stay pending, so those are acknowledged here.
-        let (claimed, _deleted) = wire::autoclaim_reply(reply)?;
+        let (cursor, claimed, _deleted) = wire::autoclaim_reply(reply)?;
+        {
+            let mut cursors = self.reclaim_cursors.lock();
+            if cursor == "0-0" {
+                cursors.remove(stream);
+            } else {
+                cursors.insert(stream.to_string(), cursor);
+            }
+        }
         let (live, gone): (Vec<_>, Vec<_>) = claimed.into_iter().partition(|(_, e)| e.is_some());
         if !gone.is_empty() {
             let mut args = vec![v(stream), v(CONSUMER_GROUP)];

@@ -95,14 +95,19 @@ pub(super) fn read_reply(v: Value, what: &str) -> Result<Vec<RawEntry>> {
 }
 
 /// `XAUTOCLAIM`: `[cursor, entries, deleted-ids]` (the last since Redis 7).
-pub(super) fn autoclaim_reply(v: Value) -> Result<(Vec<RawEntry>, Vec<String>)> {
-    let mut parts = items(v).into_iter().skip(1);
+pub(super) fn autoclaim_reply(v: Value) -> Result<(String, Vec<RawEntry>, Vec<String>)> {
+    let mut parts = items(v).into_iter();
+    let cursor = parts
+        .next()
+        .as_ref()
+        .and_then(text)
+        .ok_or_else(|| unexpected("XAUTOCLAIM"))?;
     let claimed = entries(parts.next().unwrap_or(Value::Null), "XAUTOCLAIM")?;
     let deleted = parts
         .next()
         .map(|d| items(d).iter().filter_map(text).collect())
         .unwrap_or_default();
-    Ok((claimed, deleted))
+    Ok((cursor, claimed, deleted))
 }
 
 /// `XPENDING key group start end count`: `[[id, consumer, idle, count], …]`;
@@ -209,14 +214,15 @@ mod tests {
     #[test]
     fn autoclaim_reply_separates_claimed_deleted_and_nil_entries() {
         let reply = Value::Array(vec![
-            s("0-0"),
+            s("7-0"),
             Value::Array(vec![
                 Value::Array(vec![s("1-0"), fields(b"x")]),
                 Value::Array(vec![s("2-0"), Value::Null]),
             ]),
             Value::Array(vec![s("3-0")]),
         ]);
-        let (claimed, deleted) = autoclaim_reply(reply).unwrap();
+        let (cursor, claimed, deleted) = autoclaim_reply(reply).unwrap();
+        assert_eq!(cursor, "7-0", "where the next scan starts");
         assert_eq!(claimed.len(), 2);
         assert!(claimed[0].1.is_some());
         assert!(claimed[1].1.is_none(), "a nil entry is reported as deleted");
