@@ -44,7 +44,7 @@ use sluice_platform::{
     At, Delivery, Envelope, Forward, Held, Keys, Pause, Queue, Rejection, ReplyError, SignError,
     Signer, StreamEntry, Verifier, VerifyError,
 };
-use sluice_platform::{BackendError, Completion, DeadLetterNote, HandBackNote};
+use sluice_platform::{BackendError, Completion, DeadLetterNote};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -114,12 +114,7 @@ impl Backoff {
     }
 }
 
-/// How long after its first hand-back a request of another generation of
-/// the graph may still be handed back: a rollout's pods of both graphs
-/// overlap for less (a Deployment's progress deadline is 10 minutes).
-pub const HAND_BACK_PATIENCE: Duration = Duration::from_secs(600);
-/// The most a worker holds a request before handing it back.
-const HAND_BACK_PAUSE: Duration = Duration::from_millis(100);
+pub use hand_back::HAND_BACK_PATIENCE;
 
 /// One group's consumer.
 pub struct Worker {
@@ -529,73 +524,6 @@ impl Worker {
         }
     }
 
-    /// Gives `d` back to the queue, uncounted: a request of another
-    /// generation of the graph (a spec change rolling out) for a node this
-    /// worker does not run. A worker of that generation, still draining or
-    /// just started, takes it; its deadline bounds the wait, and so does
-    /// [`HAND_BACK_PATIENCE`]: a request no worker took that long after its
-    /// first hand-back (its generation is gone, or never existed) is
-    /// refused, its caller answered.
-    async fn hand_back(&self, d: &Delivery, env: &Envelope) {
-        let g = &self.cfg.group;
-        let now = now_ms();
-        let before = HandBackNote::decode(&d.entry.note);
-        let first = before.map_or(now, |n| n.since.min(now));
-        let patience = u64::try_from(HAND_BACK_PATIENCE.as_millis()).unwrap_or(u64::MAX);
-        if now.saturating_sub(first) > patience {
-            let node = env.node.clone().unwrap_or_default();
-            tracing::warn!(group = %g, id = %d.id, request_id = %env.rid, node = %node, "no worker of the request's graph took it; refused");
-            let err = ReplyError::new(
-                "node_failed",
-                format!(
-                    "node `{node}` does not run on group `{g}`, and no worker of the graph that sent it took it within {}s",
-                    HAND_BACK_PATIENCE.as_secs()
-                ),
-            );
-            self.answer(d, env, &node, Err(err), None).await;
-            return;
-        }
-        // Not at once: while no worker of its generation runs, the workers
-        // of this one pass it around, each holding it this long.
-        tokio::time::sleep((self.cfg.lease / 8).min(HAND_BACK_PAUSE)).await;
-        // Renewed no more from here on: a renewal would make it fresh
-        // again (one already on its way may still: it then waits one
-        // lease more).
-        let since = self.held.lock().remove(&d.id);
-        let Some(since) = since else { return };
-        let entry = StreamEntry {
-            note: HandBackNote {
-                since: first,
-                times: before.map_or(1, |n| n.times.saturating_add(1)),
-            }
-            .encode(),
-            ..d.entry.clone()
-        };
-        let outcome = self
-            .queue
-            .hand_back(
-                &self.stream,
-                &self.cfg.consumer,
-                d,
-                &entry,
-                since,
-                self.cfg.lease,
-            )
-            .await;
-        match outcome {
-            Ok(true) => {
-                tracing::debug!(group = %g, id = %d.id, "request of another plan generation handed back");
-                self.metrics.outcome(g, "handed_back");
-            }
-            Ok(false) => {
-                tracing::debug!(group = %g, id = %d.id, "request of another plan generation left for its lease")
-            }
-            Err(e) => {
-                tracing::warn!(group = %g, id = %d.id, error = %e, "cannot hand back a request of another plan generation; left for its lease")
-            }
-        }
-    }
-
     /// Whether a redelivered entry is still pending for this worker: the
     /// worker it was reclaimed from may have handed it off between the
     /// reclaim and the replay guard, which lets the same entry id pass as a
@@ -857,6 +785,8 @@ impl Drop for Holding<'_> {
         self.gauge.dec();
     }
 }
+
+mod hand_back;
 
 #[cfg(test)]
 mod tests;

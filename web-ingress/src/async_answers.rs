@@ -25,73 +25,20 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+
 use sluice_crds::{InterfaceMode, InterfacePlan};
 use sluice_platform::clock::now_ms;
-use sluice_platform::keyring::hex;
-use sluice_platform::signing::new_nonce;
 use sluice_platform::Rejection;
 
 use crate::error::{from_reply, ApiError};
 use crate::state::{skew_ms, AppState};
 use crate::waiters::ReplySenders;
 
-/// Random hex digits of an id (16 bytes), then the deadline's.
-const RANDOM_DIGITS: usize = 32;
-const DEADLINE_DIGITS: usize = 12;
-
 /// Stored answers looked at per fetch: a redelivered terminal node may
 /// have answered twice; anything past the first few valid ones is noise.
 const PEEK: usize = 4;
 
-/// The id a caller fetches an asynchronous answer with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobId {
-    text: String,
-    /// The request's deadline, ms since the epoch.
-    deadline: u64,
-}
-
-impl JobId {
-    /// A new id for a request due by `deadline`.
-    pub fn new(deadline: u64) -> Self {
-        let deadline = deadline.min((1 << (4 * DEADLINE_DIGITS)) - 1);
-        Self {
-            text: format!("{}{deadline:012x}", new_nonce()),
-            deadline,
-        }
-    }
-
-    /// Reads an id from a URL; `None` for anything this ingress did not
-    /// make (wrong length, not lowercase hex).
-    pub fn parse(text: &str) -> Option<Self> {
-        let hexdigit = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
-        if text.len() != RANDOM_DIGITS + DEADLINE_DIGITS || !text.bytes().all(hexdigit) {
-            return None;
-        }
-        let deadline = u64::from_str_radix(&text[RANDOM_DIGITS..], 16).ok()?;
-        Some(Self {
-            text: text.to_string(),
-            deadline,
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    /// The request's deadline, ms since the epoch.
-    pub fn deadline(&self) -> u64 {
-        self.deadline
-    }
-
-    /// Where the answer of `caller`'s request goes: the reply address
-    /// `async:<sha256(caller, id)>`, so only its caller finds it.
-    pub fn address(&self, caller: &str) -> String {
-        let scoped = crate::auth::scoped(caller, &self.text);
-        format!("async:{}", hex(&Sha256::digest(scoped.as_bytes())))
-    }
-}
+pub use crate::job_id::JobId;
 
 /// Whether this POST is answered `202` now and fetched later.
 pub fn wanted(it: &InterfacePlan, headers: &HeaderMap) -> bool {
@@ -271,13 +218,15 @@ async fn answer_of(
         Ok(Looked::Unknown) => unknown(),
         Ok(Looked::Answer(Ok(v))) => (StatusCode::OK, Json(v)).into_response(),
         Ok(Looked::Answer(Err(e))) => e.into_response(),
-        Ok(Looked::Pending) if now_ms() > id.deadline.saturating_add(skew_ms(s)) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            format!("no answer within {:?} (asyncTimeout)", it.async_timeout),
-            &rid,
-        )
-        .into_response(),
+        Ok(Looked::Pending) if now_ms() > id.deadline().saturating_add(skew_ms(s)) => {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!("no answer within {:?} (asyncTimeout)", it.async_timeout),
+                &rid,
+            )
+            .into_response()
+        }
         Ok(Looked::Pending) => {
             let mut resp = (
                 StatusCode::ACCEPTED,
@@ -300,7 +249,7 @@ mod tests {
         let id = JobId::new(1_733_150_000_123);
         assert_eq!(id.as_str().len(), 44);
         assert_eq!(JobId::parse(id.as_str()), Some(id.clone()));
-        assert_eq!(id.deadline, 1_733_150_000_123);
+        assert_eq!(id.deadline(), 1_733_150_000_123);
         assert_ne!(JobId::new(1).as_str()[..32], JobId::new(1).as_str()[..32]);
     }
 

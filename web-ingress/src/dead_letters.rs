@@ -32,7 +32,7 @@ use sluice_platform::{
     BackendError, DeadLetterNote, Keys, Queue, Rejection, ReplyChannel, Signer, Verifier,
 };
 
-use crate::async_answers::JobId;
+use crate::job_id::JobId;
 
 /// Entries read per round trip.
 const PAGE: usize = 500;

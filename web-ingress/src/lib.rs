@@ -41,6 +41,7 @@ pub mod error;
 pub mod graphql;
 pub mod graphql_cost;
 pub mod idempotency;
+pub mod job_id;
 pub mod json_scan;
 pub mod listener;
 pub mod metrics;
