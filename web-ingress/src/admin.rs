@@ -1,6 +1,6 @@
 //! The ingress's admin listener (`--admin ADDR`, loopback only): the dead
-//! letters of a pipeline whose queues live in this process (memory and tcp
-//! backends), the same actions as `sluice-web-ingress dlq` on Redis.
+//! letters of a pipeline whose queues live in this process (the memory
+//! profile), the same actions as `sluice-web-ingress dlq` on Redis.
 //!
 //! ```text
 //! GET  /dlq[?limit=N&payloads=true]                      the listing (text)
@@ -8,18 +8,29 @@
 //! POST /dlq/purge   {"ids": […] | "all": true, "dryRun"}
 //! ```
 //!
-//! Whoever reaches the address may act on every dead letter and sign
-//! requests with the process's keys: it is bound to loopback only, never
-//! served on `--listen`, and off unless asked for. Answers are text, one
-//! line per letter, as the command prints them; a refusal is `400` with the
-//! reason, a backend failure `503` with what was done before it.
+//! Whoever may use it acts on every dead letter and signs requests with the
+//! process's keys. So it is off unless asked for, never served on
+//! `--listen`, bound to loopback only, and every request must carry
+//! `Authorization: Bearer <token>`, the token the ingress writes at start
+//! into `--admin-token-file` (mode 0600, a fresh one each start): another
+//! local user cannot read it, and a web page cannot send the header to a
+//! loopback address without a preflight the listener never answers. Not in
+//! the tcp profile: its worker processes reach the same loopback, and the
+//! listener would sign for them what their keys cannot. Actions run one at
+//! a time (two redrives at once would send each letter twice), and a
+//! redrive is refused once the ingress drains (nobody would run it).
+//! Answers are text, one line per letter, as the command prints them; a
+//! refusal is `400` with the reason, a backend failure `503` with what was
+//! done before it; a missing or wrong token `401`.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -28,6 +39,77 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dead_letters::DeadLetters;
 use crate::dlq_command::{act, Act, ActError, Pick};
+use crate::state::AppState;
+
+/// What the admin endpoints act on.
+pub struct Admin {
+    pub letters: DeadLetters,
+    /// The ingress: a redrive is refused once it drains.
+    pub app: Arc<AppState>,
+    /// The bearer token, hex.
+    token: String,
+    /// One action at a time.
+    one: tokio::sync::Mutex<()>,
+}
+
+impl Admin {
+    /// The admin state, with a fresh token written to `token_file`
+    /// (created or replaced, mode 0600).
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn new(
+        letters: DeadLetters,
+        app: Arc<AppState>,
+        token_file: &Path,
+    ) -> Result<Self, String> {
+        let token = format!(
+            "{}{}",
+            sluice_platform::signing::new_nonce(),
+            sluice_platform::signing::new_nonce()
+        );
+        write_private(token_file, &token).map_err(|e| {
+            format!(
+                "--admin-token-file {}: cannot write the token: {e}",
+                token_file.display()
+            )
+        })?;
+        Ok(Self {
+            letters,
+            app,
+            token,
+            one: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Whether `headers` carry the token (compared in constant time).
+    fn allows(&self, headers: &HeaderMap) -> bool {
+        let Some(given) = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        let (a, b) = (given.as_bytes(), self.token.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+    }
+}
+
+/// Writes `text` to `path`, readable and writable by its owner only.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(text.as_bytes())
+}
 
 /// Largest request body the admin endpoints read.
 const MAX_BODY: usize = 64 << 10;
@@ -71,24 +153,20 @@ struct PurgeBody {
     dry_run: bool,
 }
 
-/// The admin routes over `letters`.
-pub fn router(letters: Arc<DeadLetters>) -> Router {
+/// The admin routes over `admin`.
+pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/dlq", get(list))
         .route("/dlq/redrive", post(redrive))
         .route("/dlq/purge", post(purge))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(letters)
+        .with_state(admin)
 }
 
 /// Serves [`router`] on `listener` until `stop`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    letters: Arc<DeadLetters>,
-    stop: CancellationToken,
-) {
+pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
     let addr = listener.local_addr().ok();
-    let served = axum::serve(listener, router(letters))
+    let served = axum::serve(listener, router(admin))
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;
     if let Err(e) = served {
@@ -101,79 +179,100 @@ pub async fn serve(
 /// # Errors
 /// A non-loopback address, or the port cannot be bound.
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
-    sluice_platform::tcp::require_loopback("--admin", addr)?;
+    if !addr.ip().is_loopback() {
+        return Err(format!("--admin {addr}: loopback addresses only"));
+    }
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("--admin: cannot listen on {addr}: {e}"))
 }
 
 async fn list(
-    State(d): State<Arc<DeadLetters>>,
+    State(a): State<Arc<Admin>>,
+    headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    if !a.allows(&headers) {
+        return unauthorized();
+    }
     let Ok(Query(q)) = query else {
         return refused("the query takes limit=N and payloads=true|false");
     };
-    answer(
-        act(
-            &d,
-            Act::List {
-                limit: q.limit,
-                payloads: q.payloads,
-            },
-        )
-        .await,
+    run(
+        &a,
+        Act::List {
+            limit: q.limit,
+            payloads: q.payloads,
+        },
     )
+    .await
 }
 
-async fn redrive(State(d): State<Arc<DeadLetters>>, body: Bytes) -> Response {
+async fn redrive(State(a): State<Arc<Admin>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !a.allows(&headers) {
+        return unauthorized();
+    }
     let b: RedriveBody = match json(&body) {
         Ok(b) => b,
         Err(why) => return refused(&why),
     };
-    answer(
-        act(
-            &d,
-            Act::Redrive {
-                pick: Pick {
-                    ids: b.ids,
-                    all: b.all,
-                },
-                interface: b.interface,
-                caller: b.caller,
-                follow_moved: b.follow_moved,
-                dry_run: b.dry_run,
+    if !b.dry_run && !a.app.ready.load(Ordering::SeqCst) {
+        return refused("the ingress is draining: nothing would run a redriven request");
+    }
+    run(
+        &a,
+        Act::Redrive {
+            pick: Pick {
+                ids: b.ids,
+                all: b.all,
             },
-        )
-        .await,
+            interface: b.interface,
+            caller: b.caller,
+            follow_moved: b.follow_moved,
+            dry_run: b.dry_run,
+        },
     )
+    .await
 }
 
-async fn purge(State(d): State<Arc<DeadLetters>>, body: Bytes) -> Response {
+async fn purge(State(a): State<Arc<Admin>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !a.allows(&headers) {
+        return unauthorized();
+    }
     let b: PurgeBody = match json(&body) {
         Ok(b) => b,
         Err(why) => return refused(&why),
     };
-    answer(
-        act(
-            &d,
-            Act::Purge {
-                pick: Pick {
-                    ids: b.ids,
-                    all: b.all,
-                },
-                dry_run: b.dry_run,
+    run(
+        &a,
+        Act::Purge {
+            pick: Pick {
+                ids: b.ids,
+                all: b.all,
             },
-        )
-        .await,
+            dry_run: b.dry_run,
+        },
     )
+    .await
 }
 
+/// Runs `what`, one action at a time.
+async fn run(a: &Admin, what: Act) -> Response {
+    let _one = a.one.lock().await;
+    answer(act(&a.letters, what).await)
+}
+
+/// The body as JSON (its size is bounded by the router).
 fn json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, String> {
-    if body.len() > MAX_BODY {
-        return Err("the body is larger than 64 KiB".into());
-    }
     serde_json::from_slice(body).map_err(|e| format!("the body: {e}"))
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        "the admin listener needs Authorization: Bearer <the token in --admin-token-file>\n",
+    )
+        .into_response()
 }
 
 fn refused(why: &str) -> Response {

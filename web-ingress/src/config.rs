@@ -35,6 +35,7 @@ pub const ENV_MAX_JSON_ELEMENTS: &str = "SLUICE_MAX_JSON_ELEMENTS";
 pub const ENV_TLS_CERT: &str = "SLUICE_TLS_CERT";
 pub const ENV_TLS_KEY: &str = "SLUICE_TLS_KEY";
 pub const ENV_ADMIN: &str = "SLUICE_ADMIN";
+pub const ENV_ADMIN_TOKEN_FILE: &str = "SLUICE_ADMIN_TOKEN_FILE";
 pub const ENV_HUB: &str = "SLUICE_HUB";
 pub const ENV_WORKERS: &str = "SLUICE_WORKERS";
 pub const ENV_WORKER_BIN: &str = "SLUICE_WORKER_BIN";
@@ -195,10 +196,17 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
 
-    /// Memory and tcp backends: serve the dead letters (list, redrive,
-    /// purge) on this loopback address; off by default [env: SLUICE_ADMIN]
+    /// Memory backends: serve the dead letters (list, redrive, purge) on
+    /// this loopback address, to holders of the token in
+    /// --admin-token-file; off by default [env: SLUICE_ADMIN]
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
+
+    /// With --admin: where the ingress writes, at each start, the token
+    /// the admin listener asks for (mode 0600, replaced)
+    /// [env: SLUICE_ADMIN_TOKEN_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -317,8 +325,9 @@ pub struct Config {
     pub tls_reload_every: Duration,
     /// Used with tcp backends only.
     pub tcp: TcpOptions,
-    /// The admin listener (dead letters), loopback; `None`: off.
-    pub admin: Option<SocketAddr>,
+    /// The admin listener (dead letters), loopback, and the file its token
+    /// is written to; `None`: off.
+    pub admin: Option<(SocketAddr, PathBuf)>,
 }
 
 /// A flag or variable with an unusable value.
@@ -452,9 +461,23 @@ impl Config {
                         format!("`{s}` is not an address like 127.0.0.1:9090"),
                     )
                 })?;
-                sluice_platform::tcp::require_loopback("--admin", addr)
-                    .map_err(|e| bad("--admin", e))?;
-                Some(addr)
+                if !addr.ip().is_loopback() {
+                    return Err(bad(
+                        "--admin",
+                        format!("{addr}: loopback addresses only (127.0.0.1 or ::1)"),
+                    ));
+                }
+                let file = cli
+                    .admin_token_file
+                    .clone()
+                    .or_else(|| env.get(ENV_ADMIN_TOKEN_FILE).map(PathBuf::from))
+                    .ok_or_else(|| {
+                        bad(
+                            "--admin-token-file",
+                            "required with --admin: where the ingress writes the admin token",
+                        )
+                    })?;
+                Some((addr, file))
             }
         };
         Ok(Self {
@@ -753,12 +776,15 @@ mod tests {
         let c = Config::resolve(&cli(&["--pipeline", "p"]), &env).unwrap();
         assert_eq!(c.tcp.hub.to_string(), "[::1]:7311");
         assert_eq!(c.admin, None, "off by default");
-        let env: HashMap<String, String> =
-            [(ENV_ADMIN.to_string(), "127.0.0.1:9090".to_string())].into();
+        let env: HashMap<String, String> = [
+            (ENV_ADMIN.to_string(), "127.0.0.1:9090".to_string()),
+            (ENV_ADMIN_TOKEN_FILE.to_string(), "/run/t".to_string()),
+        ]
+        .into();
         let c = Config::resolve(&cli(&["--pipeline", "p"]), &env).unwrap();
         assert_eq!(
-            c.admin.map(|a| a.to_string()).as_deref(),
-            Some("127.0.0.1:9090")
+            c.admin.map(|(a, f)| (a.to_string(), f)),
+            Some(("127.0.0.1:9090".into(), PathBuf::from("/run/t")))
         );
 
         for (args, flag, says) in [
@@ -766,6 +792,11 @@ mod tests {
             (&["--hub", "here"][..], "--hub", "not an address"),
             (&["--admin", "0.0.0.0:9090"][..], "--admin", "loopback"),
             (&["--admin", "here"][..], "--admin", "not an address"),
+            (
+                &["--admin", "127.0.0.1:9090"][..],
+                "--admin-token-file",
+                "required",
+            ),
             (
                 &["--workers", "some"][..],
                 "--workers",

@@ -316,8 +316,11 @@ async fn chosen(d: &DeadLetters, pick: &Pick) -> Result<Vec<Listed>, ActError> {
     if pick.all {
         return Ok(all);
     }
+    // Each once, however often named: a letter named twice is sent once.
+    let mut seen = std::collections::HashSet::new();
     pick.ids
         .iter()
+        .filter(|id| seen.insert(id.as_str()))
         .map(|id| {
             all.iter()
                 .find(|l| l.id == *id)
@@ -344,9 +347,9 @@ fn interface_of<'p>(
         .filter(|i| i.kind == sluice_crds::InterfaceKind::Http)
         .collect();
     match name {
-        Some(n) => plan.interfaces.iter().find(|i| i.name == n).ok_or_else(|| {
+        Some(n) => http.into_iter().find(|i| i.name == n).ok_or_else(|| {
             ActError::Refused(format!(
-                "interface {}: the pipeline has no such interface",
+                "interface {}: the pipeline has no such http interface (only those store answers to fetch)",
                 printable(n)
             ))
         }),

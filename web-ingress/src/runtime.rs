@@ -159,13 +159,20 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
                 .into(),
         ));
     }
-    if backend == BackendKind::Redis && config.admin.is_some() {
-        return Err(StartError::Unsupported(
-            "--admin serves the dead letters of memory and tcp backends, which live in this process; \
-             a Redis pipeline's are listed, redriven and purged with `sluice-web-ingress dlq`"
+    let admin_listener = match &config.admin {
+        None => None,
+        Some(_) if backend != BackendKind::Memory => return Err(StartError::Unsupported(
+            "--admin serves the dead letters of the memory profile, which live in this process; \
+                 a Redis pipeline's are listed, redriven and purged with `sluice-web-ingress dlq` \
+                 (not the tcp profile's: its worker processes reach the same loopback)"
                 .into(),
-        ));
-    }
+        )),
+        Some((at, _)) => Some(
+            crate::admin::bind(*at)
+                .await
+                .map_err(StartError::Unsupported)?,
+        ),
+    };
     let certificates = match &config.tls {
         Some(files) => Some(Arc::new(crate::tls::Certificates::load(files.clone())?)),
         None => None,
@@ -418,10 +425,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         tls,
     ));
 
-    if let Some(at) = config.admin {
-        let listener = crate::admin::bind(at)
-            .await
-            .map_err(StartError::Unsupported)?;
+    if let (Some(listener), Some((at, token_file))) = (admin_listener, &config.admin) {
         let letters = crate::dead_letters::DeadLetters {
             plan: plan.clone(),
             keys: parts.keys.clone(),
@@ -430,10 +434,12 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
             verifier: parts.verifier.clone(),
             signer: parts.signer.clone(),
         };
-        tracing::info!(admin = %at, "dead letters served on the admin listener");
+        let admin = crate::admin::Admin::new(letters, state.clone(), token_file)
+            .map_err(StartError::Unsupported)?;
+        tracing::info!(admin = %at, token_file = %token_file.display(), "dead letters served on the admin listener");
         tokio::spawn(crate::admin::serve(
             listener,
-            Arc::new(letters),
+            Arc::new(admin),
             background.clone(),
         ));
     }

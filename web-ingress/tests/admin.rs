@@ -46,14 +46,53 @@ async fn a_dead_letter_is_listed_redriven_once_its_upstream_is_back_and_answered
         common::registry_with("rust/upstream", move || Upstream { up: up.clone() })
     };
     let admin_port = common::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "an old token").unwrap();
     let mut config = common::config(&common::pipeline("letters.yaml"));
-    config.admin = Some(([127, 0, 0, 1], admin_port).into());
+    config.admin = Some((([127, 0, 0, 1], admin_port).into(), token_file.clone()));
     let ingress = sluice_web_ingress::start_with(config, nodes)
         .await
         .expect("the ingress starts");
     let public = ingress.local_addr();
+    // A fresh token, readable by its owner only.
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert_eq!(token.len(), 64, "{token}");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     let admin = |path: &str| format!("http://127.0.0.1:{admin_port}{path}");
-    let http = client();
+    let http = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // Without the token, or with another, nothing.
+    let anonymous = client();
+    for (path, get) in [("/dlq", true), ("/dlq/purge", false)] {
+        for auth in [None, Some("Bearer an old token"), Some(token.as_str())] {
+            let req = if get {
+                anonymous.get(admin(path))
+            } else {
+                anonymous.post(admin(path)).body(r#"{"all": true}"#)
+            };
+            let req = match auth {
+                Some(a) => req.header("authorization", a),
+                None => req,
+            };
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 401, "{path} {auth:?}");
+        }
+    }
 
     let input = json!({"order": "P-1"});
     let resp = http
@@ -92,7 +131,7 @@ async fn a_dead_letter_is_listed_redriven_once_its_upstream_is_back_and_answered
         (
             "/dlq/redrive",
             json!({"all": true, "interface": "nope"}),
-            "no such interface",
+            "no such http interface",
         ),
         (
             "/dlq/purge",

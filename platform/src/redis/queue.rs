@@ -26,6 +26,10 @@ use crate::envelope::StreamEntry;
 use crate::keys::CONSUMER_GROUP;
 use crate::queue::{Completion, Delivery, Depth, Forward, Held, Queue};
 
+/// The most `XAUTOCLAIM` scans one reclaim makes, each going on where the
+/// last ended, while it has claimed fewer entries than asked for.
+const RECLAIM_SCANS: usize = 8;
+
 /// The idle time a handed-back redelivery is given: beyond any lease (about
 /// 31 years), so a lease changed meanwhile still reclaims it at once.
 const LONG_IDLE_MS: i64 = 1_000_000_000_000;
@@ -272,6 +276,9 @@ impl Queue for RedisBackend {
             Value::Integer(i64::from(d.deliveries.saturating_sub(1))),
             v("JUSTID"),
         ];
+        // The next reclaim scans from the start, where the entry may sit
+        // behind the cursor.
+        self.reclaim_cursors.lock().remove(stream);
         match self.call("XCLAIM", stream, args).await {
             Ok(ids) => Ok(wire::texts(&ids).contains(&d.id)),
             Err(e) if is_reply(&e, "NOGROUP") => Ok(false),
@@ -304,37 +311,46 @@ impl Queue for RedisBackend {
         }
         // One scan looks at no more than ten entries per one asked for:
         // each picks up where the last ended, so lapsed entries behind a
-        // long pending list of held ones are reached in turn.
-        let start = self
-            .reclaim_cursors
-            .lock()
-            .get(stream)
-            .cloned()
-            .unwrap_or_else(|| "0-0".into());
-        let args = vec![
-            v(stream),
-            v(CONSUMER_GROUP),
-            v(consumer),
-            ms(min_idle),
-            v(&start),
-            v("COUNT"),
-            n(max),
-        ];
-        let reply = match self.call("XAUTOCLAIM", stream, args).await {
-            Ok(r) => r,
-            Err(e) if is_reply(&e, "NOGROUP") => return Ok(vec![]),
-            Err(e) => return Err(self.err(e)),
-        };
-        // Redis 7 drops deleted entries from the pending list itself and
-        // lists them apart; older servers return them as nil entries that
-        // stay pending, so those are acknowledged here.
-        let (cursor, claimed, _deleted) = wire::autoclaim_reply(reply)?;
-        {
-            let mut cursors = self.reclaim_cursors.lock();
-            if cursor == "0-0" {
-                cursors.remove(stream);
-            } else {
-                cursors.insert(stream.to_string(), cursor);
+        // long pending list of held ones are reached in turn, a few scans
+        // at a time (never more than [`RECLAIM_SCANS`] per call).
+        let mut claimed = vec![];
+        for _ in 0..RECLAIM_SCANS {
+            let start = self
+                .reclaim_cursors
+                .lock()
+                .get(stream)
+                .cloned()
+                .unwrap_or_else(|| "0-0".into());
+            let args = vec![
+                v(stream),
+                v(CONSUMER_GROUP),
+                v(consumer),
+                ms(min_idle),
+                v(&start),
+                v("COUNT"),
+                n(max - claimed.len()),
+            ];
+            let reply = match self.call("XAUTOCLAIM", stream, args).await {
+                Ok(r) => r,
+                Err(e) if is_reply(&e, "NOGROUP") => return Ok(vec![]),
+                Err(e) => return Err(self.err(e)),
+            };
+            // Redis 7 drops deleted entries from the pending list itself and
+            // lists them apart; older servers return them as nil entries that
+            // stay pending, so those are acknowledged below.
+            let (cursor, got, _deleted) = wire::autoclaim_reply(reply)?;
+            claimed.extend(got);
+            let wrapped = cursor == "0-0";
+            {
+                let mut cursors = self.reclaim_cursors.lock();
+                if wrapped {
+                    cursors.remove(stream);
+                } else {
+                    cursors.insert(stream.to_string(), cursor);
+                }
+            }
+            if wrapped || claimed.len() >= max {
+                break;
             }
         }
         let (live, gone): (Vec<_>, Vec<_>) = claimed.into_iter().partition(|(_, e)| e.is_some());
