@@ -129,6 +129,14 @@ pub struct StreamEntry {
 /// one is refused as oversized (no note sluice writes comes near it).
 pub const MAX_NOTE_BYTES: usize = 4096;
 
+/// A note of at most `max` bytes, read back; `None` for anything else.
+fn decode_note<T: serde::de::DeserializeOwned>(bytes: &[u8], max: usize) -> Option<T> {
+    if bytes.is_empty() || bytes.len() > max {
+        return None;
+    }
+    serde_json::from_slice(bytes).ok()
+}
+
 /// What the `note` of a queue entry handed back by a worker records (JSON):
 /// when it was first handed back (ms since the epoch) and how many times.
 /// Outside the MAC: a process writing the queue can reset it, which costs
@@ -147,10 +155,7 @@ impl HandBackNote {
 
     /// The note in `bytes`, if they hold one (at most 128 bytes).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.is_empty() || bytes.len() > 128 {
-            return None;
-        }
-        serde_json::from_slice(bytes).ok()
+        decode_note(bytes, 128)
     }
 }
 
@@ -192,10 +197,7 @@ impl DeadLetterNote {
     /// The note in `bytes`, if they hold one of at most
     /// [`Self::MAX_BYTES`].
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.is_empty() || bytes.len() > Self::MAX_BYTES {
-            return None;
-        }
-        serde_json::from_slice(bytes).ok()
+        decode_note(bytes, Self::MAX_BYTES)
     }
 }
 
@@ -208,7 +210,7 @@ impl StreamEntry {
 
     /// Total stored size, the note included (what a queue holds).
     pub fn stored_len(&self) -> usize {
-        self.v.len() + self.k.len() + self.m.len() + self.s.len() + self.note.len()
+        self.signed_len() + self.note.len()
     }
 
     /// The entry as stream field/value pairs, in wire order (`n` only when

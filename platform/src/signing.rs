@@ -22,7 +22,7 @@ use sha2::Sha256;
 use crate::backend::BackendError;
 use crate::clock::now_ms;
 use crate::envelope::{decode, encode, Envelope, Kind, StreamEntry, FORMAT_VERSION};
-use crate::keyring::{hex, valid_group, valid_kid, SharedKeyRing};
+use crate::keyring::{hex, valid_group, valid_kid, KeyRing, SharedKeyRing};
 use crate::keys::Keys;
 use crate::kv::Kv;
 use crate::metrics::Rejections;
@@ -434,19 +434,8 @@ impl Verifier {
         groups: &[&str],
     ) -> Result<Envelope, Rejection> {
         use Rejection::*;
-        if !self.accepts_size(entry) {
-            return Err(Oversized);
-        }
-        if entry.v != FORMAT_VERSION.as_bytes() {
-            return Err(BadVersion);
-        }
         let ring = self.ring.get();
-        let Some((kid, None)) = parse_key_id(&entry.k, Kind::Request) else {
-            return Err(UnknownKid);
-        };
-        if !ring.knows(kid) {
-            return Err(UnknownKid);
-        }
+        let (kid, _) = self.framing(&ring, entry, Kind::Request)?;
         let sig = unhex32(&entry.s).ok_or(BadMac)?;
         let group = groups
             .iter()
@@ -479,6 +468,27 @@ impl Verifier {
         r
     }
 
+    /// The checks before any key is chosen: size, version, and a key id
+    /// of `kind`'s form that `ring` knows (with the replying group a
+    /// reply's names).
+    fn framing<'e>(
+        &self,
+        ring: &KeyRing,
+        entry: &'e StreamEntry,
+        kind: Kind,
+    ) -> Result<(&'e str, Option<&'e str>), Rejection> {
+        if !self.accepts_size(entry) {
+            return Err(Rejection::Oversized);
+        }
+        if entry.v != FORMAT_VERSION.as_bytes() {
+            return Err(Rejection::BadVersion);
+        }
+        match parse_key_id(&entry.k, kind) {
+            Some((kid, from)) if ring.knows(kid) => Ok((kid, from)),
+            _ => Err(Rejection::UnknownKid),
+        }
+    }
+
     async fn check(
         &self,
         entry: &StreamEntry,
@@ -489,22 +499,13 @@ impl Verifier {
     ) -> Result<Envelope, VerifyError> {
         use Rejection::*;
         let reject = |r| Err(VerifyError::Rejected(r));
-        if !self.accepts_size(entry) {
-            return reject(Oversized);
-        }
-        if entry.v != FORMAT_VERSION.as_bytes() {
-            return reject(BadVersion);
-        }
         // The key is chosen from the key id and this receiver alone: a
         // request with the request key of the group receiving it, a reply
         // with the reply key of the group its key id names.
         let ring = self.ring.get();
-        let Some((kid, from)) = parse_key_id(&entry.k, kind) else {
-            return reject(UnknownKid);
-        };
-        if !ring.knows(kid) {
-            return reject(UnknownKid);
-        }
+        let (kid, from) = self
+            .framing(&ring, entry, kind)
+            .map_err(VerifyError::Rejected)?;
         let group = from.unwrap_or(dest);
         let Some(key) = ring.key(kid, kind, self.keys.pipeline(), group) else {
             return reject(MissingKey);

@@ -86,9 +86,7 @@ pub fn accepted(it: &InterfacePlan, id: &JobId) -> Response {
 
 /// How long the answer stream of a request with `timeout` lives.
 pub fn retention(s: &AppState, timeout: Duration) -> Duration {
-    timeout
-        .saturating_add(s.plan.results_ttl)
-        .saturating_add(s.plan.security.clock_skew)
+    crate::job_id::retention(&s.plan, timeout)
 }
 
 /// The stored answer at `address`, verified: `Ok(None)` while there is

@@ -265,9 +265,7 @@ impl DeadLetters {
             now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
         let job = JobId::new(deadline);
         let address = job.address(how.caller);
-        let retention = timeout
-            .saturating_add(self.plan.results_ttl)
-            .saturating_add(self.plan.security.clock_skew);
+        let retention = crate::job_id::retention(&self.plan, timeout);
         self.replies
             .open(&self.keys.reply(&address), retention)
             .await?;

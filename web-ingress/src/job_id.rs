@@ -3,7 +3,10 @@
 //! random bits and the deadline in hex; the address is the SHA-256 of the
 //! caller and the id, so what sits in Redis does not let anyone fetch it.
 
+use std::time::Duration;
+
 use sha2::{Digest, Sha256};
+use sluice_crds::Plan;
 use sluice_platform::keyring::hex;
 use sluice_platform::signing::new_nonce;
 
@@ -58,4 +61,12 @@ impl JobId {
         let scoped = crate::auth::scoped(caller, &self.text);
         format!("async:{}", hex(&Sha256::digest(scoped.as_bytes())))
     }
+}
+
+/// How long the stored answer of a request with `timeout` lives: its
+/// timeout, then `results.ttl` to fetch it, and the clock skew.
+pub fn retention(plan: &Plan, timeout: Duration) -> Duration {
+    timeout
+        .saturating_add(plan.results_ttl)
+        .saturating_add(plan.security.clock_skew)
 }

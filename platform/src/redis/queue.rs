@@ -332,6 +332,9 @@ impl Queue for RedisBackend {
             ];
             let reply = match self.call("XAUTOCLAIM", stream, args).await {
                 Ok(r) => r,
+                // What earlier scans claimed is this consumer's now: it is
+                // handed out rather than left to wait a lease.
+                Err(_) if !claimed.is_empty() => break,
                 Err(e) if is_reply(&e, "NOGROUP") => return Ok(vec![]),
                 Err(e) => return Err(self.err(e)),
             };
