@@ -49,6 +49,74 @@ pub fn crd_yaml() -> String {
     crate::yaml::to_string(&crd()).unwrap_or_default()
 }
 
+/// The `DeadLetterAction` CRD as applied to a cluster: bounds on every
+/// field, and a spec that cannot change once created (it is acted on once).
+/// The checked-in `crds/deadletteraction.yaml` is its output.
+pub fn dead_letter_action_crd() -> CustomResourceDefinition {
+    use crate::dead_letter_action::{
+        DeadLetterAction, ENTRY_ID_PATTERN, MAX_CALLER, MAX_IDS, MAX_LIST, MAX_OUTPUT,
+    };
+    let mut v = serde_json::to_value(DeadLetterAction::crd()).unwrap_or(Value::Null);
+    let root = "/spec/versions/0/schema/openAPIV3Schema/properties";
+    if let Some(spec) = v.pointer_mut(&format!("{root}/spec")) {
+        strip_closed_objects(spec);
+        bound_lists_and_integers(spec);
+        let p = "/properties";
+        set(
+            spec,
+            &format!("{p}/pipeline"),
+            "maxLength",
+            json!(MAX_PIPELINE_NAME),
+        );
+        set(
+            spec,
+            &format!("{p}/pipeline"),
+            "pattern",
+            json!(DNS1035_LABEL_PATTERN),
+        );
+        set(spec, &format!("{p}/ids"), "maxItems", json!(MAX_IDS));
+        set(spec, &format!("{p}/ids/items"), "maxLength", json!(41));
+        set(
+            spec,
+            &format!("{p}/ids/items"),
+            "pattern",
+            json!(ENTRY_ID_PATTERN),
+        );
+        set(spec, &format!("{p}/limit"), "minimum", json!(1));
+        set(spec, &format!("{p}/limit"), "maximum", json!(MAX_LIST));
+        set(
+            spec,
+            &format!("{p}/interface"),
+            "maxLength",
+            json!(MAX_NAME),
+        );
+        set(
+            spec,
+            &format!("{p}/interface"),
+            "pattern",
+            json!(DNS_LABEL_PATTERN),
+        );
+        set(spec, &format!("{p}/caller"), "maxLength", json!(MAX_CALLER));
+        set(spec, &format!("{p}/caller"), "minLength", json!(1));
+        set(
+            spec,
+            "",
+            "x-kubernetes-validations",
+            json!([{"rule": "self == oldSelf", "message": "spec is immutable: create another action"}]),
+        );
+    }
+    if let Some(status) = v.pointer_mut(&format!("{root}/status")) {
+        set(status, "/properties/output", "maxLength", json!(MAX_OUTPUT));
+        set(status, "/properties/message", "maxLength", json!(4096));
+    }
+    serde_json::from_value(v).expect("hardened CRD deserialises")
+}
+
+/// The `DeadLetterAction` CRD as YAML, as written by `crdgen`.
+pub fn dead_letter_action_crd_yaml() -> String {
+    crate::yaml::to_string(&dead_letter_action_crd()).unwrap_or_default()
+}
+
 fn set(v: &mut Value, pointer: &str, key: &str, val: Value) {
     if let Some(Value::Object(o)) = v.pointer_mut(pointer) {
         o.insert(key.to_string(), val);

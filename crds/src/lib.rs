@@ -19,11 +19,14 @@
 //!   in managed Redis.
 //! - [`key_needs`]: which derived keys the processes of each group hold.
 //! - [`manifest`]: reading a StreamPipeline file for a local run.
-//! - [`crd`]: the generated CRD with the structural fixes and CEL rules.
+//! - [`crd`]: the generated CRDs with the structural fixes and CEL rules.
+//! - [`dead_letter_action`]: the `DeadLetterAction` resource (a person's
+//!   list, redrive or purge of a pipeline's dead letters).
 //! - [`yaml`]: bounded YAML reading (size, depth, aliases, duplicate keys) and
 //!   the one style generated YAML is written in.
 
 pub mod crd;
+pub mod dead_letter_action;
 pub mod defaults;
 pub mod generation;
 pub mod graphql;

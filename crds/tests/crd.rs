@@ -243,3 +243,41 @@ fn every_name_reference_has_a_max_length() {
         assert!(n["maxLength"].is_number(), "{want}: no maxLength");
     }
 }
+
+#[test]
+fn checked_in_dead_letter_action_crd_matches_the_generated_one() {
+    let generated = sluice_crds::crd::dead_letter_action_crd_yaml();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deadletteraction.yaml");
+    let on_disk = std::fs::read_to_string(path).expect("crds/deadletteraction.yaml exists");
+    assert!(
+        on_disk == generated,
+        "crds/deadletteraction.yaml is stale: run `cargo run -p sluice-crds --bin crdgen -- --dead-letter-action crds/deadletteraction.yaml`"
+    );
+}
+
+#[test]
+fn the_dead_letter_action_crd_is_structural_bounded_and_immutable() {
+    let crd = serde_json::to_value(sluice_crds::crd::dead_letter_action_crd()).unwrap();
+    let schema = crd
+        .pointer("/spec/versions/0/schema/openAPIV3Schema")
+        .unwrap();
+    let mut out = vec![];
+    structural_violations(schema, "", false, &mut out);
+    assert!(out.is_empty(), "non-structural nodes:\n{}", out.join("\n"));
+    for (path, n) in spec_nodes(&crd) {
+        match n["type"].as_str() {
+            Some("array") => assert!(n["maxItems"].is_number(), "{path}: no maxItems"),
+            Some("integer") => {
+                assert!(n["maximum"].is_number(), "{path}: no maximum");
+                assert!(n["minimum"].is_number(), "{path}: no minimum");
+            }
+            Some("string") if n["enum"].is_null() => {
+                assert!(n["maxLength"].is_number(), "{path}: no maxLength");
+            }
+            _ => {}
+        }
+    }
+    let rules = &schema["properties"]["spec"]["x-kubernetes-validations"];
+    assert_eq!(rules[0]["rule"], "self == oldSelf", "{rules}");
+    assert!(schema["properties"]["status"]["properties"]["output"]["maxLength"].is_number());
+}
