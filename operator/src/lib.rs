@@ -85,6 +85,7 @@ pub mod pipelines;
 pub mod plugin;
 pub mod quantity;
 pub mod reconcile;
+pub mod redis_target;
 pub mod redis_tls;
 pub mod redis_users;
 pub mod referenced;

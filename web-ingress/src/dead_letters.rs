@@ -28,8 +28,10 @@ use serde_json::Value;
 use sluice_crds::{GroupRole, InterfaceKind, InterfacePlan, Plan};
 use sluice_platform::clock::now_ms;
 use sluice_platform::envelope::{Envelope, Kind, StreamEntry};
+use sluice_platform::metrics::Rejections;
 use sluice_platform::{
-    BackendError, DeadLetterNote, Keys, Queue, Rejection, ReplyChannel, Signer, Verifier,
+    BackendError, DeadLetterNote, Keys, Queue, RedisBackend, Rejection, ReplyChannel,
+    SharedKeyRing, Signer, Verifier,
 };
 
 use crate::job_id::JobId;
@@ -109,6 +111,30 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
+    /// The dead letters of `plan` on `redis`, verified and signed with
+    /// `ring` (the pipeline's whole key ring).
+    pub fn on_redis(plan: Plan, ring: SharedKeyRing, redis: Arc<RedisBackend>) -> Self {
+        let keys = Keys::new(&plan.id.namespace, &plan.id.name);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let verifier = Verifier::new(
+            ring.clone(),
+            None,
+            keys.clone(),
+            plan.security.clock_skew,
+            plan.security.max_payload_bytes as usize,
+            Rejections::register(&mut registry),
+        );
+        let signer = Signer::new(ring, &keys, &plan.ingress_group).with_plan(plan.generation());
+        Self {
+            plan: Arc::new(plan),
+            keys,
+            queue: redis.clone(),
+            replies: redis,
+            verifier,
+            signer,
+        }
+    }
+
     /// Up to `max` entries, oldest first, each verified.
     ///
     /// # Errors

@@ -11,15 +11,13 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use sluice_crds::{BackendKind, Plan};
 use sluice_platform::clock::now_ms;
-use sluice_platform::metrics::Rejections;
 use sluice_platform::BackendError;
-use sluice_platform::{Keys, RedisBackend, RedisConfig, SharedKeyRing, Signer, Verifier};
+use sluice_platform::{RedisBackend, RedisConfig, SharedKeyRing};
 
 use crate::dead_letters::{Answering, DeadLetters, Listed, Redriven, MAX_READ};
 
@@ -387,25 +385,7 @@ async fn open(t: &Target) -> anyhow::Result<DeadLetters> {
     let redis = RedisBackend::connect(cfg)
         .await
         .context("connecting to Redis")?;
-    let keys = Keys::new(&plan.id.namespace, &plan.id.name);
-    let mut registry = prometheus_client::registry::Registry::default();
-    let verifier = Verifier::new(
-        ring.clone(),
-        None,
-        keys.clone(),
-        plan.security.clock_skew,
-        plan.security.max_payload_bytes as usize,
-        Rejections::register(&mut registry),
-    );
-    let signer = Signer::new(ring, &keys, &plan.ingress_group).with_plan(plan.generation());
-    Ok(DeadLetters {
-        plan: Arc::new(plan),
-        keys,
-        queue: redis.clone(),
-        replies: redis,
-        verifier,
-        signer,
-    })
+    Ok(DeadLetters::on_redis(plan, ring, redis))
 }
 
 /// The listing: a header, then one line per entry (its payload under it

@@ -21,19 +21,18 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use sluice_crds::{AutoscaleEngine, RedisMode, ScaleDecision, StreamPipeline};
+use sluice_crds::{AutoscaleEngine, ScaleDecision, StreamPipeline};
 use sluice_platform::redis::StreamStats;
 
 use crate::cache::OwnedCache;
 use crate::object::PipelineObject;
 use crate::pipelines::PipelineStores;
 use crate::render::owned_kinds;
-use sluice_platform::{Keys, RedisBackend, RedisConfig};
+use sluice_platform::{Keys, RedisBackend};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -44,10 +43,8 @@ use crate::events::{EventType, Events};
 use crate::labels::{self, Component};
 use crate::metrics::{DirectionLabel, GroupLabel, Metrics};
 use crate::names;
-use crate::password_rotation::PREVIOUS_SUFFIX;
-use crate::redis_tls::CA_CERT_KEY;
+use crate::redis_target::{self, Target};
 use crate::render::redis_acl::Role;
-use crate::render::redis_use::{managed_tls, managed_url};
 
 /// Pipelines evaluated at once.
 const CONCURRENCY: usize = 16;
@@ -89,24 +86,6 @@ struct Conn {
     /// It failed since: read the Secrets again before the next use.
     stale: bool,
     backend: Arc<RedisBackend>,
-}
-
-/// What the pipeline's Secrets say about its Redis. No `Debug`: it holds
-/// the URL's password and nothing here may log it.
-#[derive(PartialEq, Eq)]
-struct Target {
-    url: String,
-    /// External Redis with `caSecretRef`, or managed Redis with TLS.
-    ca: Option<CaPem>,
-}
-
-/// The PEM CA of a Redis with a private CA, and where it came from (for
-/// error messages, which never show the PEM).
-#[derive(PartialEq, Eq)]
-struct CaPem {
-    secret: String,
-    key: String,
-    pem: Vec<u8>,
 }
 
 /// What one evaluation read about one group.
@@ -501,7 +480,7 @@ impl Autoscaler {
             Some(c) if !c.stale && c.read_at.elapsed() < URL_TTL => return Ok(c),
             other => other,
         };
-        let target = self.redis_target(sp).await?;
+        let target = Target::read(&self.client, sp, Role::Autoscaler).await?;
         if let Some(c) = cached.filter(|c| c.target == target) {
             return Ok(Conn {
                 read_at: Instant::now(),
@@ -510,7 +489,7 @@ impl Autoscaler {
             });
         }
         let backend =
-            RedisBackend::connect_lazy(redis_config(&target)?).map_err(|e| e.to_string())?;
+            RedisBackend::connect_lazy(redis_target::config(&target, REDIS_TIMEOUT)?).map_err(|e| e.to_string())?;
         Ok(Conn {
             target,
             read_at: Instant::now(),
@@ -518,116 +497,6 @@ impl Autoscaler {
             backend,
         })
     }
-
-    /// The URL the pipeline's pods use — managed Redis from the password in
-    /// `P-redis`, external from the user's `urlSecretRef` — and the CA:
-    /// managed Redis's in `P-redis` when it speaks TLS, or the one in the
-    /// user's `caSecretRef`, if any. Secrets are read by name (`get`);
-    /// one that holds both is read once.
-    async fn redis_target(&self, sp: &StreamPipeline) -> Result<Target, String> {
-        let ns = sp.namespace().unwrap_or_default();
-        let name = sp.name_any();
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
-        let external = sp
-            .spec
-            .redis
-            .as_ref()
-            .filter(|r| r.mode == RedisMode::External);
-        let url_ref = external.and_then(|r| r.url_secret_ref.as_ref());
-        let (secret, key) = match url_ref {
-            Some(r) => (r.name.clone(), r.key.clone()),
-            None => (names::redis(&name), Role::Autoscaler.password_key()),
-        };
-        let s = read_secret(&api, &secret).await?;
-        // While a password rotation is under way, the previous password is
-        // the one Redis surely knows (the new one only once applied).
-        let previous = format!("{key}{PREVIOUS_SUFFIX}");
-        let key = match s.data.as_ref() {
-            Some(d) if url_ref.is_none() && d.contains_key(&previous) => previous,
-            _ => key,
-        };
-        let value = s
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&key))
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-            .ok_or_else(|| format!("Secret {secret} has no UTF-8 key {key}"))?;
-        let url = match url_ref {
-            Some(_) => value.trim().to_string(),
-            None => managed_url(
-                &name,
-                &ns,
-                managed_tls(&sp.spec),
-                &Role::Autoscaler.user(),
-                Some(&value),
-            ),
-        };
-        let ca = match (url_ref, external.and_then(|r| r.ca_secret_ref.as_ref())) {
-            // Managed Redis with TLS: its CA is in the same Secret.
-            (None, _) if managed_tls(&sp.spec) => {
-                let pem = s
-                    .data
-                    .and_then(|mut d| d.remove(CA_CERT_KEY))
-                    .ok_or_else(|| format!("Secret {secret} has no key {CA_CERT_KEY}"))?
-                    .0;
-                Some(CaPem {
-                    secret: secret.clone(),
-                    key: CA_CERT_KEY.into(),
-                    pem,
-                })
-            }
-            (_, None) => None,
-            (_, Some(r)) => {
-                let ca_secret = if r.name == secret {
-                    s
-                } else {
-                    read_secret(&api, &r.name).await?
-                };
-                let pem = ca_secret
-                    .data
-                    .and_then(|mut d| d.remove(&r.key))
-                    .ok_or_else(|| format!("Secret {} has no key {}", r.name, r.key))?
-                    .0;
-                Some(CaPem {
-                    secret: r.name.clone(),
-                    key: r.key.clone(),
-                    pem,
-                })
-            }
-        };
-        Ok(Target { url, ca })
-    }
-}
-
-/// The client configuration of the autoscaler's connection to `target`.
-///
-/// # Errors
-/// A URL that does not parse; a CA with a URL that is not `rediss://`, or
-/// without a usable certificate. The message names the CA's Secret and key,
-/// never the PEM (nor the URL's password).
-fn redis_config(target: &Target) -> Result<RedisConfig, String> {
-    let cfg = RedisConfig::from_url(&target.url)
-        .map_err(|e| format!("the Redis URL does not parse: {e}"))?
-        .with_command_timeout(REDIS_TIMEOUT)
-        .with_connect_timeout(REDIS_TIMEOUT)
-        .with_pool_size(1);
-    match &target.ca {
-        None => Ok(cfg),
-        Some(ca) => cfg.with_ca_pem(&ca.pem).map_err(|e| {
-            format!(
-                "the Redis CA in Secret {} key {} cannot be used: {e}",
-                ca.secret, ca.key
-            )
-        }),
-    }
-}
-
-/// The Secret `name`, which must exist.
-async fn read_secret(api: &Api<Secret>, name: &str) -> Result<Secret, String> {
-    api.get_opt(name)
-        .await
-        .map_err(|e| format!("cannot read Secret {name}: {e}"))?
-        .ok_or_else(|| format!("Secret {name} does not exist"))
 }
 
 /// The reconcile request for `sp`.
@@ -694,50 +563,4 @@ async fn read(
         });
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn target(url: &str, pem: &[u8]) -> Target {
-        Target {
-            url: url.into(),
-            ca: Some(CaPem {
-                secret: "redis-tls".into(),
-                key: "ca.crt".into(),
-                pem: pem.to_vec(),
-            }),
-        }
-    }
-
-    #[test]
-    fn an_unusable_ca_is_reported_by_its_secret_and_never_shown() {
-        let pem = b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n";
-        let e = redis_config(&target("rediss://:pw-xyz@redis.example:6380/0", pem))
-            .expect_err("a certificate that does not parse is refused");
-        assert!(e.contains("Secret redis-tls key ca.crt"), "{e}");
-        assert!(!e.contains("bm90IGEgY2VydA"), "the PEM leaked: {e}");
-        let e = redis_config(&target("rediss://redis.example:6380/0", b"no pem here"))
-            .expect_err("no certificate at all is refused");
-        assert!(e.contains("Secret redis-tls key ca.crt"), "{e}");
-        assert!(!e.contains("no pem here"), "the content leaked: {e}");
-    }
-
-    #[test]
-    fn a_ca_with_a_plain_redis_url_is_refused_without_the_password() {
-        let e = redis_config(&target("redis://:pw-xyz@redis.example:6379/0", b""))
-            .expect_err("a CA needs rediss://");
-        assert!(e.contains("rediss://"), "{e}");
-        assert!(!e.contains("pw-xyz"), "the password leaked: {e}");
-    }
-
-    #[test]
-    fn without_a_ca_the_url_alone_configures_the_connection() {
-        let t = Target {
-            url: "rediss://redis.example:6380/0".into(),
-            ca: None,
-        };
-        assert!(redis_config(&t).is_ok());
-    }
 }
