@@ -160,7 +160,7 @@ impl Events {
 }
 
 /// `s` cut to at most `max` bytes on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
+pub fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -71,6 +71,7 @@ pub mod check;
 pub mod clock;
 pub mod config;
 pub mod controller;
+pub mod dead_letter_actions;
 pub mod error;
 pub mod events;
 pub mod hash;

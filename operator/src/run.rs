@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! connect (KUBECONFIG / in-cluster) ─▶ serve /metrics /healthz /readyz ─▶ API reachable: ready
-//!   ─▶ [leader election: wait for the Lease] ─▶ controller + autoscaler ┬─ shutdown signal: drain, release Lease, Ok
-//!                                                                        └─ Lease lost: Err(LostLeadership) at once
+//!   ─▶ [leader election: wait for the Lease] ─▶ controller + autoscaler    ┬─ shutdown signal: drain, release Lease, Ok
+//!                                                 + dead-letter actions    └─ Lease lost: Err(LostLeadership) at once
 //! ```
 
 use std::future::Future;
@@ -22,6 +22,7 @@ use crate::autoscale::{Autoscaler, Facts};
 use crate::cache::OwnedCache;
 use crate::config::Config;
 use crate::controller;
+use crate::dead_letter_actions::DeadLetterActions;
 use crate::events::Events;
 use crate::labels;
 use crate::leader::{Elector, Lost};
@@ -167,6 +168,7 @@ pub async fn run(
         async move { controller::run(ctx, feeds, writers, &trigger, token.cancelled_owned()).await }
     });
     // The autoscaler writes /scale: like the controller, only while leading.
+    let (dead_letter_client, dead_letter_events) = (client.clone(), events.clone());
     let autoscaler = tokio::spawn(
         Autoscaler {
             client,
@@ -182,6 +184,15 @@ pub async fn run(
         }
         .run(controller_stop.clone()),
     );
+    // Dead-letter actions sign with the key ring: only while leading.
+    let dead_letters = tokio::spawn(
+        DeadLetterActions {
+            client: dead_letter_client,
+            namespaces: config.namespaces.clone(),
+            events: dead_letter_events,
+        }
+        .run(controller_stop.clone()),
+    );
 
     let lost = async {
         match elector.as_mut() {
@@ -194,6 +205,7 @@ pub async fn run(
             // Stop writing at once: the new leader may already be running.
             controller.abort();
             autoscaler.abort();
+            dead_letters.abort();
             metrics.leader.set(0);
             return Err(RunError::LostLeadership(reason));
         }
@@ -208,6 +220,9 @@ pub async fn run(
     info!("shutting down");
     controller_stop.cancel();
     autoscaler.abort();
+    // An action cut here stays Running, and the next leader fails it as
+    // interrupted: none is done twice.
+    dead_letters.abort();
     if tokio::time::timeout(DRAIN_TIMEOUT, &mut controller)
         .await
         .is_err()

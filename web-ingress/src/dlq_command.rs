@@ -300,7 +300,7 @@ async fn chosen(d: &DeadLetters, pick: &Pick) -> Result<Vec<Listed>, ActError> {
         ));
     }
     for id in &pick.ids {
-        if !is_stream_id(id) {
+        if !sluice_crds::dead_letter_action::is_entry_id(id) {
             return Err(ActError::Refused(format!(
                 "id {}: not an entry id (like 1767225600000-0)",
                 printable(id)
@@ -326,13 +326,6 @@ async fn chosen(d: &DeadLetters, pick: &Pick) -> Result<Vec<Listed>, ActError> {
                 .ok_or_else(|| ActError::Refused(format!("{id}: not in the dead-letter stream")))
         })
         .collect()
-}
-
-/// `<ms>-<seq>`, both decimal.
-fn is_stream_id(id: &str) -> bool {
-    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
-    id.split_once('-')
-        .is_some_and(|(ms, seq)| digits(ms) && digits(seq))
 }
 
 fn interface_of<'p>(

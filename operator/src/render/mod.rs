@@ -353,10 +353,7 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
         what: "pipeline spec",
         source,
     })?;
-    let key_secret = match (spec.security.keys, &spec.security.secret_name) {
-        (KeysSource::SecretRef, Some(user)) => user.clone(),
-        _ => names::key_secret(&owner.name),
-    };
+    let key_secret = key_ring_secret(spec, &owner.name);
     let ctx = Ctx {
         owner,
         spec,
@@ -493,6 +490,15 @@ pub fn desired(sp: &StreamPipeline, settings: &OperatorSettings) -> Result<Desir
         obsolete_secrets,
         referenced_secrets,
     })
+}
+
+/// The Secret holding pipeline `name`'s key ring: the user's with `keys:
+/// secretRef`, else the one the operator generates.
+pub fn key_ring_secret(spec: &sluice_crds::StreamPipelineSpec, name: &str) -> String {
+    match (spec.security.keys, &spec.security.secret_name) {
+        (KeysSource::SecretRef, Some(user)) => user.clone(),
+        _ => names::key_secret(name),
+    }
 }
 
 #[cfg(test)]
@@ -791,3 +797,4 @@ mod tests {
         assert_eq!(keys.secret.unwrap().secret_name.as_deref(), Some("my-keys"));
     }
 }
+

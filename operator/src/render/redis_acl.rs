@@ -18,8 +18,12 @@
 //!                                           none                                          MULTI EXEC DISCARD
 //! autoscaler    the operator's autoscaler,  q:* (read)                                    XLEN XPENDING XINFO STREAM|GROUPS
 //!               KEDA
-//! admin         the operator only           none                                          ACL SETUSER|DELUSER|USERS, CONFIG GET|SET (TLS)
+//! admin         the operator only           none                                          ACL SETUSER|DELUSER|USERS, CONFIG GET|SET (TLS),
+//!                                                                                         MULTI EXEC DISCARD
 //!                                           paused                                        SET DEL
+//!                                           dlq                                           EXISTS XREAD XDEL
+//!                                           q:* (write)                                   XADD
+//!                                           r:*                                           EXISTS XADD PEXPIRE
 //! probe         Redis's own probes          none                                          PING
 //! default       nobody                      off, no password, no command
 //! ```
@@ -299,6 +303,19 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role, tls: bool) -> Vec<String> {
             out.push(selector(
                 &["set", "del"],
                 &[format!("~{}", lit(&keys.paused()))],
+            ));
+            // Dead-letter actions: reads the stream and deletes from it,
+            // sends a redriven request to a group's queue and opens the
+            // answer store its answer is kept in.
+            out.extend(["+multi".into(), "+exec".into(), "+discard".into()]);
+            out.push(selector(
+                &["exists", "xread", "xdel"],
+                &[format!("~{}", lit(&keys.dead_letter()))],
+            ));
+            out.push(selector(&["xadd"], &[write(format!("{}*", queue("")))]));
+            out.push(selector(
+                &["exists", "xadd", "pexpire"],
+                &[format!("~{replies}")],
             ));
             if tls {
                 // To load a renewed TLS certificate: read the paths, set
