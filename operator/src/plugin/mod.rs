@@ -6,6 +6,7 @@
 //! kubectl sluice status P   ─▶ GET streampipelines/P ─▶ conditions, groups, URL
 //! kubectl sluice pause P    ─▶ PATCH spec.paused=true  ─▶ wait for Paused=True  (reason Paused)
 //! kubectl sluice resume P   ─▶ PATCH spec.paused=null  ─▶ wait for Paused=False (reason Running)
+//! kubectl sluice dlq …  P   ─▶ CREATE deadletteractions ─▶ wait for the operator's status ([`dead_letters`])
 //! ```
 //!
 //! The pipeline is read as plain JSON, so a stored object the types cannot
@@ -14,7 +15,7 @@
 //! written.
 //!
 //! This module must not read Secrets or reach Redis, and writes nothing
-//! but `spec.paused`.
+//! but `spec.paused` and DeadLetterActions.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ use sluice_crds::{StreamPipeline, StreamPipelineSpec};
 
 use crate::pause::{self, reason};
 
+pub mod dead_letters;
+
 /// Longest wait for one answer of the API server.
 const API_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -41,7 +44,8 @@ pub const FIELD_MANAGER: &str = "kubectl-sluice";
     name = "kubectl-sluice",
     version,
     about = "Inspect and operate sluice StreamPipelines (installed as a kubectl plugin: `kubectl sluice …`)",
-    after_help = "Needs get and patch on streampipelines.sluice.dev in the namespace; never Secrets.\n\
+    after_help = "Needs get and patch on streampipelines.sluice.dev in the namespace (dlq: get on\n\
+                  streampipelines, create and get on deadletteractions.sluice.dev); never Secrets.\n\
                   Exit status: 0 done, 1 failed or timed out (the message says why), 2 bad usage."
 )]
 pub struct Cli {
@@ -79,6 +83,12 @@ pub enum Command {
         pipeline: String,
         #[command(flatten)]
         wait: Wait,
+    },
+    /// A pipeline's dead letters (Redis backends): list, redrive, purge, carried
+    /// out by the operator, which holds the key ring.
+    Dlq {
+        #[command(subcommand)]
+        command: dead_letters::DlqCommand,
     },
 }
 
@@ -133,7 +143,7 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
     let (client, default_ns) = connect(&cli).await?;
     let ns = cli.namespace.clone().unwrap_or(default_ns);
-    let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &resource());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource());
     match cli.command {
         Command::Status { pipeline } => {
             let p = get(&api, &ns, &pipeline).await?;
@@ -147,6 +157,7 @@ pub async fn run(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
         Command::Resume { pipeline, wait } => {
             set_paused(&api, &ns, &pipeline, false, &wait, out).await?
         }
+        Command::Dlq { command } => dead_letters::run(client, &ns, command, out).await?,
     }
     Ok(())
 }
