@@ -674,6 +674,12 @@ async fn run_scenario(args: &Args, bin: &Path, sc: &Scenario) -> anyhow::Result<
     crds.create(&PostParams::default(), &sluice_crds::crd::crd())
         .await
         .context("installing the StreamPipeline CRD")?;
+    crds.create(
+        &PostParams::default(),
+        &sluice_crds::crd::dead_letter_action_crd(),
+    )
+    .await
+    .context("installing the DeadLetterAction CRD")?;
 
     let setup_started = Instant::now();
     namespace(&sim, OPERATOR_NS)?;

@@ -169,11 +169,7 @@ impl DeadLetterActions {
         }
         let running = json!({"status": {"phase": "Running", "startTime": now()}});
         if let Err(e) = api
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&running),
-            )
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&running))
             .await
         {
             // Nothing was done: a gone action needs nothing, another
@@ -183,8 +179,7 @@ impl DeadLetterActions {
             return;
         }
         info!(action = %format!("{ns}/{name}"), pipeline = %spec.pipeline, verb = ?spec.action, "carrying out a DeadLetterAction");
-        let outcome = match tokio::time::timeout(ACTION_TIMEOUT, self.carry_out(&ns, &spec)).await
-        {
+        let outcome = match tokio::time::timeout(ACTION_TIMEOUT, self.carry_out(&ns, &spec)).await {
             Ok(r) => r,
             Err(_) => Err(format!(
                 "stopped after {}s; what it did before is not known (list the dead letters again)",
@@ -197,11 +192,7 @@ impl DeadLetterActions {
 
     /// Does what `spec` asks: the output, or why it stopped (with what was
     /// done before, when something was).
-    async fn carry_out(
-        &self,
-        ns: &str,
-        spec: &DeadLetterActionSpec,
-    ) -> Result<Done, String> {
+    async fn carry_out(&self, ns: &str, spec: &DeadLetterActionSpec) -> Result<Done, String> {
         let letters = self.open(ns, &spec.pipeline).await?;
         let verb = match spec.action {
             DeadLetterVerb::List => Act::List {
@@ -498,7 +489,8 @@ mod tests {
 
     #[test]
     fn the_summary_counts_what_the_output_says() {
-        let redrive = "1-0\tsent\t/v1/o/requests/a\n2-0\tleft\tmoved\n3-0\tsent\t/v1/o/requests/b\n";
+        let redrive =
+            "1-0\tsent\t/v1/o/requests/a\n2-0\tleft\tmoved\n3-0\tsent\t/v1/o/requests/b\n";
         assert_eq!(
             summary(DeadLetterVerb::Redrive, redrive),
             "2 sent, 0 would be sent, 1 left"

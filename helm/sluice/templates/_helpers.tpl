@@ -105,9 +105,15 @@ Used by one Role per watched namespace or, with clusterScope, by the ClusterRole
 {{- define "sluice.pipelineRules" -}}
 - apiGroups: ["sluice.dev"]
   resources: ["streampipelines"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["sluice.dev"]
   resources: ["streampipelines/status"]
+  verbs: ["patch"]
+- apiGroups: ["sluice.dev"]
+  resources: ["deadletteractions"]
+  verbs: ["list", "watch", "delete"]
+- apiGroups: ["sluice.dev"]
+  resources: ["deadletteractions/status"]
   verbs: ["patch"]
 - apiGroups: [""]
   resources: ["configmaps", "services"]
@@ -139,4 +145,18 @@ Used by one Role per watched namespace or, with clusterScope, by the ClusterRole
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+A CRD from one of the chart's files, with the chart's labels and, with
+crds.keep, the annotation that keeps it on `helm uninstall`.
+*/}}
+{{- define "sluice.crd" -}}
+{{- $crd := .root.Files.Get .file | fromYaml }}
+{{- $meta := $crd.metadata }}
+{{- $_ := set $meta "labels" (merge (default dict $meta.labels) (include "sluice.commonLabels" .root | fromYaml)) }}
+{{- if .root.Values.crds.keep }}
+{{- $_ := set $meta "annotations" (merge (default dict $meta.annotations) (dict "helm.sh/resource-policy" "keep")) }}
+{{- end }}
+{{- toYaml $crd }}
 {{- end }}

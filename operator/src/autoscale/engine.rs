@@ -488,8 +488,8 @@ impl Autoscaler {
                 ..c
             });
         }
-        let backend =
-            RedisBackend::connect_lazy(redis_target::config(&target, REDIS_TIMEOUT)?).map_err(|e| e.to_string())?;
+        let backend = RedisBackend::connect_lazy(redis_target::config(&target, REDIS_TIMEOUT)?)
+            .map_err(|e| e.to_string())?;
         Ok(Conn {
             target,
             read_at: Instant::now(),

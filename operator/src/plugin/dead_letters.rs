@@ -31,6 +31,7 @@ pub enum DlqCommand {
     /// Lists dead letters, oldest first: id, age, group, node, request id,
     /// size, deliveries and reason (payloads only with --payloads)
     List {
+        /// The StreamPipeline's name
         #[arg(value_parser = parse_name)]
         pipeline: String,
         /// At most this many
@@ -46,6 +47,7 @@ pub enum DlqCommand {
     /// Sends dead letters again (after a fix), each to the group that runs
     /// its node; prints where each answer is fetched
     Redrive {
+        /// The StreamPipeline's name
         #[arg(value_parser = parse_name)]
         pipeline: String,
         #[command(flatten)]
@@ -69,6 +71,7 @@ pub enum DlqCommand {
     },
     /// Deletes dead letters
     Purge {
+        /// The StreamPipeline's name
         #[arg(value_parser = parse_name)]
         pipeline: String,
         #[command(flatten)]
@@ -180,14 +183,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (spec, timeout) = command.into_spec();
     spec.check().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pipelines: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<StreamPipeline>(&()));
-    let p = get(&pipelines, ns, &spec.pipeline).await?;
-    let actions: Api<DynamicObject> = Api::namespaced_with(
-        client,
+    let pipelines: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
         ns,
-        &ApiResource::erase::<DeadLetterAction>(&()),
+        &ApiResource::erase::<StreamPipeline>(&()),
     );
+    let p = get(&pipelines, ns, &spec.pipeline).await?;
+    let actions: Api<DynamicObject> =
+        Api::namespaced_with(client, ns, &ApiResource::erase::<DeadLetterAction>(&()));
     // Owned by the pipeline (deleted with it); without blockOwnerDeletion,
     // which would need more than create on actions.
     let object = json!({
@@ -228,10 +231,7 @@ pub async fn run(
                     }
                     Some("Failed") => {
                         let _ = out.write_all(printed(&status["output"]).as_bytes());
-                        anyhow::bail!(
-                            "{}",
-                            clean(status["message"].as_str().unwrap_or("failed"))
-                        );
+                        anyhow::bail!("{}", clean(status["message"].as_str().unwrap_or("failed")));
                     }
                     Some("Running") => last = "running".into(),
                     _ => {}

@@ -797,4 +797,3 @@ mod tests {
         assert_eq!(keys.secret.unwrap().secret_name.as_deref(), Some("my-keys"));
     }
 }
-

@@ -128,6 +128,12 @@ impl Harness {
         crds.create(&PostParams::default(), &sluice_crds::crd::crd())
             .await
             .context("installing the StreamPipeline CRD")?;
+        crds.create(
+            &PostParams::default(),
+            &sluice_crds::crd::dead_letter_action_crd(),
+        )
+        .await
+        .context("installing the DeadLetterAction CRD")?;
         Ok(h)
     }
 

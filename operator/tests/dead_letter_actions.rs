@@ -1,0 +1,370 @@
+//! `kubectl sluice dlq` end to end: the plugin binary as an on-call user
+//! who may read StreamPipelines and create DeadLetterActions (no Secret),
+//! the operator binary with its documented RBAC on the API stand-in, and a
+//! real `redis-server` as the pipeline's Redis (external mode: the operator
+//! cannot reach a managed Redis's Service name from here). The dead letters
+//! are written as a worker writes them, signed with the key ring the
+//! operator generated.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{json, Value};
+use sluice_platform::envelope::{Envelope, Kind, ReplyError, StreamEntry};
+use sluice_platform::metrics::Rejections;
+use sluice_platform::redis::testing::RedisServer;
+use sluice_platform::{
+    DeadLetterNote, KeyRing, Keys, Queue, RedisBackend, RedisConfig, ReplyChannel, SharedKeyRing,
+    Signer, Verifier,
+};
+use support::*;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+const NS: &str = "oncall";
+const PIPELINE: &str = "p";
+
+fn manifest() -> Value {
+    json!({
+        "apiVersion": API_VERSION, "kind": KIND,
+        "metadata": {"name": PIPELINE},
+        "spec": {
+            "backends": {"queue": "redis", "kv": "redis", "reply": "redis"},
+            "redis": {"mode": "external", "urlSecretRef": {"name": "redis-url", "key": "url"}},
+            "interfaces": [{"name": "api", "path": "/v1/echo", "entry": "a", "timeout": "5s"}],
+            "groups": [
+                {"name": "web", "role": "ingress"},
+                {"name": "cpu", "role": "worker"},
+            ],
+            "nodes": [
+                {"name": "a", "group": "web", "uses": "builtin/echo", "next": "b"},
+                {"name": "b", "group": "cpu", "uses": "builtin/echo"},
+            ],
+        }
+    })
+}
+
+/// Runs the plugin as the kubeconfig's user: (exit code, stdout, stderr).
+async fn plugin(kubeconfig: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-sluice"))
+        .env("KUBECONFIG", kubeconfig)
+        .args(["-n", NS])
+        .args(args)
+        .output()
+        .await
+        .expect("kubectl-sluice runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The key ring the operator generated for the pipeline.
+async fn ring(h: &Harness) -> anyhow::Result<SharedKeyRing> {
+    let secrets: Api<Secret> = Api::namespaced(h.admin.clone(), NS);
+    let s = secrets.get(&format!("{PIPELINE}-ipc-keys")).await?;
+    let files = s
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+        .collect();
+    Ok(SharedKeyRing::fixed(KeyRing::from_files(&files)?))
+}
+
+/// A request for node `b` on group `cpu`, as the ingress signs it.
+fn request(signer: &Signer, rid: &str, payload: Value) -> StreamEntry {
+    let now = sluice_platform::clock::now_ms();
+    let mut env = Envelope {
+        kind: Kind::Request,
+        pipeline: format!("{NS}/{PIPELINE}"),
+        dest: "cpu".into(),
+        cid: "c-1".into(),
+        rid: rid.into(),
+        trace: None,
+        ts: 0,
+        nonce: String::new(),
+        deadline: now + 5_000,
+        attempt: 1,
+        node: Some("b".into()),
+        plan: None,
+        reply_to: Some("ingress-gone".into()),
+        live: None,
+        seq: None,
+        last_seq: None,
+        payload,
+        error: None,
+    };
+    signer.sign(&mut env).expect("signed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_call_user_lists_redrives_and_purges_dead_letters_without_any_secret(
+) -> anyhow::Result<()> {
+    let h = Harness::start_with(cluster_sim::ClusterSimOptions {
+        rbac: true,
+        ..sim_options()
+    })
+    .await?;
+    grant_documented_rbac(&h, "op")?;
+    h.namespace(NS)?;
+    let redis = RedisServer::start(false);
+    let secrets: Api<Secret> = Api::namespaced(h.admin.clone(), NS);
+    let mut s = Secret::default();
+    s.metadata.name = Some("redis-url".into());
+    s.data = Some([("url".to_string(), ByteString(redis.url().into_bytes()))].into());
+    secrets.create(&PostParams::default(), &s).await?;
+    for obj in [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "dead-letters", "namespace": NS},
+        "rules": [
+            {"apiGroups": ["sluice.dev"], "resources": ["streampipelines"], "verbs": ["get"]},
+            {"apiGroups": ["sluice.dev"], "resources": ["deadletteractions"], "verbs": ["create", "get"]},
+        ]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "dead-letters", "namespace": NS},
+               "subjects": [{"kind": "ServiceAccount", "name": "oncall", "namespace": NS}],
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "dead-letters"}}),
+    ] {
+        h.sim.put_object(obj)?;
+    }
+    let kubeconfig = h.sim.service_account_kubeconfig(NS, "oncall")?;
+    let _op = Operator::start(&h, "op", &[]).await?;
+    h.apply(NS, manifest()).await?;
+    h.apply(NS, example("orders")).await?;
+    h.wait_ready(NS, PIPELINE, PATIENCE).await?;
+
+    // Two dead letters, as a worker of cpu writes them: a request that
+    // failed, and an entry whose MAC does not verify.
+    let ring = ring(&h).await?;
+    let keys = Keys::new(NS, PIPELINE);
+    let signer = Signer::new(ring.clone(), &keys, "web");
+    let redis_client = RedisBackend::connect(RedisConfig::from_url(&redis.url())?).await?;
+    let mut letter = request(&signer, "order-7", json!({"n": 7}));
+    letter.note = DeadLetterNote::new(
+        "cpu",
+        5,
+        &ReplyError {
+            code: "node_failed".into(),
+            message: "boom".into(),
+        },
+    )
+    .encode();
+    let letter_id = redis_client.push(&keys.dead_letter(), letter).await?;
+    let mut forged = request(&signer, "order-8", json!({"n": 8}));
+    forged.s = vec![b'0'; forged.s.len()];
+    let forged_id = redis_client.push(&keys.dead_letter(), forged).await?;
+
+    let (code, out, err) = plugin(&kubeconfig, &["dlq", "list", PIPELINE]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains(&format!("deadletteraction {NS}/{PIPELINE}-dlq-")),
+        "{err}"
+    );
+    assert!(
+        out.contains(&format!("{letter_id}\t"))
+            && out.contains("\tcpu\tb\torder-7\t")
+            && out.contains("\t5\tnode_failed: boom"),
+        "{out}"
+    );
+    let forged_line = out
+        .lines()
+        .find(|l| l.starts_with(&forged_id))
+        .expect("the forged entry listed");
+    assert!(forged_line.contains("refused:"), "{forged_line}");
+    assert!(!forged_line.contains("order-8"), "{forged_line}");
+    assert!(
+        !out.contains("{\"n\":7}"),
+        "payloads only on request: {out}"
+    );
+    let (code, out, _) = plugin(&kubeconfig, &["dlq", "list", PIPELINE, "--payloads"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("{\"n\":7}"), "{out}");
+    assert!(
+        !out.contains("{\"n\":8}"),
+        "a refused entry's payload shown: {out}"
+    );
+
+    // A dry run sends nothing.
+    let (code, out, err) = plugin(
+        &kubeconfig,
+        &["dlq", "redrive", PIPELINE, "--id", &letter_id, "--dry-run"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("{letter_id}\twould be sent")),
+        "{out}"
+    );
+    let queue = keys.queue("cpu");
+    let queued = |r: Arc<RedisBackend>, q: String| async move {
+        r.read_after(&q, None, 10)
+            .await
+            .unwrap()
+            .unwrap_or_default()
+    };
+    assert!(queued(redis_client.clone(), queue.clone()).await.is_empty());
+
+    // Redriven: a new request for the same node and input, signed for cpu,
+    // on cpu's queue; the dead letter gone.
+    let (code, out, err) = plugin(
+        &kubeconfig,
+        &["dlq", "redrive", PIPELINE, "--id", &letter_id],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with(&format!("{letter_id}\tsent\t/v1/echo/requests/")),
+        "{out}"
+    );
+    let sent = queued(redis_client.clone(), queue.clone()).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let verifier = Verifier::new(
+        ring.clone(),
+        None,
+        keys.clone(),
+        Duration::from_secs(5),
+        1 << 20,
+        Rejections::default(),
+    );
+    let env = verifier
+        .verify_dead_letter(&sent[0].1, &["cpu"])
+        .expect("signed with cpu's request key");
+    assert_eq!(
+        (env.node.as_deref(), env.rid.as_str(), &env.payload),
+        (Some("b"), "order-7", &json!({"n": 7}))
+    );
+    assert!(env
+        .reply_to
+        .as_deref()
+        .is_some_and(|r| r.starts_with("async:")));
+    let left = queued(redis_client.clone(), keys.dead_letter()).await;
+    assert_eq!(
+        left.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        [forged_id.clone()]
+    );
+    // The record: an event on the pipeline.
+    let events = h.events(NS, PIPELINE, "DeadLettersRedriven");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["note"].as_str().unwrap_or("").contains("1 sent")),
+        "{events:#?}"
+    );
+
+    // A forged letter is never sent: left, and the action says why.
+    let (code, out, _) = plugin(
+        &kubeconfig,
+        &["dlq", "redrive", PIPELINE, "--id", &forged_id],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with(&format!("{forged_id}\tleft\t")), "{out}");
+    assert_eq!(queued(redis_client.clone(), queue.clone()).await.len(), 1);
+
+    // Purged.
+    let (code, out, err) = plugin(&kubeconfig, &["dlq", "purge", PIPELINE, "--all"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "deleted 1 dead letter(s)\n");
+    assert!(queued(redis_client.clone(), keys.dead_letter())
+        .await
+        .is_empty());
+
+    // Refusals, with the reason: an id that is not there, an id that is
+    // not one (before anything is written), a memory pipeline.
+    let (code, _, err) = plugin(&kubeconfig, &["dlq", "purge", PIPELINE, "--id", &letter_id]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("not in the dead-letter stream"), "{err}");
+    let (code, _, err) = plugin(&kubeconfig, &["dlq", "purge", PIPELINE, "--id", "x"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("spec.ids[0]"), "{err}");
+    let (code, _, err) = plugin(&kubeconfig, &["dlq", "list", "orders"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("runs on memory backends"), "{err}");
+    let (code, _, err) = plugin(&kubeconfig, &["dlq", "list", "absent"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("StreamPipeline oncall/absent not found"),
+        "{err}"
+    );
+
+    // Everything the user asked was allowed, and it asked for no Secret.
+    let (asked, denied) = authz_of(&h, &format!("system:serviceaccount:{NS}:oncall"));
+    assert!(asked > 0);
+    assert!(denied.is_empty(), "{denied:#?}");
+    // And the operator was allowed everything it asked.
+    let (_, denied) = authz_of(&h, &operator_user("op"));
+    assert!(denied.is_empty(), "{denied:#?}");
+    Ok(())
+}
+
+/// An action is acted on once: its spec cannot change after creation (the
+/// API server refuses it), and one found Running that no operator carries
+/// out (its operator stopped midway) is failed, not done again.
+#[tokio::test]
+async fn an_action_is_immutable_and_an_interrupted_one_is_not_redone() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    h.namespace(NS)?;
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        h.admin.clone(),
+        NS,
+        &ApiResource::erase::<sluice_crds::dead_letter_action::DeadLetterAction>(&()),
+    );
+    let action = |name: &str| -> anyhow::Result<DynamicObject> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "DeadLetterAction",
+            "metadata": {"name": name},
+            "spec": {"pipeline": "p", "action": "Purge", "all": true},
+        }))?)
+    };
+    api.create(&PostParams::default(), &action("a1")?).await?;
+    let changed = api
+        .patch(
+            "a1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"all": false, "ids": ["1-0"]}})),
+        )
+        .await;
+    let e = changed.expect_err("a changed spec is refused");
+    assert!(e.to_string().contains("spec is immutable"), "{e}");
+    // Schema bounds: an id that is not one is refused at admission.
+    let mut bad = action("a2")?;
+    bad.data["spec"] = json!({"pipeline": "p", "action": "Purge", "ids": ["1-0; DEL x"]});
+    assert!(api.create(&PostParams::default(), &bad).await.is_err());
+
+    // Running before any operator ran: interrupted.
+    api.create(&PostParams::default(), &action("a3")?).await?;
+    api.patch_status(
+        "a3",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await?;
+    let _op = Operator::start(&h, "op", &[]).await?;
+    let failed = eventually("a3 failed", PATIENCE, || async {
+        let o = api.get("a3").await.ok()?;
+        (o.data["status"]["phase"] == "Failed").then_some(o)
+    })
+    .await?;
+    let message = failed.data["status"]["message"].as_str().unwrap_or("");
+    assert!(message.starts_with("interrupted"), "{message}");
+    // a1 names a pipeline that does not exist: failed, with the reason.
+    let a1 = eventually("a1 failed", PATIENCE, || async {
+        let o = api.get("a1").await.ok()?;
+        (o.data["status"]["phase"] == "Failed").then_some(o)
+    })
+    .await?;
+    let message = a1.data["status"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("StreamPipeline p does not exist"),
+        "{message}"
+    );
+    assert_eq!(h.events(NS, "a1", "DeadLetterActionFailed").len(), 1);
+    Ok(())
+}
