@@ -207,3 +207,160 @@ async fn a_renewed_certificate_is_served_after_the_next_apply_without_a_restart(
     );
     assert_eq!(server.pid(), pid, "no restart");
 }
+
+/// The operator's dead-letter actions run as `admin` on managed Redis: a
+/// real `redis-server` from the rendered `redis.conf` (TLS), a dead letter
+/// written by group `cpu`'s user as its worker writes one, then the same
+/// list, redrive and purge `kubectl sluice dlq` asks for. The admin may
+/// not read a queue's entries.
+#[tokio::test]
+async fn the_admin_user_lists_redrives_and_purges_dead_letters_and_reads_no_queue() {
+    use sluice_platform::envelope::{Envelope, Kind, ReplyError};
+    use sluice_platform::{DeadLetterNote, KeyRing, Queue, SharedKeyRing, Signer};
+    use sluice_web_ingress::dead_letters::DeadLetters;
+    use sluice_web_ingress::dlq_command::{act, Act, Pick};
+
+    let sp = orders();
+    let data = secrets::text_data(&secrets::fresh_redis_secret(&sp, DAY).unwrap());
+    let server = start(&data);
+    let addr = server.tls_address();
+    let connect = |user: &str| {
+        let url = format!(
+            "rediss://{user}:{}@{addr}",
+            data[&format!("{user}.password")]
+        );
+        let cfg = RedisConfig::from_url(&url)
+            .unwrap()
+            .with_ca_pem(data["ca.crt"].as_bytes())
+            .unwrap()
+            .with_pool_size(1);
+        RedisBackend::connect(cfg)
+    };
+    let keys = Keys::new("users", "orders-redis");
+    let ring = SharedKeyRing::fixed(KeyRing::ephemeral());
+    let plan = compile(
+        PipelineId {
+            namespace: "users".into(),
+            name: "orders-redis".into(),
+        },
+        &sp.spec,
+    )
+    .unwrap();
+
+    // What group cpu's worker writes when `price` fails for good.
+    let cpu = connect("group-cpu").await.unwrap();
+    let mut env = Envelope {
+        kind: Kind::Request,
+        pipeline: "users/orders-redis".into(),
+        dest: "cpu".into(),
+        cid: "c".into(),
+        rid: "order-1".into(),
+        trace: None,
+        ts: 0,
+        nonce: String::new(),
+        deadline: sluice_platform::clock::now_ms() + 5_000,
+        attempt: 1,
+        node: Some("price".into()),
+        plan: None,
+        reply_to: Some("ingress-1".into()),
+        live: None,
+        seq: None,
+        last_seq: None,
+        payload: serde_json::json!({"id": "order-1"}),
+        error: None,
+    };
+    let mut entry = Signer::new(ring.clone(), &keys, "web")
+        .sign(&mut env)
+        .unwrap();
+    let error = ReplyError {
+        code: "node_failed".into(),
+        message: "no price".into(),
+    };
+    entry.note = DeadLetterNote::new("cpu", 3, &error).encode();
+    let id = cpu.push(&keys.dead_letter(), entry).await.unwrap();
+
+    let d = DeadLetters::on_redis(plan, ring, connect("admin").await.unwrap());
+    let listed = act(
+        &d,
+        Act::List {
+            limit: 10,
+            payloads: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        listed.contains(&format!("{id}\t")) && listed.contains("\tcpu\tprice\torder-1\t"),
+        "{listed}"
+    );
+    let pick = Pick {
+        ids: vec![id.clone()],
+        all: false,
+    };
+    let sent = act(
+        &d,
+        Act::Redrive {
+            pick,
+            interface: None,
+            caller: None,
+            follow_moved: false,
+            dry_run: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        sent.starts_with(&format!("{id}\tsent\t/v1/orders/requests/")),
+        "{sent}"
+    );
+    let probe = Probe::new(server.port());
+    let group_cpu = probe.as_user("group-cpu", &data["group-cpu.password"]);
+    assert!(
+        matches!(
+            group_cpu.cmd(&[b"XLEN", keys.queue("cpu").as_bytes()]),
+            Ok(sluice_e2e::resp::Resp::Int(1))
+        ),
+        "the redriven request is on cpu's queue"
+    );
+    cpu.push(&keys.dead_letter(), sluice_platform::conformance::entry(1))
+        .await
+        .unwrap();
+    let purged = act(
+        &d,
+        Act::Purge {
+            pick: Pick {
+                ids: vec![],
+                all: true,
+            },
+            dry_run: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(purged, "deleted 1 dead letter(s)\n");
+
+    // Nothing more: the admin sends to queues but reads none.
+    let admin = probe.as_user("admin", &data["admin.password"]);
+    for cmd in [
+        vec![
+            b"XREAD".as_slice(),
+            b"STREAMS",
+            keys.queue("cpu").as_bytes(),
+            b"0",
+        ],
+        vec![
+            b"XRANGE".as_slice(),
+            keys.dead_letter().as_bytes(),
+            b"-",
+            b"+",
+        ],
+        vec![b"DEL".as_slice(), keys.queue("cpu").as_bytes()],
+    ] {
+        let refused = admin.cmd(&cmd);
+        assert!(
+            matches!(&refused, Err(e) if e.starts_with("NOPERM")),
+            "{:?}: {refused:?}",
+            String::from_utf8_lossy(cmd[0])
+        );
+    }
+}
