@@ -5,7 +5,8 @@
 //! ```text
 //! kubectl sluice dlq … ─▶ create DeadLetterAction (RBAC: create on deadletteractions)
 //!   operator (leader) ─▶ status.phase Running ─▶ key ring + Redis of the pipeline ─▶ act
-//!                     ─▶ status.phase Succeeded|Failed, status.output; an Event (the audit trail)
+//!                     ─▶ status.phase Succeeded|Failed, status.output; Events (what was done;
+//!                        who asked is in the API server's audit log)
 //! ```
 //!
 //! Redriving signs requests, which needs the pipeline's key ring: the
@@ -177,7 +178,7 @@ impl DeadLetterActionSpec {
                     "only for List",
                 );
             }
-            if self.all == !self.ids.is_empty() {
+            if self.all != self.ids.is_empty() {
                 return bad("ids", "name the dead letters: ids, or all (not both)");
             }
             if self.ids.len() > MAX_IDS {
@@ -280,7 +281,7 @@ mod tests {
 
     #[test]
     fn entry_ids_are_two_decimal_numbers() {
-        for ok in ["0-0", "1767225600000-12"] {
+        for ok in ["0-0", "1767225600000-12", "1-18446744073709551615"] {
             assert!(is_entry_id(ok), "{ok}");
         }
         for bad in [

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::stream::{self, StreamExt};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
@@ -68,6 +68,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// How long this process remembers it took an action (to tell its own
 /// Running actions from interrupted ones): longer than any action lasts.
 const REMEMBER: Duration = Duration::from_secs(2 * 3600);
+/// An action not taken within this long of its creation is refused: it
+/// may no longer say what its author wants (a `purge --all` of letters
+/// written since).
+pub const STALE: Duration = Duration::from_secs(600);
+/// Tries of the final status write.
+const STATUS_TRIES: u32 = 3;
 
 /// The operator's dead-letter actions, run by the leader.
 pub struct DeadLetterActions {
@@ -104,19 +110,15 @@ impl DeadLetterActions {
                 .applied_objects()
                 .boxed()
         }));
-        let mut taken: HashMap<String, Instant> = HashMap::new();
+        let mut seen = Seen::default();
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                _ = sweep.tick() => {
-                    taken.retain(|_, at| at.elapsed() < REMEMBER);
-                    for api in &apis {
-                        self.sweep(api).await;
-                    }
-                }
+                _ = sweep.tick() => self.sweep(&mut seen).await,
                 got = watch.next() => match got {
-                    Some(Ok(o)) => self.on(o, &mut taken).await,
+                    Some(Ok(o)) => self.on(o, &mut seen).await,
                     Some(Err(e)) => warn!(error = %e, "watching DeadLetterActions"),
                     None => return,
                 },
@@ -125,33 +127,36 @@ impl DeadLetterActions {
     }
 
     /// One action as the watch saw it.
-    async fn on(&self, o: DynamicObject, taken: &mut HashMap<String, Instant>) {
+    async fn on(&self, o: DynamicObject, seen: &mut Seen) {
         let (Some(uid), Some(ns)) = (o.metadata.uid.clone(), o.metadata.namespace.clone()) else {
             return;
         };
-        if taken.contains_key(&uid) {
+        let name = o.name_any();
+        if let Some(ended) = ended_at(&o.data) {
+            seen.finished.insert((ns, name), ended);
             return;
         }
-        let name = o.name_any();
+        if seen.taken.contains_key(&uid) {
+            return;
+        }
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &ns, &resource());
         let regarding = reference(&o);
+        seen.taken.insert(uid, Instant::now());
         match phase(&o.data) {
             Ok(None) => {}
             Ok(Some(DeadLetterPhase::Running)) => {
-                taken.insert(uid, Instant::now());
                 let why = "interrupted: the operator stopped while it ran, and what it did before is not known (list the dead letters again)";
                 self.finish(&api, &name, &regarding, None, Err(why.into()))
                     .await;
                 return;
             }
+            // Finished without a completion time: nothing to do.
             Ok(Some(_)) => return,
             Err(e) => {
-                taken.insert(uid, Instant::now());
                 self.finish(&api, &name, &regarding, None, Err(e)).await;
                 return;
             }
         }
-        taken.insert(uid, Instant::now());
         let spec = match serde_json::from_value::<DeadLetterActionSpec>(
             o.data.get("spec").cloned().unwrap_or(Value::Null),
         ) {
@@ -167,19 +172,46 @@ impl DeadLetterActions {
                 .await;
             return;
         }
-        let running = json!({"status": {"phase": "Running", "startTime": now()}});
+        let age = o
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| (Utc::now() - crate::clock::datetime_of(t)).to_std().ok())
+            .unwrap_or_default();
+        if age > STALE {
+            let why = format!(
+                "not taken within {} minutes of its creation (the operator was away or busy): create it again if it still says what you want",
+                STALE.as_secs() / 60
+            );
+            self.finish(&api, &name, &regarding, Some(&spec), Err(why))
+                .await;
+            return;
+        }
+        // Taken only if nobody changed it since it was read: two operators
+        // that both saw it new cannot both carry it out.
+        let running = json!({
+            "metadata": {"resourceVersion": o.metadata.resource_version},
+            "status": {"phase": "Running", "startTime": now()},
+        });
         if let Err(e) = api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&running))
             .await
         {
-            // Nothing was done: a gone action needs nothing, another
-            // failure leaves it for the next leader or restart.
+            // Nothing was done: taken by another, gone, or the API server
+            // failed (the next leader or restart takes it).
             warn!(action = %format!("{ns}/{name}"), error = %e, "cannot mark a DeadLetterAction Running; not acted on");
-            taken.remove(&o.metadata.uid.unwrap_or_default());
             return;
         }
         info!(action = %format!("{ns}/{name}"), pipeline = %spec.pipeline, verb = ?spec.action, "carrying out a DeadLetterAction");
-        let outcome = match tokio::time::timeout(ACTION_TIMEOUT, self.carry_out(&ns, &spec)).await {
+        let deadline = tokio::time::Instant::now() + ACTION_TIMEOUT;
+        // The action stops itself between reads at the deadline, saying
+        // how far it got; this bounds a call that hangs.
+        let outcome = match tokio::time::timeout(
+            ACTION_TIMEOUT + REDIS_TIMEOUT * 4,
+            self.carry_out(&ns, &spec, deadline),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(_) => Err(format!(
                 "stopped after {}s; what it did before is not known (list the dead letters again)",
@@ -192,7 +224,12 @@ impl DeadLetterActions {
 
     /// Does what `spec` asks: the output, or why it stopped (with what was
     /// done before, when something was).
-    async fn carry_out(&self, ns: &str, spec: &DeadLetterActionSpec) -> Result<Done, String> {
+    async fn carry_out(
+        &self,
+        ns: &str,
+        spec: &DeadLetterActionSpec,
+        deadline: tokio::time::Instant,
+    ) -> Result<Done, String> {
         let letters = self.open(ns, &spec.pipeline).await?;
         let verb = match spec.action {
             DeadLetterVerb::List => Act::List {
@@ -211,7 +248,7 @@ impl DeadLetterActions {
                 dry_run: spec.dry_run,
             },
         };
-        match act(&letters, verb).await {
+        match act(&letters, verb, Some(deadline)).await {
             Ok(output) => Ok(Done {
                 message: summary(spec.action, &output),
                 output,
@@ -314,11 +351,21 @@ impl DeadLetterActions {
             "completionTime": now(),
         }});
         let at = format!("{}/{name}", regarding.namespace.as_deref().unwrap_or(""));
-        if let Err(e) = api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-            .await
-        {
-            warn!(action = %at, error = %e, "cannot write a DeadLetterAction's status");
+        // What was done must be told: a few tries before giving up (the
+        // action then stays Running, and a restart fails it as interrupted).
+        for attempt in 1..=STATUS_TRIES {
+            match api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => {
+                    warn!(action = %at, attempt, error = %e, "cannot write a DeadLetterAction's status");
+                    if attempt < STATUS_TRIES {
+                        tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                    }
+                }
+            }
         }
         let (type_, reason) = match (&outcome, spec.map(|s| s.action)) {
             (Err(_), _) => (EventType::Warning, "DeadLetterActionFailed"),
@@ -349,39 +396,60 @@ impl DeadLetterActions {
         info!(action = %at, phase, %message, "DeadLetterAction finished");
     }
 
-    /// Deletes finished actions older than [`KEEP_FINISHED`].
-    async fn sweep(&self, api: &Api<DynamicObject>) {
-        let list = match api.list(&ListParams::default()).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "listing DeadLetterActions");
-                return;
-            }
-        };
+    /// Deletes the finished actions the watch showed that ended more than
+    /// [`KEEP_FINISHED`] ago (nothing is listed: the watch knows them).
+    async fn sweep(&self, seen: &mut Seen) {
+        seen.taken.retain(|_, at| at.elapsed() < REMEMBER);
         let now = Utc::now();
-        for o in list.items {
-            let ended = o.data["status"]["completionTime"]
-                .as_str()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
-            let finished = matches!(phase(&o.data), Ok(Some(p)) if p.finished());
-            let old = ended.is_some_and(|t| {
-                (now - t.with_timezone(&Utc))
-                    .to_std()
-                    .is_ok_and(|age| age > KEEP_FINISHED)
-            });
-            if !(finished && old) {
-                continue;
-            }
-            let (Some(ns), name) = (o.metadata.namespace.clone(), o.name_any()) else {
-                continue;
-            };
+        let old: Vec<(String, String)> = seen
+            .finished
+            .iter()
+            .filter(|(_, ended)| expired(**ended, now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (ns, name) in old {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.client.clone(), &ns, &resource());
-            if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
-                warn!(action = %format!("{ns}/{name}"), error = %e, "cannot delete a finished DeadLetterAction");
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {
+                    seen.finished.remove(&(ns, name));
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    seen.finished.remove(&(ns, name));
+                }
+                Err(e) => {
+                    warn!(action = %format!("{ns}/{name}"), error = %e, "cannot delete a finished DeadLetterAction");
+                }
             }
         }
     }
+}
+
+/// What this process knows of the actions it watched.
+#[derive(Default)]
+struct Seen {
+    /// Actions it took (by uid), to tell its own Running actions from
+    /// interrupted ones.
+    taken: HashMap<String, Instant>,
+    /// Finished actions by namespace and name, with when they ended.
+    finished: HashMap<(String, String), DateTime<Utc>>,
+}
+
+/// When a finished action ended (its phase finished and its completion
+/// time readable).
+fn ended_at(data: &Value) -> Option<DateTime<Utc>> {
+    if !matches!(phase(data), Ok(Some(p)) if p.finished()) {
+        return None;
+    }
+    let t = data["status"]["completionTime"].as_str()?;
+    DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Whether an action that ended at `ended` is due for deletion at `now`.
+fn expired(ended: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    (now - ended).to_std().is_ok_and(|age| age > KEEP_FINISHED)
 }
 
 /// What a finished action did.
@@ -508,6 +576,22 @@ mod tests {
             summary(DeadLetterVerb::Purge, "deleted 2 dead letter(s)\n"),
             "deleted 2 dead letter(s)"
         );
+    }
+
+    #[test]
+    fn a_finished_action_is_deleted_an_hour_after_it_ended() {
+        let ended = |phase: &str, at: &str| {
+            ended_at(&json!({"status": {"phase": phase, "completionTime": at}}))
+        };
+        let t = ended("Succeeded", "2026-12-04T10:00:00Z").expect("ended");
+        assert!(ended("Failed", "2026-12-04T10:00:00Z").is_some());
+        assert!(ended("Running", "2026-12-04T10:00:00Z").is_none());
+        assert!(ended("Succeeded", "yesterday").is_none());
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        assert!(!expired(t, at("2026-12-04T10:59:59Z")));
+        assert!(expired(t, at("2026-12-04T11:00:01Z")));
+        // A completion time in the future (a skewed clock) is not expired.
+        assert!(!expired(t, at("2026-12-04T09:00:00Z")));
     }
 
     #[test]

@@ -34,10 +34,12 @@ pub struct Target {
 /// error messages, which never show the PEM).
 #[derive(PartialEq, Eq)]
 pub struct CaPem {
-    secret: String,
-    key: String,
-    pem: Vec<u8>,
+    /// The Secret and key it came from.
+    pub secret: String,
+    pub key: String,
+    pub pem: Vec<u8>,
 }
+
 impl Target {
     /// The URL the pipeline's pods use — managed Redis from the password in
     /// `P-redis`, external from the user's `urlSecretRef` — and the CA:

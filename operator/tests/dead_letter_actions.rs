@@ -135,7 +135,7 @@ async fn an_on_call_user_lists_redrives_and_purges_dead_letters_without_any_secr
         h.sim.put_object(obj)?;
     }
     let kubeconfig = h.sim.service_account_kubeconfig(NS, "oncall")?;
-    let _op = Operator::start(&h, "op", &[]).await?;
+    let mut op = Operator::start(&h, "op", &[]).await?;
     h.apply(NS, manifest()).await?;
     h.apply(NS, example("orders")).await?;
     h.wait_ready(NS, PIPELINE, PATIENCE).await?;
@@ -246,8 +246,8 @@ async fn an_on_call_user_lists_redrives_and_purges_dead_letters_without_any_secr
         .is_some_and(|r| r.starts_with("async:")));
     let left = queued(redis_client.clone(), keys.dead_letter()).await;
     assert_eq!(
-        left.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
-        [forged_id.clone()]
+        left.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+        [forged_id.as_str()]
     );
     // The record: an event on the pipeline.
     let events = h.events(NS, PIPELINE, "DeadLettersRedriven");
@@ -267,6 +267,40 @@ async fn an_on_call_user_lists_redrives_and_purges_dead_letters_without_any_secr
     assert_eq!(code, 0);
     assert!(out.starts_with(&format!("{forged_id}\tleft\t")), "{out}");
     assert_eq!(queued(redis_client.clone(), queue.clone()).await.len(), 1);
+
+    // An action the operator finds Running but did not take (its operator
+    // stopped midway) is failed, not carried out: the letter stays.
+    let actions: Api<DynamicObject> = Api::namespaced_with(
+        h.admin.clone(),
+        NS,
+        &ApiResource::erase::<sluice_crds::dead_letter_action::DeadLetterAction>(&()),
+    );
+    op.kill().await;
+    let stolen: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "DeadLetterAction",
+        "metadata": {"name": "half-done"},
+        "spec": {"pipeline": PIPELINE, "action": "Purge", "all": true},
+    }))?;
+    actions.create(&PostParams::default(), &stolen).await?;
+    actions
+        .patch_status(
+            "half-done",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running"}})),
+        )
+        .await?;
+    let _op = Operator::start(&h, "op", &[]).await?;
+    let failed = eventually("half-done failed", PATIENCE, || async {
+        let o = actions.get("half-done").await.ok()?;
+        (o.data["status"]["phase"] == "Failed").then_some(o)
+    })
+    .await?;
+    let message = failed.data["status"]["message"].as_str().unwrap_or("");
+    assert!(message.starts_with("interrupted"), "{message}");
+    assert_eq!(
+        queued(redis_client.clone(), keys.dead_letter()).await.len(),
+        1
+    );
 
     // Purged.
     let (code, out, err) = plugin(&kubeconfig, &["dlq", "purge", PIPELINE, "--all"]).await;
@@ -338,6 +372,30 @@ async fn an_action_is_immutable_and_an_interrupted_one_is_not_redone() -> anyhow
     bad.data["spec"] = json!({"pipeline": "p", "action": "Purge", "ids": ["1-0; DEL x"]});
     assert!(api.create(&PostParams::default(), &bad).await.is_err());
 
+    // Taking an action is a status patch carrying the resourceVersion it
+    // was read at: a second taker, with the version before the first
+    // took it, is refused (409), as the API server refuses it.
+    let read = api.get("a1").await?;
+    let take = json!({
+        "metadata": {"resourceVersion": read.metadata.resource_version},
+        "status": {"phase": "Succeeded"},
+    });
+    api.patch_status("a1", &PatchParams::default(), &Patch::Merge(&take))
+        .await?;
+    let again = api
+        .patch_status("a1", &PatchParams::default(), &Patch::Merge(&take))
+        .await;
+    assert!(
+        matches!(&again, Err(kube::Error::Api(e)) if e.code == 409),
+        "{again:?}"
+    );
+    api.patch_status(
+        "a1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": null})),
+    )
+    .await?;
+
     // Running before any operator ran: interrupted.
     api.create(&PostParams::default(), &action("a3")?).await?;
     api.patch_status(
@@ -366,5 +424,35 @@ async fn an_action_is_immutable_and_an_interrupted_one_is_not_redone() -> anyhow
         "{message}"
     );
     assert_eq!(h.events(NS, "a1", "DeadLetterActionFailed").len(), 1);
+    Ok(())
+}
+
+/// With managed Redis the operator connects as `admin`, over TLS, trusting
+/// the CA in `P-redis` (the stand-in cannot reach the Service; what that
+/// user may do on a real `redis-server` is `redis_users.rs`).
+#[tokio::test]
+async fn with_managed_redis_the_action_connects_as_admin_with_its_ca() -> anyhow::Result<()> {
+    use sluice_operator::redis_target::Target;
+    use sluice_operator::render::redis_acl::Role;
+
+    let h = Harness::start().await?;
+    h.namespace(NS)?;
+    let _op = Operator::start(&h, "op", &[]).await?;
+    h.apply(NS, example("orders-redis")).await?;
+    h.wait_ready(NS, "orders-redis", PATIENCE).await?;
+    let sp: sluice_crds::StreamPipeline =
+        serde_json::from_value(h.pipeline(NS, "orders-redis").expect("stored"))?;
+    let t = Target::read(&h.admin, &sp, Role::Admin)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let secrets: Api<Secret> = Api::namespaced(h.admin.clone(), NS);
+    let data = secrets.get("orders-redis-redis").await?.data.unwrap();
+    let password = String::from_utf8(data["admin.password"].0.clone())?;
+    assert_eq!(
+        t.url,
+        format!("rediss://admin:{password}@orders-redis-redis.{NS}.svc:6379")
+    );
+    let ca = t.ca.expect("the CA of P-redis");
+    assert_eq!(ca.pem, data["ca.crt"].0);
     Ok(())
 }

@@ -212,7 +212,8 @@ async fn a_renewed_certificate_is_served_after_the_next_apply_without_a_restart(
 /// real `redis-server` from the rendered `redis.conf` (TLS), a dead letter
 /// written by group `cpu`'s user as its worker writes one, then the same
 /// list, redrive and purge `kubectl sluice dlq` asks for. The admin may
-/// not read a queue's entries.
+/// not read a queue's entries (against mistakes: its `ACL SETUSER` could
+/// grant it anything).
 #[tokio::test]
 async fn the_admin_user_lists_redrives_and_purges_dead_letters_and_reads_no_queue() {
     use sluice_platform::envelope::{Envelope, Kind, ReplyError};
@@ -286,6 +287,7 @@ async fn the_admin_user_lists_redrives_and_purges_dead_letters_and_reads_no_queu
             limit: 10,
             payloads: false,
         },
+        None,
     )
     .await
     .unwrap();
@@ -306,6 +308,7 @@ async fn the_admin_user_lists_redrives_and_purges_dead_letters_and_reads_no_queu
             follow_moved: false,
             dry_run: false,
         },
+        None,
     )
     .await
     .unwrap();
@@ -334,12 +337,14 @@ async fn the_admin_user_lists_redrives_and_purges_dead_letters_and_reads_no_queu
             },
             dry_run: false,
         },
+        None,
     )
     .await
     .unwrap();
     assert_eq!(purged, "deleted 1 dead letter(s)\n");
 
-    // Nothing more: the admin sends to queues but reads none.
+    // Nothing more: the admin sends to queues but reads none (the rules
+    // as written; they bind mistakes, not a holder of the password).
     let admin = probe.as_user("admin", &data["admin.password"]);
     for cmd in [
         vec![

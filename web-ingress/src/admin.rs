@@ -259,7 +259,7 @@ async fn purge(State(a): State<Arc<Admin>>, headers: HeaderMap, body: Bytes) -> 
 /// Runs `what`, one action at a time.
 async fn run(a: &Admin, what: Act) -> Response {
     let _one = a.one.lock().await;
-    answer(act(&a.letters, what).await)
+    answer(act(&a.letters, what, None).await)
 }
 
 /// The body as JSON (its size is bounded by the router).

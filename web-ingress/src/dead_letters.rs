@@ -36,8 +36,15 @@ use sluice_platform::{
 
 use crate::job_id::JobId;
 
-/// Entries read per round trip.
+/// Most entries read per round trip.
 const PAGE: usize = 500;
+/// Most bytes of entries one read may bring, at their largest size.
+const PAGE_BYTES: usize = 16 << 20;
+/// A request entry's bytes beside its payload, at most: envelope fields,
+/// MAC, kid, and a note.
+const ENTRY_OVERHEAD: usize = 16 << 10;
+/// Most bytes of entries one listing holds; a longer one stops there.
+pub const LIST_BYTES: usize = 32 << 20;
 /// The most entries one command reads: the stream keeps the newest 10,000
 /// (the workers trim it as they write), so this is never reached unless
 /// something else writes it.
@@ -135,37 +142,80 @@ impl DeadLetters {
         }
     }
 
-    /// Up to `max` entries, oldest first, each verified.
+    /// Entries one read asks for: as many as fit in [`PAGE_BYTES`] at the
+    /// largest size a request entry of this pipeline may have (one at
+    /// least). An entry a process made larger still comes whole: Redis
+    /// bounds it, nothing here can.
+    fn page_len(&self) -> usize {
+        let largest = usize::try_from(self.plan.security.max_payload_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_add(ENTRY_OVERHEAD);
+        (PAGE_BYTES / largest.max(1)).clamp(1, PAGE)
+    }
+
+    /// Up to `max` entries after `after` (from the start: `None`), oldest
+    /// first, each verified: one read.
     ///
     /// # Errors
     /// The backend's.
-    pub async fn list(&self, max: usize) -> Result<Vec<Listed>, BackendError> {
-        let stream = self.keys.dead_letter();
+    pub async fn page(&self, after: Option<&str>, max: usize) -> Result<Vec<Listed>, BackendError> {
         let groups: Vec<&str> = self.plan.groups.keys().map(String::as_str).collect();
-        let max = max.min(MAX_READ);
-        let mut out: Vec<Listed> = vec![];
-        while out.len() < max {
-            let after = out.last().map(|l| l.id.clone());
-            let page = (max - out.len()).min(PAGE);
-            let Some(got) = self
-                .replies
-                .read_after(&stream, after.as_deref(), page)
-                .await?
-            else {
-                break;
-            };
-            let done = got.len() < page;
-            out.extend(got.into_iter().map(|(id, entry)| Listed {
+        let got = self
+            .replies
+            .read_after(
+                &self.keys.dead_letter(),
+                after,
+                max.clamp(1, self.page_len()),
+            )
+            .await?
+            .unwrap_or_default();
+        Ok(got
+            .into_iter()
+            .map(|(id, entry)| Listed {
                 bytes: entry.stored_len(),
                 letter: self.letter(&entry, &groups),
                 note: DeadLetterNote::decode(&entry.note),
                 id,
-            }));
-            if done {
+            })
+            .collect())
+    }
+
+    /// Up to `max` entries, oldest first, each verified, and whether the
+    /// listing stopped short at [`LIST_BYTES`] of entries.
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn list(&self, max: usize) -> Result<(Vec<Listed>, bool), BackendError> {
+        let max = max.min(MAX_READ);
+        let mut out: Vec<Listed> = vec![];
+        let mut bytes = 0usize;
+        while out.len() < max {
+            let after = out.last().map(|l| l.id.clone());
+            let got = self.page(after.as_deref(), max - out.len()).await?;
+            if got.is_empty() {
                 break;
             }
+            for l in got {
+                bytes = bytes.saturating_add(l.bytes);
+                out.push(l);
+                if bytes > LIST_BYTES {
+                    return Ok((out, true));
+                }
+            }
         }
-        Ok(out)
+        Ok((out, false))
+    }
+
+    /// The entry `id` (as listed), if the stream holds it.
+    ///
+    /// # Errors
+    /// The backend's.
+    pub async fn get(&self, id: &str) -> Result<Option<Listed>, BackendError> {
+        let Some(before) = before(id) else {
+            return Ok(None);
+        };
+        let got = self.page(Some(&before), 1).await?;
+        Ok(got.into_iter().next().filter(|l| l.id == id))
     }
 
     fn letter(&self, entry: &StreamEntry, groups: &[&str]) -> Result<Letter, Rejection> {
@@ -345,6 +395,18 @@ impl DeadLetters {
     }
 }
 
+/// The stream id just before `id` (`<ms>-<seq>`): reading after it
+/// starts at `id`. `None` for `0-0` (no entry has it) or a malformed id.
+pub fn before(id: &str) -> Option<String> {
+    let (ms, seq) = id.split_once('-')?;
+    let (ms, seq): (u64, u64) = (ms.parse().ok()?, seq.parse().ok()?);
+    match (ms, seq) {
+        (0, 0) => None,
+        (ms, 0) => Some(format!("{}-{}", ms - 1, u64::MAX)),
+        (ms, seq) => Some(format!("{ms}-{}", seq - 1)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +464,31 @@ spec:
             request_id: "r".into(),
             payload: Value::Null,
         }
+    }
+
+    #[test]
+    fn the_id_before_an_id_reads_from_that_id_on() {
+        assert_eq!(before("5-3").as_deref(), Some("5-2"));
+        assert_eq!(before("5-0").as_deref(), Some("4-18446744073709551615"));
+        assert_eq!(before("0-0"), None);
+        assert_eq!(before("x-1"), None);
+        assert_eq!(before("1"), None);
+    }
+
+    #[test]
+    fn a_read_holds_at_most_its_bytes_at_the_largest_entry() {
+        let mut d = letters();
+        assert_eq!(
+            d.page_len(),
+            (PAGE_BYTES / ((1 << 20) + ENTRY_OVERHEAD)).clamp(1, PAGE)
+        );
+        let mut plan = (*d.plan).clone();
+        plan.security.max_payload_bytes = 64 << 20;
+        d.plan = Arc::new(plan.clone());
+        assert_eq!(d.page_len(), 1);
+        plan.security.max_payload_bytes = 1024;
+        d.plan = Arc::new(plan);
+        assert_eq!(d.page_len(), PAGE);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use sluice_platform::clock::now_ms;
 use sluice_platform::BackendError;
 use sluice_platform::{RedisBackend, RedisConfig, SharedKeyRing};
 
-use crate::dead_letters::{Answering, DeadLetters, Listed, Redriven, MAX_READ};
+use crate::dead_letters::{Answering, DeadLetters, Listed, Redriven, LIST_BYTES, MAX_READ};
 
 /// A pipeline's dead letters (Redis backends), with its key ring.
 #[derive(Debug, Subcommand)]
@@ -167,22 +167,34 @@ pub enum ActError {
     Stopped { done: String, error: String },
 }
 
-/// Runs `act` on `d`: what it did, as text (one line per letter).
+/// Runs `act` on `d`: what it did, as text (one line per letter). Letters
+/// are read and acted on a read at a time (what one read holds is bounded:
+/// [`DeadLetters::page`]); past `deadline` it stops between two reads and
+/// says how far it got.
 ///
 /// # Errors
 /// [`ActError`].
-pub async fn act(d: &DeadLetters, act: Act) -> Result<String, ActError> {
-    let backend = |what: &str, e: BackendError| ActError::Stopped {
-        done: String::new(),
-        error: format!("{what}: {e}"),
-    };
+pub async fn act(
+    d: &DeadLetters,
+    act: Act,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<String, ActError> {
     match act {
         Act::List { limit, payloads } => {
-            let listed = d
-                .list(limit)
-                .await
-                .map_err(|e| backend("reading the dead letters", e))?;
-            Ok(table(&listed, payloads, now_ms()))
+            let (listed, cut) = d.list(limit).await.map_err(|e| ActError::Stopped {
+                done: String::new(),
+                error: format!("reading the dead letters: {e}"),
+            })?;
+            let mut out = table(&listed, payloads, now_ms());
+            if cut {
+                let _ = writeln!(
+                    out,
+                    "… stopped after {} dead letter(s), {} MiB: list fewer at a time",
+                    listed.len(),
+                    LIST_BYTES >> 20
+                );
+            }
+            Ok(out)
         }
         Act::Redrive {
             pick,
@@ -202,42 +214,176 @@ pub async fn act(d: &DeadLetters, act: Act) -> Result<String, ActError> {
                     )))
                 }
             };
-            let chosen = chosen(d, &pick).await?;
             let how = Answering {
                 interface: it,
                 caller: &caller,
                 follow_moved,
             };
-            let (done, stopped) = d.redrive(&chosen, &how, dry_run).await;
+            let mut batches = Batches::new(d, &pick).await?;
             let mut out = String::new();
-            for r in &done {
-                let _ = match r {
-                    Redriven::Sent { id, location } => writeln!(out, "{id}\tsent\t{location}"),
-                    Redriven::WouldSend { id } => writeln!(out, "{id}\twould be sent"),
-                    Redriven::Refused { id, why } => {
-                        writeln!(out, "{id}\tleft\t{}", printable(why))
-                    }
-                };
+            let mut n = 0;
+            while let Some(batch) = batches.next(&out, deadline).await? {
+                let (done, stopped) = d.redrive(&batch, &how, dry_run).await;
+                n += done.len();
+                for r in &done {
+                    let _ = match r {
+                        Redriven::Sent { id, location } => writeln!(out, "{id}\tsent\t{location}"),
+                        Redriven::WouldSend { id } => writeln!(out, "{id}\twould be sent"),
+                        Redriven::Refused { id, why } => {
+                            writeln!(out, "{id}\tleft\t{}", printable(why))
+                        }
+                    };
+                }
+                if let Some(e) = stopped {
+                    return Err(ActError::Stopped {
+                        error: format!("stopped after {n} dead letter(s): {e}"),
+                        done: out,
+                    });
+                }
             }
-            match stopped {
-                Some(e) => Err(ActError::Stopped {
-                    error: format!("stopped after {} of {}: {e}", done.len(), chosen.len()),
-                    done: out,
-                }),
-                None => Ok(out),
-            }
+            Ok(out)
         }
         Act::Purge { pick, dry_run } => {
-            let ids: Vec<String> = chosen(d, &pick).await?.into_iter().map(|l| l.id).collect();
-            if dry_run {
-                return Ok(format!("would delete {} dead letter(s)\n", ids.len()));
+            let mut batches = Batches::new(d, &pick).await?;
+            let mut n = 0;
+            let said = |n: u64| {
+                if dry_run {
+                    format!("would delete {n} dead letter(s)\n")
+                } else {
+                    format!("deleted {n} dead letter(s)\n")
+                }
+            };
+            loop {
+                let batch = match batches.next(&said(n), deadline).await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(e) => return Err(e),
+                };
+                let ids: Vec<String> = batch.into_iter().map(|l| l.id).collect();
+                n += if dry_run {
+                    ids.len() as u64
+                } else {
+                    d.purge(&ids, false).await.map_err(|e| ActError::Stopped {
+                        done: said(n),
+                        error: format!("deleting: {e}"),
+                    })?
+                };
             }
-            let n = d
-                .purge(&ids, false)
-                .await
-                .map_err(|e| backend("deleting", e))?;
-            Ok(format!("deleted {n} dead letter(s)\n"))
+            Ok(said(n))
         }
+    }
+}
+
+/// The dead letters a [`Pick`] names, a read at a time: each id named
+/// (all checked to be there before anything is done), or every entry
+/// written before the action began.
+struct Batches<'a> {
+    d: &'a DeadLetters,
+    /// The ids named, each once; empty with `all`.
+    ids: Vec<String>,
+    next_id: usize,
+    all: bool,
+    /// With `all`: where the last read ended, and the newest id taken
+    /// (by its time: what was written after the start is left).
+    after: Option<String>,
+    until_ms: u64,
+    seen: usize,
+}
+
+impl<'a> Batches<'a> {
+    /// Checks `pick`: exactly one of ids and all, every id well-formed and
+    /// in the stream. Refused otherwise, before anything is done.
+    async fn new(d: &'a DeadLetters, pick: &Pick) -> Result<Self, ActError> {
+        if pick.all != pick.ids.is_empty() {
+            return Err(ActError::Refused(
+                "name the dead letters: ids, or all".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        // Each once, however often named: a letter named twice is sent once.
+        let ids: Vec<String> = pick
+            .ids
+            .iter()
+            .filter(|id| seen.insert(id.as_str()))
+            .cloned()
+            .collect();
+        for id in &ids {
+            if !sluice_crds::dead_letter_action::is_entry_id(id) {
+                return Err(ActError::Refused(format!(
+                    "id {}: not an entry id (like 1767225600000-0)",
+                    printable(id)
+                )));
+            }
+        }
+        for id in &ids {
+            let there = d.get(id).await.map_err(|e| ActError::Stopped {
+                done: String::new(),
+                error: format!("reading the dead letters: {e}"),
+            })?;
+            if there.is_none() {
+                return Err(ActError::Refused(format!(
+                    "{id}: not in the dead-letter stream"
+                )));
+            }
+        }
+        Ok(Self {
+            d,
+            ids,
+            next_id: 0,
+            all: pick.all,
+            after: None,
+            until_ms: now_ms(),
+            seen: 0,
+        })
+    }
+
+    /// The next letters, `None` when there are no more; past `deadline`,
+    /// stopped with `done` (what was done so far) kept.
+    async fn next(
+        &mut self,
+        done: &str,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<Vec<Listed>>, ActError> {
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return Err(ActError::Stopped {
+                done: done.to_string(),
+                error: "out of time: what is listed above was done; run it again for the rest"
+                    .into(),
+            });
+        }
+        let failed = |e: BackendError| ActError::Stopped {
+            done: done.to_string(),
+            error: format!("reading the dead letters: {e}"),
+        };
+        if !self.all {
+            while let Some(id) = self.ids.get(self.next_id) {
+                self.next_id += 1;
+                // Gone since it was checked (deleted meanwhile): left out.
+                if let Some(l) = self.d.get(id).await.map_err(failed)? {
+                    return Ok(Some(vec![l]));
+                }
+            }
+            return Ok(None);
+        }
+        if self.seen >= MAX_READ {
+            return Ok(None);
+        }
+        let page = self
+            .d
+            .page(self.after.as_deref(), MAX_READ - self.seen)
+            .await
+            .map_err(failed)?;
+        let Some(last) = page.last() else {
+            return Ok(None);
+        };
+        self.after = Some(last.id.clone());
+        self.seen += page.len();
+        let until = self.until_ms;
+        let taken: Vec<Listed> = page
+            .into_iter()
+            .filter(|l| l.at_ms().is_some_and(|at| at <= until))
+            .collect();
+        Ok((!taken.is_empty()).then_some(taken))
     }
 }
 
@@ -277,7 +423,7 @@ pub async fn run(action: DlqAction) -> anyhow::Result<()> {
         } => (target, Act::Purge { pick, dry_run }),
     };
     let d = open(&target).await?;
-    match act(&d, act_on).await {
+    match act(&d, act_on, None).await {
         Ok(out) => {
             print!("{out}");
             Ok(())
@@ -288,44 +434,6 @@ pub async fn run(action: DlqAction) -> anyhow::Result<()> {
             bail!("{error}")
         }
     }
-}
-
-/// The dead letters `pick` names, as they are now; an id that is not there
-/// is refused (nothing is done).
-async fn chosen(d: &DeadLetters, pick: &Pick) -> Result<Vec<Listed>, ActError> {
-    // Exactly one of the two.
-    if pick.all != pick.ids.is_empty() {
-        return Err(ActError::Refused(
-            "name the dead letters: ids, or all".into(),
-        ));
-    }
-    for id in &pick.ids {
-        if !sluice_crds::dead_letter_action::is_entry_id(id) {
-            return Err(ActError::Refused(format!(
-                "id {}: not an entry id (like 1767225600000-0)",
-                printable(id)
-            )));
-        }
-    }
-    let all = d.list(MAX_READ).await.map_err(|e| ActError::Stopped {
-        done: String::new(),
-        error: format!("reading the dead letters: {e}"),
-    })?;
-    if pick.all {
-        return Ok(all);
-    }
-    // Each once, however often named: a letter named twice is sent once.
-    let mut seen = std::collections::HashSet::new();
-    pick.ids
-        .iter()
-        .filter(|id| seen.insert(id.as_str()))
-        .map(|id| {
-            all.iter()
-                .find(|l| l.id == *id)
-                .cloned()
-                .ok_or_else(|| ActError::Refused(format!("{id}: not in the dead-letter stream")))
-        })
-        .collect()
 }
 
 fn interface_of<'p>(
@@ -447,26 +555,6 @@ mod tests {
     use crate::dead_letters::Letter;
     use serde_json::json;
     use sluice_platform::{DeadLetterNote, Rejection, ReplyError};
-
-    #[test]
-    fn stream_ids_are_two_decimal_numbers() {
-        for ok in ["0-1", "1767225600000-0", "1-18446744073709551615"] {
-            assert!(is_stream_id(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "1",
-            "-1",
-            "1-",
-            "a-1",
-            "1-1-1",
-            "1 -1",
-            "+1-1",
-            "123456789012345678901-0",
-        ] {
-            assert!(!is_stream_id(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn what_a_dead_letter_says_is_printed_escaped() {

@@ -132,6 +132,14 @@ impl RedisConfig {
     /// [`ConfigError::InvalidUrl`] when fred cannot parse the URL (bad
     /// scheme, port or database, or TLS roots that cannot be loaded).
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
+        // Not a URL at all (a bare password in the wrong Secret key, say):
+        // nothing of it is repeated.
+        if !url.contains("://") {
+            return Err(ConfigError::InvalidUrl {
+                url: "(not a URL)".into(),
+                reason: "no scheme: expected redis:// or rediss://".into(),
+            });
+        }
         let fred = FredConfig::from_url(url).map_err(|e| ConfigError::InvalidUrl {
             url: redact_url(url),
             reason: redact_secret(e.details(), password_of(url).as_deref()),
@@ -306,7 +314,7 @@ impl fmt::Display for RedisConfig {
 /// without `:` is redacted whole: people do write `redis://secret@host`.
 pub(super) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        return "(not a URL)".to_string();
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
@@ -371,6 +379,11 @@ mod tests {
     fn invalid_url_error_is_redacted() {
         let err = RedisConfig::from_url("redis://:hunter22@host:notaport/0").unwrap_err();
         assert!(!err.to_string().contains("hunter22"), "{err}");
+        // A bare secret where a URL belongs is not repeated either.
+        let err = RedisConfig::from_url("hunter22-bare-password").unwrap_err();
+        assert!(!err.to_string().contains("hunter22"), "{err}");
+        assert!(err.to_string().contains("redis://"), "{err}");
+        assert_eq!(redact_url("hunter22"), "(not a URL)");
     }
 
     #[test]
