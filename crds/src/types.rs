@@ -593,6 +593,42 @@ pub struct StreamPipelineStatus {
     pub ready_groups: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress_url: Option<String>,
+    /// Redis backends: each worker group's queue and the dead letters, as
+    /// last read (written apart from the rest, every 30 s while it changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<QueuesStatus>,
+}
+
+/// A Redis pipeline's queues as last read.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuesStatus {
+    /// When they were read (RFC 3339).
+    pub read_at: String,
+    /// Why they could not be read (the numbers below are from the last
+    /// reading that worked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Entries in the dead-letter stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<QueueStatus>,
+}
+
+/// One worker group's queue.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStatus {
+    pub name: String,
+    /// Entries waiting for a worker.
+    pub waiting: u64,
+    /// Entries a worker holds.
+    pub in_progress: u64,
+    /// Entries appended per second since the reading before (absent after
+    /// the first reading).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_second: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -45,6 +45,7 @@ pub const ENV_KEY_PROPAGATION: &str = "SLUICE_KEY_PROPAGATION";
 pub const ENV_REDIS_CERT_LIFETIME: &str = "SLUICE_REDIS_CERT_LIFETIME";
 pub const ENV_COLD_START: &str = "SLUICE_COLD_START";
 pub const ENV_AUTOSCALE_INTERVAL: &str = "SLUICE_AUTOSCALE_INTERVAL";
+pub const ENV_QUEUES_INTERVAL: &str = "SLUICE_QUEUES_INTERVAL";
 pub const ENV_OTLP_ENDPOINT: &str = "SLUICE_OTLP_ENDPOINT";
 pub const ENV_OTLP_PROTOCOL: &str = "SLUICE_OTLP_PROTOCOL";
 /// Set by the kubelet to the pod name; the default identity.
@@ -58,6 +59,7 @@ pub const DEFAULT_REQUEUE_INTERVAL: Duration = Duration::from_secs(300);
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_secs(5);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 pub const DEFAULT_AUTOSCALE_INTERVAL: Duration = Duration::from_secs(15);
+pub const DEFAULT_QUEUES_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What `sluice-operator` does besides reconciling.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -216,6 +218,12 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION")]
     pub autoscale_interval: Option<String>,
 
+    /// How often each Redis pipeline's queues and dead letters are read
+    /// into its status (`status.queues`) [env: SLUICE_QUEUES_INTERVAL]
+    /// [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub queues_interval: Option<String>,
+
     /// OTLP/HTTP base URL the runtime pods export traces to (their
     /// OTEL_EXPORTER_OTLP_ENDPOINT), http:// or https://, usually a
     /// collector's port 4318 [env: SLUICE_OTLP_ENDPOINT] [default: unset, no
@@ -259,6 +267,8 @@ pub struct Timing {
     pub backoff_max: Duration,
     /// Period of the built-in autoscaler.
     pub autoscale_interval: Duration,
+    /// Period of the queue observer.
+    pub queues_interval: Duration,
 }
 
 impl Default for Timing {
@@ -268,6 +278,7 @@ impl Default for Timing {
             backoff_min: DEFAULT_BACKOFF_MIN,
             backoff_max: DEFAULT_BACKOFF_MAX,
             autoscale_interval: DEFAULT_AUTOSCALE_INTERVAL,
+            queues_interval: DEFAULT_QUEUES_INTERVAL,
         }
     }
 }
@@ -530,6 +541,12 @@ impl Config {
                 ENV_AUTOSCALE_INTERVAL,
                 "--autoscale-interval",
                 DEFAULT_AUTOSCALE_INTERVAL,
+            )?,
+            queues_interval: duration(
+                &cli.queues_interval,
+                ENV_QUEUES_INTERVAL,
+                "--queues-interval",
+                DEFAULT_QUEUES_INTERVAL,
             )?,
         };
         if timing.backoff_min > timing.backoff_max {

@@ -80,6 +80,7 @@ pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod object;
+pub mod observe;
 pub mod password_rotation;
 pub mod pause;
 pub mod pipelines;

@@ -4,6 +4,7 @@
 //! connect (KUBECONFIG / in-cluster) ─▶ serve /metrics /healthz /readyz ─▶ API reachable: ready
 //!   ─▶ [leader election: wait for the Lease] ─▶ controller + autoscaler    ┬─ shutdown signal: drain, release Lease, Ok
 //!                                                 + dead-letter actions    └─ Lease lost: Err(LostLeadership) at once
+//!                                                 + queue observer
 //! ```
 
 use std::future::Future;
@@ -27,6 +28,7 @@ use crate::events::Events;
 use crate::labels;
 use crate::leader::{Elector, Lost};
 use crate::metrics::Metrics;
+use crate::observe::Observer;
 use crate::pipelines::PipelineStores;
 use crate::reconcile::Context;
 use crate::server::{self, Health};
@@ -169,6 +171,15 @@ pub async fn run(
     });
     // The autoscaler writes /scale: like the controller, only while leading.
     let (dead_letter_client, dead_letter_events) = (client.clone(), events.clone());
+    // The queue observer writes status: only while leading, as the rest.
+    let observer = tokio::spawn(
+        Observer {
+            client: client.clone(),
+            pipelines: pipelines.clone(),
+            every: config.timing.queues_interval,
+        }
+        .run(controller_stop.clone()),
+    );
     let autoscaler = tokio::spawn(
         Autoscaler {
             client,
@@ -206,6 +217,7 @@ pub async fn run(
             controller.abort();
             autoscaler.abort();
             dead_letters.abort();
+            observer.abort();
             metrics.leader.set(0);
             return Err(RunError::LostLeadership(reason));
         }
@@ -223,6 +235,7 @@ pub async fn run(
     // An action cut here stays Running, and the next leader fails it as
     // interrupted: none is done twice.
     dead_letters.abort();
+    observer.abort();
     if tokio::time::timeout(DRAIN_TIMEOUT, &mut controller)
         .await
         .is_err()

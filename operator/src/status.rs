@@ -395,6 +395,8 @@ pub fn compute(inputs: &Inputs<'_>) -> StreamPipelineStatus {
         } else {
             inputs.ingress_url.clone()
         },
+        // Written by the queue observer, apart (`crate::observe`).
+        queues: None,
     }
 }
 

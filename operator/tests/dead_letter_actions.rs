@@ -135,7 +135,7 @@ async fn an_on_call_user_lists_redrives_and_purges_dead_letters_without_any_secr
         h.sim.put_object(obj)?;
     }
     let kubeconfig = h.sim.service_account_kubeconfig(NS, "oncall")?;
-    let mut op = Operator::start(&h, "op", &[]).await?;
+    let mut op = Operator::start(&h, "op", &["--queues-interval", "1s"]).await?;
     h.apply(NS, manifest()).await?;
     h.apply(NS, example("orders")).await?;
     h.wait_ready(NS, PIPELINE, PATIENCE).await?;
@@ -160,6 +160,20 @@ async fn an_on_call_user_lists_redrives_and_purges_dead_letters_without_any_secr
     let mut forged = request(&signer, "order-8", json!({"n": 8}));
     forged.s = vec![b'0'; forged.s.len()];
     let forged_id = redis_client.push(&keys.dead_letter(), forged).await?;
+
+    // The queue observer counts them in status, and `status` shows them.
+    h.wait_pipeline(
+        NS,
+        PIPELINE,
+        "status.queues with 2 dead letters",
+        PATIENCE,
+        |v| v["status"]["queues"]["deadLetters"] == 2,
+    )
+    .await?;
+    let (code, out, err) = plugin(&kubeconfig, &["status", PIPELINE]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Dead letters: 2"), "{out}");
+    assert!(out.contains("cpu    0        0"), "{out}");
 
     let (code, out, err) = plugin(&kubeconfig, &["dlq", "list", PIPELINE]).await;
     assert_eq!(code, 0, "{out}{err}");
@@ -244,6 +258,20 @@ async fn an_on_call_user_lists_redrives_and_purges_dead_letters_without_any_secr
         .reply_to
         .as_deref()
         .is_some_and(|r| r.starts_with("async:")));
+    // Waiting on cpu's queue now, and one dead letter fewer.
+    let queues = h
+        .wait_pipeline(
+            NS,
+            PIPELINE,
+            "status.queues after the redrive",
+            PATIENCE,
+            |v| {
+                v["status"]["queues"]["deadLetters"] == 1
+                    && v["status"]["queues"]["groups"][0]["waiting"] == 1
+            },
+        )
+        .await?;
+    assert_eq!(queues["status"]["queues"]["groups"][0]["name"], "cpu");
     let left = queued(redis_client.clone(), keys.dead_letter()).await;
     assert_eq!(
         left.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
@@ -289,7 +317,7 @@ async fn an_on_call_user_lists_redrives_and_purges_dead_letters_without_any_secr
             &Patch::Merge(json!({"status": {"phase": "Running"}})),
         )
         .await?;
-    let _op = Operator::start(&h, "op", &[]).await?;
+    let _op = Operator::start(&h, "op", &["--queues-interval", "1s"]).await?;
     let failed = eventually("half-done failed", PATIENCE, || async {
         let o = actions.get("half-done").await.ok()?;
         (o.data["status"]["phase"] == "Failed").then_some(o)

@@ -254,6 +254,32 @@ fn status(p: &Value, out: &mut String) {
     }
     out.push('\n');
     table(&rows, out);
+    let q = &p["status"]["queues"];
+    if q.is_object() {
+        let _ = writeln!(
+            out,
+            "\nQueues, read at {}{}",
+            clean(&text(&q["readAt"])),
+            match q["error"].as_str() {
+                Some(e) => format!(
+                    " (this reading failed: {}; the numbers are older)",
+                    clean(e)
+                ),
+                None => String::new(),
+            }
+        );
+        let mut rows = vec![["GROUP", "WAITING", "IN PROGRESS", "PER SECOND"].map(String::from)];
+        for g in q["groups"].as_array().into_iter().flatten() {
+            rows.push([
+                text(&g["name"]),
+                text(&g["waiting"]),
+                text(&g["inProgress"]),
+                text(&g["perSecond"]),
+            ]);
+        }
+        table(&rows, out);
+        let _ = writeln!(out, "Dead letters: {}", clean(&text(&q["deadLetters"])));
+    }
 }
 
 /// `s` with what a stored object may carry to fool a terminal (control
@@ -437,6 +463,35 @@ mod tests {
             "a control character reached the terminal: {out:?}"
         );
         assert!(out.contains("\\u{1b}[2J"), "{out}");
+    }
+
+    #[test]
+    fn the_queues_show_with_their_reading_time() {
+        let mut p = sample();
+        p["status"]["queues"] = json!({
+            "readAt": "2026-12-04T10:00:00Z",
+            "deadLetters": 4,
+            "groups": [{"name": "cpu", "waiting": 12, "inProgress": 3, "perSecond": "10.0"}]
+        });
+        let mut out = String::new();
+        status(&p, &mut out);
+        assert!(
+            out.contains("Queues, read at 2026-12-04T10:00:00Z\n"),
+            "{out}"
+        );
+        assert!(out.contains("cpu    12       3            10.0"), "{out}");
+        assert!(out.contains("Dead letters: 4"), "{out}");
+        p["status"]["queues"]["error"] = json!("NOPERM\u{1b}[2J");
+        let mut out = String::new();
+        status(&p, &mut out);
+        assert!(
+            out.contains("this reading failed: NOPERM\\u{1b}[2J"),
+            "{out}"
+        );
+        // Without queues (memory and tcp backends) nothing is said of them.
+        let mut out = String::new();
+        status(&sample(), &mut out);
+        assert!(!out.contains("Queues"), "{out}");
     }
 
     #[test]

@@ -199,7 +199,15 @@ pub(super) async fn write_status(
     target: &Target<'_>,
     status: StreamPipelineStatus,
 ) -> Result<(), Error> {
-    if previous == Some(&status) {
+    // `queues` is the observer's (`crate::observe`): not compared, not
+    // applied, so this apply neither owns nor drops it.
+    let unchanged = previous.is_some_and(|p| {
+        StreamPipelineStatus {
+            queues: None,
+            ..p.clone()
+        } == status
+    });
+    if unchanged {
         return Ok(());
     }
     // The answer is the whole object: read leniently, so a spec the types

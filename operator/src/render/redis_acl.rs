@@ -17,7 +17,7 @@
 //!                                           paused (read)                                 GET
 //!                                           none                                          MULTI EXEC DISCARD
 //! autoscaler    the operator's autoscaler,  q:* (read)                                    XLEN XPENDING XINFO STREAM|GROUPS
-//!               KEDA
+//!               its queue observer, KEDA    dlq (read; not KEDA)                          XLEN
 //! admin         the operator only           none                                          ACL SETUSER|DELUSER|USERS, CONFIG GET|SET (TLS),
 //!                                                                                         MULTI EXEC DISCARD
 //!                                           paused                                        SET DEL
@@ -286,6 +286,8 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role, tls: bool) -> Vec<String> {
                 &["xlen", "xpending", "xinfo|stream"],
                 &[read(format!("{}*", lit(&keys.queue(""))))],
             ));
+            // How many dead letters, for status (`crate::observe`).
+            out.push(selector(&["xlen"], &[read(lit(&keys.dead_letter()))]));
         }
         Role::Keda => {
             out.push(selector(

@@ -44,6 +44,19 @@ impl StreamStats {
 }
 
 impl RedisBackend {
+    /// Entries in `stream` (`XLEN`; 0 when it does not exist).
+    ///
+    /// # Errors
+    /// [`crate::BackendError::Unavailable`] or `Timeout` when Redis does not
+    /// answer.
+    pub async fn stream_len(&self, stream: &str) -> Result<u64> {
+        let r = self
+            .call("XLEN", stream, vec![Value::from(stream.to_string())])
+            .await
+            .map_err(|e| self.err(e))?;
+        wire::integer(&r, "XLEN")
+    }
+
     /// Reads the counters of `stream` in one round trip.
     ///
     /// # Errors
