@@ -61,43 +61,21 @@ pub fn dead_letter_action_crd() -> CustomResourceDefinition {
     if let Some(spec) = v.pointer_mut(&format!("{root}/spec")) {
         strip_closed_objects(spec);
         bound_lists_and_integers(spec);
-        let p = "/properties";
-        set(
-            spec,
-            &format!("{p}/pipeline"),
-            "maxLength",
-            json!(MAX_PIPELINE_NAME),
-        );
-        set(
-            spec,
-            &format!("{p}/pipeline"),
-            "pattern",
-            json!(DNS1035_LABEL_PATTERN),
-        );
-        set(spec, &format!("{p}/ids"), "maxItems", json!(MAX_IDS));
-        set(spec, &format!("{p}/ids/items"), "maxLength", json!(41));
-        set(
-            spec,
-            &format!("{p}/ids/items"),
-            "pattern",
-            json!(ENTRY_ID_PATTERN),
-        );
-        set(spec, &format!("{p}/limit"), "minimum", json!(1));
-        set(spec, &format!("{p}/limit"), "maximum", json!(MAX_LIST));
-        set(
-            spec,
-            &format!("{p}/interface"),
-            "maxLength",
-            json!(MAX_NAME),
-        );
-        set(
-            spec,
-            &format!("{p}/interface"),
-            "pattern",
-            json!(DNS_LABEL_PATTERN),
-        );
-        set(spec, &format!("{p}/caller"), "maxLength", json!(MAX_CALLER));
-        set(spec, &format!("{p}/caller"), "minLength", json!(1));
+        for (field, key, value) in [
+            ("pipeline", "maxLength", json!(MAX_PIPELINE_NAME)),
+            ("pipeline", "pattern", json!(DNS1035_LABEL_PATTERN)),
+            ("ids", "maxItems", json!(MAX_IDS)),
+            ("ids/items", "maxLength", json!(41)),
+            ("ids/items", "pattern", json!(ENTRY_ID_PATTERN)),
+            ("limit", "minimum", json!(1)),
+            ("limit", "maximum", json!(MAX_LIST)),
+            ("interface", "maxLength", json!(MAX_NAME)),
+            ("interface", "pattern", json!(DNS_LABEL_PATTERN)),
+            ("caller", "maxLength", json!(MAX_CALLER)),
+            ("caller", "minLength", json!(1)),
+        ] {
+            set(spec, &format!("/properties/{field}"), key, value);
+        }
         set(
             spec,
             "",

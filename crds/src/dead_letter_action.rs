@@ -146,6 +146,22 @@ pub fn is_entry_id(id: &str) -> bool {
 pub const ENTRY_ID_PATTERN: &str = "^[0-9]{1,20}-[0-9]{1,20}$";
 
 impl DeadLetterActionSpec {
+    /// `action` on `pipeline`'s dead letters, every option at its default.
+    pub fn new(pipeline: &str, action: DeadLetterVerb) -> Self {
+        Self {
+            pipeline: pipeline.to_string(),
+            action,
+            limit: None,
+            payloads: false,
+            ids: vec![],
+            all: false,
+            interface: None,
+            caller: None,
+            follow_moved: false,
+            dry_run: false,
+        }
+    }
+
     /// Checks what the schema checks too (an object read back from the API
     /// server is not trusted to have passed it), and what it cannot: which
     /// fields go with which action. The error names the field.
@@ -224,18 +240,7 @@ mod tests {
     use super::*;
 
     fn spec(action: DeadLetterVerb) -> DeadLetterActionSpec {
-        DeadLetterActionSpec {
-            pipeline: "orders".into(),
-            action,
-            limit: None,
-            payloads: false,
-            ids: vec![],
-            all: false,
-            interface: None,
-            caller: None,
-            follow_moved: false,
-            dry_run: false,
-        }
+        DeadLetterActionSpec::new("orders", action)
     }
 
     #[test]

@@ -51,18 +51,7 @@ fn manifest() -> Value {
 
 /// Runs the plugin as the kubeconfig's user: (exit code, stdout, stderr).
 async fn plugin(kubeconfig: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-sluice"))
-        .env("KUBECONFIG", kubeconfig)
-        .args(["-n", NS])
-        .args(args)
-        .output()
-        .await
-        .expect("kubectl-sluice runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    kubectl_sluice(kubeconfig, NS, args).await
 }
 
 /// The key ring the operator generated for the pipeline.

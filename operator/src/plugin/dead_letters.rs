@@ -105,18 +105,7 @@ pub struct Wait {
 
 impl DlqCommand {
     fn into_spec(self) -> (DeadLetterActionSpec, Duration) {
-        let spec = |pipeline, action| DeadLetterActionSpec {
-            pipeline,
-            action,
-            limit: None,
-            payloads: false,
-            ids: vec![],
-            all: false,
-            interface: None,
-            caller: None,
-            follow_moved: false,
-            dry_run: false,
-        };
+        let spec = |pipeline: String, action| DeadLetterActionSpec::new(&pipeline, action);
         match self {
             Self::List {
                 pipeline,

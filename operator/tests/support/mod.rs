@@ -587,3 +587,20 @@ pub fn authz_of(h: &Harness, user: &str) -> (usize, Vec<String>) {
         .collect();
     (decisions.len(), denied)
 }
+
+/// Runs `kubectl-sluice` in namespace `ns` as the user of `kubeconfig`:
+/// (exit code, stdout, stderr).
+pub async fn kubectl_sluice(kubeconfig: &Path, ns: &str, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-sluice"))
+        .env("KUBECONFIG", kubeconfig)
+        .args(["-n", ns])
+        .args(args)
+        .output()
+        .await
+        .expect("kubectl-sluice runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
