@@ -625,8 +625,8 @@ pub struct QueueStatus {
     pub waiting: u64,
     /// Entries a worker holds.
     pub in_progress: u64,
-    /// Entries appended per second since the reading before (absent after
-    /// the first reading).
+    /// Entries appended per second since the reading before, one decimal
+    /// (absent on the first reading, and after the stream was lost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_second: Option<String>,
 }

@@ -98,7 +98,10 @@ pub async fn run(
                 }
             })
             .reflect(writer)
-            .applied_objects();
+            .applied_objects()
+            // The queue observer's writes of `status.queues` alone start no
+            // reconcile (a busy pipeline's change at every reading).
+            .predicate_filter(beside_queues, Default::default());
         Controller::for_stream(watch, reader)
             .reconcile_on(triggers)
             .reconcile_on(requests)
@@ -126,5 +129,57 @@ pub async fn run(
     tokio::select! {
         () = controllers => {}
         () = caches => {}
+    }
+}
+
+/// A digest of everything of a pipeline a reconcile may react to: all of
+/// it but `status.queues` and the bookkeeping each write changes
+/// (`resourceVersion`, `managedFields`).
+fn beside_queues(p: &PipelineObject) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut meta = p.metadata.clone();
+    meta.resource_version = None;
+    meta.managed_fields = None;
+    serde_json::to_string(&meta).ok()?.hash(&mut h);
+    match &p.spec {
+        Ok(spec) => serde_json::to_string(spec).ok()?.hash(&mut h),
+        Err(e) => e.hash(&mut h),
+    }
+    let status = p
+        .status
+        .clone()
+        .map(|s| sluice_crds::StreamPipelineStatus { queues: None, ..s });
+    serde_json::to_string(&status).ok()?.hash(&mut h);
+    Some(h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_of_the_queues_alone_reconciles_nothing() {
+        let p: PipelineObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "StreamPipeline",
+            "metadata": {"name": "p", "namespace": "n", "resourceVersion": "1", "generation": 1},
+            "spec": {"interfaces": [], "groups": [], "nodes": []},
+            "status": {"observedGeneration": 1},
+        }))
+        .unwrap();
+        let mut q = p.clone();
+        q.metadata.resource_version = Some("2".into());
+        q.status.as_mut().unwrap().queues = Some(sluice_crds::QueuesStatus {
+            read_at: "2026-12-04T10:00:00Z".into(),
+            dead_letters: Some(3),
+            ..Default::default()
+        });
+        assert_eq!(beside_queues(&p), beside_queues(&q));
+        let mut g = q.clone();
+        g.metadata.generation = Some(2);
+        assert_ne!(beside_queues(&p), beside_queues(&g));
+        let mut s = q.clone();
+        s.status.as_mut().unwrap().observed_generation = Some(2);
+        assert_ne!(beside_queues(&p), beside_queues(&s));
     }
 }

@@ -141,7 +141,7 @@ impl DeadLetterActions {
         }
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &ns, &resource());
         let regarding = reference(&o);
-        seen.taken.insert(uid, Instant::now());
+        seen.taken.insert(uid.clone(), Instant::now());
         match phase(&o.data) {
             Ok(None) => {}
             Ok(Some(DeadLetterPhase::Running)) => {
@@ -197,9 +197,11 @@ impl DeadLetterActions {
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&running))
             .await
         {
-            // Nothing was done: taken by another, gone, or the API server
-            // failed (the next leader or restart takes it).
+            // Nothing was done: taken by another (its next event shows
+            // it Running or finished), gone, or the API server failed (the
+            // watch's next event of it, or a relist, brings it again).
             warn!(action = %format!("{ns}/{name}"), error = %e, "cannot mark a DeadLetterAction Running; not acted on");
+            seen.taken.remove(&uid);
             return;
         }
         info!(action = %format!("{ns}/{name}"), pipeline = %spec.pipeline, verb = ?spec.action, "carrying out a DeadLetterAction");

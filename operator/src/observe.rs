@@ -9,13 +9,15 @@
 //!   the Secrets, read again every 5 min) ─▶ per worker group: XLEN, XPENDING,
 //!   XINFO STREAM (one round trip); XLEN dlq
 //!   ─▶ rate = entries appended since the reading before ÷ time between
-//!   ─▶ merge-patch status.queues when it changed, or 5 min after the last write
+//!   ─▶ merge-patch status.queues when it differs from the status, or 5 min after its readAt
+//! pipelines no longer read (memory or tcp now, suspended, invalid) ─▶ status.queues removed
 //! ```
 //!
 //! The status is written apart from the reconciler's (its apply leaves
-//! `queues` alone) and only while something changes, so an idle pipeline
-//! costs one write per 5 minutes. What was read is kept in memory: a new
-//! leader's first reading has no rate.
+//! `queues` alone, and a change of `queues` alone triggers no reconcile)
+//! and only while something changes: an idle pipeline costs one write per
+//! 5 minutes, a busy one one per reading. What was read before is kept in
+//! memory for the rates: a new leader's first reading has none.
 //!
 //! This module must not write anything but `status.queues`.
 
@@ -27,7 +29,7 @@ use chrono::{SecondsFormat, Utc};
 use futures::stream::{self, StreamExt};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use serde_json::json;
+use serde_json::{json, Value};
 use sluice_crds::{
     BackendKind, GroupRole, QueueStatus, QueuesStatus, StreamPipeline, StreamPipelineSpec,
 };
@@ -66,8 +68,6 @@ struct Known {
     conn: Option<(Target, Arc<RedisBackend>, Instant)>,
     /// Per group: entries ever appended, and when read.
     added: HashMap<String, (u64, Instant)>,
-    /// The last reading written, without its time, and when.
-    written: Option<(QueuesStatus, Instant)>,
 }
 
 impl Observer {
@@ -84,11 +84,16 @@ impl Observer {
             let Some(all) = self.pipelines.snapshot() else {
                 continue;
             };
-            let pipelines: Vec<StreamPipeline> = all
-                .iter()
-                .filter_map(|p| PipelineObject::pipeline(p))
-                .filter(observed)
-                .collect();
+            let mut pipelines = vec![];
+            for sp in all.iter().filter_map(|p| PipelineObject::pipeline(p)) {
+                if observed(&sp) {
+                    pipelines.push(sp);
+                } else if sp.status.as_ref().is_some_and(|s| s.queues.is_some()) {
+                    // No longer read (memory or tcp now, suspended,
+                    // invalid): its last reading would mislead.
+                    self.write(&sp, Value::Null).await;
+                }
+            }
             let keys: Vec<String> = pipelines.iter().map(key_of).collect();
             known.retain(|k, _| keys.contains(k));
             let mut work = vec![];
@@ -109,58 +114,59 @@ impl Observer {
         }
     }
 
-    /// Reads one pipeline's queues and writes them when they changed.
+    /// Reads one pipeline's queues and writes them when they differ from
+    /// what its status holds, or that is older than [`REFRESH`].
     async fn observe(&self, sp: &StreamPipeline, mut k: Known) -> Known {
         let reading = match self.connection(sp, &mut k).await {
             Ok(redis) => read(sp, &redis, &mut k.added).await,
             Err(e) => Err(e),
         };
+        let live = sp.status.as_ref().and_then(|s| s.queues.clone());
         let queues = match reading {
             Ok(q) => q,
             Err(e) => {
                 // A failed connection is made again at the next reading.
                 k.conn = None;
-                let last = k
-                    .written
-                    .as_ref()
-                    .map(|(q, _)| q.clone())
-                    .unwrap_or_default();
                 QueuesStatus {
                     error: Some(e),
-                    ..last
+                    ..live.clone().unwrap_or_default()
                 }
             }
         };
-        let unchanged = k
-            .written
-            .as_ref()
-            .is_some_and(|(q, at)| *q == queues && at.elapsed() < REFRESH);
-        if unchanged {
+        if live.as_ref().is_some_and(|l| same(l, &queues)) {
             return k;
         }
-        let body = json!({"status": {"queues": QueuesStatus {
-            read_at: Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
-            ..queues.clone()
-        }}});
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+        // Every field named, `error` as null when there is none: a merge
+        // patch keeps what it does not name.
+        let body = json!({
+            "readAt": now,
+            "error": queues.error,
+            "deadLetters": queues.dead_letters,
+            "groups": queues.groups,
+        });
+        self.write(sp, body).await;
+        k
+    }
+
+    /// Merge-patches `status.queues` of `sp` to `queues` (null: removed).
+    async fn write(&self, sp: &StreamPipeline, queues: Value) {
         let api: Api<PipelineObject> =
             Api::namespaced(self.client.clone(), &sp.namespace().unwrap_or_default());
         let pp = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
         };
+        let body = json!({"status": {"queues": queues}});
         match api
             .patch_status(&sp.name_any(), &pp, &Patch::Merge(&body))
             .await
         {
-            Ok(_) => {
-                debug!(pipeline = %key_of(sp), "queues written to status");
-                k.written = Some((queues, Instant::now()));
-            }
+            Ok(_) => debug!(pipeline = %key_of(sp), "queues written to status"),
             Err(e) => {
                 warn!(pipeline = %key_of(sp), error = %e, "cannot write the queues to status")
             }
         }
-        k
     }
 
     /// The pipeline's Redis as `autoscaler`: the one made before while its
@@ -248,6 +254,19 @@ async fn read(
         dead_letters: Some(dead_letters),
         groups,
     })
+}
+
+/// Whether `live` (the status) already says what `read` does, and is
+/// younger than [`REFRESH`].
+fn same(live: &QueuesStatus, read: &QueuesStatus) -> bool {
+    let fresh = chrono::DateTime::parse_from_rfc3339(&live.read_at)
+        .ok()
+        .and_then(|t| (Utc::now() - t.with_timezone(&Utc)).to_std().ok())
+        .is_some_and(|age| age < REFRESH);
+    fresh
+        && live.error == read.error
+        && live.dead_letters == read.dead_letters
+        && live.groups == read.groups
 }
 
 /// Entries appended per second between two readings, one decimal; `None`

@@ -159,6 +159,18 @@ async fn an_on_call_user_lists_redrives_and_purges_dead_letters_without_any_secr
         |v| v["status"]["queues"]["deadLetters"] == 2,
     )
     .await?;
+    // A spec change makes the reconciler apply its status: the queues,
+    // which are the observer's, stay.
+    let mut changed = manifest();
+    changed["spec"]["nodes"][1]["with"] = json!({"note": "changed"});
+    h.apply(NS, changed).await?;
+    let after = h
+        .wait_pipeline(NS, PIPELINE, "generation 2 observed", PATIENCE, |v| {
+            v["status"]["observedGeneration"] == 2
+        })
+        .await?;
+    assert_eq!(after["status"]["queues"]["deadLetters"], 2, "{after:#}");
+
     let (code, out, err) = plugin(&kubeconfig, &["status", PIPELINE]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("Dead letters: 2"), "{out}");

@@ -343,6 +343,19 @@ async fn the_admin_user_lists_redrives_and_purges_dead_letters_and_reads_no_queu
     .unwrap();
     assert_eq!(purged, "deleted 1 dead letter(s)\n");
 
+    // The autoscaler user counts the dead letters (status.queues) and
+    // reads none of them.
+    let autoscaler = probe.as_user("autoscaler", &data["autoscaler.password"]);
+    assert!(matches!(
+        autoscaler.cmd(&[b"XLEN", keys.dead_letter().as_bytes()]),
+        Ok(sluice_e2e::resp::Resp::Int(0))
+    ));
+    let refused = autoscaler.cmd(&[b"XRANGE", keys.dead_letter().as_bytes(), b"-", b"+"]);
+    assert!(
+        matches!(&refused, Err(e) if e.starts_with("NOPERM")),
+        "{refused:?}"
+    );
+
     // Nothing more: the admin sends to queues but reads none (the rules
     // as written; they bind mistakes, not a holder of the password).
     let admin = probe.as_user("admin", &data["admin.password"]);

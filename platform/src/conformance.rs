@@ -634,6 +634,12 @@ where
         Some(vec![]),
         "nothing after the last"
     );
+    assert_eq!(
+        a.last_id(&store).await.unwrap().as_deref(),
+        Some(rest[0].0.as_str()),
+        "the newest entry's id"
+    );
+    assert_eq!(a.last_id(&gone).await.unwrap(), None, "no stream, no id");
     // A hand-off to a store that is gone is dropped, copy or not.
     a.push(&q, entry(9)).await.unwrap();
     let d = Queue::read(a, &q, "w", 1, NO_WAIT).await.unwrap().remove(0);

@@ -539,6 +539,13 @@ impl ReplyChannel for MemoryStreams {
                 .collect()
         }))
     }
+
+    async fn last_id(&self, stream: &str) -> Result<Option<String>> {
+        self.faults.check().await?;
+        let mut map = self.streams.lock();
+        Ok(Self::live(&mut map, stream)
+            .and_then(|s| s.entries.keys().next_back().map(|seq| id_of(*seq))))
+    }
 }
 
 /// Keys with expiry.

@@ -236,4 +236,9 @@ pub trait ReplyChannel: Send + Sync + 'static {
         after: Option<&str>,
         max: usize,
     ) -> Result<Option<Vec<(String, StreamEntry)>>>;
+
+    /// The id of the newest entry of `stream`; `None` when it holds none.
+    /// Marks where "every entry there is now" ends, in the stream's own
+    /// order (no clock involved).
+    async fn last_id(&self, stream: &str) -> Result<Option<String>>;
 }

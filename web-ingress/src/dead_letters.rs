@@ -38,13 +38,19 @@ use crate::job_id::JobId;
 
 /// Most entries read per round trip.
 const PAGE: usize = 500;
-/// Most bytes of entries one read may bring, at their largest size.
-const PAGE_BYTES: usize = 16 << 20;
+/// Most bytes of entries one read may bring, at their largest size. A
+/// verified entry's payload is parsed, and parsed JSON can take 16 times
+/// its bytes (`[0,0,…]`): kept small.
+const PAGE_BYTES: usize = 4 << 20;
+/// Why an action past its deadline stopped.
+pub const OUT_OF_TIME: &str =
+    "out of time: what is listed above was done; run it again for the rest";
 /// A request entry's bytes beside its payload, at most: envelope fields,
 /// MAC, kid, and a note.
 const ENTRY_OVERHEAD: usize = 16 << 10;
-/// Most bytes of entries one listing holds; a longer one stops there.
-pub const LIST_BYTES: usize = 32 << 20;
+/// Most bytes of entries one listing with payloads holds; a longer one
+/// stops there (without payloads, each is dropped once verified).
+pub const LIST_BYTES: usize = 4 << 20;
 /// The most entries one command reads: the stream keeps the newest 10,000
 /// (the workers trim it as they write), so this is never reached unless
 /// something else writes it.
@@ -181,11 +187,16 @@ impl DeadLetters {
     }
 
     /// Up to `max` entries, oldest first, each verified, and whether the
-    /// listing stopped short at [`LIST_BYTES`] of entries.
+    /// listing stopped short at [`LIST_BYTES`] of entries. Payloads are
+    /// kept only with `payloads`.
     ///
     /// # Errors
     /// The backend's.
-    pub async fn list(&self, max: usize) -> Result<(Vec<Listed>, bool), BackendError> {
+    pub async fn list(
+        &self,
+        max: usize,
+        payloads: bool,
+    ) -> Result<(Vec<Listed>, bool), BackendError> {
         let max = max.min(MAX_READ);
         let mut out: Vec<Listed> = vec![];
         let mut bytes = 0usize;
@@ -195,8 +206,12 @@ impl DeadLetters {
             if got.is_empty() {
                 break;
             }
-            for l in got {
-                bytes = bytes.saturating_add(l.bytes);
+            for mut l in got {
+                if payloads {
+                    bytes = bytes.saturating_add(l.bytes);
+                } else if let Ok(letter) = &mut l.letter {
+                    letter.payload = Value::Null;
+                }
                 out.push(l);
                 if bytes > LIST_BYTES {
                     return Ok((out, true));
@@ -280,14 +295,20 @@ impl DeadLetters {
     /// each, in order, and the backend error that stopped the rest, if
     /// one did: the letter it stopped at stays listed (and was sent when
     /// its outcome says so), those after it were not looked at.
+    ///
+    /// Past `deadline` it stops before the next letter, the reason second.
     pub async fn redrive(
         &self,
         chosen: &[Listed],
         how: &Answering<'_>,
         dry_run: bool,
-    ) -> (Vec<Redriven>, Option<BackendError>) {
+        deadline: Option<tokio::time::Instant>,
+    ) -> (Vec<Redriven>, Option<String>) {
         let mut out = vec![];
         for l in chosen {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                return (out, Some(OUT_OF_TIME.into()));
+            }
             let id = l.id.clone();
             let letter = match &l.letter {
                 Ok(letter) => letter,
@@ -319,11 +340,11 @@ impl DeadLetters {
                     // Sent before deleted: a failure here leaves it listed
                     // and sent, never lost.
                     if let Err(e) = self.purge(&[id], false).await {
-                        return (out, Some(e));
+                        return (out, Some(e.to_string()));
                     }
                 }
                 Ok(Err(why)) => out.push(Redriven::Refused { id, why }),
-                Err(e) => return (out, Some(e)),
+                Err(e) => return (out, Some(e.to_string())),
             }
         }
         (out, None)
@@ -408,7 +429,7 @@ pub fn before(id: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use sluice_platform::memory::MemoryStreams;
     use sluice_platform::metrics::Rejections;
@@ -435,7 +456,7 @@ spec:
     - { name: other, group: io, uses: builtin/echo }
 "#;
 
-    fn letters() -> DeadLetters {
+    pub(crate) fn letters() -> DeadLetters {
         let (_, plan) = sluice_crds::parse_manifest("letters.yaml", MANIFEST).unwrap();
         let keys = Keys::new("default", "letters");
         let ring = SharedKeyRing::fixed(KeyRing::ephemeral());
@@ -488,7 +509,8 @@ spec:
         assert_eq!(d.page_len(), 1);
         plan.security.max_payload_bytes = 1024;
         d.plan = Arc::new(plan);
-        assert_eq!(d.page_len(), PAGE);
+        assert_eq!(d.page_len(), PAGE_BYTES / (1024 + ENTRY_OVERHEAD));
+        assert!(d.page_len() <= PAGE);
     }
 
     #[test]

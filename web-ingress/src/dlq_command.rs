@@ -19,7 +19,9 @@ use sluice_platform::clock::now_ms;
 use sluice_platform::BackendError;
 use sluice_platform::{RedisBackend, RedisConfig, SharedKeyRing};
 
-use crate::dead_letters::{Answering, DeadLetters, Listed, Redriven, LIST_BYTES, MAX_READ};
+use crate::dead_letters::{
+    Answering, DeadLetters, Listed, Redriven, LIST_BYTES, MAX_READ, OUT_OF_TIME,
+};
 
 /// A pipeline's dead letters (Redis backends), with its key ring.
 #[derive(Debug, Subcommand)]
@@ -181,10 +183,13 @@ pub async fn act(
 ) -> Result<String, ActError> {
     match act {
         Act::List { limit, payloads } => {
-            let (listed, cut) = d.list(limit).await.map_err(|e| ActError::Stopped {
-                done: String::new(),
-                error: format!("reading the dead letters: {e}"),
-            })?;
+            let (listed, cut) = d
+                .list(limit, payloads)
+                .await
+                .map_err(|e| ActError::Stopped {
+                    done: String::new(),
+                    error: format!("reading the dead letters: {e}"),
+                })?;
             let mut out = table(&listed, payloads, now_ms());
             if cut {
                 let _ = writeln!(
@@ -223,7 +228,7 @@ pub async fn act(
             let mut out = String::new();
             let mut n = 0;
             while let Some(batch) = batches.next(&out, deadline).await? {
-                let (done, stopped) = d.redrive(&batch, &how, dry_run).await;
+                let (done, stopped) = d.redrive(&batch, &how, dry_run, deadline).await;
                 n += done.len();
                 for r in &done {
                     let _ = match r {
@@ -234,12 +239,21 @@ pub async fn act(
                         }
                     };
                 }
+                for id in batches.vanished.drain(..) {
+                    let _ = writeln!(out, "{id}\tleft\tno longer in the dead-letter stream");
+                }
                 if let Some(e) = stopped {
                     return Err(ActError::Stopped {
                         error: format!("stopped after {n} dead letter(s): {e}"),
                         done: out,
                     });
                 }
+            }
+            if batches.cut {
+                let _ = writeln!(
+                    out,
+                    "… stopped after {MAX_READ} dead letters: run it again for the rest"
+                );
             }
             Ok(out)
         }
@@ -271,119 +285,6 @@ pub async fn act(
             }
             Ok(said(n))
         }
-    }
-}
-
-/// The dead letters a [`Pick`] names, a read at a time: each id named
-/// (all checked to be there before anything is done), or every entry
-/// written before the action began.
-struct Batches<'a> {
-    d: &'a DeadLetters,
-    /// The ids named, each once; empty with `all`.
-    ids: Vec<String>,
-    next_id: usize,
-    all: bool,
-    /// With `all`: where the last read ended, and the newest id taken
-    /// (by its time: what was written after the start is left).
-    after: Option<String>,
-    until_ms: u64,
-    seen: usize,
-}
-
-impl<'a> Batches<'a> {
-    /// Checks `pick`: exactly one of ids and all, every id well-formed and
-    /// in the stream. Refused otherwise, before anything is done.
-    async fn new(d: &'a DeadLetters, pick: &Pick) -> Result<Self, ActError> {
-        if pick.all != pick.ids.is_empty() {
-            return Err(ActError::Refused(
-                "name the dead letters: ids, or all".into(),
-            ));
-        }
-        let mut seen = std::collections::HashSet::new();
-        // Each once, however often named: a letter named twice is sent once.
-        let ids: Vec<String> = pick
-            .ids
-            .iter()
-            .filter(|id| seen.insert(id.as_str()))
-            .cloned()
-            .collect();
-        for id in &ids {
-            if !sluice_crds::dead_letter_action::is_entry_id(id) {
-                return Err(ActError::Refused(format!(
-                    "id {}: not an entry id (like 1767225600000-0)",
-                    printable(id)
-                )));
-            }
-        }
-        for id in &ids {
-            let there = d.get(id).await.map_err(|e| ActError::Stopped {
-                done: String::new(),
-                error: format!("reading the dead letters: {e}"),
-            })?;
-            if there.is_none() {
-                return Err(ActError::Refused(format!(
-                    "{id}: not in the dead-letter stream"
-                )));
-            }
-        }
-        Ok(Self {
-            d,
-            ids,
-            next_id: 0,
-            all: pick.all,
-            after: None,
-            until_ms: now_ms(),
-            seen: 0,
-        })
-    }
-
-    /// The next letters, `None` when there are no more; past `deadline`,
-    /// stopped with `done` (what was done so far) kept.
-    async fn next(
-        &mut self,
-        done: &str,
-        deadline: Option<tokio::time::Instant>,
-    ) -> Result<Option<Vec<Listed>>, ActError> {
-        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-            return Err(ActError::Stopped {
-                done: done.to_string(),
-                error: "out of time: what is listed above was done; run it again for the rest"
-                    .into(),
-            });
-        }
-        let failed = |e: BackendError| ActError::Stopped {
-            done: done.to_string(),
-            error: format!("reading the dead letters: {e}"),
-        };
-        if !self.all {
-            while let Some(id) = self.ids.get(self.next_id) {
-                self.next_id += 1;
-                // Gone since it was checked (deleted meanwhile): left out.
-                if let Some(l) = self.d.get(id).await.map_err(failed)? {
-                    return Ok(Some(vec![l]));
-                }
-            }
-            return Ok(None);
-        }
-        if self.seen >= MAX_READ {
-            return Ok(None);
-        }
-        let page = self
-            .d
-            .page(self.after.as_deref(), MAX_READ - self.seen)
-            .await
-            .map_err(failed)?;
-        let Some(last) = page.last() else {
-            return Ok(None);
-        };
-        self.after = Some(last.id.clone());
-        self.seen += page.len();
-        let until = self.until_ms;
-        let taken: Vec<Listed> = page
-            .into_iter()
-            .filter(|l| l.at_ms().is_some_and(|at| at <= until))
-            .collect();
-        Ok((!taken.is_empty()).then_some(taken))
     }
 }
 
@@ -433,6 +334,144 @@ pub async fn run(action: DlqAction) -> anyhow::Result<()> {
             print!("{done}");
             bail!("{error}")
         }
+    }
+}
+
+/// The dead letters a [`Pick`] names, a read at a time: each id named
+/// (all checked to be there before anything is done), or every entry the
+/// stream held when the action began (up to its newest id then, in the
+/// stream's own order: letters written meanwhile are left).
+struct Batches<'a> {
+    d: &'a DeadLetters,
+    /// The ids named, each once; empty with `all`.
+    ids: Vec<String>,
+    next_id: usize,
+    /// Ids named that were gone when their turn came (deleted meanwhile).
+    vanished: Vec<String>,
+    /// With `all`: where the last read ended, and the newest id to take.
+    all: bool,
+    after: Option<String>,
+    until: Option<(u64, u64)>,
+    seen: usize,
+    /// With `all`: stopped at [`MAX_READ`] entries with more left.
+    cut: bool,
+}
+
+/// An entry id's two numbers, to compare in the stream's order.
+fn id_order(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+impl<'a> Batches<'a> {
+    /// Checks `pick`: exactly one of ids and all, every id well-formed and
+    /// in the stream. Refused otherwise, before anything is done.
+    async fn new(d: &'a DeadLetters, pick: &Pick) -> Result<Self, ActError> {
+        if pick.all != pick.ids.is_empty() {
+            return Err(ActError::Refused(
+                "name the dead letters: ids, or all".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        // Each once, however often named: a letter named twice is sent once.
+        let ids: Vec<String> = pick
+            .ids
+            .iter()
+            .filter(|id| seen.insert(id.as_str()))
+            .cloned()
+            .collect();
+        for id in &ids {
+            if !sluice_crds::dead_letter_action::is_entry_id(id) {
+                return Err(ActError::Refused(format!(
+                    "id {}: not an entry id (like 1767225600000-0)",
+                    printable(id)
+                )));
+            }
+        }
+        let reading = |e: BackendError| ActError::Stopped {
+            done: String::new(),
+            error: format!("reading the dead letters: {e}"),
+        };
+        for id in &ids {
+            if d.get(id).await.map_err(reading)?.is_none() {
+                return Err(ActError::Refused(format!(
+                    "{id}: not in the dead-letter stream"
+                )));
+            }
+        }
+        let until = if pick.all {
+            d.replies
+                .last_id(&d.keys.dead_letter())
+                .await
+                .map_err(reading)?
+                .as_deref()
+                .and_then(id_order)
+        } else {
+            None
+        };
+        Ok(Self {
+            d,
+            ids,
+            next_id: 0,
+            vanished: vec![],
+            all: pick.all,
+            after: None,
+            until,
+            seen: 0,
+            cut: false,
+        })
+    }
+
+    /// The next letters, `None` when there are no more; past `deadline`,
+    /// stopped with `done` (what was done so far) kept.
+    async fn next(
+        &mut self,
+        done: &str,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<Vec<Listed>>, ActError> {
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return Err(ActError::Stopped {
+                done: done.to_string(),
+                error: OUT_OF_TIME.into(),
+            });
+        }
+        let failed = |e: BackendError| ActError::Stopped {
+            done: done.to_string(),
+            error: format!("reading the dead letters: {e}"),
+        };
+        if !self.all {
+            while let Some(id) = self.ids.get(self.next_id) {
+                self.next_id += 1;
+                match self.d.get(id).await.map_err(failed)? {
+                    Some(l) => return Ok(Some(vec![l])),
+                    None => self.vanished.push(id.clone()),
+                }
+            }
+            return Ok(None);
+        }
+        // Nothing was there when the action began.
+        let Some(until) = self.until else {
+            return Ok(None);
+        };
+        if self.seen >= MAX_READ {
+            self.cut = true;
+            return Ok(None);
+        }
+        let page = self
+            .d
+            .page(self.after.as_deref(), MAX_READ - self.seen)
+            .await
+            .map_err(failed)?;
+        let Some(last) = page.last() else {
+            return Ok(None);
+        };
+        self.after = Some(last.id.clone());
+        self.seen += page.len();
+        let taken: Vec<Listed> = page
+            .into_iter()
+            .filter(|l| id_order(&l.id).is_some_and(|at| at <= until))
+            .collect();
+        Ok((!taken.is_empty()).then_some(taken))
     }
 }
 
@@ -553,6 +592,120 @@ pub fn printable(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::dead_letters::Letter;
+
+    /// A request for `work` on cpu, as the ingress of the test pipeline signs it.
+    fn request(d: &DeadLetters, rid: &str) -> sluice_platform::envelope::StreamEntry {
+        use sluice_platform::envelope::{Envelope, Kind};
+        let mut env = Envelope {
+            kind: Kind::Request,
+            pipeline: d.keys.pipeline().to_string(),
+            dest: "cpu".into(),
+            cid: "c".into(),
+            rid: rid.into(),
+            trace: None,
+            ts: 0,
+            nonce: String::new(),
+            deadline: now_ms() + 5_000,
+            attempt: 1,
+            node: Some("work".into()),
+            plan: None,
+            reply_to: Some("gone".into()),
+            live: None,
+            seq: None,
+            last_seq: None,
+            payload: json!({"rid": rid}),
+            error: None,
+        };
+        d.signer.sign(&mut env).unwrap()
+    }
+
+    #[tokio::test]
+    async fn all_takes_the_letters_there_when_it_began_not_those_written_since() {
+        let d = crate::dead_letters::tests::letters();
+        let dlq = d.keys.dead_letter();
+        for rid in ["a", "b"] {
+            d.queue.push(&dlq, request(&d, rid)).await.unwrap();
+        }
+        let pick = Pick {
+            ids: vec![],
+            all: true,
+        };
+        let mut batches = Batches::new(&d, &pick).await.unwrap();
+        // Written after the action began (a redriven letter failing again).
+        d.queue.push(&dlq, request(&d, "c")).await.unwrap();
+        let mut taken = vec![];
+        while let Some(batch) = batches.next("", None).await.unwrap() {
+            taken.extend(batch.into_iter().map(|l| l.letter.unwrap().request_id));
+        }
+        assert_eq!(taken, ["a", "b"]);
+        // The same through the action: one purged set, the newer one left.
+        let out = act(
+            &d,
+            Act::Purge {
+                pick,
+                dry_run: false,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            out, "deleted 3 dead letter(s)\n",
+            "a new action takes all three"
+        );
+        assert!(d.list(10, false).await.unwrap().0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_listing_keeps_payloads_only_when_asked() {
+        let d = crate::dead_letters::tests::letters();
+        d.queue
+            .push(&d.keys.dead_letter(), request(&d, "a"))
+            .await
+            .unwrap();
+        let (plain, cut) = d.list(10, false).await.unwrap();
+        assert!(!cut);
+        assert_eq!(
+            plain[0].letter.as_ref().unwrap().payload,
+            serde_json::Value::Null
+        );
+        let (full, _) = d.list(10, true).await.unwrap();
+        assert_eq!(
+            full[0].letter.as_ref().unwrap().payload,
+            json!({"rid": "a"})
+        );
+    }
+
+    #[tokio::test]
+    async fn past_its_deadline_an_action_stops_and_says_how_far_it_got() {
+        let d = crate::dead_letters::tests::letters();
+        d.queue
+            .push(&d.keys.dead_letter(), request(&d, "a"))
+            .await
+            .unwrap();
+        let pick = Pick {
+            ids: vec![],
+            all: true,
+        };
+        let past = tokio::time::Instant::now();
+        match act(
+            &d,
+            Act::Purge {
+                pick,
+                dry_run: false,
+            },
+            Some(past),
+        )
+        .await
+        {
+            Err(ActError::Stopped { done, error }) => {
+                assert_eq!(done, "deleted 0 dead letter(s)\n");
+                assert_eq!(error, OUT_OF_TIME);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(d.list(10, false).await.unwrap().0.len(), 1, "nothing done");
+    }
     use serde_json::json;
     use sluice_platform::{DeadLetterNote, Rejection, ReplyError};
 

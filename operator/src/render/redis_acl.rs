@@ -21,7 +21,7 @@
 //! admin         the operator only           none                                          ACL SETUSER|DELUSER|USERS, CONFIG GET|SET (TLS),
 //!                                                                                         MULTI EXEC DISCARD
 //!                                           paused                                        SET DEL
-//!                                           dlq                                           EXISTS XREAD XDEL
+//!                                           dlq                                           EXISTS XREAD XREVRANGE XDEL
 //!                                           q:* (write)                                   XADD
 //!                                           r:*                                           EXISTS XADD PEXPIRE
 //! probe         Redis's own probes          none                                          PING
@@ -311,7 +311,7 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role, tls: bool) -> Vec<String> {
             // answer store its answer is kept in.
             out.extend(["+multi".into(), "+exec".into(), "+discard".into()]);
             out.push(selector(
-                &["exists", "xread", "xdel"],
+                &["exists", "xread", "xrevrange", "xdel"],
                 &[format!("~{}", lit(&keys.dead_letter()))],
             ));
             out.push(selector(&["xadd"], &[write(format!("{}*", queue("")))]));

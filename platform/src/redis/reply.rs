@@ -239,6 +239,29 @@ impl ReplyChannel for RedisBackend {
         ))
     }
 
+    /// `XREVRANGE <stream> + - COUNT 1`: the newest entry, of which only
+    /// the id is kept.
+    async fn last_id(&self, stream: &str) -> Result<Option<String>> {
+        let args = vec![
+            Value::from(stream),
+            Value::from("+"),
+            Value::from("-"),
+            Value::from("COUNT"),
+            Value::from("1"),
+        ];
+        let reply = self
+            .call("XREVRANGE", stream, args)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(match reply {
+            Value::Array(entries) => entries.into_iter().next().and_then(|e| match e {
+                Value::Array(parts) => parts.into_iter().next().as_ref().and_then(wire::text),
+                _ => None,
+            }),
+            _ => None,
+        })
+    }
+
     async fn close(&self, stream: &str) -> Result<()> {
         self.reply_cursors.lock().remove(stream);
         self.call("DEL", stream, vec![Value::from(stream)])
