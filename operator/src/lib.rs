@@ -75,6 +75,7 @@ pub mod dead_letter_actions;
 pub mod error;
 pub mod events;
 pub mod hash;
+pub mod key_ring_status;
 pub mod labels;
 pub mod leader;
 pub mod metrics;

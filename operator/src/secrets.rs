@@ -69,6 +69,9 @@ pub struct Ensured {
     /// What the managed Redis Secret `P-redis` holds now (its passwords by
     /// key), when the pipeline has one and it is ours.
     pub redis_secret: Option<BTreeMap<String, String>>,
+    /// The generated key ring as it stands after this pass (kids and
+    /// rotation annotations, no key material), when it is ours.
+    pub key_ring: Option<Ring>,
 }
 
 /// A Secret's data as text, by key; keys whose value is not UTF-8 are left
@@ -230,6 +233,7 @@ pub async fn ensure(
     };
     // The key ring as it stands after this pass, for the derived Secrets.
     let mut ring: Option<BTreeMap<String, String>> = None;
+    let mut key_ring = None;
     for g in generated {
         let name = g.name();
         let live = api
@@ -269,6 +273,7 @@ pub async fn ensure(
                         changes.push(SecretChange::Created(name.to_string()));
                         if matches!(g, GeneratedSecret::KeyRing(_)) {
                             ring = Some(text_data(&fresh));
+                            key_ring = Some(Ring::of(&fresh));
                             recheck(timings(sp, settings)?.rotate_every);
                         }
                     }
@@ -278,9 +283,10 @@ pub async fn ensure(
             }
             (Some(live), GeneratedSecret::KeyRing(_)) if controlled_by(&live, uid) => {
                 let now = Utc::now();
-                let (change, due, now_ring) =
+                let (change, due, now_ring, now_key_ring) =
                     rotate(api, name, live, &timings(sp, settings)?, now).await?;
                 ring = Some(now_ring);
+                key_ring = Some(now_key_ring);
                 changes.extend(change);
                 if let Some(due) = due {
                     recheck(until(now, due));
@@ -323,6 +329,7 @@ pub async fn ensure(
         changes,
         recheck_after,
         redis_secret,
+        key_ring,
     })
 }
 
@@ -409,11 +416,11 @@ async fn rotate(
     let step = match rotation::next(&Ring::of(&live), timings, now) {
         Decision::Wait { until } => {
             debug!(secret = name, due = %until, "key ring: next rotation step");
-            return Ok((None, Some(until), text_data(&live)));
+            return Ok((None, Some(until), text_data(&live), Ring::of(&live)));
         }
         Decision::Hold { reason } => {
             warn!(secret = name, %reason, "key ring cannot be rotated; left as it is");
-            return Ok((None, None, text_data(&live)));
+            return Ok((None, None, text_data(&live), Ring::of(&live)));
         }
         Decision::Step(step) => step,
     };
@@ -432,15 +439,17 @@ async fn rotate(
         Some(SecretChange::Rotated(note)),
         Some(step.next_due),
         text_data(&live),
+        Ring::of(&live),
     ))
 }
 
 /// What a rotation pass did: the change, the next due step, the ring's
-/// data after.
+/// data after, and what rotation reads of it.
 type RotationOutcome = (
     Option<SecretChange>,
     Option<DateTime<Utc>>,
     BTreeMap<String, String>,
+    Ring,
 );
 
 /// When the server certificate in a `P-redis` Secret's text data is due

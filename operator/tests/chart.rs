@@ -164,26 +164,35 @@ async fn reconciles_every_example_with_the_charts_rbac(docs: Vec<Value>) -> anyh
     let (crds, rest): (Vec<&Value>, Vec<&Value>) = docs
         .iter()
         .partition(|d| d["kind"] == "CustomResourceDefinition");
-    ensure!(crds.len() == 1, "expected one CRD, got {}", crds.len());
+    let names: Vec<&str> = crds
+        .iter()
+        .filter_map(|c| c["metadata"]["name"].as_str())
+        .collect();
+    ensure!(
+        names == ["deadletteractions.sluice.dev", "streampipelines.sluice.dev"],
+        "expected the two CRDs, got {names:?}"
+    );
     for o in &crds {
         apply(&admin, o, RELEASE_NS).await?;
     }
-    eventually("the CRD Established", Duration::from_secs(10), || async {
-        let crd = sim
-            .get_object(
-                "apiextensions.k8s.io/v1",
-                "CustomResourceDefinition",
-                None,
-                "streampipelines.sluice.dev",
-            )
-            .ok()??;
-        crd["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "Established" && c["status"] == "True")
-            .then_some(())
-    })
-    .await?;
+    for name in names {
+        eventually("the CRDs Established", Duration::from_secs(10), || async {
+            let crd = sim
+                .get_object(
+                    "apiextensions.k8s.io/v1",
+                    "CustomResourceDefinition",
+                    None,
+                    name,
+                )
+                .ok()??;
+            crd["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Established" && c["status"] == "True")
+                .then_some(())
+        })
+        .await?;
+    }
     apply(
         &admin,
         &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": RELEASE_NS}}),

@@ -319,6 +319,8 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
     let users_key = redis_users::key(ns, name, uid);
     let mut requeue = ctx.timing.requeue_interval;
     let mut applied = Applied::default();
+    // Where the generated key ring's rotation stands (a condition), once read.
+    let mut key_ring = None;
     if !suspended {
         let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
         // First: a Secret that is not open to pipelines holds everything of
@@ -347,6 +349,10 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         if let Some(after) = ensured.recheck_after {
             requeue = requeue.min(after);
         }
+        key_ring = ensured
+            .key_ring
+            .as_ref()
+            .map(crate::key_ring_status::condition);
         let mut changes = ensured.changes;
         if let Some(versions) = &referenced.versions {
             desired.annotate_runtime_pods(labels::SECRET_VERSIONS, versions);
@@ -463,6 +469,7 @@ pub async fn reconcile_pipeline(sp: &StreamPipeline, ctx: &Context) -> Result<Ac
         .into_iter()
         .chain(cold_start)
         .chain([pause_condition])
+        .chain(key_ring)
         .collect();
     let status = status::compute(&status::Inputs {
         generation: sp.metadata.generation,
