@@ -1,4 +1,5 @@
-//! The generated CustomResourceDefinition.
+//! The generated CustomResourceDefinitions: StreamPipeline ([`crd`]) and
+//! DeadLetterAction ([`dead_letter_action_crd`]).
 //!
 //! kube's derive gives the schema of the types; this module adds what the
 //! derive cannot express, so the API server refuses at admission whatever
@@ -8,7 +9,8 @@
 //! and reference, ranges on every number (an integer past what its Rust
 //! type holds would make the object unreadable), list-map uniqueness on
 //! names, and the CEL rules that refuse an invalid spec. The checked-in
-//! `crds/streampipeline.yaml` is this function's output (a test compares).
+//! `crds/streampipeline.yaml` and `crds/deadletteraction.yaml` are their
+//! output (tests compare).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -13,8 +13,8 @@
 //! operator holds it, the person asking does not. Whoever may create these
 //! objects in a namespace may redrive and purge the dead letters of its
 //! pipelines; whoever may read them may read what they list (payloads, when
-//! asked for). Each object is acted on once: a spec changed afterwards is
-//! not acted on again.
+//! asked for). Its spec cannot change once created (a CEL rule), and it is
+//! acted on once.
 //!
 //! This module holds the shape and its bounds only; it must not act.
 

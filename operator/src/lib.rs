@@ -9,17 +9,23 @@
 //! random-content Secrets when absent ([`secrets`]), server-side applies
 //! what differs ([`apply`]), deletes owned objects no longer desired
 //! ([`owned_kinds`]) and writes status only when it changed ([`status`]).
-//! [`run()`] is the process: the `/metrics` endpoints, leader election and
-//! the controller; the `sluice-operator` binary is a thin `main.rs` over it,
+//! [`run()`] is the process: the `/metrics` endpoints, leader election, the
+//! controller, the autoscaler, the dead-letter actions and the queue observer; the `sluice-operator` binary is a thin `main.rs` over it,
 //! tested black-box against the in-memory API stand-in (`tests/`).
 //!
-//! This crate depends on `sluice-crds` and `sluice-platform` (the autoscaler
-//! reads queue counters through its Redis adapter), never on the runtime
-//! crates; the runtime's flags and variables it relies on are declared once
+//! This crate depends on `sluice-crds`, `sluice-platform` (the autoscaler
+//! reads queue counters through its Redis adapter) and `sluice-web-ingress`
+//! for its dead-letter listing, redrive and purge only (nothing else of the
+//! runtime); the runtime's flags and variables it relies on are declared once
 //! in [`render::contract`] and checked end to end.
 //!
 //! # Layout
-//! - [`run()`](run::run): the process (client, endpoints, leader election, controller).
+//! - [`run()`](run::run): the process (client, endpoints, leader election, controller,
+//!   autoscaler, dead-letter actions, queue observer).
+//! - [`dead_letter_actions`]: DeadLetterActions carried out with the pipeline's key ring.
+//! - [`observe`]: the queue observer (`status.queues`).
+//! - [`key_ring_status`]: the `KeyRing` condition.
+//! - [`redis_target`]: where a pipeline's Redis is, from its Secrets.
 //! - [`config`]: flags and `SLUICE_*` variables.
 //! - [`controller`]: the kube-runtime `Controller` and what triggers reconciles.
 //! - [`reconcile`]: one reconcile and its backoff.
@@ -29,8 +35,8 @@
 //!   and the field manager of every write.
 //! - [`object`]: a StreamPipeline read so that one bad object never stops
 //!   the watch (spec decoded per object, errors kept with their path).
-//! - [`plugin`]: `kubectl sluice` (binary `kubectl-sluice`): status, pause
-//!   and resume through the Kubernetes API only.
+//! - [`plugin`]: `kubectl sluice` (binary `kubectl-sluice`): status, pause,
+//!   resume and dlq through the Kubernetes API only.
 //! - [`pipelines`]: the controllers' StreamPipeline stores, read by the
 //!   autoscaler too.
 //! - [`quantity`]: resource quantities compared by value (the API server

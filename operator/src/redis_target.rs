@@ -1,8 +1,8 @@
 //! Where a pipeline's Redis is and how to connect to it, as its Secrets
 //! say: managed Redis from the password of a role in `P-redis` (and its CA
 //! when it speaks TLS), external Redis from the user's `urlSecretRef` (and
-//! `caSecretRef`). Read by the autoscaler (as `autoscaler`) and by the
-//! dead-letter actions (as `admin`).
+//! `caSecretRef`). Read by the autoscaler and the queue observer (as
+//! `autoscaler`) and by the dead-letter actions (as `admin`).
 //!
 //! Nothing here logs; nothing built here shows a password or a PEM in its
 //! errors. This module must not connect: it says where, the caller connects.

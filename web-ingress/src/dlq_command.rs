@@ -239,9 +239,7 @@ pub async fn act(
                         }
                     };
                 }
-                for id in batches.vanished.drain(..) {
-                    let _ = writeln!(out, "{id}\tleft\tno longer in the dead-letter stream");
-                }
+                batches.tell(&mut out);
                 if let Some(e) = stopped {
                     return Err(ActError::Stopped {
                         error: format!("stopped after {n} dead letter(s): {e}"),
@@ -249,12 +247,7 @@ pub async fn act(
                     });
                 }
             }
-            if batches.cut {
-                let _ = writeln!(
-                    out,
-                    "… stopped after {MAX_READ} dead letters: run it again for the rest"
-                );
-            }
+            batches.tell(&mut out);
             Ok(out)
         }
         Act::Purge { pick, dry_run } => {
@@ -283,7 +276,9 @@ pub async fn act(
                     })?
                 };
             }
-            Ok(said(n))
+            let mut out = said(n);
+            batches.tell(&mut out);
+            Ok(out)
         }
     }
 }
@@ -420,6 +415,20 @@ impl<'a> Batches<'a> {
             seen: 0,
             cut: false,
         })
+    }
+
+    /// Says in `out` what was not acted on, once: ids gone since they were
+    /// checked, and a stop at [`MAX_READ`].
+    fn tell(&mut self, out: &mut String) {
+        for id in self.vanished.drain(..) {
+            let _ = writeln!(out, "{id}\tleft\tno longer in the dead-letter stream");
+        }
+        if std::mem::take(&mut self.cut) {
+            let _ = writeln!(
+                out,
+                "… stopped after {MAX_READ} dead letters: run it again for the rest"
+            );
+        }
     }
 
     /// The next letters, `None` when there are no more; past `deadline`,
@@ -654,6 +663,33 @@ mod tests {
             "a new action takes all three"
         );
         assert!(d.list(10, false).await.unwrap().0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_named_letter_gone_since_the_check_is_said_to_be_left() {
+        let d = crate::dead_letters::tests::letters();
+        let dlq = d.keys.dead_letter();
+        let a = d.queue.push(&dlq, request(&d, "a")).await.unwrap();
+        let b = d.queue.push(&dlq, request(&d, "b")).await.unwrap();
+        let pick = Pick {
+            ids: vec![a.clone(), b.clone()],
+            all: false,
+        };
+        let mut batches = Batches::new(&d, &pick).await.unwrap();
+        d.purge(std::slice::from_ref(&b), false).await.unwrap();
+        let mut taken = vec![];
+        while let Some(batch) = batches.next("", None).await.unwrap() {
+            taken.extend(batch.into_iter().map(|l| l.id));
+        }
+        assert_eq!(taken, [a]);
+        let mut out = String::new();
+        batches.tell(&mut out);
+        assert_eq!(
+            out,
+            format!("{b}\tleft\tno longer in the dead-letter stream\n")
+        );
+        batches.tell(&mut out);
+        assert_eq!(out.lines().count(), 1, "said once");
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! GET streampipelines/P ─▶ CREATE deadletteractions (generateName P-dlq-, owned by P)
-//!   ─▶ GET it until status.phase Succeeded|Failed ─▶ print status.output (stdout), message (stderr)
+//!   ─▶ GET it until status.phase Succeeded|Failed ─▶ print status.output (stdout); Failed: message as the error
 //! ```
 //!
 //! What the status holds is printed cell by cell through [`clean`]: it

@@ -1,9 +1,9 @@
 //! `kubectl sluice`: what an on-call engineer asks of a pipeline, through
 //! the Kubernetes API only (no Secret, no Redis password: RBAC on
-//! StreamPipelines is the authorisation).
+//! StreamPipelines and DeadLetterActions is the authorisation).
 //!
 //! ```text
-//! kubectl sluice status P   ─▶ GET streampipelines/P ─▶ conditions, groups, URL
+//! kubectl sluice status P   ─▶ GET streampipelines/P ─▶ conditions, groups, URL, queues
 //! kubectl sluice pause P    ─▶ PATCH spec.paused=true  ─▶ wait for Paused=True  (reason Paused)
 //! kubectl sluice resume P   ─▶ PATCH spec.paused=null  ─▶ wait for Paused=False (reason Running)
 //! kubectl sluice dlq …  P   ─▶ CREATE deadletteractions ─▶ wait for the operator's status ([`dead_letters`])
@@ -64,7 +64,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Conditions, groups (desired and ready replicas, last scaling) and URL of a pipeline.
+    /// Conditions, groups (desired and ready replicas, last scaling), URL, and (Redis backends)
+    /// each worker queue's waiting and in-progress entries, arrival rate and the dead letters.
     Status {
         /// The StreamPipeline's name.
         #[arg(value_parser = parse_name)]

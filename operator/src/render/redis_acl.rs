@@ -16,8 +16,9 @@
 //!                                           n:<g>:*                                       SET GET
 //!                                           paused (read)                                 GET
 //!                                           none                                          MULTI EXEC DISCARD
-//! autoscaler    the operator's autoscaler,  q:* (read)                                    XLEN XPENDING XINFO STREAM|GROUPS
-//!               its queue observer, KEDA    dlq (read; not KEDA)                          XLEN
+//! autoscaler    the operator's autoscaler   q:* (read)                                    XLEN XPENDING XINFO STREAM
+//!               and queue observer          dlq (read)                                    XLEN
+//! keda          KEDA's scaler               q:* (read)                                    XLEN XPENDING XINFO GROUPS
 //! admin         the operator only           none                                          ACL SETUSER|DELUSER|USERS, CONFIG GET|SET (TLS),
 //!                                                                                         MULTI EXEC DISCARD
 //!                                           paused                                        SET DEL
