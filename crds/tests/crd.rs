@@ -3,15 +3,19 @@
 
 use serde_json::Value;
 
-#[test]
-fn checked_in_crd_matches_the_generated_one() {
-    let generated = sluice_crds::crd::crd_yaml();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/streampipeline.yaml");
-    let on_disk = std::fs::read_to_string(path).expect("crds/streampipeline.yaml exists");
+/// The checked-in `crds/<file>` is `generated`; else how to write it.
+fn checked_in_is(file: &str, generated: &str, crdgen_args: &str) {
+    let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     assert!(
         on_disk == generated,
-        "crds/streampipeline.yaml is stale: run `cargo run -p sluice-crds --bin crdgen crds/streampipeline.yaml`"
+        "crds/{file} is stale: run `cargo run -p sluice-crds --bin crdgen -- {crdgen_args}crds/{file}`"
     );
+}
+
+#[test]
+fn checked_in_crd_matches_the_generated_one() {
+    checked_in_is("streampipeline.yaml", &sluice_crds::crd::crd_yaml(), "");
 }
 
 /// The structural-schema rules of apiextensions.k8s.io/v1 that kube's derive
@@ -246,12 +250,10 @@ fn every_name_reference_has_a_max_length() {
 
 #[test]
 fn checked_in_dead_letter_action_crd_matches_the_generated_one() {
-    let generated = sluice_crds::crd::dead_letter_action_crd_yaml();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deadletteraction.yaml");
-    let on_disk = std::fs::read_to_string(path).expect("crds/deadletteraction.yaml exists");
-    assert!(
-        on_disk == generated,
-        "crds/deadletteraction.yaml is stale: run `cargo run -p sluice-crds --bin crdgen -- --dead-letter-action crds/deadletteraction.yaml`"
+    checked_in_is(
+        "deadletteraction.yaml",
+        &sluice_crds::crd::dead_letter_action_crd_yaml(),
+        "--dead-letter-action ",
     );
 }
 
