@@ -41,15 +41,16 @@ use sluice_crds::dead_letter_action::{
     is_entry_id, DeadLetterAction, DeadLetterActionSpec, DeadLetterPhase, DeadLetterVerb,
     DEFAULT_LIST, MAX_OUTPUT,
 };
-use sluice_crds::{compile, BackendKind, PipelineId, StreamPipeline, StreamPipelineSpec};
-use sluice_platform::{KeyRing, RedisBackend, SharedKeyRing};
+use sluice_crds::{compile, BackendKind, PipelineId, StreamPipeline};
+use sluice_platform::{KeyRing, SharedKeyRing};
 use sluice_web_ingress::dead_letters::DeadLetters;
 use sluice_web_ingress::dlq_command::{act, Act, ActError, Pick};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::events::{EventType, Events};
-use crate::redis_target::{self, Target};
+use crate::object::PipelineObject;
+use crate::redis_target::Connection;
 use crate::render::key_ring_secret;
 use crate::render::redis_acl::Role;
 use crate::secrets::text_data;
@@ -263,24 +264,27 @@ impl DeadLetterActions {
 
     /// The dead letters of pipeline `ns/name`, on its Redis, with its key ring.
     async fn open(&self, ns: &str, name: &str) -> Result<DeadLetters, String> {
-        let pipelines: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            ns,
-            &ApiResource::erase::<StreamPipeline>(&()),
-        );
+        // Read as the controller reads it: a spec the types cannot read is
+        // refused with its path.
+        let pipelines: Api<PipelineObject> = Api::namespaced(self.client.clone(), ns);
         let o = pipelines
             .get_opt(name)
             .await
             .map_err(|e| format!("cannot read StreamPipeline {name}: {e}"))?
             .ok_or_else(|| format!("StreamPipeline {name} does not exist in namespace {ns}"))?;
-        let spec: StreamPipelineSpec =
-            serde_json::from_value(o.data.get("spec").cloned().unwrap_or(Value::Null))
-                .map_err(|e| format!("StreamPipeline {name}: spec does not parse: {e}"))?;
+        let sp = StreamPipeline {
+            spec: o
+                .spec
+                .map_err(|e| format!("StreamPipeline {name}: spec does not parse: {e}"))?,
+            metadata: o.metadata,
+            status: o.status,
+        };
+        let spec = &sp.spec;
         let id = PipelineId {
             namespace: ns.to_string(),
             name: name.to_string(),
         };
-        let plan = compile(id, &spec).map_err(|errors| {
+        let plan = compile(id, spec).map_err(|errors| {
             let first = errors.first().map(ToString::to_string).unwrap_or_default();
             format!("StreamPipeline {name} is not valid ({first}): fix it first")
         })?;
@@ -298,7 +302,7 @@ impl DeadLetterActions {
             }
         }
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        let ring_secret = key_ring_secret(&spec, name);
+        let ring_secret = key_ring_secret(spec, name);
         let s = secrets
             .get_opt(&ring_secret)
             .await
@@ -306,19 +310,9 @@ impl DeadLetterActions {
             .ok_or_else(|| format!("Secret {ring_secret} (the key ring) does not exist"))?;
         let ring = KeyRing::from_files(&text_data(&s))
             .map_err(|e| format!("the key ring in Secret {ring_secret}: {e}"))?;
-        let sp = StreamPipeline::new(name, spec);
-        let sp = StreamPipeline {
-            metadata: kube::api::ObjectMeta {
-                namespace: Some(ns.to_string()),
-                ..sp.metadata
-            },
-            ..sp
-        };
-        let target = Target::read(&self.client, &sp, Role::Admin).await?;
-        let cfg = redis_target::config(&target, REDIS_TIMEOUT)?;
-        let redis = RedisBackend::connect(cfg)
-            .await
-            .map_err(|e| format!("connecting to the pipeline's Redis: {e}"))?;
+        let redis = Connection::refresh(&self.client, &sp, Role::Admin, None, REDIS_TIMEOUT, true)
+            .await?
+            .backend;
         Ok(DeadLetters::on_redis(
             plan,
             SharedKeyRing::fixed(ring),

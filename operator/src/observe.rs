@@ -30,23 +30,19 @@ use futures::stream::{self, StreamExt};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
-use sluice_crds::{
-    BackendKind, GroupRole, QueueStatus, QueuesStatus, StreamPipeline, StreamPipelineSpec,
-};
+use sluice_crds::{BackendKind, GroupRole, QueueStatus, QueuesStatus, StreamPipeline};
 use sluice_platform::{Keys, RedisBackend};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::object::PipelineObject;
 use crate::pipelines::PipelineStores;
-use crate::redis_target::{self, Target};
+use crate::redis_target::Connection;
 use crate::render::redis_acl::Role;
 
 /// An unchanged reading is written again after this long (its `readAt`
 /// says it is current).
 const REFRESH: Duration = Duration::from_secs(300);
-/// The Redis URL and CA are read from the Secrets again after this long.
-const TARGET_TTL: Duration = Duration::from_secs(300);
 /// Pipelines read at once.
 const CONCURRENCY: usize = 16;
 /// Timeout of each Redis call.
@@ -65,7 +61,7 @@ pub struct Observer {
 /// What the observer keeps of one pipeline.
 #[derive(Default)]
 struct Known {
-    conn: Option<(Target, Arc<RedisBackend>, Instant)>,
+    conn: Option<Connection>,
     /// Per group: entries ever appended, and when read.
     added: HashMap<String, (u64, Instant)>,
 }
@@ -117,8 +113,23 @@ impl Observer {
     /// Reads one pipeline's queues and writes them when they differ from
     /// what its status holds, or that is older than [`REFRESH`].
     async fn observe(&self, sp: &StreamPipeline, mut k: Known) -> Known {
-        let reading = match self.connection(sp, &mut k).await {
-            Ok(redis) => read(sp, &redis, &mut k.added).await,
+        // Made once it answers: a connection still being made would fail
+        // the first reading of every pipeline.
+        let connected = Connection::refresh(
+            &self.client,
+            sp,
+            Role::Autoscaler,
+            k.conn.take(),
+            REDIS_TIMEOUT,
+            true,
+        )
+        .await;
+        let reading = match connected {
+            Ok(c) => {
+                let r = read(sp, &c.backend, &mut k.added).await;
+                k.conn = Some(c);
+                r
+            }
             Err(e) => Err(e),
         };
         let live = sp.status.as_ref().and_then(|s| s.queues.clone());
@@ -168,33 +179,6 @@ impl Observer {
             }
         }
     }
-
-    /// The pipeline's Redis as `autoscaler`: the one made before while its
-    /// Secrets were read recently and say the same.
-    async fn connection(
-        &self,
-        sp: &StreamPipeline,
-        k: &mut Known,
-    ) -> Result<Arc<RedisBackend>, String> {
-        if let Some((_, redis, at)) = &k.conn {
-            if at.elapsed() < TARGET_TTL {
-                return Ok(redis.clone());
-            }
-        }
-        let target = Target::read(&self.client, sp, Role::Autoscaler).await?;
-        if let Some((t, redis, _)) = k.conn.take() {
-            if t == target {
-                k.conn = Some((t, redis.clone(), Instant::now()));
-                return Ok(redis);
-            }
-        }
-        let cfg = redis_target::config(&target, REDIS_TIMEOUT)?;
-        let redis = RedisBackend::connect(cfg)
-            .await
-            .map_err(|e| format!("connecting to Redis: {e}"))?;
-        k.conn = Some((target, redis.clone(), Instant::now()));
-        Ok(redis)
-    }
 }
 
 /// Whether the observer reads `sp`: Redis backends, not being deleted,
@@ -202,12 +186,8 @@ impl Observer {
 fn observed(sp: &StreamPipeline) -> bool {
     sp.metadata.deletion_timestamp.is_none()
         && sp.spec.suspend != Some(true)
-        && backend(&sp.spec) == BackendKind::Redis
+        && sp.spec.backends.queue == BackendKind::Redis
         && sluice_crds::validate(&sp.spec).is_empty()
-}
-
-fn backend(spec: &StreamPipelineSpec) -> BackendKind {
-    spec.backends.queue
 }
 
 fn key_of(sp: &StreamPipeline) -> String {

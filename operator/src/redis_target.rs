@@ -4,16 +4,20 @@
 //! `caSecretRef`). Read by the autoscaler and the queue observer (as
 //! `autoscaler`) and by the dead-letter actions (as `admin`).
 //!
+//! [`Connection`] keeps a connection made from them across readings, and
+//! reads the Secrets again every [`TARGET_TTL`] or after a failure.
+//!
 //! Nothing here logs; nothing built here shows a password or a PEM in its
-//! errors. This module must not connect: it says where, the caller connects.
+//! errors.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 use sluice_crds::{RedisMode, StreamPipeline};
-use sluice_platform::RedisConfig;
+use sluice_platform::{RedisBackend, RedisConfig};
 
 use crate::names;
 use crate::password_rotation::PREVIOUS_SUFFIX;
@@ -151,6 +155,66 @@ async fn read_secret(api: &Api<Secret>, name: &str) -> Result<Secret, String> {
         .await
         .map_err(|e| format!("cannot read Secret {name}: {e}"))?
         .ok_or_else(|| format!("Secret {name} does not exist"))
+}
+
+/// How long a connection's Secrets are trusted before they are read again
+/// (a rotated password, a new CA, a moved Redis).
+pub const TARGET_TTL: Duration = Duration::from_secs(300);
+
+/// A pipeline's Redis connection and what it was made from.
+pub struct Connection {
+    target: Target,
+    read_at: Instant,
+    /// It failed since: read the Secrets again before the next use.
+    pub stale: bool,
+    pub backend: Arc<RedisBackend>,
+}
+
+impl Connection {
+    /// `sp`'s Redis as `role`: `cached` while its Secrets were read within
+    /// [`TARGET_TTL`] and it did not fail since, else the one the Secrets
+    /// now describe — `cached` again when they say the same (it may still be
+    /// connecting). A new one's commands and connection attempts time out
+    /// after `timeout`; with `wait` it is made only once it answers, else
+    /// it connects in the background.
+    ///
+    /// # Errors
+    /// The Secrets unreadable or unusable; with `wait`, Redis not answering.
+    pub async fn refresh(
+        client: &Client,
+        sp: &StreamPipeline,
+        role: Role,
+        cached: Option<Self>,
+        timeout: Duration,
+        wait: bool,
+    ) -> Result<Self, String> {
+        let cached = match cached {
+            Some(c) if !c.stale && c.read_at.elapsed() < TARGET_TTL => return Ok(c),
+            other => other,
+        };
+        let target = Target::read(client, sp, role).await?;
+        if let Some(c) = cached.filter(|c| c.target == target) {
+            return Ok(Self {
+                read_at: Instant::now(),
+                stale: false,
+                ..c
+            });
+        }
+        let cfg = config(&target, timeout)?;
+        let backend = if wait {
+            RedisBackend::connect(cfg)
+                .await
+                .map_err(|e| format!("connecting to the pipeline's Redis: {e}"))?
+        } else {
+            RedisBackend::connect_lazy(cfg).map_err(|e| e.to_string())?
+        };
+        Ok(Self {
+            target,
+            read_at: Instant::now(),
+            stale: false,
+            backend,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -109,21 +109,15 @@ async fn an_on_call_user_lists_redrives_and_purges_dead_letters_without_any_secr
     s.metadata.name = Some("redis-url".into());
     s.data = Some([("url".to_string(), ByteString(redis.url().into_bytes()))].into());
     secrets.create(&PostParams::default(), &s).await?;
-    for obj in [
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": {"name": "dead-letters", "namespace": NS},
-        "rules": [
+    let kubeconfig = namespace_user(
+        &h,
+        NS,
+        "oncall",
+        json!([
             {"apiGroups": ["sluice.dev"], "resources": ["streampipelines"], "verbs": ["get"]},
             {"apiGroups": ["sluice.dev"], "resources": ["deadletteractions"], "verbs": ["create", "get"]},
-        ]}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "dead-letters", "namespace": NS},
-               "subjects": [{"kind": "ServiceAccount", "name": "oncall", "namespace": NS}],
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "dead-letters"}}),
-    ] {
-        h.sim.put_object(obj)?;
-    }
-    let kubeconfig = h.sim.service_account_kubeconfig(NS, "oncall")?;
+        ]),
+    )?;
     let mut op = Operator::start(&h, "op", &["--queues-interval", "1s"]).await?;
     h.apply(NS, manifest()).await?;
     h.apply(NS, example("orders")).await?;

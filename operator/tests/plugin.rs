@@ -31,18 +31,12 @@ async fn an_on_call_user_reads_status_pauses_and_resumes_with_pipeline_rights_on
     grant_documented_rbac(&h, "op")?;
     let _op = Operator::start(&h, "op", &[]).await?;
     h.namespace(NS)?;
-    for obj in [
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-               "metadata": {"name": "pipelines", "namespace": NS},
-               "rules": [{"apiGroups": ["sluice.dev"], "resources": ["streampipelines"], "verbs": ["get", "patch"]}]}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "pipelines", "namespace": NS},
-               "subjects": [{"kind": "ServiceAccount", "name": "oncall", "namespace": NS}],
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pipelines"}}),
-    ] {
-        h.sim.put_object(obj)?;
-    }
-    let kubeconfig = h.sim.service_account_kubeconfig(NS, "oncall")?;
+    let kubeconfig = namespace_user(
+        &h,
+        NS,
+        "oncall",
+        json!([{"apiGroups": ["sluice.dev"], "resources": ["streampipelines"], "verbs": ["get", "patch"]}]),
+    )?;
     for p in ["orders-redis", "orders"] {
         h.apply(NS, example(p)).await?;
         h.wait_ready(NS, p, PATIENCE).await?;

@@ -43,15 +43,13 @@ use crate::events::{EventType, Events};
 use crate::labels::{self, Component};
 use crate::metrics::{DirectionLabel, GroupLabel, Metrics};
 use crate::names;
-use crate::redis_target::{self, Target};
+use crate::redis_target::Connection;
 use crate::render::redis_acl::Role;
 
 /// Pipelines evaluated at once.
 const CONCURRENCY: usize = 16;
 /// Timeout of the autoscaler's Redis commands and connection attempts.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-/// The Redis URL and CA (from Secrets) are read again after this long.
-const URL_TTL: Duration = Duration::from_secs(300);
 
 /// The builtin autoscaler of one operator process.
 pub struct Autoscaler {
@@ -77,15 +75,6 @@ pub struct Autoscaler {
 struct GroupState {
     stab: Stabilizer,
     rates: Rates,
-}
-
-/// A pipeline's Redis connection and what it was made from.
-struct Conn {
-    target: Target,
-    read_at: Instant,
-    /// It failed since: read the Secrets again before the next use.
-    stale: bool,
-    backend: Arc<RedisBackend>,
 }
 
 /// What one evaluation read about one group.
@@ -114,7 +103,7 @@ impl Autoscaler {
     pub async fn run(self, stop: CancellationToken) {
         let epoch = Instant::now();
         let mut state: HashMap<(String, String), GroupState> = HashMap::new();
-        let mut conns: HashMap<String, Conn> = HashMap::new();
+        let mut conns: HashMap<String, Connection> = HashMap::new();
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         info!(interval = ?self.interval, "autoscaler running");
@@ -241,7 +230,7 @@ impl Autoscaler {
     async fn evaluate(
         &self,
         state: &mut HashMap<(String, String), GroupState>,
-        conns: &mut HashMap<String, Conn>,
+        conns: &mut HashMap<String, Connection>,
         epoch: Instant,
     ) {
         let now = epoch.elapsed();
@@ -253,7 +242,18 @@ impl Autoscaler {
         let mut url_errors = HashMap::new();
         for sp in &pipelines {
             let key = key_of(sp);
-            match self.connection(sp, conns.remove(&key)).await {
+            let cached = conns.remove(&key);
+            // Lazy: a Redis that does not answer holds up no evaluation.
+            match Connection::refresh(
+                &self.client,
+                sp,
+                Role::Autoscaler,
+                cached,
+                REDIS_TIMEOUT,
+                false,
+            )
+            .await
+            {
                 Ok(c) => {
                     backends.insert(key.clone(), c.backend.clone());
                     conns.insert(key, c);
@@ -470,32 +470,6 @@ impl Autoscaler {
         if let Err(e) = published {
             warn!(error = %e, reason, "cannot publish event");
         }
-    }
-
-    /// The pipeline's Redis connection: `cached` while its Secrets were read
-    /// recently, else the one its Secrets now describe (the cached one
-    /// again when they did not change).
-    async fn connection(&self, sp: &StreamPipeline, cached: Option<Conn>) -> Result<Conn, String> {
-        let cached = match cached {
-            Some(c) if !c.stale && c.read_at.elapsed() < URL_TTL => return Ok(c),
-            other => other,
-        };
-        let target = Target::read(&self.client, sp, Role::Autoscaler).await?;
-        if let Some(c) = cached.filter(|c| c.target == target) {
-            return Ok(Conn {
-                read_at: Instant::now(),
-                stale: false,
-                ..c
-            });
-        }
-        let backend = RedisBackend::connect_lazy(redis_target::config(&target, REDIS_TIMEOUT)?)
-            .map_err(|e| e.to_string())?;
-        Ok(Conn {
-            target,
-            read_at: Instant::now(),
-            stale: false,
-            backend,
-        })
     }
 }
 

@@ -23,6 +23,8 @@ use sluice_crds::dead_letter_action::{
 };
 use sluice_crds::StreamPipeline;
 
+use sluice_web_ingress::dlq_command::Pick;
+
 use super::{clean, get, parse_name, parse_timeout, FIELD_MANAGER};
 
 /// What to do with the dead letters.
@@ -82,18 +84,6 @@ pub enum DlqCommand {
         #[command(flatten)]
         wait: Wait,
     },
-}
-
-/// Which dead letters.
-#[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
-pub struct Pick {
-    /// This one (its id, as listed); repeatable
-    #[arg(long = "id", value_name = "ID")]
-    ids: Vec<String>,
-    /// Every one there is now
-    #[arg(long)]
-    all: bool,
 }
 
 #[derive(Debug, Args)]

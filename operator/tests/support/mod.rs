@@ -604,3 +604,24 @@ pub async fn kubectl_sluice(kubeconfig: &Path, ns: &str, args: &[&str]) -> (i32,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A user of namespace `ns`: ServiceAccount `sa`, granted exactly `rules`
+/// there by a Role and RoleBinding named `sa`; its kubeconfig.
+pub fn namespace_user(
+    h: &Harness,
+    ns: &str,
+    sa: &str,
+    rules: serde_json::Value,
+) -> anyhow::Result<PathBuf> {
+    for obj in [
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": sa, "namespace": ns}, "rules": rules}),
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": sa, "namespace": ns},
+               "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa}}),
+    ] {
+        h.sim.put_object(obj)?;
+    }
+    Ok(h.sim.service_account_kubeconfig(ns, sa)?)
+}
