@@ -47,22 +47,8 @@ pub enum DlqAction {
         target: Target,
         #[command(flatten)]
         pick: Pick,
-        /// The http interface whose answer store keeps the answers and whose
-        /// asyncTimeout is their deadline [default: the only http interface]
-        #[arg(long, value_name = "NAME")]
-        interface: Option<String>,
-        /// Who may fetch the answers, for an interface that identifies its
-        /// callers [default: the anonymous caller]
-        #[arg(long, value_name = "NAME")]
-        caller: Option<String>,
-        /// Send a letter whose node now runs on another group there (by
-        /// default it is left: whoever could write it may not send to that
-        /// group)
-        #[arg(long)]
-        follow_moved: bool,
-        /// Say what would be sent; send nothing
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        how: RedriveOptions,
     },
     /// Deletes dead letters
     Purge {
@@ -74,6 +60,27 @@ pub enum DlqAction {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// How dead letters are sent again (the flags of every redrive command).
+#[derive(Debug, Clone, Default, Args)]
+pub struct RedriveOptions {
+    /// The http interface whose answer store keeps the answers and whose
+    /// asyncTimeout is their deadline [default: the only http interface]
+    #[arg(long, value_name = "NAME")]
+    pub interface: Option<String>,
+    /// Who may fetch the answers, for an interface that identifies its
+    /// callers [default: the anonymous caller]
+    #[arg(long, value_name = "NAME")]
+    pub caller: Option<String>,
+    /// Send a letter whose node now runs on another group there (by
+    /// default it is left: whoever could write it may not send to that
+    /// group)
+    #[arg(long)]
+    pub follow_moved: bool,
+    /// Say what would be sent; send nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// The pipeline and how to reach it.
@@ -295,21 +302,14 @@ pub async fn run(action: DlqAction) -> anyhow::Result<()> {
             limit,
             payloads,
         } => (target, Act::List { limit, payloads }),
-        DlqAction::Redrive {
-            target,
-            pick,
-            interface,
-            caller,
-            follow_moved,
-            dry_run,
-        } => (
+        DlqAction::Redrive { target, pick, how } => (
             target,
             Act::Redrive {
                 pick,
-                interface,
-                caller,
-                follow_moved,
-                dry_run,
+                interface: how.interface,
+                caller: how.caller,
+                follow_moved: how.follow_moved,
+                dry_run: how.dry_run,
             },
         ),
         DlqAction::Purge {

@@ -23,7 +23,7 @@ use sluice_crds::dead_letter_action::{
 };
 use sluice_crds::StreamPipeline;
 
-use sluice_web_ingress::dlq_command::Pick;
+use sluice_web_ingress::dlq_command::{Pick, RedriveOptions};
 
 use super::{clean, get, parse_name, parse_timeout, FIELD_MANAGER};
 
@@ -54,20 +54,8 @@ pub enum DlqCommand {
         pipeline: String,
         #[command(flatten)]
         pick: Pick,
-        /// The http interface whose answer store keeps the answers
-        /// [default: the only http interface]
-        #[arg(long, value_name = "NAME")]
-        interface: Option<String>,
-        /// Who may fetch the answers, for an interface that identifies its
-        /// callers
-        #[arg(long, value_name = "NAME")]
-        caller: Option<String>,
-        /// Also send a letter whose node now runs on another group
-        #[arg(long)]
-        follow_moved: bool,
-        /// Say what would be sent; send nothing
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        how: RedriveOptions,
         #[command(flatten)]
         wait: Wait,
     },
@@ -113,19 +101,16 @@ impl DlqCommand {
             Self::Redrive {
                 pipeline,
                 pick,
-                interface,
-                caller,
-                follow_moved,
-                dry_run,
+                how,
                 wait,
             } => (
                 DeadLetterActionSpec {
                     ids: pick.ids,
                     all: pick.all,
-                    interface,
-                    caller,
-                    follow_moved,
-                    dry_run,
+                    interface: how.interface,
+                    caller: how.caller,
+                    follow_moved: how.follow_moved,
+                    dry_run: how.dry_run,
                     ..spec(pipeline, DeadLetterVerb::Redrive)
                 },
                 wait.timeout,
