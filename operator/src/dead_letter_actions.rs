@@ -290,14 +290,11 @@ impl DeadLetterActions {
         })?;
         match plan.backend {
             BackendKind::Redis => {}
-            BackendKind::Memory => {
+            kind @ (BackendKind::Memory | BackendKind::Tcp) => {
                 return Err(format!(
-                    "StreamPipeline {name} runs on memory backends: its dead letters live in its ingress process (its admin listener, docs/wire-format.md \"Dead letters\")"
-                ))
-            }
-            BackendKind::Tcp => {
-                return Err(format!(
-                    "StreamPipeline {name} runs on tcp backends: its dead letters are not reachable (docs/wire-format.md \"Dead letters\")"
+                    "StreamPipeline {name} runs on {kind} backends: its dead letters live in each of its ingress pods' process, \
+                     which the operator does not reach; run it on redis backends for dead letters to act on \
+                     (docs/operator.md \"Dead letters\")"
                 ))
             }
         }

@@ -1,6 +1,7 @@
 //! The ingress's admin listener (`--admin ADDR`, loopback only): the dead
-//! letters of a pipeline whose queues live in this process (the memory
-//! profile), the same actions as `sluice-web-ingress dlq` on Redis.
+//! letters of a pipeline whose queues live in this process (memory and tcp
+//! backends), the same actions as `sluice-web-ingress dlq` on Redis
+//! (`sluice-web-ingress dlq … --admin ADDR` asks it: [`crate::admin_client`]).
 //!
 //! ```text
 //! GET  /dlq[?limit=N&payloads=true]                      the listing (text)
@@ -14,9 +15,13 @@
 //! `Authorization: Bearer <token>`, the token the ingress writes at start
 //! into `--admin-token-file` (mode 0600, a fresh one each start): another
 //! local user cannot read it, and a web page cannot send the header to a
-//! loopback address without a preflight the listener never answers. Not in
-//! the tcp profile: its worker processes reach the same loopback, and the
-//! listener would sign for them what their keys cannot. Actions run one at
+//! loopback address without a preflight the listener never answers. With
+//! tcp backends the worker processes reach the same loopback: the listener
+//! is served only with `--keys DIR` — worker containers (`--workers
+//! external`) cannot read this container's token file, and spawned workers,
+//! run as this user, can read the key directory itself, so the token gives
+//! them nothing more; with a ring made for the run (in this process only)
+//! it would sign for them what their keys cannot. Actions run one at
 //! a time (two redrives at once would send each letter twice), and a
 //! redrive is refused once the ingress drains (nobody would run it).
 //! Answers are text, one line per letter, as the command prints them; a

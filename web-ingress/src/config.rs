@@ -216,10 +216,11 @@ pub enum Command {
         /// Directory to create; refused if it already holds a ring
         dir: PathBuf,
     },
-    /// List, send again or delete a Redis pipeline's dead letters, with its
-    /// key ring (see `dlq <action> --help`)
+    /// List, send again or delete a pipeline's dead letters: on its Redis,
+    /// with its key ring, or through a running ingress's --admin listener
+    /// (memory and tcp backends; see `dlq <action> --help`)
     #[command(subcommand)]
-    Dlq(crate::dlq_command::DlqAction),
+    Dlq(Box<crate::dlq_command::DlqAction>),
 }
 
 /// Log output format.

@@ -1,6 +1,7 @@
 //! `sluice-web-ingress dlq list|redrive|purge`: a pipeline's dead letters
 //! on Redis, for whoever runs it by hand and holds its key ring (on a
-//! cluster the key ring stays with the operator). What is done is in
+//! cluster the key ring stays with the operator), or, with `--admin`, those
+//! of a running ingress that holds them itself ([`crate::admin_client`]). What is done is in
 //! [`crate::dead_letters`]; this is the command line: flags, connecting,
 //! printing.
 //!
@@ -23,7 +24,8 @@ use crate::dead_letters::{
     Answering, DeadLetters, Listed, Redriven, LIST_BYTES, MAX_READ, OUT_OF_TIME,
 };
 
-/// A pipeline's dead letters (Redis backends), with its key ring.
+/// A pipeline's dead letters: on its Redis, with its key ring, or in its
+/// ingress (memory and tcp backends), through the ingress's admin listener.
 #[derive(Debug, Subcommand)]
 pub enum DlqAction {
     /// Lists dead letters, oldest first: id, age, group, node, request id,
@@ -83,34 +85,58 @@ pub struct RedriveOptions {
     pub dry_run: bool,
 }
 
-/// The pipeline and how to reach it.
+/// The pipeline and how to reach it: its Redis, with its manifest and key
+/// ring, or the admin listener of the ingress holding its dead letters.
 #[derive(Debug, Args)]
 pub struct Target {
-    /// StreamPipeline manifest of the pipeline
+    /// The admin listener of a running ingress whose dead letters live in
+    /// its process (memory and tcp backends), e.g. 127.0.0.1:9190; the
+    /// Redis flags are then not used
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "SLUICE_ADMIN",
+        hide_env_values = true,
+        requires = "admin_token_file"
+    )]
+    pub admin: Option<std::net::SocketAddr>,
+    /// With --admin: the file the ingress wrote its admin token to
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SLUICE_ADMIN_TOKEN_FILE",
+        hide_env_values = true,
+        requires = "admin"
+    )]
+    pub admin_token_file: Option<PathBuf>,
+    /// StreamPipeline manifest of the pipeline (Redis backends)
     #[arg(
         long,
         value_name = "FILE",
         env = "SLUICE_PIPELINE",
-        hide_env_values = true
+        hide_env_values = true,
+        required_unless_present = "admin"
     )]
-    pub pipeline: PathBuf,
+    pub pipeline: Option<PathBuf>,
     /// Its Redis URL
     #[arg(
         long,
         value_name = "URL",
         env = "SLUICE_REDIS_URL",
-        hide_env_values = true
+        hide_env_values = true,
+        required_unless_present = "admin"
     )]
-    pub redis: String,
+    pub redis: Option<String>,
     /// Its key ring (as written by `keygen`): redrive signs with the
     /// request key of each dead letter's group
     #[arg(
         long,
         value_name = "DIR",
         env = "SLUICE_KEYS_DIR",
-        hide_env_values = true
+        hide_env_values = true,
+        required_unless_present = "admin"
     )]
-    pub keys: PathBuf,
+    pub keys: Option<PathBuf>,
     /// CA certificate for a rediss:// URL
     #[arg(
         long,
@@ -318,8 +344,11 @@ pub async fn run(action: DlqAction) -> anyhow::Result<()> {
             dry_run,
         } => (target, Act::Purge { pick, dry_run }),
     };
-    let d = open(&target).await?;
-    match act(&d, act_on, None).await {
+    let done = match (target.admin, &target.admin_token_file) {
+        (Some(at), Some(token_file)) => crate::admin_client::ask(at, token_file, &act_on).await?,
+        _ => act(&open(&target).await?, act_on, None).await,
+    };
+    match done {
         Ok(out) => {
             print!("{out}");
             Ok(())
@@ -518,17 +547,21 @@ fn interface_of<'p>(
 
 /// Connects to the pipeline's Redis with its key ring.
 async fn open(t: &Target) -> anyhow::Result<DeadLetters> {
-    let (_, plan) = sluice_crds::load_manifest(&t.pipeline)
-        .with_context(|| format!("reading {}", t.pipeline.display()))?;
+    let (Some(pipeline), Some(redis), Some(keys)) = (&t.pipeline, &t.redis, &t.keys) else {
+        bail!("name the pipeline's Redis (--pipeline, --redis, --keys) or its ingress's --admin listener");
+    };
+    let (_, plan) = sluice_crds::load_manifest(pipeline)
+        .with_context(|| format!("reading {}", pipeline.display()))?;
     if plan.backend != BackendKind::Redis {
         bail!(
-            "pipeline {} does not run on redis backends: its dead letters live in its ingress process",
+            "pipeline {} does not run on redis backends: its dead letters live in its ingress process \
+             (ask its admin listener: --admin ADDR --admin-token-file FILE)",
             plan.id
         );
     }
-    let ring = SharedKeyRing::from_dir(&t.keys)
-        .with_context(|| format!("loading the key ring in {}", t.keys.display()))?;
-    let cfg = RedisConfig::from_url(&t.redis)?
+    let ring = SharedKeyRing::from_dir(keys)
+        .with_context(|| format!("loading the key ring in {}", keys.display()))?;
+    let cfg = RedisConfig::from_url(redis)?
         .with_ca_file(t.redis_ca_file.as_deref())?
         .with_password_file(t.redis_password_file.as_deref())?;
     let redis = RedisBackend::connect(cfg)

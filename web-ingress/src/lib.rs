@@ -27,8 +27,12 @@
 //! - [`error`]: errors as HTTP responses.
 //! - [`metrics`]: the ingress's metric families.
 //! - [`runtime`]: start-up, reply listener, backlog sampler, inline workers, drain.
+//! - [`dead_letters`], [`dlq_command`]: listing, redriving and purging dead
+//!   letters; [`admin`] serves them from this process (memory and tcp
+//!   backends), [`admin_client`] asks it (`dlq --admin`).
 
 pub mod admin;
+pub mod admin_client;
 pub mod admission;
 pub mod async_answers;
 pub mod auth;

@@ -30,7 +30,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             println!("wrote a key ring to {} (current kid: {kid})", dir.display());
             return Ok(());
         }
-        Some(Command::Dlq(action)) => return sluice_web_ingress::dlq_command::run(action).await,
+        Some(Command::Dlq(action)) => return sluice_web_ingress::dlq_command::run(*action).await,
         None => {}
     }
     let env: HashMap<String, String> = std::env::vars().collect();

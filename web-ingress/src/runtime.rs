@@ -161,12 +161,20 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     }
     let admin_listener = match &config.admin {
         None => None,
-        Some(_) if backend != BackendKind::Memory => return Err(StartError::Unsupported(
-            "--admin serves the dead letters of the memory profile, which live in this process; \
-                 a Redis pipeline's are listed, redriven and purged with `sluice-web-ingress dlq` \
-                 (not the tcp profile's: its worker processes reach the same loopback)"
+        Some(_) if backend == BackendKind::Redis => return Err(StartError::Unsupported(
+            "--admin serves dead letters that live in this process (memory and tcp backends); \
+                 a Redis pipeline's are listed, redriven and purged with `sluice-web-ingress dlq --redis`"
                 .into(),
         )),
+        Some(_) if backend == BackendKind::Tcp && config.keys.is_none() => {
+            return Err(StartError::Unsupported(
+                "--admin with tcp backends needs --keys DIR: the worker processes reach the same \
+                 loopback and, run as this user, could read the token file; with a ring made for \
+                 the run the listener would sign for them what their keys cannot (with --keys they \
+                 can read the ring itself, so it gives them nothing more)"
+                    .into(),
+            ))
+        }
         Some((at, _)) => Some(
             crate::admin::bind(*at)
                 .await

@@ -1,0 +1,204 @@
+//! `sluice-web-ingress dlq … --admin ADDR`: the dead-letter commands sent to
+//! the admin listener of a running ingress ([`crate::admin`]) whose dead
+//! letters live in its process (memory and tcp backends). It reads the
+//! token the ingress wrote, sends one request and prints the answer as the
+//! Redis form of the command prints it; it signs nothing and holds no key.
+//!
+//! Only loopback addresses are accepted (the listener binds nothing else),
+//! and the answer is read up to [`MAX_ANSWER`]: the listener bounds what it
+//! says, but the process answering on that port may not be the ingress.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::StatusCode;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+
+use crate::dlq_command::{Act, ActError};
+
+/// Largest answer read: a listing with payloads stops at 4 MiB, a redrive
+/// of 20,000 letters says a line of each.
+pub const MAX_ANSWER: usize = 16 << 20;
+
+/// How long connecting may take.
+const CONNECT: Duration = Duration::from_secs(5);
+
+/// The request that asks the listener for `act`: method, path and query,
+/// and a JSON body for the actions that change something.
+fn request(act: &Act) -> (hyper::Method, String, Option<serde_json::Value>) {
+    match act {
+        Act::List { limit, payloads } => (
+            hyper::Method::GET,
+            format!("/dlq?limit={limit}&payloads={payloads}"),
+            None,
+        ),
+        Act::Redrive {
+            pick,
+            interface,
+            caller,
+            follow_moved,
+            dry_run,
+        } => (
+            hyper::Method::POST,
+            "/dlq/redrive".into(),
+            Some(json!({
+                "ids": pick.ids,
+                "all": pick.all,
+                "interface": interface,
+                "caller": caller,
+                "followMoved": follow_moved,
+                "dryRun": dry_run,
+            })),
+        ),
+        Act::Purge { pick, dry_run } => (
+            hyper::Method::POST,
+            "/dlq/purge".into(),
+            Some(json!({ "ids": pick.ids, "all": pick.all, "dryRun": dry_run })),
+        ),
+    }
+}
+
+/// Asks the admin listener at `at` to do `act`, with the token in
+/// `token_file`: what it did, as text, or why not ([`ActError`], as
+/// [`crate::dlq_command::act`] would have answered).
+///
+/// # Errors
+/// Not a loopback address, the token unreadable, the listener unreachable
+/// or answering what no ingress would.
+pub async fn ask(
+    at: SocketAddr,
+    token_file: &Path,
+    act: &Act,
+) -> anyhow::Result<Result<String, ActError>> {
+    if !at.ip().is_loopback() {
+        bail!("--admin {at}: the admin listener is on a loopback address");
+    }
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("reading the admin token in {}", token_file.display()))?;
+    let token = token.trim();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!(
+            "{}: not an admin token (the ingress writes one at each start)",
+            token_file.display()
+        );
+    }
+    let stream = tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect(at))
+        .await
+        .map_err(|_| anyhow::anyhow!("--admin {at}: no answer within {CONNECT:?}"))?
+        .with_context(|| format!("--admin {at}: is an ingress with --admin running there?"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .with_context(|| format!("--admin {at}"))?;
+    let connection = tokio::spawn(connection);
+    let (method, path, body) = request(act);
+    let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, at.to_string())
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .context("building the request")?;
+    let answer = sender
+        .send_request(req)
+        .await
+        .with_context(|| format!("--admin {at}: the request failed"))?;
+    let status = answer.status();
+    let text = Limited::new(answer.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("--admin {at}: reading the answer: {e}"))?
+        .to_bytes();
+    connection.abort();
+    let text = String::from_utf8_lossy(&text).into_owned();
+    Ok(match status {
+        StatusCode::OK => Ok(text),
+        StatusCode::BAD_REQUEST => Err(ActError::Refused(text.trim_end().to_string())),
+        StatusCode::SERVICE_UNAVAILABLE => {
+            // What was done, then the error on the last line.
+            let body = text.trim_end_matches('\n');
+            let (done, error) = body.rsplit_once('\n').map_or(("", body), |(d, e)| (d, e));
+            Err(ActError::Stopped {
+                done: if done.is_empty() {
+                    String::new()
+                } else {
+                    format!("{done}\n")
+                },
+                error: error.to_string(),
+            })
+        }
+        StatusCode::UNAUTHORIZED => bail!(
+            "--admin {at}: the listener refused the token in {} (the ingress writes a new one at each start)",
+            token_file.display()
+        ),
+        other => bail!("--admin {at}: answered {other}, which an ingress's admin listener does not"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dlq_command::Pick;
+
+    #[test]
+    fn each_action_is_the_request_the_listener_takes() {
+        let (m, p, b) = request(&Act::List {
+            limit: 7,
+            payloads: true,
+        });
+        assert_eq!(
+            (m, p.as_str(), b),
+            (hyper::Method::GET, "/dlq?limit=7&payloads=true", None)
+        );
+        let (m, p, b) = request(&Act::Redrive {
+            pick: Pick {
+                ids: vec!["1-0".into()],
+                all: false,
+            },
+            interface: Some("fetch".into()),
+            caller: None,
+            follow_moved: true,
+            dry_run: false,
+        });
+        assert_eq!((m, p.as_str()), (hyper::Method::POST, "/dlq/redrive"));
+        assert_eq!(
+            b.unwrap(),
+            json!({"ids": ["1-0"], "all": false, "interface": "fetch", "caller": null,
+                   "followMoved": true, "dryRun": false})
+        );
+        let (_, p, b) = request(&Act::Purge {
+            pick: Pick {
+                ids: vec![],
+                all: true,
+            },
+            dry_run: true,
+        });
+        assert_eq!(p, "/dlq/purge");
+        assert_eq!(b.unwrap(), json!({"ids": [], "all": true, "dryRun": true}));
+    }
+
+    #[tokio::test]
+    async fn only_loopback_and_a_token_are_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = Act::List {
+            limit: 1,
+            payloads: false,
+        };
+        let e = ask("10.0.0.1:9190".parse().unwrap(), dir.path(), &list)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "not\x1b[2J hex").unwrap();
+        let e = ask("127.0.0.1:1".parse().unwrap(), &file, &list)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not an admin token"), "{e}");
+    }
+}
