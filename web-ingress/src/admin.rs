@@ -17,13 +17,16 @@
 //! local user cannot read it, and a web page cannot send the header to a
 //! loopback address without a preflight the listener never answers. With
 //! tcp backends the worker processes reach the same loopback: the listener
-//! is served only with `--keys DIR` — worker containers (`--workers
-//! external`) cannot read this container's token file, and spawned workers,
-//! run as this user, can read the key directory itself, so the token gives
-//! them nothing more; with a ring made for the run (in this process only)
-//! it would sign for them what their keys cannot. Actions run one at
-//! a time (two redrives at once would send each letter twice), and a
-//! redrive is refused once the ingress drains (nobody would run it).
+//! is served only with `--workers spawn` and `--keys DIR`, where the
+//! workers, run as this user, can read the key directory itself, so the
+//! token gives them nothing more. With a ring made for the run (in this
+//! process only), or worker containers of one pod (they share its `/tmp`
+//! and user, and each holds its own group's keys only), it would sign for
+//! them what their keys cannot: refused at start. Actions run one at a time
+//! (two redrives at once would send each letter twice), each on a task of
+//! its own that a caller going away does not stop, for at most
+//! [`DEADLINE`]; a redrive is refused once the ingress drains (nobody would
+//! run it). At most [`MAX_CONNECTIONS`] connections, 10 s for a head.
 //! Answers are text, one line per letter, as the command prints them; a
 //! refusal is `400` with the reason, a backend failure `503` with what was
 //! done before it; a missing or wrong token `401`.
@@ -32,6 +35,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -117,7 +121,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 /// Largest request body the admin endpoints read.
-const MAX_BODY: usize = 64 << 10;
+pub const MAX_BODY: usize = 64 << 10;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,15 +172,29 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .with_state(admin)
 }
 
-/// Serves [`router`] on `listener` until `stop`.
+/// Open connections the admin listener serves at most: a local process
+/// that opens many without the token holds no more of the ingress.
+pub const MAX_CONNECTIONS: usize = 8;
+
+/// How long one action may run: it stops before its next letter after
+/// that, and says how far it got (as the operator's actions do).
+pub const DEADLINE: Duration = Duration::from_secs(300);
+
+/// Serves [`router`] on `listener` until `stop`, with the public
+/// listener's protections at the admin listener's own sizes: at most
+/// [`MAX_CONNECTIONS`] connections, 10 s for a request head.
 pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
-    let addr = listener.local_addr().ok();
-    let served = axum::serve(listener, router(admin))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    if let Err(e) = served {
-        tracing::warn!(error = %e, admin = ?addr, "admin listener ended");
-    }
+    let limits = crate::config::HttpLimits {
+        header_timeout: Duration::from_secs(10),
+        max_connections: MAX_CONNECTIONS,
+        ..crate::config::HttpLimits::default()
+    };
+    // Counted apart from the public listener's connections.
+    let metrics = crate::listener::ConnectionMetrics {
+        open: prometheus_client::metrics::gauge::Gauge::default(),
+        refused: prometheus_client::metrics::counter::Counter::default(),
+    };
+    crate::listener::serve(listener, router(admin), limits, metrics, stop, None).await;
 }
 
 /// Binds `addr` for the admin listener: loopback only.
@@ -261,10 +279,29 @@ async fn purge(State(a): State<Arc<Admin>>, headers: HeaderMap, body: Bytes) -> 
     .await
 }
 
-/// Runs `what`, one action at a time.
-async fn run(a: &Admin, what: Act) -> Response {
-    let _one = a.one.lock().await;
-    answer(act(&a.letters, what, None).await)
+/// Runs `what`, one action at a time, within [`DEADLINE`] of its start. It
+/// runs on a task of its own: a caller that goes away midway does not stop
+/// a redrive between sending a letter and deleting it.
+async fn run(a: &Arc<Admin>, what: Act) -> Response {
+    let a = a.clone();
+    let done = tokio::spawn(async move {
+        let _one = a.one.lock().await;
+        act(
+            &a.letters,
+            what,
+            Some(tokio::time::Instant::now() + DEADLINE),
+        )
+        .await
+    })
+    .await;
+    match done {
+        Ok(r) => answer(r),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the action failed: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// The body as JSON (its size is bounded by the router).

@@ -28,6 +28,59 @@ pub const MAX_ANSWER: usize = 16 << 20;
 /// How long connecting may take.
 const CONNECT: Duration = Duration::from_secs(5);
 
+/// How long the answer may take: an action runs for at most
+/// [`crate::admin::DEADLINE`], and may wait for one before it.
+const ANSWER: Duration = Duration::from_secs(2 * crate::admin::DEADLINE.as_secs() + 60);
+
+/// Largest token file read (a token is 64 hex digits).
+const MAX_TOKEN_FILE: u64 = 1024;
+
+/// The token in `file`, read up to [`MAX_TOKEN_FILE`] bytes (a FIFO or a
+/// device named by mistake is refused, not read forever).
+fn read_token(file: &Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(file)
+        .with_context(|| format!("reading the admin token in {}", file.display()))?;
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        bail!(
+            "{}: not a file (the ingress writes its admin token to one)",
+            file.display()
+        );
+    }
+    let mut text = String::new();
+    f.take(MAX_TOKEN_FILE + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading the admin token in {}", file.display()))?;
+    if text.len() as u64 > MAX_TOKEN_FILE {
+        bail!(
+            "{}: not an admin token (over {MAX_TOKEN_FILE} bytes)",
+            file.display()
+        );
+    }
+    let token = text.trim();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!(
+            "{}: not an admin token (the ingress writes one at each start)",
+            file.display()
+        );
+    }
+    Ok(token.to_string())
+}
+
+/// `text` with control characters escaped line by line, tabs kept: the
+/// process answering on the port may not be the ingress.
+fn shown(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            l.split('\t')
+                .map(crate::dlq_command::printable)
+                .collect::<Vec<_>>()
+                .join("\t")
+                + "\n"
+        })
+        .collect()
+}
+
 /// The request that asks the listener for `act`: method, path and query,
 /// and a JSON body for the actions that change something.
 fn request(act: &Act) -> (hyper::Method, String, Option<serde_json::Value>) {
@@ -78,15 +131,7 @@ pub async fn ask(
     if !at.ip().is_loopback() {
         bail!("--admin {at}: the admin listener is on a loopback address");
     }
-    let token = std::fs::read_to_string(token_file)
-        .with_context(|| format!("reading the admin token in {}", token_file.display()))?;
-    let token = token.trim();
-    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!(
-            "{}: not an admin token (the ingress writes one at each start)",
-            token_file.display()
-        );
-    }
+    let token = read_token(token_file)?;
     let stream = tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect(at))
         .await
         .map_err(|_| anyhow::anyhow!("--admin {at}: no answer within {CONNECT:?}"))?
@@ -105,18 +150,29 @@ pub async fn ask(
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(body))
         .context("building the request")?;
-    let answer = sender
-        .send_request(req)
-        .await
-        .with_context(|| format!("--admin {at}: the request failed"))?;
-    let status = answer.status();
-    let text = Limited::new(answer.into_body(), MAX_ANSWER)
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("--admin {at}: reading the answer: {e}"))?
-        .to_bytes();
+    let exchange = async {
+        let answer = sender
+            .send_request(req)
+            .await
+            .with_context(|| format!("--admin {at}: the request failed"))?;
+        let status = answer.status();
+        let text = Limited::new(answer.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("--admin {at}: reading the answer: {e}"))?
+            .to_bytes();
+        anyhow::Ok((status, text))
+    };
+    let answered = tokio::time::timeout(ANSWER, exchange).await;
     connection.abort();
-    let text = String::from_utf8_lossy(&text).into_owned();
+    let (status, text) = answered.map_err(|_| {
+        anyhow::anyhow!(
+            "--admin {at}: no answer within {}s (an action stops after {}s; list to see where it stands)",
+            ANSWER.as_secs(),
+            crate::admin::DEADLINE.as_secs()
+        )
+    })??;
+    let text = shown(&String::from_utf8_lossy(&text));
     Ok(match status {
         StatusCode::OK => Ok(text),
         StatusCode::BAD_REQUEST => Err(ActError::Refused(text.trim_end().to_string())),
@@ -133,6 +189,10 @@ pub async fn ask(
                 error: error.to_string(),
             })
         }
+        StatusCode::PAYLOAD_TOO_LARGE => Err(ActError::Refused(format!(
+            "too many ids for one request to the admin listener (its body is at most {} KiB): name fewer",
+            crate::admin::MAX_BODY >> 10
+        ))),
         StatusCode::UNAUTHORIZED => bail!(
             "--admin {at}: the listener refused the token in {} (the ingress writes a new one at each start)",
             token_file.display()
@@ -181,6 +241,28 @@ mod tests {
         });
         assert_eq!(p, "/dlq/purge");
         assert_eq!(b.unwrap(), json!({"ids": [], "all": true, "dryRun": true}));
+    }
+
+    #[test]
+    fn answers_are_shown_with_control_characters_escaped_and_tabs_kept() {
+        assert_eq!(
+            shown("1-0\tsent\t/v1/x\u{1b}[2J\n  {\"a\": 1}\n"),
+            "1-0\tsent\t/v1/x\\u{1b}[2J\n  {\"a\": 1}\n"
+        );
+    }
+
+    #[test]
+    fn a_token_is_read_from_a_small_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = read_token(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("not a file"), "{e}");
+        let big = dir.path().join("big");
+        std::fs::write(&big, "a".repeat(4096)).unwrap();
+        let e = read_token(&big).unwrap_err();
+        assert!(e.to_string().contains("over 1024 bytes"), "{e}");
+        let ok = dir.path().join("token");
+        std::fs::write(&ok, format!("{}\n", "ab".repeat(32))).unwrap();
+        assert_eq!(read_token(&ok).unwrap(), "ab".repeat(32));
     }
 
     #[tokio::test]

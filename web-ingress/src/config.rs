@@ -126,8 +126,9 @@ pub struct Cli {
 
     /// Key directory: a ring (one base64 key file per kid) or this ingress's
     /// derived keys (`<kid>.<request|reply>.<group>`), plus a `current` file;
-    /// required with redis backends, optional in the memory profile where a
-    /// fresh in-memory key is used otherwise [env: SLUICE_KEYS_DIR]
+    /// required with redis backends and with tcp backends' --workers
+    /// external or --admin, optional otherwise, where a fresh in-memory ring
+    /// is used [env: SLUICE_KEYS_DIR]
     #[arg(long, value_name = "DIR")]
     pub keys: Option<PathBuf>,
 
@@ -196,9 +197,10 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
 
-    /// Memory backends: serve the dead letters (list, redrive, purge) on
-    /// this loopback address, to holders of the token in
-    /// --admin-token-file; off by default [env: SLUICE_ADMIN]
+    /// Memory backends, or tcp with --workers spawn and --keys: serve the
+    /// dead letters (list, redrive, purge) on this loopback address, to
+    /// holders of the token in --admin-token-file; off by default
+    /// [env: SLUICE_ADMIN]
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
 

@@ -90,24 +90,13 @@ pub struct RedriveOptions {
 #[derive(Debug, Args)]
 pub struct Target {
     /// The admin listener of a running ingress whose dead letters live in
-    /// its process (memory and tcp backends), e.g. 127.0.0.1:9190; the
-    /// Redis flags are then not used
-    #[arg(
-        long,
-        value_name = "ADDR",
-        env = "SLUICE_ADMIN",
-        hide_env_values = true,
-        requires = "admin_token_file"
-    )]
+    /// its process (memory and tcp backends), e.g. 127.0.0.1:9090; the
+    /// Redis flags are then not used (only the command line sets this: an
+    /// ingress's own SLUICE_ADMIN in the environment does not)
+    #[arg(long, value_name = "ADDR", requires = "admin_token_file")]
     pub admin: Option<std::net::SocketAddr>,
     /// With --admin: the file the ingress wrote its admin token to
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "SLUICE_ADMIN_TOKEN_FILE",
-        hide_env_values = true,
-        requires = "admin"
-    )]
+    #[arg(long, value_name = "FILE", requires = "admin")]
     pub admin_token_file: Option<PathBuf>,
     /// StreamPipeline manifest of the pipeline (Redis backends)
     #[arg(

@@ -166,12 +166,17 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
                  a Redis pipeline's are listed, redriven and purged with `sluice-web-ingress dlq --redis`"
                 .into(),
         )),
-        Some(_) if backend == BackendKind::Tcp && config.keys.is_none() => {
+        Some(_) if backend == BackendKind::Tcp
+            && (config.tcp.workers == crate::config::WorkerMode::External
+                || config.keys.is_none()) =>
+        {
             return Err(StartError::Unsupported(
-                "--admin with tcp backends needs --keys DIR: the worker processes reach the same \
-                 loopback and, run as this user, could read the token file; with a ring made for \
-                 the run the listener would sign for them what their keys cannot (with --keys they \
-                 can read the ring itself, so it gives them nothing more)"
+                "--admin with tcp backends needs --workers spawn and --keys DIR: the worker \
+                 processes reach the same loopback and, run as this user, could read the token \
+                 file; spawned workers can read the key directory itself, so the token gives them \
+                 nothing more, but with a ring made for the run, or worker containers of one pod \
+                 (which share its /tmp and user and hold their own group's keys only), the \
+                 listener would sign for them what their keys cannot"
                     .into(),
             ))
         }

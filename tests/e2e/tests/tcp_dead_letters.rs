@@ -11,8 +11,8 @@
 //! ```
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sluice_e2e::process::free_port;
@@ -38,20 +38,43 @@ spec:
     )
 }
 
+/// Runs `cmd` to its end, killed (and the test failed) if that takes longer
+/// than `patience`: a command that should fail at once must not hang the suite
+/// when it starts instead.
+fn output_within(mut cmd: Command, patience: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the command");
+    let until = Instant::now() + patience;
+    while child.try_wait().expect("wait for the command").is_none() {
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("its output");
+            panic!(
+                "{cmd:?} still running after {patience:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("its output")
+}
+
 /// `sluice-web-ingress dlq <args> --admin … --admin-token-file …`: its
 /// stdout, or its stderr when it fails.
 fn dlq(args: &[&str], admin: u16, token_file: &Path) -> Result<String, String> {
-    let out = Command::new(binary(INGRESS_BIN))
-        .arg("dlq")
+    let mut cmd = Command::new(binary(INGRESS_BIN));
+    cmd.arg("dlq")
         .args(args)
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .arg("--admin-token-file")
         .arg(token_file)
         .env_remove("SLUICE_PIPELINE")
         .env_remove("SLUICE_REDIS_URL")
-        .env_remove("SLUICE_KEYS_DIR")
-        .output()
-        .expect("run sluice-web-ingress dlq");
+        .env_remove("SLUICE_KEYS_DIR");
+    let out = output_within(cmd, Duration::from_secs(30));
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     if out.status.success() {
         Ok(text(&out.stdout))
@@ -122,7 +145,7 @@ async fn a_dead_letter_of_a_worker_process_is_listed_redriven_and_answered_throu
     assert_eq!(a.status, 502, "{}", a.text());
     assert!(a.text().contains("retries_exhausted"), "{}", a.text());
 
-    // A token from elsewhere is refused, and nothing is listed with it.
+    // A token from elsewhere is refused.
     let wrong = sb.write("wrong-token", &"ab".repeat(32));
     let err = dlq(&["list"], admin, &wrong).unwrap_err();
     assert!(err.contains("refused the token"), "{err}");
@@ -192,27 +215,43 @@ async fn a_dead_letter_of_a_worker_process_is_listed_redriven_and_answered_throu
 }
 
 #[test]
-fn without_a_key_directory_the_tcp_profile_refuses_the_admin_listener() {
+fn the_tcp_profile_refuses_the_admin_listener_without_a_key_directory_or_with_worker_containers() {
     let sb = Sandbox::new("tcp-admin-refused");
     let pipeline = sb.write("letters.yaml", &manifest(free_port()));
-    let out = Command::new(binary(INGRESS_BIN))
-        .arg("--pipeline")
-        .arg(&pipeline)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--admin", &format!("127.0.0.1:{}", free_port())])
-        .arg("--admin-token-file")
-        .arg(sb.path().join("admin-token"))
-        .env_remove("SLUICE_KEYS_DIR")
-        .output()
-        .expect("run sluice-web-ingress");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("--admin with tcp backends needs --keys DIR"),
-        "{err}"
-    );
-    assert!(
-        !sb.path().join("admin-token").exists(),
-        "no token written for a listener that is refused"
-    );
+    let keys = sb.keygen();
+    let token = sb.path().join("admin-token");
+    let hub = format!("127.0.0.1:{}", free_port());
+    for extra in [
+        vec![],
+        vec![
+            "--workers".into(),
+            "external".into(),
+            "--hub".into(),
+            hub,
+            "--keys".into(),
+            keys.display().to_string(),
+        ],
+    ] {
+        let mut cmd = Command::new(binary(INGRESS_BIN));
+        cmd.arg("--pipeline")
+            .arg(&pipeline)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+            .arg("--admin-token-file")
+            .arg(&token)
+            .args(&extra)
+            .env_remove("SLUICE_KEYS_DIR")
+            .env_remove("SLUICE_WORKERS");
+        let out = output_within(cmd, Duration::from_secs(20));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(
+            err.contains("--admin with tcp backends needs --workers spawn and --keys DIR"),
+            "{extra:?}: {err}"
+        );
+        assert!(
+            !token.exists(),
+            "no token written for a listener that is refused"
+        );
+    }
 }
