@@ -408,6 +408,119 @@ async fn a_batch_of_hand_offs_is_one_transaction_with_one_xack_and_one_xdel() {
     assert_eq!(b.depth(&next).await.unwrap().entries, 8);
 }
 
+/// Hand-offs of `n` entries read from `q`, each forwarded to `next`.
+fn forwards(ds: &[sluice_platform::Delivery], next: &str) -> Vec<Completion> {
+    ds.iter()
+        .map(|d| Completion {
+            id: d.id.clone(),
+            forward: Some(sluice_platform::Forward {
+                stream: next.to_string(),
+                entry: d.entry.clone(),
+                must_exist: false,
+                copy_to: None,
+            }),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_offs_stay_whole_among_other_commands_on_the_same_connections() {
+    let server = RedisServer::start(false);
+    // One pooled connection: every transaction shares it with the pushes.
+    let cfg = RedisConfig::from_url(&server.url())
+        .unwrap()
+        .with_pool_size(1);
+    let b = RedisBackend::connect(cfg).await.unwrap();
+    let p = prefix();
+    let q = format!("{p}:q:w");
+    let next = format!("{p}:q:next");
+    let other = format!("{p}:q:other");
+    b.ensure_group(&q).await.unwrap();
+    for i in 0..200 {
+        b.push(&q, entry(i)).await.unwrap();
+    }
+    let ds = b.read(&q, "w", 200, Duration::ZERO).await.unwrap();
+    assert_eq!(ds.len(), 200);
+    cli(&server, &["CONFIG", "RESETSTAT"]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in ds.chunks(4) {
+        let (hb, hq, done) = (b.clone(), q.clone(), forwards(chunk, &next));
+        tasks.spawn(async move { hb.complete_all(&hq, &done).await.map(|r| r.len()) });
+        for _ in 0..3 {
+            let (pb, other) = (b.clone(), other.clone());
+            tasks.spawn(async move {
+                // An entry id, not `QUEUED`: the push was not caught
+                // inside another caller's MULTI.
+                let id = pb.push(&other, entry(0)).await?;
+                assert!(
+                    id.split_once('-')
+                        .is_some_and(|(ms, _)| ms.parse::<u64>().is_ok()),
+                    "{id}"
+                );
+                Ok(0)
+            });
+        }
+    }
+    let mut handed = 0;
+    while let Some(r) = tasks.join_next().await {
+        handed += r.unwrap().unwrap();
+    }
+    assert_eq!(handed, 200);
+    assert_eq!(
+        b.depth(&q).await.unwrap().entries,
+        0,
+        "every entry acked and deleted"
+    );
+    assert_eq!(b.depth(&next).await.unwrap().entries, 200);
+    assert_eq!(b.depth(&other).await.unwrap().entries, 150);
+    let stats = cli(&server, &["INFO", "commandstats"]);
+    let errors = cli(&server, &["INFO", "errorstats"]);
+    assert!(
+        stats.contains("cmdstat_exec:calls=50,") && stats.contains("cmdstat_multi:calls=50,"),
+        "{stats}"
+    );
+    assert!(
+        !errors.contains("errorstat_"),
+        "no command failed: {errors}"
+    );
+}
+
+#[tokio::test]
+async fn a_hand_off_refused_while_queued_applies_nothing() {
+    let server = RedisServer::start(false);
+    let p = prefix();
+    let q = format!("{p}:q:w");
+    let next = format!("{p}:q:next");
+    // A worker whose user may not write `next`.
+    cli(
+        &server,
+        &[
+            "ACL",
+            "SETUSER",
+            "w",
+            "on",
+            ">w-password-0123",
+            &format!("~{q}"),
+            "+@all",
+        ],
+    );
+    let url = format!("redis://w:w-password-0123@127.0.0.1:{}", server.port());
+    let b = RedisBackend::connect(RedisConfig::from_url(&url).unwrap())
+        .await
+        .unwrap();
+    b.ensure_group(&q).await.unwrap();
+    b.push(&q, entry(1)).await.unwrap();
+    let ds = b.read(&q, "w", 1, Duration::ZERO).await.unwrap();
+    let err = b.complete_all(&q, &forwards(&ds, &next)).await.unwrap_err();
+    assert!(matches!(err, BackendError::NotApplied(_)), "{err:?}");
+    // Not acknowledged, not deleted: it waits for a reclaim.
+    assert_eq!(b.depth(&q).await.unwrap().entries, 1);
+    assert_eq!(b.pending(&q).await.unwrap(), 1);
+    // The connection is usable, not left inside MULTI.
+    b.push(&q, entry(2)).await.unwrap();
+    assert_eq!(b.depth(&q).await.unwrap().entries, 2);
+}
+
 #[tokio::test]
 async fn read_replies_are_trimmed_in_bulk_and_returned_once() {
     let server = RedisServer::start(false);

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use fred::clients::{Client, Pool};
 use fred::error::{Error as FredError, ErrorKind};
-use fred::interfaces::{ClientLike, EventInterface, TransactionInterface};
+use fred::interfaces::{ClientLike, EventInterface};
 use fred::types::config::{
     ConnectionConfig, Options, PerformanceConfig, ReconnectPolicy, UnresponsiveConfig,
 };
@@ -504,20 +504,47 @@ impl RedisBackend {
 
     /// Commands in one `MULTI`/`EXEC` on one pooled connection; the `EXEC`
     /// results, one per command.
+    ///
+    /// Sent as one pipeline (`MULTI`, the commands, `EXEC`), written
+    /// back to back: other commands on the connection neither wait for it
+    /// nor come between its parts (the client writes a pipeline whole
+    /// before the next request). A transaction of the client library would
+    /// first wait for every answer outstanding on the connection and hold
+    /// it until `EXEC` answered: under load every hand-off stalled a pooled
+    /// connection for two round trips. A command refused while queueing
+    /// (ACL, out of memory) is answered as the error, as Redis then
+    /// discards the whole transaction (`EXECABORT`); one attempt only, so a
+    /// connection lost midway never sends the rest outside `MULTI`.
     pub(super) async fn transaction(
         &self,
         cmds: Vec<(&'static str, &str, Vec<Value>)>,
     ) -> std::result::Result<Vec<Value>, FredError> {
         let limit = self.cfg.command_timeout;
-        let trx = self.pooled()?.multi();
-        // The first queued command's options (timeout, fail-fast, one
-        // attempt) become the transaction's.
-        let queued = trx.with_options(&Self::options(limit));
+        let Some(&(_, first, _)) = cmds.first() else {
+            return Ok(vec![]);
+        };
+        let pipe = self.pooled()?.pipeline();
+        let queued = pipe.with_options(&Self::options(limit));
+        let _: Value = queued
+            .custom(command("MULTI", first, false), Vec::<Value>::new())
+            .await?;
         for (name, key, args) in cmds {
             let _: Value = queued.custom(command(name, key, false), args).await?;
         }
-        let results: Value = bounded(limit, trx.exec(true)).await?;
-        Ok(results.into_array())
+        let _: Value = queued
+            .custom(command("EXEC", first, false), Vec::<Value>::new())
+            .await?;
+        let mut answers = tokio::time::timeout(limit + TIMEOUT_MARGIN, pipe.try_all::<Value>())
+            .await
+            .map_err(|_| timed_out())?;
+        let exec = answers
+            .pop()
+            .ok_or_else(|| FredError::new(ErrorKind::Protocol, "no answer to EXEC"))?;
+        // MULTI's OK and each command's QUEUED, or why it was refused.
+        for queued in answers {
+            queued?;
+        }
+        Ok(exec?.into_array())
     }
 
     /// One read that may block up to `block`, on a dedicated connection.
