@@ -1,7 +1,7 @@
 //! The ingress's admin listener (`--admin ADDR`, loopback only): the dead
 //! letters of a pipeline whose queues live in this process (memory and tcp
 //! backends), the same actions as `sluice-web-ingress dlq` on Redis
-//! (`sluice-web-ingress dlq … --admin ADDR` asks it: [`crate::admin_client`]).
+//! (`sluice-web-ingress dlq … --admin ADDR` asks it).
 //!
 //! ```text
 //! GET  /dlq[?limit=N&payloads=true]                      the listing (text)

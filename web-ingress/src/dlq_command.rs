@@ -1,7 +1,7 @@
 //! `sluice-web-ingress dlq list|redrive|purge`: a pipeline's dead letters
 //! on Redis, for whoever runs it by hand and holds its key ring (on a
 //! cluster the key ring stays with the operator), or, with `--admin`, those
-//! of a running ingress that holds them itself ([`crate::admin_client`]). What is done is in
+//! of a running ingress that holds them itself (the `admin_client` module). What is done is in
 //! [`crate::dead_letters`]; this is the command line: flags, connecting,
 //! printing.
 //!
@@ -305,38 +305,50 @@ pub async fn act(
     }
 }
 
-/// Runs `action`, printing to stdout.
+impl DlqAction {
+    /// Where to act, and what to do.
+    pub fn split(self) -> (Target, Act) {
+        match self {
+            DlqAction::List {
+                target,
+                limit,
+                payloads,
+            } => (target, Act::List { limit, payloads }),
+            DlqAction::Redrive { target, pick, how } => (
+                target,
+                Act::Redrive {
+                    pick,
+                    interface: how.interface,
+                    caller: how.caller,
+                    follow_moved: how.follow_moved,
+                    dry_run: how.dry_run,
+                },
+            ),
+            DlqAction::Purge {
+                target,
+                pick,
+                dry_run,
+            } => (target, Act::Purge { pick, dry_run }),
+        }
+    }
+}
+
+/// Does `what` on the pipeline's Redis named by `target` (`--admin` is
+/// the `admin_client` module's).
 ///
 /// # Errors
-/// Bad flags or manifest, an unreachable Redis, or a failure midway (what
-/// was done before it is printed first).
-pub async fn run(action: DlqAction) -> anyhow::Result<()> {
-    let (target, act_on) = match action {
-        DlqAction::List {
-            target,
-            limit,
-            payloads,
-        } => (target, Act::List { limit, payloads }),
-        DlqAction::Redrive { target, pick, how } => (
-            target,
-            Act::Redrive {
-                pick,
-                interface: how.interface,
-                caller: how.caller,
-                follow_moved: how.follow_moved,
-                dry_run: how.dry_run,
-            },
-        ),
-        DlqAction::Purge {
-            target,
-            pick,
-            dry_run,
-        } => (target, Act::Purge { pick, dry_run }),
-    };
-    let done = match (target.admin, &target.admin_token_file) {
-        (Some(at), Some(token_file)) => crate::admin_client::ask(at, token_file, &act_on).await?,
-        _ => act(&open(&target).await?, act_on, None).await,
-    };
+/// Bad flags or manifest, an unreachable Redis; what the action itself
+/// answered is the inner result.
+pub async fn on_redis(target: &Target, what: Act) -> anyhow::Result<Result<String, ActError>> {
+    Ok(act(&open(target).await?, what, None).await)
+}
+
+/// Prints what was done to stdout.
+///
+/// # Errors
+/// The action was refused, or stopped midway (what was done before is
+/// printed first).
+pub fn report(done: Result<String, ActError>) -> anyhow::Result<()> {
     match done {
         Ok(out) => {
             print!("{out}");

@@ -30,7 +30,15 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             println!("wrote a key ring to {} (current kid: {kid})", dir.display());
             return Ok(());
         }
-        Some(Command::Dlq(action)) => return sluice_web_ingress::dlq_command::run(*action).await,
+        Some(Command::Dlq(action)) => {
+            use sluice_web_ingress::{admin_client, dlq_command};
+            let (target, what) = action.split();
+            let done = match (target.admin, &target.admin_token_file) {
+                (Some(at), Some(token_file)) => admin_client::ask(at, token_file, &what).await?,
+                _ => dlq_command::on_redis(&target, what).await?,
+            };
+            return dlq_command::report(done);
+        }
         None => {}
     }
     let env: HashMap<String, String> = std::env::vars().collect();
