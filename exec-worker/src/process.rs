@@ -102,7 +102,7 @@ pub struct Cli {
     /// Timeout of every Redis command and connection attempt [env: SLUICE_REDIS_TIMEOUT] [default: 2s]
     #[arg(long, value_name = "DURATION")]
     pub redis_timeout: Option<String>,
-    /// Pooled Redis connections for ordinary commands; blocking reads use their own [env: SLUICE_REDIS_POOL_SIZE] [default: 4]
+    /// Pooled Redis connections for ordinary commands; blocking reads use their own [env: SLUICE_REDIS_POOL_SIZE] [default: 2]
     #[arg(long, value_name = "N")]
     pub redis_pool_size: Option<usize>,
     /// PEM CA certificate(s) a rediss:// server's certificate must chain to, instead of the system roots [env: SLUICE_REDIS_CA_FILE]

@@ -505,7 +505,8 @@ async fn a_hand_off_refused_while_queued_applies_nothing() {
         ],
     );
     let url = format!("redis://w:w-password-0123@127.0.0.1:{}", server.port());
-    let b = RedisBackend::connect(RedisConfig::from_url(&url).unwrap())
+    // One pooled connection: the pushes after the refusal use the same one.
+    let b = RedisBackend::connect(RedisConfig::from_url(&url).unwrap().with_pool_size(1))
         .await
         .unwrap();
     b.ensure_group(&q).await.unwrap();
@@ -513,12 +514,62 @@ async fn a_hand_off_refused_while_queued_applies_nothing() {
     let ds = b.read(&q, "w", 1, Duration::ZERO).await.unwrap();
     let err = b.complete_all(&q, &forwards(&ds, &next)).await.unwrap_err();
     assert!(matches!(err, BackendError::NotApplied(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("NOPERM"),
+        "the refusal is named: {err}"
+    );
     // Not acknowledged, not deleted: it waits for a reclaim.
     assert_eq!(b.depth(&q).await.unwrap().entries, 1);
     assert_eq!(b.pending(&q).await.unwrap(), 1);
     // The connection is usable, not left inside MULTI.
-    b.push(&q, entry(2)).await.unwrap();
+    let id = b.push(&q, entry(2)).await.unwrap();
+    assert!(id.contains('-'), "an entry id, not QUEUED: {id}");
     assert_eq!(b.depth(&q).await.unwrap().entries, 2);
+    let errors = cli(&server, &["INFO", "errorstats"]);
+    // The refusal and the aborted EXEC, and no `ERR` (an EXEC without
+    // MULTI, or a nested MULTI).
+    assert!(
+        errors.contains("errorstat_NOPERM:count=1")
+            && errors.contains("errorstat_EXECABORT:count=1")
+            && !errors.contains("errorstat_ERR"),
+        "{errors}"
+    );
+}
+
+#[tokio::test]
+async fn a_hand_off_whose_multi_is_refused_is_not_taken_for_one_that_applied_nothing() {
+    let server = RedisServer::start(false);
+    let p = prefix();
+    let q = format!("{p}:q:w");
+    let next = format!("{p}:q:next");
+    // A user that may do everything but open a transaction: the commands
+    // after the refused MULTI run on their own.
+    cli(
+        &server,
+        &[
+            "ACL",
+            "SETUSER",
+            "w",
+            "on",
+            ">w-password-0123",
+            "~*",
+            "+@all",
+            "-multi",
+        ],
+    );
+    let url = format!("redis://w:w-password-0123@127.0.0.1:{}", server.port());
+    let b = RedisBackend::connect(RedisConfig::from_url(&url).unwrap().with_pool_size(1))
+        .await
+        .unwrap();
+    b.ensure_group(&q).await.unwrap();
+    b.push(&q, entry(1)).await.unwrap();
+    let ds = b.read(&q, "w", 1, Duration::ZERO).await.unwrap();
+    let err = b.complete_all(&q, &forwards(&ds, &next)).await.unwrap_err();
+    assert!(!matches!(err, BackendError::NotApplied(_)), "{err:?}");
+    assert!(err.to_string().contains("MULTI refused"), "{err}");
+    // What ran on its own is there: the caller must not send it again as
+    // if nothing had been applied.
+    assert_eq!(b.depth(&next).await.unwrap().entries, 1);
 }
 
 #[tokio::test]

@@ -112,7 +112,7 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION")]
     pub redis_timeout: Option<String>,
 
-    /// Pooled Redis connections for ordinary commands; blocking reads use their own [env: SLUICE_REDIS_POOL_SIZE] [default: 4]
+    /// Pooled Redis connections for ordinary commands; blocking reads use their own [env: SLUICE_REDIS_POOL_SIZE] [default: 2]
     #[arg(long, value_name = "N")]
     pub redis_pool_size: Option<usize>,
 

@@ -505,16 +505,25 @@ impl RedisBackend {
     /// Commands in one `MULTI`/`EXEC` on one pooled connection; the `EXEC`
     /// results, one per command.
     ///
-    /// Sent as one pipeline (`MULTI`, the commands, `EXEC`), written
-    /// back to back: other commands on the connection neither wait for it
-    /// nor come between its parts (the client writes a pipeline whole
-    /// before the next request). A transaction of the client library would
-    /// first wait for every answer outstanding on the connection and hold
-    /// it until `EXEC` answered: under load every hand-off stalled a pooled
-    /// connection for two round trips. A command refused while queueing
-    /// (ACL, out of memory) is answered as the error, as Redis then
-    /// discards the whole transaction (`EXECABORT`); one attempt only, so a
-    /// connection lost midway never sends the rest outside `MULTI`.
+    /// Sent as one pipeline (`MULTI`, the commands, `EXEC`), written back
+    /// to back: other commands on the connection neither wait for it nor
+    /// come between its parts (the client's one router task writes a
+    /// pipeline whole before it takes the next request; fred is pinned to
+    /// the version this was read from). The client library's own
+    /// transaction would first wait for every answer outstanding on the
+    /// connection and hold it until `EXEC` answered: under load every
+    /// hand-off stalled a pooled connection for two round trips. One
+    /// attempt only, so a connection lost midway never sends the rest
+    /// outside `MULTI` (Redis drops a transaction left open by a closed
+    /// connection); in a cluster, a command redirected while queued fails
+    /// with it and `EXEC` aborts.
+    ///
+    /// # Errors
+    /// `EXECABORT: <the first refusal>` when Redis discarded the
+    /// transaction because a command was refused while queued (ACL, out of
+    /// memory, a redirection): nothing of it was applied. `MULTI refused:
+    /// …` when `MULTI` itself was: the commands after it may have run on
+    /// their own. Otherwise `EXEC`'s error, or the client's.
     pub(super) async fn transaction(
         &self,
         cmds: Vec<(&'static str, &str, Vec<Value>)>,
@@ -523,6 +532,7 @@ impl RedisBackend {
         let Some(&(_, first, _)) = cmds.first() else {
             return Ok(vec![]);
         };
+        let sent = cmds.len() + 2;
         let pipe = self.pooled()?.pipeline();
         let queued = pipe.with_options(&Self::options(limit));
         let _: Value = queued
@@ -537,14 +547,39 @@ impl RedisBackend {
         let mut answers = tokio::time::timeout(limit + TIMEOUT_MARGIN, pipe.try_all::<Value>())
             .await
             .map_err(|_| timed_out())?;
-        let exec = answers
-            .pop()
-            .ok_or_else(|| FredError::new(ErrorKind::Protocol, "no answer to EXEC"))?;
-        // MULTI's OK and each command's QUEUED, or why it was refused.
-        for queued in answers {
-            queued?;
+        if answers.len() != sent {
+            // The client failed the pipeline before its answers came (one
+            // error for all): whether Redis ran it is unknown.
+            let why = answers.into_iter().find_map(Result::err);
+            return Err(why.unwrap_or_else(|| {
+                FredError::new(ErrorKind::Protocol, "answers missing from a transaction")
+            }));
         }
-        Ok(exec?.into_array())
+        let exec = answers.pop().unwrap_or(Ok(Value::Null));
+        let mut answers = answers.into_iter();
+        if let Some(Err(e)) = answers.next() {
+            return Err(FredError::new(
+                ErrorKind::Unknown,
+                format!(
+                    "MULTI refused ({}): the commands after it may have run on their own",
+                    e.details()
+                ),
+            ));
+        }
+        match exec {
+            Ok(results) => Ok(results.into_array()),
+            Err(e) if is_reply(&e, "EXECABORT") => {
+                let refused = answers.find_map(Result::err);
+                Err(FredError::new(
+                    e.kind().clone(),
+                    format!(
+                        "EXECABORT: {}",
+                        refused.as_ref().map_or(e.details(), FredError::details)
+                    ),
+                ))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// One read that may block up to `block`, on a dedicated connection.
@@ -576,7 +611,7 @@ impl RedisBackend {
         };
         if reusable && conn.alive() {
             let mut idle = self.idle_blocking.lock();
-            if idle.len() < self.cfg.pool_size.max(1) {
+            if idle.len() < self.cfg.pool_size.max(super::config::MIN_IDLE_BLOCKING) {
                 idle.push(conn);
             }
         }
