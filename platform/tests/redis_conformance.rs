@@ -485,30 +485,27 @@ async fn hand_offs_stay_whole_among_other_commands_on_the_same_connections() {
     );
 }
 
+/// A backend on one pooled connection, as a Redis user `w` with `rules`
+/// (`ACL SETUSER w on >… <rules>`).
+async fn backend_as(server: &RedisServer, rules: &[&str]) -> Arc<RedisBackend> {
+    let mut setuser = vec!["ACL", "SETUSER", "w", "on", ">w-password-0123"];
+    setuser.extend_from_slice(rules);
+    cli(server, &setuser);
+    let url = format!("redis://w:w-password-0123@127.0.0.1:{}", server.port());
+    RedisBackend::connect(RedisConfig::from_url(&url).unwrap().with_pool_size(1))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_hand_off_refused_while_queued_applies_nothing() {
     let server = RedisServer::start(false);
     let p = prefix();
     let q = format!("{p}:q:w");
     let next = format!("{p}:q:next");
-    // A worker whose user may not write `next`.
-    cli(
-        &server,
-        &[
-            "ACL",
-            "SETUSER",
-            "w",
-            "on",
-            ">w-password-0123",
-            &format!("~{q}"),
-            "+@all",
-        ],
-    );
-    let url = format!("redis://w:w-password-0123@127.0.0.1:{}", server.port());
-    // One pooled connection: the pushes after the refusal use the same one.
-    let b = RedisBackend::connect(RedisConfig::from_url(&url).unwrap().with_pool_size(1))
-        .await
-        .unwrap();
+    // A worker whose user may not write `next`; one pooled connection, so
+    // the pushes after the refusal use the same one.
+    let b = backend_as(&server, &[&format!("~{q}"), "+@all"]).await;
     b.ensure_group(&q).await.unwrap();
     b.push(&q, entry(1)).await.unwrap();
     let ds = b.read(&q, "w", 1, Duration::ZERO).await.unwrap();
@@ -544,23 +541,7 @@ async fn a_hand_off_whose_multi_is_refused_is_not_taken_for_one_that_applied_not
     let next = format!("{p}:q:next");
     // A user that may do everything but open a transaction: the commands
     // after the refused MULTI run on their own.
-    cli(
-        &server,
-        &[
-            "ACL",
-            "SETUSER",
-            "w",
-            "on",
-            ">w-password-0123",
-            "~*",
-            "+@all",
-            "-multi",
-        ],
-    );
-    let url = format!("redis://w:w-password-0123@127.0.0.1:{}", server.port());
-    let b = RedisBackend::connect(RedisConfig::from_url(&url).unwrap().with_pool_size(1))
-        .await
-        .unwrap();
+    let b = backend_as(&server, &["~*", "+@all", "-multi"]).await;
     b.ensure_group(&q).await.unwrap();
     b.push(&q, entry(1)).await.unwrap();
     let ds = b.read(&q, "w", 1, Duration::ZERO).await.unwrap();

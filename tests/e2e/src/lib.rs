@@ -25,8 +25,10 @@
 //! - [`forge`]: envelopes written straight onto a stream, as an attacker would.
 //! - [`resp`]: a minimal Redis client for inspecting and forging stream entries.
 //! - [`eventually`]: bounded waits for eventually-true conditions.
+//! - [`dlq`]: the dead-letter command run as a user runs it, its listings read.
 
 pub mod binaries;
+pub mod dlq;
 pub mod eventually;
 pub mod forge;
 pub mod http;

@@ -10,14 +10,15 @@
 //! dlq redrive ─▶ q:io ─▶ io worker: fetch = builtin/echo ─▶ answer store ─▶ GET /v1/fetch/requests/<id>
 //! ```
 
+use std::ffi::OsString;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
+use sluice_e2e::dlq::rows;
 use sluice_e2e::process::free_port;
 use sluice_e2e::resp::{Probe, Resp};
-use sluice_e2e::{binary, eventually, Http, Sandbox, Service, Spec, INGRESS_BIN};
+use sluice_e2e::{eventually, Http, Sandbox, Service, Spec};
 use sluice_platform::redis::testing::RedisServer;
 use sluice_platform::Keys;
 
@@ -41,38 +42,17 @@ spec:
     )
 }
 
-/// `sluice-web-ingress dlq <args> --pipeline … --redis … --keys …`: its
-/// stdout, or its stderr when it fails.
+/// `sluice-web-ingress dlq <args> --pipeline … --redis … --keys …`.
 fn dlq(args: &[&str], pipeline: &Path, redis: &str, keys: &Path) -> Result<String, String> {
-    let out = Command::new(binary(INGRESS_BIN))
-        .arg("dlq")
-        .args(args)
-        .arg("--pipeline")
-        .arg(pipeline)
-        .args(["--redis", redis])
-        .arg("--keys")
-        .arg(keys)
-        .env_remove("SLUICE_PIPELINE")
-        .env_remove("SLUICE_REDIS_URL")
-        .env_remove("SLUICE_KEYS_DIR")
-        .output()
-        .expect("run sluice-web-ingress dlq");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    if out.status.success() {
-        Ok(text(&out.stdout))
-    } else {
-        Err(format!("{}: {}", out.status, text(&out.stderr)))
-    }
-}
-
-/// Data lines of a listing (the header dropped).
-fn rows(listing: &str) -> Vec<Vec<String>> {
-    listing
-        .lines()
-        .skip(1)
-        .filter(|l| !l.starts_with("  ") && !l.starts_with('('))
-        .map(|l| l.split('\t').map(str::to_string).collect())
-        .collect()
+    let target: Vec<OsString> = vec![
+        "--pipeline".into(),
+        pipeline.into(),
+        "--redis".into(),
+        redis.into(),
+        "--keys".into(),
+        keys.into(),
+    ];
+    sluice_e2e::dlq::run(args, &target)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

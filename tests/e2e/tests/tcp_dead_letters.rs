@@ -10,11 +10,13 @@
 //! dlq redrive --admin ─▶ admin listener ─▶ q:io ─▶ io worker: the upstream answers ─▶ answer store ─▶ GET /v1/fetch/requests/<id>
 //! ```
 
+use std::ffi::OsString;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{json, Value};
+use sluice_e2e::dlq::{output_within, rows};
 use sluice_e2e::process::free_port;
 use sluice_e2e::{binary, eventually, Http, Sandbox, Service, Spec, INGRESS_BIN};
 
@@ -38,59 +40,15 @@ spec:
     )
 }
 
-/// Runs `cmd` to its end, killed (and the test failed) if that takes longer
-/// than `patience`: a command that should fail at once must not hang the suite
-/// when it starts instead.
-fn output_within(mut cmd: Command, patience: Duration) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the command");
-    let until = Instant::now() + patience;
-    while child.try_wait().expect("wait for the command").is_none() {
-        if Instant::now() >= until {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("its output");
-            panic!(
-                "{cmd:?} still running after {patience:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("its output")
-}
-
-/// `sluice-web-ingress dlq <args> --admin … --admin-token-file …`: its
-/// stdout, or its stderr when it fails.
+/// `sluice-web-ingress dlq <args> --admin … --admin-token-file …`.
 fn dlq(args: &[&str], admin: u16, token_file: &Path) -> Result<String, String> {
-    let mut cmd = Command::new(binary(INGRESS_BIN));
-    cmd.arg("dlq")
-        .args(args)
-        .args(["--admin", &format!("127.0.0.1:{admin}")])
-        .arg("--admin-token-file")
-        .arg(token_file)
-        .env_remove("SLUICE_PIPELINE")
-        .env_remove("SLUICE_REDIS_URL")
-        .env_remove("SLUICE_KEYS_DIR");
-    let out = output_within(cmd, Duration::from_secs(30));
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    if out.status.success() {
-        Ok(text(&out.stdout))
-    } else {
-        Err(format!("{}: {}", out.status, text(&out.stderr)))
-    }
-}
-
-/// Data lines of a listing (the header and payload lines dropped).
-fn rows(listing: &str) -> Vec<Vec<String>> {
-    listing
-        .lines()
-        .skip(1)
-        .filter(|l| !l.starts_with("  ") && !l.starts_with('('))
-        .map(|l| l.split('\t').map(str::to_string).collect())
-        .collect()
+    let target: Vec<OsString> = vec![
+        "--admin".into(),
+        format!("127.0.0.1:{admin}").into(),
+        "--admin-token-file".into(),
+        token_file.into(),
+    ];
+    sluice_e2e::dlq::run(args, &target)
 }
 
 /// An upstream on `port` that answers a POST with the JSON it got, or `500`

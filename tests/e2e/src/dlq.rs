@@ -1,0 +1,66 @@
+//! `sluice-web-ingress dlq …` run as a user runs it, and its listings read.
+
+use std::ffi::OsString;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{binary, INGRESS_BIN};
+
+/// How long one `dlq` command may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs `cmd` to its end, killed (and the test failed) if that takes longer
+/// than `patience`: a command that should fail at once must not hang the
+/// suite when it starts (or waits) instead.
+pub fn output_within(mut cmd: Command, patience: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the command");
+    let until = Instant::now() + patience;
+    while child.try_wait().expect("wait for the command").is_none() {
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("its output");
+            panic!(
+                "{cmd:?} still running after {patience:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("its output")
+}
+
+/// `sluice-web-ingress dlq <args> <target>` (the target flags: `--pipeline
+/// … --redis … --keys …`, or `--admin … --admin-token-file …`), with no
+/// `SLUICE_*` target variable inherited: its stdout, or its exit status and
+/// stderr when it fails.
+pub fn run(args: &[&str], target: &[OsString]) -> Result<String, String> {
+    let mut cmd = Command::new(binary(INGRESS_BIN));
+    cmd.arg("dlq")
+        .args(args)
+        .args(target)
+        .env_remove("SLUICE_PIPELINE")
+        .env_remove("SLUICE_REDIS_URL")
+        .env_remove("SLUICE_KEYS_DIR");
+    let out = output_within(cmd, PATIENCE);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(format!("{}: {}", out.status, text(&out.stderr)))
+    }
+}
+
+/// Data lines of a listing, split at tabs (the header, payload lines and
+/// the "(no dead letters)" line dropped).
+pub fn rows(listing: &str) -> Vec<Vec<String>> {
+    listing
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with("  ") && !l.starts_with('('))
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
