@@ -18,6 +18,8 @@
 //! - [`replay_budget`]: how many replay-guard nonces an ingress may leave
 //!   in managed Redis.
 //! - [`key_needs`]: which derived keys the processes of each group hold.
+//! - [`generation`]: the plan generation every request envelope carries.
+//! - [`graphql`]: the types a `graphql` interface declares, parsed.
 //! - [`manifest`]: reading a StreamPipeline file for a local run.
 //! - [`crd`]: the generated CRDs with the structural fixes and CEL rules.
 //! - [`dead_letter_action`]: the `DeadLetterAction` resource (a person's

@@ -26,7 +26,8 @@
 //! (two redrives at once would send each letter twice), each on a task of
 //! its own that a caller going away does not stop, for at most
 //! [`DEADLINE`]; a redrive is refused once the ingress drains (nobody would
-//! run it). At most [`MAX_CONNECTIONS`] connections, 10 s for a head.
+//! run it). At most [`MAX_CONNECTIONS`] connections, 10 s for a head and
+//! 10 s for a body, which is read only once the token was checked.
 //! Answers are text, one line per letter, as the command prints them; a
 //! refusal is `400` with the reason, a backend failure `503` with what was
 //! done before it; a missing or wrong token `401`.
@@ -37,7 +38,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -168,7 +169,6 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/dlq", get(list))
         .route("/dlq/redrive", post(redrive))
         .route("/dlq/purge", post(purge))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(admin)
 }
 
@@ -189,7 +189,8 @@ pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, stop: C
         max_connections: MAX_CONNECTIONS,
         ..crate::config::HttpLimits::default()
     };
-    // Counted apart from the public listener's connections.
+    // Not the public listener's metrics, and not registered: the admin
+    // listener's connections are not exported.
     let metrics = crate::listener::ConnectionMetrics {
         open: prometheus_client::metrics::gauge::Gauge::default(),
         refused: prometheus_client::metrics::counter::Counter::default(),
@@ -231,13 +232,13 @@ async fn list(
     .await
 }
 
-async fn redrive(State(a): State<Arc<Admin>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn redrive(State(a): State<Arc<Admin>>, headers: HeaderMap, body: Body) -> Response {
     if !a.allows(&headers) {
         return unauthorized();
     }
-    let b: RedriveBody = match json(&body) {
+    let b: RedriveBody = match json(body).await {
         Ok(b) => b,
-        Err(why) => return refused(&why),
+        Err(answer) => return answer,
     };
     if !b.dry_run && !a.app.ready.load(Ordering::SeqCst) {
         return refused("the ingress is draining: nothing would run a redriven request");
@@ -258,13 +259,13 @@ async fn redrive(State(a): State<Arc<Admin>>, headers: HeaderMap, body: Bytes) -
     .await
 }
 
-async fn purge(State(a): State<Arc<Admin>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn purge(State(a): State<Arc<Admin>>, headers: HeaderMap, body: Body) -> Response {
     if !a.allows(&headers) {
         return unauthorized();
     }
-    let b: PurgeBody = match json(&body) {
+    let b: PurgeBody = match json(body).await {
         Ok(b) => b,
-        Err(why) => return refused(&why),
+        Err(answer) => return answer,
     };
     run(
         &a,
@@ -304,9 +305,35 @@ async fn run(a: &Arc<Admin>, what: Act) -> Response {
     }
 }
 
-/// The body as JSON (its size is bounded by the router).
-fn json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|e| format!("the body: {e}"))
+/// How long a request body may take to arrive, once its head has.
+const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The body as JSON, read only after the token was checked: at most
+/// [`MAX_BODY`] bytes (`413` past it) within [`BODY_DEADLINE`] (`408`), so
+/// a local process that sends slowly holds no connection slot for long.
+async fn json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, Response> {
+    let bytes =
+        match tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, MAX_BODY)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => {
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is over {} KiB, or broke off\n", MAX_BODY >> 10),
+                )
+                    .into_response())
+            }
+            Err(_) => {
+                return Err((
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the body did not arrive within {}s\n",
+                        BODY_DEADLINE.as_secs()
+                    ),
+                )
+                    .into_response())
+            }
+        };
+    serde_json::from_slice(&bytes).map_err(|e| refused(&format!("the body: {e}")))
 }
 
 fn unauthorized() -> Response {

@@ -5,8 +5,8 @@
 //! Redis form of the command prints it; it signs nothing and holds no key.
 //!
 //! Only loopback addresses are accepted (the listener binds nothing else),
-//! and the answer is read up to [`MAX_ANSWER`]: the listener bounds what it
-//! says, but the process answering on that port may not be the ingress.
+//! and the answer is read up to [`MAX_ANSWER`] (what the listener can say
+//! at most): the process answering on that port may not be the ingress.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,9 +21,13 @@ use serde_json::json;
 
 use crate::dlq_command::{Act, ActError};
 
-/// Largest answer read: a listing with payloads stops at 4 MiB, a redrive
-/// of 20,000 letters says a line of each.
-pub const MAX_ANSWER: usize = 16 << 20;
+/// Largest answer read: a listing with payloads stops after the entry that
+/// takes it past 4 MiB, and that entry may hold the largest payload a
+/// pipeline allows (printed escaped: up to twice its bytes); a redrive of
+/// 20,000 letters says a line of each.
+pub const MAX_ANSWER: usize = crate::dead_letters::LIST_BYTES
+    + 2 * sluice_crds::limits::MAX_PAYLOAD_BYTES as usize
+    + (1 << 20);
 
 /// How long connecting may take.
 const CONNECT: Duration = Duration::from_secs(5);

@@ -4,7 +4,8 @@
 //! waiter per request, runs the ingress group's nodes, signs the envelope
 //! for the first worker group, and completes the waiter from the verified
 //! reply. In the memory profile it also runs every worker group inline, on
-//! threads of their own.
+//! threads of their own; in the tcp profile it serves the hub its worker
+//! processes connect to, and may start and supervise them.
 //!
 //! It must not trust caller-chosen ids as keys, tell a caller why an
 //! envelope failed verification, or log key material.
@@ -27,6 +28,15 @@
 //! - [`error`]: errors as HTTP responses.
 //! - [`metrics`]: the ingress's metric families.
 //! - [`runtime`]: start-up, reply listener, backlog sampler, inline workers, drain.
+//! - [`request`]: what a request brings: its id, its body parsed, its span.
+//! - [`job_id`]: the id an asynchronous answer is fetched with.
+//! - [`sse`], [`stream_events`]: streamed answers (SSE or NDJSON).
+//! - [`websocket`]: WebSocket interfaces.
+//! - [`graphql`], [`graphql_cost`]: GraphQL interfaces, and what a document
+//!   may cost before it is parsed.
+//! - [`tls`]: TLS termination in the ingress itself.
+//! - [`tcp_workers`], [`supervisor`]: the tcp profile's hub and the worker
+//!   processes it starts.
 //! - [`dead_letters`], [`dlq_command`]: listing, redriving and purging dead
 //!   letters; [`admin`] serves them from this process (memory and tcp
 //!   backends), [`admin_client`] asks it (`dlq --admin`).
