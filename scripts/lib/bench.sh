@@ -277,6 +277,53 @@ bench_parse() {
   echo "${line#RESULT }"
 }
 
+# bench_sustain PATH CONNS DURATION SAMPLER PORT...: a warm-up, then one wrk
+# run of DURATION against the servers on PORT..., calling the function
+# SAMPLER with the seconds elapsed at 0, every 10 s and at the end. With
+# BENCH_SUSTAIN_BEFORE set, that command runs between the warm-up and the
+# measured run. Prints wrk's result; sets BENCH_SUSTAIN_REQUESTS; exits 1
+# when wrk failed or saw non-2xx answers or socket errors.
+bench_sustain() {
+  local path=$1 conns=$2 duration=$3 sampler=$4 raw wrk_pid start next rc=0
+  local requests secs p50 p99 e_status e_connect e_read e_write e_timeout
+  shift 4
+  bench_wrk_cmd "$path" "$conns" "$BENCH_WARMUP" "$@"
+  "${BENCH_WRK[@]}" >/dev/null 2>&1 || true
+  bench_wrk_cmd "$path" "$conns" "$duration" "$@"
+  if [ -n "${BENCH_SUSTAIN_BEFORE:-}" ]; then $BENCH_SUSTAIN_BEFORE >/dev/null; fi
+  raw=$(mktemp "$BENCH_WORK/sustain.XXXXXX")
+  "${BENCH_WRK[@]}" >"$raw" 2>&1 &
+  wrk_pid=$!
+  BENCH_PIDS+=("$wrk_pid")
+  start=$SECONDS
+  next=10
+  "$sampler" 0
+  while kill -0 "$wrk_pid" 2>/dev/null; do
+    if [ $((SECONDS - start)) -ge "$next" ]; then
+      "$sampler" "$next"
+      next=$((next + 10))
+    fi
+    sleep 0.2
+  done
+  wait "$wrk_pid" || rc=$?
+  "$sampler" "$((SECONDS - start))"
+  if [ "$rc" != 0 ]; then
+    echo "!!! wrk failed:" >&2
+    cat "$raw" >&2
+    exit 1
+  fi
+  read -r requests secs p50 p99 e_status e_connect e_read e_write e_timeout <<<"$(bench_parse "$raw")"
+  echo
+  awk -v n="$requests" -v s="$secs" -v p50="$p50" -v p99="$p99" \
+    'BEGIN {printf "wrk: %d requests in %.1f s, %.0f req/s, p50 %.3f ms, p99 %.3f ms\n", n, s, n / s, p50, p99}'
+  if [ $((e_status + e_connect + e_read + e_write + e_timeout)) -gt 0 ]; then
+    echo "!!! ERRORS: $e_status non-2xx answers; socket errors: connect $e_connect, read $e_read," \
+      "write $e_write, timeout $e_timeout (of $requests requests)"
+    exit 1
+  fi
+  BENCH_SUSTAIN_REQUESTS=$requests
+}
+
 # CPU time (user + system, clock ticks) used so far by the processes in
 # BENCH_CPU_PIDS and their children (a tcp ingress's workers): bench_round
 # prints what a measured run cost per request when the caller sets it.
