@@ -236,7 +236,7 @@ async fn redrive(State(a): State<Arc<Admin>>, headers: HeaderMap, body: Body) ->
     if !a.allows(&headers) {
         return unauthorized();
     }
-    let b: RedriveBody = match json(body).await {
+    let b: RedriveBody = match json(&a, body).await {
         Ok(b) => b,
         Err(answer) => return answer,
     };
@@ -263,7 +263,7 @@ async fn purge(State(a): State<Arc<Admin>>, headers: HeaderMap, body: Body) -> R
     if !a.allows(&headers) {
         return unauthorized();
     }
-    let b: PurgeBody = match json(body).await {
+    let b: PurgeBody = match json(&a, body).await {
         Ok(b) => b,
         Err(answer) => return answer,
     };
@@ -308,31 +308,40 @@ async fn run(a: &Arc<Admin>, what: Act) -> Response {
 /// How long a request body may take to arrive, once its head has.
 const BODY_DEADLINE: Duration = Duration::from_secs(10);
 
-/// The body as JSON, read only after the token was checked: at most
-/// [`MAX_BODY`] bytes (`413` past it) within [`BODY_DEADLINE`] (`408`), so
-/// a local process that sends slowly holds no connection slot for long.
-async fn json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, Response> {
-    let bytes =
-        match tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, MAX_BODY)).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(_)) => {
-                return Err((
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the body is over {} KiB, or broke off\n", MAX_BODY >> 10),
-                )
-                    .into_response())
-            }
-            Err(_) => {
-                return Err((
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "the body did not arrive within {}s\n",
-                        BODY_DEADLINE.as_secs()
-                    ),
-                )
-                    .into_response())
-            }
-        };
+/// The body as JSON, read only after the token was checked, as the public
+/// listener reads one ([`crate::body::read`], under the process's body
+/// budget): at most [`MAX_BODY`] bytes (`413` past it) within
+/// [`BODY_DEADLINE`] (`408`), so a local process that sends slowly holds no
+/// connection slot for long.
+async fn json<T: serde::de::DeserializeOwned>(a: &Admin, body: Body) -> Result<T, Response> {
+    use crate::body::BodyError;
+    let started = tokio::time::Instant::now();
+    let read = crate::body::read(
+        body,
+        MAX_BODY,
+        started,
+        started + BODY_DEADLINE,
+        &a.app.body_budget,
+    )
+    .await;
+    let bytes = match read {
+        Ok(b) => b.bytes,
+        Err(BodyError::TooLarge { limit }) => {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over {} KiB\n", limit >> 10),
+            )
+                .into_response())
+        }
+        Err(BodyError::TimedOut { after }) => {
+            return Err((
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {}s\n", after.as_secs()),
+            )
+                .into_response())
+        }
+        Err(BodyError::Broken) => return Err(refused("the body broke off")),
+    };
     serde_json::from_slice(&bytes).map_err(|e| refused(&format!("the body: {e}")))
 }
 

@@ -528,25 +528,15 @@ impl RedisBackend {
         &self,
         cmds: Vec<(&'static str, &str, Vec<Value>)>,
     ) -> std::result::Result<Vec<Value>, FredError> {
-        let limit = self.cfg.command_timeout;
         let Some(&(_, first, _)) = cmds.first() else {
             return Ok(vec![]);
         };
         let sent = cmds.len() + 2;
-        let pipe = self.pooled()?.pipeline();
-        let queued = pipe.with_options(&Self::options(limit));
-        let _: Value = queued
-            .custom(command("MULTI", first, false), Vec::<Value>::new())
-            .await?;
-        for (name, key, args) in cmds {
-            let _: Value = queued.custom(command(name, key, false), args).await?;
-        }
-        let _: Value = queued
-            .custom(command("EXEC", first, false), Vec::<Value>::new())
-            .await?;
-        let mut answers = tokio::time::timeout(limit + TIMEOUT_MARGIN, pipe.try_all::<Value>())
-            .await
-            .map_err(|_| timed_out())?;
+        let mut wrapped = Vec::with_capacity(sent);
+        wrapped.push(("MULTI", first, vec![]));
+        wrapped.extend(cmds);
+        wrapped.push(("EXEC", first, vec![]));
+        let mut answers = self.pipeline(wrapped).await?;
         if answers.len() != sent {
             // The client failed the pipeline before its answers came (one
             // error for all): whether Redis ran it is unknown.
