@@ -32,6 +32,17 @@ async fn backend(server: &RedisServer) -> Arc<RedisBackend> {
         .expect("connects to the test server")
 }
 
+/// A backend on one pooled connection to `url`: every ordinary command
+/// shares it.
+async fn one_connection(url: &str) -> Arc<RedisBackend> {
+    let cfg = RedisConfig::from_url(url)
+        .expect("test URL parses")
+        .with_pool_size(1);
+    RedisBackend::connect(cfg)
+        .await
+        .expect("connects to the test server")
+}
+
 async fn short_backend(server: &RedisServer) -> Arc<RedisBackend> {
     let cfg = RedisConfig::from_url(&server.url())
         .expect("test URL parses")
@@ -370,18 +381,7 @@ async fn a_batch_of_hand_offs_is_one_transaction_with_one_xack_and_one_xdel() {
         b.push(&q, entry(i)).await.unwrap();
     }
     let ds = b.read(&q, "w", 8, Duration::ZERO).await.unwrap();
-    let done: Vec<Completion> = ds
-        .iter()
-        .map(|d| Completion {
-            id: d.id.clone(),
-            forward: Some(sluice_platform::Forward {
-                stream: next.clone(),
-                entry: d.entry.clone(),
-                must_exist: false,
-                copy_to: None,
-            }),
-        })
-        .collect();
+    let done = forwards(&ds, &next);
     cli(&server, &["CONFIG", "RESETSTAT"]);
     assert_eq!(b.complete_all(&q, &done).await.unwrap(), vec![true; 8]);
     let stats = cli(&server, &["INFO", "commandstats"]);
@@ -408,7 +408,7 @@ async fn a_batch_of_hand_offs_is_one_transaction_with_one_xack_and_one_xdel() {
     assert_eq!(b.depth(&next).await.unwrap().entries, 8);
 }
 
-/// Hand-offs of `n` entries read from `q`, each forwarded to `next`.
+/// The hand-offs of the entries `ds`, each forwarded to `next`.
 fn forwards(ds: &[sluice_platform::Delivery], next: &str) -> Vec<Completion> {
     ds.iter()
         .map(|d| Completion {
@@ -427,10 +427,7 @@ fn forwards(ds: &[sluice_platform::Delivery], next: &str) -> Vec<Completion> {
 async fn hand_offs_stay_whole_among_other_commands_on_the_same_connections() {
     let server = RedisServer::start(false);
     // One pooled connection: every transaction shares it with the pushes.
-    let cfg = RedisConfig::from_url(&server.url())
-        .unwrap()
-        .with_pool_size(1);
-    let b = RedisBackend::connect(cfg).await.unwrap();
+    let b = one_connection(&server.url()).await;
     let p = prefix();
     let q = format!("{p}:q:w");
     let next = format!("{p}:q:next");
@@ -491,10 +488,11 @@ async fn backend_as(server: &RedisServer, rules: &[&str]) -> Arc<RedisBackend> {
     let mut setuser = vec!["ACL", "SETUSER", "w", "on", ">w-password-0123"];
     setuser.extend_from_slice(rules);
     cli(server, &setuser);
-    let url = format!("redis://w:w-password-0123@127.0.0.1:{}", server.port());
-    RedisBackend::connect(RedisConfig::from_url(&url).unwrap().with_pool_size(1))
-        .await
-        .unwrap()
+    one_connection(&format!(
+        "redis://w:w-password-0123@127.0.0.1:{}",
+        server.port()
+    ))
+    .await
 }
 
 #[tokio::test]
@@ -657,10 +655,7 @@ async fn hung_redis_times_commands_out_and_they_work_again_once_it_answers() {
 #[tokio::test]
 async fn blocked_reads_do_not_hold_up_other_commands() {
     let server = RedisServer::start(false);
-    let cfg = RedisConfig::from_url(&server.url())
-        .unwrap()
-        .with_pool_size(1);
-    let b = RedisBackend::connect(cfg).await.unwrap();
+    let b = one_connection(&server.url()).await;
     let p = prefix();
     let q = format!("{p}:q:idle");
     b.ensure_group(&q).await.unwrap();

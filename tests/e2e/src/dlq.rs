@@ -6,6 +6,30 @@ use std::time::{Duration, Instant};
 
 use crate::{binary, INGRESS_BIN};
 
+/// The `letters` pipeline of the dead-letter tests on `backend` (`redis`,
+/// `tcp`): one http interface `fetch` (path `/v1/fetch`, 10 s) whose entry
+/// node `node` (a YAML flow mapping naming `fetch`, group `io`) runs on the
+/// worker group `io`; two deliveries at most, 500 ms leases.
+pub fn letters_manifest(backend: &str, node: &str) -> String {
+    format!(
+        r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata: {{ name: letters }}
+spec:
+  backends: {{ queue: {backend}, kv: {backend}, reply: {backend} }}
+  interfaces:
+    - {{ name: fetch, kind: http, path: /v1/fetch, entry: fetch, timeout: 10s }}
+  groups:
+    - {{ name: web, role: ingress }}
+    - {{ name: io, role: worker }}
+  nodes:
+    - {node}
+  limits: {{ maxDeliveries: 2, lease: 500ms }}
+"#
+    )
+}
+
 /// How long one `dlq` command may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
 

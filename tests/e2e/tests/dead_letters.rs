@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use sluice_e2e::dlq::rows;
+use sluice_e2e::dlq::{letters_manifest, rows};
 use sluice_e2e::process::free_port;
 use sluice_e2e::resp::{Probe, Resp};
 use sluice_e2e::{eventually, Http, Sandbox, Service, Spec};
@@ -23,23 +23,7 @@ use sluice_platform::redis::testing::RedisServer;
 use sluice_platform::Keys;
 
 fn manifest(fetch: &str) -> String {
-    format!(
-        r#"
-apiVersion: sluice.dev/v1alpha1
-kind: StreamPipeline
-metadata: {{ name: letters }}
-spec:
-  backends: {{ queue: redis, kv: redis, reply: redis }}
-  interfaces:
-    - {{ name: fetch, kind: http, path: /v1/fetch, entry: fetch, timeout: 10s }}
-  groups:
-    - {{ name: web, role: ingress }}
-    - {{ name: io, role: worker }}
-  nodes:
-    - {fetch}
-  limits: {{ maxDeliveries: 2, lease: 500ms }}
-"#
-    )
+    letters_manifest("redis", fetch)
 }
 
 /// `sluice-web-ingress dlq <args> --pipeline … --redis … --keys …`.

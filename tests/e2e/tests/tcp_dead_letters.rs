@@ -16,27 +16,16 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_e2e::dlq::{output_within, rows};
+use sluice_e2e::dlq::{letters_manifest, output_within, rows};
 use sluice_e2e::process::free_port;
 use sluice_e2e::{binary, eventually, Http, Sandbox, Service, Spec, INGRESS_BIN};
 
 fn manifest(upstream: u16) -> String {
-    format!(
-        r#"
-apiVersion: sluice.dev/v1alpha1
-kind: StreamPipeline
-metadata: {{ name: letters }}
-spec:
-  backends: {{ queue: tcp, kv: tcp, reply: tcp }}
-  interfaces:
-    - {{ name: fetch, kind: http, path: /v1/fetch, entry: fetch, timeout: 10s }}
-  groups:
-    - {{ name: web, role: ingress }}
-    - {{ name: io, role: worker }}
-  nodes:
-    - {{ name: fetch, group: io, uses: builtin/http, with: {{ url: "http://127.0.0.1:{upstream}/", timeout: 1s }} }}
-  limits: {{ maxDeliveries: 2, lease: 500ms }}
-"#
+    letters_manifest(
+        "tcp",
+        &format!(
+            r#"{{ name: fetch, group: io, uses: builtin/http, with: {{ url: "http://127.0.0.1:{upstream}/", timeout: 1s }} }}"#
+        ),
     )
 }
 
