@@ -12,6 +12,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use sluice_crds::BackendKind;
 
+use crate::threads::{ThreadCounts, MAX_THREADS};
+
 pub const ENV_PIPELINE: &str = "SLUICE_PIPELINE";
 pub const ENV_LISTEN: &str = "SLUICE_LISTEN";
 pub const ENV_BACKEND: &str = "SLUICE_BACKEND";
@@ -26,6 +28,7 @@ pub const ENV_INGRESS_ID: &str = "SLUICE_INGRESS_ID";
 pub const ENV_DRAIN_GRACE: &str = "SLUICE_DRAIN_GRACE";
 pub const ENV_DRAIN_TIMEOUT: &str = "SLUICE_DRAIN_TIMEOUT";
 pub const ENV_INLINE_THREADS: &str = "SLUICE_INLINE_THREADS";
+pub const ENV_THREADS: &str = "SLUICE_THREADS";
 pub const ENV_LOG_FORMAT: &str = "SLUICE_LOG_FORMAT";
 pub const ENV_HEADER_TIMEOUT: &str = "SLUICE_HEADER_TIMEOUT";
 pub const ENV_BODY_TIMEOUT: &str = "SLUICE_BODY_TIMEOUT";
@@ -150,7 +153,11 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION")]
     pub drain_timeout: Option<String>,
 
-    /// Threads running the in-process worker groups (memory profile) [env: SLUICE_INLINE_THREADS] [default: number of CPUs, at least 2]
+    /// Threads serving HTTP [env: SLUICE_THREADS] [default: with memory backends the CPUs --inline-threads leaves, at least 1; otherwise the number of CPUs]
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Threads running the in-process worker groups (memory profile) [env: SLUICE_INLINE_THREADS] [default: the CPUs --threads leaves, else half the CPUs; at least 1]
     #[arg(long, value_name = "N")]
     pub inline_threads: Option<usize>,
 
@@ -319,7 +326,9 @@ pub struct Config {
     pub ingress_id: String,
     pub drain_grace: Duration,
     pub drain_timeout: Duration,
-    pub inline_threads: usize,
+    /// Threads of the HTTP runtime and of the inline workers' runtime, as
+    /// given; [`ThreadCounts::split`] decides the rest.
+    pub threads: ThreadCounts,
     pub log_format: LogFormat,
     pub http: HttpLimits,
     /// The listener's certificate and key; `None`: cleartext.
@@ -383,20 +392,25 @@ impl Config {
                 None => Ok(default),
                 Some(s) => sluice_crds::units::parse_duration(&s).map_err(|e| bad(name, e)),
             };
-        let inline_threads = match cli.inline_threads {
-            Some(n) => n,
-            None => match env.get(ENV_INLINE_THREADS) {
-                Some(s) => s
-                    .parse()
-                    .map_err(|_| bad("--inline-threads", format!("`{s}` is not a number")))?,
-                None => std::thread::available_parallelism()
-                    .map_or(2, |n| n.get())
-                    .max(2),
-            },
+        let count = |flag: Option<usize>, var: &str, name: &str| {
+            let n = match flag {
+                Some(n) => n,
+                None => match env.get(var) {
+                    None => return Ok(None),
+                    Some(s) => s
+                        .parse()
+                        .map_err(|_| bad(name, format!("`{s}` is not a number")))?,
+                },
+            };
+            if n == 0 || n > MAX_THREADS {
+                return Err(bad(name, format!("must be 1 … {MAX_THREADS}")));
+            }
+            Ok(Some(n))
         };
-        if inline_threads == 0 {
-            return Err(bad("--inline-threads", "must be at least 1"));
-        }
+        let threads = ThreadCounts {
+            http: count(cli.threads, ENV_THREADS, "--threads")?,
+            inline: count(cli.inline_threads, ENV_INLINE_THREADS, "--inline-threads")?,
+        };
         let redis_timeout = match pick(&cli.redis_timeout, ENV_REDIS_TIMEOUT) {
             None => None,
             Some(s) => Some(
@@ -525,7 +539,7 @@ impl Config {
                 "--drain-timeout",
                 Duration::from_secs(20),
             )?,
-            inline_threads,
+            threads,
             log_format,
         })
     }
@@ -547,7 +561,10 @@ impl Config {
             ingress_id: default_ingress_id(),
             drain_grace: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(10),
-            inline_threads: 2,
+            threads: ThreadCounts {
+                http: None,
+                inline: Some(2),
+            },
             log_format: LogFormat::Text,
             http: HttpLimits::default(),
             tls: None,
@@ -848,6 +865,36 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.name, "--drain-grace");
+    }
+
+    #[test]
+    fn thread_counts_come_from_flags_over_variables_and_are_bounded() {
+        let c = Config::resolve(&cli(&["--pipeline", "p"]), &HashMap::new()).unwrap();
+        assert_eq!(c.threads, ThreadCounts::default());
+        let env: HashMap<String, String> = [
+            (ENV_THREADS.to_string(), "3".to_string()),
+            (ENV_INLINE_THREADS.to_string(), "5".to_string()),
+        ]
+        .into();
+        let c = Config::resolve(&cli(&["--pipeline", "p", "--threads", "2"]), &env).unwrap();
+        assert_eq!(
+            c.threads,
+            ThreadCounts {
+                http: Some(2),
+                inline: Some(5)
+            }
+        );
+        for flag in ["--threads", "--inline-threads"] {
+            for value in ["0", "257"] {
+                let e = Config::resolve(&cli(&["--pipeline", "p", flag, value]), &HashMap::new())
+                    .unwrap_err();
+                assert_eq!(e.name, flag, "{value}");
+            }
+        }
+        let env: HashMap<String, String> =
+            [(ENV_INLINE_THREADS.to_string(), "many".to_string())].into();
+        let e = Config::resolve(&cli(&["--pipeline", "p"]), &env).unwrap_err();
+        assert_eq!(e.name, "--inline-threads");
     }
 
     #[test]

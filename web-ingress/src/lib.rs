@@ -28,6 +28,7 @@
 //! - [`error`]: errors as HTTP responses.
 //! - [`metrics`]: the ingress's metric families.
 //! - [`runtime`]: start-up, reply listener, backlog sampler, inline workers, drain.
+//! - [`threads`]: the CPUs shared between the HTTP runtime and the inline workers.
 //! - [`request`]: what a request brings: its id, its body parsed, its span.
 //! - [`job_id`]: the id an asynchronous answer is fetched with.
 //! - [`sse`], [`stream_events`]: streamed answers (SSE or NDJSON).
@@ -71,9 +72,10 @@ pub mod stream_events;
 mod stream_store;
 pub mod supervisor;
 pub mod tcp_workers;
+pub mod threads;
 pub mod tls;
 pub mod waiters;
 pub mod websocket;
 
 pub use config::{Cli, Command, Config, HttpLimits, LogFormat};
-pub use runtime::{keygen, start, start_with, Ingress, StartError};
+pub use runtime::{http_threads, keygen, start, start_with, Ingress, StartError};

@@ -22,27 +22,29 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(mut cli: Cli) -> anyhow::Result<()> {
-    match cli.command.take() {
-        Some(Command::Keygen { dir }) => {
+/// `keygen` and `dlq`: a command, then exit.
+async fn command(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Keygen { dir } => {
             let kid = sluice_web_ingress::keygen(&dir)
                 .with_context(|| format!("writing a key ring into {}", dir.display()))?;
             println!("wrote a key ring to {} (current kid: {kid})", dir.display());
-            return Ok(());
+            Ok(())
         }
-        Some(Command::Dlq(action)) => {
+        Command::Dlq(action) => {
             use sluice_web_ingress::{admin_client, dlq_command};
             let (target, what) = action.split();
             let done = match (target.admin, &target.admin_token_file) {
                 (Some(at), Some(token_file)) => admin_client::ask(at, token_file, &what).await?,
                 _ => dlq_command::on_redis(&target, what).await?,
             };
-            return dlq_command::report(done);
+            dlq_command::report(done)
         }
-        None => {}
     }
-    let env: HashMap<String, String> = std::env::vars().collect();
-    let config = Config::resolve(&cli, &env)?;
+}
+
+/// Serves the pipeline until SIGTERM or SIGINT, then drains.
+async fn serve(config: Config) -> anyhow::Result<()> {
     let telemetry = sluice_platform::telemetry::init(
         "sluice-web-ingress",
         env!("CARGO_PKG_VERSION"),
@@ -60,10 +62,38 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli).await {
+/// A runtime of `threads` threads (`None`: one per CPU) running `f`.
+fn run_on<F: std::future::Future<Output = anyhow::Result<()>>>(
+    threads: Option<usize>,
+    f: F,
+) -> anyhow::Result<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n);
+    }
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(f)
+}
+
+fn run(mut cli: Cli) -> anyhow::Result<()> {
+    if let Some(c) = cli.command.take() {
+        return run_on(None, command(c));
+    }
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let config = Config::resolve(&cli, &env)?;
+    // The HTTP runtime is sized before start: with memory backends it
+    // shares the CPUs with the inline workers' runtime.
+    run_on(
+        Some(sluice_web_ingress::http_threads(&config)),
+        serve(config),
+    )
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice-web-ingress: {e:#}");

@@ -125,6 +125,8 @@ struct Ports {
 struct Inline {
     cancel: CancellationToken,
     done: tokio::sync::oneshot::Receiver<()>,
+    /// The runtime's threads; zero: no runtime.
+    threads: usize,
 }
 
 /// Starts an ingress for `config`.
@@ -133,6 +135,17 @@ struct Inline {
 /// See [`StartError`]; each names what to fix.
 pub async fn start(config: Config) -> Result<Ingress, StartError> {
     start_with(config, NodeRegistry::builtin()).await
+}
+
+/// The threads the HTTP runtime of an ingress for `config` should have
+/// (`--threads`, else the share [`crate::threads`] gives it): the manifest
+/// is read for its backends unless `--backend` overrides them (one that
+/// cannot be read is reported by [`start`]).
+pub fn http_threads(config: &Config) -> usize {
+    let backend = config.backend.unwrap_or_else(|| {
+        sluice_crds::load_manifest(&config.pipeline).map_or(BackendKind::Memory, |(_, p)| p.backend)
+    });
+    config.threads.split(backend, crate::threads::cpus()).http
 }
 
 /// Like [`start`], with a node registry holding custom `rust/*` nodes.
@@ -303,7 +316,10 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         let cfg = WorkerConfig::from_plan(&plan, &g.name, format!("{}-inline", config.ingress_id));
         workers.push(Worker::new(cfg, build(&g.name)?, queue.clone(), &parts));
     }
-    let inline = start_inline(workers, config.inline_threads)?;
+    let inline = start_inline(
+        workers,
+        config.threads.split(backend, crate::threads::cpus()).inline,
+    )?;
     // Worker groups of a tcp pipeline are processes of their own; they are
     // started, and ready, before anything is served.
     let tcp = match tcp_parts {
@@ -456,7 +472,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
             background.clone(),
         ));
     }
-    summary(&config, &plan, backend, &ring, &parts, addr);
+    summary(&config, &plan, backend, &ring, &parts, addr, inline.threads);
 
     let drain = CancellationToken::new();
     let done = tokio::spawn(drain_sequence(DrainParts {
@@ -507,9 +523,9 @@ fn summary(
     ring: &SharedKeyRing,
     parts: &RuntimeParts,
     addr: SocketAddr,
+    inline_threads: usize,
 ) {
     let r = ring.get();
-    // With memory backends every group runs in this process.
     // With memory backends every group runs in this process; with tcp
     // backends this process hands each worker its keys and checks their
     // handshakes.
@@ -546,6 +562,9 @@ fn summary(
         header_timeout = ?config.http.header_timeout,
         body_timeout = ?config.http.body_timeout,
         ingress_id = %config.ingress_id,
+        // What the runtimes run with, as they report it.
+        threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        inline_threads,
         interfaces = ?interfaces,
         groups = ?groups,
         signing_kid = r.current(),
@@ -558,15 +577,25 @@ fn summary(
 
 /// Runs the worker groups on their own runtime, so a node that blocks or
 /// burns CPU never stalls the threads accepting requests.
+/// No workers (redis and tcp backends): no runtime.
 fn start_inline(workers: Vec<Arc<Worker>>, threads: usize) -> Result<Inline, StartError> {
     let cancel = CancellationToken::new();
     let (tx, done) = tokio::sync::oneshot::channel();
+    if workers.is_empty() {
+        let _ = tx.send(());
+        return Ok(Inline {
+            cancel,
+            done,
+            threads: 0,
+        });
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+        .worker_threads(threads.max(1))
         .thread_name("sluice-worker")
         .enable_all()
         .build()
         .map_err(StartError::Threads)?;
+    let threads = rt.metrics().num_workers();
     let token = cancel.clone();
     std::thread::Builder::new()
         .name("sluice-inline".into())
@@ -583,7 +612,11 @@ fn start_inline(workers: Vec<Arc<Worker>>, threads: usize) -> Result<Inline, Sta
             let _ = tx.send(());
         })
         .map_err(StartError::Threads)?;
-    Ok(Inline { cancel, done })
+    Ok(Inline {
+        cancel,
+        done,
+        threads,
+    })
 }
 
 async fn listen_replies(
