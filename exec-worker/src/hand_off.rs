@@ -21,8 +21,10 @@
 //! - A batch the backend refused as a whole before applying any of it
 //!   ([`BackendError::NotApplied`]) is committed again one by one, so one
 //!   hand-off Redis refuses does not take the others with it. Any other
-//!   failure (a timeout, a lost connection: maybe applied) is reported to
-//!   every hand-off of the batch, never retried here.
+//!   failure (a timeout, a lost connection: maybe applied; a batch applied
+//!   only in part, [`BackendError::PartlyApplied`], whose entries the
+//!   worker then dead-letters) is reported to every hand-off of the batch,
+//!   never retried here.
 //!
 //! It must not hold the pending list's lock across an `await`.
 

@@ -704,18 +704,7 @@ impl Worker {
         let g = &self.cfg.group;
         // Push first: a crash between the two steps duplicates the dead
         // letter rather than losing it.
-        if let Err(e) = self
-            .queue
-            .push_capped(
-                &self.keys.dead_letter(),
-                StreamEntry {
-                    note: DeadLetterNote::new(g, d.deliveries, &err).encode(),
-                    ..d.entry.clone()
-                },
-                DEAD_LETTER_RETENTION,
-            )
-            .await
-        {
+        if let Err(e) = self.copy_to_dead_letters(d, &err).await {
             tracing::warn!(group = %g, error = %e, "dead-letter write failed; entry left for redelivery");
             return;
         }
@@ -726,12 +715,36 @@ impl Worker {
                 (None, "key_missing")
             }
         };
-        self.finish(d, forward, outcome).await;
+        self.hand_off(d, forward, outcome, Kept::AsDeadLetter).await;
+    }
+
+    /// Copies `d`'s entry, as it was read, to the dead-letter stream with a
+    /// note saying who gave up on it and `err`.
+    async fn copy_to_dead_letters(
+        &self,
+        d: &Delivery,
+        err: &ReplyError,
+    ) -> Result<String, BackendError> {
+        let entry = StreamEntry {
+            note: DeadLetterNote::new(&self.cfg.group, d.deliveries, err).encode(),
+            ..d.entry.clone()
+        };
+        self.queue
+            .push_capped(&self.keys.dead_letter(), entry, DEAD_LETTER_RETENTION)
+            .await
     }
 
     /// Hands off and acknowledges; on a backend error the entry stays
     /// pending and is redelivered after its lease.
     async fn finish(&self, d: &Delivery, forward: Option<Forward>, outcome: &str) {
+        self.hand_off(d, forward, outcome, Kept::Nowhere).await;
+    }
+
+    /// [`Worker::finish`], for an entry that `kept` says is kept elsewhere
+    /// already: a hand-off Redis applied only in part (the entry
+    /// acknowledged and deleted, its forward maybe missing) is then not
+    /// dead-lettered a second time.
+    async fn hand_off(&self, d: &Delivery, forward: Option<Forward>, outcome: &str, kept: Kept) {
         let g = &self.cfg.group;
         let id = d.id.as_str();
         let is_reply = forward.as_ref().is_some_and(|f| f.must_exist);
@@ -750,11 +763,34 @@ impl Worker {
                 self.metrics.outcome(g, "reply_dropped");
             }
             Ok(false) => {}
+            Err(BackendError::PartlyApplied(why)) => {
+                self.metrics.outcome(g, "hand_off_failed");
+                if kept == Kept::AsDeadLetter {
+                    tracing::error!(group = %g, id, error = %why, "hand-off applied in part; the entry is already dead-lettered");
+                    return;
+                }
+                tracing::error!(group = %g, id, error = %why, "hand-off applied in part: the entry is acknowledged but its next step may be missing; dead-lettering it");
+                let err = ReplyError::new(
+                    "hand_off_failed",
+                    "the hand-off to the next step failed after the entry was acknowledged",
+                );
+                if let Err(e) = self.copy_to_dead_letters(d, &err).await {
+                    tracing::error!(group = %g, id, error = %e, "dead-letter write failed; the entry is lost");
+                }
+            }
             Err(e) => {
                 tracing::warn!(group = %g, id, error = %e, "hand-off failed; entry left for redelivery")
             }
         }
     }
+}
+
+/// Whether an entry being handed off is kept anywhere but its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    Nowhere,
+    /// Copied to the dead-letter stream before its hand-off.
+    AsDeadLetter,
 }
 
 /// A short name for a node's outcome, for spans.

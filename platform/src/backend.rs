@@ -19,6 +19,13 @@ pub enum BackendError {
     /// by its ACL, or Redis out of memory).
     #[error("backend refused the whole transaction: {0}")]
     NotApplied(String),
+    /// A transaction ran, but a command in it failed (Redis does not roll
+    /// back: `WRONGTYPE` on a forward's key), or ran without its `MULTI`:
+    /// the entries it acknowledged are gone from their queue while a
+    /// forward may be missing. Nothing redelivers them: the caller keeps
+    /// them (a worker dead-letters them).
+    #[error("backend applied only part of a transaction: {0}")]
+    PartlyApplied(String),
     /// A fault injected by a test.
     #[error("injected backend fault")]
     Injected,

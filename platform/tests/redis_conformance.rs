@@ -544,7 +544,8 @@ async fn a_hand_off_whose_multi_is_refused_is_not_taken_for_one_that_applied_not
     b.push(&q, entry(1)).await.unwrap();
     let ds = b.read(&q, "w", 1, Duration::ZERO).await.unwrap();
     let err = b.complete_all(&q, &forwards(&ds, &next)).await.unwrap_err();
-    assert!(!matches!(err, BackendError::NotApplied(_)), "{err:?}");
+    // The entry is acknowledged and deleted: its caller must keep it.
+    assert!(matches!(err, BackendError::PartlyApplied(_)), "{err:?}");
     assert!(err.to_string().contains("MULTI refused"), "{err}");
     // What ran on its own is there: the caller must not send it again as
     // if nothing had been applied.
@@ -815,4 +816,49 @@ async fn reclaims_reach_a_lapsed_entry_behind_many_held_ones() {
     }
     let d = found.expect("ten scans of ten entries reach the 60th");
     assert_eq!((d.id.as_str(), d.deliveries), (lapsed.as_str(), 2));
+}
+
+#[tokio::test]
+async fn a_hand_off_whose_forward_fails_inside_exec_is_said_to_have_applied_in_part() {
+    let server = RedisServer::start(false);
+    let b = backend(&server).await;
+    let p = prefix();
+    let q = format!("{p}:q:w");
+    let next = format!("{p}:q:next");
+    let fine = format!("{p}:q:fine");
+    // The next step's key holds a string: its XADD fails inside EXEC, and
+    // Redis runs the rest (XACK, XDEL) all the same.
+    cli(&server, &["SET", &next, "not a stream"]);
+    b.ensure_group(&q).await.unwrap();
+    b.push(&q, entry(1)).await.unwrap();
+    b.push(&q, entry(2)).await.unwrap();
+    let ds = b.read(&q, "w", 2, Duration::ZERO).await.unwrap();
+    let mut done = forwards(&ds[..1], &next);
+    done.extend(forwards(&ds[1..], &fine));
+    let err = b.complete_all(&q, &done).await.unwrap_err();
+    assert!(matches!(err, BackendError::PartlyApplied(_)), "{err:?}");
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+    // Gone from the queue, nothing pending: nothing would redeliver them.
+    assert_eq!(b.depth(&q).await.unwrap().entries, 0);
+    assert_eq!(b.pending(&q).await.unwrap(), 0);
+    assert_eq!(b.depth(&fine).await.unwrap().entries, 1);
+}
+
+#[tokio::test]
+async fn a_hand_off_refused_as_a_whole_at_exec_applied_nothing() {
+    let server = RedisServer::start(false);
+    let p = prefix();
+    let q = format!("{p}:q:w");
+    let next = format!("{p}:q:next");
+    // A user that may queue the commands but not run EXEC: Redis refuses
+    // EXEC itself, and the transaction is discarded.
+    let b = backend_as(&server, &["~*", "+@all", "-exec"]).await;
+    b.ensure_group(&q).await.unwrap();
+    b.push(&q, entry(1)).await.unwrap();
+    let ds = b.read(&q, "w", 1, Duration::ZERO).await.unwrap();
+    let err = b.complete_all(&q, &forwards(&ds, &next)).await.unwrap_err();
+    assert!(matches!(err, BackendError::NotApplied(_)), "{err:?}");
+    assert_eq!(b.depth(&q).await.unwrap().entries, 1);
+    assert_eq!(b.pending(&q).await.unwrap(), 1);
+    assert_eq!(b.depth(&next).await.unwrap().entries, 0);
 }

@@ -401,6 +401,22 @@ pub(super) fn is_reply(e: &FredError, code: &str) -> bool {
     e.details().starts_with(code)
 }
 
+/// Whether `e` is an error Redis answered (the kinds fred gives its error
+/// replies), rather than the client's own failure (a timeout, a lost
+/// connection, a frame it could not read) after which the command may still
+/// be on its way.
+pub(super) fn is_redis_answer(e: &FredError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Unknown
+            | ErrorKind::InvalidArgument
+            | ErrorKind::InvalidCommand
+            | ErrorKind::Auth
+            | ErrorKind::Cluster
+            | ErrorKind::Config
+    )
+}
+
 fn timed_out() -> FredError {
     FredError::new(ErrorKind::Timeout, "command timed out")
 }

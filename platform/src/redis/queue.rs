@@ -19,9 +19,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::types::Value;
 
-use super::backend::{is_reply, RedisBackend};
+use fred::error::Error as FredError;
+
+use super::backend::{is_redis_answer, is_reply, RedisBackend};
 use super::wire;
-use crate::backend::Result;
+use crate::backend::{BackendError, Result};
 use crate::envelope::StreamEntry;
 use crate::keys::CONSUMER_GROUP;
 use crate::queue::{Completion, Delivery, Depth, Forward, Held, Queue};
@@ -80,7 +82,7 @@ impl RedisBackend {
         consumer: &str,
         max: usize,
         block: Duration,
-    ) -> std::result::Result<Value, fred::error::Error> {
+    ) -> std::result::Result<Value, FredError> {
         let args = vec![
             v("GROUP"),
             v(CONSUMER_GROUP),
@@ -94,6 +96,44 @@ impl RedisBackend {
         // BLOCK goes before STREAMS.
         self.blocking_read("XREADGROUP", stream, args, block, 5)
             .await
+    }
+
+    /// What a failed hand-off of entries of `stream` (`first` among them)
+    /// applied, said as the error its caller acts on.
+    ///
+    /// - Refused while queued (ACL, out of memory): Redis discarded the
+    ///   whole transaction: [`BackendError::NotApplied`].
+    /// - Any other answer from Redis — a command that failed inside `EXEC`
+    ///   (`WRONGTYPE` on a forward's key: Redis does not roll back), or a
+    ///   refused `MULTI` whose commands then ran on their own: whether the
+    ///   entries are gone is read back (`XDEL` comes last, so a deleted
+    ///   `first` means every command ran). Gone:
+    ///   [`BackendError::PartlyApplied`] — the entries are acknowledged
+    ///   and deleted while a forward may be missing, so nothing redelivers
+    ///   them and the caller must keep them. Still there: nothing applied.
+    /// - The client's own failure (a timeout, a lost connection): maybe
+    ///   applied, maybe not yet; said as it is.
+    async fn failed_hand_off(&self, stream: &str, first: &str, e: FredError) -> BackendError {
+        if ["EXECABORT", "NOPERM", "OOM"]
+            .iter()
+            .any(|code| is_reply(&e, code))
+        {
+            return BackendError::NotApplied(self.err(e).to_string());
+        }
+        if !is_redis_answer(&e) {
+            return self.err(e);
+        }
+        let why = self.err(e).to_string();
+        match self
+            .call("XRANGE", stream, vec![v(stream), v(first), v(first)])
+            .await
+        {
+            Ok(Value::Array(rows)) if rows.is_empty() => BackendError::PartlyApplied(format!(
+                "{why}: the entries are acknowledged and deleted, a forward may be missing"
+            )),
+            Ok(_) => BackendError::NotApplied(why),
+            Err(_) => BackendError::Unavailable(why),
+        }
     }
 }
 
@@ -412,18 +452,10 @@ impl Queue for RedisBackend {
         }
         cmds.push(("XACK", stream, ack));
         cmds.push(("XDEL", stream, del));
-        let results = self.transaction(cmds).await.map_err(|e| {
-            // Refused while queueing (ACL, out of memory): Redis discarded
-            // the whole transaction, so nothing of it was applied.
-            if ["EXECABORT", "NOPERM", "OOM"]
-                .iter()
-                .any(|code| is_reply(&e, code))
-            {
-                crate::BackendError::NotApplied(self.err(e).to_string())
-            } else {
-                self.err(e)
-            }
-        })?;
+        let results = match self.transaction(cmds).await {
+            Ok(results) => results,
+            Err(e) => return Err(self.failed_hand_off(stream, &done[0].id, e).await),
+        };
         // One XADD answer per forward (then one per copy), in order; a
         // NOMKSTREAM XADD to a missing stream answers nil.
         let mut added = results.iter();

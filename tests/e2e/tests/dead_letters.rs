@@ -18,7 +18,7 @@ use serde_json::json;
 use sluice_e2e::dlq::{letters_manifest, rows};
 use sluice_e2e::process::free_port;
 use sluice_e2e::resp::{Probe, Resp};
-use sluice_e2e::{eventually, Http, Sandbox, Service, Spec};
+use sluice_e2e::{eventually, scrape, Http, Sandbox, Service, Spec};
 use sluice_platform::redis::testing::RedisServer;
 use sluice_platform::Keys;
 
@@ -149,4 +149,98 @@ async fn a_poison_request_is_listed_fixed_redriven_and_answered() {
     assert!(dlq(&["list"], &fixed, &url, &keys)
         .unwrap()
         .contains("(no dead letters)"));
+}
+
+/// A pipeline whose worker group `a` hands every request on to group `b`.
+const HAND_OFF: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata: { name: handoff }
+spec:
+  backends: { queue: redis, kv: redis, reply: redis }
+  interfaces:
+    - { name: go, kind: http, path: /v1/go, entry: first, timeout: 2s }
+  groups:
+    - { name: web, role: ingress }
+    - { name: a, role: worker }
+    - { name: b, role: worker }
+  nodes:
+    - { name: first, group: a, uses: builtin/echo, next: second }
+    - { name: second, group: b, uses: builtin/echo }
+  limits: { lease: 500ms }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_that_fails_inside_its_transaction_is_dead_lettered_not_lost() {
+    let sb = Sandbox::new("hand-off-failed");
+    let redis = RedisServer::start(false);
+    let keys = sb.keygen();
+    let pipeline = sb.write("handoff.yaml", HAND_OFF);
+    let url = redis.url();
+    let a = Service::start(&sb, Spec::worker(&pipeline, "a").redis(&url, &keys)).await;
+    let ingress = Service::start(&sb, Spec::ingress(&pipeline).redis(&url, &keys)).await;
+    // The next group's queue key holds a string: the XADD of a's hand-off
+    // fails inside EXEC, while its XACK and XDEL run.
+    let names = Keys::new("default", "handoff");
+    let probe = Probe::new(redis.port());
+    let next = names.queue("b");
+    probe
+        .cmd(&[b"SET", next.as_bytes(), b"not a stream"])
+        .expect("SET");
+
+    let http = Http::new(Duration::from_secs(10));
+    let input = json!({"order": "H-1"});
+    let answer = http
+        .post(&ingress.url("/v1/go"), &input, Some("hand-off-1"))
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status, 504, "{}", answer.text());
+
+    // Not in its queue, not pending there: kept as a dead letter instead.
+    let own = names.queue("a");
+    let (listing, _) = eventually(Duration::from_secs(10), "the dead letter", || async {
+        let listing = dlq(&["list"], &pipeline, &url, &keys)?;
+        match rows(&listing).len() {
+            1 => Ok(listing),
+            _ => Err(listing),
+        }
+    })
+    .await;
+    let r = rows(&listing);
+    assert_eq!(&r[0][2..5], ["a", "first", "hand-off-1"], "{listing}");
+    assert!(r[0][7].starts_with("hand_off_failed: "), "{listing}");
+    assert_eq!(
+        probe.cmd(&[b"XLEN", own.as_bytes()]).expect("XLEN"),
+        Resp::Int(0)
+    );
+    let m = scrape(&a.url("/metrics")).await;
+    assert_eq!(
+        m.count(
+            "sluice_worker_entries_total",
+            &[("group", "a"), ("outcome", "hand_off_failed")]
+        ),
+        1,
+        "{}",
+        m.text()
+    );
+
+    // The key fixed and group b running, the letter is sent again and
+    // answered: nothing was lost.
+    probe.cmd(&[b"DEL", next.as_bytes()]).expect("DEL");
+    let _b = Service::start(&sb, Spec::worker(&pipeline, "b").redis(&url, &keys)).await;
+    let out = dlq(&["redrive", "--all"], &pipeline, &url, &keys).unwrap();
+    let location = out
+        .lines()
+        .find(|l| l.contains("\tsent\t"))
+        .and_then(|l| l.rsplit('\t').next())
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    let (answer, _) = eventually(Duration::from_secs(15), "the redriven answer", || async {
+        match http.get(&ingress.url(&location)).await {
+            Ok(a) if a.status == 200 => Ok(a),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(answer.json(), input);
 }
