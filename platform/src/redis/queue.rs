@@ -106,8 +106,8 @@ impl RedisBackend {
     /// - Any other answer from Redis — a command that failed inside `EXEC`
     ///   (`WRONGTYPE` on a forward's key: Redis does not roll back), or a
     ///   refused `MULTI` whose commands then ran on their own: whether the
-    ///   entries are gone is read back (`XDEL` comes last, so a deleted
-    ///   `first` means every command ran). Gone:
+    ///   entries are still pending is read back (`XACK` and `XDEL` come
+    ///   last, so an acknowledged `first` means every command ran). Gone:
     ///   [`BackendError::PartlyApplied`] — the entries are acknowledged
     ///   and deleted while a forward may be missing, so nothing redelivers
     ///   them and the caller must keep them. Still there: nothing applied.
@@ -124,10 +124,9 @@ impl RedisBackend {
             return self.err(e);
         }
         let why = self.err(e).to_string();
-        match self
-            .call("XRANGE", stream, vec![v(stream), v(first), v(first)])
-            .await
-        {
+        // XPENDING rather than XRANGE: the managed worker users may run it.
+        let args = vec![v(stream), v(CONSUMER_GROUP), v(first), v(first), n(1)];
+        match self.call("XPENDING", stream, args).await {
             Ok(Value::Array(rows)) if rows.is_empty() => BackendError::PartlyApplied(format!(
                 "{why}: the entries are acknowledged and deleted, a forward may be missing"
             )),
