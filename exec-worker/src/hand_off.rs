@@ -20,11 +20,14 @@
 //!   pending and is redelivered after its lease).
 //! - A batch the backend refused as a whole before applying any of it
 //!   ([`BackendError::NotApplied`]) is committed again one by one, so one
-//!   hand-off Redis refuses does not take the others with it. Any other
-//!   failure (a timeout, a lost connection: maybe applied; a batch applied
-//!   only in part, [`BackendError::PartlyApplied`], whose entries the
-//!   worker then dead-letters) is reported to every hand-off of the batch,
-//!   never retried here.
+//!   hand-off Redis refuses does not take the others with it.
+//! - A batch applied only in part ([`BackendError::PartlyApplied`]: its
+//!   entries acknowledged and deleted, a forward maybe missing) has each
+//!   forward sent again on its own; a hand-off whose forward still cannot
+//!   be sent is answered `PartlyApplied` (the worker dead-letters its
+//!   entry). Any other failure (a timeout, a lost connection: maybe
+//!   applied) is reported to every hand-off of the batch, never retried
+//!   here.
 //!
 //! It must not hold the pending list's lock across an `await`.
 
@@ -192,8 +195,40 @@ async fn commit_all(queue: &dyn Queue, stream: &str, done: &[Completion]) -> Vec
             }
             answers
         }
+        Err(BackendError::PartlyApplied(why)) => {
+            let mut answers = Vec::with_capacity(done.len());
+            for c in done {
+                answers.push(send_again(queue, c, &why).await);
+            }
+            answers
+        }
         Err(e) => done.iter().map(|_| Err(e.clone())).collect(),
     }
+}
+
+/// `c`'s forward sent again on its own, its entry being acknowledged and
+/// deleted already by a hand-off applied only in part: whether it landed
+/// then is not known, and a copy of one that had is refused by its
+/// receiver's replay guard (the same signed entry, the same nonce).
+/// `PartlyApplied` when it cannot be sent: nothing but the worker holds
+/// the entry then.
+async fn send_again(queue: &dyn Queue, c: &Completion, why: &str) -> Answer {
+    let Some(f) = &c.forward else {
+        return Ok(true);
+    };
+    let sent = if f.must_exist {
+        queue
+            .append(&[f.stream.as_str()], &f.entry)
+            .await
+            .map(|n| n > 0)
+    } else {
+        queue.push(&f.stream, f.entry.clone()).await.map(|_| true)
+    };
+    if let Some(copy) = &f.copy_to {
+        // A follower's copy: a lost one costs it the live view only.
+        let _ = queue.append(&[copy.as_str()], &f.entry).await;
+    }
+    sent.map_err(|e| BackendError::PartlyApplied(format!("{why}; sent again on its own: {e}")))
 }
 
 #[cfg(test)]
@@ -358,6 +393,49 @@ mod tests {
         let (answers, calls) = batch_against(lost.clone()).await;
         assert_eq!(answers, vec![Err(lost); 3]);
         assert_eq!(calls, 2, "the first and the batch, nothing retried");
+    }
+
+    #[tokio::test]
+    async fn a_batch_applied_in_part_sends_each_forward_again_on_its_own() {
+        let mem = MemoryStreams::new();
+        sluice_platform::ReplyChannel::open(&*mem, "r:live", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let q = StagedQueue {
+            refuse_batches: Some(BackendError::PartlyApplied("WRONGTYPE".into())),
+            broken_stream: Some("broken".into()),
+            ..StagedQueue::new(mem.clone())
+        };
+        let forward = |stream: &str, must_exist| {
+            Some(Forward {
+                stream: stream.into(),
+                entry: entry(1),
+                must_exist,
+                copy_to: None,
+            })
+        };
+        let batch = vec![
+            done("1-0", forward("next", false)),
+            done("2-0", forward("broken", false)),
+            done("3-0", None),
+            done("4-0", forward("r:live", true)),
+            done("5-0", forward("r:gone", true)),
+        ];
+        let answers = commit_all(&q, "q", &batch).await;
+        assert_eq!(answers[0], Ok(true));
+        assert!(
+            matches!(&answers[1], Err(BackendError::PartlyApplied(m)) if m.contains("WRONGTYPE") && m.contains("sent again")),
+            "{:?}",
+            answers[1]
+        );
+        // Nothing to send: its acknowledgement was the whole hand-off.
+        assert_eq!(answers[2], Ok(true));
+        assert_eq!(answers[3], Ok(true));
+        // A reply stream gone stays gone: not created by the second send.
+        assert_eq!(answers[4], Ok(false));
+        assert_eq!(mem.depth("next").await.unwrap().entries, 1);
+        assert_eq!(mem.depth("r:live").await.unwrap().entries, 1);
+        assert_eq!(mem.depth("r:gone").await.unwrap().entries, 0);
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub struct OutcomeLabel {
 pub struct WorkerMetrics {
     /// `sluice_worker_entries_total{group,outcome}`: forwarded, replied,
     /// failed, retried, dead_lettered, crashed, expired, rejected,
-    /// reply_dropped, key_missing, hand_off_failed, handed_back.
+    /// reply_dropped, key_missing, hand_off_failed, lost, handed_back.
     pub entries: Family<OutcomeLabel, Counter>,
     /// `sluice_worker_redeliveries_total{group}`: entries seen more than once.
     pub redeliveries: Family<GroupLabel, Counter>,

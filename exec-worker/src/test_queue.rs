@@ -23,9 +23,20 @@ pub struct StagedQueue {
     /// Returned for any batch of more than one hand-off.
     pub refuse_batches: Option<BackendError>,
     pub commits: AtomicUsize,
+    /// Pushes and appends to this stream fail (a key of another type).
+    pub broken_stream: Option<String>,
 }
 
 impl StagedQueue {
+    fn refuse_broken(&self, streams: &[&str]) -> Result<()> {
+        match &self.broken_stream {
+            Some(b) if streams.contains(&b.as_str()) => Err(BackendError::Unavailable(
+                "WRONGTYPE Operation against a key holding the wrong kind of value".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub fn new(inner: Arc<MemoryStreams>) -> Self {
         Self {
             inner,
@@ -33,6 +44,7 @@ impl StagedQueue {
             reclaims: AtomicUsize::new(0),
             refuse_batches: None,
             commits: AtomicUsize::new(0),
+            broken_stream: None,
         }
     }
 }
@@ -43,6 +55,7 @@ impl Queue for StagedQueue {
         self.inner.ensure_group(s).await
     }
     async fn push(&self, s: &str, e: StreamEntry) -> Result<String> {
+        self.refuse_broken(&[s])?;
         self.inner.push(s, e).await
     }
     async fn push_capped(&self, s: &str, e: StreamEntry, n: u64) -> Result<String> {
@@ -69,6 +82,7 @@ impl Queue for StagedQueue {
         }
     }
     async fn append(&self, s: &[&str], e: &StreamEntry) -> Result<usize> {
+        self.refuse_broken(s)?;
         self.inner.append(s, e).await
     }
     async fn depth(&self, s: &str) -> Result<Depth> {

@@ -763,19 +763,25 @@ impl Worker {
                 self.metrics.outcome(g, "reply_dropped");
             }
             Ok(false) => {}
+            // Acknowledged, and its forward refused even when sent again
+            // on its own: the entry exists only here now.
             Err(BackendError::PartlyApplied(why)) => {
-                self.metrics.outcome(g, "hand_off_failed");
                 if kept == Kept::AsDeadLetter {
-                    tracing::error!(group = %g, id, error = %why, "hand-off applied in part; the entry is already dead-lettered");
+                    self.metrics.outcome(g, outcome);
+                    tracing::error!(group = %g, id, error = %why, "the answer to a dead-lettered entry could not be sent");
                     return;
                 }
-                tracing::error!(group = %g, id, error = %why, "hand-off applied in part: the entry is acknowledged but its next step may be missing; dead-lettering it");
+                tracing::error!(group = %g, id, error = %why, "hand-off applied in part and its next step refused; dead-lettering the entry");
                 let err = ReplyError::new(
                     "hand_off_failed",
                     "the hand-off to the next step failed after the entry was acknowledged",
                 );
-                if let Err(e) = self.copy_to_dead_letters(d, &err).await {
-                    tracing::error!(group = %g, id, error = %e, "dead-letter write failed; the entry is lost");
+                match self.copy_to_dead_letters(d, &err).await {
+                    Ok(_) => self.metrics.outcome(g, "hand_off_failed"),
+                    Err(e) => {
+                        self.metrics.outcome(g, "lost");
+                        tracing::error!(group = %g, id, error = %e, "dead-letter write failed; the entry is lost");
+                    }
                 }
             }
             Err(e) => {

@@ -532,24 +532,40 @@ async fn a_hand_off_refused_while_queued_applies_nothing() {
 }
 
 #[tokio::test]
-async fn a_hand_off_whose_multi_is_refused_is_not_taken_for_one_that_applied_nothing() {
+async fn a_hand_off_whose_multi_is_refused_is_judged_by_what_ran_on_its_own() {
     let server = RedisServer::start(false);
     let p = prefix();
     let q = format!("{p}:q:w");
     let next = format!("{p}:q:next");
+    let broken = format!("{p}:q:broken");
+    cli(&server, &["SET", &broken, "not a stream"]);
     // A user that may do everything but open a transaction: the commands
     // after the refused MULTI run on their own.
     let b = backend_as(&server, &["~*", "+@all", "-multi"]).await;
     b.ensure_group(&q).await.unwrap();
     b.push(&q, entry(1)).await.unwrap();
     let ds = b.read(&q, "w", 1, Duration::ZERO).await.unwrap();
-    let err = b.complete_all(&q, &forwards(&ds, &next)).await.unwrap_err();
-    // The entry is acknowledged and deleted: its caller must keep it.
-    assert!(matches!(err, BackendError::PartlyApplied(_)), "{err:?}");
-    assert!(err.to_string().contains("MULTI refused"), "{err}");
-    // What ran on its own is there: the caller must not send it again as
-    // if nothing had been applied.
+    // Every command succeeded: applied, if not as one step.
+    assert_eq!(
+        b.complete_all(&q, &forwards(&ds, &next)).await,
+        Ok(vec![true])
+    );
     assert_eq!(b.depth(&next).await.unwrap().entries, 1);
+    assert_eq!(b.depth(&q).await.unwrap().entries, 0);
+    // One failed on its own while the acknowledgement ran: the caller must
+    // keep the entry, not wait for a redelivery.
+    b.push(&q, entry(2)).await.unwrap();
+    let ds = b.read(&q, "w", 1, Duration::ZERO).await.unwrap();
+    let err = b
+        .complete_all(&q, &forwards(&ds, &broken))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackendError::PartlyApplied(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("MULTI refused") && err.to_string().contains("WRONGTYPE"),
+        "{err}"
+    );
+    assert_eq!(b.pending(&q).await.unwrap(), 0);
 }
 
 #[tokio::test]

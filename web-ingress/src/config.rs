@@ -153,7 +153,7 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION")]
     pub drain_timeout: Option<String>,
 
-    /// Threads serving HTTP [env: SLUICE_THREADS] [default: with memory backends the CPUs --inline-threads leaves, at least 1; otherwise the number of CPUs]
+    /// Threads serving HTTP [env: SLUICE_THREADS] [default: when worker groups run in this process (memory backends) the CPUs --inline-threads leaves, at least 1; otherwise the number of CPUs]
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 

@@ -139,13 +139,21 @@ pub async fn start(config: Config) -> Result<Ingress, StartError> {
 
 /// The threads the HTTP runtime of an ingress for `config` should have
 /// (`--threads`, else the share [`crate::threads`] gives it): the manifest
-/// is read for its backends unless `--backend` overrides them (one that
-/// cannot be read is reported by [`start`]).
+/// is read for its backends (unless `--backend` overrides them) and its
+/// worker groups; one that cannot be read is reported by [`start`].
 pub fn http_threads(config: &Config) -> usize {
-    let backend = config.backend.unwrap_or_else(|| {
-        sluice_crds::load_manifest(&config.pipeline).map_or(BackendKind::Memory, |(_, p)| p.backend)
-    });
-    config.threads.split(backend, crate::threads::cpus()).http
+    let inline = match sluice_crds::load_manifest(&config.pipeline) {
+        Ok((_, plan)) => runs_inline(config, &plan),
+        Err(_) => false,
+    };
+    config.threads.split(inline, crate::threads::cpus()).http
+}
+
+/// Whether worker groups of `plan` run in this process: memory backends
+/// and at least one worker group.
+fn runs_inline(config: &Config, plan: &Plan) -> bool {
+    config.backend.unwrap_or(plan.backend) == BackendKind::Memory
+        && plan.worker_groups().next().is_some()
 }
 
 /// Like [`start`], with a node registry holding custom `rust/*` nodes.
@@ -318,7 +326,10 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     }
     let inline = start_inline(
         workers,
-        config.threads.split(backend, crate::threads::cpus()).inline,
+        config
+            .threads
+            .split(runs_inline(&config, &plan), crate::threads::cpus())
+            .inline,
     )?;
     // Worker groups of a tcp pipeline are processes of their own; they are
     // started, and ready, before anything is served.

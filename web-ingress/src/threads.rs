@@ -6,11 +6,12 @@
 //! (measured in docs/benchmarks.md: the memory profile on two CPUs with two
 //! threads each spent a fifth more CPU per request than with one each).
 //! The split stays: a node that burns CPU on the inline runtime never takes
-//! the threads that accept requests.
+//! the threads that accept requests. One inline thread (two CPUs or fewer)
+//! runs every inline group's tasks: nodes must not block it (blocking or
+//! computing work belongs in `spawn_blocking`, as for a worker process's
+//! `--threads`), or their leases are not renewed meanwhile.
 //!
 //! It must not decide anything else about the runtimes.
-
-use sluice_crds::BackendKind;
 
 /// The most threads `--threads` or `--inline-threads` takes: a count typed
 /// wrong must not start thousands of threads.
@@ -35,13 +36,14 @@ pub struct Split {
 }
 
 impl ThreadCounts {
-    /// The threads of each runtime for `backend` on `cpus` CPUs. Memory
-    /// backends: the inline groups half the CPUs, the HTTP runtime the rest,
-    /// at least one each; a count given for one runtime leaves the other
-    /// the CPUs it does not take. Other backends: every CPU serves HTTP.
-    pub fn split(self, backend: BackendKind, cpus: usize) -> Split {
+    /// The threads of each runtime on `cpus` CPUs, `inline` when worker
+    /// groups run in this process (memory backends). Then the inline
+    /// groups get half the CPUs, the HTTP runtime the rest, at least one
+    /// each; a count given for one runtime leaves the other the CPUs it
+    /// does not take. Otherwise every CPU serves HTTP.
+    pub fn split(self, inline: bool, cpus: usize) -> Split {
         let cpus = cpus.max(1);
-        if backend != BackendKind::Memory {
+        if !inline {
             return Split {
                 http: self.http.unwrap_or(cpus),
                 inline: 0,
@@ -80,8 +82,8 @@ mod tests {
     }
 
     #[test]
-    fn memory_backends_share_the_cpus_between_the_two_runtimes() {
-        let memory = BackendKind::Memory;
+    fn inline_workers_share_the_cpus_with_http() {
+        let memory = true;
         assert_eq!(NONE.split(memory, 1), split(1, 1));
         assert_eq!(NONE.split(memory, 2), split(1, 1));
         assert_eq!(NONE.split(memory, 3), split(2, 1));
@@ -92,7 +94,7 @@ mod tests {
 
     #[test]
     fn a_count_given_for_one_runtime_leaves_the_rest_to_the_other() {
-        let memory = BackendKind::Memory;
+        let memory = true;
         let inline = |n| ThreadCounts {
             http: None,
             inline: Some(n),
@@ -113,14 +115,12 @@ mod tests {
     }
 
     #[test]
-    fn other_backends_serve_http_on_every_cpu() {
-        for backend in [BackendKind::Redis, BackendKind::Tcp] {
-            assert_eq!(NONE.split(backend, 2), split(2, 0));
-            let given = ThreadCounts {
-                http: Some(3),
-                inline: Some(7),
-            };
-            assert_eq!(given.split(backend, 2), split(3, 0));
-        }
+    fn without_inline_workers_every_cpu_serves_http() {
+        assert_eq!(NONE.split(false, 2), split(2, 0));
+        let given = ThreadCounts {
+            http: Some(3),
+            inline: Some(7),
+        };
+        assert_eq!(given.split(false, 2), split(3, 0));
     }
 }

@@ -537,9 +537,12 @@ impl RedisBackend {
     /// # Errors
     /// `EXECABORT: <the first refusal>` when Redis discarded the
     /// transaction because a command was refused while queued (ACL, out of
-    /// memory, a redirection): nothing of it was applied. `MULTI refused:
-    /// …` when `MULTI` itself was: the commands after it may have run on
-    /// their own. Otherwise `EXEC`'s error, or the client's.
+    /// memory, a redirection): nothing of it was applied. When `MULTI`
+    /// itself was refused, the commands after it ran on their own: their
+    /// answers when every one succeeded, else `MULTI refused (…)` naming
+    /// the first failure. Otherwise `EXEC`'s error (Redis does not roll
+    /// back: a command failing inside `EXEC` fails it, the others ran), or
+    /// the client's.
     pub(super) async fn transaction(
         &self,
         cmds: Vec<(&'static str, &str, Vec<Value>)>,
@@ -564,13 +567,19 @@ impl RedisBackend {
         let exec = answers.pop().unwrap_or(Ok(Value::Null));
         let mut answers = answers.into_iter();
         if let Some(Err(e)) = answers.next() {
-            return Err(FredError::new(
-                ErrorKind::Unknown,
-                format!(
-                    "MULTI refused ({}): the commands after it may have run on their own",
-                    e.details()
-                ),
-            ));
+            // No transaction was opened: each command after it ran on its
+            // own and answered for itself (EXEC's "without MULTI" aside).
+            return match answers.collect::<std::result::Result<Vec<Value>, _>>() {
+                Ok(ran) => Ok(ran),
+                Err(failed) => Err(FredError::new(
+                    ErrorKind::Unknown,
+                    format!(
+                        "MULTI refused ({}); the commands after it ran on their own, and one failed: {}",
+                        e.details(),
+                        failed.details()
+                    ),
+                )),
+            };
         }
         match exec {
             Ok(results) => Ok(results.into_array()),

@@ -98,26 +98,32 @@ impl RedisBackend {
             .await
     }
 
-    /// What a failed hand-off of entries of `stream` (`first` among them)
-    /// applied, said as the error its caller acts on.
+    /// What a failed hand-off of `done`, entries of `stream`, applied,
+    /// said as the error its caller acts on.
     ///
-    /// - Refused while queued (ACL, out of memory): Redis discarded the
-    ///   whole transaction: [`BackendError::NotApplied`].
-    /// - Any other answer from Redis — a command that failed inside `EXEC`
-    ///   (`WRONGTYPE` on a forward's key: Redis does not roll back), or a
-    ///   refused `MULTI` whose commands then ran on their own: whether the
-    ///   entries are still pending is read back (`XACK` and `XDEL` come
-    ///   last, so an acknowledged `first` means every command ran). Gone:
-    ///   [`BackendError::PartlyApplied`] — the entries are acknowledged
-    ///   and deleted while a forward may be missing, so nothing redelivers
-    ///   them and the caller must keep them. Still there: nothing applied.
-    /// - The client's own failure (a timeout, a lost connection): maybe
-    ///   applied, maybe not yet; said as it is.
-    async fn failed_hand_off(&self, stream: &str, first: &str, e: FredError) -> BackendError {
-        if ["EXECABORT", "NOPERM", "OOM"]
-            .iter()
-            .any(|code| is_reply(&e, code))
-        {
+    /// - `EXECABORT`: Redis refused a command while it was queued and
+    ///   discarded the whole transaction: [`BackendError::NotApplied`].
+    /// - Any other error answered by Redis — a command failing inside
+    ///   `EXEC` (`WRONGTYPE` on a forward's key; an ACL changed since the
+    ///   commands were queued), or a `MULTI` refused whose commands then
+    ///   ran on their own and one failed: whether the entries are still
+    ///   pending is read back. None is (their `XACK` ran):
+    ///   [`BackendError::PartlyApplied`] — acknowledged and deleted while a
+    ///   forward may be missing, so nothing redelivers them and the caller
+    ///   must send its forwards again or keep the entries. One still is:
+    ///   the acknowledgement did not run, and the entries wait for their
+    ///   lease as after any failure ([`BackendError::NotApplied`]: sending
+    ///   the hand-off again repeats at most forwards that already landed,
+    ///   which their receivers' replay guard refuses).
+    /// - The client's own failure (a timeout, a lost connection, or a
+    ///   read-back that failed): maybe applied; said as it is.
+    async fn failed_hand_off(
+        &self,
+        stream: &str,
+        done: &[Completion],
+        e: FredError,
+    ) -> BackendError {
+        if is_reply(&e, "EXECABORT") {
             return BackendError::NotApplied(self.err(e).to_string());
         }
         if !is_redis_answer(&e) {
@@ -125,13 +131,29 @@ impl RedisBackend {
         }
         let why = self.err(e).to_string();
         // XPENDING rather than XRANGE: the managed worker users may run it.
-        let args = vec![v(stream), v(CONSUMER_GROUP), v(first), v(first), n(1)];
-        match self.call("XPENDING", stream, args).await {
-            Ok(Value::Array(rows)) if rows.is_empty() => BackendError::PartlyApplied(format!(
+        let cmds = done
+            .iter()
+            .map(|c| {
+                let args = vec![v(stream), v(CONSUMER_GROUP), v(&c.id), v(&c.id), n(1)];
+                ("XPENDING", stream, args)
+            })
+            .collect();
+        let Ok(rows) = self.pipeline(cmds).await else {
+            return BackendError::Unavailable(why);
+        };
+        let mut still_pending = false;
+        for row in rows {
+            match row {
+                Ok(Value::Array(r)) => still_pending |= !r.is_empty(),
+                _ => return BackendError::Unavailable(why),
+            }
+        }
+        if still_pending {
+            BackendError::NotApplied(why)
+        } else {
+            BackendError::PartlyApplied(format!(
                 "{why}: the entries are acknowledged and deleted, a forward may be missing"
-            )),
-            Ok(_) => BackendError::NotApplied(why),
-            Err(_) => BackendError::Unavailable(why),
+            ))
         }
     }
 }
@@ -453,7 +475,7 @@ impl Queue for RedisBackend {
         cmds.push(("XDEL", stream, del));
         let results = match self.transaction(cmds).await {
             Ok(results) => results,
-            Err(e) => return Err(self.failed_hand_off(stream, &done[0].id, e).await),
+            Err(e) => return Err(self.failed_hand_off(stream, done, e).await),
         };
         // One XADD answer per forward (then one per copy), in order; a
         // NOMKSTREAM XADD to a missing stream answers nil.

@@ -21,11 +21,38 @@ fn reported(log: &str, field: &str) -> usize {
         .unwrap_or_else(|| panic!("no `{field}=N` in the start-up line: {line}"))
 }
 
+/// The hello pipeline with its node on the ingress group: no worker group.
+const INGRESS_ONLY: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamPipeline
+metadata: { name: hello }
+spec:
+  interfaces:
+    - { name: hello, kind: http, path: /v1/hello, entry: greet, timeout: 5s }
+  groups:
+    - { name: web, role: ingress }
+  nodes:
+    - { name: greet, group: web, uses: builtin/json-map, with: { template: { greeting: "hello, ${/name}" } } }
+"#;
+
 /// Starts the hello example with `spec`'s extra flags, checks that it
 /// answers, and returns (HTTP threads, inline threads) as reported.
 async fn threads_of(name: &str, spec: impl FnOnce(Spec) -> Spec) -> (usize, usize) {
+    threads_of_pipeline(name, None, spec).await
+}
+
+/// [`threads_of`], for `manifest` when given.
+async fn threads_of_pipeline(
+    name: &str,
+    manifest: Option<&str>,
+    spec: impl FnOnce(Spec) -> Spec,
+) -> (usize, usize) {
     let sb = Sandbox::new(name);
-    let ingress = Service::start(&sb, spec(Spec::ingress(&example("hello.yaml")))).await;
+    let pipeline = match manifest {
+        Some(m) => sb.write("pipeline.yaml", m),
+        None => example("hello.yaml"),
+    };
+    let ingress = Service::start(&sb, spec(Spec::ingress(&pipeline))).await;
     let a = Http::new(Duration::from_secs(5))
         .post_when_connected(
             &ingress.url("/v1/hello"),
@@ -63,6 +90,12 @@ async fn the_memory_profile_shares_the_cpus_between_http_and_the_inline_workers(
             .arg("2"))
         .await,
         (3, 2)
+    );
+    // No worker group runs in the process: every CPU serves HTTP.
+    assert_eq!(
+        threads_of_pipeline("threads-ingress-only", Some(INGRESS_ONLY), |s| s).await,
+        (cpus, 0),
+        "{cpus} CPUs"
     );
 }
 
