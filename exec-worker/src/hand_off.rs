@@ -208,28 +208,53 @@ async fn commit_all(queue: &dyn Queue, stream: &str, done: &[Completion]) -> Vec
 
 /// `c`'s forward sent again on its own, its entry being acknowledged and
 /// deleted already by a hand-off applied only in part: whether it landed
-/// then is not known, and a copy of one that had is refused by its
-/// receiver's replay guard (the same signed entry, the same nonce).
-/// `PartlyApplied` when it cannot be sent: nothing but the worker holds
-/// the entry then.
+/// then is not known (the client reports the first failure inside `EXEC`
+/// for all), and a copy of one that had is refused by its receiver's
+/// replay guard (the same signed entry, the same nonce). A send that fails
+/// is tried again ([`SEND_AGAIN_TRIES`] in all), so that a connection
+/// lost at that moment does not make a dead letter of a forward that
+/// landed; `PartlyApplied` when it still fails: nothing but the worker
+/// holds the entry then. A follower's copy goes only after the forward.
 async fn send_again(queue: &dyn Queue, c: &Completion, why: &str) -> Answer {
     let Some(f) = &c.forward else {
         return Ok(true);
     };
-    let sent = if f.must_exist {
-        queue
-            .append(&[f.stream.as_str()], &f.entry)
-            .await
-            .map(|n| n > 0)
-    } else {
-        queue.push(&f.stream, f.entry.clone()).await.map(|_| true)
+    let mut tries = 0;
+    let sent = loop {
+        tries += 1;
+        let sent = if f.must_exist {
+            queue
+                .append(&[f.stream.as_str()], &f.entry)
+                .await
+                .map(|n| n > 0)
+        } else {
+            queue.push(&f.stream, f.entry.clone()).await.map(|_| true)
+        };
+        match sent {
+            Err(_) if tries < SEND_AGAIN_TRIES => {
+                tokio::time::sleep(SEND_AGAIN_PAUSE * tries).await;
+            }
+            sent => break sent,
+        }
     };
-    if let Some(copy) = &f.copy_to {
-        // A follower's copy: a lost one costs it the live view only.
-        let _ = queue.append(&[copy.as_str()], &f.entry).await;
+    match sent {
+        Ok(kept) => {
+            if let (true, Some(copy)) = (kept, &f.copy_to) {
+                // A follower's copy: a lost one costs it the live view only.
+                let _ = queue.append(&[copy.as_str()], &f.entry).await;
+            }
+            Ok(kept)
+        }
+        Err(e) => Err(BackendError::PartlyApplied(format!(
+            "{why}; sent again on its own {tries} times: {e}"
+        ))),
     }
-    sent.map_err(|e| BackendError::PartlyApplied(format!("{why}; sent again on its own: {e}")))
 }
+
+/// Sends of a forward after a hand-off applied in part, in all…
+const SEND_AGAIN_TRIES: u32 = 3;
+/// …the first pause between two, growing by as much each time.
+const SEND_AGAIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[cfg(test)]
 mod tests {

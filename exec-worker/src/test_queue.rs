@@ -25,6 +25,10 @@ pub struct StagedQueue {
     pub commits: AtomicUsize,
     /// Pushes and appends to this stream fail (a key of another type).
     pub broken_stream: Option<String>,
+    /// Every commit is applied (but its forwards to `broken_stream`), then
+    /// answered with this error (a Redis transaction with a command failing
+    /// inside `EXEC`).
+    pub applied_then: Option<BackendError>,
 }
 
 impl StagedQueue {
@@ -45,6 +49,7 @@ impl StagedQueue {
             refuse_batches: None,
             commits: AtomicUsize::new(0),
             broken_stream: None,
+            applied_then: None,
         }
     }
 }
@@ -76,8 +81,23 @@ impl Queue for StagedQueue {
     }
     async fn complete_all(&self, s: &str, done: &[Completion]) -> Result<Vec<bool>> {
         self.commits.fetch_add(1, Ordering::SeqCst);
-        match &self.refuse_batches {
-            Some(e) if done.len() > 1 => Err(e.clone()),
+        match (&self.refuse_batches, &self.applied_then) {
+            (Some(e), _) if done.len() > 1 => Err(e.clone()),
+            (_, Some(e)) => {
+                // As Redis runs it: every command but a forward to the
+                // broken stream.
+                let ran: Vec<Completion> =
+                    done.iter()
+                        .map(|c| Completion {
+                            id: c.id.clone(),
+                            forward: c.forward.clone().filter(|f| {
+                                self.broken_stream.as_deref() != Some(f.stream.as_str())
+                            }),
+                        })
+                        .collect();
+                self.inner.complete_all(s, &ran).await?;
+                Err(e.clone())
+            }
             _ => self.inner.complete_all(s, done).await,
         }
     }

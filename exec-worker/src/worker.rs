@@ -41,15 +41,15 @@ use sluice_platform::clock::{from_ms, now_ms};
 use sluice_platform::metrics::GroupLabel;
 use sluice_platform::telemetry::{self, Span};
 use sluice_platform::{
-    At, Delivery, Envelope, Forward, Held, Keys, Pause, Queue, Rejection, ReplyError, SignError,
-    Signer, StreamEntry, Verifier, VerifyError,
+    At, Delivery, Envelope, Forward, Held, Keys, Pause, Queue, Rejection, ReplyError, Signer,
+    StreamEntry, Verifier, VerifyError,
 };
-use sluice_platform::{BackendError, Completion, DeadLetterNote};
+use sluice_platform::{BackendError, Completion};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::chunks::StreamedAnswer;
-use crate::executor::{Crash, Executor, StepOutcome};
+use crate::executor::{Executor, StepOutcome};
 use crate::hand_off::HandOffs;
 use crate::metrics::WorkerMetrics;
 use crate::node::{Chunks, NodeContext};
@@ -602,41 +602,6 @@ impl Worker {
         self.finish(d, Some(fwd), "forwarded").await;
     }
 
-    /// This worker cannot sign what `env` needs next: its key directory
-    /// lacks the key (a deployment fault, not the request's). The entry is
-    /// dead-lettered, to be replayed once the keys are fixed, and the caller
-    /// answered `key_missing` when this worker can still sign a reply to
-    /// it; otherwise the caller's request times out.
-    async fn key_missing(&self, d: &Delivery, env: &Envelope, e: SignError) {
-        tracing::error!(
-            group = %self.cfg.group,
-            id = %d.id,
-            cid = %env.cid,
-            request_id = %env.rid,
-            error = %e,
-            "cannot sign the next envelope; dead-lettering the entry"
-        );
-        let err = ReplyError::new("key_missing", KEY_MISSING_MESSAGE);
-        self.dead_letter(d, env, err, "key_missing").await;
-    }
-
-    /// A node panicked on this entry: dead-letter it now, whatever its
-    /// delivery count (the same input would panic again, and a hostile one
-    /// must not cost `maxDeliveries` attempts), and answer the caller.
-    async fn crashed(&self, d: &Delivery, env: &Envelope, crash: &Crash) {
-        tracing::error!(
-            group = %self.cfg.group,
-            id = %d.id,
-            node = %crash.node,
-            cid = %env.cid,
-            request_id = %env.rid,
-            panic = %crash.panic,
-            "node panicked; dead-lettering the entry"
-        );
-        let err = ReplyError::new("node_crashed", crash.caller_message());
-        self.dead_letter(d, env, err, "crashed").await;
-    }
-
     /// The span of one delivery: `process <node>`, child of the span that
     /// queued it (consumer kind), carrying the time it waited in the queue.
     fn process_span(&self, env: &Envelope, node: &str, deliveries: u32) -> Span {
@@ -687,53 +652,6 @@ impl Worker {
         }
     }
 
-    /// Past `maxDeliveries`: dead-letter and answer `retries_exhausted`.
-    async fn exhausted(&self, d: &Delivery, env: &Envelope, why: &str) {
-        tracing::warn!(group = %self.cfg.group, id = %d.id, deliveries = d.deliveries, cid = %env.cid, request_id = %env.rid, "dead-lettered: {why}");
-        let err = ReplyError::new(
-            "retries_exhausted",
-            format!("gave up after {} deliveries: {why}", d.deliveries),
-        );
-        self.dead_letter(d, env, err, "dead_lettered").await;
-    }
-
-    /// Copies the entry to the dead-letter stream, then answers the caller
-    /// with `err` and acknowledges, counting `outcome` (`key_missing` when
-    /// this worker holds no key to sign the answer: the caller times out).
-    async fn dead_letter(&self, d: &Delivery, env: &Envelope, err: ReplyError, outcome: &str) {
-        let g = &self.cfg.group;
-        // Push first: a crash between the two steps duplicates the dead
-        // letter rather than losing it.
-        if let Err(e) = self.copy_to_dead_letters(d, &err).await {
-            tracing::warn!(group = %g, error = %e, "dead-letter write failed; entry left for redelivery");
-            return;
-        }
-        let (forward, outcome) = match self.signer.sign(&mut env.reply(Err(err))) {
-            Ok(reply) => (Some(self.reply_forward(env, reply)), outcome),
-            Err(e) => {
-                tracing::error!(group = %g, id = %d.id, cid = %env.cid, request_id = %env.rid, error = %e, "cannot sign the reply; the caller is not answered and will time out");
-                (None, "key_missing")
-            }
-        };
-        self.hand_off(d, forward, outcome, Kept::AsDeadLetter).await;
-    }
-
-    /// Copies `d`'s entry, as it was read, to the dead-letter stream with a
-    /// note saying who gave up on it and `err`.
-    async fn copy_to_dead_letters(
-        &self,
-        d: &Delivery,
-        err: &ReplyError,
-    ) -> Result<String, BackendError> {
-        let entry = StreamEntry {
-            note: DeadLetterNote::new(&self.cfg.group, d.deliveries, err).encode(),
-            ..d.entry.clone()
-        };
-        self.queue
-            .push_capped(&self.keys.dead_letter(), entry, DEAD_LETTER_RETENTION)
-            .await
-    }
-
     /// Hands off and acknowledges; on a backend error the entry stays
     /// pending and is redelivered after its lease.
     async fn finish(&self, d: &Delivery, forward: Option<Forward>, outcome: &str) {
@@ -771,18 +689,7 @@ impl Worker {
                     tracing::error!(group = %g, id, error = %why, "the answer to a dead-lettered entry could not be sent");
                     return;
                 }
-                tracing::error!(group = %g, id, error = %why, "hand-off applied in part and its next step refused; dead-lettering the entry");
-                let err = ReplyError::new(
-                    "hand_off_failed",
-                    "the hand-off to the next step failed after the entry was acknowledged",
-                );
-                match self.copy_to_dead_letters(d, &err).await {
-                    Ok(_) => self.metrics.outcome(g, "hand_off_failed"),
-                    Err(e) => {
-                        self.metrics.outcome(g, "lost");
-                        tracing::error!(group = %g, id, error = %e, "dead-letter write failed; the entry is lost");
-                    }
-                }
+                self.keep_acknowledged(d, &why).await;
             }
             Err(e) => {
                 tracing::warn!(group = %g, id, error = %e, "hand-off failed; entry left for redelivery")
@@ -828,6 +735,7 @@ impl Drop for Holding<'_> {
     }
 }
 
+mod dead_letters;
 mod hand_back;
 
 #[cfg(test)]

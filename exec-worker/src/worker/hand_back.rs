@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use sluice_platform::clock::now_ms;
-use sluice_platform::{Delivery, Envelope, HandBackNote, ReplyError, StreamEntry};
+use sluice_platform::{BackendError, Delivery, Envelope, HandBackNote, ReplyError, StreamEntry};
 
 use super::Worker;
 
@@ -78,6 +78,16 @@ impl Worker {
             }
             Ok(false) => {
                 tracing::debug!(group = %g, id = %d.id, "request of another plan generation left for its lease")
+            }
+            // Acknowledged and deleted, its copy maybe not written: written
+            // again on its own (a copy written twice is refused by the
+            // replay guard of whoever reads the second), else kept as a
+            // dead letter.
+            Err(BackendError::PartlyApplied(why)) => {
+                match self.queue.append(&[self.stream.as_str()], &entry).await {
+                    Ok(1) => self.metrics.outcome(g, "handed_back"),
+                    Ok(_) | Err(_) => self.keep_acknowledged(d, &why).await,
+                }
             }
             Err(e) => {
                 tracing::warn!(group = %g, id = %d.id, error = %e, "cannot hand back a request of another plan generation; left for its lease")

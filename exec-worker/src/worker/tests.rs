@@ -427,3 +427,58 @@ async fn a_request_no_worker_of_its_generation_takes_is_refused_in_the_end() {
     assert_eq!(parts.worker_metrics.count("work", "handed_back"), 0);
     assert_eq!(mem.depth(&q).await.unwrap().entries, 0, "acknowledged");
 }
+
+/// The hello pipeline's request handled by a worker whose every hand-off
+/// Redis applies only in part, the reply stream refusing writes when
+/// `broken`: (the answers in the reply stream, the dead letters, the
+/// entries counted `replied`, those counted `hand_off_failed`).
+async fn applied_in_part(broken: bool) -> (Vec<sluice_platform::StreamEntry>, u64, u64, u64) {
+    let (plan, parts, mem, reply_stream, entry, _) = rig().await;
+    let q = parts.keys.queue("work");
+    mem.ensure_group(&q).await.unwrap();
+    mem.push(&q, entry).await.unwrap();
+    let queue = Arc::new(StagedQueue {
+        applied_then: Some(BackendError::PartlyApplied("WRONGTYPE".into())),
+        broken_stream: broken.then(|| reply_stream.clone()),
+        ..StagedQueue::new(mem.clone())
+    });
+    let worker = worker_on(&plan, &parts, queue);
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(worker.clone().run(stop.clone()));
+    let metrics = &parts.worker_metrics;
+    for _ in 0..200 {
+        if metrics.count("work", "replied") + metrics.count("work", "hand_off_failed") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    run.await.unwrap();
+    let letters = mem.depth(&parts.keys.dead_letter()).await.unwrap().entries;
+    let answers = mem.recv(&reply_stream, 10, Duration::ZERO).await.unwrap();
+    (
+        answers.into_iter().map(|(_, e)| e).collect(),
+        letters,
+        metrics.count("work", "replied"),
+        metrics.count("work", "hand_off_failed"),
+    )
+}
+
+#[tokio::test]
+async fn a_hand_off_applied_in_part_sends_its_reply_again() {
+    let (answered, letters, replied, failed) = applied_in_part(false).await;
+    // Applied by the transaction and sent again: the same signed entry
+    // twice, of which the ingress takes the first and drops the copy.
+    assert_eq!(answered.len(), 2, "the reply, sent again on its own");
+    assert_eq!(answered[0], answered[1], "a copy, the same nonce and MAC");
+    assert_eq!((letters, replied, failed), (0, 1, 0));
+}
+
+#[tokio::test]
+async fn a_hand_off_applied_in_part_whose_reply_cannot_be_sent_is_dead_lettered() {
+    let (answered, letters, replied, failed) = applied_in_part(true).await;
+    // The transaction could not write the reply stream either.
+    assert!(answered.is_empty());
+    assert_eq!(letters, 1, "kept: acknowledged, it is in no queue");
+    assert_eq!((replied, failed), (0, 1));
+}

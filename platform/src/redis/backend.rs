@@ -567,9 +567,22 @@ impl RedisBackend {
         let exec = answers.pop().unwrap_or(Ok(Value::Null));
         let mut answers = answers.into_iter();
         if let Some(Err(e)) = answers.next() {
+            let ran: Vec<_> = answers.collect();
+            let on_their_own = exec
+                .as_ref()
+                .is_err_and(|x| x.details().contains("without MULTI"))
+                && !ran.iter().any(|r| matches!(r, Ok(Value::Queued)));
+            if !on_their_own {
+                // Refused for another reason (one already open?): what ran
+                // is not known.
+                return Err(FredError::new(
+                    ErrorKind::Protocol,
+                    format!("MULTI refused ({}), and EXEC did not say why", e.details()),
+                ));
+            }
             // No transaction was opened: each command after it ran on its
-            // own and answered for itself (EXEC's "without MULTI" aside).
-            return match answers.collect::<std::result::Result<Vec<Value>, _>>() {
+            // own and answered for itself.
+            return match ran.into_iter().collect::<std::result::Result<Vec<Value>, _>>() {
                 Ok(ran) => Ok(ran),
                 Err(failed) => Err(FredError::new(
                     ErrorKind::Unknown,

@@ -213,16 +213,20 @@ async fn a_hand_off_that_fails_inside_its_transaction_is_dead_lettered_not_lost(
         probe.cmd(&[b"XLEN", own.as_bytes()]).expect("XLEN"),
         Resp::Int(0)
     );
-    let m = scrape(&a.url("/metrics")).await;
-    assert_eq!(
-        m.count(
-            "sluice_worker_entries_total",
-            &[("group", "a"), ("outcome", "hand_off_failed")]
-        ),
-        1,
-        "{}",
-        m.text()
-    );
+    // Counted once the dead-letter write has returned.
+    eventually(
+        Duration::from_secs(5),
+        "hand_off_failed counted",
+        || async {
+            let m = scrape(&a.url("/metrics")).await;
+            let labels = [("group", "a"), ("outcome", "hand_off_failed")];
+            match m.count("sluice_worker_entries_total", &labels) {
+                1 => Ok(()),
+                _ => Err(m.text().to_string()),
+            }
+        },
+    )
+    .await;
 
     // The key fixed and group b running, the letter is sent again and
     // answered: nothing was lost.
