@@ -190,70 +190,84 @@ async fn commit_all(queue: &dyn Queue, stream: &str, done: &[Completion]) -> Vec
         Err(BackendError::NotApplied(_)) if done.len() > 1 => {
             let mut answers = Vec::with_capacity(done.len());
             for c in done {
-                let one = queue.complete_all(stream, std::slice::from_ref(c)).await;
-                answers.push(one.map(|mut a| a.pop().unwrap_or(true)));
+                let one = std::slice::from_ref(c);
+                answers.push(match queue.complete_all(stream, one).await {
+                    Err(BackendError::PartlyApplied(why)) => {
+                        send_again(queue, one, &why).await.remove(0)
+                    }
+                    one => one.map(|mut a| a.pop().unwrap_or(true)),
+                });
             }
             answers
         }
-        Err(BackendError::PartlyApplied(why)) => {
-            let mut answers = Vec::with_capacity(done.len());
-            for c in done {
-                answers.push(send_again(queue, c, &why).await);
-            }
-            answers
-        }
+        Err(BackendError::PartlyApplied(why)) => send_again(queue, done, &why).await,
         Err(e) => done.iter().map(|_| Err(e.clone())).collect(),
     }
 }
 
-/// `c`'s forward sent again on its own, its entry being acknowledged and
-/// deleted already by a hand-off applied only in part: whether it landed
-/// then is not known (the client reports the first failure inside `EXEC`
-/// for all), and a copy of one that had is refused by its receiver's
-/// replay guard (the same signed entry, the same nonce). A send that fails
-/// is tried again ([`SEND_AGAIN_TRIES`] in all), so that a connection
-/// lost at that moment does not make a dead letter of a forward that
-/// landed; `PartlyApplied` when it still fails: nothing but the worker
-/// holds the entry then. A follower's copy goes only after the forward.
-async fn send_again(queue: &dyn Queue, c: &Completion, why: &str) -> Answer {
+/// The forwards of `done` sent again, each on its own, their entries
+/// being acknowledged and deleted already by a hand-off applied only in
+/// part (`why`): which forwards landed then is not known (the client
+/// reports the first failure inside `EXEC` for the whole transaction), and
+/// a copy of one that had is harmless (the same signed entry: a worker's
+/// replay guard refuses it, the ingress drops a second reply). All are
+/// sent at once; those that fail are sent again after a pause, in
+/// [`SEND_AGAIN_ROUNDS`] rounds in all (a connection lost at that moment
+/// must not make a dead letter of a forward that landed), so the pauses
+/// add up to 300 ms per batch. An answer `PartlyApplied` when one still
+/// fails: nothing but the worker holds that entry then. A follower's copy
+/// goes only once its forward is kept.
+pub(crate) async fn send_again(queue: &dyn Queue, done: &[Completion], why: &str) -> Vec<Answer> {
+    let mut answers: Vec<Option<Answer>> = done
+        .iter()
+        .map(|c| c.forward.is_none().then_some(Ok(true)))
+        .collect();
+    for round in 1..=SEND_AGAIN_ROUNDS {
+        let left: Vec<usize> = (0..done.len())
+            .filter(|&i| !matches!(answers[i], Some(Ok(_))))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        if round > 1 {
+            tokio::time::sleep(SEND_AGAIN_PAUSE * (round - 1)).await;
+        }
+        let sends = left.iter().map(|&i| send_forward(queue, &done[i]));
+        for (i, sent) in left.iter().zip(futures::future::join_all(sends).await) {
+            answers[*i] = Some(sent.map_err(|e| {
+                BackendError::PartlyApplied(format!(
+                    "{why}; sent again on its own {round} time(s): {e}"
+                ))
+            }));
+        }
+    }
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(stopped())))
+        .collect()
+}
+
+/// Sends `c`'s forward (there is one), then its follower's copy if the
+/// forward was kept; whether it was kept.
+async fn send_forward(queue: &dyn Queue, c: &Completion) -> Result<bool, BackendError> {
     let Some(f) = &c.forward else {
         return Ok(true);
     };
-    let mut tries = 0;
-    let sent = loop {
-        tries += 1;
-        let sent = if f.must_exist {
-            queue
-                .append(&[f.stream.as_str()], &f.entry)
-                .await
-                .map(|n| n > 0)
-        } else {
-            queue.push(&f.stream, f.entry.clone()).await.map(|_| true)
-        };
-        match sent {
-            Err(_) if tries < SEND_AGAIN_TRIES => {
-                tokio::time::sleep(SEND_AGAIN_PAUSE * tries).await;
-            }
-            sent => break sent,
-        }
+    let kept = if f.must_exist {
+        queue.append(&[f.stream.as_str()], &f.entry).await? > 0
+    } else {
+        queue.push(&f.stream, f.entry.clone()).await.map(|_| true)?
     };
-    match sent {
-        Ok(kept) => {
-            if let (true, Some(copy)) = (kept, &f.copy_to) {
-                // A follower's copy: a lost one costs it the live view only.
-                let _ = queue.append(&[copy.as_str()], &f.entry).await;
-            }
-            Ok(kept)
-        }
-        Err(e) => Err(BackendError::PartlyApplied(format!(
-            "{why}; sent again on its own {tries} times: {e}"
-        ))),
+    if let (true, Some(copy)) = (kept, &f.copy_to) {
+        // A follower's copy: a lost one costs it the live view only.
+        let _ = queue.append(&[copy.as_str()], &f.entry).await;
     }
+    Ok(kept)
 }
 
-/// Sends of a forward after a hand-off applied in part, in all…
-const SEND_AGAIN_TRIES: u32 = 3;
-/// …the first pause between two, growing by as much each time.
+/// Rounds of sending forwards again after a hand-off applied in part…
+const SEND_AGAIN_ROUNDS: u32 = 3;
+/// …and the first pause between two, growing by as much each time.
 const SEND_AGAIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[cfg(test)]
@@ -461,6 +475,46 @@ mod tests {
         assert_eq!(mem.depth("next").await.unwrap().entries, 1);
         assert_eq!(mem.depth("r:live").await.unwrap().entries, 1);
         assert_eq!(mem.depth("r:gone").await.unwrap().entries, 0);
+    }
+
+    #[tokio::test]
+    async fn a_forward_that_fails_when_sent_again_is_tried_again_and_its_copy_follows_it() {
+        let mem = MemoryStreams::new();
+        for follower in ["flaky-follower", "broken-follower"] {
+            sluice_platform::ReplyChannel::open(&*mem, follower, Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        let once = StagedQueue {
+            broken_stream: Some("flaky".into()),
+            broken_for: std::sync::atomic::AtomicUsize::new(1),
+            ..StagedQueue::new(mem.clone())
+        };
+        let with_copy = |stream: &str| Completion {
+            id: "1-0".into(),
+            forward: Some(Forward {
+                stream: stream.into(),
+                entry: entry(1),
+                must_exist: false,
+                copy_to: Some(format!("{stream}-follower")),
+            }),
+        };
+        // Fails once, lands in the second round, its copy after it.
+        let answers = send_again(&once, &[with_copy("flaky")], "WRONGTYPE").await;
+        assert_eq!(answers, vec![Ok(true)]);
+        assert_eq!(mem.depth("flaky").await.unwrap().entries, 1);
+        assert_eq!(mem.depth("flaky-follower").await.unwrap().entries, 1);
+        // Fails every round: no copy for the follower of what never landed.
+        let never = StagedQueue {
+            broken_stream: Some("broken".into()),
+            ..StagedQueue::new(mem.clone())
+        };
+        let answers = send_again(&never, &[with_copy("broken")], "WRONGTYPE").await;
+        assert!(
+            matches!(&answers[0], Err(BackendError::PartlyApplied(m)) if m.contains("3 time(s)")),
+            "{answers:?}"
+        );
+        assert_eq!(mem.depth("broken-follower").await.unwrap().entries, 0);
     }
 
     #[test]

@@ -23,8 +23,10 @@ pub struct StagedQueue {
     /// Returned for any batch of more than one hand-off.
     pub refuse_batches: Option<BackendError>,
     pub commits: AtomicUsize,
-    /// Pushes and appends to this stream fail (a key of another type).
+    /// Pushes and appends to this stream fail (a key of another type)…
     pub broken_stream: Option<String>,
+    /// …this many times (then they succeed).
+    pub broken_for: AtomicUsize,
     /// Every commit is applied (but its forwards to `broken_stream`), then
     /// answered with this error (a Redis transaction with a command failing
     /// inside `EXEC`).
@@ -34,9 +36,17 @@ pub struct StagedQueue {
 impl StagedQueue {
     fn refuse_broken(&self, streams: &[&str]) -> Result<()> {
         match &self.broken_stream {
-            Some(b) if streams.contains(&b.as_str()) => Err(BackendError::Unavailable(
-                "WRONGTYPE Operation against a key holding the wrong kind of value".into(),
-            )),
+            Some(b)
+                if streams.contains(&b.as_str())
+                    && self
+                        .broken_for
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok() =>
+            {
+                Err(BackendError::Unavailable(
+                    "WRONGTYPE Operation against a key holding the wrong kind of value".into(),
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -49,6 +59,7 @@ impl StagedQueue {
             refuse_batches: None,
             commits: AtomicUsize::new(0),
             broken_stream: None,
+            broken_for: AtomicUsize::new(usize::MAX),
             applied_then: None,
         }
     }

@@ -392,24 +392,15 @@ impl Config {
                 None => Ok(default),
                 Some(s) => sluice_crds::units::parse_duration(&s).map_err(|e| bad(name, e)),
             };
-        let count = |flag: Option<usize>, var: &str, name: &str| {
-            let n = match flag {
-                Some(n) => n,
-                None => match env.get(var) {
-                    None => return Ok(None),
-                    Some(s) => s
-                        .parse()
-                        .map_err(|_| bad(name, format!("`{s}` is not a number")))?,
-                },
-            };
-            if n == 0 || n > MAX_THREADS {
-                return Err(bad(name, format!("must be 1 … {MAX_THREADS}")));
-            }
-            Ok(Some(n))
-        };
         let threads = ThreadCounts {
-            http: count(cli.threads, ENV_THREADS, "--threads")?,
-            inline: count(cli.inline_threads, ENV_INLINE_THREADS, "--inline-threads")?,
+            http: count(cli.threads, env, ENV_THREADS, "--threads", MAX_THREADS)?,
+            inline: count(
+                cli.inline_threads,
+                env,
+                ENV_INLINE_THREADS,
+                "--inline-threads",
+                MAX_THREADS,
+            )?,
         };
         let redis_timeout = match pick(&cli.redis_timeout, ENV_REDIS_TIMEOUT) {
             None => None,
@@ -646,6 +637,30 @@ fn resolve_tcp(cli: &Cli, env: &HashMap<String, String>) -> Result<TcpOptions, C
     Ok(o)
 }
 
+/// A count from its flag, else its variable `var`; `None` when neither is
+/// set. Refused unless 1 … `max`, naming the flag.
+fn count(
+    flag: Option<usize>,
+    env: &HashMap<String, String>,
+    var: &str,
+    name: &str,
+    max: usize,
+) -> Result<Option<usize>, ConfigError> {
+    let n = match flag {
+        Some(n) => n,
+        None => match env.get(var) {
+            None => return Ok(None),
+            Some(s) => s
+                .parse()
+                .map_err(|_| bad(name, format!("`{s}` is not a number")))?,
+        },
+    };
+    if n == 0 || n > max {
+        return Err(bad(name, format!("must be 1 … {max}")));
+    }
+    Ok(Some(n))
+}
+
 /// The HTTP limits from flags over variables over [`HttpLimits::default`].
 fn resolve_http_limits(
     cli: &Cli,
@@ -665,20 +680,8 @@ fn resolve_http_limits(
         }
         Ok(d)
     };
-    let count = |flag: Option<usize>, var: &str, name: &str, default: usize, max: usize| {
-        let n = match flag {
-            Some(n) => n,
-            None => match env.get(var) {
-                None => return Ok(default),
-                Some(s) => s
-                    .parse()
-                    .map_err(|_| bad(name, format!("`{s}` is not a number")))?,
-            },
-        };
-        if n == 0 || n > max {
-            return Err(bad(name, format!("must be 1 … {max}")));
-        }
-        Ok(n)
+    let count_or = |flag: Option<usize>, var: &str, name: &str, default: usize, max: usize| {
+        count(flag, env, var, name, max).map(|n| n.unwrap_or(default))
     };
     Ok(HttpLimits {
         header_timeout: duration(
@@ -693,14 +696,14 @@ fn resolve_http_limits(
             "--body-timeout",
             defaults.body_timeout,
         )?,
-        max_connections: count(
+        max_connections: count_or(
             cli.max_connections,
             ENV_MAX_CONNECTIONS,
             "--max-connections",
             defaults.max_connections,
             MAX_CONNECTIONS,
         )?,
-        max_json_depth: count(
+        max_json_depth: count_or(
             cli.max_json_depth,
             ENV_MAX_JSON_DEPTH,
             "--max-json-depth",
@@ -708,7 +711,7 @@ fn resolve_http_limits(
             // serde_json refuses deeper input itself (its recursion limit).
             127,
         )?,
-        max_json_elements: count(
+        max_json_elements: count_or(
             cli.max_json_elements,
             ENV_MAX_JSON_ELEMENTS,
             "--max-json-elements",

@@ -100,16 +100,17 @@ impl Worker {
     }
 
     /// `d` was acknowledged and deleted by a hand-off Redis applied only
-    /// in part, and its forward refused even when sent again on its own
+    /// in part, and what it sent on (its next step, its reply, or its copy
+    /// handed back) could not be written even when sent again on its own
     /// (`why`): the entry exists only in this process now, so it is copied
     /// to the dead-letter stream (`hand_off_failed`), or counted `lost`
     /// when that write fails too.
     pub(super) async fn keep_acknowledged(&self, d: &Delivery, why: &str) {
         let (g, id) = (&self.cfg.group, d.id.as_str());
-        tracing::error!(group = %g, id, error = %why, "hand-off applied in part and its next step refused; dead-lettering the entry");
+        tracing::error!(group = %g, id, error = %why, "hand-off applied in part and what it sends on refused; dead-lettering the entry");
         let err = ReplyError::new(
             "hand_off_failed",
-            "the hand-off to the next step failed after the entry was acknowledged",
+            "the entry was acknowledged but what it sends on could not be written",
         );
         match self.copy_to_dead_letters(d, &err).await {
             Ok(_) => self.metrics.outcome(g, "hand_off_failed"),

@@ -6,9 +6,12 @@
 use std::time::Duration;
 
 use sluice_platform::clock::now_ms;
-use sluice_platform::{BackendError, Delivery, Envelope, HandBackNote, ReplyError, StreamEntry};
+use sluice_platform::{
+    BackendError, Completion, Delivery, Envelope, Forward, HandBackNote, ReplyError, StreamEntry,
+};
 
 use super::Worker;
+use crate::hand_off::send_again;
 
 /// How long after its first hand-back a request of another generation of
 /// the graph may still be handed back: a rollout's pods of both graphs
@@ -84,9 +87,22 @@ impl Worker {
             // replay guard of whoever reads the second), else kept as a
             // dead letter.
             Err(BackendError::PartlyApplied(why)) => {
-                match self.queue.append(&[self.stream.as_str()], &entry).await {
-                    Ok(1) => self.metrics.outcome(g, "handed_back"),
-                    Ok(_) | Err(_) => self.keep_acknowledged(d, &why).await,
+                let back = Completion {
+                    id: d.id.clone(),
+                    forward: Some(Forward {
+                        stream: self.stream.clone(),
+                        entry,
+                        must_exist: true,
+                        copy_to: None,
+                    }),
+                };
+                match send_again(&*self.queue, &[back], &why).await.remove(0) {
+                    Ok(true) => {
+                        tracing::warn!(group = %g, id = %d.id, error = %why, "hand-back applied in part; its copy written again");
+                        self.metrics.outcome(g, "handed_back");
+                    }
+                    Ok(false) => self.keep_acknowledged(d, &why).await,
+                    Err(e) => self.keep_acknowledged(d, &e.to_string()).await,
                 }
             }
             Err(e) => {

@@ -540,7 +540,8 @@ impl RedisBackend {
     /// memory, a redirection): nothing of it was applied. When `MULTI`
     /// itself was refused, the commands after it ran on their own: their
     /// answers when every one succeeded, else `MULTI refused (…)` naming
-    /// the first failure. Otherwise `EXEC`'s error (Redis does not roll
+    /// the first failure (or that they were queued in a transaction open
+    /// already: what ran is then not known). Otherwise `EXEC`'s error (Redis does not roll
     /// back: a command failing inside `EXEC` fails it, the others ran), or
     /// the client's.
     pub(super) async fn transaction(
@@ -568,16 +569,13 @@ impl RedisBackend {
         let mut answers = answers.into_iter();
         if let Some(Err(e)) = answers.next() {
             let ran: Vec<_> = answers.collect();
-            let on_their_own = exec
-                .as_ref()
-                .is_err_and(|x| x.details().contains("without MULTI"))
-                && !ran.iter().any(|r| matches!(r, Ok(Value::Queued)));
-            if !on_their_own {
-                // Refused for another reason (one already open?): what ran
-                // is not known.
+            if ran.iter().any(|r| matches!(r, Ok(Value::Queued))) {
+                // Queued all the same: a transaction was open already, and
+                // what its EXEC ran is not known here (a Redis answer: the
+                // caller reads back what applied).
                 return Err(FredError::new(
-                    ErrorKind::Protocol,
-                    format!("MULTI refused ({}), and EXEC did not say why", e.details()),
+                    ErrorKind::Unknown,
+                    format!("MULTI refused ({}) inside an open transaction", e.details()),
                 ));
             }
             // No transaction was opened: each command after it ran on its

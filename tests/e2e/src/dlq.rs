@@ -4,7 +4,8 @@ use std::ffi::OsString;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{binary, INGRESS_BIN};
+use crate::http::{Answer, Http};
+use crate::{binary, eventually, INGRESS_BIN};
 
 /// The `letters` pipeline of the dead-letter tests on `backend` (`redis`,
 /// `tcp`): one http interface `fetch` (path `/v1/fetch`, 10 s) whose entry
@@ -87,4 +88,18 @@ pub fn rows(listing: &str) -> Vec<Vec<String>> {
         .filter(|l| !l.starts_with("  ") && !l.starts_with('('))
         .map(|l| l.split('\t').map(str::to_string).collect())
         .collect()
+}
+
+/// The answer of a redriven letter, fetched from `url` (the ingress's
+/// address of the location `dlq redrive` printed) once it is there (200),
+/// within 15 s.
+pub async fn redriven_answer(http: &Http, url: &str) -> Answer {
+    let (answer, _) = eventually(Duration::from_secs(15), "the redriven answer", || async {
+        match http.get(url).await {
+            Ok(a) if a.status == 200 => Ok(a),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    answer
 }

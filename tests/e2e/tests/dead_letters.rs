@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use sluice_e2e::dlq::{letters_manifest, rows};
+use sluice_e2e::dlq::{letters_manifest, redriven_answer, rows};
 use sluice_e2e::process::free_port;
 use sluice_e2e::resp::{Probe, Resp};
 use sluice_e2e::{eventually, scrape, Http, Sandbox, Service, Spec};
@@ -129,13 +129,7 @@ async fn a_poison_request_is_listed_fixed_redriven_and_answered() {
         out.contains(&format!("{forged}\tleft\tnot trusted (bad_mac): purge it")),
         "{out}"
     );
-    let (answer, _) = eventually(Duration::from_secs(15), "the redriven answer", || async {
-        match http.get(&ingress.url(&location)).await {
-            Ok(a) if a.status == 200 => Ok(a),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let answer = redriven_answer(&http, &ingress.url(&location)).await;
     assert_eq!(answer.json(), input);
 
     // Only the forged entry is left; purged, nothing is.
@@ -239,12 +233,6 @@ async fn a_hand_off_that_fails_inside_its_transaction_is_dead_lettered_not_lost(
         .and_then(|l| l.rsplit('\t').next())
         .unwrap_or_else(|| panic!("{out}"))
         .to_string();
-    let (answer, _) = eventually(Duration::from_secs(15), "the redriven answer", || async {
-        match http.get(&ingress.url(&location)).await {
-            Ok(a) if a.status == 200 => Ok(a),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let answer = redriven_answer(&http, &ingress.url(&location)).await;
     assert_eq!(answer.json(), input);
 }

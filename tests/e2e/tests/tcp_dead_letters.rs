@@ -16,9 +16,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_e2e::dlq::{letters_manifest, output_within, rows};
+use sluice_e2e::dlq::{letters_manifest, output_within, redriven_answer, rows};
 use sluice_e2e::process::free_port;
-use sluice_e2e::{binary, eventually, Http, Sandbox, Service, Spec, INGRESS_BIN};
+use sluice_e2e::{binary, Http, Sandbox, Service, Spec, INGRESS_BIN};
 
 fn manifest(upstream: u16) -> String {
     letters_manifest(
@@ -129,13 +129,7 @@ async fn a_dead_letter_of_a_worker_process_is_listed_redriven_and_answered_throu
         .unwrap_or_else(|| panic!("{out}"));
     let location = sent.rsplit('\t').next().unwrap().to_string();
     assert!(location.starts_with("/v1/fetch/requests/"), "{location}");
-    let (answer, _) = eventually(Duration::from_secs(15), "the redriven answer", || async {
-        match http.get(&ingress.url(&location)).await {
-            Ok(a) if a.status == 200 => Ok(a),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let answer = redriven_answer(&http, &ingress.url(&location)).await;
     assert_eq!(answer.json(), input);
     assert!(dlq(&["list"], admin, &token_file)
         .unwrap()
