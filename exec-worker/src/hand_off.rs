@@ -218,37 +218,36 @@ async fn commit_all(queue: &dyn Queue, stream: &str, done: &[Completion]) -> Vec
 /// fails: nothing but the worker holds that entry then. A follower's copy
 /// goes only once its forward is kept.
 pub(crate) async fn send_again(queue: &dyn Queue, done: &[Completion], why: &str) -> Vec<Answer> {
-    let mut answers: Vec<Option<Answer>> = done
-        .iter()
-        .map(|c| c.forward.is_none().then_some(Ok(true)))
+    let sent = |round: u32, r: Result<bool, BackendError>| {
+        r.map_err(|e| {
+            BackendError::PartlyApplied(format!(
+                "{why}; sent again on its own {round} time(s): {e}"
+            ))
+        })
+    };
+    let first = done.iter().map(|c| send_forward(queue, c));
+    let mut answers: Vec<Answer> = futures::future::join_all(first)
+        .await
+        .into_iter()
+        .map(|r| sent(1, r))
         .collect();
-    for round in 1..=SEND_AGAIN_ROUNDS {
-        let left: Vec<usize> = (0..done.len())
-            .filter(|&i| !matches!(answers[i], Some(Ok(_))))
-            .collect();
+    for round in 2..=SEND_AGAIN_ROUNDS {
+        let left: Vec<usize> = (0..done.len()).filter(|&i| answers[i].is_err()).collect();
         if left.is_empty() {
             break;
         }
-        if round > 1 {
-            tokio::time::sleep(SEND_AGAIN_PAUSE * (round - 1)).await;
-        }
-        let sends = left.iter().map(|&i| send_forward(queue, &done[i]));
-        for (i, sent) in left.iter().zip(futures::future::join_all(sends).await) {
-            answers[*i] = Some(sent.map_err(|e| {
-                BackendError::PartlyApplied(format!(
-                    "{why}; sent again on its own {round} time(s): {e}"
-                ))
-            }));
+        tokio::time::sleep(SEND_AGAIN_PAUSE * (round - 1)).await;
+        let again = left.iter().map(|&i| send_forward(queue, &done[i]));
+        for (&i, r) in left.iter().zip(futures::future::join_all(again).await) {
+            answers[i] = sent(round, r);
         }
     }
     answers
-        .into_iter()
-        .map(|a| a.unwrap_or_else(|| Err(stopped())))
-        .collect()
 }
 
-/// Sends `c`'s forward (there is one), then its follower's copy if the
-/// forward was kept; whether it was kept.
+/// Sends `c`'s forward, then its follower's copy if the forward was kept;
+/// whether it was kept (true when there is none: the acknowledgement was
+/// the whole hand-off).
 async fn send_forward(queue: &dyn Queue, c: &Completion) -> Result<bool, BackendError> {
     let Some(f) = &c.forward else {
         return Ok(true);

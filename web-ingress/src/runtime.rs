@@ -150,7 +150,7 @@ pub fn http_threads(config: &Config) -> usize {
 }
 
 /// Whether worker groups of `plan` run in this process: memory backends
-/// and at least one worker group.
+/// and at least one worker group (the groups [`start_with`] runs inline).
 fn runs_inline(config: &Config, plan: &Plan) -> bool {
     config.backend.unwrap_or(plan.backend) == BackendKind::Memory
         && plan.worker_groups().next().is_some()
@@ -324,13 +324,10 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         let cfg = WorkerConfig::from_plan(&plan, &g.name, format!("{}-inline", config.ingress_id));
         workers.push(Worker::new(cfg, build(&g.name)?, queue.clone(), &parts));
     }
-    let inline = start_inline(
-        workers,
-        config
-            .threads
-            .split(runs_inline(&config, &plan), crate::threads::cpus())
-            .inline,
-    )?;
+    let split = config
+        .threads
+        .split(!workers.is_empty(), crate::threads::cpus());
+    let inline = start_inline(workers, split.inline)?;
     // Worker groups of a tcp pipeline are processes of their own; they are
     // started, and ready, before anything is served.
     let tcp = match tcp_parts {

@@ -31,7 +31,7 @@ pub struct ThreadCounts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Split {
     pub http: usize,
-    /// Zero: no inline runtime (redis and tcp backends).
+    /// Zero: no inline runtime (no worker group runs in this process).
     pub inline: usize,
 }
 

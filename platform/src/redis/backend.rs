@@ -541,9 +541,9 @@ impl RedisBackend {
     /// itself was refused, the commands after it ran on their own: their
     /// answers when every one succeeded, else `MULTI refused (…)` naming
     /// the first failure (or that they were queued in a transaction open
-    /// already: what ran is then not known). Otherwise `EXEC`'s error (Redis does not roll
-    /// back: a command failing inside `EXEC` fails it, the others ran), or
-    /// the client's.
+    /// already: what ran is then not known). Otherwise `EXEC`'s error
+    /// (Redis does not roll back: a command failing inside `EXEC` fails it,
+    /// the others ran), or the client's.
     pub(super) async fn transaction(
         &self,
         cmds: Vec<(&'static str, &str, Vec<Value>)>,
