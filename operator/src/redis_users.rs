@@ -13,7 +13,6 @@
 //! reconcile ─▶ P-redis ensured ─▶ Redis StatefulSet ready? ─▶ digest of the users
 //!                                   same as applied < 5 min ago ─▶ nothing
 //!                                   else ─▶ background task: AUTH admin, SETUSER…, DELUSER…,
-//!                                            FUNCTION LOAD REPLACE (the hand-off library),
 //!                                            with TLS: CONFIG SET tls-cert-file… (reload)
 //!                                            ok  ─▶ remember the digest
 //!                                            err ─▶ warn; the next reconcile tries again
@@ -161,9 +160,6 @@ pub struct Applied {
     pub deleted: Vec<String>,
     /// Redis was told to load its certificate files again.
     pub tls_reloaded: bool,
-    /// Why sluice's function library could not be loaded (a Redis older
-    /// than 7.0): the workers hand off with `MULTI` … `EXEC` instead.
-    pub library_refused: Option<String>,
 }
 
 /// What [`apply`] did: the users, and the pause when [`Wanted::pause`] asks
@@ -254,11 +250,6 @@ async fn finish_users(
         .collect();
     redis.acl_deluser(&gone).await.map_err(|e| e.to_string())?;
     applied.deleted = gone;
-    // The workers' hand-off in one command; loaded again at every apply
-    // (a Redis restarted without persistence has lost it).
-    if let Err(e) = redis.load_function_library().await {
-        applied.library_refused = Some(e.to_string());
-    }
     if wanted.tls.is_some() {
         // The files on disk lag the Secret by up to the kubelet's sync
         // period: a reload now may load the old pair again, and the one
@@ -394,9 +385,6 @@ impl RedisUsers {
             match outcome.users {
                 Some(Ok(a)) => {
                     info!(pipeline = %key, set = ?a.set, deleted = ?a.deleted, tls_reloaded = a.tls_reloaded, "managed Redis users applied");
-                    if let Some(e) = &a.library_refused {
-                        warn!(pipeline = %key, error = %e, "managed Redis refused sluice's function library; workers hand off with MULTI/EXEC");
-                    }
                     this.applied.lock().insert(key.clone(), (digest, started));
                 }
                 Some(Err(e)) => {

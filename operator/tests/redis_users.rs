@@ -2,8 +2,8 @@
 //! restart: a real `redis-server` started from the `redis.conf` the
 //! operator renders, then the operator's admin connection
 //! (`sluice_operator::redis_users`) after the spec moves a node to a new
-//! group and drops the old one, loading sluice's function library; and a
-//! renewed TLS certificate served without a restart.
+//! group and drops the old one; and a renewed TLS certificate served
+//! without a restart.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -115,19 +115,6 @@ async fn a_new_group_gets_its_user_and_a_removed_one_loses_it_without_a_restart(
     applied(&users, key).await;
 
     assert!(gpu.cmd(&[b"XLEN", keys.queue("gpu").as_bytes()]).is_ok());
-    // sluice's function library is loaded, and a group may call its
-    // hand-off on its own queue (nothing to acknowledge here).
-    let queue = keys.queue("gpu");
-    let called = gpu.cmd(&[
-        b"FCALL",
-        b"sluice_1_hand_off",
-        b"1",
-        queue.as_bytes(),
-        b"sluice",
-        b"1",
-        b"0-1",
-    ]);
-    assert!(called.is_ok(), "{called:?}");
     let refused = gpu.cmd(&[b"XLEN", keys.queue("cpu").as_bytes()]);
     assert!(
         matches!(&refused, Err(e) if e.starts_with("NOPERM")),

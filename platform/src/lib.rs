@@ -54,5 +54,5 @@ pub use keys::Keys;
 pub use kv::Kv;
 pub use pause::Pause;
 pub use queue::{Completion, Delivery, Depth, Forward, Held, Queue, ReplyChannel};
-pub use redis::{RedisBackend, RedisConfig, FUNCTION_LIBRARY, FUNCTION_LIBRARY_NAME};
+pub use redis::{RedisBackend, RedisConfig};
 pub use signing::{At, Rejection, SignError, Signer, VerifiedReply, Verifier, VerifyError};

@@ -10,7 +10,7 @@
 //!                                           paused (read)                                 GET
 //! group-<g>     worker pods of group g      q:<g>                                         XREADGROUP XACK XCLAIM XAUTOCLAIM XDEL
 //!                                                                                         XPENDING XGROUP CREATE XLEN XINFO STREAM
-//!                                                                                         MEMORY USAGE, FCALL (the hand-off)
+//!                                                                                         MEMORY USAGE
 //!                                           q:<groups its edges lead to>, dlq (write)     XADD
 //!                                           r:* (write; only if g ends an interface)      XADD
 //!                                           n:<g>:*                                       SET GET
@@ -20,7 +20,7 @@
 //!               and queue observer          dlq (read)                                    XLEN
 //! keda          KEDA's scaler               q:* (read)                                    XLEN XPENDING XINFO GROUPS
 //! admin         the operator only           none                                          ACL SETUSER|DELUSER|USERS, CONFIG GET|SET (TLS),
-//!                                                                                         FUNCTION LOAD, MULTI EXEC DISCARD
+//!                                                                                         MULTI EXEC DISCARD
 //!                                           paused                                        SET DEL
 //!                                           dlq                                           EXISTS XREAD XREVRANGE XDEL
 //!                                           q:* (write)                                   XADD
@@ -32,12 +32,9 @@
 //! Every user may `PING` and `CLIENT ID`. No user gets a keyspace command that rewrites a
 //! queue's history (`DEL`, `RENAME`, `XSETID`, `XGROUP DESTROY|SETID`,
 //! `XTRIM`, …) nor anything `@admin`/`@dangerous` except `admin`'s ACL
-//! subcommands, `FUNCTION LOAD` and `CONFIG GET|SET`, and none writes scripts (`EVAL`,
-//! `SCRIPT`, `FUNCTION` but `admin`'s load: any Lua can loop forever and freeze Redis for every
-//! other user). A worker may `FCALL` the one library `admin` loads (sluice's hand-off, whose
-//! loops are bounded by its arguments; the commands it runs are checked against the caller): a
-//! compromised worker can read and write only its own queue, append to the queues its edges lead
-//! to, and answer callers.
+//! subcommands and `CONFIG GET|SET`, and none runs scripts (`EVAL`, `FCALL`: any Lua can loop
+//! forever and freeze Redis for every other user): a compromised worker can read and write only its
+//! own queue, append to the queues its edges lead to, and answer callers.
 //!
 //! Passwords are random per role and stored in the `P-redis` Secret under
 //! `<user>.password`; the config file carries only their SHA-256
@@ -255,10 +252,6 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role, tls: bool) -> Vec<String> {
                     "xlen",
                     "xinfo|stream",
                     "memory|usage",
-                    // The hand-off in one command (sluice's function,
-                    // loaded by `admin`), its key this queue: the commands
-                    // it runs are checked against this user all the same.
-                    "fcall",
                 ],
                 &[format!("~{}", queue(g))],
             ));
@@ -308,8 +301,6 @@ fn rules(plan: &Plan, keys: &Keys, role: &Role, tls: bool) -> Vec<String> {
                 "+acl|setuser".into(),
                 "+acl|deluser".into(),
                 "+acl|users".into(),
-                // sluice's function library (the workers' hand-off).
-                "+function|load".into(),
             ]);
             // Pauses and resumes the pipeline (`spec.paused`).
             out.push(selector(
@@ -417,29 +408,10 @@ mod tests {
             if role != Role::Admin {
                 assert!(!r.contains("+config"), "{role:?}: {r}");
             }
-            // Functions: a group calls them on its own queue only, and
-            // only the admin loads the library.
-            if r.contains("+fcall") {
-                assert!(matches!(role, Role::Group(_)), "{role:?}: {r}");
-                assert_eq!(r.matches("+fcall").count(), 1, "{r}");
-                assert!(
-                    r.contains("+fcall ~sluice:{demo/orders-redis}:q:"),
-                    "{role:?}: {r}"
-                );
-            }
-            if role == Role::Admin {
-                assert!(r.contains("+function|load "), "{r}");
-            } else {
-                assert!(!r.contains("+function"), "{role:?}: {r}");
-            }
             for never in [
                 "+eval",
-                "+script",
-                "+fcall_ro",
-                "+function ",
-                "+function|delete",
-                "+function|flush",
-                "+function|restore",
+                "+fcall",
+                "+function",
                 "+flushall",
                 "+keys",
                 "+del ~sluice:{demo/orders-redis}:q",

@@ -200,17 +200,6 @@ pub fn start_pipeline(example: &str, sp: StreamPipeline, expect_deployments: &[&
                 &text("probe.password"),
                 &files,
             );
-            // sluice's function library, as the operator's admin
-            // connection loads it on its first apply (`redis_users`).
-            Probe::new(server.port())
-                .as_user("admin", &text("admin.password"))
-                .cmd(&[
-                    b"FUNCTION",
-                    b"LOAD",
-                    b"REPLACE",
-                    sluice_platform::FUNCTION_LIBRARY.as_bytes(),
-                ])
-                .expect("the admin user loads the function library");
             let addr: SocketAddr = if conf.lines().any(|l| l.starts_with("tls-port ")) {
                 server.tls_address().parse().unwrap()
             } else {

@@ -1,7 +1,7 @@
 //! ACL administration: what the operator's admin user does to keep a
 //! managed Redis's users equal to the ones it rendered (a group added or
-//! removed while Redis runs), to load sluice's function library, to make
-//! it load a renewed TLS certificate, and to pause and resume the pipeline
+//! removed while Redis runs), to make it load a renewed TLS
+//! certificate, and to pause and resume the pipeline
 //! ([`crate::pause`]). Nothing in the runtime calls this.
 //!
 //! The arguments of `ACL SETUSER` carry password hashes (`#<sha256>`),
@@ -63,26 +63,6 @@ impl RedisBackend {
             .await
             .map_err(|e| self.err(e))?;
         wire::integer(&reply, "ACL DELUSER")
-    }
-
-    /// `FUNCTION LOAD REPLACE` of sluice's function library
-    /// ([`crate::FUNCTION_LIBRARY`]): the workers' hand-off in one command.
-    /// `REPLACE`, so a library of the same name that is not this code is
-    /// made this code again.
-    ///
-    /// # Errors
-    /// Redis unreachable, older than 7.0, or the connection's user may not
-    /// load functions.
-    pub async fn load_function_library(&self) -> Result<()> {
-        let args = vec![
-            Value::from("LOAD"),
-            Value::from("REPLACE"),
-            Value::from(super::functions::LIBRARY),
-        ];
-        self.call("FUNCTION", super::functions::LIBRARY_NAME, args)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.err(e))
     }
 
     /// `CONFIG SET tls-cert-file <cert> tls-key-file <key>` with the paths

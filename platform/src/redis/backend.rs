@@ -107,8 +107,6 @@ pub struct RedisBackend {
     /// Queues: where the next reclaim scan of each starts (`XAUTOCLAIM`'s
     /// cursor), so a pending list longer than one scan is covered in turn.
     pub(super) reclaim_cursors: Mutex<HashMap<String, String>>,
-    /// Whether hand-offs call sluice's function library.
-    pub(super) library: super::functions::Library,
 }
 
 /// A connection used by one blocking read at a time.
@@ -321,7 +319,6 @@ impl RedisBackend {
             idle_blocking: Mutex::new(Vec::new()),
             reply_cursors: Mutex::new(HashMap::new()),
             reclaim_cursors: Mutex::new(HashMap::new()),
-            library: super::functions::Library::default(),
         });
         // Checks the server version at the first connection and after each
         // reconnection (a failover may land on another server).
@@ -463,11 +460,6 @@ fn millis_since(epoch: Instant) -> u64 {
 }
 
 impl RedisBackend {
-    /// Milliseconds since this backend was made.
-    pub(super) fn now_ms(&self) -> u64 {
-        millis_since(self.epoch)
-    }
-
     /// A pooled client that is connected and whose connection did not just
     /// break, round-robin; an error at once when there is none, so callers
     /// do not wait out a timeout during an outage.

@@ -4,8 +4,7 @@
 //! ```text
 //!              ┌────────────── RedisBackend ───────────────┐
 //!   Queue ─────┤ XADD · XREADGROUP · XCLAIM · XAUTOCLAIM    │
-//!              │ FCALL hand_off (or MULTI{XADD… XACK XDEL}) │──► Redis ≥ 7.0
-//!              │ XGROUP CREATE                              │
+//!              │ MULTI{XADD… XACK XDEL} · XGROUP CREATE     │──► Redis ≥ 7.0
 //!   Reply ─────┤ XREAD · XTRIM MINID · EXISTS · PEXPIRE     │
 //!   Kv ────────┤ SET NX GET PX · GET · DEL                  │
 //!              └─ pool (ordinary) + dedicated (blocking) ───┘
@@ -24,8 +23,6 @@
 //! - `cursor`: where the reader of one reply stream stands (`reply`'s state
 //!   in the backend).
 //! - `stats`: [`StreamStats`], a queue's counters for autoscaling.
-//! - `functions`: sluice's Redis function library (the hand-off in one
-//!   command) and when it is used.
 //! - `acl`: ACL users, for the operator that administers a managed Redis.
 //! - `wire`: arguments and replies of the stream commands.
 //! - [`testing`]: a real `redis-server` for tests.
@@ -36,7 +33,6 @@ pub mod testing;
 mod acl;
 mod backend;
 mod cursor;
-mod functions;
 mod kv;
 mod queue;
 mod reply;
@@ -45,5 +41,4 @@ mod wire;
 
 pub use backend::RedisBackend;
 pub use config::{ConfigError, RedisConfig};
-pub use functions::{LIBRARY as FUNCTION_LIBRARY, LIBRARY_NAME as FUNCTION_LIBRARY_NAME};
 pub use stats::StreamStats;

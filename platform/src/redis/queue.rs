@@ -6,8 +6,7 @@
 //!                                              │        count kept) of the ids still this consumer's
 //!                                              │ lease lapsed: XAUTOCLAIM by another (count+1)
 //!                                              ▼
-//!   complete_all: FCALL sluice_1_hand_off (functions.rs), or where it cannot be used:
-//!                 MULTI  XADD next [NOMKSTREAM] (one per forward)  XACK ids…  XDEL ids…  EXEC
+//!   complete_all: MULTI  XADD next [NOMKSTREAM] (one per forward)  XACK ids…  XDEL ids…  EXEC
 //! ```
 //!
 //! Groups are created from id `0`, so entries pushed before the group
@@ -51,46 +50,6 @@ fn ms(d: Duration) -> Value {
 
 fn xadd_args(stream: &str, entry: &StreamEntry, must_exist: bool) -> Vec<Value> {
     xadd_args_capped(stream, entry, must_exist, None)
-}
-
-/// `XADD` arguments after the key.
-fn xadd_tail(entry: &StreamEntry, must_exist: bool) -> Vec<Value> {
-    let mut args = Vec::with_capacity(16);
-    if must_exist {
-        args.push(v("NOMKSTREAM"));
-    }
-    args.push(v("*"));
-    args.extend(wire::entry_args(entry));
-    args
-}
-
-/// A hand-off as the commands of one `MULTI` … `EXEC`: the `XADD`s, then
-/// `XACK` and `XDEL` of `ids` in `stream`.
-fn hand_off_commands<'a>(
-    stream: &'a str,
-    ids: &[&str],
-    xadds: Vec<(&'a str, Vec<Value>)>,
-) -> Vec<(&'static str, &'a str, Vec<Value>)> {
-    let mut cmds = Vec::with_capacity(xadds.len() + 2);
-    for (to, tail) in xadds {
-        let mut args = Vec::with_capacity(tail.len() + 1);
-        args.push(v(to));
-        args.extend(tail);
-        cmds.push(("XADD", to, args));
-    }
-    let head = [v(stream), v(CONSUMER_GROUP)];
-    let ack = head
-        .iter()
-        .cloned()
-        .chain(ids.iter().map(|id| v(id)))
-        .collect();
-    let del = [v(stream)]
-        .into_iter()
-        .chain(ids.iter().map(|id| v(id)))
-        .collect();
-    cmds.push(("XACK", stream, ack));
-    cmds.push(("XDEL", stream, del));
-    cmds
 }
 
 /// `XADD` arguments; with `max_len`, an exact `MAXLEN` trim (used for rarely
@@ -498,28 +457,23 @@ impl Queue for RedisBackend {
         if done.is_empty() {
             return Ok(vec![]);
         }
-        let mut xadds = Vec::with_capacity(done.len());
+        let mut cmds = Vec::with_capacity(done.len() + 2);
+        let mut ack = vec![v(stream), v(CONSUMER_GROUP)];
+        let mut del = vec![v(stream)];
         for c in done {
             if let Some(f) = &c.forward {
-                xadds.push((f.stream.as_str(), xadd_tail(&f.entry, f.must_exist)));
+                let args = xadd_args(&f.stream, &f.entry, f.must_exist);
+                cmds.push(("XADD", f.stream.as_str(), args));
                 if let Some(copy) = &f.copy_to {
-                    xadds.push((copy.as_str(), xadd_tail(&f.entry, true)));
+                    cmds.push(("XADD", copy.as_str(), xadd_args(copy, &f.entry, true)));
                 }
             }
+            ack.push(v(&c.id));
+            del.push(v(&c.id));
         }
-        let ids: Vec<&str> = done.iter().map(|c| c.id.as_str()).collect();
-        let answered = match self
-            .hand_off_function(stream, CONSUMER_GROUP, &ids, &xadds)
-            .await
-        {
-            Ok(Some(results)) => Ok(results),
-            Ok(None) => {
-                self.transaction(hand_off_commands(stream, &ids, xadds))
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        let results = match answered {
+        cmds.push(("XACK", stream, ack));
+        cmds.push(("XDEL", stream, del));
+        let results = match self.transaction(cmds).await {
             Ok(results) => results,
             Err(e) => return Err(self.failed_hand_off(stream, done, e).await),
         };
