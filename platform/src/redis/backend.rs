@@ -422,13 +422,18 @@ fn timed_out() -> FredError {
 }
 
 /// Awaits `fut` at most `limit` + margin.
-async fn bounded<T>(
+///
+/// A combinator rather than an `async fn`: the latter would hold `fut`
+/// twice (as its argument and inside the timeout), and a command's future
+/// is about 7 KB, copied whole whenever the future holding it is moved or
+/// boxed.
+fn bounded<T>(
     limit: Duration,
     fut: impl Future<Output = std::result::Result<T, FredError>>,
-) -> std::result::Result<T, FredError> {
+) -> impl Future<Output = std::result::Result<T, FredError>> {
+    use futures::FutureExt as _;
     tokio::time::timeout(limit + TIMEOUT_MARGIN, fut)
-        .await
-        .unwrap_or_else(|_| Err(timed_out()))
+        .map(|answered| answered.unwrap_or_else(|_| Err(timed_out())))
 }
 
 /// Whether the connection that produced `e` may be used again.
@@ -706,5 +711,40 @@ mod tests {
         assert!((7, 0, 0) >= MIN_REDIS_VERSION);
         assert!((7, 2, 4) >= MIN_REDIS_VERSION);
         assert!((10, 0, 0) >= MIN_REDIS_VERSION);
+    }
+}
+
+#[cfg(test)]
+mod future_size {
+    use super::*;
+    use crate::envelope::StreamEntry;
+    use crate::queue::Queue;
+
+    /// A command's future is large (fred's, several KB) and is copied
+    /// whole when the future holding it is boxed, once per command: the
+    /// adapter's own futures hold it once, not twice.
+    #[test]
+    fn a_commands_future_is_held_once() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = rt.enter();
+        let backend =
+            RedisBackend::connect_lazy(RedisConfig::from_url("redis://127.0.0.1:1").unwrap())
+                .unwrap();
+        let client = backend
+            .pool
+            .next()
+            .with_options(&RedisBackend::options(Duration::ZERO));
+        let fred = std::mem::size_of_val(
+            &client.custom::<Value, Vec<Value>>(command("XADD", "k", false), vec![]),
+        );
+        let push = backend.push("k", StreamEntry::from_fields(vec![]));
+        let pushed = std::mem::size_of_val(&*push);
+        assert!(
+            pushed < fred + fred / 4,
+            "push's future holds {pushed} bytes against a command's {fred}"
+        );
     }
 }
