@@ -17,7 +17,7 @@ use sluice_platform::redis::testing::RedisServer;
 use sluice_platform::{BackendError, Kv, Queue, RedisBackend, RedisConfig, ReplyChannel};
 
 mod common;
-use common::{cli, one_connection, prefix};
+use common::{backend, cli, one_connection, prefix};
 
 /// Command timeout of the outage tests: short, so "fails within its
 /// timeout" is quick to check.
@@ -25,13 +25,6 @@ const SHORT: Duration = Duration::from_millis(500);
 
 /// Slack for scheduling on a loaded 2-core CI machine.
 const MARGIN: Duration = Duration::from_millis(1500);
-
-async fn backend(server: &RedisServer) -> Arc<RedisBackend> {
-    let cfg = RedisConfig::from_url(&server.url()).expect("test URL parses");
-    RedisBackend::connect(cfg)
-        .await
-        .expect("connects to the test server")
-}
 
 async fn short_backend(server: &RedisServer) -> Arc<RedisBackend> {
     let cfg = RedisConfig::from_url(&server.url())

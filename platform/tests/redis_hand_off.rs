@@ -5,22 +5,14 @@
 //!
 //! Every test starts its own `redis-server` on a free loopback port.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_platform::conformance::entry;
 use sluice_platform::redis::testing::RedisServer;
-use sluice_platform::{BackendError, Completion, Queue, RedisBackend, RedisConfig};
+use sluice_platform::{BackendError, Completion, Queue};
 
 mod common;
-use common::{backend_as, cli, one_connection, prefix};
-
-async fn backend(server: &RedisServer) -> Arc<RedisBackend> {
-    let cfg = RedisConfig::from_url(&server.url()).expect("test URL parses");
-    RedisBackend::connect(cfg)
-        .await
-        .expect("connects to the test server")
-}
+use common::{backend, backend_as, cli, one_connection, prefix};
 
 #[tokio::test]
 async fn a_batch_of_hand_offs_is_one_transaction_with_one_xack_and_one_xdel() {

@@ -24,6 +24,14 @@ pub fn cli(server: &RedisServer, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A backend on the test server with the default pool.
+pub async fn backend(server: &RedisServer) -> Arc<RedisBackend> {
+    let cfg = RedisConfig::from_url(&server.url()).expect("test URL parses");
+    RedisBackend::connect(cfg)
+        .await
+        .expect("connects to the test server")
+}
+
 /// A backend on one pooled connection to `url`: every ordinary command
 /// shares it.
 pub async fn one_connection(url: &str) -> Arc<RedisBackend> {
