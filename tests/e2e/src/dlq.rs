@@ -90,6 +90,18 @@ pub fn rows(listing: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Where the letter `id` was redriven to, from `dlq redrive`'s output
+/// `out` (its line `<id>\tsent\t…\t<location>`); panics showing `out`
+/// when there is no such line.
+pub fn redrive_location(out: &str, id: &str) -> String {
+    let sent = format!("{id}\tsent\t");
+    out.lines()
+        .find(|l| l.starts_with(&sent))
+        .and_then(|l| l.rsplit('\t').next())
+        .unwrap_or_else(|| panic!("no `{id}` sent in:\n{out}"))
+        .to_string()
+}
+
 /// The answer of a redriven letter, fetched from `url` (the ingress's
 /// address of the location `dlq redrive` printed) once it is there (200),
 /// within 15 s.

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use sluice_e2e::dlq::{letters_manifest, redriven_answer, rows};
+use sluice_e2e::dlq::{letters_manifest, redrive_location, redriven_answer, rows};
 use sluice_e2e::process::free_port;
 use sluice_e2e::resp::{Probe, Resp};
 use sluice_e2e::{eventually, scrape, Http, Sandbox, Service, Spec};
@@ -119,11 +119,7 @@ async fn a_poison_request_is_listed_fixed_redriven_and_answered() {
     let _io = Service::start(&sb, Spec::worker(&fixed, "io").redis(&url, &keys)).await;
 
     let out = dlq(&["redrive", "--all"], &fixed, &url, &keys).unwrap();
-    let sent = out
-        .lines()
-        .find(|l| l.starts_with(&format!("{poison}\tsent\t")))
-        .unwrap_or_else(|| panic!("{out}"));
-    let location = sent.rsplit('\t').next().unwrap().to_string();
+    let location = redrive_location(&out, &poison);
     assert!(location.starts_with("/v1/fetch/requests/"), "{location}");
     assert!(
         out.contains(&format!("{forged}\tleft\tnot trusted (bad_mac): purge it")),
@@ -227,12 +223,7 @@ async fn a_hand_off_that_fails_inside_its_transaction_is_dead_lettered_not_lost(
     probe.cmd(&[b"DEL", next.as_bytes()]).expect("DEL");
     let _b = Service::start(&sb, Spec::worker(&pipeline, "b").redis(&url, &keys)).await;
     let out = dlq(&["redrive", "--all"], &pipeline, &url, &keys).unwrap();
-    let location = out
-        .lines()
-        .find(|l| l.contains("\tsent\t"))
-        .and_then(|l| l.rsplit('\t').next())
-        .unwrap_or_else(|| panic!("{out}"))
-        .to_string();
+    let location = redrive_location(&out, &r[0][0]);
     let answer = redriven_answer(&http, &ingress.url(&location)).await;
     assert_eq!(answer.json(), input);
 }

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_e2e::dlq::{letters_manifest, output_within, redriven_answer, rows};
+use sluice_e2e::dlq::{letters_manifest, output_within, redrive_location, redriven_answer, rows};
 use sluice_e2e::process::free_port;
 use sluice_e2e::{binary, Http, Sandbox, Service, Spec, INGRESS_BIN};
 
@@ -123,11 +123,7 @@ async fn a_dead_letter_of_a_worker_process_is_listed_redriven_and_answered_throu
     // The upstream is back: the letter is sent again and answered.
     let up = upstream_on(upstream).await;
     let out = dlq(&["redrive", "--id", &letter], admin, &token_file).unwrap();
-    let sent = out
-        .lines()
-        .find(|l| l.starts_with(&format!("{letter}\tsent\t")))
-        .unwrap_or_else(|| panic!("{out}"));
-    let location = sent.rsplit('\t').next().unwrap().to_string();
+    let location = redrive_location(&out, &letter);
     assert!(location.starts_with("/v1/fetch/requests/"), "{location}");
     let answer = redriven_answer(&http, &ingress.url(&location)).await;
     assert_eq!(answer.json(), input);
