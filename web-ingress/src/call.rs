@@ -75,6 +75,13 @@ pub(crate) enum Answer {
     Following(Following),
 }
 
+/// A call answers its own deadline (`timeout`, in its route's shape); a
+/// route that also bounds the whole call, against a queue write that
+/// hangs, waits this much longer so its own cut-off never wins the race.
+/// The call's timer is set from unix milliseconds and can fire up to a
+/// millisecond after a timer started on the same deadline.
+pub(crate) const DEADLINE_GRACE: Duration = Duration::from_millis(250);
+
 /// Runs an admitted request that is waited for (`later: false`, no stored
 /// answer) until its answer: the WebSocket and GraphQL routes' call.
 pub(crate) async fn run_waited(

@@ -512,7 +512,9 @@ async fn serve(
         token: true.into(),
         sent: 0.into(),
     });
-    let response = tokio::time::timeout(it.timeout, schema.execute(request))
+    // Each operation answers its own deadline with a GraphQL error; this
+    // bounds the document as a whole (an operation stuck without one).
+    let response = tokio::time::timeout(it.timeout + call::DEADLINE_GRACE, schema.execute(request))
         .await
         .map_err(|_| timed_out(it.timeout, rid))?;
     serde_json::to_value(&response)

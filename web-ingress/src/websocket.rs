@@ -71,7 +71,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::admit_read;
-use crate::call::{self, Call};
+use crate::call::{self, Call, DEADLINE_GRACE};
 use crate::error::{error_response, internal, rate_limited, timed_out, ApiError};
 use crate::listener::ConnectionHold;
 use crate::metrics::{CloseLabel, InterfaceLabel};
@@ -103,10 +103,6 @@ const CLOSING_WRITE: Duration = Duration::from_secs(5);
 /// sends, until the peer's close, for at most this long: a socket closed
 /// with unread data would be reset, and the last answers lost with it.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
-
-/// A message's call may overrun its deadline by this much before it is
-/// answered `timeout` here (the call answers its own timeout first).
-const DEADLINE_GRACE: Duration = Duration::from_millis(250);
 
 /// Answers the upgrade request of a WebSocket interface: `426` without an
 /// upgrade, `401` for an unknown caller, `429` past the caller's rate
