@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use sluice_platform::backend::Result;
 use sluice_platform::memory::MemoryStreams;
 use sluice_platform::queue::{Delivery, Depth, Held};
-use sluice_platform::{BackendError, Completion, Queue, StreamEntry};
+use sluice_platform::{BackendError, Completion, Forward, Queue, StreamEntry};
 
 /// Memory streams with staged behaviour.
 pub struct StagedQueue {
@@ -29,7 +29,8 @@ pub struct StagedQueue {
     pub broken_for: AtomicUsize,
     /// Every commit is applied (but its forwards to `broken_stream`), then
     /// answered with this error (a Redis transaction with a command failing
-    /// inside `EXEC`).
+    /// inside `EXEC`); the hand-back of a first delivery too, which the
+    /// Redis adapter commits the same way.
     pub applied_then: Option<BackendError>,
 }
 
@@ -111,6 +112,31 @@ impl Queue for StagedQueue {
             }
             _ => self.inner.complete_all(s, done).await,
         }
+    }
+    async fn hand_back(
+        &self,
+        s: &str,
+        c: &str,
+        d: &Delivery,
+        e: &StreamEntry,
+        since: std::time::Instant,
+        lease: Duration,
+    ) -> Result<bool> {
+        if self.applied_then.is_none() || d.deliveries > 1 || since.elapsed() >= lease / 2 {
+            return self.inner.hand_back(s, c, d, e, since, lease).await;
+        }
+        // As the Redis adapter gives back a first delivery: one commit of
+        // the entry, written again as new, and of its acknowledgement.
+        let back = Completion {
+            id: d.id.clone(),
+            forward: Some(Forward {
+                stream: s.to_string(),
+                entry: e.clone(),
+                must_exist: true,
+                copy_to: None,
+            }),
+        };
+        Ok(self.complete_all(s, &[back]).await?.first() == Some(&true))
     }
     async fn append(&self, s: &[&str], e: &StreamEntry) -> Result<usize> {
         self.refuse_broken(s)?;

@@ -428,6 +428,75 @@ async fn a_request_no_worker_of_its_generation_takes_is_refused_in_the_end() {
     assert_eq!(mem.depth(&q).await.unwrap().entries, 0, "acknowledged");
 }
 
+/// A request of another generation handed back by a worker whose
+/// hand-backs Redis applies only in part (acknowledged and deleted, then a
+/// command failing inside `EXEC`), the queue itself refusing writes when
+/// `broken`: (the queue's entries, the dead letters, the entries counted
+/// `handed_back`, those counted `hand_off_failed`, the answers).
+async fn handed_back_in_part(broken: bool) -> (u64, u64, u64, u64, usize) {
+    let (plan, parts, mem, reply_stream, _, ring) = rig().await;
+    let q = parts.keys.queue("work");
+    mem.ensure_group(&q).await.unwrap();
+    let mut env = Envelope {
+        cid: "c-newer".into(),
+        deadline: now_ms() + 30_000,
+        node: Some("shout".into()),
+        plan: Some("0123456789abcdef".into()),
+        reply_to: Some("ingress-1".into()),
+        payload: json!({"name": "x"}),
+        ..sluice_platform::conformance::request(parts.keys.pipeline(), "work")
+    };
+    let entry = Signer::new(ring, &parts.keys, "web")
+        .sign(&mut env)
+        .unwrap();
+    mem.push(&q, entry).await.unwrap();
+    let queue = Arc::new(StagedQueue {
+        applied_then: Some(BackendError::PartlyApplied("WRONGTYPE".into())),
+        broken_stream: broken.then(|| q.clone()),
+        ..StagedQueue::new(mem.clone())
+    });
+    let worker = worker_on(&plan, &parts, queue);
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(worker.clone().run(stop.clone()));
+    let metrics = &parts.worker_metrics;
+    for _ in 0..300 {
+        if metrics.count("work", "handed_back") + metrics.count("work", "hand_off_failed") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    run.await.unwrap();
+    (
+        mem.depth(&q).await.unwrap().entries,
+        mem.depth(&parts.keys.dead_letter()).await.unwrap().entries,
+        metrics.count("work", "handed_back"),
+        metrics.count("work", "hand_off_failed"),
+        answers(&mem, &reply_stream).await,
+    )
+}
+
+#[tokio::test]
+async fn a_hand_back_applied_in_part_writes_its_copy_again() {
+    let (queued, letters, handed_back, failed, answered) = handed_back_in_part(false).await;
+    assert!(handed_back >= 1, "counted handed back");
+    // The copy the transaction wrote and the one sent again (the next
+    // worker to read the second drops it: the same nonce); each later
+    // hand-back of a copy adds one more the same way.
+    assert!(queued >= 2, "{queued} entries queued");
+    assert_eq!((letters, failed, answered), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_hand_back_applied_in_part_whose_copy_cannot_be_written_is_dead_lettered() {
+    let (queued, letters, handed_back, failed, answered) = handed_back_in_part(true).await;
+    // Acknowledged and deleted, its copy refused three times: the dead
+    // letter is all that holds the request, and nothing is lost.
+    assert_eq!(queued, 0, "nothing left in the queue");
+    assert_eq!(letters, 1, "kept as a dead letter");
+    assert_eq!((handed_back, failed, answered), (0, 1, 0));
+}
+
 /// The hello pipeline's request handled by a worker whose every hand-off
 /// Redis applies only in part, the reply stream refusing writes when
 /// `broken`: (the answers in the reply stream, the dead letters, the
