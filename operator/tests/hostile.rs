@@ -134,8 +134,7 @@ async fn unreadable_pipelines_are_reported_on_their_own_and_block_no_other() -> 
 
     // Steady state: once the last rollout's status has landed, three
     // requeue intervals of the same objects write nothing.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let writes = h.writes_by(&op.user);
+    let writes = h.writes_once_settled(&op.user).await?;
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let extra = &h.writes_of(&op.user)[writes..];
     assert!(extra.is_empty(), "writes at steady state: {extra:?}");
@@ -228,8 +227,7 @@ async fn a_name_taken_by_another_pipeline_or_by_hand_is_never_taken_over() -> an
     assert!(cm["metadata"]["ownerReferences"].is_null());
     assert_eq!(h.events(NS, "mine", "Conflict").len(), 1);
     // Reported once: the requeues that follow write nothing.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let writes = h.writes_by(&op.user);
+    let writes = h.writes_once_settled(&op.user).await?;
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(h.writes_by(&op.user), writes, "writes at steady state");
     Ok(())

@@ -447,7 +447,7 @@ async fn a_converged_operator_issues_no_writes() -> anyhow::Result<()> {
         h.wait_ready("steady", &name, PATIENCE).await?;
     }
     // Let the last status writes after the rollouts land.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h.writes_once_settled(&op.user).await?;
     // One "Created" event per object, each naming its object.
     let p = h.pipeline("steady", "orders-redis").unwrap();
     let mut created: Vec<String> = h

@@ -66,8 +66,7 @@ async fn storage_grows_in_place_never_shrinks_and_outlives_the_pipeline() -> any
     support::eventually("the Redis claim", PATIENCE, || async { claim_size(&h) }).await?;
     let claim = h.object("v1", "PersistentVolumeClaim", NS, CLAIM).unwrap();
     // Let the rollout's last status write land, then watch three requeues.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let writes = h.writes_by(&op.user);
+    let writes = h.writes_once_settled(&op.user).await?;
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let extra = &h.writes_of(&op.user)[writes..];
     assert!(extra.is_empty(), "writes at steady state: {extra:?}");
@@ -140,8 +139,7 @@ async fn storage_grows_in_place_never_shrinks_and_outlives_the_pipeline() -> any
         held["spec"]["template"]["spec"]["containers"][0]
     );
     // Held claims are no reason to write again.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let writes = h.writes_by(&op.user);
+    let writes = h.writes_once_settled(&op.user).await?;
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let extra = &h.writes_of(&op.user)[writes..];
     assert!(

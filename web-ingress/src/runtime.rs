@@ -448,20 +448,6 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         addr: config.listen,
         source,
     })?;
-    let stop_accepting = CancellationToken::new();
-    let app = router(state.clone());
-    let server = tokio::spawn(crate::listener::serve(
-        listener,
-        app,
-        config.http,
-        ConnectionMetrics {
-            open: state.metrics.connections.clone(),
-            refused: state.metrics.connections_refused.clone(),
-        },
-        stop_accepting.clone(),
-        tls,
-    ));
-
     if let (Some(listener), Some((at, token_file))) = (admin_listener, &config.admin) {
         let letters = crate::dead_letters::DeadLetters {
             plan: plan.clone(),
@@ -480,7 +466,22 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
             background.clone(),
         ));
     }
+    // Said before the first request is served: whoever waits for the
+    // ingress to answer finds the start-up line written.
     summary(&config, &plan, backend, &ring, &parts, addr, inline.threads);
+    let stop_accepting = CancellationToken::new();
+    let app = router(state.clone());
+    let server = tokio::spawn(crate::listener::serve(
+        listener,
+        app,
+        config.http,
+        ConnectionMetrics {
+            open: state.metrics.connections.clone(),
+            refused: state.metrics.connections_refused.clone(),
+        },
+        stop_accepting.clone(),
+        tls,
+    ));
 
     let drain = CancellationToken::new();
     let done = tokio::spawn(drain_sequence(DrainParts {

@@ -71,7 +71,9 @@ fn parse_response(raw: &str) -> (u16, Value) {
 
 #[tokio::test]
 async fn slow_bodies_hold_no_slot_and_are_cut_with_408_at_the_body_deadline() {
-    let body_timeout = Duration::from_secs(1);
+    // Long enough for four connections and an honest call on a loaded
+    // machine, short of the interface's timeout.
+    let body_timeout = Duration::from_secs(2);
     let ingress = start(HttpLimits {
         body_timeout,
         ..HttpLimits::default()
@@ -148,12 +150,13 @@ async fn a_head_sent_too_slowly_or_an_idle_keep_alive_connection_is_closed() {
     .await;
     let addr = ingress.local_addr();
 
-    // Half a head, then nothing.
+    // Half a head, then nothing. The deadline counts from the accept:
+    // measured from before the connect.
+    let started = Instant::now();
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(b"POST /v1/echo HTTP/1.1\r\nhost: x\r\n")
         .await
         .expect("write half a head");
-    let started = Instant::now();
     let _ = read_to_close(&mut s).await;
     assert!(
         started.elapsed() >= header_timeout,

@@ -283,8 +283,9 @@ async fn each_caller_has_its_own_rate_limit() {
     )
     .await;
     assert_eq!(status, 200);
-    // Two requests a second: alice is served again after half a second.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // A request a second: alice is served again after one. (Slow enough
+    // that the four requests above, each a round trip, refill no token.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, _, _) = call(
         &ingress,
         reqwest::Method::POST,

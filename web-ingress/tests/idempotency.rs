@@ -86,7 +86,7 @@ async fn a_repeat_while_the_first_runs_is_409_then_gets_its_answer() {
             async move { post(&ingress, "/v1/slow", Some(key), &[], &json!({"n": 1})).await },
         )
     };
-    // The first is queued and waits 300 ms in the pipeline.
+    // The first is queued and waits 1.5 s in the pipeline.
     let started = Instant::now();
     while metric(
         &scrape(&ingress),
@@ -101,7 +101,7 @@ async fn a_repeat_while_the_first_runs_is_409_then_gets_its_answer() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // In flight, then its key claimed microseconds later; its node takes
-    // 300 ms.
+    // 1.5 s.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let conflict = loop {
         let (status, headers, body) =

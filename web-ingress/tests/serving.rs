@@ -406,13 +406,14 @@ async fn permanent_node_error_is_422_and_retryable_one_is_dead_lettered_after_ma
 
 #[tokio::test]
 async fn a_caller_hanging_up_removes_its_waiter_and_its_late_reply_is_counted() {
-    // The node takes 6s; the caller gives up after 300ms. The depth check
-    // below must land while the node still runs: seconds of room, not one.
+    // The node takes 6s; the caller gives up after 1.5s (time enough for
+    // its request to be queued first, on a loaded machine too). The depth
+    // check below must land while the node still runs: seconds of room.
     let ingress = common::start("hang-up.yaml").await;
     let st = ingress.state().clone();
     let err = common::client()
         .post(url(ingress.local_addr(), "/v1/slow"))
-        .timeout(Duration::from_millis(300))
+        .timeout(Duration::from_millis(1500))
         .json(&json!({"n": 1}))
         .send()
         .await

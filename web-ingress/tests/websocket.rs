@@ -32,6 +32,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 struct Running {
     now: AtomicUsize,
     most: AtomicUsize,
+    started: AtomicUsize,
 }
 
 /// `rust/busy`: takes 300 ms and records how many calls ran at once.
@@ -46,6 +47,7 @@ impl Node for Busy {
     {
         Box::pin(async move {
             let running = &self.0;
+            running.started.fetch_add(1, Ordering::SeqCst);
             let now = running.now.fetch_add(1, Ordering::SeqCst) + 1;
             running.most.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -264,7 +266,15 @@ async fn a_stuck_message_ends_at_its_deadline_and_the_next_follows() {
     // another connection is refused, and its id is free again after.
     send(&mut ws, json!({"id": "s1", "input": {"speed": "stuck"}})).await;
     send(&mut ws, json!({"id": "s2", "input": {"speed": "stuck"}})).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::eventually(PATIENCE, "both stuck messages in flight", || async {
+        let v = metric(
+            &scrape(&ingress),
+            "sluice_ingress_in_flight",
+            &[("interface", "stuck")],
+        );
+        (v == Some(2.0)).then_some(())
+    })
+    .await;
     let mut other = open(&ingress, "/v1/stuck").await;
     send(&mut other, json!({"id": "z", "input": {"speed": "fast"}})).await;
     let refused = answer(&mut other).await;
@@ -378,12 +388,16 @@ async fn binary_oversized_and_idle_connections_are_closed_with_their_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_answers_what_is_in_flight_then_closes_with_1001() {
-    let (ingress, _) = start().await;
+    let (ingress, busy) = start().await;
     let mut ws = open(&ingress, "/v1/narrow").await;
     send(&mut ws, json!({"id": "last", "input": "in flight"})).await;
     send(&mut ws, json!({"id": "also", "input": "in flight too"})).await;
-    // Both are read (the limit is two) before the drain starts.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Both are read (the limit is two) and running before the drain starts.
+    common::eventually(PATIENCE, "both messages running", || {
+        let started = busy.started.load(Ordering::SeqCst);
+        std::future::ready((started == 2).then_some(()))
+    })
+    .await;
     ingress.begin_drain();
     assert_eq!(
         answer(&mut ws).await,

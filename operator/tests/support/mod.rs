@@ -278,6 +278,29 @@ impl Harness {
         self.writes_of(caller).len()
     }
 
+    /// Waits until `caller` has written nothing for 1.5 s (longer than a
+    /// requeue interval: the writes trailing a rollout's last status have
+    /// landed), up to 20 s; its writes then. A caller still writing after
+    /// 20 s is an error naming its last writes.
+    pub async fn writes_once_settled(&self, caller: &str) -> anyhow::Result<usize> {
+        let started = std::time::Instant::now();
+        let mut before = self.writes_by(caller);
+        loop {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let now = self.writes_by(caller);
+            if now == before {
+                return Ok(now);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                anyhow::bail!(
+                    "{caller} kept writing for 20 s: {:?}",
+                    &self.writes_of(caller)[before..]
+                );
+            }
+            before = now;
+        }
+    }
+
     /// Those writes as `verb path`, in order: what a test names when writes
     /// happen that should not.
     pub fn writes_of(&self, caller: &str) -> Vec<String> {
