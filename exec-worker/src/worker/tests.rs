@@ -428,6 +428,33 @@ async fn a_request_no_worker_of_its_generation_takes_is_refused_in_the_end() {
     assert_eq!(mem.depth(&q).await.unwrap().entries, 0, "acknowledged");
 }
 
+/// Runs a worker of group `work` on `queue` until one of `outcomes` is
+/// counted (3 s at most), then stops it.
+async fn run_until_counted(
+    plan: &Arc<sluice_crds::Plan>,
+    parts: &RuntimeParts,
+    queue: Arc<StagedQueue>,
+    outcomes: &[&str],
+) {
+    let worker = worker_on(plan, parts, queue);
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(worker.clone().run(stop.clone()));
+    let counted = || {
+        outcomes
+            .iter()
+            .map(|o| parts.worker_metrics.count("work", o))
+            .sum::<u64>()
+    };
+    for _ in 0..300 {
+        if counted() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    run.await.unwrap();
+}
+
 /// A request of another generation handed back by a worker whose
 /// hand-backs Redis applies only in part (acknowledged and deleted, then a
 /// command failing inside `EXEC`), the queue itself refusing writes when
@@ -455,18 +482,8 @@ async fn handed_back_in_part(broken: bool) -> (u64, u64, u64, u64, usize) {
         broken_stream: broken.then(|| q.clone()),
         ..StagedQueue::new(mem.clone())
     });
-    let worker = worker_on(&plan, &parts, queue);
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(worker.clone().run(stop.clone()));
+    run_until_counted(&plan, &parts, queue, &["handed_back", "hand_off_failed"]).await;
     let metrics = &parts.worker_metrics;
-    for _ in 0..300 {
-        if metrics.count("work", "handed_back") + metrics.count("work", "hand_off_failed") > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop.cancel();
-    run.await.unwrap();
     (
         mem.depth(&q).await.unwrap().entries,
         mem.depth(&parts.keys.dead_letter()).await.unwrap().entries,
@@ -511,18 +528,8 @@ async fn applied_in_part(broken: bool) -> (Vec<sluice_platform::StreamEntry>, u6
         broken_stream: broken.then(|| reply_stream.clone()),
         ..StagedQueue::new(mem.clone())
     });
-    let worker = worker_on(&plan, &parts, queue);
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(worker.clone().run(stop.clone()));
+    run_until_counted(&plan, &parts, queue, &["replied", "hand_off_failed"]).await;
     let metrics = &parts.worker_metrics;
-    for _ in 0..200 {
-        if metrics.count("work", "replied") + metrics.count("work", "hand_off_failed") > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop.cancel();
-    run.await.unwrap();
     let letters = mem.depth(&parts.keys.dead_letter()).await.unwrap().entries;
     let answers = mem.recv(&reply_stream, 10, Duration::ZERO).await.unwrap();
     (
