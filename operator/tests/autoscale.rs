@@ -266,8 +266,11 @@ async fn backlog_over_target_scales_up_within_two_periods_and_down_only_after_th
             .all(|w| w[1] < w[0] && w[1] >= w[0] - (w[0] / 2).max(1)),
         "down in bounded steps of at most half: {seen:?}"
     );
+    // The window counts from the start of the last evaluation that saw the
+    // backlog, up to a period before `drained`; without a window the first
+    // step would come a period after the drain.
     assert!(
-        seen[1].0 + PERIOD >= window,
+        seen[1].0 + 2 * PERIOD >= window,
         "first scale-down {:?} after the drain, inside the {window:?} window: {seen:?}",
         seen[1].0
     );
@@ -463,7 +466,13 @@ async fn a_leader_change_inside_the_window_adds_no_scale_down() -> anyhow::Resul
     tokio::time::sleep(Duration::from_secs(2)).await;
     // The first operator led (it started first and the lease is held).
     s.ops[0].kill().await;
-    let seen = s.record(drained, window + 8 * PERIOD).await;
+    // Long enough for the standby to take the lease (3 s after the last
+    // renewal it saw, on its 1 s beat), watch a whole window of its own and
+    // step down twice; nothing changes at the minimum after that.
+    let takeover = Duration::from_secs(2 + 3 + 1);
+    let seen = s
+        .record(drained, takeover + window + 3 * PERIOD + SLACK)
+        .await;
     assert_eq!(counts(&seen), [4, 2, 1], "{seen:?}");
     assert!(
         seen[1].0 + PERIOD >= window,

@@ -13,7 +13,7 @@ use cluster_sim::RequestMatch;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use serde_json::{json, Value};
-use support::{condition_of, example, Harness, Operator, API_VERSION, KIND};
+use support::{condition_of, example, Harness, Operator, API_VERSION, KIND, QUIET_QUEUES};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 const NS: &str = "hostile";
@@ -96,7 +96,7 @@ async fn unreadable_pipelines_are_reported_on_their_own_and_block_no_other() -> 
         let name = refused["metadata"]["name"].clone();
         assert!(h.sim.put_object(refused).is_err(), "{name} was admitted");
     }
-    let op = Operator::start(&h, "op", &[]).await?;
+    let op = Operator::start(&h, "op", QUIET_QUEUES).await?;
     let mut good = example("orders");
     good["metadata"]["name"] = "good".into();
     h.apply(NS, good).await?;
@@ -177,7 +177,7 @@ async fn a_failing_pipeline_watch_is_counted_and_recovers() -> anyhow::Result<()
 #[tokio::test]
 async fn a_name_taken_by_another_pipeline_or_by_hand_is_never_taken_over() -> anyhow::Result<()> {
     let h = Harness::start().await?;
-    let op = Operator::start(&h, "op", &[]).await?;
+    let op = Operator::start(&h, "op", QUIET_QUEUES).await?;
     // `shop` with managed Redis owns Service `shop-redis`; pipeline
     // `shop-redis` names its ingress Service the same.
     let mut shop = example("orders-redis");

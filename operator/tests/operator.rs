@@ -439,7 +439,7 @@ async fn an_invalid_update_leaves_the_running_pipeline_as_it_was() -> anyhow::Re
 #[tokio::test]
 async fn a_converged_operator_issues_no_writes() -> anyhow::Result<()> {
     let h = Harness::start().await?;
-    let op = Operator::start(&h, "op", &[]).await?;
+    let op = Operator::start(&h, "op", QUIET_QUEUES).await?;
     for name in example_names() {
         h.apply("steady", example(name.as_str())).await?;
     }

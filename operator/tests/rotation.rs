@@ -810,8 +810,10 @@ async fn rotation_under_load(rig: &mut Rig) -> anyhow::Result<()> {
         swap_to_new("orders-redis-web").context("the ingress never saw the new key current")?;
     let cpu =
         swap_to_new("orders-redis-cpu").context("the cpu worker never saw the new key current")?;
+    // Within a few kubelet polls of the lag: the two Secrets are written
+    // one after the other and polled in the other order.
     assert!(
-        web - cpu >= LAG.as_secs_f64() - 0.5,
+        web - cpu >= LAG.as_secs_f64() - 5.0,
         "ingress {web}s, cpu {cpu}s"
     );
     for (pod, _) in &rig.metrics {

@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{condition_of, example, Harness, Operator};
+use support::{condition_of, example, Harness, Operator, QUIET_QUEUES};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 const NS: &str = "storage";
@@ -51,7 +51,7 @@ fn uid(v: &Value) -> String {
 async fn storage_grows_in_place_never_shrinks_and_outlives_the_pipeline() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     h.sim.put_object(storage_class(true))?;
-    let op = Operator::start(&h, "op", &[]).await?;
+    let op = Operator::start(&h, "op", QUIET_QUEUES).await?;
 
     // 1024Mi is stored as 1Gi: compared by value, nothing loops.
     h.apply(NS, with_storage("1024Mi")).await?;
