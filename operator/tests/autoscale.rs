@@ -251,19 +251,18 @@ async fn backlog_over_target_scales_up_within_two_periods_and_down_only_after_th
     s.drain().await?;
     let drained = Instant::now();
     let seen = s.record(drained, window + 6 * PERIOD).await;
-    // Down to the minimum, each step by at most half: [6, 3, 2, 1] when
-    // no evaluation saw the queue mid-drain; one that did (8 entries left:
-    // 4 replicas) holds the first step at 4 for the window.
+    // Down to the minimum by half a step at a time: [6, 3, 2, 1] when no
+    // evaluation saw the queue mid-drain; one that did (8 entries left: 4
+    // replicas) holds the first step at 4 for the window, and the halving
+    // goes on from there.
     let steps = counts(&seen);
-    assert_eq!(
-        (steps.first(), steps.last()),
-        (Some(&6), Some(&1)),
-        "{seen:?}"
-    );
+    let halved = |from: i64| from - (from / 2).max(1);
     assert!(
-        steps
-            .windows(2)
-            .all(|w| w[1] < w[0] && w[1] >= w[0] - (w[0] / 2).max(1)),
+        steps.len() >= 3
+            && steps[0] == 6
+            && (3..6).contains(&steps[1])
+            && steps[1..].windows(2).all(|w| w[1] == halved(w[0]))
+            && steps.last() == Some(&1),
         "down in bounded steps of at most half: {seen:?}"
     );
     // The window counts from the start of the last evaluation that saw the
@@ -468,14 +467,19 @@ async fn a_leader_change_inside_the_window_adds_no_scale_down() -> anyhow::Resul
     s.ops[0].kill().await;
     // Long enough for the standby to take the lease (3 s after the last
     // renewal it saw, on its 1 s beat), watch a whole window of its own and
-    // step down twice; nothing changes at the minimum after that.
+    // step down twice (about 14 s in all on an idle machine); nothing
+    // changes at the minimum after that.
     let takeover = Duration::from_secs(2 + 3 + 1);
     let seen = s
-        .record(drained, takeover + window + 3 * PERIOD + SLACK)
+        .record(drained, takeover + window + 6 * PERIOD + SLACK)
         .await;
     assert_eq!(counts(&seen), [4, 2, 1], "{seen:?}");
+    // The standby leads 4 s after the drain at the earliest (the last
+    // renewal it saw, after a second, plus the 3 s lease), then waits a
+    // window of its own: an earlier step means it took the old leader's
+    // observations, or none, for a full window.
     assert!(
-        seen[1].0 + PERIOD >= window,
+        seen[1].0 + PERIOD >= Duration::from_secs(4) + window,
         "scale-down {:?} after the drain, inside the {window:?} window: {seen:?}",
         seen[1].0
     );

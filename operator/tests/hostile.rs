@@ -230,6 +230,8 @@ async fn a_name_taken_by_another_pipeline_or_by_hand_is_never_taken_over() -> an
     let writes = h.writes_once_settled(&op.user).await?;
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(h.writes_by(&op.user), writes, "writes at steady state");
+    // Whatever settled before the window reported the conflict no more.
+    assert_eq!(h.events(NS, "mine", "Conflict").len(), 1);
     Ok(())
 }
 

@@ -442,6 +442,7 @@ async fn serve(
     let Some(schema) = s.graphql.get(&it.name) else {
         return Err(internal("interface has no schema", rid));
     };
+    let started = tokio::time::Instant::now();
     let deadline =
         now_ms().saturating_add(u64::try_from(it.timeout.as_millis()).unwrap_or(u64::MAX));
     let body = read_input(s, it, rid, req.into_body()).await?;
@@ -514,9 +515,12 @@ async fn serve(
     });
     // Each operation answers its own deadline with a GraphQL error; this
     // bounds the document as a whole (an operation stuck without one).
-    let response = tokio::time::timeout(it.timeout + call::DEADLINE_GRACE, schema.execute(request))
-        .await
-        .map_err(|_| timed_out(it.timeout, rid))?;
+    let response = tokio::time::timeout_at(
+        started + it.timeout + call::DEADLINE_GRACE,
+        schema.execute(request),
+    )
+    .await
+    .map_err(|_| timed_out(it.timeout, rid))?;
     serde_json::to_value(&response)
         .map_err(|e| internal(format!("cannot encode the response: {e}"), rid))
 }

@@ -3,7 +3,7 @@
 //! ```text
 //! start: manifest → plan → key ring → adapters → executors → inline workers
 //!        (memory) or the tcp hub and its worker processes (tcp)
-//!        → reply listener → backlog sampler → HTTP listener → startup summary
+//!        → reply listener → backlog sampler → startup summary → HTTP listener
 //! drain: readiness fails → grace → stop accepting → in-flight answered (≤ budget)
 //!        → workers drain (inline, or the tcp children) → background tasks stop
 //! ```
