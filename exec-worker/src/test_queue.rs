@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use sluice_platform::backend::Result;
 use sluice_platform::memory::MemoryStreams;
 use sluice_platform::queue::{Delivery, Depth, Held};
-use sluice_platform::{BackendError, Completion, Forward, Queue, StreamEntry};
+use sluice_platform::{BackendError, Completion, Queue, StreamEntry};
 
 /// Memory streams with staged behaviour.
 pub struct StagedQueue {
@@ -127,15 +127,7 @@ impl Queue for StagedQueue {
         }
         // As the Redis adapter gives back a first delivery: one commit of
         // the entry, written again as new, and of its acknowledgement.
-        let back = Completion {
-            id: d.id.clone(),
-            forward: Some(Forward {
-                stream: s.to_string(),
-                entry: e.clone(),
-                must_exist: true,
-                copy_to: None,
-            }),
-        };
+        let back = Completion::hand_back(&d.id, s, e.clone());
         Ok(self.complete_all(s, &[back]).await?.first() == Some(&true))
     }
     async fn append(&self, s: &[&str], e: &StreamEntry) -> Result<usize> {

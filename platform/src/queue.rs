@@ -66,6 +66,23 @@ pub struct Completion {
     pub forward: Option<Forward>,
 }
 
+impl Completion {
+    /// A first delivery given back ([`Queue::hand_back`]): `entry`, the same
+    /// request, appended to its own `stream` again (if it still exists) as
+    /// a new entry, and delivery `id` acknowledged and deleted.
+    pub fn hand_back(id: &str, stream: &str, entry: StreamEntry) -> Self {
+        Self {
+            id: id.to_string(),
+            forward: Some(Forward {
+                stream: stream.to_string(),
+                entry,
+                must_exist: true,
+                copy_to: None,
+            }),
+        }
+    }
+}
+
 /// Size of a stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Depth {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sluice_platform::clock::now_ms;
 use sluice_platform::{
-    BackendError, Completion, Delivery, Envelope, Forward, HandBackNote, ReplyError, StreamEntry,
+    BackendError, Completion, Delivery, Envelope, HandBackNote, ReplyError, StreamEntry,
 };
 
 use super::Worker;
@@ -87,15 +87,7 @@ impl Worker {
             // replay guard of whoever reads the second), else kept as a
             // dead letter.
             Err(BackendError::PartlyApplied(why)) => {
-                let back = Completion {
-                    id: d.id.clone(),
-                    forward: Some(Forward {
-                        stream: self.stream.clone(),
-                        entry,
-                        must_exist: true,
-                        copy_to: None,
-                    }),
-                };
+                let back = Completion::hand_back(&d.id, &self.stream, entry);
                 match send_again(&*self.queue, &[back], &why).await.remove(0) {
                     Ok(true) => {
                         tracing::warn!(group = %g, id = %d.id, error = %why, "hand-back applied in part; its copy written again");

@@ -280,6 +280,19 @@ spec:
     run.await.unwrap();
 }
 
+/// A request, unsigned, for `shout`: a node of another generation of the
+/// graph, not in this worker's plan, sent by graph `generation`.
+fn request_for_shout(parts: &RuntimeParts, cid: &str, generation: String) -> Envelope {
+    Envelope {
+        cid: cid.into(),
+        deadline: now_ms() + 30_000,
+        node: Some("shout".into()),
+        plan: Some(generation),
+        reply_to: Some("ingress-1".into()),
+        ..sluice_platform::conformance::request(parts.keys.pipeline(), "work")
+    }
+}
+
 /// A request for a node this worker does not run: handed back uncounted when
 /// another generation of the graph sent it (a spec change rolling out),
 /// refused when this generation did (sent to the wrong group).
@@ -292,14 +305,8 @@ async fn a_request_for_a_node_not_run_here_is_handed_back_only_from_another_gene
     let signer = Signer::new(ring, &parts.keys, "web");
     let request = |cid: &str, generation: String| {
         let mut env = Envelope {
-            cid: cid.into(),
-            deadline: now_ms() + 30_000,
-            // A node of the next generation: not in this worker's plan.
-            node: Some("shout".into()),
-            plan: Some(generation),
-            reply_to: Some("ingress-1".into()),
             payload: json!({"name": "x"}),
-            ..sluice_platform::conformance::request(parts.keys.pipeline(), "work")
+            ..request_for_shout(&parts, cid, generation)
         };
         signer.sign(&mut env).unwrap()
     };
@@ -380,14 +387,7 @@ async fn a_request_no_worker_of_its_generation_takes_is_refused_in_the_end() {
     let (plan, parts, mem, reply_stream, _, ring) = rig().await;
     let q = parts.keys.queue("work");
     mem.ensure_group(&q).await.unwrap();
-    let mut env = Envelope {
-        cid: "c-orphan".into(),
-        deadline: now_ms() + 30_000,
-        node: Some("shout".into()),
-        plan: Some("0123456789abcdef".into()),
-        reply_to: Some("ingress-1".into()),
-        ..sluice_platform::conformance::request(parts.keys.pipeline(), "work")
-    };
+    let mut env = request_for_shout(&parts, "c-orphan", "0123456789abcdef".into());
     let mut entry = Signer::new(ring, &parts.keys, "web")
         .sign(&mut env)
         .unwrap();
@@ -428,14 +428,22 @@ async fn a_request_no_worker_of_its_generation_takes_is_refused_in_the_end() {
     assert_eq!(mem.depth(&q).await.unwrap().entries, 0, "acknowledged");
 }
 
-/// Runs a worker of group `work` on `queue` until one of `outcomes` is
-/// counted (3 s at most), then stops it.
-async fn run_until_counted(
+/// Runs a worker of group `work` on `mem` until one of `outcomes` is
+/// counted (3 s at most), then stops it; every commit of its hand-offs and
+/// hand-backs Redis applies only in part (a command failing inside
+/// `EXEC`), writes to `broken` refused.
+async fn run_applied_in_part(
     plan: &Arc<sluice_crds::Plan>,
     parts: &RuntimeParts,
-    queue: Arc<StagedQueue>,
+    mem: &Arc<MemoryStreams>,
+    broken: Option<String>,
     outcomes: &[&str],
 ) {
+    let queue = Arc::new(StagedQueue {
+        applied_then: Some(BackendError::PartlyApplied("WRONGTYPE".into())),
+        broken_stream: broken,
+        ..StagedQueue::new(mem.clone())
+    });
     let worker = worker_on(plan, parts, queue);
     let stop = CancellationToken::new();
     let run = tokio::spawn(worker.clone().run(stop.clone()));
@@ -465,24 +473,16 @@ async fn handed_back_in_part(broken: bool) -> (u64, u64, u64, u64, usize) {
     let q = parts.keys.queue("work");
     mem.ensure_group(&q).await.unwrap();
     let mut env = Envelope {
-        cid: "c-newer".into(),
-        deadline: now_ms() + 30_000,
-        node: Some("shout".into()),
-        plan: Some("0123456789abcdef".into()),
-        reply_to: Some("ingress-1".into()),
         payload: json!({"name": "x"}),
-        ..sluice_platform::conformance::request(parts.keys.pipeline(), "work")
+        ..request_for_shout(&parts, "c-newer", "0123456789abcdef".into())
     };
     let entry = Signer::new(ring, &parts.keys, "web")
         .sign(&mut env)
         .unwrap();
     mem.push(&q, entry).await.unwrap();
-    let queue = Arc::new(StagedQueue {
-        applied_then: Some(BackendError::PartlyApplied("WRONGTYPE".into())),
-        broken_stream: broken.then(|| q.clone()),
-        ..StagedQueue::new(mem.clone())
-    });
-    run_until_counted(&plan, &parts, queue, &["handed_back", "hand_off_failed"]).await;
+    let broken = broken.then(|| q.clone());
+    let outcomes = ["handed_back", "hand_off_failed"];
+    run_applied_in_part(&plan, &parts, &mem, broken, &outcomes).await;
     let metrics = &parts.worker_metrics;
     (
         mem.depth(&q).await.unwrap().entries,
@@ -523,12 +523,9 @@ async fn applied_in_part(broken: bool) -> (Vec<sluice_platform::StreamEntry>, u6
     let q = parts.keys.queue("work");
     mem.ensure_group(&q).await.unwrap();
     mem.push(&q, entry).await.unwrap();
-    let queue = Arc::new(StagedQueue {
-        applied_then: Some(BackendError::PartlyApplied("WRONGTYPE".into())),
-        broken_stream: broken.then(|| reply_stream.clone()),
-        ..StagedQueue::new(mem.clone())
-    });
-    run_until_counted(&plan, &parts, queue, &["replied", "hand_off_failed"]).await;
+    let broken = broken.then(|| reply_stream.clone());
+    let outcomes = ["replied", "hand_off_failed"];
+    run_applied_in_part(&plan, &parts, &mem, broken, &outcomes).await;
     let metrics = &parts.worker_metrics;
     let letters = mem.depth(&parts.keys.dead_letter()).await.unwrap().entries;
     let answers = mem.recv(&reply_stream, 10, Duration::ZERO).await.unwrap();

@@ -26,7 +26,7 @@ use super::wire;
 use crate::backend::{BackendError, Result};
 use crate::envelope::StreamEntry;
 use crate::keys::CONSUMER_GROUP;
-use crate::queue::{Completion, Delivery, Depth, Forward, Held, Queue};
+use crate::queue::{Completion, Delivery, Depth, Held, Queue};
 
 /// The most `XAUTOCLAIM` scans one reclaim makes, each going on where the
 /// last ended, while it has claimed fewer entries than asked for.
@@ -311,15 +311,7 @@ impl Queue for RedisBackend {
             return Ok(false);
         }
         if d.deliveries <= 1 {
-            let back = Completion {
-                id: d.id.clone(),
-                forward: Some(Forward {
-                    stream: stream.to_string(),
-                    entry: entry.clone(),
-                    must_exist: true,
-                    copy_to: None,
-                }),
-            };
+            let back = Completion::hand_back(&d.id, stream, entry.clone());
             return Ok(self.complete_all(stream, &[back]).await?.first() == Some(&true));
         }
         // Only while still this consumer's (the bound `renew` uses), made
