@@ -7,6 +7,9 @@
 //! drain: readiness fails → grace → stop accepting → in-flight answered (≤ budget)
 //!        → workers drain (inline, or the tcp children) → background tasks stop
 //! ```
+//!
+//! A start that fails after workers or background tasks began stops them
+//! before it returns its error.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -219,6 +222,10 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         None => None,
     };
     let background = CancellationToken::new();
+    // Until the ingress is handed back, a start that fails stops what it
+    // started: background tasks, inline workers (and through them the tcp
+    // hub and children, which their state holds).
+    let stop_background_on_failure = background.clone().drop_guard();
     if let Some(c) = &certificates {
         tokio::spawn(
             c.clone()
@@ -328,6 +335,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         .threads
         .split(!workers.is_empty(), crate::threads::cpus());
     let inline = start_inline(workers, split.inline)?;
+    let stop_inline_on_failure = inline.cancel.clone().drop_guard();
     // Worker groups of a tcp pipeline are processes of their own; they are
     // started, and ready, before anything is served.
     let tcp = match tcp_parts {
@@ -483,6 +491,8 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         tls,
     ));
 
+    stop_background_on_failure.disarm();
+    stop_inline_on_failure.disarm();
     let drain = CancellationToken::new();
     let done = tokio::spawn(drain_sequence(DrainParts {
         state: state.clone(),

@@ -65,6 +65,15 @@ pub struct TcpWorkers {
     stop_hub: CancellationToken,
 }
 
+/// Dropped without [`TcpWorkers::stop`] (an ingress whose start failed
+/// later): the hub stops serving; the supervisor, dropped with it, stops
+/// the children.
+impl Drop for TcpWorkers {
+    fn drop(&mut self) {
+        self.stop_hub.cancel();
+    }
+}
+
 impl TcpWorkers {
     /// Binds and serves the hub, then starts the children (spawn mode).
     ///
