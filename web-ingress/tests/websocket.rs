@@ -399,6 +399,13 @@ async fn a_drain_answers_what_is_in_flight_then_closes_with_1001() {
     })
     .await;
     ingress.begin_drain();
+    // What the drain found still running (300 ms each; a machine slow
+    // enough to finish both first would not test the drain's wait, and
+    // fails here rather than passing without it).
+    assert!(
+        busy.now.load(Ordering::SeqCst) > 0,
+        "both calls finished before the drain began"
+    );
     assert_eq!(
         answer(&mut ws).await,
         json!({"id": "last", "result": "in flight"})
