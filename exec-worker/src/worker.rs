@@ -316,10 +316,12 @@ impl Worker {
     fn start(self: &Arc<Self>, d: Delivery, permit: OwnedSemaphorePermit, received: Instant) {
         self.held.lock().insert(d.id.clone(), received);
         let this = self.clone();
-        tokio::spawn(async move {
+        // Boxed: an entry's future is several KB, and the task would copy
+        // it whole when spawned and again when it completes.
+        tokio::spawn(Box::pin(async move {
             this.handle(d).await;
             drop(permit);
-        });
+        }));
     }
 
     async fn renew_leases(self: Arc<Self>, stop: CancellationToken) {
