@@ -8,8 +8,8 @@
 //!        → workers drain (inline, or the tcp children) → background tasks stop
 //! ```
 //!
-//! A start that fails after workers or background tasks began stops them
-//! before it returns its error.
+//! A start that fails after workers or background tasks began tells them
+//! to stop as it returns its error (they end soon after).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -223,8 +223,9 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     };
     let background = CancellationToken::new();
     // Until the ingress is handed back, a start that fails stops what it
-    // started: background tasks, inline workers (and through them the tcp
-    // hub and children, which their state holds).
+    // started: the background tasks (which hold the state, and through it
+    // the tcp hub and children: dropped with it, they stop) and the inline
+    // workers below.
     let stop_background_on_failure = background.clone().drop_guard();
     if let Some(c) = &certificates {
         tokio::spawn(

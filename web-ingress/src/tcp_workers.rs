@@ -114,6 +114,9 @@ impl TcpWorkers {
         let connected = hub.connected();
         let stop_hub = CancellationToken::new();
         tokio::spawn(hub.serve(stop_hub.clone()));
+        // Until `Self` owns it (and stops it when dropped), a start that
+        // fails or is abandoned stops the hub here.
+        let stop_hub_on_failure = stop_hub.clone().drop_guard();
         tracing::info!(hub = %addr, workers = ?config.tcp.workers, groups = ?groups, "tcp hub listening");
 
         let supervisor = match config.tcp.workers {
@@ -145,6 +148,7 @@ impl TcpWorkers {
                 }
             }
         };
+        stop_hub_on_failure.disarm();
         Ok(Arc::new(Self {
             hub: addr,
             groups,

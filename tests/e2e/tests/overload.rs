@@ -86,7 +86,7 @@ async fn a_full_queue_refuses_new_work_with_503_and_admits_it_again_once_drained
                 );
                 break;
             }
-            if probe.xlen(QUEUE).unwrap_or(0) >= 1 {
+            if probe.xlen(QUEUE).expect("XLEN") >= 1 {
                 waiting.push(first);
                 break;
             }
