@@ -65,9 +65,9 @@ pub struct TcpWorkers {
     stop_hub: CancellationToken,
 }
 
-/// Dropped without [`TcpWorkers::stop`] (an ingress whose start failed
-/// later): the hub stops serving; the supervisor, dropped with it, stops
-/// the children.
+/// Dropped without [`TcpWorkers::stop`] (its own start or the ingress's
+/// failed later): the hub stops serving; the supervisor, dropped with it,
+/// stops the children.
 impl Drop for TcpWorkers {
     fn drop(&mut self) {
         self.stop_hub.cancel();
@@ -114,49 +114,43 @@ impl TcpWorkers {
         let connected = hub.connected();
         let stop_hub = CancellationToken::new();
         tokio::spawn(hub.serve(stop_hub.clone()));
-        // Until `Self` owns it (and stops it when dropped), a start that
-        // fails or is abandoned stops the hub here.
-        let stop_hub_on_failure = stop_hub.clone().drop_guard();
         tracing::info!(hub = %addr, workers = ?config.tcp.workers, groups = ?groups, "tcp hub listening");
-
-        let supervisor = match config.tcp.workers {
-            WorkerMode::External => None,
-            WorkerMode::Spawn => {
-                // Children run as this process's user: keep them (and
-                // anything else of that user) from reading this process's
-                // memory and environment through /proc.
-                if let Err(e) = rustix::process::set_dumpable_behavior(
-                    rustix::process::DumpableBehavior::NotDumpable,
-                ) {
-                    tracing::warn!(error = %e, "cannot mark the ingress not dumpable");
-                }
-                let specs = groups
-                    .iter()
-                    .map(|g| child_spec(config, plan, &keys, ring, g, addr))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let policy = RestartPolicy {
-                    limit: config.tcp.restart_limit,
-                    window: config.tcp.restart_window,
-                    ready_timeout: READY_TIMEOUT,
-                };
-                match Supervisor::start(specs, policy, connected.clone()).await {
-                    Ok(s) => Some(s),
-                    Err(why) => {
-                        stop_hub.cancel();
-                        return Err(TcpStartError::Workers(why));
-                    }
-                }
-            }
-        };
-        stop_hub_on_failure.disarm();
-        Ok(Arc::new(Self {
+        // From here a start that fails or is abandoned drops `this`, which
+        // stops the hub.
+        let mut this = Self {
             hub: addr,
             groups,
             connected,
-            supervisor: tokio::sync::Mutex::new(supervisor),
+            supervisor: tokio::sync::Mutex::new(None),
             given_up: parking_lot::Mutex::new(None),
             stop_hub,
-        }))
+        };
+
+        if config.tcp.workers == WorkerMode::Spawn {
+            // Children run as this process's user: keep them (and
+            // anything else of that user) from reading this process's
+            // memory and environment through /proc.
+            if let Err(e) = rustix::process::set_dumpable_behavior(
+                rustix::process::DumpableBehavior::NotDumpable,
+            ) {
+                tracing::warn!(error = %e, "cannot mark the ingress not dumpable");
+            }
+            let specs = this
+                .groups
+                .iter()
+                .map(|g| child_spec(config, plan, &keys, ring, g, addr))
+                .collect::<Result<Vec<_>, _>>()?;
+            let policy = RestartPolicy {
+                limit: config.tcp.restart_limit,
+                window: config.tcp.restart_window,
+                ready_timeout: READY_TIMEOUT,
+            };
+            let supervisor = Supervisor::start(specs, policy, this.connected.clone())
+                .await
+                .map_err(TcpStartError::Workers)?;
+            *this.supervisor.get_mut() = Some(supervisor);
+        }
+        Ok(Arc::new(this))
     }
 
     /// Why the ingress is not ready, if it is not: a group given up on, or
