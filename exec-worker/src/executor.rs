@@ -15,7 +15,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use futures::FutureExt;
@@ -93,11 +93,17 @@ pub fn node_durations() -> NodeDurations {
     Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.5, 16)))
 }
 
+/// A built node and its duration series, looked up on its first run.
+struct Built {
+    node: Arc<dyn Node>,
+    duration: OnceLock<Histogram>,
+}
+
 /// The built nodes of one group.
 pub struct Executor {
     plan: Arc<Plan>,
     group: String,
-    nodes: HashMap<String, Arc<dyn Node>>,
+    nodes: HashMap<String, Built>,
     durations: NodeDurations,
     /// The plan's generation ([`Plan::generation`]).
     generation: String,
@@ -132,7 +138,11 @@ impl Executor {
                 with: n.with.clone(),
                 secrets_dir: secrets_dir.to_path_buf(),
             };
-            nodes.insert(n.name.clone(), registry.build(&cfg)?);
+            let built = Built {
+                node: registry.build(&cfg)?,
+                duration: OnceLock::new(),
+            };
+            nodes.insert(n.name.clone(), built);
         }
         Ok(Self {
             generation: plan.generation(),
@@ -165,7 +175,7 @@ impl Executor {
         let mut current = start.to_string();
         let mut value = input;
         loop {
-            let Some(node) = self.nodes.get(&current) else {
+            let Some(Built { node, duration }) = self.nodes.get(&current) else {
                 return StepOutcome::Failed(NodeError::Permanent(format!(
                     "node `{current}` does not run on group `{}`",
                     self.group
@@ -200,9 +210,13 @@ impl Executor {
             // panicking before it returns its future is caught too.
             let call = AssertUnwindSafe(async { node.call(value, &node_ctx).await }).catch_unwind();
             let result = tokio::time::timeout(remaining, call).await;
-            self.durations
-                .get_or_create(&NodeLabel {
-                    node: current.clone(),
+            duration
+                .get_or_init(|| {
+                    self.durations
+                        .get_or_create(&NodeLabel {
+                            node: current.clone(),
+                        })
+                        .clone()
                 })
                 .observe(started.elapsed().as_secs_f64());
             let out = match result {

@@ -522,11 +522,11 @@ mod tests {
         let big = |n: usize| {
             let (tx, _rx) = oneshot::channel();
             let entry = StreamEntry {
-                v: vec![],
-                k: vec![],
-                m: vec![0; n],
-                s: vec![],
-                note: Vec::new(),
+                v: Default::default(),
+                k: Default::default(),
+                m: vec![0; n].into(),
+                s: Default::default(),
+                note: Default::default(),
             };
             let f = Forward {
                 stream: "next".into(),

@@ -38,7 +38,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
 use sluice_crds::Plan;
 use sluice_platform::clock::{from_ms, now_ms};
-use sluice_platform::metrics::GroupLabel;
 use sluice_platform::telemetry::{self, Span};
 use sluice_platform::{
     At, Delivery, Envelope, Forward, Held, Keys, Pause, Queue, Rejection, ReplyError, Signer,
@@ -51,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use crate::chunks::StreamedAnswer;
 use crate::executor::{Executor, StepOutcome};
 use crate::hand_off::HandOffs;
-use crate::metrics::WorkerMetrics;
+use crate::metrics::GroupMetrics;
 use crate::node::{Chunks, NodeContext};
 use crate::parts::RuntimeParts;
 
@@ -124,7 +123,7 @@ pub struct Worker {
     verifier: Verifier,
     signer: Signer,
     keys: Keys,
-    metrics: WorkerMetrics,
+    metrics: GroupMetrics,
     stream: String,
     /// Entries being worked on, by id, with when this worker last learned
     /// each was its own: their leases are renewed.
@@ -152,6 +151,7 @@ impl Worker {
         let stream = parts.keys.queue(&cfg.group);
         // Replies say they come from this worker's group.
         let signer = parts.signer.for_group(&cfg.group);
+        let metrics = GroupMetrics::new(parts.worker_metrics.clone(), &cfg.group);
         Arc::new(Self {
             cfg,
             executor,
@@ -159,7 +159,7 @@ impl Worker {
             verifier: parts.verifier.clone(),
             signer,
             keys: parts.keys.clone(),
-            metrics: parts.worker_metrics.clone(),
+            metrics,
             stream,
             held: Mutex::new(HashMap::new()),
             hand_offs: Arc::default(),
@@ -379,12 +379,7 @@ impl Worker {
 
     /// Handles one delivery to the end: hand-off, drop, or leave pending.
     async fn handle(&self, d: Delivery) {
-        let g = self.cfg.group.clone();
-        let gauge = self
-            .metrics
-            .in_flight
-            .get_or_create(&GroupLabel { group: g.clone() })
-            .clone();
+        let gauge = self.metrics.in_flight().clone();
         gauge.inc();
         // Released on every way out of this function, unwinding included.
         let _holding = Holding {
@@ -393,10 +388,7 @@ impl Worker {
             gauge,
         };
         if d.deliveries > 1 {
-            self.metrics
-                .redeliveries
-                .get_or_create(&GroupLabel { group: g.clone() })
-                .inc();
+            self.metrics.redelivered();
         }
         self.handle_inner(&d).await;
     }
@@ -429,7 +421,7 @@ impl Worker {
                     "rejected"
                 };
                 tracing::debug!(group = %g, id = %d.id, reason = why.reason(), "entry refused");
-                self.metrics.outcome(g, outcome);
+                self.metrics.outcome(outcome);
                 self.finish(d, None, outcome).await;
                 return;
             }
@@ -479,7 +471,10 @@ impl Worker {
         if let Some(tp) = span.traceparent() {
             env.trace = Some(tp);
         }
-        let mut outcome = self.executor.run(&node, env.payload.clone(), &ctx).await;
+        // The input is the node's: nothing after this reads it (a dead
+        // letter copies the entry as it was read).
+        let input = std::mem::take(&mut env.payload);
+        let mut outcome = self.executor.run(&node, input, &ctx).await;
         if matches!(outcome, StepOutcome::Done(_)) && streamed.as_ref().is_some_and(|s| s.broken())
         {
             // A chunk was lost and the node answered regardless: the answer
@@ -511,7 +506,7 @@ impl Worker {
                 } else {
                     // Stop renewing: the lease lapses and the entry is redelivered.
                     tracing::debug!(group = %g, id = %d.id, attempt = d.deliveries, error = %e, "retryable failure");
-                    self.metrics.outcome(g, "retried");
+                    self.metrics.outcome("retried");
                 }
             }
             StepOutcome::Failed(e) => {
@@ -519,7 +514,7 @@ impl Worker {
                 self.answer(d, &env, &node, Err(err), None).await;
             }
             StepOutcome::Expired => {
-                self.metrics.outcome(g, "expired");
+                self.metrics.outcome("expired");
                 self.finish(d, None, "expired").await;
             }
             StepOutcome::Crashed(crash) => self.crashed(d, &env, &crash).await,
@@ -675,19 +670,19 @@ impl Worker {
         match self.hand_offs.commit(&self.queue, &self.stream, done).await {
             Ok(true) => {
                 if outcome != "rejected" && outcome != "expired" {
-                    self.metrics.outcome(g, outcome);
+                    self.metrics.outcome(outcome);
                 }
             }
             Ok(false) if is_reply => {
                 tracing::debug!(group = %g, id, "reply stream gone (ingress restarted); reply dropped");
-                self.metrics.outcome(g, "reply_dropped");
+                self.metrics.outcome("reply_dropped");
             }
             Ok(false) => {}
             // Acknowledged, and its forward refused even when sent again
             // on its own: the entry exists only here now.
             Err(BackendError::PartlyApplied(why)) => {
                 if kept == Kept::AsDeadLetter {
-                    self.metrics.outcome(g, outcome);
+                    self.metrics.outcome(outcome);
                     tracing::error!(group = %g, id, error = %why, "the answer to a dead-lettered entry could not be sent");
                     return;
                 }

@@ -138,10 +138,11 @@ async fn an_on_call_user_lists_redrives_and_purges_dead_letters_without_any_secr
             message: "boom".into(),
         },
     )
-    .encode();
+    .encode()
+    .into();
     let letter_id = redis_client.push(&keys.dead_letter(), letter).await?;
     let mut forged = request(&signer, "order-8", json!({"n": 8}));
-    forged.s = vec![b'0'; forged.s.len()];
+    forged.s = vec![b'0'; forged.s.len()].into();
     let forged_id = redis_client.push(&keys.dead_letter(), forged).await?;
 
     // The queue observer counts them in status, and `status` shows them.

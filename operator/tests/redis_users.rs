@@ -277,7 +277,7 @@ async fn the_admin_user_lists_redrives_and_purges_dead_letters_and_reads_no_queu
         code: "node_failed".into(),
         message: "no price".into(),
     };
-    entry.note = DeadLetterNote::new("cpu", 3, &error).encode();
+    entry.note = DeadLetterNote::new("cpu", 3, &error).encode().into();
     let id = cpu.push(&keys.dead_letter(), entry).await.unwrap();
 
     let d = DeadLetters::on_redis(plan, ring, connect("admin").await.unwrap());

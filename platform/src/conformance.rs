@@ -10,6 +10,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::envelope::{Envelope, Kind, StreamEntry};
 use crate::kv::Kv;
 use crate::queue::{Completion, Delivery, Forward, Held, Queue, ReplyChannel};
@@ -17,11 +19,11 @@ use crate::queue::{Completion, Delivery, Forward, Held, Queue, ReplyChannel};
 /// A recognisable entry; `n` goes into `m`.
 pub fn entry(n: usize) -> StreamEntry {
     StreamEntry {
-        v: b"1".to_vec(),
-        k: b"kid".to_vec(),
-        m: format!("message-{n}").into_bytes(),
-        s: b"sig".to_vec(),
-        note: Vec::new(),
+        v: Bytes::from_static(b"1"),
+        k: Bytes::from_static(b"kid"),
+        m: format!("message-{n}").into(),
+        s: Bytes::from_static(b"sig"),
+        note: Bytes::new(),
     }
 }
 
@@ -107,7 +109,7 @@ async fn a_handed_back_entry_is_reclaimed_at_once_uncounted<Q: Queue + ?Sized>(q
     assert_eq!(first.len(), 1);
     // A first delivery goes back as a new entry, with what it is given.
     let noted = StreamEntry {
-        note: b"handed back".to_vec(),
+        note: Bytes::from_static(b"handed back"),
         ..entry(0)
     };
     assert!(

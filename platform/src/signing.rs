@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
@@ -193,14 +194,14 @@ impl Signer {
             });
         };
         let m = encode(env);
-        let v = FORMAT_VERSION.as_bytes().to_vec();
-        let s = hex(&mac(&key, &v, &m).finalize().into_bytes()).into_bytes();
+        let v = Bytes::from_static(FORMAT_VERSION.as_bytes());
+        let s = hex(&mac(&key, &v, &m).finalize().into_bytes());
         Ok(StreamEntry {
             v,
-            k: key_id(kid, env.kind, &self.group).into_bytes(),
-            m,
-            s,
-            note: Vec::new(),
+            k: key_id(kid, env.kind, &self.group).into(),
+            m: m.into(),
+            s: s.into(),
+            note: Bytes::new(),
         })
     }
 }

@@ -319,6 +319,11 @@ impl Span {
         Self::begin(tracer, name.into(), kind, &parent, start_ms)
     }
 
+    /// Whether this span records anything: attributes worth computing.
+    pub fn is_recording(&self) -> bool {
+        self.cx.is_some()
+    }
+
     /// A child of this span.
     pub fn child(&self, name: impl Into<Cow<'static, str>>, kind: SpanKind) -> Self {
         match (&self.cx, TRACER.get()) {

@@ -381,11 +381,11 @@ async fn read_replies_are_trimmed_in_bulk_and_returned_once() {
     // A few large replies are trimmed without waiting either: what read
     // replies may hold in Redis is bounded in bytes too.
     let large = |n: u8| sluice_platform::StreamEntry {
-        v: b"1".to_vec(),
-        k: b"kid".to_vec(),
-        m: vec![n; 600_000],
-        s: b"sig".to_vec(),
-        note: Vec::new(),
+        v: bytes::Bytes::from_static(b"1"),
+        k: bytes::Bytes::from_static(b"kid"),
+        m: vec![n; 600_000].into(),
+        s: bytes::Bytes::from_static(b"sig"),
+        note: bytes::Bytes::new(),
     };
     b.push(&r, large(1)).await.unwrap();
     b.push(&r, large(2)).await.unwrap();

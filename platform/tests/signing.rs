@@ -2,6 +2,7 @@
 //! decoded before the MAC verifies; per-group keys in both directory
 //! layouts, and rotation with either.
 
+use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -102,7 +103,9 @@ async fn each_forgery_is_rejected_with_its_own_reason_and_counted() {
     let good = signed(&r.signer, &mut request("cpu"));
 
     let mut bad_mac = good.clone();
-    bad_mac.m[3] ^= 1;
+    let mut m = bad_mac.m.to_vec();
+    m[3] ^= 1;
+    bad_mac.m = m.into();
     assert_eq!(
         rejection(&r, &bad_mac, "1-0", "cpu").await,
         Rejection::BadMac
@@ -177,7 +180,7 @@ async fn each_forgery_is_rejected_with_its_own_reason_and_counted() {
         "a reply presented as a request: its key id `<kid>/<group>` is no request's"
     );
     let as_request = StreamEntry {
-        k: b"k1".to_vec(),
+        k: Bytes::from_static(b"k1"),
         ..reply_entry
     };
     assert_eq!(
@@ -187,7 +190,7 @@ async fn each_forgery_is_rejected_with_its_own_reason_and_counted() {
     );
 
     let mut bad_version = good.clone();
-    bad_version.v = b"1".to_vec();
+    bad_version.v = Bytes::from_static(b"1");
     assert_eq!(
         rejection(&r, &bad_version, "1-0", "cpu").await,
         Rejection::BadVersion,
@@ -231,11 +234,11 @@ fn forge(env: &Envelope, info: &str) -> StreamEntry {
         .map(|b| format!("{b:02x}"))
         .collect();
     StreamEntry {
-        v,
-        k: b"k1".to_vec(),
-        m,
-        s: s.into_bytes(),
-        note: Vec::new(),
+        v: v.into(),
+        k: Bytes::from_static(b"k1"),
+        m: m.into(),
+        s: s.into(),
+        note: Bytes::new(),
     }
 }
 
@@ -260,7 +263,7 @@ async fn a_handed_back_request_claims_no_nonce_and_is_checked_first() {
     // A forgery, or a request read from another group's queue (its MAC is
     // checked with that group's key), is refused, not handed back.
     let mut forged = signed(&r.signer, &mut request("cpu"));
-    forged.s[0] = if forged.s[0] == b'0' { b'1' } else { b'0' };
+    forged.s = flipped(&forged.s, 0);
     for (entry, dest, why) in [
         (&forged, "cpu", Rejection::BadMac),
         (&e, "io", Rejection::BadMac),
@@ -403,7 +406,7 @@ async fn without_a_guard_nothing_is_remembered_and_everything_else_is_checked() 
             .expect("no guard: the same nonce again is not refused");
     }
     let mut forged = e.clone();
-    forged.s = vec![b'0'; 64];
+    forged.s = vec![b'0'; 64].into();
     assert!(matches!(
         v.verify_request(&forged, &at("2-0", 1), "cpu").await,
         Err(VerifyError::Rejected(Rejection::BadMac))
@@ -449,7 +452,7 @@ async fn oversized_entries_are_rejected_before_decoding() {
     );
     // And a forged MAC is also refused before decoding.
     let mut forged = signed(&r.signer, &mut request("cpu"));
-    forged.s = vec![b'0'; 64];
+    forged.s = vec![b'0'; 64].into();
     assert_eq!(
         rejection(&r, &forged, "1-0", "cpu").await,
         Rejection::BadMac
@@ -492,7 +495,7 @@ async fn a_key_added_to_the_directory_is_picked_up_and_signing_follows_current()
     let _watch = shared.watch(Duration::from_millis(50), cancel.clone());
     let signer = signer(shared.clone());
     let old_entry = signed(&signer, &mut request("cpu"));
-    assert_eq!(old_entry.k, b"old");
+    assert_eq!(old_entry.k, &b"old"[..]);
 
     // Kubelet-style update: add the new key first, then switch `current`.
     std::fs::write(dir.path().join("new"), b64(2)).unwrap();
@@ -506,7 +509,7 @@ async fn a_key_added_to_the_directory_is_picked_up_and_signing_follows_current()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let new_entry = signed(&signer, &mut request("cpu"));
-    assert_eq!(new_entry.k, b"new", "signing follows current");
+    assert_eq!(new_entry.k, &b"new"[..], "signing follows current");
     let v = Verifier::new(
         shared,
         Some(MemoryKv::new()),
@@ -527,7 +530,7 @@ async fn a_key_added_to_the_directory_is_picked_up_and_signing_follows_current()
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         signed(&signer, &mut request("cpu")).k,
-        b"new",
+        &b"new"[..],
         "an invalid directory keeps the last good ring"
     );
     cancel.cancel();
@@ -587,14 +590,14 @@ async fn a_reply_names_its_sender_and_verifies_only_with_that_groups_key() {
     let (v, rejections) = verifier(shared.clone());
     let io = Signer::new(shared, &keys(), "io");
     let e = signed(&io, &mut reply_to_ing1("io"));
-    assert_eq!(e.k, b"k1/io", "a reply's key id names its group");
+    assert_eq!(e.k, &b"k1/io"[..], "a reply's key id names its group");
     let got = v.verify_reply(&e, "ing-1").await.unwrap();
     assert_eq!(got.from, "io");
     assert_eq!(got.envelope.payload, json!({"answer": 42}));
 
     // Claiming another sender picks another key: the MAC fails.
     let claimed = StreamEntry {
-        k: b"k1/cpu".to_vec(),
+        k: Bytes::from_static(b"k1/cpu"),
         ..e.clone()
     };
     assert_eq!(reply_rejection(&v, &claimed).await, Rejection::BadMac);
@@ -609,7 +612,7 @@ async fn a_reply_names_its_sender_and_verifies_only_with_that_groups_key() {
         b"\xff/io",
     ] {
         let bad = StreamEntry {
-            k: k.to_vec(),
+            k: Bytes::copy_from_slice(k),
             ..e.clone()
         };
         assert_eq!(
@@ -741,17 +744,17 @@ async fn rotation_works_with_derived_directories() {
     let (v, _) = verifier(shared.clone());
     let old_entry = signed(&signer, &mut request("cpu"));
     let old_reply = signed(&signer, &mut reply_to_ing1("cpu"));
-    assert_eq!(old_reply.k, b"old/cpu");
+    assert_eq!(old_reply.k, &b"old/cpu"[..]);
 
     // added: the new kid verifies, the old one still signs.
     render(&ring("old", &[("old", 1), ("new", 2)]));
     assert!(shared.reload().unwrap());
-    assert_eq!(signed(&signer, &mut request("cpu")).k, b"old");
+    assert_eq!(signed(&signer, &mut request("cpu")).k, &b"old"[..]);
     // retiring: the new kid signs, the old one still verifies.
     render(&ring("new", &[("old", 1), ("new", 2)]));
     assert!(shared.reload().unwrap());
     let new_entry = signed(&signer, &mut request("cpu"));
-    assert_eq!(new_entry.k, b"new", "signing follows current");
+    assert_eq!(new_entry.k, &b"new"[..], "signing follows current");
     v.verify_request(&old_entry, &at("1-0", 1), "cpu")
         .await
         .expect("the older kid still verifies");
@@ -818,7 +821,9 @@ proptest! {
         let mut e = r.signer.sign_as_is(&env).unwrap();
         let target = match field { 0 => &mut e.v, 1 => &mut e.k, 2 => &mut e.m, _ => &mut e.s };
         let i = pos.index(target.len());
-        target[i] ^= 1 << bit;
+        let mut bytes = target.to_vec();
+        bytes[i] ^= 1 << bit;
+        *target = bytes.into();
         let res = rt.block_on(r.verifier.verify_request(&e, &at("1-0", 1), &dest));
         prop_assert!(matches!(res, Err(VerifyError::Rejected(_))), "flipped field {} byte {} verified", field, i);
     }
@@ -853,10 +858,17 @@ async fn a_stored_answer_verifies_past_its_deadline_and_only_at_its_own_address(
     }
     // The MAC is checked all the same.
     let mut forged = e.clone();
-    forged.s[0] = if forged.s[0] == b'0' { b'1' } else { b'0' };
+    forged.s = flipped(&forged.s, 0);
     assert!(matches!(
         v.verify_stored_reply(&forged, "async:aa").await,
         Err(VerifyError::Rejected(Rejection::BadMac))
     ));
     assert_eq!(rejections.get(Rejection::WrongDestination), 2);
+}
+
+/// `b` with byte `i` changed to another hex digit.
+fn flipped(b: &Bytes, i: usize) -> Bytes {
+    let mut v = b.to_vec();
+    v[i] = if v[i] == b'0' { b'1' } else { b'0' };
+    v.into()
 }

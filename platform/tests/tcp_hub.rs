@@ -370,7 +370,7 @@ async fn the_hub_claims_each_nonce_drops_a_replay_and_hands_out_a_redelivery() {
     s.streams.push(&q, e.clone()).await.unwrap();
     let first = w.read(&q, "c1", 10, Duration::ZERO).await.unwrap();
     assert_eq!(first.len(), 1);
-    let kid = String::from_utf8(e.k.clone()).unwrap();
+    let kid = String::from_utf8(e.k.to_vec()).unwrap();
     let claimed = s.keys.nonce(GROUP, &kid, &nonce_of(&e));
     assert_eq!(
         s.guard.get(&claimed).await.unwrap().as_deref(),
@@ -474,7 +474,7 @@ async fn a_frame_over_the_limit_ends_the_connection_and_the_worker_reconnects() 
     let q = s.keys.queue(GROUP);
     w.ensure_group(&q).await.unwrap();
     let mut big = entry(1);
-    big.m = vec![b'x'; 2 << 20];
+    big.m = vec![b'x'; 2 << 20].into();
     let err = w.push(&s.keys.queue("next"), big).await.unwrap_err();
     assert!(matches!(err, BackendError::Unavailable(_)), "{err:?}");
     assert_eq!(
@@ -641,7 +641,7 @@ async fn entries_brought_ahead_die_with_their_connection() {
     w.complete_all(&q, &handed(&first)).await.unwrap();
     assert_eq!(s.streams.pending(&q).await.unwrap(), 1, "one came ahead");
     let mut big = entry(1);
-    big.m = vec![b'x'; 2 << 20];
+    big.m = vec![b'x'; 2 << 20].into();
     assert!(w.push(&s.keys.queue("next"), big).await.is_err());
     // A new connection: the entry that came ahead is not handed out from
     // the old one; the hub released it, and a reclaim takes it up.

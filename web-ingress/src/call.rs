@@ -121,10 +121,7 @@ pub(crate) async fn run(
         streamed,
     } = call;
     admit_replay_budget(s, it, timeout_of_request, rid)?;
-    let label = InterfaceLabel {
-        interface: it.name.clone(),
-    };
-    let in_flight = s.metrics.in_flight.get_or_create(&label).clone();
+    let in_flight = s.interface_metrics[&it.name].in_flight().clone();
     in_flight.inc();
     let _dec = scopeguard(move || {
         in_flight.dec();
@@ -259,10 +256,15 @@ pub(crate) async fn run(
         }
     };
     let stream = s.keys.queue(&group);
-    let hop = span.child(format!("send {group}"), telemetry::Kind::Producer);
-    hop.set("messaging.destination.name", stream.clone());
-    hop.set("sluice.node", env.node.clone().unwrap_or_default());
-    env.trace = hop.traceparent();
+    let hop = if span.is_recording() {
+        let hop = span.child(format!("send {group}"), telemetry::Kind::Producer);
+        hop.set("messaging.destination.name", stream.clone());
+        hop.set("sluice.node", env.node.clone().unwrap_or_default());
+        env.trace = hop.traceparent();
+        hop
+    } else {
+        Span::none()
+    };
     let signed = match s.signer.sign(&mut env) {
         Ok(signed) => signed,
         Err(e) => {
@@ -374,7 +376,9 @@ async fn dead_letter_crash(s: &AppState, env: &mut Envelope, crash: &Crash) {
         }
     };
     let why = ReplyError::new("node_crashed", format!("node `{}` panicked", crash.node));
-    entry.note = DeadLetterNote::new(s.signer.group(), 1, &why).encode();
+    entry.note = DeadLetterNote::new(s.signer.group(), 1, &why)
+        .encode()
+        .into();
     if let Err(e) = s
         .queue
         .push_capped(&s.keys.dead_letter(), entry, DEAD_LETTER_RETENTION)

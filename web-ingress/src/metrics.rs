@@ -1,5 +1,7 @@
 //! The ingress's metric families.
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -149,5 +151,97 @@ impl IngressMetrics {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+}
+
+/// One interface's series of the request families, each looked up on
+/// first use and kept: a request's counts build no label and hash nothing
+/// (answers other than 200 go through the families). A series still
+/// appears only once something was counted in it.
+#[derive(Debug)]
+pub struct InterfaceMetrics {
+    all: IngressMetrics,
+    interface: String,
+    in_flight: OnceLock<Gauge>,
+    ok: OnceLock<(Counter, Histogram)>,
+}
+
+impl InterfaceMetrics {
+    pub fn new(all: IngressMetrics, interface: &str) -> Self {
+        Self {
+            all,
+            interface: interface.to_string(),
+            in_flight: OnceLock::new(),
+            ok: OnceLock::new(),
+        }
+    }
+
+    /// The interface's `sluice_ingress_in_flight` gauge.
+    pub fn in_flight(&self) -> &Gauge {
+        self.in_flight.get_or_init(|| {
+            self.all
+                .in_flight
+                .get_or_create(&InterfaceLabel {
+                    interface: self.interface.clone(),
+                })
+                .clone()
+        })
+    }
+
+    /// As [`IngressMetrics::answered`].
+    pub fn answered(&self, status: u16, elapsed: std::time::Duration) {
+        if status != 200 {
+            return self.all.answered(&self.interface, status, elapsed);
+        }
+        let (count, duration) = self.ok.get_or_init(|| {
+            let label = RequestLabel {
+                interface: self.interface.clone(),
+                status,
+            };
+            (
+                self.all.requests.get_or_create(&label).clone(),
+                self.all.duration.get_or_create(&label).clone(),
+            )
+        });
+        count.inc();
+        duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prometheus_client::encoding::text::encode;
+
+    use super::*;
+
+    fn text(r: &Registry) -> String {
+        let mut out = String::new();
+        encode(&mut out, r).expect("encode the registry");
+        out
+    }
+
+    #[test]
+    fn an_interface_counts_in_the_shared_families_and_shows_a_series_once_counted() {
+        let mut r = Registry::default();
+        let all = IngressMetrics::register(&mut r);
+        let echo = InterfaceMetrics::new(all.clone(), "echo");
+        assert!(!text(&r).contains("interface=\"echo\""), "{}", text(&r));
+
+        echo.answered(200, Duration::from_millis(2));
+        echo.answered(200, Duration::from_millis(3));
+        echo.answered(503, Duration::from_millis(1));
+        all.answered("echo", 200, Duration::from_millis(4));
+        echo.in_flight().inc();
+        let shown = text(&r);
+        for line in [
+            "sluice_ingress_requests_total{interface=\"echo\",status=\"200\"} 3",
+            "sluice_ingress_requests_total{interface=\"echo\",status=\"503\"} 1",
+            "sluice_ingress_request_duration_seconds_count{interface=\"echo\",status=\"200\"} 3",
+            "sluice_ingress_in_flight{interface=\"echo\"} 1",
+        ] {
+            assert!(shown.contains(line), "{line} missing from\n{shown}");
+        }
     }
 }

@@ -381,6 +381,14 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         .iter()
         .map(|i| (i.name.clone(), Arc::new(ReplySenders::of(i))))
         .collect();
+    let interface_metrics = plan
+        .interfaces
+        .iter()
+        .map(|i| {
+            let m = crate::metrics::InterfaceMetrics::new(metrics.clone(), &i.name);
+            (i.name.clone(), m)
+        })
+        .collect();
     let body_budget = BodyBudget::new(body_budget_bytes(&plan));
     // Nonces live in Redis, or in the tcp hub; the memory profile has no
     // replay guard.
@@ -417,6 +425,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         reached_backend: false.into(),
         backlog: RwLock::new(Some(HashMap::new())),
         slots,
+        interface_metrics,
         sockets,
         graphql,
         tcp: tcp.clone(),

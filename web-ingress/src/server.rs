@@ -231,7 +231,7 @@ async fn handle(s: Arc<AppState>, name: &str, req: Request) -> Response {
     }
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
-    s.metrics.answered(&it.name, status, elapsed);
+    s.interface_metrics[&it.name].answered(status, elapsed);
     // One line per request, at debug: failures the service itself caused
     // are logged at warn where they happen, with the same request id.
     tracing::debug!(request_id = %rid, interface = %it.name, status, elapsed_ms = elapsed.as_millis() as u64, "request");

@@ -53,6 +53,8 @@ pub struct AppState {
     /// Last sampled backlog per worker group; `None` when the sample failed.
     pub backlog: RwLock<Option<HashMap<String, Backlog>>>,
     pub slots: HashMap<String, Arc<Semaphore>>,
+    /// Per interface: its series of the request metrics.
+    pub interface_metrics: HashMap<String, crate::metrics::InterfaceMetrics>,
     /// Per WebSocket interface: its open connections (`maxConnections`).
     pub sockets: HashMap<String, Arc<Semaphore>>,
     /// Time and shape limits of the HTTP surface.

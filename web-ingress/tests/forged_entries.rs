@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::{eventually, metric, scrape, url, Calls, Counting};
 use serde_json::json;
 use sluice_platform::clock::now_ms;
@@ -73,17 +74,17 @@ async fn forged_entries_pushed_onto_a_worker_queue_are_refused_by_reason_and_nev
     };
     let ingress = common::start_with("counted.yaml", nodes).await;
     let st = ingress.state().clone();
-    let kid = String::from_utf8(signed(&st.signer, &mut request(&st, "work")).k).unwrap();
+    let kid = String::from_utf8(signed(&st.signer, &mut request(&st, "work")).k.to_vec()).unwrap();
 
     // (a) Garbage in every field.
     push(
         &st,
         StreamEntry {
-            v: b"\xff\x00garbage".to_vec(),
-            k: b"??".to_vec(),
-            m: b"{not an envelope".to_vec(),
-            s: b"zz".to_vec(),
-            note: Vec::new(),
+            v: Bytes::from_static(b"\xff\x00garbage"),
+            k: Bytes::from_static(b"??"),
+            m: Bytes::from_static(b"{not an envelope"),
+            s: Bytes::from_static(b"zz"),
+            note: Bytes::new(),
         },
     )
     .await;

@@ -91,7 +91,9 @@ impl Worker {
         err: &ReplyError,
     ) -> Result<String, BackendError> {
         let entry = StreamEntry {
-            note: DeadLetterNote::new(&self.cfg.group, d.deliveries, err).encode(),
+            note: DeadLetterNote::new(&self.cfg.group, d.deliveries, err)
+                .encode()
+                .into(),
             ..d.entry.clone()
         };
         self.queue
@@ -113,9 +115,9 @@ impl Worker {
             "the entry was acknowledged but what it sends on could not be written",
         );
         match self.copy_to_dead_letters(d, &err).await {
-            Ok(_) => self.metrics.outcome(g, "hand_off_failed"),
+            Ok(_) => self.metrics.outcome("hand_off_failed"),
             Err(e) => {
-                self.metrics.outcome(g, "lost");
+                self.metrics.outcome("lost");
                 tracing::error!(group = %g, id, error = %e, "dead-letter write failed; the entry is lost");
             }
         }

@@ -60,7 +60,8 @@ impl Worker {
                 since: first,
                 times: before.map_or(1, |n| n.times.saturating_add(1)),
             }
-            .encode(),
+            .encode()
+            .into(),
             ..d.entry.clone()
         };
         let outcome = self
@@ -77,7 +78,7 @@ impl Worker {
         match outcome {
             Ok(true) => {
                 tracing::debug!(group = %g, id = %d.id, "request of another plan generation handed back");
-                self.metrics.outcome(g, "handed_back");
+                self.metrics.outcome("handed_back");
             }
             Ok(false) => {
                 tracing::debug!(group = %g, id = %d.id, "request of another plan generation left for its lease")
@@ -91,7 +92,7 @@ impl Worker {
                 match send_again(&*self.queue, &[back], &why).await.remove(0) {
                     Ok(true) => {
                         tracing::warn!(group = %g, id = %d.id, error = %why, "hand-back applied in part; its copy written again");
-                        self.metrics.outcome(g, "handed_back");
+                        self.metrics.outcome("handed_back");
                     }
                     Ok(false) => self.keep_acknowledged(d, &why).await,
                     Err(e) => self.keep_acknowledged(d, &e.to_string()).await,

@@ -396,7 +396,8 @@ async fn a_request_no_worker_of_its_generation_takes_is_refused_in_the_end() {
         since: long_ago,
         times: 4_000,
     }
-    .encode();
+    .encode()
+    .into();
     mem.push(&q, entry).await.unwrap();
     let worker = Worker::new(
         WorkerConfig {

@@ -4,7 +4,6 @@
 //! field values stay raw bytes: the MAC covers the exact stored bytes, and
 //! nothing here may re-encode them.
 
-use bytes::Bytes;
 use fred::types::Value;
 
 use crate::backend::{BackendError, Result};
@@ -16,12 +15,9 @@ pub(super) type RawEntry = (String, Option<StreamEntry>);
 
 /// `XADD … * v <v> k <k> m <m> s <s>`: the field/value arguments.
 pub(super) fn entry_args(entry: &StreamEntry) -> impl Iterator<Item = Value> + '_ {
-    entry.fields().flat_map(|(name, value)| {
-        [
-            Value::from(name),
-            Value::Bytes(Bytes::copy_from_slice(value)),
-        ]
-    })
+    entry
+        .fields()
+        .flat_map(|(name, value)| [Value::from(name), Value::Bytes(value.clone())])
 }
 
 fn unexpected(what: &str) -> BackendError {
@@ -64,7 +60,7 @@ fn entry(v: Value, what: &str) -> Result<RawEntry> {
     let mut it = fields.into_iter();
     while let (Some(name), Some(value)) = (it.next(), it.next()) {
         names.push(name.into_bytes().ok_or_else(|| unexpected(what))?);
-        values.push(value.into_owned_bytes().ok_or_else(|| unexpected(what))?);
+        values.push(value.into_bytes().ok_or_else(|| unexpected(what))?);
     }
     let e = StreamEntry::from_fields(names.iter().map(|n| n.as_ref()).zip(values));
     Ok((id, Some(e)))
@@ -182,7 +178,7 @@ mod tests {
             s("k"),
             s("kid"),
             s("m"),
-            Value::Bytes(Bytes::copy_from_slice(m)),
+            Value::Bytes(bytes::Bytes::copy_from_slice(m)),
             s("s"),
             s("sig"),
         ])

@@ -761,11 +761,11 @@ mod tests {
 
     fn entry() -> StreamEntry {
         StreamEntry {
-            v: b"1".to_vec(),
-            k: vec![],
-            m: vec![],
-            s: vec![],
-            note: Vec::new(),
+            v: bytes::Bytes::from_static(b"1"),
+            k: bytes::Bytes::new(),
+            m: bytes::Bytes::new(),
+            s: bytes::Bytes::new(),
+            note: bytes::Bytes::new(),
         }
     }
 
@@ -879,7 +879,7 @@ mod tests {
             Call::Push {
                 stream: keys.queue("next"),
                 entry: StreamEntry {
-                    m: vec![b'x'; 2048],
+                    m: vec![b'x'; 2048].into(),
                     ..entry()
                 },
             },

@@ -139,11 +139,11 @@ impl<'a> Reader<'a> {
 
     pub fn entry(&mut self) -> Decoded<StreamEntry> {
         Ok(StreamEntry {
-            v: self.bytes()?,
-            k: self.bytes()?,
-            m: self.bytes()?,
-            s: self.bytes()?,
-            note: self.bytes()?,
+            v: self.bytes()?.into(),
+            k: self.bytes()?.into(),
+            m: self.bytes()?.into(),
+            s: self.bytes()?.into(),
+            note: self.bytes()?.into(),
         })
     }
 
@@ -543,11 +543,11 @@ mod tests {
 
     fn entry(m: &str) -> StreamEntry {
         StreamEntry {
-            v: b"1".to_vec(),
-            k: b"kid".to_vec(),
-            m: m.as_bytes().to_vec(),
-            s: vec![0xff, 0, 7],
-            note: Vec::new(),
+            v: bytes::Bytes::from_static(b"1"),
+            k: bytes::Bytes::from_static(b"kid"),
+            m: bytes::Bytes::copy_from_slice(m.as_bytes()),
+            s: bytes::Bytes::from_static(&[0xff, 0, 7]),
+            note: bytes::Bytes::new(),
         }
     }
 
@@ -568,7 +568,7 @@ mod tests {
                 stream: "dlq".into(),
                 // A dead letter carries a note.
                 entry: StreamEntry {
-                    note: br#"{"group":"io"}"#.to_vec(),
+                    note: bytes::Bytes::from_static(br#"{"group":"io"}"#),
                     ..entry("b")
                 },
                 max_len: 10,

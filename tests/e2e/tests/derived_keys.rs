@@ -201,7 +201,7 @@ async fn processes_holding_only_their_roles_keys_serve_and_cannot_answer_for_oth
         .expect("cpu's reply key");
     let kid = read_kid(&ring_dir);
     let relabelled = StreamEntry {
-        k: format!("{kid}/io").into_bytes(),
+        k: format!("{kid}/io").into(),
         ..from_other.clone()
     };
     let q = RedisBackend::connect(RedisConfig::from_url(&redis.url()).expect("URL"))

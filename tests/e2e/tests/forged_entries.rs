@@ -10,6 +10,7 @@
 //!                                             → freshness → kind/destination → replay guard
 //! ```
 
+use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -91,11 +92,11 @@ fn request_mac(raw: &[u8], v: &[u8], m: &[u8]) -> Vec<u8> {
 /// arbitrary `v` and `m`: what a holder of that key can write.
 fn mac_signed(kid: &str, raw: &[u8], v: &[u8], m: Vec<u8>) -> StreamEntry {
     StreamEntry {
-        v: v.to_vec(),
-        k: kid.as_bytes().to_vec(),
-        s: request_mac(raw, v, &m),
-        m,
-        note: Vec::new(),
+        v: Bytes::copy_from_slice(v),
+        k: Bytes::copy_from_slice(kid.as_bytes()),
+        s: request_mac(raw, v, &m).into(),
+        m: m.into(),
+        note: Bytes::new(),
     }
 }
 
@@ -176,7 +177,7 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
     // claim a valid MAC really have one.
     let genuine = signed(&signer, &mut request(&keys));
     assert_eq!(
-        mac_signed(&kid, &raw, &genuine.v, genuine.m.clone()),
+        mac_signed(&kid, &raw, &genuine.v, genuine.m.to_vec()),
         genuine,
         "the test's HMAC differs from the product's signer"
     );
@@ -240,7 +241,7 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
     add(
         "bad_mac",
         StreamEntry {
-            k: kid.as_bytes().to_vec(),
+            k: Bytes::copy_from_slice(kid.as_bytes()),
             ..reply
         },
     );
@@ -255,7 +256,7 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
     // The previous format version, with a valid MAC over it.
     add(
         "bad_version",
-        mac_signed(&kid, &raw, b"1", genuine.m.clone()),
+        mac_signed(&kid, &raw, b"1", genuine.m.to_vec()),
     );
     // Valid MACs around things that are not envelopes.
     add(
@@ -272,21 +273,21 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
     add(
         "bad_version",
         StreamEntry {
-            v: b"\xff\x00garbage".to_vec(),
-            k: b"??".to_vec(),
-            m: b"\x00\x01\x02".to_vec(),
-            s: b"zz".to_vec(),
-            note: Vec::new(),
+            v: Bytes::from_static(b"\xff\x00garbage"),
+            k: Bytes::from_static(b"??"),
+            m: Bytes::from_static(b"\x00\x01\x02"),
+            s: Bytes::from_static(b"zz"),
+            note: Bytes::new(),
         },
     );
     add(
         "bad_mac",
         StreamEntry {
-            v: b"2".to_vec(),
-            k: kid.as_bytes().to_vec(),
-            m: b"garbage".to_vec(),
-            s: b"not hex at all".to_vec(),
-            note: Vec::new(),
+            v: Bytes::from_static(b"2"),
+            k: Bytes::copy_from_slice(kid.as_bytes()),
+            m: Bytes::from_static(b"garbage"),
+            s: Bytes::from_static(b"not hex at all"),
+            note: Bytes::new(),
         },
     );
     // Oversized: refused before anything is looked at.
@@ -295,9 +296,9 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
         StreamEntry {
             v: genuine.v.clone(),
             k: genuine.k.clone(),
-            m: vec![b'x'; MAX_PAYLOAD + OVERHEAD + 1],
+            m: vec![b'x'; MAX_PAYLOAD + OVERHEAD + 1].into(),
             s: genuine.s.clone(),
-            note: Vec::new(),
+            note: Bytes::new(),
         },
     );
     // Any single byte flipped, in every field of a valid entry.
@@ -305,8 +306,15 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
         let len = [&genuine.v, &genuine.k, &genuine.m, &genuine.s][field].len();
         for i in 0..len {
             let mut e = genuine.clone();
-            let bytes = [&mut e.v, &mut e.k, &mut e.m, &mut e.s][field].as_mut_slice();
+            let target = match field {
+                0 => &mut e.v,
+                1 => &mut e.k,
+                2 => &mut e.m,
+                _ => &mut e.s,
+            };
+            let mut bytes = target.to_vec();
             bytes[i] ^= 0x01;
+            *target = bytes.into();
             let reason = ["bad_version", "unknown_kid", "bad_mac", "bad_mac"][field];
             add(reason, e);
         }
