@@ -362,6 +362,63 @@ async fn an_on_call_user_lists_redrives_and_purges_dead_letters_without_any_secr
     Ok(())
 }
 
+/// The queue observer writes `status.queues` when the reading changes, not
+/// at every reading: an idle pipeline read every second keeps the reading
+/// it settled on (its `readAt` stays), and a dead letter that appears is
+/// written at the next reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_reading_of_the_queues_is_not_written_again() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    h.namespace(NS)?;
+    let redis = RedisServer::start(false);
+    let secrets: Api<Secret> = Api::namespaced(h.admin.clone(), NS);
+    let mut s = Secret::default();
+    s.metadata.name = Some("redis-url".into());
+    s.data = Some([("url".to_string(), ByteString(redis.url().into_bytes()))].into());
+    secrets.create(&PostParams::default(), &s).await?;
+    let _op = Operator::start(&h, "op", &["--queues-interval", "1s"]).await?;
+    h.apply(NS, manifest()).await?;
+    h.wait_ready(NS, PIPELINE, PATIENCE).await?;
+
+    // The first reading has no rate, the second one of 0.0: from there on
+    // nothing changes.
+    let settled = h
+        .wait_pipeline(NS, PIPELINE, "status.queues with a rate", PATIENCE, |v| {
+            v["status"]["queues"]["groups"][0]["perSecond"] == "0.0"
+        })
+        .await?;
+    let read_at = settled["status"]["queues"]["readAt"].clone();
+    assert!(read_at.is_string(), "{settled:#}");
+    // Four readings more; `readAt` has whole seconds, so any of them
+    // written would show.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let idle = h.pipeline(NS, PIPELINE).expect("the pipeline");
+    assert_eq!(
+        idle["status"]["queues"]["readAt"], read_at,
+        "{:#}",
+        idle["status"]
+    );
+
+    // A change is written.
+    let keys = Keys::new(NS, PIPELINE);
+    let redis_client = RedisBackend::connect(RedisConfig::from_url(&redis.url())?).await?;
+    let signer = Signer::new(ring(&h).await?, &keys, "web");
+    redis_client
+        .push(&keys.dead_letter(), request(&signer, "r-1", json!({})))
+        .await?;
+    let changed = h
+        .wait_pipeline(
+            NS,
+            PIPELINE,
+            "status.queues with a dead letter",
+            PATIENCE,
+            |v| v["status"]["queues"]["deadLetters"] == 1,
+        )
+        .await?;
+    assert_ne!(changed["status"]["queues"]["readAt"], read_at);
+    Ok(())
+}
+
 /// An action is acted on once: its spec cannot change after creation (the
 /// API server refuses it), and one found Running that no operator carries
 /// out (its operator stopped midway) is failed, not done again.
