@@ -90,8 +90,9 @@ const OUTCOMES: [&str; 13] = [
 ];
 
 /// One group's series of the worker's families, each looked up on first
-/// use and kept: counting an entry builds no label and hashes nothing.
-/// A series still appears only once something was counted in it.
+/// use and kept: counting an entry builds no label and takes no lock (an
+/// outcome's slot is found among a dozen short names). A series still
+/// appears only once something was counted in it.
 pub(crate) struct GroupMetrics {
     all: WorkerMetrics,
     group: String,

@@ -75,10 +75,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let f = fixture();
     if mode % 2 == 0 {
-        let mut fields = rest.splitn(5, |b| *b == 0xFF).map(<[u8]>::to_vec);
+        let mut fields = rest.splitn(5, |b| *b == 0xFF);
         let mut next = || fields.next().unwrap_or_default();
         let (v, k, s, m, note) = (next(), next(), next(), next(), next());
-        verify(f, &StreamEntry { v, k, m, s, note });
+        verify(f, &StreamEntry::copied([v, k, m, s, note]));
     } else if let Ok(env) = serde_json::from_slice::<Envelope>(rest) {
         if let Ok(entry) = f.signer.sign_as_is(&env) {
             verify(f, &entry);

@@ -16,7 +16,7 @@
 //! `m` is JSON so that operators can read queues with `redis-cli XRANGE`;
 //! the MAC covers the exact stored bytes, never a re-serialisation.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -231,26 +231,40 @@ impl StreamEntry {
     }
 
     /// Builds an entry from stream field/value pairs; missing fields are left
-    /// empty so verification (not parsing) rejects them with a reason.
-    pub fn from_fields<'a>(pairs: impl IntoIterator<Item = (&'a [u8], Bytes)>) -> Self {
-        let mut e = StreamEntry {
-            v: Bytes::new(),
-            k: Bytes::new(),
-            m: Bytes::new(),
-            s: Bytes::new(),
-            note: Bytes::new(),
-        };
+    /// empty so verification (not parsing) rejects them with a reason. Of a
+    /// field named twice, the last value counts; unknown fields are dropped.
+    ///
+    /// The fields are copied into one buffer of their own: the entry keeps
+    /// nothing of what it was read from (for Redis, a slice would keep the
+    /// whole reply's buffer alive for as long as a worker holds the entry).
+    pub fn from_fields<'a, V: AsRef<[u8]>>(pairs: impl IntoIterator<Item = (&'a [u8], V)>) -> Self {
+        // v, k, m, s, n.
+        let mut slots: [Option<V>; 5] = Default::default();
         for (name, value) in pairs {
-            match name {
-                b"v" => e.v = value,
-                b"k" => e.k = value,
-                b"m" => e.m = value,
-                b"s" => e.s = value,
-                b"n" => e.note = value,
-                _ => {}
-            }
+            let i = match name {
+                b"v" => 0,
+                b"k" => 1,
+                b"m" => 2,
+                b"s" => 3,
+                b"n" => 4,
+                _ => continue,
+            };
+            slots[i] = Some(value);
         }
-        e
+        let field = |i: usize| slots[i].as_ref().map_or(&[][..], AsRef::as_ref);
+        Self::copied([field(0), field(1), field(2), field(3), field(4)])
+    }
+
+    /// An entry of `v`, `k`, `m`, `s` and the note, copied into one buffer
+    /// of its own: one allocation, and nothing of the source kept alive.
+    pub fn copied(fields: [&[u8]; 5]) -> Self {
+        let mut buf = BytesMut::with_capacity(fields.iter().map(|f| f.len()).sum());
+        for f in fields {
+            buf.extend_from_slice(f);
+        }
+        let mut buf = buf.freeze();
+        let [v, k, m, s, note] = fields.map(|f| buf.split_to(f.len()));
+        StreamEntry { v, k, m, s, note }
     }
 }
 
@@ -351,5 +365,36 @@ impl ReplyError {
             code: code.to_string(),
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_read_by_name_last_one_counting_into_a_buffer_of_their_own() {
+        // A reply's buffer, as a client reads it: the values are slices of it.
+        let reply = Bytes::from_static(b"2kid{\"a\":1}OLDxmac");
+        let pairs: Vec<(&[u8], Bytes)> = vec![
+            (b"v", reply.slice(0..1)),
+            (b"k", reply.slice(1..4)),
+            (b"m", reply.slice(4..11)),
+            (b"s", reply.slice(11..14)),
+            (b"x", reply.slice(14..15)),
+            (b"s", reply.slice(15..18)),
+        ];
+        let e = StreamEntry::from_fields(pairs);
+        assert_eq!(e.v, &b"2"[..]);
+        assert_eq!(e.k, &b"kid"[..]);
+        assert_eq!(e.m, &b"{\"a\":1}"[..]);
+        assert_eq!(e.s, &b"mac"[..], "the last `s`");
+        assert!(e.note.is_empty(), "no `n`: empty");
+        let within = |b: &Bytes| reply.as_ptr_range().contains(&b.as_ptr());
+        for f in [&e.v, &e.k, &e.m, &e.s] {
+            assert!(!within(f), "a field still points into the reply");
+        }
+        let none = StreamEntry::from_fields(Vec::<(&[u8], Vec<u8>)>::new());
+        assert_eq!(none.signed_len(), 0);
     }
 }

@@ -319,8 +319,12 @@ impl Span {
         Self::begin(tracer, name.into(), kind, &parent, start_ms)
     }
 
-    /// Whether this span records anything: attributes worth computing.
-    pub fn is_recording(&self) -> bool {
+    /// Whether this span is exported (trace export on, a parent span that
+    /// is), sampled or not: its attributes are worth computing, and its
+    /// context is what the next hop carries. Not OpenTelemetry's
+    /// `is_recording`, which is false for a span the sampler dropped; such
+    /// a span's context must still be passed on.
+    pub fn is_exported(&self) -> bool {
         self.cx.is_some()
     }
 

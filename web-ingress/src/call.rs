@@ -256,7 +256,7 @@ pub(crate) async fn run(
         }
     };
     let stream = s.keys.queue(&group);
-    let hop = if span.is_recording() {
+    let hop = if span.is_exported() {
         let hop = span.child(format!("send {group}"), telemetry::Kind::Producer);
         hop.set("messaging.destination.name", stream.clone());
         hop.set("sluice.node", env.node.clone().unwrap_or_default());

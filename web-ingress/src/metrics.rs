@@ -154,10 +154,11 @@ impl IngressMetrics {
     }
 }
 
-/// One interface's series of the request families, each looked up on
-/// first use and kept: a request's counts build no label and hash nothing
-/// (answers other than 200 go through the families). A series still
-/// appears only once something was counted in it.
+/// One interface's series of the request families that every answered
+/// HTTP or WebSocket request touches, each looked up on first use and kept:
+/// counting builds no label and takes no lock (answers other than 200 go
+/// through the families). A series still appears only once something was
+/// counted in it.
 #[derive(Debug)]
 pub struct InterfaceMetrics {
     all: IngressMetrics,

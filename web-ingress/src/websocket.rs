@@ -516,7 +516,7 @@ impl Connection {
                 }
             };
             span.set("sluice.websocket.status", i64::from(status));
-            s.metrics.answered(&it.name, status, started.elapsed());
+            s.interface_metrics[&it.name].answered(status, started.elapsed());
             text
         });
         Ok(Running {

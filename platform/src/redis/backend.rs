@@ -740,7 +740,10 @@ mod future_size {
         let fred = std::mem::size_of_val(
             &client.custom::<Value, Vec<Value>>(command("XADD", "k", false), vec![]),
         );
-        let push = backend.push("k", StreamEntry::from_fields(vec![]));
+        let push = backend.push(
+            "k",
+            StreamEntry::from_fields(Vec::<(&[u8], Vec<u8>)>::new()),
+        );
         let pushed = std::mem::size_of_val(&*push);
         assert!(
             pushed < 2 * fred,

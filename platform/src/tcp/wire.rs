@@ -106,8 +106,13 @@ impl<'a> Reader<'a> {
     }
 
     pub fn bytes(&mut self) -> Decoded<Vec<u8>> {
+        Ok(self.slice()?.to_vec())
+    }
+
+    /// A length-prefixed field, as it lies in the frame.
+    fn slice(&mut self) -> Decoded<&'a [u8]> {
         let n = self.u32()? as usize;
-        Ok(self.take(n, "a length runs past the frame")?.to_vec())
+        self.take(n, "a length runs past the frame")
     }
 
     pub fn str(&mut self) -> Decoded<String> {
@@ -138,13 +143,14 @@ impl<'a> Reader<'a> {
     }
 
     pub fn entry(&mut self) -> Decoded<StreamEntry> {
-        Ok(StreamEntry {
-            v: self.bytes()?.into(),
-            k: self.bytes()?.into(),
-            m: self.bytes()?.into(),
-            s: self.bytes()?.into(),
-            note: self.bytes()?.into(),
-        })
+        let fields = [
+            self.slice()?,
+            self.slice()?,
+            self.slice()?,
+            self.slice()?,
+            self.slice()?,
+        ];
+        Ok(StreamEntry::copied(fields))
     }
 
     pub fn end(self) -> Decoded<()> {

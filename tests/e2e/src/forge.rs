@@ -44,9 +44,8 @@ pub fn queued(probe: &Probe, stream: &str) -> Vec<(StreamEntry, Option<Envelope>
         .unwrap_or_else(|e| panic!("XRANGE {stream}: {e}"))
         .into_iter()
         .map(|(_, fields)| {
-            let entry = StreamEntry::from_fields(
-                fields.into_iter().map(|(f, v)| (field_name(&f), v.into())),
-            );
+            let entry =
+                StreamEntry::from_fields(fields.into_iter().map(|(f, v)| (field_name(&f), v)));
             let env = serde_json::from_slice(&entry.m).ok();
             (entry, env)
         })
