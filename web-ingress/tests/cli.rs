@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, metric, url, wait_healthy, Proc};
+use common::{eventually, metric, url, Proc};
 use serde_json::{json, Value};
 
 /// The README's curl and the answer it says the curl prints.
@@ -60,17 +60,16 @@ async fn readme_hello_command_answers_as_documented() {
 /// `sluice-web-ingress --pipeline examples/hello.yaml` on a free port, with a
 /// 100 ms readiness grace on SIGTERM and `env`, once healthy.
 async fn start_hello(env: &[(&str, &str)]) -> (Proc, std::net::SocketAddr, reqwest::Client) {
-    let listen = format!("127.0.0.1:{}", common::free_port());
     let mut vars = vec![("SLUICE_DRAIN_GRACE", "100ms")];
     vars.extend_from_slice(env);
-    let mut proc = Proc::spawn(
-        &["--pipeline", "examples/hello.yaml", "--listen", &listen],
+    let client = common::client();
+    let (proc, addr) = common::spawn_healthy(
+        &client,
+        &["--pipeline", "examples/hello.yaml"],
         &common::workspace_root(),
         &vars,
-    );
-    let addr = listen.parse().expect("an address");
-    let client = common::client();
-    wait_healthy(&client, addr, &mut proc).await;
+    )
+    .await;
     (proc, addr, client)
 }
 
@@ -111,23 +110,20 @@ async fn sigterm_fails_readiness_first_answers_every_request_in_flight_and_exits
     // enough for the checks made inside it (/readyz 503, /healthz 200, a
     // late request connected) on a loaded machine.
     const GRACE: &str = "3s";
-    let listen = format!("127.0.0.1:{}", common::free_port());
     let manifest = common::pipeline("drain.yaml");
-    let mut proc = Proc::spawn(
+    let client = common::client();
+    let (mut proc, addr) = common::spawn_healthy(
+        &client,
         &[
             "--pipeline",
             manifest.to_str().expect("a UTF-8 path"),
-            "--listen",
-            &listen,
             "--drain-grace",
             GRACE,
         ],
         &common::workspace_root(),
         &[],
-    );
-    let addr = listen.parse().expect("an address");
-    let client = common::client();
-    wait_healthy(&client, addr, &mut proc).await;
+    )
+    .await;
     assert_eq!(
         client
             .get(url(addr, "/readyz"))
@@ -374,13 +370,12 @@ async fn startup_summary_names_key_ids_but_never_key_bytes() {
     let key_text = key_text.trim();
     assert!(key_text.len() >= 40, "a base64 key: {key_text:?}");
 
-    let listen = format!("127.0.0.1:{}", common::free_port());
-    let mut proc = Proc::spawn(
+    let client = common::client();
+    let (mut proc, addr) = common::spawn_healthy(
+        &client,
         &[
             "--pipeline",
             "examples/hello.yaml",
-            "--listen",
-            &listen,
             "--keys",
             dir.to_str().expect("a UTF-8 path"),
             "--drain-grace",
@@ -388,10 +383,8 @@ async fn startup_summary_names_key_ids_but_never_key_bytes() {
         ],
         &common::workspace_root(),
         &[("RUST_LOG", "debug")],
-    );
-    let addr = listen.parse().expect("an address");
-    let client = common::client();
-    wait_healthy(&client, addr, &mut proc).await;
+    )
+    .await;
     let resp = client
         .post(url(addr, "/v1/hello"))
         .json(&json!({"name": "keys"}))

@@ -309,9 +309,13 @@ pub async fn run_binary(args: &[&str], cwd: &Path) -> (ExitStatus, String, Strin
     (status, p.stdout(), p.stderr())
 }
 
-/// Polls `GET /healthz` of the child `proc` until it answers 200; fails at
-/// once, with the child's stderr, if the child exits instead.
-pub async fn wait_healthy(client: &reqwest::Client, addr: SocketAddr, proc: &mut Proc) {
+/// Polls `GET /healthz` of the child `proc` until it answers 200 (`Ok`) or
+/// the child exits (`Err` with its status).
+async fn healthy_or_exited(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    proc: &mut Proc,
+) -> Result<(), ExitStatus> {
     let health = url(addr, "/healthz");
     let patience = Duration::from_secs(30);
     let start = Instant::now();
@@ -323,20 +327,47 @@ pub async fn wait_healthy(client: &reqwest::Client, addr: SocketAddr, proc: &mut
             .await
             .is_ok_and(|r| r.status() == 200);
         if ok {
-            return;
+            return Ok(());
         }
         let child = proc.child.as_mut().expect("running");
         if let Some(s) = child.try_wait().expect("try_wait") {
-            panic!(
-                "sluice-web-ingress exited ({s}) before {health} answered; stderr:\n{}",
-                proc.stderr()
-            );
+            return Err(s);
         }
         if start.elapsed() > patience {
             panic!("timed out after {patience:?} waiting for: {health} to answer 200");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Spawns the binary with `args` and `--listen` on a free loopback port,
+/// and waits until it is healthy. The port is free when chosen, not
+/// reserved: a child that finds it taken meanwhile is started again on
+/// another, up to three times.
+pub async fn spawn_healthy(
+    client: &reqwest::Client,
+    args: &[&str],
+    cwd: &Path,
+    env: &[(&str, &str)],
+) -> (Proc, SocketAddr) {
+    const ATTEMPTS: usize = 3;
+    for attempt in 1..=ATTEMPTS {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut all = args.to_vec();
+        all.extend(["--listen", &listen]);
+        let mut proc = Proc::spawn(&all, cwd, env);
+        let addr = listen.parse().expect("an address");
+        match healthy_or_exited(client, addr, &mut proc).await {
+            Ok(()) => return (proc, addr),
+            Err(_) if attempt < ATTEMPTS && proc.stderr().contains("cannot listen on") => {}
+            Err(s) => panic!(
+                "sluice-web-ingress exited ({s}) before {} answered; stderr:\n{}",
+                url(addr, "/healthz"),
+                proc.stderr()
+            ),
+        }
+    }
+    unreachable!("the last attempt returns or panics")
 }
 
 // === test-only nodes ===
