@@ -273,10 +273,17 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
     // Room for an envelope with a small payload (ids, names, nonce: about
     // 400 bytes): written without growing the buffer two or three times.
     let mut m = Vec::with_capacity(512);
-    // Serialising a struct of strings, integers and `Value`s cannot fail.
-    match serde_json::to_writer(&mut m, env) {
-        Ok(()) => m,
-        Err(_) => Vec::new(),
+    encode_into(env, &mut m);
+    m
+}
+
+/// Appends the message bytes of an envelope to `out`.
+pub fn encode_into(env: &Envelope, out: &mut Vec<u8>) {
+    let start = out.len();
+    // Serialising a struct of strings, integers and `Value`s cannot fail;
+    // were it to, nothing of it is left.
+    if serde_json::to_writer(&mut *out, env).is_err() {
+        out.truncate(start);
     }
 }
 

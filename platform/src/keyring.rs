@@ -537,13 +537,20 @@ pub fn random_key() -> [u8; KEY_LEN] {
 /// Lowercase hex of `b`, in one allocation (every signature and nonce
 /// goes through here).
 pub fn hex(b: &[u8]) -> String {
+    let mut out = Vec::with_capacity(b.len() * 2);
+    hex_into(b, &mut out);
+    // Only ASCII digits were written.
+    String::from_utf8(out).expect("hex digits are UTF-8")
+}
+
+/// Appends the lowercase hex of `b` to `out`.
+pub fn hex_into(b: &[u8], out: &mut Vec<u8>) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(b.len() * 2);
+    out.reserve(b.len() * 2);
     for x in b {
-        out.push(char::from(DIGITS[usize::from(x >> 4)]));
-        out.push(char::from(DIGITS[usize::from(x & 0xf)]));
+        out.push(DIGITS[usize::from(x >> 4)]);
+        out.push(DIGITS[usize::from(x & 0xf)]);
     }
-    out
 }
 
 /// Writes a fresh ring (one key, made current) into `dir`, creating it.

@@ -22,8 +22,8 @@ use sha2::Sha256;
 
 use crate::backend::BackendError;
 use crate::clock::now_ms;
-use crate::envelope::{decode, encode, Envelope, Kind, StreamEntry, FORMAT_VERSION};
-use crate::keyring::{hex, valid_group, valid_kid, KeyRing, SharedKeyRing};
+use crate::envelope::{decode, encode_into, Envelope, Kind, StreamEntry, FORMAT_VERSION};
+use crate::keyring::{hex, hex_into, valid_group, valid_kid, KeyRing, SharedKeyRing};
 use crate::keys::Keys;
 use crate::kv::Kv;
 use crate::metrics::Rejections;
@@ -65,12 +65,14 @@ pub fn new_nonce() -> String {
     hex(&b)
 }
 
-/// The key id `k` of an entry: the kid alone on requests, `<kid>/<group>`
-/// on replies, naming the group whose reply key signed it.
-fn key_id(kid: &str, kind: Kind, from: &str) -> String {
-    match kind {
-        Kind::Request => kid.to_string(),
-        Kind::Reply => format!("{kid}/{from}"),
+/// Appends the key id `k` of an entry to `out`: the kid alone on
+/// requests, `<kid>/<group>` on replies, naming the group whose reply key
+/// signed it.
+fn push_key_id(out: &mut Vec<u8>, kid: &str, kind: Kind, from: &str) {
+    out.extend_from_slice(kid.as_bytes());
+    if kind == Kind::Reply {
+        out.push(b'/');
+        out.extend_from_slice(from.as_bytes());
     }
 }
 
@@ -193,14 +195,25 @@ impl Signer {
                 kid: kid.to_string(),
             });
         };
-        let m = encode(env);
         let v = Bytes::from_static(FORMAT_VERSION.as_bytes());
-        let s = hex(&mac(&key, &v, &m).finalize().into_bytes());
+        // `m`, then `s` and `k` after it, in one buffer the entry's fields
+        // share, with room for a small payload's envelope (about 400
+        // bytes), its MAC and key id.
+        let mut buf = Vec::with_capacity(640);
+        encode_into(env, &mut buf);
+        let m_len = buf.len();
+        let tag = mac(&key, &v, &buf).finalize().into_bytes();
+        hex_into(&tag, &mut buf);
+        let s_len = buf.len() - m_len;
+        push_key_id(&mut buf, kid, env.kind, &self.group);
+        let mut buf = Bytes::from(buf);
+        let m = buf.split_to(m_len);
+        let s = buf.split_to(s_len);
         Ok(StreamEntry {
             v,
-            k: key_id(kid, env.kind, &self.group).into(),
-            m: m.into(),
-            s: s.into(),
+            k: buf,
+            m,
+            s,
             note: Bytes::new(),
         })
     }
