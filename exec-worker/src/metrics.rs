@@ -154,15 +154,9 @@ impl GroupMetrics {
 
 #[cfg(test)]
 mod tests {
-    use prometheus_client::encoding::text::encode;
+    use sluice_platform::metrics::render as text;
 
     use super::*;
-
-    fn text(r: &Registry) -> String {
-        let mut out = String::new();
-        encode(&mut out, r).expect("encode the registry");
-        out
-    }
 
     #[test]
     fn a_group_counts_in_the_shared_families_and_shows_a_series_once_counted() {

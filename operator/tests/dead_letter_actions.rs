@@ -49,6 +49,18 @@ fn manifest() -> Value {
     })
 }
 
+/// A `redis-server` of the test, and the Secret the manifest's external
+/// Redis names (`redis-url`) holding its URL.
+async fn external_redis(h: &Harness) -> anyhow::Result<RedisServer> {
+    let redis = RedisServer::start(false);
+    let secrets: Api<Secret> = Api::namespaced(h.admin.clone(), NS);
+    let mut s = Secret::default();
+    s.metadata.name = Some("redis-url".into());
+    s.data = Some([("url".to_string(), ByteString(redis.url().into_bytes()))].into());
+    secrets.create(&PostParams::default(), &s).await?;
+    Ok(redis)
+}
+
 /// Runs the plugin as the kubeconfig's user: (exit code, stdout, stderr).
 async fn plugin(kubeconfig: &Path, args: &[&str]) -> (i32, String, String) {
     kubectl_sluice(kubeconfig, NS, args).await
@@ -103,12 +115,7 @@ async fn an_on_call_user_lists_redrives_and_purges_dead_letters_without_any_secr
     .await?;
     grant_documented_rbac(&h, "op")?;
     h.namespace(NS)?;
-    let redis = RedisServer::start(false);
-    let secrets: Api<Secret> = Api::namespaced(h.admin.clone(), NS);
-    let mut s = Secret::default();
-    s.metadata.name = Some("redis-url".into());
-    s.data = Some([("url".to_string(), ByteString(redis.url().into_bytes()))].into());
-    secrets.create(&PostParams::default(), &s).await?;
+    let redis = external_redis(&h).await?;
     let kubeconfig = namespace_user(
         &h,
         NS,
@@ -370,12 +377,7 @@ async fn an_on_call_user_lists_redrives_and_purges_dead_letters_without_any_secr
 async fn an_unchanged_reading_of_the_queues_is_not_written_again() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     h.namespace(NS)?;
-    let redis = RedisServer::start(false);
-    let secrets: Api<Secret> = Api::namespaced(h.admin.clone(), NS);
-    let mut s = Secret::default();
-    s.metadata.name = Some("redis-url".into());
-    s.data = Some([("url".to_string(), ByteString(redis.url().into_bytes()))].into());
-    secrets.create(&PostParams::default(), &s).await?;
+    let redis = external_redis(&h).await?;
     let _op = Operator::start(&h, "op", &["--queues-interval", "1s"]).await?;
     h.apply(NS, manifest()).await?;
     h.wait_ready(NS, PIPELINE, PATIENCE).await?;

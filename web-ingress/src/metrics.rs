@@ -213,15 +213,9 @@ impl InterfaceMetrics {
 mod tests {
     use std::time::Duration;
 
-    use prometheus_client::encoding::text::encode;
+    use sluice_platform::metrics::render as text;
 
     use super::*;
-
-    fn text(r: &Registry) -> String {
-        let mut out = String::new();
-        encode(&mut out, r).expect("encode the registry");
-        out
-    }
 
     #[test]
     fn an_interface_counts_in_the_shared_families_and_shows_a_series_once_counted() {
