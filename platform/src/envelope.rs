@@ -270,14 +270,13 @@ impl StreamEntry {
 
 /// Encodes the message bytes of an envelope.
 pub fn encode(env: &Envelope) -> Vec<u8> {
-    // Room for an envelope with a small payload (ids, names, nonce: about
-    // 400 bytes): written without growing the buffer two or three times.
-    let mut m = Vec::with_capacity(512);
+    let mut m = Vec::new();
     encode_into(env, &mut m);
     m
 }
 
-/// Appends the message bytes of an envelope to `out`.
+/// Appends the message bytes of an envelope to `out` (the signer writes
+/// them into the buffer the signed entry's fields share).
 pub fn encode_into(env: &Envelope, out: &mut Vec<u8>) {
     let start = out.len();
     // Serialising a struct of strings, integers and `Value`s cannot fail;

@@ -534,8 +534,8 @@ pub fn random_key() -> [u8; KEY_LEN] {
     k
 }
 
-/// Lowercase hex of `b`, in one allocation (every signature and nonce
-/// goes through here).
+/// Lowercase hex of `b`, in one allocation (every nonce goes through
+/// here; a signature's is written in place with [`hex_into`]).
 pub fn hex(b: &[u8]) -> String {
     let mut out = Vec::with_capacity(b.len() * 2);
     hex_into(b, &mut out);
