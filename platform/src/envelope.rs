@@ -5,26 +5,34 @@
 //!
 //! | field | content |
 //! | --- | --- |
-//! | `v` | format version, `"2"` |
+//! | `v` | format version, `"3"` (`"2"` is still read) |
 //! | `k` | key id: the kid on requests; `<kid>/<group>` on replies, naming the replying group |
-//! | `m` | the message: the envelope as UTF-8 JSON (see [`Envelope`]) |
+//! | `m` | the message: the envelope in the binary form of [`codec`] (version 3) or as UTF-8 JSON (version 2) |
 //! | `s` | lowercase hex of HMAC-SHA256(derived key, `v` ‖ `m`) |
 //!
 //! The derived key is that of the request's destination group, or of the
 //! reply's sending group (`keyring`).
 //!
-//! `m` is JSON so that operators can read queues with `redis-cli XRANGE`;
-//! the MAC covers the exact stored bytes, never a re-serialisation.
+//! The binary form keeps names and the payload as text, so operators can
+//! still read queues with `redis-cli XRANGE`; the MAC covers the exact
+//! stored bytes, never a re-serialisation.
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The format version written in `v`. Version 2 signs with per-group
-/// derived keys and names the replying group in a reply's `k`; a version-1
-/// entry cannot be verified under those rules, and is refused as
-/// `bad_version` rather than as a forgery.
-pub const FORMAT_VERSION: &str = "2";
+use crate::codec;
+
+/// The format version written in `v`: 3, the message in the binary form
+/// of [`codec`]. Version 2 wrote the same envelope as JSON, under the same
+/// keys, and is still read. Both sign with per-group derived keys and name
+/// the replying group in a reply's `k`; a version-1 entry cannot be
+/// verified under those rules, and is refused as `bad_version` rather than
+/// as a forgery.
+pub const FORMAT_VERSION: &str = "3";
+
+/// The format version whose message is the envelope as JSON.
+pub const JSON_VERSION: &str = "2";
 
 /// What an envelope is for; requests and replies are signed with different
 /// derived keys, so one can never pass for the other.
@@ -268,30 +276,52 @@ impl StreamEntry {
     }
 }
 
-/// Encodes the message bytes of an envelope.
+/// Encodes the message bytes of an envelope, in the format of
+/// [`FORMAT_VERSION`].
 pub fn encode(env: &Envelope) -> Vec<u8> {
     let mut m = Vec::new();
     encode_into(env, &mut m);
     m
 }
 
-/// Appends the message bytes of an envelope to `out` (the signer writes
-/// them into the buffer the signed entry's fields share).
+/// Appends the message bytes of an envelope, in the format of
+/// [`FORMAT_VERSION`], to `out` (the signer writes them into the buffer
+/// the signed entry's fields share).
 pub fn encode_into(env: &Envelope, out: &mut Vec<u8>) {
-    let start = out.len();
-    // Serialising a struct of strings, integers and `Value`s cannot fail;
-    // were it to, nothing of it is left.
-    if serde_json::to_writer(&mut *out, env).is_err() {
-        out.truncate(start);
-    }
+    codec::encode_into(env, out);
 }
 
-/// Decodes message bytes. Called only after the MAC has been verified.
+/// Whether entries of format `v` are read: this one and version 2.
+pub fn readable(v: &[u8]) -> bool {
+    v == FORMAT_VERSION.as_bytes() || v == JSON_VERSION.as_bytes()
+}
+
+/// Why message bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Binary(#[from] codec::DecodeError),
+    #[error("the message is not a version-2 envelope: {0}")]
+    Json(String),
+    #[error("format version {0:?} is not read here")]
+    Version(String),
+}
+
+/// Decodes the message bytes `m` of an entry of format `v`
+/// ([`readable`]). Called only after the MAC has been verified.
 ///
 /// # Errors
-/// The bytes are not a version-1 envelope.
-pub fn decode(m: &[u8]) -> Result<Envelope, serde_json::Error> {
-    serde_json::from_slice(m)
+/// See [`DecodeError`].
+pub fn decode(v: &[u8], m: &[u8]) -> Result<Envelope, DecodeError> {
+    if v == FORMAT_VERSION.as_bytes() {
+        Ok(codec::decode(m)?)
+    } else if v == JSON_VERSION.as_bytes() {
+        serde_json::from_slice(m).map_err(|e| DecodeError::Json(e.to_string()))
+    } else {
+        Err(DecodeError::Version(
+            String::from_utf8_lossy(v).chars().take(16).collect(),
+        ))
+    }
 }
 
 impl Envelope {

@@ -29,6 +29,7 @@
 
 pub mod backend;
 pub mod clock;
+pub mod codec;
 pub mod conformance;
 pub mod envelope;
 pub mod keyring;

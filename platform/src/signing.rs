@@ -22,7 +22,7 @@ use sha2::Sha256;
 
 use crate::backend::BackendError;
 use crate::clock::now_ms;
-use crate::envelope::{decode, encode_into, Envelope, Kind, StreamEntry, FORMAT_VERSION};
+use crate::envelope::{decode, encode_into, readable, Envelope, Kind, StreamEntry, FORMAT_VERSION};
 use crate::keyring::{hex, hex_into, valid_group, valid_kid, KeyRing, SharedKeyRing};
 use crate::keys::Keys;
 use crate::kv::Kv;
@@ -458,7 +458,7 @@ impl Verifier {
                     .is_some_and(|key| mac(&key, &entry.v, &entry.m).verify_slice(&sig).is_ok())
             })
             .ok_or(BadMac)?;
-        let env = decode(&entry.m).map_err(|_| Malformed)?;
+        let env = decode(&entry.v, &entry.m).map_err(|_| Malformed)?;
         if env.kind != Kind::Request {
             return Err(WrongKind);
         }
@@ -494,7 +494,7 @@ impl Verifier {
         if !self.accepts_size(entry) {
             return Err(Rejection::Oversized);
         }
-        if entry.v != FORMAT_VERSION.as_bytes() {
+        if !readable(&entry.v) {
             return Err(Rejection::BadVersion);
         }
         match parse_key_id(&entry.k, kind) {
@@ -532,7 +532,7 @@ impl Verifier {
             return reject(BadMac);
         }
         self.decoded.fetch_add(1, Ordering::Relaxed);
-        let Ok(env) = decode(&entry.m) else {
+        let Ok(env) = decode(&entry.v, &entry.m) else {
             return reject(Malformed);
         };
         let now = now_ms();

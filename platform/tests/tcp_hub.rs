@@ -412,7 +412,10 @@ async fn an_entry_failing_any_check_is_refused_by_the_hub_never_handed_out() {
     s.streams.push(&q, entry(1)).await.unwrap();
     let mut elsewhere = Envelope {
         dest: "next".into(),
-        ..sluice_platform::envelope::decode(&signed(&s).m).unwrap()
+        ..{
+            let e = signed(&s);
+            sluice_platform::envelope::decode(&e.v, &e.m).unwrap()
+        }
     };
     let elsewhere = Signer::new(SharedKeyRing::fixed(s.ring.clone()), &s.keys, "web")
         .sign(&mut elsewhere)
@@ -462,7 +465,7 @@ async fn a_full_replay_guard_leaves_entries_pending_not_lost() {
 
 /// The nonce inside a signed entry (tests only: the hub verifies first).
 fn nonce_of(e: &StreamEntry) -> String {
-    sluice_platform::envelope::decode(&e.m).unwrap().nonce
+    sluice_platform::envelope::decode(&e.v, &e.m).unwrap().nonce
 }
 
 #[tokio::test]

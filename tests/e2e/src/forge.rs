@@ -34,7 +34,8 @@ pub fn unanswerable_request(keys: &Keys, group: &str, node: &str, payload: Value
 }
 
 /// The entries queued on `stream`, as anyone who can read Redis sees them
-/// (the message `m` is plain JSON), paired with their decoded envelope.
+/// (the message `m` is binary, its names and payload readable as text),
+/// paired with their decoded envelope.
 ///
 /// # Panics
 /// When Redis cannot be read.
@@ -46,7 +47,7 @@ pub fn queued(probe: &Probe, stream: &str) -> Vec<(StreamEntry, Option<Envelope>
         .map(|(_, fields)| {
             let entry =
                 StreamEntry::from_fields(fields.into_iter().map(|(f, v)| (field_name(&f), v)));
-            let env = serde_json::from_slice(&entry.m).ok();
+            let env = sluice_platform::envelope::decode(&entry.v, &entry.m).ok();
             (entry, env)
         })
         .collect()

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::Sha256;
 use sluice_e2e::forge::unanswerable_request;
 use sluice_e2e::resp::Probe;
@@ -229,8 +229,8 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
         env.pipeline = pipe.to_string();
         env.ts = now_ms();
         env.nonce = new_nonce();
-        let m = serde_json::to_vec(&env).unwrap();
-        add("wrong_destination", mac_signed(&kid, &raw, b"2", m));
+        let m = sluice_platform::envelope::encode(&env);
+        add("wrong_destination", mac_signed(&kid, &raw, b"3", m));
     }
     // A reply (signed with a reply key) pushed as a request: its key id
     // `<kid>/<group>` is no request's...
@@ -251,19 +251,27 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
     reply.nonce = new_nonce();
     add(
         "wrong_kind",
-        mac_signed(&kid, &raw, b"2", serde_json::to_vec(&reply).unwrap()),
+        mac_signed(&kid, &raw, b"3", sluice_platform::envelope::encode(&reply)),
     );
     // The previous format version, with a valid MAC over it.
     add(
         "bad_version",
         mac_signed(&kid, &raw, b"1", genuine.m.to_vec()),
     );
-    // Valid MACs around things that are not envelopes.
+    // Valid MACs around things that are not envelopes, in either format
+    // read.
     add(
         "malformed",
         mac_signed(&kid, &raw, b"2", b"{not json".to_vec()),
     );
-    let mut with_extra: Value = serde_json::from_slice(&genuine.m).unwrap();
+    add(
+        "malformed",
+        mac_signed(&kid, &raw, b"3", b"\x07 no kind".to_vec()),
+    );
+    let mut trailing = sluice_platform::envelope::encode(&request(&keys));
+    trailing.extend_from_slice(b" {}");
+    add("malformed", mac_signed(&kid, &raw, b"3", trailing));
+    let mut with_extra = serde_json::to_value(request(&keys)).unwrap();
     with_extra["exec"] = json!("rm -rf /");
     add(
         "malformed",
@@ -314,8 +322,13 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
             };
             let mut bytes = target.to_vec();
             bytes[i] ^= 0x01;
+            // `3` flipped is `2`, a version still read: the MAC, which
+            // covers `v`, refuses it.
+            let reason = match field {
+                0 if bytes == b"2" => "bad_mac",
+                _ => ["bad_version", "unknown_kid", "bad_mac", "bad_mac"][field],
+            };
             *target = bytes.into();
-            let reason = ["bad_version", "unknown_kid", "bad_mac", "bad_mac"][field];
             add(reason, e);
         }
     }
