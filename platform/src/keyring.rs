@@ -179,10 +179,34 @@ pub struct KeyRing {
 const DERIVED_CACHE_MAX: usize = 1024;
 
 /// A group's derived keys by kid: [request, reply].
-type GroupKeys = HashMap<String, [Option<Key>; 2]>;
+type GroupKeys = HashMap<String, [Option<Prepared>; 2]>;
 
-/// Derived keys of a raw ring, each computed once: HKDF costs more than the
-/// MAC it keys, and every signature and verification needs one.
+/// HMAC-SHA256 keyed, before any message: what every MAC under one key
+/// starts from.
+pub(crate) type MacKey = hmac::Hmac<Sha256>;
+
+/// A derived key with its HMAC state: the key's two padded blocks hashed
+/// once, not at every MAC.
+#[derive(Clone)]
+struct Prepared {
+    key: Key,
+    mac: MacKey,
+}
+
+impl Prepared {
+    fn new(key: Key) -> Self {
+        use hmac::Mac;
+        Self {
+            key,
+            // HMAC accepts keys of any length.
+            mac: MacKey::new_from_slice(&key).expect("HMAC takes any key length"),
+        }
+    }
+}
+
+/// Keys as they are used, each made ready once: derived from a raw ring
+/// (HKDF costs more than the MAC it keys) or read from a derived one, with
+/// their HMAC state; every signature and verification needs one.
 #[derive(Default)]
 struct DerivedCache {
     /// pipeline → group → kid → keys.
@@ -198,11 +222,11 @@ impl DerivedCache {
         }
     }
 
-    fn get(&self, kid: &str, kind: Kind, pipeline: &str, group: &str) -> Option<Key> {
-        self.keys.read().get(pipeline)?.get(group)?.get(kid)?[Self::slot(kind)]
+    fn get(&self, kid: &str, kind: Kind, pipeline: &str, group: &str) -> Option<Prepared> {
+        self.keys.read().get(pipeline)?.get(group)?.get(kid)?[Self::slot(kind)].clone()
     }
 
-    fn put(&self, kid: &str, kind: Kind, pipeline: &str, group: &str, key: Key) {
+    fn put(&self, kid: &str, kind: Kind, pipeline: &str, group: &str, key: Prepared) {
         if self.len.load(Ordering::Relaxed) >= DERIVED_CACHE_MAX {
             return;
         }
@@ -447,20 +471,34 @@ impl KeyRing {
     /// for one pipeline: the one its directory was rendered for). `None`
     /// when the kid is unknown, the key is not held, or a name is invalid.
     pub(crate) fn key(&self, kid: &str, kind: Kind, pipeline: &str, group: &str) -> Option<Key> {
+        self.prepared(kid, kind, pipeline, group).map(|p| p.key)
+    }
+
+    /// The HMAC state of [`KeyRing::key`]'s key, ready for a message.
+    pub(crate) fn mac_key(
+        &self,
+        kid: &str,
+        kind: Kind,
+        pipeline: &str,
+        group: &str,
+    ) -> Option<MacKey> {
+        self.prepared(kid, kind, pipeline, group).map(|p| p.mac)
+    }
+
+    fn prepared(&self, kid: &str, kind: Kind, pipeline: &str, group: &str) -> Option<Prepared> {
         if !valid_group(group) || !valid_pipeline(pipeline) {
             return None;
         }
-        match &self.layout {
-            Layout::Ring(keys) => {
-                if let Some(key) = self.derived.get(kid, kind, pipeline, group) {
-                    return Some(key);
-                }
-                let key = derive(keys.get(kid)?, kind, pipeline, group);
-                self.derived.put(kid, kind, pipeline, group, key);
-                Some(key)
-            }
-            Layout::Derived(keys) => keys.get(kid)?.get(&kind)?.get(group).copied(),
+        if let Some(p) = self.derived.get(kid, kind, pipeline, group) {
+            return Some(p);
         }
+        let key = match &self.layout {
+            Layout::Ring(keys) => derive(keys.get(kid)?, kind, pipeline, group),
+            Layout::Derived(keys) => *keys.get(kid)?.get(&kind)?.get(group)?,
+        };
+        let p = Prepared::new(key);
+        self.derived.put(kid, kind, pipeline, group, p.clone());
+        Some(p)
     }
 
     /// Same kids, layout and key bytes (whether a reload changed anything).
@@ -791,6 +829,37 @@ mod tests {
         let all: Vec<u8> = (0..=255).collect();
         let want: String = all.iter().map(|x| format!("{x:02x}")).collect();
         assert_eq!(hex(&all), want);
+    }
+
+    /// Both layouts: the prepared state makes the MAC the key's bytes
+    /// make, each time it is taken.
+    #[test]
+    fn a_prepared_mac_key_makes_the_macs_its_key_makes() {
+        use hmac::Mac;
+        let raw = ring(&[("k1", 1)], "k1");
+        let derived =
+            KeyRing::from_files(&derived_files(&raw, PIPE, &[(Kind::Request, "cpu")]).unwrap())
+                .unwrap();
+        for r in [raw, derived] {
+            let key = r.key("k1", Kind::Request, PIPE, "cpu").unwrap();
+            for message in [&b"3"[..], b"another message"] {
+                let mut fresh = MacKey::new_from_slice(&key).unwrap();
+                fresh.update(message);
+                let mut prepared = r.mac_key("k1", Kind::Request, PIPE, "cpu").unwrap();
+                prepared.update(message);
+                assert_eq!(
+                    prepared.finalize().into_bytes(),
+                    fresh.finalize().into_bytes(),
+                    "{}",
+                    r.layout_name()
+                );
+            }
+            // A derived directory holds only the keys it was given.
+            assert_eq!(
+                r.mac_key("k1", Kind::Reply, PIPE, "cpu").is_some(),
+                r.layout_name() == "ring"
+            );
+        }
     }
 
     #[test]

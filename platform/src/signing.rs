@@ -16,20 +16,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
+use hmac::Mac;
 use rand::RngCore;
-use sha2::Sha256;
 
 use crate::backend::BackendError;
 use crate::clock::now_ms;
 use crate::envelope::{decode, encode_into, readable, Envelope, Kind, StreamEntry, FORMAT_VERSION};
-use crate::keyring::{hex, hex_into, valid_group, valid_kid, KeyRing, SharedKeyRing};
+use crate::keyring::{hex, hex_into, valid_group, valid_kid, KeyRing, MacKey, SharedKeyRing};
 use crate::keys::Keys;
 use crate::kv::Kv;
 use crate::metrics::Rejections;
 pub use crate::rejection::Rejection;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Bytes an entry may hold beyond the payload limit: the envelope's own
 /// fields (ids, names, nonce, MAC).
@@ -50,9 +47,9 @@ pub fn oversized_output(node: &str, len: usize, limit: usize) -> String {
     )
 }
 
-fn mac(key: &[u8; 32], v: &[u8], m: &[u8]) -> HmacSha256 {
-    // HMAC accepts keys of any length.
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+/// The MAC of `v` ‖ `m` under a key's HMAC state.
+fn mac(key: MacKey, v: &[u8], m: &[u8]) -> MacKey {
+    let mut mac = key;
     mac.update(v);
     mac.update(m);
     mac
@@ -181,7 +178,7 @@ impl Signer {
             Kind::Request => env.dest.as_str(),
             Kind::Reply => self.group.as_str(),
         };
-        let Some(key) = ring.key(kid, env.kind, &self.pipeline, group) else {
+        let Some(key) = ring.mac_key(kid, env.kind, &self.pipeline, group) else {
             return Err(SignError::MissingKey {
                 kind: env.kind.as_str(),
                 // A name the ring cannot derive for is shown escaped: it
@@ -202,7 +199,7 @@ impl Signer {
         let mut buf = Vec::with_capacity(640);
         encode_into(env, &mut buf);
         let m_len = buf.len();
-        let tag = mac(&key, &v, &buf).finalize().into_bytes();
+        let tag = mac(key, &v, &buf).finalize().into_bytes();
         hex_into(&tag, &mut buf);
         let s_len = buf.len() - m_len;
         push_key_id(&mut buf, kid, env.kind, &self.group);
@@ -454,8 +451,8 @@ impl Verifier {
         let group = groups
             .iter()
             .find(|g| {
-                ring.key(kid, Kind::Request, self.keys.pipeline(), g)
-                    .is_some_and(|key| mac(&key, &entry.v, &entry.m).verify_slice(&sig).is_ok())
+                ring.mac_key(kid, Kind::Request, self.keys.pipeline(), g)
+                    .is_some_and(|key| mac(key, &entry.v, &entry.m).verify_slice(&sig).is_ok())
             })
             .ok_or(BadMac)?;
         let env = decode(&entry.v, &entry.m).map_err(|_| Malformed)?;
@@ -521,14 +518,14 @@ impl Verifier {
             .framing(&ring, entry, kind)
             .map_err(VerifyError::Rejected)?;
         let group = from.unwrap_or(dest);
-        let Some(key) = ring.key(kid, kind, self.keys.pipeline(), group) else {
+        let Some(key) = ring.mac_key(kid, kind, self.keys.pipeline(), group) else {
             return reject(MissingKey);
         };
         let Some(sig) = unhex32(&entry.s) else {
             return reject(BadMac);
         };
         // `verify_slice` compares in constant time.
-        if mac(&key, &entry.v, &entry.m).verify_slice(&sig).is_err() {
+        if mac(key, &entry.v, &entry.m).verify_slice(&sig).is_err() {
             return reject(BadMac);
         }
         self.decoded.fetch_add(1, Ordering::Relaxed);
