@@ -6,9 +6,10 @@
 //! - even: the raw fields `v`, `k`, `s`, `m` and the dead-letter note `n`,
 //!   separated by `0xFF` (what anyone who can write to Redis can store),
 //!   also read as a dead letter;
-//! - odd: an envelope `m`, which is signed with the ring's key for its kind
-//!   (requests with their destination's request key, replies as group
-//!   `work`) before it is verified, so the checks after the MAC see
+//! - odd: an envelope, as JSON, which is signed with the ring's key for its
+//!   kind (requests with their destination's request key, replies as group
+//!   `work`) in the binary form (version 3) when the first byte's second bit
+//!   is set, else as JSON (version 2), before it is verified, so the checks after the MAC see
 //!   arbitrary field values (what a holder of a key, or a faulty signer,
 //!   can send); an envelope the ring has no key for is signed with
 //!   nothing and skipped.
@@ -23,7 +24,9 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use sluice_platform::memory::MemoryKv;
 use sluice_platform::metrics::Rejections;
-use sluice_platform::{Envelope, KeyRing, Keys, SharedKeyRing, Signer, StreamEntry, Verifier};
+use sluice_platform::{
+    Envelope, Format, KeyRing, Keys, SharedKeyRing, Signer, StreamEntry, Verifier,
+};
 
 struct Fixture {
     runtime: tokio::runtime::Runtime,
@@ -80,7 +83,12 @@ fuzz_target!(|data: &[u8]| {
         let (v, k, s, m, note) = (next(), next(), next(), next(), next());
         verify(f, &StreamEntry::copied([v, k, m, s, note]));
     } else if let Ok(env) = serde_json::from_slice::<Envelope>(rest) {
-        if let Ok(entry) = f.signer.sign_as_is(&env) {
+        let format = if mode & 2 == 0 {
+            Format::Json
+        } else {
+            Format::Binary
+        };
+        if let Ok(entry) = f.signer.clone().with_format(format).sign_as_is(&env) {
             verify(f, &entry);
         }
     }

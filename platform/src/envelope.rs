@@ -5,7 +5,7 @@
 //!
 //! | field | content |
 //! | --- | --- |
-//! | `v` | format version, `"3"` (`"2"` is still read) |
+//! | `v` | format version: `"3"` or `"2"` ([`Format`]) |
 //! | `k` | key id: the kid on requests; `<kid>/<group>` on replies, naming the replying group |
 //! | `m` | the message: the envelope in the binary form of [`codec`] (version 3) or as UTF-8 JSON (version 2) |
 //! | `s` | lowercase hex of HMAC-SHA256(derived key, `v` ‖ `m`) |
@@ -23,16 +23,57 @@ use serde_json::Value;
 
 use crate::codec;
 
-/// The format version written in `v`: 3, the message in the binary form
-/// of [`codec`]. Version 2 wrote the same envelope as JSON, under the same
-/// keys, and is still read. Both sign with per-group derived keys and name
-/// the replying group in a reply's `k`; a version-1 entry cannot be
-/// verified under those rules, and is refused as `bad_version` rather than
-/// as a forgery.
-pub const FORMAT_VERSION: &str = "3";
+/// The format version whose message `m` is the binary form of [`codec`].
+pub const BINARY_VERSION: &str = "3";
 
 /// The format version whose message is the envelope as JSON.
 pub const JSON_VERSION: &str = "2";
+
+/// The two forms of `m` a process reads, and the one it writes.
+///
+/// Both sign with per-group derived keys and name the replying group in a
+/// reply's `k` (a version-1 entry cannot be verified under those rules, and
+/// is refused as `bad_version` rather than as a forgery). Releases before
+/// the binary form read only JSON, so a process writes binary only where
+/// every reader of its queues runs its own code: the memory profile, whose
+/// queues live in its own process. Redis and tcp queues are read by other
+/// processes, possibly of the release before during a rolling upgrade or
+/// a rollback: they are written as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Version 2, what every release reads.
+    #[default]
+    Json,
+    /// Version 3: shorter, and cheaper to encode and decode.
+    Binary,
+}
+
+impl Format {
+    /// The version written in `v`.
+    pub fn version(self) -> &'static str {
+        match self {
+            Format::Json => JSON_VERSION,
+            Format::Binary => BINARY_VERSION,
+        }
+    }
+
+    /// Appends the message bytes of `env` in this form to `out` (the
+    /// signer writes them into the buffer the signed entry's fields share).
+    pub fn encode_into(self, env: &Envelope, out: &mut Vec<u8>) {
+        match self {
+            Format::Binary => codec::encode_into(env, out),
+            Format::Json => {
+                let start = out.len();
+                // Serialising a struct of strings, integers and `Value`s
+                // cannot fail; were it to, nothing of it is left and every
+                // receiver refuses the entry.
+                if serde_json::to_writer(&mut *out, env).is_err() {
+                    out.truncate(start);
+                }
+            }
+        }
+    }
+}
 
 /// What an envelope is for; requests and replies are signed with different
 /// derived keys, so one can never pass for the other.
@@ -276,24 +317,16 @@ impl StreamEntry {
     }
 }
 
-/// Encodes the message bytes of an envelope, in the format of
-/// [`FORMAT_VERSION`].
-pub fn encode(env: &Envelope) -> Vec<u8> {
+/// Encodes the message bytes of an envelope in `format`.
+pub fn encode(env: &Envelope, format: Format) -> Vec<u8> {
     let mut m = Vec::new();
-    encode_into(env, &mut m);
+    format.encode_into(env, &mut m);
     m
 }
 
-/// Appends the message bytes of an envelope, in the format of
-/// [`FORMAT_VERSION`], to `out` (the signer writes them into the buffer
-/// the signed entry's fields share).
-pub fn encode_into(env: &Envelope, out: &mut Vec<u8>) {
-    codec::encode_into(env, out);
-}
-
-/// Whether entries of format `v` are read: this one and version 2.
+/// Whether entries of format version `v` are read: 3 and 2.
 pub fn readable(v: &[u8]) -> bool {
-    v == FORMAT_VERSION.as_bytes() || v == JSON_VERSION.as_bytes()
+    v == BINARY_VERSION.as_bytes() || v == JSON_VERSION.as_bytes()
 }
 
 /// Why message bytes could not be decoded.
@@ -313,7 +346,7 @@ pub enum DecodeError {
 /// # Errors
 /// See [`DecodeError`].
 pub fn decode(v: &[u8], m: &[u8]) -> Result<Envelope, DecodeError> {
-    if v == FORMAT_VERSION.as_bytes() {
+    if v == BINARY_VERSION.as_bytes() {
         Ok(codec::decode(m)?)
     } else if v == JSON_VERSION.as_bytes() {
         serde_json::from_slice(m).map_err(|e| DecodeError::Json(e.to_string()))

@@ -21,7 +21,7 @@ use rand::RngCore;
 
 use crate::backend::BackendError;
 use crate::clock::now_ms;
-use crate::envelope::{decode, encode_into, readable, Envelope, Kind, StreamEntry, FORMAT_VERSION};
+use crate::envelope::{decode, readable, Envelope, Format, Kind, StreamEntry};
 use crate::keyring::{hex, hex_into, valid_group, valid_kid, KeyRing, MacKey, SharedKeyRing};
 use crate::keys::Keys;
 use crate::kv::Kv;
@@ -114,6 +114,9 @@ pub struct Signer {
     /// The generation of the graph this process runs, stamped on the
     /// requests it signs.
     plan: Option<String>,
+    /// The form of `m` it writes ([`Format`]: JSON unless every reader
+    /// is this process).
+    format: Format,
 }
 
 impl Signer {
@@ -126,7 +129,13 @@ impl Signer {
             pipeline: keys.pipeline().to_string(),
             group: group.to_string(),
             plan: None,
+            format: Format::default(),
         }
+    }
+
+    /// The same signer, writing `m` in `format`.
+    pub fn with_format(self, format: Format) -> Self {
+        Self { format, ..self }
     }
 
     /// The same signer, stamping `generation` (the process's
@@ -192,12 +201,12 @@ impl Signer {
                 kid: kid.to_string(),
             });
         };
-        let v = Bytes::from_static(FORMAT_VERSION.as_bytes());
+        let v = Bytes::from_static(self.format.version().as_bytes());
         // `m`, then `s` and `k` after it, in one buffer the entry's fields
-        // share, with room for a small payload's envelope (about 400
-        // bytes), its MAC and key id.
+        // share, with room for a small payload's envelope (about 400 bytes
+        // as JSON, 250 in the binary form), its MAC and key id.
         let mut buf = Vec::with_capacity(640);
-        encode_into(env, &mut buf);
+        self.format.encode_into(env, &mut buf);
         let m_len = buf.len();
         let tag = mac(key, &v, &buf).finalize().into_bytes();
         hex_into(&tag, &mut buf);

@@ -97,6 +97,36 @@ async fn a_valid_request_verifies_and_decodes() {
     assert_eq!(got, env);
 }
 
+/// Both forms of `m` are read: a process of this release verifies what
+/// one of the release before wrote (JSON) and what the memory profile
+/// writes (binary), under the same keys; the form is named in `v` and
+/// covered by the MAC.
+#[tokio::test]
+async fn requests_and_replies_in_either_format_verify_and_decode_alike() {
+    let r = rig();
+    for (i, format) in [Format::Json, Format::Binary].into_iter().enumerate() {
+        let s = r.signer.clone().with_format(format);
+        let mut env = request("cpu");
+        env.trace = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        let e = signed(&s, &mut env);
+        assert_eq!(&e.v[..], format.version().as_bytes());
+        let id = format!("{i}-0");
+        let got = r.verifier.verify_request(&e, &at(&id, 1), "cpu").await;
+        assert_eq!(got.unwrap(), env, "{format:?}");
+
+        let mut reply = env.reply(Ok(json!({"n": 1.5, "s": "ünï"})));
+        reply.dest = "ingress-1".into();
+        let e = signed(&s, &mut reply);
+        let got = r.verifier.verify_reply(&e, "ingress-1").await;
+        let got = got.unwrap();
+        assert_eq!(
+            (got.envelope, got.from.as_str()),
+            (reply, "cpu"),
+            "{format:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn each_forgery_is_rejected_with_its_own_reason_and_counted() {
     let r = rig();
@@ -809,8 +839,10 @@ proptest! {
 
     #[test]
     fn codec_round_trips(env in arb_envelope()) {
-        let m = sluice_platform::envelope::encode(&env);
-        prop_assert_eq!(sluice_platform::envelope::decode(sluice_platform::FORMAT_VERSION.as_bytes(), &m).unwrap(), env);
+        for format in [Format::Binary, Format::Json] {
+            let m = sluice_platform::envelope::encode(&env, format);
+            prop_assert_eq!(&sluice_platform::envelope::decode(format.version().as_bytes(), &m).unwrap(), &env);
+        }
     }
 
     #[test]

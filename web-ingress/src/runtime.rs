@@ -26,7 +26,7 @@ use sluice_exec_worker::{
 };
 use sluice_platform::memory::{MemoryKv, MemoryStreams};
 use sluice_platform::redis::{RedisBackend, RedisConfig};
-use sluice_platform::{Kv, Queue, Rejection, ReplyChannel, SharedKeyRing, Verifier};
+use sluice_platform::{Format, Kv, Queue, Rejection, ReplyChannel, SharedKeyRing, Verifier};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -310,6 +310,12 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     );
     if let Some(redis) = guard {
         parts.watch_pause(redis, background.clone());
+    }
+    // The memory profile's queues are read by this process alone: its
+    // entries take the binary form. Other processes may run the release
+    // before, which reads only JSON (`Format`).
+    if backend == BackendKind::Memory {
+        parts.signer = parts.signer.clone().with_format(Format::Binary);
     }
     let build = |group: &str| {
         Executor::build(
