@@ -13,8 +13,8 @@
 //! Integers are unsigned and little-endian; `kind` is 1 (request) or 2
 //! (reply); `present` has one bit per optional field, in the order above
 //! (trace 0x01 … error 0x80), and its other bits are refused (room for
-//! fields to come). The payload is JSON as in version 2, so a queue read
-//! with `redis-cli XRANGE` still shows the names and the payload as text.
+//! fields to come). The payload is JSON as in version 2; names and payload
+//! stay readable in a dump, the lengths being raw bytes.
 //!
 //! Decoding is for bytes whose MAC verified, yet it trusts nothing: every
 //! length is checked against what is left before anything is allocated,

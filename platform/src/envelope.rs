@@ -13,9 +13,10 @@
 //! The derived key is that of the request's destination group, or of the
 //! reply's sending group (`keyring`).
 //!
-//! The binary form keeps names and the payload as text, so operators can
-//! still read queues with `redis-cli XRANGE`; the MAC covers the exact
-//! stored bytes, never a re-serialisation.
+//! Redis and tcp queues hold JSON (every release reads it), readable with
+//! `redis-cli XRANGE`; the memory profile's queues, which only its own
+//! process reads, hold the binary form. The MAC covers the exact stored
+//! bytes, never a re-serialisation.
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};

@@ -169,13 +169,17 @@ enum Layout {
 pub struct KeyRing {
     current: String,
     layout: Layout,
-    /// Keys derived from a raw ring so far, shared by the ring's clones.
+    /// Keys used so far with their HMAC state (derived from a raw ring,
+    /// or read from a derived one), shared by the ring's clones; a ring
+    /// loaded again starts a cache of its own.
     derived: Arc<DerivedCache>,
 }
 
-/// Most derived keys a ring remembers. A process needs a few per kid (its
-/// groups' request and reply keys); the bound only matters when key ids
-/// in hostile entries name groups that do not exist.
+/// Most keys a ring remembers with their HMAC state. A process needs a
+/// few per kid (its groups' request and reply keys); the bound only
+/// matters when key ids in hostile entries name groups that do not exist
+/// (a raw ring derives a key for any valid name; a derived one holds only
+/// its files' keys).
 const DERIVED_CACHE_MAX: usize = 1024;
 
 /// A group's derived keys by kid: [request, reply].
@@ -227,10 +231,11 @@ impl DerivedCache {
     }
 
     fn put(&self, kid: &str, kind: Kind, pipeline: &str, group: &str, key: Prepared) {
+        let mut keys = self.keys.write();
+        // Counted under the lock, so racing writers cannot pass the bound.
         if self.len.load(Ordering::Relaxed) >= DERIVED_CACHE_MAX {
             return;
         }
-        let mut keys = self.keys.write();
         let slot = &mut keys
             .entry(pipeline.to_string())
             .or_default()

@@ -203,8 +203,8 @@ impl Signer {
         };
         let v = Bytes::from_static(self.format.version().as_bytes());
         // `m`, then `s` and `k` after it, in one buffer the entry's fields
-        // share, with room for a small payload's envelope (about 400 bytes
-        // as JSON, 250 in the binary form), its MAC and key id.
+        // share, with room for a small payload's envelope (about 350 bytes
+        // as JSON, 220 in the binary form), its MAC and key id.
         let mut buf = Vec::with_capacity(640);
         self.format.encode_into(env, &mut buf);
         let m_len = buf.len();

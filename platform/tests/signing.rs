@@ -846,11 +846,12 @@ proptest! {
     }
 
     #[test]
-    fn any_single_flipped_byte_fails_verification(env in arb_envelope(), field in 0usize..4, pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+    fn any_single_flipped_byte_fails_verification(env in arb_envelope(), binary in any::<bool>(), field in 0usize..4, pos in any::<prop::sample::Index>(), bit in 0u8..8) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let r = rig();
         let dest = env.dest.clone();
-        let mut e = r.signer.sign_as_is(&env).unwrap();
+        let format = if binary { Format::Binary } else { Format::Json };
+        let mut e = r.signer.clone().with_format(format).sign_as_is(&env).unwrap();
         let target = match field { 0 => &mut e.v, 1 => &mut e.k, 2 => &mut e.m, _ => &mut e.s };
         let i = pos.index(target.len());
         let mut bytes = target.to_vec();

@@ -311,12 +311,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
     if let Some(redis) = guard {
         parts.watch_pause(redis, background.clone());
     }
-    // The memory profile's queues are read by this process alone: its
-    // entries take the binary form. Other processes may run the release
-    // before, which reads only JSON (`Format`).
-    if backend == BackendKind::Memory {
-        parts.signer = parts.signer.clone().with_format(Format::Binary);
-    }
+    parts.signer = parts.signer.clone().with_format(envelope_format(backend));
     let build = |group: &str| {
         Executor::build(
             plan.clone(),
@@ -811,4 +806,27 @@ async fn drain_sequence(p: DrainParts) {
 /// As [`sluice_platform::keyring::write_new`].
 pub fn keygen(dir: &std::path::Path) -> Result<String, sluice_platform::KeyRingError> {
     sluice_platform::keyring::write_new(dir)
+}
+
+/// The form of the envelopes this process writes: binary where its queues
+/// are read by this process alone (memory), else JSON, which processes of
+/// the release before read too (tcp workers and Redis workers may run it
+/// during an upgrade; see `Format`).
+fn envelope_format(backend: BackendKind) -> Format {
+    match backend {
+        BackendKind::Memory => Format::Binary,
+        BackendKind::Redis | BackendKind::Tcp => Format::Json,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_memory_profile_writes_the_binary_form() {
+        assert_eq!(envelope_format(BackendKind::Memory), Format::Binary);
+        assert_eq!(envelope_format(BackendKind::Redis), Format::Json);
+        assert_eq!(envelope_format(BackendKind::Tcp), Format::Json);
+    }
 }

@@ -34,8 +34,8 @@ pub fn unanswerable_request(keys: &Keys, group: &str, node: &str, payload: Value
 }
 
 /// The entries queued on `stream`, as anyone who can read Redis sees them
-/// (the message `m` is binary, its names and payload readable as text),
-/// paired with their decoded envelope.
+/// (Redis queues hold JSON envelopes, format version 2), paired with their
+/// decoded envelope.
 ///
 /// # Panics
 /// When Redis cannot be read.

@@ -172,7 +172,13 @@ async fn processes_holding_only_their_roles_keys_serve_and_cannot_answer_for_oth
         || async {
             queued(&probe, &keys.queue("cpu"))
                 .into_iter()
-                .find_map(|(_, env)| env.filter(|e| e.payload["id"] == "D4"))
+                .find_map(|(entry, env)| {
+                    // Written as JSON (format version 2), which every
+                    // release reads: other processes, of the release
+                    // before during an upgrade, read Redis queues.
+                    assert_eq!(&entry.v[..], b"2", "the format on Redis");
+                    env.filter(|e| e.payload["id"] == "D4")
+                })
                 .ok_or_else(|| "nothing queued yet".to_string())
         },
     )
