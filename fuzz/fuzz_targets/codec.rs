@@ -10,9 +10,9 @@ use libfuzzer_sys::fuzz_target;
 use sluice_platform::codec;
 
 fuzz_target!(|m: &[u8]| {
-    if let Ok(env) = codec::decode(m) {
+    if let Ok(env) = codec::decode_binary(m) {
         let mut again = Vec::new();
-        codec::encode_into(&env, &mut again);
-        assert_eq!(codec::decode(&again).as_ref(), Ok(&env));
+        codec::encode_binary(&env, &mut again);
+        assert_eq!(codec::decode_binary(&again).as_ref(), Ok(&env));
     }
 });

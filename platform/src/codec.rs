@@ -1,4 +1,5 @@
-//! The binary form of an envelope's message `m` (format version 3).
+//! The two forms of an envelope's message `m`: JSON (format version 2)
+//! and a binary form (format version 3), which this module lays out:
 //!
 //! ```text
 //! m = kind:u8 present:u16 ts:u64 deadline:u64 attempt:u32
@@ -27,6 +28,98 @@ use serde_json::Value;
 
 use crate::envelope::{Envelope, Kind, ReplyError};
 
+/// The format version whose message `m` is the binary form.
+pub const BINARY_VERSION: &str = "3";
+
+/// The format version whose message is the envelope as JSON.
+pub const JSON_VERSION: &str = "2";
+
+/// The two forms of `m` a process reads, and the one it writes.
+///
+/// Both sign with per-group derived keys and name the replying group in a
+/// reply's `k` (a version-1 entry cannot be verified under those rules, and
+/// is refused as `bad_version` rather than as a forgery). Releases before
+/// the binary form read only JSON, so a process writes binary only where
+/// every reader of its queues runs its own code: the memory profile, whose
+/// queues live in its own process. Redis and tcp queues are read by other
+/// processes, possibly of the release before during a rolling upgrade or
+/// a rollback: they are written as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Version 2, what every release reads.
+    #[default]
+    Json,
+    /// Version 3: shorter, and cheaper to encode and decode.
+    Binary,
+}
+
+impl Format {
+    /// The version written in `v`.
+    pub fn version(self) -> &'static str {
+        match self {
+            Format::Json => JSON_VERSION,
+            Format::Binary => BINARY_VERSION,
+        }
+    }
+
+    /// Appends the message bytes of `env` in this form to `out` (the
+    /// signer writes them into the buffer the signed entry's fields share).
+    pub fn encode_into(self, env: &Envelope, out: &mut Vec<u8>) {
+        match self {
+            Format::Binary => encode_binary(env, out),
+            Format::Json => {
+                let start = out.len();
+                // Serialising a struct of strings, integers and `Value`s
+                // cannot fail; were it to, nothing of it is left and every
+                // receiver refuses the entry.
+                if serde_json::to_writer(&mut *out, env).is_err() {
+                    out.truncate(start);
+                }
+            }
+        }
+    }
+}
+
+/// Encodes the message bytes of an envelope in `format`.
+pub fn encode(env: &Envelope, format: Format) -> Vec<u8> {
+    let mut m = Vec::new();
+    format.encode_into(env, &mut m);
+    m
+}
+
+/// Whether entries of format version `v` are read: 3 and 2.
+pub fn readable(v: &[u8]) -> bool {
+    v == BINARY_VERSION.as_bytes() || v == JSON_VERSION.as_bytes()
+}
+
+/// Why message bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Binary(#[from] BinaryError),
+    #[error("the message is not a version-2 envelope: {0}")]
+    Json(String),
+    #[error("format version {0:?} is not read here")]
+    Version(String),
+}
+
+/// Decodes the message bytes `m` of an entry of format `v`
+/// ([`readable`]). Called only after the MAC has been verified.
+///
+/// # Errors
+/// See [`DecodeError`].
+pub fn decode(v: &[u8], m: &[u8]) -> Result<Envelope, DecodeError> {
+    if v == BINARY_VERSION.as_bytes() {
+        Ok(decode_binary(m)?)
+    } else if v == JSON_VERSION.as_bytes() {
+        serde_json::from_slice(m).map_err(|e| DecodeError::Json(e.to_string()))
+    } else {
+        Err(DecodeError::Version(
+            String::from_utf8_lossy(v).chars().take(16).collect(),
+        ))
+    }
+}
+
 const REQUEST: u8 = 1;
 const REPLY: u8 = 2;
 
@@ -44,7 +137,7 @@ const KNOWN: u16 = 0xff;
 /// Why message bytes are not a version-3 envelope. Names the part, never
 /// echoes the bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
+pub enum BinaryError {
     #[error("the message ends inside its {0}")]
     Short(&'static str),
     #[error("the message's {0} is not UTF-8")]
@@ -58,7 +151,7 @@ pub enum DecodeError {
 }
 
 /// Appends the version-3 message bytes of `env` to `out`.
-pub fn encode_into(env: &Envelope, out: &mut Vec<u8>) {
+pub fn encode_binary(env: &Envelope, out: &mut Vec<u8>) {
     let present = [
         (TRACE, env.trace.is_some()),
         (NODE, env.node.is_some()),
@@ -113,17 +206,17 @@ fn text(out: &mut Vec<u8>, s: &str) {
 /// Decodes version-3 message bytes.
 ///
 /// # Errors
-/// See [`DecodeError`].
-pub fn decode(m: &[u8]) -> Result<Envelope, DecodeError> {
+/// See [`BinaryError`].
+pub fn decode_binary(m: &[u8]) -> Result<Envelope, BinaryError> {
     let mut r = Reader(m);
     let kind = match r.u8("kind")? {
         REQUEST => Kind::Request,
         REPLY => Kind::Reply,
-        other => return Err(DecodeError::Kind(other)),
+        other => return Err(BinaryError::Kind(other)),
     };
     let present = u16::from_le_bytes(r.array("field bits")?);
     if present & !KNOWN != 0 {
-        return Err(DecodeError::Bits(present & !KNOWN));
+        return Err(BinaryError::Bits(present & !KNOWN));
     }
     let ts = r.u64("ts")?;
     let deadline = r.u64("deadline")?;
@@ -149,7 +242,7 @@ pub fn decode(m: &[u8]) -> Result<Envelope, DecodeError> {
         None
     };
     let payload: Value =
-        serde_json::from_slice(r.0).map_err(|e| DecodeError::Payload(e.to_string()))?;
+        serde_json::from_slice(r.0).map_err(|e| BinaryError::Payload(e.to_string()))?;
     Ok(Envelope {
         kind,
         pipeline,
@@ -176,43 +269,43 @@ pub fn decode(m: &[u8]) -> Result<Envelope, DecodeError> {
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], BinaryError> {
         if self.0.len() < n {
-            return Err(DecodeError::Short(what));
+            return Err(BinaryError::Short(what));
         }
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
         Ok(head)
     }
 
-    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], BinaryError> {
         let head = self.take(N, what)?;
         // `take` returned exactly N bytes.
         Ok(head.try_into().unwrap_or([0; N]))
     }
 
-    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+    fn u8(&mut self, what: &'static str) -> Result<u8, BinaryError> {
         Ok(self.array::<1>(what)?[0])
     }
 
-    fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+    fn u64(&mut self, what: &'static str) -> Result<u64, BinaryError> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
-    fn text(&mut self, what: &'static str) -> Result<String, DecodeError> {
+    fn text(&mut self, what: &'static str) -> Result<String, BinaryError> {
         let len = u32::from_le_bytes(self.array(what)?);
         // Checked against what is left before anything is allocated.
         let bytes = self.take(len as usize, what)?;
         std::str::from_utf8(bytes)
             .map(str::to_string)
-            .map_err(|_| DecodeError::NotText(what))
+            .map_err(|_| BinaryError::NotText(what))
     }
 
-    fn text_if(&mut self, bit: u16, what: &'static str) -> Result<Option<String>, DecodeError> {
+    fn text_if(&mut self, bit: u16, what: &'static str) -> Result<Option<String>, BinaryError> {
         (bit != 0).then(|| self.text(what)).transpose()
     }
 
-    fn u64_if(&mut self, bit: u16, what: &'static str) -> Result<Option<u64>, DecodeError> {
+    fn u64_if(&mut self, bit: u16, what: &'static str) -> Result<Option<u64>, BinaryError> {
         (bit != 0).then(|| self.u64(what)).transpose()
     }
 }
@@ -248,20 +341,20 @@ mod tests {
 
     fn encoded(env: &Envelope) -> Vec<u8> {
         let mut m = vec![];
-        encode_into(env, &mut m);
+        encode_binary(env, &mut m);
         m
     }
 
     #[test]
     fn a_request_and_a_reply_come_back_as_they_went() {
         let req = request();
-        assert_eq!(decode(&encoded(&req)), Ok(req.clone()));
+        assert_eq!(decode_binary(&encoded(&req)), Ok(req.clone()));
         let mut reply = req.reply(Err(ReplyError::new("node_failed", "it broke")));
         reply.trace = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
         reply.live = Some("web-1".into());
         reply.seq = Some(3);
         reply.last_seq = Some(0);
-        assert_eq!(decode(&encoded(&reply)), Ok(reply));
+        assert_eq!(decode_binary(&encoded(&reply)), Ok(reply));
     }
 
     #[test]
@@ -279,7 +372,7 @@ mod tests {
     /// one: the documented layout is the one read.
     #[test]
     fn messages_written_from_the_documented_layout_decode() {
-        let request = decode(include_bytes!("../../fuzz/seeds/codec/request")).unwrap();
+        let request = decode_binary(include_bytes!("../../fuzz/seeds/codec/request")).unwrap();
         assert_eq!(
             (
                 request.kind,
@@ -300,7 +393,7 @@ mod tests {
             request.payload,
             json!({"name": "world", "n": [1, 2.5, null, true]})
         );
-        let reply = decode(include_bytes!("../../fuzz/seeds/codec/reply")).unwrap();
+        let reply = decode_binary(include_bytes!("../../fuzz/seeds/codec/reply")).unwrap();
         assert_eq!(
             (reply.kind, reply.dest.as_str()),
             (Kind::Reply, "ingress-1")
@@ -310,7 +403,7 @@ mod tests {
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
         );
         assert_eq!(reply.error, Some(ReplyError::new("node_failed", "boom")));
-        let chunk = decode(include_bytes!("../../fuzz/seeds/codec/error-chunk")).unwrap();
+        let chunk = decode_binary(include_bytes!("../../fuzz/seeds/codec/error-chunk")).unwrap();
         assert_eq!(chunk.kind, Kind::Reply);
         assert_eq!(
             (chunk.live.as_deref(), chunk.seq, chunk.last_seq),
@@ -323,7 +416,7 @@ mod tests {
         assert_eq!(chunk.payload, Value::Null);
         // Encoded again, byte for byte the same.
         let mut m = vec![];
-        encode_into(&request, &mut m);
+        encode_binary(&request, &mut m);
         assert_eq!(m, include_bytes!("../../fuzz/seeds/codec/request"));
     }
 
@@ -338,7 +431,7 @@ mod tests {
             serde_json::from_str("[111111111111111111111, 0.1, 1e-7, 123456789.123456789]")
                 .unwrap();
         let first = encoded(&env);
-        let once = decode(&first).unwrap();
+        let once = decode_binary(&first).unwrap();
         assert_eq!(once.payload, env.payload);
         assert_eq!(encoded(&once), first);
     }
@@ -348,7 +441,7 @@ mod tests {
         let m = encoded(&request());
         // The payload is the tail: a cut inside it leaves invalid JSON.
         for n in 0..m.len() {
-            assert!(decode(&m[..n]).is_err(), "cut at {n}");
+            assert!(decode_binary(&m[..n]).is_err(), "cut at {n}");
         }
     }
 
@@ -357,27 +450,30 @@ mod tests {
         let m = encoded(&request());
         let mut bad_kind = m.clone();
         bad_kind[0] = 7;
-        assert_eq!(decode(&bad_kind), Err(DecodeError::Kind(7)));
+        assert_eq!(decode_binary(&bad_kind), Err(BinaryError::Kind(7)));
         // A length far past the end is refused before anything is made.
         let mut long = m.clone();
         long[23..27].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(decode(&long), Err(DecodeError::Short("pipeline")));
+        assert_eq!(decode_binary(&long), Err(BinaryError::Short("pipeline")));
         // Not UTF-8 inside a name.
         let mut latin = m.clone();
         latin[27] = 0xff;
-        assert_eq!(decode(&latin), Err(DecodeError::NotText("pipeline")));
+        assert_eq!(decode_binary(&latin), Err(BinaryError::NotText("pipeline")));
         // A field bit set with nothing behind it shifts what follows.
         let mut bits = m.clone();
         bits[1] |= ERROR as u8;
-        assert!(decode(&bits).is_err());
+        assert!(decode_binary(&bits).is_err());
         // A bit no field has.
         let mut unknown = m.clone();
         unknown[2] = 0x01;
-        assert_eq!(decode(&unknown), Err(DecodeError::Bits(0x100)));
+        assert_eq!(decode_binary(&unknown), Err(BinaryError::Bits(0x100)));
         // Bytes after the payload.
         let mut trailing = m;
         trailing.extend_from_slice(b" 1");
-        assert!(matches!(decode(&trailing), Err(DecodeError::Payload(_))));
+        assert!(matches!(
+            decode_binary(&trailing),
+            Err(BinaryError::Payload(_))
+        ));
     }
 
     proptest! {
@@ -414,7 +510,7 @@ mod tests {
                 payload: json!({ "s": payload }),
                 error: (optional & ERROR != 0).then(|| ReplyError::new("c", payload.clone())),
             };
-            prop_assert_eq!(decode(&encoded(&env)), Ok(env));
+            prop_assert_eq!(decode_binary(&encoded(&env)), Ok(env));
         }
 
         /// A stored message with one byte of its binary part changed
@@ -428,7 +524,7 @@ mod tests {
             let json = serde_json::to_vec(&env.payload).unwrap().len();
             let i = at.index(m.len() - json);
             m[i] = to;
-            if let Ok(env) = decode(&m) {
+            if let Ok(env) = decode_binary(&m) {
                 prop_assert_eq!(encoded(&env), m);
             }
         }

@@ -5,9 +5,9 @@
 //!
 //! | field | content |
 //! | --- | --- |
-//! | `v` | format version: `"3"` or `"2"` ([`Format`]) |
+//! | `v` | format version: `"3"` or `"2"` (`codec::Format`) |
 //! | `k` | key id: the kid on requests; `<kid>/<group>` on replies, naming the replying group |
-//! | `m` | the message: the envelope in the binary form of [`codec`] (version 3) or as UTF-8 JSON (version 2) |
+//! | `m` | the message: the envelope as UTF-8 JSON (version 2) or in the binary form of `codec` (version 3) |
 //! | `s` | lowercase hex of HMAC-SHA256(derived key, `v` ‖ `m`) |
 //!
 //! The derived key is that of the request's destination group, or of the
@@ -21,60 +21,6 @@
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-use crate::codec;
-
-/// The format version whose message `m` is the binary form of [`codec`].
-pub const BINARY_VERSION: &str = "3";
-
-/// The format version whose message is the envelope as JSON.
-pub const JSON_VERSION: &str = "2";
-
-/// The two forms of `m` a process reads, and the one it writes.
-///
-/// Both sign with per-group derived keys and name the replying group in a
-/// reply's `k` (a version-1 entry cannot be verified under those rules, and
-/// is refused as `bad_version` rather than as a forgery). Releases before
-/// the binary form read only JSON, so a process writes binary only where
-/// every reader of its queues runs its own code: the memory profile, whose
-/// queues live in its own process. Redis and tcp queues are read by other
-/// processes, possibly of the release before during a rolling upgrade or
-/// a rollback: they are written as JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Format {
-    /// Version 2, what every release reads.
-    #[default]
-    Json,
-    /// Version 3: shorter, and cheaper to encode and decode.
-    Binary,
-}
-
-impl Format {
-    /// The version written in `v`.
-    pub fn version(self) -> &'static str {
-        match self {
-            Format::Json => JSON_VERSION,
-            Format::Binary => BINARY_VERSION,
-        }
-    }
-
-    /// Appends the message bytes of `env` in this form to `out` (the
-    /// signer writes them into the buffer the signed entry's fields share).
-    pub fn encode_into(self, env: &Envelope, out: &mut Vec<u8>) {
-        match self {
-            Format::Binary => codec::encode_into(env, out),
-            Format::Json => {
-                let start = out.len();
-                // Serialising a struct of strings, integers and `Value`s
-                // cannot fail; were it to, nothing of it is left and every
-                // receiver refuses the entry.
-                if serde_json::to_writer(&mut *out, env).is_err() {
-                    out.truncate(start);
-                }
-            }
-        }
-    }
-}
 
 /// What an envelope is for; requests and replies are signed with different
 /// derived keys, so one can never pass for the other.
@@ -315,46 +261,6 @@ impl StreamEntry {
         let mut buf = buf.freeze();
         let [v, k, m, s, note] = fields.map(|f| buf.split_to(f.len()));
         StreamEntry { v, k, m, s, note }
-    }
-}
-
-/// Encodes the message bytes of an envelope in `format`.
-pub fn encode(env: &Envelope, format: Format) -> Vec<u8> {
-    let mut m = Vec::new();
-    format.encode_into(env, &mut m);
-    m
-}
-
-/// Whether entries of format version `v` are read: 3 and 2.
-pub fn readable(v: &[u8]) -> bool {
-    v == BINARY_VERSION.as_bytes() || v == JSON_VERSION.as_bytes()
-}
-
-/// Why message bytes could not be decoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error(transparent)]
-    Binary(#[from] codec::DecodeError),
-    #[error("the message is not a version-2 envelope: {0}")]
-    Json(String),
-    #[error("format version {0:?} is not read here")]
-    Version(String),
-}
-
-/// Decodes the message bytes `m` of an entry of format `v`
-/// ([`readable`]). Called only after the MAC has been verified.
-///
-/// # Errors
-/// See [`DecodeError`].
-pub fn decode(v: &[u8], m: &[u8]) -> Result<Envelope, DecodeError> {
-    if v == BINARY_VERSION.as_bytes() {
-        Ok(codec::decode(m)?)
-    } else if v == JSON_VERSION.as_bytes() {
-        serde_json::from_slice(m).map_err(|e| DecodeError::Json(e.to_string()))
-    } else {
-        Err(DecodeError::Version(
-            String::from_utf8_lossy(v).chars().take(16).collect(),
-        ))
     }
 }
 

@@ -47,7 +47,8 @@ pub mod tcp;
 pub mod telemetry;
 
 pub use backend::{BackendError, Faults};
-pub use envelope::{DeadLetterNote, Envelope, Format, HandBackNote, Kind, ReplyError, StreamEntry};
+pub use codec::Format;
+pub use envelope::{DeadLetterNote, Envelope, HandBackNote, Kind, ReplyError, StreamEntry};
 pub use keyring::{KeyRing, KeyRingError, SharedKeyRing};
 pub use keys::Keys;
 pub use kv::Kv;

@@ -21,7 +21,8 @@ use rand::RngCore;
 
 use crate::backend::BackendError;
 use crate::clock::now_ms;
-use crate::envelope::{decode, readable, Envelope, Format, Kind, StreamEntry};
+use crate::codec::{decode, readable, Format};
+use crate::envelope::{Envelope, Kind, StreamEntry};
 use crate::keyring::{hex, hex_into, valid_group, valid_kid, KeyRing, MacKey, SharedKeyRing};
 use crate::keys::Keys;
 use crate::kv::Kv;

@@ -393,7 +393,7 @@ async fn the_guard_remembers_the_entry_id_and_reads_the_older_stream_slash_id_va
         Rejections::default(),
     );
     let e = signed(&signer(shared.clone()), &mut request("cpu"));
-    let env = sluice_platform::envelope::decode(&e.v, &e.m).unwrap();
+    let env = sluice_platform::codec::decode(&e.v, &e.m).unwrap();
     let kid = std::str::from_utf8(&e.k).unwrap();
     let key = keys().nonce("cpu", kid, &env.nonce);
     v.verify_request(&e, &at("7-0", 1), "cpu").await.unwrap();
@@ -402,7 +402,7 @@ async fn the_guard_remembers_the_entry_id_and_reads_the_older_stream_slash_id_va
     // A nonce claimed by an earlier version, as `<stream>/<id>`: its
     // redelivery passes, a new entry with it does not.
     let e = signed(&signer(shared), &mut request("cpu"));
-    let env = sluice_platform::envelope::decode(&e.v, &e.m).unwrap();
+    let env = sluice_platform::codec::decode(&e.v, &e.m).unwrap();
     let key = keys().nonce("cpu", kid, &env.nonce);
     kv.set_nx(&key, "q/8-0", Duration::from_secs(60))
         .await
@@ -840,8 +840,8 @@ proptest! {
     #[test]
     fn codec_round_trips(env in arb_envelope()) {
         for format in [Format::Binary, Format::Json] {
-            let m = sluice_platform::envelope::encode(&env, format);
-            prop_assert_eq!(&sluice_platform::envelope::decode(format.version().as_bytes(), &m).unwrap(), &env);
+            let m = sluice_platform::codec::encode(&env, format);
+            prop_assert_eq!(&sluice_platform::codec::decode(format.version().as_bytes(), &m).unwrap(), &env);
         }
     }
 

@@ -414,7 +414,7 @@ async fn an_entry_failing_any_check_is_refused_by_the_hub_never_handed_out() {
         dest: "next".into(),
         ..{
             let e = signed(&s);
-            sluice_platform::envelope::decode(&e.v, &e.m).unwrap()
+            sluice_platform::codec::decode(&e.v, &e.m).unwrap()
         }
     };
     let elsewhere = Signer::new(SharedKeyRing::fixed(s.ring.clone()), &s.keys, "web")
@@ -465,7 +465,7 @@ async fn a_full_replay_guard_leaves_entries_pending_not_lost() {
 
 /// The nonce inside a signed entry (tests only: the hub verifies first).
 fn nonce_of(e: &StreamEntry) -> String {
-    sluice_platform::envelope::decode(&e.v, &e.m).unwrap().nonce
+    sluice_platform::codec::decode(&e.v, &e.m).unwrap().nonce
 }
 
 #[tokio::test]

@@ -344,7 +344,7 @@ async fn a_request_for_a_node_not_run_here_is_handed_back_only_from_another_gene
     stop.cancel();
     run.await.unwrap();
     assert_eq!(got.len(), 1, "the same generation's misroute is answered");
-    let reply = sluice_platform::envelope::decode(&got[0].1.v, &got[0].1.m).unwrap();
+    let reply = sluice_platform::codec::decode(&got[0].1.v, &got[0].1.m).unwrap();
     assert_eq!(reply.cid, "c-same");
     let err = reply.error.expect("an error reply");
     assert_eq!(err.code, "node_failed");
@@ -415,7 +415,7 @@ async fn a_request_no_worker_of_its_generation_takes_is_refused_in_the_end() {
     stop.cancel();
     run.await.unwrap();
     assert_eq!(got.len(), 1);
-    let err = sluice_platform::envelope::decode(&got[0].1.v, &got[0].1.m)
+    let err = sluice_platform::codec::decode(&got[0].1.v, &got[0].1.m)
         .unwrap()
         .error
         .expect("an error reply");

@@ -47,7 +47,7 @@ pub fn queued(probe: &Probe, stream: &str) -> Vec<(StreamEntry, Option<Envelope>
         .map(|(_, fields)| {
             let entry =
                 StreamEntry::from_fields(fields.into_iter().map(|(f, v)| (field_name(&f), v)));
-            let env = sluice_platform::envelope::decode(&entry.v, &entry.m).ok();
+            let env = sluice_platform::codec::decode(&entry.v, &entry.m).ok();
             (entry, env)
         })
         .collect()

@@ -230,7 +230,7 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
         env.pipeline = pipe.to_string();
         env.ts = now_ms();
         env.nonce = new_nonce();
-        let m = sluice_platform::envelope::encode(&env, Format::Binary);
+        let m = sluice_platform::codec::encode(&env, Format::Binary);
         add("wrong_destination", mac_signed(&kid, &raw, b"3", m));
     }
     // A reply (signed with a reply key) pushed as a request: its key id
@@ -256,7 +256,7 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
             &kid,
             &raw,
             b"2",
-            sluice_platform::envelope::encode(&reply, Format::Json),
+            sluice_platform::codec::encode(&reply, Format::Json),
         ),
     );
     // The previous format version, with a valid MAC over it.
@@ -274,7 +274,7 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
         "malformed",
         mac_signed(&kid, &raw, b"3", b"\x07 no kind".to_vec()),
     );
-    let mut trailing = sluice_platform::envelope::encode(&request(&keys), Format::Binary);
+    let mut trailing = sluice_platform::codec::encode(&request(&keys), Format::Binary);
     trailing.extend_from_slice(b" {}");
     add("malformed", mac_signed(&kid, &raw, b"3", trailing));
     let mut with_extra = serde_json::to_value(request(&keys)).unwrap();
@@ -331,7 +331,7 @@ async fn forged_entries_on_a_group_stream_are_refused_by_reason_and_never_execut
             // `2` flipped is `3`, a version also read: the MAC, which
             // covers `v`, refuses it.
             let reason = match field {
-                0 if sluice_platform::envelope::readable(&bytes) => "bad_mac",
+                0 if sluice_platform::codec::readable(&bytes) => "bad_mac",
                 _ => ["bad_version", "unknown_kid", "bad_mac", "bad_mac"][field],
             };
             *target = bytes.into();
