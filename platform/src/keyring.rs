@@ -208,6 +208,22 @@ impl Prepared {
     }
 }
 
+/// The key that checks one entry's MAC ([`KeyRing::check_key`]).
+pub(crate) struct CheckKey {
+    pub(crate) mac: MacKey,
+    /// Not in the cache yet: kept there once the MAC verified.
+    pub(crate) unseen: Option<Box<Unseen>>,
+}
+
+/// A key made for a check, with the names it is kept under.
+pub(crate) struct Unseen {
+    kid: String,
+    kind: Kind,
+    pipeline: String,
+    group: String,
+    prepared: Prepared,
+}
+
 /// Keys as they are used, each made ready once: derived from a raw ring
 /// (HKDF costs more than the MAC it keys) or read from a derived one, with
 /// their HMAC state; every signature and verification needs one.
@@ -476,10 +492,11 @@ impl KeyRing {
     /// for one pipeline: the one its directory was rendered for). `None`
     /// when the kid is unknown, the key is not held, or a name is invalid.
     pub(crate) fn key(&self, kid: &str, kind: Kind, pipeline: &str, group: &str) -> Option<Key> {
-        self.prepared(kid, kind, pipeline, group).map(|p| p.key)
+        self.lookup(kid, kind, pipeline, group).map(|(p, _)| p.key)
     }
 
-    /// The HMAC state of [`KeyRing::key`]'s key, ready for a message.
+    /// The HMAC state of [`KeyRing::key`]'s key, ready for a message, for
+    /// a key this process signs with: kept in the ring's cache.
     pub(crate) fn mac_key(
         &self,
         kid: &str,
@@ -487,23 +504,71 @@ impl KeyRing {
         pipeline: &str,
         group: &str,
     ) -> Option<MacKey> {
-        self.prepared(kid, kind, pipeline, group).map(|p| p.mac)
+        let (p, cached) = self.lookup(kid, kind, pipeline, group)?;
+        if !cached {
+            self.derived.put(kid, kind, pipeline, group, p.clone());
+        }
+        Some(p.mac)
     }
 
-    fn prepared(&self, kid: &str, kind: Kind, pipeline: &str, group: &str) -> Option<Prepared> {
+    /// The HMAC state of the key that checks an entry's MAC. The entry
+    /// chose the group (a reply's key id names it), so the key is kept in
+    /// the ring's cache only once a MAC verified under it
+    /// ([`KeyRing::remember`]): entries naming made-up groups cannot fill
+    /// the cache and push real keys out of it.
+    pub(crate) fn check_key(
+        &self,
+        kid: &str,
+        kind: Kind,
+        pipeline: &str,
+        group: &str,
+    ) -> Option<CheckKey> {
+        let (p, cached) = self.lookup(kid, kind, pipeline, group)?;
+        if cached {
+            return Some(CheckKey {
+                mac: p.mac,
+                unseen: None,
+            });
+        }
+        Some(CheckKey {
+            mac: p.mac.clone(),
+            unseen: Some(Box::new(Unseen {
+                kid: kid.to_string(),
+                kind,
+                pipeline: pipeline.to_string(),
+                group: group.to_string(),
+                prepared: p,
+            })),
+        })
+    }
+
+    /// Keeps the key of a [`CheckKey`] whose MAC verified.
+    pub(crate) fn remember(&self, unseen: Option<Box<Unseen>>) {
+        if let Some(u) = unseen {
+            self.derived
+                .put(&u.kid, u.kind, &u.pipeline, &u.group, u.prepared);
+        }
+    }
+
+    /// A key from the cache (`true`), or made now and not kept.
+    fn lookup(
+        &self,
+        kid: &str,
+        kind: Kind,
+        pipeline: &str,
+        group: &str,
+    ) -> Option<(Prepared, bool)> {
         if !valid_group(group) || !valid_pipeline(pipeline) {
             return None;
         }
         if let Some(p) = self.derived.get(kid, kind, pipeline, group) {
-            return Some(p);
+            return Some((p, true));
         }
         let key = match &self.layout {
             Layout::Ring(keys) => derive(keys.get(kid)?, kind, pipeline, group),
             Layout::Derived(keys) => *keys.get(kid)?.get(&kind)?.get(group)?,
         };
-        let p = Prepared::new(key);
-        self.derived.put(kid, kind, pipeline, group, p.clone());
-        Some(p)
+        Some((Prepared::new(key), false))
     }
 
     /// Same kids, layout and key bytes (whether a reload changed anything).
@@ -877,23 +942,45 @@ mod tests {
             ("k2", Kind::Request, "cpu"),
         ] {
             let first = r.key(kid, kind, PIPE, group).unwrap();
+            assert!(r.mac_key(kid, kind, PIPE, group).is_some());
             assert_eq!(r.key(kid, kind, PIPE, group), Some(first), "remembered");
             if kid == "k1" {
                 assert_eq!(first, derive(&raw, kind, PIPE, group));
             }
         }
         assert_eq!(r.derived.len.load(Ordering::Relaxed), 3);
-        // Key ids naming endless groups (hostile entries) fill it only to
-        // the bound; keys past it are still derived, and right.
+        // Keys kept for endless groups fill it only to the bound; keys
+        // past it are still derived, and right.
         let clone = r.clone();
         for i in 0..DERIVED_CACHE_MAX + 50 {
             let g = format!("g{i}");
+            assert!(clone.mac_key("k1", Kind::Reply, PIPE, &g).is_some());
             assert_eq!(
                 clone.key("k1", Kind::Reply, PIPE, &g),
                 Some(derive(&raw, Kind::Reply, PIPE, &g))
             );
         }
         assert_eq!(r.derived.len.load(Ordering::Relaxed), DERIVED_CACHE_MAX);
+    }
+
+    /// Key ids of hostile entries may name any group: a key made to check
+    /// one is kept only once a MAC verified under it.
+    #[test]
+    fn keys_made_for_a_check_are_kept_only_once_a_mac_verified() {
+        let r = ring(&[("k1", 1)], "k1");
+        let len = || r.derived.len.load(Ordering::Relaxed);
+        for i in 0..DERIVED_CACHE_MAX + 50 {
+            let g = format!("made-up-{i}");
+            let check = r.check_key("k1", Kind::Reply, PIPE, &g).unwrap();
+            assert!(check.unseen.is_some());
+            assert!(r.key("k1", Kind::Reply, PIPE, &g).is_some());
+        }
+        assert_eq!(len(), 0, "nothing kept for checks that failed");
+        let check = r.check_key("k1", Kind::Reply, PIPE, "cpu").unwrap();
+        r.remember(check.unseen);
+        assert_eq!(len(), 1);
+        let again = r.check_key("k1", Kind::Reply, PIPE, "cpu").unwrap();
+        assert!(again.unseen.is_none(), "from the cache");
     }
 
     #[test]

@@ -23,7 +23,9 @@ use crate::backend::BackendError;
 use crate::clock::now_ms;
 use crate::codec::{decode, readable, Format};
 use crate::envelope::{Envelope, Kind, StreamEntry};
-use crate::keyring::{hex, hex_into, valid_group, valid_kid, KeyRing, MacKey, SharedKeyRing};
+use crate::keyring::{
+    hex, hex_into, valid_group, valid_kid, CheckKey, KeyRing, MacKey, SharedKeyRing,
+};
 use crate::keys::Keys;
 use crate::kv::Kv;
 use crate::metrics::Rejections;
@@ -528,7 +530,9 @@ impl Verifier {
             .framing(&ring, entry, kind)
             .map_err(VerifyError::Rejected)?;
         let group = from.unwrap_or(dest);
-        let Some(key) = ring.mac_key(kid, kind, self.keys.pipeline(), group) else {
+        let Some(CheckKey { mac: key, unseen }) =
+            ring.check_key(kid, kind, self.keys.pipeline(), group)
+        else {
             return reject(MissingKey);
         };
         let Some(sig) = unhex32(&entry.s) else {
@@ -538,6 +542,8 @@ impl Verifier {
         if mac(key, &entry.v, &entry.m).verify_slice(&sig).is_err() {
             return reject(BadMac);
         }
+        // A group a valid MAC names is a real one: its key is kept.
+        ring.remember(unseen);
         self.decoded.fetch_add(1, Ordering::Relaxed);
         let Ok(env) = decode(&entry.v, &entry.m) else {
             return reject(Malformed);
