@@ -504,11 +504,9 @@ impl KeyRing {
         pipeline: &str,
         group: &str,
     ) -> Option<MacKey> {
-        let (p, cached) = self.lookup(kid, kind, pipeline, group)?;
-        if !cached {
-            self.derived.put(kid, kind, pipeline, group, p.clone());
-        }
-        Some(p.mac)
+        let CheckKey { mac, unseen } = self.check_key(kid, kind, pipeline, group)?;
+        self.remember(unseen);
+        Some(mac)
     }
 
     /// The HMAC state of the key that checks an entry's MAC. The entry
