@@ -29,10 +29,10 @@
 //!   nothing; what it holds is finished and its leases renewed. A read
 //!   already sent when the pause arrives is worked on.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use foldhash::HashMap;
 use parking_lot::Mutex;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
@@ -161,7 +161,7 @@ impl Worker {
             keys: parts.keys.clone(),
             metrics,
             stream,
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::default()),
             hand_offs: Arc::default(),
             pause: parts.pause.clone(),
         })

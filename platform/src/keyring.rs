@@ -25,7 +25,7 @@
 //! content from [`derived_files`]); no `Debug`/`Display` output and no error
 //! contains key material.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use foldhash::HashMap;
 use hkdf::Hkdf;
 use parking_lot::RwLock;
 use rand::RngCore;
@@ -226,7 +227,10 @@ pub(crate) struct Unseen {
 
 /// Keys as they are used, each made ready once: derived from a raw ring
 /// (HKDF costs more than the MAC it keys) or read from a derived one, with
-/// their HMAC state; every signature and verification needs one.
+/// their HMAC state; every signature and verification needs one. Hashed
+/// with foldhash, not SipHash: only names a MAC vouched for, or that this
+/// process signs with, are ever inserted, so an entry's names can look a
+/// key up but never crowd the maps.
 #[derive(Default)]
 struct DerivedCache {
     /// pipeline → group → kid → keys.

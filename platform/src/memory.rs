@@ -74,11 +74,14 @@ fn seq_of(id: &str) -> Option<u64> {
 /// holds both: a completion can forward to a reply stream atomically.
 #[derive(Default)]
 pub struct MemoryStreams {
-    streams: Mutex<HashMap<String, Stream>>,
+    /// By name. Names are the pipeline's own (queues, reply streams, answer
+    /// streams under ids it made), not a caller's, so a hasher cheaper than
+    /// SipHash serves.
+    streams: Mutex<foldhash::HashMap<String, Stream>>,
     /// Per stream, woken on every append to it; its readers re-check it.
     /// Kept apart from the streams, so a stream deleted and made again
     /// keeps its waiters.
-    appended: Mutex<HashMap<String, Arc<Notify>>>,
+    appended: Mutex<foldhash::HashMap<String, Arc<Notify>>>,
     /// Every expiry `open` set, soonest first: expired streams nobody
     /// reads again (answers never fetched) are dropped from here, a few at
     /// each `open`, instead of by a sweep of the whole map.
@@ -115,7 +118,10 @@ impl MemoryStreams {
     }
 
     /// Drops expired reply streams; returns the live stream, if any.
-    fn live<'a>(map: &'a mut HashMap<String, Stream>, name: &str) -> Option<&'a mut Stream> {
+    fn live<'a>(
+        map: &'a mut foldhash::HashMap<String, Stream>,
+        name: &str,
+    ) -> Option<&'a mut Stream> {
         let expired = map
             .get(name)
             .and_then(|s| s.expires)
@@ -169,7 +175,7 @@ impl MemoryStreams {
         &self,
         stream: &str,
         block: Duration,
-        mut take: impl FnMut(&mut HashMap<String, Stream>) -> Vec<T>,
+        mut take: impl FnMut(&mut foldhash::HashMap<String, Stream>) -> Vec<T>,
     ) -> Vec<T> {
         let deadline = Instant::now() + block;
         let appended = self.notifier(stream);

@@ -11,13 +11,12 @@
 //! A start that fails after workers or background tasks began tells them
 //! to stop as it returns its error (they end soon after).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::HashMap;
 use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
 use sluice_crds::{BackendKind, Plan};
@@ -424,7 +423,7 @@ pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, 
         ready: true.into(),
         replies_open: false.into(),
         reached_backend: false.into(),
-        backlog: RwLock::new(Some(HashMap::new())),
+        backlog: RwLock::new(Some(HashMap::default())),
         slots,
         interface_metrics,
         sockets,
@@ -721,7 +720,7 @@ async fn sample_backlog(state: Arc<AppState>, every: Duration, stop: Cancellatio
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let mut sample = HashMap::new();
+        let mut sample = HashMap::default();
         let mut ok = true;
         for g in &groups {
             match state.queue.depth(&state.keys.queue(g)).await {

@@ -1,10 +1,10 @@
 //! What every handler of the ingress shares: the plan, the ports, the
 //! waiters, the limits and the metrics of one ingress process.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use foldhash::HashMap;
 use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
 use sluice_crds::{InterfacePlan, Plan};
@@ -77,7 +77,7 @@ pub struct AppState {
     /// Whether the pipeline is paused: new requests are refused.
     pub pause: sluice_platform::Pause,
     /// The schema of each graphql interface.
-    pub graphql: HashMap<String, async_graphql::dynamic::Schema>,
+    pub graphql: std::collections::HashMap<String, async_graphql::dynamic::Schema>,
 }
 
 impl AppState {

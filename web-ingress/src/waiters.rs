@@ -9,9 +9,10 @@
 //! - A waiter is removed when its guard drops — answered, timed out, or the
 //!   caller hung up — so the registry never holds abandoned entries.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashSet};
 use parking_lot::Mutex;
 use sluice_crds::InterfacePlan;
 use sluice_platform::Envelope;
@@ -61,6 +62,8 @@ struct Waiting {
     senders: Arc<ReplySenders>,
 }
 
+/// By correlation id: ids this ingress generated, so foldhash, cheaper
+/// than SipHash, serves (a reply only looks one up).
 #[derive(Default)]
 struct Inner {
     waiting: HashMap<String, Waiting>,
