@@ -560,11 +560,12 @@ impl KeyRing {
         pipeline: &str,
         group: &str,
     ) -> Option<(Prepared, bool)> {
-        if !valid_group(group) || !valid_pipeline(pipeline) {
-            return None;
-        }
+        // Only valid names are ever cached: a hit needs no check.
         if let Some(p) = self.derived.get(kid, kind, pipeline, group) {
             return Some((p, true));
+        }
+        if !valid_group(group) || !valid_pipeline(pipeline) {
+            return None;
         }
         let key = match &self.layout {
             Layout::Ring(keys) => derive(keys.get(kid)?, kind, pipeline, group),
@@ -655,12 +656,15 @@ pub fn hex(b: &[u8]) -> String {
 
 /// Appends the lowercase hex of `b` to `out`.
 pub fn hex_into(b: &[u8], out: &mut Vec<u8>) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     out.reserve(b.len() * 2);
     for x in b {
-        out.push(DIGITS[usize::from(x >> 4)]);
-        out.push(DIGITS[usize::from(x & 0xf)]);
+        out.extend_from_slice(&hex_pair(*x));
     }
+}
+
+fn hex_pair(x: u8) -> [u8; 2] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    [DIGITS[usize::from(x >> 4)], DIGITS[usize::from(x & 0xf)]]
 }
 
 /// Writes a fresh ring (one key, made current) into `dir`, creating it.

@@ -60,7 +60,7 @@ impl Keys {
 
     /// `ns/p`, as carried in envelopes.
     pub fn pipeline(&self) -> &str {
-        let inner = self.prefix.trim_start_matches("sluice:{");
+        let inner = self.prefix.strip_prefix("sluice:{").unwrap_or(&self.prefix);
         inner.strip_suffix('}').unwrap_or(inner)
     }
 }
