@@ -20,19 +20,19 @@ impl Keys {
 
     /// `sluice:{ns/p}:q:<group>`: work for a worker group.
     pub fn queue(&self, group: &str) -> String {
-        format!("{}:q:{group}", self.prefix)
+        self.under(&[":q:", group])
     }
 
     /// `sluice:{ns/p}:r:<ingress-id>`: replies for one ingress instance.
     pub fn reply(&self, ingress_id: &str) -> String {
-        format!("{}:r:{ingress_id}", self.prefix)
+        self.under(&[":r:", ingress_id])
     }
 
     /// `sluice:{ns/p}:n:<group>:<kid>:<nonce>`: replay guard of one
     /// envelope, under its destination group (so a per-group ACL pattern
     /// covers exactly that group's nonces).
     pub fn nonce(&self, group: &str, kid: &str, nonce: &str) -> String {
-        format!("{}{kid}:{nonce}", self.nonce_prefix(group))
+        self.under(&[":n:", group, ":", kid, ":", nonce])
     }
 
     /// `sluice:{ns/p}:n:<group>:`: what every nonce of `group` starts with.
@@ -56,6 +56,18 @@ impl Keys {
     /// of the pipeline ([`crate::pause`]).
     pub fn paused(&self) -> String {
         format!("{}:paused", self.prefix)
+    }
+
+    /// The prefix, then `parts`: the names every request makes, joined
+    /// without the formatting machinery.
+    fn under(&self, parts: &[&str]) -> String {
+        let len = parts.iter().map(|p| p.len()).sum::<usize>();
+        let mut key = String::with_capacity(self.prefix.len() + len);
+        key.push_str(&self.prefix);
+        for p in parts {
+            key.push_str(p);
+        }
+        key
     }
 
     /// `ns/p`, as carried in envelopes.

@@ -62,8 +62,25 @@ impl Stream {
     }
 }
 
+/// `0-<seq>`, written without the formatting machinery (every entry
+/// pushed, read or answered gets one).
 fn id_of(seq: u64) -> String {
-    format!("0-{seq}")
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = seq;
+    loop {
+        at -= 1;
+        // `n % 10` is below 10.
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut id = String::with_capacity(2 + digits.len() - at);
+    id.push_str("0-");
+    id.extend(digits[at..].iter().map(|&d| char::from(d)));
+    id
 }
 
 fn seq_of(id: &str) -> Option<u64> {
@@ -666,6 +683,15 @@ impl Kv for MemoryKv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entry_ids_are_written_as_redis_writes_them_and_read_back() {
+        for seq in [0, 1, 9, 10, 99, 100, 12_345, u64::MAX - 1, u64::MAX] {
+            let id = id_of(seq);
+            assert_eq!(id, format!("0-{seq}"));
+            assert_eq!(seq_of(&id), Some(seq));
+        }
+    }
 
     #[tokio::test]
     async fn streams_opened_once_and_never_read_again_are_dropped_after_their_expiry() {
