@@ -126,7 +126,11 @@ pub struct Worker {
     metrics: GroupMetrics,
     stream: String,
     /// Entries being worked on, by id, with when this worker last learned
-    /// each was its own: their leases are renewed.
+    /// each was its own: their leases are renewed. Ids are inserted before
+    /// the entry's MAC is checked, and whoever may write to the queue can
+    /// choose them, but the map never holds more than `concurrency`
+    /// entries: foldhash's weaker resistance to chosen collisions costs
+    /// nothing here.
     held: Mutex<HashMap<String, Instant>>,
     /// Hand-offs waiting to be committed together.
     hand_offs: Arc<HandOffs>,

@@ -177,10 +177,11 @@ pub struct KeyRing {
 }
 
 /// Most keys a ring remembers with their HMAC state. A process needs a
-/// few per kid (its groups' request and reply keys); the bound only
-/// matters when key ids in hostile entries name groups that do not exist
-/// (a raw ring derives a key for any valid name; a derived one holds only
-/// its files' keys).
+/// few per kid (its groups' request and reply keys, and for the dead
+/// letters' checks every group's); keys are kept only once a MAC verified
+/// under them or when this process signs with them, so the bound is a
+/// guard against a plan with very many groups, not against hostile
+/// entries.
 const DERIVED_CACHE_MAX: usize = 1024;
 
 /// A group's derived keys by kid: [request, reply].
@@ -251,6 +252,8 @@ impl DerivedCache {
     }
 
     fn put(&self, kid: &str, kind: Kind, pipeline: &str, group: &str, key: Prepared) {
+        // `KeyRing::lookup` skips the name checks on a hit.
+        debug_assert!(valid_group(group) && valid_pipeline(pipeline));
         let mut keys = self.keys.write();
         // Counted under the lock, so racing writers cannot pass the bound.
         if self.len.load(Ordering::Relaxed) >= DERIVED_CACHE_MAX {

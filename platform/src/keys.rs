@@ -96,6 +96,9 @@ mod tests {
         assert_eq!(k.dead_letter(), "sluice:{prod/enrich}:dlq");
         assert_eq!(k.paused(), "sluice:{prod/enrich}:paused");
         assert_eq!(k.pipeline(), "prod/enrich");
+        assert!(k
+            .nonce("cpu", "k1", "abc")
+            .starts_with(&k.nonce_prefix("cpu")));
     }
 
     #[test]
