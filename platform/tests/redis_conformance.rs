@@ -36,6 +36,13 @@ async fn short_backend(server: &RedisServer) -> Arc<RedisBackend> {
         .expect("connects to the test server")
 }
 
+/// The last lines of the server's log, for a failure's message.
+fn log_tail(server: &RedisServer) -> String {
+    let log = std::fs::read_to_string(server.dir().join("redis.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(12)..].join("\n")
+}
+
 /// Retries `op` until it succeeds, for at most `patience`.
 async fn eventually<T, F, Fut>(what: &str, patience: Duration, mut op: F) -> T
 where
@@ -236,7 +243,12 @@ async fn restart_with_persistence_keeps_entries_and_pending_lists() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(pending, 1, "the AOF keeps the pending list");
+    assert_eq!(
+        pending,
+        1,
+        "the AOF keeps the pending list; the server's log ends: {}",
+        log_tail(&server)
+    );
     let rest = b.read(&q, "c", 10, SHORT).await.unwrap();
     let ms: Vec<_> = rest.into_iter().map(|d| d.entry).collect();
     assert_eq!(ms, vec![entry(1), entry(2)], "the AOF keeps the backlog");

@@ -473,9 +473,52 @@ impl RedisServer {
         }
     }
 
-    /// Whether the server answers `PING` with `PONG` (not `LOADING`, and
-    /// authenticated when it needs a password).
+    /// Whether this harness's own process answers `PING` with `PONG` (not
+    /// `LOADING`, and authenticated when it needs a password). Another
+    /// server that took the port first (a test starting beside this one)
+    /// answers as well, while this one fails to bind and exits: its
+    /// `process_id` tells them apart where the user may run `INFO`.
     fn answers_ping(&self) -> bool {
+        self.pong() && self.ours()
+    }
+
+    /// Whether the process answering on the port is this harness's child:
+    /// `INFO server`'s `process_id`. A user refused `INFO` cannot tell, and
+    /// is taken at its word.
+    fn ours(&self) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut req = self.auth_line();
+        req.push_str("INFO server\r\n");
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 1024];
+        let mut got = String::new();
+        loop {
+            if let Some(line) = got.split("\r\n").find(|l| l.starts_with('-')) {
+                // `NOPERM` and the like: nothing to compare.
+                return !line.starts_with("-LOADING");
+            }
+            if let Some(rest) = got.split("process_id:").nth(1) {
+                if let Some((id, _)) = rest.split_once("\r\n") {
+                    return id.trim() == pid.to_string();
+                }
+            }
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    }
+
+    fn pong(&self) -> bool {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
             return false;
