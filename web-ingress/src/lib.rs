@@ -78,4 +78,6 @@ pub mod waiters;
 pub mod websocket;
 
 pub use config::{Cli, Command, Config, HttpLimits, LogFormat};
-pub use runtime::{http_threads, keygen, start, start_with, Ingress, StartError};
+pub use runtime::{
+    http_threads, keygen, load_plan, start, start_planned, start_with, Ingress, StartError,
+};

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use sluice_crds::Plan;
+use sluice_exec_worker::Registry as NodeRegistry;
 use sluice_web_ingress::{Cli, Command, Config, LogFormat};
 
 /// mimalloc: under load, glibc's malloc cost more CPU than any part of the
@@ -44,7 +46,7 @@ async fn command(command: Command) -> anyhow::Result<()> {
 }
 
 /// Serves the pipeline until SIGTERM or SIGINT, then drains.
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, plan: Plan) -> anyhow::Result<()> {
     let telemetry = sluice_platform::telemetry::init(
         "sluice-web-ingress",
         env!("CARGO_PKG_VERSION"),
@@ -52,7 +54,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     // StartError's messages already carry their causes; as a plain message
     // the `{:#}` below does not print each cause twice.
-    let ingress = sluice_web_ingress::start(config)
+    let ingress = sluice_web_ingress::start_planned(config, plan, NodeRegistry::builtin())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     shutdown_signal().await?;
@@ -84,11 +86,12 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
     }
     let env: HashMap<String, String> = std::env::vars().collect();
     let config = Config::resolve(&cli, &env)?;
-    // The HTTP runtime is sized before start: with memory backends it
-    // shares the CPUs with the inline workers' runtime.
+    // Read once, before the runtime is sized: with memory backends the
+    // HTTP runtime shares the CPUs with the inline workers' runtime.
+    let plan = sluice_web_ingress::load_plan(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     run_on(
-        Some(sluice_web_ingress::http_threads(&config)),
-        serve(config),
+        Some(sluice_web_ingress::http_threads(&config, &plan)),
+        serve(config, plan),
     )
 }
 

@@ -139,16 +139,24 @@ pub async fn start(config: Config) -> Result<Ingress, StartError> {
     start_with(config, NodeRegistry::builtin()).await
 }
 
-/// The threads the HTTP runtime of an ingress for `config` should have
-/// (`--threads`, else the share [`crate::threads`] gives it): the manifest
-/// is read for its backends (unless `--backend` overrides them) and its
-/// worker groups; one that cannot be read is reported by [`start`].
-pub fn http_threads(config: &Config) -> usize {
-    let inline = match sluice_crds::load_manifest(&config.pipeline) {
-        Ok((_, plan)) => runs_inline(config, &plan),
-        Err(_) => false,
-    };
-    config.threads.split(inline, crate::threads::cpus()).http
+/// The pipeline `config` names, read and checked: what [`start_planned`]
+/// runs.
+///
+/// # Errors
+/// [`StartError`] naming the manifest's fault.
+pub fn load_plan(config: &Config) -> Result<Plan, StartError> {
+    Ok(sluice_crds::load_manifest(&config.pipeline)?.1)
+}
+
+/// The threads the HTTP runtime of an ingress for `config` running `plan`
+/// should have (`--threads`, else the share [`crate::threads`] gives it,
+/// from the plan's backends unless `--backend` overrides them, and its
+/// worker groups).
+pub fn http_threads(config: &Config, plan: &Plan) -> usize {
+    config
+        .threads
+        .split(runs_inline(config, plan), crate::threads::cpus())
+        .http
 }
 
 /// Whether worker groups of `plan` run in this process: memory backends
@@ -163,7 +171,20 @@ fn runs_inline(config: &Config, plan: &Plan) -> bool {
 /// # Errors
 /// See [`StartError`].
 pub async fn start_with(config: Config, nodes: NodeRegistry) -> Result<Ingress, StartError> {
-    let (_, plan) = sluice_crds::load_manifest(&config.pipeline)?;
+    let plan = load_plan(&config)?;
+    start_planned(config, plan, nodes).await
+}
+
+/// Like [`start_with`], with the plan already read ([`load_plan`]): the
+/// binary reads its manifest once, before it sizes its runtime.
+///
+/// # Errors
+/// See [`StartError`].
+pub async fn start_planned(
+    config: Config,
+    plan: Plan,
+    nodes: NodeRegistry,
+) -> Result<Ingress, StartError> {
     let plan = Arc::new(plan);
     let backend = config.backend.unwrap_or(plan.backend);
     if backend == BackendKind::Tcp
