@@ -489,16 +489,9 @@ impl RedisServer {
         let Some(pid) = self.pid() else {
             return false;
         };
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        let Some(mut s) = self.send_quickly("INFO server\r\n") else {
             return false;
         };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut req = self.auth_line();
-        req.push_str("INFO server\r\n");
-        if s.write_all(req.as_bytes()).is_err() {
-            return false;
-        }
         let mut buf = [0u8; 1024];
         let mut got = String::new();
         loop {
@@ -518,17 +511,22 @@ impl RedisServer {
         }
     }
 
-    fn pong(&self) -> bool {
+    /// A connection that sent `command` (after `AUTH` where needed), with
+    /// short timeouts: `None` when nothing listens or the write failed.
+    fn send_quickly(&self, command: &str) -> Option<TcpStream> {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-            return false;
-        };
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         let mut req = self.auth_line();
-        req.push_str("PING\r\n");
-        if s.write_all(req.as_bytes()).is_err() {
+        req.push_str(command);
+        s.write_all(req.as_bytes()).ok()?;
+        Some(s)
+    }
+
+    fn pong(&self) -> bool {
+        let Some(mut s) = self.send_quickly("PING\r\n") else {
             return false;
-        }
+        };
         let mut buf = [0u8; 256];
         let mut got = String::new();
         while !got.contains("PONG") && !got.contains('-') {
