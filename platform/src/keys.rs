@@ -37,29 +37,29 @@ impl Keys {
 
     /// `sluice:{ns/p}:n:<group>:`: what every nonce of `group` starts with.
     pub fn nonce_prefix(&self, group: &str) -> String {
-        format!("{}:n:{group}:", self.prefix)
+        self.under(&[":n:", group, ":"])
     }
 
     /// `sluice:{ns/p}:i:<interface>:<sha256(key)>`: a caller's
     /// `Idempotency-Key` on one interface, and where its answer is.
     pub fn idempotency(&self, interface: &str, key_digest: &str) -> String {
-        format!("{}:i:{interface}:{key_digest}", self.prefix)
+        self.under(&[":i:", interface, ":", key_digest])
     }
 
     /// `sluice:{ns/p}:dlq`: envelopes past `maxDeliveries`.
     pub fn dead_letter(&self) -> String {
-        format!("{}:dlq", self.prefix)
+        self.under(&[":dlq"])
     }
 
     /// `sluice:{ns/p}:paused`: present while the pipeline is paused
     /// (`spec.paused`); written only by the operator, read by every process
     /// of the pipeline ([`crate::pause`]).
     pub fn paused(&self) -> String {
-        format!("{}:paused", self.prefix)
+        self.under(&[":paused"])
     }
 
-    /// The prefix, then `parts`: the names every request makes, joined
-    /// without the formatting machinery.
+    /// The prefix, then `parts`: every key name is joined this one way,
+    /// without the formatting machinery (a request makes several).
     fn under(&self, parts: &[&str]) -> String {
         let len = parts.iter().map(|p| p.len()).sum::<usize>();
         let mut key = String::with_capacity(self.prefix.len() + len);
@@ -95,6 +95,11 @@ mod tests {
         );
         assert_eq!(k.dead_letter(), "sluice:{prod/enrich}:dlq");
         assert_eq!(k.paused(), "sluice:{prod/enrich}:paused");
+        assert_eq!(
+            k.idempotency("api", "ab12"),
+            "sluice:{prod/enrich}:i:api:ab12"
+        );
+        assert_eq!(k.nonce_prefix("cpu"), "sluice:{prod/enrich}:n:cpu:");
         assert_eq!(k.pipeline(), "prod/enrich");
         assert!(k
             .nonce("cpu", "k1", "abc")

@@ -65,21 +65,11 @@ impl Stream {
 /// `0-<seq>`, written without the formatting machinery (every entry
 /// pushed, read or answered gets one).
 fn id_of(seq: u64) -> String {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = seq;
-    loop {
-        at -= 1;
-        // `n % 10` is below 10.
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let mut id = String::with_capacity(2 + digits.len() - at);
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(seq);
+    let mut id = String::with_capacity(2 + digits.len());
     id.push_str("0-");
-    id.extend(digits[at..].iter().map(|&d| char::from(d)));
+    id.push_str(digits);
     id
 }
 
