@@ -146,6 +146,10 @@ impl HandOffs {
             hand_offs: self,
             armed: true,
         };
+        // One turn of the scheduler first: hand-offs whose tasks are
+        // already runnable (woken by the same read of the connection) join
+        // this batch instead of waiting for the next commit.
+        tokio::task::yield_now().await;
         while let Some(batch) = lead.next_batch() {
             commit_batch(&**queue, stream, batch).await;
             if let Ok(answer) = rx.try_recv() {
