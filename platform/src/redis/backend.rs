@@ -424,9 +424,10 @@ fn timed_out() -> FredError {
 /// Awaits `fut` at most `limit` + margin.
 ///
 /// A combinator rather than an `async fn`: the latter would hold `fut`
-/// twice (as its argument and inside the timeout), and a command's future
-/// is about 7 KB, copied whole whenever the future holding it is moved or
-/// boxed.
+/// twice (as its argument and inside the timeout). The client's command
+/// futures are about 7 KB each, copied whole whenever a future holding
+/// one is moved; callers box them once where they are made, so the
+/// futures that carry a command through sluice's own code stay small.
 fn bounded<T>(
     limit: Duration,
     fut: impl Future<Output = std::result::Result<T, FredError>>,
@@ -503,7 +504,11 @@ impl RedisBackend {
     ) -> std::result::Result<Value, FredError> {
         let limit = self.cfg.command_timeout;
         let client = self.pooled()?.with_options(&Self::options(limit));
-        bounded(limit, client.custom(command(name, key, false), args)).await
+        bounded(
+            limit,
+            Box::pin(client.custom(command(name, key, false), args)),
+        )
+        .await
     }
 
     /// Several commands in one round trip on one pooled connection (not
@@ -516,9 +521,9 @@ impl RedisBackend {
         let pipe = self.pooled()?.pipeline();
         let queued = pipe.with_options(&Self::options(limit));
         for (name, key, args) in cmds {
-            let _: Value = queued.custom(command(name, key, false), args).await?;
+            let _: Value = Box::pin(queued.custom(command(name, key, false), args)).await?;
         }
-        tokio::time::timeout(limit + TIMEOUT_MARGIN, pipe.try_all::<Value>())
+        tokio::time::timeout(limit + TIMEOUT_MARGIN, Box::pin(pipe.try_all::<Value>()))
             .await
             .map_err(|_| timed_out())
     }
@@ -635,7 +640,11 @@ impl RedisBackend {
         let conn = self.dedicated().await?;
         let limit = block + self.cfg.command_timeout;
         let client = conn.client.with_options(&Self::options(limit));
-        let result = bounded(limit, client.custom(command(name, key, true), args)).await;
+        let result = bounded(
+            limit,
+            Box::pin(client.custom(command(name, key, true), args)),
+        )
+        .await;
         let reusable = match &result {
             Ok(_) => true,
             Err(e) => connection_survives(e),
