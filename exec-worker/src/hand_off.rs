@@ -1,7 +1,7 @@
 //! Group commit of a worker's hand-offs.
 //!
 //! ```text
-//!   finish ─▶ pending ──(no leader)──▶ this task leads: take what is pending (≤ 128 hand-offs, ≤ 1 MiB)
+//!   finish ─▶ pending ──(no leader)──▶ this task leads: one scheduler turn, take what is pending (≤ 128 hand-offs, ≤ 1 MiB)
 //!                │                          └▶ complete_all ─▶ answer each ─▶ again, until its own is answered;
 //!                │                             what is still pending then is led on by a task of its own
 //!                └──(a leader runs)───▶ wait for the answer
@@ -9,10 +9,12 @@
 //!
 //! A worker hands off many entries at once: while one `complete_all` is on
 //! its way, the hand-offs finished meanwhile wait and go together in the
-//! next. The first hand-off to find no commit running commits (leads) until
-//! its own is answered; if others wait then, a spawned task leads on until
-//! none is pending. Idle, a hand-off goes alone at once on its own task;
-//! busy, a batch costs one round trip, and one commit runs at a time.
+//! next. The first hand-off to find no commit running lets the scheduler
+//! run one turn (hand-offs of tasks already woken join it), then commits
+//! (leads) until its own is answered; if others wait then, a spawned task
+//! leads on until none is pending. Idle, a hand-off goes alone after that
+//! one turn, on its own task; busy, a batch costs one round trip, and one
+//! commit runs at a time.
 //!
 //! # Guarantees
 //! - Every hand-off is answered: committed, refused, or `Unavailable` when
