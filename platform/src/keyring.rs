@@ -23,7 +23,10 @@
 //!
 //! Key bytes never leave this module except as a MAC key (or base64 file
 //! content from [`derived_files`]); no `Debug`/`Display` output and no error
-//! contains key material.
+//! contains key material. The keys a ring holds and the HMAC states made
+//! from them are wiped when dropped (a ring replaced after a rotation, a
+//! cache dropped with its ring); the buffers a key file passes through
+//! while it is read are not.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -37,6 +40,7 @@ use foldhash::HashMap;
 use hkdf::Hkdf;
 use parking_lot::RwLock;
 use rand::RngCore;
+use sha2::digest::zeroize::Zeroize;
 use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
@@ -165,6 +169,19 @@ enum Layout {
     Derived(BTreeMap<String, BTreeMap<Kind, BTreeMap<String, Key>>>),
 }
 
+impl Drop for Layout {
+    fn drop(&mut self) {
+        match self {
+            Layout::Ring(keys) => keys.values_mut().for_each(Zeroize::zeroize),
+            Layout::Derived(keys) => keys
+                .values_mut()
+                .flat_map(BTreeMap::values_mut)
+                .flat_map(BTreeMap::values_mut)
+                .for_each(Zeroize::zeroize),
+        }
+    }
+}
+
 /// An immutable set of keys and the kid to sign with.
 #[derive(Clone)]
 pub struct KeyRing {
@@ -199,9 +216,23 @@ struct Prepared {
     mac: MacKey,
 }
 
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        // The HMAC state wipes itself (sha2's and hmac's `zeroize`).
+        self.key.zeroize();
+    }
+}
+
+// The HMAC states kept here hold what the key's padded blocks hashed to:
+// the build fails if SHA-256's state stops wiping itself when dropped.
+const _: fn() = || {
+    fn wiped_on_drop<T: sha2::digest::zeroize::ZeroizeOnDrop>() {}
+    wiped_on_drop::<sha2::block_api::Sha256VarCore>();
+};
+
 impl Prepared {
     fn new(key: Key) -> Self {
-        use hmac::Mac;
+        use hmac::KeyInit;
         Self {
             key,
             // HMAC accepts keys of any length.
@@ -531,7 +562,7 @@ impl KeyRing {
         let (p, cached) = self.lookup(kid, kind, pipeline, group)?;
         if cached {
             return Some(CheckKey {
-                mac: p.mac,
+                mac: p.mac.clone(),
                 unseen: None,
             });
         }
@@ -914,7 +945,7 @@ mod tests {
     /// make, each time it is taken.
     #[test]
     fn a_prepared_mac_key_makes_the_macs_its_key_makes() {
-        use hmac::Mac;
+        use hmac::{KeyInit, Mac};
         let raw = ring(&[("k1", 1)], "k1");
         let derived =
             KeyRing::from_files(&derived_files(&raw, PIPE, &[(Kind::Request, "cpu")]).unwrap())

@@ -247,7 +247,7 @@ async fn each_forgery_is_rejected_with_its_own_reason_and_counted() {
 /// says, independently of the product's code.
 fn forge(env: &Envelope, info: &str) -> StreamEntry {
     use hkdf::Hkdf;
-    use hmac::{Hmac, Mac};
+    use hmac::{Hmac, KeyInit, Mac};
     use sha2::Sha256;
     let hk = Hkdf::<Sha256>::new(Some(b"sluice-ipc-v1"), &[1u8; 32]);
     let mut key = [0u8; 32];

@@ -23,7 +23,7 @@
 //! the connection. The length is checked before the frame is read and the
 //! MAC before it is decoded. No error text carries key bytes.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
 use sha2::Sha256;
 use sluice_e2e::forge::unanswerable_request;
