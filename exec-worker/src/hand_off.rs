@@ -10,7 +10,8 @@
 //! A worker hands off many entries at once: while one `complete_all` is on
 //! its way, the hand-offs finished meanwhile wait and go together in the
 //! next. The first hand-off to find no commit running lets the scheduler
-//! run one turn (hand-offs of tasks already woken join it), then commits
+//! run one turn (hand-offs of tasks already woken on its thread usually
+//! join it; it resumes once that thread has nothing else ready), then commits
 //! (leads) until its own is answered; if others wait then, a spawned task
 //! leads on until none is pending. Idle, a hand-off goes alone after that
 //! one turn, on its own task; busy, a batch costs one round trip, and one
@@ -60,7 +61,8 @@ struct State {
 }
 
 /// The mark of the task committing. Dropped while armed (its task
-/// cancelled or panicking mid-commit), it clears the mark and answers
+/// cancelled or panicking during its turn of the scheduler or mid-commit),
+/// it clears the mark and answers
 /// every pending hand-off `Unavailable`, so none waits for a leader that
 /// is gone.
 struct Lead<'a> {
@@ -149,8 +151,9 @@ impl HandOffs {
             armed: true,
         };
         // One turn of the scheduler first: hand-offs whose tasks are
-        // already runnable (woken by the same read of the connection) join
-        // this batch instead of waiting for the next commit.
+        // already runnable on this thread (woken by the same read of the
+        // connection) usually join this batch instead of waiting for the
+        // next commit.
         tokio::task::yield_now().await;
         while let Some(batch) = lead.next_batch() {
             commit_batch(&**queue, stream, batch).await;
@@ -422,6 +425,64 @@ mod tests {
             answers.push(t.await.unwrap());
         }
         (answers, refusing.commits.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn hand_offs_started_in_one_turn_of_the_scheduler_go_in_one_batch() {
+        let mem = MemoryStreams::new();
+        let ids = read_all(&mem, "q", 4).await;
+        let staged = Arc::new(StagedQueue::new(mem.clone()));
+        let q: Arc<dyn Queue> = staged.clone();
+        let h = Arc::new(HandOffs::default());
+        // All four are runnable before any runs: the first to run leads,
+        // and its turn of the scheduler lets the other three join it.
+        let tasks: Vec<_> = ids
+            .into_iter()
+            .map(|id| {
+                let (h, q) = (h.clone(), q.clone());
+                tokio::spawn(async move { h.commit(&q, "q", done(&id, None)).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Ok(true));
+        }
+        assert_eq!(staged.commits.load(Ordering::SeqCst), 1, "one batch");
+        assert_eq!(mem.pending("q").await.unwrap(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_leader_dropped_during_its_turn_of_the_scheduler_answers_everyone_waiting() {
+        let mem = MemoryStreams::new();
+        let ids = read_all(&mem, "q", 2).await;
+        let q: Arc<dyn Queue> = mem.clone();
+        let h = Arc::new(HandOffs::default());
+        let leader = {
+            let (h, q, id) = (h.clone(), q.clone(), ids[0].clone());
+            tokio::spawn(async move { h.commit(&q, "q", done(&id, None)).await })
+        };
+        // The leader runs up to its yield, and is dropped there.
+        tokio::task::yield_now().await;
+        let follower = {
+            let (h, q, id) = (h.clone(), q.clone(), ids[1].clone());
+            tokio::spawn(async move { h.commit(&q, "q", done(&id, None)).await })
+        };
+        leader.abort();
+        assert!(leader.await.unwrap_err().is_cancelled());
+        let answer = tokio::time::timeout(Duration::from_secs(5), follower)
+            .await
+            .expect("the follower is answered")
+            .unwrap();
+        assert!(
+            matches!(answer, Err(BackendError::Unavailable(_)) | Ok(true)),
+            "{answer:?}"
+        );
+        // Nothing was acknowledged by the dropped leader; whatever is
+        // answered Unavailable stays pending for its lease.
+        let pending = mem.pending("q").await.unwrap();
+        assert_eq!(pending, if answer.is_ok() { 1 } else { 2 });
+        // A later hand-off leads again.
+        let again = h.commit(&q, "q", done(&ids[0], None)).await;
+        assert_eq!(again, Ok(true));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Hand-offs are committed as a group ([`crate::hand_off`]): idle, a
-//! hand-off goes alone at once; busy, a batch costs one round trip and four
-//! commands besides its `XADD`s.
+//! hand-off goes alone after one turn of the scheduler; busy, a batch
+//! costs one round trip and four commands besides its `XADD`s.
 //!
 //! # Guarantees
 //! - Never more entries in flight than `concurrency`.

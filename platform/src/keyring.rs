@@ -23,10 +23,14 @@
 //!
 //! Key bytes never leave this module except as a MAC key (or base64 file
 //! content from [`derived_files`]); no `Debug`/`Display` output and no error
-//! contains key material. The keys a ring holds and the HMAC states made
-//! from them are wiped when dropped (a ring replaced after a rotation, a
-//! cache dropped with its ring); the buffers a key file passes through
-//! while it is read are not.
+//! contains key material. The keys a ring holds and the HMAC states it
+//! keeps are wiped when the ring, or a key of its cache, is dropped (a ring
+//! replaced after a rotation). That narrows what lingers in memory; it is
+//! not a guarantee. Not wiped: copies the maps leave behind when they grow,
+//! the stack copies made while an HMAC key is prepared, keys handed out of
+//! the ring ([`KeyRing::key`], for the tcp transport's sessions and
+//! [`derived_files`]), and the buffers a key file passes through while it
+//! is read.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -220,16 +224,18 @@ struct Prepared {
 
 impl Drop for Prepared {
     fn drop(&mut self) {
-        // The HMAC state wipes itself (sha2's and hmac's `zeroize`).
+        // The HMAC state wipes itself (sha2's and digest's `zeroize`).
         self.key.zeroize();
     }
 }
 
 // The HMAC states kept here hold what the key's padded blocks hashed to:
-// the build fails if SHA-256's state stops wiping itself when dropped.
+// the build fails if SHA-256's state or HMAC's block buffer stops wiping
+// itself when dropped.
 const _: fn() = || {
     fn wiped_on_drop<T: sha2::digest::zeroize::ZeroizeOnDrop>() {}
     wiped_on_drop::<sha2::block_api::Sha256VarCore>();
+    wiped_on_drop::<hmac::digest::block_api::Buffer<hmac::block_api::HmacCore<Sha256>>>();
 };
 
 impl Prepared {
