@@ -26,11 +26,12 @@
 //! contains key material. The keys a ring holds and the HMAC states it
 //! keeps are wiped when the ring, or a key of its cache, is dropped (a ring
 //! replaced after a rotation). That narrows what lingers in memory; it is
-//! not a guarantee. Not wiped: copies the maps leave behind when they grow,
-//! the stack copies made while an HMAC key is prepared, keys handed out of
-//! the ring ([`KeyRing::key`], for the tcp transport's sessions and
-//! [`derived_files`]), and the buffers a key file passes through while it
-//! is read.
+//! not a guarantee. A key handed out ([`KeyRing::key`]) is wiped when its
+//! holder drops it; the tcp transport's sessions keep their keys only as
+//! HMAC states. Not wiped: copies the maps leave behind when they grow,
+//! copies left on the stack when a key is moved or an HMAC key prepared,
+//! [`derived_files`]' base64 text, and the buffers a key file passes
+//! through while it is read.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -42,7 +43,7 @@ use foldhash::HashMap;
 use hkdf::Hkdf;
 use parking_lot::RwLock;
 use rand::RngCore;
-use sha2::digest::zeroize::Zeroize;
+use sha2::digest::zeroize::{Zeroize, Zeroizing};
 use sha2::Sha256;
 
 use crate::envelope::Kind;
@@ -537,8 +538,16 @@ impl KeyRing {
     /// from a raw key, or looked up in a derived ring (whose keys were made
     /// for one pipeline: the one its directory was rendered for). `None`
     /// when the kid is unknown, the key is not held, or a name is invalid.
-    pub(crate) fn key(&self, kid: &str, kind: Kind, pipeline: &str, group: &str) -> Option<Key> {
-        self.lookup(kid, kind, pipeline, group).map(|(p, _)| p.key)
+    /// The copy handed out is wiped when dropped.
+    pub(crate) fn key(
+        &self,
+        kid: &str,
+        kind: Kind,
+        pipeline: &str,
+        group: &str,
+    ) -> Option<Zeroizing<Key>> {
+        self.lookup(kid, kind, pipeline, group)
+            .map(|(p, _)| Zeroizing::new(p.key))
     }
 
     /// The HMAC state of [`KeyRing::key`]'s key, ready for a message, for

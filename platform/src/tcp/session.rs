@@ -25,6 +25,7 @@
 
 use hmac::{Hmac, KeyInit, Mac};
 use rand::RngCore;
+use sha2::digest::zeroize::Zeroizing;
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -52,15 +53,24 @@ pub enum SessionError {
     Frame(&'static str),
 }
 
-/// Seals or opens the frames of one direction, counting them.
+/// Seals or opens the frames of one direction, counting them. It keeps
+/// its key only as an HMAC state (keyed once, wiped when dropped), never
+/// as key bytes.
 struct Direction {
-    key: [u8; 32],
+    keyed: HmacSha256,
     seq: u64,
 }
 
 impl Direction {
+    fn new(key: &[u8; 32]) -> Self {
+        Self {
+            keyed: HmacSha256::new_from_slice(key).expect("HMAC takes any key length"),
+            seq: 0,
+        }
+    }
+
     fn mac(&self, payload: &[u8]) -> HmacSha256 {
-        let mut m = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut m = self.keyed.clone();
         m.update(&self.seq.to_be_bytes());
         m.update(payload);
         m
@@ -220,21 +230,24 @@ fn derive(key: &[u8; 32], label: &[u8], transcript: &[u8]) -> HmacSha256 {
     m
 }
 
-fn derive_key(key: &[u8; 32], label: &[u8], transcript: &[u8]) -> [u8; 32] {
-    derive(key, label, transcript)
-        .finalize()
-        .into_bytes()
-        .into()
+/// A key made from `key`, wiped when dropped.
+fn derive_key(key: &[u8; 32], label: &[u8], transcript: &[u8]) -> Zeroizing<[u8; 32]> {
+    Zeroizing::new(
+        derive(key, label, transcript)
+            .finalize()
+            .into_bytes()
+            .into(),
+    )
 }
 
 fn session(key: &[u8; 32], t: &[u8], client: bool, max_payload: usize) -> Session {
-    let c2s = derive_key(key, b"c2s", t);
-    let s2c = derive_key(key, b"s2c", t);
+    let c2s = Direction::new(&derive_key(key, b"c2s", t));
+    let s2c = Direction::new(&derive_key(key, b"s2c", t));
     let (send, recv) = if client { (c2s, s2c) } else { (s2c, c2s) };
     Session {
-        sealer: Sealer(Direction { key: send, seq: 0 }),
+        sealer: Sealer(send),
         opener: Opener {
-            dir: Direction { key: recv, seq: 0 },
+            dir: recv,
             max_payload,
             buf: Vec::new(),
         },
@@ -243,7 +256,12 @@ fn session(key: &[u8; 32], t: &[u8], client: bool, max_payload: usize) -> Sessio
 
 /// The handshake key of `group`: its reply key under `kid`, through a label
 /// of its own so no handshake value is ever an envelope's MAC.
-fn handshake_key(ring: &KeyRing, kid: &str, pipeline: &str, group: &str) -> Option<[u8; 32]> {
+fn handshake_key(
+    ring: &KeyRing,
+    kid: &str,
+    pipeline: &str,
+    group: &str,
+) -> Option<Zeroizing<[u8; 32]>> {
     let reply = ring.key(kid, Kind::Reply, pipeline, group)?;
     Some(derive_key(&reply, b"sluice-tcp/2 handshake key", &[]))
 }
@@ -299,7 +317,7 @@ pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         ));
     }
     let proof = derive_key(&key, b"client", &t);
-    io.write_all(&proof).await?;
+    io.write_all(&proof[..]).await?;
     io.flush().await?;
     let mut s = session(&key, &t, true, max_payload);
     // The hub's first frame says it accepted the proof.
