@@ -21,17 +21,22 @@
 //! kubelet's atomic `..data` symlink swap is seen as one change; names
 //! starting with `.` are the kubelet's bookkeeping and are skipped.
 //!
-//! Key bytes never leave this module except as a MAC key (or base64 file
-//! content from [`derived_files`]); no `Debug`/`Display` output and no error
-//! contains key material. The keys a ring holds and the HMAC states it
-//! keeps are wiped when the ring, or a key of its cache, is dropped (a ring
-//! replaced after a rotation). That narrows what lingers in memory; it is
-//! not a guarantee. A key handed out ([`KeyRing::key`]) is wiped when its
-//! holder drops it; the tcp transport's sessions keep their keys only as
-//! HMAC states. Not wiped: copies the maps leave behind when they grow,
-//! copies left on the stack when a key is moved or an HMAC key prepared,
-//! [`derived_files`]' base64 text, and the buffers a key file passes
-//! through while it is read.
+//! Key bytes never leave this module except as a MAC key, as the key the
+//! tcp transport derives its session keys from ([`KeyRing::key`]), or as
+//! base64 file content from [`derived_files`]; no `Debug`/`Display` output
+//! and no error contains key material.
+//!
+//! The keys a ring holds and the HMAC states it keeps are wiped when the
+//! ring, or a key of its cache, is dropped (a ring replaced after a
+//! rotation). A key handed out by [`KeyRing::key`] is wiped when its holder
+//! drops it; the tcp transport's sessions keep their keys only as HMAC
+//! states. That narrows what lingers in memory; it is not a guarantee. Not
+//! wiped: copies left behind when a key, a state or a session is moved or
+//! a map grows; copies on the stack while a key is derived or an HMAC key
+//! prepared; the temporary maps of a ring refused while it is read;
+//! [`derived_files`]' base64 text and [`write_new`]'s; the buffers a key
+//! file or a key handover on standard input passes through; and whatever
+//! the operator holds (it reads and writes the Secrets).
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -429,6 +429,47 @@ mod tests {
         KeyRing::from_raw("k1", &raw).unwrap()
     }
 
+    /// HMAC-SHA256 of `parts`, computed here on its own.
+    fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+        let mut m = HmacSha256::new_from_slice(key).unwrap();
+        for part in parts {
+            m.update(part);
+        }
+        m.finalize().into_bytes().to_vec()
+    }
+
+    #[test]
+    fn frames_are_sealed_as_the_wire_format_says() {
+        // A frame: its length (payload + MAC, u32 big-endian), the payload,
+        // and HMAC(direction key, frame count as u64 big-endian ‖ payload),
+        // the direction key being HMAC(session key, "c2s" or "s2c" ‖
+        // transcript).
+        let key = [7u8; 32];
+        let t = transcript(P, "k1", "work", &[1; NONCE], &[2; NONCE]);
+        let c2s = hmac(&key, &[b"c2s", &t]);
+        let s2c = hmac(&key, &[b"s2c", &t]);
+        let frame = |dir: &[u8], seq: u64, payload: &[u8]| {
+            let mut f = u32::try_from(payload.len() + MAC)
+                .unwrap()
+                .to_be_bytes()
+                .to_vec();
+            f.extend_from_slice(payload);
+            f.extend(hmac(dir, &[&seq.to_be_bytes(), payload]));
+            f
+        };
+        let mut worker = session(&key, &t, true, 64);
+        let mut hub = session(&key, &t, false, 64);
+        let mut out = vec![];
+        worker.sealer.seal_into(b"hi", &mut out);
+        worker.sealer.seal_into(b"", &mut out);
+        let mut want = frame(&c2s, 0, b"hi");
+        want.extend(frame(&c2s, 1, b""));
+        assert_eq!(out, want);
+        let mut out = vec![];
+        hub.sealer.seal_into(b"back", &mut out);
+        assert_eq!(out, frame(&s2c, 0, b"back"));
+    }
+
     #[tokio::test]
     async fn both_sides_holding_the_key_agree_and_frames_flow_both_ways() {
         let ring = KeyRing::ephemeral();
