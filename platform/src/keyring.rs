@@ -221,18 +221,12 @@ type GroupKeys = HashMap<String, [Option<Prepared>; 2]>;
 pub(crate) type MacKey = hmac::Hmac<Sha256>;
 
 /// A derived key with its HMAC state: the key's two padded blocks hashed
-/// once, not at every MAC.
+/// once, not at every MAC. Both wipe themselves when dropped (the state
+/// through sha2's and digest's `zeroize`).
 #[derive(Clone)]
 struct Prepared {
-    key: Key,
+    key: Zeroizing<Key>,
     mac: MacKey,
-}
-
-impl Drop for Prepared {
-    fn drop(&mut self) {
-        // The HMAC state wipes itself (sha2's and digest's `zeroize`).
-        self.key.zeroize();
-    }
 }
 
 // The HMAC states kept here hold what the key's padded blocks hashed to:
@@ -248,9 +242,9 @@ impl Prepared {
     fn new(key: Key) -> Self {
         use hmac::KeyInit;
         Self {
-            key,
             // HMAC accepts keys of any length.
             mac: MacKey::new_from_slice(&key).expect("HMAC takes any key length"),
+            key: Zeroizing::new(key),
         }
     }
 }
@@ -551,8 +545,7 @@ impl KeyRing {
         pipeline: &str,
         group: &str,
     ) -> Option<Zeroizing<Key>> {
-        self.lookup(kid, kind, pipeline, group)
-            .map(|(p, _)| Zeroizing::new(p.key))
+        self.lookup(kid, kind, pipeline, group).map(|(p, _)| p.key)
     }
 
     /// The HMAC state of [`KeyRing::key`]'s key, ready for a message, for
@@ -584,7 +577,7 @@ impl KeyRing {
         let (p, cached) = self.lookup(kid, kind, pipeline, group)?;
         if cached {
             return Some(CheckKey {
-                mac: p.mac.clone(),
+                mac: p.mac,
                 unseen: None,
             });
         }
