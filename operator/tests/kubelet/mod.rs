@@ -7,7 +7,10 @@
 //!   ├─ volumes      ConfigMap/Secret → <root>/<volume>/..<ts>/<key> files,
 //!   │               <volume>/..data -> ..<ts>, <volume>/<key> -> ..data/<key>
 //!   │               (the kubelet's atomic-swap layout); emptyDir → empty dir
-//!   ├─ env          value | secretKeyRef | configMapKeyRef | fieldRef, then
+//!   ├─ env          value | secretKeyRef | configMapKeyRef | fieldRef |
+//!   │               resourceFieldRef (CPU and memory, rounded up to the divisor;
+//!   │               a limit not set reads the node's allocatable: this
+//!   │               machine's CPUs, [`NODE_MEMORY`]), then
 //!   │               `$(VAR)` expanded against the variables defined before it
 //!   ├─ args         `$(VAR)` expanded against the whole environment
 //!   └─ then, standing in for what differs between a pod and this machine:
@@ -309,7 +312,7 @@ fn materialise_container(
     // Environment, in order: each `$(VAR)` sees only the variables before it.
     let mut env: Vec<(String, String)> = Vec::new();
     for e in c.env.iter().flatten() {
-        let raw = env_value(cluster, template, pod_name, e)?;
+        let raw = env_value(cluster, template, pod_name, c, e)?;
         let value = expand(&raw, &env);
         env.push((e.name.clone(), value));
     }
@@ -594,6 +597,7 @@ fn env_value(
     cluster: &Cluster,
     template: &PodTemplateSpec,
     pod_name: &str,
+    container: &Container,
     e: &EnvVar,
 ) -> Result<String, String> {
     let Some(from) = &e.value_from else {
@@ -653,9 +657,73 @@ fn env_value(
             p => Err(format!("env {name}: unsupported fieldRef `{p}`")),
         };
     }
-    Err(format!(
-        "env {name}: unsupported valueFrom (resourceFieldRef is not needed here)"
-    ))
+    if let Some(r) = &from.resource_field_ref {
+        return resource_field(template, container, r).map_err(|e| format!("env {name}: {e}"));
+    }
+    Err(format!("env {name}: valueFrom names no source"))
+}
+
+/// The memory the stand-in's node offers (its allocatable), which a
+/// container without a memory limit reads as `limits.memory`.
+pub const NODE_MEMORY: i128 = 8 << 30;
+
+/// A `resourceFieldRef`'s value as the kubelet writes it: the container's
+/// request or limit divided by the divisor (default 1) and rounded up
+/// (`convertResourceCPUToString`, `…MemoryToString`). A limit not set is
+/// the node's allocatable (`MergeContainerResourceLimits`); a request not
+/// set is 0.
+fn resource_field(
+    template: &PodTemplateSpec,
+    own: &Container,
+    r: &k8s_openapi::api::core::v1::ResourceFieldSelector,
+) -> Result<String, String> {
+    let c = match r.container_name.as_deref() {
+        None | Some("") => own,
+        Some(other) => template
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .find(|c| c.name == other)
+            .ok_or_else(|| format!("resourceFieldRef names no container `{other}`"))?,
+    };
+    let (list, resource) = r
+        .resource
+        .split_once('.')
+        .filter(|(l, res)| matches!(*l, "limits" | "requests") && matches!(*res, "cpu" | "memory"))
+        .ok_or_else(|| format!("unsupported resource `{}`", r.resource))?;
+    let set = |l: &str| {
+        let r = c.resources.as_ref();
+        let l = if l == "limits" {
+            r.and_then(|r| r.limits.as_ref())
+        } else {
+            r.and_then(|r| r.requests.as_ref())
+        };
+        l.and_then(|m| m.get(resource)).map(|q| q.0.clone())
+    };
+    let nanos = |q: &str| {
+        sluice_operator::quantity::nanos(q).ok_or_else(|| format!("`{q}` is not a quantity"))
+    };
+    let value = match (list, set(list)) {
+        (_, Some(q)) => nanos(&q)?,
+        ("limits", None) if resource == "cpu" => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            i128::try_from(cpus).unwrap_or(1) * 1_000_000_000
+        }
+        ("limits", None) => NODE_MEMORY * 1_000_000_000,
+        _ => 0,
+    };
+    let divisor = nanos(r.divisor.as_ref().map_or("1", |d| d.0.as_str()))?;
+    // CPU is divided in millicores, memory in bytes: both exact in nanos.
+    let unit: i128 = if resource == "cpu" {
+        1_000_000
+    } else {
+        1_000_000_000
+    };
+    let (value, divisor) = (value / unit, divisor / unit);
+    if divisor <= 0 {
+        return Err("the divisor is not positive".into());
+    }
+    Ok(((value + divisor - 1).div_euclid(divisor)).to_string())
 }
 
 /// The labels of a pod template's pods.
@@ -798,6 +866,54 @@ mod tests {
         let env = vec![("A".to_string(), "x".to_string())];
         assert_eq!(expand("$(A)-$(B)-$$(A)-$(A", &env), "x-$(B)-$(A)-$(A");
         assert_eq!(expand("a$b", &env), "a$b");
+    }
+
+    #[test]
+    fn resource_fields_are_divided_and_rounded_up_as_the_kubelet_does() {
+        let template: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "spec": {"containers": [
+                {"name": "c", "resources": {"requests": {"cpu": "1500m", "memory": "128Mi"}}},
+                {"name": "bare"}
+            ]}
+        }))
+        .unwrap();
+        let containers = &template.spec.as_ref().unwrap().containers;
+        let field = |c: usize, resource: &str, divisor: Option<&str>, container: Option<&str>| {
+            let r: k8s_openapi::api::core::v1::ResourceFieldSelector =
+                serde_json::from_value(serde_json::json!({
+                    "resource": resource, "divisor": divisor, "containerName": container
+                }))
+                .unwrap();
+            resource_field(&template, &containers[c], &r)
+        };
+        let cpus = std::thread::available_parallelism()
+            .unwrap()
+            .get()
+            .to_string();
+        assert_eq!(field(0, "requests.cpu", None, None).unwrap(), "2");
+        assert_eq!(field(0, "requests.cpu", Some("1"), None).unwrap(), "2");
+        assert_eq!(field(0, "requests.cpu", Some("1m"), None).unwrap(), "1500");
+        assert_eq!(
+            field(0, "requests.memory", Some("1Mi"), None).unwrap(),
+            "128"
+        );
+        assert_eq!(field(0, "requests.memory", Some("1Gi"), None).unwrap(), "1");
+        // No limit: the node's allocatable.
+        assert_eq!(field(0, "limits.cpu", None, None).unwrap(), cpus);
+        assert_eq!(field(0, "limits.memory", Some("1Gi"), None).unwrap(), "8");
+        // No request: 0.
+        assert_eq!(field(1, "requests.cpu", None, None).unwrap(), "0");
+        // Another container, by name.
+        assert_eq!(
+            field(1, "requests.cpu", Some("1m"), Some("c")).unwrap(),
+            "1500"
+        );
+        assert!(field(0, "requests.cpu", None, Some("gone"))
+            .unwrap_err()
+            .contains("gone"));
+        assert!(field(0, "requests.gpu", None, None)
+            .unwrap_err()
+            .contains("requests.gpu"));
     }
 
     #[test]

@@ -33,6 +33,7 @@
 //! - `rbac`: authorization of ServiceAccount tokens
 //! - [`faults`]: fault injection and the request log
 //! - `quantity`: resource quantities checked and stored in canonical form (`1024Mi` → `1Gi`)
+//! - `downward`: the resources and divisors a container's env may read (`resourceFieldRef`)
 //! - `immutable`: fields an update may not change (Deployment selector, StatefulSet spec,
 //!   PVC spec but storage growth, Service clusterIP)
 //! - `defaults`, `table`, `openapi`: defaulting, Table/metadata renderings, minimal OpenAPI
@@ -41,6 +42,7 @@
 mod builtin;
 mod controllers;
 mod defaults;
+mod downward;
 pub mod error;
 pub mod faults;
 mod feature_gates;

@@ -554,6 +554,7 @@ fn admit(
     crate::builtin::admit(rt, obj, old, opts.validation, opts.decoding, &opts.warnings)?;
     crate::defaults::apply(st, rt, obj, old);
     let mut causes = crate::quantity::canonicalize(rt, obj);
+    causes.extend(crate::downward::check(rt, obj));
     if let Some(old) = old {
         causes.extend(crate::immutable::check(rt, old, obj));
     }

@@ -15,7 +15,8 @@
 //!
 //! Only the quantity fields of the built-in kinds this stand-in serves are
 //! canonicalized (container resources in pod templates, volume claim
-//! templates, PVCs, `emptyDir.sizeLimit`, pod `overhead`); custom resources
+//! templates, PVCs, `emptyDir.sizeLimit`, pod `overhead`, the divisors of
+//! `env[].valueFrom.resourceFieldRef`); custom resources
 //! are stored as written, as upstream.
 
 use serde_json::Value;
@@ -157,6 +158,17 @@ fn canonical(q: Quantity) -> String {
     q.nanos.to_string()
 }
 
+/// Where the pod spec of an object of type `rt` is (JSON pointer), if it
+/// holds one.
+pub(crate) fn pod_spec_path(rt: &ResourceType) -> Option<&'static str> {
+    match (rt.group.as_str(), rt.plural.as_str()) {
+        ("", "pods") => Some("/spec"),
+        ("apps", "deployments" | "statefulsets" | "daemonsets" | "replicasets")
+        | ("batch", "jobs") => Some("/spec/template/spec"),
+        _ => None,
+    }
+}
+
 /// Canonicalizes the quantity fields of a built-in object in place, or says
 /// which are not quantities (upstream answers 422 for them too).
 pub(crate) fn canonicalize(rt: &ResourceType, obj: &mut Value) -> Vec<Cause> {
@@ -178,13 +190,7 @@ pub(crate) fn canonicalize(rt: &ResourceType, obj: &mut Value) -> Vec<Cause> {
             }),
         }
     };
-    let pod_spec = match (rt.group.as_str(), rt.plural.as_str()) {
-        ("", "pods") => Some("/spec"),
-        ("apps", "deployments" | "statefulsets" | "daemonsets" | "replicasets")
-        | ("batch", "jobs") => Some("/spec/template/spec"),
-        _ => None,
-    };
-    if let Some(p) = pod_spec {
+    if let Some(p) = pod_spec_path(rt) {
         if let Some(spec) = obj.pointer_mut(p) {
             pod_quantities(spec, &p.trim_start_matches('/').replace('/', "."), &mut fix);
         }
@@ -231,6 +237,16 @@ fn pod_quantities(spec: &mut Value, at: &str, fix: &mut impl FnMut(&mut Value, &
             for (i, c) in cs.iter_mut().enumerate() {
                 if let Some(r) = c.get_mut("resources") {
                     resource_lists(r, &format!("{at}.{containers}[{i}].resources"), fix);
+                }
+                if let Some(Value::Array(env)) = c.get_mut("env") {
+                    for (j, e) in env.iter_mut().enumerate() {
+                        if let Some(d) = e.pointer_mut("/valueFrom/resourceFieldRef/divisor") {
+                            let at = format!(
+                                "{at}.{containers}[{i}].env[{j}].valueFrom.resourceFieldRef.divisor"
+                            );
+                            fix(d, &at);
+                        }
+                    }
                 }
             }
         }

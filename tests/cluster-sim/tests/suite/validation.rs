@@ -273,3 +273,71 @@ async fn kubectl_apply_of_a_manifest_with_a_typo_is_refused() -> anyhow::Result<
     sim.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn downward_resource_fields_are_checked_and_their_divisors_stored_canonically(
+) -> anyhow::Result<()> {
+    let (sim, _client) = start().await?;
+    let base = format!("{}/apis/apps/v1/namespaces/default/deployments", sim.url());
+    let post = |name: &str, resource: &str, divisor: &str| {
+        let env = json!({"env": [{"name": "N", "valueFrom": {"resourceFieldRef": {"resource": resource, "divisor": divisor}}}]});
+        send(
+            reqwest::Method::POST,
+            base.clone(),
+            "application/json",
+            deployment(name, env).to_string(),
+        )
+    };
+    const AT: &str = "spec.template.spec.containers[0].env[0].valueFrom.resourceFieldRef";
+
+    let a = post("cpu", "requests.cpu", "1000m").await?;
+    assert_eq!(a.code, 201, "{}", a.body);
+    let stored = sim
+        .get_object("apps/v1", "Deployment", Some("default"), "cpu")?
+        .context("stored")?;
+    assert_eq!(
+        stored["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]
+            ["resourceFieldRef"]["divisor"],
+        "1",
+        "a divisor is a quantity, stored in canonical form"
+    );
+    let a = post("memory", "limits.memory", "1Mi").await?;
+    assert_eq!(a.code, 201, "{}", a.body);
+    let a = post("pages", "limits.hugepages-2Mi", "1").await?;
+    assert_eq!(a.code, 201, "{}", a.body);
+
+    let a = post("gpu", "requests.gpu", "1").await?;
+    assert_eq!(a.code, 422, "{}", a.body);
+    assert_eq!(
+        a.body["details"]["causes"][0]["field"],
+        format!("{AT}.resource")
+    );
+    assert!(
+        a.body["message"].as_str().unwrap_or_default().ends_with(&format!(
+            "{AT}.resource: Unsupported value: \"requests.gpu\": supported values: \"limits.cpu\", \"limits.ephemeral-storage\", \"limits.memory\", \"requests.cpu\", \"requests.ephemeral-storage\", \"requests.memory\""
+        )),
+        "{}",
+        a.body
+    );
+    let a = post("mebi", "requests.cpu", "1Mi").await?;
+    assert_eq!(a.code, 422, "{}", a.body);
+    assert!(
+        a.body["message"].as_str().unwrap_or_default().ends_with(&format!(
+            "{AT}.divisor: Invalid value: \"requests.cpu\": only divisor's values 1m and 1 are supported with the cpu resource"
+        )),
+        "{}",
+        a.body
+    );
+    let a = post("milli", "limits.memory", "1m").await?;
+    assert_eq!(a.code, 422, "{}", a.body);
+    assert_eq!(
+        a.body["details"]["causes"][0]["field"],
+        format!("{AT}.divisor")
+    );
+    for name in ["gpu", "mebi", "milli"] {
+        assert!(sim
+            .get_object("apps/v1", "Deployment", Some("default"), name)?
+            .is_none());
+    }
+    Ok(())
+}
