@@ -113,7 +113,7 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
 fn holds_quantities(key: &str) -> bool {
     matches!(
         key,
-        "requests" | "limits" | "overhead" | "sizeLimit" | "capacity"
+        "requests" | "limits" | "overhead" | "sizeLimit" | "capacity" | "divisor"
     )
 }
 
@@ -184,6 +184,10 @@ mod tests {
             &env,
             &json!({"env": [{"name": "N", "value": "1000"}]})
         ));
+        // A downward-API divisor is a quantity too.
+        let divisor = |d: &str| json!({"env": [{"name": "T", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": d}}}]});
+        assert!(is_subset(&divisor("1000m"), &divisor("1")));
+        assert!(!is_subset(&divisor("1m"), &divisor("1")));
     }
 
     #[test]
