@@ -184,7 +184,7 @@ mod tests {
             &env,
             &json!({"env": [{"name": "N", "value": "1000"}]})
         ));
-        // A downward-API divisor is a quantity too.
+        // A downward-API divisor (a sidecar's env may hold one) is a quantity.
         let divisor = |d: &str| json!({"env": [{"name": "T", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": d}}}]});
         assert!(is_subset(&divisor("1000m"), &divisor("1")));
         assert!(!is_subset(&divisor("1m"), &divisor("1")));

@@ -13,11 +13,6 @@ pub const ENV_INGRESS_ID: &str = "SLUICE_INGRESS_ID";
 pub const ENV_DRAIN_GRACE: &str = "SLUICE_DRAIN_GRACE";
 pub const ENV_DRAIN_TIMEOUT: &str = "SLUICE_DRAIN_TIMEOUT";
 pub const ENV_LOG_FORMAT: &str = "SLUICE_LOG_FORMAT";
-/// Runtime threads of either binary (`--threads`), set from the container's
-/// CPU request ([`super::pod_spec::threads_env`]).
-pub const ENV_THREADS: &str = "SLUICE_THREADS";
-/// The most threads either binary's `--threads` takes.
-pub const MAX_THREADS: u64 = 256;
 /// The pod's name from the downward API, declared before the variables
 /// that refer to it as `$(SLUICE_POD_NAME)` (only with trace export on).
 pub const ENV_POD_NAME: &str = "SLUICE_POD_NAME";

@@ -12,13 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
-    KeyToPath, Probe, ResourceFieldSelector, ResourceRequirements, SecretKeySelector,
-    SecretVolumeSource, TCPSocketAction, Volume, VolumeMount,
+    KeyToPath, Probe, ResourceRequirements, SecretKeySelector, SecretVolumeSource, TCPSocketAction,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::contract::{ENV_THREADS, MAX_THREADS};
 use super::secret_refs::SecretRefUse;
 use crate::names;
 
@@ -90,42 +89,6 @@ pub fn requests(cpu: &str, memory: &str) -> ResourceRequirements {
         ])),
         ..Default::default()
     }
-}
-
-/// `SLUICE_THREADS` for a runtime container with resources `r`: its CPU
-/// request in whole CPUs, rounded up (`100m` → 1, `1500m` → 2), when it
-/// sets no CPU limit.
-///
-/// Without a limit a runtime sees every CPU of its node and would start a
-/// thread for each: on a large node, dozens of threads taking turns on the
-/// CPU the pod was granted. With a limit it needs nothing: it sizes itself
-/// to the cgroup's quota. The value comes from the downward API
-/// (`resourceFieldRef`), which the kubelet rounds up the same way, so a
-/// request changed at admission (a vertical autoscaler's) counts. `None`
-/// also when the request is absent, zero or not a quantity, or more CPUs
-/// than a runtime takes threads: the runtime's own default then holds.
-pub fn threads_env(r: &ResourceRequirements) -> Option<EnvVar> {
-    if r.limits.as_ref().is_some_and(|l| l.contains_key("cpu")) {
-        return None;
-    }
-    let request = r.requests.as_ref()?.get("cpu")?;
-    let nanos = u128::try_from(crate::quantity::nanos(&request.0)?).ok()?;
-    let cpus = nanos.div_ceil(1_000_000_000);
-    if cpus == 0 || cpus > u128::from(MAX_THREADS) {
-        return None;
-    }
-    Some(EnvVar {
-        name: ENV_THREADS.into(),
-        value_from: Some(EnvVarSource {
-            resource_field_ref: Some(ResourceFieldSelector {
-                resource: "requests.cpu".into(),
-                divisor: Some(Quantity("1".into())),
-                container_name: None,
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
 }
 
 /// Readiness probe on an HTTP endpoint of a named port.
@@ -343,45 +306,6 @@ pub fn node_secret_mounts(uses: &[SecretRefUse]) -> (Vec<Volume>, Vec<VolumeMoun
 mod tests {
     use super::*;
     use crate::render::fixtures::{examples, render, templates};
-
-    #[test]
-    fn threads_follow_the_cpu_request_rounded_up_unless_a_cpu_limit_is_set() {
-        let threads = |r: ResourceRequirements| {
-            threads_env(&r).map(|e| {
-                let f = e.value_from.unwrap().resource_field_ref.unwrap();
-                assert_eq!(e.name, "SLUICE_THREADS");
-                assert_eq!(
-                    (f.resource.as_str(), f.divisor),
-                    ("requests.cpu", Some(Quantity("1".into())))
-                );
-                assert_eq!(f.container_name, None, "env reads its own container");
-            })
-        };
-        assert!(
-            threads(requests("100m", "1Gi")).is_some(),
-            "the default request: one thread"
-        );
-        assert!(threads(requests("1500m", "1Gi")).is_some());
-        assert!(threads(requests("256", "1Gi")).is_some());
-        // More than a runtime takes: its own default holds.
-        assert!(threads(requests("257", "1Gi")).is_none());
-        assert!(threads(requests("0", "1Gi")).is_none());
-        assert!(threads(requests("-1", "1Gi")).is_none());
-        assert!(threads(requests("lots", "1Gi")).is_none());
-        assert!(threads(ResourceRequirements::default()).is_none());
-        let mut limited = requests("500m", "1Gi");
-        limited.limits = Some(BTreeMap::from([("cpu".to_string(), Quantity("2".into()))]));
-        assert!(
-            threads(limited).is_none(),
-            "a CPU limit sizes the runtime through its quota"
-        );
-        let mut memory_limit = requests("500m", "1Gi");
-        memory_limit.limits = Some(BTreeMap::from([(
-            "memory".to_string(),
-            Quantity("2Gi".into()),
-        )]));
-        assert!(threads(memory_limit).is_some());
-    }
 
     #[test]
     fn node_secrets_are_mounted_one_directory_per_secret_with_only_the_named_keys() {

@@ -192,8 +192,6 @@ fn runtime_container(
     mut env: Vec<EnvVar>,
     (port_name, port): (&str, i32),
 ) -> Container {
-    let resources = pod_spec::resources_or_default(g.resources.as_ref());
-    env.extend(pod_spec::threads_env(&resources));
     env.extend(redis::runtime_env(ctx, &ctx.redis, &redis_role(g)));
     // Last, and only when on: without an endpoint the container carries no
     // tracing variable at all.
@@ -214,7 +212,7 @@ fn runtime_container(
         }]),
         readiness_probe: Some(pod_spec::readiness_http("/readyz", port_name)),
         liveness_probe: Some(pod_spec::liveness_http("/healthz", port_name)),
-        resources: Some(resources),
+        resources: Some(pod_spec::resources_or_default(g.resources.as_ref())),
         security_context: Some(restricted::restricted_container()),
         ..Default::default()
     }
