@@ -682,7 +682,11 @@ fn resource_field(
         Some(other) => template
             .spec
             .iter()
-            .flat_map(|s| s.containers.iter())
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
             .find(|c| c.name == other)
             .ok_or_else(|| format!("resourceFieldRef names no container `{other}`"))?,
     };
@@ -712,16 +716,23 @@ fn resource_field(
         ("limits", None) => NODE_MEMORY * 1_000_000_000,
         _ => 0,
     };
-    let divisor = nanos(r.divisor.as_ref().map_or("1", |d| d.0.as_str()))?;
-    // CPU is divided in millicores, memory in bytes: both exact in nanos.
+    // A divisor not set, or zero (what the API server stores for one not
+    // set), is 1.
+    let divisor = match nanos(r.divisor.as_ref().map_or("1", |d| d.0.as_str()))? {
+        0 => 1_000_000_000,
+        d => d,
+    };
+    // CPU is divided in millicores, memory in bytes, each rounded up to its
+    // unit first (`MilliValue`, `Value`).
     let unit: i128 = if resource == "cpu" {
         1_000_000
     } else {
         1_000_000_000
     };
-    let (value, divisor) = (value / unit, divisor / unit);
+    let up = |v: i128| v.div_euclid(unit) + i128::from(v.rem_euclid(unit) != 0);
+    let (value, divisor) = (up(value), up(divisor));
     if divisor <= 0 {
-        return Err("the divisor is not positive".into());
+        return Err("the divisor is negative".into());
     }
     Ok(((value + divisor - 1).div_euclid(divisor)).to_string())
 }
@@ -892,6 +903,11 @@ mod tests {
             .to_string();
         assert_eq!(field(0, "requests.cpu", None, None).unwrap(), "2");
         assert_eq!(field(0, "requests.cpu", Some("1"), None).unwrap(), "2");
+        assert_eq!(
+            field(0, "requests.cpu", Some("0"), None).unwrap(),
+            "2",
+            "0 is 1"
+        );
         assert_eq!(field(0, "requests.cpu", Some("1m"), None).unwrap(), "1500");
         assert_eq!(
             field(0, "requests.memory", Some("1Mi"), None).unwrap(),

@@ -5,9 +5,9 @@
 //! after `quantity::canonicalize`). An object breaking either is refused
 //! with 422 naming the field.
 //!
-//! Checked here because the operator sizes its runtimes' threads from
-//! `requests.cpu`: a resource or divisor the API server refuses would fail
-//! every apply on a real cluster.
+//! Checked here because the operator passes its users' sidecars' env
+//! through to the Deployments it applies: a resource or divisor the API
+//! server refuses fails that apply on a real cluster, and must here too.
 
 use serde_json::Value;
 
@@ -99,6 +99,10 @@ fn selector(r: &Value, path: &str, causes: &mut Vec<Cause>) {
         "limits.ephemeral-storage" | "requests.ephemeral-storage" => (
             &BYTE_DIVISORS,
             "only divisor's values 1, 1k, 1M, 1G, 1T, 1P, 1E, 1Ki, 1Mi, 1Gi, 1Ti, 1Pi, 1Ei are supported with the local ephemeral storage resource",
+        ),
+        r if PREFIXES.iter().any(|p| r.starts_with(p)) => (
+            &BYTE_DIVISORS,
+            "only divisor's values 1, 1k, 1M, 1G, 1T, 1P, 1E, 1Ki, 1Mi, 1Gi, 1Ti, 1Pi, 1Ei are supported with the hugepages resource",
         ),
         _ => return,
     };

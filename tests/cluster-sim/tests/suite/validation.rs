@@ -334,10 +334,17 @@ async fn downward_resource_fields_are_checked_and_their_divisors_stored_canonica
         a.body["details"]["causes"][0]["field"],
         format!("{AT}.divisor")
     );
-    for name in ["gpu", "mebi", "milli"] {
+    let a = post("pages-milli", "limits.hugepages-2Mi", "1m").await?;
+    assert_eq!(a.code, 422, "{}", a.body);
+    assert!(a.body["message"]
+        .as_str()
+        .unwrap_or_default()
+        .ends_with("supported with the hugepages resource"));
+    for name in ["gpu", "mebi", "milli", "pages-milli"] {
         assert!(sim
             .get_object("apps/v1", "Deployment", Some("default"), name)?
             .is_none());
     }
+    sim.shutdown().await;
     Ok(())
 }
