@@ -28,6 +28,7 @@ use axum::Router;
 use clap::Parser;
 use prometheus_client::registry::Registry as Metrics;
 use sluice_crds::{BackendKind, GroupRole};
+use sluice_platform::keyring::Zeroizing;
 use sluice_platform::redis::{RedisBackend, RedisConfig};
 use sluice_platform::tcp::{Limits, TcpBackend, TcpConfig};
 use sluice_platform::{Kv, Queue, SharedKeyRing};
@@ -605,7 +606,10 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
 fn keys_from_stdin() -> Result<sluice_platform::KeyRing, ProcessError> {
     use std::io::Read;
     let bad = |m: &str| cfg_err("--keys-stdin", m.to_string());
-    let mut text = String::new();
+    // Read into one buffer of the most it may take, so none is left
+    // behind by a buffer that grew; it and the files are wiped when dropped.
+    let most = usize::try_from(MAX_STDIN_KEYS + 1).unwrap_or(usize::MAX);
+    let mut text = Zeroizing::new(String::with_capacity(most));
     std::io::stdin()
         .take(MAX_STDIN_KEYS + 1)
         .read_to_string(&mut text)
@@ -615,6 +619,10 @@ fn keys_from_stdin() -> Result<sluice_platform::KeyRing, ProcessError> {
     }
     let files: std::collections::BTreeMap<String, String> = serde_json::from_str(&text)
         .map_err(|_| bad("standard input is not a JSON object of key file names to contents"))?;
+    let files: std::collections::BTreeMap<String, Zeroizing<String>> = files
+        .into_iter()
+        .map(|(name, content)| (name, Zeroizing::new(content)))
+        .collect();
     Ok(sluice_platform::KeyRing::from_files(&files)?)
 }
 

@@ -30,13 +30,18 @@
 //! ring, or a key of its cache, is dropped (a ring replaced after a
 //! rotation). A key handed out by [`KeyRing::key`] is wiped when its holder
 //! drops it; the tcp transport's sessions keep their keys only as HMAC
-//! states. That narrows what lingers in memory; it is not a guarantee. Not
-//! wiped: copies left behind when a key, a state or a session is moved or
-//! a map grows; copies on the stack while a key is derived or an HMAC key
-//! prepared; the temporary maps of a ring refused while it is read;
-//! [`derived_files`]' base64 text and [`write_new`]'s; the buffers a key
-//! file or a key handover on standard input passes through; and whatever
-//! the operator holds (it reads and writes the Secrets).
+//! states. Key text is wiped too: a key directory's files as they are
+//! read (each into a buffer of its size, so none is left behind by a
+//! buffer that grew), [`derived_files`]' base64 text (which its callers
+//! hand on wiped: the ingress's handover to its tcp workers, read by them
+//! from standard input into wiped buffers) and [`write_new`]'s. That
+//! narrows what lingers in memory; it is not a guarantee. Not wiped:
+//! copies left behind when a key, a state or a session is moved or a map
+//! grows; copies on the stack while a key is derived or an HMAC key
+//! prepared; the temporary maps of a ring refused while it is read; a file
+//! that grows while it is read; the kernel's pipe and page buffers; and
+//! whatever the operator holds (it reads and writes the Secrets, through
+//! its Kubernetes client's buffers).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -48,7 +53,10 @@ use foldhash::HashMap;
 use hkdf::Hkdf;
 use parking_lot::RwLock;
 use rand::RngCore;
-use sha2::digest::zeroize::{Zeroize, Zeroizing};
+use sha2::digest::zeroize::Zeroize;
+/// A value wiped when dropped (the `zeroize` crate's, as the HMAC states
+/// use it): what key text is handed out in.
+pub use sha2::digest::zeroize::Zeroizing;
 use sha2::Sha256;
 
 use crate::envelope::Kind;
@@ -377,13 +385,15 @@ fn decode_key(name: &str, text: &str) -> Result<Key, KeyRingError> {
         kid: name.to_string(),
         reason,
     };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|_| bad("file is not base64".into()))?;
-    let len = bytes.len();
-    bytes
-        .try_into()
-        .map_err(|_| bad(format!("expected {KEY_LEN} bytes, found {len}")))
+    // Decoded into a buffer of its final size, wiped when dropped; the key
+    // is copied out of it.
+    let bytes = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| bad("file is not base64".into()))?,
+    );
+    Key::try_from(bytes.as_slice())
+        .map_err(|_| bad(format!("expected {KEY_LEN} bytes, found {}", bytes.len())))
 }
 
 impl KeyRing {
@@ -427,7 +437,7 @@ impl KeyRing {
     /// A name that is neither layout's, both layouts at once, content that
     /// is not base64 of 32 bytes, no `current`, or a `current` naming a kid
     /// that holds no key.
-    pub fn from_files(files: &BTreeMap<String, String>) -> Result<Self, KeyRingError> {
+    pub fn from_files<T: AsRef<str>>(files: &BTreeMap<String, T>) -> Result<Self, KeyRingError> {
         if files.len() > MAX_KEY_FILES {
             return Err(KeyRingError::TooManyFiles);
         }
@@ -435,6 +445,7 @@ impl KeyRing {
         let mut raw = BTreeMap::new();
         let mut derived: BTreeMap<String, BTreeMap<Kind, BTreeMap<String, Key>>> = BTreeMap::new();
         for (name, text) in files {
+            let text = text.as_ref();
             match parse_file_name(name)? {
                 FileName::Current => current = Some(text.trim()),
                 FileName::Raw(kid) => {
@@ -647,7 +658,7 @@ pub fn derived_files(
     ring: &KeyRing,
     pipeline: &str,
     needs: &[(Kind, &str)],
-) -> Result<BTreeMap<String, String>, KeyRingError> {
+) -> Result<BTreeMap<String, Zeroizing<String>>, KeyRingError> {
     if !valid_pipeline(pipeline) {
         return Err(KeyRingError::BadPipeline(
             pipeline.escape_debug().to_string(),
@@ -673,11 +684,34 @@ pub fn derived_files(
                         kind: kind.as_str(),
                         group: group.to_string(),
                     })?;
-            files.insert(derived_file_name(kid, kind, group), b64.encode(key));
+            let text = Zeroizing::new(b64.encode(key));
+            files.insert(derived_file_name(kid, kind, group), text);
         }
     }
-    files.insert(CURRENT_FILE.to_string(), ring.current().to_string());
+    let current = Zeroizing::new(ring.current().to_string());
+    files.insert(CURRENT_FILE.to_string(), current);
     Ok(files)
+}
+
+/// Key files (name → content) as one JSON object, in a buffer of its final
+/// size, wiped when dropped: the handover of a derived directory to
+/// another process. Names and base64 text need no escaping, so the size is
+/// known before writing; content that did would grow the buffer, leaving
+/// a copy behind.
+pub fn files_json(files: &BTreeMap<String, Zeroizing<String>>) -> Zeroizing<String> {
+    let size = files
+        .iter()
+        .map(|(name, text)| name.len() + text.len() + 6)
+        .sum::<usize>()
+        + 2;
+    let mut out = Zeroizing::new(Vec::with_capacity(size));
+    let view: BTreeMap<&str, &str> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    // A map of strings always serialises, as UTF-8.
+    let _ = serde_json::to_writer(&mut *out, &view);
+    Zeroizing::new(String::from_utf8(std::mem::take(&mut *out)).unwrap_or_default())
 }
 
 /// A new kid: UTC-free, sortable enough to read, unique with high probability.

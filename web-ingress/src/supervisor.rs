@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use sluice_platform::keyring::Zeroizing;
 use sluice_platform::tcp::Connected;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
@@ -41,8 +42,8 @@ pub struct ChildSpec {
     pub keys: KeyFiles,
 }
 
-/// The key files of a child, made at each start of it.
-pub type KeyFiles = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+/// The key files of a child, made at each start of it, wiped once written.
+pub type KeyFiles = Arc<dyn Fn() -> Result<Zeroizing<String>, String> + Send + Sync>;
 
 impl std::fmt::Debug for ChildSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

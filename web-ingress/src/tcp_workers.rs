@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use sluice_crds::Plan;
 use sluice_exec_worker::wanted_keys;
-use sluice_platform::keyring::derived_files;
+use sluice_platform::keyring::{derived_files, files_json};
 use sluice_platform::memory::MemoryStreams;
 use sluice_platform::metrics::Rejections;
 use sluice_platform::tcp::{Connected, Hub, HubConfig, Limits};
@@ -204,8 +204,7 @@ fn child_spec(
     let keys_json: crate::supervisor::KeyFiles = Arc::new(move || {
         let files = derived_files(&ring.get(), &pipeline, &wanted_keys(&needs))
             .map_err(|e| e.to_string())?;
-        // A map of strings always serialises.
-        Ok(serde_json::to_string(&files).unwrap_or_default())
+        Ok(files_json(&files))
     });
     let mut args: Vec<OsString> = vec![
         "--pipeline".into(),

@@ -120,7 +120,7 @@ pub fn role_keys_secret(
         data: Some(
             files
                 .into_iter()
-                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .map(|(k, v)| (k, ByteString(v.as_bytes().to_vec())))
                 .collect(),
         ),
         ..Default::default()

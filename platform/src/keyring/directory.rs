@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use parking_lot::RwLock;
+use sha2::digest::zeroize::Zeroizing;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -35,7 +36,8 @@ pub fn write_new(dir: &Path) -> Result<String, KeyRingError> {
         )));
     }
     let kid = new_kid();
-    let encoded = base64::engine::general_purpose::STANDARD.encode(random_key());
+    let key = Zeroizing::new(random_key());
+    let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(*key));
     write_private(&dir.join(&kid), encoded.as_bytes()).map_err(io)?;
     write_private(&dir.join(CURRENT_FILE), kid.as_bytes()).map_err(io)?;
     Ok(kid)
@@ -54,8 +56,10 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 /// The directory's files (name → content), dotfiles skipped, symlinks
-/// followed, every read bounded.
-pub(super) fn read_dir(dir: &Path) -> Result<BTreeMap<String, String>, KeyRingError> {
+/// followed, every read bounded. Each file is read into a buffer of its
+/// size (a buffer that grew would leave copies behind), wiped when the map
+/// is dropped.
+pub(super) fn read_dir(dir: &Path) -> Result<BTreeMap<String, Zeroizing<String>>, KeyRingError> {
     let io = |source| KeyRingError::Io {
         path: dir.display().to_string(),
         source,
@@ -81,9 +85,13 @@ pub(super) fn read_dir(dir: &Path) -> Result<BTreeMap<String, String>, KeyRingEr
         if files.len() >= MAX_KEY_FILES {
             return Err(KeyRingError::TooManyFiles);
         }
-        let mut bytes = Vec::new();
-        std::fs::File::open(&path)
-            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        let file = std::fs::File::open(&path).map_err(io)?;
+        let size = file.metadata().map_err(io)?.len().min(MAX_FILE_BYTES);
+        // One byte more than the size, so reading to the end needs no
+        // second buffer; a file that grew meanwhile may still take one.
+        let mut bytes = Zeroizing::new(Vec::with_capacity(usize::try_from(size).unwrap_or(0) + 1));
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
             .map_err(io)?;
         if bytes.len() as u64 > MAX_FILE_BYTES {
             return Err(KeyRingError::BadKey {
@@ -91,11 +99,15 @@ pub(super) fn read_dir(dir: &Path) -> Result<BTreeMap<String, String>, KeyRingEr
                 reason: format!("file is larger than {MAX_FILE_BYTES} bytes"),
             });
         }
-        let text = String::from_utf8(bytes).map_err(|_| KeyRingError::BadKey {
-            kid: name.to_string(),
-            reason: "file is not text".into(),
-        })?;
-        files.insert(name.to_string(), text);
+        if std::str::from_utf8(&bytes).is_err() {
+            return Err(KeyRingError::BadKey {
+                kid: name.to_string(),
+                reason: "file is not text".into(),
+            });
+        }
+        // Checked above: the bytes move into the string, not copied.
+        let text = String::from_utf8(std::mem::take(&mut *bytes)).unwrap_or_default();
+        files.insert(name.to_string(), Zeroizing::new(text));
     }
     Ok(files)
 }

@@ -191,7 +191,7 @@ fn derived_files_are_deterministic_and_name_every_kid() {
             "k2.request.cpu"
         ]
     );
-    assert_eq!(a["current"], "k2");
+    assert_eq!(a["current"].as_str(), "k2");
     assert_ne!(a["k1.request.cpu"], a["k2.request.cpu"]);
 }
 
@@ -365,5 +365,40 @@ fn a_reload_sees_a_switch_between_layouts_and_keeps_the_last_good_ring() {
         shared.get().layout_name(),
         "derived",
         "the last good ring stays"
+    );
+}
+
+#[test]
+fn key_text_is_held_in_buffers_that_never_grew() {
+    // A buffer that grows leaves its old copy behind, unwiped: each file
+    // is read into one of its size (plus the byte that finds the end).
+    let dir = tempfile::tempdir().unwrap();
+    write_new(dir.path()).unwrap();
+    let read = directory::read_dir(dir.path()).unwrap();
+    assert_eq!(read.len(), 2);
+    for (name, text) in &read {
+        assert_eq!(
+            text.capacity(),
+            text.len() + 1,
+            "{name} was read in one buffer"
+        );
+    }
+    // The handover to a tcp worker: written into a buffer of its final
+    // size (one byte spare), and read back as the same ring.
+    let r = ring(&[("k1", 1), ("k2", 2)], "k2");
+    let files = derived_files(&r, PIPE, &[(Kind::Request, "cpu"), (Kind::Reply, "io")]).unwrap();
+    let json = files_json(&files);
+    assert_eq!(
+        json.capacity(),
+        json.len() + 1,
+        "the JSON never grew its buffer"
+    );
+    let back: BTreeMap<String, String> = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.len(), files.len());
+    let back = KeyRing::from_files(&back).unwrap();
+    assert_eq!(back.current(), "k2");
+    assert_eq!(
+        back.key("k1", Kind::Request, PIPE, "cpu"),
+        r.key("k1", Kind::Request, PIPE, "cpu")
     );
 }

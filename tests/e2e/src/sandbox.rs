@@ -114,16 +114,17 @@ impl Sandbox {
     ///
     /// # Panics
     /// On I/O errors, or when the directory exists.
-    pub fn key_dir(
+    pub fn key_dir<T: AsRef<str>>(
         &self,
         name: &str,
-        files: &std::collections::BTreeMap<String, String>,
+        files: &std::collections::BTreeMap<String, T>,
     ) -> PathBuf {
         let dir = self.path().join(name);
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         for (file, content) in files {
             let p = dir.join(file);
-            std::fs::write(&p, content).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+            std::fs::write(&p, content.as_ref())
+                .unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
         }
         dir
     }
