@@ -60,7 +60,7 @@ pub const ENV_THREADS: &str = "SLUICE_THREADS";
 const MAX_THREADS: usize = 256;
 
 /// The most bytes of key files read from stdin.
-const MAX_STDIN_KEYS: u64 = 1 << 20;
+const MAX_STDIN_KEYS: usize = 1 << 20;
 
 /// Runs one worker group of a StreamPipeline, consuming its Redis stream
 /// (redis backends) or its ingress's queue over loopback (tcp backends).
@@ -604,26 +604,38 @@ pub async fn start(cfg: ProcessConfig, nodes: Registry) -> Result<Running, Proce
 /// The key files on standard input: a JSON object of file name to content,
 /// at most 1 MiB, read to its end once. Nothing of it is ever printed.
 fn keys_from_stdin() -> Result<sluice_platform::KeyRing, ProcessError> {
-    use std::io::Read;
-    let bad = |m: &str| cfg_err("--keys-stdin", m.to_string());
-    // Read into one buffer of the most it may take, so none is left
-    // behind by a buffer that grew; it and the files are wiped when dropped.
-    let most = usize::try_from(MAX_STDIN_KEYS + 1).unwrap_or(usize::MAX);
-    let mut text = Zeroizing::new(String::with_capacity(most));
-    std::io::stdin()
-        .take(MAX_STDIN_KEYS + 1)
-        .read_to_string(&mut text)
-        .map_err(|_| bad("standard input is not readable UTF-8"))?;
-    if text.len() as u64 > MAX_STDIN_KEYS {
-        return Err(bad("more than 1 MiB of key files on standard input"));
-    }
-    let files: std::collections::BTreeMap<String, String> = serde_json::from_str(&text)
-        .map_err(|_| bad("standard input is not a JSON object of key file names to contents"))?;
-    let files: std::collections::BTreeMap<String, Zeroizing<String>> = files
-        .into_iter()
-        .map(|(name, content)| (name, Zeroizing::new(content)))
-        .collect();
+    keys_from(std::io::stdin())
+}
+
+/// The key files in `input` (see [`keys_from_stdin`]). The text is read
+/// into one buffer of the most it may take, so no buffer that grew leaves
+/// a copy behind, and wiped when dropped; the contents are read in place
+/// from it (an escaped string, which the ingress never writes, would need
+/// a copy and is refused).
+fn keys_from(input: impl std::io::Read) -> Result<sluice_platform::KeyRing, ProcessError> {
+    let text = read_keys_text(input)?;
+    let files: std::collections::BTreeMap<String, &str> =
+        serde_json::from_str(&text).map_err(|_| {
+            keys_err("standard input is not a JSON object of key file names to contents")
+        })?;
     Ok(sluice_platform::KeyRing::from_files(&files)?)
+}
+
+fn read_keys_text(input: impl std::io::Read) -> Result<Zeroizing<String>, ProcessError> {
+    use std::io::Read;
+    let mut text = Zeroizing::new(String::with_capacity(MAX_STDIN_KEYS + 1));
+    input
+        .take(MAX_STDIN_KEYS as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|_| keys_err("standard input is not readable UTF-8"))?;
+    if text.len() > MAX_STDIN_KEYS {
+        return Err(keys_err("more than 1 MiB of key files on standard input"));
+    }
+    Ok(text)
+}
+
+fn keys_err(message: &str) -> ProcessError {
+    cfg_err("--keys-stdin", message.to_string())
 }
 
 /// The whole binary: parse flags, build the runtime with `--threads`
@@ -721,6 +733,34 @@ async fn shutdown_signal() -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_on_standard_input_are_read_in_place_from_one_buffer_that_never_grew() {
+        use sluice_platform::keyring::{derived_files, files_json};
+        use sluice_platform::{KeyRing, Kind};
+        let raw = std::collections::BTreeMap::from([("k1".to_string(), vec![3u8; 32])]);
+        let ring = KeyRing::from_raw("k1", &raw).unwrap();
+        let handover =
+            files_json(&derived_files(&ring, "ns/p", &[(Kind::Request, "work")]).unwrap());
+        let text = read_keys_text(handover.as_bytes()).unwrap();
+        assert_eq!(text.as_str(), handover.as_str());
+        assert_eq!(
+            text.capacity(),
+            MAX_STDIN_KEYS + 1,
+            "read into the one buffer made for it"
+        );
+        let read = keys_from(handover.as_bytes()).unwrap();
+        assert_eq!(read.current(), "k1");
+        assert!(read.holds(Kind::Request, "ns/p", "work"));
+        // Escapes would need a copy out of the buffer: refused (the ingress
+        // never writes one).
+        let escaped = handover.replacen("\"current\":\"k1\"", "\"current\":\"k\\u0031\"", 1);
+        assert_ne!(escaped, *handover, "the test edits the handover");
+        assert!(keys_from(escaped.as_bytes()).is_err());
+        let too_much = vec![b' '; MAX_STDIN_KEYS + 1];
+        let e = read_keys_text(too_much.as_slice()).unwrap_err().to_string();
+        assert!(e.contains("more than 1 MiB"), "{e}");
+    }
 
     fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<ProcessConfig, ProcessError> {
         let base = [

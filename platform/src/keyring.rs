@@ -37,9 +37,10 @@
 //! from standard input into wiped buffers) and [`write_new`]'s. That
 //! narrows what lingers in memory; it is not a guarantee. Not wiped:
 //! copies left behind when a key, a state or a session is moved or a map
-//! grows; copies on the stack while a key is derived or an HMAC key
-//! prepared; the temporary maps of a ring refused while it is read; a file
-//! that grows while it is read; the kernel's pipe and page buffers; and
+//! grows; copies on the stack while a key is generated, derived or made
+//! into an HMAC key; the temporary maps of a ring refused while it is read; a file
+//! that grows while it is read, or whose size its file system misreports;
+//! standard input's own buffer; the kernel's pipe and page buffers; and
 //! whatever the operator holds (it reads and writes the Secrets, through
 //! its Kubernetes client's buffers).
 
@@ -385,15 +386,13 @@ fn decode_key(name: &str, text: &str) -> Result<Key, KeyRingError> {
         kid: name.to_string(),
         reason,
     };
-    // Decoded into a buffer of its final size, wiped when dropped; the key
-    // is copied out of it.
-    let bytes = Zeroizing::new(
-        base64::engine::general_purpose::STANDARD
-            .decode(text.trim())
-            .map_err(|_| bad("file is not base64".into()))?,
-    );
-    Key::try_from(bytes.as_slice())
-        .map_err(|_| bad(format!("expected {KEY_LEN} bytes, found {}", bytes.len())))
+    // Decoded into a buffer that holds what any file may decode to, wiped
+    // when dropped, on error too; the key is copied out of it.
+    let mut buf = Zeroizing::new([0u8; MAX_FILE_BYTES as usize * 3 / 4]);
+    let len = base64::engine::general_purpose::STANDARD
+        .decode_slice(text.trim(), &mut *buf)
+        .map_err(|_| bad("file is not base64".into()))?;
+    Key::try_from(&buf[..len]).map_err(|_| bad(format!("expected {KEY_LEN} bytes, found {len}")))
 }
 
 impl KeyRing {
@@ -711,6 +710,7 @@ pub fn files_json(files: &BTreeMap<String, Zeroizing<String>>) -> Zeroizing<Stri
         .collect();
     // A map of strings always serialises, as UTF-8.
     let _ = serde_json::to_writer(&mut *out, &view);
+    debug_assert_eq!(out.capacity(), size, "key files needed no escaping");
     Zeroizing::new(String::from_utf8(std::mem::take(&mut *out)).unwrap_or_default())
 }
 

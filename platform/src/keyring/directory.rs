@@ -37,7 +37,7 @@ pub fn write_new(dir: &Path) -> Result<String, KeyRingError> {
     }
     let kid = new_kid();
     let key = Zeroizing::new(random_key());
-    let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(*key));
+    let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(key.as_slice()));
     write_private(&dir.join(&kid), encoded.as_bytes()).map_err(io)?;
     write_private(&dir.join(CURRENT_FILE), kid.as_bytes()).map_err(io)?;
     Ok(kid)
