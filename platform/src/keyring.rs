@@ -38,9 +38,10 @@
 //! narrows what lingers in memory; it is not a guarantee. Not wiped:
 //! copies left behind when a key, a state or a session is moved or a map
 //! grows; copies on the stack while a key is generated, derived or made
-//! into an HMAC key; the temporary maps of a ring refused while it is read; a file
-//! that grows while it is read, or whose size its file system misreports;
-//! standard input's own buffer; the kernel's pipe and page buffers; and
+//! into an HMAC key; the temporary maps of a ring refused while it is
+//! read; a file that grows while it is read, or whose size its file system
+//! misreports; standard input's own buffer; the kernel's pipe and page
+//! buffers; and
 //! whatever the operator holds (it reads and writes the Secrets, through
 //! its Kubernetes client's buffers).
 

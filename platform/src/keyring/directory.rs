@@ -99,14 +99,15 @@ pub(super) fn read_dir(dir: &Path) -> Result<BTreeMap<String, Zeroizing<String>>
                 reason: format!("file is larger than {MAX_FILE_BYTES} bytes"),
             });
         }
-        if std::str::from_utf8(&bytes).is_err() {
-            return Err(KeyRingError::BadKey {
+        // The bytes move into the string, not copied; refused, they go
+        // back into a buffer wiped when dropped.
+        let text = String::from_utf8(std::mem::take(&mut *bytes)).map_err(|e| {
+            drop(Zeroizing::new(e.into_bytes()));
+            KeyRingError::BadKey {
                 kid: name.to_string(),
                 reason: "file is not text".into(),
-            });
-        }
-        // Checked above: the bytes move into the string, not copied.
-        let text = String::from_utf8(std::mem::take(&mut *bytes)).unwrap_or_default();
+            }
+        })?;
         files.insert(name.to_string(), Zeroizing::new(text));
     }
     Ok(files)

@@ -322,6 +322,9 @@ fn oversized_files_are_refused_unread() {
     std::fs::write(dir.path().join("k1"), "A".repeat(10_000)).unwrap();
     let e = KeyRing::load(dir.path()).unwrap_err().to_string();
     assert!(e.contains("larger than"), "{e}");
+    std::fs::write(dir.path().join("k1"), [0xff, 0xfe, b'A']).unwrap();
+    let e = KeyRing::load(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("`k1`") && e.contains("file is not text"), "{e}");
 }
 
 #[test]

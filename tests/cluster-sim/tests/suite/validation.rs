@@ -306,40 +306,45 @@ async fn downward_resource_fields_are_checked_and_their_divisors_stored_canonica
     let a = post("pages", "limits.hugepages-2Mi", "1").await?;
     assert_eq!(a.code, 201, "{}", a.body);
 
-    let a = post("gpu", "requests.gpu", "1").await?;
-    assert_eq!(a.code, 422, "{}", a.body);
-    assert_eq!(
-        a.body["details"]["causes"][0]["field"],
-        format!("{AT}.resource")
+    // Refused with 422, the cause naming the field, upstream's message.
+    let refused = |a: &Answer, field: &str, message: &str| {
+        assert_eq!(a.code, 422, "{}", a.body);
+        assert_eq!(
+            a.body["details"]["causes"][0]["field"],
+            format!("{AT}.{field}"),
+            "{}",
+            a.body
+        );
+        assert!(
+            a.body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with(&format!("{AT}.{field}: {message}")),
+            "{}",
+            a.body
+        );
+    };
+    const BYTES: &str = "only divisor's values 1, 1k, 1M, 1G, 1T, 1P, 1E, 1Ki, 1Mi, 1Gi, 1Ti, 1Pi, 1Ei are supported with the";
+    refused(
+        &post("gpu", "requests.gpu", "1").await?,
+        "resource",
+        "Unsupported value: \"requests.gpu\": supported values: \"limits.cpu\", \"limits.ephemeral-storage\", \"limits.memory\", \"requests.cpu\", \"requests.ephemeral-storage\", \"requests.memory\"",
     );
-    assert!(
-        a.body["message"].as_str().unwrap_or_default().ends_with(&format!(
-            "{AT}.resource: Unsupported value: \"requests.gpu\": supported values: \"limits.cpu\", \"limits.ephemeral-storage\", \"limits.memory\", \"requests.cpu\", \"requests.ephemeral-storage\", \"requests.memory\""
-        )),
-        "{}",
-        a.body
+    refused(
+        &post("mebi", "requests.cpu", "1Mi").await?,
+        "divisor",
+        "Invalid value: \"requests.cpu\": only divisor's values 1m and 1 are supported with the cpu resource",
     );
-    let a = post("mebi", "requests.cpu", "1Mi").await?;
-    assert_eq!(a.code, 422, "{}", a.body);
-    assert!(
-        a.body["message"].as_str().unwrap_or_default().ends_with(&format!(
-            "{AT}.divisor: Invalid value: \"requests.cpu\": only divisor's values 1m and 1 are supported with the cpu resource"
-        )),
-        "{}",
-        a.body
+    refused(
+        &post("milli", "limits.memory", "1m").await?,
+        "divisor",
+        &format!("Invalid value: \"limits.memory\": {BYTES} memory resource"),
     );
-    let a = post("milli", "limits.memory", "1m").await?;
-    assert_eq!(a.code, 422, "{}", a.body);
-    assert_eq!(
-        a.body["details"]["causes"][0]["field"],
-        format!("{AT}.divisor")
+    refused(
+        &post("pages-milli", "limits.hugepages-2Mi", "1m").await?,
+        "divisor",
+        &format!("Invalid value: \"limits.hugepages-2Mi\": {BYTES} hugepages resource"),
     );
-    let a = post("pages-milli", "limits.hugepages-2Mi", "1m").await?;
-    assert_eq!(a.code, 422, "{}", a.body);
-    assert!(a.body["message"]
-        .as_str()
-        .unwrap_or_default()
-        .ends_with("supported with the hugepages resource"));
     for name in ["gpu", "mebi", "milli", "pages-milli"] {
         assert!(sim
             .get_object("apps/v1", "Deployment", Some("default"), name)?
